@@ -1,0 +1,193 @@
+//! kira's storage: one trait per concern and two implementations, SQLite
+//! (embedded, the default) and PostgreSQL (row-level security, many
+//! processes). Both pass the conformance suite in `tests/it/conformance.rs`.
+//!
+//! Architecture invariant: every method that touches one company's rows
+//! takes a [`CompanyScope`] and binds its company in every statement; every
+//! cross-company read takes an [`AdminScope`] and an [`AuditRecord`], which
+//! the store appends in the same transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kira_core::audit::{AuditEntry, AuditRecord, ChainReport};
+use kira_core::auth::{AdminScope, ApiKey, CompanyScope, StoredKey};
+use kira_core::company::{Company, CompanyPatch, CompanyProfile};
+use kira_core::ids::KeyId;
+use kira_core::{CompanyId, ValidationError};
+
+pub mod postgres;
+pub mod sqlite;
+pub mod testdb;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is malformed: {0}")]
+    Corrupt(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Rows removed by a forced company delete, per table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeletedRows {
+    pub tables: Vec<(String, u64)>,
+}
+
+impl DeletedRows {
+    pub fn total(&self) -> u64 {
+        self.tables.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// A page of the audit log: entries after `after_seq`, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditPage {
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait CompanyStore: Send + Sync {
+    /// Conflict when the id is taken (archived companies included).
+    async fn create_company(
+        &self,
+        scope: &CompanyScope,
+        profile: &CompanyProfile,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Company>;
+
+    async fn get_company(&self, scope: &CompanyScope) -> Result<Company>;
+
+    /// Every company (admin path; `audit` records the read).
+    async fn list_companies(
+        &self,
+        admin: &AdminScope,
+        include_archived: bool,
+        audit: AuditRecord,
+    ) -> Result<Vec<Company>>;
+
+    /// Applies the patch, validated by the core rule. Conflict if archived.
+    async fn update_company(
+        &self,
+        scope: &CompanyScope,
+        patch: CompanyPatch,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Company>;
+
+    /// Conflict if already archived.
+    async fn archive_company(
+        &self,
+        scope: &CompanyScope,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Company>;
+
+    /// Removes every row of the company in one transaction, its keys
+    /// included; the audit log keeps its entries.
+    async fn delete_company(&self, scope: &CompanyScope, audit: AuditRecord) -> Result<DeletedRows>;
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores `key` only if no key exists at all. True when it was stored.
+    async fn bootstrap_admin_key(&self, key: &StoredKey, audit: AuditRecord) -> Result<bool>;
+
+    /// NotFound when the key names a company that does not exist.
+    async fn insert_key(&self, admin: &AdminScope, key: &StoredKey, audit: AuditRecord) -> Result<ApiKey>;
+
+    /// The authentication lookup: deliberately unscoped, since no company
+    /// is known before the caller is.
+    async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>>;
+
+    async fn list_keys(&self, admin: &AdminScope, audit: AuditRecord) -> Result<Vec<ApiKey>>;
+
+    /// Conflict if already revoked.
+    async fn revoke_key(
+        &self,
+        admin: &AdminScope,
+        id: &KeyId,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<ApiKey>;
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends one entry at the end of the chain; safe under concurrency
+    /// and across processes sharing the database.
+    async fn append_audit(&self, record: AuditRecord) -> Result<AuditEntry>;
+
+    /// One company's entries.
+    async fn list_company_audit(&self, scope: &CompanyScope, page: AuditPage) -> Result<Vec<AuditEntry>>;
+
+    /// Every entry, or one company's (admin path).
+    async fn list_all_audit(
+        &self,
+        admin: &AdminScope,
+        company: Option<&CompanyId>,
+        page: AuditPage,
+        audit: AuditRecord,
+    ) -> Result<Vec<AuditEntry>>;
+
+    /// Walks the whole chain (admin path).
+    async fn verify_audit(&self, admin: &AdminScope, audit: AuditRecord) -> Result<ChainReport>;
+}
+
+#[async_trait]
+pub trait Store: CompanyStore + KeyStore + AuditStore {
+    fn backend(&self) -> Backend;
+
+    /// The database answers.
+    async fn ping(&self) -> Result<()>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the store lives, as configured.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://...`: the owner, who runs migrations.
+    pub database_url: String,
+    /// PostgreSQL only: the URL the server uses for its work. When unset, the
+    /// server connects with `database_url` and switches to [`postgres::APP_ROLE`].
+    pub app_database_url: Option<String>,
+}
+
+/// Opens the store the URL names, migrating it first.
+pub async fn open(cfg: &StoreConfig) -> Result<std::sync::Arc<dyn Store>> {
+    let url = cfg.database_url.as_str();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(
+            postgres::PgStore::open(url, cfg.app_database_url.as_deref()).await?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        if cfg.app_database_url.is_some() {
+            return Err(StoreError::Config(
+                "app_database_url applies to PostgreSQL only".into(),
+            ));
+        }
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Config(
+            "database_url must start with sqlite:, postgres:// or postgresql://".into(),
+        ))
+    }
+}
