@@ -191,6 +191,16 @@ impl ChainVerifier {
         }
     }
 
+    /// An entry the store could not even read back: broken at that entry.
+    pub fn malformed(&mut self, seq: i64, reason: &str) {
+        if self.broken.is_none() {
+            self.broken = Some(BrokenLink {
+                seq,
+                reason: format!("the entry is malformed: {reason}"),
+            });
+        }
+    }
+
     pub fn finish(mut self, head: Option<(i64, String)>) -> ChainReport {
         let walked = self.expected_seq - 1;
         if self.broken.is_none() {

@@ -1,1 +1,153 @@
-//! placeholder
+//! kira's HTTP API: routes, the auth extractor, error mapping, OpenAPI.
+//!
+//! API boundary: this crate is the only one that knows HTTP. Handlers
+//! extract, call the store (or, later, the engine) once, and map the error.
+//! Every route is registered through `utoipa_axum::routes!`, so the OpenAPI
+//! document at `/v1/openapi.json` is generated from the same handlers that
+//! serve and cannot leave a route out.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{IssuedKey, NewKey, Principal, Role};
+use kira_core::clock::Clock;
+use kira_store::Store;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub mod error;
+pub mod extract;
+mod routes;
+
+pub use error::{ApiError, ErrorBody};
+
+/// Default request body limit: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub cfg: ServerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] kira_store::StoreError),
+    #[error(transparent)]
+    Invalid(#[from] kira_core::ValidationError),
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kira", description = "Infrastructure for one AI operator running many companies."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "system", description = "Health and the API description"),
+        (name = "companies", description = "Company profiles"),
+        (name = "keys", description = "API keys (admin)"),
+        (name = "audit", description = "The hash-chained audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route, each registered with its OpenAPI description.
+fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::<App>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::system::healthz))
+        .routes(routes!(routes::system::readyz))
+        .routes(routes!(routes::system::openapi_json))
+        .routes(routes!(routes::system::whoami))
+        .routes(routes!(
+            routes::companies::create_company,
+            routes::companies::list_companies
+        ))
+        .routes(routes!(
+            routes::companies::get_company,
+            routes::companies::update_company,
+            routes::companies::delete_company
+        ))
+        .routes(routes!(routes::companies::archive_company))
+        .routes(routes!(routes::keys::create_key, routes::keys::list_keys))
+        .routes(routes!(routes::keys::revoke_key))
+        .routes(routes!(routes::audit::list_audit))
+        .routes(routes!(routes::audit::verify_audit))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The HTTP application.
+pub fn router(store: Arc<dyn Store>, clock: Arc<dyn Clock>, cfg: ServerConfig) -> Router {
+    let limit = cfg.max_body_bytes;
+    let (router, doc) = routes().split_for_parts();
+    router
+        .fallback(routes::system::no_route)
+        .method_not_allowed_fallback(routes::system::no_method)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(Arc::new(doc)))
+        .layer(axum::middleware::from_fn(extract::request_id))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(App { store, clock, cfg })
+}
+
+/// On a database with no API key at all, makes the first admin key and
+/// returns it (the caller shows the token once). Safe to call on every
+/// start and from several processes at once: only one key is ever made.
+pub async fn bootstrap_admin_key(store: &dyn Store, clock: &dyn Clock) -> Result<Option<IssuedKey>, Error> {
+    let now = clock.now();
+    let issued = NewKey {
+        name: "bootstrap-admin".into(),
+        role: Role::Admin,
+        company_id: None,
+    }
+    .issue(&mut rand::rng(), now)?;
+    let audit = AuditRecord {
+        at: now,
+        request_id: String::new(),
+        actor: Principal::system().actor().to_string(),
+        company_id: None,
+        action: "key.bootstrap".into(),
+        target: format!("key:{}", issued.stored.key.id),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    };
+    Ok(store
+        .bootstrap_admin_key(&issued.stored, audit)
+        .await?
+        .then_some(issued))
+}

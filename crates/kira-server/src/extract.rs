@@ -1,0 +1,279 @@
+//! What every handler extracts: the request id, the authenticated caller,
+//! and JSON bodies and query strings parsed so that errors name the field.
+//! Also [`Act`], which writes each request's outcome to the audit log.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{token_key_id, Actor, Principal};
+use kira_core::CompanyId;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ApiResult};
+use crate::App;
+
+/// The id of one request: in the response's `x-request-id` header and in
+/// every audit entry the request writes.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    // Ours, never the client's: a client-chosen id could forge audit entries.
+    let id = uuid::Uuid::now_v7().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// An authenticated request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: String,
+}
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        match authenticate(parts, app).await {
+            Ok(principal) => Ok(Caller {
+                principal,
+                request_id,
+            }),
+            Err(reason) => {
+                let record = AuditRecord {
+                    at: app.clock.now(),
+                    request_id,
+                    actor: Actor::Anonymous.to_string(),
+                    company_id: None,
+                    action: "auth".into(),
+                    target: format!("{} {}", parts.method, parts.uri.path()),
+                    outcome: Outcome::Denied,
+                    detail: reason.into(),
+                };
+                if let Err(e) = app.store.append_audit(record).await {
+                    tracing::error!(error = %e, "could not audit a refused request");
+                }
+                Err(ApiError::unauthorized(
+                    "missing or invalid API key: send 'Authorization: Bearer kira_...'",
+                ))
+            }
+        }
+    }
+}
+
+/// The principal behind the bearer token, or why there is none (for the
+/// audit log only: the caller is told nothing more than 401).
+async fn authenticate(parts: &Parts, app: &App) -> Result<Principal, &'static str> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or("no authorization header")?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or("authorization is not a bearer token")?;
+    let key_id = token_key_id(token).ok_or("malformed token")?;
+    let stored = app
+        .store
+        .find_key(&key_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "key lookup failed");
+            "key lookup failed"
+        })?
+        .ok_or("unknown key")?;
+    Principal::authenticate(token, &stored).ok_or("wrong secret or revoked key")
+}
+
+/// One request's audit trail: the record of its success goes into the
+/// store call (same transaction); a failure is appended by [`Act::done`].
+pub struct Act {
+    app: App,
+    request_id: String,
+    actor: String,
+    action: &'static str,
+    target: String,
+    company: Option<CompanyId>,
+}
+
+impl Caller {
+    pub fn act(&self, app: &App, action: &'static str, target: impl Into<String>, company: Option<&CompanyId>) -> Act {
+        Act {
+            app: app.clone(),
+            request_id: self.request_id.clone(),
+            actor: self.principal.actor().to_string(),
+            action,
+            target: target.into(),
+            company: company.cloned(),
+        }
+    }
+}
+
+impl Act {
+    fn record(&self, outcome: Outcome, detail: String) -> AuditRecord {
+        AuditRecord {
+            at: self.app.clock.now(),
+            request_id: self.request_id.clone(),
+            actor: self.actor.clone(),
+            company_id: self.company.clone(),
+            action: self.action.to_owned(),
+            target: self.target.clone(),
+            outcome,
+            detail,
+        }
+    }
+
+    /// The record of success, for the store to write with the change.
+    pub fn ok(&self) -> AuditRecord {
+        self.record(Outcome::Ok, String::new())
+    }
+
+    /// For a change: audits a failure (a success was audited by the store).
+    pub async fn done<T>(&self, r: ApiResult<T>) -> ApiResult<T> {
+        if let Err(e) = &r {
+            self.audit_failure(e).await;
+        }
+        r
+    }
+
+    /// For a read: audits only a denial.
+    pub async fn read<T>(&self, r: ApiResult<T>) -> ApiResult<T> {
+        if let Err(e) = &r {
+            if e.outcome == Outcome::Denied {
+                self.audit_failure(e).await;
+            }
+        }
+        r
+    }
+
+    async fn audit_failure(&self, e: &ApiError) {
+        let detail = match &e.field {
+            Some(f) => format!("{} ({f})", e.code),
+            None => e.code.to_owned(),
+        };
+        if let Err(err) = self.app.store.append_audit(self.record(e.outcome, detail)).await {
+            tracing::error!(error = %err, "could not audit a failed request");
+        }
+    }
+}
+
+/// Parses a JSON body. Syntax errors name `body`; type errors and unknown
+/// fields name the field, as a dotted path (`contacts.0.email`).
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<T> {
+    let bytes = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::invalid_json("body", rej.body_text())
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::invalid_json("body", "a JSON body is required"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = dotted(&e.path().to_string());
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let msg = inner.to_string();
+                let field = unknown_field(&msg).map_or(path.clone(), |f| join(&path, f));
+                ApiError::invalid_json(if field.is_empty() { "body".into() } else { field }, msg)
+            }
+            _ => ApiError::invalid_json("body", format!("malformed JSON: {inner}")),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid_json("body", format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Parses a query string; unknown parameters and bad values name the parameter.
+pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> ApiResult<T> {
+    let raw = raw.unwrap_or("");
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = dotted(&e.path().to_string());
+        let msg = e.into_inner().to_string();
+        let field = unknown_field(&msg).map_or(path, str::to_owned);
+        ApiError::bad_request(if field.is_empty() { "query".into() } else { field }, msg)
+    })
+}
+
+/// `contacts[0].email` -> `contacts.0.email`; `.` (the root) -> ``.
+fn dotted(p: &str) -> String {
+    if p == "." {
+        return String::new();
+    }
+    p.replace('[', ".").replace(']', "")
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn unknown_field(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kira_core::company::NewCompany;
+
+    fn parse(s: &'static str) -> ApiResult<NewCompany> {
+        json_body(Ok(Bytes::from_static(s.as_bytes())), 1000)
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let field = |s| parse(s).expect_err("invalid").field.unwrap_or_default();
+        assert_eq!(field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","colour":1}"#), "colour");
+        assert_eq!(field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","revenue_usd":"lots"}"#), "revenue_usd");
+        assert_eq!(
+            field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","contacts":[{"name":"J","phone":"1"}]}"#),
+            "contacts.0.phone"
+        );
+        assert_eq!(field(r#"{"id":"ab","#), "body");
+        assert_eq!(field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US"} x"#), "body");
+        assert_eq!(field(r#"{"name":"A","industry":"x","jurisdiction":"US"}"#), "id");
+        assert_eq!(field(""), "body");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Q {
+        #[serde(default)]
+        limit: Option<u32>,
+    }
+
+    #[test]
+    fn query_errors_name_the_parameter() {
+        assert_eq!(query::<Q>(Some("limit=5")).expect("valid").limit, Some(5));
+        assert_eq!(query::<Q>(None).expect("valid").limit, None);
+        assert_eq!(query::<Q>(Some("limit=x")).expect_err("bad").field.as_deref(), Some("limit"));
+        assert_eq!(query::<Q>(Some("nope=1")).expect_err("bad").field.as_deref(), Some("nope"));
+    }
+}

@@ -1,0 +1,111 @@
+//! API keys (admin): create, list, revoke. A token is shown once, at creation.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use bytes::Bytes;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::{ApiKey, NewKey};
+use kira_core::ids::KeyId;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{json_body, Caller};
+use crate::App;
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub key: ApiKey,
+    /// The bearer token. Shown only in this response; kira keeps its hash.
+    pub token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<ApiKey>,
+}
+
+/// Creates a key (admin). Operator and viewer keys belong to one company.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = NewKey,
+    responses(
+        (status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    ))]
+pub async fn create_key(
+    State(app): State<App>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    let act = caller.act(&app, "key.create", "key", None);
+    let result = async {
+        let admin = caller.principal.admin()?;
+        let new: NewKey = json_body(body, app.cfg.max_body_bytes)?;
+        let issued = new.issue(&mut rand::rng(), app.clock.now())?;
+        let audit = AuditRecord {
+            target: format!("key:{}", issued.stored.key.id),
+            detail: format!("role={}", issued.stored.key.role),
+            ..act.ok()
+        };
+        let key = app
+            .store
+            .insert_key(&admin, &issued.stored, audit)
+            .await
+            .map_err(|e| ApiError::from_store(e, "company").with_field("company_id"))?;
+        Ok((
+            StatusCode::CREATED,
+            Json(CreatedKey {
+                key,
+                token: issued.token,
+            }),
+        ))
+    }
+    .await;
+    act.done(result).await
+}
+
+/// Lists every key (admin). Tokens are never shown again.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResult<Json<KeyList>> {
+    let act = caller.act(&app, "key.list", "keys", None);
+    let result = async {
+        let admin = caller.principal.admin()?;
+        let keys = app
+            .store
+            .list_keys(&admin, act.ok())
+            .await
+            .map_err(|e| ApiError::from_store(e, "key"))?;
+        Ok(Json(KeyList { keys }))
+    }
+    .await;
+    act.read(result).await
+}
+
+/// Revokes a key (admin): it stops working at once.
+#[utoipa::path(post, path = "/v1/keys/{key_id}/revoke", tag = "keys",
+    params(("key_id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, body = ApiKey), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    ))]
+pub async fn revoke_key(
+    State(app): State<App>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<ApiKey>> {
+    let act = caller.act(&app, "key.revoke", format!("key:{raw}"), None);
+    let result = async {
+        let admin = caller.principal.admin()?;
+        let id = KeyId::parse(&raw).map_err(|_| ApiError::not_found("key", false))?;
+        let key = app
+            .store
+            .revoke_key(&admin, &id, app.clock.now(), act.ok())
+            .await
+            .map_err(|e| ApiError::from_store(e, "key"))?;
+        Ok(Json(key))
+    }
+    .await;
+    act.done(result).await
+}
