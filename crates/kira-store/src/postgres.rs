@@ -1,0 +1,629 @@
+//! The PostgreSQL backend: many processes, one database, and row-level
+//! security as a second wall behind the typed scopes. The server works as
+//! [`APP_ROLE`], which owns nothing and cannot bypass the policies of
+//! `migrations/postgres`; each company-scoped transaction names its company
+//! with `set_config(.., true)` (transaction-local, so a pooled connection
+//! never carries it into the next transaction) and every statement binds the
+//! company again. The audit chain is kept one line by locking `audit_head`,
+//! always as the last step of a transaction so locks are taken in one order.
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier, Outcome};
+use kira_core::auth::{AdminScope, ApiKey, CompanyScope, Role, StoredKey};
+use kira_core::company::{Company, CompanyPatch, CompanyProfile};
+use kira_core::ids::KeyId;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
+
+use crate::{
+    AuditPage, AuditStore, Backend, CompanyStore, DeletedRows, KeyStore, Result, Store, StoreError,
+};
+
+/// The role the server works as: no login, no BYPASSRLS, owns no table.
+/// The migration creates it; an app login given to [`PgStore::open`] must be
+/// a member of it.
+pub const APP_ROLE: &str = "kira_app";
+
+/// Serialises bootstrap across processes: "kiraboot" in ASCII.
+const BOOTSTRAP_LOCK: i64 = 0x6b69_7261_626f_6f74;
+
+/// Entries read per query when walking the chain.
+const VERIFY_BATCH: i64 = 1000;
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+type Tx = Transaction<'static, sqlx::Postgres>;
+
+impl PgStore {
+    /// Migrates the database as the owner (`owner_url`), then opens the
+    /// working pool: with `app_url` when given, else with `owner_url`
+    /// switched to [`APP_ROLE`] on every connection.
+    pub async fn open(owner_url: &str, app_url: Option<&str>) -> Result<Self> {
+        let owner = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(owner_url)
+            .await?;
+        // sqlx takes an advisory lock around the run, so servers starting
+        // together migrate once.
+        let migrated = sqlx::migrate!("migrations/postgres").run(&owner).await;
+        owner.close().await;
+        migrated?;
+
+        let pool = match app_url {
+            Some(url) => PgPoolOptions::new().connect(url).await?,
+            None => {
+                PgPoolOptions::new()
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute("SET ROLE kira_app").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(owner_url)
+                    .await?
+            }
+        };
+        Ok(Self { pool })
+    }
+
+    /// The working pool (tests inspect it: its connections act as the app role).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A transaction that sees and writes only `company`'s rows.
+    async fn scoped(&self, company: &CompanyId) -> Result<Tx> {
+        let mut tx = self.pool.begin().await?;
+        set_company(&mut tx, company.as_str()).await?;
+        Ok(tx)
+    }
+
+    /// A transaction that may read every company's rows: the admin path.
+    async fn admin_read(&self) -> Result<Tx> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('app.admin_read', 'on', true)")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+/// Names the company the row-level policies admit, until the transaction ends.
+async fn set_company(tx: &mut PgConnection, company: &str) -> Result<()> {
+    sqlx::query("SELECT set_config('app.current_company_id', $1, true)")
+        .bind(company)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+fn company_id(s: &str) -> Result<CompanyId> {
+    CompanyId::parse(s).map_err(|e| StoreError::Corrupt(format!("company id {s:?}: {e}")))
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+const UNIQUE_VIOLATION: &str = "23505";
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+const COMPANY_COLUMNS: &str = "company_id, name, industry, jurisdiction, revenue_usd, complexity_score, \
+     activity_score, priority_multiplier, sla_response_seconds, contacts, sharing_consent, \
+     created_at, updated_at, archived_at";
+
+fn company_from_row(r: &PgRow) -> Result<Company> {
+    let contacts: Json<_> = r.try_get("contacts")?;
+    let sharing_consent: Json<_> = r.try_get("sharing_consent")?;
+    Ok(Company {
+        id: company_id(r.try_get("company_id")?)?,
+        profile: CompanyProfile {
+            name: r.try_get("name")?,
+            industry: r.try_get("industry")?,
+            jurisdiction: r.try_get("jurisdiction")?,
+            revenue_usd: r.try_get("revenue_usd")?,
+            complexity_score: r.try_get("complexity_score")?,
+            activity_score: r.try_get("activity_score")?,
+            priority_multiplier: r.try_get("priority_multiplier")?,
+            sla_response_seconds: r.try_get("sla_response_seconds")?,
+            contacts: contacts.0,
+            sharing_consent: sharing_consent.0,
+        },
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        archived_at: r.try_get("archived_at")?,
+    })
+}
+
+fn key_from_row(r: &PgRow) -> Result<StoredKey> {
+    let role: &str = r.try_get("role")?;
+    let hash: Vec<u8> = r.try_get("token_sha256")?;
+    let company: Option<&str> = r.try_get("company_id")?;
+    let key_id: &str = r.try_get("key_id")?;
+    Ok(StoredKey {
+        key: ApiKey {
+            id: KeyId::parse(key_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            name: r.try_get("name")?,
+            role: Role::parse(role).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            company_id: company.map(company_id).transpose()?,
+            created_at: r.try_get("created_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+        },
+        token_sha256: hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))?,
+    })
+}
+
+fn audit_from_row(r: &PgRow) -> Result<AuditEntry> {
+    let outcome: &str = r.try_get("outcome")?;
+    let company: Option<&str> = r.try_get("company_id")?;
+    Ok(AuditEntry {
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        request_id: r.try_get("request_id")?,
+        actor: r.try_get("actor")?,
+        company_id: company.map(company_id).transpose()?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        outcome: Outcome::parse(outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+        detail: r.try_get("detail")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// Appends `record` at the end of the chain inside `tx`; the caller's last
+/// step. The lock on the head row keeps the chain one line across
+/// transactions and processes until `tx` ends.
+async fn append(tx: &mut PgConnection, record: AuditRecord) -> Result<AuditEntry> {
+    // The insert policy checks the record's company, which on the admin path
+    // need not be the one the transaction worked on. An entry with no
+    // company passes `system_insert` whatever the setting.
+    set_company(tx, record.company_id.as_ref().map_or("", CompanyId::as_str)).await?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    let entry = record.chain(head.try_get("seq")?, head.try_get::<&str, _>("hash")?);
+    // No RETURNING: the new row may be one the select policies hide.
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, request_id, actor, company_id, action, target, outcome, detail, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(entry.seq)
+    .bind(entry.at)
+    .bind(&entry.request_id)
+    .bind(&entry.actor)
+    .bind(entry.company_id.as_ref().map(CompanyId::as_str))
+    .bind(&entry.action)
+    .bind(&entry.target)
+    .bind(entry.outcome.as_str())
+    .bind(&entry.detail)
+    .bind(&entry.prev_hash)
+    .bind(&entry.hash)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(entry.seq)
+        .bind(&entry.hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(entry)
+}
+
+/// The company's row; `FOR UPDATE` when the caller is about to change it.
+async fn load_company(tx: &mut PgConnection, id: &CompanyId, lock: bool) -> Result<Company> {
+    let sql = format!(
+        "SELECT {COMPANY_COLUMNS} FROM companies WHERE company_id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    company_from_row(&row)
+}
+
+async fn write_profile(
+    tx: &mut PgConnection,
+    id: &CompanyId,
+    p: &CompanyProfile,
+    updated_at: DateTime<Utc>,
+    archived_at: Option<DateTime<Utc>>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE companies SET name = $1, industry = $2, jurisdiction = $3, revenue_usd = $4, \
+         complexity_score = $5, activity_score = $6, priority_multiplier = $7, sla_response_seconds = $8, \
+         contacts = $9, sharing_consent = $10, updated_at = $11, archived_at = $12 WHERE company_id = $13",
+    )
+    .bind(&p.name)
+    .bind(&p.industry)
+    .bind(&p.jurisdiction)
+    .bind(p.revenue_usd)
+    .bind(p.complexity_score)
+    .bind(p.activity_score)
+    .bind(p.priority_multiplier)
+    .bind(p.sla_response_seconds)
+    .bind(Json(&p.contacts))
+    .bind(Json(&p.sharing_consent))
+    .bind(updated_at)
+    .bind(archived_at)
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl CompanyStore for PgStore {
+    async fn create_company(
+        &self,
+        scope: &CompanyScope,
+        profile: &CompanyProfile,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Company> {
+        let now = now.trunc_subsecs(6);
+        let id = scope.company();
+        let conflict = || StoreError::Conflict(format!("company '{id}' already exists"));
+        let mut tx = self.scoped(id).await?;
+        let taken = sqlx::query("SELECT 1 FROM companies WHERE company_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(conflict());
+        }
+        let sql = format!(
+            "INSERT INTO companies ({COMPANY_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL)"
+        );
+        let p = profile;
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .bind(&p.name)
+            .bind(&p.industry)
+            .bind(&p.jurisdiction)
+            .bind(p.revenue_usd)
+            .bind(p.complexity_score)
+            .bind(p.activity_score)
+            .bind(p.priority_multiplier)
+            .bind(p.sla_response_seconds)
+            .bind(Json(&p.contacts))
+            .bind(Json(&p.sharing_consent))
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            // A concurrent create of the same id got there first.
+            .map_err(|e| match sqlstate(&e).as_deref() {
+                Some(UNIQUE_VIOLATION) => conflict(),
+                _ => e.into(),
+            })?;
+        let company = load_company(&mut tx, id, false).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(company)
+    }
+
+    async fn get_company(&self, scope: &CompanyScope) -> Result<Company> {
+        let mut tx = self.scoped(scope.company()).await?;
+        let company = load_company(&mut tx, scope.company(), false).await?;
+        tx.commit().await?;
+        Ok(company)
+    }
+
+    async fn list_companies(
+        &self,
+        _admin: &AdminScope,
+        include_archived: bool,
+        audit: AuditRecord,
+    ) -> Result<Vec<Company>> {
+        let sql = format!(
+            "SELECT {COMPANY_COLUMNS} FROM companies WHERE ($1 OR archived_at IS NULL) ORDER BY company_id"
+        );
+        let mut tx = self.admin_read().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(include_archived)
+            .fetch_all(&mut *tx)
+            .await?;
+        let companies = rows.iter().map(company_from_row).collect::<Result<Vec<_>>>()?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(companies)
+    }
+
+    async fn update_company(
+        &self,
+        scope: &CompanyScope,
+        patch: CompanyPatch,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Company> {
+        let now = now.trunc_subsecs(6);
+        let id = scope.company();
+        let mut tx = self.scoped(id).await?;
+        let current = load_company(&mut tx, id, true).await?;
+        if current.is_archived() {
+            return Err(StoreError::Conflict(format!("company '{id}' is archived")));
+        }
+        let profile = current.profile.apply(patch)?;
+        write_profile(&mut tx, id, &profile, now, None).await?;
+        let company = load_company(&mut tx, id, false).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(company)
+    }
+
+    async fn archive_company(
+        &self,
+        scope: &CompanyScope,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Company> {
+        let now = now.trunc_subsecs(6);
+        let id = scope.company();
+        let mut tx = self.scoped(id).await?;
+        let current = load_company(&mut tx, id, true).await?;
+        if current.is_archived() {
+            return Err(StoreError::Conflict(format!("company '{id}' is already archived")));
+        }
+        write_profile(&mut tx, id, &current.profile, now, Some(now)).await?;
+        let company = load_company(&mut tx, id, false).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(company)
+    }
+
+    async fn delete_company(&self, scope: &CompanyScope, audit: AuditRecord) -> Result<DeletedRows> {
+        let id = scope.company().as_str();
+        let mut tx = self.scoped(scope.company()).await?;
+        // The row lock waits out a key being inserted for this company (its
+        // foreign-key check holds a share lock), so the key is deleted too.
+        load_company(&mut tx, scope.company(), true).await?;
+        let mut deleted = DeletedRows::default();
+        // Children first; companies last.
+        for (table, sql) in [
+            ("api_keys", "DELETE FROM api_keys WHERE company_id = $1"),
+            ("companies", "DELETE FROM companies WHERE company_id = $1"),
+        ] {
+            let n = sqlx::query(sql).bind(id).execute(&mut *tx).await?.rows_affected();
+            deleted.tables.push((table.to_owned(), n));
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
+
+async fn insert_key_row(tx: &mut PgConnection, key: &StoredKey) -> Result<()> {
+    let k = &key.key;
+    sqlx::query(
+        "INSERT INTO api_keys (key_id, name, role, company_id, token_sha256, created_at, revoked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(k.id.as_str())
+    .bind(&k.name)
+    .bind(k.role.as_str())
+    .bind(k.company_id.as_ref().map(CompanyId::as_str))
+    .bind(&key.token_sha256[..])
+    .bind(k.created_at.trunc_subsecs(6))
+    .bind(k.revoked_at.map(|t| t.trunc_subsecs(6)))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match sqlstate(&e).as_deref() {
+        Some(UNIQUE_VIOLATION) => StoreError::Conflict(format!("key '{}' already exists", k.id)),
+        // The company was deleted after we looked.
+        Some(FOREIGN_KEY_VIOLATION) => StoreError::NotFound,
+        _ => e.into(),
+    })?;
+    Ok(())
+}
+
+const KEY_COLUMNS: &str = "key_id, name, role, company_id, token_sha256, created_at, revoked_at";
+
+async fn load_key(tx: &mut PgConnection, id: &KeyId, lock: bool) -> Result<Option<StoredKey>> {
+    let sql = format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(key_from_row)
+        .transpose()
+}
+
+#[async_trait]
+impl KeyStore for PgStore {
+    async fn bootstrap_admin_key(&self, key: &StoredKey, audit: AuditRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // Two servers starting on an empty database: only one stores its key.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(BOOTSTRAP_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
+            .fetch_one(&mut *tx)
+            .await?;
+        if n > 0 {
+            return Ok(false);
+        }
+        insert_key_row(&mut tx, key).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_key(&self, _admin: &AdminScope, key: &StoredKey, audit: AuditRecord) -> Result<ApiKey> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(c) = &key.key.company_id {
+            set_company(&mut tx, c.as_str()).await?;
+            load_company(&mut tx, c, false).await?;
+        }
+        insert_key_row(&mut tx, key).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        let mut k = key.key.clone();
+        k.created_at = k.created_at.trunc_subsecs(6);
+        k.revoked_at = k.revoked_at.map(|t| t.trunc_subsecs(6));
+        Ok(k)
+    }
+
+    async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>> {
+        let mut conn = self.pool.acquire().await?;
+        load_key(&mut conn, id, false).await
+    }
+
+    async fn list_keys(&self, _admin: &AdminScope, audit: AuditRecord) -> Result<Vec<ApiKey>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id");
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        let keys = rows
+            .iter()
+            .map(|r| key_from_row(r).map(|k| k.key))
+            .collect::<Result<Vec<_>>>()?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn revoke_key(
+        &self,
+        _admin: &AdminScope,
+        id: &KeyId,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<ApiKey> {
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.pool.begin().await?;
+        let mut key = load_key(&mut tx, id, true)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .key;
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Conflict(format!("key '{id}' is already revoked")));
+        }
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2")
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        key.revoked_at = Some(now);
+        Ok(key)
+    }
+}
+
+const AUDIT_COLUMNS: &str =
+    "seq, at, request_id, actor, company_id, action, target, outcome, detail, prev_hash, hash";
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn append_audit(&self, record: AuditRecord) -> Result<AuditEntry> {
+        let mut tx = self.pool.begin().await?;
+        let e = append(&mut tx, record).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn list_company_audit(&self, scope: &CompanyScope, page: AuditPage) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE company_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let mut tx = self.scoped(scope.company()).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.company().as_str())
+            .bind(page.after_seq)
+            .bind(i64::from(page.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn list_all_audit(
+        &self,
+        _admin: &AdminScope,
+        company: Option<&CompanyId>,
+        page: AuditPage,
+        audit: AuditRecord,
+    ) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE ($1::text IS NULL OR company_id = $1) AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        );
+        let mut tx = self.admin_read().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(company.map(CompanyId::as_str))
+            .bind(page.after_seq)
+            .bind(i64::from(page.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let entries = rows.iter().map(audit_from_row).collect::<Result<Vec<_>>>()?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(entries)
+    }
+
+    async fn verify_audit(&self, _admin: &AdminScope, audit: AuditRecord) -> Result<ChainReport> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
+        );
+        let mut tx = self.admin_read().await?;
+        // The head first, and entries up to it only: appends committed while
+        // the walk runs are past it, and every entry up to it committed with
+        // it, so the walk needs no lock and holds up no writer.
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let (head_seq, head_hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
+        let mut v = ChainVerifier::default();
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(after)
+                .bind(head_seq)
+                .bind(VERIFY_BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("seq")?;
+            for r in &rows {
+                match audit_from_row(r) {
+                    Ok(e) => v.push(&e),
+                    Err(e) => v.malformed(r.try_get("seq")?, &e.to_string()),
+                }
+            }
+        }
+        let report = v.finish(Some((head_seq, head_hash)));
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,293 @@
+//! PostgreSQL row-level security, checked with raw SQL as the app role:
+//! even a statement that forgets its WHERE, or tries to write another
+//! company's rows, sees and touches one company only, and the audit log
+//! cannot be rewritten.
+
+use chrono::Utc;
+use kira_core::CompanyId;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Access, Principal};
+use kira_core::company::{CompanyPatch, NewCompany};
+use kira_store::postgres::{APP_ROLE, PgStore};
+use kira_store::testdb::fresh_postgres;
+use kira_store::{AuditStore, CompanyStore};
+use sqlx::postgres::PgQueryResult;
+use sqlx::{Connection, Executor, PgConnection, Row};
+
+const A: &str = "comp-a";
+const B: &str = "comp-b";
+/// The tables holding company data, each under row-level security.
+const COMPANY_TABLES: [&str; 2] = ["companies", "audit_log"];
+
+fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
+    AuditRecord {
+        at: Utc::now(),
+        request_id: "rls-test".into(),
+        actor: "system".into(),
+        company_id: company.cloned(),
+        action: action.into(),
+        target: company.map_or_else(|| "system".into(), |c| format!("company:{c}")),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    }
+}
+
+/// A fresh database with companies A and B, each with audit entries, plus an
+/// entry that concerns no company. Returns the store and the database URL.
+async fn setup() -> (PgStore, String) {
+    let url = fresh_postgres().await;
+    let store = PgStore::open(&url, None).await.expect("open store");
+    let admin = Principal::system().admin().expect("system is admin");
+    for id in [A, B] {
+        let (id, profile) = NewCompany {
+            id: id.into(),
+            name: format!("Company {id}"),
+            industry: "fintech".into(),
+            jurisdiction: "US-DE".into(),
+            revenue_usd: 1,
+            complexity_score: 0.5,
+            activity_score: 0.5,
+            priority_multiplier: 1.0,
+            sla_response_seconds: 30,
+            contacts: vec![],
+            sharing_consent: Default::default(),
+        }
+        .validate()
+        .expect("valid company");
+        let scope = admin.company(&id, Access::Write);
+        store
+            .create_company(&scope, &profile, Utc::now(), record(Some(&id), "company.create"))
+            .await
+            .expect("create company");
+        let patch = CompanyPatch {
+            revenue_usd: Some(2),
+            ..Default::default()
+        };
+        store
+            .update_company(&scope, patch, Utc::now(), record(Some(&id), "company.update"))
+            .await
+            .expect("update company");
+    }
+    store
+        .append_audit(record(None, "server.start"))
+        .await
+        .expect("append system entry");
+    (store, url)
+}
+
+/// A raw connection to `url` acting as the app role, no company named.
+async fn app_connection(url: &str) -> PgConnection {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    conn.execute("SET ROLE kira_app").await.expect("set role");
+    conn
+}
+
+async fn count(conn: &mut PgConnection, table: &str) -> i64 {
+    // `table` is one of this file's constants.
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(conn)
+        .await
+        .expect("count")
+}
+
+async fn name_company(conn: &mut PgConnection, company: &str) {
+    sqlx::query("SELECT set_config('app.current_company_id', $1, false)")
+        .bind(company)
+        .execute(conn)
+        .await
+        .expect("set company");
+}
+
+/// Asserts the statement failed with SQLSTATE 42501 (insufficient
+/// privilege) and a message containing `needle`, which tells an RLS
+/// violation from a missing privilege.
+#[track_caller]
+fn assert_refused(r: Result<PgQueryResult, sqlx::Error>, needle: &str) {
+    match r {
+        Err(sqlx::Error::Database(e)) => {
+            assert_eq!(e.code().as_deref(), Some("42501"), "{e}");
+            assert!(e.message().contains(needle), "expected {needle:?}, got {:?}", e.message());
+        }
+        other => panic!("expected a refusal ({needle}), got {other:?}"),
+    }
+}
+
+const RLS_VIOLATION: &str = "violates row-level security policy";
+
+#[tokio::test]
+async fn app_role_sees_only_the_named_company() {
+    let (_store, url) = setup().await;
+
+    // The superuser bypasses the policies: both companies' rows, and the
+    // entry without a company, are there to be hidden.
+    let mut su = PgConnection::connect(&url).await.expect("connect");
+    assert_eq!(count(&mut su, "companies").await, 2);
+    let audit_companies: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT DISTINCT company_id FROM audit_log ORDER BY company_id")
+            .fetch_all(&mut su)
+            .await
+            .expect("audit companies");
+    assert_eq!(audit_companies, [Some(A.into()), Some(B.into()), None]);
+
+    let mut app = app_connection(&url).await;
+    for table in COMPANY_TABLES {
+        assert_eq!(count(&mut app, table).await, 0, "{table} with no company named");
+    }
+
+    name_company(&mut app, A).await;
+    for table in COMPANY_TABLES {
+        let sql = format!("SELECT company_id FROM {table}");
+        let seen: Vec<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut app)
+            .await
+            .expect("select");
+        assert!(!seen.is_empty(), "{table}: company {A} sees its own rows");
+        assert!(
+            seen.iter().all(|c| c.as_deref() == Some(A)),
+            "{table}: company {A} sees {seen:?}"
+        );
+    }
+    assert_eq!(count(&mut app, "audit_log").await, 2, "A's create and update");
+
+    // Naming a company nobody has hides everything again.
+    name_company(&mut app, "nobody").await;
+    for table in COMPANY_TABLES {
+        assert_eq!(count(&mut app, table).await, 0, "{table} for an unknown company");
+    }
+}
+
+#[tokio::test]
+async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
+    let (_store, url) = setup().await;
+    let mut app = app_connection(&url).await;
+    name_company(&mut app, A).await;
+
+    let insert_company = sqlx::query(
+        "INSERT INTO companies (company_id, name, industry, jurisdiction, revenue_usd, complexity_score, \
+         activity_score, priority_multiplier, sla_response_seconds, contacts, sharing_consent, created_at, updated_at) \
+         VALUES ($1, 'x', 'x', 'GB', 0, 0.5, 0.5, 1.0, 30, '[]', '[]', now(), now())",
+    );
+    assert_refused(insert_company.bind(B).execute(&mut app).await, RLS_VIOLATION);
+
+    let insert_entry = sqlx::query(
+        "INSERT INTO audit_log (seq, at, request_id, actor, company_id, action, target, outcome, detail, prev_hash, hash) \
+         VALUES (1000, now(), 'r', 'system', $1, 'forged', 't', 'ok', '', 'x', 'y')",
+    );
+    assert_refused(insert_entry.bind(B).execute(&mut app).await, RLS_VIOLATION);
+
+    // Moving one's own row to another company is the same write.
+    assert_refused(
+        sqlx::query("UPDATE companies SET company_id = $1 WHERE company_id = $2")
+            .bind(B)
+            .bind(A)
+            .execute(&mut app)
+            .await,
+        RLS_VIOLATION,
+    );
+
+    // Another company's rows are simply not there to change, even with the
+    // admin read switched on: it opens SELECT only.
+    sqlx::query("SELECT set_config('app.admin_read', 'on', false)")
+        .execute(&mut app)
+        .await
+        .expect("admin read");
+    assert_eq!(count(&mut app, "companies").await, 2, "admin read sees both");
+    for sql in [
+        "UPDATE companies SET name = 'taken over' WHERE company_id = $1",
+        "DELETE FROM companies WHERE company_id = $1",
+    ] {
+        let r = sqlx::query(sql).bind(B).execute(&mut app).await.expect(sql);
+        assert_eq!(r.rows_affected(), 0, "{sql}");
+    }
+
+    // The audit log is append-only by privilege, whichever company is named.
+    for sql in [
+        "UPDATE audit_log SET detail = 'rewritten'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+        "DELETE FROM audit_head",
+        "INSERT INTO audit_head (id, seq, hash) VALUES (2, 0, '')",
+    ] {
+        assert_refused(sqlx::query(sql).execute(&mut app).await, "permission denied");
+    }
+
+    let mut su = PgConnection::connect(&url).await.expect("connect");
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM companies ORDER BY company_id")
+        .fetch_all(&mut su)
+        .await
+        .expect("names");
+    assert_eq!(names, [format!("Company {A}"), format!("Company {B}")]);
+}
+
+#[tokio::test]
+async fn app_role_has_no_way_around_the_policies() {
+    let (_store, url) = setup().await;
+    let mut su = PgConnection::connect(&url).await.expect("connect");
+
+    let role = sqlx::query("SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = $1")
+        .bind(APP_ROLE)
+        .fetch_one(&mut su)
+        .await
+        .expect("the app role exists");
+    for attr in ["rolsuper", "rolbypassrls", "rolcanlogin"] {
+        assert!(!role.get::<bool, _>(attr), "{APP_ROLE} has {attr}");
+    }
+    let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tableowner = $1")
+        .bind(APP_ROLE)
+        .fetch_one(&mut su)
+        .await
+        .expect("owned tables");
+    assert_eq!(owned, 0, "{APP_ROLE} owns tables");
+    for table in COMPANY_TABLES {
+        let (enabled, forced): (bool, bool) = sqlx::query_as(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class \
+             WHERE oid = ('public.' || $1)::regclass",
+        )
+        .bind(table)
+        .fetch_one(&mut su)
+        .await
+        .expect("pg_class");
+        assert!(enabled && forced, "{table}: row security enabled {enabled}, forced {forced}");
+    }
+
+    // Turning row security off makes queries fail rather than see more, and
+    // only an owner may disable the policies.
+    let mut app = app_connection(&url).await;
+    app.execute("SET row_security = off").await.expect("set row_security");
+    assert_refused(
+        sqlx::query("SELECT count(*) FROM companies").execute(&mut app).await,
+        "row-level security",
+    );
+    app.execute("RESET row_security").await.expect("reset row_security");
+    assert_refused(
+        sqlx::query("ALTER TABLE companies DISABLE ROW LEVEL SECURITY")
+            .execute(&mut app)
+            .await,
+        "must be owner",
+    );
+}
+
+#[tokio::test]
+async fn company_setting_ends_with_its_transaction() {
+    let (store, _url) = setup().await;
+    let mut conn = store.pool().acquire().await.expect("pooled connection");
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("current_user");
+    assert_eq!(user, APP_ROLE, "the store works as the app role");
+
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::query("SELECT set_config('app.current_company_id', $1, true)")
+        .bind(A)
+        .execute(&mut *tx)
+        .await
+        .expect("set company");
+    assert_eq!(count(&mut tx, "companies").await, 1, "inside the transaction");
+    tx.commit().await.expect("commit");
+
+    // Same connection, next statement: the setting is gone.
+    for table in COMPANY_TABLES {
+        assert_eq!(count(&mut conn, table).await, 0, "{table} after commit");
+    }
+}
