@@ -6,8 +6,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::sha256;
 use crate::CompanyId;
+use crate::auth::sha256;
 
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -203,17 +203,15 @@ impl ChainVerifier {
 
     pub fn finish(mut self, head: Option<(i64, String)>) -> ChainReport {
         let walked = self.expected_seq - 1;
-        if self.broken.is_none() {
-            if let Some((head_seq, head_hash)) = head {
-                if head_seq != walked || head_hash != self.prev_hash {
-                    self.broken = Some(BrokenLink {
-                        seq: walked + 1,
-                        reason: format!(
-                            "the chain head records entry {head_seq} but the log ends at {walked}: entries were removed"
-                        ),
-                    });
-                }
-            }
+        if let (None, Some((head_seq, head_hash))) = (&self.broken, head)
+            && (head_seq != walked || head_hash != self.prev_hash)
+        {
+            self.broken = Some(BrokenLink {
+                seq: walked + 1,
+                reason: format!(
+                    "the chain head records entry {head_seq} but the log ends at {walked}: entries were removed"
+                ),
+            });
         }
         ChainReport {
             entries: walked,
@@ -278,16 +276,25 @@ mod tests {
 
         let mut altered = c.clone();
         altered[2].target = "company:evil".into();
-        assert_eq!(verify(&altered, head.clone()).first_broken.map(|b| b.seq), Some(3));
+        assert_eq!(
+            verify(&altered, head.clone()).first_broken.map(|b| b.seq),
+            Some(3)
+        );
 
         let mut rehashed = c.clone();
         rehashed[2].outcome = Outcome::Denied;
         rehashed[2].hash = rehashed[2].computed_hash();
-        assert_eq!(verify(&rehashed, head.clone()).first_broken.map(|b| b.seq), Some(4));
+        assert_eq!(
+            verify(&rehashed, head.clone()).first_broken.map(|b| b.seq),
+            Some(4)
+        );
 
         let mut gap = c.clone();
         gap.remove(1);
-        assert_eq!(verify(&gap, head.clone()).first_broken.map(|b| b.seq), Some(2));
+        assert_eq!(
+            verify(&gap, head.clone()).first_broken.map(|b| b.seq),
+            Some(2)
+        );
 
         let cut = &c[..4];
         let r = verify(cut, head);

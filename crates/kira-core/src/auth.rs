@@ -104,10 +104,17 @@ impl fmt::Debug for IssuedKey {
 
 impl NewKey {
     /// Checks the request and makes the key, with a random token from `rng`.
-    pub fn issue(self, rng: &mut impl Rng, now: DateTime<Utc>) -> Result<IssuedKey, ValidationError> {
+    pub fn issue(
+        self,
+        rng: &mut impl Rng,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedKey, ValidationError> {
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(ValidationError::new("name", "must be 1 to 100 printable characters"));
+            return Err(ValidationError::new(
+                "name",
+                "must be 1 to 100 printable characters",
+            ));
         }
         let company_id = match (self.role, self.company_id) {
             (Role::Admin, None) => None,
@@ -123,7 +130,9 @@ impl NewKey {
                     "operator and viewer keys belong to one company",
                 ));
             }
-            (_, Some(c)) => Some(CompanyId::parse(&c).map_err(|e| ValidationError::new("company_id", e.message))?),
+            (_, Some(c)) => Some(
+                CompanyId::parse(&c).map_err(|e| ValidationError::new("company_id", e.message))?,
+            ),
         };
         let id = KeyId::parse(&random_alnum(rng, KeyId::LEN, LOWER_ALNUM))
             .map_err(|e| ValidationError::new("key_id", e.message))?;
@@ -333,7 +342,9 @@ mod tests {
     use rand::SeedableRng;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid time")
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("valid time")
     }
 
     fn issue(role: Role, company: Option<&str>) -> IssuedKey {
@@ -367,17 +378,25 @@ mod tests {
     fn key_requests_are_checked() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let bad = |role, company: Option<&str>| {
-            NewKey { name: "k".into(), role, company_id: company.map(str::to_owned) }
-                .issue(&mut rand::rngs::StdRng::seed_from_u64(1), now())
-                .expect_err("invalid")
-                .field
+            NewKey {
+                name: "k".into(),
+                role,
+                company_id: company.map(str::to_owned),
+            }
+            .issue(&mut rand::rngs::StdRng::seed_from_u64(1), now())
+            .expect_err("invalid")
+            .field
         };
         assert_eq!(bad(Role::Admin, Some("acme")), "company_id");
         assert_eq!(bad(Role::Viewer, None), "company_id");
         assert_eq!(bad(Role::Viewer, Some("A")), "company_id");
-        let e = NewKey { name: " ".into(), role: Role::Admin, company_id: None }
-            .issue(&mut rng, now())
-            .expect_err("invalid");
+        let e = NewKey {
+            name: " ".into(),
+            role: Role::Admin,
+            company_id: None,
+        }
+        .issue(&mut rng, now())
+        .expect_err("invalid");
         assert_eq!(e.field, "name");
     }
 

@@ -238,10 +238,10 @@ impl CompanyProfile {
 impl Contact {
     fn check(&mut self) -> Result<(), ValidationError> {
         self.name = text("name", &self.name, 200)?;
-        if let Some(email) = &self.email {
-            if !is_email(email) {
-                return Err(ValidationError::new("email", "is not an email address"));
-            }
+        if let Some(email) = &self.email
+            && !is_email(email)
+        {
+            return Err(ValidationError::new("email", "is not an email address"));
         }
         if let Some(url) = &self.webhook {
             let ok = (url.starts_with("https://") || url.starts_with("http://"))
@@ -347,9 +347,18 @@ mod tests {
             ("revenue_usd", Box::new(|c| c.revenue_usd = -1)),
             ("complexity_score", Box::new(|c| c.complexity_score = 1.5)),
             ("activity_score", Box::new(|c| c.activity_score = f64::NAN)),
-            ("priority_multiplier", Box::new(|c| c.priority_multiplier = 3.1)),
-            ("priority_multiplier", Box::new(|c| c.priority_multiplier = 0.05)),
-            ("sla_response_seconds", Box::new(|c| c.sla_response_seconds = 0)),
+            (
+                "priority_multiplier",
+                Box::new(|c| c.priority_multiplier = 3.1),
+            ),
+            (
+                "priority_multiplier",
+                Box::new(|c| c.priority_multiplier = 0.05),
+            ),
+            (
+                "sla_response_seconds",
+                Box::new(|c| c.sla_response_seconds = 0),
+            ),
             (
                 "contacts.0.email",
                 Box::new(|c| {

@@ -93,7 +93,17 @@ mod tests {
         for ok in ["ab", "acme", "comp-a", "a1", &"x".repeat(50)] {
             assert!(CompanyId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["a", "", "Acme", "ac me", "-ab", "ab-", "a_b", "é1", &"x".repeat(51)] {
+        for bad in [
+            "a",
+            "",
+            "Acme",
+            "ac me",
+            "-ab",
+            "ab-",
+            "a_b",
+            "é1",
+            &"x".repeat(51),
+        ] {
             let e = CompanyId::parse(bad).unwrap_err();
             assert_eq!(e.field, "id", "{bad}");
         }

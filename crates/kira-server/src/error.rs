@@ -1,12 +1,12 @@
 //! The one place errors become HTTP: status, a stable code, a message, and
 //! the field at fault. Also how each failure is recorded in the audit log.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use kira_core::ValidationError;
 use kira_core::audit::Outcome;
 use kira_core::auth::Denied;
-use kira_core::ValidationError;
 use kira_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -36,7 +36,12 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>, outcome: Outcome) -> Self {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
         Self {
             status,
             code,
@@ -52,15 +57,32 @@ impl ApiError {
     }
 
     pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message, Outcome::Rejected).with_field(field)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            Outcome::Rejected,
+        )
+        .with_field(field)
     }
 
     pub fn invalid_json(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_json", message, Outcome::Rejected).with_field(field)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            message,
+            Outcome::Rejected,
+        )
+        .with_field(field)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message, Outcome::Denied)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+            Outcome::Denied,
+        )
     }
 
     pub fn forbidden() -> Self {
@@ -74,7 +96,11 @@ impl ApiError {
 
     /// Something that does not exist, or that the caller may not know exists.
     pub fn not_found(what: impl Into<String>, denied: bool) -> Self {
-        let outcome = if denied { Outcome::Denied } else { Outcome::Rejected };
+        let outcome = if denied {
+            Outcome::Denied
+        } else {
+            Outcome::Rejected
+        };
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -98,7 +124,12 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, Outcome::Error)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            message,
+            Outcome::Error,
+        )
     }
 
     pub fn internal(err: &dyn std::fmt::Display) -> Self {
@@ -112,7 +143,12 @@ impl ApiError {
     }
 
     pub fn route_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route", Outcome::Rejected)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+            Outcome::Rejected,
+        )
     }
 
     pub fn method_not_allowed() -> Self {

@@ -9,13 +9,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use kira_core::audit::{AuditRecord, Outcome};
-use kira_core::auth::{token_key_id, Actor, Principal};
 use kira_core::CompanyId;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Actor, Principal, token_key_id};
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, ApiResult};
 use crate::App;
+use crate::error::{ApiError, ApiResult};
 
 /// The id of one request: in the response's `x-request-id` header and in
 /// every audit entry the request writes.
@@ -114,7 +114,13 @@ pub struct Act {
 }
 
 impl Caller {
-    pub fn act(&self, app: &App, action: &'static str, target: impl Into<String>, company: Option<&CompanyId>) -> Act {
+    pub fn act(
+        &self,
+        app: &App,
+        action: &'static str,
+        target: impl Into<String>,
+        company: Option<&CompanyId>,
+    ) -> Act {
         Act {
             app: app.clone(),
             request_id: self.request_id.clone(),
@@ -155,10 +161,10 @@ impl Act {
 
     /// For a read: audits only a denial.
     pub async fn read<T>(&self, r: ApiResult<T>) -> ApiResult<T> {
-        if let Err(e) = &r {
-            if e.outcome == Outcome::Denied {
-                self.audit_failure(e).await;
-            }
+        if let Err(e) = &r
+            && e.outcome == Outcome::Denied
+        {
+            self.audit_failure(e).await;
         }
         r
     }
@@ -168,7 +174,12 @@ impl Act {
             Some(f) => format!("{} ({f})", e.code),
             None => e.code.to_owned(),
         };
-        if let Err(err) = self.app.store.append_audit(self.record(e.outcome, detail)).await {
+        if let Err(err) = self
+            .app
+            .store
+            .append_audit(self.record(e.outcome, detail))
+            .await
+        {
             tracing::error!(error = %err, "could not audit a failed request");
         }
     }
@@ -176,7 +187,10 @@ impl Act {
 
 /// Parses a JSON body. Syntax errors name `body`; type errors and unknown
 /// fields name the field, as a dotted path (`contacts.0.email`).
-pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<T> {
+pub fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> ApiResult<T> {
     let bytes = body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit)
@@ -187,6 +201,13 @@ pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit
     if bytes.is_empty() {
         return Err(ApiError::invalid_json("body", "a JSON body is required"));
     }
+    // serde would also read a struct from an array; the API takes objects only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid_json(
+            "body",
+            "the body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = dotted(&e.path().to_string());
@@ -194,8 +215,16 @@ pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let msg = inner.to_string();
-                let field = unknown_field(&msg).map_or(path.clone(), |f| join(&path, f));
-                ApiError::invalid_json(if field.is_empty() { "body".into() } else { field }, msg)
+                // The path already ends at an unknown field; a missing one is named only in the message.
+                let field = missing_field(&msg).map_or(path.clone(), |f| join(&path, f));
+                ApiError::invalid_json(
+                    if field.is_empty() {
+                        "body".into()
+                    } else {
+                        field
+                    },
+                    msg,
+                )
             }
             _ => ApiError::invalid_json("body", format!("malformed JSON: {inner}")),
         }
@@ -213,7 +242,14 @@ pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> ApiResult<T> {
         let path = dotted(&e.path().to_string());
         let msg = e.into_inner().to_string();
         let field = unknown_field(&msg).map_or(path, str::to_owned);
-        ApiError::bad_request(if field.is_empty() { "query".into() } else { field }, msg)
+        ApiError::bad_request(
+            if field.is_empty() {
+                "query".into()
+            } else {
+                field
+            },
+            msg,
+        )
     })
 }
 
@@ -222,7 +258,10 @@ fn dotted(p: &str) -> String {
     if p == "." {
         return String::new();
     }
-    p.replace('[', ".").replace(']', "")
+    p.replace('[', ".")
+        .replace(']', "")
+        .trim_start_matches('.')
+        .to_owned()
 }
 
 fn join(path: &str, field: &str) -> String {
@@ -233,9 +272,12 @@ fn join(path: &str, field: &str) -> String {
     }
 }
 
+fn missing_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("missing field `")?.split('`').next()
+}
+
 fn unknown_field(msg: &str) -> Option<&str> {
-    let rest = msg.strip_prefix("unknown field `")?;
-    rest.split('`').next()
+    msg.strip_prefix("unknown field `")?.split('`').next()
 }
 
 #[cfg(test)]
@@ -250,15 +292,31 @@ mod tests {
     #[test]
     fn json_errors_name_the_field() {
         let field = |s| parse(s).expect_err("invalid").field.unwrap_or_default();
-        assert_eq!(field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","colour":1}"#), "colour");
-        assert_eq!(field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","revenue_usd":"lots"}"#), "revenue_usd");
         assert_eq!(
-            field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","contacts":[{"name":"J","phone":"1"}]}"#),
+            field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","colour":1}"#),
+            "colour"
+        );
+        assert_eq!(
+            field(
+                r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","revenue_usd":"lots"}"#
+            ),
+            "revenue_usd"
+        );
+        assert_eq!(
+            field(
+                r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US","contacts":[{"name":"J","phone":"1"}]}"#
+            ),
             "contacts.0.phone"
         );
         assert_eq!(field(r#"{"id":"ab","#), "body");
-        assert_eq!(field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US"} x"#), "body");
-        assert_eq!(field(r#"{"name":"A","industry":"x","jurisdiction":"US"}"#), "id");
+        assert_eq!(
+            field(r#"{"id":"ab","name":"A","industry":"x","jurisdiction":"US"} x"#),
+            "body"
+        );
+        assert_eq!(
+            field(r#"{"name":"A","industry":"x","jurisdiction":"US"}"#),
+            "id"
+        );
         assert_eq!(field(""), "body");
     }
 
@@ -273,7 +331,19 @@ mod tests {
     fn query_errors_name_the_parameter() {
         assert_eq!(query::<Q>(Some("limit=5")).expect("valid").limit, Some(5));
         assert_eq!(query::<Q>(None).expect("valid").limit, None);
-        assert_eq!(query::<Q>(Some("limit=x")).expect_err("bad").field.as_deref(), Some("limit"));
-        assert_eq!(query::<Q>(Some("nope=1")).expect_err("bad").field.as_deref(), Some("nope"));
+        assert_eq!(
+            query::<Q>(Some("limit=x"))
+                .expect_err("bad")
+                .field
+                .as_deref(),
+            Some("limit")
+        );
+        assert_eq!(
+            query::<Q>(Some("nope=1"))
+                .expect_err("bad")
+                .field
+                .as_deref(),
+            Some("nope")
+        );
     }
 }

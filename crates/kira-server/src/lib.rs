@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{IssuedKey, NewKey, Principal, Role};
 use kira_core::clock::Clock;
@@ -128,7 +128,10 @@ pub fn router(store: Arc<dyn Store>, clock: Arc<dyn Clock>, cfg: ServerConfig) -
 /// On a database with no API key at all, makes the first admin key and
 /// returns it (the caller shows the token once). Safe to call on every
 /// start and from several processes at once: only one key is ever made.
-pub async fn bootstrap_admin_key(store: &dyn Store, clock: &dyn Clock) -> Result<Option<IssuedKey>, Error> {
+pub async fn bootstrap_admin_key(
+    store: &dyn Store,
+    clock: &dyn Clock,
+) -> Result<Option<IssuedKey>, Error> {
     let now = clock.now();
     let issued = NewKey {
         name: "bootstrap-admin".into(),

@@ -4,5 +4,3 @@ pub mod audit;
 pub mod companies;
 pub mod keys;
 pub mod system;
-
-

@@ -98,7 +98,8 @@ pub trait CompanyStore: Send + Sync {
 
     /// Removes every row of the company in one transaction, its keys
     /// included; the audit log keeps its entries.
-    async fn delete_company(&self, scope: &CompanyScope, audit: AuditRecord) -> Result<DeletedRows>;
+    async fn delete_company(&self, scope: &CompanyScope, audit: AuditRecord)
+    -> Result<DeletedRows>;
 }
 
 #[async_trait]
@@ -107,7 +108,12 @@ pub trait KeyStore: Send + Sync {
     async fn bootstrap_admin_key(&self, key: &StoredKey, audit: AuditRecord) -> Result<bool>;
 
     /// NotFound when the key names a company that does not exist.
-    async fn insert_key(&self, admin: &AdminScope, key: &StoredKey, audit: AuditRecord) -> Result<ApiKey>;
+    async fn insert_key(
+        &self,
+        admin: &AdminScope,
+        key: &StoredKey,
+        audit: AuditRecord,
+    ) -> Result<ApiKey>;
 
     /// The authentication lookup: deliberately unscoped, since no company
     /// is known before the caller is.
@@ -132,7 +138,11 @@ pub trait AuditStore: Send + Sync {
     async fn append_audit(&self, record: AuditRecord) -> Result<AuditEntry>;
 
     /// One company's entries.
-    async fn list_company_audit(&self, scope: &CompanyScope, page: AuditPage) -> Result<Vec<AuditEntry>>;
+    async fn list_company_audit(
+        &self,
+        scope: &CompanyScope,
+        page: AuditPage,
+    ) -> Result<Vec<AuditEntry>>;
 
     /// Every entry, or one company's (admin path).
     async fn list_all_audit(

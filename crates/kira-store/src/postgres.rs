@@ -337,7 +337,10 @@ impl CompanyStore for PgStore {
             .bind(include_archived)
             .fetch_all(&mut *tx)
             .await?;
-        let companies = rows.iter().map(company_from_row).collect::<Result<Vec<_>>>()?;
+        let companies = rows
+            .iter()
+            .map(company_from_row)
+            .collect::<Result<Vec<_>>>()?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(companies)
@@ -376,7 +379,9 @@ impl CompanyStore for PgStore {
         let mut tx = self.scoped(id).await?;
         let current = load_company(&mut tx, id, true).await?;
         if current.is_archived() {
-            return Err(StoreError::Conflict(format!("company '{id}' is already archived")));
+            return Err(StoreError::Conflict(format!(
+                "company '{id}' is already archived"
+            )));
         }
         write_profile(&mut tx, id, &current.profile, now, Some(now)).await?;
         let company = load_company(&mut tx, id, false).await?;
@@ -385,7 +390,11 @@ impl CompanyStore for PgStore {
         Ok(company)
     }
 
-    async fn delete_company(&self, scope: &CompanyScope, audit: AuditRecord) -> Result<DeletedRows> {
+    async fn delete_company(
+        &self,
+        scope: &CompanyScope,
+        audit: AuditRecord,
+    ) -> Result<DeletedRows> {
         let id = scope.company().as_str();
         let mut tx = self.scoped(scope.company()).await?;
         // The row lock waits out a key being inserted for this company (its
@@ -397,7 +406,11 @@ impl CompanyStore for PgStore {
             ("api_keys", "DELETE FROM api_keys WHERE company_id = $1"),
             ("companies", "DELETE FROM companies WHERE company_id = $1"),
         ] {
-            let n = sqlx::query(sql).bind(id).execute(&mut *tx).await?.rows_affected();
+            let n = sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             deleted.tables.push((table.to_owned(), n));
         }
         append(&mut tx, audit).await?;
@@ -467,7 +480,12 @@ impl KeyStore for PgStore {
         Ok(true)
     }
 
-    async fn insert_key(&self, _admin: &AdminScope, key: &StoredKey, audit: AuditRecord) -> Result<ApiKey> {
+    async fn insert_key(
+        &self,
+        _admin: &AdminScope,
+        key: &StoredKey,
+        audit: AuditRecord,
+    ) -> Result<ApiKey> {
         let mut tx = self.pool.begin().await?;
         if let Some(c) = &key.key.company_id {
             set_company(&mut tx, c.as_str()).await?;
@@ -490,7 +508,9 @@ impl KeyStore for PgStore {
     async fn list_keys(&self, _admin: &AdminScope, audit: AuditRecord) -> Result<Vec<ApiKey>> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id");
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await?;
         let keys = rows
             .iter()
             .map(|r| key_from_row(r).map(|k| k.key))
@@ -514,7 +534,9 @@ impl KeyStore for PgStore {
             .ok_or(StoreError::NotFound)?
             .key;
         if key.revoked_at.is_some() {
-            return Err(StoreError::Conflict(format!("key '{id}' is already revoked")));
+            return Err(StoreError::Conflict(format!(
+                "key '{id}' is already revoked"
+            )));
         }
         sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2")
             .bind(now)
@@ -540,7 +562,11 @@ impl AuditStore for PgStore {
         Ok(e)
     }
 
-    async fn list_company_audit(&self, scope: &CompanyScope, page: AuditPage) -> Result<Vec<AuditEntry>> {
+    async fn list_company_audit(
+        &self,
+        scope: &CompanyScope,
+        page: AuditPage,
+    ) -> Result<Vec<AuditEntry>> {
         let sql = format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE company_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         );
@@ -573,7 +599,10 @@ impl AuditStore for PgStore {
             .bind(i64::from(page.limit))
             .fetch_all(&mut *tx)
             .await?;
-        let entries = rows.iter().map(audit_from_row).collect::<Result<Vec<_>>>()?;
+        let entries = rows
+            .iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>>>()?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(entries)

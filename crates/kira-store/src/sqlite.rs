@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
+use kira_core::CompanyId;
 use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier, Outcome};
 use kira_core::auth::{AdminScope, ApiKey, CompanyScope, Role, StoredKey};
 use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
-use kira_core::CompanyId;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
 use crate::{
@@ -235,7 +237,9 @@ impl CompanyStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         if taken.is_some() {
-            return Err(StoreError::Conflict(format!("company '{id}' already exists")));
+            return Err(StoreError::Conflict(format!(
+                "company '{id}' already exists"
+            )));
         }
         let sql = format!(
             "INSERT INTO companies ({COMPANY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)"
@@ -282,7 +286,10 @@ impl CompanyStore for SqliteStore {
             .bind(include_archived)
             .fetch_all(&mut *tx)
             .await?;
-        let companies = rows.iter().map(company_from_row).collect::<Result<Vec<_>>>()?;
+        let companies = rows
+            .iter()
+            .map(company_from_row)
+            .collect::<Result<Vec<_>>>()?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(companies)
@@ -321,7 +328,9 @@ impl CompanyStore for SqliteStore {
         let mut tx = self.write().await?;
         let current = load_company(&mut tx, id).await?;
         if current.is_archived() {
-            return Err(StoreError::Conflict(format!("company '{id}' is already archived")));
+            return Err(StoreError::Conflict(format!(
+                "company '{id}' is already archived"
+            )));
         }
         write_profile(&mut tx, id, &current.profile, now, Some(now)).await?;
         let company = load_company(&mut tx, id).await?;
@@ -330,7 +339,11 @@ impl CompanyStore for SqliteStore {
         Ok(company)
     }
 
-    async fn delete_company(&self, scope: &CompanyScope, audit: AuditRecord) -> Result<DeletedRows> {
+    async fn delete_company(
+        &self,
+        scope: &CompanyScope,
+        audit: AuditRecord,
+    ) -> Result<DeletedRows> {
         let id = scope.company().as_str();
         let mut tx = self.write().await?;
         load_company(&mut tx, scope.company()).await?;
@@ -340,7 +353,11 @@ impl CompanyStore for SqliteStore {
             ("api_keys", "DELETE FROM api_keys WHERE company_id = ?"),
             ("companies", "DELETE FROM companies WHERE company_id = ?"),
         ] {
-            let n = sqlx::query(sql).bind(id).execute(&mut *tx).await?.rows_affected();
+            let n = sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             deleted.tables.push((table.to_owned(), n));
         }
         append(&mut tx, audit).await?;
@@ -402,7 +419,12 @@ impl KeyStore for SqliteStore {
         Ok(true)
     }
 
-    async fn insert_key(&self, _admin: &AdminScope, key: &StoredKey, audit: AuditRecord) -> Result<ApiKey> {
+    async fn insert_key(
+        &self,
+        _admin: &AdminScope,
+        key: &StoredKey,
+        audit: AuditRecord,
+    ) -> Result<ApiKey> {
         let mut tx = self.write().await?;
         if let Some(c) = &key.key.company_id {
             load_company(&mut tx, c).await?;
@@ -423,7 +445,9 @@ impl KeyStore for SqliteStore {
     async fn list_keys(&self, _admin: &AdminScope, audit: AuditRecord) -> Result<Vec<ApiKey>> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id");
         let mut tx = self.write().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await?;
         let keys = rows
             .iter()
             .map(|r| key_from_row(r).map(|k| k.key))
@@ -442,9 +466,14 @@ impl KeyStore for SqliteStore {
     ) -> Result<ApiKey> {
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let mut key = load_key(&mut tx, id).await?.ok_or(StoreError::NotFound)?.key;
+        let mut key = load_key(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .key;
         if key.revoked_at.is_some() {
-            return Err(StoreError::Conflict(format!("key '{id}' is already revoked")));
+            return Err(StoreError::Conflict(format!(
+                "key '{id}' is already revoked"
+            )));
         }
         sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?")
             .bind(ts(now))
@@ -470,7 +499,11 @@ impl AuditStore for SqliteStore {
         Ok(e)
     }
 
-    async fn list_company_audit(&self, scope: &CompanyScope, page: AuditPage) -> Result<Vec<AuditEntry>> {
+    async fn list_company_audit(
+        &self,
+        scope: &CompanyScope,
+        page: AuditPage,
+    ) -> Result<Vec<AuditEntry>> {
         let sql = format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE company_id = ? AND seq > ? ORDER BY seq LIMIT ?"
         );
@@ -503,14 +536,18 @@ impl AuditStore for SqliteStore {
             .bind(i64::from(page.limit))
             .fetch_all(&mut *tx)
             .await?;
-        let entries = rows.iter().map(audit_from_row).collect::<Result<Vec<_>>>()?;
+        let entries = rows
+            .iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>>>()?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(entries)
     }
 
     async fn verify_audit(&self, _admin: &AdminScope, audit: AuditRecord) -> Result<ChainReport> {
-        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT 1000");
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT 1000");
         // One write transaction: the chain cannot grow while it is walked.
         let mut tx = self.write().await?;
         let mut v = ChainVerifier::default();

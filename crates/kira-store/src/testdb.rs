@@ -3,6 +3,8 @@
 //! start one.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -10,9 +12,18 @@ use sqlx::{Connection, Executor, PgConnection};
 /// names another.
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Creates an empty database `kira_t_<uuid>` in the test cluster and
+const PREFIX: &str = "kira_t_";
+
+/// Test databases older than this are dropped by the next test run.
+const STALE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Held (in the maintenance database) by the one process sweeping: "kirasweep".
+const SWEEP_LOCK: i64 = 0x6b69_7261_7377_6570;
+
+/// Creates an empty database `kira_t_<uuid v7>` in the test cluster and
 /// returns its URL, with the same user (a superuser, as the owner URL of
-/// [`crate::postgres::PgStore::open`]).
+/// [`crate::postgres::PgStore::open`]). The first call in a process also
+/// drops test databases left by runs over an hour ago.
 ///
 /// # Panics
 /// When the cluster cannot be reached or refuses to create the database.
@@ -25,14 +36,73 @@ pub async fn fresh_postgres() -> String {
              or set KIRA_TEST_PG_URL to a cluster where this user may create databases."
         )
     });
+    static SWEPT: AtomicBool = AtomicBool::new(false);
+    if !SWEPT.swap(true, Ordering::Relaxed) {
+        drop_stale(&mut conn).await;
+    }
     // A uuid's simple form is hex: safe to put in the statement.
-    let name = format!("kira_t_{}", uuid::Uuid::now_v7().simple());
+    let name = format!("{PREFIX}{}", uuid::Uuid::now_v7().simple());
     conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await
         .unwrap_or_else(|e| panic!("cannot create test database {name} at {base}: {e}"));
     // Closing is a courtesy; the database exists either way.
     let _ = conn.close().await;
     with_database(&base, &name)
+}
+
+/// Tests leave their databases behind (their pools may still be open when
+/// they end), so each run clears what earlier runs left. The uuid v7 in the
+/// name says when a database was made. Best effort: one still in use, or
+/// dropped by a concurrent run, is left alone.
+async fn drop_stale(conn: &mut PgConnection) {
+    // Each drop waits for a checkpoint: one process sweeps, the rest go on.
+    let sweeper: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SWEEP_LOCK)
+        .fetch_one(&mut *conn)
+        .await;
+    if !matches!(sweeper, Ok(true)) {
+        return;
+    }
+    let Ok(names) = sqlx::query_scalar::<_, String>(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, 'kira_t_')",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    else {
+        return;
+    };
+    let now = SystemTime::now();
+    for name in names {
+        let Some(made) = created_at(&name) else {
+            continue;
+        };
+        if now.duration_since(made).is_ok_and(|age| age > STALE_AFTER) {
+            let _ = conn
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name}"
+                )))
+                .await;
+        }
+    }
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SWEEP_LOCK)
+        .execute(&mut *conn)
+        .await;
+}
+
+/// When a test database was made, if `name` is one of ours: the prefix and a
+/// uuid v7 in simple form, so nothing else can reach the DROP statement.
+fn created_at(name: &str) -> Option<SystemTime> {
+    let hex = name.strip_prefix(PREFIX)?;
+    if hex.len() != 32
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let (secs, nanos) = uuid::Uuid::parse_str(hex).ok()?.get_timestamp()?.to_unix();
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 /// The URL of a new SQLite database file in `dir` (created on open).
@@ -61,7 +131,25 @@ fn with_database(url: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::*;
+
+    #[test]
+    fn only_our_names_have_an_age() {
+        let id = uuid::Uuid::now_v7();
+        let made = created_at(&format!("kira_t_{}", id.simple())).expect("ours");
+        let age = SystemTime::now().duration_since(made).expect("in the past");
+        assert!(age < Duration::from_secs(60), "{age:?}");
+        for other in [
+            "postgres",
+            "kira_t_",
+            "kira_t_x; DROP TABLE y",
+            &format!("kira_t_{}", id.hyphenated()),
+            &format!("kira_t_{}", id.simple()).to_uppercase(),
+            &format!("kira_x_{}", id.simple()),
+        ] {
+            assert_eq!(created_at(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn only_the_database_name_changes() {
@@ -74,6 +162,9 @@ mod tests {
             "postgresql://u:p@h/x?sslmode=disable"
         );
         assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
-        assert_eq!(with_database("postgres://u@h?a=b", "x"), "postgres://u@h/x?a=b");
+        assert_eq!(
+            with_database("postgres://u@h?a=b", "x"),
+            "postgres://u@h/x?a=b"
+        );
     }
 }

@@ -1,17 +1,17 @@
 //! The audit log: list entries, verify the chain.
 
-use axum::extract::{RawQuery, State};
 use axum::Json;
+use axum::extract::{RawQuery, State};
+use kira_core::CompanyId;
 use kira_core::audit::{AuditEntry, ChainReport};
 use kira_core::auth::Access;
-use kira_core::CompanyId;
 use kira_store::AuditPage;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{query, Caller};
 use crate::App;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Caller, query};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -41,13 +41,26 @@ pub struct AuditList {
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
-pub async fn list_audit(State(app): State<App>, caller: Caller, RawQuery(raw): RawQuery) -> ApiResult<Json<AuditList>> {
-    let act = caller.act(&app, "audit.list", "audit", None);
+pub async fn list_audit(
+    State(app): State<App>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<AuditList>> {
+    let q: ApiResult<AuditQuery> = query(raw.as_deref());
+    let named = q
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref())
+        .and_then(|c| CompanyId::parse(c).ok());
+    let act = caller.act(&app, "audit.list", "audit", named.as_ref());
     let result = async {
-        let q: AuditQuery = query(raw.as_deref())?;
+        let q = q?;
         let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request("limit", format!("must be between 1 and {MAX_LIMIT}")));
+            return Err(ApiError::bad_request(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
         }
         if q.after < 0 {
             return Err(ApiError::bad_request("after", "must not be negative"));
@@ -58,15 +71,21 @@ pub async fn list_audit(State(app): State<App>, caller: Caller, RawQuery(raw): R
             .map(CompanyId::parse)
             .transpose()
             .map_err(|e| ApiError::bad_request("company", e.message))?;
-        let page = AuditPage { after_seq: q.after, limit };
+        let page = AuditPage {
+            after_seq: q.after,
+            limit,
+        };
         let entries = match caller.principal.admin() {
-            Ok(admin) => app
-                .store
-                .list_all_audit(&admin, company.as_ref(), page, act.ok())
-                .await,
+            Ok(admin) => {
+                app.store
+                    .list_all_audit(&admin, company.as_ref(), page, act.ok())
+                    .await
+            }
             Err(_) => {
                 let own = caller.principal.company().ok_or_else(ApiError::forbidden)?;
-                let scope = caller.principal.scope(company.as_ref().unwrap_or(own), Access::Read)?;
+                let scope = caller
+                    .principal
+                    .scope(company.as_ref().unwrap_or(own), Access::Read)?;
                 app.store.list_company_audit(&scope, page).await
             }
         }
@@ -74,7 +93,10 @@ pub async fn list_audit(State(app): State<App>, caller: Caller, RawQuery(raw): R
         let next_after = (entries.len() == limit as usize)
             .then(|| entries.last().map(|e| e.seq))
             .flatten();
-        Ok(Json(AuditList { entries, next_after }))
+        Ok(Json(AuditList {
+            entries,
+            next_after,
+        }))
     }
     .await;
     act.read(result).await

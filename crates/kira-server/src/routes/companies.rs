@@ -1,20 +1,20 @@
 //! Company profiles: create, list, show, update, archive, delete.
 
+use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::Json;
 use bytes::Bytes;
+use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::Access;
 use kira_core::company::{Company, CompanyPatch, NewCompany};
-use kira_core::CompanyId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{json_body, query, Caller};
 use crate::App;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Caller, json_body, query};
 
 fn store_err(e: kira_store::StoreError) -> ApiError {
     ApiError::from_store(e, "company")
@@ -120,7 +120,9 @@ pub async fn get_company(
     let result = async {
         let id = path_id(&raw)?;
         let scope = caller.principal.scope(&id, Access::Read)?;
-        Ok(Json(app.store.get_company(&scope).await.map_err(store_err)?))
+        Ok(Json(
+            app.store.get_company(&scope).await.map_err(store_err)?,
+        ))
     }
     .await;
     act.read(result).await
@@ -141,7 +143,12 @@ pub async fn update_company(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Company>> {
     let id = CompanyId::parse(&raw).ok();
-    let act = caller.act(&app, "company.update", format!("company:{raw}"), id.as_ref());
+    let act = caller.act(
+        &app,
+        "company.update",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
     let result = async {
         let id = path_id(&raw)?;
         let scope = caller.principal.scope(&id, Access::Write)?;
@@ -176,7 +183,12 @@ pub async fn archive_company(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Company>> {
     let id = CompanyId::parse(&raw).ok();
-    let act = caller.act(&app, "company.archive", format!("company:{raw}"), id.as_ref());
+    let act = caller.act(
+        &app,
+        "company.archive",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
     let result = async {
         let id = path_id(&raw)?;
         let scope = caller.principal.admin()?.company(&id, Access::Write);
@@ -221,7 +233,12 @@ pub async fn delete_company(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Deleted>> {
     let id = CompanyId::parse(&raw).ok();
-    let act = caller.act(&app, "company.delete", format!("company:{raw}"), id.as_ref());
+    let act = caller.act(
+        &app,
+        "company.delete",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
     let result = async {
         let id = path_id(&raw)?;
         let scope = caller.principal.admin()?.company(&id, Access::Write);
@@ -232,7 +249,11 @@ pub async fn delete_company(
                 "deleting a company removes all of its data: pass force=true",
             ));
         }
-        let rows = app.store.delete_company(&scope, act.ok()).await.map_err(store_err)?;
+        let rows = app
+            .store
+            .delete_company(&scope, act.ok())
+            .await
+            .map_err(store_err)?;
         Ok(Json(Deleted {
             deleted: id,
             rows: rows.tables.into_iter().collect(),

@@ -1,9 +1,9 @@
 //! API keys (admin): create, list, revoke. A token is shown once, at creation.
 
+use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use bytes::Bytes;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::{ApiKey, NewKey};
@@ -11,9 +11,9 @@ use kira_core::ids::KeyId;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{json_body, Caller};
 use crate::App;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Caller, json_body};
 
 #[derive(Serialize, ToSchema)]
 pub struct CreatedKey {

@@ -4,15 +4,15 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
+use kira_core::CompanyId;
 use kira_core::auth::Role;
 use kira_core::ids::KeyId;
-use kira_core::CompanyId;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Caller;
-use crate::App;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {
@@ -40,7 +40,9 @@ pub async fn readyz(State(app): State<App>) -> ApiResult<Json<Status>> {
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "system", security(()),
     responses((status = 200, description = "The OpenAPI 3 document")))]
-pub async fn openapi_json(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi_json(
+    Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
     Json((*doc).clone())
 }
 

@@ -10,7 +10,7 @@ use kira_store::{AuditPage, StoreError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use crate::support::{record, scope, t0, Fresh};
+use crate::support::{Fresh, record, scope, t0};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -48,7 +48,9 @@ async fn check(f: &Fresh, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Create(i) => {
                 let n = name(i);
                 let (_, p) = crate::support::new_company(&n).validate().expect("valid");
-                let r = s.create_company(&scope(&n), &p, t0(), record(Some(&n), "company.create")).await;
+                let r = s
+                    .create_company(&scope(&n), &p, t0(), record(Some(&n), "company.create"))
+                    .await;
                 let m = model.get_mut(&i).expect("model");
                 match r {
                     Ok(_) => {
@@ -63,8 +65,13 @@ async fn check(f: &Fresh, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Update(i, revenue) => {
                 let n = name(i);
-                let patch = CompanyPatch { revenue_usd: Some(revenue), ..Default::default() };
-                let r = s.update_company(&scope(&n), patch, t0(), record(Some(&n), "company.update")).await;
+                let patch = CompanyPatch {
+                    revenue_usd: Some(revenue),
+                    ..Default::default()
+                };
+                let r = s
+                    .update_company(&scope(&n), patch, t0(), record(Some(&n), "company.update"))
+                    .await;
                 let m = model.get_mut(&i).expect("model");
                 match r {
                     Ok(c) => {
@@ -79,7 +86,9 @@ async fn check(f: &Fresh, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Audit(i) => {
                 let n = name(i);
-                s.append_audit(record(Some(&n), "note")).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                s.append_audit(record(Some(&n), "note"))
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 model.get_mut(&i).expect("model").audit_entries += 1;
             }
         }
@@ -96,7 +105,13 @@ async fn check(f: &Fresh, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Err(e) => return Err(TestCaseError::fail(e.to_string())),
         }
         let entries = s
-            .list_company_audit(&scope(&n), AuditPage { after_seq: 0, limit: 1000 })
+            .list_company_audit(
+                &scope(&n),
+                AuditPage {
+                    after_seq: 0,
+                    limit: 1000,
+                },
+            )
             .await
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(entries.len(), m.audit_entries);
@@ -114,7 +129,11 @@ fn run(open: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>
         .build()
         .expect("runtime");
     let fresh = rt.block_on(open());
-    let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        failure_persistence: None,
+        ..Config::default()
+    });
     let result = runner.run(&ops(), |ops| rt.block_on(check(&fresh, ops)));
     if let Err(e) = result {
         panic!("isolation property failed: {e}");

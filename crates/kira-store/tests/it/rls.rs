@@ -56,7 +56,12 @@ async fn setup() -> (PgStore, String) {
         .expect("valid company");
         let scope = admin.company(&id, Access::Write);
         store
-            .create_company(&scope, &profile, Utc::now(), record(Some(&id), "company.create"))
+            .create_company(
+                &scope,
+                &profile,
+                Utc::now(),
+                record(Some(&id), "company.create"),
+            )
             .await
             .expect("create company");
         let patch = CompanyPatch {
@@ -64,7 +69,12 @@ async fn setup() -> (PgStore, String) {
             ..Default::default()
         };
         store
-            .update_company(&scope, patch, Utc::now(), record(Some(&id), "company.update"))
+            .update_company(
+                &scope,
+                patch,
+                Utc::now(),
+                record(Some(&id), "company.update"),
+            )
             .await
             .expect("update company");
     }
@@ -106,7 +116,11 @@ fn assert_refused(r: Result<PgQueryResult, sqlx::Error>, needle: &str) {
     match r {
         Err(sqlx::Error::Database(e)) => {
             assert_eq!(e.code().as_deref(), Some("42501"), "{e}");
-            assert!(e.message().contains(needle), "expected {needle:?}, got {:?}", e.message());
+            assert!(
+                e.message().contains(needle),
+                "expected {needle:?}, got {:?}",
+                e.message()
+            );
         }
         other => panic!("expected a refusal ({needle}), got {other:?}"),
     }
@@ -131,7 +145,11 @@ async fn app_role_sees_only_the_named_company() {
 
     let mut app = app_connection(&url).await;
     for table in COMPANY_TABLES {
-        assert_eq!(count(&mut app, table).await, 0, "{table} with no company named");
+        assert_eq!(
+            count(&mut app, table).await,
+            0,
+            "{table} with no company named"
+        );
     }
 
     name_company(&mut app, A).await;
@@ -147,12 +165,20 @@ async fn app_role_sees_only_the_named_company() {
             "{table}: company {A} sees {seen:?}"
         );
     }
-    assert_eq!(count(&mut app, "audit_log").await, 2, "A's create and update");
+    assert_eq!(
+        count(&mut app, "audit_log").await,
+        2,
+        "A's create and update"
+    );
 
     // Naming a company nobody has hides everything again.
     name_company(&mut app, "nobody").await;
     for table in COMPANY_TABLES {
-        assert_eq!(count(&mut app, table).await, 0, "{table} for an unknown company");
+        assert_eq!(
+            count(&mut app, table).await,
+            0,
+            "{table} for an unknown company"
+        );
     }
 }
 
@@ -167,7 +193,10 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
          activity_score, priority_multiplier, sla_response_seconds, contacts, sharing_consent, created_at, updated_at) \
          VALUES ($1, 'x', 'x', 'GB', 0, 0.5, 0.5, 1.0, 30, '[]', '[]', now(), now())",
     );
-    assert_refused(insert_company.bind(B).execute(&mut app).await, RLS_VIOLATION);
+    assert_refused(
+        insert_company.bind(B).execute(&mut app).await,
+        RLS_VIOLATION,
+    );
 
     let insert_entry = sqlx::query(
         "INSERT INTO audit_log (seq, at, request_id, actor, company_id, action, target, outcome, detail, prev_hash, hash) \
@@ -191,7 +220,11 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
         .execute(&mut app)
         .await
         .expect("admin read");
-    assert_eq!(count(&mut app, "companies").await, 2, "admin read sees both");
+    assert_eq!(
+        count(&mut app, "companies").await,
+        2,
+        "admin read sees both"
+    );
     for sql in [
         "UPDATE companies SET name = 'taken over' WHERE company_id = $1",
         "DELETE FROM companies WHERE company_id = $1",
@@ -208,7 +241,10 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
         "DELETE FROM audit_head",
         "INSERT INTO audit_head (id, seq, hash) VALUES (2, 0, '')",
     ] {
-        assert_refused(sqlx::query(sql).execute(&mut app).await, "permission denied");
+        assert_refused(
+            sqlx::query(sql).execute(&mut app).await,
+            "permission denied",
+        );
     }
 
     let mut su = PgConnection::connect(&url).await.expect("connect");
@@ -224,11 +260,12 @@ async fn app_role_has_no_way_around_the_policies() {
     let (_store, url) = setup().await;
     let mut su = PgConnection::connect(&url).await.expect("connect");
 
-    let role = sqlx::query("SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = $1")
-        .bind(APP_ROLE)
-        .fetch_one(&mut su)
-        .await
-        .expect("the app role exists");
+    let role =
+        sqlx::query("SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = $1")
+            .bind(APP_ROLE)
+            .fetch_one(&mut su)
+            .await
+            .expect("the app role exists");
     for attr in ["rolsuper", "rolbypassrls", "rolcanlogin"] {
         assert!(!role.get::<bool, _>(attr), "{APP_ROLE} has {attr}");
     }
@@ -247,18 +284,27 @@ async fn app_role_has_no_way_around_the_policies() {
         .fetch_one(&mut su)
         .await
         .expect("pg_class");
-        assert!(enabled && forced, "{table}: row security enabled {enabled}, forced {forced}");
+        assert!(
+            enabled && forced,
+            "{table}: row security enabled {enabled}, forced {forced}"
+        );
     }
 
     // Turning row security off makes queries fail rather than see more, and
     // only an owner may disable the policies.
     let mut app = app_connection(&url).await;
-    app.execute("SET row_security = off").await.expect("set row_security");
+    app.execute("SET row_security = off")
+        .await
+        .expect("set row_security");
     assert_refused(
-        sqlx::query("SELECT count(*) FROM companies").execute(&mut app).await,
+        sqlx::query("SELECT count(*) FROM companies")
+            .execute(&mut app)
+            .await,
         "row-level security",
     );
-    app.execute("RESET row_security").await.expect("reset row_security");
+    app.execute("RESET row_security")
+        .await
+        .expect("reset row_security");
     assert_refused(
         sqlx::query("ALTER TABLE companies DISABLE ROW LEVEL SECURITY")
             .execute(&mut app)
@@ -283,7 +329,11 @@ async fn company_setting_ends_with_its_transaction() {
         .execute(&mut *tx)
         .await
         .expect("set company");
-    assert_eq!(count(&mut tx, "companies").await, 1, "inside the transaction");
+    assert_eq!(
+        count(&mut tx, "companies").await,
+        1,
+        "inside the transaction"
+    );
     tx.commit().await.expect("commit");
 
     // Same connection, next statement: the setting is gone.

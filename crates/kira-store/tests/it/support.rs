@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
+use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, CompanyScope, Principal};
 use kira_core::company::NewCompany;
-use kira_core::CompanyId;
 use kira_store::postgres::PgStore;
 use kira_store::sqlite::SqliteStore;
-use kira_store::{testdb, Store};
+use kira_store::{Store, testdb};
 
 /// A fresh store; the temp dir (SQLite) lives as long as the handle.
 pub struct Fresh {
@@ -22,17 +22,26 @@ pub async fn sqlite() -> Fresh {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = testdb::fresh_sqlite(dir.path()).await;
     let store = SqliteStore::open(&url).await.expect("open sqlite");
-    Fresh { store: Arc::new(store), _dir: Some(dir) }
+    Fresh {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
 }
 
 pub async fn postgres() -> Fresh {
     let url = testdb::fresh_postgres().await;
     let store = PgStore::open(&url, None).await.expect("open postgres");
-    Fresh { store: Arc::new(store), _dir: None }
+    Fresh {
+        store: Arc::new(store),
+        _dir: None,
+    }
 }
 
 pub fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 1, 9, 30, 0).single().expect("valid") + chrono::TimeDelta::nanoseconds(123_456_789)
+    Utc.with_ymd_and_hms(2026, 3, 1, 9, 30, 0)
+        .single()
+        .expect("valid")
+        + chrono::TimeDelta::nanoseconds(123_456_789)
 }
 
 pub fn cid(s: &str) -> CompanyId {
@@ -40,7 +49,9 @@ pub fn cid(s: &str) -> CompanyId {
 }
 
 pub fn scope(s: &str) -> CompanyScope {
-    Principal::system().scope(&cid(s), Access::Write).expect("system may")
+    Principal::system()
+        .scope(&cid(s), Access::Write)
+        .expect("system may")
 }
 
 pub fn record(company: Option<&str>, action: &str) -> AuditRecord {
@@ -75,7 +86,12 @@ pub fn new_company(id: &str) -> NewCompany {
 pub async fn create(store: &dyn Store, id: &str) -> kira_core::company::Company {
     let (cid, profile) = new_company(id).validate().expect("valid");
     store
-        .create_company(&scope(cid.as_str()), &profile, t0(), record(Some(id), "company.create"))
+        .create_company(
+            &scope(cid.as_str()),
+            &profile,
+            t0(),
+            record(Some(id), "company.create"),
+        )
         .await
         .expect("create")
 }

@@ -1,0 +1,8 @@
+//! kira-server's integration tests: the real HTTP API over a real socket,
+//! against real SQLite and PostgreSQL.
+
+mod audit;
+mod auth_matrix;
+mod bad_input;
+mod openapi;
+mod support;

@@ -1,0 +1,69 @@
+//! The OpenAPI document covers every route the server answers.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+
+use crate::support::{Backend, Server};
+
+#[tokio::test]
+async fn openapi_lists_every_route_with_responses() {
+    let s = Server::start(Backend::Sqlite).await;
+    let (status, doc) = s.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let mut found = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path} has responses"
+            );
+            found.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /v1/openapi.json",
+        "GET /v1/whoami",
+        "POST /v1/companies",
+        "GET /v1/companies",
+        "GET /v1/companies/{id}",
+        "PATCH /v1/companies/{id}",
+        "DELETE /v1/companies/{id}",
+        "POST /v1/companies/{id}/archive",
+        "POST /v1/keys",
+        "GET /v1/keys",
+        "POST /v1/keys/{key_id}/revoke",
+        "GET /v1/audit",
+        "GET /v1/audit/verify",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(found, expected);
+    // And each documented route is really served (not a 404 from the fallback).
+    for route in &expected {
+        let (method, path) = route.split_once(' ').expect("route");
+        let path = path
+            .replace("{id}", "acme")
+            .replace("{key_id}", "abcdefabcdef");
+        let (status, v) = s
+            .call(
+                Method::from_bytes(method.as_bytes()).expect("method"),
+                &path,
+                None,
+                None,
+            )
+            .await;
+        assert!(
+            v["error"]["code"] != "not_found"
+                || status != 404
+                || v["error"]["message"] != "no such route",
+            "{route}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Company"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}

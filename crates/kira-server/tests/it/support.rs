@@ -1,0 +1,200 @@
+//! A running server on a free loopback port, with an admin key, and the
+//! companies and keys most tests want.
+
+use std::sync::Arc;
+
+use kira_core::clock::SystemClock;
+use kira_server::{ServerConfig, router};
+use kira_store::postgres::PgStore;
+use kira_store::sqlite::SqliteStore;
+use kira_store::{Store, testdb};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Server {
+    pub base: String,
+    pub admin: String,
+
+    pub db_url: String,
+    http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn open_store(backend: Backend) -> (Arc<dyn Store>, String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = testdb::fresh_sqlite(dir.path()).await;
+            (
+                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
+                url,
+                Some(dir),
+            )
+        }
+        Backend::Postgres => {
+            let url = testdb::fresh_postgres().await;
+            (
+                Arc::new(PgStore::open(&url, None).await.expect("postgres")),
+                url,
+                None,
+            )
+        }
+    }
+}
+
+/// Serves `store` on a free port; returns the base URL and the task.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    cfg: ServerConfig,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = router(store, Arc::new(SystemClock), cfg);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    (format!("http://{addr}"), task)
+}
+
+impl Server {
+    pub async fn start(backend: Backend) -> Server {
+        Self::start_with(backend, ServerConfig::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, cfg: ServerConfig) -> Server {
+        let (store, db_url, dir) = open_store(backend).await;
+        let issued = kira_server::bootstrap_admin_key(store.as_ref(), &SystemClock)
+            .await
+            .expect("bootstrap")
+            .expect("a fresh database gets an admin key");
+        let (base, task) = serve(store, cfg).await;
+        Server {
+            base,
+            admin: issued.token,
+            db_url,
+            http: reqwest::Client::new(),
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Sends a request; `token` None sends no Authorization header.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let text = res.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn admin_ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self
+            .call(method.clone(), path, Some(&self.admin), body)
+            .await;
+        assert!(s.is_success(), "{method} {path}: {s} {v}");
+        v
+    }
+
+    pub async fn company(&self, id: &str) -> Value {
+        self.admin_ok(Method::POST, "/v1/companies", Some(company_body(id)))
+            .await
+    }
+
+    /// A key for `company` with `role`; returns (key id, token).
+    pub async fn key(&self, role: &str, company: Option<&str>) -> (String, String) {
+        let mut body = json!({"name": format!("{role} test key"), "role": role});
+        if let Some(c) = company {
+            body["company_id"] = json!(c);
+        }
+        let v = self.admin_ok(Method::POST, "/v1/keys", Some(body)).await;
+        (
+            v["key"]["id"].as_str().expect("id").to_owned(),
+            v["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    /// Every audit entry, as the admin sees them.
+    pub async fn audit(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let v = self
+                .admin_ok(
+                    Method::GET,
+                    &format!("/v1/audit?after={after}&limit=1000"),
+                    None,
+                )
+                .await;
+            let entries = v["entries"].as_array().expect("entries").clone();
+            out.extend(entries);
+            match v["next_after"].as_i64() {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+pub fn company_body(id: &str) -> Value {
+    json!({
+        "id": id,
+        "name": format!("{id} corp"),
+        "industry": "fintech",
+        "jurisdiction": "US-DE",
+        "revenue_usd": 2_000_000,
+        "contacts": [{"name": "Ada Lovelace", "email": "ada@example.com"}]
+    })
+}
