@@ -1,1 +1,93 @@
-fn main() {}
+//! The `kira` binary: `kira serve` runs the server; every other command is
+//! a client of its HTTP API.
+
+mod cli;
+mod client;
+mod commands;
+mod config;
+mod output;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command};
+use crate::client::ApiError;
+use crate::config::ConfigError;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints the error the way the user should read it and picks the exit
+/// status: 2 for a refused configuration (like clap's usage errors), 1 for
+/// everything else.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if let Some(c) = e.downcast_ref::<ConfigError>() {
+        eprintln!("error: {c}");
+        return ExitCode::from(2);
+    }
+    if let Some(api) = e.downcast_ref::<ApiError>() {
+        eprintln!("error: {api}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Cli {
+        url,
+        token,
+        data_dir,
+        json,
+        command,
+    } = cli;
+    let ctx = || commands::Ctx::new(&url, token.as_deref(), data_dir.clone(), json);
+    match command {
+        Command::Serve(args) => {
+            let flags = config::Flags {
+                listen: args.listen,
+                database_url: args.database_url,
+                app_database_url: args.app_database_url,
+                data_dir: data_dir.clone(),
+                max_body_bytes: args.max_body_bytes,
+                config: args.config,
+                log: args.log,
+            };
+            let cfg = config::Config::load(
+                &flags,
+                &|k| std::env::var(k).ok(),
+                std::path::Path::new(config::DEFAULT_CONFIG_FILE),
+            )?;
+            serve::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Company(cmd) => {
+            commands::company::check(&cmd)?;
+            commands::company::run(&ctx()?, cmd).await
+        }
+        Command::Admin(cmd) => commands::admin::run(&ctx()?, cmd).await,
+        Command::Audit(cmd) => commands::audit::run(&ctx()?, cmd).await,
+        Command::Whoami => commands::whoami(&ctx()?).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kira", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

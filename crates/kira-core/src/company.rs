@@ -340,7 +340,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut NewCompany)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut NewCompany)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("id", Box::new(|c| c.id = "A".into())),
             ("name", Box::new(|c| c.name = "  ".into())),
             ("jurisdiction", Box::new(|c| c.jurisdiction = "usa".into())),

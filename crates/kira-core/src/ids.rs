@@ -104,7 +104,7 @@ mod tests {
             "é1",
             &"x".repeat(51),
         ] {
-            let e = CompanyId::parse(bad).unwrap_err();
+            let e = CompanyId::parse(bad).expect_err(bad);
             assert_eq!(e.field, "id", "{bad}");
         }
     }
