@@ -176,8 +176,13 @@ pub enum Backend {
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://...`: the owner, who runs migrations.
     pub database_url: String,
-    /// PostgreSQL only: the URL the server uses for its work. When unset, the
-    /// server connects with `database_url` and switches to [`postgres::APP_ROLE`].
+    /// PostgreSQL only: the URL the server uses for its work. Its login must
+    /// be a member of [`postgres::APP_ROLE`] (`GRANT kira_app TO <login>`),
+    /// not a superuser, and own no table, or the policies do not bind it.
+    /// When unset, the server connects with `database_url` and runs
+    /// `SET ROLE kira_app` on each connection: that binds every query kira
+    /// makes, but a connection could `RESET ROLE`, so a separate login is
+    /// the stronger setup for production.
     pub app_database_url: Option<String>,
 }
 
