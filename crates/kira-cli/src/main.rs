@@ -46,8 +46,25 @@ fn report(e: &anyhow::Error) -> ExitCode {
         eprintln!("error: {api}");
         return ExitCode::FAILURE;
     }
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", chain_message(e));
     ExitCode::FAILURE
+}
+
+/// The error and its causes joined with ": ", skipping a cause whose text
+/// the message already holds (errors that print their source too).
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -89,5 +106,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "kira", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_not_repeated() {
+        #[derive(Debug)]
+        struct Echo(std::io::Error);
+        impl std::fmt::Display for Echo {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "database: {}", self.0)
+            }
+        }
+        impl std::error::Error for Echo {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(Echo(std::io::Error::other("unable to open")))
+            .context("cannot open the database");
+        assert_eq!(
+            chain_message(&e),
+            "cannot open the database: database: unable to open"
+        );
     }
 }

@@ -3,7 +3,6 @@
 //! company's rows, sees and touches one company only, and the audit log
 //! cannot be rewritten.
 
-use chrono::Utc;
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, Principal};
@@ -21,7 +20,7 @@ const COMPANY_TABLES: [&str; 2] = ["companies", "audit_log"];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
     AuditRecord {
-        at: Utc::now(),
+        at: crate::support::t0(),
         request_id: "rls-test".into(),
         actor: "system".into(),
         company_id: company.cloned(),
@@ -59,7 +58,7 @@ async fn setup() -> (PgStore, String) {
             .create_company(
                 &scope,
                 &profile,
-                Utc::now(),
+                crate::support::t0(),
                 record(Some(&id), "company.create"),
             )
             .await
@@ -72,7 +71,7 @@ async fn setup() -> (PgStore, String) {
             .update_company(
                 &scope,
                 patch,
-                Utc::now(),
+                crate::support::t0(),
                 record(Some(&id), "company.update"),
             )
             .await

@@ -1,0 +1,779 @@
+//! The server's configuration: one typed [`Config`], loaded once at start
+//! from flags, then the environment, then a TOML file, then defaults, and
+//! validated before anything starts. Every refusal names the key and where
+//! its value came from, so the operator knows what to fix.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./kira-data";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Bodies past this are never legitimate API requests; a larger limit only
+/// lets one client make the server buffer more memory.
+pub const MAX_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_LOG: &str = "info";
+/// Read when neither `--config` nor `KIRA_CONFIG` names a file.
+pub const DEFAULT_CONFIG_FILE: &str = "kira.toml";
+
+/// The keys a configuration file may hold, in the order the docs list them.
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "database_url",
+    "app_database_url",
+    "data_dir",
+    "max_body_bytes",
+    "log",
+];
+
+/// What `kira serve` runs with. Only [`Config::load`] makes one, so a
+/// `Config` in hand is a valid one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `sqlite:...`, `postgres://...` or `postgresql://...`.
+    pub database_url: String,
+    /// PostgreSQL only.
+    pub app_database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    /// A tracing env-filter directive such as `info` or `kira_server=debug`.
+    pub log: String,
+}
+
+/// The values given as `kira serve` flags, unparsed: parsing them here
+/// rather than in clap gives every source the same checks and messages.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub app_database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub max_body_bytes: Option<String>,
+    pub config: Option<PathBuf>,
+    pub log: Option<String>,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag(&'static str),
+    Env(&'static str),
+    File { path: PathBuf, line: Option<usize> },
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag(name) => write!(f, "flag --{name}"),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::File { path, line: None } => write!(f, "file {}", path.display()),
+            Source::File {
+                path,
+                line: Some(line),
+            } => write!(f, "file {} line {line}", path.display()),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A refused configuration: `kira serve` exits with status 2 on one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key} ({origin}): {why}")]
+pub struct ConfigError {
+    pub key: String,
+    /// Where the refused value came from.
+    pub origin: Source,
+    pub why: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, source: &Source, why: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            origin: source.clone(),
+            why: why.into(),
+        }
+    }
+}
+
+/// The configuration file as written. Unknown keys are refused: a typo
+/// such as `listne` must not silently fall back to the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    app_database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    log: Option<String>,
+}
+
+/// One key's value and where it came from.
+struct Picked<T> {
+    value: T,
+    source: Source,
+}
+
+impl Config {
+    /// Resolves every key (flag, then env, then file, then default) and
+    /// checks the result. `env` reads an environment variable; an empty
+    /// variable counts as unset. `default_file` is read only when it exists
+    /// and no file is named by flag or env.
+    pub fn load(
+        flags: &Flags,
+        env: &dyn Fn(&str) -> Option<String>,
+        default_file: &Path,
+    ) -> Result<Config, ConfigError> {
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let (file, file_path, file_text) = read_file(flags, &env, default_file)?;
+        let from_file = |key: &str| Source::File {
+            path: file_path.clone().unwrap_or_default(),
+            line: key_line(&file_text, key),
+        };
+
+        let pick = |flag: Option<String>,
+                    flag_name: &'static str,
+                    env_name: &'static str,
+                    file_value: Option<String>|
+         -> Option<Picked<String>> {
+            if let Some(value) = flag {
+                return Some(Picked {
+                    value,
+                    source: Source::Flag(flag_name),
+                });
+            }
+            if let Some(value) = env(env_name) {
+                return Some(Picked {
+                    value,
+                    source: Source::Env(env_name),
+                });
+            }
+            file_value.map(|value| Picked {
+                value,
+                source: from_file(flag_name.replace('-', "_").as_str()),
+            })
+        };
+
+        let listen = pick(
+            flags.listen.clone(),
+            "listen",
+            "KIRA_LISTEN",
+            file.listen.clone(),
+        )
+        .unwrap_or(Picked {
+            value: DEFAULT_LISTEN.to_owned(),
+            source: Source::Default,
+        });
+        let listen = parse_listen(&listen.value).ok_or_else(|| {
+            ConfigError::new(
+                "listen",
+                &listen.source,
+                format!(
+                    "'{}' is not ADDR:PORT; give an IP address and a port, \
+                     such as 127.0.0.1:8080 or [::1]:8080",
+                    listen.value
+                ),
+            )
+        })?;
+
+        let data_dir = pick(
+            flags
+                .data_dir
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            "data-dir",
+            "KIRA_DATA_DIR",
+            file.data_dir
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+        )
+        .unwrap_or(Picked {
+            value: DEFAULT_DATA_DIR.to_owned(),
+            source: Source::Default,
+        });
+        if data_dir.value.trim().is_empty() {
+            return Err(ConfigError::new(
+                "data_dir",
+                &data_dir.source,
+                "must not be empty",
+            ));
+        }
+        let data_dir_path = PathBuf::from(&data_dir.value);
+
+        let database_url = pick(
+            flags.database_url.clone(),
+            "database-url",
+            "KIRA_DATABASE_URL",
+            file.database_url.clone(),
+        )
+        .unwrap_or_else(|| Picked {
+            value: default_database_url(&data_dir_path),
+            source: Source::Default,
+        });
+        let backend = backend_of(&database_url.value).ok_or_else(|| {
+            ConfigError::new(
+                "database_url",
+                &database_url.source,
+                format!(
+                    "'{}' is not a database URL; it must start with sqlite: or postgres://",
+                    redact_url(&database_url.value)
+                ),
+            )
+        })?;
+
+        let app_database_url = pick(
+            flags.app_database_url.clone(),
+            "app-database-url",
+            "KIRA_APP_DATABASE_URL",
+            file.app_database_url.clone(),
+        );
+        if let Some(app) = &app_database_url {
+            if backend == Backend::Sqlite {
+                return Err(ConfigError::new(
+                    "app_database_url",
+                    &app.source,
+                    format!(
+                        "applies to PostgreSQL only, but database_url ({}) is SQLite",
+                        database_url.source
+                    ),
+                ));
+            }
+            if backend_of(&app.value) != Some(Backend::Postgres) {
+                return Err(ConfigError::new(
+                    "app_database_url",
+                    &app.source,
+                    format!(
+                        "'{}' is not a PostgreSQL URL; it must start with postgres://",
+                        redact_url(&app.value)
+                    ),
+                ));
+            }
+        }
+
+        let max_body = match pick(
+            flags.max_body_bytes.clone(),
+            "max-body-bytes",
+            "KIRA_MAX_BODY_BYTES",
+            file.max_body_bytes.map(|n| n.to_string()),
+        ) {
+            Some(p) => {
+                let n = p.value.trim().parse::<u64>().map_err(|_| {
+                    ConfigError::new(
+                        "max_body_bytes",
+                        &p.source,
+                        format!("'{}' is not a whole number of bytes", p.value),
+                    )
+                })?;
+                Picked {
+                    value: n,
+                    source: p.source,
+                }
+            }
+            None => Picked {
+                value: DEFAULT_MAX_BODY_BYTES,
+                source: Source::Default,
+            },
+        };
+        if !(1..=MAX_MAX_BODY_BYTES).contains(&max_body.value) {
+            return Err(ConfigError::new(
+                "max_body_bytes",
+                &max_body.source,
+                format!(
+                    "{} is out of range; it must be between 1 and {MAX_MAX_BODY_BYTES} (64 MiB)",
+                    max_body.value
+                ),
+            ));
+        }
+        let max_body_bytes = usize::try_from(max_body.value)
+            .map_err(|_| ConfigError::new("max_body_bytes", &max_body.source, "too large"))?;
+
+        let log = pick(flags.log.clone(), "log", "KIRA_LOG", file.log.clone()).unwrap_or(Picked {
+            value: DEFAULT_LOG.to_owned(),
+            source: Source::Default,
+        });
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.value) {
+            return Err(ConfigError::new(
+                "log",
+                &log.source,
+                format!(
+                    "'{}' is not a log filter such as info or kira_server=debug: {e}",
+                    log.value
+                ),
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            database_url: database_url.value,
+            app_database_url: app_database_url.map(|p| p.value),
+            data_dir: data_dir_path,
+            max_body_bytes,
+            log: log.value,
+        })
+    }
+
+    pub fn store_config(&self) -> kira_store::StoreConfig {
+        kira_store::StoreConfig {
+            database_url: self.database_url.clone(),
+            app_database_url: self.app_database_url.clone(),
+        }
+    }
+
+    /// Where the first admin key's token is written.
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.data_dir.join("admin.key")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn backend_of(url: &str) -> Option<Backend> {
+    if url.starts_with("sqlite:") && url.len() > "sqlite:".len() {
+        Some(Backend::Sqlite)
+    } else if ["postgres://", "postgresql://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len())
+    {
+        Some(Backend::Postgres)
+    } else {
+        None
+    }
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}/kira.db", data_dir.display())
+}
+
+fn parse_listen(s: &str) -> Option<SocketAddr> {
+    s.trim().parse().ok()
+}
+
+/// Reads the file named by `--config`, else `KIRA_CONFIG`, else
+/// `default_file` when it exists. No file is an empty configuration.
+fn read_file(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    default_file: &Path,
+) -> Result<(FileConfig, Option<PathBuf>, String), ConfigError> {
+    let (path, source) = if let Some(p) = &flags.config {
+        (p.clone(), Source::Flag("config"))
+    } else if let Some(p) = env("KIRA_CONFIG") {
+        (PathBuf::from(p), Source::Env("KIRA_CONFIG"))
+    } else if default_file.exists() {
+        (default_file.to_path_buf(), Source::Default)
+    } else {
+        return Ok((FileConfig::default(), None, String::new()));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ConfigError::new(
+            "config",
+            &source,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let file = parse_file(&text, &path)?;
+    Ok((file, Some(path), text))
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str::<FileConfig>(text).map_err(|e| {
+        let span = e.span();
+        let line = span
+            .as_ref()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let source = Source::File {
+            path: path.to_path_buf(),
+            line,
+        };
+        let message = e.message().trim_end();
+        if message.starts_with("unknown field") {
+            let key = span
+                .and_then(|s| text.get(s))
+                .map(|k| k.trim_matches(['"', '\'']).to_owned())
+                .unwrap_or_else(|| "config".to_owned());
+            return ConfigError::new(
+                &key,
+                &source,
+                format!("unknown key; the known keys are {}", FILE_KEYS.join(", ")),
+            );
+        }
+        // A value of the wrong type: name the key written on that line.
+        let key = span
+            .and_then(|s| {
+                let start = text[..s.start.min(text.len())]
+                    .rfind('\n')
+                    .map_or(0, |i| i + 1);
+                let line_text = text[start..].lines().next()?;
+                let (k, _) = line_text.split_once('=')?;
+                let k = k.trim();
+                FILE_KEYS.contains(&k).then(|| k.to_owned())
+            })
+            .unwrap_or_else(|| "config".to_owned());
+        let why = if key == "config" {
+            format!("not valid TOML: {message}")
+        } else {
+            message.to_owned()
+        };
+        ConfigError::new(&key, &source, why)
+    })
+}
+
+/// The line a top-level `key = ...` is written on, for messages about a
+/// value that parsed but was refused.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches(['"', '\'']) == key)
+        })
+        .map(|i| i + 1)
+}
+
+/// The URL with any password replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        env: HashMap<&'static str, String>,
+        flags: Flags,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().expect("temp dir"),
+                env: HashMap::new(),
+                flags: Flags::default(),
+            }
+        }
+
+        /// Writes `kira.toml` in the temp dir, the default file.
+        fn file(&self, text: &str) -> PathBuf {
+            let p = self.dir.path().join(DEFAULT_CONFIG_FILE);
+            std::fs::write(&p, text).expect("write config");
+            p
+        }
+
+        fn load(&self) -> Result<Config, ConfigError> {
+            let env = |k: &str| self.env.get(k).cloned();
+            Config::load(
+                &self.flags,
+                &env,
+                &self.dir.path().join(DEFAULT_CONFIG_FILE),
+            )
+        }
+
+        fn err(&self) -> ConfigError {
+            self.load().expect_err("invalid configuration")
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Setup::new().load().expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./kira-data"));
+        assert_eq!(c.database_url, "sqlite://./kira-data/kira.db");
+        assert_eq!(c.app_database_url, None);
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.log, "info");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let mut s = Setup::new();
+        s.file(
+            "listen = \"127.0.0.1:1001\"\nlog = \"debug\"\nmax_body_bytes = 100\ndata_dir = \"/f\"\n",
+        );
+        s.env.insert("KIRA_LISTEN", "127.0.0.1:1002".into());
+        s.env.insert("KIRA_LOG", "warn".into());
+        s.flags.listen = Some("127.0.0.1:1003".into());
+        let c = s.load().expect("valid");
+        assert_eq!(c.listen.port(), 1003, "flag wins over env and file");
+        assert_eq!(c.log, "warn", "env wins over file");
+        assert_eq!(c.max_body_bytes, 100, "file wins over default");
+        assert_eq!(c.data_dir, PathBuf::from("/f"));
+        assert_eq!(
+            c.database_url, "sqlite:///f/kira.db",
+            "the default database lives in the resolved data dir"
+        );
+    }
+
+    #[test]
+    fn empty_env_counts_as_unset() {
+        let mut s = Setup::new();
+        s.env.insert("KIRA_LISTEN", String::new());
+        assert_eq!(s.load().expect("valid").listen.port(), 8080);
+    }
+
+    #[test]
+    fn config_file_named_by_flag_then_env() {
+        let mut s = Setup::new();
+        let a = s.dir.path().join("a.toml");
+        let b = s.dir.path().join("b.toml");
+        std::fs::write(&a, "listen = \"127.0.0.1:1\"\n").expect("write");
+        std::fs::write(&b, "listen = \"127.0.0.1:2\"\n").expect("write");
+        s.file("listen = \"127.0.0.1:3\"\n");
+        assert_eq!(s.load().expect("valid").listen.port(), 3);
+        s.env.insert("KIRA_CONFIG", b.display().to_string());
+        assert_eq!(s.load().expect("valid").listen.port(), 2);
+        s.flags.config = Some(a);
+        assert_eq!(s.load().expect("valid").listen.port(), 1);
+    }
+
+    #[test]
+    fn postgres_with_app_url() {
+        let mut s = Setup::new();
+        s.env
+            .insert("KIRA_DATABASE_URL", "postgres://owner:pw@db/kira".into());
+        s.flags.app_database_url = Some("postgresql://app:pw@db/kira".into());
+        let c = s.load().expect("valid");
+        assert_eq!(
+            c.app_database_url.as_deref(),
+            Some("postgresql://app:pw@db/kira")
+        );
+    }
+
+    #[test]
+    fn bad_listen_is_named_with_its_source() {
+        let mut s = Setup::new();
+        s.flags.listen = Some("localhost".into());
+        let e = s.err();
+        assert_eq!(
+            (e.key.as_str(), &e.origin),
+            ("listen", &Source::Flag("listen"))
+        );
+        assert!(e.to_string().starts_with(
+            "invalid configuration: listen (flag --listen): 'localhost' is not ADDR:PORT"
+        ));
+
+        let mut s = Setup::new();
+        s.env.insert("KIRA_LISTEN", "127.0.0.1".into());
+        assert_eq!(s.err().origin, Source::Env("KIRA_LISTEN"));
+        assert!(s.err().to_string().contains("(env KIRA_LISTEN)"));
+
+        let s = Setup::new();
+        let path = s.file("# comment\nlisten = \"1.2.3.4:99999\"\n");
+        let e = s.err();
+        assert_eq!(e.key, "listen");
+        assert_eq!(
+            e.origin,
+            Source::File {
+                path,
+                line: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_database_urls() {
+        let mut s = Setup::new();
+        s.flags.database_url = Some("mysql://u:secret@h/db".into());
+        let e = s.err();
+        assert_eq!(e.key, "database_url");
+        assert_eq!(e.origin, Source::Flag("database-url"));
+        assert!(!e.to_string().contains("secret"), "{e}");
+
+        for bad in ["sqlite:", "postgres://", "kira.db"] {
+            let mut s = Setup::new();
+            s.env.insert("KIRA_DATABASE_URL", bad.into());
+            assert_eq!(s.err().key, "database_url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn app_database_url_needs_postgres() {
+        let mut s = Setup::new();
+        s.env
+            .insert("KIRA_APP_DATABASE_URL", "postgres://app@db/kira".into());
+        let e = s.err();
+        assert_eq!(e.key, "app_database_url");
+        assert_eq!(e.origin, Source::Env("KIRA_APP_DATABASE_URL"));
+        assert!(e.why.contains("PostgreSQL only"), "{e}");
+
+        let mut s = Setup::new();
+        s.flags.database_url = Some("postgres://o@db/kira".into());
+        s.flags.app_database_url = Some("sqlite://x.db".into());
+        assert_eq!(s.err().key, "app_database_url");
+    }
+
+    #[test]
+    fn max_body_bytes_range() {
+        for (bad, why) in [
+            ("0", "out of range"),
+            ("67108865", "out of range"),
+            ("1MiB", "not a whole number"),
+            ("-1", "not a whole number"),
+        ] {
+            let mut s = Setup::new();
+            s.flags.max_body_bytes = Some(bad.into());
+            let e = s.err();
+            assert_eq!(e.key, "max_body_bytes", "{bad}");
+            assert!(e.why.contains(why), "{bad}: {e}");
+        }
+        let mut s = Setup::new();
+        s.flags.max_body_bytes = Some("67108864".into());
+        assert_eq!(
+            s.load().expect("64 MiB is allowed").max_body_bytes,
+            64 << 20
+        );
+
+        let s = Setup::new();
+        s.file("max_body_bytes = 0\n");
+        let e = s.err();
+        assert_eq!(e.key, "max_body_bytes");
+        assert!(matches!(e.origin, Source::File { line: Some(1), .. }));
+    }
+
+    #[test]
+    fn bad_log_filter() {
+        let mut s = Setup::new();
+        s.env.insert("KIRA_LOG", "kira=[[".into());
+        let e = s.err();
+        assert_eq!(e.key, "log");
+        assert_eq!(e.origin, Source::Env("KIRA_LOG"));
+    }
+
+    #[test]
+    fn empty_data_dir() {
+        let s = Setup::new();
+        s.file("data_dir = \" \"\n");
+        assert_eq!(s.err().key, "data_dir");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named_with_its_line() {
+        let s = Setup::new();
+        let path = s.file("listen = \"127.0.0.1:1\"\nlisten_addr = \"x\"\n");
+        let e = s.err();
+        assert_eq!(e.key, "listen_addr");
+        assert_eq!(
+            e.origin,
+            Source::File {
+                path: path.clone(),
+                line: Some(2)
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are listen, database_url, app_database_url, data_dir, max_body_bytes, log",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn invalid_toml_names_the_file_and_line() {
+        let s = Setup::new();
+        let path = s.file("log = \"info\"\n\nlisten = \n");
+        let e = s.err();
+        assert_eq!(e.key, "listen");
+        assert_eq!(
+            e.origin,
+            Source::File {
+                path,
+                line: Some(3)
+            }
+        );
+
+        let s = Setup::new();
+        s.file("[server\n");
+        let e = s.err();
+        assert_eq!(e.key, "config");
+        assert!(e.why.starts_with("not valid TOML"), "{e}");
+        assert!(matches!(e.origin, Source::File { line: Some(1), .. }));
+    }
+
+    #[test]
+    fn wrong_type_in_file_names_the_key() {
+        let s = Setup::new();
+        s.file("max_body_bytes = \"big\"\n");
+        let e = s.err();
+        assert_eq!(e.key, "max_body_bytes");
+        assert!(e.why.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_config_file() {
+        let mut s = Setup::new();
+        s.flags.config = Some(s.dir.path().join("missing.toml"));
+        let e = s.err();
+        assert_eq!(e.key, "config");
+        assert_eq!(e.origin, Source::Flag("config"));
+        assert!(e.why.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_says_the_defaults() {
+        let s = Setup::new();
+        s.file(include_str!("../../../kira.example.toml"));
+        let from_example = s.load().expect("kira.example.toml is valid");
+        assert_eq!(from_example, Setup::new().load().expect("defaults"));
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_url("postgres://kira:s3cret@db:5432/kira?sslmode=disable"),
+            "postgres://kira:***@db:5432/kira?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://db/kira?user=k&password=s3cret"),
+            "postgres://db/kira?user=k&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://kira@db/kira"),
+            "postgres://kira@db/kira"
+        );
+        assert_eq!(
+            redact_url("sqlite://./kira-data/kira.db"),
+            "sqlite://./kira-data/kira.db"
+        );
+        assert_eq!(redact_url("p://u:a@b@h/x"), "p://u:***@h/x");
+    }
+}

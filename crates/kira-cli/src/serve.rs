@@ -1,0 +1,166 @@
+//! `kira serve`: opens the store, makes the first admin key when there is
+//! none, and runs the HTTP API until SIGINT or SIGTERM.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kira_core::clock::SystemClock;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, redact_url};
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // The data directory holds the database and the admin token: owner only.
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                cfg.data_dir.display()
+            )
+        })?;
+
+    init_logging(&cfg.log);
+    tracing::info!(
+        listen = %cfg.listen,
+        database = %redact_url(&cfg.database_url),
+        data_dir = %cfg.data_dir.display(),
+        max_body_bytes = cfg.max_body_bytes,
+        "starting kira"
+    );
+
+    // Registered before anything slow, so a stop request during start-up
+    // is not lost to the default handler.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+
+    let store = kira_store::open(&cfg.store_config())
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&cfg.database_url)))?;
+
+    let clock = SystemClock;
+    if let Some(issued) = kira_server::bootstrap_admin_key(store.as_ref(), &clock)
+        .await
+        .context("cannot create the first admin key")?
+    {
+        announce_admin_key(
+            &cfg.admin_key_path(),
+            &issued.token,
+            issued.stored.key.id.as_str(),
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    eprintln!("kira listening on http://{addr}");
+
+    let app = kira_server::router(
+        store,
+        Arc::new(SystemClock),
+        kira_server::ServerConfig {
+            max_body_bytes: cfg.max_body_bytes,
+        },
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm.recv() => {}
+            }
+            tracing::info!("stop requested; finishing open requests");
+        })
+        .await
+        .context("the server failed")?;
+    tracing::info!("kira stopped");
+    Ok(())
+}
+
+fn init_logging(filter: &str) {
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // The filter was checked when the configuration was loaded.
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(crate::config::DEFAULT_LOG));
+    // Logs go to stderr: stdout carries only the one-time token message.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+/// Saves the first admin key's token and tells the operator, once. The
+/// token is printed even when saving fails: the store has no other copy,
+/// and without it nobody could ever make a key.
+fn announce_admin_key(path: &Path, token: &str, key_id: &str) {
+    let saved = write_admin_key(path, token);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "kira: created the first admin key ({key_id}). Its token is shown only this once:\n\n    {token}\n"
+    );
+    let _ = match &saved {
+        Ok(()) => writeln!(
+            out,
+            "It was saved to {} (mode 0600), where the kira CLI finds it. \
+             Make other keys with `kira admin create-key`.",
+            path.display()
+        ),
+        Err(e) => writeln!(
+            out,
+            "It could NOT be saved to {}: {e}. Copy it now; it cannot be shown again.",
+            path.display()
+        ),
+    };
+    let _ = out.flush();
+    if let Err(e) = saved {
+        tracing::error!(path = %path.display(), error = %e, "cannot save the admin key");
+    }
+}
+
+/// Writes the token to a new file readable by its owner only. The mode is
+/// set at creation, so the token is never readable by others, not even for
+/// an instant. A file left from an earlier database is replaced: keys are
+/// only bootstrapped into a store that has none, so it is stale.
+fn write_admin_key(path: &Path, token: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn admin_key_file_is_owner_only_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("admin.key");
+        std::fs::write(&path, "old").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_admin_key(&path, "kira_new").expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "kira_new\n");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `kira` binary, started as the server and run
+//! as the client, the way an operator uses it. One test binary, so the
+//! crate links once.
+
+mod config_errors;
+mod postgres;
+mod story;
+mod support;
+mod tamper;
