@@ -21,3 +21,57 @@ fn postgres_story() {
         "SIGTERM stops the server cleanly: {status}"
     );
 }
+
+/// Two `kira serve` processes on one PostgreSQL database, changed at the
+/// same time through both: the audit log stays one verifiable chain.
+#[test]
+fn two_server_processes_keep_one_audit_chain() {
+    let url = block_on(kira_store::testdb::fresh_postgres());
+    let (w1, w2) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let first = Server::start(w1.path(), &["--database-url", &url]);
+    let second = Server::start(w2.path(), &["--database-url", &url]);
+    assert!(
+        !second.data_dir.join("admin.key").exists(),
+        "the second process finds a key and makes none"
+    );
+    let token = first.admin_token();
+    crate::support::ok(first.kira().args([
+        "company",
+        "add",
+        "acme",
+        "--name",
+        "Acme",
+        "--industry",
+        "fintech",
+        "--jurisdiction",
+        "US-DE",
+    ]));
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let server = if i % 2 == 0 { &first } else { &second };
+            let (work, url, token) = (server.work.clone(), server.url.clone(), token.clone());
+            std::thread::spawn(move || {
+                for j in 0..5 {
+                    let revenue = (i * 100 + j).to_string();
+                    crate::support::ok(
+                        crate::support::kira_in(&work)
+                            .args(["--url", &url])
+                            .env("KIRA_TOKEN", &token)
+                            .args(["company", "update", "acme", "--revenue", &revenue]),
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let report =
+        crate::support::ok_json(second.kira_as(&token).args(["--json", "audit", "verify"]));
+    assert_eq!(report["ok"], true, "{report}");
+    // bootstrap key + company add + 40 updates
+    assert_eq!(report["entries"], 42, "{report}");
+}
