@@ -2,8 +2,12 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kira_core::company::Contact;
+use kira_core::task::{Priority, TaskStatus};
+use serde_json::Value;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +70,13 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Submit tasks, follow them and cancel them.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Token budgets: the period, its pools, each company's allocation,
+    /// and emergency token requests.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
     /// Show which key the token belongs to.
     Whoami,
     /// Print a shell completion script to stdout.
@@ -257,6 +268,161 @@ pub enum AuditCommand {
     Verify,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Submit a task to a company's queue.
+    Submit(SubmitArgs),
+    /// List a company's tasks, newest first.
+    List(TaskListArgs),
+    /// Show a task: its response, usage, timings and request.
+    Show {
+        /// Such as acme_legal_001; the company is the part before the first '_'.
+        task_id: String,
+    },
+    /// Cancel a task: a waiting one at once, a running one when its worker
+    /// next checks in. Its reserved tokens are released.
+    Cancel {
+        /// Such as acme_legal_001.
+        task_id: String,
+    },
+    /// Follow a task's status changes as they happen, until it finishes.
+    Watch {
+        /// Such as acme_legal_001.
+        task_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Parameters: --param key=text sends a string; --param key:=JSON sends \
+any JSON value, such as --param pages:=12 or --param 'tags:=[\"nda\"]'. --param values \
+are added to (and replace keys of) the object in --parameters-file."
+)]
+pub struct SubmitArgs {
+    /// The company the task is for, such as acme.
+    pub company: String,
+    /// What to do, in words.
+    #[arg(value_name = "TEXT")]
+    pub text: String,
+    /// A configured task type, such as complex_legal_analysis or
+    /// quick_question_answer.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub task_type: String,
+    /// How urgent it is.
+    #[arg(long, default_value = "medium", value_name = "LEVEL", value_parser = priority_parser())]
+    pub priority: Priority,
+    /// When the result is needed, in RFC 3339, such as 2026-01-15T17:00:00Z.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub deadline: Option<DateTime<Utc>>,
+    /// Ask for this specialist (legal, financial, ...) instead of the type's.
+    #[arg(long, value_name = "NAME")]
+    pub specialist: Option<String>,
+    /// A parameter, as key=text or key:=JSON; repeat for several.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, Value)>,
+    /// A JSON object of parameters, such as a document to review.
+    #[arg(long, value_name = "FILE")]
+    pub parameters_file: Option<PathBuf>,
+    /// Submitting again with the same key (and the same request) returns
+    /// the first task instead of making another.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskListArgs {
+    /// The company whose tasks to list, such as acme.
+    pub company: String,
+    /// Only tasks in this status.
+    #[arg(long, value_name = "STATUS", value_parser = status_parser())]
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this priority level.
+    #[arg(long, value_name = "LEVEL", value_parser = priority_parser())]
+    pub priority: Option<Priority>,
+    /// Only tasks of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub task_type: Option<String>,
+    /// Only tasks created at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only tasks created before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many tasks.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Only tasks older than this sequence number (for paging).
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// The current period: pools, each company's allocation and use, and
+    /// pending emergency requests.
+    Show,
+    /// List emergency token requests (pending ones unless --all).
+    Requests {
+        /// Include decided requests.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Grant an emergency request's tokens; its task goes back to the queue.
+    Approve {
+        request_id: String,
+        /// Why, for the audit log.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Refuse an emergency request; its task fails with the note as reason.
+    Reject {
+        request_id: String,
+        /// Why: the task's failure reason and the audit log say it.
+        #[arg(long, value_name = "TEXT")]
+        note: String,
+    },
+    /// Recompute every balance from the ledger; exits 1 on any difference.
+    Verify,
+}
+
+/// Priority levels, named as the API names them, most urgent first.
+fn priority_parser() -> impl TypedValueParser<Value = Priority> {
+    PossibleValuesParser::new(Priority::ALL.map(Priority::as_str)).try_map(|s| Priority::parse(&s))
+}
+
+fn status_parser() -> impl TypedValueParser<Value = TaskStatus> {
+    PossibleValuesParser::new(TaskStatus::ALL.map(TaskStatus::as_str))
+        .try_map(|s| TaskStatus::parse(&s))
+}
+
+/// An RFC 3339 time, in any offset, as UTC.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time such as 2026-01-15T17:00:00Z ({e})"))
+}
+
+/// `key=text` (a string) or `key:=JSON` (any JSON value), httpie's
+/// spelling, so a number or a list can be sent without a file.
+pub fn parse_param(s: &str) -> Result<(String, Value), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("'{s}' is not key=value (or key:=JSON)"));
+    };
+    let (key, value) = match key.strip_suffix(':') {
+        Some(key) => {
+            let json = serde_json::from_str(value)
+                .map_err(|e| format!("the value of '{key}' is not JSON ({e})"))?;
+            (key, json)
+        }
+        None => (key, Value::String(value.to_owned())),
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("'{s}' has no key before '='"));
+    }
+    Ok((key.to_owned(), value))
+}
+
 /// Parses `name=Jane Doe,email=jane@x.com,webhook=https://...`. A comma
 /// not followed by a known key belongs to the value before it, so a name
 /// or a webhook URL may contain commas; outside a webhook URL, an unknown
@@ -338,6 +504,67 @@ mod tests {
         assert!(parse_contact("name=a,phone=1").is_err());
         let c = parse_contact("name=Doe, Jane,email=j@x.com").expect("valid");
         assert_eq!(c.name, "Doe, Jane");
+    }
+
+    #[test]
+    fn params_are_text_or_json() {
+        assert_eq!(
+            parse_param("doc=a=b").expect("valid"),
+            ("doc".into(), Value::String("a=b".into()))
+        );
+        assert_eq!(
+            parse_param("pages:=12").expect("valid"),
+            ("pages".into(), serde_json::json!(12))
+        );
+        assert_eq!(
+            parse_param("tags:=[\"nda\"]").expect("valid"),
+            ("tags".into(), serde_json::json!(["nda"]))
+        );
+        assert_eq!(
+            parse_param("empty=").expect("valid"),
+            ("empty".into(), Value::String(String::new()))
+        );
+        assert!(parse_param("novalue").is_err());
+        assert!(parse_param("=x").is_err());
+        assert!(parse_param("n:=not json").is_err());
+    }
+
+    #[test]
+    fn times_are_rfc3339_in_any_offset() {
+        assert_eq!(
+            parse_time("2026-01-15T18:00:00+01:00")
+                .expect("valid")
+                .to_rfc3339(),
+            "2026-01-15T17:00:00+00:00"
+        );
+        let e = parse_time("tomorrow").expect_err("not a time");
+        assert!(e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn submit_levels_come_from_the_core() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["kira", "task", "submit", "acme", "do it", "--type", "x"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        let Command::Task(TaskCommand::Submit(a)) = parse(&[]).expect("valid").command else {
+            panic!("not task submit");
+        };
+        assert_eq!(a.priority, Priority::Medium, "the default level");
+        let Command::Task(TaskCommand::Submit(a)) =
+            parse(&["--priority", "emergency"]).expect("valid").command
+        else {
+            panic!("not task submit");
+        };
+        assert_eq!(a.priority, Priority::Emergency);
+        let e = parse(&["--priority", "whenever"]).expect_err("unknown level");
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(e.to_string().contains("--priority"), "{e}");
+        assert!(
+            Cli::try_parse_from(["kira", "budget", "reject", "r1"]).is_err(),
+            "a rejection needs a note"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! A small client of kira's HTTP API: bearer auth, JSON in and out, and
-//! the server's error body turned into an [`ApiError`] the user can read.
+//! A small client of kira's HTTP API: bearer auth, JSON in and out, the
+//! server's error body turned into an [`ApiError`] the user can read, and
+//! server-sent-event streams read as they arrive.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -76,6 +77,9 @@ impl ApiError {
 
 pub struct Client {
     http: reqwest::Client,
+    /// For streams, which stay open as long as what they follow lasts: no
+    /// limit on the whole request, only on connecting.
+    streaming: reqwest::Client,
     base: Url,
     token: String,
 }
@@ -89,13 +93,25 @@ impl Client {
                  reach a remote server through a tunnel)"
             );
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("kira-cli/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = builder()
             .timeout(Duration::from_secs(60))
-            .user_agent(concat!("kira-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot set up the HTTP client")?;
-        Ok(Self { http, base, token })
+        let streaming = builder()
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Self {
+            http,
+            streaming,
+            base,
+            token,
+        })
     }
 
     /// The URL of `segments` under the base URL, each segment escaped, so
@@ -135,6 +151,17 @@ impl Client {
         self.send(Method::DELETE, segments, query, None).await
     }
 
+    /// A POST with extra headers, such as `Idempotency-Key`.
+    pub async fn post_with_headers(
+        &self,
+        segments: &[&str],
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Value> {
+        self.send_with(Method::POST, segments, &[], body, headers)
+            .await
+    }
+
     /// One request. A non-2xx answer becomes an [`ApiError`]; a 2xx answer
     /// is its JSON body (null when empty).
     pub async fn send(
@@ -144,12 +171,26 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
+        self.send_with(method, segments, query, body, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Value> {
         let url = self.url(segments, query)?;
         let mut req = self
             .http
             .request(method, url)
             .bearer_auth(&self.token)
             .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -170,6 +211,144 @@ impl Client {
         }
         serde_json::from_slice(&bytes).context("the server's answer is not JSON")
     }
+}
+
+impl Client {
+    /// Opens a server-sent-events stream with a GET. A refusal is an
+    /// [`ApiError`] as for any request; an answer is read event by event.
+    pub async fn stream(&self, segments: &[&str]) -> anyhow::Result<EventStream> {
+        let url = self.url(segments, &[])?;
+        let resp = self
+            .streaming
+            .get(url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the kira server at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(ApiError::from_response(status, &bytes).into());
+        }
+        Ok(EventStream {
+            resp,
+            parser: SseParser::default(),
+            ended: false,
+            base: self.base.clone(),
+        })
+    }
+}
+
+/// One server-sent event: its name (`message` when the server gave none)
+/// and its data lines joined by newlines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// An open event stream.
+pub struct EventStream {
+    resp: reqwest::Response,
+    parser: SseParser,
+    ended: bool,
+    base: Url,
+}
+
+impl EventStream {
+    /// The next event, as soon as it has arrived whole; None when the
+    /// server ended the stream.
+    pub async fn next(&mut self) -> anyhow::Result<Option<SseEvent>> {
+        loop {
+            if let Some(event) = self.parser.next_event() {
+                return Ok(Some(event));
+            }
+            if self.ended {
+                // An event cut off without its closing blank line is not
+                // an event (the SSE rules): it is dropped.
+                return Ok(None);
+            }
+            match self
+                .resp
+                .chunk()
+                .await
+                .with_context(|| format!("the kira server at {} broke off the stream", self.base))?
+            {
+                Some(bytes) => self.parser.push(&bytes),
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
+/// Splits a byte stream into server-sent events: an event ends at a blank
+/// line; `event:` names it, `data:` lines make its data, lines starting
+/// with `:` are comments (keep-alives). Chunks may split anything,
+/// including a UTF-8 character, so bytes wait until their event is whole.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let (end, sep) = blank_line(&self.buf)?;
+            let block: Vec<u8> = self.buf.drain(..end + sep).take(end).collect();
+            if let Some(event) = parse_event(&String::from_utf8_lossy(&block)) {
+                return Some(event);
+            }
+        }
+    }
+}
+
+/// Where the first blank line is: the event's length and the separator's.
+fn blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One event's lines; None for a block of comments only.
+fn parse_event(block: &str) -> Option<SseEvent> {
+    let mut event = None;
+    let mut data: Option<String> = None;
+    for line in block.lines() {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event = Some(value.to_owned()),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            },
+            _ => {}
+        }
+    }
+    if event.is_none() && data.is_none() {
+        return None;
+    }
+    Some(SseEvent {
+        event: event.unwrap_or_else(|| "message".to_owned()),
+        data: data.unwrap_or_default(),
+    })
 }
 
 /// Where a client finds the token when none is given: the file `kira serve`
@@ -256,6 +435,40 @@ mod tests {
             c.url(&["v1", "keys"], &[]).expect("url").as_str(),
             "http://h:1/prefix/v1/keys"
         );
+    }
+
+    #[test]
+    fn server_sent_events_arrive_whole_whatever_the_chunks() {
+        let stream = "event: status\ndata: {\"to_status\":\"running\"}\n\n\
+                      : keep-alive\n\n\
+                      event: status\r\ndata: é\r\ndata: two\r\n\r\n\
+                      data: plain\n\n\
+                      event: status\ndata: cut off";
+        let bytes = stream.as_bytes();
+        // Every split point, including inside "é" and inside "\r\n".
+        for split in 0..bytes.len() {
+            let mut p = SseParser::default();
+            let mut got = Vec::new();
+            for part in [&bytes[..split], &bytes[split..]] {
+                p.push(part);
+                while let Some(e) = p.next_event() {
+                    got.push(e);
+                }
+            }
+            let ev = |event: &str, data: &str| SseEvent {
+                event: event.into(),
+                data: data.into(),
+            };
+            assert_eq!(
+                got,
+                [
+                    ev("status", "{\"to_status\":\"running\"}"),
+                    ev("status", "é\ntwo"),
+                    ev("message", "plain"),
+                ],
+                "split at {split}"
+            );
+        }
     }
 
     #[test]

@@ -2,11 +2,21 @@
 //! from flags, then the environment, then a TOML file, then defaults, and
 //! validated before anything starts. Every refusal names the key and where
 //! its value came from, so the operator knows what to fix.
+//!
+//! The engine's sections (`[budget]`, `[agents.NAME]`, ...) come from the
+//! file only; their shapes and checks are `kira_engine::config`'s, read
+//! here in the same pass as the server's keys so that an unknown key at any
+//! level is refused with its line.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use kira_engine::config::{
+    AgentConfig, BudgetSection, EngineConfig, EngineFile, ExecutorConfig, PriceSection,
+    PrioritySection, SchedulerSection, TaskTypeConfig,
+};
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -18,16 +28,6 @@ pub const MAX_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_LOG: &str = "info";
 /// Read when neither `--config` nor `KIRA_CONFIG` names a file.
 pub const DEFAULT_CONFIG_FILE: &str = "kira.toml";
-
-/// The keys a configuration file may hold, in the order the docs list them.
-const FILE_KEYS: &[&str] = &[
-    "listen",
-    "database_url",
-    "app_database_url",
-    "data_dir",
-    "max_body_bytes",
-    "log",
-];
 
 /// What `kira serve` runs with. Only [`Config::load`] makes one, so a
 /// `Config` in hand is a valid one.
@@ -42,6 +42,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// A tracing env-filter directive such as `info` or `kira_server=debug`.
     pub log: String,
+    /// Budgets, priority, the scheduler, agents, task types, the executor
+    /// and prices.
+    pub engine: EngineConfig,
 }
 
 /// The values given as `kira serve` flags, unparsed: parsing them here
@@ -101,8 +104,13 @@ impl ConfigError {
     }
 }
 
-/// The configuration file as written. Unknown keys are refused: a typo
-/// such as `listne` must not silently fall back to the default.
+/// The configuration file as written. Unknown keys are refused at every
+/// level: a typo such as `listne` must not silently fall back to the
+/// default. The fields are in the order the docs list them, which is the
+/// order a refusal lists the known keys in.
+///
+/// The engine's sections are [`EngineFile`]'s fields, spelled out rather
+/// than flattened in: serde cannot refuse unknown keys across a flatten.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -112,6 +120,35 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<u64>,
     log: Option<String>,
+    #[serde(default)]
+    budget: BudgetSection,
+    #[serde(default)]
+    priority: PrioritySection,
+    #[serde(default)]
+    scheduler: SchedulerSection,
+    #[serde(default)]
+    agents: BTreeMap<String, AgentConfig>,
+    #[serde(default)]
+    task_types: BTreeMap<String, TaskTypeConfig>,
+    #[serde(default)]
+    executor: Option<ExecutorConfig>,
+    #[serde(default)]
+    prices: BTreeMap<String, PriceSection>,
+}
+
+impl FileConfig {
+    /// The engine's sections, to be resolved by the engine's own rules.
+    fn take_engine(&mut self) -> EngineFile {
+        EngineFile {
+            budget: std::mem::take(&mut self.budget),
+            priority: std::mem::take(&mut self.priority),
+            scheduler: std::mem::take(&mut self.scheduler),
+            agents: std::mem::take(&mut self.agents),
+            task_types: std::mem::take(&mut self.task_types),
+            executor: self.executor.take(),
+            prices: std::mem::take(&mut self.prices),
+        }
+    }
 }
 
 /// One key's value and where it came from.
@@ -131,7 +168,7 @@ impl Config {
         default_file: &Path,
     ) -> Result<Config, ConfigError> {
         let env = |name: &str| env(name).filter(|v| !v.is_empty());
-        let (file, file_path, file_text) = read_file(flags, &env, default_file)?;
+        let (mut file, file_path, file_text) = read_file(flags, &env, default_file)?;
         let from_file = |key: &str| Source::File {
             path: file_path.clone().unwrap_or_default(),
             line: key_line(&file_text, key),
@@ -308,6 +345,16 @@ impl Config {
             ));
         }
 
+        // The engine's keys come from the file alone. A refusal names the
+        // dotted key; its line is the key's, else its section's.
+        let engine = file.take_engine().resolve().map_err(|e| {
+            let source = match &file_path {
+                Some(_) => from_file(&e.field),
+                None => Source::Default,
+            };
+            ConfigError::new(&e.field, &source, e.message)
+        })?;
+
         Ok(Config {
             listen,
             database_url: database_url.value,
@@ -315,6 +362,7 @@ impl Config {
             data_dir: data_dir_path,
             max_body_bytes,
             log: log.value,
+            engine,
         })
     }
 
@@ -386,39 +434,53 @@ fn read_file(
 }
 
 fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    // Syntax first: an error there is about the text at a place (a header
+    // not closed, a value missing), not about a key's value.
+    let syntax_ok = toml::from_str::<toml::Table>(text).is_ok();
     toml::from_str::<FileConfig>(text).map_err(|e| {
         let span = e.span();
-        let line = span
-            .as_ref()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let offset = span.as_ref().map(|s| s.start.min(text.len()));
+        let line = offset.map(|o| text[..o].matches('\n').count() + 1);
         let source = Source::File {
             path: path.to_path_buf(),
             line,
         };
         let message = e.message().trim_end();
-        if message.starts_with("unknown field") {
-            let key = span
-                .and_then(|s| text.get(s))
-                .map(|k| k.trim_matches(['"', '\'']).to_owned())
-                .unwrap_or_else(|| "config".to_owned());
-            return ConfigError::new(
-                &key,
-                &source,
-                format!("unknown key; the known keys are {}", FILE_KEYS.join(", ")),
-            );
+        // The key the error is about, as a dotted path: the key written at
+        // the error's place (`budget.total_tokens`), or the section it is
+        // in when the error points at a `[section]` header (the executor's
+        // keys are read as a whole), or none.
+        let at = offset.and_then(|o| path_at(text, o));
+        if let Some(unknown) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split_once('`'))
+            .map(|(k, _)| k)
+        {
+            let key = match &at {
+                // The error points at the key itself, or at the header of
+                // the table it is in (the executor's keys are read as one).
+                Some(Located::Key(p) | Located::Header(p))
+                    if p.last().is_some_and(|k| k == unknown) =>
+                {
+                    p.join(".")
+                }
+                Some(Located::Header(p)) => format!("{}.{unknown}", p.join(".")),
+                // An inline table: the line is right, the path unknown.
+                _ => unknown.to_owned(),
+            };
+            let known = expected_names(message);
+            let why = if known.is_empty() {
+                "unknown key".to_owned()
+            } else {
+                format!("unknown key; the known keys are {}", known.join(", "))
+            };
+            return ConfigError::new(&key, &source, why);
         }
-        // A value of the wrong type: name the key written on that line.
-        let key = span
-            .and_then(|s| {
-                let start = text[..s.start.min(text.len())]
-                    .rfind('\n')
-                    .map_or(0, |i| i + 1);
-                let line_text = text[start..].lines().next()?;
-                let (k, _) = line_text.split_once('=')?;
-                let k = k.trim();
-                FILE_KEYS.contains(&k).then(|| k.to_owned())
-            })
-            .unwrap_or_else(|| "config".to_owned());
+        let key = match at {
+            Some(Located::Key(p)) => p.join("."),
+            Some(Located::Header(p)) if syntax_ok => p.join("."),
+            _ => "config".to_owned(),
+        };
         let why = if key == "config" {
             format!("not valid TOML: {message}")
         } else {
@@ -428,15 +490,167 @@ fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// The line a top-level `key = ...` is written on, for messages about a
-/// value that parsed but was refused.
+/// The names serde lists after "expected" in an unknown-field message:
+/// "expected `a`, `b`, or `c`" or "expected one of `a`, `b`".
+fn expected_names(message: &str) -> Vec<String> {
+    let Some((_, expected)) = message.split_once(", expected ") else {
+        return Vec::new();
+    };
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What a file's line holds, as a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Located {
+    /// `key = value`, under the section before it: the section's path
+    /// followed by the key's.
+    Key(Vec<String>),
+    /// A `[section]` or `[[section]]` header.
+    Header(Vec<String>),
+}
+
+/// Each line's key path, from a line-by-line reading of the file: enough to
+/// name keys in messages. A value spread over several lines (an array, a
+/// multi-line string) has its path on its first line only.
+fn line_paths(text: &str) -> Vec<Option<Located>> {
+    let mut section: Vec<String> = Vec::new();
+    let mut in_multiline: Option<&str> = None;
+    let mut depth = 0i32;
+    let mut paths = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if let Some(delim) = in_multiline {
+            if line.contains(delim) {
+                in_multiline = None;
+            }
+            paths.push(None);
+            continue;
+        }
+        if depth > 0 {
+            depth += bracket_depth(line);
+            paths.push(None);
+            continue;
+        }
+        if line.starts_with('[') {
+            let inner = line.trim_start_matches('[');
+            let end = inner.find(']').unwrap_or(inner.len());
+            section = split_key(&inner[..end]);
+            paths.push(Some(Located::Header(section.clone())));
+            continue;
+        }
+        let Some((key, value)) = split_assignment(line) else {
+            paths.push(None);
+            continue;
+        };
+        let mut p = section.clone();
+        p.extend(split_key(key));
+        paths.push(Some(Located::Key(p)));
+        let value = value.trim_start();
+        for delim in ["\"\"\"", "'''"] {
+            if let Some(rest) = value.strip_prefix(delim)
+                && !rest.contains(delim)
+            {
+                in_multiline = Some(delim);
+            }
+        }
+        if in_multiline.is_none() && value.starts_with('[') {
+            depth = bracket_depth(value);
+        }
+    }
+    paths
+}
+
+/// `[` minus `]` outside strings and comments, to follow a multi-line array.
+fn bracket_depth(s: &str) -> i32 {
+    let mut depth = 0;
+    let mut quote: Option<char> = None;
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => break,
+            (None, '[') => depth += 1,
+            (None, ']') => depth -= 1,
+            _ => {}
+        }
+    }
+    depth
+}
+
+/// `key = value` split at the first `=` outside a quoted key; None for a
+/// comment or a line that is no assignment.
+fn split_assignment(line: &str) -> Option<(&str, &str)> {
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let mut quote: Option<char> = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '=') => return Some((&line[..i], &line[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A dotted key into its parts, quotes removed: `prices."gpt-4.1"` is
+/// `["prices", "gpt-4.1"]`.
+fn split_key(key: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut quote: Option<char> = None;
+    for c in key.trim().chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => part.push(c),
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '.') => parts.push(std::mem::take(&mut part).trim().to_owned()),
+            (None, c) => part.push(c),
+        }
+    }
+    parts.push(part.trim().to_owned());
+    parts
+}
+
+/// The key path on the line holding byte `offset`.
+fn path_at(text: &str, offset: usize) -> Option<Located> {
+    let line = text[..offset.min(text.len())].matches('\n').count();
+    line_paths(text).into_iter().nth(line).flatten()
+}
+
+/// The line a dotted key is written on (`listen`, `budget.total_tokens`),
+/// for messages about a value that parsed but was refused. A key that is
+/// not written (a default refused with another value) gets the line of the
+/// nearest section that is: `[budget]` for `budget.base_percent`.
 fn key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            l.split_once('=')
-                .is_some_and(|(k, _)| k.trim().trim_matches(['"', '\'']) == key)
+    let paths = line_paths(text);
+    let joined = |p: &[String]| p.join(".");
+    if let Some(i) = paths
+        .iter()
+        .position(|p| matches!(p, Some(Located::Key(p)) if joined(p) == key))
+    {
+        return Some(i + 1);
+    }
+    paths
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let (Located::Key(p) | Located::Header(p)) = p.as_ref()?;
+            let p = joined(p);
+            let encloses = key == p || key.starts_with(&format!("{p}."));
+            encloses.then_some((p.len(), i + 1))
         })
-        .map(|i| i + 1)
+        .max_by_key(|(len, line)| (*len, std::cmp::Reverse(*line)))
+        .map(|(_, line)| line)
 }
 
 /// The URL with any password replaced by `***`, for logs and messages.
@@ -701,7 +915,9 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are listen, database_url, app_database_url, data_dir, max_body_bytes, log",
+                "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
+                 listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
+                 budget, priority, scheduler, agents, task_types, executor, prices",
                 path.display()
             )
         );
@@ -754,6 +970,169 @@ mod tests {
         s.file(include_str!("../../../kira.example.toml"));
         let from_example = s.load().expect("kira.example.toml is valid");
         assert_eq!(from_example, Setup::new().load().expect("defaults"));
+    }
+
+    #[test]
+    fn engine_sections_are_read_from_the_file() {
+        let s = Setup::new();
+        s.file(
+            "listen = \"127.0.0.1:1\"\n\
+             [budget]\ntotal_tokens = 100000\nburst_levels = [\n  \"emergency\",\n]\n\
+             [scheduler]\nmax_attempts = 5\n\
+             [agents.legal]\nmax_concurrent = 7\n\
+             [task_types.tax_filing]\nspecialist = \"financial\"\n\
+             [executor]\nkind = \"simulated\"\nlatency_ms_max = 5\n\
+             [prices.\"gpt-4.1\"]\ninput_per_million = 2.0\noutput_per_million = 8.0\n",
+        );
+        let c = s.load().expect("valid");
+        assert_eq!(c.listen.port(), 1);
+        let e = &c.engine;
+        assert_eq!(e.budget.total_tokens, 100_000);
+        assert_eq!(e.budget.burst_levels.len(), 1);
+        assert_eq!(e.scheduler.max_attempts, 5);
+        assert_eq!(e.agents["legal"].max_concurrent, 7);
+        assert_eq!(
+            e.task_types["tax_filing"].specialist.as_deref(),
+            Some("financial")
+        );
+        assert!(
+            e.task_types.contains_key("document_review"),
+            "the defaults stay"
+        );
+        assert!(matches!(
+            &e.executor,
+            Some(ExecutorConfig::Simulated(sim)) if sim.latency_ms_max == 5
+        ));
+        assert_eq!(e.prices["gpt-4.1"].output_per_million, 8.0);
+        assert!(
+            Setup::new()
+                .load()
+                .expect("defaults")
+                .engine
+                .executor
+                .is_none(),
+            "nothing runs tasks unless configured"
+        );
+    }
+
+    fn file_error(text: &str) -> (ConfigError, PathBuf) {
+        let s = Setup::new();
+        let path = s.file(text);
+        (s.err(), path)
+    }
+
+    fn at_line(path: &Path, line: usize) -> Source {
+        Source::File {
+            path: path.to_path_buf(),
+            line: Some(line),
+        }
+    }
+
+    #[test]
+    fn refused_engine_values_name_the_dotted_key_and_line() {
+        let (e, path) = file_error("# budget\n[budget]\nbase_percent = 70\n");
+        assert_eq!(e.key, "budget.base_percent");
+        assert_eq!(e.origin, at_line(&path, 3));
+        assert!(
+            e.to_string().starts_with(&format!(
+                "invalid configuration: budget.base_percent (file {} line 3): base_percent (70)",
+                path.display()
+            )),
+            "{e}"
+        );
+
+        // Not written, but refused with the others: its section's line.
+        let (e, path) = file_error("log = \"info\"\n[budget]\nburst_percent = 10\n");
+        assert_eq!(e.key, "budget.base_percent");
+        assert_eq!(e.origin, at_line(&path, 2));
+
+        let (e, path) = file_error("[agents.legal]\nmax_concurrent = 0\n");
+        assert_eq!(e.key, "agents.legal.max_concurrent");
+        assert_eq!(e.origin, at_line(&path, 2));
+
+        let (e, path) =
+            file_error("[task_types.audit]\nmax_output_tokens = 10\nspecialist = \"nobody\"\n");
+        assert_eq!(e.key, "task_types.audit.specialist");
+        assert_eq!(e.origin, at_line(&path, 3));
+
+        let (e, path) = file_error("[executor]\nkind = \"simulated\"\nconfidence = 2.0\n");
+        assert_eq!(e.key, "executor.confidence");
+        assert_eq!(e.origin, at_line(&path, 3));
+
+        let (e, path) = file_error("budget.total_tokens = 0\n");
+        assert_eq!(e.key, "budget.total_tokens");
+        assert_eq!(e.origin, at_line(&path, 1));
+
+        let (e, path) = file_error(
+            "[prices.\"gpt-4.1\"]\ninput_per_million = -1.0\noutput_per_million = 1.0\n",
+        );
+        assert_eq!(e.key, "prices.gpt-4.1.input_per_million");
+        assert_eq!(e.origin, at_line(&path, 2));
+    }
+
+    #[test]
+    fn unknown_engine_keys_are_named_at_every_level() {
+        let (e, path) = file_error("[budget]\ntotal_tokens = 1000\ntotl = 5\n");
+        assert_eq!(e.key, "budget.totl");
+        assert_eq!(e.origin, at_line(&path, 3));
+        assert!(
+            e.why
+                .starts_with("unknown key; the known keys are total_tokens, base_percent"),
+            "{e}"
+        );
+
+        let (e, path) = file_error("[agents.legal]\nmax_concurent = 5\n");
+        assert_eq!(e.key, "agents.legal.max_concurent");
+        assert_eq!(e.origin, at_line(&path, 2));
+
+        // The executor's keys are read as a whole: the header's line.
+        let (e, path) = file_error("[executor]\nkind = \"simulated\"\nlatency = 5\n");
+        assert_eq!(e.key, "executor.latency");
+        assert_eq!(e.origin, at_line(&path, 1));
+        assert!(e.why.contains("latency_ms_min"), "{e}");
+
+        let (e, _) = file_error("[budgte]\ntotal_tokens = 5\n");
+        assert_eq!(e.key, "budgte");
+        assert!(e.why.contains("budget, priority, scheduler"), "{e}");
+
+        let (e, path) = file_error("budget.total_tokens = 5\nbudget.foo = 1\n");
+        assert_eq!(e.key, "budget.foo");
+        assert_eq!(e.origin, at_line(&path, 2));
+    }
+
+    #[test]
+    fn wrong_engine_values_name_the_dotted_key() {
+        let (e, path) = file_error("[budget]\ntotal_tokens = \"lots\"\n");
+        assert_eq!(e.key, "budget.total_tokens");
+        assert_eq!(e.origin, at_line(&path, 2));
+        assert!(e.why.contains("invalid type"), "{e}");
+
+        let (e, _) = file_error("[budget]\nburst_levels = [\"high\", \"whenever\"]\n");
+        assert_eq!(e.key, "budget.burst_levels");
+        assert!(e.why.contains("whenever"), "{e}");
+
+        let (e, path) = file_error("[executor]\nkind = \"magic\"\n");
+        assert_eq!(e.key, "executor.kind");
+        assert_eq!(e.origin, at_line(&path, 2));
+        assert!(e.why.contains("simulated"), "{e}");
+    }
+
+    #[test]
+    fn key_lines_follow_sections() {
+        let text = "listen = \"x\"\n\
+                    [budget]\n\
+                    burst_levels = [\n  \"high\",\n  [\"not a header\"],\n]\n\
+                    total_tokens = 5 # listen = 1\n\
+                    [[odd]]\n\
+                    note = \"\"\"\nlisten = 2\n\"\"\"\n\
+                    'quoted.key' = 1\n";
+        assert_eq!(key_line(text, "listen"), Some(1));
+        assert_eq!(key_line(text, "budget.burst_levels"), Some(3));
+        assert_eq!(key_line(text, "budget.total_tokens"), Some(7));
+        assert_eq!(key_line(text, "budget.base_percent"), Some(2));
+        assert_eq!(key_line(text, "odd.note"), Some(9));
+        assert_eq!(key_line(text, "odd.quoted.key"), Some(12));
+        assert_eq!(key_line(text, "scheduler.batch"), None);
     }
 
     #[test]

@@ -101,6 +101,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Admin(cmd) => commands::admin::run(&ctx()?, cmd).await,
         Command::Audit(cmd) => commands::audit::run(&ctx()?, cmd).await,
+        Command::Task(cmd) => commands::task::run(&ctx()?, cmd).await,
+        Command::Budget(cmd) => commands::budget::run(&ctx()?, cmd).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kira", &mut std::io::stdout());

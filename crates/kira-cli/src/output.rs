@@ -1,12 +1,16 @@
-//! Human output: tables of companies, keys and audit entries. No colours,
-//! so NO_COLOR and pipes need no special case; scripts use `--json`.
+//! Human output: tables of companies, keys, audit entries, tasks and
+//! budgets. No colours, so NO_COLOR and pipes need no special case; scripts
+//! use `--json`.
 
 use chrono::{DateTime, Utc};
 use comfy_table::{ContentArrangement, Table};
 use kira_core::audit::AuditEntry;
 use kira_core::auth::ApiKey;
 use kira_core::company::{Company, Contact};
+use kira_core::task::{Task, TaskEvent};
 use serde_json::Value;
+
+use crate::commands::budget::{BudgetView, EmergencyRequestView};
 
 /// The server's JSON, pretty, for `--json`.
 pub fn print_json(v: &Value) -> anyhow::Result<()> {
@@ -151,6 +155,242 @@ pub fn audit(list: &[AuditEntry]) -> String {
     t.to_string()
 }
 
+/// US dollars to a hundredth of a cent: task costs are often fractions of
+/// a cent.
+pub fn usd(v: f64) -> String {
+    format!("${v:.4}")
+}
+
+fn tokens_used(t: &Task) -> i64 {
+    t.prompt_tokens.saturating_add(t.completion_tokens)
+}
+
+pub fn tasks(list: &[Task]) -> String {
+    if list.is_empty() {
+        return "no tasks".to_owned();
+    }
+    let mut t = table(&[
+        "ID", "TYPE", "PRIORITY", "STATUS", "AGENT", "TOKENS", "COST", "CREATED",
+    ]);
+    for task in list {
+        t.add_row(vec![
+            task.task_id.to_string(),
+            task.task_type.clone(),
+            task.priority.to_string(),
+            task.status.to_string(),
+            task.agent.clone(),
+            tokens_used(task).to_string(),
+            usd(task.cost_usd),
+            time(&task.created_at),
+        ]);
+    }
+    t.to_string()
+}
+
+/// A JSON value to read: a string as itself, anything else pretty-printed.
+fn json_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()),
+    }
+}
+
+/// Long parameters (a whole document) are cut; `--json` shows them all.
+const PARAMETERS_SHOWN: usize = 300;
+
+/// One task: first SEED 1's response, then what it used and when, then
+/// the request as submitted.
+pub fn task(task: &Task) -> String {
+    let mut t = table(&["FIELD", "VALUE"]);
+    let parameters = match &task.parameters {
+        Value::Null => String::new(),
+        Value::Object(m) if m.is_empty() => String::new(),
+        v => {
+            let text = v.to_string();
+            if text.chars().count() > PARAMETERS_SHOWN {
+                let cut: String = text.chars().take(PARAMETERS_SHOWN).collect();
+                format!("{cut}... ({} bytes; see --json)", text.len())
+            } else {
+                text
+            }
+        }
+    };
+    let run_time = match (task.started_at, task.finished_at) {
+        (Some(start), Some(end)) => {
+            let ms = (end - start).num_milliseconds();
+            format!("{}.{:03} s", ms / 1000, ms % 1000)
+        }
+        _ => String::new(),
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("task_id", task.task_id.to_string()),
+        ("status", task.status.to_string()),
+        (
+            "result",
+            task.result.as_ref().map(json_text).unwrap_or_default(),
+        ),
+        (
+            "confidence",
+            task.confidence.map(|c| c.to_string()).unwrap_or_default(),
+        ),
+        (
+            "requires_human_review",
+            task.requires_human_review.to_string(),
+        ),
+        ("status reason", task.status_reason.clone()),
+        ("last error", task.last_error.clone().unwrap_or_default()),
+        (
+            "tokens",
+            format!(
+                "{} (prompt {}, completion {})",
+                tokens_used(task),
+                task.prompt_tokens,
+                task.completion_tokens
+            ),
+        ),
+        ("estimated tokens", task.estimated_tokens.to_string()),
+        ("cost", usd(task.cost_usd)),
+        (
+            "attempts",
+            format!("{} of {}", task.attempts, task.max_attempts),
+        ),
+        ("created", time(&task.created_at)),
+        ("started", opt_time(&task.started_at)),
+        ("finished", opt_time(&task.finished_at)),
+        ("run time", run_time),
+        ("company", task.company_id.to_string()),
+        ("task", task.task.clone()),
+        ("type", task.task_type.clone()),
+        ("priority", task.priority.to_string()),
+        ("deadline", opt_time(&task.deadline)),
+        ("specialist", task.specialist.clone().unwrap_or_default()),
+        ("agent", task.agent.clone()),
+        ("parameters", parameters),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_owned(), v]);
+    }
+    t.to_string()
+}
+
+/// One status change, on one line: `kira task watch` prints these as they
+/// come.
+pub fn task_event(e: &TaskEvent) -> String {
+    let change = match e.from_status {
+        Some(from) => format!("{from} -> {}", e.to_status),
+        None => e.to_status.to_string(),
+    };
+    let mut line = format!("{}  {}  {change}", time(&e.at), e.task_id);
+    if !e.reason.is_empty() {
+        line.push_str(&format!(": {}", e.reason));
+    }
+    line
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// The period, then its pools, each company's allocation and use, and
+/// the emergency requests waiting for a decision.
+pub fn budget(b: &BudgetView) -> String {
+    let mut out = format!(
+        "period {} ({} to {}): {} tokens\n\n",
+        b.period_id,
+        time(&b.starts_at),
+        time(&b.ends_at),
+        b.total_tokens
+    );
+    let mut pools = table(&["POOL", "CAPACITY", "RESERVED", "SPENT", "REMAINING"]);
+    for p in &b.pools {
+        pools.add_row(vec![
+            p.pool.clone(),
+            p.capacity.to_string(),
+            p.reserved.to_string(),
+            p.spent.to_string(),
+            p.remaining.to_string(),
+        ]);
+    }
+    out.push_str(&pools.to_string());
+    out.push_str("\n\n");
+    if b.companies.is_empty() {
+        out.push_str("no companies with an allocation");
+    } else {
+        let mut companies = table(&[
+            "COMPANY",
+            "FACTOR",
+            "SHARE",
+            "ALLOCATION",
+            "RESERVED",
+            "SPENT",
+            "REMAINING",
+            "ALL POOLS",
+            "BURN/DAY",
+            "PROJECTED",
+            "COST",
+        ]);
+        for c in &b.companies {
+            companies.add_row(vec![
+                c.company_id.clone(),
+                format!("{:.3}", c.factor),
+                percent(c.share),
+                c.allocation.to_string(),
+                c.reserved.to_string(),
+                c.spent.to_string(),
+                c.remaining.to_string(),
+                c.spent_all_pools.to_string(),
+                format!("{:.0}", c.burn_rate_per_day),
+                c.projected_period_use.to_string(),
+                usd(c.cost_usd),
+            ]);
+        }
+        out.push_str(&companies.to_string());
+    }
+    out.push_str("\n\n");
+    out.push_str(&emergency_requests(&b.pending_requests, true));
+    out
+}
+
+/// Emergency token requests; `pending` says which were asked for, for the
+/// empty message.
+pub fn emergency_requests(list: &[EmergencyRequestView], pending: bool) -> String {
+    if list.is_empty() {
+        return if pending {
+            "no pending emergency requests".to_owned()
+        } else {
+            "no emergency requests".to_owned()
+        };
+    }
+    let mut t = table(&[
+        "REQUEST",
+        "COMPANY",
+        "TASK",
+        "AMOUNT",
+        "STATUS",
+        "REQUESTED",
+        "REASON",
+        "DECIDED",
+        "BY",
+        "NOTE",
+    ]);
+    for r in list {
+        t.add_row(vec![
+            r.request_id.clone(),
+            r.company_id.clone(),
+            r.task_id.clone(),
+            r.amount.to_string(),
+            r.status.clone(),
+            time(&r.requested_at),
+            r.reason.clone(),
+            opt_time(&r.decided_at),
+            r.decided_by.clone().unwrap_or_default(),
+            r.decision.clone().unwrap_or_default(),
+        ]);
+    }
+    t.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +424,67 @@ mod tests {
             assert!(one.contains(s), "{s} missing from\n{one}");
         }
         assert_eq!(companies(&[]), "no companies");
+    }
+
+    fn sample_task() -> Task {
+        serde_json::from_value(serde_json::json!({
+            "task_id": "acme_legal_001", "company_id": "acme",
+            "company_context": {"id": "acme"}, "task": "Review the NDA",
+            "type": "document_review", "priority": "high",
+            "deadline": "2030-01-15T17:00:00Z", "parameters": {"pages": 3},
+            "specialist": null, "agent": "legal", "status": "completed",
+            "status_reason": "", "attempts": 1, "max_attempts": 3,
+            "estimated_tokens": 3010,
+            "result": {"simulated": true, "summary": "Simulated result"},
+            "confidence": 0.9, "requires_human_review": false, "last_error": null,
+            "prompt_tokens": 1500, "completion_tokens": 500, "cost_usd": 0.0125,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:02Z",
+            "started_at": "2026-01-01T00:00:01Z", "finished_at": "2026-01-01T00:00:02.250Z"
+        }))
+        .expect("valid task")
+    }
+
+    #[test]
+    fn task_tables_show_response_usage_and_request() {
+        let t = sample_task();
+        let list = tasks(std::slice::from_ref(&t));
+        for s in [
+            "acme_legal_001",
+            "document_review",
+            "high",
+            "completed",
+            "legal",
+            "2000",
+            "$0.0125",
+        ] {
+            assert!(list.contains(s), "{s} missing from\n{list}");
+        }
+        let one = task(&t);
+        for s in [
+            "requires_human_review",
+            "Simulated result",
+            "2000 (prompt 1500, completion 500)",
+            "1 of 3",
+            "1.250 s",
+            "Review the NDA",
+            "2030-01-15 17:00:00Z",
+            "{\"pages\":3}",
+        ] {
+            assert!(one.contains(s), "{s} missing from\n{one}");
+        }
+        assert_eq!(tasks(&[]), "no tasks");
+    }
+
+    #[test]
+    fn events_are_one_line_each() {
+        let e: TaskEvent = serde_json::from_value(serde_json::json!({
+            "event_id": 4, "task_id": "acme_legal_001", "at": "2026-01-01T00:00:01Z",
+            "from_status": "queued", "to_status": "running", "reason": "claimed by worker-1"
+        }))
+        .expect("valid event");
+        assert_eq!(
+            task_event(&e),
+            "2026-01-01 00:00:01Z  acme_legal_001  queued -> running: claimed by worker-1"
+        );
     }
 }

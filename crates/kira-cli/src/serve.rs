@@ -1,17 +1,33 @@
 //! `kira serve`: opens the store, makes the first admin key when there is
-//! none, and runs the HTTP API until SIGINT or SIGTERM.
+//! none, and runs the HTTP API and the engine (the scheduler, when an
+//! executor is configured, and the periodic jobs) until SIGINT or SIGTERM.
+//!
+//! Stopping is in two steps: first the HTTP server stops accepting and
+//! finishes open requests, then the engine is told to stop and given a
+//! while to hand back what it holds. Work it cannot finish in time is not
+//! lost: its leases lapse and another start picks it up.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use kira_core::clock::SystemClock;
+use kira_engine::config::ExecutorConfig;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 
 use crate::config::{Config, redact_url};
+
+/// How long open HTTP requests may take to finish after a stop request.
+/// A client following a task (`kira task watch`) keeps its request open;
+/// past this it is cut off rather than holding the stop up for ever.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
+/// How long the engine may take to stop once HTTP has.
+const ENGINE_STOP: Duration = Duration::from_secs(10);
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The data directory holds the database and the admin token: owner only.
@@ -63,23 +79,54 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("cannot read the listening address")?;
     eprintln!("kira listening on http://{addr}");
 
+    match &cfg.engine.executor {
+        Some(ExecutorConfig::Simulated(_)) => {
+            tracing::info!("executor: simulated (results are marked simulated)");
+        }
+        None => tracing::info!("no executor configured: tasks wait in the queue"),
+    }
+    let engine = kira_engine::Engine::new(store, Arc::new(SystemClock), cfg.engine.clone());
+    let shutdown = kira_engine::Shutdown::new();
+    let background = engine.start(shutdown.clone());
+
     let app = kira_server::router(
-        store,
-        Arc::new(SystemClock),
+        engine.clone(),
         kira_server::ServerConfig {
             max_body_bytes: cfg.max_body_bytes,
         },
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = sigterm.recv() => {}
-            }
-            tracing::info!("stop requested; finishing open requests");
-        })
-        .await
-        .context("the server failed")?;
+    let stop_requested = Arc::new(Notify::new());
+    let stop_notice = stop_requested.clone();
+    let http = axum::serve(listener, app).with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+        tracing::info!("stop requested; finishing open requests");
+        stop_notice.notify_one();
+    });
+    let drain_limit = async move {
+        stop_requested.notified().await;
+        tokio::time::sleep(HTTP_DRAIN).await;
+    };
+    tokio::select! {
+        served = http => served.context("the server failed")?,
+        () = drain_limit => tracing::warn!(
+            seconds = HTTP_DRAIN.as_secs(),
+            "open requests did not finish in time; closing them"
+        ),
+    }
+
+    tracing::info!("HTTP stopped; stopping the engine");
+    shutdown.trigger();
+    match tokio::time::timeout(ENGINE_STOP, background).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the engine's background work failed"),
+        Err(_) => tracing::warn!(
+            seconds = ENGINE_STOP.as_secs(),
+            "the engine did not stop in time; its leases will lapse and the tasks be retried"
+        ),
+    }
     tracing::info!("kira stopped");
     Ok(())
 }

@@ -423,6 +423,31 @@ pub struct TaskEvent {
     pub reason: String,
 }
 
+/// The body of a submission: SEED 1's task message as the operator sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    /// What to do.
+    pub task: String,
+    /// A configured task type, such as complex_legal_analysis.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    #[serde(default = "medium")]
+    pub priority: Priority,
+    pub deadline: Option<DateTime<Utc>>,
+    /// Anything the task needs, such as a document.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
+    /// Ask for this specialist instead of the type's.
+    #[serde(default)]
+    pub specialist: Option<String>,
+}
+
+fn medium() -> Priority {
+    Priority::Medium
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeSet, VecDeque};

@@ -171,6 +171,15 @@ impl ApiError {
     }
 }
 
+impl From<kira_engine::EngineError> for ApiError {
+    fn from(e: kira_engine::EngineError) -> Self {
+        match e {
+            kira_engine::EngineError::Invalid(v) => v.into(),
+            kira_engine::EngineError::Store(s) => Self::from_store(s, "company"),
+        }
+    }
+}
+
 impl From<ValidationError> for ApiError {
     fn from(v: ValidationError) -> Self {
         Self::new(

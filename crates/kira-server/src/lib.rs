@@ -13,6 +13,7 @@ use axum::extract::DefaultBodyLimit;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{IssuedKey, NewKey, Principal, Role};
 use kira_core::clock::Clock;
+use kira_engine::Engine;
 use kira_store::Store;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -43,6 +44,7 @@ impl Default for ServerConfig {
 /// What every handler shares.
 #[derive(Clone)]
 pub struct App {
+    pub engine: Engine,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub cfg: ServerConfig,
@@ -66,6 +68,8 @@ pub enum Error {
         (name = "companies", description = "Company profiles"),
         (name = "keys", description = "API keys (admin)"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "tasks", description = "Tasks: SEED 1's messages, queued, scheduled and run"),
+        (name = "budget", description = "Token budgets: pools, allocations, emergency requests, the ledger"),
     )
 )]
 struct ApiDoc;
@@ -104,6 +108,19 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::keys::revoke_key))
         .routes(routes!(routes::audit::list_audit))
         .routes(routes!(routes::audit::verify_audit))
+        .routes(routes!(
+            routes::tasks::submit_task,
+            routes::tasks::list_tasks
+        ))
+        .routes(routes!(routes::tasks::get_task))
+        .routes(routes!(routes::tasks::cancel_task))
+        .routes(routes!(routes::tasks::task_events))
+        .routes(routes!(routes::tasks::watch_task))
+        .routes(routes!(routes::budget::show_budget))
+        .routes(routes!(routes::budget::list_requests))
+        .routes(routes!(routes::budget::approve_request))
+        .routes(routes!(routes::budget::reject_request))
+        .routes(routes!(routes::budget::verify_ledger))
 }
 
 /// The OpenAPI document of every route.
@@ -111,8 +128,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().split_for_parts().1
 }
 
-/// The HTTP application.
-pub fn router(store: Arc<dyn Store>, clock: Arc<dyn Clock>, cfg: ServerConfig) -> Router {
+/// The HTTP application over `engine` (and its store and clock).
+pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
+    let store = engine.store().clone();
+    let clock = engine.clock().clone();
     let limit = cfg.max_body_bytes;
     let (router, doc) = routes().split_for_parts();
     router
@@ -122,7 +141,12 @@ pub fn router(store: Arc<dyn Store>, clock: Arc<dyn Clock>, cfg: ServerConfig) -
         .layer(axum::Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn(extract::request_id))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(App { store, clock, cfg })
+        .with_state(App {
+            engine,
+            store,
+            clock,
+            cfg,
+        })
 }
 
 /// On a database with no API key at all, makes the first admin key and

@@ -1,6 +1,8 @@
 //! The handlers, one module per resource.
 
 pub mod audit;
+pub mod budget;
 pub mod companies;
 pub mod keys;
 pub mod system;
+pub mod tasks;

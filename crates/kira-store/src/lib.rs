@@ -15,9 +15,11 @@ use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
 use kira_core::{CompanyId, ValidationError};
 
+pub mod ledger;
 pub mod postgres;
 pub mod sqlite;
 pub mod testdb;
+pub mod work;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -158,7 +160,9 @@ pub trait AuditStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: CompanyStore + KeyStore + AuditStore {
+pub trait Store:
+    CompanyStore + KeyStore + AuditStore + work::TaskStore + work::BudgetStore
+{
     fn backend(&self) -> Backend;
 
     /// The database answers.

@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod audit;
+pub mod budget;
 pub mod company;
+pub mod task;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -86,6 +86,49 @@ fn bad_values_are_refused_with_the_key_named() {
 }
 
 #[test]
+fn engine_sections_are_checked_before_anything_starts() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = work.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let write = |text: &str| std::fs::write(work.path().join("kira.toml"), text).expect("write");
+
+    write("[budget]\nbase_percent = 70\n");
+    let out = fails(kira_in(work.path()).args(["serve", "--data-dir", data]), 2);
+    assert!(
+        out.stderr.starts_with(
+            "error: invalid configuration: budget.base_percent (file kira.toml line 2): "
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("must be 100"), "{}", out.stderr);
+
+    write("[executor]\nkind = \"simulated\"\nlatency_ms_min = 9\nlatency_ms_max = 1\n");
+    let out = fails(kira_in(work.path()).args(["serve", "--data-dir", data]), 2);
+    assert!(
+        out.stderr
+            .contains("invalid configuration: executor.latency_ms_min (file kira.toml line 3)"),
+        "{}",
+        out.stderr
+    );
+
+    write("[scheduler]\nlease_seconds = 60\nheartbeats = 5\n");
+    let out = fails(kira_in(work.path()).args(["serve", "--data-dir", data]), 2);
+    assert!(
+        out.stderr.contains(
+            "invalid configuration: scheduler.heartbeats (file kira.toml line 3): unknown key"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    assert!(
+        !work.path().join("data").exists(),
+        "nothing is created before the configuration is valid"
+    );
+}
+
+#[test]
 fn usage_errors_exit_2_and_client_errors_exit_1() {
     let work = tempfile::tempdir().expect("temp dir");
     fails(kira_in(work.path()).args(["company", "frobnicate"]), 2);

@@ -7,3 +7,4 @@ mod postgres;
 mod story;
 mod support;
 mod tamper;
+mod tasks;

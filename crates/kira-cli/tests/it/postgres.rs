@@ -3,6 +3,7 @@
 
 use crate::story::{check_first_start, run_story};
 use crate::support::{Server, block_on};
+use crate::tasks::{SIMULATED, run_simulated_story, start_in};
 
 #[test]
 fn postgres_story() {
@@ -20,6 +21,15 @@ fn postgres_story() {
         status.success(),
         "SIGTERM stops the server cleanly: {status}"
     );
+}
+
+#[test]
+fn postgres_tasks_with_the_simulated_executor() {
+    let url = block_on(kira_store::testdb::fresh_postgres());
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = start_in(work.path(), Some(SIMULATED), &["--database-url", &url]);
+    run_simulated_story(&server);
+    assert!(server.stop().success());
 }
 
 /// Two `kira serve` processes on one PostgreSQL database, changed at the

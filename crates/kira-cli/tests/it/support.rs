@@ -185,6 +185,26 @@ impl Server {
         cmd
     }
 
+    /// The CLI pointed at this server as a child process with its stdout
+    /// piped, for commands that run on (`task watch`) and are read as they
+    /// print.
+    pub fn spawn_kira(&self, args: &[&str]) -> Child {
+        let mut cmd = Command::new(KIRA);
+        for v in KIRA_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.current_dir(&self.work)
+            .env("NO_COLOR", "1")
+            .args(["--url", &self.url, "--data-dir"])
+            .arg(&self.data_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kira runs")
+    }
+
     /// Sends SIGTERM and waits (up to 10 s) for the server to finish.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
@@ -260,6 +280,19 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("runtime")
         .block_on(f)
+}
+
+/// Polls `check` until it gives a value, for up to `timeout`; panics with
+/// `what` when it never does.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        pause(Duration::from_millis(100));
+    }
 }
 
 /// Waits a little between polls of a real process. Real time is the point

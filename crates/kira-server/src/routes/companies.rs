@@ -20,6 +20,14 @@ fn store_err(e: kira_store::StoreError) -> ApiError {
     ApiError::from_store(e, "company")
 }
 
+/// Base allocations follow the companies' profiles. The change itself is
+/// done; a failed refresh is logged and retried by the next one.
+async fn refresh(app: &App, id: &CompanyId) {
+    if let Err(e) = app.engine.company_changed(id).await {
+        tracing::error!(company = %id, error = %e, "could not refresh budget allocations");
+    }
+}
+
 /// A company id from the path; an invalid one cannot exist.
 fn path_id(raw: &str) -> ApiResult<CompanyId> {
     CompanyId::parse(raw).map_err(|e| ApiError::bad_request("id", e.message))
@@ -53,6 +61,7 @@ pub async fn create_company(
             .create_company(&scope, &profile, app.clock.now(), audit)
             .await
             .map_err(store_err)?;
+        refresh(&app, &company.id).await;
         Ok((StatusCode::CREATED, Json(company)))
     }
     .await;
@@ -164,6 +173,7 @@ pub async fn update_company(
             .update_company(&scope, patch, app.clock.now(), act.ok())
             .await
             .map_err(store_err)?;
+        refresh(&app, &company.id).await;
         Ok(Json(company))
     }
     .await;
@@ -197,6 +207,7 @@ pub async fn archive_company(
             .archive_company(&scope, app.clock.now(), act.ok())
             .await
             .map_err(store_err)?;
+        refresh(&app, &company.id).await;
         Ok(Json(company))
     }
     .await;

@@ -158,7 +158,14 @@ async fn forced_delete_keeps_the_audit_trail_verifiable() {
     let v = s
         .admin_ok(Method::DELETE, "/v1/companies/acme?force=true", None)
         .await;
-    assert_eq!(v["rows"], json!({"api_keys": 1, "companies": 1}));
+    assert_eq!(
+        (
+            v["rows"]["api_keys"].clone(),
+            v["rows"]["companies"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{v}"
+    );
     let (status, _) = s
         .call(Method::GET, "/v1/companies/acme", Some(&s.admin), None)
         .await;

@@ -74,6 +74,15 @@ fn admin_creates(w: Who, _: Target) -> u16 {
 fn anyone(_: Who, _: Target) -> u16 {
     200
 }
+fn writer_creates(w: Who, t: Target) -> u16 {
+    match writer_own(w, t) {
+        200 => 201,
+        s => s,
+    }
+}
+fn admin_finds_nothing(w: Who, _: Target) -> u16 {
+    if w == Who::Admin { 404 } else { 403 }
+}
 
 fn routes() -> Vec<Route> {
     let r = |method, path, body, expect, destructive| Route {
@@ -141,6 +150,65 @@ fn routes() -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/v1/audit/verify", None, admin_only, false),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/tasks",
+            Some(json!({"task": "Summarise the week", "type": "routine_status_update"})),
+            writer_creates,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/tasks",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/tasks/{t}",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/tasks/{fresh}/cancel",
+            None,
+            writer_own,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/tasks/{t}/events",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/tasks/{done}/watch",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(Method::GET, "/v1/budget", None, anyone, false),
+        r(Method::GET, "/v1/budget/requests", None, admin_only, false),
+        r(
+            Method::POST,
+            "/v1/budget/requests/{r}/approve",
+            None,
+            admin_finds_nothing,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/budget/requests/{r}/reject",
+            Some(json!({"note": "no"})),
+            admin_finds_nothing,
+            false,
+        ),
+        r(Method::GET, "/v1/budget/verify", None, admin_only, false),
     ]
 }
 
@@ -155,6 +223,19 @@ async fn matrix(backend: Backend) {
     let (_, operator) = s.key("operator", Some("acme")).await;
     let (_, viewer) = s.key("viewer", Some("acme")).await;
     let bad = "kira_aaaaaaaaaaaa_0123456789012345678901234567890123456789".to_owned();
+    // Per company: a task that stays queued, and one already cancelled (its watch ends at once).
+    let mut tasks = std::collections::HashMap::new();
+    for c in ["acme", "other"] {
+        let queued = s.task(c).await;
+        let done = s.task(c).await;
+        s.admin_ok(
+            Method::POST,
+            &format!("/v1/companies/{c}/tasks/{done}/cancel"),
+            None,
+        )
+        .await;
+        tasks.insert(c.to_owned(), (queued, done));
+    }
     let mut n = 0;
     let mut cells = 0;
     for route in routes() {
@@ -175,9 +256,31 @@ async fn matrix(backend: Backend) {
                 } else {
                     String::new()
                 };
-                let path = route.path.replace("{c}", &company).replace("{k}", &key_id);
+                let fresh = if route.path.contains("{fresh}") {
+                    s.task(&company).await
+                } else {
+                    String::new()
+                };
+                let path = route
+                    .path
+                    .replace("{c}", &company)
+                    .replace("{k}", &key_id)
+                    .replace("{fresh}", &fresh)
+                    .replace(
+                        "{t}",
+                        tasks
+                            .get(&company)
+                            .map_or("", |t: &(String, String)| t.0.as_str()),
+                    )
+                    .replace(
+                        "{done}",
+                        tasks
+                            .get(&company)
+                            .map_or("", |t: &(String, String)| t.1.as_str()),
+                    )
+                    .replace("{r}", "0190f3a0-0000-7000-8000-000000000000");
                 let body = route.body.clone().map(|b| {
-                    if route.path == "/v1/companies" {
+                    if route.path == "/v1/companies" && route.method == Method::POST {
                         crate::support::company_body(&format!("new-{n}"))
                     } else {
                         serde_json::from_str(&b.to_string().replace("{c}", &company)).expect("json")
@@ -209,7 +312,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 15 * 5 * 2);
+    assert_eq!(cells, 26 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log.
     let audit = s.audit().await;

@@ -6,3 +6,4 @@ mod auth_matrix;
 mod bad_input;
 mod openapi;
 mod support;
+mod tasks;

@@ -38,6 +38,17 @@ async fn openapi_lists_every_route_with_responses() {
         "POST /v1/keys/{key_id}/revoke",
         "GET /v1/audit",
         "GET /v1/audit/verify",
+        "POST /v1/companies/{id}/tasks",
+        "GET /v1/companies/{id}/tasks",
+        "GET /v1/companies/{id}/tasks/{task_id}",
+        "POST /v1/companies/{id}/tasks/{task_id}/cancel",
+        "GET /v1/companies/{id}/tasks/{task_id}/events",
+        "GET /v1/companies/{id}/tasks/{task_id}/watch",
+        "GET /v1/budget",
+        "GET /v1/budget/requests",
+        "POST /v1/budget/requests/{request_id}/approve",
+        "POST /v1/budget/requests/{request_id}/reject",
+        "GET /v1/budget/verify",
     ]
     .into_iter()
     .map(str::to_owned)

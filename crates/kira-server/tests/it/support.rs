@@ -64,7 +64,12 @@ pub async fn serve(
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = router(store, Arc::new(SystemClock), cfg);
+    let engine = kira_engine::Engine::new(
+        store,
+        Arc::new(SystemClock),
+        kira_engine::EngineConfig::default(),
+    );
+    let app = router(engine, cfg);
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.expect("serve");
     });
@@ -163,6 +168,18 @@ impl Server {
             v["key"]["id"].as_str().expect("id").to_owned(),
             v["token"].as_str().expect("token").to_owned(),
         )
+    }
+
+    /// A queued task of `company`; returns its id.
+    pub async fn task(&self, company: &str) -> String {
+        let v = self
+            .admin_ok(
+                Method::POST,
+                &format!("/v1/companies/{company}/tasks"),
+                Some(json!({"task": "Prepare the board pack", "type": "routine_status_update", "priority": "low"})),
+            )
+            .await;
+        v["task_id"].as_str().expect("task id").to_owned()
     }
 
     /// Every audit entry, as the admin sees them.

@@ -18,6 +18,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
+mod work;
+
 use crate::{
     AuditPage, AuditStore, Backend, CompanyStore, DeletedRows, KeyStore, Result, Store, StoreError,
 };
@@ -52,7 +54,7 @@ impl SqliteStore {
         &self.pool
     }
 
-    async fn write(&self) -> Result<Tx> {
+    pub(crate) async fn write(&self) -> Result<Tx> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
@@ -61,25 +63,25 @@ pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
+pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
 }
 
-fn parse_opt_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
+pub(crate) fn parse_opt_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
     s.as_deref().map(parse_ts).transpose()
 }
 
-fn company_id(s: &str) -> Result<CompanyId> {
+pub(crate) fn company_id(s: &str) -> Result<CompanyId> {
     CompanyId::parse(s).map_err(|e| StoreError::Corrupt(format!("company id {s:?}: {e}")))
 }
 
-fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("json {s:?}: {e}")))
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -150,7 +152,7 @@ fn audit_from_row(r: &SqliteRow) -> Result<AuditEntry> {
 /// Appends `record` at the end of the chain inside `tx`. Callers holding a
 /// `BEGIN IMMEDIATE` transaction hold the database's write lock, which is
 /// what keeps the chain one line.
-async fn append(tx: &mut SqliteConnection, record: AuditRecord) -> Result<AuditEntry> {
+pub(crate) async fn append(tx: &mut SqliteConnection, record: AuditRecord) -> Result<AuditEntry> {
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut *tx)
         .await?;
@@ -180,7 +182,7 @@ async fn append(tx: &mut SqliteConnection, record: AuditRecord) -> Result<AuditE
     Ok(entry)
 }
 
-async fn load_company(tx: &mut SqliteConnection, id: &CompanyId) -> Result<Company> {
+pub(crate) async fn load_company(tx: &mut SqliteConnection, id: &CompanyId) -> Result<Company> {
     let sql = format!("SELECT {COMPANY_COLUMNS} FROM companies WHERE company_id = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id.as_str())
@@ -348,6 +350,7 @@ impl CompanyStore for SqliteStore {
         let mut tx = self.write().await?;
         load_company(&mut tx, scope.company()).await?;
         let mut deleted = DeletedRows::default();
+        work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [
             ("api_keys", "DELETE FROM api_keys WHERE company_id = ?"),

@@ -221,10 +221,8 @@ async fn forced_delete_removes_every_row_but_the_audit_log(f: Fresh) {
         .delete_company(&scope("acme"), record(Some("acme"), "company.delete"))
         .await
         .expect("delete");
-    assert_eq!(
-        deleted.tables,
-        vec![("api_keys".to_string(), 1), ("companies".to_string(), 1)]
-    );
+    let count = |t: &str| deleted.tables.iter().find(|(n, _)| n == t).map(|(_, n)| *n);
+    assert_eq!((count("api_keys"), count("companies")), (Some(1), Some(1)));
     assert!(matches!(
         s.get_company(&scope("acme")).await,
         Err(StoreError::NotFound)

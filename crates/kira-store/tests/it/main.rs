@@ -1,6 +1,8 @@
 //! kira-store's integration tests: one binary, both backends.
 
+mod budget_property;
 mod conformance;
 mod isolation;
 mod rls;
 mod support;
+mod work;

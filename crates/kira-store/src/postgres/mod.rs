@@ -6,6 +6,10 @@
 //! never carries it into the next transaction) and every statement binds the
 //! company again. The audit chain is kept one line by locking `audit_head`,
 //! always as the last step of a transaction so locks are taken in one order.
+//!
+//! Tasks and budgets live in `work`; [`PgStore::listen_tasks`] and
+//! [`PgStore::try_job_lock`] are what many nodes sharing the database need
+//! beyond the traits.
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -17,6 +21,8 @@ use kira_core::ids::KeyId;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
+
+mod work;
 
 use crate::{
     AuditPage, AuditStore, Backend, CompanyStore, DeletedRows, KeyStore, Result, Store, StoreError,
@@ -32,6 +38,11 @@ const BOOTSTRAP_LOCK: i64 = 0x6b69_7261_626f_6f74;
 
 /// Entries read per query when walking the chain.
 const VERIFY_BATCH: i64 = 1000;
+
+/// The channel notified with a task id when the task becomes runnable
+/// (submitted, queued again for a retry or after an emergency grant) or is
+/// cancelled. See [`PgStore::listen_tasks`].
+pub const TASKS_CHANNEL: &str = "kira_tasks";
 
 pub struct PgStore {
     pool: PgPool,
@@ -74,6 +85,42 @@ impl PgStore {
     /// The working pool (tests inspect it: its connections act as the app role).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A listener on [`TASKS_CHANNEL`], on a connection of its own: each
+    /// notification's payload is a task id. Notifications are sent on commit
+    /// and are lost while the listener reconnects, so a scheduler still
+    /// polls now and then; this only saves it from waiting for the poll.
+    pub async fn listen_tasks(&self) -> Result<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(TASKS_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// Takes the cluster-wide lock for periodic job `job` (the reaper, the
+    /// allocation refresh) if no node holds it: `Some` connection holding
+    /// it, else `None`.
+    ///
+    /// The lock is a session-level advisory lock, so it lives as long as the
+    /// connection's session. The returned connection is marked to close when
+    /// dropped instead of going back to the pool, and closing the session
+    /// releases the lock: hold the connection while the job runs and drop it
+    /// to let another node take a turn. A node that dies releases it the same
+    /// way, when the server sees its connection close.
+    pub async fn try_job_lock(
+        &self,
+        job: i64,
+    ) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>> {
+        let mut conn = self.pool.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(job)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        conn.close_on_drop();
+        Ok(Some(conn))
     }
 
     /// A transaction that sees and writes only `company`'s rows.
@@ -401,6 +448,7 @@ impl CompanyStore for PgStore {
         // foreign-key check holds a share lock), so the key is deleted too.
         load_company(&mut tx, scope.company(), true).await?;
         let mut deleted = DeletedRows::default();
+        work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [
             ("api_keys", "DELETE FROM api_keys WHERE company_id = $1"),

@@ -1,0 +1,234 @@
+//! Executors run claimed tasks. This issue ships the simulated one; the
+//! agents issue adds the real agent runner behind the same trait.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kira_core::auth::CompanyScope;
+use kira_core::budget::{BudgetConfig, ModelPrice, cost_usd};
+use kira_core::clock::Clock;
+use kira_core::task::Task;
+use kira_store::Store;
+use kira_store::work::{Reservation, ReserveOutcome};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ExecutorConfig, SimulatedConfig};
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecOutcome {
+    Done {
+        result: serde_json::Value,
+        confidence: f64,
+        requires_human_review: bool,
+    },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    /// Stopped because the task was cancelled.
+    Cancelled,
+    /// A call could not get tokens.
+    OutOfBudget {
+        reason: String,
+    },
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync {
+    fn name(&self) -> &str;
+    async fn execute(&self, run: &mut Run) -> ExecOutcome;
+}
+
+/// One run of a task: its budget (reserve before each call, settle after)
+/// and whether it should stop.
+pub struct Run {
+    pub task: Task,
+    scope: CompanyScope,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    budget: BudgetConfig,
+    prices: BTreeMap<String, ModelPrice>,
+    /// The claim's reservation, handed to the first call.
+    first: Option<Reservation>,
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    OutOfBudget(String),
+    #[error(transparent)]
+    Store(#[from] kira_store::StoreError),
+}
+
+impl Run {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        task: Task,
+        scope: CompanyScope,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        budget: BudgetConfig,
+        prices: BTreeMap<String, ModelPrice>,
+        first: Reservation,
+        cancel: Arc<AtomicBool>,
+    ) -> Run {
+        Run {
+            task,
+            scope,
+            store,
+            clock,
+            budget,
+            prices,
+            first: Some(first),
+            cancel,
+        }
+    }
+
+    /// Tokens for one call: an upper bound of its prompt plus max_tokens.
+    pub async fn reserve(&mut self, amount: i64) -> Result<Reservation, RunError> {
+        if let Some(first) = self.first.take() {
+            if amount <= first.amount {
+                return Ok(first);
+            }
+            self.store
+                .release(&self.scope, &first.reservation_id, self.clock.now())
+                .await?;
+        }
+        match self
+            .store
+            .reserve(
+                &self.scope,
+                &self.task.task_id,
+                amount,
+                &self.budget,
+                self.clock.now(),
+            )
+            .await?
+        {
+            ReserveOutcome::Reserved(r) => Ok(r),
+            ReserveOutcome::Denied { reason } => Err(RunError::OutOfBudget(reason)),
+        }
+    }
+
+    /// Settles a call with the provider's real usage; prices by `model`.
+    pub async fn settle(
+        &mut self,
+        r: &Reservation,
+        model: &str,
+        prompt_tokens: i64,
+        completion_tokens: i64,
+    ) -> Result<(), RunError> {
+        let cost = self
+            .prices
+            .get(model)
+            .map_or(0.0, |p| cost_usd(p, prompt_tokens, completion_tokens));
+        self.store
+            .settle(
+                &self.scope,
+                &r.reservation_id,
+                prompt_tokens,
+                completion_tokens,
+                cost,
+                self.clock.now(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+/// The executor a configuration names.
+pub fn from_config(cfg: Option<&ExecutorConfig>) -> Option<Arc<dyn Executor>> {
+    match cfg? {
+        ExecutorConfig::Simulated(s) => Some(Arc::new(Simulated::new(s.clone()))),
+    }
+}
+
+/// Pretends to run a task: waits, uses a share of its reservation, and
+/// answers with a result that says it was simulated. For tests and
+/// benchmarks of the queue, scheduler and budgets; never a stand-in for an
+/// agent in production.
+#[derive(Debug, Clone)]
+pub struct Simulated {
+    cfg: SimulatedConfig,
+}
+
+impl Simulated {
+    pub fn new(cfg: SimulatedConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// The same task and attempt always draw the same numbers.
+    fn rng(task: &Task) -> StdRng {
+        let h = Sha256::digest(format!("{}#{}", task.task_id, task.attempts));
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(&h);
+        StdRng::from_seed(seed)
+    }
+}
+
+#[async_trait]
+impl Executor for Simulated {
+    fn name(&self) -> &str {
+        "simulated"
+    }
+
+    async fn execute(&self, run: &mut Run) -> ExecOutcome {
+        let mut rng = Self::rng(&run.task);
+        let c = &self.cfg;
+        let latency = rng.random_range(c.latency_ms_min..=c.latency_ms_max);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if run.cancelled() {
+            return ExecOutcome::Cancelled;
+        }
+        if c.failure_rate > 0.0 && rng.random_bool(c.failure_rate) {
+            return ExecOutcome::Failed {
+                error: "simulated failure".into(),
+                retryable: true,
+            };
+        }
+        let r = match run.reserve(run.task.estimated_tokens).await {
+            Ok(r) => r,
+            Err(RunError::OutOfBudget(reason)) => return ExecOutcome::OutOfBudget { reason },
+            Err(e) => {
+                return ExecOutcome::Failed {
+                    error: e.to_string(),
+                    retryable: true,
+                };
+            }
+        };
+        let share = rng.random_range(c.usage_min..=c.usage_max);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let used = ((r.amount as f64) * share).round() as i64;
+        let prompt = used * 3 / 4;
+        if let Err(e) = run.settle(&r, "simulated", prompt, used - prompt).await {
+            return ExecOutcome::Failed {
+                error: e.to_string(),
+                retryable: true,
+            };
+        }
+        let preview: String = run.task.task.chars().take(80).collect();
+        ExecOutcome::Done {
+            result: serde_json::json!({
+                "simulated": true,
+                "executor": "simulated",
+                "summary": format!("Simulated result for: {preview}"),
+                "note": "produced by the simulated executor; no model ran",
+            }),
+            confidence: c.confidence,
+            requires_human_review: false,
+        }
+    }
+}

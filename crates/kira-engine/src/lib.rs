@@ -1,0 +1,149 @@
+//! What runs in kira: task submission, the scheduler that ranks every
+//! company's queued work by effective priority and claims it within agent
+//! and company limits and the budget, the workers that run claimed tasks
+//! through an [`executor::Executor`], and the periodic jobs (lease reaper,
+//! allocation refresh).
+//!
+//! Architecture invariant: the engine reaches company data only through a
+//! `CompanyScope`; for its own work (claiming, running) it uses the
+//! `system` principal, which the audit log names.
+
+use std::sync::Arc;
+
+use kira_core::clock::Clock;
+use kira_store::Store;
+use tokio::sync::{Notify, watch};
+
+pub mod config;
+pub mod executor;
+pub mod scheduler;
+pub mod tasks;
+mod worker;
+
+pub use config::EngineConfig;
+pub use scheduler::TickReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Invalid(#[from] kira_core::ValidationError),
+    #[error(transparent)]
+    Store(#[from] kira_store::StoreError),
+}
+
+/// Tells background work to stop.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        let (tx, rx) = watch::channel(false);
+        Self {
+            tx: Arc::new(tx),
+            rx,
+        }
+    }
+
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The engine: cheap to clone, shared by the HTTP handlers and the
+/// background loop.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    executor: Option<Arc<dyn executor::Executor>>,
+    /// Rung when work arrives, so an idle scheduler looks at once.
+    wake: Notify,
+    /// This process's name on leases.
+    worker_id: String,
+}
+
+impl Engine {
+    /// An engine with the executor its configuration names, if any.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: EngineConfig) -> Engine {
+        let executor = executor::from_config(config.executor.as_ref());
+        Self::build(store, clock, config, executor)
+    }
+
+    /// An engine running tasks with `executor` (tests, and the agents issue).
+    pub fn with_executor(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        executor: Arc<dyn executor::Executor>,
+    ) -> Engine {
+        Self::build(store, clock, config, Some(executor))
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        executor: Option<Arc<dyn executor::Executor>>,
+    ) -> Engine {
+        let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                executor,
+                wake: Notify::new(),
+                worker_id,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The executor's name, or None when tasks only queue.
+    pub fn executor_name(&self) -> Option<&str> {
+        self.inner.executor.as_ref().map(|e| e.name())
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
+    /// Wakes the scheduler (new or requeued work).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+}

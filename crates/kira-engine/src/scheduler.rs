@@ -1,0 +1,319 @@
+//! The scheduler: ranks every runnable task by effective priority (SEED
+//! 4.2 plus aging, `kira_core::priority`), then claims in that order where
+//! the task's agent and company have a free slot. A task that cannot get
+//! budget waits and the scheduler moves on to the next one, so no task
+//! blocks those behind it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use kira_core::CompanyId;
+use kira_core::auth::{Access, Principal};
+use kira_core::priority::{EffectivePriority, effective_priority};
+use kira_core::task::TaskId;
+use kira_store::work::{ClaimOutcome, QueueEntry, QueueSnapshot};
+use tokio::task::JoinHandle;
+
+use crate::config::EngineConfig;
+use crate::{Engine, EngineError, Shutdown};
+
+/// The runnable tasks, best first: higher score, then longer waiting, then id.
+pub fn rank(
+    runnable: Vec<QueueEntry>,
+    cfg: &EngineConfig,
+    now: DateTime<Utc>,
+) -> Vec<(QueueEntry, EffectivePriority)> {
+    let mut ranked: Vec<_> = runnable
+        .into_iter()
+        .map(|e| {
+            let p = effective_priority(
+                e.priority,
+                e.multiplier,
+                e.deadline,
+                e.waiting_since,
+                now,
+                &cfg.priority,
+            );
+            (e, p)
+        })
+        .collect();
+    ranked.sort_by(|(a, pa), (b, pb)| {
+        pb.score
+            .total_cmp(&pa.score)
+            .then(a.waiting_since.cmp(&b.waiting_since))
+            .then_with(|| a.task_id.as_str().cmp(b.task_id.as_str()))
+    });
+    ranked
+}
+
+/// Free slots per agent and per company, given what runs.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    agent: HashMap<String, i64>,
+    company: HashMap<CompanyId, i64>,
+    per_company: i64,
+}
+
+impl Slots {
+    pub fn new(running: &[(String, CompanyId)], cfg: &EngineConfig) -> Self {
+        let mut agent: HashMap<String, i64> = cfg
+            .agents
+            .iter()
+            .map(|(n, a)| (n.clone(), i64::from(a.max_concurrent)))
+            .collect();
+        let mut company = HashMap::new();
+        let per_company = i64::from(cfg.scheduler.per_company_concurrency);
+        for (a, c) in running {
+            *agent.entry(a.clone()).or_insert(0) -= 1;
+            *company.entry(c.clone()).or_insert(per_company) -= 1;
+        }
+        Slots {
+            agent,
+            company,
+            per_company,
+        }
+    }
+
+    pub fn free(&self, e: &QueueEntry) -> bool {
+        self.agent.get(&e.agent).copied().unwrap_or(0) > 0
+            && self
+                .company
+                .get(&e.company_id)
+                .copied()
+                .unwrap_or(self.per_company)
+                > 0
+    }
+
+    pub fn take(&mut self, e: &QueueEntry) {
+        *self.agent.entry(e.agent.clone()).or_insert(0) -= 1;
+        *self
+            .company
+            .entry(e.company_id.clone())
+            .or_insert(self.per_company) -= 1;
+    }
+}
+
+/// What one scheduling pass did.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// Tasks whose leases had expired, now queued again or failed.
+    pub reaped: Vec<TaskId>,
+    /// Claimed, in the order they were claimed.
+    pub claimed: Vec<TaskId>,
+    /// Left waiting for budget or for a human.
+    pub waiting: Vec<TaskId>,
+    /// The runs started; tests await them.
+    pub runs: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// One pass: reap expired leases, rank the queue, claim what may run
+    /// and start it. Does nothing but reap without an executor.
+    pub async fn tick(&self) -> Result<TickReport, EngineError> {
+        let cfg = self.config();
+        let now = self.clock().now();
+        let mut report = TickReport {
+            reaped: self
+                .store()
+                .reap_expired(now, cfg.scheduler.retry_backoff)
+                .await?,
+            ..TickReport::default()
+        };
+        if self.inner.executor.is_none() {
+            return Ok(report);
+        }
+        let QueueSnapshot { runnable, running } = self
+            .store()
+            .queue_snapshot(now, cfg.scheduler.batch)
+            .await?;
+        let mut slots = Slots::new(&running, cfg);
+        for (entry, _) in rank(runnable, cfg, now) {
+            if !slots.free(&entry) {
+                continue;
+            }
+            let Ok(scope) = Principal::system().scope(&entry.company_id, Access::Write) else {
+                continue;
+            };
+            let lease_until = now + cfg.scheduler.lease;
+            match self
+                .store()
+                .claim(
+                    &scope,
+                    &entry.task_id,
+                    self.worker_id(),
+                    lease_until,
+                    &cfg.budget,
+                    now,
+                )
+                .await?
+            {
+                ClaimOutcome::Claimed { task, reservation } => {
+                    slots.take(&entry);
+                    report.claimed.push(entry.task_id.clone());
+                    let engine = self.clone();
+                    report.runs.push(tokio::spawn(async move {
+                        engine.run_claimed(*task, reservation).await
+                    }));
+                }
+                ClaimOutcome::WaitingBudget { .. } | ClaimOutcome::AwaitingApproval { .. } => {
+                    report.waiting.push(entry.task_id.clone());
+                }
+                ClaimOutcome::Gone => {}
+            }
+        }
+        Ok(report)
+    }
+
+    /// The background loop: a pass whenever work arrives or the poll
+    /// interval passes, until `shutdown`. Runs in flight finish first.
+    pub fn start(&self, shutdown: Shutdown) -> JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine
+                .store()
+                .ensure_period(&engine.config().budget, engine.clock().now())
+                .await
+            {
+                tracing::error!(error = %e, "could not open the budget period");
+            }
+            if let Err(e) = engine
+                .store()
+                .refresh_allocations(&engine.config().budget, engine.clock().now())
+                .await
+            {
+                tracing::error!(error = %e, "could not refresh allocations");
+            }
+            let poll = engine
+                .config()
+                .scheduler
+                .poll_interval
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(1));
+            let mut runs: Vec<JoinHandle<()>> = Vec::new();
+            loop {
+                match engine.tick().await {
+                    Ok(r) => runs.extend(r.runs),
+                    Err(e) => tracing::error!(error = %e, "scheduling pass failed"),
+                }
+                runs.retain(|h| !h.is_finished());
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    () = engine.inner.wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
+            }
+            for h in runs {
+                let _ = h.await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone};
+    use kira_core::task::{Priority, TaskStatus};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn entry(id: &str, company: &str, agent: &str, p: Priority, waited_min: i64) -> QueueEntry {
+        QueueEntry {
+            task_id: TaskId::parse(id).expect("id"),
+            company_id: CompanyId::parse(company).expect("company"),
+            agent: agent.into(),
+            status: TaskStatus::Queued,
+            priority: p,
+            multiplier: 1.0,
+            deadline: None,
+            waiting_since: now() - TimeDelta::minutes(waited_min),
+            estimated_tokens: 100,
+            attempts: 0,
+        }
+    }
+
+    fn ids(r: &[(QueueEntry, EffectivePriority)]) -> Vec<&str> {
+        r.iter().map(|(e, _)| e.task_id.as_str()).collect()
+    }
+
+    #[test]
+    fn higher_levels_first_then_the_longest_waiting() {
+        let cfg = EngineConfig::default();
+        let r = rank(
+            vec![
+                entry("acme_legal_001", "acme", "legal", Priority::Low, 0),
+                entry("acme_legal_002", "acme", "legal", Priority::High, 0),
+                entry("acme_legal_003", "acme", "legal", Priority::High, 1),
+                entry("acme_legal_004", "acme", "legal", Priority::Emergency, 0),
+            ],
+            &cfg,
+            now(),
+        );
+        assert_eq!(
+            ids(&r),
+            [
+                "acme_legal_004",
+                "acme_legal_003",
+                "acme_legal_002",
+                "acme_legal_001"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_low_task_overtakes_fresh_high_ones_within_the_starvation_bound() {
+        let cfg = EngineConfig::default();
+        let bound =
+            kira_core::priority::starvation_bound_minutes(Priority::Low, 1.0, 60.0, &cfg.priority);
+        #[allow(clippy::cast_possible_truncation)]
+        let waited = bound.ceil() as i64 + 1;
+        let r = rank(
+            vec![
+                entry("acme_legal_001", "acme", "legal", Priority::High, 0),
+                entry("acme_legal_002", "acme", "legal", Priority::Low, waited),
+            ],
+            &cfg,
+            now(),
+        );
+        assert_eq!(
+            ids(&r)[0],
+            "acme_legal_002",
+            "after {waited} minutes the low task leads"
+        );
+    }
+
+    #[test]
+    fn deadline_pressure_lifts_a_task() {
+        let cfg = EngineConfig::default();
+        let mut near = entry("acme_legal_001", "acme", "legal", Priority::Medium, 0);
+        near.deadline = Some(now() + TimeDelta::minutes(30));
+        let far = entry("acme_legal_002", "acme", "legal", Priority::Medium, 5);
+        let r = rank(vec![far, near], &cfg, now());
+        assert_eq!(ids(&r)[0], "acme_legal_001");
+    }
+
+    #[test]
+    fn slots_count_agents_and_companies() {
+        let mut cfg = EngineConfig::default();
+        cfg.scheduler.per_company_concurrency = 2;
+        let running = vec![("legal".to_string(), CompanyId::parse("acme").expect("id"))];
+        let mut s = Slots::new(&running, &cfg);
+        let a = entry("acme_legal_001", "acme", "legal", Priority::High, 0);
+        assert!(s.free(&a), "legal has 2 slots, 1 used; acme has 2, 1 used");
+        s.take(&a);
+        assert!(!s.free(&a), "legal is full");
+        let b = entry("acme_financial_002", "acme", "financial", Priority::High, 0);
+        assert!(!s.free(&b), "acme is full");
+        let c = entry("beta_financial_001", "beta", "financial", Priority::High, 0);
+        assert!(s.free(&c));
+        let unknown = entry("beta_astrology_002", "beta", "astrology", Priority::High, 0);
+        assert!(
+            !s.free(&unknown),
+            "an agent that is not configured has no slots"
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! Submitting and cancelling tasks: the checks a submission must pass, how
+//! its agent, id label and token estimate are chosen, and idempotency.
+
+use chrono::{DateTime, Utc};
+use kira_core::audit::AuditRecord;
+use kira_core::auth::CompanyScope;
+use kira_core::task::{Task, TaskId, TaskRequest, check_task_text, check_task_type};
+use kira_core::{CompanyId, ValidationError};
+use kira_store::StoreError;
+use kira_store::work::{Idempotency, NewTask, Submitted};
+use sha2::{Digest, Sha256};
+
+use crate::config::{EngineConfig, PRIMARY};
+use crate::{Engine, EngineError};
+
+/// Largest `parameters` object, serialised.
+pub const MAX_PARAMETERS_BYTES: usize = 256 * 1024;
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// Where a task of this request runs, and what its id says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub agent: String,
+    pub label: String,
+}
+
+/// Routing: the requested specialist, else the type's, else the primary
+/// agent; the id names the specialist, or the type when the primary answers.
+pub fn route(req: &TaskRequest, cfg: &EngineConfig) -> Result<Route, ValidationError> {
+    check_task_type(&req.task_type)?;
+    let Some(t) = cfg.task_types.get(&req.task_type) else {
+        let known: Vec<&str> = cfg.task_types.keys().map(String::as_str).collect();
+        return Err(ValidationError::new(
+            "type",
+            format!(
+                "unknown task type '{}'; configured: {}",
+                req.task_type,
+                known.join(", ")
+            ),
+        ));
+    };
+    let specialist = match &req.specialist {
+        Some(s) if s == PRIMARY || !cfg.agents.contains_key(s) => {
+            return Err(ValidationError::new(
+                "specialist",
+                format!("'{s}' is not a configured specialist"),
+            ));
+        }
+        Some(s) => Some(s.clone()),
+        None => t.specialist.clone(),
+    };
+    Ok(match specialist {
+        Some(s) => Route {
+            agent: s.clone(),
+            label: s,
+        },
+        None => Route {
+            agent: PRIMARY.to_owned(),
+            label: req.task_type.clone(),
+        },
+    })
+}
+
+/// An upper bound of the tokens a run takes: the request's text at four
+/// characters a token, plus the type's output allowance. The agents issue
+/// replaces the first part with a real tokenizer's count of the prompt.
+pub fn estimate_tokens(req: &TaskRequest, params_len: usize, cfg: &EngineConfig) -> i64 {
+    let chars = req.task.chars().count() + params_len;
+    let input = i64::try_from(chars.div_ceil(4)).unwrap_or(i64::MAX / 2);
+    let output = cfg
+        .task_types
+        .get(&req.task_type)
+        .map_or(2_000, |t| t.max_output_tokens);
+    input.saturating_add(output).max(1)
+}
+
+/// The hash an `Idempotency-Key` is bound to: the request as parsed, keys
+/// sorted, so formatting differences do not count as another request.
+pub fn request_hash(req: &TaskRequest) -> String {
+    let canonical = serde_json::to_string(req).unwrap_or_default();
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+fn check_key(key: &str) -> Result<(), ValidationError> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"),
+        ))
+    }
+}
+
+/// Checks a request and builds what the store keeps.
+pub fn prepare(
+    req: &TaskRequest,
+    company: &kira_core::company::Company,
+    idempotency_key: Option<&str>,
+    cfg: &EngineConfig,
+    now: DateTime<Utc>,
+) -> Result<NewTask, ValidationError> {
+    let task = check_task_text(&req.task)?;
+    let route = route(req, cfg)?;
+    if let Some(d) = req.deadline
+        && d <= now
+    {
+        return Err(ValidationError::new("deadline", "is in the past"));
+    }
+    let parameters = req
+        .parameters
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if !parameters.is_object() {
+        return Err(ValidationError::new("parameters", "must be a JSON object"));
+    }
+    let params_len = serde_json::to_string(&parameters)
+        .map(|s| s.len())
+        .unwrap_or(0);
+    if params_len > MAX_PARAMETERS_BYTES {
+        return Err(ValidationError::new(
+            "parameters",
+            format!("is {params_len} bytes; at most {MAX_PARAMETERS_BYTES}"),
+        ));
+    }
+    let idempotency = idempotency_key
+        .map(|k| {
+            check_key(k)?;
+            Ok::<_, ValidationError>(Idempotency {
+                key: k.to_owned(),
+                request_hash: request_hash(req),
+            })
+        })
+        .transpose()?;
+    let p = &company.profile;
+    Ok(NewTask {
+        label: route.label,
+        company_context: serde_json::json!({
+            "id": company.id,
+            "name": p.name,
+            "industry": p.industry,
+            "jurisdiction": p.jurisdiction,
+        }),
+        estimated_tokens: estimate_tokens(req, params_len, cfg),
+        task,
+        task_type: req.task_type.clone(),
+        priority: req.priority,
+        deadline: req.deadline,
+        parameters,
+        specialist: req.specialist.clone(),
+        agent: route.agent,
+        max_attempts: cfg.scheduler.max_attempts,
+        multiplier: p.priority_multiplier,
+        idempotency,
+    })
+}
+
+impl Engine {
+    /// Submits a task for the scope's company.
+    pub async fn submit(
+        &self,
+        scope: &CompanyScope,
+        req: &TaskRequest,
+        idempotency_key: Option<&str>,
+        audit: AuditRecord,
+    ) -> Result<Submitted, EngineError> {
+        let now = self.clock().now();
+        let company = self.store().get_company(scope).await?;
+        if company.is_archived() {
+            return Err(
+                StoreError::Conflict(format!("company '{}' is archived", company.id)).into(),
+            );
+        }
+        let new = prepare(req, &company, idempotency_key, self.config(), now)?;
+        let submitted = self.store().submit_task(scope, &new, now, audit).await?;
+        if submitted.created {
+            self.wake();
+        }
+        Ok(submitted)
+    }
+
+    pub async fn cancel(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        audit: AuditRecord,
+    ) -> Result<Task, EngineError> {
+        let task = self
+            .store()
+            .cancel_task(scope, id, self.clock().now(), audit)
+            .await?;
+        Ok(task)
+    }
+
+    /// Recomputes the base allocations after a company was added, changed
+    /// or archived.
+    pub async fn company_changed(&self, _company: &CompanyId) -> Result<(), EngineError> {
+        self.store()
+            .refresh_allocations(&self.config().budget, self.clock().now())
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use kira_core::task::Priority;
+
+    fn req(json: serde_json::Value) -> TaskRequest {
+        serde_json::from_value(json).expect("request")
+    }
+
+    fn company() -> kira_core::company::Company {
+        let (id, profile) = serde_json::from_value::<kira_core::company::NewCompany>(serde_json::json!({
+            "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE", "priority_multiplier": 1.5
+        }))
+        .expect("json")
+        .validate()
+        .expect("valid");
+        let at = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("time");
+        kira_core::company::Company {
+            id,
+            profile,
+            created_at: at,
+            updated_at: at,
+            archived_at: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0)
+            .single()
+            .expect("time")
+    }
+
+    #[test]
+    fn routing_follows_the_type_then_the_request() {
+        let cfg = EngineConfig::default();
+        let r = |j| route(&req(j), &cfg);
+        assert_eq!(
+            r(serde_json::json!({"task": "x", "type": "complex_legal_analysis"})).expect("ok"),
+            Route {
+                agent: "legal".into(),
+                label: "legal".into()
+            }
+        );
+        assert_eq!(
+            r(serde_json::json!({"task": "x", "type": "quick_question_answer"})).expect("ok"),
+            Route {
+                agent: "primary".into(),
+                label: "quick_question_answer".into()
+            }
+        );
+        assert_eq!(
+            r(serde_json::json!({"task": "x", "type": "quick_question_answer", "specialist": "financial"})).expect("ok"),
+            Route { agent: "financial".into(), label: "financial".into() }
+        );
+        assert_eq!(
+            r(serde_json::json!({"task": "x", "type": "astrology"}))
+                .expect_err("bad")
+                .field,
+            "type"
+        );
+        assert_eq!(
+            r(serde_json::json!({"task": "x", "type": "quick_question_answer", "specialist": "primary"})).expect_err("bad").field,
+            "specialist"
+        );
+    }
+
+    #[test]
+    fn prepare_checks_every_field() {
+        let cfg = EngineConfig::default();
+        let c = company();
+        let bad = |j: serde_json::Value, key: Option<&str>| {
+            prepare(&req(j), &c, key, &cfg, now())
+                .expect_err("bad")
+                .field
+        };
+        assert_eq!(
+            bad(
+                serde_json::json!({"task": " ", "type": "quick_question_answer"}),
+                None
+            ),
+            "task"
+        );
+        assert_eq!(
+            bad(
+                serde_json::json!({"task": "x", "type": "quick_question_answer", "deadline": "2026-05-01T00:00:00Z"}),
+                None
+            ),
+            "deadline"
+        );
+        assert_eq!(
+            bad(
+                serde_json::json!({"task": "x", "type": "quick_question_answer", "parameters": [1]}),
+                None
+            ),
+            "parameters"
+        );
+        let huge = "x".repeat(MAX_PARAMETERS_BYTES + 1);
+        assert_eq!(
+            bad(
+                serde_json::json!({"task": "x", "type": "quick_question_answer", "parameters": {"doc": huge}}),
+                None
+            ),
+            "parameters"
+        );
+        assert_eq!(
+            bad(
+                serde_json::json!({"task": "x", "type": "quick_question_answer"}),
+                Some("")
+            ),
+            "Idempotency-Key"
+        );
+        let ok = prepare(
+            &req(serde_json::json!({"task": "Review the agreement", "type": "document_review", "priority": "high"})),
+            &c,
+            Some("k-1"),
+            &cfg,
+            now(),
+        )
+        .expect("valid");
+        assert_eq!(ok.priority, Priority::High);
+        assert_eq!(ok.agent, "legal");
+        assert_eq!(ok.multiplier, 1.5);
+        assert_eq!(ok.company_context["jurisdiction"], "US-DE");
+        assert!(ok.estimated_tokens > 3_000);
+    }
+
+    #[test]
+    fn the_request_hash_ignores_formatting_but_not_content() {
+        let a = req(serde_json::json!({"task": "x", "type": "t", "parameters": {"a": 1, "b": 2}}));
+        let b: TaskRequest =
+            serde_json::from_str(r#"{ "parameters": {"b": 2, "a": 1}, "type": "t", "task": "x" }"#)
+                .expect("json");
+        let c = req(serde_json::json!({"task": "y", "type": "t", "parameters": {"a": 1, "b": 2}}));
+        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&c));
+    }
+}

@@ -1,0 +1,169 @@
+//! Running one claimed task: heartbeat the lease, execute, record the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kira_core::auth::{Access, Principal};
+use kira_core::task::{Task, TaskStatus};
+use kira_store::work::{Finish, Reservation};
+
+use crate::Engine;
+use crate::executor::{ExecOutcome, Run};
+
+impl Engine {
+    pub(crate) async fn run_claimed(&self, task: Task, reservation: Reservation) {
+        let Some(executor) = self.inner.executor.clone() else {
+            return;
+        };
+        let id = task.task_id.clone();
+        let Ok(scope) = Principal::system().scope(&task.company_id, Access::Write) else {
+            return;
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicBool::new(false));
+        let beat = {
+            let (engine, id, cancel, lost) =
+                (self.clone(), id.clone(), cancel.clone(), lost.clone());
+            tokio::spawn(async move { engine.heartbeat(&id, &cancel, &lost).await })
+        };
+        let cfg = self.config();
+        let mut run = Run::new(
+            task.clone(),
+            scope.clone(),
+            self.store().clone(),
+            self.clock().clone(),
+            cfg.budget.clone(),
+            cfg.prices.clone(),
+            reservation,
+            cancel,
+        );
+        let outcome = executor.execute(&mut run).await;
+        beat.abort();
+        if lost.load(Ordering::SeqCst) {
+            tracing::warn!(task = %id, "lease lost during the run; another worker will retry it");
+            return;
+        }
+        let now = self.clock().now();
+        let sched = &cfg.scheduler;
+        let retry = |reason: String, error: Option<String>| {
+            if task.attempts < task.max_attempts {
+                let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
+                Finish {
+                    status: TaskStatus::Queued,
+                    reason: format!(
+                        "{reason}; retry {} of {}",
+                        task.attempts + 1,
+                        task.max_attempts
+                    ),
+                    result: None,
+                    confidence: None,
+                    requires_human_review: false,
+                    error,
+                    retry_at: Some(now + sched.retry_backoff * 2_i32.pow(exp)),
+                }
+            } else {
+                Finish {
+                    status: TaskStatus::Failed,
+                    reason: format!("{reason}; no attempts left"),
+                    result: None,
+                    confidence: None,
+                    requires_human_review: false,
+                    error,
+                    retry_at: None,
+                }
+            }
+        };
+        let finish = match outcome {
+            ExecOutcome::Done {
+                result,
+                confidence,
+                requires_human_review,
+            } => Finish {
+                status: if requires_human_review {
+                    TaskStatus::NeedsReview
+                } else {
+                    TaskStatus::Completed
+                },
+                reason: format!("run by {} ({})", task.agent, executor.name()),
+                result: Some(result),
+                confidence: Some(confidence),
+                requires_human_review,
+                error: None,
+                retry_at: None,
+            },
+            ExecOutcome::Failed {
+                error,
+                retryable: true,
+            } => retry(format!("the run failed: {error}"), Some(error)),
+            ExecOutcome::Failed {
+                error,
+                retryable: false,
+            } => Finish {
+                status: TaskStatus::Failed,
+                reason: format!("the run failed: {error}"),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error: Some(error),
+                retry_at: None,
+            },
+            ExecOutcome::OutOfBudget { reason } => {
+                retry(format!("out of budget mid-run: {reason}"), Some(reason))
+            }
+            ExecOutcome::Cancelled => Finish {
+                status: TaskStatus::Cancelled,
+                reason: "cancelled while running".into(),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error: None,
+                retry_at: None,
+            },
+        };
+        let requeued = finish.status == TaskStatus::Queued;
+        match self
+            .store()
+            .finish(&scope, &id, self.worker_id(), finish, now)
+            .await
+        {
+            Ok(_) if requeued => self.wake(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(task = %id, error = %e, "could not record the end of a run"),
+        }
+    }
+
+    /// Renews the lease until aborted; flags a cancel request or a lost lease.
+    async fn heartbeat(
+        &self,
+        id: &kira_core::task::TaskId,
+        cancel: &AtomicBool,
+        lost: &AtomicBool,
+    ) {
+        let sched = &self.config().scheduler;
+        let every = sched
+            .heartbeat
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(15));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.clock().now();
+            match self
+                .store()
+                .heartbeat(id, self.worker_id(), now + sched.lease, now)
+                .await
+            {
+                Ok(lease) => {
+                    if lease.cancel_requested {
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                    if !lease.held {
+                        lost.store(true, Ordering::SeqCst);
+                        cancel.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(task = %id, error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Scheduling with an injected clock: order, limits, aging, no
+//! head-of-line blocking, budgets, lease expiry; on SQLite and PostgreSQL.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Access, CompanyScope, Principal};
+use kira_core::clock::ManualClock;
+use kira_core::company::NewCompany;
+use kira_core::task::{Priority, TaskId, TaskRequest, TaskStatus};
+use kira_engine::config::{AgentConfig, SimulatedConfig};
+use kira_engine::executor::{ExecOutcome, Executor, Run, Simulated};
+use kira_engine::{Engine, EngineConfig, TickReport};
+use kira_store::postgres::PgStore;
+use kira_store::sqlite::SqliteStore;
+use kira_store::{Store, testdb};
+
+struct Setup {
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0)
+        .single()
+        .expect("time")
+}
+
+async fn setup(backend: Backend) -> Setup {
+    let (store, dir): (Arc<dyn Store>, _) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("dir");
+            let url = testdb::fresh_sqlite(dir.path()).await;
+            (
+                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
+                Some(dir),
+            )
+        }
+        Backend::Postgres => {
+            let url = testdb::fresh_postgres().await;
+            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
+        }
+    };
+    Setup {
+        store,
+        clock: Arc::new(ManualClock::new(t0())),
+        _dir: dir,
+    }
+}
+
+fn scope(c: &str) -> CompanyScope {
+    Principal::system()
+        .scope(&CompanyId::parse(c).expect("id"), Access::Write)
+        .expect("scope")
+}
+
+fn audit(c: &str) -> AuditRecord {
+    AuditRecord {
+        at: t0(),
+        request_id: String::new(),
+        actor: "system".into(),
+        company_id: CompanyId::parse(c).ok(),
+        action: "test".into(),
+        target: "test".into(),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    }
+}
+
+async fn company(s: &Setup, id: &str) {
+    let (cid, p) = serde_json::from_value::<NewCompany>(serde_json::json!({
+        "id": id, "name": id, "industry": "fintech", "jurisdiction": "US-DE"
+    }))
+    .expect("json")
+    .validate()
+    .expect("valid");
+    s.store
+        .create_company(&scope(cid.as_str()), &p, t0(), audit(id))
+        .await
+        .expect("create");
+}
+
+fn simulated() -> Arc<dyn Executor> {
+    Arc::new(Simulated::new(SimulatedConfig::default()))
+}
+
+fn engine(s: &Setup, cfg: EngineConfig, executor: Option<Arc<dyn Executor>>) -> Engine {
+    match executor {
+        Some(x) => Engine::with_executor(s.store.clone(), s.clock.clone(), cfg, x),
+        None => Engine::new(s.store.clone(), s.clock.clone(), cfg),
+    }
+}
+
+async fn submit(e: &Engine, company: &str, task_type: &str, p: Priority) -> TaskId {
+    let req = TaskRequest {
+        task: format!("{task_type} for {company}"),
+        task_type: task_type.into(),
+        priority: p,
+        deadline: None,
+        parameters: None,
+        specialist: None,
+    };
+    e.submit(&scope(company), &req, None, audit(company))
+        .await
+        .expect("submit")
+        .task
+        .task_id
+}
+
+async fn finish_runs(r: TickReport) -> Vec<TaskId> {
+    for h in r.runs {
+        h.await.expect("run");
+    }
+    r.claimed
+}
+
+async fn status(s: &Setup, id: &TaskId) -> TaskStatus {
+    let company = id.company_part().to_owned();
+    s.store
+        .get_task(&scope(&company), id)
+        .await
+        .expect("task")
+        .status
+}
+
+fn one_legal_slot() -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    cfg.agents
+        .insert("legal".into(), AgentConfig { max_concurrent: 1 });
+    cfg
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
+    };
+}
+
+both!(
+    runs_complete_and_settle_their_tokens,
+    highest_priority_first_within_agent_limits,
+    company_limits_share_slots_fairly,
+    a_waiting_low_task_runs_within_the_aging_bound,
+    a_task_without_budget_does_not_block_those_behind,
+    an_expired_lease_is_retried_by_another_worker,
+    without_an_executor_tasks_wait,
+);
+
+async fn runs_complete_and_settle_their_tokens(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let e = engine(&s, EngineConfig::default(), Some(simulated()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let a = submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
+    let q = submit(&e, "acme", "quick_question_answer", Priority::Low).await;
+    assert_eq!(a.as_str(), "acme_legal_001");
+    assert_eq!(q.as_str(), "acme_quick_question_answer_002");
+    let claimed = finish_runs(e.tick().await.expect("tick")).await;
+    assert_eq!(claimed, [a.clone(), q.clone()]);
+    for id in [&a, &q] {
+        let t = s.store.get_task(&scope("acme"), id).await.expect("task");
+        assert_eq!(t.status, TaskStatus::Completed, "{id}: {}", t.status_reason);
+        assert_eq!(
+            t.result.as_ref().and_then(|r| r["simulated"].as_bool()),
+            Some(true),
+            "the result says it was simulated"
+        );
+        assert!(t.prompt_tokens + t.completion_tokens > 0);
+        assert!(t.prompt_tokens + t.completion_tokens <= t.estimated_tokens);
+    }
+    let admin = Principal::system().admin().expect("admin");
+    let state = s
+        .store
+        .budget_state(&admin, &e.config().budget, t0())
+        .await
+        .expect("state");
+    assert!(state.pools.iter().all(|p| p.reserved == 0));
+    assert!(state.companies[0].spent > 0);
+    assert!(s.store.verify_ledger(&admin).await.expect("verify").ok);
+}
+
+async fn highest_priority_first_within_agent_limits(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let e = engine(&s, one_legal_slot(), Some(simulated()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let low = submit(&e, "acme", "document_review", Priority::Low).await;
+    let high = submit(&e, "acme", "document_review", Priority::High).await;
+    let emergency = submit(&e, "acme", "document_review", Priority::Emergency).await;
+    let medium = submit(&e, "acme", "document_review", Priority::Medium).await;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let claimed = finish_runs(e.tick().await.expect("tick")).await;
+        assert_eq!(claimed.len(), 1, "one legal slot: one at a time");
+        order.extend(claimed);
+    }
+    assert_eq!(order, [emergency, high, medium, low]);
+}
+
+async fn company_limits_share_slots_fairly(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    company(&s, "beta").await;
+    let mut cfg = EngineConfig::default();
+    cfg.scheduler.per_company_concurrency = 1;
+    let e = engine(&s, cfg, Some(simulated()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    for _ in 0..3 {
+        submit(&e, "acme", "quick_question_answer", Priority::Urgent).await;
+    }
+    let b1 = submit(&e, "beta", "quick_question_answer", Priority::Low).await;
+    let r = e.tick().await.expect("tick");
+    let claimed = finish_runs(r).await;
+    assert_eq!(claimed.len(), 2, "one per company");
+    assert!(
+        claimed.contains(&b1),
+        "beta's low task is not held back by acme's flood"
+    );
+}
+
+async fn a_waiting_low_task_runs_within_the_aging_bound(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let cfg = one_legal_slot();
+    let bound =
+        kira_core::priority::starvation_bound_minutes(Priority::Low, 1.0, 60.0, &cfg.priority);
+    let e = engine(&s, cfg, Some(simulated()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let low = submit(&e, "acme", "document_review", Priority::Low).await;
+    // High tasks keep arriving as fast as the one slot runs them (one per
+    // 10-minute pass), so each waits at most one pass...
+    let mut minutes = 0.0;
+    submit(&e, "acme", "document_review", Priority::High).await;
+    loop {
+        submit(&e, "acme", "document_review", Priority::High).await;
+        let claimed = finish_runs(e.tick().await.expect("tick")).await;
+        if claimed.contains(&low) {
+            break;
+        }
+        // The bound is against fresh tasks; the flood's own wait and the pass
+        // length add at most two passes.
+        assert!(
+            minutes <= bound + 20.0,
+            "the low task waited {minutes} min, past the bound of {bound}"
+        );
+        s.clock.advance(TimeDelta::minutes(10));
+        minutes += 10.0;
+    }
+    // ...until the low task has aged past the fresh high ones.
+    assert!(
+        minutes >= bound - 10.0,
+        "it ran after {minutes} min; it should not jump the queue early (bound {bound})"
+    );
+}
+
+async fn a_task_without_budget_does_not_block_those_behind(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let mut cfg = EngineConfig::default();
+    cfg.budget.total_tokens = 10_000; // base 6,000
+    let e = engine(&s, cfg, Some(simulated()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let big = TaskRequest {
+        task: "Review the attached document".into(),
+        task_type: "document_review".into(),
+        priority: Priority::Medium,
+        deadline: None,
+        parameters: Some(serde_json::json!({"document": "x".repeat(40_000)})),
+        specialist: None,
+    };
+    let big = e
+        .submit(&scope("acme"), &big, None, audit("acme"))
+        .await
+        .expect("submit")
+        .task
+        .task_id;
+    let small = submit(&e, "acme", "quick_question_answer", Priority::Low).await;
+    let r = e.tick().await.expect("tick");
+    assert_eq!(r.waiting, std::slice::from_ref(&big));
+    let claimed = finish_runs(r).await;
+    assert_eq!(claimed, std::slice::from_ref(&small));
+    assert_eq!(status(&s, &big).await, TaskStatus::WaitingBudget);
+    assert_eq!(status(&s, &small).await, TaskStatus::Completed);
+}
+
+/// Never finishes: the worker "crashes" holding the lease.
+struct Hang;
+
+#[async_trait]
+impl Executor for Hang {
+    fn name(&self) -> &str {
+        "hang"
+    }
+    async fn execute(&self, _run: &mut Run) -> ExecOutcome {
+        std::future::pending().await
+    }
+}
+
+async fn an_expired_lease_is_retried_by_another_worker(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let crashed = engine(&s, EngineConfig::default(), Some(Arc::new(Hang)));
+    crashed
+        .company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let id = submit(&crashed, "acme", "quick_question_answer", Priority::High).await;
+    let r = crashed.tick().await.expect("tick");
+    assert_eq!(r.claimed, std::slice::from_ref(&id));
+    for h in &r.runs {
+        h.abort(); // the process dies
+    }
+    assert_eq!(status(&s, &id).await, TaskStatus::Running);
+    let admin = Principal::system().admin().expect("admin");
+    let held = s
+        .store
+        .budget_state(&admin, &crashed.config().budget, t0())
+        .await
+        .expect("state");
+    assert!(
+        held.pools.iter().any(|p| p.reserved > 0),
+        "the dead worker still holds its reservation"
+    );
+
+    let survivor = engine(&s, EngineConfig::default(), Some(simulated()));
+    s.clock.advance(TimeDelta::seconds(61));
+    let r = survivor.tick().await.expect("tick");
+    assert_eq!(r.reaped, std::slice::from_ref(&id));
+    assert!(r.claimed.is_empty(), "the retry waits out its backoff");
+    let released = s
+        .store
+        .budget_state(&admin, &crashed.config().budget, t0())
+        .await
+        .expect("state");
+    assert!(
+        released.pools.iter().all(|p| p.reserved == 0),
+        "the reservation came back"
+    );
+    s.clock.advance(TimeDelta::seconds(6));
+    assert_eq!(
+        finish_runs(survivor.tick().await.expect("tick")).await,
+        std::slice::from_ref(&id)
+    );
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!((t.status, t.attempts), (TaskStatus::Completed, 2));
+    assert!(s.store.verify_ledger(&admin).await.expect("verify").ok);
+}
+
+async fn without_an_executor_tasks_wait(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let e = engine(&s, EngineConfig::default(), None);
+    assert!(e.executor_name().is_none());
+    let id = submit(&e, "acme", "quick_question_answer", Priority::Emergency).await;
+    let r = e.tick().await.expect("tick");
+    assert!(r.claimed.is_empty());
+    assert_eq!(status(&s, &id).await, TaskStatus::Queued);
+}

@@ -1,0 +1,1937 @@
+//! Tasks, the queue and budgets on PostgreSQL: the SQLite implementation
+//! (`sqlite/work.rs`) ported statement for statement, with what SQLite's one
+//! writer gave for free made explicit.
+//!
+//! Transactions run at READ COMMITTED. A reservation stays safe because it is
+//! a conditional update (`reserved + spent + n <= capacity` in the WHERE):
+//! an UPDATE that waited for a row lock re-checks its WHERE against the row
+//! as the other transaction left it. No balance is read and then written.
+//!
+//! Every other read-then-write holds a row lock, and locks are taken in one
+//! order so two transactions never wait on each other in a circle:
+//!
+//! 1. the company row: `FOR KEY SHARE` for work on its tasks and budget
+//!    (a forced delete, which takes `FOR UPDATE`, waits for that work and
+//!    that work waits for it), `FOR NO KEY UPDATE` for a submit (one at a
+//!    time per company, for the sequence number);
+//! 2. the task's queue row: every status change holds it, so one task
+//!    changes state once at a time;
+//! 3. the task's emergency request, then its reservations;
+//! 4. allocations (several only in a refresh, then in company order);
+//! 5. pools;
+//! 6. the task row (its counters and status are written last);
+//! 7. the audit head.
+//!
+//! Row-level security binds every company table. A transaction for one
+//! company names it once; the system paths read across companies with
+//! `app.admin_read` and name each row's company before writing it.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::{AdminScope, CompanyScope};
+use kira_core::budget::{
+    AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
+    may_request_emergency, period_of, pools_to_try,
+};
+use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
+
+use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, append, company_id, set_company};
+use crate::work::*;
+use crate::{DeletedRows, Result, StoreError};
+
+/// How long a task that found no budget waits before it is tried again.
+pub const WAITING_BUDGET_RECHECK: TimeDelta = TimeDelta::seconds(10);
+
+/// Serialises allocation refreshes (within a transaction): two refreshes
+/// would both see a new company without an allocation and both log its
+/// first one. "kiraallo" in ASCII.
+const REFRESH_LOCK: i64 = 0x6b69_7261_616c_6c6f;
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn task_id(s: &str) -> Result<TaskId> {
+    TaskId::parse(s).map_err(|e| corrupt("task id", e))
+}
+
+/// Lets the row-level policies admit every company's rows for reading, or
+/// stops them, until the transaction ends.
+async fn set_admin_read(tx: &mut PgConnection, on: bool) -> Result<()> {
+    sqlx::query("SELECT set_config('app.admin_read', $1, true)")
+        .bind(if on { "on" } else { "off" })
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Locks the company row against a forced delete for the rest of the
+/// transaction (step 1 of the lock order). False when it does not exist.
+async fn lock_company(tx: &mut PgConnection, company: &CompanyId) -> Result<bool> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM companies WHERE company_id = $1 FOR KEY SHARE")
+            .bind(company.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// Wakes schedulers listening on [`TASKS_CHANNEL`]; delivered on commit,
+/// and not at all if the transaction rolls back.
+async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(TASKS_CHANNEL)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
+     company_context, deadline, status, status_reason, attempts, max_attempts, estimated_tokens, result, \
+     confidence, requires_human_review, last_error, prompt_tokens, completion_tokens, cost_usd, created_at, \
+     updated_at, started_at, finished_at";
+
+fn task_from_row(r: &PgRow) -> Result<Task> {
+    let result: Option<Json<serde_json::Value>> = r.try_get("result")?;
+    let parameters: Json<serde_json::Value> = r.try_get("parameters")?;
+    let context: Json<serde_json::Value> = r.try_get("company_context")?;
+    let priority: &str = r.try_get("priority")?;
+    let status: &str = r.try_get("status")?;
+    Ok(Task {
+        task_id: task_id(r.try_get("task_id")?)?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        company_context: context.0,
+        task: r.try_get("task")?,
+        task_type: r.try_get("task_type")?,
+        priority: Priority::parse(priority).map_err(|e| corrupt("priority", e))?,
+        deadline: r.try_get("deadline")?,
+        parameters: parameters.0,
+        specialist: r.try_get("specialist")?,
+        agent: r.try_get("agent")?,
+        status: TaskStatus::parse(status).map_err(|e| corrupt("status", e))?,
+        status_reason: r.try_get("status_reason")?,
+        attempts: r.try_get("attempts")?,
+        max_attempts: r.try_get("max_attempts")?,
+        estimated_tokens: r.try_get("estimated_tokens")?,
+        result: result.map(|j| j.0),
+        confidence: r.try_get("confidence")?,
+        requires_human_review: r.try_get("requires_human_review")?,
+        last_error: r.try_get("last_error")?,
+        prompt_tokens: r.try_get("prompt_tokens")?,
+        completion_tokens: r.try_get("completion_tokens")?,
+        cost_usd: r.try_get("cost_usd")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+/// The task; `lock` takes its row (`FOR NO KEY UPDATE`, which leaves the
+/// share locks of inserts referring to it alone) when no queue row stands
+/// in front of it.
+async fn load_task(
+    tx: &mut PgConnection,
+    company: &CompanyId,
+    id: &TaskId,
+    lock: bool,
+) -> Result<Task> {
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = $1 AND task_id = $2{}",
+        if lock { " FOR NO KEY UPDATE" } else { "" }
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(company.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    task_from_row(&row)
+}
+
+/// Moves a task to `to` (checked against the state machine) and records the
+/// event. The caller holds the task's queue row, so `task.status` is current.
+async fn set_status(
+    tx: &mut PgConnection,
+    task: &Task,
+    to: TaskStatus,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    check_transition(task.status, to).map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let finished = to.is_final() || to == TaskStatus::NeedsReview;
+    sqlx::query(
+        "UPDATE tasks SET status = $1, status_reason = $2, updated_at = $3, \
+         finished_at = CASE WHEN $4 THEN $3 ELSE finished_at END WHERE company_id = $5 AND task_id = $6",
+    )
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(now)
+    .bind(finished)
+    .bind(task.company_id.as_str())
+    .bind(task.task_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    event(
+        tx,
+        &task.company_id,
+        &task.task_id,
+        Some(task.status),
+        to,
+        reason,
+        now,
+    )
+    .await
+}
+
+async fn event(
+    tx: &mut PgConnection,
+    company: &CompanyId,
+    id: &TaskId,
+    from: Option<TaskStatus>,
+    to: TaskStatus,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(company.as_str())
+    .bind(id.as_str())
+    .bind(now)
+    .bind(from.map(TaskStatus::as_str))
+    .bind(to.as_str())
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends one line to the ledger. A line naming a company passes the
+/// insert policy only while that company is named in the transaction.
+#[allow(clippy::too_many_arguments)]
+async fn ledger(
+    tx: &mut PgConnection,
+    now: DateTime<Utc>,
+    period: &str,
+    company: Option<&CompanyId>,
+    task: Option<&TaskId>,
+    reservation: Option<&str>,
+    pool: Option<Pool>,
+    kind: &str,
+    amount: i64,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(now)
+    .bind(period)
+    .bind(company.map(CompanyId::as_str))
+    .bind(task.map(TaskId::as_str))
+    .bind(reservation)
+    .bind(pool.map(Pool::as_str))
+    .bind(kind)
+    .bind(amount)
+    .bind(detail)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The period containing `now`, made with its pools and allocations if new.
+/// Of transactions racing at a new period, the one whose insert lands makes
+/// the rest; the others wait on its row and then find it. `company` is the
+/// one the transaction had named, put back after a refresh.
+async fn ensure_period_tx(
+    tx: &mut PgConnection,
+    cfg: &BudgetConfig,
+    now: DateTime<Utc>,
+    company: Option<&CompanyId>,
+) -> Result<String> {
+    let p = period_of(now);
+    // The common case reads only, so claims do not queue on this row.
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM budget_periods WHERE period_id = $1")
+            .bind(&p.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if exists.is_some() {
+        return Ok(p.id);
+    }
+    let made = sqlx::query(
+        "INSERT INTO budget_periods (period_id, starts_at, ends_at, total_tokens, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (period_id) DO NOTHING",
+    )
+    .bind(&p.id)
+    .bind(p.start)
+    .bind(p.end)
+    .bind(cfg.total_tokens)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if made == 1 {
+        let caps = cfg.capacities();
+        for (pool, capacity) in [
+            (Pool::Base, caps.base),
+            (Pool::Burst, caps.burst),
+            (Pool::Emergency, caps.emergency),
+        ] {
+            sqlx::query("INSERT INTO budget_pools (period_id, pool, capacity) VALUES ($1, $2, $3)")
+                .bind(&p.id)
+                .bind(pool.as_str())
+                .bind(capacity)
+                .execute(&mut *tx)
+                .await?;
+            ledger(
+                tx,
+                now,
+                &p.id,
+                None,
+                None,
+                None,
+                Some(pool),
+                "rollover",
+                capacity,
+                "new period",
+            )
+            .await?;
+        }
+        refresh_tx(tx, &p.id, now, company).await?;
+    }
+    Ok(p.id)
+}
+
+/// Recomputes every company's base allocation in `period`, then names
+/// `company` again (or none) for the rest of the transaction.
+///
+/// Each allocation is locked before its spent and reserved tokens are read,
+/// so a reservation cannot slip in between and leave the new allocation
+/// below what the company holds.
+async fn refresh_tx(
+    tx: &mut PgConnection,
+    period: &str,
+    now: DateTime<Utc>,
+    company: Option<&CompanyId>,
+) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(REFRESH_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let base: i64 = sqlx::query_scalar(
+        "SELECT capacity FROM budget_pools WHERE period_id = $1 AND pool = 'base'",
+    )
+    .bind(period)
+    .fetch_one(&mut *tx)
+    .await?;
+    set_admin_read(tx, true).await?;
+    let companies = sqlx::query(
+        "SELECT company_id, revenue_usd, complexity_score, activity_score, archived_at \
+         FROM companies ORDER BY company_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    set_admin_read(tx, false).await?;
+    let mut inputs = Vec::with_capacity(companies.len());
+    let mut old = Vec::with_capacity(companies.len());
+    for r in &companies {
+        let id = company_id(r.try_get("company_id")?)?;
+        set_company(tx, id.as_str()).await?;
+        // A company deleted since the read above is skipped: its delete
+        // held the row, and the lock returns nothing once it committed.
+        if !lock_company(tx, &id).await? {
+            continue;
+        }
+        let held: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT tokens, reserved, spent FROM budget_allocations \
+             WHERE period_id = $1 AND company_id = $2 FOR UPDATE",
+        )
+        .bind(period)
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let archived: Option<DateTime<Utc>> = r.try_get("archived_at")?;
+        inputs.push(AllocationInput {
+            company: id,
+            factor: allocation_factor(&CompanyFactors {
+                revenue_usd: r.try_get("revenue_usd")?,
+                complexity_score: r.try_get("complexity_score")?,
+                activity_score: r.try_get("activity_score")?,
+            }),
+            active: archived.is_none(),
+            committed: held.map_or(0, |(_, reserved, spent)| reserved + spent),
+        });
+        old.push(held.map(|(tokens, _, _)| tokens));
+    }
+    for (a, old) in allocate(base, &inputs).into_iter().zip(old) {
+        let delta = a.tokens - old.unwrap_or(0);
+        set_company(tx, a.company.as_str()).await?;
+        sqlx::query(
+            "INSERT INTO budget_allocations (period_id, company_id, factor, share, tokens) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (period_id, company_id) DO UPDATE SET factor = excluded.factor, \
+             share = excluded.share, tokens = excluded.tokens",
+        )
+        .bind(period)
+        .bind(a.company.as_str())
+        .bind(a.factor)
+        .bind(a.share)
+        .bind(a.tokens)
+        .execute(&mut *tx)
+        .await?;
+        if delta != 0 || old.is_none() {
+            ledger(
+                tx,
+                now,
+                period,
+                Some(&a.company),
+                None,
+                None,
+                Some(Pool::Base),
+                "allocate",
+                delta,
+                "",
+            )
+            .await?;
+        }
+    }
+    set_company(tx, company.map_or("", CompanyId::as_str)).await
+}
+
+/// Adds `amount` to a pool's (and for base, the company's) reserved
+/// tokens if it fits. True when it did.
+async fn hold(
+    tx: &mut PgConnection,
+    period: &str,
+    company: &CompanyId,
+    pool: Pool,
+    amount: i64,
+) -> Result<bool> {
+    if pool == Pool::Base {
+        let n = sqlx::query(
+            "UPDATE budget_allocations SET reserved = reserved + $1 \
+             WHERE period_id = $2 AND company_id = $3 AND reserved + spent + $1 <= tokens",
+        )
+        .bind(amount)
+        .bind(period)
+        .bind(company.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+    }
+    let n = sqlx::query(
+        "UPDATE budget_pools SET reserved = reserved + $1 \
+         WHERE period_id = $2 AND pool = $3 AND reserved + spent + $1 <= capacity",
+    )
+    .bind(amount)
+    .bind(period)
+    .bind(pool.as_str())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 && pool == Pool::Base {
+        // The allocation had room but the pool did not: undo the first half.
+        move_tokens(tx, period, company, pool, -amount, 0).await?;
+        return Ok(false);
+    }
+    Ok(n == 1)
+}
+
+/// Changes reserved and spent of a pool (and the company's allocation for
+/// base) by the given deltas, unconditionally: callers only ever move
+/// tokens that a hold already counted.
+async fn move_tokens(
+    tx: &mut PgConnection,
+    period: &str,
+    company: &CompanyId,
+    pool: Pool,
+    reserved: i64,
+    spent: i64,
+) -> Result<()> {
+    if pool == Pool::Base {
+        sqlx::query(
+            "UPDATE budget_allocations SET reserved = reserved + $1, spent = spent + $2 \
+             WHERE period_id = $3 AND company_id = $4",
+        )
+        .bind(reserved)
+        .bind(spent)
+        .bind(period)
+        .bind(company.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE budget_pools SET reserved = reserved + $1, spent = spent + $2 \
+         WHERE period_id = $3 AND pool = $4",
+    )
+    .bind(reserved)
+    .bind(spent)
+    .bind(period)
+    .bind(pool.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn new_reservation_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Reserves from the first pool `priority` may use that has room. The
+/// transaction has named `company`.
+async fn reserve_tx(
+    tx: &mut PgConnection,
+    company: &CompanyId,
+    task: &TaskId,
+    priority: Priority,
+    amount: i64,
+    cfg: &BudgetConfig,
+    now: DateTime<Utc>,
+) -> Result<Option<Reservation>> {
+    let period = ensure_period_tx(tx, cfg, now, Some(company)).await?;
+    for pool in pools_to_try(priority, cfg) {
+        if hold(tx, &period, company, pool, amount).await? {
+            let r = Reservation {
+                reservation_id: new_reservation_id(),
+                task_id: task.clone(),
+                company_id: company.clone(),
+                period_id: period.clone(),
+                pool,
+                amount,
+            };
+            insert_reservation(tx, &r, now).await?;
+            ledger(
+                tx,
+                now,
+                &period,
+                Some(company),
+                Some(task),
+                Some(&r.reservation_id),
+                Some(pool),
+                "reserve",
+                amount,
+                "",
+            )
+            .await?;
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+async fn insert_reservation(
+    tx: &mut PgConnection,
+    r: &Reservation,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
+    )
+    .bind(&r.reservation_id)
+    .bind(r.company_id.as_str())
+    .bind(r.task_id.as_str())
+    .bind(&r.period_id)
+    .bind(r.pool.as_str())
+    .bind(r.amount)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn reservation_from_row(r: &PgRow) -> Result<Reservation> {
+    let pool: &str = r.try_get("pool")?;
+    Ok(Reservation {
+        reservation_id: r.try_get("reservation_id")?,
+        task_id: task_id(r.try_get("task_id")?)?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        period_id: r.try_get("period_id")?,
+        pool: Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
+        amount: r.try_get("amount")?,
+    })
+}
+
+async fn held_reservations(
+    tx: &mut PgConnection,
+    company: &CompanyId,
+    task: &TaskId,
+) -> Result<Vec<Reservation>> {
+    let rows = sqlx::query(
+        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
+         WHERE company_id = $1 AND task_id = $2 AND state = 'held' ORDER BY created_at, reservation_id",
+    )
+    .bind(company.as_str())
+    .bind(task.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter().map(reservation_from_row).collect()
+}
+
+/// Releases `r` if it is still held; the conditional update decides, so a
+/// reservation is never released twice.
+async fn release_tx(
+    tx: &mut PgConnection,
+    r: &Reservation,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<()> {
+    let n = sqlx::query(
+        "UPDATE reservations SET state = 'released', closed_at = $1 \
+         WHERE reservation_id = $2 AND state = 'held'",
+    )
+    .bind(now)
+    .bind(&r.reservation_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 1 {
+        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -r.amount, 0).await?;
+        ledger(
+            tx,
+            now,
+            &r.period_id,
+            Some(&r.company_id),
+            Some(&r.task_id),
+            Some(&r.reservation_id),
+            Some(r.pool),
+            "release",
+            r.amount,
+            why,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn release_all(
+    tx: &mut PgConnection,
+    company: &CompanyId,
+    task: &TaskId,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<()> {
+    for r in held_reservations(tx, company, task).await? {
+        release_tx(tx, &r, now, why).await?;
+    }
+    Ok(())
+}
+
+/// The reservation and its state, its row locked: a settle and a release
+/// of one reservation take turns.
+async fn load_reservation(
+    tx: &mut PgConnection,
+    company: &CompanyId,
+    id: &str,
+) -> Result<(Reservation, String)> {
+    let row = sqlx::query(
+        "SELECT reservation_id, task_id, company_id, period_id, pool, amount, state FROM reservations \
+         WHERE company_id = $1 AND reservation_id = $2 FOR UPDATE",
+    )
+    .bind(company.as_str())
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok((reservation_from_row(&row)?, row.try_get("state")?))
+}
+
+/// Removes every task-related row of a company, releasing what it holds
+/// first so the pools stay right. The ledger keeps its lines. The caller
+/// has named the company and holds its row `FOR UPDATE`, so no work of the
+/// company runs meanwhile.
+pub(super) async fn delete_company_work(
+    tx: &mut PgConnection,
+    company: &CompanyId,
+    now: DateTime<Utc>,
+    deleted: &mut DeletedRows,
+) -> Result<()> {
+    let now = now.trunc_subsecs(6);
+    let held = sqlx::query(
+        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
+         WHERE company_id = $1 AND state = 'held' ORDER BY reservation_id",
+    )
+    .bind(company.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in &held {
+        release_tx(tx, &reservation_from_row(r)?, now, "company deleted").await?;
+    }
+    for (table, sql) in [
+        (
+            "emergency_requests",
+            "DELETE FROM emergency_requests WHERE company_id = $1",
+        ),
+        (
+            "reservations",
+            "DELETE FROM reservations WHERE company_id = $1",
+        ),
+        ("task_queue", "DELETE FROM task_queue WHERE company_id = $1"),
+        (
+            "task_events",
+            "DELETE FROM task_events WHERE company_id = $1",
+        ),
+        ("tasks", "DELETE FROM tasks WHERE company_id = $1"),
+        (
+            "budget_allocations",
+            "DELETE FROM budget_allocations WHERE company_id = $1",
+        ),
+    ] {
+        let n = sqlx::query(sql)
+            .bind(company.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        deleted.tables.push((table.to_owned(), n));
+    }
+    Ok(())
+}
+
+fn queue_from_row(r: &PgRow) -> Result<QueueEntry> {
+    let status: &str = r.try_get("status")?;
+    let priority: &str = r.try_get("priority")?;
+    Ok(QueueEntry {
+        task_id: task_id(r.try_get("task_id")?)?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        agent: r.try_get("agent")?,
+        status: TaskStatus::parse(status).map_err(|e| corrupt("status", e))?,
+        priority: Priority::parse(priority).map_err(|e| corrupt("priority", e))?,
+        multiplier: r.try_get("multiplier")?,
+        deadline: r.try_get("deadline")?,
+        waiting_since: r.try_get("waiting_since")?,
+        estimated_tokens: r.try_get("estimated_tokens")?,
+        attempts: r.try_get("attempts")?,
+    })
+}
+
+fn request_from_row(r: &PgRow) -> Result<EmergencyRequest> {
+    Ok(EmergencyRequest {
+        request_id: r.try_get("request_id")?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        task_id: task_id(r.try_get("task_id")?)?,
+        period_id: r.try_get("period_id")?,
+        amount: r.try_get("amount")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        requested_at: r.try_get("requested_at")?,
+        decided_at: r.try_get("decided_at")?,
+        decided_by: r.try_get("decided_by")?,
+        decision: r.try_get("decision")?,
+    })
+}
+
+const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, requested_at, \
+     decided_at, decided_by, decision";
+
+/// True when `e` is the unique violation of one company's idempotency key.
+fn is_idempotency_race(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(d)) => {
+            d.code().as_deref() == Some(UNIQUE_VIOLATION)
+                && d.constraint() == Some("tasks_company_idempotency_key")
+        }
+        _ => false,
+    }
+}
+
+impl PgStore {
+    async fn submit_once(
+        &self,
+        scope: &CompanyScope,
+        new: &NewTask,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Submitted> {
+        let company = scope.company();
+        let mut tx = self.scoped(company).await?;
+        // One submit per company at a time: the next sequence number and
+        // the idempotency check below see every submit committed before.
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM companies WHERE company_id = $1 FOR NO KEY UPDATE")
+                .bind(company.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        if let Some(idem) = &new.idempotency {
+            let seen = sqlx::query(
+                "SELECT task_id, request_hash FROM tasks WHERE company_id = $1 AND idempotency_key = $2",
+            )
+            .bind(company.as_str())
+            .bind(&idem.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = seen {
+                let hash: Option<&str> = row.try_get("request_hash")?;
+                if hash != Some(idem.request_hash.as_str()) {
+                    return Err(StoreError::Conflict(
+                        "this Idempotency-Key was used with a different request".into(),
+                    ));
+                }
+                let id = task_id(row.try_get("task_id")?)?;
+                let task = load_task(&mut tx, company, &id, false).await?;
+                return Ok(Submitted {
+                    task,
+                    created: false,
+                });
+            }
+        }
+        let seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE company_id = $1")
+                .bind(company.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let id = TaskId::new(company, &new.label, seq);
+        let deadline = new.deadline.map(|d| d.trunc_subsecs(6));
+        sqlx::query(
+            "INSERT INTO tasks (task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
+             company_context, deadline, idempotency_key, request_hash, status, status_reason, max_attempts, \
+             estimated_tokens, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued', 'submitted', $14, $15, $16, $16)",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(seq)
+        .bind(&new.task_type)
+        .bind(&new.specialist)
+        .bind(&new.agent)
+        .bind(new.priority.as_str())
+        .bind(&new.task)
+        .bind(Json(&new.parameters))
+        .bind(Json(&new.company_context))
+        .bind(deadline)
+        .bind(new.idempotency.as_ref().map(|i| i.key.as_str()))
+        .bind(new.idempotency.as_ref().map(|i| i.request_hash.as_str()))
+        .bind(new.max_attempts)
+        .bind(new.estimated_tokens)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO task_queue (task_id, company_id, agent, status, priority, multiplier, deadline, \
+             waiting_since, not_before, estimated_tokens, attempts) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $7, $8, 0)",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(&new.agent)
+        .bind(new.priority.as_str())
+        .bind(new.multiplier)
+        .bind(deadline)
+        .bind(now)
+        .bind(new.estimated_tokens)
+        .execute(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            company,
+            &id,
+            None,
+            TaskStatus::Queued,
+            "submitted",
+            now,
+        )
+        .await?;
+        notify(&mut tx, &id).await?;
+        let task = load_task(&mut tx, company, &id, false).await?;
+        let audit = AuditRecord {
+            target: format!("task:{id}"),
+            ..audit
+        };
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Submitted {
+            task,
+            created: true,
+        })
+    }
+
+    /// No pool had room: the task waits for budget, or for a human to grant
+    /// emergency tokens if its level may ask. The caller commits.
+    async fn wait_for_budget(
+        tx: &mut PgConnection,
+        task: Task,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimOutcome> {
+        let (company, id) = (&task.company_id, &task.task_id);
+        // The claim counted an attempt that did not happen.
+        sqlx::query(
+            "UPDATE task_queue SET lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1 \
+             WHERE task_id = $1",
+        )
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if may_request_emergency(task.priority, cfg) {
+            let period = ensure_period_tx(tx, cfg, now, Some(company)).await?;
+            let request_id = new_reservation_id();
+            let reason = format!(
+                "base and burst cannot hold {} tokens for this {} task",
+                task.estimated_tokens,
+                task.priority.as_str()
+            );
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO emergency_requests ({REQUEST_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, NULL, NULL, NULL)"
+            )))
+            .bind(&request_id)
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .bind(&period)
+            .bind(task.estimated_tokens)
+            .bind(&reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE task_queue SET status = 'awaiting_approval' WHERE task_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if task.status != TaskStatus::AwaitingApproval {
+                set_status(
+                    tx,
+                    &task,
+                    TaskStatus::AwaitingApproval,
+                    &format!("emergency request {request_id}: {reason}"),
+                    now,
+                )
+                .await?;
+            }
+            Ok(ClaimOutcome::AwaitingApproval { request_id })
+        } else {
+            let reason = format!(
+                "no pool a {} task may use has {} tokens free",
+                task.priority.as_str(),
+                task.estimated_tokens
+            );
+            sqlx::query(
+                "UPDATE task_queue SET status = 'waiting_budget', not_before = $1 WHERE task_id = $2",
+            )
+            .bind(now + WAITING_BUDGET_RECHECK)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if task.status != TaskStatus::WaitingBudget {
+                set_status(tx, &task, TaskStatus::WaitingBudget, &reason, now).await?;
+            }
+            Ok(ClaimOutcome::WaitingBudget { reason })
+        }
+    }
+
+    /// A read-only snapshot: several statements see one moment, as the
+    /// ledger check and the budget views need.
+    async fn snapshot(&self) -> Result<Tx> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+}
+
+#[async_trait]
+impl TaskStore for PgStore {
+    async fn submit_task(
+        &self,
+        scope: &CompanyScope,
+        new: &NewTask,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Submitted> {
+        let now = now.trunc_subsecs(6);
+        match self.submit_once(scope, new, now, audit.clone()).await {
+            // Another submit with the key committed between our check and
+            // our insert (the company lock makes this all but impossible):
+            // a second try finds its task.
+            Err(e) if new.idempotency.is_some() && is_idempotency_race(&e) => {
+                self.submit_once(scope, new, now, audit).await
+            }
+            r => r,
+        }
+    }
+
+    async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task> {
+        let mut tx = self.scoped(scope.company()).await?;
+        let task = load_task(&mut tx, scope.company(), id, false).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn list_tasks(&self, scope: &CompanyScope, f: &TaskFilter) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = $1 \
+             AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR priority = $3) \
+             AND ($4::text IS NULL OR task_type = $4) \
+             AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6) \
+             AND ($7::bigint IS NULL OR seq < $7) \
+             ORDER BY seq DESC LIMIT $8"
+        );
+        let mut tx = self.scoped(scope.company()).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.company().as_str())
+            .bind(f.status.map(TaskStatus::as_str))
+            .bind(f.priority.map(Priority::as_str))
+            .bind(&f.task_type)
+            .bind(f.created_after.map(|t| t.trunc_subsecs(6)))
+            .bind(f.created_before.map(|t| t.trunc_subsecs(6)))
+            .bind(f.before_seq)
+            .bind(i64::from(f.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn task_events(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        after_event: i64,
+    ) -> Result<Vec<TaskEvent>> {
+        let mut tx = self.scoped(scope.company()).await?;
+        load_task(&mut tx, scope.company(), id, false).await?;
+        let rows = sqlx::query(
+            "SELECT event_id, task_id, at, from_status, to_status, reason FROM task_events \
+             WHERE company_id = $1 AND task_id = $2 AND event_id > $3 ORDER BY event_id",
+        )
+        .bind(scope.company().as_str())
+        .bind(id.as_str())
+        .bind(after_event)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                let from: Option<&str> = r.try_get("from_status")?;
+                let to: &str = r.try_get("to_status")?;
+                Ok(TaskEvent {
+                    event_id: r.try_get("event_id")?,
+                    task_id: id.clone(),
+                    at: r.try_get("at")?,
+                    from_status: from
+                        .map(TaskStatus::parse)
+                        .transpose()
+                        .map_err(|e| corrupt("status", e))?,
+                    to_status: TaskStatus::parse(to).map_err(|e| corrupt("status", e))?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Task> {
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let mut tx = self.scoped(company).await?;
+        if !lock_company(&mut tx, company).await? {
+            return Err(StoreError::NotFound);
+        }
+        let queued: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 FOR UPDATE",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        // A task out of the queue (in review, or ended) has no queue row to
+        // hold: hold its own.
+        let task = load_task(&mut tx, company, id, queued.is_none()).await?;
+        if task.status.is_final() {
+            return Err(StoreError::Conflict(format!(
+                "task {id} already ended: {}",
+                task.status.as_str()
+            )));
+        }
+        if task.status == TaskStatus::Running {
+            sqlx::query("UPDATE task_queue SET cancel_requested = true WHERE task_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            release_all(&mut tx, company, id, now, "task cancelled").await?;
+            sqlx::query(
+                "UPDATE emergency_requests SET status = 'rejected', decided_at = $1, decision = 'task cancelled' \
+                 WHERE company_id = $2 AND task_id = $3 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            set_status(
+                &mut tx,
+                &task,
+                TaskStatus::Cancelled,
+                "cancelled by request",
+                now,
+            )
+            .await?;
+        }
+        notify(&mut tx, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn queue_snapshot(&self, now: DateTime<Utc>, limit: u32) -> Result<QueueSnapshot> {
+        let rows = sqlx::query(
+            "SELECT task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
+             estimated_tokens, attempts FROM task_queue \
+             WHERE status IN ('queued', 'waiting_budget') AND not_before <= $1 \
+             ORDER BY waiting_since, task_id LIMIT $2",
+        )
+        .bind(now.trunc_subsecs(6))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let runnable = rows
+            .iter()
+            .map(queue_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let running =
+            sqlx::query("SELECT agent, company_id FROM task_queue WHERE status = 'running'")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("agent")?, company_id(r.try_get("company_id")?)?)))
+                .collect::<Result<Vec<_>>>()?;
+        Ok(QueueSnapshot { runnable, running })
+    }
+
+    async fn claim(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        budget: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimOutcome> {
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let mut tx = self.scoped(company).await?;
+        if !lock_company(&mut tx, company).await? {
+            return Ok(ClaimOutcome::Gone);
+        }
+        // Of claimers racing for one task, the first to lock the row wins;
+        // the others re-check the WHERE against what it left and match
+        // nothing.
+        let n = sqlx::query(
+            "UPDATE task_queue SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
+             attempts = attempts + 1 \
+             WHERE task_id = $3 AND company_id = $4 AND status IN ('queued', 'waiting_budget') \
+             AND not_before <= $5",
+        )
+        .bind(worker)
+        .bind(lease_until.trunc_subsecs(6))
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(ClaimOutcome::Gone);
+        }
+        let task = load_task(&mut tx, company, id, false).await?;
+        // A grant approved by a human is already held for the task.
+        let granted = held_reservations(&mut tx, company, id)
+            .await?
+            .into_iter()
+            .next();
+        let reservation = match granted {
+            Some(r) => Some(r),
+            None => {
+                reserve_tx(
+                    &mut tx,
+                    company,
+                    id,
+                    task.priority,
+                    task.estimated_tokens,
+                    budget,
+                    now,
+                )
+                .await?
+            }
+        };
+        let Some(reservation) = reservation else {
+            let outcome = Self::wait_for_budget(&mut tx, task, budget, now).await?;
+            tx.commit().await?;
+            return Ok(outcome);
+        };
+        sqlx::query(
+            "UPDATE tasks SET attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
+             WHERE company_id = $2 AND task_id = $3",
+        )
+        .bind(now)
+        .bind(company.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let reason = format!(
+            "claimed by {worker}; {} tokens reserved from {}",
+            reservation.amount,
+            reservation.pool.as_str()
+        );
+        set_status(&mut tx, &task, TaskStatus::Running, &reason, now).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
+        tx.commit().await?;
+        Ok(ClaimOutcome::Claimed {
+            task: Box::new(task),
+            reservation,
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        id: &TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Lease> {
+        // The queue row carries no company content: no company to name.
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE task_queue SET lease_expires_at = $1 WHERE task_id = $2 AND lease_owner = $3 \
+             AND status = 'running' AND lease_expires_at >= $4",
+        )
+        .bind(lease_until.trunc_subsecs(6))
+        .bind(id.as_str())
+        .bind(worker)
+        .bind(now.trunc_subsecs(6))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let cancel: Option<bool> =
+            sqlx::query_scalar("SELECT cancel_requested FROM task_queue WHERE task_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Lease {
+            held: n == 1,
+            cancel_requested: cancel.unwrap_or(false),
+        })
+    }
+
+    async fn finish(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        f: Finish,
+        now: DateTime<Utc>,
+    ) -> Result<Task> {
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let lost =
+            || StoreError::Conflict(format!("worker {worker} no longer holds the lease on {id}"));
+        let mut tx = self.scoped(company).await?;
+        if !lock_company(&mut tx, company).await? {
+            return Err(lost());
+        }
+        let ours: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 AND lease_owner = $3 \
+             AND status = 'running' FOR UPDATE",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ours.is_none() {
+            return Err(lost());
+        }
+        let task = load_task(&mut tx, company, id, false).await?;
+        check_transition(task.status, f.status).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        release_all(&mut tx, company, id, now, "run ended").await?;
+        sqlx::query(
+            "UPDATE tasks SET result = $1, confidence = $2, requires_human_review = $3, \
+             last_error = COALESCE($4, last_error) WHERE company_id = $5 AND task_id = $6",
+        )
+        .bind(f.result.as_ref().map(Json))
+        .bind(f.confidence)
+        .bind(f.requires_human_review)
+        .bind(&f.error)
+        .bind(company.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if f.status == TaskStatus::Queued {
+            sqlx::query(
+                "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+                 not_before = $1 WHERE task_id = $2",
+            )
+            .bind(f.retry_at.unwrap_or(now).trunc_subsecs(6))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            notify(&mut tx, id).await?;
+        } else {
+            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        set_status(&mut tx, &task, f.status, &f.reason, now).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn reap_expired(&self, now: DateTime<Utc>, backoff: TimeDelta) -> Result<Vec<TaskId>> {
+        let now = now.trunc_subsecs(6);
+        let expired = sqlx::query(
+            "SELECT task_id, company_id, lease_owner FROM task_queue \
+             WHERE status = 'running' AND lease_expires_at < $1 ORDER BY task_id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut reaped = Vec::new();
+        for row in expired {
+            let id = task_id(row.try_get("task_id")?)?;
+            let company = company_id(row.try_get("company_id")?)?;
+            let owner: Option<String> = row.try_get("lease_owner")?;
+            let mut tx = self.scoped(&company).await?;
+            if !lock_company(&mut tx, &company).await? {
+                continue;
+            }
+            // The worker may have finished, or another reaper got here first.
+            let still: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM task_queue WHERE task_id = $1 AND status = 'running' \
+                 AND lease_expires_at < $2 FOR UPDATE",
+            )
+            .bind(id.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if still.is_none() {
+                continue;
+            }
+            let task = load_task(&mut tx, &company, &id, false).await?;
+            let owner = owner.unwrap_or_default();
+            release_all(&mut tx, &company, &id, now, "lease expired").await?;
+            if task.attempts >= task.max_attempts {
+                sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let reason = format!(
+                    "the lease of worker {owner} expired on attempt {} of {}",
+                    task.attempts, task.max_attempts
+                );
+                sqlx::query(
+                    "UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3",
+                )
+                .bind(&reason)
+                .bind(company.as_str())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
+            } else {
+                let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
+                let wait = backoff * 2_i32.pow(exp);
+                sqlx::query(
+                    "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+                     not_before = $1 WHERE task_id = $2",
+                )
+                .bind((now + wait).trunc_subsecs(6))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let reason = format!(
+                    "the lease of worker {owner} expired; retry {} of {}",
+                    task.attempts + 1,
+                    task.max_attempts
+                );
+                set_status(&mut tx, &task, TaskStatus::Queued, &reason, now).await?;
+                notify(&mut tx, &id).await?;
+            }
+            tx.commit().await?;
+            reaped.push(id);
+        }
+        Ok(reaped)
+    }
+}
+
+async fn pools_of(tx: &mut PgConnection, period: &str) -> Result<Vec<PoolState>> {
+    let rows = sqlx::query(
+        "SELECT pool, capacity, reserved, spent FROM budget_pools WHERE period_id = $1 ORDER BY pool",
+    )
+    .bind(period)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let pool: &str = r.try_get("pool")?;
+            Ok(PoolState {
+                pool: Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
+                capacity: r.try_get("capacity")?,
+                reserved: r.try_get("reserved")?,
+                spent: r.try_get("spent")?,
+            })
+        })
+        .collect()
+}
+
+/// The budget lines of the period, for one company or (None) all.
+async fn budget_lines(
+    tx: &mut PgConnection,
+    period: &str,
+    company: Option<&CompanyId>,
+) -> Result<Vec<CompanyBudget>> {
+    let rows = sqlx::query(
+        "SELECT a.company_id, a.factor, a.share, a.tokens, a.reserved, a.spent, \
+           (SELECT COALESCE(SUM(r.spent), 0)::bigint FROM reservations r \
+             WHERE r.company_id = a.company_id AND r.period_id = a.period_id AND r.state = 'settled') AS spent_all, \
+           (SELECT COALESCE(SUM(t.cost_usd), 0) FROM tasks t WHERE t.company_id = a.company_id) AS cost \
+         FROM budget_allocations a WHERE a.period_id = $1 AND ($2::text IS NULL OR a.company_id = $2) \
+         ORDER BY a.company_id",
+    )
+    .bind(period)
+    .bind(company.map(CompanyId::as_str))
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CompanyBudget {
+                company_id: company_id(r.try_get("company_id")?)?,
+                factor: r.try_get("factor")?,
+                share: r.try_get("share")?,
+                allocation: r.try_get("tokens")?,
+                reserved: r.try_get("reserved")?,
+                spent: r.try_get("spent")?,
+                spent_all_pools: r.try_get("spent_all")?,
+                cost_usd: r.try_get("cost")?,
+            })
+        })
+        .collect()
+}
+
+async fn requests(
+    tx: &mut PgConnection,
+    company: Option<&CompanyId>,
+    pending_only: bool,
+) -> Result<Vec<EmergencyRequest>> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE ($1::text IS NULL OR company_id = $1) \
+         AND (NOT $2 OR status = 'pending') ORDER BY requested_at, request_id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(company.map(CompanyId::as_str))
+        .bind(pending_only)
+        .fetch_all(&mut *tx)
+        .await?;
+    rows.iter().map(request_from_row).collect()
+}
+
+/// The period's state as one snapshot sees it; the period exists.
+async fn state_of(
+    tx: &mut PgConnection,
+    period: String,
+    company: Option<&CompanyId>,
+) -> Result<BudgetState> {
+    let row = sqlx::query(
+        "SELECT starts_at, ends_at, total_tokens FROM budget_periods WHERE period_id = $1",
+    )
+    .bind(&period)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(BudgetState {
+        starts_at: row.try_get("starts_at")?,
+        ends_at: row.try_get("ends_at")?,
+        total_tokens: row.try_get("total_tokens")?,
+        pools: pools_of(tx, &period).await?,
+        companies: budget_lines(tx, &period, company).await?,
+        pending_requests: requests(tx, company, true).await?,
+        period_id: period,
+    })
+}
+
+#[async_trait]
+impl BudgetStore for PgStore {
+    async fn ensure_period(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        let p = ensure_period_tx(&mut tx, cfg, now.trunc_subsecs(6), None).await?;
+        tx.commit().await?;
+        Ok(p)
+    }
+
+    async fn refresh_allocations(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<()> {
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.pool.begin().await?;
+        let p = ensure_period_tx(&mut tx, cfg, now, None).await?;
+        refresh_tx(&mut tx, &p, now, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        amount: i64,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome> {
+        if amount <= 0 {
+            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
+        }
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let mut tx = self.scoped(company).await?;
+        if !lock_company(&mut tx, company).await? {
+            return Err(StoreError::NotFound);
+        }
+        // Shared: calls of one run may reserve side by side, but the run
+        // cannot end (and release everything it holds) until they commit.
+        sqlx::query("SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 FOR SHARE")
+            .bind(id.as_str())
+            .bind(company.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let task = load_task(&mut tx, company, id, false).await?;
+        if task.status != TaskStatus::Running {
+            return Err(StoreError::Conflict(format!("task {id} is not running")));
+        }
+        let outcome =
+            match reserve_tx(&mut tx, company, id, task.priority, amount, cfg, now).await? {
+                Some(r) => ReserveOutcome::Reserved(r),
+                None => ReserveOutcome::Denied {
+                    reason: format!(
+                        "no pool a {} task may use has {amount} tokens free",
+                        task.priority.as_str()
+                    ),
+                },
+            };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn settle(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        prompt_tokens: i64,
+        completion_tokens: i64,
+        cost_usd: f64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = now.trunc_subsecs(6);
+        let used = prompt_tokens.max(0) + completion_tokens.max(0);
+        let mut tx = self.scoped(scope.company()).await?;
+        if !lock_company(&mut tx, scope.company()).await? {
+            return Err(StoreError::NotFound);
+        }
+        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
+        if state != "held" {
+            return Err(StoreError::Conflict(format!(
+                "reservation {reservation_id} is already {state}"
+            )));
+        }
+        let mut detail = String::new();
+        if used > r.amount {
+            // The provider used more than the bound: hold the difference if it fits.
+            let extra = used - r.amount;
+            if hold(&mut tx, &r.period_id, &r.company_id, r.pool, extra).await? {
+                sqlx::query(
+                    "UPDATE reservations SET amount = amount + $1 WHERE reservation_id = $2",
+                )
+                .bind(extra)
+                .bind(&r.reservation_id)
+                .execute(&mut *tx)
+                .await?;
+                ledger(
+                    &mut tx,
+                    now,
+                    &r.period_id,
+                    Some(&r.company_id),
+                    Some(&r.task_id),
+                    Some(&r.reservation_id),
+                    Some(r.pool),
+                    "reserve",
+                    extra,
+                    "usage above the reservation",
+                )
+                .await?;
+                r.amount = used;
+            } else {
+                detail = format!(
+                    "{extra} tokens above the reservation could not be charged: the pool is full"
+                );
+                tracing::warn!(reservation = %r.reservation_id, extra, "usage above a reservation did not fit its pool");
+            }
+        }
+        let spent = used.min(r.amount);
+        let rest = r.amount - spent;
+        move_tokens(
+            &mut tx,
+            &r.period_id,
+            &r.company_id,
+            r.pool,
+            -r.amount,
+            spent,
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE reservations SET state = 'settled', spent = $1, closed_at = $2 WHERE reservation_id = $3",
+        )
+        .bind(spent)
+        .bind(now)
+        .bind(&r.reservation_id)
+        .execute(&mut *tx)
+        .await?;
+        ledger(
+            &mut tx,
+            now,
+            &r.period_id,
+            Some(&r.company_id),
+            Some(&r.task_id),
+            Some(&r.reservation_id),
+            Some(r.pool),
+            "settle",
+            spent,
+            &detail,
+        )
+        .await?;
+        if rest > 0 {
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(r.pool),
+                "release",
+                rest,
+                "unused",
+            )
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE tasks SET prompt_tokens = prompt_tokens + $1, completion_tokens = completion_tokens + $2, \
+             cost_usd = cost_usd + $3 WHERE company_id = $4 AND task_id = $5",
+        )
+        .bind(prompt_tokens.max(0))
+        .bind(completion_tokens.max(0))
+        .bind(cost_usd.max(0.0))
+        .bind(r.company_id.as_str())
+        .bind(r.task_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.scoped(scope.company()).await?;
+        if !lock_company(&mut tx, scope.company()).await? {
+            return Err(StoreError::NotFound);
+        }
+        let (r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
+        if state == "held" {
+            release_tx(&mut tx, &r, now, "released by the caller").await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn budget_state(
+        &self,
+        _admin: &AdminScope,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetState> {
+        // Made first, in its own transaction: the snapshot that reads the
+        // state cannot write without risking a serialization failure.
+        let period = self.ensure_period(cfg, now).await?;
+        let mut tx = self.snapshot().await?;
+        set_admin_read(&mut tx, true).await?;
+        let s = state_of(&mut tx, period, None).await?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    async fn company_budget(
+        &self,
+        scope: &CompanyScope,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetState> {
+        let period = self.ensure_period(cfg, now).await?;
+        let mut tx = self.snapshot().await?;
+        set_company(&mut tx, scope.company().as_str()).await?;
+        let s = state_of(&mut tx, period, Some(scope.company())).await?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    async fn emergency_requests(
+        &self,
+        _admin: &AdminScope,
+        pending_only: bool,
+    ) -> Result<Vec<EmergencyRequest>> {
+        let mut tx = self.admin_read().await?;
+        let r = requests(&mut tx, None, pending_only).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    async fn decide_emergency(
+        &self,
+        admin: &AdminScope,
+        request_id: &str,
+        approve: bool,
+        note: &str,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<EmergencyRequest> {
+        let now = now.trunc_subsecs(6);
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = $1");
+        // Which company the request belongs to: an admin read. From there
+        // on the transaction works as that company.
+        let mut tx = self.admin_read().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let seen = request_from_row(&row)?;
+        set_admin_read(&mut tx, false).await?;
+        set_company(&mut tx, seen.company_id.as_str()).await?;
+        if !lock_company(&mut tx, &seen.company_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("SELECT 1 FROM task_queue WHERE task_id = $1 FOR UPDATE")
+            .bind(seen.task_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        // Read again under the locks: a cancel or another decision may have
+        // come first.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{sql} FOR UPDATE")))
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let req = request_from_row(&row)?;
+        if req.status != "pending" {
+            return Err(StoreError::Conflict(format!(
+                "request {request_id} was already {}",
+                req.status
+            )));
+        }
+        let task = load_task(&mut tx, &req.company_id, &req.task_id, false).await?;
+        let decider = admin.actor().to_string();
+        if approve {
+            if !hold(
+                &mut tx,
+                &req.period_id,
+                &req.company_id,
+                Pool::Emergency,
+                req.amount,
+            )
+            .await?
+            {
+                let free: i64 = sqlx::query_scalar(
+                    "SELECT capacity - reserved - spent FROM budget_pools \
+                     WHERE period_id = $1 AND pool = 'emergency'",
+                )
+                .bind(&req.period_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                return Err(StoreError::Conflict(format!(
+                    "the emergency pool has {free} tokens free; the request needs {}",
+                    req.amount
+                )));
+            }
+            let r = Reservation {
+                reservation_id: new_reservation_id(),
+                task_id: req.task_id.clone(),
+                company_id: req.company_id.clone(),
+                period_id: req.period_id.clone(),
+                pool: Pool::Emergency,
+                amount: req.amount,
+            };
+            insert_reservation(&mut tx, &r, now).await?;
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(Pool::Emergency),
+                "grant",
+                r.amount,
+                &format!("request {request_id} approved by {decider}"),
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE task_queue SET status = 'queued', not_before = $1 WHERE task_id = $2",
+            )
+            .bind(now)
+            .bind(req.task_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            set_status(
+                &mut tx,
+                &task,
+                TaskStatus::Queued,
+                &format!("emergency tokens granted by {decider}"),
+                now,
+            )
+            .await?;
+            notify(&mut tx, &req.task_id).await?;
+        } else {
+            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
+                .bind(req.task_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let reason = if note.is_empty() {
+                "emergency tokens were refused".to_owned()
+            } else {
+                format!("emergency tokens were refused: {note}")
+            };
+            sqlx::query("UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3")
+                .bind(&reason)
+                .bind(req.company_id.as_str())
+                .bind(req.task_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
+        }
+        sqlx::query(
+            "UPDATE emergency_requests SET status = $1, decided_at = $2, decided_by = $3, decision = $4 \
+             WHERE request_id = $5",
+        )
+        .bind(if approve { "approved" } else { "rejected" })
+        .bind(now)
+        .bind(&decider)
+        .bind(note)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        // Read before the audit append, which names the record's company.
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let decided = request_from_row(&row)?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(decided)
+    }
+
+    async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
+        // One snapshot: the ledger lines and the balances they must add up
+        // to are written in the same transactions, so it sees both or neither.
+        let mut tx = self.snapshot().await?;
+        set_admin_read(&mut tx, true).await?;
+        let rows = sqlx::query(
+            "SELECT period_id, company_id, reservation_id, pool, kind, amount FROM budget_ledger ORDER BY entry_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut replay = crate::ledger::Replay::default();
+        for r in &rows {
+            let pool: Option<&str> = r.try_get("pool")?;
+            replay.apply(crate::ledger::Movement {
+                period: r.try_get("period_id")?,
+                company: r.try_get("company_id")?,
+                reservation: r.try_get("reservation_id")?,
+                pool: pool
+                    .map(Pool::parse)
+                    .transpose()
+                    .map_err(|e| corrupt("pool", e))?,
+                kind: r.try_get("kind")?,
+                amount: r.try_get("amount")?,
+            });
+        }
+        let pools =
+            sqlx::query("SELECT period_id, pool, capacity, reserved, spent FROM budget_pools")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    let pool: &str = r.try_get("pool")?;
+                    Ok((
+                        (
+                            r.try_get("period_id")?,
+                            Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
+                        ),
+                        [
+                            r.try_get("capacity")?,
+                            r.try_get("reserved")?,
+                            r.try_get("spent")?,
+                        ],
+                    ))
+                })
+                .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
+        let allocations = sqlx::query(
+            "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                (r.try_get("period_id")?, r.try_get("company_id")?),
+                [
+                    r.try_get("tokens")?,
+                    r.try_get("reserved")?,
+                    r.try_get("spent")?,
+                ],
+            ))
+        })
+        .collect::<Result<BTreeMap<(String, String), [i64; 3]>>>()?;
+        let reservations =
+            sqlx::query("SELECT reservation_id, amount, state, spent FROM reservations")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    let state: &str = r.try_get("state")?;
+                    let amount: i64 = r.try_get("amount")?;
+                    let held = if state == "held" { amount } else { 0 };
+                    Ok((r.try_get("reservation_id")?, [held, r.try_get("spent")?]))
+                })
+                .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
+        tx.commit().await?;
+        Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+    }
+}

@@ -1,0 +1,1680 @@
+//! Tasks, the queue and budgets on SQLite. Every write runs in a
+//! `BEGIN IMMEDIATE` transaction, so SQLite's one writer makes each
+//! conditional update see the latest balances.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::{AdminScope, CompanyScope};
+use kira_core::budget::{
+    AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
+    may_request_emergency, period_of, pools_to_try,
+};
+use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{
+    SqliteStore, append, company_id, json, load_company, parse_opt_ts, parse_ts, to_json, ts,
+};
+use crate::work::*;
+use crate::{Result, StoreError};
+
+/// How long a task that found no budget waits before it is tried again.
+pub const WAITING_BUDGET_RECHECK: TimeDelta = TimeDelta::seconds(10);
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
+     company_context, deadline, status, status_reason, attempts, max_attempts, estimated_tokens, result, \
+     confidence, requires_human_review, last_error, prompt_tokens, completion_tokens, cost_usd, created_at, \
+     updated_at, started_at, finished_at";
+
+fn task_from_row(r: &SqliteRow) -> Result<Task> {
+    let task_id: String = r.try_get("task_id")?;
+    let result: Option<String> = r.try_get("result")?;
+    let priority: String = r.try_get("priority")?;
+    let status: String = r.try_get("status")?;
+    Ok(Task {
+        task_id: TaskId::parse(&task_id).map_err(|e| corrupt("task id", e))?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        company_context: json(r.try_get("company_context")?)?,
+        task: r.try_get("task")?,
+        task_type: r.try_get("task_type")?,
+        priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
+        deadline: parse_opt_ts(r.try_get("deadline")?)?,
+        parameters: json(r.try_get("parameters")?)?,
+        specialist: r.try_get("specialist")?,
+        agent: r.try_get("agent")?,
+        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
+        status_reason: r.try_get("status_reason")?,
+        attempts: r.try_get("attempts")?,
+        max_attempts: r.try_get("max_attempts")?,
+        estimated_tokens: r.try_get("estimated_tokens")?,
+        result: result.as_deref().map(json).transpose()?,
+        confidence: r.try_get("confidence")?,
+        requires_human_review: r.try_get("requires_human_review")?,
+        last_error: r.try_get("last_error")?,
+        prompt_tokens: r.try_get("prompt_tokens")?,
+        completion_tokens: r.try_get("completion_tokens")?,
+        cost_usd: r.try_get("cost_usd")?,
+        created_at: parse_ts(r.try_get("created_at")?)?,
+        updated_at: parse_ts(r.try_get("updated_at")?)?,
+        started_at: parse_opt_ts(r.try_get("started_at")?)?,
+        finished_at: parse_opt_ts(r.try_get("finished_at")?)?,
+    })
+}
+
+async fn load_task(tx: &mut SqliteConnection, company: &CompanyId, id: &TaskId) -> Result<Task> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = ? AND task_id = ?");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(company.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    task_from_row(&row)
+}
+
+/// Moves a task to `to` (checked against the state machine) and records the event.
+async fn set_status(
+    tx: &mut SqliteConnection,
+    task: &Task,
+    to: TaskStatus,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    check_transition(task.status, to).map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let finished = to.is_final() || to == TaskStatus::NeedsReview;
+    sqlx::query(
+        "UPDATE tasks SET status = ?, status_reason = ?, updated_at = ?, \
+         finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE company_id = ? AND task_id = ?",
+    )
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(ts(now))
+    .bind(finished)
+    .bind(ts(now))
+    .bind(task.company_id.as_str())
+    .bind(task.task_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    event(
+        tx,
+        &task.company_id,
+        &task.task_id,
+        Some(task.status),
+        to,
+        reason,
+        now,
+    )
+    .await
+}
+
+async fn event(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    id: &TaskId,
+    from: Option<TaskStatus>,
+    to: TaskStatus,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(company.as_str())
+    .bind(id.as_str())
+    .bind(ts(now))
+    .bind(from.map(TaskStatus::as_str))
+    .bind(to.as_str())
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ledger(
+    tx: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    period: &str,
+    company: Option<&CompanyId>,
+    task: Option<&TaskId>,
+    reservation: Option<&str>,
+    pool: Option<Pool>,
+    kind: &str,
+    amount: i64,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(ts(now))
+    .bind(period)
+    .bind(company.map(CompanyId::as_str))
+    .bind(task.map(TaskId::as_str))
+    .bind(reservation)
+    .bind(pool.map(Pool::as_str))
+    .bind(kind)
+    .bind(amount)
+    .bind(detail)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The period containing `now`, made with its pools and allocations if new.
+async fn ensure_period_tx(
+    tx: &mut SqliteConnection,
+    cfg: &BudgetConfig,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    let p = period_of(now);
+    let made = sqlx::query(
+        "INSERT INTO budget_periods (period_id, starts_at, ends_at, total_tokens, created_at) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (period_id) DO NOTHING",
+    )
+    .bind(&p.id)
+    .bind(ts(p.start))
+    .bind(ts(p.end))
+    .bind(cfg.total_tokens)
+    .bind(ts(now))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if made == 1 {
+        let caps = cfg.capacities();
+        for (pool, capacity) in [
+            (Pool::Base, caps.base),
+            (Pool::Burst, caps.burst),
+            (Pool::Emergency, caps.emergency),
+        ] {
+            sqlx::query("INSERT INTO budget_pools (period_id, pool, capacity) VALUES (?, ?, ?)")
+                .bind(&p.id)
+                .bind(pool.as_str())
+                .bind(capacity)
+                .execute(&mut *tx)
+                .await?;
+            ledger(
+                tx,
+                now,
+                &p.id,
+                None,
+                None,
+                None,
+                Some(pool),
+                "rollover",
+                capacity,
+                "new period",
+            )
+            .await?;
+        }
+        refresh_tx(tx, &p.id, now).await?;
+    }
+    Ok(p.id)
+}
+
+/// Recomputes every company's base allocation in `period`.
+async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>) -> Result<()> {
+    let base: i64 = sqlx::query_scalar(
+        "SELECT capacity FROM budget_pools WHERE period_id = ? AND pool = 'base'",
+    )
+    .bind(period)
+    .fetch_one(&mut *tx)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT c.company_id, c.revenue_usd, c.complexity_score, c.activity_score, c.archived_at, \
+                a.tokens, a.reserved, a.spent \
+         FROM companies c LEFT JOIN budget_allocations a ON a.company_id = c.company_id AND a.period_id = ? \
+         ORDER BY c.company_id",
+    )
+    .bind(period)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut inputs = Vec::with_capacity(rows.len());
+    let mut old = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let factor = allocation_factor(&CompanyFactors {
+            revenue_usd: r.try_get("revenue_usd")?,
+            complexity_score: r.try_get("complexity_score")?,
+            activity_score: r.try_get("activity_score")?,
+        });
+        let archived: Option<String> = r.try_get("archived_at")?;
+        let tokens: Option<i64> = r.try_get("tokens")?;
+        let committed = r.try_get::<Option<i64>, _>("reserved")?.unwrap_or(0)
+            + r.try_get::<Option<i64>, _>("spent")?.unwrap_or(0);
+        inputs.push(AllocationInput {
+            company: company_id(r.try_get("company_id")?)?,
+            factor,
+            active: archived.is_none(),
+            committed,
+        });
+        old.push(tokens);
+    }
+    for (a, old) in allocate(base, &inputs).into_iter().zip(old) {
+        let delta = a.tokens - old.unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO budget_allocations (period_id, company_id, factor, share, tokens) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (period_id, company_id) DO UPDATE SET factor = excluded.factor, share = excluded.share, \
+             tokens = excluded.tokens",
+        )
+        .bind(period)
+        .bind(a.company.as_str())
+        .bind(a.factor)
+        .bind(a.share)
+        .bind(a.tokens)
+        .execute(&mut *tx)
+        .await?;
+        if delta != 0 || old.is_none() {
+            ledger(
+                tx,
+                now,
+                period,
+                Some(&a.company),
+                None,
+                None,
+                Some(Pool::Base),
+                "allocate",
+                delta,
+                "",
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds `amount` to a pool's (and for base, the company's) reserved
+/// tokens if it fits. True when it did.
+async fn hold(
+    tx: &mut SqliteConnection,
+    period: &str,
+    company: &CompanyId,
+    pool: Pool,
+    amount: i64,
+) -> Result<bool> {
+    if pool == Pool::Base {
+        let n = sqlx::query(
+            "UPDATE budget_allocations SET reserved = reserved + ? \
+             WHERE period_id = ? AND company_id = ? AND reserved + spent + ? <= tokens",
+        )
+        .bind(amount)
+        .bind(period)
+        .bind(company.as_str())
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+    }
+    let n = sqlx::query(
+        "UPDATE budget_pools SET reserved = reserved + ? WHERE period_id = ? AND pool = ? AND reserved + spent + ? <= capacity",
+    )
+    .bind(amount)
+    .bind(period)
+    .bind(pool.as_str())
+    .bind(amount)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 && pool == Pool::Base {
+        // The allocation had room but the pool did not: undo the first half.
+        move_tokens(tx, period, company, pool, -amount, 0).await?;
+        return Ok(false);
+    }
+    Ok(n == 1)
+}
+
+/// Changes reserved and spent of a pool (and the company's allocation for
+/// base) by the given deltas, unconditionally: callers only ever move
+/// tokens that a hold already counted.
+async fn move_tokens(
+    tx: &mut SqliteConnection,
+    period: &str,
+    company: &CompanyId,
+    pool: Pool,
+    reserved: i64,
+    spent: i64,
+) -> Result<()> {
+    if pool == Pool::Base {
+        sqlx::query(
+            "UPDATE budget_allocations SET reserved = reserved + ?, spent = spent + ? WHERE period_id = ? AND company_id = ?",
+        )
+        .bind(reserved)
+        .bind(spent)
+        .bind(period)
+        .bind(company.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE budget_pools SET reserved = reserved + ?, spent = spent + ? WHERE period_id = ? AND pool = ?")
+        .bind(reserved)
+        .bind(spent)
+        .bind(period)
+        .bind(pool.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+fn new_reservation_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Reserves from the first pool `priority` may use that has room.
+async fn reserve_tx(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    task: &TaskId,
+    priority: Priority,
+    amount: i64,
+    cfg: &BudgetConfig,
+    now: DateTime<Utc>,
+) -> Result<Option<Reservation>> {
+    let period = ensure_period_tx(tx, cfg, now).await?;
+    for pool in pools_to_try(priority, cfg) {
+        if hold(tx, &period, company, pool, amount).await? {
+            let r = Reservation {
+                reservation_id: new_reservation_id(),
+                task_id: task.clone(),
+                company_id: company.clone(),
+                period_id: period.clone(),
+                pool,
+                amount,
+            };
+            insert_reservation(tx, &r, now).await?;
+            ledger(
+                tx,
+                now,
+                &period,
+                Some(company),
+                Some(task),
+                Some(&r.reservation_id),
+                Some(pool),
+                "reserve",
+                amount,
+                "",
+            )
+            .await?;
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+async fn insert_reservation(
+    tx: &mut SqliteConnection,
+    r: &Reservation,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 'held', ?)",
+    )
+    .bind(&r.reservation_id)
+    .bind(r.company_id.as_str())
+    .bind(r.task_id.as_str())
+    .bind(&r.period_id)
+    .bind(r.pool.as_str())
+    .bind(r.amount)
+    .bind(ts(now))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn reservation_from_row(r: &SqliteRow) -> Result<Reservation> {
+    let pool: String = r.try_get("pool")?;
+    let task: String = r.try_get("task_id")?;
+    Ok(Reservation {
+        reservation_id: r.try_get("reservation_id")?,
+        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        period_id: r.try_get("period_id")?,
+        pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
+        amount: r.try_get("amount")?,
+    })
+}
+
+async fn held_reservations(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    task: &TaskId,
+) -> Result<Vec<Reservation>> {
+    let rows = sqlx::query(
+        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
+         WHERE company_id = ? AND task_id = ? AND state = 'held' ORDER BY created_at, reservation_id",
+    )
+    .bind(company.as_str())
+    .bind(task.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter().map(reservation_from_row).collect()
+}
+
+async fn release_tx(
+    tx: &mut SqliteConnection,
+    r: &Reservation,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<()> {
+    let n = sqlx::query(
+        "UPDATE reservations SET state = 'released', closed_at = ? WHERE reservation_id = ? AND state = 'held'",
+    )
+    .bind(ts(now))
+    .bind(&r.reservation_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 1 {
+        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -r.amount, 0).await?;
+        ledger(
+            tx,
+            now,
+            &r.period_id,
+            Some(&r.company_id),
+            Some(&r.task_id),
+            Some(&r.reservation_id),
+            Some(r.pool),
+            "release",
+            r.amount,
+            why,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn release_all(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    task: &TaskId,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<()> {
+    for r in held_reservations(tx, company, task).await? {
+        release_tx(tx, &r, now, why).await?;
+    }
+    Ok(())
+}
+
+async fn load_reservation(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    id: &str,
+) -> Result<(Reservation, String)> {
+    let row = sqlx::query(
+        "SELECT reservation_id, task_id, company_id, period_id, pool, amount, state FROM reservations \
+         WHERE company_id = ? AND reservation_id = ?",
+    )
+    .bind(company.as_str())
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok((reservation_from_row(&row)?, row.try_get("state")?))
+}
+
+/// Removes every task-related row of a company, releasing what it holds
+/// first so the pools stay right. The ledger keeps its lines.
+pub(super) async fn delete_company_work(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    now: DateTime<Utc>,
+    deleted: &mut crate::DeletedRows,
+) -> Result<()> {
+    let held = sqlx::query(
+        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations WHERE company_id = ? AND state = 'held'",
+    )
+    .bind(company.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in &held {
+        release_tx(tx, &reservation_from_row(r)?, now, "company deleted").await?;
+    }
+    for (table, sql) in [
+        (
+            "emergency_requests",
+            "DELETE FROM emergency_requests WHERE company_id = ?",
+        ),
+        (
+            "reservations",
+            "DELETE FROM reservations WHERE company_id = ?",
+        ),
+        ("task_queue", "DELETE FROM task_queue WHERE company_id = ?"),
+        (
+            "task_events",
+            "DELETE FROM task_events WHERE company_id = ?",
+        ),
+        ("tasks", "DELETE FROM tasks WHERE company_id = ?"),
+        (
+            "budget_allocations",
+            "DELETE FROM budget_allocations WHERE company_id = ?",
+        ),
+    ] {
+        let n = sqlx::query(sql)
+            .bind(company.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        deleted.tables.push((table.to_owned(), n));
+    }
+    Ok(())
+}
+
+fn queue_from_row(r: &SqliteRow) -> Result<QueueEntry> {
+    let task: String = r.try_get("task_id")?;
+    let status: String = r.try_get("status")?;
+    let priority: String = r.try_get("priority")?;
+    Ok(QueueEntry {
+        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        agent: r.try_get("agent")?,
+        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
+        priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
+        multiplier: r.try_get("multiplier")?,
+        deadline: parse_opt_ts(r.try_get("deadline")?)?,
+        waiting_since: parse_ts(r.try_get("waiting_since")?)?,
+        estimated_tokens: r.try_get("estimated_tokens")?,
+        attempts: r.try_get("attempts")?,
+    })
+}
+
+fn request_from_row(r: &SqliteRow) -> Result<EmergencyRequest> {
+    let task: String = r.try_get("task_id")?;
+    Ok(EmergencyRequest {
+        request_id: r.try_get("request_id")?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+        period_id: r.try_get("period_id")?,
+        amount: r.try_get("amount")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        requested_at: parse_ts(r.try_get("requested_at")?)?,
+        decided_at: parse_opt_ts(r.try_get("decided_at")?)?,
+        decided_by: r.try_get("decided_by")?,
+        decision: r.try_get("decision")?,
+    })
+}
+
+const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, requested_at, decided_at, decided_by, decision";
+
+#[async_trait]
+impl TaskStore for SqliteStore {
+    async fn submit_task(
+        &self,
+        scope: &CompanyScope,
+        new: &NewTask,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Submitted> {
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let mut tx = self.write().await?;
+        if let Some(idem) = &new.idempotency {
+            let seen = sqlx::query("SELECT task_id, request_hash FROM tasks WHERE company_id = ? AND idempotency_key = ?")
+                .bind(company.as_str())
+                .bind(&idem.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = seen {
+                let hash: Option<String> = row.try_get("request_hash")?;
+                if hash.as_deref() != Some(idem.request_hash.as_str()) {
+                    return Err(StoreError::Conflict(
+                        "this Idempotency-Key was used with a different request".into(),
+                    ));
+                }
+                let id: String = row.try_get("task_id")?;
+                let id = TaskId::parse(&id).map_err(|e| corrupt("task id", e))?;
+                let task = load_task(&mut tx, company, &id).await?;
+                return Ok(Submitted {
+                    task,
+                    created: false,
+                });
+            }
+        }
+        load_company(&mut tx, company).await?;
+        let seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE company_id = ?")
+                .bind(company.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let id = TaskId::new(company, &new.label, seq);
+        sqlx::query(
+            "INSERT INTO tasks (task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
+             company_context, deadline, idempotency_key, request_hash, status, status_reason, max_attempts, \
+             estimated_tokens, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 'submitted', ?, ?, ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(seq)
+        .bind(&new.task_type)
+        .bind(&new.specialist)
+        .bind(&new.agent)
+        .bind(new.priority.as_str())
+        .bind(&new.task)
+        .bind(to_json(&new.parameters)?)
+        .bind(to_json(&new.company_context)?)
+        .bind(new.deadline.map(|d| ts(d.trunc_subsecs(6))))
+        .bind(new.idempotency.as_ref().map(|i| i.key.as_str()))
+        .bind(new.idempotency.as_ref().map(|i| i.request_hash.as_str()))
+        .bind(new.max_attempts)
+        .bind(new.estimated_tokens)
+        .bind(ts(now))
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO task_queue (task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
+             not_before, estimated_tokens, attempts) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0)",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(&new.agent)
+        .bind(new.priority.as_str())
+        .bind(new.multiplier)
+        .bind(new.deadline.map(|d| ts(d.trunc_subsecs(6))))
+        .bind(ts(now))
+        .bind(ts(now))
+        .bind(new.estimated_tokens)
+        .execute(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            company,
+            &id,
+            None,
+            TaskStatus::Queued,
+            "submitted",
+            now,
+        )
+        .await?;
+        let audit = AuditRecord {
+            target: format!("task:{id}"),
+            ..audit
+        };
+        append(&mut tx, audit).await?;
+        let task = load_task(&mut tx, company, &id).await?;
+        tx.commit().await?;
+        Ok(Submitted {
+            task,
+            created: true,
+        })
+    }
+
+    async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task> {
+        let mut conn = self.pool.acquire().await?;
+        load_task(&mut conn, scope.company(), id).await
+    }
+
+    async fn list_tasks(&self, scope: &CompanyScope, f: &TaskFilter) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = ? \
+             AND (? IS NULL OR status = ?) AND (? IS NULL OR priority = ?) AND (? IS NULL OR task_type = ?) \
+             AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) AND (? IS NULL OR seq < ?) \
+             ORDER BY seq DESC LIMIT ?"
+        );
+        let status = f.status.map(TaskStatus::as_str);
+        let priority = f.priority.map(Priority::as_str);
+        let after = f.created_after.map(ts);
+        let before = f.created_before.map(ts);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.company().as_str())
+            .bind(status)
+            .bind(status)
+            .bind(priority)
+            .bind(priority)
+            .bind(&f.task_type)
+            .bind(&f.task_type)
+            .bind(&after)
+            .bind(&after)
+            .bind(&before)
+            .bind(&before)
+            .bind(f.before_seq)
+            .bind(f.before_seq)
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn task_events(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        after_event: i64,
+    ) -> Result<Vec<TaskEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        load_task(&mut conn, scope.company(), id).await?;
+        let rows = sqlx::query(
+            "SELECT event_id, task_id, at, from_status, to_status, reason FROM task_events \
+             WHERE company_id = ? AND task_id = ? AND event_id > ? ORDER BY event_id",
+        )
+        .bind(scope.company().as_str())
+        .bind(id.as_str())
+        .bind(after_event)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let from: Option<String> = r.try_get("from_status")?;
+                let to: String = r.try_get("to_status")?;
+                Ok(TaskEvent {
+                    event_id: r.try_get("event_id")?,
+                    task_id: id.clone(),
+                    at: parse_ts(r.try_get("at")?)?,
+                    from_status: from
+                        .as_deref()
+                        .map(TaskStatus::parse)
+                        .transpose()
+                        .map_err(|e| corrupt("status", e))?,
+                    to_status: TaskStatus::parse(&to).map_err(|e| corrupt("status", e))?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Task> {
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let mut tx = self.write().await?;
+        let task = load_task(&mut tx, company, id).await?;
+        if task.status.is_final() {
+            return Err(StoreError::Conflict(format!(
+                "task {id} already ended: {}",
+                task.status.as_str()
+            )));
+        }
+        if task.status == TaskStatus::Running {
+            sqlx::query("UPDATE task_queue SET cancel_requested = 1 WHERE task_id = ?")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            release_all(&mut tx, company, id, now, "task cancelled").await?;
+            sqlx::query(
+                "UPDATE emergency_requests SET status = 'rejected', decided_at = ?, decision = 'task cancelled' \
+                 WHERE company_id = ? AND task_id = ? AND status = 'pending'",
+            )
+            .bind(ts(now))
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            set_status(
+                &mut tx,
+                &task,
+                TaskStatus::Cancelled,
+                "cancelled by request",
+                now,
+            )
+            .await?;
+        }
+        append(&mut tx, audit).await?;
+        let task = load_task(&mut tx, company, id).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn queue_snapshot(&self, now: DateTime<Utc>, limit: u32) -> Result<QueueSnapshot> {
+        let rows = sqlx::query(
+            "SELECT task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
+             estimated_tokens, attempts FROM task_queue \
+             WHERE status IN ('queued', 'waiting_budget') AND not_before <= ? \
+             ORDER BY waiting_since, task_id LIMIT ?",
+        )
+        .bind(ts(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let runnable = rows
+            .iter()
+            .map(queue_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let running =
+            sqlx::query("SELECT agent, company_id FROM task_queue WHERE status = 'running'")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("agent")?, company_id(r.try_get("company_id")?)?)))
+                .collect::<Result<Vec<_>>>()?;
+        Ok(QueueSnapshot { runnable, running })
+    }
+
+    async fn claim(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        budget: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimOutcome> {
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let mut tx = self.write().await?;
+        let n = sqlx::query(
+            "UPDATE task_queue SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 \
+             WHERE task_id = ? AND company_id = ? AND status IN ('queued', 'waiting_budget') AND not_before <= ?",
+        )
+        .bind(worker)
+        .bind(ts(lease_until))
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(ClaimOutcome::Gone);
+        }
+        let task = load_task(&mut tx, company, id).await?;
+        // A grant approved by a human is already held for the task.
+        let granted = held_reservations(&mut tx, company, id)
+            .await?
+            .into_iter()
+            .next();
+        let reservation = match granted {
+            Some(r) => Some(r),
+            None => {
+                reserve_tx(
+                    &mut tx,
+                    company,
+                    id,
+                    task.priority,
+                    task.estimated_tokens,
+                    budget,
+                    now,
+                )
+                .await?
+            }
+        };
+        let Some(reservation) = reservation else {
+            return self.wait_for_budget(tx, task, budget, now).await;
+        };
+        sqlx::query(
+            "UPDATE tasks SET attempts = attempts + 1, started_at = COALESCE(started_at, ?) WHERE company_id = ? AND task_id = ?",
+        )
+        .bind(ts(now))
+        .bind(company.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let reason = format!(
+            "claimed by {worker}; {} tokens reserved from {}",
+            reservation.amount,
+            reservation.pool.as_str()
+        );
+        set_status(&mut tx, &task, TaskStatus::Running, &reason, now).await?;
+        let task = load_task(&mut tx, company, id).await?;
+        tx.commit().await?;
+        Ok(ClaimOutcome::Claimed {
+            task: Box::new(task),
+            reservation,
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        id: &TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Lease> {
+        let mut tx = self.write().await?;
+        let n = sqlx::query(
+            "UPDATE task_queue SET lease_expires_at = ? WHERE task_id = ? AND lease_owner = ? AND status = 'running' \
+             AND lease_expires_at >= ?",
+        )
+        .bind(ts(lease_until))
+        .bind(id.as_str())
+        .bind(worker)
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let cancel: Option<bool> =
+            sqlx::query_scalar("SELECT cancel_requested FROM task_queue WHERE task_id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Lease {
+            held: n == 1,
+            cancel_requested: cancel.unwrap_or(false),
+        })
+    }
+
+    async fn finish(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        f: Finish,
+        now: DateTime<Utc>,
+    ) -> Result<Task> {
+        let now = now.trunc_subsecs(6);
+        let company = scope.company();
+        let mut tx = self.write().await?;
+        let ours: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM task_queue WHERE task_id = ? AND company_id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ours.is_none() {
+            return Err(StoreError::Conflict(format!(
+                "worker {worker} no longer holds the lease on {id}"
+            )));
+        }
+        let task = load_task(&mut tx, company, id).await?;
+        check_transition(task.status, f.status).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        release_all(&mut tx, company, id, now, "run ended").await?;
+        sqlx::query(
+            "UPDATE tasks SET result = ?, confidence = ?, requires_human_review = ?, last_error = COALESCE(?, last_error) \
+             WHERE company_id = ? AND task_id = ?",
+        )
+        .bind(f.result.as_ref().map(to_json).transpose()?)
+        .bind(f.confidence)
+        .bind(f.requires_human_review)
+        .bind(&f.error)
+        .bind(company.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if f.status == TaskStatus::Queued {
+            sqlx::query(
+                "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ? WHERE task_id = ?",
+            )
+            .bind(ts(f.retry_at.unwrap_or(now)))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        set_status(&mut tx, &task, f.status, &f.reason, now).await?;
+        let task = load_task(&mut tx, company, id).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn reap_expired(&self, now: DateTime<Utc>, backoff: TimeDelta) -> Result<Vec<TaskId>> {
+        let now = now.trunc_subsecs(6);
+        let expired = sqlx::query(
+            "SELECT task_id, company_id, lease_owner FROM task_queue WHERE status = 'running' AND lease_expires_at < ?",
+        )
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut reaped = Vec::new();
+        for row in expired {
+            let id: String = row.try_get("task_id")?;
+            let id = TaskId::parse(&id).map_err(|e| corrupt("task id", e))?;
+            let company = company_id(row.try_get("company_id")?)?;
+            let owner: Option<String> = row.try_get("lease_owner")?;
+            let mut tx = self.write().await?;
+            let still: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM task_queue WHERE task_id = ? AND status = 'running' AND lease_expires_at < ?",
+            )
+            .bind(id.as_str())
+            .bind(ts(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if still.is_none() {
+                continue;
+            }
+            let task = load_task(&mut tx, &company, &id).await?;
+            let owner = owner.unwrap_or_default();
+            release_all(&mut tx, &company, &id, now, "lease expired").await?;
+            if task.attempts >= task.max_attempts {
+                sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let reason = format!(
+                    "the lease of worker {owner} expired on attempt {} of {}",
+                    task.attempts, task.max_attempts
+                );
+                sqlx::query("UPDATE tasks SET last_error = ? WHERE company_id = ? AND task_id = ?")
+                    .bind(&reason)
+                    .bind(company.as_str())
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
+            } else {
+                let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
+                let wait = backoff * 2_i32.pow(exp);
+                sqlx::query(
+                    "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ? WHERE task_id = ?",
+                )
+                .bind(ts(now + wait))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let reason = format!(
+                    "the lease of worker {owner} expired; retry {} of {}",
+                    task.attempts + 1,
+                    task.max_attempts
+                );
+                set_status(&mut tx, &task, TaskStatus::Queued, &reason, now).await?;
+            }
+            tx.commit().await?;
+            reaped.push(id);
+        }
+        Ok(reaped)
+    }
+}
+
+impl SqliteStore {
+    /// No pool had room: the task waits for budget, or for a human to grant
+    /// emergency tokens if its level may ask.
+    async fn wait_for_budget(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        task: Task,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimOutcome> {
+        let (company, id) = (&task.company_id, &task.task_id);
+        // The claim counted an attempt that did not happen.
+        sqlx::query("UPDATE task_queue SET lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1 WHERE task_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let outcome = if may_request_emergency(task.priority, cfg) {
+            let period = ensure_period_tx(&mut tx, cfg, now).await?;
+            let request_id = new_reservation_id();
+            let reason = format!(
+                "base and burst cannot hold {} tokens for this {} task",
+                task.estimated_tokens,
+                task.priority.as_str()
+            );
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO emergency_requests ({REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, NULL, NULL, NULL)"
+            )))
+            .bind(&request_id)
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .bind(&period)
+            .bind(task.estimated_tokens)
+            .bind(&reason)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE task_queue SET status = 'awaiting_approval' WHERE task_id = ?")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if task.status != TaskStatus::AwaitingApproval {
+                set_status(
+                    &mut tx,
+                    &task,
+                    TaskStatus::AwaitingApproval,
+                    &format!("emergency request {request_id}: {reason}"),
+                    now,
+                )
+                .await?;
+            }
+            ClaimOutcome::AwaitingApproval { request_id }
+        } else {
+            let reason = format!(
+                "no pool a {} task may use has {} tokens free",
+                task.priority.as_str(),
+                task.estimated_tokens
+            );
+            sqlx::query(
+                "UPDATE task_queue SET status = 'waiting_budget', not_before = ? WHERE task_id = ?",
+            )
+            .bind(ts(now + WAITING_BUDGET_RECHECK))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if task.status != TaskStatus::WaitingBudget {
+                set_status(&mut tx, &task, TaskStatus::WaitingBudget, &reason, now).await?;
+            }
+            ClaimOutcome::WaitingBudget { reason }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+async fn pools_of(tx: &mut SqliteConnection, period: &str) -> Result<Vec<PoolState>> {
+    let rows = sqlx::query("SELECT pool, capacity, reserved, spent FROM budget_pools WHERE period_id = ? ORDER BY pool")
+        .bind(period)
+        .fetch_all(&mut *tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let pool: String = r.try_get("pool")?;
+            Ok(PoolState {
+                pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
+                capacity: r.try_get("capacity")?,
+                reserved: r.try_get("reserved")?,
+                spent: r.try_get("spent")?,
+            })
+        })
+        .collect()
+}
+
+/// The budget lines of the period, for one company or (None) all.
+async fn budget_lines(
+    tx: &mut SqliteConnection,
+    period: &str,
+    company: Option<&CompanyId>,
+) -> Result<Vec<CompanyBudget>> {
+    let c = company.map(CompanyId::as_str);
+    let rows = sqlx::query(
+        "SELECT a.company_id, a.factor, a.share, a.tokens, a.reserved, a.spent, \
+           (SELECT COALESCE(SUM(r.spent), 0) FROM reservations r \
+             WHERE r.company_id = a.company_id AND r.period_id = a.period_id AND r.state = 'settled') AS spent_all, \
+           (SELECT TOTAL(t.cost_usd) FROM tasks t WHERE t.company_id = a.company_id) AS cost \
+         FROM budget_allocations a WHERE a.period_id = ? AND (? IS NULL OR a.company_id = ?) ORDER BY a.company_id",
+    )
+    .bind(period)
+    .bind(c)
+    .bind(c)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CompanyBudget {
+                company_id: company_id(r.try_get("company_id")?)?,
+                factor: r.try_get("factor")?,
+                share: r.try_get("share")?,
+                allocation: r.try_get("tokens")?,
+                reserved: r.try_get("reserved")?,
+                spent: r.try_get("spent")?,
+                spent_all_pools: r.try_get("spent_all")?,
+                cost_usd: r.try_get("cost")?,
+            })
+        })
+        .collect()
+}
+
+async fn requests(
+    tx: &mut SqliteConnection,
+    company: Option<&CompanyId>,
+    pending_only: bool,
+) -> Result<Vec<EmergencyRequest>> {
+    let c = company.map(CompanyId::as_str);
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE (? IS NULL OR company_id = ?) \
+         AND (NOT ? OR status = 'pending') ORDER BY requested_at, request_id"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(c)
+        .bind(c)
+        .bind(pending_only)
+        .fetch_all(&mut *tx)
+        .await?;
+    rows.iter().map(request_from_row).collect()
+}
+
+async fn state_of(
+    tx: &mut SqliteConnection,
+    cfg: &BudgetConfig,
+    now: DateTime<Utc>,
+    company: Option<&CompanyId>,
+) -> Result<BudgetState> {
+    let period = ensure_period_tx(tx, cfg, now).await?;
+    let row = sqlx::query(
+        "SELECT starts_at, ends_at, total_tokens FROM budget_periods WHERE period_id = ?",
+    )
+    .bind(&period)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(BudgetState {
+        starts_at: parse_ts(row.try_get("starts_at")?)?,
+        ends_at: parse_ts(row.try_get("ends_at")?)?,
+        total_tokens: row.try_get("total_tokens")?,
+        pools: pools_of(tx, &period).await?,
+        companies: budget_lines(tx, &period, company).await?,
+        pending_requests: requests(tx, company, true).await?,
+        period_id: period,
+    })
+}
+
+#[async_trait]
+impl BudgetStore for SqliteStore {
+    async fn ensure_period(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<String> {
+        let mut tx = self.write().await?;
+        let p = ensure_period_tx(&mut tx, cfg, now.trunc_subsecs(6)).await?;
+        tx.commit().await?;
+        Ok(p)
+    }
+
+    async fn refresh_allocations(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<()> {
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.write().await?;
+        let p = ensure_period_tx(&mut tx, cfg, now).await?;
+        refresh_tx(&mut tx, &p, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        amount: i64,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome> {
+        if amount <= 0 {
+            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
+        }
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.write().await?;
+        let task = load_task(&mut tx, scope.company(), id).await?;
+        if task.status != TaskStatus::Running {
+            return Err(StoreError::Conflict(format!("task {id} is not running")));
+        }
+        let outcome = match reserve_tx(
+            &mut tx,
+            scope.company(),
+            id,
+            task.priority,
+            amount,
+            cfg,
+            now,
+        )
+        .await?
+        {
+            Some(r) => ReserveOutcome::Reserved(r),
+            None => ReserveOutcome::Denied {
+                reason: format!(
+                    "no pool a {} task may use has {amount} tokens free",
+                    task.priority.as_str()
+                ),
+            },
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn settle(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        prompt_tokens: i64,
+        completion_tokens: i64,
+        cost_usd: f64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = now.trunc_subsecs(6);
+        let used = prompt_tokens.max(0) + completion_tokens.max(0);
+        let mut tx = self.write().await?;
+        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
+        if state != "held" {
+            return Err(StoreError::Conflict(format!(
+                "reservation {reservation_id} is already {state}"
+            )));
+        }
+        let mut detail = String::new();
+        if used > r.amount {
+            // The provider used more than the bound: hold the difference if it fits.
+            let extra = used - r.amount;
+            if hold(&mut tx, &r.period_id, &r.company_id, r.pool, extra).await? {
+                sqlx::query("UPDATE reservations SET amount = amount + ? WHERE reservation_id = ?")
+                    .bind(extra)
+                    .bind(&r.reservation_id)
+                    .execute(&mut *tx)
+                    .await?;
+                ledger(
+                    &mut tx,
+                    now,
+                    &r.period_id,
+                    Some(&r.company_id),
+                    Some(&r.task_id),
+                    Some(&r.reservation_id),
+                    Some(r.pool),
+                    "reserve",
+                    extra,
+                    "usage above the reservation",
+                )
+                .await?;
+                r.amount = used;
+            } else {
+                detail = format!(
+                    "{extra} tokens above the reservation could not be charged: the pool is full"
+                );
+                tracing::warn!(reservation = %r.reservation_id, extra, "usage above a reservation did not fit its pool");
+            }
+        }
+        let spent = used.min(r.amount);
+        let rest = r.amount - spent;
+        move_tokens(
+            &mut tx,
+            &r.period_id,
+            &r.company_id,
+            r.pool,
+            -r.amount,
+            spent,
+        )
+        .await?;
+        sqlx::query("UPDATE reservations SET state = 'settled', spent = ?, closed_at = ? WHERE reservation_id = ?")
+            .bind(spent)
+            .bind(ts(now))
+            .bind(&r.reservation_id)
+            .execute(&mut *tx)
+            .await?;
+        ledger(
+            &mut tx,
+            now,
+            &r.period_id,
+            Some(&r.company_id),
+            Some(&r.task_id),
+            Some(&r.reservation_id),
+            Some(r.pool),
+            "settle",
+            spent,
+            &detail,
+        )
+        .await?;
+        if rest > 0 {
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(r.pool),
+                "release",
+                rest,
+                "unused",
+            )
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE tasks SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?, \
+             cost_usd = cost_usd + ? WHERE company_id = ? AND task_id = ?",
+        )
+        .bind(prompt_tokens.max(0))
+        .bind(completion_tokens.max(0))
+        .bind(cost_usd.max(0.0))
+        .bind(r.company_id.as_str())
+        .bind(r.task_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.write().await?;
+        let (r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
+        if state == "held" {
+            release_tx(&mut tx, &r, now, "released by the caller").await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn budget_state(
+        &self,
+        _admin: &AdminScope,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetState> {
+        let mut tx = self.write().await?;
+        let s = state_of(&mut tx, cfg, now.trunc_subsecs(6), None).await?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    async fn company_budget(
+        &self,
+        scope: &CompanyScope,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetState> {
+        let mut tx = self.write().await?;
+        let s = state_of(&mut tx, cfg, now.trunc_subsecs(6), Some(scope.company())).await?;
+        tx.commit().await?;
+        Ok(s)
+    }
+
+    async fn emergency_requests(
+        &self,
+        _admin: &AdminScope,
+        pending_only: bool,
+    ) -> Result<Vec<EmergencyRequest>> {
+        let mut conn = self.pool.acquire().await?;
+        requests(&mut conn, None, pending_only).await
+    }
+
+    async fn decide_emergency(
+        &self,
+        admin: &AdminScope,
+        request_id: &str,
+        approve: bool,
+        note: &str,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<EmergencyRequest> {
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.write().await?;
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let req = request_from_row(&row)?;
+        if req.status != "pending" {
+            return Err(StoreError::Conflict(format!(
+                "request {request_id} was already {}",
+                req.status
+            )));
+        }
+        let task = load_task(&mut tx, &req.company_id, &req.task_id).await?;
+        let decider = admin.actor().to_string();
+        if approve {
+            if !hold(
+                &mut tx,
+                &req.period_id,
+                &req.company_id,
+                Pool::Emergency,
+                req.amount,
+            )
+            .await?
+            {
+                let free: i64 = sqlx::query_scalar(
+                    "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = ? AND pool = 'emergency'",
+                )
+                .bind(&req.period_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                return Err(StoreError::Conflict(format!(
+                    "the emergency pool has {free} tokens free; the request needs {}",
+                    req.amount
+                )));
+            }
+            let r = Reservation {
+                reservation_id: new_reservation_id(),
+                task_id: req.task_id.clone(),
+                company_id: req.company_id.clone(),
+                period_id: req.period_id.clone(),
+                pool: Pool::Emergency,
+                amount: req.amount,
+            };
+            insert_reservation(&mut tx, &r, now).await?;
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(Pool::Emergency),
+                "grant",
+                r.amount,
+                &format!("request {request_id} approved by {decider}"),
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE task_queue SET status = 'queued', not_before = ? WHERE task_id = ?",
+            )
+            .bind(ts(now))
+            .bind(req.task_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            set_status(
+                &mut tx,
+                &task,
+                TaskStatus::Queued,
+                &format!("emergency tokens granted by {decider}"),
+                now,
+            )
+            .await?;
+        } else {
+            sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
+                .bind(req.task_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let reason = if note.is_empty() {
+                "emergency tokens were refused".to_owned()
+            } else {
+                format!("emergency tokens were refused: {note}")
+            };
+            sqlx::query("UPDATE tasks SET last_error = ? WHERE company_id = ? AND task_id = ?")
+                .bind(&reason)
+                .bind(req.company_id.as_str())
+                .bind(req.task_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
+        }
+        sqlx::query(
+            "UPDATE emergency_requests SET status = ?, decided_at = ?, decided_by = ?, decision = ? WHERE request_id = ?",
+        )
+        .bind(if approve { "approved" } else { "rejected" })
+        .bind(ts(now))
+        .bind(&decider)
+        .bind(note)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        append(&mut tx, audit).await?;
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        request_from_row(&row)
+    }
+
+    async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
+        // One transaction: the balances cannot move while they are compared.
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(
+            "SELECT period_id, company_id, reservation_id, pool, kind, amount FROM budget_ledger ORDER BY entry_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut replay = crate::ledger::Replay::default();
+        for r in &rows {
+            let pool: Option<String> = r.try_get("pool")?;
+            replay.apply(crate::ledger::Movement {
+                period: r.try_get("period_id")?,
+                company: r.try_get("company_id")?,
+                reservation: r.try_get("reservation_id")?,
+                pool: pool
+                    .as_deref()
+                    .map(Pool::parse)
+                    .transpose()
+                    .map_err(|e| corrupt("pool", e))?,
+                kind: r.try_get("kind")?,
+                amount: r.try_get("amount")?,
+            });
+        }
+        let pools =
+            sqlx::query("SELECT period_id, pool, capacity, reserved, spent FROM budget_pools")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    let pool: String = r.try_get("pool")?;
+                    Ok((
+                        (
+                            r.try_get("period_id")?,
+                            Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
+                        ),
+                        [
+                            r.try_get("capacity")?,
+                            r.try_get("reserved")?,
+                            r.try_get("spent")?,
+                        ],
+                    ))
+                })
+                .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
+        let allocations = sqlx::query(
+            "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                (r.try_get("period_id")?, r.try_get("company_id")?),
+                [
+                    r.try_get("tokens")?,
+                    r.try_get("reserved")?,
+                    r.try_get("spent")?,
+                ],
+            ))
+        })
+        .collect::<Result<BTreeMap<(String, String), [i64; 3]>>>()?;
+        let reservations =
+            sqlx::query("SELECT reservation_id, amount, state, spent FROM reservations")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    let state: String = r.try_get("state")?;
+                    let amount: i64 = r.try_get("amount")?;
+                    let held = if state == "held" { amount } else { 0 };
+                    Ok((r.try_get("reservation_id")?, [held, r.try_get("spent")?]))
+                })
+                .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
+        tx.commit().await?;
+        Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+    }
+}

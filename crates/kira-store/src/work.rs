@@ -1,0 +1,355 @@
+//! Tasks, the queue and token budgets: the storage traits and the records
+//! they move. The task table is the queue; `task_queue` holds only the
+//! scheduling facts of unfinished tasks, so the scheduler can rank every
+//! company's work without reading any company's content.
+//!
+//! Architecture invariant: a reservation is a conditional update inside one
+//! transaction (`reserved + spent + amount <= capacity` in the WHERE), on
+//! the pool and, for the base pool, on the company's allocation. No check in
+//! application code stands between a read and a write.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::{AdminScope, CompanyScope};
+use kira_core::budget::{BudgetConfig, Pool};
+use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus};
+use serde::Serialize;
+
+use crate::Result;
+
+/// A validated submission, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// The middle part of the task id: the specialist, else the type.
+    pub label: String,
+    pub company_context: serde_json::Value,
+    pub task: String,
+    pub task_type: String,
+    pub priority: Priority,
+    pub deadline: Option<DateTime<Utc>>,
+    pub parameters: serde_json::Value,
+    pub specialist: Option<String>,
+    pub agent: String,
+    pub estimated_tokens: i64,
+    pub max_attempts: i32,
+    /// The company's priority multiplier at submission.
+    pub multiplier: f64,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An `Idempotency-Key` and the hash of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub task: Task,
+    /// False when an earlier request with the same key made it.
+    pub created: bool,
+}
+
+/// Filters for listing one company's tasks, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub priority: Option<Priority>,
+    pub task_type: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// The cursor: tasks with a smaller sequence number than this.
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// The scheduling facts of a task waiting to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueEntry {
+    pub task_id: TaskId,
+    pub company_id: CompanyId,
+    pub agent: String,
+    pub status: TaskStatus,
+    pub priority: Priority,
+    pub multiplier: f64,
+    pub deadline: Option<DateTime<Utc>>,
+    pub waiting_since: DateTime<Utc>,
+    pub estimated_tokens: i64,
+    pub attempts: i32,
+}
+
+/// What the scheduler sees: tasks it may start now, and what is running.
+#[derive(Debug, Clone, Default)]
+pub struct QueueSnapshot {
+    pub runnable: Vec<QueueEntry>,
+    /// (agent, company) of every running task.
+    pub running: Vec<(String, CompanyId)>,
+}
+
+/// Tokens held for a task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reservation {
+    pub reservation_id: String,
+    pub task_id: TaskId,
+    pub company_id: CompanyId,
+    pub period_id: String,
+    pub pool: Pool,
+    pub amount: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// The task is ours, running, with tokens reserved for its first call.
+    Claimed {
+        task: Box<Task>,
+        reservation: Reservation,
+    },
+    /// Someone else claimed it first, or it is no longer runnable.
+    Gone,
+    /// No pool it may use has room: it waits, and does not block others.
+    WaitingBudget { reason: String },
+    /// Its level may ask for emergency tokens: a human must approve.
+    AwaitingApproval { request_id: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReserveOutcome {
+    Reserved(Reservation),
+    Denied { reason: String },
+}
+
+/// The lease as the worker's heartbeat finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// False when the lease expired and someone else may have the task.
+    pub held: bool,
+    pub cancel_requested: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// completed, needs_review, failed, cancelled, or queued (retry).
+    pub status: TaskStatus,
+    pub reason: String,
+    pub result: Option<serde_json::Value>,
+    pub confidence: Option<f64>,
+    pub requires_human_review: bool,
+    pub error: Option<String>,
+    /// For a retry: not before this time.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolState {
+    pub pool: Pool,
+    pub capacity: i64,
+    pub reserved: i64,
+    pub spent: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompanyBudget {
+    pub company_id: CompanyId,
+    pub factor: f64,
+    pub share: f64,
+    /// Its base allocation.
+    pub allocation: i64,
+    /// Base tokens reserved and spent.
+    pub reserved: i64,
+    pub spent: i64,
+    /// Tokens spent from every pool (base, burst, emergency).
+    pub spent_all_pools: i64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmergencyRequest {
+    pub request_id: String,
+    pub company_id: CompanyId,
+    pub task_id: TaskId,
+    pub period_id: String,
+    pub amount: i64,
+    pub status: String,
+    pub reason: String,
+    pub requested_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decided_by: Option<String>,
+    pub decision: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetState {
+    pub period_id: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub total_tokens: i64,
+    pub pools: Vec<PoolState>,
+    pub companies: Vec<CompanyBudget>,
+    pub pending_requests: Vec<EmergencyRequest>,
+}
+
+/// The outcome of replaying the ledger against the balances.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerReport {
+    pub entries: i64,
+    pub ok: bool,
+    /// Each balance that differs from what the ledger says, in words.
+    pub differences: Vec<String>,
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Stores a task with the next sequence number of its company. With an
+    /// idempotency key seen before: the same task if the request hash
+    /// matches, else Conflict.
+    async fn submit_task(
+        &self,
+        scope: &CompanyScope,
+        new: &NewTask,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Submitted>;
+
+    async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task>;
+
+    async fn list_tasks(&self, scope: &CompanyScope, filter: &TaskFilter) -> Result<Vec<Task>>;
+
+    /// The task's state changes after `after_event`, oldest first.
+    async fn task_events(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        after_event: i64,
+    ) -> Result<Vec<TaskEvent>>;
+
+    /// Cancels a waiting task at once (releasing what it holds), or asks a
+    /// running one to stop. Conflict when it has already finished.
+    async fn cancel_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Task>;
+
+    /// Tasks that may start at `now` (queued, or waiting for budget and due
+    /// a retry), at most `limit`, and what is running.
+    async fn queue_snapshot(&self, now: DateTime<Utc>, limit: u32) -> Result<QueueSnapshot>;
+
+    /// Takes the task for `worker` and reserves its estimated tokens, in one
+    /// transaction; or records why it must wait.
+    async fn claim(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        budget: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ClaimOutcome>;
+
+    async fn heartbeat(
+        &self,
+        id: &TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Lease>;
+
+    /// Ends a run held by `worker`: records the result, releases every
+    /// reservation the task still holds. Conflict if the lease was lost.
+    async fn finish(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        finish: Finish,
+        now: DateTime<Utc>,
+    ) -> Result<Task>;
+
+    /// Running tasks whose lease expired: their reservations are released
+    /// and they are queued again after `backoff * 2^(attempts-1)`, or failed
+    /// after their last attempt.
+    async fn reap_expired(&self, now: DateTime<Utc>, backoff: TimeDelta) -> Result<Vec<TaskId>>;
+}
+
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    /// Makes the period containing `now` (pools and allocations) if missing.
+    async fn ensure_period(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<String>;
+
+    /// Recomputes the base allocations of the current period from the
+    /// companies' profiles; never below what a company spent or holds.
+    async fn refresh_allocations(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<()>;
+
+    /// Reserves `amount` for a call of a running task from the first pool
+    /// its priority may use that has room.
+    async fn reserve(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        amount: i64,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome>;
+
+    /// Settles a held reservation with what was really used (the rest is
+    /// released), and adds the usage and cost to the task.
+    async fn settle(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        prompt_tokens: i64,
+        completion_tokens: i64,
+        cost_usd: f64,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    async fn release(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// The current period: pools, every company's allocation, pending requests (admin).
+    async fn budget_state(
+        &self,
+        admin: &AdminScope,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetState>;
+
+    /// The current period as one company sees it: pools and its own line.
+    async fn company_budget(
+        &self,
+        scope: &CompanyScope,
+        cfg: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetState>;
+
+    async fn emergency_requests(
+        &self,
+        admin: &AdminScope,
+        pending_only: bool,
+    ) -> Result<Vec<EmergencyRequest>>;
+
+    /// Approves (tokens are granted from the emergency pool and the task is
+    /// queued) or rejects (the task fails with the note) a pending request.
+    async fn decide_emergency(
+        &self,
+        admin: &AdminScope,
+        request_id: &str,
+        approve: bool,
+        note: &str,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<EmergencyRequest>;
+
+    /// Replays the ledger and compares every balance.
+    async fn verify_ledger(&self, admin: &AdminScope) -> Result<LedgerReport>;
+}

@@ -1,0 +1,333 @@
+//! The budget invariants as a property, on both backends: for random
+//! interleavings of submit, claim, reserve, settle, release, lease expiry
+//! and emergency decisions across companies, no pool and no company
+//! allocation is ever exceeded, a refusal happens only when the tokens did
+//! not fit, and the ledger always reproduces the balances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::{DateTime, Months, TimeDelta, Utc};
+use kira_core::auth::Principal;
+use kira_core::budget::{BudgetConfig, Pool};
+use kira_core::task::{Priority, TaskId};
+use kira_store::Store;
+use kira_store::work::{BudgetState, ClaimOutcome, Finish, ReserveOutcome};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+use crate::support::{Fresh, create, record, scope, t0};
+use crate::work::new_task;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(usize, usize, i64),
+    Claim(usize),
+    Reserve(usize, i64),
+    Settle(usize, i64),
+    Release(usize),
+    Finish(usize),
+    Expire,
+    Decide(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..3usize, 0..5usize, 1..2500i64).prop_map(|(c, p, t)| Op::Submit(c, p, t)),
+        3 => (0..64usize).prop_map(Op::Claim),
+        2 => (0..64usize, 1..2000i64).prop_map(|(t, a)| Op::Reserve(t, a)),
+        2 => (0..64usize, 0..3000i64).prop_map(|(r, u)| Op::Settle(r, u)),
+        1 => (0..64usize).prop_map(Op::Release),
+        1 => (0..64usize).prop_map(Op::Finish),
+        1 => Just(Op::Expire),
+        1 => any::<bool>().prop_map(Op::Decide),
+    ]
+}
+
+fn cfg() -> BudgetConfig {
+    BudgetConfig {
+        total_tokens: 20_000,
+        ..BudgetConfig::default()
+    }
+}
+
+struct Case {
+    store: Arc<dyn Store>,
+    companies: Vec<String>,
+    now: DateTime<Utc>,
+    tasks: tokio::sync::Mutex<Vec<(String, TaskId)>>,
+    reservations: tokio::sync::Mutex<Vec<(String, String)>>,
+}
+
+fn admin() -> kira_core::auth::AdminScope {
+    Principal::system().admin().expect("admin")
+}
+
+fn check_balances(s: &BudgetState) -> Result<(), TestCaseError> {
+    for p in &s.pools {
+        prop_assert!(p.reserved >= 0 && p.spent >= 0, "{p:?}");
+        prop_assert!(
+            p.reserved + p.spent <= p.capacity,
+            "pool over capacity: {p:?}"
+        );
+    }
+    for c in &s.companies {
+        prop_assert!(
+            c.reserved + c.spent <= c.allocation,
+            "allocation exceeded: {c:?}"
+        );
+    }
+    let base = s
+        .pools
+        .iter()
+        .find(|p| p.pool == Pool::Base)
+        .map_or(0, |p| p.capacity);
+    prop_assert!(
+        s.companies.iter().map(|c| c.allocation).sum::<i64>() <= base,
+        "allocations oversubscribe the base pool"
+    );
+    Ok(())
+}
+
+/// Free tokens of a pool, and of the company's allocation.
+fn free(s: &BudgetState, pool: Pool, company: &str) -> (i64, i64) {
+    let p = s
+        .pools
+        .iter()
+        .find(|p| p.pool == pool)
+        .map_or(0, |p| p.capacity - p.reserved - p.spent);
+    let c = s
+        .companies
+        .iter()
+        .find(|c| c.company_id.as_str() == company)
+        .map_or(0, |c| c.allocation - c.reserved - c.spent);
+    (p, c)
+}
+
+impl Case {
+    async fn run(&self, op: Op) -> Result<(), TestCaseError> {
+        let s = self.store.as_ref();
+        let cfg = cfg();
+        let now = self.now;
+        let fail = |e: kira_store::StoreError| TestCaseError::fail(e.to_string());
+        match op {
+            Op::Submit(c, p, tokens) => {
+                let company = &self.companies[c];
+                let t = new_task("legal", Priority::ALL[p], tokens);
+                let id = s
+                    .submit_task(
+                        &scope(company),
+                        &t,
+                        now,
+                        record(Some(company), "task.submit"),
+                    )
+                    .await
+                    .map_err(fail)?
+                    .task
+                    .task_id;
+                self.tasks.lock().await.push((company.clone(), id));
+            }
+            Op::Claim(i) => {
+                let Some((company, id)) = self.tasks.lock().await.get(i).cloned() else {
+                    return Ok(());
+                };
+                let before = s.budget_state(&admin(), &cfg, now).await.map_err(fail)?;
+                let out = s
+                    .claim(
+                        &scope(&company),
+                        &id,
+                        "w",
+                        now + TimeDelta::minutes(1),
+                        &cfg,
+                        now,
+                    )
+                    .await
+                    .map_err(fail)?;
+                match out {
+                    ClaimOutcome::Claimed { reservation, .. } => {
+                        self.reservations
+                            .lock()
+                            .await
+                            .push((company, reservation.reservation_id));
+                    }
+                    ClaimOutcome::WaitingBudget { .. } | ClaimOutcome::AwaitingApproval { .. } => {
+                        let task = s.get_task(&scope(&company), &id).await.map_err(fail)?;
+                        let need = task.estimated_tokens;
+                        let (base, alloc) = free(&before, Pool::Base, &company);
+                        let (burst, _) = free(&before, Pool::Burst, &company);
+                        let burst_ok = cfg.burst_levels.contains(&task.priority);
+                        // Other claims may run concurrently and only take tokens away,
+                        // so "it fitted before" must mean it was taken since.
+                        let after = s.budget_state(&admin(), &cfg, now).await.map_err(fail)?;
+                        let (base2, alloc2) = free(&after, Pool::Base, &company);
+                        let (burst2, _) = free(&after, Pool::Burst, &company);
+                        let fitted_throughout = (need <= base.min(base2)
+                            && need <= alloc.min(alloc2))
+                            || (burst_ok && need <= burst.min(burst2));
+                        prop_assert!(
+                            !fitted_throughout,
+                            "refused {need} tokens that fitted: {before:?}"
+                        );
+                    }
+                    ClaimOutcome::Gone => {}
+                }
+            }
+            Op::Reserve(i, amount) => {
+                let Some((company, id)) = self.tasks.lock().await.get(i).cloned() else {
+                    return Ok(());
+                };
+                match s.reserve(&scope(&company), &id, amount, &cfg, now).await {
+                    Ok(ReserveOutcome::Reserved(r)) => self
+                        .reservations
+                        .lock()
+                        .await
+                        .push((company, r.reservation_id)),
+                    Ok(ReserveOutcome::Denied { .. })
+                    | Err(kira_store::StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Op::Settle(i, used) => {
+                let Some((company, r)) = self.reservations.lock().await.get(i).cloned() else {
+                    return Ok(());
+                };
+                match s
+                    .settle(&scope(&company), &r, used * 2 / 3, used / 3, 0.0, now)
+                    .await
+                {
+                    Ok(()) | Err(kira_store::StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Op::Release(i) => {
+                let Some((company, r)) = self.reservations.lock().await.get(i).cloned() else {
+                    return Ok(());
+                };
+                s.release(&scope(&company), &r, now).await.map_err(fail)?;
+            }
+            Op::Finish(i) => {
+                let Some((company, id)) = self.tasks.lock().await.get(i).cloned() else {
+                    return Ok(());
+                };
+                let f = Finish {
+                    status: kira_core::task::TaskStatus::Completed,
+                    reason: "done".into(),
+                    result: None,
+                    confidence: None,
+                    requires_human_review: false,
+                    error: None,
+                    retry_at: None,
+                };
+                match s.finish(&scope(&company), &id, "w", f, now).await {
+                    Ok(_) | Err(kira_store::StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Op::Expire => {
+                s.reap_expired(now + TimeDelta::minutes(2), TimeDelta::zero())
+                    .await
+                    .map_err(fail)?;
+            }
+            Op::Decide(approve) => {
+                let pending = s.emergency_requests(&admin(), true).await.map_err(fail)?;
+                if let Some(r) = pending.first() {
+                    match s
+                        .decide_emergency(
+                            &admin(),
+                            &r.request_id,
+                            approve,
+                            "",
+                            now,
+                            record(Some(r.company_id.as_str()), "budget.decide"),
+                        )
+                        .await
+                    {
+                        Ok(_) | Err(kira_store::StoreError::Conflict(_)) => {}
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+static CASE: AtomicUsize = AtomicUsize::new(0);
+
+async fn case(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let n = CASE.fetch_add(1, Ordering::SeqCst);
+    // Each case in a month of its own, with companies of its own.
+    let now = t0()
+        .checked_add_months(Months::new(n as u32 + 1))
+        .expect("date");
+    let companies: Vec<String> = (0..3).map(|i| format!("p{n}-{i}")).collect();
+    for c in &companies {
+        create(store.as_ref(), c).await;
+    }
+    store
+        .refresh_allocations(&cfg(), now)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let case = Arc::new(Case {
+        store: store.clone(),
+        companies,
+        now,
+        tasks: Default::default(),
+        reservations: Default::default(),
+    });
+    // Ops run four at a time, concurrently.
+    for chunk in ops.chunks(4) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|op| {
+                let case = Arc::clone(&case);
+                tokio::spawn(async move { case.run(op).await })
+            })
+            .collect();
+        for h in handles {
+            h.await.map_err(|e| TestCaseError::fail(e.to_string()))??;
+        }
+        let state = store
+            .budget_state(&admin(), &cfg(), now)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_balances(&state)?;
+    }
+    let report = store
+        .verify_ledger(&admin())
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(report.ok, "{report:?}");
+    Ok(())
+}
+
+fn run(open: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>, cases: u32) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fresh = rt.block_on(open());
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(op(), 10..60), |ops| {
+        rt.block_on(case(fresh.store.clone(), ops))
+    });
+    if let Err(e) = result {
+        panic!("budget property failed: {e}");
+    }
+}
+
+#[test]
+fn sqlite_budgets_are_never_overspent() {
+    run(|| Box::pin(crate::support::sqlite()), 48);
+}
+
+#[test]
+fn postgres_budgets_are_never_overspent() {
+    run(|| Box::pin(crate::support::postgres()), 32);
+}

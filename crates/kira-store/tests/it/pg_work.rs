@@ -1,0 +1,405 @@
+//! Tasks and budgets on PostgreSQL only: row-level security on the work
+//! tables, checked with raw SQL as the app role; claims racing from many
+//! tokio tasks; the job lock and the task notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use kira_core::auth::Principal;
+use kira_core::budget::{BudgetConfig, Pool};
+use kira_core::task::{Priority, TaskId};
+use kira_store::postgres::{PgStore, TASKS_CHANNEL};
+use kira_store::testdb::fresh_postgres;
+use kira_store::work::{BudgetStore, ClaimOutcome, TaskStore};
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::support::{create, record, scope, t0};
+use crate::work::{new_task, submit};
+
+const A: &str = "comp-a";
+const B: &str = "comp-b";
+
+/// The work tables holding company data, each under row-level security.
+const WORK_TABLES: [&str; 6] = [
+    "tasks",
+    "task_events",
+    "reservations",
+    "budget_allocations",
+    "budget_ledger",
+    "emergency_requests",
+];
+
+/// 1,000 tokens: base 500, no burst, emergency 500. Medium tasks use base
+/// only and never ask for emergency tokens.
+fn tight_budget() -> BudgetConfig {
+    BudgetConfig {
+        total_tokens: 1_000,
+        base_percent: 50,
+        burst_percent: 0,
+        emergency_percent: 50,
+        ..BudgetConfig::default()
+    }
+}
+
+fn admin() -> kira_core::auth::AdminScope {
+    Principal::system().admin().expect("admin")
+}
+
+async fn open() -> (Arc<PgStore>, String) {
+    let url = fresh_postgres().await;
+    let store = PgStore::open(&url, None).await.expect("open store");
+    (Arc::new(store), url)
+}
+
+async fn app_connection(url: &str) -> PgConnection {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    conn.execute("SET ROLE kira_app").await.expect("set role");
+    conn
+}
+
+async fn name_company(conn: &mut PgConnection, company: &str) {
+    sqlx::query("SELECT set_config('app.current_company_id', $1, false)")
+        .bind(company)
+        .execute(conn)
+        .await
+        .expect("set company");
+}
+
+async fn companies_in(conn: &mut PgConnection, table: &str) -> Vec<Option<String>> {
+    // `table` is one of this file's constants.
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT company_id FROM {table}"
+    )))
+    .fetch_all(conn)
+    .await
+    .expect("select")
+}
+
+/// Asserts the statement failed with SQLSTATE 42501 and `needle` in its message.
+#[track_caller]
+fn assert_refused(r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>, needle: &str) {
+    match r {
+        Err(sqlx::Error::Database(e)) => {
+            assert_eq!(e.code().as_deref(), Some("42501"), "{e}");
+            assert!(e.message().contains(needle), "expected {needle:?}, got {e}");
+        }
+        other => panic!("expected a refusal ({needle}), got {other:?}"),
+    }
+}
+
+/// Companies A and B, each with a running task (a reservation), an urgent
+/// one waiting for a human (an emergency request), events, an allocation
+/// and ledger lines; plus the pool-level rollover lines, which name no
+/// company.
+async fn two_companies_at_work(store: &PgStore) {
+    let cfg = tight_budget();
+    for c in [A, B] {
+        create(store, c).await;
+    }
+    for c in [A, B] {
+        let run = submit(store, c, &new_task("legal", Priority::Medium, 100)).await;
+        let claimed = store
+            .claim(
+                &scope(c),
+                &run,
+                "w1",
+                t0() + TimeDelta::minutes(1),
+                &cfg,
+                t0(),
+            )
+            .await
+            .expect("claim");
+        assert!(
+            matches!(claimed, ClaimOutcome::Claimed { .. }),
+            "{claimed:?}"
+        );
+        let urgent = submit(store, c, &new_task("legal", Priority::Urgent, 600)).await;
+        let asked = store
+            .claim(
+                &scope(c),
+                &urgent,
+                "w1",
+                t0() + TimeDelta::minutes(1),
+                &cfg,
+                t0(),
+            )
+            .await
+            .expect("claim");
+        assert!(
+            matches!(asked, ClaimOutcome::AwaitingApproval { .. }),
+            "{asked:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn work_tables_show_the_app_role_one_company_only() {
+    let (store, url) = open().await;
+    two_companies_at_work(&store).await;
+
+    // The superuser bypasses the policies: both companies' rows are there
+    // to be hidden, and the ledger's pool lines name none.
+    let mut su = PgConnection::connect(&url).await.expect("connect");
+    for table in WORK_TABLES {
+        let seen = companies_in(&mut su, table).await;
+        for c in [A, B] {
+            assert!(
+                seen.iter().any(|s| s.as_deref() == Some(c)),
+                "{table} holds {c}'s rows"
+            );
+        }
+    }
+    assert!(companies_in(&mut su, "budget_ledger").await.contains(&None));
+
+    let mut app = app_connection(&url).await;
+    for table in WORK_TABLES {
+        let seen = companies_in(&mut app, table).await;
+        assert!(seen.is_empty(), "{table} with no company named: {seen:?}");
+    }
+    name_company(&mut app, A).await;
+    for table in WORK_TABLES {
+        let seen = companies_in(&mut app, table).await;
+        assert!(!seen.is_empty(), "{table}: {A} sees its own rows");
+        assert!(
+            seen.iter().all(|c| c.as_deref() == Some(A)),
+            "{table}: {A} sees {seen:?}"
+        );
+    }
+    name_company(&mut app, "nobody").await;
+    for table in WORK_TABLES {
+        assert!(
+            companies_in(&mut app, table).await.is_empty(),
+            "{table} for an unknown company"
+        );
+    }
+    // The queue, periods and pools hold no company's content: no policy.
+    let queue: i64 = sqlx::query_scalar("SELECT count(*) FROM task_queue")
+        .fetch_one(&mut app)
+        .await
+        .expect("queue");
+    assert_eq!(queue, 4);
+}
+
+#[tokio::test]
+async fn the_app_role_cannot_rewrite_the_ledger_or_write_another_company() {
+    let (store, url) = open().await;
+    two_companies_at_work(&store).await;
+    let mut app = app_connection(&url).await;
+    name_company(&mut app, A).await;
+
+    for sql in [
+        "UPDATE budget_ledger SET amount = 0",
+        "DELETE FROM budget_ledger",
+        "TRUNCATE budget_ledger",
+    ] {
+        assert_refused(app.execute(sql).await, "permission denied");
+    }
+    // Naming B does not help: no privilege at all.
+    name_company(&mut app, B).await;
+    assert_refused(
+        app.execute("DELETE FROM budget_ledger WHERE company_id = 'comp-b'")
+            .await,
+        "permission denied",
+    );
+
+    name_company(&mut app, A).await;
+    let forged = sqlx::query(
+        "INSERT INTO budget_ledger (at, period_id, company_id, pool, kind, amount) \
+         VALUES (now(), '2026-03', $1, 'base', 'allocate', 1000000)",
+    )
+    .bind(B)
+    .execute(&mut app)
+    .await;
+    assert_refused(forged, "violates row-level security policy");
+    let moved = sqlx::query("UPDATE budget_allocations SET company_id = $1")
+        .bind(B)
+        .execute(&mut app)
+        .await;
+    assert_refused(moved, "violates row-level security policy");
+    // B's reservations are invisible to A, so A's update touches none.
+    let released = sqlx::query("UPDATE reservations SET state = 'released' WHERE company_id = $1")
+        .bind(B)
+        .execute(&mut app)
+        .await
+        .expect("update");
+    assert_eq!(released.rows_affected(), 0);
+
+    let report = store.verify_ledger(&admin()).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_claims_never_reserve_more_than_the_allocation() {
+    let (store, _url) = open().await;
+    create(store.as_ref(), A).await;
+    let cfg = tight_budget();
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        ids.push(submit(store.as_ref(), A, &new_task("legal", Priority::Medium, 100)).await);
+    }
+    // No period exists yet: the claims also race to make it.
+    let barrier = Arc::new(tokio::sync::Barrier::new(ids.len()));
+    let claims: Vec<_> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (store, cfg, barrier) = (store.clone(), cfg.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let worker = format!("w{i}");
+                store
+                    .claim(
+                        &scope(A),
+                        &id,
+                        &worker,
+                        t0() + TimeDelta::minutes(1),
+                        &cfg,
+                        t0(),
+                    )
+                    .await
+                    .expect("claim")
+            })
+        })
+        .collect();
+    let mut claimed = 0;
+    let mut waiting = 0;
+    for c in claims {
+        match c.await.expect("join") {
+            ClaimOutcome::Claimed { reservation, .. } => {
+                assert_eq!((reservation.pool, reservation.amount), (Pool::Base, 100));
+                claimed += 1;
+            }
+            ClaimOutcome::WaitingBudget { .. } => waiting += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((claimed, waiting), (5, 11));
+
+    let state = store
+        .budget_state(&admin(), &cfg, t0())
+        .await
+        .expect("state");
+    for p in &state.pools {
+        assert!(p.reserved + p.spent <= p.capacity, "{p:?}");
+    }
+    let base = state
+        .pools
+        .iter()
+        .find(|p| p.pool == Pool::Base)
+        .expect("base");
+    assert_eq!((base.capacity, base.reserved), (500, 500));
+    assert_eq!(
+        (state.companies[0].allocation, state.companies[0].reserved),
+        (500, 500)
+    );
+    let report = store.verify_ledger(&admin()).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        store
+            .queue_snapshot(t0(), 100)
+            .await
+            .expect("snapshot")
+            .running
+            .len(),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_task_claimed_at_once_by_many_goes_to_one() {
+    let (store, _url) = open().await;
+    create(store.as_ref(), A).await;
+    let cfg = tight_budget();
+    store.ensure_period(&cfg, t0()).await.expect("period");
+    let id = submit(store.as_ref(), A, &new_task("legal", Priority::Medium, 100)).await;
+    let claims: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, cfg, id) = (store.clone(), cfg.clone(), id.clone());
+            tokio::spawn(async move {
+                store
+                    .claim(
+                        &scope(A),
+                        &id,
+                        &format!("w{i}"),
+                        t0() + TimeDelta::minutes(1),
+                        &cfg,
+                        t0(),
+                    )
+                    .await
+                    .expect("claim")
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for c in claims {
+        outcomes.push(c.await.expect("join"));
+    }
+    let won = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::Claimed { .. }))
+        .count();
+    let gone = outcomes
+        .iter()
+        .filter(|o| **o == ClaimOutcome::Gone)
+        .count();
+    assert_eq!((won, gone), (1, 7), "{outcomes:?}");
+    let task = store.get_task(&scope(A), &id).await.expect("get");
+    assert_eq!(task.attempts, 1);
+    let report = store.verify_ledger(&admin()).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_job_lock_is_held_by_one_connection_until_it_is_dropped() {
+    let (store, _url) = open().await;
+    const JOB: i64 = 42;
+    let held = store
+        .try_job_lock(JOB)
+        .await
+        .expect("try")
+        .expect("free at first");
+    assert!(
+        store.try_job_lock(JOB).await.expect("try").is_none(),
+        "taken"
+    );
+    assert!(
+        store.try_job_lock(JOB + 1).await.expect("try").is_some(),
+        "another job is free"
+    );
+    drop(held);
+    // The connection closes in the background; the lock goes with it.
+    let mut again = None;
+    for _ in 0..50 {
+        again = store.try_job_lock(JOB).await.expect("try");
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "released when the holder was dropped");
+}
+
+#[tokio::test]
+async fn listeners_hear_of_new_and_requeued_tasks() {
+    let (store, _url) = open().await;
+    create(store.as_ref(), A).await;
+    let mut listener = store.listen_tasks().await.expect("listen");
+    let id = submit(store.as_ref(), A, &new_task("legal", Priority::Medium, 100)).await;
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("in time")
+        .expect("notification");
+    assert_eq!(heard.channel(), TASKS_CHANNEL);
+    assert_eq!(TaskId::parse(heard.payload()).expect("task id"), id);
+
+    store
+        .cancel_task(&scope(A), &id, t0(), record(Some(A), "task.cancel"))
+        .await
+        .expect("cancel");
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("in time")
+        .expect("notification");
+    assert_eq!(heard.payload(), id.as_str());
+}

@@ -1,0 +1,794 @@
+//! Tasks, the queue and budgets: the conformance scenarios, run on SQLite
+//! and PostgreSQL.
+
+use chrono::TimeDelta;
+use kira_core::auth::Principal;
+use kira_core::budget::{BudgetConfig, Pool};
+use kira_core::task::{Priority, TaskId, TaskStatus};
+use kira_store::work::{ClaimOutcome, Finish, Idempotency, NewTask, ReserveOutcome, TaskFilter};
+use kira_store::{Store, StoreError};
+use serde_json::json;
+
+use crate::support::{Fresh, create, record, scope, t0};
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(crate::support::sqlite().await).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(crate::support::postgres().await).await } )*
+        }
+    };
+}
+
+conformance!(
+    submit_numbers_tasks_per_company_and_honours_idempotency,
+    claim_reserves_settle_charges_and_finish_completes,
+    a_task_without_budget_waits_without_blocking_others,
+    high_priority_draws_burst_when_base_is_spent,
+    emergency_tokens_need_a_human,
+    cancel_waiting_and_running_tasks,
+    an_expired_lease_is_retried_then_failed,
+    only_the_lease_holder_finishes_and_only_legal_transitions,
+    usage_above_the_reservation_is_charged_when_it_fits,
+    forced_delete_releases_and_removes_tasks,
+);
+
+/// 10,000 tokens: base 6,000, burst 3,000, emergency 1,000.
+pub fn small_budget() -> BudgetConfig {
+    BudgetConfig {
+        total_tokens: 10_000,
+        ..BudgetConfig::default()
+    }
+}
+
+pub fn new_task(label: &str, priority: Priority, tokens: i64) -> NewTask {
+    NewTask {
+        label: label.into(),
+        company_context: json!({"id": "x"}),
+        task: format!("do the {label} work"),
+        task_type: "quick_question_answer".into(),
+        priority,
+        deadline: None,
+        parameters: json!({}),
+        specialist: None,
+        agent: label.into(),
+        estimated_tokens: tokens,
+        max_attempts: 3,
+        multiplier: 1.0,
+        idempotency: None,
+    }
+}
+
+pub async fn submit(s: &dyn Store, company: &str, t: &NewTask) -> TaskId {
+    s.submit_task(
+        &scope(company),
+        t,
+        t0(),
+        record(Some(company), "task.submit"),
+    )
+    .await
+    .expect("submit")
+    .task
+    .task_id
+}
+
+fn admin() -> kira_core::auth::AdminScope {
+    Principal::system().admin().expect("admin")
+}
+
+fn done(status: TaskStatus) -> Finish {
+    Finish {
+        status,
+        reason: "test".into(),
+        result: Some(json!({"answer": 42})),
+        confidence: Some(0.9),
+        requires_human_review: false,
+        error: None,
+        retry_at: None,
+    }
+}
+
+async fn claim(s: &dyn Store, company: &str, id: &TaskId, cfg: &BudgetConfig) -> ClaimOutcome {
+    s.claim(
+        &scope(company),
+        id,
+        "w1",
+        t0() + TimeDelta::minutes(1),
+        cfg,
+        t0(),
+    )
+    .await
+    .expect("claim")
+}
+
+async fn ledger_ok(s: &dyn Store) {
+    let r = s.verify_ledger(&admin()).await.expect("verify");
+    assert!(r.ok, "{r:?}");
+}
+
+async fn submit_numbers_tasks_per_company_and_honours_idempotency(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let a1 = submit(s, "acme", &new_task("legal", Priority::High, 100)).await;
+    let a2 = submit(s, "acme", &new_task("financial", Priority::Low, 100)).await;
+    let b1 = submit(s, "beta", &new_task("legal", Priority::High, 100)).await;
+    assert_eq!(
+        (a1.as_str(), a2.as_str(), b1.as_str()),
+        ("acme_legal_001", "acme_financial_002", "beta_legal_001")
+    );
+
+    let mut t = new_task("legal", Priority::High, 100);
+    t.idempotency = Some(Idempotency {
+        key: "k1".into(),
+        request_hash: "h1".into(),
+    });
+    let first = s
+        .submit_task(
+            &scope("acme"),
+            &t,
+            t0(),
+            record(Some("acme"), "task.submit"),
+        )
+        .await
+        .expect("submit");
+    let again = s
+        .submit_task(
+            &scope("acme"),
+            &t,
+            t0(),
+            record(Some("acme"), "task.submit"),
+        )
+        .await
+        .expect("again");
+    assert!(first.created && !again.created);
+    assert_eq!(first.task, again.task);
+    t.idempotency = Some(Idempotency {
+        key: "k1".into(),
+        request_hash: "other".into(),
+    });
+    let r = s
+        .submit_task(
+            &scope("acme"),
+            &t,
+            t0(),
+            record(Some("acme"), "task.submit"),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    // The same key in another company is another request.
+    t.idempotency = Some(Idempotency {
+        key: "k1".into(),
+        request_hash: "h1".into(),
+    });
+    assert!(
+        s.submit_task(
+            &scope("beta"),
+            &t,
+            t0(),
+            record(Some("beta"), "task.submit")
+        )
+        .await
+        .expect("beta")
+        .created
+    );
+
+    let task = s.get_task(&scope("acme"), &a1).await.expect("get");
+    assert_eq!(task.status, TaskStatus::Queued);
+    assert_eq!(task.priority, Priority::High);
+    assert!(
+        matches!(
+            s.get_task(&scope("beta"), &a1).await,
+            Err(StoreError::NotFound)
+        ),
+        "another company's task is not found"
+    );
+    let listed = s
+        .list_tasks(
+            &scope("acme"),
+            &TaskFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0].task_id.seq() > w[1].task_id.seq()),
+        "newest first"
+    );
+    let page = s
+        .list_tasks(
+            &scope("acme"),
+            &TaskFilter {
+                limit: 1,
+                before_seq: Some(listed[0].task_id.seq()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(page[0].task_id, listed[1].task_id);
+    let low = s
+        .list_tasks(
+            &scope("acme"),
+            &TaskFilter {
+                limit: 10,
+                priority: Some(Priority::Low),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("low");
+    assert_eq!(low.len(), 1);
+    let events = s.task_events(&scope("acme"), &a1, 0).await.expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].to_status, TaskStatus::Queued);
+}
+
+async fn claim_reserves_settle_charges_and_finish_completes(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 500)).await;
+    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    assert_eq!(snap.runnable.len(), 1);
+    let ClaimOutcome::Claimed { task, reservation } = claim(s, "acme", &id, &cfg).await else {
+        panic!("claimed")
+    };
+    assert_eq!(task.status, TaskStatus::Running);
+    assert_eq!(task.attempts, 1);
+    assert_eq!((reservation.pool, reservation.amount), (Pool::Base, 500));
+    assert_eq!(
+        claim(s, "acme", &id, &cfg).await,
+        ClaimOutcome::Gone,
+        "a running task cannot be claimed twice"
+    );
+    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    assert!(snap.runnable.is_empty());
+    assert_eq!(snap.running.len(), 1);
+
+    let state = s.budget_state(&admin(), &cfg, t0()).await.expect("state");
+    let base = state
+        .pools
+        .iter()
+        .find(|p| p.pool == Pool::Base)
+        .expect("base");
+    assert_eq!((base.capacity, base.reserved, base.spent), (6000, 500, 0));
+    assert_eq!(
+        state.companies[0].allocation, 6000,
+        "one company gets the whole base pool"
+    );
+
+    s.settle(
+        &scope("acme"),
+        &reservation.reservation_id,
+        300,
+        80,
+        0.01,
+        t0(),
+    )
+    .await
+    .expect("settle");
+    let again = s
+        .settle(&scope("acme"), &reservation.reservation_id, 1, 1, 0.0, t0())
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "a reservation settles once"
+    );
+    let t = s
+        .finish(&scope("acme"), &id, "w1", done(TaskStatus::Completed), t0())
+        .await
+        .expect("finish");
+    assert_eq!(t.status, TaskStatus::Completed);
+    assert_eq!((t.prompt_tokens, t.completion_tokens), (300, 80));
+    assert!(t.finished_at.is_some());
+    assert_eq!(t.result, Some(json!({"answer": 42})));
+
+    let state = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state");
+    let base = state
+        .pools
+        .iter()
+        .find(|p| p.pool == Pool::Base)
+        .expect("base");
+    assert_eq!((base.reserved, base.spent), (0, 380));
+    assert_eq!(
+        (state.companies[0].spent, state.companies[0].reserved),
+        (380, 0)
+    );
+    let events: Vec<_> = s
+        .task_events(&scope("acme"), &id, 0)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.to_status)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            TaskStatus::Queued,
+            TaskStatus::Running,
+            TaskStatus::Completed
+        ]
+    );
+    ledger_ok(s).await;
+}
+
+async fn a_task_without_budget_waits_without_blocking_others(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let big = submit(s, "acme", &new_task("legal", Priority::Medium, 7000)).await;
+    let small = submit(s, "acme", &new_task("legal", Priority::Medium, 100)).await;
+    let ClaimOutcome::WaitingBudget { reason } = claim(s, "acme", &big, &cfg).await else {
+        panic!("waits")
+    };
+    assert!(reason.contains("7000"), "{reason}");
+    assert!(
+        matches!(
+            claim(s, "acme", &small, &cfg).await,
+            ClaimOutcome::Claimed { .. }
+        ),
+        "the small task behind it runs"
+    );
+    let t = s.get_task(&scope("acme"), &big).await.expect("get");
+    assert_eq!(t.status, TaskStatus::WaitingBudget);
+    assert_eq!(t.attempts, 0, "waiting is not an attempt");
+    // It is tried again only after the recheck delay.
+    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    assert!(snap.runnable.iter().all(|e| e.task_id != big));
+    let later = s
+        .queue_snapshot(t0() + TimeDelta::minutes(5), 100)
+        .await
+        .expect("snapshot");
+    assert!(
+        later
+            .runnable
+            .iter()
+            .any(|e| e.task_id == big && e.status == TaskStatus::WaitingBudget)
+    );
+    ledger_ok(s).await;
+}
+
+async fn high_priority_draws_burst_when_base_is_spent(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let eat = submit(s, "acme", &new_task("legal", Priority::Medium, 6000)).await;
+    assert!(matches!(
+        claim(s, "acme", &eat, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    let medium = submit(s, "acme", &new_task("legal", Priority::Medium, 100)).await;
+    let high = submit(s, "acme", &new_task("legal", Priority::High, 100)).await;
+    assert!(
+        matches!(
+            claim(s, "acme", &medium, &cfg).await,
+            ClaimOutcome::WaitingBudget { .. }
+        ),
+        "medium may not use burst"
+    );
+    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &high, &cfg).await else {
+        panic!("high runs")
+    };
+    assert_eq!(reservation.pool, Pool::Burst);
+    // A call of a running task reserves the same way.
+    match s
+        .reserve(&scope("acme"), &high, 2900, &cfg, t0())
+        .await
+        .expect("reserve")
+    {
+        ReserveOutcome::Reserved(r) => assert_eq!(r.pool, Pool::Burst),
+        other => panic!("{other:?}"),
+    }
+    let denied = s
+        .reserve(&scope("acme"), &high, 1, &cfg, t0())
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(denied, ReserveOutcome::Denied { .. }),
+        "burst is full: {denied:?}"
+    );
+    ledger_ok(s).await;
+}
+
+async fn emergency_tokens_need_a_human(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    for (i, amount) in [6000, 3000].into_iter().enumerate() {
+        let id = submit(s, "acme", &new_task("legal", Priority::High, amount)).await;
+        assert!(
+            matches!(
+                claim(s, "acme", &id, &cfg).await,
+                ClaimOutcome::Claimed { .. }
+            ),
+            "filler {i}"
+        );
+    }
+    let urgent = submit(s, "acme", &new_task("legal", Priority::Urgent, 800)).await;
+    let ClaimOutcome::AwaitingApproval { request_id } = claim(s, "acme", &urgent, &cfg).await
+    else {
+        panic!("asks")
+    };
+    assert_eq!(
+        s.get_task(&scope("acme"), &urgent)
+            .await
+            .expect("get")
+            .status,
+        TaskStatus::AwaitingApproval
+    );
+    let pending = s
+        .emergency_requests(&admin(), true)
+        .await
+        .expect("requests");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].amount, pending[0].task_id.clone()),
+        (800, urgent.clone())
+    );
+    assert!(
+        s.queue_snapshot(t0(), 100)
+            .await
+            .expect("snap")
+            .runnable
+            .is_empty(),
+        "it waits for a human, not the scheduler"
+    );
+
+    let req = s
+        .decide_emergency(
+            &admin(),
+            &request_id,
+            true,
+            "board deadline",
+            t0(),
+            record(Some("acme"), "budget.approve"),
+        )
+        .await
+        .expect("approve");
+    assert_eq!(req.status, "approved");
+    let again = s
+        .decide_emergency(
+            &admin(),
+            &request_id,
+            true,
+            "",
+            t0(),
+            record(Some("acme"), "budget.approve"),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))));
+    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &urgent, &cfg).await else {
+        panic!("runs")
+    };
+    assert_eq!(
+        (reservation.pool, reservation.amount),
+        (Pool::Emergency, 800)
+    );
+
+    // A second urgent task: rejected, it fails with the note.
+    let other = submit(s, "acme", &new_task("legal", Priority::Urgent, 800)).await;
+    let ClaimOutcome::AwaitingApproval { request_id } = claim(s, "acme", &other, &cfg).await else {
+        panic!("asks")
+    };
+    s.decide_emergency(
+        &admin(),
+        &request_id,
+        false,
+        "not worth it",
+        t0(),
+        record(Some("acme"), "budget.reject"),
+    )
+    .await
+    .expect("reject");
+    let t = s.get_task(&scope("acme"), &other).await.expect("get");
+    assert_eq!(t.status, TaskStatus::Failed);
+    assert!(
+        t.status_reason.contains("not worth it"),
+        "{}",
+        t.status_reason
+    );
+    // A medium task never asks.
+    let medium = submit(s, "acme", &new_task("legal", Priority::Medium, 800)).await;
+    assert!(matches!(
+        claim(s, "acme", &medium, &cfg).await,
+        ClaimOutcome::WaitingBudget { .. }
+    ));
+    ledger_ok(s).await;
+}
+
+async fn cancel_waiting_and_running_tasks(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let waiting = submit(s, "acme", &new_task("legal", Priority::Low, 100)).await;
+    let t = s
+        .cancel_task(
+            &scope("acme"),
+            &waiting,
+            t0(),
+            record(Some("acme"), "task.cancel"),
+        )
+        .await
+        .expect("cancel");
+    assert_eq!(t.status, TaskStatus::Cancelled);
+    let r = s
+        .cancel_task(
+            &scope("acme"),
+            &waiting,
+            t0(),
+            record(Some("acme"), "task.cancel"),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(_))),
+        "a finished task cannot be cancelled"
+    );
+
+    let running = submit(s, "acme", &new_task("legal", Priority::Low, 100)).await;
+    assert!(matches!(
+        claim(s, "acme", &running, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    let t = s
+        .cancel_task(
+            &scope("acme"),
+            &running,
+            t0(),
+            record(Some("acme"), "task.cancel"),
+        )
+        .await
+        .expect("cancel");
+    assert_eq!(
+        t.status,
+        TaskStatus::Running,
+        "a running task is asked to stop"
+    );
+    let lease = s
+        .heartbeat(&running, "w1", t0() + TimeDelta::minutes(2), t0())
+        .await
+        .expect("heartbeat");
+    assert!(lease.held && lease.cancel_requested);
+    let t = s
+        .finish(
+            &scope("acme"),
+            &running,
+            "w1",
+            done(TaskStatus::Cancelled),
+            t0(),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(t.status, TaskStatus::Cancelled);
+    let state = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state");
+    assert!(
+        state.pools.iter().all(|p| p.reserved == 0),
+        "the reservation was released"
+    );
+    ledger_ok(s).await;
+}
+
+async fn an_expired_lease_is_retried_then_failed(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let mut t = new_task("legal", Priority::Medium, 100);
+    t.max_attempts = 2;
+    let id = submit(s, "acme", &t).await;
+    assert!(matches!(
+        claim(s, "acme", &id, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    // The lease runs to t0 + 1 min; nothing expires before.
+    assert!(
+        s.reap_expired(t0() + TimeDelta::seconds(30), TimeDelta::seconds(10))
+            .await
+            .expect("reap")
+            .is_empty()
+    );
+    let at = t0() + TimeDelta::minutes(2);
+    assert_eq!(
+        s.reap_expired(at, TimeDelta::seconds(10))
+            .await
+            .expect("reap"),
+        std::slice::from_ref(&id)
+    );
+    let task = s.get_task(&scope("acme"), &id).await.expect("get");
+    assert_eq!(task.status, TaskStatus::Queued);
+    let lease = s
+        .heartbeat(&id, "w1", at + TimeDelta::minutes(1), at)
+        .await
+        .expect("heartbeat");
+    assert!(!lease.held, "the old worker lost the lease");
+    let r = s
+        .finish(&scope("acme"), &id, "w1", done(TaskStatus::Completed), at)
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(_))),
+        "and cannot record a result"
+    );
+    assert!(
+        s.company_budget(&scope("acme"), &cfg, at)
+            .await
+            .expect("state")
+            .pools
+            .iter()
+            .all(|p| p.reserved == 0)
+    );
+    // Backoff: not runnable for 10 s.
+    assert!(
+        s.queue_snapshot(at, 10)
+            .await
+            .expect("snap")
+            .runnable
+            .is_empty()
+    );
+    let later = at + TimeDelta::seconds(11);
+    assert!(matches!(
+        s.claim(
+            &scope("acme"),
+            &id,
+            "w2",
+            later + TimeDelta::minutes(1),
+            &cfg,
+            later
+        )
+        .await
+        .expect("claim"),
+        ClaimOutcome::Claimed { .. }
+    ));
+    let end = later + TimeDelta::minutes(5);
+    s.reap_expired(end, TimeDelta::seconds(10))
+        .await
+        .expect("reap");
+    let task = s.get_task(&scope("acme"), &id).await.expect("get");
+    assert_eq!(
+        task.status,
+        TaskStatus::Failed,
+        "two attempts were all it had"
+    );
+    assert_eq!(task.attempts, 2);
+    assert!(
+        task.last_error.as_deref().is_some_and(|e| e.contains("w2")),
+        "{:?}",
+        task.last_error
+    );
+    ledger_ok(s).await;
+}
+
+async fn only_the_lease_holder_finishes_and_only_legal_transitions(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 100)).await;
+    let r = s
+        .finish(&scope("acme"), &id, "w1", done(TaskStatus::Completed), t0())
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(_))),
+        "a queued task has no lease to finish"
+    );
+    assert!(matches!(
+        claim(s, "acme", &id, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    let r = s
+        .finish(
+            &scope("acme"),
+            &id,
+            "intruder",
+            done(TaskStatus::Completed),
+            t0(),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))));
+    let r = s
+        .finish(
+            &scope("acme"),
+            &id,
+            "w1",
+            done(TaskStatus::AwaitingApproval),
+            t0(),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(_))),
+        "running -> awaiting_approval is not a transition"
+    );
+    let t = s
+        .finish(
+            &scope("acme"),
+            &id,
+            "w1",
+            done(TaskStatus::NeedsReview),
+            t0(),
+        )
+        .await
+        .expect("review");
+    assert_eq!(t.status, TaskStatus::NeedsReview);
+    assert!(
+        s.queue_snapshot(t0(), 10)
+            .await
+            .expect("snap")
+            .runnable
+            .is_empty(),
+        "review waits for a human"
+    );
+    ledger_ok(s).await;
+}
+
+async fn usage_above_the_reservation_is_charged_when_it_fits(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 100)).await;
+    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &id, &cfg).await else {
+        panic!("claimed")
+    };
+    s.settle(
+        &scope("acme"),
+        &reservation.reservation_id,
+        100,
+        50,
+        0.0,
+        t0(),
+    )
+    .await
+    .expect("settle");
+    let state = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state");
+    assert_eq!(state.companies[0].spent, 150);
+    ledger_ok(s).await;
+}
+
+async fn forced_delete_releases_and_removes_tasks(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let cfg = small_budget();
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 1000)).await;
+    assert!(matches!(
+        claim(s, "acme", &id, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    submit(s, "beta", &new_task("legal", Priority::Medium, 100)).await;
+    let deleted = s
+        .delete_company(&scope("acme"), record(Some("acme"), "company.delete"))
+        .await
+        .expect("delete");
+    let count = |t: &str| deleted.tables.iter().find(|(n, _)| n == t).map(|(_, n)| *n);
+    assert_eq!(count("tasks"), Some(1));
+    assert_eq!(count("companies"), Some(1));
+    let state = s.budget_state(&admin(), &cfg, t0()).await.expect("state");
+    assert!(
+        state.pools.iter().all(|p| p.reserved == 0),
+        "what the company held went back to the pool"
+    );
+    assert_eq!(
+        s.queue_snapshot(t0(), 10)
+            .await
+            .expect("snap")
+            .runnable
+            .len(),
+        1,
+        "beta's task stays"
+    );
+    ledger_ok(s).await;
+}
