@@ -289,7 +289,7 @@ impl EngineFile {
             .transpose()
         };
         let sc = &mut c.scheduler;
-        if let Some(v) = secs("scheduler.lease_seconds", s.lease_seconds, 5, 86_400)? {
+        if let Some(v) = secs("scheduler.lease_seconds", s.lease_seconds, 2, 86_400)? {
             sc.lease = v;
         }
         if let Some(v) = secs("scheduler.heartbeat_seconds", s.heartbeat_seconds, 1, 3_600)? {

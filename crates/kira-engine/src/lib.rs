@@ -14,6 +14,7 @@ use kira_core::clock::Clock;
 use kira_store::Store;
 use tokio::sync::{Notify, watch};
 
+pub mod bench;
 pub mod config;
 pub mod executor;
 pub mod scheduler;

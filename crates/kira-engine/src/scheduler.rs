@@ -104,6 +104,8 @@ pub struct TickReport {
     pub waiting: Vec<TaskId>,
     /// The runs started; tests await them.
     pub runs: Vec<JoinHandle<()>>,
+    /// How long each claim transaction took, in microseconds (benchmarks).
+    pub claim_micros: Vec<u64>,
 }
 
 impl Engine {
@@ -135,7 +137,8 @@ impl Engine {
                 continue;
             };
             let lease_until = now + cfg.scheduler.lease;
-            match self
+            let started = std::time::Instant::now();
+            let outcome = self
                 .store()
                 .claim(
                     &scope,
@@ -145,8 +148,11 @@ impl Engine {
                     &cfg.budget,
                     now,
                 )
-                .await?
-            {
+                .await?;
+            report
+                .claim_micros
+                .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+            match outcome {
                 ClaimOutcome::Claimed { task, reservation } => {
                     slots.take(&entry);
                     report.claimed.push(entry.task_id.clone());

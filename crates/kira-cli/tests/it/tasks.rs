@@ -76,11 +76,11 @@ pub fn run_simulated_story(server: &Server) {
         "{}",
         server.stderr()
     );
-    add_company(&server, "acme");
-    add_company(&server, "beta");
+    add_company(server, "acme");
+    add_company(server, "beta");
 
     let review = submit(
-        &server,
+        server,
         "acme",
         "Review the acquisition agreement",
         &["--type", "document_review", "--priority", "high"],
@@ -105,13 +105,13 @@ pub fn run_simulated_story(server: &Server) {
     let deadline = "2099-01-01T00:00:00Z";
     let others = [
         submit(
-            &server,
+            server,
             "acme",
             "What is our runway?",
             &["--type", "quick_question_answer", "--priority", "low"],
         ),
         submit(
-            &server,
+            server,
             "acme",
             "Model the Q3 cash flow",
             &[
@@ -128,7 +128,7 @@ pub fn run_simulated_story(server: &Server) {
             ],
         ),
         submit(
-            &server,
+            server,
             "beta",
             "Weekly status",
             &["--type", "routine_status_update"],
@@ -142,7 +142,7 @@ pub fn run_simulated_story(server: &Server) {
     for t in &others {
         let id = s(t, "task_id").to_owned();
         wait_for(Duration::from_secs(30), "the task completes", || {
-            (status_of(&server, &id) == "completed").then_some(())
+            (status_of(server, &id) == "completed").then_some(())
         });
     }
 
@@ -217,8 +217,8 @@ pub fn run_simulated_story(server: &Server) {
         "--idempotency-key",
         "q-1",
     ];
-    let a = submit(&server, "beta", "Ping", &args);
-    let b = submit(&server, "beta", "Ping", &args);
+    let a = submit(server, "beta", "Ping", &args);
+    let b = submit(server, "beta", "Ping", &args);
     assert_eq!(s(&a, "task_id"), s(&b, "task_id"));
     let out = fails(
         server
@@ -352,5 +352,88 @@ fn without_an_executor_tasks_wait_and_can_be_cancelled() {
     let after = ok_json(server.kira().args(["task", "list", "acme"]));
     assert_eq!(before, after, "refused submissions store nothing");
 
+    assert!(server.stop().success());
+}
+
+/// Base and burst too small for any task: an urgent task asks for
+/// emergency tokens and waits for a human, who grants one request and
+/// refuses another.
+#[test]
+fn emergency_tokens_wait_for_a_human() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let config = "\
+[budget]
+total_tokens = 10000
+base_percent = 10
+burst_percent = 10
+emergency_percent = 80
+
+[executor]
+kind = \"simulated\"
+";
+    let server = start_in(work.path(), Some(config), &[]);
+    add_company(&server, "acme");
+    let args = ["--type", "quick_question_answer", "--priority", "urgent"];
+    let granted = s(
+        &submit(&server, "acme", "Can we sign today?", &args),
+        "task_id",
+    )
+    .to_owned();
+    let refused = s(&submit(&server, "acme", "And tomorrow?", &args), "task_id").to_owned();
+    for id in [&granted, &refused] {
+        wait_for(
+            Duration::from_secs(20),
+            "the task waits for approval",
+            || (status_of(&server, id) == "awaiting_approval").then_some(()),
+        );
+    }
+
+    let pending = ok_json(server.kira().args(["budget", "requests"]));
+    let requests = pending["requests"].as_array().expect("requests");
+    assert_eq!(requests.len(), 2, "{pending}");
+    let request_for = |task: &str| {
+        requests
+            .iter()
+            .find(|r| r["task_id"] == task)
+            .map(|r| s(r, "request_id").to_owned())
+            .expect("a request per task")
+    };
+    let table = ok(server.kira().args(["budget", "show"]));
+    assert!(table.contains(&request_for(&granted)), "{table}");
+
+    let out = ok(server.kira().args([
+        "budget",
+        "approve",
+        &request_for(&granted),
+        "--note",
+        "board meeting",
+    ]));
+    assert!(out.starts_with("approved request "), "{out}");
+    let out = ok(server.kira().args([
+        "budget",
+        "reject",
+        &request_for(&refused),
+        "--note",
+        "not urgent",
+    ]));
+    assert!(out.starts_with("rejected request "), "{out}");
+
+    wait_for(
+        Duration::from_secs(20),
+        "the granted task completes",
+        || (status_of(&server, &granted) == "completed").then_some(()),
+    );
+    let failed = ok_json(server.kira().args(["task", "show", &refused]));
+    assert_eq!(s(&failed, "status"), "failed", "{failed}");
+    assert!(
+        s(&failed, "status_reason").contains("not urgent"),
+        "{failed}"
+    );
+    let none = ok(server.kira().args(["budget", "requests"]));
+    assert_eq!(none.trim(), "no pending emergency requests");
+    let all = ok_json(server.kira().args(["budget", "requests", "--all"]));
+    assert_eq!(all["requests"].as_array().map(Vec::len), Some(2), "{all}");
+    let verdict = ok(server.kira().args(["budget", "verify"]));
+    assert!(verdict.starts_with("ledger consistent: "), "{verdict}");
     assert!(server.stop().success());
 }

@@ -1,4 +1,5 @@
 //! kira-engine's integration tests: the scheduler, workers and budgets
 //! against real stores, with the clock in the test's hands.
 
+mod bench;
 mod scheduler;

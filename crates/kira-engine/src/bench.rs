@@ -1,0 +1,314 @@
+//! `kira bench queue`: the queue, scheduler, budgets and ledger end to end
+//! through the real store, with the simulated executor at zero latency, so
+//! what is measured is kira's own cost per task.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kira_core::CompanyId;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Access, Principal};
+use kira_core::clock::Clock;
+use kira_core::company::NewCompany;
+use kira_core::task::{Priority, TaskRequest, TaskStatus};
+use kira_store::Store;
+use kira_store::work::TaskFilter;
+use serde::Serialize;
+
+use crate::config::{AgentConfig, ExecutorConfig, SimulatedConfig};
+use crate::executor::Simulated;
+use crate::{Engine, EngineConfig, EngineError};
+
+/// The engine configuration of a benchmark: ample budget and slots (so the
+/// scheduler, not a limit, is measured), or a scarce agent for `overload`.
+pub fn bench_config(overload: bool) -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    cfg.budget.total_tokens = 1_000_000_000_000;
+    cfg.scheduler.per_company_concurrency = 1_000;
+    cfg.scheduler.batch = 1_000;
+    let slots = if overload { 4 } else { 256 };
+    for a in cfg.agents.values_mut() {
+        *a = AgentConfig {
+            max_concurrent: slots,
+        };
+    }
+    cfg.executor = Some(ExecutorConfig::Simulated(SimulatedConfig::default()));
+    cfg
+}
+
+fn record(company: &CompanyId, action: &str) -> AuditRecord {
+    AuditRecord {
+        at: chrono::DateTime::UNIX_EPOCH,
+        request_id: String::new(),
+        actor: "system".into(),
+        company_id: Some(company.clone()),
+        action: action.into(),
+        target: "bench".into(),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    }
+}
+
+/// The priority of the i-th task: uniform, or an overload mix weighted
+/// towards the middle (10% emergency, 20% urgent, 30% high, 25% medium,
+/// 15% low).
+fn priority(i: usize, overload: bool) -> Priority {
+    if !overload {
+        return Priority::ALL[i % 5];
+    }
+    match i % 20 {
+        0 | 1 => Priority::Emergency,
+        2..=5 => Priority::Urgent,
+        6..=11 => Priority::High,
+        12..=16 => Priority::Medium,
+        _ => Priority::Low,
+    }
+}
+
+/// Creates `companies` companies and submits `tasks` tasks across them.
+pub async fn seed(
+    engine: &Engine,
+    companies: usize,
+    tasks: usize,
+    overload: bool,
+) -> Result<Vec<CompanyId>, EngineError> {
+    let store = engine.store();
+    let system = Principal::system();
+    let mut ids = Vec::with_capacity(companies);
+    for c in 0..companies {
+        let (id, profile) = NewCompany {
+            id: format!("bench-{c:04}"),
+            name: format!("Bench {c}"),
+            industry: "software".into(),
+            jurisdiction: "US-DE".into(),
+            revenue_usd: 1_000_000 * (c as i64 % 5 + 1),
+            complexity_score: 0.5,
+            activity_score: 0.5,
+            priority_multiplier: 1.0,
+            sla_response_seconds: 30,
+            contacts: vec![],
+            sharing_consent: Default::default(),
+        }
+        .validate()?;
+        let scope = system
+            .scope(&id, Access::Write)
+            .map_err(|_| kira_core::ValidationError::new("id", "denied"))?;
+        store
+            .create_company(
+                &scope,
+                &profile,
+                engine.clock().now(),
+                record(&id, "company.create"),
+            )
+            .await?;
+        ids.push(id);
+    }
+    store
+        .refresh_allocations(&engine.config().budget, engine.clock().now())
+        .await?;
+    let types = [
+        "quick_question_answer",
+        "document_review",
+        "financial_modeling",
+        "routine_status_update",
+    ];
+    for i in 0..tasks {
+        let company = &ids[i % ids.len()];
+        let scope = system
+            .scope(company, Access::Write)
+            .map_err(|_| kira_core::ValidationError::new("id", "denied"))?;
+        let req = TaskRequest {
+            task: format!("benchmark task {i}"),
+            task_type: types[i % types.len()].into(),
+            priority: priority(i, overload),
+            deadline: None,
+            parameters: None,
+            specialist: None,
+        };
+        engine
+            .submit(&scope, &req, None, record(company, "task.submit"))
+            .await?;
+    }
+    Ok(ids)
+}
+
+/// Runs scheduling passes until nothing is runnable or running; returns the
+/// claim timings (microseconds).
+pub async fn drain(engine: &Engine) -> Result<Vec<u64>, EngineError> {
+    let mut claims = Vec::new();
+    loop {
+        let report = engine.tick().await?;
+        let idle = report.claimed.is_empty();
+        claims.extend(report.claim_micros);
+        for h in report.runs {
+            let _ = h.await;
+        }
+        if idle {
+            let snap = engine
+                .store()
+                .queue_snapshot(engine.clock().now(), 1)
+                .await?;
+            if snap.runnable.is_empty() && snap.running.is_empty() {
+                return Ok(claims);
+            }
+            // Others hold the rest (several processes): look again shortly.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// An engine for a benchmark over `store`.
+pub fn engine(store: Arc<dyn Store>, clock: Arc<dyn Clock>, overload: bool) -> Engine {
+    Engine::with_executor(
+        store,
+        clock,
+        bench_config(overload),
+        Arc::new(Simulated::new(SimulatedConfig::default())),
+    )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles {
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+        };
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[i]
+    };
+    Percentiles {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueReport {
+    pub tasks: usize,
+    pub completed: usize,
+    pub seconds: f64,
+    pub tasks_per_second: f64,
+    /// The claim transaction (queue row, budget reservation, state change).
+    pub claim: Percentiles,
+    /// From claimed to recorded as finished (executor time is zero).
+    pub run: Percentiles,
+    /// From submitted to running, per priority level.
+    pub wait_by_priority: BTreeMap<String, Percentiles>,
+}
+
+/// Reads every task back and summarises: completion, run and wait times.
+pub async fn report(
+    engine: &Engine,
+    companies: &[CompanyId],
+    tasks: usize,
+    seconds: f64,
+    claims: Vec<u64>,
+) -> Result<QueueReport, EngineError> {
+    let system = Principal::system();
+    let mut completed = 0;
+    let mut run = Vec::new();
+    let mut wait: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    for c in companies {
+        let scope = system
+            .scope(c, Access::Read)
+            .map_err(|_| kira_core::ValidationError::new("id", "denied"))?;
+        let mut before = None;
+        loop {
+            let page = engine
+                .store()
+                .list_tasks(
+                    &scope,
+                    &TaskFilter {
+                        before_seq: before,
+                        limit: 500,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.task_id.seq());
+            for t in &page {
+                if t.status == TaskStatus::Completed {
+                    completed += 1;
+                }
+                if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
+                    run.push(ms(f - s));
+                    wait.entry(t.priority.as_str().to_owned())
+                        .or_default()
+                        .push(ms(s - t.created_at));
+                }
+            }
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let claim = percentiles(claims.into_iter().map(|m| m as f64 / 1000.0).collect());
+    #[allow(clippy::cast_precision_loss)]
+    let tps = if seconds > 0.0 {
+        tasks as f64 / seconds
+    } else {
+        0.0
+    };
+    Ok(QueueReport {
+        tasks,
+        completed,
+        seconds,
+        tasks_per_second: tps,
+        claim,
+        run: percentiles(run),
+        wait_by_priority: wait.into_iter().map(|(k, v)| (k, percentiles(v))).collect(),
+    })
+}
+
+/// Seeds, drains in this process, and reports.
+pub async fn run_single(
+    engine: &Engine,
+    companies: usize,
+    tasks: usize,
+    overload: bool,
+) -> Result<QueueReport, EngineError> {
+    let ids = seed(engine, companies, tasks, overload).await?;
+    let start = Instant::now();
+    let claims = drain(engine).await?;
+    let seconds = start.elapsed().as_secs_f64();
+    report(engine, &ids, tasks, seconds, claims).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overload_mix_is_as_documented() {
+        let mut n: BTreeMap<Priority, usize> = BTreeMap::new();
+        for i in 0..100 {
+            *n.entry(priority(i, true)).or_default() += 1;
+        }
+        assert_eq!(n[&Priority::Emergency], 10);
+        assert_eq!(n[&Priority::Urgent], 20);
+        assert_eq!(n[&Priority::High], 30);
+        assert_eq!(n[&Priority::Medium], 25);
+        assert_eq!(n[&Priority::Low], 15);
+    }
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let p = percentiles((1..=100).map(f64::from).collect());
+        assert_eq!((p.p50_ms, p.p99_ms), (51.0, 99.0));
+    }
+}
