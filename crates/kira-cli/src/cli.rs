@@ -79,6 +79,9 @@ pub enum Command {
     Budget(BudgetCommand),
     /// Show which key the token belongs to.
     Whoami,
+    /// Measure kira on this machine (runs in-process against a database of its own).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print a shell completion script to stdout.
     Completions {
         #[arg(value_enum)]
@@ -580,4 +583,39 @@ mod tests {
         ]);
         assert!(r.is_err());
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The queue end to end: submit, claim with a budget reservation, run
+    /// (simulated, zero latency), settle, ledger, complete.
+    Queue(BenchQueueArgs),
+    /// One worker process of `bench queue --processes N` (internal).
+    #[command(hide = true)]
+    QueueWorker {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        overload: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchQueueArgs {
+    /// An EMPTY database to run in (postgres://...); default: a new SQLite file in a temp directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Tasks to run.
+    #[arg(long, default_value_t = 2000)]
+    pub tasks: usize,
+    /// Companies they belong to.
+    #[arg(long, default_value_t = 20)]
+    pub companies: usize,
+    /// Worker processes (PostgreSQL only for more than 1).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Overload: 4 slots per agent and a priority mix (10% emergency, 20% urgent,
+    /// 30% high, 25% medium, 15% low), to see the wait per level.
+    #[arg(long)]
+    pub overload: bool,
 }

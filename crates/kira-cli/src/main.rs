@@ -104,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Task(cmd) => commands::task::run(&ctx()?, cmd).await,
         Command::Budget(cmd) => commands::budget::run(&ctx()?, cmd).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
+        Command::Bench(cmd) => commands::bench::run(cmd, json).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kira", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

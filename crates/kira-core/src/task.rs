@@ -185,6 +185,8 @@ pub const TRANSITIONS: &[(TaskStatus, TaskStatus)] = &[
     // Budget freed up (or a new period began); or base and burst are spent
     // and the level may ask for emergency tokens.
     (WaitingBudget, Queued),
+    // Its recheck came and the budget now holds it: the scheduler claims it.
+    (WaitingBudget, Running),
     (WaitingBudget, AwaitingApproval),
     (WaitingBudget, Cancelled),
     (WaitingBudget, Failed),
@@ -507,7 +509,7 @@ mod tests {
             //     needs_review, completed, failed, cancelled
             /* Queued           */
             ". 1 1 1 . . 1 1",
-            /* WaitingBudget    */ "1 . 1 . . . 1 1",
+            /* WaitingBudget    */ "1 . 1 1 . . 1 1",
             /* AwaitingApproval */ "1 . . . . . 1 1",
             /* Running          */ "1 1 . . 1 1 1 1",
             /* NeedsReview      */ "1 . . . . 1 1 1",

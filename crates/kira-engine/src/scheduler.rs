@@ -138,7 +138,7 @@ impl Engine {
             };
             let lease_until = now + cfg.scheduler.lease;
             let started = std::time::Instant::now();
-            let outcome = self
+            let outcome = match self
                 .store()
                 .claim(
                     &scope,
@@ -148,7 +148,15 @@ impl Engine {
                     &cfg.budget,
                     now,
                 )
-                .await?;
+                .await
+            {
+                Ok(o) => o,
+                // One task's trouble must not stop the pass for the others.
+                Err(e) => {
+                    tracing::warn!(task = %entry.task_id, error = %e, "claim failed");
+                    continue;
+                }
+            };
             report
                 .claim_micros
                 .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));

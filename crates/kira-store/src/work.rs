@@ -19,6 +19,9 @@ use serde::Serialize;
 
 use crate::Result;
 
+/// How long a task that found no budget waits before it is tried again.
+pub const WAITING_BUDGET_RECHECK: TimeDelta = TimeDelta::seconds(10);
+
 /// A validated submission, ready to store.
 #[derive(Debug, Clone)]
 pub struct NewTask {

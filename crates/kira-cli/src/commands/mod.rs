@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod bench;
 pub mod budget;
 pub mod company;
 pub mod task;

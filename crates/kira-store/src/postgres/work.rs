@@ -46,9 +46,6 @@ use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, append, company_id, se
 use crate::work::*;
 use crate::{DeletedRows, Result, StoreError};
 
-/// How long a task that found no budget waits before it is tried again.
-pub const WAITING_BUDGET_RECHECK: TimeDelta = TimeDelta::seconds(10);
-
 /// Serialises allocation refreshes (within a transaction): two refreshes
 /// would both see a new company without an allocation and both log its
 /// first one. "kiraallo" in ASCII.
@@ -923,7 +920,7 @@ impl PgStore {
             sqlx::query(
                 "UPDATE task_queue SET status = 'waiting_budget', not_before = $1 WHERE task_id = $2",
             )
-            .bind(now + WAITING_BUDGET_RECHECK)
+            .bind(now + crate::work::WAITING_BUDGET_RECHECK)
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;

@@ -23,9 +23,6 @@ use super::{
 use crate::work::*;
 use crate::{Result, StoreError};
 
-/// How long a task that found no budget waits before it is tried again.
-pub const WAITING_BUDGET_RECHECK: TimeDelta = TimeDelta::seconds(10);
-
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -1153,7 +1150,7 @@ impl SqliteStore {
             sqlx::query(
                 "UPDATE task_queue SET status = 'waiting_budget', not_before = ? WHERE task_id = ?",
             )
-            .bind(ts(now + WAITING_BUDGET_RECHECK))
+            .bind(ts(now + crate::work::WAITING_BUDGET_RECHECK))
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;

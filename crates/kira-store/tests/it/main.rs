@@ -3,6 +3,7 @@
 mod budget_property;
 mod conformance;
 mod isolation;
+mod pg_work;
 mod rls;
 mod support;
 mod work;

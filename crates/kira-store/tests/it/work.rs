@@ -35,6 +35,7 @@ conformance!(
     only_the_lease_holder_finishes_and_only_legal_transitions,
     usage_above_the_reservation_is_charged_when_it_fits,
     forced_delete_releases_and_removes_tasks,
+    a_waiting_task_runs_once_budget_frees,
 );
 
 /// 10,000 tokens: base 6,000, burst 3,000, emergency 1,000.
@@ -789,6 +790,57 @@ async fn forced_delete_releases_and_removes_tasks(f: Fresh) {
             .len(),
         1,
         "beta's task stays"
+    );
+    ledger_ok(s).await;
+}
+
+async fn a_waiting_task_runs_once_budget_frees(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let first = submit(s, "acme", &new_task("legal", Priority::Medium, 5000)).await;
+    let second = submit(s, "acme", &new_task("legal", Priority::Medium, 2000)).await;
+    assert!(matches!(
+        claim(s, "acme", &first, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    assert!(matches!(
+        claim(s, "acme", &second, &cfg).await,
+        ClaimOutcome::WaitingBudget { .. }
+    ));
+    s.finish(&scope("acme"), &first, "w1", done(TaskStatus::Failed), t0())
+        .await
+        .expect("finish");
+    let later = t0() + TimeDelta::minutes(1);
+    let out = s
+        .claim(
+            &scope("acme"),
+            &second,
+            "w1",
+            later + TimeDelta::minutes(1),
+            &cfg,
+            later,
+        )
+        .await
+        .expect("claim");
+    assert!(
+        matches!(out, ClaimOutcome::Claimed { .. }),
+        "waiting_budget -> running once the tokens are back: {out:?}"
+    );
+    let events: Vec<_> = s
+        .task_events(&scope("acme"), &second, 0)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.to_status)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            TaskStatus::Queued,
+            TaskStatus::WaitingBudget,
+            TaskStatus::Running
+        ]
     );
     ledger_ok(s).await;
 }
