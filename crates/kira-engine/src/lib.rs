@@ -81,7 +81,7 @@ struct Inner {
     config: EngineConfig,
     executor: Option<Arc<dyn executor::Executor>>,
     /// Rung when work arrives, so an idle scheduler looks at once.
-    wake: Notify,
+    wake: Arc<Notify>,
     /// This process's name on leases.
     worker_id: String,
 }
@@ -116,7 +116,7 @@ impl Engine {
                 clock,
                 config,
                 executor,
-                wake: Notify::new(),
+                wake: Arc::new(Notify::new()),
                 worker_id,
             }),
         }

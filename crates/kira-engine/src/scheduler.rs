@@ -178,25 +178,26 @@ impl Engine {
         Ok(report)
     }
 
-    /// The background loop: a pass whenever work arrives or the poll
-    /// interval passes, until `shutdown`. Runs in flight finish first.
+    /// The periodic jobs: open the budget period and refresh allocations,
+    /// on one node at a time.
+    pub async fn periodic(&self) -> Result<bool, EngineError> {
+        let Some(_lock) = self.store().job_lock(JOB_BUDGET).await? else {
+            return Ok(false);
+        };
+        let (cfg, now) = (&self.config().budget, self.clock().now());
+        self.store().ensure_period(cfg, now).await?;
+        self.store().refresh_allocations(cfg, now).await?;
+        Ok(true)
+    }
+
+    /// The background loop: a pass whenever work arrives (here, or in
+    /// another process on PostgreSQL) or the poll interval passes, and the
+    /// periodic jobs every minute, until `shutdown`. Runs in flight finish
+    /// first.
     pub fn start(&self, shutdown: Shutdown) -> JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = engine
-                .store()
-                .ensure_period(&engine.config().budget, engine.clock().now())
-                .await
-            {
-                tracing::error!(error = %e, "could not open the budget period");
-            }
-            if let Err(e) = engine
-                .store()
-                .refresh_allocations(&engine.config().budget, engine.clock().now())
-                .await
-            {
-                tracing::error!(error = %e, "could not refresh allocations");
-            }
+            let listener = engine.store().watch_tasks(engine.inner.wake.clone());
             let poll = engine
                 .config()
                 .scheduler
@@ -204,7 +205,14 @@ impl Engine {
                 .to_std()
                 .unwrap_or(std::time::Duration::from_secs(1));
             let mut runs: Vec<JoinHandle<()>> = Vec::new();
+            let mut last_periodic: Option<std::time::Instant> = None;
             loop {
+                if last_periodic.is_none_or(|t| t.elapsed() >= PERIODIC_EVERY) {
+                    if let Err(e) = engine.periodic().await {
+                        tracing::error!(error = %e, "periodic budget jobs failed");
+                    }
+                    last_periodic = Some(std::time::Instant::now());
+                }
                 match engine.tick().await {
                     Ok(r) => runs.extend(r.runs),
                     Err(e) => tracing::error!(error = %e, "scheduling pass failed"),
@@ -216,12 +224,19 @@ impl Engine {
                     () = tokio::time::sleep(poll) => {}
                 }
             }
+            if let Some(l) = listener {
+                l.abort();
+            }
             for h in runs {
                 let _ = h.await;
             }
         })
     }
 }
+
+/// The advisory-lock key of the budget jobs.
+const JOB_BUDGET: i64 = 0x6b69_7261_0001;
+const PERIODIC_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

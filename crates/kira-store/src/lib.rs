@@ -167,6 +167,27 @@ pub trait Store:
 
     /// The database answers.
     async fn ping(&self) -> Result<()>;
+
+    /// Rings `wake` whenever another process queues work (PostgreSQL
+    /// LISTEN/NOTIFY), from a task this spawns. None where one process is
+    /// all there is (SQLite): that process wakes itself.
+    fn watch_tasks(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Option<tokio::task::JoinHandle<()>>;
+
+    /// The lock of a periodic job, if no other node holds it; the job runs
+    /// while the returned guard lives. SQLite: always granted.
+    async fn job_lock(&self, job: i64) -> Result<Option<JobLock>>;
+}
+
+/// Holds a periodic job's lock until dropped.
+pub struct JobLock(#[allow(dead_code)] Box<dyn std::any::Any + Send>);
+
+impl JobLock {
+    pub fn new(guard: impl std::any::Any + Send) -> Self {
+        Self(Box::new(guard))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

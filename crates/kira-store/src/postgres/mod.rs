@@ -703,4 +703,39 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    fn watch_tasks(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let pool = self.pool.clone();
+        Some(tokio::spawn(async move {
+            // Reconnects after a lost connection; a wake-up missed meanwhile is
+            // covered by the scheduler's poll interval.
+            loop {
+                let listener = async {
+                    let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    l.listen(TASKS_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                match listener.await {
+                    Ok(mut l) => loop {
+                        match l.recv().await {
+                            Ok(_) => wake.notify_one(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "task notifications interrupted");
+                                break;
+                            }
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "cannot listen for task notifications"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
+    async fn job_lock(&self, job: i64) -> Result<Option<crate::JobLock>> {
+        Ok(self.try_job_lock(job).await?.map(crate::JobLock::new))
+    }
 }

@@ -589,4 +589,15 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    fn watch_tasks(
+        &self,
+        _wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
+
+    async fn job_lock(&self, _job: i64) -> Result<Option<crate::JobLock>> {
+        Ok(Some(crate::JobLock::new(())))
+    }
 }

@@ -403,3 +403,60 @@ async fn listeners_hear_of_new_and_requeued_tasks() {
         .expect("notification");
     assert_eq!(heard.payload(), id.as_str());
 }
+
+/// Through the `Store` trait, as the engine uses it: a second process's
+/// submission wakes this one, and a job lock is one node's at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_trait_wakes_other_processes_and_shares_job_locks() {
+    let (first, url) = open().await;
+    let second = PgStore::open(&url, None).await.expect("second process");
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listener =
+        kira_store::Store::watch_tasks(first.as_ref(), wake.clone()).expect("postgres listens");
+    crate::support::create(&second, "acme").await;
+    // The listener connects in the background; submit until it hears one.
+    let heard = async {
+        loop {
+            crate::work::submit(
+                &second,
+                "acme",
+                &crate::work::new_task("legal", kira_core::task::Priority::High, 10),
+            )
+            .await;
+            if tokio::time::timeout(std::time::Duration::from_millis(200), wake.notified())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), heard)
+        .await
+        .expect("a wake-up within 10 s");
+    listener.abort();
+
+    let held = kira_store::Store::job_lock(first.as_ref(), 42)
+        .await
+        .expect("lock")
+        .expect("free");
+    assert!(
+        kira_store::Store::job_lock(&second, 42)
+            .await
+            .expect("lock")
+            .is_none(),
+        "one node at a time"
+    );
+    drop(held);
+    let mut again = None;
+    for _ in 0..50 {
+        again = kira_store::Store::job_lock(&second, 42)
+            .await
+            .expect("lock");
+        if again.is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(again.is_some(), "released when the holder is dropped");
+}
