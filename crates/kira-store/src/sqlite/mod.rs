@@ -26,9 +26,36 @@ use crate::{
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Writers queue here rather than in SQLite's busy handler, which
+    /// sleeps between retries: one process owns an SQLite database.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-type Tx = Transaction<'static, sqlx::Sqlite>;
+/// A write transaction holding the process's writer turn until it ends.
+pub(crate) struct Tx {
+    tx: Transaction<'static, sqlx::Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the database at `url`
@@ -47,7 +74,10 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -55,7 +85,11 @@ impl SqliteStore {
     }
 
     pub(crate) async fn write(&self) -> Result<Tx> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        let turn = self.writer.clone().lock_owned().await;
+        Ok(Tx {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _turn: turn,
+        })
     }
 }
 

@@ -910,21 +910,37 @@ impl TaskStore for SqliteStore {
         let Some(reservation) = reservation else {
             return self.wait_for_budget(tx, task, budget, now).await;
         };
-        sqlx::query(
-            "UPDATE tasks SET attempts = attempts + 1, started_at = COALESCE(started_at, ?) WHERE company_id = ? AND task_id = ?",
-        )
-        .bind(ts(now))
-        .bind(company.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
         let reason = format!(
             "claimed by {worker}; {} tokens reserved from {}",
             reservation.amount,
             reservation.pool.as_str()
         );
-        set_status(&mut tx, &task, TaskStatus::Running, &reason, now).await?;
-        let task = load_task(&mut tx, company, id).await?;
+        check_transition(task.status, TaskStatus::Running)
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        // One statement moves it to running and reads it back.
+        let sql = format!(
+            "UPDATE tasks SET status = 'running', status_reason = ?, updated_at = ?, attempts = attempts + 1, \
+             started_at = COALESCE(started_at, ?) WHERE company_id = ? AND task_id = ? RETURNING {TASK_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&reason)
+            .bind(ts(now))
+            .bind(ts(now))
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        event(
+            &mut tx,
+            company,
+            id,
+            Some(task.status),
+            TaskStatus::Running,
+            &reason,
+            now,
+        )
+        .await?;
+        let task = task_from_row(&row)?;
         tx.commit().await?;
         Ok(ClaimOutcome::Claimed {
             task: Box::new(task),
@@ -1095,7 +1111,7 @@ impl SqliteStore {
     /// emergency tokens if its level may ask.
     async fn wait_for_budget(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        mut tx: super::Tx,
         task: Task,
         cfg: &BudgetConfig,
         now: DateTime<Utc>,
