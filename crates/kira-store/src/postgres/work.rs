@@ -1137,8 +1137,20 @@ impl TaskStore for PgStore {
             return Ok(ClaimOutcome::Gone);
         }
         // Of claimers racing for one task, the first to lock the row wins;
-        // the others re-check the WHERE against what it left and match
-        // nothing.
+        // the others skip it at once rather than queue behind the winner,
+        // and move on to their next candidate.
+        let free: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 \
+             AND status IN ('queued', 'waiting_budget') AND not_before <= $3 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(id.as_str())
+        .bind(company.as_str())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if free.is_none() {
+            return Ok(ClaimOutcome::Gone);
+        }
         let n = sqlx::query(
             "UPDATE task_queue SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
              attempts = attempts + 1 \
