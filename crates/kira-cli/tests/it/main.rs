@@ -3,8 +3,10 @@
 //! crate links once.
 
 mod config_errors;
+mod crash;
 mod postgres;
 mod story;
+mod stress;
 mod support;
 mod tamper;
 mod tasks;
