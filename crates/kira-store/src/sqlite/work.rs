@@ -1003,21 +1003,10 @@ impl TaskStore for SqliteStore {
                 "worker {worker} no longer holds the lease on {id}"
             )));
         }
-        let task = load_task(&mut tx, company, id).await?;
-        check_transition(task.status, f.status).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        // A running lease of ours means the task is running.
+        check_transition(TaskStatus::Running, f.status)
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
         release_all(&mut tx, company, id, now, "run ended").await?;
-        sqlx::query(
-            "UPDATE tasks SET result = ?, confidence = ?, requires_human_review = ?, last_error = COALESCE(?, last_error) \
-             WHERE company_id = ? AND task_id = ?",
-        )
-        .bind(f.result.as_ref().map(to_json).transpose()?)
-        .bind(f.confidence)
-        .bind(f.requires_human_review)
-        .bind(&f.error)
-        .bind(company.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
         if f.status == TaskStatus::Queued {
             sqlx::query(
                 "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ? WHERE task_id = ?",
@@ -1032,8 +1021,38 @@ impl TaskStore for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        set_status(&mut tx, &task, f.status, &f.reason, now).await?;
-        let task = load_task(&mut tx, company, id).await?;
+        // One statement records the end and reads the task back.
+        let finished = f.status.is_final() || f.status == TaskStatus::NeedsReview;
+        let sql = format!(
+            "UPDATE tasks SET result = ?, confidence = ?, requires_human_review = ?, last_error = COALESCE(?, last_error), \
+             status = ?, status_reason = ?, updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END \
+             WHERE company_id = ? AND task_id = ? RETURNING {TASK_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(f.result.as_ref().map(to_json).transpose()?)
+            .bind(f.confidence)
+            .bind(f.requires_human_review)
+            .bind(&f.error)
+            .bind(f.status.as_str())
+            .bind(&f.reason)
+            .bind(ts(now))
+            .bind(finished)
+            .bind(ts(now))
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        event(
+            &mut tx,
+            company,
+            id,
+            Some(TaskStatus::Running),
+            f.status,
+            &f.reason,
+            now,
+        )
+        .await?;
+        let task = task_from_row(&row)?;
         tx.commit().await?;
         Ok(task)
     }
