@@ -12,19 +12,6 @@ use rand::SeedableRng;
 
 use crate::support::{Fresh, cid, create, record, scope, t0};
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(crate::support::sqlite().await).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(crate::support::postgres().await).await } )*
-        }
-    };
-}
-
 conformance!(
     company_round_trip,
     duplicate_company_conflicts,

@@ -11,19 +11,6 @@ use serde_json::json;
 
 use crate::support::{Fresh, create, record, scope, t0};
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(crate::support::sqlite().await).await } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(crate::support::postgres().await).await } )*
-        }
-    };
-}
-
 conformance!(
     submit_numbers_tasks_per_company_and_honours_idempotency,
     claim_reserves_settle_charges_and_finish_completes,
