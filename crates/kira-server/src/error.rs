@@ -185,7 +185,7 @@ impl From<ValidationError> for ApiError {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
-            format!("{}: {}", v.field, v.message),
+            v.message,
             Outcome::Rejected,
         )
         .with_field(v.field)
