@@ -1194,22 +1194,32 @@ impl TaskStore for PgStore {
             tx.commit().await?;
             return Ok(outcome);
         };
-        sqlx::query(
-            "UPDATE tasks SET attempts = attempts + 1, started_at = COALESCE(started_at, $1) \
-             WHERE company_id = $2 AND task_id = $3",
-        )
-        .bind(now)
-        .bind(company.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
         let reason = format!(
             "claimed by {worker}; {} tokens reserved from {}",
             reservation.amount,
             reservation.pool.as_str()
         );
-        set_status(&mut tx, &task, TaskStatus::Running, &reason, now).await?;
-        let task = load_task(&mut tx, company, id, false).await?;
+        check_transition(task.status, TaskStatus::Running)
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+        // One round trip moves it to running, records the event and reads it
+        // back: the pool row locked by the reservation is held that much shorter.
+        let sql = format!(
+            "WITH t AS (UPDATE tasks SET status = 'running', status_reason = $1, updated_at = $2, \
+               attempts = attempts + 1, started_at = COALESCE(started_at, $2) \
+               WHERE company_id = $3 AND task_id = $4 RETURNING {TASK_COLUMNS}), \
+             e AS (INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
+               SELECT company_id, task_id, $2, $5, 'running', $1 FROM t) \
+             SELECT * FROM t"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&reason)
+            .bind(now)
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .bind(task.status.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let task = task_from_row(&row)?;
         tx.commit().await?;
         Ok(ClaimOutcome::Claimed {
             task: Box::new(task),
@@ -1601,15 +1611,6 @@ impl BudgetStore for PgStore {
         }
         let spent = used.min(r.amount);
         let rest = r.amount - spent;
-        move_tokens(
-            &mut tx,
-            &r.period_id,
-            &r.company_id,
-            r.pool,
-            -r.amount,
-            spent,
-        )
-        .await?;
         sqlx::query(
             "UPDATE reservations SET state = 'settled', spent = $1, closed_at = $2 WHERE reservation_id = $3",
         )
@@ -1656,6 +1657,17 @@ impl BudgetStore for PgStore {
         .bind(r.company_id.as_str())
         .bind(r.task_id.as_str())
         .execute(&mut *tx)
+        .await?;
+        // The shared balances last, so their row locks (the pool row is every
+        // worker's) are held only until the commit that follows.
+        move_tokens(
+            &mut tx,
+            &r.period_id,
+            &r.company_id,
+            r.pool,
+            -r.amount,
+            spent,
+        )
         .await?;
         tx.commit().await?;
         Ok(())
