@@ -327,7 +327,7 @@ async fn refresh_tx(
         .execute(&mut *tx)
         .await?;
     let base: i64 = sqlx::query_scalar(
-        "SELECT capacity FROM budget_pools WHERE period_id = $1 AND pool = 'base'",
+        "SELECT capacity - spent FROM budget_pools WHERE period_id = $1 AND pool = 'base'",
     )
     .bind(period)
     .fetch_one(&mut *tx)
@@ -426,9 +426,10 @@ async fn hold(
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
+        // The base pool is the sum of the allocations, which never exceeds
+        // its capacity: the company's own row is the only one to hold, and
+        // no row is shared by every worker.
+        return Ok(n == 1);
     }
     let n = sqlx::query(
         "UPDATE budget_pools SET reserved = reserved + $1 \
@@ -440,17 +441,13 @@ async fn hold(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if n == 0 && pool == Pool::Base {
-        // The allocation had room but the pool did not: undo the first half.
-        move_tokens(tx, period, company, pool, -amount, 0).await?;
-        return Ok(false);
-    }
     Ok(n == 1)
 }
 
-/// Changes reserved and spent of a pool (and the company's allocation for
-/// base) by the given deltas, unconditionally: callers only ever move
-/// tokens that a hold already counted.
+/// Changes reserved and spent of a pool (for base, the company's allocation
+/// alone: the base pool's balance is the sum of its allocations) by the given
+/// deltas, unconditionally: callers only ever move tokens that a hold
+/// already counted.
 async fn move_tokens(
     tx: &mut PgConnection,
     period: &str,
@@ -470,6 +467,7 @@ async fn move_tokens(
         .bind(company.as_str())
         .execute(&mut *tx)
         .await?;
+        return Ok(());
     }
     sqlx::query(
         "UPDATE budget_pools SET reserved = reserved + $1, spent = spent + $2 \
@@ -668,6 +666,14 @@ pub(super) async fn delete_company_work(
     for r in &held {
         release_tx(tx, &reservation_from_row(r)?, now, "company deleted").await?;
     }
+    // What it spent of the base pool stays spent: it moves to the pool row.
+    sqlx::query(
+        "UPDATE budget_pools p SET spent = p.spent + a.spent FROM budget_allocations a \
+         WHERE p.pool = 'base' AND a.period_id = p.period_id AND a.company_id = $1",
+    )
+    .bind(company.as_str())
+    .execute(&mut *tx)
+    .await?;
     for (table, sql) in [
         (
             "emergency_requests",
@@ -1401,13 +1407,35 @@ impl TaskStore for PgStore {
     }
 }
 
+/// Every pool's balances. The base pool's row holds only what companies
+/// deleted with `--force` had spent; the rest of its balance is the sum of
+/// the allocations, which each reservation updates instead of one shared row.
+/// Summing every company's allocation needs the admin read, so callers set it.
+const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
+       p.reserved + CASE WHEN p.pool = 'base' THEN \
+         (SELECT COALESCE(SUM(a.reserved), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS reserved, \
+       p.spent + CASE WHEN p.pool = 'base' THEN \
+         (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS spent \
+     FROM budget_pools p";
+
+/// The pools of `period`. Their totals are no company's content, so a
+/// company's own view reads them through the admin read, for this one
+/// statement, and then sets it back as it was.
 async fn pools_of(tx: &mut PgConnection, period: &str) -> Result<Vec<PoolState>> {
-    let rows = sqlx::query(
-        "SELECT pool, capacity, reserved, spent FROM budget_pools WHERE period_id = $1 ORDER BY pool",
-    )
-    .bind(period)
-    .fetch_all(&mut *tx)
-    .await?;
+    let was: Option<String> = sqlx::query_scalar("SELECT current_setting('app.admin_read', true)")
+        .fetch_one(&mut *tx)
+        .await?;
+    set_admin_read(tx, true).await?;
+    let sql = format!(
+        "SELECT pool, capacity, reserved::BIGINT AS reserved, spent::BIGINT AS spent \
+         FROM ({POOL_BALANCES}) b WHERE period_id = $1 ORDER BY pool"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(period)
+        .fetch_all(&mut *tx)
+        .await;
+    set_admin_read(tx, was.as_deref() == Some("on")).await?;
+    let rows = rows?;
     rows.iter()
         .map(|r| {
             let pool: &str = r.try_get("pool")?;
@@ -1904,7 +1932,9 @@ impl BudgetStore for PgStore {
             });
         }
         let pools =
-            sqlx::query("SELECT period_id, pool, capacity, reserved, spent FROM budget_pools")
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT period_id, pool, capacity, reserved::BIGINT AS reserved, spent::BIGINT AS spent FROM ({POOL_BALANCES}) b"
+            )))
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()

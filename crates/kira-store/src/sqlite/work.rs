@@ -221,7 +221,7 @@ async fn ensure_period_tx(
 /// Recomputes every company's base allocation in `period`.
 async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>) -> Result<()> {
     let base: i64 = sqlx::query_scalar(
-        "SELECT capacity FROM budget_pools WHERE period_id = ? AND pool = 'base'",
+        "SELECT capacity - spent FROM budget_pools WHERE period_id = ? AND pool = 'base'",
     )
     .bind(period)
     .fetch_one(&mut *tx)
@@ -309,9 +309,9 @@ async fn hold(
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
+        // The base pool is the sum of the allocations, which never exceeds
+        // its capacity: the company's own row is the only one to hold.
+        return Ok(n == 1);
     }
     let n = sqlx::query(
         "UPDATE budget_pools SET reserved = reserved + ? WHERE period_id = ? AND pool = ? AND reserved + spent + ? <= capacity",
@@ -323,17 +323,13 @@ async fn hold(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if n == 0 && pool == Pool::Base {
-        // The allocation had room but the pool did not: undo the first half.
-        move_tokens(tx, period, company, pool, -amount, 0).await?;
-        return Ok(false);
-    }
     Ok(n == 1)
 }
 
 /// Changes reserved and spent of a pool (and the company's allocation for
-/// base) by the given deltas, unconditionally: callers only ever move
-/// tokens that a hold already counted.
+/// base, the company's allocation alone: the base pool's balance is the sum
+/// of its allocations) by the given deltas, unconditionally: callers only
+/// ever move tokens that a hold already counted.
 async fn move_tokens(
     tx: &mut SqliteConnection,
     period: &str,
@@ -352,6 +348,7 @@ async fn move_tokens(
         .bind(company.as_str())
         .execute(&mut *tx)
         .await?;
+        return Ok(());
     }
     sqlx::query("UPDATE budget_pools SET reserved = reserved + ?, spent = spent + ? WHERE period_id = ? AND pool = ?")
         .bind(reserved)
@@ -362,6 +359,16 @@ async fn move_tokens(
         .await?;
     Ok(())
 }
+
+/// Every pool's balances. The base pool's row holds only what companies
+/// deleted with `--force` had spent; the rest of its balance is the sum of
+/// the allocations, which each reservation updates instead of one shared row.
+const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
+       p.reserved + CASE WHEN p.pool = 'base' THEN \
+         (SELECT COALESCE(SUM(a.reserved), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS reserved, \
+       p.spent + CASE WHEN p.pool = 'base' THEN \
+         (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS spent \
+     FROM budget_pools p";
 
 fn new_reservation_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -538,6 +545,14 @@ pub(super) async fn delete_company_work(
     for r in &held {
         release_tx(tx, &reservation_from_row(r)?, now, "company deleted").await?;
     }
+    // What it spent of the base pool stays spent: it moves to the pool row.
+    sqlx::query(
+        "UPDATE budget_pools SET spent = spent + COALESCE((SELECT a.spent FROM budget_allocations a \
+         WHERE a.period_id = budget_pools.period_id AND a.company_id = ?), 0) WHERE pool = 'base'",
+    )
+    .bind(company.as_str())
+    .execute(&mut *tx)
+    .await?;
     for (table, sql) in [
         (
             "emergency_requests",
@@ -1200,7 +1215,10 @@ impl SqliteStore {
 }
 
 async fn pools_of(tx: &mut SqliteConnection, period: &str) -> Result<Vec<PoolState>> {
-    let rows = sqlx::query("SELECT pool, capacity, reserved, spent FROM budget_pools WHERE period_id = ? ORDER BY pool")
+    let sql = format!(
+        "SELECT pool, capacity, reserved, spent FROM ({POOL_BALANCES}) WHERE period_id = ? ORDER BY pool"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(period)
         .fetch_all(&mut *tx)
         .await?;
@@ -1657,26 +1675,25 @@ impl BudgetStore for SqliteStore {
                 amount: r.try_get("amount")?,
             });
         }
-        let pools =
-            sqlx::query("SELECT period_id, pool, capacity, reserved, spent FROM budget_pools")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    let pool: String = r.try_get("pool")?;
-                    Ok((
-                        (
-                            r.try_get("period_id")?,
-                            Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-                        ),
-                        [
-                            r.try_get("capacity")?,
-                            r.try_get("reserved")?,
-                            r.try_get("spent")?,
-                        ],
-                    ))
-                })
-                .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
+        let pools = sqlx::query(POOL_BALANCES)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| {
+                let pool: String = r.try_get("pool")?;
+                Ok((
+                    (
+                        r.try_get("period_id")?,
+                        Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
+                    ),
+                    [
+                        r.try_get("capacity")?,
+                        r.try_get("reserved")?,
+                        r.try_get("spent")?,
+                    ],
+                ))
+            })
+            .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
         let allocations = sqlx::query(
             "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
         )
