@@ -325,6 +325,41 @@ mod tests {
         assert_eq!(ids(&r)[0], "acme_legal_001");
     }
 
+    proptest::proptest! {
+        /// For any queue: the ranking is a permutation of it, scores never
+        /// rise down the list, and equal scores are in waiting order.
+        #[test]
+        fn ranking_is_a_sorted_permutation(
+            tasks in proptest::collection::vec((0..5usize, 0..600i64, proptest::option::of(-60..600i64), 1..30u32), 0..40)
+        ) {
+            let cfg = EngineConfig::default();
+            let entries: Vec<QueueEntry> = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, (p, waited, deadline, mult))| {
+                    let mut e = entry(&format!("acme_legal_{:03}", i + 1), "acme", "legal", Priority::ALL[*p], *waited);
+                    e.multiplier = f64::from(*mult) / 10.0;
+                    e.deadline = deadline.map(|m| now() + TimeDelta::minutes(m));
+                    e
+                })
+                .collect();
+            let ranked = rank(entries.clone(), &cfg, now());
+            proptest::prop_assert_eq!(ranked.len(), entries.len());
+            let mut ids: Vec<_> = ranked.iter().map(|(e, _)| e.task_id.clone()).collect();
+            ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            let mut want: Vec<_> = entries.iter().map(|e| e.task_id.clone()).collect();
+            want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            proptest::prop_assert_eq!(ids, want);
+            for w in ranked.windows(2) {
+                let ((a, pa), (b, pb)) = (&w[0], &w[1]);
+                proptest::prop_assert!(pa.score >= pb.score);
+                if pa.score == pb.score {
+                    proptest::prop_assert!(a.waiting_since <= b.waiting_since);
+                }
+            }
+        }
+    }
+
     #[test]
     fn slots_count_agents_and_companies() {
         let mut cfg = EngineConfig::default();
