@@ -89,10 +89,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.start(shutdown.clone());
 
+    let stopping = kira_engine::Shutdown::new();
     let app = kira_server::router(
         engine.clone(),
         kira_server::ServerConfig {
             max_body_bytes: cfg.max_body_bytes,
+            stopping: stopping.clone(),
         },
     );
     let stop_requested = Arc::new(Notify::new());
@@ -103,6 +105,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => {}
         }
         tracing::info!("stop requested; finishing open requests");
+        // Open `task watch` streams end now rather than hold the drain.
+        stopping.trigger();
         stop_notice.notify_one();
     });
     let drain_limit = async move {

@@ -31,12 +31,16 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub max_body_bytes: usize,
+    /// Triggered when the server stops: open `watch` streams end, so a
+    /// graceful shutdown is not held up by a client that follows a task.
+    pub stopping: kira_engine::Shutdown,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            stopping: kira_engine::Shutdown::new(),
         }
     }
 }

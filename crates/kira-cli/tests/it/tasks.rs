@@ -437,3 +437,57 @@ kind = \"simulated\"
     assert!(verdict.starts_with("ledger consistent: "), "{verdict}");
     assert!(server.stop().success());
 }
+
+/// A client following a task that never ends does not hold up SIGTERM: its
+/// stream is closed when the server stops.
+#[test]
+fn an_open_watch_does_not_hold_up_shutdown() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(work.path(), &[]);
+    ok(server.kira().args([
+        "company",
+        "add",
+        "acme",
+        "--name",
+        "Acme",
+        "--industry",
+        "fintech",
+        "--jurisdiction",
+        "US-DE",
+    ]));
+    let submitted = ok_json(server.kira().args([
+        "--json",
+        "task",
+        "submit",
+        "acme",
+        "Never runs",
+        "--type",
+        "quick_question_answer",
+    ]));
+    let id = s(&submitted, "task_id").to_owned();
+    let mut watch = server.spawn_kira(&["task", "watch", &id]);
+    let stdout = watch.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the watch is following the task");
+    let started = std::time::Instant::now();
+    let status = server.stop();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}: the open watch held it up",
+        started.elapsed()
+    );
+    wait_for(Duration::from_secs(10), "the watch ends", || {
+        watch.try_wait().expect("child status")
+    });
+    reader.join().expect("reader");
+}

@@ -304,12 +304,18 @@ pub async fn watch_task(
                     .unwrap_or_default();
                 return Some((Ok(ev), w));
             }
-            if w.done {
+            if w.done || w.app.cfg.stopping.is_triggered() {
                 return None;
             }
             match w.app.store.task_events(&w.scope, &w.id, w.after).await {
                 Ok(events) if !events.is_empty() => w.pending.extend(events),
-                Ok(_) => tokio::time::sleep(WATCH_POLL).await,
+                Ok(_) => {
+                    let stopping = w.app.cfg.stopping.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(WATCH_POLL) => {}
+                        () = stopping.wait() => return None,
+                    }
+                }
                 // The task was deleted with its company, or the database failed: end the stream.
                 Err(_) => return None,
             }

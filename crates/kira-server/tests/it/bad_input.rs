@@ -16,6 +16,7 @@ async fn table(backend: Backend) {
         backend,
         kira_server::ServerConfig {
             max_body_bytes: 64 * 1024,
+            ..Default::default()
         },
     )
     .await;
