@@ -4,9 +4,10 @@
 //! company's work without reading any company's content.
 //!
 //! Architecture invariant: a reservation is a conditional update inside one
-//! transaction (`reserved + spent + amount <= capacity` in the WHERE), on
-//! the pool and, for the base pool, on the company's allocation. No check in
-//! application code stands between a read and a write.
+//! transaction (`reserved + spent + amount <= limit` in the WHERE): on the
+//! company's allocation for the base pool (allocations sum to the pool, so
+//! its balance is their sum), on the pool row for burst and emergency. No
+//! check in application code stands between a read and a write.
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
