@@ -1,6 +1,8 @@
 //! kira's types and pure rules: ids, companies, roles and scopes, audit
-//! hashing, tasks and their state machine, priority, budgets and allocation. Nothing here does I/O or reads the clock; callers pass `now`.
+//! hashing, tasks and their state machine, priority, budgets and allocation,
+//! episodic memory rules, cross-company sharing rules and the anonymiser. Nothing here does I/O or reads the clock; callers pass `now`.
 
+pub mod anonymise;
 pub mod audit;
 pub mod auth;
 pub mod budget;
@@ -8,7 +10,9 @@ pub mod clock;
 pub mod company;
 pub mod error;
 pub mod ids;
+pub mod memory;
 pub mod priority;
+pub mod sharing;
 pub mod task;
 
 pub use error::ValidationError;
