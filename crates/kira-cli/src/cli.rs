@@ -61,6 +61,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server.
     Serve(ServeArgs),
+    /// Run only the scheduler and its workers (no HTTP), beside `kira serve`
+    /// processes on the same PostgreSQL database. Needs an [executor].
+    Worker(ServeArgs),
     /// Manage companies.
     #[command(subcommand)]
     Company(CompanyCommand),

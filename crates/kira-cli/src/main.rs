@@ -67,6 +67,27 @@ fn chain_message(e: &anyhow::Error) -> String {
     msg
 }
 
+/// The configuration of `serve` and `worker`: flags, env, file, defaults.
+fn load_config(
+    args: cli::ServeArgs,
+    data_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<config::Config> {
+    let flags = config::Flags {
+        listen: args.listen,
+        database_url: args.database_url,
+        app_database_url: args.app_database_url,
+        data_dir,
+        max_body_bytes: args.max_body_bytes,
+        config: args.config,
+        log: args.log,
+    };
+    Ok(config::Config::load(
+        &flags,
+        &|k| std::env::var(k).ok(),
+        std::path::Path::new(config::DEFAULT_CONFIG_FILE),
+    )?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli {
         url,
@@ -78,21 +99,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = || commands::Ctx::new(&url, token.as_deref(), data_dir.clone(), json);
     match command {
         Command::Serve(args) => {
-            let flags = config::Flags {
-                listen: args.listen,
-                database_url: args.database_url,
-                app_database_url: args.app_database_url,
-                data_dir: data_dir.clone(),
-                max_body_bytes: args.max_body_bytes,
-                config: args.config,
-                log: args.log,
-            };
-            let cfg = config::Config::load(
-                &flags,
-                &|k| std::env::var(k).ok(),
-                std::path::Path::new(config::DEFAULT_CONFIG_FILE),
-            )?;
-            serve::run(cfg).await?;
+            serve::run(load_config(args, data_dir)?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(args) => {
+            serve::worker(load_config(args, data_dir)?).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Company(cmd) => {

@@ -135,6 +135,40 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kira worker`: the engine alone (scheduler, workers, periodic jobs), for
+/// scaling out beside `kira serve` processes on one PostgreSQL database.
+pub async fn worker(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg.log);
+    let Some(ExecutorConfig::Simulated(_)) = &cfg.engine.executor else {
+        anyhow::bail!(
+            "kira worker runs tasks, so its configuration needs an [executor] section; \
+             without one, tasks only wait in the queue"
+        );
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let store = kira_store::open(&cfg.store_config())
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&cfg.database_url)))?;
+    tracing::info!(database = %redact_url(&cfg.database_url), "kira worker started; executor: simulated (results are marked simulated)");
+    let engine = kira_engine::Engine::new(store, Arc::new(SystemClock), cfg.engine.clone());
+    let shutdown = kira_engine::Shutdown::new();
+    let background = engine.start(shutdown.clone());
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
+    tracing::info!("stop requested; finishing runs in flight");
+    shutdown.trigger();
+    if tokio::time::timeout(ENGINE_STOP, background).await.is_err() {
+        tracing::warn!(
+            seconds = ENGINE_STOP.as_secs(),
+            "runs did not finish in time; their leases will lapse and the tasks be retried"
+        );
+    }
+    tracing::info!("kira worker stopped");
+    Ok(())
+}
+
 fn init_logging(filter: &str) {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     // The filter was checked when the configuration was loaded.

@@ -85,3 +85,75 @@ fn two_server_processes_keep_one_audit_chain() {
     // bootstrap key + company add + 40 updates
     assert_eq!(report["entries"], 42, "{report}");
 }
+
+/// `kira worker` runs the queue of a `kira serve` that has no executor: the
+/// server takes the task over HTTP, the worker process claims and runs it.
+#[test]
+fn a_worker_process_runs_what_a_server_queues() {
+    let url = block_on(kira_store::testdb::fresh_postgres());
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(work.path(), &["--database-url", &url]);
+    crate::support::ok(server.kira().args([
+        "company",
+        "add",
+        "acme",
+        "--name",
+        "Acme",
+        "--industry",
+        "fintech",
+        "--jurisdiction",
+        "US-DE",
+    ]));
+    let worker_config = work.path().join("worker.toml");
+    std::fs::write(&worker_config, "[executor]\nkind = \"simulated\"\n").expect("write config");
+    // Without an executor a worker refuses to start.
+    let no_executor = work.path().join("no-executor.toml");
+    std::fs::write(&no_executor, "[budget]\ntotal_tokens = 100000\n").expect("write config");
+    let refused = crate::support::fails(
+        crate::support::kira_in(work.path())
+            .args(["worker", "--database-url", &url, "--config"])
+            .arg(&no_executor),
+        1,
+    );
+    assert!(refused.stderr.contains("[executor]"), "{}", refused.stderr);
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_kira"))
+        .current_dir(work.path())
+        .args(["worker", "--database-url", &url, "--config"])
+        .arg(&worker_config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kira worker starts");
+    let task = crate::support::ok_json(server.kira().args([
+        "--json",
+        "task",
+        "submit",
+        "acme",
+        "Summarise the week",
+        "--type",
+        "routine_status_update",
+    ]));
+    let id = crate::support::s(&task, "task_id").to_owned();
+    let done = crate::support::wait_for(
+        std::time::Duration::from_secs(20),
+        "the worker completes the task",
+        || {
+            let t = crate::support::ok_json(server.kira().args(["--json", "task", "show", &id]));
+            (crate::support::s(&t, "status") == "completed").then_some(t)
+        },
+    );
+    assert_eq!(done["result"]["simulated"], true, "{done}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let status = crate::support::wait_for(
+        std::time::Duration::from_secs(15),
+        "the worker stops",
+        || worker.try_wait().expect("worker status"),
+    );
+    assert!(
+        status.success(),
+        "SIGTERM stops the worker cleanly: {status}"
+    );
+}
