@@ -1599,7 +1599,36 @@ impl BudgetStore for PgStore {
             return Err(StoreError::NotFound);
         }
         let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state != "held" {
+        if state == "released" && used > 0 {
+            // The run outlived its lease and the reaper gave the tokens back,
+            // but the provider did use them: hold them again to charge them.
+            if !hold(&mut tx, &r.period_id, &r.company_id, r.pool, used).await? {
+                return Err(StoreError::Conflict(format!(
+                    "reservation {reservation_id} was released when its lease expired, and the {used} tokens \
+                     used since no longer fit the {} pool",
+                    r.pool.as_str()
+                )));
+            }
+            sqlx::query("UPDATE reservations SET state = 'held', amount = $1, closed_at = NULL WHERE reservation_id = $2")
+                .bind(used)
+                .bind(&r.reservation_id)
+                .execute(&mut *tx)
+                .await?;
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(r.pool),
+                "reserve",
+                used,
+                "usage reported after the lease expired",
+            )
+            .await?;
+            r.amount = used;
+        } else if state != "held" {
             return Err(StoreError::Conflict(format!(
                 "reservation {reservation_id} is already {state}"
             )));

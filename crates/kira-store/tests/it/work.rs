@@ -23,6 +23,7 @@ conformance!(
     usage_above_the_reservation_is_charged_when_it_fits,
     forced_delete_releases_and_removes_tasks,
     a_waiting_task_runs_once_budget_frees,
+    usage_reported_after_a_lost_lease_is_still_charged,
 );
 
 /// 10,000 tokens: base 6,000, burst 3,000, emergency 1,000.
@@ -828,6 +829,73 @@ async fn a_waiting_task_runs_once_budget_frees(f: Fresh) {
             TaskStatus::WaitingBudget,
             TaskStatus::Running
         ]
+    );
+    ledger_ok(s).await;
+}
+
+async fn usage_reported_after_a_lost_lease_is_still_charged(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 500)).await;
+    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &id, &cfg).await else {
+        panic!("claimed")
+    };
+    // The worker stalls past its lease; the reaper gives the tokens back.
+    let later = t0() + TimeDelta::minutes(5);
+    s.reap_expired(later, TimeDelta::seconds(10))
+        .await
+        .expect("reap");
+    let base = |st: &kira_store::work::BudgetState| {
+        let p = st
+            .pools
+            .iter()
+            .find(|p| p.pool == Pool::Base)
+            .expect("base");
+        (p.reserved, p.spent)
+    };
+    assert_eq!(
+        base(
+            &s.company_budget(&scope("acme"), &cfg, later)
+                .await
+                .expect("state")
+        ),
+        (0, 0)
+    );
+    // Its call had used 300 tokens: they are charged when it reports them.
+    s.settle(
+        &scope("acme"),
+        &reservation.reservation_id,
+        200,
+        100,
+        0.0,
+        later,
+    )
+    .await
+    .expect("late settle");
+    assert_eq!(
+        base(
+            &s.company_budget(&scope("acme"), &cfg, later)
+                .await
+                .expect("state")
+        ),
+        (0, 300)
+    );
+    let t = s.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.prompt_tokens + t.completion_tokens, 300);
+    let again = s
+        .settle(
+            &scope("acme"),
+            &reservation.reservation_id,
+            1,
+            1,
+            0.0,
+            later,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "charged once: {again:?}"
     );
     ledger_ok(s).await;
 }
