@@ -137,14 +137,20 @@ pub async fn seed(
 /// claim timings (microseconds).
 pub async fn drain(engine: &Engine) -> Result<Vec<u64>, EngineError> {
     let mut claims = Vec::new();
+    // Runs overlap the next pass, as in `Engine::start`.
+    let mut runs: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
         let report = engine.tick().await?;
         let idle = report.claimed.is_empty();
         claims.extend(report.claim_micros);
-        for h in report.runs {
-            let _ = h.await;
-        }
+        runs.extend(report.runs);
+        runs.retain(|h| !h.is_finished());
         if idle {
+            if let Some(h) = runs.pop() {
+                // Slots free up as runs end: wait for one, then look again.
+                let _ = h.await;
+                continue;
+            }
             let snap = engine
                 .store()
                 .queue_snapshot(engine.clock().now(), 1)

@@ -40,7 +40,7 @@ impl Engine {
         let outcome = executor.execute(&mut run).await;
         beat.abort();
         if lost.load(Ordering::SeqCst) {
-            tracing::warn!(task = %id, "lease lost during the run; another worker will retry it");
+            tracing::warn!(task = %id, "lease lost during the run; the task is no longer this worker's");
             return;
         }
         let now = self.clock().now();
