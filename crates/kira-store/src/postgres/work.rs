@@ -482,6 +482,41 @@ async fn move_tokens(
     Ok(())
 }
 
+/// Holds `extra` more tokens on reservation `r` (which then holds
+/// `new_amount` in all) and records it, if the pool has room.
+async fn hold_more(
+    tx: &mut PgConnection,
+    r: &mut Reservation,
+    extra: i64,
+    new_amount: i64,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<bool> {
+    if !hold(tx, &r.period_id, &r.company_id, r.pool, extra).await? {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE reservations SET state = 'held', amount = $1, closed_at = NULL WHERE reservation_id = $2")
+        .bind(new_amount)
+        .bind(&r.reservation_id)
+        .execute(&mut *tx)
+        .await?;
+    ledger(
+        tx,
+        now,
+        &r.period_id,
+        Some(&r.company_id),
+        Some(&r.task_id),
+        Some(&r.reservation_id),
+        Some(r.pool),
+        "reserve",
+        extra,
+        why,
+    )
+    .await?;
+    r.amount = new_amount;
+    Ok(true)
+}
+
 fn new_reservation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -1602,32 +1637,22 @@ impl BudgetStore for PgStore {
         if state == "released" && used > 0 {
             // The run outlived its lease and the reaper gave the tokens back,
             // but the provider did use them: hold them again to charge them.
-            if !hold(&mut tx, &r.period_id, &r.company_id, r.pool, used).await? {
+            if !hold_more(
+                &mut tx,
+                &mut r,
+                used,
+                used,
+                now,
+                "usage reported after the lease expired",
+            )
+            .await?
+            {
                 return Err(StoreError::Conflict(format!(
                     "reservation {reservation_id} was released when its lease expired, and the {used} tokens \
                      used since no longer fit the {} pool",
                     r.pool.as_str()
                 )));
             }
-            sqlx::query("UPDATE reservations SET state = 'held', amount = $1, closed_at = NULL WHERE reservation_id = $2")
-                .bind(used)
-                .bind(&r.reservation_id)
-                .execute(&mut *tx)
-                .await?;
-            ledger(
-                &mut tx,
-                now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(r.pool),
-                "reserve",
-                used,
-                "usage reported after the lease expired",
-            )
-            .await?;
-            r.amount = used;
         } else if state != "held" {
             return Err(StoreError::Conflict(format!(
                 "reservation {reservation_id} is already {state}"
@@ -1637,29 +1662,16 @@ impl BudgetStore for PgStore {
         if used > r.amount {
             // The provider used more than the bound: hold the difference if it fits.
             let extra = used - r.amount;
-            if hold(&mut tx, &r.period_id, &r.company_id, r.pool, extra).await? {
-                sqlx::query(
-                    "UPDATE reservations SET amount = amount + $1 WHERE reservation_id = $2",
-                )
-                .bind(extra)
-                .bind(&r.reservation_id)
-                .execute(&mut *tx)
-                .await?;
-                ledger(
-                    &mut tx,
-                    now,
-                    &r.period_id,
-                    Some(&r.company_id),
-                    Some(&r.task_id),
-                    Some(&r.reservation_id),
-                    Some(r.pool),
-                    "reserve",
-                    extra,
-                    "usage above the reservation",
-                )
-                .await?;
-                r.amount = used;
-            } else {
+            if !hold_more(
+                &mut tx,
+                &mut r,
+                extra,
+                used,
+                now,
+                "usage above the reservation",
+            )
+            .await?
+            {
                 detail = format!(
                     "{extra} tokens above the reservation could not be charged: the pool is full"
                 );
