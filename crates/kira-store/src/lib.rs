@@ -16,6 +16,7 @@ use kira_core::ids::KeyId;
 use kira_core::{CompanyId, ValidationError};
 
 pub mod ledger;
+pub mod memory;
 pub mod postgres;
 pub mod sqlite;
 pub mod testdb;

@@ -1,0 +1,273 @@
+//! Episodic memory: the storage trait and the records it moves. Memories
+//! are company data: every method takes a [`CompanyScope`] and binds its
+//! company (and PostgreSQL's row-level security binds it again). Full-text
+//! search is the database's (SQLite FTS5, PostgreSQL tsvector + GIN); the
+//! final ranking (recency, importance, fusion with dense vectors) is the
+//! engine's, from the core rules.
+//!
+//! Embeddings are computed outside the write: an insert queues the new
+//! memory's id in `memory_embed_queue` (ids only, no content, so the queue
+//! needs no company scope to read), and the engine's embedder claims ids,
+//! reads their text through the company scope and stores the vectors.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::CompanyScope;
+use kira_core::memory::{EventType, Memory, Workstream};
+use uuid::Uuid;
+
+use crate::Result;
+
+/// The most memories one insert takes (one transaction).
+pub const MAX_BATCH: usize = 1_000;
+
+/// How long a claimed embedding job is left to its claimer before another
+/// embedder may take it.
+pub const EMBED_LEASE: TimeDelta = TimeDelta::seconds(120);
+
+/// Which memories a list or search sees, by archive state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Archived {
+    /// Live memories only (the default everywhere).
+    #[default]
+    Exclude,
+    /// Live and archived.
+    Include,
+    /// Archived only.
+    Only,
+}
+
+/// Filters shared by list, search and vector reads. Every field narrows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryFilter {
+    pub event_type: Option<EventType>,
+    pub workstream: Option<Workstream>,
+    pub category: Option<String>,
+    /// `occurred_at >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `occurred_at < until`.
+    pub until: Option<DateTime<Utc>>,
+    pub min_importance: Option<i16>,
+    /// One of the memory's `indexed_terms` (compared lower-cased, exactly).
+    pub term: Option<String>,
+    pub archived: Archived,
+}
+
+/// Where a list page starts: after this memory in the list's order
+/// (`occurred_at` descending, then `id` descending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryCursor {
+    pub occurred_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl MemoryCursor {
+    pub fn of(m: &Memory) -> Self {
+        Self {
+            occurred_at: m.occurred_at,
+            id: m.id,
+        }
+    }
+
+    /// The opaque string an API hands out: `<rfc3339 micros>_<uuid>`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}_{}",
+            self.occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.id
+        )
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let (at, id) = s.rsplit_once('_')?;
+        Some(Self {
+            occurred_at: DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+            id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+/// A full-text match. `relevance` is the database's own score, higher
+/// meaning better (PostgreSQL `ts_rank_cd`, SQLite `-bm25()`); it compares
+/// only within one query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextHit {
+    pub memory: Memory,
+    pub relevance: f64,
+}
+
+/// A stored embedding of one memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryVector {
+    pub memory_id: Uuid,
+    pub vector: Vec<f32>,
+}
+
+/// A memory waiting for its embedding (ids only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedJob {
+    pub company_id: CompanyId,
+    pub memory_id: Uuid,
+}
+
+/// Counts for one company's memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryStats {
+    pub live: u64,
+    pub archived: u64,
+    /// Live memories with a vector for the asked model.
+    pub embedded: u64,
+}
+
+#[async_trait]
+pub trait MemoryStore: Send + Sync {
+    /// Stores 1..=[`MAX_BATCH`] memories of the scope's company in one
+    /// transaction, with the audit entry, and queues each for embedding.
+    /// Each memory's `company_id` must be the scope's (else Invalid, and
+    /// nothing is written); an id already stored is a Conflict.
+    async fn insert_memories(
+        &self,
+        scope: &CompanyScope,
+        memories: &[Memory],
+        audit: AuditRecord,
+    ) -> Result<()>;
+
+    /// NotFound for an unknown id or another company's.
+    async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory>;
+
+    /// The scope's memories among `ids` (archived included), in no
+    /// particular order; unknown and foreign ids are left out.
+    async fn get_memories(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<Vec<Memory>>;
+
+    /// One page, newest `occurred_at` first (ties: larger id first).
+    async fn list_memories(
+        &self,
+        scope: &CompanyScope,
+        filter: &MemoryFilter,
+        after: Option<MemoryCursor>,
+        limit: u32,
+    ) -> Result<Vec<Memory>>;
+
+    /// Full-text search over the memory's text, category, indexed terms
+    /// and the names in its content, any word of `query` matching (OR),
+    /// best `relevance` first, at most `limit`. A query with no searchable
+    /// word returns nothing.
+    async fn search_memories(
+        &self,
+        scope: &CompanyScope,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<TextHit>>;
+
+    /// Archives (`Some(at)`) or restores (`None`) the given memories; ids
+    /// already in that state are left alone. Returns how many changed.
+    async fn set_archived(
+        &self,
+        scope: &CompanyScope,
+        ids: &[Uuid],
+        archived_at: Option<DateTime<Utc>>,
+        audit: AuditRecord,
+    ) -> Result<u64>;
+
+    /// Removes the memory, its vector and its queue entry. NotFound if not
+    /// the scope's.
+    async fn delete_memory(&self, scope: &CompanyScope, id: Uuid, audit: AuditRecord)
+    -> Result<()>;
+
+    /// Compaction's one write: inserts `summary` (whose `compacted_from`
+    /// names `sources`) and archives the sources at `at`, in one
+    /// transaction. Conflict, and nothing written, if any source is not a
+    /// live memory of the scope's company (another run got there first).
+    async fn replace_with_summary(
+        &self,
+        scope: &CompanyScope,
+        summary: &Memory,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<()>;
+
+    /// Hard-deletes the scope's memories archived before `before` (the
+    /// retention period is over). Returns how many.
+    async fn purge_archived(
+        &self,
+        scope: &CompanyScope,
+        before: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<u64>;
+
+    async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats>;
+
+    /// Takes up to `limit` queued embedding jobs of any company, oldest
+    /// first, that nobody holds (or whose lease ran out), holding them until
+    /// `now + EMBED_LEASE`. Concurrent claimers never get the same job.
+    async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>>;
+
+    /// Stores (or replaces) vectors of the scope's memories for `model` and
+    /// removes their queue entries; ids that are not the scope's memories
+    /// are skipped.
+    async fn put_vectors(
+        &self,
+        scope: &CompanyScope,
+        model: &str,
+        vectors: &[MemoryVector],
+    ) -> Result<()>;
+
+    /// Removes queue entries without a vector (the text could not be
+    /// embedded, or the memory is gone).
+    async fn drop_embed_jobs(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<()>;
+
+    /// The vectors for `model` of the scope's memories that pass `filter`.
+    async fn memory_vectors(
+        &self,
+        scope: &CompanyScope,
+        model: &str,
+        filter: &MemoryFilter,
+    ) -> Result<Vec<MemoryVector>>;
+}
+
+/// A vector as stored: little-endian f32s.
+pub fn encode_vector(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The inverse of [`encode_vector`]; None when the length is not a
+/// multiple of 4.
+pub fn decode_vector(b: &[u8]) -> Option<Vec<f32>> {
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_round_trip() {
+        let v = vec![0.0, -1.5, 3.25, f32::MIN_POSITIVE];
+        assert_eq!(decode_vector(&encode_vector(&v)), Some(v));
+        assert_eq!(decode_vector(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn cursor_round_trips_and_refuses_garbage() {
+        let c = MemoryCursor {
+            occurred_at: DateTime::parse_from_rfc3339("2026-11-01T12:00:00.123456Z")
+                .expect("time")
+                .with_timezone(&Utc),
+            id: Uuid::nil(),
+        };
+        assert_eq!(MemoryCursor::decode(&c.encode()), Some(c));
+        assert_eq!(MemoryCursor::decode("nope"), None);
+        assert_eq!(MemoryCursor::decode("2026-11-01T12:00:00Z_notauuid"), None);
+    }
+}
