@@ -80,6 +80,13 @@ pub enum Command {
     /// and emergency token requests.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// A company's episodic memory: record, import, list, search, show,
+    /// archive, restore, delete and compact.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
+    /// Show the context pack an agent working for a company would start
+    /// from, and why each item is in it.
+    Context(ContextArgs),
     /// Show which key the token belongs to.
     Whoami,
     /// Measure kira on this machine (runs in-process against a database of its own).
@@ -272,6 +279,131 @@ pub enum AuditCommand {
     },
     /// Check the audit log's hash chain; exits 1 if it was tampered with.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemoryCommand {
+    /// Record one memory.
+    Add(MemoryAddArgs),
+    /// Record memories from a JSON Lines file (one memory object per line),
+    /// up to 1,000 per request, each request all or nothing.
+    Import {
+        company: String,
+        /// The .jsonl file; - reads standard input.
+        file: PathBuf,
+    },
+    /// List memories, the most recent first.
+    List(MemoryListArgs),
+    /// Search memories by words and meaning.
+    Search(MemorySearchArgs),
+    /// Show one memory.
+    Show { company: String, memory_id: String },
+    /// Archive a memory (it leaves search and context until restored).
+    Archive { company: String, memory_id: String },
+    /// Restore an archived memory.
+    Restore { company: String, memory_id: String },
+    /// Delete a memory for good (admins only).
+    Delete { company: String, memory_id: String },
+    /// Compact a company's memory now by each workstream's strategy.
+    Compact {
+        company: String,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryAddArgs {
+    pub company: String,
+    /// What happened, in words.
+    #[arg(value_name = "TEXT")]
+    pub text: String,
+    /// decision, meeting, context, person, goal, issue, contract, progress,
+    /// task_result or note.
+    #[arg(long = "type", value_name = "TYPE", default_value = "note")]
+    pub event_type: String,
+    /// legal, financial, operational, technical, content, research or general.
+    #[arg(long, value_name = "NAME")]
+    pub workstream: Option<String>,
+    /// Free text compaction keys on, such as key_decisions or routine_reviews.
+    #[arg(long, value_name = "NAME")]
+    pub category: Option<String>,
+    /// 1-10 [default: 5].
+    #[arg(long, value_name = "N")]
+    pub importance: Option<i16>,
+    /// When it happened (RFC 3339) [default: now].
+    #[arg(long, value_name = "TIME")]
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A person involved (repeatable).
+    #[arg(long = "person", value_name = "NAME")]
+    pub people: Vec<String>,
+    /// A counterparty involved (repeatable).
+    #[arg(long = "counterparty", value_name = "NAME")]
+    pub counterparties: Vec<String>,
+    /// Where it came from, such as a task id.
+    #[arg(long, value_name = "TEXT")]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct MemoryFilterArgs {
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub workstream: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub category: Option<String>,
+    /// Happened at or after (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// Happened before (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub min_importance: Option<i16>,
+    /// A person, counterparty or indexed term.
+    #[arg(long, value_name = "TERM")]
+    pub term: Option<String>,
+    /// exclude (default), include or only.
+    #[arg(long, value_name = "WHICH")]
+    pub archived: Option<String>,
+    /// At most this many [default: 50].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryListArgs {
+    pub company: String,
+    #[command(flatten)]
+    pub filter: MemoryFilterArgs,
+    /// Continue after this cursor (printed at the end of a full page).
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MemorySearchArgs {
+    pub company: String,
+    /// What to look for.
+    pub query: String,
+    #[command(flatten)]
+    pub filter: MemoryFilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ContextArgs {
+    pub company: String,
+    /// A task type or a workstream, such as legal or document_review.
+    #[arg(long, value_name = "TYPE")]
+    pub task_type: Option<String>,
+    /// The task's text.
+    #[arg(long, value_name = "TEXT")]
+    pub q: Option<String>,
+    /// Tokens (cl100k) [default: 4000].
+    #[arg(long, value_name = "N")]
+    pub budget: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -593,6 +725,9 @@ pub enum BenchCommand {
     /// The queue end to end: submit, claim with a budget reservation, run
     /// (simulated, zero latency), settle, ledger, complete.
     Queue(BenchQueueArgs),
+    /// Retrieval quality of context packs on LoCoMo (../shared/bench):
+    /// evidence recall per category at each token budget, and pack latency.
+    Memory(BenchMemoryArgs),
     /// One worker process of `bench queue --processes N` (internal).
     #[command(hide = true)]
     QueueWorker {
@@ -601,6 +736,29 @@ pub enum BenchCommand {
         #[arg(long)]
         overload: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMemoryArgs {
+    /// The benchmark data folder (holding locomo/locomo10.json).
+    #[arg(long, default_value = "../shared/bench")]
+    pub data: PathBuf,
+    /// An EMPTY database to run in (postgres://...); default: a new SQLite file in a temp directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Token budgets to score, comma-separated.
+    #[arg(long, default_value = "1000,2000,4000", value_delimiter = ',')]
+    pub budgets: Vec<usize>,
+    /// Use only the first N conversations (of 10).
+    #[arg(long)]
+    pub conversations: Option<usize>,
+    /// Full text only: do not load the embedding model.
+    #[arg(long)]
+    pub no_embed: bool,
+    /// Score packs as configured (hot/warm/cold shares, 5 cold hits) rather
+    /// than as pure retrieval (every item chosen by relevance to the question).
+    #[arg(long)]
+    pub layered: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod commands;
 mod config;
+mod models;
 mod output;
 mod serve;
 
@@ -114,6 +115,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => commands::audit::run(&ctx()?, cmd).await,
         Command::Task(cmd) => commands::task::run(&ctx()?, cmd).await,
         Command::Budget(cmd) => commands::budget::run(&ctx()?, cmd).await,
+        Command::Memory(cmd) => commands::memory::run(&ctx()?, cmd).await,
+        Command::Context(args) => commands::memory::context(&ctx()?, args).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Bench(cmd) => commands::bench::run(cmd, json).await,
         Command::Completions { shell } => {

@@ -86,8 +86,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => tracing::info!("no executor configured: tasks wait in the queue"),
     }
     let engine = kira_engine::Engine::new(store, Arc::new(SystemClock), cfg.engine.clone());
+    let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.start(shutdown.clone());
+    let memory_jobs = engine.start_memory_jobs(shutdown.clone());
 
     let stopping = kira_engine::Shutdown::new();
     let app = kira_server::router(
@@ -130,6 +132,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             seconds = ENGINE_STOP.as_secs(),
             "the engine did not stop in time; its leases will lapse and the tasks be retried"
         ),
+    }
+    if tokio::time::timeout(ENGINE_STOP, memory_jobs).await.is_err() {
+        tracing::warn!("the memory jobs did not stop in time");
     }
     tracing::info!("kira stopped");
     Ok(())

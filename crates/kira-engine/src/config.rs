@@ -29,6 +29,7 @@ pub struct EngineConfig {
     /// None: tasks wait in the queue; nothing pretends to run them.
     pub executor: Option<ExecutorConfig>,
     pub prices: BTreeMap<String, ModelPrice>,
+    pub memory: crate::memory::MemoryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +166,7 @@ impl Default for EngineConfig {
             task_types,
             executor: None,
             prices: BTreeMap::new(),
+            memory: crate::memory::MemoryConfig::default(),
         }
     }
 }

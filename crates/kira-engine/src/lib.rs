@@ -17,6 +17,8 @@ use tokio::sync::{Notify, watch};
 pub mod bench;
 pub mod config;
 pub mod executor;
+pub mod membench;
+pub mod memory;
 pub mod scheduler;
 pub mod tasks;
 mod worker;
@@ -30,6 +32,10 @@ pub enum EngineError {
     Invalid(#[from] kira_core::ValidationError),
     #[error(transparent)]
     Store(#[from] kira_store::StoreError),
+    #[error("embedding: {0}")]
+    Embed(String),
+    #[error("summarizer: {0}")]
+    Summarize(String),
 }
 
 /// Tells background work to stop.
@@ -84,6 +90,11 @@ struct Inner {
     wake: Arc<Notify>,
     /// This process's name on leases.
     worker_id: String,
+    /// The sentence-embedding model; None: full text only.
+    embedder: Option<Arc<dyn memory::embed::TextEmbedder>>,
+    /// Rung when memories arrive, so an idle embedder looks at once.
+    embed_wake: Notify,
+    summarizer: Arc<dyn memory::summarize::Summarizer>,
 }
 
 impl Engine {
@@ -118,6 +129,9 @@ impl Engine {
                 executor,
                 wake: Arc::new(Notify::new()),
                 worker_id,
+                embedder: None,
+                embed_wake: Notify::new(),
+                summarizer: Arc::new(memory::summarize::Extractive::default()),
             }),
         }
     }
@@ -141,6 +155,33 @@ impl Engine {
 
     pub fn worker_id(&self) -> &str {
         &self.inner.worker_id
+    }
+
+    /// The engine with `embedder` for semantic retrieval. Call before the
+    /// engine is cloned or shared.
+    pub fn with_embedder(mut self, embedder: Arc<dyn memory::embed::TextEmbedder>) -> Engine {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.embedder = Some(embedder),
+            None => tracing::error!("with_embedder called on a shared engine; ignored"),
+        }
+        self
+    }
+
+    /// The engine with `summarizer` for compaction (default: extractive).
+    pub fn with_summarizer(mut self, s: Arc<dyn memory::summarize::Summarizer>) -> Engine {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.summarizer = s,
+            None => tracing::error!("with_summarizer called on a shared engine; ignored"),
+        }
+        self
+    }
+
+    pub fn embedder(&self) -> Option<&Arc<dyn memory::embed::TextEmbedder>> {
+        self.inner.embedder.as_ref()
+    }
+
+    pub fn summarizer(&self) -> &Arc<dyn memory::summarize::Summarizer> {
+        &self.inner.summarizer
     }
 
     /// Wakes the scheduler (new or requeued work).

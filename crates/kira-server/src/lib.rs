@@ -74,6 +74,7 @@ pub enum Error {
         (name = "audit", description = "The hash-chained audit log"),
         (name = "tasks", description = "Tasks: SEED 1's messages, queued, scheduled and run"),
         (name = "budget", description = "Token budgets: pools, allocations, emergency requests, the ledger"),
+        (name = "memory", description = "Episodic memory, search, compaction and context packs"),
     )
 )]
 struct ApiDoc;
@@ -125,6 +126,19 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::budget::approve_request))
         .routes(routes!(routes::budget::reject_request))
         .routes(routes!(routes::budget::verify_ledger))
+        .routes(routes!(
+            routes::memory::add_memory,
+            routes::memory::list_memory
+        ))
+        .routes(routes!(routes::memory::search_memory))
+        .routes(routes!(routes::memory::compact_memory))
+        .routes(routes!(
+            routes::memory::get_memory,
+            routes::memory::delete_memory
+        ))
+        .routes(routes!(routes::memory::archive_memory))
+        .routes(routes!(routes::memory::restore_memory))
+        .routes(routes!(routes::memory::get_context))
 }
 
 /// The OpenAPI document of every route.

@@ -16,6 +16,7 @@ use crate::cli::{BenchCommand, BenchQueueArgs};
 pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Queue(args) => queue(args, json).await,
+        BenchCommand::Memory(args) => super::bench_memory::run(args, json).await,
         BenchCommand::QueueWorker {
             database_url,
             overload,

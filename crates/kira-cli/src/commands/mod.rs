@@ -4,8 +4,10 @@
 pub mod admin;
 pub mod audit;
 pub mod bench;
+pub mod bench_memory;
 pub mod budget;
 pub mod company;
+pub mod memory;
 pub mod task;
 
 use std::path::PathBuf;

@@ -19,9 +19,11 @@ use uuid::Uuid;
 
 use crate::{CompanyId, ValidationError};
 
-pub use compaction::{Action, CompactionConfig, CompactionStrategy, action, summary_group};
+pub use compaction::{
+    Action, CompactionConfig, CompactionStrategy, action, due_action, summary_group,
+};
 pub use layer::{Layer, LayerConfig, layer};
-pub use rank::{ScoreWeights, combined_score, normalise, rank_hits, recency};
+pub use rank::{ScoreWeights, combined_score, fuse_rrf, normalise, rank_hits, recency};
 
 /// What kind of event a memory records.
 #[derive(

@@ -158,6 +158,36 @@ pub fn rank_hits<T>(
         .collect()
 }
 
+/// Reciprocal rank fusion (Cormack et al., 2009): each list votes
+/// `1 / (k + rank)` (rank from 1) for its items; the result is every item
+/// of any list with its summed vote, best first (ties: first seen first).
+/// `k` damps the head of each list; 60 is the paper's value.
+pub fn fuse_rrf<T: Clone + Eq + std::hash::Hash>(lists: &[Vec<T>], k: f64) -> Vec<(T, f64)> {
+    let mut order: Vec<T> = Vec::new();
+    let mut votes: std::collections::HashMap<T, f64> = std::collections::HashMap::new();
+    for list in lists {
+        for (i, item) in list.iter().enumerate() {
+            let vote = 1.0 / (k + i as f64 + 1.0);
+            match votes.get_mut(item) {
+                Some(v) => *v += vote,
+                None => {
+                    votes.insert(item.clone(), vote);
+                    order.push(item.clone());
+                }
+            }
+        }
+    }
+    let mut fused: Vec<(T, f64)> = order
+        .into_iter()
+        .map(|item| {
+            let v = votes.get(&item).copied().unwrap_or(0.0);
+            (item, v)
+        })
+        .collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1));
+    fused
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{TimeDelta, TimeZone};
@@ -381,5 +411,19 @@ mod tests {
                 prop_assert!(better < worse, "{ranked:?}");
             }
         }
+    }
+
+    #[test]
+    fn rrf_rewards_agreement_and_keeps_every_item() {
+        let fused = fuse_rrf(&[vec!["a", "b", "c"], vec!["c", "b", "d"]], 60.0);
+        let ids: Vec<&str> = fused.iter().map(|(t, _)| *t).collect();
+        // b and c are in both lists; b ranks 2 + 2, c ranks 3 + 1: the
+        // reciprocal of the smaller rank weighs more, so c edges out b.
+        assert_eq!(ids, vec!["c", "b", "a", "d"]);
+        assert!(fused.windows(2).all(|w| w[0].1 >= w[1].1));
+        assert!(fuse_rrf::<u8>(&[], 60.0).is_empty());
+        // One list: its own order.
+        let one = fuse_rrf(&[vec![3, 1, 2]], 60.0);
+        assert_eq!(one.iter().map(|x| x.0).collect::<Vec<_>>(), vec![3, 1, 2]);
     }
 }

@@ -2,4 +2,5 @@
 //! against real stores, with the clock in the test's hands.
 
 mod bench;
+mod memory;
 mod scheduler;

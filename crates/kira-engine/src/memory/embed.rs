@@ -1,0 +1,141 @@
+//! Embeddings beside full text: the engine's view of a sentence-embedding
+//! model, and the background loop that embeds new memories. Writes never
+//! wait for it: an insert queues the memory's id, this loop claims ids,
+//! reads their text through the company scope and stores the vectors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kira_core::CompanyId;
+use kira_core::auth::{Access, Principal};
+use kira_store::memory::{EmbedJob, MemoryVector};
+
+use crate::{Engine, EngineError, Shutdown};
+
+/// A sentence-embedding model. Vectors are L2-normalised, so a dot product
+/// is the cosine.
+pub trait TextEmbedder: Send + Sync {
+    /// Stored beside each vector; vectors of different models never mix.
+    fn model_id(&self) -> &str;
+
+    /// One vector per text, in order. Blocking: call from a blocking thread.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+/// Embedding jobs claimed per pass.
+pub const EMBED_BATCH: u32 = 64;
+
+impl Engine {
+    /// Embeds `texts` on a blocking thread; None without an embedder.
+    pub(crate) async fn embed_texts(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<Option<Vec<Vec<f32>>>, EngineError> {
+        let Some(embedder) = self.embedder() else {
+            return Ok(None);
+        };
+        let embedder = Arc::clone(embedder);
+        let out = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            embedder.embed(&refs)
+        })
+        .await
+        .map_err(|e| EngineError::Embed(format!("embedding thread: {e}")))?
+        .map_err(EngineError::Embed)?;
+        Ok(Some(out))
+    }
+
+    /// One pass: claims up to [`EMBED_BATCH`] queued memories and embeds
+    /// them. Returns how many it stored; 0 when the queue is empty (or
+    /// there is no embedder).
+    pub async fn embed_pass(&self) -> Result<usize, EngineError> {
+        let Some(embedder) = self.embedder() else {
+            return Ok(0);
+        };
+        let model = embedder.model_id().to_owned();
+        let jobs = self
+            .store()
+            .claim_embed_jobs(self.clock().now(), EMBED_BATCH)
+            .await?;
+        let mut by_company: BTreeMap<CompanyId, Vec<uuid::Uuid>> = BTreeMap::new();
+        for EmbedJob {
+            company_id,
+            memory_id,
+        } in jobs
+        {
+            by_company.entry(company_id).or_default().push(memory_id);
+        }
+        let system = Principal::system();
+        let mut stored = 0;
+        for (company, ids) in by_company {
+            let Ok(scope) = system.scope(&company, Access::Write) else {
+                continue;
+            };
+            let memories = self.store().get_memories(&scope, &ids).await?;
+            let found: std::collections::HashSet<uuid::Uuid> =
+                memories.iter().map(|m| m.id).collect();
+            let missing: Vec<uuid::Uuid> =
+                ids.iter().copied().filter(|id| !found.contains(id)).collect();
+            if !missing.is_empty() {
+                self.store().drop_embed_jobs(&scope, &missing).await?;
+            }
+            if memories.is_empty() {
+                continue;
+            }
+            let texts: Vec<String> = memories.iter().map(|m| m.text().to_owned()).collect();
+            let Some(vectors) = self.embed_texts(texts).await? else {
+                return Ok(stored);
+            };
+            let rows: Vec<MemoryVector> = memories
+                .iter()
+                .zip(vectors)
+                .map(|(m, vector)| MemoryVector {
+                    memory_id: m.id,
+                    vector,
+                })
+                .collect();
+            self.store().put_vectors(&scope, &model, &rows).await?;
+            stored += rows.len();
+        }
+        Ok(stored)
+    }
+
+    /// Embeds until the queue is empty, then waits to be woken (a memory
+    /// was added) or for the poll interval; stops on `shutdown`.
+    pub async fn run_embedder(&self, shutdown: Shutdown) {
+        if self.embedder().is_none() {
+            return;
+        }
+        let poll = self
+            .config()
+            .scheduler
+            .poll_interval
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(1));
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            match self.embed_pass().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "embedding pass failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = self.inner.embed_wake.notified() => {}
+                _ = tokio::time::sleep(poll * 5) => {}
+            }
+        }
+    }
+}
+
+impl TextEmbedder for kira_embed::Embedder {
+    fn model_id(&self) -> &str {
+        kira_embed::Embedder::model_id(self)
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        kira_embed::Embedder::embed(self, texts).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,412 @@
+//! Memory in the engine: adding events, hybrid search (the database's full
+//! text fused with dense vectors by reciprocal rank, then weighed with
+//! recency and importance), context packs ([`pack`]) and compaction
+//! ([`compact`]). Every read and write goes through the caller's
+//! `CompanyScope`; the background jobs use the system principal.
+
+pub mod compact;
+pub mod embed;
+pub mod jobs;
+pub mod pack;
+pub mod summarize;
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use kira_core::ValidationError;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::CompanyScope;
+use kira_core::memory::{
+    CompactionConfig, Layer, LayerConfig, Memory, NewMemory, ScoreWeights, Workstream, fuse_rrf,
+    layer, new_memory_id, rank_hits,
+};
+use kira_store::memory::{Archived, MAX_BATCH, MemoryFilter};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub use pack::{ContextPack, PackItem, Section, Shares};
+
+use crate::{Engine, EngineError};
+
+/// Memory settings: `[memory]`, `[memory.layers]`, `[memory.search]`,
+/// `[memory.compaction.WORKSTREAM]` and `[context]` in `kira.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryConfig {
+    pub layers: LayerConfig,
+    pub search: ScoreWeights,
+    pub compaction: CompactionConfig,
+    /// Archived memories are purged this long after archiving.
+    pub retention: TimeDelta,
+    /// How often the compaction job runs over every company.
+    pub compaction_interval: TimeDelta,
+    pub context: ContextConfig,
+    /// Candidates each retriever hands to fusion.
+    pub candidates: u32,
+    /// Reciprocal rank fusion's k.
+    pub rrf_k: f64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            layers: LayerConfig::default(),
+            search: ScoreWeights::default(),
+            compaction: CompactionConfig::default(),
+            retention: TimeDelta::days(30),
+            compaction_interval: TimeDelta::hours(24),
+            context: ContextConfig::default(),
+            candidates: 100,
+            rrf_k: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextConfig {
+    pub shares: Shares,
+    /// Hot memories offered at most.
+    pub hot_items: u32,
+    /// Warm memories offered at most.
+    pub warm_items: u32,
+    /// Cold search hits offered at most (SEED: the top 5).
+    pub cold_hits: u32,
+    /// Budget when a request names none.
+    pub default_budget: usize,
+    /// The largest budget a request may ask for.
+    pub max_budget: usize,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            shares: Shares::default(),
+            hot_items: 20,
+            warm_items: 20,
+            cold_hits: 5,
+            default_budget: 4_000,
+            max_budget: 128_000,
+        }
+    }
+}
+
+/// A search hit, with why it ranked where it did.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SearchHit {
+    pub memory: Memory,
+    /// Combined score in [0, 1]: fused relevance, recency, importance.
+    pub score: f64,
+    pub layer: Layer,
+    /// 1-based rank among full-text matches, if it was one.
+    pub text_rank: Option<usize>,
+    /// 1-based rank among nearest vectors, if it was one.
+    pub vector_rank: Option<usize>,
+}
+
+/// What `load_context` is asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextRequest {
+    /// A task type or a workstream name; picks the warm section's workstream.
+    pub task_type: Option<String>,
+    /// The task's text: what warm and cold search for.
+    pub query: String,
+    pub budget: Option<usize>,
+}
+
+impl Engine {
+    /// Validates and stores 1..=1,000 memories in one transaction. Errors
+    /// name the field (`memories.3.importance` for a batch). The store
+    /// queues each for embedding; the embedder is woken.
+    pub async fn add_memories(
+        &self,
+        scope: &CompanyScope,
+        items: Vec<NewMemory>,
+        batch: bool,
+        audit: AuditRecord,
+    ) -> Result<Vec<Memory>, EngineError> {
+        if items.is_empty() {
+            return Err(ValidationError::new("memories", "must hold at least one memory").into());
+        }
+        if items.len() > MAX_BATCH {
+            return Err(ValidationError::new(
+                "memories",
+                format!("holds {} memories; at most {MAX_BATCH} per request", items.len()),
+            )
+            .into());
+        }
+        let now = self.clock().now();
+        let mut memories = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let valid = item.validate(now).map_err(|mut e| {
+                if batch {
+                    e.field = format!("memories.{i}.{}", e.field);
+                }
+                e
+            })?;
+            memories.push(valid.into_memory(new_memory_id(now), scope.company().clone(), now));
+        }
+        self.store().insert_memories(scope, &memories, audit).await?;
+        self.inner.embed_wake.notify_one();
+        Ok(memories)
+    }
+
+    /// Hybrid search: full-text and vector candidates fused by reciprocal
+    /// rank, then weighed with recency and importance.
+    pub async fn search_memories(
+        &self,
+        scope: &CompanyScope,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, EngineError> {
+        if query.trim().is_empty() {
+            return Err(ValidationError::new("q", "must not be empty").into());
+        }
+        let cfg = &self.config().memory;
+        let candidates = cfg.candidates.max(limit);
+        let text = self
+            .store()
+            .search_memories(scope, query, filter, candidates)
+            .await?;
+        let text_ids: Vec<Uuid> = text.iter().map(|h| h.memory.id).collect();
+        let vector_ids = self.nearest(scope, query, filter, candidates).await?;
+
+        let mut by_id: HashMap<Uuid, Memory> =
+            text.into_iter().map(|h| (h.memory.id, h.memory)).collect();
+        let missing: Vec<Uuid> = vector_ids
+            .iter()
+            .copied()
+            .filter(|id| !by_id.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            for m in self.store().get_memories(scope, &missing).await? {
+                by_id.insert(m.id, m);
+            }
+        }
+        let rank_of = |list: &[Uuid]| -> HashMap<Uuid, usize> {
+            list.iter().enumerate().map(|(i, id)| (*id, i + 1)).collect()
+        };
+        let (text_rank, vector_rank) = (rank_of(&text_ids), rank_of(&vector_ids));
+        let fused = fuse_rrf(&[text_ids, vector_ids], cfg.rrf_k);
+        let now = self.clock().now();
+        let hits: Vec<(Memory, f64, DateTime<Utc>, i16)> = fused
+            .into_iter()
+            .filter_map(|(id, score)| by_id.remove(&id).map(|m| (m, score)))
+            .filter(|(m, _)| archived_passes(m, filter.archived))
+            .map(|(m, score)| {
+                let (at, imp) = (m.occurred_at, m.importance);
+                (m, score, at, imp)
+            })
+            .collect();
+        Ok(rank_hits(hits, now, &cfg.search)
+            .into_iter()
+            .take(limit as usize)
+            .map(|(memory, score)| SearchHit {
+                layer: layer(memory.occurred_at, memory.importance, now, &cfg.layers),
+                text_rank: text_rank.get(&memory.id).copied(),
+                vector_rank: vector_rank.get(&memory.id).copied(),
+                memory,
+                score,
+            })
+            .collect())
+    }
+
+    /// Ids of the memories whose vectors are nearest the query's, best
+    /// first; empty without an embedder.
+    async fn nearest(
+        &self,
+        scope: &CompanyScope,
+        query: &str,
+        filter: &MemoryFilter,
+        k: u32,
+    ) -> Result<Vec<Uuid>, EngineError> {
+        let Some(model) = self.embedder().map(|e| e.model_id().to_owned()) else {
+            return Ok(Vec::new());
+        };
+        let vectors = self.store().memory_vectors(scope, &model, filter).await?;
+        if vectors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(mut q) = self.embed_texts(vec![query.to_owned()]).await? else {
+            return Ok(Vec::new());
+        };
+        let Some(q) = q.pop() else {
+            return Ok(Vec::new());
+        };
+        let mut scored: Vec<(f32, Uuid)> = vectors
+            .iter()
+            .filter(|v| v.vector.len() == q.len())
+            .map(|v| (dot(&q, &v.vector), v.memory_id))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        Ok(scored
+            .into_iter()
+            .take(k as usize)
+            .map(|(_, id)| id)
+            .collect())
+    }
+
+    /// The context an agent starts from (SEED 3.1): hot, warm, cold,
+    /// knowledge and shared sections, deduplicated and fitted to the token
+    /// budget, each item with its provenance. Only the scope's company's
+    /// memories ever go in raw.
+    pub async fn load_context(
+        &self,
+        scope: &CompanyScope,
+        req: &ContextRequest,
+    ) -> Result<ContextPack, EngineError> {
+        let cfg = &self.config().memory;
+        let budget = req.budget.unwrap_or(cfg.context.default_budget);
+        if budget > cfg.context.max_budget {
+            return Err(ValidationError::new(
+                "budget",
+                format!("must be at most {}", cfg.context.max_budget),
+            )
+            .into());
+        }
+        let workstream = match req.task_type.as_deref() {
+            Some(t) => Some(self.workstream_of(t)?),
+            None => None,
+        };
+        let now = self.clock().now();
+        let layers = cfg.layers;
+        let line = |m: &Memory| render_memory(m);
+        let cand = |m: &Memory, score: f64| pack::Candidate {
+            id: m.id.to_string(),
+            layer: Some(layer(m.occurred_at, m.importance, now, &layers)),
+            score,
+            text: line(m),
+        };
+
+        // Hot: the newest and the most important, by recency and importance.
+        let recent = MemoryFilter {
+            from: Some(now - layers.hot_window()),
+            ..MemoryFilter::default()
+        };
+        let important = MemoryFilter {
+            min_importance: Some(layers.hot_importance),
+            ..MemoryFilter::default()
+        };
+        let mut hot: Vec<Memory> = self
+            .store()
+            .list_memories(scope, &recent, None, cfg.context.hot_items)
+            .await?;
+        hot.extend(
+            self.store()
+                .list_memories(scope, &important, None, cfg.context.hot_items)
+                .await?,
+        );
+        let mut seen = HashSet::new();
+        hot.retain(|m| seen.insert(m.id));
+        let hot_ranked = rank_hits(
+            hot.into_iter()
+                .map(|m| {
+                    let (at, imp) = (m.occurred_at, m.importance);
+                    (m, 0.0, at, imp)
+                })
+                .collect(),
+            now,
+            &cfg.search,
+        );
+        let hot_c: Vec<pack::Candidate> = hot_ranked
+            .iter()
+            .take(cfg.context.hot_items as usize)
+            .map(|(m, s)| cand(m, *s))
+            .collect();
+
+        // Warm and cold: search hits for the task text, by layer; warm also
+        // takes the task's workstream's recent memories.
+        let hits = if req.query.trim().is_empty() {
+            Vec::new()
+        } else {
+            self.search_memories(
+                scope,
+                &req.query,
+                &MemoryFilter::default(),
+                cfg.candidates,
+            )
+            .await?
+        };
+        let mut warm_c: Vec<pack::Candidate> = hits
+            .iter()
+            .filter(|h| h.layer == Layer::Warm)
+            .take(cfg.context.warm_items as usize)
+            .map(|h| cand(&h.memory, h.score))
+            .collect();
+        if let Some(w) = workstream {
+            let f = MemoryFilter {
+                workstream: Some(w),
+                from: Some(now - layers.warm_window()),
+                ..MemoryFilter::default()
+            };
+            for m in self
+                .store()
+                .list_memories(scope, &f, None, cfg.context.warm_items)
+                .await?
+            {
+                if layer(m.occurred_at, m.importance, now, &layers) == Layer::Warm {
+                    warm_c.push(cand(&m, 0.0));
+                }
+            }
+        }
+        let cold_c: Vec<pack::Candidate> = hits
+            .iter()
+            .filter(|h| h.layer == Layer::Cold)
+            .take(cfg.context.cold_hits as usize)
+            .map(|h| cand(&h.memory, h.score))
+            .collect();
+
+        Ok(pack::fit(
+            vec![
+                (Section::Hot, hot_c),
+                (Section::Warm, warm_c),
+                (Section::Cold, cold_c),
+            ],
+            budget,
+            &cfg.context.shares,
+            &pack::count_tokens,
+        ))
+    }
+
+    /// The workstream a task type works in: a workstream's own name, else
+    /// the type's specialist's (legal, financial, ...), else general.
+    pub fn workstream_of(&self, task_type: &str) -> Result<Workstream, EngineError> {
+        if let Ok(w) = Workstream::parse(task_type) {
+            return Ok(w);
+        }
+        let Some(t) = self.config().task_types.get(task_type) else {
+            return Err(ValidationError::new(
+                "task_type",
+                format!("'{task_type}' is neither a configured task type nor a workstream"),
+            )
+            .into());
+        };
+        Ok(t.specialist
+            .as_deref()
+            .and_then(|s| Workstream::parse(s).ok())
+            .unwrap_or(Workstream::General))
+    }
+}
+
+fn archived_passes(m: &Memory, a: Archived) -> bool {
+    match a {
+        Archived::Exclude => !m.is_archived(),
+        Archived::Include => true,
+        Archived::Only => m.is_archived(),
+    }
+}
+
+/// One memory as an agent sees it: date, kind, then the text.
+pub fn render_memory(m: &Memory) -> String {
+    format!(
+        "[{} {}/{}] {}",
+        m.occurred_at.format("%Y-%m-%d"),
+        m.event_type,
+        m.workstream,
+        m.text().replace('\n', " ")
+    )
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,393 @@
+//! Fitting a context pack to its token budget: the pure part of
+//! `load_context`. Candidates arrive per section, best first; the pack
+//! takes them section by section, each section up to its share of the
+//! budget, then hands what is left over to whatever did not fit, in
+//! section order. Tokens are counted with cl100k (tiktoken) on the exact
+//! text an agent is shown, section headings included, so the pack never
+//! exceeds its budget.
+
+use std::collections::HashSet;
+
+use kira_core::memory::Layer;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The parts of a context pack, in the order an agent reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    /// The company's most recent and most important memories.
+    Hot,
+    /// Memories of the task's workstream or matching its text.
+    Warm,
+    /// The best search hits for the task text among older memories.
+    Cold,
+    /// Shared knowledge base entries.
+    Knowledge,
+    /// Anonymised items from other companies, where a sharing rule allows.
+    Shared,
+}
+
+impl Section {
+    pub const ALL: [Section; 5] = [
+        Section::Hot,
+        Section::Warm,
+        Section::Cold,
+        Section::Knowledge,
+        Section::Shared,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Hot => "hot",
+            Section::Warm => "warm",
+            Section::Cold => "cold",
+            Section::Knowledge => "knowledge",
+            Section::Shared => "shared",
+        }
+    }
+
+    fn heading(self) -> &'static str {
+        match self {
+            Section::Hot => "## Recent and important",
+            Section::Warm => "## Related to this task",
+            Section::Cold => "## From further back",
+            Section::Knowledge => "## Shared knowledge",
+            Section::Shared => "## From other companies (anonymised)",
+        }
+    }
+}
+
+/// Fractions of the budget each section may take before the leftover pass.
+/// They need not sum to 1: a section's unused share goes to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shares {
+    pub hot: f64,
+    pub warm: f64,
+    pub cold: f64,
+    pub knowledge: f64,
+    pub shared: f64,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Self {
+            hot: 0.25,
+            warm: 0.35,
+            cold: 0.25,
+            knowledge: 0.10,
+            shared: 0.05,
+        }
+    }
+}
+
+impl Shares {
+    fn of(&self, s: Section) -> f64 {
+        let v = match s {
+            Section::Hot => self.hot,
+            Section::Warm => self.warm,
+            Section::Cold => self.cold,
+            Section::Knowledge => self.knowledge,
+            Section::Shared => self.shared,
+        };
+        if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }
+    }
+
+    pub fn validate(&self) -> Result<(), kira_core::ValidationError> {
+        for s in Section::ALL {
+            let v = match s {
+                Section::Hot => self.hot,
+                Section::Warm => self.warm,
+                Section::Cold => self.cold,
+                Section::Knowledge => self.knowledge,
+                Section::Shared => self.shared,
+            };
+            if !(0.0..=1.0).contains(&v) {
+                return Err(kira_core::ValidationError::new(
+                    format!("context.shares.{}", s.as_str()),
+                    "must be between 0 and 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Something that may go into a pack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// A memory id, `kb:<id>` for knowledge, `shared:<company-free id>`.
+    pub id: String,
+    pub layer: Option<Layer>,
+    pub score: f64,
+    /// The line an agent is shown.
+    pub text: String,
+}
+
+/// An item in a pack, with where it came from and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PackItem {
+    pub section: Section,
+    pub id: String,
+    pub layer: Option<Layer>,
+    pub score: f64,
+    pub tokens: usize,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ContextPack {
+    pub budget: usize,
+    /// Tokens of `render()`, never above `budget`.
+    pub tokens: usize,
+    pub items: Vec<PackItem>,
+    /// Candidates that were offered and left out (no room, or duplicates).
+    pub left_out: usize,
+}
+
+impl ContextPack {
+    /// What an agent is shown: each non-empty section's heading, then its
+    /// items, one per line.
+    pub fn render(&self) -> String {
+        render(&self.items)
+    }
+
+    pub fn section(&self, s: Section) -> impl Iterator<Item = &PackItem> {
+        self.items.iter().filter(move |i| i.section == s)
+    }
+}
+
+fn render(items: &[PackItem]) -> String {
+    let mut out = String::new();
+    let mut current = None;
+    for s in Section::ALL {
+        for item in items.iter().filter(|i| i.section == s) {
+            if current != Some(s) {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(s.heading());
+                out.push('\n');
+                current = Some(s);
+            }
+            out.push_str(&item.text);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Tokens of `text` in cl100k, the encoding of GPT-4-class models and a
+/// close stand-in for the others.
+pub fn count_tokens(text: &str) -> usize {
+    tiktoken_rs::cl100k_base_singleton().count_ordinary(text)
+}
+
+/// Builds the pack. `candidates` are per section, each list best first; an
+/// id or text already taken by an earlier section (or earlier in the same
+/// list) is a duplicate and left out.
+pub fn fit(
+    candidates: Vec<(Section, Vec<Candidate>)>,
+    budget: usize,
+    shares: &Shares,
+    count: &dyn Fn(&str) -> usize,
+) -> ContextPack {
+    let mut offered = 0usize;
+    let mut seen_ids: HashSet<String> = HashSet::new();
+    let mut seen_texts: HashSet<String> = HashSet::new();
+    // Deduplicated, in section order, each with its cost counted once.
+    let mut lists: Vec<(Section, Vec<(Candidate, usize)>)> = Vec::new();
+    let mut sorted = candidates;
+    sorted.sort_by_key(|(s, _)| *s);
+    for (section, list) in sorted {
+        let mut kept = Vec::new();
+        for c in list {
+            offered += 1;
+            let text_key = c.text.trim().to_lowercase();
+            if !seen_ids.insert(c.id.clone()) || !seen_texts.insert(text_key) {
+                continue;
+            }
+            // The line plus its newline.
+            let cost = count(&c.text) + 1;
+            kept.push((c, cost));
+        }
+        lists.push((section, kept));
+    }
+
+    let heading_cost = |s: Section| count(s.heading()) + 2;
+    let mut used = 0usize;
+    let mut taken: Vec<Vec<bool>> = lists.iter().map(|(_, l)| vec![false; l.len()]).collect();
+    let mut opened: HashSet<Section> = HashSet::new();
+
+    // Pass 1: each section within its share. Pass 2: leftovers, in order.
+    for pass in 0..2 {
+        for (li, (section, list)) in lists.iter().enumerate() {
+            let cap = if pass == 0 {
+                ((budget as f64) * shares.of(*section)).floor() as usize
+            } else {
+                budget
+            };
+            let mut section_used: usize = if pass == 0 { 0 } else { cap };
+            for (ci, (_, cost)) in list.iter().enumerate() {
+                if taken[li][ci] {
+                    continue;
+                }
+                let extra = if opened.contains(section) {
+                    0
+                } else {
+                    heading_cost(*section)
+                };
+                let need = cost + extra;
+                let fits_section = pass == 1 || section_used + need <= cap;
+                if fits_section && used + need <= budget {
+                    taken[li][ci] = true;
+                    opened.insert(*section);
+                    used += need;
+                    if pass == 0 {
+                        section_used += need;
+                    }
+                }
+            }
+        }
+    }
+
+    let mut items = Vec::new();
+    for (li, (section, list)) in lists.into_iter().enumerate() {
+        for (ci, (c, cost)) in list.into_iter().enumerate() {
+            if taken[li][ci] {
+                items.push(PackItem {
+                    section,
+                    id: c.id,
+                    layer: c.layer,
+                    score: c.score,
+                    tokens: cost,
+                    text: c.text,
+                });
+            }
+        }
+    }
+    // Costs were counted per piece; BPE merges only shorten the whole, but
+    // the guarantee is the rendered text's count, so check it.
+    let mut tokens = count(&render(&items));
+    while tokens > budget {
+        items.pop();
+        tokens = count(&render(&items));
+    }
+    let left_out = offered - items.len();
+    ContextPack {
+        budget,
+        tokens,
+        items,
+        left_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cand(id: &str, text: &str, score: f64) -> Candidate {
+        Candidate {
+            id: id.into(),
+            layer: None,
+            score,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn sections_keep_their_order_and_duplicates_go() {
+        let pack = fit(
+            vec![
+                (
+                    Section::Cold,
+                    vec![cand("a", "alpha beta", 1.0), cand("c", "gamma", 0.5)],
+                ),
+                (
+                    Section::Hot,
+                    vec![cand("a", "alpha beta", 1.0), cand("b", "delta", 0.9)],
+                ),
+                (Section::Warm, vec![cand("d", "Delta", 0.4)]),
+            ],
+            1_000,
+            &Shares::default(),
+            &count_tokens,
+        );
+        let ids: Vec<(&str, Section)> = pack
+            .items
+            .iter()
+            .map(|i| (i.id.as_str(), i.section))
+            .collect();
+        // "a" goes to hot, the first section; "d" repeats "delta"'s text.
+        assert_eq!(
+            ids,
+            vec![
+                ("a", Section::Hot),
+                ("b", Section::Hot),
+                ("c", Section::Cold)
+            ]
+        );
+        assert_eq!(pack.left_out, 2);
+        let shown = pack.render();
+        assert!(shown.starts_with("## Recent and important\nalpha beta\ndelta\n"));
+        assert_eq!(pack.tokens, count_tokens(&shown));
+    }
+
+    #[test]
+    fn a_section_over_its_share_gives_way_then_takes_the_leftover() {
+        let long = "word ".repeat(40);
+        let hot: Vec<Candidate> = (0..10)
+            .map(|i| cand(&format!("h{i}"), &format!("{i} {long}"), 1.0))
+            .collect();
+        let cold = vec![cand("c", "the one cold fact", 1.0)];
+        let pack = fit(
+            vec![(Section::Hot, hot), (Section::Cold, cold)],
+            200,
+            &Shares::default(),
+            &count_tokens,
+        );
+        // Cold got in although hot alone could fill the budget.
+        assert!(pack.items.iter().any(|i| i.id == "c"));
+        assert!(pack.section(Section::Hot).count() >= 1);
+        assert!(pack.tokens <= 200);
+    }
+
+    #[test]
+    fn an_empty_budget_takes_nothing() {
+        let pack = fit(
+            vec![(Section::Hot, vec![cand("a", "x", 1.0)])],
+            0,
+            &Shares::default(),
+            &count_tokens,
+        );
+        assert!(pack.items.is_empty());
+        assert_eq!(pack.tokens, 0);
+        assert_eq!(pack.left_out, 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever is offered, the rendered pack fits its budget, and
+        /// every item's cost adds up to no more than the budget either.
+        #[test]
+        fn never_over_budget(
+            budget in 0usize..600,
+            texts in proptest::collection::vec(("[a-z ]{0,80}", 0usize..5), 0..40),
+            hot in 0.0f64..1.0, warm in 0.0f64..1.0, cold in 0.0f64..1.0,
+        ) {
+            let mut per: Vec<(Section, Vec<Candidate>)> =
+                Section::ALL.iter().map(|s| (*s, Vec::new())).collect();
+            for (i, (t, s)) in texts.into_iter().enumerate() {
+                per[s].1.push(cand(&format!("{i}"), &t, 1.0));
+            }
+            let shares = Shares { hot, warm, cold, knowledge: 0.1, shared: 0.1 };
+            let pack = fit(per, budget, &shares, &count_tokens);
+            prop_assert!(pack.tokens <= budget, "{} > {}", pack.tokens, budget);
+            let sum: usize = pack.items.iter().map(|i| i.tokens).sum();
+            prop_assert!(sum <= budget);
+        }
+    }
+}

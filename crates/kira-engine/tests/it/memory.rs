@@ -1,0 +1,360 @@
+//! Memory through the engine, on SQLite and PostgreSQL, with the clock in
+//! the test's hands: layer boundaries in context packs, budgets, isolation
+//! between companies, compaction, and the embedder with the real model.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Access, CompanyScope, Principal};
+use kira_core::clock::ManualClock;
+use kira_core::company::NewCompany;
+use kira_core::memory::{EventType, Layer, Memory, NewMemory, Workstream};
+use kira_engine::memory::{ContextRequest, Section};
+use kira_engine::{Engine, EngineConfig};
+use kira_store::memory::{Archived, MemoryFilter};
+use kira_store::postgres::PgStore;
+use kira_store::sqlite::SqliteStore;
+use kira_store::{Store, testdb};
+use serde_json::json;
+
+struct Setup {
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0)
+        .single()
+        .expect("time")
+}
+
+async fn setup(backend: Backend) -> Setup {
+    let (store, dir): (Arc<dyn Store>, _) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("dir");
+            let url = testdb::fresh_sqlite(dir.path()).await;
+            (
+                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
+                Some(dir),
+            )
+        }
+        Backend::Postgres => {
+            let url = testdb::fresh_postgres().await;
+            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
+        }
+    };
+    let s = Setup {
+        store,
+        clock: Arc::new(ManualClock::new(t0())),
+        _dir: dir,
+    };
+    for c in ["acme", "globex"] {
+        company(&s, c).await;
+    }
+    s
+}
+
+fn scope(c: &str) -> CompanyScope {
+    Principal::system()
+        .scope(&CompanyId::parse(c).expect("id"), Access::Write)
+        .expect("scope")
+}
+
+fn audit(c: &str) -> AuditRecord {
+    AuditRecord {
+        at: t0(),
+        request_id: String::new(),
+        actor: "system".into(),
+        company_id: CompanyId::parse(c).ok(),
+        action: "test".into(),
+        target: "test".into(),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    }
+}
+
+async fn company(s: &Setup, id: &str) {
+    let (cid, p) = serde_json::from_value::<NewCompany>(json!({
+        "id": id, "name": id, "industry": "fintech", "jurisdiction": "US-DE"
+    }))
+    .expect("json")
+    .validate()
+    .expect("valid");
+    s.store
+        .create_company(&scope(cid.as_str()), &p, t0(), audit(id))
+        .await
+        .expect("create");
+}
+
+fn engine(s: &Setup) -> Engine {
+    Engine::new(s.store.clone(), s.clock.clone(), EngineConfig::default())
+}
+
+struct M<'a> {
+    text: &'a str,
+    age: TimeDelta,
+    importance: i16,
+    workstream: Workstream,
+    category: &'a str,
+}
+
+fn m(text: &str, age: TimeDelta, importance: i16) -> M<'_> {
+    M {
+        text,
+        age,
+        importance,
+        workstream: Workstream::General,
+        category: "general",
+    }
+}
+
+fn new(x: &M<'_>) -> NewMemory {
+    NewMemory {
+        occurred_at: t0() - x.age,
+        event_type: EventType::Note,
+        workstream: x.workstream,
+        category: x.category.into(),
+        content: json!({ "text": x.text }),
+        importance: x.importance,
+        indexed_terms: vec![],
+        source: None,
+    }
+}
+
+async fn add(e: &Engine, company: &str, items: &[M<'_>]) -> Vec<Memory> {
+    e.add_memories(
+        &scope(company),
+        items.iter().map(new).collect(),
+        true,
+        audit(company),
+    )
+    .await
+    .expect("add")
+}
+
+fn layer_of(pack: &kira_engine::memory::ContextPack, text: &str) -> Option<(Section, Option<Layer>)> {
+    pack.items
+        .iter()
+        .find(|i| i.text.contains(text))
+        .map(|i| (i.section, i.layer))
+}
+
+async fn layer_boundaries(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let day = TimeDelta::days(1);
+    add(
+        &e,
+        "acme",
+        &[
+            m("exactly seven days old invoice", day * 7, 5),
+            m("seven days and a second old invoice", day * 7 + TimeDelta::seconds(1), 7),
+            m("ancient but important invoice", day * 400, 8),
+            m("ancient and ordinary invoice", day * 400, 5),
+            m("twenty days old invoice", day * 20, 5),
+        ],
+    )
+    .await;
+    let pack = e
+        .load_context(
+            &scope("acme"),
+            &ContextRequest {
+                task_type: None,
+                query: "invoice".into(),
+                budget: Some(4_000),
+            },
+        )
+        .await
+        .expect("pack");
+    assert_eq!(
+        layer_of(&pack, "exactly seven days old"),
+        Some((Section::Hot, Some(Layer::Hot))),
+        "{b:?}"
+    );
+    // Importance 7 is below the hot threshold (8) but warm (>= 6).
+    assert_eq!(
+        layer_of(&pack, "seven days and a second"),
+        Some((Section::Warm, Some(Layer::Warm)))
+    );
+    assert_eq!(
+        layer_of(&pack, "ancient but important"),
+        Some((Section::Hot, Some(Layer::Hot)))
+    );
+    assert_eq!(
+        layer_of(&pack, "twenty days old"),
+        Some((Section::Warm, Some(Layer::Warm)))
+    );
+    assert_eq!(
+        layer_of(&pack, "ancient and ordinary"),
+        Some((Section::Cold, Some(Layer::Cold)))
+    );
+    assert!(pack.tokens <= 4_000);
+    assert_eq!(pack.tokens, kira_engine::memory::pack::count_tokens(&pack.render()));
+}
+
+#[tokio::test]
+async fn layer_boundaries_sqlite() {
+    layer_boundaries(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn layer_boundaries_postgres() {
+    layer_boundaries(Backend::Postgres).await;
+}
+
+async fn packs_fit_and_stay_in_their_company(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let long = "renewal terms of the supplier agreement with clauses ".repeat(8);
+    let acme: Vec<String> = (0..60)
+        .map(|i| format!("acme note {i}: {long}"))
+        .collect();
+    let items: Vec<M<'_>> = acme
+        .iter()
+        .enumerate()
+        .map(|(i, t)| m(t, TimeDelta::days(i as i64), (i % 10) as i16 + 1))
+        .collect();
+    add(&e, "acme", &items).await;
+    add(
+        &e,
+        "globex",
+        &[m("globex secret: renewal terms of the supplier agreement", TimeDelta::days(1), 9)],
+    )
+    .await;
+    for budget in [0, 1, 50, 300, 1_000, 2_500] {
+        let pack = e
+            .load_context(
+                &scope("acme"),
+                &ContextRequest {
+                    task_type: Some("legal".into()),
+                    query: "supplier agreement renewal terms".into(),
+                    budget: Some(budget),
+                },
+            )
+            .await
+            .expect("pack");
+        assert!(pack.tokens <= budget, "{b:?}: {} > {budget}", pack.tokens);
+        assert!(pack.items.iter().all(|i| !i.text.contains("globex")));
+    }
+    let hits = e
+        .search_memories(&scope("globex"), "acme note renewal", &MemoryFilter::default(), 50)
+        .await
+        .expect("search");
+    assert!(hits.iter().all(|h| h.memory.company_id.as_str() == "globex"));
+    // A budget past the limit and an unknown task type are refused by name.
+    let err = e
+        .load_context(
+            &scope("acme"),
+            &ContextRequest {
+                task_type: Some("astrology".into()),
+                query: String::new(),
+                budget: None,
+            },
+        )
+        .await
+        .expect_err("unknown type");
+    assert!(err.to_string().contains("astrology"), "{err}");
+}
+
+#[tokio::test]
+async fn packs_fit_and_stay_in_their_company_sqlite() {
+    packs_fit_and_stay_in_their_company(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn packs_fit_and_stay_in_their_company_postgres() {
+    packs_fit_and_stay_in_their_company(Backend::Postgres).await;
+}
+
+async fn compaction(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let day = TimeDelta::days(1);
+    let legal = |text, age, category| M {
+        text,
+        age,
+        importance: 5,
+        workstream: Workstream::Legal,
+        category,
+    };
+    // 2026-04 (old): two routine reviews (summarised), a draft (discarded),
+    // a key decision (preserved); 2026-05-30 (hot): a routine review left alone.
+    let added = add(
+        &e,
+        "acme",
+        &[
+            legal("Reviewed the NDA with Initech. Renewal fee $4,000 due 30 April 2026.", day * 55, "routine_reviews"),
+            legal("Second review of the Initech NDA; no changes needed.", day * 50, "routine_reviews"),
+            legal("Draft v3 of the services agreement.", day * 52, "draft_iterations"),
+            legal("Decided to litigate against Hooli.", day * 53, "key_decisions"),
+            legal("Routine review this week.", day * 2, "routine_reviews"),
+        ],
+    )
+    .await;
+    let sc = scope("acme");
+    let dry = e.compact_memory(&sc, true).await.expect("dry run");
+    assert_eq!((dry.discarded, dry.groups.len()), (1, 1), "{dry:?}");
+    assert!(dry.groups[0].summary_id.is_none());
+    let live = |f: Archived| {
+        let store = s.store.clone();
+        let sc = sc.clone();
+        async move {
+            store
+                .list_memories(&sc, &MemoryFilter { archived: f, ..MemoryFilter::default() }, None, 100)
+                .await
+                .expect("list")
+        }
+    };
+    assert_eq!(live(Archived::Exclude).await.len(), 5, "a dry run changes nothing");
+
+    let r = e.compact_memory(&sc, false).await.expect("compact");
+    assert_eq!((r.discarded, r.groups.len()), (1, 1), "{r:?}");
+    assert!(r.tokens_after < r.tokens_before, "{r:?}");
+    let now_live = live(Archived::Exclude).await;
+    // The decision, the recent review and the summary.
+    assert_eq!(now_live.len(), 3, "{now_live:?}");
+    let decision = &added[3];
+    assert!(now_live.iter().any(|m| m == decision), "preserved untouched");
+    let summary = now_live
+        .iter()
+        .find(|m| !m.compacted_from.is_empty())
+        .expect("summary");
+    assert_eq!(summary.compacted_from.len(), 2);
+    assert!(summary.text().contains("$4,000"), "{}", summary.text());
+    assert_eq!(summary.category, "routine_reviews");
+
+    // Idempotent: a second run finds nothing to do.
+    let again = e.compact_memory(&sc, false).await.expect("again");
+    assert_eq!((again.discarded, again.groups.len()), (0, 0), "{again:?}");
+    assert_eq!(live(Archived::Exclude).await.len(), 3);
+
+    // Archived sources can be restored, and are purged after retention.
+    let draft = &added[2];
+    s.store
+        .set_archived(&sc, &[draft.id], None, audit("acme"))
+        .await
+        .expect("restore");
+    assert!(!s.store.get_memory(&sc, draft.id).await.expect("get").is_archived());
+    s.clock.advance(TimeDelta::days(31));
+    let purge = e.compact_memory(&sc, false).await.expect("purge run");
+    assert_eq!(purge.purged, 2, "the two summarised sources: {purge:?}");
+}
+
+#[tokio::test]
+async fn compaction_sqlite() {
+    compaction(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn compaction_postgres() {
+    compaction(Backend::Postgres).await;
+}
