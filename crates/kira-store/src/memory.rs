@@ -125,9 +125,11 @@ pub struct MemoryStats {
 #[async_trait]
 pub trait MemoryStore: Send + Sync {
     /// Stores 1..=[`MAX_BATCH`] memories of the scope's company in one
-    /// transaction, with the audit entry, and queues each for embedding.
-    /// Each memory's `company_id` must be the scope's (else Invalid, and
-    /// nothing is written); an id already stored is a Conflict.
+    /// transaction, with the audit entry, and queues each for embedding
+    /// (queued at its `created_at`). Each memory's `company_id` must be the
+    /// scope's (else Invalid, and nothing is written); an id already stored,
+    /// or twice in the batch, is a Conflict; NotFound if the company does
+    /// not exist. Times are kept to microseconds.
     async fn insert_memories(
         &self,
         scope: &CompanyScope,
@@ -182,6 +184,7 @@ pub trait MemoryStore: Send + Sync {
     /// names `sources`) and archives the sources at `at`, in one
     /// transaction. Conflict, and nothing written, if any source is not a
     /// live memory of the scope's company (another run got there first).
+    /// Invalid if the summary is another company's or names no source.
     async fn replace_with_summary(
         &self,
         scope: &CompanyScope,
@@ -202,13 +205,15 @@ pub trait MemoryStore: Send + Sync {
     async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats>;
 
     /// Takes up to `limit` queued embedding jobs of any company, oldest
-    /// first, that nobody holds (or whose lease ran out), holding them until
-    /// `now + EMBED_LEASE`. Concurrent claimers never get the same job.
+    /// first (then by id), that nobody holds (or whose lease ran out before
+    /// `now`), holding them until `now + EMBED_LEASE`. Concurrent claimers
+    /// never get the same job.
     async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>>;
 
     /// Stores (or replaces) vectors of the scope's memories for `model` and
     /// removes their queue entries; ids that are not the scope's memories
-    /// are skipped.
+    /// are skipped. A memory has one vector: storing one for another model
+    /// replaces it. Of an id given twice, the last vector is kept.
     async fn put_vectors(
         &self,
         scope: &CompanyScope,

@@ -1194,3 +1194,238 @@ async fn another_company_can_neither_see_nor_touch_memories(f: Fresh) {
         "acme's job survives beta's drop"
     );
 }
+
+mod isolation_property {
+    //! For any interleaving of writes by three companies, each aimed at
+    //! any company's memories, a company's reads (list, search, stats,
+    //! vectors) show exactly its own memories in the state its own writes
+    //! left them.
+
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    use super::*;
+
+    const COMPANIES: usize = 3;
+    const WORDS: [&str; 3] = ["alpha", "bravo", "charlie"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert {
+            by: usize,
+            word: usize,
+        },
+        /// `target` picks among every memory made so far, any company's.
+        Archive {
+            by: usize,
+            target: usize,
+        },
+        Restore {
+            by: usize,
+            target: usize,
+        },
+        Delete {
+            by: usize,
+            target: usize,
+        },
+        Vector {
+            by: usize,
+            target: usize,
+        },
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let c = 0..COMPANIES;
+        let t = 0..64usize;
+        let op = prop_oneof![
+            3 => (c.clone(), 0..WORDS.len()).prop_map(|(by, word)| Op::Insert { by, word }),
+            1 => (c.clone(), t.clone()).prop_map(|(by, target)| Op::Archive { by, target }),
+            1 => (c.clone(), t.clone()).prop_map(|(by, target)| Op::Restore { by, target }),
+            1 => (c.clone(), t.clone()).prop_map(|(by, target)| Op::Delete { by, target }),
+            1 => (c, t).prop_map(|(by, target)| Op::Vector { by, target }),
+        ];
+        proptest::collection::vec(op, 1..30)
+    }
+
+    struct Model {
+        owner: usize,
+        word: usize,
+        archived: bool,
+        vector: bool,
+    }
+
+    /// Ids and company names unique across cases: the store is shared.
+    static NEXT: AtomicU64 = AtomicU64::new(1_000_000);
+
+    fn fail(e: StoreError) -> TestCaseError {
+        TestCaseError::fail(e.to_string())
+    }
+
+    async fn check(s: &dyn Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let case = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = |i: usize| format!("p{case}-{i}");
+        for i in 0..COMPANIES {
+            create(s, &name(i)).await;
+        }
+        let mut made: Vec<Uuid> = Vec::new();
+        let mut model: BTreeMap<Uuid, Model> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Insert { by, word } => {
+                    let n = u128::from(NEXT.fetch_add(1, Ordering::SeqCst));
+                    let m = mem(&name(by), n, &format!("{} memo", WORDS[word]));
+                    s.insert_memories(
+                        &scope(&name(by)),
+                        std::slice::from_ref(&m),
+                        record(Some(&name(by)), "memory.add"),
+                    )
+                    .await
+                    .map_err(fail)?;
+                    made.push(m.id);
+                    model.insert(
+                        m.id,
+                        Model {
+                            owner: by,
+                            word,
+                            archived: false,
+                            vector: false,
+                        },
+                    );
+                }
+                Op::Archive { by, target } | Op::Restore { by, target } => {
+                    let Some(&id) = made.get(target % made.len().max(1)) else {
+                        continue;
+                    };
+                    let archive = matches!(op, Op::Archive { .. });
+                    let n = s
+                        .set_archived(
+                            &scope(&name(by)),
+                            &[id],
+                            archive.then(base),
+                            record(Some(&name(by)), "memory.archive"),
+                        )
+                        .await
+                        .map_err(fail)?;
+                    let expected = match model.get_mut(&id) {
+                        Some(m) if m.owner == by && m.archived != archive => {
+                            m.archived = archive;
+                            1
+                        }
+                        _ => 0,
+                    };
+                    prop_assert_eq!(n, expected);
+                }
+                Op::Delete { by, target } => {
+                    let Some(&id) = made.get(target % made.len().max(1)) else {
+                        continue;
+                    };
+                    let r = s
+                        .delete_memory(
+                            &scope(&name(by)),
+                            id,
+                            record(Some(&name(by)), "memory.delete"),
+                        )
+                        .await;
+                    match model.get(&id) {
+                        Some(m) if m.owner == by => {
+                            r.map_err(fail)?;
+                            model.remove(&id);
+                        }
+                        _ => prop_assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}"),
+                    }
+                }
+                Op::Vector { by, target } => {
+                    let Some(&id) = made.get(target % made.len().max(1)) else {
+                        continue;
+                    };
+                    let v = MemoryVector {
+                        memory_id: id,
+                        vector: vec![1.0],
+                    };
+                    s.put_vectors(&scope(&name(by)), "m", &[v])
+                        .await
+                        .map_err(fail)?;
+                    if let Some(m) = model.get_mut(&id).filter(|m| m.owner == by) {
+                        m.vector = true;
+                    }
+                }
+            }
+        }
+        let include = archived(Archived::Include);
+        for c in 0..COMPANIES {
+            let sc = scope(&name(c));
+            let own = |pred: &dyn Fn(&Model) -> bool| -> BTreeSet<Uuid> {
+                model
+                    .iter()
+                    .filter(|(_, m)| m.owner == c && pred(m))
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
+            let listed: BTreeSet<Uuid> = s
+                .list_memories(&sc, &include, None, 1000)
+                .await
+                .map_err(fail)?
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            prop_assert_eq!(listed, own(&|_| true));
+            for (w, word) in WORDS.iter().enumerate() {
+                let found: BTreeSet<Uuid> = s
+                    .search_memories(&sc, word, &MemoryFilter::default(), 1000)
+                    .await
+                    .map_err(fail)?
+                    .into_iter()
+                    .map(|h| h.memory.id)
+                    .collect();
+                prop_assert_eq!(found, own(&|m| m.word == w && !m.archived));
+            }
+            let vectors: BTreeSet<Uuid> = s
+                .memory_vectors(&sc, "m", &include)
+                .await
+                .map_err(fail)?
+                .into_iter()
+                .map(|v| v.memory_id)
+                .collect();
+            prop_assert_eq!(vectors, own(&|m| m.vector));
+            let stats = s.memory_stats(&sc, "m").await.map_err(fail)?;
+            prop_assert_eq!(stats.live as usize, own(&|m| !m.archived).len());
+            prop_assert_eq!(stats.archived as usize, own(&|m| m.archived).len());
+            prop_assert_eq!(
+                stats.embedded as usize,
+                own(&|m| m.vector && !m.archived).len()
+            );
+        }
+        Ok(())
+    }
+
+    fn run(open: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let fresh = rt.block_on(open());
+        let mut runner = TestRunner::new(Config {
+            cases: 24,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&ops(), |ops| rt.block_on(check(fresh.store.as_ref(), ops)));
+        if let Err(e) = result {
+            panic!("memory isolation property failed: {e}");
+        }
+    }
+
+    #[test]
+    fn sqlite_memories_stay_with_their_company() {
+        run(|| Box::pin(crate::support::sqlite()));
+    }
+
+    #[test]
+    fn postgres_memories_stay_with_their_company() {
+        run(|| Box::pin(crate::support::postgres()));
+    }
+}
