@@ -162,7 +162,7 @@ pub trait AuditStore: Send + Sync {
 
 #[async_trait]
 pub trait Store:
-    CompanyStore + KeyStore + AuditStore + work::TaskStore + work::BudgetStore
+    CompanyStore + KeyStore + AuditStore + work::TaskStore + work::BudgetStore + memory::MemoryStore
 {
     fn backend(&self) -> Backend;
 

@@ -12,10 +12,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
 use kira_core::memory::{EventType, Memory, Workstream};
+use kira_core::{CompanyId, ValidationError};
 use uuid::Uuid;
 
 use crate::Result;
@@ -125,9 +125,11 @@ pub struct MemoryStats {
 #[async_trait]
 pub trait MemoryStore: Send + Sync {
     /// Stores 1..=[`MAX_BATCH`] memories of the scope's company in one
-    /// transaction, with the audit entry, and queues each for embedding.
-    /// Each memory's `company_id` must be the scope's (else Invalid, and
-    /// nothing is written); an id already stored is a Conflict.
+    /// transaction, with the audit entry, and queues each for embedding
+    /// (queued at its `created_at`). Each memory's `company_id` must be the
+    /// scope's (else Invalid, and nothing is written); an id already stored,
+    /// or twice in the batch, is a Conflict; NotFound if the company does
+    /// not exist. Times are kept to microseconds.
     async fn insert_memories(
         &self,
         scope: &CompanyScope,
@@ -182,6 +184,7 @@ pub trait MemoryStore: Send + Sync {
     /// names `sources`) and archives the sources at `at`, in one
     /// transaction. Conflict, and nothing written, if any source is not a
     /// live memory of the scope's company (another run got there first).
+    /// Invalid if the summary is another company's or names no source.
     async fn replace_with_summary(
         &self,
         scope: &CompanyScope,
@@ -202,13 +205,15 @@ pub trait MemoryStore: Send + Sync {
     async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats>;
 
     /// Takes up to `limit` queued embedding jobs of any company, oldest
-    /// first, that nobody holds (or whose lease ran out), holding them until
-    /// `now + EMBED_LEASE`. Concurrent claimers never get the same job.
+    /// first (then by id), that nobody holds (or whose lease ran out before
+    /// `now`), holding them until `now + EMBED_LEASE`. Concurrent claimers
+    /// never get the same job.
     async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>>;
 
     /// Stores (or replaces) vectors of the scope's memories for `model` and
     /// removes their queue entries; ids that are not the scope's memories
-    /// are skipped.
+    /// are skipped. A memory has one vector: storing one for another model
+    /// replaces it. Of an id given twice, the last vector is kept.
     async fn put_vectors(
         &self,
         scope: &CompanyScope,
@@ -229,6 +234,88 @@ pub trait MemoryStore: Send + Sync {
     ) -> Result<Vec<MemoryVector>>;
 }
 
+/// The most words of a search query that reach the database; the rest are
+/// ignored (a pasted document is not a query).
+pub const MAX_QUERY_WORDS: usize = 32;
+
+/// The searchable words of a user's query: runs of letters and digits,
+/// lower-cased, first occurrence kept, at most [`MAX_QUERY_WORDS`]. Nothing
+/// else of the query reaches the full-text syntax of either database, so
+/// quotes, operators and brackets in it are plain separators.
+pub(crate) fn query_words(query: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for w in query.split(|c: char| !c.is_alphanumeric()) {
+        if w.is_empty() {
+            continue;
+        }
+        let w = w.to_lowercase();
+        if !words.contains(&w) {
+            words.push(w);
+            if words.len() == MAX_QUERY_WORDS {
+                break;
+            }
+        }
+    }
+    words
+}
+
+/// The checks every backend makes before writing a batch: 1..=MAX_BATCH
+/// memories, each of the scope's company. Duplicate ids are left to the
+/// database's unique key (a Conflict either way).
+pub(crate) fn check_batch(scope: &CompanyScope, memories: &[Memory]) -> Result<()> {
+    if memories.is_empty() || memories.len() > MAX_BATCH {
+        return Err(ValidationError::new(
+            "memories",
+            format!("must hold 1 to {MAX_BATCH} memories"),
+        )
+        .into());
+    }
+    check_company(scope, memories)
+}
+
+pub(crate) fn check_company(scope: &CompanyScope, memories: &[Memory]) -> Result<()> {
+    if let Some(i) = memories
+        .iter()
+        .position(|m| &m.company_id != scope.company())
+    {
+        return Err(ValidationError::new(
+            format!("memories.{i}.company_id"),
+            format!("must be the scope's company '{}'", scope.company()),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The duplicate-free ids of a compaction summary's sources; Invalid when
+/// it names none (a summary replaces something).
+pub(crate) fn summary_sources(scope: &CompanyScope, summary: &Memory) -> Result<Vec<Uuid>> {
+    check_company(scope, std::slice::from_ref(summary))?;
+    let mut ids = summary.compacted_from.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Err(
+            ValidationError::new("compacted_from", "must name the memories replaced").into(),
+        );
+    }
+    if ids.contains(&summary.id) {
+        return Err(
+            ValidationError::new("compacted_from", "must not name the summary itself").into(),
+        );
+    }
+    Ok(ids)
+}
+
+/// The vectors to store, one per memory (the last given wins), in id order.
+pub(crate) fn dedup_vectors(vectors: &[MemoryVector]) -> Vec<&MemoryVector> {
+    let mut by_id = std::collections::BTreeMap::new();
+    for v in vectors {
+        by_id.insert(v.memory_id, v);
+    }
+    by_id.into_values().collect()
+}
+
 /// A vector as stored: little-endian f32s.
 pub fn encode_vector(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -237,7 +324,7 @@ pub fn encode_vector(v: &[f32]) -> Vec<u8> {
 /// The inverse of [`encode_vector`]; None when the length is not a
 /// multiple of 4.
 pub fn decode_vector(b: &[u8]) -> Option<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     Some(
@@ -256,6 +343,26 @@ mod tests {
         let v = vec![0.0, -1.5, 3.25, f32::MIN_POSITIVE];
         assert_eq!(decode_vector(&encode_vector(&v)), Some(v));
         assert_eq!(decode_vector(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn query_words_keep_letters_and_digits_only() {
+        assert_eq!(
+            query_words(r#"Board "meeting" AND (q3) OR NOT* board: -x"#),
+            ["board", "meeting", "and", "q3", "or", "not", "x"]
+        );
+        for hostile in ["", "\"", "*", "(", ":", "^", "' -- ;", "\u{0}\u{7}"] {
+            assert!(query_words(hostile).is_empty(), "{hostile:?}");
+        }
+        assert_eq!(
+            query_words("Müller's Straße 東京"),
+            ["müller", "s", "straße", "東京"]
+        );
+        let many = (0..100)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(query_words(&many).len(), MAX_QUERY_WORDS);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
+mod memory;
 mod work;
 
 use crate::{
@@ -384,6 +385,7 @@ impl CompanyStore for SqliteStore {
         let mut tx = self.write().await?;
         load_company(&mut tx, scope.company()).await?;
         let mut deleted = DeletedRows::default();
+        memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [

@@ -1,12 +1,13 @@
 //! PostgreSQL row-level security, checked with raw SQL as the app role:
 //! even a statement that forgets its WHERE, or tries to write another
 //! company's rows, sees and touches one company only, and the audit log
-//! cannot be rewritten.
+//! cannot be rewritten. Memories and their vectors are company tables too.
 
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, Principal};
 use kira_core::company::{CompanyPatch, NewCompany};
+use kira_store::memory::{MemoryStore, MemoryVector};
 use kira_store::postgres::{APP_ROLE, PgStore};
 use kira_store::testdb::fresh_postgres;
 use kira_store::{AuditStore, CompanyStore};
@@ -16,7 +17,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 2] = ["companies", "audit_log"];
+const COMPANY_TABLES: [&str; 4] = ["companies", "audit_log", "memories", "memory_vectors"];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
     AuditRecord {
@@ -76,6 +77,41 @@ async fn setup() -> (PgStore, String) {
             )
             .await
             .expect("update company");
+        let memory = kira_core::memory::Memory {
+            id: uuid::Uuid::now_v7(),
+            company_id: id.clone(),
+            occurred_at: crate::support::t0(),
+            event_type: kira_core::memory::EventType::Note,
+            workstream: kira_core::memory::Workstream::General,
+            category: "general".into(),
+            content: serde_json::json!({"text": format!("{id}'s secret")}),
+            importance: 5,
+            indexed_terms: vec![],
+            source: None,
+            created_at: crate::support::t0(),
+            archived_at: None,
+            compacted_from: vec![],
+            supersedes: None,
+        };
+        store
+            .insert_memories(
+                &scope,
+                std::slice::from_ref(&memory),
+                record(Some(&id), "memory.add"),
+            )
+            .await
+            .expect("insert memory");
+        store
+            .put_vectors(
+                &scope,
+                "m",
+                &[MemoryVector {
+                    memory_id: memory.id,
+                    vector: vec![1.0, 2.0],
+                }],
+            )
+            .await
+            .expect("put vector");
     }
     store
         .append_audit(record(None, "server.start"))
@@ -166,9 +202,17 @@ async fn app_role_sees_only_the_named_company() {
     }
     assert_eq!(
         count(&mut app, "audit_log").await,
-        2,
-        "A's create and update"
+        3,
+        "A's create, update and memory insert"
     );
+    // The full-text path is filtered like any other read.
+    let found: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM memories WHERE search @@ to_tsquery('english', 'secret')",
+    )
+    .fetch_one(&mut app)
+    .await
+    .expect("search");
+    assert_eq!(found, 1, "only A's memory matches");
 
     // Naming a company nobody has hides everything again.
     name_company(&mut app, "nobody").await;
@@ -203,6 +247,29 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
     );
     assert_refused(insert_entry.bind(B).execute(&mut app).await, RLS_VIOLATION);
 
+    let insert_memory = sqlx::query(
+        "INSERT INTO memories (id, company_id, occurred_at, event_type, workstream, category, content, \
+         importance, indexed_terms, created_at) \
+         VALUES (gen_random_uuid(), $1, now(), 'note', 'general', 'general', '{\"text\": \"x\"}', 5, '{}', now())",
+    );
+    assert_refused(insert_memory.bind(B).execute(&mut app).await, RLS_VIOLATION);
+    // A's own memory given a vector filed under B.
+    let insert_vector = sqlx::query(
+        "INSERT INTO memory_vectors (memory_id, company_id, model, vector) \
+         SELECT id, $1, 'forged', '\\x00000000' FROM memories",
+    );
+    assert_refused(insert_vector.bind(B).execute(&mut app).await, RLS_VIOLATION);
+    for table in ["memories", "memory_vectors"] {
+        let sql = format!("UPDATE {table} SET company_id = $1");
+        assert_refused(
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(B)
+                .execute(&mut app)
+                .await,
+            RLS_VIOLATION,
+        );
+    }
+
     // Moving one's own row to another company is the same write.
     assert_refused(
         sqlx::query("UPDATE companies SET company_id = $1 WHERE company_id = $2")
@@ -227,6 +294,9 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
     for sql in [
         "UPDATE companies SET name = 'taken over' WHERE company_id = $1",
         "DELETE FROM companies WHERE company_id = $1",
+        "UPDATE memories SET archived_at = now() WHERE company_id = $1",
+        "DELETE FROM memories WHERE company_id = $1",
+        "DELETE FROM memory_vectors WHERE company_id = $1",
     ] {
         let r = sqlx::query(sql).bind(B).execute(&mut app).await.expect(sql);
         assert_eq!(r.rows_affected(), 0, "{sql}");
@@ -247,6 +317,14 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
     }
 
     let mut su = PgConnection::connect(&url).await.expect("connect");
+    for table in ["memories", "memory_vectors"] {
+        let sql = format!("SELECT company_id FROM {table} ORDER BY company_id");
+        let owners: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut su)
+            .await
+            .expect("owners");
+        assert_eq!(owners, [A, B], "{table} untouched");
+    }
     let names: Vec<String> = sqlx::query_scalar("SELECT name FROM companies ORDER BY company_id")
         .fetch_all(&mut su)
         .await

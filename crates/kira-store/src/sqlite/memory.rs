@@ -1,0 +1,560 @@
+//! Episodic memory on SQLite: events in `memories`, full text in the FTS5
+//! table `memories_fts` (kept in step by the migration's triggers), vectors
+//! and the embedding queue beside them. Writes take the writer turn and
+//! `BEGIN IMMEDIATE`, as every write here does; every statement binds the
+//! scope's company. Lists of ids travel as one JSON array (`json_each`), so
+//! each statement's text stays fixed whatever the number of ids.
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::CompanyScope;
+use kira_core::memory::{EventType, Memory, Workstream};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use uuid::Uuid;
+
+use super::{SqliteStore, append, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
+use crate::memory::*;
+use crate::{DeletedRows, Result, StoreError};
+
+const MEMORY_COLUMNS: &str = "m.id, m.company_id, m.occurred_at, m.event_type, m.workstream, \
+     m.category, m.content, m.importance, m.indexed_terms, m.source, m.created_at, m.archived_at, \
+     m.compacted_from, m.supersedes";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| corrupt("memory id", e))
+}
+
+fn memory_from_row(r: &SqliteRow) -> Result<Memory> {
+    let event_type: String = r.try_get("event_type")?;
+    let workstream: String = r.try_get("workstream")?;
+    let importance: i64 = r.try_get("importance")?;
+    let supersedes: Option<String> = r.try_get("supersedes")?;
+    Ok(Memory {
+        id: uuid(r.try_get("id")?)?,
+        company_id: company_id(r.try_get("company_id")?)?,
+        occurred_at: parse_ts(r.try_get("occurred_at")?)?,
+        event_type: EventType::parse(&event_type).map_err(|e| corrupt("event type", e))?,
+        workstream: Workstream::parse(&workstream).map_err(|e| corrupt("workstream", e))?,
+        category: r.try_get("category")?,
+        content: json(r.try_get("content")?)?,
+        importance: i16::try_from(importance).map_err(|e| corrupt("importance", e))?,
+        indexed_terms: json(r.try_get("indexed_terms")?)?,
+        source: r.try_get("source")?,
+        created_at: parse_ts(r.try_get("created_at")?)?,
+        archived_at: parse_opt_ts(r.try_get("archived_at")?)?,
+        compacted_from: json(r.try_get("compacted_from")?)?,
+        supersedes: supersedes.as_deref().map(uuid).transpose()?,
+    })
+}
+
+/// The narrowing of a [`MemoryFilter`], appended to a query over
+/// `memories m` whose WHERE has begun.
+fn push_filter(qb: &mut QueryBuilder<Sqlite>, f: &MemoryFilter) {
+    if let Some(t) = f.event_type {
+        qb.push(" AND m.event_type = ").push_bind(t.as_str());
+    }
+    if let Some(w) = f.workstream {
+        qb.push(" AND m.workstream = ").push_bind(w.as_str());
+    }
+    if let Some(c) = &f.category {
+        qb.push(" AND m.category = ").push_bind(c.clone());
+    }
+    if let Some(t) = f.from {
+        qb.push(" AND m.occurred_at >= ").push_bind(ts(t));
+    }
+    if let Some(t) = f.until {
+        qb.push(" AND m.occurred_at < ").push_bind(ts(t));
+    }
+    if let Some(i) = f.min_importance {
+        qb.push(" AND m.importance >= ").push_bind(i);
+    }
+    if let Some(t) = &f.term {
+        qb.push(" AND EXISTS (SELECT 1 FROM json_each(m.indexed_terms) WHERE value = ")
+            .push_bind(t.to_lowercase())
+            .push(")");
+    }
+    qb.push(match f.archived {
+        Archived::Exclude => " AND m.archived_at IS NULL",
+        Archived::Include => "",
+        Archived::Only => " AND m.archived_at IS NOT NULL",
+    });
+}
+
+fn id_list(ids: &[Uuid]) -> Result<String> {
+    to_json(&ids)
+}
+
+/// Inserts the rows (already checked to be `company`'s) and queues each for
+/// embedding. Conflict on an id already stored; NotFound when the company
+/// does not exist.
+async fn insert_rows(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    memories: &[Memory],
+) -> Result<()> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO memories (id, company_id, occurred_at, event_type, workstream, category, \
+         content, importance, indexed_terms, source, created_at, archived_at, compacted_from, supersedes) ",
+    );
+    let mut rows = Vec::with_capacity(memories.len());
+    for m in memories {
+        rows.push((
+            m,
+            to_json(&m.content)?,
+            to_json(&m.indexed_terms)?,
+            to_json(&m.compacted_from)?,
+        ));
+    }
+    qb.push_values(rows, |mut b, (m, content, terms, from)| {
+        b.push_bind(m.id.to_string())
+            .push_bind(company.as_str().to_owned())
+            .push_bind(ts(m.occurred_at))
+            .push_bind(m.event_type.as_str())
+            .push_bind(m.workstream.as_str())
+            .push_bind(m.category.clone())
+            .push_bind(content)
+            .push_bind(m.importance)
+            .push_bind(terms)
+            .push_bind(m.source.clone())
+            .push_bind(ts(m.created_at))
+            .push_bind(m.archived_at.map(ts))
+            .push_bind(from)
+            .push_bind(m.supersedes.map(|s| s.to_string()));
+    });
+    qb.build().execute(&mut *tx).await.map_err(|e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Conflict("a memory with this id already exists".into())
+        }
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound,
+        e => e.into(),
+    })?;
+    let ids: Vec<Uuid> = memories.iter().map(|m| m.id).collect();
+    sqlx::query(
+        "INSERT INTO memory_embed_queue (memory_id, company_id, queued_at) \
+         SELECT id, company_id, created_at FROM memories \
+         WHERE company_id = ? AND id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(company.as_str())
+    .bind(id_list(&ids)?)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Archives (`Some`) or restores (`None`) those of `ids` that are the
+/// company's and in the other state; how many changed.
+async fn set_archived_tx(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    ids: &[Uuid],
+    archived_at: Option<DateTime<Utc>>,
+) -> Result<u64> {
+    let sql = match archived_at {
+        Some(_) => {
+            "UPDATE memories SET archived_at = ? WHERE company_id = ? AND archived_at IS NULL \
+             AND id IN (SELECT value FROM json_each(?))"
+        }
+        None => {
+            "UPDATE memories SET archived_at = ? WHERE company_id = ? AND archived_at IS NOT NULL \
+             AND id IN (SELECT value FROM json_each(?))"
+        }
+    };
+    Ok(sqlx::query(sql)
+        .bind(archived_at.map(ts))
+        .bind(company.as_str())
+        .bind(id_list(ids)?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected())
+}
+
+/// Removes the company's memory rows from all three tables (the forced
+/// company delete); the full-text rows go with them by trigger.
+pub(super) async fn delete_company_memory(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    deleted: &mut DeletedRows,
+) -> Result<()> {
+    for (table, sql) in [
+        (
+            "memory_vectors",
+            "DELETE FROM memory_vectors WHERE company_id = ?",
+        ),
+        (
+            "memory_embed_queue",
+            "DELETE FROM memory_embed_queue WHERE company_id = ?",
+        ),
+        ("memories", "DELETE FROM memories WHERE company_id = ?"),
+    ] {
+        let n = sqlx::query(sql)
+            .bind(company.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        deleted.tables.push((table.to_owned(), n));
+    }
+    Ok(())
+}
+
+/// The FTS5 query for `words` within `company`'s documents: every word a
+/// quoted string, so nothing in it is syntax. The words are letters and
+/// digits only and the company id is a slug; quotes are doubled anyway, as
+/// FTS5 escapes them.
+fn fts_query(company: &CompanyId, words: &[String]) -> String {
+    let quote = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
+    let any: Vec<String> = words.iter().map(|w| quote(w)).collect();
+    format!(
+        "company : {} AND ({})",
+        quote(company.as_str()),
+        any.join(" OR ")
+    )
+}
+
+#[async_trait]
+impl MemoryStore for SqliteStore {
+    async fn insert_memories(
+        &self,
+        scope: &CompanyScope,
+        memories: &[Memory],
+        audit: AuditRecord,
+    ) -> Result<()> {
+        check_batch(scope, memories)?;
+        let mut tx = self.write().await?;
+        insert_rows(&mut tx, scope.company(), memories).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await
+    }
+
+    async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory> {
+        let sql =
+            format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = ? AND m.id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.company().as_str())
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        memory_from_row(&row)
+    }
+
+    async fn get_memories(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<Vec<Memory>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m \
+             WHERE m.company_id = ? AND m.id IN (SELECT value FROM json_each(?))"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(scope.company().as_str())
+            .bind(id_list(ids)?)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    async fn list_memories(
+        &self,
+        scope: &CompanyScope,
+        filter: &MemoryFilter,
+        after: Option<MemoryCursor>,
+        limit: u32,
+    ) -> Result<Vec<Memory>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = "
+        ));
+        qb.push_bind(scope.company().as_str().to_owned());
+        push_filter(&mut qb, filter);
+        if let Some(c) = after {
+            qb.push(" AND (m.occurred_at, m.id) < (")
+                .push_bind(ts(c.occurred_at))
+                .push(", ")
+                .push_bind(c.id.to_string())
+                .push(")");
+        }
+        qb.push(" ORDER BY m.occurred_at DESC, m.id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    async fn search_memories(
+        &self,
+        scope: &CompanyScope,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<TextHit>> {
+        let words = query_words(query);
+        if words.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        // CROSS JOIN keeps the full-text match as the outer loop: the other
+        // order would probe the index once per row of the company.
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {MEMORY_COLUMNS}, -bm25(memories_fts, 0.0, 1.0, 1.0, 1.0) AS relevance \
+             FROM memories_fts CROSS JOIN memories m ON m.seq = memories_fts.rowid \
+             WHERE memories_fts MATCH "
+        ));
+        qb.push_bind(fts_query(scope.company(), &words))
+            .push(" AND m.company_id = ")
+            .push_bind(scope.company().as_str().to_owned());
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY relevance DESC, m.occurred_at DESC, m.id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TextHit {
+                    memory: memory_from_row(r)?,
+                    relevance: r.try_get("relevance")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_archived(
+        &self,
+        scope: &CompanyScope,
+        ids: &[Uuid],
+        archived_at: Option<DateTime<Utc>>,
+        audit: AuditRecord,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let n = set_archived_tx(
+            &mut tx,
+            scope.company(),
+            ids,
+            archived_at.map(|t| t.trunc_subsecs(6)),
+        )
+        .await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn delete_memory(
+        &self,
+        scope: &CompanyScope,
+        id: Uuid,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        // The vector and the queue entry go by the foreign keys' cascade.
+        let n = sqlx::query("DELETE FROM memories WHERE company_id = ? AND id = ?")
+            .bind(scope.company().as_str())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await
+    }
+
+    async fn replace_with_summary(
+        &self,
+        scope: &CompanyScope,
+        summary: &Memory,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let sources = summary_sources(scope, summary)?;
+        let mut tx = self.write().await?;
+        let n = set_archived_tx(
+            &mut tx,
+            scope.company(),
+            &sources,
+            Some(at.trunc_subsecs(6)),
+        )
+        .await?;
+        if n != sources.len() as u64 {
+            // Dropping the transaction rolls the archiving back.
+            return Err(StoreError::Conflict(
+                "a source of the summary is not a live memory of this company".into(),
+            ));
+        }
+        insert_rows(&mut tx, scope.company(), std::slice::from_ref(summary)).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await
+    }
+
+    async fn purge_archived(
+        &self,
+        scope: &CompanyScope,
+        before: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let n = sqlx::query(
+            "DELETE FROM memories WHERE company_id = ? AND archived_at IS NOT NULL AND archived_at < ?",
+        )
+        .bind(scope.company().as_str())
+        .bind(ts(before))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats> {
+        let r = sqlx::query(
+            "SELECT count(*) FILTER (WHERE m.archived_at IS NULL) AS live, \
+             count(*) FILTER (WHERE m.archived_at IS NOT NULL) AS archived, \
+             count(v.memory_id) FILTER (WHERE m.archived_at IS NULL) AS embedded \
+             FROM memories m LEFT JOIN memory_vectors v \
+             ON v.memory_id = m.id AND v.company_id = m.company_id AND v.model = ? \
+             WHERE m.company_id = ?",
+        )
+        .bind(model)
+        .bind(scope.company().as_str())
+        .fetch_one(self.pool())
+        .await?;
+        let count = |c: &str| -> Result<u64> {
+            let n: i64 = r.try_get(c)?;
+            u64::try_from(n).map_err(|e| corrupt(c, e))
+        };
+        Ok(MemoryStats {
+            live: count("live")?,
+            archived: count("archived")?,
+            embedded: count("embedded")?,
+        })
+    }
+
+    async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.write().await?;
+        // A lease is held through its last instant, as a task's is.
+        let rows = sqlx::query(
+            "UPDATE memory_embed_queue SET claimed_until = ? WHERE memory_id IN ( \
+                 SELECT memory_id FROM memory_embed_queue \
+                 WHERE claimed_until IS NULL OR claimed_until < ? \
+                 ORDER BY queued_at, memory_id LIMIT ?) \
+             RETURNING company_id, memory_id, queued_at",
+        )
+        .bind(ts(now + EMBED_LEASE))
+        .bind(ts(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| {
+                let queued_at: String = r.try_get("queued_at")?;
+                Ok((
+                    queued_at,
+                    EmbedJob {
+                        company_id: company_id(r.try_get("company_id")?)?,
+                        memory_id: uuid(r.try_get("memory_id")?)?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING follows no ORDER BY; the fixed-width timestamps sort as text.
+        jobs.sort_by(|a, b| (&a.0, a.1.memory_id).cmp(&(&b.0, b.1.memory_id)));
+        Ok(jobs.into_iter().map(|(_, j)| j).collect())
+    }
+
+    async fn put_vectors(
+        &self,
+        scope: &CompanyScope,
+        model: &str,
+        vectors: &[MemoryVector],
+    ) -> Result<()> {
+        if vectors.is_empty() {
+            return Ok(());
+        }
+        let company = scope.company().as_str();
+        let mut tx = self.write().await?;
+        for v in dedup_vectors(vectors) {
+            let id = v.memory_id.to_string();
+            let stored = sqlx::query(
+                "INSERT INTO memory_vectors (memory_id, company_id, model, vector) \
+                 SELECT id, company_id, ?, ? FROM memories WHERE company_id = ? AND id = ? \
+                 ON CONFLICT (memory_id) DO UPDATE SET model = excluded.model, vector = excluded.vector",
+            )
+            .bind(model)
+            .bind(encode_vector(&v.vector))
+            .bind(company)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if stored > 0 {
+                sqlx::query(
+                    "DELETE FROM memory_embed_queue WHERE company_id = ? AND memory_id = ?",
+                )
+                .bind(company)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    async fn drop_embed_jobs(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "DELETE FROM memory_embed_queue WHERE company_id = ? \
+             AND memory_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(scope.company().as_str())
+        .bind(id_list(ids)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn memory_vectors(
+        &self,
+        scope: &CompanyScope,
+        model: &str,
+        filter: &MemoryFilter,
+    ) -> Result<Vec<MemoryVector>> {
+        let company = scope.company().as_str().to_owned();
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id \
+             WHERE v.company_id = ",
+        );
+        qb.push_bind(company.clone())
+            .push(" AND v.model = ")
+            .push_bind(model.to_owned())
+            .push(" AND m.company_id = ")
+            .push_bind(company);
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY v.memory_id");
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                let bytes: Vec<u8> = r.try_get("vector")?;
+                Ok(MemoryVector {
+                    memory_id: uuid(r.try_get("memory_id")?)?,
+                    vector: decode_vector(&bytes)
+                        .ok_or_else(|| corrupt("vector", "length is not a multiple of 4"))?,
+                })
+            })
+            .collect()
+    }
+}
