@@ -133,8 +133,8 @@ impl Embedder {
     /// One L2-normalised vector of [`DIM`] floats per text, in input order.
     /// Each text is cut to the model's 256 word pieces. Texts are sorted by
     /// length and run in batches, so a batch pads to similar lengths. Runs on
-    /// the calling thread (and candle's CPU threads): call it from a blocking
-    /// task.
+    /// the calling thread (and candle's CPU threads, one per core unless
+    /// `CANDLE_NUM_THREADS` says otherwise): call it from a blocking task.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
         for text in texts {
