@@ -16,9 +16,7 @@ pub fn with_models(engine: Engine) -> Engine {
             engine.with_embedder(Arc::new(e))
         }
         Err(e) => {
-            tracing::warn!(
-                "semantic memory search off, full text only: {e}"
-            );
+            tracing::warn!("semantic memory search off, full text only: {e}");
             engine
         }
     }

@@ -133,7 +133,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "the engine did not stop in time; its leases will lapse and the tasks be retried"
         ),
     }
-    if tokio::time::timeout(ENGINE_STOP, memory_jobs).await.is_err() {
+    if tokio::time::timeout(ENGINE_STOP, memory_jobs)
+        .await
+        .is_err()
+    {
         tracing::warn!("the memory jobs did not stop in time");
     }
     tracing::info!("kira stopped");

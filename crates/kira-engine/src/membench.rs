@@ -212,7 +212,12 @@ pub async fn load_company(
     let sc = scope(&id);
     engine
         .store()
-        .create_company(&sc, &profile, engine.clock().now(), record(&id, "bench.company"))
+        .create_company(
+            &sc,
+            &profile,
+            engine.clock().now(),
+            record(&id, "bench.company"),
+        )
         .await?;
     for chunk in items.chunks(kira_store::memory::MAX_BATCH) {
         let batch: Vec<NewMemory> = chunk

@@ -56,7 +56,9 @@ pub async fn run(ctx: &Ctx, cmd: MemoryCommand) -> anyhow::Result<ExitCode> {
             if let Some(cursor) = &a.cursor {
                 q.push(("cursor", cursor.clone()));
             }
-            let v = c.get(&["v1", "companies", &a.company, "memory"], &q).await?;
+            let v = c
+                .get(&["v1", "companies", &a.company, "memory"], &q)
+                .await?;
             let human = decode::<MemoryPage>(v.clone()).map(|p| {
                 let mut out = memories(&p.memories);
                 if let Some(next) = p.next_cursor {
@@ -220,7 +222,11 @@ async fn import(ctx: &Ctx, company: &str, file: &std::path::Path) -> anyhow::Res
         }
         match serde_json::from_str::<Value>(&line) {
             Ok(v @ Value::Object(_)) => items.push(v),
-            Ok(_) => bail!("{}:{}: each line must be a JSON object", file.display(), i + 1),
+            Ok(_) => bail!(
+                "{}:{}: each line must be a JSON object",
+                file.display(),
+                i + 1
+            ),
             Err(e) => bail!("{}:{}: not valid JSON: {e}", file.display(), i + 1),
         }
     }
@@ -266,7 +272,13 @@ fn memories(list: &[Memory]) -> String {
         return "no memories".to_owned();
     }
     let mut t = output::table(&[
-        "ID", "OCCURRED", "TYPE", "WORKSTREAM", "CATEGORY", "IMP", "TEXT",
+        "ID",
+        "OCCURRED",
+        "TYPE",
+        "WORKSTREAM",
+        "CATEGORY",
+        "IMP",
+        "TEXT",
     ]);
     for m in list {
         let mut text = short(m.text(), 60);
@@ -378,7 +390,12 @@ fn compaction(v: &Value) -> String {
         n("tokens_before"),
         n("tokens_after"),
     );
-    for g in v.get("groups").and_then(Value::as_array).into_iter().flatten() {
+    for g in v
+        .get("groups")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let s = |k: &str| g.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         out.push_str(&format!(
             "  summarised {} {}/{} memories of {} into {}\n",
@@ -400,7 +417,12 @@ fn pack(v: &Value) -> String {
     let left = v.get("left_out").and_then(Value::as_u64).unwrap_or(0);
     let mut out = format!("{tokens} of {budget} tokens; {left} candidates left out\n");
     let mut section = String::new();
-    for item in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+    for item in v
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let s = item
             .get("section")
             .and_then(Value::as_str)

@@ -124,7 +124,12 @@ impl Engine {
                         scope,
                         chunk,
                         Some(now),
-                        record(scope, now, "memory.compact.discard", format!("{} memories", chunk.len())),
+                        record(
+                            scope,
+                            now,
+                            "memory.compact.discard",
+                            format!("{} memories", chunk.len()),
+                        ),
                     )
                     .await?;
             }
@@ -133,7 +138,10 @@ impl Engine {
         for ((workstream, category, month), mut members) in groups {
             if members.len() < 2 {
                 // One memory is its own summary.
-                report.tokens_after += members.iter().map(|m| count_tokens(m.text())).sum::<usize>();
+                report.tokens_after += members
+                    .iter()
+                    .map(|m| count_tokens(m.text()))
+                    .sum::<usize>();
                 continue;
             }
             members.sort_by_key(|m| (m.occurred_at, m.id));
@@ -156,7 +164,10 @@ impl Engine {
                     scope,
                     now,
                     "memory.compact.summarize",
-                    format!("{workstream}/{category}/{month}: {} memories", members.len()),
+                    format!(
+                        "{workstream}/{category}/{month}: {} memories",
+                        members.len()
+                    ),
                 );
                 match self
                     .store()
@@ -197,7 +208,12 @@ impl Engine {
                     .purge_archived(
                         scope,
                         before,
-                        record(scope, now, "memory.compact.purge", format!("archived before {before}")),
+                        record(
+                            scope,
+                            now,
+                            "memory.compact.purge",
+                            format!("archived before {before}"),
+                        ),
                     )
                     .await?;
             }
@@ -263,7 +279,10 @@ fn summary_of(
         category: category.to_owned(),
         content,
         importance: members.iter().map(|m| m.importance).max().unwrap_or(5),
-        indexed_terms: terms.into_iter().take(kira_core::memory::MAX_INDEXED_TERMS).collect(),
+        indexed_terms: terms
+            .into_iter()
+            .take(kira_core::memory::MAX_INDEXED_TERMS)
+            .collect(),
         source: Some("compaction".into()),
         created_at: now,
         archived_at: None,

@@ -74,8 +74,11 @@ impl Engine {
             let memories = self.store().get_memories(&scope, &ids).await?;
             let found: std::collections::HashSet<uuid::Uuid> =
                 memories.iter().map(|m| m.id).collect();
-            let missing: Vec<uuid::Uuid> =
-                ids.iter().copied().filter(|id| !found.contains(id)).collect();
+            let missing: Vec<uuid::Uuid> = ids
+                .iter()
+                .copied()
+                .filter(|id| !found.contains(id))
+                .collect();
             if !missing.is_empty() {
                 self.store().drop_embed_jobs(&scope, &missing).await?;
             }

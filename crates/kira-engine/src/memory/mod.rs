@@ -130,7 +130,10 @@ impl Engine {
         if items.len() > MAX_BATCH {
             return Err(ValidationError::new(
                 "memories",
-                format!("holds {} memories; at most {MAX_BATCH} per request", items.len()),
+                format!(
+                    "holds {} memories; at most {MAX_BATCH} per request",
+                    items.len()
+                ),
             )
             .into());
         }
@@ -145,7 +148,9 @@ impl Engine {
             })?;
             memories.push(valid.into_memory(new_memory_id(now), scope.company().clone(), now));
         }
-        self.store().insert_memories(scope, &memories, audit).await?;
+        self.store()
+            .insert_memories(scope, &memories, audit)
+            .await?;
         self.inner.embed_wake.notify_one();
         Ok(memories)
     }
@@ -184,7 +189,10 @@ impl Engine {
             }
         }
         let rank_of = |list: &[Uuid]| -> HashMap<Uuid, usize> {
-            list.iter().enumerate().map(|(i, id)| (*id, i + 1)).collect()
+            list.iter()
+                .enumerate()
+                .map(|(i, id)| (*id, i + 1))
+                .collect()
         };
         let (text_rank, vector_rank) = (rank_of(&text_ids), rank_of(&vector_ids));
         let fused = fuse_rrf(&[text_ids, vector_ids], cfg.rrf_k);
@@ -319,13 +327,8 @@ impl Engine {
         let hits = if req.query.trim().is_empty() {
             Vec::new()
         } else {
-            self.search_memories(
-                scope,
-                &req.query,
-                &MemoryFilter::default(),
-                cfg.candidates,
-            )
-            .await?
+            self.search_memories(scope, &req.query, &MemoryFilter::default(), cfg.candidates)
+                .await?
         };
         let mut warm_c: Vec<pack::Candidate> = hits
             .iter()

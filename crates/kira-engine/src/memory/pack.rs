@@ -91,7 +91,11 @@ impl Shares {
             Section::Knowledge => self.knowledge,
             Section::Shared => self.shared,
         };
-        if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }
+        if v.is_finite() {
+            v.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
     }
 
     pub fn validate(&self) -> Result<(), kira_core::ValidationError> {

@@ -136,20 +136,32 @@ impl Extractive {
         let mut all: Vec<(usize, usize, String, f64)> = Vec::new();
         for (mi, m) in memories.iter().enumerate() {
             for (si, s) in sentences(m.text()).into_iter().enumerate() {
-                let ws: Vec<String> = words(&s)
-                    .filter(|w| !STOP.contains(&w.as_str()))
-                    .collect();
+                let ws: Vec<String> = words(&s).filter(|w| !STOP.contains(&w.as_str())).collect();
                 if ws.is_empty() {
                     continue;
                 }
-                let salience = ws.iter().map(|w| tf.get(w).copied().unwrap_or(0.0)).sum::<f64>()
+                let salience = ws
+                    .iter()
+                    .map(|w| tf.get(w).copied().unwrap_or(0.0))
+                    .sum::<f64>()
                     / (ws.len() as f64).sqrt();
-                let w = salience + 2.0 * fact_weight(&s, &names) + f64::from(m.importance) / 10.0;
-                all.push((mi, si, s, w));
+                all.push((mi, si, s, salience));
             }
+        }
+        // Salience relative to the group's most salient sentence, so that a
+        // fact (a date, an amount, a name) outweighs mere repetition.
+        let top = all.iter().map(|x| x.3).fold(0.0_f64, f64::max);
+        for (mi, _, s, w) in &mut all {
+            let rel = if top > 0.0 { *w / top } else { 0.0 };
+            *w = rel + fact_weight(s, &names) + f64::from(memories[*mi].importance) / 10.0;
         }
         let mut best: Vec<usize> = (0..all.len()).collect();
         best.sort_by(|&a, &b| all[b].3.total_cmp(&all[a].3).then(a.cmp(&b)));
+        // A summary says less than what it replaces: at most half the
+        // group's text, but always room for its best sentence.
+        let total: usize = memories.iter().map(|m| m.text().chars().count()).sum();
+        let best_len = best.first().map_or(0, |&i| all[i].2.chars().count() + 14);
+        let max_chars = self.max_chars.min((total / 2).max(best_len));
         let mut chosen: Vec<usize> = Vec::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut chars = 0usize;
@@ -160,7 +172,7 @@ impl Extractive {
             let s = &all[i].2;
             let key = s.to_lowercase();
             let line_len = s.chars().count() + 14;
-            if seen.contains(&key) || (chars + line_len > self.max_chars && !chosen.is_empty()) {
+            if seen.contains(&key) || (chars + line_len > max_chars && !chosen.is_empty()) {
                 continue;
             }
             seen.insert(key);
@@ -177,7 +189,10 @@ impl Extractive {
                 if !out.is_empty() {
                     out.push('\n');
                 }
-                out.push_str(&format!("[{}] ", memories[*mi].occurred_at.format("%Y-%m-%d")));
+                out.push_str(&format!(
+                    "[{}] ",
+                    memories[*mi].occurred_at.format("%Y-%m-%d")
+                ));
                 last_memory = *mi;
             } else {
                 out.push(' ');
@@ -248,7 +263,8 @@ mod tests {
         let ms = vec![
             mem(
                 1,
-                "Weekly review of the vendor contract. Nothing else came up. The weather was nice.",
+                "Weekly review of the vendor contract. Nothing else came up. The weather was nice. \
+                 The meeting started late because of traffic.",
                 json!({}),
             ),
             mem(
@@ -258,7 +274,8 @@ mod tests {
             ),
             mem(
                 15,
-                "Vendor contract review again. The renewal deadline is 1 October 2026.",
+                "Vendor contract review again. The renewal deadline is 1 October 2026. \
+                 Everyone agreed the coffee was better than last week.",
                 json!({}),
             ),
         ];
@@ -282,7 +299,13 @@ mod tests {
     #[test]
     fn respects_its_limits_and_never_returns_nothing() {
         let long: Vec<Memory> = (1..=20)
-            .map(|d| mem(d, &format!("Sentence number {d} about the audit. Another one {d}."), json!({})))
+            .map(|d| {
+                mem(
+                    d,
+                    &format!("Sentence number {d} about the audit. Another one {d}."),
+                    json!({}),
+                )
+            })
             .collect();
         let e = Extractive {
             max_sentences: 3,

@@ -141,7 +141,10 @@ async fn add(e: &Engine, company: &str, items: &[M<'_>]) -> Vec<Memory> {
     .expect("add")
 }
 
-fn layer_of(pack: &kira_engine::memory::ContextPack, text: &str) -> Option<(Section, Option<Layer>)> {
+fn layer_of(
+    pack: &kira_engine::memory::ContextPack,
+    text: &str,
+) -> Option<(Section, Option<Layer>)> {
     pack.items
         .iter()
         .find(|i| i.text.contains(text))
@@ -157,7 +160,11 @@ async fn layer_boundaries(b: Backend) {
         "acme",
         &[
             m("exactly seven days old invoice", day * 7, 5),
-            m("seven days and a second old invoice", day * 7 + TimeDelta::seconds(1), 7),
+            m(
+                "seven days and a second old invoice",
+                day * 7 + TimeDelta::seconds(1),
+                7,
+            ),
             m("ancient but important invoice", day * 400, 8),
             m("ancient and ordinary invoice", day * 400, 5),
             m("twenty days old invoice", day * 20, 5),
@@ -198,7 +205,10 @@ async fn layer_boundaries(b: Backend) {
         Some((Section::Cold, Some(Layer::Cold)))
     );
     assert!(pack.tokens <= 4_000);
-    assert_eq!(pack.tokens, kira_engine::memory::pack::count_tokens(&pack.render()));
+    assert_eq!(
+        pack.tokens,
+        kira_engine::memory::pack::count_tokens(&pack.render())
+    );
 }
 
 #[tokio::test]
@@ -215,9 +225,7 @@ async fn packs_fit_and_stay_in_their_company(b: Backend) {
     let s = setup(b).await;
     let e = engine(&s);
     let long = "renewal terms of the supplier agreement with clauses ".repeat(8);
-    let acme: Vec<String> = (0..60)
-        .map(|i| format!("acme note {i}: {long}"))
-        .collect();
+    let acme: Vec<String> = (0..60).map(|i| format!("acme note {i}: {long}")).collect();
     let items: Vec<M<'_>> = acme
         .iter()
         .enumerate()
@@ -227,7 +235,11 @@ async fn packs_fit_and_stay_in_their_company(b: Backend) {
     add(
         &e,
         "globex",
-        &[m("globex secret: renewal terms of the supplier agreement", TimeDelta::days(1), 9)],
+        &[m(
+            "globex secret: renewal terms of the supplier agreement",
+            TimeDelta::days(1),
+            9,
+        )],
     )
     .await;
     for budget in [0, 1, 50, 300, 1_000, 2_500] {
@@ -246,10 +258,18 @@ async fn packs_fit_and_stay_in_their_company(b: Backend) {
         assert!(pack.items.iter().all(|i| !i.text.contains("globex")));
     }
     let hits = e
-        .search_memories(&scope("globex"), "acme note renewal", &MemoryFilter::default(), 50)
+        .search_memories(
+            &scope("globex"),
+            "acme note renewal",
+            &MemoryFilter::default(),
+            50,
+        )
         .await
         .expect("search");
-    assert!(hits.iter().all(|h| h.memory.company_id.as_str() == "globex"));
+    assert!(
+        hits.iter()
+            .all(|h| h.memory.company_id.as_str() == "globex")
+    );
     // A budget past the limit and an unknown task type are refused by name.
     let err = e
         .load_context(
@@ -292,10 +312,26 @@ async fn compaction(b: Backend) {
         &e,
         "acme",
         &[
-            legal("Reviewed the NDA with Initech. Renewal fee $4,000 due 30 April 2026.", day * 55, "routine_reviews"),
-            legal("Second review of the Initech NDA; no changes needed.", day * 50, "routine_reviews"),
-            legal("Draft v3 of the services agreement.", day * 52, "draft_iterations"),
-            legal("Decided to litigate against Hooli.", day * 53, "key_decisions"),
+            legal(
+                "Reviewed the NDA with Initech. Renewal fee $4,000 due 30 April 2026.",
+                day * 55,
+                "routine_reviews",
+            ),
+            legal(
+                "Second review of the Initech NDA; no changes needed.",
+                day * 50,
+                "routine_reviews",
+            ),
+            legal(
+                "Draft v3 of the services agreement.",
+                day * 52,
+                "draft_iterations",
+            ),
+            legal(
+                "Decided to litigate against Hooli.",
+                day * 53,
+                "key_decisions",
+            ),
             legal("Routine review this week.", day * 2, "routine_reviews"),
         ],
     )
@@ -309,12 +345,24 @@ async fn compaction(b: Backend) {
         let sc = sc.clone();
         async move {
             store
-                .list_memories(&sc, &MemoryFilter { archived: f, ..MemoryFilter::default() }, None, 100)
+                .list_memories(
+                    &sc,
+                    &MemoryFilter {
+                        archived: f,
+                        ..MemoryFilter::default()
+                    },
+                    None,
+                    100,
+                )
                 .await
                 .expect("list")
         }
     };
-    assert_eq!(live(Archived::Exclude).await.len(), 5, "a dry run changes nothing");
+    assert_eq!(
+        live(Archived::Exclude).await.len(),
+        5,
+        "a dry run changes nothing"
+    );
 
     let r = e.compact_memory(&sc, false).await.expect("compact");
     assert_eq!((r.discarded, r.groups.len()), (1, 1), "{r:?}");
@@ -323,7 +371,10 @@ async fn compaction(b: Backend) {
     // The decision, the recent review and the summary.
     assert_eq!(now_live.len(), 3, "{now_live:?}");
     let decision = &added[3];
-    assert!(now_live.iter().any(|m| m == decision), "preserved untouched");
+    assert!(
+        now_live.iter().any(|m| m == decision),
+        "preserved untouched"
+    );
     let summary = now_live
         .iter()
         .find(|m| !m.compacted_from.is_empty())
@@ -343,7 +394,13 @@ async fn compaction(b: Backend) {
         .set_archived(&sc, &[draft.id], None, audit("acme"))
         .await
         .expect("restore");
-    assert!(!s.store.get_memory(&sc, draft.id).await.expect("get").is_archived());
+    assert!(
+        !s.store
+            .get_memory(&sc, draft.id)
+            .await
+            .expect("get")
+            .is_archived()
+    );
     s.clock.advance(TimeDelta::days(31));
     let purge = e.compact_memory(&sc, false).await.expect("purge run");
     assert_eq!(purge.purged, 2, "the two summarised sources: {purge:?}");

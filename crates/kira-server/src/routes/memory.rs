@@ -100,8 +100,7 @@ pub async fn add_memory(
         let out = if batch {
             serde_json::json!({ "memories": stored, "next_cursor": null })
         } else {
-            serde_json::to_value(stored.into_iter().next())
-                .map_err(|e| ApiError::internal(&e))?
+            serde_json::to_value(stored.into_iter().next()).map_err(|e| ApiError::internal(&e))?
         };
         Ok((StatusCode::CREATED, Json(out)))
     }
@@ -295,7 +294,10 @@ pub async fn search_memory(
             return Err(ApiError::bad_request("q", "must not be empty"));
         }
         if text.chars().count() > 2_000 {
-            return Err(ApiError::bad_request("q", "must be at most 2000 characters"));
+            return Err(ApiError::bad_request(
+                "q",
+                "must be at most 2000 characters",
+            ));
         }
         let limit = limit(q.limit)?;
         let f = filter(Filters {
@@ -322,7 +324,12 @@ pub async fn search_memory(
     act.read(result).await
 }
 
-fn scoped(caller: &Caller, raw: &str, raw_mem: &str, access: Access) -> ApiResult<(CompanyScope, Uuid)> {
+fn scoped(
+    caller: &Caller,
+    raw: &str,
+    raw_mem: &str,
+    access: Access,
+) -> ApiResult<(CompanyScope, Uuid)> {
     let scope = caller.principal.scope(&company(raw)?, access)?;
     Ok((scope, memory_id(raw_mem)?))
 }
@@ -337,10 +344,17 @@ pub async fn get_memory(
     Path((raw, raw_mem)): Path<(String, String)>,
 ) -> ApiResult<Json<Memory>> {
     let id = CompanyId::parse(&raw).ok();
-    let act = caller.act(&app, "memory.show", format!("memory:{raw_mem}"), id.as_ref());
+    let act = caller.act(
+        &app,
+        "memory.show",
+        format!("memory:{raw_mem}"),
+        id.as_ref(),
+    );
     let result = async {
         let (scope, mid) = scoped(&caller, &raw, &raw_mem, Access::Read)?;
-        Ok(Json(app.store.get_memory(&scope, mid).await.map_err(store_err)?))
+        Ok(Json(
+            app.store.get_memory(&scope, mid).await.map_err(store_err)?,
+        ))
     }
     .await;
     act.read(result).await
@@ -354,7 +368,11 @@ async fn set_archived(
     archive: bool,
 ) -> ApiResult<Json<Memory>> {
     let id = CompanyId::parse(raw).ok();
-    let action = if archive { "memory.archive" } else { "memory.restore" };
+    let action = if archive {
+        "memory.archive"
+    } else {
+        "memory.restore"
+    };
     let act = caller.act(app, action, format!("memory:{raw_mem}"), id.as_ref());
     let result = async {
         let (scope, mid) = scoped(caller, raw, raw_mem, Access::Write)?;
@@ -371,7 +389,9 @@ async fn set_archived(
             .set_archived(&scope, &[mid], at, act.ok())
             .await
             .map_err(store_err)?;
-        Ok(Json(app.store.get_memory(&scope, mid).await.map_err(store_err)?))
+        Ok(Json(
+            app.store.get_memory(&scope, mid).await.map_err(store_err)?,
+        ))
     }
     .await;
     act.done(result).await
@@ -420,7 +440,12 @@ pub async fn delete_memory(
     Path((raw, raw_mem)): Path<(String, String)>,
 ) -> ApiResult<Json<DeletedMemory>> {
     let id = CompanyId::parse(&raw).ok();
-    let act = caller.act(&app, "memory.delete", format!("memory:{raw_mem}"), id.as_ref());
+    let act = caller.act(
+        &app,
+        "memory.delete",
+        format!("memory:{raw_mem}"),
+        id.as_ref(),
+    );
     let result = async {
         let c = company(&raw)?;
         let scope = caller.principal.admin()?.company(&c, Access::Write);
@@ -456,7 +481,12 @@ pub async fn compact_memory(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<CompactionReport>> {
     let id = CompanyId::parse(&raw).ok();
-    let act = caller.act(&app, "memory.compact", format!("company:{raw}"), id.as_ref());
+    let act = caller.act(
+        &app,
+        "memory.compact",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
     let result = async {
         let scope = caller.principal.scope(&company(&raw)?, Access::Write)?;
         let req: CompactRequest = match &body {
@@ -499,13 +529,21 @@ pub async fn get_context(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ContextPack>> {
     let id = CompanyId::parse(&raw).ok();
-    let act = caller.act(&app, "memory.context", format!("company:{raw}"), id.as_ref());
+    let act = caller.act(
+        &app,
+        "memory.context",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
     let result = async {
         let scope = caller.principal.scope(&company(&raw)?, Access::Read)?;
         let q: ContextQuery = query(q.as_deref())?;
         let text = q.q.unwrap_or_default();
         if text.chars().count() > 20_000 {
-            return Err(ApiError::bad_request("q", "must be at most 20000 characters"));
+            return Err(ApiError::bad_request(
+                "q",
+                "must be at most 20000 characters",
+            ));
         }
         let req = ContextRequest {
             task_type: q.task_type,
