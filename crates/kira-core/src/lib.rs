@@ -10,6 +10,7 @@ pub mod clock;
 pub mod company;
 pub mod error;
 pub mod ids;
+pub mod knowledge;
 pub mod memory;
 pub mod priority;
 pub mod sharing;

@@ -15,6 +15,7 @@ use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
 use kira_core::{CompanyId, ValidationError};
 
+pub mod knowledge;
 pub mod ledger;
 pub mod memory;
 pub mod postgres;
@@ -162,7 +163,12 @@ pub trait AuditStore: Send + Sync {
 
 #[async_trait]
 pub trait Store:
-    CompanyStore + KeyStore + AuditStore + work::TaskStore + work::BudgetStore
+    CompanyStore
+    + KeyStore
+    + AuditStore
+    + work::TaskStore
+    + work::BudgetStore
+    + knowledge::KnowledgeStore
 {
     fn backend(&self) -> Backend;
 

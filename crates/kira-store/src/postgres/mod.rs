@@ -22,6 +22,7 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 
+mod knowledge;
 mod work;
 
 use crate::{

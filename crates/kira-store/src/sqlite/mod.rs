@@ -18,6 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
+mod knowledge;
 mod work;
 
 use crate::{

@@ -18,6 +18,7 @@ macro_rules! conformance {
 mod budget_property;
 mod conformance;
 mod isolation;
+mod knowledge;
 mod pg_work;
 mod rls;
 mod support;
