@@ -80,6 +80,10 @@ pub enum Command {
     /// and emergency token requests.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// The shared knowledge base: legal frameworks, business patterns,
+    /// industry standards. Admins write; every key reads.
+    #[command(subcommand)]
+    Knowledge(crate::commands::knowledge::KnowledgeCommand),
     /// Show which key the token belongs to.
     Whoami,
     /// Measure kira on this machine (runs in-process against a database of its own).

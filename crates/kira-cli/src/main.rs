@@ -114,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => commands::audit::run(&ctx()?, cmd).await,
         Command::Task(cmd) => commands::task::run(&ctx()?, cmd).await,
         Command::Budget(cmd) => commands::budget::run(&ctx()?, cmd).await,
+        Command::Knowledge(cmd) => commands::knowledge::run(&ctx()?, cmd).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Bench(cmd) => commands::bench::run(cmd, json).await,
         Command::Completions { shell } => {

@@ -22,7 +22,7 @@ pub fn print_json(v: &Value) -> anyhow::Result<()> {
 /// copy an id from.
 const PLAIN: &str = "    ────           ";
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(PLAIN)
         .set_content_arrangement(ContentArrangement::Dynamic)

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 pub mod bench;
 pub mod config;
 pub mod executor;
+pub mod knowledge;
 pub mod scheduler;
 pub mod tasks;
 mod worker;

@@ -74,6 +74,7 @@ pub enum Error {
         (name = "audit", description = "The hash-chained audit log"),
         (name = "tasks", description = "Tasks: SEED 1's messages, queued, scheduled and run"),
         (name = "budget", description = "Token budgets: pools, allocations, emergency requests, the ledger"),
+        (name = "knowledge", description = "The shared knowledge base every company reads"),
     )
 )]
 struct ApiDoc;
@@ -125,6 +126,15 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::budget::approve_request))
         .routes(routes!(routes::budget::reject_request))
         .routes(routes!(routes::budget::verify_ledger))
+        .routes(routes!(
+            routes::knowledge::add_knowledge,
+            routes::knowledge::list_knowledge
+        ))
+        .routes(routes!(routes::knowledge::search_knowledge))
+        .routes(routes!(
+            routes::knowledge::get_knowledge,
+            routes::knowledge::delete_knowledge
+        ))
 }
 
 /// The OpenAPI document of every route.

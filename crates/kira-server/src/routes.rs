@@ -4,5 +4,6 @@ pub mod audit;
 pub mod budget;
 pub mod companies;
 pub mod keys;
+pub mod knowledge;
 pub mod system;
 pub mod tasks;

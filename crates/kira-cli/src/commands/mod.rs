@@ -6,6 +6,7 @@ pub mod audit;
 pub mod bench;
 pub mod budget;
 pub mod company;
+pub mod knowledge;
 pub mod task;
 
 use std::path::PathBuf;

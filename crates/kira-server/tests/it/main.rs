@@ -4,6 +4,7 @@
 mod audit;
 mod auth_matrix;
 mod bad_input;
+mod knowledge;
 mod openapi;
 mod support;
 mod tasks;

@@ -49,6 +49,11 @@ async fn openapi_lists_every_route_with_responses() {
         "POST /v1/budget/requests/{request_id}/approve",
         "POST /v1/budget/requests/{request_id}/reject",
         "GET /v1/budget/verify",
+        "POST /v1/knowledge",
+        "GET /v1/knowledge",
+        "GET /v1/knowledge/search",
+        "GET /v1/knowledge/{entry_id}",
+        "DELETE /v1/knowledge/{entry_id}",
     ]
     .into_iter()
     .map(str::to_owned)
