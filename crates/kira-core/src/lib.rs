@@ -8,6 +8,7 @@ pub mod auth;
 pub mod budget;
 pub mod clock;
 pub mod company;
+pub mod conflict;
 pub mod error;
 pub mod ids;
 pub mod knowledge;

@@ -15,6 +15,7 @@ use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
 use kira_core::{CompanyId, ValidationError};
 
+pub mod conflicts;
 pub mod knowledge;
 pub mod ledger;
 pub mod memory;
@@ -169,6 +170,7 @@ pub trait Store:
     + work::TaskStore
     + work::BudgetStore
     + knowledge::KnowledgeStore
+    + conflicts::ConflictStore
 {
     fn backend(&self) -> Backend;
 

@@ -44,3 +44,37 @@ CREATE INDEX knowledge_vectors_model ON knowledge_vectors (model);
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON knowledge TO kira_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON knowledge_vectors TO kira_app;
+
+-- Conflict flags: two companies whose memories name the same counterparty.
+-- One open flag per (pair, counterparty); a resolved flag stays as history.
+-- Only the admin path reads and writes them (app.admin_read); a company's
+-- own transaction may delete the flags naming it (a forced company delete).
+CREATE TABLE conflicts (
+    id           UUID PRIMARY KEY,  -- v7
+    company_a    TEXT COLLATE "C" NOT NULL,
+    company_b    TEXT COLLATE "C" NOT NULL,
+    counterparty TEXT NOT NULL,
+    memory_ids   UUID[] NOT NULL,
+    detected_at  TIMESTAMPTZ NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    resolved_at  TIMESTAMPTZ,
+    resolved_by  TEXT,
+    note         TEXT,
+    CHECK (company_a < company_b),
+    CHECK ((status = 'resolved') = (resolved_at IS NOT NULL))
+);
+CREATE UNIQUE INDEX conflicts_one_open ON conflicts (company_a, company_b, counterparty)
+    WHERE status = 'open';
+CREATE INDEX conflicts_b ON conflicts (company_b);
+
+ALTER TABLE conflicts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE conflicts FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_all ON conflicts
+    USING (current_setting('app.admin_read', true) = 'on')
+    WITH CHECK (current_setting('app.admin_read', true) = 'on');
+-- A DELETE with a WHERE must see its rows, hence the select policy too.
+CREATE POLICY company_read ON conflicts FOR SELECT
+    USING (current_setting('app.current_company_id', true) IN (company_a, company_b));
+CREATE POLICY company_delete ON conflicts FOR DELETE
+    USING (current_setting('app.current_company_id', true) IN (company_a, company_b));
+GRANT SELECT, INSERT, UPDATE, DELETE ON conflicts TO kira_app;

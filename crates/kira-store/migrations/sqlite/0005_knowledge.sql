@@ -47,3 +47,23 @@ CREATE TABLE knowledge_vectors (
     PRIMARY KEY (entry_id, model)
 ) STRICT;
 CREATE INDEX knowledge_vectors_model ON knowledge_vectors (model);
+
+-- Conflict flags: two companies whose memories name the same counterparty.
+-- One open flag per (pair, counterparty); a resolved flag stays as history.
+CREATE TABLE conflicts (
+    id           TEXT PRIMARY KEY,  -- uuid v7
+    company_a    TEXT NOT NULL,     -- company_a < company_b
+    company_b    TEXT NOT NULL,
+    counterparty TEXT NOT NULL,
+    memory_ids   TEXT NOT NULL,     -- JSON array of uuids
+    detected_at  TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    resolved_at  TEXT,
+    resolved_by  TEXT,
+    note         TEXT,
+    CHECK (company_a < company_b),
+    CHECK ((status = 'resolved') = (resolved_at IS NOT NULL))
+) STRICT;
+CREATE UNIQUE INDEX conflicts_one_open ON conflicts (company_a, company_b, counterparty)
+    WHERE status = 'open';
+CREATE INDEX conflicts_b ON conflicts (company_b);

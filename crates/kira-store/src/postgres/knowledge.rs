@@ -1,17 +1,21 @@
 //! The shared knowledge base on PostgreSQL: `knowledge` with a generated,
 //! weighted tsvector under a GIN index, and `knowledge_vectors`. No
-//! row-level security: the rows belong to no company.
+//! row-level security: the rows belong to no company. Also the conflict
+//! flags, which only the admin path reads.
 
 use async_trait::async_trait;
-use chrono::SubsecRound;
+use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::audit::AuditRecord;
 use kira_core::auth::AdminScope;
+use kira_core::conflict::{Conflict, ConflictStatus, canonical_pair, normalise_counterparty};
 use kira_core::knowledge::KnowledgeEntry;
+use kira_core::{CompanyId, ValidationError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{PgStore, UNIQUE_VIOLATION, append, sqlstate};
+use crate::conflicts::{ConflictStore, merged_ids};
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
     query_words,
@@ -307,5 +311,201 @@ impl KnowledgeStore for PgStore {
                 })
             })
             .collect()
+    }
+}
+
+const CONFLICT_COLUMNS: &str = "id, company_a, company_b, counterparty, memory_ids, detected_at, \
+     status, resolved_at, resolved_by, note";
+
+fn conflict_from_row(r: &PgRow) -> Result<Conflict> {
+    let status: &str = r.try_get("status")?;
+    Ok(Conflict {
+        id: r.try_get("id")?,
+        company_a: super::company_id(r.try_get("company_a")?)?,
+        company_b: super::company_id(r.try_get("company_b")?)?,
+        counterparty: r.try_get("counterparty")?,
+        memory_ids: r.try_get("memory_ids")?,
+        detected_at: r.try_get("detected_at")?,
+        status: ConflictStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("conflict status {status:?}")))?,
+        resolved_at: r.try_get("resolved_at")?,
+        resolved_by: r.try_get("resolved_by")?,
+        note: r.try_get("note")?,
+    })
+}
+
+async fn load_conflict(tx: &mut PgConnection, id: Uuid, lock: bool) -> Result<Conflict> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    conflict_from_row(&row)
+}
+
+/// Serialises flagging per (pair, counterparty) across processes, so two
+/// detections of one conflict make one flag.
+async fn lock_flag(tx: &mut PgConnection, a: &CompanyId, b: &CompanyId, cp: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("conflict\u{1f}{a}\u{1f}{b}\u{1f}{cp}"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ConflictStore for PgStore {
+    async fn flag_conflict(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        a: &CompanyId,
+        b: &CompanyId,
+        counterparty: &str,
+        memory_ids: &[Uuid],
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Option<Conflict>> {
+        let (a, b) = canonical_pair(a, b).ok_or_else(|| {
+            ValidationError::new("company_b", "a company is not in conflict with itself")
+        })?;
+        let counterparty = normalise_counterparty(counterparty);
+        let mut tx = self.admin_read().await?;
+        lock_flag(&mut tx, &a, &b, &counterparty).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE company_a = $1 AND company_b = $2 \
+             AND counterparty = $3 ORDER BY status = 'open' DESC, detected_at DESC"
+        )))
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .bind(&counterparty)
+        .fetch_all(&mut *tx)
+        .await?;
+        let flags = rows
+            .iter()
+            .map(conflict_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let changed = match flags.first() {
+            Some(open) if open.status == ConflictStatus::Open => {
+                match merged_ids(&open.memory_ids, memory_ids) {
+                    Some(ids) => {
+                        sqlx::query("UPDATE conflicts SET memory_ids = $1 WHERE id = $2")
+                            .bind(&ids)
+                            .bind(open.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        Some(open.id)
+                    }
+                    None => None,
+                }
+            }
+            _ if flags
+                .iter()
+                .any(|f| merged_ids(&f.memory_ids, memory_ids).is_none()) =>
+            {
+                None
+            }
+            _ => {
+                sqlx::query(
+                    "INSERT INTO conflicts (id, company_a, company_b, counterparty, memory_ids, \
+                     detected_at, status) VALUES ($1, $2, $3, $4, $5, $6, 'open')",
+                )
+                .bind(id)
+                .bind(a.as_str())
+                .bind(b.as_str())
+                .bind(&counterparty)
+                .bind(merged_ids(&[], memory_ids).unwrap_or_default())
+                .bind(at.trunc_subsecs(6))
+                .execute(&mut *tx)
+                .await?;
+                Some(id)
+            }
+        };
+        let Some(changed) = changed else {
+            return Ok(None);
+        };
+        let flag = load_conflict(&mut tx, changed, false).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(flag))
+    }
+
+    async fn list_conflicts(
+        &self,
+        _admin: &AdminScope,
+        status: Option<ConflictStatus>,
+        audit: AuditRecord,
+    ) -> Result<Vec<Conflict>> {
+        let mut tx = self.admin_read().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE ($1::text IS NULL OR status = $1) \
+             ORDER BY detected_at DESC, id DESC"
+        )))
+        .bind(status.map(ConflictStatus::as_str))
+        .fetch_all(&mut *tx)
+        .await?;
+        let flags = rows
+            .iter()
+            .map(conflict_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(flags)
+    }
+
+    async fn resolve_conflict(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        note: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Conflict> {
+        let mut tx = self.admin_read().await?;
+        let flag = load_conflict(&mut tx, id, true).await?;
+        if flag.status == ConflictStatus::Resolved {
+            return Err(StoreError::Conflict(format!(
+                "conflict {id} is already resolved"
+            )));
+        }
+        sqlx::query(
+            "UPDATE conflicts SET status = 'resolved', resolved_at = $1, resolved_by = $2, \
+             note = $3 WHERE id = $4",
+        )
+        .bind(at.trunc_subsecs(6))
+        .bind(&audit.actor)
+        .bind(note)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let flag = load_conflict(&mut tx, id, false).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(flag)
+    }
+
+    async fn conflict_open(
+        &self,
+        _admin: &AdminScope,
+        a: &CompanyId,
+        b: &CompanyId,
+    ) -> Result<bool> {
+        let Some((a, b)) = canonical_pair(a, b) else {
+            return Ok(false);
+        };
+        let mut tx = self.admin_read().await?;
+        let open: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM conflicts WHERE company_a = $1 AND company_b = $2 \
+             AND status = 'open')",
+        )
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(open)
     }
 }

@@ -1,17 +1,20 @@
 //! The shared knowledge base on SQLite: `knowledge`, its external-content
 //! FTS5 table `knowledge_fts` (kept in step by the migration's triggers),
-//! and `knowledge_vectors`.
+//! and `knowledge_vectors`; and the conflict flags.
 
 use async_trait::async_trait;
-use chrono::SubsecRound;
+use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::audit::AuditRecord;
 use kira_core::auth::AdminScope;
+use kira_core::conflict::{Conflict, ConflictStatus, canonical_pair, normalise_counterparty};
 use kira_core::knowledge::KnowledgeEntry;
+use kira_core::{CompanyId, ValidationError};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{SqliteStore, append, json, parse_ts, to_json, ts};
+use crate::conflicts::{ConflictStore, merged_ids};
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
     query_words,
@@ -313,5 +316,187 @@ impl KnowledgeStore for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+const CONFLICT_COLUMNS: &str = "id, company_a, company_b, counterparty, memory_ids, detected_at, \
+     status, resolved_at, resolved_by, note";
+
+fn conflict_from_row(r: &SqliteRow) -> Result<Conflict> {
+    let status: String = r.try_get("status")?;
+    Ok(Conflict {
+        id: uuid(r.try_get("id")?)?,
+        company_a: super::company_id(r.try_get("company_a")?)?,
+        company_b: super::company_id(r.try_get("company_b")?)?,
+        counterparty: r.try_get("counterparty")?,
+        memory_ids: json(r.try_get("memory_ids")?)?,
+        detected_at: parse_ts(r.try_get("detected_at")?)?,
+        status: ConflictStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("conflict status {status:?}")))?,
+        resolved_at: super::parse_opt_ts(r.try_get("resolved_at")?)?,
+        resolved_by: r.try_get("resolved_by")?,
+        note: r.try_get("note")?,
+    })
+}
+
+async fn load_conflict(tx: &mut SqliteConnection, id: &str) -> Result<Conflict> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE id = ?"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    conflict_from_row(&row)
+}
+
+#[async_trait]
+impl ConflictStore for SqliteStore {
+    async fn flag_conflict(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        a: &CompanyId,
+        b: &CompanyId,
+        counterparty: &str,
+        memory_ids: &[Uuid],
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Option<Conflict>> {
+        let (a, b) = canonical_pair(a, b).ok_or_else(|| {
+            ValidationError::new("company_b", "a company is not in conflict with itself")
+        })?;
+        let counterparty = normalise_counterparty(counterparty);
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE company_a = ? AND company_b = ? \
+             AND counterparty = ? ORDER BY status = 'open' DESC, detected_at DESC"
+        )))
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .bind(&counterparty)
+        .fetch_all(&mut *tx)
+        .await?;
+        let flags = rows
+            .iter()
+            .map(conflict_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let changed_id = match flags.first() {
+            Some(open) if open.status == ConflictStatus::Open => {
+                match merged_ids(&open.memory_ids, memory_ids) {
+                    Some(ids) => {
+                        sqlx::query("UPDATE conflicts SET memory_ids = ? WHERE id = ?")
+                            .bind(to_json(&ids)?)
+                            .bind(open.id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        Some(open.id)
+                    }
+                    None => None,
+                }
+            }
+            _ if flags
+                .iter()
+                .any(|f| merged_ids(&f.memory_ids, memory_ids).is_none()) =>
+            {
+                None
+            }
+            _ => {
+                sqlx::query(
+                    "INSERT INTO conflicts (id, company_a, company_b, counterparty, memory_ids, \
+                     detected_at, status) VALUES (?, ?, ?, ?, ?, ?, 'open')",
+                )
+                .bind(id.to_string())
+                .bind(a.as_str())
+                .bind(b.as_str())
+                .bind(&counterparty)
+                .bind(to_json(&merged_ids(&[], memory_ids).unwrap_or_default())?)
+                .bind(ts(at.trunc_subsecs(6)))
+                .execute(&mut *tx)
+                .await?;
+                Some(id)
+            }
+        };
+        let Some(changed) = changed_id else {
+            return Ok(None);
+        };
+        let flag = load_conflict(&mut tx, &changed.to_string()).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(flag))
+    }
+
+    async fn list_conflicts(
+        &self,
+        _admin: &AdminScope,
+        status: Option<ConflictStatus>,
+        audit: AuditRecord,
+    ) -> Result<Vec<Conflict>> {
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE (? IS NULL OR status = ?) \
+             ORDER BY detected_at DESC, id DESC"
+        )))
+        .bind(status.map(ConflictStatus::as_str))
+        .bind(status.map(ConflictStatus::as_str))
+        .fetch_all(&mut *tx)
+        .await?;
+        let flags = rows
+            .iter()
+            .map(conflict_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(flags)
+    }
+
+    async fn resolve_conflict(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        note: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Conflict> {
+        let mut tx = self.write().await?;
+        let flag = load_conflict(&mut tx, &id.to_string()).await?;
+        if flag.status == ConflictStatus::Resolved {
+            return Err(StoreError::Conflict(format!(
+                "conflict {id} is already resolved"
+            )));
+        }
+        sqlx::query(
+            "UPDATE conflicts SET status = 'resolved', resolved_at = ?, resolved_by = ?, note = ? \
+             WHERE id = ?",
+        )
+        .bind(ts(at.trunc_subsecs(6)))
+        .bind(&audit.actor)
+        .bind(note)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let flag = load_conflict(&mut tx, &id.to_string()).await?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(flag)
+    }
+
+    async fn conflict_open(
+        &self,
+        _admin: &AdminScope,
+        a: &CompanyId,
+        b: &CompanyId,
+    ) -> Result<bool> {
+        let Some((a, b)) = canonical_pair(a, b) else {
+            return Ok(false);
+        };
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM conflicts WHERE company_a = ? AND company_b = ? AND status = 'open'",
+        )
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n > 0)
     }
 }

@@ -9,7 +9,7 @@ use kira_store::knowledge::{KnowledgeCursor, KnowledgeFilter, KnowledgeVector};
 use kira_store::{AuditPage, StoreError};
 use uuid::Uuid;
 
-use crate::support::{Fresh, record, t0};
+use crate::support::{Fresh, cid, create, record, scope, t0};
 
 conformance!(
     knowledge_upsert_updates_by_domain_and_key,
@@ -17,6 +17,7 @@ conformance!(
     knowledge_lists_filter_and_page,
     knowledge_search_matches_any_word,
     knowledge_vectors_follow_the_text,
+    conflict_flags_are_idempotent_and_resolvable,
 );
 
 fn admin() -> AdminScope {
@@ -522,4 +523,139 @@ async fn knowledge_vectors_follow_the_text(f: Fresh) {
         .expect("vectors");
     assert!(got.iter().all(|v| v.entry_id != stored[0].id));
     assert_eq!(got.len(), 2);
+}
+
+async fn conflict_flags_are_idempotent_and_resolvable(f: Fresh) {
+    use kira_core::conflict::ConflictStatus;
+    let s = f.store.as_ref();
+    for c in ["acme", "beta", "gamma"] {
+        create(s, c).await;
+    }
+    let (acme, beta, gamma) = (cid("acme"), cid("beta"), cid("gamma"));
+    let (m1, m2, m3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let flag = |a, b, ids: Vec<Uuid>| {
+        let (a, b): (&kira_core::CompanyId, &kira_core::CompanyId) = (a, b);
+        async move {
+            s.flag_conflict(
+                &admin(),
+                Uuid::now_v7(),
+                a,
+                b,
+                "  Globex   Corp ",
+                &ids,
+                t0(),
+                record(None, "conflict.flag"),
+            )
+            .await
+            .expect("flag")
+        }
+    };
+    assert!(!s.conflict_open(&admin(), &acme, &beta).await.expect("none"));
+    let made = flag(&beta, &acme, vec![m1, m2]).await.expect("a new flag");
+    assert_eq!(
+        (made.company_a.as_str(), made.company_b.as_str()),
+        ("acme", "beta")
+    );
+    assert_eq!(made.counterparty, "globex corp");
+    assert_eq!(made.status, ConflictStatus::Open);
+    assert!(
+        flag(&acme, &beta, vec![m2, m1]).await.is_none(),
+        "same ids: nothing changes"
+    );
+    let grown = flag(&acme, &beta, vec![m3]).await.expect("grows");
+    assert_eq!(grown.id, made.id);
+    assert_eq!(grown.memory_ids, [m1, m2, m3]);
+    assert!(s.conflict_open(&admin(), &beta, &acme).await.expect("open"));
+    assert!(!s.conflict_open(&admin(), &acme, &gamma).await.expect("not"));
+    assert!(!s.conflict_open(&admin(), &acme, &acme).await.expect("self"));
+    let r = s
+        .flag_conflict(
+            &admin(),
+            Uuid::now_v7(),
+            &acme,
+            &acme,
+            "x",
+            &[m1],
+            t0(),
+            record(None, "conflict.flag"),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+
+    let resolved = s
+        .resolve_conflict(
+            &admin(),
+            made.id,
+            "separate deals",
+            t0(),
+            record(None, "conflict.resolve"),
+        )
+        .await
+        .expect("resolve");
+    assert_eq!(resolved.status, ConflictStatus::Resolved);
+    assert_eq!(resolved.resolved_by.as_deref(), Some("system"));
+    assert_eq!(resolved.note.as_deref(), Some("separate deals"));
+    assert!(resolved.resolved_at.is_some());
+    let r = s
+        .resolve_conflict(
+            &admin(),
+            made.id,
+            "again",
+            t0(),
+            record(None, "conflict.resolve"),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    let r = s
+        .resolve_conflict(
+            &admin(),
+            Uuid::now_v7(),
+            "?",
+            t0(),
+            record(None, "conflict.resolve"),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    assert!(
+        !s.conflict_open(&admin(), &acme, &beta)
+            .await
+            .expect("resolved")
+    );
+    assert!(
+        flag(&acme, &beta, vec![m1]).await.is_none(),
+        "a human saw these memories"
+    );
+    let again = flag(&acme, &beta, vec![Uuid::now_v7()])
+        .await
+        .expect("new evidence");
+    assert_ne!(again.id, made.id);
+    flag(&beta, &gamma, vec![m1]).await.expect("another pair");
+
+    let all = |status| async move {
+        s.list_conflicts(&admin(), status, record(None, "conflict.list"))
+            .await
+            .expect("list")
+    };
+    assert_eq!(all(None).await.len(), 3);
+    assert_eq!(all(Some(ConflictStatus::Open)).await.len(), 2);
+    assert_eq!(all(Some(ConflictStatus::Resolved)).await[0].id, made.id);
+
+    // A forced delete of a company removes the flags naming it.
+    let deleted = s
+        .delete_company(&scope("acme"), record(Some("acme"), "company.delete"))
+        .await
+        .expect("delete");
+    assert!(
+        deleted.tables.contains(&("conflicts".to_owned(), 2)),
+        "{deleted:?}"
+    );
+    let left = all(None).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].company_a.as_str(), "beta");
+    let actions = audit_actions(&f).await;
+    assert_eq!(actions.iter().filter(|a| *a == "conflict.flag").count(), 4);
+    assert_eq!(
+        actions.iter().filter(|a| *a == "conflict.resolve").count(),
+        1
+    );
 }
