@@ -115,6 +115,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Task(cmd) => commands::task::run(&ctx()?, cmd).await,
         Command::Budget(cmd) => commands::budget::run(&ctx()?, cmd).await,
         Command::Knowledge(cmd) => commands::knowledge::run(&ctx()?, cmd).await,
+        Command::Sharing(cmd) => commands::sharing::run_sharing(&ctx()?, cmd).await,
+        Command::Conflicts(cmd) => commands::sharing::run_conflicts(&ctx()?, cmd).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Bench(cmd) => commands::bench::run(cmd, json).await,
         Command::Completions { shell } => {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod executor;
 pub mod knowledge;
 pub mod scheduler;
+pub mod sharing;
 pub mod tasks;
 mod worker;
 
@@ -85,6 +86,8 @@ struct Inner {
     wake: Arc<Notify>,
     /// This process's name on leases.
     worker_id: String,
+    /// Denied cross-company reads since start (see `sharing`).
+    denied_cross_company_reads: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -119,6 +122,7 @@ impl Engine {
                 executor,
                 wake: Arc::new(Notify::new()),
                 worker_id,
+                denied_cross_company_reads: Default::default(),
             }),
         }
     }

@@ -75,6 +75,7 @@ pub enum Error {
         (name = "tasks", description = "Tasks: SEED 1's messages, queued, scheduled and run"),
         (name = "budget", description = "Token budgets: pools, allocations, emergency requests, the ledger"),
         (name = "knowledge", description = "The shared knowledge base every company reads"),
+        (name = "sharing", description = "Cross-company sharing rules and conflict flags (admin)"),
     )
 )]
 struct ApiDoc;
@@ -135,6 +136,9 @@ fn routes() -> OpenApiRouter<App> {
             routes::knowledge::get_knowledge,
             routes::knowledge::delete_knowledge
         ))
+        .routes(routes!(routes::sharing::check_sharing))
+        .routes(routes!(routes::sharing::list_conflicts))
+        .routes(routes!(routes::sharing::resolve_conflict))
 }
 
 /// The OpenAPI document of every route.

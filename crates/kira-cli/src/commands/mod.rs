@@ -7,6 +7,7 @@ pub mod bench;
 pub mod budget;
 pub mod company;
 pub mod knowledge;
+pub mod sharing;
 pub mod task;
 
 use std::path::PathBuf;

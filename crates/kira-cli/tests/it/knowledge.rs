@@ -68,3 +68,41 @@ fn knowledge_add_import_list_search_show_delete() {
     let bad = fails(server.kira().args(["knowledge", "import"]).arg(&file), 1);
     assert!(bad.stderr.contains("entries.0.domain"), "{}", bad.stderr);
 }
+
+#[test]
+fn sharing_check_says_which_rule_decides() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(work.path(), &[]);
+    for (id, industry) in [("fin-de", "fintech"), ("bank-de", "banking")] {
+        ok(server.kira().args([
+            "company",
+            "add",
+            id,
+            "--name",
+            id,
+            "--industry",
+            industry,
+            "--jurisdiction",
+            "US-DE",
+        ]));
+    }
+    let out = ok(server.kira().args([
+        "sharing",
+        "check",
+        "fin-de",
+        "bank-de",
+        "anonymized_legal_patterns",
+    ]));
+    assert!(out.contains("ALLOWED"), "{out}");
+    assert!(out.contains("rule: legal_precedent_sharing"), "{out}");
+    let out =
+        ok(server
+            .kira()
+            .args(["sharing", "check", "fin-de", "bank-de", "process_templates"]));
+    assert!(
+        out.contains("DENIED") && out.contains("consent missing"),
+        "{out}"
+    );
+    let out = ok(server.kira().args(["conflicts", "list"]));
+    assert_eq!(out.trim(), "no conflicts");
+}

@@ -235,6 +235,21 @@ fn routes() -> Vec<Route> {
             admin_deletes,
             false,
         ),
+        r(
+            Method::GET,
+            "/v1/sharing/check?a=acme&b=other&scope=process_templates",
+            None,
+            admin_only,
+            false,
+        ),
+        r(Method::GET, "/v1/conflicts", None, admin_only, false),
+        r(
+            Method::POST,
+            "/v1/conflicts/{r}/resolve",
+            Some(json!({"note": "separate deals"})),
+            admin_finds_nothing,
+            false,
+        ),
     ]
 }
 
@@ -347,7 +362,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 31 * 5 * 2);
+    assert_eq!(cells, 34 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log.
     let audit = s.audit().await;

@@ -6,5 +6,6 @@ mod auth_matrix;
 mod bad_input;
 mod knowledge;
 mod openapi;
+mod sharing;
 mod support;
 mod tasks;
