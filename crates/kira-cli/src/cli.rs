@@ -87,6 +87,16 @@ pub enum Command {
     /// Show the context pack an agent working for a company would start
     /// from, and why each item is in it.
     Context(ContextArgs),
+    /// The shared knowledge base: legal frameworks, business patterns,
+    /// industry standards. Admins write; every key reads.
+    #[command(subcommand)]
+    Knowledge(crate::commands::knowledge::KnowledgeCommand),
+    /// Cross-company sharing rules: which rule decides for two companies (admin).
+    #[command(subcommand)]
+    Sharing(crate::commands::sharing::SharingCommand),
+    /// Conflict flags between companies naming the same counterparty (admin).
+    #[command(subcommand)]
+    Conflicts(crate::commands::sharing::ConflictsCommand),
     /// Show which key the token belongs to.
     Whoami,
     /// Measure kira on this machine (runs in-process against a database of its own).

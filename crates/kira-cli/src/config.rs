@@ -13,9 +13,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use kira_core::sharing::SharingRules;
 use kira_engine::config::{
-    AgentConfig, BudgetSection, EngineConfig, EngineFile, ExecutorConfig, PriceSection,
-    PrioritySection, SchedulerSection, TaskTypeConfig,
+    AgentConfig, BudgetSection, EngineConfig, EngineFile, ExecutorConfig, KnowledgeSection,
+    PriceSection, PrioritySection, SchedulerSection, TaskTypeConfig,
 };
 use serde::Deserialize;
 
@@ -134,6 +135,10 @@ struct FileConfig {
     executor: Option<ExecutorConfig>,
     #[serde(default)]
     prices: BTreeMap<String, PriceSection>,
+    #[serde(default)]
+    knowledge: KnowledgeSection,
+    #[serde(default)]
+    sharing: Option<SharingRules>,
 }
 
 impl FileConfig {
@@ -147,6 +152,8 @@ impl FileConfig {
             task_types: std::mem::take(&mut self.task_types),
             executor: self.executor.take(),
             prices: std::mem::take(&mut self.prices),
+            knowledge: std::mem::take(&mut self.knowledge),
+            sharing: self.sharing.take(),
         }
     }
 }
@@ -917,7 +924,7 @@ mod tests {
             format!(
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
                  listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
-                 budget, priority, scheduler, agents, task_types, executor, prices",
+                 budget, priority, scheduler, agents, task_types, executor, prices, knowledge, sharing",
                 path.display()
             )
         );

@@ -117,6 +117,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Budget(cmd) => commands::budget::run(&ctx()?, cmd).await,
         Command::Memory(cmd) => commands::memory::run(&ctx()?, cmd).await,
         Command::Context(args) => commands::memory::context(&ctx()?, args).await,
+        Command::Knowledge(cmd) => commands::knowledge::run(&ctx()?, cmd).await,
+        Command::Sharing(cmd) => commands::sharing::run_sharing(&ctx()?, cmd).await,
+        Command::Conflicts(cmd) => commands::sharing::run_conflicts(&ctx()?, cmd).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Bench(cmd) => commands::bench::run(cmd, json).await,
         Command::Completions { shell } => {

@@ -256,7 +256,7 @@ impl Contact {
     }
 }
 
-fn text(field: &str, value: &str, max: usize) -> Result<String, ValidationError> {
+pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<String, ValidationError> {
     let v = value.trim();
     if v.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
@@ -284,7 +284,7 @@ fn unit(field: &str, v: f64) -> Result<(), ValidationError> {
     }
 }
 
-fn check_jurisdiction(j: &str) -> Result<(), ValidationError> {
+pub(crate) fn check_jurisdiction(j: &str) -> Result<(), ValidationError> {
     let (country, sub) = match j.split_once('-') {
         Some((c, s)) => (c, Some(s)),
         None => (j, None),

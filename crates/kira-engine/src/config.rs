@@ -1,15 +1,17 @@
 //! The engine's configuration: budgets, priority, the scheduler, agents and
 //! their limits, task types, the executor and model prices. Read from the
 //! `[budget]`, `[priority]`, `[scheduler]`, `[agents.NAME]`,
-//! `[task_types.NAME]`, `[executor]` and `[prices.MODEL]` sections of
-//! `kira.toml`; every default is SEED's.
+//! `[task_types.NAME]`, `[executor]`, `[prices.MODEL]`, `[knowledge]` and
+//! `[sharing]` sections of `kira.toml`; every default is SEED's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::TimeDelta;
 use kira_core::ValidationError;
 use kira_core::budget::{BudgetConfig, ModelPrice};
+use kira_core::knowledge::{DEFAULT_DOMAINS, check_domain};
 use kira_core::priority::PriorityConfig;
+use kira_core::sharing::SharingRules;
 use kira_core::task::{Priority, check_task_type};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,10 @@ pub struct EngineConfig {
     pub executor: Option<ExecutorConfig>,
     pub prices: BTreeMap<String, ModelPrice>,
     pub memory: crate::memory::MemoryConfig,
+    /// The shared knowledge base's domains (`[knowledge] domains`).
+    pub knowledge_domains: BTreeSet<String>,
+    /// Cross-company access rules (`[sharing]`), SEED 2.3's by default.
+    pub sharing: SharingRules,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +173,8 @@ impl Default for EngineConfig {
             executor: None,
             prices: BTreeMap::new(),
             memory: crate::memory::MemoryConfig::default(),
+            knowledge_domains: DEFAULT_DOMAINS.iter().map(|d| (*d).to_owned()).collect(),
+            sharing: SharingRules::default(),
         }
     }
 }
@@ -189,6 +197,18 @@ pub struct EngineFile {
     pub executor: Option<ExecutorConfig>,
     #[serde(default)]
     pub prices: BTreeMap<String, PriceSection>,
+    #[serde(default)]
+    pub knowledge: KnowledgeSection,
+    /// Replaces SEED's rules as a whole when present.
+    #[serde(default)]
+    pub sharing: Option<SharingRules>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeSection {
+    /// Replaces the default domains (SEED 2.2's three) when present.
+    pub domains: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -418,6 +438,24 @@ impl EngineFile {
             })?;
             c.prices.insert(model, price);
         }
+        if let Some(domains) = self.knowledge.domains {
+            if domains.is_empty() {
+                return Err(ValidationError::new(
+                    "knowledge.domains",
+                    "must name at least one domain",
+                ));
+            }
+            for (i, d) in domains.iter().enumerate() {
+                check_domain(d).map_err(|e| {
+                    ValidationError::new(format!("knowledge.domains.{i}"), e.message)
+                })?;
+            }
+            c.knowledge_domains = domains.into_iter().collect();
+        }
+        if let Some(rules) = self.sharing {
+            rules.validate()?;
+            c.sharing = rules;
+        }
         Ok(c)
     }
 }
@@ -446,6 +484,43 @@ mod tests {
         );
         assert!(c.agents.contains_key(PRIMARY));
         assert!(c.executor.is_none(), "nothing runs tasks unless configured");
+        assert_eq!(
+            c.knowledge_domains.iter().collect::<Vec<_>>(),
+            [
+                "business_patterns",
+                "industry_standards",
+                "legal_frameworks"
+            ]
+        );
+        assert_eq!(c.sharing, SharingRules::default());
+    }
+
+    #[test]
+    fn knowledge_domains_and_sharing_rules_are_configurable() {
+        let c = resolve(
+            r#"{"knowledge": {"domains": ["playbooks"]},
+                "sharing": {"rules": [{"name": "peers", "condition": "same_jurisdiction",
+                                       "result": {"allow": {"scope": "playbooks"}}}]}}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.knowledge_domains.iter().collect::<Vec<_>>(),
+            ["playbooks"]
+        );
+        assert_eq!(c.sharing.rules.len(), 1);
+        for (json, field) in [
+            (r#"{"knowledge": {"domains": []}}"#, "knowledge.domains"),
+            (
+                r#"{"knowledge": {"domains": ["ok", "Not Ok"]}}"#,
+                "knowledge.domains.1",
+            ),
+            (
+                r#"{"sharing": {"rules": [{"name": "x", "condition": {"all": []}, "result": "flag_for_human_review"}]}}"#,
+                "sharing.rules.0.condition.all",
+            ),
+        ] {
+            assert_eq!(resolve(json).expect_err(json).field, field);
+        }
     }
 
     #[test]

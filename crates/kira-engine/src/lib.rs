@@ -19,7 +19,9 @@ pub mod config;
 pub mod executor;
 pub mod membench;
 pub mod memory;
+pub mod knowledge;
 pub mod scheduler;
+pub mod sharing;
 pub mod tasks;
 mod worker;
 
@@ -95,6 +97,8 @@ struct Inner {
     /// Rung when memories arrive, so an idle embedder looks at once.
     embed_wake: Notify,
     summarizer: Arc<dyn memory::summarize::Summarizer>,
+    /// Denied cross-company reads since start (see `sharing`).
+    denied_cross_company_reads: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -132,6 +136,7 @@ impl Engine {
                 embedder: None,
                 embed_wake: Notify::new(),
                 summarizer: Arc::new(memory::summarize::Extractive::default()),
+                denied_cross_company_reads: Default::default(),
             }),
         }
     }

@@ -241,7 +241,9 @@ pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> ApiResult<T> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = dotted(&e.path().to_string());
         let msg = e.into_inner().to_string();
-        let field = unknown_field(&msg).map_or(path, str::to_owned);
+        let field = unknown_field(&msg)
+            .or_else(|| missing_field(&msg))
+            .map_or(path, str::to_owned);
         ApiError::bad_request(
             if field.is_empty() {
                 "query".into()

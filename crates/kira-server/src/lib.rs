@@ -75,6 +75,8 @@ pub enum Error {
         (name = "tasks", description = "Tasks: SEED 1's messages, queued, scheduled and run"),
         (name = "budget", description = "Token budgets: pools, allocations, emergency requests, the ledger"),
         (name = "memory", description = "Episodic memory, search, compaction and context packs"),
+        (name = "knowledge", description = "The shared knowledge base every company reads"),
+        (name = "sharing", description = "Cross-company sharing rules and conflict flags (admin)"),
     )
 )]
 struct ApiDoc;
@@ -139,6 +141,18 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::memory::archive_memory))
         .routes(routes!(routes::memory::restore_memory))
         .routes(routes!(routes::memory::get_context))
+        .routes(routes!(
+            routes::knowledge::add_knowledge,
+            routes::knowledge::list_knowledge
+        ))
+        .routes(routes!(routes::knowledge::search_knowledge))
+        .routes(routes!(
+            routes::knowledge::get_knowledge,
+            routes::knowledge::delete_knowledge
+        ))
+        .routes(routes!(routes::sharing::check_sharing))
+        .routes(routes!(routes::sharing::list_conflicts))
+        .routes(routes!(routes::sharing::resolve_conflict))
 }
 
 /// The OpenAPI document of every route.

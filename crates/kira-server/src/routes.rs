@@ -5,5 +5,7 @@ pub mod budget;
 pub mod companies;
 pub mod keys;
 pub mod memory;
+pub mod knowledge;
+pub mod sharing;
 pub mod system;
 pub mod tasks;

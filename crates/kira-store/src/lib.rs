@@ -15,6 +15,8 @@ use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
 use kira_core::{CompanyId, ValidationError};
 
+pub mod conflicts;
+pub mod knowledge;
 pub mod ledger;
 pub mod memory;
 pub mod postgres;
@@ -162,7 +164,14 @@ pub trait AuditStore: Send + Sync {
 
 #[async_trait]
 pub trait Store:
-    CompanyStore + KeyStore + AuditStore + work::TaskStore + work::BudgetStore + memory::MemoryStore
+    CompanyStore
+    + KeyStore
+    + AuditStore
+    + work::TaskStore
+    + work::BudgetStore
+    + memory::MemoryStore
+    + knowledge::KnowledgeStore
+    + conflicts::ConflictStore
 {
     fn backend(&self) -> Backend;
 

@@ -8,6 +8,8 @@ pub mod bench_memory;
 pub mod budget;
 pub mod company;
 pub mod memory;
+pub mod knowledge;
+pub mod sharing;
 pub mod task;
 
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 
 mod config_errors;
 mod crash;
+mod knowledge;
 mod postgres;
 mod story;
 mod stress;

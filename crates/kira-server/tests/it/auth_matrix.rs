@@ -80,6 +80,9 @@ fn writer_creates(w: Who, t: Target) -> u16 {
         s => s,
     }
 }
+fn admin_deletes(w: Who, _: Target) -> u16 {
+    if w == Who::Admin { 204 } else { 403 }
+}
 fn admin_finds_nothing(w: Who, _: Target) -> u16 {
     if w == Who::Admin { 404 } else { 403 }
 }
@@ -209,6 +212,44 @@ fn routes() -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/v1/budget/verify", None, admin_only, false),
+        r(
+            Method::POST,
+            "/v1/knowledge",
+            Some(crate::knowledge::entry("legal_frameworks", "matrix")),
+            admin_creates,
+            false,
+        ),
+        r(Method::GET, "/v1/knowledge", None, anyone, false),
+        r(
+            Method::GET,
+            "/v1/knowledge/search?q=delaware",
+            None,
+            anyone,
+            false,
+        ),
+        r(Method::GET, "/v1/knowledge/{kb}", None, anyone, false),
+        r(
+            Method::DELETE,
+            "/v1/knowledge/{kbfresh}",
+            None,
+            admin_deletes,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/sharing/check?a=acme&b=other&scope=process_templates",
+            None,
+            admin_only,
+            false,
+        ),
+        r(Method::GET, "/v1/conflicts", None, admin_only, false),
+        r(
+            Method::POST,
+            "/v1/conflicts/{r}/resolve",
+            Some(json!({"note": "separate deals"})),
+            admin_finds_nothing,
+            false,
+        ),
     ]
 }
 
@@ -236,6 +277,7 @@ async fn matrix(backend: Backend) {
         .await;
         tasks.insert(c.to_owned(), (queued, done));
     }
+    let kb = s.knowledge("legal_frameworks", "kept").await;
     let mut n = 0;
     let mut cells = 0;
     for route in routes() {
@@ -261,8 +303,16 @@ async fn matrix(backend: Backend) {
                 } else {
                     String::new()
                 };
+                let kbfresh = if route.path.contains("{kbfresh}") {
+                    s.knowledge("business_patterns", &format!("fresh-{n}"))
+                        .await
+                } else {
+                    String::new()
+                };
                 let path = route
                     .path
+                    .replace("{kbfresh}", &kbfresh)
+                    .replace("{kb}", &kb)
                     .replace("{c}", &company)
                     .replace("{k}", &key_id)
                     .replace("{fresh}", &fresh)
@@ -312,7 +362,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 26 * 5 * 2);
+    assert_eq!(cells, 34 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log.
     let audit = s.audit().await;

@@ -4,6 +4,8 @@
 mod audit;
 mod auth_matrix;
 mod bad_input;
+mod knowledge;
 mod openapi;
+mod sharing;
 mod support;
 mod tasks;

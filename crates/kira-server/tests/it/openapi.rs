@@ -49,6 +49,14 @@ async fn openapi_lists_every_route_with_responses() {
         "POST /v1/budget/requests/{request_id}/approve",
         "POST /v1/budget/requests/{request_id}/reject",
         "GET /v1/budget/verify",
+        "POST /v1/knowledge",
+        "GET /v1/knowledge",
+        "GET /v1/knowledge/search",
+        "GET /v1/knowledge/{entry_id}",
+        "DELETE /v1/knowledge/{entry_id}",
+        "GET /v1/sharing/check",
+        "GET /v1/conflicts",
+        "POST /v1/conflicts/{conflict_id}/resolve",
     ]
     .into_iter()
     .map(str::to_owned)

@@ -182,6 +182,18 @@ impl Server {
         v["task_id"].as_str().expect("task id").to_owned()
     }
 
+    /// A knowledge entry made by the admin; returns its id.
+    pub async fn knowledge(&self, domain: &str, key: &str) -> String {
+        let v = self
+            .admin_ok(
+                Method::POST,
+                "/v1/knowledge",
+                Some(crate::knowledge::entry(domain, key)),
+            )
+            .await;
+        v["entries"][0]["id"].as_str().expect("entry id").to_owned()
+    }
+
     /// Every audit entry, as the admin sees them.
     pub async fn audit(&self) -> Vec<Value> {
         let mut out = Vec::new();

@@ -23,6 +23,7 @@ use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 
 mod memory;
+mod knowledge;
 mod work;
 
 use crate::{
@@ -453,6 +454,10 @@ impl CompanyStore for PgStore {
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [
+            (
+                "conflicts",
+                "DELETE FROM conflicts WHERE company_a = $1 OR company_b = $1",
+            ),
             ("api_keys", "DELETE FROM api_keys WHERE company_id = $1"),
             ("companies", "DELETE FROM companies WHERE company_id = $1"),
         ] {

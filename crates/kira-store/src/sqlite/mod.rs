@@ -19,6 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
 mod memory;
+mod knowledge;
 mod work;
 
 use crate::{
@@ -389,6 +390,10 @@ impl CompanyStore for SqliteStore {
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [
+            (
+                "conflicts",
+                "DELETE FROM conflicts WHERE company_a = ?1 OR company_b = ?1",
+            ),
             ("api_keys", "DELETE FROM api_keys WHERE company_id = ?"),
             ("companies", "DELETE FROM companies WHERE company_id = ?"),
         ] {

@@ -19,6 +19,7 @@ mod budget_property;
 mod conformance;
 mod isolation;
 mod memory;
+mod knowledge;
 mod pg_work;
 mod rls;
 mod support;

@@ -1,0 +1,108 @@
+//! The knowledge base through the CLI: add, import a JSON Lines file, list,
+//! search, show and delete; a bad line is named.
+
+use crate::support::{Server, fails, ok, ok_json, s};
+
+#[test]
+fn knowledge_add_import_list_search_show_delete() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(work.path(), &[]);
+    let added = ok_json(server.kira().args([
+        "knowledge",
+        "add",
+        "--domain",
+        "legal_frameworks",
+        "--key",
+        "delaware_corp",
+        "--title",
+        "Delaware corporations",
+        "--body",
+        "Directors owe fiduciary duties of care and loyalty.",
+        "--tag",
+        "corporate",
+        "--jurisdiction",
+        "US-DE",
+    ]));
+    let id = s(&added["entries"][0], "id").to_owned();
+
+    let file = work.path().join("kb.jsonl");
+    std::fs::write(
+        &file,
+        "{\"domain\": \"business_patterns\", \"key\": \"saas_metrics\", \"title\": \"SaaS metrics\", \"body\": \"Net revenue retention and churn.\"}\n\
+         \n\
+         {\"domain\": \"industry_standards\", \"key\": \"pci_dss\", \"title\": \"PCI DSS\", \"body\": \"Encrypt cardholder data.\", \"tags\": [\"payments\"]}\n",
+    )
+    .expect("write");
+    let out = ok(server.kira().args(["knowledge", "import"]).arg(&file));
+    assert!(out.contains("imported 2 entries"), "{out}");
+
+    let list = ok(server.kira().args(["knowledge", "list", "--limit", "2"]));
+    assert!(
+        list.contains("saas_metrics") && list.contains("pci_dss"),
+        "{list}"
+    );
+    assert!(
+        list.contains("more entries: --after industry_standards/pci_dss"),
+        "{list}"
+    );
+    let found = ok(server
+        .kira()
+        .args(["knowledge", "search", "churn fiduciary"]));
+    assert!(
+        found.contains("delaware_corp") && found.contains("saas_metrics"),
+        "{found}"
+    );
+    assert!(!found.contains("pci_dss"), "{found}");
+    let shown = ok(server.kira().args(["knowledge", "show", &id]));
+    assert!(shown.contains("legal_frameworks/delaware_corp"), "{shown}");
+    assert!(shown.contains("fiduciary duties"), "{shown}");
+    ok(server.kira().args(["knowledge", "delete", &id]));
+    let gone = fails(server.kira().args(["knowledge", "show", &id]), 1);
+    assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
+
+    std::fs::write(
+        &file,
+        "{\"domain\": \"recipes\", \"key\": \"k\", \"title\": \"T\", \"body\": \"B\"}\n",
+    )
+    .expect("write");
+    let bad = fails(server.kira().args(["knowledge", "import"]).arg(&file), 1);
+    assert!(bad.stderr.contains("entries.0.domain"), "{}", bad.stderr);
+}
+
+#[test]
+fn sharing_check_says_which_rule_decides() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(work.path(), &[]);
+    for (id, industry) in [("fin-de", "fintech"), ("bank-de", "banking")] {
+        ok(server.kira().args([
+            "company",
+            "add",
+            id,
+            "--name",
+            id,
+            "--industry",
+            industry,
+            "--jurisdiction",
+            "US-DE",
+        ]));
+    }
+    let out = ok(server.kira().args([
+        "sharing",
+        "check",
+        "fin-de",
+        "bank-de",
+        "anonymized_legal_patterns",
+    ]));
+    assert!(out.contains("ALLOWED"), "{out}");
+    assert!(out.contains("rule: legal_precedent_sharing"), "{out}");
+    let out =
+        ok(server
+            .kira()
+            .args(["sharing", "check", "fin-de", "bank-de", "process_templates"]));
+    assert!(
+        out.contains("DENIED") && out.contains("consent missing"),
+        "{out}"
+    );
+    let out = ok(server.kira().args(["conflicts", "list"]));
+    assert_eq!(out.trim(), "no conflicts");
+}

@@ -1,0 +1,238 @@
+//! The sharing rule table through the API: every rule of SEED 2.3, both
+//! directions, consent missing, and an open conflict, which blocks
+//! everything until it is resolved.
+
+use std::sync::Arc;
+
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::Principal;
+use kira_core::{CompanyId, clock::Clock, clock::SystemClock};
+use kira_store::Store;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{Backend, Server};
+
+async fn company(s: &Server, id: &str, industry: &str, jurisdiction: &str, consent: &[&str]) {
+    s.admin_ok(
+        Method::POST,
+        "/v1/companies",
+        Some(json!({
+            "id": id, "name": format!("{id} corp"), "industry": industry,
+            "jurisdiction": jurisdiction, "sharing_consent": consent
+        })),
+    )
+    .await;
+}
+
+async fn check(s: &Server, a: &str, b: &str, scope: &str) -> Value {
+    s.admin_ok(
+        Method::GET,
+        &format!("/v1/sharing/check?a={a}&b={b}&scope={scope}"),
+        None,
+    )
+    .await
+}
+
+async fn open_store(s: &Server, backend: Backend) -> Arc<dyn Store> {
+    match backend {
+        Backend::Sqlite => Arc::new(
+            kira_store::sqlite::SqliteStore::open(&s.db_url)
+                .await
+                .expect("sqlite"),
+        ),
+        Backend::Postgres => Arc::new(
+            kira_store::postgres::PgStore::open(&s.db_url, None)
+                .await
+                .expect("postgres"),
+        ),
+    }
+}
+
+/// (a, b, scope, allowed, flagged, rule)
+type Row = (
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    bool,
+    Option<&'static str>,
+);
+
+const LEGAL: &str = "anonymized_legal_patterns";
+const TEMPLATES: &str = "process_templates";
+
+async fn table(backend: Backend) {
+    let s = Server::start(backend).await;
+    company(&s, "fin-de", "fintech", "US-DE", &[TEMPLATES]).await;
+    company(&s, "bank-de", "Banking", "US-DE", &[TEMPLATES]).await;
+    company(&s, "fin-ca", "fintech", "US-CA", &[]).await;
+    company(&s, "saas-de", "saas", "US-DE", &[TEMPLATES]).await;
+    let rows: Vec<Row> = vec![
+        // legal_precedent_sharing: same jurisdiction and similar industry.
+        (
+            "fin-de",
+            "bank-de",
+            LEGAL,
+            true,
+            false,
+            Some("legal_precedent_sharing"),
+        ),
+        // ... but not another jurisdiction, nor a dissimilar industry.
+        ("fin-de", "fin-ca", LEGAL, false, false, None),
+        ("fin-de", "saas-de", LEGAL, false, false, None),
+        // best_practice_sharing: both consent.
+        (
+            "fin-de",
+            "saas-de",
+            TEMPLATES,
+            true,
+            false,
+            Some("best_practice_sharing"),
+        ),
+        // Consent missing on one side.
+        ("fin-de", "fin-ca", TEMPLATES, false, false, None),
+        // A scope no rule grants.
+        ("fin-de", "bank-de", "customer_lists", false, false, None),
+    ];
+    for (a, b, scope, allowed, flagged, rule) in &rows {
+        for (x, y) in [(a, b), (b, a)] {
+            let v = check(&s, x, y, scope).await;
+            let got = (
+                v["verdict"]["allowed"].as_bool(),
+                v["verdict"]["flagged_for_review"].as_bool(),
+                v["verdict"]["rule"].as_str(),
+            );
+            assert_eq!(
+                got,
+                (Some(*allowed), Some(*flagged), *rule),
+                "{x} {y} {scope}: {v}"
+            );
+            assert_eq!(v["conflict_open"], false);
+        }
+    }
+    let v = check(&s, "fin-de", "fin-ca", TEMPLATES).await;
+    let reason = v["verdict"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("consent missing on one side"), "{reason}");
+
+    // An open conflict flags the pair and blocks every scope, both ways.
+    let store = open_store(&s, backend).await;
+    let admin = Principal::system().admin().expect("admin");
+    let record = AuditRecord {
+        at: SystemClock.now(),
+        request_id: "test".into(),
+        actor: "system".into(),
+        company_id: None,
+        action: "conflict.flag".into(),
+        target: "conflict".into(),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    };
+    let flag = store
+        .flag_conflict(
+            &admin,
+            Uuid::now_v7(),
+            &CompanyId::parse("bank-de").expect("id"),
+            &CompanyId::parse("fin-de").expect("id"),
+            "Globex",
+            &[Uuid::now_v7()],
+            SystemClock.now(),
+            record,
+        )
+        .await
+        .expect("flag")
+        .expect("new");
+    for scope in [LEGAL, TEMPLATES] {
+        for (x, y) in [("fin-de", "bank-de"), ("bank-de", "fin-de")] {
+            let v = check(&s, x, y, scope).await;
+            assert_eq!(v["conflict_open"], true, "{v}");
+            assert_eq!(v["verdict"]["allowed"], false, "{v}");
+            assert_eq!(v["verdict"]["flagged_for_review"], true, "{v}");
+            assert_eq!(v["verdict"]["rule"], "conflict_prevention", "{v}");
+        }
+    }
+    // Other pairs are untouched.
+    let v = check(&s, "fin-de", "saas-de", TEMPLATES).await;
+    assert_eq!(v["verdict"]["allowed"], true, "{v}");
+
+    let list = s.admin_ok(Method::GET, "/v1/conflicts", None).await;
+    assert_eq!(list["conflicts"][0]["id"], json!(flag.id));
+    assert_eq!(list["conflicts"][0]["counterparty"], "globex");
+    let path = format!("/v1/conflicts/{}/resolve", flag.id);
+    let (st, v) = s
+        .call(
+            Method::POST,
+            &path,
+            Some(&s.admin),
+            Some(json!({"note": " "})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("note"))
+    );
+    let v = s
+        .admin_ok(
+            Method::POST,
+            &path,
+            Some(json!({"note": "different deals"})),
+        )
+        .await;
+    assert_eq!(v["status"], "resolved");
+    let (st, _) = s
+        .call(
+            Method::POST,
+            &path,
+            Some(&s.admin),
+            Some(json!({"note": "again"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let v = check(&s, "bank-de", "fin-de", LEGAL).await;
+    assert_eq!(v["verdict"]["rule"], "legal_precedent_sharing", "{v}");
+    assert_eq!(
+        s.admin_ok(Method::GET, "/v1/conflicts", None).await["conflicts"],
+        json!([])
+    );
+    let all = s
+        .admin_ok(Method::GET, "/v1/conflicts?status=all", None)
+        .await;
+    assert_eq!(all["conflicts"].as_array().expect("list").len(), 1);
+
+    // Bad input names the parameter.
+    for (path, status, field) in [
+        ("/v1/sharing/check?a=fin-de&b=fin-de&scope=x", 422, "b"),
+        (
+            "/v1/sharing/check?a=fin-de&b=bank-de&scope=Bad Scope",
+            422,
+            "scope",
+        ),
+        ("/v1/sharing/check?a=fin-de&b=bank-de", 400, "scope"),
+        ("/v1/sharing/check?a=NOPE&b=bank-de&scope=x", 400, "a"),
+        ("/v1/conflicts?status=maybe", 400, "status"),
+    ] {
+        let (st, v) = s.call(Method::GET, path, Some(&s.admin), None).await;
+        assert_eq!(st.as_u16(), status, "{path}: {v}");
+        assert_eq!(v["error"]["field"], field, "{path}: {v}");
+    }
+    let (st, _) = s
+        .call(
+            Method::GET,
+            "/v1/sharing/check?a=fin-de&b=ghost&scope=x",
+            Some(&s.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sharing_rule_table() {
+    table(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sharing_rule_table() {
+    table(Backend::Postgres).await;
+}
