@@ -165,30 +165,6 @@ pub(crate) fn check_batch(entries: &[KnowledgeEntry]) -> Result<()> {
     Ok(())
 }
 
-/// The most words of a search query that reach the database.
-pub const MAX_QUERY_WORDS: usize = 32;
-
-/// The searchable words of a query: runs of letters and digits,
-/// lower-cased, first occurrence kept, at most [`MAX_QUERY_WORDS`]. Nothing
-/// else of the query reaches either database's full-text syntax. The same
-/// rule as the memory store's, so both searches read a query alike.
-pub(crate) fn query_words(query: &str) -> Vec<String> {
-    let mut words: Vec<String> = Vec::new();
-    for w in query.split(|c: char| !c.is_alphanumeric()) {
-        if w.is_empty() {
-            continue;
-        }
-        let w = w.to_lowercase();
-        if !words.contains(&w) {
-            words.push(w);
-            if words.len() == MAX_QUERY_WORDS {
-                break;
-            }
-        }
-    }
-    words
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,14 +179,5 @@ mod tests {
         assert_eq!(KnowledgeCursor::decode("nope"), None);
         assert_eq!(KnowledgeCursor::decode("Bad/key"), None);
         assert_eq!(KnowledgeCursor::decode("d/a/b"), None);
-    }
-
-    #[test]
-    fn query_words_are_letters_and_digits() {
-        assert_eq!(
-            query_words("\"Delaware\" OR (corp*) -- délai; DELAWARE"),
-            ["delaware", "or", "corp", "délai"]
-        );
-        assert!(query_words("  \"' */").is_empty());
     }
 }

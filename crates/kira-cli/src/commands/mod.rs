@@ -7,8 +7,8 @@ pub mod bench;
 pub mod bench_memory;
 pub mod budget;
 pub mod company;
-pub mod memory;
 pub mod knowledge;
+pub mod memory;
 pub mod sharing;
 pub mod task;
 

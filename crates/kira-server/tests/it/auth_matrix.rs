@@ -245,6 +245,73 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/v1/conflicts", None, admin_only, false),
         r(
             Method::POST,
+            "/v1/companies/{c}/memory",
+            Some(json!({
+                "occurred_at": "2026-01-05T10:00:00Z",
+                "event_type": "note",
+                "content": {"text": "Matrix note"}
+            })),
+            writer_creates,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/memory",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/memory/search?q=delaware",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/memory/compact",
+            Some(json!({"dry_run": true})),
+            writer_own,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/memory/{m}",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/memory/{mfresh}/archive",
+            None,
+            writer_own,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/memory/{marchived}/restore",
+            None,
+            writer_own,
+            false,
+        ),
+        r(
+            Method::DELETE,
+            "/v1/companies/{c}/memory/{mfresh}",
+            None,
+            admin_on_company,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/context?q=delaware&task_type=legal&budget=500",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::POST,
             "/v1/conflicts/{r}/resolve",
             Some(json!({"note": "separate deals"})),
             admin_finds_nothing,
@@ -278,6 +345,10 @@ async fn matrix(backend: Backend) {
         tasks.insert(c.to_owned(), (queued, done));
     }
     let kb = s.knowledge("legal_frameworks", "kept").await;
+    let mut kept_memory = std::collections::HashMap::new();
+    for c in ["acme", "other"] {
+        kept_memory.insert(c.to_owned(), s.memory(c, false).await);
+    }
     let mut n = 0;
     let mut cells = 0;
     for route in routes() {
@@ -309,8 +380,21 @@ async fn matrix(backend: Backend) {
                 } else {
                     String::new()
                 };
+                let mfresh = if route.path.contains("{mfresh}") {
+                    s.memory(&company, false).await
+                } else {
+                    String::new()
+                };
+                let marchived = if route.path.contains("{marchived}") {
+                    s.memory(&company, true).await
+                } else {
+                    String::new()
+                };
                 let path = route
                     .path
+                    .replace("{mfresh}", &mfresh)
+                    .replace("{marchived}", &marchived)
+                    .replace("{m}", kept_memory.get(&company).map_or("", String::as_str))
                     .replace("{kbfresh}", &kbfresh)
                     .replace("{kb}", &kb)
                     .replace("{c}", &company)
@@ -362,7 +446,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 34 * 5 * 2);
+    assert_eq!(cells, 43 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log.
     let audit = s.audit().await;

@@ -182,6 +182,33 @@ impl Server {
         v["task_id"].as_str().expect("task id").to_owned()
     }
 
+    /// A memory of `company` recorded by the admin (archived if asked);
+    /// returns its id.
+    pub async fn memory(&self, company: &str, archived: bool) -> String {
+        let v = self
+            .admin_ok(
+                Method::POST,
+                &format!("/v1/companies/{company}/memory"),
+                Some(json!({
+                    "occurred_at": "2026-01-05T10:00:00Z",
+                    "event_type": "decision",
+                    "workstream": "legal",
+                    "content": {"text": "Chose Delaware for the holding company."}
+                })),
+            )
+            .await;
+        let id = v["id"].as_str().expect("memory id").to_owned();
+        if archived {
+            self.admin_ok(
+                Method::POST,
+                &format!("/v1/companies/{company}/memory/{id}/archive"),
+                None,
+            )
+            .await;
+        }
+        id
+    }
+
     /// A knowledge entry made by the admin; returns its id.
     pub async fn knowledge(&self, domain: &str, key: &str) -> String {
         let v = self

@@ -14,26 +14,17 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
+use super::memory::{TSQUERY_AFTER, TSQUERY_BEFORE};
 use super::{PgStore, UNIQUE_VIOLATION, append, sqlstate};
 use crate::conflicts::{ConflictStore, merged_ids};
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
-    query_words,
 };
-use crate::memory::{decode_vector, encode_vector};
+use crate::memory::{decode_vector, encode_vector, query_words};
 use crate::{Result, StoreError};
 
 const COLUMNS: &str = "k.id, k.domain, k.key, k.title, k.body, k.tags, k.jurisdiction, k.industry, \
      k.created_at, k.updated_at";
-
-/// The OR of the query words' lexemes as a tsquery, around the bound
-/// words: the words go through `to_tsvector` (stemmed, stop words dropped,
-/// never a syntax error) and each lexeme comes back quoted as the tsquery
-/// input syntax wants. NULL, which matches nothing, when every word is a
-/// stop word. The memory store builds its query the same way.
-const TSQUERY_BEFORE: &str = "(SELECT string_agg('''' || replace(replace(l.lexeme, '\\', '\\\\'), '''', '''''') \
-     || '''', ' | ') FROM unnest(to_tsvector('english'::regconfig, ";
-const TSQUERY_AFTER: &str = ")) AS l)::tsquery";
 
 fn entry_from_row(r: &PgRow) -> Result<KnowledgeEntry> {
     Ok(KnowledgeEntry {

@@ -239,9 +239,9 @@ pub(super) async fn delete_company_memory(
 /// backslashes doubled as the tsquery input syntax wants; the text cast
 /// (not `to_tsquery`) keeps the lexemes as they are. NULL, which matches
 /// nothing, when every word is a stop word.
-const TSQUERY_BEFORE: &str = "(SELECT string_agg('''' || replace(replace(l.lexeme, '\\', '\\\\'), '''', '''''') \
+pub(super) const TSQUERY_BEFORE: &str = "(SELECT string_agg('''' || replace(replace(l.lexeme, '\\', '\\\\'), '''', '''''') \
      || '''', ' | ') FROM unnest(to_tsvector('english'::regconfig, ";
-const TSQUERY_AFTER: &str = ")) AS l)::tsquery";
+pub(super) const TSQUERY_AFTER: &str = ")) AS l)::tsquery";
 
 #[async_trait]
 impl MemoryStore for PgStore {

@@ -22,8 +22,8 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 
-mod memory;
 mod knowledge;
+mod memory;
 mod work;
 
 use crate::{

@@ -17,9 +17,8 @@ use super::{SqliteStore, append, json, parse_ts, to_json, ts};
 use crate::conflicts::{ConflictStore, merged_ids};
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
-    query_words,
 };
-use crate::memory::{decode_vector, encode_vector};
+use crate::memory::{decode_vector, encode_vector, query_words};
 use crate::{Result, StoreError};
 
 const COLUMNS: &str = "k.id, k.domain, k.key, k.title, k.body, k.tags, k.jurisdiction, k.industry, \

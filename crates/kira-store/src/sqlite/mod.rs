@@ -18,8 +18,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
-mod memory;
 mod knowledge;
+mod memory;
 mod work;
 
 use crate::{

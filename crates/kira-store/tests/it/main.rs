@@ -18,8 +18,8 @@ macro_rules! conformance {
 mod budget_property;
 mod conformance;
 mod isolation;
-mod memory;
 mod knowledge;
+mod memory;
 mod pg_work;
 mod rls;
 mod support;
