@@ -84,6 +84,8 @@ struct Inner {
     wake: Arc<Notify>,
     /// This process's name on leases.
     worker_id: String,
+    /// Ends of runs waiting to be recorded together.
+    completions: worker::Completions,
 }
 
 impl Engine {
@@ -118,6 +120,7 @@ impl Engine {
                 executor,
                 wake: Arc::new(Notify::new()),
                 worker_id,
+                completions: worker::Completions::default(),
             }),
         }
     }

@@ -237,7 +237,7 @@ pub fn encode_vector(v: &[f32]) -> Vec<u8> {
 /// The inverse of [`encode_vector`]; None when the length is not a
 /// multiple of 4.
 pub fn decode_vector(b: &[u8]) -> Option<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     Some(

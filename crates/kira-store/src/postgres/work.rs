@@ -1268,6 +1268,19 @@ impl TaskStore for PgStore {
         })
     }
 
+    async fn finish_batch(
+        &self,
+        worker: &str,
+        completions: Vec<Completion>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Completed>> {
+        let mut out = Vec::with_capacity(completions.len());
+        for c in completions {
+            out.push(finish_one(self, worker, c, now).await);
+        }
+        Ok(out)
+    }
+
     async fn heartbeat(
         &self,
         id: &TaskId,
