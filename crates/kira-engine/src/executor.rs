@@ -12,7 +12,7 @@ use kira_core::budget::{BudgetConfig, ModelPrice, cost_usd};
 use kira_core::clock::Clock;
 use kira_core::task::Task;
 use kira_store::Store;
-use kira_store::work::{Reservation, ReserveOutcome};
+use kira_store::work::{Reservation, ReserveOutcome, Settlement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -56,6 +56,9 @@ pub struct Run {
     prices: BTreeMap<String, ModelPrice>,
     /// The claim's reservation, handed to the first call.
     first: Option<Reservation>,
+    /// The last call's usage, not yet written: it is settled before the
+    /// next reservation, or with the run's end in the same transaction.
+    unsettled: Option<Settlement>,
     pub(crate) cancel: Arc<AtomicBool>,
 }
 
@@ -87,12 +90,37 @@ impl Run {
             budget,
             prices,
             first: Some(first),
+            unsettled: None,
             cancel,
         }
     }
 
+    /// Writes the usage held back by [`Run::settle`], if any.
+    async fn settle_now(&mut self) -> Result<(), RunError> {
+        if let Some(s) = self.unsettled.take() {
+            self.store
+                .settle(
+                    &self.scope,
+                    &s.reservation_id,
+                    s.prompt_tokens,
+                    s.completion_tokens,
+                    s.cost_usd,
+                    self.clock.now(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The usage not yet written, for the run's end to settle.
+    pub(crate) fn take_unsettled(&mut self) -> Option<Settlement> {
+        self.unsettled.take()
+    }
+
     /// Tokens for one call: an upper bound of its prompt plus max_tokens.
     pub async fn reserve(&mut self, amount: i64) -> Result<Reservation, RunError> {
+        // What the last call used may free what this one needs.
+        self.settle_now().await?;
         if let Some(first) = self.first.take() {
             if amount <= first.amount {
                 return Ok(first);
@@ -118,6 +146,9 @@ impl Run {
     }
 
     /// Settles a call with the provider's real usage; prices by `model`.
+    /// The write waits for the next reservation or the run's end (whichever
+    /// comes first), so a run's last settlement and its end are recorded in
+    /// one transaction, shared with other runs ending at the same time.
     pub async fn settle(
         &mut self,
         r: &Reservation,
@@ -125,20 +156,17 @@ impl Run {
         prompt_tokens: i64,
         completion_tokens: i64,
     ) -> Result<(), RunError> {
+        self.settle_now().await?;
         let cost = self
             .prices
             .get(model)
             .map_or(0.0, |p| cost_usd(p, prompt_tokens, completion_tokens));
-        self.store
-            .settle(
-                &self.scope,
-                &r.reservation_id,
-                prompt_tokens,
-                completion_tokens,
-                cost,
-                self.clock.now(),
-            )
-            .await?;
+        self.unsettled = Some(Settlement {
+            reservation_id: r.reservation_id.clone(),
+            prompt_tokens,
+            completion_tokens,
+            cost_usd: cost,
+        });
         Ok(())
     }
 

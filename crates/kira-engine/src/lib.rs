@@ -99,6 +99,8 @@ struct Inner {
     summarizer: Arc<dyn memory::summarize::Summarizer>,
     /// Denied cross-company reads since start (see `sharing`).
     denied_cross_company_reads: std::sync::atomic::AtomicU64,
+    /// Ends of runs waiting to be recorded together.
+    completions: worker::Completions,
 }
 
 impl Engine {
@@ -137,6 +139,7 @@ impl Engine {
                 embed_wake: Notify::new(),
                 summarizer: Arc::new(memory::summarize::Extractive::default()),
                 denied_cross_company_reads: Default::default(),
+                completions: worker::Completions::default(),
             }),
         }
     }

@@ -11,7 +11,7 @@ use kira_core::CompanyId;
 use kira_core::auth::{Access, Principal};
 use kira_core::priority::{EffectivePriority, effective_priority};
 use kira_core::task::TaskId;
-use kira_store::work::{ClaimOutcome, QueueEntry, QueueSnapshot};
+use kira_store::work::{Admission, Candidate, ClaimOutcome, QueueEntry, QueueSnapshot};
 use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
@@ -93,6 +93,21 @@ impl Slots {
     }
 }
 
+impl Admission for Slots {
+    fn free(&self, e: &QueueEntry) -> bool {
+        Slots::free(self, e)
+    }
+
+    fn take(&mut self, e: &QueueEntry) {
+        Slots::take(self, e);
+    }
+}
+
+/// Candidates per claim transaction: large enough that a transaction's cost
+/// is shared by many tasks, small enough that the first runs start (and
+/// other processes find work) without waiting for a whole pass.
+pub const CLAIM_BATCH: usize = 64;
+
 /// What one scheduling pass did.
 #[derive(Debug, Default)]
 pub struct TickReport {
@@ -104,7 +119,8 @@ pub struct TickReport {
     pub waiting: Vec<TaskId>,
     /// The runs started; tests await them.
     pub runs: Vec<JoinHandle<()>>,
-    /// How long each claim transaction took, in microseconds (benchmarks).
+    /// For each task claimed, how long the claim transaction of its batch
+    /// took, in microseconds (benchmarks).
     pub claim_micros: Vec<u64>,
 }
 
@@ -129,20 +145,35 @@ impl Engine {
             .queue_snapshot(now, cfg.scheduler.batch)
             .await?;
         let mut slots = Slots::new(&running, cfg);
-        for (entry, _) in rank(runnable, cfg, now) {
-            if !slots.free(&entry) {
-                continue;
+        let candidates: Vec<Candidate> = rank(runnable, cfg, now)
+            .into_iter()
+            .filter_map(|(entry, _)| {
+                let scope = Principal::system()
+                    .scope(&entry.company_id, Access::Write)
+                    .ok()?;
+                Some(Candidate { scope, entry })
+            })
+            .collect();
+        let lease_until = now + cfg.scheduler.lease;
+        // In rank order, a batch at a time; the slots carry over. A task
+        // without a free slot now has none later in the pass (slots are only
+        // taken), so it need not be sent.
+        let mut candidates = candidates.into_iter();
+        loop {
+            let batch: Vec<Candidate> = candidates
+                .by_ref()
+                .filter(|c| slots.free(&c.entry))
+                .take(CLAIM_BATCH)
+                .collect();
+            if batch.is_empty() {
+                break;
             }
-            let Ok(scope) = Principal::system().scope(&entry.company_id, Access::Write) else {
-                continue;
-            };
-            let lease_until = now + cfg.scheduler.lease;
             let started = std::time::Instant::now();
-            let outcome = match self
+            let outcomes = match self
                 .store()
-                .claim(
-                    &scope,
-                    &entry.task_id,
+                .claim_batch(
+                    &batch,
+                    &mut slots,
                     self.worker_id(),
                     lease_until,
                     &cfg.budget,
@@ -151,28 +182,29 @@ impl Engine {
                 .await
             {
                 Ok(o) => o,
-                // One task's trouble must not stop the pass for the others.
+                // One batch's trouble must not stop the pass for the others.
                 Err(e) => {
-                    tracing::warn!(task = %entry.task_id, error = %e, "claim failed");
+                    tracing::warn!(error = %e, "batch claim failed");
                     continue;
                 }
             };
-            report
-                .claim_micros
-                .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-            match outcome {
-                ClaimOutcome::Claimed { task, reservation } => {
-                    slots.take(&entry);
-                    report.claimed.push(entry.task_id.clone());
-                    let engine = self.clone();
-                    report.runs.push(tokio::spawn(async move {
-                        engine.run_claimed(*task, reservation).await
-                    }));
+            // Each task claimed waited for its batch's transaction.
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            for (id, outcome) in outcomes {
+                match outcome {
+                    ClaimOutcome::Claimed { task, reservation } => {
+                        report.claim_micros.push(micros);
+                        report.claimed.push(id);
+                        let engine = self.clone();
+                        report.runs.push(tokio::spawn(async move {
+                            engine.run_claimed(*task, reservation).await
+                        }));
+                    }
+                    ClaimOutcome::WaitingBudget { .. } | ClaimOutcome::AwaitingApproval { .. } => {
+                        report.waiting.push(id);
+                    }
+                    ClaimOutcome::Gone => {}
                 }
-                ClaimOutcome::WaitingBudget { .. } | ClaimOutcome::AwaitingApproval { .. } => {
-                    report.waiting.push(entry.task_id.clone());
-                }
-                ClaimOutcome::Gone => {}
             }
         }
         Ok(report)

@@ -1,14 +1,79 @@
 //! Running one claimed task: heartbeat the lease, execute, record the end.
+//! Ends are recorded in groups: runs that end while a group is being
+//! written queue up, and the next writer takes them all in one transaction
+//! (group commit), so the cost of a transaction is shared by every run that
+//! ended meanwhile.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kira_core::auth::{Access, Principal};
 use kira_core::task::{Task, TaskStatus};
-use kira_store::work::{Finish, Reservation};
+use kira_store::work::{Completed, Completion, Finish, Reservation, finish_one};
+use tokio::sync::oneshot;
 
 use crate::Engine;
 use crate::executor::{ExecOutcome, Run};
+
+/// Ends of runs waiting to be written, and the turn to write them.
+#[derive(Default)]
+pub(crate) struct Completions {
+    waiting: std::sync::Mutex<Vec<(Completion, oneshot::Sender<Completed>)>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Engine {
+    /// Records `c` with whatever other ends are waiting, in one store call.
+    async fn complete(&self, c: Completion) -> Completed {
+        let done = &self.inner.completions;
+        let (tx, mut rx) = oneshot::channel();
+        done.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((c, tx));
+        // Let runs ending at the same moment join this group.
+        tokio::task::yield_now().await;
+        let turn = done.turn.lock().await;
+        if let Ok(r) = rx.try_recv() {
+            return r;
+        }
+        let group = std::mem::take(
+            &mut *done
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let n = items.len();
+        let now = self.clock().now();
+        let results = match self
+            .store()
+            .finish_batch(self.worker_id(), items.clone(), now)
+            .await
+        {
+            Ok(r) if r.len() == n => r,
+            failed => {
+                if let Err(e) = failed {
+                    tracing::warn!(error = %e, runs = n, "a group of run ends failed; recording them one by one");
+                }
+                let mut r = Vec::with_capacity(n);
+                for c in items {
+                    r.push(finish_one(self.store().as_ref(), self.worker_id(), c, now).await);
+                }
+                r
+            }
+        };
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
+        }
+        drop(turn);
+        rx.await.unwrap_or_else(|_| {
+            Completed::NotFinished(kira_store::StoreError::Conflict(
+                "the end of the run was not recorded".into(),
+            ))
+        })
+    }
+}
 
 impl Engine {
     pub(crate) async fn run_claimed(&self, task: Task, reservation: Reservation) {
@@ -38,9 +103,28 @@ impl Engine {
             cancel,
         );
         let outcome = executor.execute(&mut run).await;
+        let settle = run.take_unsettled();
         beat.abort();
         if lost.load(Ordering::SeqCst) {
             tracing::warn!(task = %id, "lease lost during the run; the task is no longer this worker's");
+            // What the run used is still charged.
+            if let Some(s) = settle {
+                let now = self.clock().now();
+                if let Err(e) = self
+                    .store()
+                    .settle(
+                        &scope,
+                        &s.reservation_id,
+                        s.prompt_tokens,
+                        s.completion_tokens,
+                        s.cost_usd,
+                        now,
+                    )
+                    .await
+                {
+                    tracing::warn!(task = %id, error = %e, "could not settle the usage of a run whose lease was lost");
+                }
+            }
             return;
         }
         let now = self.clock().now();
@@ -121,13 +205,37 @@ impl Engine {
             },
         };
         let requeued = finish.status == TaskStatus::Queued;
-        match self
-            .store()
-            .finish(&scope, &id, self.worker_id(), finish, now)
-            .await
-        {
-            Ok(_) if requeued => self.wake(),
-            Ok(_) => {}
+        let completion = Completion {
+            scope: scope.clone(),
+            task_id: id.clone(),
+            finish,
+            settle,
+        };
+        let recorded = match self.complete(completion).await {
+            Completed::Recorded => Ok(()),
+            // As a settle failing inside the executor would have ended it.
+            Completed::SettleFailed(e) => {
+                let error = e.to_string();
+                let f = retry(format!("the run failed: {error}"), Some(error));
+                let requeued = f.status == TaskStatus::Queued;
+                match self
+                    .store()
+                    .finish(&scope, &id, self.worker_id(), f, self.clock().now())
+                    .await
+                {
+                    Ok(_) if requeued => {
+                        self.wake();
+                        return;
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Completed::NotFinished(e) => Err(e),
+        };
+        match recorded {
+            Ok(()) if requeued => self.wake(),
+            Ok(()) => {}
             Err(e) => tracing::warn!(task = %id, error = %e, "could not record the end of a run"),
         }
     }

@@ -18,7 +18,7 @@ use kira_core::budget::{BudgetConfig, Pool};
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus};
 use serde::Serialize;
 
-use crate::Result;
+use crate::{Result, StoreError};
 
 /// How long a task that found no budget waits before it is tried again.
 pub const WAITING_BUDGET_RECHECK: TimeDelta = TimeDelta::seconds(10);
@@ -123,6 +123,53 @@ pub enum ClaimOutcome {
 pub enum ReserveOutcome {
     Reserved(Reservation),
     Denied { reason: String },
+}
+
+/// A task a batch claim may take, with the scope its claim runs in.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub scope: CompanyScope,
+    pub entry: QueueEntry,
+}
+
+/// Whether a candidate may start now: a free slot for its agent and its
+/// company. A batch claim asks in rank order, just before it would claim,
+/// and reports each task it took, so slots are spent exactly as a sequence
+/// of single claims would spend them.
+pub trait Admission: Send {
+    fn free(&self, e: &QueueEntry) -> bool;
+    fn take(&mut self, e: &QueueEntry);
+}
+
+/// The usage of a run's last call, settled with the run's end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    pub reservation_id: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_usd: f64,
+}
+
+/// The end of one run, for [`TaskStore::finish_batch`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub scope: CompanyScope,
+    pub task_id: TaskId,
+    pub finish: Finish,
+    /// Settled first, even when the lease turns out to be lost.
+    pub settle: Option<Settlement>,
+}
+
+/// What became of one [`Completion`].
+#[derive(Debug)]
+pub enum Completed {
+    /// Settled (if there was a settlement) and finished.
+    Recorded,
+    /// The settlement failed and nothing was recorded: the caller decides
+    /// the end again (a retry) and records it with [`TaskStore::finish`].
+    SettleFailed(StoreError),
+    /// Settled, but the end could not be recorded (Conflict: the lease was lost).
+    NotFinished(StoreError),
 }
 
 /// The lease as the worker's heartbeat finds it.
@@ -256,6 +303,52 @@ pub trait TaskStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<ClaimOutcome>;
 
+    /// Claims `candidates` (in rank order) as a sequence of [`claim`]s would,
+    /// each where `admission` has a slot; returns the outcome of each it
+    /// tried, in order. Backends take the runs of candidates that fit their
+    /// company's base allocation in one transaction, with set-based
+    /// statements; the others go through `claim` at their turn.
+    ///
+    /// [`claim`]: TaskStore::claim
+    async fn claim_batch(
+        &self,
+        candidates: &[Candidate],
+        admission: &mut dyn Admission,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        budget: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
+        let mut out = Vec::new();
+        for c in candidates {
+            if !admission.free(&c.entry) {
+                continue;
+            }
+            let o = self
+                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
+                .await?;
+            if matches!(o, ClaimOutcome::Claimed { .. }) {
+                admission.take(&c.entry);
+            }
+            out.push((c.entry.task_id.clone(), o));
+        }
+        Ok(out)
+    }
+
+    /// Records the ends of runs held by `worker`, each as [`settle`] then
+    /// [`finish`] would; one outcome per completion, in order. Backends
+    /// record the plain ones (the lease held, the settlement within its
+    /// reservation) in one transaction.
+    ///
+    /// [`settle`]: BudgetStore::settle
+    /// [`finish`]: TaskStore::finish
+    async fn finish_batch(
+        &self,
+        worker: &str,
+        completions: Vec<Completion>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Completed>>;
+
     async fn heartbeat(
         &self,
         id: &TaskId,
@@ -279,6 +372,36 @@ pub trait TaskStore: Send + Sync {
     /// and they are queued again after `backoff * 2^(attempts-1)`, or failed
     /// after their last attempt.
     async fn reap_expired(&self, now: DateTime<Utc>, backoff: TimeDelta) -> Result<Vec<TaskId>>;
+}
+
+/// One completion the slow way: [`BudgetStore::settle`], then [`TaskStore::finish`].
+pub async fn finish_one<S: TaskStore + BudgetStore + ?Sized>(
+    store: &S,
+    worker: &str,
+    c: Completion,
+    now: DateTime<Utc>,
+) -> Completed {
+    if let Some(s) = &c.settle
+        && let Err(e) = store
+            .settle(
+                &c.scope,
+                &s.reservation_id,
+                s.prompt_tokens,
+                s.completion_tokens,
+                s.cost_usd,
+                now,
+            )
+            .await
+    {
+        return Completed::SettleFailed(e);
+    }
+    match store
+        .finish(&c.scope, &c.task_id, worker, c.finish, now)
+        .await
+    {
+        Ok(_) => Completed::Recorded,
+        Err(e) => Completed::NotFinished(e),
+    }
 }
 
 #[async_trait]

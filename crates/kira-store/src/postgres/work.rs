@@ -1268,6 +1268,33 @@ impl TaskStore for PgStore {
         })
     }
 
+    async fn finish_batch(
+        &self,
+        worker: &str,
+        completions: Vec<Completion>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Completed>> {
+        // Not set-based here yet: each end in its own transactions, all at
+        // once on the pool's connections, as the runs would without a batch.
+        let mut set = tokio::task::JoinSet::new();
+        let n = completions.len();
+        for (i, c) in completions.into_iter().enumerate() {
+            let store = PgStore {
+                pool: self.pool.clone(),
+            };
+            let worker = worker.to_owned();
+            set.spawn(async move { (i, finish_one(&store, &worker, c, now).await) });
+        }
+        let mut out: Vec<Option<Completed>> = (0..n).map(|_| None).collect();
+        while let Some(r) = set.join_next().await {
+            let (i, c) = r.map_err(|e| corrupt("batch finish", e))?;
+            out[i] = Some(c);
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| corrupt("batch finish", "a completion without an outcome")))
+            .collect()
+    }
+
     async fn heartbeat(
         &self,
         id: &TaskId,

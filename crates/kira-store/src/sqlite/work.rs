@@ -998,6 +998,65 @@ impl TaskStore for SqliteStore {
         })
     }
 
+    async fn claim_batch(
+        &self,
+        candidates: &[Candidate],
+        admission: &mut dyn Admission,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        budget: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
+        let now = now.trunc_subsecs(6);
+        let lease_until = lease_until.trunc_subsecs(6);
+        let mut out = Vec::with_capacity(candidates.len());
+        let mut rest = candidates;
+        while !rest.is_empty() {
+            let done = self
+                .claim_fast(rest, admission, worker, lease_until, budget, now, &mut out)
+                .await?;
+            rest = &rest[done..];
+            // The one the set could not take, by the single claim, at its turn.
+            let Some((c, after)) = rest.split_first() else {
+                break;
+            };
+            rest = after;
+            if !admission.free(&c.entry) {
+                continue;
+            }
+            let o = self
+                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
+                .await?;
+            if matches!(o, ClaimOutcome::Claimed { .. }) {
+                admission.take(&c.entry);
+            }
+            out.push((c.entry.task_id.clone(), o));
+        }
+        Ok(out)
+    }
+
+    async fn finish_batch(
+        &self,
+        worker: &str,
+        completions: Vec<Completion>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Completed>> {
+        let now = now.trunc_subsecs(6);
+        let mut out: Vec<Option<Completed>> = completions.iter().map(|_| None).collect();
+        let slow = self
+            .finish_fast(worker, &completions, now, &mut out)
+            .await?;
+        let mut completions: Vec<Option<Completion>> = completions.into_iter().map(Some).collect();
+        for i in slow {
+            if let Some(c) = completions[i].take() {
+                out[i] = Some(finish_one(self, worker, c, now).await);
+            }
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| corrupt("batch finish", "a completion without an outcome")))
+            .collect()
+    }
+
     async fn heartbeat(
         &self,
         id: &TaskId,
@@ -1768,5 +1827,530 @@ impl BudgetStore for SqliteStore {
                 .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
         tx.commit().await?;
         Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+    }
+}
+
+/// A candidate a batch claim takes from its company's base allocation.
+struct FastClaim<'a> {
+    c: &'a Candidate,
+    from: TaskStatus,
+    amount: i64,
+    reservation_id: String,
+}
+
+impl SqliteStore {
+    /// Claims the longest run of `cands` (in rank order) that may be taken
+    /// set-based: still claimable, no grant held, and fitting the company's
+    /// base allocation together with the claims before it. Returns how many
+    /// candidates it settled (claimed, found gone, or passed over for want
+    /// of a slot); the next one, if any, needs the single claim.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_fast(
+        &self,
+        cands: &[Candidate],
+        admission: &mut dyn Admission,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        budget: &BudgetConfig,
+        now: DateTime<Utc>,
+        out: &mut Vec<(TaskId, ClaimOutcome)>,
+    ) -> Result<usize> {
+        let mut tx = self.write().await?;
+        let ids: Vec<&str> = cands.iter().map(|c| c.entry.task_id.as_str()).collect();
+        let ids = to_json(&ids)?;
+        // What each candidate is now (the write lock keeps it so until commit).
+        // The unary `+` keeps SQLite on the primary key: the status index
+        // would scan every queued task for each batch.
+        let rows = sqlx::query(
+            "SELECT q.task_id, q.company_id, q.status, q.estimated_tokens, \
+               EXISTS (SELECT 1 FROM reservations r WHERE r.task_id = q.task_id AND r.state = 'held') AS granted \
+             FROM task_queue q WHERE q.task_id IN (SELECT value FROM json_each(?)) \
+             AND +q.status IN ('queued', 'waiting_budget') AND +q.not_before <= ?",
+        )
+        .bind(&ids)
+        .bind(ts(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut now_claimable = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let status: String = r.try_get("status")?;
+            now_claimable.insert(
+                r.try_get::<String, _>("task_id")?,
+                (
+                    r.try_get::<String, _>("company_id")?,
+                    TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
+                    r.try_get::<i64, _>("estimated_tokens")?,
+                    r.try_get::<bool, _>("granted")?,
+                ),
+            );
+        }
+        let period = ensure_period_tx(&mut tx, budget, now).await?;
+        let companies: Vec<&str> = cands.iter().map(|c| c.scope.company().as_str()).collect();
+        // A forecast only: the conditional update below decides.
+        let mut free: std::collections::HashMap<String, i64> = sqlx::query(
+            "SELECT company_id, tokens - reserved - spent AS free FROM budget_allocations \
+             WHERE period_id = ? AND company_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&period)
+        .bind(to_json(&companies)?)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("company_id")?, r.try_get("free")?)))
+        .collect::<Result<_>>()?;
+        let mut fast = Vec::new();
+        let mut gone = Vec::new();
+        let mut done = 0;
+        for c in cands {
+            if !admission.free(&c.entry) {
+                done += 1;
+                continue;
+            }
+            let company = c.scope.company().as_str();
+            let Some((owner, from, amount, granted)) = now_claimable.get(c.entry.task_id.as_str())
+            else {
+                gone.push((fast.len(), c.entry.task_id.clone()));
+                done += 1;
+                continue;
+            };
+            let left = free.get_mut(company);
+            let fits = matches!(&left, Some(l) if **l >= *amount);
+            if owner != company
+                || *granted
+                || !fits
+                || check_transition(*from, TaskStatus::Running).is_err()
+            {
+                break;
+            }
+            if let Some(l) = left {
+                *l -= amount;
+            }
+            admission.take(&c.entry);
+            fast.push(FastClaim {
+                c,
+                from: *from,
+                amount: *amount,
+                reservation_id: new_reservation_id(),
+            });
+            done += 1;
+        }
+        let mut claimed = if fast.is_empty() {
+            BTreeMap::new()
+        } else {
+            claim_set(&mut tx, &fast, &period, worker, lease_until, now).await?
+        };
+        tx.commit().await?;
+        // The outcomes in rank order: each gone one where it was met.
+        let mut gone = gone.into_iter().peekable();
+        for (i, f) in fast.iter().enumerate() {
+            while let Some((_, id)) = gone.next_if(|(at, _)| *at == i) {
+                out.push((id, ClaimOutcome::Gone));
+            }
+            let task = claimed
+                .remove(f.c.entry.task_id.as_str())
+                .ok_or_else(|| corrupt("batch claim", "a claimed task was not returned"))?;
+            out.push((
+                f.c.entry.task_id.clone(),
+                ClaimOutcome::Claimed {
+                    task: Box::new(task),
+                    reservation: Reservation {
+                        reservation_id: f.reservation_id.clone(),
+                        task_id: f.c.entry.task_id.clone(),
+                        company_id: f.c.scope.company().clone(),
+                        period_id: period.clone(),
+                        pool: Pool::Base,
+                        amount: f.amount,
+                    },
+                },
+            ));
+        }
+        out.extend(gone.map(|(_, id)| (id, ClaimOutcome::Gone)));
+        Ok(done)
+    }
+
+    /// Records the plain completions (lease held, settlement within its
+    /// reservation) in one transaction; returns the indices of the others.
+    async fn finish_fast(
+        &self,
+        worker: &str,
+        cs: &[Completion],
+        now: DateTime<Utc>,
+        out: &mut [Option<Completed>],
+    ) -> Result<Vec<usize>> {
+        let mut tx = self.write().await?;
+        let ids: Vec<&str> = cs.iter().map(|c| c.task_id.as_str()).collect();
+        let ids = to_json(&ids)?;
+        let ours: std::collections::HashMap<String, String> = sqlx::query(
+            "SELECT task_id, company_id FROM task_queue WHERE task_id IN (SELECT value FROM json_each(?)) \
+             AND +lease_owner = ? AND +status = 'running'",
+        )
+        .bind(&ids)
+        .bind(worker)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("task_id")?, r.try_get("company_id")?)))
+        .collect::<Result<_>>()?;
+        let mut held: std::collections::HashMap<String, Vec<Reservation>> = Default::default();
+        for r in sqlx::query(
+            "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
+             WHERE task_id IN (SELECT value FROM json_each(?)) AND state = 'held' ORDER BY created_at, reservation_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let r = reservation_from_row(&r)?;
+            held.entry(r.task_id.as_str().to_owned()).or_default().push(r);
+        }
+        let mut slow = Vec::new();
+        let mut plan = FinishPlan::default();
+        for (i, c) in cs.iter().enumerate() {
+            let company = c.scope.company();
+            let mine = ours.get(c.task_id.as_str()) == Some(&company.as_str().to_owned());
+            if !mine && c.settle.is_none() {
+                out[i] = Some(Completed::NotFinished(StoreError::Conflict(format!(
+                    "worker {worker} no longer holds the lease on {}",
+                    c.task_id
+                ))));
+                continue;
+            }
+            let task_held = held.get(c.task_id.as_str()).map_or(&[][..], Vec::as_slice);
+            if !mine || !plan.add(i, c, task_held) {
+                slow.push(i);
+            }
+        }
+        if !plan.tasks.is_empty() {
+            plan.write(&mut tx, now).await?;
+        }
+        tx.commit().await?;
+        for (i, _) in &plan.tasks {
+            out[*i] = Some(Completed::Recorded);
+        }
+        Ok(slow)
+    }
+}
+
+/// Writes the fast claims: queue rows, base allocations, reservations,
+/// ledger, task rows and events, one statement each. Returns the tasks as
+/// claimed, by id.
+async fn claim_set(
+    tx: &mut SqliteConnection,
+    fast: &[FastClaim<'_>],
+    period: &str,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<BTreeMap<String, Task>> {
+    let rows: Vec<serde_json::Value> = fast
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "id": f.c.entry.task_id.as_str(),
+                "company": f.c.scope.company().as_str(),
+                "amount": f.amount,
+                "rid": f.reservation_id,
+                "from": f.from.as_str(),
+                "reason": format!("claimed by {worker}; {} tokens reserved from base", f.amount),
+            })
+        })
+        .collect();
+    let rows = to_json(&rows)?;
+    let changed = |what: &str, n: u64, want: usize| {
+        if n == want as u64 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "a batch claim found {n} {what} where it expected {want}; nothing was claimed"
+            )))
+        }
+    };
+    let n = sqlx::query(
+        "UPDATE task_queue SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 \
+         WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?)) \
+         AND +status IN ('queued', 'waiting_budget') AND +not_before <= ?",
+    )
+    .bind(worker)
+    .bind(ts(lease_until))
+    .bind(&rows)
+    .bind(ts(now))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    changed("claimable tasks", n, fast.len())?;
+    let companies = fast
+        .iter()
+        .map(|f| f.c.scope.company())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    // The reservation: one conditional update per company, for the sum.
+    let n = sqlx::query(
+        "UPDATE budget_allocations SET reserved = budget_allocations.reserved + j.amount \
+         FROM (SELECT value ->> 'company' AS company, SUM(value ->> 'amount') AS amount \
+               FROM json_each(?) GROUP BY 1) AS j \
+         WHERE budget_allocations.period_id = ? AND budget_allocations.company_id = j.company \
+         AND budget_allocations.reserved + budget_allocations.spent + j.amount <= budget_allocations.tokens",
+    )
+    .bind(&rows)
+    .bind(period)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    changed("allocations with room", n, companies)?;
+    sqlx::query(
+        "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
+         SELECT value ->> 'rid', value ->> 'company', value ->> 'id', ?, 'base', value ->> 'amount', 'held', ? \
+         FROM json_each(?) ORDER BY key",
+    )
+    .bind(period)
+    .bind(ts(now))
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
+         SELECT ?, ?, value ->> 'company', value ->> 'id', value ->> 'rid', 'base', 'reserve', value ->> 'amount', '' \
+         FROM json_each(?) ORDER BY key",
+    )
+    .bind(ts(now))
+    .bind(period)
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    let sql = format!(
+        "UPDATE tasks SET status = 'running', status_reason = j.reason, updated_at = ?, attempts = attempts + 1, \
+         started_at = COALESCE(started_at, ?) \
+         FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'reason' AS reason \
+               FROM json_each(?)) AS j \
+         WHERE tasks.company_id = j.company AND tasks.task_id = j.id RETURNING {TASK_COLUMNS}"
+    );
+    let tasks = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ts(now))
+        .bind(ts(now))
+        .bind(&rows)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            let t = task_from_row(r)?;
+            Ok((t.task_id.as_str().to_owned(), t))
+        })
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    changed("task rows", tasks.len() as u64, fast.len())?;
+    sqlx::query(
+        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
+         SELECT value ->> 'company', value ->> 'id', ?, value ->> 'from', 'running', value ->> 'reason' \
+         FROM json_each(?) ORDER BY key",
+    )
+    .bind(ts(now))
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    Ok(tasks)
+}
+
+/// The rows a set of plain completions writes.
+#[derive(Default)]
+struct FinishPlan {
+    /// (index in the batch, the task's row changes).
+    tasks: Vec<(usize, serde_json::Value)>,
+    /// Reservations closed: settled or released.
+    closed: Vec<serde_json::Value>,
+    /// Balance deltas of closed reservations, in ledger order.
+    ledger: Vec<serde_json::Value>,
+    /// Requeued (retry) and ended tasks' queue rows.
+    requeued: Vec<serde_json::Value>,
+    ended: Vec<serde_json::Value>,
+}
+
+impl FinishPlan {
+    /// Adds `c` if it is plain: a legal end, and a settlement (if any) of a
+    /// reservation the task holds, within its amount. False otherwise.
+    fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
+        let f = &c.finish;
+        if check_transition(TaskStatus::Running, f.status).is_err() {
+            return false;
+        }
+        let company = c.scope.company();
+        let (mut p, mut k, mut cost) = (0, 0, 0.0);
+        let mut settled = None;
+        if let Some(s) = &c.settle {
+            let Some(r) = held.iter().find(|r| r.reservation_id == s.reservation_id) else {
+                return false;
+            };
+            (p, k, cost) = (
+                s.prompt_tokens.max(0),
+                s.completion_tokens.max(0),
+                s.cost_usd.max(0.0),
+            );
+            if &r.company_id != company || p + k > r.amount || !cost.is_finite() {
+                return false;
+            }
+            settled = Some((r, p + k));
+        }
+        let result = match f.result.as_ref().map(serde_json::to_string).transpose() {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        let mut line = |r: &Reservation, kind: &str, amount: i64, detail: &str| {
+            self.ledger.push(serde_json::json!({
+                "period": r.period_id, "company": r.company_id.as_str(), "id": r.task_id.as_str(),
+                "rid": r.reservation_id, "pool": r.pool.as_str(), "kind": kind, "amount": amount,
+                "detail": detail,
+            }));
+        };
+        if let Some((r, used)) = settled {
+            line(r, "settle", used, "");
+            if r.amount > used {
+                line(r, "release", r.amount - used, "unused");
+            }
+        }
+        for r in held {
+            if settled.is_some_and(|(s, _)| s.reservation_id == r.reservation_id) {
+                continue;
+            }
+            line(r, "release", r.amount, "run ended");
+        }
+        for r in held {
+            let (state, spent) = match settled {
+                Some((s, used)) if s.reservation_id == r.reservation_id => ("settled", used),
+                _ => ("released", 0),
+            };
+            self.closed.push(serde_json::json!({
+                "rid": r.reservation_id, "state": state, "spent": spent, "period": r.period_id,
+                "company": r.company_id.as_str(), "pool": r.pool.as_str(), "amount": r.amount,
+            }));
+        }
+        let queue = serde_json::json!({
+            "id": c.task_id.as_str(), "company": company.as_str(),
+            "not_before": f.retry_at.map(|t| ts(t.trunc_subsecs(6))),
+        });
+        if f.status == TaskStatus::Queued {
+            self.requeued.push(queue);
+        } else {
+            self.ended.push(queue);
+        }
+        self.tasks.push((
+            i,
+            serde_json::json!({
+                "id": c.task_id.as_str(), "company": company.as_str(), "result": result,
+                "confidence": f.confidence, "review": f.requires_human_review, "error": f.error,
+                "status": f.status.as_str(), "reason": f.reason,
+                "finished": f.status.is_final() || f.status == TaskStatus::NeedsReview,
+                "p": p, "c": k, "cost": cost,
+            }),
+        ));
+        true
+    }
+
+    /// One statement per table, whatever the number of completions.
+    async fn write(&self, tx: &mut SqliteConnection, now: DateTime<Utc>) -> Result<()> {
+        let closed = to_json(&self.closed)?;
+        if !self.closed.is_empty() {
+            let n = sqlx::query(
+                "UPDATE reservations SET state = j.state, spent = j.spent, closed_at = ? \
+                 FROM (SELECT value ->> 'rid' AS rid, value ->> 'state' AS state, value ->> 'spent' AS spent \
+                       FROM json_each(?)) AS j \
+                 WHERE reservations.reservation_id = j.rid AND reservations.state = 'held'",
+            )
+            .bind(ts(now))
+            .bind(&closed)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != self.closed.len() as u64 {
+                return Err(StoreError::Conflict(
+                    "a reservation changed during a batch finish; nothing was recorded".into(),
+                ));
+            }
+            // The balances: base on the companies' allocations, the others on
+            // their pool rows, as move_tokens does one by one.
+            sqlx::query(
+                "UPDATE budget_allocations SET reserved = budget_allocations.reserved - j.amount, spent = budget_allocations.spent + j.spent \
+                 FROM (SELECT value ->> 'period' AS period, value ->> 'company' AS company, \
+                         SUM(value ->> 'amount') AS amount, SUM(value ->> 'spent') AS spent \
+                       FROM json_each(?) WHERE value ->> 'pool' = 'base' GROUP BY 1, 2) AS j \
+                 WHERE budget_allocations.period_id = j.period AND budget_allocations.company_id = j.company",
+            )
+            .bind(&closed)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE budget_pools SET reserved = budget_pools.reserved - j.amount, spent = budget_pools.spent + j.spent \
+                 FROM (SELECT value ->> 'period' AS period, value ->> 'pool' AS pool, \
+                         SUM(value ->> 'amount') AS amount, SUM(value ->> 'spent') AS spent \
+                       FROM json_each(?) WHERE value ->> 'pool' <> 'base' GROUP BY 1, 2) AS j \
+                 WHERE budget_pools.period_id = j.period AND budget_pools.pool = j.pool",
+            )
+            .bind(&closed)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
+                 SELECT ?, value ->> 'period', value ->> 'company', value ->> 'id', value ->> 'rid', value ->> 'pool', \
+                   value ->> 'kind', value ->> 'amount', value ->> 'detail' FROM json_each(?) ORDER BY key",
+            )
+            .bind(ts(now))
+            .bind(to_json(&self.ledger)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.ended.is_empty() {
+            sqlx::query(
+                "DELETE FROM task_queue \
+                 WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?))",
+            )
+            .bind(to_json(&self.ended)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.requeued.is_empty() {
+            sqlx::query(
+                "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+                   not_before = COALESCE(j.not_before, ?) \
+                 FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'not_before' AS not_before \
+                       FROM json_each(?)) AS j \
+                 WHERE task_queue.task_id = j.id AND task_queue.company_id = j.company",
+            )
+            .bind(ts(now))
+            .bind(to_json(&self.requeued)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let tasks: Vec<&serde_json::Value> = self.tasks.iter().map(|(_, t)| t).collect();
+        let tasks = to_json(&tasks)?;
+        let n = sqlx::query(
+            "UPDATE tasks SET result = j.result, confidence = j.confidence, requires_human_review = j.review, \
+               last_error = COALESCE(j.error, last_error), status = j.status, status_reason = j.reason, \
+               updated_at = ?, finished_at = CASE WHEN j.finished THEN ? ELSE finished_at END, \
+               prompt_tokens = prompt_tokens + j.p, completion_tokens = completion_tokens + j.c, \
+               cost_usd = cost_usd + j.cost \
+             FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'result' AS result, \
+                     value ->> 'confidence' AS confidence, value ->> 'review' AS review, value ->> 'error' AS error, \
+                     value ->> 'status' AS status, value ->> 'reason' AS reason, value ->> 'finished' AS finished, \
+                     value ->> 'p' AS p, value ->> 'c' AS c, value ->> 'cost' AS cost FROM json_each(?)) AS j \
+             WHERE tasks.company_id = j.company AND tasks.task_id = j.id",
+        )
+        .bind(ts(now))
+        .bind(ts(now))
+        .bind(&tasks)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != self.tasks.len() as u64 {
+            return Err(StoreError::Conflict(
+                "a task row was missing in a batch finish; nothing was recorded".into(),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
+             SELECT value ->> 'company', value ->> 'id', ?, 'running', value ->> 'status', value ->> 'reason' \
+             FROM json_each(?) ORDER BY key",
+        )
+        .bind(ts(now))
+        .bind(&tasks)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
     }
 }

@@ -12,12 +12,14 @@ use kira_core::auth::Principal;
 use kira_core::budget::{BudgetConfig, Pool};
 use kira_core::task::{Priority, TaskId};
 use kira_store::Store;
-use kira_store::work::{BudgetState, ClaimOutcome, Finish, ReserveOutcome};
+use kira_store::work::{
+    BudgetState, Candidate, ClaimOutcome, Completion, Finish, ReserveOutcome, Settlement,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use crate::support::{Fresh, create, record, scope, t0};
-use crate::work::new_task;
+use crate::work::{Slots, new_task};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -29,6 +31,10 @@ enum Op {
     Finish(usize),
     Expire,
     Decide(bool),
+    /// Claims tasks [i, i+n) in one batch, with `slots` slots.
+    ClaimBatch(usize, usize, usize),
+    /// Ends tasks [i, i+n) in one batch, settling reservation r (if any) with the first.
+    FinishBatch(usize, usize, Option<(usize, i64)>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -41,6 +47,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..64usize).prop_map(Op::Finish),
         1 => Just(Op::Expire),
         1 => any::<bool>().prop_map(Op::Decide),
+        2 => (0..64usize, 1..8usize, 0..8usize).prop_map(|(i, n, k)| Op::ClaimBatch(i, n, k)),
+        2 => (0..64usize, 1..8usize, proptest::option::of((0..64usize, 0..3000i64)))
+            .prop_map(|(i, n, r)| Op::FinishBatch(i, n, r)),
     ]
 }
 
@@ -222,6 +231,124 @@ impl Case {
                     Ok(_) | Err(kira_store::StoreError::Conflict(_)) => {}
                     Err(e) => return Err(fail(e)),
                 }
+            }
+            Op::ClaimBatch(i, n, slots) => {
+                let tasks: Vec<_> = self
+                    .tasks
+                    .lock()
+                    .await
+                    .iter()
+                    .skip(i)
+                    .take(n)
+                    .cloned()
+                    .collect();
+                let snap = s.queue_snapshot(now, 1000).await.map_err(fail)?;
+                // Those still queued, in the order submitted; the others as
+                // the scheduler last saw them would be: gone.
+                let cands: Vec<Candidate> = tasks
+                    .iter()
+                    .filter_map(|(company, id)| {
+                        let entry = snap.runnable.iter().find(|e| &e.task_id == id)?.clone();
+                        Some(Candidate {
+                            scope: scope(company),
+                            entry,
+                        })
+                    })
+                    .collect();
+                let before = s.budget_state(&admin(), &cfg, now).await.map_err(fail)?;
+                let out = s
+                    .claim_batch(
+                        &cands,
+                        &mut Slots(slots),
+                        "w",
+                        now + TimeDelta::minutes(1),
+                        &cfg,
+                        now,
+                    )
+                    .await
+                    .map_err(fail)?;
+                prop_assert!(
+                    out.iter()
+                        .filter(|(_, o)| matches!(o, ClaimOutcome::Claimed { .. }))
+                        .count()
+                        <= slots,
+                    "a batch took more than its slots"
+                );
+                let after = s.budget_state(&admin(), &cfg, now).await.map_err(fail)?;
+                for (id, o) in out {
+                    let Some((company, _)) = tasks.iter().find(|(_, t)| t == &id).cloned() else {
+                        return Err(TestCaseError::fail("an outcome for a task not sent"));
+                    };
+                    match o {
+                        ClaimOutcome::Claimed { reservation, .. } => self
+                            .reservations
+                            .lock()
+                            .await
+                            .push((company, reservation.reservation_id)),
+                        ClaimOutcome::WaitingBudget { .. }
+                        | ClaimOutcome::AwaitingApproval { .. } => {
+                            let task = s.get_task(&scope(&company), &id).await.map_err(fail)?;
+                            let need = task.estimated_tokens;
+                            let (base, alloc) = free(&before, Pool::Base, &company);
+                            let (burst, _) = free(&before, Pool::Burst, &company);
+                            let (base2, alloc2) = free(&after, Pool::Base, &company);
+                            let (burst2, _) = free(&after, Pool::Burst, &company);
+                            let burst_ok = cfg.burst_levels.contains(&task.priority);
+                            let fitted_throughout = (need <= base.min(base2)
+                                && need <= alloc.min(alloc2))
+                                || (burst_ok && need <= burst.min(burst2));
+                            prop_assert!(
+                                !fitted_throughout,
+                                "a batch refused {need} tokens that fitted: {before:?}"
+                            );
+                        }
+                        ClaimOutcome::Gone => {}
+                    }
+                }
+            }
+            Op::FinishBatch(i, n, settle) => {
+                let tasks: Vec<_> = self
+                    .tasks
+                    .lock()
+                    .await
+                    .iter()
+                    .skip(i)
+                    .take(n)
+                    .cloned()
+                    .collect();
+                let reservations = self.reservations.lock().await.clone();
+                let completions = tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (company, id))| Completion {
+                        scope: scope(company),
+                        task_id: id.clone(),
+                        finish: Finish {
+                            status: kira_core::task::TaskStatus::Completed,
+                            reason: "done".into(),
+                            result: None,
+                            confidence: None,
+                            requires_human_review: false,
+                            error: None,
+                            retry_at: None,
+                        },
+                        settle: settle
+                            .filter(|_| k == 0)
+                            .and_then(|(r, used)| {
+                                reservations
+                                    .get(r)
+                                    .filter(|(c, _)| c == company)
+                                    .map(|(_, r)| (r, used))
+                            })
+                            .map(|(r, used)| Settlement {
+                                reservation_id: r.clone(),
+                                prompt_tokens: used * 2 / 3,
+                                completion_tokens: used / 3,
+                                cost_usd: 0.0,
+                            }),
+                    })
+                    .collect();
+                s.finish_batch("w", completions, now).await.map_err(fail)?;
             }
             Op::Expire => {
                 s.reap_expired(now + TimeDelta::minutes(2), TimeDelta::zero())

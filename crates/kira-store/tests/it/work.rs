@@ -5,7 +5,10 @@ use chrono::TimeDelta;
 use kira_core::auth::Principal;
 use kira_core::budget::{BudgetConfig, Pool};
 use kira_core::task::{Priority, TaskId, TaskStatus};
-use kira_store::work::{ClaimOutcome, Finish, Idempotency, NewTask, ReserveOutcome, TaskFilter};
+use kira_store::work::{
+    Admission, Candidate, ClaimOutcome, Completed, Completion, Finish, Idempotency, NewTask,
+    QueueEntry, ReserveOutcome, Settlement, TaskFilter,
+};
 use kira_store::{Store, StoreError};
 use serde_json::json;
 
@@ -24,6 +27,8 @@ conformance!(
     forced_delete_releases_and_removes_tasks,
     a_waiting_task_runs_once_budget_frees,
     usage_reported_after_a_lost_lease_is_still_charged,
+    a_batch_claim_goes_in_rank_order_within_slots_and_budget,
+    a_batch_finish_records_what_settle_then_finish_would,
 );
 
 /// 10,000 tokens: base 6,000, burst 3,000, emergency 1,000.
@@ -896,6 +901,242 @@ async fn usage_reported_after_a_lost_lease_is_still_charged(f: Fresh) {
     assert!(
         matches!(again, Err(StoreError::Conflict(_))),
         "charged once: {again:?}"
+    );
+    ledger_ok(s).await;
+}
+
+/// At most `n` tasks may start.
+pub struct Slots(pub usize);
+
+impl Admission for Slots {
+    fn free(&self, _: &QueueEntry) -> bool {
+        self.0 > 0
+    }
+    fn take(&mut self, _: &QueueEntry) {
+        self.0 -= 1;
+    }
+}
+
+/// The queue entries of `ids`, in that order (the caller's rank order).
+pub async fn candidates(s: &dyn Store, ids: &[&TaskId]) -> Vec<Candidate> {
+    let snap = s.queue_snapshot(t0(), 1000).await.expect("snapshot");
+    ids.iter()
+        .map(|id| {
+            let entry = snap
+                .runnable
+                .iter()
+                .find(|e| &&e.task_id == id)
+                .cloned()
+                .expect("queued");
+            Candidate {
+                scope: scope(entry.company_id.as_str()),
+                entry,
+            }
+        })
+        .collect()
+}
+
+async fn a_batch_claim_goes_in_rank_order_within_slots_and_budget(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    // Base holds 6,000 for acme; low and medium may not draw burst.
+    let a = submit(s, "acme", &new_task("legal", Priority::Medium, 2000)).await;
+    let b = submit(s, "acme", &new_task("legal", Priority::Medium, 2500)).await;
+    let c = submit(s, "acme", &new_task("legal", Priority::Low, 3000)).await;
+    let d = submit(s, "acme", &new_task("legal", Priority::Low, 1000)).await;
+    let e = submit(s, "acme", &new_task("legal", Priority::Low, 100)).await;
+    let g = submit(s, "acme", &new_task("legal", Priority::Low, 100)).await;
+    let cands = candidates(s, &[&a, &g, &b, &c, &d, &e]).await;
+    // g is taken by another worker before the batch runs.
+    assert!(matches!(
+        claim(s, "acme", &g, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    let mut slots = Slots(3);
+    let out = s
+        .claim_batch(
+            &cands,
+            &mut slots,
+            "w2",
+            t0() + TimeDelta::minutes(1),
+            &cfg,
+            t0(),
+        )
+        .await
+        .expect("batch");
+    let got: Vec<(&str, &str)> = out
+        .iter()
+        .map(|(id, o)| {
+            let what = match o {
+                ClaimOutcome::Claimed { .. } => "claimed",
+                ClaimOutcome::Gone => "gone",
+                ClaimOutcome::WaitingBudget { .. } => "waiting",
+                ClaimOutcome::AwaitingApproval { .. } => "approval",
+            };
+            (id.as_str(), what)
+        })
+        .collect();
+    // As single claims in that order: g is gone and takes no slot; c does
+    // not fit what a and b left (1,400 of 6,000 with g's 100) and waits
+    // without taking a slot or blocking d; e finds no slot left.
+    assert_eq!(
+        got,
+        [
+            (a.as_str(), "claimed"),
+            (g.as_str(), "gone"),
+            (b.as_str(), "claimed"),
+            (c.as_str(), "waiting"),
+            (d.as_str(), "claimed"),
+        ]
+    );
+    assert_eq!(slots.0, 0);
+    for (id, o) in &out {
+        if let ClaimOutcome::Claimed { task, reservation } = o {
+            assert_eq!(&task.task_id, id);
+            assert_eq!((task.status, task.attempts), (TaskStatus::Running, 1));
+            assert_eq!(reservation.amount, task.estimated_tokens);
+            assert_eq!(reservation.pool, Pool::Base);
+            let events = s.task_events(&scope("acme"), id, 0).await.expect("events");
+            assert_eq!(
+                events.last().map(|e| (e.from_status, e.to_status)),
+                Some((Some(TaskStatus::Queued), TaskStatus::Running))
+            );
+        }
+    }
+    let state = s.budget_state(&admin(), &cfg, t0()).await.expect("state");
+    assert_eq!(
+        (state.companies[0].reserved, state.companies[0].spent),
+        (2000 + 2500 + 1000 + 100, 0)
+    );
+    let waiting = s.get_task(&scope("acme"), &c).await.expect("c");
+    assert_eq!(waiting.status, TaskStatus::WaitingBudget);
+    let queued = s.get_task(&scope("acme"), &e).await.expect("e");
+    assert_eq!((queued.status, queued.attempts), (TaskStatus::Queued, 0));
+    ledger_ok(s).await;
+}
+
+async fn a_batch_finish_records_what_settle_then_finish_would(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let ids = [
+        submit(s, "acme", &new_task("legal", Priority::Medium, 500)).await,
+        submit(s, "acme", &new_task("legal", Priority::Medium, 400)).await,
+        submit(s, "acme", &new_task("legal", Priority::Medium, 300)).await,
+        submit(s, "acme", &new_task("legal", Priority::Medium, 200)).await,
+    ];
+    let cands = candidates(s, &ids.iter().collect::<Vec<_>>()).await;
+    let out = s
+        .claim_batch(
+            &cands,
+            &mut Slots(10),
+            "w1",
+            t0() + TimeDelta::minutes(1),
+            &cfg,
+            t0(),
+        )
+        .await
+        .expect("batch");
+    let rid: Vec<String> = out
+        .iter()
+        .map(|(_, o)| match o {
+            ClaimOutcome::Claimed { reservation, .. } => reservation.reservation_id.clone(),
+            o => panic!("claimed, not {o:?}"),
+        })
+        .collect();
+    let settle = |i: usize, p: i64, c: i64| {
+        Some(Settlement {
+            reservation_id: rid[i].clone(),
+            prompt_tokens: p,
+            completion_tokens: c,
+            cost_usd: 0.5,
+        })
+    };
+    let retry = Finish {
+        status: TaskStatus::Queued,
+        reason: "retry".into(),
+        result: None,
+        confidence: None,
+        requires_human_review: false,
+        error: Some("boom".into()),
+        retry_at: Some(t0() + TimeDelta::minutes(5)),
+    };
+    let completion = |i: usize, finish: Finish, settle: Option<Settlement>| Completion {
+        scope: scope("acme"),
+        task_id: ids[i].clone(),
+        finish,
+        settle,
+    };
+    let results = s
+        .finish_batch(
+            "w1",
+            vec![
+                // Within its reservation: the plain case.
+                completion(0, done(TaskStatus::Completed), settle(0, 300, 100)),
+                // A retry, nothing used: its reservation is released.
+                completion(1, retry, None),
+                // More than reserved: charged as settle does, if it fits.
+                completion(2, done(TaskStatus::NeedsReview), settle(2, 400, 50)),
+            ],
+            t0(),
+        )
+        .await
+        .expect("finish batch");
+    assert!(
+        results.iter().all(|r| matches!(r, Completed::Recorded)),
+        "{results:?}"
+    );
+    let lost = s
+        .finish_batch(
+            "w-other",
+            vec![completion(3, done(TaskStatus::Completed), None)],
+            t0(),
+        )
+        .await
+        .expect("finish batch");
+    assert!(
+        matches!(&lost[..], [Completed::NotFinished(StoreError::Conflict(_))]),
+        "only the lease holder finishes: {lost:?}"
+    );
+    let acme_scope = scope("acme");
+    let t = |i: usize| s.get_task(&acme_scope, &ids[i]);
+    let t0_ = t(0).await.expect("task");
+    assert_eq!(t0_.status, TaskStatus::Completed);
+    assert_eq!((t0_.prompt_tokens, t0_.completion_tokens), (300, 100));
+    assert!((t0_.cost_usd - 0.5).abs() < 1e-9);
+    assert_eq!(t0_.result, Some(json!({"answer": 42})));
+    assert!(t0_.finished_at.is_some());
+    let t1 = t(1).await.expect("task");
+    assert_eq!(
+        (t1.status, t1.last_error.as_deref()),
+        (TaskStatus::Queued, Some("boom"))
+    );
+    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    assert!(snap.runnable.is_empty(), "the retry waits for its backoff");
+    let later = s
+        .queue_snapshot(t0() + TimeDelta::minutes(5), 100)
+        .await
+        .expect("snapshot");
+    assert_eq!(later.runnable.len(), 1);
+    assert_eq!(snap.running.len(), 1, "only the fourth task still runs");
+    let t2 = t(2).await.expect("task");
+    assert_eq!(t2.status, TaskStatus::NeedsReview);
+    assert_eq!(t2.prompt_tokens + t2.completion_tokens, 450);
+    let events = s
+        .task_events(&scope("acme"), &ids[0], 0)
+        .await
+        .expect("events");
+    assert_eq!(
+        events.last().map(|e| (e.from_status, e.to_status)),
+        Some((Some(TaskStatus::Running), TaskStatus::Completed))
+    );
+    let state = s.budget_state(&admin(), &cfg, t0()).await.expect("state");
+    let acme = &state.companies[0];
+    assert_eq!(
+        (acme.reserved, acme.spent),
+        (200, 400 + 450),
+        "the fourth task's reservation is still held"
     );
     ledger_ok(s).await;
 }
