@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 
 use kira_core::sharing::SharingRules;
 use kira_engine::config::{
-    AgentConfig, BudgetSection, EngineConfig, EngineFile, ExecutorConfig, KnowledgeSection,
-    PriceSection, PrioritySection, SchedulerSection, TaskTypeConfig,
+    AgentConfig, BudgetSection, ContextSection, EngineConfig, EngineFile, ExecutorConfig,
+    KnowledgeSection, MemorySection, PriceSection, PrioritySection, SchedulerSection,
+    TaskTypeConfig,
 };
 use serde::Deserialize;
 
@@ -139,6 +140,10 @@ struct FileConfig {
     knowledge: KnowledgeSection,
     #[serde(default)]
     sharing: Option<SharingRules>,
+    #[serde(default)]
+    memory: MemorySection,
+    #[serde(default)]
+    context: ContextSection,
 }
 
 impl FileConfig {
@@ -154,6 +159,8 @@ impl FileConfig {
             prices: std::mem::take(&mut self.prices),
             knowledge: std::mem::take(&mut self.knowledge),
             sharing: self.sharing.take(),
+            memory: std::mem::take(&mut self.memory),
+            context: std::mem::take(&mut self.context),
         }
     }
 }
@@ -924,7 +931,7 @@ mod tests {
             format!(
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
                  listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
-                 budget, priority, scheduler, agents, task_types, executor, prices, knowledge, sharing",
+                 budget, priority, scheduler, agents, task_types, executor, prices, knowledge, sharing, memory, context",
                 path.display()
             )
         );

@@ -202,6 +202,60 @@ pub struct EngineFile {
     /// Replaces SEED's rules as a whole when present.
     #[serde(default)]
     pub sharing: Option<SharingRules>,
+    #[serde(default)]
+    pub memory: MemorySection,
+    #[serde(default)]
+    pub context: ContextSection,
+}
+
+/// `[memory]`: retention, compaction, search; `[memory.layers]`,
+/// `[memory.search]` and `[memory.compaction.WORKSTREAM]` below it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySection {
+    pub retention_days: Option<i64>,
+    pub compaction_interval_hours: Option<i64>,
+    /// Candidates each retriever (full text, vectors) hands to fusion.
+    pub search_candidates: Option<u32>,
+    pub rrf_k: Option<f64>,
+    #[serde(default)]
+    pub layers: LayersSection,
+    #[serde(default)]
+    pub search: SearchSection,
+    /// Per workstream; a workstream given here replaces SEED's strategy
+    /// for it, the others keep theirs.
+    #[serde(default)]
+    pub compaction: BTreeMap<String, kira_core::memory::CompactionStrategy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayersSection {
+    pub hot_days: Option<i64>,
+    pub hot_importance: Option<i16>,
+    pub warm_days: Option<i64>,
+    pub warm_importance: Option<i16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSection {
+    pub relevance: Option<f64>,
+    pub recency: Option<f64>,
+    pub importance: Option<f64>,
+    pub recency_half_life_days: Option<f64>,
+}
+
+/// `[context]`: how context packs are filled.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSection {
+    pub default_budget: Option<usize>,
+    pub max_budget: Option<usize>,
+    pub hot_items: Option<u32>,
+    pub warm_items: Option<u32>,
+    pub cold_hits: Option<u32>,
+    pub shares: Option<crate::memory::Shares>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -456,8 +510,127 @@ impl EngineFile {
             rules.validate()?;
             c.sharing = rules;
         }
+        resolve_memory(&mut c.memory, self.memory, self.context)?;
         Ok(c)
     }
+}
+
+fn resolve_memory(
+    m: &mut crate::memory::MemoryConfig,
+    f: MemorySection,
+    ctx: ContextSection,
+) -> Result<(), ValidationError> {
+    let range = |field: &str, v: i64, min: i64, max: i64| {
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ValidationError::new(
+                field,
+                format!("must be between {min} and {max}"),
+            ))
+        }
+    };
+    if let Some(v) = f.retention_days {
+        m.retention = TimeDelta::days(range("memory.retention_days", v, 0, 36_500)?);
+    }
+    if let Some(v) = f.compaction_interval_hours {
+        m.compaction_interval =
+            TimeDelta::hours(range("memory.compaction_interval_hours", v, 1, 24 * 365)?);
+    }
+    if let Some(v) = f.search_candidates {
+        m.candidates = u32::try_from(range("memory.search_candidates", i64::from(v), 1, 10_000)?)
+            .unwrap_or(100);
+    }
+    if let Some(v) = f.rrf_k {
+        if !(v.is_finite() && (0.0..=10_000.0).contains(&v)) {
+            return Err(ValidationError::new(
+                "memory.rrf_k",
+                "must be between 0 and 10000",
+            ));
+        }
+        m.rrf_k = v;
+    }
+    let l = f.layers;
+    let layers = &mut m.layers;
+    if let Some(v) = l.hot_days {
+        layers.hot_days = v;
+    }
+    if let Some(v) = l.hot_importance {
+        layers.hot_importance = v;
+    }
+    if let Some(v) = l.warm_days {
+        layers.warm_days = v;
+    }
+    if let Some(v) = l.warm_importance {
+        layers.warm_importance = v;
+    }
+    layers.validate().map_err(|e| {
+        ValidationError::new(
+            format!("memory.layers.{}", e.field.trim_start_matches("context.")),
+            e.message,
+        )
+    })?;
+    let s = f.search;
+    let search = &mut m.search;
+    if let Some(v) = s.relevance {
+        search.relevance = v;
+    }
+    if let Some(v) = s.recency {
+        search.recency = v;
+    }
+    if let Some(v) = s.importance {
+        search.importance = v;
+    }
+    if let Some(v) = s.recency_half_life_days {
+        search.recency_half_life_days = v;
+    }
+    search
+        .validate()
+        .map_err(|e| ValidationError::new(format!("memory.{}", e.field), e.message))?;
+    for (workstream, strategy) in f.compaction {
+        m.compaction.strategies.insert(workstream, strategy);
+    }
+    m.compaction.validate().map_err(|e| {
+        ValidationError::new(
+            e.field
+                .replacen("compaction.strategies", "memory.compaction", 1),
+            e.message,
+        )
+    })?;
+
+    let c = &mut m.context;
+    if let Some(v) = ctx.default_budget {
+        c.default_budget = v;
+    }
+    if let Some(v) = ctx.max_budget {
+        c.max_budget = v;
+    }
+    if c.max_budget == 0 || c.max_budget > 1_000_000 {
+        return Err(ValidationError::new(
+            "context.max_budget",
+            "must be between 1 and 1000000",
+        ));
+    }
+    if c.default_budget == 0 || c.default_budget > c.max_budget {
+        return Err(ValidationError::new(
+            "context.default_budget",
+            "must be between 1 and context.max_budget",
+        ));
+    }
+    for (field, v, slot) in [
+        ("context.hot_items", ctx.hot_items, &mut c.hot_items),
+        ("context.warm_items", ctx.warm_items, &mut c.warm_items),
+        ("context.cold_hits", ctx.cold_hits, &mut c.cold_hits),
+    ] {
+        if let Some(v) = v {
+            *slot = u32::try_from(range(field, i64::from(v), 0, 10_000)?).unwrap_or(0);
+        }
+    }
+    if let Some(shares) = ctx.shares {
+        shares.validate()?;
+        c.shares = shares;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -493,6 +666,7 @@ mod tests {
             ]
         );
         assert_eq!(c.sharing, SharingRules::default());
+        assert_eq!(c.memory, crate::memory::MemoryConfig::default());
     }
 
     #[test]
@@ -548,6 +722,34 @@ mod tests {
                 r#"{"executor": {"kind": "simulated", "confidence": 2}}"#,
                 "executor.confidence",
             ),
+            (
+                r#"{"memory": {"layers": {"hot_days": -1}}}"#,
+                "memory.layers.hot_days",
+            ),
+            (
+                r#"{"memory": {"search": {"recency": -1}}}"#,
+                "memory.search.recency",
+            ),
+            (
+                r#"{"memory": {"compaction": {"legal": {"preserve": ["a"], "discard": ["a"]}}}}"#,
+                "memory.compaction.legal.discard.0",
+            ),
+            (
+                r#"{"memory": {"compaction": {"lega": {"preserve": ["a"]}}}}"#,
+                "memory.compaction.lega",
+            ),
+            (
+                r#"{"memory": {"retention_days": -3}}"#,
+                "memory.retention_days",
+            ),
+            (
+                r#"{"context": {"default_budget": 0}}"#,
+                "context.default_budget",
+            ),
+            (
+                r#"{"context": {"shares": {"hot": 2, "warm": 0, "cold": 0, "knowledge": 0, "shared": 0}}}"#,
+                "context.shares.hot",
+            ),
         ] {
             assert_eq!(resolve(json).expect_err(json).field, field, "{json}");
         }
@@ -567,5 +769,27 @@ mod tests {
         assert_eq!(c.agents["legal"].max_concurrent, 7);
         assert_eq!(c.task_types["tax_filing"].max_output_tokens, 2_000);
         assert!(matches!(c.executor, Some(ExecutorConfig::Simulated(_))));
+
+        let c = resolve(
+            r#"{"memory": {"retention_days": 90, "layers": {"hot_days": 3},
+                           "search": {"recency": 0.5},
+                           "compaction": {"legal": {"preserve": ["everything"]}}},
+                "context": {"cold_hits": 12, "default_budget": 2000}}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.memory.retention, TimeDelta::days(90));
+        assert_eq!(c.memory.layers.hot_days, 3);
+        assert_eq!(
+            c.memory.layers.warm_days, 30,
+            "the rest keep their defaults"
+        );
+        assert_eq!(c.memory.search.recency, 0.5);
+        assert_eq!(
+            c.memory.compaction.strategies["legal"].preserve,
+            vec!["everything".to_owned()]
+        );
+        assert!(c.memory.compaction.strategies.contains_key("financial"));
+        assert_eq!(c.memory.context.cold_hits, 12);
+        assert_eq!(c.memory.context.default_budget, 2000);
     }
 }
