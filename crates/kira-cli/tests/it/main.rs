@@ -5,6 +5,7 @@
 mod config_errors;
 mod crash;
 mod knowledge;
+mod memory;
 mod postgres;
 mod story;
 mod stress;

@@ -5,6 +5,7 @@ mod audit;
 mod auth_matrix;
 mod bad_input;
 mod knowledge;
+mod memory_input;
 mod openapi;
 mod sharing;
 mod support;
