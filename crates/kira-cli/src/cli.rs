@@ -738,6 +738,10 @@ pub enum BenchCommand {
     /// Retrieval quality of context packs on LoCoMo (../shared/bench):
     /// evidence recall per category at each token budget, and pack latency.
     Memory(BenchMemoryArgs),
+    /// Memory at scale: COMPANIES x PER_COMPANY memories (full text; no
+    /// vectors at this size), batch insert throughput, search and 8,000-token
+    /// context pack latency for one company.
+    MemoryScale(BenchMemoryScaleArgs),
     /// One worker process of `bench queue --processes N` (internal).
     #[command(hide = true)]
     QueueWorker {
@@ -769,6 +773,23 @@ pub struct BenchMemoryArgs {
     /// than as pure retrieval (every item chosen by relevance to the question).
     #[arg(long)]
     pub layered: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMemoryScaleArgs {
+    /// An EMPTY database to run in (postgres://...); default: a new SQLite file in a temp directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub companies: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub per_company: usize,
+    /// Searches and context packs to time.
+    #[arg(long, default_value_t = 300)]
+    pub queries: usize,
+    /// The context pack's budget in tokens.
+    #[arg(long, default_value_t = 8000)]
+    pub budget: usize,
 }
 
 #[derive(Debug, Args)]

@@ -377,3 +377,85 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2023-05-08T13:56:00+00:00");
     }
 }
+
+/// Words the scale benchmark writes its memories from.
+const SCALE_WORDS: &[&str] = &[
+    "contract",
+    "renewal",
+    "invoice",
+    "board",
+    "forecast",
+    "hiring",
+    "engineer",
+    "audit",
+    "compliance",
+    "supplier",
+    "customer",
+    "churn",
+    "revenue",
+    "margin",
+    "pricing",
+    "roadmap",
+    "release",
+    "incident",
+    "security",
+    "review",
+    "deadline",
+    "budget",
+    "expense",
+    "payroll",
+    "lawsuit",
+    "patent",
+    "trademark",
+    "lease",
+    "office",
+    "migration",
+    "database",
+    "latency",
+    "campaign",
+    "launch",
+    "partner",
+    "investor",
+    "term",
+    "sheet",
+    "valuation",
+    "tax",
+    "filing",
+    "quarter",
+    "metrics",
+    "retention",
+    "onboarding",
+    "training",
+    "policy",
+    "vendor",
+    "risk",
+    "insurance",
+    "claim",
+    "warranty",
+    "shipment",
+    "inventory",
+    "forecasting",
+    "analysis",
+    "meeting",
+    "decision",
+    "approval",
+    "escalation",
+    "support",
+    "ticket",
+    "outage",
+    "backup",
+];
+
+/// What the scale benchmark searches for.
+pub const SCALE_QUERY_WORDS: &[&str] = SCALE_WORDS;
+
+/// A deterministic memory text for the scale benchmark: 12 to 40 words
+/// drawn from a small business vocabulary, so searches hit many rows.
+pub fn scale_text(rng: &mut impl rand::Rng, company: usize, i: usize) -> String {
+    let n = rng.random_range(12..=40);
+    let mut words: Vec<&str> = (0..n)
+        .map(|_| SCALE_WORDS[rng.random_range(0..SCALE_WORDS.len())])
+        .collect();
+    words[0] = "Note";
+    format!("{} (company {company}, item {i}).", words.join(" "))
+}

@@ -10,7 +10,7 @@ use kira_engine::membench::{self, CATEGORIES};
 use kira_engine::{Engine, EngineConfig};
 use kira_store::StoreConfig;
 
-use crate::cli::BenchMemoryArgs;
+use crate::cli::{BenchMemoryArgs, BenchMemoryScaleArgs};
 
 /// Context settings where every item is chosen by relevance to the
 /// question: all memories cold, the cold section takes the whole budget,
@@ -191,6 +191,182 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
             pct(&micros, 0.5),
             pct(&micros, 0.99),
             micros.len()
+        );
+    }
+    if args.database_url.is_none() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use kira_core::audit::{AuditRecord, Outcome};
+    use kira_core::auth::{Access, Principal};
+    use kira_core::memory::{EventType, NewMemory, Workstream};
+    use kira_engine::memory::ContextRequest;
+    use kira_store::memory::MemoryFilter;
+    use rand::{Rng, SeedableRng};
+
+    if args.companies == 0 || args.per_company == 0 || args.queries == 0 {
+        bail!("--companies, --per-company and --queries must be at least 1");
+    }
+    let temp = std::env::temp_dir().join(format!(
+        "kira-bench-scale-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => {
+            std::fs::create_dir_all(&temp)?;
+            format!("sqlite://{}", temp.join("bench.db").display())
+        }
+    };
+    let store = kira_store::open(&StoreConfig {
+        database_url: url.clone(),
+        app_database_url: None,
+    })
+    .await
+    .with_context(|| format!("opening {}", crate::config::redact_url(&url)))?;
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-01T12:00:00Z")
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .context("time")?;
+    let clock = Arc::new(ManualClock::new(now));
+    let engine = Engine::new(store.clone(), clock, EngineConfig::default());
+    let system = Principal::system();
+    let audit = |c: &kira_core::CompanyId, action: &str| AuditRecord {
+        at: now,
+        request_id: "bench".into(),
+        actor: "system".into(),
+        company_id: Some(c.clone()),
+        action: action.into(),
+        target: "bench".into(),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut ids = Vec::with_capacity(args.companies);
+    let mut insert_secs = 0.0;
+    let total = args.companies * args.per_company;
+    eprintln!(
+        "writing {total} memories for {} companies ...",
+        args.companies
+    );
+    for c in 0..args.companies {
+        let (id, profile) =
+            serde_json::from_value::<kira_core::company::NewCompany>(serde_json::json!({
+                "id": format!("scale-{c:05}"), "name": format!("Scale {c}"),
+                "industry": "saas", "jurisdiction": "US"
+            }))?
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+        let scope = system
+            .scope(&id, Access::Write)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        store
+            .create_company(&scope, &profile, now, audit(&id, "bench.company"))
+            .await?;
+        let mut left = args.per_company;
+        let mut i = 0;
+        while left > 0 {
+            let n = left.min(kira_store::memory::MAX_BATCH);
+            let batch: Vec<NewMemory> = (0..n)
+                .map(|k| {
+                    let age = chrono::TimeDelta::minutes(rng.random_range(0..365 * 24 * 60));
+                    NewMemory {
+                        occurred_at: now - age,
+                        event_type: EventType::ALL[rng.random_range(0..EventType::ALL.len())],
+                        workstream: Workstream::ALL[rng.random_range(0..Workstream::ALL.len())],
+                        category: "general".into(),
+                        content: serde_json::json!({
+                            "text": membench::scale_text(&mut rng, c, i + k)
+                        }),
+                        importance: rng.random_range(1..=10),
+                        indexed_terms: vec![],
+                        source: None,
+                    }
+                })
+                .collect();
+            let started = Instant::now();
+            engine
+                .add_memories(&scope, batch, true, audit(&id, "bench.memory"))
+                .await?;
+            insert_secs += started.elapsed().as_secs_f64();
+            left -= n;
+            i += n;
+        }
+        ids.push(scope);
+        if (c + 1) % 100 == 0 {
+            eprintln!(
+                "  {} companies, {:.0} memories/s",
+                c + 1,
+                ((c + 1) * args.per_company) as f64 / insert_secs
+            );
+        }
+    }
+    let mut search_us = Vec::new();
+    let mut pack_us = Vec::new();
+    let mut pack_tokens = 0usize;
+    for _ in 0..args.queries {
+        let scope = &ids[rng.random_range(0..ids.len())];
+        let q: Vec<&str> = (0..3)
+            .map(|_| {
+                membench::SCALE_QUERY_WORDS[rng.random_range(0..membench::SCALE_QUERY_WORDS.len())]
+            })
+            .collect();
+        let q = q.join(" ");
+        let started = Instant::now();
+        engine
+            .search_memories(scope, &q, &MemoryFilter::default(), 20)
+            .await?;
+        search_us.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let started = Instant::now();
+        let pack = engine
+            .load_context(
+                scope,
+                &ContextRequest {
+                    task_type: Some(Workstream::ALL[rng.random_range(0..6)].as_str().to_owned()),
+                    query: q,
+                    budget: Some(args.budget),
+                },
+            )
+            .await?;
+        pack_us.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        pack_tokens += pack.tokens;
+    }
+    let rate = total as f64 / insert_secs;
+    let backend = if url.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    if json {
+        crate::output::print_json(&serde_json::json!({
+            "backend": backend, "companies": args.companies, "memories": total,
+            "insert_per_second": rate,
+            "search_ms": { "p50": pct(&search_us, 0.5), "p99": pct(&search_us, 0.99) },
+            "context_ms": { "p50": pct(&pack_us, 0.5), "p99": pct(&pack_us, 0.99) },
+            "context_budget": args.budget,
+            "mean_context_tokens": pack_tokens / args.queries,
+            "vectors": false,
+        }))?;
+    } else {
+        println!(
+            "{backend}: {total} memories in {} companies (full text; no vectors at this scale)",
+            args.companies
+        );
+        println!("  batch insert: {rate:.0} memories/s (1,000 per transaction)");
+        println!(
+            "  search (20 hits):       p50 {:.1} ms, p99 {:.1} ms ({} queries)",
+            pct(&search_us, 0.5),
+            pct(&search_us, 0.99),
+            args.queries
+        );
+        println!(
+            "  context pack ({} tok):  p50 {:.1} ms, p99 {:.1} ms (mean {} tokens used)",
+            args.budget,
+            pct(&pack_us, 0.5),
+            pct(&pack_us, 0.99),
+            pack_tokens / args.queries
         );
     }
     if args.database_url.is_none() {
