@@ -415,3 +415,99 @@ async fn compaction_sqlite() {
 async fn compaction_postgres() {
     compaction(Backend::Postgres).await;
 }
+
+fn embedder() -> Arc<kira_embed::Embedder> {
+    let dir = kira_embed::model_dir(&kira_embed::models_dir());
+    Arc::new(kira_embed::Embedder::load(&dir).unwrap_or_else(|e| {
+        panic!("the embedding model is needed (run ./scripts/install-models): {e}")
+    }))
+}
+
+async fn semantic_search(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s).with_embedder(embedder());
+    add(
+        &e,
+        "acme",
+        &[
+            m(
+                "We bought a new car for the sales team.",
+                TimeDelta::days(3),
+                5,
+            ),
+            m(
+                "The quarterly tax filing was submitted.",
+                TimeDelta::days(3),
+                5,
+            ),
+            m("Lunch menu: soup and salad.", TimeDelta::days(3), 5),
+        ],
+    )
+    .await;
+    add(
+        &e,
+        "globex",
+        &[m(
+            "Globex purchased an automobile fleet.",
+            TimeDelta::days(1),
+            5,
+        )],
+    )
+    .await;
+    assert_eq!(e.embed_pass().await.expect("embed"), 4);
+    assert_eq!(
+        e.embed_pass().await.expect("embed again"),
+        0,
+        "the queue is empty"
+    );
+
+    // No word in common: only meaning finds it, and only in acme's memory.
+    let hits = e
+        .search_memories(
+            &scope("acme"),
+            "automobile purchase",
+            &MemoryFilter::default(),
+            3,
+        )
+        .await
+        .expect("search");
+    assert_eq!(
+        hits[0].memory.text(),
+        "We bought a new car for the sales team.",
+        "{b:?}"
+    );
+    assert_eq!(hits[0].text_rank, None);
+    assert_eq!(hits[0].vector_rank, Some(1));
+    assert!(hits.iter().all(|h| h.memory.company_id.as_str() == "acme"));
+
+    // A memory not yet embedded is still found by its words.
+    add(
+        &e,
+        "acme",
+        &[m(
+            "Renewed the automobile insurance policy.",
+            TimeDelta::days(1),
+            5,
+        )],
+    )
+    .await;
+    let hits = e
+        .search_memories(&scope("acme"), "insurance", &MemoryFilter::default(), 3)
+        .await
+        .expect("search");
+    assert_eq!(
+        hits[0].memory.text(),
+        "Renewed the automobile insurance policy."
+    );
+    assert_eq!((hits[0].text_rank, hits[0].vector_rank), (Some(1), None));
+}
+
+#[tokio::test]
+async fn semantic_search_sqlite() {
+    semantic_search(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn semantic_search_postgres() {
+    semantic_search(Backend::Postgres).await;
+}
