@@ -742,6 +742,9 @@ pub enum BenchCommand {
     /// vectors at this size), batch insert throughput, search and 8,000-token
     /// context pack latency for one company.
     MemoryScale(BenchMemoryScaleArgs),
+    /// Session recall on LongMemEval_S (../shared/bench): each question's
+    /// haystack is one company's memory (user turns); recall_all/any@5/@10.
+    Longmemeval(BenchLongmemevalArgs),
     /// One worker process of `bench queue --processes N` (internal).
     #[command(hide = true)]
     QueueWorker {
@@ -773,6 +776,19 @@ pub struct BenchMemoryArgs {
     /// than as pure retrieval (every item chosen by relevance to the question).
     #[arg(long)]
     pub layered: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLongmemevalArgs {
+    /// The benchmark data folder (holding longmemeval/longmemeval_s_sample100.json.xz).
+    #[arg(long, default_value = "../shared/bench")]
+    pub data: PathBuf,
+    /// Use only the first N questions.
+    #[arg(long)]
+    pub questions: Option<usize>,
+    /// Full text only: do not load the embedding model.
+    #[arg(long)]
+    pub no_embed: bool,
 }
 
 #[derive(Debug, Args)]

@@ -459,3 +459,127 @@ pub fn scale_text(rng: &mut impl rand::Rng, company: usize, i: usize) -> String 
     words[0] = "Note";
     format!("{} (company {company}, item {i}).", words.join(" "))
 }
+
+/// One LongMemEval question with its haystack: (session id, date, user turns).
+#[derive(Debug, Clone)]
+pub struct LmeQuestion {
+    pub id: String,
+    pub question_type: String,
+    pub question: String,
+    pub sessions: Vec<(String, DateTime<Utc>, Vec<String>)>,
+    pub answer_sessions: Vec<String>,
+}
+
+/// "2023/05/20 (Sat) 02:21".
+fn lme_time(s: &str) -> Option<DateTime<Utc>> {
+    let (date, rest) = s.trim().split_once(' ')?;
+    let time = rest.rsplit(' ').next()?;
+    NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y/%m/%d %H:%M")
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// Parses LongMemEval JSON; abstention questions (`_abs`) are left out, as
+/// the official retrieval protocol does.
+pub fn parse_longmemeval(text: &str) -> Result<Vec<LmeQuestion>, String> {
+    let raw: Vec<serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("not LongMemEval JSON: {e}"))?;
+    let mut out = Vec::new();
+    for q in raw {
+        let id = q["question_id"].as_str().unwrap_or_default().to_owned();
+        if id.ends_with("_abs") {
+            continue;
+        }
+        let strs = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        };
+        let ids = strs(&q["haystack_session_ids"]);
+        let dates = strs(&q["haystack_dates"]);
+        let mut sessions = Vec::new();
+        for (i, turns) in q["haystack_sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let (Some(sid), Some(at)) = (ids.get(i), dates.get(i).and_then(|d| lme_time(d))) else {
+                continue;
+            };
+            let user: Vec<String> = turns
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["role"] == "user")
+                .filter_map(|t| t["content"].as_str())
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| {
+                    // Memories refuse control characters but newline and tab.
+                    c.chars()
+                        .map(|ch| {
+                            if ch.is_control() && ch != '\n' && ch != '\t' {
+                                ' '
+                            } else {
+                                ch
+                            }
+                        })
+                        .take(kira_core::memory::MAX_TEXT_CHARS)
+                        .collect()
+                })
+                .collect();
+            sessions.push((sid.clone(), at, user));
+        }
+        out.push(LmeQuestion {
+            id,
+            question_type: q["question_type"].as_str().unwrap_or_default().to_owned(),
+            question: q["question"].as_str().unwrap_or_default().to_owned(),
+            sessions,
+            answer_sessions: strs(&q["answer_session_ids"]),
+        });
+    }
+    Ok(out)
+}
+
+/// Session ids in the order of their best-ranked turn among `hits`.
+pub fn rank_sessions(hit_sources: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    hit_sources
+        .iter()
+        .filter(|s| seen.insert(s.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// recall_all@k and recall_any@k of one question.
+pub fn session_recall(ranked: &[String], answers: &[String], k: usize) -> (bool, bool) {
+    let top: HashSet<&str> = ranked.iter().take(k).map(String::as_str).collect();
+    (
+        answers.iter().all(|a| top.contains(a.as_str())),
+        answers.iter().any(|a| top.contains(a.as_str())),
+    )
+}
+
+#[cfg(test)]
+mod lme_tests {
+    use super::*;
+
+    #[test]
+    fn sessions_rank_by_their_best_turn_and_recall_counts_all_or_any() {
+        let hits: Vec<String> = ["s2", "s1", "s2", "s3"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let ranked = rank_sessions(&hits);
+        assert_eq!(ranked, ["s2", "s1", "s3"]);
+        let answers = vec!["s1".to_owned(), "s3".to_owned()];
+        assert_eq!(session_recall(&ranked, &answers, 2), (false, true));
+        assert_eq!(session_recall(&ranked, &answers, 3), (true, true));
+        assert_eq!(
+            lme_time("2023/05/20 (Sat) 02:21").map(|t| t.to_rfc3339()),
+            Some("2023-05-20T02:21:00+00:00".into())
+        );
+    }
+}

@@ -18,6 +18,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<ExitCode> {
         BenchCommand::Queue(args) => queue(args, json).await,
         BenchCommand::Memory(args) => super::bench_memory::run(args, json).await,
         BenchCommand::MemoryScale(args) => super::bench_memory::scale(args, json).await,
+        BenchCommand::Longmemeval(args) => super::bench_memory::longmemeval(args, json).await,
         BenchCommand::QueueWorker {
             database_url,
             overload,

@@ -10,7 +10,7 @@ use kira_engine::membench::{self, CATEGORIES};
 use kira_engine::{Engine, EngineConfig};
 use kira_store::StoreConfig;
 
-use crate::cli::{BenchMemoryArgs, BenchMemoryScaleArgs};
+use crate::cli::{BenchLongmemevalArgs, BenchMemoryArgs, BenchMemoryScaleArgs};
 
 /// Context settings where every item is chosen by relevance to the
 /// question: all memories cold, the cold section takes the whole budget,
@@ -372,5 +372,134 @@ pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<Exi
     if args.database_url.is_none() {
         let _ = std::fs::remove_dir_all(&temp);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn longmemeval(args: BenchLongmemevalArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use kira_store::memory::MemoryFilter;
+
+    let path = args
+        .data
+        .join("longmemeval")
+        .join("longmemeval_s_sample100.json.xz");
+    let mut reader = std::io::BufReader::new(
+        std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let mut raw = Vec::new();
+    lzma_rs::xz_decompress(&mut reader, &mut raw)
+        .map_err(|e| anyhow::anyhow!("{} is not xz: {e:?}", path.display()))?;
+    let text = String::from_utf8(raw).context("LongMemEval is not UTF-8")?;
+    let mut questions = membench::parse_longmemeval(&text).map_err(anyhow::Error::msg)?;
+    if let Some(n) = args.questions {
+        questions.truncate(n);
+    }
+    let temp =
+        std::env::temp_dir().join(format!("kira-bench-lme-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&temp)?;
+    let url = format!("sqlite://{}", temp.join("bench.db").display());
+    let store = kira_store::open(&StoreConfig {
+        database_url: url,
+        app_database_url: None,
+    })
+    .await?;
+    let latest = questions
+        .iter()
+        .flat_map(|q| q.sessions.iter().map(|s| s.1))
+        .max()
+        .unwrap_or_default()
+        + chrono::TimeDelta::days(1);
+    let clock = Arc::new(ManualClock::new(latest));
+    let mut engine = Engine::new(store, clock, retrieval_config());
+    if !args.no_embed {
+        let dir = kira_embed::model_dir(&kira_embed::models_dir());
+        let e = kira_embed::Embedder::load(&dir).context("loading the embedding model")?;
+        engine = engine.with_embedder(Arc::new(e));
+    }
+    let started = Instant::now();
+    let mut companies = Vec::new();
+    let mut turns = 0;
+    for (i, q) in questions.iter().enumerate() {
+        let items: Vec<_> = q
+            .sessions
+            .iter()
+            .flat_map(|(sid, at, user)| {
+                user.iter().enumerate().map(move |(t, text)| {
+                    (
+                        text.clone(),
+                        *at + chrono::TimeDelta::seconds(t as i64),
+                        sid.clone(),
+                    )
+                })
+            })
+            .collect();
+        turns += items.len();
+        companies.push(membench::load_company(&engine, &format!("lme-{i:03}"), &items).await?);
+    }
+    let embedded = membench::embed_all(&engine).await?;
+    eprintln!(
+        "loaded {turns} user turns of {} questions, embedded {embedded}, in {:.0}s",
+        questions.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let system = kira_core::auth::Principal::system();
+    let (mut all5, mut all10, mut any5, mut any10) = (0usize, 0usize, 0usize, 0usize);
+    let mut micros = Vec::new();
+    for (q, id) in questions.iter().zip(&companies) {
+        let scope = system
+            .scope(id, kira_core::auth::Access::Read)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t = Instant::now();
+        let hits = engine
+            .search_memories(&scope, &q.question, &MemoryFilter::default(), 200)
+            .await?;
+        micros.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let sources: Vec<String> = hits
+            .iter()
+            .filter_map(|h| h.memory.source.clone())
+            .collect();
+        let ranked = membench::rank_sessions(&sources);
+        let (a5, y5) = membench::session_recall(&ranked, &q.answer_sessions, 5);
+        let (a10, y10) = membench::session_recall(&ranked, &q.answer_sessions, 10);
+        all5 += usize::from(a5);
+        any5 += usize::from(y5);
+        all10 += usize::from(a10);
+        any10 += usize::from(y10);
+    }
+    let n = questions.len().max(1) as f64;
+    let f = |x: usize| x as f64 / n;
+    if json {
+        crate::output::print_json(&serde_json::json!({
+            "questions": questions.len(), "semantic": !args.no_embed,
+            "recall_all_at_5": f(all5), "recall_all_at_10": f(all10),
+            "recall_any_at_5": f(any5), "recall_any_at_10": f(any10),
+            "search_ms": {"p50": pct(&micros, 0.5), "p99": pct(&micros, 0.99)},
+        }))?;
+    } else {
+        println!(
+            "LongMemEval_S session recall over {} questions ({}):",
+            questions.len(),
+            if args.no_embed {
+                "full text only"
+            } else {
+                "full text + embeddings"
+            }
+        );
+        println!(
+            "  recall_all@5  {:.3}   recall_all@10 {:.3}",
+            f(all5),
+            f(all10)
+        );
+        println!(
+            "  recall_any@5  {:.3}   recall_any@10 {:.3}",
+            f(any5),
+            f(any10)
+        );
+        println!(
+            "  search p50 {:.1} ms, p99 {:.1} ms",
+            pct(&micros, 0.5),
+            pct(&micros, 0.99)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&temp);
     Ok(ExitCode::SUCCESS)
 }
