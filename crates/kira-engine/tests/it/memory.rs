@@ -511,3 +511,66 @@ async fn semantic_search_sqlite() {
 async fn semantic_search_postgres() {
     semantic_search(Backend::Postgres).await;
 }
+
+async fn the_job_compacts_every_company(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let old = |text| M {
+        text,
+        age: TimeDelta::days(40),
+        importance: 3,
+        workstream: Workstream::Operational,
+        category: "routine_tasks",
+    };
+    add(
+        &e,
+        "acme",
+        &[old("Rotated the logs."), old("Cleared the cache.")],
+    )
+    .await;
+    add(&e, "globex", &[old("Restarted the printer.")]).await;
+    assert_eq!(e.compact_all().await.expect("job"), Some(2));
+    for c in ["acme", "globex"] {
+        let live = s
+            .store
+            .list_memories(&scope(c), &MemoryFilter::default(), None, 10)
+            .await
+            .expect("list");
+        assert!(
+            live.is_empty(),
+            "{c}: routine tasks are discarded: {live:?}"
+        );
+    }
+    // The run is audited, company by company.
+    let admin = Principal::system().admin().expect("admin");
+    let entries = s
+        .store
+        .list_all_audit(
+            &admin,
+            None,
+            kira_store::AuditPage {
+                after_seq: 0,
+                limit: 1000,
+            },
+            audit("acme"),
+        )
+        .await
+        .expect("audit");
+    for c in ["acme", "globex"] {
+        assert!(
+            entries.iter().any(|e| e.action == "memory.compact.discard"
+                && e.company_id.as_ref().map(|x| x.as_str()) == Some(c)),
+            "{c}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_job_compacts_every_company_sqlite() {
+    the_job_compacts_every_company(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_job_compacts_every_company_postgres() {
+    the_job_compacts_every_company(Backend::Postgres).await;
+}
