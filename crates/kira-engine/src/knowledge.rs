@@ -58,10 +58,13 @@ impl Engine {
             self.check_domain(&k.domain).map_err(named)?;
             entries.push(k.validate(Uuid::now_v7(), now).map_err(named)?);
         }
-        Ok(self
+        let stored = self
             .store()
             .upsert_knowledge(admin, &entries, audit)
-            .await?)
+            .await?;
+        // New text to embed.
+        self.inner.embed_wake.notify_one();
+        Ok(stored)
     }
 
     fn check_domain(&self, domain: &str) -> Result<(), ValidationError> {
@@ -93,7 +96,66 @@ impl Engine {
             )
             .into());
         }
-        Ok(self.store().search_knowledge(query, filter, limit).await?)
+        let candidates = limit.max(self.config().memory.candidates);
+        let text = self
+            .store()
+            .search_knowledge(query, filter, candidates)
+            .await?;
+        // Meaning beside words, as for memories: nearest vectors fused by
+        // reciprocal rank.
+        let mut nearest: Vec<uuid::Uuid> = Vec::new();
+        if let Some(model) = self.embedder().map(|e| e.model_id().to_owned()) {
+            let vectors = self.store().knowledge_vectors(&model, filter).await?;
+            if !vectors.is_empty()
+                && let Some(q) = self
+                    .embed_texts(vec![query.to_owned()])
+                    .await?
+                    .and_then(|mut v| v.pop())
+            {
+                let mut scored: Vec<(f32, uuid::Uuid)> = vectors
+                    .iter()
+                    .filter(|v| v.vector.len() == q.len())
+                    .map(|v| {
+                        (
+                            v.vector.iter().zip(&q).map(|(a, b)| a * b).sum(),
+                            v.entry_id,
+                        )
+                    })
+                    .collect();
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                nearest = scored
+                    .into_iter()
+                    .take(candidates as usize)
+                    .map(|(_, id)| id)
+                    .collect();
+            }
+        }
+        if nearest.is_empty() {
+            let mut text = text;
+            text.truncate(limit as usize);
+            return Ok(text);
+        }
+        let text_ids: Vec<uuid::Uuid> = text.iter().map(|h| h.entry.id).collect();
+        let mut by_id: std::collections::HashMap<uuid::Uuid, kira_core::knowledge::KnowledgeEntry> =
+            text.into_iter().map(|h| (h.entry.id, h.entry)).collect();
+        let fused = kira_core::memory::fuse_rrf(&[text_ids, nearest], self.config().memory.rrf_k);
+        let mut out = Vec::new();
+        for (id, score) in fused.into_iter().take(limit as usize) {
+            let entry = match by_id.remove(&id) {
+                Some(e) => e,
+                None => match self.store().get_knowledge(id).await {
+                    Ok(e) => e,
+                    // Deleted between the two reads.
+                    Err(kira_store::StoreError::NotFound) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            out.push(KnowledgeHit {
+                entry,
+                relevance: score,
+            });
+        }
+        Ok(out)
     }
 
     /// The top `k` knowledge entries for `query`, for a context pack's
@@ -109,7 +171,6 @@ impl Engine {
             return Ok(Vec::new());
         }
         let hits = self
-            .store()
             .search_knowledge(query, &KnowledgeFilter::default(), limit)
             .await?;
         Ok(candidates(hits))

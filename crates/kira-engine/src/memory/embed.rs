@@ -100,7 +100,42 @@ impl Engine {
             self.store().put_vectors(&scope, &model, &rows).await?;
             stored += rows.len();
         }
+        stored += self.embed_knowledge(&model).await?;
         Ok(stored)
+    }
+
+    /// Embeds shared knowledge entries that have no vector for `model` yet
+    /// (`title: body`); returns how many.
+    async fn embed_knowledge(&self, model: &str) -> Result<usize, EngineError> {
+        let entries = self
+            .store()
+            .knowledge_without_vectors(model, EMBED_BATCH)
+            .await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let texts = entries
+            .iter()
+            .map(|e| format!("{}: {}", e.title, e.body))
+            .collect();
+        let Some(vectors) = self.embed_texts(texts).await? else {
+            return Ok(0);
+        };
+        let rows: Vec<kira_store::knowledge::KnowledgeVector> = entries
+            .iter()
+            .zip(vectors)
+            .map(|(e, vector)| kira_store::knowledge::KnowledgeVector {
+                entry_id: e.id,
+                vector,
+            })
+            .collect();
+        let admin = Principal::system()
+            .admin()
+            .map_err(|e| EngineError::Embed(format!("the system principal: {e}")))?;
+        self.store()
+            .put_knowledge_vectors(&admin, model, &rows)
+            .await?;
+        Ok(rows.len())
     }
 
     /// Embeds until the queue is empty, then waits to be woken (a memory

@@ -574,3 +574,60 @@ async fn the_job_compacts_every_company_sqlite() {
 async fn the_job_compacts_every_company_postgres() {
     the_job_compacts_every_company(Backend::Postgres).await;
 }
+
+async fn knowledge_is_found_by_meaning(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s).with_embedder(embedder());
+    let admin = Principal::system().admin().expect("admin");
+    let entry = |key: &str, title: &str, body: &str| {
+        serde_json::from_value::<kira_core::knowledge::NewKnowledge>(json!({
+            "domain": "legal_frameworks", "key": key, "title": title, "body": body
+        }))
+        .expect("entry")
+    };
+    e.add_knowledge(
+        &admin,
+        kira_engine::knowledge::KnowledgeWrite::Batch(vec![
+            entry(
+                "gdpr",
+                "GDPR",
+                "Personal data of people in the EU needs a lawful basis.",
+            ),
+            entry(
+                "leases",
+                "Office leases",
+                "Commercial leases usually run five years.",
+            ),
+        ]),
+        audit("acme"),
+    )
+    .await
+    .expect("add");
+    assert_eq!(e.embed_pass().await.expect("embed"), 2);
+    // No word in common with the GDPR entry.
+    let hits = e
+        .search_knowledge(
+            "privacy of customer information in Europe",
+            &Default::default(),
+            2,
+        )
+        .await
+        .expect("search");
+    assert_eq!(hits[0].entry.key, "gdpr", "{b:?}: {hits:?}");
+    // And the context pack takes it into its knowledge section.
+    let cands = e
+        .knowledge_candidates("privacy of customer information in Europe", 1)
+        .await
+        .expect("candidates");
+    assert!(cands[0].2.contains("GDPR"), "{cands:?}");
+}
+
+#[tokio::test]
+async fn knowledge_is_found_by_meaning_sqlite() {
+    knowledge_is_found_by_meaning(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn knowledge_is_found_by_meaning_postgres() {
+    knowledge_is_found_by_meaning(Backend::Postgres).await;
+}
