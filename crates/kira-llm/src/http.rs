@@ -31,6 +31,11 @@ pub(crate) fn base_url(base: &str) -> Result<String, LlmError> {
             "base URL {trimmed:?}: scheme must be http or https"
         )));
     }
+    if parsed.scheme() == "https" && !cfg!(feature = "tls") {
+        return Err(LlmError::Config(format!(
+            "base URL {trimmed:?}: this build of kira-llm has no TLS (enable its `tls` feature)"
+        )));
+    }
     Ok(trimmed.to_string())
 }
 
@@ -178,5 +183,16 @@ mod tests {
         );
         assert!(matches!(base_url("ftp://x"), Err(LlmError::Config(_))));
         assert!(matches!(base_url("not a url"), Err(LlmError::Config(_))));
+    }
+
+    #[test]
+    fn https_needs_the_tls_feature() {
+        let https = base_url("https://api.openai.com/v1");
+        if cfg!(feature = "tls") {
+            assert_eq!(https.expect("https"), "https://api.openai.com/v1");
+        } else {
+            let e = https.expect_err("no TLS compiled in");
+            assert!(e.to_string().contains("`tls` feature"), "{e}");
+        }
     }
 }
