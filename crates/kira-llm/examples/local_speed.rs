@@ -1,0 +1,63 @@
+//! The local model's speed on this machine:
+//! `cargo run --release -p kira-llm --example local_speed [MAX_TOKENS]`.
+//! Prints load time, prompt tokens per second (the prompt's forward pass)
+//! and generation tokens per second, for one call at a time.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kira_llm::local::model_path;
+use kira_llm::{ChatRequest, LocalProvider, Message, Provider};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let max_tokens: u32 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(64);
+    let models = std::env::var_os("KIRA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kira/models")
+        });
+    let started = Instant::now();
+    let local = LocalProvider::load(&model_path(&models))?;
+    println!("load: {:.2?}", started.elapsed());
+
+    // Prompt speed: a long prompt and one new token.
+    let long = "The quarterly report covers revenue, costs and hiring. ".repeat(40);
+    let req = ChatRequest::new("local", vec![Message::user(long)], 1);
+    let r = local.chat(&req).await?;
+    println!(
+        "prompt: {} tokens in {:.2?} = {:.0} tokens/s",
+        r.usage.prompt_tokens,
+        r.latency,
+        f64::from(r.usage.prompt_tokens) / r.latency.as_secs_f64()
+    );
+
+    // Generation speed: a short prompt, many new tokens (minus the prompt's share).
+    let req = ChatRequest::new(
+        "local",
+        vec![Message::user("Write a story about a lighthouse keeper.")],
+        max_tokens,
+    );
+    let r = local.chat(&req).await?;
+    let one = local
+        .chat(&ChatRequest {
+            max_tokens: 1,
+            ..req.clone()
+        })
+        .await?;
+    let generating = r.latency.saturating_sub(one.latency);
+    println!(
+        "generation: {} tokens in {:.2?} = {:.1} tokens/s (prompt {} tokens, {:.2?})",
+        r.usage.completion_tokens,
+        r.latency,
+        f64::from(r.usage.completion_tokens.saturating_sub(1)) / generating.as_secs_f64(),
+        r.usage.prompt_tokens,
+        one.latency
+    );
+    println!("answer: {}", r.message.content);
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Anthropic messages (`POST {base}/v1/messages`): the system prompt is a
+//! top-level field, a turn's content is a list of blocks, tool calls are
+//! `tool_use` blocks and their results `tool_result` blocks in a user turn.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::{self, send_json};
+use crate::{
+    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, Role, ToolCall, Usage,
+};
+
+/// Anthropic's API, the default base URL (without `/v1`).
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+
+/// The API version this crate speaks.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+pub struct Anthropic {
+    name: String,
+    base: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Anthropic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anthropic")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Anthropic {
+    /// A provider named `name` at `base_url` (e.g. `https://api.anthropic.com`),
+    /// sending `key` as `x-api-key`. `timeout` bounds one request.
+    pub fn new(
+        name: impl Into<String>,
+        base_url: &str,
+        key: String,
+        timeout: Duration,
+    ) -> Result<Self, LlmError> {
+        Ok(Self {
+            name: name.into(),
+            base: http::base_url(base_url)?,
+            key,
+            client: http::client(timeout)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for Anthropic {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let request = self
+            .client
+            .post(format!("{}/v1/messages", self.base))
+            .header("x-api-key", &self.key)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(&request_body(req));
+        let (body, latency): (Reply, _) = send_json(&self.name, request, Some(&self.key)).await?;
+        parse_response(body, latency, &req.model)
+    }
+}
+
+/// The JSON body of a messages call. System messages join into the
+/// top-level `system`; consecutive turns of one role merge into one turn,
+/// since the API wants user and assistant to alternate.
+pub(crate) fn request_body(req: &ChatRequest) -> Value {
+    let system: Vec<&str> = req
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| m.content.as_str())
+        .collect();
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    for m in req.messages.iter().filter(|m| m.role != Role::System) {
+        let (role, blocks) = blocks(m);
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, b)) if *last == role => b.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let messages: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, content)| json!({ "role": role, "content": content }))
+        .collect();
+    let mut body = json!({
+        "model": req.model,
+        "max_tokens": req.max_tokens,
+        "messages": messages,
+    });
+    if !system.is_empty() {
+        body["system"] = json!(system.join("\n\n"));
+    }
+    if let Some(t) = req.temperature {
+        body["temperature"] = json!(t);
+    }
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "description": t.description,
+                    "input_schema": t.parameters,
+                })
+            })
+            .collect();
+    }
+    body
+}
+
+fn blocks(m: &Message) -> (&'static str, Vec<Value>) {
+    match m.role {
+        Role::Tool => (
+            "user",
+            vec![json!({
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id.as_deref().unwrap_or_default(),
+                "content": m.content,
+            })],
+        ),
+        Role::Assistant => {
+            let mut out = Vec::new();
+            if !m.content.is_empty() {
+                out.push(json!({ "type": "text", "text": m.content }));
+            }
+            for c in &m.tool_calls {
+                // `input` must be an object; text the model sent is wrapped.
+                let input = match &c.arguments {
+                    Value::Object(_) => c.arguments.clone(),
+                    other => json!({ "input": other }),
+                };
+                out.push(json!({
+                    "type": "tool_use", "id": c.id, "name": c.name, "input": input,
+                }));
+            }
+            ("assistant", out)
+        }
+        Role::User | Role::System => ("user", vec![json!({ "type": "text", "text": m.content })]),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Reply {
+    #[serde(default)]
+    model: Option<String>,
+    content: Vec<Block>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    usage: WireUsage,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: u32,
+    #[serde(default)]
+    output_tokens: u32,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u32>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u32>,
+}
+
+pub(crate) fn parse_response(
+    body: Reply,
+    latency: Duration,
+    requested_model: &str,
+) -> Result<ChatResponse, LlmError> {
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in body.content {
+        match block {
+            Block::Text { text: t } => text.push_str(&t),
+            Block::ToolUse { id, name, input } => tool_calls.push(ToolCall {
+                id,
+                name,
+                arguments: input,
+            }),
+            // Thinking and other blocks are not part of the answer.
+            Block::Other => {}
+        }
+    }
+    let finish_reason = match body.stop_reason.as_deref() {
+        Some("end_turn" | "stop_sequence") | None => FinishReason::Stop,
+        Some("max_tokens") => FinishReason::Length,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some(other) => FinishReason::Other(other.to_string()),
+    };
+    let u = body.usage;
+    // Cached prompt tokens are prompt tokens too: they count against the budget.
+    let prompt_tokens = u
+        .input_tokens
+        .saturating_add(u.cache_creation_input_tokens.unwrap_or(0))
+        .saturating_add(u.cache_read_input_tokens.unwrap_or(0));
+    Ok(ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: text,
+            tool_calls,
+            tool_call_id: None,
+        },
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens: u.output_tokens,
+        },
+        finish_reason,
+        latency,
+        model: body.model.unwrap_or_else(|| requested_model.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_goes_top_level_and_tool_results_merge_into_one_user_turn() {
+        let mut a = Message::assistant("let me look");
+        a.tool_calls = vec![
+            ToolCall {
+                id: "t1".into(),
+                name: "f".into(),
+                arguments: json!({"a": 1}),
+            },
+            ToolCall {
+                id: "t2".into(),
+                name: "g".into(),
+                arguments: json!("raw"),
+            },
+        ];
+        let req = ChatRequest::new(
+            "claude",
+            vec![
+                Message::system("be brief"),
+                Message::user("q"),
+                a,
+                Message::tool("t1", "r1"),
+                Message::tool("t2", "r2"),
+                Message::user("and?"),
+            ],
+            64,
+        );
+        let body = request_body(&req);
+        assert_eq!(body["system"], json!("be brief"));
+        let msgs = body["messages"].as_array().expect("messages");
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[1]["content"][1]["type"], json!("tool_use"));
+        assert_eq!(msgs[1]["content"][2]["input"], json!({"input": "raw"}));
+        assert_eq!(msgs[2]["role"], json!("user"));
+        let blocks = msgs[2]["content"].as_array().expect("blocks");
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(blocks[0]["tool_use_id"], json!("t1"));
+        assert_eq!(blocks[2]["text"], json!("and?"));
+    }
+
+    #[test]
+    fn unknown_blocks_are_skipped_and_cached_tokens_counted() {
+        let body: Reply = serde_json::from_value(json!({
+            "content": [{"type": "thinking", "thinking": "..."}, {"type": "text", "text": "hi"}],
+            "stop_reason": "refusal",
+            "usage": {"input_tokens": 5, "output_tokens": 2,
+                      "cache_read_input_tokens": 10, "cache_creation_input_tokens": null}
+        }))
+        .expect("shape");
+        let r = parse_response(body, Duration::ZERO, "m").expect("parse");
+        assert_eq!(r.message.content, "hi");
+        assert_eq!(r.usage.prompt_tokens, 15);
+        assert_eq!(r.finish_reason, FinishReason::Other("refusal".into()));
+    }
+}

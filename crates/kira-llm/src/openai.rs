@@ -1,0 +1,326 @@
+//! OpenAI-compatible chat completions (`POST {base}/chat/completions`):
+//! OpenAI itself, vLLM, Ollama, the llama.cpp server, LiteLLM. Tool calls
+//! are OpenAI's function calls, whose arguments travel as a JSON string.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::{self, send_json};
+use crate::{
+    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, Role, ToolCall, Usage,
+};
+
+/// OpenAI's API, the default base URL.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+pub struct OpenAi {
+    name: String,
+    base: String,
+    key: Option<String>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for OpenAi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAi")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .field("key", &self.key.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl OpenAi {
+    /// A provider named `name` at `base_url` (e.g. `https://api.openai.com/v1`,
+    /// `http://localhost:11434/v1`); `key` is sent as a bearer token when
+    /// given (local servers need none). `timeout` bounds one request.
+    pub fn new(
+        name: impl Into<String>,
+        base_url: &str,
+        key: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, LlmError> {
+        Ok(Self {
+            name: name.into(),
+            base: http::base_url(base_url)?,
+            key: key.filter(|k| !k.is_empty()),
+            client: http::client(timeout)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let mut request = self
+            .client
+            .post(format!("{}/chat/completions", self.base))
+            .json(&request_body(req));
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        let (body, latency): (Completion, _) =
+            send_json(&self.name, request, self.key.as_deref()).await?;
+        parse_response(&self.name, body, latency, &req.model)
+    }
+}
+
+/// The JSON body OpenAI's chat completions take.
+pub(crate) fn request_body(req: &ChatRequest) -> Value {
+    let messages: Vec<Value> = req.messages.iter().map(wire_message).collect();
+    let mut body = json!({
+        "model": req.model,
+        "messages": messages,
+        "max_tokens": req.max_tokens,
+    });
+    if let Some(t) = req.temperature {
+        body["temperature"] = json!(t);
+    }
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    }
+                })
+            })
+            .collect();
+    }
+    body
+}
+
+fn wire_message(m: &Message) -> Value {
+    let mut out = json!({ "role": m.role.as_str(), "content": m.content });
+    if m.role == Role::Assistant && !m.tool_calls.is_empty() {
+        if m.content.is_empty() {
+            out["content"] = Value::Null;
+        }
+        out["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                // Arguments travel as a JSON string; a string argument is
+                // the model's own unparseable text, sent back as it was.
+                let arguments = match &c.arguments {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                };
+                json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": { "name": c.name, "arguments": arguments },
+                })
+            })
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        out["tool_call_id"] = json!(id);
+    }
+    out
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Completion {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    message: WireMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+}
+
+pub(crate) fn parse_response(
+    provider: &str,
+    body: Completion,
+    latency: Duration,
+    requested_model: &str,
+) -> Result<ChatResponse, LlmError> {
+    let decode = |message: &str| LlmError::Decode {
+        provider: provider.to_string(),
+        message: message.to_string(),
+    };
+    let choice = body
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| decode("no choices in the response"))?;
+    let tool_calls: Vec<ToolCall> = choice
+        .message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let raw = c.function.arguments.unwrap_or_default();
+            let arguments = if raw.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&raw).unwrap_or(Value::String(raw))
+            };
+            ToolCall {
+                id: c.id.unwrap_or_else(|| format!("call_{i}")),
+                name: c.function.name,
+                arguments,
+            }
+        })
+        .collect();
+    let finish_reason = match choice.finish_reason.as_deref() {
+        Some("stop") => FinishReason::Stop,
+        Some("length") => FinishReason::Length,
+        Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
+        Some(other) => FinishReason::Other(other.to_string()),
+        // Some servers leave it out; say what the message shows.
+        None if !tool_calls.is_empty() => FinishReason::ToolCalls,
+        None => FinishReason::Stop,
+    };
+    let usage = match body.usage {
+        Some(u) => Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        },
+        None => {
+            tracing::warn!(provider, "response has no usage; counting zero tokens");
+            Usage::default()
+        }
+    };
+    Ok(ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: choice.message.content.unwrap_or_default(),
+            tool_calls,
+            tool_call_id: None,
+        },
+        usage,
+        finish_reason,
+        latency,
+        model: body.model.unwrap_or_else(|| requested_model.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ToolSpec;
+
+    fn parse(v: Value) -> ChatResponse {
+        let body: Completion = serde_json::from_value(v).expect("shape");
+        parse_response("t", body, Duration::ZERO, "asked").expect("parse")
+    }
+
+    #[test]
+    fn assistant_tool_calls_go_out_as_function_calls_with_string_arguments() {
+        let mut a = Message::assistant("");
+        a.tool_calls.push(ToolCall {
+            id: "c1".into(),
+            name: "search".into(),
+            arguments: json!({"q": "x"}),
+        });
+        let mut req = ChatRequest::new(
+            "m",
+            vec![Message::user("hi"), a, Message::tool("c1", "found")],
+            10,
+        );
+        req.tools.push(ToolSpec {
+            name: "search".into(),
+            description: "d".into(),
+            parameters: json!({"type": "object"}),
+        });
+        let body = request_body(&req);
+        assert_eq!(body["messages"][1]["content"], Value::Null);
+        assert_eq!(
+            body["messages"][1]["tool_calls"][0]["function"]["arguments"],
+            json!("{\"q\":\"x\"}")
+        );
+        assert_eq!(body["messages"][2]["tool_call_id"], json!("c1"));
+        assert_eq!(body["tools"][0]["function"]["name"], json!("search"));
+        assert!(body.get("temperature").is_none());
+    }
+
+    #[test]
+    fn odd_finish_reasons_and_missing_fields_are_tolerated() {
+        let r = parse(json!({"choices": [{"message": {"content": null}, "finish_reason": "eos"}]}));
+        assert_eq!(r.finish_reason, FinishReason::Other("eos".into()));
+        assert_eq!(r.message.content, "");
+        assert_eq!(r.model, "asked");
+        assert_eq!(r.usage, Usage::default());
+        let r = parse(json!({"choices": [{"message": {"tool_calls": [
+            {"function": {"name": "f", "arguments": "not json"}},
+            {"id": "b", "function": {"name": "g", "arguments": ""}}
+        ]}}]}));
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(r.message.tool_calls[0].id, "call_0");
+        assert_eq!(r.message.tool_calls[0].arguments, json!("not json"));
+        assert_eq!(r.message.tool_calls[1].arguments, json!({}));
+    }
+
+    #[test]
+    fn no_choices_is_a_decode_error() {
+        let body: Completion = serde_json::from_value(json!({"choices": []})).expect("shape");
+        assert!(matches!(
+            parse_response("t", body, Duration::ZERO, "m"),
+            Err(LlmError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let p = OpenAi::new(
+            "openai",
+            "http://127.0.0.1:1",
+            Some("sk-secret".into()),
+            Duration::from_secs(1),
+        )
+        .expect("provider");
+        assert!(!format!("{p:?}").contains("sk-secret"));
+    }
+}
