@@ -1,16 +1,37 @@
 //! Cross-company sharing as the engine applies it: the explainer (which
-//! rule decides for two companies and a scope, and why), conflict flags,
-//! and the count of denied cross-company reads, a security signal.
+//! rule decides for two companies and a scope, and why), conflict
+//! detection, the anonymised items a context pack takes from other
+//! companies, and the count of denied cross-company reads, a security
+//! signal.
+//!
+//! Every cross-company read here goes through the other company's own
+//! scope, made on the system principal's admin path, and is audited under
+//! that company's id; nothing but an anonymised copy leaves this module.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 
-use kira_core::auth::{Access, AdminScope};
+use kira_core::anonymise::{Redactions, anonymise};
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Access, AdminScope, CompanyScope, Principal, sha256};
+use kira_core::conflict::{
+    Conflict, NameKind, is_contract_event, listed_names, text_name_candidates,
+};
+use kira_core::memory::{Memory, new_memory_id};
 use kira_core::sharing::{Facts, Verdict, decide};
 use kira_core::{CompanyId, ValidationError};
+use kira_store::conflicts::SCAN_MAX_KEYS;
+use kira_store::memory::MemoryFilter;
 use serde::Serialize;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
+use crate::memory::pack;
 use crate::{Engine, EngineError};
+
+/// The most people and counterparties of one company the anonymiser is
+/// given for a copy of its memories.
+const MAX_REDACTED_NAMES: u32 = 5_000;
 
 /// The explainer's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -73,6 +94,237 @@ impl Engine {
         })
     }
 
+    /// Opens a conflict flag for each counterparty that `memories` (just
+    /// stored for the scope's company) share with another company: named
+    /// in `content.counterparties`, or, for contract and deal events,
+    /// anywhere in the text. Idempotent: a flag already open for the pair
+    /// and counterparty only gains the new memory ids. Returns the flags
+    /// made or grown.
+    ///
+    /// Other companies' counterparties are found by one scan of the name
+    /// index per [`SCAN_MAX_KEYS`] candidate names (whatever the number of
+    /// companies), audited under each company matched. A counterparty that
+    /// another company's contract text names but does not list is found
+    /// when that text is written, not later.
+    pub async fn detect_conflicts(
+        &self,
+        scope: &CompanyScope,
+        memories: &[Memory],
+    ) -> Result<Vec<Conflict>, EngineError> {
+        // Candidate key -> the new memories that name it.
+        let mut named: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+        for m in memories {
+            let mut add = |key: String| {
+                let ids = named.entry(key).or_default();
+                if ids.last() != Some(&m.id) {
+                    ids.push(m.id);
+                }
+            };
+            for n in listed_names(&m.content) {
+                if n.kind == NameKind::Counterparty {
+                    add(n.key);
+                }
+            }
+            if is_contract_event(m) {
+                text_name_candidates(m.text(), &mut add);
+            }
+        }
+        if named.is_empty() {
+            return Ok(Vec::new());
+        }
+        let admin = system_admin()?;
+        let store = self.store();
+        let now = self.clock().now();
+        let company = scope.company();
+        let keys: Vec<String> = named.keys().cloned().collect();
+        let mut flags = Vec::new();
+        for chunk in keys.chunks(SCAN_MAX_KEYS) {
+            let scan = system_record(
+                now,
+                "memory.conflict_scan",
+                None,
+                format!("company:{company}"),
+                String::new(),
+            );
+            let matches = store
+                .scan_counterparties(&admin, company, chunk, scan)
+                .await?;
+            for m in matches {
+                let mut ids = named.get(&m.key).cloned().unwrap_or_default();
+                ids.extend(m.memory_ids);
+                let audit = system_record(
+                    now,
+                    "conflict.flag",
+                    None,
+                    "conflicts".into(),
+                    format!("{company} and {} both name {}", m.company, m.key),
+                );
+                let flag = store
+                    .flag_conflict(
+                        &admin,
+                        new_memory_id(now),
+                        company,
+                        &m.company,
+                        &m.key,
+                        &ids,
+                        now,
+                        audit,
+                    )
+                    .await?;
+                flags.extend(flag);
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Items for a context pack's shared section: the best full-text hits
+    /// for `query` among the memories of every other active company whose
+    /// pair with the scope's company the rules allow `task_scope` for (open
+    /// conflicts included), at most `k` in all, each an anonymised copy
+    /// (the company's name and id, its contacts, the people and
+    /// counterparties its memories list, emails, phones, amounts and exact
+    /// dates replaced) whose id, `shared:<hash>`, names no company.
+    ///
+    /// A pair the rules would allow but an open conflict blocks is a
+    /// denied cross-company read: counted and audited.
+    pub async fn shared_candidates(
+        &self,
+        scope: &CompanyScope,
+        task_scope: &str,
+        query: &str,
+        k: usize,
+    ) -> Result<Vec<pack::Candidate>, EngineError> {
+        if k == 0 || query.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.store();
+        let rules = &self.config().sharing;
+        let own = store.get_company(scope).await?;
+        // Conditions have no negation, so they are monotone in their atoms,
+        // and no partner makes more atoms true than the company itself does
+        // (same jurisdiction and industry; consent needs both sides). If
+        // the company could not share the scope with itself, it shares it
+        // with nobody: no cross-company read at all.
+        let best = Facts {
+            a: &own.profile,
+            b: &own.profile,
+            conflict_open: false,
+        };
+        if !decide(rules, &best, task_scope).allowed {
+            return Ok(Vec::new());
+        }
+        let admin = system_admin()?;
+        let now = self.clock().now();
+        let me = scope.company();
+        let listing = system_record(
+            now,
+            "sharing.partners",
+            Some(me.clone()),
+            format!("company:{me}"),
+            format!("scope {task_scope}"),
+        );
+        let companies = store.list_companies(&admin, false, listing).await?;
+        let blocked: HashSet<CompanyId> = store
+            .conflict_partners(&admin, me)
+            .await?
+            .into_iter()
+            .collect();
+        let limit = u32::try_from(k).unwrap_or(u32::MAX);
+        let max_companies = self.config().memory.context.shared_companies as usize;
+        let mut out: Vec<pack::Candidate> = Vec::new();
+        let mut searched = 0usize;
+        for other in companies.iter().filter(|c| &c.id != me) {
+            if searched == max_companies {
+                break;
+            }
+            let facts = Facts {
+                a: &own.profile,
+                b: &other.profile,
+                conflict_open: blocked.contains(&other.id),
+            };
+            let verdict = decide(rules, &facts, task_scope);
+            if !verdict.allowed {
+                let unblocked = Facts {
+                    conflict_open: false,
+                    ..facts
+                };
+                if facts.conflict_open && decide(rules, &unblocked, task_scope).allowed {
+                    self.deny_cross_company_read(now, me, &other.id, task_scope, &verdict)
+                        .await;
+                }
+                continue;
+            }
+            searched += 1;
+            let theirs = admin.company(&other.id, Access::Read);
+            let hits = store
+                .search_memories(&theirs, query, &MemoryFilter::default(), limit)
+                .await?;
+            store
+                .append_audit(system_record(
+                    now,
+                    "memory.shared_read",
+                    Some(other.id.clone()),
+                    format!("company:{me}"),
+                    format!(
+                        "{} anonymised item(s) of scope {task_scope} for {me}, rule {}",
+                        hits.len(),
+                        verdict.rule.as_deref().unwrap_or("-")
+                    ),
+                ))
+                .await?;
+            if hits.is_empty() {
+                continue;
+            }
+            let mut redact = Redactions::of_company(&other.id, &other.profile);
+            for (kind, name) in store.listed_names(&theirs, MAX_REDACTED_NAMES).await? {
+                match kind {
+                    NameKind::Person => redact.people.push(name),
+                    NameKind::Counterparty => redact.counterparties.push(name),
+                }
+            }
+            let best = hits
+                .iter()
+                .map(|h| h.relevance)
+                .fold(f64::MIN_POSITIVE, f64::max);
+            for h in hits {
+                out.push(pack::Candidate {
+                    id: shared_id(&other.id, h.memory.id),
+                    layer: None,
+                    score: (h.relevance / best).clamp(f64::MIN_POSITIVE, 1.0),
+                    text: anonymise(&render_shared(&h.memory), &redact),
+                });
+            }
+        }
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        out.truncate(k);
+        Ok(out)
+    }
+
+    /// Counts and audits a cross-company read that was refused.
+    async fn deny_cross_company_read(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        reader: &CompanyId,
+        owner: &CompanyId,
+        task_scope: &str,
+        verdict: &Verdict,
+    ) {
+        self.count_denied_cross_company_read();
+        let record = AuditRecord {
+            outcome: Outcome::Denied,
+            ..system_record(
+                now,
+                "memory.shared_read",
+                Some(owner.clone()),
+                format!("company:{reader}"),
+                format!("scope {task_scope}: {}", verdict.reason),
+            )
+        };
+        if let Err(e) = self.store().append_audit(record).await {
+            tracing::error!(error = %e, "could not audit a denied cross-company read");
+        }
+    }
+
     /// Counts one denied cross-company read (the caller audits it).
     pub fn count_denied_cross_company_read(&self) {
         self.inner
@@ -87,4 +339,53 @@ impl Engine {
             .denied_cross_company_reads
             .load(Ordering::Relaxed)
     }
+}
+
+/// The system principal's admin path, for the engine's own cross-company
+/// work.
+fn system_admin() -> Result<AdminScope, EngineError> {
+    Principal::system().admin().map_err(|_| {
+        EngineError::Invalid(ValidationError::new(
+            "principal",
+            "the system principal is not an admin",
+        ))
+    })
+}
+
+fn system_record(
+    at: chrono::DateTime<chrono::Utc>,
+    action: &str,
+    company: Option<CompanyId>,
+    target: String,
+    detail: String,
+) -> AuditRecord {
+    AuditRecord {
+        at,
+        request_id: format!("{action}-{}", at.timestamp_millis()),
+        actor: "system".into(),
+        company_id: company,
+        action: action.into(),
+        target,
+        outcome: Outcome::Ok,
+        detail,
+    }
+}
+
+/// A shared item's id: a hash of its origin, so a pack can tell items
+/// apart without learning which company they came from.
+fn shared_id(company: &CompanyId, memory: Uuid) -> String {
+    let digest = sha256(format!("shared\u{1f}{company}\u{1f}{memory}").as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("shared:{hex}")
+}
+
+/// A memory as another company sees it, before anonymising: its kind and
+/// text, without the date (an exact date is one of the things removed).
+fn render_shared(m: &Memory) -> String {
+    format!(
+        "[{}/{}] {}",
+        m.event_type,
+        m.workstream,
+        m.text().replace('\n', " ")
+    )
 }

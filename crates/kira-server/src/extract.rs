@@ -170,6 +170,11 @@ impl Act {
     }
 
     async fn audit_failure(&self, e: &ApiError) {
+        // A scope refused as "not found" is a caller of one company naming
+        // another: a denied cross-company read, a security signal.
+        if e.outcome == Outcome::Denied && e.status == StatusCode::NOT_FOUND {
+            self.app.engine.count_denied_cross_company_read();
+        }
         let detail = match &e.field {
             Some(f) => format!("{} ({f})", e.code),
             None => e.code.to_owned(),

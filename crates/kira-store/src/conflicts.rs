@@ -55,6 +55,93 @@ pub trait ConflictStore: Send + Sync {
     /// Whether an open flag exists between the two (either order).
     async fn conflict_open(&self, admin: &AdminScope, a: &CompanyId, b: &CompanyId)
     -> Result<bool>;
+
+    /// The companies with an open flag against `company`, each once.
+    async fn conflict_partners(
+        &self,
+        admin: &AdminScope,
+        company: &CompanyId,
+    ) -> Result<Vec<CompanyId>>;
+
+    /// The conflict scan: which companies other than `company` list one of
+    /// `keys` (normalised counterparty names) in a memory's
+    /// `content.counterparties`, with up to [`SCAN_IDS_PER_MATCH`] of those
+    /// memories' ids each, ordered by key, company and id. Reads the
+    /// name index only, never another company's memories. For every company
+    /// matched, appends `audit` naming it (`company_id` set to it, `detail`
+    /// saying which of its counterparties matched) in the same transaction;
+    /// a scan that matches nothing writes nothing.
+    async fn scan_counterparties(
+        &self,
+        admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>>;
+}
+
+/// The most memory ids of one company a scan returns per counterparty: a
+/// flag names examples for its reviewer, not every mention.
+pub const SCAN_IDS_PER_MATCH: usize = 20;
+
+/// The most keys one scan takes; callers send more in several scans.
+pub const SCAN_MAX_KEYS: usize = 5_000;
+
+/// Another company that lists a counterparty the scanning company names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterpartyMatch {
+    /// The normalised name.
+    pub key: String,
+    pub company: CompanyId,
+    pub memory_ids: Vec<Uuid>,
+}
+
+/// The per-company audit records of a scan's matches, from the template.
+pub(crate) fn scan_records(audit: &AuditRecord, matches: &[CounterpartyMatch]) -> Vec<AuditRecord> {
+    let mut by_company: std::collections::BTreeMap<&CompanyId, Vec<&str>> = Default::default();
+    for m in matches {
+        by_company.entry(&m.company).or_default().push(&m.key);
+    }
+    by_company
+        .into_iter()
+        .map(|(company, keys)| AuditRecord {
+            company_id: Some(company.clone()),
+            detail: format!("counterparties matched: {}", keys.join(", ")),
+            ..audit.clone()
+        })
+        .collect()
+}
+
+pub(crate) fn check_scan_keys(keys: &[String]) -> Result<()> {
+    if keys.len() > SCAN_MAX_KEYS {
+        return Err(kira_core::ValidationError::new(
+            "keys",
+            format!("at most {SCAN_MAX_KEYS} per scan"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Rows of (key, company, memory id) in key, company, id order, grouped
+/// into matches of at most [`SCAN_IDS_PER_MATCH`] ids.
+pub(crate) fn group_matches(rows: Vec<(String, CompanyId, Uuid)>) -> Vec<CounterpartyMatch> {
+    let mut out: Vec<CounterpartyMatch> = Vec::new();
+    for (key, company, id) in rows {
+        match out.last_mut() {
+            Some(m) if m.key == key && m.company == company => {
+                if m.memory_ids.len() < SCAN_IDS_PER_MATCH {
+                    m.memory_ids.push(id);
+                }
+            }
+            _ => out.push(CounterpartyMatch {
+                key,
+                company,
+                memory_ids: vec![id],
+            }),
+        }
+    }
+    out
 }
 
 /// The ids a flag should hold after adding `new` to `old`: `old` in its

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
+use kira_core::conflict::NameKind;
 use kira_core::memory::{EventType, Memory, Workstream};
 use kira_core::{CompanyId, ValidationError};
 use uuid::Uuid;
@@ -225,6 +226,15 @@ pub trait MemoryStore: Send + Sync {
     /// embedded, or the memory is gone).
     async fn drop_embed_jobs(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<()>;
 
+    /// The distinct people and counterparties the scope's memories list
+    /// (archived ones included), as written, at most `limit`: what the
+    /// anonymiser removes from a copy that leaves the company.
+    async fn listed_names(
+        &self,
+        scope: &CompanyScope,
+        limit: u32,
+    ) -> Result<Vec<(NameKind, String)>>;
+
     /// The vectors for `model` of the scope's memories that pass `filter`.
     async fn memory_vectors(
         &self,
@@ -305,6 +315,19 @@ pub(crate) fn summary_sources(scope: &CompanyScope, summary: &Memory) -> Result<
         );
     }
     Ok(ids)
+}
+
+/// The name index rows of `memories`: (memory id, kind, name as written,
+/// key), from each memory's `content.people` and `content.counterparties`.
+pub(crate) fn name_rows(memories: &[Memory]) -> Vec<(Uuid, NameKind, String, String)> {
+    memories
+        .iter()
+        .flat_map(|m| {
+            kira_core::conflict::listed_names(&m.content)
+                .into_iter()
+                .map(move |n| (m.id, n.kind, n.name, n.key))
+        })
+        .collect()
 }
 
 /// The vectors to store, one per memory (the last given wins), in id order.

@@ -10,7 +10,7 @@ pub mod jobs;
 pub mod pack;
 pub mod summarize;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::ValidationError;
@@ -20,6 +20,7 @@ use kira_core::memory::{
     CompactionConfig, Layer, LayerConfig, Memory, NewMemory, ScoreWeights, Workstream, fuse_rrf,
     layer, new_memory_id, rank_hits,
 };
+use kira_core::sharing::{SCOPE_ANONYMIZED_LEGAL_PATTERNS, SCOPE_PROCESS_TEMPLATES};
 use kira_store::memory::{Archived, MAX_BATCH, MemoryFilter};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -71,6 +72,17 @@ pub struct ContextConfig {
     pub warm_items: u32,
     /// Cold search hits offered at most (SEED: the top 5).
     pub cold_hits: u32,
+    /// Shared knowledge base hits offered at most.
+    pub knowledge_hits: u32,
+    /// Anonymised items from other companies offered at most.
+    pub shared_hits: u32,
+    /// Other companies searched at most for one pack's shared section.
+    pub shared_companies: u32,
+    /// The sharing scope a workstream's tasks ask other companies for;
+    /// workstreams not listed (and packs without a task type) ask for
+    /// `shared_default_scope`.
+    pub shared_scopes: BTreeMap<Workstream, String>,
+    pub shared_default_scope: String,
     /// Budget when a request names none.
     pub default_budget: usize,
     /// The largest budget a request may ask for.
@@ -84,6 +96,14 @@ impl Default for ContextConfig {
             hot_items: 20,
             warm_items: 20,
             cold_hits: 5,
+            knowledge_hits: 5,
+            shared_hits: 5,
+            shared_companies: 20,
+            shared_scopes: BTreeMap::from([(
+                Workstream::Legal,
+                SCOPE_ANONYMIZED_LEGAL_PATTERNS.to_owned(),
+            )]),
+            shared_default_scope: SCOPE_PROCESS_TEMPLATES.to_owned(),
             default_budget: 4_000,
             max_budget: 128_000,
         }
@@ -116,7 +136,10 @@ pub struct ContextRequest {
 impl Engine {
     /// Validates and stores 1..=1,000 memories in one transaction. Errors
     /// name the field (`memories.3.importance` for a batch). The store
-    /// queues each for embedding; the embedder is woken.
+    /// queues each for embedding; the embedder is woken. Then conflicts
+    /// with other companies are looked for ([`Engine::detect_conflicts`]):
+    /// the write is done by then, so a failure there is logged, not
+    /// returned.
     pub async fn add_memories(
         &self,
         scope: &CompanyScope,
@@ -152,6 +175,9 @@ impl Engine {
             .insert_memories(scope, &memories, audit)
             .await?;
         self.inner.embed_wake.notify_one();
+        if let Err(e) = self.detect_conflicts(scope, &memories).await {
+            tracing::error!(company = %scope.company(), error = %e, "conflict detection failed");
+        }
         Ok(memories)
     }
 
@@ -359,11 +385,39 @@ impl Engine {
             .map(|h| cand(&h.memory, h.score))
             .collect();
 
+        // Knowledge and shared: the task text's best hits in the knowledge
+        // base and, as anonymised copies, in other companies' memories
+        // where a sharing rule allows the task's scope.
+        let knowledge_c: Vec<pack::Candidate> = self
+            .knowledge_candidates(&req.query, cfg.context.knowledge_hits as usize)
+            .await?
+            .into_iter()
+            .map(|(id, score, text)| pack::Candidate {
+                id,
+                layer: None,
+                score,
+                text,
+            })
+            .collect();
+        let shared_scope = workstream
+            .and_then(|w| cfg.context.shared_scopes.get(&w))
+            .unwrap_or(&cfg.context.shared_default_scope);
+        let shared_c = self
+            .shared_candidates(
+                scope,
+                shared_scope,
+                &req.query,
+                cfg.context.shared_hits as usize,
+            )
+            .await?;
+
         Ok(pack::fit(
             vec![
                 (Section::Hot, hot_c),
                 (Section::Warm, warm_c),
                 (Section::Cold, cold_c),
+                (Section::Knowledge, knowledge_c),
+                (Section::Shared, shared_c),
             ],
             budget,
             &cfg.context.shares,

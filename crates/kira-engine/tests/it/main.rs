@@ -4,3 +4,4 @@
 mod bench;
 mod memory;
 mod scheduler;
+mod sharing;

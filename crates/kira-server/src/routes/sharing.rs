@@ -41,6 +41,10 @@ pub struct ConflictQuery {
 pub struct ConflictList {
     /// Newest first.
     pub conflicts: Vec<Conflict>,
+    /// Cross-company reads refused since this server started (another
+    /// company named by a caller, or shared context blocked by an open
+    /// conflict): a security signal, each also in the audit log.
+    pub denied_cross_company_reads: u64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -102,7 +106,10 @@ pub async fn list_conflicts(
             .list_conflicts(&admin, status, act.ok())
             .await
             .map_err(|e| ApiError::from_store(e, "conflict"))?;
-        Ok(Json(ConflictList { conflicts }))
+        Ok(Json(ConflictList {
+            conflicts,
+            denied_cross_company_reads: app.engine.denied_cross_company_reads(),
+        }))
     }
     .await;
     act.read(result).await

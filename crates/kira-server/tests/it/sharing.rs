@@ -236,3 +236,67 @@ async fn sqlite_sharing_rule_table() {
 async fn postgres_sharing_rule_table() {
     table(Backend::Postgres).await;
 }
+
+/// Through the API: two companies' memories naming one counterparty open a
+/// flag the explainer reports, and a caller of one company naming the
+/// other is refused, audited and counted in `GET /v1/conflicts`.
+async fn detection_and_denials(backend: Backend) {
+    let s = Server::start(backend).await;
+    company(&s, "fin-de", "fintech", "US-DE", &[TEMPLATES]).await;
+    company(&s, "bank-de", "Banking", "US-DE", &[TEMPLATES]).await;
+    for (c, text) in [("fin-de", "Supply talks"), ("bank-de", "Credit line")] {
+        s.admin_ok(
+            Method::POST,
+            &format!("/v1/companies/{c}/memory"),
+            Some(json!({
+                "occurred_at": "2026-01-05T10:00:00Z", "event_type": "note", "workstream": "general",
+                "content": {"text": text, "counterparties": ["Initech LLC"]},
+            })),
+        )
+        .await;
+    }
+    let list = s.admin_ok(Method::GET, "/v1/conflicts", None).await;
+    let flags = list["conflicts"].as_array().expect("list");
+    assert_eq!(flags.len(), 1, "{list}");
+    assert_eq!(flags[0]["counterparty"], "initech llc");
+    assert_eq!(flags[0]["company_a"], "bank-de");
+    assert_eq!(flags[0]["company_b"], "fin-de");
+    let v = check(&s, "fin-de", "bank-de", TEMPLATES).await;
+    assert_eq!(v["conflict_open"], true, "{v}");
+    assert_eq!(v["verdict"]["allowed"], false, "{v}");
+
+    let before = list["denied_cross_company_reads"].as_u64().expect("count");
+    let (_, token) = s.key("operator", Some("fin-de")).await;
+    let (st, _) = s
+        .call(
+            Method::GET,
+            "/v1/companies/bank-de/memory",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let list = s.admin_ok(Method::GET, "/v1/conflicts", None).await;
+    assert_eq!(
+        list["denied_cross_company_reads"].as_u64(),
+        Some(before + 1),
+        "{list}"
+    );
+    let audit = s.audit().await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["outcome"] == "denied" && e["target"] == "company:bank-de"),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_detection_and_denials() {
+    detection_and_denials(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_detection_and_denials() {
+    detection_and_denials(Backend::Postgres).await;
+}

@@ -15,8 +15,11 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::memory::{TSQUERY_AFTER, TSQUERY_BEFORE};
-use super::{PgStore, UNIQUE_VIOLATION, append, sqlstate};
-use crate::conflicts::{ConflictStore, merged_ids};
+use super::{PgStore, UNIQUE_VIOLATION, append, company_id, sqlstate};
+use crate::conflicts::{
+    ConflictStore, CounterpartyMatch, SCAN_IDS_PER_MATCH, check_scan_keys, group_matches,
+    merged_ids, scan_records,
+};
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
 };
@@ -498,5 +501,61 @@ impl ConflictStore for PgStore {
         .await?;
         tx.commit().await?;
         Ok(open)
+    }
+
+    async fn conflict_partners(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+    ) -> Result<Vec<CompanyId>> {
+        let mut tx = self.admin_read().await?;
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT company_b FROM conflicts WHERE company_a = $1 AND status = 'open' \
+             UNION SELECT company_a FROM conflicts WHERE company_b = $1 AND status = 'open'",
+        )
+        .bind(company.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(|s| company_id(s)).collect()
+    }
+
+    async fn scan_counterparties(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>> {
+        check_scan_keys(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // memory_names' conflict_scan policy shows counterparty rows, and
+        // nothing else, to an admin_read transaction.
+        let mut tx = self.admin_read().await?;
+        let rows: Vec<(String, String, Uuid)> = sqlx::query_as(
+            "SELECT key, company_id, memory_id FROM ( \
+                 SELECT key, company_id, memory_id, row_number() OVER \
+                     (PARTITION BY key, company_id ORDER BY memory_id) AS n \
+                 FROM memory_names \
+                 WHERE kind = 'counterparty' AND company_id <> $1 AND key = ANY ($2)) AS r \
+             WHERE n <= $3 ORDER BY key, company_id, memory_id",
+        )
+        .bind(company.as_str())
+        .bind(keys)
+        .bind(SCAN_IDS_PER_MATCH as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let rows = rows
+            .into_iter()
+            .map(|(key, c, id)| Ok((key, company_id(&c)?, id)))
+            .collect::<Result<Vec<_>>>()?;
+        let matches = group_matches(rows);
+        for record in scan_records(&audit, &matches) {
+            append(&mut tx, record).await?;
+        }
+        tx.commit().await?;
+        Ok(matches)
     }
 }

@@ -11,6 +11,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
+use kira_core::conflict::NameKind;
 use kira_core::memory::{EventType, Memory, Workstream};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -171,6 +172,32 @@ async fn insert_rows(
         Some(FOREIGN_KEY_VIOLATION) => StoreError::NotFound,
         _ => e.into(),
     })?;
+    let names = name_rows(memories);
+    if !names.is_empty() {
+        let mut ids = Vec::with_capacity(names.len());
+        let mut kinds = Vec::with_capacity(names.len());
+        let mut written = Vec::with_capacity(names.len());
+        let mut keys = Vec::with_capacity(names.len());
+        for (id, kind, name, key) in names {
+            ids.push(id);
+            kinds.push(kind.as_str());
+            written.push(name);
+            keys.push(key);
+        }
+        sqlx::query(
+            "INSERT INTO memory_names (kind, key, company_id, memory_id, name) \
+             SELECT r.kind, r.key, $1, r.memory_id, r.name \
+             FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[]) AS r(kind, key, memory_id, name) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(company.as_str())
+        .bind(kinds)
+        .bind(keys)
+        .bind(ids)
+        .bind(written)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -213,6 +240,10 @@ pub(super) async fn delete_company_memory(
     deleted: &mut DeletedRows,
 ) -> Result<()> {
     for (table, sql) in [
+        (
+            "memory_names",
+            "DELETE FROM memory_names WHERE company_id = $1",
+        ),
         (
             "memory_vectors",
             "DELETE FROM memory_vectors WHERE company_id = $1",
@@ -546,6 +577,29 @@ impl MemoryStore for PgStore {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    async fn listed_names(
+        &self,
+        scope: &CompanyScope,
+        limit: u32,
+    ) -> Result<Vec<(NameKind, String)>> {
+        let mut tx = self.scoped(scope.company()).await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT kind, name FROM memory_names WHERE company_id = $1 \
+             ORDER BY kind, name LIMIT $2",
+        )
+        .bind(scope.company().as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|(kind, name)| {
+                let kind = NameKind::parse(&kind).ok_or_else(|| corrupt("name kind", &kind))?;
+                Ok((kind, name))
+            })
+            .collect()
     }
 
     async fn memory_vectors(

@@ -13,8 +13,11 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{SqliteStore, append, json, parse_ts, to_json, ts};
-use crate::conflicts::{ConflictStore, merged_ids};
+use super::{SqliteStore, append, company_id, json, parse_ts, to_json, ts};
+use crate::conflicts::{
+    ConflictStore, CounterpartyMatch, SCAN_IDS_PER_MATCH, check_scan_keys, group_matches,
+    merged_ids, scan_records,
+};
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
 };
@@ -497,5 +500,63 @@ impl ConflictStore for SqliteStore {
         .fetch_one(self.pool())
         .await?;
         Ok(n > 0)
+    }
+
+    async fn conflict_partners(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+    ) -> Result<Vec<CompanyId>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT company_b FROM conflicts WHERE company_a = ?1 AND status = 'open' \
+             UNION SELECT company_a FROM conflicts WHERE company_b = ?1 AND status = 'open'",
+        )
+        .bind(company.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|s| company_id(s)).collect()
+    }
+
+    async fn scan_counterparties(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>> {
+        check_scan_keys(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The writer turn, so the read and its audit are one transaction.
+        let mut tx = self.write().await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT key, company_id, memory_id FROM ( \
+                 SELECT key, company_id, memory_id, row_number() OVER \
+                     (PARTITION BY key, company_id ORDER BY memory_id) AS n \
+                 FROM memory_names \
+                 WHERE kind = 'counterparty' AND company_id <> ? \
+                   AND key IN (SELECT value FROM json_each(?))) \
+             WHERE n <= ? ORDER BY key, company_id, memory_id",
+        )
+        .bind(company.as_str())
+        .bind(to_json(&keys)?)
+        .bind(SCAN_IDS_PER_MATCH as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let rows = rows
+            .into_iter()
+            .map(|(key, c, id)| {
+                let id = Uuid::parse_str(&id)
+                    .map_err(|e| StoreError::Corrupt(format!("memory id: {e}")))?;
+                Ok((key, company_id(&c)?, id))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let matches = group_matches(rows);
+        for record in scan_records(&audit, &matches) {
+            append(&mut tx, record).await?;
+        }
+        tx.commit().await?;
+        Ok(matches)
     }
 }

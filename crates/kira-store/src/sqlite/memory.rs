@@ -10,6 +10,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
+use kira_core::conflict::NameKind;
 use kira_core::memory::{EventType, Memory, Workstream};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
@@ -145,6 +146,21 @@ async fn insert_rows(
     .bind(id_list(&ids)?)
     .execute(&mut *tx)
     .await?;
+    let names: Vec<(String, &str, String, String)> = name_rows(memories)
+        .into_iter()
+        .map(|(id, kind, name, key)| (id.to_string(), kind.as_str(), name, key))
+        .collect();
+    if !names.is_empty() {
+        sqlx::query(
+            "INSERT OR IGNORE INTO memory_names (kind, key, company_id, memory_id, name) \
+             SELECT value ->> '$[1]', value ->> '$[3]', ?, value ->> '$[0]', value ->> '$[2]' \
+             FROM json_each(?)",
+        )
+        .bind(company.as_str())
+        .bind(to_json(&names)?)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -183,6 +199,10 @@ pub(super) async fn delete_company_memory(
     deleted: &mut DeletedRows,
 ) -> Result<()> {
     for (table, sql) in [
+        (
+            "memory_names",
+            "DELETE FROM memory_names WHERE company_id = ?",
+        ),
         (
             "memory_vectors",
             "DELETE FROM memory_vectors WHERE company_id = ?",
@@ -525,6 +545,27 @@ impl MemoryStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await
+    }
+
+    async fn listed_names(
+        &self,
+        scope: &CompanyScope,
+        limit: u32,
+    ) -> Result<Vec<(NameKind, String)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT kind, name FROM memory_names WHERE company_id = ? \
+             ORDER BY kind, name LIMIT ?",
+        )
+        .bind(scope.company().as_str())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(kind, name)| {
+                let kind = NameKind::parse(&kind).ok_or_else(|| corrupt("name kind", &kind))?;
+                Ok((kind, name))
+            })
+            .collect()
     }
 
     async fn memory_vectors(

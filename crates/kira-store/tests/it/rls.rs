@@ -17,7 +17,13 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 4] = ["companies", "audit_log", "memories", "memory_vectors"];
+const COMPANY_TABLES: [&str; 5] = [
+    "companies",
+    "audit_log",
+    "memories",
+    "memory_vectors",
+    "memory_names",
+];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
     AuditRecord {
@@ -84,7 +90,11 @@ async fn setup() -> (PgStore, String) {
             event_type: kira_core::memory::EventType::Note,
             workstream: kira_core::memory::Workstream::General,
             category: "general".into(),
-            content: serde_json::json!({"text": format!("{id}'s secret")}),
+            content: serde_json::json!({
+                "text": format!("{id}'s secret"),
+                "people": [format!("{id} person")],
+                "counterparties": [format!("{id} supplier")],
+            }),
             importance: 5,
             indexed_terms: vec![],
             source: None,
@@ -417,4 +427,45 @@ async fn company_setting_ends_with_its_transaction() {
     for table in COMPANY_TABLES {
         assert_eq!(count(&mut conn, table).await, 0, "{table} after commit");
     }
+}
+
+/// The conflict scan's policy: with the admin read on, the name index's
+/// counterparty rows of every company show, its people do not, and nothing
+/// in it can be written; memories stay hidden.
+#[tokio::test]
+async fn admin_read_sees_counterparty_names_only() {
+    let (_store, url) = setup().await;
+    let mut app = app_connection(&url).await;
+    sqlx::query("SELECT set_config('app.admin_read', 'on', false)")
+        .execute(&mut app)
+        .await
+        .expect("admin read");
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT kind, key, company_id FROM memory_names ORDER BY company_id")
+            .fetch_all(&mut app)
+            .await
+            .expect("names");
+    assert_eq!(
+        rows,
+        [
+            ("counterparty".into(), "comp a supplier".into(), A.into()),
+            ("counterparty".into(), "comp b supplier".into(), B.into()),
+        ]
+    );
+    assert_eq!(count(&mut app, "memories").await, 0);
+    let r = sqlx::query("DELETE FROM memory_names")
+        .execute(&mut app)
+        .await
+        .expect("delete");
+    assert_eq!(r.rows_affected(), 0);
+    assert_refused(
+        sqlx::query(
+            "INSERT INTO memory_names (kind, key, company_id, memory_id, name) \
+             SELECT 'counterparty', 'forged', $1, memory_id, 'forged' FROM memory_names",
+        )
+        .bind(B)
+        .execute(&mut app)
+        .await,
+        RLS_VIOLATION,
+    );
 }

@@ -1,0 +1,640 @@
+//! Cross-company sharing through the engine, on SQLite and PostgreSQL:
+//! conflict detection (listed counterparties and contract text), the rule
+//! table as `shared_candidates` applies it, the anonymiser's corpus as
+//! other companies' memories (no leak into a context pack), and isolation
+//! (a pack never holds another company's raw memory).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Access, CompanyScope, Principal};
+use kira_core::clock::ManualClock;
+use kira_core::company::NewCompany;
+use kira_core::conflict::ConflictStatus;
+use kira_core::memory::{EventType, Memory, NewMemory, Workstream};
+use kira_engine::memory::{ContextRequest, Section};
+use kira_engine::{Engine, EngineConfig};
+use kira_store::postgres::PgStore;
+use kira_store::sqlite::SqliteStore;
+use kira_store::{AuditPage, Store, testdb};
+use serde_json::{Value, json};
+
+const LEGAL: &str = "anonymized_legal_patterns";
+const TEMPLATES: &str = "process_templates";
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Setup {
+    store: Arc<dyn Store>,
+    engine: Engine,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0)
+        .single()
+        .expect("time")
+}
+
+async fn setup(backend: Backend) -> Setup {
+    let (store, dir): (Arc<dyn Store>, _) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("dir");
+            let url = testdb::fresh_sqlite(dir.path()).await;
+            (
+                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
+                Some(dir),
+            )
+        }
+        Backend::Postgres => {
+            let url = testdb::fresh_postgres().await;
+            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
+        }
+    };
+    let mut cfg = EngineConfig::default();
+    // The corpus has more companies than a pack searches by default.
+    cfg.memory.context.shared_companies = 100;
+    let engine = Engine::new(store.clone(), Arc::new(ManualClock::new(t0())), cfg);
+    Setup {
+        store,
+        engine,
+        _dir: dir,
+    }
+}
+
+fn id(c: &str) -> CompanyId {
+    CompanyId::parse(c).expect("id")
+}
+
+fn scope(c: &str) -> CompanyScope {
+    Principal::system()
+        .scope(&id(c), Access::Write)
+        .expect("scope")
+}
+
+fn audit(c: Option<&str>) -> AuditRecord {
+    AuditRecord {
+        at: t0(),
+        request_id: String::new(),
+        actor: "system".into(),
+        company_id: c.map(id),
+        action: "test".into(),
+        target: "test".into(),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    }
+}
+
+async fn company(s: &Setup, profile: Value) {
+    let (cid, p) = serde_json::from_value::<NewCompany>(profile)
+        .expect("json")
+        .validate()
+        .expect("valid");
+    s.store
+        .create_company(&scope(cid.as_str()), &p, t0(), audit(Some(cid.as_str())))
+        .await
+        .expect("create");
+}
+
+async fn plain(s: &Setup, c: &str, industry: &str, jurisdiction: &str, consent: &[&str]) {
+    company(
+        s,
+        json!({
+            "id": c, "name": format!("{c} corp"), "industry": industry,
+            "jurisdiction": jurisdiction, "sharing_consent": consent,
+        }),
+    )
+    .await;
+}
+
+fn memory(event_type: EventType, category: &str, content: Value) -> NewMemory {
+    NewMemory {
+        occurred_at: t0(),
+        event_type,
+        workstream: Workstream::Legal,
+        category: category.into(),
+        content,
+        importance: 5,
+        indexed_terms: vec![],
+        source: None,
+    }
+}
+
+async fn add(s: &Setup, c: &str, items: Vec<NewMemory>) -> Vec<Memory> {
+    s.engine
+        .add_memories(&scope(c), items, true, audit(Some(c)))
+        .await
+        .expect("add")
+}
+
+async fn open_flags(s: &Setup) -> Vec<(String, String, String, usize)> {
+    let admin = Principal::system().admin().expect("admin");
+    s.store
+        .list_conflicts(&admin, Some(ConflictStatus::Open), audit(None))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|f| {
+            (
+                f.company_a.to_string(),
+                f.company_b.to_string(),
+                f.counterparty,
+                f.memory_ids.len(),
+            )
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+async fn shared(s: &Setup, c: &str, scope_name: &str, q: &str) -> Vec<String> {
+    s.engine
+        .shared_candidates(&scope(c), scope_name, q, 50)
+        .await
+        .expect("shared")
+        .into_iter()
+        .map(|c| {
+            assert!(c.id.starts_with("shared:"), "{}", c.id);
+            c.text
+        })
+        .collect()
+}
+
+async fn conflicts(b: Backend) {
+    let s = setup(b).await;
+    for c in ["acme", "beta", "gamma", "delta"] {
+        plain(&s, c, "fintech", "US-DE", &[TEMPLATES]).await;
+    }
+    let named = |cp: &str, text: &str| {
+        memory(
+            EventType::Note,
+            "general",
+            json!({ "text": text, "counterparties": [cp] }),
+        )
+    };
+    add(&s, "acme", vec![named("Globex Corp", "supply talks")]).await;
+    assert!(open_flags(&s).await.is_empty(), "{b:?}: one company alone");
+    // The same counterparty, written differently, by another company.
+    let beta = add(&s, "beta", vec![named("globex  corp.", "renewal talks")]).await;
+    assert_eq!(
+        open_flags(&s).await,
+        [("acme".into(), "beta".into(), "globex corp".into(), 2)],
+        "{b:?}"
+    );
+    // Idempotent: the same memories again change nothing.
+    let again = s
+        .engine
+        .detect_conflicts(&scope("beta"), &beta)
+        .await
+        .expect("detect");
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(open_flags(&s).await.len(), 1);
+
+    // A note that merely mentions the name is not a contract; a contract
+    // event whose text names it is, as is a deal category.
+    add(
+        &s,
+        "gamma",
+        vec![memory(
+            EventType::Note,
+            "general",
+            json!({"text": "Lunch near the Globex Corp offices."}),
+        )],
+    )
+    .await;
+    assert_eq!(
+        open_flags(&s).await.len(),
+        1,
+        "{b:?}: a note is not a contract"
+    );
+    add(
+        &s,
+        "gamma",
+        vec![memory(
+            EventType::Contract,
+            "general",
+            json!({"text": "Signed the master services agreement with Globex Corp today."}),
+        )],
+    )
+    .await;
+    add(
+        &s,
+        "delta",
+        vec![memory(
+            EventType::Decision,
+            "deals",
+            json!({"text": "Go ahead with the GLOBEX CORP. distribution deal."}),
+        )],
+    )
+    .await;
+    let flags = open_flags(&s).await;
+    let pairs: BTreeSet<(&str, &str)> = flags
+        .iter()
+        .map(|(a, b, _, _)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        BTreeSet::from([
+            ("acme", "beta"),
+            ("acme", "gamma"),
+            ("beta", "gamma"),
+            ("acme", "delta"),
+            ("beta", "delta"),
+            // Not delta and gamma: gamma's contract text names Globex but
+            // gamma lists no counterparty, and text is read when written.
+        ]),
+        "{b:?}: {flags:?}"
+    );
+    assert!(flags.iter().all(|f| f.2 == "globex corp"));
+
+    // Each scan that matched is audited under the company whose names it
+    // read.
+    let admin = Principal::system().admin().expect("admin");
+    let entries = s
+        .store
+        .list_all_audit(
+            &admin,
+            Some(&id("acme")),
+            AuditPage {
+                after_seq: 0,
+                limit: 1_000,
+            },
+            audit(None),
+        )
+        .await
+        .expect("audit");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "memory.conflict_scan" && e.detail.contains("globex corp")),
+        "{b:?}"
+    );
+
+    // While open, nothing is shared and the explainer says why; the blocked
+    // read is counted. Resolving opens sharing again.
+    let q = "renewal supply talks";
+    let before = s.engine.denied_cross_company_reads();
+    assert!(shared(&s, "acme", TEMPLATES, q).await.is_empty(), "{b:?}");
+    assert!(s.engine.denied_cross_company_reads() > before);
+    let check = s
+        .engine
+        .check_sharing(&admin, &id("acme"), &id("beta"), TEMPLATES)
+        .await
+        .expect("check");
+    assert!(check.conflict_open && !check.verdict.allowed && check.verdict.flagged_for_review);
+    let all = s
+        .store
+        .list_conflicts(&admin, Some(ConflictStatus::Open), audit(None))
+        .await
+        .expect("list");
+    for f in all
+        .iter()
+        .filter(|f| f.company_a.as_str() == "acme" && f.company_b.as_str() == "beta")
+    {
+        s.store
+            .resolve_conflict(&admin, f.id, "different Globex desks", t0(), audit(None))
+            .await
+            .expect("resolve");
+    }
+    let got = shared(&s, "acme", TEMPLATES, q).await;
+    assert_eq!(got.len(), 1, "{b:?}: {got:?}");
+    assert!(got[0].contains("renewal talks") && !got[0].to_lowercase().contains("globex"));
+    // A resolved flag that already names these memories stays resolved.
+    let again = s
+        .engine
+        .detect_conflicts(&scope("beta"), &beta)
+        .await
+        .expect("detect");
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn conflicts_sqlite() {
+    conflicts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn conflicts_postgres() {
+    conflicts(Backend::Postgres).await;
+}
+
+/// Every rule of the default table, both directions: which companies'
+/// items reach each company's shared candidates, per scope.
+async fn rule_table(b: Backend) {
+    let s = setup(b).await;
+    plain(&s, "fin-de", "fintech", "US-DE", &[TEMPLATES]).await;
+    plain(&s, "bank-de", "Banking", "US-DE", &[TEMPLATES]).await;
+    plain(&s, "fin-ca", "fintech", "US-CA", &[]).await;
+    plain(&s, "saas-de", "saas", "US-DE", &[TEMPLATES]).await;
+    // One marker word per company, so an item shows where it came from.
+    let marker = |c: &str| match c {
+        "fin-de" => "alpha",
+        "bank-de" => "bravo",
+        "fin-ca" => "charlie",
+        _ => "delta",
+    };
+    let all = ["fin-de", "bank-de", "fin-ca", "saas-de"];
+    for c in all {
+        add(
+            &s,
+            c,
+            vec![memory(
+                EventType::Note,
+                "playbooks",
+                json!({ "text": format!("Onboarding playbook {}: checklist first.", marker(c)) }),
+            )],
+        )
+        .await;
+    }
+    // (company, scope, the companies whose items it gets)
+    let table: Vec<(&str, &str, Vec<&str>)> = vec![
+        // legal_precedent_sharing: same jurisdiction and similar industry.
+        ("fin-de", LEGAL, vec!["bank-de"]),
+        ("bank-de", LEGAL, vec!["fin-de"]),
+        // Other jurisdiction; dissimilar industry.
+        ("fin-ca", LEGAL, vec![]),
+        ("saas-de", LEGAL, vec![]),
+        // best_practice_sharing: both consent; fin-ca's consent is missing.
+        ("fin-de", TEMPLATES, vec!["bank-de", "saas-de"]),
+        ("bank-de", TEMPLATES, vec!["fin-de", "saas-de"]),
+        ("saas-de", TEMPLATES, vec!["fin-de", "bank-de"]),
+        ("fin-ca", TEMPLATES, vec![]),
+        // A scope no rule grants.
+        ("fin-de", "customer_lists", vec![]),
+        ("bank-de", "customer_lists", vec![]),
+    ];
+    for (c, scope_name, from) in &table {
+        let got = shared(&s, c, scope_name, "onboarding playbook checklist").await;
+        let sources: BTreeSet<&str> = all
+            .iter()
+            .copied()
+            .filter(|o| got.iter().any(|t| t.contains(marker(o))))
+            .collect();
+        assert_eq!(
+            sources,
+            from.iter().copied().collect::<BTreeSet<_>>(),
+            "{b:?}: {c} {scope_name}: {got:?}"
+        );
+        assert_eq!(got.len(), from.len(), "{got:?}");
+        assert!(!sources.contains(c), "own memories are not shared");
+    }
+    // The legal workstream's packs ask for legal patterns; others for
+    // process templates.
+    let pack = |t: Option<&'static str>| {
+        let e = &s.engine;
+        async move {
+            e.load_context(
+                &scope("fin-ca"),
+                &ContextRequest {
+                    task_type: t.map(Into::into),
+                    query: "onboarding playbook".into(),
+                    budget: Some(2_000),
+                },
+            )
+            .await
+            .expect("pack")
+        }
+    };
+    assert_eq!(
+        pack(Some("legal")).await.section(Section::Shared).count(),
+        0
+    );
+    let pack = s
+        .engine
+        .load_context(
+            &scope("bank-de"),
+            &ContextRequest {
+                task_type: Some("legal".into()),
+                query: "onboarding playbook".into(),
+                budget: Some(2_000),
+            },
+        )
+        .await
+        .expect("pack");
+    let shared_items: Vec<&str> = pack
+        .section(Section::Shared)
+        .map(|i| i.text.as_str())
+        .collect();
+    assert_eq!(shared_items.len(), 1, "{b:?}: {shared_items:?}");
+    assert!(shared_items[0].contains("alpha"));
+}
+
+#[tokio::test]
+async fn rule_table_sqlite() {
+    rule_table(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn rule_table_postgres() {
+    rule_table(Backend::Postgres).await;
+}
+
+struct Note {
+    companies: Vec<String>,
+    people: Vec<String>,
+    counterparties: Vec<String>,
+    keep: Vec<String>,
+    text: String,
+}
+
+/// kira-core's anonymiser corpus (see its header for the format).
+fn corpus() -> Vec<Note> {
+    let raw = include_str!("../../../kira-core/tests/data/anonymise_corpus.txt");
+    let mut notes = Vec::new();
+    for entry in raw.split("\n=== ").skip(1) {
+        let (head, text) = entry.split_once("\n---\n").expect("a --- line");
+        let mut note = Note {
+            companies: vec![],
+            people: vec![],
+            counterparties: vec![],
+            keep: vec![],
+            text: text.trim().to_owned(),
+        };
+        for line in head.lines().skip(1) {
+            let (key, values) = line.split_once(':').expect("key: values");
+            let values: Vec<String> = values
+                .split('|')
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect();
+            match key.trim() {
+                "companies" => note.companies = values,
+                "people" => note.people = values,
+                "counterparties" => note.counterparties = values,
+                "keep" => note.keep = values,
+                other => panic!("unknown corpus key {other}"),
+            }
+        }
+        notes.push(note);
+    }
+    notes
+}
+
+/// Crude detectors, independent of the anonymiser's scanners: a listed
+/// name at word boundaries, an email, money, a year, a long run of digits.
+fn leaks(text: &str, entities: &[&str]) -> Vec<String> {
+    let lower = text.to_lowercase();
+    let mut found = Vec::new();
+    for e in entities {
+        let e = e.to_lowercase();
+        for (pos, _) in lower.match_indices(&e) {
+            let before = lower[..pos].chars().next_back();
+            let after = lower[pos + e.len()..].chars().next();
+            if !before.is_some_and(char::is_alphanumeric)
+                && !after.is_some_and(char::is_alphanumeric)
+            {
+                found.push(format!("entity {e:?}"));
+            }
+        }
+    }
+    let chars: Vec<char> = text.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if *c == '@' {
+            found.push("email".into());
+        }
+        if "$£€¥".contains(*c) && chars.get(i + 1).is_some_and(char::is_ascii_digit) {
+            found.push("money".into());
+        }
+    }
+    for word in text.split(|c: char| !c.is_ascii_digit()) {
+        if word.len() >= 7 {
+            found.push(format!("digits {word}"));
+        }
+    }
+    // Exact dates: 2024-03-04, 01.02.2024, 1/15/2024; a month and a day.
+    // (A bare year, "the 2025 term", is not an exact date.)
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        let w = w.trim_matches(|c: char| !c.is_ascii_digit());
+        let seps = w.chars().filter(|c| "-/.".contains(*c)).count();
+        if seps >= 2 && w.chars().all(|c| c.is_ascii_digit() || "-/.".contains(c)) {
+            found.push(format!("date {w}"));
+        }
+        let month = [
+            "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ]
+        .iter()
+        .any(|m| w.is_empty() && words[i].to_lowercase().starts_with(m));
+        let day = |x: Option<&&str>| x.is_some_and(|x| x.starts_with(|c: char| c.is_ascii_digit()));
+        if month && (day(words.get(i + 1)) || (i > 0 && day(words.get(i - 1)))) {
+            found.push(format!("date near {}", words[i]));
+        }
+    }
+    found
+}
+
+/// The corpus as 32 companies' memories (names, people and counterparties
+/// listed as a user would), all consenting to share process templates with
+/// a reader: nothing listed, and no email, phone, amount or exact date,
+/// reaches the reader's candidates or its context pack; no raw memory does.
+async fn no_leaks(b: Backend) {
+    let s = setup(b).await;
+    let notes = corpus();
+    assert!(notes.len() >= 30);
+    plain(&s, "reader", "saas", "GB", &[TEMPLATES]).await;
+    plain(&s, "loner", "saas", "GB", &[]).await;
+    for (i, n) in notes.iter().enumerate() {
+        let cid = &n.companies[1];
+        company(
+            &s,
+            json!({
+                "id": cid, "name": n.companies[0], "industry": "saas",
+                "jurisdiction": "US-DE", "sharing_consent": [TEMPLATES],
+                "contacts": [{"name": n.people[0], "email": format!("owner{i}@example.com")}],
+            }),
+        )
+        .await;
+        add(
+            &s,
+            cid,
+            vec![memory(
+                EventType::Meeting,
+                "notes",
+                json!({
+                    "text": n.text, "people": n.people, "counterparties": n.counterparties,
+                }),
+            )],
+        )
+        .await;
+    }
+    let entities: Vec<&str> = notes
+        .iter()
+        .flat_map(|n| n.companies.iter().chain(&n.people).chain(&n.counterparties))
+        .map(String::as_str)
+        .collect();
+    for n in &notes {
+        assert!(
+            !leaks(&n.text, &entities).is_empty(),
+            "the detectors find nothing even in the raw note"
+        );
+    }
+    let mut seen = 0;
+    let mut failures = Vec::new();
+    for n in &notes {
+        let q = n.keep.join(" ");
+        for text in shared(&s, "reader", TEMPLATES, &q).await {
+            seen += 1;
+            for leak in leaks(&text, &entities) {
+                failures.push(format!("{leak} in {text}"));
+            }
+        }
+    }
+    assert!(seen >= notes.len(), "{b:?}: only {seen} items were shared");
+    assert!(failures.is_empty(), "{b:?}:\n{}", failures.join("\n"));
+
+    let pack = s
+        .engine
+        .load_context(
+            &scope("reader"),
+            &ContextRequest {
+                task_type: None,
+                query: "board meeting agreement invoice".into(),
+                budget: Some(8_000),
+            },
+        )
+        .await
+        .expect("pack");
+    assert!(pack.section(Section::Shared).count() > 0, "{b:?}");
+    let shown = pack.render();
+    assert!(leaks(&shown, &entities).is_empty(), "{b:?}: {shown}");
+    for n in &notes {
+        assert!(!shown.contains(&n.text), "{b:?}: a raw memory in the pack");
+    }
+    for i in pack.section(Section::Shared) {
+        assert!(i.layer.is_none() && i.id.starts_with("shared:"));
+        assert!(notes.iter().all(|n| !i.id.contains(&n.companies[1])));
+    }
+
+    // Without consent, nothing at all crosses.
+    let pack = s
+        .engine
+        .load_context(
+            &scope("loner"),
+            &ContextRequest {
+                task_type: None,
+                query: "board meeting agreement invoice".into(),
+                budget: Some(8_000),
+            },
+        )
+        .await
+        .expect("pack");
+    assert_eq!(pack.section(Section::Shared).count(), 0);
+    assert!(pack.items.is_empty(), "{b:?}: {:?}", pack.items);
+}
+
+#[tokio::test]
+async fn no_leaks_sqlite() {
+    no_leaks(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn no_leaks_postgres() {
+    no_leaks(Backend::Postgres).await;
+}
