@@ -26,7 +26,9 @@ const COMPANY: &str = "acme";
 /// estimates plus half of one more (a remainder no task fits in); medium
 /// is in no burst level, so it may use base alone. Every run spends
 /// exactly its reservation (usage 1.0), after a short latency so that many
-/// reservations are held at once, with slots for all of them.
+/// reservations are held at once. Each process runs at most 8 of the
+/// company's tasks at a time, so that one process's batched claim cannot
+/// take every task before the others wake: they all race for the budget.
 fn config(estimate: i64) -> String {
     let base = FITS * estimate + estimate / 2;
     format!(
@@ -38,7 +40,7 @@ burst_percent = 40
 emergency_percent = 10
 
 [scheduler]
-per_company_concurrency = 200
+per_company_concurrency = 8
 poll_interval_ms = 200
 
 [agents.primary]
