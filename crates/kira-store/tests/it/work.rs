@@ -464,8 +464,9 @@ async fn emergency_tokens_need_a_human(f: Fresh) {
         )
         .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))));
-    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &urgent, &cfg).await else {
-        panic!("runs")
+    let outcome = claim(s, "acme", &urgent, &cfg).await;
+    let ClaimOutcome::Claimed { reservation, .. } = outcome else {
+        panic!("runs: {outcome:?}")
     };
     assert_eq!(
         (reservation.pool, reservation.amount),
