@@ -48,6 +48,44 @@ pub const TASKS_CHANNEL: &str = "kira_tasks";
 
 pub struct PgStore {
     pool: PgPool,
+    /// The scheduler's own connections (queue snapshots, batch claims and
+    /// ends, heartbeats, the reaper): a burst of submissions, which queue on
+    /// their company's row, holds every request connection, and must not
+    /// stop the tasks already stored from being claimed and finished.
+    queue: PgPool,
+    set_based: SetBasedCounts,
+}
+
+/// Connections per process for requests; with [`QUEUE_CONNECTIONS`], what
+/// each `kira serve` may hold of the server's `max_connections` (100 by
+/// default: several processes fit).
+const REQUEST_CONNECTIONS: u32 = 10;
+/// Connections per process for the scheduler: a claim and a group of run
+/// ends at once, plus heartbeats and the reaper.
+const QUEUE_CONNECTIONS: u32 = 4;
+
+/// How much work went through the set-based batch paths (`claim_batch`,
+/// `finish_batch`) rather than one task at a time: tests assert on it, so
+/// a batch that silently falls back to the loop is caught.
+#[derive(Debug, Default)]
+struct SetBasedCounts {
+    claim_batches: std::sync::atomic::AtomicU64,
+    claimed: std::sync::atomic::AtomicU64,
+    finish_batches: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`PgStore::set_based`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetBased {
+    /// Set-based claim transactions that took at least one task.
+    pub claim_batches: u64,
+    /// Tasks claimed by them.
+    pub claimed: u64,
+    /// Set-based finish transactions that recorded at least one end.
+    pub finish_batches: u64,
+    /// Run ends recorded by them.
+    pub finished: u64,
 }
 
 type Tx = Transaction<'static, sqlx::Postgres>;
@@ -67,21 +105,38 @@ impl PgStore {
         owner.close().await;
         migrated?;
 
-        let pool = match app_url {
-            Some(url) => PgPoolOptions::new().connect(url).await?,
-            None => {
-                PgPoolOptions::new()
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute("SET ROLE kira_app").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(owner_url)
-                    .await?
+        let options = |max: u32| -> PgPoolOptions {
+            let o = PgPoolOptions::new().max_connections(max);
+            if app_url.is_some() {
+                return o;
             }
+            o.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("SET ROLE kira_app").await?;
+                    Ok(())
+                })
+            })
         };
-        Ok(Self { pool })
+        let url = app_url.unwrap_or(owner_url);
+        let pool = options(REQUEST_CONNECTIONS).connect(url).await?;
+        let queue = options(QUEUE_CONNECTIONS).connect(url).await?;
+        Ok(Self {
+            pool,
+            queue,
+            set_based: SetBasedCounts::default(),
+        })
+    }
+
+    /// What this store has done set-based since it was opened.
+    pub fn set_based(&self) -> SetBased {
+        let c = &self.set_based;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        SetBased {
+            claim_batches: get(&c.claim_batches),
+            claimed: get(&c.claimed),
+            finish_batches: get(&c.finish_batches),
+            finished: get(&c.finished),
+        }
     }
 
     /// The working pool (tests inspect it: its connections act as the app role).

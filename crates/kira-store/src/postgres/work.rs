@@ -25,6 +25,14 @@
 //! Row-level security binds every company table. A transaction for one
 //! company names it once; the system paths read across companies with
 //! `app.admin_read` and name each row's company before writing it.
+//!
+//! Batches (`claim_batch`, `finish_batch`) are set-based: one transaction of
+//! two calls to the SECURITY INVOKER functions of `0004_queue_batching.sql`,
+//! a first that locks and reads, a second that writes what the store planned
+//! from it, one statement per table and company. The functions name each
+//! company before touching its rows and keep the order above, by class
+//! first and then by company, so a batch and a single claim or finish never
+//! wait on each other in a circle.
 
 use std::collections::BTreeMap;
 
@@ -1146,7 +1154,7 @@ impl TaskStore for PgStore {
         )
         .bind(now.trunc_subsecs(6))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.queue)
         .await?;
         let runnable = rows
             .iter()
@@ -1154,7 +1162,7 @@ impl TaskStore for PgStore {
             .collect::<Result<Vec<_>>>()?;
         let running =
             sqlx::query("SELECT agent, company_id FROM task_queue WHERE status = 'running'")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.queue)
                 .await?
                 .iter()
                 .map(|r| Ok((r.try_get("agent")?, company_id(r.try_get("company_id")?)?)))
@@ -1268,27 +1276,59 @@ impl TaskStore for PgStore {
         })
     }
 
+    async fn claim_batch(
+        &self,
+        candidates: &[Candidate],
+        admission: &mut dyn Admission,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        budget: &BudgetConfig,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
+        let now = now.trunc_subsecs(6);
+        let lease_until = lease_until.trunc_subsecs(6);
+        let mut out = Vec::with_capacity(candidates.len());
+        let mut rest = candidates;
+        while !rest.is_empty() {
+            let done = self
+                .claim_fast(rest, admission, worker, lease_until, now, &mut out)
+                .await?;
+            rest = &rest[done..];
+            // The one the set could not take, by the single claim, at its turn.
+            let Some((c, after)) = rest.split_first() else {
+                break;
+            };
+            rest = after;
+            if !admission.free(&c.entry) {
+                continue;
+            }
+            let o = self
+                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
+                .await?;
+            if matches!(o, ClaimOutcome::Claimed { .. }) {
+                admission.take(&c.entry);
+            }
+            out.push((c.entry.task_id.clone(), o));
+        }
+        Ok(out)
+    }
+
     async fn finish_batch(
         &self,
         worker: &str,
         completions: Vec<Completion>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Completed>> {
-        // Not set-based here yet: each end in its own transactions, all at
-        // once on the pool's connections, as the runs would without a batch.
-        let mut set = tokio::task::JoinSet::new();
-        let n = completions.len();
-        for (i, c) in completions.into_iter().enumerate() {
-            let store = PgStore {
-                pool: self.pool.clone(),
-            };
-            let worker = worker.to_owned();
-            set.spawn(async move { (i, finish_one(&store, &worker, c, now).await) });
-        }
-        let mut out: Vec<Option<Completed>> = (0..n).map(|_| None).collect();
-        while let Some(r) = set.join_next().await {
-            let (i, c) = r.map_err(|e| corrupt("batch finish", e))?;
-            out[i] = Some(c);
+        let now = now.trunc_subsecs(6);
+        let mut out: Vec<Option<Completed>> = completions.iter().map(|_| None).collect();
+        let slow = self
+            .finish_fast(worker, &completions, now, &mut out)
+            .await?;
+        let mut completions: Vec<Option<Completion>> = completions.into_iter().map(Some).collect();
+        for i in slow {
+            if let Some(c) = completions[i].take() {
+                out[i] = Some(finish_one(self, worker, c, now).await);
+            }
         }
         out.into_iter()
             .map(|o| o.ok_or_else(|| corrupt("batch finish", "a completion without an outcome")))
@@ -1303,7 +1343,7 @@ impl TaskStore for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Lease> {
         // The queue row carries no company content: no company to name.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.queue.begin().await?;
         let n = sqlx::query(
             "UPDATE task_queue SET lease_expires_at = $1 WHERE task_id = $2 AND lease_owner = $3 \
              AND status = 'running' AND lease_expires_at >= $4",
@@ -1399,7 +1439,7 @@ impl TaskStore for PgStore {
              WHERE status = 'running' AND lease_expires_at < $1 ORDER BY task_id",
         )
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.queue)
         .await?;
         let mut reaped = Vec::new();
         for row in expired {
@@ -1843,150 +1883,140 @@ impl BudgetStore for PgStore {
         // Which company the request belongs to: an admin read. From there
         // on the transaction works as that company.
         let mut tx = self.admin_read().await?;
-        // Errors roll back at once: a dropped transaction would keep its row
-        // locks until its connection is next used, and a claim that skips
-        // locked rows would pass the task over meanwhile.
-        let result: Result<EmergencyRequest> = async {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(request_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let seen = request_from_row(&row)?;
-            set_admin_read(&mut tx, false).await?;
-            set_company(&mut tx, seen.company_id.as_str()).await?;
-            if !lock_company(&mut tx, &seen.company_id).await? {
-                return Err(StoreError::NotFound);
-            }
-            sqlx::query("SELECT 1 FROM task_queue WHERE task_id = $1 FOR UPDATE")
-                .bind(seen.task_id.as_str())
-                .execute(&mut *tx)
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let seen = request_from_row(&row)?;
+        set_admin_read(&mut tx, false).await?;
+        set_company(&mut tx, seen.company_id.as_str()).await?;
+        if !lock_company(&mut tx, &seen.company_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("SELECT 1 FROM task_queue WHERE task_id = $1 FOR UPDATE")
+            .bind(seen.task_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        // Read again under the locks: a cancel or another decision may have
+        // come first.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{sql} FOR UPDATE")))
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let req = request_from_row(&row)?;
+        if req.status != "pending" {
+            // Rolled back now, not when the pool gets to the dropped
+            // transaction: until then its lock on the queue row would make
+            // a claim skip the task as taken.
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "request {request_id} was already {}",
+                req.status
+            )));
+        }
+        let task = load_task(&mut tx, &req.company_id, &req.task_id, false).await?;
+        let decider = admin.actor().to_string();
+        if approve {
+            if !hold(
+                &mut tx,
+                &req.period_id,
+                &req.company_id,
+                Pool::Emergency,
+                req.amount,
+            )
+            .await?
+            {
+                let free: i64 = sqlx::query_scalar(
+                    "SELECT capacity - reserved - spent FROM budget_pools \
+                     WHERE period_id = $1 AND pool = 'emergency'",
+                )
+                .bind(&req.period_id)
+                .fetch_one(&mut *tx)
                 .await?;
-            // Read again under the locks: a cancel or another decision may have
-            // come first.
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!("{sql} FOR UPDATE")))
-                .bind(request_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-            let req = request_from_row(&row)?;
-            if req.status != "pending" {
+                tx.rollback().await?;
                 return Err(StoreError::Conflict(format!(
-                    "request {request_id} was already {}",
-                    req.status
+                    "the emergency pool has {free} tokens free; the request needs {}",
+                    req.amount
                 )));
             }
-            let task = load_task(&mut tx, &req.company_id, &req.task_id, false).await?;
-            let decider = admin.actor().to_string();
-            if approve {
-                if !hold(
-                    &mut tx,
-                    &req.period_id,
-                    &req.company_id,
-                    Pool::Emergency,
-                    req.amount,
-                )
-                .await?
-                {
-                    let free: i64 = sqlx::query_scalar(
-                        "SELECT capacity - reserved - spent FROM budget_pools \
-                         WHERE period_id = $1 AND pool = 'emergency'",
-                    )
-                    .bind(&req.period_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    return Err(StoreError::Conflict(format!(
-                        "the emergency pool has {free} tokens free; the request needs {}",
-                        req.amount
-                    )));
-                }
-                let r = Reservation {
-                    reservation_id: new_reservation_id(),
-                    task_id: req.task_id.clone(),
-                    company_id: req.company_id.clone(),
-                    period_id: req.period_id.clone(),
-                    pool: Pool::Emergency,
-                    amount: req.amount,
-                };
-                insert_reservation(&mut tx, &r, now).await?;
-                ledger(
-                    &mut tx,
-                    now,
-                    &r.period_id,
-                    Some(&r.company_id),
-                    Some(&r.task_id),
-                    Some(&r.reservation_id),
-                    Some(Pool::Emergency),
-                    "grant",
-                    r.amount,
-                    &format!("request {request_id} approved by {decider}"),
-                )
-                .await?;
-                sqlx::query(
-                    "UPDATE task_queue SET status = 'queued', not_before = $1 WHERE task_id = $2",
-                )
-                .bind(now)
+            let r = Reservation {
+                reservation_id: new_reservation_id(),
+                task_id: req.task_id.clone(),
+                company_id: req.company_id.clone(),
+                period_id: req.period_id.clone(),
+                pool: Pool::Emergency,
+                amount: req.amount,
+            };
+            insert_reservation(&mut tx, &r, now).await?;
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(Pool::Emergency),
+                "grant",
+                r.amount,
+                &format!("request {request_id} approved by {decider}"),
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE task_queue SET status = 'queued', not_before = $1 WHERE task_id = $2",
+            )
+            .bind(now)
+            .bind(req.task_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            set_status(
+                &mut tx,
+                &task,
+                TaskStatus::Queued,
+                &format!("emergency tokens granted by {decider}"),
+                now,
+            )
+            .await?;
+            notify(&mut tx, &req.task_id).await?;
+        } else {
+            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
                 .bind(req.task_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-                set_status(
-                    &mut tx,
-                    &task,
-                    TaskStatus::Queued,
-                    &format!("emergency tokens granted by {decider}"),
-                    now,
-                )
-                .await?;
-                notify(&mut tx, &req.task_id).await?;
+            let reason = if note.is_empty() {
+                "emergency tokens were refused".to_owned()
             } else {
-                sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
-                    .bind(req.task_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                let reason = if note.is_empty() {
-                    "emergency tokens were refused".to_owned()
-                } else {
-                    format!("emergency tokens were refused: {note}")
-                };
-                sqlx::query("UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3")
-                    .bind(&reason)
-                    .bind(req.company_id.as_str())
-                    .bind(req.task_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
-            }
-            sqlx::query(
-                "UPDATE emergency_requests SET status = $1, decided_at = $2, decided_by = $3, decision = $4 \
-                 WHERE request_id = $5",
-            )
-            .bind(if approve { "approved" } else { "rejected" })
-            .bind(now)
-            .bind(&decider)
-            .bind(note)
-            .bind(request_id)
-            .execute(&mut *tx)
-            .await?;
-            // Read before the audit append, which names the record's company.
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(request_id)
-                .fetch_one(&mut *tx)
+                format!("emergency tokens were refused: {note}")
+            };
+            sqlx::query("UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3")
+                .bind(&reason)
+                .bind(req.company_id.as_str())
+                .bind(req.task_id.as_str())
+                .execute(&mut *tx)
                 .await?;
-            let decided = request_from_row(&row)?;
-            append(&mut tx, audit).await?;
-            Ok(decided)
+            set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
         }
-        .await;
-        match result {
-            Ok(decided) => {
-                tx.commit().await?;
-                Ok(decided)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        sqlx::query(
+            "UPDATE emergency_requests SET status = $1, decided_at = $2, decided_by = $3, decision = $4 \
+             WHERE request_id = $5",
+        )
+        .bind(if approve { "approved" } else { "rejected" })
+        .bind(now)
+        .bind(&decider)
+        .bind(note)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        // Read before the audit append, which names the record's company.
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let decided = request_from_row(&row)?;
+        append(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(decided)
     }
 
     async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
@@ -2067,5 +2097,388 @@ impl BudgetStore for PgStore {
                 .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
         tx.commit().await?;
         Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+    }
+}
+
+/// The SQLSTATE the batch functions of `0004_queue_batching.sql` raise when
+/// a row is not as their first phase found and locked it (which the locks
+/// make a bug, not a race): the batch is rolled back.
+const BATCH_CHANGED: &str = "KR001";
+
+/// A batch function's refusal as a Conflict; other errors as they are.
+fn batch_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some(BATCH_CHANGED) => {
+            StoreError::Conflict(format!("{}; nothing was recorded", d.message()))
+        }
+        _ => e.into(),
+    }
+}
+
+/// A time as the batch functions read it from JSON.
+fn json_ts(t: DateTime<Utc>) -> String {
+    t.trunc_subsecs(6)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A candidate a batch claim takes from its company's base allocation.
+struct FastClaim<'a> {
+    c: &'a Candidate,
+    from: TaskStatus,
+    amount: i64,
+    reservation_id: String,
+}
+
+impl PgStore {
+    /// Claims the longest run of `cands` (in rank order) that may be taken
+    /// set-based: still claimable, no grant held, and fitting the company's
+    /// base allocation together with the claims before it. Returns how many
+    /// candidates it settled (claimed, found gone, or passed over for want
+    /// of a slot); the next one, if any, needs the single claim.
+    ///
+    /// One transaction, two calls: `kira_claim_prepare` locks the company
+    /// rows, the claimable queue rows and the allocations and says what it
+    /// found; the plan is made here (the admission is the caller's); then
+    /// `kira_claim_write` writes it. An allocation of a period not yet made
+    /// is missing, so nothing fits and the single claim makes the period.
+    async fn claim_fast(
+        &self,
+        cands: &[Candidate],
+        admission: &mut dyn Admission,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        out: &mut Vec<(TaskId, ClaimOutcome)>,
+    ) -> Result<usize> {
+        let period = period_of(now).id;
+        let ids: Vec<&str> = cands.iter().map(|c| c.entry.task_id.as_str()).collect();
+        let companies: Vec<&str> = cands.iter().map(|c| c.scope.company().as_str()).collect();
+        let mut tx = self.queue.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, company, from_status, tokens, granted, free \
+             FROM kira_claim_prepare($1, $2, $3, $4)",
+        )
+        .bind(&ids)
+        .bind(&companies)
+        .bind(&period)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Claimable now and the company's, by id; the locks keep it so.
+        let mut claimable = std::collections::HashMap::with_capacity(rows.len());
+        // A forecast only: the conditional update in the write decides.
+        let mut free: std::collections::HashMap<String, i64> = Default::default();
+        for r in &rows {
+            let status: &str = r.try_get("from_status")?;
+            let company: String = r.try_get("company")?;
+            if let Some(f) = r.try_get::<Option<i64>, _>("free")? {
+                free.insert(company, f);
+            }
+            claimable.insert(
+                r.try_get::<String, _>("id")?,
+                (
+                    TaskStatus::parse(status).map_err(|e| corrupt("status", e))?,
+                    r.try_get::<i64, _>("tokens")?,
+                    r.try_get::<bool, _>("granted")?,
+                ),
+            );
+        }
+        let mut fast = Vec::new();
+        let mut gone = Vec::new();
+        let mut done = 0;
+        for c in cands {
+            if !admission.free(&c.entry) {
+                done += 1;
+                continue;
+            }
+            let Some((from, amount, granted)) = claimable.get(c.entry.task_id.as_str()) else {
+                gone.push((fast.len(), c.entry.task_id.clone()));
+                done += 1;
+                continue;
+            };
+            let left = free.get_mut(c.scope.company().as_str());
+            let fits = matches!(&left, Some(l) if **l >= *amount);
+            if *granted || !fits || check_transition(*from, TaskStatus::Running).is_err() {
+                break;
+            }
+            if let Some(l) = left {
+                *l -= amount;
+            }
+            admission.take(&c.entry);
+            fast.push(FastClaim {
+                c,
+                from: *from,
+                amount: *amount,
+                reservation_id: new_reservation_id(),
+            });
+            done += 1;
+        }
+        let mut claimed = BTreeMap::new();
+        if !fast.is_empty() {
+            let rows: Vec<serde_json::Value> = fast
+                .iter()
+                .enumerate()
+                .map(|(n, f)| {
+                    serde_json::json!({
+                        "n": n,
+                        "id": f.c.entry.task_id.as_str(),
+                        "company": f.c.scope.company().as_str(),
+                        "amount": f.amount,
+                        "rid": f.reservation_id,
+                        "from": f.from.as_str(),
+                        "reason": format!("claimed by {worker}; {} tokens reserved from base", f.amount),
+                    })
+                })
+                .collect();
+            for r in sqlx::query("SELECT * FROM kira_claim_write($1, $2, $3, $4, $5)")
+                .bind(Json(&rows))
+                .bind(&period)
+                .bind(worker)
+                .bind(lease_until)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(batch_error)?
+            {
+                let t = task_from_row(&r)?;
+                claimed.insert(t.task_id.as_str().to_owned(), t);
+            }
+            if claimed.len() != fast.len() {
+                return Err(StoreError::Conflict(format!(
+                    "a batch claim wrote {} task rows where it expected {}; nothing was claimed",
+                    claimed.len(),
+                    fast.len()
+                )));
+            }
+        }
+        tx.commit().await?;
+        if !fast.is_empty() {
+            let c = &self.set_based;
+            c.claim_batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.claimed
+                .fetch_add(fast.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The outcomes in rank order: each gone one where it was met.
+        let mut gone = gone.into_iter().peekable();
+        for (i, f) in fast.iter().enumerate() {
+            while let Some((_, id)) = gone.next_if(|(at, _)| *at == i) {
+                out.push((id, ClaimOutcome::Gone));
+            }
+            let task = claimed
+                .remove(f.c.entry.task_id.as_str())
+                .ok_or_else(|| corrupt("batch claim", "a claimed task was not returned"))?;
+            out.push((
+                f.c.entry.task_id.clone(),
+                ClaimOutcome::Claimed {
+                    task: Box::new(task),
+                    reservation: Reservation {
+                        reservation_id: f.reservation_id.clone(),
+                        task_id: f.c.entry.task_id.clone(),
+                        company_id: f.c.scope.company().clone(),
+                        period_id: period.clone(),
+                        pool: Pool::Base,
+                        amount: f.amount,
+                    },
+                },
+            ));
+        }
+        out.extend(gone.map(|(_, id)| (id, ClaimOutcome::Gone)));
+        Ok(done)
+    }
+
+    /// Records the plain completions (lease held, settlement within its
+    /// reservation) in one transaction of two calls (`kira_finish_prepare`
+    /// locks and reads, `kira_finish_write` writes); returns the indices of
+    /// the others.
+    async fn finish_fast(
+        &self,
+        worker: &str,
+        cs: &[Completion],
+        now: DateTime<Utc>,
+        out: &mut [Option<Completed>],
+    ) -> Result<Vec<usize>> {
+        let ids: Vec<&str> = cs.iter().map(|c| c.task_id.as_str()).collect();
+        let companies: Vec<&str> = cs.iter().map(|c| c.scope.company().as_str()).collect();
+        let mut tx = self.queue.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, company, reservation_id, period_id, pool, amount \
+             FROM kira_finish_prepare($1, $2, $3)",
+        )
+        .bind(worker)
+        .bind(&ids)
+        .bind(&companies)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The tasks the worker still runs, each with its company, and what they hold.
+        let mut ours: std::collections::HashMap<String, String> = Default::default();
+        let mut held: std::collections::HashMap<String, Vec<Reservation>> = Default::default();
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let company: String = r.try_get("company")?;
+            if let Some(rid) = r.try_get::<Option<String>, _>("reservation_id")? {
+                let pool: &str = r.try_get("pool")?;
+                held.entry(id.clone()).or_default().push(Reservation {
+                    reservation_id: rid,
+                    task_id: task_id(&id)?,
+                    company_id: super::company_id(&company)?,
+                    period_id: r.try_get("period_id")?,
+                    pool: Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
+                    amount: r.try_get("amount")?,
+                });
+            }
+            ours.insert(id, company);
+        }
+        let mut slow = Vec::new();
+        let mut plan = FinishPlan::default();
+        for (i, c) in cs.iter().enumerate() {
+            let mine = ours
+                .get(c.task_id.as_str())
+                .is_some_and(|co| co == c.scope.company().as_str());
+            if !mine && c.settle.is_none() {
+                out[i] = Some(Completed::NotFinished(StoreError::Conflict(format!(
+                    "worker {worker} no longer holds the lease on {}",
+                    c.task_id
+                ))));
+                continue;
+            }
+            let task_held = held.get(c.task_id.as_str()).map_or(&[][..], Vec::as_slice);
+            if !mine || !plan.add(i, c, task_held) {
+                slow.push(i);
+            }
+        }
+        if !plan.tasks.is_empty() {
+            plan.write(&mut tx, now).await?;
+        }
+        tx.commit().await?;
+        if !plan.tasks.is_empty() {
+            let c = &self.set_based;
+            c.finish_batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.finished.fetch_add(
+                plan.tasks.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        for (i, _) in &plan.tasks {
+            out[*i] = Some(Completed::Recorded);
+        }
+        Ok(slow)
+    }
+}
+
+/// The rows a set of plain completions writes, as `kira_finish_write` reads them.
+#[derive(Default)]
+struct FinishPlan {
+    /// (index in the batch, the task's row changes).
+    tasks: Vec<(usize, serde_json::Value)>,
+    /// Reservations closed: settled or released.
+    closed: Vec<serde_json::Value>,
+    /// Balance movements of closed reservations, in ledger order.
+    ledger: Vec<serde_json::Value>,
+    /// Requeued (retry) and ended tasks' queue rows.
+    requeued: Vec<serde_json::Value>,
+    ended: Vec<serde_json::Value>,
+}
+
+impl FinishPlan {
+    /// Adds `c` if it is plain: a legal end, and a settlement (if any) of a
+    /// reservation the task holds, within its amount. False otherwise.
+    fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
+        let f = &c.finish;
+        if check_transition(TaskStatus::Running, f.status).is_err() {
+            return false;
+        }
+        let company = c.scope.company();
+        let (mut p, mut k, mut cost) = (0, 0, 0.0);
+        let mut settled = None;
+        if let Some(s) = &c.settle {
+            let Some(r) = held.iter().find(|r| r.reservation_id == s.reservation_id) else {
+                return false;
+            };
+            (p, k, cost) = (
+                s.prompt_tokens.max(0),
+                s.completion_tokens.max(0),
+                s.cost_usd.max(0.0),
+            );
+            if &r.company_id != company || p + k > r.amount || !cost.is_finite() {
+                return false;
+            }
+            settled = Some((r, p + k));
+        }
+        let ledger = &mut self.ledger;
+        let mut line = |r: &Reservation, kind: &str, amount: i64, detail: &str| {
+            let n = ledger.len();
+            ledger.push(serde_json::json!({
+                "n": n, "period": r.period_id, "company": r.company_id.as_str(), "id": r.task_id.as_str(),
+                "rid": r.reservation_id, "pool": r.pool.as_str(), "kind": kind, "amount": amount,
+                "detail": detail,
+            }));
+        };
+        if let Some((r, used)) = settled {
+            line(r, "settle", used, "");
+            if r.amount > used {
+                line(r, "release", r.amount - used, "unused");
+            }
+        }
+        for r in held {
+            if settled.is_some_and(|(s, _)| s.reservation_id == r.reservation_id) {
+                continue;
+            }
+            line(r, "release", r.amount, "run ended");
+        }
+        for r in held {
+            let (state, spent) = match settled {
+                Some((s, used)) if s.reservation_id == r.reservation_id => ("settled", used),
+                _ => ("released", 0),
+            };
+            self.closed.push(serde_json::json!({
+                "rid": r.reservation_id, "state": state, "spent": spent, "period": r.period_id,
+                "company": r.company_id.as_str(), "pool": r.pool.as_str(), "amount": r.amount,
+            }));
+        }
+        let queue = serde_json::json!({
+            "id": c.task_id.as_str(), "company": company.as_str(),
+            "not_before": f.retry_at.map(json_ts),
+        });
+        if f.status == TaskStatus::Queued {
+            self.requeued.push(queue);
+        } else {
+            self.ended.push(queue);
+        }
+        let n = self.tasks.len();
+        self.tasks.push((
+            i,
+            serde_json::json!({
+                "n": n, "id": c.task_id.as_str(), "company": company.as_str(), "result": f.result,
+                "confidence": f.confidence, "review": f.requires_human_review, "error": f.error,
+                "status": f.status.as_str(), "reason": f.reason,
+                "finished": f.status.is_final() || f.status == TaskStatus::NeedsReview,
+                "p": p, "c": k, "cost": cost,
+            }),
+        ));
+        true
+    }
+
+    /// One call, whatever the number of completions.
+    async fn write(&self, tx: &mut PgConnection, now: DateTime<Utc>) -> Result<()> {
+        let tasks: Vec<&serde_json::Value> = self.tasks.iter().map(|(_, t)| t).collect();
+        let n: i64 = sqlx::query_scalar("SELECT kira_finish_write($1, $2, $3, $4, $5, $6)")
+            .bind(now)
+            .bind(Json(&self.closed))
+            .bind(Json(&self.ledger))
+            .bind(Json(&self.ended))
+            .bind(Json(&self.requeued))
+            .bind(Json(&tasks))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(batch_error)?;
+        if n != tasks.len() as i64 {
+            return Err(StoreError::Conflict(format!(
+                "a batch finish wrote {n} task rows where it expected {}; nothing was recorded",
+                tasks.len()
+            )));
+        }
+        Ok(())
     }
 }

@@ -9,13 +9,15 @@ use chrono::TimeDelta;
 use kira_core::auth::Principal;
 use kira_core::budget::{BudgetConfig, Pool};
 use kira_core::task::{Priority, TaskId};
-use kira_store::postgres::{PgStore, TASKS_CHANNEL};
+use kira_store::postgres::{PgStore, SetBased, TASKS_CHANNEL};
 use kira_store::testdb::fresh_postgres;
-use kira_store::work::{BudgetStore, ClaimOutcome, TaskStore};
+use kira_store::work::{
+    BudgetStore, ClaimOutcome, Completed, Completion, Finish, Settlement, TaskStore,
+};
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::support::{create, record, scope, t0};
-use crate::work::{new_task, submit};
+use crate::work::{Slots, candidates, new_task, submit};
 
 const A: &str = "comp-a";
 const B: &str = "comp-b";
@@ -459,4 +461,216 @@ async fn the_store_trait_wakes_other_processes_and_shares_job_locks() {
         tokio::task::yield_now().await;
     }
     assert!(again.is_some(), "released when the holder is dropped");
+}
+
+fn completed() -> Finish {
+    Finish {
+        status: kira_core::task::TaskStatus::Completed,
+        reason: "done".into(),
+        result: Some(serde_json::json!({"answer": 42})),
+        confidence: Some(0.9),
+        requires_human_review: false,
+        error: None,
+        retry_at: None,
+    }
+}
+
+/// A batch of several companies' tasks is claimed in one set-based
+/// transaction and their ends recorded in another: the counters say so, so
+/// a batch quietly falling back to one task at a time fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_claimed_and_finished_set_based() {
+    let (store, url) = open().await;
+    let cfg = BudgetConfig::default();
+    let companies = ["comp-a", "comp-b", "comp-c"];
+    for c in companies {
+        create(store.as_ref(), c).await;
+    }
+    store.ensure_period(&cfg, t0()).await.expect("period");
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let c = companies[i % companies.len()];
+        ids.push(submit(store.as_ref(), c, &new_task("legal", Priority::Medium, 100)).await);
+    }
+    let cands = candidates(store.as_ref(), &ids.iter().collect::<Vec<_>>()).await;
+    let out = store
+        .claim_batch(
+            &cands,
+            &mut Slots(100),
+            "w1",
+            t0() + TimeDelta::minutes(1),
+            &cfg,
+            t0(),
+        )
+        .await
+        .expect("claim batch");
+    let mut completions = Vec::new();
+    for (id, o) in &out {
+        let ClaimOutcome::Claimed { task, reservation } = o else {
+            panic!("{id}: {o:?}");
+        };
+        completions.push(Completion {
+            scope: scope(task.company_id.as_str()),
+            task_id: id.clone(),
+            finish: completed(),
+            settle: Some(Settlement {
+                reservation_id: reservation.reservation_id.clone(),
+                prompt_tokens: 60,
+                completion_tokens: 20,
+                cost_usd: 0.01,
+            }),
+        });
+    }
+    assert_eq!(completions.len(), 12);
+    assert_eq!(
+        store.set_based(),
+        SetBased {
+            claim_batches: 1,
+            claimed: 12,
+            ..SetBased::default()
+        }
+    );
+    let ends = store
+        .finish_batch("w1", completions, t0())
+        .await
+        .expect("finish batch");
+    assert!(
+        ends.iter().all(|e| matches!(e, Completed::Recorded)),
+        "{ends:?}"
+    );
+    assert_eq!(
+        store.set_based(),
+        SetBased {
+            claim_batches: 1,
+            claimed: 12,
+            finish_batches: 1,
+            finished: 12,
+        }
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let t = store
+            .get_task(&scope(companies[i % companies.len()]), id)
+            .await
+            .expect("task");
+        assert_eq!(
+            (t.status, t.prompt_tokens, t.completion_tokens),
+            (kira_core::task::TaskStatus::Completed, 60, 20)
+        );
+    }
+    let state = store
+        .budget_state(&admin(), &cfg, t0())
+        .await
+        .expect("state");
+    for line in &state.companies {
+        assert_eq!((line.reserved, line.spent), (0, 4 * 80), "{line:?}");
+    }
+    let report = store.verify_ledger(&admin()).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert!(
+        store
+            .queue_snapshot(t0(), 100)
+            .await
+            .expect("snapshot")
+            .running
+            .is_empty()
+    );
+    // The functions ran as the app role, under the policies: a company the
+    // transaction does not name sees none of it.
+    let mut conn = app_connection(&url).await;
+    name_company(&mut conn, "comp-a").await;
+    let seen = companies_in(&mut conn, "reservations").await;
+    assert_eq!(seen.len(), 4);
+    assert!(seen.iter().all(|c| c.as_deref() == Some("comp-a")));
+}
+
+/// Four stores (as four processes) claim one queue in batches at once:
+/// every task that fits its company's allocation is claimed exactly once,
+/// the rest wait, and no allocation holds more than it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_batch_claims_take_what_fits_once() {
+    let url = fresh_postgres().await;
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(PgStore::open(&url, None).await.expect("open")));
+    }
+    let first = stores[0].clone();
+    // Base 6,000: 3,000 for each of two like companies, 30 tasks of 100.
+    let cfg = BudgetConfig {
+        total_tokens: 10_000,
+        ..BudgetConfig::default()
+    };
+    for c in [A, B] {
+        create(first.as_ref(), c).await;
+    }
+    first.ensure_period(&cfg, t0()).await.expect("period");
+    let mut ids = Vec::new();
+    for i in 0..80 {
+        let c = if i % 2 == 0 { A } else { B };
+        ids.push(submit(first.as_ref(), c, &new_task("legal", Priority::Medium, 100)).await);
+    }
+    let cands = Arc::new(candidates(first.as_ref(), &ids.iter().collect::<Vec<_>>()).await);
+    let barrier = Arc::new(tokio::sync::Barrier::new(stores.len()));
+    let racers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(w, store)| {
+            let (store, cfg, cands, barrier) =
+                (store.clone(), cfg.clone(), cands.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut out = Vec::new();
+                // In batches of 16, as the scheduler sends them.
+                for chunk in cands.chunks(16) {
+                    out.extend(
+                        store
+                            .claim_batch(
+                                chunk,
+                                &mut Slots(1000),
+                                &format!("w{w}"),
+                                t0() + TimeDelta::minutes(1),
+                                &cfg,
+                                t0(),
+                            )
+                            .await
+                            .expect("claim batch"),
+                    );
+                }
+                out
+            })
+        })
+        .collect();
+    let mut claimed = std::collections::BTreeMap::new();
+    let mut waiting = std::collections::BTreeSet::new();
+    for r in racers {
+        for (id, o) in r.await.expect("join") {
+            match o {
+                ClaimOutcome::Claimed { reservation, .. } => {
+                    assert_eq!((reservation.pool, reservation.amount), (Pool::Base, 100));
+                    assert!(
+                        claimed.insert(id.clone(), ()).is_none(),
+                        "{id} claimed twice"
+                    );
+                }
+                ClaimOutcome::WaitingBudget { .. } => {
+                    waiting.insert(id);
+                }
+                ClaimOutcome::Gone => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!((claimed.len(), waiting.len()), (60, 20));
+    let set_based: u64 = stores.iter().map(|s| s.set_based().claimed).sum();
+    assert!(set_based > 0, "no claim was set-based");
+    let state = first
+        .budget_state(&admin(), &cfg, t0())
+        .await
+        .expect("state");
+    for line in &state.companies {
+        assert_eq!((line.allocation, line.reserved), (3000, 3000), "{line:?}");
+    }
+    let report = first.verify_ledger(&admin()).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    let snap = first.queue_snapshot(t0(), 100).await.expect("snapshot");
+    assert_eq!(snap.running.len(), 60);
 }
