@@ -103,33 +103,21 @@ impl Engine {
             .await?;
         // Meaning beside words, as for memories: nearest vectors fused by
         // reciprocal rank.
-        let mut nearest: Vec<uuid::Uuid> = Vec::new();
-        if let Some(model) = self.embedder().map(|e| e.model_id().to_owned()) {
-            let vectors = self.store().knowledge_vectors(&model, filter).await?;
-            if !vectors.is_empty()
-                && let Some(q) = self
-                    .embed_texts(vec![query.to_owned()])
-                    .await?
-                    .and_then(|mut v| v.pop())
-            {
-                let mut scored: Vec<(f32, uuid::Uuid)> = vectors
-                    .iter()
-                    .filter(|v| v.vector.len() == q.len())
-                    .map(|v| {
-                        (
-                            v.vector.iter().zip(&q).map(|(a, b)| a * b).sum(),
-                            v.entry_id,
-                        )
-                    })
-                    .collect();
-                scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                nearest = scored
-                    .into_iter()
-                    .take(candidates as usize)
-                    .map(|(_, id)| id)
-                    .collect();
+        let nearest = match self.embedder().map(|e| e.model_id().to_owned()) {
+            Some(model) => {
+                let vectors = self.store().knowledge_vectors(&model, filter).await?;
+                self.nearest_ids(
+                    query,
+                    vectors
+                        .into_iter()
+                        .map(|v| (v.entry_id, v.vector))
+                        .collect(),
+                    candidates as usize,
+                )
+                .await?
             }
-        }
+            None => Vec::new(),
+        };
         if nearest.is_empty() {
             let mut text = text;
             text.truncate(limit as usize);

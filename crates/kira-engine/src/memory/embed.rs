@@ -45,6 +45,34 @@ impl Engine {
         Ok(Some(out))
     }
 
+    /// The ids of `vectors` nearest the embedding of `query`, best first (ties:
+    /// smaller id), at most `k`; empty without an embedder or vectors.
+    /// Vectors of another length (another model) are ignored.
+    pub(crate) async fn nearest_ids(
+        &self,
+        query: &str,
+        mut vectors: Vec<(uuid::Uuid, Vec<f32>)>,
+        k: usize,
+    ) -> Result<Vec<uuid::Uuid>, EngineError> {
+        if vectors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(q) = self
+            .embed_texts(vec![query.to_owned()])
+            .await?
+            .and_then(|mut v| v.pop())
+        else {
+            return Ok(Vec::new());
+        };
+        vectors.retain(|(_, v)| v.len() == q.len());
+        vectors.sort_by_key(|(id, _)| *id);
+        let refs: Vec<&[f32]> = vectors.iter().map(|(_, v)| v.as_slice()).collect();
+        Ok(kira_embed::top_k(&q, &refs, k)
+            .into_iter()
+            .map(|(i, _)| vectors[i].0)
+            .collect())
+    }
+
     /// One pass: claims up to [`EMBED_BATCH`] queued memories and embeds
     /// them. Returns how many it stored; 0 when the queue is empty (or
     /// there is no embedder).

@@ -258,26 +258,15 @@ impl Engine {
             return Ok(Vec::new());
         };
         let vectors = self.store().memory_vectors(scope, &model, filter).await?;
-        if vectors.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some(mut q) = self.embed_texts(vec![query.to_owned()]).await? else {
-            return Ok(Vec::new());
-        };
-        let Some(q) = q.pop() else {
-            return Ok(Vec::new());
-        };
-        let mut scored: Vec<(f32, Uuid)> = vectors
-            .iter()
-            .filter(|v| v.vector.len() == q.len())
-            .map(|v| (dot(&q, &v.vector), v.memory_id))
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        Ok(scored
-            .into_iter()
-            .take(k as usize)
-            .map(|(_, id)| id)
-            .collect())
+        self.nearest_ids(
+            query,
+            vectors
+                .into_iter()
+                .map(|v| (v.memory_id, v.vector))
+                .collect(),
+            k as usize,
+        )
+        .await
     }
 
     /// The context an agent starts from (SEED 3.1): hot, warm, cold,
@@ -462,8 +451,4 @@ pub fn render_memory(m: &Memory) -> String {
         m.workstream,
         m.text().replace('\n', " ")
     )
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
