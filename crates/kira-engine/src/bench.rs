@@ -180,7 +180,8 @@ pub struct Percentiles {
     pub p99_ms: f64,
 }
 
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
+/// The p50 and p99 of `v` (milliseconds); zeros when empty.
+pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
     if v.is_empty() {
         return Percentiles {
             p50_ms: 0.0,

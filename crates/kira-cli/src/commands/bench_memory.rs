@@ -37,14 +37,9 @@ fn retrieval_config() -> EngineConfig {
     cfg
 }
 
-fn pct(v: &[u64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
-    s[i.min(s.len() - 1)] as f64 / 1000.0
+/// The p50 and p99 of latencies in microseconds, in milliseconds.
+fn ms(micros: &[u64]) -> kira_engine::bench::Percentiles {
+    kira_engine::bench::percentiles(micros.iter().map(|&u| u as f64 / 1000.0).collect())
 }
 
 pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -153,7 +148,7 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
         crate::output::print_json(&serde_json::json!({
             "mode": mode, "semantic": semantic, "turns": turns,
             "recall_percent": rows,
-            "pack_ms": { "p50": pct(&micros, 0.5), "p99": pct(&micros, 0.99) },
+            "pack_ms": { "p50": ms(&micros).p50_ms, "p99": ms(&micros).p99_ms },
         }))?;
     } else {
         println!(
@@ -188,8 +183,8 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
         println!("{t}");
         println!(
             "context pack latency: p50 {:.1} ms, p99 {:.1} ms ({} packs)",
-            pct(&micros, 0.5),
-            pct(&micros, 0.99),
+            ms(&micros).p50_ms,
+            ms(&micros).p99_ms,
             micros.len()
         );
     }
@@ -343,8 +338,8 @@ pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<Exi
         crate::output::print_json(&serde_json::json!({
             "backend": backend, "companies": args.companies, "memories": total,
             "insert_per_second": rate,
-            "search_ms": { "p50": pct(&search_us, 0.5), "p99": pct(&search_us, 0.99) },
-            "context_ms": { "p50": pct(&pack_us, 0.5), "p99": pct(&pack_us, 0.99) },
+            "search_ms": { "p50": ms(&search_us).p50_ms, "p99": ms(&search_us).p99_ms },
+            "context_ms": { "p50": ms(&pack_us).p50_ms, "p99": ms(&pack_us).p99_ms },
             "context_budget": args.budget,
             "mean_context_tokens": pack_tokens / args.queries,
             "vectors": false,
@@ -357,15 +352,15 @@ pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<Exi
         println!("  batch insert: {rate:.0} memories/s (1,000 per transaction)");
         println!(
             "  search (20 hits):       p50 {:.1} ms, p99 {:.1} ms ({} queries)",
-            pct(&search_us, 0.5),
-            pct(&search_us, 0.99),
+            ms(&search_us).p50_ms,
+            ms(&search_us).p99_ms,
             args.queries
         );
         println!(
             "  context pack ({} tok):  p50 {:.1} ms, p99 {:.1} ms (mean {} tokens used)",
             args.budget,
-            pct(&pack_us, 0.5),
-            pct(&pack_us, 0.99),
+            ms(&pack_us).p50_ms,
+            ms(&pack_us).p99_ms,
             pack_tokens / args.queries
         );
     }
@@ -472,7 +467,7 @@ pub async fn longmemeval(args: BenchLongmemevalArgs, json: bool) -> anyhow::Resu
             "questions": questions.len(), "semantic": !args.no_embed,
             "recall_all_at_5": f(all5), "recall_all_at_10": f(all10),
             "recall_any_at_5": f(any5), "recall_any_at_10": f(any10),
-            "search_ms": {"p50": pct(&micros, 0.5), "p99": pct(&micros, 0.99)},
+            "search_ms": {"p50": ms(&micros).p50_ms, "p99": ms(&micros).p99_ms},
         }))?;
     } else {
         println!(
@@ -496,8 +491,8 @@ pub async fn longmemeval(args: BenchLongmemevalArgs, json: bool) -> anyhow::Resu
         );
         println!(
             "  search p50 {:.1} ms, p99 {:.1} ms",
-            pct(&micros, 0.5),
-            pct(&micros, 0.99)
+            ms(&micros).p50_ms,
+            ms(&micros).p99_ms
         );
     }
     let _ = std::fs::remove_dir_all(&temp);

@@ -83,14 +83,18 @@ impl Default for Shares {
 }
 
 impl Shares {
-    fn of(&self, s: Section) -> f64 {
-        let v = match s {
+    fn raw(&self, s: Section) -> f64 {
+        match s {
             Section::Hot => self.hot,
             Section::Warm => self.warm,
             Section::Cold => self.cold,
             Section::Knowledge => self.knowledge,
             Section::Shared => self.shared,
-        };
+        }
+    }
+
+    fn of(&self, s: Section) -> f64 {
+        let v = self.raw(s);
         if v.is_finite() {
             v.clamp(0.0, 1.0)
         } else {
@@ -100,14 +104,7 @@ impl Shares {
 
     pub fn validate(&self) -> Result<(), kira_core::ValidationError> {
         for s in Section::ALL {
-            let v = match s {
-                Section::Hot => self.hot,
-                Section::Warm => self.warm,
-                Section::Cold => self.cold,
-                Section::Knowledge => self.knowledge,
-                Section::Shared => self.shared,
-            };
-            if !(0.0..=1.0).contains(&v) {
+            if !(0.0..=1.0).contains(&self.raw(s)) {
                 return Err(kira_core::ValidationError::new(
                     format!("context.shares.{}", s.as_str()),
                     "must be between 0 and 1",
