@@ -15,6 +15,7 @@ use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
 use kira_core::{CompanyId, ValidationError};
 
+pub mod agents;
 pub mod conflicts;
 pub mod knowledge;
 pub mod ledger;
