@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use kira_core::sharing::SharingRules;
 use kira_engine::config::{
     AgentConfig, BudgetSection, ContextSection, EngineConfig, EngineFile, ExecutorConfig,
-    KnowledgeSection, MemorySection, PriceSection, PrioritySection, SchedulerSection,
+    KnowledgeSection, MemorySection, PriceSection, PrioritySection, ReviewConfig, SchedulerSection,
     TaskTypeConfig,
 };
 use serde::Deserialize;
@@ -144,6 +144,8 @@ struct FileConfig {
     memory: MemorySection,
     #[serde(default)]
     context: ContextSection,
+    #[serde(default)]
+    review: Option<ReviewConfig>,
 }
 
 impl FileConfig {
@@ -161,6 +163,7 @@ impl FileConfig {
             sharing: self.sharing.take(),
             memory: std::mem::take(&mut self.memory),
             context: std::mem::take(&mut self.context),
+            review: self.review.take(),
         }
     }
 }

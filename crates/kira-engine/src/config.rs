@@ -36,6 +36,45 @@ pub struct EngineConfig {
     pub knowledge_domains: BTreeSet<String>,
     /// Cross-company access rules (`[sharing]`), SEED 2.3's by default.
     pub sharing: SharingRules,
+    /// When a result waits for a human (`[review]`).
+    pub review: ReviewConfig,
+}
+
+/// The review policy: which results go to `needs_review` instead of
+/// completing, and how often a rejected task runs again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Results with a lower confidence wait for a human.
+    pub confidence_threshold: f64,
+    /// Task types whose results always wait for a human.
+    pub always: BTreeSet<String>,
+    /// A run that hit a limit (steps, tokens, wall time) waits for a human.
+    pub on_limit: bool,
+    /// How often a rejected task goes back to the queue; after that a
+    /// rejection fails it.
+    pub max_requeues: u32,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        Self {
+            confidence_threshold: 0.7,
+            always: BTreeSet::new(),
+            on_limit: true,
+            max_requeues: 1,
+        }
+    }
+}
+
+impl ReviewConfig {
+    /// Whether a result of this type, with this confidence, from a run
+    /// that did or did not hit a limit, needs a human.
+    pub fn needs_review(&self, task_type: &str, confidence: f64, hit_limit: bool) -> bool {
+        confidence < self.confidence_threshold
+            || self.always.contains(task_type)
+            || (hit_limit && self.on_limit)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +214,7 @@ impl Default for EngineConfig {
             memory: crate::memory::MemoryConfig::default(),
             knowledge_domains: DEFAULT_DOMAINS.iter().map(|d| (*d).to_owned()).collect(),
             sharing: SharingRules::default(),
+            review: ReviewConfig::default(),
         }
     }
 }
@@ -206,6 +246,8 @@ pub struct EngineFile {
     pub memory: MemorySection,
     #[serde(default)]
     pub context: ContextSection,
+    #[serde(default)]
+    pub review: Option<ReviewConfig>,
 }
 
 /// `[memory]`: retention, compaction, search; `[memory.layers]`,
@@ -511,6 +553,31 @@ impl EngineFile {
             c.sharing = rules;
         }
         resolve_memory(&mut c.memory, self.memory, self.context)?;
+        if let Some(r) = self.review {
+            if !(r.confidence_threshold.is_finite()
+                && (0.0..=1.0).contains(&r.confidence_threshold))
+            {
+                return Err(ValidationError::new(
+                    "review.confidence_threshold",
+                    "must be between 0 and 1",
+                ));
+            }
+            for t in &r.always {
+                if !c.task_types.contains_key(t) {
+                    return Err(ValidationError::new(
+                        "review.always",
+                        format!("names no configured task type: {t}"),
+                    ));
+                }
+            }
+            if r.max_requeues > 100 {
+                return Err(ValidationError::new(
+                    "review.max_requeues",
+                    "must be between 0 and 100",
+                ));
+            }
+            c.review = r;
+        }
         Ok(c)
     }
 }
