@@ -70,6 +70,126 @@ impl Provider for Anthropic {
         let (body, latency): (Reply, _) = send_json(&self.name, request, Some(&self.key)).await?;
         parse_response(body, latency, &req.model)
     }
+
+    /// The messages API's event stream: text deltas go to `on_text`; tool
+    /// input arrives as JSON fragments, joined per content block.
+    async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        on_text: crate::OnText<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = request_body(req);
+        body["stream"] = json!(true);
+        let request = self
+            .client
+            .post(format!("{}/v1/messages", self.base))
+            .header("x-api-key", &self.key)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(&body);
+        let provider = self.name.clone();
+        let decode = |message: String| LlmError::Decode {
+            provider: provider.clone(),
+            message,
+        };
+        let mut model = None;
+        let mut usage = json!({});
+        let mut stop_reason = None;
+        let mut blocks: Vec<Value> = Vec::new();
+        let mut partial_json: Vec<String> = Vec::new();
+        let mut stopped = false;
+        let latency = http::send_sse(&self.name, request, Some(&self.key), |_, data| {
+            let ev: Value = serde_json::from_str(data)
+                .map_err(|e| decode(format!("stream event: {e}")))?;
+            match ev.get("type").and_then(Value::as_str).unwrap_or_default() {
+                "message_start" => {
+                    let m = &ev["message"];
+                    model = m.get("model").and_then(Value::as_str).map(str::to_owned);
+                    if let Some(u) = m.get("usage").and_then(Value::as_object) {
+                        for (k, v) in u {
+                            usage[k] = v.clone();
+                        }
+                    }
+                }
+                "content_block_start" => {
+                    let i = ev["index"].as_u64().unwrap_or(0) as usize;
+                    while blocks.len() <= i {
+                        blocks.push(Value::Null);
+                        partial_json.push(String::new());
+                    }
+                    blocks[i] = ev["content_block"].clone();
+                }
+                "content_block_delta" => {
+                    let i = ev["index"].as_u64().unwrap_or(0) as usize;
+                    let d = &ev["delta"];
+                    let Some(block) = blocks.get_mut(i) else {
+                        return Err(decode(format!("a delta for block {i}, never started")));
+                    };
+                    match d.get("type").and_then(Value::as_str).unwrap_or_default() {
+                        "text_delta" => {
+                            let t = d["text"].as_str().unwrap_or_default();
+                            let so_far = block["text"].as_str().unwrap_or_default().to_owned();
+                            block["text"] = json!(so_far + t);
+                            if !t.is_empty() {
+                                on_text(t);
+                            }
+                        }
+                        "input_json_delta" => {
+                            partial_json[i].push_str(d["partial_json"].as_str().unwrap_or_default());
+                        }
+                        _ => {}
+                    }
+                }
+                "message_delta" => {
+                    if let Some(r) = ev["delta"].get("stop_reason").and_then(Value::as_str) {
+                        stop_reason = Some(r.to_owned());
+                    }
+                    if let Some(u) = ev.get("usage").and_then(Value::as_object) {
+                        for (k, v) in u {
+                            usage[k] = v.clone();
+                        }
+                    }
+                }
+                "message_stop" => {
+                    stopped = true;
+                    return Ok(false);
+                }
+                "error" => {
+                    return Err(LlmError::Status {
+                        provider: provider.clone(),
+                        status: 500,
+                        retry_after: None,
+                        body: ev["error"].to_string(),
+                    });
+                }
+                _ => {}
+            }
+            Ok(true)
+        })
+        .await?;
+        if !stopped {
+            return Err(LlmError::Decode {
+                provider: self.name.clone(),
+                message: "the stream ended before the answer did".into(),
+            });
+        }
+        for (block, json_text) in blocks.iter_mut().zip(partial_json) {
+            if block["type"] == "tool_use" && !json_text.trim().is_empty() {
+                block["input"] = serde_json::from_str(&json_text)
+                    .unwrap_or(Value::String(json_text));
+            }
+        }
+        let reply: Reply = serde_json::from_value(json!({
+            "model": model,
+            "content": blocks,
+            "stop_reason": stop_reason,
+            "usage": usage,
+        }))
+        .map_err(|e| LlmError::Decode {
+            provider: self.name.clone(),
+            message: format!("stream: {e}"),
+        })?;
+        parse_response(reply, latency, &req.model)
+    }
 }
 
 /// The JSON body of a messages call. System messages join into the

@@ -14,6 +14,10 @@ const BODY_EXCERPT: usize = 500;
 /// Builds the shared client. `timeout` bounds a whole request; the
 /// resilient wrapper usually sets a shorter per-attempt limit.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, LlmError> {
+    // reqwest's rustls is built without a crypto provider: ring is the
+    // process's (an error only says one is installed already).
+    #[cfg(feature = "tls")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
@@ -39,6 +43,45 @@ pub(crate) fn base_url(base: &str) -> Result<String, LlmError> {
     Ok(trimmed.to_string())
 }
 
+/// Sends `request`; a non-2xx answer becomes the error it stands for
+/// (429 RateLimited, else Status, with Retry-After and the body's start
+/// scrubbed of `secret`).
+async fn send(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+    secret: Option<&str>,
+    started: Instant,
+) -> Result<reqwest::Response, LlmError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, &e, started.elapsed()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = retry_after(response.headers());
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| transport_error(provider, &e, started.elapsed()))?;
+    let body = scrub(&String::from_utf8_lossy(&bytes), secret);
+    Err(if status.as_u16() == 429 {
+        LlmError::RateLimited {
+            provider: provider.to_string(),
+            retry_after,
+            body,
+        }
+    } else {
+        LlmError::Status {
+            provider: provider.to_string(),
+            status: status.as_u16(),
+            retry_after,
+            body,
+        }
+    })
+}
+
 /// Sends `request` and decodes a 2xx JSON body as `T`; returns it with the
 /// time the call took. `secret` is scrubbed from anything kept of the body.
 pub(crate) async fn send_json<T: DeserializeOwned>(
@@ -47,34 +90,12 @@ pub(crate) async fn send_json<T: DeserializeOwned>(
     secret: Option<&str>,
 ) -> Result<(T, Duration), LlmError> {
     let started = Instant::now();
-    let response = request
-        .send()
-        .await
-        .map_err(|e| transport_error(provider, &e, started.elapsed()))?;
-    let status = response.status();
-    let retry_after = retry_after(response.headers());
+    let response = send(provider, request, secret, started).await?;
     let bytes = response
         .bytes()
         .await
         .map_err(|e| transport_error(provider, &e, started.elapsed()))?;
     let latency = started.elapsed();
-    if !status.is_success() {
-        let body = scrub(&String::from_utf8_lossy(&bytes), secret);
-        return Err(if status.as_u16() == 429 {
-            LlmError::RateLimited {
-                provider: provider.to_string(),
-                retry_after,
-                body,
-            }
-        } else {
-            LlmError::Status {
-                provider: provider.to_string(),
-                status: status.as_u16(),
-                retry_after,
-                body,
-            }
-        });
-    }
     let value = serde_json::from_slice(&bytes).map_err(|e| LlmError::Decode {
         provider: provider.to_string(),
         message: format!(
@@ -83,6 +104,37 @@ pub(crate) async fn send_json<T: DeserializeOwned>(
         ),
     })?;
     Ok((value, latency))
+}
+
+/// Sends `request` and hands each server-sent event's (event name, data)
+/// to `on_event` as it arrives; returns the time the whole stream took.
+/// `on_event` returns false to stop reading (the stream's own end marker).
+pub(crate) async fn send_sse(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+    secret: Option<&str>,
+    mut on_event: impl FnMut(&str, &str) -> Result<bool, LlmError>,
+) -> Result<Duration, LlmError> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let started = Instant::now();
+    let response = send(provider, request, secret, started).await?;
+    let mut events = response.bytes_stream().eventsource();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| match e {
+            eventsource_stream::EventStreamError::Transport(t) => {
+                transport_error(provider, &t, started.elapsed())
+            }
+            other => LlmError::Decode {
+                provider: provider.to_string(),
+                message: format!("event stream: {other}"),
+            },
+        })?;
+        if !on_event(&event.event, &event.data)? {
+            break;
+        }
+    }
+    Ok(started.elapsed())
 }
 
 fn transport_error(provider: &str, e: &reqwest::Error, elapsed: Duration) -> LlmError {

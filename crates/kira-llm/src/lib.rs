@@ -38,4 +38,23 @@ pub trait Provider: Send + Sync {
     fn name(&self) -> &str;
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError>;
+
+    /// The same call, streamed where the provider can: `on_text` gets each
+    /// piece of the answer's text as it arrives, and the whole answer
+    /// (tool calls, usage, finish reason) is returned at the end. A
+    /// provider that cannot stream hands the whole text over at once.
+    async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        on_text: OnText<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let r = self.chat(req).await?;
+        if !r.message.content.is_empty() {
+            on_text(&r.message.content);
+        }
+        Ok(r)
+    }
 }
+
+/// What receives streamed text.
+pub type OnText<'a> = &'a (dyn Fn(&str) + Send + Sync);

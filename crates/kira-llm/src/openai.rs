@@ -70,6 +70,130 @@ impl Provider for OpenAi {
             send_json(&self.name, request, self.key.as_deref()).await?;
         parse_response(&self.name, body, latency, &req.model)
     }
+
+    /// Server-sent chunks (`"stream": true`, usage in the last chunk via
+    /// `stream_options.include_usage`); text deltas go to `on_text`, tool
+    /// call fragments are joined by their index.
+    async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        on_text: crate::OnText<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut body = request_body(req);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let mut request = self
+            .client
+            .post(format!("{}/chat/completions", self.base))
+            .json(&body);
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        let mut acc = StreamAcc::default();
+        let provider = self.name.clone();
+        let latency = http::send_sse(&self.name, request, self.key.as_deref(), |_, data| {
+            if data.trim() == "[DONE]" {
+                acc.done = true;
+                return Ok(false);
+            }
+            let chunk: Value = serde_json::from_str(data).map_err(|e| LlmError::Decode {
+                provider: provider.clone(),
+                message: format!("stream chunk: {e}"),
+            })?;
+            if let Some(text) = acc.add(&chunk) {
+                on_text(&text);
+            }
+            Ok(true)
+        })
+        .await?;
+        if !acc.done && acc.finish_reason.is_none() {
+            return Err(LlmError::Decode {
+                provider: self.name.clone(),
+                message: "the stream ended before the answer did".into(),
+            });
+        }
+        let completion: Completion =
+            serde_json::from_value(acc.into_completion()).map_err(|e| LlmError::Decode {
+                provider: self.name.clone(),
+                message: format!("stream: {e}"),
+            })?;
+        parse_response(&self.name, completion, latency, &req.model)
+    }
+}
+
+/// A streamed answer being put together.
+#[derive(Default)]
+struct StreamAcc {
+    model: Option<String>,
+    content: String,
+    /// By index: (id, name, arguments so far).
+    tools: std::collections::BTreeMap<u64, (Option<String>, String, String)>,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+    done: bool,
+}
+
+impl StreamAcc {
+    /// Takes one chunk in; returns its text, if any.
+    fn add(&mut self, chunk: &Value) -> Option<String> {
+        if let Some(m) = chunk.get("model").and_then(Value::as_str) {
+            self.model = Some(m.to_owned());
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+        let choice = chunk.get("choices")?.as_array()?.first()?;
+        if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(f.to_owned());
+        }
+        let delta = choice.get("delta")?;
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let entry = self.tools.entry(index).or_default();
+            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                entry.0 = Some(id.to_owned());
+            }
+            if let Some(f) = call.get("function") {
+                if let Some(n) = f.get("name").and_then(Value::as_str) {
+                    entry.1.push_str(n);
+                }
+                if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                    entry.2.push_str(a);
+                }
+            }
+        }
+        let text = delta.get("content").and_then(Value::as_str)?;
+        if text.is_empty() {
+            return None;
+        }
+        self.content.push_str(text);
+        Some(text.to_owned())
+    }
+
+    /// The answer in the shape of a non-streamed completion.
+    fn into_completion(self) -> Value {
+        let tool_calls: Vec<Value> = self
+            .tools
+            .into_values()
+            .map(|(id, name, arguments)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+            })
+            .collect();
+        let mut message = json!({"role": "assistant", "content": self.content});
+        if !tool_calls.is_empty() {
+            message["tool_calls"] = json!(tool_calls);
+        }
+        json!({
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            "usage": self.usage,
+        })
+    }
 }
 
 /// The JSON body OpenAI's chat completions take.

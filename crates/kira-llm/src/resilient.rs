@@ -138,13 +138,23 @@ impl Resilient {
 
     /// One attempt: waits for a permit (held only while the call runs, not
     /// during backoff), then calls with the attempt's time limit.
-    async fn attempt(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+    async fn attempt(
+        &self,
+        req: &ChatRequest,
+        on_text: Option<crate::OnText<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
         let _permit =
             self.permits.acquire().await.map_err(|_| {
                 LlmError::Config("the provider's concurrency limit was closed".into())
             })?;
         let limit = self.policy.attempt_timeout;
-        match tokio::time::timeout(limit, self.inner.chat(req)).await {
+        let call = async {
+            match on_text {
+                Some(f) => self.inner.chat_stream(req, f).await,
+                None => self.inner.chat(req).await,
+            }
+        };
+        match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
             Err(_) => Err(LlmError::Timeout {
                 provider: self.inner.name().to_string(),
@@ -154,10 +164,14 @@ impl Resilient {
     }
 
     /// Tries one model with its retries.
-    async fn with_retries(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+    async fn with_retries(
+        &self,
+        req: &ChatRequest,
+        on_text: Option<crate::OnText<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
         let mut retry = 0;
         loop {
-            let error = match self.attempt(req).await {
+            let error = match self.attempt(req, on_text).await {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
@@ -188,7 +202,27 @@ impl Provider for Resilient {
     /// The requested model with its retries, then each fallback model with
     /// its own; the first answer wins, else the last model's error.
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let mut error = match self.with_retries(req).await {
+        self.chain(req, None).await
+    }
+
+    /// As `chat`, streamed; a retried or fallen-back call streams its text
+    /// again from the start.
+    async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        on_text: crate::OnText<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        self.chain(req, Some(on_text)).await
+    }
+}
+
+impl Resilient {
+    async fn chain(
+        &self,
+        req: &ChatRequest,
+        on_text: Option<crate::OnText<'_>>,
+    ) -> Result<ChatResponse, LlmError> {
+        let mut error = match self.with_retries(req, on_text).await {
             Ok(response) => return Ok(response),
             Err(e) => e,
         };
@@ -209,7 +243,7 @@ impl Provider for Resilient {
                 model: model.clone(),
                 ..req.clone()
             };
-            match self.with_retries(&next).await {
+            match self.with_retries(&next, on_text).await {
                 Ok(response) => return Ok(response),
                 Err(e) => error = e,
             }

@@ -7,3 +7,4 @@ mod fake;
 mod local;
 mod openai;
 mod resilient;
+mod stream;
