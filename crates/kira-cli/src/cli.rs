@@ -94,6 +94,9 @@ pub enum Command {
     /// Cross-company sharing rules: which rule decides for two companies (admin).
     #[command(subcommand)]
     Sharing(crate::commands::sharing::SharingCommand),
+    /// The agent pool: models, limits, load and system prompts.
+    #[command(subcommand)]
+    Agents(crate::commands::agents::AgentsCommand),
     /// Conflict flags between companies naming the same counterparty (admin).
     #[command(subcommand)]
     Conflicts(crate::commands::sharing::ConflictsCommand),
@@ -745,6 +748,10 @@ pub enum BenchCommand {
     /// Session recall on LongMemEval_S (../shared/bench): each question's
     /// haystack is one company's memory (user turns); recall_all/any@5/@10.
     Longmemeval(BenchLongmemevalArgs),
+    /// Agents end to end with a fake provider answering after a fixed
+    /// latency: tasks per second, kira's own time per task (all but the
+    /// provider's) p50/p99, and the share of tasks within the 30 s SLA.
+    Agents(BenchAgentsArgs),
     /// One worker process of `bench queue --processes N` (internal).
     #[command(hide = true)]
     QueueWorker {
@@ -753,6 +760,20 @@ pub enum BenchCommand {
         #[arg(long)]
         overload: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchAgentsArgs {
+    /// An EMPTY database to run in (postgres://...); default: a new SQLite file in a temp directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    #[arg(long, default_value_t = 1_000)]
+    pub tasks: usize,
+    #[arg(long, default_value_t = 100)]
+    pub companies: usize,
+    /// The fake provider's latency per call, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub latency_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use kira_core::sharing::SharingRules;
 use kira_engine::config::{
     AgentConfig, BudgetSection, ContextSection, EngineConfig, EngineFile, ExecutorConfig,
-    KnowledgeSection, MemorySection, PriceSection, PrioritySection, ReviewConfig, SchedulerSection,
-    TaskTypeConfig,
+    KnowledgeSection, MemorySection, PriceSection, PrimaryConfig, PrioritySection, ProviderSpec,
+    ReviewConfig, SchedulerSection, SummarizerConfig, TaskTypeConfig,
 };
 use serde::Deserialize;
 
@@ -146,6 +146,12 @@ struct FileConfig {
     context: ContextSection,
     #[serde(default)]
     review: Option<ReviewConfig>,
+    #[serde(default)]
+    providers: BTreeMap<String, ProviderSpec>,
+    #[serde(default)]
+    primary: Option<PrimaryConfig>,
+    #[serde(default)]
+    summarizer: Option<SummarizerConfig>,
 }
 
 impl FileConfig {
@@ -164,6 +170,9 @@ impl FileConfig {
             memory: std::mem::take(&mut self.memory),
             context: std::mem::take(&mut self.context),
             review: self.review.take(),
+            providers: std::mem::take(&mut self.providers),
+            primary: self.primary.take(),
+            summarizer: self.summarizer.take(),
         }
     }
 }

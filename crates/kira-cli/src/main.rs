@@ -1,6 +1,7 @@
 //! The `kira` binary: `kira serve` runs the server; every other command is
 //! a client of its HTTP API.
 
+mod agents;
 mod cli;
 mod client;
 mod commands;
@@ -119,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Context(args) => commands::memory::context(&ctx()?, args).await,
         Command::Knowledge(cmd) => commands::knowledge::run(&ctx()?, cmd).await,
         Command::Sharing(cmd) => commands::sharing::run_sharing(&ctx()?, cmd).await,
+        Command::Agents(cmd) => commands::agents::run(&ctx()?, cmd).await,
         Command::Conflicts(cmd) => commands::sharing::run_conflicts(&ctx()?, cmd).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Bench(cmd) => commands::bench::run(cmd, json).await,

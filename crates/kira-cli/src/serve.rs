@@ -79,13 +79,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("cannot read the listening address")?;
     eprintln!("kira listening on http://{addr}");
 
-    match &cfg.engine.executor {
-        Some(ExecutorConfig::Simulated(_)) => {
-            tracing::info!("executor: simulated (results are marked simulated)");
-        }
-        None => tracing::info!("no executor configured: tasks wait in the queue"),
-    }
-    let engine = kira_engine::Engine::new(store, Arc::new(SystemClock), cfg.engine.clone());
+    let env = |k: &str| std::env::var(k).ok();
+    let engine = crate::agents::engine(store, &cfg.engine, &env)?;
     let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.start(shutdown.clone());
@@ -147,18 +142,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// scaling out beside `kira serve` processes on one PostgreSQL database.
 pub async fn worker(cfg: Config) -> anyhow::Result<()> {
     init_logging(&cfg.log);
-    let Some(ExecutorConfig::Simulated(_)) = &cfg.engine.executor else {
+    if let Some(ExecutorConfig::None) = &cfg.engine.executor {
         anyhow::bail!(
-            "kira worker runs tasks, so its configuration needs an [executor] section; \
-             without one, tasks only wait in the queue"
+            "kira worker runs tasks, but the configuration says [executor] kind = \"none\""
         );
-    };
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let store = kira_store::open(&cfg.store_config())
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&cfg.database_url)))?;
-    tracing::info!(database = %redact_url(&cfg.database_url), "kira worker started; executor: simulated (results are marked simulated)");
-    let engine = kira_engine::Engine::new(store, Arc::new(SystemClock), cfg.engine.clone());
+    tracing::info!(database = %redact_url(&cfg.database_url), "kira worker started");
+    let env = |k: &str| std::env::var(k).ok();
+    let engine = crate::agents::engine(store, &cfg.engine, &env)?;
+    let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.start(shutdown.clone());
     tokio::select! {

@@ -16,7 +16,7 @@ use kira_store::Store;
 use kira_store::work::TaskFilter;
 use serde::Serialize;
 
-use crate::config::{AgentConfig, ExecutorConfig, SimulatedConfig};
+use crate::config::{ExecutorConfig, SimulatedConfig};
 use crate::executor::Simulated;
 use crate::{Engine, EngineConfig, EngineError};
 
@@ -29,9 +29,7 @@ pub fn bench_config(overload: bool) -> EngineConfig {
     cfg.scheduler.batch = 1_000;
     let slots = if overload { 4 } else { 256 };
     for a in cfg.agents.values_mut() {
-        *a = AgentConfig {
-            max_concurrent: slots,
-        };
+        a.max_concurrent = slots;
     }
     cfg.executor = Some(ExecutorConfig::Simulated(SimulatedConfig::default()));
     cfg

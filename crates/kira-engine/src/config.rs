@@ -28,7 +28,9 @@ pub struct EngineConfig {
     /// Every agent that can run tasks, with its limits.
     pub agents: BTreeMap<String, AgentConfig>,
     pub task_types: BTreeMap<String, TaskTypeConfig>,
-    /// None: tasks wait in the queue; nothing pretends to run them.
+    /// None: real agents (`crate::agent`), which the binary builds with
+    /// its providers; `kind = "none"`: tasks wait in the queue;
+    /// `kind = "simulated"`: the stand-in for tests and benchmarks.
     pub executor: Option<ExecutorConfig>,
     pub prices: BTreeMap<String, ModelPrice>,
     pub memory: crate::memory::MemoryConfig,
@@ -38,6 +40,43 @@ pub struct EngineConfig {
     pub sharing: SharingRules,
     /// When a result waits for a human (`[review]`).
     pub review: ReviewConfig,
+    /// Model providers agents may name (`[providers.NAME]`); empty: the
+    /// environment's (OpenAI, Anthropic), else the local model.
+    pub providers: BTreeMap<String, ProviderSpec>,
+    /// The primary agent's session and spawn rule (`[primary]`).
+    pub primary: PrimaryConfig,
+    /// What summarises for compaction and the primary session (`[summarizer]`).
+    pub summarizer: SummarizerConfig,
+}
+
+/// Which summariser compaction and the primary session use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SummarizerConfig {
+    /// `extractive` (no model; the default) or `llm` (a call to `agent`'s
+    /// provider and model).
+    pub kind: SummarizerKind,
+    /// The agent whose model summarises, for `llm`.
+    pub agent: String,
+    /// Output tokens of one summary, for `llm`.
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SummarizerKind {
+    Extractive,
+    Llm,
+}
+
+impl Default for SummarizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: SummarizerKind::Extractive,
+            agent: "content".to_owned(),
+            max_tokens: 400,
+        }
+    }
 }
 
 /// The review policy: which results go to `needs_review` instead of
@@ -108,10 +147,270 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// One agent of the pool (or the primary): how many runs at once, its
+/// instructions, its model, the tools it may use and its limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     pub max_concurrent: u32,
+    /// The agent's instructions; none: the built-in prompt for its name
+    /// (`crate::agent::prompts`), or a generic one for a new agent.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// A `[providers.NAME]`; none: the default provider.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The model; none: the provider's.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Models tried in order when the model fails after its retries.
+    #[serde(default)]
+    pub fallback_models: Vec<String>,
+    /// Tool domains the agent may use: `memory` (search and record the
+    /// company's memories) and `knowledge` (search the shared knowledge
+    /// base). Submitting the result is always allowed.
+    #[serde(default = "default_tools")]
+    pub tools: Vec<String>,
+    /// Model calls per run at most.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    /// Prompt and completion tokens per run at most.
+    #[serde(default = "default_run_tokens")]
+    pub max_tokens_per_run: i64,
+    /// Wall time of a run at most, in seconds.
+    #[serde(default = "default_wall_seconds")]
+    pub max_wall_seconds: u64,
+    /// Output tokens per call; none: 1,024 on a remote model, 200 on the
+    /// local one.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// Tokens of context pack in the first prompt; none: 4,000 on a remote
+    /// model, 600 on the local one (its window is small and it is slow).
+    #[serde(default)]
+    pub context_budget: Option<usize>,
+}
+
+/// Tool domains an agent may be given.
+pub const TOOL_DOMAINS: [&str; 2] = ["memory", "knowledge"];
+
+fn default_tools() -> Vec<String> {
+    TOOL_DOMAINS.iter().map(|d| (*d).to_owned()).collect()
+}
+fn default_max_steps() -> u32 {
+    6
+}
+fn default_run_tokens() -> i64 {
+    64_000
+}
+fn default_wall_seconds() -> u64 {
+    600
+}
+
+impl AgentConfig {
+    /// An agent with `max_concurrent` slots and every other setting at its
+    /// default.
+    pub fn with_slots(max_concurrent: u32) -> AgentConfig {
+        AgentConfig {
+            max_concurrent,
+            system_prompt: None,
+            provider: None,
+            model: None,
+            fallback_models: Vec::new(),
+            tools: default_tools(),
+            max_steps: default_max_steps(),
+            max_tokens_per_run: default_run_tokens(),
+            max_wall_seconds: default_wall_seconds(),
+            max_output_tokens: None,
+            context_budget: None,
+        }
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ValidationError> {
+        let field = |k: &str| format!("agents.{name}.{k}");
+        if !(1..=10_000).contains(&self.max_concurrent) {
+            return Err(ValidationError::new(
+                field("max_concurrent"),
+                "must be between 1 and 10000",
+            ));
+        }
+        for t in &self.tools {
+            if !TOOL_DOMAINS.contains(&t.as_str()) {
+                return Err(ValidationError::new(
+                    field("tools"),
+                    format!("'{t}' is not one of {}", TOOL_DOMAINS.join(", ")),
+                ));
+            }
+        }
+        if !(1..=100).contains(&self.max_steps) {
+            return Err(ValidationError::new(
+                field("max_steps"),
+                "must be between 1 and 100",
+            ));
+        }
+        if !(100..=100_000_000).contains(&self.max_tokens_per_run) {
+            return Err(ValidationError::new(
+                field("max_tokens_per_run"),
+                "must be between 100 and 100000000",
+            ));
+        }
+        if !(1..=86_400).contains(&self.max_wall_seconds) {
+            return Err(ValidationError::new(
+                field("max_wall_seconds"),
+                "must be between 1 and 86400",
+            ));
+        }
+        if let Some(v) = self.max_output_tokens
+            && !(1..=1_000_000).contains(&v)
+        {
+            return Err(ValidationError::new(
+                field("max_output_tokens"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if let Some(v) = self.context_budget
+            && v > 1_000_000
+        {
+            return Err(ValidationError::new(
+                field("context_budget"),
+                "must be at most 1000000",
+            ));
+        }
+        if let Some(p) = &self.system_prompt
+            && p.trim().is_empty()
+        {
+            return Err(ValidationError::new(
+                field("system_prompt"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which wire format a configured provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible chat completions (OpenAI, vLLM, Ollama, llama.cpp
+    /// server, LiteLLM: any base URL).
+    OpenAi,
+    Anthropic,
+    /// SmolLM2-135M-Instruct in process (installed by
+    /// `./scripts/install-models`).
+    Local,
+}
+
+/// `[providers.NAME]`: a model provider agents may name. The key is never
+/// in the file: `api_key_env` names the environment variable holding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    pub kind: ProviderKind,
+    /// None: the provider's public URL (OpenAI's, Anthropic's).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable with the API key (`OPENAI_API_KEY`, ...).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The model agents get when they name none.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Calls to this provider at once, across agents.
+    #[serde(default = "default_provider_concurrency")]
+    pub max_concurrent: usize,
+    /// One attempt's time limit, in seconds.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout_seconds: u64,
+    /// Retries after the first attempt (429, 5xx, timeouts).
+    #[serde(default = "default_provider_retries")]
+    pub max_retries: u32,
+}
+
+fn default_provider_concurrency() -> usize {
+    8
+}
+fn default_provider_timeout() -> u64 {
+    120
+}
+fn default_provider_retries() -> u32 {
+    2
+}
+
+impl ProviderSpec {
+    fn validate(&self, name: &str) -> Result<(), ValidationError> {
+        let field = |k: &str| format!("providers.{name}.{k}");
+        if !(1..=10_000).contains(&self.max_concurrent) {
+            return Err(ValidationError::new(
+                field("max_concurrent"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=3_600).contains(&self.timeout_seconds) {
+            return Err(ValidationError::new(
+                field("timeout_seconds"),
+                "must be between 1 and 3600",
+            ));
+        }
+        if self.max_retries > 20 {
+            return Err(ValidationError::new(
+                field("max_retries"),
+                "must be between 0 and 20",
+            ));
+        }
+        if let Some(u) = &self.base_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ValidationError::new(
+                field("base_url"),
+                "must start with http:// or https://",
+            ));
+        }
+        if let Some(v) = &self.api_key_env
+            && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(ValidationError::new(
+                field("api_key_env"),
+                "must be an environment variable's name (letters, digits, '_'); \
+                 the key itself never goes in the file",
+            ));
+        }
+        if self.kind == ProviderKind::Local
+            && (self.base_url.is_some() || self.api_key_env.is_some())
+        {
+            return Err(ValidationError::new(
+                field("kind"),
+                "a local provider takes no base_url or api_key_env",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The primary agent: its session and SEED 3.2's spawn rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrimaryConfig {
+    /// When the session's summary and turns pass this many tokens, the
+    /// older turns are summarised into the summary.
+    pub session_max_tokens: i64,
+    /// Turns kept verbatim after a compaction.
+    pub session_keep_turns: usize,
+    /// A task estimated above this many tokens goes to a specialist
+    /// whatever its type (SEED 3.2: 50,000).
+    pub spawn_above_tokens: i64,
+    /// The specialist such a task goes to when its type names none.
+    pub large_task_specialist: String,
+}
+
+impl Default for PrimaryConfig {
+    fn default() -> Self {
+        Self {
+            session_max_tokens: 2_000,
+            session_keep_turns: 6,
+            spawn_above_tokens: 50_000,
+            large_task_specialist: "research".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +422,12 @@ pub struct TaskTypeConfig {
     /// The most output a run of this type may produce, for the estimate.
     #[serde(default = "default_output")]
     pub max_output_tokens: i64,
+    /// With a specialist: spawn only when the document (the `document`
+    /// parameter, else the task text) is longer than this many characters;
+    /// shorter ones the primary answers (SEED 3.2: document_review above
+    /// 10,000).
+    #[serde(default)]
+    pub spawn_above_chars: Option<usize>,
 }
 
 fn default_output() -> i64 {
@@ -178,23 +483,34 @@ impl Default for SimulatedConfig {
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ExecutorConfig {
     Simulated(SimulatedConfig),
+    /// Tasks are accepted and wait in the queue; nothing runs them.
+    None,
+    /// Real agents (the default when there is no `[executor]`).
+    Agents,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         let mut agents: BTreeMap<String, AgentConfig> = SPECIALISTS
             .iter()
-            .map(|s| ((*s).to_owned(), AgentConfig { max_concurrent: 2 }))
+            .map(|s| ((*s).to_owned(), AgentConfig::with_slots(2)))
             .collect();
-        agents.insert(PRIMARY.to_owned(), AgentConfig { max_concurrent: 8 });
+        agents.insert(PRIMARY.to_owned(), AgentConfig::with_slots(8));
         let t = |specialist: Option<&str>, max_output_tokens| TaskTypeConfig {
             specialist: specialist.map(str::to_owned),
             max_output_tokens,
+            spawn_above_chars: None,
         };
         // SEED 3.2's task types and who runs them.
         let task_types = BTreeMap::from([
             ("complex_legal_analysis".to_owned(), t(Some("legal"), 4_000)),
-            ("document_review".to_owned(), t(Some("legal"), 3_000)),
+            (
+                "document_review".to_owned(),
+                TaskTypeConfig {
+                    spawn_above_chars: Some(10_000),
+                    ..t(Some("legal"), 3_000)
+                },
+            ),
             ("financial_modeling".to_owned(), t(Some("financial"), 4_000)),
             (
                 "new_company_onboarding".to_owned(),
@@ -215,6 +531,9 @@ impl Default for EngineConfig {
             knowledge_domains: DEFAULT_DOMAINS.iter().map(|d| (*d).to_owned()).collect(),
             sharing: SharingRules::default(),
             review: ReviewConfig::default(),
+            providers: BTreeMap::new(),
+            primary: PrimaryConfig::default(),
+            summarizer: SummarizerConfig::default(),
         }
     }
 }
@@ -248,6 +567,12 @@ pub struct EngineFile {
     pub context: ContextSection,
     #[serde(default)]
     pub review: Option<ReviewConfig>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSpec>,
+    #[serde(default)]
+    pub primary: Option<PrimaryConfig>,
+    #[serde(default)]
+    pub summarizer: Option<SummarizerConfig>,
 }
 
 /// `[memory]`: retention, compaction, search; `[memory.layers]`,
@@ -464,16 +789,72 @@ impl EngineFile {
             sc.batch = v;
         }
 
+        for (name, p) in self.providers {
+            check_task_type(&name)
+                .map_err(|e| ValidationError::new(format!("providers.{name}"), e.message))?;
+            p.validate(&name)?;
+            c.providers.insert(name, p);
+        }
         for (name, a) in self.agents {
             check_task_type(&name)
                 .map_err(|e| ValidationError::new(format!("agents.{name}"), e.message))?;
-            if !(1..=10_000).contains(&a.max_concurrent) {
+            a.validate(&name)?;
+            if let Some(p) = &a.provider
+                && !c.providers.contains_key(p)
+            {
                 return Err(ValidationError::new(
-                    format!("agents.{name}.max_concurrent"),
-                    "must be between 1 and 10000",
+                    format!("agents.{name}.provider"),
+                    format!("names no [providers.{p}] section"),
                 ));
             }
             c.agents.insert(name, a);
+        }
+        if let Some(p) = self.primary {
+            if !(100..=1_000_000).contains(&p.session_max_tokens) {
+                return Err(ValidationError::new(
+                    "primary.session_max_tokens",
+                    "must be between 100 and 1000000",
+                ));
+            }
+            if p.session_keep_turns > 1_000 {
+                return Err(ValidationError::new(
+                    "primary.session_keep_turns",
+                    "must be at most 1000",
+                ));
+            }
+            if p.spawn_above_tokens < 1 {
+                return Err(ValidationError::new(
+                    "primary.spawn_above_tokens",
+                    "must be at least 1",
+                ));
+            }
+            c.primary = p;
+        }
+        if let Some(sm) = self.summarizer {
+            if !c.agents.contains_key(&sm.agent) {
+                return Err(ValidationError::new(
+                    "summarizer.agent",
+                    format!("names no configured agent: {}", sm.agent),
+                ));
+            }
+            if !(16..=100_000).contains(&sm.max_tokens) {
+                return Err(ValidationError::new(
+                    "summarizer.max_tokens",
+                    "must be between 16 and 100000",
+                ));
+            }
+            c.summarizer = sm;
+        }
+        if c.primary.large_task_specialist == PRIMARY
+            || !c.agents.contains_key(&c.primary.large_task_specialist)
+        {
+            return Err(ValidationError::new(
+                "primary.large_task_specialist",
+                format!(
+                    "names no configured specialist: {}",
+                    c.primary.large_task_specialist
+                ),
+            ));
         }
         for (name, t) in self.task_types {
             check_task_type(&name)

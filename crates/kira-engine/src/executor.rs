@@ -43,12 +43,21 @@ pub enum ExecOutcome {
 pub trait Executor: Send + Sync {
     fn name(&self) -> &str;
     async fn execute(&self, run: &mut Run) -> ExecOutcome;
+
+    /// How the executor runs `agent` (its model), for `kira agents`; None
+    /// when it has no such notion (the simulated executor).
+    fn describe(&self, _agent: &str) -> Option<crate::agent::AgentModel> {
+        None
+    }
 }
 
 /// One run of a task: its budget (reserve before each call, settle after)
 /// and whether it should stop.
 pub struct Run {
     pub task: Task,
+    /// The engine, for what an agent's tools reach (memory, knowledge),
+    /// always through [`Run::scope`].
+    engine: crate::Engine,
     scope: CompanyScope,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -73,6 +82,7 @@ pub enum RunError {
 impl Run {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        engine: crate::Engine,
         task: Task,
         scope: CompanyScope,
         store: Arc<dyn Store>,
@@ -84,6 +94,7 @@ impl Run {
     ) -> Run {
         Run {
             task,
+            engine,
             scope,
             store,
             clock,
@@ -93,6 +104,29 @@ impl Run {
             unsettled: None,
             cancel,
         }
+    }
+
+    pub fn engine(&self) -> &crate::Engine {
+        &self.engine
+    }
+
+    /// The task's company: every read and write of the run goes through it.
+    pub fn scope(&self) -> &CompanyScope {
+        &self.scope
+    }
+
+    /// The run's clock (injected; tests move it).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// Gives back a reservation whose call never happened or failed.
+    pub async fn release(&mut self, r: &Reservation) -> Result<(), RunError> {
+        self.settle_now().await?;
+        self.store
+            .release(&self.scope, &r.reservation_id, self.clock.now())
+            .await?;
+        Ok(())
     }
 
     /// Writes the usage held back by [`Run::settle`], if any.
@@ -175,10 +209,12 @@ impl Run {
     }
 }
 
-/// The executor a configuration names.
+/// The executor a configuration names, when the engine can build it
+/// alone (agents need providers: the binary builds those).
 pub fn from_config(cfg: Option<&ExecutorConfig>) -> Option<Arc<dyn Executor>> {
     match cfg? {
         ExecutorConfig::Simulated(s) => Some(Arc::new(Simulated::new(s.clone()))),
+        ExecutorConfig::None | ExecutorConfig::Agents => None,
     }
 }
 

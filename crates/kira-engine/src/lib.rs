@@ -14,6 +14,8 @@ use kira_core::clock::Clock;
 use kira_store::Store;
 use tokio::sync::{Notify, watch};
 
+pub mod agent;
+pub mod agentbench;
 pub mod bench;
 pub mod config;
 pub mod executor;

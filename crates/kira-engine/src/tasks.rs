@@ -24,9 +24,21 @@ pub struct Route {
     pub label: String,
 }
 
-/// Routing: the requested specialist, else the type's, else the primary
-/// agent; the id names the specialist, or the type when the primary answers.
-pub fn route(req: &TaskRequest, cfg: &EngineConfig) -> Result<Route, ValidationError> {
+/// Routing, the primary agent's spawn decision (SEED 3.2): a specialist
+/// the submitter names runs the task; else the type's specialist, when
+/// the type spawns (a type with `spawn_above_chars` only for a document
+/// longer than that); else any task estimated above
+/// `primary.spawn_above_tokens` goes to a specialist (the type's, or
+/// `primary.large_task_specialist`); else the primary agent answers
+/// inline. The id names the specialist, or the type when the primary
+/// answers. Deciding at submission lets the scheduler hold the right
+/// agent's slot; the run records the primary's hand-off as SEED 1's task
+/// message.
+pub fn route(
+    req: &TaskRequest,
+    cfg: &EngineConfig,
+    estimated_tokens: i64,
+) -> Result<Route, ValidationError> {
     check_task_type(&req.task_type)?;
     let Some(t) = cfg.task_types.get(&req.task_type) else {
         let known: Vec<&str> = cfg.task_types.keys().map(String::as_str).collect();
@@ -47,8 +59,19 @@ pub fn route(req: &TaskRequest, cfg: &EngineConfig) -> Result<Route, ValidationE
             ));
         }
         Some(s) => Some(s.clone()),
-        None => t.specialist.clone(),
+        None => match (&t.specialist, t.spawn_above_chars) {
+            (Some(s), Some(above)) if document_chars(req) > above => Some(s.clone()),
+            (_, Some(_)) => None,
+            (s, None) => s.clone(),
+        },
     };
+    let specialist = specialist.or_else(|| {
+        (estimated_tokens > cfg.primary.spawn_above_tokens).then(|| {
+            t.specialist
+                .clone()
+                .unwrap_or_else(|| cfg.primary.large_task_specialist.clone())
+        })
+    });
     Ok(match specialist {
         Some(s) => Route {
             agent: s.clone(),
@@ -61,12 +84,24 @@ pub fn route(req: &TaskRequest, cfg: &EngineConfig) -> Result<Route, ValidationE
     })
 }
 
-/// An upper bound of the tokens a run takes: the request's text at four
-/// characters a token, plus the type's output allowance. The agents issue
-/// replaces the first part with a real tokenizer's count of the prompt.
-pub fn estimate_tokens(req: &TaskRequest, params_len: usize, cfg: &EngineConfig) -> i64 {
-    let chars = req.task.chars().count() + params_len;
-    let input = i64::try_from(chars.div_ceil(4)).unwrap_or(i64::MAX / 2);
+/// The size of the document a task is about: its `document` parameter
+/// when it is text, else the task text, in characters.
+pub fn document_chars(req: &TaskRequest) -> usize {
+    req.parameters
+        .as_ref()
+        .and_then(|p| p.get("document"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(&req.task)
+        .chars()
+        .count()
+}
+
+/// An upper bound of the tokens a run takes: the request's text and
+/// parameters counted with cl100k, plus the type's output allowance.
+pub fn estimate_tokens(req: &TaskRequest, params: &str, cfg: &EngineConfig) -> i64 {
+    let count =
+        crate::memory::pack::count_tokens(&req.task) + crate::memory::pack::count_tokens(params);
+    let input = i64::try_from(count).unwrap_or(i64::MAX / 2);
     let output = cfg
         .task_types
         .get(&req.task_type)
@@ -104,7 +139,6 @@ pub fn prepare(
     now: DateTime<Utc>,
 ) -> Result<NewTask, ValidationError> {
     let task = check_task_text(&req.task)?;
-    let route = route(req, cfg)?;
     if let Some(d) = req.deadline
         && d <= now
     {
@@ -117,15 +151,18 @@ pub fn prepare(
     if !parameters.is_object() {
         return Err(ValidationError::new("parameters", "must be a JSON object"));
     }
-    let params_len = serde_json::to_string(&parameters)
-        .map(|s| s.len())
-        .unwrap_or(0);
+    let params = serde_json::to_string(&parameters).unwrap_or_default();
+    let params_len = params.len();
     if params_len > MAX_PARAMETERS_BYTES {
         return Err(ValidationError::new(
             "parameters",
             format!("is {params_len} bytes; at most {MAX_PARAMETERS_BYTES}"),
         ));
     }
+    // A type check first, so an unknown type is named before any estimate.
+    route(req, cfg, 0)?;
+    let estimated_tokens = estimate_tokens(req, if params == "{}" { "" } else { &params }, cfg);
+    let route = route(req, cfg, estimated_tokens)?;
     let idempotency = idempotency_key
         .map(|k| {
             check_key(k)?;
@@ -144,7 +181,7 @@ pub fn prepare(
             "industry": p.industry,
             "jurisdiction": p.jurisdiction,
         }),
-        estimated_tokens: estimate_tokens(req, params_len, cfg),
+        estimated_tokens,
         task,
         task_type: req.task_type.clone(),
         priority: req.priority,
@@ -244,7 +281,7 @@ mod tests {
     #[test]
     fn routing_follows_the_type_then_the_request() {
         let cfg = EngineConfig::default();
-        let r = |j| route(&req(j), &cfg);
+        let r = |j| route(&req(j), &cfg, 100);
         assert_eq!(
             r(serde_json::json!({"task": "x", "type": "complex_legal_analysis"})).expect("ok"),
             Route {
@@ -273,6 +310,45 @@ mod tests {
             r(serde_json::json!({"task": "x", "type": "quick_question_answer", "specialist": "primary"})).expect_err("bad").field,
             "specialist"
         );
+    }
+
+    #[test]
+    fn the_spawn_matrix_is_seeds() {
+        let cfg = EngineConfig::default();
+        let agent =
+            |j: serde_json::Value, estimate| route(&req(j), &cfg, estimate).expect("ok").agent;
+        let t = |ty: &str| serde_json::json!({"task": "x", "type": ty});
+        // SEED 3.2: True / False per type.
+        for (ty, who) in [
+            ("new_company_onboarding", "research"),
+            ("complex_legal_analysis", "legal"),
+            ("financial_modeling", "financial"),
+            ("routine_status_update", "primary"),
+            ("quick_question_answer", "primary"),
+        ] {
+            assert_eq!(agent(t(ty), 100), who, "{ty}");
+        }
+        // document_review: lambda doc_size: doc_size > 10000.
+        let doc = |n: usize| {
+            serde_json::json!({"task": "Review it", "type": "document_review",
+                "parameters": {"document": "a".repeat(n)}})
+        };
+        assert_eq!(agent(doc(10_000), 100), "primary");
+        assert_eq!(agent(doc(10_001), 100), "legal");
+        let long_text = serde_json::json!({"task": "b".repeat(10_001), "type": "document_review"});
+        assert_eq!(agent(long_text, 100), "legal");
+        // or estimate_tokens(task) > 50000.
+        assert_eq!(agent(t("quick_question_answer"), 50_000), "primary");
+        assert_eq!(agent(t("quick_question_answer"), 50_001), "research");
+        assert_eq!(agent(doc(10), 50_001), "legal");
+    }
+
+    #[test]
+    fn estimates_count_real_tokens() {
+        let cfg = EngineConfig::default();
+        let r = req(serde_json::json!({"task": "hello world", "type": "quick_question_answer"}));
+        // "hello world" is two cl100k tokens; the type allows 1,000 out.
+        assert_eq!(estimate_tokens(&r, "", &cfg), 1_002);
     }
 
     #[test]
@@ -329,7 +405,8 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(ok.priority, Priority::High);
-        assert_eq!(ok.agent, "legal");
+        // A short document: the primary agent reviews it inline.
+        assert_eq!(ok.agent, "primary");
         assert_eq!(ok.multiplier, 1.5);
         assert_eq!(ok.company_context["jurisdiction"], "US-DE");
         assert!(ok.estimated_tokens > 3_000);

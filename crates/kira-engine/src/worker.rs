@@ -93,6 +93,7 @@ impl Engine {
         };
         let cfg = self.config();
         let mut run = Run::new(
+            self.clone(),
             task.clone(),
             scope.clone(),
             self.store().clone(),

@@ -77,6 +77,7 @@ pub enum Error {
         (name = "memory", description = "Episodic memory, search, compaction and context packs"),
         (name = "knowledge", description = "The shared knowledge base every company reads"),
         (name = "sharing", description = "Cross-company sharing rules and conflict flags (admin)"),
+        (name = "agents", description = "The agent pool: models, limits and load"),
     )
 )]
 struct ApiDoc;
@@ -150,6 +151,8 @@ fn routes() -> OpenApiRouter<App> {
             routes::knowledge::get_knowledge,
             routes::knowledge::delete_knowledge
         ))
+        .routes(routes!(routes::agents::list_agents))
+        .routes(routes!(routes::agents::get_agent))
         .routes(routes!(routes::sharing::check_sharing))
         .routes(routes!(routes::sharing::list_conflicts))
         .routes(routes!(routes::sharing::resolve_conflict))

@@ -1,5 +1,6 @@
 //! The handlers, one module per resource.
 
+pub mod agents;
 pub mod audit;
 pub mod budget;
 pub mod companies;

@@ -11,11 +11,12 @@ use kira_core::clock::SystemClock;
 use kira_engine::bench;
 use kira_store::{Store, StoreConfig};
 
-use crate::cli::{BenchCommand, BenchQueueArgs};
+use crate::cli::{BenchAgentsArgs, BenchCommand, BenchQueueArgs};
 
 pub async fn run(cmd: BenchCommand, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Queue(args) => queue(args, json).await,
+        BenchCommand::Agents(args) => agents(args, json).await,
         BenchCommand::Memory(args) => super::bench_memory::run(args, json).await,
         BenchCommand::MemoryScale(args) => super::bench_memory::scale(args, json).await,
         BenchCommand::Longmemeval(args) => super::bench_memory::longmemeval(args, json).await,
@@ -33,6 +34,56 @@ async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     })
     .await
     .with_context(|| format!("opening {}", crate::config::redact_url(url)))
+}
+
+async fn agents(args: BenchAgentsArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if args.tasks == 0 || args.companies == 0 {
+        bail!("--tasks and --companies must be at least 1");
+    }
+    let temp = std::env::temp_dir().join(format!("kira-bench-{}", uuid::Uuid::now_v7().simple()));
+    let url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => {
+            std::fs::create_dir_all(&temp)?;
+            format!("sqlite://{}", temp.join("bench.db").display())
+        }
+    };
+    let store = open(&url).await?;
+    let backend = if url.starts_with("postgres") { "postgresql" } else { "sqlite" };
+    eprintln!(
+        "agents benchmark: {backend}, {} tasks across {} companies, provider latency {} ms ...",
+        args.tasks, args.companies, args.latency_ms
+    );
+    let r = kira_engine::agentbench::run(
+        store,
+        Arc::new(SystemClock),
+        args.companies,
+        args.tasks,
+        std::time::Duration::from_millis(args.latency_ms),
+    )
+    .await?;
+    let _ = std::fs::remove_dir_all(&temp);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("agents benchmark: {backend}");
+        println!("  tasks            {} ({} completed) in {:.1} s", r.tasks, r.completed, r.seconds);
+        println!("  throughput       {:.1} tasks/s", r.tasks_per_second);
+        println!(
+            "  kira overhead    p50 {:.1} ms, p99 {:.1} ms per task (claimed to finished, minus the provider's {} ms)",
+            r.overhead.p50_ms, r.overhead.p99_ms, r.latency_ms
+        );
+        println!(
+            "  response time    p50 {:.1} ms, p99 {:.1} ms (submitted to finished)",
+            r.response.p50_ms, r.response.p99_ms
+        );
+        println!("  within 30 s SLA  {:.1} %", r.within_sla * 100.0);
+    }
+    Ok(if r.completed == r.tasks {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn queue(args: BenchQueueArgs, json: bool) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! answer as a table or, with `--json`, as the server's JSON.
 
 pub mod admin;
+pub mod agents;
 pub mod audit;
 pub mod bench;
 pub mod bench_memory;

@@ -2,6 +2,7 @@
 //! as the client, the way an operator uses it. One test binary, so the
 //! crate links once.
 
+mod agents;
 mod config_errors;
 mod crash;
 mod knowledge;

@@ -22,6 +22,12 @@ const KIRA_VARS: &[&str] = &[
     "KIRA_MAX_BODY_BYTES",
     "KIRA_CONFIG",
     "KIRA_LOG",
+    // The model providers' variables: tests never reach the internet.
+    "KIRA_MODEL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
 ];
 
 /// The `kira` binary with a clean environment, run in `cwd`.
@@ -108,6 +114,17 @@ impl Server {
             cmd.env_remove(v);
         }
         let listen = format!("127.0.0.1:{port}");
+        // Without a configuration of its own a test's server only queues
+        // tasks: the default (agents on the local model) is slow on CI and
+        // is tested where a test asks for it.
+        if !args.contains(&"--config") {
+            let file = work.join("kira.toml");
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if !text.contains("[executor]") {
+                std::fs::write(&file, format!("{text}\n[executor]\nkind = \"none\"\n"))
+                    .expect("write kira.toml");
+            }
+        }
         cmd.current_dir(work)
             .env("NO_COLOR", "1")
             .args(["serve", "--listen", &listen, "--data-dir"])

@@ -237,7 +237,7 @@ fn without_an_executor_tasks_wait_and_can_be_cancelled() {
     assert!(
         server
             .stderr()
-            .contains("no executor configured: tasks wait in the queue"),
+            .contains("executor: none (tasks wait in the queue)"),
         "{}",
         server.stderr()
     );

@@ -1,6 +1,7 @@
 //! kira-engine's integration tests: the scheduler, workers and budgets
 //! against real stores, with the clock in the test's hands.
 
+mod agents;
 mod bench;
 mod memory;
 mod scheduler;

@@ -136,7 +136,7 @@ async fn status(s: &Setup, id: &TaskId) -> TaskStatus {
 fn one_legal_slot() -> EngineConfig {
     let mut cfg = EngineConfig::default();
     cfg.agents
-        .insert("legal".into(), AgentConfig { max_concurrent: 1 });
+        .insert("legal".into(), AgentConfig::with_slots(1));
     cfg
 }
 

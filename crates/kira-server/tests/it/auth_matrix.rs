@@ -106,6 +106,8 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/readyz", None, public, false),
         r(Method::GET, "/v1/openapi.json", None, public, false),
         r(Method::GET, "/v1/whoami", None, anyone, false),
+        r(Method::GET, "/v1/agents", None, anyone, false),
+        r(Method::GET, "/v1/agents/legal", None, anyone, false),
         r(
             Method::POST,
             "/v1/companies",
@@ -446,7 +448,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 43 * 5 * 2);
+    assert_eq!(cells, 45 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log.
     let audit = s.audit().await;

@@ -27,6 +27,8 @@ async fn openapi_lists_every_route_with_responses() {
         "GET /readyz",
         "GET /v1/openapi.json",
         "GET /v1/whoami",
+        "GET /v1/agents",
+        "GET /v1/agents/{name}",
         "POST /v1/companies",
         "GET /v1/companies",
         "GET /v1/companies/{id}",

@@ -1,0 +1,182 @@
+//! The agents `kira serve` and `kira worker` run tasks with: the providers
+//! of `[providers.NAME]`, else the environment's (the SDKs' variables),
+//! else the local model from `$KIRA_MODELS`. Keys are read from the
+//! environment here and go nowhere but the providers' request headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kira_engine::agent::summarize::LlmSummarizer;
+use kira_engine::agent::{AgentExecutor, ProviderHandle, Providers};
+use kira_engine::config::{
+    EngineConfig, ExecutorConfig, ProviderKind, ProviderSpec, SummarizerKind,
+};
+use kira_llm::{
+    ANTHROPIC_BASE_URL, LocalProvider, OPENAI_BASE_URL, ProviderConfig, RetryPolicy, from_env,
+};
+
+/// The name the local provider goes by in traces and `[providers]`.
+pub const LOCAL: &str = "local";
+/// The name of the provider taken from the environment.
+pub const ENV: &str = "env";
+
+fn policy(spec: Option<&ProviderSpec>) -> RetryPolicy {
+    let mut p = RetryPolicy::default();
+    if let Some(s) = spec {
+        p.max_concurrent = s.max_concurrent;
+        p.attempt_timeout = Duration::from_secs(s.timeout_seconds);
+        p.max_retries = s.max_retries;
+    }
+    p
+}
+
+fn local(models: &std::path::Path, spec: Option<&ProviderSpec>) -> Result<ProviderHandle, String> {
+    let path = kira_llm::local::model_path(models);
+    let p = LocalProvider::load(&path).map_err(|e| e.to_string())?;
+    // One model instance per core: the KV cache lives in the instance.
+    let p = p.with_pool_size(2);
+    let model = spec
+        .and_then(|s| s.model.clone())
+        .unwrap_or_else(|| kira_llm::local::LOCAL_MODEL.to_owned());
+    let mut pol = policy(spec);
+    // Local generation is slow on a CPU; no point queueing more than the
+    // instances, nor retrying what did not fail transiently.
+    pol.max_concurrent = pol.max_concurrent.min(2);
+    pol.attempt_timeout = pol.attempt_timeout.max(Duration::from_secs(600));
+    Ok(ProviderHandle::new(LOCAL, Arc::new(p), model, true, pol))
+}
+
+fn remote(name: &str, spec: &ProviderSpec, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ProviderHandle> {
+    let (kind, base, default_model) = match spec.kind {
+        ProviderKind::OpenAi => (
+            kira_llm::ProviderKind::OpenAi,
+            OPENAI_BASE_URL,
+            kira_llm::DEFAULT_OPENAI_MODEL,
+        ),
+        ProviderKind::Anthropic => (
+            kira_llm::ProviderKind::Anthropic,
+            ANTHROPIC_BASE_URL,
+            kira_llm::DEFAULT_ANTHROPIC_MODEL,
+        ),
+        ProviderKind::Local => unreachable!("local providers are built by `local`"),
+    };
+    let api_key = match &spec.api_key_env {
+        Some(var) => Some(env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+            anyhow::anyhow!("providers.{name}.api_key_env: the environment variable {var} is not set")
+        })?),
+        None => None,
+    };
+    let cfg = ProviderConfig {
+        kind,
+        base_url: spec.base_url.clone().unwrap_or_else(|| base.to_owned()),
+        api_key,
+        model: spec.model.clone().unwrap_or_else(|| default_model.to_owned()),
+    };
+    let pol = policy(Some(spec));
+    let provider = cfg
+        .build(pol.attempt_timeout)
+        .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
+    Ok(ProviderHandle::new(name, provider, cfg.model, false, pol))
+}
+
+/// Every configured provider, and the default one: `[providers.default]`
+/// if there is one, else the environment's, else the local model. A
+/// missing local model is reported (with how to install it), not fatal.
+pub fn providers(
+    cfg: &EngineConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    models: &std::path::Path,
+) -> anyhow::Result<Providers> {
+    let mut out = Providers::default();
+    for (name, spec) in &cfg.providers {
+        let handle = if spec.kind == ProviderKind::Local {
+            match local(models, Some(spec)) {
+                Ok(h) => ProviderHandle { name: name.clone(), ..h },
+                Err(e) => {
+                    tracing::warn!("provider '{name}' (the local model) is unavailable: {e}");
+                    continue;
+                }
+            }
+        } else {
+            remote(name, spec, env)?
+        };
+        out.named.insert(name.clone(), handle);
+    }
+    if let Some(d) = out.named.get("default") {
+        out.default = Some(d.clone());
+    } else if let Some(pc) = from_env(env) {
+        let pol = RetryPolicy::default();
+        let provider = pc
+            .build(pol.attempt_timeout)
+            .map_err(|e| anyhow::anyhow!("the provider from the environment: {e}"))?;
+        tracing::info!(provider = provider.name(), model = %pc.model, "agents use the provider from the environment");
+        out.default = Some(ProviderHandle::new(ENV, provider, pc.model.clone(), false, pol));
+    } else {
+        match out.named.get(LOCAL).cloned().map(Ok).unwrap_or_else(|| local(models, None)) {
+            Ok(h) => {
+                tracing::info!(model = %h.default_model, "agents use the local model (no provider configured)");
+                out.default = Some(h);
+            }
+            Err(e) => tracing::warn!(
+                "no model provider: set OPENAI_API_KEY or ANTHROPIC_API_KEY, configure [providers], \
+                 or install the local model; {e}"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The engine for `kira serve` / `kira worker`: the simulated executor,
+/// none, or real agents (the default). Agents that cannot be built (no
+/// provider) leave tasks in the queue, and say why.
+pub fn engine(
+    store: Arc<dyn kira_store::Store>,
+    cfg: &EngineConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<kira_engine::Engine> {
+    let clock: Arc<dyn kira_core::clock::Clock> = Arc::new(kira_core::clock::SystemClock);
+    match &cfg.executor {
+        Some(ExecutorConfig::Simulated(_)) => {
+            tracing::info!("executor: simulated (results are marked simulated)");
+            Ok(kira_engine::Engine::new(store, clock, cfg.clone()))
+        }
+        Some(ExecutorConfig::None) => {
+            tracing::info!("executor: none (tasks wait in the queue)");
+            Ok(kira_engine::Engine::new(store, clock, cfg.clone()))
+        }
+        None | Some(ExecutorConfig::Agents) => {
+            let models = kira_embed::models_dir();
+            let providers = providers(cfg, env, &models)?;
+            match AgentExecutor::new(cfg, &providers) {
+                Ok(exec) => {
+                    tracing::info!("executor: agents");
+                    let summarizer = match cfg.summarizer.kind {
+                        SummarizerKind::Llm => exec.agent(&cfg.summarizer.agent).map(|a| {
+                            tracing::info!(agent = %a.name, model = %a.model, "summariser: llm");
+                            LlmSummarizer::new(
+                                a.provider.clone(),
+                                a.model.clone(),
+                                cfg.summarizer.max_tokens,
+                            )
+                        }),
+                        SummarizerKind::Extractive => None,
+                    };
+                    let engine = kira_engine::Engine::with_executor(
+                        store,
+                        clock,
+                        cfg.clone(),
+                        Arc::new(exec),
+                    );
+                    Ok(match summarizer {
+                        Some(s) => engine.with_summarizer(Arc::new(s)),
+                        None => engine,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("executor: none, tasks wait in the queue: {e}");
+                    Ok(kira_engine::Engine::new(store, clock, cfg.clone()))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,695 @@
+//! Agents: the executor that runs a claimed task through a model. A run is
+//! SEED's loop: the context pack first, then model, tool calls, model,
+//! until the agent submits a result or hits a limit (steps, tokens, wall
+//! time). Each call reserves its tokens before (the prompt counted with
+//! cl100k plus the output it may write) and is settled with the provider's
+//! usage after. Every step is recorded (`kira task trace`), the result is
+//! judged by the review policy, and the primary agent's session with the
+//! company takes the task and its outcome as a turn.
+//!
+//! Architecture invariant: a run touches company data only through
+//! `run.scope()`, the task's company; tools take no company (see
+//! [`tools`]), and a specialist's prompt is built from this task's company
+//! alone, so one company's data cannot reach another company's prompts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kira_core::task::Task;
+use kira_llm::{ChatRequest, Message, Provider, Resilient, RetryPolicy, Sleeper, ToolSpec};
+use kira_store::agents::{Step, StepKind};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::config::{AgentConfig, EngineConfig, PRIMARY};
+use crate::executor::{ExecOutcome, Executor, Run, RunError};
+use crate::memory::ContextRequest;
+use crate::memory::pack::count_tokens;
+
+pub mod prompts;
+pub mod result;
+pub mod session;
+pub mod summarize;
+pub mod tools;
+
+/// Output tokens per call and context budget on the local model, whose
+/// window is small and which is slow on a CPU.
+const LOCAL_OUTPUT: u32 = 200;
+const LOCAL_CONTEXT: usize = 600;
+const REMOTE_OUTPUT: u32 = 1_024;
+const REMOTE_CONTEXT: usize = 4_000;
+/// The cl100k count of a prompt is not the model's own; reserve this much more.
+const COUNT_MARGIN_PERCENT: i64 = 15;
+/// Characters of a tool result kept in a trace.
+const TRACE_CHARS: usize = 2_000;
+
+/// A provider as configured: the client, its default model, whether it is
+/// the local model, and how hard to retry it. Every agent on it shares its
+/// concurrency limit.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    pub name: String,
+    pub provider: Arc<dyn Provider>,
+    pub default_model: String,
+    pub local: bool,
+    pub policy: RetryPolicy,
+    permits: Arc<Semaphore>,
+    sleeper: Option<Arc<dyn Sleeper>>,
+}
+
+impl ProviderHandle {
+    pub fn new(
+        name: impl Into<String>,
+        provider: Arc<dyn Provider>,
+        default_model: impl Into<String>,
+        local: bool,
+        policy: RetryPolicy,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(policy.max_concurrent.max(1)));
+        Self {
+            name: name.into(),
+            provider,
+            default_model: default_model.into(),
+            local,
+            policy,
+            permits,
+            sleeper: None,
+        }
+    }
+
+    /// Backoff waits on `sleeper` (tests record them instead of sleeping).
+    pub fn with_sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
+        self.sleeper = Some(sleeper);
+        self
+    }
+}
+
+/// The configured providers: by `[providers.NAME]`, and the one agents get
+/// when they name none.
+#[derive(Clone, Default)]
+pub struct Providers {
+    pub named: BTreeMap<String, ProviderHandle>,
+    pub default: Option<ProviderHandle>,
+}
+
+/// One agent, ready to run.
+pub struct AgentRuntime {
+    pub name: String,
+    pub config: AgentConfig,
+    pub system_prompt: String,
+    pub provider_name: String,
+    pub provider: Arc<dyn Provider>,
+    pub model: String,
+    pub local: bool,
+    pub max_output_tokens: u32,
+    pub context_budget: usize,
+    tools: Vec<ToolSpec>,
+}
+
+/// Runs tasks with real agents.
+pub struct AgentExecutor {
+    agents: BTreeMap<String, AgentRuntime>,
+    config: EngineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentSetupError {
+    #[error("agent '{agent}' names provider '{provider}', which is not configured")]
+    UnknownProvider { agent: String, provider: String },
+    #[error("agent '{0}' has no provider: configure [providers] or install the local model")]
+    NoProvider(String),
+}
+
+impl AgentExecutor {
+    pub fn new(config: &EngineConfig, providers: &Providers) -> Result<Self, AgentSetupError> {
+        let mut agents = BTreeMap::new();
+        for (name, a) in &config.agents {
+            let handle = match &a.provider {
+                Some(p) => providers
+                    .named
+                    .get(p)
+                    .ok_or_else(|| AgentSetupError::UnknownProvider {
+                        agent: name.clone(),
+                        provider: p.clone(),
+                    })?,
+                None => providers
+                    .default
+                    .as_ref()
+                    .ok_or_else(|| AgentSetupError::NoProvider(name.clone()))?,
+            };
+            let mut resilient = Resilient::new(handle.provider.clone(), handle.policy.clone())
+                .with_permits(handle.permits.clone())
+                .with_fallbacks(a.fallback_models.clone());
+            if let Some(s) = &handle.sleeper {
+                resilient = resilient.with_sleeper(s.clone());
+            }
+            let (out, ctx) = if handle.local {
+                (LOCAL_OUTPUT, LOCAL_CONTEXT)
+            } else {
+                (REMOTE_OUTPUT, REMOTE_CONTEXT)
+            };
+            agents.insert(
+                name.clone(),
+                AgentRuntime {
+                    name: name.clone(),
+                    system_prompt: a
+                        .system_prompt
+                        .clone()
+                        .unwrap_or_else(|| prompts::builtin(name)),
+                    provider_name: handle.name.clone(),
+                    provider: Arc::new(resilient),
+                    model: a.model.clone().unwrap_or_else(|| handle.default_model.clone()),
+                    local: handle.local,
+                    max_output_tokens: a.max_output_tokens.unwrap_or(out),
+                    context_budget: a.context_budget.unwrap_or(ctx),
+                    tools: tools::specs(&a.tools),
+                    config: a.clone(),
+                },
+            );
+        }
+        Ok(Self {
+            agents,
+            config: config.clone(),
+        })
+    }
+
+    pub fn agent(&self, name: &str) -> Option<&AgentRuntime> {
+        self.agents.get(name)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &AgentRuntime> {
+        self.agents.values()
+    }
+}
+
+/// How an agent is run: its provider and model and what it is given.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentModel {
+    pub provider: String,
+    pub model: String,
+    /// The in-process model (SmolLM2).
+    pub local: bool,
+    pub max_output_tokens: u32,
+    pub context_budget: usize,
+    pub system_prompt: String,
+}
+
+/// An agent as `kira agents` shows it: configuration, model and load.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentStatus {
+    pub name: String,
+    /// `primary` (every company's own) or `specialist` (the shared pool).
+    pub role: String,
+    pub max_concurrent: u32,
+    /// Tasks of every company running on it now.
+    pub running: usize,
+    /// Tasks waiting for it (queued, or due a retry).
+    pub queued: usize,
+    /// Task types routed to it.
+    pub task_types: Vec<String>,
+    pub tools: Vec<String>,
+    pub fallback_models: Vec<String>,
+    pub max_steps: u32,
+    pub max_tokens_per_run: i64,
+    pub max_wall_seconds: u64,
+    /// None when tasks are not run by agents (no executor, or simulated).
+    pub model: Option<AgentModel>,
+}
+
+impl crate::Engine {
+    /// Every configured agent with its model and current load.
+    pub async fn agents(&self) -> Result<Vec<AgentStatus>, crate::EngineError> {
+        let snap = self
+            .store()
+            .queue_snapshot(self.clock().now(), 100_000)
+            .await?;
+        let cfg = self.config();
+        Ok(cfg
+            .agents
+            .iter()
+            .map(|(name, a)| AgentStatus {
+                name: name.clone(),
+                role: if name == PRIMARY { "primary" } else { "specialist" }.to_owned(),
+                max_concurrent: a.max_concurrent,
+                running: snap.running.iter().filter(|(ag, _)| ag == name).count(),
+                queued: snap.runnable.iter().filter(|e| &e.agent == name).count(),
+                task_types: cfg
+                    .task_types
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.specialist.as_deref() == Some(name.as_str())
+                            || (name == PRIMARY
+                                && (t.specialist.is_none() || t.spawn_above_chars.is_some()))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+                tools: a.tools.clone(),
+                fallback_models: a.fallback_models.clone(),
+                max_steps: a.max_steps,
+                max_tokens_per_run: a.max_tokens_per_run,
+                max_wall_seconds: a.max_wall_seconds,
+                model: self.inner.executor.as_ref().and_then(|e| e.describe(name)),
+            })
+            .collect())
+    }
+}
+
+/// The steps of one run, written when it ends (one statement).
+struct Trace {
+    task: Task,
+    agent: String,
+    steps: Vec<Step>,
+}
+
+impl Trace {
+    fn push(
+        &mut self,
+        run: &Run,
+        kind: StepKind,
+        detail: serde_json::Value,
+        usage: (i64, i64),
+        latency_ms: i64,
+    ) {
+        let seq = i32::try_from(self.steps.len()).unwrap_or(i32::MAX);
+        self.steps.push(Step {
+            task_id: self.task.task_id.clone(),
+            attempt: self.task.attempts.max(1),
+            seq,
+            agent: self.agent.clone(),
+            kind,
+            prompt_tokens: usage.0,
+            completion_tokens: usage.1,
+            latency_ms,
+            detail,
+            at: run.now(),
+        });
+    }
+
+    async fn flush(self, run: &Run) {
+        if self.steps.is_empty() {
+            return;
+        }
+        if let Err(e) = run
+            .engine()
+            .store()
+            .record_steps(run.scope(), &self.steps)
+            .await
+        {
+            tracing::warn!(task = %self.task.task_id, error = %e, "could not record the run's trace");
+        }
+    }
+}
+
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// SEED 1's task message, from the primary agent to a specialist.
+pub fn task_message(task: &Task) -> serde_json::Value {
+    json!({
+        "task_id": task.task_id,
+        "company_context": task.company_context,
+        "task": task.task,
+        "type": task.task_type,
+        "priority": task.priority,
+        "deadline": task.deadline,
+        "parameters": task.parameters,
+        "from": PRIMARY,
+        "to": task.agent,
+    })
+}
+
+fn tokens_of(messages: &[Message], tools: &[ToolSpec]) -> i64 {
+    let mut n = 0usize;
+    for m in messages {
+        // A few tokens of framing per message.
+        n += 4 + count_tokens(&m.content);
+        for c in &m.tool_calls {
+            n += count_tokens(&c.name) + count_tokens(&c.arguments.to_string());
+        }
+    }
+    if !tools.is_empty() {
+        n += count_tokens(&serde_json::to_string(tools).unwrap_or_default());
+    }
+    i64::try_from(n).unwrap_or(i64::MAX / 4)
+}
+
+/// The first user message: the company, its context pack, the primary's
+/// session, earlier reviewers' feedback, and the task.
+fn first_prompt(
+    task: &Task,
+    context: &str,
+    session: Option<&str>,
+    feedback: &[String],
+) -> String {
+    let mut p = String::new();
+    p.push_str("# Company\n");
+    p.push_str(&task.company_context.to_string());
+    p.push_str("\n\n");
+    if !context.trim().is_empty() {
+        p.push_str("# Context\n");
+        p.push_str(context.trim());
+        p.push_str("\n\n");
+    }
+    if let Some(s) = session
+        && !s.trim().is_empty()
+    {
+        p.push_str("# Our conversation so far\n");
+        p.push_str(s.trim());
+        p.push_str("\n\n");
+    }
+    if !feedback.is_empty() {
+        p.push_str("# A reviewer rejected an earlier answer to this task\n");
+        for f in feedback {
+            p.push_str("- ");
+            p.push_str(f);
+            p.push('\n');
+        }
+        p.push('\n');
+    }
+    p.push_str(&format!(
+        "# Task {} ({}, priority {})\n{}\n",
+        task.task_id, task.task_type, task.priority, task.task
+    ));
+    if task.parameters.as_object().is_some_and(|o| !o.is_empty()) {
+        p.push_str("\nParameters: ");
+        p.push_str(&task.parameters.to_string());
+        p.push('\n');
+    }
+    if let Some(d) = task.deadline {
+        p.push_str(&format!("Deadline: {}\n", d.to_rfc3339()));
+    }
+    p
+}
+
+/// Why a run stopped before the agent submitted a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Steps,
+    Tokens,
+    WallTime,
+}
+
+impl Limit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Limit::Steps => "steps",
+            Limit::Tokens => "tokens",
+            Limit::WallTime => "wall_time",
+        }
+    }
+}
+
+#[async_trait]
+impl Executor for AgentExecutor {
+    fn name(&self) -> &str {
+        "agents"
+    }
+
+    fn describe(&self, agent: &str) -> Option<AgentModel> {
+        self.agents.get(agent).map(|a| AgentModel {
+            provider: a.provider_name.clone(),
+            model: a.model.clone(),
+            local: a.local,
+            max_output_tokens: a.max_output_tokens,
+            context_budget: a.context_budget,
+            system_prompt: a.system_prompt.clone(),
+        })
+    }
+
+    async fn execute(&self, run: &mut Run) -> ExecOutcome {
+        let task = run.task.clone();
+        let Some(agent) = self.agents.get(&task.agent) else {
+            return ExecOutcome::Failed {
+                error: format!("no agent named '{}' is configured", task.agent),
+                retryable: false,
+            };
+        };
+        let mut trace = Trace {
+            task: task.clone(),
+            agent: agent.name.clone(),
+            steps: Vec::new(),
+        };
+        let outcome = self.run_loop(run, agent, &mut trace).await;
+        trace.flush(run).await;
+        outcome
+    }
+}
+
+impl AgentExecutor {
+    async fn run_loop(&self, run: &mut Run, agent: &AgentRuntime, trace: &mut Trace) -> ExecOutcome {
+        let task = run.task.clone();
+        let engine = run.engine().clone();
+        let scope = run.scope().clone();
+        let started = run.now();
+        let primary = agent.name == PRIMARY;
+        if !primary {
+            trace.push(run, StepKind::TaskMessage, task_message(&task), (0, 0), 0);
+        }
+        let failed = |error: String| ExecOutcome::Failed {
+            error,
+            retryable: true,
+        };
+        let pack = match engine
+            .load_context(
+                &scope,
+                &ContextRequest {
+                    task_type: Some(task.task_type.clone()),
+                    query: task.task.clone(),
+                    budget: Some(agent.context_budget),
+                },
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return failed(format!("context: {e}")),
+        };
+        let session = if primary {
+            match engine.store().load_session(&scope).await {
+                Ok(s) => Some(session::render(&s)),
+                Err(e) => return failed(format!("session: {e}")),
+            }
+        } else {
+            None
+        };
+        let feedback: Vec<String> = match engine.store().task_reviews(&scope, &task.task_id).await {
+            Ok(rs) => rs
+                .into_iter()
+                .filter(|r| r.decision == "rejected")
+                .filter_map(|r| r.feedback)
+                .collect(),
+            Err(e) => return failed(format!("reviews: {e}")),
+        };
+        let mut messages = vec![
+            Message::system(agent.system_prompt.clone()),
+            Message::user(first_prompt(
+                &task,
+                &pack.render(),
+                session.as_deref(),
+                &feedback,
+            )),
+        ];
+        let type_output = self
+            .config
+            .task_types
+            .get(&task.task_type)
+            .map_or(i64::from(agent.max_output_tokens), |t| t.max_output_tokens);
+        let max_output =
+            u32::try_from(type_output.min(i64::from(agent.max_output_tokens)).max(1)).unwrap_or(1);
+        let limits = &agent.config;
+        let mut used: i64 = 0;
+        let mut steps: u32 = 0;
+        let mut last_text = String::new();
+        let mut limit = None;
+        let mut final_result = None;
+        let source = task.task_id.to_string();
+        let actor = format!("agent:{}", agent.name);
+
+        while final_result.is_none() {
+            if run.cancelled() {
+                return ExecOutcome::Cancelled;
+            }
+            if steps >= limits.max_steps {
+                limit = Some(Limit::Steps);
+                break;
+            }
+            let elapsed = run.now() - started;
+            if elapsed.num_seconds() >= i64::try_from(limits.max_wall_seconds).unwrap_or(i64::MAX)
+            {
+                limit = Some(Limit::WallTime);
+                break;
+            }
+            let prompt = tokens_of(&messages, &agent.tools);
+            let need = prompt + prompt * COUNT_MARGIN_PERCENT / 100 + i64::from(max_output);
+            if used + need > limits.max_tokens_per_run {
+                limit = Some(Limit::Tokens);
+                break;
+            }
+            let reservation = match run.reserve(need).await {
+                Ok(r) => r,
+                Err(RunError::OutOfBudget(reason)) => return ExecOutcome::OutOfBudget { reason },
+                Err(e) => return failed(e.to_string()),
+            };
+            steps += 1;
+            let req = ChatRequest {
+                model: agent.model.clone(),
+                messages: messages.clone(),
+                max_tokens: max_output,
+                temperature: None,
+                tools: agent.tools.clone(),
+            };
+            let resp = match agent.provider.chat(&req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Err(re) = run.release(&reservation).await {
+                        tracing::warn!(task = %task.task_id, error = %re, "could not release a failed call's reservation");
+                    }
+                    trace.push(
+                        run,
+                        StepKind::Llm,
+                        json!({"model": agent.model, "provider": agent.provider_name, "error": e.to_string()}),
+                        (0, 0),
+                        0,
+                    );
+                    return ExecOutcome::Failed {
+                        error: format!("{} ({}): {e}", agent.provider_name, agent.model),
+                        retryable: true,
+                    };
+                }
+            };
+            let (p, c) = (
+                i64::from(resp.usage.prompt_tokens),
+                i64::from(resp.usage.completion_tokens),
+            );
+            used += p + c;
+            if let Err(e) = run.settle(&reservation, &resp.model, p, c).await {
+                return failed(e.to_string());
+            }
+            let latency = i64::try_from(resp.latency.as_millis()).unwrap_or(i64::MAX);
+            trace.push(
+                run,
+                StepKind::Llm,
+                json!({
+                    "model": resp.model,
+                    "provider": agent.provider_name,
+                    "finish_reason": resp.finish_reason,
+                    "content": cut(&resp.message.content, TRACE_CHARS),
+                    "tool_calls": resp.message.tool_calls,
+                    "reserved": reservation.amount,
+                }),
+                (p, c),
+                latency,
+            );
+            let calls = resp.message.tool_calls.clone();
+            if !resp.message.content.trim().is_empty() {
+                last_text = resp.message.content.clone();
+            }
+            messages.push(resp.message);
+            if calls.is_empty() {
+                final_result = Some(result::from_text(&last_text));
+                break;
+            }
+            for call in calls {
+                if call.name == tools::SUBMIT_RESULT {
+                    let r = result::from_object(&call.arguments);
+                    trace.push(
+                        run,
+                        StepKind::Tool,
+                        json!({"call_id": call.id, "name": call.name, "arguments": call.arguments, "result": "accepted"}),
+                        (0, 0),
+                        0,
+                    );
+                    final_result = Some(r);
+                    break;
+                }
+                let t0 = std::time::Instant::now();
+                let out = tools::call(
+                    &engine,
+                    &scope,
+                    &agent.config.tools,
+                    &call.name,
+                    &call.arguments,
+                    &source,
+                    &actor,
+                )
+                .await;
+                let ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
+                let key = if out.error { "error" } else { "result" };
+                trace.push(
+                    run,
+                    StepKind::Tool,
+                    json!({"call_id": call.id, "name": call.name, "arguments": call.arguments, key: cut(&out.content, TRACE_CHARS)}),
+                    (0, 0),
+                    ms,
+                );
+                messages.push(Message::tool(call.id.clone(), out.content));
+            }
+        }
+
+        let hit_limit = limit.is_some();
+        let r = final_result.unwrap_or_else(|| {
+            let mut r = result::from_text(&last_text);
+            r.confidence = 0.0;
+            r.summary = format!(
+                "stopped at the {} limit before a result was submitted",
+                limit.map_or("steps", Limit::as_str)
+            );
+            r
+        });
+        let review = self
+            .config
+            .review
+            .needs_review(&task.task_type, r.confidence, hit_limit);
+        let result = json!({
+            "summary": r.summary,
+            "answer": r.answer,
+            "confidence": r.confidence,
+            "agent": agent.name,
+            "model": agent.model,
+            "steps": steps,
+            "tokens": used,
+            "limit_hit": limit.map(Limit::as_str),
+            "well_formed": r.well_formed,
+        });
+        let status = if review { "needs_review" } else { "completed" };
+        if !primary {
+            trace.push(
+                run,
+                StepKind::ResponseMessage,
+                json!({
+                    "task_id": task.task_id,
+                    "status": status,
+                    "result": result,
+                    "confidence": r.confidence,
+                    "requires_human_review": review,
+                    "from": agent.name,
+                    "to": PRIMARY,
+                }),
+                (0, 0),
+                0,
+            );
+        }
+        if let Err(e) = session::record_turn(&engine, &scope, &task, &r.summary, status).await {
+            tracing::warn!(task = %task.task_id, error = %e, "could not update the primary session");
+        }
+        trace.push(
+            run,
+            StepKind::End,
+            json!({"status": status, "limit": limit.map(Limit::as_str), "steps": steps, "tokens": used}),
+            (0, 0),
+            0,
+        );
+        ExecOutcome::Done {
+            result,
+            confidence: r.confidence,
+            requires_human_review: review,
+        }
+    }
+}

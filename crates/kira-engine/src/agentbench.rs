@@ -1,0 +1,227 @@
+//! `kira bench agents`: tasks end to end through real agents (context
+//! pack, prompt, reservation, the model call, settlement, trace, session,
+//! the run's end) with a fake provider that answers every call after a
+//! fixed latency with a submitted result. What is measured besides
+//! throughput is kira's own time per task: from claimed to recorded as
+//! finished, minus the provider's time for that task.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kira_core::auth::{Access, Principal};
+use kira_core::clock::Clock;
+use kira_core::task::TaskStatus;
+use kira_llm::{
+    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, RetryPolicy, ToolCall,
+    Usage,
+};
+use kira_store::Store;
+use kira_store::work::TaskFilter;
+use serde::Serialize;
+
+use crate::agent::{AgentExecutor, ProviderHandle, Providers};
+use crate::bench::{Percentiles, bench_config, drain, percentiles, seed};
+use crate::{Engine, EngineError};
+
+/// Answers every call with `submit_result` after `latency`, and keeps how
+/// long each task's calls took.
+pub struct FixedLatency {
+    latency: Duration,
+    spent: Mutex<HashMap<String, Duration>>,
+}
+
+impl FixedLatency {
+    pub fn new(latency: Duration) -> Self {
+        Self {
+            latency,
+            spent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The task id in a prompt ("# Task <id> (").
+    fn task_of(req: &ChatRequest) -> String {
+        req.messages
+            .iter()
+            .find_map(|m| {
+                m.content
+                    .split("# Task ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Provider for FixedLatency {
+    fn name(&self) -> &str {
+        "fixed-latency"
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let t0 = Instant::now();
+        tokio::time::sleep(self.latency).await;
+        let took = t0.elapsed();
+        *self
+            .spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(Self::task_of(req))
+            .or_default() += took;
+        let prompt: usize = req.messages.iter().map(|m| m.content.len() / 4).sum();
+        Ok(ChatResponse {
+            message: Message {
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "submit_result".into(),
+                    arguments: serde_json::json!({
+                        "summary": "done", "answer": "benchmark answer", "confidence": 0.9
+                    }),
+                }],
+                ..Message::assistant("")
+            },
+            usage: Usage {
+                prompt_tokens: u32::try_from(prompt).unwrap_or(u32::MAX),
+                completion_tokens: 20,
+            },
+            finish_reason: FinishReason::ToolCalls,
+            latency: took,
+            model: req.model.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentsReport {
+    pub tasks: usize,
+    pub companies: usize,
+    pub latency_ms: u64,
+    pub completed: usize,
+    pub seconds: f64,
+    pub tasks_per_second: f64,
+    /// Claimed to recorded as finished, minus the provider's time.
+    pub overhead: Percentiles,
+    /// Submitted to finished.
+    pub response: Percentiles,
+    /// Share of tasks finished within their company's SLA (30 s).
+    pub within_sla: f64,
+}
+
+/// Seeds `companies` and `tasks`, runs them through agents on a provider
+/// answering after `latency`, and reports.
+pub async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    companies: usize,
+    tasks: usize,
+    latency: Duration,
+) -> Result<AgentsReport, EngineError> {
+    let cfg = bench_config(false);
+    let fake = Arc::new(FixedLatency::new(latency));
+    let policy = RetryPolicy {
+        max_concurrent: 10_000,
+        ..RetryPolicy::default()
+    };
+    let providers = Providers {
+        named: Default::default(),
+        default: Some(ProviderHandle::new(
+            "fixed-latency",
+            fake.clone(),
+            "bench-model",
+            false,
+            policy,
+        )),
+    };
+    let exec = AgentExecutor::new(&cfg, &providers)
+        .map_err(|e| kira_core::ValidationError::new("agents", e.to_string()))?;
+    let engine = Engine::with_executor(store, clock, cfg, Arc::new(exec));
+    let ids = seed(&engine, companies, tasks, false).await?;
+    let start = Instant::now();
+    drain(&engine).await?;
+    let seconds = start.elapsed().as_secs_f64();
+
+    let spent = fake
+        .spent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let system = Principal::system();
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    let (mut completed, mut within, mut overhead, mut response) = (0, 0, Vec::new(), Vec::new());
+    for c in &ids {
+        let scope = system
+            .scope(c, Access::Read)
+            .map_err(|_| kira_core::ValidationError::new("id", "denied"))?;
+        let mut before = None;
+        loop {
+            let page = engine
+                .store()
+                .list_tasks(
+                    &scope,
+                    &TaskFilter {
+                        before_seq: before,
+                        limit: 500,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.task_id.seq());
+            for t in &page {
+                if t.status == TaskStatus::Completed {
+                    completed += 1;
+                }
+                if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
+                    let provider = spent
+                        .get(t.task_id.as_str())
+                        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+                    overhead.push((ms(f - s) - provider).max(0.0));
+                    let r = ms(f - t.created_at);
+                    response.push(r);
+                    if r <= 30_000.0 {
+                        within += 1;
+                    }
+                }
+            }
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let share = |n: usize| if tasks == 0 { 0.0 } else { n as f64 / tasks as f64 };
+    Ok(AgentsReport {
+        tasks,
+        companies,
+        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        completed,
+        seconds,
+        #[allow(clippy::cast_precision_loss)]
+        tasks_per_second: if seconds > 0.0 {
+            tasks as f64 / seconds
+        } else {
+            0.0
+        },
+        overhead: percentiles(overhead),
+        response: percentiles(response),
+        within_sla: share(within),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_id_is_read_from_the_prompt() {
+        let req = ChatRequest::new(
+            "m",
+            vec![
+                Message::system("s"),
+                Message::user("# Company\n{}\n\n# Task acme_legal_001 (x, priority high)\nDo it"),
+            ],
+            10,
+        );
+        assert_eq!(FixedLatency::task_of(&req), "acme_legal_001");
+    }
+}

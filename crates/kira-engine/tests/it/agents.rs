@@ -1,0 +1,602 @@
+//! The agent loop against a fake OpenAI-compatible server on loopback: tool
+//! calls executed and fed back, the limits that stop a run and send it to
+//! review, reservations before and settlements after every call, provider
+//! failures, the primary/specialist messages and session, and isolation
+//! through the model (nothing of one company in another's prompts).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use kira_core::CompanyId;
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{Access, CompanyScope, Principal};
+use kira_core::clock::ManualClock;
+use kira_core::company::NewCompany;
+use kira_core::memory::{EventType, NewMemory, Workstream};
+use kira_core::task::{TaskId, TaskRequest, TaskStatus};
+use kira_engine::agent::{AgentExecutor, ProviderHandle, Providers};
+use kira_engine::{Engine, EngineConfig};
+use kira_llm::{OpenAi, RetryPolicy, Sleeper};
+use kira_store::agents::StepKind;
+use kira_store::postgres::PgStore;
+use kira_store::sqlite::SqliteStore;
+use kira_store::{Store, testdb};
+use serde_json::{Value, json};
+
+type Script = dyn Fn(usize, &Value) -> (u16, Value) + Send + Sync;
+
+/// A fake chat-completions server: `script(n, request)` answers the n-th
+/// request (from 0); every request body is recorded.
+struct FakeLlm {
+    base: String,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+struct FakeState {
+    script: Box<Script>,
+    seen: Arc<Mutex<Vec<Value>>>,
+    n: AtomicUsize,
+    clock: Option<(Arc<ManualClock>, TimeDelta)>,
+}
+
+async fn answer(State(s): State<Arc<FakeState>>, body: Bytes) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.seen.lock().expect("lock").push(req.clone());
+    let n = s.n.fetch_add(1, Ordering::SeqCst);
+    if let Some((clock, step)) = &s.clock {
+        clock.advance(*step);
+    }
+    let (status, body) = (s.script)(n, &req);
+    (
+        StatusCode::from_u16(status).expect("status"),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+impl FakeLlm {
+    async fn start(
+        clock: Option<(Arc<ManualClock>, TimeDelta)>,
+        script: impl Fn(usize, &Value) -> (u16, Value) + Send + Sync + 'static,
+    ) -> FakeLlm {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(FakeState {
+            script: Box::new(script),
+            seen: seen.clone(),
+            n: AtomicUsize::new(0),
+            clock,
+        });
+        let app = axum::Router::new().fallback(answer).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        FakeLlm {
+            base: format!("http://{addr}/v1"),
+            seen,
+        }
+    }
+
+    fn seen(&self) -> Vec<Value> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+/// An OpenAI chat completion with `message` and usage.
+fn completion(message: Value, prompt: u32, completion: u32) -> (u16, Value) {
+    let finish = if message.get("tool_calls").is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    (
+        200,
+        json!({
+            "id": "c", "model": "fake-model",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        }),
+    )
+}
+
+fn tool_call(id: &str, name: &str, args: Value) -> Value {
+    json!({"role": "assistant", "content": null, "tool_calls": [{
+        "id": id, "type": "function",
+        "function": {"name": name, "arguments": args.to_string()}
+    }]})
+}
+
+fn submit(summary: &str, answer: &str, confidence: f64) -> Value {
+    tool_call(
+        "call_submit",
+        "submit_result",
+        json!({"summary": summary, "answer": answer, "confidence": confidence}),
+    )
+}
+
+/// Backoff waits are recorded, not slept.
+#[derive(Default)]
+struct NoSleep(Mutex<Vec<Duration>>);
+
+#[async_trait]
+impl Sleeper for NoSleep {
+    async fn sleep(&self, d: Duration) {
+        self.0.lock().expect("lock").push(d);
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0)
+        .single()
+        .expect("time")
+}
+
+fn scope(c: &str) -> CompanyScope {
+    Principal::system()
+        .scope(&CompanyId::parse(c).expect("id"), Access::Write)
+        .expect("scope")
+}
+
+fn audit(c: &str) -> AuditRecord {
+    AuditRecord {
+        at: t0(),
+        request_id: String::new(),
+        actor: "system".into(),
+        company_id: CompanyId::parse(c).ok(),
+        action: "test".into(),
+        target: "test".into(),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Setup {
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn setup(backend: Backend) -> Setup {
+    let (store, dir): (Arc<dyn Store>, _) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("dir");
+            let url = testdb::fresh_sqlite(dir.path()).await;
+            (
+                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
+                Some(dir),
+            )
+        }
+        Backend::Postgres => {
+            let url = testdb::fresh_postgres().await;
+            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
+        }
+    };
+    let s = Setup {
+        store,
+        clock: Arc::new(ManualClock::new(t0())),
+        _dir: dir,
+    };
+    for (id, name, industry, place) in [
+        ("acme", "Acme Robotics", "fintech", "US-DE"),
+        ("globex", "Globex Foods", "food", "DE-BE"),
+    ] {
+        let (cid, p) = serde_json::from_value::<NewCompany>(json!({
+            "id": id, "name": name, "industry": industry, "jurisdiction": place
+        }))
+        .expect("json")
+        .validate()
+        .expect("valid");
+        s.store
+            .create_company(&scope(cid.as_str()), &p, t0(), audit(id))
+            .await
+            .expect("create");
+    }
+    s
+}
+
+fn engine_with(s: &Setup, fake: &FakeLlm, cfg: EngineConfig, sleeper: Arc<NoSleep>) -> Engine {
+    let provider = OpenAi::new("openai", &fake.base, None, Duration::from_secs(10)).expect("p");
+    let policy = RetryPolicy {
+        max_retries: 1,
+        ..RetryPolicy::default()
+    };
+    let handle = ProviderHandle::new("fake", Arc::new(provider), "fake-model", false, policy)
+        .with_sleeper(sleeper);
+    let providers = Providers {
+        named: Default::default(),
+        default: Some(handle),
+    };
+    let exec = AgentExecutor::new(&cfg, &providers).expect("agents");
+    Engine::with_executor(s.store.clone(), s.clock.clone(), cfg, Arc::new(exec))
+}
+
+async fn remember(e: &Engine, company: &str, text: &str, people: &[&str]) {
+    e.add_memories(
+        &scope(company),
+        vec![NewMemory {
+            occurred_at: t0() - TimeDelta::days(1),
+            event_type: EventType::Contract,
+            workstream: Workstream::Legal,
+            category: "key_decisions".into(),
+            content: json!({"text": text, "people": people}),
+            importance: 8,
+            indexed_terms: vec![],
+            source: None,
+        }],
+        false,
+        audit(company),
+    )
+    .await
+    .expect("memory");
+}
+
+async fn submit_task(e: &Engine, company: &str, text: &str, ty: &str) -> TaskId {
+    let req: TaskRequest =
+        serde_json::from_value(json!({"task": text, "type": ty, "priority": "high"}))
+            .expect("request");
+    e.submit(&scope(company), &req, None, audit(company))
+        .await
+        .expect("submit")
+        .task
+        .task_id
+}
+
+/// Claims and runs everything runnable, to the end of the runs.
+async fn run_all(e: &Engine) {
+    let r = e.tick().await.expect("tick");
+    for h in r.runs {
+        h.await.expect("run");
+    }
+}
+
+fn messages_text(req: &Value) -> String {
+    req["messages"].to_string()
+}
+
+async fn a_tool_call_is_executed_and_its_result_fed_back(b: Backend) {
+    let s = setup(b).await;
+    let fake = FakeLlm::start(None, |n, _req| match n {
+        0 => completion(
+            tool_call("call_1", "search_memory", json!({"query": "renewal Initech"})),
+            300,
+            20,
+        ),
+        _ => completion(submit("Renews 1 March.", "The Initech contract renews on 1 March 2027.", 0.9), 400, 30),
+    })
+    .await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    remember(&e, "acme", "Initech services contract renews on 1 March 2027", &["Dana Whit"]).await;
+    let id = submit_task(&e, "acme", "When does the Initech contract renew?", "complex_legal_analysis").await;
+    run_all(&e).await;
+
+    let task = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+    assert_eq!(task.agent, "legal");
+    assert_eq!(task.confidence, Some(0.9));
+    let result = task.result.expect("result");
+    assert_eq!(result["answer"], "The Initech contract renews on 1 March 2027.");
+    assert_eq!(result["agent"], "legal");
+    // Usage from the provider is what was charged.
+    assert_eq!((task.prompt_tokens, task.completion_tokens), (700, 50));
+
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    // The context pack came first: the memory is in the first prompt.
+    assert!(messages_text(&seen[0]).contains("renews on 1 March 2027"));
+    let tools: Vec<&str> = seen[0]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["function"]["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(tools, ["search_memory", "record_memory", "search_knowledge", "submit_result"]);
+    // The tool's answer went back to the model, tied to its call.
+    let last = seen[1]["messages"].as_array().expect("messages").last().expect("last").clone();
+    assert_eq!(last["role"], "tool");
+    assert_eq!(last["tool_call_id"], "call_1");
+    assert!(last["content"].as_str().expect("content").contains("Initech services contract"));
+
+    let trace = s.store.task_trace(&scope("acme"), &id).await.expect("trace");
+    let kinds: Vec<StepKind> = trace.iter().map(|st| st.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            StepKind::TaskMessage,
+            StepKind::Llm,
+            StepKind::Tool,
+            StepKind::Llm,
+            StepKind::Tool,
+            StepKind::ResponseMessage,
+            StepKind::End
+        ]
+    );
+    assert_eq!(trace[0].detail["task"], "When does the Initech contract renew?");
+    assert_eq!(trace[0].detail["company_context"]["id"], "acme");
+    assert_eq!((trace[1].prompt_tokens, trace[1].completion_tokens), (300, 20));
+    assert_eq!(trace[2].detail["name"], "search_memory");
+    assert_eq!(trace[5].detail["status"], "completed");
+    assert_eq!(trace[5].detail["confidence"], 0.9);
+    assert_eq!(trace[5].detail["requires_human_review"], false);
+
+    // The primary agent's session took the task and its outcome.
+    let session = s.store.load_session(&scope("acme")).await.expect("session");
+    assert_eq!(session.turns.len(), 2);
+    assert!(session.turns[1]["content"].as_str().expect("c").contains("Renews 1 March."));
+    // The ledger still balances.
+    let admin = Principal::system().admin().expect("admin");
+    assert!(s.store.verify_ledger(&admin).await.expect("verify").ok);
+}
+
+#[tokio::test]
+async fn a_tool_call_is_executed_and_its_result_fed_back_sqlite() {
+    a_tool_call_is_executed_and_its_result_fed_back(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_tool_call_is_executed_and_its_result_fed_back_postgres() {
+    a_tool_call_is_executed_and_its_result_fed_back(Backend::Postgres).await;
+}
+
+async fn nothing_of_one_company_reaches_anothers_prompts(b: Backend) {
+    let s = setup(b).await;
+    // Serving globex, the model tries to name acme in a tool call.
+    let fake = FakeLlm::start(None, |_n, req| {
+        let text = req["messages"].to_string();
+        let tool_results = req["messages"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count());
+        match tool_results {
+            0 if text.contains("Globex") => completion(
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "a", "type": "function", "function": {"name": "search_memory",
+                        "arguments": json!({"query": "Initech contract", "company_id": "acme"}).to_string()}},
+                    {"id": "b", "type": "function", "function": {"name": "search_memory",
+                        "arguments": json!({"query": "Initech contract Dana Whit"}).to_string()}}
+                ]}),
+                100,
+                10,
+            ),
+            _ => completion(submit("done", "done", 0.95), 100, 10),
+        }
+    })
+    .await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    remember(&e, "acme", "Initech services contract renews on 1 March 2027, signed by Dana Whit", &["Dana Whit"]).await;
+    remember(&e, "globex", "Supplier audit scheduled for July", &[]).await;
+    let a = submit_task(&e, "acme", "Summarise the Initech contract", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let b_id = submit_task(&e, "globex", "Summarise the Initech contract", "complex_legal_analysis").await;
+    run_all(&e).await;
+    for (c, id) in [("acme", &a), ("globex", &b_id)] {
+        let t = s.store.get_task(&scope(c), id).await.expect("task");
+        assert_eq!(t.status, TaskStatus::Completed, "{c}: {t:?}");
+    }
+    let seen = fake.seen();
+    let globex: Vec<String> = seen
+        .iter()
+        .map(|r| r.to_string())
+        .filter(|r| r.contains("Globex"))
+        .collect();
+    assert!(globex.len() >= 2, "globex's run made its calls");
+    for leak in ["Acme", "acme", "Initech services", "Dana Whit", "1 March 2027", "US-DE"] {
+        for p in &globex {
+            assert!(!p.contains(leak), "{leak} reached a globex prompt: {p}");
+        }
+    }
+    // The call naming another company was refused, not served.
+    let tool_msgs: Vec<Value> = seen
+        .iter()
+        .filter(|r| r.to_string().contains("Globex"))
+        .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert!(tool_msgs.iter().any(|m| m["tool_call_id"] == "a"
+        && m["content"].as_str().is_some_and(|c| c.contains("unknown field `company_id`"))));
+}
+
+#[tokio::test]
+async fn nothing_of_one_company_reaches_anothers_prompts_sqlite() {
+    nothing_of_one_company_reaches_anothers_prompts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn nothing_of_one_company_reaches_anothers_prompts_postgres() {
+    nothing_of_one_company_reaches_anothers_prompts(Backend::Postgres).await;
+}
+
+/// A model that never stops searching.
+fn searching(_n: usize, _req: &Value) -> (u16, Value) {
+    completion(
+        tool_call("s", "search_memory", json!({"query": "anything"})),
+        200,
+        10,
+    )
+}
+
+#[tokio::test]
+async fn the_step_limit_stops_a_run_and_sends_it_to_review() {
+    let s = setup(Backend::Sqlite).await;
+    let fake = FakeLlm::start(None, searching).await;
+    let mut cfg = EngineConfig::default();
+    cfg.agents.get_mut("legal").expect("legal").max_steps = 3;
+    let e = engine_with(&s, &fake, cfg, Arc::default());
+    let id = submit_task(&e, "acme", "Loop forever", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::NeedsReview);
+    assert!(t.requires_human_review);
+    assert_eq!(t.confidence, Some(0.0));
+    let r = t.result.expect("result");
+    assert_eq!(r["limit_hit"], "steps");
+    assert_eq!(r["steps"], 3);
+    assert_eq!(fake.seen().len(), 3);
+    assert_eq!((t.prompt_tokens, t.completion_tokens), (600, 30));
+}
+
+#[tokio::test]
+async fn the_token_limit_stops_a_run_before_the_call_that_would_pass_it() {
+    let s = setup(Backend::Sqlite).await;
+    let fake = FakeLlm::start(None, searching).await;
+    let mut cfg = EngineConfig::default();
+    let legal = cfg.agents.get_mut("legal").expect("legal");
+    legal.max_tokens_per_run = 3_000;
+    legal.max_output_tokens = Some(1_000);
+    let e = engine_with(&s, &fake, cfg, Arc::default());
+    let id = submit_task(&e, "acme", "Loop forever", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::NeedsReview);
+    assert_eq!(t.result.expect("result")["limit_hit"], "tokens");
+    // Each call may take its prompt (~1,000 counted with the tools) plus
+    // 1,000 out: one fits in 3,000 with what is used, not a third.
+    let calls = fake.seen().len();
+    assert!((1..=2).contains(&calls), "{calls} calls");
+}
+
+#[tokio::test]
+async fn the_wall_time_limit_stops_a_run() {
+    let s = setup(Backend::Sqlite).await;
+    // Each call takes 40 s on the test's clock.
+    let fake = FakeLlm::start(Some((s.clock.clone(), TimeDelta::seconds(40))), searching).await;
+    let mut cfg = EngineConfig::default();
+    cfg.agents.get_mut("legal").expect("legal").max_wall_seconds = 100;
+    let e = engine_with(&s, &fake, cfg, Arc::default());
+    let id = submit_task(&e, "acme", "Loop forever", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::NeedsReview);
+    assert_eq!(t.result.expect("result")["limit_hit"], "wall_time");
+    assert_eq!(fake.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn low_confidence_and_always_reviewed_types_wait_for_a_human() {
+    let s = setup(Backend::Sqlite).await;
+    let fake = FakeLlm::start(None, |_n, req| {
+        if req["messages"].to_string().contains("unsure") {
+            completion(submit("maybe", "maybe", 0.4), 10, 5)
+        } else {
+            completion(submit("sure", "sure", 0.95), 10, 5)
+        }
+    })
+    .await;
+    let mut cfg = EngineConfig::default();
+    cfg.review.always.insert("financial_modeling".into());
+    let e = engine_with(&s, &fake, cfg, Arc::default());
+    let unsure = submit_task(&e, "acme", "I am unsure", "quick_question_answer").await;
+    let sure = submit_task(&e, "acme", "Say hi", "quick_question_answer").await;
+    let model = submit_task(&e, "acme", "Model it", "financial_modeling").await;
+    run_all(&e).await;
+    let st = |id: TaskId| {
+        let store = s.store.clone();
+        async move { store.get_task(&scope("acme"), &id).await.expect("task") }
+    };
+    let t = st(unsure).await;
+    assert_eq!((t.status, t.requires_human_review), (TaskStatus::NeedsReview, true));
+    let t = st(sure).await;
+    assert_eq!((t.status, t.requires_human_review), (TaskStatus::Completed, false));
+    // The primary answered inline: no hand-off messages.
+    let trace = s.store.task_trace(&scope("acme"), &t.task_id).await.expect("trace");
+    assert!(trace.iter().all(|st| st.kind != StepKind::TaskMessage));
+    assert_eq!(trace[0].agent, "primary");
+    let t = st(model).await;
+    assert_eq!((t.status, t.confidence), (TaskStatus::NeedsReview, Some(0.95)));
+}
+
+#[tokio::test]
+async fn an_answer_without_the_protocol_counts_as_zero_confidence() {
+    let s = setup(Backend::Sqlite).await;
+    let fake = FakeLlm::start(None, |_n, _req| {
+        completion(json!({"role": "assistant", "content": "It renews in March, I think."}), 10, 5)
+    })
+    .await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    let id = submit_task(&e, "acme", "When?", "quick_question_answer").await;
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::NeedsReview);
+    assert_eq!(t.confidence, Some(0.0));
+    let r = t.result.expect("result");
+    assert_eq!(r["answer"], "It renews in March, I think.");
+    assert_eq!(r["well_formed"], false);
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_retried_then_the_task_fails_and_nothing_stays_reserved() {
+    let s = setup(Backend::Sqlite).await;
+    let fake = FakeLlm::start(None, |_n, _req| (500, json!({"error": {"message": "boom"}}))).await;
+    let mut cfg = EngineConfig::default();
+    cfg.scheduler.max_attempts = 2;
+    cfg.scheduler.retry_backoff = TimeDelta::seconds(1);
+    let sleeper = Arc::new(NoSleep::default());
+    let e = engine_with(&s, &fake, cfg, sleeper.clone());
+    let id = submit_task(&e, "acme", "Anything", "quick_question_answer").await;
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::Queued, "{t:?}");
+    // One call and one retry inside the provider wrapper, with a backoff.
+    assert_eq!(fake.seen().len(), 2);
+    assert_eq!(sleeper.0.lock().expect("lock").len(), 1);
+    s.clock.advance(TimeDelta::seconds(5));
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::Failed, "{t:?}");
+    assert!(t.last_error.as_deref().is_some_and(|e| e.contains("500")), "{t:?}");
+    assert_eq!(fake.seen().len(), 4);
+    let b = s
+        .store
+        .company_budget(&scope("acme"), &EngineConfig::default().budget, s.clock.now())
+        .await
+        .expect("budget");
+    let line = &b.companies[0];
+    assert_eq!((line.reserved, line.spent), (0, 0));
+    let admin = Principal::system().admin().expect("admin");
+    assert!(s.store.verify_ledger(&admin).await.expect("verify").ok);
+}
+
+#[tokio::test]
+async fn every_call_reserves_first_and_settles_its_real_usage() {
+    let s = setup(Backend::Sqlite).await;
+    let fake = FakeLlm::start(None, |n, _req| match n {
+        0 | 1 => completion(tool_call("s", "search_knowledge", json!({"query": "GDPR"})), 1_000, 100),
+        _ => completion(submit("ok", "ok", 0.9), 1_500, 200),
+    })
+    .await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    let id = submit_task(&e, "acme", "GDPR duties?", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::Completed);
+    assert_eq!((t.prompt_tokens, t.completion_tokens), (3_500, 400));
+    let trace = s.store.task_trace(&scope("acme"), &id).await.expect("trace");
+    let llm: Vec<_> = trace.iter().filter(|st| st.kind == StepKind::Llm).collect();
+    assert_eq!(llm.len(), 3);
+    for st in &llm {
+        // Reserved before the call: at least the output it could write.
+        assert!(st.detail["reserved"].as_i64().expect("reserved") > 1_000, "{st:?}");
+    }
+    let b = s
+        .store
+        .company_budget(&scope("acme"), &EngineConfig::default().budget, s.clock.now())
+        .await
+        .expect("budget");
+    let line = &b.companies[0];
+    assert_eq!((line.reserved, line.spent), (0, 3_900));
+    let admin = Principal::system().admin().expect("admin");
+    assert!(s.store.verify_ledger(&admin).await.expect("verify").ok);
+}
