@@ -4,6 +4,7 @@
 
 mod config_errors;
 mod crash;
+mod demo;
 mod knowledge;
 mod memory;
 mod postgres;
