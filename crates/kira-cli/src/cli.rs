@@ -100,6 +100,10 @@ pub enum Command {
     /// Conflict flags between companies naming the same counterparty (admin).
     #[command(subcommand)]
     Conflicts(crate::commands::sharing::ConflictsCommand),
+    /// Show kira at work: three companies with their memories, a small
+    /// knowledge base and a set of tasks, sent to a running server (admin);
+    /// then which agent ran each task and what it cost.
+    Demo(crate::commands::demo::DemoArgs),
     /// Show which key the token belongs to.
     Whoami,
     /// Measure kira on this machine (runs in-process against a database of its own).

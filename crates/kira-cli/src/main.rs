@@ -122,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sharing(cmd) => commands::sharing::run_sharing(&ctx()?, cmd).await,
         Command::Agents(cmd) => commands::agents::run(&ctx()?, cmd).await,
         Command::Conflicts(cmd) => commands::sharing::run_conflicts(&ctx()?, cmd).await,
+        Command::Demo(args) => commands::demo::run(&ctx()?, args).await,
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Bench(cmd) => commands::bench::run(cmd, json).await,
         Command::Completions { shell } => {

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_memory;
 pub mod budget;
 pub mod company;
+pub mod demo;
 pub mod knowledge;
 pub mod memory;
 pub mod sharing;

@@ -5,6 +5,7 @@
 mod agents;
 mod config_errors;
 mod crash;
+mod demo;
 mod knowledge;
 mod memory;
 mod postgres;
