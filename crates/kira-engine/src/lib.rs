@@ -158,6 +158,12 @@ impl Engine {
         &self.inner.config
     }
 
+    /// Whether tasks run on the simulated executor, whose results are not
+    /// real work and are not remembered.
+    pub fn is_simulated(&self) -> bool {
+        self.executor_name() == Some("simulated")
+    }
+
     /// The executor's name, or None when tasks only queue.
     pub fn executor_name(&self) -> Option<&str> {
         self.inner.executor.as_ref().map(|e| e.name())

@@ -206,6 +206,15 @@ impl Engine {
             },
         };
         let requeued = finish.status == TaskStatus::Queued;
+        // What the company remembers of a completed task (a reviewed one
+        // is remembered when a human approves it).
+        let remembered = (finish.status == TaskStatus::Completed && !self.is_simulated()).then(|| {
+            let mut done = task.clone();
+            done.status = TaskStatus::Completed;
+            done.result.clone_from(&finish.result);
+            done.confidence = finish.confidence;
+            done
+        });
         let completion = Completion {
             scope: scope.clone(),
             task_id: id.clone(),
@@ -236,7 +245,13 @@ impl Engine {
         };
         match recorded {
             Ok(()) if requeued => self.wake(),
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(done) = remembered
+                    && let Err(e) = crate::review::record_result_memory(self, &scope, &done).await
+                {
+                    tracing::warn!(task = %id, error = %e, "could not record the task's result as a memory");
+                }
+            }
             Err(e) => tracing::warn!(task = %id, error = %e, "could not record the end of a run"),
         }
     }
