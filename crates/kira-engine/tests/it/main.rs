@@ -3,5 +3,6 @@
 
 mod bench;
 mod memory;
+mod review;
 mod scheduler;
 mod sharing;
