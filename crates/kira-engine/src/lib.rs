@@ -22,6 +22,7 @@ pub mod executor;
 pub mod knowledge;
 pub mod membench;
 pub mod memory;
+pub mod review;
 pub mod scheduler;
 pub mod sharing;
 pub mod tasks;

@@ -173,6 +173,7 @@ pub trait Store:
     + memory::MemoryStore
     + knowledge::KnowledgeStore
     + conflicts::ConflictStore
+    + agents::AgentStore
 {
     fn backend(&self) -> Backend;
 

@@ -4,5 +4,6 @@
 mod agents;
 mod bench;
 mod memory;
+mod review;
 mod scheduler;
 mod sharing;

@@ -22,6 +22,7 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 
+mod agents;
 mod knowledge;
 mod memory;
 mod work;
@@ -506,6 +507,7 @@ impl CompanyStore for PgStore {
         load_company(&mut tx, scope.company(), true).await?;
         let mut deleted = DeletedRows::default();
         memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
+        agents::delete_company_agents(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [

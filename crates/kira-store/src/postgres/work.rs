@@ -59,11 +59,11 @@ use crate::{DeletedRows, Result, StoreError};
 /// first one. "kiraallo" in ASCII.
 const REFRESH_LOCK: i64 = 0x6b69_7261_616c_6c6f;
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn task_id(s: &str) -> Result<TaskId> {
+pub(super) fn task_id(s: &str) -> Result<TaskId> {
     TaskId::parse(s).map_err(|e| corrupt("task id", e))
 }
 
@@ -79,7 +79,7 @@ async fn set_admin_read(tx: &mut PgConnection, on: bool) -> Result<()> {
 
 /// Locks the company row against a forced delete for the rest of the
 /// transaction (step 1 of the lock order). False when it does not exist.
-async fn lock_company(tx: &mut PgConnection, company: &CompanyId) -> Result<bool> {
+pub(super) async fn lock_company(tx: &mut PgConnection, company: &CompanyId) -> Result<bool> {
     let found: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM companies WHERE company_id = $1 FOR KEY SHARE")
             .bind(company.as_str())
@@ -90,7 +90,7 @@ async fn lock_company(tx: &mut PgConnection, company: &CompanyId) -> Result<bool
 
 /// Wakes schedulers listening on [`TASKS_CHANNEL`]; delivered on commit,
 /// and not at all if the transaction rolls back.
-async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
+pub(super) async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(TASKS_CHANNEL)
         .bind(id.as_str())
@@ -99,12 +99,12 @@ async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
     Ok(())
 }
 
-const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
+pub(super) const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
      company_context, deadline, status, status_reason, attempts, max_attempts, estimated_tokens, result, \
      confidence, requires_human_review, last_error, prompt_tokens, completion_tokens, cost_usd, created_at, \
      updated_at, started_at, finished_at";
 
-fn task_from_row(r: &PgRow) -> Result<Task> {
+pub(super) fn task_from_row(r: &PgRow) -> Result<Task> {
     let result: Option<Json<serde_json::Value>> = r.try_get("result")?;
     let parameters: Json<serde_json::Value> = r.try_get("parameters")?;
     let context: Json<serde_json::Value> = r.try_get("company_context")?;
@@ -143,7 +143,7 @@ fn task_from_row(r: &PgRow) -> Result<Task> {
 /// The task; `lock` takes its row (`FOR NO KEY UPDATE`, which leaves the
 /// share locks of inserts referring to it alone) when no queue row stands
 /// in front of it.
-async fn load_task(
+pub(super) async fn load_task(
     tx: &mut PgConnection,
     company: &CompanyId,
     id: &TaskId,
@@ -164,7 +164,7 @@ async fn load_task(
 
 /// Moves a task to `to` (checked against the state machine) and records the
 /// event. The caller holds the task's queue row, so `task.status` is current.
-async fn set_status(
+pub(super) async fn set_status(
     tx: &mut PgConnection,
     task: &Task,
     to: TaskStatus,

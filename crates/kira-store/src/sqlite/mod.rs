@@ -18,6 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
+mod agents;
 mod knowledge;
 mod memory;
 mod work;
@@ -387,6 +388,7 @@ impl CompanyStore for SqliteStore {
         load_company(&mut tx, scope.company()).await?;
         let mut deleted = DeletedRows::default();
         memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
+        agents::delete_company_agents(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [

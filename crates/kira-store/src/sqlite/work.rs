@@ -23,16 +23,16 @@ use super::{
 use crate::work::*;
 use crate::{Result, StoreError};
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
+pub(super) const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
      company_context, deadline, status, status_reason, attempts, max_attempts, estimated_tokens, result, \
      confidence, requires_human_review, last_error, prompt_tokens, completion_tokens, cost_usd, created_at, \
      updated_at, started_at, finished_at";
 
-fn task_from_row(r: &SqliteRow) -> Result<Task> {
+pub(super) fn task_from_row(r: &SqliteRow) -> Result<Task> {
     let task_id: String = r.try_get("task_id")?;
     let result: Option<String> = r.try_get("result")?;
     let priority: String = r.try_get("priority")?;
@@ -67,7 +67,11 @@ fn task_from_row(r: &SqliteRow) -> Result<Task> {
     })
 }
 
-async fn load_task(tx: &mut SqliteConnection, company: &CompanyId, id: &TaskId) -> Result<Task> {
+pub(super) async fn load_task(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    id: &TaskId,
+) -> Result<Task> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = ? AND task_id = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(company.as_str())
@@ -79,7 +83,7 @@ async fn load_task(tx: &mut SqliteConnection, company: &CompanyId, id: &TaskId) 
 }
 
 /// Moves a task to `to` (checked against the state machine) and records the event.
-async fn set_status(
+pub(super) async fn set_status(
     tx: &mut SqliteConnection,
     task: &Task,
     to: TaskStatus,

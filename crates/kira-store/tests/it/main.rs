@@ -15,6 +15,7 @@ macro_rules! conformance {
     };
 }
 
+mod agents;
 mod budget_property;
 mod conformance;
 mod isolation;

@@ -1,15 +1,18 @@
 //! PostgreSQL row-level security, checked with raw SQL as the app role:
 //! even a statement that forgets its WHERE, or tries to write another
 //! company's rows, sees and touches one company only, and the audit log
-//! cannot be rewritten. Memories and their vectors are company tables too.
+//! cannot be rewritten. Memories and their vectors, run traces, reviews
+//! and primary sessions are company tables too.
 
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, Principal};
 use kira_core::company::{CompanyPatch, NewCompany};
+use kira_store::agents::{AgentStore, Decision, ReviewInput, Session, Step, StepKind};
 use kira_store::memory::{MemoryStore, MemoryVector};
 use kira_store::postgres::{APP_ROLE, PgStore};
 use kira_store::testdb::fresh_postgres;
+use kira_store::work::{ClaimOutcome, Finish, TaskStore};
 use kira_store::{AuditStore, CompanyStore};
 use sqlx::postgres::PgQueryResult;
 use sqlx::{Connection, Executor, PgConnection, Row};
@@ -17,12 +20,15 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 5] = [
+const COMPANY_TABLES: [&str; 8] = [
     "companies",
     "audit_log",
     "memories",
     "memory_vectors",
     "memory_names",
+    "task_steps",
+    "task_reviews",
+    "agent_sessions",
 ];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
@@ -123,11 +129,98 @@ async fn setup() -> (PgStore, String) {
             .await
             .expect("put vector");
     }
+    // Once both exist, so the budget period allocates to both.
+    for id in [A, B] {
+        let id = CompanyId::parse(id).expect("valid id");
+        agent_rows(&store, &admin.company(&id, Access::Write)).await;
+    }
     store
         .append_audit(record(None, "server.start"))
         .await
         .expect("append system entry");
     (store, url)
+}
+
+/// A task of the scope's company taken through review (a step, an
+/// approval) and a saved primary session: a row in each agents table.
+async fn agent_rows(store: &PgStore, scope: &kira_core::auth::CompanyScope) {
+    let t0 = crate::support::t0();
+    let company = scope.company();
+    let submitted = store
+        .submit_task(
+            scope,
+            &crate::work::new_task("legal", kira_core::task::Priority::Medium, 100),
+            t0,
+            record(Some(company), "task.submit"),
+        )
+        .await
+        .expect("submit");
+    let id = submitted.task.task_id;
+    let claimed = store
+        .claim(
+            scope,
+            &id,
+            "w1",
+            t0 + chrono::TimeDelta::minutes(1),
+            &crate::work::small_budget(),
+            t0,
+        )
+        .await
+        .expect("claim");
+    assert!(
+        matches!(claimed, ClaimOutcome::Claimed { .. }),
+        "{claimed:?}"
+    );
+    let finish = Finish {
+        status: kira_core::task::TaskStatus::NeedsReview,
+        reason: "low confidence".into(),
+        result: Some(serde_json::json!({"answer": format!("{company}'s secret answer")})),
+        confidence: Some(0.3),
+        requires_human_review: true,
+        error: None,
+        retry_at: None,
+    };
+    store
+        .finish(scope, &id, "w1", finish, t0)
+        .await
+        .expect("finish");
+    let step = Step {
+        task_id: id.clone(),
+        attempt: 1,
+        seq: 0,
+        agent: "primary".into(),
+        kind: StepKind::Llm,
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        latency_ms: 1,
+        detail: serde_json::json!({"content": format!("{company}'s secret prompt")}),
+        at: t0,
+    };
+    store.record_steps(scope, &[step]).await.expect("steps");
+    let input = ReviewInput {
+        decision: Decision::Approve { result: None },
+        rating: Some(4),
+        reviewer: "system".into(),
+    };
+    store
+        .review_task(
+            scope,
+            &id,
+            &input,
+            1,
+            t0,
+            record(Some(company), "task.review"),
+        )
+        .await
+        .expect("review");
+    let session = Session {
+        summary: format!("{company}'s secret session"),
+        ..Session::default()
+    };
+    store
+        .save_session(scope, &session, t0)
+        .await
+        .expect("session");
 }
 
 /// A raw connection to `url` acting as the app role, no company named.
@@ -212,8 +305,8 @@ async fn app_role_sees_only_the_named_company() {
     }
     assert_eq!(
         count(&mut app, "audit_log").await,
-        3,
-        "A's create, update and memory insert"
+        5,
+        "A's create, update, memory insert, task submission and review"
     );
     // The full-text path is filtered like any other read.
     let found: i64 = sqlx::query_scalar(
@@ -269,6 +362,38 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
          SELECT id, $1, 'forged', '\\x00000000' FROM memories",
     );
     assert_refused(insert_vector.bind(B).execute(&mut app).await, RLS_VIOLATION);
+    // A's own task given a step, a review or a session filed under B.
+    for sql in [
+        "INSERT INTO task_steps (company_id, task_id, attempt, seq, agent, kind, prompt_tokens, \
+         completion_tokens, latency_ms, detail, at) \
+         SELECT $1, task_id, 9, 0, 'primary', 'llm', 0, 0, 0, '{}', now() FROM task_steps",
+        "INSERT INTO task_reviews (company_id, task_id, decision, reviewer, at) \
+         SELECT $1, task_id, 'rated', 'forged', now() FROM task_reviews",
+        "INSERT INTO agent_sessions (company_id, summary, turns, tokens, version, updated_at) \
+         VALUES ($1, 'forged', '[]', 0, 1, now())",
+    ] {
+        assert_refused(
+            sqlx::query(sql).bind(B).execute(&mut app).await,
+            RLS_VIOLATION,
+        );
+    }
+    assert_refused(
+        sqlx::query("UPDATE agent_sessions SET company_id = $1")
+            .bind(B)
+            .execute(&mut app)
+            .await,
+        RLS_VIOLATION,
+    );
+    // Steps and reviews are written once: the app role cannot rewrite them.
+    for sql in [
+        "UPDATE task_steps SET detail = '{}'",
+        "UPDATE task_reviews SET rating = 5",
+    ] {
+        assert_refused(
+            sqlx::query(sql).execute(&mut app).await,
+            "permission denied",
+        );
+    }
     for table in ["memories", "memory_vectors"] {
         let sql = format!("UPDATE {table} SET company_id = $1");
         assert_refused(
@@ -307,6 +432,10 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
         "UPDATE memories SET archived_at = now() WHERE company_id = $1",
         "DELETE FROM memories WHERE company_id = $1",
         "DELETE FROM memory_vectors WHERE company_id = $1",
+        "DELETE FROM task_steps WHERE company_id = $1",
+        "DELETE FROM task_reviews WHERE company_id = $1",
+        "UPDATE agent_sessions SET summary = 'taken over' WHERE company_id = $1",
+        "DELETE FROM agent_sessions WHERE company_id = $1",
     ] {
         let r = sqlx::query(sql).bind(B).execute(&mut app).await.expect(sql);
         assert_eq!(r.rows_affected(), 0, "{sql}");
@@ -327,7 +456,13 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
     }
 
     let mut su = PgConnection::connect(&url).await.expect("connect");
-    for table in ["memories", "memory_vectors"] {
+    for table in [
+        "memories",
+        "memory_vectors",
+        "task_steps",
+        "task_reviews",
+        "agent_sessions",
+    ] {
         let sql = format!("SELECT company_id FROM {table} ORDER BY company_id");
         let owners: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_all(&mut su)
@@ -452,7 +587,9 @@ async fn admin_read_sees_counterparty_names_only() {
             ("counterparty".into(), "comp b supplier".into(), B.into()),
         ]
     );
-    assert_eq!(count(&mut app, "memories").await, 0);
+    for table in ["memories", "task_steps", "task_reviews", "agent_sessions"] {
+        assert_eq!(count(&mut app, table).await, 0, "{table} has no admin read");
+    }
     let r = sqlx::query("DELETE FROM memory_names")
         .execute(&mut app)
         .await

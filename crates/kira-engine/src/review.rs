@@ -1,0 +1,261 @@
+//! Human review of results: a reviewer's decision applied through the
+//! store (with the configured `[review] max_requeues`), and an accepted
+//! result remembered as the company's `task_result` memory, so later work
+//! for the company can find it.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::CompanyScope;
+use kira_core::memory::{EventType, NewMemory, Workstream};
+use kira_core::task::{Priority, Task, TaskId, TaskStatus};
+use kira_store::agents::ReviewInput;
+use kira_store::memory::{Archived, MemoryFilter};
+use serde_json::{Value, json};
+
+use crate::{Engine, EngineError};
+
+/// The category every result memory is filed under.
+pub const RESULT_CATEGORY: &str = "task_results";
+
+/// A result memory's text is cut to this many characters: enough for a
+/// summary and a short answer; the whole result stays on the task.
+pub const MAX_RESULT_TEXT_CHARS: usize = 4_000;
+
+/// Applies a reviewer's decision to a task in `needs_review` (see
+/// [`kira_store::agents::AgentStore::review_task`]). A rejected task that
+/// goes back to the queue wakes the scheduler; an approved one's result is
+/// recorded as a memory. The review is stored by then, so a failure to
+/// record the memory is logged, not returned ([`record_result_memory`] may
+/// be run again: it adds the memory once).
+pub async fn review(
+    engine: &Engine,
+    scope: &CompanyScope,
+    id: &TaskId,
+    input: ReviewInput,
+    now: DateTime<Utc>,
+    audit: AuditRecord,
+) -> Result<Task, EngineError> {
+    let task = engine
+        .store()
+        .review_task(
+            scope,
+            id,
+            &input,
+            engine.config().review.max_requeues,
+            now,
+            audit,
+        )
+        .await?;
+    match task.status {
+        TaskStatus::Queued => engine.wake(),
+        TaskStatus::Completed => {
+            if let Err(e) = record_result_memory(engine, scope, &task).await {
+                tracing::error!(task = %task.task_id, error = %e, "could not record the approved result as a memory");
+            }
+        }
+        _ => {}
+    }
+    Ok(task)
+}
+
+/// Records a completed task's result as the company's episodic memory: a
+/// `task_result` event in the task type's workstream, category
+/// `task_results`, whose text is the result's summary and answer, with the
+/// task as its source. Added through [`Engine::add_memories`], so it is
+/// embedded and checked for conflicts like any memory.
+///
+/// Idempotent: a task's result memory occurs at the task's `finished_at`
+/// (a completed task's never changes), so the memories of that instant are
+/// looked through for one whose source is the task; if there is one
+/// (archived included), nothing is added. A task without a result, or not
+/// completed, adds nothing.
+pub async fn record_result_memory(
+    engine: &Engine,
+    scope: &CompanyScope,
+    task: &Task,
+) -> Result<(), EngineError> {
+    if task.status != TaskStatus::Completed {
+        return Ok(());
+    }
+    let Some(text) = task.result.as_ref().and_then(result_text) else {
+        return Ok(());
+    };
+    let occurred_at = task.finished_at.unwrap_or(task.updated_at);
+    let source = task.task_id.as_str();
+    let same_instant = MemoryFilter {
+        event_type: Some(EventType::TaskResult),
+        from: Some(occurred_at),
+        until: Some(occurred_at + TimeDelta::microseconds(1)),
+        archived: Archived::Include,
+        ..MemoryFilter::default()
+    };
+    let seen = engine
+        .store()
+        .list_memories(scope, &same_instant, None, 1_000)
+        .await?;
+    if seen.iter().any(|m| m.source.as_deref() == Some(source)) {
+        return Ok(());
+    }
+    let workstream = engine
+        .workstream_of(&task.task_type)
+        .ok()
+        .or_else(|| Workstream::parse(&task.agent).ok())
+        .unwrap_or(Workstream::General);
+    let memory = NewMemory {
+        occurred_at,
+        event_type: EventType::TaskResult,
+        workstream,
+        category: RESULT_CATEGORY.to_owned(),
+        content: json!({
+            "text": text,
+            "task_id": task.task_id,
+            "task_type": task.task_type,
+            "confidence": task.confidence,
+        }),
+        importance: result_importance(task.priority, &task.agent),
+        indexed_terms: Vec::new(),
+        source: Some(source.to_owned()),
+    };
+    let now = engine.clock().now();
+    let audit = AuditRecord {
+        at: now,
+        request_id: format!("task_result-{}", task.task_id),
+        actor: scope.actor().to_string(),
+        company_id: Some(scope.company().clone()),
+        action: "memory.add".into(),
+        target: format!("task:{}", task.task_id),
+        outcome: Outcome::Ok,
+        detail: "task_result".into(),
+    };
+    engine
+        .add_memories(scope, vec![memory], false, audit)
+        .await?;
+    Ok(())
+}
+
+/// How much a result matters: by the task's priority (emergency 9, urgent
+/// 8, high 7, medium 5, low 3), one more when a specialist did the work.
+pub fn result_importance(priority: Priority, agent: &str) -> i16 {
+    let base = match priority {
+        Priority::Emergency => 9,
+        Priority::Urgent => 8,
+        Priority::High => 7,
+        Priority::Medium => 5,
+        Priority::Low => 3,
+    };
+    let specialist = i16::from(agent != "primary");
+    (base + specialist).min(10)
+}
+
+/// The words of a result worth remembering: its `summary` and `answer`
+/// (strings), else the result as text; cut to [`MAX_RESULT_TEXT_CHARS`],
+/// with control characters a memory may not hold made spaces. None when
+/// nothing is left.
+pub fn result_text(result: &Value) -> Option<String> {
+    let field = |k: &str| {
+        result
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for p in [field("summary"), field("answer")].into_iter().flatten() {
+        if !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
+    let raw = if !parts.is_empty() {
+        parts.join("\n\n")
+    } else {
+        match result {
+            Value::Null => return None,
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        }
+    };
+    let clean: String = raw
+        .replace("\r\n", "\n")
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    let clean = clean.trim();
+    if clean.is_empty() {
+        return None;
+    }
+    if clean.chars().count() <= MAX_RESULT_TEXT_CHARS {
+        return Some(clean.to_owned());
+    }
+    let cut: String = clean.chars().take(MAX_RESULT_TEXT_CHARS - 1).collect();
+    Some(format!("{}…", cut.trim_end()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn importance_follows_priority_and_the_specialist() {
+        let got: Vec<i16> = Priority::ALL
+            .iter()
+            .map(|p| result_importance(*p, "primary"))
+            .collect();
+        assert_eq!(got, [9, 8, 7, 5, 3]);
+        let got: Vec<i16> = Priority::ALL
+            .iter()
+            .map(|p| result_importance(*p, "legal"))
+            .collect();
+        assert_eq!(got, [10, 9, 8, 6, 4]);
+    }
+
+    #[test]
+    fn the_text_is_the_summary_and_the_answer() {
+        assert_eq!(
+            result_text(&json!({"summary": " NDA reviewed ", "answer": "Sign it.", "x": 1})),
+            Some("NDA reviewed\n\nSign it.".into())
+        );
+        assert_eq!(
+            result_text(&json!({"answer": "Only this"})),
+            Some("Only this".into())
+        );
+        assert_eq!(
+            result_text(&json!({"summary": "Same", "answer": "Same"})),
+            Some("Same".into())
+        );
+        assert_eq!(
+            result_text(&json!("plain\r\ntext")),
+            Some("plain\ntext".into())
+        );
+        assert_eq!(
+            result_text(&json!({"figures": [1, 2]})),
+            Some(r#"{"figures":[1,2]}"#.into())
+        );
+        assert_eq!(
+            result_text(&json!({"summary": "bell\u{7}here"})),
+            Some("bell here".into())
+        );
+        assert_eq!(result_text(&json!(null)), None);
+        assert_eq!(result_text(&json!("  ")), None);
+        // Empty fields leave the result's JSON to remember.
+        assert_eq!(
+            result_text(&json!({"summary": " ", "answer": ""})),
+            Some(r#"{"answer":"","summary":" "}"#.into())
+        );
+    }
+
+    #[test]
+    fn long_results_are_cut() {
+        let text =
+            result_text(&json!({"answer": "é".repeat(MAX_RESULT_TEXT_CHARS * 2)})).expect("text");
+        assert_eq!(text.chars().count(), MAX_RESULT_TEXT_CHARS);
+        assert!(text.ends_with('…'));
+        let exact = "a".repeat(MAX_RESULT_TEXT_CHARS);
+        assert_eq!(result_text(&json!(exact.clone())), Some(exact));
+    }
+}
