@@ -46,7 +46,11 @@ fn local(models: &std::path::Path, spec: Option<&ProviderSpec>) -> Result<Provid
     Ok(ProviderHandle::new(LOCAL, Arc::new(p), model, true, pol))
 }
 
-fn remote(name: &str, spec: &ProviderSpec, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ProviderHandle> {
+fn remote(
+    name: &str,
+    spec: &ProviderSpec,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<ProviderHandle> {
     let (kind, base, default_model) = match spec.kind {
         ProviderKind::OpenAi => (
             kira_llm::ProviderKind::OpenAi,
@@ -62,7 +66,9 @@ fn remote(name: &str, spec: &ProviderSpec, env: &dyn Fn(&str) -> Option<String>)
     };
     let api_key = match &spec.api_key_env {
         Some(var) => Some(env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-            anyhow::anyhow!("providers.{name}.api_key_env: the environment variable {var} is not set")
+            anyhow::anyhow!(
+                "providers.{name}.api_key_env: the environment variable {var} is not set"
+            )
         })?),
         None => None,
     };
@@ -70,7 +76,10 @@ fn remote(name: &str, spec: &ProviderSpec, env: &dyn Fn(&str) -> Option<String>)
         kind,
         base_url: spec.base_url.clone().unwrap_or_else(|| base.to_owned()),
         api_key,
-        model: spec.model.clone().unwrap_or_else(|| default_model.to_owned()),
+        model: spec
+            .model
+            .clone()
+            .unwrap_or_else(|| default_model.to_owned()),
     };
     let pol = policy(Some(spec));
     let provider = cfg
@@ -91,7 +100,7 @@ pub fn providers(
     for (name, spec) in &cfg.providers {
         let handle = if spec.kind == ProviderKind::Local {
             match local(models, Some(spec)) {
-                Ok(h) => ProviderHandle { name: name.clone(), ..h },
+                Ok(h) => h.named(name.clone()),
                 Err(e) => {
                     tracing::warn!("provider '{name}' (the local model) is unavailable: {e}");
                     continue;
@@ -110,9 +119,21 @@ pub fn providers(
             .build(pol.attempt_timeout)
             .map_err(|e| anyhow::anyhow!("the provider from the environment: {e}"))?;
         tracing::info!(provider = provider.name(), model = %pc.model, "agents use the provider from the environment");
-        out.default = Some(ProviderHandle::new(ENV, provider, pc.model.clone(), false, pol));
+        out.default = Some(ProviderHandle::new(
+            ENV,
+            provider,
+            pc.model.clone(),
+            false,
+            pol,
+        ));
     } else {
-        match out.named.get(LOCAL).cloned().map(Ok).unwrap_or_else(|| local(models, None)) {
+        match out
+            .named
+            .get(LOCAL)
+            .cloned()
+            .map(Ok)
+            .unwrap_or_else(|| local(models, None))
+        {
             Ok(h) => {
                 tracing::info!(model = %h.default_model, "agents use the local model (no provider configured)");
                 out.default = Some(h);

@@ -189,7 +189,13 @@ pub async fn run(
         }
     }
     #[allow(clippy::cast_precision_loss)]
-    let share = |n: usize| if tasks == 0 { 0.0 } else { n as f64 / tasks as f64 };
+    let share = |n: usize| {
+        if tasks == 0 {
+            0.0
+        } else {
+            n as f64 / tasks as f64
+        }
+    };
     Ok(AgentsReport {
         tasks,
         companies,

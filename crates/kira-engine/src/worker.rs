@@ -208,13 +208,14 @@ impl Engine {
         let requeued = finish.status == TaskStatus::Queued;
         // What the company remembers of a completed task (a reviewed one
         // is remembered when a human approves it).
-        let remembered = (finish.status == TaskStatus::Completed && !self.is_simulated()).then(|| {
-            let mut done = task.clone();
-            done.status = TaskStatus::Completed;
-            done.result.clone_from(&finish.result);
-            done.confidence = finish.confidence;
-            done
-        });
+        let remembered =
+            (finish.status == TaskStatus::Completed && !self.is_simulated()).then(|| {
+                let mut done = task.clone();
+                done.status = TaskStatus::Completed;
+                done.result.clone_from(&finish.result);
+                done.confidence = finish.confidence;
+                done
+            });
         let completion = Completion {
             scope: scope.clone(),
             task_id: id.clone(),

@@ -98,8 +98,8 @@ impl Provider for Anthropic {
         let mut partial_json: Vec<String> = Vec::new();
         let mut stopped = false;
         let latency = http::send_sse(&self.name, request, Some(&self.key), |_, data| {
-            let ev: Value = serde_json::from_str(data)
-                .map_err(|e| decode(format!("stream event: {e}")))?;
+            let ev: Value =
+                serde_json::from_str(data).map_err(|e| decode(format!("stream event: {e}")))?;
             match ev.get("type").and_then(Value::as_str).unwrap_or_default() {
                 "message_start" => {
                     let m = &ev["message"];
@@ -134,7 +134,8 @@ impl Provider for Anthropic {
                             }
                         }
                         "input_json_delta" => {
-                            partial_json[i].push_str(d["partial_json"].as_str().unwrap_or_default());
+                            partial_json[i]
+                                .push_str(d["partial_json"].as_str().unwrap_or_default());
                         }
                         _ => {}
                     }
@@ -174,8 +175,8 @@ impl Provider for Anthropic {
         }
         for (block, json_text) in blocks.iter_mut().zip(partial_json) {
             if block["type"] == "tool_use" && !json_text.trim().is_empty() {
-                block["input"] = serde_json::from_str(&json_text)
-                    .unwrap_or(Value::String(json_text));
+                block["input"] =
+                    serde_json::from_str(&json_text).unwrap_or(Value::String(json_text));
             }
         }
         let reply: Reply = serde_json::from_value(json!({

@@ -53,12 +53,27 @@ struct AgentList {
 fn model_name(m: Option<&Model>) -> String {
     m.map_or_else(
         || "-".to_owned(),
-        |m| format!("{}/{}{}", m.provider, m.model, if m.local { " (local)" } else { "" }),
+        |m| {
+            format!(
+                "{}/{}{}",
+                m.provider,
+                m.model,
+                if m.local { " (local)" } else { "" }
+            )
+        },
     )
 }
 
 fn list(l: &AgentList) -> String {
-    let mut t = output::table(&["AGENT", "ROLE", "MODEL", "SLOTS", "RUNNING", "QUEUED", "TASK TYPES"]);
+    let mut t = output::table(&[
+        "AGENT",
+        "ROLE",
+        "MODEL",
+        "SLOTS",
+        "RUNNING",
+        "QUEUED",
+        "TASK TYPES",
+    ]);
     for a in &l.agents {
         t.add_row(vec![
             a.name.clone(),
@@ -70,7 +85,10 @@ fn list(l: &AgentList) -> String {
             a.task_types.join(", "),
         ]);
     }
-    let executor = l.executor.as_deref().unwrap_or("none: tasks wait in the queue");
+    let executor = l
+        .executor
+        .as_deref()
+        .unwrap_or("none: tasks wait in the queue");
     format!("{t}\nexecutor: {executor}")
 }
 
@@ -85,7 +103,11 @@ fn show(a: &Agent) -> String {
         a.queued,
         a.task_types.join(", "),
         a.tools.join(", "),
-        if a.fallback_models.is_empty() { "none".to_owned() } else { a.fallback_models.join(", ") },
+        if a.fallback_models.is_empty() {
+            "none".to_owned()
+        } else {
+            a.fallback_models.join(", ")
+        },
         a.max_steps,
         a.max_tokens_per_run,
         a.max_wall_seconds,

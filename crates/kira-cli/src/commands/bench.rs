@@ -49,7 +49,11 @@ async fn agents(args: BenchAgentsArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
     };
     let store = open(&url).await?;
-    let backend = if url.starts_with("postgres") { "postgresql" } else { "sqlite" };
+    let backend = if url.starts_with("postgres") {
+        "postgresql"
+    } else {
+        "sqlite"
+    };
     eprintln!(
         "agents benchmark: {backend}, {} tasks across {} companies, provider latency {} ms ...",
         args.tasks, args.companies, args.latency_ms
@@ -67,7 +71,10 @@ async fn agents(args: BenchAgentsArgs, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("agents benchmark: {backend}");
-        println!("  tasks            {} ({} completed) in {:.1} s", r.tasks, r.completed, r.seconds);
+        println!(
+            "  tasks            {} ({} completed) in {:.1} s",
+            r.tasks, r.completed, r.seconds
+        );
         println!("  throughput       {:.1} tasks/s", r.tasks_per_second);
         println!(
             "  kira overhead    p50 {:.1} ms, p99 {:.1} ms per task (claimed to finished, minus the provider's {} ms)",

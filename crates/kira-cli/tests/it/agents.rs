@@ -27,15 +27,32 @@ fn the_local_model_answers_a_task_with_the_companys_context() {
         server.stderr()
     );
     ok(server.kira().args([
-        "company", "add", "acme", "--name", "Acme Robotics", "--industry", "fintech",
-        "--jurisdiction", "US-DE",
+        "company",
+        "add",
+        "acme",
+        "--name",
+        "Acme Robotics",
+        "--industry",
+        "fintech",
+        "--jurisdiction",
+        "US-DE",
     ]));
     ok(server.kira().args([
-        "memory", "add", "acme", "--type", "decision", "--importance", "9",
+        "memory",
+        "add",
+        "acme",
+        "--type",
+        "decision",
+        "--importance",
+        "9",
         "The board approved the 2027 budget of 4 million dollars.",
     ]));
     let task = ok_json(server.kira().args([
-        "task", "submit", "acme", "What budget did the board approve?", "--type",
+        "task",
+        "submit",
+        "acme",
+        "What budget did the board approve?",
+        "--type",
         "quick_question_answer",
     ]));
     let id = s(&task, "task_id").to_owned();
@@ -50,8 +67,14 @@ fn the_local_model_answers_a_task_with_the_companys_context() {
         "{done}"
     );
     assert_eq!(s(&done, "agent"), "primary");
-    assert!(done["prompt_tokens"].as_i64().expect("prompt") > 0, "{done}");
-    assert!(done["completion_tokens"].as_i64().expect("completion") > 0, "{done}");
+    assert!(
+        done["prompt_tokens"].as_i64().expect("prompt") > 0,
+        "{done}"
+    );
+    assert!(
+        done["completion_tokens"].as_i64().expect("completion") > 0,
+        "{done}"
+    );
     assert_eq!(done["result"]["model"], "SmolLM2-135M-Instruct");
     // The company's memory was in the prompt the model was given.
     let trace = ok_json(server.kira().args(["task", "trace", &id]));
@@ -65,10 +88,20 @@ fn agents_list_and_show_describe_the_pool() {
     let work = tempfile::tempdir().expect("temp dir");
     let server = start(work.path(), "[executor]\nkind = \"agents\"\n");
     let list = ok(server.kira().args(["agents", "list"]));
-    for a in ["primary", "legal", "financial", "technical", "content", "research"] {
+    for a in [
+        "primary",
+        "legal",
+        "financial",
+        "technical",
+        "content",
+        "research",
+    ] {
         assert!(list.contains(a), "{list}");
     }
-    assert!(list.contains("local/SmolLM2-135M-Instruct (local)"), "{list}");
+    assert!(
+        list.contains("local/SmolLM2-135M-Instruct (local)"),
+        "{list}"
+    );
     assert!(list.contains("executor: agents"), "{list}");
     let legal = ok(server.kira().args(["agents", "show", "legal"]));
     assert!(legal.contains("You are the legal specialist"), "{legal}");
@@ -76,7 +109,11 @@ fn agents_list_and_show_describe_the_pool() {
     let v = ok_json(server.kira().args(["agents", "show", "legal"]));
     assert_eq!(v["max_concurrent"], 2);
     assert_eq!(v["model"]["local"], true);
-    let out = server.kira().args(["agents", "show", "astrologer"]).output().expect("run");
+    let out = server
+        .kira()
+        .args(["agents", "show", "astrologer"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent 'astrologer' not found"));
     assert!(server.stop().success());

@@ -78,6 +78,12 @@ impl ProviderHandle {
         }
     }
 
+    /// The same provider under another name (a `[providers.NAME]`).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Backoff waits on `sleeper` (tests record them instead of sleeping).
     pub fn with_sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
         self.sleeper = Some(sleeper);
@@ -126,13 +132,15 @@ impl AgentExecutor {
         let mut agents = BTreeMap::new();
         for (name, a) in &config.agents {
             let handle = match &a.provider {
-                Some(p) => providers
-                    .named
-                    .get(p)
-                    .ok_or_else(|| AgentSetupError::UnknownProvider {
-                        agent: name.clone(),
-                        provider: p.clone(),
-                    })?,
+                Some(p) => {
+                    providers
+                        .named
+                        .get(p)
+                        .ok_or_else(|| AgentSetupError::UnknownProvider {
+                            agent: name.clone(),
+                            provider: p.clone(),
+                        })?
+                }
                 None => providers
                     .default
                     .as_ref()
@@ -159,7 +167,10 @@ impl AgentExecutor {
                         .unwrap_or_else(|| prompts::builtin(name)),
                     provider_name: handle.name.clone(),
                     provider: Arc::new(resilient),
-                    model: a.model.clone().unwrap_or_else(|| handle.default_model.clone()),
+                    model: a
+                        .model
+                        .clone()
+                        .unwrap_or_else(|| handle.default_model.clone()),
                     local: handle.local,
                     max_output_tokens: a.max_output_tokens.unwrap_or(out),
                     context_budget: a.context_budget.unwrap_or(ctx),
@@ -230,7 +241,12 @@ impl crate::Engine {
             .iter()
             .map(|(name, a)| AgentStatus {
                 name: name.clone(),
-                role: if name == PRIMARY { "primary" } else { "specialist" }.to_owned(),
+                role: if name == PRIMARY {
+                    "primary"
+                } else {
+                    "specialist"
+                }
+                .to_owned(),
                 max_concurrent: a.max_concurrent,
                 running: snap.running.iter().filter(|(ag, _)| ag == name).count(),
                 queued: snap.runnable.iter().filter(|e| &e.agent == name).count(),
@@ -343,12 +359,7 @@ fn tokens_of(messages: &[Message], tools: &[ToolSpec]) -> i64 {
 
 /// The first user message: the company, its context pack, the primary's
 /// session, earlier reviewers' feedback, and the task.
-fn first_prompt(
-    task: &Task,
-    context: &str,
-    session: Option<&str>,
-    feedback: &[String],
-) -> String {
+fn first_prompt(task: &Task, context: &str, session: Option<&str>, feedback: &[String]) -> String {
     let mut p = String::new();
     p.push_str("# Company\n");
     p.push_str(&task.company_context.to_string());
@@ -444,7 +455,12 @@ impl Executor for AgentExecutor {
 }
 
 impl AgentExecutor {
-    async fn run_loop(&self, run: &mut Run, agent: &AgentRuntime, trace: &mut Trace) -> ExecOutcome {
+    async fn run_loop(
+        &self,
+        run: &mut Run,
+        agent: &AgentRuntime,
+        trace: &mut Trace,
+    ) -> ExecOutcome {
         let task = run.task.clone();
         let engine = run.engine().clone();
         let scope = run.scope().clone();
@@ -521,8 +537,7 @@ impl AgentExecutor {
                 break;
             }
             let elapsed = run.now() - started;
-            if elapsed.num_seconds() >= i64::try_from(limits.max_wall_seconds).unwrap_or(i64::MAX)
-            {
+            if elapsed.num_seconds() >= i64::try_from(limits.max_wall_seconds).unwrap_or(i64::MAX) {
                 limit = Some(Limit::WallTime);
                 break;
             }

@@ -89,8 +89,7 @@ pub fn from_object(v: &Value) -> FinalResult {
 /// confidence 0.
 pub fn from_text(content: &str) -> FinalResult {
     for (start, _) in content.match_indices('{') {
-        let mut stream =
-            serde_json::Deserializer::from_str(&content[start..]).into_iter::<Value>();
+        let mut stream = serde_json::Deserializer::from_str(&content[start..]).into_iter::<Value>();
         if let Some(Ok(v)) = stream.next()
             && v.is_object()
             && (v.get("answer").is_some() || v.get("summary").is_some())
@@ -139,9 +138,18 @@ mod tests {
 
     #[test]
     fn percentages_and_numeric_strings_are_understood() {
-        assert_eq!(from_object(&json!({"answer": "a", "confidence": "0.7"})).confidence, 0.7);
-        assert_eq!(from_object(&json!({"answer": "a", "confidence": "70%"})).confidence, 0.7);
-        assert_eq!(from_object(&json!({"answer": "a", "confidence": 70})).confidence, 0.7);
+        assert_eq!(
+            from_object(&json!({"answer": "a", "confidence": "0.7"})).confidence,
+            0.7
+        );
+        assert_eq!(
+            from_object(&json!({"answer": "a", "confidence": "70%"})).confidence,
+            0.7
+        );
+        assert_eq!(
+            from_object(&json!({"answer": "a", "confidence": 70})).confidence,
+            0.7
+        );
     }
 
     #[test]

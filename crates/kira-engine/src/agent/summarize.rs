@@ -70,7 +70,9 @@ impl Summarizer for LlmSummarizer {
 
     async fn summarize(&self, memories: &[Memory]) -> Result<String, String> {
         match self.provider.chat(&self.request(memories)).await {
-            Ok(r) if !r.message.content.trim().is_empty() => Ok(r.message.content.trim().to_owned()),
+            Ok(r) if !r.message.content.trim().is_empty() => {
+                Ok(r.message.content.trim().to_owned())
+            }
             Ok(_) => {
                 tracing::warn!("the LLM summariser answered nothing; used the extractive one");
                 self.fallback.summarize(memories).await

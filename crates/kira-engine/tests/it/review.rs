@@ -204,7 +204,7 @@ async fn a_rejected_task_runs_again_and_its_approval_is_remembered_once(b: Backe
     e.company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
-    let id = submit(&e, "document_review", Priority::High).await;
+    let id = submit(&e, "complex_legal_analysis", Priority::High).await;
     assert_eq!(tick(&e).await, std::slice::from_ref(&id));
     let t = task(&s, &id).await;
     assert_eq!(
@@ -258,7 +258,7 @@ async fn a_rejected_task_runs_again_and_its_approval_is_remembered_once(b: Backe
         json!({
             "text": "Draft for attempt 2\n\nProbably fine.",
             "task_id": id.as_str(),
-            "task_type": "document_review",
+            "task_type": "complex_legal_analysis",
             "confidence": 0.4,
         })
     );

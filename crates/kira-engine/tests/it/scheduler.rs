@@ -199,10 +199,10 @@ async fn highest_priority_first_within_agent_limits(b: Backend) {
     e.company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
-    let low = submit(&e, "acme", "document_review", Priority::Low).await;
-    let high = submit(&e, "acme", "document_review", Priority::High).await;
-    let emergency = submit(&e, "acme", "document_review", Priority::Emergency).await;
-    let medium = submit(&e, "acme", "document_review", Priority::Medium).await;
+    let low = submit(&e, "acme", "complex_legal_analysis", Priority::Low).await;
+    let high = submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
+    let emergency = submit(&e, "acme", "complex_legal_analysis", Priority::Emergency).await;
+    let medium = submit(&e, "acme", "complex_legal_analysis", Priority::Medium).await;
     let mut order = Vec::new();
     for _ in 0..4 {
         let claimed = finish_runs(e.tick().await.expect("tick")).await;
@@ -245,13 +245,13 @@ async fn a_waiting_low_task_runs_within_the_aging_bound(b: Backend) {
     e.company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
-    let low = submit(&e, "acme", "document_review", Priority::Low).await;
+    let low = submit(&e, "acme", "complex_legal_analysis", Priority::Low).await;
     // High tasks keep arriving as fast as the one slot runs them (one per
     // 10-minute pass), so each waits at most one pass...
     let mut minutes = 0.0;
-    submit(&e, "acme", "document_review", Priority::High).await;
+    submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
     loop {
-        submit(&e, "acme", "document_review", Priority::High).await;
+        submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
         let claimed = finish_runs(e.tick().await.expect("tick")).await;
         if claimed.contains(&low) {
             break;
@@ -283,7 +283,7 @@ async fn a_task_without_budget_does_not_block_those_behind(b: Backend) {
         .expect("refresh");
     let big = TaskRequest {
         task: "Review the attached document".into(),
-        task_type: "document_review".into(),
+        task_type: "complex_legal_analysis".into(),
         priority: Priority::Medium,
         deadline: None,
         parameters: Some(serde_json::json!({"document": "x".repeat(40_000)})),
