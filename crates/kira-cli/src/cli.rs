@@ -756,6 +756,16 @@ pub enum BenchCommand {
     /// latency: tasks per second, kira's own time per task (all but the
     /// provider's) p50/p99, and the share of tasks within the 30 s SLA.
     Agents(BenchAgentsArgs),
+    /// The local model (SmolLM2 in process): load time, prompt and
+    /// generation tokens per second on this machine.
+    LocalModel {
+        /// Output tokens of the generation run.
+        #[arg(long, default_value_t = 64)]
+        tokens: u32,
+        /// Runs of each kind; the medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// One worker process of `bench queue --processes N` (internal).
     #[command(hide = true)]
     QueueWorker {

@@ -14,10 +14,6 @@ const BODY_EXCERPT: usize = 500;
 /// Builds the shared client. `timeout` bounds a whole request; the
 /// resilient wrapper usually sets a shorter per-attempt limit.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, LlmError> {
-    // reqwest's rustls is built without a crypto provider: ring is the
-    // process's (an error only says one is installed already).
-    #[cfg(feature = "tls")]
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
