@@ -934,7 +934,7 @@ mod tests {
             format!(
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
                  listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
-                 budget, priority, scheduler, agents, task_types, executor, prices, knowledge, sharing, memory, context",
+                 budget, priority, scheduler, agents, task_types, executor, prices, knowledge, sharing, memory, context, review",
                 path.display()
             )
         );
