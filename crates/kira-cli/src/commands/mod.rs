@@ -9,6 +9,7 @@ pub mod budget;
 pub mod company;
 pub mod knowledge;
 pub mod memory;
+pub mod review;
 pub mod sharing;
 pub mod task;
 

@@ -7,6 +7,7 @@ mod crash;
 mod knowledge;
 mod memory;
 mod postgres;
+mod reviews;
 mod story;
 mod stress;
 mod support;
