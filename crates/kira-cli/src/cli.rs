@@ -73,9 +73,13 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Submit tasks, follow them and cancel them.
+    /// Submit tasks, follow them, cancel them and read their traces.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Review results waiting for a human: list, show, approve, reject,
+    /// and rate completed tasks.
+    #[command(subcommand)]
+    Review(crate::commands::review::ReviewCommand),
     /// Token budgets: the period, its pools, each company's allocation,
     /// and emergency token requests.
     #[command(subcommand)]
@@ -429,9 +433,16 @@ pub enum TaskCommand {
     Submit(SubmitArgs),
     /// List a company's tasks, newest first.
     List(TaskListArgs),
-    /// Show a task: its response, usage, timings and request.
+    /// Show a task: its response, usage, timings and request, and the
+    /// messages between the primary agent and a specialist, if any.
     Show {
         /// Such as acme_legal_001; the company is the part before the first '_'.
+        task_id: String,
+    },
+    /// Show what a task's runs did, step by step: each LLM call, tool call
+    /// and message, with its tokens and latency (--json for every detail).
+    Trace {
+        /// Such as acme_legal_001.
         task_id: String,
     },
     /// Cancel a task: a waiting one at once, a running one when its worker

@@ -115,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(cmd) => commands::admin::run(&ctx()?, cmd).await,
         Command::Audit(cmd) => commands::audit::run(&ctx()?, cmd).await,
         Command::Task(cmd) => commands::task::run(&ctx()?, cmd).await,
+        Command::Review(cmd) => commands::review::run(&ctx()?, cmd).await,
         Command::Budget(cmd) => commands::budget::run(&ctx()?, cmd).await,
         Command::Memory(cmd) => commands::memory::run(&ctx()?, cmd).await,
         Command::Context(args) => commands::memory::context(&ctx()?, args).await,

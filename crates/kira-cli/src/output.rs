@@ -8,6 +8,7 @@ use kira_core::audit::AuditEntry;
 use kira_core::auth::ApiKey;
 use kira_core::company::{Company, Contact};
 use kira_core::task::{Task, TaskEvent};
+use kira_store::agents::{Review, Step, StepKind};
 use serde_json::Value;
 
 use crate::commands::budget::{BudgetView, EmergencyRequestView};
@@ -391,9 +392,297 @@ pub fn emergency_requests(list: &[EmergencyRequestView], pending: bool) -> Strin
     t.to_string()
 }
 
+/// The widest a one-line summary of a step, a result or feedback gets in
+/// a table; `--json` shows everything.
+const LINE_SHOWN: usize = 80;
+
+/// `s` on one line (whitespace runs made one space), cut to `max`
+/// characters with an ellipsis.
+pub fn one_line(s: &str, max: usize) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    format!("{}…", cut.trim_end())
+}
+
+/// A JSON value's text: a string as itself, anything else compact.
+fn compact(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+/// What one step did, in a line: the model's answer or the tools it
+/// called, a tool's call and outcome, a message's gist, how a run ended.
+pub fn step_summary(s: &Step) -> String {
+    let d = &s.detail;
+    let field = |k: &str| d.get(k).map(compact).unwrap_or_default();
+    let text = match s.kind {
+        StepKind::Llm => {
+            let calls: Vec<String> = d
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .map(|calls| {
+                    calls
+                        .iter()
+                        .map(|c| c.get("name").map(compact).unwrap_or_default())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut line = [field("model"), field("finish_reason")]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let said = if calls.is_empty() {
+                field("content")
+            } else {
+                format!("calls {}", calls.join(", "))
+            };
+            if !said.is_empty() {
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&said);
+            }
+            line
+        }
+        StepKind::Tool => {
+            let outcome = match (d.get("error"), d.get("result")) {
+                (Some(e), _) if !e.is_null() => format!("error: {}", compact(e)),
+                (_, Some(r)) => format!("-> {}", compact(r)),
+                _ => String::new(),
+            };
+            format!("{}({}) {outcome}", field("name"), field("arguments"))
+        }
+        StepKind::TaskMessage => match d.get("task") {
+            Some(t) => compact(t),
+            None => compact(d),
+        },
+        StepKind::ResponseMessage => {
+            let summary = d
+                .get("result")
+                .and_then(|r| r.get("summary"))
+                .map(compact)
+                .unwrap_or_default();
+            let mut parts = vec![field("status")];
+            if let Some(c) = d.get("confidence").filter(|c| !c.is_null()) {
+                parts.push(format!("confidence {}", compact(c)));
+            }
+            parts.push(summary);
+            let line = parts
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if line.is_empty() { compact(d) } else { line }
+        }
+        StepKind::End => {
+            let mut line = field("status");
+            for (k, label) in [("reason", ""), ("limit", "limit ")] {
+                let v = field(k);
+                if !v.is_empty() {
+                    line.push_str(&format!("; {label}{v}"));
+                }
+            }
+            line
+        }
+    };
+    one_line(&text, LINE_SHOWN)
+}
+
+/// A run's steps as a table, in order.
+pub fn steps(list: &[Step]) -> String {
+    if list.is_empty() {
+        return "no steps recorded".to_owned();
+    }
+    let mut t = table(&[
+        "ATTEMPT",
+        "SEQ",
+        "AGENT",
+        "KIND",
+        "TOKENS (in/out)",
+        "LATENCY",
+        "DETAIL",
+    ]);
+    for s in list {
+        t.add_row(vec![
+            s.attempt.to_string(),
+            s.seq.to_string(),
+            s.agent.clone(),
+            s.kind.as_str().to_owned(),
+            format!("{}/{}", s.prompt_tokens, s.completion_tokens),
+            format!("{} ms", s.latency_ms),
+            step_summary(s),
+        ]);
+    }
+    let prompt: i64 = list.iter().map(|s| s.prompt_tokens).sum();
+    let completion: i64 = list.iter().map(|s| s.completion_tokens).sum();
+    let ms: i64 = list.iter().map(|s| s.latency_ms).sum();
+    format!(
+        "{t}\n{} steps, {prompt}/{completion} tokens, {ms} ms",
+        list.len()
+    )
+}
+
+/// The task and response messages among a run's steps (SEED 1's messages
+/// between the primary agent and a specialist), each in full; None when
+/// there are none.
+pub fn messages(list: &[Step]) -> Option<String> {
+    let shown: Vec<String> = list
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::TaskMessage | StepKind::ResponseMessage))
+        .map(|s| {
+            let what = match s.kind {
+                StepKind::TaskMessage => "task message",
+                _ => "response message",
+            };
+            format!(
+                "attempt {}, step {}: {what} ({}, {})\n{}",
+                s.attempt,
+                s.seq,
+                s.agent,
+                time(&s.at),
+                json_text(&s.detail)
+            )
+        })
+        .collect();
+    (!shown.is_empty()).then(|| shown.join("\n\n"))
+}
+
+/// A task's result in a line: its summary, else its answer, else the JSON.
+pub fn result_line(result: Option<&Value>) -> String {
+    let Some(r) = result else {
+        return String::new();
+    };
+    let text = ["summary", "answer"]
+        .iter()
+        .find_map(|k| r.get(k).and_then(Value::as_str))
+        .map_or_else(|| compact(r), str::to_owned);
+    one_line(&text, LINE_SHOWN)
+}
+
+/// Tasks waiting for a reviewer.
+pub fn review_queue(list: &[Task]) -> String {
+    if list.is_empty() {
+        return "no tasks wait for review".to_owned();
+    }
+    let mut t = table(&[
+        "ID",
+        "TYPE",
+        "PRIORITY",
+        "AGENT",
+        "CONFIDENCE",
+        "FINISHED",
+        "RESULT",
+    ]);
+    for task in list {
+        t.add_row(vec![
+            task.task_id.to_string(),
+            task.task_type.clone(),
+            task.priority.to_string(),
+            task.agent.clone(),
+            task.confidence
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_default(),
+            opt_time(&task.finished_at),
+            result_line(task.result.as_ref()),
+        ]);
+    }
+    t.to_string()
+}
+
+/// A task's reviews, oldest first.
+pub fn reviews(list: &[Review]) -> String {
+    if list.is_empty() {
+        return "no reviews".to_owned();
+    }
+    let mut t = table(&[
+        "AT",
+        "DECISION",
+        "RATING",
+        "REVIEWER",
+        "FEEDBACK",
+        "EDITED RESULT",
+    ]);
+    for r in list {
+        t.add_row(vec![
+            time(&r.at),
+            r.decision.clone(),
+            r.rating.map(|n| n.to_string()).unwrap_or_default(),
+            r.reviewer.clone(),
+            r.feedback
+                .as_deref()
+                .map(|f| one_line(f, LINE_SHOWN))
+                .unwrap_or_default(),
+            result_line(r.edited_result.as_ref()),
+        ]);
+    }
+    t.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(kind: StepKind, detail: Value) -> Step {
+        Step {
+            task_id: kira_core::task::TaskId::parse("acme_legal_001").expect("id"),
+            attempt: 1,
+            seq: 0,
+            agent: "legal".into(),
+            kind,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_ms: 0,
+            detail,
+            at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn each_step_kind_reads_as_one_line() {
+        use serde_json::json;
+        let cases = [
+            (
+                step(
+                    StepKind::Llm,
+                    json!({"model": "m", "finish_reason": "stop", "content": "Fine.\nReally.", "tool_calls": []}),
+                ),
+                "m stop: Fine. Really.",
+            ),
+            (
+                step(
+                    StepKind::Tool,
+                    json!({"name": "fetch", "arguments": {"id": 1}, "error": "timeout"}),
+                ),
+                "fetch({\"id\":1}) error: timeout",
+            ),
+            (
+                step(
+                    StepKind::End,
+                    json!({"status": "needs_review", "reason": "step limit", "limit": "max_steps"}),
+                ),
+                "needs_review; step limit; limit max_steps",
+            ),
+            (step(StepKind::TaskMessage, json!({"x": 1})), "{\"x\":1}"),
+            (step(StepKind::ResponseMessage, json!({})), "{}"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(step_summary(&s), want);
+        }
+        let long = step(StepKind::Llm, json!({"content": "word ".repeat(100)}));
+        let line = step_summary(&long);
+        assert_eq!(line.chars().count(), LINE_SHOWN);
+        assert!(
+            line.starts_with("word word") && line.ends_with('…'),
+            "{line}"
+        );
+    }
 
     fn sample_company() -> Company {
         serde_json::from_value(serde_json::json!({

@@ -73,6 +73,7 @@ pub enum Error {
         (name = "keys", description = "API keys (admin)"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "tasks", description = "Tasks: SEED 1's messages, queued, scheduled and run"),
+        (name = "reviews", description = "Human review of results: decisions, feedback and ratings"),
         (name = "budget", description = "Token budgets: pools, allocations, emergency requests, the ledger"),
         (name = "memory", description = "Episodic memory, search, compaction and context packs"),
         (name = "knowledge", description = "The shared knowledge base every company reads"),
@@ -124,6 +125,11 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::tasks::cancel_task))
         .routes(routes!(routes::tasks::task_events))
         .routes(routes!(routes::tasks::watch_task))
+        .routes(routes!(routes::tasks::task_trace))
+        .routes(routes!(routes::reviews::list_reviews))
+        .routes(routes!(routes::reviews::review_task))
+        .routes(routes!(routes::reviews::rate_task))
+        .routes(routes!(routes::reviews::task_reviews))
         .routes(routes!(routes::budget::show_budget))
         .routes(routes!(routes::budget::list_requests))
         .routes(routes!(routes::budget::approve_request))

@@ -11,6 +11,7 @@ pub mod company;
 pub mod demo;
 pub mod knowledge;
 pub mod memory;
+pub mod review;
 pub mod sharing;
 pub mod task;
 

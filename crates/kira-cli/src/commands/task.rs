@@ -1,9 +1,11 @@
-//! `kira task ...`: submit, list, show, cancel and watch tasks.
+//! `kira task ...`: submit, list, show, cancel and watch tasks, and read
+//! the trace of their runs.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use kira_core::task::{Task, TaskEvent, TaskId, TaskStatus};
+use kira_store::agents::Step;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -11,6 +13,11 @@ use super::Ctx;
 use crate::cli::{SubmitArgs, TaskCommand, TaskListArgs};
 use crate::client::decode;
 use crate::output;
+
+#[derive(Debug, Deserialize)]
+struct Trace {
+    steps: Vec<Step>,
+}
 
 #[derive(Debug, Deserialize)]
 struct TaskPage {
@@ -54,13 +61,38 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         }
         TaskCommand::Show { task_id } => {
             let id = parse_id(&task_id)?;
+            let route = ["v1", "companies", id.company_part(), "tasks", id.as_str()];
+            let v = c.get(&route, &[]).await?;
+            if ctx.json {
+                output::print_json(&v)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut human = output::task(&decode::<Task>(v.clone())?);
+            // SEED 1's messages between the primary agent and a specialist,
+            // from the run's trace, when the task has any.
+            let trace: Trace = decode(c.get(&[&route[..], &["trace"]].concat(), &[]).await?)?;
+            if let Some(messages) = output::messages(&trace.steps) {
+                human.push_str("\n\nmessages:\n");
+                human.push_str(&messages);
+            }
+            (v, Ok(human))
+        }
+        TaskCommand::Trace { task_id } => {
+            let id = parse_id(&task_id)?;
             let v = c
                 .get(
-                    &["v1", "companies", id.company_part(), "tasks", id.as_str()],
+                    &[
+                        "v1",
+                        "companies",
+                        id.company_part(),
+                        "tasks",
+                        id.as_str(),
+                        "trace",
+                    ],
                     &[],
                 )
                 .await?;
-            let human = decode::<Task>(v.clone()).map(|t| output::task(&t));
+            let human = decode::<Trace>(v.clone()).map(|t| output::steps(&t.steps));
             (v, human)
         }
         TaskCommand::Cancel { task_id } => {
@@ -93,7 +125,7 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<ExitCode> {
 
 /// A task id, checked before anything is sent: its company (the part before
 /// the first `_`) says which company's route to use.
-fn parse_id(s: &str) -> anyhow::Result<TaskId> {
+pub(crate) fn parse_id(s: &str) -> anyhow::Result<TaskId> {
     TaskId::parse(s.trim()).map_err(|e| anyhow::anyhow!("{} (field: {})", e.message, e.field))
 }
 

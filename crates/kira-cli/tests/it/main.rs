@@ -9,6 +9,7 @@ mod demo;
 mod knowledge;
 mod memory;
 mod postgres;
+mod reviews;
 mod story;
 mod stress;
 mod support;

@@ -1,5 +1,5 @@
-//! Tasks: submit (idempotent), list, show, cancel, their events, and a
-//! live stream of their state changes.
+//! Tasks: submit (idempotent), list, show, cancel, their events, a live
+//! stream of their state changes, and the trace of their runs.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use futures_util::Stream;
 use kira_core::CompanyId;
 use kira_core::auth::{Access, CompanyScope};
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskRequest, TaskStatus};
+use kira_store::agents::Step;
 use kira_store::work::TaskFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -23,12 +24,12 @@ use crate::App;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Caller, json_body, query};
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
+pub(crate) const DEFAULT_LIMIT: u32 = 50;
+pub(crate) const MAX_LIMIT: u32 = 500;
 /// How often a watch looks for new events.
 const WATCH_POLL: Duration = Duration::from_millis(250);
 
-fn company(raw: &str) -> ApiResult<CompanyId> {
+pub(crate) fn company(raw: &str) -> ApiResult<CompanyId> {
     CompanyId::parse(raw).map_err(|e| ApiError::bad_request("id", e.message))
 }
 
@@ -40,7 +41,7 @@ fn task_id(company: &CompanyId, raw: &str) -> ApiResult<TaskId> {
     }
 }
 
-fn store_err(e: kira_store::StoreError) -> ApiError {
+pub(crate) fn store_err(e: kira_store::StoreError) -> ApiError {
     ApiError::from_store(e, "task")
 }
 
@@ -159,7 +160,7 @@ pub async fn list_tasks(
     act.read(result).await
 }
 
-fn scoped(
+pub(crate) fn scoped(
     caller: &Caller,
     raw: &str,
     raw_task: &str,
@@ -211,6 +212,37 @@ pub async fn cancel_task(
     }
     .await;
     act.done(result).await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Trace {
+    /// By attempt, then order within the attempt.
+    pub steps: Vec<Step>,
+}
+
+/// The trace of a task's runs: every LLM call, tool call and message
+/// between the primary agent and a specialist, with tokens and latency.
+#[utoipa::path(get, path = "/v1/companies/{id}/tasks/{task_id}/trace", tag = "tasks",
+    params(("id" = String, Path, description = "Company id"), ("task_id" = String, Path, description = "Task id")),
+    responses((status = 200, body = Trace), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn task_trace(
+    State(app): State<App>,
+    caller: Caller,
+    Path((raw, raw_task)): Path<(String, String)>,
+) -> ApiResult<Json<Trace>> {
+    let id = CompanyId::parse(&raw).ok();
+    let act = caller.act(&app, "task.trace", format!("task:{raw_task}"), id.as_ref());
+    let result = async {
+        let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
+        let steps = app
+            .store
+            .task_trace(&scope, &tid)
+            .await
+            .map_err(store_err)?;
+        Ok(Json(Trace { steps }))
+    }
+    .await;
+    act.read(result).await
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

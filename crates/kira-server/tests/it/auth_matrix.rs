@@ -197,6 +197,41 @@ fn routes() -> Vec<Route> {
             anyone_own,
             false,
         ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/tasks/{t}/trace",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/reviews",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/tasks/{revfresh}/review",
+            Some(json!({"decision": "approve", "rating": 4})),
+            writer_own,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/tasks/{rev}/rating",
+            Some(json!({"rating": 3})),
+            writer_creates,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/tasks/{rev}/reviews",
+            None,
+            anyone_own,
+            false,
+        ),
         r(Method::GET, "/v1/budget", None, anyone, false),
         r(Method::GET, "/v1/budget/requests", None, admin_only, false),
         r(
@@ -346,6 +381,11 @@ async fn matrix(backend: Backend) {
         .await;
         tasks.insert(c.to_owned(), (queued, done));
     }
+    // Per company: a task waiting for review, kept for reads and ratings.
+    let mut in_review = std::collections::HashMap::new();
+    for c in ["acme", "other"] {
+        in_review.insert(c.to_owned(), s.needs_review(c).await);
+    }
     let kb = s.knowledge("legal_frameworks", "kept").await;
     let mut kept_memory = std::collections::HashMap::new();
     for c in ["acme", "other"] {
@@ -376,6 +416,11 @@ async fn matrix(backend: Backend) {
                 } else {
                     String::new()
                 };
+                let revfresh = if route.path.contains("{revfresh}") {
+                    s.needs_review(&company).await
+                } else {
+                    String::new()
+                };
                 let kbfresh = if route.path.contains("{kbfresh}") {
                     s.knowledge("business_patterns", &format!("fresh-{n}"))
                         .await
@@ -394,6 +439,8 @@ async fn matrix(backend: Backend) {
                 };
                 let path = route
                     .path
+                    .replace("{revfresh}", &revfresh)
+                    .replace("{rev}", in_review.get(&company).map_or("", String::as_str))
                     .replace("{mfresh}", &mfresh)
                     .replace("{marchived}", &marchived)
                     .replace("{m}", kept_memory.get(&company).map_or("", String::as_str))
@@ -448,7 +495,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 45 * 5 * 2);
+    assert_eq!(cells, 50 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log.
     let audit = s.audit().await;

@@ -322,6 +322,227 @@ async fn postgres_bad_input_is_refused_and_writes_nothing() {
     table(Backend::Postgres).await;
 }
 
+/// Reviews and ratings: each bad body is refused naming the field, the
+/// task stays in review with no review recorded, and each refusal is
+/// audited.
+async fn review_table(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    let id = s.needs_review("acme").await;
+    let review = format!("/v1/companies/acme/tasks/{id}/review");
+    let rating = format!("/v1/companies/acme/tasks/{id}/rating");
+    let long = "x".repeat(kira_store::agents::MAX_FEEDBACK_CHARS + 1);
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "approve with feedback",
+            &review,
+            json!({"decision": "approve", "feedback": "nice"})
+                .to_string()
+                .into(),
+            "feedback",
+        ),
+        (
+            "reject without feedback",
+            &review,
+            json!({"decision": "reject"}).to_string().into(),
+            "feedback",
+        ),
+        (
+            "reject with blank feedback",
+            &review,
+            json!({"decision": "reject", "feedback": " \n "})
+                .to_string()
+                .into(),
+            "feedback",
+        ),
+        (
+            "reject with overlong feedback",
+            &review,
+            json!({"decision": "reject", "feedback": long})
+                .to_string()
+                .into(),
+            "feedback",
+        ),
+        (
+            "reject with a result",
+            &review,
+            json!({"decision": "reject", "feedback": "redo", "result": {"a": 1}})
+                .to_string()
+                .into(),
+            "result",
+        ),
+        (
+            "result not an object",
+            &review,
+            json!({"decision": "approve", "result": [1]})
+                .to_string()
+                .into(),
+            "result",
+        ),
+        (
+            "result a string",
+            &review,
+            json!({"decision": "approve", "result": "fine"})
+                .to_string()
+                .into(),
+            "result",
+        ),
+        (
+            "rating zero",
+            &review,
+            json!({"decision": "approve", "rating": 0})
+                .to_string()
+                .into(),
+            "rating",
+        ),
+        (
+            "rating six",
+            &review,
+            json!({"decision": "approve", "rating": 6})
+                .to_string()
+                .into(),
+            "rating",
+        ),
+        (
+            "rating not a number",
+            &review,
+            json!({"decision": "approve", "rating": "five"})
+                .to_string()
+                .into(),
+            "rating",
+        ),
+        (
+            "rating out of u8",
+            &review,
+            json!({"decision": "approve", "rating": 300})
+                .to_string()
+                .into(),
+            "rating",
+        ),
+        (
+            "unknown decision",
+            &review,
+            json!({"decision": "maybe"}).to_string().into(),
+            "decision",
+        ),
+        (
+            "no decision",
+            &review,
+            json!({"rating": 3}).to_string().into(),
+            "decision",
+        ),
+        (
+            "unknown field",
+            &review,
+            json!({"decision": "approve", "colour": "red"})
+                .to_string()
+                .into(),
+            "colour",
+        ),
+        (
+            "malformed JSON",
+            &review,
+            b"{\"decision\": ".to_vec(),
+            "body",
+        ),
+        ("empty body", &review, Vec::new(), "body"),
+        (
+            "rating below range",
+            &rating,
+            json!({"rating": 0}).to_string().into(),
+            "rating",
+        ),
+        (
+            "rating above range",
+            &rating,
+            json!({"rating": 9}).to_string().into(),
+            "rating",
+        ),
+        (
+            "rating missing",
+            &rating,
+            json!({}).to_string().into(),
+            "rating",
+        ),
+        (
+            "rating a string",
+            &rating,
+            json!({"rating": "5"}).to_string().into(),
+            "rating",
+        ),
+        (
+            "rating with an extra field",
+            &rating,
+            json!({"rating": 5, "note": "x"}).to_string().into(),
+            "note",
+        ),
+    ];
+    let n = cases.len();
+    for (what, path, body, field) in cases {
+        let (got, v) = s.raw(Method::POST, path, &s.admin, body).await;
+        assert_eq!(got.as_u16(), 400, "{what}: {v}");
+        assert_eq!(v["error"]["field"], field, "{what}: {v}");
+    }
+    for (q, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("colour=red", "colour"),
+        ("before=x", "before"),
+    ] {
+        let (got, v) = s
+            .call(
+                Method::GET,
+                &format!("/v1/companies/acme/reviews?{q}"),
+                Some(&s.admin),
+                None,
+            )
+            .await;
+        assert_eq!(got.as_u16(), 400, "{q}: {v}");
+        assert_eq!(v["error"]["field"], field, "{q}: {v}");
+    }
+
+    // Nothing changed...
+    let task = s
+        .admin_ok(Method::GET, &format!("/v1/companies/acme/tasks/{id}"), None)
+        .await;
+    assert_eq!(task["status"], "needs_review");
+    let reviews = s
+        .admin_ok(
+            Method::GET,
+            &format!("/v1/companies/acme/tasks/{id}/reviews"),
+            None,
+        )
+        .await;
+    assert_eq!(reviews["reviews"], json!([]));
+    // ...and every refusal is in the audit log.
+    let audit = s.audit().await;
+    let rejected = audit
+        .iter()
+        .filter(|e| {
+            (e["action"] == "task.review" || e["action"] == "task.rate")
+                && e["outcome"] == "rejected"
+        })
+        .count();
+    assert_eq!(rejected, n);
+    assert!(
+        audit.iter().all(
+            |e| !(e["action"] == "task.review" || e["action"] == "task.rate")
+                || e["outcome"] != "ok"
+        ),
+        "no review or rating went through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_review_input_is_refused_and_writes_nothing() {
+    review_table(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_review_input_is_refused_and_writes_nothing() {
+    review_table(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let s = Server::start(Backend::Sqlite).await;

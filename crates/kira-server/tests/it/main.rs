@@ -7,6 +7,7 @@ mod bad_input;
 mod knowledge;
 mod memory_input;
 mod openapi;
+mod reviews;
 mod sharing;
 mod support;
 mod tasks;

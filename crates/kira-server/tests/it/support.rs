@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
+use chrono::TimeDelta;
+use kira_core::CompanyId;
+use kira_core::auth::{Access, Principal};
 use kira_core::clock::SystemClock;
+use kira_core::task::TaskStatus;
 use kira_server::{ServerConfig, router};
 use kira_store::postgres::PgStore;
 use kira_store::sqlite::SqliteStore;
@@ -20,6 +24,8 @@ pub enum Backend {
 pub struct Server {
     pub base: String,
     pub admin: String,
+    /// The server's store, for what no route does (a worker's run ends).
+    pub store: Arc<dyn Store>,
 
     pub db_url: String,
     http: reqwest::Client,
@@ -87,10 +93,11 @@ impl Server {
             .await
             .expect("bootstrap")
             .expect("a fresh database gets an admin key");
-        let (base, task) = serve(store, cfg).await;
+        let (base, task) = serve(store.clone(), cfg).await;
         Server {
             base,
             admin: issued.token,
+            store,
             db_url,
             http: reqwest::Client::new(),
             task,
@@ -180,6 +187,54 @@ impl Server {
             )
             .await;
         v["task_id"].as_str().expect("task id").to_owned()
+    }
+
+    /// A task of `company` waiting for review: submitted through the API,
+    /// then claimed and finished with a low-confidence result through the
+    /// store, as a worker whose executor asked for a human would (the test
+    /// server runs no executor). Returns its id.
+    pub async fn needs_review(&self, company: &str) -> String {
+        use kira_core::clock::Clock;
+        use kira_store::work::{ClaimOutcome, Finish};
+        let id = self.task(company).await;
+        let tid = kira_core::task::TaskId::parse(&id).expect("task id");
+        let scope = Principal::system()
+            .scope(&CompanyId::parse(company).expect("company"), Access::Write)
+            .expect("scope");
+        let now = SystemClock.now();
+        let budget = kira_engine::EngineConfig::default().budget;
+        let claimed = self
+            .store
+            .claim(
+                &scope,
+                &tid,
+                "test-worker",
+                now + TimeDelta::minutes(5),
+                &budget,
+                now,
+            )
+            .await
+            .expect("claim");
+        assert!(
+            matches!(claimed, ClaimOutcome::Claimed { .. }),
+            "{claimed:?}"
+        );
+        let finish = Finish {
+            status: TaskStatus::NeedsReview,
+            reason: "confidence below the threshold".into(),
+            result: Some(
+                json!({"summary": "Board pack drafted", "answer": "Ready for the meeting."}),
+            ),
+            confidence: Some(0.42),
+            requires_human_review: true,
+            error: None,
+            retry_at: None,
+        };
+        self.store
+            .finish(&scope, &tid, "test-worker", finish, now)
+            .await
+            .expect("finish");
+        id
     }
 
     /// A memory of `company` recorded by the admin (archived if asked);

@@ -96,7 +96,7 @@ pub(super) async fn delete_company_agents(
 }
 
 /// Commits what `work` did in `tx`, or rolls it back now when it failed.
-async fn finish<T>(
+async fn commit_or_roll_back<T>(
     mut tx: Tx,
     work: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
 ) -> Result<T> {
@@ -270,7 +270,7 @@ impl AgentStore for PgStore {
         ids.sort_unstable();
         ids.dedup();
         let tx = self.scoped(company).await?;
-        finish(tx, async |tx| {
+        commit_or_roll_back(tx, async |tx| {
             // FOR KEY SHARE: the tasks stay while their steps go in.
             let found: Vec<String> = sqlx::query_scalar(
                 "SELECT task_id FROM tasks WHERE company_id = $1 AND task_id = ANY ($2) FOR KEY SHARE",
@@ -345,7 +345,7 @@ impl AgentStore for PgStore {
     async fn task_trace(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Step>> {
         let company = scope.company();
         let tx = self.scoped(company).await?;
-        finish(tx, async |tx| {
+        commit_or_roll_back(tx, async |tx| {
             load_task(tx, company, id, false).await?;
             let sql = format!(
                 "SELECT {STEP_COLUMNS} FROM task_steps WHERE company_id = $1 AND task_id = $2 \
@@ -374,7 +374,7 @@ impl AgentStore for PgStore {
         let now = now.trunc_subsecs(6);
         let company = scope.company();
         let tx = self.scoped(company).await?;
-        finish(tx, async |tx| {
+        commit_or_roll_back(tx, async |tx| {
             review_tx(tx, company, id, input, max_requeues, now, audit).await
         })
         .await
@@ -393,7 +393,7 @@ impl AgentStore for PgStore {
         let now = now.trunc_subsecs(6);
         let company = scope.company();
         let tx = self.scoped(company).await?;
-        finish(tx, async |tx| {
+        commit_or_roll_back(tx, async |tx| {
             let task = lock_task(tx, company, id).await?;
             if !matches!(task.status, TaskStatus::Completed | TaskStatus::NeedsReview) {
                 return Err(StoreError::Conflict(format!(
@@ -422,7 +422,7 @@ impl AgentStore for PgStore {
     async fn task_reviews(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Review>> {
         let company = scope.company();
         let tx = self.scoped(company).await?;
-        finish(tx, async |tx| {
+        commit_or_roll_back(tx, async |tx| {
             load_task(tx, company, id, false).await?;
             let sql = format!(
                 "SELECT {REVIEW_COLUMNS} FROM task_reviews WHERE company_id = $1 AND task_id = $2 \
@@ -441,7 +441,7 @@ impl AgentStore for PgStore {
     async fn load_session(&self, scope: &CompanyScope) -> Result<Session> {
         let company = scope.company();
         let tx = self.scoped(company).await?;
-        finish(tx, async |tx| {
+        commit_or_roll_back(tx, async |tx| {
             let row = sqlx::query(
                 "SELECT summary, turns, tokens, version, updated_at FROM agent_sessions \
                  WHERE company_id = $1",
@@ -474,7 +474,7 @@ impl AgentStore for PgStore {
         let now = now.trunc_subsecs(6);
         let company = scope.company();
         let tx = self.scoped(company).await?;
-        finish(tx, async |tx| {
+        commit_or_roll_back(tx, async |tx| {
             if !lock_company(tx, company).await? {
                 return Err(StoreError::NotFound);
             }
