@@ -154,7 +154,9 @@ async fn local_model(tokens: u32, runs: u32, json: bool) -> anyhow::Result<ExitC
     } else {
         println!("local model: {}", kira_llm::local::LOCAL_MODEL);
         println!("  load             {load:.2} s");
-        println!("  prompt           {prompt_tokens} tokens at {prompt_tps:.0} tokens/s (median of {runs})");
+        println!(
+            "  prompt           {prompt_tokens} tokens at {prompt_tps:.0} tokens/s (median of {runs})"
+        );
         println!("  generation       {out_tokens} tokens at {gen_tps:.1} tokens/s");
     }
     Ok(ExitCode::SUCCESS)

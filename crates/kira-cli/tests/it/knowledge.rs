@@ -52,7 +52,15 @@ fn knowledge_add_import_list_search_show_delete() {
         found.contains("delaware_corp") && found.contains("saas_metrics"),
         "{found}"
     );
-    assert!(!found.contains("pci_dss"), "{found}");
+    // An entry matching no word may still come back as a semantic
+    // neighbour once the embedder has run, but never above the matches.
+    if let Some(pci) = found.find("pci_dss") {
+        assert!(
+            found.find("delaware_corp").is_some_and(|d| d < pci)
+                && found.find("saas_metrics").is_some_and(|m| m < pci),
+            "{found}"
+        );
+    }
     let shown = ok(server.kira().args(["knowledge", "show", &id]));
     assert!(shown.contains("legal_frameworks/delaware_corp"), "{shown}");
     assert!(shown.contains("fiduciary duties"), "{shown}");

@@ -139,7 +139,7 @@ async fn run_into_review(db: &Path, id: &str, with_messages: bool) {
             "primary",
             0,
             0,
-            json!({"task": "Review the NDA for unusual clauses", "type": "document_review"}),
+            json!({"task": "Review the NDA for unusual clauses", "type": "complex_legal_analysis"}),
         ));
         steps.push(step(
             3,
@@ -184,9 +184,14 @@ fn reviewing_through_the_cli() {
     let db = server.data_dir.join("kira.db");
     add_company(&server, "acme");
     add_company(&server, "beta");
-    let nda = submit(&server, "acme", "Review the NDA", "document_review");
-    let lease = submit(&server, "acme", "Review the lease", "document_review");
-    let theirs = submit(&server, "beta", "Review the MSA", "document_review");
+    let nda = submit(&server, "acme", "Review the NDA", "complex_legal_analysis");
+    let lease = submit(
+        &server,
+        "acme",
+        "Review the lease",
+        "complex_legal_analysis",
+    );
+    let theirs = submit(&server, "beta", "Review the MSA", "complex_legal_analysis");
     let queued = submit(&server, "acme", "Weekly status", "routine_status_update");
     block_on(async {
         run_into_review(&db, &nda, true).await;

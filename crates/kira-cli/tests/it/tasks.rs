@@ -83,7 +83,7 @@ pub fn run_simulated_story(server: &Server) {
         server,
         "acme",
         "Review the acquisition agreement",
-        &["--type", "document_review", "--priority", "high"],
+        &["--type", "complex_legal_analysis", "--priority", "high"],
     );
     let review_id = s(&review, "task_id").to_owned();
     assert!(review_id.starts_with("acme_legal_"), "{review}");
