@@ -694,3 +694,37 @@ impl MemoryStore for SqliteStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rare_words_weigh_more_and_short_memories_win_ties() {
+        // 100 memories: word 0 in 90 of them, word 1 in 2.
+        let idf = [idf(100.0, 90.0), idf(100.0, 2.0)];
+        assert!(idf[1] > 5.0 * idf[0], "{idf:?}");
+        // A word every memory holds still counts, a little.
+        assert!(idf(100.0, 100.0) > 0.0);
+        let rare = bm25(&[1], &idf, 50.0, 50.0);
+        let common = bm25(&[0], &idf, 50.0, 50.0);
+        let both = bm25(&[0, 1], &idf, 50.0, 50.0);
+        assert!(both > rare && rare > common);
+        // The same words in a shorter memory score higher.
+        assert!(bm25(&[1], &idf, 20.0, 50.0) > bm25(&[1], &idf, 200.0, 50.0));
+        assert_eq!(bm25(&[], &idf, 20.0, 50.0), 0.0);
+    }
+
+    #[test]
+    fn a_word_query_is_one_quoted_string_within_the_company() {
+        let acme = CompanyId::parse("acme").expect("id");
+        assert_eq!(
+            fts_word_query(&acme, "board"),
+            r#"company : "acme" AND {text category terms} : "board""#
+        );
+        assert_eq!(
+            fts_word_query(&acme, r#"a"b"#),
+            r#"company : "acme" AND {text category terms} : "a""b""#
+        );
+    }
+}
