@@ -702,17 +702,17 @@ mod tests {
     #[test]
     fn rare_words_weigh_more_and_short_memories_win_ties() {
         // 100 memories: word 0 in 90 of them, word 1 in 2.
-        let idf = [idf(100.0, 90.0), idf(100.0, 2.0)];
-        assert!(idf[1] > 5.0 * idf[0], "{idf:?}");
         // A word every memory holds still counts, a little.
         assert!(idf(100.0, 100.0) > 0.0);
-        let rare = bm25(&[1], &idf, 50.0, 50.0);
-        let common = bm25(&[0], &idf, 50.0, 50.0);
-        let both = bm25(&[0, 1], &idf, 50.0, 50.0);
+        let weights = [idf(100.0, 90.0), idf(100.0, 2.0)];
+        assert!(weights[1] > 5.0 * weights[0], "{weights:?}");
+        let rare = bm25(&[1], &weights, 50.0, 50.0);
+        let common = bm25(&[0], &weights, 50.0, 50.0);
+        let both = bm25(&[0, 1], &weights, 50.0, 50.0);
         assert!(both > rare && rare > common);
         // The same words in a shorter memory score higher.
-        assert!(bm25(&[1], &idf, 20.0, 50.0) > bm25(&[1], &idf, 200.0, 50.0));
-        assert_eq!(bm25(&[], &idf, 20.0, 50.0), 0.0);
+        assert!(bm25(&[1], &weights, 20.0, 50.0) > bm25(&[1], &weights, 200.0, 50.0));
+        assert_eq!(bm25(&[], &weights, 20.0, 50.0), 0.0);
     }
 
     #[test]
