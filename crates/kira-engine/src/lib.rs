@@ -130,6 +130,8 @@ impl Engine {
         executor: Option<Arc<dyn executor::Executor>>,
     ) -> Engine {
         let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        // So the first context pack does not load the tokenizer.
+        memory::pack::warm_up_in_background();
         Engine {
             inner: Arc::new(Inner {
                 store,

@@ -11,9 +11,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 
+use futures_util::future::try_join_all;
 use kira_core::anonymise::{Redactions, anonymise};
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, AdminScope, CompanyScope, Principal, sha256};
+use kira_core::company::Company;
 use kira_core::conflict::{
     Conflict, NameKind, is_contract_event, listed_names, text_name_candidates,
 };
@@ -21,7 +23,7 @@ use kira_core::memory::{Memory, new_memory_id};
 use kira_core::sharing::{Facts, Verdict, decide};
 use kira_core::{CompanyId, ValidationError};
 use kira_store::conflicts::SCAN_MAX_KEYS;
-use kira_store::memory::MemoryFilter;
+use kira_store::memory::{MemoryFilter, TextHit};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -185,6 +187,11 @@ impl Engine {
     /// counterparties its memories list, emails, phones, amounts and exact
     /// dates replaced) whose id, `shared:<hash>`, names no company.
     ///
+    /// Items rank by score (each partner's best hit scores 1), ties going
+    /// to the partner listed first; partners are searched, a few at once,
+    /// only until no later one could change the answer, at most
+    /// `shared_companies` of them.
+    ///
     /// A pair the rules would allow but an open conflict blocks is a
     /// denied cross-company read: counted and audited.
     pub async fn shared_candidates(
@@ -231,73 +238,108 @@ impl Engine {
             .collect();
         let limit = u32::try_from(k).unwrap_or(u32::MAX);
         let max_companies = self.config().memory.context.shared_companies as usize;
-        let mut out: Vec<pack::Candidate> = Vec::new();
+        // (partner's place in the listing, the candidate), in the partner's
+        // own best-first order.
+        let mut found: Vec<(usize, pack::Candidate)> = Vec::new();
         let mut searched = 0usize;
-        for other in companies.iter().filter(|c| &c.id != me) {
-            if searched == max_companies {
+        // Collected, not a lazy filter: the future must stay Send.
+        let partners: Vec<&Company> = companies.iter().filter(|c| &c.id != me).collect();
+        let mut next = 0usize;
+        loop {
+            // Each partner's best hit scores 1 and ties go to the earlier
+            // partner, so once `k` items score 1 no later partner can change
+            // the answer: a wave searches only as many partners as could
+            // still add one. Usually one wave of `k` partners, searched
+            // together, settles it.
+            let top = found.iter().filter(|(_, c)| c.score >= 1.0).count();
+            if top >= k || searched == max_companies || next == partners.len() {
                 break;
             }
-            let facts = Facts {
-                a: &own.profile,
-                b: &other.profile,
-                conflict_open: blocked.contains(&other.id),
-            };
-            let verdict = decide(rules, &facts, task_scope);
-            if !verdict.allowed {
-                let unblocked = Facts {
-                    conflict_open: false,
-                    ..facts
+            let want = (k - top).min(max_companies - searched);
+            let mut wave = Vec::with_capacity(want);
+            while wave.len() < want {
+                let Some(&other) = partners.get(next) else {
+                    break;
                 };
-                if facts.conflict_open && decide(rules, &unblocked, task_scope).allowed {
-                    self.deny_cross_company_read(now, me, &other.id, task_scope, &verdict)
-                        .await;
+                let place = next;
+                next += 1;
+                let facts = Facts {
+                    a: &own.profile,
+                    b: &other.profile,
+                    conflict_open: blocked.contains(&other.id),
+                };
+                let verdict = decide(rules, &facts, task_scope);
+                if !verdict.allowed {
+                    let unblocked = Facts {
+                        conflict_open: false,
+                        ..facts
+                    };
+                    if facts.conflict_open && decide(rules, &unblocked, task_scope).allowed {
+                        self.deny_cross_company_read(now, me, &other.id, task_scope, &verdict)
+                            .await;
+                    }
+                    continue;
                 }
-                continue;
+                wave.push((place, other, verdict));
             }
-            searched += 1;
-            let theirs = admin.company(&other.id, Access::Read);
-            let hits = store
-                .search_memories(&theirs, query, &MemoryFilter::default(), limit)
-                .await?;
-            store
-                .append_audit(system_record(
-                    now,
-                    "memory.shared_read",
-                    Some(other.id.clone()),
-                    format!("company:{me}"),
-                    format!(
-                        "{} anonymised item(s) of scope {task_scope} for {me}, rule {}",
-                        hits.len(),
-                        verdict.rule.as_deref().unwrap_or("-")
-                    ),
-                ))
-                .await?;
-            if hits.is_empty() {
-                continue;
+            if wave.is_empty() {
+                break;
             }
-            let mut redact = Redactions::of_company(&other.id, &other.profile);
-            for (kind, name) in store.listed_names(&theirs, MAX_REDACTED_NAMES).await? {
-                match kind {
-                    NameKind::Person => redact.people.push(name),
-                    NameKind::Counterparty => redact.counterparties.push(name),
+            searched += wave.len();
+            let results: Vec<Vec<TextHit>> = try_join_all(wave.iter().map(|(_, other, _)| {
+                let theirs = admin.company(&other.id, Access::Read);
+                async move {
+                    store
+                        .search_memories(&theirs, query, &MemoryFilter::default(), limit)
+                        .await
                 }
-            }
-            let best = hits
-                .iter()
-                .map(|h| h.relevance)
-                .fold(f64::MIN_POSITIVE, f64::max);
-            for h in hits {
-                out.push(pack::Candidate {
-                    id: shared_id(&other.id, h.memory.id),
-                    layer: None,
-                    score: (h.relevance / best).clamp(f64::MIN_POSITIVE, 1.0),
-                    text: anonymise(&render_shared(&h.memory), &redact),
-                });
+            }))
+            .await?;
+            for ((place, other, verdict), hits) in wave.into_iter().zip(results) {
+                let theirs = admin.company(&other.id, Access::Read);
+                store
+                    .append_audit(system_record(
+                        now,
+                        "memory.shared_read",
+                        Some(other.id.clone()),
+                        format!("company:{me}"),
+                        format!(
+                            "{} anonymised item(s) of scope {task_scope} for {me}, rule {}",
+                            hits.len(),
+                            verdict.rule.as_deref().unwrap_or("-")
+                        ),
+                    ))
+                    .await?;
+                if hits.is_empty() {
+                    continue;
+                }
+                let mut redact = Redactions::of_company(&other.id, &other.profile);
+                for (kind, name) in store.listed_names(&theirs, MAX_REDACTED_NAMES).await? {
+                    match kind {
+                        NameKind::Person => redact.people.push(name),
+                        NameKind::Counterparty => redact.counterparties.push(name),
+                    }
+                }
+                let best = hits
+                    .iter()
+                    .map(|h| h.relevance)
+                    .fold(f64::MIN_POSITIVE, f64::max);
+                for h in hits {
+                    found.push((
+                        place,
+                        pack::Candidate {
+                            id: shared_id(&other.id, h.memory.id),
+                            layer: None,
+                            score: (h.relevance / best).clamp(f64::MIN_POSITIVE, 1.0),
+                            text: anonymise(&render_shared(&h.memory), &redact),
+                        },
+                    ));
+                }
             }
         }
-        out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-        out.truncate(k);
-        Ok(out)
+        // Stable: within a partner, its own order stays.
+        found.sort_by(|(pa, a), (pb, b)| b.score.total_cmp(&a.score).then(pa.cmp(pb)));
+        Ok(found.into_iter().take(k).map(|(_, c)| c).collect())
     }
 
     /// Counts and audits a cross-company read that was refused.

@@ -91,9 +91,10 @@ impl MemoryCursor {
     }
 }
 
-/// A full-text match. `relevance` is the database's own score, higher
-/// meaning better (PostgreSQL `ts_rank_cd`, SQLite `-bm25()`); it compares
-/// only within one query.
+/// A full-text match. `relevance` is higher for better matches and
+/// compares only within one query: PostgreSQL's `ts_rank_cd`; on SQLite,
+/// BM25 over the company's own memories (each query word's share of them,
+/// the memory's length), never statistics of other companies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextHit {
     pub memory: Memory,

@@ -301,6 +301,8 @@ impl Engine {
             text: line(m),
         };
 
+        // Every section is its own read: they run together, so a pack
+        // takes about as long as its slowest section, not their sum.
         // Hot: the newest and the most important, by recency and importance.
         let recent = MemoryFilter {
             from: Some(now - layers.hot_window()),
@@ -310,15 +312,59 @@ impl Engine {
             min_importance: Some(layers.hot_importance),
             ..MemoryFilter::default()
         };
-        let mut hot: Vec<Memory> = self
-            .store()
-            .list_memories(scope, &recent, None, cfg.context.hot_items)
-            .await?;
-        hot.extend(
-            self.store()
-                .list_memories(scope, &important, None, cfg.context.hot_items)
-                .await?,
+        let store = self.store();
+        let hot = async {
+            let mut hot: Vec<Memory> = store
+                .list_memories(scope, &recent, None, cfg.context.hot_items)
+                .await?;
+            hot.extend(
+                store
+                    .list_memories(scope, &important, None, cfg.context.hot_items)
+                    .await?,
+            );
+            Ok::<_, EngineError>(hot)
+        };
+        // Warm and cold: search hits for the task text, by layer; warm also
+        // takes the task's workstream's recent memories.
+        let hits = async {
+            if req.query.trim().is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.search_memories(scope, &req.query, &MemoryFilter::default(), cfg.candidates)
+                    .await
+            }
+        };
+        let workstream_recent = async {
+            let Some(w) = workstream else {
+                return Ok(Vec::new());
+            };
+            let f = MemoryFilter {
+                workstream: Some(w),
+                from: Some(now - layers.warm_window()),
+                ..MemoryFilter::default()
+            };
+            Ok::<_, EngineError>(
+                store
+                    .list_memories(scope, &f, None, cfg.context.warm_items)
+                    .await?,
+            )
+        };
+        // Knowledge and shared: the task text's best hits in the knowledge
+        // base and, as anonymised copies, in other companies' memories
+        // where a sharing rule allows the task's scope.
+        let knowledge = self.knowledge_candidates(&req.query, cfg.context.knowledge_hits as usize);
+        let shared_scope = workstream
+            .and_then(|w| cfg.context.shared_scopes.get(&w))
+            .unwrap_or(&cfg.context.shared_default_scope);
+        let shared = self.shared_candidates(
+            scope,
+            shared_scope,
+            &req.query,
+            cfg.context.shared_hits as usize,
         );
+        let (mut hot, hits, workstream_recent, knowledge, shared_c) =
+            tokio::try_join!(hot, hits, workstream_recent, knowledge, shared)?;
+
         let mut seen = HashSet::new();
         hot.retain(|m| seen.insert(m.id));
         let hot_ranked = rank_hits(
@@ -336,35 +382,15 @@ impl Engine {
             .take(cfg.context.hot_items as usize)
             .map(|(m, s)| cand(m, *s))
             .collect();
-
-        // Warm and cold: search hits for the task text, by layer; warm also
-        // takes the task's workstream's recent memories.
-        let hits = if req.query.trim().is_empty() {
-            Vec::new()
-        } else {
-            self.search_memories(scope, &req.query, &MemoryFilter::default(), cfg.candidates)
-                .await?
-        };
         let mut warm_c: Vec<pack::Candidate> = hits
             .iter()
             .filter(|h| h.layer == Layer::Warm)
             .take(cfg.context.warm_items as usize)
             .map(|h| cand(&h.memory, h.score))
             .collect();
-        if let Some(w) = workstream {
-            let f = MemoryFilter {
-                workstream: Some(w),
-                from: Some(now - layers.warm_window()),
-                ..MemoryFilter::default()
-            };
-            for m in self
-                .store()
-                .list_memories(scope, &f, None, cfg.context.warm_items)
-                .await?
-            {
-                if layer(m.occurred_at, m.importance, now, &layers) == Layer::Warm {
-                    warm_c.push(cand(&m, 0.0));
-                }
+        for m in workstream_recent {
+            if layer(m.occurred_at, m.importance, now, &layers) == Layer::Warm {
+                warm_c.push(cand(&m, 0.0));
             }
         }
         let cold_c: Vec<pack::Candidate> = hits
@@ -373,13 +399,7 @@ impl Engine {
             .take(cfg.context.cold_hits as usize)
             .map(|h| cand(&h.memory, h.score))
             .collect();
-
-        // Knowledge and shared: the task text's best hits in the knowledge
-        // base and, as anonymised copies, in other companies' memories
-        // where a sharing rule allows the task's scope.
-        let knowledge_c: Vec<pack::Candidate> = self
-            .knowledge_candidates(&req.query, cfg.context.knowledge_hits as usize)
-            .await?
+        let knowledge_c: Vec<pack::Candidate> = knowledge
             .into_iter()
             .map(|(id, score, text)| pack::Candidate {
                 id,
@@ -388,17 +408,6 @@ impl Engine {
                 text,
             })
             .collect();
-        let shared_scope = workstream
-            .and_then(|w| cfg.context.shared_scopes.get(&w))
-            .unwrap_or(&cfg.context.shared_default_scope);
-        let shared_c = self
-            .shared_candidates(
-                scope,
-                shared_scope,
-                &req.query,
-                cfg.context.shared_hits as usize,
-            )
-            .await?;
 
         Ok(pack::fit(
             vec![

@@ -426,6 +426,85 @@ async fn rule_table(b: Backend) {
     assert!(shared_items[0].contains("alpha"));
 }
 
+/// A pack reads other companies only while a later one could still change
+/// its shared section: each partner's best hit scores 1 and ties go to the
+/// partner listed first, so with `k` items scoring 1 the search stops. A
+/// partner without a hit does not count, and its read is audited all the
+/// same.
+async fn shared_reads_stop_once_the_answer_is_settled(b: Backend) {
+    let s = setup(b).await;
+    plain(&s, "reader", "saas", "US-DE", &[TEMPLATES]).await;
+    // Listed in id order: p0 (nothing matching), then p1 .. p5, each with
+    // a marker word (an anonymised copy names no company).
+    let markers = [
+        ("p0", ""),
+        ("p1", "alpha"),
+        ("p2", "bravo"),
+        ("p3", "charlie"),
+        ("p4", "delta"),
+        ("p5", "echo"),
+    ];
+    for (p, marker) in markers {
+        plain(&s, p, "saas", "US-DE", &[TEMPLATES]).await;
+        let text = if marker.is_empty() {
+            "Lunch with the marketing team.".to_owned()
+        } else {
+            format!("Onboarding checklist {marker}: contracts first.")
+        };
+        add(
+            &s,
+            p,
+            vec![memory(
+                EventType::Note,
+                "playbooks",
+                json!({ "text": text }),
+            )],
+        )
+        .await;
+    }
+    let reads = || async {
+        let admin = Principal::system().admin().expect("admin");
+        let page = AuditPage {
+            after_seq: 0,
+            limit: 10_000,
+        };
+        s.store
+            .list_all_audit(&admin, None, page, audit(None))
+            .await
+            .expect("audit")
+            .into_iter()
+            .filter(|e| e.action == "memory.shared_read")
+            .filter_map(|e| e.company_id.map(|c| c.as_str().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let got = s
+        .engine
+        .shared_candidates(&scope("reader"), TEMPLATES, "onboarding checklist", 2)
+        .await
+        .expect("shared");
+    let texts: Vec<&str> = got.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(texts.len(), 2, "{b:?}: {texts:?}");
+    assert!(
+        texts[0].contains("alpha") && texts[1].contains("bravo"),
+        "{b:?}: {texts:?}"
+    );
+    // The first wave (p0, p1) found one item scoring 1; the second read
+    // one more partner, p2, and stopped.
+    let mut read = reads().await;
+    read.sort();
+    assert_eq!(read, ["p0", "p1", "p2"], "{b:?}");
+}
+
+#[tokio::test]
+async fn shared_reads_stop_sqlite() {
+    shared_reads_stop_once_the_answer_is_settled(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn shared_reads_stop_postgres() {
+    shared_reads_stop_once_the_answer_is_settled(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn rule_table_sqlite() {
     rule_table(Backend::Sqlite).await;

@@ -363,16 +363,23 @@ impl MemoryStore for PgStore {
         if words.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        // The company's rows first, then the match: the query is computed
+        // at run time, so the planner cannot tell a common word from a rare
+        // one and would intersect the GIN index's matches of every company
+        // (670k rows for three common words at 1M memories, 120 ms) with
+        // the company's. Reading only the company's rows costs what the
+        // company holds.
         let mut qb = QueryBuilder::<Postgres>::new("WITH q AS (SELECT ");
         qb.push(TSQUERY_BEFORE)
             .push_bind(words.join(" "))
             .push(TSQUERY_AFTER)
-            .push(format!(
-                " AS q) SELECT {MEMORY_COLUMNS}, ts_rank_cd(m.search, q.q)::float8 AS relevance \
-                 FROM memories m, q WHERE m.search @@ q.q AND m.company_id = "
-            ))
+            .push(" AS q), m AS MATERIALIZED (SELECT * FROM memories m WHERE m.company_id = ")
             .push_bind(scope.company().as_str().to_owned());
         push_filter(&mut qb, filter);
+        qb.push(format!(
+            ") SELECT {MEMORY_COLUMNS}, ts_rank_cd(m.search, q.q)::float8 AS relevance \
+             FROM m, q WHERE m.search @@ q.q"
+        ));
         qb.push(" ORDER BY relevance DESC, m.occurred_at DESC, m.id DESC LIMIT ")
             .push_bind(i64::from(limit));
         let mut tx = self.scoped(scope.company()).await?;

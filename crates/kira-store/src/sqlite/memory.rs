@@ -1,6 +1,9 @@
 //! Episodic memory on SQLite: events in `memories`, full text in the FTS5
 //! table `memories_fts` (kept in step by the migration's triggers), vectors
-//! and the embedding queue beside them. Writes take the writer turn and
+//! and the embedding queue beside them. A search asks FTS5 which of the
+//! company's rows hold each word and ranks them by BM25 here, with the
+//! company's own counts: FTS5's `bm25()` would read every company's rows
+//! of each word, so its cost would grow with the whole table. Writes take the writer turn and
 //! `BEGIN IMMEDIATE`, as every write here does; every statement binds the
 //! scope's company. Lists of ids travel as one JSON array (`json_each`), so
 //! each statement's text stays fixed whatever the number of ids.
@@ -223,18 +226,35 @@ pub(super) async fn delete_company_memory(
     Ok(())
 }
 
-/// The FTS5 query for `words` within `company`'s documents: every word a
-/// quoted string, so nothing in it is syntax. The words are letters and
-/// digits only and the company id is a slug; quotes are doubled anyway, as
-/// FTS5 escapes them.
-fn fts_query(company: &CompanyId, words: &[String]) -> String {
+/// The FTS5 query for the company's documents holding `word` in their
+/// text, category or indexed terms: the word is a quoted string, so
+/// nothing in it is syntax. Words are letters and digits only and the
+/// company id is a slug; quotes are doubled anyway, as FTS5 escapes them.
+fn fts_word_query(company: &CompanyId, word: &str) -> String {
     let quote = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
-    let any: Vec<String> = words.iter().map(|w| quote(w)).collect();
     format!(
-        "company : {} AND ({})",
+        "company : {} AND {{text category terms}} : {}",
         quote(company.as_str()),
-        any.join(" OR ")
+        quote(word)
     )
+}
+
+/// BM25's term-frequency saturation and length normalisation.
+const BM25_K1: f64 = 1.2;
+const BM25_B: f64 = 0.75;
+
+/// BM25 of one document from the query words it holds, each counted once:
+/// `idf` per word, `len` its length over `avg_len`.
+fn bm25(words: &[usize], idf: &[f64], len: f64, avg_len: f64) -> f64 {
+    let norm = 1.0 - BM25_B + BM25_B * len / avg_len.max(1.0);
+    let per_word = (BM25_K1 + 1.0) / (1.0 + BM25_K1 * norm);
+    words.iter().map(|&w| idf[w] * per_word).sum()
+}
+
+/// Inverse document frequency of a word in `df` of `n` documents; always
+/// above 0, so a word every document holds still counts a little.
+fn idf(n: f64, df: f64) -> f64 {
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
 #[async_trait]
@@ -319,28 +339,103 @@ impl MemoryStore for SqliteStore {
         if words.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        // CROSS JOIN keeps the full-text match as the outer loop: the other
-        // order would probe the index once per row of the company.
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {MEMORY_COLUMNS}, -bm25(memories_fts, 0.0, 1.0, 1.0, 1.0) AS relevance \
-             FROM memories_fts CROSS JOIN memories m ON m.seq = memories_fts.rowid \
-             WHERE memories_fts MATCH "
-        ));
-        qb.push_bind(fts_query(scope.company(), &words))
-            .push(" AND m.company_id = ")
-            .push_bind(scope.company().as_str().to_owned());
+        // Ranked with the company's own statistics. FTS5's bm25() would
+        // count every word's documents across all companies (an IDF read
+        // of whole doclists: 40 ms per search at 1M memories); each
+        // word's match within one company is a seek instead.
+        let company = scope.company();
+        // Each word's rows come back as one JSON array: a row through the
+        // driver costs more than SQLite's work for it.
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ",
+        );
+        qb.push_bind(company.as_str().to_owned());
+        for (i, w) in words.iter().enumerate() {
+            qb.push(" UNION ALL SELECT ")
+                .push_bind(i64::try_from(i).unwrap_or(i64::MAX))
+                .push(", json_group_array(rowid) FROM memories_fts WHERE memories_fts MATCH ")
+                .push_bind(fts_word_query(company, w));
+        }
+        let mut documents = 0f64;
+        let mut df = vec![0f64; words.len()];
+        // seq -> the words the row holds.
+        let mut holds: std::collections::HashMap<i64, Vec<usize>> = Default::default();
+        for r in qb.build().fetch_all(self.pool()).await? {
+            let w: i64 = r.try_get("w")?;
+            let seqs: Vec<i64> =
+                serde_json::from_str(r.try_get("seqs")?).map_err(|e| corrupt("search rows", e))?;
+            match usize::try_from(w) {
+                Ok(w) if w < words.len() => {
+                    df[w] = seqs.len() as f64;
+                    for seq in seqs {
+                        holds.entry(seq).or_default().push(w);
+                    }
+                }
+                _ => documents = seqs.first().copied().unwrap_or(0) as f64,
+            }
+        }
+        if holds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<i64> = holds.keys().copied().collect();
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT json_group_array(json_array(m.seq, \
+             length(coalesce(m.content ->> '$.text', '')) + length(m.category) \
+             + length(m.indexed_terms), m.occurred_at, m.id)) AS rows FROM memories m \
+             WHERE m.company_id = ",
+        );
+        qb.push_bind(company.as_str().to_owned())
+            .push(" AND m.seq IN (SELECT value FROM json_each(")
+            .push_bind(to_json(&seqs)?)
+            .push("))");
         push_filter(&mut qb, filter);
-        qb.push(" ORDER BY relevance DESC, m.occurred_at DESC, m.id DESC LIMIT ")
-            .push_bind(i64::from(limit));
-        let rows = qb.build().fetch_all(self.pool()).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TextHit {
-                    memory: memory_from_row(r)?,
-                    relevance: r.try_get("relevance")?,
-                })
+        let row = qb.build().fetch_one(self.pool()).await?;
+        // (seq, length, occurred_at, id) of the matches the filter passes.
+        let passing: Vec<(i64, i64, String, String)> =
+            serde_json::from_str(row.try_get("rows")?).map_err(|e| corrupt("search rows", e))?;
+        if passing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let documents = documents.max(df.iter().copied().fold(0.0, f64::max));
+        let idf: Vec<f64> = df.iter().map(|&d| idf(documents, d)).collect();
+        let total_len: f64 = passing.iter().map(|p| p.1 as f64).sum();
+        let mut ranked: Vec<(i64, f64, String, String, f64)> = passing
+            .into_iter()
+            .map(|(seq, len, at, id)| (seq, len as f64, at, id, 0.0))
+            .collect();
+        let avg_len = total_len / ranked.len() as f64;
+        for (seq, len, _, _, score) in &mut ranked {
+            *score = holds.get(seq).map_or(0.0, |w| bm25(w, &idf, *len, avg_len));
+        }
+        // Best first; ties: newer, then larger id (the list order).
+        ranked.sort_by(|a, b| {
+            b.4.total_cmp(&a.4)
+                .then_with(|| b.2.cmp(&a.2))
+                .then_with(|| b.3.cmp(&a.3))
+        });
+        ranked.truncate(limit as usize);
+        let top: Vec<i64> = ranked.iter().map(|r| r.0).collect();
+        let sql = format!(
+            "SELECT m.seq, {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = ? \
+             AND m.seq IN (SELECT value FROM json_each(?))"
+        );
+        let mut by_seq: std::collections::HashMap<i64, Memory> = Default::default();
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(company.as_str())
+            .bind(to_json(&top)?)
+            .fetch_all(self.pool())
+            .await?
+        {
+            by_seq.insert(r.try_get("seq")?, memory_from_row(&r)?);
+        }
+        Ok(ranked
+            .into_iter()
+            .filter_map(|(seq, _, _, _, relevance)| {
+                by_seq
+                    .remove(&seq)
+                    .map(|memory| TextHit { memory, relevance })
             })
-            .collect()
+            .collect())
     }
 
     async fn set_archived(
@@ -597,5 +692,39 @@ impl MemoryStore for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rare_words_weigh_more_and_short_memories_win_ties() {
+        // 100 memories: word 0 in 90 of them, word 1 in 2.
+        // A word every memory holds still counts, a little.
+        assert!(idf(100.0, 100.0) > 0.0);
+        let weights = [idf(100.0, 90.0), idf(100.0, 2.0)];
+        assert!(weights[1] > 5.0 * weights[0], "{weights:?}");
+        let rare = bm25(&[1], &weights, 50.0, 50.0);
+        let common = bm25(&[0], &weights, 50.0, 50.0);
+        let both = bm25(&[0, 1], &weights, 50.0, 50.0);
+        assert!(both > rare && rare > common);
+        // The same words in a shorter memory score higher.
+        assert!(bm25(&[1], &weights, 20.0, 50.0) > bm25(&[1], &weights, 200.0, 50.0));
+        assert_eq!(bm25(&[], &weights, 20.0, 50.0), 0.0);
+    }
+
+    #[test]
+    fn a_word_query_is_one_quoted_string_within_the_company() {
+        let acme = CompanyId::parse("acme").expect("id");
+        assert_eq!(
+            fts_word_query(&acme, "board"),
+            r#"company : "acme" AND {text category terms} : "board""#
+        );
+        assert_eq!(
+            fts_word_query(&acme, r#"a"b"#),
+            r#"company : "acme" AND {text category terms} : "a""b""#
+        );
     }
 }

@@ -19,6 +19,7 @@ conformance!(
     pages_have_no_gaps_or_duplicates,
     batch_limits_and_refusals_write_nothing,
     search_ranks_matches_and_survives_hostile_queries,
+    another_companys_memories_never_change_a_ranking,
     archive_restore_and_what_each_view_sees,
     delete_and_purge_remove_vectors_and_jobs,
     summary_replaces_its_sources_atomically,
@@ -506,6 +507,46 @@ async fn search_ranks_matches_and_survives_hostile_queries(f: Fresh) {
             .contains(&both.id)
     );
     assert!(search_ids(s, "acme", "company:beta", &all).await.is_empty());
+}
+
+/// A ranking is the company's own: what other companies write (here,
+/// many memories with one of the query's words) changes neither its order
+/// nor its scores. The full-text scores of both backends use no statistics
+/// beyond the company (and so reveal nothing of the others), and reading
+/// none keeps a search's cost the company's, not the whole table's.
+async fn another_companys_memories_never_change_a_ranking(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    insert(
+        s,
+        "acme",
+        &[
+            mem("acme", 1, "Board meeting about the Initech renewal."),
+            mem("acme", 2, "Board dinner, then board games."),
+            mem("acme", 3, "The board approved the budget."),
+            mem("acme", 4, "Initech sent the signed renewal."),
+            mem("acme", 5, "Lunch with the marketing team."),
+        ],
+    )
+    .await;
+    let all = MemoryFilter::default();
+    let ranking = || async {
+        s.search_memories(&scope("acme"), "board initech renewal", &all, 10)
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|h| (h.memory.id, h.relevance))
+            .collect::<Vec<_>>()
+    };
+    let before = ranking().await;
+    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before[0].0, id(1), "the memory with every word first");
+    let many: Vec<Memory> = (100..160)
+        .map(|n| mem("beta", n, "Initech renewal, Initech again."))
+        .collect();
+    insert(s, "beta", &many).await;
+    assert_eq!(ranking().await, before);
 }
 
 async fn archive_restore_and_what_each_view_sees(f: Fresh) {
