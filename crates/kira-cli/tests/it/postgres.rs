@@ -106,9 +106,9 @@ fn a_worker_process_runs_what_a_server_queues() {
     ]));
     let worker_config = work.path().join("worker.toml");
     std::fs::write(&worker_config, "[executor]\nkind = \"simulated\"\n").expect("write config");
-    // Without an executor a worker refuses to start.
+    // A worker told to run nothing refuses to start.
     let no_executor = work.path().join("no-executor.toml");
-    std::fs::write(&no_executor, "[budget]\ntotal_tokens = 100000\n").expect("write config");
+    std::fs::write(&no_executor, "[executor]\nkind = \"none\"\n").expect("write config");
     let refused = crate::support::fails(
         crate::support::kira_in(work.path())
             .args(["worker", "--database-url", &url, "--config"])
