@@ -246,8 +246,8 @@ pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<Exi
     let mut ids = Vec::with_capacity(args.companies);
     let mut insert_secs = 0.0;
     let total = args.companies * args.per_company;
-    // A database an earlier run of the same size filled is timed as it is
-    // (its vectors too, if something embedded them since).
+    // A database an earlier run of the same size filled is timed as it is,
+    // without writing again. (Full text only: this engine has no embedder.)
     let name = |c: usize| -> anyhow::Result<kira_core::CompanyId> {
         kira_core::CompanyId::parse(&format!("scale-{c:05}")).map_err(|e| anyhow::anyhow!("{e}"))
     };
