@@ -115,7 +115,9 @@ async fn local_model(tokens: u32, runs: u32, json: bool) -> anyhow::Result<ExitC
             kira_llm::local::LOCAL_MODEL,
             vec![
                 Message::system("You are the company's primary agent. Answer briefly."),
-                Message::user(format!("{context}\nWhat budget did the board approve?")),
+                Message::user(format!(
+                    "{context}\nWrite a long, detailed report on the budget and the contract."
+                )),
             ],
             max,
         )
