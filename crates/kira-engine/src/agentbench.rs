@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kira_core::auth::{Access, Principal};
 use kira_core::clock::Clock;
 use kira_core::task::TaskStatus;
 use kira_llm::{
@@ -18,11 +17,10 @@ use kira_llm::{
     Usage,
 };
 use kira_store::Store;
-use kira_store::work::TaskFilter;
 use serde::Serialize;
 
 use crate::agent::{AgentExecutor, ProviderHandle, Providers};
-use crate::bench::{Percentiles, bench_config, drain, percentiles, seed};
+use crate::bench::{Percentiles, all_tasks, bench_config, drain, percentiles, seed};
 use crate::{Engine, EngineError};
 
 /// Answers every call with `submit_result` after `latency`, and keeps how
@@ -148,43 +146,21 @@ pub async fn run(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let system = Principal::system();
     let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     let (mut completed, mut within, mut overhead, mut response) = (0, 0, Vec::new(), Vec::new());
-    for c in &ids {
-        let scope = system
-            .scope(c, Access::Read)
-            .map_err(|_| kira_core::ValidationError::new("id", "denied"))?;
-        let mut before = None;
-        loop {
-            let page = engine
-                .store()
-                .list_tasks(
-                    &scope,
-                    &TaskFilter {
-                        before_seq: before,
-                        limit: 500,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            let Some(last) = page.last() else { break };
-            before = Some(last.task_id.seq());
-            for t in &page {
-                if t.status == TaskStatus::Completed {
-                    completed += 1;
-                }
-                if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
-                    let provider = spent
-                        .get(t.task_id.as_str())
-                        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-                    overhead.push((ms(f - s) - provider).max(0.0));
-                    let r = ms(f - t.created_at);
-                    response.push(r);
-                    if r <= 30_000.0 {
-                        within += 1;
-                    }
-                }
+    for t in all_tasks(&engine, &ids).await? {
+        if t.status == TaskStatus::Completed {
+            completed += 1;
+        }
+        if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
+            let provider = spent
+                .get(t.task_id.as_str())
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            overhead.push((ms(f - s) - provider).max(0.0));
+            let r = ms(f - t.created_at);
+            response.push(r);
+            if r <= 30_000.0 {
+                within += 1;
             }
         }
     }

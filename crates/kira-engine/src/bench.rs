@@ -216,19 +216,13 @@ pub struct QueueReport {
     pub wait_by_priority: BTreeMap<String, Percentiles>,
 }
 
-/// Reads every task back and summarises: completion, run and wait times.
-pub async fn report(
+/// Every task of `companies`, read back page by page.
+pub async fn all_tasks(
     engine: &Engine,
     companies: &[CompanyId],
-    tasks: usize,
-    seconds: f64,
-    claims: Vec<u64>,
-) -> Result<QueueReport, EngineError> {
+) -> Result<Vec<kira_core::task::Task>, EngineError> {
     let system = Principal::system();
-    let mut completed = 0;
-    let mut run = Vec::new();
-    let mut wait: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    let mut out = Vec::new();
     for c in companies {
         let scope = system
             .scope(c, Access::Read)
@@ -248,17 +242,33 @@ pub async fn report(
                 .await?;
             let Some(last) = page.last() else { break };
             before = Some(last.task_id.seq());
-            for t in &page {
-                if t.status == TaskStatus::Completed {
-                    completed += 1;
-                }
-                if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
-                    run.push(ms(f - s));
-                    wait.entry(t.priority.as_str().to_owned())
-                        .or_default()
-                        .push(ms(s - t.created_at));
-                }
-            }
+            out.extend(page);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every task back and summarises: completion, run and wait times.
+pub async fn report(
+    engine: &Engine,
+    companies: &[CompanyId],
+    tasks: usize,
+    seconds: f64,
+    claims: Vec<u64>,
+) -> Result<QueueReport, EngineError> {
+    let mut completed = 0;
+    let mut run = Vec::new();
+    let mut wait: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    for t in all_tasks(engine, companies).await? {
+        if t.status == TaskStatus::Completed {
+            completed += 1;
+        }
+        if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
+            run.push(ms(f - s));
+            wait.entry(t.priority.as_str().to_owned())
+                .or_default()
+                .push(ms(s - t.created_at));
         }
     }
     #[allow(clippy::cast_precision_loss)]

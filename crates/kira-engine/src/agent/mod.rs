@@ -317,7 +317,8 @@ impl Trace {
     }
 }
 
-fn cut(s: &str, n: usize) -> String {
+/// At most `n` characters of `s`, with an ellipsis when cut.
+pub(crate) fn cut(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
     } else {

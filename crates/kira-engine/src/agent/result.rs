@@ -20,13 +20,7 @@ pub struct FinalResult {
 const SUMMARY_CHARS: usize = 300;
 
 fn cut(s: &str, n: usize) -> String {
-    let s = s.trim();
-    if s.chars().count() <= n {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(n).collect();
-    out.push('…');
-    out
+    super::cut(s.trim(), n)
 }
 
 /// A confidence in [0, 1] from a number or a numeric string ("0.8",
