@@ -399,6 +399,9 @@ pub struct Task {
     pub status_reason: String,
     pub attempts: i32,
     pub max_attempts: i32,
+    /// What the claim reserves: an upper bound of the first model call
+    /// (its whole prompt and output allowance) where the executor knows
+    /// one, else the task's text and parameters plus its type's output.
     pub estimated_tokens: i64,
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,

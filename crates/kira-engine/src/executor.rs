@@ -12,7 +12,7 @@ use kira_core::budget::{BudgetConfig, ModelPrice, cost_usd};
 use kira_core::clock::Clock;
 use kira_core::task::Task;
 use kira_store::Store;
-use kira_store::work::{Reservation, ReserveOutcome, Settlement};
+use kira_store::work::{Reservation, ReserveOutcome, RunRecords, Settlement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -49,6 +49,15 @@ pub trait Executor: Send + Sync {
     fn describe(&self, _agent: &str) -> Option<crate::agent::AgentModel> {
         None
     }
+
+    /// An upper bound of the tokens `agent`'s first model call for a task
+    /// of `task_type` takes (its whole prompt, with `input_tokens` of task
+    /// text and parameters, plus its output allowance): what the claim
+    /// reserves, so the first call needs no reservation of its own. None:
+    /// the task's own estimate.
+    fn first_call_tokens(&self, _agent: &str, _task_type: &str, _input_tokens: i64) -> Option<i64> {
+        None
+    }
 }
 
 /// One run of a task: its budget (reserve before each call, settle after)
@@ -68,6 +77,9 @@ pub struct Run {
     /// The last call's usage, not yet written: it is settled before the
     /// next reservation, or with the run's end in the same transaction.
     unsettled: Option<Settlement>,
+    /// What the run leaves behind (trace, session turns), written with its
+    /// end in the same transaction.
+    records: RunRecords,
     pub(crate) cancel: Arc<AtomicBool>,
 }
 
@@ -102,8 +114,18 @@ impl Run {
             prices,
             first: Some(first),
             unsettled: None,
+            records: RunRecords::default(),
             cancel,
         }
+    }
+
+    /// What the run leaves behind, recorded with its end.
+    pub(crate) fn records_mut(&mut self) -> &mut RunRecords {
+        &mut self.records
+    }
+
+    pub(crate) fn take_records(&mut self) -> RunRecords {
+        std::mem::take(&mut self.records)
     }
 
     pub fn engine(&self) -> &crate::Engine {

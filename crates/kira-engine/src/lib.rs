@@ -19,6 +19,7 @@ pub mod agentbench;
 pub mod bench;
 pub mod config;
 pub mod executor;
+mod group;
 pub mod knowledge;
 pub mod membench;
 pub mod memory;
@@ -41,6 +42,9 @@ pub enum EngineError {
     Embed(String),
     #[error("summarizer: {0}")]
     Summarize(String),
+    /// Audit entries could not be written (in a group of them).
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 /// Tells background work to stop.
@@ -104,6 +108,8 @@ struct Inner {
     denied_cross_company_reads: std::sync::atomic::AtomicU64,
     /// Ends of runs waiting to be recorded together.
     completions: worker::Completions,
+    /// Audit entries of reads waiting to be written together.
+    audits: group::Group<Vec<kira_core::audit::AuditRecord>, Result<(), String>>,
 }
 
 impl Engine {
@@ -145,6 +151,7 @@ impl Engine {
                 summarizer: Arc::new(memory::summarize::Extractive::default()),
                 denied_cross_company_reads: Default::default(),
                 completions: worker::Completions::default(),
+                audits: group::Group::default(),
             }),
         }
     }

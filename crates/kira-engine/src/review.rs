@@ -77,10 +77,10 @@ pub async fn record_result_memory(
     if task.status != TaskStatus::Completed {
         return Ok(());
     }
-    let Some(text) = task.result.as_ref().and_then(result_text) else {
+    let occurred_at = task.finished_at.unwrap_or(task.updated_at);
+    let Some(memory) = result_new_memory(engine, task, occurred_at) else {
         return Ok(());
     };
-    let occurred_at = task.finished_at.unwrap_or(task.updated_at);
     let source = task.task_id.as_str();
     let same_instant = MemoryFilter {
         event_type: Some(EventType::TaskResult),
@@ -96,12 +96,27 @@ pub async fn record_result_memory(
     if seen.iter().any(|m| m.source.as_deref() == Some(source)) {
         return Ok(());
     }
+    let audit = result_audit(scope, task, engine.clock().now());
+    engine
+        .add_memories(scope, vec![memory], false, audit)
+        .await?;
+    Ok(())
+}
+
+/// The memory of a completed task's result, occurring at `occurred_at`
+/// (see [`record_result_memory`]); None when the result has no text.
+pub(crate) fn result_new_memory(
+    engine: &Engine,
+    task: &Task,
+    occurred_at: DateTime<Utc>,
+) -> Option<NewMemory> {
+    let text = task.result.as_ref().and_then(result_text)?;
     let workstream = engine
         .workstream_of(&task.task_type)
         .ok()
         .or_else(|| Workstream::parse(&task.agent).ok())
         .unwrap_or(Workstream::General);
-    let memory = NewMemory {
+    Some(NewMemory {
         occurred_at,
         event_type: EventType::TaskResult,
         workstream,
@@ -114,10 +129,13 @@ pub async fn record_result_memory(
         }),
         importance: result_importance(task.priority, &task.agent),
         indexed_terms: Vec::new(),
-        source: Some(source.to_owned()),
-    };
-    let now = engine.clock().now();
-    let audit = AuditRecord {
+        source: Some(task.task_id.as_str().to_owned()),
+    })
+}
+
+/// The audit entry of a result memory.
+pub(crate) fn result_audit(scope: &CompanyScope, task: &Task, now: DateTime<Utc>) -> AuditRecord {
+    AuditRecord {
         at: now,
         request_id: format!("task_result-{}", task.task_id),
         actor: scope.actor().to_string(),
@@ -126,11 +144,7 @@ pub async fn record_result_memory(
         target: format!("task:{}", task.task_id),
         outcome: Outcome::Ok,
         detail: "task_result".into(),
-    };
-    engine
-        .add_memories(scope, vec![memory], false, audit)
-        .await?;
-    Ok(())
+    }
 }
 
 /// How much a result matters: by the task's priority (emergency 9, urgent

@@ -220,17 +220,44 @@ impl Engine {
         if !decide(rules, &best, task_scope).allowed {
             return Ok(Vec::new());
         }
-        let admin = system_admin()?;
         let now = self.clock().now();
         let me = scope.company();
-        let listing = system_record(
+        // What this pack reads across companies, audited in one batch
+        // (with other packs' batches) whatever the outcome.
+        let mut audits = vec![system_record(
             now,
             "sharing.partners",
             Some(me.clone()),
             format!("company:{me}"),
             format!("scope {task_scope}"),
-        );
-        let companies = store.list_companies(&admin, false, listing).await?;
+        )];
+        let found = self
+            .shared_search(scope, &own, task_scope, query, k, now, &mut audits)
+            .await;
+        let written = self.audit_reads(audits).await;
+        let found = found?;
+        written?;
+        Ok(found)
+    }
+
+    /// The search behind [`Engine::shared_candidates`]; pushes what it
+    /// reads (and is refused) to `audits`.
+    #[allow(clippy::too_many_arguments)]
+    async fn shared_search(
+        &self,
+        scope: &CompanyScope,
+        own: &Company,
+        task_scope: &str,
+        query: &str,
+        k: usize,
+        now: chrono::DateTime<chrono::Utc>,
+        audits: &mut Vec<AuditRecord>,
+    ) -> Result<Vec<pack::Candidate>, EngineError> {
+        let store = self.store();
+        let rules = &self.config().sharing;
+        let admin = system_admin()?;
+        let me = scope.company();
+        let companies = store.company_directory(&admin).await?;
         let blocked: HashSet<CompanyId> = store
             .conflict_partners(&admin, me)
             .await?
@@ -275,8 +302,9 @@ impl Engine {
                         ..facts
                     };
                     if facts.conflict_open && decide(rules, &unblocked, task_scope).allowed {
-                        self.deny_cross_company_read(now, me, &other.id, task_scope, &verdict)
-                            .await;
+                        audits.push(
+                            self.deny_cross_company_read(now, me, &other.id, task_scope, &verdict),
+                        );
                     }
                     continue;
                 }
@@ -297,19 +325,17 @@ impl Engine {
             .await?;
             for ((place, other, verdict), hits) in wave.into_iter().zip(results) {
                 let theirs = admin.company(&other.id, Access::Read);
-                store
-                    .append_audit(system_record(
-                        now,
-                        "memory.shared_read",
-                        Some(other.id.clone()),
-                        format!("company:{me}"),
-                        format!(
-                            "{} anonymised item(s) of scope {task_scope} for {me}, rule {}",
-                            hits.len(),
-                            verdict.rule.as_deref().unwrap_or("-")
-                        ),
-                    ))
-                    .await?;
+                audits.push(system_record(
+                    now,
+                    "memory.shared_read",
+                    Some(other.id.clone()),
+                    format!("company:{me}"),
+                    format!(
+                        "{} anonymised item(s) of scope {task_scope} for {me}, rule {}",
+                        hits.len(),
+                        verdict.rule.as_deref().unwrap_or("-")
+                    ),
+                ));
                 if hits.is_empty() {
                     continue;
                 }
@@ -342,17 +368,18 @@ impl Engine {
         Ok(found.into_iter().take(k).map(|(_, c)| c).collect())
     }
 
-    /// Counts and audits a cross-company read that was refused.
-    async fn deny_cross_company_read(
+    /// Counts a cross-company read that was refused; returns its audit
+    /// entry for the caller to write.
+    fn deny_cross_company_read(
         &self,
         now: chrono::DateTime<chrono::Utc>,
         reader: &CompanyId,
         owner: &CompanyId,
         task_scope: &str,
         verdict: &Verdict,
-    ) {
+    ) -> AuditRecord {
         self.count_denied_cross_company_read();
-        let record = AuditRecord {
+        AuditRecord {
             outcome: Outcome::Denied,
             ..system_record(
                 now,
@@ -361,10 +388,34 @@ impl Engine {
                 format!("company:{reader}"),
                 format!("scope {task_scope}: {}", verdict.reason),
             )
-        };
-        if let Err(e) = self.store().append_audit(record).await {
-            tracing::error!(error = %e, "could not audit a denied cross-company read");
         }
+    }
+
+    /// Writes audit entries of reads, grouped with other callers' into one
+    /// transaction ([`crate::group`]).
+    pub(crate) async fn audit_reads(&self, records: Vec<AuditRecord>) -> Result<(), EngineError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .audits
+            .submit(
+                records,
+                |groups| async move {
+                    let n = groups.len();
+                    let all: Vec<AuditRecord> = groups.into_iter().flatten().collect();
+                    let r = self
+                        .store()
+                        .append_audits(all)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    vec![r; n]
+                },
+                || Err("the audit entries were not written".into()),
+            )
+            .await
+            .map_err(EngineError::Audit)
     }
 
     /// Counts one denied cross-company read (the caller audits it).

@@ -96,12 +96,17 @@ pub fn document_chars(req: &TaskRequest) -> usize {
         .count()
 }
 
+/// The request's text and parameters, counted with cl100k.
+fn input_tokens(req: &TaskRequest, params: &str) -> i64 {
+    let count =
+        crate::memory::pack::count_tokens(&req.task) + crate::memory::pack::count_tokens(params);
+    i64::try_from(count).unwrap_or(i64::MAX / 2)
+}
+
 /// An upper bound of the tokens a run takes: the request's text and
 /// parameters counted with cl100k, plus the type's output allowance.
 pub fn estimate_tokens(req: &TaskRequest, params: &str, cfg: &EngineConfig) -> i64 {
-    let count =
-        crate::memory::pack::count_tokens(&req.task) + crate::memory::pack::count_tokens(params);
-    let input = i64::try_from(count).unwrap_or(i64::MAX / 2);
+    let input = input_tokens(req, params);
     let output = cfg
         .task_types
         .get(&req.task_type)
@@ -211,7 +216,16 @@ impl Engine {
                 StoreError::Conflict(format!("company '{}' is archived", company.id)).into(),
             );
         }
-        let new = prepare(req, &company, idempotency_key, self.config(), now)?;
+        let mut new = prepare(req, &company, idempotency_key, self.config(), now)?;
+        // The claim reserves the estimate: where the executor knows its
+        // first call's bound, that, so the call needs no second reservation.
+        if let Some(exec) = &self.inner.executor {
+            let params = serde_json::to_string(&new.parameters).unwrap_or_default();
+            let input = input_tokens(req, if params == "{}" { "" } else { &params });
+            if let Some(n) = exec.first_call_tokens(&new.agent, &new.task_type, input) {
+                new.estimated_tokens = n;
+            }
+        }
         let submitted = self.store().submit_task(scope, &new, now, audit).await?;
         if submitted.created {
             self.wake();

@@ -1,8 +1,7 @@
 //! Running one claimed task: heartbeat the lease, execute, record the end.
-//! Ends are recorded in groups: runs that end while a group is being
-//! written queue up, and the next writer takes them all in one transaction
-//! (group commit), so the cost of a transaction is shared by every run that
-//! ended meanwhile.
+//! Ends are recorded in groups ([`crate::group`]): runs that end while a
+//! group is being written queue up, and the next writer takes them all in
+//! one transaction.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,68 +9,54 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use kira_core::auth::{Access, Principal};
 use kira_core::task::{Task, TaskStatus};
 use kira_store::work::{Completed, Completion, Finish, Reservation, finish_one};
-use tokio::sync::oneshot;
 
 use crate::Engine;
 use crate::executor::{ExecOutcome, Run};
 
-/// Ends of runs waiting to be written, and the turn to write them.
-#[derive(Default)]
-pub(crate) struct Completions {
-    waiting: std::sync::Mutex<Vec<(Completion, oneshot::Sender<Completed>)>>,
-    turn: tokio::sync::Mutex<()>,
-}
+/// Ends of runs waiting to be written.
+pub(crate) type Completions = crate::group::Group<Completion, Completed>;
 
 impl Engine {
     /// Records `c` with whatever other ends are waiting, in one store call.
     async fn complete(&self, c: Completion) -> Completed {
-        let done = &self.inner.completions;
-        let (tx, mut rx) = oneshot::channel();
-        done.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((c, tx));
-        // Let runs ending at the same moment join this group.
-        tokio::task::yield_now().await;
-        let turn = done.turn.lock().await;
-        if let Ok(r) = rx.try_recv() {
-            return r;
-        }
-        let group = std::mem::take(
-            &mut *done
-                .waiting
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-        let n = items.len();
-        let now = self.clock().now();
-        let results = match self
-            .store()
-            .finish_batch(self.worker_id(), items.clone(), now)
+        self.inner
+            .completions
+            .submit(
+                c,
+                |mut items| async move {
+                    let n = items.len();
+                    let now = self.clock().now();
+                    // A result memory occurs when its task finished.
+                    for c in &mut items {
+                        if let Some((m, _)) = &mut c.records.memory {
+                            m.occurred_at = chrono::SubsecRound::trunc_subsecs(now, 6);
+                        }
+                    }
+                    match self
+                        .store()
+                        .finish_batch(self.worker_id(), items.clone(), now)
+                        .await
+                    {
+                        Ok(r) if r.len() == n => r,
+                        failed => {
+                            if let Err(e) = failed {
+                                tracing::warn!(error = %e, runs = n, "a group of run ends failed; recording them one by one");
+                            }
+                            let mut r = Vec::with_capacity(n);
+                            for c in items {
+                                r.push(finish_one(self.store().as_ref(), self.worker_id(), c, now).await);
+                            }
+                            r
+                        }
+                    }
+                },
+                || {
+                    Completed::NotFinished(kira_store::StoreError::Conflict(
+                        "the end of the run was not recorded".into(),
+                    ))
+                },
+            )
             .await
-        {
-            Ok(r) if r.len() == n => r,
-            failed => {
-                if let Err(e) = failed {
-                    tracing::warn!(error = %e, runs = n, "a group of run ends failed; recording them one by one");
-                }
-                let mut r = Vec::with_capacity(n);
-                for c in items {
-                    r.push(finish_one(self.store().as_ref(), self.worker_id(), c, now).await);
-                }
-                r
-            }
-        };
-        for (reply, r) in replies.into_iter().zip(results) {
-            let _ = reply.send(r);
-        }
-        drop(turn);
-        rx.await.unwrap_or_else(|_| {
-            Completed::NotFinished(kira_store::StoreError::Conflict(
-                "the end of the run was not recorded".into(),
-            ))
-        })
     }
 }
 
@@ -126,6 +111,9 @@ impl Engine {
                     tracing::warn!(task = %id, error = %e, "could not settle the usage of a run whose lease was lost");
                 }
             }
+            // Its trace still says what it did.
+            let steps = run.take_records().steps;
+            self.record_trace(&scope, &id, steps).await;
             return;
         }
         let now = self.clock().now();
@@ -206,21 +194,40 @@ impl Engine {
             },
         };
         let requeued = finish.status == TaskStatus::Queued;
+        let mut records = run.take_records();
         // What the company remembers of a completed task (a reviewed one
-        // is remembered when a human approves it).
-        let remembered =
-            (finish.status == TaskStatus::Completed && !self.is_simulated()).then(|| {
-                let mut done = task.clone();
-                done.status = TaskStatus::Completed;
-                done.result.clone_from(&finish.result);
-                done.confidence = finish.confidence;
-                done
-            });
+        // is remembered when a human approves it), in the end's transaction,
+        // so it is remembered exactly once.
+        if finish.status == TaskStatus::Completed && !self.is_simulated() {
+            let mut done = task.clone();
+            done.status = TaskStatus::Completed;
+            done.result.clone_from(&finish.result);
+            done.confidence = finish.confidence;
+            if let Some(new) = crate::review::result_new_memory(self, &done, now) {
+                match new.validate(now) {
+                    Ok(valid) => {
+                        let m = valid.into_memory(
+                            kira_core::memory::new_memory_id(now),
+                            scope.company().clone(),
+                            now,
+                        );
+                        records.memory = Some((m, crate::review::result_audit(&scope, &done, now)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %id, error = %e, "the task's result cannot be a memory");
+                    }
+                }
+            }
+        }
+        let steps = records.steps.clone();
+        let memory = records.memory.as_ref().map(|(m, _)| m.clone());
+        let turns = !records.session_turns.is_empty();
         let completion = Completion {
             scope: scope.clone(),
             task_id: id.clone(),
             finish,
             settle,
+            records,
         };
         let recorded = match self.complete(completion).await {
             Completed::Recorded => Ok(()),
@@ -229,31 +236,58 @@ impl Engine {
                 let error = e.to_string();
                 let f = retry(format!("the run failed: {error}"), Some(error));
                 let requeued = f.status == TaskStatus::Queued;
-                match self
+                let finished = self
                     .store()
                     .finish(&scope, &id, self.worker_id(), f, self.clock().now())
-                    .await
-                {
+                    .await;
+                if finished.is_ok() {
+                    // The run did not count: only its trace stays.
+                    self.record_trace(&scope, &id, steps).await;
+                }
+                match finished {
                     Ok(_) if requeued => {
                         self.wake();
                         return;
                     }
-                    Ok(_) => Ok(()),
+                    Ok(_) => return,
                     Err(e) => Err(e),
                 }
             }
             Completed::NotFinished(e) => Err(e),
         };
         match recorded {
-            Ok(()) if requeued => self.wake(),
             Ok(()) => {
-                if let Some(done) = remembered
-                    && let Err(e) = crate::review::record_result_memory(self, &scope, &done).await
+                if requeued {
+                    self.wake();
+                }
+                if let Some(m) = memory {
+                    self.inner.embed_wake.notify_one();
+                    if let Err(e) = self.detect_conflicts(&scope, &[m]).await {
+                        tracing::error!(task = %id, error = %e, "conflict detection failed");
+                    }
+                }
+                if turns
+                    && let Err(e) = crate::agent::session::compact_if_needed(self, &scope).await
                 {
-                    tracing::warn!(task = %id, error = %e, "could not record the task's result as a memory");
+                    tracing::warn!(task = %id, error = %e, "could not compact the primary session");
                 }
             }
             Err(e) => tracing::warn!(task = %id, error = %e, "could not record the end of a run"),
+        }
+    }
+
+    /// Records the steps of a run whose end went in without them.
+    async fn record_trace(
+        &self,
+        scope: &kira_core::auth::CompanyScope,
+        id: &kira_core::task::TaskId,
+        steps: Vec<kira_store::agents::Step>,
+    ) {
+        if steps.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store().record_steps(scope, &steps).await {
+            tracing::warn!(task = %id, error = %e, "could not record the run's trace");
         }
     }
 

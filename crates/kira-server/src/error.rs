@@ -176,9 +176,9 @@ impl From<kira_engine::EngineError> for ApiError {
         match e {
             kira_engine::EngineError::Invalid(v) => v.into(),
             kira_engine::EngineError::Store(s) => Self::from_store(s, "company"),
-            e @ (kira_engine::EngineError::Embed(_) | kira_engine::EngineError::Summarize(_)) => {
-                Self::internal(&e)
-            }
+            e @ (kira_engine::EngineError::Embed(_)
+            | kira_engine::EngineError::Summarize(_)
+            | kira_engine::EngineError::Audit(_)) => Self::internal(&e),
         }
     }
 }

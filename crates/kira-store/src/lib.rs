@@ -85,6 +85,11 @@ pub trait CompanyStore: Send + Sync {
         audit: AuditRecord,
     ) -> Result<Vec<Company>>;
 
+    /// Every active company, read without an audit entry of its own: for
+    /// the engine's sharing decisions, which audit the listing with the
+    /// reads it leads to (in one batch, see `append_audits`).
+    async fn company_directory(&self, admin: &AdminScope) -> Result<Vec<Company>>;
+
     /// Applies the patch, validated by the core rule. Conflict if archived.
     async fn update_company(
         &self,
@@ -142,6 +147,9 @@ pub trait AuditStore: Send + Sync {
     /// Appends one entry at the end of the chain; safe under concurrency
     /// and across processes sharing the database.
     async fn append_audit(&self, record: AuditRecord) -> Result<AuditEntry>;
+
+    /// Appends `records` in order, in one transaction: all or none.
+    async fn append_audits(&self, records: Vec<AuditRecord>) -> Result<Vec<AuditEntry>>;
 
     /// One company's entries.
     async fn list_company_audit(

@@ -158,6 +158,50 @@ pub struct Completion {
     pub finish: Finish,
     /// Settled first, even when the lease turns out to be lost.
     pub settle: Option<Settlement>,
+    /// What the run leaves besides its end: written with the end, in its
+    /// transaction, only when the end is recorded.
+    pub records: RunRecords,
+}
+
+/// What a run leaves behind besides its end (all of the completion's
+/// company): its trace, its turns in the primary session, and the memory
+/// of its result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunRecords {
+    /// The run's steps (checked as [`crate::agents::check_steps`] does).
+    pub steps: Vec<crate::agents::Step>,
+    /// Turns appended to the company's primary session, oldest first.
+    pub session_turns: Vec<serde_json::Value>,
+    /// Tokens the turns add to the session's count.
+    pub session_tokens: i64,
+    /// A memory of the result (stored as `insert_memories` stores it, and
+    /// queued for embedding), with its audit entry.
+    pub memory: Option<(kira_core::memory::Memory, AuditRecord)>,
+}
+
+impl RunRecords {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.session_turns.is_empty() && self.memory.is_none()
+    }
+
+    /// Checks everything before any of it is written.
+    pub fn check(&self, company: &CompanyId) -> Result<()> {
+        crate::agents::check_steps(&self.steps)?;
+        if self.session_tokens < 0 {
+            return Err(
+                kira_core::ValidationError::new("session_tokens", "must not be negative").into(),
+            );
+        }
+        if let Some((m, _)) = &self.memory
+            && &m.company_id != company
+        {
+            return Err(StoreError::Conflict(format!(
+                "a memory of company '{}' in a run of '{company}'",
+                m.company_id
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What became of one [`Completion`].
@@ -357,6 +401,16 @@ pub trait TaskStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Lease>;
 
+    /// Writes what a run left behind (its trace, session turns, result
+    /// memory) in one transaction: for an end recorded on its own, without
+    /// [`TaskStore::finish_batch`]'s transaction.
+    async fn record_run(
+        &self,
+        scope: &CompanyScope,
+        records: &RunRecords,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
     /// Ends a run held by `worker`: records the result, releases every
     /// reservation the task still holds. Conflict if the lease was lost.
     async fn finish(
@@ -399,7 +453,14 @@ pub async fn finish_one<S: TaskStore + BudgetStore + ?Sized>(
         .finish(&c.scope, &c.task_id, worker, c.finish, now)
         .await
     {
-        Ok(_) => Completed::Recorded,
+        Ok(_) => {
+            if !c.records.is_empty()
+                && let Err(e) = store.record_run(&c.scope, &c.records, now).await
+            {
+                tracing::warn!(task = %c.task_id, error = %e, "the run ended, but its trace, session turns or result memory could not be recorded");
+            }
+            Completed::Recorded
+        }
         Err(e) => Completed::NotFinished(e),
     }
 }

@@ -41,6 +41,13 @@ const REMOTE_OUTPUT: u32 = 1_024;
 const REMOTE_CONTEXT: usize = 4_000;
 /// The cl100k count of a prompt is not the model's own; reserve this much more.
 const COUNT_MARGIN_PERCENT: i64 = 15;
+/// The first prompt's own lines (headings, the company, the task line), in
+/// tokens, for the first call's bound.
+const PROMPT_FRAMING_TOKENS: i64 = 200;
+/// The context pack's headings and line framing beyond its items' tokens.
+const PACK_FRAMING_PERCENT: i64 = 10;
+/// The two turns a task adds to the primary session, in tokens at most.
+const SESSION_TURN_TOKENS: i64 = 400;
 /// Characters of a tool result kept in a trace.
 const TRACE_CHARS: usize = 2_000;
 
@@ -302,18 +309,9 @@ impl Trace {
         });
     }
 
-    async fn flush(self, run: &Run) {
-        if self.steps.is_empty() {
-            return;
-        }
-        if let Err(e) = run
-            .engine()
-            .store()
-            .record_steps(run.scope(), &self.steps)
-            .await
-        {
-            tracing::warn!(task = %self.task.task_id, error = %e, "could not record the run's trace");
-        }
+    /// Hands the steps to the run, which records them with its end.
+    fn finish(self, run: &mut Run) {
+        run.records_mut().steps = self.steps;
     }
 }
 
@@ -436,6 +434,26 @@ impl Executor for AgentExecutor {
         })
     }
 
+    fn first_call_tokens(&self, agent: &str, task_type: &str, input_tokens: i64) -> Option<i64> {
+        let a = self.agents.get(agent)?;
+        let fixed = tokens_of(&[Message::system(a.system_prompt.clone())], &a.tools);
+        let session = if a.name == PRIMARY {
+            // Compacted past the threshold after a turn: at most one
+            // task's two turns above it.
+            self.config.primary.session_max_tokens + SESSION_TURN_TOKENS
+        } else {
+            0
+        };
+        let pack = i64::try_from(a.context_budget).unwrap_or(i64::MAX / 4);
+        let prompt = fixed
+            .saturating_add(pack + pack * PACK_FRAMING_PERCENT / 100)
+            .saturating_add(session)
+            .saturating_add(input_tokens)
+            .saturating_add(PROMPT_FRAMING_TOKENS);
+        let output = i64::from(self.max_output(a, task_type));
+        Some(prompt + prompt * COUNT_MARGIN_PERCENT / 100 + output)
+    }
+
     async fn execute(&self, run: &mut Run) -> ExecOutcome {
         let task = run.task.clone();
         let Some(agent) = self.agents.get(&task.agent) else {
@@ -450,12 +468,22 @@ impl Executor for AgentExecutor {
             steps: Vec::new(),
         };
         let outcome = self.run_loop(run, agent, &mut trace).await;
-        trace.flush(run).await;
+        trace.finish(run);
         outcome
     }
 }
 
 impl AgentExecutor {
+    /// Output tokens per call: the agent's, or the task type's if lower.
+    fn max_output(&self, agent: &AgentRuntime, task_type: &str) -> u32 {
+        let type_output = self
+            .config
+            .task_types
+            .get(task_type)
+            .map_or(i64::from(agent.max_output_tokens), |t| t.max_output_tokens);
+        u32::try_from(type_output.min(i64::from(agent.max_output_tokens)).max(1)).unwrap_or(1)
+    }
+
     async fn run_loop(
         &self,
         run: &mut Run,
@@ -513,13 +541,7 @@ impl AgentExecutor {
                 &feedback,
             )),
         ];
-        let type_output = self
-            .config
-            .task_types
-            .get(&task.task_type)
-            .map_or(i64::from(agent.max_output_tokens), |t| t.max_output_tokens);
-        let max_output =
-            u32::try_from(type_output.min(i64::from(agent.max_output_tokens)).max(1)).unwrap_or(1);
+        let max_output = self.max_output(agent, &task.task_type);
         let limits = &agent.config;
         let mut used: i64 = 0;
         let mut steps: u32 = 0;
@@ -692,9 +714,10 @@ impl AgentExecutor {
                 0,
             );
         }
-        if let Err(e) = session::record_turn(&engine, &scope, &task, &r.summary, status).await {
-            tracing::warn!(task = %task.task_id, error = %e, "could not update the primary session");
-        }
+        let (turns, turn_tokens) = session::turns(&task, &r.summary, status, run.now());
+        let records = run.records_mut();
+        records.session_turns = turns;
+        records.session_tokens = turn_tokens;
         trace.push(
             run,
             StepKind::End,

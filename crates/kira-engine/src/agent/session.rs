@@ -1,15 +1,17 @@
 //! The primary agent's persistent session with its company: every task
-//! (answered inline or by a specialist) adds a turn; when the summary and
-//! turns pass `primary.session_max_tokens`, the older turns are summarised
-//! into the summary by the engine's summariser, keeping the last
+//! (answered inline or by a specialist) adds two turns, appended with the
+//! run's end; when the summary and turns pass
+//! `primary.session_max_tokens`, the older turns are summarised into the
+//! summary by the engine's summariser, keeping the last
 //! `primary.session_keep_turns` verbatim.
 
+use chrono::{DateTime, Utc};
 use kira_core::auth::CompanyScope;
 use kira_core::memory::{EventType, Memory, Workstream};
 use kira_core::task::Task;
 use kira_store::StoreError;
 use kira_store::agents::Session;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::memory::pack::count_tokens;
 use crate::{Engine, EngineError};
@@ -51,39 +53,51 @@ fn tokens(s: &Session) -> i64 {
     i64::try_from(count_tokens(&render(s))).unwrap_or(i64::MAX)
 }
 
-/// Adds the task and its outcome to the company's session, compacting it
-/// when it grew past the threshold. Optimistic: a concurrent save makes
-/// this one reload and try again.
-pub async fn record_turn(
-    engine: &Engine,
-    scope: &CompanyScope,
-    task: &Task,
-    summary: &str,
-    status: &str,
-) -> Result<(), EngineError> {
-    let cfg = &engine.config().primary;
-    let now = engine.clock().now();
-    let mut last = None;
-    for _ in 0..SAVE_TRIES {
-        let mut s = engine.store().load_session(scope).await?;
-        s.turns.push(json!({
+/// The two turns a task adds to its company's session (the task, then
+/// its outcome), and their tokens: written with the run's end, in its
+/// transaction, so concurrent runs of a company never lose a turn.
+pub fn turns(task: &Task, summary: &str, status: &str, now: DateTime<Utc>) -> (Vec<Value>, i64) {
+    let turns = vec![
+        json!({
             "role": "user", "task_id": task.task_id, "content": cut(&task.task), "at": now,
-        }));
-        s.turns.push(json!({
+        }),
+        json!({
             "role": task.agent, "task_id": task.task_id,
             "content": format!("({status}) {}", cut(summary)), "at": now,
-        }));
-        s.tokens = tokens(&s);
-        if s.tokens > cfg.session_max_tokens && s.turns.len() > cfg.session_keep_turns {
-            compact(engine, scope, &mut s, cfg.session_keep_turns).await?;
+        }),
+    ];
+    let tokens = turns
+        .iter()
+        .map(|t| count_tokens(&turn_line(t)) + 1)
+        .sum::<usize>();
+    (turns, i64::try_from(tokens).unwrap_or(i64::MAX))
+}
+
+/// Summarises the company's session when it has grown past
+/// `primary.session_max_tokens`, keeping the last
+/// `primary.session_keep_turns` turns verbatim. Optimistic: when a run
+/// appends turns meanwhile, the save is refused and tried again on the
+/// session as it now is (a few times; after that the next run's end does
+/// it). Returns whether it compacted.
+pub async fn compact_if_needed(engine: &Engine, scope: &CompanyScope) -> Result<bool, EngineError> {
+    let cfg = &engine.config().primary;
+    for _ in 0..SAVE_TRIES {
+        let mut s = engine.store().load_session(scope).await?;
+        if s.tokens <= cfg.session_max_tokens || s.turns.len() <= cfg.session_keep_turns {
+            return Ok(false);
         }
-        match engine.store().save_session(scope, &s, now).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict(m)) => last = Some(m),
+        compact(engine, scope, &mut s, cfg.session_keep_turns).await?;
+        match engine
+            .store()
+            .save_session(scope, &s, engine.clock().now())
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(StoreError::Conflict(last.unwrap_or_default()).into())
+    Ok(false)
 }
 
 /// Folds every turn but the last `keep` into the summary.

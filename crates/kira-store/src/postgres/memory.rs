@@ -94,7 +94,7 @@ fn to_json_text<T: serde::Serialize>(v: &T) -> Result<String> {
 /// per-row arrays (terms, sources of a summary) travel as JSON text, since
 /// `unnest` would flatten an array of arrays. Conflict on an id already
 /// stored; NotFound when the company does not exist.
-async fn insert_rows(
+pub(super) async fn insert_rows(
     tx: &mut PgConnection,
     company: &CompanyId,
     memories: &[Memory],

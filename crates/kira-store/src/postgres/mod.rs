@@ -199,7 +199,7 @@ impl PgStore {
 }
 
 /// Names the company the row-level policies admit, until the transaction ends.
-async fn set_company(tx: &mut PgConnection, company: &str) -> Result<()> {
+pub(super) async fn set_company(tx: &mut PgConnection, company: &str) -> Result<()> {
     sqlx::query("SELECT set_config('app.current_company_id', $1, true)")
         .bind(company)
         .execute(&mut *tx)
@@ -451,6 +451,18 @@ impl CompanyStore for PgStore {
         Ok(companies)
     }
 
+    async fn company_directory(&self, _admin: &AdminScope) -> Result<Vec<Company>> {
+        let sql = format!(
+            "SELECT {COMPANY_COLUMNS} FROM companies WHERE archived_at IS NULL ORDER BY company_id"
+        );
+        let mut tx = self.admin_read().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(company_from_row).collect()
+    }
+
     async fn update_company(
         &self,
         scope: &CompanyScope,
@@ -672,6 +684,19 @@ impl AuditStore for PgStore {
         let e = append(&mut tx, record).await?;
         tx.commit().await?;
         Ok(e)
+    }
+
+    async fn append_audits(&self, records: Vec<AuditRecord>) -> Result<Vec<AuditEntry>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(append(&mut tx, r).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn list_company_audit(

@@ -1367,6 +1367,22 @@ impl TaskStore for PgStore {
         })
     }
 
+    async fn record_run(
+        &self,
+        scope: &CompanyScope,
+        records: &RunRecords,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        records.check(scope.company())?;
+        let company = scope.company();
+        let tx = self.scoped(company).await?;
+        super::agents::commit_or_roll_back(tx, async |tx| {
+            super::agents::write_run_records(tx, company, records, now).await?;
+            super::agents::write_run_memory(tx, company, records).await
+        })
+        .await
+    }
+
     async fn finish(
         &self,
         scope: &CompanyScope,
@@ -2349,6 +2365,21 @@ impl PgStore {
         }
         if !plan.tasks.is_empty() {
             plan.write(&mut tx, now).await?;
+        }
+        // What the runs left behind, by company: sessions, then the audit
+        // head (see `agents::write_run_records`).
+        let mut recorded: Vec<&Completion> = plan
+            .tasks
+            .iter()
+            .map(|(i, _)| &cs[*i])
+            .filter(|c| !c.records.is_empty())
+            .collect();
+        recorded.sort_by(|a, b| a.scope.company().cmp(b.scope.company()));
+        for c in &recorded {
+            super::agents::write_run_records(&mut tx, c.scope.company(), &c.records, now).await?;
+        }
+        for c in &recorded {
+            super::agents::write_run_memory(&mut tx, c.scope.company(), &c.records).await?;
         }
         tx.commit().await?;
         if !plan.tasks.is_empty() {

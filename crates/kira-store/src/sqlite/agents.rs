@@ -14,6 +14,7 @@ use sqlx::{Row, SqliteConnection};
 use super::work::{corrupt, load_task, set_status};
 use super::{SqliteStore, append, json, load_company, parse_opt_ts, parse_ts, to_json, ts};
 use crate::agents::*;
+use crate::work::RunRecords;
 use crate::{DeletedRows, Result, StoreError};
 
 const STEP_COLUMNS: &str = "task_id, attempt, seq, agent, kind, prompt_tokens, completion_tokens, \
@@ -116,6 +117,98 @@ async fn insert_review(
     review_from_row(&row)
 }
 
+/// Inserts steps of `company`'s tasks (checked by the caller). NotFound if
+/// a task is not the company's; Conflict on a step already recorded.
+async fn insert_steps(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    steps: &[Step],
+) -> Result<()> {
+    let mut checked: Vec<&TaskId> = Vec::new();
+    for s in steps {
+        if !checked.contains(&&s.task_id) {
+            load_task(&mut *tx, company, &s.task_id).await?;
+            checked.push(&s.task_id);
+        }
+    }
+    for s in steps {
+        sqlx::query(
+            "INSERT INTO task_steps (company_id, task_id, attempt, seq, agent, kind, prompt_tokens, \
+             completion_tokens, latency_ms, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(company.as_str())
+        .bind(s.task_id.as_str())
+        .bind(s.attempt)
+        .bind(s.seq)
+        .bind(&s.agent)
+        .bind(s.kind.as_str())
+        .bind(s.prompt_tokens)
+        .bind(s.completion_tokens)
+        .bind(s.latency_ms)
+        .bind(to_json(&s.detail)?)
+        .bind(ts(s.at.trunc_subsecs(6)))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(format!(
+                "step {} of attempt {} of task {} is already recorded",
+                s.seq, s.attempt, s.task_id
+            )),
+            e => e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes what a run left behind for `company` inside `tx`: its steps,
+/// its turns appended to the primary session (made if missing), and the
+/// memory of its result with its audit entry.
+pub(super) async fn write_run_records(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    r: &RunRecords,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    r.check(company)?;
+    if !r.steps.is_empty() {
+        insert_steps(&mut *tx, company, &r.steps).await?;
+    }
+    if !r.session_turns.is_empty() {
+        let now = ts(now.trunc_subsecs(6));
+        sqlx::query(
+            "INSERT INTO agent_sessions (company_id, summary, turns, tokens, version, updated_at) \
+             VALUES (?, '', '[]', 0, 1, ?) ON CONFLICT (company_id) DO NOTHING",
+        )
+        .bind(company.as_str())
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        for t in &r.session_turns {
+            sqlx::query(
+                "UPDATE agent_sessions SET turns = json_insert(turns, '$[#]', json(?)) WHERE company_id = ?",
+            )
+            .bind(to_json(t)?)
+            .bind(company.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE agent_sessions SET tokens = tokens + ?, version = version + 1, updated_at = ? \
+             WHERE company_id = ?",
+        )
+        .bind(r.session_tokens)
+        .bind(&now)
+        .bind(company.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some((m, audit)) = &r.memory {
+        super::memory::insert_rows(&mut *tx, company, std::slice::from_ref(m)).await?;
+        append(&mut *tx, audit.clone()).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl AgentStore for SqliteStore {
     async fn record_steps(&self, scope: &CompanyScope, steps: &[Step]) -> Result<()> {
@@ -123,43 +216,8 @@ impl AgentStore for SqliteStore {
         if steps.is_empty() {
             return Ok(());
         }
-        let company = scope.company();
         let mut tx = self.write().await?;
-        let mut checked: Vec<&TaskId> = Vec::new();
-        for s in steps {
-            if !checked.contains(&&s.task_id) {
-                load_task(&mut tx, company, &s.task_id).await?;
-                checked.push(&s.task_id);
-            }
-        }
-        for s in steps {
-            sqlx::query(
-                "INSERT INTO task_steps (company_id, task_id, attempt, seq, agent, kind, prompt_tokens, \
-                 completion_tokens, latency_ms, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(company.as_str())
-            .bind(s.task_id.as_str())
-            .bind(s.attempt)
-            .bind(s.seq)
-            .bind(&s.agent)
-            .bind(s.kind.as_str())
-            .bind(s.prompt_tokens)
-            .bind(s.completion_tokens)
-            .bind(s.latency_ms)
-            .bind(to_json(&s.detail)?)
-            .bind(ts(s.at.trunc_subsecs(6)))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(
-                    format!(
-                        "step {} of attempt {} of task {} is already recorded",
-                        s.seq, s.attempt, s.task_id
-                    ),
-                ),
-                e => e.into(),
-            })?;
-        }
+        insert_steps(&mut tx, scope.company(), steps).await?;
         tx.commit().await
     }
 

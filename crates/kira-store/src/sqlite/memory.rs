@@ -98,7 +98,7 @@ fn id_list(ids: &[Uuid]) -> Result<String> {
 /// Inserts the rows (already checked to be `company`'s) and queues each for
 /// embedding. Conflict on an id already stored; NotFound when the company
 /// does not exist.
-async fn insert_rows(
+pub(super) async fn insert_rows(
     tx: &mut SqliteConnection,
     company: &CompanyId,
     memories: &[Memory],

@@ -334,6 +334,16 @@ impl CompanyStore for SqliteStore {
         Ok(companies)
     }
 
+    async fn company_directory(&self, _admin: &AdminScope) -> Result<Vec<Company>> {
+        let sql = format!(
+            "SELECT {COMPANY_COLUMNS} FROM companies WHERE archived_at IS NULL ORDER BY company_id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(company_from_row).collect()
+    }
+
     async fn update_company(
         &self,
         scope: &CompanyScope,
@@ -543,6 +553,19 @@ impl AuditStore for SqliteStore {
         let e = append(&mut tx, record).await?;
         tx.commit().await?;
         Ok(e)
+    }
+
+    async fn append_audits(&self, records: Vec<AuditRecord>) -> Result<Vec<AuditEntry>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write().await?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(append(&mut tx, r).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn list_company_audit(

@@ -1092,6 +1092,18 @@ impl TaskStore for SqliteStore {
         })
     }
 
+    async fn record_run(
+        &self,
+        scope: &CompanyScope,
+        records: &RunRecords,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        records.check(scope.company())?;
+        let mut tx = self.write().await?;
+        super::agents::write_run_records(&mut tx, scope.company(), records, now).await?;
+        tx.commit().await
+    }
+
     async fn finish(
         &self,
         scope: &CompanyScope,
@@ -2026,6 +2038,13 @@ impl SqliteStore {
         }
         if !plan.tasks.is_empty() {
             plan.write(&mut tx, now).await?;
+        }
+        for (i, _) in &plan.tasks {
+            let c = &cs[*i];
+            if !c.records.is_empty() {
+                super::agents::write_run_records(&mut tx, c.scope.company(), &c.records, now)
+                    .await?;
+            }
         }
         tx.commit().await?;
         for (i, _) in &plan.tasks {

@@ -3,9 +3,11 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::audit::AuditEntry;
+use kira_core::memory::{EventType, Memory, Workstream};
 use kira_core::task::{Priority, TaskId, TaskStatus};
 use kira_store::agents::{Decision, ReviewInput, Session, Step, StepKind};
-use kira_store::work::{ClaimOutcome, Finish};
+use kira_store::memory::MemoryFilter;
+use kira_store::work::{ClaimOutcome, Completed, Completion, Finish, RunRecords, finish_one};
 use kira_store::{AuditPage, Store, StoreError};
 use serde_json::json;
 
@@ -23,6 +25,7 @@ conformance!(
     another_company_reads_and_changes_nothing,
     forced_delete_removes_steps_reviews_and_sessions,
     concurrent_reviews_decide_once,
+    a_run_end_writes_its_trace_turns_and_memory_with_it,
 );
 
 fn at(minutes: i64) -> DateTime<Utc> {
@@ -857,4 +860,189 @@ async fn concurrent_reviews_decide_once(f: Fresh) {
         };
         assert_eq!(task.status, expected);
     }
+}
+
+fn done() -> Finish {
+    Finish {
+        status: TaskStatus::Completed,
+        reason: "done".into(),
+        result: Some(json!({"summary": "done"})),
+        confidence: Some(0.9),
+        requires_human_review: false,
+        error: None,
+        retry_at: None,
+    }
+}
+
+fn result_memory(company: &str, task: &TaskId, n: u128) -> Memory {
+    Memory {
+        id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n),
+        company_id: kira_core::CompanyId::parse(company).expect("id"),
+        occurred_at: micros(at(2)),
+        event_type: EventType::TaskResult,
+        workstream: Workstream::General,
+        category: "task_results".into(),
+        content: json!({"text": format!("the zeppelin answer to {task}")}),
+        importance: 6,
+        indexed_terms: vec![],
+        source: Some(task.to_string()),
+        created_at: micros(at(2)),
+        archived_at: None,
+        compacted_from: vec![],
+        supersedes: None,
+    }
+}
+
+fn run_records(company: &str, task: &TaskId, n: u128) -> RunRecords {
+    RunRecords {
+        steps: vec![
+            step(task, 1, 0, StepKind::Llm),
+            step(task, 1, 1, StepKind::End),
+        ],
+        session_turns: vec![
+            json!({"role": "user", "task_id": task, "content": "the question"}),
+            json!({"role": "primary", "task_id": task, "content": "(completed) the answer"}),
+        ],
+        session_tokens: 12,
+        memory: Some((
+            result_memory(company, task, n),
+            record(Some(company), "memory.add"),
+        )),
+    }
+}
+
+fn end(company: &str, task: &TaskId, records: RunRecords) -> Completion {
+    Completion {
+        scope: scope(company),
+        task_id: task.clone(),
+        finish: done(),
+        settle: None,
+        records,
+    }
+}
+
+async fn a_run_end_writes_its_trace_turns_and_memory_with_it(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let a = submit(s, "acme", &new_task("primary", Priority::Medium, 100)).await;
+    let b = submit(s, "beta", &new_task("legal", Priority::Medium, 100)).await;
+    claim_at(s, "acme", &a, at(1)).await;
+    claim_at(s, "beta", &b, at(1)).await;
+    let out = s
+        .finish_batch(
+            "w1",
+            vec![
+                end("acme", &a, run_records("acme", &a, 1)),
+                end("beta", &b, run_records("beta", &b, 2)),
+            ],
+            at(2),
+        )
+        .await
+        .expect("batch");
+    assert!(
+        out.iter().all(|o| matches!(o, Completed::Recorded)),
+        "{out:?}"
+    );
+    for (company, other, task, n) in [("acme", "beta", &a, 1), ("beta", "acme", &b, 2)] {
+        let trace = s.task_trace(&scope(company), task).await.expect("trace");
+        assert_eq!(
+            trace.iter().map(|t| (t.seq, t.kind)).collect::<Vec<_>>(),
+            vec![(0, StepKind::Llm), (1, StepKind::End)]
+        );
+        let session = s.load_session(&scope(company)).await.expect("session");
+        assert_eq!(session.turns, run_records(company, task, n).session_turns);
+        assert_eq!(session.tokens, 12);
+        let m = result_memory(company, task, n);
+        assert_eq!(
+            s.get_memory(&scope(company), m.id).await.expect("memory"),
+            m
+        );
+        let found = s
+            .search_memories(&scope(company), "zeppelin", &MemoryFilter::default(), 10)
+            .await
+            .expect("search");
+        assert_eq!(found.len(), 1, "only the company's own result");
+        assert!(matches!(
+            s.get_memory(&scope(other), m.id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(
+            audit_of(s, company)
+                .await
+                .iter()
+                .any(|e| e.action == "memory.add")
+        );
+    }
+
+    // One bad record (a step of another company's task) fails the whole
+    // batch, which changes nothing; each end recorded alone then stands,
+    // the bad one without its records.
+    let c = submit(s, "acme", &new_task("primary", Priority::Medium, 100)).await;
+    let d = submit(s, "acme", &new_task("primary", Priority::Medium, 100)).await;
+    claim_at(s, "acme", &c, at(3)).await;
+    claim_at(s, "acme", &d, at(3)).await;
+    let bad = end(
+        "acme",
+        &c,
+        RunRecords {
+            steps: vec![step(&b, 2, 0, StepKind::Llm)],
+            ..RunRecords::default()
+        },
+    );
+    let mut good_records = run_records("acme", &d, 3);
+    good_records.steps = vec![step(&d, 1, 0, StepKind::End)];
+    let good = end("acme", &d, good_records);
+    assert!(
+        s.finish_batch("w1", vec![bad.clone(), good.clone()], at(4))
+            .await
+            .is_err()
+    );
+    for t in [&c, &d] {
+        let task = s.get_task(&scope("acme"), t).await.expect("task");
+        assert_eq!(
+            task.status,
+            TaskStatus::Running,
+            "nothing of the batch stays"
+        );
+        assert!(
+            s.task_trace(&scope("acme"), t)
+                .await
+                .expect("trace")
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        s.load_session(&scope("acme"))
+            .await
+            .expect("session")
+            .turns
+            .len(),
+        2
+    );
+    for e in [bad, good] {
+        assert!(matches!(
+            finish_one(s, "w1", e, at(4)).await,
+            Completed::Recorded
+        ));
+    }
+    assert_eq!(
+        s.get_task(&scope("acme"), &c).await.expect("c").status,
+        TaskStatus::Completed
+    );
+    assert!(
+        s.task_trace(&scope("acme"), &c)
+            .await
+            .expect("trace")
+            .is_empty()
+    );
+    assert!(s.task_trace(&scope("beta"), &b).await.expect("trace").len() == 2);
+    assert_eq!(
+        s.task_trace(&scope("acme"), &d).await.expect("trace").len(),
+        1
+    );
+    let session = s.load_session(&scope("acme")).await.expect("session");
+    assert_eq!(session.turns.len(), 4, "turns append in order");
+    assert_eq!(session.turns[2]["task_id"], json!(d));
+    assert_eq!(session.tokens, 24);
 }

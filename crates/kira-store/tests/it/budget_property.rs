@@ -346,6 +346,7 @@ impl Case {
                                 completion_tokens: used / 3,
                                 cost_usd: 0.0,
                             }),
+                        records: Default::default(),
                     })
                     .collect();
                 s.finish_batch("w", completions, now).await.map_err(fail)?;

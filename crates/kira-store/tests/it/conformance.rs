@@ -21,6 +21,7 @@ conformance!(
     keys_bootstrap_once_then_insert_find_list_revoke,
     audit_chain_pages_filters_and_verifies,
     concurrent_appends_keep_one_chain,
+    batched_appends_are_in_order_on_the_chain,
     a_failed_change_writes_nothing,
 );
 
@@ -403,6 +404,49 @@ async fn concurrent_appends_keep_one_chain(f: Fresh) {
         .expect("verify");
     assert!(report.ok, "{report:?}");
     assert_eq!(report.entries, 1 + 8 * 15);
+}
+
+async fn batched_appends_are_in_order_on_the_chain(f: Fresh) {
+    let store = f.store.clone();
+    create(store.as_ref(), "acme").await;
+    assert!(
+        store
+            .append_audits(Vec::new())
+            .await
+            .expect("none")
+            .is_empty(),
+        "an empty batch writes nothing"
+    );
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let s = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let batch: Vec<_> = (0..3)
+                    .map(|j| record(Some("acme"), &format!("batch.{t}.{i}.{j}")))
+                    .collect();
+                let written = s.append_audits(batch).await.expect("append");
+                assert_eq!(written.len(), 3);
+                for (j, w) in written.windows(2).enumerate() {
+                    assert_eq!(w[1].seq, w[0].seq + 1, "a batch is contiguous");
+                    assert_eq!(w[1].prev_hash, w[0].hash);
+                    assert_eq!(w[1].action, format!("batch.{t}.{i}.{}", j + 1));
+                }
+                s.append_audit(record(None, "single"))
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let report = store
+        .verify_audit(&admin(), record(None, "audit.verify"))
+        .await
+        .expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.entries, 1 + 4 * 5 * 4);
 }
 
 async fn a_failed_change_writes_nothing(f: Fresh) {

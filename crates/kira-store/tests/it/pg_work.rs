@@ -519,6 +519,7 @@ async fn batches_are_claimed_and_finished_set_based() {
                 completion_tokens: 20,
                 cost_usd: 0.01,
             }),
+            records: Default::default(),
         });
     }
     assert_eq!(completions.len(), 12);

@@ -1068,6 +1068,7 @@ async fn a_batch_finish_records_what_settle_then_finish_would(f: Fresh) {
         task_id: ids[i].clone(),
         finish,
         settle,
+        records: Default::default(),
     };
     let results = s
         .finish_batch(
