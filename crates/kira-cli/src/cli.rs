@@ -799,6 +799,10 @@ pub struct BenchAgentsArgs {
     /// The fake provider's latency per call, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub latency_ms: u64,
+    /// Runs at once per agent (six agents): more gives more throughput and
+    /// more of kira's own time per task (its work queues).
+    #[arg(long, default_value_t = 16)]
+    pub slots: u32,
 }
 
 #[derive(Debug, Args)]

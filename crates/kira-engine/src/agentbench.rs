@@ -97,6 +97,8 @@ pub struct AgentsReport {
     pub tasks: usize,
     pub companies: usize,
     pub latency_ms: u64,
+    /// Runs at once per agent.
+    pub slots: u32,
     pub completed: usize,
     pub seconds: f64,
     pub tasks_per_second: f64,
@@ -108,16 +110,22 @@ pub struct AgentsReport {
     pub within_sla: f64,
 }
 
-/// Seeds `companies` and `tasks`, runs them through agents on a provider
-/// answering after `latency`, and reports.
+/// Seeds `companies` and `tasks`, runs them through agents (each with
+/// `slots` runs at once) on a provider answering after `latency`, and
+/// reports. More slots: more throughput, and more of kira's own work
+/// queued per task on two cores and SQLite's one writer.
 pub async fn run(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     companies: usize,
     tasks: usize,
     latency: Duration,
+    slots: u32,
 ) -> Result<AgentsReport, EngineError> {
-    let cfg = bench_config(false);
+    let mut cfg = bench_config(false);
+    for a in cfg.agents.values_mut() {
+        a.max_concurrent = slots;
+    }
     let fake = Arc::new(FixedLatency::new(latency));
     let policy = RetryPolicy {
         max_concurrent: 10_000,
@@ -176,6 +184,7 @@ pub async fn run(
         tasks,
         companies,
         latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        slots,
         completed,
         seconds,
         #[allow(clippy::cast_precision_loss)]

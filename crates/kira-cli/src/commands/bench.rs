@@ -41,6 +41,9 @@ async fn agents(args: BenchAgentsArgs, json: bool) -> anyhow::Result<ExitCode> {
     if args.tasks == 0 || args.companies == 0 {
         bail!("--tasks and --companies must be at least 1");
     }
+    if !(1..=10_000).contains(&args.slots) {
+        bail!("--slots must be 1 to 10000");
+    }
     let temp = std::env::temp_dir().join(format!("kira-bench-{}", uuid::Uuid::now_v7().simple()));
     let url = match &args.database_url {
         Some(u) => u.clone(),
@@ -56,8 +59,8 @@ async fn agents(args: BenchAgentsArgs, json: bool) -> anyhow::Result<ExitCode> {
         "sqlite"
     };
     eprintln!(
-        "agents benchmark: {backend}, {} tasks across {} companies, provider latency {} ms ...",
-        args.tasks, args.companies, args.latency_ms
+        "agents benchmark: {backend}, {} tasks across {} companies, provider latency {} ms, {} runs at once per agent ...",
+        args.tasks, args.companies, args.latency_ms, args.slots
     );
     let r = kira_engine::agentbench::run(
         store,
@@ -65,6 +68,7 @@ async fn agents(args: BenchAgentsArgs, json: bool) -> anyhow::Result<ExitCode> {
         args.companies,
         args.tasks,
         std::time::Duration::from_millis(args.latency_ms),
+        args.slots,
     )
     .await?;
     let _ = std::fs::remove_dir_all(&temp);

@@ -131,32 +131,34 @@ async fn insert_steps(
             checked.push(&s.task_id);
         }
     }
+    // One statement for all of them.
+    let mut rows = Vec::with_capacity(steps.len());
     for s in steps {
-        sqlx::query(
-            "INSERT INTO task_steps (company_id, task_id, attempt, seq, agent, kind, prompt_tokens, \
-             completion_tokens, latency_ms, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(company.as_str())
-        .bind(s.task_id.as_str())
-        .bind(s.attempt)
-        .bind(s.seq)
-        .bind(&s.agent)
-        .bind(s.kind.as_str())
-        .bind(s.prompt_tokens)
-        .bind(s.completion_tokens)
-        .bind(s.latency_ms)
-        .bind(to_json(&s.detail)?)
-        .bind(ts(s.at.trunc_subsecs(6)))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(format!(
-                "step {} of attempt {} of task {} is already recorded",
-                s.seq, s.attempt, s.task_id
-            )),
-            e => e.into(),
-        })?;
+        rows.push((s, to_json(&s.detail)?, ts(s.at.trunc_subsecs(6))));
     }
+    let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO task_steps (company_id, task_id, attempt, seq, agent, kind, prompt_tokens, \
+         completion_tokens, latency_ms, detail, at) ",
+    );
+    qb.push_values(rows, |mut b, (s, detail, at)| {
+        b.push_bind(company.as_str().to_owned())
+            .push_bind(s.task_id.as_str().to_owned())
+            .push_bind(s.attempt)
+            .push_bind(s.seq)
+            .push_bind(s.agent.clone())
+            .push_bind(s.kind.as_str())
+            .push_bind(s.prompt_tokens)
+            .push_bind(s.completion_tokens)
+            .push_bind(s.latency_ms)
+            .push_bind(detail)
+            .push_bind(at);
+    });
+    qb.build().execute(&mut *tx).await.map_err(|e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(
+            "a step with this task, attempt and seq is already recorded".into(),
+        ),
+        e => e.into(),
+    })?;
     Ok(())
 }
 
@@ -174,33 +176,25 @@ pub(super) async fn write_run_records(
         insert_steps(&mut *tx, company, &r.steps).await?;
     }
     if !r.session_turns.is_empty() {
-        let now = ts(now.trunc_subsecs(6));
-        sqlx::query(
+        // One upsert: json_insert applies its edits left to right, so each
+        // '$[#]' appends after the one before.
+        let appends = vec!["'$[#]', json(?)"; r.session_turns.len()].join(", ");
+        let sql = format!(
             "INSERT INTO agent_sessions (company_id, summary, turns, tokens, version, updated_at) \
-             VALUES (?, '', '[]', 0, 1, ?) ON CONFLICT (company_id) DO NOTHING",
-        )
-        .bind(company.as_str())
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        for t in &r.session_turns {
-            sqlx::query(
-                "UPDATE agent_sessions SET turns = json_insert(turns, '$[#]', json(?)) WHERE company_id = ?",
-            )
-            .bind(to_json(t)?)
+             VALUES (?, '', json(?), ?, 1, ?) ON CONFLICT (company_id) DO UPDATE SET \
+             turns = json_insert(agent_sessions.turns, {appends}), \
+             tokens = agent_sessions.tokens + excluded.tokens, \
+             version = agent_sessions.version + 1, updated_at = excluded.updated_at"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(company.as_str())
-            .execute(&mut *tx)
-            .await?;
+            .bind(to_json(&r.session_turns)?)
+            .bind(r.session_tokens)
+            .bind(ts(now.trunc_subsecs(6)));
+        for t in &r.session_turns {
+            q = q.bind(to_json(t)?);
         }
-        sqlx::query(
-            "UPDATE agent_sessions SET tokens = tokens + ?, version = version + 1, updated_at = ? \
-             WHERE company_id = ?",
-        )
-        .bind(r.session_tokens)
-        .bind(&now)
-        .bind(company.as_str())
-        .execute(&mut *tx)
-        .await?;
+        q.execute(&mut *tx).await?;
     }
     if let Some((m, audit)) = &r.memory {
         super::memory::insert_rows(&mut *tx, company, std::slice::from_ref(m)).await?;

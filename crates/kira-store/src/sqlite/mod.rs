@@ -74,6 +74,9 @@ impl SqliteStore {
         let max = if url.contains(":memory:") { 1 } else { 8 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
+            // An embedded database does not drop connections: a ping before
+            // every statement would only double its round trips.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
