@@ -728,6 +728,11 @@ async fn every_call_reserves_first_and_settles_its_real_usage() {
         .expect("trace");
     let llm: Vec<_> = trace.iter().filter(|st| st.kind == StepKind::Llm).collect();
     assert_eq!(llm.len(), 3);
+    assert_eq!(
+        llm[0].detail["reserved"].as_i64(),
+        Some(t.estimated_tokens),
+        "the claim's reservation covers the first call: no second one"
+    );
     for st in &llm {
         // Reserved before the call: at least the output it could write.
         assert!(
@@ -748,4 +753,183 @@ async fn every_call_reserves_first_and_settles_its_real_usage() {
     assert_eq!((line.reserved, line.spent), (0, 3_900));
     let admin = Principal::system().admin().expect("admin");
     assert!(s.store.verify_ledger(&admin).await.expect("verify").ok);
+}
+
+/// Answers every call with a submitted result naming the task's text.
+fn answering(_n: usize, req: &Value) -> (u16, Value) {
+    let text = messages_text(req);
+    let topic = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+        .into_iter()
+        .rev()
+        .find(|w| text.contains(&format!("Topic {w}")))
+        .unwrap_or("none");
+    completion(
+        submit(&format!("Settled topic {topic}"), "done", 0.95),
+        100,
+        10,
+    )
+}
+
+async fn concurrent_runs_of_a_company_keep_every_session_turn(b: Backend) {
+    let s = setup(b).await;
+    let fake = FakeLlm::start(None, answering).await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    let mut ids = Vec::new();
+    for topic in ["alpha", "bravo", "charlie", "delta"] {
+        ids.push(
+            submit_task(
+                &e,
+                "acme",
+                &format!("Topic {topic}: where are we?"),
+                "quick_question_answer",
+            )
+            .await,
+        );
+    }
+    // All four claimed in one pass and run at once.
+    let r = e.tick().await.expect("tick");
+    assert_eq!(r.runs.len(), 4);
+    for h in r.runs {
+        h.await.expect("run");
+    }
+    let session = s.store.load_session(&scope("acme")).await.expect("session");
+    assert_eq!(session.turns.len(), 8, "two turns per task, none lost");
+    for id in &ids {
+        let turns: Vec<&Value> = session
+            .turns
+            .iter()
+            .filter(|t| t["task_id"] == json!(id))
+            .collect();
+        assert_eq!(turns.len(), 2);
+        assert_eq!(turns[0]["role"], "user");
+        assert_eq!(turns[1]["role"], "primary");
+    }
+    assert!(session.tokens > 0);
+    let other = s
+        .store
+        .load_session(&scope("globex"))
+        .await
+        .expect("session");
+    assert!(
+        other.turns.is_empty(),
+        "another company's session is untouched"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_runs_of_a_company_keep_every_session_turn_sqlite() {
+    concurrent_runs_of_a_company_keep_every_session_turn(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_runs_of_a_company_keep_every_session_turn_postgres() {
+    concurrent_runs_of_a_company_keep_every_session_turn(Backend::Postgres).await;
+}
+
+/// Runs `topics` one after another for acme as quick questions.
+async fn run_topics(e: &Engine, topics: &[&str]) {
+    for topic in topics {
+        submit_task(
+            e,
+            "acme",
+            &format!("Topic {topic}: what was decided?"),
+            "quick_question_answer",
+        )
+        .await;
+        run_all(e).await;
+    }
+}
+
+fn small_session() -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    cfg.primary.session_max_tokens = 60;
+    cfg.primary.session_keep_turns = 2;
+    cfg
+}
+
+async fn the_session_is_summarised_past_its_threshold(b: Backend) {
+    let s = setup(b).await;
+    let fake = FakeLlm::start(None, answering).await;
+    let e = engine_with(&s, &fake, small_session(), Arc::default());
+    run_topics(&e, &["alpha", "bravo", "charlie", "delta", "echo"]).await;
+    let session = s.store.load_session(&scope("acme")).await.expect("session");
+    assert!(
+        session.turns.len() <= 4,
+        "older turns folded away: {:?}",
+        session.turns
+    );
+    let kept = serde_json::to_string(&session.turns).expect("json");
+    assert!(
+        ["alpha", "bravo", "charlie", "delta"]
+            .iter()
+            .any(|t| session.summary.contains(t) && !kept.contains(t)),
+        "the summary holds a task folded out of the turns: {}",
+        session.summary
+    );
+    let last = session.turns.last().expect("a turn");
+    assert!(last["content"].as_str().unwrap_or("").contains("echo"));
+    // The last prompt showed the summary before the recent turns.
+    let seen = fake.seen();
+    let prompt = messages_text(seen.last().expect("a call"));
+    assert!(prompt.contains("Our conversation so far"), "{prompt}");
+    assert!(prompt.contains("Earlier: "), "{prompt}");
+}
+
+#[tokio::test]
+async fn the_session_is_summarised_past_its_threshold_sqlite() {
+    the_session_is_summarised_past_its_threshold(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_session_is_summarised_past_its_threshold_postgres() {
+    the_session_is_summarised_past_its_threshold(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_llm_summariser_writes_the_session_summary_and_falls_back_on_failure() {
+    use kira_engine::agent::summarize::LlmSummarizer;
+    for fails in [false, true] {
+        let s = setup(Backend::Sqlite).await;
+        let agents = FakeLlm::start(None, answering).await;
+        let summariser = FakeLlm::start(None, move |_, _| {
+            if fails {
+                (500, json!({"error": {"message": "down"}}))
+            } else {
+                completion(
+                    json!({"role": "assistant", "content": "The LLM summary of alpha to charlie."}),
+                    50,
+                    9,
+                )
+            }
+        })
+        .await;
+        let provider =
+            OpenAi::new("openai", &summariser.base, None, Duration::from_secs(10)).expect("p");
+        let e = engine_with(&s, &agents, small_session(), Arc::default()).with_summarizer(
+            Arc::new(LlmSummarizer::new(Arc::new(provider), "summary-model", 120)),
+        );
+        run_topics(&e, &["alpha", "bravo", "charlie", "delta"]).await;
+        let session = s.store.load_session(&scope("acme")).await.expect("session");
+        let calls = summariser.seen();
+        assert!(!calls.is_empty(), "compaction called the summariser");
+        assert_eq!(calls[0]["model"], "summary-model");
+        let asked = messages_text(&calls[0]);
+        assert!(
+            asked.contains("alpha"),
+            "the old turns are summarised: {asked}"
+        );
+        if fails {
+            assert!(
+                !session.summary.contains("The LLM summary") && session.summary.contains("Topic"),
+                "the extractive summary stands in: {}",
+                session.summary
+            );
+        } else {
+            assert!(
+                session.summary.starts_with("The LLM summary"),
+                "{}",
+                session.summary
+            );
+        }
+    }
 }
