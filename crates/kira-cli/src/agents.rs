@@ -64,13 +64,20 @@ fn remote(
         ),
         ProviderKind::Local => unreachable!("local providers are built by `local`"),
     };
-    let api_key = match &spec.api_key_env {
-        Some(var) => Some(env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+    let api_key = match (&spec.api_key_env, &spec.api_key_encrypted) {
+        (Some(var), _) => Some(env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
             anyhow::anyhow!(
                 "providers.{name}.api_key_env: the environment variable {var} is not set"
             )
         })?),
-        None => None,
+        (None, Some(sealed)) => {
+            let field = crate::secrets::provider_field(name);
+            let key = crate::secrets::MasterKey::from_env(env)
+                .and_then(|k| k.open(&field, sealed))
+                .map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+            Some(key)
+        }
+        (None, None) => None,
     };
     let cfg = ProviderConfig {
         kind,
@@ -199,5 +206,88 @@ pub fn engine(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::{MASTER_KEY_ENV, MasterKey, provider_field};
+    use axum::http::HeaderMap;
+    use kira_llm::{ChatRequest, Message};
+    use std::sync::Mutex;
+
+    /// A chat-completions server that records the Authorization header.
+    async fn fake() -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let app = axum::Router::new().fallback(move |h: HeaderMap| {
+            let s = s.clone();
+            async move {
+                let auth = h
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                s.lock().expect("lock").push(auth);
+                axum::Json(serde_json::json!({
+                    "id": "c", "model": "m",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+                }))
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await.expect("serve") });
+        (format!("http://{addr}/v1"), seen)
+    }
+
+    fn config(base: &str, sealed: &str) -> EngineConfig {
+        let mut cfg = EngineConfig::default();
+        let spec: ProviderSpec = serde_json::from_value(serde_json::json!({
+            "kind": "openai", "base_url": base, "api_key_encrypted": sealed, "model": "m"
+        }))
+        .expect("spec");
+        cfg.providers.insert("default".into(), spec);
+        cfg
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_key_is_opened_with_the_master_key_and_sent() {
+        let (base, seen) = fake().await;
+        let master = MasterKey::generate();
+        let sealed = MasterKey::parse(&master)
+            .expect("key")
+            .seal(&provider_field("default"), "sk-sealed-42");
+        let env = |k: &str| (k == MASTER_KEY_ENV).then(|| master.clone());
+        let p = providers(&config(&base, &sealed), &env, std::path::Path::new("/none"))
+            .expect("providers");
+        let handle = p.default.expect("default");
+        handle
+            .provider
+            .chat(&ChatRequest::new("m", vec![Message::user("hello")], 5))
+            .await
+            .expect("chat");
+        assert_eq!(*seen.lock().expect("lock"), vec!["Bearer sk-sealed-42"]);
+
+        // Without the master key, or with another, nothing is built and
+        // the error names the field, never the key.
+        for env_key in [None, Some(MasterKey::generate())] {
+            let env = |k: &str| (k == MASTER_KEY_ENV).then(|| env_key.clone()).flatten();
+            let e = providers(&config(&base, &sealed), &env, std::path::Path::new("/none"))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains("providers.default.api_key_encrypted"), "{e}");
+            assert!(!e.contains("sk-sealed-42"), "{e}");
+        }
+        // Sealed for another provider, it does not open here.
+        let moved = MasterKey::parse(&master)
+            .expect("key")
+            .seal(&provider_field("other"), "sk-sealed-42");
+        assert!(providers(&config(&base, &moved), &env, std::path::Path::new("/none")).is_err());
     }
 }

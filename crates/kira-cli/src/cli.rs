@@ -108,6 +108,10 @@ pub enum Command {
     /// knowledge base and a set of tasks, sent to a running server (admin);
     /// then which agent ran each task and what it cost.
     Demo(crate::commands::demo::DemoArgs),
+    /// Encrypted API keys for the configuration file: make a master key,
+    /// seal a provider's key.
+    #[command(subcommand)]
+    Secret(crate::commands::secret::SecretCommand),
     /// Show which key the token belongs to.
     Whoami,
     /// Measure kira on this machine (runs in-process against a database of its own).

@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod models;
 mod output;
+mod secrets;
 mod serve;
 
 use std::process::ExitCode;
@@ -124,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents(cmd) => commands::agents::run(&ctx()?, cmd).await,
         Command::Conflicts(cmd) => commands::sharing::run_conflicts(&ctx()?, cmd).await,
         Command::Demo(args) => commands::demo::run(&ctx()?, args).await,
+        Command::Secret(cmd) => commands::secret::run(cmd),
         Command::Whoami => commands::whoami(&ctx()?).await,
         Command::Bench(cmd) => commands::bench::run(cmd, json).await,
         Command::Completions { shell } => {

@@ -301,7 +301,8 @@ pub enum ProviderKind {
 }
 
 /// `[providers.NAME]`: a model provider agents may name. The key is never
-/// in the file: `api_key_env` names the environment variable holding it.
+/// in the file in the clear: `api_key_env` names the environment variable
+/// holding it, or `api_key_encrypted` holds it sealed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
@@ -312,6 +313,11 @@ pub struct ProviderSpec {
     /// The environment variable with the API key (`OPENAI_API_KEY`, ...).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Or the API key sealed with the master key in `KIRA_SECRET_KEY`
+    /// (`kira secret encrypt --provider NAME` prints it): `kira-sealed-v1:...`.
+    /// Never shown back.
+    #[serde(default, skip_serializing)]
+    pub api_key_encrypted: Option<String>,
     /// The model agents get when they name none.
     #[serde(default)]
     pub model: Option<String>,
@@ -374,12 +380,29 @@ impl ProviderSpec {
                  the key itself never goes in the file",
             ));
         }
+        if self.api_key_env.is_some() && self.api_key_encrypted.is_some() {
+            return Err(ValidationError::new(
+                field("api_key_encrypted"),
+                "give the key one way: api_key_env or api_key_encrypted",
+            ));
+        }
+        if let Some(v) = &self.api_key_encrypted
+            && !v.starts_with("kira-sealed-v1:")
+        {
+            return Err(ValidationError::new(
+                field("api_key_encrypted"),
+                "must be a sealed key (kira-sealed-v1:...) from `kira secret encrypt`; \
+                 a plain key never goes in the file",
+            ));
+        }
         if self.kind == ProviderKind::Local
-            && (self.base_url.is_some() || self.api_key_env.is_some())
+            && (self.base_url.is_some()
+                || self.api_key_env.is_some()
+                || self.api_key_encrypted.is_some())
         {
             return Err(ValidationError::new(
                 field("kind"),
-                "a local provider takes no base_url or api_key_env",
+                "a local provider takes no base_url, api_key_env or api_key_encrypted",
             ));
         }
         Ok(())
@@ -1149,6 +1172,14 @@ mod tests {
     fn each_bad_value_is_named() {
         for (json, field) in [
             (r#"{"budget": {"base_percent": 70}}"#, "budget.base_percent"),
+            (
+                r#"{"providers": {"x": {"kind": "openai", "api_key_encrypted": "sk-plain"}}}"#,
+                "providers.x.api_key_encrypted",
+            ),
+            (
+                r#"{"providers": {"x": {"kind": "openai", "api_key_env": "K", "api_key_encrypted": "kira-sealed-v1:00"}}}"#,
+                "providers.x.api_key_encrypted",
+            ),
             (r#"{"budget": {"total_tokens": 0}}"#, "budget.total_tokens"),
             (
                 r#"{"scheduler": {"lease_seconds": 10, "heartbeat_seconds": 6}}"#,

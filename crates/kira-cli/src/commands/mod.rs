@@ -12,6 +12,7 @@ pub mod demo;
 pub mod knowledge;
 pub mod memory;
 pub mod review;
+pub mod secret;
 pub mod sharing;
 pub mod task;
 

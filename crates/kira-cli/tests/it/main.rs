@@ -10,6 +10,7 @@ mod knowledge;
 mod memory;
 mod postgres;
 mod reviews;
+mod secret;
 mod story;
 mod stress;
 mod support;
