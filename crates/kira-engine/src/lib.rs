@@ -108,6 +108,8 @@ struct Inner {
     denied_cross_company_reads: std::sync::atomic::AtomicU64,
     /// Ends of runs waiting to be recorded together.
     completions: worker::Completions,
+    /// The company directory as of a directory version (see `sharing`).
+    directory: std::sync::Mutex<Option<(i64, Arc<Vec<kira_core::company::Company>>)>>,
     /// Audit entries of reads waiting to be written together.
     audits: group::Group<Vec<kira_core::audit::AuditRecord>, Result<(), String>>,
 }
@@ -152,6 +154,7 @@ impl Engine {
                 denied_cross_company_reads: Default::default(),
                 completions: worker::Completions::default(),
                 audits: group::Group::default(),
+                directory: std::sync::Mutex::new(None),
             }),
         }
     }

@@ -9,6 +9,7 @@
 //! that company's id; nothing but an anonymised copy leaves this module.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::future::try_join_all;
@@ -257,7 +258,7 @@ impl Engine {
         let rules = &self.config().sharing;
         let admin = system_admin()?;
         let me = scope.company();
-        let companies = store.company_directory(&admin).await?;
+        let companies = self.directory(&admin).await?;
         let blocked: HashSet<CompanyId> = store
             .conflict_partners(&admin, me)
             .await?
@@ -366,6 +367,34 @@ impl Engine {
         // Stable: within a partner, its own order stays.
         found.sort_by(|(pa, a), (pb, b)| b.score.total_cmp(&a.score).then(pa.cmp(pb)));
         Ok(found.into_iter().take(k).map(|(_, c)| c).collect())
+    }
+
+    /// Every active company, as [`kira_store::CompanyStore::company_directory`]
+    /// has them: kept, and read again only when the store's directory
+    /// version moved (any company made, changed, archived or deleted, by
+    /// any process), so a pack pays one small read instead of the listing.
+    async fn directory(
+        &self,
+        admin: &kira_core::auth::AdminScope,
+    ) -> Result<Arc<Vec<Company>>, EngineError> {
+        let store = self.store();
+        let version = store.directory_version().await?;
+        if let Some((v, companies)) = &*self.kept_directory()
+            && *v == version
+        {
+            return Ok(companies.clone());
+        }
+        // Read after the version: a change in between is seen next time.
+        let companies = Arc::new(store.company_directory(admin).await?);
+        *self.kept_directory() = Some((version, companies.clone()));
+        Ok(companies)
+    }
+
+    fn kept_directory(&self) -> std::sync::MutexGuard<'_, Option<(i64, Arc<Vec<Company>>)>> {
+        self.inner
+            .directory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a cross-company read that was refused; returns its audit

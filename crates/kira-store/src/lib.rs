@@ -90,6 +90,11 @@ pub trait CompanyStore: Send + Sync {
     /// reads it leads to (in one batch, see `append_audits`).
     async fn company_directory(&self, admin: &AdminScope) -> Result<Vec<Company>>;
 
+    /// A number every change to any company (made, changed, archived,
+    /// deleted) increases: a kept [`CompanyStore::company_directory`] is
+    /// current while this is unchanged.
+    async fn directory_version(&self) -> Result<i64>;
+
     /// Applies the patch, validated by the core rule. Conflict if archived.
     async fn update_company(
         &self,

@@ -717,3 +717,58 @@ async fn no_leaks_sqlite() {
 async fn no_leaks_postgres() {
     no_leaks(Backend::Postgres).await;
 }
+
+/// The engine keeps the company directory between packs; a change to a
+/// partner (consent withdrawn, archived, a new partner), made straight in
+/// the store at the same instant, is seen by the very next pack.
+async fn a_kept_directory_never_hides_a_change(b: Backend) {
+    let s = setup(b).await;
+    plain(&s, "reader", "saas", "US-DE", &[TEMPLATES]).await;
+    plain(&s, "p1", "saas", "US-DE", &[TEMPLATES]).await;
+    let note = |m: &str| {
+        vec![memory(
+            EventType::Note,
+            "playbooks",
+            json!({ "text": format!("Onboarding checklist {m}: contracts first.") }),
+        )]
+    };
+    add(&s, "p1", note("alpha")).await;
+    let q = "onboarding checklist";
+    assert_eq!(shared(&s, "reader", TEMPLATES, q).await.len(), 1);
+    // Consent withdrawn: shared no more.
+    s.store
+        .update_company(
+            &scope("p1"),
+            kira_core::company::CompanyPatch {
+                sharing_consent: Some(Default::default()),
+                ..Default::default()
+            },
+            t0(),
+            audit(Some("p1")),
+        )
+        .await
+        .expect("update");
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+    // A new partner is found at once.
+    plain(&s, "p2", "saas", "US-DE", &[TEMPLATES]).await;
+    add(&s, "p2", note("bravo")).await;
+    let got = shared(&s, "reader", TEMPLATES, q).await;
+    assert_eq!(got.len(), 1, "{b:?}: {got:?}");
+    assert!(got[0].contains("bravo"));
+    // Archived: gone.
+    s.store
+        .archive_company(&scope("p2"), t0(), audit(Some("p2")))
+        .await
+        .expect("archive");
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+}
+
+#[tokio::test]
+async fn a_kept_directory_never_hides_a_change_sqlite() {
+    a_kept_directory_never_hides_a_change(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_kept_directory_never_hides_a_change_postgres() {
+    a_kept_directory_never_hides_a_change(Backend::Postgres).await;
+}

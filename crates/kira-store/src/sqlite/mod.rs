@@ -347,6 +347,13 @@ impl CompanyStore for SqliteStore {
         rows.iter().map(company_from_row).collect()
     }
 
+    async fn directory_version(&self) -> Result<i64> {
+        let v: i64 = sqlx::query_scalar("SELECT version FROM directory_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v)
+    }
+
     async fn update_company(
         &self,
         scope: &CompanyScope,

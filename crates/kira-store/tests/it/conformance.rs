@@ -22,6 +22,7 @@ conformance!(
     audit_chain_pages_filters_and_verifies,
     concurrent_appends_keep_one_chain,
     batched_appends_are_in_order_on_the_chain,
+    every_company_change_moves_the_directory_version,
     a_failed_change_writes_nothing,
 );
 
@@ -447,6 +448,54 @@ async fn batched_appends_are_in_order_on_the_chain(f: Fresh) {
         .expect("verify");
     assert!(report.ok, "{report:?}");
     assert_eq!(report.entries, 1 + 4 * 5 * 4);
+}
+
+async fn every_company_change_moves_the_directory_version(f: Fresh) {
+    let s = f.store.as_ref();
+    let ids = |cs: Vec<kira_core::company::Company>| -> Vec<String> {
+        cs.into_iter().map(|c| c.id.to_string()).collect()
+    };
+    let v0 = s.directory_version().await.expect("version");
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let v1 = s.directory_version().await.expect("version");
+    assert!(v1 > v0, "made");
+    assert_eq!(
+        ids(s.company_directory(&admin()).await.expect("dir")),
+        ["acme", "beta"]
+    );
+    let reads = s.directory_version().await.expect("version");
+    assert_eq!(reads, v1, "reading changes nothing");
+    s.update_company(
+        &scope("beta"),
+        CompanyPatch {
+            revenue_usd: Some(7),
+            ..Default::default()
+        },
+        t0(),
+        record(Some("beta"), "u"),
+    )
+    .await
+    .expect("update");
+    let v2 = s.directory_version().await.expect("version");
+    assert!(v2 > v1, "changed, even at the same instant");
+    s.archive_company(&scope("acme"), t0(), record(Some("acme"), "a"))
+        .await
+        .expect("archive");
+    let v3 = s.directory_version().await.expect("version");
+    assert!(v3 > v2, "archived");
+    assert_eq!(
+        ids(s.company_directory(&admin()).await.expect("dir")),
+        ["beta"],
+        "archived companies are not in the directory"
+    );
+    s.delete_company(&scope("acme"), record(Some("acme"), "company.delete"))
+        .await
+        .expect("delete");
+    assert!(
+        s.directory_version().await.expect("version") > v3,
+        "deleted"
+    );
 }
 
 async fn a_failed_change_writes_nothing(f: Fresh) {
