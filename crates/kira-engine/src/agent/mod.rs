@@ -524,13 +524,19 @@ impl AgentExecutor {
         } else {
             None
         };
-        let feedback: Vec<String> = match engine.store().task_reviews(&scope, &task.task_id).await {
-            Ok(rs) => rs
-                .into_iter()
-                .filter(|r| r.decision == "rejected")
-                .filter_map(|r| r.feedback)
-                .collect(),
-            Err(e) => return failed(format!("reviews: {e}")),
+        // A first attempt has never been reviewed (a rejection requeues,
+        // and the next claim counts another attempt): no read for it.
+        let feedback: Vec<String> = if task.attempts <= 1 {
+            Vec::new()
+        } else {
+            match engine.store().task_reviews(&scope, &task.task_id).await {
+                Ok(rs) => rs
+                    .into_iter()
+                    .filter(|r| r.decision == "rejected")
+                    .filter_map(|r| r.feedback)
+                    .collect(),
+                Err(e) => return failed(format!("reviews: {e}")),
+            }
         };
         let mut messages = vec![
             Message::system(agent.system_prompt.clone()),

@@ -933,3 +933,50 @@ async fn the_llm_summariser_writes_the_session_summary_and_falls_back_on_failure
         }
     }
 }
+
+#[tokio::test]
+async fn a_rejected_result_runs_again_with_the_reviewers_feedback_in_its_prompt() {
+    use kira_store::agents::{Decision, ReviewInput};
+    let s = setup(Backend::Sqlite).await;
+    // Unsure the first time, sure the second.
+    let fake = FakeLlm::start(None, |n, _| {
+        completion(
+            submit("draft", "the answer", if n == 0 { 0.3 } else { 0.9 }),
+            100,
+            10,
+        )
+    })
+    .await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    let id = submit_task(&e, "acme", "Review the NDA", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::NeedsReview);
+    let first = messages_text(&fake.seen()[0]);
+    assert!(!first.contains("A reviewer rejected"), "{first}");
+    let t = kira_engine::review::review(
+        &e,
+        &scope("acme"),
+        &id,
+        ReviewInput {
+            decision: Decision::Reject {
+                feedback: "Cite the renewal clause".into(),
+            },
+            rating: None,
+            reviewer: "key:reviewer".into(),
+        },
+        s.clock.now(),
+        audit("acme"),
+    )
+    .await
+    .expect("review");
+    assert_eq!(t.status, TaskStatus::Queued);
+    run_all(&e).await;
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    let second = messages_text(&seen[1]);
+    assert!(second.contains("A reviewer rejected"), "{second}");
+    assert!(second.contains("Cite the renewal clause"), "{second}");
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!(t.status, TaskStatus::Completed);
+}
