@@ -131,6 +131,16 @@ async fn insert_steps(
             checked.push(&s.task_id);
         }
     }
+    insert_step_rows(tx, company, steps).await
+}
+
+/// The insert of [`insert_steps`], for steps whose tasks are known to be
+/// the company's.
+async fn insert_step_rows(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    steps: &[Step],
+) -> Result<()> {
     // One statement for all of them.
     let mut rows = Vec::with_capacity(steps.len());
     for s in steps {
@@ -165,15 +175,34 @@ async fn insert_steps(
 /// Writes what a run left behind for `company` inside `tx`: its steps,
 /// its turns appended to the primary session (made if missing), and the
 /// memory of its result with its audit entry.
+///
+/// `run_task`: the run's task, when the caller already knows it is the
+/// company's (its lease was checked): every step must then be of it, and
+/// the task is not read again. The memory's audit entry is pushed to
+/// `audits`, for the caller to append with the others of its transaction
+/// in one go ([`super::append_many`]).
 pub(super) async fn write_run_records(
     tx: &mut SqliteConnection,
     company: &CompanyId,
+    run_task: Option<&TaskId>,
     r: &RunRecords,
     now: DateTime<Utc>,
+    audits: &mut Vec<AuditRecord>,
 ) -> Result<()> {
     r.check(company)?;
     if !r.steps.is_empty() {
-        insert_steps(&mut *tx, company, &r.steps).await?;
+        match run_task {
+            Some(task) => {
+                if let Some(s) = r.steps.iter().find(|s| &s.task_id != task) {
+                    return Err(StoreError::Conflict(format!(
+                        "a step of task {} in the run of task {task}",
+                        s.task_id
+                    )));
+                }
+                insert_step_rows(&mut *tx, company, &r.steps).await?;
+            }
+            None => insert_steps(&mut *tx, company, &r.steps).await?,
+        }
     }
     if !r.session_turns.is_empty() {
         // One upsert: json_insert applies its edits left to right, so each
@@ -198,7 +227,7 @@ pub(super) async fn write_run_records(
     }
     if let Some((m, audit)) = &r.memory {
         super::memory::insert_rows(&mut *tx, company, std::slice::from_ref(m)).await?;
-        append(&mut *tx, audit.clone()).await?;
+        audits.push(audit.clone());
     }
     Ok(())
 }

@@ -222,6 +222,54 @@ pub(crate) async fn append(tx: &mut SqliteConnection, record: AuditRecord) -> Re
     Ok(entry)
 }
 
+/// Appends `records` in order: one read of the head, one insert per 500
+/// entries, one write of the head.
+pub(crate) async fn append_many(
+    tx: &mut SqliteConnection,
+    records: Vec<AuditRecord>,
+) -> Result<Vec<AuditEntry>> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
+    let (mut seq, mut hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
+    let mut entries = Vec::with_capacity(records.len());
+    for r in records {
+        let e = r.chain(seq, &hash);
+        seq = e.seq;
+        hash.clone_from(&e.hash);
+        entries.push(e);
+    }
+    for chunk in entries.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_log (seq, at, request_id, actor, company_id, action, target, outcome, \
+             detail, prev_hash, hash) ",
+        );
+        qb.push_values(chunk, |mut b, e| {
+            b.push_bind(e.seq)
+                .push_bind(ts(e.at))
+                .push_bind(e.request_id.clone())
+                .push_bind(e.actor.clone())
+                .push_bind(e.company_id.as_ref().map(|c| c.as_str().to_owned()))
+                .push_bind(e.action.clone())
+                .push_bind(e.target.clone())
+                .push_bind(e.outcome.as_str())
+                .push_bind(e.detail.clone())
+                .push_bind(e.prev_hash.clone())
+                .push_bind(e.hash.clone());
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    sqlx::query("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
+        .bind(seq)
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(entries)
+}
+
 pub(crate) async fn load_company(tx: &mut SqliteConnection, id: &CompanyId) -> Result<Company> {
     let sql = format!("SELECT {COMPANY_COLUMNS} FROM companies WHERE company_id = ?");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -570,10 +618,7 @@ impl AuditStore for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.write().await?;
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            out.push(append(&mut tx, r).await?);
-        }
+        let out = append_many(&mut tx, records).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -1100,7 +1100,10 @@ impl TaskStore for SqliteStore {
     ) -> Result<()> {
         records.check(scope.company())?;
         let mut tx = self.write().await?;
-        super::agents::write_run_records(&mut tx, scope.company(), records, now).await?;
+        let mut audits = Vec::new();
+        super::agents::write_run_records(&mut tx, scope.company(), None, records, now, &mut audits)
+            .await?;
+        super::append_many(&mut tx, audits).await?;
         tx.commit().await
     }
 
@@ -2039,13 +2042,22 @@ impl SqliteStore {
         if !plan.tasks.is_empty() {
             plan.write(&mut tx, now).await?;
         }
+        let mut audits = Vec::new();
         for (i, _) in &plan.tasks {
             let c = &cs[*i];
             if !c.records.is_empty() {
-                super::agents::write_run_records(&mut tx, c.scope.company(), &c.records, now)
-                    .await?;
+                super::agents::write_run_records(
+                    &mut tx,
+                    c.scope.company(),
+                    Some(&c.task_id),
+                    &c.records,
+                    now,
+                    &mut audits,
+                )
+                .await?;
             }
         }
+        super::append_many(&mut tx, audits).await?;
         tx.commit().await?;
         for (i, _) in &plan.tasks {
             out[*i] = Some(Completed::Recorded);
