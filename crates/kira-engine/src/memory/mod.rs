@@ -314,14 +314,11 @@ impl Engine {
         };
         let store = self.store();
         let hot = async {
-            let mut hot: Vec<Memory> = store
-                .list_memories(scope, &recent, None, cfg.context.hot_items)
-                .await?;
-            hot.extend(
-                store
-                    .list_memories(scope, &important, None, cfg.context.hot_items)
-                    .await?,
-            );
+            let (mut hot, important) = tokio::try_join!(
+                store.list_memories(scope, &recent, None, cfg.context.hot_items),
+                store.list_memories(scope, &important, None, cfg.context.hot_items),
+            )?;
+            hot.extend(important);
             Ok::<_, EngineError>(hot)
         };
         // Warm and cold: search hits for the task text, by layer; warm also
