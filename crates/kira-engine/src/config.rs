@@ -10,6 +10,7 @@ use chrono::TimeDelta;
 use kira_core::ValidationError;
 use kira_core::budget::{BudgetConfig, ModelPrice};
 use kira_core::knowledge::{DEFAULT_DOMAINS, check_domain};
+use kira_core::memory::Workstream;
 use kira_core::priority::PriorityConfig;
 use kira_core::sharing::SharingRules;
 use kira_core::task::{Priority, check_task_type};
@@ -645,6 +646,12 @@ pub struct ContextSection {
     pub hot_items: Option<u32>,
     pub warm_items: Option<u32>,
     pub cold_hits: Option<u32>,
+    pub knowledge_hits: Option<u32>,
+    pub shared_hits: Option<u32>,
+    pub shared_companies: Option<u32>,
+    /// Workstream -> the sharing scope its tasks ask other companies for.
+    pub shared_scopes: Option<BTreeMap<String, String>>,
+    pub shared_default_scope: Option<String>,
     pub shares: Option<crate::memory::Shares>,
 }
 
@@ -1092,10 +1099,48 @@ fn resolve_memory(
         ("context.hot_items", ctx.hot_items, &mut c.hot_items),
         ("context.warm_items", ctx.warm_items, &mut c.warm_items),
         ("context.cold_hits", ctx.cold_hits, &mut c.cold_hits),
+        (
+            "context.knowledge_hits",
+            ctx.knowledge_hits,
+            &mut c.knowledge_hits,
+        ),
+        ("context.shared_hits", ctx.shared_hits, &mut c.shared_hits),
+        (
+            "context.shared_companies",
+            ctx.shared_companies,
+            &mut c.shared_companies,
+        ),
     ] {
         if let Some(v) = v {
             *slot = u32::try_from(range(field, i64::from(v), 0, 10_000)?).unwrap_or(0);
         }
+    }
+    let scope_name = |field: &str, v: &str| {
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            Err(ValidationError::new(
+                field,
+                "must be a sharing scope's name (lowercase letters, digits, '_')",
+            ))
+        } else {
+            Ok(v.to_owned())
+        }
+    };
+    if let Some(scopes) = ctx.shared_scopes {
+        let mut out = BTreeMap::new();
+        for (w, scope) in scopes {
+            let field = format!("context.shared_scopes.{w}");
+            let ws = Workstream::parse(&w)
+                .map_err(|_| ValidationError::new(field.clone(), "is not a workstream"))?;
+            out.insert(ws, scope_name(&field, &scope)?);
+        }
+        c.shared_scopes = out;
+    }
+    if let Some(v) = ctx.shared_default_scope {
+        c.shared_default_scope = scope_name("context.shared_default_scope", &v)?;
     }
     if let Some(shares) = ctx.shares {
         shares.validate()?;
@@ -1270,5 +1315,39 @@ mod tests {
         assert!(c.memory.compaction.strategies.contains_key("financial"));
         assert_eq!(c.memory.context.cold_hits, 12);
         assert_eq!(c.memory.context.default_budget, 2000);
+        let c = resolve(
+            r#"{"context": {"knowledge_hits": 3, "shared_hits": 0, "shared_companies": 50,
+                "shared_scopes": {"financial": "process_templates"},
+                "shared_default_scope": "industry_benchmarks"}}"#,
+        )
+        .expect("valid");
+        let ctx = &c.memory.context;
+        assert_eq!(
+            (ctx.knowledge_hits, ctx.shared_hits, ctx.shared_companies),
+            (3, 0, 50)
+        );
+        assert_eq!(
+            ctx.shared_scopes
+                .get(&Workstream::Financial)
+                .map(String::as_str),
+            Some("process_templates")
+        );
+        assert_eq!(ctx.shared_default_scope, "industry_benchmarks");
+        for (json, field) in [
+            (
+                r#"{"context": {"shared_hits": 10001}}"#,
+                "context.shared_hits",
+            ),
+            (
+                r#"{"context": {"shared_scopes": {"sales": "x"}}}"#,
+                "context.shared_scopes.sales",
+            ),
+            (
+                r#"{"context": {"shared_default_scope": "Not Ok"}}"#,
+                "context.shared_default_scope",
+            ),
+        ] {
+            assert_eq!(resolve(json).expect_err(json).field, field);
+        }
     }
 }
