@@ -8,7 +8,7 @@
 //! scope, made on the system principal's admin path, and is audited under
 //! that company's id; nothing but an anonymised copy leaves this module.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -23,7 +23,7 @@ use kira_core::conflict::{
 use kira_core::memory::{Memory, new_memory_id};
 use kira_core::sharing::{Facts, Verdict, decide};
 use kira_core::{CompanyId, ValidationError};
-use kira_store::conflicts::SCAN_MAX_KEYS;
+use kira_store::conflicts::{MENTION_SCAN_MAX_KEYS, SCAN_MAX_KEYS};
 use kira_store::memory::{MemoryFilter, TextHit};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -106,9 +106,10 @@ impl Engine {
     ///
     /// Other companies' counterparties are found by one scan of the name
     /// index per [`SCAN_MAX_KEYS`] candidate names (whatever the number of
-    /// companies), audited under each company matched. A counterparty that
-    /// another company's contract text names but does not list is found
-    /// when that text is written, not later.
+    /// companies), audited under each company matched. The other direction
+    /// too: each counterparty listed is looked for in other companies'
+    /// contract and deal texts (full text, confirmed on the text), so a
+    /// text written before the name was listed anywhere is still matched.
     pub async fn detect_conflicts(
         &self,
         scope: &CompanyScope,
@@ -116,6 +117,8 @@ impl Engine {
     ) -> Result<Vec<Conflict>, EngineError> {
         // Candidate key -> the new memories that name it.
         let mut named: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+        // The counterparties they list, looked for in others' contract texts.
+        let mut listed: BTreeSet<String> = BTreeSet::new();
         for m in memories {
             let mut add = |key: String| {
                 let ids = named.entry(key).or_default();
@@ -125,6 +128,7 @@ impl Engine {
             };
             for n in listed_names(&m.content) {
                 if n.kind == NameKind::Counterparty {
+                    listed.insert(n.key.clone());
                     add(n.key);
                 }
             }
@@ -140,42 +144,57 @@ impl Engine {
         let now = self.clock().now();
         let company = scope.company();
         let keys: Vec<String> = named.keys().cloned().collect();
-        let mut flags = Vec::new();
-        for chunk in keys.chunks(SCAN_MAX_KEYS) {
-            let scan = system_record(
+        let listed: Vec<String> = listed.into_iter().collect();
+        let scan = || {
+            system_record(
                 now,
                 "memory.conflict_scan",
                 None,
                 format!("company:{company}"),
                 String::new(),
+            )
+        };
+        let mut found = Vec::new();
+        for chunk in keys.chunks(SCAN_MAX_KEYS) {
+            found.extend(
+                store
+                    .scan_counterparties(&admin, company, chunk, scan())
+                    .await?,
             );
-            let matches = store
-                .scan_counterparties(&admin, company, chunk, scan)
-                .await?;
-            for m in matches {
-                let mut ids = named.get(&m.key).cloned().unwrap_or_default();
-                ids.extend(m.memory_ids);
-                let audit = system_record(
+        }
+        // The other direction: others' contract texts that name what these
+        // memories list, written before it was listed here.
+        for chunk in listed.chunks(MENTION_SCAN_MAX_KEYS) {
+            found.extend(
+                store
+                    .scan_contract_mentions(&admin, company, chunk, scan())
+                    .await?,
+            );
+        }
+        let mut flags = Vec::new();
+        for m in found {
+            let mut ids = named.get(&m.key).cloned().unwrap_or_default();
+            ids.extend(m.memory_ids);
+            let audit = system_record(
+                now,
+                "conflict.flag",
+                None,
+                "conflicts".into(),
+                format!("{company} and {} both name {}", m.company, m.key),
+            );
+            let flag = store
+                .flag_conflict(
+                    &admin,
+                    new_memory_id(now),
+                    company,
+                    &m.company,
+                    &m.key,
+                    &ids,
                     now,
-                    "conflict.flag",
-                    None,
-                    "conflicts".into(),
-                    format!("{company} and {} both name {}", m.company, m.key),
-                );
-                let flag = store
-                    .flag_conflict(
-                        &admin,
-                        new_memory_id(now),
-                        company,
-                        &m.company,
-                        &m.key,
-                        &ids,
-                        now,
-                        audit,
-                    )
-                    .await?;
-                flags.extend(flag);
-            }
+                    audit,
+                )
+                .await?;
+            flags.extend(flag);
         }
         Ok(flags)
     }

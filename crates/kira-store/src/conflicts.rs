@@ -78,6 +78,47 @@ pub trait ConflictStore: Send + Sync {
         keys: &[String],
         audit: AuditRecord,
     ) -> Result<Vec<CounterpartyMatch>>;
+
+    /// The other direction of the scan: which companies other than
+    /// `company` have a contract or deal memory (event type `contract`, or
+    /// a category naming a contract or deal) whose text names one of
+    /// `keys`, listed or not, with up to [`SCAN_IDS_PER_MATCH`] ids each.
+    /// Found with the full-text index (a phrase per key), then confirmed
+    /// on the text by the core rule ([`kira_core::conflict::text_name_candidates`]),
+    /// so a stemmed near-miss never counts. Audited per company matched, as
+    /// [`ConflictStore::scan_counterparties`] is. At most
+    /// [`MENTION_SCAN_MAX_KEYS`] keys per call.
+    async fn scan_contract_mentions(
+        &self,
+        admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>>;
+}
+
+/// The most keys one mention scan takes (one full-text query each).
+pub const MENTION_SCAN_MAX_KEYS: usize = 100;
+
+/// Texts one key's phrase query reads at most.
+pub(crate) const MENTION_ROWS_PER_KEY: i64 = 500;
+
+pub(crate) fn check_mention_keys(keys: &[String]) -> Result<()> {
+    if keys.len() > MENTION_SCAN_MAX_KEYS {
+        return Err(kira_core::ValidationError::new(
+            "keys",
+            format!("at most {MENTION_SCAN_MAX_KEYS} per mention scan"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `text` names `key` (a normalised name), by the core rule.
+pub(crate) fn text_names(text: &str, key: &str) -> bool {
+    let mut found = false;
+    kira_core::conflict::text_name_candidates(text, |k| found |= k == key);
+    found
 }
 
 /// The most memory ids of one company a scan returns per counterparty: a

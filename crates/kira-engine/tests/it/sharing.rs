@@ -772,3 +772,91 @@ async fn a_kept_directory_never_hides_a_change_sqlite() {
 async fn a_kept_directory_never_hides_a_change_postgres() {
     a_kept_directory_never_hides_a_change(Backend::Postgres).await;
 }
+
+/// A contract text written before anyone listed the counterparty it names
+/// is still matched when another company lists it later; a note naming it,
+/// or a text with a near-miss of the name, is not.
+async fn a_later_listing_finds_an_earlier_contract_text(b: Backend) {
+    let s = setup(b).await;
+    for c in ["xeno", "yarr", "zulu"] {
+        plain(&s, c, "fintech", "US-DE", &[TEMPLATES]).await;
+    }
+    add(
+        &s,
+        "xeno",
+        vec![memory(
+            EventType::Contract,
+            "general",
+            json!({"text": "Signed the data licence with Initech Systems on the first of May."}),
+        )],
+    )
+    .await;
+    add(
+        &s,
+        "zulu",
+        vec![
+            memory(
+                EventType::Note,
+                "general",
+                json!({"text": "Coffee with someone from Initech Systems."}),
+            ),
+            memory(
+                EventType::Contract,
+                "general",
+                json!({"text": "Renewed with Initech Systemic Partners."}),
+            ),
+        ],
+    )
+    .await;
+    assert!(
+        open_flags(&s).await.is_empty(),
+        "{b:?}: nobody lists it yet"
+    );
+    add(
+        &s,
+        "yarr",
+        vec![memory(
+            EventType::Note,
+            "general",
+            json!({"text": "Pipeline review.", "counterparties": ["Initech Systems"]}),
+        )],
+    )
+    .await;
+    let flags = open_flags(&s).await;
+    assert_eq!(
+        flags,
+        [("xeno".into(), "yarr".into(), "initech systems".into(), 2)],
+        "{b:?}: only the earlier contract text counts"
+    );
+    // The scan read xeno's text: audited under xeno.
+    let admin = Principal::system().admin().expect("admin");
+    let entries = s
+        .store
+        .list_all_audit(
+            &admin,
+            Some(&id("xeno")),
+            AuditPage {
+                after_seq: 0,
+                limit: 1_000,
+            },
+            audit(None),
+        )
+        .await
+        .expect("audit");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "memory.conflict_scan" && e.detail.contains("initech systems")),
+        "{b:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_later_listing_finds_an_earlier_contract_text_sqlite() {
+    a_later_listing_finds_an_earlier_contract_text(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_later_listing_finds_an_earlier_contract_text_postgres() {
+    a_later_listing_finds_an_earlier_contract_text(Backend::Postgres).await;
+}

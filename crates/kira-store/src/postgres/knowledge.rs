@@ -17,8 +17,8 @@ use uuid::Uuid;
 use super::memory::{TSQUERY_AFTER, TSQUERY_BEFORE};
 use super::{PgStore, UNIQUE_VIOLATION, append, company_id, sqlstate};
 use crate::conflicts::{
-    ConflictStore, CounterpartyMatch, SCAN_IDS_PER_MATCH, check_scan_keys, group_matches,
-    merged_ids, scan_records,
+    ConflictStore, CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, check_mention_keys,
+    check_scan_keys, group_matches, merged_ids, scan_records, text_names,
 };
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
@@ -551,6 +551,52 @@ impl ConflictStore for PgStore {
             .into_iter()
             .map(|(key, c, id)| Ok((key, company_id(&c)?, id)))
             .collect::<Result<Vec<_>>>()?;
+        let matches = group_matches(rows);
+        for record in scan_records(&audit, &matches) {
+            append(&mut tx, record).await?;
+        }
+        tx.commit().await?;
+        Ok(matches)
+    }
+
+    async fn scan_contract_mentions(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>> {
+        check_mention_keys(keys)?;
+        let mut keys: Vec<&String> = keys.iter().filter(|k| !k.trim().is_empty()).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The contract_mention_scan policy shows contract and deal
+        // memories, and no others, to an admin_read transaction.
+        let mut tx = self.admin_read().await?;
+        let mut rows: Vec<(String, CompanyId, Uuid)> = Vec::new();
+        for key in keys {
+            let found: Vec<(String, Uuid, Option<String>)> = sqlx::query_as(
+                "SELECT company_id, id, content ->> 'text' FROM memories \
+                 WHERE search @@ phraseto_tsquery('english'::regconfig, $1) AND company_id <> $2 \
+                   AND (event_type = 'contract' OR lower(category) LIKE '%contract%' \
+                        OR lower(category) LIKE '%deal%') \
+                 LIMIT $3",
+            )
+            .bind(key.as_str())
+            .bind(company.as_str())
+            .bind(MENTION_ROWS_PER_KEY)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (c, id, text) in found {
+                if text.as_deref().is_some_and(|t| text_names(t, key)) {
+                    rows.push((key.clone(), company_id(&c)?, id));
+                }
+            }
+        }
+        rows.sort();
         let matches = group_matches(rows);
         for record in scan_records(&audit, &matches) {
             append(&mut tx, record).await?;

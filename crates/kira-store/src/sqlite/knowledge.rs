@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::{SqliteStore, append, company_id, json, parse_ts, to_json, ts};
 use crate::conflicts::{
-    ConflictStore, CounterpartyMatch, SCAN_IDS_PER_MATCH, check_scan_keys, group_matches,
-    merged_ids, scan_records,
+    ConflictStore, CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, check_mention_keys,
+    check_scan_keys, group_matches, merged_ids, scan_records, text_names,
 };
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
@@ -552,6 +552,63 @@ impl ConflictStore for SqliteStore {
                 Ok((key, company_id(&c)?, id))
             })
             .collect::<Result<Vec<_>>>()?;
+        let matches = group_matches(rows);
+        for record in scan_records(&audit, &matches) {
+            append(&mut tx, record).await?;
+        }
+        tx.commit().await?;
+        Ok(matches)
+    }
+
+    async fn scan_contract_mentions(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>> {
+        check_mention_keys(keys)?;
+        let mut keys: Vec<&String> = keys.iter().filter(|k| !k.trim().is_empty()).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write().await?;
+        let mut rows: Vec<(String, CompanyId, Uuid)> = Vec::new();
+        for key in keys {
+            // A normalised key is words of letters and digits: quoted, it
+            // is one FTS5 phrase, never query syntax.
+            let words: Vec<&str> = key
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect();
+            if words.is_empty() {
+                continue;
+            }
+            let phrase = format!("text : \"{}\"", words.join(" "));
+            let found: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT m.company_id, m.id, m.content ->> '$.text' FROM memories_fts f \
+                 JOIN memories m ON m.seq = f.rowid \
+                 WHERE memories_fts MATCH ? AND m.company_id <> ? \
+                   AND (m.event_type = 'contract' OR lower(m.category) LIKE '%contract%' \
+                        OR lower(m.category) LIKE '%deal%') \
+                 LIMIT ?",
+            )
+            .bind(&phrase)
+            .bind(company.as_str())
+            .bind(MENTION_ROWS_PER_KEY)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (c, id, text) in found {
+                if text_names(&text, key) {
+                    let id = Uuid::parse_str(&id)
+                        .map_err(|e| StoreError::Corrupt(format!("memory id: {e}")))?;
+                    rows.push((key.clone(), company_id(&c)?, id));
+                }
+            }
+        }
+        rows.sort();
         let matches = group_matches(rows);
         for record in scan_records(&audit, &matches) {
             append(&mut tx, record).await?;

@@ -564,12 +564,39 @@ async fn company_setting_ends_with_its_transaction() {
     }
 }
 
-/// The conflict scan's policy: with the admin read on, the name index's
+/// The conflict scan's policies: with the admin read on, the name index's
 /// counterparty rows of every company show, its people do not, and nothing
-/// in it can be written; memories stay hidden.
+/// in it can be written; of memories only contract and deal events show
+/// (their texts are scanned for counterparties), and none can be written.
 #[tokio::test]
 async fn admin_read_sees_counterparty_names_only() {
-    let (_store, url) = setup().await;
+    let (store, url) = setup().await;
+    let b = CompanyId::parse(B).expect("id");
+    let scope_b = Principal::system().scope(&b, Access::Write).expect("scope");
+    let contract = kira_core::memory::Memory {
+        id: uuid::Uuid::now_v7(),
+        company_id: b.clone(),
+        occurred_at: crate::support::t0(),
+        event_type: kira_core::memory::EventType::Contract,
+        workstream: kira_core::memory::Workstream::Legal,
+        category: "general".into(),
+        content: serde_json::json!({"text": "Signed with a supplier."}),
+        importance: 5,
+        indexed_terms: vec![],
+        source: None,
+        created_at: crate::support::t0(),
+        archived_at: None,
+        compacted_from: vec![],
+        supersedes: None,
+    };
+    store
+        .insert_memories(
+            &scope_b,
+            std::slice::from_ref(&contract),
+            record(Some(&b), "memory.add"),
+        )
+        .await
+        .expect("insert contract");
     let mut app = app_connection(&url).await;
     sqlx::query("SELECT set_config('app.admin_read', 'on', false)")
         .execute(&mut app)
@@ -587,9 +614,23 @@ async fn admin_read_sees_counterparty_names_only() {
             ("counterparty".into(), "comp b supplier".into(), B.into()),
         ]
     );
-    for table in ["memories", "task_steps", "task_reviews", "agent_sessions"] {
+    for table in ["task_steps", "task_reviews", "agent_sessions"] {
         assert_eq!(count(&mut app, table).await, 0, "{table} has no admin read");
     }
+    let seen: Vec<(String, String)> = sqlx::query_as("SELECT company_id, event_type FROM memories")
+        .fetch_all(&mut app)
+        .await
+        .expect("memories");
+    assert_eq!(
+        seen,
+        [(B.to_owned(), "contract".to_owned())],
+        "only contract and deal events show to the admin read"
+    );
+    let r = sqlx::query("UPDATE memories SET archived_at = now()")
+        .execute(&mut app)
+        .await
+        .expect("update");
+    assert_eq!(r.rows_affected(), 0, "and none can be changed");
     let r = sqlx::query("DELETE FROM memory_names")
         .execute(&mut app)
         .await
