@@ -103,15 +103,14 @@ pub const MENTION_SCAN_MAX_KEYS: usize = 100;
 /// Texts one key's phrase query reads at most.
 pub(crate) const MENTION_ROWS_PER_KEY: i64 = 500;
 
-pub(crate) fn check_mention_keys(keys: &[String]) -> Result<()> {
-    if keys.len() > MENTION_SCAN_MAX_KEYS {
-        return Err(kira_core::ValidationError::new(
-            "keys",
-            format!("at most {MENTION_SCAN_MAX_KEYS} per mention scan"),
-        )
-        .into());
-    }
-    Ok(())
+/// The keys of a mention scan, checked, blank ones dropped, each once, in
+/// order.
+pub(crate) fn mention_keys(keys: &[String]) -> Result<Vec<&String>> {
+    check_keys(keys, MENTION_SCAN_MAX_KEYS, "mention scan")?;
+    let mut keys: Vec<&String> = keys.iter().filter(|k| !k.trim().is_empty()).collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// Whether `text` names `key` (a normalised name), by the core rule.
@@ -154,12 +153,14 @@ pub(crate) fn scan_records(audit: &AuditRecord, matches: &[CounterpartyMatch]) -
 }
 
 pub(crate) fn check_scan_keys(keys: &[String]) -> Result<()> {
-    if keys.len() > SCAN_MAX_KEYS {
-        return Err(kira_core::ValidationError::new(
-            "keys",
-            format!("at most {SCAN_MAX_KEYS} per scan"),
-        )
-        .into());
+    check_keys(keys, SCAN_MAX_KEYS, "scan")
+}
+
+fn check_keys(keys: &[String], max: usize, what: &str) -> Result<()> {
+    if keys.len() > max {
+        return Err(
+            kira_core::ValidationError::new("keys", format!("at most {max} per {what}")).into(),
+        );
     }
     Ok(())
 }

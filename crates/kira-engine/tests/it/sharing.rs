@@ -154,6 +154,23 @@ async fn open_flags(s: &Setup) -> Vec<(String, String, String, usize)> {
         .collect()
 }
 
+/// The audit entries naming company `c`.
+async fn audit_of(s: &Setup, c: &str) -> Vec<kira_core::audit::AuditEntry> {
+    let admin = Principal::system().admin().expect("admin");
+    s.store
+        .list_all_audit(
+            &admin,
+            Some(&id(c)),
+            AuditPage {
+                after_seq: 0,
+                limit: 1_000,
+            },
+            audit(None),
+        )
+        .await
+        .expect("audit")
+}
+
 async fn shared(s: &Setup, c: &str, scope_name: &str, q: &str) -> Vec<String> {
     s.engine
         .shared_candidates(&scope(c), scope_name, q, 50)
@@ -257,19 +274,7 @@ async fn conflicts(b: Backend) {
     // Each scan that matched is audited under the company whose names it
     // read.
     let admin = Principal::system().admin().expect("admin");
-    let entries = s
-        .store
-        .list_all_audit(
-            &admin,
-            Some(&id("acme")),
-            AuditPage {
-                after_seq: 0,
-                limit: 1_000,
-            },
-            audit(None),
-        )
-        .await
-        .expect("audit");
+    let entries = audit_of(&s, "acme").await;
     assert!(
         entries
             .iter()
@@ -829,20 +834,7 @@ async fn a_later_listing_finds_an_earlier_contract_text(b: Backend) {
         "{b:?}: only the earlier contract text counts"
     );
     // The scan read xeno's text: audited under xeno.
-    let admin = Principal::system().admin().expect("admin");
-    let entries = s
-        .store
-        .list_all_audit(
-            &admin,
-            Some(&id("xeno")),
-            AuditPage {
-                after_seq: 0,
-                limit: 1_000,
-            },
-            audit(None),
-        )
-        .await
-        .expect("audit");
+    let entries = audit_of(&s, "xeno").await;
     assert!(
         entries
             .iter()

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use super::memory::{TSQUERY_AFTER, TSQUERY_BEFORE};
 use super::{PgStore, UNIQUE_VIOLATION, append, company_id, sqlstate};
 use crate::conflicts::{
-    ConflictStore, CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, check_mention_keys,
-    check_scan_keys, group_matches, merged_ids, scan_records, text_names,
+    ConflictStore, CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, check_scan_keys,
+    group_matches, mention_keys, merged_ids, scan_records, text_names,
 };
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
@@ -566,10 +566,7 @@ impl ConflictStore for PgStore {
         keys: &[String],
         audit: AuditRecord,
     ) -> Result<Vec<CounterpartyMatch>> {
-        check_mention_keys(keys)?;
-        let mut keys: Vec<&String> = keys.iter().filter(|k| !k.trim().is_empty()).collect();
-        keys.sort();
-        keys.dedup();
+        let keys = mention_keys(keys)?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
