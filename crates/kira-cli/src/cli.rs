@@ -832,11 +832,22 @@ pub struct BenchMemoryArgs {
     pub layered: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LongmemevalFile {
+    /// longmemeval_s_sample100.json.xz: 101 questions, ~48 sessions each.
+    S,
+    /// longmemeval_oracle.json.gz: 500 questions, only their evidence sessions.
+    Oracle,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchLongmemevalArgs {
-    /// The benchmark data folder (holding longmemeval/longmemeval_s_sample100.json.xz).
+    /// The benchmark data folder (holding longmemeval/).
     #[arg(long, default_value = "../shared/bench")]
     pub data: PathBuf,
+    /// Which of the two files.
+    #[arg(long, value_enum, default_value = "s")]
+    pub file: LongmemevalFile,
     /// Use only the first N questions.
     #[arg(long)]
     pub questions: Option<usize>,

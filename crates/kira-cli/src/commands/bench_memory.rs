@@ -438,16 +438,26 @@ pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<Exi
 pub async fn longmemeval(args: BenchLongmemevalArgs, json: bool) -> anyhow::Result<ExitCode> {
     use kira_store::memory::MemoryFilter;
 
-    let path = args
-        .data
-        .join("longmemeval")
-        .join("longmemeval_s_sample100.json.xz");
+    use crate::cli::LongmemevalFile;
+    let (name, label) = match args.file {
+        LongmemevalFile::S => ("longmemeval_s_sample100.json.xz", "LongMemEval_S"),
+        LongmemevalFile::Oracle => ("longmemeval_oracle.json.gz", "LongMemEval oracle"),
+    };
+    let path = args.data.join("longmemeval").join(name);
     let mut reader = std::io::BufReader::new(
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?,
     );
     let mut raw = Vec::new();
-    lzma_rs::xz_decompress(&mut reader, &mut raw)
-        .map_err(|e| anyhow::anyhow!("{} is not xz: {e:?}", path.display()))?;
+    match args.file {
+        LongmemevalFile::S => lzma_rs::xz_decompress(&mut reader, &mut raw)
+            .map_err(|e| anyhow::anyhow!("{} is not xz: {e:?}", path.display()))?,
+        LongmemevalFile::Oracle => {
+            use std::io::Read;
+            flate2::read::GzDecoder::new(reader)
+                .read_to_end(&mut raw)
+                .with_context(|| format!("{} is not gzip", path.display()))?;
+        }
+    }
     let text = String::from_utf8(raw).context("LongMemEval is not UTF-8")?;
     let mut questions = membench::parse_longmemeval(&text).map_err(anyhow::Error::msg)?;
     if let Some(n) = args.questions {
@@ -529,14 +539,14 @@ pub async fn longmemeval(args: BenchLongmemevalArgs, json: bool) -> anyhow::Resu
     let f = |x: usize| x as f64 / n;
     if json {
         crate::output::print_json(&serde_json::json!({
-            "questions": questions.len(), "semantic": !args.no_embed,
+            "file": name, "questions": questions.len(), "semantic": !args.no_embed,
             "recall_all_at_5": f(all5), "recall_all_at_10": f(all10),
             "recall_any_at_5": f(any5), "recall_any_at_10": f(any10),
             "search_ms": {"p50": ms(&micros).p50_ms, "p99": ms(&micros).p99_ms},
         }))?;
     } else {
         println!(
-            "LongMemEval_S session recall over {} questions ({}):",
+            "{label} session recall over {} questions ({}):",
             questions.len(),
             if args.no_embed {
                 "full text only"
