@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use chrono::TimeDelta;
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, CompanyScope, Principal};
@@ -24,11 +24,11 @@ use kira_core::task::{TaskId, TaskRequest, TaskStatus};
 use kira_engine::agent::{AgentExecutor, ProviderHandle, Providers};
 use kira_engine::{Engine, EngineConfig};
 use kira_llm::{OpenAi, RetryPolicy, Sleeper};
+use kira_store::Store;
 use kira_store::agents::StepKind;
-use kira_store::postgres::PgStore;
-use kira_store::sqlite::SqliteStore;
-use kira_store::{Store, testdb};
 use serde_json::{Value, json};
+
+use crate::common::{Backend, fresh_store, t0};
 
 type Script = dyn Fn(usize, &Value) -> (u16, Value) + Send + Sync;
 
@@ -134,12 +134,6 @@ impl Sleeper for NoSleep {
     }
 }
 
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0)
-        .single()
-        .expect("time")
-}
-
 fn scope(c: &str) -> CompanyScope {
     Principal::system()
         .scope(&CompanyId::parse(c).expect("id"), Access::Write)
@@ -159,12 +153,6 @@ fn audit(c: &str) -> AuditRecord {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 struct Setup {
     store: Arc<dyn Store>,
     clock: Arc<ManualClock>,
@@ -172,20 +160,7 @@ struct Setup {
 }
 
 async fn setup(backend: Backend) -> Setup {
-    let (store, dir): (Arc<dyn Store>, _) = match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("dir");
-            let url = testdb::fresh_sqlite(dir.path()).await;
-            (
-                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
-                Some(dir),
-            )
-        }
-        Backend::Postgres => {
-            let url = testdb::fresh_postgres().await;
-            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
-        }
-    };
+    let (store, dir) = fresh_store(backend).await;
     let s = Setup {
         store,
         clock: Arc::new(ManualClock::new(t0())),

@@ -3,6 +3,7 @@
 
 mod agents;
 mod bench;
+mod common;
 mod memory;
 mod review;
 mod scheduler;

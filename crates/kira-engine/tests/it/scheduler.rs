@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use chrono::TimeDelta;
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, CompanyScope, Principal};
@@ -14,9 +14,9 @@ use kira_core::task::{Priority, TaskId, TaskRequest, TaskStatus};
 use kira_engine::config::{AgentConfig, SimulatedConfig};
 use kira_engine::executor::{ExecOutcome, Executor, Run, Simulated};
 use kira_engine::{Engine, EngineConfig, TickReport};
-use kira_store::postgres::PgStore;
-use kira_store::sqlite::SqliteStore;
-use kira_store::{Store, testdb};
+use kira_store::Store;
+
+use crate::common::{Backend, fresh_store, t0};
 
 struct Setup {
     store: Arc<dyn Store>,
@@ -24,33 +24,8 @@ struct Setup {
     _dir: Option<tempfile::TempDir>,
 }
 
-#[derive(Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0)
-        .single()
-        .expect("time")
-}
-
 async fn setup(backend: Backend) -> Setup {
-    let (store, dir): (Arc<dyn Store>, _) = match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("dir");
-            let url = testdb::fresh_sqlite(dir.path()).await;
-            (
-                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
-                Some(dir),
-            )
-        }
-        Backend::Postgres => {
-            let url = testdb::fresh_postgres().await;
-            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
-        }
-    };
+    let (store, dir) = fresh_store(backend).await;
     Setup {
         store,
         clock: Arc::new(ManualClock::new(t0())),

@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeZone, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, CompanyScope, Principal};
@@ -17,19 +16,13 @@ use kira_core::conflict::ConflictStatus;
 use kira_core::memory::{EventType, Memory, NewMemory, Workstream};
 use kira_engine::memory::{ContextRequest, Section};
 use kira_engine::{Engine, EngineConfig};
-use kira_store::postgres::PgStore;
-use kira_store::sqlite::SqliteStore;
-use kira_store::{AuditPage, Store, testdb};
+use kira_store::{AuditPage, Store};
 use serde_json::{Value, json};
+
+use crate::common::{Backend, fresh_store, t0};
 
 const LEGAL: &str = "anonymized_legal_patterns";
 const TEMPLATES: &str = "process_templates";
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 struct Setup {
     store: Arc<dyn Store>,
@@ -37,27 +30,8 @@ struct Setup {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 6, 1, 9, 0, 0)
-        .single()
-        .expect("time")
-}
-
 async fn setup(backend: Backend) -> Setup {
-    let (store, dir): (Arc<dyn Store>, _) = match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("dir");
-            let url = testdb::fresh_sqlite(dir.path()).await;
-            (
-                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
-                Some(dir),
-            )
-        }
-        Backend::Postgres => {
-            let url = testdb::fresh_postgres().await;
-            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
-        }
-    };
+    let (store, dir) = fresh_store(backend).await;
     let mut cfg = EngineConfig::default();
     // The corpus has more companies than a pack searches by default.
     cfg.memory.context.shared_companies = 100;
