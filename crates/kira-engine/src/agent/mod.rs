@@ -118,6 +118,9 @@ pub struct AgentRuntime {
     pub max_output_tokens: u32,
     pub context_budget: usize,
     tools: Vec<ToolSpec>,
+    /// Tokens of the system prompt and the tool specs: every first prompt's
+    /// fixed part, counted once.
+    fixed_tokens: i64,
 }
 
 /// Runs tasks with real agents.
@@ -164,14 +167,18 @@ impl AgentExecutor {
             } else {
                 (REMOTE_OUTPUT, REMOTE_CONTEXT)
             };
+            let system_prompt = a
+                .system_prompt
+                .clone()
+                .unwrap_or_else(|| prompts::builtin(name));
+            let tools = tools::specs(&a.tools);
+            let fixed_tokens = tokens_of(&[Message::system(system_prompt.clone())], &tools);
             agents.insert(
                 name.clone(),
                 AgentRuntime {
                     name: name.clone(),
-                    system_prompt: a
-                        .system_prompt
-                        .clone()
-                        .unwrap_or_else(|| prompts::builtin(name)),
+                    system_prompt,
+                    fixed_tokens,
                     provider_name: handle.name.clone(),
                     provider: Arc::new(resilient),
                     model: a
@@ -181,7 +188,7 @@ impl AgentExecutor {
                     local: handle.local,
                     max_output_tokens: a.max_output_tokens.unwrap_or(out),
                     context_budget: a.context_budget.unwrap_or(ctx),
-                    tools: tools::specs(&a.tools),
+                    tools,
                     config: a.clone(),
                 },
             );
@@ -436,7 +443,7 @@ impl Executor for AgentExecutor {
 
     fn first_call_tokens(&self, agent: &str, task_type: &str, input_tokens: i64) -> Option<i64> {
         let a = self.agents.get(agent)?;
-        let fixed = tokens_of(&[Message::system(a.system_prompt.clone())], &a.tools);
+        let fixed = a.fixed_tokens;
         let session = if a.name == PRIMARY {
             // Compacted past the threshold after a turn: at most one
             // task's two turns above it.

@@ -17,7 +17,7 @@ use kira_store::work::TaskFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::tasks::{DEFAULT_LIMIT, MAX_LIMIT, TaskList, company, scoped, store_err};
+use super::tasks::{TaskList, company, page_limit, scoped, store_err};
 use crate::App;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Caller, json_body, query};
@@ -49,13 +49,7 @@ pub async fn list_reviews(
     let result = async {
         let scope = caller.principal.scope(&company(&raw)?, Access::Read)?;
         let q: ReviewsQuery = query(q.as_deref())?;
-        let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "limit",
-                format!("must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = page_limit(q.limit)?;
         let filter = TaskFilter {
             status: Some(TaskStatus::NeedsReview),
             before_seq: q.before,

@@ -26,6 +26,18 @@ use crate::extract::{Caller, json_body, query};
 
 pub(crate) const DEFAULT_LIMIT: u32 = 50;
 pub(crate) const MAX_LIMIT: u32 = 500;
+
+/// A page size: [`DEFAULT_LIMIT`] when none is given, else 1 to [`MAX_LIMIT`].
+pub(crate) fn page_limit(l: Option<u32>) -> ApiResult<u32> {
+    let l = l.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&l) {
+        return Err(ApiError::bad_request(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    Ok(l)
+}
 /// How often a watch looks for new events.
 const WATCH_POLL: Duration = Duration::from_millis(250);
 
@@ -130,13 +142,7 @@ pub async fn list_tasks(
     let result = async {
         let scope = caller.principal.scope(&company(&raw)?, Access::Read)?;
         let q: ListQuery = query(q.as_deref())?;
-        let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "limit",
-                format!("must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = page_limit(q.limit)?;
         let filter = TaskFilter {
             status: q.status,
             priority: q.priority,

@@ -193,33 +193,10 @@ fn audit_from_row(r: &SqliteRow) -> Result<AuditEntry> {
 /// `BEGIN IMMEDIATE` transaction hold the database's write lock, which is
 /// what keeps the chain one line.
 pub(crate) async fn append(tx: &mut SqliteConnection, record: AuditRecord) -> Result<AuditEntry> {
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_one(&mut *tx)
-        .await?;
-    let entry = record.chain(head.try_get("seq")?, head.try_get::<&str, _>("hash")?);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, request_id, actor, company_id, action, target, outcome, detail, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(entry.seq)
-    .bind(ts(entry.at))
-    .bind(&entry.request_id)
-    .bind(&entry.actor)
-    .bind(entry.company_id.as_ref().map(CompanyId::as_str))
-    .bind(&entry.action)
-    .bind(&entry.target)
-    .bind(entry.outcome.as_str())
-    .bind(&entry.detail)
-    .bind(&entry.prev_hash)
-    .bind(&entry.hash)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
-        .bind(entry.seq)
-        .bind(&entry.hash)
-        .execute(&mut *tx)
-        .await?;
-    Ok(entry)
+    append_many(tx, vec![record])
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("an append wrote no entry".into()))
 }
 
 /// Appends `records` in order: one read of the head, one insert per 500
