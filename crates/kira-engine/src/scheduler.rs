@@ -154,7 +154,6 @@ impl Engine {
                 Some(Candidate { scope, entry })
             })
             .collect();
-        let lease_until = now + cfg.scheduler.lease;
         // In rank order, a batch at a time; the slots carry over. A task
         // without a free slot now has none later in the pass (slots are only
         // taken), so it need not be sent.
@@ -169,15 +168,18 @@ impl Engine {
                 break;
             }
             let started = std::time::Instant::now();
+            // A run starts when its claim is made, not when the pass began:
+            // the reap, the snapshot and earlier batches came before it.
+            let claimed_at = self.clock().now();
             let outcomes = match self
                 .store()
                 .claim_batch(
                     &batch,
                     &mut slots,
                     self.worker_id(),
-                    lease_until,
+                    claimed_at + cfg.scheduler.lease,
                     &cfg.budget,
-                    now,
+                    claimed_at,
                 )
                 .await
             {

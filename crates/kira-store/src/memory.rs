@@ -155,6 +155,21 @@ pub trait MemoryStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Memory>>;
 
+    /// Several first pages of one company's memories, each as
+    /// [`MemoryStore::list_memories`] with no cursor returns it, in the
+    /// order asked. A backend may read them in one statement.
+    async fn list_memories_many(
+        &self,
+        scope: &CompanyScope,
+        lists: &[(MemoryFilter, u32)],
+    ) -> Result<Vec<Vec<Memory>>> {
+        let mut out = Vec::with_capacity(lists.len());
+        for (filter, limit) in lists {
+            out.push(self.list_memories(scope, filter, None, *limit).await?);
+        }
+        Ok(out)
+    }
+
     /// Full-text search over the memory's text, category, indexed terms
     /// and the names in its content, any word of `query` matching (OR),
     /// best `relevance` first, at most `limit`. A query with no searchable

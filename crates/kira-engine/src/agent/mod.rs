@@ -577,7 +577,8 @@ impl AgentExecutor {
                 limit = Some(Limit::WallTime);
                 break;
             }
-            let prompt = tokens_of(&messages, &agent.tools);
+            // The system prompt and tool specs never change: counted once.
+            let prompt = agent.fixed_tokens + tokens_of(&messages[1..], &[]);
             let need = prompt + prompt * COUNT_MARGIN_PERCENT / 100 + i64::from(max_output);
             if used + need > limits.max_tokens_per_run {
                 limit = Some(Limit::Tokens);

@@ -301,8 +301,8 @@ impl Engine {
             text: line(m),
         };
 
-        // Every section is its own read: they run together, so a pack
-        // takes about as long as its slowest section, not their sum.
+        // The sections' reads run together, so a pack takes about as long
+        // as its slowest read, not their sum.
         // Hot: the newest and the most important, by recency and importance.
         let recent = MemoryFilter {
             from: Some(now - layers.hot_window()),
@@ -313,13 +313,27 @@ impl Engine {
             ..MemoryFilter::default()
         };
         let store = self.store();
-        let hot = async {
-            let (mut hot, important) = tokio::try_join!(
-                store.list_memories(scope, &recent, None, cfg.context.hot_items),
-                store.list_memories(scope, &important, None, cfg.context.hot_items),
-            )?;
-            hot.extend(important);
-            Ok::<_, EngineError>(hot)
+        // Hot (newest, most important) and the workstream's recent
+        // memories: three lists, read in one go.
+        let mut lists = vec![
+            (recent, cfg.context.hot_items),
+            (important, cfg.context.hot_items),
+        ];
+        if let Some(w) = workstream {
+            lists.push((
+                MemoryFilter {
+                    workstream: Some(w),
+                    from: Some(now - layers.warm_window()),
+                    ..MemoryFilter::default()
+                },
+                cfg.context.warm_items,
+            ));
+        }
+        let listed = async {
+            let mut l = store.list_memories_many(scope, &lists).await?.into_iter();
+            let mut hot = l.next().unwrap_or_default();
+            hot.extend(l.next().unwrap_or_default());
+            Ok::<_, EngineError>((hot, l.next().unwrap_or_default()))
         };
         // Warm and cold: search hits for the task text, by layer; warm also
         // takes the task's workstream's recent memories.
@@ -330,21 +344,6 @@ impl Engine {
                 self.search_memories(scope, &req.query, &MemoryFilter::default(), cfg.candidates)
                     .await
             }
-        };
-        let workstream_recent = async {
-            let Some(w) = workstream else {
-                return Ok(Vec::new());
-            };
-            let f = MemoryFilter {
-                workstream: Some(w),
-                from: Some(now - layers.warm_window()),
-                ..MemoryFilter::default()
-            };
-            Ok::<_, EngineError>(
-                store
-                    .list_memories(scope, &f, None, cfg.context.warm_items)
-                    .await?,
-            )
         };
         // Knowledge and shared: the task text's best hits in the knowledge
         // base and, as anonymised copies, in other companies' memories
@@ -359,8 +358,8 @@ impl Engine {
             &req.query,
             cfg.context.shared_hits as usize,
         );
-        let (mut hot, hits, workstream_recent, knowledge, shared_c) =
-            tokio::try_join!(hot, hits, workstream_recent, knowledge, shared)?;
+        let ((mut hot, workstream_recent), hits, knowledge, shared_c) =
+            tokio::try_join!(listed, hits, knowledge, shared)?;
 
         let mut seen = HashSet::new();
         hot.retain(|m| seen.insert(m.id));

@@ -352,6 +352,52 @@ impl MemoryStore for PgStore {
         rows.iter().map(memory_from_row).collect()
     }
 
+    async fn list_memories_many(
+        &self,
+        scope: &CompanyScope,
+        lists: &[(MemoryFilter, u32)],
+    ) -> Result<Vec<Vec<Memory>>> {
+        let mut out: Vec<Vec<Memory>> = lists.iter().map(|_| Vec::new()).collect();
+        let asked: Vec<(usize, &(MemoryFilter, u32))> =
+            lists.iter().enumerate().filter(|(_, l)| l.1 > 0).collect();
+        if asked.is_empty() {
+            return Ok(out);
+        }
+        // One statement in one scoped transaction, not one of each per list.
+        let mut qb = QueryBuilder::<Postgres>::new("");
+        for (n, (i, (filter, limit))) in asked.iter().enumerate() {
+            if n > 0 {
+                qb.push(" UNION ALL ");
+            }
+            qb.push("SELECT * FROM (SELECT ")
+                .push_bind(i64::try_from(*i).unwrap_or(i64::MAX))
+                .push(format!(
+                    "::int8 AS part, {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = "
+                ))
+                .push_bind(scope.company().as_str().to_owned());
+            push_filter(&mut qb, filter);
+            qb.push(" ORDER BY m.occurred_at DESC, m.id DESC LIMIT ")
+                .push_bind(i64::from(*limit))
+                .push(") AS l");
+        }
+        let mut tx = self.scoped(scope.company()).await?;
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        for r in rows {
+            let part: i64 = r.try_get("part")?;
+            let list = usize::try_from(part)
+                .ok()
+                .and_then(|p| out.get_mut(p))
+                .ok_or_else(|| StoreError::Corrupt(format!("memory lists: part {part}")))?;
+            list.push(memory_from_row(&r)?);
+        }
+        // A compound select promises no order: each list's own, again.
+        for list in &mut out {
+            list.sort_by_key(|m| std::cmp::Reverse((m.occurred_at, m.id)));
+        }
+        Ok(out)
+    }
+
     async fn search_memories(
         &self,
         scope: &CompanyScope,

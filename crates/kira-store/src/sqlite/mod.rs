@@ -699,3 +699,87 @@ impl Store for SqliteStore {
         Ok(Some(crate::JobLock::new(())))
     }
 }
+
+/// Statements sent to the connection's thread as one command: through
+/// sqlx every statement is a round trip between threads, which costs more
+/// than SQLite's work for a small write. Each statement is constant SQL
+/// ending in `;`, its values bound in order (all text here); after the
+/// script runs, each statement's changed rows are checked against what it
+/// expected, and a mismatch is a conflict (the caller's transaction then
+/// rolls back, so nothing of it stays).
+#[derive(Default)]
+pub(crate) struct Script {
+    sql: String,
+    binds: Vec<String>,
+    /// Per statement: the rows it must change, and what to say otherwise.
+    expect: Vec<Option<(u64, &'static str)>>,
+}
+
+impl Script {
+    /// Adds `sql` (one statement) with its values; `expect` the rows it
+    /// must change.
+    pub(crate) fn push(
+        &mut self,
+        sql: &str,
+        binds: impl IntoIterator<Item = String>,
+        expect: Option<(u64, &'static str)>,
+    ) {
+        debug_assert!(sql.trim_end().ends_with(';') && sql.matches(';').count() == 1);
+        self.sql.push_str(sql);
+        self.sql.push('\n');
+        self.binds.extend(binds);
+        self.expect.push(expect);
+    }
+
+    /// Runs every statement in `tx`; the rows a statement returns are
+    /// handed back per statement, in order.
+    pub(crate) async fn run(self, tx: &mut SqliteConnection) -> Result<Vec<Vec<SqliteRow>>> {
+        use futures_util::TryStreamExt;
+        if self.expect.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.sql));
+        for b in self.binds {
+            q = q.bind(b);
+        }
+        let mut rows: Vec<Vec<SqliteRow>> = vec![Vec::new()];
+        let mut changed = Vec::with_capacity(self.expect.len());
+        // sqlx 0.9 deprecates several statements in one prepared query
+        // (launchbadge/sqlx#3108) but keeps them within 0.9; should a later
+        // version drop them, this is the one place that sends them, and
+        // running each statement alone keeps every caller correct.
+        #[allow(deprecated)]
+        let mut stream = q.fetch_many(&mut *tx);
+        while let Some(step) = stream.try_next().await? {
+            match step {
+                sqlx::Either::Left(done) => {
+                    changed.push(done.rows_affected());
+                    rows.push(Vec::new());
+                }
+                sqlx::Either::Right(row) => {
+                    if let Some(last) = rows.last_mut() {
+                        last.push(row);
+                    }
+                }
+            }
+        }
+        rows.pop();
+        if changed.len() != self.expect.len() {
+            return Err(StoreError::Corrupt(format!(
+                "a script of {} statements reported {}",
+                self.expect.len(),
+                changed.len()
+            )));
+        }
+        for (n, want) in changed.iter().zip(&self.expect) {
+            if let Some((want, what)) = want
+                && n != want
+            {
+                return Err(StoreError::Conflict(format!(
+                    "{what}: {n} rows where {want} were expected; nothing was recorded"
+                )));
+            }
+        }
+        Ok(rows)
+    }
+}

@@ -622,24 +622,6 @@ pub(super) async fn delete_company_work(
     Ok(())
 }
 
-fn queue_from_row(r: &SqliteRow) -> Result<QueueEntry> {
-    let task: String = r.try_get("task_id")?;
-    let status: String = r.try_get("status")?;
-    let priority: String = r.try_get("priority")?;
-    Ok(QueueEntry {
-        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        agent: r.try_get("agent")?,
-        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
-        priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
-        multiplier: r.try_get("multiplier")?,
-        deadline: parse_opt_ts(r.try_get("deadline")?)?,
-        waiting_since: parse_ts(r.try_get("waiting_since")?)?,
-        estimated_tokens: r.try_get("estimated_tokens")?,
-        attempts: r.try_get("attempts")?,
-    })
-}
-
 fn request_from_row(r: &SqliteRow) -> Result<EmergencyRequest> {
     let task: String = r.try_get("task_id")?;
     Ok(EmergencyRequest {
@@ -889,27 +871,67 @@ impl TaskStore for SqliteStore {
     }
 
     async fn queue_snapshot(&self, now: DateTime<Utc>, limit: u32) -> Result<QueueSnapshot> {
-        let rows = sqlx::query(
-            "SELECT task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
-             estimated_tokens, attempts FROM task_queue \
-             WHERE status IN ('queued', 'waiting_budget') AND not_before <= ? \
-             ORDER BY waiting_since, task_id LIMIT ?",
+        // One row of two JSON arrays: a pass reads hundreds of entries, and
+        // each row sqlx hands over is a message between threads.
+        let row = sqlx::query(
+            "SELECT (SELECT json_group_array(json_array(task_id, company_id, agent, status, priority, multiplier, \
+               deadline, waiting_since, estimated_tokens, attempts) ORDER BY waiting_since, task_id) \
+               FROM (SELECT * FROM task_queue WHERE status IN ('queued', 'waiting_budget') AND not_before <= ? \
+                     ORDER BY waiting_since, task_id LIMIT ?)) AS runnable, \
+             (SELECT json_group_array(json_array(agent, company_id)) FROM task_queue WHERE status = 'running') AS running",
         )
         .bind(ts(now))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        let runnable = rows
-            .iter()
-            .map(queue_from_row)
+        type Entry = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            f64,
+            Option<String>,
+            String,
+            i64,
+            i32,
+        );
+        let runnable: Vec<Entry> = json(row.try_get("runnable")?)?;
+        let runnable = runnable
+            .into_iter()
+            .map(
+                |(
+                    task,
+                    company,
+                    agent,
+                    status,
+                    priority,
+                    multiplier,
+                    deadline,
+                    since,
+                    est,
+                    attempts,
+                )| {
+                    Ok(QueueEntry {
+                        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+                        company_id: company_id(&company)?,
+                        agent,
+                        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
+                        priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
+                        multiplier,
+                        deadline: parse_opt_ts(deadline)?,
+                        waiting_since: parse_ts(&since)?,
+                        estimated_tokens: est,
+                        attempts,
+                    })
+                },
+            )
             .collect::<Result<Vec<_>>>()?;
-        let running =
-            sqlx::query("SELECT agent, company_id FROM task_queue WHERE status = 'running'")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("agent")?, company_id(r.try_get("company_id")?)?)))
-                .collect::<Result<Vec<_>>>()?;
+        let running: Vec<(String, String)> = json(row.try_get("running")?)?;
+        let running = running
+            .into_iter()
+            .map(|(agent, company)| Ok((agent, company_id(&company)?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(QueueSnapshot { runnable, running })
     }
 
@@ -2091,96 +2113,75 @@ async fn claim_set(
         })
         .collect();
     let rows = to_json(&rows)?;
-    let changed = |what: &str, n: u64, want: usize| {
-        if n == want as u64 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!(
-                "a batch claim found {n} {what} where it expected {want}; nothing was claimed"
-            )))
-        }
-    };
-    let n = sqlx::query(
-        "UPDATE task_queue SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 \
-         WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?)) \
-         AND +status IN ('queued', 'waiting_budget') AND +not_before <= ?",
-    )
-    .bind(worker)
-    .bind(ts(lease_until))
-    .bind(&rows)
-    .bind(ts(now))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    changed("claimable tasks", n, fast.len())?;
     let companies = fast
         .iter()
         .map(|f| f.c.scope.company())
         .collect::<std::collections::BTreeSet<_>>()
         .len();
+    // One command; a count that is off fails the claim and the caller's
+    // transaction rolls back, so nothing of it is claimed.
+    let mut script = super::Script::default();
+    script.push(
+        "UPDATE task_queue SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 \
+         WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?)) \
+         AND +status IN ('queued', 'waiting_budget') AND +not_before <= ?;",
+        [worker.to_owned(), ts(lease_until), rows.clone(), ts(now)],
+        Some((fast.len() as u64, "a batch claim found other claimable tasks")),
+    );
     // The reservation: one conditional update per company, for the sum.
-    let n = sqlx::query(
+    script.push(
         "UPDATE budget_allocations SET reserved = budget_allocations.reserved + j.amount \
          FROM (SELECT value ->> 'company' AS company, SUM(value ->> 'amount') AS amount \
                FROM json_each(?) GROUP BY 1) AS j \
          WHERE budget_allocations.period_id = ? AND budget_allocations.company_id = j.company \
-         AND budget_allocations.reserved + budget_allocations.spent + j.amount <= budget_allocations.tokens",
-    )
-    .bind(&rows)
-    .bind(period)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    changed("allocations with room", n, companies)?;
-    sqlx::query(
+         AND budget_allocations.reserved + budget_allocations.spent + j.amount <= budget_allocations.tokens;",
+        [rows.clone(), period.to_owned()],
+        Some((companies as u64, "a batch claim found other allocations with room")),
+    );
+    script.push(
         "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
          SELECT value ->> 'rid', value ->> 'company', value ->> 'id', ?, 'base', value ->> 'amount', 'held', ? \
-         FROM json_each(?) ORDER BY key",
-    )
-    .bind(period)
-    .bind(ts(now))
-    .bind(&rows)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
+         FROM json_each(?) ORDER BY key;",
+        [period.to_owned(), ts(now), rows.clone()],
+        None,
+    );
+    script.push(
         "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
          SELECT ?, ?, value ->> 'company', value ->> 'id', value ->> 'rid', 'base', 'reserve', value ->> 'amount', '' \
-         FROM json_each(?) ORDER BY key",
-    )
-    .bind(ts(now))
-    .bind(period)
-    .bind(&rows)
-    .execute(&mut *tx)
-    .await?;
-    let sql = format!(
+         FROM json_each(?) ORDER BY key;",
+        [ts(now), period.to_owned(), rows.clone()],
+        None,
+    );
+    let claim_tasks = format!(
         "UPDATE tasks SET status = 'running', status_reason = j.reason, updated_at = ?, attempts = attempts + 1, \
          started_at = COALESCE(started_at, ?) \
          FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'reason' AS reason \
                FROM json_each(?)) AS j \
-         WHERE tasks.company_id = j.company AND tasks.task_id = j.id RETURNING {TASK_COLUMNS}"
+         WHERE tasks.company_id = j.company AND tasks.task_id = j.id RETURNING {TASK_COLUMNS};"
     );
-    let tasks = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(ts(now))
-        .bind(ts(now))
-        .bind(&rows)
-        .fetch_all(&mut *tx)
-        .await?
+    script.push(
+        &claim_tasks,
+        [ts(now), ts(now), rows.clone()],
+        Some((fast.len() as u64, "a batch claim found other task rows")),
+    );
+    script.push(
+        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
+         SELECT value ->> 'company', value ->> 'id', ?, value ->> 'from', 'running', value ->> 'reason' \
+         FROM json_each(?) ORDER BY key;",
+        [ts(now), rows],
+        None,
+    );
+    let mut returned = script.run(tx).await?;
+    let tasks = returned
+        .get_mut(4)
+        .map(std::mem::take)
+        .unwrap_or_default()
         .iter()
         .map(|r| {
             let t = task_from_row(r)?;
             Ok((t.task_id.as_str().to_owned(), t))
         })
         .collect::<Result<BTreeMap<_, _>>>()?;
-    changed("task rows", tasks.len() as u64, fast.len())?;
-    sqlx::query(
-        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
-         SELECT value ->> 'company', value ->> 'id', ?, value ->> 'from', 'running', value ->> 'reason' \
-         FROM json_each(?) ORDER BY key",
-    )
-    .bind(ts(now))
-    .bind(&rows)
-    .execute(&mut *tx)
-    .await?;
     Ok(tasks)
 }
 
@@ -2280,81 +2281,72 @@ impl FinishPlan {
 
     /// One statement per table, whatever the number of completions.
     async fn write(&self, tx: &mut SqliteConnection, now: DateTime<Utc>) -> Result<()> {
-        let closed = to_json(&self.closed)?;
+        // One command for all of it: the statements are independent of
+        // each other's results, only their row counts are checked.
+        let mut script = super::Script::default();
         if !self.closed.is_empty() {
-            let n = sqlx::query(
+            let closed = to_json(&self.closed)?;
+            script.push(
                 "UPDATE reservations SET state = j.state, spent = j.spent, closed_at = ? \
                  FROM (SELECT value ->> 'rid' AS rid, value ->> 'state' AS state, value ->> 'spent' AS spent \
                        FROM json_each(?)) AS j \
-                 WHERE reservations.reservation_id = j.rid AND reservations.state = 'held'",
-            )
-            .bind(ts(now))
-            .bind(&closed)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n != self.closed.len() as u64 {
-                return Err(StoreError::Conflict(
-                    "a reservation changed during a batch finish; nothing was recorded".into(),
-                ));
-            }
+                 WHERE reservations.reservation_id = j.rid AND reservations.state = 'held';",
+                [ts(now), closed.clone()],
+                Some((
+                    self.closed.len() as u64,
+                    "a reservation changed during a batch finish",
+                )),
+            );
             // The balances: base on the companies' allocations, the others on
             // their pool rows, as move_tokens does one by one.
-            sqlx::query(
+            script.push(
                 "UPDATE budget_allocations SET reserved = budget_allocations.reserved - j.amount, spent = budget_allocations.spent + j.spent \
                  FROM (SELECT value ->> 'period' AS period, value ->> 'company' AS company, \
                          SUM(value ->> 'amount') AS amount, SUM(value ->> 'spent') AS spent \
                        FROM json_each(?) WHERE value ->> 'pool' = 'base' GROUP BY 1, 2) AS j \
-                 WHERE budget_allocations.period_id = j.period AND budget_allocations.company_id = j.company",
-            )
-            .bind(&closed)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
+                 WHERE budget_allocations.period_id = j.period AND budget_allocations.company_id = j.company;",
+                [closed.clone()],
+                None,
+            );
+            script.push(
                 "UPDATE budget_pools SET reserved = budget_pools.reserved - j.amount, spent = budget_pools.spent + j.spent \
                  FROM (SELECT value ->> 'period' AS period, value ->> 'pool' AS pool, \
                          SUM(value ->> 'amount') AS amount, SUM(value ->> 'spent') AS spent \
                        FROM json_each(?) WHERE value ->> 'pool' <> 'base' GROUP BY 1, 2) AS j \
-                 WHERE budget_pools.period_id = j.period AND budget_pools.pool = j.pool",
-            )
-            .bind(&closed)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
+                 WHERE budget_pools.period_id = j.period AND budget_pools.pool = j.pool;",
+                [closed],
+                None,
+            );
+            script.push(
                 "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
                  SELECT ?, value ->> 'period', value ->> 'company', value ->> 'id', value ->> 'rid', value ->> 'pool', \
-                   value ->> 'kind', value ->> 'amount', value ->> 'detail' FROM json_each(?) ORDER BY key",
-            )
-            .bind(ts(now))
-            .bind(to_json(&self.ledger)?)
-            .execute(&mut *tx)
-            .await?;
+                   value ->> 'kind', value ->> 'amount', value ->> 'detail' FROM json_each(?) ORDER BY key;",
+                [ts(now), to_json(&self.ledger)?],
+                None,
+            );
         }
         if !self.ended.is_empty() {
-            sqlx::query(
+            script.push(
                 "DELETE FROM task_queue \
-                 WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?))",
-            )
-            .bind(to_json(&self.ended)?)
-            .execute(&mut *tx)
-            .await?;
+                 WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?));",
+                [to_json(&self.ended)?],
+                None,
+            );
         }
         if !self.requeued.is_empty() {
-            sqlx::query(
+            script.push(
                 "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
                    not_before = COALESCE(j.not_before, ?) \
                  FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'not_before' AS not_before \
                        FROM json_each(?)) AS j \
-                 WHERE task_queue.task_id = j.id AND task_queue.company_id = j.company",
-            )
-            .bind(ts(now))
-            .bind(to_json(&self.requeued)?)
-            .execute(&mut *tx)
-            .await?;
+                 WHERE task_queue.task_id = j.id AND task_queue.company_id = j.company;",
+                [ts(now), to_json(&self.requeued)?],
+                None,
+            );
         }
         let tasks: Vec<&serde_json::Value> = self.tasks.iter().map(|(_, t)| t).collect();
         let tasks = to_json(&tasks)?;
-        let n = sqlx::query(
+        script.push(
             "UPDATE tasks SET result = j.result, confidence = j.confidence, requires_human_review = j.review, \
                last_error = COALESCE(j.error, last_error), status = j.status, status_reason = j.reason, \
                updated_at = ?, finished_at = CASE WHEN j.finished THEN ? ELSE finished_at END, \
@@ -2364,28 +2356,21 @@ impl FinishPlan {
                      value ->> 'confidence' AS confidence, value ->> 'review' AS review, value ->> 'error' AS error, \
                      value ->> 'status' AS status, value ->> 'reason' AS reason, value ->> 'finished' AS finished, \
                      value ->> 'p' AS p, value ->> 'c' AS c, value ->> 'cost' AS cost FROM json_each(?)) AS j \
-             WHERE tasks.company_id = j.company AND tasks.task_id = j.id",
-        )
-        .bind(ts(now))
-        .bind(ts(now))
-        .bind(&tasks)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != self.tasks.len() as u64 {
-            return Err(StoreError::Conflict(
-                "a task row was missing in a batch finish; nothing was recorded".into(),
-            ));
-        }
-        sqlx::query(
+             WHERE tasks.company_id = j.company AND tasks.task_id = j.id;",
+            [ts(now), ts(now), tasks.clone()],
+            Some((
+                self.tasks.len() as u64,
+                "a task row was missing in a batch finish",
+            )),
+        );
+        script.push(
             "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
              SELECT value ->> 'company', value ->> 'id', ?, 'running', value ->> 'status', value ->> 'reason' \
-             FROM json_each(?) ORDER BY key",
-        )
-        .bind(ts(now))
-        .bind(&tasks)
-        .execute(&mut *tx)
-        .await?;
+             FROM json_each(?) ORDER BY key;",
+            [ts(now), tasks],
+            None,
+        );
+        script.run(tx).await?;
         Ok(())
     }
 }

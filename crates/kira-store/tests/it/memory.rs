@@ -16,6 +16,7 @@ use crate::support::{Fresh, cid, create, record, scope, t0};
 
 conformance!(
     insert_get_and_list_with_every_filter,
+    many_lists_at_once_equal_each_alone,
     pages_have_no_gaps_or_duplicates,
     batch_limits_and_refusals_write_nothing,
     search_ranks_matches_and_survives_hostile_queries,
@@ -256,6 +257,81 @@ async fn insert_get_and_list_with_every_filter(f: Fresh) {
         s.list_memories(&scope("acme"), &all, None, 0)
             .await
             .expect("list")
+            .is_empty()
+    );
+}
+
+async fn many_lists_at_once_equal_each_alone(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let acme: Vec<Memory> = (1..=12)
+        .map(|n| Memory {
+            importance: i16::try_from(n % 10 + 1).expect("small"),
+            workstream: if n % 3 == 0 {
+                Workstream::Legal
+            } else {
+                Workstream::General
+            },
+            ..mem("acme", n, &format!("acme note {n}"))
+        })
+        .collect();
+    insert(s, "acme", &acme).await;
+    // Beta's memories match every filter too, and must never show.
+    let beta: Vec<Memory> = (101..=106)
+        .map(|n| Memory {
+            importance: 9,
+            workstream: Workstream::Legal,
+            ..mem("beta", n, "beta note")
+        })
+        .collect();
+    insert(s, "beta", &beta).await;
+    let lists = vec![
+        (
+            MemoryFilter {
+                from: Some(acme[5].occurred_at),
+                ..Default::default()
+            },
+            4,
+        ),
+        (
+            MemoryFilter {
+                min_importance: Some(8),
+                ..Default::default()
+            },
+            10,
+        ),
+        // Nothing asked: nothing read.
+        (MemoryFilter::default(), 0),
+        (
+            MemoryFilter {
+                workstream: Some(Workstream::Legal),
+                ..Default::default()
+            },
+            3,
+        ),
+        (archived(Archived::Only), 5),
+    ];
+    let many = s
+        .list_memories_many(&scope("acme"), &lists)
+        .await
+        .expect("many");
+    assert_eq!(many.len(), lists.len(), "one list per list asked");
+    for ((filter, limit), got) in lists.iter().zip(&many) {
+        let alone = s
+            .list_memories(&scope("acme"), filter, None, *limit)
+            .await
+            .expect("alone");
+        assert_eq!(got, &alone, "{filter:?} limit {limit}");
+        assert!(got.iter().all(|m| m.company_id == cid("acme")));
+    }
+    assert_eq!(many[0].len(), 4, "each list keeps its own limit");
+    assert!(!many[1].is_empty() && !many[3].is_empty());
+    assert!(many[2].is_empty() && many[4].is_empty());
+    assert!(
+        s.list_memories_many(&scope("acme"), &[])
+            .await
+            .expect("none")
             .is_empty()
     );
 }
