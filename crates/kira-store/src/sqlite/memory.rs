@@ -388,56 +388,74 @@ impl MemoryStore for SqliteStore {
         // of whole doclists: 40 ms per search at 1M memories); each
         // word's match within one company is a seek instead.
         let company = scope.company();
-        // Each word's rows come back as one JSON array: a row through the
-        // driver costs more than SQLite's work for it.
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ",
-        );
-        qb.push_bind(company.as_str().to_owned());
+        // One statement: each word's matches (one JSON array each: a row
+        // through the driver costs more than SQLite's work for it), the
+        // company's document count, and the matches the filter passes with
+        // their lengths. Each word is matched once (materialised).
+        let mut qb = QueryBuilder::<Sqlite>::new("WITH ");
         for (i, w) in words.iter().enumerate() {
-            qb.push(" UNION ALL SELECT ")
-                .push_bind(i64::try_from(i).unwrap_or(i64::MAX))
-                .push(", json_group_array(rowid) FROM memories_fts WHERE memories_fts MATCH ")
-                .push_bind(fts_word_query(company, w));
+            if i > 0 {
+                qb.push(", ");
+            }
+            qb.push(format!(
+                "w{i} AS MATERIALIZED (SELECT rowid AS seq FROM memories_fts WHERE memories_fts MATCH "
+            ))
+            .push_bind(fts_word_query(company, w))
+            .push(")");
         }
+        qb.push(" SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ")
+            .push_bind(company.as_str().to_owned());
+        for i in 0..words.len() {
+            qb.push(format!(
+                " UNION ALL SELECT {i}, (SELECT json_group_array(seq) FROM w{i})"
+            ));
+        }
+        qb.push(
+            " UNION ALL SELECT -2, (SELECT json_group_array(json_array(m.seq, \
+             length(coalesce(m.content ->> '$.text', '')) + length(m.category) \
+             + length(m.indexed_terms), m.occurred_at, m.id)) FROM memories m \
+             WHERE m.company_id = ",
+        )
+        .push_bind(company.as_str().to_owned())
+        .push(" AND m.seq IN (");
+        for i in 0..words.len() {
+            if i > 0 {
+                qb.push(" UNION ");
+            }
+            qb.push(format!("SELECT seq FROM w{i}"));
+        }
+        qb.push(")");
+        push_filter(&mut qb, filter);
+        qb.push(")");
         let mut documents = 0f64;
         let mut df = vec![0f64; words.len()];
         // seq -> the words the row holds.
         let mut holds: std::collections::HashMap<i64, Vec<usize>> = Default::default();
+        // (seq, length, occurred_at, id) of the matches the filter passes.
+        let mut passing: Vec<(i64, i64, String, String)> = Vec::new();
         for r in qb.build().fetch_all(self.pool()).await? {
             let w: i64 = r.try_get("w")?;
-            let seqs: Vec<i64> =
-                serde_json::from_str(r.try_get("seqs")?).map_err(|e| corrupt("search rows", e))?;
+            let seqs: &str = r.try_get("seqs")?;
             match usize::try_from(w) {
                 Ok(w) if w < words.len() => {
+                    let seqs: Vec<i64> =
+                        serde_json::from_str(seqs).map_err(|e| corrupt("search rows", e))?;
                     df[w] = seqs.len() as f64;
                     for seq in seqs {
                         holds.entry(seq).or_default().push(w);
                     }
                 }
-                _ => documents = seqs.first().copied().unwrap_or(0) as f64,
+                _ if w == -2 => {
+                    passing = serde_json::from_str(seqs).map_err(|e| corrupt("search rows", e))?;
+                }
+                _ => {
+                    let n: Vec<i64> =
+                        serde_json::from_str(seqs).map_err(|e| corrupt("search rows", e))?;
+                    documents = n.first().copied().unwrap_or(0) as f64;
+                }
             }
         }
-        if holds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let seqs: Vec<i64> = holds.keys().copied().collect();
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT json_group_array(json_array(m.seq, \
-             length(coalesce(m.content ->> '$.text', '')) + length(m.category) \
-             + length(m.indexed_terms), m.occurred_at, m.id)) AS rows FROM memories m \
-             WHERE m.company_id = ",
-        );
-        qb.push_bind(company.as_str().to_owned())
-            .push(" AND m.seq IN (SELECT value FROM json_each(")
-            .push_bind(to_json(&seqs)?)
-            .push("))");
-        push_filter(&mut qb, filter);
-        let row = qb.build().fetch_one(self.pool()).await?;
-        // (seq, length, occurred_at, id) of the matches the filter passes.
-        let passing: Vec<(i64, i64, String, String)> =
-            serde_json::from_str(row.try_get("rows")?).map_err(|e| corrupt("search rows", e))?;
-        if passing.is_empty() {
+        if holds.is_empty() || passing.is_empty() {
             return Ok(Vec::new());
         }
         let documents = documents.max(df.iter().copied().fold(0.0, f64::max));
