@@ -19,7 +19,7 @@ use kira_core::memory::{EventType, Memory, Workstream};
 use kira_core::{CompanyId, ValidationError};
 use uuid::Uuid;
 
-use crate::Result;
+use crate::{Result, StoreError};
 
 /// The most memories one insert takes (one transaction).
 pub const MAX_BATCH: usize = 1_000;
@@ -122,6 +122,29 @@ pub struct MemoryStats {
     pub archived: u64,
     /// Live memories with a vector for the asked model.
     pub embedded: u64,
+}
+
+/// The lists of [`MemoryStore::list_memories_many`] from one compound
+/// read's rows, each tagged with its list's place: each list in its own
+/// order (newest first, ties by larger id), since a compound select
+/// promises none.
+pub(crate) fn lists_from_parts(
+    lists: usize,
+    rows: impl IntoIterator<Item = Result<(i64, Memory)>>,
+) -> Result<Vec<Vec<Memory>>> {
+    let mut out: Vec<Vec<Memory>> = (0..lists).map(|_| Vec::new()).collect();
+    for row in rows {
+        let (part, m) = row?;
+        usize::try_from(part)
+            .ok()
+            .and_then(|p| out.get_mut(p))
+            .ok_or_else(|| StoreError::Corrupt(format!("memory lists: part {part}")))?
+            .push(m);
+    }
+    for list in &mut out {
+        list.sort_by_key(|m| std::cmp::Reverse((m.occurred_at, m.id)));
+    }
+    Ok(out)
 }
 
 #[async_trait]

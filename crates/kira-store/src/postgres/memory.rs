@@ -357,11 +357,10 @@ impl MemoryStore for PgStore {
         scope: &CompanyScope,
         lists: &[(MemoryFilter, u32)],
     ) -> Result<Vec<Vec<Memory>>> {
-        let mut out: Vec<Vec<Memory>> = lists.iter().map(|_| Vec::new()).collect();
         let asked: Vec<(usize, &(MemoryFilter, u32))> =
             lists.iter().enumerate().filter(|(_, l)| l.1 > 0).collect();
         if asked.is_empty() {
-            return Ok(out);
+            return Ok(lists.iter().map(|_| Vec::new()).collect());
         }
         // One statement in one scoped transaction, not one of each per list.
         let mut qb = QueryBuilder::<Postgres>::new("");
@@ -383,19 +382,11 @@ impl MemoryStore for PgStore {
         let mut tx = self.scoped(scope.company()).await?;
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        for r in rows {
-            let part: i64 = r.try_get("part")?;
-            let list = usize::try_from(part)
-                .ok()
-                .and_then(|p| out.get_mut(p))
-                .ok_or_else(|| StoreError::Corrupt(format!("memory lists: part {part}")))?;
-            list.push(memory_from_row(&r)?);
-        }
-        // A compound select promises no order: each list's own, again.
-        for list in &mut out {
-            list.sort_by_key(|m| std::cmp::Reverse((m.occurred_at, m.id)));
-        }
-        Ok(out)
+        lists_from_parts(
+            lists.len(),
+            rows.iter()
+                .map(|r| Ok((r.try_get("part")?, memory_from_row(r)?))),
+        )
     }
 
     async fn search_memories(

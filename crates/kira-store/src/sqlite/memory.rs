@@ -333,11 +333,10 @@ impl MemoryStore for SqliteStore {
         scope: &CompanyScope,
         lists: &[(MemoryFilter, u32)],
     ) -> Result<Vec<Vec<Memory>>> {
-        let mut out: Vec<Vec<Memory>> = lists.iter().map(|_| Vec::new()).collect();
         let asked: Vec<(usize, &(MemoryFilter, u32))> =
             lists.iter().enumerate().filter(|(_, l)| l.1 > 0).collect();
         if asked.is_empty() {
-            return Ok(out);
+            return Ok(lists.iter().map(|_| Vec::new()).collect());
         }
         // One statement: each list a subquery tagged with its place, since
         // every statement is a round trip to the connection's thread.
@@ -357,19 +356,12 @@ impl MemoryStore for SqliteStore {
                 .push_bind(i64::from(*limit))
                 .push(")");
         }
-        for r in qb.build().fetch_all(self.pool()).await? {
-            let part: i64 = r.try_get("part")?;
-            let list = usize::try_from(part)
-                .ok()
-                .and_then(|p| out.get_mut(p))
-                .ok_or_else(|| corrupt("memory lists", part))?;
-            list.push(memory_from_row(&r)?);
-        }
-        // A compound select promises no order: each list's own, again.
-        for list in &mut out {
-            list.sort_by_key(|m| std::cmp::Reverse((m.occurred_at, m.id)));
-        }
-        Ok(out)
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        lists_from_parts(
+            lists.len(),
+            rows.iter()
+                .map(|r| Ok((r.try_get("part")?, memory_from_row(r)?))),
+        )
     }
 
     async fn search_memories(
