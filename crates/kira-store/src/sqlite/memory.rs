@@ -447,7 +447,7 @@ impl MemoryStore for SqliteStore {
                 }
             }
         }
-        if holds.is_empty() || passing.is_empty() {
+        if passing.is_empty() {
             return Ok(Vec::new());
         }
         let documents = documents.max(df.iter().copied().fold(0.0, f64::max));

@@ -783,3 +783,82 @@ impl Script {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> SqliteStore {
+        let s = SqliteStore::open("sqlite::memory:").await.expect("open");
+        sqlx::query("CREATE TABLE script_t (v TEXT NOT NULL)")
+            .execute(s.pool())
+            .await
+            .expect("table");
+        s
+    }
+
+    async fn values(s: &SqliteStore) -> Vec<String> {
+        sqlx::query_scalar("SELECT v FROM script_t ORDER BY v")
+            .fetch_all(s.pool())
+            .await
+            .expect("read")
+    }
+
+    #[tokio::test]
+    async fn a_script_hands_back_each_statements_rows_in_order() {
+        let s = store().await;
+        let mut tx = s.write().await.expect("tx");
+        let mut script = Script::default();
+        script.push(
+            "INSERT INTO script_t (v) VALUES (?), (?) RETURNING v;",
+            ["a".to_owned(), "b".to_owned()],
+            Some((2, "two rows")),
+        );
+        script.push(
+            "UPDATE script_t SET v = ? WHERE v = ?;",
+            ["c".to_owned(), "b".to_owned()],
+            Some((1, "one row")),
+        );
+        script.push("SELECT v FROM script_t ORDER BY v;", [], None);
+        let rows = script.run(&mut tx).await.expect("run");
+        tx.commit().await.expect("commit");
+        let text = |rs: &[SqliteRow]| -> Vec<String> {
+            rs.iter().map(|r| r.try_get("v").expect("v")).collect()
+        };
+        assert_eq!(rows.len(), 3, "one entry per statement");
+        assert_eq!(text(&rows[0]), ["a", "b"]);
+        assert!(rows[1].is_empty());
+        assert_eq!(text(&rows[2]), ["a", "c"]);
+        assert_eq!(values(&s).await, ["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_count_that_is_off_is_a_conflict_and_nothing_stays() {
+        let s = store().await;
+        let mut tx = s.write().await.expect("tx");
+        let mut script = Script::default();
+        script.push(
+            "INSERT INTO script_t (v) VALUES (?);",
+            ["a".to_owned()],
+            None,
+        );
+        script.push(
+            "UPDATE script_t SET v = ? WHERE v = ?;",
+            ["c".to_owned(), "missing".to_owned()],
+            Some((1, "the row to change")),
+        );
+        match script.run(&mut tx).await {
+            Err(StoreError::Conflict(m)) => assert!(m.starts_with("the row to change"), "{m}"),
+            other => panic!("expected a conflict, got {:?}", other.map(|r| r.len())),
+        }
+        drop(tx);
+        assert!(values(&s).await.is_empty(), "the transaction rolled back");
+        assert!(
+            Script::default()
+                .run(&mut s.pool().acquire().await.expect("conn"))
+                .await
+                .expect("empty")
+                .is_empty()
+        );
+    }
+}
