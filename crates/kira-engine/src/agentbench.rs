@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use kira_core::clock::Clock;
 use kira_core::task::TaskStatus;
 use kira_llm::{
@@ -20,20 +21,31 @@ use kira_store::Store;
 use serde::Serialize;
 
 use crate::agent::{AgentExecutor, ProviderHandle, Providers};
-use crate::bench::{Percentiles, all_tasks, bench_config, drain, percentiles, seed};
-use crate::{Engine, EngineError};
+use crate::bench::{Percentiles, all_tasks, bench_config, percentiles, seed};
+use crate::{Engine, EngineError, Shutdown};
 
 /// Answers every call with `submit_result` after `latency`, and keeps how
-/// long each task's calls took.
+/// long each task's calls took and when its first began and its last ended.
 pub struct FixedLatency {
     latency: Duration,
-    spent: Mutex<HashMap<String, Duration>>,
+    /// The run's clock, so call times compare with the task's timestamps.
+    clock: Arc<dyn Clock>,
+    spent: Mutex<HashMap<String, Calls>>,
+}
+
+/// A task's calls to the provider.
+#[derive(Debug, Clone, Copy)]
+struct Calls {
+    spent: Duration,
+    first_start: DateTime<Utc>,
+    last_end: DateTime<Utc>,
 }
 
 impl FixedLatency {
-    pub fn new(latency: Duration) -> Self {
+    pub fn new(latency: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
             latency,
+            clock,
             spent: Mutex::new(HashMap::new()),
         }
     }
@@ -60,15 +72,23 @@ impl Provider for FixedLatency {
     }
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, LlmError> {
-        let t0 = Instant::now();
+        let (t0, began) = (Instant::now(), self.clock.now());
         tokio::time::sleep(self.latency).await;
         let took = t0.elapsed();
-        *self
-            .spent
+        let ended = self.clock.now();
+        self.spent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(Self::task_of(req))
-            .or_default() += took;
+            .and_modify(|c| {
+                c.spent += took;
+                c.last_end = ended;
+            })
+            .or_insert(Calls {
+                spent: took,
+                first_start: began,
+                last_end: ended,
+            });
         let prompt: usize = req.messages.iter().map(|m| m.content.len() / 4).sum();
         Ok(ChatResponse {
             message: Message {
@@ -104,6 +124,12 @@ pub struct AgentsReport {
     pub tasks_per_second: f64,
     /// Claimed to recorded as finished, minus the provider's time.
     pub overhead: Percentiles,
+    /// Of which before the first call: the claim to the first call's start
+    /// (context pack, session, prompt).
+    pub before_call: Percentiles,
+    /// And after the last call: its end to the run's end being recorded
+    /// (the result, the trace, the end's write).
+    pub after_call: Percentiles,
     /// Submitted to finished.
     pub response: Percentiles,
     /// Share of tasks finished within their company's SLA (30 s).
@@ -126,7 +152,7 @@ pub async fn run(
     for a in cfg.agents.values_mut() {
         a.max_concurrent = slots;
     }
-    let fake = Arc::new(FixedLatency::new(latency));
+    let fake = Arc::new(FixedLatency::new(latency, clock.clone()));
     let policy = RetryPolicy {
         max_concurrent: 10_000,
         ..RetryPolicy::default()
@@ -146,8 +172,23 @@ pub async fn run(
     let engine = Engine::with_executor(store, clock, cfg, Arc::new(exec));
     let ids = seed(&engine, companies, tasks, false).await?;
     let start = Instant::now();
-    drain(&engine).await?;
+    // The scheduler's own loop, as `kira serve` runs it: a pass whenever
+    // work arrives or a run's end frees a slot.
+    let shutdown = Shutdown::new();
+    let scheduler = engine.start(shutdown.clone());
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let snap = engine
+            .store()
+            .queue_snapshot(engine.clock().now(), 1)
+            .await?;
+        if snap.runnable.is_empty() && snap.running.is_empty() {
+            break;
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
+    shutdown.trigger();
+    let _ = scheduler.await;
 
     let spent = fake
         .spent
@@ -155,16 +196,21 @@ pub async fn run(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
-    let (mut completed, mut within, mut overhead, mut response) = (0, 0, Vec::new(), Vec::new());
+    let (mut completed, mut within) = (0, 0);
+    let (mut overhead, mut before, mut after, mut response) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for t in all_tasks(&engine, &ids).await? {
         if t.status == TaskStatus::Completed {
             completed += 1;
         }
         if let (Some(s), Some(f)) = (t.started_at, t.finished_at) {
-            let provider = spent
-                .get(t.task_id.as_str())
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            let calls = spent.get(t.task_id.as_str());
+            let provider = calls.map_or(0.0, |c| c.spent.as_secs_f64() * 1000.0);
             overhead.push((ms(f - s) - provider).max(0.0));
+            if let Some(c) = calls {
+                before.push(ms(c.first_start - s).max(0.0));
+                after.push(ms(f - c.last_end).max(0.0));
+            }
             let r = ms(f - t.created_at);
             response.push(r);
             if r <= 30_000.0 {
@@ -194,6 +240,8 @@ pub async fn run(
             0.0
         },
         overhead: percentiles(overhead),
+        before_call: percentiles(before),
+        after_call: percentiles(after),
         response: percentiles(response),
         within_sla: share(within),
     })

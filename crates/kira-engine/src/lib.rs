@@ -112,6 +112,8 @@ struct Inner {
     directory: std::sync::Mutex<Option<(i64, Arc<Vec<kira_core::company::Company>>)>>,
     /// Audit entries of reads waiting to be written together.
     audits: group::Group<Vec<kira_core::audit::AuditRecord>, Result<(), String>>,
+    /// When the scheduler last looked for expired leases (see `scheduler`).
+    last_reap: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Engine {
@@ -155,6 +157,7 @@ impl Engine {
                 completions: worker::Completions::default(),
                 audits: group::Group::default(),
                 directory: std::sync::Mutex::new(None),
+                last_reap: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -213,7 +216,7 @@ impl Engine {
         &self.inner.summarizer
     }
 
-    /// Wakes the scheduler (new or requeued work).
+    /// Wakes the scheduler (new or requeued work, or a slot freed).
     pub fn wake(&self) {
         self.inner.wake.notify_one();
     }

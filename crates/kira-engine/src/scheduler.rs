@@ -125,18 +125,18 @@ pub struct TickReport {
 }
 
 impl Engine {
-    /// One pass: reap expired leases, rank the queue, claim what may run
+    /// One pass: reap expired leases (when due), rank the queue, claim what may run
     /// and start it. Does nothing but reap without an executor.
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
         let cfg = self.config();
         let now = self.clock().now();
-        let mut report = TickReport {
-            reaped: self
+        let mut report = TickReport::default();
+        if self.reap_due(now) {
+            report.reaped = self
                 .store()
                 .reap_expired(now, cfg.scheduler.retry_backoff)
-                .await?,
-            ..TickReport::default()
-        };
+                .await?;
+        }
         if self.inner.executor.is_none() {
             return Ok(report);
         }
@@ -212,6 +212,22 @@ impl Engine {
         Ok(report)
     }
 
+    /// Whether this pass looks for expired leases: at most once per
+    /// [`REAP_EVERY`] of the clock (a pass runs whenever a run ends, and a
+    /// lease lasts a minute), or when the clock went back.
+    fn reap_due(&self, now: DateTime<Utc>) -> bool {
+        let mut last = self
+            .inner
+            .last_reap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = reap_is_due(*last, now);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
     /// The periodic jobs: open the budget period and refresh allocations,
     /// on one node at a time.
     pub async fn periodic(&self) -> Result<bool, EngineError> {
@@ -240,6 +256,7 @@ impl Engine {
                 .unwrap_or(std::time::Duration::from_secs(1));
             let mut runs: Vec<JoinHandle<()>> = Vec::new();
             let mut last_periodic: Option<std::time::Instant> = None;
+            let mut last_pass: Option<std::time::Instant> = None;
             loop {
                 if last_periodic.is_none_or(|t| t.elapsed() >= PERIODIC_EVERY) {
                     if let Err(e) = engine.periodic().await {
@@ -247,6 +264,12 @@ impl Engine {
                     }
                     last_periodic = Some(std::time::Instant::now());
                 }
+                // Wakes that come close together (runs ending one after
+                // another) share one pass: a pass reads the whole queue.
+                if let Some(gap) = last_pass.and_then(|t| PASS_GAP.checked_sub(t.elapsed())) {
+                    tokio::time::sleep(gap).await;
+                }
+                last_pass = Some(std::time::Instant::now());
                 match engine.tick().await {
                     Ok(r) => runs.extend(r.runs),
                     Err(e) => tracing::error!(error = %e, "scheduling pass failed"),
@@ -266,6 +289,19 @@ impl Engine {
             }
         })
     }
+}
+
+/// The least time between the starts of two passes of the scheduler's
+/// loop: a freed slot waits at most this long for its next task.
+const PASS_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How often a pass looks for expired leases at most.
+const REAP_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+/// Whether a pass at `now` looks for expired leases, the last look having
+/// been at `last`.
+fn reap_is_due(last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    last.is_none_or(|t| now - t >= REAP_EVERY || now < t)
 }
 
 /// The advisory-lock key of the budget jobs.
@@ -392,6 +428,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn expired_leases_are_looked_for_at_most_once_a_second() {
+        assert!(reap_is_due(None, now()), "the first pass looks");
+        assert!(!reap_is_due(Some(now()), now()));
+        assert!(!reap_is_due(
+            Some(now()),
+            now() + TimeDelta::milliseconds(999)
+        ));
+        assert!(reap_is_due(Some(now()), now() + TimeDelta::seconds(1)));
+        assert!(
+            reap_is_due(Some(now()), now() - TimeDelta::milliseconds(1)),
+            "a clock that went back does not stop the reaper"
+        );
     }
 
     #[test]

@@ -226,7 +226,15 @@ impl Engine {
         }
         let store = self.store();
         let rules = &self.config().sharing;
-        let own = store.get_company(scope).await?;
+        let admin = system_admin()?;
+        let me = scope.company();
+        // The company itself from the kept directory (one small read when
+        // nothing changed); an archived one is not listed there.
+        let companies = self.directory(&admin).await?;
+        let own = match companies.iter().find(|c| &c.id == me) {
+            Some(c) => c.clone(),
+            None => store.get_company(scope).await?,
+        };
         // Conditions have no negation, so they are monotone in their atoms,
         // and no partner makes more atoms true than the company itself does
         // (same jurisdiction and industry; consent needs both sides). If
@@ -241,7 +249,6 @@ impl Engine {
             return Ok(Vec::new());
         }
         let now = self.clock().now();
-        let me = scope.company();
         // What this pack reads across companies, audited in one batch
         // (with other packs' batches) whatever the outcome.
         let mut audits = vec![system_record(
@@ -252,7 +259,16 @@ impl Engine {
             format!("scope {task_scope}"),
         )];
         let found = self
-            .shared_search(scope, &own, task_scope, query, k, now, &mut audits)
+            .shared_search(
+                scope,
+                &own,
+                &companies,
+                task_scope,
+                query,
+                k,
+                now,
+                &mut audits,
+            )
             .await;
         let written = self.audit_reads(audits).await;
         let found = found?;
@@ -267,6 +283,7 @@ impl Engine {
         &self,
         scope: &CompanyScope,
         own: &Company,
+        companies: &[Company],
         task_scope: &str,
         query: &str,
         k: usize,
@@ -277,7 +294,6 @@ impl Engine {
         let rules = &self.config().sharing;
         let admin = system_admin()?;
         let me = scope.company();
-        let companies = self.directory(&admin).await?;
         let blocked: HashSet<CompanyId> = store
             .conflict_partners(&admin, me)
             .await?
@@ -343,8 +359,22 @@ impl Engine {
                 }
             }))
             .await?;
-            for ((place, other, verdict), hits) in wave.into_iter().zip(results) {
-                let theirs = admin.company(&other.id, Access::Read);
+            // The names to redact, for each partner with hits, read together.
+            let names: Vec<Vec<(NameKind, String)>> =
+                try_join_all(wave.iter().zip(&results).map(|((_, other, _), hits)| {
+                    let theirs = admin.company(&other.id, Access::Read);
+                    let any = !hits.is_empty();
+                    async move {
+                        if any {
+                            store.listed_names(&theirs, MAX_REDACTED_NAMES).await
+                        } else {
+                            Ok(Vec::new())
+                        }
+                    }
+                }))
+                .await?;
+            for (((place, other, verdict), hits), names) in wave.into_iter().zip(results).zip(names)
+            {
                 audits.push(system_record(
                     now,
                     "memory.shared_read",
@@ -360,7 +390,7 @@ impl Engine {
                     continue;
                 }
                 let mut redact = Redactions::of_company(&other.id, &other.profile);
-                for (kind, name) in store.listed_names(&theirs, MAX_REDACTED_NAMES).await? {
+                for (kind, name) in names {
                     match kind {
                         NameKind::Person => redact.people.push(name),
                         NameKind::Counterparty => redact.counterparties.push(name),

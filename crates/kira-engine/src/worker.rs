@@ -61,6 +61,9 @@ impl Engine {
 }
 
 impl Engine {
+    /// Runs a claimed task to its end. The scheduler is woken as soon as
+    /// the end is recorded, since the run's slot is free then: a freed slot
+    /// must not wait for the next poll.
     pub(crate) async fn run_claimed(&self, task: Task, reservation: Reservation) {
         let Some(executor) = self.inner.executor.clone() else {
             return;
@@ -114,6 +117,7 @@ impl Engine {
             // Its trace still says what it did.
             let steps = run.take_records().steps;
             self.record_trace(&scope, &id, steps).await;
+            self.wake();
             return;
         }
         let now = self.clock().now();
@@ -193,7 +197,6 @@ impl Engine {
                 retry_at: None,
             },
         };
-        let requeued = finish.status == TaskStatus::Queued;
         let mut records = run.take_records();
         // What the company remembers of a completed task (a reviewed one
         // is remembered when a human approves it), in the end's transaction,
@@ -229,26 +232,24 @@ impl Engine {
             settle,
             records,
         };
-        let recorded = match self.complete(completion).await {
+        let completed = self.complete(completion).await;
+        self.wake();
+        let recorded = match completed {
             Completed::Recorded => Ok(()),
             // As a settle failing inside the executor would have ended it.
             Completed::SettleFailed(e) => {
                 let error = e.to_string();
                 let f = retry(format!("the run failed: {error}"), Some(error));
-                let requeued = f.status == TaskStatus::Queued;
                 let finished = self
                     .store()
                     .finish(&scope, &id, self.worker_id(), f, self.clock().now())
                     .await;
                 if finished.is_ok() {
+                    self.wake();
                     // The run did not count: only its trace stays.
                     self.record_trace(&scope, &id, steps).await;
                 }
                 match finished {
-                    Ok(_) if requeued => {
-                        self.wake();
-                        return;
-                    }
                     Ok(_) => return,
                     Err(e) => Err(e),
                 }
@@ -257,9 +258,6 @@ impl Engine {
         };
         match recorded {
             Ok(()) => {
-                if requeued {
-                    self.wake();
-                }
                 if let Some(m) = memory {
                     self.inner.embed_wake.notify_one();
                     if let Err(e) = self.detect_conflicts(&scope, &[m]).await {

@@ -86,6 +86,14 @@ async fn agents(args: BenchAgentsArgs, json: bool) -> anyhow::Result<ExitCode> {
             r.overhead.p50_ms, r.overhead.p99_ms, r.latency_ms
         );
         println!(
+            "    before the call  p50 {:.1} ms, p99 {:.1} ms (claimed to the first call)",
+            r.before_call.p50_ms, r.before_call.p99_ms
+        );
+        println!(
+            "    after the call   p50 {:.1} ms, p99 {:.1} ms (the last call's end to finished)",
+            r.after_call.p50_ms, r.after_call.p99_ms
+        );
+        println!(
             "  response time    p50 {:.1} ms, p99 {:.1} ms (submitted to finished)",
             r.response.p50_ms, r.response.p99_ms
         );

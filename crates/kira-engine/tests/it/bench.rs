@@ -29,3 +29,29 @@ async fn a_small_run_completes_every_task() {
             .ok
     );
 }
+
+/// `kira bench agents` on a small run: every task completes through the
+/// scheduler's own loop, and kira's time per task is at least its time
+/// before the first call and at least its time after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_agents_run_completes_every_task() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = testdb::fresh_sqlite(dir.path()).await;
+    let store = Arc::new(SqliteStore::open(&url).await.expect("sqlite"));
+    let r = kira_engine::agentbench::run(
+        store,
+        Arc::new(SystemClock),
+        4,
+        24,
+        std::time::Duration::from_millis(1),
+        2,
+    )
+    .await
+    .expect("bench");
+    assert_eq!((r.tasks, r.completed), (24, 24));
+    assert!(r.tasks_per_second > 0.0);
+    assert!(r.overhead.p50_ms > 0.0);
+    assert!(r.overhead.p99_ms >= r.overhead.p50_ms);
+    assert!(r.overhead.p99_ms + 0.1 >= r.before_call.p99_ms.max(r.after_call.p99_ms));
+    assert!((r.within_sla - 1.0).abs() < f64::EPSILON);
+}

@@ -130,6 +130,7 @@ both!(
     a_task_without_budget_does_not_block_those_behind,
     an_expired_lease_is_retried_by_another_worker,
     without_an_executor_tasks_wait,
+    a_freed_slot_takes_the_next_task_without_waiting_for_the_poll,
 );
 
 async fn runs_complete_and_settle_their_tokens(b: Backend) {
@@ -351,4 +352,46 @@ async fn without_an_executor_tasks_wait(b: Backend) {
     let r = e.tick().await.expect("tick");
     assert!(r.claimed.is_empty());
     assert_eq!(status(&s, &id).await, TaskStatus::Queued);
+}
+
+/// The scheduler's loop is woken by a run's end: with one slot and a poll
+/// interval of an hour, three queued tasks still run one after another at
+/// once. (Without the wake the second would wait an hour; the timeout
+/// only bounds a failing run.)
+async fn a_freed_slot_takes_the_next_task_without_waiting_for_the_poll(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let mut cfg = one_legal_slot();
+    cfg.scheduler.poll_interval = TimeDelta::hours(1);
+    let e = engine(&s, cfg, Some(simulated()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&e, "acme", "complex_legal_analysis", Priority::High).await);
+    }
+    let shutdown = kira_engine::Shutdown::new();
+    let scheduler = e.start(shutdown.clone());
+    let all_done = async {
+        loop {
+            let mut done = 0;
+            for id in &ids {
+                if status(&s, id).await == TaskStatus::Completed {
+                    done += 1;
+                }
+            }
+            if done == ids.len() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(60), all_done).await;
+    shutdown.trigger();
+    scheduler.await.expect("scheduler");
+    assert!(
+        finished.is_ok(),
+        "a freed slot waited for the poll interval"
+    );
 }
