@@ -570,7 +570,11 @@ async fn the_wall_time_limit_stops_a_run() {
 async fn low_confidence_and_always_reviewed_types_wait_for_a_human() {
     let s = setup(Backend::Sqlite).await;
     let fake = FakeLlm::start(None, |_n, req| {
-        if req["messages"].to_string().contains("unsure") {
+        // The task's own section (last in the prompt): the primary's
+        // session may already hold the other task's turn when this runs.
+        let text = messages_text(req);
+        let task = text.rsplit("# Task ").next().unwrap_or_default();
+        if task.contains("unsure") {
             completion(submit("maybe", "maybe", 0.4), 10, 5)
         } else {
             completion(submit("sure", "sure", 0.95), 10, 5)
