@@ -233,7 +233,10 @@ impl Engine {
             records,
         };
         let completed = self.complete(completion).await;
-        self.wake();
+        // The slot is free unless the end is still to be written below.
+        if !matches!(completed, Completed::SettleFailed(_)) {
+            self.wake();
+        }
         let recorded = match completed {
             Completed::Recorded => Ok(()),
             // As a settle failing inside the executor would have ended it.

@@ -356,8 +356,9 @@ async fn without_an_executor_tasks_wait(b: Backend) {
 
 /// The scheduler's loop is woken by a run's end: with one slot and a poll
 /// interval of an hour, three queued tasks still run one after another at
-/// once. (Without the wake the second would wait an hour; the timeout
-/// only bounds a failing run.)
+/// once. (Without the wake the last of them would wait an hour: the
+/// submissions' wake starts at most one more pass; the timeout only bounds
+/// a failing run.)
 async fn a_freed_slot_takes_the_next_task_without_waiting_for_the_poll(b: Backend) {
     let s = setup(b).await;
     company(&s, "acme").await;

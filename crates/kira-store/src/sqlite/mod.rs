@@ -74,9 +74,6 @@ impl SqliteStore {
         let max = if url.contains(":memory:") { 1 } else { 8 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
-            // All of them open at start: the first burst of work must not
-            // wait for connections (a thread and a file each) to be made.
-            .min_connections(max)
             // An embedded database does not drop connections: a ping before
             // every statement would only double its round trips.
             .test_before_acquire(false)
