@@ -110,6 +110,9 @@ struct Inner {
     completions: worker::Completions,
     /// The company directory as of a directory version (see `sharing`).
     directory: std::sync::Mutex<Option<(i64, Arc<Vec<kira_core::company::Company>>)>>,
+    /// Held while the directory is read again, so runs that find it stale
+    /// at the same moment (the first wave after a start) read it once.
+    directory_reload: tokio::sync::Mutex<()>,
     /// Audit entries of reads waiting to be written together.
     audits: group::Group<Vec<kira_core::audit::AuditRecord>, Result<(), String>>,
     /// When the scheduler last looked for expired leases (see `scheduler`).
@@ -157,6 +160,7 @@ impl Engine {
                 completions: worker::Completions::default(),
                 audits: group::Group::default(),
                 directory: std::sync::Mutex::new(None),
+                directory_reload: tokio::sync::Mutex::new(()),
                 last_reap: std::sync::Mutex::new(None),
             }),
         }

@@ -428,10 +428,19 @@ impl Engine {
     ) -> Result<Arc<Vec<Company>>, EngineError> {
         let store = self.store();
         let version = store.directory_version().await?;
-        if let Some((v, companies)) = &*self.kept_directory()
-            && *v == version
-        {
-            return Ok(companies.clone());
+        let kept = |version| {
+            self.kept_directory()
+                .as_ref()
+                .filter(|(v, _)| *v == version)
+                .map(|(_, c)| c.clone())
+        };
+        if let Some(companies) = kept(version) {
+            return Ok(companies);
+        }
+        // One reader at a time: those who waited find it read.
+        let _reload = self.inner.directory_reload.lock().await;
+        if let Some(companies) = kept(version) {
+            return Ok(companies);
         }
         // Read after the version: a change in between is seen next time.
         let companies = Arc::new(store.company_directory(admin).await?);

@@ -141,34 +141,54 @@ async fn insert_step_rows(
     company: &CompanyId,
     steps: &[Step],
 ) -> Result<()> {
-    // One statement for all of them.
-    let mut rows = Vec::with_capacity(steps.len());
-    for s in steps {
-        rows.push((s, to_json(&s.detail)?, ts(s.at.trunc_subsecs(6))));
-    }
-    let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "INSERT INTO task_steps (company_id, task_id, attempt, seq, agent, kind, prompt_tokens, \
-         completion_tokens, latency_ms, detail, at) ",
-    );
-    qb.push_values(rows, |mut b, (s, detail, at)| {
-        b.push_bind(company.as_str().to_owned())
-            .push_bind(s.task_id.as_str().to_owned())
-            .push_bind(s.attempt)
-            .push_bind(s.seq)
-            .push_bind(s.agent.clone())
-            .push_bind(s.kind.as_str())
-            .push_bind(s.prompt_tokens)
-            .push_bind(s.completion_tokens)
-            .push_bind(s.latency_ms)
-            .push_bind(detail)
-            .push_bind(at);
-    });
-    qb.build().execute(&mut *tx).await.map_err(|e| match e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(
-            "a step with this task, attempt and seq is already recorded".into(),
-        ),
-        e => e.into(),
+    let rows = steps
+        .iter()
+        .map(|s| step_row(company, s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut script = super::Script::default();
+    push_step_rows(&mut script, &rows)?;
+    script.run(tx).await.map_err(|e| match e {
+        StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            StoreError::Conflict(
+                "a step with this task, attempt and seq is already recorded".into(),
+            )
+        }
+        e => e,
     })?;
+    Ok(())
+}
+
+/// A step as [`push_step_rows`] takes it.
+fn step_row(company: &CompanyId, s: &Step) -> Result<serde_json::Value> {
+    Ok(serde_json::json!([
+        company.as_str(),
+        s.task_id.as_str(),
+        s.attempt,
+        s.seq,
+        s.agent,
+        s.kind.as_str(),
+        s.prompt_tokens,
+        s.completion_tokens,
+        s.latency_ms,
+        to_json(&s.detail)?,
+        ts(s.at.trunc_subsecs(6)),
+    ]))
+}
+
+/// One statement for all the steps, of any companies.
+fn push_step_rows(script: &mut super::Script, rows: &[serde_json::Value]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    script.push(
+        "INSERT INTO task_steps (company_id, task_id, attempt, seq, agent, kind, prompt_tokens, \
+         completion_tokens, latency_ms, detail, at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+           value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 \
+         FROM json_each(?) ORDER BY key;",
+        [to_json(&rows)?],
+        Some((rows.len() as u64, "steps were not all recorded")),
+    );
     Ok(())
 }
 
@@ -176,59 +196,112 @@ async fn insert_step_rows(
 /// its turns appended to the primary session (made if missing), and the
 /// memory of its result with its audit entry.
 ///
-/// `run_task`: the run's task, when the caller already knows it is the
-/// company's (its lease was checked): every step must then be of it, and
-/// the task is not read again. The memory's audit entry is pushed to
-/// `audits`, for the caller to append with the others of its transaction
-/// in one go ([`super::append_many`]).
+/// The steps' tasks are checked to be the company's first. The memory's
+/// audit entry is pushed to `audits`, for the caller to append with the
+/// others of its transaction in one go ([`super::append_many`]).
 pub(super) async fn write_run_records(
     tx: &mut SqliteConnection,
     company: &CompanyId,
-    run_task: Option<&TaskId>,
     r: &RunRecords,
     now: DateTime<Utc>,
     audits: &mut Vec<AuditRecord>,
 ) -> Result<()> {
     r.check(company)?;
-    if !r.steps.is_empty() {
-        match run_task {
-            Some(task) => {
-                if let Some(s) = r.steps.iter().find(|s| &s.task_id != task) {
-                    return Err(StoreError::Conflict(format!(
-                        "a step of task {} in the run of task {task}",
-                        s.task_id
-                    )));
-                }
-                insert_step_rows(&mut *tx, company, &r.steps).await?;
-            }
-            None => insert_steps(&mut *tx, company, &r.steps).await?,
+    let mut checked: Vec<&TaskId> = Vec::new();
+    for s in &r.steps {
+        if !checked.contains(&&s.task_id) {
+            load_task(&mut *tx, company, &s.task_id).await?;
+            checked.push(&s.task_id);
         }
     }
-    if !r.session_turns.is_empty() {
-        // One upsert: json_insert applies its edits left to right, so each
-        // '$[#]' appends after the one before.
-        let appends = vec!["'$[#]', json(?)"; r.session_turns.len()].join(", ");
-        let sql = format!(
+    let mut script = super::Script::default();
+    push_run_records(
+        &mut script,
+        &[RunWrite {
+            company,
+            task: None,
+            records: r,
+        }],
+        now,
+        audits,
+    )?;
+    script.run(tx).await.map_err(super::memory::insert_error)?;
+    Ok(())
+}
+
+/// One run's records to write.
+pub(super) struct RunWrite<'a> {
+    pub company: &'a CompanyId,
+    /// The run's task, when the caller knows it is the company's (its
+    /// lease was checked): every step must then be of it. Otherwise the
+    /// caller has checked the steps' tasks.
+    pub task: Option<&'a TaskId>,
+    pub records: &'a RunRecords,
+}
+
+/// Adds to `script` the statements that write `runs`' records: one per
+/// table whatever the number of runs (steps; session turns, appended in
+/// order, so two runs of one company keep theirs in turn; result memories
+/// with their embedding queue places and names). The memories' audit
+/// entries go to `audits`. Checks everything before adding anything.
+pub(super) fn push_run_records(
+    script: &mut super::Script,
+    runs: &[RunWrite<'_>],
+    now: DateTime<Utc>,
+    audits: &mut Vec<AuditRecord>,
+) -> Result<()> {
+    let mut steps = Vec::new();
+    let mut sessions = Vec::new();
+    let mut memories = Vec::new();
+    for run in runs {
+        let r = run.records;
+        r.check(run.company)?;
+        if let Some(task) = run.task
+            && let Some(s) = r.steps.iter().find(|s| &s.task_id != task)
+        {
+            return Err(StoreError::Conflict(format!(
+                "a step of task {} in the run of task {task}",
+                s.task_id
+            )));
+        }
+        for s in &r.steps {
+            steps.push(step_row(run.company, s)?);
+        }
+        if !r.session_turns.is_empty() {
+            sessions.push(serde_json::json!([
+                run.company.as_str(),
+                r.session_turns,
+                r.session_tokens
+            ]));
+        }
+        if let Some((m, audit)) = &r.memory {
+            memories.push((run.company, m));
+            audits.push(audit.clone());
+        }
+    }
+    push_step_rows(script, &steps)?;
+    if !sessions.is_empty() {
+        // The turns are appended as text: a session's turns are stored as
+        // json() writes them (no spaces), so its array without the closing
+        // bracket, a comma and the new array without its opening one is
+        // the two arrays' concatenation; json() checks the result. Rows
+        // go in order, so a later run of a company appends after an
+        // earlier one (WHERE true: an upsert's SELECT needs one).
+        script.push(
             "INSERT INTO agent_sessions (company_id, summary, turns, tokens, version, updated_at) \
-             VALUES (?, '', json(?), ?, 1, ?) ON CONFLICT (company_id) DO UPDATE SET \
-             turns = json_insert(agent_sessions.turns, {appends}), \
+             SELECT value ->> 0, '', json(value -> 1), value ->> 2, 1, ? FROM json_each(?) \
+             WHERE true ORDER BY key \
+             ON CONFLICT (company_id) DO UPDATE SET \
+             turns = json(substr(json(agent_sessions.turns), 1, length(json(agent_sessions.turns)) - 1) \
+               || CASE WHEN json_array_length(agent_sessions.turns) = 0 THEN '' ELSE ',' END \
+               || substr(excluded.turns, 2)), \
              tokens = agent_sessions.tokens + excluded.tokens, \
-             version = agent_sessions.version + 1, updated_at = excluded.updated_at"
+             version = agent_sessions.version + 1, updated_at = excluded.updated_at;",
+            [ts(now.trunc_subsecs(6)), to_json(&sessions)?],
+            Some((sessions.len() as u64, "session turns were not all appended")),
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(company.as_str())
-            .bind(to_json(&r.session_turns)?)
-            .bind(r.session_tokens)
-            .bind(ts(now.trunc_subsecs(6)));
-        for t in &r.session_turns {
-            q = q.bind(to_json(t)?);
-        }
-        q.execute(&mut *tx).await?;
     }
-    if let Some((m, audit)) = &r.memory {
-        super::memory::insert_rows(&mut *tx, company, std::slice::from_ref(m)).await?;
-        audits.push(audit.clone());
-    }
+    super::memory::push_rows(script, &memories)?;
     Ok(())
 }
 

@@ -96,73 +96,97 @@ fn id_list(ids: &[Uuid]) -> Result<String> {
 }
 
 /// Inserts the rows (already checked to be `company`'s) and queues each for
-/// embedding. Conflict on an id already stored; NotFound when the company
-/// does not exist.
+/// embedding, in one command. Conflict on an id already stored; NotFound
+/// when the company does not exist.
 pub(super) async fn insert_rows(
     tx: &mut SqliteConnection,
     company: &CompanyId,
     memories: &[Memory],
 ) -> Result<()> {
-    let mut qb = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO memories (id, company_id, occurred_at, event_type, workstream, category, \
-         content, importance, indexed_terms, source, created_at, archived_at, compacted_from, supersedes) ",
-    );
-    let mut rows = Vec::with_capacity(memories.len());
-    for m in memories {
-        rows.push((
-            m,
-            to_json(&m.content)?,
-            to_json(&m.indexed_terms)?,
-            to_json(&m.compacted_from)?,
-        ));
-    }
-    qb.push_values(rows, |mut b, (m, content, terms, from)| {
-        b.push_bind(m.id.to_string())
-            .push_bind(company.as_str().to_owned())
-            .push_bind(ts(m.occurred_at))
-            .push_bind(m.event_type.as_str())
-            .push_bind(m.workstream.as_str())
-            .push_bind(m.category.clone())
-            .push_bind(content)
-            .push_bind(m.importance)
-            .push_bind(terms)
-            .push_bind(m.source.clone())
-            .push_bind(ts(m.created_at))
-            .push_bind(m.archived_at.map(ts))
-            .push_bind(from)
-            .push_bind(m.supersedes.map(|s| s.to_string()));
-    });
-    qb.build().execute(&mut *tx).await.map_err(|e| match e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
+    let rows: Vec<(&CompanyId, &Memory)> = memories.iter().map(|m| (company, m)).collect();
+    let mut script = super::Script::default();
+    push_rows(&mut script, &rows)?;
+    script.run(tx).await.map_err(insert_error)?;
+    Ok(())
+}
+
+/// What a failed memory insert means: its id was taken, or its company
+/// is missing.
+pub(super) fn insert_error(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation() => {
             StoreError::Conflict("a memory with this id already exists".into())
         }
-        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound,
-        e => e.into(),
-    })?;
-    let ids: Vec<Uuid> = memories.iter().map(|m| m.id).collect();
-    sqlx::query(
+        StoreError::Database(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+            StoreError::NotFound
+        }
+        e => e,
+    }
+}
+
+/// Adds to `script` the statements [`insert_rows`] runs: the rows (each
+/// of the company it is paired with), their places in the embedding queue
+/// and their names, one statement each whatever their number.
+pub(super) fn push_rows(
+    script: &mut super::Script,
+    memories: &[(&CompanyId, &Memory)],
+) -> Result<()> {
+    if memories.is_empty() {
+        return Ok(());
+    }
+    let mut rows = Vec::with_capacity(memories.len());
+    for (company, m) in memories {
+        rows.push(serde_json::json!([
+            m.id.to_string(),
+            company.as_str(),
+            ts(m.occurred_at),
+            m.event_type.as_str(),
+            m.workstream.as_str(),
+            m.category,
+            to_json(&m.content)?,
+            m.importance,
+            to_json(&m.indexed_terms)?,
+            m.source,
+            ts(m.created_at),
+            m.archived_at.map(ts),
+            to_json(&m.compacted_from)?,
+            m.supersedes.map(|s| s.to_string()),
+        ]));
+    }
+    let rows = to_json(&rows)?;
+    script.push(
+        "INSERT INTO memories (id, company_id, occurred_at, event_type, workstream, category, \
+         content, importance, indexed_terms, source, created_at, archived_at, compacted_from, supersedes) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+           value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
+           value ->> 12, value ->> 13 FROM json_each(?) ORDER BY key;",
+        [rows.clone()],
+        Some((memories.len() as u64, "memories were not all inserted")),
+    );
+    script.push(
         "INSERT INTO memory_embed_queue (memory_id, company_id, queued_at) \
          SELECT id, company_id, created_at FROM memories \
-         WHERE company_id = ? AND id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(company.as_str())
-    .bind(id_list(&ids)?)
-    .execute(&mut *tx)
-    .await?;
-    let names: Vec<(String, &str, String, String)> = name_rows(memories)
-        .into_iter()
-        .map(|(id, kind, name, key)| (id.to_string(), kind.as_str(), name, key))
-        .collect();
+         WHERE id IN (SELECT value ->> 0 FROM json_each(?));",
+        [rows],
+        Some((
+            memories.len() as u64,
+            "memories were not all queued for embedding",
+        )),
+    );
+    let mut names: Vec<(String, &str, String, String, &str)> = Vec::new();
+    for (company, m) in memories {
+        for (id, kind, name, key) in name_rows(std::slice::from_ref(*m)) {
+            names.push((id.to_string(), kind.as_str(), name, key, company.as_str()));
+        }
+    }
     if !names.is_empty() {
-        sqlx::query(
+        script.push(
             "INSERT OR IGNORE INTO memory_names (kind, key, company_id, memory_id, name) \
-             SELECT value ->> '$[1]', value ->> '$[3]', ?, value ->> '$[0]', value ->> '$[2]' \
-             FROM json_each(?)",
-        )
-        .bind(company.as_str())
-        .bind(to_json(&names)?)
-        .execute(&mut *tx)
-        .await?;
+             SELECT value ->> '$[1]', value ->> '$[3]', value ->> '$[4]', value ->> '$[0]', value ->> '$[2]' \
+             FROM json_each(?);",
+            [to_json(&names)?],
+            None,
+        );
     }
     Ok(())
 }

@@ -199,8 +199,8 @@ pub(crate) async fn append(tx: &mut SqliteConnection, record: AuditRecord) -> Re
         .ok_or_else(|| StoreError::Corrupt("an append wrote no entry".into()))
 }
 
-/// Appends `records` in order: one read of the head, one insert per 500
-/// entries, one write of the head.
+/// Appends `records` in order: one read of the head, then one command
+/// that inserts them and moves the head.
 pub(crate) async fn append_many(
     tx: &mut SqliteConnection,
     records: Vec<AuditRecord>,
@@ -208,10 +208,34 @@ pub(crate) async fn append_many(
     if records.is_empty() {
         return Ok(Vec::new());
     }
+    let head = audit_head(tx).await?;
+    let mut script = Script::default();
+    let entries = push_audits(&mut script, head, records)?;
+    script.run(tx).await?;
+    Ok(entries)
+}
+
+/// The audit chain's head: (seq, hash) of its last entry.
+pub(crate) async fn audit_head(tx: &mut SqliteConnection) -> Result<(i64, String)> {
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut *tx)
         .await?;
-    let (mut seq, mut hash): (i64, String) = (head.try_get("seq")?, head.try_get("hash")?);
+    Ok((head.try_get("seq")?, head.try_get("hash")?))
+}
+
+/// Chains `records` after `head` and adds to `script` the statements that
+/// insert them and move the head (which must still be `head` when the
+/// script runs: its caller holds the writer turn since reading it).
+pub(crate) fn push_audits(
+    script: &mut Script,
+    head: (i64, String),
+    records: Vec<AuditRecord>,
+) -> Result<Vec<AuditEntry>> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut seq, mut hash) = head;
+    let (old_seq, old_hash) = (seq, hash.clone());
     let mut entries = Vec::with_capacity(records.len());
     for r in records {
         let e = r.chain(seq, &hash);
@@ -219,31 +243,39 @@ pub(crate) async fn append_many(
         hash.clone_from(&e.hash);
         entries.push(e);
     }
-    for chunk in entries.chunks(500) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO audit_log (seq, at, request_id, actor, company_id, action, target, outcome, \
-             detail, prev_hash, hash) ",
-        );
-        qb.push_values(chunk, |mut b, e| {
-            b.push_bind(e.seq)
-                .push_bind(ts(e.at))
-                .push_bind(e.request_id.clone())
-                .push_bind(e.actor.clone())
-                .push_bind(e.company_id.as_ref().map(|c| c.as_str().to_owned()))
-                .push_bind(e.action.clone())
-                .push_bind(e.target.clone())
-                .push_bind(e.outcome.as_str())
-                .push_bind(e.detail.clone())
-                .push_bind(e.prev_hash.clone())
-                .push_bind(e.hash.clone());
-        });
-        qb.build().execute(&mut *tx).await?;
-    }
-    sqlx::query("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
-        .bind(seq)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
+    let rows: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!([
+                e.seq,
+                ts(e.at),
+                e.request_id,
+                e.actor,
+                e.company_id.as_ref().map(CompanyId::as_str),
+                e.action,
+                e.target,
+                e.outcome.as_str(),
+                e.detail,
+                e.prev_hash,
+                e.hash,
+            ])
+        })
+        .collect();
+    script.push(
+        "INSERT INTO audit_log (seq, at, request_id, actor, company_id, action, target, outcome, \
+         detail, prev_hash, hash) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+           value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 \
+         FROM json_each(?) ORDER BY key;",
+        [to_json(&rows)?],
+        Some((entries.len() as u64, "audit entries were not all written")),
+    );
+    script.push(
+        "UPDATE audit_head SET seq = CAST(? AS INTEGER), hash = ? \
+         WHERE id = 1 AND seq = CAST(? AS INTEGER) AND hash = ?;",
+        [seq.to_string(), hash, old_seq.to_string(), old_hash],
+        Some((1, "the audit chain moved while it was appended to")),
+    );
     Ok(entries)
 }
 

@@ -1123,7 +1123,7 @@ impl TaskStore for SqliteStore {
         records.check(scope.company())?;
         let mut tx = self.write().await?;
         let mut audits = Vec::new();
-        super::agents::write_run_records(&mut tx, scope.company(), None, records, now, &mut audits)
+        super::agents::write_run_records(&mut tx, scope.company(), records, now, &mut audits)
             .await?;
         super::append_many(&mut tx, audits).await?;
         tx.commit().await
@@ -2021,29 +2021,38 @@ impl SqliteStore {
         let mut tx = self.write().await?;
         let ids: Vec<&str> = cs.iter().map(|c| c.task_id.as_str()).collect();
         let ids = to_json(&ids)?;
-        let ours: std::collections::HashMap<String, String> = sqlx::query(
-            "SELECT task_id, company_id FROM task_queue WHERE task_id IN (SELECT value FROM json_each(?)) \
-             AND +lease_owner = ? AND +status = 'running'",
+        // One read: which of them are still ours, what they hold, and the
+        // audit chain's head (the writer turn keeps all three until commit).
+        let row = sqlx::query(
+            "SELECT (SELECT json_group_array(json_array(task_id, company_id)) FROM task_queue \
+               WHERE task_id IN (SELECT value FROM json_each(?1)) AND +lease_owner = ?2 AND +status = 'running') AS ours, \
+             (SELECT json_group_array(json_array(reservation_id, task_id, company_id, period_id, pool, amount) \
+               ORDER BY created_at, reservation_id) FROM reservations \
+               WHERE task_id IN (SELECT value FROM json_each(?1)) AND state = 'held') AS held, \
+             (SELECT json_array(seq, hash) FROM audit_head WHERE id = 1) AS head",
         )
         .bind(&ids)
         .bind(worker)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("task_id")?, r.try_get("company_id")?)))
-        .collect::<Result<_>>()?;
+        .fetch_one(&mut *tx)
+        .await?;
+        let ours: std::collections::HashMap<String, String> =
+            json::<Vec<(String, String)>>(row.try_get("ours")?)?
+                .into_iter()
+                .collect();
+        type Held = (String, String, String, String, String, i64);
         let mut held: std::collections::HashMap<String, Vec<Reservation>> = Default::default();
-        for r in sqlx::query(
-            "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
-             WHERE task_id IN (SELECT value FROM json_each(?)) AND state = 'held' ORDER BY created_at, reservation_id",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            let r = reservation_from_row(&r)?;
-            held.entry(r.task_id.as_str().to_owned()).or_default().push(r);
+        for (rid, task, company, period, pool, amount) in json::<Vec<Held>>(row.try_get("held")?)? {
+            let r = Reservation {
+                reservation_id: rid,
+                task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+                company_id: company_id(&company)?,
+                period_id: period,
+                pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
+                amount,
+            };
+            held.entry(task).or_default().push(r);
         }
+        let head: (i64, String) = json(row.try_get("head")?)?;
         let mut slow = Vec::new();
         let mut plan = FinishPlan::default();
         for (i, c) in cs.iter().enumerate() {
@@ -2061,25 +2070,27 @@ impl SqliteStore {
                 slow.push(i);
             }
         }
+        // The rest is one command: the ends, the runs' records and the
+        // audit entries of their memories.
+        let mut script = super::Script::default();
         if !plan.tasks.is_empty() {
-            plan.write(&mut tx, now).await?;
+            plan.push(&mut script, now)?;
         }
+        let runs: Vec<super::agents::RunWrite<'_>> = plan
+            .tasks
+            .iter()
+            .map(|(i, _)| &cs[*i])
+            .filter(|c| !c.records.is_empty())
+            .map(|c| super::agents::RunWrite {
+                company: c.scope.company(),
+                task: Some(&c.task_id),
+                records: &c.records,
+            })
+            .collect();
         let mut audits = Vec::new();
-        for (i, _) in &plan.tasks {
-            let c = &cs[*i];
-            if !c.records.is_empty() {
-                super::agents::write_run_records(
-                    &mut tx,
-                    c.scope.company(),
-                    Some(&c.task_id),
-                    &c.records,
-                    now,
-                    &mut audits,
-                )
-                .await?;
-            }
-        }
-        super::append_many(&mut tx, audits).await?;
+        super::agents::push_run_records(&mut script, &runs, now, &mut audits)?;
+        super::push_audits(&mut script, head, audits)?;
+        script.run(&mut tx).await?;
         tx.commit().await?;
         for (i, _) in &plan.tasks {
             out[*i] = Some(Completed::Recorded);
@@ -2279,11 +2290,10 @@ impl FinishPlan {
         true
     }
 
-    /// One statement per table, whatever the number of completions.
-    async fn write(&self, tx: &mut SqliteConnection, now: DateTime<Utc>) -> Result<()> {
-        // One command for all of it: the statements are independent of
-        // each other's results, only their row counts are checked.
-        let mut script = super::Script::default();
+    /// One statement per table, whatever the number of completions, added
+    /// to `script`: the statements are independent of each other's
+    /// results, only their row counts are checked.
+    fn push(&self, script: &mut super::Script, now: DateTime<Utc>) -> Result<()> {
         if !self.closed.is_empty() {
             let closed = to_json(&self.closed)?;
             script.push(
@@ -2370,7 +2380,6 @@ impl FinishPlan {
             [ts(now), tasks],
             None,
         );
-        script.run(tx).await?;
         Ok(())
     }
 }

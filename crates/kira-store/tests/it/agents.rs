@@ -1045,4 +1045,61 @@ async fn a_run_end_writes_its_trace_turns_and_memory_with_it(f: Fresh) {
     assert_eq!(session.turns.len(), 4, "turns append in order");
     assert_eq!(session.turns[2]["task_id"], json!(d));
     assert_eq!(session.tokens, 24);
+
+    // Two ends of one company in one batch: both traces, both memories
+    // (queued for embedding, their names listed), the turns of the first
+    // before those of the second, and an unbroken audit chain.
+    let e = submit(s, "acme", &new_task("primary", Priority::Medium, 100)).await;
+    let g = submit(s, "acme", &new_task("primary", Priority::Medium, 100)).await;
+    claim_at(s, "acme", &e, at(5)).await;
+    claim_at(s, "acme", &g, at(5)).await;
+    let mut named = run_records("acme", &g, 6);
+    if let Some((m, _)) = &mut named.memory {
+        m.content = json!({"text": "met the supplier", "people": ["Dana Whit"], "counterparties": ["Whit Supplies"]});
+    }
+    let out = s
+        .finish_batch(
+            "w1",
+            vec![
+                end("acme", &e, run_records("acme", &e, 5)),
+                end("acme", &g, named),
+            ],
+            at(6),
+        )
+        .await
+        .expect("batch");
+    assert!(
+        out.iter().all(|o| matches!(o, Completed::Recorded)),
+        "{out:?}"
+    );
+    let session = s.load_session(&scope("acme")).await.expect("session");
+    let tasks: Vec<&serde_json::Value> = session.turns.iter().map(|t| &t["task_id"]).collect();
+    assert_eq!(
+        tasks[4..],
+        [&json!(e), &json!(e), &json!(g), &json!(g)],
+        "each run's turns, in the batch's order"
+    );
+    assert_eq!(session.tokens, 48);
+    for (t, n) in [(&e, 5), (&g, 6)] {
+        assert_eq!(
+            s.task_trace(&scope("acme"), t).await.expect("trace").len(),
+            2
+        );
+        let m = result_memory("acme", t, n);
+        assert!(s.get_memory(&scope("acme"), m.id).await.is_ok());
+    }
+    let queued = s.claim_embed_jobs(at(7), 100).await.expect("embed queue");
+    for (t, n) in [(&e, 5), (&g, 6)] {
+        let id = result_memory("acme", t, n).id;
+        assert!(queued.iter().any(|q| q.memory_id == id), "{id} is queued");
+    }
+    let names = s.listed_names(&scope("acme"), 100).await.expect("names");
+    assert!(names.iter().any(|(_, n)| n == "Dana Whit"), "{names:?}");
+    assert!(names.iter().any(|(_, n)| n == "Whit Supplies"), "{names:?}");
+    let admin = kira_core::auth::Principal::system().admin().expect("admin");
+    let chain = s
+        .verify_audit(&admin, record(None, "audit.verify"))
+        .await
+        .expect("verify");
+    assert!(chain.ok, "{chain:?}");
 }
