@@ -124,6 +124,32 @@ pub struct TickReport {
     pub claim_micros: Vec<u64>,
 }
 
+/// Takes from `pending` (in rank order) the next claim batch: the tasks
+/// that would find a slot if every one before them were claimed, at most
+/// [`CLAIM_BATCH`]. A task without a free slot now has none later in the
+/// pass (slots are only taken), so it is dropped; one whose slot the batch
+/// would fill stays pending, for a next batch, which is sent only when
+/// some of this one could not be claimed (gone, or waiting for budget) and
+/// left their slots free. So a batch reads no more tasks than it can take.
+fn next_batch(pending: &mut Vec<Candidate>, slots: &Slots) -> Vec<Candidate> {
+    let mut room = slots.clone();
+    let mut batch = Vec::new();
+    let mut kept = Vec::new();
+    for c in pending.drain(..) {
+        if !slots.free(&c.entry) {
+            continue;
+        }
+        if batch.len() < CLAIM_BATCH && room.free(&c.entry) {
+            room.take(&c.entry);
+            batch.push(c);
+        } else {
+            kept.push(c);
+        }
+    }
+    *pending = kept;
+    batch
+}
+
 impl Engine {
     /// One pass: reap expired leases (when due), rank the queue, claim what may run
     /// and start it. Does nothing but reap without an executor.
@@ -154,16 +180,10 @@ impl Engine {
                 Some(Candidate { scope, entry })
             })
             .collect();
-        // In rank order, a batch at a time; the slots carry over. A task
-        // without a free slot now has none later in the pass (slots are only
-        // taken), so it need not be sent.
-        let mut candidates = candidates.into_iter();
+        // In rank order, a batch at a time; the slots carry over.
+        let mut pending = candidates;
         loop {
-            let batch: Vec<Candidate> = candidates
-                .by_ref()
-                .filter(|c| slots.free(&c.entry))
-                .take(CLAIM_BATCH)
-                .collect();
+            let batch = next_batch(&mut pending, &slots);
             if batch.is_empty() {
                 break;
             }
@@ -464,5 +484,45 @@ mod tests {
             !s.free(&unknown),
             "an agent that is not configured has no slots"
         );
+    }
+
+    #[test]
+    fn a_claim_batch_holds_only_the_tasks_that_could_take_a_slot() {
+        let mut cfg = EngineConfig::default();
+        cfg.agents
+            .insert("legal".into(), crate::config::AgentConfig::with_slots(2));
+        cfg.scheduler.per_company_concurrency = 1;
+        let cand = |id: &str, company: &str, agent: &str| Candidate {
+            scope: Principal::system()
+                .scope(&CompanyId::parse(company).expect("id"), Access::Write)
+                .expect("scope"),
+            entry: entry(id, company, agent, Priority::High, 0),
+        };
+        let mut pending = vec![
+            cand("acme_legal_001", "acme", "legal"),
+            cand("acme_legal_002", "acme", "legal"),
+            cand("beta_legal_001", "beta", "legal"),
+            cand("gamma_astrology_001", "gamma", "astrology"),
+            cand("gamma_legal_001", "gamma", "legal"),
+        ];
+        let mut slots = Slots::new(&[], &cfg);
+        let batch = next_batch(&mut pending, &slots);
+        let names = |b: &[Candidate]| {
+            b.iter()
+                .map(|c| c.entry.task_id.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        // Two legal slots, one per company: acme's first and beta's.
+        assert_eq!(names(&batch), ["acme_legal_001", "beta_legal_001"]);
+        // The others wait (the agent nobody configured has no slot: gone).
+        assert_eq!(names(&pending), ["acme_legal_002", "gamma_legal_001"]);
+        // acme's was claimed, beta's waits for budget: one slot is left,
+        // and acme is at its limit.
+        slots.take(&batch[0].entry);
+        let batch = next_batch(&mut pending, &slots);
+        assert_eq!(names(&batch), ["gamma_legal_001"]);
+        assert!(pending.is_empty());
+        slots.take(&batch[0].entry);
+        assert!(next_batch(&mut pending, &slots).is_empty());
     }
 }
