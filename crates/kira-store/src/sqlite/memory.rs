@@ -36,26 +36,80 @@ fn uuid(s: &str) -> Result<Uuid> {
 }
 
 fn memory_from_row(r: &SqliteRow) -> Result<Memory> {
-    let event_type: String = r.try_get("event_type")?;
-    let workstream: String = r.try_get("workstream")?;
-    let importance: i64 = r.try_get("importance")?;
-    let supersedes: Option<String> = r.try_get("supersedes")?;
-    Ok(Memory {
-        id: uuid(r.try_get("id")?)?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        occurred_at: parse_ts(r.try_get("occurred_at")?)?,
-        event_type: EventType::parse(&event_type).map_err(|e| corrupt("event type", e))?,
-        workstream: Workstream::parse(&workstream).map_err(|e| corrupt("workstream", e))?,
-        category: r.try_get("category")?,
-        content: json(r.try_get("content")?)?,
-        importance: i16::try_from(importance).map_err(|e| corrupt("importance", e))?,
-        indexed_terms: json(r.try_get("indexed_terms")?)?,
-        source: r.try_get("source")?,
-        created_at: parse_ts(r.try_get("created_at")?)?,
-        archived_at: parse_opt_ts(r.try_get("archived_at")?)?,
-        compacted_from: json(r.try_get("compacted_from")?)?,
-        supersedes: supersedes.as_deref().map(uuid).transpose()?,
-    })
+    StoredMemory(
+        r.try_get("id")?,
+        r.try_get("company_id")?,
+        r.try_get("occurred_at")?,
+        r.try_get("event_type")?,
+        r.try_get("workstream")?,
+        r.try_get("category")?,
+        r.try_get("content")?,
+        r.try_get("importance")?,
+        r.try_get("indexed_terms")?,
+        r.try_get("source")?,
+        r.try_get("created_at")?,
+        r.try_get("archived_at")?,
+        r.try_get("compacted_from")?,
+        r.try_get("supersedes")?,
+    )
+    .parse()
+}
+
+/// A memory's columns as stored ([`MEMORY_COLUMNS`], in order), read from a
+/// row or from a JSON array of them.
+#[derive(serde::Deserialize)]
+struct StoredMemory(
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+impl StoredMemory {
+    fn parse(self) -> Result<Memory> {
+        let StoredMemory(
+            id,
+            company,
+            occurred_at,
+            event_type,
+            workstream,
+            category,
+            content,
+            importance,
+            indexed_terms,
+            source,
+            created_at,
+            archived_at,
+            compacted_from,
+            supersedes,
+        ) = self;
+        Ok(Memory {
+            id: uuid(&id)?,
+            company_id: company_id(&company)?,
+            occurred_at: parse_ts(&occurred_at)?,
+            event_type: EventType::parse(&event_type).map_err(|e| corrupt("event type", e))?,
+            workstream: Workstream::parse(&workstream).map_err(|e| corrupt("workstream", e))?,
+            category,
+            content: json(&content)?,
+            importance: i16::try_from(importance).map_err(|e| corrupt("importance", e))?,
+            indexed_terms: json(&indexed_terms)?,
+            source,
+            created_at: parse_ts(&created_at)?,
+            archived_at: parse_opt_ts(archived_at)?,
+            compacted_from: json(&compacted_from)?,
+            supersedes: supersedes.as_deref().map(uuid).transpose()?,
+        })
+    }
 }
 
 /// The narrowing of a [`MemoryFilter`], appended to a query over
@@ -250,6 +304,23 @@ pub(super) async fn delete_company_memory(
     Ok(())
 }
 
+/// A `json_array(m.seq, MEMORY_COLUMNS...)` of a search's read.
+fn seq_and_memory(v: serde_json::Value) -> Result<(i64, Memory)> {
+    let serde_json::Value::Array(mut parts) = v else {
+        return Err(corrupt("search rows", "not an array"));
+    };
+    if parts.is_empty() {
+        return Err(corrupt("search rows", "empty"));
+    }
+    let seq = parts
+        .remove(0)
+        .as_i64()
+        .ok_or_else(|| corrupt("search rows", "seq"))?;
+    let stored: StoredMemory = serde_json::from_value(serde_json::Value::Array(parts))
+        .map_err(|e| corrupt("search rows", e))?;
+    Ok((seq, stored.parse()?))
+}
+
 /// The FTS5 query for the company's documents holding `word` in their
 /// text, category or indexed terms: the word is a quoted string, so
 /// nothing in it is syntax. Words are letters and digits only and the
@@ -419,17 +490,10 @@ impl MemoryStore for SqliteStore {
             .push_bind(fts_word_query(company, w))
             .push(")");
         }
-        qb.push(" SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ")
-            .push_bind(company.as_str().to_owned());
-        for i in 0..words.len() {
-            qb.push(format!(
-                " UNION ALL SELECT {i}, (SELECT json_group_array(seq) FROM w{i})"
-            ));
-        }
+        // The matches the filter passes, with their lengths.
         qb.push(
-            " UNION ALL SELECT -2, (SELECT json_group_array(json_array(m.seq, \
-             length(coalesce(m.content ->> '$.text', '')) + length(m.category) \
-             + length(m.indexed_terms), m.occurred_at, m.id)) FROM memories m \
+            ", passing AS MATERIALIZED (SELECT m.seq, length(coalesce(m.content ->> '$.text', '')) \
+             + length(m.category) + length(m.indexed_terms) AS len, m.occurred_at, m.id FROM memories m \
              WHERE m.company_id = ",
         )
         .push_bind(company.as_str().to_owned())
@@ -443,12 +507,33 @@ impl MemoryStore for SqliteStore {
         qb.push(")");
         push_filter(&mut qb, filter);
         qb.push(")");
+        qb.push(" SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ")
+            .push_bind(company.as_str().to_owned());
+        for i in 0..words.len() {
+            qb.push(format!(
+                " UNION ALL SELECT {i}, (SELECT json_group_array(seq) FROM w{i})"
+            ));
+        }
+        qb.push(
+            " UNION ALL SELECT -2, (SELECT json_group_array(json_array(seq, len, occurred_at, id)) \
+             FROM passing)",
+        );
+        // When every match will be a hit, the memories too: no second read.
+        qb.push(format!(
+            " UNION ALL SELECT -3, (SELECT json_group_array(json_array(m.seq, {MEMORY_COLUMNS})) \
+             FROM memories m WHERE m.company_id = "
+        ))
+        .push_bind(company.as_str().to_owned())
+        .push(" AND m.seq IN (SELECT seq FROM passing)) WHERE (SELECT count(*) FROM passing) <= ")
+        .push_bind(i64::from(limit));
         let mut documents = 0f64;
         let mut df = vec![0f64; words.len()];
         // seq -> the words the row holds.
         let mut holds: std::collections::HashMap<i64, Vec<usize>> = Default::default();
         // (seq, length, occurred_at, id) of the matches the filter passes.
         let mut passing: Vec<(i64, i64, String, String)> = Vec::new();
+        // The memories themselves, when they all fit the limit.
+        let mut rows: Option<Vec<(i64, Memory)>> = None;
         for r in qb.build().fetch_all(self.pool()).await? {
             let w: i64 = r.try_get("w")?;
             let seqs: &str = r.try_get("seqs")?;
@@ -463,6 +548,16 @@ impl MemoryStore for SqliteStore {
                 }
                 _ if w == -2 => {
                     passing = serde_json::from_str(seqs).map_err(|e| corrupt("search rows", e))?;
+                }
+                _ if w == -3 => {
+                    let stored: Vec<serde_json::Value> =
+                        serde_json::from_str(seqs).map_err(|e| corrupt("search rows", e))?;
+                    let mut got = Vec::with_capacity(stored.len());
+                    for v in stored {
+                        let (seq, m) = seq_and_memory(v)?;
+                        got.push((seq, m));
+                    }
+                    rows = Some(got);
                 }
                 _ => {
                     let n: Vec<i64> =
@@ -492,19 +587,23 @@ impl MemoryStore for SqliteStore {
                 .then_with(|| b.3.cmp(&a.3))
         });
         ranked.truncate(limit as usize);
-        let top: Vec<i64> = ranked.iter().map(|r| r.0).collect();
-        let sql = format!(
-            "SELECT m.seq, {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = ? \
-             AND m.seq IN (SELECT value FROM json_each(?))"
-        );
         let mut by_seq: std::collections::HashMap<i64, Memory> = Default::default();
-        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(company.as_str())
-            .bind(to_json(&top)?)
-            .fetch_all(self.pool())
-            .await?
-        {
-            by_seq.insert(r.try_get("seq")?, memory_from_row(&r)?);
+        if let Some(rows) = rows {
+            by_seq.extend(rows);
+        } else {
+            let top: Vec<i64> = ranked.iter().map(|r| r.0).collect();
+            let sql = format!(
+                "SELECT m.seq, {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = ? \
+                 AND m.seq IN (SELECT value FROM json_each(?))"
+            );
+            for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(company.as_str())
+                .bind(to_json(&top)?)
+                .fetch_all(self.pool())
+                .await?
+            {
+                by_seq.insert(r.try_get("seq")?, memory_from_row(&r)?);
+            }
         }
         Ok(ranked
             .into_iter()
