@@ -124,6 +124,16 @@ async fn insert_steps(
     company: &CompanyId,
     steps: &[Step],
 ) -> Result<()> {
+    check_step_tasks(tx, company, steps).await?;
+    insert_step_rows(tx, company, steps).await
+}
+
+/// NotFound unless every step's task is `company`'s.
+async fn check_step_tasks(
+    tx: &mut SqliteConnection,
+    company: &CompanyId,
+    steps: &[Step],
+) -> Result<()> {
     let mut checked: Vec<&TaskId> = Vec::new();
     for s in steps {
         if !checked.contains(&&s.task_id) {
@@ -131,7 +141,7 @@ async fn insert_steps(
             checked.push(&s.task_id);
         }
     }
-    insert_step_rows(tx, company, steps).await
+    Ok(())
 }
 
 /// The insert of [`insert_steps`], for steps whose tasks are known to be
@@ -147,15 +157,23 @@ async fn insert_step_rows(
         .collect::<Result<Vec<_>>>()?;
     let mut script = super::Script::default();
     push_step_rows(&mut script, &rows)?;
-    script.run(tx).await.map_err(|e| match e {
-        StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+    script.run(tx).await.map_err(records_error)?;
+    Ok(())
+}
+
+/// What a failed write of run records means: a step or a memory already
+/// recorded (Conflict, naming which), or a missing company (NotFound).
+fn records_error(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Database(sqlx::Error::Database(d))
+            if d.is_unique_violation() && d.message().contains("task_steps.") =>
+        {
             StoreError::Conflict(
                 "a step with this task, attempt and seq is already recorded".into(),
             )
         }
-        e => e,
-    })?;
-    Ok(())
+        e => super::memory::insert_error(e),
+    }
 }
 
 /// A step as [`push_step_rows`] takes it.
@@ -196,7 +214,8 @@ fn push_step_rows(script: &mut super::Script, rows: &[serde_json::Value]) -> Res
 /// its turns appended to the primary session (made if missing), and the
 /// memory of its result with its audit entry.
 ///
-/// The steps' tasks are checked to be the company's first. The memory's
+/// The steps' tasks are checked to be the company's, then everything is
+/// checked before anything is written (`push_run_records`). The memory's
 /// audit entry is pushed to `audits`, for the caller to append with the
 /// others of its transaction in one go ([`super::append_many`]).
 pub(super) async fn write_run_records(
@@ -206,14 +225,7 @@ pub(super) async fn write_run_records(
     now: DateTime<Utc>,
     audits: &mut Vec<AuditRecord>,
 ) -> Result<()> {
-    r.check(company)?;
-    let mut checked: Vec<&TaskId> = Vec::new();
-    for s in &r.steps {
-        if !checked.contains(&&s.task_id) {
-            load_task(&mut *tx, company, &s.task_id).await?;
-            checked.push(&s.task_id);
-        }
-    }
+    check_step_tasks(tx, company, &r.steps).await?;
     let mut script = super::Script::default();
     push_run_records(
         &mut script,
@@ -225,7 +237,7 @@ pub(super) async fn write_run_records(
         now,
         audits,
     )?;
-    script.run(tx).await.map_err(super::memory::insert_error)?;
+    script.run(tx).await.map_err(records_error)?;
     Ok(())
 }
 
