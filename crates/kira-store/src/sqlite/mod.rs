@@ -19,6 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
 mod agents;
+mod checkpoint;
 mod knowledge;
 mod memory;
 mod work;
@@ -32,6 +33,8 @@ pub struct SqliteStore {
     /// Writers queue here rather than in SQLite's busy handler, which
     /// sleeps between retries: one process owns an SQLite database.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Checkpoints a file database's WAL in the background.
+    _checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 /// A write transaction holding the process's writer turn until it ends.
@@ -71,18 +74,30 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         // An in-memory database exists per connection: keep exactly one.
-        let max = if url.contains(":memory:") { 1 } else { 8 };
+        let memory = url.contains(":memory:");
+        let max = if memory { 1 } else { 8 };
+        let opts = if memory {
+            opts
+        } else {
+            opts.pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             // An embedded database does not drop connections: a ping before
             // every statement would only double its round trips.
             .test_before_acquire(false)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        let checkpointer = if memory {
+            None
+        } else {
+            Some(checkpoint::Checkpointer::start(&opts, checkpoint::EVERY).await?)
+        };
         Ok(Self {
             pool,
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            _checkpointer: checkpointer,
         })
     }
 
