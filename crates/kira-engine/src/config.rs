@@ -132,6 +132,16 @@ pub struct SchedulerConfig {
     pub per_company_concurrency: u32,
     /// Candidates read per scheduling pass.
     pub batch: u32,
+    /// Runs preparing their first model call at once, at most (see
+    /// `crate::starting`): twice the machine's cores by default.
+    pub max_starting: u32,
+}
+
+/// Twice the machine's cores: a run's preparation is mostly this process's
+/// CPU, with a little waiting on the database between.
+fn default_max_starting() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    u32::try_from(cores * 2).unwrap_or(u32::MAX).clamp(2, 64)
 }
 
 impl Default for SchedulerConfig {
@@ -144,6 +154,7 @@ impl Default for SchedulerConfig {
             poll_interval: TimeDelta::seconds(1),
             per_company_concurrency: 4,
             batch: 512,
+            max_starting: default_max_starting(),
         }
     }
 }
@@ -693,6 +704,7 @@ pub struct SchedulerSection {
     pub poll_interval_ms: Option<i64>,
     pub per_company_concurrency: Option<u32>,
     pub batch: Option<u32>,
+    pub max_starting: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -817,6 +829,15 @@ impl EngineFile {
                 ));
             }
             sc.batch = v;
+        }
+        if let Some(v) = s.max_starting {
+            if !(1..=10_000).contains(&v) {
+                return Err(ValidationError::new(
+                    "scheduler.max_starting",
+                    "must be between 1 and 10000",
+                ));
+            }
+            sc.max_starting = v;
         }
 
         for (name, p) in self.providers {
@@ -1173,6 +1194,7 @@ mod tests {
         );
         assert!(c.agents.contains_key(PRIMARY));
         assert!(c.executor.is_none(), "nothing runs tasks unless configured");
+        assert!(c.scheduler.max_starting >= 2, "twice the cores, at least 2");
         assert_eq!(
             c.knowledge_domains.iter().collect::<Vec<_>>(),
             [
@@ -1235,6 +1257,10 @@ mod tests {
                 "scheduler.max_attempts",
             ),
             (
+                r#"{"scheduler": {"max_starting": 0}}"#,
+                "scheduler.max_starting",
+            ),
+            (
                 r#"{"agents": {"legal": {"max_concurrent": 0}}}"#,
                 "agents.legal.max_concurrent",
             ),
@@ -1285,9 +1311,11 @@ mod tests {
             r#"{"budget": {"total_tokens": 1000, "burst_levels": ["emergency"]},
                 "agents": {"legal": {"max_concurrent": 7}},
                 "task_types": {"tax_filing": {"specialist": "financial"}},
-                "executor": {"kind": "simulated", "latency_ms_max": 5}}"#,
+                "executor": {"kind": "simulated", "latency_ms_max": 5},
+                "scheduler": {"max_starting": 3}}"#,
         )
         .expect("valid");
+        assert_eq!(c.scheduler.max_starting, 3);
         assert_eq!(c.budget.total_tokens, 1000);
         assert_eq!(c.budget.burst_levels.len(), 1);
         assert_eq!(c.agents["legal"].max_concurrent, 7);

@@ -81,6 +81,8 @@ pub struct Run {
     /// end in the same transaction.
     records: RunRecords,
     pub(crate) cancel: Arc<AtomicBool>,
+    /// The run's place among those starting, until its first call.
+    starting: Option<crate::starting::Starting>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,7 @@ impl Run {
         prices: BTreeMap<String, ModelPrice>,
         first: Reservation,
         cancel: Arc<AtomicBool>,
+        starting: Option<crate::starting::Starting>,
     ) -> Run {
         Run {
             task,
@@ -116,7 +119,15 @@ impl Run {
             unsettled: None,
             records: RunRecords::default(),
             cancel,
+            starting,
         }
+    }
+
+    /// The run's own preparation is over: what follows waits on a model
+    /// (or, for the simulated executor, on its pretended latency), so
+    /// another run may start. Reserving for a call says so too.
+    pub fn calling(&mut self) {
+        self.starting = None;
     }
 
     /// What the run leaves behind, recorded with its end.
@@ -175,6 +186,7 @@ impl Run {
 
     /// Tokens for one call: an upper bound of its prompt plus max_tokens.
     pub async fn reserve(&mut self, amount: i64) -> Result<Reservation, RunError> {
+        self.calling();
         // What the last call used may free what this one needs.
         self.settle_now().await?;
         if let Some(first) = self.first.take() {
@@ -273,6 +285,7 @@ impl Executor for Simulated {
         let mut rng = Self::rng(&run.task);
         let c = &self.cfg;
         let latency = rng.random_range(c.latency_ms_min..=c.latency_ms_max);
+        run.calling();
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }

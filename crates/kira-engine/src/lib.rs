@@ -26,6 +26,7 @@ pub mod memory;
 pub mod review;
 pub mod scheduler;
 pub mod sharing;
+mod starting;
 pub mod tasks;
 mod worker;
 
@@ -117,6 +118,8 @@ struct Inner {
     audits: group::Group<Vec<kira_core::audit::AuditRecord>, Result<(), String>>,
     /// When the scheduler last looked for expired leases (see `scheduler`).
     last_reap: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    /// Runs claimed and still preparing their first call (see `starting`).
+    starting: Arc<starting::StartGate>,
 }
 
 impl Engine {
@@ -145,13 +148,16 @@ impl Engine {
         let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
         // So the first context pack does not load the tokenizer.
         memory::pack::warm_up_in_background();
+        let wake = Arc::new(Notify::new());
+        let starting =
+            starting::StartGate::new(config.scheduler.max_starting as usize, wake.clone());
         Engine {
             inner: Arc::new(Inner {
                 store,
                 clock,
                 config,
                 executor,
-                wake: Arc::new(Notify::new()),
+                wake,
                 worker_id,
                 embedder: None,
                 embed_wake: Notify::new(),
@@ -162,6 +168,7 @@ impl Engine {
                 directory: std::sync::Mutex::new(None),
                 directory_reload: tokio::sync::Mutex::new(()),
                 last_reap: std::sync::Mutex::new(None),
+                starting,
             }),
         }
     }

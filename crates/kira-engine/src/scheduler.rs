@@ -126,20 +126,23 @@ pub struct TickReport {
 
 /// Takes from `pending` (in rank order) the next claim batch: the tasks
 /// that would find a slot if every one before them were claimed, at most
-/// [`CLAIM_BATCH`]. A task without a free slot now has none later in the
-/// pass (slots are only taken), so it is dropped; one whose slot the batch
-/// would fill stays pending, for a next batch, which is sent only when
-/// some of this one could not be claimed (gone, or waiting for budget) and
-/// left their slots free. So a batch reads no more tasks than it can take.
-fn next_batch(pending: &mut Vec<Candidate>, slots: &Slots) -> Vec<Candidate> {
+/// `max` (the room among runs starting) and [`CLAIM_BATCH`]. A task without
+/// a free slot now has none later in the pass (slots are only taken), so it
+/// is dropped; one whose slot the batch would fill, or that finds no room
+/// among the runs starting, stays pending, for a next batch, which is sent
+/// only when some of this one could not be claimed (gone, or waiting for
+/// budget) and left their slots free, or when room was freed. So a batch
+/// reads no more tasks than it can take.
+fn next_batch(pending: &mut Vec<Candidate>, slots: &Slots, max: usize) -> Vec<Candidate> {
     let mut room = slots.clone();
     let mut batch = Vec::new();
     let mut kept = Vec::new();
+    let max = max.min(CLAIM_BATCH);
     for c in pending.drain(..) {
         if !slots.free(&c.entry) {
             continue;
         }
-        if batch.len() < CLAIM_BATCH && room.free(&c.entry) {
+        if batch.len() < max && room.free(&c.entry) {
             room.take(&c.entry);
             batch.push(c);
         } else {
@@ -182,9 +185,15 @@ impl Engine {
             .collect();
         // In rank order, a batch at a time; the slots carry over.
         let mut pending = candidates;
+        let gate = &self.inner.starting;
         loop {
-            let batch = next_batch(&mut pending, &slots);
+            let batch = next_batch(&mut pending, &slots, gate.room());
             if batch.is_empty() {
+                // Claimable tasks left for want of room among the runs
+                // starting: the next run to reach its call wakes a pass.
+                if !pending.is_empty() && !gate.hold_back() {
+                    continue;
+                }
                 break;
             }
             let started = std::time::Instant::now();
@@ -218,8 +227,9 @@ impl Engine {
                         report.claim_micros.push(micros);
                         report.claimed.push(id);
                         let engine = self.clone();
+                        let starting = gate.enter();
                         report.runs.push(tokio::spawn(async move {
-                            engine.run_claimed(*task, reservation).await
+                            engine.run_claimed(*task, reservation, starting).await
                         }));
                     }
                     ClaimOutcome::WaitingBudget { .. } | ClaimOutcome::AwaitingApproval { .. } => {
@@ -506,7 +516,7 @@ mod tests {
             cand("gamma_legal_001", "gamma", "legal"),
         ];
         let mut slots = Slots::new(&[], &cfg);
-        let batch = next_batch(&mut pending, &slots);
+        let batch = next_batch(&mut pending, &slots, usize::MAX);
         let names = |b: &[Candidate]| {
             b.iter()
                 .map(|c| c.entry.task_id.as_str().to_owned())
@@ -519,10 +529,40 @@ mod tests {
         // acme's was claimed, beta's waits for budget: one slot is left,
         // and acme is at its limit.
         slots.take(&batch[0].entry);
-        let batch = next_batch(&mut pending, &slots);
+        let batch = next_batch(&mut pending, &slots, usize::MAX);
         assert_eq!(names(&batch), ["gamma_legal_001"]);
         assert!(pending.is_empty());
         slots.take(&batch[0].entry);
-        assert!(next_batch(&mut pending, &slots).is_empty());
+        assert!(next_batch(&mut pending, &slots, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_claim_batch_takes_no_more_than_the_room_among_runs_starting() {
+        let mut cfg = EngineConfig::default();
+        cfg.agents
+            .insert("legal".into(), crate::config::AgentConfig::with_slots(4));
+        let cand = |id: &str, company: &str| Candidate {
+            scope: Principal::system()
+                .scope(&CompanyId::parse(company).expect("id"), Access::Write)
+                .expect("scope"),
+            entry: entry(id, company, "legal", Priority::High, 0),
+        };
+        let mut pending = vec![
+            cand("acme_legal_001", "acme"),
+            cand("beta_legal_001", "beta"),
+            cand("gamma_legal_001", "gamma"),
+        ];
+        let slots = Slots::new(&[], &cfg);
+        let ids = |b: &[Candidate]| {
+            b.iter()
+                .map(|c| c.entry.task_id.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        // No room: nothing is claimed and nothing claimable is dropped.
+        assert!(next_batch(&mut pending, &slots, 0).is_empty());
+        assert_eq!(pending.len(), 3);
+        let batch = next_batch(&mut pending, &slots, 2);
+        assert_eq!(ids(&batch), ["acme_legal_001", "beta_legal_001"]);
+        assert_eq!(ids(&pending), ["gamma_legal_001"]);
     }
 }

@@ -64,7 +64,12 @@ impl Engine {
     /// Runs a claimed task to its end. The scheduler is woken as soon as
     /// the end is recorded, since the run's slot is free then: a freed slot
     /// must not wait for the next poll.
-    pub(crate) async fn run_claimed(&self, task: Task, reservation: Reservation) {
+    pub(crate) async fn run_claimed(
+        &self,
+        task: Task,
+        reservation: Reservation,
+        starting: crate::starting::Starting,
+    ) {
         let Some(executor) = self.inner.executor.clone() else {
             return;
         };
@@ -90,8 +95,10 @@ impl Engine {
             cfg.prices.clone(),
             reservation,
             cancel,
+            Some(starting),
         );
         let outcome = executor.execute(&mut run).await;
+        run.calling();
         let settle = run.take_unsettled();
         beat.abort();
         if lost.load(Ordering::SeqCst) {

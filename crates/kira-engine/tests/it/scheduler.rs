@@ -131,6 +131,7 @@ both!(
     an_expired_lease_is_retried_by_another_worker,
     without_an_executor_tasks_wait,
     a_freed_slot_takes_the_next_task_without_waiting_for_the_poll,
+    a_pass_starts_no_more_runs_than_may_prepare_at_once,
 );
 
 async fn runs_complete_and_settle_their_tokens(b: Backend) {
@@ -395,4 +396,104 @@ async fn a_freed_slot_takes_the_next_task_without_waiting_for_the_poll(b: Backen
         finished.is_ok(),
         "a freed slot waited for the poll interval"
     );
+}
+
+/// Runs that wait at a gate before their first call, then at another
+/// before their end.
+struct Staged {
+    go: Arc<tokio::sync::Semaphore>,
+    end: Arc<tokio::sync::Semaphore>,
+    calling: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl Executor for Staged {
+    fn name(&self) -> &str {
+        "staged"
+    }
+
+    async fn execute(&self, run: &mut Run) -> ExecOutcome {
+        self.go.acquire().await.expect("go").forget();
+        run.calling();
+        self.calling
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.end.acquire().await.expect("end").forget();
+        ExecOutcome::Done {
+            result: serde_json::json!({"summary": "staged"}),
+            confidence: 1.0,
+            requires_human_review: false,
+        }
+    }
+}
+
+/// With three free slots and room for one run preparing at a time, a pass
+/// claims one task; the next is claimed only when that run reaches its
+/// first call, and the scheduler's loop is woken for it (the poll interval
+/// is an hour; the timeout only bounds a failing run).
+async fn a_pass_starts_no_more_runs_than_may_prepare_at_once(b: Backend) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let mut cfg = EngineConfig::default();
+    cfg.agents
+        .insert("legal".into(), AgentConfig::with_slots(3));
+    cfg.scheduler.max_starting = 1;
+    cfg.scheduler.poll_interval = TimeDelta::hours(1);
+    let staged = Arc::new(Staged {
+        go: Arc::new(tokio::sync::Semaphore::new(0)),
+        end: Arc::new(tokio::sync::Semaphore::new(0)),
+        calling: Arc::new(AtomicUsize::new(0)),
+    });
+    let e = engine(&s, cfg, Some(staged.clone()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&e, "acme", "complex_legal_analysis", Priority::High).await);
+    }
+    let calls = |n: usize| {
+        let calling = staged.calling.clone();
+        async move {
+            let reached = async {
+                while calling.load(Ordering::SeqCst) < n {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(60), reached)
+                .await
+                .is_ok()
+        }
+    };
+
+    let first = e.tick().await.expect("tick");
+    assert_eq!(first.claimed.len(), 1, "one run may prepare at a time");
+    let held = e.tick().await.expect("tick");
+    assert!(
+        held.claimed.is_empty(),
+        "the first run has not reached its call"
+    );
+    staged.go.add_permits(1);
+    assert!(calls(1).await, "the first run reached its call");
+    let second = e.tick().await.expect("tick");
+    assert_eq!(second.claimed.len(), 1);
+
+    // The loop: its first pass finds no room; the second run reaching its
+    // call wakes the pass that claims the third.
+    let shutdown = kira_engine::Shutdown::new();
+    let scheduler = e.start(shutdown.clone());
+    staged.go.add_permits(2);
+    let woken = calls(3).await;
+    staged.end.add_permits(3);
+    let mut runs = first.runs;
+    runs.extend(second.runs);
+    for h in runs {
+        h.await.expect("run");
+    }
+    shutdown.trigger();
+    scheduler.await.expect("scheduler");
+    assert!(woken, "the third task waited for the poll interval");
+    for id in &ids {
+        assert_eq!(status(&s, id).await, TaskStatus::Completed);
+    }
 }
