@@ -180,7 +180,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
         let snap = engine
             .store()
-            .queue_snapshot(engine.clock().now(), 1)
+            .queue_snapshot(engine.clock().now(), 1, None)
             .await?;
         if snap.runnable.is_empty() && snap.running.is_empty() {
             break;

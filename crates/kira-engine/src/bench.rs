@@ -151,7 +151,7 @@ pub async fn drain(engine: &Engine) -> Result<Vec<u64>, EngineError> {
             }
             let snap = engine
                 .store()
-                .queue_snapshot(engine.clock().now(), 1)
+                .queue_snapshot(engine.clock().now(), 1, None)
                 .await?;
             if snap.runnable.is_empty() && snap.running.is_empty() {
                 return Ok(claims);

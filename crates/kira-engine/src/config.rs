@@ -130,7 +130,8 @@ pub struct SchedulerConfig {
     pub poll_interval: TimeDelta,
     /// Running tasks per company, across agents.
     pub per_company_concurrency: u32,
-    /// Candidates read per scheduling pass.
+    /// Candidates read per scheduling pass: the tasks waiting longest of
+    /// those whose agent and company have a free slot.
     pub batch: u32,
     /// Runs preparing their first model call at once, at most (see
     /// `crate::starting`): twice the machine's cores by default.

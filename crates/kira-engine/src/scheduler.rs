@@ -11,7 +11,7 @@ use kira_core::CompanyId;
 use kira_core::auth::{Access, Principal};
 use kira_core::priority::{EffectivePriority, effective_priority};
 use kira_core::task::TaskId;
-use kira_store::work::{Admission, Candidate, ClaimOutcome, QueueEntry, QueueSnapshot};
+use kira_store::work::{Admission, Candidate, Capacity, ClaimOutcome, QueueEntry, QueueSnapshot};
 use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
@@ -103,6 +103,19 @@ impl Admission for Slots {
     }
 }
 
+/// The slots a pass fills, for the store to leave out tasks that could not
+/// take one.
+fn capacity(cfg: &EngineConfig) -> Capacity {
+    Capacity {
+        agents: cfg
+            .agents
+            .iter()
+            .map(|(n, a)| (n.clone(), a.max_concurrent))
+            .collect(),
+        per_company: cfg.scheduler.per_company_concurrency,
+    }
+}
+
 /// Candidates per claim transaction: large enough that a transaction's cost
 /// is shared by many tasks, small enough that the first runs start (and
 /// other processes find work) without waiting for a whole pass.
@@ -171,7 +184,7 @@ impl Engine {
         }
         let QueueSnapshot { runnable, running } = self
             .store()
-            .queue_snapshot(now, cfg.scheduler.batch)
+            .queue_snapshot(now, cfg.scheduler.batch, Some(&capacity(cfg)))
             .await?;
         let mut slots = Slots::new(&running, cfg);
         let candidates: Vec<Candidate> = rank(runnable, cfg, now)

@@ -85,6 +85,14 @@ pub struct QueueEntry {
     pub attempts: i32,
 }
 
+/// The slots a scheduling pass fills: each agent's runs at once (an agent
+/// not named has none) and one company's runs at once across agents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Capacity {
+    pub agents: std::collections::BTreeMap<String, u32>,
+    pub per_company: u32,
+}
+
 /// What the scheduler sees: tasks it may start now, and what is running.
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
@@ -332,8 +340,15 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<Task>;
 
     /// Tasks that may start at `now` (queued, or waiting for budget and due
-    /// a retry), at most `limit`, and what is running.
-    async fn queue_snapshot(&self, now: DateTime<Utc>, limit: u32) -> Result<QueueSnapshot>;
+    /// a retry), the `limit` waiting longest, and what is running. With a
+    /// `capacity`, only tasks whose agent and company have a free slot given
+    /// what runs: the `limit` are then all tasks a pass could start.
+    async fn queue_snapshot(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        capacity: Option<&Capacity>,
+    ) -> Result<QueueSnapshot>;
 
     /// Takes the task for `worker` and reserves its estimated tokens, in one
     /// transaction; or records why it must wait.

@@ -247,7 +247,7 @@ impl crate::Engine {
     pub async fn agents(&self) -> Result<Vec<AgentStatus>, crate::EngineError> {
         let snap = self
             .store()
-            .queue_snapshot(self.clock().now(), 100_000)
+            .queue_snapshot(self.clock().now(), 100_000, None)
             .await?;
         let cfg = self.config();
         Ok(cfg

@@ -132,6 +132,7 @@ both!(
     without_an_executor_tasks_wait,
     a_freed_slot_takes_the_next_task_without_waiting_for_the_poll,
     a_pass_starts_no_more_runs_than_may_prepare_at_once,
+    the_tasks_a_pass_reads_are_ones_that_could_start,
 );
 
 async fn runs_complete_and_settle_their_tokens(b: Backend) {
@@ -291,6 +292,34 @@ impl Executor for Hang {
     }
     async fn execute(&self, _run: &mut Run) -> ExecOutcome {
         std::future::pending().await
+    }
+}
+
+/// A pass reads at most `scheduler.batch` tasks: older tasks whose agent
+/// has no free slot must not fill them and hide a task that could start.
+async fn the_tasks_a_pass_reads_are_ones_that_could_start(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let mut cfg = one_legal_slot();
+    cfg.scheduler.batch = 2;
+    let e = engine(&s, cfg, Some(Arc::new(Hang)));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let running = submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
+    let r = e.tick().await.expect("tick");
+    assert_eq!(r.claimed, std::slice::from_ref(&running));
+    // Two more legal tasks wait for the one slot; a later financial one
+    // has a free agent.
+    for _ in 0..2 {
+        submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
+    }
+    s.clock.advance(TimeDelta::seconds(1));
+    let financial = submit(&e, "acme", "financial_modeling", Priority::Low).await;
+    let r2 = e.tick().await.expect("tick");
+    assert_eq!(r2.claimed, std::slice::from_ref(&financial));
+    for h in r.runs.iter().chain(&r2.runs) {
+        h.abort();
     }
 }
 

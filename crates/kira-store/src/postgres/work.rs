@@ -1145,15 +1145,40 @@ impl TaskStore for PgStore {
         Ok(task)
     }
 
-    async fn queue_snapshot(&self, now: DateTime<Utc>, limit: u32) -> Result<QueueSnapshot> {
+    async fn queue_snapshot(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        capacity: Option<&Capacity>,
+    ) -> Result<QueueSnapshot> {
+        // With a capacity ($3, $4: the agents and their slots; $5: a
+        // company's), agents whose slots are all taken and companies at
+        // their limit are left out.
+        let (agents, slots): (Option<Vec<&str>>, Option<Vec<i64>>) = capacity
+            .map(|c| {
+                c.agents
+                    .iter()
+                    .map(|(a, n)| (a.as_str(), i64::from(*n)))
+                    .unzip()
+            })
+            .unzip();
         let rows = sqlx::query(
-            "SELECT task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
+            "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+             open_agents AS (SELECT c.agent FROM unnest($3::text[], $4::bigint[]) AS c(agent, slots) \
+               WHERE c.slots > (SELECT count(*) FROM running r WHERE r.agent = c.agent)), \
+             full_companies AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= $5) \
+             SELECT task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
              estimated_tokens, attempts FROM task_queue \
              WHERE status IN ('queued', 'waiting_budget') AND not_before <= $1 \
+             AND ($3::text[] IS NULL OR (agent IN (SELECT agent FROM open_agents) \
+                  AND company_id NOT IN (SELECT company_id FROM full_companies))) \
              ORDER BY waiting_since, task_id LIMIT $2",
         )
         .bind(now.trunc_subsecs(6))
         .bind(i64::from(limit))
+        .bind(agents)
+        .bind(slots)
+        .bind(capacity.map(|c| i64::from(c.per_company)))
         .fetch_all(&self.queue)
         .await?;
         let runnable = rows

@@ -870,16 +870,32 @@ impl TaskStore for SqliteStore {
         Ok(task)
     }
 
-    async fn queue_snapshot(&self, now: DateTime<Utc>, limit: u32) -> Result<QueueSnapshot> {
+    async fn queue_snapshot(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        capacity: Option<&Capacity>,
+    ) -> Result<QueueSnapshot> {
         // One row of two JSON arrays: a pass reads hundreds of entries, and
-        // each row sqlx hands over is a message between threads.
+        // each row sqlx hands over is a message between threads. With a
+        // capacity (?1, the agents' slots as a JSON object), agents whose
+        // slots are all taken and companies at their limit (?2) are left
+        // out in the same statement.
+        let agents = capacity.map(|c| to_json(&c.agents)).transpose()?;
         let row = sqlx::query(
-            "SELECT (SELECT json_group_array(json_array(task_id, company_id, agent, status, priority, multiplier, \
+            "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+             open_agents(agent) AS (SELECT j.key FROM json_each(?1) j \
+               WHERE j.value > (SELECT count(*) FROM running r WHERE r.agent = j.key)), \
+             full_companies(company_id) AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= ?2) \
+             SELECT (SELECT json_group_array(json_array(task_id, company_id, agent, status, priority, multiplier, \
                deadline, waiting_since, estimated_tokens, attempts) ORDER BY waiting_since, task_id) \
-               FROM (SELECT * FROM task_queue WHERE status IN ('queued', 'waiting_budget') AND not_before <= ? \
-                     ORDER BY waiting_since, task_id LIMIT ?)) AS runnable, \
-             (SELECT json_group_array(json_array(agent, company_id)) FROM task_queue WHERE status = 'running') AS running",
+               FROM (SELECT * FROM task_queue WHERE status IN ('queued', 'waiting_budget') AND not_before <= ?3 \
+                     AND (?1 IS NULL OR (agent IN open_agents AND company_id NOT IN full_companies)) \
+                     ORDER BY waiting_since, task_id LIMIT ?4)) AS runnable, \
+             (SELECT json_group_array(json_array(agent, company_id)) FROM running) AS running",
         )
+        .bind(agents)
+        .bind(capacity.map(|c| i64::from(c.per_company)))
         .bind(ts(now))
         .bind(i64::from(limit))
         .fetch_one(&self.pool)

@@ -376,7 +376,7 @@ async fn rejection_requeues_then_fails(f: Fresh) {
     );
     assert_eq!(t.finished_at, None, "a queued task has not finished");
     // The scheduler sees it again, with its scheduling facts.
-    let snap = s.queue_snapshot(at(5), 10).await.expect("snapshot");
+    let snap = s.queue_snapshot(at(5), 10, None).await.expect("snapshot");
     assert_eq!(snap.runnable.len(), 1);
     let e = &snap.runnable[0];
     assert_eq!(
@@ -422,7 +422,7 @@ async fn rejection_requeues_then_fails(f: Fresh) {
     );
     assert_eq!(t.finished_at, Some(micros(at(8))));
     assert!(
-        s.queue_snapshot(at(9), 10)
+        s.queue_snapshot(at(9), 10, None)
             .await
             .expect("snap")
             .runnable

@@ -242,7 +242,7 @@ impl Case {
                     .take(n)
                     .cloned()
                     .collect();
-                let snap = s.queue_snapshot(now, 1000).await.map_err(fail)?;
+                let snap = s.queue_snapshot(now, 1000, None).await.map_err(fail)?;
                 // Those still queued, in the order submitted; the others as
                 // the scheduler last saw them would be: gone.
                 let cands: Vec<Candidate> = tasks

@@ -299,7 +299,7 @@ async fn racing_claims_never_reserve_more_than_the_allocation() {
     assert!(report.ok, "{report:?}");
     assert_eq!(
         store
-            .queue_snapshot(t0(), 100)
+            .queue_snapshot(t0(), 100, None)
             .await
             .expect("snapshot")
             .running
@@ -569,7 +569,7 @@ async fn batches_are_claimed_and_finished_set_based() {
     assert!(report.ok, "{report:?}");
     assert!(
         store
-            .queue_snapshot(t0(), 100)
+            .queue_snapshot(t0(), 100, None)
             .await
             .expect("snapshot")
             .running
@@ -672,6 +672,9 @@ async fn racing_batch_claims_take_what_fits_once() {
     }
     let report = first.verify_ledger(&admin()).await.expect("verify");
     assert!(report.ok, "{report:?}");
-    let snap = first.queue_snapshot(t0(), 100).await.expect("snapshot");
+    let snap = first
+        .queue_snapshot(t0(), 100, None)
+        .await
+        .expect("snapshot");
     assert_eq!(snap.running.len(), 60);
 }

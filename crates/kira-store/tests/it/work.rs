@@ -6,8 +6,8 @@ use kira_core::auth::Principal;
 use kira_core::budget::{BudgetConfig, Pool};
 use kira_core::task::{Priority, TaskId, TaskStatus};
 use kira_store::work::{
-    Admission, Candidate, ClaimOutcome, Completed, Completion, Finish, Idempotency, NewTask,
-    QueueEntry, ReserveOutcome, Settlement, TaskFilter,
+    Admission, Candidate, Capacity, ClaimOutcome, Completed, Completion, Finish, Idempotency,
+    NewTask, QueueEntry, ReserveOutcome, Settlement, TaskFilter,
 };
 use kira_store::{Store, StoreError};
 use serde_json::json;
@@ -29,6 +29,7 @@ conformance!(
     usage_reported_after_a_lost_lease_is_still_charged,
     a_batch_claim_goes_in_rank_order_within_slots_and_budget,
     a_batch_finish_records_what_settle_then_finish_would,
+    a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot,
 );
 
 /// 10,000 tokens: base 6,000, burst 3,000, emergency 1,000.
@@ -232,7 +233,7 @@ async fn claim_reserves_settle_charges_and_finish_completes(f: Fresh) {
     create(s, "acme").await;
     let cfg = small_budget();
     let id = submit(s, "acme", &new_task("legal", Priority::Medium, 500)).await;
-    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    let snap = s.queue_snapshot(t0(), 100, None).await.expect("snapshot");
     assert_eq!(snap.runnable.len(), 1);
     let ClaimOutcome::Claimed { task, reservation } = claim(s, "acme", &id, &cfg).await else {
         panic!("claimed")
@@ -245,7 +246,7 @@ async fn claim_reserves_settle_charges_and_finish_completes(f: Fresh) {
         ClaimOutcome::Gone,
         "a running task cannot be claimed twice"
     );
-    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    let snap = s.queue_snapshot(t0(), 100, None).await.expect("snapshot");
     assert!(snap.runnable.is_empty());
     assert_eq!(snap.running.len(), 1);
 
@@ -340,10 +341,10 @@ async fn a_task_without_budget_waits_without_blocking_others(f: Fresh) {
     assert_eq!(t.status, TaskStatus::WaitingBudget);
     assert_eq!(t.attempts, 0, "waiting is not an attempt");
     // It is tried again only after the recheck delay.
-    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    let snap = s.queue_snapshot(t0(), 100, None).await.expect("snapshot");
     assert!(snap.runnable.iter().all(|e| e.task_id != big));
     let later = s
-        .queue_snapshot(t0() + TimeDelta::minutes(5), 100)
+        .queue_snapshot(t0() + TimeDelta::minutes(5), 100, None)
         .await
         .expect("snapshot");
     assert!(
@@ -433,7 +434,7 @@ async fn emergency_tokens_need_a_human(f: Fresh) {
         (800, urgent.clone())
     );
     assert!(
-        s.queue_snapshot(t0(), 100)
+        s.queue_snapshot(t0(), 100, None)
             .await
             .expect("snap")
             .runnable
@@ -627,7 +628,7 @@ async fn an_expired_lease_is_retried_then_failed(f: Fresh) {
     );
     // Backoff: not runnable for 10 s.
     assert!(
-        s.queue_snapshot(at, 10)
+        s.queue_snapshot(at, 10, None)
             .await
             .expect("snap")
             .runnable
@@ -717,7 +718,7 @@ async fn only_the_lease_holder_finishes_and_only_legal_transitions(f: Fresh) {
         .expect("review");
     assert_eq!(t.status, TaskStatus::NeedsReview);
     assert!(
-        s.queue_snapshot(t0(), 10)
+        s.queue_snapshot(t0(), 10, None)
             .await
             .expect("snap")
             .runnable
@@ -777,7 +778,7 @@ async fn forced_delete_releases_and_removes_tasks(f: Fresh) {
         "what the company held went back to the pool"
     );
     assert_eq!(
-        s.queue_snapshot(t0(), 10)
+        s.queue_snapshot(t0(), 10, None)
             .await
             .expect("snap")
             .runnable
@@ -920,7 +921,7 @@ impl Admission for Slots {
 
 /// The queue entries of `ids`, in that order (the caller's rank order).
 pub async fn candidates(s: &dyn Store, ids: &[&TaskId]) -> Vec<Candidate> {
-    let snap = s.queue_snapshot(t0(), 1000).await.expect("snapshot");
+    let snap = s.queue_snapshot(t0(), 1000, None).await.expect("snapshot");
     ids.iter()
         .map(|id| {
             let entry = snap
@@ -1114,10 +1115,10 @@ async fn a_batch_finish_records_what_settle_then_finish_would(f: Fresh) {
         (t1.status, t1.last_error.as_deref()),
         (TaskStatus::Queued, Some("boom"))
     );
-    let snap = s.queue_snapshot(t0(), 100).await.expect("snapshot");
+    let snap = s.queue_snapshot(t0(), 100, None).await.expect("snapshot");
     assert!(snap.runnable.is_empty(), "the retry waits for its backoff");
     let later = s
-        .queue_snapshot(t0() + TimeDelta::minutes(5), 100)
+        .queue_snapshot(t0() + TimeDelta::minutes(5), 100, None)
         .await
         .expect("snapshot");
     assert_eq!(later.runnable.len(), 1);
@@ -1141,4 +1142,83 @@ async fn a_batch_finish_records_what_settle_then_finish_would(f: Fresh) {
         "the fourth task's reservation is still held"
     );
     ledger_ok(s).await;
+}
+
+async fn a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot(f: Fresh) {
+    let s = f.store.as_ref();
+    for c in ["acme", "beta", "gamma"] {
+        create(s, c).await;
+    }
+    let cfg = small_budget();
+    let task = |agent: &str| new_task(agent, Priority::Medium, 100);
+    // acme runs one legal and one financial task: financial's one slot is
+    // taken, and so is acme's limit of two.
+    for agent in ["legal", "financial"] {
+        let id = submit(s, "acme", &task(agent)).await;
+        assert!(matches!(
+            claim(s, "acme", &id, &cfg).await,
+            ClaimOutcome::Claimed { .. }
+        ));
+    }
+    submit(s, "acme", &task("legal")).await;
+    submit(s, "beta", &task("legal")).await;
+    submit(s, "beta", &task("financial")).await;
+    submit(s, "beta", &task("technical")).await;
+    submit(s, "gamma", &task("legal")).await;
+    submit(s, "gamma", &task("legal")).await;
+    let mut capacity = Capacity {
+        agents: [("legal".to_owned(), 2), ("financial".to_owned(), 1)].into(),
+        per_company: 2,
+    };
+    let ids = |snap: &kira_store::work::QueueSnapshot| {
+        snap.runnable
+            .iter()
+            .map(|e| e.task_id.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let all = s.queue_snapshot(t0(), 10, None).await.expect("snapshot");
+    assert_eq!(
+        all.runnable.len(),
+        6,
+        "without a capacity, every runnable task"
+    );
+    let snap = s
+        .queue_snapshot(t0(), 10, Some(&capacity))
+        .await
+        .expect("snapshot");
+    // Not acme's (at its limit), not financial's (its slot is taken), not
+    // technical's (an agent without slots).
+    assert_eq!(
+        ids(&snap),
+        ["beta_legal_001", "gamma_legal_001", "gamma_legal_002"]
+    );
+    let mut running = snap.running.clone();
+    running.sort();
+    assert_eq!(
+        running,
+        [
+            (
+                "financial".to_owned(),
+                kira_core::CompanyId::parse("acme").expect("id")
+            ),
+            (
+                "legal".to_owned(),
+                kira_core::CompanyId::parse("acme").expect("id")
+            ),
+        ]
+    );
+    // The limit counts only the tasks that could take a slot.
+    let first = s
+        .queue_snapshot(t0(), 2, Some(&capacity))
+        .await
+        .expect("snapshot");
+    assert_eq!(ids(&first), ["beta_legal_001", "gamma_legal_001"]);
+    // An agent whose slots are exactly taken has none free.
+    capacity.agents.insert("legal".into(), 1);
+    let none = s
+        .queue_snapshot(t0(), 10, Some(&capacity))
+        .await
+        .expect("snapshot");
+    assert!(none.runnable.is_empty(), "{:?}", ids(&none));
+    assert_eq!(none.running.len(), 2);
 }
