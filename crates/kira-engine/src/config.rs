@@ -131,7 +131,8 @@ pub struct SchedulerConfig {
     /// Running tasks per company, across agents.
     pub per_company_concurrency: u32,
     /// Candidates read per scheduling pass: the tasks waiting longest of
-    /// those whose agent and company have a free slot.
+    /// those whose agent and company have a free slot (and, past those,
+    /// each level's first eighth as many; see `TaskStore::queue_snapshot`).
     pub batch: u32,
     /// Runs preparing their first model call at once, at most (see
     /// `crate::starting`): twice the machine's cores by default.

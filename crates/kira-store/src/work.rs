@@ -93,6 +93,12 @@ pub struct Capacity {
     pub per_company: u32,
 }
 
+/// How many tasks of each priority level (and of the nearest deadlines) a
+/// queue snapshot of `limit` reads beyond the longest waiting: an eighth.
+pub fn level_window(limit: u32) -> u32 {
+    limit.div_ceil(8)
+}
+
 /// What the scheduler sees: tasks it may start now, and what is running.
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {
@@ -340,9 +346,13 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<Task>;
 
     /// Tasks that may start at `now` (queued, or waiting for budget and due
-    /// a retry), the `limit` waiting longest, and what is running. With a
-    /// `capacity`, only tasks whose agent and company have a free slot given
-    /// what runs: the `limit` are then all tasks a pass could start.
+    /// a retry) and what is running. The tasks are the `limit` waiting
+    /// longest; when there are more, also of each priority level the first
+    /// [`level_window`]`(limit)` by company multiplier (highest first) then
+    /// waiting time, and as many of the nearest deadlines, so a fresh
+    /// urgent task is not hidden behind a long queue. Longest waiting
+    /// first. With a `capacity`, only tasks whose agent and company have a
+    /// free slot given what runs: all of them are tasks a pass could start.
     async fn queue_snapshot(
         &self,
         now: DateTime<Utc>,

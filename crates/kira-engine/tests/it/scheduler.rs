@@ -133,6 +133,7 @@ both!(
     a_freed_slot_takes_the_next_task_without_waiting_for_the_poll,
     a_pass_starts_no_more_runs_than_may_prepare_at_once,
     the_tasks_a_pass_reads_are_ones_that_could_start,
+    a_fresh_emergency_is_not_hidden_behind_a_long_queue,
 );
 
 async fn runs_complete_and_settle_their_tokens(b: Backend) {
@@ -321,6 +322,26 @@ async fn the_tasks_a_pass_reads_are_ones_that_could_start(b: Backend) {
     for h in r.runs.iter().chain(&r2.runs) {
         h.abort();
     }
+}
+
+/// More tasks waiting than a pass reads (`scheduler.batch`): an emergency
+/// that comes last still runs first.
+async fn a_fresh_emergency_is_not_hidden_behind_a_long_queue(b: Backend) {
+    let s = setup(b).await;
+    company(&s, "acme").await;
+    let mut cfg = one_legal_slot();
+    cfg.scheduler.batch = 2;
+    let e = engine(&s, cfg, Some(simulated()));
+    e.company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    for _ in 0..3 {
+        submit(&e, "acme", "complex_legal_analysis", Priority::Low).await;
+    }
+    s.clock.advance(TimeDelta::seconds(1));
+    let emergency = submit(&e, "acme", "complex_legal_analysis", Priority::Emergency).await;
+    let claimed = finish_runs(e.tick().await.expect("tick")).await;
+    assert_eq!(claimed, [emergency]);
 }
 
 async fn an_expired_lease_is_retried_by_another_worker(b: Backend) {

@@ -990,6 +990,44 @@ impl PgStore {
     }
 }
 
+/// The queue snapshot's tasks (see `queue_snapshot`): the $2 startable tasks
+/// waiting longest; and when that window is full, of each priority level
+/// its first $6 by multiplier then waiting time, and the $6 nearest
+/// deadlines, so a task that outranks the oldest is never hidden behind
+/// them. (A one-time filter: the windows are not read when not needed.)
+static SNAPSHOT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let cols = "task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
+                estimated_tokens, attempts";
+    let windows = Priority::ALL
+        .iter()
+        .map(|p| {
+            format!(
+                "(SELECT {cols} FROM startable WHERE priority = '{}' \
+                 ORDER BY multiplier DESC, waiting_since, task_id LIMIT $6)",
+                p.as_str()
+            )
+        })
+        .chain(std::iter::once(format!(
+            "(SELECT {cols} FROM startable WHERE deadline IS NOT NULL ORDER BY deadline, task_id LIMIT $6)"
+        )))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    format!(
+        "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+         open_agents AS (SELECT c.agent FROM unnest($3::text[], $4::bigint[]) AS c(agent, slots) \
+           WHERE c.slots > (SELECT count(*) FROM running r WHERE r.agent = c.agent)), \
+         full_companies AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= $5), \
+         startable AS NOT MATERIALIZED (SELECT {cols} FROM task_queue \
+           WHERE status IN ('queued', 'waiting_budget') AND not_before <= $1 \
+           AND ($3::text[] IS NULL OR (agent IN (SELECT agent FROM open_agents) \
+                AND company_id NOT IN (SELECT company_id FROM full_companies)))), \
+         oldest AS MATERIALIZED (SELECT {cols} FROM startable ORDER BY waiting_since, task_id LIMIT $2) \
+         SELECT {cols} FROM oldest \
+         UNION SELECT {cols} FROM ({windows}) w WHERE (SELECT count(*) FROM oldest) >= $2 \
+         ORDER BY waiting_since, task_id"
+    )
+});
+
 #[async_trait]
 impl TaskStore for PgStore {
     async fn submit_task(
@@ -1162,25 +1200,16 @@ impl TaskStore for PgStore {
                     .unzip()
             })
             .unzip();
-        let rows = sqlx::query(
-            "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
-             open_agents AS (SELECT c.agent FROM unnest($3::text[], $4::bigint[]) AS c(agent, slots) \
-               WHERE c.slots > (SELECT count(*) FROM running r WHERE r.agent = c.agent)), \
-             full_companies AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= $5) \
-             SELECT task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
-             estimated_tokens, attempts FROM task_queue \
-             WHERE status IN ('queued', 'waiting_budget') AND not_before <= $1 \
-             AND ($3::text[] IS NULL OR (agent IN (SELECT agent FROM open_agents) \
-                  AND company_id NOT IN (SELECT company_id FROM full_companies))) \
-             ORDER BY waiting_since, task_id LIMIT $2",
-        )
-        .bind(now.trunc_subsecs(6))
-        .bind(i64::from(limit))
-        .bind(agents)
-        .bind(slots)
-        .bind(capacity.map(|c| i64::from(c.per_company)))
-        .fetch_all(&self.queue)
-        .await?;
+        // Built once from constants (the priority names).
+        let rows = sqlx::query(sqlx::AssertSqlSafe(SNAPSHOT_SQL.as_str()))
+            .bind(now.trunc_subsecs(6))
+            .bind(i64::from(limit))
+            .bind(agents)
+            .bind(slots)
+            .bind(capacity.map(|c| i64::from(c.per_company)))
+            .bind(i64::from(level_window(limit)))
+            .fetch_all(&self.queue)
+            .await?;
         let runnable = rows
             .iter()
             .map(queue_from_row)

@@ -22,6 +22,7 @@ mod isolation;
 mod knowledge;
 mod memory;
 mod pg_work;
+mod queue_property;
 mod rls;
 mod support;
 mod work;

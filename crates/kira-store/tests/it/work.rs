@@ -30,6 +30,7 @@ conformance!(
     a_batch_claim_goes_in_rank_order_within_slots_and_budget,
     a_batch_finish_records_what_settle_then_finish_would,
     a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot,
+    a_snapshot_reads_what_outranks_the_longest_waiting,
 );
 
 /// 10,000 tokens: base 6,000, burst 3,000, emergency 1,000.
@@ -1221,4 +1222,60 @@ async fn a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot(f: Fr
         .expect("snapshot");
     assert!(none.runnable.is_empty(), "{:?}", ids(&none));
     assert_eq!(none.running.len(), 2);
+}
+
+/// Past its window of the longest waiting, a snapshot also reads of each
+/// level the first by multiplier then age, and the nearest deadlines.
+async fn a_snapshot_reads_what_outranks_the_longest_waiting(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let low = new_task("legal", Priority::Low, 100);
+    for _ in 0..3 {
+        submit(s, "acme", &low).await;
+    }
+    let favoured = NewTask {
+        multiplier: 2.0,
+        ..low.clone()
+    };
+    submit(s, "acme", &favoured).await;
+    let emergency = new_task("legal", Priority::Emergency, 100);
+    submit(s, "acme", &emergency).await;
+    let due = NewTask {
+        deadline: Some(t0() + TimeDelta::hours(1)),
+        ..new_task("legal", Priority::Medium, 100)
+    };
+    submit(s, "acme", &due).await;
+    submit(s, "acme", &emergency).await;
+    let ids = |snap: &kira_store::work::QueueSnapshot| {
+        snap.runnable
+            .iter()
+            .map(|e| e.task_id.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let read = |limit| s.queue_snapshot(t0(), limit, None);
+    // Two of seven: the two longest waiting, then one of each level (the
+    // favoured low task, the first emergency, the medium one) and the one
+    // deadline.
+    assert_eq!(
+        ids(&read(2).await.expect("snapshot")),
+        [
+            "acme_legal_001",
+            "acme_legal_002",
+            "acme_legal_004",
+            "acme_legal_005",
+            "acme_legal_006"
+        ]
+    );
+    // A window that holds every task reads nothing more.
+    assert_eq!(read(10).await.expect("snapshot").runnable.len(), 7);
+    // The windows leave out what could not start, as the first does.
+    let none = Capacity {
+        agents: [("financial".to_owned(), 4)].into(),
+        per_company: 4,
+    };
+    let snap = s
+        .queue_snapshot(t0(), 2, Some(&none))
+        .await
+        .expect("snapshot");
+    assert!(snap.runnable.is_empty(), "{:?}", ids(&snap));
 }
