@@ -641,44 +641,54 @@ fn request_from_row(r: &SqliteRow) -> Result<EmergencyRequest> {
 
 const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, requested_at, decided_at, decided_by, decision";
 
-/// The queue snapshot (see `queue_snapshot`): `oldest`, the ?4 startable
-/// tasks waiting longest; and when that window is full, `urgent`: of each
-/// priority level its first ?5 by multiplier then waiting time, and the ?5
+/// What both of the queue snapshot's statements start from: what runs and
+/// the tasks that could start at ?3, given the agents' slots (?1, a JSON
+/// object; NULL: every task) and the company limit (?2).
+const STARTABLE: &str = "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+     open_agents(agent) AS (SELECT j.key FROM json_each(?1) j \
+       WHERE j.value > (SELECT count(*) FROM running r WHERE r.agent = j.key)), \
+     full_companies(company_id) AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= ?2), \
+     startable AS NOT MATERIALIZED (SELECT * FROM task_queue \
+       WHERE status IN ('queued', 'waiting_budget') AND not_before <= ?3 \
+       AND (?1 IS NULL OR (agent IN open_agents AND company_id NOT IN full_companies))) ";
+
+/// A queue entry as JSON, for `json_group_array`.
+const ENTRY: &str = "json_array(task_id, company_id, agent, status, priority, multiplier, \
+     deadline, waiting_since, estimated_tokens, attempts)";
+
+/// The queue snapshot (see `queue_snapshot`): the ?4 startable tasks
+/// waiting longest, and what runs.
+static OLDEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{STARTABLE} SELECT (SELECT json_group_array({ENTRY} ORDER BY waiting_since, task_id) \
+           FROM (SELECT * FROM startable ORDER BY waiting_since, task_id LIMIT ?4)) AS runnable, \
+         (SELECT json_group_array(json_array(agent, company_id)) FROM running) AS running"
+    )
+});
+
+/// Read only when the first window is full: of each priority level the
+/// first ?4 startable tasks by multiplier then waiting time, and the ?4
 /// nearest deadlines, so a task that outranks the oldest is never hidden
-/// behind them.
-static SNAPSHOT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let entry = "json_group_array(json_array(task_id, company_id, agent, status, priority, multiplier, \
-                 deadline, waiting_since, estimated_tokens, attempts))";
+/// behind them. (A statement of its own: SQLite evaluates a subquery
+/// under a CASE that does not need it.)
+static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let windows = Priority::ALL
         .iter()
         .map(|p| {
             format!(
                 "SELECT * FROM (SELECT * FROM startable WHERE priority = '{}' \
-                 ORDER BY multiplier DESC, waiting_since, task_id LIMIT ?5)",
+                 ORDER BY multiplier DESC, waiting_since, task_id LIMIT ?4)",
                 p.as_str()
             )
         })
         .chain(std::iter::once(
             "SELECT * FROM (SELECT * FROM startable WHERE deadline IS NOT NULL \
-             ORDER BY deadline, task_id LIMIT ?5)"
+             ORDER BY deadline, task_id LIMIT ?4)"
                 .to_owned(),
         ))
         .collect::<Vec<_>>()
         .join(" UNION ");
-    format!(
-        "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
-         open_agents(agent) AS (SELECT j.key FROM json_each(?1) j \
-           WHERE j.value > (SELECT count(*) FROM running r WHERE r.agent = j.key)), \
-         full_companies(company_id) AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= ?2), \
-         startable AS NOT MATERIALIZED (SELECT * FROM task_queue \
-           WHERE status IN ('queued', 'waiting_budget') AND not_before <= ?3 \
-           AND (?1 IS NULL OR (agent IN open_agents AND company_id NOT IN full_companies))), \
-         oldest AS MATERIALIZED (SELECT * FROM startable ORDER BY waiting_since, task_id LIMIT ?4) \
-         SELECT (SELECT json_group_array(json_array(task_id, company_id, agent, status, priority, multiplier, \
-             deadline, waiting_since, estimated_tokens, attempts) ORDER BY waiting_since, task_id) FROM oldest) AS runnable, \
-           CASE WHEN (SELECT count(*) FROM oldest) >= ?4 THEN (SELECT {entry} FROM ({windows})) END AS urgent, \
-           (SELECT json_group_array(json_array(agent, company_id)) FROM running) AS running"
-    )
+    format!("{STARTABLE} SELECT json_group_array({ENTRY}) AS urgent FROM ({windows})")
 });
 
 #[async_trait]
@@ -917,18 +927,15 @@ impl TaskStore for SqliteStore {
         capacity: Option<&Capacity>,
     ) -> Result<QueueSnapshot> {
         // One row of JSON arrays: a pass reads hundreds of entries, and each
-        // row sqlx hands over is a message between threads. With a capacity
-        // (?1, the agents' slots as a JSON object), agents whose slots are
-        // all taken and companies at their limit (?2) are left out in the
-        // same statement. `urgent` is read only when `oldest` is full.
+        // row sqlx hands over is a message between threads. The statements
+        // are built once from constants (the priority names).
         let agents = capacity.map(|c| to_json(&c.agents)).transpose()?;
-        // Built once from constants (the priority names).
-        let row = sqlx::query(sqlx::AssertSqlSafe(SNAPSHOT_SQL.as_str()))
-            .bind(agents)
-            .bind(capacity.map(|c| i64::from(c.per_company)))
+        let per_company = capacity.map(|c| i64::from(c.per_company));
+        let row = sqlx::query(sqlx::AssertSqlSafe(OLDEST_SQL.as_str()))
+            .bind(agents.as_deref())
+            .bind(per_company)
             .bind(ts(now))
             .bind(i64::from(limit))
-            .bind(i64::from(level_window(limit)))
             .fetch_one(&self.pool)
             .await?;
         type Entry = (
@@ -944,7 +951,14 @@ impl TaskStore for SqliteStore {
             i32,
         );
         let mut runnable: Vec<Entry> = json(row.try_get("runnable")?)?;
-        if let Some(urgent) = row.try_get::<Option<String>, _>("urgent")? {
+        if runnable.len() >= limit as usize {
+            let urgent: String = sqlx::query_scalar(sqlx::AssertSqlSafe(WINDOWS_SQL.as_str()))
+                .bind(agents.as_deref())
+                .bind(per_company)
+                .bind(ts(now))
+                .bind(i64::from(level_window(limit)))
+                .fetch_one(&self.pool)
+                .await?;
             let urgent: Vec<Entry> = json(&urgent)?;
             let read: std::collections::HashSet<String> =
                 runnable.iter().map(|e| e.0.clone()).collect();
