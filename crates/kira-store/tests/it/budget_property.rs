@@ -16,9 +16,8 @@ use kira_store::work::{
     BudgetState, Candidate, ClaimOutcome, Completion, Finish, ReserveOutcome, Settlement,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 
-use crate::support::{Fresh, create, record, scope, t0};
+use crate::support::{Open, create, property, record, scope, t0};
 use crate::work::{Slots, new_task};
 
 #[derive(Debug, Clone)]
@@ -430,24 +429,9 @@ async fn case(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> 
     Ok(())
 }
 
-fn run(open: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>, cases: u32) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fresh = rt.block_on(open());
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let result = runner.run(&proptest::collection::vec(op(), 10..60), |ops| {
-        rt.block_on(case(fresh.store.clone(), ops))
-    });
-    if let Err(e) = result {
-        panic!("budget property failed: {e}");
-    }
+fn run(open: Open, cases: u32) {
+    let strategy = proptest::collection::vec(op(), 10..60);
+    property("budget", open, cases, strategy, case);
 }
 
 #[test]

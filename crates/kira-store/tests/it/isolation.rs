@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kira_core::company::CompanyPatch;
-use kira_store::{AuditPage, StoreError};
+use kira_store::{AuditPage, Store, StoreError};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 
-use crate::support::{Fresh, record, scope, t0};
+use crate::support::{Open, property, record, scope, t0};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -37,8 +36,7 @@ struct Model {
     audit_entries: usize,
 }
 
-async fn check(f: &Fresh, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let s = f.store.as_ref();
+async fn check(s: &dyn Store, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Fresh company names per case: the store is shared by all cases.
     let case = CASE.fetch_add(1, Ordering::SeqCst);
     let name = |i: usize| format!("c{case}-{i}");
@@ -122,22 +120,10 @@ async fn check(f: &Fresh, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(open: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fresh = rt.block_on(open());
-    let mut runner = TestRunner::new(Config {
-        cases: 32,
-        failure_persistence: None,
-        ..Config::default()
+fn run(open: Open) {
+    property("isolation", open, 32, ops(), |store, ops| async move {
+        check(store.as_ref(), ops).await
     });
-    let result = runner.run(&ops(), |ops| rt.block_on(check(&fresh, ops)));
-    if let Err(e) = result {
-        panic!("isolation property failed: {e}");
-    }
 }
 
 #[test]

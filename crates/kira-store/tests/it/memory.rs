@@ -1322,7 +1322,6 @@ mod isolation_property {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
 
     use super::*;
 
@@ -1518,22 +1517,14 @@ mod isolation_property {
         Ok(())
     }
 
-    fn run(open: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let fresh = rt.block_on(open());
-        let mut runner = TestRunner::new(Config {
-            cases: 24,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        let result = runner.run(&ops(), |ops| rt.block_on(check(fresh.store.as_ref(), ops)));
-        if let Err(e) = result {
-            panic!("memory isolation property failed: {e}");
-        }
+    fn run(open: crate::support::Open) {
+        crate::support::property(
+            "memory isolation",
+            open,
+            24,
+            ops(),
+            |store, ops| async move { check(store.as_ref(), ops).await },
+        );
     }
 
     #[test]

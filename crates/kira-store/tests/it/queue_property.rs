@@ -14,9 +14,8 @@ use kira_core::task::Priority;
 use kira_store::Store;
 use kira_store::work::{Capacity, QueueEntry, level_window};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 
-use crate::support::{Fresh, create, record, scope, t0};
+use crate::support::{Open, create, property, record, scope, t0};
 use crate::work::new_task;
 
 #[derive(Debug, Clone)]
@@ -139,31 +138,6 @@ async fn case(
     Ok(())
 }
 
-fn run(open: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>, cases: u32) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fresh = rt.block_on(open());
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let strategy = (
-        proptest::collection::vec(queued(), 0..24),
-        1..12u32,
-        any::<bool>(),
-    );
-    let result = runner.run(&strategy, |(tasks, limit, legal_only)| {
-        rt.block_on(case(fresh.store.clone(), tasks, limit, legal_only))
-    });
-    if let Err(e) = result {
-        panic!("queue snapshot property failed: {e}");
-    }
-}
-
 #[test]
 fn sqlite_snapshots_read_what_they_promise() {
     run(|| Box::pin(crate::support::sqlite()), 64);
@@ -172,4 +146,19 @@ fn sqlite_snapshots_read_what_they_promise() {
 #[test]
 fn postgres_snapshots_read_what_they_promise() {
     run(|| Box::pin(crate::support::postgres()), 32);
+}
+
+fn run(open: Open, cases: u32) {
+    let strategy = (
+        proptest::collection::vec(queued(), 0..24),
+        1..12u32,
+        any::<bool>(),
+    );
+    property(
+        "queue snapshot",
+        open,
+        cases,
+        strategy,
+        |store, (tasks, limit, legal_only)| case(store, tasks, limit, legal_only),
+    );
 }

@@ -37,6 +37,36 @@ pub async fn postgres() -> Fresh {
     }
 }
 
+/// Opens a fresh store: `|| Box::pin(sqlite())` or `|| Box::pin(postgres())`.
+pub type Open = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Fresh>>>;
+
+/// Checks a property on one fresh store shared by all cases: `cases`
+/// inputs from `strategy`, each checked by `check` on a runtime of two
+/// workers (no failure files: a failure prints its minimal input). Panics
+/// naming `what` when the property fails.
+pub fn property<S, F, Fut>(what: &str, open: Open, cases: u32, strategy: S, check: F)
+where
+    S: proptest::strategy::Strategy,
+    F: Fn(Arc<dyn Store>, S::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<(), proptest::test_runner::TestCaseError>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fresh = rt.block_on(open());
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    });
+    let result = runner.run(&strategy, |v| rt.block_on(check(fresh.store.clone(), v)));
+    if let Err(e) = result {
+        panic!("{what} property failed: {e}");
+    }
+}
+
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 9, 30, 0)
         .single()
