@@ -990,42 +990,50 @@ impl PgStore {
     }
 }
 
-/// The queue snapshot's tasks (see `queue_snapshot`): the $2 startable tasks
-/// waiting longest; and when that window is full, of each priority level
-/// its first $6 by multiplier then waiting time, and the $6 nearest
-/// deadlines, so a task that outranks the oldest is never hidden behind
-/// them. (A one-time filter: the windows are not read when not needed.)
-static SNAPSHOT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let cols = "task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
-                estimated_tokens, attempts";
+/// What both of the queue snapshot's statements start from: the tasks that
+/// could start at $1, given the agents and their slots ($3, $4; NULL: every
+/// task) and the company limit ($5).
+const STARTABLE: &str = "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+     open_agents AS (SELECT c.agent FROM unnest($3::text[], $4::bigint[]) AS c(agent, slots) \
+       WHERE c.slots > (SELECT count(*) FROM running r WHERE r.agent = c.agent)), \
+     full_companies AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= $5), \
+     startable AS NOT MATERIALIZED (SELECT * FROM task_queue \
+       WHERE status IN ('queued', 'waiting_budget') AND not_before <= $1 \
+       AND ($3::text[] IS NULL OR (agent IN (SELECT agent FROM open_agents) \
+            AND company_id NOT IN (SELECT company_id FROM full_companies)))) ";
+
+const QUEUE_COLUMNS: &str = "task_id, company_id, agent, status, priority, multiplier, deadline, \
+     waiting_since, estimated_tokens, attempts";
+
+/// The queue snapshot (see `queue_snapshot`): the $2 startable tasks
+/// waiting longest.
+static OLDEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{STARTABLE} SELECT {QUEUE_COLUMNS} FROM startable ORDER BY waiting_since, task_id LIMIT $2"
+    )
+});
+
+/// Read only when the first window is full: of each priority level the
+/// first $2 startable tasks by multiplier then waiting time, and the $2
+/// nearest deadlines, so a task that outranks the oldest is never hidden
+/// behind them.
+static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let windows = Priority::ALL
         .iter()
         .map(|p| {
             format!(
-                "(SELECT {cols} FROM startable WHERE priority = '{}' \
-                 ORDER BY multiplier DESC, waiting_since, task_id LIMIT $6)",
+                "(SELECT {QUEUE_COLUMNS} FROM startable WHERE priority = '{}' \
+                 ORDER BY multiplier DESC, waiting_since, task_id LIMIT $2)",
                 p.as_str()
             )
         })
         .chain(std::iter::once(format!(
-            "(SELECT {cols} FROM startable WHERE deadline IS NOT NULL ORDER BY deadline, task_id LIMIT $6)"
+            "(SELECT {QUEUE_COLUMNS} FROM startable WHERE deadline IS NOT NULL \
+             ORDER BY deadline, task_id LIMIT $2)"
         )))
         .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    format!(
-        "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
-         open_agents AS (SELECT c.agent FROM unnest($3::text[], $4::bigint[]) AS c(agent, slots) \
-           WHERE c.slots > (SELECT count(*) FROM running r WHERE r.agent = c.agent)), \
-         full_companies AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= $5), \
-         startable AS NOT MATERIALIZED (SELECT {cols} FROM task_queue \
-           WHERE status IN ('queued', 'waiting_budget') AND not_before <= $1 \
-           AND ($3::text[] IS NULL OR (agent IN (SELECT agent FROM open_agents) \
-                AND company_id NOT IN (SELECT company_id FROM full_companies)))), \
-         oldest AS MATERIALIZED (SELECT {cols} FROM startable ORDER BY waiting_since, task_id LIMIT $2) \
-         SELECT {cols} FROM oldest \
-         UNION SELECT {cols} FROM ({windows}) w WHERE (SELECT count(*) FROM oldest) >= $2 \
-         ORDER BY waiting_since, task_id"
-    )
+        .join(" UNION ");
+    format!("{STARTABLE} {windows}")
 });
 
 #[async_trait]
@@ -1201,19 +1209,34 @@ impl TaskStore for PgStore {
             })
             .unzip();
         // Built once from constants (the priority names).
-        let rows = sqlx::query(sqlx::AssertSqlSafe(SNAPSHOT_SQL.as_str()))
-            .bind(now.trunc_subsecs(6))
-            .bind(i64::from(limit))
-            .bind(agents)
-            .bind(slots)
-            .bind(capacity.map(|c| i64::from(c.per_company)))
-            .bind(i64::from(level_window(limit)))
-            .fetch_all(&self.queue)
-            .await?;
-        let runnable = rows
+        let read = |sql: &'static str, limit: u32| {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now.trunc_subsecs(6))
+                .bind(i64::from(limit))
+                .bind(agents.clone())
+                .bind(slots.clone())
+                .bind(capacity.map(|c| i64::from(c.per_company)))
+                .fetch_all(&self.queue)
+        };
+        let mut runnable = read(OLDEST_SQL.as_str(), limit)
+            .await?
             .iter()
             .map(queue_from_row)
             .collect::<Result<Vec<_>>>()?;
+        if runnable.len() >= limit as usize {
+            let known: std::collections::HashSet<TaskId> =
+                runnable.iter().map(|e| e.task_id.clone()).collect();
+            for row in read(WINDOWS_SQL.as_str(), level_window(limit)).await? {
+                let e = queue_from_row(&row)?;
+                if !known.contains(&e.task_id) {
+                    runnable.push(e);
+                }
+            }
+            // Longest waiting first, as without them.
+            runnable.sort_by(|a, b| {
+                (a.waiting_since, a.task_id.as_str()).cmp(&(b.waiting_since, b.task_id.as_str()))
+            });
+        }
         let running =
             sqlx::query("SELECT agent, company_id FROM task_queue WHERE status = 'running'")
                 .fetch_all(&self.queue)
