@@ -105,7 +105,7 @@ impl Run {
         prices: BTreeMap<String, ModelPrice>,
         first: Reservation,
         cancel: Arc<AtomicBool>,
-        starting: Option<crate::starting::Starting>,
+        starting: crate::starting::Starting,
     ) -> Run {
         Run {
             task,
@@ -119,7 +119,7 @@ impl Run {
             unsettled: None,
             records: RunRecords::default(),
             cancel,
-            starting,
+            starting: Some(starting),
         }
     }
 

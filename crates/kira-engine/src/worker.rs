@@ -95,7 +95,7 @@ impl Engine {
             cfg.prices.clone(),
             reservation,
             cancel,
-            Some(starting),
+            starting,
         );
         let outcome = executor.execute(&mut run).await;
         run.calling();

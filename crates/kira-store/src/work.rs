@@ -99,6 +99,18 @@ pub fn level_window(limit: u32) -> u32 {
     limit.div_ceil(8)
 }
 
+/// Adds to a snapshot's longest-waiting tasks those its level and deadline
+/// windows read (see [`TaskStore::queue_snapshot`]), each task once,
+/// longest waiting first as before.
+pub(crate) fn add_windows(runnable: &mut Vec<QueueEntry>, windows: Vec<QueueEntry>) {
+    let read: std::collections::HashSet<TaskId> =
+        runnable.iter().map(|e| e.task_id.clone()).collect();
+    runnable.extend(windows.into_iter().filter(|e| !read.contains(&e.task_id)));
+    runnable.sort_by(|a, b| {
+        (a.waiting_since, a.task_id.as_str()).cmp(&(b.waiting_since, b.task_id.as_str()))
+    });
+}
+
 /// What the scheduler sees: tasks it may start now, and what is running.
 #[derive(Debug, Clone, Default)]
 pub struct QueueSnapshot {

@@ -1224,18 +1224,12 @@ impl TaskStore for PgStore {
             .map(queue_from_row)
             .collect::<Result<Vec<_>>>()?;
         if runnable.len() >= limit as usize {
-            let known: std::collections::HashSet<TaskId> =
-                runnable.iter().map(|e| e.task_id.clone()).collect();
-            for row in read(WINDOWS_SQL.as_str(), level_window(limit)).await? {
-                let e = queue_from_row(&row)?;
-                if !known.contains(&e.task_id) {
-                    runnable.push(e);
-                }
-            }
-            // Longest waiting first, as without them.
-            runnable.sort_by(|a, b| {
-                (a.waiting_since, a.task_id.as_str()).cmp(&(b.waiting_since, b.task_id.as_str()))
-            });
+            let windows = read(WINDOWS_SQL.as_str(), level_window(limit))
+                .await?
+                .iter()
+                .map(queue_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            add_windows(&mut runnable, windows);
         }
         let running =
             sqlx::query("SELECT agent, company_id FROM task_queue WHERE status = 'running'")

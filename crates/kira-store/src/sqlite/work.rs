@@ -691,6 +691,53 @@ static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("{STARTABLE} SELECT json_group_array({ENTRY}) AS urgent FROM ({windows})")
 });
 
+/// Queue entries from a JSON array of [`ENTRY`]s.
+fn queue_entries(text: &str) -> Result<Vec<QueueEntry>> {
+    type Entry = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        f64,
+        Option<String>,
+        String,
+        i64,
+        i32,
+    );
+    let entries: Vec<Entry> = json(text)?;
+    entries
+        .into_iter()
+        .map(
+            |(
+                task,
+                company,
+                agent,
+                status,
+                priority,
+                multiplier,
+                deadline,
+                since,
+                est,
+                attempts,
+            )| {
+                Ok(QueueEntry {
+                    task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+                    company_id: company_id(&company)?,
+                    agent,
+                    status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
+                    priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
+                    multiplier,
+                    deadline: parse_opt_ts(deadline)?,
+                    waiting_since: parse_ts(&since)?,
+                    estimated_tokens: est,
+                    attempts,
+                })
+            },
+        )
+        .collect()
+}
+
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn submit_task(
@@ -938,64 +985,17 @@ impl TaskStore for SqliteStore {
             .bind(i64::from(limit))
             .fetch_one(&self.pool)
             .await?;
-        type Entry = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            f64,
-            Option<String>,
-            String,
-            i64,
-            i32,
-        );
-        let mut runnable: Vec<Entry> = json(row.try_get("runnable")?)?;
+        let mut runnable = queue_entries(row.try_get("runnable")?)?;
         if runnable.len() >= limit as usize {
-            let urgent: String = sqlx::query_scalar(sqlx::AssertSqlSafe(WINDOWS_SQL.as_str()))
+            let windows: String = sqlx::query_scalar(sqlx::AssertSqlSafe(WINDOWS_SQL.as_str()))
                 .bind(agents.as_deref())
                 .bind(per_company)
                 .bind(ts(now))
                 .bind(i64::from(level_window(limit)))
                 .fetch_one(&self.pool)
                 .await?;
-            let urgent: Vec<Entry> = json(&urgent)?;
-            let read: std::collections::HashSet<String> =
-                runnable.iter().map(|e| e.0.clone()).collect();
-            runnable.extend(urgent.into_iter().filter(|e| !read.contains(&e.0)));
-            // Longest waiting first, as without them.
-            runnable.sort_by(|a, b| (&a.7, &a.0).cmp(&(&b.7, &b.0)));
+            add_windows(&mut runnable, queue_entries(&windows)?);
         }
-        let runnable = runnable
-            .into_iter()
-            .map(
-                |(
-                    task,
-                    company,
-                    agent,
-                    status,
-                    priority,
-                    multiplier,
-                    deadline,
-                    since,
-                    est,
-                    attempts,
-                )| {
-                    Ok(QueueEntry {
-                        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
-                        company_id: company_id(&company)?,
-                        agent,
-                        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
-                        priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
-                        multiplier,
-                        deadline: parse_opt_ts(deadline)?,
-                        waiting_since: parse_ts(&since)?,
-                        estimated_tokens: est,
-                        attempts,
-                    })
-                },
-            )
-            .collect::<Result<Vec<_>>>()?;
         let running: Vec<(String, String)> = json(row.try_get("running")?)?;
         let running = running
             .into_iter()
