@@ -134,9 +134,15 @@ pub struct SchedulerConfig {
     /// those whose agent and company have a free slot (and, past those,
     /// each level's first eighth as many; see `TaskStore::queue_snapshot`).
     pub batch: u32,
-    /// Runs preparing their first model call at once, at most (see
-    /// `crate::starting`): twice the machine's cores by default.
+    /// Runs preparing their first model call at once: the floor of a limit
+    /// that widens when starts are quick (see `crate::starting`); twice the
+    /// machine's cores by default.
     pub max_starting: u32,
+    /// How long the runs one pass starts may take to reach their first
+    /// call, side by side on the cores: the limit on runs starting at once
+    /// widens past `max_starting` while recent starts fit in it. Zero keeps
+    /// the limit at `max_starting`.
+    pub start_target: TimeDelta,
 }
 
 /// Twice the machine's cores: a run's preparation is mostly this process's
@@ -157,6 +163,7 @@ impl Default for SchedulerConfig {
             per_company_concurrency: 4,
             batch: 512,
             max_starting: default_max_starting(),
+            start_target: TimeDelta::milliseconds(5),
         }
     }
 }
@@ -707,6 +714,7 @@ pub struct SchedulerSection {
     pub per_company_concurrency: Option<u32>,
     pub batch: Option<u32>,
     pub max_starting: Option<u32>,
+    pub start_target_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -840,6 +848,15 @@ impl EngineFile {
                 ));
             }
             sc.max_starting = v;
+        }
+        if let Some(v) = s.start_target_ms {
+            if !(0..=10_000).contains(&v) {
+                return Err(ValidationError::new(
+                    "scheduler.start_target_ms",
+                    "must be between 0 and 10000",
+                ));
+            }
+            sc.start_target = TimeDelta::milliseconds(v);
         }
 
         for (name, p) in self.providers {
@@ -1263,6 +1280,10 @@ mod tests {
                 "scheduler.max_starting",
             ),
             (
+                r#"{"scheduler": {"start_target_ms": -1}}"#,
+                "scheduler.start_target_ms",
+            ),
+            (
                 r#"{"agents": {"legal": {"max_concurrent": 0}}}"#,
                 "agents.legal.max_concurrent",
             ),
@@ -1314,10 +1335,11 @@ mod tests {
                 "agents": {"legal": {"max_concurrent": 7}},
                 "task_types": {"tax_filing": {"specialist": "financial"}},
                 "executor": {"kind": "simulated", "latency_ms_max": 5},
-                "scheduler": {"max_starting": 3}}"#,
+                "scheduler": {"max_starting": 3, "start_target_ms": 0}}"#,
         )
         .expect("valid");
         assert_eq!(c.scheduler.max_starting, 3);
+        assert_eq!(c.scheduler.start_target, TimeDelta::zero());
         assert_eq!(c.budget.total_tokens, 1000);
         assert_eq!(c.budget.burst_levels.len(), 1);
         assert_eq!(c.agents["legal"].max_concurrent, 7);

@@ -149,8 +149,11 @@ impl Engine {
         // So the first context pack does not load the tokenizer.
         memory::pack::warm_up_in_background();
         let wake = Arc::new(Notify::new());
-        let starting =
-            starting::StartGate::new(config.scheduler.max_starting as usize, wake.clone());
+        let starting = starting::StartGate::new(
+            config.scheduler.max_starting as usize,
+            config.scheduler.start_target.to_std().unwrap_or_default(),
+            wake.clone(),
+        );
         Engine {
             inner: Arc::new(Inner {
                 store,

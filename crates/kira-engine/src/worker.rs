@@ -68,8 +68,9 @@ impl Engine {
         &self,
         task: Task,
         reservation: Reservation,
-        starting: crate::starting::Starting,
+        mut starting: crate::starting::Starting,
     ) {
+        starting.begin();
         let Some(executor) = self.inner.executor.clone() else {
             return;
         };
