@@ -19,8 +19,9 @@ pub trait ConflictStore: Send + Sync {
     /// counterparty gains the ids it lacked; a resolved one that already
     /// names every id is left alone (a human looked at exactly this);
     /// otherwise a new open flag `id` is made. Returns the flag when it was
-    /// made or grew (and then appends `audit` with it), None when nothing
-    /// changed. Invalid for a company and itself.
+    /// made or grew (and then appends `audit`, with no company, and for each
+    /// company a notice naming the flag alone: see [`flag_records`]), None
+    /// when nothing changed. Invalid for a company and itself.
     #[allow(clippy::too_many_arguments)]
     async fn flag_conflict(
         &self,
@@ -68,9 +69,10 @@ pub trait ConflictStore: Send + Sync {
     /// `content.counterparties`, with up to [`SCAN_IDS_PER_MATCH`] of those
     /// memories' ids each, ordered by key, company and id. Reads the
     /// name index only, never another company's memories. For every company
-    /// matched, appends `audit` naming it (`company_id` set to it, `detail`
-    /// saying which of its counterparties matched) in the same transaction;
-    /// a scan that matches nothing writes nothing.
+    /// matched, appends `audit` naming it and which of its counterparties
+    /// matched, with no company (the admin's view only; see
+    /// [`scan_records`]), in the same transaction; a scan that matches
+    /// nothing writes nothing.
     async fn scan_counterparties(
         &self,
         admin: &AdminScope,
@@ -136,7 +138,12 @@ pub struct CounterpartyMatch {
     pub memory_ids: Vec<Uuid>,
 }
 
-/// The per-company audit records of a scan's matches, from the template.
+/// The audit records of a scan's matches, from the template: one per
+/// company matched, naming it and its counterparties that matched. They
+/// name two companies, so they are written with no company: the admin's
+/// view alone shows them (issue 17: a company's own audit log never names
+/// another company or what matched there). Each company hears of a match
+/// through [`flag_records`] instead.
 pub(crate) fn scan_records(audit: &AuditRecord, matches: &[CounterpartyMatch]) -> Vec<AuditRecord> {
     let mut by_company: std::collections::BTreeMap<&CompanyId, Vec<&str>> = Default::default();
     for m in matches {
@@ -145,11 +152,40 @@ pub(crate) fn scan_records(audit: &AuditRecord, matches: &[CounterpartyMatch]) -
     by_company
         .into_iter()
         .map(|(company, keys)| AuditRecord {
-            company_id: Some(company.clone()),
-            detail: format!("counterparties matched: {}", keys.join(", ")),
+            company_id: None,
+            detail: format!(
+                "company:{company}: counterparties matched: {}",
+                keys.join(", ")
+            ),
             ..audit.clone()
         })
         .collect()
+}
+
+/// The audit records of a flag made (`new`) or grown: `audit` as the
+/// caller wrote it (the admin's, naming both companies, written with no
+/// company), and for each of the two companies an entry under it that
+/// names the flag alone: not the other company, the counterparty or any
+/// memory id.
+pub(crate) fn flag_records(audit: AuditRecord, flag: &Conflict, new: bool) -> Vec<AuditRecord> {
+    let detail = if new {
+        "conflict flag raised"
+    } else {
+        "conflict flag updated"
+    };
+    let notice = |company: &CompanyId| AuditRecord {
+        company_id: Some(company.clone()),
+        target: format!("conflict:{}", flag.id),
+        detail: detail.to_owned(),
+        ..audit.clone()
+    };
+    let notices = [notice(&flag.company_a), notice(&flag.company_b)];
+    std::iter::once(AuditRecord {
+        company_id: None,
+        ..audit
+    })
+    .chain(notices)
+    .collect()
 }
 
 pub(crate) fn check_scan_keys(keys: &[String]) -> Result<()> {

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use kira_core::CompanyId;
-use kira_core::auth::{Access, CompanyScope};
+use kira_core::auth::{Access, Actor, CompanyScope};
+use kira_core::ids::KeyId;
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskRequest, TaskStatus};
 use kira_store::agents::Step;
 use kira_store::work::TaskFilter;
@@ -40,6 +41,9 @@ pub(crate) fn page_limit(l: Option<u32>) -> ApiResult<u32> {
 }
 /// How often a watch looks for new events.
 const WATCH_POLL: Duration = Duration::from_millis(250);
+/// Every this many quiet polls (5 s) a watch checks that its key still
+/// works: a revocation in another process sends no signal here.
+const WATCH_KEY_CHECK_POLLS: u32 = 20;
 
 pub(crate) fn company(raw: &str) -> ApiResult<CompanyId> {
     CompanyId::parse(raw).map_err(|e| ApiError::bad_request("id", e.message))
@@ -293,7 +297,8 @@ pub async fn task_events(
 
 /// Follows a task live: one server-sent event (`event: status`, data a
 /// TaskEvent) per state change, from the first; the stream ends when the
-/// task completes, fails, is cancelled or waits for review.
+/// task completes, fails, is cancelled or waits for review, and when the
+/// key that opened it is revoked.
 #[utoipa::path(get, path = "/v1/companies/{id}/tasks/{task_id}/watch", tag = "tasks",
     params(("id" = String, Path, description = "Company id"), ("task_id" = String, Path, description = "Task id")),
     responses((status = 200, description = "text/event-stream of TaskEvent", content_type = "text/event-stream"),
@@ -317,14 +322,24 @@ pub async fn watch_task(
         app: App,
         scope: CompanyScope,
         id: TaskId,
+        key: Option<KeyId>,
+        revocations: tokio::sync::watch::Receiver<u64>,
+        quiet: u32,
         after: i64,
         pending: std::collections::VecDeque<TaskEvent>,
         done: bool,
     }
+    let key = match caller.principal.actor() {
+        Actor::Key(k) => Some(k.clone()),
+        Actor::System | Actor::Anonymous => None,
+    };
     let start = Watch {
+        revocations: app.revocations.subscribe(),
         app,
         scope,
         id: tid,
+        key,
+        quiet: 0,
         after: 0,
         pending: Default::default(),
         done: false,
@@ -345,13 +360,26 @@ pub async fn watch_task(
             if w.done || w.app.cfg.stopping.is_triggered() {
                 return None;
             }
+            if w.quiet >= WATCH_KEY_CHECK_POLLS {
+                w.quiet = 0;
+                if !key_works(&w.app, w.key.as_ref()).await {
+                    return None;
+                }
+            }
             match w.app.store.task_events(&w.scope, &w.id, w.after).await {
                 Ok(events) if !events.is_empty() => w.pending.extend(events),
                 Ok(_) => {
+                    w.quiet += 1;
                     let stopping = w.app.cfg.stopping.clone();
                     tokio::select! {
                         () = tokio::time::sleep(WATCH_POLL) => {}
                         () = stopping.wait() => return None,
+                        changed = w.revocations.changed() => {
+                            // A key was revoked here: check ours now.
+                            if changed.is_err() || !key_works(&w.app, w.key.as_ref()).await {
+                                return None;
+                            }
+                        }
                     }
                 }
                 // The task was deleted with its company, or the database failed: end the stream.
@@ -360,4 +388,14 @@ pub async fn watch_task(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Whether the key behind a stream still authenticates: not revoked, not
+/// deleted. A failed lookup counts as no, so a stream never outlives its
+/// key because the database was down.
+async fn key_works(app: &App, key: Option<&KeyId>) -> bool {
+    let Some(key) = key else {
+        return true;
+    };
+    matches!(app.store.find_key(key).await, Ok(Some(k)) if k.key.revoked_at.is_none())
 }

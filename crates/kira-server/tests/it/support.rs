@@ -77,6 +77,7 @@ pub async fn serve(
     );
     let app = router(engine, cfg);
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).await.expect("serve");
     });
     (format!("http://{addr}"), task)
