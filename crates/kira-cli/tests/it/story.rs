@@ -234,14 +234,33 @@ pub fn run_story(server: &Server) {
         1,
     );
 
+    // An operator changes its company's name; the facts that decide
+    // across companies (here the industry) are the admin's (issue 17).
     let by_op = ok_json(server.kira_as(&op_token).args([
         "company",
         "update",
         "acme",
-        "--industry",
-        "payments",
+        "--name",
+        "Acme Ops",
     ]));
-    assert_eq!(s(&by_op, "industry"), "payments");
+    assert_eq!(s(&by_op, "name"), "Acme Ops");
+    let refused = fails(
+        server.kira_as(&op_token).args([
+            "company",
+            "update",
+            "acme",
+            "--industry",
+            "payments",
+        ]),
+        1,
+    );
+    assert!(
+        refused.stderr.contains("(field: industry)"),
+        "{}",
+        refused.stderr
+    );
+    let after = ok_json(server.kira().args(["company", "show", "acme"]));
+    assert_eq!(s(&after, "industry"), "fintech", "the operator changed nothing");
     fails(
         server.kira_as(&op_token).args(["company", "show", "beta"]),
         1,
