@@ -177,6 +177,7 @@ pub fn prepare(
     if !parameters.is_object() {
         return Err(ValidationError::new("parameters", "must be a JSON object"));
     }
+    kira_core::storable::check_json(&parameters, "parameters")?;
     let params = serde_json::to_string(&parameters).unwrap_or_default();
     let params_len = params.len();
     if params_len > MAX_PARAMETERS_BYTES {
@@ -439,6 +440,15 @@ mod tests {
                 None
             ),
             "parameters"
+        );
+        // NUL, which PostgreSQL cannot store, named where it is, whatever
+        // the transport (issue 17).
+        assert_eq!(
+            bad(
+                serde_json::json!({"task": "x", "type": "quick_question_answer", "parameters": {"doc": {"pages": ["a", "b\u{0}"]}}}),
+                None
+            ),
+            "parameters.doc.pages.1"
         );
         let huge = "x".repeat(MAX_PARAMETERS_BYTES + 1);
         assert_eq!(

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::ConnectInfo;
 use kira_core::audit::{AuditRecord, Outcome, truncated};
 use kira_core::auth::{Actor, Principal, token_key_id};
+use kira_core::storable::{self, unstorable_json, unstorable_text};
 use serde::de::DeserializeOwned;
 
 use crate::App;
@@ -262,7 +263,7 @@ pub fn json_body<T: DeserializeOwned>(
     }
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_json("body", format!("malformed JSON: {e}")))?;
-    if let Some((field, msg)) = hostile_json(&value, String::new()) {
+    if let Some((field, msg)) = unstorable_json(&value, "") {
         return Err(ApiError::bad_request(
             if field.is_empty() {
                 "body".into()
@@ -288,62 +289,14 @@ pub fn json_body<T: DeserializeOwned>(
     })
 }
 
-/// Text no backend stores alike: PostgreSQL refuses NUL in text and
-/// JSON, and keeps only years 4713 BC to 294276 AD, where SQLite keeps
-/// anything. Both refuse them here, the same way, naming where.
-const NUL: &str = "must not contain NUL (\\u0000)";
-
-/// Dates are taken from year 1 to 9999: what RFC 3339 writes, and what
-/// both databases store and sort alike.
-fn out_of_range_date(s: &str) -> bool {
-    let looks_like_date = s.len() <= 64
-        && s.bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+')
-        && s.contains(':');
-    looks_like_date
-        && s.parse::<chrono::DateTime<chrono::Utc>>()
-            .is_ok_and(|d| !(1..=9999).contains(&chrono::Datelike::year(&d)))
-}
-
-fn check_text(s: &str) -> Option<&'static str> {
-    if s.contains('\0') {
-        Some(NUL)
-    } else if out_of_range_date(s) {
-        Some("dates must be between the years 0001 and 9999")
-    } else {
-        None
-    }
-}
-
-/// The first string (or key) of `v` no backend may store, by its dotted
-/// path (`content.text`, `parameters.items.2`), and why.
-fn hostile_json(v: &serde_json::Value, path: String) -> Option<(String, &'static str)> {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => check_text(s).map(|m| (path, m)),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, item)| hostile_json(item, join(&path, &i.to_string()))),
-        Value::Object(map) => map.iter().find_map(|(k, item)| {
-            if k.contains('\0') {
-                return Some((path.clone(), NUL));
-            }
-            hostile_json(item, join(&path, k))
-        }),
-        Value::Null | Value::Bool(_) | Value::Number(_) => None,
-    }
-}
-
 /// Parses a query string; unknown parameters and bad values name the parameter.
 pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> ApiResult<T> {
     let raw = raw.unwrap_or("");
     for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
         if key.contains('\0') {
-            return Err(ApiError::bad_request("query", NUL));
+            return Err(ApiError::bad_request("query", storable::NUL));
         }
-        if let Some(msg) = check_text(&value) {
+        if let Some(msg) = unstorable_text(&value) {
             return Err(ApiError::bad_request(key.into_owned(), msg));
         }
     }

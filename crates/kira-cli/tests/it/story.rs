@@ -236,22 +236,16 @@ pub fn run_story(server: &Server) {
 
     // An operator changes its company's name; the facts that decide
     // across companies (here the industry) are the admin's (issue 17).
-    let by_op = ok_json(server.kira_as(&op_token).args([
-        "company",
-        "update",
-        "acme",
-        "--name",
-        "Acme Ops",
-    ]));
+    let by_op = ok_json(
+        server
+            .kira_as(&op_token)
+            .args(["company", "update", "acme", "--name", "Acme Ops"]),
+    );
     assert_eq!(s(&by_op, "name"), "Acme Ops");
     let refused = fails(
-        server.kira_as(&op_token).args([
-            "company",
-            "update",
-            "acme",
-            "--industry",
-            "payments",
-        ]),
+        server
+            .kira_as(&op_token)
+            .args(["company", "update", "acme", "--industry", "payments"]),
         1,
     );
     assert!(
@@ -260,7 +254,11 @@ pub fn run_story(server: &Server) {
         refused.stderr
     );
     let after = ok_json(server.kira().args(["company", "show", "acme"]));
-    assert_eq!(s(&after, "industry"), "fintech", "the operator changed nothing");
+    assert_eq!(
+        s(&after, "industry"),
+        "fintech",
+        "the operator changed nothing"
+    );
     fails(
         server.kira_as(&op_token).args(["company", "show", "beta"]),
         1,
