@@ -479,6 +479,53 @@ async fn postgres_refusals_without_a_key_cannot_grow_the_log() {
     refusals_without_a_key_cannot_grow_the_log(Backend::Postgres).await;
 }
 
+/// The count of refusals past the limit is written once the address's
+/// minute has passed, at its next refusal: time moved by the test's clock.
+async fn counted_refusals_are_summarised_when_the_minute_ends(backend: Backend) {
+    use kira_core::clock::{Clock, ManualClock};
+    let clock = std::sync::Arc::new(ManualClock::new(kira_core::clock::SystemClock.now()));
+    let s = Server::start_at(
+        backend,
+        kira_server::ServerConfig {
+            unauthenticated_audit_per_minute: 3,
+            ..Default::default()
+        },
+        clock.clone(),
+    )
+    .await;
+    let before = s.audit().await.len();
+    for _ in 0..10 {
+        s.call(Method::GET, "/v1/whoami", None, None).await;
+    }
+    let anonymous = |audit: &[Value]| -> Vec<Value> {
+        audit[before..]
+            .iter()
+            .filter(|e| e["actor"] == "anonymous")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(anonymous(&s.audit().await).len(), 3, "{backend:?}");
+    clock.advance(chrono::TimeDelta::seconds(61));
+    s.call(Method::GET, "/v1/whoami", None, None).await;
+    let entries = anonymous(&s.audit().await);
+    assert_eq!(entries.len(), 5, "{backend:?}: {entries:?}");
+    assert_eq!(
+        entries[3]["detail"], "7 further unauthenticated refusals from 127.0.0.1",
+        "{backend:?}"
+    );
+    assert_eq!(entries[4]["target"], "GET /v1/whoami", "{backend:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_counted_refusals_are_summarised_when_the_minute_ends() {
+    counted_refusals_are_summarised_when_the_minute_ends(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_counted_refusals_are_summarised_when_the_minute_ends() {
+    counted_refusals_are_summarised_when_the_minute_ends(Backend::Postgres).await;
+}
+
 async fn a_revoked_keys_stream_ends(backend: Backend) {
     let (s, _, _) = two_companies(backend).await;
     let (key_id, viewer) = s.key("viewer", Some("acme")).await;
