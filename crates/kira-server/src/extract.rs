@@ -2,17 +2,16 @@
 //! and JSON bodies and query strings parsed so that errors name the field.
 //! Also [`Act`], which writes each request's outcome to the audit log.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use kira_core::CompanyId;
-use std::net::{IpAddr, SocketAddr};
-
-use axum::extract::ConnectInfo;
 use kira_core::audit::{AuditRecord, Outcome, truncated};
 use kira_core::auth::{Actor, Principal, token_key_id};
 use kira_core::storable::{self, unstorable_json, unstorable_text};

@@ -41,8 +41,8 @@ pub(crate) fn page_limit(l: Option<u32>) -> ApiResult<u32> {
 }
 /// How often a watch looks for new events.
 const WATCH_POLL: Duration = Duration::from_millis(250);
-/// Every this many quiet polls (5 s) a watch checks that its key still
-/// works: a revocation in another process sends no signal here.
+/// Every this many polls (5 s when quiet) a watch checks that its key
+/// still works: a revocation in another process sends no signal here.
 const WATCH_KEY_CHECK_POLLS: u32 = 20;
 
 pub(crate) fn company(raw: &str) -> ApiResult<CompanyId> {
@@ -324,7 +324,8 @@ pub async fn watch_task(
         id: TaskId,
         key: Option<KeyId>,
         revocations: tokio::sync::watch::Receiver<u64>,
-        quiet: u32,
+        check_key: bool,
+        polls: u32,
         after: i64,
         pending: std::collections::VecDeque<TaskEvent>,
         done: bool,
@@ -339,13 +340,25 @@ pub async fn watch_task(
         scope,
         id: tid,
         key,
-        quiet: 0,
+        check_key: false,
+        polls: 0,
         after: 0,
         pending: Default::default(),
         done: false,
     };
     let stream = futures_util::stream::unfold(start, |mut w| async move {
         loop {
+            // The key is checked at once after a revocation here, and every
+            // few seconds for one made by another process.
+            let revoked_here = w.revocations.has_changed().unwrap_or(true);
+            if w.check_key || revoked_here || w.polls >= WATCH_KEY_CHECK_POLLS {
+                w.revocations.borrow_and_update();
+                w.check_key = false;
+                w.polls = 0;
+                if !key_works(&w.app, w.key.as_ref()).await {
+                    return None;
+                }
+            }
             if let Some(e) = w.pending.pop_front() {
                 w.after = e.event_id;
                 if e.to_status.is_final() || e.to_status == TaskStatus::NeedsReview {
@@ -360,26 +373,15 @@ pub async fn watch_task(
             if w.done || w.app.cfg.stopping.is_triggered() {
                 return None;
             }
-            if w.quiet >= WATCH_KEY_CHECK_POLLS {
-                w.quiet = 0;
-                if !key_works(&w.app, w.key.as_ref()).await {
-                    return None;
-                }
-            }
+            w.polls += 1;
             match w.app.store.task_events(&w.scope, &w.id, w.after).await {
                 Ok(events) if !events.is_empty() => w.pending.extend(events),
                 Ok(_) => {
-                    w.quiet += 1;
                     let stopping = w.app.cfg.stopping.clone();
                     tokio::select! {
                         () = tokio::time::sleep(WATCH_POLL) => {}
                         () = stopping.wait() => return None,
-                        changed = w.revocations.changed() => {
-                            // A key was revoked here: check ours now.
-                            if changed.is_err() || !key_works(&w.app, w.key.as_ref()).await {
-                                return None;
-                            }
-                        }
+                        _ = w.revocations.changed() => w.check_key = true,
                     }
                 }
                 // The task was deleted with its company, or the database failed: end the stream.
