@@ -233,3 +233,80 @@ pub(crate) fn merged_ids(old: &[Uuid], new: &[Uuid]) -> Option<Vec<Uuid>> {
     }
     (out.len() > old.len()).then_some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use kira_core::audit::Outcome;
+
+    use super::*;
+
+    fn cid(s: &str) -> CompanyId {
+        CompanyId::parse(s).expect("id")
+    }
+
+    fn template(detail: &str) -> AuditRecord {
+        AuditRecord {
+            at: Utc
+                .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+                .single()
+                .expect("time"),
+            request_id: "r".into(),
+            actor: "system".into(),
+            company_id: Some(cid("acme")),
+            action: "conflict.flag".into(),
+            target: "conflicts".into(),
+            outcome: Outcome::Ok,
+            detail: detail.into(),
+        }
+    }
+
+    /// What a company reads of a flag names neither the other company, nor
+    /// the counterparty, nor a memory id; the admin's entry keeps them.
+    #[test]
+    fn each_company_reads_only_that_a_flag_was_raised() {
+        let memory = Uuid::from_u128(7);
+        let flag = Conflict {
+            id: Uuid::from_u128(1),
+            company_a: cid("acme"),
+            company_b: cid("beta"),
+            counterparty: "initech".into(),
+            memory_ids: vec![memory],
+            detected_at: template("").at,
+            status: ConflictStatus::Open,
+            resolved_at: None,
+            resolved_by: None,
+            note: None,
+        };
+        let records = flag_records(template("acme and beta both name initech"), &flag, true);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].company_id, None);
+        assert!(records[0].detail.contains("beta"));
+        for (r, own, other) in [(&records[1], "acme", "beta"), (&records[2], "beta", "acme")] {
+            assert_eq!(r.company_id, Some(cid(own)));
+            let text = format!("{} {} {}", r.target, r.detail, r.request_id);
+            for hidden in [other, "initech", &memory.to_string()] {
+                assert!(!text.contains(hidden), "{own} reads {hidden}: {r:?}");
+            }
+            assert_eq!(r.detail, "conflict flag raised");
+            assert_eq!(r.target, format!("conflict:{}", flag.id));
+        }
+        assert_eq!(
+            flag_records(template(""), &flag, false)[1].detail,
+            "conflict flag updated"
+        );
+        let matched = scan_records(
+            &template(""),
+            &[CounterpartyMatch {
+                key: "initech".into(),
+                company: cid("beta"),
+                memory_ids: vec![memory],
+            }],
+        );
+        assert_eq!(matched.len(), 1);
+        assert_eq!(matched[0].company_id, None, "the admin's view only");
+        assert!(
+            matched[0].detail.contains("company:beta") && matched[0].detail.contains("initech")
+        );
+    }
+}
