@@ -167,7 +167,10 @@ pub enum CompanyCommand {
     },
     /// Show one company.
     Show { id: String },
-    /// Change a company's profile: only the fields given change.
+    /// Change a company's profile: only the fields given change. An
+    /// operator key may change --name and the contacts only; the rest
+    /// (industry, jurisdiction, consent, revenue, complexity, activity,
+    /// priority multiplier, SLA) decide across companies and need an admin key.
     Update(UpdateArgs),
     /// Archive a company: it stays readable but can no longer change.
     Archive { id: String },

@@ -17,7 +17,7 @@ use kira_core::sharing::SharingRules;
 use kira_engine::config::{
     AgentConfig, BudgetSection, ContextSection, EngineConfig, EngineFile, ExecutorConfig,
     KnowledgeSection, MemorySection, PriceSection, PrimaryConfig, PrioritySection, ProviderSpec,
-    ReviewConfig, SchedulerSection, SummarizerConfig, TaskTypeConfig,
+    ReviewConfig, SchedulerSection, SummarizerConfig, TaskTypeConfig, TasksSection,
 };
 use serde::Deserialize;
 
@@ -42,6 +42,9 @@ pub struct Config {
     pub app_database_url: Option<String>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// Unauthenticated refusals audited per source address and minute; the
+    /// rest are counted in one summary entry.
+    pub unauthenticated_audit_per_minute: u32,
     /// A tracing env-filter directive such as `info` or `kira_server=debug`.
     pub log: String,
     /// Budgets, priority, the scheduler, agents, task types, the executor
@@ -122,12 +125,15 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<u64>,
     log: Option<String>,
+    unauthenticated_audit_per_minute: Option<u32>,
     #[serde(default)]
     budget: BudgetSection,
     #[serde(default)]
     priority: PrioritySection,
     #[serde(default)]
     scheduler: SchedulerSection,
+    #[serde(default)]
+    tasks: TasksSection,
     #[serde(default)]
     agents: BTreeMap<String, AgentConfig>,
     #[serde(default)]
@@ -161,6 +167,7 @@ impl FileConfig {
             budget: std::mem::take(&mut self.budget),
             priority: std::mem::take(&mut self.priority),
             scheduler: std::mem::take(&mut self.scheduler),
+            tasks: std::mem::take(&mut self.tasks),
             agents: std::mem::take(&mut self.agents),
             task_types: std::mem::take(&mut self.task_types),
             executor: self.executor.take(),
@@ -371,6 +378,17 @@ impl Config {
             ));
         }
 
+        let unauthenticated_audit_per_minute = file
+            .unauthenticated_audit_per_minute
+            .unwrap_or(kira_server::DEFAULT_UNAUTHENTICATED_AUDIT_PER_MINUTE);
+        if unauthenticated_audit_per_minute > 10_000 {
+            return Err(ConfigError::new(
+                "unauthenticated_audit_per_minute",
+                &from_file("unauthenticated_audit_per_minute"),
+                "must be between 0 and 10000",
+            ));
+        }
+
         // The engine's keys come from the file alone. A refusal names the
         // dotted key; its line is the key's, else its section's.
         let engine = file.take_engine().resolve().map_err(|e| {
@@ -387,6 +405,7 @@ impl Config {
             app_database_url: app_database_url.map(|p| p.value),
             data_dir: data_dir_path,
             max_body_bytes,
+            unauthenticated_audit_per_minute,
             log: log.value,
             engine,
         })
@@ -943,7 +962,7 @@ mod tests {
             format!(
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
                  listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
-                 budget, priority, scheduler, agents, task_types, executor, prices, knowledge, sharing, memory, context, \
+                 unauthenticated_audit_per_minute, budget, priority, scheduler, tasks, agents, task_types, executor, prices, knowledge, sharing, memory, context, \
                  review, providers, primary, summarizer",
                 path.display()
             )

@@ -303,18 +303,21 @@ pub fn budget(b: &BudgetView) -> String {
         time(&b.ends_at),
         b.total_tokens
     );
-    let mut pools = table(&["POOL", "CAPACITY", "RESERVED", "SPENT", "REMAINING"]);
-    for p in &b.pools {
-        pools.add_row(vec![
-            p.pool.clone(),
-            p.capacity.to_string(),
-            p.reserved.to_string(),
-            p.spent.to_string(),
-            p.remaining.to_string(),
-        ]);
+    // A company key is shown no pools: their totals are every company's.
+    if !b.pools.is_empty() {
+        let mut pools = table(&["POOL", "CAPACITY", "RESERVED", "SPENT", "REMAINING"]);
+        for p in &b.pools {
+            pools.add_row(vec![
+                p.pool.clone(),
+                p.capacity.to_string(),
+                p.reserved.to_string(),
+                p.spent.to_string(),
+                p.remaining.to_string(),
+            ]);
+        }
+        out.push_str(&pools.to_string());
+        out.push_str("\n\n");
     }
-    out.push_str(&pools.to_string());
-    out.push_str("\n\n");
     if b.companies.is_empty() {
         out.push_str("no companies with an allocation");
     } else {
@@ -628,6 +631,29 @@ pub fn reviews(list: &[Review]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_company_keys_budget_shows_no_pool_table() {
+        let view = |pools: Value| -> crate::commands::budget::BudgetView {
+            serde_json::from_value(serde_json::json!({
+                "period_id": "2026-12", "starts_at": "2026-12-01T00:00:00Z",
+                "ends_at": "2027-01-01T00:00:00Z", "total_tokens": 1000, "pools": pools,
+                "companies": [{"company_id": "acme", "factor": 0.5, "share": 1.0,
+                    "allocation": 700, "reserved": 0, "spent": 5, "remaining": 695,
+                    "spent_all_pools": 5, "burn_rate_per_day": 1.0,
+                    "projected_period_use": 30, "cost_usd": 0.0}],
+                "pending_requests": []
+            }))
+            .expect("view")
+        };
+        let own = budget(&view(serde_json::json!([])));
+        assert!(!own.contains("CAPACITY"), "{own}");
+        assert!(own.contains("acme"), "{own}");
+        let all = budget(&view(serde_json::json!([
+            {"pool": "base", "capacity": 700, "reserved": 0, "spent": 5, "remaining": 695}
+        ])));
+        assert!(all.contains("CAPACITY") && all.contains("base"), "{all}");
+    }
 
     fn step(kind: StepKind, detail: Value) -> Step {
         Step {

@@ -91,11 +91,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         engine.clone(),
         kira_server::ServerConfig {
             max_body_bytes: cfg.max_body_bytes,
+            unauthenticated_audit_per_minute: cfg.unauthenticated_audit_per_minute,
             stopping: stopping.clone(),
         },
     );
     let stop_requested = Arc::new(Notify::new());
     let stop_notice = stop_requested.clone();
+    // The peer's address: unauthenticated refusals are limited per address.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let http = axum::serve(listener, app).with_graceful_shutdown(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -191,27 +194,47 @@ fn init_logging(filter: &str) {
 /// and without it nobody could ever make a key.
 fn announce_admin_key(path: &Path, token: &str, key_id: &str) {
     let saved = write_admin_key(path, token);
+    let terminal = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "kira: created the first admin key ({key_id}). Its token is shown only this once:\n\n    {token}\n"
+        "{}",
+        admin_key_notice(path, token, key_id, saved.as_ref().err(), terminal)
     );
-    let _ = match &saved {
-        Ok(()) => writeln!(
-            out,
-            "It was saved to {} (mode 0600), where the kira CLI finds it. \
-             Make other keys with `kira admin create-key`.",
-            path.display()
-        ),
-        Err(e) => writeln!(
-            out,
-            "It could NOT be saved to {}: {e}. Copy it now; it cannot be shown again.",
-            path.display()
-        ),
-    };
     let _ = out.flush();
     if let Err(e) = saved {
         tracing::error!(path = %path.display(), error = %e, "cannot save the admin key");
+    }
+}
+
+/// What `kira serve` prints about the first admin key. The token is shown
+/// only on a terminal: a service manager keeps stdout in its journal,
+/// where anyone who reads the journal would find an admin token. Elsewhere
+/// the file's path is printed instead, unless the file could not be
+/// written: then the token is printed anyway, as the only copy there is.
+fn admin_key_notice(
+    path: &Path,
+    token: &str,
+    key_id: &str,
+    not_saved: Option<&std::io::Error>,
+    terminal: bool,
+) -> String {
+    let path = path.display();
+    match (not_saved, terminal) {
+        (None, true) => format!(
+            "kira: created the first admin key ({key_id}). Its token is shown only this once:\n\n    {token}\n\n\
+             It was saved to {path} (mode 0600), where the kira CLI finds it. \
+             Make other keys with `kira admin create-key`.\n"
+        ),
+        (None, false) => format!(
+            "kira: created the first admin key ({key_id}). Its token was saved to {path} \
+             (mode 0600), where the kira CLI finds it; it is not printed, since this output \
+             is not a terminal. Make other keys with `kira admin create-key`.\n"
+        ),
+        (Some(e), _) => format!(
+            "kira: created the first admin key ({key_id}). Its token is shown only this once:\n\n    {token}\n\n\
+             It could NOT be saved to {path}: {e}. Copy it now; it cannot be shown again.\n"
+        ),
     }
 }
 
@@ -251,5 +274,22 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "kira_new\n");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_token_is_printed_only_on_a_terminal_or_when_it_has_no_other_copy() {
+        let path = Path::new("/var/lib/kira/admin.key");
+        let token = "kira_abc_secret";
+        let journal = admin_key_notice(path, token, "abc", None, false);
+        assert!(!journal.contains(token), "{journal}");
+        assert!(journal.contains("/var/lib/kira/admin.key"), "{journal}");
+        let terminal = admin_key_notice(path, token, "abc", None, true);
+        assert_eq!(terminal.matches(token).count(), 1, "{terminal}");
+        let failed = std::io::Error::other("read-only file system");
+        for tty in [false, true] {
+            let lost = admin_key_notice(path, token, "abc", Some(&failed), tty);
+            assert_eq!(lost.matches(token).count(), 1, "{lost}");
+            assert!(lost.contains("could NOT be saved"), "{lost}");
+        }
     }
 }

@@ -78,24 +78,51 @@ pub struct AuditEntry {
 
 impl AuditRecord {
     /// The entry that follows `prev` (sequence number and hash) in the chain.
-    /// Time is cut to microseconds, what both databases keep.
+    /// Time is cut to microseconds, what both databases keep; text is
+    /// [`printable`], so a refused request's odd bytes are still recorded.
     pub fn chain(self, prev_seq: i64, prev_hash: &str) -> AuditEntry {
         let mut e = AuditEntry {
             seq: prev_seq + 1,
             at: self.at.trunc_subsecs(6),
-            request_id: self.request_id,
-            actor: self.actor,
+            request_id: printable(self.request_id),
+            actor: printable(self.actor),
             company_id: self.company_id,
-            action: self.action,
-            target: self.target,
+            action: printable(self.action),
+            target: printable(self.target),
             outcome: self.outcome,
-            detail: self.detail,
+            detail: printable(self.detail),
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
         e.hash = e.computed_hash();
         e
     }
+}
+
+/// `text` with every control character (NUL included, which PostgreSQL
+/// cannot store) replaced by U+FFFD, so what a client sent can always be
+/// written to the log and read back as it was written.
+pub fn printable(text: String) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect()
+    } else {
+        text
+    }
+}
+
+/// At most `max` bytes of `text` (cut at a character boundary), marked
+/// with `…[N bytes]` (the full length) when cut.
+pub fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes]", &text[..end], text.len())
 }
 
 impl AuditEntry {
@@ -306,5 +333,28 @@ mod tests {
     fn time_is_kept_to_microseconds() {
         let e = record(3).chain(0, GENESIS);
         assert_eq!(e.at.timestamp_subsec_nanos() % 1000, 0);
+    }
+
+    #[test]
+    fn odd_bytes_are_recorded_printable() {
+        let r = AuditRecord {
+            target: "GET /v1/companies/\0x/tasks".into(),
+            detail: "a\u{1b}[31mred\r\n".into(),
+            ..record(1)
+        };
+        let e = r.chain(0, GENESIS);
+        assert_eq!(e.target, "GET /v1/companies/\u{fffd}x/tasks");
+        assert_eq!(e.detail, "a\u{fffd}[31mred\u{fffd}\u{fffd}");
+        assert!(verify(std::slice::from_ref(&e), Some((1, e.hash.clone()))).ok);
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_character_and_marked() {
+        assert_eq!(truncated("short", 10), "short");
+        let long = "é".repeat(200);
+        let cut = truncated(&long, 255);
+        assert!(cut.starts_with(&"é".repeat(127)));
+        assert!(cut.ends_with("…[400 bytes]"), "{cut}");
+        assert!(cut.len() <= 255 + "…[400 bytes]".len());
     }
 }

@@ -277,6 +277,7 @@ impl Principal {
         Ok(CompanyScope {
             company: company.clone(),
             actor: self.actor.clone(),
+            role: self.role,
             access,
         })
     }
@@ -298,6 +299,9 @@ impl Principal {
 pub struct CompanyScope {
     company: CompanyId,
     actor: Actor,
+    /// The role of the key behind it: some fields and levels are the
+    /// admin's alone even within one company (see `company::writable_by`).
+    role: Role,
     access: Access,
 }
 
@@ -310,6 +314,9 @@ impl CompanyScope {
     }
     pub fn access(&self) -> Access {
         self.access
+    }
+    pub fn role(&self) -> Role {
+        self.role
     }
 }
 
@@ -329,6 +336,7 @@ impl AdminScope {
         CompanyScope {
             company: company.clone(),
             actor: self.actor.clone(),
+            role: Role::Admin,
             access,
         }
     }

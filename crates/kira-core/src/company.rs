@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::Role;
 use crate::{CompanyId, ValidationError};
 
 pub const DEFAULT_PRIORITY_MULTIPLIER: f64 = 1.0;
@@ -101,34 +102,85 @@ fn default_sla() -> i32 {
 }
 
 /// The body of an update request: every field optional, `id` not allowed.
+/// The fields that decide across companies (sharing, budget shares,
+/// priority) are the admin's alone: see [`writable_by`].
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompanyPatch {
     pub name: Option<String>,
+    /// Admin only: decides which companies may share with this one.
     pub industry: Option<String>,
+    /// Admin only: decides which companies may share with this one.
     pub jurisdiction: Option<String>,
+    /// Admin only: a factor of every company's share of the base pool.
     pub revenue_usd: Option<i64>,
+    /// Admin only: a factor of every company's share of the base pool.
     pub complexity_score: Option<f64>,
+    /// Admin only: a factor of every company's share of the base pool.
     pub activity_score: Option<f64>,
+    /// Admin only: ranks this company's tasks against every other's.
     pub priority_multiplier: Option<f64>,
+    /// Admin only: what this company is promised against every other.
     pub sla_response_seconds: Option<i32>,
     pub contacts: Option<Vec<Contact>>,
+    /// Admin only: the sharing scopes this company consents to.
     #[schema(value_type = Option<Vec<String>>)]
     pub sharing_consent: Option<BTreeSet<String>>,
 }
 
+/// The profile fields only an admin may change: they decide what crosses
+/// between companies (sharing), each one's share of the base pool and the
+/// rank of its tasks against others'. A company key setting them would
+/// change other companies' data access and budgets.
+pub const ADMIN_ONLY_FIELDS: [&str; 8] = [
+    "industry",
+    "jurisdiction",
+    "sharing_consent",
+    "revenue_usd",
+    "complexity_score",
+    "activity_score",
+    "priority_multiplier",
+    "sla_response_seconds",
+];
+
+/// Whether a key of `role` may write the profile field `field`: admins
+/// every field, operators all but [`ADMIN_ONLY_FIELDS`], viewers none.
+pub fn writable_by(role: Role, field: &str) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Operator => !ADMIN_ONLY_FIELDS.contains(&field),
+        Role::Viewer => false,
+    }
+}
+
 impl CompanyPatch {
     pub fn is_empty(&self) -> bool {
-        self.name.is_none()
-            && self.industry.is_none()
-            && self.jurisdiction.is_none()
-            && self.revenue_usd.is_none()
-            && self.complexity_score.is_none()
-            && self.activity_score.is_none()
-            && self.priority_multiplier.is_none()
-            && self.sla_response_seconds.is_none()
-            && self.contacts.is_none()
-            && self.sharing_consent.is_none()
+        self.fields().is_empty()
+    }
+
+    /// The fields this patch sets, in declaration order.
+    pub fn fields(&self) -> Vec<&'static str> {
+        let set = [
+            ("name", self.name.is_some()),
+            ("industry", self.industry.is_some()),
+            ("jurisdiction", self.jurisdiction.is_some()),
+            ("revenue_usd", self.revenue_usd.is_some()),
+            ("complexity_score", self.complexity_score.is_some()),
+            ("activity_score", self.activity_score.is_some()),
+            ("priority_multiplier", self.priority_multiplier.is_some()),
+            ("sla_response_seconds", self.sla_response_seconds.is_some()),
+            ("contacts", self.contacts.is_some()),
+            ("sharing_consent", self.sharing_consent.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, s)| *s)
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    /// The first field this patch sets that `role` may not write.
+    pub fn forbidden_for(&self, role: Role) -> Option<&'static str> {
+        self.fields().into_iter().find(|f| !writable_by(role, f))
     }
 }
 
@@ -421,6 +473,47 @@ mod tests {
             })
             .expect_err("invalid");
         assert_eq!(e.field, "activity_score");
+    }
+
+    #[test]
+    fn operators_write_only_name_and_contacts() {
+        let every: CompanyPatch = serde_json::from_value(serde_json::json!({
+            "name": "A", "industry": "x", "jurisdiction": "GB", "revenue_usd": 1,
+            "complexity_score": 0.1, "activity_score": 0.1, "priority_multiplier": 1.0,
+            "sla_response_seconds": 5, "contacts": [], "sharing_consent": []
+        }))
+        .expect("json");
+        assert_eq!(every.fields().len(), 10);
+        let operator: Vec<_> = every
+            .fields()
+            .into_iter()
+            .filter(|f| writable_by(Role::Operator, f))
+            .collect();
+        assert_eq!(operator, ["name", "contacts"]);
+        assert!(every.fields().iter().all(|f| writable_by(Role::Admin, f)));
+        assert!(every.fields().iter().all(|f| !writable_by(Role::Viewer, f)));
+        assert_eq!(every.forbidden_for(Role::Operator), Some("industry"));
+        assert_eq!(every.forbidden_for(Role::Admin), None);
+        for field in ADMIN_ONLY_FIELDS {
+            let mut one = serde_json::Map::new();
+            one.insert(field.to_owned(), every_value(field));
+            let patch: CompanyPatch =
+                serde_json::from_value(serde_json::Value::Object(one)).expect(field);
+            assert_eq!(patch.forbidden_for(Role::Operator), Some(field));
+        }
+        let safe: CompanyPatch =
+            serde_json::from_value(serde_json::json!({"name": "B", "contacts": []})).expect("json");
+        assert_eq!(safe.forbidden_for(Role::Operator), None);
+    }
+
+    fn every_value(field: &str) -> serde_json::Value {
+        match field {
+            "industry" => "x".into(),
+            "jurisdiction" => "GB".into(),
+            "sharing_consent" => serde_json::json!([]),
+            "revenue_usd" | "sla_response_seconds" => 5.into(),
+            _ => 0.5.into(),
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod knowledge;
 pub mod memory;
 pub mod priority;
 pub mod sharing;
+pub mod storable;
 pub mod task;
 
 pub use error::ValidationError;

@@ -1,6 +1,6 @@
 //! The engine's configuration: budgets, priority, the scheduler, agents and
 //! their limits, task types, the executor and model prices. Read from the
-//! `[budget]`, `[priority]`, `[scheduler]`, `[agents.NAME]`,
+//! `[budget]`, `[priority]`, `[scheduler]`, `[tasks]`, `[agents.NAME]`,
 //! `[task_types.NAME]`, `[executor]`, `[prices.MODEL]`, `[knowledge]` and
 //! `[sharing]` sections of `kira.toml`; every default is SEED's.
 
@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub budget: BudgetConfig,
     pub priority: PriorityConfig,
     pub scheduler: SchedulerConfig,
+    /// What a company key may submit (`[tasks]`).
+    pub tasks: TasksConfig,
     /// Every agent that can run tasks, with its limits.
     pub agents: BTreeMap<String, AgentConfig>,
     pub task_types: BTreeMap<String, TaskTypeConfig>,
@@ -114,6 +116,23 @@ impl ReviewConfig {
         confidence < self.confidence_threshold
             || self.always.contains(task_type)
             || (hit_limit && self.on_limit)
+    }
+}
+
+/// `[tasks]`: limits on what a company key may submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TasksConfig {
+    /// Emergency tasks of one company a non-admin key may have queued or
+    /// running at once (emergency outranks every other company's work);
+    /// 0: only admin keys submit at `emergency`.
+    pub max_emergency_open_per_company: u32,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            max_emergency_open_per_company: 1,
+        }
     }
 }
 
@@ -567,6 +586,7 @@ impl Default for EngineConfig {
             budget: BudgetConfig::default(),
             priority: PriorityConfig::default(),
             scheduler: SchedulerConfig::default(),
+            tasks: TasksConfig::default(),
             agents,
             task_types,
             executor: None,
@@ -592,6 +612,8 @@ pub struct EngineFile {
     pub priority: PrioritySection,
     #[serde(default)]
     pub scheduler: SchedulerSection,
+    #[serde(default)]
+    pub tasks: TasksSection,
     #[serde(default)]
     pub agents: BTreeMap<String, AgentConfig>,
     #[serde(default)]
@@ -715,6 +737,12 @@ pub struct SchedulerSection {
     pub batch: Option<u32>,
     pub max_starting: Option<u32>,
     pub start_target_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksSection {
+    pub max_emergency_open_per_company: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -857,6 +885,16 @@ impl EngineFile {
                 ));
             }
             sc.start_target = TimeDelta::milliseconds(v);
+        }
+
+        if let Some(v) = self.tasks.max_emergency_open_per_company {
+            if v > 10_000 {
+                return Err(ValidationError::new(
+                    "tasks.max_emergency_open_per_company",
+                    "must be between 0 and 10000",
+                ));
+            }
+            c.tasks.max_emergency_open_per_company = v;
         }
 
         for (name, p) in self.providers {

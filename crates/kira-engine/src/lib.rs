@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 pub mod agent;
 pub mod agentbench;
 pub mod bench;
+pub mod companies;
 pub mod config;
 pub mod executor;
 mod group;
@@ -37,6 +38,10 @@ pub use scheduler::TickReport;
 pub enum EngineError {
     #[error(transparent)]
     Invalid(#[from] kira_core::ValidationError),
+    /// The caller's role may not set this field (or level): the error
+    /// names it.
+    #[error("not allowed: {0}")]
+    Forbidden(kira_core::ValidationError),
     #[error(transparent)]
     Store(#[from] kira_store::StoreError),
     #[error("embedding: {0}")]

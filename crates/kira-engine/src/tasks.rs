@@ -3,14 +3,14 @@
 
 use chrono::{DateTime, Utc};
 use kira_core::audit::AuditRecord;
-use kira_core::auth::CompanyScope;
-use kira_core::task::{Task, TaskId, TaskRequest, check_task_text, check_task_type};
+use kira_core::auth::{CompanyScope, Role};
+use kira_core::task::{Priority, Task, TaskId, TaskRequest, check_task_text, check_task_type};
 use kira_core::{CompanyId, ValidationError};
 use kira_store::StoreError;
 use kira_store::work::{Idempotency, NewTask, Submitted};
 use sha2::{Digest, Sha256};
 
-use crate::config::{EngineConfig, PRIMARY};
+use crate::config::{EngineConfig, PRIMARY, TasksConfig};
 use crate::{Engine, EngineError};
 
 /// Largest `parameters` object, serialised.
@@ -135,6 +135,27 @@ fn check_key(key: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// How many unfinished tasks at `priority` a key of `role` may leave its
+/// company with: emergency outranks every company's work, so a company
+/// key gets `[tasks] max_emergency_open_per_company` of them (none at 0);
+/// an admin, and every other level, no limit.
+pub fn emergency_limit(
+    priority: Priority,
+    role: Role,
+    cfg: &TasksConfig,
+) -> Result<Option<u32>, EngineError> {
+    if priority != Priority::Emergency || role == Role::Admin {
+        return Ok(None);
+    }
+    match cfg.max_emergency_open_per_company {
+        0 => Err(EngineError::Forbidden(ValidationError::new(
+            "priority",
+            "only an admin key may submit at emergency priority",
+        ))),
+        n => Ok(Some(n)),
+    }
+}
+
 /// Checks a request and builds what the store keeps.
 pub fn prepare(
     req: &TaskRequest,
@@ -156,6 +177,7 @@ pub fn prepare(
     if !parameters.is_object() {
         return Err(ValidationError::new("parameters", "must be a JSON object"));
     }
+    kira_core::storable::check_json(&parameters, "parameters")?;
     let params = serde_json::to_string(&parameters).unwrap_or_default();
     let params_len = params.len();
     if params_len > MAX_PARAMETERS_BYTES {
@@ -197,6 +219,7 @@ pub fn prepare(
         max_attempts: cfg.scheduler.max_attempts,
         multiplier: p.priority_multiplier,
         idempotency,
+        open_limit: None,
     })
 }
 
@@ -217,6 +240,7 @@ impl Engine {
             );
         }
         let mut new = prepare(req, &company, idempotency_key, self.config(), now)?;
+        new.open_limit = emergency_limit(req.priority, scope.role(), &self.config().tasks)?;
         // The claim reserves the estimate: where the executor knows its
         // first call's bound, that, so the call needs no second reservation.
         if let Some(exec) = &self.inner.executor {
@@ -260,7 +284,6 @@ impl Engine {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use kira_core::task::Priority;
 
     fn req(json: serde_json::Value) -> TaskRequest {
         serde_json::from_value(json).expect("request")
@@ -290,6 +313,29 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0)
             .single()
             .expect("time")
+    }
+
+    #[test]
+    fn emergency_from_a_company_key_is_limited() {
+        let cfg = |n| TasksConfig {
+            max_emergency_open_per_company: n,
+        };
+        for role in [Role::Operator, Role::Viewer] {
+            assert_eq!(
+                emergency_limit(Priority::Emergency, role, &cfg(2)).expect("limited"),
+                Some(2)
+            );
+            let e = emergency_limit(Priority::Emergency, role, &cfg(0)).expect_err("refused");
+            assert!(matches!(e, EngineError::Forbidden(v) if v.field == "priority"));
+            assert_eq!(
+                emergency_limit(Priority::High, role, &cfg(0)).expect("ok"),
+                None
+            );
+        }
+        assert_eq!(
+            emergency_limit(Priority::Emergency, Role::Admin, &cfg(0)).expect("admin"),
+            None
+        );
     }
 
     #[test]
@@ -394,6 +440,15 @@ mod tests {
                 None
             ),
             "parameters"
+        );
+        // NUL, which PostgreSQL cannot store, named where it is, whatever
+        // the transport (issue 17).
+        assert_eq!(
+            bad(
+                serde_json::json!({"task": "x", "type": "quick_question_answer", "parameters": {"doc": {"pages": ["a", "b\u{0}"]}}}),
+                None
+            ),
+            "parameters.doc.pages.1"
         );
         let huge = "x".repeat(MAX_PARAMETERS_BYTES + 1);
         assert_eq!(

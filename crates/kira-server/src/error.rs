@@ -94,6 +94,17 @@ impl ApiError {
         )
     }
 
+    /// A role refused one field (or value) of an otherwise allowed request.
+    pub fn forbidden_field(v: ValidationError) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            v.message,
+            Outcome::Denied,
+        )
+        .with_field(v.field)
+    }
+
     /// Something that does not exist, or that the caller may not know exists.
     pub fn not_found(what: impl Into<String>, denied: bool) -> Self {
         let outcome = if denied {
@@ -175,6 +186,7 @@ impl From<kira_engine::EngineError> for ApiError {
     fn from(e: kira_engine::EngineError) -> Self {
         match e {
             kira_engine::EngineError::Invalid(v) => v.into(),
+            kira_engine::EngineError::Forbidden(v) => Self::forbidden_field(v),
             kira_engine::EngineError::Store(s) => Self::from_store(s, "company"),
             e @ (kira_engine::EngineError::Embed(_)
             | kira_engine::EngineError::Summarize(_)

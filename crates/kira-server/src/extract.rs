@@ -2,16 +2,19 @@
 //! and JSON bodies and query strings parsed so that errors name the field.
 //! Also [`Act`], which writes each request's outcome to the audit log.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use kira_core::CompanyId;
-use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::audit::{AuditRecord, Outcome, truncated};
 use kira_core::auth::{Actor, Principal, token_key_id};
+use kira_core::storable::{self, unstorable_json, unstorable_text};
 use serde::de::DeserializeOwned;
 
 use crate::App;
@@ -55,24 +58,61 @@ impl FromRequestParts<App> for Caller {
                 request_id,
             }),
             Err(reason) => {
-                let record = AuditRecord {
-                    at: app.clock.now(),
-                    request_id,
-                    actor: Actor::Anonymous.to_string(),
-                    company_id: None,
-                    action: "auth".into(),
-                    target: format!("{} {}", parts.method, parts.uri.path()),
-                    outcome: Outcome::Denied,
-                    detail: reason.into(),
-                };
-                if let Err(e) = app.store.append_audit(record).await {
-                    tracing::error!(error = %e, "could not audit a refused request");
-                }
+                audit_unauthenticated(parts, app, request_id, reason).await;
                 Err(ApiError::unauthorized(
                     "missing or invalid API key: send 'Authorization: Bearer kira_...'",
                 ))
             }
         }
+    }
+}
+
+/// The most bytes of a refused request's path the audit log keeps.
+pub const MAX_AUDITED_PATH: usize = 256;
+
+/// Audits a request refused for want of a key, within the per-address
+/// limit ([`crate::refusals`]): anyone can send these, so none may grow the
+/// log by more than a short entry, nor one address by more than a few a
+/// minute.
+async fn audit_unauthenticated(parts: &Parts, app: &App, request_id: String, reason: &str) {
+    let now = app.clock.now();
+    let from = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let admission = app.refusals.admit(from, now);
+    let anonymous = |target: String, detail: String| AuditRecord {
+        at: now,
+        request_id: request_id.clone(),
+        actor: Actor::Anonymous.to_string(),
+        company_id: None,
+        action: "auth".into(),
+        target,
+        outcome: Outcome::Denied,
+        detail,
+    };
+    let mut records: Vec<AuditRecord> = admission
+        .summaries
+        .iter()
+        .map(|(addr, n)| {
+            anonymous(
+                format!("from {addr}"),
+                format!("{n} further unauthenticated refusals from {addr}"),
+            )
+        })
+        .collect();
+    if admission.record {
+        let target = format!("{} {}", parts.method, parts.uri.path());
+        records.push(anonymous(
+            truncated(&target, MAX_AUDITED_PATH),
+            format!("{reason} (from {from})"),
+        ));
+    }
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = app.store.append_audits(records).await {
+        tracing::error!(error = %e, "could not audit a refused request");
     }
 }
 
@@ -121,13 +161,20 @@ impl Caller {
         target: impl Into<String>,
         company: Option<&CompanyId>,
     ) -> Act {
+        // A company key naming another company is recorded under its own:
+        // the other company's log must not show another tenant's key (the
+        // admin's view has both, and the target names what was asked for).
+        let company = match self.principal.company() {
+            Some(own) if company.is_some_and(|c| c != own) => Some(own.clone()),
+            _ => company.cloned(),
+        };
         Act {
             app: app.clone(),
             request_id: self.request_id.clone(),
             actor: self.principal.actor().to_string(),
             action,
             target: target.into(),
-            company: company.cloned(),
+            company,
         }
     }
 }
@@ -213,35 +260,45 @@ pub fn json_body<T: DeserializeOwned>(
             "the body must be a JSON object",
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = dotted(&e.path().to_string());
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let msg = inner.to_string();
-                // The path already ends at an unknown field; a missing one is named only in the message.
-                let field = missing_field(&msg).map_or(path.clone(), |f| join(&path, f));
-                ApiError::invalid_json(
-                    if field.is_empty() {
-                        "body".into()
-                    } else {
-                        field
-                    },
-                    msg,
-                )
-            }
-            _ => ApiError::invalid_json("body", format!("malformed JSON: {inner}")),
-        }
-    })?;
-    de.end()
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_json("body", format!("malformed JSON: {e}")))?;
-    Ok(value)
+    if let Some((field, msg)) = unstorable_json(&value, "") {
+        return Err(ApiError::bad_request(
+            if field.is_empty() {
+                "body".into()
+            } else {
+                field
+            },
+            msg,
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = dotted(&e.path().to_string());
+        let msg = e.into_inner().to_string();
+        // The path already ends at an unknown field; a missing one is named only in the message.
+        let field = missing_field(&msg).map_or(path.clone(), |f| join(&path, f));
+        ApiError::invalid_json(
+            if field.is_empty() {
+                "body".into()
+            } else {
+                field
+            },
+            msg,
+        )
+    })
 }
 
 /// Parses a query string; unknown parameters and bad values name the parameter.
 pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> ApiResult<T> {
     let raw = raw.unwrap_or("");
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if key.contains('\0') {
+            return Err(ApiError::bad_request("query", storable::NUL));
+        }
+        if let Some(msg) = unstorable_text(&value) {
+            return Err(ApiError::bad_request(key.into_owned(), msg));
+        }
+    }
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = dotted(&e.path().to_string());

@@ -10,17 +10,20 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{IssuedKey, NewKey, Principal, Role};
 use kira_core::clock::Clock;
 use kira_engine::Engine;
 use kira_store::Store;
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub mod error;
 pub mod extract;
+pub mod refusals;
 mod routes;
 
 pub use error::{ApiError, ErrorBody};
@@ -28,9 +31,16 @@ pub use error::{ApiError, ErrorBody};
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Default audit entries of unauthenticated refusals per source address
+/// and minute; the rest are counted in one summary entry.
+pub const DEFAULT_UNAUTHENTICATED_AUDIT_PER_MINUTE: u32 = 10;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub max_body_bytes: usize,
+    /// Unauthenticated refusals recorded per source address and minute
+    /// (see [`refusals`]); the rest are counted.
+    pub unauthenticated_audit_per_minute: u32,
     /// Triggered when the server stops: open `watch` streams end, so a
     /// graceful shutdown is not held up by a client that follows a task.
     pub stopping: kira_engine::Shutdown,
@@ -40,6 +50,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            unauthenticated_audit_per_minute: DEFAULT_UNAUTHENTICATED_AUDIT_PER_MINUTE,
             stopping: kira_engine::Shutdown::new(),
         }
     }
@@ -52,6 +63,11 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub cfg: ServerConfig,
+    /// Which unauthenticated refusals are written to the audit log.
+    pub refusals: Arc<refusals::RefusalLimiter>,
+    /// Bumped by every key revocation here: open `watch` streams check
+    /// their key at once (and every few seconds, for other processes').
+    pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,18 +191,33 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
     let clock = engine.clock().clone();
     let limit = cfg.max_body_bytes;
     let (router, doc) = routes().split_for_parts();
+    let refusals = Arc::new(refusals::RefusalLimiter::new(
+        cfg.unauthenticated_audit_per_minute,
+    ));
     router
         .fallback(routes::system::no_route)
         .method_not_allowed_fallback(routes::system::no_method)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn(extract::request_id))
+        // API answers are one caller's data: never cached on the way, never
+        // sniffed into another type by a browser.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(App {
             engine,
             store,
             clock,
             cfg,
+            refusals,
+            revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
 }
 

@@ -19,8 +19,9 @@ pub trait ConflictStore: Send + Sync {
     /// counterparty gains the ids it lacked; a resolved one that already
     /// names every id is left alone (a human looked at exactly this);
     /// otherwise a new open flag `id` is made. Returns the flag when it was
-    /// made or grew (and then appends `audit` with it), None when nothing
-    /// changed. Invalid for a company and itself.
+    /// made or grew (and then appends `audit`, with no company, and for each
+    /// company a notice naming the flag alone: see [`flag_records`]), None
+    /// when nothing changed. Invalid for a company and itself.
     #[allow(clippy::too_many_arguments)]
     async fn flag_conflict(
         &self,
@@ -68,9 +69,10 @@ pub trait ConflictStore: Send + Sync {
     /// `content.counterparties`, with up to [`SCAN_IDS_PER_MATCH`] of those
     /// memories' ids each, ordered by key, company and id. Reads the
     /// name index only, never another company's memories. For every company
-    /// matched, appends `audit` naming it (`company_id` set to it, `detail`
-    /// saying which of its counterparties matched) in the same transaction;
-    /// a scan that matches nothing writes nothing.
+    /// matched, appends `audit` naming it and which of its counterparties
+    /// matched, with no company (the admin's view only; see
+    /// [`scan_records`]), in the same transaction; a scan that matches
+    /// nothing writes nothing.
     async fn scan_counterparties(
         &self,
         admin: &AdminScope,
@@ -136,7 +138,12 @@ pub struct CounterpartyMatch {
     pub memory_ids: Vec<Uuid>,
 }
 
-/// The per-company audit records of a scan's matches, from the template.
+/// The audit records of a scan's matches, from the template: one per
+/// company matched, naming it and its counterparties that matched. They
+/// name two companies, so they are written with no company: the admin's
+/// view alone shows them (issue 17: a company's own audit log never names
+/// another company or what matched there). Each company hears of a match
+/// through [`flag_records`] instead.
 pub(crate) fn scan_records(audit: &AuditRecord, matches: &[CounterpartyMatch]) -> Vec<AuditRecord> {
     let mut by_company: std::collections::BTreeMap<&CompanyId, Vec<&str>> = Default::default();
     for m in matches {
@@ -145,11 +152,40 @@ pub(crate) fn scan_records(audit: &AuditRecord, matches: &[CounterpartyMatch]) -
     by_company
         .into_iter()
         .map(|(company, keys)| AuditRecord {
-            company_id: Some(company.clone()),
-            detail: format!("counterparties matched: {}", keys.join(", ")),
+            company_id: None,
+            detail: format!(
+                "company:{company}: counterparties matched: {}",
+                keys.join(", ")
+            ),
             ..audit.clone()
         })
         .collect()
+}
+
+/// The audit records of a flag made (`new`) or grown: `audit` as the
+/// caller wrote it (the admin's, naming both companies, written with no
+/// company), and for each of the two companies an entry under it that
+/// names the flag alone: not the other company, the counterparty or any
+/// memory id.
+pub(crate) fn flag_records(audit: AuditRecord, flag: &Conflict, new: bool) -> Vec<AuditRecord> {
+    let detail = if new {
+        "conflict flag raised"
+    } else {
+        "conflict flag updated"
+    };
+    let notice = |company: &CompanyId| AuditRecord {
+        company_id: Some(company.clone()),
+        target: format!("conflict:{}", flag.id),
+        detail: detail.to_owned(),
+        ..audit.clone()
+    };
+    let notices = [notice(&flag.company_a), notice(&flag.company_b)];
+    std::iter::once(AuditRecord {
+        company_id: None,
+        ..audit
+    })
+    .chain(notices)
+    .collect()
 }
 
 pub(crate) fn check_scan_keys(keys: &[String]) -> Result<()> {
@@ -196,4 +232,81 @@ pub(crate) fn merged_ids(old: &[Uuid], new: &[Uuid]) -> Option<Vec<Uuid>> {
         }
     }
     (out.len() > old.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use kira_core::audit::Outcome;
+
+    use super::*;
+
+    fn cid(s: &str) -> CompanyId {
+        CompanyId::parse(s).expect("id")
+    }
+
+    fn template(detail: &str) -> AuditRecord {
+        AuditRecord {
+            at: Utc
+                .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+                .single()
+                .expect("time"),
+            request_id: "r".into(),
+            actor: "system".into(),
+            company_id: Some(cid("acme")),
+            action: "conflict.flag".into(),
+            target: "conflicts".into(),
+            outcome: Outcome::Ok,
+            detail: detail.into(),
+        }
+    }
+
+    /// What a company reads of a flag names neither the other company, nor
+    /// the counterparty, nor a memory id; the admin's entry keeps them.
+    #[test]
+    fn each_company_reads_only_that_a_flag_was_raised() {
+        let memory = Uuid::from_u128(7);
+        let flag = Conflict {
+            id: Uuid::from_u128(1),
+            company_a: cid("acme"),
+            company_b: cid("beta"),
+            counterparty: "initech".into(),
+            memory_ids: vec![memory],
+            detected_at: template("").at,
+            status: ConflictStatus::Open,
+            resolved_at: None,
+            resolved_by: None,
+            note: None,
+        };
+        let records = flag_records(template("acme and beta both name initech"), &flag, true);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].company_id, None);
+        assert!(records[0].detail.contains("beta"));
+        for (r, own, other) in [(&records[1], "acme", "beta"), (&records[2], "beta", "acme")] {
+            assert_eq!(r.company_id, Some(cid(own)));
+            let text = format!("{} {} {}", r.target, r.detail, r.request_id);
+            for hidden in [other, "initech", &memory.to_string()] {
+                assert!(!text.contains(hidden), "{own} reads {hidden}: {r:?}");
+            }
+            assert_eq!(r.detail, "conflict flag raised");
+            assert_eq!(r.target, format!("conflict:{}", flag.id));
+        }
+        assert_eq!(
+            flag_records(template(""), &flag, false)[1].detail,
+            "conflict flag updated"
+        );
+        let matched = scan_records(
+            &template(""),
+            &[CounterpartyMatch {
+                key: "initech".into(),
+                company: cid("beta"),
+                memory_ids: vec![memory],
+            }],
+        );
+        assert_eq!(matched.len(), 1);
+        assert_eq!(matched[0].company_id, None, "the admin's view only");
+        assert!(
+            matched[0].detail.contains("company:beta") && matched[0].detail.contains("initech")
+        );
+    }
 }

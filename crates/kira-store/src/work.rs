@@ -41,6 +41,27 @@ pub struct NewTask {
     /// The company's priority multiplier at submission.
     pub multiplier: f64,
     pub idempotency: Option<Idempotency>,
+    /// The most unfinished tasks (queued, running or waiting) at this
+    /// task's priority its company may have, this one included; checked in
+    /// the submission's transaction, which holds the company's lock.
+    /// Invalid, naming `priority`, when full. None: no limit.
+    pub open_limit: Option<u32>,
+}
+
+/// Refuses a submission whose company already has `open` unfinished tasks
+/// at its priority when `limit` allows no more.
+pub(crate) fn check_open_limit(new: &NewTask, open: i64, limit: u32) -> Result<()> {
+    if open >= i64::from(limit) {
+        return Err(kira_core::ValidationError::new(
+            "priority",
+            format!(
+                "this company already has {open} {} task(s) queued or running; a company key may have at most {limit} (ask an admin)",
+                new.priority.as_str()
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// An `Idempotency-Key` and the hash of the request it came with.
@@ -313,6 +334,17 @@ pub struct BudgetState {
     pub pending_requests: Vec<EmergencyRequest>,
 }
 
+impl BudgetState {
+    /// What one company's key may see: its own line and requests, without
+    /// the pools, whose totals would show what other companies spend.
+    pub fn own_only(self) -> Self {
+        Self {
+            pools: Vec::new(),
+            ..self
+        }
+    }
+}
+
 /// The outcome of replaying the ledger against the balances.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LedgerReport {
@@ -549,7 +581,8 @@ pub trait BudgetStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<BudgetState>;
 
-    /// The current period as one company sees it: pools and its own line.
+    /// The current period for one company: the pools and its own line
+    /// (a company key is shown [`BudgetState::own_only`]).
     async fn company_budget(
         &self,
         scope: &CompanyScope,

@@ -327,6 +327,7 @@ pub fn check_category(s: &str) -> Result<(), ValidationError> {
 }
 
 fn check_content(mut content: serde_json::Value) -> Result<serde_json::Value, ValidationError> {
+    crate::storable::check_json(&content, "content")?;
     let Some(obj) = content.as_object_mut() else {
         return Err(ValidationError::new("content", "must be a JSON object"));
     };
@@ -566,6 +567,18 @@ mod tests {
         let e = Workstream::parse("hr").expect_err("unknown");
         assert_eq!(e.field, "workstream");
         assert!(e.message.contains("legal, financial"), "{}", e.message);
+    }
+
+    #[test]
+    fn content_no_database_can_store_is_named() {
+        let e = body(json!({"content": {"text": "ok", "extra": {"note": "a\u{0}"}}}))
+            .validate(now())
+            .expect_err("NUL");
+        assert_eq!(e.field, "content.extra.note");
+        let e = body(json!({"content": {"text": "ok", "due": "-262143-01-01T00:00:00Z"}}))
+            .validate(now())
+            .expect_err("far date");
+        assert_eq!(e.field, "content.due");
     }
 
     #[test]

@@ -129,6 +129,23 @@ async fn open_flags(s: &Setup) -> Vec<(String, String, String, usize)> {
 }
 
 /// The audit entries naming company `c`.
+/// Every entry, as the admin sees them.
+async fn audit_of_all(s: &Setup) -> Vec<kira_core::audit::AuditEntry> {
+    let admin = Principal::system().admin().expect("admin");
+    s.store
+        .list_all_audit(
+            &admin,
+            None,
+            AuditPage {
+                after_seq: 0,
+                limit: 1_000,
+            },
+            audit(None),
+        )
+        .await
+        .expect("audit")
+}
+
 async fn audit_of(s: &Setup, c: &str) -> Vec<kira_core::audit::AuditEntry> {
     let admin = Principal::system().admin().expect("admin");
     s.store
@@ -245,16 +262,27 @@ async fn conflicts(b: Backend) {
     );
     assert!(flags.iter().all(|f| f.2 == "globex corp"));
 
-    // Each scan that matched is audited under the company whose names it
-    // read.
+    // Each scan that matched is audited, naming the company whose names it
+    // read, on the admin's view only (issue 17): acme's own log holds no
+    // counterparty matched and no other company.
     let admin = Principal::system().admin().expect("admin");
-    let entries = audit_of(&s, "acme").await;
+    let entries = audit_of_all(&s).await;
     assert!(
-        entries
-            .iter()
-            .any(|e| e.action == "memory.conflict_scan" && e.detail.contains("globex corp")),
+        entries.iter().any(|e| e.action == "memory.conflict_scan"
+            && e.company_id.is_none()
+            && e.detail.contains("company:acme")
+            && e.detail.contains("globex corp")),
         "{b:?}"
     );
+    for e in audit_of(&s, "acme").await {
+        let text = format!("{} {}", e.target, e.detail);
+        assert!(
+            !["globex", "beta", "gamma", "delta"]
+                .iter()
+                .any(|w| text.contains(w)),
+            "{b:?}: acme's entry names another company: {e:?}"
+        );
+    }
 
     // While open, nothing is shared and the explainer says why; the blocked
     // read is counted. Resolving opens sharing again.
@@ -807,12 +835,13 @@ async fn a_later_listing_finds_an_earlier_contract_text(b: Backend) {
         [("xeno".into(), "yarr".into(), "initech systems".into(), 2)],
         "{b:?}: only the earlier contract text counts"
     );
-    // The scan read xeno's text: audited under xeno.
-    let entries = audit_of(&s, "xeno").await;
+    // The scan read xeno's text: audited naming xeno, for the admin only.
+    let entries = audit_of_all(&s).await;
     assert!(
-        entries
-            .iter()
-            .any(|e| e.action == "memory.conflict_scan" && e.detail.contains("initech systems")),
+        entries.iter().any(|e| e.action == "memory.conflict_scan"
+            && e.company_id.is_none()
+            && e.detail.contains("company:xeno")
+            && e.detail.contains("initech systems")),
         "{b:?}"
     );
 }

@@ -138,8 +138,10 @@ fn view(s: BudgetState, now: DateTime<Utc>) -> BudgetView {
     }
 }
 
-/// The current period: pools, allocations (every company's for an admin,
-/// the key's own otherwise), and pending emergency requests.
+/// The current period: for an admin, the pools, every company's
+/// allocation and usage, and pending emergency requests; for a company
+/// key, its own company's line and requests only (no pools: their totals
+/// would show what other companies spend).
 #[utoipa::path(get, path = "/v1/budget", tag = "budget",
     responses((status = 200, body = BudgetView), (status = 401, body = ErrorBody)))]
 pub async fn show_budget(State(app): State<App>, caller: Caller) -> ApiResult<Json<BudgetView>> {
@@ -152,7 +154,10 @@ pub async fn show_budget(State(app): State<App>, caller: Caller) -> ApiResult<Js
             Err(_) => {
                 let own = caller.principal.company().ok_or_else(ApiError::forbidden)?;
                 let scope = caller.principal.scope(own, Access::Read)?;
-                app.store.company_budget(&scope, cfg, now).await
+                app.store
+                    .company_budget(&scope, cfg, now)
+                    .await
+                    .map(BudgetState::own_only)
             }
         }
         .map_err(|e| ApiError::from_store(e, "budget"))?;

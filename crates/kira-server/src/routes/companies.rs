@@ -138,11 +138,19 @@ pub async fn get_company(
 }
 
 /// Changes a company's profile (admin, or the company's operator).
+///
+/// An operator may change `name` and `contacts` only. The fields that
+/// decide across companies (`industry`, `jurisdiction`, `sharing_consent`,
+/// `revenue_usd`, `complexity_score`, `activity_score`,
+/// `priority_multiplier`, `sla_response_seconds`) are admin only: an
+/// operator key sending any of them gets 403 naming the field, and nothing
+/// changes.
 #[utoipa::path(patch, path = "/v1/companies/{id}", tag = "companies", request_body = CompanyPatch,
     params(("id" = String, Path, description = "Company id")),
     responses(
         (status = 200, body = Company), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "A viewer key, or an operator key setting an admin-only field (named in `field`)"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
     ))]
 pub async fn update_company(
@@ -162,19 +170,9 @@ pub async fn update_company(
         let id = path_id(&raw)?;
         let scope = caller.principal.scope(&id, Access::Write)?;
         let patch: CompanyPatch = json_body(body, app.cfg.max_body_bytes)?;
-        if patch.is_empty() {
-            return Err(ApiError::from(kira_core::ValidationError::new(
-                "body",
-                "name at least one field to change",
-            )));
-        }
-        let company = app
-            .store
-            .update_company(&scope, patch, app.clock.now(), act.ok())
-            .await
-            .map_err(store_err)?;
-        refresh(&app, &company.id).await;
-        Ok(Json(company))
+        Ok(Json(
+            app.engine.update_company(&scope, patch, act.ok()).await?,
+        ))
     }
     .await;
     act.done(result).await

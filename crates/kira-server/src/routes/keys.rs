@@ -104,6 +104,8 @@ pub async fn revoke_key(
             .revoke_key(&admin, &id, app.clock.now(), act.ok())
             .await
             .map_err(|e| ApiError::from_store(e, "key"))?;
+        // Streams the key holds open end now, not at their next request.
+        app.revocations.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Json(key))
     }
     .await;

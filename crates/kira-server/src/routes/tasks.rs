@@ -13,7 +13,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use kira_core::CompanyId;
-use kira_core::auth::{Access, CompanyScope};
+use kira_core::auth::{Access, Actor, CompanyScope};
+use kira_core::ids::KeyId;
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskRequest, TaskStatus};
 use kira_store::agents::Step;
 use kira_store::work::TaskFilter;
@@ -40,6 +41,9 @@ pub(crate) fn page_limit(l: Option<u32>) -> ApiResult<u32> {
 }
 /// How often a watch looks for new events.
 const WATCH_POLL: Duration = Duration::from_millis(250);
+/// Every this many polls (5 s when quiet) a watch checks that its key
+/// still works: a revocation in another process sends no signal here.
+const WATCH_KEY_CHECK_POLLS: u32 = 20;
 
 pub(crate) fn company(raw: &str) -> ApiResult<CompanyId> {
     CompanyId::parse(raw).map_err(|e| ApiError::bad_request("id", e.message))
@@ -293,7 +297,8 @@ pub async fn task_events(
 
 /// Follows a task live: one server-sent event (`event: status`, data a
 /// TaskEvent) per state change, from the first; the stream ends when the
-/// task completes, fails, is cancelled or waits for review.
+/// task completes, fails, is cancelled or waits for review, and when the
+/// key that opened it is revoked.
 #[utoipa::path(get, path = "/v1/companies/{id}/tasks/{task_id}/watch", tag = "tasks",
     params(("id" = String, Path, description = "Company id"), ("task_id" = String, Path, description = "Task id")),
     responses((status = 200, description = "text/event-stream of TaskEvent", content_type = "text/event-stream"),
@@ -317,20 +322,43 @@ pub async fn watch_task(
         app: App,
         scope: CompanyScope,
         id: TaskId,
+        key: Option<KeyId>,
+        revocations: tokio::sync::watch::Receiver<u64>,
+        check_key: bool,
+        polls: u32,
         after: i64,
         pending: std::collections::VecDeque<TaskEvent>,
         done: bool,
     }
+    let key = match caller.principal.actor() {
+        Actor::Key(k) => Some(k.clone()),
+        Actor::System | Actor::Anonymous => None,
+    };
     let start = Watch {
+        revocations: app.revocations.subscribe(),
         app,
         scope,
         id: tid,
+        key,
+        check_key: false,
+        polls: 0,
         after: 0,
         pending: Default::default(),
         done: false,
     };
     let stream = futures_util::stream::unfold(start, |mut w| async move {
         loop {
+            // The key is checked at once after a revocation here, and every
+            // few seconds for one made by another process.
+            let revoked_here = w.revocations.has_changed().unwrap_or(true);
+            if w.check_key || revoked_here || w.polls >= WATCH_KEY_CHECK_POLLS {
+                w.revocations.borrow_and_update();
+                w.check_key = false;
+                w.polls = 0;
+                if !key_works(&w.app, w.key.as_ref()).await {
+                    return None;
+                }
+            }
             if let Some(e) = w.pending.pop_front() {
                 w.after = e.event_id;
                 if e.to_status.is_final() || e.to_status == TaskStatus::NeedsReview {
@@ -345,6 +373,7 @@ pub async fn watch_task(
             if w.done || w.app.cfg.stopping.is_triggered() {
                 return None;
             }
+            w.polls += 1;
             match w.app.store.task_events(&w.scope, &w.id, w.after).await {
                 Ok(events) if !events.is_empty() => w.pending.extend(events),
                 Ok(_) => {
@@ -352,6 +381,7 @@ pub async fn watch_task(
                     tokio::select! {
                         () = tokio::time::sleep(WATCH_POLL) => {}
                         () = stopping.wait() => return None,
+                        _ = w.revocations.changed() => w.check_key = true,
                     }
                 }
                 // The task was deleted with its company, or the database failed: end the stream.
@@ -360,4 +390,14 @@ pub async fn watch_task(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Whether the key behind a stream still authenticates: not revoked, not
+/// deleted. A failed lookup counts as no, so a stream never outlives its
+/// key because the database was down.
+async fn key_works(app: &App, key: Option<&KeyId>) -> bool {
+    let Some(key) = key else {
+        return true;
+    };
+    matches!(app.store.find_key(key).await, Ok(Some(k)) if k.key.revoked_at.is_none())
 }

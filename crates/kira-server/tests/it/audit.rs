@@ -69,7 +69,17 @@ async fn postgres_tampering_is_found() {
 }
 
 async fn concurrent_requests_keep_one_chain(backend: Backend) {
-    let s = Arc::new(Server::start(backend).await);
+    // Every refusal written: no per-address limit within this test.
+    let s = Arc::new(
+        Server::start_with(
+            backend,
+            kira_server::ServerConfig {
+                unauthenticated_audit_per_minute: 10_000,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
     s.company("acme").await;
     let mut tasks = Vec::new();
     for i in 0..40 {

@@ -117,10 +117,12 @@ fn routes() -> Vec<Route> {
         ),
         r(Method::GET, "/v1/companies", None, anyone, false),
         r(Method::GET, "/v1/companies/{c}", None, anyone_own, false),
+        // An operator may change the name; the fields that decide across
+        // companies are the admin's (tests/it/isolation.rs).
         r(
             Method::PATCH,
             "/v1/companies/{c}",
-            Some(json!({"sla_response_seconds": 45})),
+            Some(json!({"name": "Renamed corp"})),
             writer_own,
             false,
         ),
@@ -362,11 +364,19 @@ fn is_public(path: &str) -> bool {
 }
 
 async fn matrix(backend: Backend) {
-    let s = Server::start(backend).await;
+    // Every 401 audited: no per-address limit within this test's minute.
+    let s = Server::start_with(
+        backend,
+        kira_server::ServerConfig {
+            unauthenticated_audit_per_minute: 10_000,
+            ..Default::default()
+        },
+    )
+    .await;
     s.company("acme").await;
     s.company("other").await;
-    let (_, operator) = s.key("operator", Some("acme")).await;
-    let (_, viewer) = s.key("viewer", Some("acme")).await;
+    let (operator_id, operator) = s.key("operator", Some("acme")).await;
+    let (viewer_id, viewer) = s.key("viewer", Some("acme")).await;
     let bad = "kira_aaaaaaaaaaaa_0123456789012345678901234567890123456789".to_owned();
     // Per company: a task that stays queued, and one already cancelled (its watch ends at once).
     let mut tasks = std::collections::HashMap::new();
@@ -497,12 +507,26 @@ async fn matrix(backend: Backend) {
     }
     assert_eq!(cells, 50 * 5 * 2);
 
-    // Every refused attempt on the other company is in the audit log.
+    // Every refused attempt on the other company is in the audit log, under
+    // the caller's company (issue 17: "other"'s own log never shows a key
+    // of acme's).
     let audit = s.audit().await;
     let denied_other = audit
         .iter()
-        .filter(|e| e["outcome"] == "denied" && e["company_id"] == "other")
+        .filter(|e| {
+            e["outcome"] == "denied"
+                && e["company_id"] == "acme"
+                && e["target"].as_str().is_some_and(|t| t.contains("other"))
+        })
         .count();
+    let acme_keys = [format!("key:{operator_id}"), format!("key:{viewer_id}")];
+    assert!(
+        audit
+            .iter()
+            .all(|e| e["company_id"] != "other"
+                || !acme_keys.iter().any(|k| e["actor"] == k.as_str())),
+        "no key of acme's in other's log"
+    );
     // operator and viewer on: show, update, audit list (404s).
     assert!(
         denied_other >= 6,

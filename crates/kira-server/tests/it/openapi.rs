@@ -102,3 +102,46 @@ async fn openapi_lists_every_route_with_responses() {
     assert!(doc["components"]["schemas"]["Company"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+/// Which profile fields a company key may not change is in the document,
+/// from the same list the server enforces (issue 17).
+#[test]
+fn the_document_marks_the_admin_only_profile_fields() {
+    use kira_core::auth::Role;
+    use kira_core::company::{ADMIN_ONLY_FIELDS, writable_by};
+    let doc = serde_json::to_value(kira_server::openapi()).expect("json");
+    let props = doc["components"]["schemas"]["CompanyPatch"]["properties"]
+        .as_object()
+        .expect("CompanyPatch properties");
+    for (field, schema) in props {
+        let says_admin = schema["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Admin only"));
+        assert_eq!(
+            says_admin,
+            !writable_by(Role::Operator, field),
+            "{field}: {schema}"
+        );
+    }
+    assert_eq!(
+        props
+            .keys()
+            .filter(|f| ADMIN_ONLY_FIELDS.contains(&f.as_str()))
+            .count(),
+        ADMIN_ONLY_FIELDS.len()
+    );
+    let patch = &doc["paths"]["/v1/companies/{id}"]["patch"];
+    let text = patch.to_string();
+    for field in ADMIN_ONLY_FIELDS {
+        assert!(
+            text.contains(field),
+            "the route's description names {field}"
+        );
+    }
+    assert!(
+        patch["responses"]["403"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("admin-only")),
+        "{patch}"
+    );
+}

@@ -66,17 +66,23 @@ pub async fn serve(
     store: Arc<dyn Store>,
     cfg: ServerConfig,
 ) -> (String, tokio::task::JoinHandle<()>) {
+    serve_at(store, cfg, Arc::new(SystemClock)).await
+}
+
+/// [`serve`] with the server's clock given.
+pub async fn serve_at(
+    store: Arc<dyn Store>,
+    cfg: ServerConfig,
+    clock: Arc<dyn kira_core::clock::Clock>,
+) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let engine = kira_engine::Engine::new(
-        store,
-        Arc::new(SystemClock),
-        kira_engine::EngineConfig::default(),
-    );
+    let engine = kira_engine::Engine::new(store, clock, kira_engine::EngineConfig::default());
     let app = router(engine, cfg);
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).await.expect("serve");
     });
     (format!("http://{addr}"), task)
@@ -88,12 +94,21 @@ impl Server {
     }
 
     pub async fn start_with(backend: Backend, cfg: ServerConfig) -> Server {
+        Self::start_at(backend, cfg, Arc::new(SystemClock)).await
+    }
+
+    /// A server whose clock is `clock` (a `ManualClock` in tests of time).
+    pub async fn start_at(
+        backend: Backend,
+        cfg: ServerConfig,
+        clock: Arc<dyn kira_core::clock::Clock>,
+    ) -> Server {
         let (store, db_url, dir) = open_store(backend).await;
         let issued = kira_server::bootstrap_admin_key(store.as_ref(), &SystemClock)
             .await
             .expect("bootstrap")
             .expect("a fresh database gets an admin key");
-        let (base, task) = serve(store.clone(), cfg).await;
+        let (base, task) = serve_at(store.clone(), cfg, clock).await;
         Server {
             base,
             admin: issued.token,

@@ -18,7 +18,7 @@ use super::memory::{TSQUERY_AFTER, TSQUERY_BEFORE};
 use super::{PgStore, UNIQUE_VIOLATION, append, company_id, sqlstate};
 use crate::conflicts::{
     ConflictStore, CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, check_scan_keys,
-    group_matches, mention_keys, merged_ids, scan_records, text_names,
+    flag_records, group_matches, mention_keys, merged_ids, scan_records, text_names,
 };
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
@@ -422,7 +422,9 @@ impl ConflictStore for PgStore {
             return Ok(None);
         };
         let flag = load_conflict(&mut tx, changed, false).await?;
-        append(&mut tx, audit).await?;
+        for record in flag_records(audit, &flag, changed == id) {
+            append(&mut tx, record).await?;
+        }
         tx.commit().await?;
         Ok(Some(flag))
     }

@@ -837,6 +837,16 @@ impl PgStore {
                 });
             }
         }
+        if let Some(limit) = new.open_limit {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM task_queue WHERE company_id = $1 AND priority = $2",
+            )
+            .bind(company.as_str())
+            .bind(new.priority.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            crate::work::check_open_limit(new, open, limit)?;
+        }
         let seq: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE company_id = $1")
                 .bind(company.as_str())

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{SqliteStore, append, company_id, json, parse_ts, to_json, ts};
 use crate::conflicts::{
     ConflictStore, CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, check_scan_keys,
-    group_matches, mention_keys, merged_ids, scan_records, text_names,
+    flag_records, group_matches, mention_keys, merged_ids, scan_records, text_names,
 };
 use crate::knowledge::{
     KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
@@ -423,7 +423,9 @@ impl ConflictStore for SqliteStore {
             return Ok(None);
         };
         let flag = load_conflict(&mut tx, &changed.to_string()).await?;
-        append(&mut tx, audit).await?;
+        for record in flag_records(audit, &flag, changed == id) {
+            append(&mut tx, record).await?;
+        }
         tx.commit().await?;
         Ok(Some(flag))
     }

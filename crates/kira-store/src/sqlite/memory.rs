@@ -324,14 +324,26 @@ fn seq_and_memory(v: serde_json::Value) -> Result<(i64, Memory)> {
 /// The FTS5 query for the company's documents holding `word` in their
 /// text, category or indexed terms: the word is a quoted string, so
 /// nothing in it is syntax. Words are letters and digits only and the
-/// company id is a slug; quotes are doubled anyway, as FTS5 escapes them.
+/// company is its hex token; quotes are doubled anyway, as FTS5 escapes
+/// them.
 fn fts_word_query(company: &CompanyId, word: &str) -> String {
     let quote = |w: &str| format!("\"{}\"", w.replace('"', "\"\""));
     format!(
         "company : {} AND {{text category terms}} : {}",
-        quote(company.as_str()),
+        quote(&company_token(company)),
         quote(word)
     )
+}
+
+/// The index's `company` value: the id in hex (as the triggers of
+/// `0011_fts_company_token.sql` write it), one token that matches this
+/// company alone. Tokenised as text, `delta-bank` would also be `delta`.
+fn company_token(company: &CompanyId) -> String {
+    company
+        .as_str()
+        .bytes()
+        .map(|b| format!("{b:02X}"))
+        .collect()
 }
 
 /// BM25's term-frequency saturation and length normalisation.
@@ -897,11 +909,17 @@ mod tests {
         let acme = CompanyId::parse("acme").expect("id");
         assert_eq!(
             fts_word_query(&acme, "board"),
-            r#"company : "acme" AND {text category terms} : "board""#
+            r#"company : "61636D65" AND {text category terms} : "board""#
         );
         assert_eq!(
             fts_word_query(&acme, r#"a"b"#),
-            r#"company : "acme" AND {text category terms} : "a""b""#
+            r#"company : "61636D65" AND {text category terms} : "a""b""#
         );
+        // One token per id: `delta` is not a word of `delta-bank`'s.
+        let delta = CompanyId::parse("delta").expect("id");
+        let bank = CompanyId::parse("delta-bank").expect("id");
+        let token = company_token(&bank);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+        assert_ne!(token, company_token(&delta));
     }
 }

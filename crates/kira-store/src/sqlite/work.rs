@@ -773,6 +773,16 @@ impl TaskStore for SqliteStore {
             }
         }
         load_company(&mut tx, company).await?;
+        if let Some(limit) = new.open_limit {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM task_queue WHERE company_id = ? AND priority = ?",
+            )
+            .bind(company.as_str())
+            .bind(new.priority.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            crate::work::check_open_limit(new, open, limit)?;
+        }
         let seq: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE company_id = ?")
                 .bind(company.as_str())

@@ -21,6 +21,7 @@ conformance!(
     batch_limits_and_refusals_write_nothing,
     search_ranks_matches_and_survives_hostile_queries,
     another_companys_memories_never_change_a_ranking,
+    a_company_named_within_anothers_id_keeps_its_ranking,
     archive_restore_and_what_each_view_sees,
     delete_and_purge_remove_vectors_and_jobs,
     summary_replaces_its_sources_atomically,
@@ -623,6 +624,53 @@ async fn another_companys_memories_never_change_a_ranking(f: Fresh) {
         .collect();
     insert(s, "beta", &many).await;
     assert_eq!(ranking().await, before);
+}
+
+/// Issue 17: SQLite's index tokenised the company id, so `delta-bank`'s
+/// memories counted among `delta`'s word frequencies. A company whose id
+/// holds another's as a word changes nothing of the other's ranking.
+async fn a_company_named_within_anothers_id_keeps_its_ranking(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "delta").await;
+    create(s, "delta-bank").await;
+    insert(
+        s,
+        "delta",
+        &[
+            mem("delta", 1, "Board meeting about the Initech renewal."),
+            mem("delta", 2, "Board dinner, then board games."),
+            mem("delta", 3, "Initech sent the signed renewal."),
+            mem("delta", 4, "Lunch with the marketing team."),
+        ],
+    )
+    .await;
+    let all = MemoryFilter::default();
+    let ranking = || async {
+        s.search_memories(&scope("delta"), "board initech renewal", &all, 10)
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|h| (h.memory.id, h.relevance))
+            .collect::<Vec<_>>()
+    };
+    let before = ranking().await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    let many: Vec<Memory> = (100..160)
+        .map(|n| mem("delta-bank", n, "Initech renewal, Initech again, board."))
+        .collect();
+    insert(s, "delta-bank", &many).await;
+    assert_eq!(ranking().await, before);
+    // And each still finds only its own.
+    let theirs = s
+        .search_memories(&scope("delta-bank"), "initech", &all, 100)
+        .await
+        .expect("search");
+    assert_eq!(theirs.len(), 60);
+    assert!(
+        theirs
+            .iter()
+            .all(|h| h.memory.company_id == cid("delta-bank"))
+    );
 }
 
 async fn archive_restore_and_what_each_view_sees(f: Fresh) {

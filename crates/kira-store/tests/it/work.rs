@@ -56,6 +56,7 @@ pub fn new_task(label: &str, priority: Priority, tokens: i64) -> NewTask {
         max_attempts: 3,
         multiplier: 1.0,
         idempotency: None,
+        open_limit: None,
     }
 }
 
