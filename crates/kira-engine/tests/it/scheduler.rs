@@ -465,7 +465,7 @@ async fn quick_starts_widen_how_many_a_pass_claims(b: Backend) {
     cfg.scheduler.max_starting = 1;
     cfg.scheduler.start_target = TimeDelta::seconds(30);
     let staged = Arc::new(Staged {
-        go: Arc::new(tokio::sync::Semaphore::new(100)),
+        go: Arc::new(tokio::sync::Semaphore::new(0)),
         end: Arc::new(tokio::sync::Semaphore::new(0)),
         calling: Arc::new(AtomicUsize::new(0)),
     });
@@ -476,8 +476,11 @@ async fn quick_starts_widen_how_many_a_pass_claims(b: Backend) {
     for _ in 0..12 {
         submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
     }
+    // The first run waits before its call: no start has been timed, and
+    // the pass holds back at max_starting.
     let first = e.tick().await.expect("tick");
     assert_eq!(first.claimed.len(), 1, "no start timed yet: max_starting");
+    staged.go.add_permits(100);
     let reached = async {
         while staged.calling.load(Ordering::SeqCst) < 1 {
             tokio::task::yield_now().await;
