@@ -25,6 +25,7 @@ use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 mod agents;
 mod knowledge;
 mod memory;
+mod sharing;
 mod work;
 
 use crate::{
@@ -527,6 +528,7 @@ impl CompanyStore for PgStore {
         let mut deleted = DeletedRows::default();
         memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
         agents::delete_company_agents(&mut tx, scope.company(), &mut deleted).await?;
+        sharing::delete_company_sharing(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
         // Children first; companies last.
         for (table, sql) in [
