@@ -914,6 +914,32 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
 
     let items = publish(&s, "owner", &m, &[TEMPLATES]).await;
+    // Once per memory and scope; a scope is a name.
+    for (scope_name, conflict) in [(TEMPLATES, true), ("Not A Scope", false)] {
+        let again = s
+            .engine
+            .publish_shared(
+                &scope("owner"),
+                m[0].id,
+                scope_name,
+                "operator",
+                audit(Some("owner")),
+            )
+            .await;
+        assert!(
+            if conflict {
+                matches!(
+                    again,
+                    Err(kira_engine::EngineError::Store(
+                        kira_store::StoreError::Conflict(_)
+                    ))
+                )
+            } else {
+                matches!(again, Err(kira_engine::EngineError::Invalid(_)))
+            },
+            "{b:?}: {again:?}"
+        );
+    }
     let got = shared(&s, "reader", TEMPLATES, q).await;
     assert_eq!(got.len(), 1, "{b:?}: {got:?}");
     let published = s
