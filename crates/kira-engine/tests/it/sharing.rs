@@ -1032,6 +1032,23 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
             .expect("list")
             .is_empty()
     );
+
+    // A memory deleted for good takes its published items with it.
+    publish(&s, "owner", &m, &[TEMPLATES]).await;
+    assert_eq!(shared(&s, "reader", TEMPLATES, q).await.len(), 1, "{b:?}");
+    s.store
+        .delete_memory(&scope("owner"), m[0].id, audit(Some("owner")))
+        .await
+        .expect("delete");
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+    assert!(
+        s.engine
+            .published_items(&scope("owner"), None, true)
+            .await
+            .expect("list")
+            .is_empty(),
+        "{b:?}"
+    );
 }
 
 #[tokio::test]

@@ -2,13 +2,14 @@
 -- data under row-level security as in 0003. Published items have no admin
 -- read: a partner's items are read through the partner's own scope.
 -- Consents have one, SELECT only, for the engine's directory of who
--- consented to what (a scope and a partner id, no content).
+-- consented to what (a scope and a partner id, no content). A memory
+-- deleted for good takes its published items with it.
 
 CREATE TABLE shared_items (
     item_id      UUID PRIMARY KEY,
     company_id   TEXT COLLATE "C" NOT NULL REFERENCES companies (company_id),
     scope        TEXT NOT NULL,
-    memory_id    UUID NOT NULL,
+    memory_id    UUID NOT NULL REFERENCES memories (id) ON DELETE CASCADE,
     text         TEXT NOT NULL,
     published_by TEXT NOT NULL,
     published_at TIMESTAMPTZ NOT NULL,
@@ -16,6 +17,7 @@ CREATE TABLE shared_items (
     withdrawn_at TIMESTAMPTZ
 );
 CREATE INDEX shared_items_company ON shared_items (company_id, published_at);
+CREATE INDEX shared_items_memory ON shared_items (memory_id);
 CREATE UNIQUE INDEX shared_items_live ON shared_items (company_id, scope, memory_id)
     WHERE withdrawn_at IS NULL;
 

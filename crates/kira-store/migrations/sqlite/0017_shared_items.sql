@@ -5,12 +5,13 @@
 
 -- A published item: the anonymised text of one memory, made when it was
 -- published, never the memory itself. Withdrawn items stay for the record
--- and are never shared again.
+-- and are never shared again; a memory deleted for good (by an admin, a
+-- purge or compaction) takes its items with it.
 CREATE TABLE shared_items (
     item_id      TEXT PRIMARY KEY,
     company_id   TEXT NOT NULL REFERENCES companies (company_id),
     scope        TEXT NOT NULL,
-    memory_id    TEXT NOT NULL,
+    memory_id    TEXT NOT NULL REFERENCES memories (id) ON DELETE CASCADE,
     text         TEXT NOT NULL,
     published_by TEXT NOT NULL,
     published_at TEXT NOT NULL,
@@ -18,6 +19,7 @@ CREATE TABLE shared_items (
     withdrawn_at TEXT
 ) STRICT;
 CREATE INDEX shared_items_company ON shared_items (company_id, published_at);
+CREATE INDEX shared_items_memory ON shared_items (memory_id);
 -- One live item per memory and scope.
 CREATE UNIQUE INDEX shared_items_live ON shared_items (company_id, scope, memory_id)
     WHERE withdrawn_at IS NULL;
