@@ -1049,6 +1049,22 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
             .is_empty(),
         "{b:?}"
     );
+
+    // A forced delete of the owner takes the reader's consent naming it,
+    // so a company made later under the same id inherits nothing.
+    s.store
+        .delete_company(&scope("owner"), audit(Some("owner")))
+        .await
+        .expect("delete");
+    let left: Vec<String> = s
+        .engine
+        .consents(&admin, &id("reader"))
+        .await
+        .expect("consents")
+        .iter()
+        .map(|c| format!("{} {}", c.scope, c.partner))
+        .collect();
+    assert_eq!(left, [format!("{LEGAL} *")], "{b:?}");
 }
 
 #[tokio::test]

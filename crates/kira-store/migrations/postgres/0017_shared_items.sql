@@ -54,6 +54,17 @@ CREATE POLICY company_isolation ON sharing_consents
     WITH CHECK (company_id = current_setting('app.current_company_id', true));
 CREATE POLICY admin_read ON sharing_consents FOR SELECT
     USING (current_setting('app.admin_read', true) = 'on');
+-- A company's forced delete also removes other companies' consents naming
+-- it, so a company made later under the same id does not inherit them:
+-- only in a transaction that set app.company_delete (the store's forced
+-- delete does, for the company it deletes), and only rows naming that
+-- company. DELETE needs the rows visible, hence the SELECT policy too.
+CREATE POLICY partner_cleanup_read ON sharing_consents FOR SELECT
+    USING (partner = current_setting('app.current_company_id', true)
+           AND current_setting('app.company_delete', true) = 'on');
+CREATE POLICY partner_cleanup ON sharing_consents FOR DELETE
+    USING (partner = current_setting('app.current_company_id', true)
+           AND current_setting('app.company_delete', true) = 'on');
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON shared_items TO kira_app;
 GRANT SELECT, INSERT, DELETE ON sharing_consents TO kira_app;

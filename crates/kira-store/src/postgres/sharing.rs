@@ -64,12 +64,17 @@ async fn load_item(
     item_from_row(&row)
 }
 
-/// Removes the company's published items and consents (a forced delete).
+/// Removes the company's published items and consents, and other
+/// companies' consents naming it (a forced delete).
 pub(super) async fn delete_company_sharing(
     tx: &mut PgConnection,
     company: &CompanyId,
     deleted: &mut DeletedRows,
 ) -> Result<()> {
+    // Opens the partner_cleanup policies (0017) for this transaction.
+    sqlx::query("SELECT set_config('app.company_delete', 'on', true)")
+        .execute(&mut *tx)
+        .await?;
     for (table, sql) in [
         (
             "shared_items",
@@ -78,6 +83,12 @@ pub(super) async fn delete_company_sharing(
         (
             "sharing_consents",
             "DELETE FROM sharing_consents WHERE company_id = $1",
+        ),
+        // Others' consents naming it: a company made later with the same id
+        // must not inherit them.
+        (
+            "sharing_consents_as_partner",
+            "DELETE FROM sharing_consents WHERE partner = $1",
         ),
     ] {
         let n = sqlx::query(sql)

@@ -60,7 +60,8 @@ async fn load_item(tx: &mut SqliteConnection, company: &CompanyId, id: Uuid) -> 
     item_from_row(&row)
 }
 
-/// Removes the company's published items and consents (a forced delete).
+/// Removes the company's published items and consents, and other
+/// companies' consents naming it (a forced delete).
 pub(super) async fn delete_company_sharing(
     tx: &mut SqliteConnection,
     company: &CompanyId,
@@ -74,6 +75,12 @@ pub(super) async fn delete_company_sharing(
         (
             "sharing_consents",
             "DELETE FROM sharing_consents WHERE company_id = ?",
+        ),
+        // Others' consents naming it: a company made later with the same id
+        // must not inherit them.
+        (
+            "sharing_consents_as_partner",
+            "DELETE FROM sharing_consents WHERE partner = ?",
         ),
     ] {
         let n = sqlx::query(sql)
