@@ -215,7 +215,7 @@ pub struct UpdateArgs {
     /// Remove every contact.
     #[arg(long, conflicts_with = "contacts")]
     pub clear_contacts: bool,
-    /// Withdraw every sharing consent.
+    /// Empty the old sharing list (it grants nothing; see `kira sharing consent`).
     #[arg(long, conflicts_with = "consent")]
     pub clear_consent: bool,
 }

@@ -38,7 +38,7 @@ use crate::memory::pack;
 use crate::{Engine, EngineError};
 
 /// The most people and counterparties of one company the anonymiser is
-/// given for a copy of its memories.
+/// given when one of its memories is published.
 const MAX_REDACTED_NAMES: u32 = 5_000;
 
 /// The explainer's answer.

@@ -385,6 +385,7 @@ async fn a_reads_only_what_b_published(backend: Backend) {
                     "/v1/companies/attacker/memory/search?q=quokkaplan%20Vantongeren",
                     "/v1/companies/attacker/memory",
                     "/v1/companies/attacker/shared?withdrawn=true",
+                    "/v1/audit?company=attacker",
                 ] {
                     let (st, v) = s.call(Method::GET, path, Some(token), None).await;
                     assert_eq!(st, StatusCode::OK, "{path}: {v}");
