@@ -95,7 +95,8 @@ pub enum Command {
     /// industry standards. Admins write; every key reads.
     #[command(subcommand)]
     Knowledge(crate::commands::knowledge::KnowledgeCommand),
-    /// Cross-company sharing rules: which rule decides for two companies (admin).
+    /// Cross-company sharing: publish, list and withdraw a company's shared
+    /// items; consents (admin); which rule decides for two companies (admin).
     #[command(subcommand)]
     Sharing(crate::commands::sharing::SharingCommand),
     /// The agent pool: models, limits, load and system prompts.
@@ -217,7 +218,7 @@ pub struct UpdateArgs {
     /// Remove every contact.
     #[arg(long, conflicts_with = "contacts")]
     pub clear_contacts: bool,
-    /// Withdraw every sharing consent.
+    /// Empty the old sharing list (it grants nothing; see `kira sharing consent`).
     #[arg(long, conflicts_with = "consent")]
     pub clear_consent: bool,
 }
@@ -245,8 +246,9 @@ pub struct ProfileArgs {
     /// repeat for several. On update, the list given replaces the old one.
     #[arg(long = "contact", value_name = "CONTACT", value_parser = parse_contact)]
     pub contacts: Vec<Contact>,
-    /// A sharing scope the company consents to, such as process_templates;
-    /// repeat for several. On update, the set given replaces the old one.
+    /// The profile's old list of sharing scopes; repeat for several. It
+    /// grants nothing any more: consents are given per scope and partner
+    /// with `kira sharing consent give` (admin).
     #[arg(long, value_name = "SCOPE")]
     pub consent: Vec<String>,
 }

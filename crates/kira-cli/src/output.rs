@@ -99,7 +99,7 @@ pub fn company(c: &Company) -> String {
         ("priority multiplier", p.priority_multiplier.to_string()),
         ("SLA response (s)", p.sla_response_seconds.to_string()),
         ("contacts", contacts.join("\n")),
-        ("sharing consent", consent.join(", ")),
+        ("old sharing list (grants nothing)", consent.join(", ")),
         ("created", time(&c.created_at)),
         ("updated", time(&c.updated_at)),
         ("archived", opt_time(&c.archived_at)),

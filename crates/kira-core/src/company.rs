@@ -43,7 +43,10 @@ pub struct CompanyProfile {
     pub priority_multiplier: f64,
     pub sla_response_seconds: i32,
     pub contacts: Vec<Contact>,
-    /// Sharing scopes this company consents to (e.g. `process_templates`).
+    /// The old list of sharing scopes. It grants nothing: sharing needs
+    /// consent records on both sides, which an admin sets per scope and
+    /// partner (`PUT /v1/companies/{id}/sharing/consents`); migration 0017
+    /// turned the scopes listed here then into consents with every partner.
     #[schema(value_type = Vec<String>)]
     pub sharing_consent: BTreeSet<String>,
 }

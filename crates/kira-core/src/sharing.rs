@@ -1,9 +1,13 @@
 //! Cross-company access rules (SEED 2.3): which two companies may share what,
 //! decided from their profiles alone, default deny, with an explanation.
 //!
-//! The rules are configuration ([`SharingRules`]); [`decide`] is pure. What
-//! crosses companies once a rule allows it is an anonymised copy: see
-//! [`crate::anonymise`].
+//! The rules are configuration ([`SharingRules`]); [`decide`] is pure. Its
+//! facts are the two profiles, the open conflict flags and each side's
+//! [`Consent`] records, which an admin sets: a company consents to exchange
+//! a scope with one named partner or with every partner the rules allow
+//! (`*`). Nothing crosses unless both sides consent to the scope with each
+//! other, whatever rule allows it. What crosses is only what the owner
+//! published, anonymised when it was published: see [`crate::anonymise`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -11,8 +15,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ValidationError;
 use crate::company::CompanyProfile;
+use crate::{CompanyId, ValidationError};
 
 /// The scope SEED's legal-precedent rule allows.
 pub const SCOPE_ANONYMIZED_LEGAL_PATTERNS: &str = "anonymized_legal_patterns";
@@ -78,7 +82,8 @@ pub enum Condition {
     /// The same industry (trimmed, case-insensitive) or both in one of the
     /// configured industry groups.
     SimilarIndustry,
-    /// Both companies' `sharing_consent` contain the scope being asked for.
+    /// Each company has a consent record for the scope being asked for
+    /// that names the other (or `*`).
     ExplicitConsent,
     /// An open conflict flag exists between the two companies.
     PotentialConflictDetected,
@@ -242,12 +247,124 @@ fn check_condition(c: &Condition, at: &str, depth: usize) -> Result<(), Validati
     Ok(())
 }
 
-/// What [`decide`] looks at: the two companies and whether a conflict flag
-/// between them is open.
+/// The other side of a consent: one company, or every company the rules
+/// allow (`*`). Written as a company id or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Partner {
+    Any,
+    Company(CompanyId),
+}
+
+impl Partner {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        if s == "*" {
+            return Ok(Self::Any);
+        }
+        CompanyId::parse(s).map(Self::Company).map_err(|e| {
+            ValidationError::new("partner", format!("'*' or a company id: {}", e.message))
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Any => "*",
+            Self::Company(c) => c.as_str(),
+        }
+    }
+
+    /// Whether this partner is (or includes) `company`.
+    pub fn covers(&self, company: &CompanyId) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Company(c) => c == company,
+        }
+    }
+}
+
+impl TryFrom<String> for Partner {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, ValidationError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Partner> for String {
+    fn from(p: Partner) -> String {
+        p.as_str().to_owned()
+    }
+}
+
+impl std::fmt::Display for Partner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A company's consent to exchange published items of `scope` with
+/// `partner`: to give it its own, and to take its. Sharing needs one on
+/// each side.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Consent {
+    /// A scope name, such as process_templates.
+    pub scope: String,
+    /// A company id, or `*` for every company the rules allow.
+    #[schema(value_type = String, example = "*")]
+    pub partner: Partner,
+}
+
+impl Consent {
+    pub fn validate(&self, company: &CompanyId) -> Result<(), ValidationError> {
+        check_scope_name(&self.scope, "scope")?;
+        if self.partner == Partner::Company(company.clone()) {
+            return Err(ValidationError::new(
+                "partner",
+                "a company does not consent to share with itself",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A scope name as the rules spell them: 1 to 64 lowercase letters,
+/// digits or '_'.
+pub fn check_scope_name(scope: &str, field: &str) -> Result<(), ValidationError> {
+    if is_name(scope) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            "must be 1 to 64 lowercase letters, digits or '_'",
+        ))
+    }
+}
+
+/// One side of a sharing decision: who, its profile, its consents.
+#[derive(Debug, Clone, Copy)]
+pub struct Party<'a> {
+    pub id: &'a CompanyId,
+    pub profile: &'a CompanyProfile,
+    pub consents: &'a [Consent],
+}
+
+impl Party<'_> {
+    /// The consent of this party that covers `scope` with `other`: one
+    /// naming `other` first, else a `*`.
+    pub fn consent_for(&self, scope: &str, other: &CompanyId) -> Option<&Consent> {
+        let of_scope = || self.consents.iter().filter(|c| c.scope == scope);
+        of_scope()
+            .find(|c| c.partner == Partner::Company(other.clone()))
+            .or_else(|| of_scope().find(|c| c.partner == Partner::Any))
+    }
+}
+
+/// What [`decide`] looks at: the two companies, their consents, and
+/// whether a conflict flag between them is open.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
-    pub a: &'a CompanyProfile,
-    pub b: &'a CompanyProfile,
+    pub a: Party<'a>,
+    pub b: Party<'a>,
     pub conflict_open: bool,
 }
 
@@ -283,7 +400,10 @@ pub struct Verdict {
 /// 2. an open conflict with no flag rule for it: the same, by a built-in
 ///    guard, so removing the conflict rule from configuration cannot open
 ///    sharing between companies in conflict;
-/// 3. the first allow rule for exactly `scope` whose condition holds;
+/// 3. the first allow rule for exactly `scope` whose condition holds,
+///    if both companies consent to exchange the scope with each other
+///    (a built-in guard too: a rule that does not ask for consent cannot
+///    share without it);
 /// 4. otherwise the default, deny, saying why each rule did not apply.
 ///
 /// Symmetric: swapping `a` and `b` gives an equal verdict, reason included.
@@ -325,11 +445,24 @@ pub fn decide(rules: &SharingRules, facts: &Facts, scope: &str) -> Verdict {
         {
             let (holds, why) = ev.eval(&rule.condition);
             if holds {
+                let (consent, consents) = ev.consent();
+                if !consent {
+                    return Verdict {
+                        allowed: false,
+                        flagged_for_review: false,
+                        rule: None,
+                        reason: format!(
+                            "rule {} would allow scope {scope}: {why}; but sharing needs \
+                             both companies' consent (built-in guard): {consents}",
+                            rule.name
+                        ),
+                    };
+                }
                 return Verdict {
                     allowed: true,
                     flagged_for_review: false,
                     rule: Some(rule.name.clone()),
-                    reason: format!("rule {} allows scope {scope}: {why}", rule.name),
+                    reason: format!("rule {} allows scope {scope}: {why}; {consents}", rule.name),
                 };
             }
         }
@@ -396,7 +529,10 @@ impl Evaluator<'_> {
                 }
             }
             Condition::SameJurisdiction => {
-                let (x, y) = sorted(&self.facts.a.jurisdiction, &self.facts.b.jurisdiction);
+                let (x, y) = sorted(
+                    &self.facts.a.profile.jurisdiction,
+                    &self.facts.b.profile.jurisdiction,
+                );
                 let v = x == y;
                 let detail = if v {
                     x.to_owned()
@@ -406,8 +542,8 @@ impl Evaluator<'_> {
                 (v, format!("same_jurisdiction = {v} ({detail})"))
             }
             Condition::SimilarIndustry => {
-                let a = norm(&self.facts.a.industry);
-                let b = norm(&self.facts.b.industry);
+                let a = norm(&self.facts.a.profile.industry);
+                let b = norm(&self.facts.b.profile.industry);
                 let (x, y) = sorted(&a, &b);
                 if x == y {
                     return (true, format!("similar_industry = true (both {x})"));
@@ -431,27 +567,48 @@ impl Evaluator<'_> {
                     ),
                 }
             }
-            Condition::ExplicitConsent => {
-                let scope = self.scope;
-                let missing = [self.facts.a, self.facts.b]
-                    .iter()
-                    .filter(|p| !p.sharing_consent.contains(scope))
-                    .count();
-                let detail = match missing {
-                    0 => "both companies consent",
-                    1 => "consent missing on one side",
-                    _ => "consent missing on both sides",
-                };
-                (
-                    missing == 0,
-                    format!("explicit_consent({scope}) = {} ({detail})", missing == 0),
-                )
-            }
+            Condition::ExplicitConsent => self.consent(),
             Condition::PotentialConflictDetected => {
                 let v = self.facts.conflict_open;
                 (v, format!("potential_conflict_detected = {v}"))
             }
         }
+    }
+}
+
+impl Evaluator<'_> {
+    /// Whether each side has a consent for the scope covering the other,
+    /// and which consents decided, the two sides sorted so the sentence
+    /// does not depend on who asks.
+    fn consent(&self) -> (bool, String) {
+        let scope = self.scope;
+        let (a, b) = (&self.facts.a, &self.facts.b);
+        let sides = [
+            (a.id, a.consent_for(scope, b.id), b.id),
+            (b.id, b.consent_for(scope, a.id), a.id),
+        ];
+        let missing = sides.iter().filter(|(_, c, _)| c.is_none()).count();
+        let detail = match missing {
+            0 => "both companies consent".to_owned(),
+            1 => "consent missing on one side".to_owned(),
+            _ => "consent missing on both sides".to_owned(),
+        };
+        let mut records: Vec<String> = sides
+            .iter()
+            .map(|(who, c, other)| match c {
+                Some(c) => format!("{who} consents to {scope} with {}", c.partner),
+                None => format!("{who} has no consent to {scope} with {other} or *"),
+            })
+            .collect();
+        records.sort();
+        (
+            missing == 0,
+            format!(
+                "explicit_consent({scope}) = {} ({detail}: {})",
+                missing == 0,
+                records.join(", ")
+            ),
+        )
     }
 }
 
@@ -469,22 +626,72 @@ mod tests {
     use crate::company::NewCompany;
     use proptest::prelude::*;
 
-    fn company(industry: &str, jurisdiction: &str, consent: &[&str]) -> CompanyProfile {
-        let new: NewCompany = serde_json::from_value(serde_json::json!({
-            "id": "acme", "name": "Acme", "industry": industry,
-            "jurisdiction": jurisdiction, "sharing_consent": consent,
-        }))
-        .expect("valid json");
-        new.validate().expect("valid company").1
+    /// A company of the tests, with what a [`Party`] borrows.
+    #[derive(Debug, Clone)]
+    struct Owned {
+        id: CompanyId,
+        profile: CompanyProfile,
+        consents: Vec<Consent>,
     }
 
-    fn check(a: &CompanyProfile, b: &CompanyProfile, conflict: bool, scope: &str) -> Verdict {
+    impl Owned {
+        fn party(&self) -> Party<'_> {
+            Party {
+                id: &self.id,
+                profile: &self.profile,
+                consents: &self.consents,
+            }
+        }
+
+        /// Also consents to `scope` with `partner` alone.
+        fn with(mut self, scope: &str, partner: &Owned) -> Self {
+            self.consents.push(Consent {
+                scope: scope.into(),
+                partner: Partner::Company(partner.id.clone()),
+            });
+            self
+        }
+    }
+
+    fn facts<'a>(a: &'a Owned, b: &'a Owned, conflict_open: bool) -> Facts<'a> {
+        Facts {
+            a: a.party(),
+            b: b.party(),
+            conflict_open,
+        }
+    }
+
+    /// A company named after its industry and jurisdiction ("fintech-us-de")
+    /// consenting to each of `consent` with every partner (`*`).
+    fn company(industry: &str, jurisdiction: &str, consent: &[&str]) -> Owned {
+        let id: String = format!("{}-{}", industry.trim(), jurisdiction)
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let new: NewCompany = serde_json::from_value(serde_json::json!({
+            "id": id, "name": "Acme", "industry": industry,
+            "jurisdiction": jurisdiction,
+        }))
+        .expect("valid json");
+        let (id, profile) = new.validate().expect("valid company");
+        let consents = consent
+            .iter()
+            .map(|s| Consent {
+                scope: (*s).into(),
+                partner: Partner::Any,
+            })
+            .collect();
+        Owned {
+            id,
+            profile,
+            consents,
+        }
+    }
+
+    fn check(a: &Owned, b: &Owned, conflict: bool, scope: &str) -> Verdict {
         let rules = SharingRules::default();
-        let facts = Facts {
-            a,
-            b,
-            conflict_open: conflict,
-        };
+        let facts = facts(a, b, conflict);
         let v = decide(&rules, &facts, scope);
         assert_eq!(v, decide(&rules, &facts.swapped(), scope), "not symmetric");
         v
@@ -495,15 +702,19 @@ mod tests {
 
     #[test]
     fn rule_table() {
-        let fintech_de = company("fintech", "US-DE", &[]);
-        let payments_de = company(" Payments ", "US-DE", &[TEMPLATES]);
-        let fintech_ca = company("fintech", "US-CA", &[TEMPLATES]);
+        let fintech_de = company("fintech", "US-DE", &[LEGAL]);
+        let payments_de = company(" Payments ", "US-DE", &[TEMPLATES, LEGAL]);
+        let fintech_ca = company("fintech", "US-CA", &[TEMPLATES, LEGAL]);
         let saas_de = company("saas", "US-DE", &[TEMPLATES]);
         let saas_gb = company("SaaS", "GB", &[TEMPLATES, LEGAL]);
+        // The legal rule holds for these two and fintech_de, but: no
+        // consent at all; a consent naming fintech_de only.
+        let bank_de = company("banking", "US-DE", &[]);
+        let lending_de = company("lending", "US-DE", &[]).with(LEGAL, &fintech_de);
         // (a, b, conflict open, scope, allowed, flagged, deciding rule)
         type Row<'a> = (
-            &'a CompanyProfile,
-            &'a CompanyProfile,
+            &'a Owned,
+            &'a Owned,
             bool,
             &'a str,
             bool,
@@ -588,6 +799,19 @@ mod tests {
             ),
             // Nothing in common at all: default deny.
             (&fintech_ca, &saas_de, false, LEGAL, false, false, None),
+            // The legal rule holds, but only one side consents.
+            (&fintech_de, &bank_de, false, LEGAL, false, false, None),
+            // A consent naming one partner: that partner only.
+            (
+                &fintech_de,
+                &lending_de,
+                false,
+                LEGAL,
+                true,
+                false,
+                Some("legal_precedent_sharing"),
+            ),
+            (&payments_de, &lending_de, false, LEGAL, false, false, None),
         ];
         for (i, (a, b, conflict, scope, allowed, flagged, rule)) in table.into_iter().enumerate() {
             let v = check(a, b, conflict, scope);
@@ -632,19 +856,68 @@ mod tests {
         let v = check(&a, &b, false, TEMPLATES);
         assert!(
             v.reason.contains(
-                "explicit_consent(process_templates) = false (consent missing on one side)"
+                "explicit_consent(process_templates) = false (consent missing on one side: \
+                 fintech-us-de consents to process_templates with *, \
+                 saas-us-ca has no consent to process_templates with fintech-us-de or *)"
             ),
             "{}",
             v.reason
         );
 
+        // The consent guard names the rule it stopped and both sides.
         let c = company("banking", "US-DE", &[]);
+        let v = check(&a, &c, false, LEGAL);
+        assert_eq!(
+            v.reason,
+            "rule legal_precedent_sharing would allow scope anonymized_legal_patterns: \
+             (same_jurisdiction = true (US-DE) AND \
+             similar_industry = true (banking and fintech are in group fintech)); \
+             but sharing needs both companies' consent (built-in guard): \
+             explicit_consent(anonymized_legal_patterns) = false (consent missing on both sides: \
+             banking-us-de has no consent to anonymized_legal_patterns with fintech-us-de or *, \
+             fintech-us-de has no consent to anonymized_legal_patterns with banking-us-de or *)"
+        );
+        // Allowed: the rule and the consents that decided.
+        let c = c.with(LEGAL, &a);
+        let a = a.with(LEGAL, &c);
         let v = check(&a, &c, false, LEGAL);
         assert_eq!(
             v.reason,
             "rule legal_precedent_sharing allows scope anonymized_legal_patterns: \
              (same_jurisdiction = true (US-DE) AND \
-             similar_industry = true (banking and fintech are in group fintech))"
+             similar_industry = true (banking and fintech are in group fintech)); \
+             explicit_consent(anonymized_legal_patterns) = true (both companies consent: \
+             banking-us-de consents to anonymized_legal_patterns with fintech-us-de, \
+             fintech-us-de consents to anonymized_legal_patterns with banking-us-de)"
+        );
+    }
+
+    #[test]
+    fn consents_read_and_check() {
+        let acme = CompanyId::parse("acme").expect("id");
+        let c: Consent = serde_json::from_value(
+            serde_json::json!({"scope": "process_templates", "partner": "*"}),
+        )
+        .expect("json");
+        assert_eq!(c.partner, Partner::Any);
+        c.validate(&acme).expect("valid");
+        let own = Consent {
+            scope: "process_templates".into(),
+            partner: Partner::Company(acme.clone()),
+        };
+        assert_eq!(own.validate(&acme).expect_err("self").field, "partner");
+        let bad = Consent {
+            scope: "Bad Scope".into(),
+            partner: Partner::Any,
+        };
+        assert_eq!(bad.validate(&acme).expect_err("scope").field, "scope");
+        let e = serde_json::from_value::<Consent>(
+            serde_json::json!({"scope": "s", "partner": "Not An Id"}),
+        );
+        assert!(e.is_err());
+        assert_eq!(
+            serde_json::to_value(&c).expect("json"),
+            serde_json::json!({"scope": "process_templates", "partner": "*"})
         );
     }
 
@@ -653,11 +926,7 @@ mod tests {
         let mut rules = SharingRules::default();
         rules.rules.retain(|r| r.name != "conflict_prevention");
         let a = company("fintech", "US-DE", &[TEMPLATES]);
-        let facts = Facts {
-            a: &a,
-            b: &a,
-            conflict_open: true,
-        };
+        let facts = facts(&a, &a, true);
         let v = decide(&rules, &facts, TEMPLATES);
         assert!(
             !v.allowed && v.flagged_for_review && v.rule.is_none(),
@@ -682,15 +951,7 @@ mod tests {
             ..SharingRules::default()
         };
         let a = company("fintech", "US-DE", &[TEMPLATES]);
-        let v = decide(
-            &rules,
-            &Facts {
-                a: &a,
-                b: &a,
-                conflict_open: false,
-            },
-            TEMPLATES,
-        );
+        let v = decide(&rules, &facts(&a, &a, false), TEMPLATES);
         assert!(!v.allowed && !v.flagged_for_review);
         assert_eq!(
             v.reason,
@@ -819,7 +1080,31 @@ mod tests {
         ok.validate().expect("unknown industries are fine");
     }
 
-    fn profile_strategy() -> impl Strategy<Value = CompanyProfile> {
+    /// One of three companies (a, b, c), each consenting to some scopes,
+    /// with every partner or with one of the three.
+    fn party_strategy() -> impl Strategy<Value = Owned> {
+        let ids = prop::sample::select(vec!["aa", "bb", "cc"]);
+        let consent = (
+            prop::sample::select(vec![LEGAL, TEMPLATES, "playbooks"]),
+            prop::sample::select(vec!["*", "aa", "bb", "cc"]),
+        )
+            .prop_map(|(scope, partner)| Consent {
+                scope: scope.into(),
+                partner: Partner::parse(partner).expect("partner"),
+            });
+        (
+            profile_strategy(),
+            ids,
+            prop::collection::vec(consent, 0..4),
+        )
+            .prop_map(|(o, id, consents)| Owned {
+                id: CompanyId::parse(id).expect("id"),
+                consents,
+                ..o
+            })
+    }
+
+    fn profile_strategy() -> impl Strategy<Value = Owned> {
         let industries = prop::sample::select(vec![
             "fintech",
             "Banking",
@@ -830,8 +1115,7 @@ mod tests {
             "mining",
         ]);
         let jurisdictions = prop::sample::select(vec!["US-DE", "US-CA", "US", "GB", "DE-BY"]);
-        let consent = prop::sample::subsequence(vec![LEGAL, TEMPLATES, "playbooks"], 0..=3);
-        (industries, jurisdictions, consent).prop_map(|(i, j, c)| company(i, j, &c))
+        (industries, jurisdictions).prop_map(|(i, j)| company(i, j, &[]))
     }
 
     fn scope_strategy() -> impl Strategy<Value = &'static str> {
@@ -888,31 +1172,29 @@ mod tests {
         #[test]
         fn decide_is_symmetric(
             rules in rules_strategy(),
-            a in profile_strategy(),
-            b in profile_strategy(),
+            a in party_strategy(),
+            b in party_strategy(),
             conflict in any::<bool>(),
             scope in scope_strategy(),
         ) {
-            let facts = Facts { a: &a, b: &b, conflict_open: conflict };
+            let facts = facts(&a, &b, conflict);
             prop_assert_eq!(decide(&rules, &facts, scope), decide(&rules, &facts.swapped(), scope));
         }
 
         #[test]
         fn default_rules_deny_unless_a_rule_holds(
-            a in profile_strategy(),
-            b in profile_strategy(),
+            a in party_strategy(),
+            b in party_strategy(),
             conflict in any::<bool>(),
             scope in scope_strategy(),
         ) {
-            let facts = Facts { a: &a, b: &b, conflict_open: conflict };
-            let v = decide(&SharingRules::default(), &facts, scope);
+            let v = decide(&SharingRules::default(), &facts(&a, &b, conflict), scope);
             let legal = scope == LEGAL
-                && a.jurisdiction == b.jurisdiction
-                && similar_by_hand(&a.industry, &b.industry);
-            let templates = scope == TEMPLATES
-                && a.sharing_consent.contains(scope)
-                && b.sharing_consent.contains(scope);
-            prop_assert_eq!(v.allowed, !conflict && (legal || templates), "{}", v.reason);
+                && a.profile.jurisdiction == b.profile.jurisdiction
+                && similar_by_hand(&a.profile.industry, &b.profile.industry);
+            let templates = scope == TEMPLATES;
+            let consent = consent_by_hand(&a, &b, scope);
+            prop_assert_eq!(v.allowed, !conflict && consent && (legal || templates), "{}", v.reason);
             prop_assert_eq!(v.flagged_for_review, conflict);
             prop_assert_eq!(v.rule.is_none(), !v.allowed && !conflict);
         }
@@ -920,12 +1202,13 @@ mod tests {
         #[test]
         fn any_rules_decide_as_written(
             rules in rules_strategy(),
-            a in profile_strategy(),
-            b in profile_strategy(),
+            a in party_strategy(),
+            b in party_strategy(),
             conflict in any::<bool>(),
             scope in scope_strategy(),
         ) {
-            let v = decide(&rules, &Facts { a: &a, b: &b, conflict_open: conflict }, scope);
+            let v = decide(&rules, &facts(&a, &b, conflict), scope);
+            let consent = consent_by_hand(&a, &b, scope);
             let holds = |c: &Condition| holds_by_hand(c, &a, &b, conflict, scope);
             let flag = rules.rules.iter().find(|r| {
                 r.result == RuleResult::FlagForHumanReview && holds(&r.condition)
@@ -936,7 +1219,8 @@ mod tests {
             let expected = match (flag, conflict, allow) {
                 (Some(r), _, _) => (false, true, Some(r.name.as_str())),
                 (None, true, _) => (false, true, None),
-                (None, false, Some(r)) => (true, false, Some(r.name.as_str())),
+                (None, false, Some(r)) if consent => (true, false, Some(r.name.as_str())),
+                (None, false, Some(_)) => (false, false, None),
                 (None, false, None) => (false, false, None),
             };
             let got = (v.allowed, v.flagged_for_review, v.rule.as_deref());
@@ -944,21 +1228,24 @@ mod tests {
         }
     }
 
-    fn holds_by_hand(
-        c: &Condition,
-        a: &CompanyProfile,
-        b: &CompanyProfile,
-        conflict: bool,
-        scope: &str,
-    ) -> bool {
+    /// Each side has a consent for the scope naming the other or `*`.
+    fn consent_by_hand(a: &Owned, b: &Owned, scope: &str) -> bool {
+        let gives = |x: &Owned, y: &Owned| {
+            x.consents.iter().any(|c| {
+                c.scope == scope
+                    && (c.partner == Partner::Any || c.partner == Partner::Company(y.id.clone()))
+            })
+        };
+        gives(a, b) && gives(b, a)
+    }
+
+    fn holds_by_hand(c: &Condition, a: &Owned, b: &Owned, conflict: bool, scope: &str) -> bool {
         match c {
             Condition::All(cs) => cs.iter().all(|c| holds_by_hand(c, a, b, conflict, scope)),
             Condition::Any(cs) => cs.iter().any(|c| holds_by_hand(c, a, b, conflict, scope)),
-            Condition::SameJurisdiction => a.jurisdiction == b.jurisdiction,
-            Condition::SimilarIndustry => similar_by_hand(&a.industry, &b.industry),
-            Condition::ExplicitConsent => {
-                a.sharing_consent.contains(scope) && b.sharing_consent.contains(scope)
-            }
+            Condition::SameJurisdiction => a.profile.jurisdiction == b.profile.jurisdiction,
+            Condition::SimilarIndustry => similar_by_hand(&a.profile.industry, &b.profile.industry),
+            Condition::ExplicitConsent => consent_by_hand(a, b, scope),
             Condition::PotentialConflictDetected => conflict,
         }
     }

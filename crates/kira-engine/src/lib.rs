@@ -115,7 +115,7 @@ struct Inner {
     /// Ends of runs waiting to be recorded together.
     completions: worker::Completions,
     /// The company directory as of a directory version (see `sharing`).
-    directory: std::sync::Mutex<Option<(i64, Arc<Vec<kira_core::company::Company>>)>>,
+    directory: std::sync::Mutex<Option<(i64, Arc<sharing::Directory>)>>,
     /// Held while the directory is read again, so runs that find it stale
     /// at the same moment (the first wave after a start) read it once.
     directory_reload: tokio::sync::Mutex<()>,

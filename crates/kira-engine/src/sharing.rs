@@ -1,12 +1,16 @@
-//! Cross-company sharing as the engine applies it: the explainer (which
-//! rule decides for two companies and a scope, and why), conflict
-//! detection, the anonymised items a context pack takes from other
+//! Cross-company sharing as the engine applies it: publishing (a company
+//! marks one of its memories shareable for a scope; the anonymised text is
+//! made then and stored), consents (an admin records that a company
+//! exchanges a scope with a partner or with `*`), the explainer (which rule
+//! and which consents decide for two companies and a scope, and why),
+//! conflict detection, the published items a context pack takes from other
 //! companies, and the count of denied cross-company reads, a security
 //! signal.
 //!
 //! Every cross-company read here goes through the other company's own
 //! scope, made on the system principal's admin path, and is audited under
-//! that company's id; nothing but an anonymised copy leaves this module.
+//! that company's id; it reads only the other company's published items,
+//! never its memories.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -21,10 +25,11 @@ use kira_core::conflict::{
     Conflict, NameKind, is_contract_event, listed_names, text_name_candidates,
 };
 use kira_core::memory::{Memory, new_memory_id};
+use kira_core::sharing::{Consent, Partner, Party, check_scope_name};
 use kira_core::sharing::{Facts, Verdict, decide};
 use kira_core::{CompanyId, ValidationError};
 use kira_store::conflicts::{MENTION_SCAN_MAX_KEYS, SCAN_MAX_KEYS};
-use kira_store::memory::{MemoryFilter, TextHit};
+use kira_store::sharing::{ConsentRecord, MAX_LIVE_ITEMS, SharedFilter, SharedItem};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -33,7 +38,7 @@ use crate::memory::pack;
 use crate::{Engine, EngineError};
 
 /// The most people and counterparties of one company the anonymiser is
-/// given for a copy of its memories.
+/// given when one of its memories is published.
 const MAX_REDACTED_NAMES: u32 = 5_000;
 
 /// The explainer's answer.
@@ -49,18 +54,27 @@ pub struct SharingCheck {
 
 /// A scope name as the rules spell them.
 fn check_scope(scope: &str) -> Result<(), ValidationError> {
-    let ok = !scope.is_empty()
-        && scope.len() <= 64
-        && scope
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
-            "scope",
-            "must be 1 to 64 lowercase letters, digits or '_'",
-        ))
+    check_scope_name(scope, "scope")
+}
+
+/// The companies and every company's consents, as of a directory version.
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    companies: Vec<Company>,
+    consents: BTreeMap<CompanyId, Vec<Consent>>,
+}
+
+impl Directory {
+    fn consents(&self, company: &CompanyId) -> &[Consent] {
+        self.consents.get(company).map_or(&[], Vec::as_slice)
+    }
+
+    fn party<'a>(&'a self, c: &'a Company) -> Party<'a> {
+        Party {
+            id: &c.id,
+            profile: &c.profile,
+            consents: self.consents(&c.id),
+        }
     }
 }
 
@@ -80,12 +94,36 @@ impl Engine {
             return Err(ValidationError::new("b", "must be another company than a").into());
         }
         let store = self.store();
-        let pa = store.get_company(&admin.company(a, Access::Read)).await?;
-        let pb = store.get_company(&admin.company(b, Access::Read)).await?;
+        let (sa, sb) = (
+            admin.company(a, Access::Read),
+            admin.company(b, Access::Read),
+        );
+        let pa = store.get_company(&sa).await?;
+        let pb = store.get_company(&sb).await?;
+        let ca: Vec<Consent> = store
+            .list_consents(&sa)
+            .await?
+            .iter()
+            .map(ConsentRecord::consent)
+            .collect();
+        let cb: Vec<Consent> = store
+            .list_consents(&sb)
+            .await?
+            .iter()
+            .map(ConsentRecord::consent)
+            .collect();
         let conflict_open = store.conflict_open(admin, a, b).await?;
         let facts = Facts {
-            a: &pa.profile,
-            b: &pb.profile,
+            a: Party {
+                id: a,
+                profile: &pa.profile,
+                consents: &ca,
+            },
+            b: Party {
+                id: b,
+                profile: &pb.profile,
+                consents: &cb,
+            },
             conflict_open,
         };
         Ok(SharingCheck {
@@ -95,6 +133,154 @@ impl Engine {
             conflict_open,
             verdict: decide(&self.config().sharing, &facts, scope),
         })
+    }
+
+    /// Publishes memory `memory_id` of the scope's company for `task_scope`:
+    /// its anonymised text (the company's name, id and contacts, every
+    /// person and counterparty its memories list, and whatever the
+    /// anonymiser's scanners find, replaced) is stored, and is all another
+    /// company will ever receive of it. `by` names who published. NotFound
+    /// for a memory the company does not have; Conflict when it is already
+    /// published for the scope.
+    pub async fn publish_shared(
+        &self,
+        scope: &CompanyScope,
+        memory_id: Uuid,
+        task_scope: &str,
+        by: &str,
+        audit: AuditRecord,
+    ) -> Result<SharedItem, EngineError> {
+        check_scope(task_scope)?;
+        let store = self.store();
+        let memory = store.get_memory(scope, memory_id).await?;
+        let company = store.get_company(scope).await?;
+        let mut redact = Redactions::of_company(&company.id, &company.profile);
+        for (kind, name) in store.listed_names(scope, MAX_REDACTED_NAMES).await? {
+            match kind {
+                NameKind::Person => redact.people.push(name),
+                NameKind::Counterparty => redact.counterparties.push(name),
+            }
+        }
+        let now = self.clock().now();
+        let item = SharedItem {
+            id: new_memory_id(now),
+            scope: task_scope.to_owned(),
+            memory_id,
+            text: anonymise(&render_shared(&memory), &redact),
+            published_by: by.to_owned(),
+            published_at: now,
+            withdrawn_by: None,
+            withdrawn_at: None,
+        };
+        let audit = AuditRecord {
+            detail: format!(
+                "item {} of memory {memory_id} published for scope {task_scope}",
+                item.id
+            ),
+            ..audit
+        };
+        Ok(store.publish_item(scope, &item, audit).await?)
+    }
+
+    /// The scope's company's published items, newest first; `task_scope`
+    /// limits them to one scope.
+    pub async fn published_items(
+        &self,
+        scope: &CompanyScope,
+        task_scope: Option<&str>,
+        include_withdrawn: bool,
+    ) -> Result<Vec<SharedItem>, EngineError> {
+        if let Some(s) = task_scope {
+            check_scope(s)?;
+        }
+        let filter = SharedFilter {
+            scope: task_scope.map(str::to_owned),
+            include_withdrawn,
+            limit: MAX_LIVE_ITEMS,
+        };
+        Ok(self.store().list_shared_items(scope, &filter).await?)
+    }
+
+    /// Withdraws a published item: the next context pack of any company no
+    /// longer holds it.
+    pub async fn withdraw_shared(
+        &self,
+        scope: &CompanyScope,
+        item: Uuid,
+        by: &str,
+        audit: AuditRecord,
+    ) -> Result<SharedItem, EngineError> {
+        let audit = AuditRecord {
+            detail: format!("item {item} withdrawn"),
+            ..audit
+        };
+        Ok(self
+            .store()
+            .withdraw_item(scope, item, by, self.clock().now(), audit)
+            .await?)
+    }
+
+    /// A company's sharing consents (admin).
+    pub async fn consents(
+        &self,
+        admin: &AdminScope,
+        company: &CompanyId,
+    ) -> Result<Vec<ConsentRecord>, EngineError> {
+        let scope = admin.company(company, Access::Read);
+        self.store().get_company(&scope).await?;
+        Ok(self.store().list_consents(&scope).await?)
+    }
+
+    /// Records that `company` consents to exchange `consent.scope` with
+    /// `consent.partner` (admin). The partner must exist. The audit entry,
+    /// which the company's own keys can read, says whether the partner is
+    /// `*` or one company, not which.
+    pub async fn put_consent(
+        &self,
+        admin: &AdminScope,
+        company: &CompanyId,
+        consent: &Consent,
+        by: &str,
+        audit: AuditRecord,
+    ) -> Result<ConsentRecord, EngineError> {
+        consent.validate(company)?;
+        let store = self.store();
+        let scope = admin.company(company, Access::Write);
+        store.get_company(&scope).await?;
+        if let Partner::Company(p) = &consent.partner {
+            match store.get_company(&admin.company(p, Access::Read)).await {
+                Ok(_) => {}
+                Err(kira_store::StoreError::NotFound) => {
+                    return Err(ValidationError::new("partner", "no such company").into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let audit = AuditRecord {
+            detail: consent_detail("given", consent),
+            ..audit
+        };
+        Ok(store
+            .put_consent(&scope, consent, by, self.clock().now(), audit)
+            .await?)
+    }
+
+    /// Takes a consent back (admin): sharing it allowed stops with the
+    /// next context pack. NotFound when there is no such consent.
+    pub async fn delete_consent(
+        &self,
+        admin: &AdminScope,
+        company: &CompanyId,
+        consent: &Consent,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        check_scope(&consent.scope)?;
+        let scope = admin.company(company, Access::Write);
+        let audit = AuditRecord {
+            detail: consent_detail("withdrawn", consent),
+            ..audit
+        };
+        Ok(self.store().delete_consent(&scope, consent, audit).await?)
     }
 
     /// Opens a conflict flag for each counterparty that `memories` (just
@@ -199,13 +385,13 @@ impl Engine {
         Ok(flags)
     }
 
-    /// Items for a context pack's shared section: the best full-text hits
-    /// for `query` among the memories of every other active company whose
-    /// pair with the scope's company the rules allow `task_scope` for (open
-    /// conflicts included), at most `k` in all, each an anonymised copy
-    /// (the company's name and id, its contacts, the people and
-    /// counterparties its memories list, emails, phones, amounts and exact
-    /// dates replaced) whose id, `shared:<hash>`, names no company.
+    /// Items for a context pack's shared section: the published items of
+    /// `task_scope` that best match `query`, of every other active company
+    /// whose pair with the scope's company the rules allow `task_scope` for
+    /// (open conflicts and both sides' consents included), at most `k` in
+    /// all. An item's text is what its owner published, anonymised at
+    /// publication; its id, `shared:<hash>`, names no company. No memory of
+    /// another company is read.
     ///
     /// Items rank by score (each partner's best hit scores 1), ties going
     /// to the partner listed first; partners are searched, a few at once,
@@ -230,19 +416,33 @@ impl Engine {
         let me = scope.company();
         // The company itself from the kept directory (one small read when
         // nothing changed); an archived one is not listed there.
-        let companies = self.directory(&admin).await?;
-        let own = match companies.iter().find(|c| &c.id == me) {
+        let directory = self.directory(&admin).await?;
+        let own = match directory.companies.iter().find(|c| &c.id == me) {
             Some(c) => c.clone(),
             None => store.get_company(scope).await?,
         };
+        // Without a consent of its own to the scope, a company receives
+        // nothing: no cross-company read at all.
+        if !directory.consents(me).iter().any(|c| c.scope == task_scope) {
+            return Ok(Vec::new());
+        }
         // Conditions have no negation, so they are monotone in their atoms,
         // and no partner makes more atoms true than the company itself does
-        // (same jurisdiction and industry; consent needs both sides). If
+        // with consent on both sides (same jurisdiction and industry). If
         // the company could not share the scope with itself, it shares it
-        // with nobody: no cross-company read at all.
+        // with nobody.
+        let any = [Consent {
+            scope: task_scope.to_owned(),
+            partner: Partner::Any,
+        }];
+        let itself = Party {
+            id: me,
+            profile: &own.profile,
+            consents: &any,
+        };
         let best = Facts {
-            a: &own.profile,
-            b: &own.profile,
+            a: itself,
+            b: itself,
             conflict_open: false,
         };
         if !decide(rules, &best, task_scope).allowed {
@@ -262,7 +462,7 @@ impl Engine {
             .shared_search(
                 scope,
                 &own,
-                &companies,
+                &directory,
                 task_scope,
                 query,
                 k,
@@ -283,7 +483,7 @@ impl Engine {
         &self,
         scope: &CompanyScope,
         own: &Company,
-        companies: &[Company],
+        directory: &Directory,
         task_scope: &str,
         query: &str,
         k: usize,
@@ -299,14 +499,17 @@ impl Engine {
             .await?
             .into_iter()
             .collect();
-        let limit = u32::try_from(k).unwrap_or(u32::MAX);
+        let words = query_words(query);
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
         let max_companies = self.config().memory.context.shared_companies as usize;
         // (partner's place in the listing, the candidate), in the partner's
         // own best-first order.
         let mut found: Vec<(usize, pack::Candidate)> = Vec::new();
         let mut searched = 0usize;
         // Collected, not a lazy filter: the future must stay Send.
-        let partners: Vec<&Company> = companies.iter().filter(|c| &c.id != me).collect();
+        let partners: Vec<&Company> = directory.companies.iter().filter(|c| &c.id != me).collect();
         let mut next = 0usize;
         loop {
             // Each partner's best hit scores 1 and ties go to the earlier
@@ -327,8 +530,8 @@ impl Engine {
                 let place = next;
                 next += 1;
                 let facts = Facts {
-                    a: &own.profile,
-                    b: &other.profile,
+                    a: directory.party(own),
+                    b: directory.party(other),
                     conflict_open: blocked.contains(&other.id),
                 };
                 let verdict = decide(rules, &facts, task_scope);
@@ -350,64 +553,50 @@ impl Engine {
                 break;
             }
             searched += wave.len();
-            let results: Vec<Vec<TextHit>> = try_join_all(wave.iter().map(|(_, other, _)| {
+            // Each partner's live items of the scope, read through its own
+            // scope: what it published, never its memories.
+            let filter = SharedFilter {
+                scope: Some(task_scope.to_owned()),
+                include_withdrawn: false,
+                limit: MAX_LIVE_ITEMS,
+            };
+            let results: Vec<Vec<SharedItem>> = try_join_all(wave.iter().map(|(_, other, _)| {
                 let theirs = admin.company(&other.id, Access::Read);
-                async move {
-                    store
-                        .search_memories(&theirs, query, &MemoryFilter::default(), limit)
-                        .await
-                }
+                let filter = &filter;
+                async move { store.list_shared_items(&theirs, filter).await }
             }))
             .await?;
-            // The names to redact, for each partner with hits, read together.
-            let names: Vec<Vec<(NameKind, String)>> =
-                try_join_all(wave.iter().zip(&results).map(|((_, other, _), hits)| {
-                    let theirs = admin.company(&other.id, Access::Read);
-                    let any = !hits.is_empty();
-                    async move {
-                        if any {
-                            store.listed_names(&theirs, MAX_REDACTED_NAMES).await
-                        } else {
-                            Ok(Vec::new())
-                        }
-                    }
-                }))
-                .await?;
-            for (((place, other, verdict), hits), names) in wave.into_iter().zip(results).zip(names)
-            {
+            for ((place, other, verdict), items) in wave.into_iter().zip(results) {
+                let mut hits: Vec<(f64, SharedItem)> = items
+                    .into_iter()
+                    .filter_map(|item| {
+                        let score = match_score(&words, &item.text);
+                        (score > 0.0).then_some((score, item))
+                    })
+                    .collect();
+                // Best first; at equal scores the newer item (as listed).
+                hits.sort_by(|a, b| b.0.total_cmp(&a.0));
+                hits.truncate(k);
                 audits.push(system_record(
                     now,
-                    "memory.shared_read",
+                    "sharing.read",
                     Some(other.id.clone()),
                     format!("company:{me}"),
                     format!(
-                        "{} anonymised item(s) of scope {task_scope} for {me}, rule {}",
+                        "{} published item(s) of scope {task_scope} for {me}, rule {}",
                         hits.len(),
                         verdict.rule.as_deref().unwrap_or("-")
                     ),
                 ));
-                if hits.is_empty() {
-                    continue;
-                }
-                let mut redact = Redactions::of_company(&other.id, &other.profile);
-                for (kind, name) in names {
-                    match kind {
-                        NameKind::Person => redact.people.push(name),
-                        NameKind::Counterparty => redact.counterparties.push(name),
-                    }
-                }
-                let best = hits
-                    .iter()
-                    .map(|h| h.relevance)
-                    .fold(f64::MIN_POSITIVE, f64::max);
-                for h in hits {
+                let best = hits.first().map_or(1.0, |(s, _)| *s);
+                for (score, item) in hits {
                     found.push((
                         place,
                         pack::Candidate {
-                            id: shared_id(&other.id, h.memory.id),
+                            id: shared_id(&other.id, item.id),
                             layer: None,
-                            score: (h.relevance / best).clamp(f64::MIN_POSITIVE, 1.0),
-                            text: anonymise(&render_shared(&h.memory), &redact),
+                            score: (score / best).clamp(f64::MIN_POSITIVE, 1.0),
+                            text: item.text,
                         },
                     ));
                 }
@@ -419,13 +608,14 @@ impl Engine {
     }
 
     /// Every active company, as [`kira_store::CompanyStore::company_directory`]
-    /// has them: kept, and read again only when the store's directory
-    /// version moved (any company made, changed, archived or deleted, by
-    /// any process), so a pack pays one small read instead of the listing.
+    /// has them, and every company's consents: kept, and read again only
+    /// when the store's directory version moved (any company made, changed,
+    /// archived or deleted, any consent given or taken back, by any
+    /// process), so a pack pays one small read instead of the listings.
     async fn directory(
         &self,
         admin: &kira_core::auth::AdminScope,
-    ) -> Result<Arc<Vec<Company>>, EngineError> {
+    ) -> Result<Arc<Directory>, EngineError> {
         let store = self.store();
         let version = store.directory_version().await?;
         let kept = |version| {
@@ -443,12 +633,20 @@ impl Engine {
             return Ok(companies);
         }
         // Read after the version: a change in between is seen next time.
-        let companies = Arc::new(store.company_directory(admin).await?);
-        *self.kept_directory() = Some((version, companies.clone()));
-        Ok(companies)
+        let companies = store.company_directory(admin).await?;
+        let mut consents: BTreeMap<CompanyId, Vec<Consent>> = BTreeMap::new();
+        for (company, consent) in store.consent_directory(admin).await? {
+            consents.entry(company).or_default().push(consent);
+        }
+        let directory = Arc::new(Directory {
+            companies,
+            consents,
+        });
+        *self.kept_directory() = Some((version, directory.clone()));
+        Ok(directory)
     }
 
-    fn kept_directory(&self) -> std::sync::MutexGuard<'_, Option<(i64, Arc<Vec<Company>>)>> {
+    fn kept_directory(&self) -> std::sync::MutexGuard<'_, Option<(i64, Arc<Directory>)>> {
         self.inner
             .directory
             .lock()
@@ -553,10 +751,75 @@ fn system_record(
 
 /// A shared item's id: a hash of its origin, so a pack can tell items
 /// apart without learning which company they came from.
-fn shared_id(company: &CompanyId, memory: Uuid) -> String {
-    let digest = sha256(format!("shared\u{1f}{company}\u{1f}{memory}").as_bytes());
+fn shared_id(company: &CompanyId, item: Uuid) -> String {
+    let digest = sha256(format!("shared\u{1f}{company}\u{1f}{item}").as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("shared:{hex}")
+}
+
+/// An audit detail for a consent that names no other company.
+fn consent_detail(what: &str, c: &Consent) -> String {
+    let partner = match c.partner {
+        Partner::Any => "every partner the rules allow (*)",
+        Partner::Company(_) => "one named partner",
+    };
+    format!(
+        "consent to exchange scope {} with {partner} {what}",
+        c.scope
+    )
+}
+
+/// The words of a query or a published text, lower case, each once; the
+/// anonymiser's placeholders (`[NAME]`, `[COMPANY]`) are not words.
+fn query_words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut rest = text;
+    let mut plain = String::with_capacity(text.len());
+    // Placeholders out first: "[COMPANY]" must not match a query's "company".
+    while let Some(open) = rest.find('[') {
+        plain.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find(']') {
+            Some(close) if after[..close].chars().all(|c| c.is_ascii_uppercase()) => {
+                plain.push(' ');
+                rest = &after[close + 1..];
+            }
+            _ => {
+                plain.push('[');
+                rest = after;
+            }
+        }
+    }
+    plain.push_str(rest);
+    for w in plain.split(|c: char| !c.is_alphanumeric()) {
+        let w = w.to_lowercase();
+        if w.chars().count() >= 2 && !words.contains(&w) {
+            words.push(w);
+        }
+    }
+    words
+}
+
+/// How well a published text matches the query's words: the share of
+/// query words it holds, a word matching the same word or, from four
+/// letters on, one that starts with it or that it starts with ("playbook",
+/// "playbooks"). Zero when nothing matches.
+fn match_score(query: &[String], text: &str) -> f64 {
+    let words = query_words(text);
+    let hit = |q: &String| {
+        words.iter().any(|w| {
+            w == q
+                || (q.chars().count() >= 4
+                    && w.chars().count() >= 4
+                    && (w.starts_with(q.as_str()) || q.starts_with(w.as_str())))
+        })
+    };
+    let n = query.iter().filter(|q| hit(q)).count();
+    if query.is_empty() {
+        0.0
+    } else {
+        n as f64 / query.len() as f64
+    }
 }
 
 /// A memory as another company sees it, before anonymising: its kind and

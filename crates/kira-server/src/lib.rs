@@ -178,6 +178,16 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::sharing::check_sharing))
         .routes(routes!(routes::sharing::list_conflicts))
         .routes(routes!(routes::sharing::resolve_conflict))
+        .routes(routes!(
+            routes::sharing::publish_item,
+            routes::sharing::list_published
+        ))
+        .routes(routes!(routes::sharing::withdraw_item))
+        .routes(routes!(
+            routes::sharing::list_consents,
+            routes::sharing::put_consent,
+            routes::sharing::delete_consent
+        ))
 }
 
 /// The OpenAPI document of every route.

@@ -21,6 +21,7 @@ pub mod knowledge;
 pub mod ledger;
 pub mod memory;
 pub mod postgres;
+pub mod sharing;
 pub mod sqlite;
 pub mod testdb;
 pub mod work;
@@ -184,6 +185,7 @@ pub trait Store:
     + work::TaskStore
     + work::BudgetStore
     + memory::MemoryStore
+    + sharing::SharingStore
     + knowledge::KnowledgeStore
     + conflicts::ConflictStore
     + agents::AgentStore

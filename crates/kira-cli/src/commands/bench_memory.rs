@@ -40,6 +40,8 @@ fn retrieval_config() -> EngineConfig {
 /// Search and pack pairs `bench memory-scale` runs, untimed, before it
 /// times any: the first statements of each pooled connection are prepared.
 const WARM_UP_PACKS: usize = 20;
+/// Memories each company of `memory-scale` publishes for legal patterns.
+const PUBLISHED_PER_COMPANY: usize = 5;
 
 /// The p50 and p99 of latencies in microseconds, in milliseconds.
 fn ms(micros: &[u64]) -> kira_engine::bench::Percentiles {
@@ -297,6 +299,7 @@ pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<Exi
             .await?;
         let mut left = args.per_company;
         let mut i = 0;
+        let mut first_batch = Vec::new();
         while left > 0 {
             let n = left.min(kira_store::memory::MAX_BATCH);
             let batch: Vec<NewMemory> = (0..n)
@@ -317,12 +320,37 @@ pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<Exi
                 })
                 .collect();
             let started = Instant::now();
-            engine
+            let stored = engine
                 .add_memories(&scope, batch, true, audit(&id, "bench.memory"))
                 .await?;
             insert_secs += started.elapsed().as_secs_f64();
+            if first_batch.is_empty() {
+                first_batch = stored;
+            }
             left -= n;
             i += n;
+        }
+        // Every company exchanges legal patterns with every other and
+        // publishes a few memories for them, so legal packs read partners'
+        // published items as they would in use.
+        let legal = kira_core::sharing::Consent {
+            scope: kira_core::sharing::SCOPE_ANONYMIZED_LEGAL_PATTERNS.into(),
+            partner: kira_core::sharing::Partner::Any,
+        };
+        let admin = system.admin().map_err(|e| anyhow::anyhow!("{e}"))?;
+        engine
+            .put_consent(&admin, &id, &legal, "bench", audit(&id, "bench.consent"))
+            .await?;
+        for m in first_batch.iter().take(PUBLISHED_PER_COMPANY) {
+            engine
+                .publish_shared(
+                    &scope,
+                    m.id,
+                    &legal.scope,
+                    "bench",
+                    audit(&id, "bench.publish"),
+                )
+                .await?;
         }
         ids.push(scope);
         if (c + 1) % 100 == 0 {

@@ -94,15 +94,36 @@ fn sharing_check_says_which_rule_decides() {
             "US-DE",
         ]));
     }
-    let out = ok(server.kira().args([
+    let legal = [
         "sharing",
         "check",
         "fin-de",
         "bank-de",
         "anonymized_legal_patterns",
-    ]));
+    ];
+    // The rule holds, but nobody consented yet.
+    let out = ok(server.kira().args(legal));
+    assert!(
+        out.contains("DENIED") && out.contains("would allow"),
+        "{out}"
+    );
+    for c in ["fin-de", "bank-de"] {
+        let out =
+            ok(server
+                .kira()
+                .args(["sharing", "consent", "give", c, "anonymized_legal_patterns"]));
+        assert!(
+            out.contains("anonymized_legal_patterns") && out.contains('*'),
+            "{out}"
+        );
+    }
+    let out = ok(server.kira().args(legal));
     assert!(out.contains("ALLOWED"), "{out}");
     assert!(out.contains("rule: legal_precedent_sharing"), "{out}");
+    assert!(
+        out.contains("fin-de consents to anonymized_legal_patterns with *"),
+        "{out}"
+    );
     let out =
         ok(server
             .kira()
@@ -113,4 +134,47 @@ fn sharing_check_says_which_rule_decides() {
     );
     let out = ok(server.kira().args(["conflicts", "list"]));
     assert_eq!(out.trim(), "no conflicts");
+
+    // Publish, list, withdraw; then a consent taken back.
+    let memory = ok_json(server.kira().args([
+        "memory",
+        "add",
+        "bank-de",
+        "--type",
+        "decision",
+        "--workstream",
+        "legal",
+        "Board playbook: Gregor Vantongeren signs, IBAN DE89 3704 0044 0532 0130 00.",
+    ]));
+    let memory_id = s(&memory, "id").to_owned();
+    let item = ok_json(server.kira().args([
+        "sharing",
+        "publish",
+        "bank-de",
+        &memory_id,
+        "anonymized_legal_patterns",
+    ]));
+    let text = s(&item, "text");
+    assert!(text.contains("playbook"), "{text}");
+    assert!(
+        !text.contains("Vantongeren") && !text.contains("DE89"),
+        "{text}"
+    );
+    let item_id = s(&item, "id").to_owned();
+    let out = ok(server.kira().args(["sharing", "published", "bank-de"]));
+    assert!(out.contains(&item_id) && out.contains("live"), "{out}");
+    let out = ok(server
+        .kira()
+        .args(["sharing", "withdraw", "bank-de", &item_id]));
+    assert!(out.contains("withdrawn"), "{out}");
+    let out = ok(server.kira().args(["sharing", "published", "bank-de"]));
+    assert_eq!(out.trim(), "no published items", "{out}");
+    let out = ok(server.kira().args([
+        "sharing",
+        "consent",
+        "withdraw",
+        "fin-de",
+        "anonymized_legal_patterns",
+    ]));
+    assert!(out.contains("no consents"), "{out}");
 }

@@ -959,3 +959,135 @@ async fn a_rejected_result_runs_again_with_the_reviewers_feedback_in_its_prompt(
     let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
     assert_eq!(t.status, TaskStatus::Completed);
 }
+
+/// Issue 17, finding 1, through the model: even with globex's profile made
+/// to match acme's, nothing of acme reaches globex's prompts until acme
+/// published an item and both consented; then only its anonymised text.
+async fn only_published_text_reaches_anothers_prompts(b: Backend) {
+    let s = setup(b).await;
+    let fake = FakeLlm::start(None, |_n, _req| {
+        completion(submit("done", "done", 0.95), 100, 10)
+    })
+    .await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    // An admin makes globex look like acme.
+    s.store
+        .update_company(
+            &scope("globex"),
+            kira_core::company::CompanyPatch {
+                industry: Some("fintech".into()),
+                jurisdiction: Some("US-DE".into()),
+                ..Default::default()
+            },
+            t0(),
+            audit("globex"),
+        )
+        .await
+        .expect("patch");
+    remember(
+        &e,
+        "acme",
+        "Settlement playbook quokkaplan: Gregor Vantongeren of Zephyrine Logistics GmbH \
+         pays $1,250,000 into DE89 3704 0044 0532 0130 00, g.v@zephyrine.example.",
+        &[],
+    )
+    .await;
+    let never = [
+        "Gregor",
+        "Vantongeren",
+        "Zephyrine",
+        "1,250,000",
+        "DE89",
+        "3704",
+        "zephyrine.example",
+        "Acme",
+    ];
+    let task = "Summarise the settlement playbook quokkaplan";
+    let globex_prompts = |from: usize| -> Vec<String> {
+        fake.seen()
+            .into_iter()
+            .skip(from)
+            .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+            .filter(|m| m["role"] != "assistant")
+            .map(|m| m.to_string())
+            .filter(|m| m.contains("Globex") || m.contains("quokkaplan"))
+            .collect()
+    };
+    submit_task(&e, "globex", task, "complex_legal_analysis").await;
+    run_all(&e).await;
+    let sent = globex_prompts(0);
+    assert!(!sent.is_empty(), "globex's run made its calls");
+    for p in &sent {
+        assert!(
+            !p.contains("Settlement playbook quokkaplan:"),
+            "{b:?}: unpublished: {p}"
+        );
+        for leak in never {
+            assert!(!p.contains(leak), "{b:?}: {leak} reached globex: {p}");
+        }
+    }
+
+    // Published, and both consent: the anonymised text, and nothing else.
+    let admin = Principal::system().admin().expect("admin");
+    let legal = kira_core::sharing::Consent {
+        scope: "anonymized_legal_patterns".into(),
+        partner: kira_core::sharing::Partner::Any,
+    };
+    for c in ["acme", "globex"] {
+        e.put_consent(
+            &admin,
+            &CompanyId::parse(c).expect("id"),
+            &legal,
+            "admin",
+            audit(c),
+        )
+        .await
+        .expect("consent");
+    }
+    let memories = s
+        .store
+        .list_memories(
+            &scope("acme"),
+            &kira_store::memory::MemoryFilter::default(),
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    let note = memories
+        .iter()
+        .find(|m| m.text().contains("quokkaplan"))
+        .expect("acme's note");
+    e.publish_shared(
+        &scope("acme"),
+        note.id,
+        &legal.scope,
+        "operator",
+        audit("acme"),
+    )
+    .await
+    .expect("publish");
+    let before = fake.seen().len();
+    submit_task(&e, "globex", task, "complex_legal_analysis").await;
+    run_all(&e).await;
+    let sent = globex_prompts(before);
+    assert!(
+        sent.iter().any(|p| p.contains("quokkaplan")),
+        "{b:?}: the published item reached the prompt: {sent:?}"
+    );
+    for p in &sent {
+        for leak in never {
+            assert!(!p.contains(leak), "{b:?}: {leak} reached globex: {p}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_published_text_reaches_anothers_prompts_sqlite() {
+    only_published_text_reaches_anothers_prompts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn only_published_text_reaches_anothers_prompts_postgres() {
+    only_published_text_reaches_anothers_prompts(Backend::Postgres).await;
+}

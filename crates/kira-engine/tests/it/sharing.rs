@@ -1,8 +1,9 @@
 //! Cross-company sharing through the engine, on SQLite and PostgreSQL:
 //! conflict detection (listed counterparties and contract text), the rule
 //! table as `shared_candidates` applies it, the anonymiser's corpus as
-//! other companies' memories (no leak into a context pack), and isolation
-//! (a pack never holds another company's raw memory).
+//! other companies' published items (no leak into a context pack), and
+//! isolation: a pack holds only items their owner published, between two
+//! companies that both consented, never a raw memory.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use kira_core::clock::ManualClock;
 use kira_core::company::NewCompany;
 use kira_core::conflict::ConflictStatus;
 use kira_core::memory::{EventType, Memory, NewMemory, Workstream};
+use kira_core::sharing::{Consent, Partner};
 use kira_engine::memory::{ContextRequest, Section};
 use kira_engine::{Engine, EngineConfig};
 use kira_store::{AuditPage, Store};
@@ -77,15 +79,61 @@ async fn company(s: &Setup, profile: Value) {
         .expect("create");
 }
 
+/// A company consenting to exchange each of `consent` with every partner.
 async fn plain(s: &Setup, c: &str, industry: &str, jurisdiction: &str, consent: &[&str]) {
     company(
         s,
         json!({
             "id": c, "name": format!("{c} corp"), "industry": industry,
-            "jurisdiction": jurisdiction, "sharing_consent": consent,
+            "jurisdiction": jurisdiction,
         }),
     )
     .await;
+    for scope_name in consent {
+        give(s, c, scope_name, "*").await;
+    }
+}
+
+/// An admin records `c`'s consent to exchange `scope_name` with `partner`.
+async fn give(s: &Setup, c: &str, scope_name: &str, partner: &str) {
+    let admin = Principal::system().admin().expect("admin");
+    let consent = Consent {
+        scope: scope_name.into(),
+        partner: Partner::parse(partner).expect("partner"),
+    };
+    s.engine
+        .put_consent(&admin, &id(c), &consent, "admin", audit(Some(c)))
+        .await
+        .expect("consent");
+}
+
+/// An admin takes `c`'s consent back.
+async fn take_back(s: &Setup, c: &str, scope_name: &str, partner: &str) {
+    let admin = Principal::system().admin().expect("admin");
+    let consent = Consent {
+        scope: scope_name.into(),
+        partner: Partner::parse(partner).expect("partner"),
+    };
+    s.engine
+        .delete_consent(&admin, &id(c), &consent, audit(Some(c)))
+        .await
+        .expect("take back");
+}
+
+/// `c` publishes each of `memories` for each of `scopes`; the items' ids.
+async fn publish(s: &Setup, c: &str, memories: &[Memory], scopes: &[&str]) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    for m in memories {
+        for scope_name in scopes {
+            let item = s
+                .engine
+                .publish_shared(&scope(c), m.id, scope_name, "operator", audit(Some(c)))
+                .await
+                .expect("publish");
+            ids.push(item.id);
+        }
+    }
+    ids
 }
 
 fn memory(event_type: EventType, category: &str, content: Value) -> NewMemory {
@@ -191,6 +239,7 @@ async fn conflicts(b: Backend) {
     assert!(open_flags(&s).await.is_empty(), "{b:?}: one company alone");
     // The same counterparty, written differently, by another company.
     let beta = add(&s, "beta", vec![named("globex  corp.", "renewal talks")]).await;
+    publish(&s, "beta", &beta, &[TEMPLATES]).await;
     assert_eq!(
         open_flags(&s).await,
         [("acme".into(), "beta".into(), "globex corp".into(), 2)],
@@ -336,10 +385,10 @@ async fn conflicts_postgres() {
 /// items reach each company's shared candidates, per scope.
 async fn rule_table(b: Backend) {
     let s = setup(b).await;
-    plain(&s, "fin-de", "fintech", "US-DE", &[TEMPLATES]).await;
-    plain(&s, "bank-de", "Banking", "US-DE", &[TEMPLATES]).await;
-    plain(&s, "fin-ca", "fintech", "US-CA", &[]).await;
-    plain(&s, "saas-de", "saas", "US-DE", &[TEMPLATES]).await;
+    plain(&s, "fin-de", "fintech", "US-DE", &[TEMPLATES, LEGAL]).await;
+    plain(&s, "bank-de", "Banking", "US-DE", &[TEMPLATES, LEGAL]).await;
+    plain(&s, "fin-ca", "fintech", "US-CA", &[LEGAL]).await;
+    plain(&s, "saas-de", "saas", "US-DE", &[TEMPLATES, LEGAL]).await;
     // One marker word per company, so an item shows where it came from.
     let marker = |c: &str| match c {
         "fin-de" => "alpha",
@@ -349,7 +398,7 @@ async fn rule_table(b: Backend) {
     };
     let all = ["fin-de", "bank-de", "fin-ca", "saas-de"];
     for c in all {
-        add(
+        let m = add(
             &s,
             c,
             vec![memory(
@@ -359,6 +408,7 @@ async fn rule_table(b: Backend) {
             )],
         )
         .await;
+        publish(&s, c, &m, &[LEGAL, TEMPLATES, "customer_lists"]).await;
     }
     // (company, scope, the companies whose items it gets)
     let table: Vec<(&str, &str, Vec<&str>)> = vec![
@@ -368,7 +418,8 @@ async fn rule_table(b: Backend) {
         // Other jurisdiction; dissimilar industry.
         ("fin-ca", LEGAL, vec![]),
         ("saas-de", LEGAL, vec![]),
-        // best_practice_sharing: both consent; fin-ca's consent is missing.
+        // best_practice_sharing: both consent; fin-ca's consent is missing
+        // (it consents to legal patterns only).
         ("fin-de", TEMPLATES, vec!["bank-de", "saas-de"]),
         ("bank-de", TEMPLATES, vec!["fin-de", "saas-de"]),
         ("saas-de", TEMPLATES, vec!["fin-de", "bank-de"]),
@@ -458,7 +509,7 @@ async fn shared_reads_stop_once_the_answer_is_settled(b: Backend) {
         } else {
             format!("Onboarding checklist {marker}: contracts first.")
         };
-        add(
+        let m = add(
             &s,
             p,
             vec![memory(
@@ -468,6 +519,7 @@ async fn shared_reads_stop_once_the_answer_is_settled(b: Backend) {
             )],
         )
         .await;
+        publish(&s, p, &m, &[TEMPLATES]).await;
     }
     let reads = || async {
         let admin = Principal::system().admin().expect("admin");
@@ -480,7 +532,7 @@ async fn shared_reads_stop_once_the_answer_is_settled(b: Backend) {
             .await
             .expect("audit")
             .into_iter()
-            .filter(|e| e.action == "memory.shared_read")
+            .filter(|e| e.action == "sharing.read")
             .filter_map(|e| e.company_id.map(|c| c.as_str().to_owned()))
             .collect::<Vec<_>>()
     };
@@ -527,6 +579,8 @@ struct Note {
     people: Vec<String>,
     counterparties: Vec<String>,
     keep: Vec<String>,
+    /// Names and numbers in the text that nothing lists.
+    unlisted: Vec<String>,
     text: String,
 }
 
@@ -541,6 +595,7 @@ fn corpus() -> Vec<Note> {
             people: vec![],
             counterparties: vec![],
             keep: vec![],
+            unlisted: vec![],
             text: text.trim().to_owned(),
         };
         for line in head.lines().skip(1) {
@@ -555,6 +610,7 @@ fn corpus() -> Vec<Note> {
                 "people" => note.people = values,
                 "counterparties" => note.counterparties = values,
                 "keep" => note.keep = values,
+                "unlisted" => note.unlisted = values,
                 other => panic!("unknown corpus key {other}"),
             }
         }
@@ -616,10 +672,12 @@ fn leaks(text: &str, entities: &[&str]) -> Vec<String> {
     found
 }
 
-/// The corpus as 32 companies' memories (names, people and counterparties
-/// listed as a user would), all consenting to share process templates with
-/// a reader: nothing listed, and no email, phone, amount or exact date,
-/// reaches the reader's candidates or its context pack; no raw memory does.
+/// The corpus as 37 companies' memories (names, people and counterparties
+/// listed as a user would; unlisted names, code names and IBANs in five of
+/// them), each published for process templates, all consenting to share
+/// them with a reader: nothing listed or unlisted, and no email, phone,
+/// amount, account number or exact date, reaches the reader's candidates or
+/// its context pack; no raw memory does.
 async fn no_leaks(b: Backend) {
     let s = setup(b).await;
     let notes = corpus();
@@ -632,12 +690,13 @@ async fn no_leaks(b: Backend) {
             &s,
             json!({
                 "id": cid, "name": n.companies[0], "industry": "saas",
-                "jurisdiction": "US-DE", "sharing_consent": [TEMPLATES],
+                "jurisdiction": "US-DE",
                 "contacts": [{"name": n.people[0], "email": format!("owner{i}@example.com")}],
             }),
         )
         .await;
-        add(
+        give(&s, cid, TEMPLATES, "*").await;
+        let m = add(
             &s,
             cid,
             vec![memory(
@@ -649,10 +708,17 @@ async fn no_leaks(b: Backend) {
             )],
         )
         .await;
+        publish(&s, cid, &m, &[TEMPLATES]).await;
     }
     let entities: Vec<&str> = notes
         .iter()
-        .flat_map(|n| n.companies.iter().chain(&n.people).chain(&n.counterparties))
+        .flat_map(|n| {
+            n.companies
+                .iter()
+                .chain(&n.people)
+                .chain(&n.counterparties)
+                .chain(&n.unlisted)
+        })
         .map(String::as_str)
         .collect();
     for n in &notes {
@@ -739,26 +805,17 @@ async fn a_kept_directory_never_hides_a_change(b: Backend) {
             json!({ "text": format!("Onboarding checklist {m}: contracts first.") }),
         )]
     };
-    add(&s, "p1", note("alpha")).await;
+    let m = add(&s, "p1", note("alpha")).await;
+    publish(&s, "p1", &m, &[TEMPLATES]).await;
     let q = "onboarding checklist";
     assert_eq!(shared(&s, "reader", TEMPLATES, q).await.len(), 1);
     // Consent withdrawn: shared no more.
-    s.store
-        .update_company(
-            &scope("p1"),
-            kira_core::company::CompanyPatch {
-                sharing_consent: Some(Default::default()),
-                ..Default::default()
-            },
-            t0(),
-            audit(Some("p1")),
-        )
-        .await
-        .expect("update");
+    take_back(&s, "p1", TEMPLATES, "*").await;
     assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
     // A new partner is found at once.
     plain(&s, "p2", "saas", "US-DE", &[TEMPLATES]).await;
-    add(&s, "p2", note("bravo")).await;
+    let m = add(&s, "p2", note("bravo")).await;
+    publish(&s, "p2", &m, &[TEMPLATES]).await;
     let got = shared(&s, "reader", TEMPLATES, q).await;
     assert_eq!(got.len(), 1, "{b:?}: {got:?}");
     assert!(got[0].contains("bravo"));
@@ -854,4 +911,197 @@ async fn a_later_listing_finds_an_earlier_contract_text_sqlite() {
 #[tokio::test]
 async fn a_later_listing_finds_an_earlier_contract_text_postgres() {
     a_later_listing_finds_an_earlier_contract_text(Backend::Postgres).await;
+}
+
+/// Only what the owner published crosses, and only while both companies
+/// consent to the scope with each other: raw memories never; one side's
+/// consent, or a consent naming someone else, shares nothing; taking a
+/// consent back or withdrawing the item stops sharing with the next pack.
+async fn published_items_and_consent_on_both_sides(b: Backend) {
+    let s = setup(b).await;
+    plain(&s, "reader", "saas", "US-DE", &[]).await;
+    plain(&s, "owner", "saas", "US-DE", &[]).await;
+    plain(&s, "other", "saas", "US-DE", &[]).await;
+    let q = "onboarding checklist zanzibar";
+    let m = add(
+        &s,
+        "owner",
+        vec![memory(
+            EventType::Note,
+            "playbooks",
+            json!({
+                "text": "Onboarding checklist zanzibar: Oskar Thorvaldsen of Halvorsen Capital \
+                         Partners pays into DE89 3704 0044 0532 0130 00.",
+                "people": ["Hedda Lund"],
+            }),
+        )],
+    )
+    .await;
+    // Both consent, nothing published: nothing, however well it matches.
+    give(&s, "reader", TEMPLATES, "*").await;
+    give(&s, "owner", TEMPLATES, "*").await;
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+
+    let items = publish(&s, "owner", &m, &[TEMPLATES]).await;
+    // Once per memory and scope; a scope is a name.
+    for (scope_name, conflict) in [(TEMPLATES, true), ("Not A Scope", false)] {
+        let again = s
+            .engine
+            .publish_shared(
+                &scope("owner"),
+                m[0].id,
+                scope_name,
+                "operator",
+                audit(Some("owner")),
+            )
+            .await;
+        assert!(
+            if conflict {
+                matches!(
+                    again,
+                    Err(kira_engine::EngineError::Store(
+                        kira_store::StoreError::Conflict(_)
+                    ))
+                )
+            } else {
+                matches!(again, Err(kira_engine::EngineError::Invalid(_)))
+            },
+            "{b:?}: {again:?}"
+        );
+    }
+    let got = shared(&s, "reader", TEMPLATES, q).await;
+    assert_eq!(got.len(), 1, "{b:?}: {got:?}");
+    let published = s
+        .engine
+        .published_items(&scope("owner"), Some(TEMPLATES), false)
+        .await
+        .expect("list");
+    assert_eq!(got[0], published[0].text, "the published text, as stored");
+    for gone in ["Oskar", "Thorvaldsen", "Halvorsen", "DE89", "3704", "owner"] {
+        assert!(!got[0].contains(gone), "{b:?}: {gone} in {}", got[0]);
+    }
+    assert!(got[0].contains("zanzibar"), "{}", got[0]);
+
+    // One side only: the owner's consent names another company.
+    take_back(&s, "owner", TEMPLATES, "*").await;
+    give(&s, "owner", TEMPLATES, "other").await;
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+    // Named: the reader itself.
+    give(&s, "owner", TEMPLATES, "reader").await;
+    assert_eq!(shared(&s, "reader", TEMPLATES, q).await.len(), 1, "{b:?}");
+    // The reader takes its own consent back: nothing.
+    take_back(&s, "reader", TEMPLATES, "*").await;
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+    give(&s, "reader", TEMPLATES, "owner").await;
+    assert_eq!(shared(&s, "reader", TEMPLATES, q).await.len(), 1, "{b:?}");
+    // The explainer names the consents that decided.
+    let admin = Principal::system().admin().expect("admin");
+    let check = s
+        .engine
+        .check_sharing(&admin, &id("reader"), &id("owner"), TEMPLATES)
+        .await
+        .expect("check");
+    assert!(check.verdict.allowed, "{check:?}");
+    assert!(
+        check
+            .verdict
+            .reason
+            .contains("owner consents to process_templates with reader"),
+        "{}",
+        check.verdict.reason
+    );
+    // Another scope was never published: nothing there.
+    give(&s, "reader", LEGAL, "*").await;
+    give(&s, "owner", LEGAL, "*").await;
+    assert!(shared(&s, "reader", LEGAL, q).await.is_empty(), "{b:?}");
+
+    // Withdrawn: gone from the very next pack; a second withdrawal is a
+    // conflict.
+    s.engine
+        .withdraw_shared(&scope("owner"), items[0], "operator", audit(Some("owner")))
+        .await
+        .expect("withdraw");
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+    let again = s
+        .engine
+        .withdraw_shared(&scope("owner"), items[0], "operator", audit(Some("owner")))
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(kira_engine::EngineError::Store(
+                kira_store::StoreError::Conflict(_)
+            ))
+        ),
+        "{again:?}"
+    );
+    // Another company cannot withdraw (or see) the owner's item.
+    let theirs = s
+        .engine
+        .withdraw_shared(
+            &scope("reader"),
+            items[0],
+            "operator",
+            audit(Some("reader")),
+        )
+        .await;
+    assert!(
+        matches!(
+            theirs,
+            Err(kira_engine::EngineError::Store(
+                kira_store::StoreError::NotFound
+            ))
+        ),
+        "{theirs:?}"
+    );
+    assert!(
+        s.engine
+            .published_items(&scope("reader"), None, true)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // A memory deleted for good takes its published items with it.
+    publish(&s, "owner", &m, &[TEMPLATES]).await;
+    assert_eq!(shared(&s, "reader", TEMPLATES, q).await.len(), 1, "{b:?}");
+    s.store
+        .delete_memory(&scope("owner"), m[0].id, audit(Some("owner")))
+        .await
+        .expect("delete");
+    assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
+    assert!(
+        s.engine
+            .published_items(&scope("owner"), None, true)
+            .await
+            .expect("list")
+            .is_empty(),
+        "{b:?}"
+    );
+
+    // A forced delete of the owner takes the reader's consent naming it,
+    // so a company made later under the same id inherits nothing.
+    s.store
+        .delete_company(&scope("owner"), audit(Some("owner")))
+        .await
+        .expect("delete");
+    let left: Vec<String> = s
+        .engine
+        .consents(&admin, &id("reader"))
+        .await
+        .expect("consents")
+        .iter()
+        .map(|c| format!("{} {}", c.scope, c.partner))
+        .collect();
+    assert_eq!(left, [format!("{LEGAL} *")], "{b:?}");
+}
+
+#[tokio::test]
+async fn published_items_and_consent_on_both_sides_sqlite() {
+    published_items_and_consent_on_both_sides(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn published_items_and_consent_on_both_sides_postgres() {
+    published_items_and_consent_on_both_sides(Backend::Postgres).await;
 }

@@ -1,14 +1,20 @@
-//! Cross-company sharing (admin): the rule explainer and the conflict
-//! flags that block sharing until a human resolves them.
+//! Cross-company sharing: a company's published items (publish and
+//! withdraw: admin or the company's operator; list: any key of the
+//! company), its consents (admin), the rule explainer and the conflict
+//! flags that block sharing until a human resolves them (admin).
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use bytes::Bytes;
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
+use kira_core::auth::Access;
 use kira_core::conflict::{Conflict, ConflictStatus};
+use kira_core::sharing::{Consent, Partner};
 use kira_engine::sharing::SharingCheck;
+use kira_store::sharing::{ConsentRecord, SharedItem};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -149,6 +155,276 @@ pub async fn resolve_conflict(
             .await
             .map_err(|e| ApiError::from_store(e, "conflict"))?;
         Ok(Json(flag))
+    }
+    .await;
+    act.done(result).await
+}
+
+// ---- published items ----
+
+fn engine_err(e: kira_engine::EngineError, what: &str) -> ApiError {
+    match e {
+        kira_engine::EngineError::Store(s) => ApiError::from_store(s, what),
+        e => e.into(),
+    }
+}
+
+/// A memory to publish for a scope.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    /// One of the company's memories.
+    pub memory_id: Uuid,
+    /// The scope other companies receive it under, such as process_templates.
+    pub scope: String,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PublishedQuery {
+    /// Only this scope.
+    pub scope: Option<String>,
+    /// Withdrawn items too (default false).
+    pub withdrawn: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedList {
+    /// Newest first.
+    pub items: Vec<SharedItem>,
+}
+
+/// Publishes one of the company's memories for a scope (admin, or the
+/// company's operator): its anonymised text, made now, is all another
+/// company may receive of it, and only with both sides' consent.
+#[utoipa::path(post, path = "/v1/companies/{id}/shared", tag = "sharing", request_body = PublishBody,
+    params(("id" = String, Path, description = "Company id")),
+    responses((status = 201, body = SharedItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn publish_item(
+    State(app): State<App>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<SharedItem>)> {
+    let id = CompanyId::parse(&raw).ok();
+    let act = caller.act(
+        &app,
+        "sharing.publish",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
+    let result = async {
+        let scope = caller
+            .principal
+            .scope(&company("id", &raw)?, Access::Write)?;
+        let b: PublishBody = json_body(body, app.cfg.max_body_bytes)?;
+        let by = caller.principal.actor().to_string();
+        let item = app
+            .engine
+            .publish_shared(&scope, b.memory_id, &b.scope, &by, act.ok())
+            .await
+            .map_err(|e| engine_err(e, "memory"))?;
+        Ok((StatusCode::CREATED, Json(item)))
+    }
+    .await;
+    act.done(result).await
+}
+
+/// Lists the company's own published items.
+#[utoipa::path(get, path = "/v1/companies/{id}/shared", tag = "sharing",
+    params(("id" = String, Path, description = "Company id"), PublishedQuery),
+    responses((status = 200, body = PublishedList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn list_published(
+    State(app): State<App>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<PublishedList>> {
+    let id = CompanyId::parse(&raw).ok();
+    let act = caller.act(
+        &app,
+        "sharing.published",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
+    let result = async {
+        let scope = caller
+            .principal
+            .scope(&company("id", &raw)?, Access::Read)?;
+        let q: PublishedQuery = query(q.as_deref())?;
+        let items = app
+            .engine
+            .published_items(&scope, q.scope.as_deref(), q.withdrawn.unwrap_or(false))
+            .await
+            .map_err(|e| engine_err(e, "company"))?;
+        Ok(Json(PublishedList { items }))
+    }
+    .await;
+    act.read(result).await
+}
+
+/// Withdraws a published item (admin, or the company's operator): no
+/// context pack holds it from now on.
+#[utoipa::path(delete, path = "/v1/companies/{id}/shared/{item_id}", tag = "sharing",
+    params(("id" = String, Path, description = "Company id"), ("item_id" = String, Path, description = "Published item id")),
+    responses((status = 200, body = SharedItem), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn withdraw_item(
+    State(app): State<App>,
+    caller: Caller,
+    Path((raw, raw_item)): Path<(String, String)>,
+) -> ApiResult<Json<SharedItem>> {
+    let id = CompanyId::parse(&raw).ok();
+    let act = caller.act(
+        &app,
+        "sharing.withdraw",
+        format!("shared:{raw_item}"),
+        id.as_ref(),
+    );
+    let result = async {
+        let scope = caller
+            .principal
+            .scope(&company("id", &raw)?, Access::Write)?;
+        let item =
+            Uuid::parse_str(&raw_item).map_err(|_| ApiError::not_found("shared item", false))?;
+        let by = caller.principal.actor().to_string();
+        let item = app
+            .engine
+            .withdraw_shared(&scope, item, &by, act.ok())
+            .await
+            .map_err(|e| engine_err(e, "shared item"))?;
+        Ok(Json(item))
+    }
+    .await;
+    act.done(result).await
+}
+
+// ---- consents ----
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsentList {
+    /// By scope, then partner.
+    pub consents: Vec<ConsentRecord>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsentQuery {
+    /// The scope of the consent to take back.
+    pub scope: String,
+    /// Its partner: a company id, or `*`.
+    pub partner: String,
+}
+
+/// Lists a company's sharing consents (admin).
+#[utoipa::path(get, path = "/v1/companies/{id}/sharing/consents", tag = "sharing",
+    params(("id" = String, Path, description = "Company id")),
+    responses((status = 200, body = ConsentList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_consents(
+    State(app): State<App>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<ConsentList>> {
+    let id = CompanyId::parse(&raw).ok();
+    let act = caller.act(
+        &app,
+        "sharing.consents",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
+    let result = async {
+        let admin = caller.principal.admin()?;
+        let c = company("id", &raw)?;
+        let consents = app
+            .engine
+            .consents(&admin, &c)
+            .await
+            .map_err(|e| engine_err(e, "company"))?;
+        Ok(Json(ConsentList { consents }))
+    }
+    .await;
+    act.read(result).await
+}
+
+/// Records that the company consents to exchange a scope's published items
+/// with a partner, or with every company the rules allow (`*`) (admin).
+/// Sharing needs such a consent on both sides.
+#[utoipa::path(put, path = "/v1/companies/{id}/sharing/consents", tag = "sharing", request_body = Consent,
+    params(("id" = String, Path, description = "Company id")),
+    responses((status = 200, body = ConsentRecord), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_consent(
+    State(app): State<App>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ConsentRecord>> {
+    let id = CompanyId::parse(&raw).ok();
+    let act = caller.act(
+        &app,
+        "sharing.consent",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
+    let result = async {
+        let admin = caller.principal.admin()?;
+        let c = company("id", &raw)?;
+        let consent: Consent = json_body(body, app.cfg.max_body_bytes)?;
+        let by = caller.principal.actor().to_string();
+        let record = app
+            .engine
+            .put_consent(&admin, &c, &consent, &by, act.ok())
+            .await
+            .map_err(|e| engine_err(e, "company"))?;
+        Ok(Json(record))
+    }
+    .await;
+    act.done(result).await
+}
+
+/// Takes back a consent (admin): what it allowed stops being shared with
+/// the next context pack.
+#[utoipa::path(delete, path = "/v1/companies/{id}/sharing/consents", tag = "sharing",
+    params(("id" = String, Path, description = "Company id"), ConsentQuery),
+    responses((status = 200, body = ConsentList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn delete_consent(
+    State(app): State<App>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<ConsentList>> {
+    let id = CompanyId::parse(&raw).ok();
+    let act = caller.act(
+        &app,
+        "sharing.consent_withdraw",
+        format!("company:{raw}"),
+        id.as_ref(),
+    );
+    let result = async {
+        let admin = caller.principal.admin()?;
+        let c = company("id", &raw)?;
+        let q: ConsentQuery = query(q.as_deref())?;
+        let consent = Consent {
+            scope: q.scope,
+            partner: Partner::parse(&q.partner)?,
+        };
+        app.engine
+            .delete_consent(&admin, &c, &consent, act.ok())
+            .await
+            .map_err(|e| engine_err(e, "consent"))?;
+        let consents = app
+            .engine
+            .consents(&admin, &c)
+            .await
+            .map_err(|e| engine_err(e, "company"))?;
+        Ok(Json(ConsentList { consents }))
     }
     .await;
     act.done(result).await

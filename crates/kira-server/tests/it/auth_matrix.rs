@@ -356,6 +356,49 @@ fn routes() -> Vec<Route> {
             admin_finds_nothing,
             false,
         ),
+        r(
+            Method::POST,
+            "/v1/companies/{c}/shared",
+            Some(json!({"memory_id": "{mfresh}", "scope": "process_templates"})),
+            writer_creates,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/shared",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(
+            Method::DELETE,
+            "/v1/companies/{c}/shared/{ifresh}",
+            None,
+            writer_own,
+            false,
+        ),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/sharing/consents",
+            None,
+            admin_on_company,
+            false,
+        ),
+        r(
+            Method::PUT,
+            "/v1/companies/{c}/sharing/consents",
+            Some(json!({"scope": "process_templates", "partner": "*"})),
+            admin_on_company,
+            false,
+        ),
+        // After the PUT above, for both companies: there is one to take back.
+        r(
+            Method::DELETE,
+            "/v1/companies/{c}/sharing/consents?scope=process_templates&partner=*",
+            None,
+            admin_on_company,
+            false,
+        ),
     ]
 }
 
@@ -437,8 +480,28 @@ async fn matrix(backend: Backend) {
                 } else {
                     String::new()
                 };
-                let mfresh = if route.path.contains("{mfresh}") {
+                let in_body = |p: &str| {
+                    route
+                        .body
+                        .as_ref()
+                        .is_some_and(|b| b.to_string().contains(p))
+                };
+                let mfresh = if route.path.contains("{mfresh}") || in_body("{mfresh}") {
                     s.memory(&company, false).await
+                } else {
+                    String::new()
+                };
+                // A published item, fresh for each cell.
+                let ifresh = if route.path.contains("{ifresh}") {
+                    let m = s.memory(&company, false).await;
+                    let item = s
+                        .admin_ok(
+                            Method::POST,
+                            &format!("/v1/companies/{company}/shared"),
+                            Some(json!({"memory_id": m, "scope": "process_templates"})),
+                        )
+                        .await;
+                    item["id"].as_str().expect("item id").to_owned()
                 } else {
                     String::new()
                 };
@@ -452,6 +515,7 @@ async fn matrix(backend: Backend) {
                     .replace("{revfresh}", &revfresh)
                     .replace("{rev}", in_review.get(&company).map_or("", String::as_str))
                     .replace("{mfresh}", &mfresh)
+                    .replace("{ifresh}", &ifresh)
                     .replace("{marchived}", &marchived)
                     .replace("{m}", kept_memory.get(&company).map_or("", String::as_str))
                     .replace("{kbfresh}", &kbfresh)
@@ -476,7 +540,11 @@ async fn matrix(backend: Backend) {
                     if route.path == "/v1/companies" && route.method == Method::POST {
                         crate::support::company_body(&format!("new-{n}"))
                     } else {
-                        serde_json::from_str(&b.to_string().replace("{c}", &company)).expect("json")
+                        let b = b
+                            .to_string()
+                            .replace("{c}", &company)
+                            .replace("{mfresh}", &mfresh);
+                        serde_json::from_str(&b).expect("json")
                     }
                 });
                 let token = match who {
@@ -505,7 +573,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 50 * 5 * 2);
+    assert_eq!(cells, 56 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log, under
     // the caller's company (issue 17: "other"'s own log never shows a key

@@ -73,6 +73,12 @@ async fn openapi_lists_every_route_with_responses() {
         "GET /v1/sharing/check",
         "GET /v1/conflicts",
         "POST /v1/conflicts/{conflict_id}/resolve",
+        "POST /v1/companies/{id}/shared",
+        "GET /v1/companies/{id}/shared",
+        "DELETE /v1/companies/{id}/shared/{item_id}",
+        "GET /v1/companies/{id}/sharing/consents",
+        "PUT /v1/companies/{id}/sharing/consents",
+        "DELETE /v1/companies/{id}/sharing/consents",
     ]
     .into_iter()
     .map(str::to_owned)

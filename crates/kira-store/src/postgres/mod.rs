@@ -25,6 +25,7 @@ use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 mod agents;
 mod knowledge;
 mod memory;
+mod sharing;
 mod work;
 
 use crate::{
@@ -525,6 +526,8 @@ impl CompanyStore for PgStore {
         // foreign-key check holds a share lock), so the key is deleted too.
         load_company(&mut tx, scope.company(), true).await?;
         let mut deleted = DeletedRows::default();
+        // Before memories, whose deletion would take the items with it.
+        sharing::delete_company_sharing(&mut tx, scope.company(), &mut deleted).await?;
         memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
         agents::delete_company_agents(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;

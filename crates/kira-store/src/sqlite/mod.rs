@@ -22,6 +22,7 @@ mod agents;
 mod checkpoint;
 mod knowledge;
 mod memory;
+mod sharing;
 mod work;
 
 use crate::{
@@ -479,6 +480,8 @@ impl CompanyStore for SqliteStore {
         let mut tx = self.write().await?;
         load_company(&mut tx, scope.company()).await?;
         let mut deleted = DeletedRows::default();
+        // Before memories, whose deletion would take the items with it.
+        sharing::delete_company_sharing(&mut tx, scope.company(), &mut deleted).await?;
         memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
         agents::delete_company_agents(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;

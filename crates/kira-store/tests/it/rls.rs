@@ -1,8 +1,9 @@
 //! PostgreSQL row-level security, checked with raw SQL as the app role:
 //! even a statement that forgets its WHERE, or tries to write another
 //! company's rows, sees and touches one company only, and the audit log
-//! cannot be rewritten. Memories and their vectors, run traces, reviews
-//! and primary sessions are company tables too.
+//! cannot be rewritten. Memories and their vectors, run traces, reviews,
+//! primary sessions, published items and sharing consents are company
+//! tables too.
 
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
@@ -11,6 +12,7 @@ use kira_core::company::{CompanyPatch, NewCompany};
 use kira_store::agents::{AgentStore, Decision, ReviewInput, Session, Step, StepKind};
 use kira_store::memory::{MemoryStore, MemoryVector};
 use kira_store::postgres::{APP_ROLE, PgStore};
+use kira_store::sharing::SharingStore;
 use kira_store::testdb::fresh_postgres;
 use kira_store::work::{ClaimOutcome, Finish, TaskStore};
 use kira_store::{AuditStore, CompanyStore};
@@ -20,7 +22,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 8] = [
+const COMPANY_TABLES: [&str; 10] = [
     "companies",
     "audit_log",
     "memories",
@@ -29,6 +31,8 @@ const COMPANY_TABLES: [&str; 8] = [
     "task_steps",
     "task_reviews",
     "agent_sessions",
+    "shared_items",
+    "sharing_consents",
 ];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
@@ -128,6 +132,34 @@ async fn setup() -> (PgStore, String) {
             )
             .await
             .expect("put vector");
+        let item = kira_store::sharing::SharedItem {
+            id: uuid::Uuid::now_v7(),
+            scope: "process_templates".into(),
+            memory_id: memory.id,
+            text: format!("{id}'s published item"),
+            published_by: "system".into(),
+            published_at: crate::support::t0(),
+            withdrawn_by: None,
+            withdrawn_at: None,
+        };
+        store
+            .publish_item(&scope, &item, record(Some(&id), "sharing.publish"))
+            .await
+            .expect("publish");
+        let consent = kira_core::sharing::Consent {
+            scope: "process_templates".into(),
+            partner: kira_core::sharing::Partner::Any,
+        };
+        store
+            .put_consent(
+                &scope,
+                &consent,
+                "system",
+                crate::support::t0(),
+                record(Some(&id), "sharing.consent"),
+            )
+            .await
+            .expect("consent");
     }
     // Once both exist, so the budget period allocates to both.
     for id in [A, B] {
@@ -305,8 +337,8 @@ async fn app_role_sees_only_the_named_company() {
     }
     assert_eq!(
         count(&mut app, "audit_log").await,
-        5,
-        "A's create, update, memory insert, task submission and review"
+        7,
+        "A's create, update, memory insert, publication, consent, task submission and review"
     );
     // The full-text path is filtered like any other read.
     let found: i64 = sqlx::query_scalar(
@@ -436,6 +468,9 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
         "DELETE FROM task_reviews WHERE company_id = $1",
         "UPDATE agent_sessions SET summary = 'taken over' WHERE company_id = $1",
         "DELETE FROM agent_sessions WHERE company_id = $1",
+        "UPDATE shared_items SET text = 'taken over' WHERE company_id = $1",
+        "DELETE FROM shared_items WHERE company_id = $1",
+        "DELETE FROM sharing_consents WHERE company_id = $1",
     ] {
         let r = sqlx::query(sql).bind(B).execute(&mut app).await.expect(sql);
         assert_eq!(r.rows_affected(), 0, "{sql}");
@@ -462,6 +497,8 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
         "task_steps",
         "task_reviews",
         "agent_sessions",
+        "shared_items",
+        "sharing_consents",
     ] {
         let sql = format!("SELECT company_id FROM {table} ORDER BY company_id");
         let owners: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
