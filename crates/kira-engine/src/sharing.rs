@@ -577,15 +577,29 @@ impl Engine {
                 // Best first; at equal scores the newer item (as listed).
                 hits.sort_by(|a, b| b.0.total_cmp(&a.0));
                 hits.truncate(k);
+                let rule = verdict.rule.as_deref().unwrap_or("-");
+                // The owner's log says its items were read, not by whom:
+                // no company sees another in its own records. The admin's
+                // entry names both.
                 audits.push(system_record(
                     now,
                     "sharing.read",
                     Some(other.id.clone()),
-                    format!("company:{me}"),
+                    "shared_items".into(),
                     format!(
-                        "{} published item(s) of scope {task_scope} for {me}, rule {}",
+                        "{} published item(s) of scope {task_scope} read by a partner, rule {rule}",
+                        hits.len()
+                    ),
+                ));
+                audits.push(system_record(
+                    now,
+                    "sharing.read",
+                    None,
+                    format!("company:{}", other.id),
+                    format!(
+                        "{} published item(s) of scope {task_scope} of {} for {me}, rule {rule}",
                         hits.len(),
-                        verdict.rule.as_deref().unwrap_or("-")
+                        other.id
                     ),
                 ));
                 let best = hits.first().map_or(1.0, |(s, _)| *s);
@@ -664,14 +678,19 @@ impl Engine {
         verdict: &Verdict,
     ) -> AuditRecord {
         self.count_denied_cross_company_read();
+        // The admin's entry: it names both companies, so it is written
+        // under none (no company sees another in its own records).
         AuditRecord {
             outcome: Outcome::Denied,
             ..system_record(
                 now,
                 "memory.shared_read",
-                Some(owner.clone()),
-                format!("company:{reader}"),
-                format!("scope {task_scope}: {}", verdict.reason),
+                None,
+                format!("company:{owner}"),
+                format!(
+                    "for company:{reader}, scope {task_scope}: {}",
+                    verdict.reason
+                ),
             )
         }
     }

@@ -151,7 +151,13 @@ pub struct Act {
     action: &'static str,
     target: String,
     company: Option<CompanyId>,
+    /// Another company a company key named: its entry shows the caller
+    /// only that it was another company; the admin's entry names it.
+    foreign: Option<CompanyId>,
 }
+
+/// What a company's own log shows of a request that named another company.
+const FOREIGN_TARGET: &str = "another company";
 
 impl Caller {
     pub fn act(
@@ -164,9 +170,9 @@ impl Caller {
         // A company key naming another company is recorded under its own:
         // the other company's log must not show another tenant's key (the
         // admin's view has both, and the target names what was asked for).
-        let company = match self.principal.company() {
-            Some(own) if company.is_some_and(|c| c != own) => Some(own.clone()),
-            _ => company.cloned(),
+        let (company, foreign) = match self.principal.company() {
+            Some(own) if company.is_some_and(|c| c != own) => (Some(own.clone()), company.cloned()),
+            _ => (company.cloned(), None),
         };
         Act {
             app: app.clone(),
@@ -175,6 +181,7 @@ impl Caller {
             action,
             target: target.into(),
             company,
+            foreign,
         }
     }
 }
@@ -187,9 +194,32 @@ impl Act {
             actor: self.actor.clone(),
             company_id: self.company.clone(),
             action: self.action.to_owned(),
-            target: self.target.clone(),
+            target: if self.foreign.is_some() {
+                FOREIGN_TARGET.to_owned()
+            } else {
+                self.target.clone()
+            },
             outcome,
             detail,
+        }
+    }
+
+    /// The entries of a failure: the caller's company's (or the admin's),
+    /// and when a company key named another company, the admin's with
+    /// the target as asked (no company's log names another company).
+    fn failure_records(&self, outcome: Outcome, detail: String) -> Vec<AuditRecord> {
+        let own = self.record(outcome, detail);
+        match &self.foreign {
+            None => vec![own],
+            Some(other) => {
+                let admin = AuditRecord {
+                    company_id: None,
+                    target: self.target.clone(),
+                    detail: format!("{} (company:{other})", own.detail),
+                    ..own.clone()
+                };
+                vec![own, admin]
+            }
         }
     }
 
@@ -229,7 +259,7 @@ impl Act {
         if let Err(err) = self
             .app
             .store
-            .append_audit(self.record(e.outcome, detail))
+            .append_audits(self.failure_records(e.outcome, detail))
             .await
         {
             tracing::error!(error = %err, "could not audit a failed request");

@@ -533,16 +533,46 @@ async fn a_reads_only_what_b_published(backend: Backend) {
     probe(false).await;
 
     // Every change was audited under its company, naming no other one.
+    // (A's refused attempts on B are in A's log as "another company".)
     let audit = s.audit().await;
     for action in ["sharing.publish", "sharing.withdraw", "sharing.consent"] {
         let entries: Vec<&Value> = audit.iter().filter(|e| e["action"] == action).collect();
         assert!(!entries.is_empty(), "{action} audited");
         for e in entries {
-            let c = e["company_id"].as_str().expect("company-scoped");
+            // The admin's own entries (company none) may name both.
+            let Some(c) = e["company_id"].as_str() else {
+                continue;
+            };
             let other = if c == "victim" { "attacker" } else { "victim" };
             assert!(!e["detail"].to_string().contains(other), "{e}");
         }
     }
+    // B's own log says its items were read, never by whom; the admin's
+    // entry names both.
+    let (st, own) = s
+        .call(
+            Method::GET,
+            "/v1/audit?company=victim&limit=1000",
+            Some(&b_operator),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{own}");
+    let entries = own["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["action"] == "sharing.read"),
+        "{backend:?}: B's log records the read: {own}"
+    );
+    assert!(
+        !own.to_string().contains("attacker"),
+        "{backend:?}: B's log names A: {own}"
+    );
+    assert!(
+        audit.iter().any(|e| e["action"] == "sharing.read"
+            && e["company_id"].is_null()
+            && e["detail"].to_string().contains("attacker")),
+        "{backend:?}: the admin's entry names the reader"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
