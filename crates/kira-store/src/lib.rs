@@ -23,6 +23,7 @@ pub mod memory;
 pub mod postgres;
 pub mod sharing;
 pub mod sqlite;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testdb;
 pub mod work;
 
