@@ -1,5 +1,7 @@
-//! Executors run claimed tasks. This issue ships the simulated one; the
-//! agents issue adds the real agent runner behind the same trait.
+//! Executors run claimed tasks: the `Executor` trait, the `Run` a task's
+//! run goes through (its budget: reserve before each call, settle after;
+//! its place among the runs starting), and the `Simulated` executor for
+//! tests and benchmarks of the queue. The real one is `agent::AgentExecutor`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
