@@ -639,6 +639,19 @@ pub trait BudgetStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<()>;
 
+    /// Sets a held reservation to `amount`, once a call's need is known:
+    /// lower, the difference goes back at once (a `shrink` row); higher,
+    /// the difference is held if its pool (for base, the company's
+    /// allocation) has room (a `reserve` row), else Denied and the
+    /// reservation is unchanged. Conflict when it is no longer held.
+    async fn resize_reservation(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        amount: i64,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome>;
+
     /// The current period: pools, every company's allocation, pending requests (admin).
     async fn budget_state(
         &self,

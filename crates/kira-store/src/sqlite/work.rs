@@ -1722,6 +1722,70 @@ impl BudgetStore for SqliteStore {
         Ok(())
     }
 
+    async fn resize_reservation(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        amount: i64,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome> {
+        if amount <= 0 {
+            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
+        }
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.write().await?;
+        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
+        if state != "held" {
+            return Err(StoreError::Conflict(format!(
+                "reservation {reservation_id} is already {state}"
+            )));
+        }
+        if amount < r.amount {
+            let back = r.amount - amount;
+            sqlx::query("UPDATE reservations SET amount = ? WHERE reservation_id = ?")
+                .bind(amount)
+                .bind(&r.reservation_id)
+                .execute(&mut *tx)
+                .await?;
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(r.pool),
+                "shrink",
+                back,
+                "lowered to the call's need",
+            )
+            .await?;
+            move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -back, 0).await?;
+            r.amount = amount;
+        } else if amount > r.amount {
+            let more = amount - r.amount;
+            if !hold_more(
+                &mut tx,
+                &mut r,
+                more,
+                amount,
+                now,
+                "raised to the call's need",
+            )
+            .await?
+            {
+                return Ok(ReserveOutcome::Denied {
+                    reason: format!(
+                        "the {} pool has no {more} tokens free for this call",
+                        r.pool.as_str()
+                    ),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(ReserveOutcome::Reserved(r))
+    }
+
     async fn release(
         &self,
         scope: &CompanyScope,

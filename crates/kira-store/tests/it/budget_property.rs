@@ -30,6 +30,8 @@ enum Op {
     Reserve(usize, i64),
     Settle(usize, i64),
     Release(usize),
+    /// Sets reservation i (modulo their number) to an amount.
+    Resize(usize, i64),
     Finish(usize),
     Expire,
     Decide(bool),
@@ -49,6 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
         // settlements find no room and overdraw.
         3 => (0..64usize, 0..7500i64).prop_map(|(r, u)| Op::Settle(r, u)),
         1 => (0..64usize).prop_map(Op::Release),
+        2 => (0..64usize, 1..3000i64).prop_map(|(r, a)| Op::Resize(r, a)),
         1 => (0..64usize).prop_map(Op::Finish),
         1 => Just(Op::Expire),
         1 => any::<bool>().prop_map(Op::Decide),
@@ -265,6 +268,32 @@ impl Case {
                 {
                     Ok(()) => self.settled(used * 2 / 3 + used / 3, amount, released),
                     Err(kira_store::StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Op::Resize(i, amount) => {
+                let picked = {
+                    let all = self.reservations.lock().await;
+                    all.get(i % all.len().max(1)).cloned()
+                };
+                let Some((company, r, _, _)) = picked else {
+                    return Ok(());
+                };
+                match s
+                    .resize_reservation(&scope(&company), &r, amount, now)
+                    .await
+                {
+                    Ok(ReserveOutcome::Reserved(got)) => {
+                        prop_assert_eq!(got.amount, amount);
+                        // A settlement's allowance is measured against the
+                        // smaller of the amounts it held.
+                        let mut all = self.reservations.lock().await;
+                        if let Some(e) = all.iter_mut().find(|e| e.1 == r) {
+                            e.2 = e.2.min(amount);
+                        }
+                    }
+                    Ok(ReserveOutcome::Denied { .. })
+                    | Err(kira_store::StoreError::Conflict(_)) => {}
                     Err(e) => return Err(fail(e)),
                 }
             }

@@ -25,6 +25,7 @@ conformance!(
     only_the_lease_holder_finishes_and_only_legal_transitions,
     usage_above_the_reservation_is_charged_when_it_fits,
     usage_with_no_room_left_overdraws_and_the_company_waits,
+    a_reservation_shrinks_and_grows_to_the_calls_need,
     forced_delete_releases_and_removes_tasks,
     a_waiting_task_runs_once_budget_frees,
     usage_reported_after_a_lost_lease_is_still_charged,
@@ -892,6 +893,60 @@ async fn usage_with_no_room_left_overdraws_and_the_company_waits(f: Fresh) {
         .await
         .expect("claim"),
         ClaimOutcome::Claimed { .. }
+    ));
+    ledger_ok(s).await;
+}
+
+async fn a_reservation_shrinks_and_grows_to_the_calls_need(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let alloc = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state")
+        .companies[0]
+        .allocation;
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 1000)).await;
+    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &id, &cfg).await else {
+        panic!("claimed")
+    };
+    let reserved = || async {
+        s.company_budget(&scope("acme"), &cfg, t0())
+            .await
+            .expect("state")
+            .companies[0]
+            .reserved
+    };
+    let resize = |amount: i64| {
+        let rid = reservation.reservation_id.clone();
+        async move {
+            s.resize_reservation(&scope("acme"), &rid, amount, t0())
+                .await
+                .expect("resize")
+        }
+    };
+    let ReserveOutcome::Reserved(r) = resize(400).await else {
+        panic!("a shrink always succeeds")
+    };
+    assert_eq!((r.amount, reserved().await), (400, 400));
+    let ReserveOutcome::Reserved(r) = resize(1500).await else {
+        panic!("room to grow")
+    };
+    assert_eq!((r.amount, reserved().await), (1500, 1500));
+    assert!(
+        matches!(resize(alloc + 1).await, ReserveOutcome::Denied { .. }),
+        "no room: denied"
+    );
+    assert_eq!(reserved().await, 1500, "a denied growth changes nothing");
+    ledger_ok(s).await;
+    s.settle(&scope("acme"), &r.reservation_id, 1000, 100, 0.0, t0())
+        .await
+        .expect("settle");
+    assert!(matches!(
+        s.resize_reservation(&scope("acme"), &r.reservation_id, 10, t0())
+            .await,
+        Err(StoreError::Conflict(_))
     ));
     ledger_ok(s).await;
 }
