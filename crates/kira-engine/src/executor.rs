@@ -50,10 +50,11 @@ pub trait Executor: Send + Sync {
         None
     }
 
-    /// An upper bound of the tokens `agent`'s first model call for a task
-    /// of `task_type` takes (its whole prompt, with `input_tokens` of task
-    /// text and parameters, plus its output allowance): what the claim
-    /// reserves, so the first call needs no reservation of its own. None:
+    /// What `agent`'s run of a task of `task_type` needs to start: a lower
+    /// bound of its first call (the fixed prompt, `input_tokens` of task
+    /// text and parameters, the output allowance; no context pack, no
+    /// session, which are not built yet). The claim holds it; the first
+    /// call resizes it to the call's real bound ([`Run::reserve`]). None:
     /// the task's own estimate.
     fn first_call_tokens(&self, _agent: &str, _task_type: &str, _input_tokens: i64) -> Option<i64> {
         None
@@ -190,12 +191,25 @@ impl Run {
         // What the last call used may free what this one needs.
         self.settle_now().await?;
         if let Some(first) = self.first.take() {
-            if amount <= first.amount {
+            // The claim held what the run needs to start; now the call is
+            // known, hold exactly its bound: what is over goes back at
+            // once, what is missing is taken if there is room.
+            if amount == first.amount {
                 return Ok(first);
             }
-            self.store
-                .release(&self.scope, &first.reservation_id, self.clock.now())
-                .await?;
+            return match self
+                .store
+                .resize_reservation(&self.scope, &first.reservation_id, amount, self.clock.now())
+                .await?
+            {
+                ReserveOutcome::Reserved(r) => Ok(r),
+                ReserveOutcome::Denied { reason } => {
+                    self.store
+                        .release(&self.scope, &first.reservation_id, self.clock.now())
+                        .await?;
+                    Err(RunError::OutOfBudget(reason))
+                }
+            };
         }
         match self
             .store
