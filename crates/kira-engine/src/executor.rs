@@ -75,6 +75,9 @@ pub struct Run {
     prices: BTreeMap<String, ModelPrice>,
     /// The claim's reservation, handed to the first call.
     first: Option<Reservation>,
+    /// Whether any call was given its reservation (so may have reached
+    /// the model).
+    reserved_a_call: bool,
     /// The last call's usage, not yet written: it is settled before the
     /// next reservation, or with the run's end in the same transaction.
     unsettled: Option<Settlement>,
@@ -117,6 +120,7 @@ impl Run {
             budget,
             prices,
             first: Some(first),
+            reserved_a_call: false,
             unsettled: None,
             records: RunRecords::default(),
             cancel,
@@ -185,8 +189,23 @@ impl Run {
         self.unsettled.take()
     }
 
+    /// False while no call has been given a reservation: a run denied
+    /// its first call never reached the model, and waits for budget
+    /// again instead of spending an attempt.
+    pub fn reserved_a_call(&self) -> bool {
+        self.reserved_a_call
+    }
+
     /// Tokens for one call: an upper bound of its prompt plus max_tokens.
     pub async fn reserve(&mut self, amount: i64) -> Result<Reservation, RunError> {
+        let r = self.reserve_call(amount).await;
+        if r.is_ok() {
+            self.reserved_a_call = true;
+        }
+        r
+    }
+
+    async fn reserve_call(&mut self, amount: i64) -> Result<Reservation, RunError> {
         self.calling();
         // What the last call used may free what this one needs.
         self.settle_now().await?;

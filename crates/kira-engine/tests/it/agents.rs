@@ -1161,6 +1161,17 @@ async fn probe_with(
     let admin = Principal::system().admin().expect("admin");
     let report = s.store.verify_ledger(&admin).await.expect("verify");
     assert!(report.ok, "{report:?}");
+    // A task denied its first call waits for budget; none fails for it.
+    let tasks = s
+        .store
+        .list_tasks(&scope("acme"), &Default::default())
+        .await
+        .expect("tasks");
+    assert!(
+        tasks.iter().all(|t| t.status != TaskStatus::Failed),
+        "{:?}",
+        tasks.iter().find(|t| t.status == TaskStatus::Failed)
+    );
     let p = Probe {
         admitted: billed.calls.load(Ordering::SeqCst) - calls0,
         real: billed.tokens.load(Ordering::SeqCst) - tokens0,

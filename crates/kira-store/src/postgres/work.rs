@@ -1556,6 +1556,23 @@ impl TaskStore for PgStore {
             .execute(&mut *tx)
             .await?;
             notify(&mut tx, id).await?;
+        } else if f.status == TaskStatus::WaitingBudget {
+            // The run never reached the model: the claim's attempt is given back.
+            sqlx::query(
+                "UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, lease_expires_at = NULL, \
+                 not_before = $1, attempts = GREATEST(attempts - 1, 0) WHERE task_id = $2",
+            )
+            .bind(f.retry_at.unwrap_or(now).trunc_subsecs(6))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tasks SET attempts = GREATEST(attempts - 1, 0) WHERE company_id = $1 AND task_id = $2",
+            )
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         } else {
             sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
                 .bind(id.as_str())
@@ -2584,7 +2601,10 @@ impl FinishPlan {
     /// reservation the task holds, within its amount. False otherwise.
     fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
         let f = &c.finish;
-        if check_transition(TaskStatus::Running, f.status).is_err() {
+        // Back to waiting for budget gives the attempt back: the slow way.
+        if f.status == TaskStatus::WaitingBudget
+            || check_transition(TaskStatus::Running, f.status).is_err()
+        {
             return false;
         }
         let company = c.scope.company();

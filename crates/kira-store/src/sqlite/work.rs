@@ -1284,6 +1284,23 @@ impl TaskStore for SqliteStore {
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
+        } else if f.status == TaskStatus::WaitingBudget {
+            // The run never reached the model: the claim's attempt is given back.
+            sqlx::query(
+                "UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, lease_expires_at = NULL, \
+                 not_before = ?, attempts = MAX(attempts - 1, 0) WHERE task_id = ?",
+            )
+            .bind(ts(f.retry_at.unwrap_or(now)))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE company_id = ? AND task_id = ?",
+            )
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         } else {
             sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
                 .bind(id.as_str())
@@ -2378,7 +2395,10 @@ impl FinishPlan {
     /// reservation the task holds, within its amount. False otherwise.
     fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
         let f = &c.finish;
-        if check_transition(TaskStatus::Running, f.status).is_err() {
+        // Back to waiting for budget gives the attempt back: the slow way.
+        if f.status == TaskStatus::WaitingBudget
+            || check_transition(TaskStatus::Running, f.status).is_err()
+        {
             return false;
         }
         let company = c.scope.company();

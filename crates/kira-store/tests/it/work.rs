@@ -26,6 +26,7 @@ conformance!(
     usage_above_the_reservation_is_charged_when_it_fits,
     usage_with_no_room_left_overdraws_and_the_company_waits,
     a_reservation_shrinks_and_grows_to_the_calls_need,
+    a_run_denied_its_first_call_waits_for_budget_with_its_attempt_back,
     forced_delete_releases_and_removes_tasks,
     a_waiting_task_runs_once_budget_frees,
     usage_reported_after_a_lost_lease_is_still_charged,
@@ -948,6 +949,75 @@ async fn a_reservation_shrinks_and_grows_to_the_calls_need(f: Fresh) {
             .await,
         Err(StoreError::Conflict(_))
     ));
+    ledger_ok(s).await;
+}
+
+async fn a_run_denied_its_first_call_waits_for_budget_with_its_attempt_back(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 100)).await;
+    assert!(matches!(
+        claim(s, "acme", &id, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    let f = Finish {
+        status: TaskStatus::WaitingBudget,
+        reason: "waiting for budget".into(),
+        result: None,
+        confidence: None,
+        requires_human_review: false,
+        error: None,
+        retry_at: Some(t0() + TimeDelta::seconds(10)),
+    };
+    let out = s
+        .finish_batch(
+            "w1",
+            vec![Completion {
+                scope: scope("acme"),
+                task_id: id.clone(),
+                finish: f,
+                settle: None,
+                records: Default::default(),
+            }],
+            t0(),
+        )
+        .await
+        .expect("finish");
+    assert!(matches!(out[0], Completed::Recorded), "{out:?}");
+    let task = s.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!((task.status, task.attempts), (TaskStatus::WaitingBudget, 0));
+    let line = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state")
+        .companies
+        .remove(0);
+    assert_eq!(line.reserved, 0, "what the claim held went back");
+    // Claimable again after its recheck, not before.
+    let snap = s.queue_snapshot(t0(), 10, None).await.expect("snap");
+    assert!(snap.runnable.iter().all(|e| e.task_id != id));
+    let later = t0() + TimeDelta::seconds(11);
+    assert!(matches!(
+        s.claim(
+            &scope("acme"),
+            &id,
+            "w1",
+            later + TimeDelta::minutes(1),
+            &cfg,
+            later
+        )
+        .await
+        .expect("claim"),
+        ClaimOutcome::Claimed { .. }
+    ));
+    assert_eq!(
+        s.get_task(&scope("acme"), &id)
+            .await
+            .expect("task")
+            .attempts,
+        1
+    );
     ledger_ok(s).await;
 }
 
