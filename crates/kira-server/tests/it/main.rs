@@ -4,6 +4,7 @@
 mod audit;
 mod auth_matrix;
 mod bad_input;
+mod budget;
 mod isolation;
 mod knowledge;
 mod memory_input;
