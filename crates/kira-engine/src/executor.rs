@@ -78,6 +78,8 @@ pub struct Run {
     /// Whether any call was given its reservation (so may have reached
     /// the model).
     reserved_a_call: bool,
+    /// What the first call needed when it was denied.
+    first_call_need: Option<i64>,
     /// The last call's usage, not yet written: it is settled before the
     /// next reservation, or with the run's end in the same transaction.
     unsettled: Option<Settlement>,
@@ -121,6 +123,7 @@ impl Run {
             prices,
             first: Some(first),
             reserved_a_call: false,
+            first_call_need: None,
             unsettled: None,
             records: RunRecords::default(),
             cancel,
@@ -196,6 +199,13 @@ impl Run {
         self.reserved_a_call
     }
 
+    /// What the first call was denied, if it was: the task's next claim
+    /// holds that much, so runs claimed together never each hold a start
+    /// and all fail to grow it.
+    pub(crate) fn first_call_need(&self) -> Option<i64> {
+        self.first_call_need
+    }
+
     /// Tokens for one call: an upper bound of its prompt plus max_tokens.
     pub async fn reserve(&mut self, amount: i64) -> Result<Reservation, RunError> {
         let r = self.reserve_call(amount).await;
@@ -223,6 +233,7 @@ impl Run {
             {
                 ReserveOutcome::Reserved(r) => Ok(r),
                 ReserveOutcome::Denied { reason } => {
+                    self.first_call_need = Some(amount);
                     self.store
                         .release(&self.scope, &first.reservation_id, self.clock.now())
                         .await?;

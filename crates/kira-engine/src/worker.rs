@@ -128,6 +128,15 @@ impl Engine {
             self.wake();
             return;
         }
+        if !run.reserved_a_call()
+            && let Some(need) = run.first_call_need()
+            && let Err(e) = self
+                .store()
+                .raise_estimate(&scope, &id, self.worker_id(), need)
+                .await
+        {
+            tracing::warn!(task = %id, error = %e, "could not record what the task's first call needs");
+        }
         let now = self.clock().now();
         let sched = &cfg.scheduler;
         let retry = |reason: String, error: Option<String>| {

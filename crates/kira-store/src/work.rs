@@ -475,6 +475,18 @@ pub trait TaskStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<Completed>>;
 
+    /// Raises the estimate a running task of `worker` is claimed for next
+    /// time to `tokens` (never lowers it): what its first call was found to
+    /// need, so a task sent back to wait is claimed for what it costs.
+    /// Conflict when the lease is no longer the worker's.
+    async fn raise_estimate(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        tokens: i64,
+    ) -> Result<()>;
+
     async fn heartbeat(
         &self,
         id: &TaskId,

@@ -1164,7 +1164,13 @@ async fn probe_with(
     // A task denied its first call waits for budget; none fails for it.
     let tasks = s
         .store
-        .list_tasks(&scope("acme"), &Default::default())
+        .list_tasks(
+            &scope("acme"),
+            &kira_store::work::TaskFilter {
+                limit: 1000,
+                ..Default::default()
+            },
+        )
         .await
         .expect("tasks");
     assert!(
@@ -1360,4 +1366,119 @@ async fn a_call_without_usage_is_charged_its_reservation() {
             .expect("budget"),
     );
     assert_eq!((line.reserved, line.spent), (0, reserved));
+}
+
+/// Many concurrent runs of two companies whose model bills 1.0x, 1.3x or
+/// 3.0x its own count (picked per round), on small budgets, uncalibrated at
+/// first: each company's ledger equals what the provider reported for it,
+/// to the token, and its overdraft is no more than its calls' usage above
+/// their reservations.
+async fn concurrent_runs_put_every_billed_token_on_the_ledger(b: Backend) {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    for round in 0..6 {
+        let s = setup(b).await;
+        let factors = [
+            [1.0, 1.3, 3.0][next(3) as usize],
+            [1.0, 1.3, 3.0][next(3) as usize],
+        ];
+        // What the provider billed each company (known by its name in the prompt).
+        let billed: Arc<Mutex<[i64; 2]>> = Arc::default();
+        let fake = {
+            let billed = billed.clone();
+            FakeLlm::start(None, move |_n, req| {
+                let acme = req["messages"].to_string().contains("Acme Robotics");
+                let i = usize::from(!acme);
+                let prompt = (own_count(req) * factors[i]).ceil() as u32;
+                let max = req["max_tokens"].as_u64().unwrap_or(u64::MAX) as u32;
+                let c = 200.min(max);
+                billed.lock().expect("lock")[i] += i64::from(prompt + c);
+                completion(submit("ok", "ok", 0.9), prompt, c)
+            })
+            .await
+        };
+        // Tight budgets too: a few calls fill an allocation, so calls in
+        // flight before calibration overdraw it.
+        let cfg = probe_config([8_000, 12_000, 40_000][next(3) as usize]);
+        let e = Engine::with_executor(
+            s.store.clone(),
+            s.clock.clone(),
+            cfg.clone(),
+            fake_executor(&fake, &cfg),
+        );
+        let mut ids = Vec::new();
+        for company in ["acme", "globex"] {
+            for i in 0..(5 + next(20)) {
+                let id = submit_medium(
+                    &e,
+                    company,
+                    &format!("Question {i} on {}", "x".repeat(next(400) as usize)),
+                )
+                .await;
+                ids.push((company, id));
+            }
+        }
+        let mut rounds = 0;
+        let mut last = -1;
+        while rounds < 3 {
+            run_all(&e).await;
+            s.clock.advance(TimeDelta::minutes(10));
+            let now: i64 = billed.lock().expect("lock").iter().sum();
+            if now == last {
+                rounds += 1;
+            } else {
+                rounds = 0;
+            }
+            last = now;
+        }
+        let billed = *billed.lock().expect("lock");
+        for (i, company) in ["acme", "globex"].into_iter().enumerate() {
+            let line = company_line(
+                &s.store
+                    .company_budget(&scope(company), &cfg.budget, s.clock.now())
+                    .await
+                    .expect("budget"),
+            );
+            let mut excess = 0;
+            for (_, id) in ids.iter().filter(|(c, _)| *c == company) {
+                let trace = s
+                    .store
+                    .task_trace(&scope(company), id)
+                    .await
+                    .expect("trace");
+                for st in trace.iter().filter(|st| st.kind == StepKind::Llm) {
+                    let reserved = st.detail["reserved"].as_i64().expect("reserved");
+                    excess += (st.prompt_tokens + st.completion_tokens - reserved).max(0);
+                }
+            }
+            eprintln!(
+                "round {round} {b:?} {company} x{}: billed {}, ledger {}, allocation {}, overdraft {}, excess {excess}",
+                factors[i], billed[i], line.spent_all_pools, line.allocation, line.overdraft
+            );
+            assert_eq!(line.spent_all_pools, billed[i], "{company}: to the token");
+            assert!(
+                line.overdraft <= excess,
+                "{company}: {} > {excess}",
+                line.overdraft
+            );
+        }
+        let admin = Principal::system().admin().expect("admin");
+        let report = s.store.verify_ledger(&admin).await.expect("verify");
+        assert!(report.ok, "{report:?}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_runs_put_every_billed_token_on_the_ledger_sqlite() {
+    concurrent_runs_put_every_billed_token_on_the_ledger(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_runs_put_every_billed_token_on_the_ledger_postgres() {
+    concurrent_runs_put_every_billed_token_on_the_ledger(Backend::Postgres).await;
 }

@@ -961,6 +961,18 @@ async fn a_run_denied_its_first_call_waits_for_budget_with_its_attempt_back(f: F
         claim(s, "acme", &id, &cfg).await,
         ClaimOutcome::Claimed { .. }
     ));
+    // What its first call needed is what the next claim holds; never lowered.
+    s.raise_estimate(&scope("acme"), &id, "w1", 900)
+        .await
+        .expect("raise");
+    s.raise_estimate(&scope("acme"), &id, "w1", 300)
+        .await
+        .expect("raise");
+    assert!(matches!(
+        s.raise_estimate(&scope("acme"), &id, "someone else", 5000)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
     let f = Finish {
         status: TaskStatus::WaitingBudget,
         reason: "waiting for budget".into(),
@@ -1011,13 +1023,16 @@ async fn a_run_denied_its_first_call_waits_for_budget_with_its_attempt_back(f: F
         .expect("claim"),
         ClaimOutcome::Claimed { .. }
     ));
-    assert_eq!(
-        s.get_task(&scope("acme"), &id)
-            .await
-            .expect("task")
-            .attempts,
-        1
-    );
+    let task = s.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!((task.attempts, task.estimated_tokens), (1, 900));
+    let held = s
+        .company_budget(&scope("acme"), &cfg, later)
+        .await
+        .expect("state")
+        .companies
+        .remove(0)
+        .reserved;
+    assert_eq!(held, 900, "claimed for what its first call needs");
     ledger_ok(s).await;
 }
 
