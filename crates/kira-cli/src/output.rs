@@ -305,7 +305,14 @@ pub fn budget(b: &BudgetView) -> String {
     );
     // A company key is shown no pools: their totals are every company's.
     if !b.pools.is_empty() {
-        let mut pools = table(&["POOL", "CAPACITY", "RESERVED", "SPENT", "REMAINING"]);
+        let mut pools = table(&[
+            "POOL",
+            "CAPACITY",
+            "RESERVED",
+            "SPENT",
+            "REMAINING",
+            "OVERDRAFT",
+        ]);
         for p in &b.pools {
             pools.add_row(vec![
                 p.pool.clone(),
@@ -313,6 +320,7 @@ pub fn budget(b: &BudgetView) -> String {
                 p.reserved.to_string(),
                 p.spent.to_string(),
                 p.remaining.to_string(),
+                p.overdraft.to_string(),
             ]);
         }
         out.push_str(&pools.to_string());
@@ -329,6 +337,7 @@ pub fn budget(b: &BudgetView) -> String {
             "RESERVED",
             "SPENT",
             "REMAINING",
+            "OVERDRAFT",
             "ALL POOLS",
             "BURN/DAY",
             "PROJECTED",
@@ -343,6 +352,7 @@ pub fn budget(b: &BudgetView) -> String {
                 c.reserved.to_string(),
                 c.spent.to_string(),
                 c.remaining.to_string(),
+                c.overdraft.to_string(),
                 c.spent_all_pools.to_string(),
                 format!("{:.0}", c.burn_rate_per_day),
                 c.projected_period_use.to_string(),
@@ -350,6 +360,13 @@ pub fn budget(b: &BudgetView) -> String {
             ]);
         }
         out.push_str(&companies.to_string());
+        for c in b.companies.iter().filter(|c| c.overdraft > 0) {
+            out.push_str(&format!(
+                "\n{} is overdrawn by {} tokens (the provider reported more than it had): \
+                 its work waits for the next period or an approved emergency grant",
+                c.company_id, c.overdraft
+            ));
+        }
     }
     out.push_str("\n\n");
     out.push_str(&emergency_requests(&b.pending_requests, true));
@@ -653,6 +670,27 @@ mod tests {
             {"pool": "base", "capacity": 700, "reserved": 0, "spent": 5, "remaining": 695}
         ])));
         assert!(all.contains("CAPACITY") && all.contains("base"), "{all}");
+        assert!(!all.contains("overdrawn"), "{all}");
+    }
+
+    #[test]
+    fn an_overdrawn_company_is_named_with_its_overdraft() {
+        let b: crate::commands::budget::BudgetView = serde_json::from_value(serde_json::json!({
+            "period_id": "2026-12", "starts_at": "2026-12-01T00:00:00Z",
+            "ends_at": "2027-01-01T00:00:00Z", "total_tokens": 1000, "pools": [],
+            "companies": [{"company_id": "acme", "factor": 0.5, "share": 1.0,
+                "allocation": 700, "reserved": 0, "spent": 740, "remaining": -40,
+                "overdraft": 40, "spent_all_pools": 740, "burn_rate_per_day": 1.0,
+                "projected_period_use": 30, "cost_usd": 0.0}],
+            "pending_requests": []
+        }))
+        .expect("view");
+        let shown = budget(&b);
+        assert!(
+            shown.contains("OVERDRAFT") && shown.contains("-40"),
+            "{shown}"
+        );
+        assert!(shown.contains("acme is overdrawn by 40 tokens"), "{shown}");
     }
 
     fn step(kind: StepKind, detail: Value) -> Step {

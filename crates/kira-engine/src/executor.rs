@@ -52,10 +52,11 @@ pub trait Executor: Send + Sync {
         None
     }
 
-    /// An upper bound of the tokens `agent`'s first model call for a task
-    /// of `task_type` takes (its whole prompt, with `input_tokens` of task
-    /// text and parameters, plus its output allowance): what the claim
-    /// reserves, so the first call needs no reservation of its own. None:
+    /// What `agent`'s run of a task of `task_type` needs to start: a lower
+    /// bound of its first call (the fixed prompt, `input_tokens` of task
+    /// text and parameters, the output allowance; no context pack, no
+    /// session, which are not built yet). The claim holds it; the first
+    /// call resizes it to the call's real bound ([`Run::reserve`]). None:
     /// the task's own estimate.
     fn first_call_tokens(&self, _agent: &str, _task_type: &str, _input_tokens: i64) -> Option<i64> {
         None
@@ -76,6 +77,11 @@ pub struct Run {
     prices: BTreeMap<String, ModelPrice>,
     /// The claim's reservation, handed to the first call.
     first: Option<Reservation>,
+    /// Whether any call was given its reservation (so may have reached
+    /// the model).
+    reserved_a_call: bool,
+    /// What the first call needed when it was denied.
+    first_call_need: Option<i64>,
     /// The last call's usage, not yet written: it is settled before the
     /// next reservation, or with the run's end in the same transaction.
     unsettled: Option<Settlement>,
@@ -118,6 +124,8 @@ impl Run {
             budget,
             prices,
             first: Some(first),
+            reserved_a_call: false,
+            first_call_need: None,
             unsettled: None,
             records: RunRecords::default(),
             cancel,
@@ -186,18 +194,54 @@ impl Run {
         self.unsettled.take()
     }
 
+    /// False while no call has been given a reservation: a run denied
+    /// its first call never reached the model, and waits for budget
+    /// again instead of spending an attempt.
+    pub fn reserved_a_call(&self) -> bool {
+        self.reserved_a_call
+    }
+
+    /// What the first call was denied, if it was: the task's next claim
+    /// holds that much, so runs claimed together never each hold a start
+    /// and all fail to grow it.
+    pub(crate) fn first_call_need(&self) -> Option<i64> {
+        self.first_call_need
+    }
+
     /// Tokens for one call: an upper bound of its prompt plus max_tokens.
     pub async fn reserve(&mut self, amount: i64) -> Result<Reservation, RunError> {
+        let r = self.reserve_call(amount).await;
+        if r.is_ok() {
+            self.reserved_a_call = true;
+        }
+        r
+    }
+
+    async fn reserve_call(&mut self, amount: i64) -> Result<Reservation, RunError> {
         self.calling();
         // What the last call used may free what this one needs.
         self.settle_now().await?;
         if let Some(first) = self.first.take() {
-            if amount <= first.amount {
+            // The claim held what the run needs to start; now the call is
+            // known, hold exactly its bound: what is over goes back at
+            // once, what is missing is taken if there is room.
+            if amount == first.amount {
                 return Ok(first);
             }
-            self.store
-                .release(&self.scope, &first.reservation_id, self.clock.now())
-                .await?;
+            return match self
+                .store
+                .resize_reservation(&self.scope, &first.reservation_id, amount, self.clock.now())
+                .await?
+            {
+                ReserveOutcome::Reserved(r) => Ok(r),
+                ReserveOutcome::Denied { reason } => {
+                    self.first_call_need = Some(amount);
+                    self.store
+                        .release(&self.scope, &first.reservation_id, self.clock.now())
+                        .await?;
+                    Err(RunError::OutOfBudget(reason))
+                }
+            };
         }
         match self
             .store

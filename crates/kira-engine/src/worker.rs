@@ -128,6 +128,15 @@ impl Engine {
             self.wake();
             return;
         }
+        if !run.reserved_a_call()
+            && let Some(need) = run.first_call_need()
+            && let Err(e) = self
+                .store()
+                .raise_estimate(&scope, &id, self.worker_id(), need)
+                .await
+        {
+            tracing::warn!(task = %id, error = %e, "could not record what the task's first call needs");
+        }
         let now = self.clock().now();
         let sched = &cfg.scheduler;
         let retry = |reason: String, error: Option<String>| {
@@ -191,6 +200,18 @@ impl Engine {
                 requires_human_review: false,
                 error: Some(error),
                 retry_at: None,
+            },
+            // Denied its first call (the claim held only what starting
+            // needs): nothing reached the model, so the task waits for
+            // budget as an unclaimed one would, its attempt given back.
+            ExecOutcome::OutOfBudget { reason } if !run.reserved_a_call() => Finish {
+                status: TaskStatus::WaitingBudget,
+                reason: format!("waiting for budget: its first call needs more: {reason}"),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error: None,
+                retry_at: Some(now + kira_store::work::WAITING_BUDGET_RECHECK),
             },
             ExecOutcome::OutOfBudget { reason } => {
                 retry(format!("out of budget mid-run: {reason}"), Some(reason))

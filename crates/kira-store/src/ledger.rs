@@ -42,7 +42,10 @@ impl Replay {
             "allocate" => (0, 0, 0, m.amount),
             "reserve" | "grant" => (m.amount, 0, 0, 0),
             "settle" => (-m.amount, m.amount, 0, 0),
-            "release" => (-m.amount, 0, 0, 0),
+            "release" | "shrink" => (-m.amount, 0, 0, 0),
+            // Usage above the reservation that found no room: spent with
+            // nothing held for it, so the balance goes below zero.
+            "overdraft" => (0, m.amount, 0, 0),
             other => {
                 self.unknown
                     .push(format!("unknown movement kind {other:?}"));
@@ -163,6 +166,41 @@ mod tests {
         let allocs = BTreeMap::from([(("2026-11".to_string(), "acme".to_string()), [100, 0, 30])]);
         let res = BTreeMap::from([("r1".to_string(), [0, 30])]);
         let report = r.compare(5, &pools, &allocs, &res);
+        assert!(report.ok, "{report:?}");
+    }
+
+    #[test]
+    fn an_overdraft_is_spent_without_a_hold_and_replays() {
+        let mut r = Replay::default();
+        r.apply(m("rollover", Pool::Base, None, None, 100));
+        r.apply(m("allocate", Pool::Base, Some("acme"), None, 100));
+        r.apply(m("reserve", Pool::Base, Some("acme"), Some("r1"), 90));
+        r.apply(m("reserve", Pool::Base, Some("acme"), Some("r1"), 10));
+        r.apply(m("settle", Pool::Base, Some("acme"), Some("r1"), 100));
+        r.apply(m("overdraft", Pool::Base, Some("acme"), Some("r1"), 25));
+        let pools = BTreeMap::from([(("2026-11".to_string(), Pool::Base), [100, 0, 125])]);
+        let allocs = BTreeMap::from([(("2026-11".to_string(), "acme".to_string()), [100, 0, 125])]);
+        let res = BTreeMap::from([("r1".to_string(), [0, 125])]);
+        let report = r.compare(6, &pools, &allocs, &res);
+        assert!(report.ok, "{report:?}");
+        // The same balances without the overdraft row do not replay.
+        let mut r = Replay::default();
+        r.apply(m("rollover", Pool::Base, None, None, 100));
+        r.apply(m("allocate", Pool::Base, Some("acme"), None, 100));
+        r.apply(m("reserve", Pool::Base, Some("acme"), Some("r1"), 100));
+        r.apply(m("settle", Pool::Base, Some("acme"), Some("r1"), 100));
+        assert!(!r.compare(4, &pools, &allocs, &res).ok);
+    }
+
+    #[test]
+    fn a_shrink_gives_back_part_of_a_held_reservation() {
+        let mut r = Replay::default();
+        r.apply(m("rollover", Pool::Burst, None, None, 100));
+        r.apply(m("reserve", Pool::Burst, Some("acme"), Some("r1"), 60));
+        r.apply(m("shrink", Pool::Burst, Some("acme"), Some("r1"), 45));
+        let pools = BTreeMap::from([(("2026-11".to_string(), Pool::Burst), [100, 15, 0])]);
+        let res = BTreeMap::from([("r1".to_string(), [15, 0])]);
+        let report = r.compare(3, &pools, &BTreeMap::new(), &res);
         assert!(report.ok, "{report:?}");
     }
 

@@ -290,7 +290,16 @@ pub struct PoolState {
     pub pool: Pool,
     pub capacity: i64,
     pub reserved: i64,
+    /// Every token the provider reported, overdrafts included.
     pub spent: i64,
+    /// How far reserved plus spent is above capacity (0 when within).
+    pub overdraft: i64,
+}
+
+/// How far a balance is below zero: the overdraft of `limit` when
+/// `reserved + spent` exceed it, else 0.
+pub fn overdraft_of(limit: i64, reserved: i64, spent: i64) -> i64 {
+    (reserved + spent - limit).max(0)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -303,6 +312,10 @@ pub struct CompanyBudget {
     /// Base tokens reserved and spent.
     pub reserved: i64,
     pub spent: i64,
+    /// How far reserved plus spent is above the allocation: usage the
+    /// provider reported beyond what the company had. While above zero its
+    /// claims wait for budget (the next period or an approved grant).
+    pub overdraft: i64,
     /// Tokens spent from every pool (base, burst, emergency).
     pub spent_all_pools: i64,
     pub cost_usd: f64,
@@ -462,6 +475,18 @@ pub trait TaskStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<Completed>>;
 
+    /// Raises the estimate a running task of `worker` is claimed for next
+    /// time to `tokens` (never lowers it): what its first call was found to
+    /// need, so a task sent back to wait is claimed for what it costs.
+    /// Conflict when the lease is no longer the worker's.
+    async fn raise_estimate(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        tokens: i64,
+    ) -> Result<()>;
+
     async fn heartbeat(
         &self,
         id: &TaskId,
@@ -495,6 +520,59 @@ pub trait TaskStore: Send + Sync {
     /// and they are queued again after `backoff * 2^(attempts-1)`, or failed
     /// after their last attempt.
     async fn reap_expired(&self, now: DateTime<Utc>, backoff: TimeDelta) -> Result<Vec<TaskId>>;
+}
+
+/// How a settlement of `used` tokens is charged against a reservation that
+/// holds `held` after taking what room its pool had (`held` may be zero
+/// when the reaper released it): the `settle` row moves held tokens to
+/// spent, the `overdraft` row is usage with nothing held for it, the
+/// `release` row gives back what was not used. Every reported token is in
+/// `settle + overdraft`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Charge {
+    pub settle: i64,
+    pub overdraft: i64,
+    pub release: i64,
+}
+
+impl Charge {
+    pub(crate) fn of(used: i64, held: i64) -> Self {
+        let settle = used.min(held);
+        Charge {
+            settle,
+            overdraft: used - settle,
+            release: held - settle,
+        }
+    }
+}
+
+/// The audit entry of an overdraft: under the company alone, naming only
+/// its own task and reservation.
+pub(crate) fn overdraft_audit(r: &Reservation, c: Charge, now: DateTime<Utc>) -> AuditRecord {
+    AuditRecord {
+        at: now,
+        request_id: String::new(),
+        actor: "system".into(),
+        company_id: Some(r.company_id.clone()),
+        action: "budget.overdraft".into(),
+        target: format!("task:{}", r.task_id),
+        outcome: kira_core::audit::Outcome::Ok,
+        detail: format!(
+            "the provider reported {} tokens above what the {} pool had room for (reservation {}): \
+             charged as an overdraft; this company's work waits for budget",
+            c.overdraft,
+            r.pool.as_str(),
+            r.reservation_id
+        ),
+    }
+}
+
+/// What a refresh of the allocations must leave a company: what it holds
+/// and spent, but only up to its current allocation, so a refresh never
+/// turns an overdraft into allocation taken from the other companies.
+pub(crate) fn committed(tokens: Option<i64>, reserved: i64, spent: i64) -> i64 {
+    let c = reserved + spent;
+    tokens.map_or(c, |t| c.min(t))
 }
 
 /// One completion the slow way: [`BudgetStore::settle`], then [`TaskStore::finish`].
@@ -573,6 +651,19 @@ pub trait BudgetStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<()>;
 
+    /// Sets a held reservation to `amount`, once a call's need is known:
+    /// lower, the difference goes back at once (a `shrink` row); higher,
+    /// the difference is held if its pool (for base, the company's
+    /// allocation) has room (a `reserve` row), else Denied and the
+    /// reservation is unchanged. Conflict when it is no longer held.
+    async fn resize_reservation(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        amount: i64,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome>;
+
     /// The current period: pools, every company's allocation, pending requests (admin).
     async fn budget_state(
         &self,
@@ -610,4 +701,48 @@ pub trait BudgetStore: Send + Sync {
 
     /// Replays the ledger and compares every balance.
     async fn verify_ledger(&self, admin: &AdminScope) -> Result<LedgerReport>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_puts_every_reported_token_on_the_ledger() {
+        // Within the reservation: settled, the rest released.
+        assert_eq!(
+            Charge::of(30, 40),
+            Charge {
+                settle: 30,
+                overdraft: 0,
+                release: 10
+            }
+        );
+        // Above what was held: the excess is an overdraft, never dropped.
+        assert_eq!(
+            Charge::of(125, 100),
+            Charge {
+                settle: 100,
+                overdraft: 25,
+                release: 0
+            }
+        );
+        // Released by the reaper, nothing held: all of it is overdraft.
+        assert_eq!(
+            Charge::of(7, 0),
+            Charge {
+                settle: 0,
+                overdraft: 7,
+                release: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_refresh_keeps_an_overdraft_to_the_company() {
+        assert_eq!(committed(None, 5, 10), 15);
+        assert_eq!(committed(Some(100), 5, 10), 15);
+        // Overdrawn by 20: the refresh leaves its allocation at 100, not 120.
+        assert_eq!(committed(Some(100), 0, 120), 100);
+    }
 }

@@ -26,6 +26,30 @@ struct Model {
     max_output_tokens: u32,
     context_budget: usize,
     system_prompt: String,
+    #[serde(default)]
+    calibration: Option<Calibration>,
+}
+
+/// The provider's prompt counts against kira's (cl100k) for this model.
+#[derive(Debug, Deserialize)]
+struct Calibration {
+    observations: usize,
+    factor: f64,
+    min_ratio: Option<f64>,
+    max_ratio: Option<f64>,
+}
+
+fn calibration_line(c: &Calibration) -> String {
+    match (c.min_ratio, c.max_ratio) {
+        (Some(lo), Some(hi)) => format!(
+            "prompts reserved at {:.3}x kira's count (p95 of {} calls; ratio {lo:.3} to {hi:.3})",
+            c.factor, c.observations
+        ),
+        _ => format!(
+            "prompts reserved at {:.3}x kira's count (no calls observed yet)",
+            c.factor
+        ),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,8 +138,13 @@ fn show(a: &Agent) -> String {
     );
     if let Some(m) = &a.model {
         out.push_str(&format!(
-            "\noutput:       {} tokens per call\ncontext:      {} tokens of context pack\n\nsystem prompt:\n{}",
-            m.max_output_tokens, m.context_budget, m.system_prompt
+            "\noutput:       {} tokens per call\ncontext:      {} tokens of context pack\ncalibration:  {}\n\nsystem prompt:\n{}",
+            m.max_output_tokens,
+            m.context_budget,
+            m.calibration
+                .as_ref()
+                .map_or_else(|| "not reported".to_owned(), calibration_line),
+            m.system_prompt
         ));
     }
     out
@@ -140,5 +169,34 @@ pub async fn run(ctx: &Ctx, cmd: AgentsCommand) -> anyhow::Result<ExitCode> {
             let v = ctx.client.get(&["v1", "agents", &name], &[]).await?;
             print(ctx, &v, decode::<Agent>(v.clone()).map(|a| show(&a)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_reads_as_the_factor_and_its_spread() {
+        let before = Calibration {
+            observations: 0,
+            factor: 1.15,
+            min_ratio: None,
+            max_ratio: None,
+        };
+        assert_eq!(
+            calibration_line(&before),
+            "prompts reserved at 1.150x kira's count (no calls observed yet)"
+        );
+        let after = Calibration {
+            observations: 12,
+            factor: 1.31,
+            min_ratio: Some(1.28),
+            max_ratio: Some(1.32),
+        };
+        assert_eq!(
+            calibration_line(&after),
+            "prompts reserved at 1.310x kira's count (p95 of 12 calls; ratio 1.280 to 1.320)"
+        );
     }
 }

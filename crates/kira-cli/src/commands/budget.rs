@@ -32,6 +32,8 @@ pub struct PoolView {
     pub reserved: i64,
     pub spent: i64,
     pub remaining: i64,
+    #[serde(default)]
+    pub overdraft: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +45,8 @@ pub struct CompanyBudgetView {
     pub reserved: i64,
     pub spent: i64,
     pub remaining: i64,
+    #[serde(default)]
+    pub overdraft: i64,
     pub spent_all_pools: i64,
     pub burn_rate_per_day: f64,
     pub projected_period_use: i64,

@@ -27,6 +27,7 @@ use crate::executor::{ExecOutcome, Executor, Run, RunError};
 use crate::memory::ContextRequest;
 use crate::memory::pack::count_tokens;
 
+pub mod calibrate;
 pub mod prompts;
 pub mod result;
 pub mod session;
@@ -39,15 +40,6 @@ const LOCAL_OUTPUT: u32 = 200;
 const LOCAL_CONTEXT: usize = 600;
 const REMOTE_OUTPUT: u32 = 1_024;
 const REMOTE_CONTEXT: usize = 4_000;
-/// The cl100k count of a prompt is not the model's own; reserve this much more.
-const COUNT_MARGIN_PERCENT: i64 = 15;
-/// The first prompt's own lines (headings, the company, the task line), in
-/// tokens, for the first call's bound.
-const PROMPT_FRAMING_TOKENS: i64 = 200;
-/// The context pack's headings and line framing beyond its items' tokens.
-const PACK_FRAMING_PERCENT: i64 = 10;
-/// The two turns a task adds to the primary session, in tokens at most.
-const SESSION_TURN_TOKENS: i64 = 400;
 /// Characters of a tool result kept in a trace.
 const TRACE_CHARS: usize = 2_000;
 
@@ -127,6 +119,8 @@ pub struct AgentRuntime {
 pub struct AgentExecutor {
     agents: BTreeMap<String, AgentRuntime>,
     config: EngineConfig,
+    /// Provider prompt counts against kira's, per provider and model.
+    calibration: Arc<calibrate::Calibration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +190,7 @@ impl AgentExecutor {
         Ok(Self {
             agents,
             config: config.clone(),
+            calibration: Arc::default(),
         })
     }
 
@@ -218,6 +213,9 @@ pub struct AgentModel {
     pub max_output_tokens: u32,
     pub context_budget: usize,
     pub system_prompt: String,
+    /// The provider's prompt counts against kira's for this model, and the
+    /// factor reservations use.
+    pub calibration: calibrate::PromptCalibration,
 }
 
 /// An agent as `kira agents` shows it: configuration, model and load.
@@ -438,27 +436,21 @@ impl Executor for AgentExecutor {
             max_output_tokens: a.max_output_tokens,
             context_budget: a.context_budget,
             system_prompt: a.system_prompt.clone(),
+            calibration: self.calibration.show(&a.provider_name, &a.model),
         })
     }
 
     fn first_call_tokens(&self, agent: &str, task_type: &str, input_tokens: i64) -> Option<i64> {
+        // Only what every first call certainly sends and may write back:
+        // the claim admits the task, and its first call resizes the hold
+        // to the counted prompt once the context pack and session exist.
         let a = self.agents.get(agent)?;
-        let fixed = a.fixed_tokens;
-        let session = if a.name == PRIMARY {
-            // Compacted past the threshold after a turn: at most one
-            // task's two turns above it.
-            self.config.primary.session_max_tokens + SESSION_TURN_TOKENS
-        } else {
-            0
-        };
-        let pack = i64::try_from(a.context_budget).unwrap_or(i64::MAX / 4);
-        let prompt = fixed
-            .saturating_add(pack + pack * PACK_FRAMING_PERCENT / 100)
-            .saturating_add(session)
-            .saturating_add(input_tokens)
-            .saturating_add(PROMPT_FRAMING_TOKENS);
         let output = i64::from(self.max_output(a, task_type));
-        Some(prompt + prompt * COUNT_MARGIN_PERCENT / 100 + output)
+        Some(
+            a.fixed_tokens
+                .saturating_add(input_tokens)
+                .saturating_add(output),
+        )
     }
 
     async fn execute(&self, run: &mut Run) -> ExecOutcome {
@@ -578,8 +570,12 @@ impl AgentExecutor {
                 break;
             }
             // The system prompt and tool specs never change: counted once.
+            // The call is known now: reserve its prompt as this provider
+            // and model count it (kira's count, calibrated) plus the most
+            // it may write.
             let prompt = agent.fixed_tokens + tokens_of(&messages[1..], &[]);
-            let need = prompt + prompt * COUNT_MARGIN_PERCENT / 100 + i64::from(max_output);
+            let factor = self.calibration.factor(&agent.provider_name, &agent.model);
+            let need = calibrate::scaled(prompt, factor) + i64::from(max_output);
             if used + need > limits.max_tokens_per_run {
                 limit = Some(Limit::Tokens);
                 break;
@@ -616,10 +612,17 @@ impl AgentExecutor {
                     };
                 }
             };
-            let (p, c) = (
-                i64::from(resp.usage.prompt_tokens),
-                i64::from(resp.usage.completion_tokens),
-            );
+            let reported = resp.usage.prompt_tokens > 0 || resp.usage.completion_tokens > 0;
+            let (p, c) = if reported {
+                let p = i64::from(resp.usage.prompt_tokens);
+                self.calibration
+                    .observe(&agent.provider_name, &agent.model, prompt, p);
+                (p, i64::from(resp.usage.completion_tokens))
+            } else {
+                // No usage reported: charge the reservation, the most the
+                // call could have cost (the trace says so).
+                (need - i64::from(max_output), i64::from(max_output))
+            };
             used += p + c;
             if let Err(e) = run.settle(&reservation, &resp.model, p, c).await {
                 return failed(e.to_string());
@@ -635,6 +638,9 @@ impl AgentExecutor {
                     "content": cut(&resp.message.content, TRACE_CHARS),
                     "tool_calls": resp.message.tool_calls,
                     "reserved": reservation.amount,
+                    "counted_prompt": prompt,
+                    "calibration": factor,
+                    "usage": if reported { "reported by the provider" } else { "not reported: charged the reservation" },
                 }),
                 (p, c),
                 latency,

@@ -23,8 +23,12 @@ pub struct PoolView {
     pub pool: Pool,
     pub capacity: i64,
     pub reserved: i64,
+    /// Every token the provider reported, overdrafts included.
     pub spent: i64,
+    /// Negative when overdrawn.
     pub remaining: i64,
+    /// How far the pool is overdrawn (0 when within its capacity).
+    pub overdraft: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -37,8 +41,14 @@ pub struct CompanyBudgetView {
     /// Base tokens allocated this period.
     pub allocation: i64,
     pub reserved: i64,
+    /// Every base token the provider reported, overdrafts included.
     pub spent: i64,
+    /// Negative when overdrawn.
     pub remaining: i64,
+    /// Usage the provider reported beyond the allocation. While above zero
+    /// the company's work waits for budget: the next period, or an approved
+    /// emergency grant.
+    pub overdraft: i64,
     /// Spent from every pool.
     pub spent_all_pools: i64,
     pub burn_rate_per_day: f64,
@@ -107,6 +117,7 @@ fn view(s: BudgetState, now: DateTime<Utc>) -> BudgetView {
                 reserved: p.reserved,
                 spent: p.spent,
                 remaining: p.capacity - p.reserved - p.spent,
+                overdraft: p.overdraft,
             })
             .collect(),
         companies: s
@@ -122,6 +133,7 @@ fn view(s: BudgetState, now: DateTime<Utc>) -> BudgetView {
                 allocation: c.allocation,
                 reserved: c.reserved,
                 spent: c.spent,
+                overdraft: c.overdraft,
                 spent_all_pools: c.spent_all_pools,
                 cost_usd: c.cost_usd,
             })

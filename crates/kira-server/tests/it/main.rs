@@ -5,6 +5,7 @@ mod attacker;
 mod audit;
 mod auth_matrix;
 mod bad_input;
+mod budget;
 mod isolation;
 mod knowledge;
 mod memory_input;

@@ -375,7 +375,9 @@ async fn refresh_tx(
                 activity_score: r.try_get("activity_score")?,
             }),
             active: archived.is_none(),
-            committed: held.map_or(0, |(_, reserved, spent)| reserved + spent),
+            committed: held.map_or(0, |(tokens, reserved, spent)| {
+                committed(Some(tokens), reserved, spent)
+            }),
         });
         old.push(held.map(|(tokens, _, _)| tokens));
     }
@@ -529,6 +531,29 @@ fn new_reservation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// What reservation `r`'s balance has free (negative when overdrawn): the
+/// company's allocation for base, the pool for burst and emergency.
+async fn room(tx: &mut PgConnection, r: &Reservation) -> Result<i64> {
+    let free: Option<i64> = if r.pool == Pool::Base {
+        sqlx::query_scalar(
+            "SELECT tokens - reserved - spent FROM budget_allocations WHERE period_id = $1 AND company_id = $2",
+        )
+        .bind(&r.period_id)
+        .bind(r.company_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = $1 AND pool = $2",
+        )
+        .bind(&r.period_id)
+        .bind(r.pool.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+    };
+    Ok(free.unwrap_or(0))
+}
+
 /// Reserves from the first pool `priority` may use that has room. The
 /// transaction has named `company`.
 async fn reserve_tx(
@@ -541,6 +566,20 @@ async fn reserve_tx(
     now: DateTime<Utc>,
 ) -> Result<Option<Reservation>> {
     let period = ensure_period_tx(tx, cfg, now, Some(company)).await?;
+    // An overdrawn company waits: its base allocation refuses every hold by
+    // itself (its balance is below zero), and the shared pools must not
+    // carry it past its overdraft either. Only an approved grant, already
+    // held for its task, runs it before the next period.
+    let overdrawn: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM budget_allocations WHERE period_id = $1 AND company_id = $2 AND reserved + spent > tokens",
+    )
+    .bind(&period)
+    .bind(company.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if overdrawn.is_some() {
+        return Ok(None);
+    }
     for pool in pools_to_try(priority, cfg) {
         if hold(tx, &period, company, pool, amount).await? {
             let r = Reservation {
@@ -1416,6 +1455,45 @@ impl TaskStore for PgStore {
             .collect()
     }
 
+    async fn raise_estimate(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        tokens: i64,
+    ) -> Result<()> {
+        let mut tx = self.scoped(scope.company()).await?;
+        if !lock_company(&mut tx, scope.company()).await? {
+            return Err(StoreError::NotFound);
+        }
+        let n = sqlx::query(
+            "UPDATE task_queue SET estimated_tokens = GREATEST(estimated_tokens, $1) \
+             WHERE task_id = $2 AND company_id = $3 AND lease_owner = $4 AND status = 'running'",
+        )
+        .bind(tokens)
+        .bind(id.as_str())
+        .bind(scope.company().as_str())
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "worker {worker} no longer holds the lease on {id}"
+            )));
+        }
+        sqlx::query(
+            "UPDATE tasks SET estimated_tokens = GREATEST(estimated_tokens, $1) WHERE company_id = $2 AND task_id = $3",
+        )
+        .bind(tokens)
+        .bind(scope.company().as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn heartbeat(
         &self,
         id: &TaskId,
@@ -1517,6 +1595,23 @@ impl TaskStore for PgStore {
             .execute(&mut *tx)
             .await?;
             notify(&mut tx, id).await?;
+        } else if f.status == TaskStatus::WaitingBudget {
+            // The run never reached the model: the claim's attempt is given back.
+            sqlx::query(
+                "UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, lease_expires_at = NULL, \
+                 not_before = $1, attempts = GREATEST(attempts - 1, 0) WHERE task_id = $2",
+            )
+            .bind(f.retry_at.unwrap_or(now).trunc_subsecs(6))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tasks SET attempts = GREATEST(attempts - 1, 0) WHERE company_id = $1 AND task_id = $2",
+            )
+            .bind(company.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         } else {
             sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
                 .bind(id.as_str())
@@ -1638,11 +1733,15 @@ async fn pools_of(tx: &mut PgConnection, period: &str) -> Result<Vec<PoolState>>
     rows.iter()
         .map(|r| {
             let pool: &str = r.try_get("pool")?;
+            let capacity = r.try_get("capacity")?;
+            let reserved = r.try_get("reserved")?;
+            let spent = r.try_get("spent")?;
             Ok(PoolState {
                 pool: Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
-                capacity: r.try_get("capacity")?,
-                reserved: r.try_get("reserved")?,
-                spent: r.try_get("spent")?,
+                capacity,
+                reserved,
+                spent,
+                overdraft: overdraft_of(capacity, reserved, spent),
             })
         })
         .collect()
@@ -1668,13 +1767,17 @@ async fn budget_lines(
     .await?;
     rows.iter()
         .map(|r| {
+            let allocation = r.try_get("tokens")?;
+            let reserved = r.try_get("reserved")?;
+            let spent = r.try_get("spent")?;
             Ok(CompanyBudget {
                 company_id: company_id(r.try_get("company_id")?)?,
                 factor: r.try_get("factor")?,
                 share: r.try_get("share")?,
-                allocation: r.try_get("tokens")?,
-                reserved: r.try_get("reserved")?,
-                spent: r.try_get("spent")?,
+                allocation,
+                reserved,
+                spent,
+                overdraft: overdraft_of(allocation, reserved, spent),
                 spent_all_pools: r.try_get("spent_all")?,
                 cost_usd: r.try_get("cost")?,
             })
@@ -1798,87 +1901,63 @@ impl BudgetStore for PgStore {
             return Err(StoreError::NotFound);
         }
         let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state == "released" && used > 0 {
-            // The run outlived its lease and the reaper gave the tokens back,
-            // but the provider did use them: hold them again to charge them.
-            if !hold_more(
-                &mut tx,
-                &mut r,
-                used,
-                used,
-                now,
-                "usage reported after the lease expired",
-            )
-            .await?
-            {
+        // What the reservation holds now: nothing once the reaper released
+        // it (the run outlived its lease, but the provider did bill it).
+        let mut held = match state.as_str() {
+            "held" => r.amount,
+            "released" if used > 0 => 0,
+            _ => {
                 return Err(StoreError::Conflict(format!(
-                    "reservation {reservation_id} was released when its lease expired, and the {used} tokens \
-                     used since no longer fit the {} pool",
-                    r.pool.as_str()
+                    "reservation {reservation_id} is already {state}"
                 )));
             }
-        } else if state != "held" {
-            return Err(StoreError::Conflict(format!(
-                "reservation {reservation_id} is already {state}"
-            )));
-        }
-        let mut detail = String::new();
-        if used > r.amount {
-            // The provider used more than the bound: hold the difference if it fits.
-            let extra = used - r.amount;
-            if !hold_more(
-                &mut tx,
-                &mut r,
-                extra,
-                used,
-                now,
-                "usage above the reservation",
-            )
-            .await?
-            {
-                detail = format!(
-                    "{extra} tokens above the reservation could not be charged: the pool is full"
-                );
-                tracing::warn!(reservation = %r.reservation_id, extra, "usage above a reservation did not fit its pool");
+        };
+        if used > held {
+            // Usage above what is held: hold what the pool has room for;
+            // the rest is an overdraft, charged all the same.
+            let fits = (used - held).min(room(&mut tx, &r).await?.max(0));
+            let why = if held == 0 {
+                "usage reported after the lease expired"
+            } else {
+                "usage above the reservation"
+            };
+            if fits > 0 && hold_more(&mut tx, &mut r, fits, held + fits, now, why).await? {
+                held += fits;
             }
         }
-        let spent = used.min(r.amount);
-        let rest = r.amount - spent;
+        let c = Charge::of(used, held);
         sqlx::query(
             "UPDATE reservations SET state = 'settled', spent = $1, closed_at = $2 WHERE reservation_id = $3",
         )
-        .bind(spent)
+        .bind(used)
         .bind(now)
         .bind(&r.reservation_id)
         .execute(&mut *tx)
         .await?;
-        ledger(
-            &mut tx,
-            now,
-            &r.period_id,
-            Some(&r.company_id),
-            Some(&r.task_id),
-            Some(&r.reservation_id),
-            Some(r.pool),
-            "settle",
-            spent,
-            &detail,
-        )
-        .await?;
-        if rest > 0 {
-            ledger(
-                &mut tx,
-                now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(r.pool),
-                "release",
-                rest,
-                "unused",
-            )
-            .await?;
+        for (kind, amount, detail) in [
+            ("settle", c.settle, ""),
+            (
+                "overdraft",
+                c.overdraft,
+                "usage above the reservation with no room left: the balance is overdrawn",
+            ),
+            ("release", c.release, "unused"),
+        ] {
+            if amount > 0 || (kind == "settle" && c.overdraft == 0) {
+                ledger(
+                    &mut tx,
+                    now,
+                    &r.period_id,
+                    Some(&r.company_id),
+                    Some(&r.task_id),
+                    Some(&r.reservation_id),
+                    Some(r.pool),
+                    kind,
+                    amount,
+                    detail,
+                )
+                .await?;
+            }
         }
         sqlx::query(
             "UPDATE tasks SET prompt_tokens = prompt_tokens + $1, completion_tokens = completion_tokens + $2, \
@@ -1893,17 +1972,80 @@ impl BudgetStore for PgStore {
         .await?;
         // The shared balances last, so their row locks (the pool row is every
         // worker's) are held only until the commit that follows.
-        move_tokens(
-            &mut tx,
-            &r.period_id,
-            &r.company_id,
-            r.pool,
-            -r.amount,
-            spent,
-        )
-        .await?;
+        move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -held, used).await?;
+        if c.overdraft > 0 {
+            tracing::warn!(reservation = %r.reservation_id, overdraft = c.overdraft, "usage above a reservation overdrew its pool");
+            append(&mut tx, overdraft_audit(&r, c, now)).await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn resize_reservation(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        amount: i64,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome> {
+        if amount <= 0 {
+            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
+        }
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.scoped(scope.company()).await?;
+        if !lock_company(&mut tx, scope.company()).await? {
+            return Err(StoreError::NotFound);
+        }
+        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
+        if state != "held" {
+            return Err(StoreError::Conflict(format!(
+                "reservation {reservation_id} is already {state}"
+            )));
+        }
+        if amount < r.amount {
+            let back = r.amount - amount;
+            sqlx::query("UPDATE reservations SET amount = $1 WHERE reservation_id = $2")
+                .bind(amount)
+                .bind(&r.reservation_id)
+                .execute(&mut *tx)
+                .await?;
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(r.pool),
+                "shrink",
+                back,
+                "lowered to the call's need",
+            )
+            .await?;
+            move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -back, 0).await?;
+            r.amount = amount;
+        } else if amount > r.amount {
+            let more = amount - r.amount;
+            if !hold_more(
+                &mut tx,
+                &mut r,
+                more,
+                amount,
+                now,
+                "raised to the call's need",
+            )
+            .await?
+            {
+                return Ok(ReserveOutcome::Denied {
+                    reason: format!(
+                        "the {} pool has no {more} tokens free for this call",
+                        r.pool.as_str()
+                    ),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(ReserveOutcome::Reserved(r))
     }
 
     async fn release(
@@ -2498,7 +2640,10 @@ impl FinishPlan {
     /// reservation the task holds, within its amount. False otherwise.
     fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
         let f = &c.finish;
-        if check_transition(TaskStatus::Running, f.status).is_err() {
+        // Back to waiting for budget gives the attempt back: the slow way.
+        if f.status == TaskStatus::WaitingBudget
+            || check_transition(TaskStatus::Running, f.status).is_err()
+        {
             return false;
         }
         let company = c.scope.company();

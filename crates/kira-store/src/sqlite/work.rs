@@ -249,8 +249,11 @@ async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>)
         });
         let archived: Option<String> = r.try_get("archived_at")?;
         let tokens: Option<i64> = r.try_get("tokens")?;
-        let committed = r.try_get::<Option<i64>, _>("reserved")?.unwrap_or(0)
-            + r.try_get::<Option<i64>, _>("spent")?.unwrap_or(0);
+        let committed = committed(
+            tokens,
+            r.try_get::<Option<i64>, _>("reserved")?.unwrap_or(0),
+            r.try_get::<Option<i64>, _>("spent")?.unwrap_or(0),
+        );
         inputs.push(AllocationInput {
             company: company_id(r.try_get("company_id")?)?,
             factor,
@@ -409,6 +412,29 @@ async fn hold_more(
     Ok(true)
 }
 
+/// What reservation `r`'s balance has free (negative when overdrawn): the
+/// company's allocation for base, the pool for burst and emergency.
+async fn room(tx: &mut SqliteConnection, r: &Reservation) -> Result<i64> {
+    let free: Option<i64> = if r.pool == Pool::Base {
+        sqlx::query_scalar(
+            "SELECT tokens - reserved - spent FROM budget_allocations WHERE period_id = ? AND company_id = ?",
+        )
+        .bind(&r.period_id)
+        .bind(r.company_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = ? AND pool = ?",
+        )
+        .bind(&r.period_id)
+        .bind(r.pool.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+    };
+    Ok(free.unwrap_or(0))
+}
+
 fn new_reservation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -424,6 +450,20 @@ async fn reserve_tx(
     now: DateTime<Utc>,
 ) -> Result<Option<Reservation>> {
     let period = ensure_period_tx(tx, cfg, now).await?;
+    // An overdrawn company waits: its base allocation refuses every hold by
+    // itself (its balance is below zero), and the shared pools must not
+    // carry it past its overdraft either. Only an approved grant, already
+    // held for its task, runs it before the next period.
+    let overdrawn: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM budget_allocations WHERE period_id = ? AND company_id = ? AND reserved + spent > tokens",
+    )
+    .bind(&period)
+    .bind(company.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if overdrawn.is_some() {
+        return Ok(None);
+    }
     for pool in pools_to_try(priority, cfg) {
         if hold(tx, &period, company, pool, amount).await? {
             let r = Reservation {
@@ -1162,6 +1202,42 @@ impl TaskStore for SqliteStore {
             .collect()
     }
 
+    async fn raise_estimate(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        worker: &str,
+        tokens: i64,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let n = sqlx::query(
+            "UPDATE task_queue SET estimated_tokens = MAX(estimated_tokens, ?) \
+             WHERE task_id = ? AND company_id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(tokens)
+        .bind(id.as_str())
+        .bind(scope.company().as_str())
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::Conflict(format!(
+                "worker {worker} no longer holds the lease on {id}"
+            )));
+        }
+        sqlx::query(
+            "UPDATE tasks SET estimated_tokens = MAX(estimated_tokens, ?) WHERE company_id = ? AND task_id = ?",
+        )
+        .bind(tokens)
+        .bind(scope.company().as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn heartbeat(
         &self,
         id: &TaskId,
@@ -1241,6 +1317,23 @@ impl TaskStore for SqliteStore {
                 "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ? WHERE task_id = ?",
             )
             .bind(ts(f.retry_at.unwrap_or(now)))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        } else if f.status == TaskStatus::WaitingBudget {
+            // The run never reached the model: the claim's attempt is given back.
+            sqlx::query(
+                "UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, lease_expires_at = NULL, \
+                 not_before = ?, attempts = MAX(attempts - 1, 0) WHERE task_id = ?",
+            )
+            .bind(ts(f.retry_at.unwrap_or(now)))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE company_id = ? AND task_id = ?",
+            )
+            .bind(company.as_str())
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
@@ -1439,11 +1532,15 @@ async fn pools_of(tx: &mut SqliteConnection, period: &str) -> Result<Vec<PoolSta
     rows.iter()
         .map(|r| {
             let pool: String = r.try_get("pool")?;
+            let capacity = r.try_get("capacity")?;
+            let reserved = r.try_get("reserved")?;
+            let spent = r.try_get("spent")?;
             Ok(PoolState {
                 pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-                capacity: r.try_get("capacity")?,
-                reserved: r.try_get("reserved")?,
-                spent: r.try_get("spent")?,
+                capacity,
+                reserved,
+                spent,
+                overdraft: overdraft_of(capacity, reserved, spent),
             })
         })
         .collect()
@@ -1470,13 +1567,17 @@ async fn budget_lines(
     .await?;
     rows.iter()
         .map(|r| {
+            let allocation = r.try_get("tokens")?;
+            let reserved = r.try_get("reserved")?;
+            let spent = r.try_get("spent")?;
             Ok(CompanyBudget {
                 company_id: company_id(r.try_get("company_id")?)?,
                 factor: r.try_get("factor")?,
                 share: r.try_get("share")?,
-                allocation: r.try_get("tokens")?,
-                reserved: r.try_get("reserved")?,
-                spent: r.try_get("spent")?,
+                allocation,
+                reserved,
+                spent,
+                overdraft: overdraft_of(allocation, reserved, spent),
                 spent_all_pools: r.try_get("spent_all")?,
                 cost_usd: r.try_get("cost")?,
             })
@@ -1598,94 +1699,66 @@ impl BudgetStore for SqliteStore {
         let used = prompt_tokens.max(0) + completion_tokens.max(0);
         let mut tx = self.write().await?;
         let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state == "released" && used > 0 {
-            // The run outlived its lease and the reaper gave the tokens back,
-            // but the provider did use them: hold them again to charge them.
-            if !hold_more(
-                &mut tx,
-                &mut r,
-                used,
-                used,
-                now,
-                "usage reported after the lease expired",
-            )
-            .await?
-            {
+        // What the reservation holds now: nothing once the reaper released
+        // it (the run outlived its lease, but the provider did bill it).
+        let mut held = match state.as_str() {
+            "held" => r.amount,
+            "released" if used > 0 => 0,
+            _ => {
                 return Err(StoreError::Conflict(format!(
-                    "reservation {reservation_id} was released when its lease expired, and the {used} tokens \
-                     used since no longer fit the {} pool",
-                    r.pool.as_str()
+                    "reservation {reservation_id} is already {state}"
                 )));
             }
-        } else if state != "held" {
-            return Err(StoreError::Conflict(format!(
-                "reservation {reservation_id} is already {state}"
-            )));
-        }
-        let mut detail = String::new();
-        if used > r.amount {
-            // The provider used more than the bound: hold the difference if it fits.
-            let extra = used - r.amount;
-            if !hold_more(
-                &mut tx,
-                &mut r,
-                extra,
-                used,
-                now,
-                "usage above the reservation",
-            )
-            .await?
-            {
-                detail = format!(
-                    "{extra} tokens above the reservation could not be charged: the pool is full"
-                );
-                tracing::warn!(reservation = %r.reservation_id, extra, "usage above a reservation did not fit its pool");
+        };
+        if used > held {
+            // Usage above what is held: hold what the pool has room for;
+            // the rest is an overdraft, charged all the same.
+            let fits = (used - held).min(room(&mut tx, &r).await?.max(0));
+            let why = if held == 0 {
+                "usage reported after the lease expired"
+            } else {
+                "usage above the reservation"
+            };
+            if fits > 0 && hold_more(&mut tx, &mut r, fits, held + fits, now, why).await? {
+                held += fits;
             }
         }
-        let spent = used.min(r.amount);
-        let rest = r.amount - spent;
-        move_tokens(
-            &mut tx,
-            &r.period_id,
-            &r.company_id,
-            r.pool,
-            -r.amount,
-            spent,
-        )
-        .await?;
+        let c = Charge::of(used, held);
+        move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -held, used).await?;
         sqlx::query("UPDATE reservations SET state = 'settled', spent = ?, closed_at = ? WHERE reservation_id = ?")
-            .bind(spent)
+            .bind(used)
             .bind(ts(now))
             .bind(&r.reservation_id)
             .execute(&mut *tx)
             .await?;
-        ledger(
-            &mut tx,
-            now,
-            &r.period_id,
-            Some(&r.company_id),
-            Some(&r.task_id),
-            Some(&r.reservation_id),
-            Some(r.pool),
-            "settle",
-            spent,
-            &detail,
-        )
-        .await?;
-        if rest > 0 {
-            ledger(
-                &mut tx,
-                now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(r.pool),
-                "release",
-                rest,
-                "unused",
-            )
-            .await?;
+        for (kind, amount, detail) in [
+            ("settle", c.settle, ""),
+            (
+                "overdraft",
+                c.overdraft,
+                "usage above the reservation with no room left: the balance is overdrawn",
+            ),
+            ("release", c.release, "unused"),
+        ] {
+            if amount > 0 || (kind == "settle" && c.overdraft == 0) {
+                ledger(
+                    &mut tx,
+                    now,
+                    &r.period_id,
+                    Some(&r.company_id),
+                    Some(&r.task_id),
+                    Some(&r.reservation_id),
+                    Some(r.pool),
+                    kind,
+                    amount,
+                    detail,
+                )
+                .await?;
+            }
+        }
+        if c.overdraft > 0 {
+            tracing::warn!(reservation = %r.reservation_id, overdraft = c.overdraft, "usage above a reservation overdrew its pool");
+            append(&mut tx, overdraft_audit(&r, c, now)).await?;
         }
         sqlx::query(
             "UPDATE tasks SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?, \
@@ -1700,6 +1773,70 @@ impl BudgetStore for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn resize_reservation(
+        &self,
+        scope: &CompanyScope,
+        reservation_id: &str,
+        amount: i64,
+        now: DateTime<Utc>,
+    ) -> Result<ReserveOutcome> {
+        if amount <= 0 {
+            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
+        }
+        let now = now.trunc_subsecs(6);
+        let mut tx = self.write().await?;
+        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
+        if state != "held" {
+            return Err(StoreError::Conflict(format!(
+                "reservation {reservation_id} is already {state}"
+            )));
+        }
+        if amount < r.amount {
+            let back = r.amount - amount;
+            sqlx::query("UPDATE reservations SET amount = ? WHERE reservation_id = ?")
+                .bind(amount)
+                .bind(&r.reservation_id)
+                .execute(&mut *tx)
+                .await?;
+            ledger(
+                &mut tx,
+                now,
+                &r.period_id,
+                Some(&r.company_id),
+                Some(&r.task_id),
+                Some(&r.reservation_id),
+                Some(r.pool),
+                "shrink",
+                back,
+                "lowered to the call's need",
+            )
+            .await?;
+            move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -back, 0).await?;
+            r.amount = amount;
+        } else if amount > r.amount {
+            let more = amount - r.amount;
+            if !hold_more(
+                &mut tx,
+                &mut r,
+                more,
+                amount,
+                now,
+                "raised to the call's need",
+            )
+            .await?
+            {
+                return Ok(ReserveOutcome::Denied {
+                    reason: format!(
+                        "the {} pool has no {more} tokens free for this call",
+                        r.pool.as_str()
+                    ),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(ReserveOutcome::Reserved(r))
     }
 
     async fn release(
@@ -2294,7 +2431,10 @@ impl FinishPlan {
     /// reservation the task holds, within its amount. False otherwise.
     fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
         let f = &c.finish;
-        if check_transition(TaskStatus::Running, f.status).is_err() {
+        // Back to waiting for budget gives the attempt back: the slow way.
+        if f.status == TaskStatus::WaitingBudget
+            || check_transition(TaskStatus::Running, f.status).is_err()
+        {
             return false;
         }
         let company = c.scope.company();

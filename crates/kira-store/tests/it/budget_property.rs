@@ -1,11 +1,14 @@
 //! The budget invariants as a property, on both backends: for random
 //! interleavings of submit, claim, reserve, settle, release, lease expiry
 //! and emergency decisions across companies, no pool and no company
-//! allocation is ever exceeded, a refusal happens only when the tokens did
-//! not fit, and the ledger always reproduces the balances.
+//! allocation is ever exceeded except by an overdraft no larger than what
+//! settlements reported above their reservations, every reported token is
+//! spent (nothing capped away), a refusal happens only when the tokens did
+//! not fit (or the company was overdrawn), and the ledger always reproduces
+//! the balances.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Months, TimeDelta, Utc};
 use kira_core::auth::Principal;
@@ -13,7 +16,7 @@ use kira_core::budget::{BudgetConfig, Pool};
 use kira_core::task::{Priority, TaskId};
 use kira_store::Store;
 use kira_store::work::{
-    BudgetState, Candidate, ClaimOutcome, Completion, Finish, ReserveOutcome, Settlement,
+    BudgetState, Candidate, ClaimOutcome, Completed, Completion, Finish, ReserveOutcome, Settlement,
 };
 use proptest::prelude::*;
 
@@ -27,6 +30,8 @@ enum Op {
     Reserve(usize, i64),
     Settle(usize, i64),
     Release(usize),
+    /// Sets reservation i (modulo their number) to an amount.
+    Resize(usize, i64),
     Finish(usize),
     Expire,
     Decide(bool),
@@ -41,8 +46,12 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..3usize, 0..5usize, 1..2500i64).prop_map(|(c, p, t)| Op::Submit(c, p, t)),
         3 => (0..64usize).prop_map(Op::Claim),
         2 => (0..64usize, 1..2000i64).prop_map(|(t, a)| Op::Reserve(t, a)),
-        2 => (0..64usize, 0..3000i64).prop_map(|(r, u)| Op::Settle(r, u)),
+        // Usage up to three times a large reservation, on a reservation
+        // picked among those made (index modulo their number), so some
+        // settlements find no room and overdraw.
+        3 => (0..64usize, 0..7500i64).prop_map(|(r, u)| Op::Settle(r, u)),
         1 => (0..64usize).prop_map(Op::Release),
+        2 => (0..64usize, 1..3000i64).prop_map(|(r, a)| Op::Resize(r, a)),
         1 => (0..64usize).prop_map(Op::Finish),
         1 => Just(Op::Expire),
         1 => any::<bool>().prop_map(Op::Decide),
@@ -64,27 +73,46 @@ struct Case {
     companies: Vec<String>,
     now: DateTime<Utc>,
     tasks: tokio::sync::Mutex<Vec<(String, TaskId)>>,
-    reservations: tokio::sync::Mutex<Vec<(String, String)>>,
+    /// (company, reservation id, amount reserved, task).
+    reservations: tokio::sync::Mutex<Vec<(String, String, i64, TaskId)>>,
+    /// What the provider reported, summed over every settlement recorded.
+    reported: AtomicI64,
+    /// The most an overdraft may be: usage above the reservation, or all
+    /// of it when the reservation may have been released first.
+    allowance: AtomicI64,
+    /// Tasks whose reservations a release, a finish or the reaper may have
+    /// given back before their settlement.
+    maybe_released: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    expired: std::sync::atomic::AtomicBool,
 }
 
 fn admin() -> kira_core::auth::AdminScope {
     Principal::system().admin().expect("admin")
 }
 
-fn check_balances(s: &BudgetState) -> Result<(), TestCaseError> {
+fn check_balances(s: &BudgetState, reported: i64, allowance: i64) -> Result<(), TestCaseError> {
+    let mut overdraft = 0;
     for p in &s.pools {
         prop_assert!(p.reserved >= 0 && p.spent >= 0, "{p:?}");
-        prop_assert!(
-            p.reserved + p.spent <= p.capacity,
-            "pool over capacity: {p:?}"
-        );
+        prop_assert_eq!(p.overdraft, (p.reserved + p.spent - p.capacity).max(0));
+        // The base pool's overdraft is its companies'.
+        if p.pool != Pool::Base {
+            overdraft += p.overdraft;
+        }
     }
     for c in &s.companies {
-        prop_assert!(
-            c.reserved + c.spent <= c.allocation,
-            "allocation exceeded: {c:?}"
-        );
+        prop_assert_eq!(c.overdraft, (c.reserved + c.spent - c.allocation).max(0));
+        overdraft += c.overdraft;
     }
+    prop_assert!(
+        overdraft <= allowance,
+        "overdrawn by {overdraft}, more than settlements reported above their reservations ({allowance}): {s:?}"
+    );
+    prop_assert_eq!(
+        s.companies.iter().map(|c| c.spent_all_pools).sum::<i64>(),
+        reported,
+        "the ledger's usage is not what the provider reported"
+    );
     let base = s
         .pools
         .iter()
@@ -95,6 +123,12 @@ fn check_balances(s: &BudgetState) -> Result<(), TestCaseError> {
         "allocations oversubscribe the base pool"
     );
     Ok(())
+}
+
+fn overdrawn(s: &BudgetState, company: &str) -> bool {
+    s.companies
+        .iter()
+        .any(|c| c.company_id.as_str() == company && c.overdraft > 0)
 }
 
 /// Free tokens of a pool, and of the company's allocation.
@@ -113,6 +147,24 @@ fn free(s: &BudgetState, pool: Pool, company: &str) -> (i64, i64) {
 }
 
 impl Case {
+    async fn maybe_released(&self, reservation: &str, task: &TaskId) -> bool {
+        let released = self.maybe_released.lock().await;
+        self.expired.load(Ordering::SeqCst)
+            || released.contains(reservation)
+            || released.contains(task.as_str())
+    }
+
+    /// Counts a recorded settlement of `used` on a reservation of `amount`.
+    fn settled(&self, used: i64, amount: i64, maybe_released: bool) {
+        self.reported.fetch_add(used, Ordering::SeqCst);
+        let above = if maybe_released {
+            used
+        } else {
+            (used - amount).max(0)
+        };
+        self.allowance.fetch_add(above, Ordering::SeqCst);
+    }
+
     async fn run(&self, op: Op) -> Result<(), TestCaseError> {
         let s = self.store.as_ref();
         let cfg = cfg();
@@ -153,10 +205,12 @@ impl Case {
                     .map_err(fail)?;
                 match out {
                     ClaimOutcome::Claimed { reservation, .. } => {
-                        self.reservations
-                            .lock()
-                            .await
-                            .push((company, reservation.reservation_id));
+                        self.reservations.lock().await.push((
+                            company,
+                            reservation.reservation_id,
+                            reservation.amount,
+                            id,
+                        ));
                     }
                     ClaimOutcome::WaitingBudget { .. } | ClaimOutcome::AwaitingApproval { .. } => {
                         let task = s.get_task(&scope(&company), &id).await.map_err(fail)?;
@@ -169,9 +223,10 @@ impl Case {
                         let after = s.budget_state(&admin(), &cfg, now).await.map_err(fail)?;
                         let (base2, alloc2) = free(&after, Pool::Base, &company);
                         let (burst2, _) = free(&after, Pool::Burst, &company);
-                        let fitted_throughout = (need <= base.min(base2)
-                            && need <= alloc.min(alloc2))
-                            || (burst_ok && need <= burst.min(burst2));
+                        let fitted_throughout = !overdrawn(&before, &company)
+                            && !overdrawn(&after, &company)
+                            && ((need <= base.min(base2) && need <= alloc.min(alloc2))
+                                || (burst_ok && need <= burst.min(burst2)));
                         prop_assert!(
                             !fitted_throughout,
                             "refused {need} tokens that fitted: {before:?}"
@@ -185,38 +240,79 @@ impl Case {
                     return Ok(());
                 };
                 match s.reserve(&scope(&company), &id, amount, &cfg, now).await {
-                    Ok(ReserveOutcome::Reserved(r)) => self
-                        .reservations
-                        .lock()
-                        .await
-                        .push((company, r.reservation_id)),
+                    Ok(ReserveOutcome::Reserved(r)) => self.reservations.lock().await.push((
+                        company,
+                        r.reservation_id,
+                        r.amount,
+                        id,
+                    )),
                     Ok(ReserveOutcome::Denied { .. })
                     | Err(kira_store::StoreError::Conflict(_)) => {}
                     Err(e) => return Err(fail(e)),
                 }
             }
             Op::Settle(i, used) => {
-                let Some((company, r)) = self.reservations.lock().await.get(i).cloned() else {
+                let picked = {
+                    let all = self.reservations.lock().await;
+                    all.get(i % all.len().max(1)).cloned()
+                };
+                let Some((company, r, amount, task)) = picked else {
                     return Ok(());
                 };
+                // Read before the settlement: a release after it cannot
+                // have made this one an overdraft.
+                let released = self.maybe_released(&r, &task).await;
                 match s
                     .settle(&scope(&company), &r, used * 2 / 3, used / 3, 0.0, now)
                     .await
                 {
-                    Ok(()) | Err(kira_store::StoreError::Conflict(_)) => {}
+                    Ok(()) => self.settled(used * 2 / 3 + used / 3, amount, released),
+                    Err(kira_store::StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Op::Resize(i, amount) => {
+                let picked = {
+                    let all = self.reservations.lock().await;
+                    all.get(i % all.len().max(1)).cloned()
+                };
+                let Some((company, r, _, _)) = picked else {
+                    return Ok(());
+                };
+                match s
+                    .resize_reservation(&scope(&company), &r, amount, now)
+                    .await
+                {
+                    Ok(ReserveOutcome::Reserved(got)) => {
+                        prop_assert_eq!(got.amount, amount);
+                        // A settlement's allowance is measured against the
+                        // smaller of the amounts it held.
+                        let mut all = self.reservations.lock().await;
+                        if let Some(e) = all.iter_mut().find(|e| e.1 == r) {
+                            e.2 = e.2.min(amount);
+                        }
+                    }
+                    Ok(ReserveOutcome::Denied { .. })
+                    | Err(kira_store::StoreError::Conflict(_)) => {}
                     Err(e) => return Err(fail(e)),
                 }
             }
             Op::Release(i) => {
-                let Some((company, r)) = self.reservations.lock().await.get(i).cloned() else {
+                let Some((company, r, _, _)) = self.reservations.lock().await.get(i).cloned()
+                else {
                     return Ok(());
                 };
+                self.maybe_released.lock().await.insert(r.clone());
                 s.release(&scope(&company), &r, now).await.map_err(fail)?;
             }
             Op::Finish(i) => {
                 let Some((company, id)) = self.tasks.lock().await.get(i).cloned() else {
                     return Ok(());
                 };
+                self.maybe_released
+                    .lock()
+                    .await
+                    .insert(id.as_str().to_owned());
                 let f = Finish {
                     status: kira_core::task::TaskStatus::Completed,
                     reason: "done".into(),
@@ -283,7 +379,7 @@ impl Case {
                             .reservations
                             .lock()
                             .await
-                            .push((company, reservation.reservation_id)),
+                            .push((company, reservation.reservation_id, reservation.amount, id)),
                         ClaimOutcome::WaitingBudget { .. }
                         | ClaimOutcome::AwaitingApproval { .. } => {
                             let task = s.get_task(&scope(&company), &id).await.map_err(fail)?;
@@ -293,9 +389,10 @@ impl Case {
                             let (base2, alloc2) = free(&after, Pool::Base, &company);
                             let (burst2, _) = free(&after, Pool::Burst, &company);
                             let burst_ok = cfg.burst_levels.contains(&task.priority);
-                            let fitted_throughout = (need <= base.min(base2)
-                                && need <= alloc.min(alloc2))
-                                || (burst_ok && need <= burst.min(burst2));
+                            let fitted_throughout = !overdrawn(&before, &company)
+                                && !overdrawn(&after, &company)
+                                && ((need <= base.min(base2) && need <= alloc.min(alloc2))
+                                    || (burst_ok && need <= burst.min(burst2)));
                             prop_assert!(
                                 !fitted_throughout,
                                 "a batch refused {need} tokens that fitted: {before:?}"
@@ -316,10 +413,28 @@ impl Case {
                     .cloned()
                     .collect();
                 let reservations = self.reservations.lock().await.clone();
-                let completions = tasks
-                    .iter()
-                    .enumerate()
-                    .map(|(k, (company, id))| Completion {
+                let mut settled = None;
+                let mut completions = Vec::new();
+                for (k, (company, id)) in tasks.iter().enumerate() {
+                    let settle = match settle.filter(|_| k == 0).and_then(|(r, used)| {
+                        reservations
+                            .get(r)
+                            .filter(|(c, ..)| c == company)
+                            .map(|r| (r.clone(), used))
+                    }) {
+                        Some(((_, r, amount, task), used)) => {
+                            let released = self.maybe_released(&r, &task).await;
+                            settled = Some((used * 2 / 3 + used / 3, amount, released));
+                            Some(Settlement {
+                                reservation_id: r,
+                                prompt_tokens: used * 2 / 3,
+                                completion_tokens: used / 3,
+                                cost_usd: 0.0,
+                            })
+                        }
+                        None => None,
+                    };
+                    completions.push(Completion {
                         scope: scope(company),
                         task_id: id.clone(),
                         finish: Finish {
@@ -331,26 +446,25 @@ impl Case {
                             error: None,
                             retry_at: None,
                         },
-                        settle: settle
-                            .filter(|_| k == 0)
-                            .and_then(|(r, used)| {
-                                reservations
-                                    .get(r)
-                                    .filter(|(c, _)| c == company)
-                                    .map(|(_, r)| (r, used))
-                            })
-                            .map(|(r, used)| Settlement {
-                                reservation_id: r.clone(),
-                                prompt_tokens: used * 2 / 3,
-                                completion_tokens: used / 3,
-                                cost_usd: 0.0,
-                            }),
+                        settle,
                         records: Default::default(),
-                    })
-                    .collect();
-                s.finish_batch("w", completions, now).await.map_err(fail)?;
+                    });
+                }
+                {
+                    let mut released = self.maybe_released.lock().await;
+                    for (_, id) in &tasks {
+                        released.insert(id.as_str().to_owned());
+                    }
+                }
+                let out = s.finish_batch("w", completions, now).await.map_err(fail)?;
+                if let (Some(first), Some((used, amount, released))) = (out.first(), settled)
+                    && !matches!(first, Completed::SettleFailed(_))
+                {
+                    self.settled(used, amount, released);
+                }
             }
             Op::Expire => {
+                self.expired.store(true, Ordering::SeqCst);
                 s.reap_expired(now + TimeDelta::minutes(2), TimeDelta::zero())
                     .await
                     .map_err(fail)?;
@@ -401,6 +515,10 @@ async fn case(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> 
         now,
         tasks: Default::default(),
         reservations: Default::default(),
+        reported: AtomicI64::new(0),
+        allowance: AtomicI64::new(0),
+        maybe_released: Default::default(),
+        expired: Default::default(),
     });
     // Ops run four at a time, concurrently.
     for chunk in ops.chunks(4) {
@@ -419,7 +537,11 @@ async fn case(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError> 
             .budget_state(&admin(), &cfg(), now)
             .await
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        check_balances(&state)?;
+        check_balances(
+            &state,
+            case.reported.load(Ordering::SeqCst),
+            case.allowance.load(Ordering::SeqCst),
+        )?;
     }
     let report = store
         .verify_ledger(&admin())

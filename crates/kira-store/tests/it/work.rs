@@ -9,7 +9,7 @@ use kira_store::work::{
     Admission, Candidate, Capacity, ClaimOutcome, Completed, Completion, Finish, Idempotency,
     NewTask, QueueEntry, ReserveOutcome, Settlement, TaskFilter,
 };
-use kira_store::{Store, StoreError};
+use kira_store::{AuditPage, Store, StoreError};
 use serde_json::json;
 
 use crate::support::{Fresh, create, record, scope, t0};
@@ -24,6 +24,9 @@ conformance!(
     an_expired_lease_is_retried_then_failed,
     only_the_lease_holder_finishes_and_only_legal_transitions,
     usage_above_the_reservation_is_charged_when_it_fits,
+    usage_with_no_room_left_overdraws_and_the_company_waits,
+    a_reservation_shrinks_and_grows_to_the_calls_need,
+    a_run_denied_its_first_call_waits_for_budget_with_its_attempt_back,
     forced_delete_releases_and_removes_tasks,
     a_waiting_task_runs_once_budget_frees,
     usage_reported_after_a_lost_lease_is_still_charged,
@@ -753,6 +756,283 @@ async fn usage_above_the_reservation_is_charged_when_it_fits(f: Fresh) {
         .await
         .expect("state");
     assert_eq!(state.companies[0].spent, 150);
+    ledger_ok(s).await;
+}
+
+/// Issue 19: every token the provider reports is on the ledger. Above a
+/// reservation with no room left, the balance goes negative with an
+/// `overdraft` row and an audit entry; the company's claims then wait until
+/// the next period or an approved emergency grant, and other companies run.
+async fn usage_with_no_room_left_overdraws_and_the_company_waits(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let cfg = small_budget();
+    let alloc = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state")
+        .companies[0]
+        .allocation;
+    let big = submit(s, "acme", &new_task("legal", Priority::Medium, alloc - 500)).await;
+    let small = submit(s, "acme", &new_task("legal", Priority::Medium, 500)).await;
+    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &big, &cfg).await else {
+        panic!("claimed")
+    };
+    assert!(matches!(
+        claim(s, "acme", &small, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    // The provider reports 1,500 above the reservation; the allocation is full.
+    let used = reservation.amount + 1500;
+    s.settle(
+        &scope("acme"),
+        &reservation.reservation_id,
+        used - 300,
+        300,
+        0.0,
+        t0(),
+    )
+    .await
+    .expect("settle");
+    let line = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state")
+        .companies
+        .remove(0);
+    assert_eq!(
+        (
+            line.spent,
+            line.reserved,
+            line.overdraft,
+            line.spent_all_pools
+        ),
+        (used, 500, 1500, used),
+        "every reported token is spent, the excess an overdraft"
+    );
+    ledger_ok(s).await;
+    let acme_log = s
+        .list_company_audit(
+            &scope("acme"),
+            AuditPage {
+                after_seq: 0,
+                limit: 1000,
+            },
+        )
+        .await
+        .expect("audit");
+    let overdraft: Vec<_> = acme_log
+        .iter()
+        .filter(|e| e.action == "budget.overdraft")
+        .collect();
+    assert_eq!(overdraft.len(), 1, "{acme_log:?}");
+    assert_eq!(overdraft[0].target, format!("task:{big}"));
+    assert!(overdraft[0].detail.contains("1500"), "{:?}", overdraft[0]);
+    assert!(!overdraft[0].detail.contains("beta"), "{:?}", overdraft[0]);
+    let beta_log = s
+        .list_company_audit(
+            &scope("beta"),
+            AuditPage {
+                after_seq: 0,
+                limit: 1000,
+            },
+        )
+        .await
+        .expect("audit");
+    assert!(beta_log.iter().all(|e| e.action != "budget.overdraft"));
+
+    // Overdrawn: nothing more runs, from base or burst.
+    for p in [Priority::Low, Priority::High] {
+        let id = submit(s, "acme", &new_task("legal", p, 10)).await;
+        assert!(
+            matches!(
+                claim(s, "acme", &id, &cfg).await,
+                ClaimOutcome::WaitingBudget { .. }
+            ),
+            "{p:?}"
+        );
+    }
+    // Another company is not held back.
+    let other = submit(s, "beta", &new_task("legal", Priority::Medium, 10)).await;
+    assert!(matches!(
+        claim(s, "beta", &other, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    // An approved emergency grant runs its task all the same.
+    let urgent = submit(s, "acme", &new_task("legal", Priority::Urgent, 100)).await;
+    let ClaimOutcome::AwaitingApproval { request_id } = claim(s, "acme", &urgent, &cfg).await
+    else {
+        panic!("an urgent task asks for a grant")
+    };
+    s.decide_emergency(
+        &admin(),
+        &request_id,
+        true,
+        "ok",
+        t0(),
+        record(Some("acme"), "budget.approve"),
+    )
+    .await
+    .expect("approve");
+    assert!(matches!(
+        claim(s, "acme", &urgent, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    // The next period starts without the overdraft.
+    let next = t0() + TimeDelta::days(40);
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 10)).await;
+    assert!(matches!(
+        s.claim(
+            &scope("acme"),
+            &id,
+            "w1",
+            next + TimeDelta::minutes(1),
+            &cfg,
+            next
+        )
+        .await
+        .expect("claim"),
+        ClaimOutcome::Claimed { .. }
+    ));
+    ledger_ok(s).await;
+}
+
+async fn a_reservation_shrinks_and_grows_to_the_calls_need(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let alloc = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state")
+        .companies[0]
+        .allocation;
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 1000)).await;
+    let ClaimOutcome::Claimed { reservation, .. } = claim(s, "acme", &id, &cfg).await else {
+        panic!("claimed")
+    };
+    let reserved = || async {
+        s.company_budget(&scope("acme"), &cfg, t0())
+            .await
+            .expect("state")
+            .companies[0]
+            .reserved
+    };
+    let resize = |amount: i64| {
+        let rid = reservation.reservation_id.clone();
+        async move {
+            s.resize_reservation(&scope("acme"), &rid, amount, t0())
+                .await
+                .expect("resize")
+        }
+    };
+    let ReserveOutcome::Reserved(r) = resize(400).await else {
+        panic!("a shrink always succeeds")
+    };
+    assert_eq!((r.amount, reserved().await), (400, 400));
+    let ReserveOutcome::Reserved(r) = resize(1500).await else {
+        panic!("room to grow")
+    };
+    assert_eq!((r.amount, reserved().await), (1500, 1500));
+    assert!(
+        matches!(resize(alloc + 1).await, ReserveOutcome::Denied { .. }),
+        "no room: denied"
+    );
+    assert_eq!(reserved().await, 1500, "a denied growth changes nothing");
+    ledger_ok(s).await;
+    s.settle(&scope("acme"), &r.reservation_id, 1000, 100, 0.0, t0())
+        .await
+        .expect("settle");
+    assert!(matches!(
+        s.resize_reservation(&scope("acme"), &r.reservation_id, 10, t0())
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    ledger_ok(s).await;
+}
+
+async fn a_run_denied_its_first_call_waits_for_budget_with_its_attempt_back(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    let cfg = small_budget();
+    let id = submit(s, "acme", &new_task("legal", Priority::Medium, 100)).await;
+    assert!(matches!(
+        claim(s, "acme", &id, &cfg).await,
+        ClaimOutcome::Claimed { .. }
+    ));
+    // What its first call needed is what the next claim holds; never lowered.
+    s.raise_estimate(&scope("acme"), &id, "w1", 900)
+        .await
+        .expect("raise");
+    s.raise_estimate(&scope("acme"), &id, "w1", 300)
+        .await
+        .expect("raise");
+    assert!(matches!(
+        s.raise_estimate(&scope("acme"), &id, "someone else", 5000)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let f = Finish {
+        status: TaskStatus::WaitingBudget,
+        reason: "waiting for budget".into(),
+        result: None,
+        confidence: None,
+        requires_human_review: false,
+        error: None,
+        retry_at: Some(t0() + TimeDelta::seconds(10)),
+    };
+    let out = s
+        .finish_batch(
+            "w1",
+            vec![Completion {
+                scope: scope("acme"),
+                task_id: id.clone(),
+                finish: f,
+                settle: None,
+                records: Default::default(),
+            }],
+            t0(),
+        )
+        .await
+        .expect("finish");
+    assert!(matches!(out[0], Completed::Recorded), "{out:?}");
+    let task = s.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!((task.status, task.attempts), (TaskStatus::WaitingBudget, 0));
+    let line = s
+        .company_budget(&scope("acme"), &cfg, t0())
+        .await
+        .expect("state")
+        .companies
+        .remove(0);
+    assert_eq!(line.reserved, 0, "what the claim held went back");
+    // Claimable again after its recheck, not before.
+    let snap = s.queue_snapshot(t0(), 10, None).await.expect("snap");
+    assert!(snap.runnable.iter().all(|e| e.task_id != id));
+    let later = t0() + TimeDelta::seconds(11);
+    assert!(matches!(
+        s.claim(
+            &scope("acme"),
+            &id,
+            "w1",
+            later + TimeDelta::minutes(1),
+            &cfg,
+            later
+        )
+        .await
+        .expect("claim"),
+        ClaimOutcome::Claimed { .. }
+    ));
+    let task = s.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!((task.attempts, task.estimated_tokens), (1, 900));
+    let held = s
+        .company_budget(&scope("acme"), &cfg, later)
+        .await
+        .expect("state")
+        .companies
+        .remove(0)
+        .reserved;
+    assert_eq!(held, 900, "claimed for what its first call needs");
     ledger_ok(s).await;
 }
 
