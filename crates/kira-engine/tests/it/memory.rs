@@ -270,6 +270,125 @@ async fn packs_fit_and_stay_in_their_company_postgres() {
     packs_fit_and_stay_in_their_company(Backend::Postgres).await;
 }
 
+/// Every memory older than the warm window and of ordinary importance:
+/// the hot and warm sections are empty, and what they leave unused goes to
+/// the task's search hits, as many as the budget holds (not a fixed five).
+async fn a_pack_fills_its_budget(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let texts: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                "Supplier renewal call {i}: the vendor asked for {} more days on clause {}.",
+                i % 17 + 3,
+                i % 11 + 1
+            )
+        })
+        .collect();
+    let items: Vec<M<'_>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| m(t, TimeDelta::days(60 + i as i64), 5))
+        .collect();
+    add(&e, "acme", &items).await;
+    for budget in [500, 1_000, 2_000] {
+        let pack = e
+            .load_context(
+                &scope("acme"),
+                &ContextRequest {
+                    task_type: None,
+                    query: "supplier renewal vendor clause".into(),
+                    budget: Some(budget),
+                },
+            )
+            .await
+            .expect("pack");
+        assert!(pack.tokens <= budget, "{b:?}: {} > {budget}", pack.tokens);
+        assert!(
+            pack.tokens * 10 >= budget * 9,
+            "{b:?}: {} of {budget} tokens used",
+            pack.tokens
+        );
+        assert!(
+            pack.items
+                .iter()
+                .all(|i| i.section == Section::Cold && i.layer == Some(Layer::Cold)),
+            "{b:?}: every item is a cold hit and says so"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pack_fills_its_budget_sqlite() {
+    a_pack_fills_its_budget(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_pack_fills_its_budget_postgres() {
+    a_pack_fills_its_budget(Backend::Postgres).await;
+}
+
+/// Hot items are ranked by relevance to the task as well as by recency and
+/// importance: a recent important memory about the task is the first hot
+/// item, ahead of newer unrelated ones that alone would fill the hot
+/// share, and ahead of an old memory about the same thing.
+async fn a_relevant_hot_memory_comes_first(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let filler: Vec<String> = (0..40)
+        .map(|i| format!("Standup {i}: the office printer queue was cleared again today."))
+        .collect();
+    let mut items: Vec<M<'_>> = filler
+        .iter()
+        .enumerate()
+        .map(|(i, t)| m(t, TimeDelta::hours(i as i64), 9))
+        .collect();
+    items.push(m(
+        "Initech asked to renegotiate the licence fee before the March renewal.",
+        TimeDelta::days(3),
+        8,
+    ));
+    items.push(m(
+        "Initech signed the licence at a fee of $12,000 a year.",
+        TimeDelta::days(400),
+        5,
+    ));
+    add(&e, "acme", &items).await;
+    let pack = e
+        .load_context(
+            &scope("acme"),
+            &ContextRequest {
+                task_type: None,
+                query: "Initech licence fee renewal".into(),
+                budget: Some(400),
+            },
+        )
+        .await
+        .expect("pack");
+    let pos = |text: &str| pack.items.iter().position(|i| i.text.contains(text));
+    let recent = pos("renegotiate").expect("the recent relevant memory is in");
+    assert_eq!(pack.items[recent].section, Section::Hot, "{b:?}");
+    assert_eq!(
+        recent, 0,
+        "{b:?}: first of the hot section: {:?}",
+        pack.items
+    );
+    let old = pos("signed the licence").expect("the old relevant memory is in");
+    assert_eq!(pack.items[old].section, Section::Cold, "{b:?}");
+    assert!(recent < old);
+    assert!(pack.tokens <= 400);
+}
+
+#[tokio::test]
+async fn a_relevant_hot_memory_comes_first_sqlite() {
+    a_relevant_hot_memory_comes_first(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_relevant_hot_memory_comes_first_postgres() {
+    a_relevant_hot_memory_comes_first(Backend::Postgres).await;
+}
+
 async fn compaction(b: Backend) {
     let s = setup(b).await;
     let e = engine(&s);
