@@ -322,7 +322,7 @@ pub async fn score_locomo(
                     .load_context(
                         &sc,
                         &ContextRequest {
-                            task_type: None,
+                            task_type: Some("general".into()),
                             query: q.question.clone(),
                             budget: Some(budget),
                         },

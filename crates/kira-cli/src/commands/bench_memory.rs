@@ -72,10 +72,12 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
     })
     .await
     .with_context(|| format!("opening {}", crate::config::redact_url(&url)))?;
-    let cfg = if args.layered {
-        EngineConfig::default()
-    } else {
+    // By default the configuration `kira serve` starts with, through
+    // `load_context`, the code behind GET /v1/companies/{id}/context.
+    let cfg = if args.retrieval {
         retrieval_config()
+    } else {
+        EngineConfig::default()
     };
     let first = convs.first().map(|c| membench::after_last(&c.turns));
     let clock = Arc::new(ManualClock::new(first.unwrap_or_default()));
@@ -131,7 +133,11 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    let mode = if args.layered { "layered" } else { "retrieval" };
+    let mode = if args.retrieval {
+        "retrieval"
+    } else {
+        "default"
+    };
     let semantic = !args.no_embed;
     if json {
         let rows: Vec<_> = results
@@ -156,7 +162,12 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
         }))?;
     } else {
         println!(
-            "LoCoMo evidence recall (%), {mode} packs, {}:",
+            "LoCoMo evidence recall (%), {} packs, {}:",
+            if args.retrieval {
+                "retrieval-only"
+            } else {
+                "default-configuration"
+            },
             if semantic {
                 "full text + embeddings"
             } else {
