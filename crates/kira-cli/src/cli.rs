@@ -834,6 +834,11 @@ pub struct BenchMemoryArgs {
     /// default configuration every `kira serve` runs.
     #[arg(long)]
     pub retrieval: bool,
+    /// Retention after compaction: load the turns as operational
+    /// status_meetings (a category the default strategy summarises), score,
+    /// compact every company, score again.
+    #[arg(long)]
+    pub compacted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

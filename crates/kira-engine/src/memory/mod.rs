@@ -332,7 +332,7 @@ impl Engine {
         let line = |m: &Memory| render_memory(m);
         let cand = |m: &Memory, score: f64| pack::Candidate {
             id: m.id.to_string(),
-            layer: Some(layer(m.occurred_at, m.importance, now, &layers)),
+            layer: Some(pack_layer(m, now, &layers)),
             score,
             text: line(m),
         };
@@ -381,7 +381,10 @@ impl Engine {
                 self.hybrid_hits(
                     scope,
                     &req.query,
-                    &MemoryFilter::default(),
+                    &MemoryFilter {
+                        archived: Archived::LiveOrSummarized,
+                        ..MemoryFilter::default()
+                    },
                     relevance_candidates(budget, cfg.candidates),
                 )
                 .await
@@ -403,14 +406,14 @@ impl Engine {
         let ((hot, workstream_recent), hits, knowledge, shared_c) =
             tokio::try_join!(listed, hits, knowledge, shared)?;
 
-        let relevance: HashMap<Uuid, f64> = {
+        let mut relevance: HashMap<Uuid, f64> = {
             let raw: Vec<f64> = hits.iter().map(|f| f.relevance).collect();
             hits.iter()
                 .map(|f| f.memory.id)
                 .zip(normalise(&raw))
                 .collect()
         };
-        let layer_of = |m: &Memory| layer(m.occurred_at, m.importance, now, &layers);
+        let layer_of = |m: &Memory| pack_layer(m, now, &layers);
         let mut by_layer: HashMap<Layer, Vec<Memory>> = HashMap::new();
         for f in hits {
             by_layer
@@ -451,6 +454,9 @@ impl Engine {
             })
             .collect();
         cold.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let cold = self
+            .with_neighbours(scope, cold, now, &layers, &mut relevance)
+            .await?;
         let mut estimate = 0usize;
         let cold_c: Vec<pack::Candidate> = cold
             .into_iter()
@@ -491,6 +497,95 @@ impl Engine {
         ))
     }
 
+    /// Adds to the best cold hits the events just before and after each in
+    /// the same workstream (within [`NEIGHBOUR_WINDOW`]): the turn that
+    /// answers a question, the one that asked it, the one that says when.
+    /// Each follows its hit at a fraction of its score, so it displaces
+    /// only weaker hits. One round trip for all of them.
+    async fn with_neighbours(
+        &self,
+        scope: &CompanyScope,
+        cold: Vec<(Memory, f64)>,
+        now: DateTime<Utc>,
+        layers: &LayerConfig,
+        relevance: &mut HashMap<Uuid, f64>,
+    ) -> Result<Vec<(Memory, f64)>, EngineError> {
+        let anchors = cold.len().min(NEIGHBOUR_ANCHORS);
+        let mut lists = Vec::with_capacity(2 * anchors);
+        for (m, _) in &cold[..anchors] {
+            let base = MemoryFilter {
+                workstream: Some(m.workstream),
+                archived: Archived::LiveOrSummarized,
+                ..MemoryFilter::default()
+            };
+            lists.push((
+                MemoryFilter {
+                    from: Some(m.occurred_at - NEIGHBOUR_WINDOW),
+                    until: Some(m.occurred_at),
+                    ..base.clone()
+                },
+                1,
+            ));
+            lists.push((
+                MemoryFilter {
+                    from: Some(m.occurred_at + TimeDelta::milliseconds(1)),
+                    until: Some(m.occurred_at + NEIGHBOUR_WINDOW),
+                    ..base
+                },
+                NEIGHBOUR_AFTER_PAGE,
+            ));
+        }
+        if lists.is_empty() {
+            return Ok(cold);
+        }
+        let pages = self.store().list_memories_many(scope, &lists).await?;
+        let mut neighbours: Vec<Vec<Memory>> = vec![Vec::new(); anchors];
+        for (i, page) in pages.into_iter().enumerate() {
+            let is_after = i % 2 == 1;
+            // A page lists newest first: the event just before is its
+            // first; the one just after is the last of a page that holds
+            // the whole window.
+            let nearest = if is_after {
+                if page.len() >= NEIGHBOUR_AFTER_PAGE as usize {
+                    None
+                } else {
+                    page.into_iter().last()
+                }
+            } else {
+                page.into_iter().next()
+            };
+            if let Some(n) = nearest.filter(|n| pack_layer(n, now, layers) == Layer::Cold) {
+                neighbours[i / 2].push(n);
+            }
+        }
+        // A neighbour already among the hits is lifted to its share of the
+        // hit's score if that is more than its own; any other joins.
+        let mut out = cold;
+        let mut at: HashMap<Uuid, usize> = out
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| (m.id, i))
+            .collect();
+        for (i, near) in neighbours.into_iter().enumerate() {
+            let (anchor, score) = (out[i].0.id, out[i].1);
+            let rel = relevance.get(&anchor).copied().unwrap_or(0.0) * NEIGHBOUR_WEIGHT;
+            for n in near {
+                let lifted = score * NEIGHBOUR_WEIGHT;
+                let r = relevance.entry(n.id).or_insert(0.0);
+                *r = r.max(rel);
+                match at.get(&n.id) {
+                    Some(&k) => out[k].1 = out[k].1.max(lifted),
+                    None => {
+                        at.insert(n.id, out.len());
+                        out.push((n, lifted));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(out)
+    }
+
     /// The workstream a task type works in: a workstream's own name, else
     /// the type's specialist's (legal, financial, ...), else general.
     pub fn workstream_of(&self, task_type: &str) -> Result<Workstream, EngineError> {
@@ -510,6 +605,16 @@ impl Engine {
             .unwrap_or(Workstream::General))
     }
 }
+
+/// Cold hits whose neighbouring events are offered too.
+const NEIGHBOUR_ANCHORS: usize = 10;
+/// How far apart an event and its neighbour may be: a conversation's
+/// turns, a meeting's notes.
+const NEIGHBOUR_WINDOW: TimeDelta = TimeDelta::minutes(30);
+/// Events read after a hit to find the nearest (pages list newest first).
+const NEIGHBOUR_AFTER_PAGE: u32 = 20;
+/// A neighbour's score as a share of its hit's.
+const NEIGHBOUR_WEIGHT: f64 = 0.5;
 
 /// Candidates each retriever hands to fusion for a pack of `budget`
 /// tokens: enough for relevance hits of a few lines' length to fill the
@@ -555,11 +660,25 @@ fn ranked_section(
     scored.iter().map(|(m, s)| cand(m, *s)).collect()
 }
 
+/// A memory's layer in a context pack: its age and importance decide, but
+/// an archived memory (the source of a compaction summary, which stands in
+/// for it in the hot and warm sections) is only ever a cold search hit.
+fn pack_layer(m: &Memory, now: DateTime<Utc>, layers: &LayerConfig) -> Layer {
+    if m.is_archived() {
+        Layer::Cold
+    } else {
+        layer(m.occurred_at, m.importance, now, layers)
+    }
+}
+
 fn archived_passes(m: &Memory, a: Archived) -> bool {
     match a {
         Archived::Exclude => !m.is_archived(),
         Archived::Include => true,
         Archived::Only => m.is_archived(),
+        // Which archived memories are summary sources only the store knows;
+        // the candidates came through its filter.
+        Archived::LiveOrSummarized => true,
     }
 }
 

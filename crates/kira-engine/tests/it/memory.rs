@@ -495,9 +495,119 @@ async fn compaction(b: Backend) {
             .expect("get")
             .is_archived()
     );
+    s.store
+        .set_archived(&sc, &[draft.id], Some(t0()), audit("acme"))
+        .await
+        .expect("archive again");
     s.clock.advance(TimeDelta::days(31));
     let purge = e.compact_memory(&sc, false).await.expect("purge run");
-    assert_eq!(purge.purged, 2, "the two summarised sources: {purge:?}");
+    // The discarded draft goes; the summarised sources are kept.
+    assert_eq!(purge.purged, 1, "{purge:?}");
+    let archived = live(Archived::Only).await;
+    assert_eq!(archived.len(), 2, "{archived:?}");
+    assert!(
+        archived
+            .iter()
+            .all(|m| summary.compacted_from.contains(&m.id))
+    );
+}
+
+/// What the summarised memories said stays findable: a pack for a
+/// question about any one of them holds the fact, amount, date and name,
+/// from the archived source if the summary left it out; and the sources
+/// outlive the retention period.
+async fn compaction_keeps_the_facts_findable(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let facts = [
+        (
+            "Priya said the Hooli invoice of $18,400 is due on 12 March.",
+            "When is the Hooli invoice due?",
+            "$18,400",
+        ),
+        (
+            "Marco booked the Lisbon offsite for 40 people at EUR 9,250.",
+            "How much did the Lisbon offsite cost?",
+            "EUR 9,250",
+        ),
+        (
+            "Decision: Dana hires two support engineers starting 3 April.",
+            "When do the support engineers start?",
+            "3 April",
+        ),
+        (
+            "The Initech migration slipped to 28 February after the audit.",
+            "When is the Initech migration?",
+            "28 February",
+        ),
+        (
+            "Kenji reported churn at 2.4% in January, down from 3.1%.",
+            "What was churn in January?",
+            "2.4%",
+        ),
+        (
+            "Legal asked Omar to renew the Globex NDA before 15 May.",
+            "Who renews the Globex NDA?",
+            "Omar",
+        ),
+    ];
+    let chatter = [
+        "Thanks everyone, good meeting.",
+        "Let's keep going as planned.",
+        "Nothing else from me today.",
+        "Great work, team!",
+        "See you all next week.",
+        "Sounds good to me.",
+    ];
+    let mut items: Vec<M<'_>> = Vec::new();
+    for (i, (fact, _, _)) in facts.iter().enumerate() {
+        for (text, offset) in [(*fact, 0), (chatter[i], 1)] {
+            items.push(M {
+                text,
+                age: TimeDelta::days(60) - TimeDelta::hours(2 * i as i64 + offset),
+                importance: 5,
+                workstream: Workstream::Operational,
+                category: "status_meetings",
+            });
+        }
+    }
+    add(&e, "acme", &items).await;
+    let sc = scope("acme");
+    let r = e.compact_memory(&sc, false).await.expect("compact");
+    assert_eq!(r.groups.len(), 1, "{b:?}: {r:?}");
+    assert!(r.groups[0].summary_id.is_some());
+    s.clock.advance(TimeDelta::days(45));
+    let again = e.compact_memory(&sc, false).await.expect("past retention");
+    assert_eq!(again.purged, 0, "{b:?}: summarised sources are not purged");
+    for (fact, question, key) in facts {
+        let pack = e
+            .load_context(
+                &sc,
+                &ContextRequest {
+                    task_type: Some("operational".into()),
+                    query: question.into(),
+                    budget: Some(300),
+                },
+            )
+            .await
+            .expect("pack");
+        assert!(
+            pack.items.iter().any(|i| i.text.contains(key)),
+            "{b:?}: {key} ({fact}) not in the pack for {question:?}: {:?}",
+            pack.items
+        );
+        assert!(pack.tokens <= 300);
+    }
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_facts_findable_sqlite() {
+    compaction_keeps_the_facts_findable(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_facts_findable_postgres() {
+    compaction_keeps_the_facts_findable(Backend::Postgres).await;
 }
 
 #[tokio::test]
