@@ -606,7 +606,10 @@ impl Engine {
     }
 }
 
-/// Cold hits whose neighbouring events are offered too.
+/// Cold hits whose neighbouring events are offered too. On LoCoMo (all ten
+/// conversations, all but adversarial) neighbours took evidence recall at
+/// 2,000 tokens from 72.1% to 72.4% as configured by default, and from
+/// 79.0% to 80.0% in `kira bench memory --retrieval`.
 const NEIGHBOUR_ANCHORS: usize = 10;
 /// How far apart an event and its neighbour may be: a conversation's
 /// turns, a meeting's notes.
