@@ -831,10 +831,16 @@ pub struct BenchMemoryArgs {
     /// Full text only: do not load the embedding model.
     #[arg(long)]
     pub no_embed: bool,
-    /// Score packs as configured (hot/warm/cold shares, 5 cold hits) rather
-    /// than as pure retrieval (every item chosen by relevance to the question).
+    /// Score pure retrieval (every memory cold, the whole budget to the
+    /// question's search hits, no recency or importance) rather than the
+    /// default configuration every `kira serve` runs.
     #[arg(long)]
-    pub layered: bool,
+    pub retrieval: bool,
+    /// Retention after compaction: load the turns as operational
+    /// status_meetings (a category the default strategy summarises), score,
+    /// compact every company, score again.
+    #[arg(long)]
+    pub compacted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -197,12 +197,20 @@ fn scope(id: &CompanyId) -> CompanyScope {
     }
 }
 
+/// How a benchmark's turns are filed: `general`/`conversation` notes, or
+/// (to measure compaction) `operational`/`status_meetings`, a category the
+/// default strategy summarises.
+pub const AS_CONVERSATION: (Workstream, &str) = (Workstream::General, "conversation");
+pub const AS_STATUS_MEETINGS: (Workstream, &str) = (Workstream::Operational, "status_meetings");
+
 /// Creates the company and loads `items` (text, time, source) as its memory,
-/// 1,000 per transaction. Returns the company id.
+/// filed as `kind` (workstream, category), 1,000 per transaction. Returns
+/// the company id.
 pub async fn load_company(
     engine: &Engine,
     name: &str,
     items: &[(String, DateTime<Utc>, String)],
+    kind: (Workstream, &str),
 ) -> Result<CompanyId, EngineError> {
     let (id, profile) = serde_json::from_value::<NewCompany>(serde_json::json!({
         "id": name, "name": name, "industry": "research", "jurisdiction": "US"
@@ -225,8 +233,8 @@ pub async fn load_company(
             .map(|(text, at, source)| NewMemory {
                 occurred_at: *at,
                 event_type: EventType::Note,
-                workstream: Workstream::General,
-                category: "conversation".into(),
+                workstream: kind.0,
+                category: kind.1.into(),
                 content: serde_json::json!({ "text": text }),
                 importance: 5,
                 indexed_terms: vec![],
@@ -238,6 +246,23 @@ pub async fn load_company(
             .await?;
     }
     Ok(id)
+}
+
+/// Compacts each company's memory now (what the daily job does); returns
+/// the summaries written and the memories they replaced.
+pub async fn compact_all(
+    engine: &Engine,
+    companies: &[CompanyId],
+) -> Result<(usize, usize), EngineError> {
+    let (mut summaries, mut sources) = (0, 0);
+    for c in companies {
+        let r = engine.compact_memory(&scope(c), false).await?;
+        for g in r.groups.iter().filter(|g| g.summary_id.is_some()) {
+            summaries += 1;
+            sources += g.sources;
+        }
+    }
+    Ok((summaries, sources))
 }
 
 /// Embeds every queued memory; returns how many.
@@ -300,9 +325,18 @@ pub async fn score_locomo(
         let mut source_of: HashMap<String, String> = HashMap::new();
         let mut after = None;
         loop {
+            // Archived too: the sources of compaction summaries.
             let page = engine
                 .store()
-                .list_memories(&sc, &MemoryFilter::default(), after, 1_000)
+                .list_memories(
+                    &sc,
+                    &MemoryFilter {
+                        archived: kira_store::memory::Archived::Include,
+                        ..MemoryFilter::default()
+                    },
+                    after,
+                    1_000,
+                )
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some(kira_store::memory::MemoryCursor::of(last));
@@ -315,6 +349,11 @@ pub async fn score_locomo(
                 break;
             }
         }
+        let text_of: HashMap<&str, String> = conv
+            .turns
+            .iter()
+            .map(|t| (t.dia_id.as_str(), t.text.replace('\n', " ")))
+            .collect();
         for q in &conv.questions {
             for &budget in budgets {
                 let started = std::time::Instant::now();
@@ -322,7 +361,7 @@ pub async fn score_locomo(
                     .load_context(
                         &sc,
                         &ContextRequest {
-                            task_type: None,
+                            task_type: Some("general".into()),
                             query: q.question.clone(),
                             budget: Some(budget),
                         },
@@ -334,10 +373,17 @@ pub async fn score_locomo(
                     .iter()
                     .filter_map(|i| source_of.get(&i.id).map(String::as_str))
                     .collect();
+                // A turn is in the pack as itself, or whole inside another
+                // item (a compaction summary that kept it).
                 let found = q
                     .evidence
                     .iter()
-                    .filter(|e| got.contains(e.as_str()))
+                    .filter(|e| {
+                        got.contains(e.as_str())
+                            || text_of.get(e.as_str()).is_some_and(|t| {
+                                pack.items.iter().any(|i| i.text.contains(t.as_str()))
+                            })
+                    })
                     .count();
                 out.entry(budget)
                     .or_default()

@@ -38,6 +38,9 @@ pub enum Archived {
     Include,
     /// Archived only.
     Only,
+    /// Live, and the archived sources of compaction summaries (which are
+    /// never purged): what a context pack searches.
+    LiveOrSummarized,
 }
 
 /// Filters shared by list, search and vector reads. Every field narrows.
@@ -234,7 +237,9 @@ pub trait MemoryStore: Send + Sync {
     ) -> Result<()>;
 
     /// Hard-deletes the scope's memories archived before `before` (the
-    /// retention period is over). Returns how many.
+    /// retention period is over), except the sources of a compaction
+    /// summary, which are kept (and found by search with
+    /// [`Archived::LiveOrSummarized`]). Returns how many.
     async fn purge_archived(
         &self,
         scope: &CompanyScope,

@@ -74,10 +74,12 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
     })
     .await
     .with_context(|| format!("opening {}", crate::config::redact_url(&url)))?;
-    let cfg = if args.layered {
-        EngineConfig::default()
-    } else {
+    // By default the configuration `kira serve` starts with, through
+    // `load_context`, the code behind GET /v1/companies/{id}/context.
+    let cfg = if args.retrieval {
         retrieval_config()
+    } else {
+        EngineConfig::default()
     };
     let first = convs.first().map(|c| membench::after_last(&c.turns));
     let clock = Arc::new(ManualClock::new(first.unwrap_or_default()));
@@ -99,7 +101,12 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
             .map(|t| (t.text.clone(), t.at, t.dia_id.clone()))
             .collect();
         turns += items.len();
-        companies.push(membench::load_company(&engine, &c.id, &items).await?);
+        let kind = if args.compacted {
+            membench::AS_STATUS_MEETINGS
+        } else {
+            membench::AS_CONVERSATION
+        };
+        companies.push(membench::load_company(&engine, &c.id, &items, kind).await?);
     }
     let loaded = load_start.elapsed();
     let embed_start = Instant::now();
@@ -112,28 +119,29 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
         embed_time.as_secs_f64()
     );
 
-    let mut results = std::collections::BTreeMap::new();
-    let mut micros = Vec::new();
-    for (c, id) in convs.iter().zip(&companies) {
-        clock.set(membench::after_last(&c.turns));
-        let (r, m) = membench::score_locomo(
-            &engine,
-            std::slice::from_ref(c),
-            std::slice::from_ref(id),
-            &args.budgets,
-        )
-        .await?;
-        micros.extend(m);
-        for (budget, recall) in r {
-            let e: &mut membench::Recall = results.entry(budget).or_default();
-            for (cat, (s, n)) in recall.by_category {
-                let x = e.by_category.entry(cat).or_default();
-                x.0 += s;
-                x.1 += n;
-            }
+    let (results, micros) = score_all(&engine, &clock, &convs, &companies, &args.budgets).await?;
+    let compacted = if args.compacted {
+        let mut summaries = (0, 0);
+        for (c, id) in convs.iter().zip(&companies) {
+            clock.set(membench::after_last(&c.turns));
+            let (s, n) = membench::compact_all(&engine, std::slice::from_ref(id)).await?;
+            summaries = (summaries.0 + s, summaries.1 + n);
         }
-    }
-    let mode = if args.layered { "layered" } else { "retrieval" };
+        let embedded = membench::embed_all(&engine).await?;
+        eprintln!(
+            "compacted: {} summaries replaced {} turns; embedded {embedded}",
+            summaries.0, summaries.1
+        );
+        let (after, _) = score_all(&engine, &clock, &convs, &companies, &args.budgets).await?;
+        Some(after)
+    } else {
+        None
+    };
+    let mode = if args.retrieval {
+        "retrieval"
+    } else {
+        "default"
+    };
     let semantic = !args.no_embed;
     if json {
         let rows: Vec<_> = results
@@ -151,14 +159,34 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
                 serde_json::Value::Object(row)
             })
             .collect();
-        crate::output::print_json(&serde_json::json!({
+        let mut out = serde_json::json!({
             "mode": mode, "semantic": semantic, "turns": turns,
             "recall_percent": rows,
             "pack_ms": { "p50": ms(&micros).p50_ms, "p99": ms(&micros).p99_ms },
-        }))?;
+        });
+        if let (Some(after), Some(obj)) = (&compacted, out.as_object_mut()) {
+            let rows: Vec<_> = after
+                .iter()
+                .map(|(b, r)| {
+                    let before = results.get(b).map_or(0.0, |x| x.all_but_adversarial());
+                    serde_json::json!({
+                        "budget": b,
+                        "all_but_adversarial": r.all_but_adversarial(),
+                        "retention_percent": retention(before, r.all_but_adversarial()),
+                    })
+                })
+                .collect();
+            obj.insert("after_compaction".into(), serde_json::json!(rows));
+        }
+        crate::output::print_json(&out)?;
     } else {
         println!(
-            "LoCoMo evidence recall (%), {mode} packs, {}:",
+            "LoCoMo evidence recall (%), {} packs, {}:",
+            if args.retrieval {
+                "retrieval-only"
+            } else {
+                "default-configuration"
+            },
             if semantic {
                 "full text + embeddings"
             } else {
@@ -187,6 +215,20 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
             ]);
         }
         println!("{t}");
+        if let Some(after) = &compacted {
+            println!("after compaction (all but adversarial, %):");
+            let mut t = crate::output::table(&["budget", "before", "after", "retention"]);
+            for (b, r) in after {
+                let before = results.get(b).map_or(0.0, |x| x.all_but_adversarial());
+                t.add_row(vec![
+                    b.to_string(),
+                    format!("{before:.1}"),
+                    format!("{:.1}", r.all_but_adversarial()),
+                    format!("{:.1}", retention(before, r.all_but_adversarial())),
+                ]);
+            }
+            println!("{t}");
+        }
         println!(
             "context pack latency: p50 {:.1} ms, p99 {:.1} ms ({} packs)",
             ms(&micros).p50_ms,
@@ -198,6 +240,51 @@ pub async fn run(args: BenchMemoryArgs, json: bool) -> anyhow::Result<ExitCode> 
         let _ = std::fs::remove_dir_all(&temp);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Recall after as a share of recall before, in %.
+fn retention(before: f64, after: f64) -> f64 {
+    if before > 0.0 {
+        100.0 * after / before
+    } else {
+        0.0
+    }
+}
+
+/// Every conversation's questions at every budget, the clock set after
+/// its last turn; recall per budget and the pack latencies.
+async fn score_all(
+    engine: &Engine,
+    clock: &ManualClock,
+    convs: &[membench::Conversation],
+    companies: &[kira_core::CompanyId],
+    budgets: &[usize],
+) -> anyhow::Result<(
+    std::collections::BTreeMap<usize, membench::Recall>,
+    Vec<u64>,
+)> {
+    let mut results = std::collections::BTreeMap::new();
+    let mut micros = Vec::new();
+    for (c, id) in convs.iter().zip(companies) {
+        clock.set(membench::after_last(&c.turns));
+        let (r, m) = membench::score_locomo(
+            engine,
+            std::slice::from_ref(c),
+            std::slice::from_ref(id),
+            budgets,
+        )
+        .await?;
+        micros.extend(m);
+        for (budget, recall) in r {
+            let e: &mut membench::Recall = results.entry(budget).or_default();
+            for (cat, (s, n)) in recall.by_category {
+                let x = e.by_category.entry(cat).or_default();
+                x.0 += s;
+                x.1 += n;
+            }
+        }
+    }
+    Ok((results, micros))
 }
 
 pub async fn scale(args: BenchMemoryScaleArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -531,7 +618,15 @@ pub async fn longmemeval(args: BenchLongmemevalArgs, json: bool) -> anyhow::Resu
             })
             .collect();
         turns += items.len();
-        companies.push(membench::load_company(&engine, &format!("lme-{i:03}"), &items).await?);
+        companies.push(
+            membench::load_company(
+                &engine,
+                &format!("lme-{i:03}"),
+                &items,
+                membench::AS_CONVERSATION,
+            )
+            .await?,
+        );
     }
     let embedded = membench::embed_all(&engine).await?;
     eprintln!(

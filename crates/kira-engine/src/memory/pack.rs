@@ -1,12 +1,13 @@
 //! Fitting a context pack to its token budget: the pure part of
 //! `load_context`. Candidates arrive per section, best first; the pack
 //! takes them section by section, each section up to its share of the
-//! budget, then hands what is left over to whatever did not fit, in
-//! section order. Tokens are counted with cl100k (tiktoken) on the exact
+//! budget, then hands what is left over first to the relevance hits that
+//! did not fit, most relevant first, whatever their section, then to the
+//! rest, in section order. Tokens are counted with cl100k (tiktoken) on the exact
 //! text an agent is shown, section headings included, so the pack never
 //! exceeds its budget.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use kira_core::memory::Layer;
 use serde::Serialize;
@@ -210,9 +211,12 @@ pub fn warm_up_in_background() {
 
 /// Builds the pack. `candidates` are per section, each list best first; an
 /// id or text already taken by an earlier section (or earlier in the same
-/// list) is a duplicate and left out.
+/// list) is a duplicate and left out. `relevance` holds, by id, how
+/// relevant to the task the candidates a search found are (in [0, 1]): the
+/// budget a section leaves unused goes to them first.
 pub fn fit(
     candidates: Vec<(Section, Vec<Candidate>)>,
+    relevance: &HashMap<String, f64>,
     budget: usize,
     shares: &Shares,
     count: &dyn Fn(&str) -> usize,
@@ -244,34 +248,48 @@ pub fn fit(
     let mut taken: Vec<Vec<bool>> = lists.iter().map(|(_, l)| vec![false; l.len()]).collect();
     let mut opened: HashSet<Section> = HashSet::new();
 
-    // Pass 1: each section within its share. Pass 2: leftovers, in order.
-    for pass in 0..2 {
-        for (li, (section, list)) in lists.iter().enumerate() {
-            let cap = if pass == 0 {
-                ((budget as f64) * shares.of(*section)).floor() as usize
+    // Pass 1: each section within its share, best first.
+    let mut pass1 = Vec::new();
+    for (li, (_, list)) in lists.iter().enumerate() {
+        pass1.extend((0..list.len()).map(|ci| (li, ci)));
+    }
+    // Pass 2: the leftover to relevance hits, most relevant first.
+    let mut pass2: Vec<(usize, usize, f64)> = Vec::new();
+    for (li, (_, list)) in lists.iter().enumerate() {
+        for (ci, (c, _)) in list.iter().enumerate() {
+            if let Some(r) = relevance.get(&c.id) {
+                pass2.push((li, ci, *r));
+            }
+        }
+    }
+    // Stable: equal relevance keeps section order.
+    pass2.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let pass2: Vec<(usize, usize)> = pass2.into_iter().map(|(li, ci, _)| (li, ci)).collect();
+    // Pass 3: what is still left, in section order.
+    let pass3 = pass1.clone();
+
+    let mut section_used = vec![0usize; lists.len()];
+    for (pass, order) in [pass1, pass2, pass3].into_iter().enumerate() {
+        for (li, ci) in order {
+            if taken[li][ci] {
+                continue;
+            }
+            let (section, list) = &lists[li];
+            let extra = if opened.contains(section) {
+                0
             } else {
-                budget
+                heading_cost(*section)
             };
-            let mut section_used: usize = if pass == 0 { 0 } else { cap };
-            for (ci, (_, cost)) in list.iter().enumerate() {
-                if taken[li][ci] {
-                    continue;
-                }
-                let extra = if opened.contains(section) {
-                    0
-                } else {
-                    heading_cost(*section)
-                };
-                let need = cost + extra;
-                let fits_section = pass == 1 || section_used + need <= cap;
-                if fits_section && used + need <= budget {
-                    taken[li][ci] = true;
-                    opened.insert(*section);
-                    used += need;
-                    if pass == 0 {
-                        section_used += need;
-                    }
-                }
+            let need = list[ci].1 + extra;
+            let fits_share = pass > 0 || {
+                let cap = ((budget as f64) * shares.of(*section)).floor() as usize;
+                section_used[li] + need <= cap
+            };
+            if fits_share && used + need <= budget {
+                taken[li][ci] = true;
+                opened.insert(*section);
+                used += need;
+                section_used[li] += need;
             }
         }
     }
@@ -336,6 +354,7 @@ mod tests {
                 ),
                 (Section::Warm, vec![cand("d", "Delta", 0.4)]),
             ],
+            &HashMap::new(),
             1_000,
             &Shares::default(),
             &count_tokens,
@@ -369,6 +388,7 @@ mod tests {
         let cold = vec![cand("c", "the one cold fact", 1.0)];
         let pack = fit(
             vec![(Section::Hot, hot), (Section::Cold, cold)],
+            &HashMap::new(),
             200,
             &Shares::default(),
             &count_tokens,
@@ -380,9 +400,42 @@ mod tests {
     }
 
     #[test]
+    fn the_leftover_goes_to_relevance_hits_first() {
+        let line = |i: usize, what: &str| format!("{what} {i} {}", "word ".repeat(15));
+        // Ten unrelated hot items, then more cold hits (of falling
+        // relevance) than the budget holds.
+        let hot: Vec<Candidate> = (0..10)
+            .map(|i| cand(&format!("h{i}"), &line(i, "hot"), 1.0))
+            .collect();
+        let cold: Vec<Candidate> = (0..40)
+            .map(|i| cand(&format!("c{i}"), &line(i, "cold"), 0.5))
+            .collect();
+        let relevance: HashMap<String, f64> = (0..40)
+            .map(|i| (format!("c{i}"), 1.0 - i as f64 / 40.0))
+            .collect();
+        let pack = fit(
+            vec![(Section::Hot, hot), (Section::Cold, cold)],
+            &relevance,
+            400,
+            &Shares::default(),
+            &count_tokens,
+        );
+        let hot_n = pack.section(Section::Hot).count();
+        let cold_ids: Vec<&str> = pack.section(Section::Cold).map(|i| i.id.as_str()).collect();
+        // Hot keeps its share (a quarter); the rest goes to cold hits, best
+        // first, although hot items came first in section order.
+        assert!((1..=5).contains(&hot_n), "{hot_n} hot items");
+        assert!(cold_ids.len() > hot_n, "{cold_ids:?}");
+        let best: Vec<String> = (0..cold_ids.len()).map(|i| format!("c{i}")).collect();
+        assert_eq!(cold_ids, best);
+        assert!(pack.tokens <= 400);
+    }
+
+    #[test]
     fn an_empty_budget_takes_nothing() {
         let pack = fit(
             vec![(Section::Hot, vec![cand("a", "x", 1.0)])],
+            &HashMap::new(),
             0,
             &Shares::default(),
             &count_tokens,
@@ -419,7 +472,7 @@ mod tests {
                 per[s].1.push(cand(&format!("{i}"), &t, 1.0));
             }
             let shares = Shares { hot, warm, cold, knowledge: 0.1, shared: 0.1 };
-            let pack = fit(per, budget, &shares, &count_tokens);
+            let pack = fit(per, &HashMap::new(), budget, &shares, &count_tokens);
             prop_assert!(pack.tokens <= budget, "{} > {}", pack.tokens, budget);
             let sum: usize = pack.items.iter().map(|i| i.tokens).sum();
             prop_assert!(sum <= budget);

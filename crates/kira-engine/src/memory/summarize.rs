@@ -1,8 +1,8 @@
 //! Summarisers for compaction. The trait is what compaction calls; the
 //! extractive one here is the default (and needs no model): it keeps the
-//! group's highest-weight sentences, favouring those that carry dates,
-//! amounts and names, in the order they happened. The agents issue adds an
-//! LLM summariser behind the same trait.
+//! group's most informative sentences (rare terms, dates, amounts, names,
+//! decisions), as many as the group's size calls for, in the order they
+//! happened. The agents issue adds an LLM summariser behind the same trait.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -21,25 +21,43 @@ pub trait Summarizer: Send + Sync {
 /// Highest-weight sentences, chosen extractively.
 #[derive(Debug, Clone)]
 pub struct Extractive {
-    /// Sentences kept at most.
+    /// Sentences kept at most, whatever the group's size. A group keeps
+    /// four, plus one for every two of its memories, up to this.
     pub max_sentences: usize,
-    /// Characters of summary text at most.
+    /// Characters of summary text at most. A group keeps at most half of
+    /// its text, up to this.
     pub max_chars: usize,
 }
 
 impl Default for Extractive {
+    /// Room for a month of daily notes: a fixed eight sentences reduced a
+    /// month of 65 conversation turns to eight thank-yous.
     fn default() -> Self {
         Self {
-            max_sentences: 8,
-            max_chars: 2_000,
+            max_sentences: 64,
+            max_chars: 8_000,
         }
     }
 }
+
+/// Words that mark a decision or commitment, which a summary keeps.
+const DECISIONS: &[&str] = &[
+    "decided", "decision", "agreed", "approved", "signed", "chose", "plan", "planning", "will",
+    "going", "deadline", "due", "hired", "launched", "started", "finished", "moved", "bought",
+];
+
+/// Sentences with fewer content words than this say little on their own:
+/// a summary keeps one only when it has nothing else.
+const MIN_CONTENT_WORDS: usize = 4;
 
 const STOP: &[&str] = &[
     "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "is", "was", "are",
     "were", "be", "been", "it", "this", "that", "we", "our", "at", "by", "as", "from", "will",
     "has", "have", "had", "not", "but", "they", "their", "i", "you", "he", "she", "his", "her",
+    // Conversation's filler, which says nothing a summary needs.
+    "s", "t", "so", "just", "really", "very", "wow", "oh", "me", "my", "your", "too", "also", "lot",
+    "what", "how", "do", "did", "thanks", "thank", "yes", "yeah", "great", "awesome", "cool",
+    "nice", "means", "sounds", "good",
 ];
 
 fn words(s: &str) -> impl Iterator<Item = String> + '_ {
@@ -108,6 +126,27 @@ fn fact_weight(sentence: &str, names: &BTreeSet<String>) -> f64 {
     w
 }
 
+/// Capitalised words past a sentence's first word (names, places,
+/// products) that few of the group's sentences use.
+fn rare_capitalised(sentence: &str, df: &HashMap<&str, f64>, n: f64) -> usize {
+    let mut found: BTreeSet<String> = BTreeSet::new();
+    for (i, w) in sentence
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .enumerate()
+    {
+        let capital = w.chars().next().is_some_and(char::is_uppercase);
+        let lower = w.to_lowercase();
+        if i == 0 || !capital || STOP.contains(&lower.as_str()) {
+            continue;
+        }
+        if df.get(lower.as_str()).copied().unwrap_or(0.0) <= (n / 10.0).max(1.0) {
+            found.insert(lower);
+        }
+    }
+    found.len()
+}
+
 fn listed_names(m: &Memory) -> impl Iterator<Item = String> + '_ {
     ["people", "counterparties"].into_iter().flat_map(move |k| {
         m.content
@@ -124,36 +163,52 @@ impl Extractive {
     /// The summary text, synchronously.
     pub fn summarize_now(&self, memories: &[Memory]) -> String {
         let names: BTreeSet<String> = memories.iter().flat_map(listed_names).collect();
-        // Term frequencies over the group (Luhn): a sentence made of the
-        // group's recurring words says what the group is about.
-        let mut tf: HashMap<String, f64> = HashMap::new();
-        for m in memories {
-            for w in words(m.text()).filter(|w| !STOP.contains(&w.as_str())) {
-                *tf.entry(w).or_default() += 1.0;
-            }
-        }
-        // (memory index, sentence index, sentence, weight)
+        // (memory index, sentence index, sentence, content words)
         let mut all: Vec<(usize, usize, String, f64)> = Vec::new();
+        let mut content: Vec<BTreeSet<String>> = Vec::new();
         for (mi, m) in memories.iter().enumerate() {
             for (si, s) in sentences(m.text()).into_iter().enumerate() {
-                let ws: Vec<String> = words(&s).filter(|w| !STOP.contains(&w.as_str())).collect();
+                let ws: BTreeSet<String> =
+                    words(&s).filter(|w| !STOP.contains(&w.as_str())).collect();
                 if ws.is_empty() {
                     continue;
                 }
-                let salience = ws
-                    .iter()
-                    .map(|w| tf.get(w).copied().unwrap_or(0.0))
-                    .sum::<f64>()
-                    / (ws.len() as f64).sqrt();
-                all.push((mi, si, s, salience));
+                all.push((mi, si, s, 0.0));
+                content.push(ws);
             }
         }
-        // Salience relative to the group's most salient sentence, so that a
-        // fact (a date, an amount, a name) outweighs mere repetition.
-        let top = all.iter().map(|x| x.3).fold(0.0_f64, f64::max);
-        for (mi, _, s, w) in &mut all {
-            let rel = if top > 0.0 { *w / top } else { 0.0 };
-            *w = rel + fact_weight(s, &names) + f64::from(memories[*mi].importance) / 10.0;
+        // Document frequency over the group's sentences: a term most of
+        // them use (the speakers' names, the group's topic) tells one
+        // sentence from another less than a rare one.
+        let mut df: HashMap<&str, f64> = HashMap::new();
+        for ws in &content {
+            for w in ws {
+                *df.entry(w.as_str()).or_default() += 1.0;
+            }
+        }
+        let n = content.len().max(1) as f64;
+        let idf = |w: &str| (n / df.get(w).copied().unwrap_or(1.0)).ln().max(0.0) + 0.1;
+        let info: Vec<f64> = content
+            .iter()
+            .map(|ws| ws.iter().map(|w| idf(w)).sum::<f64>() / (ws.len() as f64).sqrt())
+            .collect();
+        // Information relative to the group's most informative sentence, so
+        // that a fact (a date, an amount, a name, a decision) outweighs it.
+        let top = info.iter().copied().fold(0.0_f64, f64::max);
+        for (k, (mi, _, s, w)) in all.iter_mut().enumerate() {
+            let ws = &content[k];
+            let rel = if top > 0.0 { info[k] / top } else { 0.0 };
+            let entities = rare_capitalised(s, &df, n);
+            let decision = if ws.iter().any(|w| DECISIONS.contains(&w.as_str())) {
+                0.5
+            } else {
+                0.0
+            };
+            *w = rel
+                + fact_weight(s, &names)
+                + 0.5 * entities.min(2) as f64
+                + decision
+                + f64::from(memories[*mi].importance) / 10.0;
         }
         let mut best: Vec<usize> = (0..all.len()).collect();
         best.sort_by(|&a, &b| all[b].3.total_cmp(&all[a].3).then(a.cmp(&b)));
@@ -162,17 +217,21 @@ impl Extractive {
         let total: usize = memories.iter().map(|m| m.text().chars().count()).sum();
         let best_len = best.first().map_or(0, |&i| all[i].2.chars().count() + 14);
         let max_chars = self.max_chars.min((total / 2).max(best_len));
+        let max_sentences = self.max_sentences.min(4 + memories.len() / 2);
         let mut chosen: Vec<usize> = Vec::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut chars = 0usize;
         for i in best {
-            if chosen.len() >= self.max_sentences {
+            if chosen.len() >= max_sentences {
                 break;
             }
             let s = &all[i].2;
             let key = s.to_lowercase();
             let line_len = s.chars().count() + 14;
-            if seen.contains(&key) || (chars + line_len > max_chars && !chosen.is_empty()) {
+            let says_little = content[i].len() < MIN_CONTENT_WORDS;
+            if seen.contains(&key)
+                || (!chosen.is_empty() && (says_little || chars + line_len > max_chars))
+            {
                 continue;
             }
             seen.insert(key);
@@ -294,6 +353,41 @@ mod tests {
             s.find("2026-09-15").expect("15th"),
         );
         assert!(a < b);
+    }
+
+    /// A month of conversation: the facts stay, the pleasantries go, and
+    /// a larger group keeps more.
+    #[test]
+    fn keeps_information_not_pleasantries_and_scales_with_the_group() {
+        let mut ms = Vec::new();
+        let filler = [
+            "Caroline: Thanks, Melanie!",
+            "Melanie: That's awesome, Caroline!",
+            "Caroline: Thanks, Melanie. That means a lot.",
+            "Melanie: Wow, Caroline, that's so sweet!",
+        ];
+        let facts = [
+            "Caroline: I went to the LGBTQ support group on 7 May and met a counsellor named Jordan.",
+            "Melanie: We paid $1,200 for the pottery class in Portland, it starts in June.",
+            "Caroline: I decided to apply to the adoption agency in Boston next month.",
+        ];
+        for d in 1..=24u32 {
+            let text = if d % 8 == 0 {
+                facts[(d / 8 - 1) as usize]
+            } else {
+                filler[d as usize % filler.len()]
+            };
+            ms.push(mem(d, text, json!({})));
+        }
+        let e = Extractive::default();
+        let s = e.summarize_now(&ms);
+        for key in ["7 May", "$1,200", "Boston"] {
+            assert!(s.contains(key), "{key} missing: {s}");
+        }
+        assert!(!s.contains("Thanks, Melanie!"), "{s}");
+        let small = e.summarize_now(&ms[..4]);
+        let sentences_of = |t: &str| t.matches(['.', '!', '?']).count();
+        assert!(sentences_of(&small) < sentences_of(&s), "{small} / {s}");
     }
 
     #[test]

@@ -270,6 +270,125 @@ async fn packs_fit_and_stay_in_their_company_postgres() {
     packs_fit_and_stay_in_their_company(Backend::Postgres).await;
 }
 
+/// Every memory older than the warm window and of ordinary importance:
+/// the hot and warm sections are empty, and what they leave unused goes to
+/// the task's search hits, as many as the budget holds (not a fixed five).
+async fn a_pack_fills_its_budget(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let texts: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                "Supplier renewal call {i}: the vendor asked for {} more days on clause {}.",
+                i % 17 + 3,
+                i % 11 + 1
+            )
+        })
+        .collect();
+    let items: Vec<M<'_>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| m(t, TimeDelta::days(60 + i as i64), 5))
+        .collect();
+    add(&e, "acme", &items).await;
+    for budget in [500, 1_000, 2_000] {
+        let pack = e
+            .load_context(
+                &scope("acme"),
+                &ContextRequest {
+                    task_type: None,
+                    query: "supplier renewal vendor clause".into(),
+                    budget: Some(budget),
+                },
+            )
+            .await
+            .expect("pack");
+        assert!(pack.tokens <= budget, "{b:?}: {} > {budget}", pack.tokens);
+        assert!(
+            pack.tokens * 10 >= budget * 9,
+            "{b:?}: {} of {budget} tokens used",
+            pack.tokens
+        );
+        assert!(
+            pack.items
+                .iter()
+                .all(|i| i.section == Section::Cold && i.layer == Some(Layer::Cold)),
+            "{b:?}: every item is a cold hit and says so"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pack_fills_its_budget_sqlite() {
+    a_pack_fills_its_budget(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_pack_fills_its_budget_postgres() {
+    a_pack_fills_its_budget(Backend::Postgres).await;
+}
+
+/// Hot items are ranked by relevance to the task as well as by recency and
+/// importance: a recent important memory about the task is the first hot
+/// item, ahead of newer unrelated ones that alone would fill the hot
+/// share, and ahead of an old memory about the same thing.
+async fn a_relevant_hot_memory_comes_first(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let filler: Vec<String> = (0..40)
+        .map(|i| format!("Standup {i}: the office printer queue was cleared again today."))
+        .collect();
+    let mut items: Vec<M<'_>> = filler
+        .iter()
+        .enumerate()
+        .map(|(i, t)| m(t, TimeDelta::hours(i as i64), 9))
+        .collect();
+    items.push(m(
+        "Initech asked to renegotiate the licence fee before the March renewal.",
+        TimeDelta::days(3),
+        8,
+    ));
+    items.push(m(
+        "Initech signed the licence at a fee of $12,000 a year.",
+        TimeDelta::days(400),
+        5,
+    ));
+    add(&e, "acme", &items).await;
+    let pack = e
+        .load_context(
+            &scope("acme"),
+            &ContextRequest {
+                task_type: None,
+                query: "Initech licence fee renewal".into(),
+                budget: Some(400),
+            },
+        )
+        .await
+        .expect("pack");
+    let pos = |text: &str| pack.items.iter().position(|i| i.text.contains(text));
+    let recent = pos("renegotiate").expect("the recent relevant memory is in");
+    assert_eq!(pack.items[recent].section, Section::Hot, "{b:?}");
+    assert_eq!(
+        recent, 0,
+        "{b:?}: first of the hot section: {:?}",
+        pack.items
+    );
+    let old = pos("signed the licence").expect("the old relevant memory is in");
+    assert_eq!(pack.items[old].section, Section::Cold, "{b:?}");
+    assert!(recent < old);
+    assert!(pack.tokens <= 400);
+}
+
+#[tokio::test]
+async fn a_relevant_hot_memory_comes_first_sqlite() {
+    a_relevant_hot_memory_comes_first(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_relevant_hot_memory_comes_first_postgres() {
+    a_relevant_hot_memory_comes_first(Backend::Postgres).await;
+}
+
 async fn compaction(b: Backend) {
     let s = setup(b).await;
     let e = engine(&s);
@@ -376,9 +495,119 @@ async fn compaction(b: Backend) {
             .expect("get")
             .is_archived()
     );
+    s.store
+        .set_archived(&sc, &[draft.id], Some(t0()), audit("acme"))
+        .await
+        .expect("archive again");
     s.clock.advance(TimeDelta::days(31));
     let purge = e.compact_memory(&sc, false).await.expect("purge run");
-    assert_eq!(purge.purged, 2, "the two summarised sources: {purge:?}");
+    // The discarded draft goes; the summarised sources are kept.
+    assert_eq!(purge.purged, 1, "{purge:?}");
+    let archived = live(Archived::Only).await;
+    assert_eq!(archived.len(), 2, "{archived:?}");
+    assert!(
+        archived
+            .iter()
+            .all(|m| summary.compacted_from.contains(&m.id))
+    );
+}
+
+/// What the summarised memories said stays findable: a pack for a
+/// question about any one of them holds the fact, amount, date and name,
+/// from the archived source if the summary left it out; and the sources
+/// outlive the retention period.
+async fn compaction_keeps_the_facts_findable(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let facts = [
+        (
+            "Priya said the Hooli invoice of $18,400 is due on 12 March.",
+            "When is the Hooli invoice due?",
+            "$18,400",
+        ),
+        (
+            "Marco booked the Lisbon offsite for 40 people at EUR 9,250.",
+            "How much did the Lisbon offsite cost?",
+            "EUR 9,250",
+        ),
+        (
+            "Decision: Dana hires two support engineers starting 3 April.",
+            "When do the support engineers start?",
+            "3 April",
+        ),
+        (
+            "The Initech migration slipped to 28 February after the audit.",
+            "When is the Initech migration?",
+            "28 February",
+        ),
+        (
+            "Kenji reported churn at 2.4% in January, down from 3.1%.",
+            "What was churn in January?",
+            "2.4%",
+        ),
+        (
+            "Legal asked Omar to renew the Globex NDA before 15 May.",
+            "Who renews the Globex NDA?",
+            "Omar",
+        ),
+    ];
+    let chatter = [
+        "Thanks everyone, good meeting.",
+        "Let's keep going as planned.",
+        "Nothing else from me today.",
+        "Great work, team!",
+        "See you all next week.",
+        "Sounds good to me.",
+    ];
+    let mut items: Vec<M<'_>> = Vec::new();
+    for (i, (fact, _, _)) in facts.iter().enumerate() {
+        for (text, offset) in [(*fact, 0), (chatter[i], 1)] {
+            items.push(M {
+                text,
+                age: TimeDelta::days(60) - TimeDelta::hours(2 * i as i64 + offset),
+                importance: 5,
+                workstream: Workstream::Operational,
+                category: "status_meetings",
+            });
+        }
+    }
+    add(&e, "acme", &items).await;
+    let sc = scope("acme");
+    let r = e.compact_memory(&sc, false).await.expect("compact");
+    assert_eq!(r.groups.len(), 1, "{b:?}: {r:?}");
+    assert!(r.groups[0].summary_id.is_some());
+    s.clock.advance(TimeDelta::days(45));
+    let again = e.compact_memory(&sc, false).await.expect("past retention");
+    assert_eq!(again.purged, 0, "{b:?}: summarised sources are not purged");
+    for (fact, question, key) in facts {
+        let pack = e
+            .load_context(
+                &sc,
+                &ContextRequest {
+                    task_type: Some("operational".into()),
+                    query: question.into(),
+                    budget: Some(300),
+                },
+            )
+            .await
+            .expect("pack");
+        assert!(
+            pack.items.iter().any(|i| i.text.contains(key)),
+            "{b:?}: {key} ({fact}) not in the pack for {question:?}: {:?}",
+            pack.items
+        );
+        assert!(pack.tokens <= 300);
+    }
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_facts_findable_sqlite() {
+    compaction_keeps_the_facts_findable(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_facts_findable_postgres() {
+    compaction_keeps_the_facts_findable(Backend::Postgres).await;
 }
 
 #[tokio::test]

@@ -82,6 +82,7 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &MemoryFilter) {
         Archived::Exclude => " AND m.archived_at IS NULL",
         Archived::Include => "",
         Archived::Only => " AND m.archived_at IS NOT NULL",
+        Archived::LiveOrSummarized => " AND (m.archived_at IS NULL OR m.summary_id IS NOT NULL)",
     });
 }
 
@@ -484,6 +485,12 @@ impl MemoryStore for PgStore {
                 "a source of the summary is not a live memory of this company".into(),
             ));
         }
+        sqlx::query("UPDATE memories SET summary_id = $3 WHERE company_id = $1 AND id = ANY ($2)")
+            .bind(scope.company().as_str())
+            .bind(&sources)
+            .bind(summary.id)
+            .execute(&mut *tx)
+            .await?;
         insert_rows(&mut tx, scope.company(), std::slice::from_ref(summary)).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
@@ -498,7 +505,8 @@ impl MemoryStore for PgStore {
     ) -> Result<u64> {
         let mut tx = self.scoped(scope.company()).await?;
         let n = sqlx::query(
-            "DELETE FROM memories WHERE company_id = $1 AND archived_at IS NOT NULL AND archived_at < $2",
+            "DELETE FROM memories WHERE company_id = $1 AND archived_at IS NOT NULL AND archived_at < $2 \
+             AND summary_id IS NULL",
         )
         .bind(scope.company().as_str())
         .bind(before)

@@ -142,6 +142,7 @@ fn push_filter(qb: &mut QueryBuilder<Sqlite>, f: &MemoryFilter) {
         Archived::Exclude => " AND m.archived_at IS NULL",
         Archived::Include => "",
         Archived::Only => " AND m.archived_at IS NOT NULL",
+        Archived::LiveOrSummarized => " AND (m.archived_at IS NULL OR m.summary_id IS NOT NULL)",
     });
 }
 
@@ -690,6 +691,15 @@ impl MemoryStore for SqliteStore {
                 "a source of the summary is not a live memory of this company".into(),
             ));
         }
+        sqlx::query(
+            "UPDATE memories SET summary_id = ? WHERE company_id = ? \
+             AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(summary.id.to_string())
+        .bind(scope.company().as_str())
+        .bind(id_list(&sources)?)
+        .execute(&mut *tx)
+        .await?;
         insert_rows(&mut tx, scope.company(), std::slice::from_ref(summary)).await?;
         append(&mut tx, audit).await?;
         tx.commit().await
@@ -703,7 +713,8 @@ impl MemoryStore for SqliteStore {
     ) -> Result<u64> {
         let mut tx = self.write().await?;
         let n = sqlx::query(
-            "DELETE FROM memories WHERE company_id = ? AND archived_at IS NOT NULL AND archived_at < ?",
+            "DELETE FROM memories WHERE company_id = ? AND archived_at IS NOT NULL AND archived_at < ? \
+             AND summary_id IS NULL",
         )
         .bind(scope.company().as_str())
         .bind(ts(before))
