@@ -182,7 +182,7 @@ impl Default for SchedulerConfig {
             per_company_concurrency: 4,
             batch: 512,
             max_starting: default_max_starting(),
-            start_target: TimeDelta::milliseconds(5),
+            start_target: TimeDelta::milliseconds(2),
         }
     }
 }

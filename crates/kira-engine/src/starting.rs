@@ -11,7 +11,7 @@
 //! How many may start at once adapts to how long starts take. A run's
 //! start is timed from its first poll (not its claim, so time spent waiting
 //! for the runtime is not counted) to its first call, and the limit is what
-//! the cores can bring to their call within `scheduler.start_target` (5 ms):
+//! the cores can bring to their call within `scheduler.start_target` (2 ms):
 //! `cores x start_target / (recent start time)`, never below
 //! `scheduler.max_starting`. Starts that interleave on a busy machine take
 //! longer each, so the limit narrows by itself where preparation is heavy
@@ -48,7 +48,7 @@ pub(crate) struct StartGate {
     /// The limit's floor (`scheduler.max_starting`).
     min: usize,
     /// How long the starts of one pass may take side by side
-    /// (`scheduler.start_target`, by default 5 ms: well inside the 20 ms
+    /// (`scheduler.start_target`, by default 2 ms: well inside the 20 ms
     /// of its own time per task kira allows itself); zero: the limit stays
     /// at its floor.
     target: Duration,
