@@ -254,6 +254,31 @@ async fn ledger(
     Ok(())
 }
 
+/// Appends a ledger line about reservation `r` (its period, company, task
+/// and pool).
+async fn reservation_ledger(
+    tx: &mut PgConnection,
+    now: DateTime<Utc>,
+    r: &Reservation,
+    kind: &str,
+    amount: i64,
+    detail: &str,
+) -> Result<()> {
+    ledger(
+        tx,
+        now,
+        &r.period_id,
+        Some(&r.company_id),
+        Some(&r.task_id),
+        Some(&r.reservation_id),
+        Some(r.pool),
+        kind,
+        amount,
+        detail,
+    )
+    .await
+}
+
 /// The period containing `now`, made with its pools and allocations if new.
 /// Of transactions racing at a new period, the one whose insert lands makes
 /// the rest; the others wait on its row and then find it. `company` is the
@@ -510,19 +535,7 @@ async fn hold_more(
         .bind(&r.reservation_id)
         .execute(&mut *tx)
         .await?;
-    ledger(
-        tx,
-        now,
-        &r.period_id,
-        Some(&r.company_id),
-        Some(&r.task_id),
-        Some(&r.reservation_id),
-        Some(r.pool),
-        "reserve",
-        extra,
-        why,
-    )
-    .await?;
+    reservation_ledger(tx, now, r, "reserve", extra, why).await?;
     r.amount = new_amount;
     Ok(true)
 }
@@ -678,19 +691,7 @@ async fn release_tx(
     .rows_affected();
     if n == 1 {
         move_tokens(tx, &r.period_id, &r.company_id, r.pool, -r.amount, 0).await?;
-        ledger(
-            tx,
-            now,
-            &r.period_id,
-            Some(&r.company_id),
-            Some(&r.task_id),
-            Some(&r.reservation_id),
-            Some(r.pool),
-            "release",
-            r.amount,
-            why,
-        )
-        .await?;
+        reservation_ledger(tx, now, r, "release", r.amount, why).await?;
     }
     Ok(())
 }
@@ -1944,19 +1945,7 @@ impl BudgetStore for PgStore {
             ("release", c.release, "unused"),
         ] {
             if amount > 0 || (kind == "settle" && c.overdraft == 0) {
-                ledger(
-                    &mut tx,
-                    now,
-                    &r.period_id,
-                    Some(&r.company_id),
-                    Some(&r.task_id),
-                    Some(&r.reservation_id),
-                    Some(r.pool),
-                    kind,
-                    amount,
-                    detail,
-                )
-                .await?;
+                reservation_ledger(&mut tx, now, &r, kind, amount, detail).await?;
             }
         }
         sqlx::query(
@@ -2009,14 +1998,10 @@ impl BudgetStore for PgStore {
                 .bind(&r.reservation_id)
                 .execute(&mut *tx)
                 .await?;
-            ledger(
+            reservation_ledger(
                 &mut tx,
                 now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(r.pool),
+                &r,
                 "shrink",
                 back,
                 "lowered to the call's need",

@@ -171,6 +171,31 @@ async fn ledger(
     Ok(())
 }
 
+/// Appends a ledger line about reservation `r` (its period, company, task
+/// and pool).
+async fn reservation_ledger(
+    tx: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    r: &Reservation,
+    kind: &str,
+    amount: i64,
+    detail: &str,
+) -> Result<()> {
+    ledger(
+        tx,
+        now,
+        &r.period_id,
+        Some(&r.company_id),
+        Some(&r.task_id),
+        Some(&r.reservation_id),
+        Some(r.pool),
+        kind,
+        amount,
+        detail,
+    )
+    .await
+}
+
 /// The period containing `now`, made with its pools and allocations if new.
 async fn ensure_period_tx(
     tx: &mut SqliteConnection,
@@ -395,19 +420,7 @@ async fn hold_more(
         .bind(&r.reservation_id)
         .execute(&mut *tx)
         .await?;
-    ledger(
-        tx,
-        now,
-        &r.period_id,
-        Some(&r.company_id),
-        Some(&r.task_id),
-        Some(&r.reservation_id),
-        Some(r.pool),
-        "reserve",
-        extra,
-        why,
-    )
-    .await?;
+    reservation_ledger(tx, now, r, "reserve", extra, why).await?;
     r.amount = new_amount;
     Ok(true)
 }
@@ -560,19 +573,7 @@ async fn release_tx(
     .rows_affected();
     if n == 1 {
         move_tokens(tx, &r.period_id, &r.company_id, r.pool, -r.amount, 0).await?;
-        ledger(
-            tx,
-            now,
-            &r.period_id,
-            Some(&r.company_id),
-            Some(&r.task_id),
-            Some(&r.reservation_id),
-            Some(r.pool),
-            "release",
-            r.amount,
-            why,
-        )
-        .await?;
+        reservation_ledger(tx, now, r, "release", r.amount, why).await?;
     }
     Ok(())
 }
@@ -1741,19 +1742,7 @@ impl BudgetStore for SqliteStore {
             ("release", c.release, "unused"),
         ] {
             if amount > 0 || (kind == "settle" && c.overdraft == 0) {
-                ledger(
-                    &mut tx,
-                    now,
-                    &r.period_id,
-                    Some(&r.company_id),
-                    Some(&r.task_id),
-                    Some(&r.reservation_id),
-                    Some(r.pool),
-                    kind,
-                    amount,
-                    detail,
-                )
-                .await?;
+                reservation_ledger(&mut tx, now, &r, kind, amount, detail).await?;
             }
         }
         if c.overdraft > 0 {
@@ -1800,14 +1789,10 @@ impl BudgetStore for SqliteStore {
                 .bind(&r.reservation_id)
                 .execute(&mut *tx)
                 .await?;
-            ledger(
+            reservation_ledger(
                 &mut tx,
                 now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(r.pool),
+                &r,
                 "shrink",
                 back,
                 "lowered to the call's need",
