@@ -546,6 +546,22 @@ impl Charge {
     }
 }
 
+/// The ledger's words for an overdraft row.
+pub(crate) const OVERDRAFT_DETAIL: &str =
+    "usage above the reservation with no room left: the company's balance is overdrawn";
+
+/// Where an overdraft of `r` is charged: the company's own base
+/// allocation, whatever pool `r` held. A shared pool (burst, emergency)
+/// thus never goes past its capacity for one company's usage, so the
+/// others keep their claims on it, and the company that overdrew is the
+/// one whose balance goes negative and whose work waits.
+pub(crate) fn debtor(r: &Reservation) -> Reservation {
+    Reservation {
+        pool: Pool::Base,
+        ..r.clone()
+    }
+}
+
 /// The audit entry of an overdraft: under the company alone, naming only
 /// its own task and reservation.
 pub(crate) fn overdraft_audit(r: &Reservation, c: Charge, now: DateTime<Utc>) -> AuditRecord {

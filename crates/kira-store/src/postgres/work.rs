@@ -567,6 +567,27 @@ async fn room(tx: &mut PgConnection, r: &Reservation) -> Result<i64> {
     Ok(free.unwrap_or(0))
 }
 
+/// Locks the company's allocation in `period`, made (with no tokens) if
+/// the company has none yet, so an overdraft always has a row to go on.
+async fn lock_allocation(tx: &mut PgConnection, period: &str, company: &CompanyId) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO budget_allocations (period_id, company_id, factor, share, tokens) \
+         VALUES ($1, $2, 0, 0, 0) ON CONFLICT (period_id, company_id) DO NOTHING",
+    )
+    .bind(period)
+    .bind(company.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "SELECT 1 FROM budget_allocations WHERE period_id = $1 AND company_id = $2 FOR UPDATE",
+    )
+    .bind(period)
+    .bind(company.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Reserves from the first pool `priority` may use that has room. The
 /// transaction has named `company`.
 async fn reserve_tx(
@@ -680,18 +701,19 @@ async fn release_tx(
     now: DateTime<Utc>,
     why: &str,
 ) -> Result<()> {
-    let n = sqlx::query(
+    // The amount as the update finds it: a resize may have changed it
+    // since `r` was read (the row is locked only from this update on).
+    let held: Option<i64> = sqlx::query_scalar(
         "UPDATE reservations SET state = 'released', closed_at = $1 \
-         WHERE reservation_id = $2 AND state = 'held'",
+         WHERE reservation_id = $2 AND state = 'held' RETURNING amount",
     )
     .bind(now)
     .bind(&r.reservation_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if n == 1 {
-        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -r.amount, 0).await?;
-        reservation_ledger(tx, now, r, "release", r.amount, why).await?;
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(amount) = held {
+        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -amount, 0).await?;
+        reservation_ledger(tx, now, r, "release", amount, why).await?;
     }
     Ok(())
 }
@@ -1915,7 +1937,12 @@ impl BudgetStore for PgStore {
         };
         if used > held {
             // Usage above what is held: hold what the pool has room for;
-            // the rest is an overdraft, charged all the same.
+            // the rest is an overdraft, charged all the same, to the
+            // company's own allocation (locked first, as a batch finish
+            // locks allocations before pools).
+            if r.pool != Pool::Base {
+                lock_allocation(&mut tx, &r.period_id, &r.company_id).await?;
+            }
             let fits = (used - held).min(room(&mut tx, &r).await?.max(0));
             let why = if held == 0 {
                 "usage reported after the lease expired"
@@ -1935,17 +1962,14 @@ impl BudgetStore for PgStore {
         .bind(&r.reservation_id)
         .execute(&mut *tx)
         .await?;
-        for (kind, amount, detail) in [
-            ("settle", c.settle, ""),
-            (
-                "overdraft",
-                c.overdraft,
-                "usage above the reservation with no room left: the balance is overdrawn",
-            ),
-            ("release", c.release, "unused"),
+        let debt = debtor(&r);
+        for (line, kind, amount, detail) in [
+            (&r, "settle", c.settle, ""),
+            (&debt, "overdraft", c.overdraft, OVERDRAFT_DETAIL),
+            (&r, "release", c.release, "unused"),
         ] {
             if amount > 0 || (kind == "settle" && c.overdraft == 0) {
-                reservation_ledger(&mut tx, now, &r, kind, amount, detail).await?;
+                reservation_ledger(&mut tx, now, line, kind, amount, detail).await?;
             }
         }
         sqlx::query(
@@ -1961,7 +1985,26 @@ impl BudgetStore for PgStore {
         .await?;
         // The shared balances last, so their row locks (the pool row is every
         // worker's) are held only until the commit that follows.
-        move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -held, used).await?;
+        if c.overdraft > 0 {
+            move_tokens(
+                &mut tx,
+                &r.period_id,
+                &r.company_id,
+                Pool::Base,
+                0,
+                c.overdraft,
+            )
+            .await?;
+        }
+        move_tokens(
+            &mut tx,
+            &r.period_id,
+            &r.company_id,
+            r.pool,
+            -held,
+            c.settle,
+        )
+        .await?;
         if c.overdraft > 0 {
             tracing::warn!(reservation = %r.reservation_id, overdraft = c.overdraft, "usage above a reservation overdrew its pool");
             append(&mut tx, overdraft_audit(&r, c, now)).await?;

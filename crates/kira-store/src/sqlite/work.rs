@@ -425,6 +425,24 @@ async fn hold_more(
     Ok(true)
 }
 
+/// Makes the company's allocation in `period` (with no tokens) if it has
+/// none yet, so an overdraft always has a row to go on.
+async fn ensure_allocation(
+    tx: &mut SqliteConnection,
+    period: &str,
+    company: &CompanyId,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO budget_allocations (period_id, company_id, factor, share, tokens) \
+         VALUES (?, ?, 0, 0, 0) ON CONFLICT (period_id, company_id) DO NOTHING",
+    )
+    .bind(period)
+    .bind(company.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// What reservation `r`'s balance has free (negative when overdrawn): the
 /// company's allocation for base, the pool for burst and emergency.
 async fn room(tx: &mut SqliteConnection, r: &Reservation) -> Result<i64> {
@@ -563,17 +581,18 @@ async fn release_tx(
     now: DateTime<Utc>,
     why: &str,
 ) -> Result<()> {
-    let n = sqlx::query(
-        "UPDATE reservations SET state = 'released', closed_at = ? WHERE reservation_id = ? AND state = 'held'",
+    // The amount as the update finds it, not as `r` was read.
+    let held: Option<i64> = sqlx::query_scalar(
+        "UPDATE reservations SET state = 'released', closed_at = ? \
+         WHERE reservation_id = ? AND state = 'held' RETURNING amount",
     )
     .bind(ts(now))
     .bind(&r.reservation_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if n == 1 {
-        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -r.amount, 0).await?;
-        reservation_ledger(tx, now, r, "release", r.amount, why).await?;
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(amount) = held {
+        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -amount, 0).await?;
+        reservation_ledger(tx, now, r, "release", amount, why).await?;
     }
     Ok(())
 }
@@ -1713,7 +1732,11 @@ impl BudgetStore for SqliteStore {
         };
         if used > held {
             // Usage above what is held: hold what the pool has room for;
-            // the rest is an overdraft, charged all the same.
+            // the rest is an overdraft, charged all the same, to the
+            // company's own allocation.
+            if r.pool != Pool::Base {
+                ensure_allocation(&mut tx, &r.period_id, &r.company_id).await?;
+            }
             let fits = (used - held).min(room(&mut tx, &r).await?.max(0));
             let why = if held == 0 {
                 "usage reported after the lease expired"
@@ -1725,24 +1748,40 @@ impl BudgetStore for SqliteStore {
             }
         }
         let c = Charge::of(used, held);
-        move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -held, used).await?;
+        move_tokens(
+            &mut tx,
+            &r.period_id,
+            &r.company_id,
+            r.pool,
+            -held,
+            c.settle,
+        )
+        .await?;
+        if c.overdraft > 0 {
+            move_tokens(
+                &mut tx,
+                &r.period_id,
+                &r.company_id,
+                Pool::Base,
+                0,
+                c.overdraft,
+            )
+            .await?;
+        }
         sqlx::query("UPDATE reservations SET state = 'settled', spent = ?, closed_at = ? WHERE reservation_id = ?")
             .bind(used)
             .bind(ts(now))
             .bind(&r.reservation_id)
             .execute(&mut *tx)
             .await?;
-        for (kind, amount, detail) in [
-            ("settle", c.settle, ""),
-            (
-                "overdraft",
-                c.overdraft,
-                "usage above the reservation with no room left: the balance is overdrawn",
-            ),
-            ("release", c.release, "unused"),
+        let debt = debtor(&r);
+        for (line, kind, amount, detail) in [
+            (&r, "settle", c.settle, ""),
+            (&debt, "overdraft", c.overdraft, OVERDRAFT_DETAIL),
+            (&r, "release", c.release, "unused"),
         ] {
             if amount > 0 || (kind == "settle" && c.overdraft == 0) {
-                reservation_ledger(&mut tx, now, &r, kind, amount, detail).await?;
+                reservation_ledger(&mut tx, now, line, kind, amount, detail).await?;
             }
         }
         if c.overdraft > 0 {

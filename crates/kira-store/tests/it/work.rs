@@ -25,6 +25,7 @@ conformance!(
     only_the_lease_holder_finishes_and_only_legal_transitions,
     usage_above_the_reservation_is_charged_when_it_fits,
     usage_with_no_room_left_overdraws_and_the_company_waits,
+    an_overdraft_on_a_shared_pool_is_the_companys_own_debt,
     a_reservation_shrinks_and_grows_to_the_calls_need,
     a_run_denied_its_first_call_waits_for_budget_with_its_attempt_back,
     forced_delete_releases_and_removes_tasks,
@@ -893,6 +894,100 @@ async fn usage_with_no_room_left_overdraws_and_the_company_waits(f: Fresh) {
         )
         .await
         .expect("claim"),
+        ClaimOutcome::Claimed { .. }
+    ));
+    ledger_ok(s).await;
+}
+
+/// Issue 19: usage above a burst reservation with no room left in the
+/// burst pool goes on the company's own balance, not the shared pool's:
+/// the company is overdrawn and waits, and the others keep the burst pool.
+async fn an_overdraft_on_a_shared_pool_is_the_companys_own_debt(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let cfg = &small_budget();
+    let alloc = |c: &'static str| async move {
+        s.company_budget(&scope(c), cfg, t0())
+            .await
+            .expect("state")
+            .companies[0]
+            .allocation
+    };
+    // Each company's base is full, so high-priority work draws burst.
+    for c in ["acme", "beta"] {
+        let fill = submit(s, c, &new_task("legal", Priority::Medium, alloc(c).await)).await;
+        assert!(matches!(
+            claim(s, c, &fill, cfg).await,
+            ClaimOutcome::Claimed { .. }
+        ));
+    }
+    let burst_claim = |c: &'static str, tokens: i64| async move {
+        let id = submit(s, c, &new_task("legal", Priority::High, tokens)).await;
+        claim(s, c, &id, cfg).await
+    };
+    let ClaimOutcome::Claimed {
+        reservation: theirs,
+        ..
+    } = burst_claim("beta", 500).await
+    else {
+        panic!("beta claimed from burst")
+    };
+    let ClaimOutcome::Claimed { reservation, .. } = burst_claim("acme", 1_000).await else {
+        panic!("acme claimed from burst")
+    };
+    assert_eq!((reservation.pool, theirs.pool), (Pool::Burst, Pool::Burst));
+    // The provider reports 5,000 for acme's call: the burst pool (3,000,
+    // 1,500 of it held) has room for 1,500 more, and the other 2,500 are
+    // acme's overdraft.
+    s.settle(
+        &scope("acme"),
+        &reservation.reservation_id,
+        4_000,
+        1_000,
+        0.0,
+        t0(),
+    )
+    .await
+    .expect("settle");
+    let state = s.budget_state(&admin(), cfg, t0()).await.expect("state");
+    let burst = state
+        .pools
+        .iter()
+        .find(|p| p.pool == Pool::Burst)
+        .expect("burst");
+    assert_eq!(
+        (burst.spent, burst.reserved, burst.overdraft),
+        (2_500, 500, 0),
+        "the shared pool is not overdrawn"
+    );
+    let line = |c: &str| {
+        state
+            .companies
+            .iter()
+            .find(|l| l.company_id.as_str() == c)
+            .cloned()
+            .expect("line")
+    };
+    assert_eq!(line("acme").overdraft, 2_500, "{:?}", line("acme"));
+    assert_eq!(
+        line("acme").spent_all_pools,
+        5_000,
+        "every reported token is spent"
+    );
+    assert_eq!(line("beta").overdraft, 0, "{:?}", line("beta"));
+    ledger_ok(s).await;
+    // beta gives its burst tokens back: its next burst task runs, while
+    // acme, overdrawn, waits even for a small one.
+    s.release(&scope("beta"), &theirs.reservation_id, t0())
+        .await
+        .expect("release");
+    assert!(matches!(
+        burst_claim("acme", 10).await,
+        ClaimOutcome::WaitingBudget { .. }
+    ));
+    assert!(matches!(
+        burst_claim("beta", 400).await,
         ClaimOutcome::Claimed { .. }
     ));
     ledger_ok(s).await;
