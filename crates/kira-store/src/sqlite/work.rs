@@ -11,7 +11,7 @@ use kira_core::audit::AuditRecord;
 use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::budget::{
     AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
-    may_request_emergency, period_of, pools_to_try,
+    may_request_emergency, period_of,
 };
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
 use sqlx::sqlite::SqliteRow;
@@ -20,180 +20,13 @@ use sqlx::{Row, SqliteConnection};
 use super::{
     SqliteStore, append, company_id, json, load_company, parse_opt_ts, parse_ts, to_json, ts,
 };
+use crate::flow::budget::*;
+pub(super) use crate::flow::tasks::{TASK_COLUMNS, event, load_task, set_status, task_from_row};
 use crate::work::*;
 use crate::{Result, StoreError};
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-pub(super) const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
-     company_context, deadline, status, status_reason, attempts, max_attempts, estimated_tokens, result, \
-     confidence, requires_human_review, last_error, prompt_tokens, completion_tokens, cost_usd, created_at, \
-     updated_at, started_at, finished_at";
-
-pub(super) fn task_from_row(r: &SqliteRow) -> Result<Task> {
-    let task_id: String = r.try_get("task_id")?;
-    let result: Option<String> = r.try_get("result")?;
-    let priority: String = r.try_get("priority")?;
-    let status: String = r.try_get("status")?;
-    Ok(Task {
-        task_id: TaskId::parse(&task_id).map_err(|e| corrupt("task id", e))?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        company_context: json(r.try_get("company_context")?)?,
-        task: r.try_get("task")?,
-        task_type: r.try_get("task_type")?,
-        priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
-        deadline: parse_opt_ts(r.try_get("deadline")?)?,
-        parameters: json(r.try_get("parameters")?)?,
-        specialist: r.try_get("specialist")?,
-        agent: r.try_get("agent")?,
-        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
-        status_reason: r.try_get("status_reason")?,
-        attempts: r.try_get("attempts")?,
-        max_attempts: r.try_get("max_attempts")?,
-        estimated_tokens: r.try_get("estimated_tokens")?,
-        result: result.as_deref().map(json).transpose()?,
-        confidence: r.try_get("confidence")?,
-        requires_human_review: r.try_get("requires_human_review")?,
-        last_error: r.try_get("last_error")?,
-        prompt_tokens: r.try_get("prompt_tokens")?,
-        completion_tokens: r.try_get("completion_tokens")?,
-        cost_usd: r.try_get("cost_usd")?,
-        created_at: parse_ts(r.try_get("created_at")?)?,
-        updated_at: parse_ts(r.try_get("updated_at")?)?,
-        started_at: parse_opt_ts(r.try_get("started_at")?)?,
-        finished_at: parse_opt_ts(r.try_get("finished_at")?)?,
-    })
-}
-
-pub(super) async fn load_task(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    id: &TaskId,
-) -> Result<Task> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = ? AND task_id = ?");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(company.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    task_from_row(&row)
-}
-
-/// Moves a task to `to` (checked against the state machine) and records the event.
-pub(super) async fn set_status(
-    tx: &mut SqliteConnection,
-    task: &Task,
-    to: TaskStatus,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    check_transition(task.status, to).map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let finished = to.is_final() || to == TaskStatus::NeedsReview;
-    sqlx::query(
-        "UPDATE tasks SET status = ?, status_reason = ?, updated_at = ?, \
-         finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE company_id = ? AND task_id = ?",
-    )
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(ts(now))
-    .bind(finished)
-    .bind(ts(now))
-    .bind(task.company_id.as_str())
-    .bind(task.task_id.as_str())
-    .execute(&mut *tx)
-    .await?;
-    event(
-        tx,
-        &task.company_id,
-        &task.task_id,
-        Some(task.status),
-        to,
-        reason,
-        now,
-    )
-    .await
-}
-
-async fn event(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    id: &TaskId,
-    from: Option<TaskStatus>,
-    to: TaskStatus,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(company.as_str())
-    .bind(id.as_str())
-    .bind(ts(now))
-    .bind(from.map(TaskStatus::as_str))
-    .bind(to.as_str())
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn ledger(
-    tx: &mut SqliteConnection,
-    now: DateTime<Utc>,
-    period: &str,
-    company: Option<&CompanyId>,
-    task: Option<&TaskId>,
-    reservation: Option<&str>,
-    pool: Option<Pool>,
-    kind: &str,
-    amount: i64,
-    detail: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(ts(now))
-    .bind(period)
-    .bind(company.map(CompanyId::as_str))
-    .bind(task.map(TaskId::as_str))
-    .bind(reservation)
-    .bind(pool.map(Pool::as_str))
-    .bind(kind)
-    .bind(amount)
-    .bind(detail)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Appends a ledger line about reservation `r` (its period, company, task
-/// and pool).
-async fn reservation_ledger(
-    tx: &mut SqliteConnection,
-    now: DateTime<Utc>,
-    r: &Reservation,
-    kind: &str,
-    amount: i64,
-    detail: &str,
-) -> Result<()> {
-    ledger(
-        tx,
-        now,
-        &r.period_id,
-        Some(&r.company_id),
-        Some(&r.task_id),
-        Some(&r.reservation_id),
-        Some(r.pool),
-        kind,
-        amount,
-        detail,
-    )
-    .await
 }
 
 /// The period containing `now`, made with its pools and allocations if new.
@@ -320,78 +153,6 @@ async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>)
     Ok(())
 }
 
-/// Adds `amount` to a pool's (and for base, the company's) reserved
-/// tokens if it fits. True when it did.
-async fn hold(
-    tx: &mut SqliteConnection,
-    period: &str,
-    company: &CompanyId,
-    pool: Pool,
-    amount: i64,
-) -> Result<bool> {
-    if pool == Pool::Base {
-        let n = sqlx::query(
-            "UPDATE budget_allocations SET reserved = reserved + ? \
-             WHERE period_id = ? AND company_id = ? AND reserved + spent + ? <= tokens",
-        )
-        .bind(amount)
-        .bind(period)
-        .bind(company.as_str())
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // The base pool is the sum of the allocations, which never exceeds
-        // its capacity: the company's own row is the only one to hold.
-        return Ok(n == 1);
-    }
-    let n = sqlx::query(
-        "UPDATE budget_pools SET reserved = reserved + ? WHERE period_id = ? AND pool = ? AND reserved + spent + ? <= capacity",
-    )
-    .bind(amount)
-    .bind(period)
-    .bind(pool.as_str())
-    .bind(amount)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
-}
-
-/// Changes reserved and spent of a pool (and the company's allocation for
-/// base, the company's allocation alone: the base pool's balance is the sum
-/// of its allocations) by the given deltas, unconditionally: callers only
-/// ever move tokens that a hold already counted.
-async fn move_tokens(
-    tx: &mut SqliteConnection,
-    period: &str,
-    company: &CompanyId,
-    pool: Pool,
-    reserved: i64,
-    spent: i64,
-) -> Result<()> {
-    if pool == Pool::Base {
-        sqlx::query(
-            "UPDATE budget_allocations SET reserved = reserved + ?, spent = spent + ? WHERE period_id = ? AND company_id = ?",
-        )
-        .bind(reserved)
-        .bind(spent)
-        .bind(period)
-        .bind(company.as_str())
-        .execute(&mut *tx)
-        .await?;
-        return Ok(());
-    }
-    sqlx::query("UPDATE budget_pools SET reserved = reserved + ?, spent = spent + ? WHERE period_id = ? AND pool = ?")
-        .bind(reserved)
-        .bind(spent)
-        .bind(period)
-        .bind(pool.as_str())
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
 /// Every pool's balances. The base pool's row holds only what companies
 /// deleted with `--force` had spent; the rest of its balance is the sum of
 /// the allocations, which each reservation updates instead of one shared row.
@@ -402,75 +163,8 @@ const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
          (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS spent \
      FROM budget_pools p";
 
-/// Holds `extra` more tokens on reservation `r` (which then holds
-/// `new_amount` in all) and records it, if the pool has room.
-async fn hold_more(
-    tx: &mut SqliteConnection,
-    r: &mut Reservation,
-    extra: i64,
-    new_amount: i64,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<bool> {
-    if !hold(tx, &r.period_id, &r.company_id, r.pool, extra).await? {
-        return Ok(false);
-    }
-    sqlx::query("UPDATE reservations SET state = 'held', amount = ?, closed_at = NULL WHERE reservation_id = ?")
-        .bind(new_amount)
-        .bind(&r.reservation_id)
-        .execute(&mut *tx)
-        .await?;
-    reservation_ledger(tx, now, r, "reserve", extra, why).await?;
-    r.amount = new_amount;
-    Ok(true)
-}
-
-/// Makes the company's allocation in `period` (with no tokens) if it has
-/// none yet, so an overdraft always has a row to go on.
-async fn ensure_allocation(
-    tx: &mut SqliteConnection,
-    period: &str,
-    company: &CompanyId,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO budget_allocations (period_id, company_id, factor, share, tokens) \
-         VALUES (?, ?, 0, 0, 0) ON CONFLICT (period_id, company_id) DO NOTHING",
-    )
-    .bind(period)
-    .bind(company.as_str())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// What reservation `r`'s balance has free (negative when overdrawn): the
-/// company's allocation for base, the pool for burst and emergency.
-async fn room(tx: &mut SqliteConnection, r: &Reservation) -> Result<i64> {
-    let free: Option<i64> = if r.pool == Pool::Base {
-        sqlx::query_scalar(
-            "SELECT tokens - reserved - spent FROM budget_allocations WHERE period_id = ? AND company_id = ?",
-        )
-        .bind(&r.period_id)
-        .bind(r.company_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_scalar(
-            "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = ? AND pool = ?",
-        )
-        .bind(&r.period_id)
-        .bind(r.pool.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-    };
-    Ok(free.unwrap_or(0))
-}
-
-fn new_reservation_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-/// Reserves from the first pool `priority` may use that has room.
+/// Reserves from the first pool `priority` may use that has room, in the
+/// period containing `now` (made if new).
 async fn reserve_tx(
     tx: &mut SqliteConnection,
     company: &CompanyId,
@@ -481,150 +175,7 @@ async fn reserve_tx(
     now: DateTime<Utc>,
 ) -> Result<Option<Reservation>> {
     let period = ensure_period_tx(tx, cfg, now).await?;
-    // An overdrawn company waits: its base allocation refuses every hold by
-    // itself (its balance is below zero), and the shared pools must not
-    // carry it past its overdraft either. Only an approved grant, already
-    // held for its task, runs it before the next period.
-    let overdrawn: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM budget_allocations WHERE period_id = ? AND company_id = ? AND reserved + spent > tokens",
-    )
-    .bind(&period)
-    .bind(company.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if overdrawn.is_some() {
-        return Ok(None);
-    }
-    for pool in pools_to_try(priority, cfg) {
-        if hold(tx, &period, company, pool, amount).await? {
-            let r = Reservation {
-                reservation_id: new_reservation_id(),
-                task_id: task.clone(),
-                company_id: company.clone(),
-                period_id: period.clone(),
-                pool,
-                amount,
-            };
-            insert_reservation(tx, &r, now).await?;
-            ledger(
-                tx,
-                now,
-                &period,
-                Some(company),
-                Some(task),
-                Some(&r.reservation_id),
-                Some(pool),
-                "reserve",
-                amount,
-                "",
-            )
-            .await?;
-            return Ok(Some(r));
-        }
-    }
-    Ok(None)
-}
-
-async fn insert_reservation(
-    tx: &mut SqliteConnection,
-    r: &Reservation,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, 'held', ?)",
-    )
-    .bind(&r.reservation_id)
-    .bind(r.company_id.as_str())
-    .bind(r.task_id.as_str())
-    .bind(&r.period_id)
-    .bind(r.pool.as_str())
-    .bind(r.amount)
-    .bind(ts(now))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-fn reservation_from_row(r: &SqliteRow) -> Result<Reservation> {
-    let pool: String = r.try_get("pool")?;
-    let task: String = r.try_get("task_id")?;
-    Ok(Reservation {
-        reservation_id: r.try_get("reservation_id")?,
-        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        period_id: r.try_get("period_id")?,
-        pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-        amount: r.try_get("amount")?,
-    })
-}
-
-async fn held_reservations(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    task: &TaskId,
-) -> Result<Vec<Reservation>> {
-    let rows = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
-         WHERE company_id = ? AND task_id = ? AND state = 'held' ORDER BY created_at, reservation_id",
-    )
-    .bind(company.as_str())
-    .bind(task.as_str())
-    .fetch_all(&mut *tx)
-    .await?;
-    rows.iter().map(reservation_from_row).collect()
-}
-
-async fn release_tx(
-    tx: &mut SqliteConnection,
-    r: &Reservation,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<()> {
-    // The amount as the update finds it, not as `r` was read.
-    let held: Option<i64> = sqlx::query_scalar(
-        "UPDATE reservations SET state = 'released', closed_at = ? \
-         WHERE reservation_id = ? AND state = 'held' RETURNING amount",
-    )
-    .bind(ts(now))
-    .bind(&r.reservation_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(amount) = held {
-        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -amount, 0).await?;
-        reservation_ledger(tx, now, r, "release", amount, why).await?;
-    }
-    Ok(())
-}
-
-async fn release_all(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    task: &TaskId,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<()> {
-    for r in held_reservations(tx, company, task).await? {
-        release_tx(tx, &r, now, why).await?;
-    }
-    Ok(())
-}
-
-async fn load_reservation(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    id: &str,
-) -> Result<(Reservation, String)> {
-    let row = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount, state FROM reservations \
-         WHERE company_id = ? AND reservation_id = ?",
-    )
-    .bind(company.as_str())
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    Ok((reservation_from_row(&row)?, row.try_get("state")?))
+    reserve_in(tx, &period, company, task, priority, amount, cfg, now).await
 }
 
 /// Removes every task-related row of a company, releasing what it holds
@@ -635,15 +186,7 @@ pub(super) async fn delete_company_work(
     now: DateTime<Utc>,
     deleted: &mut crate::DeletedRows,
 ) -> Result<()> {
-    let held = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations WHERE company_id = ? AND state = 'held'",
-    )
-    .bind(company.as_str())
-    .fetch_all(&mut *tx)
-    .await?;
-    for r in &held {
-        release_tx(tx, &reservation_from_row(r)?, now, "company deleted").await?;
-    }
+    release_company(tx, company, now, "company deleted").await?;
     // What it spent of the base pool stays spent: it moves to the pool row.
     sqlx::query(
         "UPDATE budget_pools SET spent = spent + COALESCE((SELECT a.spent FROM budget_allocations a \
@@ -825,7 +368,7 @@ impl TaskStore for SqliteStore {
                 }
                 let id: String = row.try_get("task_id")?;
                 let id = TaskId::parse(&id).map_err(|e| corrupt("task id", e))?;
-                let task = load_task(&mut tx, company, &id).await?;
+                let task = load_task(&mut tx, company, &id, false).await?;
                 return Ok(Submitted {
                     task,
                     created: false,
@@ -904,7 +447,7 @@ impl TaskStore for SqliteStore {
             ..audit
         };
         append(&mut tx, audit).await?;
-        let task = load_task(&mut tx, company, &id).await?;
+        let task = load_task(&mut tx, company, &id, false).await?;
         tx.commit().await?;
         Ok(Submitted {
             task,
@@ -914,7 +457,7 @@ impl TaskStore for SqliteStore {
 
     async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task> {
         let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id).await
+        load_task(&mut conn, scope.company(), id, false).await
     }
 
     async fn list_tasks(&self, scope: &CompanyScope, f: &TaskFilter) -> Result<Vec<Task>> {
@@ -955,7 +498,7 @@ impl TaskStore for SqliteStore {
         after_event: i64,
     ) -> Result<Vec<TaskEvent>> {
         let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id).await?;
+        load_task(&mut conn, scope.company(), id, false).await?;
         let rows = sqlx::query(
             "SELECT event_id, task_id, at, from_status, to_status, reason FROM task_events \
              WHERE company_id = ? AND task_id = ? AND event_id > ? ORDER BY event_id",
@@ -995,7 +538,7 @@ impl TaskStore for SqliteStore {
         let now = now.trunc_subsecs(6);
         let company = scope.company();
         let mut tx = self.write().await?;
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         if task.status.is_final() {
             return Err(StoreError::Conflict(format!(
                 "task {id} already ended: {}",
@@ -1032,7 +575,7 @@ impl TaskStore for SqliteStore {
             .await?;
         }
         append(&mut tx, audit).await?;
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         tx.commit().await?;
         Ok(task)
     }
@@ -1101,7 +644,7 @@ impl TaskStore for SqliteStore {
         if n == 0 {
             return Ok(ClaimOutcome::Gone);
         }
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         // A grant approved by a human is already held for the task.
         let granted = held_reservations(&mut tx, company, id)
             .await?
@@ -1424,7 +967,7 @@ impl TaskStore for SqliteStore {
             if still.is_none() {
                 continue;
             }
-            let task = load_task(&mut tx, &company, &id).await?;
+            let task = load_task(&mut tx, &company, &id, false).await?;
             let owner = owner.unwrap_or_default();
             release_all(&mut tx, &company, &id, now, "lease expired").await?;
             if task.attempts >= task.max_attempts {
@@ -1679,7 +1222,7 @@ impl BudgetStore for SqliteStore {
         }
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let task = load_task(&mut tx, scope.company(), id).await?;
+        let task = load_task(&mut tx, scope.company(), id, false).await?;
         if task.status != TaskStatus::Running {
             return Err(StoreError::Conflict(format!("task {id} is not running")));
         }
@@ -1716,89 +1259,13 @@ impl BudgetStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = now.trunc_subsecs(6);
-        let used = prompt_tokens.max(0) + completion_tokens.max(0);
-        let mut tx = self.write().await?;
-        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        // What the reservation holds now: nothing once the reaper released
-        // it (the run outlived its lease, but the provider did bill it).
-        let mut held = match state.as_str() {
-            "held" => r.amount,
-            "released" if used > 0 => 0,
-            _ => {
-                return Err(StoreError::Conflict(format!(
-                    "reservation {reservation_id} is already {state}"
-                )));
-            }
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens,
+            cost_usd,
         };
-        if used > held {
-            // Usage above what is held: hold what the pool has room for;
-            // the rest is an overdraft, charged all the same, to the
-            // company's own allocation.
-            if r.pool != Pool::Base {
-                ensure_allocation(&mut tx, &r.period_id, &r.company_id).await?;
-            }
-            let fits = (used - held).min(room(&mut tx, &r).await?.max(0));
-            let why = if held == 0 {
-                "usage reported after the lease expired"
-            } else {
-                "usage above the reservation"
-            };
-            if fits > 0 && hold_more(&mut tx, &mut r, fits, held + fits, now, why).await? {
-                held += fits;
-            }
-        }
-        let c = Charge::of(used, held);
-        move_tokens(
-            &mut tx,
-            &r.period_id,
-            &r.company_id,
-            r.pool,
-            -held,
-            c.settle,
-        )
-        .await?;
-        if c.overdraft > 0 {
-            move_tokens(
-                &mut tx,
-                &r.period_id,
-                &r.company_id,
-                Pool::Base,
-                0,
-                c.overdraft,
-            )
-            .await?;
-        }
-        sqlx::query("UPDATE reservations SET state = 'settled', spent = ?, closed_at = ? WHERE reservation_id = ?")
-            .bind(used)
-            .bind(ts(now))
-            .bind(&r.reservation_id)
-            .execute(&mut *tx)
-            .await?;
-        let debt = debtor(&r);
-        for (line, kind, amount, detail) in [
-            (&r, "settle", c.settle, ""),
-            (&debt, "overdraft", c.overdraft, OVERDRAFT_DETAIL),
-            (&r, "release", c.release, "unused"),
-        ] {
-            if amount > 0 || (kind == "settle" && c.overdraft == 0) {
-                reservation_ledger(&mut tx, now, line, kind, amount, detail).await?;
-            }
-        }
-        if c.overdraft > 0 {
-            tracing::warn!(reservation = %r.reservation_id, overdraft = c.overdraft, "usage above a reservation overdrew its pool");
-            append(&mut tx, overdraft_audit(&r, c, now)).await?;
-        }
-        sqlx::query(
-            "UPDATE tasks SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?, \
-             cost_usd = cost_usd + ? WHERE company_id = ? AND task_id = ?",
-        )
-        .bind(prompt_tokens.max(0))
-        .bind(completion_tokens.max(0))
-        .bind(cost_usd.max(0.0))
-        .bind(r.company_id.as_str())
-        .bind(r.task_id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.write().await?;
+        settle(&mut tx, scope.company(), reservation_id, &usage, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1815,52 +1282,9 @@ impl BudgetStore for SqliteStore {
         }
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state != "held" {
-            return Err(StoreError::Conflict(format!(
-                "reservation {reservation_id} is already {state}"
-            )));
-        }
-        if amount < r.amount {
-            let back = r.amount - amount;
-            sqlx::query("UPDATE reservations SET amount = ? WHERE reservation_id = ?")
-                .bind(amount)
-                .bind(&r.reservation_id)
-                .execute(&mut *tx)
-                .await?;
-            reservation_ledger(
-                &mut tx,
-                now,
-                &r,
-                "shrink",
-                back,
-                "lowered to the call's need",
-            )
-            .await?;
-            move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -back, 0).await?;
-            r.amount = amount;
-        } else if amount > r.amount {
-            let more = amount - r.amount;
-            if !hold_more(
-                &mut tx,
-                &mut r,
-                more,
-                amount,
-                now,
-                "raised to the call's need",
-            )
-            .await?
-            {
-                return Ok(ReserveOutcome::Denied {
-                    reason: format!(
-                        "the {} pool has no {more} tokens free for this call",
-                        r.pool.as_str()
-                    ),
-                });
-            }
-        }
+        let outcome = resize(&mut tx, scope.company(), reservation_id, amount, now).await?;
         tx.commit().await?;
-        Ok(ReserveOutcome::Reserved(r))
+        Ok(outcome)
     }
 
     async fn release(
@@ -1871,10 +1295,7 @@ impl BudgetStore for SqliteStore {
     ) -> Result<()> {
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let (r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state == "held" {
-            release_tx(&mut tx, &r, now, "released by the caller").await?;
-        }
+        release(&mut tx, scope.company(), reservation_id, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1936,7 +1357,7 @@ impl BudgetStore for SqliteStore {
                 req.status
             )));
         }
-        let task = load_task(&mut tx, &req.company_id, &req.task_id).await?;
+        let task = load_task(&mut tx, &req.company_id, &req.task_id, false).await?;
         let decider = admin.actor().to_string();
         if approve {
             if !hold(
