@@ -10,10 +10,13 @@
 use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
 use kira_core::budget::{BudgetConfig, Pool};
-use kira_core::task::{Priority, TaskId};
+use kira_core::task::{Priority, TaskId, TaskStatus};
 
 use crate::sql::{Columns, Conn, q};
-use crate::work::{Charge, OVERDRAFT_DETAIL, Reservation, ReserveOutcome, debtor, overdraft_audit};
+use crate::flow::tasks::{load_task, set_status};
+use crate::work::{
+    Charge, EmergencyRequest, OVERDRAFT_DETAIL, Reservation, ReserveOutcome, debtor, overdraft_audit,
+};
 use crate::{Result, StoreError};
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -553,4 +556,119 @@ pub(crate) async fn release(
         release_tx(c, &r, now, "released by the caller").await?;
     }
     Ok(())
+}
+
+/// The columns [`request_from_row`] reads.
+pub(crate) const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, \
+     requested_at, decided_at, decided_by, decision";
+
+pub(crate) fn request_from_row<R: Columns + ?Sized>(r: &R) -> Result<EmergencyRequest> {
+    let task = r.text("task_id")?;
+    let company = r.text("company_id")?;
+    Ok(EmergencyRequest {
+        request_id: r.text("request_id")?,
+        company_id: CompanyId::parse(&company).map_err(|e| corrupt("company id", e))?,
+        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+        period_id: r.text("period_id")?,
+        amount: r.int("amount")?,
+        status: r.text("status")?,
+        reason: r.text("reason")?,
+        requested_at: r.time("requested_at")?,
+        decided_at: r.opt_time("decided_at")?,
+        decided_by: r.opt_text("decided_by")?,
+        decision: r.opt_text("decision")?,
+    })
+}
+
+/// Decides pending emergency request `req` (read under the caller's locks):
+/// approval holds its tokens on the emergency pool as a grant for its task
+/// and queues the task; refusal fails the task. A grant that does not fit
+/// is a conflict, with nothing written.
+pub(crate) async fn decide_request(
+    c: &mut dyn Conn,
+    req: &EmergencyRequest,
+    approve: bool,
+    note: &str,
+    decider: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if req.status != "pending" {
+        return Err(StoreError::Conflict(format!(
+            "request {} was already {}",
+            req.request_id, req.status
+        )));
+    }
+    let task = load_task(c, &req.company_id, &req.task_id, false).await?;
+    if approve {
+        if !hold(c, &req.period_id, &req.company_id, Pool::Emergency, req.amount).await? {
+            let free = c
+                .int(
+                    q("SELECT capacity - reserved - spent FROM budget_pools \
+                       WHERE period_id = $1 AND pool = 'emergency'")
+                    .arg(&req.period_id),
+                )
+                .await?
+                .unwrap_or(0);
+            return Err(StoreError::Conflict(format!(
+                "the emergency pool has {free} tokens free; the request needs {}",
+                req.amount
+            )));
+        }
+        let r = Reservation {
+            reservation_id: new_reservation_id(),
+            task_id: req.task_id.clone(),
+            company_id: req.company_id.clone(),
+            period_id: req.period_id.clone(),
+            pool: Pool::Emergency,
+            amount: req.amount,
+        };
+        insert_reservation(c, &r, now).await?;
+        let why = format!("request {} approved by {decider}", req.request_id);
+        reservation_ledger(c, now, &r, "grant", r.amount, &why).await?;
+        c.exec(
+            q("UPDATE task_queue SET status = 'queued', not_before = $1 WHERE task_id = $2")
+                .arg(now)
+                .arg(req.task_id.as_str()),
+        )
+        .await?;
+        let why = format!("emergency tokens granted by {decider}");
+        set_status(c, &task, TaskStatus::Queued, &why, now).await?;
+    } else {
+        c.exec(q("DELETE FROM task_queue WHERE task_id = $1").arg(req.task_id.as_str()))
+            .await?;
+        let reason = if note.is_empty() {
+            "emergency tokens were refused".to_owned()
+        } else {
+            format!("emergency tokens were refused: {note}")
+        };
+        c.exec(
+            q("UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3")
+                .arg(reason.as_str())
+                .arg(req.company_id.as_str())
+                .arg(req.task_id.as_str()),
+        )
+        .await?;
+        set_status(c, &task, TaskStatus::Failed, &reason, now).await?;
+    }
+    c.exec(
+        q("UPDATE emergency_requests SET status = $1, decided_at = $2, decided_by = $3, decision = $4 \
+           WHERE request_id = $5")
+        .arg(if approve { "approved" } else { "rejected" })
+        .arg(now)
+        .arg(decider)
+        .arg(note)
+        .arg(req.request_id.as_str()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The request, read (on PostgreSQL, locked) in the caller's transaction.
+pub(crate) async fn load_request(c: &mut dyn Conn, id: &str, lock: bool) -> Result<EmergencyRequest> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = $1")
+    });
+    let s = q(SQL.as_str()).arg(id);
+    let s = if lock { s.for_update() } else { s };
+    request_from_row(&c.one(s).await?)
 }

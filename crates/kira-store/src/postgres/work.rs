@@ -346,24 +346,7 @@ fn queue_from_row(r: &PgRow) -> Result<QueueEntry> {
     })
 }
 
-fn request_from_row(r: &PgRow) -> Result<EmergencyRequest> {
-    Ok(EmergencyRequest {
-        request_id: r.try_get("request_id")?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        task_id: task_id(r.try_get("task_id")?)?,
-        period_id: r.try_get("period_id")?,
-        amount: r.try_get("amount")?,
-        status: r.try_get("status")?,
-        reason: r.try_get("reason")?,
-        requested_at: r.try_get("requested_at")?,
-        decided_at: r.try_get("decided_at")?,
-        decided_by: r.try_get("decided_by")?,
-        decision: r.try_get("decision")?,
-    })
-}
 
-const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, requested_at, \
-     decided_at, decided_by, decision";
 
 /// True when `e` is the unique violation of one company's idempotency key.
 fn is_idempotency_race(e: &StoreError) -> bool {
@@ -1539,16 +1522,10 @@ impl BudgetStore for PgStore {
         audit: AuditRecord,
     ) -> Result<EmergencyRequest> {
         let now = now.trunc_subsecs(6);
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = $1");
         // Which company the request belongs to: an admin read. From there
         // on the transaction works as that company.
         let mut tx = self.admin_read().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let seen = request_from_row(&row)?;
+        let seen = load_request(&mut tx, request_id, false).await?;
         set_admin_read(&mut tx, false).await?;
         set_company(&mut tx, seen.company_id.as_str()).await?;
         if !lock_company(&mut tx, &seen.company_id).await? {
@@ -1560,120 +1537,20 @@ impl BudgetStore for PgStore {
             .await?;
         // Read again under the locks: a cancel or another decision may have
         // come first.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{sql} FOR UPDATE")))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let req = request_from_row(&row)?;
-        if req.status != "pending" {
+        let req = load_request(&mut tx, request_id, true).await?;
+        let decider = admin.actor().to_string();
+        if let Err(e) = decide_request(&mut tx, &req, approve, note, &decider, now).await {
             // Rolled back now, not when the pool gets to the dropped
             // transaction: until then its lock on the queue row would make
             // a claim skip the task as taken.
             tx.rollback().await?;
-            return Err(StoreError::Conflict(format!(
-                "request {request_id} was already {}",
-                req.status
-            )));
+            return Err(e);
         }
-        let task = load_task(&mut tx, &req.company_id, &req.task_id, false).await?;
-        let decider = admin.actor().to_string();
         if approve {
-            if !hold(
-                &mut tx,
-                &req.period_id,
-                &req.company_id,
-                Pool::Emergency,
-                req.amount,
-            )
-            .await?
-            {
-                let free: i64 = sqlx::query_scalar(
-                    "SELECT capacity - reserved - spent FROM budget_pools \
-                     WHERE period_id = $1 AND pool = 'emergency'",
-                )
-                .bind(&req.period_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "the emergency pool has {free} tokens free; the request needs {}",
-                    req.amount
-                )));
-            }
-            let r = Reservation {
-                reservation_id: new_reservation_id(),
-                task_id: req.task_id.clone(),
-                company_id: req.company_id.clone(),
-                period_id: req.period_id.clone(),
-                pool: Pool::Emergency,
-                amount: req.amount,
-            };
-            insert_reservation(&mut tx, &r, now).await?;
-            ledger(
-                &mut tx,
-                now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(Pool::Emergency),
-                "grant",
-                r.amount,
-                &format!("request {request_id} approved by {decider}"),
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE task_queue SET status = 'queued', not_before = $1 WHERE task_id = $2",
-            )
-            .bind(now)
-            .bind(req.task_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            set_status(
-                &mut tx,
-                &task,
-                TaskStatus::Queued,
-                &format!("emergency tokens granted by {decider}"),
-                now,
-            )
-            .await?;
             notify(&mut tx, &req.task_id).await?;
-        } else {
-            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let reason = if note.is_empty() {
-                "emergency tokens were refused".to_owned()
-            } else {
-                format!("emergency tokens were refused: {note}")
-            };
-            sqlx::query("UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3")
-                .bind(&reason)
-                .bind(req.company_id.as_str())
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
         }
-        sqlx::query(
-            "UPDATE emergency_requests SET status = $1, decided_at = $2, decided_by = $3, decision = $4 \
-             WHERE request_id = $5",
-        )
-        .bind(if approve { "approved" } else { "rejected" })
-        .bind(now)
-        .bind(&decider)
-        .bind(note)
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?;
         // Read before the audit append, which names the record's company.
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let decided = request_from_row(&row)?;
+        let decided = load_request(&mut tx, request_id, false).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(decided)

@@ -14,7 +14,6 @@ use kira_core::budget::{
     may_request_emergency, period_of,
 };
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::{
@@ -225,24 +224,7 @@ pub(super) async fn delete_company_work(
     Ok(())
 }
 
-fn request_from_row(r: &SqliteRow) -> Result<EmergencyRequest> {
-    let task: String = r.try_get("task_id")?;
-    Ok(EmergencyRequest {
-        request_id: r.try_get("request_id")?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
-        period_id: r.try_get("period_id")?,
-        amount: r.try_get("amount")?,
-        status: r.try_get("status")?,
-        reason: r.try_get("reason")?,
-        requested_at: parse_ts(r.try_get("requested_at")?)?,
-        decided_at: parse_opt_ts(r.try_get("decided_at")?)?,
-        decided_by: r.try_get("decided_by")?,
-        decision: r.try_get("decision")?,
-    })
-}
 
-const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, requested_at, decided_at, decided_by, decision";
 
 /// What both of the queue snapshot's statements start from: what runs and
 /// the tasks that could start at ?3, given the agents' slots (?1, a JSON
@@ -1344,115 +1326,13 @@ impl BudgetStore for SqliteStore {
     ) -> Result<EmergencyRequest> {
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let req = request_from_row(&row)?;
-        if req.status != "pending" {
-            return Err(StoreError::Conflict(format!(
-                "request {request_id} was already {}",
-                req.status
-            )));
-        }
-        let task = load_task(&mut tx, &req.company_id, &req.task_id, false).await?;
+        let req = load_request(&mut tx, request_id, false).await?;
         let decider = admin.actor().to_string();
-        if approve {
-            if !hold(
-                &mut tx,
-                &req.period_id,
-                &req.company_id,
-                Pool::Emergency,
-                req.amount,
-            )
-            .await?
-            {
-                let free: i64 = sqlx::query_scalar(
-                    "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = ? AND pool = 'emergency'",
-                )
-                .bind(&req.period_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                return Err(StoreError::Conflict(format!(
-                    "the emergency pool has {free} tokens free; the request needs {}",
-                    req.amount
-                )));
-            }
-            let r = Reservation {
-                reservation_id: new_reservation_id(),
-                task_id: req.task_id.clone(),
-                company_id: req.company_id.clone(),
-                period_id: req.period_id.clone(),
-                pool: Pool::Emergency,
-                amount: req.amount,
-            };
-            insert_reservation(&mut tx, &r, now).await?;
-            ledger(
-                &mut tx,
-                now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(Pool::Emergency),
-                "grant",
-                r.amount,
-                &format!("request {request_id} approved by {decider}"),
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE task_queue SET status = 'queued', not_before = ? WHERE task_id = ?",
-            )
-            .bind(ts(now))
-            .bind(req.task_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            set_status(
-                &mut tx,
-                &task,
-                TaskStatus::Queued,
-                &format!("emergency tokens granted by {decider}"),
-                now,
-            )
-            .await?;
-        } else {
-            sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let reason = if note.is_empty() {
-                "emergency tokens were refused".to_owned()
-            } else {
-                format!("emergency tokens were refused: {note}")
-            };
-            sqlx::query("UPDATE tasks SET last_error = ? WHERE company_id = ? AND task_id = ?")
-                .bind(&reason)
-                .bind(req.company_id.as_str())
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
-        }
-        sqlx::query(
-            "UPDATE emergency_requests SET status = ?, decided_at = ?, decided_by = ?, decision = ? WHERE request_id = ?",
-        )
-        .bind(if approve { "approved" } else { "rejected" })
-        .bind(ts(now))
-        .bind(&decider)
-        .bind(note)
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?;
+        decide_request(&mut tx, &req, approve, note, &decider, now).await?;
         append(&mut tx, audit).await?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let decided = load_request(&mut tx, request_id, false).await?;
         tx.commit().await?;
-        request_from_row(&row)
+        Ok(decided)
     }
 
     async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
