@@ -12,10 +12,11 @@ use kira_core::CompanyId;
 use kira_core::budget::{BudgetConfig, Pool};
 use kira_core::task::{Priority, TaskId, TaskStatus};
 
-use crate::sql::{Columns, Conn, q};
 use crate::flow::tasks::{load_task, set_status};
+use crate::sql::{Columns, Conn, q};
 use crate::work::{
-    Charge, EmergencyRequest, OVERDRAFT_DETAIL, Reservation, ReserveOutcome, debtor, overdraft_audit,
+    Charge, EmergencyRequest, OVERDRAFT_DETAIL, Reservation, ReserveOutcome, debtor,
+    overdraft_audit,
 };
 use crate::{Result, StoreError};
 
@@ -600,7 +601,15 @@ pub(crate) async fn decide_request(
     }
     let task = load_task(c, &req.company_id, &req.task_id, false).await?;
     if approve {
-        if !hold(c, &req.period_id, &req.company_id, Pool::Emergency, req.amount).await? {
+        if !hold(
+            c,
+            &req.period_id,
+            &req.company_id,
+            Pool::Emergency,
+            req.amount,
+        )
+        .await?
+        {
             let free = c
                 .int(
                     q("SELECT capacity - reserved - spent FROM budget_pools \
@@ -664,7 +673,11 @@ pub(crate) async fn decide_request(
 }
 
 /// The request, read (on PostgreSQL, locked) in the caller's transaction.
-pub(crate) async fn load_request(c: &mut dyn Conn, id: &str, lock: bool) -> Result<EmergencyRequest> {
+pub(crate) async fn load_request(
+    c: &mut dyn Conn,
+    id: &str,
+    lock: bool,
+) -> Result<EmergencyRequest> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = $1")
     });

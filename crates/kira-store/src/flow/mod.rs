@@ -4,5 +4,6 @@
 //! scope and row-level security), full-text search, PostgreSQL's batch
 //! functions and SQLite's one-command scripts.
 
+pub(crate) mod batch;
 pub(crate) mod budget;
 pub(crate) mod tasks;

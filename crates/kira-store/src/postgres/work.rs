@@ -346,8 +346,6 @@ fn queue_from_row(r: &PgRow) -> Result<QueueEntry> {
     })
 }
 
-
-
 /// True when `e` is the unique violation of one company's idempotency key.
 fn is_idempotency_race(e: &StoreError) -> bool {
     match e {
@@ -931,32 +929,16 @@ impl TaskStore for PgStore {
         budget: &BudgetConfig,
         now: DateTime<Utc>,
     ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
-        let now = now.trunc_subsecs(6);
-        let lease_until = lease_until.trunc_subsecs(6);
-        let mut out = Vec::with_capacity(candidates.len());
-        let mut rest = candidates;
-        while !rest.is_empty() {
-            let done = self
-                .claim_fast(rest, admission, worker, lease_until, now, &mut out)
-                .await?;
-            rest = &rest[done..];
-            // The one the set could not take, by the single claim, at its turn.
-            let Some((c, after)) = rest.split_first() else {
-                break;
-            };
-            rest = after;
-            if !admission.free(&c.entry) {
-                continue;
-            }
-            let o = self
-                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
-                .await?;
-            if matches!(o, ClaimOutcome::Claimed { .. }) {
-                admission.take(&c.entry);
-            }
-            out.push((c.entry.task_id.clone(), o));
-        }
-        Ok(out)
+        crate::flow::batch::claim_batch(
+            self,
+            candidates,
+            admission,
+            worker,
+            lease_until,
+            budget,
+            now,
+        )
+        .await
     }
 
     async fn finish_batch(
@@ -965,20 +947,7 @@ impl TaskStore for PgStore {
         completions: Vec<Completion>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Completed>> {
-        let now = now.trunc_subsecs(6);
-        let mut out: Vec<Option<Completed>> = completions.iter().map(|_| None).collect();
-        let slow = self
-            .finish_fast(worker, &completions, now, &mut out)
-            .await?;
-        let mut completions: Vec<Option<Completion>> = completions.into_iter().map(Some).collect();
-        for i in slow {
-            if let Some(c) = completions[i].take() {
-                out[i] = Some(finish_one(self, worker, c, now).await);
-            }
-        }
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| corrupt("batch finish", "a completion without an outcome")))
-            .collect()
+        crate::flow::batch::finish_batch(self, worker, completions, now).await
     }
 
     async fn raise_estimate(
@@ -1666,7 +1635,8 @@ struct FastClaim<'a> {
     reservation_id: String,
 }
 
-impl PgStore {
+#[async_trait]
+impl crate::flow::batch::FastPaths for PgStore {
     /// Claims the longest run of `cands` (in rank order) that may be taken
     /// set-based: still claimable, no grant held, and fitting the company's
     /// base allocation together with the claims before it. Returns how many
@@ -1684,6 +1654,7 @@ impl PgStore {
         admission: &mut dyn Admission,
         worker: &str,
         lease_until: DateTime<Utc>,
+        _budget: &BudgetConfig,
         now: DateTime<Utc>,
         out: &mut Vec<(TaskId, ClaimOutcome)>,
     ) -> Result<usize> {

@@ -224,8 +224,6 @@ pub(super) async fn delete_company_work(
     Ok(())
 }
 
-
-
 /// What both of the queue snapshot's statements start from: what runs and
 /// the tasks that could start at ?3, given the agents' slots (?1, a JSON
 /// object; NULL: every task) and the company limit (?2).
@@ -697,32 +695,16 @@ impl TaskStore for SqliteStore {
         budget: &BudgetConfig,
         now: DateTime<Utc>,
     ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
-        let now = now.trunc_subsecs(6);
-        let lease_until = lease_until.trunc_subsecs(6);
-        let mut out = Vec::with_capacity(candidates.len());
-        let mut rest = candidates;
-        while !rest.is_empty() {
-            let done = self
-                .claim_fast(rest, admission, worker, lease_until, budget, now, &mut out)
-                .await?;
-            rest = &rest[done..];
-            // The one the set could not take, by the single claim, at its turn.
-            let Some((c, after)) = rest.split_first() else {
-                break;
-            };
-            rest = after;
-            if !admission.free(&c.entry) {
-                continue;
-            }
-            let o = self
-                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
-                .await?;
-            if matches!(o, ClaimOutcome::Claimed { .. }) {
-                admission.take(&c.entry);
-            }
-            out.push((c.entry.task_id.clone(), o));
-        }
-        Ok(out)
+        crate::flow::batch::claim_batch(
+            self,
+            candidates,
+            admission,
+            worker,
+            lease_until,
+            budget,
+            now,
+        )
+        .await
     }
 
     async fn finish_batch(
@@ -731,20 +713,7 @@ impl TaskStore for SqliteStore {
         completions: Vec<Completion>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Completed>> {
-        let now = now.trunc_subsecs(6);
-        let mut out: Vec<Option<Completed>> = completions.iter().map(|_| None).collect();
-        let slow = self
-            .finish_fast(worker, &completions, now, &mut out)
-            .await?;
-        let mut completions: Vec<Option<Completion>> = completions.into_iter().map(Some).collect();
-        for i in slow {
-            if let Some(c) = completions[i].take() {
-                out[i] = Some(finish_one(self, worker, c, now).await);
-            }
-        }
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| corrupt("batch finish", "a completion without an outcome")))
-            .collect()
+        crate::flow::batch::finish_batch(self, worker, completions, now).await
     }
 
     async fn raise_estimate(
@@ -1420,7 +1389,8 @@ struct FastClaim<'a> {
     reservation_id: String,
 }
 
-impl SqliteStore {
+#[async_trait]
+impl crate::flow::batch::FastPaths for SqliteStore {
     /// Claims the longest run of `cands` (in rank order) that may be taken
     /// set-based: still claimable, no grant held, and fitting the company's
     /// base allocation together with the claims before it. Returns how many
