@@ -685,3 +685,77 @@ pub(crate) async fn load_request(
     let s = if lock { s.for_update() } else { s };
     request_from_row(&c.one(s).await?)
 }
+
+/// Every pool's balances. The base pool's row holds only what companies
+/// deleted with `--force` had spent; the rest of its balance is the sum of
+/// the allocations, which each reservation updates instead of one shared
+/// row. Summing every company's allocation needs the admin read on
+/// PostgreSQL, which callers set.
+pub(crate) const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
+       CAST(p.reserved + CASE WHEN p.pool = 'base' THEN \
+         (SELECT COALESCE(SUM(a.reserved), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) \
+         ELSE 0 END AS BIGINT) AS reserved, \
+       CAST(p.spent + CASE WHEN p.pool = 'base' THEN \
+         (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) \
+         ELSE 0 END AS BIGINT) AS spent \
+     FROM budget_pools p";
+
+fn pool_of(name: &str) -> Result<Pool> {
+    Pool::parse(name).map_err(|e| corrupt("pool", e))
+}
+
+/// Replays the whole ledger against every balance, in the caller's
+/// transaction (one snapshot, admin read on PostgreSQL): the lines and the
+/// balances they must add up to are written in the same transactions, so
+/// it sees both or neither.
+pub(crate) async fn replay_ledger(c: &mut dyn Conn) -> Result<crate::work::LedgerReport> {
+    use std::collections::BTreeMap;
+    let rows = c
+        .all(q(
+            "SELECT period_id, company_id, reservation_id, pool, kind, amount FROM budget_ledger ORDER BY entry_id",
+        ))
+        .await?;
+    let mut replay = crate::ledger::Replay::default();
+    for r in &rows {
+        replay.apply(crate::ledger::Movement {
+            period: r.text("period_id")?,
+            company: r.opt_text("company_id")?,
+            reservation: r.opt_text("reservation_id")?,
+            pool: r.opt_text("pool")?.as_deref().map(pool_of).transpose()?,
+            kind: r.text("kind")?,
+            amount: r.int("amount")?,
+        });
+    }
+    let mut pools: BTreeMap<(String, Pool), [i64; 3]> = BTreeMap::new();
+    for r in c.all(q(POOL_BALANCES)).await? {
+        pools.insert(
+            (r.text("period_id")?, pool_of(&r.text("pool")?)?),
+            [r.int("capacity")?, r.int("reserved")?, r.int("spent")?],
+        );
+    }
+    let mut allocations: BTreeMap<(String, String), [i64; 3]> = BTreeMap::new();
+    for r in c
+        .all(q(
+            "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
+        ))
+        .await?
+    {
+        allocations.insert(
+            (r.text("period_id")?, r.text("company_id")?),
+            [r.int("tokens")?, r.int("reserved")?, r.int("spent")?],
+        );
+    }
+    let mut reservations: BTreeMap<String, [i64; 2]> = BTreeMap::new();
+    for r in c
+        .all(q("SELECT reservation_id, amount, state, spent FROM reservations"))
+        .await?
+    {
+        let held = if r.text("state")? == "held" {
+            r.int("amount")?
+        } else {
+            0
+        };
+        reservations.insert(r.text("reservation_id")?, [held, r.int("spent")?]);
+    }
+    Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+}

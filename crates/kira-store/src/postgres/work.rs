@@ -1196,16 +1196,6 @@ impl TaskStore for PgStore {
     }
 }
 
-/// Every pool's balances. The base pool's row holds only what companies
-/// deleted with `--force` had spent; the rest of its balance is the sum of
-/// the allocations, which each reservation updates instead of one shared row.
-/// Summing every company's allocation needs the admin read, so callers set it.
-const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
-       p.reserved + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.reserved), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS reserved, \
-       p.spent + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS spent \
-     FROM budget_pools p";
 
 /// The pools of `period`. Their totals are no company's content, so a
 /// company's own view reads them through the admin read, for this one
@@ -1216,7 +1206,7 @@ async fn pools_of(tx: &mut PgConnection, period: &str) -> Result<Vec<PoolState>>
         .await?;
     set_admin_read(tx, true).await?;
     let sql = format!(
-        "SELECT pool, capacity, reserved::BIGINT AS reserved, spent::BIGINT AS spent \
+        "SELECT pool, capacity, reserved, spent \
          FROM ({POOL_BALANCES}) b WHERE period_id = $1 ORDER BY pool"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -1526,83 +1516,11 @@ impl BudgetStore for PgStore {
     }
 
     async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
-        // One snapshot: the ledger lines and the balances they must add up
-        // to are written in the same transactions, so it sees both or neither.
         let mut tx = self.snapshot().await?;
         set_admin_read(&mut tx, true).await?;
-        let rows = sqlx::query(
-            "SELECT period_id, company_id, reservation_id, pool, kind, amount FROM budget_ledger ORDER BY entry_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut replay = crate::ledger::Replay::default();
-        for r in &rows {
-            let pool: Option<&str> = r.try_get("pool")?;
-            replay.apply(crate::ledger::Movement {
-                period: r.try_get("period_id")?,
-                company: r.try_get("company_id")?,
-                reservation: r.try_get("reservation_id")?,
-                pool: pool
-                    .map(Pool::parse)
-                    .transpose()
-                    .map_err(|e| corrupt("pool", e))?,
-                kind: r.try_get("kind")?,
-                amount: r.try_get("amount")?,
-            });
-        }
-        let pools =
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT period_id, pool, capacity, reserved::BIGINT AS reserved, spent::BIGINT AS spent FROM ({POOL_BALANCES}) b"
-            )))
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    let pool: &str = r.try_get("pool")?;
-                    Ok((
-                        (
-                            r.try_get("period_id")?,
-                            Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
-                        ),
-                        [
-                            r.try_get("capacity")?,
-                            r.try_get("reserved")?,
-                            r.try_get("spent")?,
-                        ],
-                    ))
-                })
-                .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
-        let allocations = sqlx::query(
-            "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                (r.try_get("period_id")?, r.try_get("company_id")?),
-                [
-                    r.try_get("tokens")?,
-                    r.try_get("reserved")?,
-                    r.try_get("spent")?,
-                ],
-            ))
-        })
-        .collect::<Result<BTreeMap<(String, String), [i64; 3]>>>()?;
-        let reservations =
-            sqlx::query("SELECT reservation_id, amount, state, spent FROM reservations")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    let state: &str = r.try_get("state")?;
-                    let amount: i64 = r.try_get("amount")?;
-                    let held = if state == "held" { amount } else { 0 };
-                    Ok((r.try_get("reservation_id")?, [held, r.try_get("spent")?]))
-                })
-                .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
+        let report = replay_ledger(&mut tx).await?;
         tx.commit().await?;
-        Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+        Ok(report)
     }
 }
 

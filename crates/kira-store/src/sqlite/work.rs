@@ -152,15 +152,6 @@ async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>)
     Ok(())
 }
 
-/// Every pool's balances. The base pool's row holds only what companies
-/// deleted with `--force` had spent; the rest of its balance is the sum of
-/// the allocations, which each reservation updates instead of one shared row.
-const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
-       p.reserved + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.reserved), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS reserved, \
-       p.spent + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS spent \
-     FROM budget_pools p";
 
 /// Reserves from the first pool `priority` may use that has room, in the
 /// period containing `now` (made if new).
@@ -1307,77 +1298,9 @@ impl BudgetStore for SqliteStore {
     async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
         // One transaction: the balances cannot move while they are compared.
         let mut tx = self.write().await?;
-        let rows = sqlx::query(
-            "SELECT period_id, company_id, reservation_id, pool, kind, amount FROM budget_ledger ORDER BY entry_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut replay = crate::ledger::Replay::default();
-        for r in &rows {
-            let pool: Option<String> = r.try_get("pool")?;
-            replay.apply(crate::ledger::Movement {
-                period: r.try_get("period_id")?,
-                company: r.try_get("company_id")?,
-                reservation: r.try_get("reservation_id")?,
-                pool: pool
-                    .as_deref()
-                    .map(Pool::parse)
-                    .transpose()
-                    .map_err(|e| corrupt("pool", e))?,
-                kind: r.try_get("kind")?,
-                amount: r.try_get("amount")?,
-            });
-        }
-        let pools = sqlx::query(POOL_BALANCES)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| {
-                let pool: String = r.try_get("pool")?;
-                Ok((
-                    (
-                        r.try_get("period_id")?,
-                        Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-                    ),
-                    [
-                        r.try_get("capacity")?,
-                        r.try_get("reserved")?,
-                        r.try_get("spent")?,
-                    ],
-                ))
-            })
-            .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
-        let allocations = sqlx::query(
-            "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                (r.try_get("period_id")?, r.try_get("company_id")?),
-                [
-                    r.try_get("tokens")?,
-                    r.try_get("reserved")?,
-                    r.try_get("spent")?,
-                ],
-            ))
-        })
-        .collect::<Result<BTreeMap<(String, String), [i64; 3]>>>()?;
-        let reservations =
-            sqlx::query("SELECT reservation_id, amount, state, spent FROM reservations")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    let state: String = r.try_get("state")?;
-                    let amount: i64 = r.try_get("amount")?;
-                    let held = if state == "held" { amount } else { 0 };
-                    Ok((r.try_get("reservation_id")?, [held, r.try_get("spent")?]))
-                })
-                .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
+        let report = replay_ledger(&mut tx).await?;
         tx.commit().await?;
-        Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+        Ok(report)
     }
 }
 
