@@ -70,6 +70,11 @@ pub struct ContextConfig {
     pub hot_items: u32,
     /// Warm memories offered at most.
     pub warm_items: u32,
+    /// With a task text, hot and warm items that no search found relevant
+    /// to it take their section's share only up to this many each (the
+    /// newest and most important); the rest wait for the budget the
+    /// relevance hits leave.
+    pub background_items: u32,
     /// Cold search hits offered at most. Fewer are offered when fewer
     /// could fill the budget: the cold section and whatever the other
     /// sections leave unused go to them, so a fixed handful (SEED's top 5)
@@ -99,6 +104,7 @@ impl Default for ContextConfig {
             hot_items: 20,
             warm_items: 20,
             cold_hits: 400,
+            background_items: 3,
             knowledge_hits: 5,
             shared_hits: 5,
             shared_companies: 20,
@@ -482,7 +488,9 @@ impl Engine {
             .into_iter()
             .map(|(id, r)| (id.to_string(), r))
             .collect();
-        Ok(pack::fit(
+        let background =
+            (!req.query.trim().is_empty()).then_some(cfg.context.background_items as usize);
+        Ok(pack::fit_for_task(
             vec![
                 (Section::Hot, hot_c),
                 (Section::Warm, warm_c),
@@ -493,6 +501,7 @@ impl Engine {
             &relevance,
             budget,
             &cfg.context.shares,
+            background,
             &pack::count_tokens,
         ))
     }
