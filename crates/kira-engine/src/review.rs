@@ -8,8 +8,9 @@ use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::CompanyScope;
 use kira_core::memory::{EventType, NewMemory, Workstream};
 use kira_core::task::{Priority, Task, TaskId, TaskStatus};
-use kira_store::agents::ReviewInput;
+use kira_store::agents::{Review, ReviewInput};
 use kira_store::memory::{Archived, MemoryFilter};
+use kira_store::work::TaskFilter;
 use serde_json::{Value, json};
 
 use crate::{Engine, EngineError};
@@ -56,6 +57,72 @@ pub async fn review(
         _ => {}
     }
     Ok(task)
+}
+
+impl Engine {
+    /// One page of the scope's company's tasks waiting for a reviewer
+    /// (`needs_review`), newest first; `before` is the cursor.
+    pub async fn review_queue(
+        &self,
+        scope: &CompanyScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Task>, EngineError> {
+        let filter = TaskFilter {
+            status: Some(TaskStatus::NeedsReview),
+            before_seq: before,
+            limit,
+            ..TaskFilter::default()
+        };
+        Ok(self.store().list_tasks(scope, &filter).await?)
+    }
+
+    /// Applies a reviewer's decision now (see [`review`]).
+    pub async fn review_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        input: ReviewInput,
+        audit: AuditRecord,
+    ) -> Result<Task, EngineError> {
+        review(self, scope, id, input, self.clock().now(), audit).await
+    }
+
+    /// Rates a completed task, or one in review, 1 to 5; each rating is
+    /// kept. `Store(Conflict)` for a task in any other status.
+    pub async fn rate_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        rating: u8,
+        reviewer: &str,
+        audit: AuditRecord,
+    ) -> Result<Review, EngineError> {
+        check_rating(Some(rating))?;
+        Ok(self
+            .store()
+            .rate_task(scope, id, rating, reviewer, self.clock().now(), audit)
+            .await?)
+    }
+
+    /// A task's decisions and ratings, oldest first.
+    pub async fn task_reviews(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+    ) -> Result<Vec<Review>, EngineError> {
+        Ok(self.store().task_reviews(scope, id).await?)
+    }
+}
+
+/// A rating, when given, is 1 (poor) to 5 (excellent).
+pub fn check_rating(rating: Option<u8>) -> Result<(), EngineError> {
+    match rating {
+        Some(r) if !(1..=5).contains(&r) => Err(EngineError::Parameter(
+            kira_core::ValidationError::new("rating", "must be between 1 and 5"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Records a completed task's result as the company's episodic memory: a

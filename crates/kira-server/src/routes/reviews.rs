@@ -10,14 +10,13 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use kira_core::CompanyId;
 use kira_core::auth::Access;
-use kira_core::task::{Task, TaskStatus};
-use kira_engine::EngineError;
+use kira_core::task::Task;
+use kira_engine::review::check_rating;
 use kira_store::agents::{Decision, MAX_FEEDBACK_CHARS, Review, ReviewInput};
-use kira_store::work::TaskFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::tasks::{TaskList, company, page_limit, scoped, store_err};
+use super::tasks::{TaskList, company, engine_err, page_limit, scoped};
 use crate::App;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Caller, json_body, query};
@@ -50,17 +49,11 @@ pub async fn list_reviews(
         let scope = caller.principal.scope(&company(&raw)?, Access::Read)?;
         let q: ReviewsQuery = query(q.as_deref())?;
         let limit = page_limit(q.limit)?;
-        let filter = TaskFilter {
-            status: Some(TaskStatus::NeedsReview),
-            before_seq: q.before,
-            limit,
-            ..TaskFilter::default()
-        };
         let tasks = app
-            .store
-            .list_tasks(&scope, &filter)
+            .engine
+            .review_queue(&scope, q.before, limit)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         let next_before = (tasks.len() == limit as usize)
             .then(|| tasks.last().map(|t| t.task_id.seq()))
             .flatten();
@@ -96,15 +89,6 @@ pub struct ReviewRequest {
     /// 1 (poor) to 5 (excellent).
     #[serde(default)]
     pub rating: Option<u8>,
-}
-
-fn check_rating(rating: Option<u8>) -> ApiResult<()> {
-    match rating {
-        Some(r) if !(1..=5).contains(&r) => {
-            Err(ApiError::bad_request("rating", "must be between 1 and 5"))
-        }
-        _ => Ok(()),
-    }
 }
 
 impl ReviewRequest {
@@ -163,13 +147,6 @@ impl ReviewRequest {
     }
 }
 
-fn engine_err(e: EngineError) -> ApiError {
-    match e {
-        EngineError::Store(s) => store_err(s),
-        e => e.into(),
-    }
-}
-
 /// Decides on a task waiting for review: approve (it completes, with
 /// `result` instead of the agent's when given, and its result is
 /// remembered) or reject (it goes back to the queue with the feedback, or
@@ -193,16 +170,11 @@ pub async fn review_task(
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Write)?;
         let req: ReviewRequest = json_body(body, app.cfg.max_body_bytes)?;
         let input = req.into_input(caller.principal.actor().to_string())?;
-        let task = kira_engine::review::review(
-            &app.engine,
-            &scope,
-            &tid,
-            input,
-            app.clock.now(),
-            act.ok(),
-        )
-        .await
-        .map_err(engine_err)?;
+        let task = app
+            .engine
+            .review_task(&scope, &tid, input, act.ok())
+            .await
+            .map_err(engine_err)?;
         Ok(Json(task))
     }
     .await;
@@ -234,19 +206,17 @@ pub async fn rate_task(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Write)?;
         let req: RatingRequest = json_body(body, app.cfg.max_body_bytes)?;
-        check_rating(Some(req.rating))?;
         let review = app
-            .store
+            .engine
             .rate_task(
                 &scope,
                 &tid,
                 req.rating,
                 &caller.principal.actor().to_string(),
-                app.clock.now(),
                 act.ok(),
             )
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok((StatusCode::CREATED, Json(review)))
     }
     .await;
@@ -278,10 +248,10 @@ pub async fn task_reviews(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         let reviews = app
-            .store
+            .engine
             .task_reviews(&scope, &tid)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok(Json(ReviewList { reviews }))
     }
     .await;
