@@ -11,14 +11,14 @@ use bytes::Bytes;
 use kira_core::CompanyId;
 use kira_core::auth::Access;
 use kira_core::task::Task;
-use kira_engine::review::check_rating;
-use kira_store::agents::{Decision, MAX_FEEDBACK_CHARS, Review, ReviewInput};
+use kira_engine::review::ReviewRequest;
+use kira_store::agents::Review;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::tasks::{TaskList, company, engine_err, page_limit, scoped};
 use crate::App;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Caller, json_body, query};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -63,90 +63,6 @@ pub async fn list_reviews(
     act.read(result).await
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ReviewDecision {
-    Approve,
-    Reject,
-}
-
-/// A reviewer's decision on a task in `needs_review`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReviewRequest {
-    /// approve: the task completes; reject: it runs again with the
-    /// feedback, or fails when it was already rejected `[review]
-    /// max_requeues` times.
-    pub decision: ReviewDecision,
-    /// approve only: the result to keep instead of the agent's (a JSON
-    /// object).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<serde_json::Value>,
-    /// reject only, and required there: what to change.
-    #[serde(default)]
-    pub feedback: Option<String>,
-    /// 1 (poor) to 5 (excellent).
-    #[serde(default)]
-    pub rating: Option<u8>,
-}
-
-impl ReviewRequest {
-    /// The decision as the store takes it; a field that does not belong
-    /// with the decision is refused rather than ignored.
-    fn into_input(self, reviewer: String) -> ApiResult<ReviewInput> {
-        check_rating(self.rating)?;
-        let decision = match self.decision {
-            ReviewDecision::Approve => {
-                if self.feedback.is_some() {
-                    return Err(ApiError::bad_request(
-                        "feedback",
-                        "only a rejection carries feedback; to change the result, send it as result",
-                    ));
-                }
-                if let Some(r) = &self.result
-                    && !r.is_object()
-                {
-                    return Err(ApiError::bad_request("result", "must be a JSON object"));
-                }
-                Decision::Approve {
-                    result: self.result,
-                }
-            }
-            ReviewDecision::Reject => {
-                if self.result.is_some() {
-                    return Err(ApiError::bad_request(
-                        "result",
-                        "a rejection carries no result; say what to change in feedback",
-                    ));
-                }
-                let feedback = self.feedback.unwrap_or_default();
-                let feedback = feedback.trim();
-                if feedback.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "feedback",
-                        "a rejection must say what to change",
-                    ));
-                }
-                if feedback.chars().count() > MAX_FEEDBACK_CHARS {
-                    return Err(ApiError::bad_request(
-                        "feedback",
-                        format!("must be at most {MAX_FEEDBACK_CHARS} characters"),
-                    ));
-                }
-                Decision::Reject {
-                    feedback: feedback.to_owned(),
-                }
-            }
-        };
-        Ok(ReviewInput {
-            decision,
-            rating: self.rating,
-            reviewer,
-        })
-    }
-}
-
 /// Decides on a task waiting for review: approve (it completes, with
 /// `result` instead of the agent's when given, and its result is
 /// remembered) or reject (it goes back to the queue with the feedback, or
@@ -169,10 +85,10 @@ pub async fn review_task(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Write)?;
         let req: ReviewRequest = json_body(body, app.cfg.max_body_bytes)?;
-        let input = req.into_input(caller.principal.actor().to_string())?;
+        let reviewer = caller.principal.actor().to_string();
         let task = app
             .engine
-            .review_task(&scope, &tid, input, act.ok())
+            .review_task(&scope, &tid, req, reviewer, act.ok())
             .await
             .map_err(engine_err)?;
         Ok(Json(task))
