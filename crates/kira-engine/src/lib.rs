@@ -41,9 +41,10 @@ pub use scheduler::TickReport;
 pub enum EngineError {
     #[error(transparent)]
     Invalid(#[from] kira_core::ValidationError),
-    /// A request parameter out of range (a search query too long, a
-    /// rating off the scale): the API answers 400 naming it, where an
-    /// invalid body is 422.
+    /// A request malformed in one field (a search query empty or too
+    /// long, a rating off the scale, a field that does not fit the
+    /// decision): the API answers 400 naming it. `Invalid` is a well-formed
+    /// request whose content breaks a rule (422).
     #[error(transparent)]
     Parameter(kira_core::ValidationError),
     /// The caller's role may not set this field (or level): the error
