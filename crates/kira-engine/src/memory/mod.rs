@@ -21,7 +21,8 @@ use kira_core::memory::{
     combined_score, fuse_rrf, layer, new_memory_id, normalise, rank_hits, recency,
 };
 use kira_core::sharing::{SCOPE_ANONYMIZED_LEGAL_PATTERNS, SCOPE_PROCESS_TEMPLATES};
-use kira_store::memory::{Archived, MAX_BATCH, MemoryFilter};
+use kira_store::StoreError;
+use kira_store::memory::{Archived, MAX_BATCH, MemoryCursor, MemoryFilter};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -151,7 +152,68 @@ pub struct ContextRequest {
     pub budget: Option<usize>,
 }
 
+/// The longest memory search query, in characters.
+pub const MAX_SEARCH_QUERY_CHARS: usize = 2_000;
+/// The longest text a context pack is made for, in characters: a task's
+/// text, which is never longer.
+pub const MAX_CONTEXT_QUERY_CHARS: usize = kira_core::task::MAX_TASK_TEXT_CHARS;
+
 impl Engine {
+    /// One page of the scope's company's memories, newest first.
+    pub async fn list_memories(
+        &self,
+        scope: &CompanyScope,
+        filter: &MemoryFilter,
+        after: Option<MemoryCursor>,
+        limit: u32,
+    ) -> Result<Vec<Memory>, EngineError> {
+        Ok(self
+            .store()
+            .list_memories(scope, filter, after, limit)
+            .await?)
+    }
+
+    pub async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory, EngineError> {
+        Ok(self.store().get_memory(scope, id).await?)
+    }
+
+    /// Archives a memory (it leaves search and context until restored, and
+    /// is purged when the retention period has passed) or restores it;
+    /// the memory as it is then. `Store(Conflict)` when it already is so.
+    pub async fn set_memory_archived(
+        &self,
+        scope: &CompanyScope,
+        id: Uuid,
+        archive: bool,
+        audit: AuditRecord,
+    ) -> Result<Memory, EngineError> {
+        let m = self.store().get_memory(scope, id).await?;
+        if m.is_archived() == archive {
+            return Err(StoreError::Conflict(
+                if archive {
+                    "the memory is already archived"
+                } else {
+                    "the memory is not archived"
+                }
+                .into(),
+            )
+            .into());
+        }
+        let at = archive.then(|| self.clock().now());
+        self.store().set_archived(scope, &[id], at, audit).await?;
+        Ok(self.store().get_memory(scope, id).await?)
+    }
+
+    /// Deletes a memory, its vector and its queue entry for good.
+    pub async fn delete_memory(
+        &self,
+        scope: &CompanyScope,
+        id: Uuid,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        Ok(self.store().delete_memory(scope, id, audit).await?)
+    }
+
     /// Validates and stores 1..=1,000 memories in one transaction. Errors
     /// name the field (`memories.3.importance` for a batch). The store
     /// queues each for embedding; the embedder is woken. Then conflicts
@@ -209,7 +271,16 @@ impl Engine {
         limit: u32,
     ) -> Result<Vec<SearchHit>, EngineError> {
         if query.trim().is_empty() {
-            return Err(ValidationError::new("q", "must not be empty").into());
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                "must not be empty",
+            )));
+        }
+        if query.chars().count() > MAX_SEARCH_QUERY_CHARS {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                format!("must be at most {MAX_SEARCH_QUERY_CHARS} characters"),
+            )));
         }
         let cfg = &self.config().memory;
         let fused = self
@@ -320,6 +391,12 @@ impl Engine {
         scope: &CompanyScope,
         req: &ContextRequest,
     ) -> Result<ContextPack, EngineError> {
+        if req.query.chars().count() > MAX_CONTEXT_QUERY_CHARS {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                format!("must be at most {MAX_CONTEXT_QUERY_CHARS} characters"),
+            )));
+        }
         let cfg = &self.config().memory;
         let budget = req.budget.unwrap_or(cfg.context.default_budget);
         if budget > cfg.context.max_budget {
