@@ -747,7 +747,9 @@ pub(crate) async fn replay_ledger(c: &mut dyn Conn) -> Result<crate::work::Ledge
     }
     let mut reservations: BTreeMap<String, [i64; 2]> = BTreeMap::new();
     for r in c
-        .all(q("SELECT reservation_id, amount, state, spent FROM reservations"))
+        .all(q(
+            "SELECT reservation_id, amount, state, spent FROM reservations",
+        ))
         .await?
     {
         let held = if r.text("state")? == "held" {

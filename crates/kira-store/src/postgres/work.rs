@@ -1196,7 +1196,6 @@ impl TaskStore for PgStore {
     }
 }
 
-
 /// The pools of `period`. Their totals are no company's content, so a
 /// company's own view reads them through the admin read, for this one
 /// statement, and then sets it back as it was.

@@ -152,7 +152,6 @@ async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>)
     Ok(())
 }
 
-
 /// Reserves from the first pool `priority` may use that has room, in the
 /// period containing `now` (made if new).
 async fn reserve_tx(
