@@ -21,6 +21,8 @@ use kira_engine::config::{
 };
 use serde::Deserialize;
 
+pub use kira_core::url::redact_url;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kira-data";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -698,37 +700,6 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
         .map(|(_, line)| line)
 }
 
-/// The URL with any password replaced by `***`, for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let (scheme, rest) = url.split_at(scheme_end);
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}{authority}{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -1179,26 +1150,5 @@ mod tests {
         assert_eq!(key_line(text, "odd.note"), Some(9));
         assert_eq!(key_line(text, "odd.quoted.key"), Some(12));
         assert_eq!(key_line(text, "scheduler.batch"), None);
-    }
-
-    #[test]
-    fn redaction() {
-        assert_eq!(
-            redact_url("postgres://kira:s3cret@db:5432/kira?sslmode=disable"),
-            "postgres://kira:***@db:5432/kira?sslmode=disable"
-        );
-        assert_eq!(
-            redact_url("postgres://db/kira?user=k&password=s3cret"),
-            "postgres://db/kira?user=k&password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://kira@db/kira"),
-            "postgres://kira@db/kira"
-        );
-        assert_eq!(
-            redact_url("sqlite://./kira-data/kira.db"),
-            "sqlite://./kira-data/kira.db"
-        );
-        assert_eq!(redact_url("p://u:a@b@h/x"), "p://u:***@h/x");
     }
 }

@@ -127,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => commands::demo::run(&ctx()?, args).await,
         Command::Secret(cmd) => commands::secret::run(cmd),
         Command::Whoami => commands::whoami(&ctx()?).await,
-        Command::Bench(cmd) => commands::bench::run(cmd, json).await,
+        Command::Bench(cmd) => Ok(kira_bench::run(cmd, json).await?),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kira", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -17,6 +17,7 @@ pub mod priority;
 pub mod sharing;
 pub mod storable;
 pub mod task;
+pub mod url;
 
 pub use error::ValidationError;
 pub use ids::CompanyId;

@@ -15,14 +15,11 @@ use kira_store::Store;
 use tokio::sync::{Notify, watch};
 
 pub mod agent;
-pub mod agentbench;
-pub mod bench;
 pub mod companies;
 pub mod config;
 pub mod executor;
 mod group;
 pub mod knowledge;
-pub mod membench;
 pub mod memory;
 pub mod review;
 pub mod scheduler;
