@@ -1,5 +1,7 @@
-//! The `kira` binary: `kira serve` runs the server; every other command is
-//! a client of its HTTP API.
+//! The `kira` binary: `kira serve` runs the server (`kira worker` the
+//! engine alone); `kira bench` runs the benchmarks of `kira-bench` in
+//! process and `kira secret` seals keys locally; every other command is a
+//! client of the server's HTTP API.
 
 mod agents;
 mod cli;
