@@ -173,8 +173,8 @@ pub async fn run(
     };
     let exec = AgentExecutor::new(&cfg, &providers)
         .map_err(|e| kira_core::ValidationError::new("agents", e.to_string()))?;
-    let engine = Engine::with_executor(store, clock, cfg, Arc::new(exec));
-    let ids = seed(&engine, companies, tasks, false).await?;
+    let engine = Engine::with_executor(store.clone(), clock, cfg, Arc::new(exec));
+    let ids = seed(&engine, store.as_ref(), companies, tasks, false).await?;
     let start = Instant::now();
     // The scheduler's own loop, as `kira serve` runs it: a pass whenever
     // work arrives or a run's end frees a slot.
@@ -182,10 +182,7 @@ pub async fn run(
     let scheduler = engine.start(shutdown.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let snap = engine
-            .store()
-            .queue_snapshot(engine.clock().now(), 1, None)
-            .await?;
+        let snap = store.queue_snapshot(engine.clock().now(), 1, None).await?;
         if snap.runnable.is_empty() && snap.running.is_empty() {
             break;
         }

@@ -16,6 +16,7 @@ use kira_core::CompanyId;
 use kira_core::clock::ManualClock;
 use kira_engine::memory::ContextRequest;
 use kira_engine::{Engine, EngineConfig, EngineError};
+use kira_store::Store;
 use kira_store::memory::MemoryFilter;
 use serde::{Deserialize, Serialize};
 
@@ -223,7 +224,6 @@ pub async fn score_locomo(
         loop {
             // Archived too: the sources of compaction summaries.
             let page = engine
-                .store()
                 .list_memories(
                     &sc,
                     &MemoryFilter {
@@ -363,9 +363,12 @@ pub async fn command(args: MemoryArgs, json: bool) -> Result<ExitCode, BenchErro
     };
     let first = convs.first().map(|c| after_last(&c.turns));
     let clock = Arc::new(ManualClock::new(first.unwrap_or_default()));
-    let engine =
-        crate::memory::with_embedder(Engine::new(store, clock.clone(), cfg), args.no_embed)?;
-    let (companies, turns) = load_all(&engine, &clock, &convs, args.compacted).await?;
+    let engine = crate::memory::with_embedder(
+        Engine::new(store.clone(), clock.clone(), cfg),
+        args.no_embed,
+    )?;
+    let (companies, turns) =
+        load_all(&engine, store.as_ref(), &clock, &convs, args.compacted).await?;
     let (before, pack_micros) =
         score_all(&engine, &clock, &convs, &companies, &args.budgets).await?;
     let after = if args.compacted {
@@ -392,6 +395,7 @@ pub async fn command(args: MemoryArgs, json: bool) -> Result<ExitCode, BenchErro
 /// returns the companies and the turns loaded.
 async fn load_all(
     engine: &Engine,
+    store: &dyn Store,
     clock: &ManualClock,
     convs: &[Conversation],
     compacted: bool,
@@ -412,7 +416,7 @@ async fn load_all(
         } else {
             AS_CONVERSATION
         };
-        companies.push(crate::memory::load_company(engine, &c.id, &items, kind).await?);
+        companies.push(crate::memory::load_company(engine, store, &c.id, &items, kind).await?);
     }
     let loaded = load_start.elapsed();
     let embed_start = Instant::now();

@@ -13,6 +13,7 @@ use std::time::Instant;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use kira_core::clock::ManualClock;
 use kira_engine::Engine;
+use kira_store::Store;
 use kira_store::memory::MemoryFilter;
 
 use crate::memory::{AS_CONVERSATION, embed_all, load_company, retrieval_config, with_embedder};
@@ -185,9 +186,12 @@ pub async fn command(args: LongmemevalArgs, json: bool) -> Result<ExitCode, Benc
         .unwrap_or_default()
         + chrono::TimeDelta::days(1);
     let clock = Arc::new(ManualClock::new(latest));
-    let engine = with_embedder(Engine::new(store, clock, retrieval_config()), args.no_embed)?;
+    let engine = with_embedder(
+        Engine::new(store.clone(), clock, retrieval_config()),
+        args.no_embed,
+    )?;
     let started = Instant::now();
-    let (companies, turns) = load_haystacks(&engine, &questions).await?;
+    let (companies, turns) = load_haystacks(&engine, store.as_ref(), &questions).await?;
     let embedded = embed_all(&engine).await?;
     eprintln!(
         "loaded {turns} user turns of {} questions, embedded {embedded}, in {:.0}s",
@@ -226,6 +230,7 @@ fn read_questions(path: &Path, file: LongmemevalFile) -> Result<Vec<LmeQuestion>
 /// and the turns loaded.
 async fn load_haystacks(
     engine: &Engine,
+    store: &dyn Store,
     questions: &[LmeQuestion],
 ) -> Result<(Vec<kira_core::CompanyId>, usize), BenchError> {
     let mut companies = Vec::new();
@@ -245,8 +250,16 @@ async fn load_haystacks(
             })
             .collect();
         turns += items.len();
-        companies
-            .push(load_company(engine, &format!("lme-{i:03}"), &items, AS_CONVERSATION).await?);
+        companies.push(
+            load_company(
+                engine,
+                store,
+                &format!("lme-{i:03}"),
+                &items,
+                AS_CONVERSATION,
+            )
+            .await?,
+        );
     }
     Ok((companies, turns))
 }

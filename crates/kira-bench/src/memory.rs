@@ -11,6 +11,7 @@ use kira_core::auth::{Access, CompanyScope, Principal};
 use kira_core::company::NewCompany;
 use kira_core::memory::{EventType, NewMemory, Workstream};
 use kira_engine::{Engine, EngineConfig, EngineError};
+use kira_store::Store;
 
 use crate::BenchError;
 
@@ -78,11 +79,12 @@ pub(crate) fn scope(id: &CompanyId) -> CompanyScope {
 pub const AS_CONVERSATION: (Workstream, &str) = (Workstream::General, "conversation");
 pub const AS_STATUS_MEETINGS: (Workstream, &str) = (Workstream::Operational, "status_meetings");
 
-/// Creates the company and loads `items` (text, time, source) as its memory,
-/// filed as `kind` (workstream, category), 1,000 per transaction. Returns
-/// the company id.
+/// Creates the company in `store` (the engine's) and loads `items` (text,
+/// time, source) as its memory, filed as `kind` (workstream, category),
+/// 1,000 per transaction. Returns the company id.
 pub async fn load_company(
     engine: &Engine,
+    store: &dyn Store,
     name: &str,
     items: &[(String, DateTime<Utc>, String)],
     kind: (Workstream, &str),
@@ -93,8 +95,7 @@ pub async fn load_company(
     .map_err(|e| kira_core::ValidationError::new("company", e.to_string()))?
     .validate()?;
     let sc = scope(&id);
-    engine
-        .store()
+    store
         .create_company(
             &sc,
             &profile,

@@ -70,14 +70,15 @@ fn priority(i: usize, overload: bool) -> Priority {
     }
 }
 
-/// Creates `companies` companies and submits `tasks` tasks across them.
+/// Creates `companies` companies in `store` (the engine's) and submits
+/// `tasks` tasks across them.
 pub async fn seed(
     engine: &Engine,
+    store: &dyn Store,
     companies: usize,
     tasks: usize,
     overload: bool,
 ) -> Result<Vec<CompanyId>, EngineError> {
-    let store = engine.store();
     let system = Principal::system();
     let mut ids = Vec::with_capacity(companies);
     for c in 0..companies {
@@ -137,9 +138,9 @@ pub async fn seed(
     Ok(ids)
 }
 
-/// Runs scheduling passes until nothing is runnable or running; returns the
-/// claim timings (microseconds).
-pub async fn drain(engine: &Engine) -> Result<Vec<u64>, EngineError> {
+/// Runs scheduling passes until nothing in `store` (the engine's) is
+/// runnable or running; returns the claim timings (microseconds).
+pub async fn drain(engine: &Engine, store: &dyn Store) -> Result<Vec<u64>, EngineError> {
     let mut claims = Vec::new();
     // Runs overlap the next pass, as in `Engine::start`.
     let mut runs: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -155,10 +156,7 @@ pub async fn drain(engine: &Engine) -> Result<Vec<u64>, EngineError> {
                 let _ = h.await;
                 continue;
             }
-            let snap = engine
-                .store()
-                .queue_snapshot(engine.clock().now(), 1, None)
-                .await?;
+            let snap = store.queue_snapshot(engine.clock().now(), 1, None).await?;
             if snap.runnable.is_empty() && snap.running.is_empty() {
                 return Ok(claims);
             }
@@ -206,7 +204,6 @@ pub async fn all_tasks(
         let mut before = None;
         loop {
             let page = engine
-                .store()
                 .list_tasks(
                     &scope,
                     &TaskFilter {
@@ -269,13 +266,14 @@ pub async fn report(
 /// Seeds, drains in this process, and reports.
 pub async fn run_single(
     engine: &Engine,
+    store: &dyn Store,
     companies: usize,
     tasks: usize,
     overload: bool,
 ) -> Result<QueueReport, EngineError> {
-    let ids = seed(engine, companies, tasks, overload).await?;
+    let ids = seed(engine, store, companies, tasks, overload).await?;
     let start = Instant::now();
-    let claims = drain(engine).await?;
+    let claims = drain(engine, store).await?;
     let seconds = start.elapsed().as_secs_f64();
     report(engine, &ids, tasks, seconds, claims).await
 }
@@ -316,18 +314,24 @@ pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError
         ));
     }
     let store = db.open().await?;
-    let engine = engine(store, Arc::new(SystemClock), args.overload);
+    let engine = engine(store.clone(), Arc::new(SystemClock), args.overload);
     eprintln!(
         "seeding {} companies and {} tasks ...",
         args.companies, args.tasks
     );
-    let companies = seed(&engine, args.companies, args.tasks, args.overload)
-        .await
-        .map_err(|e| BenchError::during("seeding (the database must be empty)", e))?;
+    let companies = seed(
+        &engine,
+        store.as_ref(),
+        args.companies,
+        args.tasks,
+        args.overload,
+    )
+    .await
+    .map_err(|e| BenchError::during("seeding (the database must be empty)", e))?;
     eprintln!("running with {} process(es) ...", args.processes);
     let start = Instant::now();
     let claims = if args.processes == 1 {
-        drain(&engine).await?
+        drain(&engine, store.as_ref()).await?
     } else {
         drain_in_processes(db.url(), args.processes, args.overload)?
     };
@@ -422,8 +426,8 @@ fn print_report(
 /// prints its claim timings as JSON.
 pub async fn worker(url: &str, overload: bool) -> Result<ExitCode, BenchError> {
     let store = crate::open(url).await?;
-    let engine = engine(store, Arc::new(SystemClock), overload);
-    let claims = drain(&engine).await?;
+    let engine = engine(store.clone(), Arc::new(SystemClock), overload);
+    let claims = drain(&engine, store.as_ref()).await?;
     println!("{}", serde_json::to_string(&claims)?);
     Ok(ExitCode::SUCCESS)
 }

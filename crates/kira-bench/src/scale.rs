@@ -176,7 +176,7 @@ pub async fn command(args: MemoryScaleArgs, json: bool) -> Result<ExitCode, Benc
             .collect::<Result<Vec<_>, BenchError>>()?;
         (scopes, 0.0)
     } else {
-        fill(&engine, &args, now).await?
+        fill(&engine, store.as_ref(), &args, now).await?
     };
     let timings = time_queries(&engine, &scopes, &args).await?;
     let rate = (!reused).then(|| total as f64 / insert_secs);
@@ -231,6 +231,7 @@ fn audit(now: DateTime<Utc>, c: &CompanyId, action: &str) -> AuditRecord {
 /// their scopes and the seconds spent inserting memories.
 async fn fill(
     engine: &Engine,
+    store: &dyn Store,
     args: &MemoryScaleArgs,
     now: DateTime<Utc>,
 ) -> Result<(Vec<CompanyScope>, f64), BenchError> {
@@ -238,7 +239,7 @@ async fn fill(
     let mut scopes = Vec::with_capacity(args.companies);
     let mut insert_secs = 0.0;
     for c in 0..args.companies {
-        let (scope, secs) = fill_company(engine, c, args.per_company, now, &mut rng).await?;
+        let (scope, secs) = fill_company(engine, store, c, args.per_company, now, &mut rng).await?;
         insert_secs += secs;
         scopes.push(scope);
         if (c + 1) % 100 == 0 {
@@ -257,6 +258,7 @@ async fn fill(
 /// seconds the inserts took.
 async fn fill_company(
     engine: &Engine,
+    store: &dyn Store,
     c: usize,
     per_company: usize,
     now: DateTime<Utc>,
@@ -269,8 +271,7 @@ async fn fill_company(
     }))?
     .validate()?;
     let scope = system.scope(&id, Access::Write)?;
-    engine
-        .store()
+    store
         .create_company(&scope, &profile, now, audit(now, &id, "bench.company"))
         .await?;
     let mut insert_secs = 0.0;

@@ -60,7 +60,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the database {}", redact_url(&cfg.database_url)))?;
 
     let clock = SystemClock;
-    if let Some(issued) = kira_server::bootstrap_admin_key(store.as_ref(), &clock)
+    if let Some(issued) = kira_engine::keys::bootstrap_admin_key(store.as_ref(), &clock)
         .await
         .context("cannot create the first admin key")?
     {

@@ -1,15 +1,70 @@
-//! Changing a company's profile: which fields the caller's role may write
-//! (`kira_core::company::writable_by`), the change, and the allocations
-//! that follow from it.
+//! Companies: creating, reading, changing, archiving and deleting their
+//! profiles, which fields the caller's role may write
+//! (`kira_core::company::writable_by`), and the base allocations that
+//! follow every change.
 
 use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
-use kira_core::auth::CompanyScope;
-use kira_core::company::{Company, CompanyPatch};
+use kira_core::auth::{Access, AdminScope, CompanyScope};
+use kira_core::company::{Company, CompanyPatch, NewCompany};
+use kira_store::{DeletedRows, StoreError};
 
 use crate::{Engine, EngineError};
 
 impl Engine {
+    /// Creates a company (admin); its audit entry is filed under it.
+    pub async fn create_company(
+        &self,
+        admin: &AdminScope,
+        new: NewCompany,
+        audit: AuditRecord,
+    ) -> Result<Company, EngineError> {
+        let (id, profile) = new.validate()?;
+        let scope = admin.company(&id, Access::Write);
+        let audit = AuditRecord {
+            company_id: Some(id.clone()),
+            target: format!("company:{id}"),
+            ..audit
+        };
+        let company = self
+            .store()
+            .create_company(&scope, &profile, self.clock().now(), audit)
+            .await?;
+        self.allocations_follow(&company.id).await;
+        Ok(company)
+    }
+
+    /// Every company (admin); the read is audited.
+    pub async fn list_companies(
+        &self,
+        admin: &AdminScope,
+        include_archived: bool,
+        audit: AuditRecord,
+    ) -> Result<Vec<Company>, EngineError> {
+        Ok(self
+            .store()
+            .list_companies(admin, include_archived, audit)
+            .await?)
+    }
+
+    /// What a company key's listing shows: its own company, if there (and
+    /// not archived, unless asked for).
+    pub async fn own_companies(
+        &self,
+        scope: &CompanyScope,
+        include_archived: bool,
+    ) -> Result<Vec<Company>, EngineError> {
+        match self.store().get_company(scope).await {
+            Ok(c) if include_archived || !c.is_archived() => Ok(vec![c]),
+            Ok(_) | Err(StoreError::NotFound) => Ok(vec![]),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get_company(&self, scope: &CompanyScope) -> Result<Company, EngineError> {
+        Ok(self.store().get_company(scope).await?)
+    }
+
     /// Applies `patch` to the scope's company. A field the scope's role may
     /// not write refuses the whole patch, naming the field; nothing changes.
     pub async fn update_company(
@@ -33,11 +88,42 @@ impl Engine {
             .store()
             .update_company(scope, patch, self.clock().now(), audit)
             .await?;
-        // Base allocations follow the profiles. The change itself is done;
-        // a failed refresh is logged and retried by the next one.
-        if let Err(e) = self.company_changed(&company.id).await {
-            tracing::error!(company = %company.id, error = %e, "could not refresh budget allocations");
-        }
+        self.allocations_follow(&company.id).await;
         Ok(company)
+    }
+
+    /// Archives the scope's company: it stays readable and stops changing.
+    pub async fn archive_company(
+        &self,
+        scope: &CompanyScope,
+        audit: AuditRecord,
+    ) -> Result<Company, EngineError> {
+        let company = self
+            .store()
+            .archive_company(scope, self.clock().now(), audit)
+            .await?;
+        self.allocations_follow(&company.id).await;
+        Ok(company)
+    }
+
+    /// Deletes the scope's company and every row it owns, in one
+    /// transaction; the audit log keeps its entries. The base pool is then
+    /// shared among the companies left.
+    pub async fn delete_company(
+        &self,
+        scope: &CompanyScope,
+        audit: AuditRecord,
+    ) -> Result<DeletedRows, EngineError> {
+        let rows = self.store().delete_company(scope, audit).await?;
+        self.allocations_follow(scope.company()).await;
+        Ok(rows)
+    }
+
+    /// Base allocations follow the companies' profiles. The change itself
+    /// is done; a failed refresh is logged and retried by the next one.
+    async fn allocations_follow(&self, company: &kira_core::CompanyId) {
+        if let Err(e) = self.company_changed(company).await {
+            tracing::error!(company = %company, error = %e, "could not refresh budget allocations");
+        }
     }
 }

@@ -692,6 +692,7 @@ pub struct ContextSection {
     pub hot_items: Option<u32>,
     pub warm_items: Option<u32>,
     pub cold_hits: Option<u32>,
+    pub background_items: Option<u32>,
     pub knowledge_hits: Option<u32>,
     pub shared_hits: Option<u32>,
     pub shared_companies: Option<u32>,
@@ -1206,6 +1207,11 @@ fn resolve_context(
         ("context.hot_items", ctx.hot_items, &mut c.hot_items),
         ("context.warm_items", ctx.warm_items, &mut c.warm_items),
         ("context.cold_hits", ctx.cold_hits, &mut c.cold_hits),
+        (
+            "context.background_items",
+            ctx.background_items,
+            &mut c.background_items,
+        ),
         (
             "context.knowledge_hits",
             ctx.knowledge_hits,

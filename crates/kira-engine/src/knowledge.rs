@@ -6,13 +6,15 @@ use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::AdminScope;
 use kira_core::knowledge::{KnowledgeEntry, NewKnowledge};
-use kira_store::knowledge::{KnowledgeFilter, KnowledgeHit};
+use kira_store::knowledge::{KnowledgeCursor, KnowledgeFilter, KnowledgeHit};
 use uuid::Uuid;
 
 use crate::{Engine, EngineError};
 
 /// The most hits one search returns.
 pub const MAX_SEARCH_LIMIT: u32 = 100;
+/// The longest search query, in bytes.
+pub const MAX_SEARCH_QUERY_BYTES: usize = 1000;
 
 /// A write as the API receives it: one entry, or a batch whose errors name
 /// `entries.N.field`.
@@ -24,7 +26,8 @@ pub enum KnowledgeWrite {
 
 impl Engine {
     /// Validates and stores the entries (insert or update by domain and
-    /// key) in one audited transaction; the entries as stored.
+    /// key) in one audited transaction, whose entry says how many; the
+    /// entries as stored.
     pub async fn add_knowledge(
         &self,
         admin: &AdminScope,
@@ -35,6 +38,10 @@ impl Engine {
         let (items, batch) = match write {
             KnowledgeWrite::One(k) => (vec![k], false),
             KnowledgeWrite::Batch(ks) => (ks, true),
+        };
+        let audit = AuditRecord {
+            detail: format!("entries={}", items.len()),
+            ..audit
         };
         if batch && (items.is_empty() || items.len() > kira_store::knowledge::MAX_BATCH) {
             return Err(ValidationError::new(
@@ -67,6 +74,30 @@ impl Engine {
         Ok(stored)
     }
 
+    /// One page of entries in (domain, key) order, after the cursor.
+    pub async fn list_knowledge(
+        &self,
+        filter: &KnowledgeFilter,
+        after: Option<&KnowledgeCursor>,
+        limit: u32,
+    ) -> Result<Vec<KnowledgeEntry>, EngineError> {
+        Ok(self.store().list_knowledge(filter, after, limit).await?)
+    }
+
+    pub async fn get_knowledge(&self, id: Uuid) -> Result<KnowledgeEntry, EngineError> {
+        Ok(self.store().get_knowledge(id).await?)
+    }
+
+    /// Deletes an entry and its vectors (admin).
+    pub async fn delete_knowledge(
+        &self,
+        admin: &AdminScope,
+        id: Uuid,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        Ok(self.store().delete_knowledge(admin, id, audit).await?)
+    }
+
     fn check_domain(&self, domain: &str) -> Result<(), ValidationError> {
         let domains = &self.config().knowledge_domains;
         if domains.contains(domain) {
@@ -89,6 +120,18 @@ impl Engine {
         filter: &KnowledgeFilter,
         limit: u32,
     ) -> Result<Vec<KnowledgeHit>, EngineError> {
+        if query.trim().is_empty() {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                "must not be empty",
+            )));
+        }
+        if query.len() > MAX_SEARCH_QUERY_BYTES {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                format!("must be at most {MAX_SEARCH_QUERY_BYTES} bytes"),
+            )));
+        }
         if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
             return Err(ValidationError::new(
                 "limit",

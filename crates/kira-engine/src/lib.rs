@@ -15,10 +15,13 @@ use kira_store::Store;
 use tokio::sync::{Notify, watch};
 
 pub mod agent;
+pub mod audit;
+pub mod budget;
 pub mod companies;
 pub mod config;
 pub mod executor;
 mod group;
+pub mod keys;
 pub mod knowledge;
 pub mod memory;
 pub mod review;
@@ -35,6 +38,12 @@ pub use scheduler::TickReport;
 pub enum EngineError {
     #[error(transparent)]
     Invalid(#[from] kira_core::ValidationError),
+    /// A request malformed in one field (a search query empty or too
+    /// long, a rating off the scale, a field that does not fit the
+    /// decision): the API answers 400 naming it. `Invalid` is a well-formed
+    /// request whose content breaks a rule (422).
+    #[error(transparent)]
+    Parameter(kira_core::ValidationError),
     /// The caller's role may not set this field (or level): the error
     /// names it.
     #[error("not allowed: {0}")]
@@ -178,8 +187,16 @@ impl Engine {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The store, for the engine's own services only: every other crate
+    /// goes through their methods, so a rule one of them owns holds for
+    /// every caller.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        Ok(self.store().ping().await?)
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {

@@ -1,5 +1,6 @@
-//! Human review of results: a reviewer's decision applied through the
-//! store (with the configured `[review] max_requeues`), and an accepted
+//! Human review of results: the review queue, a reviewer's decision (its
+//! fields checked against the decision) applied through the store (with
+//! the configured `[review] max_requeues`), ratings, and an accepted
 //! result remembered as the company's `task_result` memory, so later work
 //! for the company can find it.
 
@@ -8,9 +9,12 @@ use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::CompanyScope;
 use kira_core::memory::{EventType, NewMemory, Workstream};
 use kira_core::task::{Priority, Task, TaskId, TaskStatus};
-use kira_store::agents::ReviewInput;
+use kira_store::agents::{Decision, MAX_FEEDBACK_CHARS, Review, ReviewInput};
 use kira_store::memory::{Archived, MemoryFilter};
+use kira_store::work::TaskFilter;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::{Engine, EngineError};
 
@@ -56,6 +60,159 @@ pub async fn review(
         _ => {}
     }
     Ok(task)
+}
+
+/// What a reviewer decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewDecision {
+    Approve,
+    Reject,
+}
+
+/// A reviewer's decision on a task in `needs_review`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// approve: the task completes; reject: it runs again with the
+    /// feedback, or fails when it was already rejected `[review]
+    /// max_requeues` times.
+    pub decision: ReviewDecision,
+    /// approve only: the result to keep instead of the agent's (a JSON
+    /// object).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// reject only, and required there: what to change.
+    #[serde(default)]
+    pub feedback: Option<String>,
+    /// 1 (poor) to 5 (excellent).
+    #[serde(default)]
+    pub rating: Option<u8>,
+}
+
+impl ReviewRequest {
+    /// The decision as the store takes it; a field that does not belong
+    /// with the decision is refused rather than ignored.
+    fn into_input(self, reviewer: String) -> Result<ReviewInput, EngineError> {
+        check_rating(self.rating)?;
+        let decision = match self.decision {
+            ReviewDecision::Approve => {
+                if self.feedback.is_some() {
+                    return Err(parameter(
+                        "feedback",
+                        "only a rejection carries feedback; to change the result, send it as result",
+                    ));
+                }
+                if let Some(r) = &self.result
+                    && !r.is_object()
+                {
+                    return Err(parameter("result", "must be a JSON object"));
+                }
+                Decision::Approve {
+                    result: self.result,
+                }
+            }
+            ReviewDecision::Reject => {
+                if self.result.is_some() {
+                    return Err(parameter(
+                        "result",
+                        "a rejection carries no result; say what to change in feedback",
+                    ));
+                }
+                let feedback = self.feedback.unwrap_or_default();
+                let feedback = feedback.trim();
+                if feedback.is_empty() {
+                    return Err(parameter("feedback", "a rejection must say what to change"));
+                }
+                if feedback.chars().count() > MAX_FEEDBACK_CHARS {
+                    return Err(parameter(
+                        "feedback",
+                        format!("must be at most {MAX_FEEDBACK_CHARS} characters"),
+                    ));
+                }
+                Decision::Reject {
+                    feedback: feedback.to_owned(),
+                }
+            }
+        };
+        Ok(ReviewInput {
+            decision,
+            rating: self.rating,
+            reviewer,
+        })
+    }
+}
+
+fn parameter(field: &str, message: impl Into<String>) -> EngineError {
+    EngineError::Parameter(kira_core::ValidationError::new(field, message))
+}
+
+impl Engine {
+    /// One page of the scope's company's tasks waiting for a reviewer
+    /// (`needs_review`), newest first; `before` is the cursor.
+    pub async fn review_queue(
+        &self,
+        scope: &CompanyScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Task>, EngineError> {
+        let filter = TaskFilter {
+            status: Some(TaskStatus::NeedsReview),
+            before_seq: before,
+            limit,
+            ..TaskFilter::default()
+        };
+        Ok(self.store().list_tasks(scope, &filter).await?)
+    }
+
+    /// Applies `reviewer`'s decision now (see [`review`]), once its fields
+    /// fit the decision.
+    pub async fn review_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        req: ReviewRequest,
+        reviewer: String,
+        audit: AuditRecord,
+    ) -> Result<Task, EngineError> {
+        let input = req.into_input(reviewer)?;
+        review(self, scope, id, input, self.clock().now(), audit).await
+    }
+
+    /// Rates a completed task, or one in review, 1 to 5; each rating is
+    /// kept. `Store(Conflict)` for a task in any other status.
+    pub async fn rate_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        rating: u8,
+        reviewer: &str,
+        audit: AuditRecord,
+    ) -> Result<Review, EngineError> {
+        check_rating(Some(rating))?;
+        Ok(self
+            .store()
+            .rate_task(scope, id, rating, reviewer, self.clock().now(), audit)
+            .await?)
+    }
+
+    /// A task's decisions and ratings, oldest first.
+    pub async fn task_reviews(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+    ) -> Result<Vec<Review>, EngineError> {
+        Ok(self.store().task_reviews(scope, id).await?)
+    }
+}
+
+/// A rating, when given, is 1 (poor) to 5 (excellent).
+pub fn check_rating(rating: Option<u8>) -> Result<(), EngineError> {
+    match rating {
+        Some(r) if !(1..=5).contains(&r) => Err(parameter("rating", "must be between 1 and 5")),
+        _ => Ok(()),
+    }
 }
 
 /// Records a completed task's result as the company's episodic memory: a

@@ -22,7 +22,7 @@ use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, AdminScope, CompanyScope, Principal, sha256};
 use kira_core::company::Company;
 use kira_core::conflict::{
-    Conflict, NameKind, is_contract_event, listed_names, text_name_candidates,
+    Conflict, ConflictStatus, NameKind, is_contract_event, listed_names, text_name_candidates,
 };
 use kira_core::memory::{Memory, new_memory_id};
 use kira_core::sharing::{Consent, Partner, Party, check_scope_name};
@@ -36,6 +36,9 @@ use uuid::Uuid;
 
 use crate::memory::pack;
 use crate::{Engine, EngineError};
+
+/// The longest note a conflict is resolved with, in characters.
+pub const MAX_RESOLVE_NOTE_CHARS: usize = 2_000;
 
 /// The most people and counterparties of one company the anonymiser is
 /// given when one of its memories is published.
@@ -281,6 +284,40 @@ impl Engine {
             ..audit
         };
         Ok(self.store().delete_consent(&scope, consent, audit).await?)
+    }
+
+    /// Conflict flags (admin), of one status or all; the read is audited.
+    pub async fn list_conflicts(
+        &self,
+        admin: &AdminScope,
+        status: Option<ConflictStatus>,
+        audit: AuditRecord,
+    ) -> Result<Vec<Conflict>, EngineError> {
+        Ok(self.store().list_conflicts(admin, status, audit).await?)
+    }
+
+    /// Resolves a conflict flag with a note (admin), which its audit entry
+    /// carries: sharing between the two companies follows the rules again.
+    /// `Store(Conflict)` when it already was resolved.
+    pub async fn resolve_conflict(
+        &self,
+        admin: &AdminScope,
+        id: uuid::Uuid,
+        note: &str,
+        audit: AuditRecord,
+    ) -> Result<Conflict, EngineError> {
+        let note = note.trim();
+        if note.is_empty() || note.chars().count() > MAX_RESOLVE_NOTE_CHARS {
+            return Err(ValidationError::new("note", "must be 1 to 2000 characters").into());
+        }
+        let audit = AuditRecord {
+            detail: note.to_owned(),
+            ..audit
+        };
+        Ok(self
+            .store()
+            .resolve_conflict(admin, id, note, self.clock().now(), audit)
+            .await?)
     }
 
     /// Opens a conflict flag for each counterparty that `memories` (just

@@ -1,13 +1,18 @@
-//! Submitting and cancelling tasks: the checks a submission must pass, how
-//! its agent, id label and token estimate are chosen, and idempotency.
+//! Tasks: submitting and cancelling them (the checks a submission must
+//! pass, how its agent, id label and token estimate are chosen,
+//! idempotency, the scheduler woken), and reading them, their events and
+//! the trace of their runs.
 
 use chrono::{DateTime, Utc};
+use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::{CompanyScope, Role};
-use kira_core::task::{Priority, Task, TaskId, TaskRequest, check_task_text, check_task_type};
-use kira_core::{CompanyId, ValidationError};
+use kira_core::task::{
+    Priority, Task, TaskEvent, TaskId, TaskRequest, check_task_text, check_task_type,
+};
 use kira_store::StoreError;
-use kira_store::work::{Idempotency, NewTask, Submitted};
+use kira_store::agents::Step;
+use kira_store::work::{Idempotency, NewTask, Submitted, TaskFilter};
 use sha2::{Digest, Sha256};
 
 use crate::config::{EngineConfig, PRIMARY, TasksConfig};
@@ -270,13 +275,36 @@ impl Engine {
         Ok(task)
     }
 
-    /// Recomputes the base allocations after a company was added, changed
-    /// or archived.
-    pub async fn company_changed(&self, _company: &CompanyId) -> Result<(), EngineError> {
-        self.store()
-            .refresh_allocations(&self.config().budget, self.clock().now())
-            .await?;
-        Ok(())
+    /// One page of the scope's company's tasks, newest first.
+    pub async fn list_tasks(
+        &self,
+        scope: &CompanyScope,
+        filter: &TaskFilter,
+    ) -> Result<Vec<Task>, EngineError> {
+        Ok(self.store().list_tasks(scope, filter).await?)
+    }
+
+    pub async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task, EngineError> {
+        Ok(self.store().get_task(scope, id).await?)
+    }
+
+    /// The task's state changes after the event `after`, oldest first.
+    pub async fn task_events(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        after: i64,
+    ) -> Result<Vec<TaskEvent>, EngineError> {
+        Ok(self.store().task_events(scope, id, after).await?)
+    }
+
+    /// The steps of the task's runs, by attempt, then order.
+    pub async fn task_trace(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+    ) -> Result<Vec<Step>, EngineError> {
+        Ok(self.store().task_trace(scope, id).await?)
     }
 }
 

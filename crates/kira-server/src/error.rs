@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use kira_core::ValidationError;
 use kira_core::audit::Outcome;
 use kira_core::auth::Denied;
+use kira_engine::EngineError;
 use kira_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -180,17 +181,26 @@ impl ApiError {
             e => Self::internal(&e),
         }
     }
+
+    /// An engine error in the context of `what` (for "not found" messages).
+    pub fn from_engine(err: EngineError, what: &str) -> Self {
+        match err {
+            EngineError::Store(s) => Self::from_store(s, what),
+            e => e.into(),
+        }
+    }
 }
 
-impl From<kira_engine::EngineError> for ApiError {
-    fn from(e: kira_engine::EngineError) -> Self {
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         match e {
-            kira_engine::EngineError::Invalid(v) => v.into(),
-            kira_engine::EngineError::Forbidden(v) => Self::forbidden_field(v),
-            kira_engine::EngineError::Store(s) => Self::from_store(s, "company"),
-            e @ (kira_engine::EngineError::Embed(_)
-            | kira_engine::EngineError::Summarize(_)
-            | kira_engine::EngineError::Audit(_)) => Self::internal(&e),
+            EngineError::Invalid(v) => v.into(),
+            EngineError::Parameter(v) => Self::bad_request(v.field, v.message),
+            EngineError::Forbidden(v) => Self::forbidden_field(v),
+            EngineError::Store(s) => Self::from_store(s, "company"),
+            e @ (EngineError::Embed(_) | EngineError::Summarize(_) | EngineError::Audit(_)) => {
+                Self::internal(&e)
+            }
         }
     }
 }

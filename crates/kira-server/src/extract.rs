@@ -13,8 +13,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome, truncated};
-use kira_core::auth::{Actor, Principal, token_key_id};
+use kira_core::auth::{Actor, Principal};
 use kira_core::storable::{self, unstorable_json, unstorable_text};
+use kira_engine::keys::Unauthenticated;
 use serde::de::DeserializeOwned;
 
 use crate::App;
@@ -111,7 +112,7 @@ async fn audit_unauthenticated(parts: &Parts, app: &App, request_id: String, rea
     if records.is_empty() {
         return;
     }
-    if let Err(e) = app.store.append_audits(records).await {
+    if let Err(e) = app.engine.append_audits(records).await {
         tracing::error!(error = %e, "could not audit a refused request");
     }
 }
@@ -129,21 +130,15 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Principal, &'static st
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or("authorization is not a bearer token")?;
-    let key_id = token_key_id(token).ok_or("malformed token")?;
-    let stored = app
-        .store
-        .find_key(&key_id)
+    app.engine
+        .authenticate(token)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "key lookup failed");
-            "key lookup failed"
-        })?
-        .ok_or("unknown key")?;
-    Principal::authenticate(token, &stored).ok_or("wrong secret or revoked key")
+        .map_err(Unauthenticated::reason)
 }
 
 /// One request's audit trail: the record of its success goes into the
-/// store call (same transaction); a failure is appended by [`Act::done`].
+/// engine call (written with the change); a failure is appended by
+/// [`Act::done`].
 pub struct Act {
     app: App,
     request_id: String,
@@ -223,12 +218,12 @@ impl Act {
         }
     }
 
-    /// The record of success, for the store to write with the change.
+    /// The record of success, for the engine to write with the change.
     pub fn ok(&self) -> AuditRecord {
         self.record(Outcome::Ok, String::new())
     }
 
-    /// For a change: audits a failure (a success was audited by the store).
+    /// For a change: audits a failure (a success was audited by the engine).
     pub async fn done<T>(&self, r: ApiResult<T>) -> ApiResult<T> {
         if let Err(e) = &r {
             self.audit_failure(e).await;
@@ -258,7 +253,7 @@ impl Act {
         };
         if let Err(err) = self
             .app
-            .store
+            .engine
             .append_audits(self.failure_records(e.outcome, detail))
             .await
         {

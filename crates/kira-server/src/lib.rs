@@ -1,7 +1,8 @@
 //! kira's HTTP API: routes, the auth extractor, error mapping, OpenAPI.
 //!
 //! API boundary: this crate is the only one that knows HTTP. Handlers
-//! extract, call the store (or, later, the engine) once, and map the error.
+//! extract, call one engine method, and map the error; the server holds
+//! no store handle, so every rule the engine owns holds here too.
 //! Every route is registered through `utoipa_axum::routes!`, so the OpenAPI
 //! document at `/v1/openapi.json` is generated from the same handlers that
 //! serve and cannot leave a route out.
@@ -11,11 +12,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
-use kira_core::audit::{AuditRecord, Outcome};
-use kira_core::auth::{IssuedKey, NewKey, Principal, Role};
 use kira_core::clock::Clock;
 use kira_engine::Engine;
-use kira_store::Store;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -60,7 +58,6 @@ impl Default for ServerConfig {
 #[derive(Clone)]
 pub struct App {
     pub engine: Engine,
-    pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub cfg: ServerConfig,
     /// Which unauthenticated refusals are written to the audit log.
@@ -68,14 +65,6 @@ pub struct App {
     /// Bumped by every key revocation here: open `watch` streams check
     /// their key at once (and every few seconds, for other processes').
     pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Store(#[from] kira_store::StoreError),
-    #[error(transparent)]
-    Invalid(#[from] kira_core::ValidationError),
 }
 
 #[derive(OpenApi)]
@@ -195,9 +184,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().split_for_parts().1
 }
 
-/// The HTTP application over `engine` (and its store and clock).
+/// The HTTP application over `engine` (and its clock).
 pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
-    let store = engine.store().clone();
     let clock = engine.clock().clone();
     let limit = cfg.max_body_bytes;
     let (router, doc) = routes().split_for_parts();
@@ -223,40 +211,9 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(App {
             engine,
-            store,
             clock,
             cfg,
             refusals,
             revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
-}
-
-/// On a database with no API key at all, makes the first admin key and
-/// returns it (the caller shows the token once). Safe to call on every
-/// start and from several processes at once: only one key is ever made.
-pub async fn bootstrap_admin_key(
-    store: &dyn Store,
-    clock: &dyn Clock,
-) -> Result<Option<IssuedKey>, Error> {
-    let now = clock.now();
-    let issued = NewKey {
-        name: "bootstrap-admin".into(),
-        role: Role::Admin,
-        company_id: None,
-    }
-    .issue(&mut rand::rng(), now)?;
-    let audit = AuditRecord {
-        at: now,
-        request_id: String::new(),
-        actor: Principal::system().actor().to_string(),
-        company_id: None,
-        action: "key.bootstrap".into(),
-        target: format!("key:{}", issued.stored.key.id),
-        outcome: Outcome::Ok,
-        detail: String::new(),
-    };
-    Ok(store
-        .bootstrap_admin_key(&issued.stored, audit)
-        .await?
-        .then_some(issued))
 }

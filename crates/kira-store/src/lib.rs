@@ -17,11 +17,13 @@ use kira_core::{CompanyId, ValidationError};
 
 pub mod agents;
 pub mod conflicts;
+mod flow;
 pub mod knowledge;
 pub mod ledger;
 pub mod memory;
 pub mod postgres;
 pub mod sharing;
+mod sql;
 pub mod sqlite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testdb;

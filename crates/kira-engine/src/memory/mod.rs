@@ -21,7 +21,8 @@ use kira_core::memory::{
     combined_score, fuse_rrf, layer, new_memory_id, normalise, rank_hits, recency,
 };
 use kira_core::sharing::{SCOPE_ANONYMIZED_LEGAL_PATTERNS, SCOPE_PROCESS_TEMPLATES};
-use kira_store::memory::{Archived, MAX_BATCH, MemoryFilter};
+use kira_store::StoreError;
+use kira_store::memory::{Archived, MAX_BATCH, MemoryCursor, MemoryFilter};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -70,6 +71,11 @@ pub struct ContextConfig {
     pub hot_items: u32,
     /// Warm memories offered at most.
     pub warm_items: u32,
+    /// With a task text, hot and warm items that no search found relevant
+    /// to it take their section's share only up to this many each (the
+    /// newest and most important); the rest wait for the budget the
+    /// relevance hits leave.
+    pub background_items: u32,
     /// Cold search hits offered at most. Fewer are offered when fewer
     /// could fill the budget: the cold section and whatever the other
     /// sections leave unused go to them, so a fixed handful (SEED's top 5)
@@ -99,6 +105,7 @@ impl Default for ContextConfig {
             hot_items: 20,
             warm_items: 20,
             cold_hits: 400,
+            background_items: 3,
             knowledge_hits: 5,
             shared_hits: 5,
             shared_companies: 20,
@@ -145,7 +152,68 @@ pub struct ContextRequest {
     pub budget: Option<usize>,
 }
 
+/// The longest memory search query, in characters.
+pub const MAX_SEARCH_QUERY_CHARS: usize = 2_000;
+/// The longest text a context pack is made for, in characters: a task's
+/// text, which is never longer.
+pub const MAX_CONTEXT_QUERY_CHARS: usize = kira_core::task::MAX_TASK_TEXT_CHARS;
+
 impl Engine {
+    /// One page of the scope's company's memories, newest first.
+    pub async fn list_memories(
+        &self,
+        scope: &CompanyScope,
+        filter: &MemoryFilter,
+        after: Option<MemoryCursor>,
+        limit: u32,
+    ) -> Result<Vec<Memory>, EngineError> {
+        Ok(self
+            .store()
+            .list_memories(scope, filter, after, limit)
+            .await?)
+    }
+
+    pub async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory, EngineError> {
+        Ok(self.store().get_memory(scope, id).await?)
+    }
+
+    /// Archives a memory (it leaves search and context until restored, and
+    /// is purged when the retention period has passed) or restores it;
+    /// the memory as it is then. `Store(Conflict)` when it already is so.
+    pub async fn set_memory_archived(
+        &self,
+        scope: &CompanyScope,
+        id: Uuid,
+        archive: bool,
+        audit: AuditRecord,
+    ) -> Result<Memory, EngineError> {
+        let m = self.store().get_memory(scope, id).await?;
+        if m.is_archived() == archive {
+            return Err(StoreError::Conflict(
+                if archive {
+                    "the memory is already archived"
+                } else {
+                    "the memory is not archived"
+                }
+                .into(),
+            )
+            .into());
+        }
+        let at = archive.then(|| self.clock().now());
+        self.store().set_archived(scope, &[id], at, audit).await?;
+        Ok(self.store().get_memory(scope, id).await?)
+    }
+
+    /// Deletes a memory, its vector and its queue entry for good.
+    pub async fn delete_memory(
+        &self,
+        scope: &CompanyScope,
+        id: Uuid,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        Ok(self.store().delete_memory(scope, id, audit).await?)
+    }
+
     /// Validates and stores 1..=1,000 memories in one transaction. Errors
     /// name the field (`memories.3.importance` for a batch). The store
     /// queues each for embedding; the embedder is woken. Then conflicts
@@ -203,7 +271,16 @@ impl Engine {
         limit: u32,
     ) -> Result<Vec<SearchHit>, EngineError> {
         if query.trim().is_empty() {
-            return Err(ValidationError::new("q", "must not be empty").into());
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                "must not be empty",
+            )));
+        }
+        if query.chars().count() > MAX_SEARCH_QUERY_CHARS {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                format!("must be at most {MAX_SEARCH_QUERY_CHARS} characters"),
+            )));
         }
         let cfg = &self.config().memory;
         let fused = self
@@ -314,6 +391,12 @@ impl Engine {
         scope: &CompanyScope,
         req: &ContextRequest,
     ) -> Result<ContextPack, EngineError> {
+        if req.query.chars().count() > MAX_CONTEXT_QUERY_CHARS {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "q",
+                format!("must be at most {MAX_CONTEXT_QUERY_CHARS} characters"),
+            )));
+        }
         let cfg = &self.config().memory;
         let budget = req.budget.unwrap_or(cfg.context.default_budget);
         if budget > cfg.context.max_budget {
@@ -331,7 +414,7 @@ impl Engine {
         let reads = self
             .context_reads(scope, req, workstream, budget, now)
             .await?;
-        self.pack_context(scope, reads, budget, now).await
+        self.pack_context(scope, req, reads, budget, now).await
     }
 
     /// Everything a context pack is made from. The sections' reads run
@@ -422,11 +505,12 @@ impl Engine {
         })
     }
 
-    /// Ranks what was read into the pack's sections and fits them to
-    /// `budget`.
+    /// Ranks what was read for `req` into the pack's sections and fits
+    /// them to `budget`.
     async fn pack_context(
         &self,
         scope: &CompanyScope,
+        req: &ContextRequest,
         reads: ContextReads,
         budget: usize,
         now: DateTime<Utc>,
@@ -497,7 +581,9 @@ impl Engine {
             .into_iter()
             .map(|(id, r)| (id.to_string(), r))
             .collect();
-        Ok(pack::fit(
+        let background =
+            (!req.query.trim().is_empty()).then_some(cfg.context.background_items as usize);
+        Ok(pack::fit_for_task(
             vec![
                 (Section::Hot, hot_c),
                 (Section::Warm, warm_c),
@@ -508,6 +594,7 @@ impl Engine {
             &relevance,
             budget,
             &cfg.context.shares,
+            background,
             &pack::count_tokens,
         ))
     }

@@ -221,6 +221,23 @@ pub fn fit(
     shares: &Shares,
     count: &dyn Fn(&str) -> usize,
 ) -> ContextPack {
+    fit_for_task(candidates, relevance, budget, shares, None, count)
+}
+
+/// [`fit`] for a task with a text to be relevant to: in the hot and warm
+/// sections, items no search found relevant take the section's share only
+/// up to `background` each (the first ones, by recency and importance),
+/// so the recent context stays in view without crowding out what the task
+/// is about; the others wait for what is left after the relevance hits.
+/// `None` lets every item take its section's share.
+pub fn fit_for_task(
+    candidates: Vec<(Section, Vec<Candidate>)>,
+    relevance: &HashMap<String, f64>,
+    budget: usize,
+    shares: &Shares,
+    background: Option<usize>,
+    count: &dyn Fn(&str) -> usize,
+) -> ContextPack {
     let mut offered = 0usize;
     let mut seen_ids: HashSet<String> = HashSet::new();
     let mut seen_texts: HashSet<String> = HashSet::new();
@@ -269,12 +286,18 @@ pub fn fit(
     let pass3 = pass1.clone();
 
     let mut section_used = vec![0usize; lists.len()];
+    let mut unrelated = vec![0usize; lists.len()];
     for (pass, order) in [pass1, pass2, pass3].into_iter().enumerate() {
         for (li, ci) in order {
             if taken[li][ci] {
                 continue;
             }
             let (section, list) = &lists[li];
+            let in_background = matches!(section, Section::Hot | Section::Warm)
+                && !relevance.contains_key(&list[ci].0.id);
+            if pass == 0 && in_background && background.is_some_and(|k| unrelated[li] >= k) {
+                continue;
+            }
             let extra = if opened.contains(section) {
                 0
             } else {
@@ -286,6 +309,9 @@ pub fn fit(
                 section_used[li] + need <= cap
             };
             if fits_share && used + need <= budget {
+                if in_background {
+                    unrelated[li] += 1;
+                }
                 taken[li][ci] = true;
                 opened.insert(*section);
                 used += need;
@@ -377,6 +403,55 @@ mod tests {
         let shown = pack.render();
         assert!(shown.starts_with("## Recent and important\nalpha beta\ndelta\n"));
         assert_eq!(pack.tokens, count_tokens(&shown));
+    }
+
+    /// Unrelated recent items keep only `background` places in their
+    /// section's share: the relevant ones, wherever they are, come before
+    /// the rest of them, which still take what is left.
+    #[test]
+    fn unrelated_hot_items_give_way_to_relevant_ones() {
+        let long = "word ".repeat(20);
+        let hot: Vec<Candidate> = (0..6)
+            .map(|i| cand(&format!("h{i}"), &format!("recent {i} {long}"), 1.0))
+            .collect();
+        let cold: Vec<Candidate> = (0..6)
+            .map(|i| cand(&format!("c{i}"), &format!("relevant {i} {long}"), 0.5))
+            .collect();
+        let relevance: HashMap<String, f64> = (0..6)
+            .map(|i| (format!("c{i}"), 1.0 - f64::from(i) / 10.0))
+            .collect();
+        let per_item = count_tokens(&hot[0].text) + 1;
+        // Room for about eight items: with every item in its share, hot
+        // takes its quarter (one item) plus what cold leaves over.
+        let budget = per_item * 8 + 20;
+        let sections = || vec![(Section::Hot, hot.clone()), (Section::Cold, cold.clone())];
+        let count_in = |p: &ContextPack, prefix: &str| {
+            p.items.iter().filter(|i| i.id.starts_with(prefix)).count()
+        };
+        let shares = Shares {
+            hot: 1.0,
+            ..Shares::default()
+        };
+        let everyone = fit(sections(), &relevance, budget, &shares, &count_tokens);
+        assert!(count_in(&everyone, "h") >= 6, "{everyone:?}");
+        let focused = fit_for_task(
+            sections(),
+            &relevance,
+            budget,
+            &shares,
+            Some(1),
+            &count_tokens,
+        );
+        assert_eq!(count_in(&focused, "c"), 6, "{focused:?}");
+        // One background item in the share, then the leftover after the
+        // relevant ones: still in the hot section, newest first.
+        let hot_ids: Vec<&str> = focused
+            .section(Section::Hot)
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(hot_ids[0], "h0");
+        assert!(hot_ids.len() < 6, "{hot_ids:?}");
+        assert!(focused.tokens <= budget);
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub async fn list_audit(
         };
         let entries = match caller.principal.admin() {
             Ok(admin) => {
-                app.store
+                app.engine
                     .list_all_audit(&admin, company.as_ref(), page, act.ok())
                     .await
             }
@@ -86,10 +86,10 @@ pub async fn list_audit(
                 let scope = caller
                     .principal
                     .scope(company.as_ref().unwrap_or(own), Access::Read)?;
-                app.store.list_company_audit(&scope, page).await
+                app.engine.list_company_audit(&scope, page).await
             }
         }
-        .map_err(|e| ApiError::from_store(e, "audit"))?;
+        .map_err(|e| ApiError::from_engine(e, "audit"))?;
         let next_after = (entries.len() == limit as usize)
             .then(|| entries.last().map(|e| e.seq))
             .flatten();
@@ -110,10 +110,10 @@ pub async fn verify_audit(State(app): State<App>, caller: Caller) -> ApiResult<J
     let result = async {
         let admin = caller.principal.admin()?;
         let report = app
-            .store
+            .engine
             .verify_audit(&admin, act.ok())
             .await
-            .map_err(|e| ApiError::from_store(e, "audit"))?;
+            .map_err(|e| ApiError::from_engine(e, "audit"))?;
         Ok(Json(report))
     }
     .await;

@@ -159,21 +159,16 @@ fn view(s: BudgetState, now: DateTime<Utc>) -> BudgetView {
 pub async fn show_budget(State(app): State<App>, caller: Caller) -> ApiResult<Json<BudgetView>> {
     let act = caller.act(&app, "budget.show", "budget", caller.principal.company());
     let result = async {
-        let cfg = &app.engine.config().budget;
-        let now = app.clock.now();
-        let state = match caller.principal.admin() {
-            Ok(admin) => app.store.budget_state(&admin, cfg, now).await,
+        let snapshot = match caller.principal.admin() {
+            Ok(admin) => app.engine.budget(&admin).await,
             Err(_) => {
                 let own = caller.principal.company().ok_or_else(ApiError::forbidden)?;
                 let scope = caller.principal.scope(own, Access::Read)?;
-                app.store
-                    .company_budget(&scope, cfg, now)
-                    .await
-                    .map(BudgetState::own_only)
+                app.engine.company_budget(&scope).await
             }
         }
-        .map_err(|e| ApiError::from_store(e, "budget"))?;
-        Ok(Json(view(state, now)))
+        .map_err(|e| ApiError::from_engine(e, "budget"))?;
+        Ok(Json(view(snapshot.state, snapshot.at)))
     }
     .await;
     act.read(result).await
@@ -205,10 +200,10 @@ pub async fn list_requests(
         let admin = caller.principal.admin()?;
         let q: RequestsQuery = query(q.as_deref())?;
         let requests = app
-            .store
+            .engine
             .emergency_requests(&admin, q.pending.unwrap_or(true))
             .await
-            .map_err(|e| ApiError::from_store(e, "request"))?;
+            .map_err(|e| ApiError::from_engine(e, "request"))?;
         Ok(Json(RequestList {
             requests: requests.into_iter().map(RequestView::from).collect(),
         }))
@@ -244,31 +239,11 @@ async fn decide(
             Ok(b) if b.is_empty() => Decision::default(),
             b => json_body(b, app.cfg.max_body_bytes)?,
         };
-        if d.note.chars().count() > 2_000 {
-            return Err(
-                kira_core::ValidationError::new("note", "must be at most 2000 characters").into(),
-            );
-        }
-        if !approve && d.note.trim().is_empty() {
-            return Err(
-                kira_core::ValidationError::new("note", "say why the tokens are refused").into(),
-            );
-        }
         let r = app
-            .store
-            .decide_emergency(
-                &admin,
-                &raw,
-                approve,
-                d.note.trim(),
-                app.clock.now(),
-                act.ok(),
-            )
+            .engine
+            .decide_emergency(&admin, &raw, approve, &d.note, act.ok())
             .await
-            .map_err(|e| ApiError::from_store(e, "request"))?;
-        if approve {
-            app.engine.wake();
-        }
+            .map_err(|e| ApiError::from_engine(e, "request"))?;
         Ok(Json(RequestView::from(r)))
     }
     .await;
@@ -323,10 +298,10 @@ pub async fn verify_ledger(State(app): State<App>, caller: Caller) -> ApiResult<
             ok,
             differences,
         } = app
-            .store
+            .engine
             .verify_ledger(&admin)
             .await
-            .map_err(|e| ApiError::from_store(e, "ledger"))?;
+            .map_err(|e| ApiError::from_engine(e, "ledger"))?;
         Ok(Json(LedgerView {
             entries,
             ok,

@@ -6,7 +6,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use kira_core::CompanyId;
-use kira_core::audit::AuditRecord;
 use kira_core::auth::Access;
 use kira_core::company::{Company, CompanyPatch, NewCompany};
 use serde::{Deserialize, Serialize};
@@ -16,16 +15,8 @@ use crate::App;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Caller, json_body, query};
 
-fn store_err(e: kira_store::StoreError) -> ApiError {
-    ApiError::from_store(e, "company")
-}
-
-/// Base allocations follow the companies' profiles. The change itself is
-/// done; a failed refresh is logged and retried by the next one.
-async fn refresh(app: &App, id: &CompanyId) {
-    if let Err(e) = app.engine.company_changed(id).await {
-        tracing::error!(company = %id, error = %e, "could not refresh budget allocations");
-    }
+fn engine_err(e: kira_engine::EngineError) -> ApiError {
+    ApiError::from_engine(e, "company")
 }
 
 /// A company id from the path; an invalid one cannot exist.
@@ -49,19 +40,11 @@ pub async fn create_company(
     let result = async {
         let admin = caller.principal.admin()?;
         let new: NewCompany = json_body(body, app.cfg.max_body_bytes)?;
-        let (id, profile) = new.validate()?;
-        let scope = admin.company(&id, Access::Write);
-        let audit = AuditRecord {
-            company_id: Some(id.clone()),
-            target: format!("company:{id}"),
-            ..act.ok()
-        };
         let company = app
-            .store
-            .create_company(&scope, &profile, app.clock.now(), audit)
+            .engine
+            .create_company(&admin, new, act.ok())
             .await
-            .map_err(store_err)?;
-        refresh(&app, &company.id).await;
+            .map_err(engine_err)?;
         Ok((StatusCode::CREATED, Json(company)))
     }
     .await;
@@ -95,18 +78,17 @@ pub async fn list_companies(
         let q: ListQuery = query(raw.as_deref())?;
         let companies = match caller.principal.admin() {
             Ok(admin) => app
-                .store
+                .engine
                 .list_companies(&admin, q.include_archived, act.ok())
                 .await
-                .map_err(store_err)?,
+                .map_err(engine_err)?,
             Err(_) => {
                 let own = caller.principal.company().ok_or_else(ApiError::forbidden)?;
                 let scope = caller.principal.scope(own, Access::Read)?;
-                match app.store.get_company(&scope).await {
-                    Ok(c) if q.include_archived || !c.is_archived() => vec![c],
-                    Ok(_) | Err(kira_store::StoreError::NotFound) => vec![],
-                    Err(e) => return Err(store_err(e)),
-                }
+                app.engine
+                    .own_companies(&scope, q.include_archived)
+                    .await
+                    .map_err(engine_err)?
             }
         };
         Ok(Json(CompanyList { companies }))
@@ -130,7 +112,7 @@ pub async fn get_company(
         let id = path_id(&raw)?;
         let scope = caller.principal.scope(&id, Access::Read)?;
         Ok(Json(
-            app.store.get_company(&scope).await.map_err(store_err)?,
+            app.engine.get_company(&scope).await.map_err(engine_err)?,
         ))
     }
     .await;
@@ -171,7 +153,10 @@ pub async fn update_company(
         let scope = caller.principal.scope(&id, Access::Write)?;
         let patch: CompanyPatch = json_body(body, app.cfg.max_body_bytes)?;
         Ok(Json(
-            app.engine.update_company(&scope, patch, act.ok()).await?,
+            app.engine
+                .update_company(&scope, patch, act.ok())
+                .await
+                .map_err(engine_err)?,
         ))
     }
     .await;
@@ -201,11 +186,10 @@ pub async fn archive_company(
         let id = path_id(&raw)?;
         let scope = caller.principal.admin()?.company(&id, Access::Write);
         let company = app
-            .store
-            .archive_company(&scope, app.clock.now(), act.ok())
+            .engine
+            .archive_company(&scope, act.ok())
             .await
-            .map_err(store_err)?;
-        refresh(&app, &company.id).await;
+            .map_err(engine_err)?;
         Ok(Json(company))
     }
     .await;
@@ -259,10 +243,10 @@ pub async fn delete_company(
             ));
         }
         let rows = app
-            .store
+            .engine
             .delete_company(&scope, act.ok())
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok(Json(Deleted {
             deleted: id,
             rows: rows.tables.into_iter().collect(),

@@ -5,9 +5,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
-use kira_core::audit::AuditRecord;
 use kira_core::auth::{ApiKey, NewKey};
 use kira_core::ids::KeyId;
+use kira_engine::EngineError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -42,22 +42,22 @@ pub async fn create_key(
     let result = async {
         let admin = caller.principal.admin()?;
         let new: NewKey = json_body(body, app.cfg.max_body_bytes)?;
-        let issued = new.issue(&mut rand::rng(), app.clock.now())?;
-        let audit = AuditRecord {
-            target: format!("key:{}", issued.stored.key.id),
-            detail: format!("role={}", issued.stored.key.role),
-            ..act.ok()
-        };
-        let key = app
-            .store
-            .insert_key(&admin, &issued.stored, audit)
+        let created = app
+            .engine
+            .create_key(&admin, new, act.ok())
             .await
-            .map_err(|e| ApiError::from_store(e, "company").with_field("company_id"))?;
+            .map_err(|e| match e {
+                // The one thing a new key refers to is its company.
+                EngineError::Store(s) => {
+                    ApiError::from_store(s, "company").with_field("company_id")
+                }
+                e => e.into(),
+            })?;
         Ok((
             StatusCode::CREATED,
             Json(CreatedKey {
-                key,
-                token: issued.token,
+                key: created.key,
+                token: created.token,
             }),
         ))
     }
@@ -73,10 +73,10 @@ pub async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResult<Json
     let result = async {
         let admin = caller.principal.admin()?;
         let keys = app
-            .store
+            .engine
             .list_keys(&admin, act.ok())
             .await
-            .map_err(|e| ApiError::from_store(e, "key"))?;
+            .map_err(|e| ApiError::from_engine(e, "key"))?;
         Ok(Json(KeyList { keys }))
     }
     .await;
@@ -100,10 +100,10 @@ pub async fn revoke_key(
         let admin = caller.principal.admin()?;
         let id = KeyId::parse(&raw).map_err(|_| ApiError::not_found("key", false))?;
         let key = app
-            .store
-            .revoke_key(&admin, &id, app.clock.now(), act.ok())
+            .engine
+            .revoke_key(&admin, &id, act.ok())
             .await
-            .map_err(|e| ApiError::from_store(e, "key"))?;
+            .map_err(|e| ApiError::from_engine(e, "key"))?;
         // Streams the key holds open end now, not at their next request.
         app.revocations.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Json(key))

@@ -6,7 +6,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
-use kira_core::audit::AuditRecord;
 use kira_core::knowledge::{KnowledgeEntry, NewKnowledge};
 use kira_engine::knowledge::{KnowledgeWrite, MAX_SEARCH_LIMIT};
 use kira_store::knowledge::{KnowledgeCursor, KnowledgeFilter};
@@ -87,8 +86,8 @@ fn entry_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found("knowledge entry", false))
 }
 
-fn store_err(e: kira_store::StoreError) -> ApiError {
-    ApiError::from_store(e, "knowledge entry")
+fn engine_err(e: kira_engine::EngineError) -> ApiError {
+    ApiError::from_engine(e, "knowledge entry")
 }
 
 /// Adds or updates knowledge entries (admin): one entry, or
@@ -118,22 +117,11 @@ pub async fn add_knowledge(
         } else {
             KnowledgeWrite::One(json_body::<NewKnowledge>(body, limit)?)
         };
-        let n = match &write {
-            KnowledgeWrite::One(_) => 1,
-            KnowledgeWrite::Batch(v) => v.len(),
-        };
-        let audit = AuditRecord {
-            detail: format!("entries={n}"),
-            ..act.ok()
-        };
         let entries = app
             .engine
-            .add_knowledge(&admin, write, audit)
+            .add_knowledge(&admin, write, act.ok())
             .await
-            .map_err(|e| match e {
-                kira_engine::EngineError::Store(s) => store_err(s),
-                e => e.into(),
-            })?;
+            .map_err(engine_err)?;
         Ok((StatusCode::CREATED, Json(KnowledgeEntries { entries })))
     }
     .await;
@@ -180,10 +168,10 @@ pub async fn list_knowledge(
             industry: q.industry,
         };
         let entries = app
-            .store
+            .engine
             .list_knowledge(&filter, after.as_ref(), limit)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         let next_after = (entries.len() == limit as usize)
             .then(|| entries.last().map(|e| KnowledgeCursor::of(e).encode()))
             .flatten();
@@ -208,12 +196,6 @@ pub async fn search_knowledge(
     let act = caller.act(&app, "knowledge.search", "knowledge", None);
     let result = async {
         let q: SearchQuery = query(q.as_deref())?;
-        if q.q.trim().is_empty() {
-            return Err(ApiError::bad_request("q", "must not be empty"));
-        }
-        if q.q.len() > 1000 {
-            return Err(ApiError::bad_request("q", "must be at most 1000 bytes"));
-        }
         let limit = limit(q.limit, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)?;
         let filter = KnowledgeFilter {
             domain: q.domain,
@@ -249,7 +231,9 @@ pub async fn get_knowledge(
     let act = caller.act(&app, "knowledge.show", format!("knowledge:{raw}"), None);
     let result = async {
         let id = entry_id(&raw)?;
-        Ok(Json(app.store.get_knowledge(id).await.map_err(store_err)?))
+        Ok(Json(
+            app.engine.get_knowledge(id).await.map_err(engine_err)?,
+        ))
     }
     .await;
     act.read(result).await
@@ -269,10 +253,10 @@ pub async fn delete_knowledge(
     let result = async {
         let admin = caller.principal.admin()?;
         let id = entry_id(&raw)?;
-        app.store
+        app.engine
             .delete_knowledge(&admin, id, act.ok())
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok(StatusCode::NO_CONTENT)
     }
     .await;

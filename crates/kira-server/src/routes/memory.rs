@@ -29,15 +29,8 @@ fn company(raw: &str) -> ApiResult<CompanyId> {
     CompanyId::parse(raw).map_err(|e| ApiError::bad_request("id", e.message))
 }
 
-fn store_err(e: kira_store::StoreError) -> ApiError {
-    ApiError::from_store(e, "memory")
-}
-
 fn engine_err(e: kira_engine::EngineError) -> ApiError {
-    match e {
-        kira_engine::EngineError::Store(s) => store_err(s),
-        e => e.into(),
-    }
+    ApiError::from_engine(e, "memory")
 }
 
 /// A memory id from the path; a malformed one names nothing here.
@@ -249,10 +242,10 @@ pub async fn list_memory(
             archived: q.archived,
         })?;
         let memories = app
-            .store
+            .engine
             .list_memories(&scope, &f, after, limit)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         let next_cursor = (memories.len() == limit as usize)
             .then(|| memories.last().map(|m| MemoryCursor::of(m).encode()))
             .flatten();
@@ -290,15 +283,6 @@ pub async fn search_memory(
         let scope = caller.principal.scope(&company(&raw)?, Access::Read)?;
         let q: SearchQuery = query(q.as_deref())?;
         let text = q.q.unwrap_or_default();
-        if text.trim().is_empty() {
-            return Err(ApiError::bad_request("q", "must not be empty"));
-        }
-        if text.chars().count() > 2_000 {
-            return Err(ApiError::bad_request(
-                "q",
-                "must be at most 2000 characters",
-            ));
-        }
         let limit = limit(q.limit)?;
         let f = filter(Filters {
             event_type: q.event_type,
@@ -353,7 +337,10 @@ pub async fn get_memory(
     let result = async {
         let (scope, mid) = scoped(&caller, &raw, &raw_mem, Access::Read)?;
         Ok(Json(
-            app.store.get_memory(&scope, mid).await.map_err(store_err)?,
+            app.engine
+                .get_memory(&scope, mid)
+                .await
+                .map_err(engine_err)?,
         ))
     }
     .await;
@@ -376,21 +363,11 @@ async fn set_archived(
     let act = caller.act(app, action, format!("memory:{raw_mem}"), id.as_ref());
     let result = async {
         let (scope, mid) = scoped(caller, raw, raw_mem, Access::Write)?;
-        let m = app.store.get_memory(&scope, mid).await.map_err(store_err)?;
-        if m.is_archived() == archive {
-            return Err(ApiError::conflict(if archive {
-                "the memory is already archived"
-            } else {
-                "the memory is not archived"
-            }));
-        }
-        let at = archive.then(|| app.engine.clock().now());
-        app.store
-            .set_archived(&scope, &[mid], at, act.ok())
-            .await
-            .map_err(store_err)?;
         Ok(Json(
-            app.store.get_memory(&scope, mid).await.map_err(store_err)?,
+            app.engine
+                .set_memory_archived(&scope, mid, archive, act.ok())
+                .await
+                .map_err(engine_err)?,
         ))
     }
     .await;
@@ -450,10 +427,10 @@ pub async fn delete_memory(
         let c = company(&raw)?;
         let scope = caller.principal.admin()?.company(&c, Access::Write);
         let mid = memory_id(&raw_mem)?;
-        app.store
+        app.engine
             .delete_memory(&scope, mid, act.ok())
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok(Json(DeletedMemory { deleted: mid }))
     }
     .await;
@@ -538,16 +515,9 @@ pub async fn get_context(
     let result = async {
         let scope = caller.principal.scope(&company(&raw)?, Access::Read)?;
         let q: ContextQuery = query(q.as_deref())?;
-        let text = q.q.unwrap_or_default();
-        if text.chars().count() > 20_000 {
-            return Err(ApiError::bad_request(
-                "q",
-                "must be at most 20000 characters",
-            ));
-        }
         let req = ContextRequest {
             task_type: q.task_type,
-            query: text,
+            query: q.q.unwrap_or_default(),
             budget: q.budget,
         };
         Ok(Json(

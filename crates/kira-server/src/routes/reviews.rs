@@ -10,16 +10,15 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use kira_core::CompanyId;
 use kira_core::auth::Access;
-use kira_core::task::{Task, TaskStatus};
-use kira_engine::EngineError;
-use kira_store::agents::{Decision, MAX_FEEDBACK_CHARS, Review, ReviewInput};
-use kira_store::work::TaskFilter;
+use kira_core::task::Task;
+use kira_engine::review::ReviewRequest;
+use kira_store::agents::Review;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::tasks::{TaskList, company, page_limit, scoped, store_err};
+use super::tasks::{TaskList, company, engine_err, page_limit, scoped};
 use crate::App;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Caller, json_body, query};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -50,17 +49,11 @@ pub async fn list_reviews(
         let scope = caller.principal.scope(&company(&raw)?, Access::Read)?;
         let q: ReviewsQuery = query(q.as_deref())?;
         let limit = page_limit(q.limit)?;
-        let filter = TaskFilter {
-            status: Some(TaskStatus::NeedsReview),
-            before_seq: q.before,
-            limit,
-            ..TaskFilter::default()
-        };
         let tasks = app
-            .store
-            .list_tasks(&scope, &filter)
+            .engine
+            .review_queue(&scope, q.before, limit)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         let next_before = (tasks.len() == limit as usize)
             .then(|| tasks.last().map(|t| t.task_id.seq()))
             .flatten();
@@ -68,106 +61,6 @@ pub async fn list_reviews(
     }
     .await;
     act.read(result).await
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ReviewDecision {
-    Approve,
-    Reject,
-}
-
-/// A reviewer's decision on a task in `needs_review`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReviewRequest {
-    /// approve: the task completes; reject: it runs again with the
-    /// feedback, or fails when it was already rejected `[review]
-    /// max_requeues` times.
-    pub decision: ReviewDecision,
-    /// approve only: the result to keep instead of the agent's (a JSON
-    /// object).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<serde_json::Value>,
-    /// reject only, and required there: what to change.
-    #[serde(default)]
-    pub feedback: Option<String>,
-    /// 1 (poor) to 5 (excellent).
-    #[serde(default)]
-    pub rating: Option<u8>,
-}
-
-fn check_rating(rating: Option<u8>) -> ApiResult<()> {
-    match rating {
-        Some(r) if !(1..=5).contains(&r) => {
-            Err(ApiError::bad_request("rating", "must be between 1 and 5"))
-        }
-        _ => Ok(()),
-    }
-}
-
-impl ReviewRequest {
-    /// The decision as the store takes it; a field that does not belong
-    /// with the decision is refused rather than ignored.
-    fn into_input(self, reviewer: String) -> ApiResult<ReviewInput> {
-        check_rating(self.rating)?;
-        let decision = match self.decision {
-            ReviewDecision::Approve => {
-                if self.feedback.is_some() {
-                    return Err(ApiError::bad_request(
-                        "feedback",
-                        "only a rejection carries feedback; to change the result, send it as result",
-                    ));
-                }
-                if let Some(r) = &self.result
-                    && !r.is_object()
-                {
-                    return Err(ApiError::bad_request("result", "must be a JSON object"));
-                }
-                Decision::Approve {
-                    result: self.result,
-                }
-            }
-            ReviewDecision::Reject => {
-                if self.result.is_some() {
-                    return Err(ApiError::bad_request(
-                        "result",
-                        "a rejection carries no result; say what to change in feedback",
-                    ));
-                }
-                let feedback = self.feedback.unwrap_or_default();
-                let feedback = feedback.trim();
-                if feedback.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "feedback",
-                        "a rejection must say what to change",
-                    ));
-                }
-                if feedback.chars().count() > MAX_FEEDBACK_CHARS {
-                    return Err(ApiError::bad_request(
-                        "feedback",
-                        format!("must be at most {MAX_FEEDBACK_CHARS} characters"),
-                    ));
-                }
-                Decision::Reject {
-                    feedback: feedback.to_owned(),
-                }
-            }
-        };
-        Ok(ReviewInput {
-            decision,
-            rating: self.rating,
-            reviewer,
-        })
-    }
-}
-
-fn engine_err(e: EngineError) -> ApiError {
-    match e {
-        EngineError::Store(s) => store_err(s),
-        e => e.into(),
-    }
 }
 
 /// Decides on a task waiting for review: approve (it completes, with
@@ -192,17 +85,12 @@ pub async fn review_task(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Write)?;
         let req: ReviewRequest = json_body(body, app.cfg.max_body_bytes)?;
-        let input = req.into_input(caller.principal.actor().to_string())?;
-        let task = kira_engine::review::review(
-            &app.engine,
-            &scope,
-            &tid,
-            input,
-            app.clock.now(),
-            act.ok(),
-        )
-        .await
-        .map_err(engine_err)?;
+        let reviewer = caller.principal.actor().to_string();
+        let task = app
+            .engine
+            .review_task(&scope, &tid, req, reviewer, act.ok())
+            .await
+            .map_err(engine_err)?;
         Ok(Json(task))
     }
     .await;
@@ -234,19 +122,17 @@ pub async fn rate_task(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Write)?;
         let req: RatingRequest = json_body(body, app.cfg.max_body_bytes)?;
-        check_rating(Some(req.rating))?;
         let review = app
-            .store
+            .engine
             .rate_task(
                 &scope,
                 &tid,
                 req.rating,
                 &caller.principal.actor().to_string(),
-                app.clock.now(),
                 act.ok(),
             )
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok((StatusCode::CREATED, Json(review)))
     }
     .await;
@@ -278,10 +164,10 @@ pub async fn task_reviews(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         let reviews = app
-            .store
+            .engine
             .task_reviews(&scope, &tid)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok(Json(ReviewList { reviews }))
     }
     .await;

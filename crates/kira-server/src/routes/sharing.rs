@@ -9,7 +9,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use kira_core::CompanyId;
-use kira_core::audit::AuditRecord;
 use kira_core::auth::Access;
 use kira_core::conflict::{Conflict, ConflictStatus};
 use kira_core::sharing::{Consent, Partner};
@@ -108,10 +107,10 @@ pub async fn list_conflicts(
                 })?),
             };
         let conflicts = app
-            .store
+            .engine
             .list_conflicts(&admin, status, act.ok())
             .await
-            .map_err(|e| ApiError::from_store(e, "conflict"))?;
+            .map_err(|e| ApiError::from_engine(e, "conflict"))?;
         Ok(Json(ConflictList {
             conflicts,
             denied_cross_company_reads: app.engine.denied_cross_company_reads(),
@@ -139,21 +138,11 @@ pub async fn resolve_conflict(
         let admin = caller.principal.admin()?;
         let id = Uuid::parse_str(&raw).map_err(|_| ApiError::not_found("conflict", false))?;
         let body: ResolveBody = json_body(body, app.cfg.max_body_bytes)?;
-        let note = body.note.trim();
-        if note.is_empty() || note.chars().count() > 2000 {
-            return Err(
-                kira_core::ValidationError::new("note", "must be 1 to 2000 characters").into(),
-            );
-        }
-        let audit = AuditRecord {
-            detail: note.to_owned(),
-            ..act.ok()
-        };
         let flag = app
-            .store
-            .resolve_conflict(&admin, id, note, app.clock.now(), audit)
+            .engine
+            .resolve_conflict(&admin, id, &body.note, act.ok())
             .await
-            .map_err(|e| ApiError::from_store(e, "conflict"))?;
+            .map_err(|e| ApiError::from_engine(e, "conflict"))?;
         Ok(Json(flag))
     }
     .await;
@@ -161,13 +150,6 @@ pub async fn resolve_conflict(
 }
 
 // ---- published items ----
-
-fn engine_err(e: kira_engine::EngineError, what: &str) -> ApiError {
-    match e {
-        kira_engine::EngineError::Store(s) => ApiError::from_store(s, what),
-        e => e.into(),
-    }
-}
 
 /// A memory to publish for a scope.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -226,7 +208,7 @@ pub async fn publish_item(
             .engine
             .publish_shared(&scope, b.memory_id, &b.scope, &by, act.ok())
             .await
-            .map_err(|e| engine_err(e, "memory"))?;
+            .map_err(|e| ApiError::from_engine(e, "memory"))?;
         Ok((StatusCode::CREATED, Json(item)))
     }
     .await;
@@ -260,7 +242,7 @@ pub async fn list_published(
             .engine
             .published_items(&scope, q.scope.as_deref(), q.withdrawn.unwrap_or(false))
             .await
-            .map_err(|e| engine_err(e, "company"))?;
+            .map_err(|e| ApiError::from_engine(e, "company"))?;
         Ok(Json(PublishedList { items }))
     }
     .await;
@@ -296,7 +278,7 @@ pub async fn withdraw_item(
             .engine
             .withdraw_shared(&scope, item, &by, act.ok())
             .await
-            .map_err(|e| engine_err(e, "shared item"))?;
+            .map_err(|e| ApiError::from_engine(e, "shared item"))?;
         Ok(Json(item))
     }
     .await;
@@ -345,7 +327,7 @@ pub async fn list_consents(
             .engine
             .consents(&admin, &c)
             .await
-            .map_err(|e| engine_err(e, "company"))?;
+            .map_err(|e| ApiError::from_engine(e, "company"))?;
         Ok(Json(ConsentList { consents }))
     }
     .await;
@@ -381,7 +363,7 @@ pub async fn put_consent(
             .engine
             .put_consent(&admin, &c, &consent, &by, act.ok())
             .await
-            .map_err(|e| engine_err(e, "company"))?;
+            .map_err(|e| ApiError::from_engine(e, "company"))?;
         Ok(Json(record))
     }
     .await;
@@ -418,12 +400,12 @@ pub async fn delete_consent(
         app.engine
             .delete_consent(&admin, &c, &consent, act.ok())
             .await
-            .map_err(|e| engine_err(e, "consent"))?;
+            .map_err(|e| ApiError::from_engine(e, "consent"))?;
         let consents = app
             .engine
             .consents(&admin, &c)
             .await
-            .map_err(|e| engine_err(e, "company"))?;
+            .map_err(|e| ApiError::from_engine(e, "company"))?;
         Ok(Json(ConsentList { consents }))
     }
     .await;

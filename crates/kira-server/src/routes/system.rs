@@ -30,7 +30,7 @@ pub async fn healthz() -> Json<Status> {
 #[utoipa::path(get, path = "/readyz", tag = "system", security(()),
     responses((status = 200, body = Status), (status = 503, body = crate::ErrorBody)))]
 pub async fn readyz(State(app): State<App>) -> ApiResult<Json<Status>> {
-    app.store.ping().await.map_err(|e| {
+    app.engine.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::unavailable("the database does not answer")
     })?;

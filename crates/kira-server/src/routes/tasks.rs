@@ -57,8 +57,8 @@ fn task_id(company: &CompanyId, raw: &str) -> ApiResult<TaskId> {
     }
 }
 
-pub(crate) fn store_err(e: kira_store::StoreError) -> ApiError {
-    ApiError::from_store(e, "task")
+pub(crate) fn engine_err(e: kira_engine::EngineError) -> ApiError {
+    ApiError::from_engine(e, "task")
 }
 
 /// Submits a task. With an `Idempotency-Key` header, a repeat of the same
@@ -157,10 +157,10 @@ pub async fn list_tasks(
             limit,
         };
         let tasks = app
-            .store
+            .engine
             .list_tasks(&scope, &filter)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         let next_before = (tasks.len() == limit as usize)
             .then(|| tasks.last().map(|t| t.task_id.seq()))
             .flatten();
@@ -196,7 +196,10 @@ pub async fn get_task(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         Ok(Json(
-            app.store.get_task(&scope, &tid).await.map_err(store_err)?,
+            app.engine
+                .get_task(&scope, &tid)
+                .await
+                .map_err(engine_err)?,
         ))
     }
     .await;
@@ -245,10 +248,10 @@ pub async fn task_trace(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         let steps = app
-            .store
+            .engine
             .task_trace(&scope, &tid)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok(Json(Trace { steps }))
     }
     .await;
@@ -285,10 +288,10 @@ pub async fn task_events(
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         let q: EventsQuery = query(q.as_deref())?;
         let events = app
-            .store
+            .engine
             .task_events(&scope, &tid, q.after)
             .await
-            .map_err(store_err)?;
+            .map_err(engine_err)?;
         Ok(Json(EventList { events }))
     }
     .await;
@@ -313,7 +316,10 @@ pub async fn watch_task(
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         // Fails now, with a status, if the task is not there.
-        app.store.get_task(&scope, &tid).await.map_err(store_err)?;
+        app.engine
+            .get_task(&scope, &tid)
+            .await
+            .map_err(engine_err)?;
         Ok((scope, tid))
     }
     .await;
@@ -374,7 +380,7 @@ pub async fn watch_task(
                 return None;
             }
             w.polls += 1;
-            match w.app.store.task_events(&w.scope, &w.id, w.after).await {
+            match w.app.engine.task_events(&w.scope, &w.id, w.after).await {
                 Ok(events) if !events.is_empty() => w.pending.extend(events),
                 Ok(_) => {
                     let stopping = w.app.cfg.stopping.clone();
@@ -399,5 +405,5 @@ async fn key_works(app: &App, key: Option<&KeyId>) -> bool {
     let Some(key) = key else {
         return true;
     };
-    matches!(app.store.find_key(key).await, Ok(Some(k)) if k.key.revoked_at.is_none())
+    app.engine.key_is_live(key).await
 }

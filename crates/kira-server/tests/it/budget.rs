@@ -89,3 +89,43 @@ async fn sqlite_an_overdraft_shows_in_the_budget_api() {
 async fn postgres_an_overdraft_shows_in_the_budget_api() {
     an_overdraft_shows_in_the_budget_api(Backend::Postgres).await;
 }
+
+/// Deleting a company gives its share of the base pool back to the others
+/// at once, as creating, changing and archiving one move the shares.
+async fn deleting_a_company_gives_its_share_back(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    s.company("beta").await;
+    let allocation_of_acme = |v: &serde_json::Value| {
+        v["companies"]
+            .as_array()
+            .expect("companies")
+            .iter()
+            .find(|c| c["company_id"] == "acme")
+            .and_then(|c| c["allocation"].as_i64())
+            .expect("acme's allocation")
+    };
+    let before = s.admin_ok(Method::GET, "/v1/budget", None).await;
+    let base = before["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["pool"] == "base")
+        .and_then(|p| p["capacity"].as_i64())
+        .expect("base capacity");
+    assert!(allocation_of_acme(&before) < base, "{before}");
+    s.admin_ok(Method::DELETE, "/v1/companies/beta?force=true", None)
+        .await;
+    let after = s.admin_ok(Method::GET, "/v1/budget", None).await;
+    assert_eq!(allocation_of_acme(&after), base, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_deleting_a_company_gives_its_share_back() {
+    deleting_a_company_gives_its_share_back(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deleting_a_company_gives_its_share_back() {
+    deleting_a_company_gives_its_share_back(Backend::Postgres).await;
+}

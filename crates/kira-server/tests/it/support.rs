@@ -104,7 +104,7 @@ impl Server {
         clock: Arc<dyn kira_core::clock::Clock>,
     ) -> Server {
         let (store, db_url, dir) = open_store(backend).await;
-        let issued = kira_server::bootstrap_admin_key(store.as_ref(), &SystemClock)
+        let issued = kira_engine::keys::bootstrap_admin_key(store.as_ref(), &SystemClock)
             .await
             .expect("bootstrap")
             .expect("a fresh database gets an admin key");

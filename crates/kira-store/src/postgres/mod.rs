@@ -291,7 +291,7 @@ fn audit_from_row(r: &PgRow) -> Result<AuditEntry> {
 /// Appends `record` at the end of the chain inside `tx`; the caller's last
 /// step. The lock on the head row keeps the chain one line across
 /// transactions and processes until `tx` ends.
-async fn append(tx: &mut PgConnection, record: AuditRecord) -> Result<AuditEntry> {
+pub(crate) async fn append(tx: &mut PgConnection, record: AuditRecord) -> Result<AuditEntry> {
     // The insert policy checks the record's company, which on the admin path
     // need not be the one the transaction worked on. An entry with no
     // company passes `system_insert` whatever the setting.

@@ -43,7 +43,7 @@ use kira_core::audit::AuditRecord;
 use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::budget::{
     AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
-    may_request_emergency, period_of, pools_to_try,
+    may_request_emergency, period_of,
 };
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
 use sqlx::postgres::PgRow;
@@ -51,6 +51,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
 use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, append, company_id, set_company};
+use crate::flow::budget::*;
+pub(super) use crate::flow::tasks::{TASK_COLUMNS, event, load_task, set_status, task_from_row};
 use crate::work::*;
 use crate::{DeletedRows, Result, StoreError};
 
@@ -97,186 +99,6 @@ pub(super) async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     Ok(())
-}
-
-pub(super) const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
-     company_context, deadline, status, status_reason, attempts, max_attempts, estimated_tokens, result, \
-     confidence, requires_human_review, last_error, prompt_tokens, completion_tokens, cost_usd, created_at, \
-     updated_at, started_at, finished_at";
-
-pub(super) fn task_from_row(r: &PgRow) -> Result<Task> {
-    let result: Option<Json<serde_json::Value>> = r.try_get("result")?;
-    let parameters: Json<serde_json::Value> = r.try_get("parameters")?;
-    let context: Json<serde_json::Value> = r.try_get("company_context")?;
-    let priority: &str = r.try_get("priority")?;
-    let status: &str = r.try_get("status")?;
-    Ok(Task {
-        task_id: task_id(r.try_get("task_id")?)?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        company_context: context.0,
-        task: r.try_get("task")?,
-        task_type: r.try_get("task_type")?,
-        priority: Priority::parse(priority).map_err(|e| corrupt("priority", e))?,
-        deadline: r.try_get("deadline")?,
-        parameters: parameters.0,
-        specialist: r.try_get("specialist")?,
-        agent: r.try_get("agent")?,
-        status: TaskStatus::parse(status).map_err(|e| corrupt("status", e))?,
-        status_reason: r.try_get("status_reason")?,
-        attempts: r.try_get("attempts")?,
-        max_attempts: r.try_get("max_attempts")?,
-        estimated_tokens: r.try_get("estimated_tokens")?,
-        result: result.map(|j| j.0),
-        confidence: r.try_get("confidence")?,
-        requires_human_review: r.try_get("requires_human_review")?,
-        last_error: r.try_get("last_error")?,
-        prompt_tokens: r.try_get("prompt_tokens")?,
-        completion_tokens: r.try_get("completion_tokens")?,
-        cost_usd: r.try_get("cost_usd")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-    })
-}
-
-/// The task; `lock` takes its row (`FOR NO KEY UPDATE`, which leaves the
-/// share locks of inserts referring to it alone) when no queue row stands
-/// in front of it.
-pub(super) async fn load_task(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    id: &TaskId,
-    lock: bool,
-) -> Result<Task> {
-    let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = $1 AND task_id = $2{}",
-        if lock { " FOR NO KEY UPDATE" } else { "" }
-    );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(company.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    task_from_row(&row)
-}
-
-/// Moves a task to `to` (checked against the state machine) and records the
-/// event. The caller holds the task's queue row, so `task.status` is current.
-pub(super) async fn set_status(
-    tx: &mut PgConnection,
-    task: &Task,
-    to: TaskStatus,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    check_transition(task.status, to).map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let finished = to.is_final() || to == TaskStatus::NeedsReview;
-    sqlx::query(
-        "UPDATE tasks SET status = $1, status_reason = $2, updated_at = $3, \
-         finished_at = CASE WHEN $4 THEN $3 ELSE finished_at END WHERE company_id = $5 AND task_id = $6",
-    )
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(now)
-    .bind(finished)
-    .bind(task.company_id.as_str())
-    .bind(task.task_id.as_str())
-    .execute(&mut *tx)
-    .await?;
-    event(
-        tx,
-        &task.company_id,
-        &task.task_id,
-        Some(task.status),
-        to,
-        reason,
-        now,
-    )
-    .await
-}
-
-async fn event(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    id: &TaskId,
-    from: Option<TaskStatus>,
-    to: TaskStatus,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(company.as_str())
-    .bind(id.as_str())
-    .bind(now)
-    .bind(from.map(TaskStatus::as_str))
-    .bind(to.as_str())
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Appends one line to the ledger. A line naming a company passes the
-/// insert policy only while that company is named in the transaction.
-#[allow(clippy::too_many_arguments)]
-async fn ledger(
-    tx: &mut PgConnection,
-    now: DateTime<Utc>,
-    period: &str,
-    company: Option<&CompanyId>,
-    task: Option<&TaskId>,
-    reservation: Option<&str>,
-    pool: Option<Pool>,
-    kind: &str,
-    amount: i64,
-    detail: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(now)
-    .bind(period)
-    .bind(company.map(CompanyId::as_str))
-    .bind(task.map(TaskId::as_str))
-    .bind(reservation)
-    .bind(pool.map(Pool::as_str))
-    .bind(kind)
-    .bind(amount)
-    .bind(detail)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Appends a ledger line about reservation `r` (its period, company, task
-/// and pool).
-async fn reservation_ledger(
-    tx: &mut PgConnection,
-    now: DateTime<Utc>,
-    r: &Reservation,
-    kind: &str,
-    amount: i64,
-    detail: &str,
-) -> Result<()> {
-    ledger(
-        tx,
-        now,
-        &r.period_id,
-        Some(&r.company_id),
-        Some(&r.task_id),
-        Some(&r.reservation_id),
-        Some(r.pool),
-        kind,
-        amount,
-        detail,
-    )
-    .await
 }
 
 /// The period containing `now`, made with its pools and allocations if new.
@@ -441,155 +263,9 @@ async fn refresh_tx(
     set_company(tx, company.map_or("", CompanyId::as_str)).await
 }
 
-/// Adds `amount` to a pool's (and for base, the company's) reserved
-/// tokens if it fits. True when it did.
-async fn hold(
-    tx: &mut PgConnection,
-    period: &str,
-    company: &CompanyId,
-    pool: Pool,
-    amount: i64,
-) -> Result<bool> {
-    if pool == Pool::Base {
-        let n = sqlx::query(
-            "UPDATE budget_allocations SET reserved = reserved + $1 \
-             WHERE period_id = $2 AND company_id = $3 AND reserved + spent + $1 <= tokens",
-        )
-        .bind(amount)
-        .bind(period)
-        .bind(company.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // The base pool is the sum of the allocations, which never exceeds
-        // its capacity: the company's own row is the only one to hold, and
-        // no row is shared by every worker.
-        return Ok(n == 1);
-    }
-    let n = sqlx::query(
-        "UPDATE budget_pools SET reserved = reserved + $1 \
-         WHERE period_id = $2 AND pool = $3 AND reserved + spent + $1 <= capacity",
-    )
-    .bind(amount)
-    .bind(period)
-    .bind(pool.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
-}
-
-/// Changes reserved and spent of a pool (for base, the company's allocation
-/// alone: the base pool's balance is the sum of its allocations) by the given
-/// deltas, unconditionally: callers only ever move tokens that a hold
-/// already counted.
-async fn move_tokens(
-    tx: &mut PgConnection,
-    period: &str,
-    company: &CompanyId,
-    pool: Pool,
-    reserved: i64,
-    spent: i64,
-) -> Result<()> {
-    if pool == Pool::Base {
-        sqlx::query(
-            "UPDATE budget_allocations SET reserved = reserved + $1, spent = spent + $2 \
-             WHERE period_id = $3 AND company_id = $4",
-        )
-        .bind(reserved)
-        .bind(spent)
-        .bind(period)
-        .bind(company.as_str())
-        .execute(&mut *tx)
-        .await?;
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE budget_pools SET reserved = reserved + $1, spent = spent + $2 \
-         WHERE period_id = $3 AND pool = $4",
-    )
-    .bind(reserved)
-    .bind(spent)
-    .bind(period)
-    .bind(pool.as_str())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Holds `extra` more tokens on reservation `r` (which then holds
-/// `new_amount` in all) and records it, if the pool has room.
-async fn hold_more(
-    tx: &mut PgConnection,
-    r: &mut Reservation,
-    extra: i64,
-    new_amount: i64,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<bool> {
-    if !hold(tx, &r.period_id, &r.company_id, r.pool, extra).await? {
-        return Ok(false);
-    }
-    sqlx::query("UPDATE reservations SET state = 'held', amount = $1, closed_at = NULL WHERE reservation_id = $2")
-        .bind(new_amount)
-        .bind(&r.reservation_id)
-        .execute(&mut *tx)
-        .await?;
-    reservation_ledger(tx, now, r, "reserve", extra, why).await?;
-    r.amount = new_amount;
-    Ok(true)
-}
-
-fn new_reservation_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-/// What reservation `r`'s balance has free (negative when overdrawn): the
-/// company's allocation for base, the pool for burst and emergency.
-async fn room(tx: &mut PgConnection, r: &Reservation) -> Result<i64> {
-    let free: Option<i64> = if r.pool == Pool::Base {
-        sqlx::query_scalar(
-            "SELECT tokens - reserved - spent FROM budget_allocations WHERE period_id = $1 AND company_id = $2",
-        )
-        .bind(&r.period_id)
-        .bind(r.company_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_scalar(
-            "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = $1 AND pool = $2",
-        )
-        .bind(&r.period_id)
-        .bind(r.pool.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-    };
-    Ok(free.unwrap_or(0))
-}
-
-/// Locks the company's allocation in `period`, made (with no tokens) if
-/// the company has none yet, so an overdraft always has a row to go on.
-async fn lock_allocation(tx: &mut PgConnection, period: &str, company: &CompanyId) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO budget_allocations (period_id, company_id, factor, share, tokens) \
-         VALUES ($1, $2, 0, 0, 0) ON CONFLICT (period_id, company_id) DO NOTHING",
-    )
-    .bind(period)
-    .bind(company.as_str())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "SELECT 1 FROM budget_allocations WHERE period_id = $1 AND company_id = $2 FOR UPDATE",
-    )
-    .bind(period)
-    .bind(company.as_str())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Reserves from the first pool `priority` may use that has room. The
-/// transaction has named `company`.
+/// Reserves from the first pool `priority` may use that has room, in the
+/// period containing `now` (made if new). The transaction has named
+/// `company`.
 async fn reserve_tx(
     tx: &mut PgConnection,
     company: &CompanyId,
@@ -600,154 +276,7 @@ async fn reserve_tx(
     now: DateTime<Utc>,
 ) -> Result<Option<Reservation>> {
     let period = ensure_period_tx(tx, cfg, now, Some(company)).await?;
-    // An overdrawn company waits: its base allocation refuses every hold by
-    // itself (its balance is below zero), and the shared pools must not
-    // carry it past its overdraft either. Only an approved grant, already
-    // held for its task, runs it before the next period.
-    let overdrawn: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM budget_allocations WHERE period_id = $1 AND company_id = $2 AND reserved + spent > tokens",
-    )
-    .bind(&period)
-    .bind(company.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if overdrawn.is_some() {
-        return Ok(None);
-    }
-    for pool in pools_to_try(priority, cfg) {
-        if hold(tx, &period, company, pool, amount).await? {
-            let r = Reservation {
-                reservation_id: new_reservation_id(),
-                task_id: task.clone(),
-                company_id: company.clone(),
-                period_id: period.clone(),
-                pool,
-                amount,
-            };
-            insert_reservation(tx, &r, now).await?;
-            ledger(
-                tx,
-                now,
-                &period,
-                Some(company),
-                Some(task),
-                Some(&r.reservation_id),
-                Some(pool),
-                "reserve",
-                amount,
-                "",
-            )
-            .await?;
-            return Ok(Some(r));
-        }
-    }
-    Ok(None)
-}
-
-async fn insert_reservation(
-    tx: &mut PgConnection,
-    r: &Reservation,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
-    )
-    .bind(&r.reservation_id)
-    .bind(r.company_id.as_str())
-    .bind(r.task_id.as_str())
-    .bind(&r.period_id)
-    .bind(r.pool.as_str())
-    .bind(r.amount)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-fn reservation_from_row(r: &PgRow) -> Result<Reservation> {
-    let pool: &str = r.try_get("pool")?;
-    Ok(Reservation {
-        reservation_id: r.try_get("reservation_id")?,
-        task_id: task_id(r.try_get("task_id")?)?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        period_id: r.try_get("period_id")?,
-        pool: Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
-        amount: r.try_get("amount")?,
-    })
-}
-
-async fn held_reservations(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    task: &TaskId,
-) -> Result<Vec<Reservation>> {
-    let rows = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
-         WHERE company_id = $1 AND task_id = $2 AND state = 'held' ORDER BY created_at, reservation_id",
-    )
-    .bind(company.as_str())
-    .bind(task.as_str())
-    .fetch_all(&mut *tx)
-    .await?;
-    rows.iter().map(reservation_from_row).collect()
-}
-
-/// Releases `r` if it is still held; the conditional update decides, so a
-/// reservation is never released twice.
-async fn release_tx(
-    tx: &mut PgConnection,
-    r: &Reservation,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<()> {
-    // The amount as the update finds it: a resize may have changed it
-    // since `r` was read (the row is locked only from this update on).
-    let held: Option<i64> = sqlx::query_scalar(
-        "UPDATE reservations SET state = 'released', closed_at = $1 \
-         WHERE reservation_id = $2 AND state = 'held' RETURNING amount",
-    )
-    .bind(now)
-    .bind(&r.reservation_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(amount) = held {
-        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -amount, 0).await?;
-        reservation_ledger(tx, now, r, "release", amount, why).await?;
-    }
-    Ok(())
-}
-
-async fn release_all(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    task: &TaskId,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<()> {
-    for r in held_reservations(tx, company, task).await? {
-        release_tx(tx, &r, now, why).await?;
-    }
-    Ok(())
-}
-
-/// The reservation and its state, its row locked: a settle and a release
-/// of one reservation take turns.
-async fn load_reservation(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    id: &str,
-) -> Result<(Reservation, String)> {
-    let row = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount, state FROM reservations \
-         WHERE company_id = $1 AND reservation_id = $2 FOR UPDATE",
-    )
-    .bind(company.as_str())
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    Ok((reservation_from_row(&row)?, row.try_get("state")?))
+    reserve_in(tx, &period, company, task, priority, amount, cfg, now).await
 }
 
 /// Removes every task-related row of a company, releasing what it holds
@@ -761,16 +290,7 @@ pub(super) async fn delete_company_work(
     deleted: &mut DeletedRows,
 ) -> Result<()> {
     let now = now.trunc_subsecs(6);
-    let held = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
-         WHERE company_id = $1 AND state = 'held' ORDER BY reservation_id",
-    )
-    .bind(company.as_str())
-    .fetch_all(&mut *tx)
-    .await?;
-    for r in &held {
-        release_tx(tx, &reservation_from_row(r)?, now, "company deleted").await?;
-    }
+    release_company(tx, company, now, "company deleted").await?;
     // What it spent of the base pool stays spent: it moves to the pool row.
     sqlx::query(
         "UPDATE budget_pools p SET spent = p.spent + a.spent FROM budget_allocations a \
@@ -825,25 +345,6 @@ fn queue_from_row(r: &PgRow) -> Result<QueueEntry> {
         attempts: r.try_get("attempts")?,
     })
 }
-
-fn request_from_row(r: &PgRow) -> Result<EmergencyRequest> {
-    Ok(EmergencyRequest {
-        request_id: r.try_get("request_id")?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        task_id: task_id(r.try_get("task_id")?)?,
-        period_id: r.try_get("period_id")?,
-        amount: r.try_get("amount")?,
-        status: r.try_get("status")?,
-        reason: r.try_get("reason")?,
-        requested_at: r.try_get("requested_at")?,
-        decided_at: r.try_get("decided_at")?,
-        decided_by: r.try_get("decided_by")?,
-        decision: r.try_get("decision")?,
-    })
-}
-
-const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, requested_at, \
-     decided_at, decided_by, decision";
 
 /// True when `e` is the unique violation of one company's idempotency key.
 fn is_idempotency_race(e: &StoreError) -> bool {
@@ -1428,32 +929,16 @@ impl TaskStore for PgStore {
         budget: &BudgetConfig,
         now: DateTime<Utc>,
     ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
-        let now = now.trunc_subsecs(6);
-        let lease_until = lease_until.trunc_subsecs(6);
-        let mut out = Vec::with_capacity(candidates.len());
-        let mut rest = candidates;
-        while !rest.is_empty() {
-            let done = self
-                .claim_fast(rest, admission, worker, lease_until, now, &mut out)
-                .await?;
-            rest = &rest[done..];
-            // The one the set could not take, by the single claim, at its turn.
-            let Some((c, after)) = rest.split_first() else {
-                break;
-            };
-            rest = after;
-            if !admission.free(&c.entry) {
-                continue;
-            }
-            let o = self
-                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
-                .await?;
-            if matches!(o, ClaimOutcome::Claimed { .. }) {
-                admission.take(&c.entry);
-            }
-            out.push((c.entry.task_id.clone(), o));
-        }
-        Ok(out)
+        crate::flow::batch::claim_batch(
+            self,
+            candidates,
+            admission,
+            worker,
+            lease_until,
+            budget,
+            now,
+        )
+        .await
     }
 
     async fn finish_batch(
@@ -1462,20 +947,7 @@ impl TaskStore for PgStore {
         completions: Vec<Completion>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Completed>> {
-        let now = now.trunc_subsecs(6);
-        let mut out: Vec<Option<Completed>> = completions.iter().map(|_| None).collect();
-        let slow = self
-            .finish_fast(worker, &completions, now, &mut out)
-            .await?;
-        let mut completions: Vec<Option<Completion>> = completions.into_iter().map(Some).collect();
-        for i in slow {
-            if let Some(c) = completions[i].take() {
-                out[i] = Some(finish_one(self, worker, c, now).await);
-            }
-        }
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| corrupt("batch finish", "a completion without an outcome")))
-            .collect()
+        crate::flow::batch::finish_batch(self, worker, completions, now).await
     }
 
     async fn raise_estimate(
@@ -1724,17 +1196,6 @@ impl TaskStore for PgStore {
     }
 }
 
-/// Every pool's balances. The base pool's row holds only what companies
-/// deleted with `--force` had spent; the rest of its balance is the sum of
-/// the allocations, which each reservation updates instead of one shared row.
-/// Summing every company's allocation needs the admin read, so callers set it.
-const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
-       p.reserved + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.reserved), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS reserved, \
-       p.spent + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS spent \
-     FROM budget_pools p";
-
 /// The pools of `period`. Their totals are no company's content, so a
 /// company's own view reads them through the admin read, for this one
 /// statement, and then sets it back as it was.
@@ -1744,7 +1205,7 @@ async fn pools_of(tx: &mut PgConnection, period: &str) -> Result<Vec<PoolState>>
         .await?;
     set_admin_read(tx, true).await?;
     let sql = format!(
-        "SELECT pool, capacity, reserved::BIGINT AS reserved, spent::BIGINT AS spent \
+        "SELECT pool, capacity, reserved, spent \
          FROM ({POOL_BALANCES}) b WHERE period_id = $1 ORDER BY pool"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -1918,97 +1379,16 @@ impl BudgetStore for PgStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = now.trunc_subsecs(6);
-        let used = prompt_tokens.max(0) + completion_tokens.max(0);
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens,
+            cost_usd,
+        };
         let mut tx = self.scoped(scope.company()).await?;
         if !lock_company(&mut tx, scope.company()).await? {
             return Err(StoreError::NotFound);
         }
-        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        // What the reservation holds now: nothing once the reaper released
-        // it (the run outlived its lease, but the provider did bill it).
-        let mut held = match state.as_str() {
-            "held" => r.amount,
-            "released" if used > 0 => 0,
-            _ => {
-                return Err(StoreError::Conflict(format!(
-                    "reservation {reservation_id} is already {state}"
-                )));
-            }
-        };
-        if used > held {
-            // Usage above what is held: hold what the pool has room for;
-            // the rest is an overdraft, charged all the same, to the
-            // company's own allocation (locked first, as a batch finish
-            // locks allocations before pools).
-            if r.pool != Pool::Base {
-                lock_allocation(&mut tx, &r.period_id, &r.company_id).await?;
-            }
-            let fits = (used - held).min(room(&mut tx, &r).await?.max(0));
-            let why = if held == 0 {
-                "usage reported after the lease expired"
-            } else {
-                "usage above the reservation"
-            };
-            if fits > 0 && hold_more(&mut tx, &mut r, fits, held + fits, now, why).await? {
-                held += fits;
-            }
-        }
-        let c = Charge::of(used, held);
-        sqlx::query(
-            "UPDATE reservations SET state = 'settled', spent = $1, closed_at = $2 WHERE reservation_id = $3",
-        )
-        .bind(used)
-        .bind(now)
-        .bind(&r.reservation_id)
-        .execute(&mut *tx)
-        .await?;
-        let debt = debtor(&r);
-        for (line, kind, amount, detail) in [
-            (&r, "settle", c.settle, ""),
-            (&debt, "overdraft", c.overdraft, OVERDRAFT_DETAIL),
-            (&r, "release", c.release, "unused"),
-        ] {
-            if amount > 0 || (kind == "settle" && c.overdraft == 0) {
-                reservation_ledger(&mut tx, now, line, kind, amount, detail).await?;
-            }
-        }
-        sqlx::query(
-            "UPDATE tasks SET prompt_tokens = prompt_tokens + $1, completion_tokens = completion_tokens + $2, \
-             cost_usd = cost_usd + $3 WHERE company_id = $4 AND task_id = $5",
-        )
-        .bind(prompt_tokens.max(0))
-        .bind(completion_tokens.max(0))
-        .bind(cost_usd.max(0.0))
-        .bind(r.company_id.as_str())
-        .bind(r.task_id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        // The shared balances last, so their row locks (the pool row is every
-        // worker's) are held only until the commit that follows.
-        if c.overdraft > 0 {
-            move_tokens(
-                &mut tx,
-                &r.period_id,
-                &r.company_id,
-                Pool::Base,
-                0,
-                c.overdraft,
-            )
-            .await?;
-        }
-        move_tokens(
-            &mut tx,
-            &r.period_id,
-            &r.company_id,
-            r.pool,
-            -held,
-            c.settle,
-        )
-        .await?;
-        if c.overdraft > 0 {
-            tracing::warn!(reservation = %r.reservation_id, overdraft = c.overdraft, "usage above a reservation overdrew its pool");
-            append(&mut tx, overdraft_audit(&r, c, now)).await?;
-        }
+        settle(&mut tx, scope.company(), reservation_id, &usage, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -2028,52 +1408,9 @@ impl BudgetStore for PgStore {
         if !lock_company(&mut tx, scope.company()).await? {
             return Err(StoreError::NotFound);
         }
-        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state != "held" {
-            return Err(StoreError::Conflict(format!(
-                "reservation {reservation_id} is already {state}"
-            )));
-        }
-        if amount < r.amount {
-            let back = r.amount - amount;
-            sqlx::query("UPDATE reservations SET amount = $1 WHERE reservation_id = $2")
-                .bind(amount)
-                .bind(&r.reservation_id)
-                .execute(&mut *tx)
-                .await?;
-            reservation_ledger(
-                &mut tx,
-                now,
-                &r,
-                "shrink",
-                back,
-                "lowered to the call's need",
-            )
-            .await?;
-            move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -back, 0).await?;
-            r.amount = amount;
-        } else if amount > r.amount {
-            let more = amount - r.amount;
-            if !hold_more(
-                &mut tx,
-                &mut r,
-                more,
-                amount,
-                now,
-                "raised to the call's need",
-            )
-            .await?
-            {
-                return Ok(ReserveOutcome::Denied {
-                    reason: format!(
-                        "the {} pool has no {more} tokens free for this call",
-                        r.pool.as_str()
-                    ),
-                });
-            }
-        }
+        let outcome = resize(&mut tx, scope.company(), reservation_id, amount, now).await?;
         tx.commit().await?;
-        Ok(ReserveOutcome::Reserved(r))
+        Ok(outcome)
     }
 
     async fn release(
@@ -2087,10 +1424,7 @@ impl BudgetStore for PgStore {
         if !lock_company(&mut tx, scope.company()).await? {
             return Err(StoreError::NotFound);
         }
-        let (r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state == "held" {
-            release_tx(&mut tx, &r, now, "released by the caller").await?;
-        }
+        release(&mut tx, scope.company(), reservation_id, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -2146,16 +1480,10 @@ impl BudgetStore for PgStore {
         audit: AuditRecord,
     ) -> Result<EmergencyRequest> {
         let now = now.trunc_subsecs(6);
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = $1");
         // Which company the request belongs to: an admin read. From there
         // on the transaction works as that company.
         let mut tx = self.admin_read().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let seen = request_from_row(&row)?;
+        let seen = load_request(&mut tx, request_id, false).await?;
         set_admin_read(&mut tx, false).await?;
         set_company(&mut tx, seen.company_id.as_str()).await?;
         if !lock_company(&mut tx, &seen.company_id).await? {
@@ -2167,203 +1495,31 @@ impl BudgetStore for PgStore {
             .await?;
         // Read again under the locks: a cancel or another decision may have
         // come first.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{sql} FOR UPDATE")))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let req = request_from_row(&row)?;
-        if req.status != "pending" {
+        let req = load_request(&mut tx, request_id, true).await?;
+        let decider = admin.actor().to_string();
+        if let Err(e) = decide_request(&mut tx, &req, approve, note, &decider, now).await {
             // Rolled back now, not when the pool gets to the dropped
             // transaction: until then its lock on the queue row would make
             // a claim skip the task as taken.
             tx.rollback().await?;
-            return Err(StoreError::Conflict(format!(
-                "request {request_id} was already {}",
-                req.status
-            )));
+            return Err(e);
         }
-        let task = load_task(&mut tx, &req.company_id, &req.task_id, false).await?;
-        let decider = admin.actor().to_string();
         if approve {
-            if !hold(
-                &mut tx,
-                &req.period_id,
-                &req.company_id,
-                Pool::Emergency,
-                req.amount,
-            )
-            .await?
-            {
-                let free: i64 = sqlx::query_scalar(
-                    "SELECT capacity - reserved - spent FROM budget_pools \
-                     WHERE period_id = $1 AND pool = 'emergency'",
-                )
-                .bind(&req.period_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                return Err(StoreError::Conflict(format!(
-                    "the emergency pool has {free} tokens free; the request needs {}",
-                    req.amount
-                )));
-            }
-            let r = Reservation {
-                reservation_id: new_reservation_id(),
-                task_id: req.task_id.clone(),
-                company_id: req.company_id.clone(),
-                period_id: req.period_id.clone(),
-                pool: Pool::Emergency,
-                amount: req.amount,
-            };
-            insert_reservation(&mut tx, &r, now).await?;
-            ledger(
-                &mut tx,
-                now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(Pool::Emergency),
-                "grant",
-                r.amount,
-                &format!("request {request_id} approved by {decider}"),
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE task_queue SET status = 'queued', not_before = $1 WHERE task_id = $2",
-            )
-            .bind(now)
-            .bind(req.task_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            set_status(
-                &mut tx,
-                &task,
-                TaskStatus::Queued,
-                &format!("emergency tokens granted by {decider}"),
-                now,
-            )
-            .await?;
             notify(&mut tx, &req.task_id).await?;
-        } else {
-            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let reason = if note.is_empty() {
-                "emergency tokens were refused".to_owned()
-            } else {
-                format!("emergency tokens were refused: {note}")
-            };
-            sqlx::query("UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3")
-                .bind(&reason)
-                .bind(req.company_id.as_str())
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
         }
-        sqlx::query(
-            "UPDATE emergency_requests SET status = $1, decided_at = $2, decided_by = $3, decision = $4 \
-             WHERE request_id = $5",
-        )
-        .bind(if approve { "approved" } else { "rejected" })
-        .bind(now)
-        .bind(&decider)
-        .bind(note)
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?;
         // Read before the audit append, which names the record's company.
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let decided = request_from_row(&row)?;
+        let decided = load_request(&mut tx, request_id, false).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(decided)
     }
 
     async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
-        // One snapshot: the ledger lines and the balances they must add up
-        // to are written in the same transactions, so it sees both or neither.
         let mut tx = self.snapshot().await?;
         set_admin_read(&mut tx, true).await?;
-        let rows = sqlx::query(
-            "SELECT period_id, company_id, reservation_id, pool, kind, amount FROM budget_ledger ORDER BY entry_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut replay = crate::ledger::Replay::default();
-        for r in &rows {
-            let pool: Option<&str> = r.try_get("pool")?;
-            replay.apply(crate::ledger::Movement {
-                period: r.try_get("period_id")?,
-                company: r.try_get("company_id")?,
-                reservation: r.try_get("reservation_id")?,
-                pool: pool
-                    .map(Pool::parse)
-                    .transpose()
-                    .map_err(|e| corrupt("pool", e))?,
-                kind: r.try_get("kind")?,
-                amount: r.try_get("amount")?,
-            });
-        }
-        let pools =
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT period_id, pool, capacity, reserved::BIGINT AS reserved, spent::BIGINT AS spent FROM ({POOL_BALANCES}) b"
-            )))
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    let pool: &str = r.try_get("pool")?;
-                    Ok((
-                        (
-                            r.try_get("period_id")?,
-                            Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
-                        ),
-                        [
-                            r.try_get("capacity")?,
-                            r.try_get("reserved")?,
-                            r.try_get("spent")?,
-                        ],
-                    ))
-                })
-                .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
-        let allocations = sqlx::query(
-            "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                (r.try_get("period_id")?, r.try_get("company_id")?),
-                [
-                    r.try_get("tokens")?,
-                    r.try_get("reserved")?,
-                    r.try_get("spent")?,
-                ],
-            ))
-        })
-        .collect::<Result<BTreeMap<(String, String), [i64; 3]>>>()?;
-        let reservations =
-            sqlx::query("SELECT reservation_id, amount, state, spent FROM reservations")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    let state: &str = r.try_get("state")?;
-                    let amount: i64 = r.try_get("amount")?;
-                    let held = if state == "held" { amount } else { 0 };
-                    Ok((r.try_get("reservation_id")?, [held, r.try_get("spent")?]))
-                })
-                .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
+        let report = replay_ledger(&mut tx).await?;
         tx.commit().await?;
-        Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+        Ok(report)
     }
 }
 
@@ -2396,7 +1552,8 @@ struct FastClaim<'a> {
     reservation_id: String,
 }
 
-impl PgStore {
+#[async_trait]
+impl crate::flow::batch::FastPaths for PgStore {
     /// Claims the longest run of `cands` (in rank order) that may be taken
     /// set-based: still claimable, no grant held, and fitting the company's
     /// base allocation together with the claims before it. Returns how many
@@ -2414,6 +1571,7 @@ impl PgStore {
         admission: &mut dyn Admission,
         worker: &str,
         lease_until: DateTime<Utc>,
+        _budget: &BudgetConfig,
         now: DateTime<Utc>,
         out: &mut Vec<(TaskId, ClaimOutcome)>,
     ) -> Result<usize> {

@@ -137,7 +137,7 @@ async fn check_step_tasks(
     let mut checked: Vec<&TaskId> = Vec::new();
     for s in steps {
         if !checked.contains(&&s.task_id) {
-            load_task(&mut *tx, company, &s.task_id).await?;
+            load_task(&mut *tx, company, &s.task_id, false).await?;
             checked.push(&s.task_id);
         }
     }
@@ -331,7 +331,7 @@ impl AgentStore for SqliteStore {
 
     async fn task_trace(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Step>> {
         let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id).await?;
+        load_task(&mut conn, scope.company(), id, false).await?;
         let sql = format!(
             "SELECT {STEP_COLUMNS} FROM task_steps WHERE company_id = ? AND task_id = ? \
              ORDER BY attempt, seq"
@@ -357,7 +357,7 @@ impl AgentStore for SqliteStore {
         let now = now.trunc_subsecs(6);
         let company = scope.company();
         let mut tx = self.write().await?;
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         if task.status != TaskStatus::NeedsReview {
             return Err(StoreError::Conflict(format!(
                 "task {id} is {}, not needs_review",
@@ -441,7 +441,7 @@ impl AgentStore for SqliteStore {
         )
         .await?;
         append(&mut tx, audit).await?;
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         tx.commit().await?;
         Ok(task)
     }
@@ -459,7 +459,7 @@ impl AgentStore for SqliteStore {
         let now = now.trunc_subsecs(6);
         let company = scope.company();
         let mut tx = self.write().await?;
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         if !matches!(task.status, TaskStatus::Completed | TaskStatus::NeedsReview) {
             return Err(StoreError::Conflict(format!(
                 "task {id} is {}; only a completed task or one in needs_review is rated",
@@ -485,7 +485,7 @@ impl AgentStore for SqliteStore {
 
     async fn task_reviews(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Review>> {
         let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id).await?;
+        load_task(&mut conn, scope.company(), id, false).await?;
         let sql = format!(
             "SELECT {REVIEW_COLUMNS} FROM task_reviews WHERE company_id = ? AND task_id = ? ORDER BY review_id"
         );

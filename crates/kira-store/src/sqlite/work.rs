@@ -11,189 +11,21 @@ use kira_core::audit::AuditRecord;
 use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::budget::{
     AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
-    may_request_emergency, period_of, pools_to_try,
+    may_request_emergency, period_of,
 };
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::{
     SqliteStore, append, company_id, json, load_company, parse_opt_ts, parse_ts, to_json, ts,
 };
+use crate::flow::budget::*;
+pub(super) use crate::flow::tasks::{TASK_COLUMNS, event, load_task, set_status, task_from_row};
 use crate::work::*;
 use crate::{Result, StoreError};
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-pub(super) const TASK_COLUMNS: &str = "task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
-     company_context, deadline, status, status_reason, attempts, max_attempts, estimated_tokens, result, \
-     confidence, requires_human_review, last_error, prompt_tokens, completion_tokens, cost_usd, created_at, \
-     updated_at, started_at, finished_at";
-
-pub(super) fn task_from_row(r: &SqliteRow) -> Result<Task> {
-    let task_id: String = r.try_get("task_id")?;
-    let result: Option<String> = r.try_get("result")?;
-    let priority: String = r.try_get("priority")?;
-    let status: String = r.try_get("status")?;
-    Ok(Task {
-        task_id: TaskId::parse(&task_id).map_err(|e| corrupt("task id", e))?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        company_context: json(r.try_get("company_context")?)?,
-        task: r.try_get("task")?,
-        task_type: r.try_get("task_type")?,
-        priority: Priority::parse(&priority).map_err(|e| corrupt("priority", e))?,
-        deadline: parse_opt_ts(r.try_get("deadline")?)?,
-        parameters: json(r.try_get("parameters")?)?,
-        specialist: r.try_get("specialist")?,
-        agent: r.try_get("agent")?,
-        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
-        status_reason: r.try_get("status_reason")?,
-        attempts: r.try_get("attempts")?,
-        max_attempts: r.try_get("max_attempts")?,
-        estimated_tokens: r.try_get("estimated_tokens")?,
-        result: result.as_deref().map(json).transpose()?,
-        confidence: r.try_get("confidence")?,
-        requires_human_review: r.try_get("requires_human_review")?,
-        last_error: r.try_get("last_error")?,
-        prompt_tokens: r.try_get("prompt_tokens")?,
-        completion_tokens: r.try_get("completion_tokens")?,
-        cost_usd: r.try_get("cost_usd")?,
-        created_at: parse_ts(r.try_get("created_at")?)?,
-        updated_at: parse_ts(r.try_get("updated_at")?)?,
-        started_at: parse_opt_ts(r.try_get("started_at")?)?,
-        finished_at: parse_opt_ts(r.try_get("finished_at")?)?,
-    })
-}
-
-pub(super) async fn load_task(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    id: &TaskId,
-) -> Result<Task> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = ? AND task_id = ?");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(company.as_str())
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    task_from_row(&row)
-}
-
-/// Moves a task to `to` (checked against the state machine) and records the event.
-pub(super) async fn set_status(
-    tx: &mut SqliteConnection,
-    task: &Task,
-    to: TaskStatus,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    check_transition(task.status, to).map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let finished = to.is_final() || to == TaskStatus::NeedsReview;
-    sqlx::query(
-        "UPDATE tasks SET status = ?, status_reason = ?, updated_at = ?, \
-         finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE company_id = ? AND task_id = ?",
-    )
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(ts(now))
-    .bind(finished)
-    .bind(ts(now))
-    .bind(task.company_id.as_str())
-    .bind(task.task_id.as_str())
-    .execute(&mut *tx)
-    .await?;
-    event(
-        tx,
-        &task.company_id,
-        &task.task_id,
-        Some(task.status),
-        to,
-        reason,
-        now,
-    )
-    .await
-}
-
-async fn event(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    id: &TaskId,
-    from: Option<TaskStatus>,
-    to: TaskStatus,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(company.as_str())
-    .bind(id.as_str())
-    .bind(ts(now))
-    .bind(from.map(TaskStatus::as_str))
-    .bind(to.as_str())
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn ledger(
-    tx: &mut SqliteConnection,
-    now: DateTime<Utc>,
-    period: &str,
-    company: Option<&CompanyId>,
-    task: Option<&TaskId>,
-    reservation: Option<&str>,
-    pool: Option<Pool>,
-    kind: &str,
-    amount: i64,
-    detail: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(ts(now))
-    .bind(period)
-    .bind(company.map(CompanyId::as_str))
-    .bind(task.map(TaskId::as_str))
-    .bind(reservation)
-    .bind(pool.map(Pool::as_str))
-    .bind(kind)
-    .bind(amount)
-    .bind(detail)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Appends a ledger line about reservation `r` (its period, company, task
-/// and pool).
-async fn reservation_ledger(
-    tx: &mut SqliteConnection,
-    now: DateTime<Utc>,
-    r: &Reservation,
-    kind: &str,
-    amount: i64,
-    detail: &str,
-) -> Result<()> {
-    ledger(
-        tx,
-        now,
-        &r.period_id,
-        Some(&r.company_id),
-        Some(&r.task_id),
-        Some(&r.reservation_id),
-        Some(r.pool),
-        kind,
-        amount,
-        detail,
-    )
-    .await
 }
 
 /// The period containing `now`, made with its pools and allocations if new.
@@ -320,157 +152,8 @@ async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>)
     Ok(())
 }
 
-/// Adds `amount` to a pool's (and for base, the company's) reserved
-/// tokens if it fits. True when it did.
-async fn hold(
-    tx: &mut SqliteConnection,
-    period: &str,
-    company: &CompanyId,
-    pool: Pool,
-    amount: i64,
-) -> Result<bool> {
-    if pool == Pool::Base {
-        let n = sqlx::query(
-            "UPDATE budget_allocations SET reserved = reserved + ? \
-             WHERE period_id = ? AND company_id = ? AND reserved + spent + ? <= tokens",
-        )
-        .bind(amount)
-        .bind(period)
-        .bind(company.as_str())
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // The base pool is the sum of the allocations, which never exceeds
-        // its capacity: the company's own row is the only one to hold.
-        return Ok(n == 1);
-    }
-    let n = sqlx::query(
-        "UPDATE budget_pools SET reserved = reserved + ? WHERE period_id = ? AND pool = ? AND reserved + spent + ? <= capacity",
-    )
-    .bind(amount)
-    .bind(period)
-    .bind(pool.as_str())
-    .bind(amount)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
-}
-
-/// Changes reserved and spent of a pool (and the company's allocation for
-/// base, the company's allocation alone: the base pool's balance is the sum
-/// of its allocations) by the given deltas, unconditionally: callers only
-/// ever move tokens that a hold already counted.
-async fn move_tokens(
-    tx: &mut SqliteConnection,
-    period: &str,
-    company: &CompanyId,
-    pool: Pool,
-    reserved: i64,
-    spent: i64,
-) -> Result<()> {
-    if pool == Pool::Base {
-        sqlx::query(
-            "UPDATE budget_allocations SET reserved = reserved + ?, spent = spent + ? WHERE period_id = ? AND company_id = ?",
-        )
-        .bind(reserved)
-        .bind(spent)
-        .bind(period)
-        .bind(company.as_str())
-        .execute(&mut *tx)
-        .await?;
-        return Ok(());
-    }
-    sqlx::query("UPDATE budget_pools SET reserved = reserved + ?, spent = spent + ? WHERE period_id = ? AND pool = ?")
-        .bind(reserved)
-        .bind(spent)
-        .bind(period)
-        .bind(pool.as_str())
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// Every pool's balances. The base pool's row holds only what companies
-/// deleted with `--force` had spent; the rest of its balance is the sum of
-/// the allocations, which each reservation updates instead of one shared row.
-const POOL_BALANCES: &str = "SELECT p.period_id, p.pool, p.capacity, \
-       p.reserved + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.reserved), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS reserved, \
-       p.spent + CASE WHEN p.pool = 'base' THEN \
-         (SELECT COALESCE(SUM(a.spent), 0) FROM budget_allocations a WHERE a.period_id = p.period_id) ELSE 0 END AS spent \
-     FROM budget_pools p";
-
-/// Holds `extra` more tokens on reservation `r` (which then holds
-/// `new_amount` in all) and records it, if the pool has room.
-async fn hold_more(
-    tx: &mut SqliteConnection,
-    r: &mut Reservation,
-    extra: i64,
-    new_amount: i64,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<bool> {
-    if !hold(tx, &r.period_id, &r.company_id, r.pool, extra).await? {
-        return Ok(false);
-    }
-    sqlx::query("UPDATE reservations SET state = 'held', amount = ?, closed_at = NULL WHERE reservation_id = ?")
-        .bind(new_amount)
-        .bind(&r.reservation_id)
-        .execute(&mut *tx)
-        .await?;
-    reservation_ledger(tx, now, r, "reserve", extra, why).await?;
-    r.amount = new_amount;
-    Ok(true)
-}
-
-/// Makes the company's allocation in `period` (with no tokens) if it has
-/// none yet, so an overdraft always has a row to go on.
-async fn ensure_allocation(
-    tx: &mut SqliteConnection,
-    period: &str,
-    company: &CompanyId,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO budget_allocations (period_id, company_id, factor, share, tokens) \
-         VALUES (?, ?, 0, 0, 0) ON CONFLICT (period_id, company_id) DO NOTHING",
-    )
-    .bind(period)
-    .bind(company.as_str())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// What reservation `r`'s balance has free (negative when overdrawn): the
-/// company's allocation for base, the pool for burst and emergency.
-async fn room(tx: &mut SqliteConnection, r: &Reservation) -> Result<i64> {
-    let free: Option<i64> = if r.pool == Pool::Base {
-        sqlx::query_scalar(
-            "SELECT tokens - reserved - spent FROM budget_allocations WHERE period_id = ? AND company_id = ?",
-        )
-        .bind(&r.period_id)
-        .bind(r.company_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_scalar(
-            "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = ? AND pool = ?",
-        )
-        .bind(&r.period_id)
-        .bind(r.pool.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-    };
-    Ok(free.unwrap_or(0))
-}
-
-fn new_reservation_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-/// Reserves from the first pool `priority` may use that has room.
+/// Reserves from the first pool `priority` may use that has room, in the
+/// period containing `now` (made if new).
 async fn reserve_tx(
     tx: &mut SqliteConnection,
     company: &CompanyId,
@@ -481,150 +164,7 @@ async fn reserve_tx(
     now: DateTime<Utc>,
 ) -> Result<Option<Reservation>> {
     let period = ensure_period_tx(tx, cfg, now).await?;
-    // An overdrawn company waits: its base allocation refuses every hold by
-    // itself (its balance is below zero), and the shared pools must not
-    // carry it past its overdraft either. Only an approved grant, already
-    // held for its task, runs it before the next period.
-    let overdrawn: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM budget_allocations WHERE period_id = ? AND company_id = ? AND reserved + spent > tokens",
-    )
-    .bind(&period)
-    .bind(company.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if overdrawn.is_some() {
-        return Ok(None);
-    }
-    for pool in pools_to_try(priority, cfg) {
-        if hold(tx, &period, company, pool, amount).await? {
-            let r = Reservation {
-                reservation_id: new_reservation_id(),
-                task_id: task.clone(),
-                company_id: company.clone(),
-                period_id: period.clone(),
-                pool,
-                amount,
-            };
-            insert_reservation(tx, &r, now).await?;
-            ledger(
-                tx,
-                now,
-                &period,
-                Some(company),
-                Some(task),
-                Some(&r.reservation_id),
-                Some(pool),
-                "reserve",
-                amount,
-                "",
-            )
-            .await?;
-            return Ok(Some(r));
-        }
-    }
-    Ok(None)
-}
-
-async fn insert_reservation(
-    tx: &mut SqliteConnection,
-    r: &Reservation,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, 'held', ?)",
-    )
-    .bind(&r.reservation_id)
-    .bind(r.company_id.as_str())
-    .bind(r.task_id.as_str())
-    .bind(&r.period_id)
-    .bind(r.pool.as_str())
-    .bind(r.amount)
-    .bind(ts(now))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-fn reservation_from_row(r: &SqliteRow) -> Result<Reservation> {
-    let pool: String = r.try_get("pool")?;
-    let task: String = r.try_get("task_id")?;
-    Ok(Reservation {
-        reservation_id: r.try_get("reservation_id")?,
-        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        period_id: r.try_get("period_id")?,
-        pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-        amount: r.try_get("amount")?,
-    })
-}
-
-async fn held_reservations(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    task: &TaskId,
-) -> Result<Vec<Reservation>> {
-    let rows = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations \
-         WHERE company_id = ? AND task_id = ? AND state = 'held' ORDER BY created_at, reservation_id",
-    )
-    .bind(company.as_str())
-    .bind(task.as_str())
-    .fetch_all(&mut *tx)
-    .await?;
-    rows.iter().map(reservation_from_row).collect()
-}
-
-async fn release_tx(
-    tx: &mut SqliteConnection,
-    r: &Reservation,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<()> {
-    // The amount as the update finds it, not as `r` was read.
-    let held: Option<i64> = sqlx::query_scalar(
-        "UPDATE reservations SET state = 'released', closed_at = ? \
-         WHERE reservation_id = ? AND state = 'held' RETURNING amount",
-    )
-    .bind(ts(now))
-    .bind(&r.reservation_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(amount) = held {
-        move_tokens(tx, &r.period_id, &r.company_id, r.pool, -amount, 0).await?;
-        reservation_ledger(tx, now, r, "release", amount, why).await?;
-    }
-    Ok(())
-}
-
-async fn release_all(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    task: &TaskId,
-    now: DateTime<Utc>,
-    why: &str,
-) -> Result<()> {
-    for r in held_reservations(tx, company, task).await? {
-        release_tx(tx, &r, now, why).await?;
-    }
-    Ok(())
-}
-
-async fn load_reservation(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    id: &str,
-) -> Result<(Reservation, String)> {
-    let row = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount, state FROM reservations \
-         WHERE company_id = ? AND reservation_id = ?",
-    )
-    .bind(company.as_str())
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    Ok((reservation_from_row(&row)?, row.try_get("state")?))
+    reserve_in(tx, &period, company, task, priority, amount, cfg, now).await
 }
 
 /// Removes every task-related row of a company, releasing what it holds
@@ -635,15 +175,7 @@ pub(super) async fn delete_company_work(
     now: DateTime<Utc>,
     deleted: &mut crate::DeletedRows,
 ) -> Result<()> {
-    let held = sqlx::query(
-        "SELECT reservation_id, task_id, company_id, period_id, pool, amount FROM reservations WHERE company_id = ? AND state = 'held'",
-    )
-    .bind(company.as_str())
-    .fetch_all(&mut *tx)
-    .await?;
-    for r in &held {
-        release_tx(tx, &reservation_from_row(r)?, now, "company deleted").await?;
-    }
+    release_company(tx, company, now, "company deleted").await?;
     // What it spent of the base pool stays spent: it moves to the pool row.
     sqlx::query(
         "UPDATE budget_pools SET spent = spent + COALESCE((SELECT a.spent FROM budget_allocations a \
@@ -681,25 +213,6 @@ pub(super) async fn delete_company_work(
     }
     Ok(())
 }
-
-fn request_from_row(r: &SqliteRow) -> Result<EmergencyRequest> {
-    let task: String = r.try_get("task_id")?;
-    Ok(EmergencyRequest {
-        request_id: r.try_get("request_id")?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
-        period_id: r.try_get("period_id")?,
-        amount: r.try_get("amount")?,
-        status: r.try_get("status")?,
-        reason: r.try_get("reason")?,
-        requested_at: parse_ts(r.try_get("requested_at")?)?,
-        decided_at: parse_opt_ts(r.try_get("decided_at")?)?,
-        decided_by: r.try_get("decided_by")?,
-        decision: r.try_get("decision")?,
-    })
-}
-
-const REQUEST_COLUMNS: &str = "request_id, company_id, task_id, period_id, amount, status, reason, requested_at, decided_at, decided_by, decision";
 
 /// What both of the queue snapshot's statements start from: what runs and
 /// the tasks that could start at ?3, given the agents' slots (?1, a JSON
@@ -825,7 +338,7 @@ impl TaskStore for SqliteStore {
                 }
                 let id: String = row.try_get("task_id")?;
                 let id = TaskId::parse(&id).map_err(|e| corrupt("task id", e))?;
-                let task = load_task(&mut tx, company, &id).await?;
+                let task = load_task(&mut tx, company, &id, false).await?;
                 return Ok(Submitted {
                     task,
                     created: false,
@@ -904,7 +417,7 @@ impl TaskStore for SqliteStore {
             ..audit
         };
         append(&mut tx, audit).await?;
-        let task = load_task(&mut tx, company, &id).await?;
+        let task = load_task(&mut tx, company, &id, false).await?;
         tx.commit().await?;
         Ok(Submitted {
             task,
@@ -914,7 +427,7 @@ impl TaskStore for SqliteStore {
 
     async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task> {
         let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id).await
+        load_task(&mut conn, scope.company(), id, false).await
     }
 
     async fn list_tasks(&self, scope: &CompanyScope, f: &TaskFilter) -> Result<Vec<Task>> {
@@ -955,7 +468,7 @@ impl TaskStore for SqliteStore {
         after_event: i64,
     ) -> Result<Vec<TaskEvent>> {
         let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id).await?;
+        load_task(&mut conn, scope.company(), id, false).await?;
         let rows = sqlx::query(
             "SELECT event_id, task_id, at, from_status, to_status, reason FROM task_events \
              WHERE company_id = ? AND task_id = ? AND event_id > ? ORDER BY event_id",
@@ -995,7 +508,7 @@ impl TaskStore for SqliteStore {
         let now = now.trunc_subsecs(6);
         let company = scope.company();
         let mut tx = self.write().await?;
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         if task.status.is_final() {
             return Err(StoreError::Conflict(format!(
                 "task {id} already ended: {}",
@@ -1032,7 +545,7 @@ impl TaskStore for SqliteStore {
             .await?;
         }
         append(&mut tx, audit).await?;
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         tx.commit().await?;
         Ok(task)
     }
@@ -1101,7 +614,7 @@ impl TaskStore for SqliteStore {
         if n == 0 {
             return Ok(ClaimOutcome::Gone);
         }
-        let task = load_task(&mut tx, company, id).await?;
+        let task = load_task(&mut tx, company, id, false).await?;
         // A grant approved by a human is already held for the task.
         let granted = held_reservations(&mut tx, company, id)
             .await?
@@ -1172,32 +685,16 @@ impl TaskStore for SqliteStore {
         budget: &BudgetConfig,
         now: DateTime<Utc>,
     ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
-        let now = now.trunc_subsecs(6);
-        let lease_until = lease_until.trunc_subsecs(6);
-        let mut out = Vec::with_capacity(candidates.len());
-        let mut rest = candidates;
-        while !rest.is_empty() {
-            let done = self
-                .claim_fast(rest, admission, worker, lease_until, budget, now, &mut out)
-                .await?;
-            rest = &rest[done..];
-            // The one the set could not take, by the single claim, at its turn.
-            let Some((c, after)) = rest.split_first() else {
-                break;
-            };
-            rest = after;
-            if !admission.free(&c.entry) {
-                continue;
-            }
-            let o = self
-                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
-                .await?;
-            if matches!(o, ClaimOutcome::Claimed { .. }) {
-                admission.take(&c.entry);
-            }
-            out.push((c.entry.task_id.clone(), o));
-        }
-        Ok(out)
+        crate::flow::batch::claim_batch(
+            self,
+            candidates,
+            admission,
+            worker,
+            lease_until,
+            budget,
+            now,
+        )
+        .await
     }
 
     async fn finish_batch(
@@ -1206,20 +703,7 @@ impl TaskStore for SqliteStore {
         completions: Vec<Completion>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Completed>> {
-        let now = now.trunc_subsecs(6);
-        let mut out: Vec<Option<Completed>> = completions.iter().map(|_| None).collect();
-        let slow = self
-            .finish_fast(worker, &completions, now, &mut out)
-            .await?;
-        let mut completions: Vec<Option<Completion>> = completions.into_iter().map(Some).collect();
-        for i in slow {
-            if let Some(c) = completions[i].take() {
-                out[i] = Some(finish_one(self, worker, c, now).await);
-            }
-        }
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| corrupt("batch finish", "a completion without an outcome")))
-            .collect()
+        crate::flow::batch::finish_batch(self, worker, completions, now).await
     }
 
     async fn raise_estimate(
@@ -1424,7 +908,7 @@ impl TaskStore for SqliteStore {
             if still.is_none() {
                 continue;
             }
-            let task = load_task(&mut tx, &company, &id).await?;
+            let task = load_task(&mut tx, &company, &id, false).await?;
             let owner = owner.unwrap_or_default();
             release_all(&mut tx, &company, &id, now, "lease expired").await?;
             if task.attempts >= task.max_attempts {
@@ -1679,7 +1163,7 @@ impl BudgetStore for SqliteStore {
         }
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let task = load_task(&mut tx, scope.company(), id).await?;
+        let task = load_task(&mut tx, scope.company(), id, false).await?;
         if task.status != TaskStatus::Running {
             return Err(StoreError::Conflict(format!("task {id} is not running")));
         }
@@ -1716,89 +1200,13 @@ impl BudgetStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let now = now.trunc_subsecs(6);
-        let used = prompt_tokens.max(0) + completion_tokens.max(0);
-        let mut tx = self.write().await?;
-        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        // What the reservation holds now: nothing once the reaper released
-        // it (the run outlived its lease, but the provider did bill it).
-        let mut held = match state.as_str() {
-            "held" => r.amount,
-            "released" if used > 0 => 0,
-            _ => {
-                return Err(StoreError::Conflict(format!(
-                    "reservation {reservation_id} is already {state}"
-                )));
-            }
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens,
+            cost_usd,
         };
-        if used > held {
-            // Usage above what is held: hold what the pool has room for;
-            // the rest is an overdraft, charged all the same, to the
-            // company's own allocation.
-            if r.pool != Pool::Base {
-                ensure_allocation(&mut tx, &r.period_id, &r.company_id).await?;
-            }
-            let fits = (used - held).min(room(&mut tx, &r).await?.max(0));
-            let why = if held == 0 {
-                "usage reported after the lease expired"
-            } else {
-                "usage above the reservation"
-            };
-            if fits > 0 && hold_more(&mut tx, &mut r, fits, held + fits, now, why).await? {
-                held += fits;
-            }
-        }
-        let c = Charge::of(used, held);
-        move_tokens(
-            &mut tx,
-            &r.period_id,
-            &r.company_id,
-            r.pool,
-            -held,
-            c.settle,
-        )
-        .await?;
-        if c.overdraft > 0 {
-            move_tokens(
-                &mut tx,
-                &r.period_id,
-                &r.company_id,
-                Pool::Base,
-                0,
-                c.overdraft,
-            )
-            .await?;
-        }
-        sqlx::query("UPDATE reservations SET state = 'settled', spent = ?, closed_at = ? WHERE reservation_id = ?")
-            .bind(used)
-            .bind(ts(now))
-            .bind(&r.reservation_id)
-            .execute(&mut *tx)
-            .await?;
-        let debt = debtor(&r);
-        for (line, kind, amount, detail) in [
-            (&r, "settle", c.settle, ""),
-            (&debt, "overdraft", c.overdraft, OVERDRAFT_DETAIL),
-            (&r, "release", c.release, "unused"),
-        ] {
-            if amount > 0 || (kind == "settle" && c.overdraft == 0) {
-                reservation_ledger(&mut tx, now, line, kind, amount, detail).await?;
-            }
-        }
-        if c.overdraft > 0 {
-            tracing::warn!(reservation = %r.reservation_id, overdraft = c.overdraft, "usage above a reservation overdrew its pool");
-            append(&mut tx, overdraft_audit(&r, c, now)).await?;
-        }
-        sqlx::query(
-            "UPDATE tasks SET prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?, \
-             cost_usd = cost_usd + ? WHERE company_id = ? AND task_id = ?",
-        )
-        .bind(prompt_tokens.max(0))
-        .bind(completion_tokens.max(0))
-        .bind(cost_usd.max(0.0))
-        .bind(r.company_id.as_str())
-        .bind(r.task_id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.write().await?;
+        settle(&mut tx, scope.company(), reservation_id, &usage, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1815,52 +1223,9 @@ impl BudgetStore for SqliteStore {
         }
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let (mut r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state != "held" {
-            return Err(StoreError::Conflict(format!(
-                "reservation {reservation_id} is already {state}"
-            )));
-        }
-        if amount < r.amount {
-            let back = r.amount - amount;
-            sqlx::query("UPDATE reservations SET amount = ? WHERE reservation_id = ?")
-                .bind(amount)
-                .bind(&r.reservation_id)
-                .execute(&mut *tx)
-                .await?;
-            reservation_ledger(
-                &mut tx,
-                now,
-                &r,
-                "shrink",
-                back,
-                "lowered to the call's need",
-            )
-            .await?;
-            move_tokens(&mut tx, &r.period_id, &r.company_id, r.pool, -back, 0).await?;
-            r.amount = amount;
-        } else if amount > r.amount {
-            let more = amount - r.amount;
-            if !hold_more(
-                &mut tx,
-                &mut r,
-                more,
-                amount,
-                now,
-                "raised to the call's need",
-            )
-            .await?
-            {
-                return Ok(ReserveOutcome::Denied {
-                    reason: format!(
-                        "the {} pool has no {more} tokens free for this call",
-                        r.pool.as_str()
-                    ),
-                });
-            }
-        }
+        let outcome = resize(&mut tx, scope.company(), reservation_id, amount, now).await?;
         tx.commit().await?;
-        Ok(ReserveOutcome::Reserved(r))
+        Ok(outcome)
     }
 
     async fn release(
@@ -1871,10 +1236,7 @@ impl BudgetStore for SqliteStore {
     ) -> Result<()> {
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let (r, state) = load_reservation(&mut tx, scope.company(), reservation_id).await?;
-        if state == "held" {
-            release_tx(&mut tx, &r, now, "released by the caller").await?;
-        }
+        release(&mut tx, scope.company(), reservation_id, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1923,191 +1285,21 @@ impl BudgetStore for SqliteStore {
     ) -> Result<EmergencyRequest> {
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let req = request_from_row(&row)?;
-        if req.status != "pending" {
-            return Err(StoreError::Conflict(format!(
-                "request {request_id} was already {}",
-                req.status
-            )));
-        }
-        let task = load_task(&mut tx, &req.company_id, &req.task_id).await?;
+        let req = load_request(&mut tx, request_id, false).await?;
         let decider = admin.actor().to_string();
-        if approve {
-            if !hold(
-                &mut tx,
-                &req.period_id,
-                &req.company_id,
-                Pool::Emergency,
-                req.amount,
-            )
-            .await?
-            {
-                let free: i64 = sqlx::query_scalar(
-                    "SELECT capacity - reserved - spent FROM budget_pools WHERE period_id = ? AND pool = 'emergency'",
-                )
-                .bind(&req.period_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                return Err(StoreError::Conflict(format!(
-                    "the emergency pool has {free} tokens free; the request needs {}",
-                    req.amount
-                )));
-            }
-            let r = Reservation {
-                reservation_id: new_reservation_id(),
-                task_id: req.task_id.clone(),
-                company_id: req.company_id.clone(),
-                period_id: req.period_id.clone(),
-                pool: Pool::Emergency,
-                amount: req.amount,
-            };
-            insert_reservation(&mut tx, &r, now).await?;
-            ledger(
-                &mut tx,
-                now,
-                &r.period_id,
-                Some(&r.company_id),
-                Some(&r.task_id),
-                Some(&r.reservation_id),
-                Some(Pool::Emergency),
-                "grant",
-                r.amount,
-                &format!("request {request_id} approved by {decider}"),
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE task_queue SET status = 'queued', not_before = ? WHERE task_id = ?",
-            )
-            .bind(ts(now))
-            .bind(req.task_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            set_status(
-                &mut tx,
-                &task,
-                TaskStatus::Queued,
-                &format!("emergency tokens granted by {decider}"),
-                now,
-            )
-            .await?;
-        } else {
-            sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let reason = if note.is_empty() {
-                "emergency tokens were refused".to_owned()
-            } else {
-                format!("emergency tokens were refused: {note}")
-            };
-            sqlx::query("UPDATE tasks SET last_error = ? WHERE company_id = ? AND task_id = ?")
-                .bind(&reason)
-                .bind(req.company_id.as_str())
-                .bind(req.task_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
-        }
-        sqlx::query(
-            "UPDATE emergency_requests SET status = ?, decided_at = ?, decided_by = ?, decision = ? WHERE request_id = ?",
-        )
-        .bind(if approve { "approved" } else { "rejected" })
-        .bind(ts(now))
-        .bind(&decider)
-        .bind(note)
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?;
+        decide_request(&mut tx, &req, approve, note, &decider, now).await?;
         append(&mut tx, audit).await?;
-        let sql = format!("SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE request_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let decided = load_request(&mut tx, request_id, false).await?;
         tx.commit().await?;
-        request_from_row(&row)
+        Ok(decided)
     }
 
     async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
         // One transaction: the balances cannot move while they are compared.
         let mut tx = self.write().await?;
-        let rows = sqlx::query(
-            "SELECT period_id, company_id, reservation_id, pool, kind, amount FROM budget_ledger ORDER BY entry_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut replay = crate::ledger::Replay::default();
-        for r in &rows {
-            let pool: Option<String> = r.try_get("pool")?;
-            replay.apply(crate::ledger::Movement {
-                period: r.try_get("period_id")?,
-                company: r.try_get("company_id")?,
-                reservation: r.try_get("reservation_id")?,
-                pool: pool
-                    .as_deref()
-                    .map(Pool::parse)
-                    .transpose()
-                    .map_err(|e| corrupt("pool", e))?,
-                kind: r.try_get("kind")?,
-                amount: r.try_get("amount")?,
-            });
-        }
-        let pools = sqlx::query(POOL_BALANCES)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| {
-                let pool: String = r.try_get("pool")?;
-                Ok((
-                    (
-                        r.try_get("period_id")?,
-                        Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-                    ),
-                    [
-                        r.try_get("capacity")?,
-                        r.try_get("reserved")?,
-                        r.try_get("spent")?,
-                    ],
-                ))
-            })
-            .collect::<Result<BTreeMap<(String, Pool), [i64; 3]>>>()?;
-        let allocations = sqlx::query(
-            "SELECT period_id, company_id, tokens, reserved, spent FROM budget_allocations",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                (r.try_get("period_id")?, r.try_get("company_id")?),
-                [
-                    r.try_get("tokens")?,
-                    r.try_get("reserved")?,
-                    r.try_get("spent")?,
-                ],
-            ))
-        })
-        .collect::<Result<BTreeMap<(String, String), [i64; 3]>>>()?;
-        let reservations =
-            sqlx::query("SELECT reservation_id, amount, state, spent FROM reservations")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    let state: String = r.try_get("state")?;
-                    let amount: i64 = r.try_get("amount")?;
-                    let held = if state == "held" { amount } else { 0 };
-                    Ok((r.try_get("reservation_id")?, [held, r.try_get("spent")?]))
-                })
-                .collect::<Result<BTreeMap<String, [i64; 2]>>>()?;
+        let report = replay_ledger(&mut tx).await?;
         tx.commit().await?;
-        Ok(replay.compare(rows.len() as i64, &pools, &allocations, &reservations))
+        Ok(report)
     }
 }
 
@@ -2119,7 +1311,8 @@ struct FastClaim<'a> {
     reservation_id: String,
 }
 
-impl SqliteStore {
+#[async_trait]
+impl crate::flow::batch::FastPaths for SqliteStore {
     /// Claims the longest run of `cands` (in rank order) that may be taken
     /// set-based: still claimable, no grant held, and fitting the company's
     /// base allocation together with the claims before it. Returns how many

@@ -1,0 +1,142 @@
+//! API keys and authentication: who a bearer token is, issuing, listing
+//! and revoking keys (admin), and the first admin key of a new database.
+//!
+//! A token's secret is shown once, when it is issued; kira keeps its hash.
+
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::{AdminScope, ApiKey, IssuedKey, NewKey, Principal, Role, token_key_id};
+use kira_core::clock::Clock;
+use kira_core::ids::KeyId;
+use kira_store::Store;
+
+use crate::{Engine, EngineError};
+
+/// Why a token does not authenticate. Recorded in the audit log only: the
+/// caller is told nothing more than that it is not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    Malformed,
+    UnknownKey,
+    LookupFailed,
+    WrongSecretOrRevoked,
+}
+
+impl Unauthenticated {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed token",
+            Self::UnknownKey => "unknown key",
+            Self::LookupFailed => "key lookup failed",
+            Self::WrongSecretOrRevoked => "wrong secret or revoked key",
+        }
+    }
+}
+
+/// A key just issued: the record kira keeps and the token, shown once.
+#[derive(Debug)]
+pub struct CreatedKey {
+    pub key: ApiKey,
+    pub token: String,
+}
+
+impl Engine {
+    /// The principal behind a bearer token.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, Unauthenticated> {
+        let key_id = token_key_id(token).ok_or(Unauthenticated::Malformed)?;
+        let stored = self
+            .store()
+            .find_key(&key_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "key lookup failed");
+                Unauthenticated::LookupFailed
+            })?
+            .ok_or(Unauthenticated::UnknownKey)?;
+        Principal::authenticate(token, &stored).ok_or(Unauthenticated::WrongSecretOrRevoked)
+    }
+
+    /// Whether a key still authenticates: not revoked, not deleted. A failed
+    /// lookup counts as no, so what a key holds open never outlives it
+    /// because the database was down.
+    pub async fn key_is_live(&self, key: &KeyId) -> bool {
+        matches!(self.store().find_key(key).await, Ok(Some(k)) if k.key.revoked_at.is_none())
+    }
+
+    /// Issues a key (admin); the audit entry names it and its role.
+    /// `Store(NotFound)` when it names a company that does not exist.
+    pub async fn create_key(
+        &self,
+        admin: &AdminScope,
+        new: NewKey,
+        audit: AuditRecord,
+    ) -> Result<CreatedKey, EngineError> {
+        let issued = new.issue(&mut rand::rng(), self.clock().now())?;
+        let audit = AuditRecord {
+            target: format!("key:{}", issued.stored.key.id),
+            detail: format!("role={}", issued.stored.key.role),
+            ..audit
+        };
+        let key = self
+            .store()
+            .insert_key(admin, &issued.stored, audit)
+            .await?;
+        Ok(CreatedKey {
+            key,
+            token: issued.token,
+        })
+    }
+
+    /// Every key (admin), without its token.
+    pub async fn list_keys(
+        &self,
+        admin: &AdminScope,
+        audit: AuditRecord,
+    ) -> Result<Vec<ApiKey>, EngineError> {
+        Ok(self.store().list_keys(admin, audit).await?)
+    }
+
+    /// Revokes a key (admin): it stops authenticating at once.
+    /// `Store(Conflict)` when it already was.
+    pub async fn revoke_key(
+        &self,
+        admin: &AdminScope,
+        id: &KeyId,
+        audit: AuditRecord,
+    ) -> Result<ApiKey, EngineError> {
+        Ok(self
+            .store()
+            .revoke_key(admin, id, self.clock().now(), audit)
+            .await?)
+    }
+}
+
+/// On a database with no API key at all, makes the first admin key and
+/// returns it (the caller shows the token once). Safe to call on every
+/// start and from several processes at once: only one key is ever made.
+/// A function of the store, not of an engine: it runs before one is built.
+pub async fn bootstrap_admin_key(
+    store: &dyn Store,
+    clock: &dyn Clock,
+) -> Result<Option<IssuedKey>, EngineError> {
+    let now = clock.now();
+    let issued = NewKey {
+        name: "bootstrap-admin".into(),
+        role: Role::Admin,
+        company_id: None,
+    }
+    .issue(&mut rand::rng(), now)?;
+    let audit = AuditRecord {
+        at: now,
+        request_id: String::new(),
+        actor: Principal::system().actor().to_string(),
+        company_id: None,
+        action: "key.bootstrap".into(),
+        target: format!("key:{}", issued.stored.key.id),
+        outcome: Outcome::Ok,
+        detail: String::new(),
+    };
+    Ok(store
+        .bootstrap_admin_key(&issued.stored, audit)
+        .await?
+        .then_some(issued))
+}

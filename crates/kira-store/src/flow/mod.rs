@@ -1,0 +1,9 @@
+//! Transaction flows that are the same on both backends, written once
+//! against [`crate::sql::Conn`]. What differs for real stays per backend:
+//! opening the transaction (SQLite's writer turn, PostgreSQL's company
+//! scope and row-level security), full-text search, PostgreSQL's batch
+//! functions and SQLite's one-command scripts.
+
+pub(crate) mod batch;
+pub(crate) mod budget;
+pub(crate) mod tasks;

@@ -1,0 +1,414 @@
+//! The small per-backend interface the store's shared flows are written
+//! against: a statement (its text with `$1..$n` placeholders, which both
+//! sqlx drivers accept, and its arguments), row access by column name, and
+//! the few things that differ for real between SQLite and PostgreSQL (row
+//! locks, the audit chain's append).
+//!
+//! A flow written once (see `flow/`) takes `&mut dyn Conn`; each backend
+//! opens its transaction (SQLite's writer turn, PostgreSQL's company scope
+//! under row-level security), passes the connection, and commits.
+
+use std::borrow::Cow;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kira_core::audit::{AuditEntry, AuditRecord};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{PgConnection, Row as _, SqliteConnection};
+
+use crate::{Result, StoreError};
+
+/// One argument of a statement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Time(DateTime<Utc>),
+    Bool(bool),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl From<f64> for Arg<'_> {
+    fn from(v: f64) -> Self {
+        Arg::Real(v)
+    }
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::OptText(v)
+    }
+}
+
+impl From<bool> for Arg<'_> {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+
+impl From<DateTime<Utc>> for Arg<'_> {
+    fn from(v: DateTime<Utc>) -> Self {
+        Arg::Time(v)
+    }
+}
+
+/// A row lock a statement takes where the backend has row locks
+/// (PostgreSQL); SQLite's single writer already runs writing
+/// transactions one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    Update,
+    /// `FOR NO KEY UPDATE`: leaves the share locks of inserts referring to
+    /// the row alone.
+    NoKeyUpdate,
+}
+
+/// A statement for either backend.
+#[derive(Debug)]
+pub(crate) struct Stmt<'a> {
+    sql: Cow<'static, str>,
+    args: Vec<Arg<'a>>,
+    lock: Option<Lock>,
+}
+
+/// A statement with `$1..$n` placeholders.
+pub(crate) fn q<'a>(sql: &'static str) -> Stmt<'a> {
+    Stmt {
+        sql: Cow::Borrowed(sql),
+        args: Vec::new(),
+        lock: None,
+    }
+}
+
+impl<'a> Stmt<'a> {
+    pub(crate) fn arg(mut self, a: impl Into<Arg<'a>>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// `FOR UPDATE` on PostgreSQL: the rows read stay locked until commit.
+    pub(crate) fn for_update(mut self) -> Self {
+        self.lock = Some(Lock::Update);
+        self
+    }
+
+    /// `FOR NO KEY UPDATE` on PostgreSQL, when `lock`.
+    pub(crate) fn for_no_key_update(mut self, lock: bool) -> Self {
+        if lock {
+            self.lock = Some(Lock::NoKeyUpdate);
+        }
+        self
+    }
+
+    fn pg_text(&self) -> String {
+        match self.lock {
+            None => self.sql.to_string(),
+            Some(Lock::Update) => format!("{} FOR UPDATE", self.sql),
+            Some(Lock::NoKeyUpdate) => format!("{} FOR NO KEY UPDATE", self.sql),
+        }
+    }
+
+    fn pg(&self) -> sqlx::query::Query<'_, sqlx::Postgres, PgArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.pg_text()));
+        for a in &self.args {
+            query = match *a {
+                Arg::Int(v) => query.bind(v),
+                Arg::Real(v) => query.bind(v),
+                Arg::Text(v) => query.bind(v),
+                Arg::OptText(v) => query.bind(v),
+                Arg::Time(v) => query.bind(v),
+                Arg::Bool(v) => query.bind(v),
+            };
+        }
+        query
+    }
+
+    fn sqlite(&self) -> sqlx::query::Query<'_, sqlx::Sqlite, SqliteArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.sql.to_string()));
+        for a in &self.args {
+            query = match *a {
+                Arg::Int(v) => query.bind(v),
+                Arg::Real(v) => query.bind(v),
+                Arg::Text(v) => query.bind(v),
+                Arg::OptText(v) => query.bind(v),
+                Arg::Time(v) => query.bind(crate::sqlite::ts(v)),
+                Arg::Bool(v) => query.bind(v),
+            };
+        }
+        query
+    }
+}
+
+/// Column access by name on a row of either backend, with sqlx's own
+/// decoding; where the backends store a type differently (timestamps and
+/// JSON are text on SQLite) the impl says how to read it.
+pub(crate) trait Columns {
+    /// An integer column (PostgreSQL's INT4 and INT8 alike).
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn real(&self, col: &str) -> Result<f64>;
+    fn opt_real(&self, col: &str) -> Result<Option<f64>>;
+    fn bool(&self, col: &str) -> Result<bool>;
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>>;
+    /// A JSON column: JSONB on PostgreSQL, its text on SQLite.
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>>;
+
+    fn time(&self, col: &str) -> Result<DateTime<Utc>> {
+        self.opt_time(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
+
+    fn json(&self, col: &str) -> Result<serde_json::Value> {
+        self.opt_json(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
+
+    /// An INT4 column as the i32 it is on both backends.
+    fn int32(&self, col: &str) -> Result<i32> {
+        let v = self.int(col)?;
+        i32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col}: {v} is out of range")))
+    }
+}
+
+impl Columns for SqliteRow {
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn real(&self, col: &str) -> Result<f64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn bool(&self, col: &str) -> Result<bool> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        let text: Option<&str> = self.try_get(col)?;
+        text.map(crate::sqlite::parse_ts).transpose()
+    }
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
+        let text: Option<&str> = self.try_get(col)?;
+        text.map(crate::sqlite::json).transpose()
+    }
+}
+
+impl Columns for PgRow {
+    fn int(&self, col: &str) -> Result<i64> {
+        self.opt_int(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        match self.try_get::<Option<i64>, _>(col) {
+            Ok(v) => Ok(v),
+            Err(sqlx::Error::ColumnDecode { .. }) => {
+                Ok(self.try_get::<Option<i32>, _>(col)?.map(i64::from))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn real(&self, col: &str) -> Result<f64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn bool(&self, col: &str) -> Result<bool> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
+        let v: Option<sqlx::types::Json<serde_json::Value>> = self.try_get(col)?;
+        Ok(v.map(|j| j.0))
+    }
+}
+
+/// A row of either backend.
+pub(crate) enum Row {
+    Sqlite(SqliteRow),
+    Pg(PgRow),
+}
+
+impl Row {
+    fn cols(&self) -> &dyn Columns {
+        match self {
+            Row::Sqlite(r) => r,
+            Row::Pg(r) => r,
+        }
+    }
+}
+
+impl Columns for Row {
+    fn int(&self, col: &str) -> Result<i64> {
+        self.cols().int(col)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        self.cols().opt_int(col)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        self.cols().text(col)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        self.cols().opt_text(col)
+    }
+    fn real(&self, col: &str) -> Result<f64> {
+        self.cols().real(col)
+    }
+    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
+        self.cols().opt_real(col)
+    }
+    fn bool(&self, col: &str) -> Result<bool> {
+        self.cols().bool(col)
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        self.cols().opt_time(col)
+    }
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
+        self.cols().opt_json(col)
+    }
+}
+
+/// A connection inside a transaction, of either backend.
+#[async_trait]
+pub(crate) trait Conn: Send {
+    /// Runs `s`; the number of rows it changed.
+    async fn exec(&mut self, s: Stmt<'_>) -> Result<u64>;
+
+    async fn all(&mut self, s: Stmt<'_>) -> Result<Vec<Row>>;
+
+    async fn opt(&mut self, s: Stmt<'_>) -> Result<Option<Row>>;
+
+    /// Appends to the audit chain (each backend keeps its chain its own way).
+    async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry>;
+
+    /// The first column of the first row, if any, as an integer.
+    async fn int(&mut self, s: Stmt<'_>) -> Result<Option<i64>> {
+        match self.opt(s).await? {
+            Some(Row::Sqlite(r)) => Ok(r.try_get(0)?),
+            Some(Row::Pg(r)) => match r.try_get::<Option<i64>, _>(0) {
+                Ok(v) => Ok(v),
+                Err(sqlx::Error::ColumnDecode { .. }) => {
+                    Ok(r.try_get::<Option<i32>, _>(0)?.map(i64::from))
+                }
+                Err(e) => Err(e.into()),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The one row `s` must find; `NotFound` otherwise.
+    async fn one(&mut self, s: Stmt<'_>) -> Result<Row> {
+        self.opt(s).await?.ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl Conn for SqliteConnection {
+    async fn exec(&mut self, s: Stmt<'_>) -> Result<u64> {
+        Ok(s.sqlite().execute(&mut *self).await?.rows_affected())
+    }
+
+    async fn all(&mut self, s: Stmt<'_>) -> Result<Vec<Row>> {
+        let rows = s.sqlite().fetch_all(&mut *self).await?;
+        Ok(rows.into_iter().map(Row::Sqlite).collect())
+    }
+
+    async fn opt(&mut self, s: Stmt<'_>) -> Result<Option<Row>> {
+        Ok(s.sqlite()
+            .fetch_optional(&mut *self)
+            .await?
+            .map(Row::Sqlite))
+    }
+
+    async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
+        crate::sqlite::append(self, record).await
+    }
+}
+
+#[async_trait]
+impl Conn for PgConnection {
+    async fn exec(&mut self, s: Stmt<'_>) -> Result<u64> {
+        Ok(s.pg().execute(&mut *self).await?.rows_affected())
+    }
+
+    async fn all(&mut self, s: Stmt<'_>) -> Result<Vec<Row>> {
+        let rows = s.pg().fetch_all(&mut *self).await?;
+        Ok(rows.into_iter().map(Row::Pg).collect())
+    }
+
+    async fn opt(&mut self, s: Stmt<'_>) -> Result<Option<Row>> {
+        Ok(s.pg().fetch_optional(&mut *self).await?.map(Row::Pg))
+    }
+
+    async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
+        crate::postgres::append(self, record).await
+    }
+}
+
+/// A transaction is its connection.
+macro_rules! conn_through_deref {
+    ($t:ty) => {
+        #[async_trait]
+        impl Conn for $t {
+            async fn exec(&mut self, s: Stmt<'_>) -> Result<u64> {
+                (**self).exec(s).await
+            }
+
+            async fn all(&mut self, s: Stmt<'_>) -> Result<Vec<Row>> {
+                (**self).all(s).await
+            }
+
+            async fn opt(&mut self, s: Stmt<'_>) -> Result<Option<Row>> {
+                (**self).opt(s).await
+            }
+
+            async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
+                (**self).audit(record).await
+            }
+        }
+    };
+}
+
+conn_through_deref!(crate::sqlite::Tx);
+conn_through_deref!(sqlx::Transaction<'static, sqlx::Postgres>);
+conn_through_deref!(sqlx::pool::PoolConnection<sqlx::Sqlite>);
+conn_through_deref!(sqlx::pool::PoolConnection<sqlx::Postgres>);
