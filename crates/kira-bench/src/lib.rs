@@ -5,8 +5,8 @@
 //! it and reads its `--json` output.
 //!
 //! API boundary: this crate sits above `kira-engine` and `kira-store` and
-//! uses only their public API; no product crate depends on it, so nothing
-//! here is compiled into `kira serve`'s code paths.
+//! uses only their public API; no library crate depends on it, and only
+//! the `kira` binary names it, so nothing `kira serve` runs calls into it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
