@@ -21,6 +21,8 @@ use kira_engine::config::{
 };
 use serde::Deserialize;
 
+pub use kira_core::url::redact_url;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kira-data";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -190,57 +192,63 @@ struct Picked<T> {
     source: Source,
 }
 
-impl Config {
-    /// Resolves every key (flag, then env, then file, then default) and
-    /// checks the result. `env` reads an environment variable; an empty
-    /// variable counts as unset. `default_file` is read only when it exists
-    /// and no file is named by flag or env.
-    pub fn load(
-        flags: &Flags,
-        env: &dyn Fn(&str) -> Option<String>,
-        default_file: &Path,
-    ) -> Result<Config, ConfigError> {
-        let env = |name: &str| env(name).filter(|v| !v.is_empty());
-        let (mut file, file_path, file_text) = read_file(flags, &env, default_file)?;
-        let from_file = |key: &str| Source::File {
-            path: file_path.clone().unwrap_or_default(),
-            line: key_line(&file_text, key),
-        };
+/// Where `Config::load` looks a key up: its flag, then its environment
+/// variable (empty counts as unset), then the file.
+struct Keys<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file_path: Option<PathBuf>,
+    file_text: String,
+}
 
-        let pick = |flag: Option<String>,
-                    flag_name: &'static str,
-                    env_name: &'static str,
-                    file_value: Option<String>|
-         -> Option<Picked<String>> {
-            if let Some(value) = flag {
-                return Some(Picked {
-                    value,
-                    source: Source::Flag(flag_name),
-                });
-            }
-            if let Some(value) = env(env_name) {
-                return Some(Picked {
-                    value,
-                    source: Source::Env(env_name),
-                });
-            }
-            file_value.map(|value| Picked {
+impl Keys<'_> {
+    /// The file as a key's source, at the key's line.
+    fn file_source(&self, key: &str) -> Source {
+        Source::File {
+            path: self.file_path.clone().unwrap_or_default(),
+            line: key_line(&self.file_text, key),
+        }
+    }
+
+    /// The first of the flag, the environment variable and the file's value
+    /// that is set, with where it came from.
+    fn pick(
+        &self,
+        flag: Option<String>,
+        flag_name: &'static str,
+        env_name: &'static str,
+        file_value: Option<String>,
+    ) -> Option<Picked<String>> {
+        if let Some(value) = flag {
+            return Some(Picked {
                 value,
-                source: from_file(flag_name.replace('-', "_").as_str()),
-            })
-        };
+                source: Source::Flag(flag_name),
+            });
+        }
+        if let Some(value) = (self.env)(env_name) {
+            return Some(Picked {
+                value,
+                source: Source::Env(env_name),
+            });
+        }
+        file_value.map(|value| Picked {
+            value,
+            source: self.file_source(flag_name.replace('-', "_").as_str()),
+        })
+    }
 
-        let listen = pick(
-            flags.listen.clone(),
-            "listen",
-            "KIRA_LISTEN",
-            file.listen.clone(),
-        )
-        .unwrap_or(Picked {
-            value: DEFAULT_LISTEN.to_owned(),
-            source: Source::Default,
-        });
-        let listen = parse_listen(&listen.value).ok_or_else(|| {
+    fn listen(&self, flags: &Flags, file: &FileConfig) -> Result<SocketAddr, ConfigError> {
+        let listen = self
+            .pick(
+                flags.listen.clone(),
+                "listen",
+                "KIRA_LISTEN",
+                file.listen.clone(),
+            )
+            .unwrap_or(Picked {
+                value: DEFAULT_LISTEN.to_owned(),
+                source: Source::Default,
+            });
+        parse_listen(&listen.value).ok_or_else(|| {
             ConfigError::new(
                 "listen",
                 &listen.source,
@@ -250,23 +258,26 @@ impl Config {
                     listen.value
                 ),
             )
-        })?;
+        })
+    }
 
-        let data_dir = pick(
-            flags
-                .data_dir
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-            "data-dir",
-            "KIRA_DATA_DIR",
-            file.data_dir
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-        )
-        .unwrap_or(Picked {
-            value: DEFAULT_DATA_DIR.to_owned(),
-            source: Source::Default,
-        });
+    fn data_dir(&self, flags: &Flags, file: &FileConfig) -> Result<PathBuf, ConfigError> {
+        let data_dir = self
+            .pick(
+                flags
+                    .data_dir
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                "data-dir",
+                "KIRA_DATA_DIR",
+                file.data_dir
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+            )
+            .unwrap_or(Picked {
+                value: DEFAULT_DATA_DIR.to_owned(),
+                source: Source::Default,
+            });
         if data_dir.value.trim().is_empty() {
             return Err(ConfigError::new(
                 "data_dir",
@@ -274,18 +285,28 @@ impl Config {
                 "must not be empty",
             ));
         }
-        let data_dir_path = PathBuf::from(&data_dir.value);
+        Ok(PathBuf::from(&data_dir.value))
+    }
 
-        let database_url = pick(
-            flags.database_url.clone(),
-            "database-url",
-            "KIRA_DATABASE_URL",
-            file.database_url.clone(),
-        )
-        .unwrap_or_else(|| Picked {
-            value: default_database_url(&data_dir_path),
-            source: Source::Default,
-        });
+    /// `database_url` (by default a SQLite file in `data_dir`) and the
+    /// optional `app_database_url`, which only PostgreSQL takes.
+    fn database_urls(
+        &self,
+        flags: &Flags,
+        file: &FileConfig,
+        data_dir: &Path,
+    ) -> Result<(String, Option<String>), ConfigError> {
+        let database_url = self
+            .pick(
+                flags.database_url.clone(),
+                "database-url",
+                "KIRA_DATABASE_URL",
+                file.database_url.clone(),
+            )
+            .unwrap_or_else(|| Picked {
+                value: default_database_url(data_dir),
+                source: Source::Default,
+            });
         let backend = backend_of(&database_url.value).ok_or_else(|| {
             ConfigError::new(
                 "database_url",
@@ -296,8 +317,7 @@ impl Config {
                 ),
             )
         })?;
-
-        let app_database_url = pick(
+        let app_database_url = self.pick(
             flags.app_database_url.clone(),
             "app-database-url",
             "KIRA_APP_DATABASE_URL",
@@ -325,8 +345,11 @@ impl Config {
                 ));
             }
         }
+        Ok((database_url.value, app_database_url.map(|p| p.value)))
+    }
 
-        let max_body = match pick(
+    fn max_body_bytes(&self, flags: &Flags, file: &FileConfig) -> Result<usize, ConfigError> {
+        let max_body = match self.pick(
             flags.max_body_bytes.clone(),
             "max-body-bytes",
             "KIRA_MAX_BODY_BYTES",
@@ -360,13 +383,18 @@ impl Config {
                 ),
             ));
         }
-        let max_body_bytes = usize::try_from(max_body.value)
-            .map_err(|_| ConfigError::new("max_body_bytes", &max_body.source, "too large"))?;
+        usize::try_from(max_body.value)
+            .map_err(|_| ConfigError::new("max_body_bytes", &max_body.source, "too large"))
+    }
 
-        let log = pick(flags.log.clone(), "log", "KIRA_LOG", file.log.clone()).unwrap_or(Picked {
-            value: DEFAULT_LOG.to_owned(),
-            source: Source::Default,
-        });
+    /// The log filter, checked as `tracing_subscriber` will read it.
+    fn log(&self, flags: &Flags, file: &FileConfig) -> Result<String, ConfigError> {
+        let log = self
+            .pick(flags.log.clone(), "log", "KIRA_LOG", file.log.clone())
+            .unwrap_or(Picked {
+                value: DEFAULT_LOG.to_owned(),
+                source: Source::Default,
+            });
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.value) {
             return Err(ConfigError::new(
                 "log",
@@ -377,6 +405,32 @@ impl Config {
                 ),
             ));
         }
+        Ok(log.value)
+    }
+}
+
+impl Config {
+    /// Resolves every key (flag, then env, then file, then default) and
+    /// checks the result. `env` reads an environment variable; an empty
+    /// variable counts as unset. `default_file` is read only when it exists
+    /// and no file is named by flag or env.
+    pub fn load(
+        flags: &Flags,
+        env: &dyn Fn(&str) -> Option<String>,
+        default_file: &Path,
+    ) -> Result<Config, ConfigError> {
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let (mut file, file_path, file_text) = read_file(flags, &env, default_file)?;
+        let keys = Keys {
+            env: &env,
+            file_path,
+            file_text,
+        };
+        let listen = keys.listen(flags, &file)?;
+        let data_dir = keys.data_dir(flags, &file)?;
+        let (database_url, app_database_url) = keys.database_urls(flags, &file, &data_dir)?;
+        let max_body_bytes = keys.max_body_bytes(flags, &file)?;
+        let log = keys.log(flags, &file)?;
 
         let unauthenticated_audit_per_minute = file
             .unauthenticated_audit_per_minute
@@ -384,7 +438,7 @@ impl Config {
         if unauthenticated_audit_per_minute > 10_000 {
             return Err(ConfigError::new(
                 "unauthenticated_audit_per_minute",
-                &from_file("unauthenticated_audit_per_minute"),
+                &keys.file_source("unauthenticated_audit_per_minute"),
                 "must be between 0 and 10000",
             ));
         }
@@ -392,8 +446,8 @@ impl Config {
         // The engine's keys come from the file alone. A refusal names the
         // dotted key; its line is the key's, else its section's.
         let engine = file.take_engine().resolve().map_err(|e| {
-            let source = match &file_path {
-                Some(_) => from_file(&e.field),
+            let source = match &keys.file_path {
+                Some(_) => keys.file_source(&e.field),
                 None => Source::Default,
             };
             ConfigError::new(&e.field, &source, e.message)
@@ -401,12 +455,12 @@ impl Config {
 
         Ok(Config {
             listen,
-            database_url: database_url.value,
-            app_database_url: app_database_url.map(|p| p.value),
-            data_dir: data_dir_path,
+            database_url,
+            app_database_url,
+            data_dir,
             max_body_bytes,
             unauthenticated_audit_per_minute,
-            log: log.value,
+            log,
             engine,
         })
     }
@@ -696,37 +750,6 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
         })
         .max_by_key(|(len, line)| (*len, std::cmp::Reverse(*line)))
         .map(|(_, line)| line)
-}
-
-/// The URL with any password replaced by `***`, for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let (scheme, rest) = url.split_at(scheme_end);
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -1179,26 +1202,5 @@ mod tests {
         assert_eq!(key_line(text, "odd.note"), Some(9));
         assert_eq!(key_line(text, "odd.quoted.key"), Some(12));
         assert_eq!(key_line(text, "scheduler.batch"), None);
-    }
-
-    #[test]
-    fn redaction() {
-        assert_eq!(
-            redact_url("postgres://kira:s3cret@db:5432/kira?sslmode=disable"),
-            "postgres://kira:***@db:5432/kira?sslmode=disable"
-        );
-        assert_eq!(
-            redact_url("postgres://db/kira?user=k&password=s3cret"),
-            "postgres://db/kira?user=k&password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://kira@db/kira"),
-            "postgres://kira@db/kira"
-        );
-        assert_eq!(
-            redact_url("sqlite://./kira-data/kira.db"),
-            "sqlite://./kira-data/kira.db"
-        );
-        assert_eq!(redact_url("p://u:a@b@h/x"), "p://u:***@h/x");
     }
 }

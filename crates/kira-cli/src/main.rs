@@ -1,5 +1,7 @@
-//! The `kira` binary: `kira serve` runs the server; every other command is
-//! a client of its HTTP API.
+//! The `kira` binary: `kira serve` runs the server (`kira worker` the
+//! engine alone); `kira bench` runs the benchmarks of `kira-bench` in
+//! process and `kira secret` seals keys locally; every other command is a
+//! client of the server's HTTP API.
 
 mod agents;
 mod cli;
@@ -127,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => commands::demo::run(&ctx()?, args).await,
         Command::Secret(cmd) => commands::secret::run(cmd),
         Command::Whoami => commands::whoami(&ctx()?).await,
-        Command::Bench(cmd) => commands::bench::run(cmd, json).await,
+        Command::Bench(cmd) => Ok(kira_bench::run(cmd, json).await?),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kira", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,8 @@
 //! kira's types and pure rules: ids, companies, roles and scopes, audit
 //! hashing, tasks and their state machine, priority, budgets and allocation,
-//! episodic memory rules, cross-company sharing rules and the anonymiser. Nothing here does I/O or reads the clock; callers pass `now`.
+//! episodic memory rules, cross-company sharing rules, the anonymiser, and
+//! URLs with their passwords hidden. Nothing here does I/O or reads the
+//! clock; callers pass `now`.
 
 pub mod anonymise;
 pub mod audit;
@@ -17,6 +19,7 @@ pub mod priority;
 pub mod sharing;
 pub mod storable;
 pub mod task;
+pub mod url;
 
 pub use error::ValidationError;
 pub use ids::CompanyId;

@@ -1,8 +1,12 @@
-//! The engine's configuration: budgets, priority, the scheduler, agents and
-//! their limits, task types, the executor and model prices. Read from the
-//! `[budget]`, `[priority]`, `[scheduler]`, `[tasks]`, `[agents.NAME]`,
-//! `[task_types.NAME]`, `[executor]`, `[prices.MODEL]`, `[knowledge]` and
-//! `[sharing]` sections of `kira.toml`; every default is SEED's.
+//! The engine's configuration: budgets, priority, the scheduler, providers,
+//! agents and their limits, the primary agent, task types, the executor,
+//! model prices, knowledge, sharing, memory, context packs and review. Read
+//! from the `[budget]`, `[priority]`, `[scheduler]`, `[tasks]`,
+//! `[providers.NAME]`, `[agents.NAME]`, `[primary]`, `[summarizer]`,
+//! `[task_types.NAME]`, `[executor]`, `[prices.MODEL]`, `[knowledge]`,
+//! `[sharing]`, `[memory]`, `[context]` and `[review]` sections of
+//! `kira.toml` (`EngineFile`), resolved over the defaults and validated one
+//! section at a time; every default is SEED's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -758,260 +762,15 @@ impl EngineFile {
     /// name the key as written in the file (`budget.total_tokens`).
     pub fn resolve(self) -> Result<EngineConfig, ValidationError> {
         let mut c = EngineConfig::default();
-        let b = self.budget;
-        let budget = &mut c.budget;
-        if let Some(v) = b.total_tokens {
-            budget.total_tokens = v;
-        }
-        if let Some(v) = b.base_percent {
-            budget.base_percent = v;
-        }
-        if let Some(v) = b.burst_percent {
-            budget.burst_percent = v;
-        }
-        if let Some(v) = b.emergency_percent {
-            budget.emergency_percent = v;
-        }
-        if let Some(v) = b.burst_levels {
-            budget.burst_levels = v.into_iter().collect::<BTreeSet<_>>();
-        }
-        if let Some(v) = b.emergency_levels {
-            budget.emergency_levels = v.into_iter().collect::<BTreeSet<_>>();
-        }
-        c.budget.validate()?;
-
-        let p = self.priority;
-        if let Some(v) = p.deadline_window_minutes {
-            c.priority.deadline_window = TimeDelta::try_minutes(v).ok_or_else(|| {
-                ValidationError::new("priority.deadline_window_minutes", "is out of range")
-            })?;
-        }
-        if let Some(v) = p.max_deadline_pressure {
-            c.priority.max_deadline_pressure = v;
-        }
-        if let Some(v) = p.aging_points_per_minute {
-            c.priority.aging_points_per_minute = v;
-        }
-        c.priority.validate()?;
-
-        let s = self.scheduler;
-        let secs = |field: &str,
-                    v: Option<i64>,
-                    min: i64,
-                    max: i64|
-         -> Result<Option<TimeDelta>, ValidationError> {
-            v.map(|v| {
-                if (min..=max).contains(&v) {
-                    Ok(TimeDelta::seconds(v))
-                } else {
-                    Err(ValidationError::new(
-                        field,
-                        format!("must be between {min} and {max}"),
-                    ))
-                }
-            })
-            .transpose()
-        };
-        let sc = &mut c.scheduler;
-        if let Some(v) = secs("scheduler.lease_seconds", s.lease_seconds, 2, 86_400)? {
-            sc.lease = v;
-        }
-        if let Some(v) = secs("scheduler.heartbeat_seconds", s.heartbeat_seconds, 1, 3_600)? {
-            sc.heartbeat = v;
-        }
-        if sc.heartbeat * 2 > sc.lease {
-            return Err(ValidationError::new(
-                "scheduler.heartbeat_seconds",
-                "must be at most half of scheduler.lease_seconds, or leases lapse between heartbeats",
-            ));
-        }
-        if let Some(v) = s.max_attempts {
-            if !(1..=100).contains(&v) {
-                return Err(ValidationError::new(
-                    "scheduler.max_attempts",
-                    "must be between 1 and 100",
-                ));
-            }
-            sc.max_attempts = v;
-        }
-        if let Some(v) = secs(
-            "scheduler.retry_backoff_seconds",
-            s.retry_backoff_seconds,
-            0,
-            86_400,
-        )? {
-            sc.retry_backoff = v;
-        }
-        if let Some(v) = s.poll_interval_ms {
-            if !(10..=60_000).contains(&v) {
-                return Err(ValidationError::new(
-                    "scheduler.poll_interval_ms",
-                    "must be between 10 and 60000",
-                ));
-            }
-            sc.poll_interval = TimeDelta::milliseconds(v);
-        }
-        if let Some(v) = s.per_company_concurrency {
-            if !(1..=10_000).contains(&v) {
-                return Err(ValidationError::new(
-                    "scheduler.per_company_concurrency",
-                    "must be between 1 and 10000",
-                ));
-            }
-            sc.per_company_concurrency = v;
-        }
-        if let Some(v) = s.batch {
-            if !(1..=100_000).contains(&v) {
-                return Err(ValidationError::new(
-                    "scheduler.batch",
-                    "must be between 1 and 100000",
-                ));
-            }
-            sc.batch = v;
-        }
-        if let Some(v) = s.max_starting {
-            if !(1..=10_000).contains(&v) {
-                return Err(ValidationError::new(
-                    "scheduler.max_starting",
-                    "must be between 1 and 10000",
-                ));
-            }
-            sc.max_starting = v;
-        }
-        if let Some(v) = s.start_target_ms {
-            if !(0..=10_000).contains(&v) {
-                return Err(ValidationError::new(
-                    "scheduler.start_target_ms",
-                    "must be between 0 and 10000",
-                ));
-            }
-            sc.start_target = TimeDelta::milliseconds(v);
-        }
-
-        if let Some(v) = self.tasks.max_emergency_open_per_company {
-            if v > 10_000 {
-                return Err(ValidationError::new(
-                    "tasks.max_emergency_open_per_company",
-                    "must be between 0 and 10000",
-                ));
-            }
-            c.tasks.max_emergency_open_per_company = v;
-        }
-
-        for (name, p) in self.providers {
-            check_task_type(&name)
-                .map_err(|e| ValidationError::new(format!("providers.{name}"), e.message))?;
-            p.validate(&name)?;
-            c.providers.insert(name, p);
-        }
-        for (name, a) in self.agents {
-            check_task_type(&name)
-                .map_err(|e| ValidationError::new(format!("agents.{name}"), e.message))?;
-            a.validate(&name)?;
-            if let Some(p) = &a.provider
-                && !c.providers.contains_key(p)
-            {
-                return Err(ValidationError::new(
-                    format!("agents.{name}.provider"),
-                    format!("names no [providers.{p}] section"),
-                ));
-            }
-            c.agents.insert(name, a);
-        }
-        if let Some(p) = self.primary {
-            if !(100..=1_000_000).contains(&p.session_max_tokens) {
-                return Err(ValidationError::new(
-                    "primary.session_max_tokens",
-                    "must be between 100 and 1000000",
-                ));
-            }
-            if p.session_keep_turns > 1_000 {
-                return Err(ValidationError::new(
-                    "primary.session_keep_turns",
-                    "must be at most 1000",
-                ));
-            }
-            if p.spawn_above_tokens < 1 {
-                return Err(ValidationError::new(
-                    "primary.spawn_above_tokens",
-                    "must be at least 1",
-                ));
-            }
-            c.primary = p;
-        }
-        if let Some(sm) = self.summarizer {
-            if !c.agents.contains_key(&sm.agent) {
-                return Err(ValidationError::new(
-                    "summarizer.agent",
-                    format!("names no configured agent: {}", sm.agent),
-                ));
-            }
-            if !(16..=100_000).contains(&sm.max_tokens) {
-                return Err(ValidationError::new(
-                    "summarizer.max_tokens",
-                    "must be between 16 and 100000",
-                ));
-            }
-            c.summarizer = sm;
-        }
-        if c.primary.large_task_specialist == PRIMARY
-            || !c.agents.contains_key(&c.primary.large_task_specialist)
-        {
-            return Err(ValidationError::new(
-                "primary.large_task_specialist",
-                format!(
-                    "names no configured specialist: {}",
-                    c.primary.large_task_specialist
-                ),
-            ));
-        }
-        for (name, t) in self.task_types {
-            check_task_type(&name)
-                .map_err(|e| ValidationError::new(format!("task_types.{name}"), e.message))?;
-            c.task_types.insert(name, t);
-        }
-        for (name, t) in &c.task_types {
-            if let Some(s) = &t.specialist
-                && !c.agents.contains_key(s)
-            {
-                return Err(ValidationError::new(
-                    format!("task_types.{name}.specialist"),
-                    format!("names no configured agent: {s}"),
-                ));
-            }
-            if !(1..=10_000_000).contains(&t.max_output_tokens) {
-                return Err(ValidationError::new(
-                    format!("task_types.{name}.max_output_tokens"),
-                    "must be between 1 and 10000000",
-                ));
-            }
-        }
+        resolve_budget(&mut c.budget, self.budget)?;
+        resolve_priority(&mut c.priority, self.priority)?;
+        resolve_scheduler(&mut c.scheduler, self.scheduler)?;
+        resolve_tasks(&mut c.tasks, self.tasks)?;
+        resolve_providers_and_agents(&mut c, self.providers, self.agents)?;
+        resolve_primary(&mut c, self.primary, self.summarizer)?;
+        resolve_task_types(&mut c, self.task_types)?;
         if let Some(ExecutorConfig::Simulated(s)) = &self.executor {
-            let unit = |v: f64| (0.0..=1.0).contains(&v);
-            if s.latency_ms_min > s.latency_ms_max {
-                return Err(ValidationError::new(
-                    "executor.latency_ms_min",
-                    "must not exceed executor.latency_ms_max",
-                ));
-            }
-            if !unit(s.usage_min) || !unit(s.usage_max) || s.usage_min > s.usage_max {
-                return Err(ValidationError::new(
-                    "executor.usage_min",
-                    "usage_min <= usage_max, both in [0, 1]",
-                ));
-            }
-            if !unit(s.confidence) {
-                return Err(ValidationError::new(
-                    "executor.confidence",
-                    "must be between 0 and 1",
-                ));
-            }
-            if !unit(s.failure_rate) {
-                return Err(ValidationError::new(
-                    "executor.failure_rate",
-                    "must be between 0 and 1",
-                ));
-            }
+            check_simulated(s)?;
         }
         c.executor = self.executor;
         for (model, p) in self.prices {
@@ -1025,18 +784,7 @@ impl EngineFile {
             c.prices.insert(model, price);
         }
         if let Some(domains) = self.knowledge.domains {
-            if domains.is_empty() {
-                return Err(ValidationError::new(
-                    "knowledge.domains",
-                    "must name at least one domain",
-                ));
-            }
-            for (i, d) in domains.iter().enumerate() {
-                check_domain(d).map_err(|e| {
-                    ValidationError::new(format!("knowledge.domains.{i}"), e.message)
-                })?;
-            }
-            c.knowledge_domains = domains.into_iter().collect();
+            c.knowledge_domains = resolve_domains(domains)?;
         }
         if let Some(rules) = self.sharing {
             rules.validate()?;
@@ -1044,58 +792,331 @@ impl EngineFile {
         }
         resolve_memory(&mut c.memory, self.memory, self.context)?;
         if let Some(r) = self.review {
-            if !(r.confidence_threshold.is_finite()
-                && (0.0..=1.0).contains(&r.confidence_threshold))
-            {
-                return Err(ValidationError::new(
-                    "review.confidence_threshold",
-                    "must be between 0 and 1",
-                ));
-            }
-            for t in &r.always {
-                if !c.task_types.contains_key(t) {
-                    return Err(ValidationError::new(
-                        "review.always",
-                        format!("names no configured task type: {t}"),
-                    ));
-                }
-            }
-            if r.max_requeues > 100 {
-                return Err(ValidationError::new(
-                    "review.max_requeues",
-                    "must be between 0 and 100",
-                ));
-            }
+            check_review(&r, &c.task_types)?;
             c.review = r;
         }
         Ok(c)
     }
 }
 
+/// `v` if it lies in `min..=max`, else an error naming `field` and the range.
+fn within<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<T, ValidationError> {
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+/// `[budget]`.
+fn resolve_budget(budget: &mut BudgetConfig, b: BudgetSection) -> Result<(), ValidationError> {
+    if let Some(v) = b.total_tokens {
+        budget.total_tokens = v;
+    }
+    if let Some(v) = b.base_percent {
+        budget.base_percent = v;
+    }
+    if let Some(v) = b.burst_percent {
+        budget.burst_percent = v;
+    }
+    if let Some(v) = b.emergency_percent {
+        budget.emergency_percent = v;
+    }
+    if let Some(v) = b.burst_levels {
+        budget.burst_levels = v.into_iter().collect::<BTreeSet<_>>();
+    }
+    if let Some(v) = b.emergency_levels {
+        budget.emergency_levels = v.into_iter().collect::<BTreeSet<_>>();
+    }
+    budget.validate()
+}
+
+/// `[priority]`.
+fn resolve_priority(
+    priority: &mut PriorityConfig,
+    p: PrioritySection,
+) -> Result<(), ValidationError> {
+    if let Some(v) = p.deadline_window_minutes {
+        priority.deadline_window = TimeDelta::try_minutes(v).ok_or_else(|| {
+            ValidationError::new("priority.deadline_window_minutes", "is out of range")
+        })?;
+    }
+    if let Some(v) = p.max_deadline_pressure {
+        priority.max_deadline_pressure = v;
+    }
+    if let Some(v) = p.aging_points_per_minute {
+        priority.aging_points_per_minute = v;
+    }
+    priority.validate()
+}
+
+/// `[scheduler]`.
+fn resolve_scheduler(sc: &mut SchedulerConfig, s: SchedulerSection) -> Result<(), ValidationError> {
+    let secs = |field: &str, v: Option<i64>, min: i64, max: i64| {
+        v.map(|v| within(field, v, min, max).map(TimeDelta::seconds))
+            .transpose()
+    };
+    if let Some(v) = secs("scheduler.lease_seconds", s.lease_seconds, 2, 86_400)? {
+        sc.lease = v;
+    }
+    if let Some(v) = secs("scheduler.heartbeat_seconds", s.heartbeat_seconds, 1, 3_600)? {
+        sc.heartbeat = v;
+    }
+    if sc.heartbeat * 2 > sc.lease {
+        return Err(ValidationError::new(
+            "scheduler.heartbeat_seconds",
+            "must be at most half of scheduler.lease_seconds, or leases lapse between heartbeats",
+        ));
+    }
+    if let Some(v) = s.max_attempts {
+        sc.max_attempts = within("scheduler.max_attempts", v, 1, 100)?;
+    }
+    if let Some(v) = secs(
+        "scheduler.retry_backoff_seconds",
+        s.retry_backoff_seconds,
+        0,
+        86_400,
+    )? {
+        sc.retry_backoff = v;
+    }
+    if let Some(v) = s.poll_interval_ms {
+        let v = within("scheduler.poll_interval_ms", v, 10, 60_000)?;
+        sc.poll_interval = TimeDelta::milliseconds(v);
+    }
+    if let Some(v) = s.per_company_concurrency {
+        sc.per_company_concurrency = within("scheduler.per_company_concurrency", v, 1, 10_000)?;
+    }
+    if let Some(v) = s.batch {
+        sc.batch = within("scheduler.batch", v, 1, 100_000)?;
+    }
+    if let Some(v) = s.max_starting {
+        sc.max_starting = within("scheduler.max_starting", v, 1, 10_000)?;
+    }
+    if let Some(v) = s.start_target_ms {
+        let v = within("scheduler.start_target_ms", v, 0, 10_000)?;
+        sc.start_target = TimeDelta::milliseconds(v);
+    }
+    Ok(())
+}
+
+/// `[tasks]`.
+fn resolve_tasks(tasks: &mut TasksConfig, t: TasksSection) -> Result<(), ValidationError> {
+    if let Some(v) = t.max_emergency_open_per_company {
+        tasks.max_emergency_open_per_company =
+            within("tasks.max_emergency_open_per_company", v, 0, 10_000)?;
+    }
+    Ok(())
+}
+
+/// `[providers.NAME]` and `[agents.NAME]`: an agent names only a
+/// configured provider.
+fn resolve_providers_and_agents(
+    c: &mut EngineConfig,
+    providers: BTreeMap<String, ProviderSpec>,
+    agents: BTreeMap<String, AgentConfig>,
+) -> Result<(), ValidationError> {
+    for (name, p) in providers {
+        check_task_type(&name)
+            .map_err(|e| ValidationError::new(format!("providers.{name}"), e.message))?;
+        p.validate(&name)?;
+        c.providers.insert(name, p);
+    }
+    for (name, a) in agents {
+        check_task_type(&name)
+            .map_err(|e| ValidationError::new(format!("agents.{name}"), e.message))?;
+        a.validate(&name)?;
+        if let Some(p) = &a.provider
+            && !c.providers.contains_key(p)
+        {
+            return Err(ValidationError::new(
+                format!("agents.{name}.provider"),
+                format!("names no [providers.{p}] section"),
+            ));
+        }
+        c.agents.insert(name, a);
+    }
+    Ok(())
+}
+
+/// `[primary]` and `[summarizer]`, over the agents already resolved: the
+/// summariser and the large-task specialist must be configured agents.
+fn resolve_primary(
+    c: &mut EngineConfig,
+    primary: Option<PrimaryConfig>,
+    summarizer: Option<SummarizerConfig>,
+) -> Result<(), ValidationError> {
+    if let Some(p) = primary {
+        within(
+            "primary.session_max_tokens",
+            p.session_max_tokens,
+            100,
+            1_000_000,
+        )?;
+        if p.session_keep_turns > 1_000 {
+            return Err(ValidationError::new(
+                "primary.session_keep_turns",
+                "must be at most 1000",
+            ));
+        }
+        if p.spawn_above_tokens < 1 {
+            return Err(ValidationError::new(
+                "primary.spawn_above_tokens",
+                "must be at least 1",
+            ));
+        }
+        c.primary = p;
+    }
+    if let Some(sm) = summarizer {
+        if !c.agents.contains_key(&sm.agent) {
+            return Err(ValidationError::new(
+                "summarizer.agent",
+                format!("names no configured agent: {}", sm.agent),
+            ));
+        }
+        within("summarizer.max_tokens", sm.max_tokens, 16, 100_000)?;
+        c.summarizer = sm;
+    }
+    if c.primary.large_task_specialist == PRIMARY
+        || !c.agents.contains_key(&c.primary.large_task_specialist)
+    {
+        return Err(ValidationError::new(
+            "primary.large_task_specialist",
+            format!(
+                "names no configured specialist: {}",
+                c.primary.large_task_specialist
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[task_types.NAME]`, added to the built-in ones; each names only a
+/// configured specialist.
+fn resolve_task_types(
+    c: &mut EngineConfig,
+    task_types: BTreeMap<String, TaskTypeConfig>,
+) -> Result<(), ValidationError> {
+    for (name, t) in task_types {
+        check_task_type(&name)
+            .map_err(|e| ValidationError::new(format!("task_types.{name}"), e.message))?;
+        c.task_types.insert(name, t);
+    }
+    for (name, t) in &c.task_types {
+        if let Some(s) = &t.specialist
+            && !c.agents.contains_key(s)
+        {
+            return Err(ValidationError::new(
+                format!("task_types.{name}.specialist"),
+                format!("names no configured agent: {s}"),
+            ));
+        }
+        within(
+            &format!("task_types.{name}.max_output_tokens"),
+            t.max_output_tokens,
+            1,
+            10_000_000,
+        )?;
+    }
+    Ok(())
+}
+
+/// `[executor] kind = "simulated"`: its ranges and shares.
+fn check_simulated(s: &SimulatedConfig) -> Result<(), ValidationError> {
+    let unit = |v: f64| (0.0..=1.0).contains(&v);
+    if s.latency_ms_min > s.latency_ms_max {
+        return Err(ValidationError::new(
+            "executor.latency_ms_min",
+            "must not exceed executor.latency_ms_max",
+        ));
+    }
+    if !unit(s.usage_min) || !unit(s.usage_max) || s.usage_min > s.usage_max {
+        return Err(ValidationError::new(
+            "executor.usage_min",
+            "usage_min <= usage_max, both in [0, 1]",
+        ));
+    }
+    if !unit(s.confidence) {
+        return Err(ValidationError::new(
+            "executor.confidence",
+            "must be between 0 and 1",
+        ));
+    }
+    if !unit(s.failure_rate) {
+        return Err(ValidationError::new(
+            "executor.failure_rate",
+            "must be between 0 and 1",
+        ));
+    }
+    Ok(())
+}
+
+/// `[knowledge] domains`: at least one, each a valid domain name.
+fn resolve_domains(domains: Vec<String>) -> Result<BTreeSet<String>, ValidationError> {
+    if domains.is_empty() {
+        return Err(ValidationError::new(
+            "knowledge.domains",
+            "must name at least one domain",
+        ));
+    }
+    for (i, d) in domains.iter().enumerate() {
+        check_domain(d)
+            .map_err(|e| ValidationError::new(format!("knowledge.domains.{i}"), e.message))?;
+    }
+    Ok(domains.into_iter().collect())
+}
+
+/// `[review]`: `always` names only configured task types.
+fn check_review(
+    r: &ReviewConfig,
+    task_types: &BTreeMap<String, TaskTypeConfig>,
+) -> Result<(), ValidationError> {
+    if !(r.confidence_threshold.is_finite() && (0.0..=1.0).contains(&r.confidence_threshold)) {
+        return Err(ValidationError::new(
+            "review.confidence_threshold",
+            "must be between 0 and 1",
+        ));
+    }
+    for t in &r.always {
+        if !task_types.contains_key(t) {
+            return Err(ValidationError::new(
+                "review.always",
+                format!("names no configured task type: {t}"),
+            ));
+        }
+    }
+    if r.max_requeues > 100 {
+        return Err(ValidationError::new(
+            "review.max_requeues",
+            "must be between 0 and 100",
+        ));
+    }
+    Ok(())
+}
+
+/// `[memory]` (with its layers, search weights and compaction strategies)
+/// and `[context]`.
 fn resolve_memory(
     m: &mut crate::memory::MemoryConfig,
     f: MemorySection,
     ctx: ContextSection,
 ) -> Result<(), ValidationError> {
-    let range = |field: &str, v: i64, min: i64, max: i64| {
-        if (min..=max).contains(&v) {
-            Ok(v)
-        } else {
-            Err(ValidationError::new(
-                field,
-                format!("must be between {min} and {max}"),
-            ))
-        }
-    };
     if let Some(v) = f.retention_days {
-        m.retention = TimeDelta::days(range("memory.retention_days", v, 0, 36_500)?);
+        m.retention = TimeDelta::days(within("memory.retention_days", v, 0, 36_500)?);
     }
     if let Some(v) = f.compaction_interval_hours {
         m.compaction_interval =
-            TimeDelta::hours(range("memory.compaction_interval_hours", v, 1, 24 * 365)?);
+            TimeDelta::hours(within("memory.compaction_interval_hours", v, 1, 24 * 365)?);
     }
     if let Some(v) = f.search_candidates {
-        m.candidates = u32::try_from(range("memory.search_candidates", i64::from(v), 1, 10_000)?)
+        m.candidates = u32::try_from(within("memory.search_candidates", i64::from(v), 1, 10_000)?)
             .unwrap_or(100);
     }
     if let Some(v) = f.rrf_k {
@@ -1155,7 +1176,15 @@ fn resolve_memory(
         )
     })?;
 
-    let c = &mut m.context;
+    resolve_context(&mut m.context, ctx)
+}
+
+/// `[context]`: budgets, how many items each section may read, and the
+/// sharing scopes a pack asks for.
+fn resolve_context(
+    c: &mut crate::memory::ContextConfig,
+    ctx: ContextSection,
+) -> Result<(), ValidationError> {
     if let Some(v) = ctx.default_budget {
         c.default_budget = v;
     }
@@ -1196,7 +1225,7 @@ fn resolve_memory(
         ),
     ] {
         if let Some(v) = v {
-            *slot = u32::try_from(range(field, i64::from(v), 0, 10_000)?).unwrap_or(0);
+            *slot = u32::try_from(within(field, i64::from(v), 0, 10_000)?).unwrap_or(0);
         }
     }
     let scope_name = |field: &str, v: &str| {

@@ -15,9 +15,7 @@ use kira_store::Store;
 use tokio::sync::{Notify, watch};
 
 pub mod agent;
-pub mod agentbench;
 pub mod audit;
-pub mod bench;
 pub mod budget;
 pub mod companies;
 pub mod config;
@@ -25,7 +23,6 @@ pub mod executor;
 mod group;
 pub mod keys;
 pub mod knowledge;
-pub mod membench;
 pub mod memory;
 pub mod review;
 pub mod scheduler;

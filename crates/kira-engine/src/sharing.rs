@@ -527,11 +527,10 @@ impl Engine {
         now: chrono::DateTime<chrono::Utc>,
         audits: &mut Vec<AuditRecord>,
     ) -> Result<Vec<pack::Candidate>, EngineError> {
-        let store = self.store();
-        let rules = &self.config().sharing;
         let admin = system_admin()?;
         let me = scope.company();
-        let blocked: HashSet<CompanyId> = store
+        let blocked: HashSet<CompanyId> = self
+            .store()
             .conflict_partners(&admin, me)
             .await?
             .into_iter()
@@ -540,6 +539,15 @@ impl Engine {
         if words.is_empty() {
             return Ok(Vec::new());
         }
+        let asking = Asking {
+            own,
+            directory,
+            blocked,
+            task_scope,
+            words,
+            k,
+            now,
+        };
         let max_companies = self.config().memory.context.shared_companies as usize;
         // (partner's place in the listing, the candidate), in the partner's
         // own best-first order.
@@ -559,103 +567,141 @@ impl Engine {
                 break;
             }
             let want = (k - top).min(max_companies - searched);
-            let mut wave = Vec::with_capacity(want);
-            while wave.len() < want {
-                let Some(&other) = partners.get(next) else {
-                    break;
-                };
-                let place = next;
-                next += 1;
-                let facts = Facts {
-                    a: directory.party(own),
-                    b: directory.party(other),
-                    conflict_open: blocked.contains(&other.id),
-                };
-                let verdict = decide(rules, &facts, task_scope);
-                if !verdict.allowed {
-                    let unblocked = Facts {
-                        conflict_open: false,
-                        ..facts
-                    };
-                    if facts.conflict_open && decide(rules, &unblocked, task_scope).allowed {
-                        audits.push(
-                            self.deny_cross_company_read(now, me, &other.id, task_scope, &verdict),
-                        );
-                    }
-                    continue;
-                }
-                wave.push((place, other, verdict));
-            }
+            let wave = self.next_wave(&asking, &partners, &mut next, want, audits);
             if wave.is_empty() {
                 break;
             }
             searched += wave.len();
-            // Each partner's live items of the scope, read through its own
-            // scope: what it published, never its memories.
-            let filter = SharedFilter {
-                scope: Some(task_scope.to_owned()),
-                include_withdrawn: false,
-                limit: MAX_LIVE_ITEMS,
-            };
-            let results: Vec<Vec<SharedItem>> = try_join_all(wave.iter().map(|(_, other, _)| {
-                let theirs = admin.company(&other.id, Access::Read);
-                let filter = &filter;
-                async move { store.list_shared_items(&theirs, filter).await }
-            }))
-            .await?;
-            for ((place, other, verdict), items) in wave.into_iter().zip(results) {
-                let mut hits: Vec<(f64, SharedItem)> = items
-                    .into_iter()
-                    .filter_map(|item| {
-                        let score = match_score(&words, &item.text);
-                        (score > 0.0).then_some((score, item))
-                    })
-                    .collect();
-                // Best first; at equal scores the newer item (as listed).
-                hits.sort_by(|a, b| b.0.total_cmp(&a.0));
-                hits.truncate(k);
-                let rule = verdict.rule.as_deref().unwrap_or("-");
-                // The owner's log says its items were read, not by whom:
-                // no company sees another in its own records. The admin's
-                // entry names both.
-                audits.push(system_record(
-                    now,
-                    "sharing.read",
-                    Some(other.id.clone()),
-                    "shared_items".into(),
-                    format!(
-                        "{} published item(s) of scope {task_scope} read by a partner, rule {rule}",
-                        hits.len()
-                    ),
-                ));
-                audits.push(system_record(
-                    now,
-                    "sharing.read",
-                    None,
-                    format!("company:{}", other.id),
-                    format!(
-                        "{} published item(s) of scope {task_scope} of {} for {me}, rule {rule}",
-                        hits.len(),
-                        other.id
-                    ),
-                ));
-                let best = hits.first().map_or(1.0, |(s, _)| *s);
-                for (score, item) in hits {
-                    found.push((
-                        place,
-                        pack::Candidate {
-                            id: shared_id(&other.id, item.id),
-                            layer: None,
-                            score: (score / best).clamp(f64::MIN_POSITIVE, 1.0),
-                            text: item.text,
-                        },
-                    ));
-                }
-            }
+            found.extend(self.read_wave(&asking, wave, audits).await?);
         }
         // Stable: within a partner, its own order stays.
         found.sort_by(|(pa, a), (pb, b)| b.score.total_cmp(&a.score).then(pa.cmp(pb)));
         Ok(found.into_iter().take(k).map(|(_, c)| c).collect())
+    }
+
+    /// Up to `want` partners from `partners[*next..]` the rules allow, with
+    /// their place in the listing and the verdict; `next` moves past every
+    /// partner looked at. A partner an open conflict alone blocks is a
+    /// denied cross-company read, pushed to `audits`.
+    fn next_wave<'a>(
+        &self,
+        asking: &Asking<'_>,
+        partners: &[&'a Company],
+        next: &mut usize,
+        want: usize,
+        audits: &mut Vec<AuditRecord>,
+    ) -> Vec<(usize, &'a Company, Verdict)> {
+        let rules = &self.config().sharing;
+        let me = &asking.own.id;
+        let mut wave = Vec::with_capacity(want);
+        while wave.len() < want {
+            let Some(&other) = partners.get(*next) else {
+                break;
+            };
+            let place = *next;
+            *next += 1;
+            let facts = Facts {
+                a: asking.directory.party(asking.own),
+                b: asking.directory.party(other),
+                conflict_open: asking.blocked.contains(&other.id),
+            };
+            let verdict = decide(rules, &facts, asking.task_scope);
+            if !verdict.allowed {
+                let unblocked = Facts {
+                    conflict_open: false,
+                    ..facts
+                };
+                if facts.conflict_open && decide(rules, &unblocked, asking.task_scope).allowed {
+                    audits.push(self.deny_cross_company_read(
+                        asking.now,
+                        me,
+                        &other.id,
+                        asking.task_scope,
+                        &verdict,
+                    ));
+                }
+                continue;
+            }
+            wave.push((place, other, verdict));
+        }
+        wave
+    }
+
+    /// Reads each partner of `wave`'s live items of the scope, through its
+    /// own scope (what it published, never its memories), and keeps its
+    /// best `k` matches, scored against its best; audits each read on the
+    /// owner's log and the admin's.
+    async fn read_wave(
+        &self,
+        asking: &Asking<'_>,
+        wave: Vec<(usize, &Company, Verdict)>,
+        audits: &mut Vec<AuditRecord>,
+    ) -> Result<Vec<(usize, pack::Candidate)>, EngineError> {
+        let store = self.store();
+        let admin = system_admin()?;
+        let (me, task_scope, now, k) = (&asking.own.id, asking.task_scope, asking.now, asking.k);
+        let filter = SharedFilter {
+            scope: Some(task_scope.to_owned()),
+            include_withdrawn: false,
+            limit: MAX_LIVE_ITEMS,
+        };
+        let results: Vec<Vec<SharedItem>> = try_join_all(wave.iter().map(|(_, other, _)| {
+            let theirs = admin.company(&other.id, Access::Read);
+            let filter = &filter;
+            async move { store.list_shared_items(&theirs, filter).await }
+        }))
+        .await?;
+        let mut found = Vec::new();
+        for ((place, other, verdict), items) in wave.into_iter().zip(results) {
+            let mut hits: Vec<(f64, SharedItem)> = items
+                .into_iter()
+                .filter_map(|item| {
+                    let score = match_score(&asking.words, &item.text);
+                    (score > 0.0).then_some((score, item))
+                })
+                .collect();
+            // Best first; at equal scores the newer item (as listed).
+            hits.sort_by(|a, b| b.0.total_cmp(&a.0));
+            hits.truncate(k);
+            let rule = verdict.rule.as_deref().unwrap_or("-");
+            // The owner's log says its items were read, not by whom:
+            // no company sees another in its own records. The admin's
+            // entry names both.
+            audits.push(system_record(
+                now,
+                "sharing.read",
+                Some(other.id.clone()),
+                "shared_items".into(),
+                format!(
+                    "{} published item(s) of scope {task_scope} read by a partner, rule {rule}",
+                    hits.len()
+                ),
+            ));
+            audits.push(system_record(
+                now,
+                "sharing.read",
+                None,
+                format!("company:{}", other.id),
+                format!(
+                    "{} published item(s) of scope {task_scope} of {} for {me}, rule {rule}",
+                    hits.len(),
+                    other.id
+                ),
+            ));
+            let best = hits.first().map_or(1.0, |(s, _)| *s);
+            for (score, item) in hits {
+                found.push((
+                    place,
+                    pack::Candidate {
+                        id: shared_id(&other.id, item.id),
+                        layer: None,
+                        score: (score / best).clamp(f64::MIN_POSITIVE, 1.0),
+                        text: item.text,
+                    },
+                ));
+            }
+        }
+        Ok(found)
     }
 
     /// Every active company, as [`kira_store::CompanyStore::company_directory`]
@@ -823,6 +869,19 @@ fn consent_detail(what: &str, c: &Consent) -> String {
         "consent to exchange scope {} with {partner} {what}",
         c.scope
     )
+}
+
+/// A shared search's question: who asks, for which scope and words, and
+/// which partners an open conflict blocks.
+struct Asking<'a> {
+    own: &'a Company,
+    directory: &'a Directory,
+    blocked: HashSet<CompanyId>,
+    task_scope: &'a str,
+    words: Vec<String>,
+    /// Items wanted.
+    k: usize,
+    now: chrono::DateTime<chrono::Utc>,
 }
 
 /// The words of a query or a published text, lower case, each once; the

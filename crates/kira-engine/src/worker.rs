@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kira_core::auth::{Access, Principal};
-use kira_core::task::{Task, TaskStatus};
-use kira_store::work::{Completed, Completion, Finish, Reservation, finish_one};
+use chrono::{DateTime, Utc};
+use kira_core::auth::{Access, CompanyScope, Principal};
+use kira_core::task::{Task, TaskId, TaskStatus};
+use kira_store::work::{Completed, Completion, Finish, Reservation, Settlement, finish_one};
 
 use crate::Engine;
 use crate::executor::{ExecOutcome, Run};
@@ -103,29 +104,7 @@ impl Engine {
         let settle = run.take_unsettled();
         beat.abort();
         if lost.load(Ordering::SeqCst) {
-            tracing::warn!(task = %id, "lease lost during the run; the task is no longer this worker's");
-            // What the run used is still charged.
-            if let Some(s) = settle {
-                let now = self.clock().now();
-                if let Err(e) = self
-                    .store()
-                    .settle(
-                        &scope,
-                        &s.reservation_id,
-                        s.prompt_tokens,
-                        s.completion_tokens,
-                        s.cost_usd,
-                        now,
-                    )
-                    .await
-                {
-                    tracing::warn!(task = %id, error = %e, "could not settle the usage of a run whose lease was lost");
-                }
-            }
-            // Its trace still says what it did.
-            let steps = run.take_records().steps;
-            self.record_trace(&scope, &id, steps).await;
-            self.wake();
+            self.end_lost_run(&scope, &id, &mut run, settle).await;
             return;
         }
         if !run.reserved_a_call()
@@ -138,129 +117,105 @@ impl Engine {
             tracing::warn!(task = %id, error = %e, "could not record what the task's first call needs");
         }
         let now = self.clock().now();
-        let sched = &cfg.scheduler;
-        let retry = |reason: String, error: Option<String>| {
-            if task.attempts < task.max_attempts {
-                let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
-                Finish {
-                    status: TaskStatus::Queued,
-                    reason: format!(
-                        "{reason}; retry {} of {}",
-                        task.attempts + 1,
-                        task.max_attempts
-                    ),
-                    result: None,
-                    confidence: None,
-                    requires_human_review: false,
-                    error,
-                    retry_at: Some(now + sched.retry_backoff * 2_i32.pow(exp)),
-                }
-            } else {
-                Finish {
-                    status: TaskStatus::Failed,
-                    reason: format!("{reason}; no attempts left"),
-                    result: None,
-                    confidence: None,
-                    requires_human_review: false,
-                    error,
-                    retry_at: None,
-                }
-            }
+        let ending = Ending {
+            task: &task,
+            now,
+            retry_backoff: cfg.scheduler.retry_backoff,
         };
-        let finish = match outcome {
-            ExecOutcome::Done {
-                result,
-                confidence,
-                requires_human_review,
-            } => Finish {
-                status: if requires_human_review {
-                    TaskStatus::NeedsReview
-                } else {
-                    TaskStatus::Completed
-                },
-                reason: format!("run by {} ({})", task.agent, executor.name()),
-                result: Some(result),
-                confidence: Some(confidence),
-                requires_human_review,
-                error: None,
-                retry_at: None,
-            },
-            ExecOutcome::Failed {
-                error,
-                retryable: true,
-            } => retry(format!("the run failed: {error}"), Some(error)),
-            ExecOutcome::Failed {
-                error,
-                retryable: false,
-            } => Finish {
-                status: TaskStatus::Failed,
-                reason: format!("the run failed: {error}"),
-                result: None,
-                confidence: None,
-                requires_human_review: false,
-                error: Some(error),
-                retry_at: None,
-            },
-            // Denied its first call (the claim held only what starting
-            // needs): nothing reached the model, so the task waits for
-            // budget as an unclaimed one would, its attempt given back.
-            ExecOutcome::OutOfBudget { reason } if !run.reserved_a_call() => Finish {
-                status: TaskStatus::WaitingBudget,
-                reason: format!("waiting for budget: its first call needs more: {reason}"),
-                result: None,
-                confidence: None,
-                requires_human_review: false,
-                error: None,
-                retry_at: Some(now + kira_store::work::WAITING_BUDGET_RECHECK),
-            },
-            ExecOutcome::OutOfBudget { reason } => {
-                retry(format!("out of budget mid-run: {reason}"), Some(reason))
-            }
-            ExecOutcome::Cancelled => Finish {
-                status: TaskStatus::Cancelled,
-                reason: "cancelled while running".into(),
-                result: None,
-                confidence: None,
-                requires_human_review: false,
-                error: None,
-                retry_at: None,
-            },
-        };
+        let finish = ending.finish(outcome, run.reserved_a_call(), executor.name());
         let mut records = run.take_records();
         // What the company remembers of a completed task (a reviewed one
         // is remembered when a human approves it), in the end's transaction,
         // so it is remembered exactly once.
-        if finish.status == TaskStatus::Completed && !self.is_simulated() {
-            let mut done = task.clone();
-            done.status = TaskStatus::Completed;
-            done.result.clone_from(&finish.result);
-            done.confidence = finish.confidence;
-            if let Some(new) = crate::review::result_new_memory(self, &done, now) {
-                match new.validate(now) {
-                    Ok(valid) => {
-                        let m = valid.into_memory(
-                            kira_core::memory::new_memory_id(now),
-                            scope.company().clone(),
-                            now,
-                        );
-                        records.memory = Some((m, crate::review::result_audit(&scope, &done, now)));
-                    }
-                    Err(e) => {
-                        tracing::warn!(task = %id, error = %e, "the task's result cannot be a memory");
-                    }
-                }
-            }
+        if finish.status == TaskStatus::Completed
+            && !self.is_simulated()
+            && let Some(memory) = self.result_memory(&task, &finish, &scope, now)
+        {
+            records.memory = Some(memory);
         }
-        let steps = records.steps.clone();
-        let memory = records.memory.as_ref().map(|(m, _)| m.clone());
-        let turns = !records.session_turns.is_empty();
         let completion = Completion {
-            scope: scope.clone(),
-            task_id: id.clone(),
+            scope,
+            task_id: id,
             finish,
             settle,
             records,
         };
+        self.record_end(completion, &ending).await;
+    }
+
+    /// A run whose lease was lost: the task is no longer this worker's, but
+    /// what the run used is still charged and its trace still says what it
+    /// did.
+    async fn end_lost_run(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        run: &mut Run,
+        settle: Option<Settlement>,
+    ) {
+        tracing::warn!(task = %id, "lease lost during the run; the task is no longer this worker's");
+        if let Some(s) = settle {
+            let now = self.clock().now();
+            if let Err(e) = self
+                .store()
+                .settle(
+                    scope,
+                    &s.reservation_id,
+                    s.prompt_tokens,
+                    s.completion_tokens,
+                    s.cost_usd,
+                    now,
+                )
+                .await
+            {
+                tracing::warn!(task = %id, error = %e, "could not settle the usage of a run whose lease was lost");
+            }
+        }
+        let steps = run.take_records().steps;
+        self.record_trace(scope, id, steps).await;
+        self.wake();
+    }
+
+    /// The memory and audit entry of a completed task's result, if its
+    /// result makes one.
+    fn result_memory(
+        &self,
+        task: &Task,
+        finish: &Finish,
+        scope: &CompanyScope,
+        now: DateTime<Utc>,
+    ) -> Option<(kira_core::memory::Memory, kira_core::audit::AuditRecord)> {
+        let mut done = task.clone();
+        done.status = TaskStatus::Completed;
+        done.result.clone_from(&finish.result);
+        done.confidence = finish.confidence;
+        let new = crate::review::result_new_memory(self, &done, now)?;
+        match new.validate(now) {
+            Ok(valid) => {
+                let m = valid.into_memory(
+                    kira_core::memory::new_memory_id(now),
+                    scope.company().clone(),
+                    now,
+                );
+                Some((m, crate::review::result_audit(scope, &done, now)))
+            }
+            Err(e) => {
+                tracing::warn!(task = %task.task_id, error = %e, "the task's result cannot be a memory");
+                None
+            }
+        }
+    }
+
+    /// Records the run's end with its records, wakes the scheduler, and
+    /// then does what the end calls for: the result memory's embedding and
+    /// conflict check, the primary session's compaction. A settlement that
+    /// fails ends the run as a failed attempt, keeping only its trace.
+    async fn record_end(&self, completion: Completion, ending: &Ending<'_>) {
+        let scope = completion.scope.clone();
+        let id = completion.task_id.clone();
+        let steps = completion.records.steps.clone();
+        let memory = completion.records.memory.as_ref().map(|(m, _)| m.clone());
+        let turns = !completion.records.session_turns.is_empty();
         let completed = self.complete(completion).await;
         // The slot is free unless the end is still to be written below.
         if !matches!(completed, Completed::SettleFailed(_)) {
@@ -271,7 +226,7 @@ impl Engine {
             // As a settle failing inside the executor would have ended it.
             Completed::SettleFailed(e) => {
                 let error = e.to_string();
-                let f = retry(format!("the run failed: {error}"), Some(error));
+                let f = ending.retry(format!("the run failed: {error}"), Some(error));
                 let finished = self
                     .store()
                     .finish(&scope, &id, self.worker_id(), f, self.clock().now())
@@ -353,6 +308,112 @@ impl Engine {
                 }
                 Err(e) => tracing::warn!(task = %id, error = %e, "heartbeat failed"),
             }
+        }
+    }
+}
+
+/// How a run's outcome becomes the task's end, as of `now`.
+struct Ending<'a> {
+    task: &'a Task,
+    now: DateTime<Utc>,
+    /// The first retry's wait, doubled with each attempt.
+    retry_backoff: chrono::TimeDelta,
+}
+
+impl Ending<'_> {
+    /// The end of an attempt that may be tried again: queued for a retry
+    /// after a growing wait while attempts are left, failed after that.
+    fn retry(&self, reason: String, error: Option<String>) -> Finish {
+        let task = self.task;
+        if task.attempts < task.max_attempts {
+            let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
+            Finish {
+                status: TaskStatus::Queued,
+                reason: format!(
+                    "{reason}; retry {} of {}",
+                    task.attempts + 1,
+                    task.max_attempts
+                ),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error,
+                retry_at: Some(self.now + self.retry_backoff * 2_i32.pow(exp)),
+            }
+        } else {
+            Finish {
+                status: TaskStatus::Failed,
+                reason: format!("{reason}; no attempts left"),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error,
+                retry_at: None,
+            }
+        }
+    }
+
+    /// The end `outcome` calls for; `reserved_a_call` says whether the run
+    /// got as far as reserving a model call, `executor` names what ran it.
+    fn finish(&self, outcome: ExecOutcome, reserved_a_call: bool, executor: &str) -> Finish {
+        match outcome {
+            ExecOutcome::Done {
+                result,
+                confidence,
+                requires_human_review,
+            } => Finish {
+                status: if requires_human_review {
+                    TaskStatus::NeedsReview
+                } else {
+                    TaskStatus::Completed
+                },
+                reason: format!("run by {} ({executor})", self.task.agent),
+                result: Some(result),
+                confidence: Some(confidence),
+                requires_human_review,
+                error: None,
+                retry_at: None,
+            },
+            ExecOutcome::Failed {
+                error,
+                retryable: true,
+            } => self.retry(format!("the run failed: {error}"), Some(error)),
+            ExecOutcome::Failed {
+                error,
+                retryable: false,
+            } => Finish {
+                status: TaskStatus::Failed,
+                reason: format!("the run failed: {error}"),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error: Some(error),
+                retry_at: None,
+            },
+            // Denied its first call (the claim held only what starting
+            // needs): nothing reached the model, so the task waits for
+            // budget as an unclaimed one would, its attempt given back.
+            ExecOutcome::OutOfBudget { reason } if !reserved_a_call => Finish {
+                status: TaskStatus::WaitingBudget,
+                reason: format!("waiting for budget: its first call needs more: {reason}"),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error: None,
+                retry_at: Some(self.now + kira_store::work::WAITING_BUDGET_RECHECK),
+            },
+            ExecOutcome::OutOfBudget { reason } => {
+                self.retry(format!("out of budget mid-run: {reason}"), Some(reason))
+            }
+            ExecOutcome::Cancelled => Finish {
+                status: TaskStatus::Cancelled,
+                reason: "cancelled while running".into(),
+                result: None,
+                confidence: None,
+                requires_human_review: false,
+                error: None,
+                retry_at: None,
+            },
         }
     }
 }

@@ -4,8 +4,6 @@
 pub mod admin;
 pub mod agents;
 pub mod audit;
-pub mod bench;
-pub mod bench_memory;
 pub mod budget;
 pub mod company;
 pub mod demo;

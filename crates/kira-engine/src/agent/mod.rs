@@ -17,7 +17,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use kira_core::task::Task;
-use kira_llm::{ChatRequest, Message, Provider, Resilient, RetryPolicy, Sleeper, ToolSpec};
+use kira_llm::{
+    ChatRequest, ChatResponse, Message, Provider, Resilient, RetryPolicy, Sleeper, ToolCall,
+    ToolSpec,
+};
 use kira_store::agents::{Step, StepKind};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -26,6 +29,7 @@ use crate::config::{AgentConfig, EngineConfig, PRIMARY};
 use crate::executor::{ExecOutcome, Executor, Run, RunError};
 use crate::memory::ContextRequest;
 use crate::memory::pack::count_tokens;
+use result::FinalResult;
 
 pub mod calibrate;
 pub mod prompts;
@@ -422,6 +426,30 @@ impl Limit {
     }
 }
 
+/// Where a run's conversation stands.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Tokens the calls used so far.
+    used: i64,
+    /// Model calls made.
+    steps: u32,
+    /// The model's last non-empty text.
+    last_text: String,
+    /// The limit that stopped the run, if one did.
+    limit: Option<Limit>,
+    /// The result, once submitted or answered.
+    result: Option<FinalResult>,
+}
+
+/// A model call as reserved: kira's count of its prompt, its provider's
+/// calibration, the tokens held for it and its output allowance.
+struct Call {
+    prompt: i64,
+    factor: f64,
+    need: i64,
+    max_output: u32,
+}
+
 #[async_trait]
 impl Executor for AgentExecutor {
     fn name(&self) -> &str {
@@ -489,21 +517,50 @@ impl AgentExecutor {
         agent: &AgentRuntime,
         trace: &mut Trace,
     ) -> ExecOutcome {
-        let task = run.task.clone();
-        let engine = run.engine().clone();
-        let scope = run.scope().clone();
-        let started = run.now();
         let primary = agent.name == PRIMARY;
         if !primary {
-            trace.push(run, StepKind::TaskMessage, task_message(&task), (0, 0), 0);
+            trace.push(
+                run,
+                StepKind::TaskMessage,
+                task_message(&run.task),
+                (0, 0),
+                0,
+            );
         }
-        let failed = |error: String| ExecOutcome::Failed {
-            error,
-            retryable: true,
+        let mut messages = match self.first_messages(run, agent, primary).await {
+            Ok(m) => m,
+            Err(error) => {
+                return ExecOutcome::Failed {
+                    error,
+                    retryable: true,
+                };
+            }
         };
-        let pack = match engine
+        let mut progress = Progress::default();
+        if let Some(stopped) = self
+            .converse(run, agent, trace, &mut messages, &mut progress)
+            .await
+        {
+            return stopped;
+        }
+        self.conclude(run, agent, trace, progress, primary)
+    }
+
+    /// The system prompt and the first user message: the task with its
+    /// context pack, the primary agent's session, and the feedback of
+    /// earlier rejections. An error says which read failed.
+    async fn first_messages(
+        &self,
+        run: &Run,
+        agent: &AgentRuntime,
+        primary: bool,
+    ) -> Result<Vec<Message>, String> {
+        let task = &run.task;
+        let engine = run.engine();
+        let scope = run.scope();
+        let pack = engine
             .load_context(
-                &scope,
+                scope,
                 &ContextRequest {
                     task_type: Some(task.task_type.clone()),
                     query: task.task.clone(),
@@ -511,14 +568,11 @@ impl AgentExecutor {
                 },
             )
             .await
-        {
-            Ok(p) => p,
-            Err(e) => return failed(format!("context: {e}")),
-        };
+            .map_err(|e| format!("context: {e}"))?;
         let session = if primary {
-            match engine.store().load_session(&scope).await {
+            match engine.store().load_session(scope).await {
                 Ok(s) => Some(session::render(&s)),
-                Err(e) => return failed(format!("session: {e}")),
+                Err(e) => return Err(format!("session: {e}")),
             }
         } else {
             None
@@ -528,45 +582,52 @@ impl AgentExecutor {
         let feedback: Vec<String> = if task.attempts <= 1 {
             Vec::new()
         } else {
-            match engine.store().task_reviews(&scope, &task.task_id).await {
+            match engine.store().task_reviews(scope, &task.task_id).await {
                 Ok(rs) => rs
                     .into_iter()
                     .filter(|r| r.decision == "rejected")
                     .filter_map(|r| r.feedback)
                     .collect(),
-                Err(e) => return failed(format!("reviews: {e}")),
+                Err(e) => return Err(format!("reviews: {e}")),
             }
         };
-        let mut messages = vec![
+        Ok(vec![
             Message::system(agent.system_prompt.clone()),
             Message::user(first_prompt(
-                &task,
+                task,
                 &pack.render(),
                 session.as_deref(),
                 &feedback,
             )),
-        ];
-        let max_output = self.max_output(agent, &task.task_type);
-        let limits = &agent.config;
-        let mut used: i64 = 0;
-        let mut steps: u32 = 0;
-        let mut last_text = String::new();
-        let mut limit = None;
-        let mut final_result = None;
-        let source = task.task_id.to_string();
-        let actor = format!("agent:{}", agent.name);
+        ])
+    }
 
-        while final_result.is_none() {
+    /// Model, tool calls, model, until the agent submits a result, answers
+    /// without tool calls, or hits a limit (recorded in `progress`). Some
+    /// outcome when the run ends otherwise: cancelled, out of budget, or a
+    /// failed call.
+    async fn converse(
+        &self,
+        run: &mut Run,
+        agent: &AgentRuntime,
+        trace: &mut Trace,
+        messages: &mut Vec<Message>,
+        progress: &mut Progress,
+    ) -> Option<ExecOutcome> {
+        let started = run.now();
+        let max_output = self.max_output(agent, &run.task.task_type);
+        let limits = &agent.config;
+        while progress.result.is_none() {
             if run.cancelled() {
-                return ExecOutcome::Cancelled;
+                return Some(ExecOutcome::Cancelled);
             }
-            if steps >= limits.max_steps {
-                limit = Some(Limit::Steps);
+            if progress.steps >= limits.max_steps {
+                progress.limit = Some(Limit::Steps);
                 break;
             }
             let elapsed = run.now() - started;
             if elapsed.num_seconds() >= i64::try_from(limits.max_wall_seconds).unwrap_or(i64::MAX) {
-                limit = Some(Limit::WallTime);
+                progress.limit = Some(Limit::WallTime);
                 break;
             }
             // The system prompt and tool specs never change: counted once.
@@ -575,122 +636,192 @@ impl AgentExecutor {
             // it may write.
             let prompt = agent.fixed_tokens + tokens_of(&messages[1..], &[]);
             let factor = self.calibration.factor(&agent.provider_name, &agent.model);
-            let need = calibrate::scaled(prompt, factor) + i64::from(max_output);
-            if used + need > limits.max_tokens_per_run {
-                limit = Some(Limit::Tokens);
+            let call = Call {
+                prompt,
+                factor,
+                need: calibrate::scaled(prompt, factor) + i64::from(max_output),
+                max_output,
+            };
+            if progress.used + call.need > limits.max_tokens_per_run {
+                progress.limit = Some(Limit::Tokens);
                 break;
             }
-            let reservation = match run.reserve(need).await {
+            let resp = match self
+                .call_model(run, agent, trace, messages, &call, progress)
+                .await
+            {
                 Ok(r) => r,
-                Err(RunError::OutOfBudget(reason)) => return ExecOutcome::OutOfBudget { reason },
-                Err(e) => return failed(e.to_string()),
+                Err(stopped) => return Some(stopped),
             };
-            steps += 1;
-            let req = ChatRequest {
-                model: agent.model.clone(),
-                messages: messages.clone(),
-                max_tokens: max_output,
-                temperature: None,
-                tools: agent.tools.clone(),
-            };
-            let resp = match agent.provider.chat(&req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    if let Err(re) = run.release(&reservation).await {
-                        tracing::warn!(task = %task.task_id, error = %re, "could not release a failed call's reservation");
-                    }
-                    trace.push(
-                        run,
-                        StepKind::Llm,
-                        json!({"model": agent.model, "provider": agent.provider_name, "error": e.to_string()}),
-                        (0, 0),
-                        0,
-                    );
-                    return ExecOutcome::Failed {
-                        error: format!("{} ({}): {e}", agent.provider_name, agent.model),
-                        retryable: true,
-                    };
-                }
-            };
-            let reported = resp.usage.prompt_tokens > 0 || resp.usage.completion_tokens > 0;
-            let (p, c) = if reported {
-                let p = i64::from(resp.usage.prompt_tokens);
-                self.calibration
-                    .observe(&agent.provider_name, &agent.model, prompt, p);
-                (p, i64::from(resp.usage.completion_tokens))
-            } else {
-                // No usage reported: charge the reservation, the most the
-                // call could have cost (the trace says so).
-                (need - i64::from(max_output), i64::from(max_output))
-            };
-            used += p + c;
-            if let Err(e) = run.settle(&reservation, &resp.model, p, c).await {
-                return failed(e.to_string());
-            }
-            let latency = i64::try_from(resp.latency.as_millis()).unwrap_or(i64::MAX);
-            trace.push(
-                run,
-                StepKind::Llm,
-                json!({
-                    "model": resp.model,
-                    "provider": agent.provider_name,
-                    "finish_reason": resp.finish_reason,
-                    "content": cut(&resp.message.content, TRACE_CHARS),
-                    "tool_calls": resp.message.tool_calls,
-                    "reserved": reservation.amount,
-                    "counted_prompt": prompt,
-                    "calibration": factor,
-                    "usage": if reported { "reported by the provider" } else { "not reported: charged the reservation" },
-                }),
-                (p, c),
-                latency,
-            );
             let calls = resp.message.tool_calls.clone();
             if !resp.message.content.trim().is_empty() {
-                last_text = resp.message.content.clone();
+                progress.last_text = resp.message.content.clone();
             }
             messages.push(resp.message);
             if calls.is_empty() {
-                final_result = Some(result::from_text(&last_text));
+                progress.result = Some(result::from_text(&progress.last_text));
                 break;
             }
-            for call in calls {
-                if call.name == tools::SUBMIT_RESULT {
-                    let r = result::from_object(&call.arguments);
-                    trace.push(
-                        run,
-                        StepKind::Tool,
-                        json!({"call_id": call.id, "name": call.name, "arguments": call.arguments, "result": "accepted"}),
-                        (0, 0),
-                        0,
-                    );
-                    final_result = Some(r);
-                    break;
+            progress.result = Self::run_tools(run, agent, trace, calls, messages).await;
+        }
+        None
+    }
+
+    /// One model call: reserved before, settled after with the provider's
+    /// usage (or the reservation when it reports none), and traced.
+    async fn call_model(
+        &self,
+        run: &mut Run,
+        agent: &AgentRuntime,
+        trace: &mut Trace,
+        messages: &[Message],
+        call: &Call,
+        progress: &mut Progress,
+    ) -> Result<ChatResponse, ExecOutcome> {
+        let failed = |error: String| ExecOutcome::Failed {
+            error,
+            retryable: true,
+        };
+        let reservation = match run.reserve(call.need).await {
+            Ok(r) => r,
+            Err(RunError::OutOfBudget(reason)) => return Err(ExecOutcome::OutOfBudget { reason }),
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        progress.steps += 1;
+        let req = ChatRequest {
+            model: agent.model.clone(),
+            messages: messages.to_vec(),
+            max_tokens: call.max_output,
+            temperature: None,
+            tools: agent.tools.clone(),
+        };
+        let resp = match agent.provider.chat(&req).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(re) = run.release(&reservation).await {
+                    tracing::warn!(task = %run.task.task_id, error = %re, "could not release a failed call's reservation");
                 }
-                let t0 = std::time::Instant::now();
-                let out = tools::call(
-                    &engine,
-                    &scope,
-                    &agent.config.tools,
-                    &call.name,
-                    &call.arguments,
-                    &source,
-                    &actor,
-                )
-                .await;
-                let ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
-                let key = if out.error { "error" } else { "result" };
+                trace.push(
+                    run,
+                    StepKind::Llm,
+                    json!({"model": agent.model, "provider": agent.provider_name, "error": e.to_string()}),
+                    (0, 0),
+                    0,
+                );
+                return Err(failed(format!(
+                    "{} ({}): {e}",
+                    agent.provider_name, agent.model
+                )));
+            }
+        };
+        let reported = resp.usage.prompt_tokens > 0 || resp.usage.completion_tokens > 0;
+        let (p, c) = if reported {
+            let p = i64::from(resp.usage.prompt_tokens);
+            self.calibration
+                .observe(&agent.provider_name, &agent.model, call.prompt, p);
+            (p, i64::from(resp.usage.completion_tokens))
+        } else {
+            // No usage reported: charge the reservation, the most the
+            // call could have cost (the trace says so).
+            (
+                call.need - i64::from(call.max_output),
+                i64::from(call.max_output),
+            )
+        };
+        progress.used += p + c;
+        if let Err(e) = run.settle(&reservation, &resp.model, p, c).await {
+            return Err(failed(e.to_string()));
+        }
+        let latency = i64::try_from(resp.latency.as_millis()).unwrap_or(i64::MAX);
+        trace.push(
+            run,
+            StepKind::Llm,
+            json!({
+                "model": resp.model,
+                "provider": agent.provider_name,
+                "finish_reason": resp.finish_reason,
+                "content": cut(&resp.message.content, TRACE_CHARS),
+                "tool_calls": resp.message.tool_calls,
+                "reserved": reservation.amount,
+                "counted_prompt": call.prompt,
+                "calibration": call.factor,
+                "usage": if reported { "reported by the provider" } else { "not reported: charged the reservation" },
+            }),
+            (p, c),
+            latency,
+        );
+        Ok(resp)
+    }
+
+    /// Runs the model's tool calls in order, each answer added to
+    /// `messages`; the result when one of them submits it (the calls after
+    /// it are not run).
+    async fn run_tools(
+        run: &Run,
+        agent: &AgentRuntime,
+        trace: &mut Trace,
+        calls: Vec<ToolCall>,
+        messages: &mut Vec<Message>,
+    ) -> Option<FinalResult> {
+        let source = run.task.task_id.to_string();
+        let actor = format!("agent:{}", agent.name);
+        for call in calls {
+            if call.name == tools::SUBMIT_RESULT {
+                let r = result::from_object(&call.arguments);
                 trace.push(
                     run,
                     StepKind::Tool,
-                    json!({"call_id": call.id, "name": call.name, "arguments": call.arguments, key: cut(&out.content, TRACE_CHARS)}),
+                    json!({"call_id": call.id, "name": call.name, "arguments": call.arguments, "result": "accepted"}),
                     (0, 0),
-                    ms,
+                    0,
                 );
-                messages.push(Message::tool(call.id.clone(), out.content));
+                return Some(r);
             }
+            let t0 = std::time::Instant::now();
+            let out = tools::call(
+                run.engine(),
+                run.scope(),
+                &agent.config.tools,
+                &call.name,
+                &call.arguments,
+                &source,
+                &actor,
+            )
+            .await;
+            let ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
+            let key = if out.error { "error" } else { "result" };
+            trace.push(
+                run,
+                StepKind::Tool,
+                json!({"call_id": call.id, "name": call.name, "arguments": call.arguments, key: cut(&out.content, TRACE_CHARS)}),
+                (0, 0),
+                ms,
+            );
+            messages.push(Message::tool(call.id.clone(), out.content));
         }
+        None
+    }
 
+    /// The run's outcome from where the conversation stopped: the result
+    /// (or what the last text says, at confidence 0, after a limit), the
+    /// review policy's verdict, the response message of a specialist, the
+    /// session turns and the trace's end.
+    fn conclude(
+        &self,
+        run: &mut Run,
+        agent: &AgentRuntime,
+        trace: &mut Trace,
+        progress: Progress,
+        primary: bool,
+    ) -> ExecOutcome {
+        let task = run.task.clone();
+        let Progress {
+            used,
+            steps,
+            last_text,
+            limit,
+            result: final_result,
+        } = progress;
         let hit_limit = limit.is_some();
         let r = final_result.unwrap_or_else(|| {
             let mut r = result::from_text(&last_text);

@@ -77,17 +77,49 @@ impl Engine {
         scope: &CompanyScope,
         dry_run: bool,
     ) -> Result<CompactionReport, EngineError> {
-        let cfg = &self.config().memory;
         let now = self.clock().now();
-        let hot = cfg.layers.hot_window();
         let mut report = CompactionReport {
             company_id: scope.company().to_string(),
             dry_run,
             ..CompactionReport::default()
         };
+        let (discard, groups) = self.plan_compaction(scope, now, &mut report).await?;
+        report.discarded = discard.len();
+        if !dry_run && !discard.is_empty() {
+            self.archive_discarded(scope, &discard, now).await?;
+        }
+        for (key, members) in groups {
+            if members.len() < 2 {
+                // One memory is its own summary.
+                report.tokens_after += members
+                    .iter()
+                    .map(|m| count_tokens(m.text()))
+                    .sum::<usize>();
+                continue;
+            }
+            let g = self
+                .summarize_group(scope, key, members, dry_run, now, &mut report)
+                .await?;
+            report.groups.push(g);
+        }
+        if let Some(before) = now.checked_sub_signed(self.config().memory.retention) {
+            report.purged = self.purge_archived(scope, before, dry_run, now).await?;
+        }
+        Ok(report)
+    }
 
+    /// Reads every live memory and sorts it by what is due: counted if
+    /// preserved or kept, listed to discard, or put in its summary group.
+    async fn plan_compaction(
+        &self,
+        scope: &CompanyScope,
+        now: DateTime<Utc>,
+        report: &mut CompactionReport,
+    ) -> Result<(Vec<Uuid>, SummaryGroups), EngineError> {
+        let cfg = &self.config().memory;
+        let hot = cfg.layers.hot_window();
         let mut discard: Vec<Uuid> = Vec::new();
-        let mut groups: BTreeMap<(Workstream, String, String), Vec<Memory>> = BTreeMap::new();
+        let mut groups = SummaryGroups::new();
         let mut after: Option<MemoryCursor> = None;
         loop {
             let page = self
@@ -115,112 +147,133 @@ impl Engine {
                 break;
             }
         }
+        Ok((discard, groups))
+    }
 
-        report.discarded = discard.len();
-        if !dry_run && !discard.is_empty() {
-            for chunk in discard.chunks(kira_store::memory::MAX_BATCH) {
-                self.store()
-                    .set_archived(
-                        scope,
-                        chunk,
-                        Some(now),
-                        record(
-                            scope,
-                            now,
-                            "memory.compact.discard",
-                            format!("{} memories", chunk.len()),
-                        ),
-                    )
-                    .await?;
-            }
-        }
-
-        for ((workstream, category, month), mut members) in groups {
-            if members.len() < 2 {
-                // One memory is its own summary.
-                report.tokens_after += members
-                    .iter()
-                    .map(|m| count_tokens(m.text()))
-                    .sum::<usize>();
-                continue;
-            }
-            members.sort_by_key(|m| (m.occurred_at, m.id));
-            let text = self
-                .summarizer()
-                .summarize(&members)
-                .await
-                .map_err(EngineError::Summarize)?;
-            report.tokens_after += count_tokens(&text);
-            let summary = summary_of(scope, &members, text, workstream, &category, &month, now);
-            let mut g = GroupReport {
-                workstream,
-                category: category.clone(),
-                month: month.clone(),
-                sources: members.len(),
-                summary_id: None,
-            };
-            if !dry_run {
-                let audit = record(
+    /// Archives the discarded memories, a batch per transaction.
+    async fn archive_discarded(
+        &self,
+        scope: &CompanyScope,
+        discard: &[Uuid],
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        for chunk in discard.chunks(kira_store::memory::MAX_BATCH) {
+            self.store()
+                .set_archived(
                     scope,
-                    now,
-                    "memory.compact.summarize",
-                    format!(
-                        "{workstream}/{category}/{month}: {} memories",
-                        members.len()
-                    ),
-                );
-                match self
-                    .store()
-                    .replace_with_summary(scope, &summary, now, audit)
-                    .await
-                {
-                    Ok(()) => g.summary_id = Some(summary.id),
-                    // Another run compacted (part of) this group first.
-                    Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            report.groups.push(g);
-        }
-
-        if let Some(before) = now.checked_sub_signed(cfg.retention) {
-            if dry_run {
-                let f = MemoryFilter {
-                    archived: Archived::Only,
-                    ..MemoryFilter::default()
-                };
-                let mut after = None;
-                loop {
-                    let page = self.store().list_memories(scope, &f, after, PAGE).await?;
-                    let Some(last) = page.last() else { break };
-                    after = Some(MemoryCursor::of(last));
-                    report.purged += page
-                        .iter()
-                        .filter(|m| m.archived_at.is_some_and(|a| a < before))
-                        .count() as u64;
-                    if page.len() < PAGE as usize {
-                        break;
-                    }
-                }
-            } else {
-                report.purged = self
-                    .store()
-                    .purge_archived(
+                    chunk,
+                    Some(now),
+                    record(
                         scope,
-                        before,
-                        record(
-                            scope,
-                            now,
-                            "memory.compact.purge",
-                            format!("archived before {before}"),
-                        ),
-                    )
-                    .await?;
+                        now,
+                        "memory.compact.discard",
+                        format!("{} memories", chunk.len()),
+                    ),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Summarises one group of two or more memories and, unless `dry_run`,
+    /// replaces them with the summary in one transaction.
+    async fn summarize_group(
+        &self,
+        scope: &CompanyScope,
+        (workstream, category, month): (Workstream, String, String),
+        mut members: Vec<Memory>,
+        dry_run: bool,
+        now: DateTime<Utc>,
+        report: &mut CompactionReport,
+    ) -> Result<GroupReport, EngineError> {
+        members.sort_by_key(|m| (m.occurred_at, m.id));
+        let text = self
+            .summarizer()
+            .summarize(&members)
+            .await
+            .map_err(EngineError::Summarize)?;
+        report.tokens_after += count_tokens(&text);
+        let summary = summary_of(scope, &members, text, workstream, &category, &month, now);
+        let mut g = GroupReport {
+            workstream,
+            category: category.clone(),
+            month: month.clone(),
+            sources: members.len(),
+            summary_id: None,
+        };
+        if dry_run {
+            return Ok(g);
+        }
+        let audit = record(
+            scope,
+            now,
+            "memory.compact.summarize",
+            format!(
+                "{workstream}/{category}/{month}: {} memories",
+                members.len()
+            ),
+        );
+        match self
+            .store()
+            .replace_with_summary(scope, &summary, now, audit)
+            .await
+        {
+            Ok(()) => g.summary_id = Some(summary.id),
+            // Another run compacted (part of) this group first.
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(g)
+    }
+
+    /// Purges the memories archived before `before`; with `dry_run`, only
+    /// counts them.
+    async fn purge_archived(
+        &self,
+        scope: &CompanyScope,
+        before: DateTime<Utc>,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<u64, EngineError> {
+        if !dry_run {
+            return Ok(self
+                .store()
+                .purge_archived(
+                    scope,
+                    before,
+                    record(
+                        scope,
+                        now,
+                        "memory.compact.purge",
+                        format!("archived before {before}"),
+                    ),
+                )
+                .await?);
+        }
+        let f = MemoryFilter {
+            archived: Archived::Only,
+            ..MemoryFilter::default()
+        };
+        let mut purged = 0;
+        let mut after = None;
+        loop {
+            let page = self.store().list_memories(scope, &f, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(MemoryCursor::of(last));
+            purged += page
+                .iter()
+                .filter(|m| m.archived_at.is_some_and(|a| a < before))
+                .count() as u64;
+            if page.len() < PAGE as usize {
+                break;
             }
         }
-        Ok(report)
+        Ok(purged)
     }
 }
+
+/// Memories to summarise by (workstream, category, month).
+type SummaryGroups = BTreeMap<(Workstream, String, String), Vec<Memory>>;
 
 /// The summary event replacing `members` (oldest first): their workstream
 /// and category, dated at the last of them, as important as the most

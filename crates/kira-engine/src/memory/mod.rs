@@ -411,17 +411,25 @@ impl Engine {
             None => None,
         };
         let now = self.clock().now();
-        let layers = cfg.layers;
-        let line = |m: &Memory| render_memory(m);
-        let cand = |m: &Memory, score: f64| pack::Candidate {
-            id: m.id.to_string(),
-            layer: Some(pack_layer(m, now, &layers)),
-            score,
-            text: line(m),
-        };
+        let reads = self
+            .context_reads(scope, req, workstream, budget, now)
+            .await?;
+        self.pack_context(scope, req, reads, budget, now).await
+    }
 
-        // The sections' reads run together, so a pack takes about as long
-        // as its slowest read, not their sum.
+    /// Everything a context pack is made from. The sections' reads run
+    /// together, so a pack takes about as long as its slowest read, not
+    /// their sum.
+    async fn context_reads(
+        &self,
+        scope: &CompanyScope,
+        req: &ContextRequest,
+        workstream: Option<Workstream>,
+        budget: usize,
+        now: DateTime<Utc>,
+    ) -> Result<ContextReads, EngineError> {
+        let cfg = &self.config().memory;
+        let layers = cfg.layers;
         // Hot: the newest and the most important, by recency and importance.
         let recent = MemoryFilter {
             from: Some(now - layers.hot_window()),
@@ -486,9 +494,42 @@ impl Engine {
             &req.query,
             cfg.context.shared_hits as usize,
         );
-        let ((hot, workstream_recent), hits, knowledge, shared_c) =
+        let ((hot, workstream_recent), hits, knowledge, shared) =
             tokio::try_join!(listed, hits, knowledge, shared)?;
+        Ok(ContextReads {
+            hot,
+            workstream_recent,
+            hits,
+            knowledge,
+            shared,
+        })
+    }
 
+    /// Ranks what was read for `req` into the pack's sections and fits
+    /// them to `budget`.
+    async fn pack_context(
+        &self,
+        scope: &CompanyScope,
+        req: &ContextRequest,
+        reads: ContextReads,
+        budget: usize,
+        now: DateTime<Utc>,
+    ) -> Result<ContextPack, EngineError> {
+        let cfg = &self.config().memory;
+        let layers = cfg.layers;
+        let cand = |m: &Memory, score: f64| pack::Candidate {
+            id: m.id.to_string(),
+            layer: Some(pack_layer(m, now, &layers)),
+            score,
+            text: render_memory(m),
+        };
+        let ContextReads {
+            hot,
+            workstream_recent,
+            hits,
+            knowledge,
+            shared: shared_c,
+        } = reads;
         let mut relevance: HashMap<Uuid, f64> = {
             let raw: Vec<f64> = hits.iter().map(|f| f.relevance).collect();
             hits.iter()
@@ -504,16 +545,14 @@ impl Engine {
                 .or_default()
                 .push(f.memory);
         }
-        let take_layer = |l: Layer, by_layer: &mut HashMap<Layer, Vec<Memory>>| {
-            by_layer.remove(&l).unwrap_or_default()
-        };
+        let mut take_layer = |l: Layer| by_layer.remove(&l).unwrap_or_default();
 
         // Hot and warm: the listed memories and the layer's relevance hits,
         // ordered by relevance, recency and importance together.
-        let mut listed_hot = take_layer(Layer::Hot, &mut by_layer);
+        let mut listed_hot = take_layer(Layer::Hot);
         listed_hot.extend(hot);
         let hot_c = ranked_section(listed_hot, &relevance, now, &cfg.search, &cand);
-        let mut listed_warm = take_layer(Layer::Warm, &mut by_layer);
+        let mut listed_warm = take_layer(Layer::Warm);
         listed_warm.extend(
             workstream_recent
                 .into_iter()
@@ -521,35 +560,12 @@ impl Engine {
                 .take(cfg.context.warm_items as usize),
         );
         let warm_c = ranked_section(listed_warm, &relevance, now, &cfg.search, &cand);
-        // Cold: relevance hits from further back. Recency placed them here,
-        // so it does not rank them again: relevance and importance do. As
-        // many as could fill the budget, at most `cold_hits`.
-        let cold_weights = ScoreWeights {
-            recency: 0.0,
-            ..cfg.search
-        };
-        let mut cold: Vec<(Memory, f64)> = take_layer(Layer::Cold, &mut by_layer)
-            .into_iter()
-            .map(|m| {
-                let rel = relevance.get(&m.id).copied().unwrap_or(0.0);
-                let score = combined_score(rel, 0.0, m.importance, &cold_weights);
-                (m, score)
-            })
-            .collect();
-        cold.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let cold = self
-            .with_neighbours(scope, cold, now, &layers, &mut relevance)
-            .await?;
-        let mut estimate = 0usize;
-        let cold_c: Vec<pack::Candidate> = cold
-            .into_iter()
-            .take(cfg.context.cold_hits as usize)
-            .take_while(|(m, _)| {
-                let fits = estimate < budget;
-                estimate += estimated_tokens(m);
-                fits
-            })
-            .map(|(m, s)| cand(&m, s))
+        let cold = take_layer(Layer::Cold);
+        let cold_c: Vec<pack::Candidate> = self
+            .cold_section(scope, cold, &mut relevance, budget, now)
+            .await?
+            .iter()
+            .map(|(m, s)| cand(m, *s))
             .collect();
         let knowledge_c: Vec<pack::Candidate> = knowledge
             .into_iter()
@@ -581,6 +597,48 @@ impl Engine {
             background,
             &pack::count_tokens,
         ))
+    }
+
+    /// Cold: relevance hits from further back, with their neighbours, and
+    /// their scores.
+    /// Recency placed them here, so it does not rank them again: relevance
+    /// and importance do. As many as could fill the budget, at most
+    /// `cold_hits`.
+    async fn cold_section(
+        &self,
+        scope: &CompanyScope,
+        cold: Vec<Memory>,
+        relevance: &mut HashMap<Uuid, f64>,
+        budget: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(Memory, f64)>, EngineError> {
+        let cfg = &self.config().memory;
+        let cold_weights = ScoreWeights {
+            recency: 0.0,
+            ..cfg.search
+        };
+        let mut cold: Vec<(Memory, f64)> = cold
+            .into_iter()
+            .map(|m| {
+                let rel = relevance.get(&m.id).copied().unwrap_or(0.0);
+                let score = combined_score(rel, 0.0, m.importance, &cold_weights);
+                (m, score)
+            })
+            .collect();
+        cold.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let cold = self
+            .with_neighbours(scope, cold, now, &cfg.layers, relevance)
+            .await?;
+        let mut estimate = 0usize;
+        Ok(cold
+            .into_iter()
+            .take(cfg.context.cold_hits as usize)
+            .take_while(|(m, _)| {
+                let fits = estimate < budget;
+                estimate += estimated_tokens(m);
+                fits
+            })
+            .collect())
     }
 
     /// Adds to the best cold hits the events just before and after each in
@@ -719,6 +777,20 @@ fn relevance_candidates(budget: usize, candidates: u32) -> u32 {
 /// four characters per token, plus the date and kind before the text.
 fn estimated_tokens(m: &Memory) -> usize {
     m.text().len() / 4 + 12
+}
+
+/// What a context pack is made from (see `Engine::load_context`).
+struct ContextReads {
+    /// The newest and the most important memories.
+    hot: Vec<Memory>,
+    /// The task's workstream's memories of the warm window.
+    workstream_recent: Vec<Memory>,
+    /// Relevance hits for the task text.
+    hits: Vec<Fused>,
+    /// Knowledge base hits: id, score, text.
+    knowledge: Vec<(String, f64, String)>,
+    /// Other companies' published items the sharing rules allow.
+    shared: Vec<pack::Candidate>,
 }
 
 /// A hot or warm section's candidates, deduplicated and best first by

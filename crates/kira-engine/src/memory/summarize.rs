@@ -2,7 +2,8 @@
 //! extractive one here is the default (and needs no model): it keeps the
 //! group's most informative sentences (rare terms, dates, amounts, names,
 //! decisions), as many as the group's size calls for, in the order they
-//! happened. The agents issue adds an LLM summariser behind the same trait.
+//! happened. The other implementation is the LLM summariser,
+//! `agent::summarize::LlmSummarizer`, chosen by `[summarizer] kind = "llm"`.
 
 use std::collections::{BTreeSet, HashMap};
 

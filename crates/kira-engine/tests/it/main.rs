@@ -2,7 +2,6 @@
 //! against real stores, with the clock in the test's hands.
 
 mod agents;
-mod bench;
 mod common;
 mod memory;
 mod review;

@@ -1,24 +1,30 @@
 //! `kira bench queue`: the queue, scheduler, budgets and ledger end to end
 //! through the real store, with the simulated executor at zero latency, so
-//! what is measured is kira's own cost per task.
+//! what is measured is kira's own cost per task. With `--processes N`
+//! (PostgreSQL), N worker processes share one database, as several
+//! `kira serve` would.
 
 use std::collections::BTreeMap;
+use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, Principal};
-use kira_core::clock::Clock;
+use kira_core::clock::{Clock, SystemClock};
 use kira_core::company::NewCompany;
 use kira_core::task::{Priority, TaskRequest, TaskStatus};
 use kira_store::Store;
 use kira_store::work::TaskFilter;
 use serde::Serialize;
 
-use crate::config::{ExecutorConfig, SimulatedConfig};
-use crate::executor::Simulated;
-use crate::{Engine, EngineConfig, EngineError};
+use kira_engine::config::{ExecutorConfig, SimulatedConfig};
+use kira_engine::executor::Simulated;
+use kira_engine::{Engine, EngineConfig, EngineError};
+
+use crate::report::{Percentiles, percentiles, print_json};
+use crate::{BenchError, Scratch};
 
 /// The engine configuration of a benchmark: ample budget and slots (so the
 /// scheduler, not a limit, is measured), or a scarce agent for `overload`.
@@ -64,14 +70,15 @@ fn priority(i: usize, overload: bool) -> Priority {
     }
 }
 
-/// Creates `companies` companies and submits `tasks` tasks across them.
+/// Creates `companies` companies in `store` (the engine's) and submits
+/// `tasks` tasks across them.
 pub async fn seed(
     engine: &Engine,
+    store: &dyn Store,
     companies: usize,
     tasks: usize,
     overload: bool,
 ) -> Result<Vec<CompanyId>, EngineError> {
-    let store = engine.store();
     let system = Principal::system();
     let mut ids = Vec::with_capacity(companies);
     for c in 0..companies {
@@ -131,9 +138,9 @@ pub async fn seed(
     Ok(ids)
 }
 
-/// Runs scheduling passes until nothing is runnable or running; returns the
-/// claim timings (microseconds).
-pub async fn drain(engine: &Engine) -> Result<Vec<u64>, EngineError> {
+/// Runs scheduling passes until nothing in `store` (the engine's) is
+/// runnable or running; returns the claim timings (microseconds).
+pub async fn drain(engine: &Engine, store: &dyn Store) -> Result<Vec<u64>, EngineError> {
     let mut claims = Vec::new();
     // Runs overlap the next pass, as in `Engine::start`.
     let mut runs: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -149,10 +156,7 @@ pub async fn drain(engine: &Engine) -> Result<Vec<u64>, EngineError> {
                 let _ = h.await;
                 continue;
             }
-            let snap = engine
-                .store()
-                .queue_snapshot(engine.clock().now(), 1, None)
-                .await?;
+            let snap = store.queue_snapshot(engine.clock().now(), 1, None).await?;
             if snap.runnable.is_empty() && snap.running.is_empty() {
                 return Ok(claims);
             }
@@ -170,36 +174,6 @@ pub fn engine(store: Arc<dyn Store>, clock: Arc<dyn Clock>, overload: bool) -> E
         bench_config(overload),
         Arc::new(Simulated::new(SimulatedConfig::default())),
     )
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Percentiles {
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-}
-
-/// The p50 and p99 of `v` (milliseconds); zeros when empty.
-pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
-    if v.is_empty() {
-        return Percentiles {
-            p50_ms: 0.0,
-            p99_ms: 0.0,
-        };
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-        v[i]
-    };
-    Percentiles {
-        p50_ms: at(0.5),
-        p99_ms: at(0.99),
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -230,7 +204,6 @@ pub async fn all_tasks(
         let mut before = None;
         loop {
             let page = engine
-                .store()
                 .list_tasks(
                     &scope,
                     &TaskFilter {
@@ -293,15 +266,170 @@ pub async fn report(
 /// Seeds, drains in this process, and reports.
 pub async fn run_single(
     engine: &Engine,
+    store: &dyn Store,
     companies: usize,
     tasks: usize,
     overload: bool,
 ) -> Result<QueueReport, EngineError> {
-    let ids = seed(engine, companies, tasks, overload).await?;
+    let ids = seed(engine, store, companies, tasks, overload).await?;
     let start = Instant::now();
-    let claims = drain(engine).await?;
+    let claims = drain(engine, store).await?;
     let seconds = start.elapsed().as_secs_f64();
     report(engine, &ids, tasks, seconds, claims).await
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    /// An EMPTY database to run in (postgres://...); default: a new SQLite file in a temp directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Tasks to run.
+    #[arg(long, default_value_t = 2000)]
+    pub tasks: usize,
+    /// Companies they belong to.
+    #[arg(long, default_value_t = 20)]
+    pub companies: usize,
+    /// Worker processes (PostgreSQL only for more than 1).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Overload: 4 slots per agent and a priority mix (10% emergency, 20% urgent,
+    /// 30% high, 25% medium, 15% low), to see the wait per level.
+    #[arg(long)]
+    pub overload: bool,
+}
+
+/// `kira bench queue`: seeds, drains in this process or in `--processes`
+/// worker processes sharing the database, and prints the report.
+pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError> {
+    if args.tasks == 0 || args.companies == 0 || args.processes == 0 {
+        return Err(BenchError::Invalid(
+            "--tasks, --companies and --processes must be at least 1".into(),
+        ));
+    }
+    let db = Scratch::new(args.database_url.as_deref(), "kira-bench")?;
+    if args.processes > 1 && !db.is_postgres() {
+        return Err(BenchError::Invalid(
+            "--processes above 1 needs --database-url postgres://... (SQLite serves one process)"
+                .into(),
+        ));
+    }
+    let store = db.open().await?;
+    let engine = engine(store.clone(), Arc::new(SystemClock), args.overload);
+    eprintln!(
+        "seeding {} companies and {} tasks ...",
+        args.companies, args.tasks
+    );
+    let companies = seed(
+        &engine,
+        store.as_ref(),
+        args.companies,
+        args.tasks,
+        args.overload,
+    )
+    .await
+    .map_err(|e| BenchError::during("seeding (the database must be empty)", e))?;
+    eprintln!("running with {} process(es) ...", args.processes);
+    let start = Instant::now();
+    let claims = if args.processes == 1 {
+        drain(&engine, store.as_ref()).await?
+    } else {
+        drain_in_processes(db.url(), args.processes, args.overload)?
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let report = report(&engine, &companies, args.tasks, seconds, claims).await?;
+    let backend = if db.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    db.remove();
+    print_report(&report, backend, &args, json)?;
+    Ok(if report.completed == report.tasks {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs `processes` copies of this binary as `bench queue-worker` on the
+/// database at `url`; returns their claim timings together.
+fn drain_in_processes(url: &str, processes: usize, overload: bool) -> Result<Vec<u64>, BenchError> {
+    let exe = std::env::current_exe()?;
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            let mut c = std::process::Command::new(&exe);
+            c.args(["bench", "queue-worker", "--database-url", url]);
+            if overload {
+                c.arg("--overload");
+            }
+            c.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut claims = Vec::new();
+    for child in children {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(BenchError::Worker(format!(
+                "a worker process failed: {}",
+                out.status
+            )));
+        }
+        let mine: Vec<u64> = serde_json::from_slice(&out.stdout)
+            .map_err(|e| BenchError::during("reading a worker's timings", e))?;
+        claims.extend(mine);
+    }
+    Ok(claims)
+}
+
+fn print_report(
+    report: &QueueReport,
+    backend: &str,
+    args: &QueueArgs,
+    json: bool,
+) -> Result<(), BenchError> {
+    if json {
+        let mut v = serde_json::to_value(report)?;
+        v["backend"] = backend.into();
+        v["processes"] = args.processes.into();
+        v["overload"] = args.overload.into();
+        print_json(&v)?;
+        return Ok(());
+    }
+    println!(
+        "queue benchmark: {backend}, {} process(es){}",
+        args.processes,
+        if args.overload { ", overload mix" } else { "" }
+    );
+    println!(
+        "  tasks          {} ({} completed) in {:.2} s",
+        report.tasks, report.completed, report.seconds
+    );
+    println!("  throughput     {:.0} tasks/s", report.tasks_per_second);
+    println!(
+        "  claim          p50 {:.2} ms  p99 {:.2} ms",
+        report.claim.p50_ms, report.claim.p99_ms
+    );
+    println!(
+        "  claim->finish  p50 {:.2} ms  p99 {:.2} ms",
+        report.run.p50_ms, report.run.p99_ms
+    );
+    for (level, p) in &report.wait_by_priority {
+        println!(
+            "  wait {level:<9} p50 {:.0} ms  p99 {:.0} ms",
+            p.p50_ms, p.p99_ms
+        );
+    }
+    Ok(())
+}
+
+/// `kira bench queue-worker`: one worker process of a multi-process run;
+/// prints its claim timings as JSON.
+pub async fn worker(url: &str, overload: bool) -> Result<ExitCode, BenchError> {
+    let store = crate::open(url).await?;
+    let engine = engine(store.clone(), Arc::new(SystemClock), overload);
+    let claims = drain(&engine, store.as_ref()).await?;
+    println!("{}", serde_json::to_string(&claims)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
@@ -319,11 +447,5 @@ mod tests {
         assert_eq!(n[&Priority::High], 30);
         assert_eq!(n[&Priority::Medium], 25);
         assert_eq!(n[&Priority::Low], 15);
-    }
-
-    #[test]
-    fn percentiles_pick_ranks() {
-        let p = percentiles((1..=100).map(f64::from).collect());
-        assert_eq!((p.p50_ms, p.p99_ms), (51.0, 99.0));
     }
 }

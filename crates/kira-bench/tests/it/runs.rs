@@ -1,5 +1,5 @@
-//! The benchmark's own logic, on a small run: every task completes and the
-//! report adds up. (Its figures are measured by `kira bench queue`, not here.)
+//! The queue and agents benchmarks on a small run: every task completes
+//! and the report adds up.
 
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ async fn a_small_run_completes_every_task() {
     let dir = tempfile::tempdir().expect("dir");
     let url = testdb::fresh_sqlite(dir.path()).await;
     let store = Arc::new(SqliteStore::open(&url).await.expect("sqlite"));
-    let engine = kira_engine::bench::engine(store.clone(), Arc::new(SystemClock), true);
-    let r = kira_engine::bench::run_single(&engine, 3, 60, true)
+    let engine = kira_bench::queue::engine(store.clone(), Arc::new(SystemClock), true);
+    let r = kira_bench::queue::run_single(&engine, store.as_ref(), 3, 60, true)
         .await
         .expect("bench");
     assert_eq!((r.tasks, r.completed), (60, 60));
@@ -32,7 +32,7 @@ async fn a_small_agents_run_completes_every_task() {
     let dir = tempfile::tempdir().expect("dir");
     let url = testdb::fresh_sqlite(dir.path()).await;
     let store = Arc::new(SqliteStore::open(&url).await.expect("sqlite"));
-    let r = kira_engine::agentbench::run(
+    let r = kira_bench::agents::run(
         store,
         Arc::new(SystemClock),
         4,

@@ -6,12 +6,13 @@
 //! finished, minus the provider's time for that task.
 
 use std::collections::HashMap;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use kira_core::clock::Clock;
+use kira_core::clock::{Clock, SystemClock};
 use kira_core::task::TaskStatus;
 use kira_llm::{
     ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, RetryPolicy, ToolCall,
@@ -20,9 +21,12 @@ use kira_llm::{
 use kira_store::Store;
 use serde::Serialize;
 
-use crate::agent::{AgentExecutor, ProviderHandle, Providers};
-use crate::bench::{Percentiles, all_tasks, bench_config, percentiles, seed};
-use crate::{Engine, EngineError, Shutdown};
+use kira_engine::agent::{AgentExecutor, ProviderHandle, Providers};
+use kira_engine::{Engine, EngineError, Shutdown};
+
+use crate::queue::{all_tasks, bench_config, seed};
+use crate::report::{Percentiles, percentiles};
+use crate::{BenchError, Scratch};
 
 /// Answers every call with `submit_result` after `latency`, and keeps how
 /// long each task's calls took and when its first began and its last ended.
@@ -169,8 +173,8 @@ pub async fn run(
     };
     let exec = AgentExecutor::new(&cfg, &providers)
         .map_err(|e| kira_core::ValidationError::new("agents", e.to_string()))?;
-    let engine = Engine::with_executor(store, clock, cfg, Arc::new(exec));
-    let ids = seed(&engine, companies, tasks, false).await?;
+    let engine = Engine::with_executor(store.clone(), clock, cfg, Arc::new(exec));
+    let ids = seed(&engine, store.as_ref(), companies, tasks, false).await?;
     let start = Instant::now();
     // The scheduler's own loop, as `kira serve` runs it: a pass whenever
     // work arrives or a run's end frees a slot.
@@ -178,10 +182,7 @@ pub async fn run(
     let scheduler = engine.start(shutdown.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let snap = engine
-            .store()
-            .queue_snapshot(engine.clock().now(), 1, None)
-            .await?;
+        let snap = store.queue_snapshot(engine.clock().now(), 1, None).await?;
         if snap.runnable.is_empty() && snap.running.is_empty() {
             break;
         }
@@ -245,6 +246,93 @@ pub async fn run(
         response: percentiles(response),
         within_sla: share(within),
     })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentsArgs {
+    /// An EMPTY database to run in (postgres://...); default: a new SQLite file in a temp directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    #[arg(long, default_value_t = 1_000)]
+    pub tasks: usize,
+    #[arg(long, default_value_t = 100)]
+    pub companies: usize,
+    /// The fake provider's latency per call, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub latency_ms: u64,
+    /// Runs at once per agent (six agents): more gives more throughput and
+    /// more of kira's own time per task (its work queues).
+    #[arg(long, default_value_t = 16)]
+    pub slots: u32,
+}
+
+/// `kira bench agents`: runs the benchmark and prints its report.
+pub async fn command(args: AgentsArgs, json: bool) -> Result<ExitCode, BenchError> {
+    if args.tasks == 0 || args.companies == 0 {
+        return Err(BenchError::Invalid(
+            "--tasks and --companies must be at least 1".into(),
+        ));
+    }
+    if !(1..=10_000).contains(&args.slots) {
+        return Err(BenchError::Invalid("--slots must be 1 to 10000".into()));
+    }
+    let db = Scratch::new(args.database_url.as_deref(), "kira-bench")?;
+    let store = db.open().await?;
+    let backend = if db.is_postgres() {
+        "postgresql"
+    } else {
+        "sqlite"
+    };
+    eprintln!(
+        "agents benchmark: {backend}, {} tasks across {} companies, provider latency {} ms, {} runs at once per agent ...",
+        args.tasks, args.companies, args.latency_ms, args.slots
+    );
+    let r = run(
+        store,
+        Arc::new(SystemClock),
+        args.companies,
+        args.tasks,
+        Duration::from_millis(args.latency_ms),
+        args.slots,
+    )
+    .await?;
+    db.remove();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_text(&r, backend);
+    }
+    Ok(if r.completed == r.tasks {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_text(r: &AgentsReport, backend: &str) {
+    println!("agents benchmark: {backend}");
+    println!(
+        "  tasks            {} ({} completed) in {:.1} s",
+        r.tasks, r.completed, r.seconds
+    );
+    println!("  throughput       {:.1} tasks/s", r.tasks_per_second);
+    println!(
+        "  kira overhead    p50 {:.1} ms, p99 {:.1} ms per task (claimed to finished, minus the provider's {} ms)",
+        r.overhead.p50_ms, r.overhead.p99_ms, r.latency_ms
+    );
+    println!(
+        "    before the call  p50 {:.1} ms, p99 {:.1} ms (claimed to the first call)",
+        r.before_call.p50_ms, r.before_call.p99_ms
+    );
+    println!(
+        "    after the call   p50 {:.1} ms, p99 {:.1} ms (the last call's end to finished)",
+        r.after_call.p50_ms, r.after_call.p99_ms
+    );
+    println!(
+        "  response time    p50 {:.1} ms, p99 {:.1} ms (submitted to finished)",
+        r.response.p50_ms, r.response.p99_ms
+    );
+    println!("  within 30 s SLA  {:.1} %", r.within_sla * 100.0);
 }
 
 #[cfg(test)]
