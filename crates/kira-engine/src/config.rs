@@ -693,6 +693,7 @@ pub struct ContextSection {
     pub warm_items: Option<u32>,
     pub cold_hits: Option<u32>,
     pub background_items: Option<u32>,
+    pub background_below: Option<f64>,
     pub knowledge_hits: Option<u32>,
     pub shared_hits: Option<u32>,
     pub shared_companies: Option<u32>,
@@ -1259,6 +1260,15 @@ fn resolve_context(
         shares.validate()?;
         c.shares = shares;
     }
+    if let Some(v) = ctx.background_below {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(ValidationError::new(
+                "context.background_below",
+                "must be between 0 and 1",
+            ));
+        }
+        c.background_below = v;
+    }
     Ok(())
 }
 
@@ -1423,9 +1433,14 @@ mod tests {
             r#"{"memory": {"retention_days": 90, "layers": {"hot_days": 3},
                            "search": {"recency": 0.5},
                            "compaction": {"legal": {"preserve": ["everything"]}}},
-                "context": {"cold_hits": 12, "default_budget": 2000}}"#,
+                "context": {"cold_hits": 12, "default_budget": 2000,
+                            "background_items": 5, "background_below": 0.25}}"#,
         )
         .expect("valid");
+        assert_eq!(c.memory.context.background_items, 5);
+        assert_eq!(c.memory.context.background_below, 0.25);
+        let e = resolve(r#"{"context": {"background_below": 1.5}}"#).expect_err("out of range");
+        assert_eq!(e.field, "context.background_below");
         assert_eq!(c.memory.retention, TimeDelta::days(90));
         assert_eq!(c.memory.layers.hot_days, 3);
         assert_eq!(

@@ -76,6 +76,10 @@ pub struct ContextConfig {
     /// newest and most important); the rest wait for the budget the
     /// relevance hits leave.
     pub background_items: u32,
+    /// Hot and warm search hits less relevant than this (in [0, 1], 1 the
+    /// task's best hit) count as background too: recent but only loosely
+    /// about the task. 0.5 measured best on LoCoMo (see README).
+    pub background_below: f64,
     /// Cold search hits offered at most. Fewer are offered when fewer
     /// could fill the budget: the cold section and whatever the other
     /// sections leave unused go to them, so a fixed handful (SEED's top 5)
@@ -106,6 +110,7 @@ impl Default for ContextConfig {
             warm_items: 20,
             cold_hits: 400,
             background_items: 3,
+            background_below: 0.5,
             knowledge_hits: 5,
             shared_hits: 5,
             shared_companies: 20,
@@ -581,8 +586,10 @@ impl Engine {
             .into_iter()
             .map(|(id, r)| (id.to_string(), r))
             .collect();
-        let background =
-            (!req.query.trim().is_empty()).then_some(cfg.context.background_items as usize);
+        let background = (!req.query.trim().is_empty()).then_some(pack::Background {
+            items: cfg.context.background_items as usize,
+            below: cfg.context.background_below,
+        });
         Ok(pack::fit_for_task(
             vec![
                 (Section::Hot, hot_c),

@@ -224,18 +224,26 @@ pub fn fit(
     fit_for_task(candidates, relevance, budget, shares, None, count)
 }
 
-/// [`fit`] for a task with a text to be relevant to: in the hot and warm
-/// sections, items no search found relevant take the section's share only
-/// up to `background` each (the first ones, by recency and importance),
-/// so the recent context stays in view without crowding out what the task
-/// is about; the others wait for what is left after the relevance hits.
+/// How a pack for a task treats the hot and warm items that are not about
+/// it: those no search found, or found with a relevance (in [0, 1], 1 the
+/// best hit) below `below`, take their section's share only up to `items`
+/// each (the first ones, by recency and importance), so the recent context
+/// stays in view without crowding out what the task is about; the others
+/// wait for what is left after the relevance hits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Background {
+    pub items: usize,
+    pub below: f64,
+}
+
+/// [`fit`] for a task with a text to be relevant to (see [`Background`]);
 /// `None` lets every item take its section's share.
 pub fn fit_for_task(
     candidates: Vec<(Section, Vec<Candidate>)>,
     relevance: &HashMap<String, f64>,
     budget: usize,
     shares: &Shares,
-    background: Option<usize>,
+    background: Option<Background>,
     count: &dyn Fn(&str) -> usize,
 ) -> ContextPack {
     let mut offered = 0usize;
@@ -294,8 +302,9 @@ pub fn fit_for_task(
             }
             let (section, list) = &lists[li];
             let in_background = matches!(section, Section::Hot | Section::Warm)
-                && !relevance.contains_key(&list[ci].0.id);
-            if pass == 0 && in_background && background.is_some_and(|k| unrelated[li] >= k) {
+                && background
+                    .is_some_and(|b| relevance.get(&list[ci].0.id).is_none_or(|r| *r < b.below));
+            if pass == 0 && in_background && background.is_some_and(|b| unrelated[li] >= b.items) {
                 continue;
             }
             let extra = if opened.contains(section) {
@@ -439,7 +448,10 @@ mod tests {
             &relevance,
             budget,
             &shares,
-            Some(1),
+            Some(Background {
+                items: 1,
+                below: 0.0,
+            }),
             &count_tokens,
         );
         assert_eq!(count_in(&focused, "c"), 6, "{focused:?}");
@@ -452,6 +464,38 @@ mod tests {
         assert_eq!(hot_ids[0], "h0");
         assert!(hot_ids.len() < 6, "{hot_ids:?}");
         assert!(focused.tokens <= budget);
+    }
+
+    /// A weak hit counts as background below the threshold, as a relevant
+    /// one above it.
+    #[test]
+    fn a_weak_hit_in_hot_is_background_below_the_threshold() {
+        let hot = vec![
+            cand("h0", "newest but unrelated", 1.0),
+            cand("h1", "loosely related", 0.9),
+            cand("h2", "very related", 0.8),
+        ];
+        let relevance: HashMap<String, f64> =
+            [("h1".to_string(), 0.2), ("h2".to_string(), 0.9)].into();
+        let taken = |below: f64| {
+            let pack = fit_for_task(
+                vec![(Section::Hot, hot.clone())],
+                &relevance,
+                // Room for two of the three (11 tokens each, 2 the heading).
+                30,
+                &Shares {
+                    hot: 1.0,
+                    ..Shares::default()
+                },
+                Some(Background { items: 1, below }),
+                &|t: &str| if t.starts_with("##") { 0 } else { 10 },
+            );
+            pack.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>()
+        };
+        // Below 0.0 nothing found is background: the first two take the
+        // room. Below 0.5 the weak hit is, and its place goes to h2.
+        assert_eq!(taken(0.0), vec!["h0", "h1"]);
+        assert_eq!(taken(0.5), vec!["h0", "h2"]);
     }
 
     #[test]
