@@ -224,6 +224,36 @@ pub fn fit(
     fit_for_task(candidates, relevance, budget, shares, None, count)
 }
 
+/// The candidates in section order, each with its cost (the line and its
+/// newline) counted once, without an id or text an earlier one had; and how
+/// many were offered.
+#[allow(clippy::type_complexity)]
+fn deduplicated(
+    candidates: Vec<(Section, Vec<Candidate>)>,
+    count: &dyn Fn(&str) -> usize,
+) -> (usize, Vec<(Section, Vec<(Candidate, usize)>)>) {
+    let mut offered = 0usize;
+    let mut seen_ids: HashSet<String> = HashSet::new();
+    let mut seen_texts: HashSet<String> = HashSet::new();
+    let mut lists = Vec::new();
+    let mut sorted = candidates;
+    sorted.sort_by_key(|(s, _)| *s);
+    for (section, list) in sorted {
+        let mut kept = Vec::new();
+        for c in list {
+            offered += 1;
+            let text_key = c.text.trim().to_lowercase();
+            if !seen_ids.insert(c.id.clone()) || !seen_texts.insert(text_key) {
+                continue;
+            }
+            let cost = count(&c.text) + 1;
+            kept.push((c, cost));
+        }
+        lists.push((section, kept));
+    }
+    (offered, lists)
+}
+
 /// How a pack for a task treats the hot and warm items that are not about
 /// it: those no search found, or found with a relevance (in [0, 1], 1 the
 /// best hit) below `below`, take their section's share only up to `items`
@@ -246,27 +276,7 @@ pub fn fit_for_task(
     background: Option<Background>,
     count: &dyn Fn(&str) -> usize,
 ) -> ContextPack {
-    let mut offered = 0usize;
-    let mut seen_ids: HashSet<String> = HashSet::new();
-    let mut seen_texts: HashSet<String> = HashSet::new();
-    // Deduplicated, in section order, each with its cost counted once.
-    let mut lists: Vec<(Section, Vec<(Candidate, usize)>)> = Vec::new();
-    let mut sorted = candidates;
-    sorted.sort_by_key(|(s, _)| *s);
-    for (section, list) in sorted {
-        let mut kept = Vec::new();
-        for c in list {
-            offered += 1;
-            let text_key = c.text.trim().to_lowercase();
-            if !seen_ids.insert(c.id.clone()) || !seen_texts.insert(text_key) {
-                continue;
-            }
-            // The line plus its newline.
-            let cost = count(&c.text) + 1;
-            kept.push((c, cost));
-        }
-        lists.push((section, kept));
-    }
+    let (offered, lists) = deduplicated(candidates, count);
 
     let heading_cost = |s: Section| count(s.heading()) + 2;
     let mut used = 0usize;
