@@ -6,4 +6,5 @@
 
 pub(crate) mod batch;
 pub(crate) mod budget;
+pub(crate) mod company;
 pub(crate) mod tasks;

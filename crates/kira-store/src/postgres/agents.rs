@@ -75,24 +75,8 @@ pub(super) async fn delete_company_agents(
     company: &CompanyId,
     deleted: &mut DeletedRows,
 ) -> Result<()> {
-    for (table, sql) in [
-        ("task_steps", "DELETE FROM task_steps WHERE company_id = $1"),
-        (
-            "task_reviews",
-            "DELETE FROM task_reviews WHERE company_id = $1",
-        ),
-        (
-            "agent_sessions",
-            "DELETE FROM agent_sessions WHERE company_id = $1",
-        ),
-    ] {
-        let n = sqlx::query(sql)
-            .bind(company.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        deleted.tables.push((table.to_owned(), n));
-    }
+    crate::flow::company::delete_rows(tx, company, crate::flow::company::AGENT_ROWS, deleted)
+        .await?;
     Ok(())
 }
 

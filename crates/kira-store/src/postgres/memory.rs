@@ -240,28 +240,8 @@ pub(super) async fn delete_company_memory(
     company: &CompanyId,
     deleted: &mut DeletedRows,
 ) -> Result<()> {
-    for (table, sql) in [
-        (
-            "memory_names",
-            "DELETE FROM memory_names WHERE company_id = $1",
-        ),
-        (
-            "memory_vectors",
-            "DELETE FROM memory_vectors WHERE company_id = $1",
-        ),
-        (
-            "memory_embed_queue",
-            "DELETE FROM memory_embed_queue WHERE company_id = $1",
-        ),
-        ("memories", "DELETE FROM memories WHERE company_id = $1"),
-    ] {
-        let n = sqlx::query(sql)
-            .bind(company.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        deleted.tables.push((table.to_owned(), n));
-    }
+    crate::flow::company::delete_rows(tx, company, crate::flow::company::MEMORY_ROWS, deleted)
+        .await?;
     Ok(())
 }
 

@@ -75,29 +75,8 @@ pub(super) async fn delete_company_sharing(
     sqlx::query("SELECT set_config('app.company_delete', 'on', true)")
         .execute(&mut *tx)
         .await?;
-    for (table, sql) in [
-        (
-            "shared_items",
-            "DELETE FROM shared_items WHERE company_id = $1",
-        ),
-        (
-            "sharing_consents",
-            "DELETE FROM sharing_consents WHERE company_id = $1",
-        ),
-        // Others' consents naming it: a company made later with the same id
-        // must not inherit them.
-        (
-            "sharing_consents_as_partner",
-            "DELETE FROM sharing_consents WHERE partner = $1",
-        ),
-    ] {
-        let n = sqlx::query(sql)
-            .bind(company.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        deleted.tables.push((table.to_owned(), n));
-    }
+    crate::flow::company::delete_rows(tx, company, crate::flow::company::SHARING_ROWS, deleted)
+        .await?;
     Ok(())
 }
 

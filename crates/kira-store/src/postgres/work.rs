@@ -299,33 +299,8 @@ pub(super) async fn delete_company_work(
     .bind(company.as_str())
     .execute(&mut *tx)
     .await?;
-    for (table, sql) in [
-        (
-            "emergency_requests",
-            "DELETE FROM emergency_requests WHERE company_id = $1",
-        ),
-        (
-            "reservations",
-            "DELETE FROM reservations WHERE company_id = $1",
-        ),
-        ("task_queue", "DELETE FROM task_queue WHERE company_id = $1"),
-        (
-            "task_events",
-            "DELETE FROM task_events WHERE company_id = $1",
-        ),
-        ("tasks", "DELETE FROM tasks WHERE company_id = $1"),
-        (
-            "budget_allocations",
-            "DELETE FROM budget_allocations WHERE company_id = $1",
-        ),
-    ] {
-        let n = sqlx::query(sql)
-            .bind(company.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        deleted.tables.push((table.to_owned(), n));
-    }
+    crate::flow::company::delete_rows(tx, company, crate::flow::company::WORK_ROWS, deleted)
+        .await?;
     Ok(())
 }
 

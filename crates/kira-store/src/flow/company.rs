@@ -1,0 +1,97 @@
+//! A company's rows, removed by a forced delete: the lists written once,
+//! each statement naming the company as `$1`. Each backend runs them in
+//! its delete transaction, around what differs for real (PostgreSQL opens
+//! the partner-cleanup policies first; moving what the company spent of
+//! the base pool onto the pool row is one statement per dialect).
+
+use kira_core::CompanyId;
+
+use crate::sql::{Conn, q};
+use crate::{DeletedRows, Result};
+
+/// (the name the delete report gives, the statement).
+type Rows = [(&'static str, &'static str)];
+
+/// Traces, reviews and sessions.
+pub(crate) const AGENT_ROWS: &Rows = &[
+    ("task_steps", "DELETE FROM task_steps WHERE company_id = $1"),
+    (
+        "task_reviews",
+        "DELETE FROM task_reviews WHERE company_id = $1",
+    ),
+    (
+        "agent_sessions",
+        "DELETE FROM agent_sessions WHERE company_id = $1",
+    ),
+];
+
+/// Memories and what hangs off them.
+pub(crate) const MEMORY_ROWS: &Rows = &[
+    (
+        "memory_names",
+        "DELETE FROM memory_names WHERE company_id = $1",
+    ),
+    (
+        "memory_vectors",
+        "DELETE FROM memory_vectors WHERE company_id = $1",
+    ),
+    (
+        "memory_embed_queue",
+        "DELETE FROM memory_embed_queue WHERE company_id = $1",
+    ),
+    ("memories", "DELETE FROM memories WHERE company_id = $1"),
+];
+
+/// Published items and consents, and other companies' consents naming it:
+/// a company made later with the same id must not inherit them.
+pub(crate) const SHARING_ROWS: &Rows = &[
+    (
+        "shared_items",
+        "DELETE FROM shared_items WHERE company_id = $1",
+    ),
+    (
+        "sharing_consents",
+        "DELETE FROM sharing_consents WHERE company_id = $1",
+    ),
+    (
+        "sharing_consents_as_partner",
+        "DELETE FROM sharing_consents WHERE partner = $1",
+    ),
+];
+
+/// Tasks, their queue rows and events, reservations and requests, and the
+/// company's allocations (the ledger keeps its lines).
+pub(crate) const WORK_ROWS: &Rows = &[
+    (
+        "emergency_requests",
+        "DELETE FROM emergency_requests WHERE company_id = $1",
+    ),
+    (
+        "reservations",
+        "DELETE FROM reservations WHERE company_id = $1",
+    ),
+    ("task_queue", "DELETE FROM task_queue WHERE company_id = $1"),
+    (
+        "task_events",
+        "DELETE FROM task_events WHERE company_id = $1",
+    ),
+    ("tasks", "DELETE FROM tasks WHERE company_id = $1"),
+    (
+        "budget_allocations",
+        "DELETE FROM budget_allocations WHERE company_id = $1",
+    ),
+];
+
+/// Runs `rows` for `company`, counting what each removed in `deleted`.
+pub(crate) async fn delete_rows(
+    c: &mut dyn Conn,
+    company: &CompanyId,
+    rows: &Rows,
+    deleted: &mut DeletedRows,
+) -> Result<()> {
+    for (table, sql) in rows {
+        let n = c.exec(q(sql).arg(company.as_str())).await?;
+        deleted.tables.push(((*table).to_owned(), n));
+    }
+    Ok(())
+}
