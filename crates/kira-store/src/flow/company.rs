@@ -82,6 +82,16 @@ pub(crate) const WORK_ROWS: &Rows = &[
     ),
 ];
 
+/// Last, children first: conflict flags naming it, its keys, the company.
+pub(crate) const COMPANY_ROWS: &Rows = &[
+    (
+        "conflicts",
+        "DELETE FROM conflicts WHERE company_a = $1 OR company_b = $1",
+    ),
+    ("api_keys", "DELETE FROM api_keys WHERE company_id = $1"),
+    ("companies", "DELETE FROM companies WHERE company_id = $1"),
+];
+
 /// Runs `rows` for `company`, counting what each removed in `deleted`.
 pub(crate) async fn delete_rows(
     c: &mut dyn Conn,

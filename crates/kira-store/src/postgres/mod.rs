@@ -520,7 +520,6 @@ impl CompanyStore for PgStore {
         scope: &CompanyScope,
         audit: AuditRecord,
     ) -> Result<DeletedRows> {
-        let id = scope.company().as_str();
         let mut tx = self.scoped(scope.company()).await?;
         // The row lock waits out a key being inserted for this company (its
         // foreign-key check holds a share lock), so the key is deleted too.
@@ -531,22 +530,13 @@ impl CompanyStore for PgStore {
         memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
         agents::delete_company_agents(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
-        // Children first; companies last.
-        for (table, sql) in [
-            (
-                "conflicts",
-                "DELETE FROM conflicts WHERE company_a = $1 OR company_b = $1",
-            ),
-            ("api_keys", "DELETE FROM api_keys WHERE company_id = $1"),
-            ("companies", "DELETE FROM companies WHERE company_id = $1"),
-        ] {
-            let n = sqlx::query(sql)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            deleted.tables.push((table.to_owned(), n));
-        }
+        crate::flow::company::delete_rows(
+            &mut tx,
+            scope.company(),
+            crate::flow::company::COMPANY_ROWS,
+            &mut deleted,
+        )
+        .await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(deleted)

@@ -476,7 +476,6 @@ impl CompanyStore for SqliteStore {
         scope: &CompanyScope,
         audit: AuditRecord,
     ) -> Result<DeletedRows> {
-        let id = scope.company().as_str();
         let mut tx = self.write().await?;
         load_company(&mut tx, scope.company()).await?;
         let mut deleted = DeletedRows::default();
@@ -485,22 +484,13 @@ impl CompanyStore for SqliteStore {
         memory::delete_company_memory(&mut tx, scope.company(), &mut deleted).await?;
         agents::delete_company_agents(&mut tx, scope.company(), &mut deleted).await?;
         work::delete_company_work(&mut tx, scope.company(), audit.at, &mut deleted).await?;
-        // Children first; companies last.
-        for (table, sql) in [
-            (
-                "conflicts",
-                "DELETE FROM conflicts WHERE company_a = ?1 OR company_b = ?1",
-            ),
-            ("api_keys", "DELETE FROM api_keys WHERE company_id = ?"),
-            ("companies", "DELETE FROM companies WHERE company_id = ?"),
-        ] {
-            let n = sqlx::query(sql)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            deleted.tables.push((table.to_owned(), n));
-        }
+        crate::flow::company::delete_rows(
+            &mut tx,
+            scope.company(),
+            crate::flow::company::COMPANY_ROWS,
+            &mut deleted,
+        )
+        .await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(deleted)
