@@ -27,7 +27,9 @@ pub(crate) enum Arg<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Time(DateTime<Utc>),
+    OptTime(Option<DateTime<Utc>>),
     Bool(bool),
+    Bytes(&'a [u8]),
 }
 
 impl From<i64> for Arg<'_> {
@@ -57,6 +59,18 @@ impl<'a> From<&'a String> for Arg<'a> {
 impl<'a> From<Option<&'a str>> for Arg<'a> {
     fn from(v: Option<&'a str>) -> Self {
         Arg::OptText(v)
+    }
+}
+
+impl From<Option<DateTime<Utc>>> for Arg<'_> {
+    fn from(v: Option<DateTime<Utc>>) -> Self {
+        Arg::OptTime(v)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Arg::Bytes(v)
     }
 }
 
@@ -137,7 +151,9 @@ impl<'a> Stmt<'a> {
                 Arg::Text(v) => query.bind(v),
                 Arg::OptText(v) => query.bind(v),
                 Arg::Time(v) => query.bind(v),
+                Arg::OptTime(v) => query.bind(v),
                 Arg::Bool(v) => query.bind(v),
+                Arg::Bytes(v) => query.bind(v),
             };
         }
         query
@@ -152,7 +168,9 @@ impl<'a> Stmt<'a> {
                 Arg::Text(v) => query.bind(v),
                 Arg::OptText(v) => query.bind(v),
                 Arg::Time(v) => query.bind(crate::sqlite::ts(v)),
+                Arg::OptTime(v) => query.bind(v.map(crate::sqlite::ts)),
                 Arg::Bool(v) => query.bind(v),
+                Arg::Bytes(v) => query.bind(v),
             };
         }
         query
@@ -171,6 +189,7 @@ pub(crate) trait Columns {
     fn real(&self, col: &str) -> Result<f64>;
     fn opt_real(&self, col: &str) -> Result<Option<f64>>;
     fn bool(&self, col: &str) -> Result<bool>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>>;
     /// A JSON column: JSONB on PostgreSQL, its text on SQLite.
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>>;
@@ -214,6 +233,9 @@ impl Columns for SqliteRow {
     fn bool(&self, col: &str) -> Result<bool> {
         Ok(self.try_get(col)?)
     }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        Ok(self.try_get(col)?)
+    }
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
         let text: Option<&str> = self.try_get(col)?;
         text.map(crate::sqlite::parse_ts).transpose()
@@ -251,6 +273,9 @@ impl Columns for PgRow {
         Ok(self.try_get(col)?)
     }
     fn bool(&self, col: &str) -> Result<bool> {
+        Ok(self.try_get(col)?)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
         Ok(self.try_get(col)?)
     }
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
@@ -298,6 +323,9 @@ impl Columns for Row {
     }
     fn bool(&self, col: &str) -> Result<bool> {
         self.cols().bool(col)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        self.cols().bytes(col)
     }
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
         self.cols().opt_time(col)

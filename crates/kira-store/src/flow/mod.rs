@@ -7,4 +7,5 @@
 pub(crate) mod batch;
 pub(crate) mod budget;
 pub(crate) mod company;
+pub(crate) mod keys;
 pub(crate) mod tasks;

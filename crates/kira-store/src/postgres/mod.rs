@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier, Outcome};
-use kira_core::auth::{AdminScope, ApiKey, CompanyScope, Role, StoredKey};
+use kira_core::auth::{AdminScope, ApiKey, CompanyScope, StoredKey};
 use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -28,6 +28,7 @@ mod memory;
 mod sharing;
 mod work;
 
+use crate::flow::keys::{KEY_COLUMNS, insert_key_row, key_from_row, load_key};
 use crate::{
     AuditPage, AuditStore, Backend, CompanyStore, DeletedRows, KeyStore, Result, Store, StoreError,
 };
@@ -246,26 +247,6 @@ fn company_from_row(r: &PgRow) -> Result<Company> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         archived_at: r.try_get("archived_at")?,
-    })
-}
-
-fn key_from_row(r: &PgRow) -> Result<StoredKey> {
-    let role: &str = r.try_get("role")?;
-    let hash: Vec<u8> = r.try_get("token_sha256")?;
-    let company: Option<&str> = r.try_get("company_id")?;
-    let key_id: &str = r.try_get("key_id")?;
-    Ok(StoredKey {
-        key: ApiKey {
-            id: KeyId::parse(key_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            name: r.try_get("name")?,
-            role: Role::parse(role).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            company_id: company.map(company_id).transpose()?,
-            created_at: r.try_get("created_at")?,
-            revoked_at: r.try_get("revoked_at")?,
-        },
-        token_sha256: hash
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))?,
     })
 }
 
@@ -541,46 +522,6 @@ impl CompanyStore for PgStore {
         tx.commit().await?;
         Ok(deleted)
     }
-}
-
-async fn insert_key_row(tx: &mut PgConnection, key: &StoredKey) -> Result<()> {
-    let k = &key.key;
-    sqlx::query(
-        "INSERT INTO api_keys (key_id, name, role, company_id, token_sha256, created_at, revoked_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(k.id.as_str())
-    .bind(&k.name)
-    .bind(k.role.as_str())
-    .bind(k.company_id.as_ref().map(CompanyId::as_str))
-    .bind(&key.token_sha256[..])
-    .bind(k.created_at.trunc_subsecs(6))
-    .bind(k.revoked_at.map(|t| t.trunc_subsecs(6)))
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| match sqlstate(&e).as_deref() {
-        Some(UNIQUE_VIOLATION) => StoreError::Conflict(format!("key '{}' already exists", k.id)),
-        // The company was deleted after we looked.
-        Some(FOREIGN_KEY_VIOLATION) => StoreError::NotFound,
-        _ => e.into(),
-    })?;
-    Ok(())
-}
-
-const KEY_COLUMNS: &str = "key_id, name, role, company_id, token_sha256, created_at, revoked_at";
-
-async fn load_key(tx: &mut PgConnection, id: &KeyId, lock: bool) -> Result<Option<StoredKey>> {
-    let sql = format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(key_from_row)
-        .transpose()
 }
 
 #[async_trait]

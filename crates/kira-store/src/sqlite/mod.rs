@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier, Outcome};
-use kira_core::auth::{AdminScope, ApiKey, CompanyScope, Role, StoredKey};
+use kira_core::auth::{AdminScope, ApiKey, CompanyScope, StoredKey};
 use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
 use sqlx::sqlite::{
@@ -25,6 +25,7 @@ mod memory;
 mod sharing;
 mod work;
 
+use crate::flow::keys::{KEY_COLUMNS, insert_key_row, key_from_row, load_key};
 use crate::{
     AuditPage, AuditStore, Backend, CompanyStore, DeletedRows, KeyStore, Result, Store, StoreError,
 };
@@ -163,26 +164,6 @@ fn company_from_row(r: &SqliteRow) -> Result<Company> {
         created_at: parse_ts(r.try_get("created_at")?)?,
         updated_at: parse_ts(r.try_get("updated_at")?)?,
         archived_at: parse_opt_ts(r.try_get("archived_at")?)?,
-    })
-}
-
-fn key_from_row(r: &SqliteRow) -> Result<StoredKey> {
-    let role: String = r.try_get("role")?;
-    let hash: Vec<u8> = r.try_get("token_sha256")?;
-    let company: Option<String> = r.try_get("company_id")?;
-    let key_id: String = r.try_get("key_id")?;
-    Ok(StoredKey {
-        key: ApiKey {
-            id: KeyId::parse(&key_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            name: r.try_get("name")?,
-            role: Role::parse(&role).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            company_id: company.as_deref().map(company_id).transpose()?,
-            created_at: parse_ts(r.try_get("created_at")?)?,
-            revoked_at: parse_opt_ts(r.try_get("revoked_at")?)?,
-        },
-        token_sha256: hash
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))?,
     })
 }
 
@@ -497,43 +478,6 @@ impl CompanyStore for SqliteStore {
     }
 }
 
-async fn insert_key_row(tx: &mut SqliteConnection, key: &StoredKey) -> Result<()> {
-    let k = &key.key;
-    sqlx::query(
-        "INSERT INTO api_keys (key_id, name, role, company_id, token_sha256, created_at, revoked_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(k.id.as_str())
-    .bind(&k.name)
-    .bind(k.role.as_str())
-    .bind(k.company_id.as_ref().map(CompanyId::as_str))
-    .bind(&key.token_sha256[..])
-    .bind(ts(k.created_at.trunc_subsecs(6)))
-    .bind(k.revoked_at.map(ts))
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| match e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
-            StoreError::Conflict(format!("key '{}' already exists", k.id))
-        }
-        e => e.into(),
-    })?;
-    Ok(())
-}
-
-const KEY_COLUMNS: &str = "key_id, name, role, company_id, token_sha256, created_at, revoked_at";
-
-async fn load_key(tx: &mut SqliteConnection, id: &KeyId) -> Result<Option<StoredKey>> {
-    let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(key_from_row)
-        .transpose()
-}
-
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn bootstrap_admin_key(&self, key: &StoredKey, audit: AuditRecord) -> Result<bool> {
@@ -570,7 +514,7 @@ impl KeyStore for SqliteStore {
 
     async fn find_key(&self, id: &KeyId) -> Result<Option<StoredKey>> {
         let mut conn = self.pool.acquire().await?;
-        load_key(&mut conn, id).await
+        load_key(&mut conn, id, false).await
     }
 
     async fn list_keys(&self, _admin: &AdminScope, audit: AuditRecord) -> Result<Vec<ApiKey>> {
@@ -597,7 +541,7 @@ impl KeyStore for SqliteStore {
     ) -> Result<ApiKey> {
         let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        let mut key = load_key(&mut tx, id)
+        let mut key = load_key(&mut tx, id, false)
             .await?
             .ok_or(StoreError::NotFound)?
             .key;
