@@ -6,6 +6,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod budget;
+pub(crate) mod companies;
 pub(crate) mod company;
 pub(crate) mod keys;
 pub(crate) mod tasks;

@@ -14,11 +14,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
-use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier, Outcome};
+use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier};
 use kira_core::auth::{AdminScope, ApiKey, CompanyScope, StoredKey};
 use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 
@@ -28,6 +28,9 @@ mod memory;
 mod sharing;
 mod work;
 
+use crate::flow::companies::{
+    AUDIT_COLUMNS, COMPANY_COLUMNS, audit_from_row, company_from_row, load_company,
+};
 use crate::flow::keys::{KEY_COLUMNS, insert_key_row, key_from_row, load_key};
 use crate::{
     AuditPage, AuditStore, Backend, CompanyStore, DeletedRows, KeyStore, Result, Store, StoreError,
@@ -223,52 +226,6 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 const UNIQUE_VIOLATION: &str = "23505";
 const FOREIGN_KEY_VIOLATION: &str = "23503";
 
-const COMPANY_COLUMNS: &str = "company_id, name, industry, jurisdiction, revenue_usd, complexity_score, \
-     activity_score, priority_multiplier, sla_response_seconds, contacts, sharing_consent, \
-     created_at, updated_at, archived_at";
-
-fn company_from_row(r: &PgRow) -> Result<Company> {
-    let contacts: Json<_> = r.try_get("contacts")?;
-    let sharing_consent: Json<_> = r.try_get("sharing_consent")?;
-    Ok(Company {
-        id: company_id(r.try_get("company_id")?)?,
-        profile: CompanyProfile {
-            name: r.try_get("name")?,
-            industry: r.try_get("industry")?,
-            jurisdiction: r.try_get("jurisdiction")?,
-            revenue_usd: r.try_get("revenue_usd")?,
-            complexity_score: r.try_get("complexity_score")?,
-            activity_score: r.try_get("activity_score")?,
-            priority_multiplier: r.try_get("priority_multiplier")?,
-            sla_response_seconds: r.try_get("sla_response_seconds")?,
-            contacts: contacts.0,
-            sharing_consent: sharing_consent.0,
-        },
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        archived_at: r.try_get("archived_at")?,
-    })
-}
-
-fn audit_from_row(r: &PgRow) -> Result<AuditEntry> {
-    let outcome: &str = r.try_get("outcome")?;
-    let company: Option<&str> = r.try_get("company_id")?;
-    Ok(AuditEntry {
-        seq: r.try_get("seq")?,
-        at: r.try_get("at")?,
-        request_id: r.try_get("request_id")?,
-        actor: r.try_get("actor")?,
-        company_id: company.map(company_id).transpose()?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        outcome: Outcome::parse(outcome)
-            .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
-        detail: r.try_get("detail")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
-}
-
 /// Appends `record` at the end of the chain inside `tx`; the caller's last
 /// step. The lock on the head row keeps the chain one line across
 /// transactions and processes until `tx` ends.
@@ -305,20 +262,6 @@ pub(crate) async fn append(tx: &mut PgConnection, record: AuditRecord) -> Result
         .execute(&mut *tx)
         .await?;
     Ok(entry)
-}
-
-/// The company's row; `FOR UPDATE` when the caller is about to change it.
-async fn load_company(tx: &mut PgConnection, id: &CompanyId, lock: bool) -> Result<Company> {
-    let sql = format!(
-        "SELECT {COMPANY_COLUMNS} FROM companies WHERE company_id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    company_from_row(&row)
 }
 
 async fn write_profile(
@@ -614,9 +557,6 @@ impl KeyStore for PgStore {
         Ok(key)
     }
 }
-
-const AUDIT_COLUMNS: &str =
-    "seq, at, request_id, actor, company_id, action, target, outcome, detail, prev_hash, hash";
 
 #[async_trait]
 impl AuditStore for PgStore {

@@ -511,7 +511,7 @@ impl AgentStore for SqliteStore {
         let company = scope.company();
         let turns = to_json(&session.turns)?;
         let mut tx = self.write().await?;
-        load_company(&mut tx, company).await?;
+        load_company(&mut tx, company, false).await?;
         let n = if session.version == 0 {
             sqlx::query(
                 "INSERT INTO agent_sessions (company_id, summary, turns, tokens, version, updated_at) \

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
-use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier, Outcome};
+use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier};
 use kira_core::auth::{AdminScope, ApiKey, CompanyScope, StoredKey};
 use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
@@ -25,6 +25,9 @@ mod memory;
 mod sharing;
 mod work;
 
+pub(crate) use crate::flow::companies::{
+    AUDIT_COLUMNS, COMPANY_COLUMNS, audit_from_row, company_from_row, load_company,
+};
 use crate::flow::keys::{KEY_COLUMNS, insert_key_row, key_from_row, load_key};
 use crate::{
     AuditPage, AuditStore, Backend, CompanyStore, DeletedRows, KeyStore, Result, Store, StoreError,
@@ -142,50 +145,6 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-const COMPANY_COLUMNS: &str = "company_id, name, industry, jurisdiction, revenue_usd, complexity_score, \
-     activity_score, priority_multiplier, sla_response_seconds, contacts, sharing_consent, \
-     created_at, updated_at, archived_at";
-
-fn company_from_row(r: &SqliteRow) -> Result<Company> {
-    Ok(Company {
-        id: company_id(r.try_get("company_id")?)?,
-        profile: CompanyProfile {
-            name: r.try_get("name")?,
-            industry: r.try_get("industry")?,
-            jurisdiction: r.try_get("jurisdiction")?,
-            revenue_usd: r.try_get("revenue_usd")?,
-            complexity_score: r.try_get("complexity_score")?,
-            activity_score: r.try_get("activity_score")?,
-            priority_multiplier: r.try_get("priority_multiplier")?,
-            sla_response_seconds: r.try_get("sla_response_seconds")?,
-            contacts: json(r.try_get("contacts")?)?,
-            sharing_consent: json(r.try_get("sharing_consent")?)?,
-        },
-        created_at: parse_ts(r.try_get("created_at")?)?,
-        updated_at: parse_ts(r.try_get("updated_at")?)?,
-        archived_at: parse_opt_ts(r.try_get("archived_at")?)?,
-    })
-}
-
-fn audit_from_row(r: &SqliteRow) -> Result<AuditEntry> {
-    let outcome: String = r.try_get("outcome")?;
-    let company: Option<String> = r.try_get("company_id")?;
-    Ok(AuditEntry {
-        seq: r.try_get("seq")?,
-        at: parse_ts(r.try_get("at")?)?,
-        request_id: r.try_get("request_id")?,
-        actor: r.try_get("actor")?,
-        company_id: company.as_deref().map(company_id).transpose()?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        outcome: Outcome::parse(&outcome)
-            .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
-        detail: r.try_get("detail")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
-}
-
 /// Appends `record` at the end of the chain inside `tx`. Callers holding a
 /// `BEGIN IMMEDIATE` transaction hold the database's write lock, which is
 /// what keeps the chain one line.
@@ -276,16 +235,6 @@ pub(crate) fn push_audits(
     Ok(entries)
 }
 
-pub(crate) async fn load_company(tx: &mut SqliteConnection, id: &CompanyId) -> Result<Company> {
-    let sql = format!("SELECT {COMPANY_COLUMNS} FROM companies WHERE company_id = ?");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    company_from_row(&row)
-}
-
 async fn write_profile(
     tx: &mut SqliteConnection,
     id: &CompanyId,
@@ -357,7 +306,7 @@ impl CompanyStore for SqliteStore {
             .bind(ts(now))
             .execute(&mut *tx)
             .await?;
-        let company = load_company(&mut tx, id).await?;
+        let company = load_company(&mut tx, id, false).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(company)
@@ -365,7 +314,7 @@ impl CompanyStore for SqliteStore {
 
     async fn get_company(&self, scope: &CompanyScope) -> Result<Company> {
         let mut conn = self.pool.acquire().await?;
-        load_company(&mut conn, scope.company()).await
+        load_company(&mut conn, scope.company(), false).await
     }
 
     async fn list_companies(
@@ -418,13 +367,13 @@ impl CompanyStore for SqliteStore {
         let now = now.trunc_subsecs(6);
         let id = scope.company();
         let mut tx = self.write().await?;
-        let current = load_company(&mut tx, id).await?;
+        let current = load_company(&mut tx, id, false).await?;
         if current.is_archived() {
             return Err(StoreError::Conflict(format!("company '{id}' is archived")));
         }
         let profile = current.profile.apply(patch)?;
         write_profile(&mut tx, id, &profile, now, None).await?;
-        let company = load_company(&mut tx, id).await?;
+        let company = load_company(&mut tx, id, false).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(company)
@@ -439,14 +388,14 @@ impl CompanyStore for SqliteStore {
         let now = now.trunc_subsecs(6);
         let id = scope.company();
         let mut tx = self.write().await?;
-        let current = load_company(&mut tx, id).await?;
+        let current = load_company(&mut tx, id, false).await?;
         if current.is_archived() {
             return Err(StoreError::Conflict(format!(
                 "company '{id}' is already archived"
             )));
         }
         write_profile(&mut tx, id, &current.profile, now, Some(now)).await?;
-        let company = load_company(&mut tx, id).await?;
+        let company = load_company(&mut tx, id, false).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(company)
@@ -458,7 +407,7 @@ impl CompanyStore for SqliteStore {
         audit: AuditRecord,
     ) -> Result<DeletedRows> {
         let mut tx = self.write().await?;
-        load_company(&mut tx, scope.company()).await?;
+        load_company(&mut tx, scope.company(), false).await?;
         let mut deleted = DeletedRows::default();
         // Before memories, whose deletion would take the items with it.
         sharing::delete_company_sharing(&mut tx, scope.company(), &mut deleted).await?;
@@ -502,7 +451,7 @@ impl KeyStore for SqliteStore {
     ) -> Result<ApiKey> {
         let mut tx = self.write().await?;
         if let Some(c) = &key.key.company_id {
-            load_company(&mut tx, c).await?;
+            load_company(&mut tx, c, false).await?;
         }
         insert_key_row(&mut tx, key).await?;
         append(&mut tx, audit).await?;
@@ -561,9 +510,6 @@ impl KeyStore for SqliteStore {
         Ok(key)
     }
 }
-
-const AUDIT_COLUMNS: &str =
-    "seq, at, request_id, actor, company_id, action, target, outcome, detail, prev_hash, hash";
 
 #[async_trait]
 impl AuditStore for SqliteStore {

@@ -320,7 +320,7 @@ impl TaskStore for SqliteStore {
                 });
             }
         }
-        load_company(&mut tx, company).await?;
+        load_company(&mut tx, company, false).await?;
         if let Some(limit) = new.open_limit {
             let open: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM task_queue WHERE company_id = ? AND priority = ?",
