@@ -143,7 +143,11 @@ impl<'a> Stmt<'a> {
     }
 
     fn pg(&self) -> sqlx::query::Query<'_, sqlx::Postgres, PgArguments> {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.pg_text()));
+        let mut query = match (&self.sql, self.lock) {
+            // A static text goes as it is, not copied per call.
+            (Cow::Borrowed(text), None) => sqlx::query(*text),
+            _ => sqlx::query(sqlx::AssertSqlSafe(self.pg_text())),
+        };
         for a in &self.args {
             query = match *a {
                 Arg::Int(v) => query.bind(v),
@@ -160,7 +164,10 @@ impl<'a> Stmt<'a> {
     }
 
     fn sqlite(&self) -> sqlx::query::Query<'_, sqlx::Sqlite, SqliteArguments> {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.sql.to_string()));
+        let mut query = match &self.sql {
+            Cow::Borrowed(text) => sqlx::query(*text),
+            Cow::Owned(text) => sqlx::query(sqlx::AssertSqlSafe(text.clone())),
+        };
         for a in &self.args {
             query = match *a {
                 Arg::Int(v) => query.bind(v),
