@@ -218,6 +218,30 @@ pub(crate) trait Columns {
     }
 }
 
+/// The columns both drivers decode alike.
+macro_rules! same_on_both {
+    () => {
+        fn text(&self, col: &str) -> Result<String> {
+            Ok(self.try_get(col)?)
+        }
+        fn opt_text(&self, col: &str) -> Result<Option<String>> {
+            Ok(self.try_get(col)?)
+        }
+        fn real(&self, col: &str) -> Result<f64> {
+            Ok(self.try_get(col)?)
+        }
+        fn opt_real(&self, col: &str) -> Result<Option<f64>> {
+            Ok(self.try_get(col)?)
+        }
+        fn bool(&self, col: &str) -> Result<bool> {
+            Ok(self.try_get(col)?)
+        }
+        fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+            Ok(self.try_get(col)?)
+        }
+    };
+}
+
 impl Columns for SqliteRow {
     fn int(&self, col: &str) -> Result<i64> {
         Ok(self.try_get(col)?)
@@ -225,24 +249,7 @@ impl Columns for SqliteRow {
     fn opt_int(&self, col: &str) -> Result<Option<i64>> {
         Ok(self.try_get(col)?)
     }
-    fn text(&self, col: &str) -> Result<String> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_text(&self, col: &str) -> Result<Option<String>> {
-        Ok(self.try_get(col)?)
-    }
-    fn real(&self, col: &str) -> Result<f64> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
-        Ok(self.try_get(col)?)
-    }
-    fn bool(&self, col: &str) -> Result<bool> {
-        Ok(self.try_get(col)?)
-    }
-    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
-        Ok(self.try_get(col)?)
-    }
+    same_on_both!();
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
         let text: Option<&str> = self.try_get(col)?;
         text.map(crate::sqlite::parse_ts).transpose()
@@ -267,24 +274,7 @@ impl Columns for PgRow {
             Err(e) => Err(e.into()),
         }
     }
-    fn text(&self, col: &str) -> Result<String> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_text(&self, col: &str) -> Result<Option<String>> {
-        Ok(self.try_get(col)?)
-    }
-    fn real(&self, col: &str) -> Result<f64> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
-        Ok(self.try_get(col)?)
-    }
-    fn bool(&self, col: &str) -> Result<bool> {
-        Ok(self.try_get(col)?)
-    }
-    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
-        Ok(self.try_get(col)?)
-    }
+    same_on_both!();
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
         Ok(self.try_get(col)?)
     }

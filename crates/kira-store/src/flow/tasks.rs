@@ -137,3 +137,41 @@ pub(crate) async fn event(
     .await?;
     Ok(())
 }
+
+/// Raises a running task's estimate to at least `tokens` (what its first
+/// call needed), so its next claim holds that much; a conflict when
+/// `worker` no longer holds its lease.
+pub(crate) async fn raise_estimate(
+    c: &mut dyn Conn,
+    company: &CompanyId,
+    id: &TaskId,
+    worker: &str,
+    tokens: i64,
+) -> Result<()> {
+    let n = c
+        .exec(
+            q("UPDATE task_queue SET estimated_tokens = \
+               CASE WHEN estimated_tokens < $1 THEN $1 ELSE estimated_tokens END \
+               WHERE task_id = $2 AND company_id = $3 AND lease_owner = $4 AND status = 'running'")
+            .arg(tokens)
+            .arg(id.as_str())
+            .arg(company.as_str())
+            .arg(worker),
+        )
+        .await?;
+    if n == 0 {
+        return Err(StoreError::Conflict(format!(
+            "worker {worker} no longer holds the lease on {id}"
+        )));
+    }
+    c.exec(
+        q("UPDATE tasks SET estimated_tokens = \
+           CASE WHEN estimated_tokens < $1 THEN $1 ELSE estimated_tokens END \
+           WHERE company_id = $2 AND task_id = $3")
+        .arg(tokens)
+        .arg(company.as_str())
+        .arg(id.as_str()),
+    )
+    .await?;
+    Ok(())
+}

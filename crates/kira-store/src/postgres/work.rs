@@ -936,30 +936,7 @@ impl TaskStore for PgStore {
         if !lock_company(&mut tx, scope.company()).await? {
             return Err(StoreError::NotFound);
         }
-        let n = sqlx::query(
-            "UPDATE task_queue SET estimated_tokens = GREATEST(estimated_tokens, $1) \
-             WHERE task_id = $2 AND company_id = $3 AND lease_owner = $4 AND status = 'running'",
-        )
-        .bind(tokens)
-        .bind(id.as_str())
-        .bind(scope.company().as_str())
-        .bind(worker)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Err(StoreError::Conflict(format!(
-                "worker {worker} no longer holds the lease on {id}"
-            )));
-        }
-        sqlx::query(
-            "UPDATE tasks SET estimated_tokens = GREATEST(estimated_tokens, $1) WHERE company_id = $2 AND task_id = $3",
-        )
-        .bind(tokens)
-        .bind(scope.company().as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        crate::flow::tasks::raise_estimate(&mut tx, scope.company(), id, worker, tokens).await?;
         tx.commit().await?;
         Ok(())
     }

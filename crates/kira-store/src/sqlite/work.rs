@@ -689,30 +689,7 @@ impl TaskStore for SqliteStore {
         tokens: i64,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        let n = sqlx::query(
-            "UPDATE task_queue SET estimated_tokens = MAX(estimated_tokens, ?) \
-             WHERE task_id = ? AND company_id = ? AND lease_owner = ? AND status = 'running'",
-        )
-        .bind(tokens)
-        .bind(id.as_str())
-        .bind(scope.company().as_str())
-        .bind(worker)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Err(StoreError::Conflict(format!(
-                "worker {worker} no longer holds the lease on {id}"
-            )));
-        }
-        sqlx::query(
-            "UPDATE tasks SET estimated_tokens = MAX(estimated_tokens, ?) WHERE company_id = ? AND task_id = ?",
-        )
-        .bind(tokens)
-        .bind(scope.company().as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        crate::flow::tasks::raise_estimate(&mut tx, scope.company(), id, worker, tokens).await?;
         tx.commit().await?;
         Ok(())
     }
