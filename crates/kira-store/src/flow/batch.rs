@@ -16,9 +16,12 @@ use crate::{Result, StoreError};
 /// A backend's set-based paths.
 #[async_trait]
 pub(crate) trait FastPaths: TaskStore + BudgetStore {
-    /// Claims a prefix of `cands` in one transaction, pushing each outcome
-    /// to `out`; how many it decided. It stops at the first candidate it
-    /// cannot decide, which the caller then claims the single way.
+    /// Claims the longest run of `cands` (in rank order) that may be taken
+    /// set-based: still claimable, no grant held, and fitting the company's
+    /// base allocation together with the claims before it. Returns how many
+    /// candidates it settled (claimed, found gone, or passed over for want
+    /// of a slot), each outcome pushed to `out`; the next one, if any,
+    /// needs the single claim.
     #[allow(clippy::too_many_arguments)]
     async fn claim_fast(
         &self,

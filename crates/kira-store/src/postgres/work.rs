@@ -1506,12 +1506,6 @@ struct FastClaim<'a> {
 
 #[async_trait]
 impl crate::flow::batch::FastPaths for PgStore {
-    /// Claims the longest run of `cands` (in rank order) that may be taken
-    /// set-based: still claimable, no grant held, and fitting the company's
-    /// base allocation together with the claims before it. Returns how many
-    /// candidates it settled (claimed, found gone, or passed over for want
-    /// of a slot); the next one, if any, needs the single claim.
-    ///
     /// One transaction, two calls: `kira_claim_prepare` locks the company
     /// rows, the claimable queue rows and the allocations and says what it
     /// found; the plan is made here (the admission is the caller's); then

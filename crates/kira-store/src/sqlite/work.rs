@@ -1265,11 +1265,6 @@ struct FastClaim<'a> {
 
 #[async_trait]
 impl crate::flow::batch::FastPaths for SqliteStore {
-    /// Claims the longest run of `cands` (in rank order) that may be taken
-    /// set-based: still claimable, no grant held, and fitting the company's
-    /// base allocation together with the claims before it. Returns how many
-    /// candidates it settled (claimed, found gone, or passed over for want
-    /// of a slot); the next one, if any, needs the single claim.
     #[allow(clippy::too_many_arguments)]
     async fn claim_fast(
         &self,
