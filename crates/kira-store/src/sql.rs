@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use kira_core::CompanyId;
 use kira_core::audit::{AuditEntry, AuditRecord};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -30,6 +31,35 @@ pub(crate) enum Arg<'a> {
     OptTime(Option<DateTime<Utc>>),
     Bool(bool),
     Bytes(&'a [u8]),
+    OptInt(Option<i64>),
+    OptReal(Option<f64>),
+    /// JSONB on PostgreSQL, its text on SQLite.
+    Json(&'a serde_json::Value),
+    OptJson(Option<&'a serde_json::Value>),
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::OptInt(v)
+    }
+}
+
+impl From<Option<f64>> for Arg<'_> {
+    fn from(v: Option<f64>) -> Self {
+        Arg::OptReal(v)
+    }
+}
+
+impl<'a> From<&'a serde_json::Value> for Arg<'a> {
+    fn from(v: &'a serde_json::Value) -> Self {
+        Arg::Json(v)
+    }
+}
+
+impl<'a> From<Option<&'a serde_json::Value>> for Arg<'a> {
+    fn from(v: Option<&'a serde_json::Value>) -> Self {
+        Arg::OptJson(v)
+    }
 }
 
 impl From<i64> for Arg<'_> {
@@ -95,6 +125,13 @@ pub(crate) enum Lock {
     /// `FOR NO KEY UPDATE`: leaves the share locks of inserts referring to
     /// the row alone.
     NoKeyUpdate,
+    /// `FOR UPDATE SKIP LOCKED`: a row another transaction holds is not
+    /// waited for but left out.
+    UpdateSkipLocked,
+    /// `FOR SHARE`.
+    Share,
+    /// `FOR KEY SHARE`: holds the row against a delete only.
+    KeyShare,
 }
 
 /// A statement for either backend.
@@ -103,6 +140,10 @@ pub(crate) struct Stmt<'a> {
     sql: Cow<'static, str>,
     args: Vec<Arg<'a>>,
     lock: Option<Lock>,
+    /// Runs on PostgreSQL only (row-level security settings, notifications,
+    /// statements that are there for their lock); on SQLite it changes
+    /// nothing and finds no row.
+    pg_only: bool,
 }
 
 /// A statement with `$1..$n` placeholders.
@@ -111,6 +152,7 @@ pub(crate) fn q<'a>(sql: &'static str) -> Stmt<'a> {
         sql: Cow::Borrowed(sql),
         args: Vec::new(),
         lock: None,
+        pg_only: false,
     }
 }
 
@@ -134,12 +176,28 @@ impl<'a> Stmt<'a> {
         self
     }
 
+    /// `lock` on PostgreSQL.
+    pub(crate) fn locked(mut self, lock: Lock) -> Self {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// Runs on PostgreSQL only.
+    pub(crate) fn pg_only(mut self) -> Self {
+        self.pg_only = true;
+        self
+    }
+
     fn pg_text(&self) -> String {
-        match self.lock {
-            None => self.sql.to_string(),
-            Some(Lock::Update) => format!("{} FOR UPDATE", self.sql),
-            Some(Lock::NoKeyUpdate) => format!("{} FOR NO KEY UPDATE", self.sql),
-        }
+        let lock = match self.lock {
+            None => return self.sql.to_string(),
+            Some(Lock::Update) => "FOR UPDATE",
+            Some(Lock::NoKeyUpdate) => "FOR NO KEY UPDATE",
+            Some(Lock::UpdateSkipLocked) => "FOR UPDATE SKIP LOCKED",
+            Some(Lock::Share) => "FOR SHARE",
+            Some(Lock::KeyShare) => "FOR KEY SHARE",
+        };
+        format!("{} {lock}", self.sql)
     }
 
     fn pg(&self) -> sqlx::query::Query<'_, sqlx::Postgres, PgArguments> {
@@ -158,6 +216,10 @@ impl<'a> Stmt<'a> {
                 Arg::OptTime(v) => query.bind(v),
                 Arg::Bool(v) => query.bind(v),
                 Arg::Bytes(v) => query.bind(v),
+                Arg::OptInt(v) => query.bind(v),
+                Arg::OptReal(v) => query.bind(v),
+                Arg::Json(v) => query.bind(sqlx::types::Json(v)),
+                Arg::OptJson(v) => query.bind(v.map(sqlx::types::Json)),
             };
         }
         query
@@ -178,6 +240,10 @@ impl<'a> Stmt<'a> {
                 Arg::OptTime(v) => query.bind(v.map(crate::sqlite::ts)),
                 Arg::Bool(v) => query.bind(v),
                 Arg::Bytes(v) => query.bind(v),
+                Arg::OptInt(v) => query.bind(v),
+                Arg::OptReal(v) => query.bind(v),
+                Arg::Json(v) => query.bind(v.to_string()),
+                Arg::OptJson(v) => query.bind(v.map(serde_json::Value::to_string)),
             };
         }
         query
@@ -345,6 +411,18 @@ pub(crate) trait Conn: Send {
     /// Appends to the audit chain (each backend keeps its chain its own way).
     async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry>;
 
+    /// True on PostgreSQL, where row locks and row-level security exist.
+    fn is_pg(&self) -> bool;
+
+    /// Recomputes every company's base allocation in `period`; on
+    /// PostgreSQL the transaction names `company` (or none) again after.
+    async fn refresh_allocations(
+        &mut self,
+        period: &str,
+        now: DateTime<Utc>,
+        company: Option<&CompanyId>,
+    ) -> Result<()>;
+
     /// The first column of the first row, if any, as an integer.
     async fn int(&mut self, s: Stmt<'_>) -> Result<Option<i64>> {
         match self.opt(s).await? {
@@ -369,15 +447,24 @@ pub(crate) trait Conn: Send {
 #[async_trait]
 impl Conn for SqliteConnection {
     async fn exec(&mut self, s: Stmt<'_>) -> Result<u64> {
+        if s.pg_only {
+            return Ok(0);
+        }
         Ok(s.sqlite().execute(&mut *self).await?.rows_affected())
     }
 
     async fn all(&mut self, s: Stmt<'_>) -> Result<Vec<Row>> {
+        if s.pg_only {
+            return Ok(Vec::new());
+        }
         let rows = s.sqlite().fetch_all(&mut *self).await?;
         Ok(rows.into_iter().map(Row::Sqlite).collect())
     }
 
     async fn opt(&mut self, s: Stmt<'_>) -> Result<Option<Row>> {
+        if s.pg_only {
+            return Ok(None);
+        }
         Ok(s.sqlite()
             .fetch_optional(&mut *self)
             .await?
@@ -386,6 +473,19 @@ impl Conn for SqliteConnection {
 
     async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
         crate::sqlite::append(self, record).await
+    }
+
+    fn is_pg(&self) -> bool {
+        false
+    }
+
+    async fn refresh_allocations(
+        &mut self,
+        period: &str,
+        now: DateTime<Utc>,
+        _company: Option<&CompanyId>,
+    ) -> Result<()> {
+        crate::sqlite::work::refresh_tx(self, period, now).await
     }
 }
 
@@ -406,6 +506,19 @@ impl Conn for PgConnection {
 
     async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
         crate::postgres::append(self, record).await
+    }
+
+    fn is_pg(&self) -> bool {
+        true
+    }
+
+    async fn refresh_allocations(
+        &mut self,
+        period: &str,
+        now: DateTime<Utc>,
+        company: Option<&CompanyId>,
+    ) -> Result<()> {
+        crate::postgres::work::refresh_tx(self, period, now, company).await
     }
 }
 
@@ -428,6 +541,19 @@ macro_rules! conn_through_deref {
 
             async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
                 (**self).audit(record).await
+            }
+
+            fn is_pg(&self) -> bool {
+                (**self).is_pg()
+            }
+
+            async fn refresh_allocations(
+                &mut self,
+                period: &str,
+                now: DateTime<Utc>,
+                company: Option<&CompanyId>,
+            ) -> Result<()> {
+                (**self).refresh_allocations(period, now, company).await
             }
         }
     };

@@ -15,7 +15,7 @@ use crate::{Result, StoreError};
 
 /// A backend's set-based paths.
 #[async_trait]
-pub(crate) trait FastPaths: TaskStore + BudgetStore {
+pub(crate) trait FastPaths: Send + Sync {
     /// Claims the longest run of `cands` (in rank order) that may be taken
     /// set-based: still claimable, no grant held, and fitting the company's
     /// base allocation together with the claims before it. Returns how many
@@ -46,7 +46,7 @@ pub(crate) trait FastPaths: TaskStore + BudgetStore {
 }
 
 /// [`TaskStore::claim_batch`] over a backend's fast path.
-pub(crate) async fn claim_batch<S: FastPaths + ?Sized>(
+pub(crate) async fn claim_batch<S: FastPaths + TaskStore + ?Sized>(
     s: &S,
     candidates: &[Candidate],
     admission: &mut dyn Admission,
@@ -84,7 +84,7 @@ pub(crate) async fn claim_batch<S: FastPaths + ?Sized>(
 }
 
 /// [`TaskStore::finish_batch`] over a backend's fast path.
-pub(crate) async fn finish_batch<S: FastPaths + ?Sized>(
+pub(crate) async fn finish_batch<S: FastPaths + TaskStore + BudgetStore + ?Sized>(
     s: &S,
     worker: &str,
     completions: Vec<Completion>,

@@ -9,4 +9,5 @@ pub(crate) mod budget;
 pub(crate) mod companies;
 pub(crate) mod company;
 pub(crate) mod keys;
+pub(crate) mod store;
 pub(crate) mod tasks;

@@ -26,7 +26,7 @@ mod agents;
 mod knowledge;
 mod memory;
 mod sharing;
-mod work;
+pub(crate) mod work;
 
 use crate::flow::companies::{
     AUDIT_COLUMNS, COMPANY_COLUMNS, audit_from_row, company_from_row, load_company,

@@ -37,22 +37,20 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
-use kira_core::audit::AuditRecord;
-use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::budget::{
-    AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
-    may_request_emergency, period_of,
+    AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor, period_of,
 };
-use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
+use kira_core::task::{Priority, TaskId, TaskStatus, check_transition};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
-use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, append, company_id, set_company};
+use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, company_id, set_company};
 use crate::flow::budget::*;
-pub(super) use crate::flow::tasks::{TASK_COLUMNS, event, load_task, set_status, task_from_row};
+use crate::flow::store::Db;
+pub(super) use crate::flow::tasks::{load_task, set_status, task_from_row};
 use crate::work::*;
 use crate::{DeletedRows, Result, StoreError};
 
@@ -101,69 +99,6 @@ pub(super) async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
     Ok(())
 }
 
-/// The period containing `now`, made with its pools and allocations if new.
-/// Of transactions racing at a new period, the one whose insert lands makes
-/// the rest; the others wait on its row and then find it. `company` is the
-/// one the transaction had named, put back after a refresh.
-async fn ensure_period_tx(
-    tx: &mut PgConnection,
-    cfg: &BudgetConfig,
-    now: DateTime<Utc>,
-    company: Option<&CompanyId>,
-) -> Result<String> {
-    let p = period_of(now);
-    // The common case reads only, so claims do not queue on this row.
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM budget_periods WHERE period_id = $1")
-            .bind(&p.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if exists.is_some() {
-        return Ok(p.id);
-    }
-    let made = sqlx::query(
-        "INSERT INTO budget_periods (period_id, starts_at, ends_at, total_tokens, created_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (period_id) DO NOTHING",
-    )
-    .bind(&p.id)
-    .bind(p.start)
-    .bind(p.end)
-    .bind(cfg.total_tokens)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if made == 1 {
-        let caps = cfg.capacities();
-        for (pool, capacity) in [
-            (Pool::Base, caps.base),
-            (Pool::Burst, caps.burst),
-            (Pool::Emergency, caps.emergency),
-        ] {
-            sqlx::query("INSERT INTO budget_pools (period_id, pool, capacity) VALUES ($1, $2, $3)")
-                .bind(&p.id)
-                .bind(pool.as_str())
-                .bind(capacity)
-                .execute(&mut *tx)
-                .await?;
-            ledger(
-                tx,
-                now,
-                &p.id,
-                None,
-                None,
-                None,
-                Some(pool),
-                "rollover",
-                capacity,
-                "new period",
-            )
-            .await?;
-        }
-        refresh_tx(tx, &p.id, now, company).await?;
-    }
-    Ok(p.id)
-}
 
 /// Recomputes every company's base allocation in `period`, then names
 /// `company` again (or none) for the rest of the transaction.
@@ -171,7 +106,7 @@ async fn ensure_period_tx(
 /// Each allocation is locked before its spent and reserved tokens are read,
 /// so a reservation cannot slip in between and leave the new allocation
 /// below what the company holds.
-async fn refresh_tx(
+pub(crate) async fn refresh_tx(
     tx: &mut PgConnection,
     period: &str,
     now: DateTime<Utc>,
@@ -263,21 +198,6 @@ async fn refresh_tx(
     set_company(tx, company.map_or("", CompanyId::as_str)).await
 }
 
-/// Reserves from the first pool `priority` may use that has room, in the
-/// period containing `now` (made if new). The transaction has named
-/// `company`.
-async fn reserve_tx(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    task: &TaskId,
-    priority: Priority,
-    amount: i64,
-    cfg: &BudgetConfig,
-    now: DateTime<Utc>,
-) -> Result<Option<Reservation>> {
-    let period = ensure_period_tx(tx, cfg, now, Some(company)).await?;
-    reserve_in(tx, &period, company, task, priority, amount, cfg, now).await
-}
 
 /// Removes every task-related row of a company, releasing what it holds
 /// first so the pools stay right. The ledger keeps its lines. The caller
@@ -332,211 +252,6 @@ fn is_idempotency_race(e: &StoreError) -> bool {
     }
 }
 
-impl PgStore {
-    async fn submit_once(
-        &self,
-        scope: &CompanyScope,
-        new: &NewTask,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<Submitted> {
-        let company = scope.company();
-        let mut tx = self.scoped(company).await?;
-        // One submit per company at a time: the next sequence number and
-        // the idempotency check below see every submit committed before.
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM companies WHERE company_id = $1 FOR NO KEY UPDATE")
-                .bind(company.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if found.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        if let Some(idem) = &new.idempotency {
-            let seen = sqlx::query(
-                "SELECT task_id, request_hash FROM tasks WHERE company_id = $1 AND idempotency_key = $2",
-            )
-            .bind(company.as_str())
-            .bind(&idem.key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = seen {
-                let hash: Option<&str> = row.try_get("request_hash")?;
-                if hash != Some(idem.request_hash.as_str()) {
-                    return Err(StoreError::Conflict(
-                        "this Idempotency-Key was used with a different request".into(),
-                    ));
-                }
-                let id = task_id(row.try_get("task_id")?)?;
-                let task = load_task(&mut tx, company, &id, false).await?;
-                return Ok(Submitted {
-                    task,
-                    created: false,
-                });
-            }
-        }
-        if let Some(limit) = new.open_limit {
-            let open: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM task_queue WHERE company_id = $1 AND priority = $2",
-            )
-            .bind(company.as_str())
-            .bind(new.priority.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            crate::work::check_open_limit(new, open, limit)?;
-        }
-        let seq: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE company_id = $1")
-                .bind(company.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        let id = TaskId::new(company, &new.label, seq);
-        let deadline = new.deadline.map(|d| d.trunc_subsecs(6));
-        sqlx::query(
-            "INSERT INTO tasks (task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
-             company_context, deadline, idempotency_key, request_hash, status, status_reason, max_attempts, \
-             estimated_tokens, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued', 'submitted', $14, $15, $16, $16)",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(seq)
-        .bind(&new.task_type)
-        .bind(&new.specialist)
-        .bind(&new.agent)
-        .bind(new.priority.as_str())
-        .bind(&new.task)
-        .bind(Json(&new.parameters))
-        .bind(Json(&new.company_context))
-        .bind(deadline)
-        .bind(new.idempotency.as_ref().map(|i| i.key.as_str()))
-        .bind(new.idempotency.as_ref().map(|i| i.request_hash.as_str()))
-        .bind(new.max_attempts)
-        .bind(new.estimated_tokens)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO task_queue (task_id, company_id, agent, status, priority, multiplier, deadline, \
-             waiting_since, not_before, estimated_tokens, attempts) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $7, $8, 0)",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(&new.agent)
-        .bind(new.priority.as_str())
-        .bind(new.multiplier)
-        .bind(deadline)
-        .bind(now)
-        .bind(new.estimated_tokens)
-        .execute(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            company,
-            &id,
-            None,
-            TaskStatus::Queued,
-            "submitted",
-            now,
-        )
-        .await?;
-        notify(&mut tx, &id).await?;
-        let task = load_task(&mut tx, company, &id, false).await?;
-        let audit = AuditRecord {
-            target: format!("task:{id}"),
-            ..audit
-        };
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(Submitted {
-            task,
-            created: true,
-        })
-    }
-
-    /// No pool had room: the task waits for budget, or for a human to grant
-    /// emergency tokens if its level may ask. The caller commits.
-    async fn wait_for_budget(
-        tx: &mut PgConnection,
-        task: Task,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<ClaimOutcome> {
-        let (company, id) = (&task.company_id, &task.task_id);
-        // The claim counted an attempt that did not happen.
-        sqlx::query(
-            "UPDATE task_queue SET lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1 \
-             WHERE task_id = $1",
-        )
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if may_request_emergency(task.priority, cfg) {
-            let period = ensure_period_tx(tx, cfg, now, Some(company)).await?;
-            let request_id = new_reservation_id();
-            let reason = format!(
-                "base and burst cannot hold {} tokens for this {} task",
-                task.estimated_tokens,
-                task.priority.as_str()
-            );
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO emergency_requests ({REQUEST_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, NULL, NULL, NULL)"
-            )))
-            .bind(&request_id)
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .bind(&period)
-            .bind(task.estimated_tokens)
-            .bind(&reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE task_queue SET status = 'awaiting_approval' WHERE task_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            if task.status != TaskStatus::AwaitingApproval {
-                set_status(
-                    tx,
-                    &task,
-                    TaskStatus::AwaitingApproval,
-                    &format!("emergency request {request_id}: {reason}"),
-                    now,
-                )
-                .await?;
-            }
-            Ok(ClaimOutcome::AwaitingApproval { request_id })
-        } else {
-            let reason = format!(
-                "no pool a {} task may use has {} tokens free",
-                task.priority.as_str(),
-                task.estimated_tokens
-            );
-            sqlx::query(
-                "UPDATE task_queue SET status = 'waiting_budget', not_before = $1 WHERE task_id = $2",
-            )
-            .bind(now + crate::work::WAITING_BUDGET_RECHECK)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            if task.status != TaskStatus::WaitingBudget {
-                set_status(tx, &task, TaskStatus::WaitingBudget, &reason, now).await?;
-            }
-            Ok(ClaimOutcome::WaitingBudget { reason })
-        }
-    }
-
-    /// A read-only snapshot: several statements see one moment, as the
-    /// ledger check and the budget views need.
-    async fn snapshot(&self) -> Result<Tx> {
-        Ok(self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?)
-    }
-}
 
 /// What both of the queue snapshot's statements start from: the tasks that
 /// could start at $1, given the agents and their slots ($3, $4; NULL: every
@@ -585,161 +300,67 @@ static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 #[async_trait]
-impl TaskStore for PgStore {
-    async fn submit_task(
-        &self,
-        scope: &CompanyScope,
-        new: &NewTask,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<Submitted> {
-        let now = now.trunc_subsecs(6);
-        match self.submit_once(scope, new, now, audit.clone()).await {
-            // Another submit with the key committed between our check and
-            // our insert (the company lock makes this all but impossible):
-            // a second try finds its task.
-            Err(e) if new.idempotency.is_some() && is_idempotency_race(&e) => {
-                self.submit_once(scope, new, now, audit).await
-            }
-            r => r,
-        }
+impl Db for PgStore {
+    type Tx = Tx;
+    type Read = Tx;
+
+    async fn write_for(&self, company: &CompanyId) -> Result<Tx> {
+        self.scoped(company).await
     }
 
-    async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task> {
-        let mut tx = self.scoped(scope.company()).await?;
-        let task = load_task(&mut tx, scope.company(), id, false).await?;
-        tx.commit().await?;
-        Ok(task)
+    async fn write_system(&self) -> Result<Tx> {
+        Ok(self.pool.begin().await?)
     }
 
-    async fn list_tasks(&self, scope: &CompanyScope, f: &TaskFilter) -> Result<Vec<Task>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = $1 \
-             AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR priority = $3) \
-             AND ($4::text IS NULL OR task_type = $4) \
-             AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6) \
-             AND ($7::bigint IS NULL OR seq < $7) \
-             ORDER BY seq DESC LIMIT $8"
-        );
-        let mut tx = self.scoped(scope.company()).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(scope.company().as_str())
-            .bind(f.status.map(TaskStatus::as_str))
-            .bind(f.priority.map(Priority::as_str))
-            .bind(&f.task_type)
-            .bind(f.created_after.map(|t| t.trunc_subsecs(6)))
-            .bind(f.created_before.map(|t| t.trunc_subsecs(6)))
-            .bind(f.before_seq)
-            .bind(i64::from(f.limit))
-            .fetch_all(&mut *tx)
+    async fn write_queue(&self) -> Result<Tx> {
+        Ok(self.queue.begin().await?)
+    }
+
+    /// A read-only snapshot: several statements see one moment, as the
+    /// ledger check and the budget views need.
+    async fn snapshot(&self, company: Option<&CompanyId>) -> Result<Tx> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        tx.commit().await?;
-        rows.iter().map(task_from_row).collect()
+        match company {
+            Some(c) => set_company(&mut tx, c.as_str()).await?,
+            None => set_admin_read(&mut tx, true).await?,
+        }
+        Ok(tx)
     }
 
-    async fn task_events(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        after_event: i64,
-    ) -> Result<Vec<TaskEvent>> {
-        let mut tx = self.scoped(scope.company()).await?;
-        load_task(&mut tx, scope.company(), id, false).await?;
-        let rows = sqlx::query(
-            "SELECT event_id, task_id, at, from_status, to_status, reason FROM task_events \
-             WHERE company_id = $1 AND task_id = $2 AND event_id > $3 ORDER BY event_id",
-        )
-        .bind(scope.company().as_str())
-        .bind(id.as_str())
-        .bind(after_event)
-        .fetch_all(&mut *tx)
-        .await?;
+    async fn commit(tx: Tx) -> Result<()> {
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                let from: Option<&str> = r.try_get("from_status")?;
-                let to: &str = r.try_get("to_status")?;
-                Ok(TaskEvent {
-                    event_id: r.try_get("event_id")?,
-                    task_id: id.clone(),
-                    at: r.try_get("at")?,
-                    from_status: from
-                        .map(TaskStatus::parse)
-                        .transpose()
-                        .map_err(|e| corrupt("status", e))?,
-                    to_status: TaskStatus::parse(to).map_err(|e| corrupt("status", e))?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+        Ok(())
     }
 
-    async fn cancel_task(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<Task> {
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let mut tx = self.scoped(company).await?;
-        if !lock_company(&mut tx, company).await? {
-            return Err(StoreError::NotFound);
-        }
-        let queued: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 FOR UPDATE",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        // A task out of the queue (in review, or ended) has no queue row to
-        // hold: hold its own.
-        let task = load_task(&mut tx, company, id, queued.is_none()).await?;
-        if task.status.is_final() {
-            return Err(StoreError::Conflict(format!(
-                "task {id} already ended: {}",
-                task.status.as_str()
-            )));
-        }
-        if task.status == TaskStatus::Running {
-            sqlx::query("UPDATE task_queue SET cancel_requested = true WHERE task_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            release_all(&mut tx, company, id, now, "task cancelled").await?;
-            sqlx::query(
-                "UPDATE emergency_requests SET status = 'rejected', decided_at = $1, decision = 'task cancelled' \
-                 WHERE company_id = $2 AND task_id = $3 AND status = 'pending'",
-            )
-            .bind(now)
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            set_status(
-                &mut tx,
-                &task,
-                TaskStatus::Cancelled,
-                "cancelled by request",
-                now,
-            )
-            .await?;
-        }
-        notify(&mut tx, id).await?;
-        let task = load_task(&mut tx, company, id, false).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(task)
+    async fn rollback(tx: Tx) -> Result<()> {
+        tx.rollback().await?;
+        Ok(())
     }
 
-    async fn queue_snapshot(
+    async fn read_for(&self, company: &CompanyId) -> Result<Tx> {
+        self.scoped(company).await
+    }
+
+    async fn read_all(&self, queue: bool) -> Result<Tx> {
+        if queue {
+            return Ok(self.queue.begin().await?);
+        }
+        self.admin_read().await
+    }
+
+    async fn end_read(r: Tx) -> Result<()> {
+        r.commit().await?;
+        Ok(())
+    }
+
+    fn lost_submit_race(e: &StoreError) -> bool {
+        is_idempotency_race(e)
+    }
+
+    async fn read_queue(
         &self,
         now: DateTime<Utc>,
         limit: u32,
@@ -789,198 +410,12 @@ impl TaskStore for PgStore {
         Ok(QueueSnapshot { runnable, running })
     }
 
-    async fn claim(
+    async fn write_run(
         &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-        budget: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<ClaimOutcome> {
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let mut tx = self.scoped(company).await?;
-        if !lock_company(&mut tx, company).await? {
-            return Ok(ClaimOutcome::Gone);
-        }
-        // Of claimers racing for one task, the first to lock the row wins;
-        // the others skip it at once rather than queue behind the winner,
-        // and move on to their next candidate.
-        let free: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 \
-             AND status IN ('queued', 'waiting_budget') AND not_before <= $3 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if free.is_none() {
-            return Ok(ClaimOutcome::Gone);
-        }
-        let n = sqlx::query(
-            "UPDATE task_queue SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
-             attempts = attempts + 1 \
-             WHERE task_id = $3 AND company_id = $4 AND status IN ('queued', 'waiting_budget') \
-             AND not_before <= $5",
-        )
-        .bind(worker)
-        .bind(lease_until.trunc_subsecs(6))
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Ok(ClaimOutcome::Gone);
-        }
-        let task = load_task(&mut tx, company, id, false).await?;
-        // A grant approved by a human is already held for the task.
-        let granted = held_reservations(&mut tx, company, id)
-            .await?
-            .into_iter()
-            .next();
-        let reservation = match granted {
-            Some(r) => Some(r),
-            None => {
-                reserve_tx(
-                    &mut tx,
-                    company,
-                    id,
-                    task.priority,
-                    task.estimated_tokens,
-                    budget,
-                    now,
-                )
-                .await?
-            }
-        };
-        let Some(reservation) = reservation else {
-            let outcome = Self::wait_for_budget(&mut tx, task, budget, now).await?;
-            tx.commit().await?;
-            return Ok(outcome);
-        };
-        let reason = format!(
-            "claimed by {worker}; {} tokens reserved from {}",
-            reservation.amount,
-            reservation.pool.as_str()
-        );
-        check_transition(task.status, TaskStatus::Running)
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        // One round trip moves it to running, records the event and reads it
-        // back: the pool row locked by the reservation is held that much shorter.
-        let sql = format!(
-            "WITH t AS (UPDATE tasks SET status = 'running', status_reason = $1, updated_at = $2, \
-               attempts = attempts + 1, started_at = COALESCE(started_at, $2) \
-               WHERE company_id = $3 AND task_id = $4 RETURNING {TASK_COLUMNS}), \
-             e AS (INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
-               SELECT company_id, task_id, $2, $5, 'running', $1 FROM t) \
-             SELECT * FROM t"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&reason)
-            .bind(now)
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .bind(task.status.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        let task = task_from_row(&row)?;
-        tx.commit().await?;
-        Ok(ClaimOutcome::Claimed {
-            task: Box::new(task),
-            reservation,
-        })
-    }
-
-    async fn claim_batch(
-        &self,
-        candidates: &[Candidate],
-        admission: &mut dyn Admission,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-        budget: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
-        crate::flow::batch::claim_batch(
-            self,
-            candidates,
-            admission,
-            worker,
-            lease_until,
-            budget,
-            now,
-        )
-        .await
-    }
-
-    async fn finish_batch(
-        &self,
-        worker: &str,
-        completions: Vec<Completion>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Completed>> {
-        crate::flow::batch::finish_batch(self, worker, completions, now).await
-    }
-
-    async fn raise_estimate(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        worker: &str,
-        tokens: i64,
-    ) -> Result<()> {
-        let mut tx = self.scoped(scope.company()).await?;
-        if !lock_company(&mut tx, scope.company()).await? {
-            return Err(StoreError::NotFound);
-        }
-        crate::flow::tasks::raise_estimate(&mut tx, scope.company(), id, worker, tokens).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn heartbeat(
-        &self,
-        id: &TaskId,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Lease> {
-        // The queue row carries no company content: no company to name.
-        let mut tx = self.queue.begin().await?;
-        let n = sqlx::query(
-            "UPDATE task_queue SET lease_expires_at = $1 WHERE task_id = $2 AND lease_owner = $3 \
-             AND status = 'running' AND lease_expires_at >= $4",
-        )
-        .bind(lease_until.trunc_subsecs(6))
-        .bind(id.as_str())
-        .bind(worker)
-        .bind(now.trunc_subsecs(6))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let cancel: Option<bool> =
-            sqlx::query_scalar("SELECT cancel_requested FROM task_queue WHERE task_id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(Lease {
-            held: n == 1,
-            cancel_requested: cancel.unwrap_or(false),
-        })
-    }
-
-    async fn record_run(
-        &self,
-        scope: &CompanyScope,
+        company: &CompanyId,
         records: &RunRecords,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        records.check(scope.company())?;
-        let company = scope.company();
         let tx = self.scoped(company).await?;
         super::agents::commit_or_roll_back(tx, async |tx| {
             super::agents::write_run_records(tx, company, records, now).await?;
@@ -988,492 +423,8 @@ impl TaskStore for PgStore {
         })
         .await
     }
-
-    async fn finish(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        worker: &str,
-        f: Finish,
-        now: DateTime<Utc>,
-    ) -> Result<Task> {
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let lost =
-            || StoreError::Conflict(format!("worker {worker} no longer holds the lease on {id}"));
-        let mut tx = self.scoped(company).await?;
-        if !lock_company(&mut tx, company).await? {
-            return Err(lost());
-        }
-        let ours: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 AND lease_owner = $3 \
-             AND status = 'running' FOR UPDATE",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if ours.is_none() {
-            return Err(lost());
-        }
-        let task = load_task(&mut tx, company, id, false).await?;
-        check_transition(task.status, f.status).map_err(|e| StoreError::Conflict(e.to_string()))?;
-        release_all(&mut tx, company, id, now, "run ended").await?;
-        sqlx::query(
-            "UPDATE tasks SET result = $1, confidence = $2, requires_human_review = $3, \
-             last_error = COALESCE($4, last_error) WHERE company_id = $5 AND task_id = $6",
-        )
-        .bind(f.result.as_ref().map(Json))
-        .bind(f.confidence)
-        .bind(f.requires_human_review)
-        .bind(&f.error)
-        .bind(company.as_str())
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if f.status == TaskStatus::Queued {
-            sqlx::query(
-                "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
-                 not_before = $1 WHERE task_id = $2",
-            )
-            .bind(f.retry_at.unwrap_or(now).trunc_subsecs(6))
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            notify(&mut tx, id).await?;
-        } else if f.status == TaskStatus::WaitingBudget {
-            // The run never reached the model: the claim's attempt is given back.
-            sqlx::query(
-                "UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, lease_expires_at = NULL, \
-                 not_before = $1, attempts = GREATEST(attempts - 1, 0) WHERE task_id = $2",
-            )
-            .bind(f.retry_at.unwrap_or(now).trunc_subsecs(6))
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE tasks SET attempts = GREATEST(attempts - 1, 0) WHERE company_id = $1 AND task_id = $2",
-            )
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        set_status(&mut tx, &task, f.status, &f.reason, now).await?;
-        let task = load_task(&mut tx, company, id, false).await?;
-        tx.commit().await?;
-        Ok(task)
-    }
-
-    async fn reap_expired(&self, now: DateTime<Utc>, backoff: TimeDelta) -> Result<Vec<TaskId>> {
-        let now = now.trunc_subsecs(6);
-        let expired = sqlx::query(
-            "SELECT task_id, company_id, lease_owner FROM task_queue \
-             WHERE status = 'running' AND lease_expires_at < $1 ORDER BY task_id",
-        )
-        .bind(now)
-        .fetch_all(&self.queue)
-        .await?;
-        let mut reaped = Vec::new();
-        for row in expired {
-            let id = task_id(row.try_get("task_id")?)?;
-            let company = company_id(row.try_get("company_id")?)?;
-            let owner: Option<String> = row.try_get("lease_owner")?;
-            let mut tx = self.scoped(&company).await?;
-            if !lock_company(&mut tx, &company).await? {
-                continue;
-            }
-            // The worker may have finished, or another reaper got here first.
-            let still: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM task_queue WHERE task_id = $1 AND status = 'running' \
-                 AND lease_expires_at < $2 FOR UPDATE",
-            )
-            .bind(id.as_str())
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if still.is_none() {
-                continue;
-            }
-            let task = load_task(&mut tx, &company, &id, false).await?;
-            let owner = owner.unwrap_or_default();
-            release_all(&mut tx, &company, &id, now, "lease expired").await?;
-            if task.attempts >= task.max_attempts {
-                sqlx::query("DELETE FROM task_queue WHERE task_id = $1")
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                let reason = format!(
-                    "the lease of worker {owner} expired on attempt {} of {}",
-                    task.attempts, task.max_attempts
-                );
-                sqlx::query(
-                    "UPDATE tasks SET last_error = $1 WHERE company_id = $2 AND task_id = $3",
-                )
-                .bind(&reason)
-                .bind(company.as_str())
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-                set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
-            } else {
-                let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
-                let wait = backoff * 2_i32.pow(exp);
-                sqlx::query(
-                    "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
-                     not_before = $1 WHERE task_id = $2",
-                )
-                .bind((now + wait).trunc_subsecs(6))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-                let reason = format!(
-                    "the lease of worker {owner} expired; retry {} of {}",
-                    task.attempts + 1,
-                    task.max_attempts
-                );
-                set_status(&mut tx, &task, TaskStatus::Queued, &reason, now).await?;
-                notify(&mut tx, &id).await?;
-            }
-            tx.commit().await?;
-            reaped.push(id);
-        }
-        Ok(reaped)
-    }
 }
 
-/// The pools of `period`. Their totals are no company's content, so a
-/// company's own view reads them through the admin read, for this one
-/// statement, and then sets it back as it was.
-async fn pools_of(tx: &mut PgConnection, period: &str) -> Result<Vec<PoolState>> {
-    let was: Option<String> = sqlx::query_scalar("SELECT current_setting('app.admin_read', true)")
-        .fetch_one(&mut *tx)
-        .await?;
-    set_admin_read(tx, true).await?;
-    let sql = format!(
-        "SELECT pool, capacity, reserved, spent \
-         FROM ({POOL_BALANCES}) b WHERE period_id = $1 ORDER BY pool"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(period)
-        .fetch_all(&mut *tx)
-        .await;
-    set_admin_read(tx, was.as_deref() == Some("on")).await?;
-    let rows = rows?;
-    rows.iter()
-        .map(|r| {
-            let pool: &str = r.try_get("pool")?;
-            let capacity = r.try_get("capacity")?;
-            let reserved = r.try_get("reserved")?;
-            let spent = r.try_get("spent")?;
-            Ok(PoolState {
-                pool: Pool::parse(pool).map_err(|e| corrupt("pool", e))?,
-                capacity,
-                reserved,
-                spent,
-                overdraft: overdraft_of(capacity, reserved, spent),
-            })
-        })
-        .collect()
-}
-
-/// The budget lines of the period, for one company or (None) all.
-async fn budget_lines(
-    tx: &mut PgConnection,
-    period: &str,
-    company: Option<&CompanyId>,
-) -> Result<Vec<CompanyBudget>> {
-    let rows = sqlx::query(
-        "SELECT a.company_id, a.factor, a.share, a.tokens, a.reserved, a.spent, \
-           (SELECT COALESCE(SUM(r.spent), 0)::bigint FROM reservations r \
-             WHERE r.company_id = a.company_id AND r.period_id = a.period_id AND r.state = 'settled') AS spent_all, \
-           (SELECT COALESCE(SUM(t.cost_usd), 0) FROM tasks t WHERE t.company_id = a.company_id) AS cost \
-         FROM budget_allocations a WHERE a.period_id = $1 AND ($2::text IS NULL OR a.company_id = $2) \
-         ORDER BY a.company_id",
-    )
-    .bind(period)
-    .bind(company.map(CompanyId::as_str))
-    .fetch_all(&mut *tx)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let allocation = r.try_get("tokens")?;
-            let reserved = r.try_get("reserved")?;
-            let spent = r.try_get("spent")?;
-            Ok(CompanyBudget {
-                company_id: company_id(r.try_get("company_id")?)?,
-                factor: r.try_get("factor")?,
-                share: r.try_get("share")?,
-                allocation,
-                reserved,
-                spent,
-                overdraft: overdraft_of(allocation, reserved, spent),
-                spent_all_pools: r.try_get("spent_all")?,
-                cost_usd: r.try_get("cost")?,
-            })
-        })
-        .collect()
-}
-
-async fn requests(
-    tx: &mut PgConnection,
-    company: Option<&CompanyId>,
-    pending_only: bool,
-) -> Result<Vec<EmergencyRequest>> {
-    let sql = format!(
-        "SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE ($1::text IS NULL OR company_id = $1) \
-         AND (NOT $2 OR status = 'pending') ORDER BY requested_at, request_id"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(company.map(CompanyId::as_str))
-        .bind(pending_only)
-        .fetch_all(&mut *tx)
-        .await?;
-    rows.iter().map(request_from_row).collect()
-}
-
-/// The period's state as one snapshot sees it; the period exists.
-async fn state_of(
-    tx: &mut PgConnection,
-    period: String,
-    company: Option<&CompanyId>,
-) -> Result<BudgetState> {
-    let row = sqlx::query(
-        "SELECT starts_at, ends_at, total_tokens FROM budget_periods WHERE period_id = $1",
-    )
-    .bind(&period)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(BudgetState {
-        starts_at: row.try_get("starts_at")?,
-        ends_at: row.try_get("ends_at")?,
-        total_tokens: row.try_get("total_tokens")?,
-        pools: pools_of(tx, &period).await?,
-        companies: budget_lines(tx, &period, company).await?,
-        pending_requests: requests(tx, company, true).await?,
-        period_id: period,
-    })
-}
-
-#[async_trait]
-impl BudgetStore for PgStore {
-    async fn ensure_period(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<String> {
-        let mut tx = self.pool.begin().await?;
-        let p = ensure_period_tx(&mut tx, cfg, now.trunc_subsecs(6), None).await?;
-        tx.commit().await?;
-        Ok(p)
-    }
-
-    async fn refresh_allocations(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<()> {
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.pool.begin().await?;
-        let p = ensure_period_tx(&mut tx, cfg, now, None).await?;
-        refresh_tx(&mut tx, &p, now, None).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn reserve(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        amount: i64,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<ReserveOutcome> {
-        if amount <= 0 {
-            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
-        }
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let mut tx = self.scoped(company).await?;
-        if !lock_company(&mut tx, company).await? {
-            return Err(StoreError::NotFound);
-        }
-        // Shared: calls of one run may reserve side by side, but the run
-        // cannot end (and release everything it holds) until they commit.
-        sqlx::query("SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 FOR SHARE")
-            .bind(id.as_str())
-            .bind(company.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let task = load_task(&mut tx, company, id, false).await?;
-        if task.status != TaskStatus::Running {
-            return Err(StoreError::Conflict(format!("task {id} is not running")));
-        }
-        let outcome =
-            match reserve_tx(&mut tx, company, id, task.priority, amount, cfg, now).await? {
-                Some(r) => ReserveOutcome::Reserved(r),
-                None => ReserveOutcome::Denied {
-                    reason: format!(
-                        "no pool a {} task may use has {amount} tokens free",
-                        task.priority.as_str()
-                    ),
-                },
-            };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn settle(
-        &self,
-        scope: &CompanyScope,
-        reservation_id: &str,
-        prompt_tokens: i64,
-        completion_tokens: i64,
-        cost_usd: f64,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = now.trunc_subsecs(6);
-        let usage = Usage {
-            prompt_tokens,
-            completion_tokens,
-            cost_usd,
-        };
-        let mut tx = self.scoped(scope.company()).await?;
-        if !lock_company(&mut tx, scope.company()).await? {
-            return Err(StoreError::NotFound);
-        }
-        settle(&mut tx, scope.company(), reservation_id, &usage, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn resize_reservation(
-        &self,
-        scope: &CompanyScope,
-        reservation_id: &str,
-        amount: i64,
-        now: DateTime<Utc>,
-    ) -> Result<ReserveOutcome> {
-        if amount <= 0 {
-            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
-        }
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.scoped(scope.company()).await?;
-        if !lock_company(&mut tx, scope.company()).await? {
-            return Err(StoreError::NotFound);
-        }
-        let outcome = resize(&mut tx, scope.company(), reservation_id, amount, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn release(
-        &self,
-        scope: &CompanyScope,
-        reservation_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.scoped(scope.company()).await?;
-        if !lock_company(&mut tx, scope.company()).await? {
-            return Err(StoreError::NotFound);
-        }
-        release(&mut tx, scope.company(), reservation_id, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn budget_state(
-        &self,
-        _admin: &AdminScope,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<BudgetState> {
-        // Made first, in its own transaction: the snapshot that reads the
-        // state cannot write without risking a serialization failure.
-        let period = self.ensure_period(cfg, now).await?;
-        let mut tx = self.snapshot().await?;
-        set_admin_read(&mut tx, true).await?;
-        let s = state_of(&mut tx, period, None).await?;
-        tx.commit().await?;
-        Ok(s)
-    }
-
-    async fn company_budget(
-        &self,
-        scope: &CompanyScope,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<BudgetState> {
-        let period = self.ensure_period(cfg, now).await?;
-        let mut tx = self.snapshot().await?;
-        set_company(&mut tx, scope.company().as_str()).await?;
-        let s = state_of(&mut tx, period, Some(scope.company())).await?;
-        tx.commit().await?;
-        Ok(s)
-    }
-
-    async fn emergency_requests(
-        &self,
-        _admin: &AdminScope,
-        pending_only: bool,
-    ) -> Result<Vec<EmergencyRequest>> {
-        let mut tx = self.admin_read().await?;
-        let r = requests(&mut tx, None, pending_only).await?;
-        tx.commit().await?;
-        Ok(r)
-    }
-
-    async fn decide_emergency(
-        &self,
-        admin: &AdminScope,
-        request_id: &str,
-        approve: bool,
-        note: &str,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<EmergencyRequest> {
-        let now = now.trunc_subsecs(6);
-        // Which company the request belongs to: an admin read. From there
-        // on the transaction works as that company.
-        let mut tx = self.admin_read().await?;
-        let seen = load_request(&mut tx, request_id, false).await?;
-        set_admin_read(&mut tx, false).await?;
-        set_company(&mut tx, seen.company_id.as_str()).await?;
-        if !lock_company(&mut tx, &seen.company_id).await? {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query("SELECT 1 FROM task_queue WHERE task_id = $1 FOR UPDATE")
-            .bind(seen.task_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        // Read again under the locks: a cancel or another decision may have
-        // come first.
-        let req = load_request(&mut tx, request_id, true).await?;
-        let decider = admin.actor().to_string();
-        if let Err(e) = decide_request(&mut tx, &req, approve, note, &decider, now).await {
-            // Rolled back now, not when the pool gets to the dropped
-            // transaction: until then its lock on the queue row would make
-            // a claim skip the task as taken.
-            tx.rollback().await?;
-            return Err(e);
-        }
-        if approve {
-            notify(&mut tx, &req.task_id).await?;
-        }
-        // Read before the audit append, which names the record's company.
-        let decided = load_request(&mut tx, request_id, false).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(decided)
-    }
-
-    async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
-        let mut tx = self.snapshot().await?;
-        set_admin_read(&mut tx, true).await?;
-        let report = replay_ledger(&mut tx).await?;
-        tx.commit().await?;
-        Ok(report)
-    }
-}
 
 /// The SQLSTATE the batch functions of `0004_queue_batching.sql` raise when
 /// a row is not as their first phase found and locked it (which the locks

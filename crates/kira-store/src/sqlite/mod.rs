@@ -23,7 +23,7 @@ mod checkpoint;
 mod knowledge;
 mod memory;
 mod sharing;
-mod work;
+pub(crate) mod work;
 
 pub(crate) use crate::flow::companies::{
     AUDIT_COLUMNS, COMPANY_COLUMNS, audit_from_row, company_from_row, load_company,
@@ -51,6 +51,11 @@ pub(crate) struct Tx {
 impl Tx {
     pub(crate) async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
         Ok(())
     }
 }

@@ -5,22 +5,20 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
-use kira_core::audit::AuditRecord;
-use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::budget::{
     AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
-    may_request_emergency, period_of,
 };
-use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
+use kira_core::task::{Priority, Task, TaskId, TaskStatus, check_transition};
 use sqlx::{Row, SqliteConnection};
 
 use super::{
-    SqliteStore, append, company_id, json, load_company, parse_opt_ts, parse_ts, to_json, ts,
+    SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts,
 };
 use crate::flow::budget::*;
-pub(super) use crate::flow::tasks::{TASK_COLUMNS, event, load_task, set_status, task_from_row};
+use crate::flow::store::Db;
+pub(super) use crate::flow::tasks::{TASK_COLUMNS, load_task, set_status, task_from_row};
 use crate::work::*;
 use crate::{Result, StoreError};
 
@@ -28,59 +26,9 @@ pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-/// The period containing `now`, made with its pools and allocations if new.
-async fn ensure_period_tx(
-    tx: &mut SqliteConnection,
-    cfg: &BudgetConfig,
-    now: DateTime<Utc>,
-) -> Result<String> {
-    let p = period_of(now);
-    let made = sqlx::query(
-        "INSERT INTO budget_periods (period_id, starts_at, ends_at, total_tokens, created_at) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (period_id) DO NOTHING",
-    )
-    .bind(&p.id)
-    .bind(ts(p.start))
-    .bind(ts(p.end))
-    .bind(cfg.total_tokens)
-    .bind(ts(now))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if made == 1 {
-        let caps = cfg.capacities();
-        for (pool, capacity) in [
-            (Pool::Base, caps.base),
-            (Pool::Burst, caps.burst),
-            (Pool::Emergency, caps.emergency),
-        ] {
-            sqlx::query("INSERT INTO budget_pools (period_id, pool, capacity) VALUES (?, ?, ?)")
-                .bind(&p.id)
-                .bind(pool.as_str())
-                .bind(capacity)
-                .execute(&mut *tx)
-                .await?;
-            ledger(
-                tx,
-                now,
-                &p.id,
-                None,
-                None,
-                None,
-                Some(pool),
-                "rollover",
-                capacity,
-                "new period",
-            )
-            .await?;
-        }
-        refresh_tx(tx, &p.id, now).await?;
-    }
-    Ok(p.id)
-}
 
 /// Recomputes every company's base allocation in `period`.
-async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>) -> Result<()> {
     let base: i64 = sqlx::query_scalar(
         "SELECT capacity - spent FROM budget_pools WHERE period_id = ? AND pool = 'base'",
     )
@@ -150,21 +98,6 @@ async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>)
         }
     }
     Ok(())
-}
-
-/// Reserves from the first pool `priority` may use that has room, in the
-/// period containing `now` (made if new).
-async fn reserve_tx(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    task: &TaskId,
-    priority: Priority,
-    amount: i64,
-    cfg: &BudgetConfig,
-    now: DateTime<Utc>,
-) -> Result<Option<Reservation>> {
-    let period = ensure_period_tx(tx, cfg, now).await?;
-    reserve_in(tx, &period, company, task, priority, amount, cfg, now).await
 }
 
 /// Removes every task-related row of a company, releasing what it holds
@@ -287,245 +220,47 @@ fn queue_entries(text: &str) -> Result<Vec<QueueEntry>> {
 }
 
 #[async_trait]
-impl TaskStore for SqliteStore {
-    async fn submit_task(
-        &self,
-        scope: &CompanyScope,
-        new: &NewTask,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<Submitted> {
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let mut tx = self.write().await?;
-        if let Some(idem) = &new.idempotency {
-            let seen = sqlx::query("SELECT task_id, request_hash FROM tasks WHERE company_id = ? AND idempotency_key = ?")
-                .bind(company.as_str())
-                .bind(&idem.key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = seen {
-                let hash: Option<String> = row.try_get("request_hash")?;
-                if hash.as_deref() != Some(idem.request_hash.as_str()) {
-                    return Err(StoreError::Conflict(
-                        "this Idempotency-Key was used with a different request".into(),
-                    ));
-                }
-                let id: String = row.try_get("task_id")?;
-                let id = TaskId::parse(&id).map_err(|e| corrupt("task id", e))?;
-                let task = load_task(&mut tx, company, &id, false).await?;
-                return Ok(Submitted {
-                    task,
-                    created: false,
-                });
-            }
-        }
-        load_company(&mut tx, company, false).await?;
-        if let Some(limit) = new.open_limit {
-            let open: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM task_queue WHERE company_id = ? AND priority = ?",
-            )
-            .bind(company.as_str())
-            .bind(new.priority.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            crate::work::check_open_limit(new, open, limit)?;
-        }
-        let seq: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks WHERE company_id = ?")
-                .bind(company.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        let id = TaskId::new(company, &new.label, seq);
-        sqlx::query(
-            "INSERT INTO tasks (task_id, company_id, seq, task_type, specialist, agent, priority, task, parameters, \
-             company_context, deadline, idempotency_key, request_hash, status, status_reason, max_attempts, \
-             estimated_tokens, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 'submitted', ?, ?, ?, ?)",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(seq)
-        .bind(&new.task_type)
-        .bind(&new.specialist)
-        .bind(&new.agent)
-        .bind(new.priority.as_str())
-        .bind(&new.task)
-        .bind(to_json(&new.parameters)?)
-        .bind(to_json(&new.company_context)?)
-        .bind(new.deadline.map(|d| ts(d.trunc_subsecs(6))))
-        .bind(new.idempotency.as_ref().map(|i| i.key.as_str()))
-        .bind(new.idempotency.as_ref().map(|i| i.request_hash.as_str()))
-        .bind(new.max_attempts)
-        .bind(new.estimated_tokens)
-        .bind(ts(now))
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO task_queue (task_id, company_id, agent, status, priority, multiplier, deadline, waiting_since, \
-             not_before, estimated_tokens, attempts) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, 0)",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(&new.agent)
-        .bind(new.priority.as_str())
-        .bind(new.multiplier)
-        .bind(new.deadline.map(|d| ts(d.trunc_subsecs(6))))
-        .bind(ts(now))
-        .bind(ts(now))
-        .bind(new.estimated_tokens)
-        .execute(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            company,
-            &id,
-            None,
-            TaskStatus::Queued,
-            "submitted",
-            now,
-        )
-        .await?;
-        let audit = AuditRecord {
-            target: format!("task:{id}"),
-            ..audit
-        };
-        append(&mut tx, audit).await?;
-        let task = load_task(&mut tx, company, &id, false).await?;
-        tx.commit().await?;
-        Ok(Submitted {
-            task,
-            created: true,
-        })
+impl Db for SqliteStore {
+    type Tx = super::Tx;
+    type Read = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+
+    async fn write_for(&self, _company: &CompanyId) -> Result<super::Tx> {
+        self.write().await
     }
 
-    async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task> {
-        let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id, false).await
+    async fn write_system(&self) -> Result<super::Tx> {
+        self.write().await
     }
 
-    async fn list_tasks(&self, scope: &CompanyScope, f: &TaskFilter) -> Result<Vec<Task>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE company_id = ? \
-             AND (? IS NULL OR status = ?) AND (? IS NULL OR priority = ?) AND (? IS NULL OR task_type = ?) \
-             AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) AND (? IS NULL OR seq < ?) \
-             ORDER BY seq DESC LIMIT ?"
-        );
-        let status = f.status.map(TaskStatus::as_str);
-        let priority = f.priority.map(Priority::as_str);
-        let after = f.created_after.map(ts);
-        let before = f.created_before.map(ts);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(scope.company().as_str())
-            .bind(status)
-            .bind(status)
-            .bind(priority)
-            .bind(priority)
-            .bind(&f.task_type)
-            .bind(&f.task_type)
-            .bind(&after)
-            .bind(&after)
-            .bind(&before)
-            .bind(&before)
-            .bind(f.before_seq)
-            .bind(f.before_seq)
-            .bind(i64::from(f.limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(task_from_row).collect()
+    async fn write_queue(&self) -> Result<super::Tx> {
+        self.write().await
     }
 
-    async fn task_events(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        after_event: i64,
-    ) -> Result<Vec<TaskEvent>> {
-        let mut conn = self.pool.acquire().await?;
-        load_task(&mut conn, scope.company(), id, false).await?;
-        let rows = sqlx::query(
-            "SELECT event_id, task_id, at, from_status, to_status, reason FROM task_events \
-             WHERE company_id = ? AND task_id = ? AND event_id > ? ORDER BY event_id",
-        )
-        .bind(scope.company().as_str())
-        .bind(id.as_str())
-        .bind(after_event)
-        .fetch_all(&mut *conn)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let from: Option<String> = r.try_get("from_status")?;
-                let to: String = r.try_get("to_status")?;
-                Ok(TaskEvent {
-                    event_id: r.try_get("event_id")?,
-                    task_id: id.clone(),
-                    at: parse_ts(r.try_get("at")?)?,
-                    from_status: from
-                        .as_deref()
-                        .map(TaskStatus::parse)
-                        .transpose()
-                        .map_err(|e| corrupt("status", e))?,
-                    to_status: TaskStatus::parse(&to).map_err(|e| corrupt("status", e))?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+    async fn snapshot(&self, _company: Option<&CompanyId>) -> Result<super::Tx> {
+        self.write().await
     }
 
-    async fn cancel_task(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<Task> {
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let mut tx = self.write().await?;
-        let task = load_task(&mut tx, company, id, false).await?;
-        if task.status.is_final() {
-            return Err(StoreError::Conflict(format!(
-                "task {id} already ended: {}",
-                task.status.as_str()
-            )));
-        }
-        if task.status == TaskStatus::Running {
-            sqlx::query("UPDATE task_queue SET cancel_requested = 1 WHERE task_id = ?")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            release_all(&mut tx, company, id, now, "task cancelled").await?;
-            sqlx::query(
-                "UPDATE emergency_requests SET status = 'rejected', decided_at = ?, decision = 'task cancelled' \
-                 WHERE company_id = ? AND task_id = ? AND status = 'pending'",
-            )
-            .bind(ts(now))
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            set_status(
-                &mut tx,
-                &task,
-                TaskStatus::Cancelled,
-                "cancelled by request",
-                now,
-            )
-            .await?;
-        }
-        append(&mut tx, audit).await?;
-        let task = load_task(&mut tx, company, id, false).await?;
-        tx.commit().await?;
-        Ok(task)
+    async fn commit(tx: super::Tx) -> Result<()> {
+        tx.commit().await
     }
 
-    async fn queue_snapshot(
+    async fn rollback(tx: super::Tx) -> Result<()> {
+        tx.rollback().await
+    }
+
+    async fn read_for(&self, _company: &CompanyId) -> Result<Self::Read> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn read_all(&self, _queue: bool) -> Result<Self::Read> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn end_read(_r: Self::Read) -> Result<()> {
+        Ok(())
+    }
+
+    async fn read_queue(
         &self,
         now: DateTime<Utc>,
         limit: u32,
@@ -562,698 +297,21 @@ impl TaskStore for SqliteStore {
         Ok(QueueSnapshot { runnable, running })
     }
 
-    async fn claim(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-        budget: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<ClaimOutcome> {
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let mut tx = self.write().await?;
-        let n = sqlx::query(
-            "UPDATE task_queue SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 \
-             WHERE task_id = ? AND company_id = ? AND status IN ('queued', 'waiting_budget') AND not_before <= ?",
-        )
-        .bind(worker)
-        .bind(ts(lease_until))
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Ok(ClaimOutcome::Gone);
-        }
-        let task = load_task(&mut tx, company, id, false).await?;
-        // A grant approved by a human is already held for the task.
-        let granted = held_reservations(&mut tx, company, id)
-            .await?
-            .into_iter()
-            .next();
-        let reservation = match granted {
-            Some(r) => Some(r),
-            None => {
-                reserve_tx(
-                    &mut tx,
-                    company,
-                    id,
-                    task.priority,
-                    task.estimated_tokens,
-                    budget,
-                    now,
-                )
-                .await?
-            }
-        };
-        let Some(reservation) = reservation else {
-            return self.wait_for_budget(tx, task, budget, now).await;
-        };
-        let reason = format!(
-            "claimed by {worker}; {} tokens reserved from {}",
-            reservation.amount,
-            reservation.pool.as_str()
-        );
-        check_transition(task.status, TaskStatus::Running)
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        // One statement moves it to running and reads it back.
-        let sql = format!(
-            "UPDATE tasks SET status = 'running', status_reason = ?, updated_at = ?, attempts = attempts + 1, \
-             started_at = COALESCE(started_at, ?) WHERE company_id = ? AND task_id = ? RETURNING {TASK_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&reason)
-            .bind(ts(now))
-            .bind(ts(now))
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        event(
-            &mut tx,
-            company,
-            id,
-            Some(task.status),
-            TaskStatus::Running,
-            &reason,
-            now,
-        )
-        .await?;
-        let task = task_from_row(&row)?;
-        tx.commit().await?;
-        Ok(ClaimOutcome::Claimed {
-            task: Box::new(task),
-            reservation,
-        })
-    }
 
-    async fn claim_batch(
+    async fn write_run(
         &self,
-        candidates: &[Candidate],
-        admission: &mut dyn Admission,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-        budget: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
-        crate::flow::batch::claim_batch(
-            self,
-            candidates,
-            admission,
-            worker,
-            lease_until,
-            budget,
-            now,
-        )
-        .await
-    }
-
-    async fn finish_batch(
-        &self,
-        worker: &str,
-        completions: Vec<Completion>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Completed>> {
-        crate::flow::batch::finish_batch(self, worker, completions, now).await
-    }
-
-    async fn raise_estimate(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        worker: &str,
-        tokens: i64,
-    ) -> Result<()> {
-        let mut tx = self.write().await?;
-        crate::flow::tasks::raise_estimate(&mut tx, scope.company(), id, worker, tokens).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn heartbeat(
-        &self,
-        id: &TaskId,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Lease> {
-        let mut tx = self.write().await?;
-        let n = sqlx::query(
-            "UPDATE task_queue SET lease_expires_at = ? WHERE task_id = ? AND lease_owner = ? AND status = 'running' \
-             AND lease_expires_at >= ?",
-        )
-        .bind(ts(lease_until))
-        .bind(id.as_str())
-        .bind(worker)
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let cancel: Option<bool> =
-            sqlx::query_scalar("SELECT cancel_requested FROM task_queue WHERE task_id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(Lease {
-            held: n == 1,
-            cancel_requested: cancel.unwrap_or(false),
-        })
-    }
-
-    async fn record_run(
-        &self,
-        scope: &CompanyScope,
+        company: &CompanyId,
         records: &RunRecords,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        records.check(scope.company())?;
         let mut tx = self.write().await?;
         let mut audits = Vec::new();
-        super::agents::write_run_records(&mut tx, scope.company(), records, now, &mut audits)
-            .await?;
+        super::agents::write_run_records(&mut tx, company, records, now, &mut audits).await?;
         super::append_many(&mut tx, audits).await?;
         tx.commit().await
     }
-
-    async fn finish(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        worker: &str,
-        f: Finish,
-        now: DateTime<Utc>,
-    ) -> Result<Task> {
-        let now = now.trunc_subsecs(6);
-        let company = scope.company();
-        let mut tx = self.write().await?;
-        let ours: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM task_queue WHERE task_id = ? AND company_id = ? AND lease_owner = ? AND status = 'running'",
-        )
-        .bind(id.as_str())
-        .bind(company.as_str())
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if ours.is_none() {
-            return Err(StoreError::Conflict(format!(
-                "worker {worker} no longer holds the lease on {id}"
-            )));
-        }
-        // A running lease of ours means the task is running.
-        check_transition(TaskStatus::Running, f.status)
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        release_all(&mut tx, company, id, now, "run ended").await?;
-        if f.status == TaskStatus::Queued {
-            sqlx::query(
-                "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ? WHERE task_id = ?",
-            )
-            .bind(ts(f.retry_at.unwrap_or(now)))
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        } else if f.status == TaskStatus::WaitingBudget {
-            // The run never reached the model: the claim's attempt is given back.
-            sqlx::query(
-                "UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, lease_expires_at = NULL, \
-                 not_before = ?, attempts = MAX(attempts - 1, 0) WHERE task_id = ?",
-            )
-            .bind(ts(f.retry_at.unwrap_or(now)))
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE company_id = ? AND task_id = ?",
-            )
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        } else {
-            sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        // One statement records the end and reads the task back.
-        let finished = f.status.is_final() || f.status == TaskStatus::NeedsReview;
-        let sql = format!(
-            "UPDATE tasks SET result = ?, confidence = ?, requires_human_review = ?, last_error = COALESCE(?, last_error), \
-             status = ?, status_reason = ?, updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END \
-             WHERE company_id = ? AND task_id = ? RETURNING {TASK_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(f.result.as_ref().map(to_json).transpose()?)
-            .bind(f.confidence)
-            .bind(f.requires_human_review)
-            .bind(&f.error)
-            .bind(f.status.as_str())
-            .bind(&f.reason)
-            .bind(ts(now))
-            .bind(finished)
-            .bind(ts(now))
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        event(
-            &mut tx,
-            company,
-            id,
-            Some(TaskStatus::Running),
-            f.status,
-            &f.reason,
-            now,
-        )
-        .await?;
-        let task = task_from_row(&row)?;
-        tx.commit().await?;
-        Ok(task)
-    }
-
-    async fn reap_expired(&self, now: DateTime<Utc>, backoff: TimeDelta) -> Result<Vec<TaskId>> {
-        let now = now.trunc_subsecs(6);
-        let expired = sqlx::query(
-            "SELECT task_id, company_id, lease_owner FROM task_queue WHERE status = 'running' AND lease_expires_at < ?",
-        )
-        .bind(ts(now))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut reaped = Vec::new();
-        for row in expired {
-            let id: String = row.try_get("task_id")?;
-            let id = TaskId::parse(&id).map_err(|e| corrupt("task id", e))?;
-            let company = company_id(row.try_get("company_id")?)?;
-            let owner: Option<String> = row.try_get("lease_owner")?;
-            let mut tx = self.write().await?;
-            let still: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM task_queue WHERE task_id = ? AND status = 'running' AND lease_expires_at < ?",
-            )
-            .bind(id.as_str())
-            .bind(ts(now))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if still.is_none() {
-                continue;
-            }
-            let task = load_task(&mut tx, &company, &id, false).await?;
-            let owner = owner.unwrap_or_default();
-            release_all(&mut tx, &company, &id, now, "lease expired").await?;
-            if task.attempts >= task.max_attempts {
-                sqlx::query("DELETE FROM task_queue WHERE task_id = ?")
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                let reason = format!(
-                    "the lease of worker {owner} expired on attempt {} of {}",
-                    task.attempts, task.max_attempts
-                );
-                sqlx::query("UPDATE tasks SET last_error = ? WHERE company_id = ? AND task_id = ?")
-                    .bind(&reason)
-                    .bind(company.as_str())
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                set_status(&mut tx, &task, TaskStatus::Failed, &reason, now).await?;
-            } else {
-                let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
-                let wait = backoff * 2_i32.pow(exp);
-                sqlx::query(
-                    "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = ? WHERE task_id = ?",
-                )
-                .bind(ts(now + wait))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-                let reason = format!(
-                    "the lease of worker {owner} expired; retry {} of {}",
-                    task.attempts + 1,
-                    task.max_attempts
-                );
-                set_status(&mut tx, &task, TaskStatus::Queued, &reason, now).await?;
-            }
-            tx.commit().await?;
-            reaped.push(id);
-        }
-        Ok(reaped)
-    }
 }
 
-impl SqliteStore {
-    /// No pool had room: the task waits for budget, or for a human to grant
-    /// emergency tokens if its level may ask.
-    async fn wait_for_budget(
-        &self,
-        mut tx: super::Tx,
-        task: Task,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<ClaimOutcome> {
-        let (company, id) = (&task.company_id, &task.task_id);
-        // The claim counted an attempt that did not happen.
-        sqlx::query("UPDATE task_queue SET lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1 WHERE task_id = ?")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let outcome = if may_request_emergency(task.priority, cfg) {
-            let period = ensure_period_tx(&mut tx, cfg, now).await?;
-            let request_id = new_reservation_id();
-            let reason = format!(
-                "base and burst cannot hold {} tokens for this {} task",
-                task.estimated_tokens,
-                task.priority.as_str()
-            );
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO emergency_requests ({REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, NULL, NULL, NULL)"
-            )))
-            .bind(&request_id)
-            .bind(company.as_str())
-            .bind(id.as_str())
-            .bind(&period)
-            .bind(task.estimated_tokens)
-            .bind(&reason)
-            .bind(ts(now))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE task_queue SET status = 'awaiting_approval' WHERE task_id = ?")
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            if task.status != TaskStatus::AwaitingApproval {
-                set_status(
-                    &mut tx,
-                    &task,
-                    TaskStatus::AwaitingApproval,
-                    &format!("emergency request {request_id}: {reason}"),
-                    now,
-                )
-                .await?;
-            }
-            ClaimOutcome::AwaitingApproval { request_id }
-        } else {
-            let reason = format!(
-                "no pool a {} task may use has {} tokens free",
-                task.priority.as_str(),
-                task.estimated_tokens
-            );
-            sqlx::query(
-                "UPDATE task_queue SET status = 'waiting_budget', not_before = ? WHERE task_id = ?",
-            )
-            .bind(ts(now + crate::work::WAITING_BUDGET_RECHECK))
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            if task.status != TaskStatus::WaitingBudget {
-                set_status(&mut tx, &task, TaskStatus::WaitingBudget, &reason, now).await?;
-            }
-            ClaimOutcome::WaitingBudget { reason }
-        };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-}
-
-async fn pools_of(tx: &mut SqliteConnection, period: &str) -> Result<Vec<PoolState>> {
-    let sql = format!(
-        "SELECT pool, capacity, reserved, spent FROM ({POOL_BALANCES}) WHERE period_id = ? ORDER BY pool"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(period)
-        .fetch_all(&mut *tx)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            let pool: String = r.try_get("pool")?;
-            let capacity = r.try_get("capacity")?;
-            let reserved = r.try_get("reserved")?;
-            let spent = r.try_get("spent")?;
-            Ok(PoolState {
-                pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-                capacity,
-                reserved,
-                spent,
-                overdraft: overdraft_of(capacity, reserved, spent),
-            })
-        })
-        .collect()
-}
-
-/// The budget lines of the period, for one company or (None) all.
-async fn budget_lines(
-    tx: &mut SqliteConnection,
-    period: &str,
-    company: Option<&CompanyId>,
-) -> Result<Vec<CompanyBudget>> {
-    let c = company.map(CompanyId::as_str);
-    let rows = sqlx::query(
-        "SELECT a.company_id, a.factor, a.share, a.tokens, a.reserved, a.spent, \
-           (SELECT COALESCE(SUM(r.spent), 0) FROM reservations r \
-             WHERE r.company_id = a.company_id AND r.period_id = a.period_id AND r.state = 'settled') AS spent_all, \
-           (SELECT TOTAL(t.cost_usd) FROM tasks t WHERE t.company_id = a.company_id) AS cost \
-         FROM budget_allocations a WHERE a.period_id = ? AND (? IS NULL OR a.company_id = ?) ORDER BY a.company_id",
-    )
-    .bind(period)
-    .bind(c)
-    .bind(c)
-    .fetch_all(&mut *tx)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let allocation = r.try_get("tokens")?;
-            let reserved = r.try_get("reserved")?;
-            let spent = r.try_get("spent")?;
-            Ok(CompanyBudget {
-                company_id: company_id(r.try_get("company_id")?)?,
-                factor: r.try_get("factor")?,
-                share: r.try_get("share")?,
-                allocation,
-                reserved,
-                spent,
-                overdraft: overdraft_of(allocation, reserved, spent),
-                spent_all_pools: r.try_get("spent_all")?,
-                cost_usd: r.try_get("cost")?,
-            })
-        })
-        .collect()
-}
-
-async fn requests(
-    tx: &mut SqliteConnection,
-    company: Option<&CompanyId>,
-    pending_only: bool,
-) -> Result<Vec<EmergencyRequest>> {
-    let c = company.map(CompanyId::as_str);
-    let sql = format!(
-        "SELECT {REQUEST_COLUMNS} FROM emergency_requests WHERE (? IS NULL OR company_id = ?) \
-         AND (NOT ? OR status = 'pending') ORDER BY requested_at, request_id"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(c)
-        .bind(c)
-        .bind(pending_only)
-        .fetch_all(&mut *tx)
-        .await?;
-    rows.iter().map(request_from_row).collect()
-}
-
-async fn state_of(
-    tx: &mut SqliteConnection,
-    cfg: &BudgetConfig,
-    now: DateTime<Utc>,
-    company: Option<&CompanyId>,
-) -> Result<BudgetState> {
-    let period = ensure_period_tx(tx, cfg, now).await?;
-    let row = sqlx::query(
-        "SELECT starts_at, ends_at, total_tokens FROM budget_periods WHERE period_id = ?",
-    )
-    .bind(&period)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(BudgetState {
-        starts_at: parse_ts(row.try_get("starts_at")?)?,
-        ends_at: parse_ts(row.try_get("ends_at")?)?,
-        total_tokens: row.try_get("total_tokens")?,
-        pools: pools_of(tx, &period).await?,
-        companies: budget_lines(tx, &period, company).await?,
-        pending_requests: requests(tx, company, true).await?,
-        period_id: period,
-    })
-}
-
-#[async_trait]
-impl BudgetStore for SqliteStore {
-    async fn ensure_period(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<String> {
-        let mut tx = self.write().await?;
-        let p = ensure_period_tx(&mut tx, cfg, now.trunc_subsecs(6)).await?;
-        tx.commit().await?;
-        Ok(p)
-    }
-
-    async fn refresh_allocations(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<()> {
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.write().await?;
-        let p = ensure_period_tx(&mut tx, cfg, now).await?;
-        refresh_tx(&mut tx, &p, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn reserve(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        amount: i64,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<ReserveOutcome> {
-        if amount <= 0 {
-            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
-        }
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.write().await?;
-        let task = load_task(&mut tx, scope.company(), id, false).await?;
-        if task.status != TaskStatus::Running {
-            return Err(StoreError::Conflict(format!("task {id} is not running")));
-        }
-        let outcome = match reserve_tx(
-            &mut tx,
-            scope.company(),
-            id,
-            task.priority,
-            amount,
-            cfg,
-            now,
-        )
-        .await?
-        {
-            Some(r) => ReserveOutcome::Reserved(r),
-            None => ReserveOutcome::Denied {
-                reason: format!(
-                    "no pool a {} task may use has {amount} tokens free",
-                    task.priority.as_str()
-                ),
-            },
-        };
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn settle(
-        &self,
-        scope: &CompanyScope,
-        reservation_id: &str,
-        prompt_tokens: i64,
-        completion_tokens: i64,
-        cost_usd: f64,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = now.trunc_subsecs(6);
-        let usage = Usage {
-            prompt_tokens,
-            completion_tokens,
-            cost_usd,
-        };
-        let mut tx = self.write().await?;
-        settle(&mut tx, scope.company(), reservation_id, &usage, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn resize_reservation(
-        &self,
-        scope: &CompanyScope,
-        reservation_id: &str,
-        amount: i64,
-        now: DateTime<Utc>,
-    ) -> Result<ReserveOutcome> {
-        if amount <= 0 {
-            return Err(kira_core::ValidationError::new("amount", "must be positive").into());
-        }
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.write().await?;
-        let outcome = resize(&mut tx, scope.company(), reservation_id, amount, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn release(
-        &self,
-        scope: &CompanyScope,
-        reservation_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.write().await?;
-        release(&mut tx, scope.company(), reservation_id, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn budget_state(
-        &self,
-        _admin: &AdminScope,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<BudgetState> {
-        let mut tx = self.write().await?;
-        let s = state_of(&mut tx, cfg, now.trunc_subsecs(6), None).await?;
-        tx.commit().await?;
-        Ok(s)
-    }
-
-    async fn company_budget(
-        &self,
-        scope: &CompanyScope,
-        cfg: &BudgetConfig,
-        now: DateTime<Utc>,
-    ) -> Result<BudgetState> {
-        let mut tx = self.write().await?;
-        let s = state_of(&mut tx, cfg, now.trunc_subsecs(6), Some(scope.company())).await?;
-        tx.commit().await?;
-        Ok(s)
-    }
-
-    async fn emergency_requests(
-        &self,
-        _admin: &AdminScope,
-        pending_only: bool,
-    ) -> Result<Vec<EmergencyRequest>> {
-        let mut conn = self.pool.acquire().await?;
-        requests(&mut conn, None, pending_only).await
-    }
-
-    async fn decide_emergency(
-        &self,
-        admin: &AdminScope,
-        request_id: &str,
-        approve: bool,
-        note: &str,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<EmergencyRequest> {
-        let now = now.trunc_subsecs(6);
-        let mut tx = self.write().await?;
-        let req = load_request(&mut tx, request_id, false).await?;
-        let decider = admin.actor().to_string();
-        decide_request(&mut tx, &req, approve, note, &decider, now).await?;
-        append(&mut tx, audit).await?;
-        let decided = load_request(&mut tx, request_id, false).await?;
-        tx.commit().await?;
-        Ok(decided)
-    }
-
-    async fn verify_ledger(&self, _admin: &AdminScope) -> Result<LedgerReport> {
-        // One transaction: the balances cannot move while they are compared.
-        let mut tx = self.write().await?;
-        let report = replay_ledger(&mut tx).await?;
-        tx.commit().await?;
-        Ok(report)
-    }
-}
 
 /// A candidate a batch claim takes from its company's base allocation.
 struct FastClaim<'a> {
@@ -1305,7 +363,7 @@ impl crate::flow::batch::FastPaths for SqliteStore {
                 ),
             );
         }
-        let period = ensure_period_tx(&mut tx, budget, now).await?;
+        let period = crate::flow::store::ensure_period(&mut tx, budget, now, None).await?;
         let companies: Vec<&str> = cands.iter().map(|c| c.scope.company().as_str()).collect();
         // A forecast only: the conditional update below decides.
         let mut free: std::collections::HashMap<String, i64> = sqlx::query(
