@@ -177,7 +177,19 @@ pub(crate) async fn ensure_period(
             c.exec(s.arg(&p.id).arg(pool.as_str()).arg(capacity))
                 .await?;
             let (what, detail) = ("rollover", "new period");
-            ledger(c, now, &p.id, None, None, None, Some(pool), what, capacity, detail).await?;
+            ledger(
+                c,
+                now,
+                &p.id,
+                None,
+                None,
+                None,
+                Some(pool),
+                what,
+                capacity,
+                detail,
+            )
+            .await?;
         }
         c.refresh_allocations(&p.id, now, company).await?;
     }
@@ -316,7 +328,9 @@ async fn wait_for_budget(
             task.priority.as_str(),
             task.estimated_tokens
         );
-        let s = q("UPDATE task_queue SET status = 'waiting_budget', not_before = $1 WHERE task_id = $2");
+        let s = q(
+            "UPDATE task_queue SET status = 'waiting_budget', not_before = $1 WHERE task_id = $2",
+        );
         c.exec(s.arg(now + WAITING_BUDGET_RECHECK).arg(id.as_str()))
             .await?;
         if task.status != TaskStatus::WaitingBudget {
@@ -358,12 +372,7 @@ async fn wait_for_budget(
 }
 
 /// Moves a claimed task to running and reads it back, with its event.
-async fn start(
-    c: &mut dyn Conn,
-    task: &Task,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<Task> {
+async fn start(c: &mut dyn Conn, task: &Task, reason: &str, now: DateTime<Utc>) -> Result<Task> {
     check_transition(task.status, TaskStatus::Running)
         .map_err(|e| StoreError::Conflict(e.to_string()))?;
     let (company, id) = (task.company_id.as_str(), task.task_id.as_str());
@@ -394,7 +403,16 @@ async fn start(
         .one(q(SQL.as_str()).arg(reason).arg(now).arg(company).arg(id))
         .await?;
     let running = TaskStatus::Running;
-    event(c, &task.company_id, &task.task_id, Some(task.status), running, reason, now).await?;
+    event(
+        c,
+        &task.company_id,
+        &task.task_id,
+        Some(task.status),
+        running,
+        reason,
+        now,
+    )
+    .await?;
     task_from_row(&row)
 }
 
@@ -416,8 +434,10 @@ async fn claim_tx(
     // row wins; the others skip it at once rather than queue behind the
     // winner, and move on to their next candidate.
     if c.is_pg() {
-        let free = q("SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 \
-                      AND status IN ('queued', 'waiting_budget') AND not_before <= $3")
+        let free = q(
+            "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 \
+                      AND status IN ('queued', 'waiting_budget') AND not_before <= $3",
+        )
         .arg(id.as_str())
         .arg(company.as_str())
         .arg(now);
@@ -477,8 +497,10 @@ async fn finish_tx(
     if !lock_company(c, company).await? {
         return Err(not_running(worker, id));
     }
-    let ours = q("SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 \
-                  AND lease_owner = $3 AND status = 'running'")
+    let ours = q(
+        "SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2 \
+                  AND lease_owner = $3 AND status = 'running'",
+    )
     .arg(id.as_str())
     .arg(company.as_str())
     .arg(worker);
@@ -489,8 +511,10 @@ async fn finish_tx(
     check_transition(task.status, f.status).map_err(|e| StoreError::Conflict(e.to_string()))?;
     release_all(c, company, id, now, "run ended").await?;
     c.exec(
-        q("UPDATE tasks SET result = $1, confidence = $2, requires_human_review = $3, \
-           last_error = COALESCE($4, last_error) WHERE company_id = $5 AND task_id = $6")
+        q(
+            "UPDATE tasks SET result = $1, confidence = $2, requires_human_review = $3, \
+           last_error = COALESCE($4, last_error) WHERE company_id = $5 AND task_id = $6",
+        )
         .arg(f.result.as_ref())
         .arg(f.confidence)
         .arg(f.requires_human_review)
@@ -501,18 +525,24 @@ async fn finish_tx(
     .await?;
     let retry_at = f.retry_at.unwrap_or(now).trunc_subsecs(6);
     if f.status == TaskStatus::Queued {
-        let s = q("UPDATE task_queue SET status = 'queued', lease_owner = NULL, \
-                   lease_expires_at = NULL, not_before = $1 WHERE task_id = $2");
+        let s = q(
+            "UPDATE task_queue SET status = 'queued', lease_owner = NULL, \
+                   lease_expires_at = NULL, not_before = $1 WHERE task_id = $2",
+        );
         c.exec(s.arg(retry_at).arg(id.as_str())).await?;
         notify(c, id).await?;
     } else if f.status == TaskStatus::WaitingBudget {
         // The run never reached the model: the claim's attempt is given back.
-        let s = q("UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, \
+        let s = q(
+            "UPDATE task_queue SET status = 'waiting_budget', lease_owner = NULL, \
                    lease_expires_at = NULL, not_before = $1, \
-                   attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE task_id = $2");
+                   attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE task_id = $2",
+        );
         c.exec(s.arg(retry_at).arg(id.as_str())).await?;
-        let s = q("UPDATE tasks SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
-                   WHERE company_id = $1 AND task_id = $2");
+        let s = q(
+            "UPDATE tasks SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+                   WHERE company_id = $1 AND task_id = $2",
+        );
         c.exec(s.arg(company.as_str()).arg(id.as_str())).await?;
     } else {
         let s = q("DELETE FROM task_queue WHERE task_id = $1");
@@ -535,8 +565,10 @@ async fn reap_tx(
     if !lock_company(c, company).await? {
         return Ok(false);
     }
-    let still = q("SELECT 1 FROM task_queue WHERE task_id = $1 AND status = 'running' \
-                   AND lease_expires_at < $2")
+    let still = q(
+        "SELECT 1 FROM task_queue WHERE task_id = $1 AND status = 'running' \
+                   AND lease_expires_at < $2",
+    )
     .arg(id.as_str())
     .arg(now);
     if c.opt(still.for_update()).await?.is_none() {
@@ -558,8 +590,10 @@ async fn reap_tx(
     } else {
         let exp = u32::try_from(task.attempts.max(1) - 1).unwrap_or(0).min(16);
         let wait = backoff * 2_i32.pow(exp);
-        let s = q("UPDATE task_queue SET status = 'queued', lease_owner = NULL, \
-                   lease_expires_at = NULL, not_before = $1 WHERE task_id = $2");
+        let s = q(
+            "UPDATE task_queue SET status = 'queued', lease_owner = NULL, \
+                   lease_expires_at = NULL, not_before = $1 WHERE task_id = $2",
+        );
         c.exec(s.arg((now + wait).trunc_subsecs(6)).arg(id.as_str()))
             .await?;
         let reason = format!(
@@ -629,21 +663,28 @@ async fn task_events_of(
     load_task(c, company, id, false).await?;
     let rows = c
         .all(
-            q("SELECT event_id, at, from_status, to_status, reason FROM task_events \
-               WHERE company_id = $1 AND task_id = $2 AND event_id > $3 ORDER BY event_id")
+            q(
+                "SELECT event_id, at, from_status, to_status, reason FROM task_events \
+               WHERE company_id = $1 AND task_id = $2 AND event_id > $3 ORDER BY event_id",
+            )
             .arg(company.as_str())
             .arg(id.as_str())
             .arg(after_event),
         )
         .await?;
-    let status = |s: &str| TaskStatus::parse(s).map_err(|e| StoreError::Corrupt(format!("status: {e}")));
+    let status =
+        |s: &str| TaskStatus::parse(s).map_err(|e| StoreError::Corrupt(format!("status: {e}")));
     rows.iter()
         .map(|r| {
             Ok(TaskEvent {
                 event_id: r.int("event_id")?,
                 task_id: id.clone(),
                 at: r.time("at")?,
-                from_status: r.opt_text("from_status")?.as_deref().map(status).transpose()?,
+                from_status: r
+                    .opt_text("from_status")?
+                    .as_deref()
+                    .map(status)
+                    .transpose()?,
                 to_status: status(&r.text("to_status")?)?,
                 reason: r.text("reason")?,
             })
@@ -821,8 +862,10 @@ impl<D: Db> TaskStore for D {
         let c: &mut dyn Conn = &mut tx;
         let n = c
             .exec(
-                q("UPDATE task_queue SET lease_expires_at = $1 WHERE task_id = $2 \
-                   AND lease_owner = $3 AND status = 'running' AND lease_expires_at >= $4")
+                q(
+                    "UPDATE task_queue SET lease_expires_at = $1 WHERE task_id = $2 \
+                   AND lease_owner = $3 AND status = 'running' AND lease_expires_at >= $4",
+                )
                 .arg(lease_until.trunc_subsecs(6))
                 .arg(id.as_str())
                 .arg(worker)
@@ -921,8 +964,7 @@ async fn pools_of(c: &mut dyn Conn, period: &str) -> Result<Vec<PoolState>> {
                 (r.int("capacity")?, r.int("reserved")?, r.int("spent")?);
             let pool = r.text("pool")?;
             Ok(PoolState {
-                pool: Pool::parse(&pool)
-                    .map_err(|e| StoreError::Corrupt(format!("pool: {e}")))?,
+                pool: Pool::parse(&pool).map_err(|e| StoreError::Corrupt(format!("pool: {e}")))?,
                 capacity,
                 reserved,
                 spent,
@@ -940,14 +982,16 @@ async fn budget_lines(
 ) -> Result<Vec<CompanyBudget>> {
     let rows = c
         .all(
-            q("SELECT a.company_id, a.factor, a.share, a.tokens, a.reserved, a.spent, \
+            q(
+                "SELECT a.company_id, a.factor, a.share, a.tokens, a.reserved, a.spent, \
                  (SELECT CAST(COALESCE(SUM(r.spent), 0) AS BIGINT) FROM reservations r \
                    WHERE r.company_id = a.company_id AND r.period_id = a.period_id \
                    AND r.state = 'settled') AS spent_all, \
                  (SELECT CAST(COALESCE(SUM(t.cost_usd), 0) AS DOUBLE PRECISION) FROM tasks t \
                    WHERE t.company_id = a.company_id) AS cost \
                FROM budget_allocations a WHERE a.period_id = $1 \
-               AND ($2 IS NULL OR a.company_id = $2) ORDER BY a.company_id")
+               AND ($2 IS NULL OR a.company_id = $2) ORDER BY a.company_id",
+            )
             .arg(period)
             .arg(company.map(CompanyId::as_str)),
         )
@@ -1146,7 +1190,13 @@ impl<D: Db> BudgetStore for D {
         if !lock_company(&mut tx, scope.company()).await? {
             return Err(StoreError::NotFound);
         }
-        release(&mut tx, scope.company(), reservation_id, now.trunc_subsecs(6)).await?;
+        release(
+            &mut tx,
+            scope.company(),
+            reservation_id,
+            now.trunc_subsecs(6),
+        )
+        .await?;
         D::commit(tx).await
     }
 

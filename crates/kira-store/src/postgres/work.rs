@@ -99,7 +99,6 @@ pub(super) async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
     Ok(())
 }
 
-
 /// Recomputes every company's base allocation in `period`, then names
 /// `company` again (or none) for the rest of the transaction.
 ///
@@ -198,7 +197,6 @@ pub(crate) async fn refresh_tx(
     set_company(tx, company.map_or("", CompanyId::as_str)).await
 }
 
-
 /// Removes every task-related row of a company, releasing what it holds
 /// first so the pools stay right. The ledger keeps its lines. The caller
 /// has named the company and holds its row `FOR UPDATE`, so no work of the
@@ -251,7 +249,6 @@ fn is_idempotency_race(e: &StoreError) -> bool {
         _ => false,
     }
 }
-
 
 /// What both of the queue snapshot's statements start from: the tasks that
 /// could start at $1, given the agents and their slots ($3, $4; NULL: every
@@ -424,7 +421,6 @@ impl Db for PgStore {
         .await
     }
 }
-
 
 /// The SQLSTATE the batch functions of `0004_queue_batching.sql` raise when
 /// a row is not as their first phase found and locked it (which the locks

@@ -13,9 +13,7 @@ use kira_core::budget::{
 use kira_core::task::{Priority, Task, TaskId, TaskStatus, check_transition};
 use sqlx::{Row, SqliteConnection};
 
-use super::{
-    SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts,
-};
+use super::{SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
 use crate::flow::budget::*;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::{TASK_COLUMNS, load_task, set_status, task_from_row};
@@ -26,9 +24,12 @@ pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-
 /// Recomputes every company's base allocation in `period`.
-pub(crate) async fn refresh_tx(tx: &mut SqliteConnection, period: &str, now: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn refresh_tx(
+    tx: &mut SqliteConnection,
+    period: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let base: i64 = sqlx::query_scalar(
         "SELECT capacity - spent FROM budget_pools WHERE period_id = ? AND pool = 'base'",
     )
@@ -297,7 +298,6 @@ impl Db for SqliteStore {
         Ok(QueueSnapshot { runnable, running })
     }
 
-
     async fn write_run(
         &self,
         company: &CompanyId,
@@ -311,7 +311,6 @@ impl Db for SqliteStore {
         tx.commit().await
     }
 }
-
 
 /// A candidate a batch claim takes from its company's base allocation.
 struct FastClaim<'a> {
