@@ -6,10 +6,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::budget::BudgetConfig;
-use kira_core::task::TaskId;
+use kira_core::task::{TaskId, TaskStatus, check_transition};
 
 use crate::work::{
-    Admission, BudgetStore, Candidate, ClaimOutcome, Completed, Completion, TaskStore, finish_one,
+    Admission, BudgetStore, Candidate, ClaimOutcome, Completed, Completion, Reservation, TaskStore,
+    finish_one,
 };
 use crate::{Result, StoreError};
 
@@ -106,4 +107,124 @@ pub(crate) async fn finish_batch<S: FastPaths + TaskStore + BudgetStore + ?Sized
             })
         })
         .collect()
+}
+
+/// The rows a set of plain completions writes, as JSON rows each backend's
+/// set-based statements read.
+pub(crate) struct FinishPlan {
+    /// (index in the batch, the task's row changes).
+    pub(crate) tasks: Vec<(usize, serde_json::Value)>,
+    /// Reservations closed: settled or released.
+    pub(crate) closed: Vec<serde_json::Value>,
+    /// Balance movements of closed reservations, in ledger order (`n`).
+    pub(crate) ledger: Vec<serde_json::Value>,
+    /// Requeued (retry) and ended tasks' queue rows.
+    pub(crate) requeued: Vec<serde_json::Value>,
+    pub(crate) ended: Vec<serde_json::Value>,
+    /// A result goes as its JSON text (SQLite's JSON is text), else as
+    /// the JSON value.
+    result_as_text: bool,
+}
+
+impl FinishPlan {
+    pub(crate) fn new(result_as_text: bool) -> Self {
+        Self {
+            tasks: Vec::new(),
+            closed: Vec::new(),
+            ledger: Vec::new(),
+            requeued: Vec::new(),
+            ended: Vec::new(),
+            result_as_text,
+        }
+    }
+
+    /// Adds `c` if it is plain: a legal end, and a settlement (if any) of a
+    /// reservation the task holds, within its amount. False otherwise.
+    pub(crate) fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
+        let f = &c.finish;
+        // Back to waiting for budget gives the attempt back: the slow way.
+        if f.status == TaskStatus::WaitingBudget
+            || check_transition(TaskStatus::Running, f.status).is_err()
+        {
+            return false;
+        }
+        let company = c.scope.company();
+        let (mut p, mut k, mut cost) = (0, 0, 0.0);
+        let mut settled = None;
+        if let Some(s) = &c.settle {
+            let Some(r) = held.iter().find(|r| r.reservation_id == s.reservation_id) else {
+                return false;
+            };
+            (p, k, cost) = (
+                s.prompt_tokens.max(0),
+                s.completion_tokens.max(0),
+                s.cost_usd.max(0.0),
+            );
+            if &r.company_id != company || p + k > r.amount || !cost.is_finite() {
+                return false;
+            }
+            settled = Some((r, p + k));
+        }
+        let result = match &f.result {
+            Some(v) if self.result_as_text => serde_json::Value::String(v.to_string()),
+            Some(v) => v.clone(),
+            None => serde_json::Value::Null,
+        };
+        let ledger = &mut self.ledger;
+        let mut line = |r: &Reservation, kind: &str, amount: i64, detail: &str| {
+            let n = ledger.len();
+            ledger.push(serde_json::json!({
+                "n": n, "period": r.period_id, "company": r.company_id.as_str(), "id": r.task_id.as_str(),
+                "rid": r.reservation_id, "pool": r.pool.as_str(), "kind": kind, "amount": amount,
+                "detail": detail,
+            }));
+        };
+        if let Some((r, used)) = settled {
+            line(r, "settle", used, "");
+            if r.amount > used {
+                line(r, "release", r.amount - used, "unused");
+            }
+        }
+        for r in held {
+            if settled.is_some_and(|(s, _)| s.reservation_id == r.reservation_id) {
+                continue;
+            }
+            line(r, "release", r.amount, "run ended");
+        }
+        for r in held {
+            let (state, spent) = match settled {
+                Some((s, used)) if s.reservation_id == r.reservation_id => ("settled", used),
+                _ => ("released", 0),
+            };
+            self.closed.push(serde_json::json!({
+                "rid": r.reservation_id, "state": state, "spent": spent, "period": r.period_id,
+                "company": r.company_id.as_str(), "pool": r.pool.as_str(), "amount": r.amount,
+            }));
+        }
+        // Both backends read this text as a timestamp.
+        let not_before = f.retry_at.map(|t| {
+            t.trunc_subsecs(6)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        });
+        let queue = serde_json::json!({
+            "id": c.task_id.as_str(), "company": company.as_str(), "not_before": not_before,
+        });
+        if f.status == TaskStatus::Queued {
+            self.requeued.push(queue);
+        } else {
+            self.ended.push(queue);
+        }
+        let n = self.tasks.len();
+        self.tasks.push((
+            i,
+            serde_json::json!({
+                "n": n, "id": c.task_id.as_str(), "company": company.as_str(), "result": result,
+                "confidence": f.confidence, "review": f.requires_human_review, "error": f.error,
+                "status": f.status.as_str(), "reason": f.reason,
+                "finished": f.status.is_final() || f.status == TaskStatus::NeedsReview,
+                "p": p, "c": k, "cost": cost,
+            }),
+        ));
+        true
+    }
 }

@@ -49,6 +49,7 @@ use sqlx::{PgConnection, Row};
 
 use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, company_id, set_company};
 use crate::flow::budget::*;
+use crate::flow::batch::FinishPlan;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::{load_task, set_status, task_from_row};
 use crate::work::*;
@@ -437,12 +438,6 @@ fn batch_error(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// A time as the batch functions read it from JSON.
-fn json_ts(t: DateTime<Utc>) -> String {
-    t.trunc_subsecs(6)
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// A candidate a batch claim takes from its company's base allocation.
 struct FastClaim<'a> {
     c: &'a Candidate,
@@ -648,7 +643,7 @@ impl crate::flow::batch::FastPaths for PgStore {
             ours.insert(id, company);
         }
         let mut slow = Vec::new();
-        let mut plan = FinishPlan::default();
+        let mut plan = FinishPlan::new(false);
         for (i, c) in cs.iter().enumerate() {
             let mine = ours
                 .get(c.task_id.as_str())
@@ -700,102 +695,12 @@ impl crate::flow::batch::FastPaths for PgStore {
     }
 }
 
-/// The rows a set of plain completions writes, as `kira_finish_write` reads them.
-#[derive(Default)]
-struct FinishPlan {
-    /// (index in the batch, the task's row changes).
-    tasks: Vec<(usize, serde_json::Value)>,
-    /// Reservations closed: settled or released.
-    closed: Vec<serde_json::Value>,
-    /// Balance movements of closed reservations, in ledger order.
-    ledger: Vec<serde_json::Value>,
-    /// Requeued (retry) and ended tasks' queue rows.
-    requeued: Vec<serde_json::Value>,
-    ended: Vec<serde_json::Value>,
+/// PostgreSQL writes a plan with one call of `kira_finish_write`.
+trait WritePlan {
+    async fn write(&self, tx: &mut PgConnection, now: DateTime<Utc>) -> Result<()>;
 }
 
-impl FinishPlan {
-    /// Adds `c` if it is plain: a legal end, and a settlement (if any) of a
-    /// reservation the task holds, within its amount. False otherwise.
-    fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
-        let f = &c.finish;
-        // Back to waiting for budget gives the attempt back: the slow way.
-        if f.status == TaskStatus::WaitingBudget
-            || check_transition(TaskStatus::Running, f.status).is_err()
-        {
-            return false;
-        }
-        let company = c.scope.company();
-        let (mut p, mut k, mut cost) = (0, 0, 0.0);
-        let mut settled = None;
-        if let Some(s) = &c.settle {
-            let Some(r) = held.iter().find(|r| r.reservation_id == s.reservation_id) else {
-                return false;
-            };
-            (p, k, cost) = (
-                s.prompt_tokens.max(0),
-                s.completion_tokens.max(0),
-                s.cost_usd.max(0.0),
-            );
-            if &r.company_id != company || p + k > r.amount || !cost.is_finite() {
-                return false;
-            }
-            settled = Some((r, p + k));
-        }
-        let ledger = &mut self.ledger;
-        let mut line = |r: &Reservation, kind: &str, amount: i64, detail: &str| {
-            let n = ledger.len();
-            ledger.push(serde_json::json!({
-                "n": n, "period": r.period_id, "company": r.company_id.as_str(), "id": r.task_id.as_str(),
-                "rid": r.reservation_id, "pool": r.pool.as_str(), "kind": kind, "amount": amount,
-                "detail": detail,
-            }));
-        };
-        if let Some((r, used)) = settled {
-            line(r, "settle", used, "");
-            if r.amount > used {
-                line(r, "release", r.amount - used, "unused");
-            }
-        }
-        for r in held {
-            if settled.is_some_and(|(s, _)| s.reservation_id == r.reservation_id) {
-                continue;
-            }
-            line(r, "release", r.amount, "run ended");
-        }
-        for r in held {
-            let (state, spent) = match settled {
-                Some((s, used)) if s.reservation_id == r.reservation_id => ("settled", used),
-                _ => ("released", 0),
-            };
-            self.closed.push(serde_json::json!({
-                "rid": r.reservation_id, "state": state, "spent": spent, "period": r.period_id,
-                "company": r.company_id.as_str(), "pool": r.pool.as_str(), "amount": r.amount,
-            }));
-        }
-        let queue = serde_json::json!({
-            "id": c.task_id.as_str(), "company": company.as_str(),
-            "not_before": f.retry_at.map(json_ts),
-        });
-        if f.status == TaskStatus::Queued {
-            self.requeued.push(queue);
-        } else {
-            self.ended.push(queue);
-        }
-        let n = self.tasks.len();
-        self.tasks.push((
-            i,
-            serde_json::json!({
-                "n": n, "id": c.task_id.as_str(), "company": company.as_str(), "result": f.result,
-                "confidence": f.confidence, "review": f.requires_human_review, "error": f.error,
-                "status": f.status.as_str(), "reason": f.reason,
-                "finished": f.status.is_final() || f.status == TaskStatus::NeedsReview,
-                "p": p, "c": k, "cost": cost,
-            }),
-        ));
-        true
-    }
-
+impl WritePlan for FinishPlan {
     /// One call, whatever the number of completions.
     async fn write(&self, tx: &mut PgConnection, now: DateTime<Utc>) -> Result<()> {
         let tasks: Vec<&serde_json::Value> = self.tasks.iter().map(|(_, t)| t).collect();

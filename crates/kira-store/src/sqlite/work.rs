@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
 use kira_core::budget::{
     AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
@@ -15,6 +15,7 @@ use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
 use crate::flow::budget::*;
+use crate::flow::batch::FinishPlan;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::{TASK_COLUMNS, load_task, set_status, task_from_row};
 use crate::work::*;
@@ -491,7 +492,7 @@ impl crate::flow::batch::FastPaths for SqliteStore {
         }
         let head: (i64, String) = json(row.try_get("head")?)?;
         let mut slow = Vec::new();
-        let mut plan = FinishPlan::default();
+        let mut plan = FinishPlan::new(true);
         for (i, c) in cs.iter().enumerate() {
             let company = c.scope.company();
             let mine = ours.get(c.task_id.as_str()) == Some(&company.as_str().to_owned());
@@ -633,103 +634,12 @@ async fn claim_set(
     Ok(tasks)
 }
 
-/// The rows a set of plain completions writes.
-#[derive(Default)]
-struct FinishPlan {
-    /// (index in the batch, the task's row changes).
-    tasks: Vec<(usize, serde_json::Value)>,
-    /// Reservations closed: settled or released.
-    closed: Vec<serde_json::Value>,
-    /// Balance deltas of closed reservations, in ledger order.
-    ledger: Vec<serde_json::Value>,
-    /// Requeued (retry) and ended tasks' queue rows.
-    requeued: Vec<serde_json::Value>,
-    ended: Vec<serde_json::Value>,
+/// SQLite writes a plan as statements of a one-command script.
+trait PushPlan {
+    fn push(&self, script: &mut super::Script, now: DateTime<Utc>) -> Result<()>;
 }
 
-impl FinishPlan {
-    /// Adds `c` if it is plain: a legal end, and a settlement (if any) of a
-    /// reservation the task holds, within its amount. False otherwise.
-    fn add(&mut self, i: usize, c: &Completion, held: &[Reservation]) -> bool {
-        let f = &c.finish;
-        // Back to waiting for budget gives the attempt back: the slow way.
-        if f.status == TaskStatus::WaitingBudget
-            || check_transition(TaskStatus::Running, f.status).is_err()
-        {
-            return false;
-        }
-        let company = c.scope.company();
-        let (mut p, mut k, mut cost) = (0, 0, 0.0);
-        let mut settled = None;
-        if let Some(s) = &c.settle {
-            let Some(r) = held.iter().find(|r| r.reservation_id == s.reservation_id) else {
-                return false;
-            };
-            (p, k, cost) = (
-                s.prompt_tokens.max(0),
-                s.completion_tokens.max(0),
-                s.cost_usd.max(0.0),
-            );
-            if &r.company_id != company || p + k > r.amount || !cost.is_finite() {
-                return false;
-            }
-            settled = Some((r, p + k));
-        }
-        let result = match f.result.as_ref().map(serde_json::to_string).transpose() {
-            Ok(r) => r,
-            Err(_) => return false,
-        };
-        let mut line = |r: &Reservation, kind: &str, amount: i64, detail: &str| {
-            self.ledger.push(serde_json::json!({
-                "period": r.period_id, "company": r.company_id.as_str(), "id": r.task_id.as_str(),
-                "rid": r.reservation_id, "pool": r.pool.as_str(), "kind": kind, "amount": amount,
-                "detail": detail,
-            }));
-        };
-        if let Some((r, used)) = settled {
-            line(r, "settle", used, "");
-            if r.amount > used {
-                line(r, "release", r.amount - used, "unused");
-            }
-        }
-        for r in held {
-            if settled.is_some_and(|(s, _)| s.reservation_id == r.reservation_id) {
-                continue;
-            }
-            line(r, "release", r.amount, "run ended");
-        }
-        for r in held {
-            let (state, spent) = match settled {
-                Some((s, used)) if s.reservation_id == r.reservation_id => ("settled", used),
-                _ => ("released", 0),
-            };
-            self.closed.push(serde_json::json!({
-                "rid": r.reservation_id, "state": state, "spent": spent, "period": r.period_id,
-                "company": r.company_id.as_str(), "pool": r.pool.as_str(), "amount": r.amount,
-            }));
-        }
-        let queue = serde_json::json!({
-            "id": c.task_id.as_str(), "company": company.as_str(),
-            "not_before": f.retry_at.map(|t| ts(t.trunc_subsecs(6))),
-        });
-        if f.status == TaskStatus::Queued {
-            self.requeued.push(queue);
-        } else {
-            self.ended.push(queue);
-        }
-        self.tasks.push((
-            i,
-            serde_json::json!({
-                "id": c.task_id.as_str(), "company": company.as_str(), "result": result,
-                "confidence": f.confidence, "review": f.requires_human_review, "error": f.error,
-                "status": f.status.as_str(), "reason": f.reason,
-                "finished": f.status.is_final() || f.status == TaskStatus::NeedsReview,
-                "p": p, "c": k, "cost": cost,
-            }),
-        ));
-        true
-    }
-
+impl PushPlan for FinishPlan {
     /// One statement per table, whatever the number of completions, added
     /// to `script`: the statements are independent of each other's
     /// results, only their row counts are checked.
