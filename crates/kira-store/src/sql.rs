@@ -411,6 +411,15 @@ pub(crate) trait Conn: Send {
     /// Appends to the audit chain (each backend keeps its chain its own way).
     async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry>;
 
+    /// Appends `records` in order.
+    async fn audit_many(&mut self, records: Vec<AuditRecord>) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(self.audit(r).await?);
+        }
+        Ok(out)
+    }
+
     /// True on PostgreSQL, where row locks and row-level security exist.
     fn is_pg(&self) -> bool;
 
@@ -473,6 +482,11 @@ impl Conn for SqliteConnection {
 
     async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
         crate::sqlite::append(self, record).await
+    }
+
+    /// One read of the chain's head and one command for them all.
+    async fn audit_many(&mut self, records: Vec<AuditRecord>) -> Result<Vec<AuditEntry>> {
+        crate::sqlite::append_many(self, records).await
     }
 
     fn is_pg(&self) -> bool {
@@ -541,6 +555,10 @@ macro_rules! conn_through_deref {
 
             async fn audit(&mut self, record: AuditRecord) -> Result<AuditEntry> {
                 (**self).audit(record).await
+            }
+
+            async fn audit_many(&mut self, records: Vec<AuditRecord>) -> Result<Vec<AuditEntry>> {
+                (**self).audit_many(records).await
             }
 
             fn is_pg(&self) -> bool {

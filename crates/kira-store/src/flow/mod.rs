@@ -8,6 +8,7 @@ pub(crate) mod batch;
 pub(crate) mod budget;
 pub(crate) mod companies;
 pub(crate) mod company;
+pub(crate) mod company_store;
 pub(crate) mod keys;
 pub(crate) mod store;
 pub(crate) mod tasks;

@@ -33,6 +33,9 @@ pub(crate) trait Db: FastPaths + Send + Sync {
     type Tx: Conn + Send;
     /// A read outside any writing transaction.
     type Read: Conn + Send;
+    /// A connection outside any transaction, for one statement on a table
+    /// no company owns.
+    type Plain: Conn + Send;
 
     /// A writing transaction over `company`'s rows: SQLite's writer turn;
     /// on PostgreSQL the company named for row-level security.
@@ -61,6 +64,23 @@ pub(crate) trait Db: FastPaths + Send + Sync {
     async fn read_all(&self, queue: bool) -> Result<Self::Read>;
 
     async fn end_read(r: Self::Read) -> Result<()>;
+
+    async fn plain(&self) -> Result<Self::Plain>;
+
+    /// True when `e` is a unique constraint's violation.
+    fn unique_violation(_e: &StoreError) -> bool {
+        false
+    }
+
+    /// Removes a deleted company's rows of memory, sharing, agents and
+    /// work, releasing what it holds first. The transaction holds the
+    /// company's row.
+    async fn delete_company_rows(
+        tx: &mut Self::Tx,
+        company: &CompanyId,
+        now: DateTime<Utc>,
+        deleted: &mut crate::DeletedRows,
+    ) -> Result<()>;
 
     /// True when a submit lost a race for its idempotency key and a second
     /// try will find the task the winner stored.

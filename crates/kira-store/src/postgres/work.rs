@@ -48,8 +48,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
 use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, company_id, set_company};
-use crate::flow::budget::*;
 use crate::flow::batch::FinishPlan;
+use crate::flow::budget::*;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::{load_task, set_status, task_from_row};
 use crate::work::*;
@@ -301,6 +301,7 @@ static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 impl Db for PgStore {
     type Tx = Tx;
     type Read = Tx;
+    type Plain = sqlx::pool::PoolConnection<sqlx::Postgres>;
 
     async fn write_for(&self, company: &CompanyId) -> Result<Tx> {
         self.scoped(company).await
@@ -356,6 +357,32 @@ impl Db for PgStore {
 
     fn lost_submit_race(e: &StoreError) -> bool {
         is_idempotency_race(e)
+    }
+
+    async fn plain(&self) -> Result<Self::Plain> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    fn unique_violation(e: &StoreError) -> bool {
+        match e {
+            StoreError::Database(e) => {
+                super::sqlstate(e).as_deref() == Some(super::UNIQUE_VIOLATION)
+            }
+            _ => false,
+        }
+    }
+
+    async fn delete_company_rows(
+        tx: &mut Tx,
+        company: &CompanyId,
+        now: DateTime<Utc>,
+        deleted: &mut DeletedRows,
+    ) -> Result<()> {
+        // Before memories, whose deletion would take the items with it.
+        super::sharing::delete_company_sharing(tx, company, deleted).await?;
+        super::memory::delete_company_memory(tx, company, deleted).await?;
+        super::agents::delete_company_agents(tx, company, deleted).await?;
+        delete_company_work(tx, company, now, deleted).await
     }
 
     async fn read_queue(

@@ -14,8 +14,8 @@ use kira_core::task::{Priority, Task, TaskId, TaskStatus, check_transition};
 use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
-use crate::flow::budget::*;
 use crate::flow::batch::FinishPlan;
+use crate::flow::budget::*;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::{TASK_COLUMNS, load_task, set_status, task_from_row};
 use crate::work::*;
@@ -225,6 +225,7 @@ fn queue_entries(text: &str) -> Result<Vec<QueueEntry>> {
 impl Db for SqliteStore {
     type Tx = super::Tx;
     type Read = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+    type Plain = sqlx::pool::PoolConnection<sqlx::Sqlite>;
 
     async fn write_for(&self, _company: &CompanyId) -> Result<super::Tx> {
         self.write().await
@@ -260,6 +261,23 @@ impl Db for SqliteStore {
 
     async fn end_read(_r: Self::Read) -> Result<()> {
         Ok(())
+    }
+
+    async fn plain(&self) -> Result<Self::Plain> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn delete_company_rows(
+        tx: &mut super::Tx,
+        company: &CompanyId,
+        now: DateTime<Utc>,
+        deleted: &mut crate::DeletedRows,
+    ) -> Result<()> {
+        // Before memories, whose deletion would take the items with it.
+        super::sharing::delete_company_sharing(tx, company, deleted).await?;
+        super::memory::delete_company_memory(tx, company, deleted).await?;
+        super::agents::delete_company_agents(tx, company, deleted).await?;
+        delete_company_work(tx, company, now, deleted).await
     }
 
     async fn read_queue(
