@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use sqlx::QueryBuilder;
 
-use crate::memory::{Archived, MemoryCursor, MemoryFilter, MemoryStats};
+use crate::memory::{Archived, EMBED_LEASE, EmbedJob, MemoryCursor, MemoryFilter, MemoryStats};
 use crate::sql::{Arg, Columns, Conn, Dialect, q, q_each};
 use crate::{Result, StoreError};
 
@@ -212,6 +212,55 @@ pub(crate) async fn stats(
         archived: count("archived")?,
         embedded: count("embedded")?,
     })
+}
+
+/// Leases up to `limit` jobs of the embedding queue, of every company,
+/// oldest first. A lease is held through its last instant, as a task's
+/// is. On PostgreSQL rows another claimer has locked are skipped, not
+/// waited for.
+pub(crate) async fn claim_embed_jobs(
+    c: &mut dyn Conn,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<EmbedJob>> {
+    let now = now.trunc_subsecs(6);
+    let rows = c
+        .all(
+            q_each(
+                "UPDATE memory_embed_queue SET claimed_until = $2 WHERE memory_id IN ( \
+                     SELECT memory_id FROM memory_embed_queue \
+                     WHERE claimed_until IS NULL OR claimed_until < $1 \
+                     ORDER BY queued_at, memory_id LIMIT $3) \
+                 RETURNING company_id, memory_id, queued_at",
+                "UPDATE memory_embed_queue q SET claimed_until = $2 \
+                 FROM (SELECT memory_id FROM memory_embed_queue \
+                       WHERE claimed_until IS NULL OR claimed_until < $1 \
+                       ORDER BY queued_at, memory_id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
+                 WHERE q.memory_id = c.memory_id \
+                 RETURNING q.company_id, q.memory_id, q.queued_at",
+            )
+            .arg(now)
+            .arg(now + EMBED_LEASE)
+            .arg(i64::from(limit)),
+        )
+        .await?;
+    let mut jobs = rows
+        .iter()
+        .map(|r| {
+            let company = r.text("company_id")?;
+            Ok((
+                r.time("queued_at")?,
+                EmbedJob {
+                    company_id: CompanyId::parse(&company)
+                        .map_err(|e| corrupt(&format!("company id {company:?}"), e))?,
+                    memory_id: r.uuid("memory_id")?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // RETURNING follows no ORDER BY.
+    jobs.sort_by_key(|(at, j)| (*at, j.memory_id));
+    Ok(jobs.into_iter().map(|(_, j)| j).collect())
 }
 
 /// Takes the company's memories out of the embedding queue.

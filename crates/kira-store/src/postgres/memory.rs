@@ -19,7 +19,7 @@ use kira_core::memory::Memory;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{FOREIGN_KEY_VIOLATION, PgStore, UNIQUE_VIOLATION, append, company_id, sqlstate};
+use super::{FOREIGN_KEY_VIOLATION, PgStore, UNIQUE_VIOLATION, append, sqlstate};
 use crate::flow::memory::{self as flow, MEMORY_COLUMNS, memory_from_row, vector_from_row};
 use crate::memory::*;
 use crate::sql::Columns;
@@ -342,38 +342,8 @@ impl MemoryStore for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now = now.trunc_subsecs(6);
-        // A lease is held through its last instant, as a task's is. Rows
-        // another claimer has locked are skipped, not waited for.
-        let rows = sqlx::query(
-            "UPDATE memory_embed_queue q SET claimed_until = $2 \
-             FROM (SELECT memory_id FROM memory_embed_queue \
-                   WHERE claimed_until IS NULL OR claimed_until < $1 \
-                   ORDER BY queued_at, memory_id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
-             WHERE q.memory_id = c.memory_id \
-             RETURNING q.company_id, q.memory_id, q.queued_at",
-        )
-        .bind(now)
-        .bind(now + EMBED_LEASE)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| {
-                let queued_at: DateTime<Utc> = r.try_get("queued_at")?;
-                Ok((
-                    queued_at,
-                    EmbedJob {
-                        company_id: company_id(r.try_get("company_id")?)?,
-                        memory_id: r.try_get("memory_id")?,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING follows no ORDER BY.
-        jobs.sort_by_key(|(at, j)| (*at, j.memory_id));
-        Ok(jobs.into_iter().map(|(_, j)| j).collect())
+        // The queue has no policies: the pool's connection, no transaction.
+        flow::claim_embed_jobs(&mut self.pool().acquire().await?, now, limit).await
     }
 
     async fn put_vectors(

@@ -11,7 +11,7 @@
 //! filters, the embedding queue's claim and the vectors' write are here.
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
@@ -20,7 +20,7 @@ use kira_core::memory::Memory;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{SqliteStore, append, company_id, json, parse_ts, to_json, ts};
+use super::{SqliteStore, append, json, parse_ts, to_json, ts};
 use crate::flow::memory::{self as flow, MEMORY_COLUMNS, memory_from_row, vector_from_row};
 use crate::memory::*;
 use crate::sql::Columns;
@@ -568,38 +568,10 @@ impl MemoryStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        // A lease is held through its last instant, as a task's is.
-        let rows = sqlx::query(
-            "UPDATE memory_embed_queue SET claimed_until = ? WHERE memory_id IN ( \
-                 SELECT memory_id FROM memory_embed_queue \
-                 WHERE claimed_until IS NULL OR claimed_until < ? \
-                 ORDER BY queued_at, memory_id LIMIT ?) \
-             RETURNING company_id, memory_id, queued_at",
-        )
-        .bind(ts(now + EMBED_LEASE))
-        .bind(ts(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let jobs = flow::claim_embed_jobs(&mut tx, now, limit).await?;
         tx.commit().await?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| {
-                let queued_at: String = r.try_get("queued_at")?;
-                Ok((
-                    queued_at,
-                    EmbedJob {
-                        company_id: company_id(r.try_get("company_id")?)?,
-                        memory_id: r.uuid("memory_id")?,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING follows no ORDER BY; the fixed-width timestamps sort as text.
-        jobs.sort_by(|a, b| (&a.0, a.1.memory_id).cmp(&(&b.0, b.1.memory_id)));
-        Ok(jobs.into_iter().map(|(_, j)| j).collect())
+        Ok(jobs)
     }
 
     async fn put_vectors(
