@@ -1,8 +1,9 @@
 //! The shared knowledge base and the conflict flags, written once for both
-//! backends. What differs stays with each: full-text search (FTS5 over
-//! `knowledge_fts` and `memories_fts`; weighted tsvectors), the filters
-//! built onto each driver's query builder, PostgreSQL's row and advisory
-//! locks and its `admin_read` transactions.
+//! backends, with the filters built once onto either driver's query
+//! builder. What differs stays with each: the match of a knowledge search
+//! (FTS5's `bm25` over `knowledge_fts`; a weighted tsvector), opening the
+//! transactions (PostgreSQL's `admin_read`) and PostgreSQL's advisory lock
+//! on a flag's subject.
 
 use std::sync::LazyLock;
 

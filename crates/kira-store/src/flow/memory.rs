@@ -1,8 +1,8 @@
-//! Episodic memory rows, written once for both backends. What differs
+//! Episodic memory rows, written once for both backends, and the lists'
+//! filters, built once onto either driver's query builder. What differs
 //! stays with each: the batch insert (SQLite's one command, PostgreSQL's
-//! `unnest`), full-text search (FTS5 vs tsvector), the filters built onto
-//! each driver's query builder, the embedding queue's claim and the
-//! vectors' write. A list of ids is a JSON array read with `json_each` on
+//! `unnest`), full-text search (FTS5 vs tsvector) and the vectors' write
+//! (a statement per vector; one over `unnest`). A list of ids is a JSON array read with `json_each` on
 //! SQLite and an array on PostgreSQL (`q_each`), so each statement's text
 //! stays fixed whatever the number of ids.
 

@@ -2,7 +2,7 @@
 //! weighted tsvector under a GIN index, and `knowledge_vectors`. No
 //! row-level security: the rows belong to no company. Also the conflict
 //! flags, which only the admin path reads. The flows are
-//! `flow::knowledge`'s; the searches, filters and locks are here.
+//! `flow::knowledge`'s; the search's match and the flag lock are here.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -5,9 +5,8 @@
 //! over `unnest` of column arrays, whatever its size. The embedding queue
 //! holds no content and has no policies: claims read it for every company,
 //! with `FOR UPDATE SKIP LOCKED` so concurrent embedders never share a job.
-//! The rows and the flows are `flow::memory`'s; the batch insert, the
-//! search, the filters, the embedding queue's claim and the vectors' write
-//! are here.
+//! The rows, filters and flows are `flow::memory`'s; the batch insert, the
+//! search and the vectors' write are here.
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};

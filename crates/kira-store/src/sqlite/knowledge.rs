@@ -1,7 +1,7 @@
 //! The shared knowledge base on SQLite: `knowledge`, its external-content
 //! FTS5 table `knowledge_fts` (kept in step by the migration's triggers),
 //! and `knowledge_vectors`; and the conflict flags. The flows are
-//! `flow::knowledge`'s; the searches and filters are here.
+//! `flow::knowledge`'s; the search's match is here.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -6,9 +6,9 @@
 //! of each word, so its cost would grow with the whole table. Writes take the writer turn and
 //! `BEGIN IMMEDIATE`, as every write here does; every statement binds the
 //! scope's company. Lists of ids travel as one JSON array (`json_each`), so
-//! each statement's text stays fixed whatever the number of ids. The rows
-//! and the flows are `flow::memory`'s; the batch insert, the search, the
-//! filters, the embedding queue's claim and the vectors' write are here.
+//! each statement's text stays fixed whatever the number of ids. The rows,
+//! filters and flows are `flow::memory`'s; the batch insert (one command),
+//! the search and the vectors' write are here.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
