@@ -646,6 +646,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_search_row_has_the_memory_columns_in_order() {
+        let columns: Vec<&str> = MEMORY_COLUMNS
+            .split(',')
+            .map(|c| c.trim().trim_start_matches("m."))
+            .collect();
+        assert_eq!(JSON_ROW_COLUMNS[0], "seq");
+        assert_eq!(JSON_ROW_COLUMNS[1..], columns[..]);
+    }
+
+    #[test]
     fn rare_words_weigh_more_and_short_memories_win_ties() {
         // 100 memories: word 0 in 90 of them, word 1 in 2.
         // A word every memory holds still counts, a little.
