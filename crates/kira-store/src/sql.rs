@@ -16,7 +16,9 @@ use kira_core::CompanyId;
 use kira_core::audit::{AuditEntry, AuditRecord};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::types::Json;
 use sqlx::{PgConnection, Row as _, SqliteConnection};
+use uuid::Uuid;
 
 use crate::{Result, StoreError};
 
@@ -24,6 +26,7 @@ use crate::{Result, StoreError};
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Arg<'a> {
     Int(i64),
+    OptInt(Option<i64>),
     Real(f64),
     Text(&'a str),
     OptText(Option<&'a str>),
@@ -31,11 +34,25 @@ pub(crate) enum Arg<'a> {
     OptTime(Option<DateTime<Utc>>),
     Bool(bool),
     Bytes(&'a [u8]),
-    OptInt(Option<i64>),
     OptReal(Option<f64>),
+    /// UUID on PostgreSQL, its hyphenated text on SQLite.
+    Uuid(Uuid),
+    OptUuid(Option<Uuid>),
+    /// UUID[] on PostgreSQL, a JSON array of texts on SQLite.
+    Uuids(&'a [Uuid]),
+    /// TEXT[] on PostgreSQL, a JSON array on SQLite.
+    Texts(&'a [String]),
     /// JSONB on PostgreSQL, its text on SQLite.
     Json(&'a serde_json::Value),
     OptJson(Option<&'a serde_json::Value>),
+    /// A JSON array (JSONB on PostgreSQL, its text on SQLite).
+    JsonArray(&'a [serde_json::Value]),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(v)
+    }
 }
 
 impl From<Option<i64>> for Arg<'_> {
@@ -47,24 +64,6 @@ impl From<Option<i64>> for Arg<'_> {
 impl From<Option<f64>> for Arg<'_> {
     fn from(v: Option<f64>) -> Self {
         Arg::OptReal(v)
-    }
-}
-
-impl<'a> From<&'a serde_json::Value> for Arg<'a> {
-    fn from(v: &'a serde_json::Value) -> Self {
-        Arg::Json(v)
-    }
-}
-
-impl<'a> From<Option<&'a serde_json::Value>> for Arg<'a> {
-    fn from(v: Option<&'a serde_json::Value>) -> Self {
-        Arg::OptJson(v)
-    }
-}
-
-impl From<i64> for Arg<'_> {
-    fn from(v: i64) -> Self {
-        Arg::Int(v)
     }
 }
 
@@ -110,6 +109,48 @@ impl From<bool> for Arg<'_> {
     }
 }
 
+impl From<Uuid> for Arg<'_> {
+    fn from(v: Uuid) -> Self {
+        Arg::Uuid(v)
+    }
+}
+
+impl From<Option<Uuid>> for Arg<'_> {
+    fn from(v: Option<Uuid>) -> Self {
+        Arg::OptUuid(v)
+    }
+}
+
+impl<'a> From<&'a [Uuid]> for Arg<'a> {
+    fn from(v: &'a [Uuid]) -> Self {
+        Arg::Uuids(v)
+    }
+}
+
+impl<'a> From<&'a [String]> for Arg<'a> {
+    fn from(v: &'a [String]) -> Self {
+        Arg::Texts(v)
+    }
+}
+
+impl<'a> From<&'a serde_json::Value> for Arg<'a> {
+    fn from(v: &'a serde_json::Value) -> Self {
+        Arg::Json(v)
+    }
+}
+
+impl<'a> From<Option<&'a serde_json::Value>> for Arg<'a> {
+    fn from(v: Option<&'a serde_json::Value>) -> Self {
+        Arg::OptJson(v)
+    }
+}
+
+impl<'a> From<&'a [serde_json::Value]> for Arg<'a> {
+    fn from(v: &'a [serde_json::Value]) -> Self {
+        Arg::JsonArray(v)
+    }
+}
+
 impl From<DateTime<Utc>> for Arg<'_> {
     fn from(v: DateTime<Utc>) -> Self {
         Arg::Time(v)
@@ -138,6 +179,8 @@ pub(crate) enum Lock {
 #[derive(Debug)]
 pub(crate) struct Stmt<'a> {
     sql: Cow<'static, str>,
+    /// PostgreSQL's own text, where the dialects differ (see [`q_each`]).
+    pg_sql: Option<&'static str>,
     args: Vec<Arg<'a>>,
     lock: Option<Lock>,
     /// Runs on PostgreSQL only (row-level security settings, notifications,
@@ -150,9 +193,21 @@ pub(crate) struct Stmt<'a> {
 pub(crate) fn q<'a>(sql: &'static str) -> Stmt<'a> {
     Stmt {
         sql: Cow::Borrowed(sql),
+        pg_sql: None,
         args: Vec::new(),
         lock: None,
         pg_only: false,
+    }
+}
+
+/// A statement whose text differs by dialect (a list argument is a JSON
+/// array read with `json_each` on SQLite and an array on PostgreSQL; a
+/// column only one schema has), with the same arguments for both; either
+/// text may leave an argument unread.
+pub(crate) fn q_each<'a>(sqlite: &'static str, pg: &'static str) -> Stmt<'a> {
+    Stmt {
+        pg_sql: Some(pg),
+        ..q(sqlite)
     }
 }
 
@@ -189,26 +244,29 @@ impl<'a> Stmt<'a> {
     }
 
     fn pg_text(&self) -> String {
+        let sql = self.pg_sql.unwrap_or(&self.sql);
         let lock = match self.lock {
-            None => return self.sql.to_string(),
+            None => return sql.to_string(),
             Some(Lock::Update) => "FOR UPDATE",
             Some(Lock::NoKeyUpdate) => "FOR NO KEY UPDATE",
             Some(Lock::UpdateSkipLocked) => "FOR UPDATE SKIP LOCKED",
             Some(Lock::Share) => "FOR SHARE",
             Some(Lock::KeyShare) => "FOR KEY SHARE",
         };
-        format!("{} {lock}", self.sql)
+        format!("{sql} {lock}")
     }
 
     fn pg(&self) -> sqlx::query::Query<'_, sqlx::Postgres, PgArguments> {
-        let mut query = match (&self.sql, self.lock) {
+        let mut query = match (self.pg_sql, &self.sql, self.lock) {
             // A static text goes as it is, not copied per call.
-            (Cow::Borrowed(text), None) => sqlx::query(*text),
+            (Some(text), _, None) => sqlx::query(text),
+            (None, Cow::Borrowed(text), None) => sqlx::query(*text),
             _ => sqlx::query(sqlx::AssertSqlSafe(self.pg_text())),
         };
         for a in &self.args {
             query = match *a {
                 Arg::Int(v) => query.bind(v),
+                Arg::OptInt(v) => query.bind(v),
                 Arg::Real(v) => query.bind(v),
                 Arg::Text(v) => query.bind(v),
                 Arg::OptText(v) => query.bind(v),
@@ -216,10 +274,14 @@ impl<'a> Stmt<'a> {
                 Arg::OptTime(v) => query.bind(v),
                 Arg::Bool(v) => query.bind(v),
                 Arg::Bytes(v) => query.bind(v),
-                Arg::OptInt(v) => query.bind(v),
                 Arg::OptReal(v) => query.bind(v),
-                Arg::Json(v) => query.bind(sqlx::types::Json(v)),
-                Arg::OptJson(v) => query.bind(v.map(sqlx::types::Json)),
+                Arg::Uuid(v) => query.bind(v),
+                Arg::OptUuid(v) => query.bind(v),
+                Arg::Uuids(v) => query.bind(v),
+                Arg::Texts(v) => query.bind(v),
+                Arg::Json(v) => query.bind(Json(v)),
+                Arg::OptJson(v) => query.bind(v.map(Json)),
+                Arg::JsonArray(v) => query.bind(Json(v)),
             };
         }
         query
@@ -233,6 +295,7 @@ impl<'a> Stmt<'a> {
         for a in &self.args {
             query = match *a {
                 Arg::Int(v) => query.bind(v),
+                Arg::OptInt(v) => query.bind(v),
                 Arg::Real(v) => query.bind(v),
                 Arg::Text(v) => query.bind(v),
                 Arg::OptText(v) => query.bind(v),
@@ -240,10 +303,14 @@ impl<'a> Stmt<'a> {
                 Arg::OptTime(v) => query.bind(v.map(crate::sqlite::ts)),
                 Arg::Bool(v) => query.bind(v),
                 Arg::Bytes(v) => query.bind(v),
-                Arg::OptInt(v) => query.bind(v),
                 Arg::OptReal(v) => query.bind(v),
-                Arg::Json(v) => query.bind(v.to_string()),
-                Arg::OptJson(v) => query.bind(v.map(serde_json::Value::to_string)),
+                Arg::Uuid(v) => query.bind(v.hyphenated()),
+                Arg::OptUuid(v) => query.bind(v.map(|v| v.hyphenated())),
+                Arg::Uuids(v) => query.bind(Json(v)),
+                Arg::Texts(v) => query.bind(Json(v)),
+                Arg::Json(v) => query.bind(Json(v)),
+                Arg::OptJson(v) => query.bind(v.map(Json)),
+                Arg::JsonArray(v) => query.bind(Json(v)),
             };
         }
         query
@@ -266,6 +333,17 @@ pub(crate) trait Columns {
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>>;
     /// A JSON column: JSONB on PostgreSQL, its text on SQLite.
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>>;
+    /// A UUID column: UUID on PostgreSQL, its text on SQLite.
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>>;
+    /// A list of texts: TEXT[] on PostgreSQL, a JSON array on SQLite.
+    fn texts(&self, col: &str) -> Result<Vec<String>>;
+    /// A list of UUIDs: UUID[] on PostgreSQL, a JSON array on SQLite.
+    fn uuids(&self, col: &str) -> Result<Vec<Uuid>>;
+
+    fn uuid(&self, col: &str) -> Result<Uuid> {
+        self.opt_uuid(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
 
     fn time(&self, col: &str) -> Result<DateTime<Utc>> {
         self.opt_time(col)?
@@ -324,6 +402,19 @@ impl Columns for SqliteRow {
         let text: Option<&str> = self.try_get(col)?;
         text.map(crate::sqlite::json).transpose()
     }
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        let text: Option<&str> = self.try_get(col)?;
+        text.map(|s| {
+            Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("{col} {s:?}: {e}")))
+        })
+        .transpose()
+    }
+    fn texts(&self, col: &str) -> Result<Vec<String>> {
+        crate::sqlite::json(self.try_get(col)?)
+    }
+    fn uuids(&self, col: &str) -> Result<Vec<Uuid>> {
+        crate::sqlite::json(self.try_get(col)?)
+    }
 }
 
 impl Columns for PgRow {
@@ -332,13 +423,13 @@ impl Columns for PgRow {
             .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
     }
     fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-        match self.try_get::<Option<i64>, _>(col) {
-            Ok(v) => Ok(v),
-            Err(sqlx::Error::ColumnDecode { .. }) => {
-                Ok(self.try_get::<Option<i32>, _>(col)?.map(i64::from))
-            }
-            Err(e) => Err(e.into()),
-        }
+        use sqlx::{Column as _, TypeInfo as _};
+        // As wide as the column is: INT2, INT4 or INT8.
+        Ok(match self.try_column(col)?.type_info().name() {
+            "INT2" => self.try_get::<Option<i16>, _>(col)?.map(i64::from),
+            "INT4" => self.try_get::<Option<i32>, _>(col)?.map(i64::from),
+            _ => self.try_get(col)?,
+        })
     }
     same_on_both!();
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
@@ -347,6 +438,15 @@ impl Columns for PgRow {
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
         let v: Option<sqlx::types::Json<serde_json::Value>> = self.try_get(col)?;
         Ok(v.map(|j| j.0))
+    }
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        Ok(self.try_get(col)?)
+    }
+    fn texts(&self, col: &str) -> Result<Vec<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn uuids(&self, col: &str) -> Result<Vec<Uuid>> {
+        Ok(self.try_get(col)?)
     }
 }
 
@@ -395,6 +495,15 @@ impl Columns for Row {
     }
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
         self.cols().opt_json(col)
+    }
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        self.cols().opt_uuid(col)
+    }
+    fn texts(&self, col: &str) -> Result<Vec<String>> {
+        self.cols().texts(col)
+    }
+    fn uuids(&self, col: &str) -> Result<Vec<Uuid>> {
+        self.cols().uuids(col)
     }
 }
 
@@ -581,3 +690,70 @@ conn_through_deref!(crate::sqlite::Tx);
 conn_through_deref!(sqlx::Transaction<'static, sqlx::Postgres>);
 conn_through_deref!(sqlx::pool::PoolConnection<sqlx::Sqlite>);
 conn_through_deref!(sqlx::pool::PoolConnection<sqlx::Postgres>);
+
+/// A driver's own query builder, for the statements built from filters,
+/// whose text a [`Stmt`] cannot hold: arguments bound as [`Stmt`] binds
+/// them, and a dialect's text picked as [`q_each`] picks it. Each backend
+/// runs what is built on its own connection.
+pub(crate) trait Dialect: sqlx::Database {
+    fn push_arg(qb: &mut sqlx::QueryBuilder<Self>, a: Arg<'_>);
+
+    /// `sqlite` on SQLite, `pg` on PostgreSQL.
+    fn each<T>(sqlite: T, pg: T) -> T;
+}
+
+impl Dialect for sqlx::Sqlite {
+    fn push_arg(qb: &mut sqlx::QueryBuilder<Self>, a: Arg<'_>) {
+        match a {
+            Arg::Int(v) => qb.push_bind(v),
+            Arg::OptInt(v) => qb.push_bind(v),
+            Arg::Real(v) => qb.push_bind(v),
+            Arg::OptReal(v) => qb.push_bind(v),
+            Arg::Text(v) => qb.push_bind(v),
+            Arg::OptText(v) => qb.push_bind(v),
+            Arg::Time(v) => qb.push_bind(crate::sqlite::ts(v)),
+            Arg::OptTime(v) => qb.push_bind(v.map(crate::sqlite::ts)),
+            Arg::Bool(v) => qb.push_bind(v),
+            Arg::Bytes(v) => qb.push_bind(v),
+            Arg::Uuid(v) => qb.push_bind(v.hyphenated()),
+            Arg::OptUuid(v) => qb.push_bind(v.map(|v| v.hyphenated())),
+            Arg::Uuids(v) => qb.push_bind(Json(v)),
+            Arg::Texts(v) => qb.push_bind(Json(v)),
+            Arg::Json(v) => qb.push_bind(Json(v)),
+            Arg::OptJson(v) => qb.push_bind(v.map(Json)),
+            Arg::JsonArray(v) => qb.push_bind(Json(v)),
+        };
+    }
+
+    fn each<T>(sqlite: T, _pg: T) -> T {
+        sqlite
+    }
+}
+
+impl Dialect for sqlx::Postgres {
+    fn push_arg(qb: &mut sqlx::QueryBuilder<Self>, a: Arg<'_>) {
+        match a {
+            Arg::Int(v) => qb.push_bind(v),
+            Arg::OptInt(v) => qb.push_bind(v),
+            Arg::Real(v) => qb.push_bind(v),
+            Arg::OptReal(v) => qb.push_bind(v),
+            Arg::Text(v) => qb.push_bind(v),
+            Arg::OptText(v) => qb.push_bind(v),
+            Arg::Time(v) => qb.push_bind(v),
+            Arg::OptTime(v) => qb.push_bind(v),
+            Arg::Bool(v) => qb.push_bind(v),
+            Arg::Bytes(v) => qb.push_bind(v),
+            Arg::Uuid(v) => qb.push_bind(v),
+            Arg::OptUuid(v) => qb.push_bind(v),
+            Arg::Uuids(v) => qb.push_bind(v),
+            Arg::Texts(v) => qb.push_bind(v),
+            Arg::Json(v) => qb.push_bind(Json(v)),
+            Arg::OptJson(v) => qb.push_bind(v.map(Json)),
+            Arg::JsonArray(v) => qb.push_bind(Json(v)),
+        };
+    }
+
+    fn each<T>(_sqlite: T, pg: T) -> T {
+        pg
+    }
+}

@@ -4,11 +4,15 @@
 //! scope and row-level security), full-text search, PostgreSQL's batch
 //! functions and SQLite's one-command scripts.
 
+pub(crate) mod agents;
 pub(crate) mod batch;
 pub(crate) mod budget;
 pub(crate) mod companies;
 pub(crate) mod company;
 pub(crate) mod company_store;
 pub(crate) mod keys;
+pub(crate) mod knowledge;
+pub(crate) mod memory;
+pub(crate) mod sharing;
 pub(crate) mod store;
 pub(crate) mod tasks;

@@ -5,6 +5,8 @@
 //! over `unnest` of column arrays, whatever its size. The embedding queue
 //! holds no content and has no policies: claims read it for every company,
 //! with `FOR UPDATE SKIP LOCKED` so concurrent embedders never share a job.
+//! The rows, filters and flows are `flow::memory`'s; the batch insert, the
+//! search and the vectors' write are here.
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -12,79 +14,15 @@ use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
 use kira_core::conflict::NameKind;
-use kira_core::memory::{EventType, Memory, Workstream};
-use sqlx::postgres::PgRow;
-use sqlx::types::Json;
+use kira_core::memory::Memory;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{FOREIGN_KEY_VIOLATION, PgStore, UNIQUE_VIOLATION, append, company_id, sqlstate};
+use super::{FOREIGN_KEY_VIOLATION, PgStore, UNIQUE_VIOLATION, append, sqlstate};
+use crate::flow::memory::{self as flow, MEMORY_COLUMNS, memory_from_row, vector_from_row};
 use crate::memory::*;
+use crate::sql::Columns;
 use crate::{DeletedRows, Result, StoreError};
-
-const MEMORY_COLUMNS: &str = "m.id, m.company_id, m.occurred_at, m.event_type, m.workstream, \
-     m.category, m.content, m.importance, m.indexed_terms, m.source, m.created_at, m.archived_at, \
-     m.compacted_from, m.supersedes";
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn memory_from_row(r: &PgRow) -> Result<Memory> {
-    let event_type: &str = r.try_get("event_type")?;
-    let workstream: &str = r.try_get("workstream")?;
-    let content: Json<serde_json::Value> = r.try_get("content")?;
-    Ok(Memory {
-        id: r.try_get("id")?,
-        company_id: company_id(r.try_get("company_id")?)?,
-        occurred_at: r.try_get("occurred_at")?,
-        event_type: EventType::parse(event_type).map_err(|e| corrupt("event type", e))?,
-        workstream: Workstream::parse(workstream).map_err(|e| corrupt("workstream", e))?,
-        category: r.try_get("category")?,
-        content: content.0,
-        importance: r.try_get("importance")?,
-        indexed_terms: r.try_get("indexed_terms")?,
-        source: r.try_get("source")?,
-        created_at: r.try_get("created_at")?,
-        archived_at: r.try_get("archived_at")?,
-        compacted_from: r.try_get("compacted_from")?,
-        supersedes: r.try_get("supersedes")?,
-    })
-}
-
-/// The narrowing of a [`MemoryFilter`], appended to a query over
-/// `memories m` whose WHERE has begun.
-fn push_filter(qb: &mut QueryBuilder<Postgres>, f: &MemoryFilter) {
-    if let Some(t) = f.event_type {
-        qb.push(" AND m.event_type = ").push_bind(t.as_str());
-    }
-    if let Some(w) = f.workstream {
-        qb.push(" AND m.workstream = ").push_bind(w.as_str());
-    }
-    if let Some(c) = &f.category {
-        qb.push(" AND m.category = ").push_bind(c.clone());
-    }
-    if let Some(t) = f.from {
-        qb.push(" AND m.occurred_at >= ").push_bind(t);
-    }
-    if let Some(t) = f.until {
-        qb.push(" AND m.occurred_at < ").push_bind(t);
-    }
-    if let Some(i) = f.min_importance {
-        qb.push(" AND m.importance >= ").push_bind(i);
-    }
-    if let Some(t) = &f.term {
-        qb.push(" AND ")
-            .push_bind(t.to_lowercase())
-            .push(" = ANY (m.indexed_terms)");
-    }
-    qb.push(match f.archived {
-        Archived::Exclude => " AND m.archived_at IS NULL",
-        Archived::Include => "",
-        Archived::Only => " AND m.archived_at IS NOT NULL",
-        Archived::LiveOrSummarized => " AND (m.archived_at IS NULL OR m.summary_id IS NOT NULL)",
-    });
-}
 
 fn to_json_text<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -202,37 +140,6 @@ pub(super) async fn insert_rows(
     Ok(())
 }
 
-/// Archives (`Some`) or restores (`None`) those of `ids` that are the
-/// company's and in the other state; how many changed. The rows are locked
-/// in id order first, so two archivers of overlapping sets queue rather
-/// than deadlock, and the second sees the first's result.
-async fn set_archived_tx(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    ids: &[Uuid],
-    archived_at: Option<DateTime<Utc>>,
-) -> Result<u64> {
-    let sql = match archived_at {
-        Some(_) => {
-            "UPDATE memories SET archived_at = $3 WHERE company_id = $1 AND archived_at IS NULL \
-             AND id IN (SELECT id FROM memories WHERE company_id = $1 AND id = ANY ($2) \
-                        AND archived_at IS NULL ORDER BY id FOR UPDATE)"
-        }
-        None => {
-            "UPDATE memories SET archived_at = $3 WHERE company_id = $1 AND archived_at IS NOT NULL \
-             AND id IN (SELECT id FROM memories WHERE company_id = $1 AND id = ANY ($2) \
-                        AND archived_at IS NOT NULL ORDER BY id FOR UPDATE)"
-        }
-    };
-    Ok(sqlx::query(sql)
-        .bind(company.as_str())
-        .bind(ids)
-        .bind(archived_at.map(|t| t.trunc_subsecs(6)))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected())
-}
-
 /// Removes the company's memory rows from all three tables (the forced
 /// company delete).
 pub(super) async fn delete_company_memory(
@@ -272,35 +179,20 @@ impl MemoryStore for PgStore {
     }
 
     async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory> {
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = $1 AND m.id = $2"
-        );
         let mut tx = self.scoped(scope.company()).await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(scope.company().as_str())
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let memory = flow::get(&mut tx, scope.company(), id).await?;
         tx.commit().await?;
-        memory_from_row(&row)
+        Ok(memory)
     }
 
     async fn get_memories(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<Vec<Memory>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = $1 AND m.id = ANY ($2)"
-        );
         let mut tx = self.scoped(scope.company()).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(scope.company().as_str())
-            .bind(ids)
-            .fetch_all(&mut *tx)
-            .await?;
+        let memories = flow::get_many(&mut tx, scope.company(), ids).await?;
         tx.commit().await?;
-        rows.iter().map(memory_from_row).collect()
+        Ok(memories)
     }
 
     async fn list_memories(
@@ -313,20 +205,7 @@ impl MemoryStore for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = "
-        ));
-        qb.push_bind(scope.company().as_str().to_owned());
-        push_filter(&mut qb, filter);
-        if let Some(c) = after {
-            qb.push(" AND (m.occurred_at, m.id) < (")
-                .push_bind(c.occurred_at)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
-        }
-        qb.push(" ORDER BY m.occurred_at DESC, m.id DESC LIMIT ")
-            .push_bind(i64::from(limit));
+        let mut qb = flow::list_query::<Postgres>(scope.company(), filter, after, limit);
         let mut tx = self.scoped(scope.company()).await?;
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
@@ -338,35 +217,16 @@ impl MemoryStore for PgStore {
         scope: &CompanyScope,
         lists: &[(MemoryFilter, u32)],
     ) -> Result<Vec<Vec<Memory>>> {
-        let asked: Vec<(usize, &(MemoryFilter, u32))> =
-            lists.iter().enumerate().filter(|(_, l)| l.1 > 0).collect();
-        if asked.is_empty() {
+        let Some(mut qb) = flow::list_many_query::<Postgres>(scope.company(), lists) else {
             return Ok(lists.iter().map(|_| Vec::new()).collect());
-        }
-        // One statement in one scoped transaction, not one of each per list.
-        let mut qb = QueryBuilder::<Postgres>::new("");
-        for (n, (i, (filter, limit))) in asked.iter().enumerate() {
-            if n > 0 {
-                qb.push(" UNION ALL ");
-            }
-            qb.push("SELECT * FROM (SELECT ")
-                .push_bind(i64::try_from(*i).unwrap_or(i64::MAX))
-                .push(format!(
-                    "::int8 AS part, {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = "
-                ))
-                .push_bind(scope.company().as_str().to_owned());
-            push_filter(&mut qb, filter);
-            qb.push(" ORDER BY m.occurred_at DESC, m.id DESC LIMIT ")
-                .push_bind(i64::from(*limit))
-                .push(") AS l");
-        }
+        };
         let mut tx = self.scoped(scope.company()).await?;
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
         lists_from_parts(
             lists.len(),
             rows.iter()
-                .map(|r| Ok((r.try_get("part")?, memory_from_row(r)?))),
+                .map(|r| Ok((r.int("part")?, memory_from_row(r)?))),
         )
     }
 
@@ -393,7 +253,7 @@ impl MemoryStore for PgStore {
             .push(TSQUERY_AFTER)
             .push(" AS q), m AS MATERIALIZED (SELECT * FROM memories m WHERE m.company_id = ")
             .push_bind(scope.company().as_str().to_owned());
-        push_filter(&mut qb, filter);
+        flow::push_filter(&mut qb, filter);
         qb.push(format!(
             ") SELECT {MEMORY_COLUMNS}, ts_rank_cd(m.search, q.q)::float8 AS relevance \
              FROM m, q WHERE m.search @@ q.q"
@@ -421,7 +281,7 @@ impl MemoryStore for PgStore {
         audit: AuditRecord,
     ) -> Result<u64> {
         let mut tx = self.scoped(scope.company()).await?;
-        let n = set_archived_tx(&mut tx, scope.company(), ids, archived_at).await?;
+        let n = flow::set_archived(&mut tx, scope.company(), ids, archived_at).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(n)
@@ -434,16 +294,7 @@ impl MemoryStore for PgStore {
         audit: AuditRecord,
     ) -> Result<()> {
         let mut tx = self.scoped(scope.company()).await?;
-        // The vector and the queue entry go by the foreign keys' cascade.
-        let n = sqlx::query("DELETE FROM memories WHERE company_id = $1 AND id = $2")
-            .bind(scope.company().as_str())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
+        flow::delete(&mut tx, scope.company(), id).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -458,19 +309,8 @@ impl MemoryStore for PgStore {
     ) -> Result<()> {
         let sources = summary_sources(scope, summary)?;
         let mut tx = self.scoped(scope.company()).await?;
-        let n = set_archived_tx(&mut tx, scope.company(), &sources, Some(at)).await?;
-        if n != sources.len() as u64 {
-            // Dropping the transaction rolls the archiving back.
-            return Err(StoreError::Conflict(
-                "a source of the summary is not a live memory of this company".into(),
-            ));
-        }
-        sqlx::query("UPDATE memories SET summary_id = $3 WHERE company_id = $1 AND id = ANY ($2)")
-            .bind(scope.company().as_str())
-            .bind(&sources)
-            .bind(summary.id)
-            .execute(&mut *tx)
-            .await?;
+        // Dropping the transaction on an error rolls the archiving back.
+        flow::archive_sources(&mut tx, scope.company(), &sources, summary.id, at).await?;
         insert_rows(&mut tx, scope.company(), std::slice::from_ref(summary)).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
@@ -484,15 +324,7 @@ impl MemoryStore for PgStore {
         audit: AuditRecord,
     ) -> Result<u64> {
         let mut tx = self.scoped(scope.company()).await?;
-        let n = sqlx::query(
-            "DELETE FROM memories WHERE company_id = $1 AND archived_at IS NOT NULL AND archived_at < $2 \
-             AND summary_id IS NULL",
-        )
-        .bind(scope.company().as_str())
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = flow::purge_archived(&mut tx, scope.company(), before).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(n)
@@ -500,66 +332,17 @@ impl MemoryStore for PgStore {
 
     async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats> {
         let mut tx = self.scoped(scope.company()).await?;
-        let r = sqlx::query(
-            "SELECT count(*) FILTER (WHERE m.archived_at IS NULL) AS live, \
-             count(*) FILTER (WHERE m.archived_at IS NOT NULL) AS archived, \
-             count(v.memory_id) FILTER (WHERE m.archived_at IS NULL) AS embedded \
-             FROM memories m LEFT JOIN memory_vectors v \
-             ON v.memory_id = m.id AND v.company_id = m.company_id AND v.model = $2 \
-             WHERE m.company_id = $1",
-        )
-        .bind(scope.company().as_str())
-        .bind(model)
-        .fetch_one(&mut *tx)
-        .await?;
+        let stats = flow::stats(&mut tx, scope.company(), model).await?;
         tx.commit().await?;
-        let count = |c: &str| -> Result<u64> {
-            let n: i64 = r.try_get(c)?;
-            u64::try_from(n).map_err(|e| corrupt(c, e))
-        };
-        Ok(MemoryStats {
-            live: count("live")?,
-            archived: count("archived")?,
-            embedded: count("embedded")?,
-        })
+        Ok(stats)
     }
 
     async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now = now.trunc_subsecs(6);
-        // A lease is held through its last instant, as a task's is. Rows
-        // another claimer has locked are skipped, not waited for.
-        let rows = sqlx::query(
-            "UPDATE memory_embed_queue q SET claimed_until = $2 \
-             FROM (SELECT memory_id FROM memory_embed_queue \
-                   WHERE claimed_until IS NULL OR claimed_until < $1 \
-                   ORDER BY queued_at, memory_id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
-             WHERE q.memory_id = c.memory_id \
-             RETURNING q.company_id, q.memory_id, q.queued_at",
-        )
-        .bind(now)
-        .bind(now + EMBED_LEASE)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| {
-                let queued_at: DateTime<Utc> = r.try_get("queued_at")?;
-                Ok((
-                    queued_at,
-                    EmbedJob {
-                        company_id: company_id(r.try_get("company_id")?)?,
-                        memory_id: r.try_get("memory_id")?,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING follows no ORDER BY.
-        jobs.sort_by_key(|(at, j)| (*at, j.memory_id));
-        Ok(jobs.into_iter().map(|(_, j)| j).collect())
+        // The queue has no policies: the pool's connection, no transaction.
+        flow::claim_embed_jobs(&mut self.pool().acquire().await?, now, limit).await
     }
 
     async fn put_vectors(
@@ -601,14 +384,8 @@ impl MemoryStore for PgStore {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "DELETE FROM memory_embed_queue WHERE company_id = $1 AND memory_id = ANY ($2)",
-        )
-        .bind(scope.company().as_str())
-        .bind(ids)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        // The queue has no policies: the pool's connection, no transaction.
+        flow::drop_embed_jobs(&mut self.pool().acquire().await?, scope.company(), ids).await
     }
 
     async fn listed_names(
@@ -617,21 +394,9 @@ impl MemoryStore for PgStore {
         limit: u32,
     ) -> Result<Vec<(NameKind, String)>> {
         let mut tx = self.scoped(scope.company()).await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT kind, name FROM memory_names WHERE company_id = $1 \
-             ORDER BY kind, name LIMIT $2",
-        )
-        .bind(scope.company().as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let names = flow::listed_names(&mut tx, scope.company(), limit).await?;
         tx.commit().await?;
-        rows.into_iter()
-            .map(|(kind, name)| {
-                let kind = NameKind::parse(&kind).ok_or_else(|| corrupt("name kind", &kind))?;
-                Ok((kind, name))
-            })
-            .collect()
+        Ok(names)
     }
 
     async fn memory_vectors(
@@ -640,30 +405,10 @@ impl MemoryStore for PgStore {
         model: &str,
         filter: &MemoryFilter,
     ) -> Result<Vec<MemoryVector>> {
-        let company = scope.company().as_str().to_owned();
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id \
-             WHERE v.company_id = ",
-        );
-        qb.push_bind(company.clone())
-            .push(" AND v.model = ")
-            .push_bind(model.to_owned())
-            .push(" AND m.company_id = ")
-            .push_bind(company);
-        push_filter(&mut qb, filter);
-        qb.push(" ORDER BY v.memory_id");
+        let mut qb = flow::vectors_query::<Postgres>(scope.company(), model, filter);
         let mut tx = self.scoped(scope.company()).await?;
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                let bytes: Vec<u8> = r.try_get("vector")?;
-                Ok(MemoryVector {
-                    memory_id: r.try_get("memory_id")?,
-                    vector: decode_vector(&bytes)
-                        .ok_or_else(|| corrupt("vector", "length is not a multiple of 4"))?,
-                })
-            })
-            .collect()
+        rows.iter().map(vector_from_row).collect()
     }
 }

@@ -51,7 +51,7 @@ use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, company_id, set_compan
 use crate::flow::batch::FinishPlan;
 use crate::flow::budget::*;
 use crate::flow::store::Db;
-pub(super) use crate::flow::tasks::{load_task, set_status, task_from_row};
+pub(super) use crate::flow::tasks::task_from_row;
 use crate::work::*;
 use crate::{DeletedRows, Result, StoreError};
 

@@ -6,148 +6,28 @@
 //! of each word, so its cost would grow with the whole table. Writes take the writer turn and
 //! `BEGIN IMMEDIATE`, as every write here does; every statement binds the
 //! scope's company. Lists of ids travel as one JSON array (`json_each`), so
-//! each statement's text stays fixed whatever the number of ids.
+//! each statement's text stays fixed whatever the number of ids. The rows,
+//! filters and flows are `flow::memory`'s; the batch insert (one command),
+//! the search and the vectors' write are here.
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
 use kira_core::conflict::NameKind;
-use kira_core::memory::{EventType, Memory, Workstream};
-use sqlx::sqlite::SqliteRow;
+use kira_core::memory::Memory;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{SqliteStore, append, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
+use super::{SqliteStore, append, json, parse_ts, to_json, ts};
+use crate::flow::memory::{self as flow, MEMORY_COLUMNS, memory_from_row, vector_from_row};
 use crate::memory::*;
+use crate::sql::Columns;
 use crate::{DeletedRows, Result, StoreError};
-
-const MEMORY_COLUMNS: &str = "m.id, m.company_id, m.occurred_at, m.event_type, m.workstream, \
-     m.category, m.content, m.importance, m.indexed_terms, m.source, m.created_at, m.archived_at, \
-     m.compacted_from, m.supersedes";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn uuid(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|e| corrupt("memory id", e))
-}
-
-fn memory_from_row(r: &SqliteRow) -> Result<Memory> {
-    StoredMemory(
-        r.try_get("id")?,
-        r.try_get("company_id")?,
-        r.try_get("occurred_at")?,
-        r.try_get("event_type")?,
-        r.try_get("workstream")?,
-        r.try_get("category")?,
-        r.try_get("content")?,
-        r.try_get("importance")?,
-        r.try_get("indexed_terms")?,
-        r.try_get("source")?,
-        r.try_get("created_at")?,
-        r.try_get("archived_at")?,
-        r.try_get("compacted_from")?,
-        r.try_get("supersedes")?,
-    )
-    .parse()
-}
-
-/// A memory's columns as stored ([`MEMORY_COLUMNS`], in order), read from a
-/// row or from a JSON array of them.
-#[derive(serde::Deserialize)]
-struct StoredMemory(
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-);
-
-impl StoredMemory {
-    fn parse(self) -> Result<Memory> {
-        let StoredMemory(
-            id,
-            company,
-            occurred_at,
-            event_type,
-            workstream,
-            category,
-            content,
-            importance,
-            indexed_terms,
-            source,
-            created_at,
-            archived_at,
-            compacted_from,
-            supersedes,
-        ) = self;
-        Ok(Memory {
-            id: uuid(&id)?,
-            company_id: company_id(&company)?,
-            occurred_at: parse_ts(&occurred_at)?,
-            event_type: EventType::parse(&event_type).map_err(|e| corrupt("event type", e))?,
-            workstream: Workstream::parse(&workstream).map_err(|e| corrupt("workstream", e))?,
-            category,
-            content: json(&content)?,
-            importance: i16::try_from(importance).map_err(|e| corrupt("importance", e))?,
-            indexed_terms: json(&indexed_terms)?,
-            source,
-            created_at: parse_ts(&created_at)?,
-            archived_at: parse_opt_ts(archived_at)?,
-            compacted_from: json(&compacted_from)?,
-            supersedes: supersedes.as_deref().map(uuid).transpose()?,
-        })
-    }
-}
-
-/// The narrowing of a [`MemoryFilter`], appended to a query over
-/// `memories m` whose WHERE has begun.
-fn push_filter(qb: &mut QueryBuilder<Sqlite>, f: &MemoryFilter) {
-    if let Some(t) = f.event_type {
-        qb.push(" AND m.event_type = ").push_bind(t.as_str());
-    }
-    if let Some(w) = f.workstream {
-        qb.push(" AND m.workstream = ").push_bind(w.as_str());
-    }
-    if let Some(c) = &f.category {
-        qb.push(" AND m.category = ").push_bind(c.clone());
-    }
-    if let Some(t) = f.from {
-        qb.push(" AND m.occurred_at >= ").push_bind(ts(t));
-    }
-    if let Some(t) = f.until {
-        qb.push(" AND m.occurred_at < ").push_bind(ts(t));
-    }
-    if let Some(i) = f.min_importance {
-        qb.push(" AND m.importance >= ").push_bind(i);
-    }
-    if let Some(t) = &f.term {
-        qb.push(" AND EXISTS (SELECT 1 FROM json_each(m.indexed_terms) WHERE value = ")
-            .push_bind(t.to_lowercase())
-            .push(")");
-    }
-    qb.push(match f.archived {
-        Archived::Exclude => " AND m.archived_at IS NULL",
-        Archived::Include => "",
-        Archived::Only => " AND m.archived_at IS NOT NULL",
-        Archived::LiveOrSummarized => " AND (m.archived_at IS NULL OR m.summary_id IS NOT NULL)",
-    });
-}
-
-fn id_list(ids: &[Uuid]) -> Result<String> {
-    to_json(&ids)
 }
 
 /// Inserts the rows (already checked to be `company`'s) and queues each for
@@ -246,33 +126,6 @@ pub(super) fn push_rows(
     Ok(())
 }
 
-/// Archives (`Some`) or restores (`None`) those of `ids` that are the
-/// company's and in the other state; how many changed.
-async fn set_archived_tx(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    ids: &[Uuid],
-    archived_at: Option<DateTime<Utc>>,
-) -> Result<u64> {
-    let sql = match archived_at {
-        Some(_) => {
-            "UPDATE memories SET archived_at = ? WHERE company_id = ? AND archived_at IS NULL \
-             AND id IN (SELECT value FROM json_each(?))"
-        }
-        None => {
-            "UPDATE memories SET archived_at = ? WHERE company_id = ? AND archived_at IS NOT NULL \
-             AND id IN (SELECT value FROM json_each(?))"
-        }
-    };
-    Ok(sqlx::query(sql)
-        .bind(archived_at.map(ts))
-        .bind(company.as_str())
-        .bind(id_list(ids)?)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected())
-}
-
 /// Removes the company's memory rows from all three tables (the forced
 /// company delete); the full-text rows go with them by trigger.
 pub(super) async fn delete_company_memory(
@@ -285,21 +138,115 @@ pub(super) async fn delete_company_memory(
     Ok(())
 }
 
+/// A memory as a search reads it, `json_array(m.seq, MEMORY_COLUMNS...)`:
+/// its values by column, read by [`memory_from_row`] as a row's are. Text
+/// columns (JSON ones included, as SQLite stores them) are JSON strings.
+struct JsonRow(Vec<serde_json::Value>);
+
+/// The columns of a [`JsonRow`], in order.
+const JSON_ROW_COLUMNS: [&str; 15] = [
+    "seq",
+    "id",
+    "company_id",
+    "occurred_at",
+    "event_type",
+    "workstream",
+    "category",
+    "content",
+    "importance",
+    "indexed_terms",
+    "source",
+    "created_at",
+    "archived_at",
+    "compacted_from",
+    "supersedes",
+];
+
+impl JsonRow {
+    fn value(&self, col: &str) -> Result<&serde_json::Value> {
+        JSON_ROW_COLUMNS
+            .iter()
+            .position(|c| *c == col)
+            .and_then(|i| self.0.get(i))
+            .ok_or_else(|| corrupt("search rows", format!("no {col}")))
+    }
+
+    fn opt_str(&self, col: &str) -> Result<Option<&str>> {
+        match self.value(col)? {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(s) => Ok(Some(s)),
+            v => Err(corrupt(col, format!("{v} is not text"))),
+        }
+    }
+
+    fn str(&self, col: &str) -> Result<&str> {
+        self.opt_str(col)?.ok_or_else(|| corrupt(col, "is null"))
+    }
+}
+
+impl Columns for JsonRow {
+    fn int(&self, col: &str) -> Result<i64> {
+        self.opt_int(col)?.ok_or_else(|| corrupt(col, "is null"))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        match self.value(col)? {
+            serde_json::Value::Null => Ok(None),
+            v => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| corrupt(col, format!("{v} is not an integer"))),
+        }
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.str(col)?.to_owned())
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.opt_str(col)?.map(str::to_owned))
+    }
+    fn real(&self, col: &str) -> Result<f64> {
+        self.opt_real(col)?.ok_or_else(|| corrupt(col, "is null"))
+    }
+    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
+        match self.value(col)? {
+            serde_json::Value::Null => Ok(None),
+            v => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| corrupt(col, format!("{v} is not a number"))),
+        }
+    }
+    fn bool(&self, col: &str) -> Result<bool> {
+        Ok(self.int(col)? != 0)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        Err(corrupt(col, "a search row holds no bytes"))
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        self.opt_str(col)?.map(parse_ts).transpose()
+    }
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
+        self.opt_str(col)?.map(json).transpose()
+    }
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        self.opt_str(col)?
+            .map(|s| Uuid::parse_str(s).map_err(|e| corrupt(col, e)))
+            .transpose()
+    }
+    fn texts(&self, col: &str) -> Result<Vec<String>> {
+        json(self.str(col)?)
+    }
+    fn uuids(&self, col: &str) -> Result<Vec<Uuid>> {
+        json(self.str(col)?)
+    }
+}
+
 /// A `json_array(m.seq, MEMORY_COLUMNS...)` of a search's read.
 fn seq_and_memory(v: serde_json::Value) -> Result<(i64, Memory)> {
-    let serde_json::Value::Array(mut parts) = v else {
+    let serde_json::Value::Array(parts) = v else {
         return Err(corrupt("search rows", "not an array"));
     };
-    if parts.is_empty() {
-        return Err(corrupt("search rows", "empty"));
-    }
-    let seq = parts
-        .remove(0)
-        .as_i64()
-        .ok_or_else(|| corrupt("search rows", "seq"))?;
-    let stored: StoredMemory = serde_json::from_value(serde_json::Value::Array(parts))
-        .map_err(|e| corrupt("search rows", e))?;
-    Ok((seq, stored.parse()?))
+    let row = JsonRow(parts);
+    Ok((row.int("seq")?, memory_from_row(&row)?))
 }
 
 /// The FTS5 query for the company's documents holding `word` in their
@@ -361,31 +308,14 @@ impl MemoryStore for SqliteStore {
     }
 
     async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory> {
-        let sql =
-            format!("SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = ? AND m.id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(scope.company().as_str())
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        memory_from_row(&row)
+        flow::get(&mut self.pool.acquire().await?, scope.company(), id).await
     }
 
     async fn get_memories(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<Vec<Memory>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m \
-             WHERE m.company_id = ? AND m.id IN (SELECT value FROM json_each(?))"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(scope.company().as_str())
-            .bind(id_list(ids)?)
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(memory_from_row).collect()
+        flow::get_many(&mut self.pool.acquire().await?, scope.company(), ids).await
     }
 
     async fn list_memories(
@@ -398,20 +328,7 @@ impl MemoryStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = "
-        ));
-        qb.push_bind(scope.company().as_str().to_owned());
-        push_filter(&mut qb, filter);
-        if let Some(c) = after {
-            qb.push(" AND (m.occurred_at, m.id) < (")
-                .push_bind(ts(c.occurred_at))
-                .push(", ")
-                .push_bind(c.id.to_string())
-                .push(")");
-        }
-        qb.push(" ORDER BY m.occurred_at DESC, m.id DESC LIMIT ")
-            .push_bind(i64::from(limit));
+        let mut qb = flow::list_query::<Sqlite>(scope.company(), filter, after, limit);
         let rows = qb.build().fetch_all(self.pool()).await?;
         rows.iter().map(memory_from_row).collect()
     }
@@ -421,34 +338,14 @@ impl MemoryStore for SqliteStore {
         scope: &CompanyScope,
         lists: &[(MemoryFilter, u32)],
     ) -> Result<Vec<Vec<Memory>>> {
-        let asked: Vec<(usize, &(MemoryFilter, u32))> =
-            lists.iter().enumerate().filter(|(_, l)| l.1 > 0).collect();
-        if asked.is_empty() {
+        let Some(mut qb) = flow::list_many_query::<Sqlite>(scope.company(), lists) else {
             return Ok(lists.iter().map(|_| Vec::new()).collect());
-        }
-        // One statement: each list a subquery tagged with its place, since
-        // every statement is a round trip to the connection's thread.
-        let mut qb = QueryBuilder::<Sqlite>::new("");
-        for (n, (i, (filter, limit))) in asked.iter().enumerate() {
-            if n > 0 {
-                qb.push(" UNION ALL ");
-            }
-            qb.push("SELECT * FROM (SELECT ")
-                .push_bind(i64::try_from(*i).unwrap_or(i64::MAX))
-                .push(format!(
-                    " AS part, {MEMORY_COLUMNS} FROM memories m WHERE m.company_id = "
-                ))
-                .push_bind(scope.company().as_str().to_owned());
-            push_filter(&mut qb, filter);
-            qb.push(" ORDER BY m.occurred_at DESC, m.id DESC LIMIT ")
-                .push_bind(i64::from(*limit))
-                .push(")");
-        }
+        };
         let rows = qb.build().fetch_all(self.pool()).await?;
         lists_from_parts(
             lists.len(),
             rows.iter()
-                .map(|r| Ok((r.try_get("part")?, memory_from_row(r)?))),
+                .map(|r| Ok((r.int("part")?, memory_from_row(r)?))),
         )
     }
 
@@ -498,7 +395,7 @@ impl MemoryStore for SqliteStore {
             qb.push(format!("SELECT seq FROM w{i}"));
         }
         qb.push(")");
-        push_filter(&mut qb, filter);
+        flow::push_filter(&mut qb, filter);
         qb.push(")");
         qb.push(" SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ")
             .push_bind(company.as_str().to_owned());
@@ -616,13 +513,7 @@ impl MemoryStore for SqliteStore {
         audit: AuditRecord,
     ) -> Result<u64> {
         let mut tx = self.write().await?;
-        let n = set_archived_tx(
-            &mut tx,
-            scope.company(),
-            ids,
-            archived_at.map(|t| t.trunc_subsecs(6)),
-        )
-        .await?;
+        let n = flow::set_archived(&mut tx, scope.company(), ids, archived_at).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(n)
@@ -635,16 +526,7 @@ impl MemoryStore for SqliteStore {
         audit: AuditRecord,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        // The vector and the queue entry go by the foreign keys' cascade.
-        let n = sqlx::query("DELETE FROM memories WHERE company_id = ? AND id = ?")
-            .bind(scope.company().as_str())
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
+        flow::delete(&mut tx, scope.company(), id).await?;
         append(&mut tx, audit).await?;
         tx.commit().await
     }
@@ -658,28 +540,8 @@ impl MemoryStore for SqliteStore {
     ) -> Result<()> {
         let sources = summary_sources(scope, summary)?;
         let mut tx = self.write().await?;
-        let n = set_archived_tx(
-            &mut tx,
-            scope.company(),
-            &sources,
-            Some(at.trunc_subsecs(6)),
-        )
-        .await?;
-        if n != sources.len() as u64 {
-            // Dropping the transaction rolls the archiving back.
-            return Err(StoreError::Conflict(
-                "a source of the summary is not a live memory of this company".into(),
-            ));
-        }
-        sqlx::query(
-            "UPDATE memories SET summary_id = ? WHERE company_id = ? \
-             AND id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(summary.id.to_string())
-        .bind(scope.company().as_str())
-        .bind(id_list(&sources)?)
-        .execute(&mut *tx)
-        .await?;
+        // Dropping the transaction on an error rolls the archiving back.
+        flow::archive_sources(&mut tx, scope.company(), &sources, summary.id, at).await?;
         insert_rows(&mut tx, scope.company(), std::slice::from_ref(summary)).await?;
         append(&mut tx, audit).await?;
         tx.commit().await
@@ -692,80 +554,24 @@ impl MemoryStore for SqliteStore {
         audit: AuditRecord,
     ) -> Result<u64> {
         let mut tx = self.write().await?;
-        let n = sqlx::query(
-            "DELETE FROM memories WHERE company_id = ? AND archived_at IS NOT NULL AND archived_at < ? \
-             AND summary_id IS NULL",
-        )
-        .bind(scope.company().as_str())
-        .bind(ts(before))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = flow::purge_archived(&mut tx, scope.company(), before).await?;
         append(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(n)
     }
 
     async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats> {
-        let r = sqlx::query(
-            "SELECT count(*) FILTER (WHERE m.archived_at IS NULL) AS live, \
-             count(*) FILTER (WHERE m.archived_at IS NOT NULL) AS archived, \
-             count(v.memory_id) FILTER (WHERE m.archived_at IS NULL) AS embedded \
-             FROM memories m LEFT JOIN memory_vectors v \
-             ON v.memory_id = m.id AND v.company_id = m.company_id AND v.model = ? \
-             WHERE m.company_id = ?",
-        )
-        .bind(model)
-        .bind(scope.company().as_str())
-        .fetch_one(self.pool())
-        .await?;
-        let count = |c: &str| -> Result<u64> {
-            let n: i64 = r.try_get(c)?;
-            u64::try_from(n).map_err(|e| corrupt(c, e))
-        };
-        Ok(MemoryStats {
-            live: count("live")?,
-            archived: count("archived")?,
-            embedded: count("embedded")?,
-        })
+        flow::stats(&mut self.pool.acquire().await?, scope.company(), model).await
     }
 
     async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now = now.trunc_subsecs(6);
         let mut tx = self.write().await?;
-        // A lease is held through its last instant, as a task's is.
-        let rows = sqlx::query(
-            "UPDATE memory_embed_queue SET claimed_until = ? WHERE memory_id IN ( \
-                 SELECT memory_id FROM memory_embed_queue \
-                 WHERE claimed_until IS NULL OR claimed_until < ? \
-                 ORDER BY queued_at, memory_id LIMIT ?) \
-             RETURNING company_id, memory_id, queued_at",
-        )
-        .bind(ts(now + EMBED_LEASE))
-        .bind(ts(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let jobs = flow::claim_embed_jobs(&mut tx, now, limit).await?;
         tx.commit().await?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| {
-                let queued_at: String = r.try_get("queued_at")?;
-                Ok((
-                    queued_at,
-                    EmbedJob {
-                        company_id: company_id(r.try_get("company_id")?)?,
-                        memory_id: uuid(r.try_get("memory_id")?)?,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // RETURNING follows no ORDER BY; the fixed-width timestamps sort as text.
-        jobs.sort_by(|a, b| (&a.0, a.1.memory_id).cmp(&(&b.0, b.1.memory_id)));
-        Ok(jobs.into_iter().map(|(_, j)| j).collect())
+        Ok(jobs)
     }
 
     async fn put_vectors(
@@ -811,14 +617,7 @@ impl MemoryStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.write().await?;
-        sqlx::query(
-            "DELETE FROM memory_embed_queue WHERE company_id = ? \
-             AND memory_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(scope.company().as_str())
-        .bind(id_list(ids)?)
-        .execute(&mut *tx)
-        .await?;
+        flow::drop_embed_jobs(&mut tx, scope.company(), ids).await?;
         tx.commit().await
     }
 
@@ -827,20 +626,7 @@ impl MemoryStore for SqliteStore {
         scope: &CompanyScope,
         limit: u32,
     ) -> Result<Vec<(NameKind, String)>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT kind, name FROM memory_names WHERE company_id = ? \
-             ORDER BY kind, name LIMIT ?",
-        )
-        .bind(scope.company().as_str())
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|(kind, name)| {
-                let kind = NameKind::parse(&kind).ok_or_else(|| corrupt("name kind", &kind))?;
-                Ok((kind, name))
-            })
-            .collect()
+        flow::listed_names(&mut self.pool.acquire().await?, scope.company(), limit).await
     }
 
     async fn memory_vectors(
@@ -849,35 +635,25 @@ impl MemoryStore for SqliteStore {
         model: &str,
         filter: &MemoryFilter,
     ) -> Result<Vec<MemoryVector>> {
-        let company = scope.company().as_str().to_owned();
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT v.memory_id, v.vector FROM memory_vectors v JOIN memories m ON m.id = v.memory_id \
-             WHERE v.company_id = ",
-        );
-        qb.push_bind(company.clone())
-            .push(" AND v.model = ")
-            .push_bind(model.to_owned())
-            .push(" AND m.company_id = ")
-            .push_bind(company);
-        push_filter(&mut qb, filter);
-        qb.push(" ORDER BY v.memory_id");
+        let mut qb = flow::vectors_query::<Sqlite>(scope.company(), model, filter);
         let rows = qb.build().fetch_all(self.pool()).await?;
-        rows.iter()
-            .map(|r| {
-                let bytes: Vec<u8> = r.try_get("vector")?;
-                Ok(MemoryVector {
-                    memory_id: uuid(r.try_get("memory_id")?)?,
-                    vector: decode_vector(&bytes)
-                        .ok_or_else(|| corrupt("vector", "length is not a multiple of 4"))?,
-                })
-            })
-            .collect()
+        rows.iter().map(vector_from_row).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_row_has_the_memory_columns_in_order() {
+        let columns: Vec<&str> = MEMORY_COLUMNS
+            .split(',')
+            .map(|c| c.trim().trim_start_matches("m."))
+            .collect();
+        assert_eq!(JSON_ROW_COLUMNS[0], "seq");
+        assert_eq!(JSON_ROW_COLUMNS[1..], columns[..]);
+    }
 
     #[test]
     fn rare_words_weigh_more_and_short_memories_win_ties() {

@@ -22,7 +22,6 @@ mod memory;
 mod sharing;
 pub(crate) mod work;
 
-pub(crate) use crate::flow::companies::load_company;
 use crate::{Backend, Result, Store, StoreError};
 
 pub struct SqliteStore {

@@ -17,7 +17,7 @@ use super::{SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
 use crate::flow::batch::FinishPlan;
 use crate::flow::budget::*;
 use crate::flow::store::Db;
-pub(super) use crate::flow::tasks::{TASK_COLUMNS, load_task, set_status, task_from_row};
+pub(super) use crate::flow::tasks::{TASK_COLUMNS, task_from_row};
 use crate::work::*;
 use crate::{Result, StoreError};
 
