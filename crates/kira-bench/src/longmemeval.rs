@@ -26,6 +26,9 @@ pub struct LmeQuestion {
     pub id: String,
     pub question_type: String,
     pub question: String,
+    /// When the question is asked: what its relative dates ("two weeks
+    /// ago") are resolved against.
+    pub asked_at: Option<DateTime<Utc>>,
     pub sessions: Vec<(String, DateTime<Utc>, Vec<String>)>,
     pub answer_sessions: Vec<String>,
 }
@@ -96,6 +99,7 @@ pub fn parse_longmemeval(text: &str) -> Result<Vec<LmeQuestion>, String> {
             id,
             question_type: q["question_type"].as_str().unwrap_or_default().to_owned(),
             question: q["question"].as_str().unwrap_or_default().to_owned(),
+            asked_at: q["question_date"].as_str().and_then(lme_time),
             sessions,
             answer_sessions: strs(&q["answer_session_ids"]),
         });
@@ -187,7 +191,7 @@ pub async fn command(args: LongmemevalArgs, json: bool) -> Result<ExitCode, Benc
         + chrono::TimeDelta::days(1);
     let clock = Arc::new(ManualClock::new(latest));
     let engine = with_embedder(
-        Engine::new(store.clone(), clock, retrieval_config()),
+        Engine::new(store.clone(), clock.clone(), retrieval_config()),
         args.no_embed,
     )?;
     let started = Instant::now();
@@ -198,7 +202,7 @@ pub async fn command(args: LongmemevalArgs, json: bool) -> Result<ExitCode, Benc
         questions.len(),
         started.elapsed().as_secs_f64()
     );
-    let recall = score(&engine, &questions, &companies).await?;
+    let recall = score(&engine, &clock, &questions, &companies).await?;
     print(&recall, questions.len(), name, label, &args, json)?;
     db.remove();
     Ok(ExitCode::SUCCESS)
@@ -264,10 +268,11 @@ async fn load_haystacks(
     Ok((companies, turns))
 }
 
-/// Searches each question's company with the question and counts where its
-/// answer sessions rank.
+/// Searches each question's company with the question, asked when the
+/// data says it was, and counts where its answer sessions rank.
 async fn score(
     engine: &Engine,
+    clock: &ManualClock,
     questions: &[LmeQuestion],
     companies: &[kira_core::CompanyId],
 ) -> Result<SessionRecall, BenchError> {
@@ -275,6 +280,9 @@ async fn score(
     let mut r = SessionRecall::default();
     for (q, id) in questions.iter().zip(companies) {
         let scope = system.scope(id, kira_core::auth::Access::Read)?;
+        if let Some(at) = q.asked_at {
+            clock.set(at);
+        }
         let t = Instant::now();
         let hits = engine
             .search_memories(&scope, &q.question, &MemoryFilter::default(), 200)

@@ -1,12 +1,14 @@
 //! Episodic memory (SEED 2.1): what an event in a company's memory is, what
 //! a valid one looks like, and the pure rules over memories: the terms
-//! filters match on, context layers ([`layer`]), search ranking ([`rank`])
-//! and compaction strategies ([`compaction`]). Storage, full-text search
+//! filters match on, context layers ([`layer`]), search ranking ([`rank`]),
+//! the times a text speaks of ([`when`]) and compaction strategies
+//! ([`compaction`]). Storage, full-text search
 //! and embeddings live in the store and the engine.
 
 pub mod compaction;
 pub mod layer;
 pub mod rank;
+pub mod when;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -24,6 +26,7 @@ pub use compaction::{
 };
 pub use layer::{Layer, LayerConfig, layer};
 pub use rank::{ScoreWeights, combined_score, fuse_rrf, normalise, rank_hits, recency};
+pub use when::{TimeWindow, speaks_of, windows_in};
 
 /// What kind of event a memory records.
 #[derive(

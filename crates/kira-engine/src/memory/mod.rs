@@ -17,8 +17,9 @@ use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::CompanyScope;
 use kira_core::memory::{
-    CompactionConfig, Layer, LayerConfig, Memory, NewMemory, ScoreWeights, Workstream,
-    combined_score, fuse_rrf, layer, new_memory_id, normalise, rank_hits, recency,
+    CompactionConfig, Layer, LayerConfig, Memory, NewMemory, ScoreWeights, TimeWindow, Workstream,
+    combined_score, fuse_rrf, layer, new_memory_id, normalise, rank_hits, recency, speaks_of,
+    windows_in,
 };
 use kira_core::sharing::{SCOPE_ANONYMIZED_LEGAL_PATTERNS, SCOPE_PROCESS_TEMPLATES};
 use kira_store::StoreError;
@@ -348,7 +349,16 @@ impl Engine {
                 .collect()
         };
         let (text_rank, vector_rank) = (rank_of(&text_ids), rank_of(&vector_ids));
-        let fused = fuse_rrf(&[text_ids, vector_ids], cfg.rrf_k);
+        let mut lists = vec![text_ids, vector_ids];
+        let windows = windows_in(query, self.clock().now());
+        if !windows.is_empty() {
+            let found = fuse_rrf(&lists, cfg.rrf_k);
+            let timely = self
+                .timely(scope, &windows, filter, &found, &mut by_id, candidates)
+                .await?;
+            lists.push(timely);
+        }
+        let fused = fuse_rrf(&lists, cfg.rrf_k);
         Ok(fused
             .into_iter()
             .filter_map(|(id, relevance)| {
@@ -361,6 +371,53 @@ impl Engine {
             })
             .filter(|f| archived_passes(&f.memory, filter.archived))
             .collect())
+    }
+
+    /// The third list fusion votes with when the query names a time (see
+    /// [`windows_in`]): the candidates that speak of it (happened then, or
+    /// say something happened then), in their fused order, then the
+    /// memories of each window no retriever found, newest first, unless
+    /// the window holds more than `candidates` (then it tells nothing
+    /// apart). The latter join `by_id`.
+    async fn timely(
+        &self,
+        scope: &CompanyScope,
+        windows: &[TimeWindow],
+        filter: &MemoryFilter,
+        found: &[(Uuid, f64)],
+        by_id: &mut HashMap<Uuid, Memory>,
+        candidates: u32,
+    ) -> Result<Vec<Uuid>, EngineError> {
+        let mut timely: Vec<Uuid> = found
+            .iter()
+            .filter(|(id, _)| {
+                by_id
+                    .get(id)
+                    .is_some_and(|m| speaks_of(windows, m.occurred_at, m.text()))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let lists: Vec<(MemoryFilter, u32)> = windows
+            .iter()
+            .map(|w| {
+                let within = MemoryFilter {
+                    from: Some(filter.from.map_or(w.from, |f| f.max(w.from))),
+                    until: Some(filter.until.map_or(w.until, |u| u.min(w.until))),
+                    ..filter.clone()
+                };
+                (within, candidates + 1)
+            })
+            .collect();
+        let pages = self.store().list_memories_many(scope, &lists).await?;
+        for page in pages.into_iter().filter(|p| p.len() <= candidates as usize) {
+            for m in page {
+                if let std::collections::hash_map::Entry::Vacant(e) = by_id.entry(m.id) {
+                    timely.push(m.id);
+                    e.insert(m);
+                }
+            }
+        }
+        Ok(timely)
     }
 
     /// Ids of the memories whose vectors are nearest the query's, best

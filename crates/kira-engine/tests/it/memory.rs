@@ -835,3 +835,69 @@ async fn knowledge_is_found_by_meaning_sqlite() {
 async fn knowledge_is_found_by_meaning_postgres() {
     knowledge_is_found_by_meaning(Backend::Postgres).await;
 }
+
+/// A question that names a day favours what happened that day, and what
+/// was said the day after about "yesterday", over equally matching
+/// memories of other days (two of them newer); a question naming no time
+/// ranks as before, newest first among equals.
+async fn a_date_in_the_question_finds_that_days_memories(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    // t0 is 1 June 2026: ages of 40 to 99 days, 12 April is 50 days back.
+    let places: Vec<String> = (0..60)
+        .map(|i| format!("The team had lunch at the Place{i} cafe."))
+        .collect();
+    let mut items: Vec<M<'_>> = places
+        .iter()
+        .enumerate()
+        .map(|(i, t)| m(t, TimeDelta::days(40 + i as i64), 5))
+        .collect();
+    items.push(m(
+        "Yesterday the team had lunch at Rosa's, and loved it.",
+        TimeDelta::days(49) - TimeDelta::hours(3),
+        5,
+    ));
+    add(&e, "acme", &items).await;
+    let top = |q: &'static str| {
+        let e = e.clone();
+        async move {
+            e.search_memories(&scope("acme"), q, &MemoryFilter::default(), 2)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|h| h.memory.text().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut dated = top("Where did the team have lunch on 12 April 2026?").await;
+    dated.sort();
+    assert_eq!(
+        dated,
+        vec![
+            "The team had lunch at the Place10 cafe.".to_owned(),
+            "Yesterday the team had lunch at Rosa's, and loved it.".to_owned(),
+        ],
+        "{b:?}"
+    );
+    // The same day said relatively, asked on 13 April.
+    s.clock.set(t0() - TimeDelta::days(49));
+    let mut relative = top("Where did the team have lunch yesterday?").await;
+    relative.sort();
+    assert_eq!(relative, dated, "{b:?}");
+    s.clock.set(t0());
+    let undated = top("Where did the team have lunch?").await;
+    assert_eq!(
+        undated[0], "The team had lunch at the Place0 cafe.",
+        "{b:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_date_in_the_question_finds_that_days_memories_sqlite() {
+    a_date_in_the_question_finds_that_days_memories(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_date_in_the_question_finds_that_days_memories_postgres() {
+    a_date_in_the_question_finds_that_days_memories(Backend::Postgres).await;
+}
