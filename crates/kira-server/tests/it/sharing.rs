@@ -329,7 +329,7 @@ const NEVER: [&str; 10] = [
     "DE89",
     "3704 0044",
     "zephyrine.example",
-    "7946",
+    "7946 0958",
     "victim",
 ];
 
