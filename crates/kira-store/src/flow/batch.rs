@@ -228,3 +228,48 @@ impl FinishPlan {
         true
     }
 }
+
+/// A candidate a batch claim takes from its company's base allocation.
+pub(crate) struct FastClaim<'a> {
+    pub(crate) c: &'a Candidate,
+    pub(crate) from: TaskStatus,
+    pub(crate) amount: i64,
+    pub(crate) reservation_id: String,
+}
+
+/// The outcomes of a fast claim in rank order: each one found gone where
+/// it was met (`gone`: its place among `fast`), each claimed one with its
+/// reservation on the base pool of `period`.
+pub(crate) fn push_outcomes(
+    out: &mut Vec<(TaskId, ClaimOutcome)>,
+    fast: &[FastClaim<'_>],
+    gone: Vec<(usize, TaskId)>,
+    mut claimed: std::collections::BTreeMap<String, kira_core::task::Task>,
+    period: &str,
+) -> Result<()> {
+    let mut gone = gone.into_iter().peekable();
+    for (i, f) in fast.iter().enumerate() {
+        while let Some((_, id)) = gone.next_if(|(at, _)| *at == i) {
+            out.push((id, ClaimOutcome::Gone));
+        }
+        let task = claimed.remove(f.c.entry.task_id.as_str()).ok_or_else(|| {
+            StoreError::Corrupt("batch claim: a claimed task was not returned".into())
+        })?;
+        out.push((
+            f.c.entry.task_id.clone(),
+            ClaimOutcome::Claimed {
+                task: Box::new(task),
+                reservation: Reservation {
+                    reservation_id: f.reservation_id.clone(),
+                    task_id: f.c.entry.task_id.clone(),
+                    company_id: f.c.scope.company().clone(),
+                    period_id: period.to_owned(),
+                    pool: kira_core::budget::Pool::Base,
+                    amount: f.amount,
+                },
+            },
+        ));
+    }
+    out.extend(gone.map(|(_, id)| (id, ClaimOutcome::Gone)));
+    Ok(())
+}

@@ -48,7 +48,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
 use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, company_id, set_company};
-use crate::flow::batch::FinishPlan;
+use crate::flow::batch::{FastClaim, FinishPlan, push_outcomes};
 use crate::flow::budget::*;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::task_from_row;
@@ -450,6 +450,24 @@ impl Db for PgStore {
     }
 }
 
+/// The rows `kira_claim_write` takes: one per fast claim, in rank order.
+fn claim_rows(fast: &[FastClaim<'_>], worker: &str) -> Vec<serde_json::Value> {
+    fast.iter()
+        .enumerate()
+        .map(|(n, f)| {
+            serde_json::json!({
+                "n": n,
+                "id": f.c.entry.task_id.as_str(),
+                "company": f.c.scope.company().as_str(),
+                "amount": f.amount,
+                "rid": f.reservation_id,
+                "from": f.from.as_str(),
+                "reason": format!("claimed by {worker}; {} tokens reserved from base", f.amount),
+            })
+        })
+        .collect()
+}
+
 /// The SQLSTATE the batch functions of `0004_queue_batching.sql` raise when
 /// a row is not as their first phase found and locked it (which the locks
 /// make a bug, not a race): the batch is rolled back.
@@ -463,14 +481,6 @@ fn batch_error(e: sqlx::Error) -> StoreError {
         }
         _ => e.into(),
     }
-}
-
-/// A candidate a batch claim takes from its company's base allocation.
-struct FastClaim<'a> {
-    c: &'a Candidate,
-    from: TaskStatus,
-    amount: i64,
-    reservation_id: String,
 }
 
 #[async_trait]
@@ -555,21 +565,7 @@ impl crate::flow::batch::FastPaths for PgStore {
         }
         let mut claimed = BTreeMap::new();
         if !fast.is_empty() {
-            let rows: Vec<serde_json::Value> = fast
-                .iter()
-                .enumerate()
-                .map(|(n, f)| {
-                    serde_json::json!({
-                        "n": n,
-                        "id": f.c.entry.task_id.as_str(),
-                        "company": f.c.scope.company().as_str(),
-                        "amount": f.amount,
-                        "rid": f.reservation_id,
-                        "from": f.from.as_str(),
-                        "reason": format!("claimed by {worker}; {} tokens reserved from base", f.amount),
-                    })
-                })
-                .collect();
+            let rows = claim_rows(&fast, worker);
             for r in sqlx::query("SELECT * FROM kira_claim_write($1, $2, $3, $4, $5)")
                 .bind(Json(&rows))
                 .bind(&period)
@@ -599,31 +595,7 @@ impl crate::flow::batch::FastPaths for PgStore {
             c.claimed
                 .fetch_add(fast.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        // The outcomes in rank order: each gone one where it was met.
-        let mut gone = gone.into_iter().peekable();
-        for (i, f) in fast.iter().enumerate() {
-            while let Some((_, id)) = gone.next_if(|(at, _)| *at == i) {
-                out.push((id, ClaimOutcome::Gone));
-            }
-            let task = claimed
-                .remove(f.c.entry.task_id.as_str())
-                .ok_or_else(|| corrupt("batch claim", "a claimed task was not returned"))?;
-            out.push((
-                f.c.entry.task_id.clone(),
-                ClaimOutcome::Claimed {
-                    task: Box::new(task),
-                    reservation: Reservation {
-                        reservation_id: f.reservation_id.clone(),
-                        task_id: f.c.entry.task_id.clone(),
-                        company_id: f.c.scope.company().clone(),
-                        period_id: period.clone(),
-                        pool: Pool::Base,
-                        amount: f.amount,
-                    },
-                },
-            ));
-        }
-        out.extend(gone.map(|(_, id)| (id, ClaimOutcome::Gone)));
+        push_outcomes(out, &fast, gone, claimed, &period)?;
         Ok(done)
     }
 

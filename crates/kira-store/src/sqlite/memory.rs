@@ -249,6 +249,66 @@ fn seq_and_memory(v: serde_json::Value) -> Result<(i64, Memory)> {
     Ok((row.int("seq")?, memory_from_row(&row)?))
 }
 
+/// The search's one statement: each word's matches (one JSON array each:
+/// a row through the driver costs more than SQLite's work for it), the
+/// company's document count, and the matches the filter passes with their
+/// lengths. Each word is matched once (materialised).
+fn search_statement(
+    company: &CompanyId,
+    words: &[String],
+    filter: &MemoryFilter,
+    limit: u32,
+) -> QueryBuilder<Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new("WITH ");
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            qb.push(", ");
+        }
+        qb.push(format!(
+            "w{i} AS MATERIALIZED (SELECT rowid AS seq FROM memories_fts WHERE memories_fts MATCH "
+        ))
+        .push_bind(fts_word_query(company, w))
+        .push(")");
+    }
+    // The matches the filter passes, with their lengths.
+    qb.push(
+        ", passing AS MATERIALIZED (SELECT m.seq, length(coalesce(m.content ->> '$.text', '')) \
+         + length(m.category) + length(m.indexed_terms) AS len, m.occurred_at, m.id FROM memories m \
+         WHERE m.company_id = ",
+    )
+    .push_bind(company.as_str().to_owned())
+    .push(" AND m.seq IN (");
+    for i in 0..words.len() {
+        if i > 0 {
+            qb.push(" UNION ");
+        }
+        qb.push(format!("SELECT seq FROM w{i}"));
+    }
+    qb.push(")");
+    flow::push_filter(&mut qb, filter);
+    qb.push(")");
+    qb.push(" SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ")
+        .push_bind(company.as_str().to_owned());
+    for i in 0..words.len() {
+        qb.push(format!(
+            " UNION ALL SELECT {i}, (SELECT json_group_array(seq) FROM w{i})"
+        ));
+    }
+    qb.push(
+        " UNION ALL SELECT -2, (SELECT json_group_array(json_array(seq, len, occurred_at, id)) \
+         FROM passing)",
+    );
+    // When every match will be a hit, the memories too: no second read.
+    qb.push(format!(
+        " UNION ALL SELECT -3, (SELECT json_group_array(json_array(m.seq, {MEMORY_COLUMNS})) \
+         FROM memories m WHERE m.company_id = "
+    ))
+    .push_bind(company.as_str().to_owned())
+    .push(" AND m.seq IN (SELECT seq FROM passing)) WHERE (SELECT count(*) FROM passing) <= ")
+    .push_bind(i64::from(limit));
+    qb
+}
+
 /// The FTS5 query for the company's documents holding `word` in their
 /// text, category or indexed terms: the word is a quoted string, so
 /// nothing in it is syntax. Words are letters and digits only and the
@@ -365,57 +425,7 @@ impl MemoryStore for SqliteStore {
         // of whole doclists: 40 ms per search at 1M memories); each
         // word's match within one company is a seek instead.
         let company = scope.company();
-        // One statement: each word's matches (one JSON array each: a row
-        // through the driver costs more than SQLite's work for it), the
-        // company's document count, and the matches the filter passes with
-        // their lengths. Each word is matched once (materialised).
-        let mut qb = QueryBuilder::<Sqlite>::new("WITH ");
-        for (i, w) in words.iter().enumerate() {
-            if i > 0 {
-                qb.push(", ");
-            }
-            qb.push(format!(
-                "w{i} AS MATERIALIZED (SELECT rowid AS seq FROM memories_fts WHERE memories_fts MATCH "
-            ))
-            .push_bind(fts_word_query(company, w))
-            .push(")");
-        }
-        // The matches the filter passes, with their lengths.
-        qb.push(
-            ", passing AS MATERIALIZED (SELECT m.seq, length(coalesce(m.content ->> '$.text', '')) \
-             + length(m.category) + length(m.indexed_terms) AS len, m.occurred_at, m.id FROM memories m \
-             WHERE m.company_id = ",
-        )
-        .push_bind(company.as_str().to_owned())
-        .push(" AND m.seq IN (");
-        for i in 0..words.len() {
-            if i > 0 {
-                qb.push(" UNION ");
-            }
-            qb.push(format!("SELECT seq FROM w{i}"));
-        }
-        qb.push(")");
-        flow::push_filter(&mut qb, filter);
-        qb.push(")");
-        qb.push(" SELECT -1 AS w, json_array(count(*)) AS seqs FROM memories WHERE company_id = ")
-            .push_bind(company.as_str().to_owned());
-        for i in 0..words.len() {
-            qb.push(format!(
-                " UNION ALL SELECT {i}, (SELECT json_group_array(seq) FROM w{i})"
-            ));
-        }
-        qb.push(
-            " UNION ALL SELECT -2, (SELECT json_group_array(json_array(seq, len, occurred_at, id)) \
-             FROM passing)",
-        );
-        // When every match will be a hit, the memories too: no second read.
-        qb.push(format!(
-            " UNION ALL SELECT -3, (SELECT json_group_array(json_array(m.seq, {MEMORY_COLUMNS})) \
-             FROM memories m WHERE m.company_id = "
-        ))
-        .push_bind(company.as_str().to_owned())
-        .push(" AND m.seq IN (SELECT seq FROM passing)) WHERE (SELECT count(*) FROM passing) <= ")
-        .push_bind(i64::from(limit));
+        let mut qb = search_statement(company, &words, filter, limit);
         let mut documents = 0f64;
         let mut df = vec![0f64; words.len()];
         // seq -> the words the row holds.

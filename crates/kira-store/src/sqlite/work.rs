@@ -14,7 +14,7 @@ use kira_core::task::{Priority, Task, TaskId, TaskStatus, check_transition};
 use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
-use crate::flow::batch::FinishPlan;
+use crate::flow::batch::{FastClaim, FinishPlan, push_outcomes};
 use crate::flow::budget::*;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::{TASK_COLUMNS, task_from_row};
@@ -331,14 +331,6 @@ impl Db for SqliteStore {
     }
 }
 
-/// A candidate a batch claim takes from its company's base allocation.
-struct FastClaim<'a> {
-    c: &'a Candidate,
-    from: TaskStatus,
-    amount: i64,
-    reservation_id: String,
-}
-
 #[async_trait]
 impl crate::flow::batch::FastPaths for SqliteStore {
     #[allow(clippy::too_many_arguments)]
@@ -431,37 +423,13 @@ impl crate::flow::batch::FastPaths for SqliteStore {
             });
             done += 1;
         }
-        let mut claimed = if fast.is_empty() {
+        let claimed = if fast.is_empty() {
             BTreeMap::new()
         } else {
             claim_set(&mut tx, &fast, &period, worker, lease_until, now).await?
         };
         tx.commit().await?;
-        // The outcomes in rank order: each gone one where it was met.
-        let mut gone = gone.into_iter().peekable();
-        for (i, f) in fast.iter().enumerate() {
-            while let Some((_, id)) = gone.next_if(|(at, _)| *at == i) {
-                out.push((id, ClaimOutcome::Gone));
-            }
-            let task = claimed
-                .remove(f.c.entry.task_id.as_str())
-                .ok_or_else(|| corrupt("batch claim", "a claimed task was not returned"))?;
-            out.push((
-                f.c.entry.task_id.clone(),
-                ClaimOutcome::Claimed {
-                    task: Box::new(task),
-                    reservation: Reservation {
-                        reservation_id: f.reservation_id.clone(),
-                        task_id: f.c.entry.task_id.clone(),
-                        company_id: f.c.scope.company().clone(),
-                        period_id: period.clone(),
-                        pool: Pool::Base,
-                        amount: f.amount,
-                    },
-                },
-            ));
-        }
-        out.extend(gone.map(|(_, id)| (id, ClaimOutcome::Gone)));
+        push_outcomes(out, &fast, gone, claimed, &period)?;
         Ok(done)
     }
 
