@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
+use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::sharing::{Consent, Partner};
 use uuid::Uuid;
 
@@ -258,4 +259,104 @@ pub(crate) async fn consent_directory(c: &mut dyn Conn) -> Result<Vec<(CompanyId
             ))
         })
         .collect()
+}
+
+/// Removes the company's published items and consents, and other
+/// companies' consents naming it (a forced delete).
+pub(crate) async fn delete_company_sharing(
+    c: &mut dyn Conn,
+    company: &CompanyId,
+    deleted: &mut crate::DeletedRows,
+) -> Result<()> {
+    // Opens PostgreSQL's partner_cleanup policies (0017) for this transaction.
+    let open = q("SELECT set_config('app.company_delete', 'on', true)");
+    c.exec(open.pg_only()).await?;
+    let rows = crate::flow::company::SHARING_ROWS;
+    crate::flow::company::delete_rows(c, company, rows, deleted).await
+}
+
+#[async_trait::async_trait]
+impl<D: crate::flow::store::Db> crate::sharing::SharingStore for D {
+    async fn publish_item(
+        &self,
+        scope: &CompanyScope,
+        item: &SharedItem,
+        audit: AuditRecord,
+    ) -> Result<SharedItem> {
+        let company = scope.company();
+        let mut tx = self.write_for(company).await?;
+        // The company's row, locked (PostgreSQL): concurrent publications
+        // count in turn.
+        if tx.is_pg() {
+            let me = q("SELECT 1 FROM companies WHERE company_id = $1").arg(company.as_str());
+            tx.opt(me.for_update()).await?.ok_or(StoreError::NotFound)?;
+        }
+        let stored = publish_item(&mut tx, company, item, audit).await?;
+        D::commit(tx).await?;
+        Ok(stored)
+    }
+
+    async fn list_shared_items(
+        &self,
+        scope: &CompanyScope,
+        filter: &SharedFilter,
+    ) -> Result<Vec<SharedItem>> {
+        let mut r = self.read_for(scope.company()).await?;
+        let items = list_shared_items(&mut r, scope.company(), filter).await?;
+        D::end_read(r).await?;
+        Ok(items)
+    }
+
+    async fn withdraw_item(
+        &self,
+        scope: &CompanyScope,
+        id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<SharedItem> {
+        let mut tx = self.write_for(scope.company()).await?;
+        let item = withdraw_item(&mut tx, scope.company(), id, by, at, audit).await?;
+        D::commit(tx).await?;
+        Ok(item)
+    }
+
+    async fn list_consents(&self, scope: &CompanyScope) -> Result<Vec<ConsentRecord>> {
+        let mut r = self.read_for(scope.company()).await?;
+        let consents = list_consents(&mut r, scope.company()).await?;
+        D::end_read(r).await?;
+        Ok(consents)
+    }
+
+    async fn put_consent(
+        &self,
+        scope: &CompanyScope,
+        consent: &Consent,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<ConsentRecord> {
+        let mut tx = self.write_for(scope.company()).await?;
+        let record = put_consent(&mut tx, scope.company(), consent, by, at, audit).await?;
+        D::commit(tx).await?;
+        Ok(record)
+    }
+
+    async fn delete_consent(
+        &self,
+        scope: &CompanyScope,
+        consent: &Consent,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let mut tx = self.write_for(scope.company()).await?;
+        delete_consent(&mut tx, scope.company(), consent, audit).await?;
+        D::commit(tx).await
+    }
+
+    async fn consent_directory(&self, _admin: &AdminScope) -> Result<Vec<(CompanyId, Consent)>> {
+        let mut r = self.read_all(false).await?;
+        let directory = consent_directory(&mut r).await?;
+        D::end_read(r).await?;
+        Ok(directory)
+    }
 }

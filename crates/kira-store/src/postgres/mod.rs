@@ -20,7 +20,6 @@ use sqlx::{Executor, PgConnection, PgPool, Row, Transaction};
 mod agents;
 mod knowledge;
 mod memory;
-mod sharing;
 pub(crate) mod work;
 
 use crate::{Backend, Result, Store, StoreError};

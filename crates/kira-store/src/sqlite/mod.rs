@@ -19,7 +19,6 @@ mod agents;
 mod checkpoint;
 mod knowledge;
 mod memory;
-mod sharing;
 pub(crate) mod work;
 
 use crate::{Backend, Result, Store, StoreError};

@@ -274,7 +274,7 @@ impl Db for SqliteStore {
         deleted: &mut crate::DeletedRows,
     ) -> Result<()> {
         // Before memories, whose deletion would take the items with it.
-        super::sharing::delete_company_sharing(tx, company, deleted).await?;
+        crate::flow::sharing::delete_company_sharing(tx, company, deleted).await?;
         super::memory::delete_company_memory(tx, company, deleted).await?;
         super::agents::delete_company_agents(tx, company, deleted).await?;
         delete_company_work(tx, company, now, deleted).await
