@@ -648,20 +648,7 @@ fn word_at(chars: &[char], i: usize, word: &str) -> Option<usize> {
 
 // ---- dates ----
 
-const MONTHS: [&str; 12] = [
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-];
+use crate::memory::when::MONTHS;
 const MONTH_ABBREVIATIONS: [&str; 13] = [
     "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "febr",
 ];

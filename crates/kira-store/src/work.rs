@@ -444,22 +444,7 @@ pub trait TaskStore: Send + Sync {
         lease_until: DateTime<Utc>,
         budget: &BudgetConfig,
         now: DateTime<Utc>,
-    ) -> Result<Vec<(TaskId, ClaimOutcome)>> {
-        let mut out = Vec::new();
-        for c in candidates {
-            if !admission.free(&c.entry) {
-                continue;
-            }
-            let o = self
-                .claim(&c.scope, &c.entry.task_id, worker, lease_until, budget, now)
-                .await?;
-            if matches!(o, ClaimOutcome::Claimed { .. }) {
-                admission.take(&c.entry);
-            }
-            out.push((c.entry.task_id.clone(), o));
-        }
-        Ok(out)
-    }
+    ) -> Result<Vec<(TaskId, ClaimOutcome)>>;
 
     /// Records the ends of runs held by `worker`, each as [`settle`] then
     /// [`finish`] would; one outcome per completion, in order. Backends

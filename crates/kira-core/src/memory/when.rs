@@ -111,22 +111,24 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The months' English names, lower case, January first.
+pub const MONTHS: [&str; 12] = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+
 fn month_of(w: &str) -> Option<u32> {
-    const NAMES: [&str; 12] = [
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-    ];
-    if let Some(i) = NAMES.iter().position(|n| *n == w) {
+    if let Some(i) = MONTHS.iter().position(|n| *n == w) {
         return u32::try_from(i + 1).ok();
     }
     // Abbreviations, but not "mar" or "may" (words of their own).

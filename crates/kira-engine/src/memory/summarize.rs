@@ -102,21 +102,12 @@ fn fact_weight(sentence: &str, names: &BTreeSet<String>) -> f64 {
         w += 1.0;
     }
     let has_digits = sentence.chars().any(|c| c.is_ascii_digit());
-    const MONTHS: [&str; 12] = [
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-    ];
-    if has_digits && MONTHS.iter().any(|m| lower.contains(m)) || lower.contains("deadline") {
+    if has_digits
+        && kira_core::memory::when::MONTHS
+            .iter()
+            .any(|m| lower.contains(m))
+        || lower.contains("deadline")
+    {
         w += 1.0;
     } else if has_digits {
         w += 0.5;

@@ -18,7 +18,7 @@ use crate::flow::companies::{
 };
 use crate::flow::keys::{KEY_COLUMNS, insert_key_row, key_from_row, load_key};
 use crate::flow::store::Db;
-use crate::sql::{Columns, Conn, q};
+use crate::sql::{Columns, Conn, Stmt, q};
 use crate::{AuditPage, AuditStore, CompanyStore, DeletedRows, KeyStore, Result, StoreError};
 
 /// Two servers starting on an empty PostgreSQL database: only one stores
@@ -40,23 +40,15 @@ async fn admin_read(c: &mut dyn Conn) -> Result<()> {
     Ok(())
 }
 
-async fn write_profile(
-    c: &mut dyn Conn,
-    id: &CompanyId,
-    p: &CompanyProfile,
-    updated_at: DateTime<Utc>,
-    archived_at: Option<DateTime<Utc>>,
-) -> Result<()> {
-    let contacts = json(&p.contacts)?;
-    let consent = json(&p.sharing_consent)?;
-    c.exec(
-        q(
-            "UPDATE companies SET name = $1, industry = $2, jurisdiction = $3, revenue_usd = $4, \
-           complexity_score = $5, activity_score = $6, priority_multiplier = $7, \
-           sla_response_seconds = $8, contacts = $9, sharing_consent = $10, updated_at = $11, \
-           archived_at = $12 WHERE company_id = $13",
-        )
-        .arg(&p.name)
+/// The profile's columns, `$2` to `$11` in [`COMPANY_COLUMNS`]' order
+/// (`$1` is the company's id).
+fn with_profile<'a>(
+    s: Stmt<'a>,
+    p: &'a CompanyProfile,
+    contacts: &'a serde_json::Value,
+    consent: &'a serde_json::Value,
+) -> Stmt<'a> {
+    s.arg(&p.name)
         .arg(&p.industry)
         .arg(&p.jurisdiction)
         .arg(p.revenue_usd)
@@ -64,13 +56,27 @@ async fn write_profile(
         .arg(p.activity_score)
         .arg(p.priority_multiplier)
         .arg(i64::from(p.sla_response_seconds))
-        .arg(&contacts)
-        .arg(&consent)
-        .arg(updated_at)
-        .arg(archived_at)
-        .arg(id.as_str()),
+        .arg(contacts)
+        .arg(consent)
+}
+
+async fn write_profile(
+    c: &mut dyn Conn,
+    id: &CompanyId,
+    p: &CompanyProfile,
+    updated_at: DateTime<Utc>,
+    archived_at: Option<DateTime<Utc>>,
+) -> Result<()> {
+    let (contacts, consent) = (json(&p.contacts)?, json(&p.sharing_consent)?);
+    let s = q(
+        "UPDATE companies SET name = $2, industry = $3, jurisdiction = $4, revenue_usd = $5, \
+               complexity_score = $6, activity_score = $7, priority_multiplier = $8, \
+               sla_response_seconds = $9, contacts = $10, sharing_consent = $11, updated_at = $12, \
+               archived_at = $13 WHERE company_id = $1",
     )
-    .await?;
+    .arg(id.as_str());
+    let s = with_profile(s, p, &contacts, &consent);
+    c.exec(s.arg(updated_at).arg(archived_at)).await?;
     Ok(())
 }
 
@@ -86,29 +92,14 @@ async fn insert_company(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, NULL)"
         )
     });
-    let contacts = json(&p.contacts)?;
-    let consent = json(&p.sharing_consent)?;
-    c.exec(
-        q(SQL.as_str())
-            .arg(id.as_str())
-            .arg(&p.name)
-            .arg(&p.industry)
-            .arg(&p.jurisdiction)
-            .arg(p.revenue_usd)
-            .arg(p.complexity_score)
-            .arg(p.activity_score)
-            .arg(p.priority_multiplier)
-            .arg(i64::from(p.sla_response_seconds))
-            .arg(&contacts)
-            .arg(&consent)
-            .arg(now),
-    )
-    .await?;
+    let (contacts, consent) = (json(&p.contacts)?, json(&p.sharing_consent)?);
+    let s = with_profile(q(SQL.as_str()).arg(id.as_str()), p, &contacts, &consent);
+    c.exec(s.arg(now)).await?;
     Ok(())
 }
 
-/// Writes `profile` (archived at `archived`) over the company's, unless it
-/// is archived already; the company as it is then.
+/// Applies `patch` to the company's profile, or with none archives the
+/// company, unless it is archived already; the company as it is then.
 async fn rewrite(
     c: &mut dyn Conn,
     id: &CompanyId,
