@@ -693,15 +693,20 @@ conn_through_deref!(sqlx::pool::PoolConnection<sqlx::Postgres>);
 
 /// A driver's own query builder, for the statements built from filters,
 /// whose text a [`Stmt`] cannot hold: arguments bound as [`Stmt`] binds
-/// them, and a dialect's text picked as [`q_each`] picks it. Each backend
-/// runs what is built on its own connection.
+/// them, a dialect's text picked as [`q_each`] picks it, and what is built
+/// run on the dialect's own connection.
+#[async_trait]
 pub(crate) trait Dialect: sqlx::Database {
     fn push_arg(qb: &mut sqlx::QueryBuilder<Self>, a: Arg<'_>);
 
     /// `sqlite` on SQLite, `pg` on PostgreSQL.
     fn each<T>(sqlite: T, pg: T) -> T;
+
+    /// Runs the statement `qb` built, on `c`; its rows.
+    async fn fetch(c: &mut Self::Connection, qb: sqlx::QueryBuilder<Self>) -> Result<Vec<Row>>;
 }
 
+#[async_trait]
 impl Dialect for sqlx::Sqlite {
     fn push_arg(qb: &mut sqlx::QueryBuilder<Self>, a: Arg<'_>) {
         match a {
@@ -728,8 +733,14 @@ impl Dialect for sqlx::Sqlite {
     fn each<T>(sqlite: T, _pg: T) -> T {
         sqlite
     }
+
+    async fn fetch(c: &mut SqliteConnection, mut qb: sqlx::QueryBuilder<Self>) -> Result<Vec<Row>> {
+        let rows = qb.build().fetch_all(&mut *c).await?;
+        Ok(rows.into_iter().map(Row::Sqlite).collect())
+    }
 }
 
+#[async_trait]
 impl Dialect for sqlx::Postgres {
     fn push_arg(qb: &mut sqlx::QueryBuilder<Self>, a: Arg<'_>) {
         match a {
@@ -755,5 +766,10 @@ impl Dialect for sqlx::Postgres {
 
     fn each<T>(_sqlite: T, pg: T) -> T {
         pg
+    }
+
+    async fn fetch(c: &mut PgConnection, mut qb: sqlx::QueryBuilder<Self>) -> Result<Vec<Row>> {
+        let rows = qb.build().fetch_all(&mut *c).await?;
+        Ok(rows.into_iter().map(Row::Pg).collect())
     }
 }

@@ -1,21 +1,39 @@
 //! Run traces, reviews and primary sessions, written once for both
-//! backends. The backend opens the transaction and takes what it locks
-//! first (on PostgreSQL the company's row, then the task's queue row or
-//! its own row); a review or rating is given the task so taken. The set
-//! inserts of steps and session turns stay per backend (SQLite's one
-//! command, PostgreSQL's `unnest`).
+//! backends: [`AgentStore`] for every [`Db`]. The transaction takes what
+//! it locks first (on PostgreSQL the company's row, then the task's queue
+//! row or its own row; SQLite's writer turn holds them all) and a review
+//! or rating is given the task so taken. A transaction that fails after
+//! taking a lock is rolled back at once. The set insert of steps stays
+//! with each dialect ([`StepSql`]: SQLite's one command, PostgreSQL's
+//! `unnest`).
 
 use std::sync::LazyLock;
 
+use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
+use kira_core::auth::CompanyScope;
 use kira_core::task::{Task, TaskId, TaskStatus};
 
 use crate::agents::*;
+use crate::flow::store::{Db, commit_or_roll_back, lock_company, notify};
 use crate::flow::tasks::{load_task, set_status};
-use crate::sql::{Columns, Conn, q};
-use crate::{Result, StoreError};
+use crate::sql::{Columns, Conn, Dialect, Lock, q, q_each};
+use crate::{DeletedRows, Result, StoreError};
+
+/// What each dialect writes its own way for agents.
+#[async_trait]
+pub(crate) trait StepSql: Dialect {
+    /// Inserts steps of `company`'s tasks (checked by the caller with
+    /// [`check_step_tasks`]), in one statement. Conflict on a step already
+    /// recorded.
+    async fn insert_steps(
+        c: &mut Self::Connection,
+        company: &CompanyId,
+        steps: &[Step],
+    ) -> Result<()>;
+}
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -345,4 +363,166 @@ pub(crate) async fn save_session(
         updated_at: Some(now),
         ..session.clone()
     })
+}
+
+/// Removes the company's steps, reviews and session (before its tasks).
+pub(crate) async fn delete_company_agents(
+    c: &mut dyn Conn,
+    company: &CompanyId,
+    deleted: &mut DeletedRows,
+) -> Result<()> {
+    crate::flow::company::delete_rows(c, company, crate::flow::company::AGENT_ROWS, deleted).await
+}
+
+/// NotFound unless every step's task is `company`'s; on PostgreSQL the
+/// tasks are held (`FOR KEY SHARE`) while their steps go in.
+pub(crate) async fn check_step_tasks(
+    c: &mut dyn Conn,
+    company: &CompanyId,
+    steps: &[Step],
+) -> Result<()> {
+    let mut ids: Vec<String> = steps
+        .iter()
+        .map(|s| s.task_id.as_str().to_owned())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let found = q_each(
+        "SELECT task_id FROM tasks WHERE company_id = $1 \
+         AND task_id IN (SELECT value FROM json_each($2))",
+        "SELECT task_id FROM tasks WHERE company_id = $1 AND task_id = ANY ($2)",
+    )
+    .arg(company.as_str())
+    .arg(ids.as_slice())
+    .locked(Lock::KeyShare);
+    if c.all(found).await?.len() != ids.len() {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Locks the task for a change that does not go through the queue (on
+/// PostgreSQL; SQLite's writer turn already keeps others out): the
+/// company's row, then the task's queue row if it has one, else its own
+/// row, in `postgres/work.rs`'s lock order. NotFound when the company or
+/// the task is not there.
+async fn lock_task(c: &mut dyn Conn, company: &CompanyId, id: &TaskId) -> Result<Task> {
+    if !lock_company(c, company).await? {
+        return Err(StoreError::NotFound);
+    }
+    let queued = q("SELECT 1 FROM task_queue WHERE task_id = $1 AND company_id = $2")
+        .arg(id.as_str())
+        .arg(company.as_str())
+        .for_update()
+        .pg_only();
+    let queued = c.opt(queued).await?.is_some();
+    load_task(c, company, id, !queued).await
+}
+
+#[async_trait]
+impl<D: Db> AgentStore for D {
+    async fn record_steps(&self, scope: &CompanyScope, steps: &[Step]) -> Result<()> {
+        check_steps(steps)?;
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let company = scope.company();
+        let mut tx = self.write_for(company).await?;
+        let done = async {
+            check_step_tasks(&mut tx, company, steps).await?;
+            D::Sql::insert_steps(&mut tx, company, steps).await
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn task_trace(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Step>> {
+        let mut r = self.read_for(scope.company()).await?;
+        let steps = trace(&mut r, scope.company(), id).await?;
+        D::end_read(r).await?;
+        Ok(steps)
+    }
+
+    async fn review_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        input: &ReviewInput,
+        max_requeues: u32,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Task> {
+        check_review(input)?;
+        let company = scope.company();
+        let mut tx = self.write_for(company).await?;
+        let done = async {
+            let task = lock_task(&mut tx, company, id).await?;
+            let task = review(&mut tx, &task, input, max_requeues, now, audit).await?;
+            if task.status == TaskStatus::Queued {
+                // Requeued: wake the schedulers on commit.
+                notify(&mut tx, id).await?;
+            }
+            Ok(task)
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn rate_task(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        rating: u8,
+        reviewer: &str,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Review> {
+        check_rating(rating)?;
+        let company = scope.company();
+        let mut tx = self.write_for(company).await?;
+        let done = async {
+            let task = lock_task(&mut tx, company, id).await?;
+            rate(&mut tx, &task, rating, reviewer, now, audit).await
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn task_reviews(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Review>> {
+        let mut r = self.read_for(scope.company()).await?;
+        let found = reviews(&mut r, scope.company(), id).await?;
+        D::end_read(r).await?;
+        Ok(found)
+    }
+
+    async fn load_session(&self, scope: &CompanyScope) -> Result<Session> {
+        let mut r = self.read_for(scope.company()).await?;
+        let session = load_session(&mut r, scope.company()).await?;
+        D::end_read(r).await?;
+        Ok(session)
+    }
+
+    async fn save_session(
+        &self,
+        scope: &CompanyScope,
+        session: &Session,
+        now: DateTime<Utc>,
+    ) -> Result<Session> {
+        check_session(session)?;
+        let company = scope.company();
+        let mut tx = self.write_for(company).await?;
+        let done = async {
+            // The company's row, held against a forced delete (PostgreSQL).
+            let me = q("SELECT 1 FROM companies WHERE company_id = $1").arg(company.as_str());
+            if tx.opt(me.locked(Lock::KeyShare)).await?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            save_session(&mut tx, company, session, now).await
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
 }

@@ -1,30 +1,45 @@
 //! The shared knowledge base and the conflict flags, written once for both
-//! backends, with the filters built once onto either driver's query
-//! builder. What differs stays with each: the match of a knowledge search
-//! (FTS5's `bm25` over `knowledge_fts`; a weighted tsvector), opening the
-//! transactions (PostgreSQL's `admin_read`) and PostgreSQL's advisory lock
-//! on a flag's subject.
+//! backends: [`KnowledgeStore`] and [`ConflictStore`] for every [`Db`],
+//! with the filters built once onto either driver's query builder. What
+//! differs stays with each dialect: the match of a knowledge search
+//! ([`KnowledgeSql`]: FTS5's `bm25` over `knowledge_fts`; a weighted
+//! tsvector). PostgreSQL's `admin_read` and its advisory lock on a flag's
+//! subject are statements that run there only.
 
 use std::sync::LazyLock;
 
+use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
+use kira_core::auth::AdminScope;
 use kira_core::conflict::{Conflict, ConflictStatus, canonical_pair, normalise_counterparty};
 use kira_core::knowledge::KnowledgeEntry;
 use uuid::Uuid;
 
 use crate::conflicts::{
-    CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, flag_records, group_matches,
-    merged_ids, scan_records, text_names,
+    ConflictStore, CounterpartyMatch, MENTION_ROWS_PER_KEY, SCAN_IDS_PER_MATCH, check_scan_keys,
+    flag_records, group_matches, mention_keys, merged_ids, scan_records, text_names,
 };
 use sqlx::QueryBuilder;
 
-use crate::knowledge::{KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeVector};
-use crate::memory::{decode_vector, encode_vector};
+use crate::flow::store::{Db, admin_read};
+use crate::knowledge::{
+    KnowledgeCursor, KnowledgeFilter, KnowledgeHit, KnowledgeStore, KnowledgeVector, check_batch,
+};
+use crate::memory::{decode_vector, encode_vector, query_words};
 use crate::sql::{Arg, Columns, Conn, Dialect, q, q_each};
 use crate::{Result, StoreError};
+
+/// What each dialect writes its own way for knowledge.
+pub(crate) trait KnowledgeSql: Dialect {
+    /// A knowledge search's statement up to its match of any of `words`
+    /// (not empty), selecting [`COLUMNS`] and `relevance` (higher is
+    /// better; title and tags weigh twice the body) of `knowledge k`, its
+    /// WHERE begun; [`finish_search`] ends it.
+    fn search_match(words: &[String]) -> QueryBuilder<Self>;
+}
 
 fn company_id(s: &str) -> Result<CompanyId> {
     CompanyId::parse(s).map_err(|e| StoreError::Corrupt(format!("company id {s:?}: {e}")))
@@ -640,4 +655,240 @@ pub(crate) async fn scan_contract_mentions(
         c.audit(record).await?;
     }
     Ok(matches)
+}
+
+/// Within SQLite's writer turn, an entry's insert meets a unique key only
+/// when its id is taken.
+fn id_taken(e: &KnowledgeEntry) -> StoreError {
+    StoreError::Conflict(format!("knowledge entry {} already exists", e.id))
+}
+
+/// On PostgreSQL an entry's insert meets a unique key when a concurrent
+/// upsert inserted the same (domain, key) first.
+fn written_concurrently(e: &KnowledgeEntry) -> StoreError {
+    StoreError::Conflict(format!(
+        "knowledge entry {}/{} was written concurrently; try again",
+        e.domain, e.key
+    ))
+}
+
+/// Serialises flagging per (pair, counterparty) across processes
+/// (PostgreSQL; SQLite's writer turn already does), so two detections of
+/// one conflict make one flag.
+async fn lock_flag(c: &mut dyn Conn, a: &CompanyId, b: &CompanyId, cp: &str) -> Result<()> {
+    let subject = format!("conflict\u{1f}{a}\u{1f}{b}\u{1f}{cp}");
+    let s = q("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").arg(subject.as_str());
+    c.exec(s.pg_only()).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl<D: Db> KnowledgeStore for D {
+    async fn upsert_knowledge(
+        &self,
+        _admin: &AdminScope,
+        entries: &[KnowledgeEntry],
+        audit: AuditRecord,
+    ) -> Result<Vec<KnowledgeEntry>> {
+        check_batch(entries)?;
+        let mut tx = self.write_system().await?;
+        let on_taken = if tx.is_pg() {
+            written_concurrently
+        } else {
+            id_taken
+        };
+        let stored = upsert(&mut tx, entries, on_taken, audit).await?;
+        D::commit(tx).await?;
+        Ok(stored)
+    }
+
+    async fn get_knowledge(&self, id: Uuid) -> Result<KnowledgeEntry> {
+        get(&mut self.plain().await?, id).await
+    }
+
+    async fn list_knowledge(
+        &self,
+        filter: &KnowledgeFilter,
+        after: Option<&KnowledgeCursor>,
+        limit: u32,
+    ) -> Result<Vec<KnowledgeEntry>> {
+        let qb = list_query::<D::Sql>(filter, after, limit);
+        let mut c = self.plain().await?;
+        let rows = D::Sql::fetch(&mut c, qb).await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn search_knowledge(
+        &self,
+        query: &str,
+        filter: &KnowledgeFilter,
+        limit: u32,
+    ) -> Result<Vec<KnowledgeHit>> {
+        let words = query_words(query);
+        if words.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qb = D::Sql::search_match(&words);
+        finish_search(&mut qb, filter, limit);
+        let mut c = self.plain().await?;
+        let rows = D::Sql::fetch(&mut c, qb).await?;
+        rows.iter().map(hit_from_row).collect()
+    }
+
+    async fn delete_knowledge(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let mut tx = self.write_system().await?;
+        delete(&mut tx, id, audit).await?;
+        D::commit(tx).await
+    }
+
+    async fn knowledge_without_vectors(
+        &self,
+        model: &str,
+        limit: u32,
+    ) -> Result<Vec<KnowledgeEntry>> {
+        without_vectors(&mut self.plain().await?, model, limit).await
+    }
+
+    async fn put_knowledge_vectors(
+        &self,
+        _admin: &AdminScope,
+        model: &str,
+        vectors: &[KnowledgeVector],
+    ) -> Result<()> {
+        let mut tx = self.write_system().await?;
+        put_vectors(&mut tx, model, vectors).await?;
+        D::commit(tx).await
+    }
+
+    async fn knowledge_vectors(
+        &self,
+        model: &str,
+        filter: &KnowledgeFilter,
+    ) -> Result<Vec<KnowledgeVector>> {
+        let qb = vectors_query::<D::Sql>(model, filter);
+        let mut c = self.plain().await?;
+        let rows = D::Sql::fetch(&mut c, qb).await?;
+        rows.iter().map(vector_from_row).collect()
+    }
+}
+
+/// The flags are read and written on the admin path only: a writing
+/// transaction of the system's that PostgreSQL's policies let read every
+/// company's rows (`admin_read`), or a read across companies.
+#[async_trait]
+impl<D: Db> ConflictStore for D {
+    async fn flag_conflict(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        a: &CompanyId,
+        b: &CompanyId,
+        counterparty: &str,
+        memory_ids: &[Uuid],
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Option<Conflict>> {
+        let (a, b, counterparty) = flag_subject(a, b, counterparty)?;
+        let mut tx = self.write_system().await?;
+        admin_read(&mut tx, true).await?;
+        lock_flag(&mut tx, &a, &b, &counterparty).await?;
+        let flag = flag(&mut tx, id, &a, &b, &counterparty, memory_ids, at, audit).await?;
+        D::commit(tx).await?;
+        Ok(flag)
+    }
+
+    async fn list_conflicts(
+        &self,
+        _admin: &AdminScope,
+        status: Option<ConflictStatus>,
+        audit: AuditRecord,
+    ) -> Result<Vec<Conflict>> {
+        let mut tx = self.write_system().await?;
+        admin_read(&mut tx, true).await?;
+        let flags = list_conflicts(&mut tx, status, audit).await?;
+        D::commit(tx).await?;
+        Ok(flags)
+    }
+
+    async fn resolve_conflict(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        note: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Conflict> {
+        let mut tx = self.write_system().await?;
+        admin_read(&mut tx, true).await?;
+        let flag = resolve(&mut tx, id, note, at, audit).await?;
+        D::commit(tx).await?;
+        Ok(flag)
+    }
+
+    async fn conflict_open(
+        &self,
+        _admin: &AdminScope,
+        a: &CompanyId,
+        b: &CompanyId,
+    ) -> Result<bool> {
+        let mut r = self.read_all(false).await?;
+        let found = open(&mut r, a, b).await?;
+        D::end_read(r).await?;
+        Ok(found)
+    }
+
+    async fn conflict_partners(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+    ) -> Result<Vec<CompanyId>> {
+        let mut r = self.read_all(false).await?;
+        let found = partners(&mut r, company).await?;
+        D::end_read(r).await?;
+        Ok(found)
+    }
+
+    async fn scan_counterparties(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>> {
+        check_scan_keys(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction for the read and its audit. On PostgreSQL
+        // memory_names' conflict_scan policy shows counterparty rows, and
+        // nothing else, to an admin_read transaction.
+        let mut tx = self.write_system().await?;
+        admin_read(&mut tx, true).await?;
+        let matches = scan_counterparties(&mut tx, company, keys, audit).await?;
+        D::commit(tx).await?;
+        Ok(matches)
+    }
+
+    async fn scan_contract_mentions(
+        &self,
+        _admin: &AdminScope,
+        company: &CompanyId,
+        keys: &[String],
+        audit: AuditRecord,
+    ) -> Result<Vec<CounterpartyMatch>> {
+        let keys = mention_keys(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_system().await?;
+        admin_read(&mut tx, true).await?;
+        let matches = scan_contract_mentions(&mut tx, company, &keys, audit).await?;
+        D::commit(tx).await?;
+        Ok(matches)
+    }
 }

@@ -1,24 +1,64 @@
-//! Episodic memory rows, written once for both backends, and the lists'
-//! filters, built once onto either driver's query builder. What differs
-//! stays with each: the batch insert (SQLite's one command, PostgreSQL's
+//! Episodic memory, written once for both backends: [`MemoryStore`] for
+//! every [`Db`], its rows, and the lists' filters, built once onto either
+//! driver's query builder. What differs stays with each dialect
+//! ([`MemorySql`]): the batch insert (SQLite's one command, PostgreSQL's
 //! `unnest`), full-text search (FTS5 vs tsvector) and the vectors' write
-//! (a statement per vector; one over `unnest`). A list of ids is a JSON array read with `json_each` on
-//! SQLite and an array on PostgreSQL (`q_each`), so each statement's text
-//! stays fixed whatever the number of ids.
+//! (a statement per vector; one over `unnest`). A list of ids is a JSON
+//! array read with `json_each` on SQLite and an array on PostgreSQL
+//! (`q_each`), so each statement's text stays fixed whatever the number of
+//! ids.
 
 use std::sync::LazyLock;
 
+use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
+use kira_core::audit::AuditRecord;
+use kira_core::auth::CompanyScope;
 use kira_core::conflict::NameKind;
 use kira_core::memory::{EventType, Memory, Workstream};
 use uuid::Uuid;
 
 use sqlx::QueryBuilder;
 
-use crate::memory::{Archived, EMBED_LEASE, EmbedJob, MemoryCursor, MemoryFilter, MemoryStats};
+use crate::flow::store::Db;
+use crate::memory::*;
 use crate::sql::{Arg, Columns, Conn, Dialect, q, q_each};
-use crate::{Result, StoreError};
+use crate::{DeletedRows, Result, StoreError};
+
+/// What each dialect writes its own way for memory.
+#[async_trait]
+pub(crate) trait MemorySql: Dialect {
+    /// Inserts the rows (already checked to be `company`'s), queues each
+    /// for embedding and records the names they mention, in one command
+    /// (SQLite) or one statement over `unnest` per table (PostgreSQL).
+    /// Conflict on an id already stored; NotFound when the company does
+    /// not exist.
+    async fn insert_memories(
+        c: &mut Self::Connection,
+        company: &CompanyId,
+        memories: &[Memory],
+    ) -> Result<()>;
+
+    /// The company's memories that hold any of `words` (not empty) and
+    /// pass `filter`, best first, at most `limit` (above 0).
+    async fn search_memories(
+        c: &mut Self::Connection,
+        company: &CompanyId,
+        words: &[String],
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<TextHit>>;
+
+    /// Stores the vectors (not empty) of the company's memories and takes
+    /// those memories out of the embedding queue.
+    async fn put_vectors(
+        c: &mut Self::Connection,
+        company: &CompanyId,
+        model: &str,
+        vectors: &[MemoryVector],
+    ) -> Result<()>;
+}
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -448,4 +488,220 @@ pub(crate) fn vectors_query<DB: Dialect>(
     push_filter(&mut qb, filter);
     qb.push(" ORDER BY v.memory_id");
     qb
+}
+
+/// Removes the company's memory rows from all three tables (the forced
+/// company delete); on SQLite the full-text rows go with them by trigger.
+pub(crate) async fn delete_company_memory(
+    c: &mut dyn Conn,
+    company: &CompanyId,
+    deleted: &mut DeletedRows,
+) -> Result<()> {
+    crate::flow::company::delete_rows(c, company, crate::flow::company::MEMORY_ROWS, deleted).await
+}
+
+#[async_trait]
+impl<D: Db> MemoryStore for D {
+    async fn insert_memories(
+        &self,
+        scope: &CompanyScope,
+        memories: &[Memory],
+        audit: AuditRecord,
+    ) -> Result<()> {
+        check_batch(scope, memories)?;
+        let mut tx = self.write_for(scope.company()).await?;
+        D::Sql::insert_memories(&mut tx, scope.company(), memories).await?;
+        tx.audit(audit).await?;
+        D::commit(tx).await
+    }
+
+    async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory> {
+        let mut r = self.read_for(scope.company()).await?;
+        let memory = get(&mut r, scope.company(), id).await?;
+        D::end_read(r).await?;
+        Ok(memory)
+    }
+
+    async fn get_memories(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<Vec<Memory>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut r = self.read_for(scope.company()).await?;
+        let memories = get_many(&mut r, scope.company(), ids).await?;
+        D::end_read(r).await?;
+        Ok(memories)
+    }
+
+    async fn list_memories(
+        &self,
+        scope: &CompanyScope,
+        filter: &MemoryFilter,
+        after: Option<MemoryCursor>,
+        limit: u32,
+    ) -> Result<Vec<Memory>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let qb = list_query::<D::Sql>(scope.company(), filter, after, limit);
+        let mut r = self.read_for(scope.company()).await?;
+        let rows = D::Sql::fetch(&mut r, qb).await?;
+        D::end_read(r).await?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    async fn list_memories_many(
+        &self,
+        scope: &CompanyScope,
+        lists: &[(MemoryFilter, u32)],
+    ) -> Result<Vec<Vec<Memory>>> {
+        let Some(qb) = list_many_query::<D::Sql>(scope.company(), lists) else {
+            return Ok(lists.iter().map(|_| Vec::new()).collect());
+        };
+        let mut r = self.read_for(scope.company()).await?;
+        let rows = D::Sql::fetch(&mut r, qb).await?;
+        D::end_read(r).await?;
+        lists_from_parts(
+            lists.len(),
+            rows.iter()
+                .map(|r| Ok((r.int("part")?, memory_from_row(r)?))),
+        )
+    }
+
+    async fn search_memories(
+        &self,
+        scope: &CompanyScope,
+        query: &str,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> Result<Vec<TextHit>> {
+        let words = query_words(query);
+        if words.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut r = self.read_for(scope.company()).await?;
+        let hits = D::Sql::search_memories(&mut r, scope.company(), &words, filter, limit).await?;
+        D::end_read(r).await?;
+        Ok(hits)
+    }
+
+    async fn set_archived(
+        &self,
+        scope: &CompanyScope,
+        ids: &[Uuid],
+        archived_at: Option<DateTime<Utc>>,
+        audit: AuditRecord,
+    ) -> Result<u64> {
+        let mut tx = self.write_for(scope.company()).await?;
+        let n = set_archived(&mut tx, scope.company(), ids, archived_at).await?;
+        tx.audit(audit).await?;
+        D::commit(tx).await?;
+        Ok(n)
+    }
+
+    async fn delete_memory(
+        &self,
+        scope: &CompanyScope,
+        id: Uuid,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let mut tx = self.write_for(scope.company()).await?;
+        delete(&mut tx, scope.company(), id).await?;
+        tx.audit(audit).await?;
+        D::commit(tx).await
+    }
+
+    async fn replace_with_summary(
+        &self,
+        scope: &CompanyScope,
+        summary: &Memory,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let sources = summary_sources(scope, summary)?;
+        let company = scope.company();
+        let mut tx = self.write_for(company).await?;
+        // Dropping the transaction on an error rolls the archiving back.
+        archive_sources(&mut tx, company, &sources, summary.id, at).await?;
+        D::Sql::insert_memories(&mut tx, company, std::slice::from_ref(summary)).await?;
+        tx.audit(audit).await?;
+        D::commit(tx).await
+    }
+
+    async fn purge_archived(
+        &self,
+        scope: &CompanyScope,
+        before: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<u64> {
+        let mut tx = self.write_for(scope.company()).await?;
+        let n = purge_archived(&mut tx, scope.company(), before).await?;
+        tx.audit(audit).await?;
+        D::commit(tx).await?;
+        Ok(n)
+    }
+
+    async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats> {
+        let mut r = self.read_for(scope.company()).await?;
+        let found = stats(&mut r, scope.company(), model).await?;
+        D::end_read(r).await?;
+        Ok(found)
+    }
+
+    async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The queue has no policies: no company to name.
+        let mut c = self.write_plain().await?;
+        let jobs = claim_embed_jobs(&mut c, now, limit).await?;
+        D::end_plain_write(c).await?;
+        Ok(jobs)
+    }
+
+    async fn put_vectors(
+        &self,
+        scope: &CompanyScope,
+        model: &str,
+        vectors: &[MemoryVector],
+    ) -> Result<()> {
+        if vectors.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_for(scope.company()).await?;
+        D::Sql::put_vectors(&mut tx, scope.company(), model, vectors).await?;
+        D::commit(tx).await
+    }
+
+    async fn drop_embed_jobs(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.write_plain().await?;
+        drop_embed_jobs(&mut c, scope.company(), ids).await?;
+        D::end_plain_write(c).await
+    }
+
+    async fn listed_names(
+        &self,
+        scope: &CompanyScope,
+        limit: u32,
+    ) -> Result<Vec<(NameKind, String)>> {
+        let mut r = self.read_for(scope.company()).await?;
+        let names = listed_names(&mut r, scope.company(), limit).await?;
+        D::end_read(r).await?;
+        Ok(names)
+    }
+
+    async fn memory_vectors(
+        &self,
+        scope: &CompanyScope,
+        model: &str,
+        filter: &MemoryFilter,
+    ) -> Result<Vec<MemoryVector>> {
+        let qb = vectors_query::<D::Sql>(scope.company(), model, filter);
+        let mut r = self.read_for(scope.company()).await?;
+        let rows = D::Sql::fetch(&mut r, qb).await?;
+        D::end_read(r).await?;
+        rows.iter().map(vector_from_row).collect()
+    }
 }

@@ -11,6 +11,8 @@
 //! writer runs each writing transaction alone, so the locks are left out
 //! there.
 
+use std::ops::DerefMut;
+
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use kira_core::CompanyId;
@@ -19,23 +21,37 @@ use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::budget::{BudgetConfig, Pool, may_request_emergency, period_of};
 use kira_core::task::{Priority, Task, TaskEvent, TaskId, TaskStatus, check_transition};
 
+use crate::flow::agents::StepSql;
 use crate::flow::batch::FastPaths;
 use crate::flow::budget::*;
+use crate::flow::knowledge::KnowledgeSql;
+use crate::flow::memory::MemorySql;
 use crate::flow::tasks::{TASK_COLUMNS, event, load_task, set_status, task_from_row};
-use crate::sql::{Columns, Conn, Lock, q};
+use crate::sql::{Columns, Conn, Dialect, Lock, q};
 use crate::work::*;
 use crate::{Result, StoreError};
+
+/// The connection of `D`'s dialect, which each of its transactions is.
+pub(crate) type RawConn<D> = <<D as Db>::Sql as sqlx::Database>::Connection;
 
 /// How a backend opens the transactions the shared stores run in.
 #[async_trait]
 pub(crate) trait Db: FastPaths + Send + Sync {
+    /// The backend's dialect: statements built from filters, and those it
+    /// writes its own way (memory's batch insert, search and vectors;
+    /// steps' insert; the knowledge search's match).
+    type Sql: Dialect + MemorySql + StepSql + KnowledgeSql;
     /// A writing transaction.
-    type Tx: Conn + Send;
+    type Tx: Conn + Send + DerefMut<Target = RawConn<Self>>;
     /// A read outside any writing transaction.
-    type Read: Conn + Send;
+    type Read: Conn + Send + DerefMut<Target = RawConn<Self>>;
     /// A connection outside any transaction, for one statement on a table
     /// no company owns.
-    type Plain: Conn + Send;
+    type Plain: Conn + Send + DerefMut<Target = RawConn<Self>>;
+    /// A write of one statement on a table no company owns (the embedding
+    /// queue): SQLite's writer turn; on PostgreSQL a pooled connection
+    /// outside any transaction.
+    type PlainWrite: Conn + Send;
 
     /// A writing transaction over `company`'s rows: SQLite's writer turn;
     /// on PostgreSQL the company named for row-level security.
@@ -66,6 +82,12 @@ pub(crate) trait Db: FastPaths + Send + Sync {
     async fn end_read(r: Self::Read) -> Result<()>;
 
     async fn plain(&self) -> Result<Self::Plain>;
+
+    /// See [`Db::PlainWrite`].
+    async fn write_plain(&self) -> Result<Self::PlainWrite>;
+
+    /// Ends a [`Db::PlainWrite`]: SQLite commits.
+    async fn end_plain_write(c: Self::PlainWrite) -> Result<()>;
 
     /// True when `e` is a unique constraint's violation.
     fn unique_violation(_e: &StoreError) -> bool {
@@ -108,8 +130,31 @@ pub(crate) trait Db: FastPaths + Send + Sync {
 /// The PostgreSQL channel that wakes schedulers; see `PgStore::listen_tasks`.
 const TASKS_CHANNEL: &str = crate::postgres::TASKS_CHANNEL;
 
+/// Commits `tx` when `done` is Ok; otherwise rolls it back at once, not
+/// when the pool gets round to the dropped transaction (until then a lock
+/// it took would stand in a claim's or a cancel's way), and returns the
+/// error.
+pub(crate) async fn commit_or_roll_back<D: Db + ?Sized, T>(
+    tx: D::Tx,
+    done: Result<T>,
+) -> Result<T> {
+    match done {
+        Ok(v) => {
+            D::commit(tx).await?;
+            Ok(v)
+        }
+        Err(e) => {
+            // The error to report is the one that made us roll back; a
+            // rollback that fails closes the connection, which ends the
+            // transaction all the same.
+            let _ = D::rollback(tx).await;
+            Err(e)
+        }
+    }
+}
+
 /// Wakes schedulers listening for task changes (PostgreSQL, on commit).
-async fn notify(c: &mut dyn Conn, id: &TaskId) -> Result<()> {
+pub(crate) async fn notify(c: &mut dyn Conn, id: &TaskId) -> Result<()> {
     c.exec(
         q("SELECT pg_notify($1, $2)")
             .arg(TASKS_CHANNEL)
@@ -123,7 +168,7 @@ async fn notify(c: &mut dyn Conn, id: &TaskId) -> Result<()> {
 /// Holds the company row against a forced delete until commit (step 1 of
 /// PostgreSQL's lock order); false when the company is gone. SQLite's
 /// writer turn already keeps a delete out.
-async fn lock_company(c: &mut dyn Conn, company: &CompanyId) -> Result<bool> {
+pub(crate) async fn lock_company(c: &mut dyn Conn, company: &CompanyId) -> Result<bool> {
     if !c.is_pg() {
         return Ok(true);
     }
@@ -135,7 +180,7 @@ async fn lock_company(c: &mut dyn Conn, company: &CompanyId) -> Result<bool> {
 
 /// Lets PostgreSQL's row-level policies admit every company's rows for
 /// reading, or stops them, until the transaction ends.
-async fn admin_read(c: &mut dyn Conn, on: bool) -> Result<()> {
+pub(crate) async fn admin_read(c: &mut dyn Conn, on: bool) -> Result<()> {
     let s = q("SELECT set_config('app.admin_read', $1, true)").arg(if on { "on" } else { "off" });
     c.exec(s.pg_only()).await?;
     Ok(())

@@ -1,28 +1,23 @@
 //! Episodic memory on PostgreSQL: events in `memories` with a generated
 //! `tsvector` (GIN-indexed), vectors and the embedding queue beside them.
-//! Each company-scoped transaction names its company for the row-level
-//! policies and every statement binds it again. A batch is one statement
-//! over `unnest` of column arrays, whatever its size. The embedding queue
-//! holds no content and has no policies: claims read it for every company,
-//! with `FOR UPDATE SKIP LOCKED` so concurrent embedders never share a job.
-//! The rows, filters and flows are `flow::memory`'s; the batch insert, the
-//! search and the vectors' write are here.
+//! A batch is one statement over `unnest` of column arrays, whatever its
+//! size. The embedding queue holds no content and has no policies: claims
+//! read it for every company, with `FOR UPDATE SKIP LOCKED` so concurrent
+//! embedders never share a job. The store, rows, filters and flows are
+//! `flow::memory`'s; what PostgreSQL does its own way ([`MemorySql`]: the
+//! batch insert, the search, the vectors' write) is here.
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::SubsecRound;
 use kira_core::CompanyId;
-use kira_core::audit::AuditRecord;
-use kira_core::auth::CompanyScope;
-use kira_core::conflict::NameKind;
 use kira_core::memory::Memory;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{FOREIGN_KEY_VIOLATION, PgStore, UNIQUE_VIOLATION, append, sqlstate};
-use crate::flow::memory::{self as flow, MEMORY_COLUMNS, memory_from_row, vector_from_row};
+use super::{FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, sqlstate};
+use crate::flow::memory::{self as flow, MEMORY_COLUMNS, MemorySql, memory_from_row};
 use crate::memory::*;
-use crate::sql::Columns;
-use crate::{DeletedRows, Result, StoreError};
+use crate::{Result, StoreError};
 
 fn to_json_text<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -140,18 +135,6 @@ pub(super) async fn insert_rows(
     Ok(())
 }
 
-/// Removes the company's memory rows from all three tables (the forced
-/// company delete).
-pub(super) async fn delete_company_memory(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    deleted: &mut DeletedRows,
-) -> Result<()> {
-    crate::flow::company::delete_rows(tx, company, crate::flow::company::MEMORY_ROWS, deleted)
-        .await?;
-    Ok(())
-}
-
 /// The OR of the query words' lexemes as a tsquery, around the bound
 /// words. The words go through `to_tsvector` (stemmed, stop words dropped,
 /// never a syntax error) and each lexeme comes back quoted, quotes and
@@ -163,84 +146,22 @@ pub(super) const TSQUERY_BEFORE: &str = "(SELECT string_agg('''' || replace(repl
 pub(super) const TSQUERY_AFTER: &str = ")) AS l)::tsquery";
 
 #[async_trait]
-impl MemoryStore for PgStore {
+impl MemorySql for Postgres {
     async fn insert_memories(
-        &self,
-        scope: &CompanyScope,
+        c: &mut PgConnection,
+        company: &CompanyId,
         memories: &[Memory],
-        audit: AuditRecord,
     ) -> Result<()> {
-        check_batch(scope, memories)?;
-        let mut tx = self.scoped(scope.company()).await?;
-        insert_rows(&mut tx, scope.company(), memories).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory> {
-        let mut tx = self.scoped(scope.company()).await?;
-        let memory = flow::get(&mut tx, scope.company(), id).await?;
-        tx.commit().await?;
-        Ok(memory)
-    }
-
-    async fn get_memories(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<Vec<Memory>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.scoped(scope.company()).await?;
-        let memories = flow::get_many(&mut tx, scope.company(), ids).await?;
-        tx.commit().await?;
-        Ok(memories)
-    }
-
-    async fn list_memories(
-        &self,
-        scope: &CompanyScope,
-        filter: &MemoryFilter,
-        after: Option<MemoryCursor>,
-        limit: u32,
-    ) -> Result<Vec<Memory>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut qb = flow::list_query::<Postgres>(scope.company(), filter, after, limit);
-        let mut tx = self.scoped(scope.company()).await?;
-        let rows = qb.build().fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        rows.iter().map(memory_from_row).collect()
-    }
-
-    async fn list_memories_many(
-        &self,
-        scope: &CompanyScope,
-        lists: &[(MemoryFilter, u32)],
-    ) -> Result<Vec<Vec<Memory>>> {
-        let Some(mut qb) = flow::list_many_query::<Postgres>(scope.company(), lists) else {
-            return Ok(lists.iter().map(|_| Vec::new()).collect());
-        };
-        let mut tx = self.scoped(scope.company()).await?;
-        let rows = qb.build().fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        lists_from_parts(
-            lists.len(),
-            rows.iter()
-                .map(|r| Ok((r.int("part")?, memory_from_row(r)?))),
-        )
+        insert_rows(c, company, memories).await
     }
 
     async fn search_memories(
-        &self,
-        scope: &CompanyScope,
-        query: &str,
+        c: &mut PgConnection,
+        company: &CompanyId,
+        words: &[String],
         filter: &MemoryFilter,
         limit: u32,
     ) -> Result<Vec<TextHit>> {
-        let words = query_words(query);
-        if words.is_empty() || limit == 0 {
-            return Ok(Vec::new());
-        }
         // The company's rows first, then the match: the query is computed
         // at run time, so the planner cannot tell a common word from a rare
         // one and would intersect the GIN index's matches of every company
@@ -252,7 +173,7 @@ impl MemoryStore for PgStore {
             .push_bind(words.join(" "))
             .push(TSQUERY_AFTER)
             .push(" AS q), m AS MATERIALIZED (SELECT * FROM memories m WHERE m.company_id = ")
-            .push_bind(scope.company().as_str().to_owned());
+            .push_bind(company.as_str().to_owned());
         flow::push_filter(&mut qb, filter);
         qb.push(format!(
             ") SELECT {MEMORY_COLUMNS}, ts_rank_cd(m.search, q.q)::float8 AS relevance \
@@ -260,9 +181,7 @@ impl MemoryStore for PgStore {
         ));
         qb.push(" ORDER BY relevance DESC, m.occurred_at DESC, m.id DESC LIMIT ")
             .push_bind(i64::from(limit));
-        let mut tx = self.scoped(scope.company()).await?;
-        let rows = qb.build().fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        let rows = qb.build().fetch_all(&mut *c).await?;
         rows.iter()
             .map(|r| {
                 Ok(TextHit {
@@ -273,92 +192,17 @@ impl MemoryStore for PgStore {
             .collect()
     }
 
-    async fn set_archived(
-        &self,
-        scope: &CompanyScope,
-        ids: &[Uuid],
-        archived_at: Option<DateTime<Utc>>,
-        audit: AuditRecord,
-    ) -> Result<u64> {
-        let mut tx = self.scoped(scope.company()).await?;
-        let n = flow::set_archived(&mut tx, scope.company(), ids, archived_at).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn delete_memory(
-        &self,
-        scope: &CompanyScope,
-        id: Uuid,
-        audit: AuditRecord,
-    ) -> Result<()> {
-        let mut tx = self.scoped(scope.company()).await?;
-        flow::delete(&mut tx, scope.company(), id).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn replace_with_summary(
-        &self,
-        scope: &CompanyScope,
-        summary: &Memory,
-        at: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<()> {
-        let sources = summary_sources(scope, summary)?;
-        let mut tx = self.scoped(scope.company()).await?;
-        // Dropping the transaction on an error rolls the archiving back.
-        flow::archive_sources(&mut tx, scope.company(), &sources, summary.id, at).await?;
-        insert_rows(&mut tx, scope.company(), std::slice::from_ref(summary)).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn purge_archived(
-        &self,
-        scope: &CompanyScope,
-        before: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<u64> {
-        let mut tx = self.scoped(scope.company()).await?;
-        let n = flow::purge_archived(&mut tx, scope.company(), before).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats> {
-        let mut tx = self.scoped(scope.company()).await?;
-        let stats = flow::stats(&mut tx, scope.company(), model).await?;
-        tx.commit().await?;
-        Ok(stats)
-    }
-
-    async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // The queue has no policies: the pool's connection, no transaction.
-        flow::claim_embed_jobs(&mut self.pool().acquire().await?, now, limit).await
-    }
-
+    /// One statement over `unnest`.
     async fn put_vectors(
-        &self,
-        scope: &CompanyScope,
+        c: &mut PgConnection,
+        company: &CompanyId,
         model: &str,
         vectors: &[MemoryVector],
     ) -> Result<()> {
-        if vectors.is_empty() {
-            return Ok(());
-        }
         // One row per memory: ON CONFLICT may not touch a row twice.
         let vectors = dedup_vectors(vectors);
         let ids: Vec<Uuid> = vectors.iter().map(|v| v.memory_id).collect();
         let blobs: Vec<Vec<u8>> = vectors.iter().map(|v| encode_vector(&v.vector)).collect();
-        let mut tx = self.scoped(scope.company()).await?;
         sqlx::query(
             "WITH stored AS ( \
                  INSERT INTO memory_vectors (memory_id, company_id, model, vector) \
@@ -370,45 +214,12 @@ impl MemoryStore for PgStore {
              DELETE FROM memory_embed_queue \
              WHERE company_id = $1 AND memory_id IN (SELECT memory_id FROM stored)",
         )
-        .bind(scope.company().as_str())
+        .bind(company.as_str())
         .bind(model)
         .bind(ids)
         .bind(blobs)
-        .execute(&mut *tx)
+        .execute(&mut *c)
         .await?;
-        tx.commit().await?;
         Ok(())
-    }
-
-    async fn drop_embed_jobs(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // The queue has no policies: the pool's connection, no transaction.
-        flow::drop_embed_jobs(&mut self.pool().acquire().await?, scope.company(), ids).await
-    }
-
-    async fn listed_names(
-        &self,
-        scope: &CompanyScope,
-        limit: u32,
-    ) -> Result<Vec<(NameKind, String)>> {
-        let mut tx = self.scoped(scope.company()).await?;
-        let names = flow::listed_names(&mut tx, scope.company(), limit).await?;
-        tx.commit().await?;
-        Ok(names)
-    }
-
-    async fn memory_vectors(
-        &self,
-        scope: &CompanyScope,
-        model: &str,
-        filter: &MemoryFilter,
-    ) -> Result<Vec<MemoryVector>> {
-        let mut qb = flow::vectors_query::<Postgres>(scope.company(), model, filter);
-        let mut tx = self.scoped(scope.company()).await?;
-        let rows = qb.build().fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        rows.iter().map(vector_from_row).collect()
     }
 }

@@ -47,7 +47,7 @@ use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
-use super::{PgStore, TASKS_CHANNEL, Tx, UNIQUE_VIOLATION, company_id, set_company};
+use super::{PgStore, Tx, UNIQUE_VIOLATION, company_id, set_company};
 use crate::flow::batch::{FastClaim, FinishPlan, push_outcomes};
 use crate::flow::budget::*;
 use crate::flow::store::Db;
@@ -80,24 +80,13 @@ async fn set_admin_read(tx: &mut PgConnection, on: bool) -> Result<()> {
 
 /// Locks the company row against a forced delete for the rest of the
 /// transaction (step 1 of the lock order). False when it does not exist.
-pub(super) async fn lock_company(tx: &mut PgConnection, company: &CompanyId) -> Result<bool> {
+async fn lock_company(tx: &mut PgConnection, company: &CompanyId) -> Result<bool> {
     let found: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM companies WHERE company_id = $1 FOR KEY SHARE")
             .bind(company.as_str())
             .fetch_optional(&mut *tx)
             .await?;
     Ok(found.is_some())
-}
-
-/// Wakes schedulers listening on [`TASKS_CHANNEL`]; delivered on commit,
-/// and not at all if the transaction rolls back.
-pub(super) async fn notify(tx: &mut PgConnection, id: &TaskId) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(TASKS_CHANNEL)
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 /// Recomputes every company's base allocation in `period`, then names
@@ -299,9 +288,11 @@ static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 #[async_trait]
 impl Db for PgStore {
+    type Sql = sqlx::Postgres;
     type Tx = Tx;
     type Read = Tx;
     type Plain = sqlx::pool::PoolConnection<sqlx::Postgres>;
+    type PlainWrite = sqlx::pool::PoolConnection<sqlx::Postgres>;
 
     async fn write_for(&self, company: &CompanyId) -> Result<Tx> {
         self.scoped(company).await
@@ -363,6 +354,14 @@ impl Db for PgStore {
         Ok(self.pool.acquire().await?)
     }
 
+    async fn write_plain(&self) -> Result<Self::PlainWrite> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn end_plain_write(_c: Self::PlainWrite) -> Result<()> {
+        Ok(())
+    }
+
     fn unique_violation(e: &StoreError) -> bool {
         match e {
             StoreError::Database(e) => {
@@ -380,8 +379,8 @@ impl Db for PgStore {
     ) -> Result<()> {
         // Before memories, whose deletion would take the items with it.
         crate::flow::sharing::delete_company_sharing(tx, company, deleted).await?;
-        super::memory::delete_company_memory(tx, company, deleted).await?;
-        super::agents::delete_company_agents(tx, company, deleted).await?;
+        crate::flow::memory::delete_company_memory(tx, company, deleted).await?;
+        crate::flow::agents::delete_company_agents(tx, company, deleted).await?;
         delete_company_work(tx, company, now, deleted).await
     }
 
@@ -441,12 +440,13 @@ impl Db for PgStore {
         records: &RunRecords,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let tx = self.scoped(company).await?;
-        super::agents::commit_or_roll_back(tx, async |tx| {
-            super::agents::write_run_records(tx, company, records, now).await?;
-            super::agents::write_run_memory(tx, company, records).await
-        })
-        .await
+        let mut tx = self.scoped(company).await?;
+        let done = async {
+            super::agents::write_run_records(&mut tx, company, records, now).await?;
+            super::agents::write_run_memory(&mut tx, company, records).await
+        }
+        .await;
+        crate::flow::store::commit_or_roll_back::<Self, _>(tx, done).await
     }
 }
 

@@ -1,78 +1,36 @@
-//! Run traces, reviews and primary sessions on SQLite. Every statement binds
-//! the scope's company; writes take the process's one writer turn, so a
-//! review's read of the task and its change cannot interleave with another.
-//! The flows are `flow::agents`'s; the set inserts of a run's records (one
-//! command for all of them) are here.
+//! What SQLite writes its own way for agents: the steps' insert
+//! ([`StepSql`]) and a run's records, one command for all of them. The
+//! store and its flows are `flow::agents`'s.
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
-use kira_core::auth::CompanyScope;
-use kira_core::task::{Task, TaskId};
-use sqlx::SqliteConnection;
+use kira_core::task::TaskId;
+use sqlx::{Sqlite, SqliteConnection};
 
-use super::{SqliteStore, to_json, ts};
-use crate::agents::*;
-use crate::flow::agents as flow;
-use crate::flow::companies::load_company;
-use crate::flow::tasks::load_task;
+use super::{to_json, ts};
+use crate::agents::Step;
+use crate::flow::agents::{StepSql, check_step_tasks};
 use crate::work::RunRecords;
-use crate::{DeletedRows, Result, StoreError};
+use crate::{Result, StoreError};
 
-/// Removes the company's steps, reviews and session (before its tasks).
-pub(super) async fn delete_company_agents(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    deleted: &mut DeletedRows,
-) -> Result<()> {
-    crate::flow::company::delete_rows(tx, company, crate::flow::company::AGENT_ROWS, deleted)
-        .await?;
-    Ok(())
-}
-
-/// Inserts steps of `company`'s tasks (checked by the caller). NotFound if
-/// a task is not the company's; Conflict on a step already recorded.
-async fn insert_steps(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    steps: &[Step],
-) -> Result<()> {
-    check_step_tasks(tx, company, steps).await?;
-    insert_step_rows(tx, company, steps).await
-}
-
-/// NotFound unless every step's task is `company`'s.
-async fn check_step_tasks(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    steps: &[Step],
-) -> Result<()> {
-    let mut checked: Vec<&TaskId> = Vec::new();
-    for s in steps {
-        if !checked.contains(&&s.task_id) {
-            load_task(&mut *tx, company, &s.task_id, false).await?;
-            checked.push(&s.task_id);
-        }
+#[async_trait]
+impl StepSql for Sqlite {
+    async fn insert_steps(
+        c: &mut SqliteConnection,
+        company: &CompanyId,
+        steps: &[Step],
+    ) -> Result<()> {
+        let rows = steps
+            .iter()
+            .map(|s| step_row(company, s))
+            .collect::<Result<Vec<_>>>()?;
+        let mut script = super::Script::default();
+        push_step_rows(&mut script, &rows)?;
+        script.run(c).await.map_err(records_error)?;
+        Ok(())
     }
-    Ok(())
-}
-
-/// The insert of [`insert_steps`], for steps whose tasks are known to be
-/// the company's.
-async fn insert_step_rows(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    steps: &[Step],
-) -> Result<()> {
-    let rows = steps
-        .iter()
-        .map(|s| step_row(company, s))
-        .collect::<Result<Vec<_>>>()?;
-    let mut script = super::Script::default();
-    push_step_rows(&mut script, &rows)?;
-    script.run(tx).await.map_err(records_error)?;
-    Ok(())
 }
 
 /// What a failed write of run records means: a step or a memory already
@@ -229,77 +187,4 @@ pub(super) fn push_run_records(
     }
     super::memory::push_rows(script, &memories)?;
     Ok(())
-}
-
-#[async_trait]
-impl AgentStore for SqliteStore {
-    async fn record_steps(&self, scope: &CompanyScope, steps: &[Step]) -> Result<()> {
-        check_steps(steps)?;
-        if steps.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write().await?;
-        insert_steps(&mut tx, scope.company(), steps).await?;
-        tx.commit().await
-    }
-
-    async fn task_trace(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Step>> {
-        flow::trace(&mut self.pool.acquire().await?, scope.company(), id).await
-    }
-
-    async fn review_task(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        input: &ReviewInput,
-        max_requeues: u32,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<Task> {
-        check_review(input)?;
-        let mut tx = self.write().await?;
-        let task = load_task(&mut tx, scope.company(), id, false).await?;
-        let task = flow::review(&mut tx, &task, input, max_requeues, now, audit).await?;
-        tx.commit().await?;
-        Ok(task)
-    }
-
-    async fn rate_task(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-        rating: u8,
-        reviewer: &str,
-        now: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<Review> {
-        check_rating(rating)?;
-        let mut tx = self.write().await?;
-        let task = load_task(&mut tx, scope.company(), id, false).await?;
-        let review = flow::rate(&mut tx, &task, rating, reviewer, now, audit).await?;
-        tx.commit().await?;
-        Ok(review)
-    }
-
-    async fn task_reviews(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Review>> {
-        flow::reviews(&mut self.pool.acquire().await?, scope.company(), id).await
-    }
-
-    async fn load_session(&self, scope: &CompanyScope) -> Result<Session> {
-        flow::load_session(&mut self.pool.acquire().await?, scope.company()).await
-    }
-
-    async fn save_session(
-        &self,
-        scope: &CompanyScope,
-        session: &Session,
-        now: DateTime<Utc>,
-    ) -> Result<Session> {
-        check_session(session)?;
-        let mut tx = self.write().await?;
-        load_company(&mut tx, scope.company(), false).await?;
-        let saved = flow::save_session(&mut tx, scope.company(), session, now).await?;
-        tx.commit().await?;
-        Ok(saved)
-    }
 }

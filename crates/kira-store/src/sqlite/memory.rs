@@ -3,46 +3,27 @@
 //! and the embedding queue beside them. A search asks FTS5 which of the
 //! company's rows hold each word and ranks them by BM25 here, with the
 //! company's own counts: FTS5's `bm25()` would read every company's rows
-//! of each word, so its cost would grow with the whole table. Writes take the writer turn and
-//! `BEGIN IMMEDIATE`, as every write here does; every statement binds the
-//! scope's company. Lists of ids travel as one JSON array (`json_each`), so
-//! each statement's text stays fixed whatever the number of ids. The rows,
-//! filters and flows are `flow::memory`'s; the batch insert (one command),
-//! the search and the vectors' write are here.
+//! of each word, so its cost would grow with the whole table. Lists of ids
+//! travel as one JSON array (`json_each`), so each statement's text stays
+//! fixed whatever the number of ids. The store, rows, filters and flows
+//! are `flow::memory`'s; what SQLite does its own way ([`MemorySql`]: the
+//! batch insert as one command, the search, the vectors' write) is here.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
-use kira_core::audit::AuditRecord;
-use kira_core::auth::CompanyScope;
-use kira_core::conflict::NameKind;
 use kira_core::memory::Memory;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{SqliteStore, append, json, parse_ts, to_json, ts};
-use crate::flow::memory::{self as flow, MEMORY_COLUMNS, memory_from_row, vector_from_row};
+use super::{json, parse_ts, to_json, ts};
+use crate::flow::memory::{self as flow, MEMORY_COLUMNS, MemorySql, memory_from_row};
 use crate::memory::*;
 use crate::sql::Columns;
-use crate::{DeletedRows, Result, StoreError};
+use crate::{Result, StoreError};
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-/// Inserts the rows (already checked to be `company`'s) and queues each for
-/// embedding, in one command. Conflict on an id already stored; NotFound
-/// when the company does not exist.
-pub(super) async fn insert_rows(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    memories: &[Memory],
-) -> Result<()> {
-    let rows: Vec<(&CompanyId, &Memory)> = memories.iter().map(|m| (company, m)).collect();
-    let mut script = super::Script::default();
-    push_rows(&mut script, &rows)?;
-    script.run(tx).await.map_err(insert_error)?;
-    Ok(())
 }
 
 /// What a failed memory insert means: its id was taken, or its company
@@ -59,7 +40,7 @@ pub(super) fn insert_error(e: StoreError) -> StoreError {
     }
 }
 
-/// Adds to `script` the statements [`insert_rows`] runs: the rows (each
+/// Adds to `script` the statements a batch insert runs: the rows (each
 /// of the company it is paired with), their places in the embedding queue
 /// and their names, one statement each whatever their number.
 pub(super) fn push_rows(
@@ -123,18 +104,6 @@ pub(super) fn push_rows(
             None,
         );
     }
-    Ok(())
-}
-
-/// Removes the company's memory rows from all three tables (the forced
-/// company delete); the full-text rows go with them by trigger.
-pub(super) async fn delete_company_memory(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    deleted: &mut DeletedRows,
-) -> Result<()> {
-    crate::flow::company::delete_rows(tx, company, crate::flow::company::MEMORY_ROWS, deleted)
-        .await?;
     Ok(())
 }
 
@@ -353,79 +322,33 @@ fn idf(n: f64, df: f64) -> f64 {
 }
 
 #[async_trait]
-impl MemoryStore for SqliteStore {
+impl MemorySql for Sqlite {
+    /// One command: the rows, their places in the embedding queue and
+    /// their names ([`push_rows`]).
     async fn insert_memories(
-        &self,
-        scope: &CompanyScope,
+        c: &mut SqliteConnection,
+        company: &CompanyId,
         memories: &[Memory],
-        audit: AuditRecord,
     ) -> Result<()> {
-        check_batch(scope, memories)?;
-        let mut tx = self.write().await?;
-        insert_rows(&mut tx, scope.company(), memories).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await
-    }
-
-    async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory> {
-        flow::get(&mut self.pool.acquire().await?, scope.company(), id).await
-    }
-
-    async fn get_memories(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<Vec<Memory>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        flow::get_many(&mut self.pool.acquire().await?, scope.company(), ids).await
-    }
-
-    async fn list_memories(
-        &self,
-        scope: &CompanyScope,
-        filter: &MemoryFilter,
-        after: Option<MemoryCursor>,
-        limit: u32,
-    ) -> Result<Vec<Memory>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut qb = flow::list_query::<Sqlite>(scope.company(), filter, after, limit);
-        let rows = qb.build().fetch_all(self.pool()).await?;
-        rows.iter().map(memory_from_row).collect()
-    }
-
-    async fn list_memories_many(
-        &self,
-        scope: &CompanyScope,
-        lists: &[(MemoryFilter, u32)],
-    ) -> Result<Vec<Vec<Memory>>> {
-        let Some(mut qb) = flow::list_many_query::<Sqlite>(scope.company(), lists) else {
-            return Ok(lists.iter().map(|_| Vec::new()).collect());
-        };
-        let rows = qb.build().fetch_all(self.pool()).await?;
-        lists_from_parts(
-            lists.len(),
-            rows.iter()
-                .map(|r| Ok((r.int("part")?, memory_from_row(r)?))),
-        )
+        let rows: Vec<(&CompanyId, &Memory)> = memories.iter().map(|m| (company, m)).collect();
+        let mut script = super::Script::default();
+        push_rows(&mut script, &rows)?;
+        script.run(c).await.map_err(insert_error)?;
+        Ok(())
     }
 
     async fn search_memories(
-        &self,
-        scope: &CompanyScope,
-        query: &str,
+        c: &mut SqliteConnection,
+        company: &CompanyId,
+        words: &[String],
         filter: &MemoryFilter,
         limit: u32,
     ) -> Result<Vec<TextHit>> {
-        let words = query_words(query);
-        if words.is_empty() || limit == 0 {
-            return Ok(Vec::new());
-        }
         // Ranked with the company's own statistics. FTS5's bm25() would
         // count every word's documents across all companies (an IDF read
         // of whole doclists: 40 ms per search at 1M memories); each
         // word's match within one company is a seek instead.
-        let company = scope.company();
-        let mut qb = search_statement(company, &words, filter, limit);
+        let mut qb = search_statement(company, words, filter, limit);
         let mut documents = 0f64;
         let mut df = vec![0f64; words.len()];
         // seq -> the words the row holds.
@@ -434,7 +357,7 @@ impl MemoryStore for SqliteStore {
         let mut passing: Vec<(i64, i64, String, String)> = Vec::new();
         // The memories themselves, when they all fit the limit.
         let mut rows: Option<Vec<(i64, Memory)>> = None;
-        for r in qb.build().fetch_all(self.pool()).await? {
+        for r in qb.build().fetch_all(&mut *c).await? {
             let w: i64 = r.try_get("w")?;
             let seqs: &str = r.try_get("seqs")?;
             match usize::try_from(w) {
@@ -499,7 +422,7 @@ impl MemoryStore for SqliteStore {
             for r in sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(company.as_str())
                 .bind(to_json(&top)?)
-                .fetch_all(self.pool())
+                .fetch_all(&mut *c)
                 .await?
             {
                 by_seq.insert(r.try_get("seq")?, memory_from_row(&r)?);
@@ -515,86 +438,14 @@ impl MemoryStore for SqliteStore {
             .collect())
     }
 
-    async fn set_archived(
-        &self,
-        scope: &CompanyScope,
-        ids: &[Uuid],
-        archived_at: Option<DateTime<Utc>>,
-        audit: AuditRecord,
-    ) -> Result<u64> {
-        let mut tx = self.write().await?;
-        let n = flow::set_archived(&mut tx, scope.company(), ids, archived_at).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn delete_memory(
-        &self,
-        scope: &CompanyScope,
-        id: Uuid,
-        audit: AuditRecord,
-    ) -> Result<()> {
-        let mut tx = self.write().await?;
-        flow::delete(&mut tx, scope.company(), id).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await
-    }
-
-    async fn replace_with_summary(
-        &self,
-        scope: &CompanyScope,
-        summary: &Memory,
-        at: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<()> {
-        let sources = summary_sources(scope, summary)?;
-        let mut tx = self.write().await?;
-        // Dropping the transaction on an error rolls the archiving back.
-        flow::archive_sources(&mut tx, scope.company(), &sources, summary.id, at).await?;
-        insert_rows(&mut tx, scope.company(), std::slice::from_ref(summary)).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await
-    }
-
-    async fn purge_archived(
-        &self,
-        scope: &CompanyScope,
-        before: DateTime<Utc>,
-        audit: AuditRecord,
-    ) -> Result<u64> {
-        let mut tx = self.write().await?;
-        let n = flow::purge_archived(&mut tx, scope.company(), before).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn memory_stats(&self, scope: &CompanyScope, model: &str) -> Result<MemoryStats> {
-        flow::stats(&mut self.pool.acquire().await?, scope.company(), model).await
-    }
-
-    async fn claim_embed_jobs(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<EmbedJob>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.write().await?;
-        let jobs = flow::claim_embed_jobs(&mut tx, now, limit).await?;
-        tx.commit().await?;
-        Ok(jobs)
-    }
-
+    /// A statement per vector.
     async fn put_vectors(
-        &self,
-        scope: &CompanyScope,
+        c: &mut SqliteConnection,
+        company: &CompanyId,
         model: &str,
         vectors: &[MemoryVector],
     ) -> Result<()> {
-        if vectors.is_empty() {
-            return Ok(());
-        }
-        let company = scope.company().as_str();
-        let mut tx = self.write().await?;
+        let company = company.as_str();
         for v in dedup_vectors(vectors) {
             let id = v.memory_id.to_string();
             let stored = sqlx::query(
@@ -606,7 +457,7 @@ impl MemoryStore for SqliteStore {
             .bind(encode_vector(&v.vector))
             .bind(company)
             .bind(&id)
-            .execute(&mut *tx)
+            .execute(&mut *c)
             .await?
             .rows_affected();
             if stored > 0 {
@@ -615,39 +466,11 @@ impl MemoryStore for SqliteStore {
                 )
                 .bind(company)
                 .bind(&id)
-                .execute(&mut *tx)
+                .execute(&mut *c)
                 .await?;
             }
         }
-        tx.commit().await
-    }
-
-    async fn drop_embed_jobs(&self, scope: &CompanyScope, ids: &[Uuid]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write().await?;
-        flow::drop_embed_jobs(&mut tx, scope.company(), ids).await?;
-        tx.commit().await
-    }
-
-    async fn listed_names(
-        &self,
-        scope: &CompanyScope,
-        limit: u32,
-    ) -> Result<Vec<(NameKind, String)>> {
-        flow::listed_names(&mut self.pool.acquire().await?, scope.company(), limit).await
-    }
-
-    async fn memory_vectors(
-        &self,
-        scope: &CompanyScope,
-        model: &str,
-        filter: &MemoryFilter,
-    ) -> Result<Vec<MemoryVector>> {
-        let mut qb = flow::vectors_query::<Sqlite>(scope.company(), model, filter);
-        let rows = qb.build().fetch_all(self.pool()).await?;
-        rows.iter().map(vector_from_row).collect()
+        Ok(())
     }
 }
 

@@ -223,9 +223,11 @@ fn queue_entries(text: &str) -> Result<Vec<QueueEntry>> {
 
 #[async_trait]
 impl Db for SqliteStore {
+    type Sql = sqlx::Sqlite;
     type Tx = super::Tx;
     type Read = sqlx::pool::PoolConnection<sqlx::Sqlite>;
     type Plain = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+    type PlainWrite = super::Tx;
 
     async fn write_for(&self, _company: &CompanyId) -> Result<super::Tx> {
         self.write().await
@@ -267,6 +269,14 @@ impl Db for SqliteStore {
         Ok(self.pool.acquire().await?)
     }
 
+    async fn write_plain(&self) -> Result<super::Tx> {
+        self.write().await
+    }
+
+    async fn end_plain_write(c: super::Tx) -> Result<()> {
+        c.commit().await
+    }
+
     async fn delete_company_rows(
         tx: &mut super::Tx,
         company: &CompanyId,
@@ -275,8 +285,8 @@ impl Db for SqliteStore {
     ) -> Result<()> {
         // Before memories, whose deletion would take the items with it.
         crate::flow::sharing::delete_company_sharing(tx, company, deleted).await?;
-        super::memory::delete_company_memory(tx, company, deleted).await?;
-        super::agents::delete_company_agents(tx, company, deleted).await?;
+        crate::flow::memory::delete_company_memory(tx, company, deleted).await?;
+        crate::flow::agents::delete_company_agents(tx, company, deleted).await?;
         delete_company_work(tx, company, now, deleted).await
     }
 
