@@ -1,13 +1,45 @@
 //! A company's rows, removed by a forced delete: the lists written once,
-//! each statement naming the company as `$1`. Each backend runs them in
-//! its delete transaction, around what differs for real (PostgreSQL opens
-//! the partner-cleanup policies first; moving what the company spent of
-//! the base pool onto the pool row is one statement per dialect).
+//! each statement naming the company as `$1`, and the delete's order
+//! across concerns ([`delete_company_rows`]). What differs is a statement
+//! away: PostgreSQL opens the partner-cleanup policies first, and moving
+//! what the company spent of the base pool onto the pool row is one
+//! statement per dialect.
 
+use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 
-use crate::sql::{Conn, q};
+use crate::sql::{Conn, q, q_each};
 use crate::{DeletedRows, Result};
+
+/// Removes a deleted company's rows of sharing, memory, agents and work,
+/// releasing what it holds first so the pools stay right (the ledger keeps
+/// its lines). The transaction holds the company's row, so no work of the
+/// company runs meanwhile.
+pub(crate) async fn delete_company_rows(
+    c: &mut dyn Conn,
+    company: &CompanyId,
+    now: DateTime<Utc>,
+    deleted: &mut DeletedRows,
+) -> Result<()> {
+    // Before memories, whose deletion would take the items with it.
+    crate::flow::sharing::delete_company_sharing(c, company, deleted).await?;
+    crate::flow::memory::delete_company_memory(c, company, deleted).await?;
+    crate::flow::agents::delete_company_agents(c, company, deleted).await?;
+    let now = now.trunc_subsecs(6);
+    crate::flow::budget::release_company(c, company, now, "company deleted").await?;
+    // What it spent of the base pool stays spent: it moves to the pool row.
+    c.exec(
+        q_each(
+            "UPDATE budget_pools SET spent = spent + COALESCE((SELECT a.spent FROM budget_allocations a \
+             WHERE a.period_id = budget_pools.period_id AND a.company_id = $1), 0) WHERE pool = 'base'",
+            "UPDATE budget_pools p SET spent = p.spent + a.spent FROM budget_allocations a \
+             WHERE p.pool = 'base' AND a.period_id = p.period_id AND a.company_id = $1",
+        )
+        .arg(company.as_str()),
+    )
+    .await?;
+    delete_rows(c, company, WORK_ROWS, deleted).await
+}
 
 /// (the name the delete report gives, the statement).
 type Rows = [(&'static str, &'static str)];

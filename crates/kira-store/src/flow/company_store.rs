@@ -1,9 +1,8 @@
 //! Companies, keys and the audit log's stores, written once over a
 //! backend's transactions ([`Db`]), as `flow/store.rs` does for tasks and
-//! budgets. What each backend keeps: removing a deleted company's rows of
-//! the tables whose statements it still writes its own way
-//! ([`Db::delete_company_rows`]), and appending many audit entries at once
-//! ([`Conn::audit_many`]).
+//! budgets. A forced delete removes the company's rows of every concern
+//! (`flow::company`); what each backend keeps is appending many audit
+//! entries at once ([`Conn::audit_many`]).
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -247,7 +246,7 @@ impl<D: Db> CompanyStore for D {
         // deleted too.
         load_company(&mut tx, company, true).await?;
         let mut deleted = DeletedRows::default();
-        D::delete_company_rows(&mut tx, company, audit.at, &mut deleted).await?;
+        crate::flow::company::delete_company_rows(&mut tx, company, audit.at, &mut deleted).await?;
         let rows = crate::flow::company::COMPANY_ROWS;
         crate::flow::company::delete_rows(&mut tx, company, rows, &mut deleted).await?;
         tx.audit(audit).await?;

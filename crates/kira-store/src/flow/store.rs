@@ -94,16 +94,6 @@ pub(crate) trait Db: FastPaths + Send + Sync {
         false
     }
 
-    /// Removes a deleted company's rows of memory, sharing, agents and
-    /// work, releasing what it holds first. The transaction holds the
-    /// company's row.
-    async fn delete_company_rows(
-        tx: &mut Self::Tx,
-        company: &CompanyId,
-        now: DateTime<Utc>,
-        deleted: &mut crate::DeletedRows,
-    ) -> Result<()>;
-
     /// True when a submit lost a race for its idempotency key and a second
     /// try will find the task the winner stored.
     fn lost_submit_race(_e: &StoreError) -> bool {

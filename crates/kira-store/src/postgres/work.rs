@@ -53,7 +53,7 @@ use crate::flow::budget::*;
 use crate::flow::store::Db;
 pub(super) use crate::flow::tasks::task_from_row;
 use crate::work::*;
-use crate::{DeletedRows, Result, StoreError};
+use crate::{Result, StoreError};
 
 /// Serialises allocation refreshes (within a transaction): two refreshes
 /// would both see a new company without an allocation and both log its
@@ -185,31 +185,6 @@ pub(crate) async fn refresh_tx(
         }
     }
     set_company(tx, company.map_or("", CompanyId::as_str)).await
-}
-
-/// Removes every task-related row of a company, releasing what it holds
-/// first so the pools stay right. The ledger keeps its lines. The caller
-/// has named the company and holds its row `FOR UPDATE`, so no work of the
-/// company runs meanwhile.
-pub(super) async fn delete_company_work(
-    tx: &mut PgConnection,
-    company: &CompanyId,
-    now: DateTime<Utc>,
-    deleted: &mut DeletedRows,
-) -> Result<()> {
-    let now = now.trunc_subsecs(6);
-    release_company(tx, company, now, "company deleted").await?;
-    // What it spent of the base pool stays spent: it moves to the pool row.
-    sqlx::query(
-        "UPDATE budget_pools p SET spent = p.spent + a.spent FROM budget_allocations a \
-         WHERE p.pool = 'base' AND a.period_id = p.period_id AND a.company_id = $1",
-    )
-    .bind(company.as_str())
-    .execute(&mut *tx)
-    .await?;
-    crate::flow::company::delete_rows(tx, company, crate::flow::company::WORK_ROWS, deleted)
-        .await?;
-    Ok(())
 }
 
 fn queue_from_row(r: &PgRow) -> Result<QueueEntry> {
@@ -369,19 +344,6 @@ impl Db for PgStore {
             }
             _ => false,
         }
-    }
-
-    async fn delete_company_rows(
-        tx: &mut Tx,
-        company: &CompanyId,
-        now: DateTime<Utc>,
-        deleted: &mut DeletedRows,
-    ) -> Result<()> {
-        // Before memories, whose deletion would take the items with it.
-        crate::flow::sharing::delete_company_sharing(tx, company, deleted).await?;
-        crate::flow::memory::delete_company_memory(tx, company, deleted).await?;
-        crate::flow::agents::delete_company_agents(tx, company, deleted).await?;
-        delete_company_work(tx, company, now, deleted).await
     }
 
     async fn read_queue(

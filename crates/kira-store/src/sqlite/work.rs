@@ -102,28 +102,6 @@ pub(crate) async fn refresh_tx(
     Ok(())
 }
 
-/// Removes every task-related row of a company, releasing what it holds
-/// first so the pools stay right. The ledger keeps its lines.
-pub(super) async fn delete_company_work(
-    tx: &mut SqliteConnection,
-    company: &CompanyId,
-    now: DateTime<Utc>,
-    deleted: &mut crate::DeletedRows,
-) -> Result<()> {
-    release_company(tx, company, now, "company deleted").await?;
-    // What it spent of the base pool stays spent: it moves to the pool row.
-    sqlx::query(
-        "UPDATE budget_pools SET spent = spent + COALESCE((SELECT a.spent FROM budget_allocations a \
-         WHERE a.period_id = budget_pools.period_id AND a.company_id = ?), 0) WHERE pool = 'base'",
-    )
-    .bind(company.as_str())
-    .execute(&mut *tx)
-    .await?;
-    crate::flow::company::delete_rows(tx, company, crate::flow::company::WORK_ROWS, deleted)
-        .await?;
-    Ok(())
-}
-
 /// What both of the queue snapshot's statements start from: what runs and
 /// the tasks that could start at ?3, given the agents' slots (?1, a JSON
 /// object; NULL: every task) and the company limit (?2).
@@ -275,19 +253,6 @@ impl Db for SqliteStore {
 
     async fn end_plain_write(c: super::Tx) -> Result<()> {
         c.commit().await
-    }
-
-    async fn delete_company_rows(
-        tx: &mut super::Tx,
-        company: &CompanyId,
-        now: DateTime<Utc>,
-        deleted: &mut crate::DeletedRows,
-    ) -> Result<()> {
-        // Before memories, whose deletion would take the items with it.
-        crate::flow::sharing::delete_company_sharing(tx, company, deleted).await?;
-        crate::flow::memory::delete_company_memory(tx, company, deleted).await?;
-        crate::flow::agents::delete_company_agents(tx, company, deleted).await?;
-        delete_company_work(tx, company, now, deleted).await
     }
 
     async fn read_queue(
