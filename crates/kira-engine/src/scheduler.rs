@@ -186,7 +186,7 @@ pub struct Scheduler {
     /// The engine each run is handed (`Run::engine`), held weakly: the
     /// engine owns the scheduler.
     engine: Weak<Services>,
-    pub(crate) executor: Option<Arc<dyn Executor>>,
+    executor: Option<Arc<dyn Executor>>,
     /// This process's name on leases.
     worker_id: String,
     /// Runs claimed and still preparing their first call (see `starting`).

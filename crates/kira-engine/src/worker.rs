@@ -74,7 +74,7 @@ impl Scheduler {
         mut starting: crate::starting::Starting,
     ) {
         starting.begin();
-        let Some(executor) = self.executor.clone() else {
+        let Some(executor) = self.executor().cloned() else {
             return;
         };
         let id = task.task_id.clone();
