@@ -236,6 +236,8 @@ impl Engine {
             tracing::error!("with_embedder called on a shared engine; ignored");
             return self;
         }
+        // Memory, knowledge and the scheduler share the model through
+        // `Embeddings`: the services are built again over the same context.
         let s = &self.inner;
         Self::build(
             s.ctx.clone(),
@@ -252,6 +254,7 @@ impl Engine {
             tracing::error!("with_summarizer called on a shared engine; ignored");
             return self;
         }
+        // As for the embedder: the scheduler shares memory's summariser.
         let s = &self.inner;
         Self::build(
             s.ctx.clone(),
