@@ -179,7 +179,7 @@ pub async fn run(
     // The scheduler's own loop, as `kira serve` runs it: a pass whenever
     // work arrives or a run's end frees a slot.
     let shutdown = Shutdown::new();
-    let scheduler = engine.start(shutdown.clone());
+    let scheduler = engine.scheduler().start(shutdown.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let snap = store.queue_snapshot(engine.clock().now(), 1, None).await?;

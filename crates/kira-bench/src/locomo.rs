@@ -224,7 +224,8 @@ pub async fn score_locomo(
         loop {
             // Archived too: the sources of compaction summaries.
             let page = engine
-                .list_memories(
+                .memory()
+                .list(
                     &sc,
                     &MemoryFilter {
                         archived: kira_store::memory::Archived::Include,
@@ -254,7 +255,8 @@ pub async fn score_locomo(
             for &budget in budgets {
                 let started = std::time::Instant::now();
                 let pack = engine
-                    .load_context(
+                    .memory()
+                    .context(
                         &sc,
                         &ContextRequest {
                             task_type: Some("general".into()),
@@ -355,7 +357,7 @@ pub async fn command(args: MemoryArgs, json: bool) -> Result<ExitCode, BenchErro
     let db = Scratch::new(args.database_url.as_deref(), "kira-bench-memory")?;
     let store = db.open().await?;
     // By default the configuration `kira serve` starts with, through
-    // `load_context`, the code behind GET /v1/companies/{id}/context.
+    // `Memories::context`, the code behind GET /v1/companies/{id}/context.
     let cfg = if args.retrieval {
         crate::memory::retrieval_config()
     } else {

@@ -285,7 +285,8 @@ async fn score(
         }
         let t = Instant::now();
         let hits = engine
-            .search_memories(&scope, &q.question, &MemoryFilter::default(), 200)
+            .memory()
+            .search(&scope, &q.question, &MemoryFilter::default(), 200)
             .await?;
         r.micros.push(micros(t.elapsed()));
         let sources: Vec<String> = hits

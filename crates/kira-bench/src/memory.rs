@@ -118,7 +118,8 @@ pub async fn load_company(
             })
             .collect();
         engine
-            .add_memories(&sc, batch, true, record(&id, "bench.memory"))
+            .memory()
+            .add(&sc, batch, true, record(&id, "bench.memory"))
             .await?;
     }
     Ok(id)
@@ -132,7 +133,7 @@ pub async fn compact_all(
 ) -> Result<(usize, usize), EngineError> {
     let (mut summaries, mut sources) = (0, 0);
     for c in companies {
-        let r = engine.compact_memory(&scope(c), false).await?;
+        let r = engine.memory().compact(&scope(c), false).await?;
         for g in r.groups.iter().filter(|g| g.summary_id.is_some()) {
             summaries += 1;
             sources += g.sources;
@@ -145,7 +146,7 @@ pub async fn compact_all(
 pub async fn embed_all(engine: &Engine) -> Result<usize, EngineError> {
     let mut total = 0;
     loop {
-        let n = engine.embed_pass().await?;
+        let n = engine.embeddings().pass().await?;
         if n == 0 {
             return Ok(total);
         }

@@ -132,6 +132,7 @@ pub async fn seed(
             specialist: None,
         };
         engine
+            .tasks()
             .submit(&scope, &req, None, record(company, "task.submit"))
             .await?;
     }
@@ -142,10 +143,10 @@ pub async fn seed(
 /// runnable or running; returns the claim timings (microseconds).
 pub async fn drain(engine: &Engine, store: &dyn Store) -> Result<Vec<u64>, EngineError> {
     let mut claims = Vec::new();
-    // Runs overlap the next pass, as in `Engine::start`.
+    // Runs overlap the next pass, as in `Scheduler::start`.
     let mut runs: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     loop {
-        let report = engine.tick().await?;
+        let report = engine.scheduler().tick().await?;
         let idle = report.claimed.is_empty();
         claims.extend(report.claim_micros);
         runs.extend(report.runs);
@@ -204,7 +205,8 @@ pub async fn all_tasks(
         let mut before = None;
         loop {
             let page = engine
-                .list_tasks(
+                .tasks()
+                .list(
                     &scope,
                     &TaskFilter {
                         before_seq: before,

@@ -283,7 +283,8 @@ async fn fill_company(
         let batch: Vec<NewMemory> = (0..n).map(|k| random_memory(rng, now, c, i + k)).collect();
         let started = Instant::now();
         let stored = engine
-            .add_memories(&scope, batch, true, audit(now, &id, "bench.memory"))
+            .memory()
+            .add(&scope, batch, true, audit(now, &id, "bench.memory"))
             .await?;
         insert_secs += started.elapsed().as_secs_f64();
         if first_batch.is_empty() {
@@ -335,6 +336,7 @@ async fn publish_legal_patterns(
     };
     let admin = Principal::system().admin()?;
     engine
+        .sharing()
         .put_consent(
             &admin,
             &id,
@@ -345,7 +347,8 @@ async fn publish_legal_patterns(
         .await?;
     for m in memories.iter().take(PUBLISHED_PER_COMPANY) {
         engine
-            .publish_shared(
+            .sharing()
+            .publish(
                 scope,
                 m.id,
                 &legal.scope,
@@ -386,12 +389,14 @@ async fn time_queries(
         let task_type = Workstream::ALL[rng.random_range(0..6)];
         let started = Instant::now();
         engine
-            .search_memories(scope, &q, &MemoryFilter::default(), 20)
+            .memory()
+            .search(scope, &q, &MemoryFilter::default(), 20)
             .await?;
         let search = started.elapsed();
         let started = Instant::now();
         let pack = engine
-            .load_context(
+            .memory()
+            .context(
                 scope,
                 &ContextRequest {
                     task_type: Some(task_type.as_str().to_owned()),

@@ -83,8 +83,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let engine = crate::agents::engine(store, &cfg.engine, &env)?;
     let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
-    let background = engine.start(shutdown.clone());
-    let memory_jobs = engine.start_memory_jobs(shutdown.clone());
+    let background = engine.scheduler().start(shutdown.clone());
+    let memory_jobs = engine.memory().start_jobs(shutdown.clone());
 
     let stopping = kira_engine::Shutdown::new();
     let app = kira_server::router(
@@ -159,7 +159,7 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
     let engine = crate::agents::engine(store, &cfg.engine, &env)?;
     let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
-    let background = engine.start(shutdown.clone());
+    let background = engine.scheduler().start(shutdown.clone());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm.recv() => {}

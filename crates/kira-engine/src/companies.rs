@@ -3,17 +3,31 @@
 //! (`kira_core::company::writable_by`), and the base allocations that
 //! follow every change.
 
+use std::sync::Arc;
+
 use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::{Access, AdminScope, CompanyScope};
 use kira_core::company::{Company, CompanyPatch, NewCompany};
 use kira_store::{DeletedRows, StoreError};
 
-use crate::{Engine, EngineError};
+use crate::budget::Budget;
+use crate::{Ctx, EngineError};
 
-impl Engine {
+/// Company profiles. No state of its own; every write is followed by the
+/// budget's refresh of the base allocations, which follow the profiles.
+pub struct Companies {
+    ctx: Arc<Ctx>,
+    budget: Arc<Budget>,
+}
+
+impl Companies {
+    pub(crate) fn new(ctx: Arc<Ctx>, budget: Arc<Budget>) -> Self {
+        Self { ctx, budget }
+    }
+
     /// Creates a company (admin); its audit entry is filed under it.
-    pub async fn create_company(
+    pub async fn create(
         &self,
         admin: &AdminScope,
         new: NewCompany,
@@ -27,47 +41,49 @@ impl Engine {
             ..audit
         };
         let company = self
-            .store()
-            .create_company(&scope, &profile, self.clock().now(), audit)
+            .ctx
+            .store
+            .create_company(&scope, &profile, self.ctx.clock.now(), audit)
             .await?;
         self.allocations_follow(&company.id).await;
         Ok(company)
     }
 
     /// Every company (admin); the read is audited.
-    pub async fn list_companies(
+    pub async fn list(
         &self,
         admin: &AdminScope,
         include_archived: bool,
         audit: AuditRecord,
     ) -> Result<Vec<Company>, EngineError> {
         Ok(self
-            .store()
+            .ctx
+            .store
             .list_companies(admin, include_archived, audit)
             .await?)
     }
 
     /// What a company key's listing shows: its own company, if there (and
     /// not archived, unless asked for).
-    pub async fn own_companies(
+    pub async fn own(
         &self,
         scope: &CompanyScope,
         include_archived: bool,
     ) -> Result<Vec<Company>, EngineError> {
-        match self.store().get_company(scope).await {
+        match self.ctx.store.get_company(scope).await {
             Ok(c) if include_archived || !c.is_archived() => Ok(vec![c]),
             Ok(_) | Err(StoreError::NotFound) => Ok(vec![]),
             Err(e) => Err(e.into()),
         }
     }
 
-    pub async fn get_company(&self, scope: &CompanyScope) -> Result<Company, EngineError> {
-        Ok(self.store().get_company(scope).await?)
+    pub async fn get(&self, scope: &CompanyScope) -> Result<Company, EngineError> {
+        Ok(self.ctx.store.get_company(scope).await?)
     }
 
     /// Applies `patch` to the scope's company. A field the scope's role may
     /// not write refuses the whole patch, naming the field; nothing changes.
-    pub async fn update_company(
+    pub async fn update(
         &self,
         scope: &CompanyScope,
         patch: CompanyPatch,
@@ -85,22 +101,24 @@ impl Engine {
             )));
         }
         let company = self
-            .store()
-            .update_company(scope, patch, self.clock().now(), audit)
+            .ctx
+            .store
+            .update_company(scope, patch, self.ctx.clock.now(), audit)
             .await?;
         self.allocations_follow(&company.id).await;
         Ok(company)
     }
 
     /// Archives the scope's company: it stays readable and stops changing.
-    pub async fn archive_company(
+    pub async fn archive(
         &self,
         scope: &CompanyScope,
         audit: AuditRecord,
     ) -> Result<Company, EngineError> {
         let company = self
-            .store()
-            .archive_company(scope, self.clock().now(), audit)
+            .ctx
+            .store
+            .archive_company(scope, self.ctx.clock.now(), audit)
             .await?;
         self.allocations_follow(&company.id).await;
         Ok(company)
@@ -109,12 +127,12 @@ impl Engine {
     /// Deletes the scope's company and every row it owns, in one
     /// transaction; the audit log keeps its entries. The base pool is then
     /// shared among the companies left.
-    pub async fn delete_company(
+    pub async fn delete(
         &self,
         scope: &CompanyScope,
         audit: AuditRecord,
     ) -> Result<DeletedRows, EngineError> {
-        let rows = self.store().delete_company(scope, audit).await?;
+        let rows = self.ctx.store.delete_company(scope, audit).await?;
         self.allocations_follow(scope.company()).await;
         Ok(rows)
     }
@@ -122,7 +140,7 @@ impl Engine {
     /// Base allocations follow the companies' profiles. The change itself
     /// is done; a failed refresh is logged and retried by the next one.
     async fn allocations_follow(&self, company: &kira_core::CompanyId) {
-        if let Err(e) = self.company_changed(company).await {
+        if let Err(e) = self.budget.company_changed(company).await {
             tracing::error!(company = %company, error = %e, "could not refresh budget allocations");
         }
     }

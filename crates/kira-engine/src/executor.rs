@@ -1,7 +1,9 @@
 //! Executors run claimed tasks: the `Executor` trait, the `Run` a task's
-//! run goes through (its budget: reserve before each call, settle after;
-//! its place among the runs starting), and the `Simulated` executor for
-//! tests and benchmarks of the queue. The real one is `agent::AgentExecutor`.
+//! run goes through (its budget: reserve before each call, settle after,
+//! the last settlement written with the run's end; its place among the
+//! runs starting; the engine its tools reach), and the `Simulated` executor
+//! for tests and benchmarks of the queue. The real one is
+//! `agent::AgentExecutor`; the scheduler owns whichever runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -151,6 +153,12 @@ impl Run {
 
     pub fn engine(&self) -> &crate::Engine {
         &self.engine
+    }
+
+    /// The store, for the engine's own executors (the agent loop reads the
+    /// primary session through it).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// The task's company: every read and write of the run goes through it.

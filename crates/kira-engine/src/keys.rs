@@ -3,13 +3,15 @@
 //!
 //! A token's secret is shown once, when it is issued; kira keeps its hash.
 
+use std::sync::Arc;
+
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{AdminScope, ApiKey, IssuedKey, NewKey, Principal, Role, token_key_id};
 use kira_core::clock::Clock;
 use kira_core::ids::KeyId;
 use kira_store::Store;
 
-use crate::{Engine, EngineError};
+use crate::{Ctx, EngineError};
 
 /// Why a token does not authenticate. Recorded in the audit log only: the
 /// caller is told nothing more than that it is not let in.
@@ -39,12 +41,23 @@ pub struct CreatedKey {
     pub token: String,
 }
 
-impl Engine {
+/// Keys and authentication. No state of its own: a key's truth is the
+/// store's, read on every request, so a revocation holds at once.
+pub struct Keys {
+    ctx: Arc<Ctx>,
+}
+
+impl Keys {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+
     /// The principal behind a bearer token.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Unauthenticated> {
         let key_id = token_key_id(token).ok_or(Unauthenticated::Malformed)?;
         let stored = self
-            .store()
+            .ctx
+            .store
             .find_key(&key_id)
             .await
             .map_err(|e| {
@@ -58,26 +71,27 @@ impl Engine {
     /// Whether a key still authenticates: not revoked, not deleted. A failed
     /// lookup counts as no, so what a key holds open never outlives it
     /// because the database was down.
-    pub async fn key_is_live(&self, key: &KeyId) -> bool {
-        matches!(self.store().find_key(key).await, Ok(Some(k)) if k.key.revoked_at.is_none())
+    pub async fn is_live(&self, key: &KeyId) -> bool {
+        matches!(self.ctx.store.find_key(key).await, Ok(Some(k)) if k.key.revoked_at.is_none())
     }
 
     /// Issues a key (admin); the audit entry names it and its role.
     /// `Store(NotFound)` when it names a company that does not exist.
-    pub async fn create_key(
+    pub async fn create(
         &self,
         admin: &AdminScope,
         new: NewKey,
         audit: AuditRecord,
     ) -> Result<CreatedKey, EngineError> {
-        let issued = new.issue(&mut rand::rng(), self.clock().now())?;
+        let issued = new.issue(&mut rand::rng(), self.ctx.clock.now())?;
         let audit = AuditRecord {
             target: format!("key:{}", issued.stored.key.id),
             detail: format!("role={}", issued.stored.key.role),
             ..audit
         };
         let key = self
-            .store()
+            .ctx
+            .store
             .insert_key(admin, &issued.stored, audit)
             .await?;
         Ok(CreatedKey {
@@ -87,25 +101,26 @@ impl Engine {
     }
 
     /// Every key (admin), without its token.
-    pub async fn list_keys(
+    pub async fn list(
         &self,
         admin: &AdminScope,
         audit: AuditRecord,
     ) -> Result<Vec<ApiKey>, EngineError> {
-        Ok(self.store().list_keys(admin, audit).await?)
+        Ok(self.ctx.store.list_keys(admin, audit).await?)
     }
 
     /// Revokes a key (admin): it stops authenticating at once.
     /// `Store(Conflict)` when it already was.
-    pub async fn revoke_key(
+    pub async fn revoke(
         &self,
         admin: &AdminScope,
         id: &KeyId,
         audit: AuditRecord,
     ) -> Result<ApiKey, EngineError> {
         Ok(self
-            .store()
-            .revoke_key(admin, id, self.clock().now(), audit)
+            .ctx
+            .store
+            .revoke_key(admin, id, self.ctx.clock.now(), audit)
             .await?)
     }
 }

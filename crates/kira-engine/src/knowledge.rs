@@ -2,6 +2,8 @@
 //! against the configured domains, search, and the candidates a context
 //! pack's knowledge section takes.
 
+use std::sync::Arc;
+
 use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::AdminScope;
@@ -9,7 +11,8 @@ use kira_core::knowledge::{KnowledgeEntry, NewKnowledge};
 use kira_store::knowledge::{KnowledgeCursor, KnowledgeFilter, KnowledgeHit};
 use uuid::Uuid;
 
-use crate::{Engine, EngineError};
+use crate::memory::embed::Embeddings;
+use crate::{Ctx, EngineError};
 
 /// The most hits one search returns.
 pub const MAX_SEARCH_LIMIT: u32 = 100;
@@ -24,17 +27,29 @@ pub enum KnowledgeWrite {
     Batch(Vec<NewKnowledge>),
 }
 
-impl Engine {
+/// The shared knowledge base. No state of its own; searches with
+/// embeddings' nearest vectors beside full text, and wakes the embedder
+/// when entries are written.
+pub struct Knowledge {
+    ctx: Arc<Ctx>,
+    embeddings: Arc<Embeddings>,
+}
+
+impl Knowledge {
+    pub(crate) fn new(ctx: Arc<Ctx>, embeddings: Arc<Embeddings>) -> Self {
+        Self { ctx, embeddings }
+    }
+
     /// Validates and stores the entries (insert or update by domain and
     /// key) in one audited transaction, whose entry says how many; the
     /// entries as stored.
-    pub async fn add_knowledge(
+    pub async fn add(
         &self,
         admin: &AdminScope,
         write: KnowledgeWrite,
         audit: AuditRecord,
     ) -> Result<Vec<KnowledgeEntry>, EngineError> {
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let (items, batch) = match write {
             KnowledgeWrite::One(k) => (vec![k], false),
             KnowledgeWrite::Batch(ks) => (ks, true),
@@ -66,40 +81,41 @@ impl Engine {
             entries.push(k.validate(Uuid::now_v7(), now).map_err(named)?);
         }
         let stored = self
-            .store()
+            .ctx
+            .store
             .upsert_knowledge(admin, &entries, audit)
             .await?;
         // New text to embed.
-        self.inner.embed_wake.notify_one();
+        self.embeddings.wake();
         Ok(stored)
     }
 
     /// One page of entries in (domain, key) order, after the cursor.
-    pub async fn list_knowledge(
+    pub async fn list(
         &self,
         filter: &KnowledgeFilter,
         after: Option<&KnowledgeCursor>,
         limit: u32,
     ) -> Result<Vec<KnowledgeEntry>, EngineError> {
-        Ok(self.store().list_knowledge(filter, after, limit).await?)
+        Ok(self.ctx.store.list_knowledge(filter, after, limit).await?)
     }
 
-    pub async fn get_knowledge(&self, id: Uuid) -> Result<KnowledgeEntry, EngineError> {
-        Ok(self.store().get_knowledge(id).await?)
+    pub async fn get(&self, id: Uuid) -> Result<KnowledgeEntry, EngineError> {
+        Ok(self.ctx.store.get_knowledge(id).await?)
     }
 
     /// Deletes an entry and its vectors (admin).
-    pub async fn delete_knowledge(
+    pub async fn delete(
         &self,
         admin: &AdminScope,
         id: Uuid,
         audit: AuditRecord,
     ) -> Result<(), EngineError> {
-        Ok(self.store().delete_knowledge(admin, id, audit).await?)
+        Ok(self.ctx.store.delete_knowledge(admin, id, audit).await?)
     }
 
     fn check_domain(&self, domain: &str) -> Result<(), ValidationError> {
-        let domains = &self.config().knowledge_domains;
+        let domains = &self.ctx.config.knowledge_domains;
         if domains.contains(domain) {
             return Ok(());
         }
@@ -114,7 +130,7 @@ impl Engine {
 
     /// Full-text search of the knowledge base, any word matching, best
     /// first. `limit` is 1..=[`MAX_SEARCH_LIMIT`].
-    pub async fn search_knowledge(
+    pub async fn search(
         &self,
         query: &str,
         filter: &KnowledgeFilter,
@@ -139,25 +155,27 @@ impl Engine {
             )
             .into());
         }
-        let candidates = limit.max(self.config().memory.candidates);
+        let candidates = limit.max(self.ctx.config.memory.candidates);
         let text = self
-            .store()
+            .ctx
+            .store
             .search_knowledge(query, filter, candidates)
             .await?;
         // Meaning beside words, as for memories: nearest vectors fused by
         // reciprocal rank.
-        let nearest = match self.embedder().map(|e| e.model_id().to_owned()) {
+        let nearest = match self.embeddings.model_id() {
             Some(model) => {
-                let vectors = self.store().knowledge_vectors(&model, filter).await?;
-                self.nearest_ids(
-                    query,
-                    vectors
-                        .into_iter()
-                        .map(|v| (v.entry_id, v.vector))
-                        .collect(),
-                    candidates as usize,
-                )
-                .await?
+                let vectors = self.ctx.store.knowledge_vectors(&model, filter).await?;
+                self.embeddings
+                    .nearest_ids(
+                        query,
+                        vectors
+                            .into_iter()
+                            .map(|v| (v.entry_id, v.vector))
+                            .collect(),
+                        candidates as usize,
+                    )
+                    .await?
             }
             None => Vec::new(),
         };
@@ -169,12 +187,12 @@ impl Engine {
         let text_ids: Vec<uuid::Uuid> = text.iter().map(|h| h.entry.id).collect();
         let mut by_id: std::collections::HashMap<uuid::Uuid, kira_core::knowledge::KnowledgeEntry> =
             text.into_iter().map(|h| (h.entry.id, h.entry)).collect();
-        let fused = kira_core::memory::fuse_rrf(&[text_ids, nearest], self.config().memory.rrf_k);
+        let fused = kira_core::memory::fuse_rrf(&[text_ids, nearest], self.ctx.config.memory.rrf_k);
         let mut out = Vec::new();
         for (id, score) in fused.into_iter().take(limit as usize) {
             let entry = match by_id.remove(&id) {
                 Some(e) => e,
-                None => match self.store().get_knowledge(id).await {
+                None => match self.ctx.store.get_knowledge(id).await {
                     Ok(e) => e,
                     // Deleted between the two reads.
                     Err(kira_store::StoreError::NotFound) => continue,
@@ -192,7 +210,7 @@ impl Engine {
     /// The top `k` knowledge entries for `query`, for a context pack's
     /// knowledge section: (`kb:<uuid>`, score in (0, 1] with 1 for the best
     /// hit, `<title>: <body>`). Nothing for a query with no searchable word.
-    pub async fn knowledge_candidates(
+    pub async fn candidates(
         &self,
         query: &str,
         k: usize,
@@ -202,7 +220,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let hits = self
-            .search_knowledge(query, &KnowledgeFilter::default(), limit)
+            .search(query, &KnowledgeFilter::default(), limit)
             .await?;
         Ok(candidates(hits))
     }

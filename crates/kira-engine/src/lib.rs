@@ -2,13 +2,18 @@
 //! company's queued work by effective priority and claims it within agent
 //! and company limits and the budget, the workers that run claimed tasks
 //! through an [`executor::Executor`], and the periodic jobs (lease reaper,
-//! allocation refresh).
+//! allocation refresh), and company memory, knowledge and sharing.
+//!
+//! [`Engine`] is a handle on a set of services, one per responsibility
+//! (`engine.companies()`, `engine.tasks()`, `engine.scheduler()`,
+//! `engine.memory()`, ...), each with its own state over one shared context
+//! of store, clock and configuration. ARCHITECTURE.md names what each owns.
 //!
 //! Architecture invariant: the engine reaches company data only through a
 //! `CompanyScope`; for its own work (claiming, running) it uses the
 //! `system` principal, which the audit log names.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use kira_core::clock::Clock;
 use kira_store::Store;
@@ -95,162 +100,247 @@ impl Shutdown {
     }
 }
 
-/// The engine: cheap to clone, shared by the HTTP handlers and the
-/// background loop.
-#[derive(Clone)]
-pub struct Engine {
-    inner: Arc<Inner>,
+/// What every service shares: the store, the clock, the configuration,
+/// and the scheduler's wake (submissions, requeues, approvals and freed
+/// slots ring it). Nothing here changes after the engine is built.
+pub(crate) struct Ctx {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: EngineConfig,
+    /// Rung when work arrives, so an idle scheduler looks at once.
+    pub(crate) wake: Arc<Notify>,
 }
 
-struct Inner {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    config: EngineConfig,
-    executor: Option<Arc<dyn executor::Executor>>,
-    /// Rung when work arrives, so an idle scheduler looks at once.
-    wake: Arc<Notify>,
-    /// This process's name on leases.
-    worker_id: String,
-    /// The sentence-embedding model; None: full text only.
-    embedder: Option<Arc<dyn memory::embed::TextEmbedder>>,
-    /// Rung when memories arrive, so an idle embedder looks at once.
-    embed_wake: Notify,
-    summarizer: Arc<dyn memory::summarize::Summarizer>,
-    /// Denied cross-company reads since start (see `sharing`).
-    denied_cross_company_reads: std::sync::atomic::AtomicU64,
-    /// Ends of runs waiting to be recorded together.
-    completions: worker::Completions,
-    /// The company directory as of a directory version (see `sharing`).
-    directory: std::sync::Mutex<Option<(i64, Arc<sharing::Directory>)>>,
-    /// Held while the directory is read again, so runs that find it stale
-    /// at the same moment (the first wave after a start) read it once.
-    directory_reload: tokio::sync::Mutex<()>,
-    /// Audit entries of reads waiting to be written together.
-    audits: group::Group<Vec<kira_core::audit::AuditRecord>, Result<(), String>>,
-    /// When the scheduler last looked for expired leases (see `scheduler`).
-    last_reap: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
-    /// Runs claimed and still preparing their first call (see `starting`).
-    starting: Arc<starting::StartGate>,
+impl Ctx {
+    /// Wakes the scheduler (new or requeued work, or a slot freed).
+    pub(crate) fn wake_scheduler(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The engine: a handle on its services, cheap to clone, shared by the
+/// HTTP handlers, the background loops and the runs (see ARCHITECTURE.md,
+/// "API boundary", for what each service owns).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Services>,
+}
+
+/// Every service, each with its own state; those another one depends on
+/// are shared with it.
+pub(crate) struct Services {
+    ctx: Arc<Ctx>,
+    keys: keys::Keys,
+    audit: audit::AuditLog,
+    companies: companies::Companies,
+    budget: Arc<budget::Budget>,
+    tasks: tasks::Tasks,
+    reviews: review::Reviews,
+    memory: Arc<memory::Memories>,
+    embeddings: Arc<memory::embed::Embeddings>,
+    knowledge: Arc<knowledge::Knowledge>,
+    sharing: Arc<sharing::Sharing>,
+    scheduler: Arc<scheduler::Scheduler>,
+    agents: agent::Agents,
 }
 
 impl Engine {
     /// An engine with the executor its configuration names, if any.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: EngineConfig) -> Engine {
         let executor = executor::from_config(config.executor.as_ref());
-        Self::build(store, clock, config, executor)
+        Self::with_parts(store, clock, config, executor)
     }
 
-    /// An engine running tasks with `executor` (tests, and the agents issue).
+    /// An engine running tasks with `executor`: tests, benchmarks, and
+    /// `kira serve` with agents (`agent::AgentExecutor`, which needs the
+    /// providers the binary builds).
     pub fn with_executor(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
         executor: Arc<dyn executor::Executor>,
     ) -> Engine {
-        Self::build(store, clock, config, Some(executor))
+        Self::with_parts(store, clock, config, Some(executor))
     }
 
-    fn build(
+    fn with_parts(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
         executor: Option<Arc<dyn executor::Executor>>,
     ) -> Engine {
-        let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
         // So the first context pack does not load the tokenizer.
         memory::pack::warm_up_in_background();
-        let wake = Arc::new(Notify::new());
-        let starting = starting::StartGate::new(
-            config.scheduler.max_starting as usize,
-            config.scheduler.start_target.to_std().unwrap_or_default(),
-            wake.clone(),
-        );
-        Engine {
-            inner: Arc::new(Inner {
-                store,
-                clock,
-                config,
+        let ctx = Arc::new(Ctx {
+            store,
+            clock,
+            config,
+            wake: Arc::new(Notify::new()),
+        });
+        let summarizer: Arc<dyn memory::summarize::Summarizer> =
+            Arc::new(memory::summarize::Extractive::default());
+        Self::build(ctx, executor, None, summarizer)
+    }
+
+    /// Builds the services over `ctx`, each given those it depends on (the
+    /// order below is the dependency order: no service names a later one).
+    fn build(
+        ctx: Arc<Ctx>,
+        executor: Option<Arc<dyn executor::Executor>>,
+        embedder: Option<Arc<dyn memory::embed::TextEmbedder>>,
+        summarizer: Arc<dyn memory::summarize::Summarizer>,
+    ) -> Engine {
+        let inner = Arc::new_cyclic(|engine| {
+            let budget = Arc::new(budget::Budget::new(ctx.clone()));
+            let embeddings = Arc::new(memory::embed::Embeddings::new(ctx.clone(), embedder));
+            let knowledge = Arc::new(knowledge::Knowledge::new(ctx.clone(), embeddings.clone()));
+            let sharing = Arc::new(sharing::Sharing::new(ctx.clone()));
+            let memory = Arc::new(memory::Memories::new(
+                ctx.clone(),
+                summarizer,
+                embeddings.clone(),
+                knowledge.clone(),
+                sharing.clone(),
+            ));
+            let scheduler = Arc::new(scheduler::Scheduler::new(
+                ctx.clone(),
                 executor,
-                wake,
-                worker_id,
-                embedder: None,
-                embed_wake: Notify::new(),
-                summarizer: Arc::new(memory::summarize::Extractive::default()),
-                denied_cross_company_reads: Default::default(),
-                completions: worker::Completions::default(),
-                audits: group::Group::default(),
-                directory: std::sync::Mutex::new(None),
-                directory_reload: tokio::sync::Mutex::new(()),
-                last_reap: std::sync::Mutex::new(None),
-                starting,
-            }),
-        }
-    }
-
-    /// The store, for the engine's own services only: every other crate
-    /// goes through their methods, so a rule one of them owns holds for
-    /// every caller.
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
-    }
-
-    /// Whether the database answers (readiness).
-    pub async fn ping(&self) -> Result<(), EngineError> {
-        Ok(self.store().ping().await?)
-    }
-
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.inner.clock
-    }
-
-    pub fn config(&self) -> &EngineConfig {
-        &self.inner.config
-    }
-
-    /// Whether tasks run on the simulated executor, whose results are not
-    /// real work and are not remembered.
-    pub fn is_simulated(&self) -> bool {
-        self.executor_name() == Some("simulated")
-    }
-
-    /// The executor's name, or None when tasks only queue.
-    pub fn executor_name(&self) -> Option<&str> {
-        self.inner.executor.as_ref().map(|e| e.name())
-    }
-
-    pub fn worker_id(&self) -> &str {
-        &self.inner.worker_id
+                engine.clone(),
+                memory.clone(),
+                sharing.clone(),
+                embeddings.clone(),
+            ));
+            Services {
+                keys: keys::Keys::new(ctx.clone()),
+                audit: audit::AuditLog::new(ctx.clone()),
+                companies: companies::Companies::new(ctx.clone(), budget.clone()),
+                tasks: tasks::Tasks::new(ctx.clone(), scheduler.clone()),
+                reviews: review::Reviews::new(ctx.clone(), memory.clone()),
+                agents: agent::Agents::new(ctx.clone(), scheduler.clone()),
+                budget,
+                memory,
+                embeddings,
+                knowledge,
+                sharing,
+                scheduler,
+                ctx,
+            }
+        });
+        Engine { inner }
     }
 
     /// The engine with `embedder` for semantic retrieval. Call before the
     /// engine is cloned or shared.
-    pub fn with_embedder(mut self, embedder: Arc<dyn memory::embed::TextEmbedder>) -> Engine {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.embedder = Some(embedder),
-            None => tracing::error!("with_embedder called on a shared engine; ignored"),
+    pub fn with_embedder(self, embedder: Arc<dyn memory::embed::TextEmbedder>) -> Engine {
+        if Arc::strong_count(&self.inner) != 1 {
+            tracing::error!("with_embedder called on a shared engine; ignored");
+            return self;
         }
-        self
+        // Memory, knowledge and the scheduler share the model through
+        // `Embeddings`: the services are built again over the same context.
+        let s = &self.inner;
+        Self::build(
+            s.ctx.clone(),
+            s.scheduler.executor().cloned(),
+            Some(embedder),
+            s.memory.summarizer().clone(),
+        )
     }
 
     /// The engine with `summarizer` for compaction (default: extractive).
-    pub fn with_summarizer(mut self, s: Arc<dyn memory::summarize::Summarizer>) -> Engine {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.summarizer = s,
-            None => tracing::error!("with_summarizer called on a shared engine; ignored"),
+    /// Call before the engine is cloned or shared.
+    pub fn with_summarizer(self, summarizer: Arc<dyn memory::summarize::Summarizer>) -> Engine {
+        if Arc::strong_count(&self.inner) != 1 {
+            tracing::error!("with_summarizer called on a shared engine; ignored");
+            return self;
         }
-        self
+        // As for the embedder: the scheduler shares memory's summariser.
+        let s = &self.inner;
+        Self::build(
+            s.ctx.clone(),
+            s.scheduler.executor().cloned(),
+            s.embeddings.embedder().cloned(),
+            summarizer,
+        )
     }
 
-    pub fn embedder(&self) -> Option<&Arc<dyn memory::embed::TextEmbedder>> {
-        self.inner.embedder.as_ref()
+    /// The engine behind `services`, while it is there (the scheduler's
+    /// handle for the runs it starts: it is owned by the engine, so it
+    /// holds it weakly).
+    pub(crate) fn upgrade(services: &Weak<Services>) -> Option<Engine> {
+        services.upgrade().map(|inner| Engine { inner })
     }
 
-    pub fn summarizer(&self) -> &Arc<dyn memory::summarize::Summarizer> {
-        &self.inner.summarizer
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        Ok(self.inner.ctx.store.ping().await?)
     }
 
-    /// Wakes the scheduler (new or requeued work, or a slot freed).
-    pub fn wake(&self) {
-        self.inner.wake.notify_one();
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.ctx.clock
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.ctx.config
+    }
+
+    /// API keys and authentication.
+    pub fn keys(&self) -> &keys::Keys {
+        &self.inner.keys
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &audit::AuditLog {
+        &self.inner.audit
+    }
+
+    /// Company profiles.
+    pub fn companies(&self) -> &companies::Companies {
+        &self.inner.companies
+    }
+
+    /// Token budgets, emergency requests, the ledger.
+    pub fn budget(&self) -> &budget::Budget {
+        &self.inner.budget
+    }
+
+    /// Submitting, cancelling and reading tasks.
+    pub fn tasks(&self) -> &tasks::Tasks {
+        &self.inner.tasks
+    }
+
+    /// Human review of results.
+    pub fn reviews(&self) -> &review::Reviews {
+        &self.inner.reviews
+    }
+
+    /// Company memory: writes, search, context packs, compaction.
+    pub fn memory(&self) -> &Arc<memory::Memories> {
+        &self.inner.memory
+    }
+
+    /// Sentence embeddings and their background loop.
+    pub fn embeddings(&self) -> &memory::embed::Embeddings {
+        &self.inner.embeddings
+    }
+
+    /// The shared knowledge base.
+    pub fn knowledge(&self) -> &knowledge::Knowledge {
+        &self.inner.knowledge
+    }
+
+    /// Cross-company sharing and conflict flags.
+    pub fn sharing(&self) -> &sharing::Sharing {
+        &self.inner.sharing
+    }
+
+    /// The scheduler and the runs it starts.
+    pub fn scheduler(&self) -> &scheduler::Scheduler {
+        &self.inner.scheduler
+    }
+
+    /// The configured agents and their load.
+    pub fn agents(&self) -> &agent::Agents {
+        &self.inner.agents
     }
 }

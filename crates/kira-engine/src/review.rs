@@ -4,6 +4,8 @@
 //! result remembered as the company's `task_result` memory, so later work
 //! for the company can find it.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::CompanyScope;
@@ -16,7 +18,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use crate::{Engine, EngineError};
+use crate::config::EngineConfig;
+use crate::memory::Memories;
+use crate::{Ctx, EngineError};
 
 /// The category every result memory is filed under.
 pub const RESULT_CATEGORY: &str = "task_results";
@@ -24,43 +28,6 @@ pub const RESULT_CATEGORY: &str = "task_results";
 /// A result memory's text is cut to this many characters: enough for a
 /// summary and a short answer; the whole result stays on the task.
 pub const MAX_RESULT_TEXT_CHARS: usize = 4_000;
-
-/// Applies a reviewer's decision to a task in `needs_review` (see
-/// [`kira_store::agents::AgentStore::review_task`]). A rejected task that
-/// goes back to the queue wakes the scheduler; an approved one's result is
-/// recorded as a memory. The review is stored by then, so a failure to
-/// record the memory is logged, not returned ([`record_result_memory`] may
-/// be run again: it adds the memory once).
-pub async fn review(
-    engine: &Engine,
-    scope: &CompanyScope,
-    id: &TaskId,
-    input: ReviewInput,
-    now: DateTime<Utc>,
-    audit: AuditRecord,
-) -> Result<Task, EngineError> {
-    let task = engine
-        .store()
-        .review_task(
-            scope,
-            id,
-            &input,
-            engine.config().review.max_requeues,
-            now,
-            audit,
-        )
-        .await?;
-    match task.status {
-        TaskStatus::Queued => engine.wake(),
-        TaskStatus::Completed => {
-            if let Err(e) = record_result_memory(engine, scope, &task).await {
-                tracing::error!(task = %task.task_id, error = %e, "could not record the approved result as a memory");
-            }
-        }
-        _ => {}
-    }
-    Ok(task)
-}
 
 /// What a reviewer decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
@@ -148,10 +115,22 @@ fn parameter(field: &str, message: impl Into<String>) -> EngineError {
     EngineError::Parameter(kira_core::ValidationError::new(field, message))
 }
 
-impl Engine {
+/// Human review. No state of its own; an approved result is remembered
+/// through memory, so it is embedded and checked for conflicts like any
+/// memory.
+pub struct Reviews {
+    ctx: Arc<Ctx>,
+    memory: Arc<Memories>,
+}
+
+impl Reviews {
+    pub(crate) fn new(ctx: Arc<Ctx>, memory: Arc<Memories>) -> Self {
+        Self { ctx, memory }
+    }
+
     /// One page of the scope's company's tasks waiting for a reviewer
     /// (`needs_review`), newest first; `before` is the cursor.
-    pub async fn review_queue(
+    pub async fn queue(
         &self,
         scope: &CompanyScope,
         before: Option<i64>,
@@ -163,12 +142,12 @@ impl Engine {
             limit,
             ..TaskFilter::default()
         };
-        Ok(self.store().list_tasks(scope, &filter).await?)
+        Ok(self.ctx.store.list_tasks(scope, &filter).await?)
     }
 
-    /// Applies `reviewer`'s decision now (see [`review`]), once its fields
-    /// fit the decision.
-    pub async fn review_task(
+    /// Applies `reviewer`'s decision now (see [`Reviews::apply`]), once its
+    /// fields fit the decision.
+    pub async fn decide(
         &self,
         scope: &CompanyScope,
         id: &TaskId,
@@ -177,12 +156,51 @@ impl Engine {
         audit: AuditRecord,
     ) -> Result<Task, EngineError> {
         let input = req.into_input(reviewer)?;
-        review(self, scope, id, input, self.clock().now(), audit).await
+        self.apply(scope, id, input, self.ctx.clock.now(), audit)
+            .await
+    }
+
+    /// Applies a reviewer's decision to a task in `needs_review` (see
+    /// [`kira_store::agents::AgentStore::review_task`]). A rejected task that
+    /// goes back to the queue wakes the scheduler; an approved one's result is
+    /// recorded as a memory. The review is stored by then, so a failure to
+    /// record the memory is logged, not returned ([`Reviews::remember_result`] may
+    /// be run again: it adds the memory once).
+    pub async fn apply(
+        &self,
+        scope: &CompanyScope,
+        id: &TaskId,
+        input: ReviewInput,
+        now: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Task, EngineError> {
+        let task = self
+            .ctx
+            .store
+            .review_task(
+                scope,
+                id,
+                &input,
+                self.ctx.config.review.max_requeues,
+                now,
+                audit,
+            )
+            .await?;
+        match task.status {
+            TaskStatus::Queued => self.ctx.wake_scheduler(),
+            TaskStatus::Completed => {
+                if let Err(e) = self.remember_result(scope, &task).await {
+                    tracing::error!(task = %task.task_id, error = %e, "could not record the approved result as a memory");
+                }
+            }
+            _ => {}
+        }
+        Ok(task)
     }
 
     /// Rates a completed task, or one in review, 1 to 5; each rating is
     /// kept. `Store(Conflict)` for a task in any other status.
-    pub async fn rate_task(
+    pub async fn rate(
         &self,
         scope: &CompanyScope,
         id: &TaskId,
@@ -192,18 +210,63 @@ impl Engine {
     ) -> Result<Review, EngineError> {
         check_rating(Some(rating))?;
         Ok(self
-            .store()
-            .rate_task(scope, id, rating, reviewer, self.clock().now(), audit)
+            .ctx
+            .store
+            .rate_task(scope, id, rating, reviewer, self.ctx.clock.now(), audit)
             .await?)
     }
 
     /// A task's decisions and ratings, oldest first.
-    pub async fn task_reviews(
+    pub async fn list(
         &self,
         scope: &CompanyScope,
         id: &TaskId,
     ) -> Result<Vec<Review>, EngineError> {
-        Ok(self.store().task_reviews(scope, id).await?)
+        Ok(self.ctx.store.task_reviews(scope, id).await?)
+    }
+
+    /// Records a completed task's result as the company's episodic memory: a
+    /// `task_result` event in the task type's workstream, category
+    /// `task_results`, whose text is the result's summary and answer, with the
+    /// task as its source. Added through [`Memories::add`], so it is
+    /// embedded and checked for conflicts like any memory.
+    ///
+    /// Idempotent: a task's result memory occurs at the task's `finished_at`
+    /// (a completed task's never changes), so the memories of that instant are
+    /// looked through for one whose source is the task; if there is one
+    /// (archived included), nothing is added. A task without a result, or not
+    /// completed, adds nothing.
+    pub async fn remember_result(
+        &self,
+        scope: &CompanyScope,
+        task: &Task,
+    ) -> Result<(), EngineError> {
+        if task.status != TaskStatus::Completed {
+            return Ok(());
+        }
+        let occurred_at = task.finished_at.unwrap_or(task.updated_at);
+        let Some(memory) = result_new_memory(&self.ctx.config, task, occurred_at) else {
+            return Ok(());
+        };
+        let source = task.task_id.as_str();
+        let same_instant = MemoryFilter {
+            event_type: Some(EventType::TaskResult),
+            from: Some(occurred_at),
+            until: Some(occurred_at + TimeDelta::microseconds(1)),
+            archived: Archived::Include,
+            ..MemoryFilter::default()
+        };
+        let seen = self
+            .ctx
+            .store
+            .list_memories(scope, &same_instant, None, 1_000)
+            .await?;
+        if seen.iter().any(|m| m.source.as_deref() == Some(source)) {
+            return Ok(());
+        }
+        let audit = result_audit(scope, task, self.ctx.clock.now());
+        self.memory.add(scope, vec![memory], false, audit).await?;
+        Ok(())
     }
 }
 
@@ -215,61 +278,15 @@ pub fn check_rating(rating: Option<u8>) -> Result<(), EngineError> {
     }
 }
 
-/// Records a completed task's result as the company's episodic memory: a
-/// `task_result` event in the task type's workstream, category
-/// `task_results`, whose text is the result's summary and answer, with the
-/// task as its source. Added through [`Engine::add_memories`], so it is
-/// embedded and checked for conflicts like any memory.
-///
-/// Idempotent: a task's result memory occurs at the task's `finished_at`
-/// (a completed task's never changes), so the memories of that instant are
-/// looked through for one whose source is the task; if there is one
-/// (archived included), nothing is added. A task without a result, or not
-/// completed, adds nothing.
-pub async fn record_result_memory(
-    engine: &Engine,
-    scope: &CompanyScope,
-    task: &Task,
-) -> Result<(), EngineError> {
-    if task.status != TaskStatus::Completed {
-        return Ok(());
-    }
-    let occurred_at = task.finished_at.unwrap_or(task.updated_at);
-    let Some(memory) = result_new_memory(engine, task, occurred_at) else {
-        return Ok(());
-    };
-    let source = task.task_id.as_str();
-    let same_instant = MemoryFilter {
-        event_type: Some(EventType::TaskResult),
-        from: Some(occurred_at),
-        until: Some(occurred_at + TimeDelta::microseconds(1)),
-        archived: Archived::Include,
-        ..MemoryFilter::default()
-    };
-    let seen = engine
-        .store()
-        .list_memories(scope, &same_instant, None, 1_000)
-        .await?;
-    if seen.iter().any(|m| m.source.as_deref() == Some(source)) {
-        return Ok(());
-    }
-    let audit = result_audit(scope, task, engine.clock().now());
-    engine
-        .add_memories(scope, vec![memory], false, audit)
-        .await?;
-    Ok(())
-}
-
 /// The memory of a completed task's result, occurring at `occurred_at`
-/// (see [`record_result_memory`]); None when the result has no text.
+/// (see [`Reviews::remember_result`]); None when the result has no text.
 pub(crate) fn result_new_memory(
-    engine: &Engine,
+    cfg: &EngineConfig,
     task: &Task,
     occurred_at: DateTime<Utc>,
 ) -> Option<NewMemory> {
     let text = task.result.as_ref().and_then(result_text)?;
-    let workstream = engine
-        .workstream_of(&task.task_type)
+    let workstream = crate::memory::workstream_of(cfg, &task.task_type)
         .ok()
         .or_else(|| Workstream::parse(&task.agent).ok())
         .unwrap_or(Workstream::General);

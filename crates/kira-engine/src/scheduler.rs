@@ -2,9 +2,12 @@
 //! 4.2 plus aging, `kira_core::priority`), then claims in that order where
 //! the task's agent and company have a free slot. A task that cannot get
 //! budget waits and the scheduler moves on to the next one, so no task
-//! blocks those behind it.
+//! blocks those behind it. The [`Scheduler`] service is defined here; its
+//! runs (`worker.rs`) and the gate on runs starting (`starting.rs`) are
+//! its too.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
 use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
@@ -15,7 +18,13 @@ use kira_store::work::{Admission, Candidate, Capacity, ClaimOutcome, QueueEntry,
 use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
-use crate::{Engine, EngineError, Shutdown};
+use crate::executor::Executor;
+use crate::memory::Memories;
+use crate::memory::embed::Embeddings;
+use crate::sharing::Sharing;
+use crate::starting::StartGate;
+use crate::worker::Completions;
+use crate::{Ctx, Engine, EngineError, Services, Shutdown};
 
 /// The runnable tasks, best first: higher score, then longer waiting, then id.
 pub fn rank(
@@ -166,24 +175,108 @@ fn next_batch(pending: &mut Vec<Candidate>, slots: &Slots, max: usize) -> Vec<Ca
     batch
 }
 
-impl Engine {
+/// The scheduler and the runs it starts. Owns what running needs: the
+/// executor, this process's name on leases, the runs starting (and room for
+/// more), the run ends waiting to be written together, and when leases
+/// were last looked at. A run's end reaches memory (the session's
+/// summariser), sharing (the conflict check of a result memory) and
+/// embeddings (their wake).
+pub struct Scheduler {
+    pub(crate) ctx: Arc<Ctx>,
+    /// The engine each run is handed (`Run::engine`), held weakly: the
+    /// engine owns the scheduler.
+    engine: Weak<Services>,
+    executor: Option<Arc<dyn Executor>>,
+    /// This process's name on leases.
+    worker_id: String,
+    /// Runs claimed and still preparing their first call (see `starting`).
+    starting: Arc<StartGate>,
+    /// Ends of runs waiting to be recorded together.
+    pub(crate) completions: Completions,
+    /// When the scheduler last looked for expired leases.
+    last_reap: std::sync::Mutex<Option<DateTime<Utc>>>,
+    pub(crate) memory: Arc<Memories>,
+    pub(crate) sharing: Arc<Sharing>,
+    pub(crate) embeddings: Arc<Embeddings>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        ctx: Arc<Ctx>,
+        executor: Option<Arc<dyn Executor>>,
+        engine: Weak<Services>,
+        memory: Arc<Memories>,
+        sharing: Arc<Sharing>,
+        embeddings: Arc<Embeddings>,
+    ) -> Self {
+        let sched = &ctx.config.scheduler;
+        let starting = StartGate::new(
+            sched.max_starting as usize,
+            sched.start_target.to_std().unwrap_or_default(),
+            ctx.wake.clone(),
+        );
+        Self {
+            worker_id: format!("worker-{}", uuid::Uuid::now_v7().simple()),
+            starting,
+            completions: Completions::default(),
+            last_reap: std::sync::Mutex::new(None),
+            ctx,
+            engine,
+            executor,
+            memory,
+            sharing,
+            embeddings,
+        }
+    }
+
+    /// The executor, or None when tasks only queue.
+    pub(crate) fn executor(&self) -> Option<&Arc<dyn Executor>> {
+        self.executor.as_ref()
+    }
+
+    /// The executor's name, or None when tasks only queue.
+    pub fn executor_name(&self) -> Option<&str> {
+        self.executor.as_ref().map(|e| e.name())
+    }
+
+    /// Whether tasks run on the simulated executor, whose results are not
+    /// real work and are not remembered.
+    pub fn is_simulated(&self) -> bool {
+        self.executor_name() == Some("simulated")
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Wakes the scheduler (new or requeued work, or a slot freed).
+    pub fn wake(&self) {
+        self.ctx.wake_scheduler();
+    }
+
     /// One pass: reap expired leases (when due), rank the queue, claim what may run
     /// and start it. Does nothing but reap without an executor.
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
-        let cfg = self.config();
-        let now = self.clock().now();
+        let cfg = &self.ctx.config;
+        let now = self.ctx.clock.now();
         let mut report = TickReport::default();
         if self.reap_due(now) {
             report.reaped = self
-                .store()
+                .ctx
+                .store
                 .reap_expired(now, cfg.scheduler.retry_backoff)
                 .await?;
         }
-        if self.inner.executor.is_none() {
+        if self.executor.is_none() {
             return Ok(report);
         }
+        // The runs get the engine; gone only while it is being dropped.
+        let Some(engine) = Engine::upgrade(&self.engine) else {
+            return Ok(report);
+        };
         let QueueSnapshot { runnable, running } = self
-            .store()
+            .ctx
+            .store
             .queue_snapshot(now, cfg.scheduler.batch, Some(&capacity(cfg)))
             .await?;
         let mut slots = Slots::new(&running, cfg);
@@ -198,7 +291,7 @@ impl Engine {
             .collect();
         // In rank order, a batch at a time; the slots carry over.
         let mut pending = candidates;
-        let gate = &self.inner.starting;
+        let gate = &self.starting;
         loop {
             let batch = next_batch(&mut pending, &slots, gate.room());
             if batch.is_empty() {
@@ -212,9 +305,10 @@ impl Engine {
             let started = std::time::Instant::now();
             // A run starts when its claim is made, not when the pass began:
             // the reap, the snapshot and earlier batches came before it.
-            let claimed_at = self.clock().now();
+            let claimed_at = self.ctx.clock.now();
             let outcomes = match self
-                .store()
+                .ctx
+                .store
                 .claim_batch(
                     &batch,
                     &mut slots,
@@ -239,10 +333,13 @@ impl Engine {
                     ClaimOutcome::Claimed { task, reservation } => {
                         report.claim_micros.push(micros);
                         report.claimed.push(id);
-                        let engine = self.clone();
+                        let engine = engine.clone();
                         let starting = gate.enter();
                         report.runs.push(tokio::spawn(async move {
-                            engine.run_claimed(*task, reservation, starting).await
+                            let runner = engine.scheduler();
+                            runner
+                                .run_claimed(&engine, *task, reservation, starting)
+                                .await;
                         }));
                     }
                     ClaimOutcome::WaitingBudget { .. } | ClaimOutcome::AwaitingApproval { .. } => {
@@ -260,7 +357,6 @@ impl Engine {
     /// lease lasts a minute), or when the clock went back.
     fn reap_due(&self, now: DateTime<Utc>) -> bool {
         let mut last = self
-            .inner
             .last_reap
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -274,12 +370,12 @@ impl Engine {
     /// The periodic jobs: open the budget period and refresh allocations,
     /// on one node at a time.
     pub async fn periodic(&self) -> Result<bool, EngineError> {
-        let Some(_lock) = self.store().job_lock(JOB_BUDGET).await? else {
+        let Some(_lock) = self.ctx.store.job_lock(JOB_BUDGET).await? else {
             return Ok(false);
         };
-        let (cfg, now) = (&self.config().budget, self.clock().now());
-        self.store().ensure_period(cfg, now).await?;
-        self.store().refresh_allocations(cfg, now).await?;
+        let (cfg, now) = (&self.ctx.config.budget, self.ctx.clock.now());
+        self.ctx.store.ensure_period(cfg, now).await?;
+        self.ctx.store.refresh_allocations(cfg, now).await?;
         Ok(true)
     }
 
@@ -288,11 +384,15 @@ impl Engine {
     /// periodic jobs every minute, until `shutdown`. Runs in flight finish
     /// first.
     pub fn start(&self, shutdown: Shutdown) -> JoinHandle<()> {
-        let engine = self.clone();
+        let engine = Engine::upgrade(&self.engine);
         tokio::spawn(async move {
-            let listener = engine.store().watch_tasks(engine.inner.wake.clone());
-            let poll = engine
-                .config()
+            // Gone only while the engine is being dropped.
+            let Some(engine) = engine else { return };
+            let this = engine.scheduler();
+            let ctx = &this.ctx;
+            let listener = ctx.store.watch_tasks(ctx.wake.clone());
+            let poll = ctx
+                .config
                 .scheduler
                 .poll_interval
                 .to_std()
@@ -302,7 +402,7 @@ impl Engine {
             let mut last_pass: Option<std::time::Instant> = None;
             loop {
                 if last_periodic.is_none_or(|t| t.elapsed() >= PERIODIC_EVERY) {
-                    if let Err(e) = engine.periodic().await {
+                    if let Err(e) = this.periodic().await {
                         tracing::error!(error = %e, "periodic budget jobs failed");
                     }
                     last_periodic = Some(std::time::Instant::now());
@@ -313,14 +413,14 @@ impl Engine {
                     tokio::time::sleep(gap).await;
                 }
                 last_pass = Some(std::time::Instant::now());
-                match engine.tick().await {
+                match this.tick().await {
                     Ok(r) => runs.extend(r.runs),
                     Err(e) => tracing::error!(error = %e, "scheduling pass failed"),
                 }
                 runs.retain(|h| !h.is_finished());
                 tokio::select! {
                     () = shutdown.wait() => break,
-                    () = engine.inner.wake.notified() => {}
+                    () = ctx.wake.notified() => {}
                     () = tokio::time::sleep(poll) => {}
                 }
             }

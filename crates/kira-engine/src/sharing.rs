@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::try_join_all;
 use kira_core::anonymise::{Redactions, anonymise};
@@ -34,8 +34,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::group::Group;
 use crate::memory::pack;
-use crate::{Engine, EngineError};
+use crate::{Ctx, EngineError};
 
 /// The longest note a conflict is resolved with, in characters.
 pub const MAX_RESOLVE_NOTE_CHARS: usize = 2_000;
@@ -81,11 +82,38 @@ impl Directory {
     }
 }
 
-impl Engine {
+/// Cross-company sharing. Owns what makes a context pack's shared section
+/// cheap and audited: the company directory kept as of a directory version,
+/// the group commit of the audit entries of cross-company reads, and the
+/// count of denied reads.
+pub struct Sharing {
+    ctx: Arc<Ctx>,
+    /// The company directory as of a directory version.
+    directory: std::sync::Mutex<Option<(i64, Arc<Directory>)>>,
+    /// Held while the directory is read again, so runs that find it stale
+    /// at the same moment (the first wave after a start) read it once.
+    directory_reload: tokio::sync::Mutex<()>,
+    /// Audit entries of reads waiting to be written together.
+    audits: Group<Vec<AuditRecord>, Result<(), String>>,
+    /// Denied cross-company reads since start.
+    denied_reads: AtomicU64,
+}
+
+impl Sharing {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        Self {
+            ctx,
+            directory: std::sync::Mutex::new(None),
+            directory_reload: tokio::sync::Mutex::new(()),
+            audits: Group::default(),
+            denied_reads: AtomicU64::new(0),
+        }
+    }
+
     /// Which rule decides whether `a` and `b` may share items of `scope`,
     /// from both profiles and the open conflict flags. NotFound when either
     /// company does not exist; Invalid for one company with itself.
-    pub async fn check_sharing(
+    pub async fn check(
         &self,
         admin: &AdminScope,
         a: &CompanyId,
@@ -96,7 +124,7 @@ impl Engine {
         if a == b {
             return Err(ValidationError::new("b", "must be another company than a").into());
         }
-        let store = self.store();
+        let store = &self.ctx.store;
         let (sa, sb) = (
             admin.company(a, Access::Read),
             admin.company(b, Access::Read),
@@ -134,7 +162,7 @@ impl Engine {
             b: b.clone(),
             scope: scope.to_owned(),
             conflict_open,
-            verdict: decide(&self.config().sharing, &facts, scope),
+            verdict: decide(&self.ctx.config.sharing, &facts, scope),
         })
     }
 
@@ -145,7 +173,7 @@ impl Engine {
     /// company will ever receive of it. `by` names who published. NotFound
     /// for a memory the company does not have; Conflict when it is already
     /// published for the scope.
-    pub async fn publish_shared(
+    pub async fn publish(
         &self,
         scope: &CompanyScope,
         memory_id: Uuid,
@@ -154,7 +182,7 @@ impl Engine {
         audit: AuditRecord,
     ) -> Result<SharedItem, EngineError> {
         check_scope(task_scope)?;
-        let store = self.store();
+        let store = &self.ctx.store;
         let memory = store.get_memory(scope, memory_id).await?;
         let company = store.get_company(scope).await?;
         let mut redact = Redactions::of_company(&company.id, &company.profile);
@@ -164,7 +192,7 @@ impl Engine {
                 NameKind::Counterparty => redact.counterparties.push(name),
             }
         }
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let item = SharedItem {
             id: new_memory_id(now),
             scope: task_scope.to_owned(),
@@ -187,7 +215,7 @@ impl Engine {
 
     /// The scope's company's published items, newest first; `task_scope`
     /// limits them to one scope.
-    pub async fn published_items(
+    pub async fn published(
         &self,
         scope: &CompanyScope,
         task_scope: Option<&str>,
@@ -201,12 +229,12 @@ impl Engine {
             include_withdrawn,
             limit: MAX_LIVE_ITEMS,
         };
-        Ok(self.store().list_shared_items(scope, &filter).await?)
+        Ok(self.ctx.store.list_shared_items(scope, &filter).await?)
     }
 
     /// Withdraws a published item: the next context pack of any company no
     /// longer holds it.
-    pub async fn withdraw_shared(
+    pub async fn withdraw(
         &self,
         scope: &CompanyScope,
         item: Uuid,
@@ -218,8 +246,9 @@ impl Engine {
             ..audit
         };
         Ok(self
-            .store()
-            .withdraw_item(scope, item, by, self.clock().now(), audit)
+            .ctx
+            .store
+            .withdraw_item(scope, item, by, self.ctx.clock.now(), audit)
             .await?)
     }
 
@@ -230,8 +259,8 @@ impl Engine {
         company: &CompanyId,
     ) -> Result<Vec<ConsentRecord>, EngineError> {
         let scope = admin.company(company, Access::Read);
-        self.store().get_company(&scope).await?;
-        Ok(self.store().list_consents(&scope).await?)
+        self.ctx.store.get_company(&scope).await?;
+        Ok(self.ctx.store.list_consents(&scope).await?)
     }
 
     /// Records that `company` consents to exchange `consent.scope` with
@@ -247,7 +276,7 @@ impl Engine {
         audit: AuditRecord,
     ) -> Result<ConsentRecord, EngineError> {
         consent.validate(company)?;
-        let store = self.store();
+        let store = &self.ctx.store;
         let scope = admin.company(company, Access::Write);
         store.get_company(&scope).await?;
         if let Partner::Company(p) = &consent.partner {
@@ -264,7 +293,7 @@ impl Engine {
             ..audit
         };
         Ok(store
-            .put_consent(&scope, consent, by, self.clock().now(), audit)
+            .put_consent(&scope, consent, by, self.ctx.clock.now(), audit)
             .await?)
     }
 
@@ -283,17 +312,21 @@ impl Engine {
             detail: consent_detail("withdrawn", consent),
             ..audit
         };
-        Ok(self.store().delete_consent(&scope, consent, audit).await?)
+        Ok(self
+            .ctx
+            .store
+            .delete_consent(&scope, consent, audit)
+            .await?)
     }
 
     /// Conflict flags (admin), of one status or all; the read is audited.
-    pub async fn list_conflicts(
+    pub async fn conflicts(
         &self,
         admin: &AdminScope,
         status: Option<ConflictStatus>,
         audit: AuditRecord,
     ) -> Result<Vec<Conflict>, EngineError> {
-        Ok(self.store().list_conflicts(admin, status, audit).await?)
+        Ok(self.ctx.store.list_conflicts(admin, status, audit).await?)
     }
 
     /// Resolves a conflict flag with a note (admin), which its audit entry
@@ -315,8 +348,9 @@ impl Engine {
             ..audit
         };
         Ok(self
-            .store()
-            .resolve_conflict(admin, id, note, self.clock().now(), audit)
+            .ctx
+            .store
+            .resolve_conflict(admin, id, note, self.ctx.clock.now(), audit)
             .await?)
     }
 
@@ -363,8 +397,8 @@ impl Engine {
             return Ok(Vec::new());
         }
         let admin = system_admin()?;
-        let store = self.store();
-        let now = self.clock().now();
+        let store = &self.ctx.store;
+        let now = self.ctx.clock.now();
         let company = scope.company();
         let keys: Vec<String> = named.keys().cloned().collect();
         let listed: Vec<String> = listed.into_iter().collect();
@@ -437,7 +471,7 @@ impl Engine {
     ///
     /// A pair the rules would allow but an open conflict blocks is a
     /// denied cross-company read: counted and audited.
-    pub async fn shared_candidates(
+    pub async fn candidates(
         &self,
         scope: &CompanyScope,
         task_scope: &str,
@@ -447,8 +481,8 @@ impl Engine {
         if k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
-        let store = self.store();
-        let rules = &self.config().sharing;
+        let store = &self.ctx.store;
+        let rules = &self.ctx.config.sharing;
         let admin = system_admin()?;
         let me = scope.company();
         // The company itself from the kept directory (one small read when
@@ -485,7 +519,7 @@ impl Engine {
         if !decide(rules, &best, task_scope).allowed {
             return Ok(Vec::new());
         }
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         // What this pack reads across companies, audited in one batch
         // (with other packs' batches) whatever the outcome.
         let mut audits = vec![system_record(
@@ -513,7 +547,7 @@ impl Engine {
         Ok(found)
     }
 
-    /// The search behind [`Engine::shared_candidates`]; pushes what it
+    /// The search behind [`Sharing::candidates`]; pushes what it
     /// reads (and is refused) to `audits`.
     #[allow(clippy::too_many_arguments)]
     async fn shared_search(
@@ -530,7 +564,8 @@ impl Engine {
         let admin = system_admin()?;
         let me = scope.company();
         let blocked: HashSet<CompanyId> = self
-            .store()
+            .ctx
+            .store
             .conflict_partners(&admin, me)
             .await?
             .into_iter()
@@ -548,7 +583,7 @@ impl Engine {
             k,
             now,
         };
-        let max_companies = self.config().memory.context.shared_companies as usize;
+        let max_companies = self.ctx.config.memory.context.shared_companies as usize;
         // (partner's place in the listing, the candidate), in the partner's
         // own best-first order.
         let mut found: Vec<(usize, pack::Candidate)> = Vec::new();
@@ -591,7 +626,7 @@ impl Engine {
         want: usize,
         audits: &mut Vec<AuditRecord>,
     ) -> Vec<(usize, &'a Company, Verdict)> {
-        let rules = &self.config().sharing;
+        let rules = &self.ctx.config.sharing;
         let me = &asking.own.id;
         let mut wave = Vec::with_capacity(want);
         while wave.len() < want {
@@ -637,7 +672,7 @@ impl Engine {
         wave: Vec<(usize, &Company, Verdict)>,
         audits: &mut Vec<AuditRecord>,
     ) -> Result<Vec<(usize, pack::Candidate)>, EngineError> {
-        let store = self.store();
+        let store = &self.ctx.store;
         let admin = system_admin()?;
         let (me, task_scope, now, k) = (&asking.own.id, asking.task_scope, asking.now, asking.k);
         let filter = SharedFilter {
@@ -713,7 +748,7 @@ impl Engine {
         &self,
         admin: &kira_core::auth::AdminScope,
     ) -> Result<Arc<Directory>, EngineError> {
-        let store = self.store();
+        let store = &self.ctx.store;
         let version = store.directory_version().await?;
         let kept = |version| {
             self.kept_directory()
@@ -725,7 +760,7 @@ impl Engine {
             return Ok(companies);
         }
         // One reader at a time: those who waited find it read.
-        let _reload = self.inner.directory_reload.lock().await;
+        let _reload = self.directory_reload.lock().await;
         if let Some(companies) = kept(version) {
             return Ok(companies);
         }
@@ -744,8 +779,7 @@ impl Engine {
     }
 
     fn kept_directory(&self) -> std::sync::MutexGuard<'_, Option<(i64, Arc<Directory>)>> {
-        self.inner
-            .directory
+        self.directory
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -760,7 +794,7 @@ impl Engine {
         task_scope: &str,
         verdict: &Verdict,
     ) -> AuditRecord {
-        self.count_denied_cross_company_read();
+        self.count_denied_read();
         // The admin's entry: it names both companies, so it is written
         // under none (no company sees another in its own records).
         AuditRecord {
@@ -784,15 +818,15 @@ impl Engine {
         if records.is_empty() {
             return Ok(());
         }
-        self.inner
-            .audits
+        self.audits
             .submit(
                 records,
                 |groups| async move {
                     let n = groups.len();
                     let all: Vec<AuditRecord> = groups.into_iter().flatten().collect();
                     let r = self
-                        .store()
+                        .ctx
+                        .store
                         .append_audits(all)
                         .await
                         .map(|_| ())
@@ -806,18 +840,14 @@ impl Engine {
     }
 
     /// Counts one denied cross-company read (the caller audits it).
-    pub fn count_denied_cross_company_read(&self) {
-        self.inner
-            .denied_cross_company_reads
-            .fetch_add(1, Ordering::Relaxed);
+    pub fn count_denied_read(&self) {
+        self.denied_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Denied cross-company reads since this process started: a security
     /// signal for monitoring.
-    pub fn denied_cross_company_reads(&self) -> u64 {
-        self.inner
-            .denied_cross_company_reads
-            .load(Ordering::Relaxed)
+    pub fn denied_reads(&self) -> u64 {
+        self.denied_reads.load(Ordering::Relaxed)
     }
 }
 

@@ -3,6 +3,8 @@
 //! idempotency, the scheduler woken), and reading them, their events and
 //! the trace of their runs.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
@@ -16,7 +18,8 @@ use kira_store::work::{Idempotency, NewTask, Submitted, TaskFilter};
 use sha2::{Digest, Sha256};
 
 use crate::config::{EngineConfig, PRIMARY, TasksConfig};
-use crate::{Engine, EngineError};
+use crate::scheduler::Scheduler;
+use crate::{Ctx, EngineError};
 
 /// Largest `parameters` object, serialised.
 pub const MAX_PARAMETERS_BYTES: usize = 256 * 1024;
@@ -228,7 +231,19 @@ pub fn prepare(
     })
 }
 
-impl Engine {
+/// Tasks as their submitters see them. No state of its own; a submission
+/// asks the scheduler's executor what a run needs to start, and wakes the
+/// scheduler.
+pub struct Tasks {
+    ctx: Arc<Ctx>,
+    scheduler: Arc<Scheduler>,
+}
+
+impl Tasks {
+    pub(crate) fn new(ctx: Arc<Ctx>, scheduler: Arc<Scheduler>) -> Self {
+        Self { ctx, scheduler }
+    }
+
     /// Submits a task for the scope's company.
     pub async fn submit(
         &self,
@@ -237,27 +252,27 @@ impl Engine {
         idempotency_key: Option<&str>,
         audit: AuditRecord,
     ) -> Result<Submitted, EngineError> {
-        let now = self.clock().now();
-        let company = self.store().get_company(scope).await?;
+        let now = self.ctx.clock.now();
+        let company = self.ctx.store.get_company(scope).await?;
         if company.is_archived() {
             return Err(
                 StoreError::Conflict(format!("company '{}' is archived", company.id)).into(),
             );
         }
-        let mut new = prepare(req, &company, idempotency_key, self.config(), now)?;
-        new.open_limit = emergency_limit(req.priority, scope.role(), &self.config().tasks)?;
+        let mut new = prepare(req, &company, idempotency_key, &self.ctx.config, now)?;
+        new.open_limit = emergency_limit(req.priority, scope.role(), &self.ctx.config.tasks)?;
         // The claim reserves the estimate: where the executor knows its
         // first call's bound, that, so the call needs no second reservation.
-        if let Some(exec) = &self.inner.executor {
+        if let Some(exec) = self.scheduler.executor() {
             let params = serde_json::to_string(&new.parameters).unwrap_or_default();
             let input = input_tokens(req, if params == "{}" { "" } else { &params });
             if let Some(n) = exec.first_call_tokens(&new.agent, &new.task_type, input) {
                 new.estimated_tokens = n;
             }
         }
-        let submitted = self.store().submit_task(scope, &new, now, audit).await?;
+        let submitted = self.ctx.store.submit_task(scope, &new, now, audit).await?;
         if submitted.created {
-            self.wake();
+            self.ctx.wake_scheduler();
         }
         Ok(submitted)
     }
@@ -269,42 +284,39 @@ impl Engine {
         audit: AuditRecord,
     ) -> Result<Task, EngineError> {
         let task = self
-            .store()
-            .cancel_task(scope, id, self.clock().now(), audit)
+            .ctx
+            .store
+            .cancel_task(scope, id, self.ctx.clock.now(), audit)
             .await?;
         Ok(task)
     }
 
     /// One page of the scope's company's tasks, newest first.
-    pub async fn list_tasks(
+    pub async fn list(
         &self,
         scope: &CompanyScope,
         filter: &TaskFilter,
     ) -> Result<Vec<Task>, EngineError> {
-        Ok(self.store().list_tasks(scope, filter).await?)
+        Ok(self.ctx.store.list_tasks(scope, filter).await?)
     }
 
-    pub async fn get_task(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task, EngineError> {
-        Ok(self.store().get_task(scope, id).await?)
+    pub async fn get(&self, scope: &CompanyScope, id: &TaskId) -> Result<Task, EngineError> {
+        Ok(self.ctx.store.get_task(scope, id).await?)
     }
 
     /// The task's state changes after the event `after`, oldest first.
-    pub async fn task_events(
+    pub async fn events(
         &self,
         scope: &CompanyScope,
         id: &TaskId,
         after: i64,
     ) -> Result<Vec<TaskEvent>, EngineError> {
-        Ok(self.store().task_events(scope, id, after).await?)
+        Ok(self.ctx.store.task_events(scope, id, after).await?)
     }
 
     /// The steps of the task's runs, by attempt, then order.
-    pub async fn task_trace(
-        &self,
-        scope: &CompanyScope,
-        id: &TaskId,
-    ) -> Result<Vec<Step>, EngineError> {
-        Ok(self.store().task_trace(scope, id).await?)
+    pub async fn trace(&self, scope: &CompanyScope, id: &TaskId) -> Result<Vec<Step>, EngineError> {
+        Ok(self.ctx.store.task_trace(scope, id).await?)
     }
 }
 

@@ -13,20 +13,20 @@ use kira_store::work::{Completed, Completion, Finish, Reservation, Settlement, f
 
 use crate::Engine;
 use crate::executor::{ExecOutcome, Run};
+use crate::scheduler::Scheduler;
 
 /// Ends of runs waiting to be written.
 pub(crate) type Completions = crate::group::Group<Completion, Completed>;
 
-impl Engine {
+impl Scheduler {
     /// Records `c` with whatever other ends are waiting, in one store call.
     async fn complete(&self, c: Completion) -> Completed {
-        self.inner
-            .completions
+        self.completions
             .submit(
                 c,
                 |mut items| async move {
                     let n = items.len();
-                    let now = self.clock().now();
+                    let now = self.ctx.clock.now();
                     // A result memory occurs when its task finished.
                     for c in &mut items {
                         if let Some((m, _)) = &mut c.records.memory {
@@ -34,7 +34,8 @@ impl Engine {
                         }
                     }
                     match self
-                        .store()
+                        .ctx
+                        .store
                         .finish_batch(self.worker_id(), items.clone(), now)
                         .await
                     {
@@ -45,7 +46,7 @@ impl Engine {
                             }
                             let mut r = Vec::with_capacity(n);
                             for c in items {
-                                r.push(finish_one(self.store().as_ref(), self.worker_id(), c, now).await);
+                                r.push(finish_one(self.ctx.store.as_ref(), self.worker_id(), c, now).await);
                             }
                             r
                         }
@@ -61,18 +62,19 @@ impl Engine {
     }
 }
 
-impl Engine {
-    /// Runs a claimed task to its end. The scheduler is woken as soon as
-    /// the end is recorded, since the run's slot is free then: a freed slot
-    /// must not wait for the next poll.
+impl Scheduler {
+    /// Runs a claimed task to its end; the run is handed `engine`. The
+    /// scheduler is woken as soon as the end is recorded, since the run's
+    /// slot is free then: a freed slot must not wait for the next poll.
     pub(crate) async fn run_claimed(
         &self,
+        engine: &Engine,
         task: Task,
         reservation: Reservation,
         mut starting: crate::starting::Starting,
     ) {
         starting.begin();
-        let Some(executor) = self.inner.executor.clone() else {
+        let Some(executor) = self.executor().cloned() else {
             return;
         };
         let id = task.task_id.clone();
@@ -83,16 +85,18 @@ impl Engine {
         let lost = Arc::new(AtomicBool::new(false));
         let beat = {
             let (engine, id, cancel, lost) =
-                (self.clone(), id.clone(), cancel.clone(), lost.clone());
-            tokio::spawn(async move { engine.heartbeat(&id, &cancel, &lost).await })
+                (engine.clone(), id.clone(), cancel.clone(), lost.clone());
+            tokio::spawn(async move {
+                engine.scheduler().heartbeat(&id, &cancel, &lost).await;
+            })
         };
-        let cfg = self.config();
+        let cfg = &self.ctx.config;
         let mut run = Run::new(
-            self.clone(),
+            engine.clone(),
             task.clone(),
             scope.clone(),
-            self.store().clone(),
-            self.clock().clone(),
+            self.ctx.store.clone(),
+            self.ctx.clock.clone(),
             cfg.budget.clone(),
             cfg.prices.clone(),
             reservation,
@@ -110,13 +114,14 @@ impl Engine {
         if !run.reserved_a_call()
             && let Some(need) = run.first_call_need()
             && let Err(e) = self
-                .store()
+                .ctx
+                .store
                 .raise_estimate(&scope, &id, self.worker_id(), need)
                 .await
         {
             tracing::warn!(task = %id, error = %e, "could not record what the task's first call needs");
         }
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let ending = Ending {
             task: &task,
             now,
@@ -155,9 +160,10 @@ impl Engine {
     ) {
         tracing::warn!(task = %id, "lease lost during the run; the task is no longer this worker's");
         if let Some(s) = settle {
-            let now = self.clock().now();
+            let now = self.ctx.clock.now();
             if let Err(e) = self
-                .store()
+                .ctx
+                .store
                 .settle(
                     scope,
                     &s.reservation_id,
@@ -189,7 +195,7 @@ impl Engine {
         done.status = TaskStatus::Completed;
         done.result.clone_from(&finish.result);
         done.confidence = finish.confidence;
-        let new = crate::review::result_new_memory(self, &done, now)?;
+        let new = crate::review::result_new_memory(&self.ctx.config, &done, now)?;
         match new.validate(now) {
             Ok(valid) => {
                 let m = valid.into_memory(
@@ -228,8 +234,9 @@ impl Engine {
                 let error = e.to_string();
                 let f = ending.retry(format!("the run failed: {error}"), Some(error));
                 let finished = self
-                    .store()
-                    .finish(&scope, &id, self.worker_id(), f, self.clock().now())
+                    .ctx
+                    .store
+                    .finish(&scope, &id, self.worker_id(), f, self.ctx.clock.now())
                     .await;
                 if finished.is_ok() {
                     self.wake();
@@ -246,13 +253,18 @@ impl Engine {
         match recorded {
             Ok(()) => {
                 if let Some(m) = memory {
-                    self.inner.embed_wake.notify_one();
-                    if let Err(e) = self.detect_conflicts(&scope, &[m]).await {
+                    self.embeddings.wake();
+                    if let Err(e) = self.sharing.detect_conflicts(&scope, &[m]).await {
                         tracing::error!(task = %id, error = %e, "conflict detection failed");
                     }
                 }
                 if turns
-                    && let Err(e) = crate::agent::session::compact_if_needed(self, &scope).await
+                    && let Err(e) = crate::agent::session::compact_if_needed(
+                        &self.ctx,
+                        self.memory.summarizer().as_ref(),
+                        &scope,
+                    )
+                    .await
                 {
                     tracing::warn!(task = %id, error = %e, "could not compact the primary session");
                 }
@@ -271,7 +283,7 @@ impl Engine {
         if steps.is_empty() {
             return;
         }
-        if let Err(e) = self.store().record_steps(scope, &steps).await {
+        if let Err(e) = self.ctx.store.record_steps(scope, &steps).await {
             tracing::warn!(task = %id, error = %e, "could not record the run's trace");
         }
     }
@@ -283,16 +295,17 @@ impl Engine {
         cancel: &AtomicBool,
         lost: &AtomicBool,
     ) {
-        let sched = &self.config().scheduler;
+        let sched = &self.ctx.config.scheduler;
         let every = sched
             .heartbeat
             .to_std()
             .unwrap_or(std::time::Duration::from_secs(15));
         loop {
             tokio::time::sleep(every).await;
-            let now = self.clock().now();
+            let now = self.ctx.clock.now();
             match self
-                .store()
+                .ctx
+                .store
                 .heartbeat(id, self.worker_id(), now + sched.lease, now)
                 .await
             {

@@ -112,7 +112,7 @@ async fn audit_unauthenticated(parts: &Parts, app: &App, request_id: String, rea
     if records.is_empty() {
         return;
     }
-    if let Err(e) = app.engine.append_audits(records).await {
+    if let Err(e) = app.engine.audit().append(records).await {
         tracing::error!(error = %e, "could not audit a refused request");
     }
 }
@@ -131,6 +131,7 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Principal, &'static st
         .map(str::trim)
         .ok_or("authorization is not a bearer token")?;
     app.engine
+        .keys()
         .authenticate(token)
         .await
         .map_err(Unauthenticated::reason)
@@ -245,7 +246,7 @@ impl Act {
         // A scope refused as "not found" is a caller of one company naming
         // another: a denied cross-company read, a security signal.
         if e.outcome == Outcome::Denied && e.status == StatusCode::NOT_FOUND {
-            self.app.engine.count_denied_cross_company_read();
+            self.app.engine.sharing().count_denied_read();
         }
         let detail = match &e.field {
             Some(f) => format!("{} ({f})", e.code),
@@ -254,7 +255,8 @@ impl Act {
         if let Err(err) = self
             .app
             .engine
-            .append_audits(self.failure_records(e.outcome, detail))
+            .audit()
+            .append(self.failure_records(e.outcome, detail))
             .await
         {
             tracing::error!(error = %err, "could not audit a failed request");

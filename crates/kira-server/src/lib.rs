@@ -1,8 +1,9 @@
 //! kira's HTTP API: routes, the auth extractor, error mapping, OpenAPI.
 //!
 //! API boundary: this crate is the only one that knows HTTP. Handlers
-//! extract, call one engine method, and map the error; the server holds
-//! no store handle, so every rule the engine owns holds here too.
+//! extract, call one engine service's method, and map the error; the
+//! server holds no store handle, so every rule the engine owns holds here
+//! too.
 //! Every route is registered through `utoipa_axum::routes!`, so the OpenAPI
 //! document at `/v1/openapi.json` is generated from the same handlers that
 //! serve and cannot leave a route out.

@@ -244,14 +244,26 @@ pub struct AgentStatus {
     pub model: Option<AgentModel>,
 }
 
-impl crate::Engine {
+/// The configured agents as `kira agents` shows them. No state of its
+/// own: their load is the queue's, their models the scheduler's executor's.
+pub struct Agents {
+    ctx: Arc<crate::Ctx>,
+    scheduler: Arc<crate::scheduler::Scheduler>,
+}
+
+impl Agents {
+    pub(crate) fn new(ctx: Arc<crate::Ctx>, scheduler: Arc<crate::scheduler::Scheduler>) -> Self {
+        Self { ctx, scheduler }
+    }
+
     /// Every configured agent with its model and current load.
-    pub async fn agents(&self) -> Result<Vec<AgentStatus>, crate::EngineError> {
+    pub async fn list(&self) -> Result<Vec<AgentStatus>, crate::EngineError> {
         let snap = self
-            .store()
-            .queue_snapshot(self.clock().now(), 100_000, None)
+            .ctx
+            .store
+            .queue_snapshot(self.ctx.clock.now(), 100_000, None)
             .await?;
-        let cfg = self.config();
+        let cfg = &self.ctx.config;
         Ok(cfg
             .agents
             .iter()
@@ -281,7 +293,7 @@ impl crate::Engine {
                 max_steps: a.max_steps,
                 max_tokens_per_run: a.max_tokens_per_run,
                 max_wall_seconds: a.max_wall_seconds,
-                model: self.inner.executor.as_ref().and_then(|e| e.describe(name)),
+                model: self.scheduler.executor().and_then(|e| e.describe(name)),
             })
             .collect())
     }
@@ -559,7 +571,8 @@ impl AgentExecutor {
         let engine = run.engine();
         let scope = run.scope();
         let pack = engine
-            .load_context(
+            .memory()
+            .context(
                 scope,
                 &ContextRequest {
                     task_type: Some(task.task_type.clone()),
@@ -570,7 +583,7 @@ impl AgentExecutor {
             .await
             .map_err(|e| format!("context: {e}"))?;
         let session = if primary {
-            match engine.store().load_session(scope).await {
+            match run.store().load_session(scope).await {
                 Ok(s) => Some(session::render(&s)),
                 Err(e) => return Err(format!("session: {e}")),
             }
@@ -582,7 +595,7 @@ impl AgentExecutor {
         let feedback: Vec<String> = if task.attempts <= 1 {
             Vec::new()
         } else {
-            match engine.store().task_reviews(scope, &task.task_id).await {
+            match engine.reviews().list(scope, &task.task_id).await {
                 Ok(rs) => rs
                     .into_iter()
                     .filter(|r| r.decision == "rejected")

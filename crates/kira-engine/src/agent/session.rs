@@ -14,7 +14,8 @@ use kira_store::agents::Session;
 use serde_json::{Value, json};
 
 use crate::memory::pack::count_tokens;
-use crate::{Engine, EngineError};
+use crate::memory::summarize::Summarizer;
+use crate::{Ctx, EngineError};
 
 /// Characters of a task or a summary a turn keeps.
 const TURN_CHARS: usize = 600;
@@ -79,19 +80,20 @@ pub fn turns(task: &Task, summary: &str, status: &str, now: DateTime<Utc>) -> (V
 /// appends turns meanwhile, the save is refused and tried again on the
 /// session as it now is (a few times; after that the next run's end does
 /// it). Returns whether it compacted.
-pub async fn compact_if_needed(engine: &Engine, scope: &CompanyScope) -> Result<bool, EngineError> {
-    let cfg = &engine.config().primary;
+pub(crate) async fn compact_if_needed(
+    ctx: &Ctx,
+    summarizer: &dyn Summarizer,
+    scope: &CompanyScope,
+) -> Result<bool, EngineError> {
+    let cfg = &ctx.config.primary;
     for _ in 0..SAVE_TRIES {
-        let mut s = engine.store().load_session(scope).await?;
+        let mut s = ctx.store.load_session(scope).await?;
         if s.tokens <= cfg.session_max_tokens || s.turns.len() <= cfg.session_keep_turns {
             return Ok(false);
         }
-        compact(engine, scope, &mut s, cfg.session_keep_turns).await?;
-        match engine
-            .store()
-            .save_session(scope, &s, engine.clock().now())
-            .await
-        {
+        let now = ctx.clock.now();
+        compact(summarizer, scope, &mut s, cfg.session_keep_turns, now).await?;
+        match ctx.store.save_session(scope, &s, ctx.clock.now()).await {
             Ok(_) => return Ok(true),
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
@@ -102,14 +104,14 @@ pub async fn compact_if_needed(engine: &Engine, scope: &CompanyScope) -> Result<
 
 /// Folds every turn but the last `keep` into the summary.
 async fn compact(
-    engine: &Engine,
+    summarizer: &dyn Summarizer,
     scope: &CompanyScope,
     s: &mut Session,
     keep: usize,
+    now: DateTime<Utc>,
 ) -> Result<(), EngineError> {
     let cut_at = s.turns.len() - keep;
     let old: Vec<serde_json::Value> = s.turns.drain(..cut_at).collect();
-    let now = engine.clock().now();
     // The summariser works on memories: the old summary and each turn
     // stand in as notes, oldest first.
     let mut notes = Vec::with_capacity(old.len() + 1);
@@ -133,8 +135,7 @@ async fn compact(
         notes.push(note(s.summary.clone()));
     }
     notes.extend(old.iter().map(|t| note(turn_line(t))));
-    s.summary = engine
-        .summarizer()
+    s.summary = summarizer
         .summarize(&notes)
         .await
         .map_err(EngineError::Summarize)?;

@@ -217,7 +217,8 @@ async fn search_memory(
         ..MemoryFilter::default()
     };
     let hits = engine
-        .search_memories(scope, &a.query, &filter, limit(a.limit))
+        .memory()
+        .search(scope, &a.query, &filter, limit(a.limit))
         .await
         .map_err(|e| ToolOutput::err(e.to_string()))?;
     if hits.is_empty() {
@@ -270,7 +271,8 @@ async fn record_memory(
         detail: "recorded by an agent".into(),
     };
     let stored = engine
-        .add_memories(scope, vec![item], false, audit)
+        .memory()
+        .add(scope, vec![item], false, audit)
         .await
         .map_err(|e| ToolOutput::err(e.to_string()))?;
     Ok(ToolOutput::ok(format!(
@@ -286,7 +288,8 @@ async fn search_knowledge(engine: &Engine, args: &Value) -> Result<ToolOutput, T
         ..KnowledgeFilter::default()
     };
     let hits = engine
-        .search_knowledge(&a.query, &filter, limit(a.limit))
+        .knowledge()
+        .search(&a.query, &filter, limit(a.limit))
         .await
         .map_err(|e| ToolOutput::err(e.to_string()))?;
     if hits.is_empty() {

@@ -21,8 +21,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::Memories;
 use super::pack::count_tokens;
-use crate::{Engine, EngineError};
+use crate::EngineError;
 
 /// Pages read while planning.
 const PAGE: u32 = 1_000;
@@ -69,15 +70,15 @@ fn record(scope: &CompanyScope, at: DateTime<Utc>, action: &str, target: String)
     }
 }
 
-impl Engine {
+impl Memories {
     /// Compacts the scope's company's memory now; with `dry_run`, reports
     /// what it would do and writes nothing.
-    pub async fn compact_memory(
+    pub async fn compact(
         &self,
         scope: &CompanyScope,
         dry_run: bool,
     ) -> Result<CompactionReport, EngineError> {
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let mut report = CompactionReport {
             company_id: scope.company().to_string(),
             dry_run,
@@ -102,7 +103,7 @@ impl Engine {
                 .await?;
             report.groups.push(g);
         }
-        if let Some(before) = now.checked_sub_signed(self.config().memory.retention) {
+        if let Some(before) = now.checked_sub_signed(self.ctx.config.memory.retention) {
             report.purged = self.purge_archived(scope, before, dry_run, now).await?;
         }
         Ok(report)
@@ -116,14 +117,15 @@ impl Engine {
         now: DateTime<Utc>,
         report: &mut CompactionReport,
     ) -> Result<(Vec<Uuid>, SummaryGroups), EngineError> {
-        let cfg = &self.config().memory;
+        let cfg = &self.ctx.config.memory;
         let hot = cfg.layers.hot_window();
         let mut discard: Vec<Uuid> = Vec::new();
         let mut groups = SummaryGroups::new();
         let mut after: Option<MemoryCursor> = None;
         loop {
             let page = self
-                .store()
+                .ctx
+                .store
                 .list_memories(scope, &MemoryFilter::default(), after, PAGE)
                 .await?;
             let Some(last) = page.last() else { break };
@@ -158,7 +160,8 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         for chunk in discard.chunks(kira_store::memory::MAX_BATCH) {
-            self.store()
+            self.ctx
+                .store
                 .set_archived(
                     scope,
                     chunk,
@@ -214,7 +217,8 @@ impl Engine {
             ),
         );
         match self
-            .store()
+            .ctx
+            .store
             .replace_with_summary(scope, &summary, now, audit)
             .await
         {
@@ -237,7 +241,8 @@ impl Engine {
     ) -> Result<u64, EngineError> {
         if !dry_run {
             return Ok(self
-                .store()
+                .ctx
+                .store
                 .purge_archived(
                     scope,
                     before,
@@ -257,7 +262,7 @@ impl Engine {
         let mut purged = 0;
         let mut after = None;
         loop {
-            let page = self.store().list_memories(scope, &f, after, PAGE).await?;
+            let page = self.ctx.store.list_memories(scope, &f, after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(MemoryCursor::of(last));
             purged += page

@@ -1,7 +1,8 @@
 //! Embeddings beside full text: the engine's view of a sentence-embedding
-//! model, and the background loop that embeds new memories. Writes never
-//! wait for it: an insert queues the memory's id, this loop claims ids,
-//! reads their text through the company scope and stores the vectors.
+//! model, and the background loop that embeds new memories (and knowledge
+//! entries). Writes never wait for it: an insert queues the memory's id,
+//! this loop claims ids, reads their text through the company scope and
+//! stores the vectors.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use kira_core::CompanyId;
 use kira_core::auth::{Access, Principal};
 use kira_store::memory::{EmbedJob, MemoryVector};
 
-use crate::{Engine, EngineError, Shutdown};
+use tokio::sync::Notify;
+
+use crate::{Ctx, EngineError, Shutdown};
 
 /// A sentence-embedding model. Vectors are L2-normalised, so a dot product
 /// is the cosine.
@@ -25,7 +28,41 @@ pub trait TextEmbedder: Send + Sync {
 /// Embedding jobs claimed per pass.
 pub const EMBED_BATCH: u32 = 64;
 
-impl Engine {
+/// Embeddings: the model (if any) and the wake of the loop that drains the
+/// store's embedding queue. Memory and knowledge search with it, and ring
+/// it when they write text.
+pub struct Embeddings {
+    ctx: Arc<Ctx>,
+    /// The sentence-embedding model; None: full text only.
+    embedder: Option<Arc<dyn TextEmbedder>>,
+    /// Rung when text to embed arrives, so an idle embedder looks at once.
+    wake: Notify,
+}
+
+impl Embeddings {
+    pub(crate) fn new(ctx: Arc<Ctx>, embedder: Option<Arc<dyn TextEmbedder>>) -> Self {
+        Self {
+            ctx,
+            embedder,
+            wake: Notify::new(),
+        }
+    }
+
+    /// The model, if there is one (else search is full text only).
+    pub fn embedder(&self) -> Option<&Arc<dyn TextEmbedder>> {
+        self.embedder.as_ref()
+    }
+
+    /// The model's id, stored beside its vectors.
+    pub(crate) fn model_id(&self) -> Option<String> {
+        self.embedder.as_ref().map(|e| e.model_id().to_owned())
+    }
+
+    /// Text to embed was written: wakes the embedder loop.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Embeds `texts` on a blocking thread; None without an embedder.
     pub(crate) async fn embed_texts(
         &self,
@@ -76,14 +113,15 @@ impl Engine {
     /// One pass: claims up to [`EMBED_BATCH`] queued memories and embeds
     /// them. Returns how many it stored; 0 when the queue is empty (or
     /// there is no embedder).
-    pub async fn embed_pass(&self) -> Result<usize, EngineError> {
+    pub async fn pass(&self) -> Result<usize, EngineError> {
         let Some(embedder) = self.embedder() else {
             return Ok(0);
         };
         let model = embedder.model_id().to_owned();
         let jobs = self
-            .store()
-            .claim_embed_jobs(self.clock().now(), EMBED_BATCH)
+            .ctx
+            .store
+            .claim_embed_jobs(self.ctx.clock.now(), EMBED_BATCH)
             .await?;
         let mut by_company: BTreeMap<CompanyId, Vec<uuid::Uuid>> = BTreeMap::new();
         for EmbedJob {
@@ -99,7 +137,7 @@ impl Engine {
             let Ok(scope) = system.scope(&company, Access::Write) else {
                 continue;
             };
-            let memories = self.store().get_memories(&scope, &ids).await?;
+            let memories = self.ctx.store.get_memories(&scope, &ids).await?;
             let found: std::collections::HashSet<uuid::Uuid> =
                 memories.iter().map(|m| m.id).collect();
             let missing: Vec<uuid::Uuid> = ids
@@ -108,7 +146,7 @@ impl Engine {
                 .filter(|id| !found.contains(id))
                 .collect();
             if !missing.is_empty() {
-                self.store().drop_embed_jobs(&scope, &missing).await?;
+                self.ctx.store.drop_embed_jobs(&scope, &missing).await?;
             }
             if memories.is_empty() {
                 continue;
@@ -125,7 +163,7 @@ impl Engine {
                     vector,
                 })
                 .collect();
-            self.store().put_vectors(&scope, &model, &rows).await?;
+            self.ctx.store.put_vectors(&scope, &model, &rows).await?;
             stored += rows.len();
         }
         stored += self.embed_knowledge(&model).await?;
@@ -136,7 +174,8 @@ impl Engine {
     /// (`title: body`); returns how many.
     async fn embed_knowledge(&self, model: &str) -> Result<usize, EngineError> {
         let entries = self
-            .store()
+            .ctx
+            .store
             .knowledge_without_vectors(model, EMBED_BATCH)
             .await?;
         if entries.is_empty() {
@@ -160,7 +199,8 @@ impl Engine {
         let admin = Principal::system()
             .admin()
             .map_err(|e| EngineError::Embed(format!("the system principal: {e}")))?;
-        self.store()
+        self.ctx
+            .store
             .put_knowledge_vectors(&admin, model, &rows)
             .await?;
         Ok(rows.len())
@@ -168,12 +208,13 @@ impl Engine {
 
     /// Embeds until the queue is empty, then waits to be woken (a memory
     /// was added) or for the poll interval; stops on `shutdown`.
-    pub async fn run_embedder(&self, shutdown: Shutdown) {
+    pub async fn run(&self, shutdown: Shutdown) {
         if self.embedder().is_none() {
             return;
         }
         let poll = self
-            .config()
+            .ctx
+            .config
             .scheduler
             .poll_interval
             .to_std()
@@ -182,14 +223,14 @@ impl Engine {
             if shutdown.is_triggered() {
                 return;
             }
-            match self.embed_pass().await {
+            match self.pass().await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "embedding pass failed; retrying"),
             }
             tokio::select! {
                 _ = shutdown.wait() => return,
-                _ = self.inner.embed_wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(poll * 5) => {}
             }
         }

@@ -2,21 +2,24 @@
 //! over every active company, on one node at a time (PostgreSQL advisory
 //! lock), audited by the store as each group is written.
 
+use std::sync::Arc;
+
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, Principal};
 use tokio::task::JoinHandle;
 
-use crate::{Engine, EngineError, Shutdown};
+use super::Memories;
+use crate::{EngineError, Shutdown};
 
 /// The advisory-lock key of the compaction job.
 const JOB_COMPACTION: i64 = 0x6b69_7261_0002;
 
-impl Engine {
+impl Memories {
     /// Compacts every active company's memory, if no other node is at it.
     /// Returns how many companies were compacted (None: another node holds
     /// the job). A company that fails is logged and the run goes on.
     pub async fn compact_all(&self) -> Result<Option<usize>, EngineError> {
-        let Some(_lock) = self.store().job_lock(JOB_COMPACTION).await? else {
+        let Some(_lock) = self.ctx.store.job_lock(JOB_COMPACTION).await? else {
             return Ok(None);
         };
         let system = Principal::system();
@@ -26,7 +29,7 @@ impl Engine {
                 "the system principal is not an admin",
             ))
         })?;
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let audit = AuditRecord {
             at: now,
             request_id: format!("compaction-{}", now.timestamp_millis()),
@@ -37,13 +40,13 @@ impl Engine {
             outcome: Outcome::Ok,
             detail: String::new(),
         };
-        let companies = self.store().list_companies(&admin, false, audit).await?;
+        let companies = self.ctx.store.list_companies(&admin, false, audit).await?;
         let mut done = 0;
         for c in companies {
             let Ok(scope) = system.scope(&c.id, Access::Write) else {
                 continue;
             };
-            match self.compact_memory(&scope, false).await {
+            match self.compact(&scope, false).await {
                 Ok(r) => {
                     done += 1;
                     if r.discarded > 0 || !r.groups.is_empty() || r.purged > 0 {
@@ -66,16 +69,17 @@ impl Engine {
 
     /// Starts the embedder and the periodic compaction job; both stop on
     /// `shutdown`.
-    pub fn start_memory_jobs(&self, shutdown: Shutdown) -> JoinHandle<()> {
-        let engine = self.clone();
+    pub fn start_jobs(self: &Arc<Self>, shutdown: Shutdown) -> JoinHandle<()> {
+        let memory = self.clone();
         tokio::spawn(async move {
             let embedder = {
-                let engine = engine.clone();
+                let embeddings = memory.embeddings.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move { engine.run_embedder(shutdown).await })
+                tokio::spawn(async move { embeddings.run(shutdown).await })
             };
-            let every = engine
-                .config()
+            let every = memory
+                .ctx
+                .config
                 .memory
                 .compaction_interval
                 .to_std()
@@ -85,7 +89,7 @@ impl Engine {
                     () = shutdown.wait() => break,
                     () = tokio::time::sleep(every) => {}
                 }
-                if let Err(e) = engine.compact_all().await {
+                if let Err(e) = memory.compact_all().await {
                     tracing::error!(error = %e, "compaction job failed");
                 }
             }

@@ -11,6 +11,7 @@ pub mod pack;
 pub mod summarize;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::ValidationError;
@@ -30,7 +31,12 @@ use uuid::Uuid;
 
 pub use pack::{ContextPack, PackItem, Section, Shares};
 
-use crate::{Engine, EngineError};
+use crate::config::EngineConfig;
+use crate::knowledge::Knowledge;
+use crate::sharing::Sharing;
+use crate::{Ctx, EngineError};
+use embed::Embeddings;
+use summarize::Summarizer;
 
 /// Memory settings: `[memory]`, `[memory.layers]`, `[memory.search]`,
 /// `[memory.compaction.WORKSTREAM]` and `[context]` in `kira.toml`.
@@ -148,7 +154,7 @@ struct Fused {
     vector_rank: Option<usize>,
 }
 
-/// What `load_context` is asked for.
+/// What [`Memories::context`] is asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContextRequest {
     /// A task type or a workstream name; picks the warm section's workstream.
@@ -164,9 +170,42 @@ pub const MAX_SEARCH_QUERY_CHARS: usize = 2_000;
 /// text, which is never longer.
 pub const MAX_CONTEXT_QUERY_CHARS: usize = kira_core::task::MAX_TASK_TEXT_CHARS;
 
-impl Engine {
+/// A company's memory. Owns the summariser compaction (and the primary
+/// agent's session) uses; reaches embeddings for the vectors it searches
+/// and wakes, knowledge and sharing for a context pack's sections, and
+/// sharing for the conflict check after every write.
+pub struct Memories {
+    ctx: Arc<Ctx>,
+    summarizer: Arc<dyn Summarizer>,
+    embeddings: Arc<Embeddings>,
+    knowledge: Arc<Knowledge>,
+    sharing: Arc<Sharing>,
+}
+
+impl Memories {
+    pub(crate) fn new(
+        ctx: Arc<Ctx>,
+        summarizer: Arc<dyn Summarizer>,
+        embeddings: Arc<Embeddings>,
+        knowledge: Arc<Knowledge>,
+        sharing: Arc<Sharing>,
+    ) -> Self {
+        Self {
+            ctx,
+            summarizer,
+            embeddings,
+            knowledge,
+            sharing,
+        }
+    }
+
+    /// What compaction summarises with (default: extractive).
+    pub fn summarizer(&self) -> &Arc<dyn Summarizer> {
+        &self.summarizer
+    }
+
     /// One page of the scope's company's memories, newest first.
-    pub async fn list_memories(
+    pub async fn list(
         &self,
         scope: &CompanyScope,
         filter: &MemoryFilter,
@@ -174,26 +213,27 @@ impl Engine {
         limit: u32,
     ) -> Result<Vec<Memory>, EngineError> {
         Ok(self
-            .store()
+            .ctx
+            .store
             .list_memories(scope, filter, after, limit)
             .await?)
     }
 
-    pub async fn get_memory(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory, EngineError> {
-        Ok(self.store().get_memory(scope, id).await?)
+    pub async fn get(&self, scope: &CompanyScope, id: Uuid) -> Result<Memory, EngineError> {
+        Ok(self.ctx.store.get_memory(scope, id).await?)
     }
 
     /// Archives a memory (it leaves search and context until restored, and
     /// is purged when the retention period has passed) or restores it;
     /// the memory as it is then. `Store(Conflict)` when it already is so.
-    pub async fn set_memory_archived(
+    pub async fn set_archived(
         &self,
         scope: &CompanyScope,
         id: Uuid,
         archive: bool,
         audit: AuditRecord,
     ) -> Result<Memory, EngineError> {
-        let m = self.store().get_memory(scope, id).await?;
+        let m = self.ctx.store.get_memory(scope, id).await?;
         if m.is_archived() == archive {
             return Err(StoreError::Conflict(
                 if archive {
@@ -205,28 +245,28 @@ impl Engine {
             )
             .into());
         }
-        let at = archive.then(|| self.clock().now());
-        self.store().set_archived(scope, &[id], at, audit).await?;
-        Ok(self.store().get_memory(scope, id).await?)
+        let at = archive.then(|| self.ctx.clock.now());
+        self.ctx.store.set_archived(scope, &[id], at, audit).await?;
+        Ok(self.ctx.store.get_memory(scope, id).await?)
     }
 
     /// Deletes a memory, its vector and its queue entry for good.
-    pub async fn delete_memory(
+    pub async fn delete(
         &self,
         scope: &CompanyScope,
         id: Uuid,
         audit: AuditRecord,
     ) -> Result<(), EngineError> {
-        Ok(self.store().delete_memory(scope, id, audit).await?)
+        Ok(self.ctx.store.delete_memory(scope, id, audit).await?)
     }
 
     /// Validates and stores 1..=1,000 memories in one transaction. Errors
     /// name the field (`memories.3.importance` for a batch). The store
     /// queues each for embedding; the embedder is woken. Then conflicts
-    /// with other companies are looked for ([`Engine::detect_conflicts`]):
+    /// with other companies are looked for ([`Sharing::detect_conflicts`]):
     /// the write is done by then, so a failure there is logged, not
     /// returned.
-    pub async fn add_memories(
+    pub async fn add(
         &self,
         scope: &CompanyScope,
         items: Vec<NewMemory>,
@@ -246,7 +286,7 @@ impl Engine {
             )
             .into());
         }
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let mut memories = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             let valid = item.validate(now).map_err(|mut e| {
@@ -257,11 +297,12 @@ impl Engine {
             })?;
             memories.push(valid.into_memory(new_memory_id(now), scope.company().clone(), now));
         }
-        self.store()
+        self.ctx
+            .store
             .insert_memories(scope, &memories, audit)
             .await?;
-        self.inner.embed_wake.notify_one();
-        if let Err(e) = self.detect_conflicts(scope, &memories).await {
+        self.embeddings.wake();
+        if let Err(e) = self.sharing.detect_conflicts(scope, &memories).await {
             tracing::error!(company = %scope.company(), error = %e, "conflict detection failed");
         }
         Ok(memories)
@@ -269,7 +310,7 @@ impl Engine {
 
     /// Hybrid search: full-text and vector candidates fused by reciprocal
     /// rank, then weighed with recency and importance.
-    pub async fn search_memories(
+    pub async fn search(
         &self,
         scope: &CompanyScope,
         query: &str,
@@ -288,11 +329,11 @@ impl Engine {
                 format!("must be at most {MAX_SEARCH_QUERY_CHARS} characters"),
             )));
         }
-        let cfg = &self.config().memory;
+        let cfg = &self.ctx.config.memory;
         let fused = self
             .hybrid_hits(scope, query, filter, cfg.candidates.max(limit))
             .await?;
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let hits: Vec<(Fused, f64, DateTime<Utc>, i16)> = fused
             .into_iter()
             .map(|f| {
@@ -322,9 +363,10 @@ impl Engine {
         filter: &MemoryFilter,
         candidates: u32,
     ) -> Result<Vec<Fused>, EngineError> {
-        let cfg = &self.config().memory;
+        let cfg = &self.ctx.config.memory;
         let text = self
-            .store()
+            .ctx
+            .store
             .search_memories(scope, query, filter, candidates)
             .await?;
         let text_ids: Vec<Uuid> = text.iter().map(|h| h.memory.id).collect();
@@ -338,7 +380,7 @@ impl Engine {
             .filter(|id| !by_id.contains_key(id))
             .collect();
         if !missing.is_empty() {
-            for m in self.store().get_memories(scope, &missing).await? {
+            for m in self.ctx.store.get_memories(scope, &missing).await? {
                 by_id.insert(m.id, m);
             }
         }
@@ -350,7 +392,7 @@ impl Engine {
         };
         let (text_rank, vector_rank) = (rank_of(&text_ids), rank_of(&vector_ids));
         let mut lists = vec![text_ids, vector_ids];
-        let windows = windows_in(query, self.clock().now());
+        let windows = windows_in(query, self.ctx.clock.now());
         if !windows.is_empty() {
             let found = fuse_rrf(&lists, cfg.rrf_k);
             let timely = self
@@ -408,7 +450,7 @@ impl Engine {
                 (within, candidates + 1)
             })
             .collect();
-        let pages = self.store().list_memories_many(scope, &lists).await?;
+        let pages = self.ctx.store.list_memories_many(scope, &lists).await?;
         for page in pages.into_iter().filter(|p| p.len() <= candidates as usize) {
             for m in page {
                 if let std::collections::hash_map::Entry::Vacant(e) = by_id.entry(m.id) {
@@ -429,26 +471,27 @@ impl Engine {
         filter: &MemoryFilter,
         k: u32,
     ) -> Result<Vec<Uuid>, EngineError> {
-        let Some(model) = self.embedder().map(|e| e.model_id().to_owned()) else {
+        let Some(model) = self.embeddings.model_id() else {
             return Ok(Vec::new());
         };
-        let vectors = self.store().memory_vectors(scope, &model, filter).await?;
-        self.nearest_ids(
-            query,
-            vectors
-                .into_iter()
-                .map(|v| (v.memory_id, v.vector))
-                .collect(),
-            k as usize,
-        )
-        .await
+        let vectors = self.ctx.store.memory_vectors(scope, &model, filter).await?;
+        self.embeddings
+            .nearest_ids(
+                query,
+                vectors
+                    .into_iter()
+                    .map(|v| (v.memory_id, v.vector))
+                    .collect(),
+                k as usize,
+            )
+            .await
     }
 
     /// The context an agent starts from (SEED 3.1): hot, warm, cold,
     /// knowledge and shared sections, deduplicated and fitted to the token
     /// budget, each item with its provenance. Only the scope's company's
     /// memories ever go in raw.
-    pub async fn load_context(
+    pub async fn context(
         &self,
         scope: &CompanyScope,
         req: &ContextRequest,
@@ -459,7 +502,7 @@ impl Engine {
                 format!("must be at most {MAX_CONTEXT_QUERY_CHARS} characters"),
             )));
         }
-        let cfg = &self.config().memory;
+        let cfg = &self.ctx.config.memory;
         let budget = req.budget.unwrap_or(cfg.context.default_budget);
         if budget > cfg.context.max_budget {
             return Err(ValidationError::new(
@@ -469,10 +512,10 @@ impl Engine {
             .into());
         }
         let workstream = match req.task_type.as_deref() {
-            Some(t) => Some(self.workstream_of(t)?),
+            Some(t) => Some(workstream_of(&self.ctx.config, t)?),
             None => None,
         };
-        let now = self.clock().now();
+        let now = self.ctx.clock.now();
         let reads = self
             .context_reads(scope, req, workstream, budget, now)
             .await?;
@@ -490,7 +533,7 @@ impl Engine {
         budget: usize,
         now: DateTime<Utc>,
     ) -> Result<ContextReads, EngineError> {
-        let cfg = &self.config().memory;
+        let cfg = &self.ctx.config.memory;
         let layers = cfg.layers;
         // Hot: the newest and the most important, by recency and importance.
         let recent = MemoryFilter {
@@ -501,7 +544,7 @@ impl Engine {
             min_importance: Some(layers.hot_importance),
             ..MemoryFilter::default()
         };
-        let store = self.store();
+        let store = &self.ctx.store;
         // Hot (newest, most important) and the workstream's recent
         // memories: three lists, read in one go.
         let mut lists = vec![
@@ -546,11 +589,13 @@ impl Engine {
         // Knowledge and shared: the task text's best hits in the knowledge
         // base and, as anonymised copies, in other companies' memories
         // where a sharing rule allows the task's scope.
-        let knowledge = self.knowledge_candidates(&req.query, cfg.context.knowledge_hits as usize);
+        let knowledge = self
+            .knowledge
+            .candidates(&req.query, cfg.context.knowledge_hits as usize);
         let shared_scope = workstream
             .and_then(|w| cfg.context.shared_scopes.get(&w))
             .unwrap_or(&cfg.context.shared_default_scope);
-        let shared = self.shared_candidates(
+        let shared = self.sharing.candidates(
             scope,
             shared_scope,
             &req.query,
@@ -577,7 +622,7 @@ impl Engine {
         budget: usize,
         now: DateTime<Utc>,
     ) -> Result<ContextPack, EngineError> {
-        let cfg = &self.config().memory;
+        let cfg = &self.ctx.config.memory;
         let layers = cfg.layers;
         let cand = |m: &Memory, score: f64| pack::Candidate {
             id: m.id.to_string(),
@@ -676,7 +721,7 @@ impl Engine {
         budget: usize,
         now: DateTime<Utc>,
     ) -> Result<Vec<(Memory, f64)>, EngineError> {
-        let cfg = &self.config().memory;
+        let cfg = &self.ctx.config.memory;
         let cold_weights = ScoreWeights {
             recency: 0.0,
             ..cfg.search
@@ -746,7 +791,7 @@ impl Engine {
         if lists.is_empty() {
             return Ok(cold);
         }
-        let pages = self.store().list_memories_many(scope, &lists).await?;
+        let pages = self.ctx.store.list_memories_many(scope, &lists).await?;
         let mut neighbours: Vec<Vec<Memory>> = vec![Vec::new(); anchors];
         for (i, page) in pages.into_iter().enumerate() {
             let is_after = i % 2 == 1;
@@ -793,25 +838,25 @@ impl Engine {
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(out)
     }
+}
 
-    /// The workstream a task type works in: a workstream's own name, else
-    /// the type's specialist's (legal, financial, ...), else general.
-    pub fn workstream_of(&self, task_type: &str) -> Result<Workstream, EngineError> {
-        if let Ok(w) = Workstream::parse(task_type) {
-            return Ok(w);
-        }
-        let Some(t) = self.config().task_types.get(task_type) else {
-            return Err(ValidationError::new(
-                "task_type",
-                format!("'{task_type}' is neither a configured task type nor a workstream"),
-            )
-            .into());
-        };
-        Ok(t.specialist
-            .as_deref()
-            .and_then(|s| Workstream::parse(s).ok())
-            .unwrap_or(Workstream::General))
+/// The workstream a task type works in: a workstream's own name, else
+/// the type's specialist's (legal, financial, ...), else general.
+pub fn workstream_of(cfg: &EngineConfig, task_type: &str) -> Result<Workstream, EngineError> {
+    if let Ok(w) = Workstream::parse(task_type) {
+        return Ok(w);
     }
+    let Some(t) = cfg.task_types.get(task_type) else {
+        return Err(ValidationError::new(
+            "task_type",
+            format!("'{task_type}' is neither a configured task type nor a workstream"),
+        )
+        .into());
+    };
+    Ok(t.specialist
+        .as_deref()
+        .and_then(|s| Workstream::parse(s).ok())
+        .unwrap_or(Workstream::General))
 }
 
 /// Cold hits whose neighbouring events are offered too. On LoCoMo (all ten
@@ -843,7 +888,7 @@ fn estimated_tokens(m: &Memory) -> usize {
     m.text().len() / 4 + 12
 }
 
-/// What a context pack is made from (see `Engine::load_context`).
+/// What a context pack is made from (see [`Memories::context`]).
 struct ContextReads {
     /// The newest and the most important memories.
     hot: Vec<Memory>,

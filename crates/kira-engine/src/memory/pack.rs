@@ -1,5 +1,5 @@
 //! Fitting a context pack to its token budget: the pure part of
-//! `load_context`. Candidates arrive per section, best first; the pack
+//! `Memories::context`. Candidates arrive per section, best first; the pack
 //! takes them section by section, each section up to its share of the
 //! budget, then hands what is left over first to the relevance hits that
 //! did not fit, most relevant first, whatever their section, then to the

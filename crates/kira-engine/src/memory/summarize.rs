@@ -1,8 +1,8 @@
-//! Summarisers for compaction. The trait is what compaction calls; the
-//! extractive one here is the default (and needs no model): it keeps the
-//! group's most informative sentences (rare terms, dates, amounts, names,
-//! decisions), as many as the group's size calls for, in the order they
-//! happened. The other implementation is the LLM summariser,
+//! Summarisers: the trait compaction and the primary agent's session call
+//! (`Memories` holds the one in use). The extractive one here is the
+//! default (and needs no model): it keeps the group's most informative
+//! sentences (rare terms, dates, amounts, names, decisions), as many as
+//! the group's size calls for, in the order they happened. The other implementation is the LLM summariser,
 //! `agent::summarize::LlmSummarizer`, chosen by `[summarizer] kind = "llm"`.
 
 use std::collections::{BTreeSet, HashMap};

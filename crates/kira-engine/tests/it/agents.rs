@@ -201,30 +201,32 @@ fn engine_with(s: &Setup, fake: &FakeLlm, cfg: EngineConfig, sleeper: Arc<NoSlee
 }
 
 async fn remember(e: &Engine, company: &str, text: &str, people: &[&str]) {
-    e.add_memories(
-        &scope(company),
-        vec![NewMemory {
-            occurred_at: t0() - TimeDelta::days(1),
-            event_type: EventType::Contract,
-            workstream: Workstream::Legal,
-            category: "key_decisions".into(),
-            content: json!({"text": text, "people": people}),
-            importance: 8,
-            indexed_terms: vec![],
-            source: None,
-        }],
-        false,
-        audit(company),
-    )
-    .await
-    .expect("memory");
+    e.memory()
+        .add(
+            &scope(company),
+            vec![NewMemory {
+                occurred_at: t0() - TimeDelta::days(1),
+                event_type: EventType::Contract,
+                workstream: Workstream::Legal,
+                category: "key_decisions".into(),
+                content: json!({"text": text, "people": people}),
+                importance: 8,
+                indexed_terms: vec![],
+                source: None,
+            }],
+            false,
+            audit(company),
+        )
+        .await
+        .expect("memory");
 }
 
 async fn submit_task(e: &Engine, company: &str, text: &str, ty: &str) -> TaskId {
     let req: TaskRequest =
         serde_json::from_value(json!({"task": text, "type": ty, "priority": "high"}))
             .expect("request");
-    e.submit(&scope(company), &req, None, audit(company))
+    e.tasks()
+        .submit(&scope(company), &req, None, audit(company))
         .await
         .expect("submit")
         .task
@@ -233,7 +235,7 @@ async fn submit_task(e: &Engine, company: &str, text: &str, ty: &str) -> TaskId 
 
 /// Claims and runs everything runnable, to the end of the runs.
 async fn run_all(e: &Engine) {
-    let r = e.tick().await.expect("tick");
+    let r = e.scheduler().tick().await.expect("tick");
     for h in r.runs {
         h.await.expect("run");
     }
@@ -765,7 +767,7 @@ async fn concurrent_runs_of_a_company_keep_every_session_turn(b: Backend) {
         );
     }
     // All four claimed in one pass and run at once.
-    let r = e.tick().await.expect("tick");
+    let r = e.scheduler().tick().await.expect("tick");
     assert_eq!(r.runs.len(), 4);
     for h in r.runs {
         h.await.expect("run");
@@ -932,22 +934,23 @@ async fn a_rejected_result_runs_again_with_the_reviewers_feedback_in_its_prompt(
     assert_eq!(t.status, TaskStatus::NeedsReview);
     let first = messages_text(&fake.seen()[0]);
     assert!(!first.contains("A reviewer rejected"), "{first}");
-    let t = kira_engine::review::review(
-        &e,
-        &scope("acme"),
-        &id,
-        ReviewInput {
-            decision: Decision::Reject {
-                feedback: "Cite the renewal clause".into(),
+    let t = e
+        .reviews()
+        .apply(
+            &scope("acme"),
+            &id,
+            ReviewInput {
+                decision: Decision::Reject {
+                    feedback: "Cite the renewal clause".into(),
+                },
+                rating: None,
+                reviewer: "key:reviewer".into(),
             },
-            rating: None,
-            reviewer: "key:reviewer".into(),
-        },
-        s.clock.now(),
-        audit("acme"),
-    )
-    .await
-    .expect("review");
+            s.clock.now(),
+            audit("acme"),
+        )
+        .await
+        .expect("review");
     assert_eq!(t.status, TaskStatus::Queued);
     run_all(&e).await;
     let seen = fake.seen();
@@ -1033,15 +1036,16 @@ async fn only_published_text_reaches_anothers_prompts(b: Backend) {
         partner: kira_core::sharing::Partner::Any,
     };
     for c in ["acme", "globex"] {
-        e.put_consent(
-            &admin,
-            &CompanyId::parse(c).expect("id"),
-            &legal,
-            "admin",
-            audit(c),
-        )
-        .await
-        .expect("consent");
+        e.sharing()
+            .put_consent(
+                &admin,
+                &CompanyId::parse(c).expect("id"),
+                &legal,
+                "admin",
+                audit(c),
+            )
+            .await
+            .expect("consent");
     }
     let memories = s
         .store
@@ -1057,15 +1061,16 @@ async fn only_published_text_reaches_anothers_prompts(b: Backend) {
         .iter()
         .find(|m| m.text().contains("quokkaplan"))
         .expect("acme's note");
-    e.publish_shared(
-        &scope("acme"),
-        note.id,
-        &legal.scope,
-        "operator",
-        audit("acme"),
-    )
-    .await
-    .expect("publish");
+    e.sharing()
+        .publish(
+            &scope("acme"),
+            note.id,
+            &legal.scope,
+            "operator",
+            audit("acme"),
+        )
+        .await
+        .expect("publish");
     let before = fake.seen().len();
     submit_task(&e, "globex", task, "complex_legal_analysis").await;
     run_all(&e).await;
@@ -1164,7 +1169,8 @@ async fn submit_medium(e: &Engine, company: &str, text: &str) -> TaskId {
         json!({"task": text, "type": "complex_legal_analysis", "priority": "medium"}),
     )
     .expect("request");
-    e.submit(&scope(company), &req, None, audit(company))
+    e.tasks()
+        .submit(&scope(company), &req, None, audit(company))
         .await
         .expect("submit")
         .task

@@ -106,14 +106,15 @@ fn new(x: &M<'_>) -> NewMemory {
 }
 
 async fn add(e: &Engine, company: &str, items: &[M<'_>]) -> Vec<Memory> {
-    e.add_memories(
-        &scope(company),
-        items.iter().map(new).collect(),
-        true,
-        audit(company),
-    )
-    .await
-    .expect("add")
+    e.memory()
+        .add(
+            &scope(company),
+            items.iter().map(new).collect(),
+            true,
+            audit(company),
+        )
+        .await
+        .expect("add")
 }
 
 fn layer_of(
@@ -147,7 +148,8 @@ async fn layer_boundaries(b: Backend) {
     )
     .await;
     let pack = e
-        .load_context(
+        .memory()
+        .context(
             &scope("acme"),
             &ContextRequest {
                 task_type: None,
@@ -219,7 +221,8 @@ async fn packs_fit_and_stay_in_their_company(b: Backend) {
     .await;
     for budget in [0, 1, 50, 300, 1_000, 2_500] {
         let pack = e
-            .load_context(
+            .memory()
+            .context(
                 &scope("acme"),
                 &ContextRequest {
                     task_type: Some("legal".into()),
@@ -233,7 +236,8 @@ async fn packs_fit_and_stay_in_their_company(b: Backend) {
         assert!(pack.items.iter().all(|i| !i.text.contains("globex")));
     }
     let hits = e
-        .search_memories(
+        .memory()
+        .search(
             &scope("globex"),
             "acme note renewal",
             &MemoryFilter::default(),
@@ -247,7 +251,8 @@ async fn packs_fit_and_stay_in_their_company(b: Backend) {
     );
     // A budget past the limit and an unknown task type are refused by name.
     let err = e
-        .load_context(
+        .memory()
+        .context(
             &scope("acme"),
             &ContextRequest {
                 task_type: Some("astrology".into()),
@@ -293,7 +298,8 @@ async fn a_pack_fills_its_budget(b: Backend) {
     add(&e, "acme", &items).await;
     for budget in [500, 1_000, 2_000] {
         let pack = e
-            .load_context(
+            .memory()
+            .context(
                 &scope("acme"),
                 &ContextRequest {
                     task_type: None,
@@ -355,7 +361,8 @@ async fn a_relevant_hot_memory_comes_first(b: Backend) {
     ));
     add(&e, "acme", &items).await;
     let pack = e
-        .load_context(
+        .memory()
+        .context(
             &scope("acme"),
             &ContextRequest {
                 task_type: None,
@@ -431,7 +438,7 @@ async fn compaction(b: Backend) {
     )
     .await;
     let sc = scope("acme");
-    let dry = e.compact_memory(&sc, true).await.expect("dry run");
+    let dry = e.memory().compact(&sc, true).await.expect("dry run");
     assert_eq!((dry.discarded, dry.groups.len()), (1, 1), "{dry:?}");
     assert!(dry.groups[0].summary_id.is_none());
     let live = |f: Archived| {
@@ -458,7 +465,7 @@ async fn compaction(b: Backend) {
         "a dry run changes nothing"
     );
 
-    let r = e.compact_memory(&sc, false).await.expect("compact");
+    let r = e.memory().compact(&sc, false).await.expect("compact");
     assert_eq!((r.discarded, r.groups.len()), (1, 1), "{r:?}");
     assert!(r.tokens_after < r.tokens_before, "{r:?}");
     let now_live = live(Archived::Exclude).await;
@@ -478,7 +485,7 @@ async fn compaction(b: Backend) {
     assert_eq!(summary.category, "routine_reviews");
 
     // Idempotent: a second run finds nothing to do.
-    let again = e.compact_memory(&sc, false).await.expect("again");
+    let again = e.memory().compact(&sc, false).await.expect("again");
     assert_eq!((again.discarded, again.groups.len()), (0, 0), "{again:?}");
     assert_eq!(live(Archived::Exclude).await.len(), 3);
 
@@ -500,7 +507,7 @@ async fn compaction(b: Backend) {
         .await
         .expect("archive again");
     s.clock.advance(TimeDelta::days(31));
-    let purge = e.compact_memory(&sc, false).await.expect("purge run");
+    let purge = e.memory().compact(&sc, false).await.expect("purge run");
     // The discarded draft goes; the summarised sources are kept.
     assert_eq!(purge.purged, 1, "{purge:?}");
     let archived = live(Archived::Only).await;
@@ -573,15 +580,20 @@ async fn compaction_keeps_the_facts_findable(b: Backend) {
     }
     add(&e, "acme", &items).await;
     let sc = scope("acme");
-    let r = e.compact_memory(&sc, false).await.expect("compact");
+    let r = e.memory().compact(&sc, false).await.expect("compact");
     assert_eq!(r.groups.len(), 1, "{b:?}: {r:?}");
     assert!(r.groups[0].summary_id.is_some());
     s.clock.advance(TimeDelta::days(45));
-    let again = e.compact_memory(&sc, false).await.expect("past retention");
+    let again = e
+        .memory()
+        .compact(&sc, false)
+        .await
+        .expect("past retention");
     assert_eq!(again.purged, 0, "{b:?}: summarised sources are not purged");
     for (fact, question, key) in facts {
         let pack = e
-            .load_context(
+            .memory()
+            .context(
                 &sc,
                 &ContextRequest {
                     task_type: Some("operational".into()),
@@ -658,16 +670,17 @@ async fn semantic_search(b: Backend) {
         )],
     )
     .await;
-    assert_eq!(e.embed_pass().await.expect("embed"), 4);
+    assert_eq!(e.embeddings().pass().await.expect("embed"), 4);
     assert_eq!(
-        e.embed_pass().await.expect("embed again"),
+        e.embeddings().pass().await.expect("embed again"),
         0,
         "the queue is empty"
     );
 
     // No word in common: only meaning finds it, and only in acme's memory.
     let hits = e
-        .search_memories(
+        .memory()
+        .search(
             &scope("acme"),
             "automobile purchase",
             &MemoryFilter::default(),
@@ -696,7 +709,8 @@ async fn semantic_search(b: Backend) {
     )
     .await;
     let hits = e
-        .search_memories(&scope("acme"), "insurance", &MemoryFilter::default(), 3)
+        .memory()
+        .search(&scope("acme"), "insurance", &MemoryFilter::default(), 3)
         .await
         .expect("search");
     assert_eq!(
@@ -733,7 +747,7 @@ async fn the_job_compacts_every_company(b: Backend) {
     )
     .await;
     add(&e, "globex", &[old("Restarted the printer.")]).await;
-    assert_eq!(e.compact_all().await.expect("job"), Some(2));
+    assert_eq!(e.memory().compact_all().await.expect("job"), Some(2));
     for c in ["acme", "globex"] {
         let live = s
             .store
@@ -789,28 +803,30 @@ async fn knowledge_is_found_by_meaning(b: Backend) {
         }))
         .expect("entry")
     };
-    e.add_knowledge(
-        &admin,
-        kira_engine::knowledge::KnowledgeWrite::Batch(vec![
-            entry(
-                "gdpr",
-                "GDPR",
-                "Personal data of people in the EU needs a lawful basis.",
-            ),
-            entry(
-                "leases",
-                "Office leases",
-                "Commercial leases usually run five years.",
-            ),
-        ]),
-        audit("acme"),
-    )
-    .await
-    .expect("add");
-    assert_eq!(e.embed_pass().await.expect("embed"), 2);
+    e.knowledge()
+        .add(
+            &admin,
+            kira_engine::knowledge::KnowledgeWrite::Batch(vec![
+                entry(
+                    "gdpr",
+                    "GDPR",
+                    "Personal data of people in the EU needs a lawful basis.",
+                ),
+                entry(
+                    "leases",
+                    "Office leases",
+                    "Commercial leases usually run five years.",
+                ),
+            ]),
+            audit("acme"),
+        )
+        .await
+        .expect("add");
+    assert_eq!(e.embeddings().pass().await.expect("embed"), 2);
     // No word in common with the GDPR entry.
     let hits = e
-        .search_knowledge(
+        .knowledge()
+        .search(
             "privacy of customer information in Europe",
             &Default::default(),
             2,
@@ -820,7 +836,8 @@ async fn knowledge_is_found_by_meaning(b: Backend) {
     assert_eq!(hits[0].entry.key, "gdpr", "{b:?}: {hits:?}");
     // And the context pack takes it into its knowledge section.
     let cands = e
-        .knowledge_candidates("privacy of customer information in Europe", 1)
+        .knowledge()
+        .candidates("privacy of customer information in Europe", 1)
         .await
         .expect("candidates");
     assert!(cands[0].2.contains("GDPR"), "{cands:?}");
@@ -861,7 +878,8 @@ async fn a_date_in_the_question_finds_that_days_memories(b: Backend) {
     let top = |q: &'static str| {
         let e = e.clone();
         async move {
-            e.search_memories(&scope("acme"), q, &MemoryFilter::default(), 2)
+            e.memory()
+                .search(&scope("acme"), q, &MemoryFilter::default(), 2)
                 .await
                 .expect("search")
                 .into_iter()

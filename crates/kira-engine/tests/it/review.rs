@@ -15,7 +15,7 @@ use kira_core::company::NewCompany;
 use kira_core::memory::{EventType, Memory, Workstream};
 use kira_core::task::{Priority, Task, TaskId, TaskRequest, TaskStatus};
 use kira_engine::executor::{ExecOutcome, Executor, Run};
-use kira_engine::review::{RESULT_CATEGORY, record_result_memory, review};
+use kira_engine::review::RESULT_CATEGORY;
 use kira_engine::{Engine, EngineConfig};
 use kira_store::Store;
 use kira_store::agents::{Decision, ReviewInput};
@@ -102,7 +102,8 @@ async fn submit(e: &Engine, task_type: &str, p: Priority) -> TaskId {
         parameters: None,
         specialist: None,
     };
-    e.submit(&scope(), &req, None, audit("task.submit"))
+    e.tasks()
+        .submit(&scope(), &req, None, audit("task.submit"))
         .await
         .expect("submit")
         .task
@@ -111,7 +112,7 @@ async fn submit(e: &Engine, task_type: &str, p: Priority) -> TaskId {
 
 /// One scheduling pass, its runs awaited; the tasks it claimed.
 async fn tick(e: &Engine) -> Vec<TaskId> {
-    let r = e.tick().await.expect("tick");
+    let r = e.scheduler().tick().await.expect("tick");
     for h in r.runs {
         h.await.expect("run");
     }
@@ -140,7 +141,8 @@ fn reject(feedback: &str) -> ReviewInput {
 }
 
 async fn decide(e: &Engine, id: &TaskId, i: ReviewInput) -> Task {
-    review(e, &scope(), id, i, e.clock().now(), audit("task.review"))
+    e.reviews()
+        .apply(&scope(), id, i, e.clock().now(), audit("task.review"))
         .await
         .expect("review")
 }
@@ -176,7 +178,8 @@ async fn a_rejected_task_runs_again_and_its_approval_is_remembered_once(b: Backe
     // One attempt only: the rerun a rejection asks for must still happen.
     cfg.scheduler.max_attempts = 1;
     let e = engine(&s, cfg);
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let id = submit(&e, "complex_legal_analysis", Priority::High).await;
@@ -240,13 +243,17 @@ async fn a_rejected_task_runs_again_and_its_approval_is_remembered_once(b: Backe
 
     // Recording again, as a retry or a later job might, adds nothing.
     for _ in 0..2 {
-        record_result_memory(&e, &scope(), &t).await.expect("again");
+        e.reviews()
+            .remember_result(&scope(), &t)
+            .await
+            .expect("again");
     }
     assert_eq!(result_memories(&s).await.len(), 1);
     // And neither does a task that is not completed.
     let other = submit(&e, "quick_question_answer", Priority::Low).await;
     tick(&e).await;
-    record_result_memory(&e, &scope(), &task(&s, &other).await)
+    e.reviews()
+        .remember_result(&scope(), &task(&s, &other).await)
         .await
         .expect("not completed");
     assert_eq!(result_memories(&s).await.len(), 1);
@@ -257,7 +264,8 @@ async fn max_requeues_comes_from_the_configuration(b: Backend) {
     let mut cfg = EngineConfig::default();
     cfg.review.max_requeues = 0;
     let e = engine(&s, cfg);
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let id = submit(&e, "complex_legal_analysis", Priority::Medium).await;
@@ -266,15 +274,16 @@ async fn max_requeues_comes_from_the_configuration(b: Backend) {
     assert_eq!(t.status, TaskStatus::Failed, "no requeues allowed");
     assert!(tick(&e).await.is_empty());
     assert!(result_memories(&s).await.is_empty());
-    let r = review(
-        &e,
-        &scope(),
-        &id,
-        input(Decision::Approve { result: None }, None),
-        e.clock().now(),
-        audit("task.review"),
-    )
-    .await;
+    let r = e
+        .reviews()
+        .apply(
+            &scope(),
+            &id,
+            input(Decision::Approve { result: None }, None),
+            e.clock().now(),
+            audit("task.review"),
+        )
+        .await;
     assert!(
         matches!(
             r,
@@ -289,7 +298,8 @@ async fn max_requeues_comes_from_the_configuration(b: Backend) {
 async fn an_edited_result_is_what_is_remembered(b: Backend) {
     let s = setup(b).await;
     let e = engine(&s, EngineConfig::default());
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let id = submit(&e, "quick_question_answer", Priority::Low).await;
@@ -318,7 +328,8 @@ async fn an_edited_result_is_what_is_remembered(b: Backend) {
     );
     // It is found like any memory.
     let hits = e
-        .search_memories(&scope(), "runway", &MemoryFilter::default(), 5)
+        .memory()
+        .search(&scope(), "runway", &MemoryFilter::default(), 5)
         .await
         .expect("search");
     assert_eq!(hits.first().map(|h| h.memory.id), Some(m.id));

@@ -85,7 +85,8 @@ async fn submit(e: &Engine, company: &str, task_type: &str, p: Priority) -> Task
         parameters: None,
         specialist: None,
     };
-    e.submit(&scope(company), &req, None, audit(company))
+    e.tasks()
+        .submit(&scope(company), &req, None, audit(company))
         .await
         .expect("submit")
         .task
@@ -141,14 +142,15 @@ async fn runs_complete_and_settle_their_tokens(b: Backend) {
     let s = setup(b).await;
     company(&s, "acme").await;
     let e = engine(&s, EngineConfig::default(), Some(simulated()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let a = submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
     let q = submit(&e, "acme", "quick_question_answer", Priority::Low).await;
     assert_eq!(a.as_str(), "acme_legal_001");
     assert_eq!(q.as_str(), "acme_quick_question_answer_002");
-    let claimed = finish_runs(e.tick().await.expect("tick")).await;
+    let claimed = finish_runs(e.scheduler().tick().await.expect("tick")).await;
     assert_eq!(claimed, [a.clone(), q.clone()]);
     for id in [&a, &q] {
         let t = s.store.get_task(&scope("acme"), id).await.expect("task");
@@ -176,7 +178,8 @@ async fn highest_priority_first_within_agent_limits(b: Backend) {
     let s = setup(b).await;
     company(&s, "acme").await;
     let e = engine(&s, one_legal_slot(), Some(simulated()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let low = submit(&e, "acme", "complex_legal_analysis", Priority::Low).await;
@@ -185,7 +188,7 @@ async fn highest_priority_first_within_agent_limits(b: Backend) {
     let medium = submit(&e, "acme", "complex_legal_analysis", Priority::Medium).await;
     let mut order = Vec::new();
     for _ in 0..4 {
-        let claimed = finish_runs(e.tick().await.expect("tick")).await;
+        let claimed = finish_runs(e.scheduler().tick().await.expect("tick")).await;
         assert_eq!(claimed.len(), 1, "one legal slot: one at a time");
         order.extend(claimed);
     }
@@ -199,14 +202,15 @@ async fn company_limits_share_slots_fairly(b: Backend) {
     let mut cfg = EngineConfig::default();
     cfg.scheduler.per_company_concurrency = 1;
     let e = engine(&s, cfg, Some(simulated()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     for _ in 0..3 {
         submit(&e, "acme", "quick_question_answer", Priority::Urgent).await;
     }
     let b1 = submit(&e, "beta", "quick_question_answer", Priority::Low).await;
-    let r = e.tick().await.expect("tick");
+    let r = e.scheduler().tick().await.expect("tick");
     let claimed = finish_runs(r).await;
     assert_eq!(claimed.len(), 2, "one per company");
     assert!(
@@ -222,7 +226,8 @@ async fn a_waiting_low_task_runs_within_the_aging_bound(b: Backend) {
     let bound =
         kira_core::priority::starvation_bound_minutes(Priority::Low, 1.0, 60.0, &cfg.priority);
     let e = engine(&s, cfg, Some(simulated()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let low = submit(&e, "acme", "complex_legal_analysis", Priority::Low).await;
@@ -232,7 +237,7 @@ async fn a_waiting_low_task_runs_within_the_aging_bound(b: Backend) {
     submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
     loop {
         submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
-        let claimed = finish_runs(e.tick().await.expect("tick")).await;
+        let claimed = finish_runs(e.scheduler().tick().await.expect("tick")).await;
         if claimed.contains(&low) {
             break;
         }
@@ -258,7 +263,8 @@ async fn a_task_without_budget_does_not_block_those_behind(b: Backend) {
     let mut cfg = EngineConfig::default();
     cfg.budget.total_tokens = 10_000; // base 6,000
     let e = engine(&s, cfg, Some(simulated()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let big = TaskRequest {
@@ -270,13 +276,14 @@ async fn a_task_without_budget_does_not_block_those_behind(b: Backend) {
         specialist: None,
     };
     let big = e
+        .tasks()
         .submit(&scope("acme"), &big, None, audit("acme"))
         .await
         .expect("submit")
         .task
         .task_id;
     let small = submit(&e, "acme", "quick_question_answer", Priority::Low).await;
-    let r = e.tick().await.expect("tick");
+    let r = e.scheduler().tick().await.expect("tick");
     assert_eq!(r.waiting, std::slice::from_ref(&big));
     let claimed = finish_runs(r).await;
     assert_eq!(claimed, std::slice::from_ref(&small));
@@ -305,11 +312,12 @@ async fn the_tasks_a_pass_reads_are_ones_that_could_start(b: Backend) {
     let mut cfg = one_legal_slot();
     cfg.scheduler.batch = 2;
     let e = engine(&s, cfg, Some(Arc::new(Hang)));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let running = submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
-    let r = e.tick().await.expect("tick");
+    let r = e.scheduler().tick().await.expect("tick");
     assert_eq!(r.claimed, std::slice::from_ref(&running));
     // Two more legal tasks wait for the one slot; a later financial one
     // has a free agent.
@@ -318,7 +326,7 @@ async fn the_tasks_a_pass_reads_are_ones_that_could_start(b: Backend) {
     }
     s.clock.advance(TimeDelta::seconds(1));
     let financial = submit(&e, "acme", "financial_modeling", Priority::Low).await;
-    let r2 = e.tick().await.expect("tick");
+    let r2 = e.scheduler().tick().await.expect("tick");
     assert_eq!(r2.claimed, std::slice::from_ref(&financial));
     for h in r.runs.iter().chain(&r2.runs) {
         h.abort();
@@ -333,7 +341,8 @@ async fn a_fresh_emergency_is_not_hidden_behind_a_long_queue(b: Backend) {
     let mut cfg = one_legal_slot();
     cfg.scheduler.batch = 2;
     let e = engine(&s, cfg, Some(simulated()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     for _ in 0..3 {
@@ -341,7 +350,7 @@ async fn a_fresh_emergency_is_not_hidden_behind_a_long_queue(b: Backend) {
     }
     s.clock.advance(TimeDelta::seconds(1));
     let emergency = submit(&e, "acme", "complex_legal_analysis", Priority::Emergency).await;
-    let claimed = finish_runs(e.tick().await.expect("tick")).await;
+    let claimed = finish_runs(e.scheduler().tick().await.expect("tick")).await;
     assert_eq!(claimed, [emergency]);
 }
 
@@ -350,11 +359,12 @@ async fn an_expired_lease_is_retried_by_another_worker(b: Backend) {
     company(&s, "acme").await;
     let crashed = engine(&s, EngineConfig::default(), Some(Arc::new(Hang)));
     crashed
+        .budget()
         .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let id = submit(&crashed, "acme", "quick_question_answer", Priority::High).await;
-    let r = crashed.tick().await.expect("tick");
+    let r = crashed.scheduler().tick().await.expect("tick");
     assert_eq!(r.claimed, std::slice::from_ref(&id));
     for h in &r.runs {
         h.abort(); // the process dies
@@ -373,7 +383,7 @@ async fn an_expired_lease_is_retried_by_another_worker(b: Backend) {
 
     let survivor = engine(&s, EngineConfig::default(), Some(simulated()));
     s.clock.advance(TimeDelta::seconds(61));
-    let r = survivor.tick().await.expect("tick");
+    let r = survivor.scheduler().tick().await.expect("tick");
     assert_eq!(r.reaped, std::slice::from_ref(&id));
     assert!(r.claimed.is_empty(), "the retry waits out its backoff");
     let released = s
@@ -387,7 +397,7 @@ async fn an_expired_lease_is_retried_by_another_worker(b: Backend) {
     );
     s.clock.advance(TimeDelta::seconds(6));
     assert_eq!(
-        finish_runs(survivor.tick().await.expect("tick")).await,
+        finish_runs(survivor.scheduler().tick().await.expect("tick")).await,
         std::slice::from_ref(&id)
     );
     let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
@@ -399,9 +409,9 @@ async fn without_an_executor_tasks_wait(b: Backend) {
     let s = setup(b).await;
     company(&s, "acme").await;
     let e = engine(&s, EngineConfig::default(), None);
-    assert!(e.executor_name().is_none());
+    assert!(e.scheduler().executor_name().is_none());
     let id = submit(&e, "acme", "quick_question_answer", Priority::Emergency).await;
-    let r = e.tick().await.expect("tick");
+    let r = e.scheduler().tick().await.expect("tick");
     assert!(r.claimed.is_empty());
     assert_eq!(status(&s, &id).await, TaskStatus::Queued);
 }
@@ -417,7 +427,8 @@ async fn a_freed_slot_takes_the_next_task_without_waiting_for_the_poll(b: Backen
     let mut cfg = one_legal_slot();
     cfg.scheduler.poll_interval = TimeDelta::hours(1);
     let e = engine(&s, cfg, Some(simulated()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let mut ids = Vec::new();
@@ -425,7 +436,7 @@ async fn a_freed_slot_takes_the_next_task_without_waiting_for_the_poll(b: Backen
         ids.push(submit(&e, "acme", "complex_legal_analysis", Priority::High).await);
     }
     let shutdown = kira_engine::Shutdown::new();
-    let scheduler = e.start(shutdown.clone());
+    let scheduler = e.scheduler().start(shutdown.clone());
     let all_done = async {
         loop {
             let mut done = 0;
@@ -470,7 +481,8 @@ async fn quick_starts_widen_how_many_a_pass_claims(b: Backend) {
         calling: Arc::new(AtomicUsize::new(0)),
     });
     let e = engine(&s, cfg, Some(staged.clone()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     for _ in 0..12 {
@@ -478,7 +490,7 @@ async fn quick_starts_widen_how_many_a_pass_claims(b: Backend) {
     }
     // The first run waits before its call: no start has been timed, and
     // the pass holds back at max_starting.
-    let first = e.tick().await.expect("tick");
+    let first = e.scheduler().tick().await.expect("tick");
     assert_eq!(first.claimed.len(), 1, "no start timed yet: max_starting");
     staged.go.add_permits(100);
     let reached = async {
@@ -489,7 +501,7 @@ async fn quick_starts_widen_how_many_a_pass_claims(b: Backend) {
     tokio::time::timeout(std::time::Duration::from_secs(60), reached)
         .await
         .expect("the first run reached its call");
-    let second = e.tick().await.expect("tick");
+    let second = e.scheduler().tick().await.expect("tick");
     assert_eq!(
         second.claimed.len(),
         11,
@@ -550,7 +562,8 @@ async fn a_pass_starts_no_more_runs_than_may_prepare_at_once(b: Backend) {
         calling: Arc::new(AtomicUsize::new(0)),
     });
     let e = engine(&s, cfg, Some(staged.clone()));
-    e.company_changed(&CompanyId::parse("acme").expect("id"))
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
         .await
         .expect("refresh");
     let mut ids = Vec::new();
@@ -571,22 +584,22 @@ async fn a_pass_starts_no_more_runs_than_may_prepare_at_once(b: Backend) {
         }
     };
 
-    let first = e.tick().await.expect("tick");
+    let first = e.scheduler().tick().await.expect("tick");
     assert_eq!(first.claimed.len(), 1, "one run may prepare at a time");
-    let held = e.tick().await.expect("tick");
+    let held = e.scheduler().tick().await.expect("tick");
     assert!(
         held.claimed.is_empty(),
         "the first run has not reached its call"
     );
     staged.go.add_permits(1);
     assert!(calls(1).await, "the first run reached its call");
-    let second = e.tick().await.expect("tick");
+    let second = e.scheduler().tick().await.expect("tick");
     assert_eq!(second.claimed.len(), 1);
 
     // The loop: its first pass finds no room; the second run reaching its
     // call wakes the pass that claims the third.
     let shutdown = kira_engine::Shutdown::new();
-    let scheduler = e.start(shutdown.clone());
+    let scheduler = e.scheduler().start(shutdown.clone());
     staged.go.add_permits(2);
     let woken = calls(3).await;
     staged.end.add_permits(3);

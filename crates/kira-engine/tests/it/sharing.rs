@@ -1,6 +1,6 @@
 //! Cross-company sharing through the engine, on SQLite and PostgreSQL:
 //! conflict detection (listed counterparties and contract text), the rule
-//! table as `shared_candidates` applies it, the anonymiser's corpus as
+//! table as `Sharing::candidates` applies it, the anonymiser's corpus as
 //! other companies' published items (no leak into a context pack), and
 //! isolation: a pack holds only items their owner published, between two
 //! companies that both consented, never a raw memory.
@@ -102,6 +102,7 @@ async fn give(s: &Setup, c: &str, scope_name: &str, partner: &str) {
         partner: Partner::parse(partner).expect("partner"),
     };
     s.engine
+        .sharing()
         .put_consent(&admin, &id(c), &consent, "admin", audit(Some(c)))
         .await
         .expect("consent");
@@ -115,6 +116,7 @@ async fn take_back(s: &Setup, c: &str, scope_name: &str, partner: &str) {
         partner: Partner::parse(partner).expect("partner"),
     };
     s.engine
+        .sharing()
         .delete_consent(&admin, &id(c), &consent, audit(Some(c)))
         .await
         .expect("take back");
@@ -127,7 +129,8 @@ async fn publish(s: &Setup, c: &str, memories: &[Memory], scopes: &[&str]) -> Ve
         for scope_name in scopes {
             let item = s
                 .engine
-                .publish_shared(&scope(c), m.id, scope_name, "operator", audit(Some(c)))
+                .sharing()
+                .publish(&scope(c), m.id, scope_name, "operator", audit(Some(c)))
                 .await
                 .expect("publish");
             ids.push(item.id);
@@ -151,7 +154,8 @@ fn memory(event_type: EventType, category: &str, content: Value) -> NewMemory {
 
 async fn add(s: &Setup, c: &str, items: Vec<NewMemory>) -> Vec<Memory> {
     s.engine
-        .add_memories(&scope(c), items, true, audit(Some(c)))
+        .memory()
+        .add(&scope(c), items, true, audit(Some(c)))
         .await
         .expect("add")
 }
@@ -212,7 +216,8 @@ async fn audit_of(s: &Setup, c: &str) -> Vec<kira_core::audit::AuditEntry> {
 
 async fn shared(s: &Setup, c: &str, scope_name: &str, q: &str) -> Vec<String> {
     s.engine
-        .shared_candidates(&scope(c), scope_name, q, 50)
+        .sharing()
+        .candidates(&scope(c), scope_name, q, 50)
         .await
         .expect("shared")
         .into_iter()
@@ -248,6 +253,7 @@ async fn conflicts(b: Backend) {
     // Idempotent: the same memories again change nothing.
     let again = s
         .engine
+        .sharing()
         .detect_conflicts(&scope("beta"), &beta)
         .await
         .expect("detect");
@@ -336,12 +342,13 @@ async fn conflicts(b: Backend) {
     // While open, nothing is shared and the explainer says why; the blocked
     // read is counted. Resolving opens sharing again.
     let q = "renewal supply talks";
-    let before = s.engine.denied_cross_company_reads();
+    let before = s.engine.sharing().denied_reads();
     assert!(shared(&s, "acme", TEMPLATES, q).await.is_empty(), "{b:?}");
-    assert!(s.engine.denied_cross_company_reads() > before);
+    assert!(s.engine.sharing().denied_reads() > before);
     let check = s
         .engine
-        .check_sharing(&admin, &id("acme"), &id("beta"), TEMPLATES)
+        .sharing()
+        .check(&admin, &id("acme"), &id("beta"), TEMPLATES)
         .await
         .expect("check");
     assert!(check.conflict_open && !check.verdict.allowed && check.verdict.flagged_for_review);
@@ -365,6 +372,7 @@ async fn conflicts(b: Backend) {
     // A resolved flag that already names these memories stays resolved.
     let again = s
         .engine
+        .sharing()
         .detect_conflicts(&scope("beta"), &beta)
         .await
         .expect("detect");
@@ -448,16 +456,17 @@ async fn rule_table(b: Backend) {
     let pack = |t: Option<&'static str>| {
         let e = &s.engine;
         async move {
-            e.load_context(
-                &scope("fin-ca"),
-                &ContextRequest {
-                    task_type: t.map(Into::into),
-                    query: "onboarding playbook".into(),
-                    budget: Some(2_000),
-                },
-            )
-            .await
-            .expect("pack")
+            e.memory()
+                .context(
+                    &scope("fin-ca"),
+                    &ContextRequest {
+                        task_type: t.map(Into::into),
+                        query: "onboarding playbook".into(),
+                        budget: Some(2_000),
+                    },
+                )
+                .await
+                .expect("pack")
         }
     };
     assert_eq!(
@@ -466,7 +475,8 @@ async fn rule_table(b: Backend) {
     );
     let pack = s
         .engine
-        .load_context(
+        .memory()
+        .context(
             &scope("bank-de"),
             &ContextRequest {
                 task_type: Some("legal".into()),
@@ -538,7 +548,8 @@ async fn shared_reads_stop_once_the_answer_is_settled(b: Backend) {
     };
     let got = s
         .engine
-        .shared_candidates(&scope("reader"), TEMPLATES, "onboarding checklist", 2)
+        .sharing()
+        .candidates(&scope("reader"), TEMPLATES, "onboarding checklist", 2)
         .await
         .expect("shared");
     let texts: Vec<&str> = got.iter().map(|c| c.text.as_str()).collect();
@@ -743,7 +754,8 @@ async fn no_leaks(b: Backend) {
 
     let pack = s
         .engine
-        .load_context(
+        .memory()
+        .context(
             &scope("reader"),
             &ContextRequest {
                 task_type: None,
@@ -767,7 +779,8 @@ async fn no_leaks(b: Backend) {
     // Without consent, nothing at all crosses.
     let pack = s
         .engine
-        .load_context(
+        .memory()
+        .context(
             &scope("loner"),
             &ContextRequest {
                 task_type: None,
@@ -947,7 +960,8 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     for (scope_name, conflict) in [(TEMPLATES, true), ("Not A Scope", false)] {
         let again = s
             .engine
-            .publish_shared(
+            .sharing()
+            .publish(
                 &scope("owner"),
                 m[0].id,
                 scope_name,
@@ -973,7 +987,8 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     assert_eq!(got.len(), 1, "{b:?}: {got:?}");
     let published = s
         .engine
-        .published_items(&scope("owner"), Some(TEMPLATES), false)
+        .sharing()
+        .published(&scope("owner"), Some(TEMPLATES), false)
         .await
         .expect("list");
     assert_eq!(got[0], published[0].text, "the published text, as stored");
@@ -998,7 +1013,8 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     let admin = Principal::system().admin().expect("admin");
     let check = s
         .engine
-        .check_sharing(&admin, &id("reader"), &id("owner"), TEMPLATES)
+        .sharing()
+        .check(&admin, &id("reader"), &id("owner"), TEMPLATES)
         .await
         .expect("check");
     assert!(check.verdict.allowed, "{check:?}");
@@ -1018,13 +1034,15 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     // Withdrawn: gone from the very next pack; a second withdrawal is a
     // conflict.
     s.engine
-        .withdraw_shared(&scope("owner"), items[0], "operator", audit(Some("owner")))
+        .sharing()
+        .withdraw(&scope("owner"), items[0], "operator", audit(Some("owner")))
         .await
         .expect("withdraw");
     assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
     let again = s
         .engine
-        .withdraw_shared(&scope("owner"), items[0], "operator", audit(Some("owner")))
+        .sharing()
+        .withdraw(&scope("owner"), items[0], "operator", audit(Some("owner")))
         .await;
     assert!(
         matches!(
@@ -1038,7 +1056,8 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     // Another company cannot withdraw (or see) the owner's item.
     let theirs = s
         .engine
-        .withdraw_shared(
+        .sharing()
+        .withdraw(
             &scope("reader"),
             items[0],
             "operator",
@@ -1056,7 +1075,8 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     );
     assert!(
         s.engine
-            .published_items(&scope("reader"), None, true)
+            .sharing()
+            .published(&scope("reader"), None, true)
             .await
             .expect("list")
             .is_empty()
@@ -1072,7 +1092,8 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
     assert!(shared(&s, "reader", TEMPLATES, q).await.is_empty(), "{b:?}");
     assert!(
         s.engine
-            .published_items(&scope("owner"), None, true)
+            .sharing()
+            .published(&scope("owner"), None, true)
             .await
             .expect("list")
             .is_empty(),
@@ -1087,6 +1108,7 @@ async fn published_items_and_consent_on_both_sides(b: Backend) {
         .expect("delete");
     let left: Vec<String> = s
         .engine
+        .sharing()
         .consents(&admin, &id("reader"))
         .await
         .expect("consents")

@@ -20,7 +20,7 @@ pub struct AgentList {
 }
 
 async fn all(app: &App) -> ApiResult<Vec<AgentStatus>> {
-    let mut agents = app.engine.agents().await?;
+    let mut agents = app.engine.agents().list().await?;
     agents.sort_by_key(|a| (a.role != "primary", a.name.clone()));
     Ok(agents)
 }
@@ -31,7 +31,7 @@ async fn all(app: &App) -> ApiResult<Vec<AgentStatus>> {
 pub async fn list_agents(State(app): State<App>, _caller: Caller) -> ApiResult<Json<AgentList>> {
     Ok(Json(AgentList {
         agents: all(&app).await?,
-        executor: app.engine.executor_name().map(str::to_owned),
+        executor: app.engine.scheduler().executor_name().map(str::to_owned),
     }))
 }
 

@@ -78,7 +78,8 @@ pub async fn list_audit(
         let entries = match caller.principal.admin() {
             Ok(admin) => {
                 app.engine
-                    .list_all_audit(&admin, company.as_ref(), page, act.ok())
+                    .audit()
+                    .list_all(&admin, company.as_ref(), page, act.ok())
                     .await
             }
             Err(_) => {
@@ -86,7 +87,7 @@ pub async fn list_audit(
                 let scope = caller
                     .principal
                     .scope(company.as_ref().unwrap_or(own), Access::Read)?;
-                app.engine.list_company_audit(&scope, page).await
+                app.engine.audit().list_company(&scope, page).await
             }
         }
         .map_err(|e| ApiError::from_engine(e, "audit"))?;
@@ -111,7 +112,8 @@ pub async fn verify_audit(State(app): State<App>, caller: Caller) -> ApiResult<J
         let admin = caller.principal.admin()?;
         let report = app
             .engine
-            .verify_audit(&admin, act.ok())
+            .audit()
+            .verify(&admin, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "audit"))?;
         Ok(Json(report))

@@ -160,11 +160,11 @@ pub async fn show_budget(State(app): State<App>, caller: Caller) -> ApiResult<Js
     let act = caller.act(&app, "budget.show", "budget", caller.principal.company());
     let result = async {
         let snapshot = match caller.principal.admin() {
-            Ok(admin) => app.engine.budget(&admin).await,
+            Ok(admin) => app.engine.budget().period(&admin).await,
             Err(_) => {
                 let own = caller.principal.company().ok_or_else(ApiError::forbidden)?;
                 let scope = caller.principal.scope(own, Access::Read)?;
-                app.engine.company_budget(&scope).await
+                app.engine.budget().own_period(&scope).await
             }
         }
         .map_err(|e| ApiError::from_engine(e, "budget"))?;
@@ -201,7 +201,8 @@ pub async fn list_requests(
         let q: RequestsQuery = query(q.as_deref())?;
         let requests = app
             .engine
-            .emergency_requests(&admin, q.pending.unwrap_or(true))
+            .budget()
+            .emergencies(&admin, q.pending.unwrap_or(true))
             .await
             .map_err(|e| ApiError::from_engine(e, "request"))?;
         Ok(Json(RequestList {
@@ -241,7 +242,8 @@ async fn decide(
         };
         let r = app
             .engine
-            .decide_emergency(&admin, &raw, approve, &d.note, act.ok())
+            .budget()
+            .decide(&admin, &raw, approve, &d.note, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "request"))?;
         Ok(Json(RequestView::from(r)))
@@ -299,6 +301,7 @@ pub async fn verify_ledger(State(app): State<App>, caller: Caller) -> ApiResult<
             differences,
         } = app
             .engine
+            .budget()
             .verify_ledger(&admin)
             .await
             .map_err(|e| ApiError::from_engine(e, "ledger"))?;

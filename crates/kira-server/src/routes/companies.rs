@@ -42,7 +42,8 @@ pub async fn create_company(
         let new: NewCompany = json_body(body, app.cfg.max_body_bytes)?;
         let company = app
             .engine
-            .create_company(&admin, new, act.ok())
+            .companies()
+            .create(&admin, new, act.ok())
             .await
             .map_err(engine_err)?;
         Ok((StatusCode::CREATED, Json(company)))
@@ -79,14 +80,16 @@ pub async fn list_companies(
         let companies = match caller.principal.admin() {
             Ok(admin) => app
                 .engine
-                .list_companies(&admin, q.include_archived, act.ok())
+                .companies()
+                .list(&admin, q.include_archived, act.ok())
                 .await
                 .map_err(engine_err)?,
             Err(_) => {
                 let own = caller.principal.company().ok_or_else(ApiError::forbidden)?;
                 let scope = caller.principal.scope(own, Access::Read)?;
                 app.engine
-                    .own_companies(&scope, q.include_archived)
+                    .companies()
+                    .own(&scope, q.include_archived)
                     .await
                     .map_err(engine_err)?
             }
@@ -112,7 +115,11 @@ pub async fn get_company(
         let id = path_id(&raw)?;
         let scope = caller.principal.scope(&id, Access::Read)?;
         Ok(Json(
-            app.engine.get_company(&scope).await.map_err(engine_err)?,
+            app.engine
+                .companies()
+                .get(&scope)
+                .await
+                .map_err(engine_err)?,
         ))
     }
     .await;
@@ -154,7 +161,8 @@ pub async fn update_company(
         let patch: CompanyPatch = json_body(body, app.cfg.max_body_bytes)?;
         Ok(Json(
             app.engine
-                .update_company(&scope, patch, act.ok())
+                .companies()
+                .update(&scope, patch, act.ok())
                 .await
                 .map_err(engine_err)?,
         ))
@@ -187,7 +195,8 @@ pub async fn archive_company(
         let scope = caller.principal.admin()?.company(&id, Access::Write);
         let company = app
             .engine
-            .archive_company(&scope, act.ok())
+            .companies()
+            .archive(&scope, act.ok())
             .await
             .map_err(engine_err)?;
         Ok(Json(company))
@@ -244,7 +253,8 @@ pub async fn delete_company(
         }
         let rows = app
             .engine
-            .delete_company(&scope, act.ok())
+            .companies()
+            .delete(&scope, act.ok())
             .await
             .map_err(engine_err)?;
         Ok(Json(Deleted {

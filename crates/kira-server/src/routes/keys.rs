@@ -44,7 +44,8 @@ pub async fn create_key(
         let new: NewKey = json_body(body, app.cfg.max_body_bytes)?;
         let created = app
             .engine
-            .create_key(&admin, new, act.ok())
+            .keys()
+            .create(&admin, new, act.ok())
             .await
             .map_err(|e| match e {
                 // The one thing a new key refers to is its company.
@@ -74,7 +75,8 @@ pub async fn list_keys(State(app): State<App>, caller: Caller) -> ApiResult<Json
         let admin = caller.principal.admin()?;
         let keys = app
             .engine
-            .list_keys(&admin, act.ok())
+            .keys()
+            .list(&admin, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "key"))?;
         Ok(Json(KeyList { keys }))
@@ -101,7 +103,8 @@ pub async fn revoke_key(
         let id = KeyId::parse(&raw).map_err(|_| ApiError::not_found("key", false))?;
         let key = app
             .engine
-            .revoke_key(&admin, &id, act.ok())
+            .keys()
+            .revoke(&admin, &id, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "key"))?;
         // Streams the key holds open end now, not at their next request.

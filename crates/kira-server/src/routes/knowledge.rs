@@ -119,7 +119,7 @@ pub async fn add_knowledge(
         };
         let entries = app
             .engine
-            .add_knowledge(&admin, write, act.ok())
+            .knowledge().add(&admin, write, act.ok())
             .await
             .map_err(engine_err)?;
         Ok((StatusCode::CREATED, Json(KnowledgeEntries { entries })))
@@ -169,7 +169,8 @@ pub async fn list_knowledge(
         };
         let entries = app
             .engine
-            .list_knowledge(&filter, after.as_ref(), limit)
+            .knowledge()
+            .list(&filter, after.as_ref(), limit)
             .await
             .map_err(engine_err)?;
         let next_after = (entries.len() == limit as usize)
@@ -205,7 +206,8 @@ pub async fn search_knowledge(
         };
         let hits = app
             .engine
-            .search_knowledge(&q.q, &filter, limit)
+            .knowledge()
+            .search(&q.q, &filter, limit)
             .await?
             .into_iter()
             .map(|h| KnowledgeSearchHit {
@@ -232,7 +234,7 @@ pub async fn get_knowledge(
     let result = async {
         let id = entry_id(&raw)?;
         Ok(Json(
-            app.engine.get_knowledge(id).await.map_err(engine_err)?,
+            app.engine.knowledge().get(id).await.map_err(engine_err)?,
         ))
     }
     .await;
@@ -254,7 +256,8 @@ pub async fn delete_knowledge(
         let admin = caller.principal.admin()?;
         let id = entry_id(&raw)?;
         app.engine
-            .delete_knowledge(&admin, id, act.ok())
+            .knowledge()
+            .delete(&admin, id, act.ok())
             .await
             .map_err(engine_err)?;
         Ok(StatusCode::NO_CONTENT)

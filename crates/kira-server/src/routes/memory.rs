@@ -87,7 +87,8 @@ pub async fn add_memory(
         };
         let stored = app
             .engine
-            .add_memories(&scope, items, batch, act.ok())
+            .memory()
+            .add(&scope, items, batch, act.ok())
             .await
             .map_err(engine_err)?;
         let out = if batch {
@@ -243,7 +244,8 @@ pub async fn list_memory(
         })?;
         let memories = app
             .engine
-            .list_memories(&scope, &f, after, limit)
+            .memory()
+            .list(&scope, &f, after, limit)
             .await
             .map_err(engine_err)?;
         let next_cursor = (memories.len() == limit as usize)
@@ -296,12 +298,13 @@ pub async fn search_memory(
         })?;
         let hits = app
             .engine
-            .search_memories(&scope, &text, &f, limit)
+            .memory()
+            .search(&scope, &text, &f, limit)
             .await
             .map_err(engine_err)?;
         Ok(Json(SearchResult {
             hits,
-            semantic: app.engine.embedder().is_some(),
+            semantic: app.engine.embeddings().embedder().is_some(),
         }))
     }
     .await;
@@ -338,7 +341,8 @@ pub async fn get_memory(
         let (scope, mid) = scoped(&caller, &raw, &raw_mem, Access::Read)?;
         Ok(Json(
             app.engine
-                .get_memory(&scope, mid)
+                .memory()
+                .get(&scope, mid)
                 .await
                 .map_err(engine_err)?,
         ))
@@ -365,7 +369,8 @@ async fn set_archived(
         let (scope, mid) = scoped(caller, raw, raw_mem, Access::Write)?;
         Ok(Json(
             app.engine
-                .set_memory_archived(&scope, mid, archive, act.ok())
+                .memory()
+                .set_archived(&scope, mid, archive, act.ok())
                 .await
                 .map_err(engine_err)?,
         ))
@@ -428,7 +433,8 @@ pub async fn delete_memory(
         let scope = caller.principal.admin()?.company(&c, Access::Write);
         let mid = memory_id(&raw_mem)?;
         app.engine
-            .delete_memory(&scope, mid, act.ok())
+            .memory()
+            .delete(&scope, mid, act.ok())
             .await
             .map_err(engine_err)?;
         Ok(Json(DeletedMemory { deleted: mid }))
@@ -472,7 +478,8 @@ pub async fn compact_memory(
         };
         let report = app
             .engine
-            .compact_memory(&scope, req.dry_run)
+            .memory()
+            .compact(&scope, req.dry_run)
             .await
             .map_err(engine_err)?;
         Ok(Json(report))
@@ -522,7 +529,8 @@ pub async fn get_context(
         };
         Ok(Json(
             app.engine
-                .load_context(&scope, &req)
+                .memory()
+                .context(&scope, &req)
                 .await
                 .map_err(engine_err)?,
         ))

@@ -51,7 +51,8 @@ pub async fn list_reviews(
         let limit = page_limit(q.limit)?;
         let tasks = app
             .engine
-            .review_queue(&scope, q.before, limit)
+            .reviews()
+            .queue(&scope, q.before, limit)
             .await
             .map_err(engine_err)?;
         let next_before = (tasks.len() == limit as usize)
@@ -88,7 +89,8 @@ pub async fn review_task(
         let reviewer = caller.principal.actor().to_string();
         let task = app
             .engine
-            .review_task(&scope, &tid, req, reviewer, act.ok())
+            .reviews()
+            .decide(&scope, &tid, req, reviewer, act.ok())
             .await
             .map_err(engine_err)?;
         Ok(Json(task))
@@ -124,7 +126,8 @@ pub async fn rate_task(
         let req: RatingRequest = json_body(body, app.cfg.max_body_bytes)?;
         let review = app
             .engine
-            .rate_task(
+            .reviews()
+            .rate(
                 &scope,
                 &tid,
                 req.rating,
@@ -165,7 +168,8 @@ pub async fn task_reviews(
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         let reviews = app
             .engine
-            .task_reviews(&scope, &tid)
+            .reviews()
+            .list(&scope, &tid)
             .await
             .map_err(engine_err)?;
         Ok(Json(ReviewList { reviews }))

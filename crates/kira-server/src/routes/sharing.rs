@@ -79,7 +79,7 @@ pub async fn check_sharing(
         let q: CheckQuery = query(q.as_deref())?;
         let (a, b) = (company("a", &q.a)?, company("b", &q.b)?);
         Ok(Json(
-            app.engine.check_sharing(&admin, &a, &b, &q.scope).await?,
+            app.engine.sharing().check(&admin, &a, &b, &q.scope).await?,
         ))
     }
     .await;
@@ -108,12 +108,13 @@ pub async fn list_conflicts(
             };
         let conflicts = app
             .engine
-            .list_conflicts(&admin, status, act.ok())
+            .sharing()
+            .conflicts(&admin, status, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "conflict"))?;
         Ok(Json(ConflictList {
             conflicts,
-            denied_cross_company_reads: app.engine.denied_cross_company_reads(),
+            denied_cross_company_reads: app.engine.sharing().denied_reads(),
         }))
     }
     .await;
@@ -140,6 +141,7 @@ pub async fn resolve_conflict(
         let body: ResolveBody = json_body(body, app.cfg.max_body_bytes)?;
         let flag = app
             .engine
+            .sharing()
             .resolve_conflict(&admin, id, &body.note, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "conflict"))?;
@@ -206,7 +208,8 @@ pub async fn publish_item(
         let by = caller.principal.actor().to_string();
         let item = app
             .engine
-            .publish_shared(&scope, b.memory_id, &b.scope, &by, act.ok())
+            .sharing()
+            .publish(&scope, b.memory_id, &b.scope, &by, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "memory"))?;
         Ok((StatusCode::CREATED, Json(item)))
@@ -240,7 +243,8 @@ pub async fn list_published(
         let q: PublishedQuery = query(q.as_deref())?;
         let items = app
             .engine
-            .published_items(&scope, q.scope.as_deref(), q.withdrawn.unwrap_or(false))
+            .sharing()
+            .published(&scope, q.scope.as_deref(), q.withdrawn.unwrap_or(false))
             .await
             .map_err(|e| ApiError::from_engine(e, "company"))?;
         Ok(Json(PublishedList { items }))
@@ -276,7 +280,8 @@ pub async fn withdraw_item(
         let by = caller.principal.actor().to_string();
         let item = app
             .engine
-            .withdraw_shared(&scope, item, &by, act.ok())
+            .sharing()
+            .withdraw(&scope, item, &by, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "shared item"))?;
         Ok(Json(item))
@@ -325,6 +330,7 @@ pub async fn list_consents(
         let c = company("id", &raw)?;
         let consents = app
             .engine
+            .sharing()
             .consents(&admin, &c)
             .await
             .map_err(|e| ApiError::from_engine(e, "company"))?;
@@ -361,6 +367,7 @@ pub async fn put_consent(
         let by = caller.principal.actor().to_string();
         let record = app
             .engine
+            .sharing()
             .put_consent(&admin, &c, &consent, &by, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "company"))?;
@@ -398,11 +405,13 @@ pub async fn delete_consent(
             partner: Partner::parse(&q.partner)?,
         };
         app.engine
+            .sharing()
             .delete_consent(&admin, &c, &consent, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "consent"))?;
         let consents = app
             .engine
+            .sharing()
             .consents(&admin, &c)
             .await
             .map_err(|e| ApiError::from_engine(e, "company"))?;

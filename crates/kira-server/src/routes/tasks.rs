@@ -90,7 +90,11 @@ pub async fn submit_task(
             })?),
             None => None,
         };
-        let submitted = app.engine.submit(&scope, &req, key, act.ok()).await?;
+        let submitted = app
+            .engine
+            .tasks()
+            .submit(&scope, &req, key, act.ok())
+            .await?;
         let status = if submitted.created {
             StatusCode::CREATED
         } else {
@@ -158,7 +162,8 @@ pub async fn list_tasks(
         };
         let tasks = app
             .engine
-            .list_tasks(&scope, &filter)
+            .tasks()
+            .list(&scope, &filter)
             .await
             .map_err(engine_err)?;
         let next_before = (tasks.len() == limit as usize)
@@ -197,7 +202,8 @@ pub async fn get_task(
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         Ok(Json(
             app.engine
-                .get_task(&scope, &tid)
+                .tasks()
+                .get(&scope, &tid)
                 .await
                 .map_err(engine_err)?,
         ))
@@ -221,7 +227,9 @@ pub async fn cancel_task(
     let act = caller.act(&app, "task.cancel", format!("task:{raw_task}"), id.as_ref());
     let result = async {
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Write)?;
-        Ok(Json(app.engine.cancel(&scope, &tid, act.ok()).await?))
+        Ok(Json(
+            app.engine.tasks().cancel(&scope, &tid, act.ok()).await?,
+        ))
     }
     .await;
     act.done(result).await
@@ -249,7 +257,8 @@ pub async fn task_trace(
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         let steps = app
             .engine
-            .task_trace(&scope, &tid)
+            .tasks()
+            .trace(&scope, &tid)
             .await
             .map_err(engine_err)?;
         Ok(Json(Trace { steps }))
@@ -289,7 +298,8 @@ pub async fn task_events(
         let q: EventsQuery = query(q.as_deref())?;
         let events = app
             .engine
-            .task_events(&scope, &tid, q.after)
+            .tasks()
+            .events(&scope, &tid, q.after)
             .await
             .map_err(engine_err)?;
         Ok(Json(EventList { events }))
@@ -317,7 +327,8 @@ pub async fn watch_task(
         let (scope, tid) = scoped(&caller, &raw, &raw_task, Access::Read)?;
         // Fails now, with a status, if the task is not there.
         app.engine
-            .get_task(&scope, &tid)
+            .tasks()
+            .get(&scope, &tid)
             .await
             .map_err(engine_err)?;
         Ok((scope, tid))
@@ -380,7 +391,7 @@ pub async fn watch_task(
                 return None;
             }
             w.polls += 1;
-            match w.app.engine.task_events(&w.scope, &w.id, w.after).await {
+            match w.app.engine.tasks().events(&w.scope, &w.id, w.after).await {
                 Ok(events) if !events.is_empty() => w.pending.extend(events),
                 Ok(_) => {
                     let stopping = w.app.cfg.stopping.clone();
@@ -405,5 +416,5 @@ async fn key_works(app: &App, key: Option<&KeyId>) -> bool {
     let Some(key) = key else {
         return true;
     };
-    app.engine.key_is_live(key).await
+    app.engine.keys().is_live(key).await
 }
