@@ -160,6 +160,8 @@ struct FileConfig {
     primary: Option<PrimaryConfig>,
     #[serde(default)]
     summarizer: Option<SummarizerConfig>,
+    #[serde(default)]
+    metrics: kira_engine::metrics::MetricsSection,
 }
 
 impl FileConfig {
@@ -182,6 +184,7 @@ impl FileConfig {
             providers: std::mem::take(&mut self.providers),
             primary: self.primary.take(),
             summarizer: self.summarizer.take(),
+            metrics: std::mem::take(&mut self.metrics),
         }
     }
 }

@@ -85,6 +85,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.start(shutdown.clone());
     let memory_jobs = engine.start_memory_jobs(shutdown.clone());
+    let metrics_jobs = engine.start_metrics_jobs(shutdown.clone());
 
     let stopping = kira_engine::Shutdown::new();
     let app = kira_server::router(
@@ -136,6 +137,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("the memory jobs did not stop in time");
+    }
+    if tokio::time::timeout(ENGINE_STOP, metrics_jobs)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the metrics jobs did not stop in time");
     }
     tracing::info!("kira stopped");
     Ok(())

@@ -24,6 +24,7 @@ mod group;
 pub mod keys;
 pub mod knowledge;
 pub mod memory;
+pub mod metrics;
 pub mod review;
 pub mod scheduler;
 pub mod sharing;

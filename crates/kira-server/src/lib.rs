@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 
 pub mod error;
 pub mod extract;
+pub mod prom;
 pub mod refusals;
 mod routes;
 
@@ -65,6 +66,8 @@ pub struct App {
     /// Bumped by every key revocation here: open `watch` streams check
     /// their key at once (and every few seconds, for other processes').
     pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What this process counts for `/metrics` (HTTP, auth failures).
+    pub process: Arc<prom::ProcessMetrics>,
 }
 
 #[derive(OpenApi)]
@@ -84,6 +87,7 @@ pub struct App {
         (name = "knowledge", description = "The shared knowledge base every company reads"),
         (name = "sharing", description = "Cross-company sharing rules and conflict flags (admin)"),
         (name = "agents", description = "The agent pool: models, limits and load"),
+        (name = "metrics", description = "Task metrics per system, company and agent; the Prometheus exposition"),
     )
 )]
 struct ApiDoc;
@@ -164,6 +168,10 @@ fn routes() -> OpenApiRouter<App> {
         ))
         .routes(routes!(routes::agents::list_agents))
         .routes(routes!(routes::agents::get_agent))
+        .routes(routes!(routes::metrics::prometheus))
+        .routes(routes!(routes::metrics::system_metrics))
+        .routes(routes!(routes::metrics::company_metrics))
+        .routes(routes!(routes::metrics::agent_metrics))
         .routes(routes!(routes::sharing::check_sharing))
         .routes(routes!(routes::sharing::list_conflicts))
         .routes(routes!(routes::sharing::resolve_conflict))
@@ -192,7 +200,20 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
     let refusals = Arc::new(refusals::RefusalLimiter::new(
         cfg.unauthenticated_audit_per_minute,
     ));
+    let app = App {
+        engine,
+        clock,
+        cfg,
+        refusals,
+        revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
+        process: Arc::new(prom::ProcessMetrics::default()),
+    };
     router
+        // Counted per route template, so only routed requests.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            prom::record_request,
+        ))
         .fallback(routes::system::no_route)
         .method_not_allowed_fallback(routes::system::no_method)
         .layer(DefaultBodyLimit::max(limit))
@@ -209,11 +230,5 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
             HeaderValue::from_static("no-store"),
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(App {
-            engine,
-            clock,
-            cfg,
-            refusals,
-            revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
-        })
+        .with_state(app)
 }

@@ -251,6 +251,16 @@ fn routes() -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/v1/budget/verify", None, admin_only, false),
+        r(Method::GET, "/metrics", None, admin_only, false),
+        r(Method::GET, "/v1/metrics/system", None, admin_only, false),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/metrics",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(Method::GET, "/v1/agents/legal/metrics", None, anyone, false),
         r(
             Method::POST,
             "/v1/knowledge",

@@ -11,6 +11,7 @@ use kira_core::auth::{Access, Principal};
 use kira_core::company::{CompanyPatch, NewCompany};
 use kira_store::agents::{AgentStore, Decision, ReviewInput, Session, Step, StepKind};
 use kira_store::memory::{MemoryStore, MemoryVector};
+use kira_store::metrics::MetricsStore;
 use kira_store::postgres::{APP_ROLE, PgStore};
 use kira_store::sharing::SharingStore;
 use kira_store::testdb::fresh_postgres;
@@ -22,7 +23,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 10] = [
+const COMPANY_TABLES: [&str; 12] = [
     "companies",
     "audit_log",
     "memories",
@@ -33,6 +34,8 @@ const COMPANY_TABLES: [&str; 10] = [
     "agent_sessions",
     "shared_items",
     "sharing_consents",
+    "metric_events",
+    "metric_rollups",
 ];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
@@ -165,6 +168,29 @@ async fn setup() -> (PgStore, String) {
     for id in [A, B] {
         let id = CompanyId::parse(id).expect("valid id");
         agent_rows(&store, &admin.company(&id, Access::Write)).await;
+    }
+    // The runs' ends and reviews rolled up into series rows; then a rating
+    // each, recorded and not yet rolled up.
+    store.roll_up_metrics(1_000).await.expect("roll up");
+    for id in [A, B] {
+        let id = CompanyId::parse(id).expect("valid id");
+        let scope = admin.company(&id, Access::Write);
+        let task = store
+            .list_tasks(&scope, &Default::default())
+            .await
+            .expect("tasks")
+            .remove(0);
+        store
+            .rate_task(
+                &scope,
+                &task.task_id,
+                5,
+                "system",
+                crate::support::t0(),
+                record(Some(&id), "task.rate"),
+            )
+            .await
+            .expect("rate");
     }
     store
         .append_audit(record(None, "server.start"))
