@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// Triggered when the server stops: open `watch` streams end, so a
     /// graceful shutdown is not held up by a client that follows a task.
     pub stopping: kira_engine::Shutdown,
+    /// What this process counts for `/metrics`; shared with
+    /// [`metrics_router`] when a loopback listener serves it too.
+    pub process: Arc<prom::ProcessMetrics>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             unauthenticated_audit_per_minute: DEFAULT_UNAUTHENTICATED_AUDIT_PER_MINUTE,
             stopping: kira_engine::Shutdown::new(),
+            process: Arc::default(),
         }
     }
 }
@@ -187,6 +191,16 @@ fn routes() -> OpenApiRouter<App> {
         ))
 }
 
+/// `GET /metrics` alone, with no key, for a loopback-only listener
+/// (`metrics_listen`): the same exposition as the API's, read as the
+/// system's own admin scope. Whoever can reach the port can read it, so
+/// the binary binds it to loopback only.
+pub fn metrics_router(engine: Engine, process: Arc<prom::ProcessMetrics>) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(routes::metrics::loopback))
+        .with_state((engine, process))
+}
+
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().split_for_parts().1
@@ -203,10 +217,10 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
     let app = App {
         engine,
         clock,
-        cfg,
         refusals,
         revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
-        process: Arc::new(prom::ProcessMetrics::default()),
+        process: cfg.process.clone(),
+        cfg,
     };
     router
         // Counted per route template, so only routed requests.

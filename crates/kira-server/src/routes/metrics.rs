@@ -57,16 +57,35 @@ pub async fn prometheus(State(app): State<App>, caller: Caller) -> ApiResult<Res
     let result = async {
         let admin = caller.principal.admin()?;
         let scrape = app.engine.scrape(&admin).await.map_err(engine_err)?;
-        let text = crate::prom::render(&app.process, scrape).map_err(|e| ApiError::internal(&e))?;
-        let mut response = text.into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::prom::CONTENT_TYPE),
-        );
-        Ok(response)
+        exposition(&app.process, scrape)
     }
     .await;
     act.read(result).await
+}
+
+/// `GET /metrics` on the loopback-only listener: no key, the system's scope.
+pub async fn loopback(
+    State((engine, process)): State<(
+        kira_engine::Engine,
+        std::sync::Arc<crate::prom::ProcessMetrics>,
+    )>,
+) -> ApiResult<Response> {
+    let admin = kira_core::auth::Principal::system().admin()?;
+    let scrape = engine.scrape(&admin).await.map_err(engine_err)?;
+    exposition(&process, scrape)
+}
+
+fn exposition(
+    process: &crate::prom::ProcessMetrics,
+    scrape: kira_engine::metrics::Scrape,
+) -> ApiResult<Response> {
+    let text = crate::prom::render(process, scrape).map_err(|e| ApiError::internal(&e))?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::prom::CONTENT_TYPE),
+    );
+    Ok(response)
 }
 
 /// The whole system's task metrics over a window (admin): totals, a point
