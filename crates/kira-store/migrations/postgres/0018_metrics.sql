@@ -154,5 +154,6 @@ CREATE POLICY metrics_rollup ON metric_rollups
     USING (current_setting('app.metrics_rollup', true) = 'on')
     WITH CHECK (current_setting('app.metrics_rollup', true) = 'on');
 
-GRANT SELECT, INSERT, DELETE ON metric_events TO kira_app;
+-- UPDATE only because the roll-up takes its events FOR UPDATE SKIP LOCKED.
+GRANT SELECT, INSERT, UPDATE, DELETE ON metric_events TO kira_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON metric_rollups TO kira_app;

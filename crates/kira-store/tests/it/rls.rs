@@ -169,28 +169,28 @@ async fn setup() -> (PgStore, String) {
         let id = CompanyId::parse(id).expect("valid id");
         agent_rows(&store, &admin.company(&id, Access::Write)).await;
     }
-    // The runs' ends and reviews rolled up into series rows; then a rating
+    // The runs' ends and reviews rolled up into series rows; then a cancel
     // each, recorded and not yet rolled up.
     store.roll_up_metrics(1_000).await.expect("roll up");
     for id in [A, B] {
         let id = CompanyId::parse(id).expect("valid id");
         let scope = admin.company(&id, Access::Write);
+        let t0 = crate::support::t0();
         let task = store
-            .list_tasks(&scope, &Default::default())
-            .await
-            .expect("tasks")
-            .remove(0);
-        store
-            .rate_task(
+            .submit_task(
                 &scope,
-                &task.task_id,
-                5,
-                "system",
-                crate::support::t0(),
-                record(Some(&id), "task.rate"),
+                &crate::work::new_task("legal", kira_core::task::Priority::Low, 100),
+                t0,
+                record(Some(&id), "task.submit"),
             )
             .await
-            .expect("rate");
+            .expect("submit")
+            .task
+            .task_id;
+        store
+            .cancel_task(&scope, &task, t0, record(Some(&id), "task.cancel"))
+            .await
+            .expect("cancel");
     }
     store
         .append_audit(record(None, "server.start"))
@@ -363,8 +363,9 @@ async fn app_role_sees_only_the_named_company() {
     }
     assert_eq!(
         count(&mut app, "audit_log").await,
-        7,
-        "A's create, update, memory insert, publication, consent, task submission and review"
+        9,
+        "A's create, update, memory insert, publication, consent, task submission and review, \
+         and a second task's submission and cancel"
     );
     // The full-text path is filtered like any other read.
     let found: i64 = sqlx::query_scalar(
