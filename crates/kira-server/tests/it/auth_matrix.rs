@@ -583,7 +583,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 56 * 5 * 2);
+    assert_eq!(cells, 60 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log, under
     // the caller's company (issue 17: "other"'s own log never shows a key
