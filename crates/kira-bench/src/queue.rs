@@ -140,8 +140,18 @@ pub async fn seed(
 }
 
 /// Runs scheduling passes until nothing in `store` (the engine's) is
-/// runnable or running; returns the claim timings (microseconds).
+/// runnable or running; returns the claim timings (microseconds). The
+/// metrics roll-up runs meanwhile, as beside `kira serve`'s scheduler.
 pub async fn drain(engine: &Engine, store: &dyn Store) -> Result<Vec<u64>, EngineError> {
+    let stop = kira_engine::Shutdown::new();
+    let metrics = engine.metrics().start_jobs(stop.clone());
+    let drained = drain_queue(engine, store).await;
+    stop.trigger();
+    let _ = metrics.await;
+    drained
+}
+
+async fn drain_queue(engine: &Engine, store: &dyn Store) -> Result<Vec<u64>, EngineError> {
     let mut claims = Vec::new();
     // Runs overlap the next pass, as in `Scheduler::start`.
     let mut runs: Vec<tokio::task::JoinHandle<()>> = Vec::new();

@@ -102,6 +102,10 @@ pub enum Command {
     /// The agent pool: models, limits, load and system prompts.
     #[command(subcommand)]
     Agents(crate::commands::agents::AgentsCommand),
+    /// Task metrics over a window: a company's (against its SLA), the
+    /// system's (admin) or an agent's.
+    #[command(subcommand)]
+    Metrics(crate::commands::metrics::MetricsCommand),
     /// Conflict flags between companies naming the same counterparty (admin).
     #[command(subcommand)]
     Conflicts(crate::commands::sharing::ConflictsCommand),

@@ -38,6 +38,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "kira.toml";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A loopback-only listener serving `GET /metrics` without a key, for a
+    /// Prometheus on the same host (`metrics_listen`, `KIRA_METRICS_LISTEN`).
+    pub metrics_listen: Option<SocketAddr>,
     /// `sqlite:...`, `postgres://...` or `postgresql://...`.
     pub database_url: String,
     /// PostgreSQL only.
@@ -122,6 +125,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     database_url: Option<String>,
     app_database_url: Option<String>,
     data_dir: Option<PathBuf>,
@@ -160,6 +164,8 @@ struct FileConfig {
     primary: Option<PrimaryConfig>,
     #[serde(default)]
     summarizer: Option<SummarizerConfig>,
+    #[serde(default)]
+    metrics: kira_engine::metrics::MetricsSection,
 }
 
 impl FileConfig {
@@ -182,6 +188,7 @@ impl FileConfig {
             providers: std::mem::take(&mut self.providers),
             primary: self.primary.take(),
             summarizer: self.summarizer.take(),
+            metrics: std::mem::take(&mut self.metrics),
         }
     }
 }
@@ -259,6 +266,35 @@ impl Keys<'_> {
                 ),
             )
         })
+    }
+
+    /// The loopback-only metrics listener, if one is asked for.
+    fn metrics_listen(&self, file: &FileConfig) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(picked) = self.pick(
+            None,
+            "metrics-listen",
+            "KIRA_METRICS_LISTEN",
+            file.metrics_listen.clone(),
+        ) else {
+            return Ok(None);
+        };
+        match parse_listen(&picked.value) {
+            Some(addr) if addr.ip().is_loopback() => Ok(Some(addr)),
+            Some(_) => Err(ConfigError::new(
+                "metrics_listen",
+                &picked.source,
+                "serves /metrics without a key, so it must be a loopback address \
+                 (127.0.0.1:PORT or [::1]:PORT); elsewhere scrape the API's /metrics with a key",
+            )),
+            None => Err(ConfigError::new(
+                "metrics_listen",
+                &picked.source,
+                format!(
+                    "'{}' is not ADDR:PORT, such as 127.0.0.1:9464",
+                    picked.value
+                ),
+            )),
+        }
     }
 
     fn data_dir(&self, flags: &Flags, file: &FileConfig) -> Result<PathBuf, ConfigError> {
@@ -427,6 +463,7 @@ impl Config {
             file_text,
         };
         let listen = keys.listen(flags, &file)?;
+        let metrics_listen = keys.metrics_listen(&file)?;
         let data_dir = keys.data_dir(flags, &file)?;
         let (database_url, app_database_url) = keys.database_urls(flags, &file, &data_dir)?;
         let max_body_bytes = keys.max_body_bytes(flags, &file)?;
@@ -455,6 +492,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            metrics_listen,
             database_url,
             app_database_url,
             data_dir,
@@ -858,6 +896,26 @@ mod tests {
             c.app_database_url.as_deref(),
             Some("postgresql://app:pw@db/kira")
         );
+    }
+
+    #[test]
+    fn the_metrics_listener_is_loopback_only() {
+        let s = Setup::new();
+        assert_eq!(s.load().expect("valid").metrics_listen, None);
+        let s = Setup::new();
+        s.file("metrics_listen = \"0.0.0.0:9464\"\n");
+        let e = s.err();
+        assert_eq!(e.key, "metrics_listen");
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let mut s = Setup::new();
+        s.env.insert("KIRA_METRICS_LISTEN", "[::1]:9464".into());
+        assert_eq!(
+            s.load().expect("valid").metrics_listen,
+            Some("[::1]:9464".parse().expect("addr"))
+        );
+        let mut s = Setup::new();
+        s.env.insert("KIRA_METRICS_LISTEN", "9464".into());
+        assert_eq!(s.err().origin, Source::Env("KIRA_METRICS_LISTEN"));
     }
 
     #[test]

@@ -85,14 +85,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.scheduler().start(shutdown.clone());
     let memory_jobs = engine.memory().start_jobs(shutdown.clone());
+    let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
 
     let stopping = kira_engine::Shutdown::new();
+    let process = std::sync::Arc::new(kira_server::prom::ProcessMetrics::default());
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+            eprintln!("kira metrics (no key, loopback only) on http://{addr}/metrics");
+            let router = kira_server::metrics_router(engine.clone(), process.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let app = kira_server::router(
         engine.clone(),
         kira_server::ServerConfig {
             max_body_bytes: cfg.max_body_bytes,
             unauthenticated_audit_per_minute: cfg.unauthenticated_audit_per_minute,
             stopping: stopping.clone(),
+            process,
         },
     );
     let stop_requested = Arc::new(Notify::new());
@@ -122,6 +140,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     tracing::info!("HTTP stopped; stopping the engine");
+    if let Some(m) = metrics_listener {
+        m.abort();
+    }
     shutdown.trigger();
     match tokio::time::timeout(ENGINE_STOP, background).await {
         Ok(Ok(())) => {}
@@ -136,6 +157,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("the memory jobs did not stop in time");
+    }
+    if tokio::time::timeout(ENGINE_STOP, metrics_jobs)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the metrics jobs did not stop in time");
     }
     tracing::info!("kira stopped");
     Ok(())
@@ -160,6 +187,7 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
     let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.scheduler().start(shutdown.clone());
+    let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm.recv() => {}
@@ -172,6 +200,7 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
             "runs did not finish in time; their leases will lapse and the tasks be retried"
         );
     }
+    let _ = tokio::time::timeout(ENGINE_STOP, metrics_jobs).await;
     tracing::info!("kira worker stopped");
     Ok(())
 }

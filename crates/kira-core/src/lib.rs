@@ -15,6 +15,7 @@ pub mod error;
 pub mod ids;
 pub mod knowledge;
 pub mod memory;
+pub mod metrics;
 pub mod priority;
 pub mod sharing;
 pub mod storable;

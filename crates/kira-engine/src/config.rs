@@ -54,6 +54,8 @@ pub struct EngineConfig {
     pub primary: PrimaryConfig,
     /// What summarises for compaction and the primary session (`[summarizer]`).
     pub summarizer: SummarizerConfig,
+    /// The task metrics' roll-up and retention (`[metrics]`).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Which summariser compaction and the primary session use.
@@ -602,6 +604,7 @@ impl Default for EngineConfig {
             providers: BTreeMap::new(),
             primary: PrimaryConfig::default(),
             summarizer: SummarizerConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -643,6 +646,8 @@ pub struct EngineFile {
     pub primary: Option<PrimaryConfig>,
     #[serde(default)]
     pub summarizer: Option<SummarizerConfig>,
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsSection,
 }
 
 /// `[memory]`: retention, compaction, search; `[memory.layers]`,
@@ -796,6 +801,7 @@ impl EngineFile {
             check_review(&r, &c.task_types)?;
             c.review = r;
         }
+        self.metrics.resolve(&mut c.metrics)?;
         Ok(c)
     }
 }

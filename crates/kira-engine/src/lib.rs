@@ -29,6 +29,7 @@ mod group;
 pub mod keys;
 pub mod knowledge;
 pub mod memory;
+pub mod metrics;
 pub mod review;
 pub mod scheduler;
 pub mod sharing;
@@ -142,6 +143,7 @@ pub(crate) struct Services {
     sharing: Arc<sharing::Sharing>,
     scheduler: Arc<scheduler::Scheduler>,
     agents: agent::Agents,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Engine {
@@ -217,6 +219,7 @@ impl Engine {
                 tasks: tasks::Tasks::new(ctx.clone(), scheduler.clone()),
                 reviews: review::Reviews::new(ctx.clone(), memory.clone()),
                 agents: agent::Agents::new(ctx.clone(), scheduler.clone()),
+                metrics: Arc::new(metrics::Metrics::new(ctx.clone(), sharing.clone())),
                 budget,
                 memory,
                 embeddings,
@@ -337,6 +340,11 @@ impl Engine {
     /// The scheduler and the runs it starts.
     pub fn scheduler(&self) -> &scheduler::Scheduler {
         &self.inner.scheduler
+    }
+
+    /// Task metrics: the roll-up, the series, the scrape.
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.inner.metrics
     }
 
     /// The configured agents and their load.

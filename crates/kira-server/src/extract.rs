@@ -59,6 +59,7 @@ impl FromRequestParts<App> for Caller {
                 request_id,
             }),
             Err(reason) => {
+                app.process.auth_failed();
                 audit_unauthenticated(parts, app, request_id, reason).await;
                 Err(ApiError::unauthorized(
                     "missing or invalid API key: send 'Authorization: Bearer kira_...'",

@@ -22,6 +22,7 @@ use utoipa_axum::routes;
 
 pub mod error;
 pub mod extract;
+pub mod prom;
 pub mod refusals;
 mod routes;
 
@@ -43,6 +44,9 @@ pub struct ServerConfig {
     /// Triggered when the server stops: open `watch` streams end, so a
     /// graceful shutdown is not held up by a client that follows a task.
     pub stopping: kira_engine::Shutdown,
+    /// What this process counts for `/metrics`; shared with
+    /// [`metrics_router`] when a loopback listener serves it too.
+    pub process: Arc<prom::ProcessMetrics>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             unauthenticated_audit_per_minute: DEFAULT_UNAUTHENTICATED_AUDIT_PER_MINUTE,
             stopping: kira_engine::Shutdown::new(),
+            process: Arc::default(),
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct App {
     /// Bumped by every key revocation here: open `watch` streams check
     /// their key at once (and every few seconds, for other processes').
     pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What this process counts for `/metrics` (HTTP, auth failures).
+    pub process: Arc<prom::ProcessMetrics>,
 }
 
 #[derive(OpenApi)]
@@ -85,6 +92,7 @@ pub struct App {
         (name = "knowledge", description = "The shared knowledge base every company reads"),
         (name = "sharing", description = "Cross-company sharing rules and conflict flags (admin)"),
         (name = "agents", description = "The agent pool: models, limits and load"),
+        (name = "metrics", description = "Task metrics per system, company and agent; the Prometheus exposition"),
     )
 )]
 struct ApiDoc;
@@ -165,6 +173,10 @@ fn routes() -> OpenApiRouter<App> {
         ))
         .routes(routes!(routes::agents::list_agents))
         .routes(routes!(routes::agents::get_agent))
+        .routes(routes!(routes::metrics::prometheus))
+        .routes(routes!(routes::metrics::system_metrics))
+        .routes(routes!(routes::metrics::company_metrics))
+        .routes(routes!(routes::metrics::agent_metrics))
         .routes(routes!(routes::sharing::check_sharing))
         .routes(routes!(routes::sharing::list_conflicts))
         .routes(routes!(routes::sharing::resolve_conflict))
@@ -180,6 +192,16 @@ fn routes() -> OpenApiRouter<App> {
         ))
 }
 
+/// `GET /metrics` alone, with no key, for a loopback-only listener
+/// (`metrics_listen`): the same exposition as the API's, read as the
+/// system's own admin scope. Whoever can reach the port can read it, so
+/// the binary binds it to loopback only.
+pub fn metrics_router(engine: Engine, process: Arc<prom::ProcessMetrics>) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(routes::metrics::loopback))
+        .with_state((engine, process))
+}
+
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().split_for_parts().1
@@ -193,7 +215,20 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
     let refusals = Arc::new(refusals::RefusalLimiter::new(
         cfg.unauthenticated_audit_per_minute,
     ));
+    let app = App {
+        engine,
+        clock,
+        refusals,
+        revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
+        process: cfg.process.clone(),
+        cfg,
+    };
     router
+        // Counted per route template, so only routed requests.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            prom::record_request,
+        ))
         .fallback(routes::system::no_route)
         .method_not_allowed_fallback(routes::system::no_method)
         .layer(DefaultBodyLimit::max(limit))
@@ -210,11 +245,5 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
             HeaderValue::from_static("no-store"),
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(App {
-            engine,
-            clock,
-            cfg,
-            refusals,
-            revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
-        })
+        .with_state(app)
 }

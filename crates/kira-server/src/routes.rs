@@ -7,6 +7,7 @@ pub mod companies;
 pub mod keys;
 pub mod knowledge;
 pub mod memory;
+pub mod metrics;
 pub mod reviews;
 pub mod sharing;
 pub mod system;

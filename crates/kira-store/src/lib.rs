@@ -21,6 +21,7 @@ mod flow;
 pub mod knowledge;
 pub mod ledger;
 pub mod memory;
+pub mod metrics;
 pub mod postgres;
 pub mod sharing;
 mod sql;
@@ -192,6 +193,7 @@ pub trait Store:
     + knowledge::KnowledgeStore
     + conflicts::ConflictStore
     + agents::AgentStore
+    + metrics::MetricsStore
 {
     fn backend(&self) -> Backend;
 

@@ -9,6 +9,7 @@ pub mod company;
 pub mod demo;
 pub mod knowledge;
 pub mod memory;
+pub mod metrics;
 pub mod review;
 pub mod secret;
 pub mod sharing;

@@ -8,6 +8,7 @@ mod crash;
 mod demo;
 mod knowledge;
 mod memory;
+mod metrics;
 mod postgres;
 mod reviews;
 mod secret;

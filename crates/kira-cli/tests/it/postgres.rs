@@ -144,6 +144,15 @@ fn a_worker_process_runs_what_a_server_queues() {
         },
     );
     assert_eq!(done["result"]["simulated"], true, "{done}");
+    // Both processes roll metrics up; the run is counted once.
+    let m = crate::support::ok_json(server.kira().args(["--json", "metrics", "system"]));
+    assert_eq!(m["totals"]["completed"], 1, "{m}");
+    assert_eq!(m["totals"]["tasks_ended"], 1, "{m}");
+    assert_eq!(
+        m["totals"]["tokens"],
+        done["prompt_tokens"].as_i64().expect("p") + done["completion_tokens"].as_i64().expect("c"),
+        "{m}"
+    );
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();

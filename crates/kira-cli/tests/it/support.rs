@@ -17,6 +17,7 @@ const KIRA_VARS: &[&str] = &[
     "KIRA_TOKEN",
     "KIRA_DATA_DIR",
     "KIRA_LISTEN",
+    "KIRA_METRICS_LISTEN",
     "KIRA_DATABASE_URL",
     "KIRA_APP_DATABASE_URL",
     "KIRA_MAX_BODY_BYTES",

@@ -25,7 +25,7 @@ latency_ms_min = 200
 latency_ms_max = 400
 ";
 
-fn add_company(server: &Server, id: &str) {
+pub fn add_company(server: &Server, id: &str) {
     ok(server.kira().args([
         "company",
         "add",
@@ -206,6 +206,28 @@ pub fn run_simulated_story(server: &Server) {
     assert!(table.contains(&spent.to_string()), "{table}");
     let verdict = ok(server.kira().args(["budget", "verify"]));
     assert!(verdict.starts_with("ledger consistent: "), "{verdict}");
+
+    // The metrics count each of acme's runs once, with exactly the tokens
+    // the tasks were charged.
+    let acme_tokens: i64 = tasks
+        .iter()
+        .map(|t| {
+            t["prompt_tokens"].as_i64().expect("p") + t["completion_tokens"].as_i64().expect("c")
+        })
+        .sum();
+    let m = ok_json(
+        server
+            .kira()
+            .args(["metrics", "company", "acme", "--step", "300"]),
+    );
+    assert_eq!(m["totals"]["completed"], 3, "{m}");
+    assert_eq!(m["totals"]["tasks_ended"], 3, "{m}");
+    assert_eq!(m["totals"]["tokens"], acme_tokens, "{m}");
+    assert_eq!(m["within_sla"], true, "{m}");
+    let table = ok(server.kira().args(["metrics", "company", "acme"]));
+    for want in ["runs ended:      3 (3 completed", "SLA:", "AGENT"] {
+        assert!(table.contains(want), "{want} missing from\n{table}");
+    }
     let requests = ok(server.kira().args(["budget", "requests", "--all"]));
     assert_eq!(requests.trim(), "no emergency requests");
 

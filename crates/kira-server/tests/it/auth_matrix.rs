@@ -251,6 +251,16 @@ fn routes() -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/v1/budget/verify", None, admin_only, false),
+        r(Method::GET, "/metrics", None, admin_only, false),
+        r(Method::GET, "/v1/metrics/system", None, admin_only, false),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/metrics",
+            None,
+            anyone_own,
+            false,
+        ),
+        r(Method::GET, "/v1/agents/legal/metrics", None, anyone, false),
         r(
             Method::POST,
             "/v1/knowledge",
@@ -573,7 +583,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 56 * 5 * 2);
+    assert_eq!(cells, 60 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log, under
     // the caller's company (issue 17: "other"'s own log never shows a key

@@ -9,6 +9,7 @@ mod budget;
 mod isolation;
 mod knowledge;
 mod memory_input;
+mod metrics;
 mod openapi;
 mod reviews;
 mod sharing;

@@ -109,6 +109,14 @@ pub(crate) const WORK_ROWS: &Rows = &[
     ),
     ("tasks", "DELETE FROM tasks WHERE company_id = $1"),
     (
+        "metric_events",
+        "DELETE FROM metric_events WHERE company_id = $1",
+    ),
+    (
+        "metric_rollups",
+        "DELETE FROM metric_rollups WHERE company_id = $1",
+    ),
+    (
         "budget_allocations",
         "DELETE FROM budget_allocations WHERE company_id = $1",
     ),

@@ -13,6 +13,7 @@ pub(crate) mod company_store;
 pub(crate) mod keys;
 pub(crate) mod knowledge;
 pub(crate) mod memory;
+pub(crate) mod metrics;
 pub(crate) mod sharing;
 pub(crate) mod store;
 pub(crate) mod tasks;

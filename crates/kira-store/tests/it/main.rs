@@ -21,6 +21,7 @@ mod conformance;
 mod isolation;
 mod knowledge;
 mod memory;
+mod metrics;
 mod pg_work;
 mod queue_property;
 mod rls;

@@ -11,6 +11,7 @@ use kira_core::auth::{Access, Principal};
 use kira_core::company::{CompanyPatch, NewCompany};
 use kira_store::agents::{AgentStore, Decision, ReviewInput, Session, Step, StepKind};
 use kira_store::memory::{MemoryStore, MemoryVector};
+use kira_store::metrics::MetricsStore;
 use kira_store::postgres::{APP_ROLE, PgStore};
 use kira_store::sharing::SharingStore;
 use kira_store::testdb::fresh_postgres;
@@ -22,7 +23,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 10] = [
+const COMPANY_TABLES: [&str; 12] = [
     "companies",
     "audit_log",
     "memories",
@@ -33,6 +34,8 @@ const COMPANY_TABLES: [&str; 10] = [
     "agent_sessions",
     "shared_items",
     "sharing_consents",
+    "metric_events",
+    "metric_rollups",
 ];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
@@ -165,6 +168,29 @@ async fn setup() -> (PgStore, String) {
     for id in [A, B] {
         let id = CompanyId::parse(id).expect("valid id");
         agent_rows(&store, &admin.company(&id, Access::Write)).await;
+    }
+    // The runs' ends and reviews rolled up into series rows; then a cancel
+    // each, recorded and not yet rolled up.
+    store.roll_up_metrics(1_000).await.expect("roll up");
+    for id in [A, B] {
+        let id = CompanyId::parse(id).expect("valid id");
+        let scope = admin.company(&id, Access::Write);
+        let t0 = crate::support::t0();
+        let task = store
+            .submit_task(
+                &scope,
+                &crate::work::new_task("legal", kira_core::task::Priority::Low, 100),
+                t0,
+                record(Some(&id), "task.submit"),
+            )
+            .await
+            .expect("submit")
+            .task
+            .task_id;
+        store
+            .cancel_task(&scope, &task, t0, record(Some(&id), "task.cancel"))
+            .await
+            .expect("cancel");
     }
     store
         .append_audit(record(None, "server.start"))
@@ -337,8 +363,9 @@ async fn app_role_sees_only_the_named_company() {
     }
     assert_eq!(
         count(&mut app, "audit_log").await,
-        7,
-        "A's create, update, memory insert, publication, consent, task submission and review"
+        9,
+        "A's create, update, memory insert, publication, consent, task submission and review, \
+         and a second task's submission and cancel"
     );
     // The full-text path is filtered like any other read.
     let found: i64 = sqlx::query_scalar(

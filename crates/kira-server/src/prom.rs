@@ -1,0 +1,459 @@
+//! Prometheus exposition (`GET /metrics`, OpenMetrics text) with the
+//! `prometheus-client` crate: the HTTP requests this process served and
+//! the authentication failures it refused (counted here, per process),
+//! and what the database knows for the whole deployment at the scrape
+//! (tasks, response times, tokens, cost, tool calls, reviews, budgets,
+//! the queue), written from the engine's [`Scrape`] by a collector.
+//!
+//! The database's series are the same on every kira process of one
+//! PostgreSQL (sum them with `max without (instance)`); the process series
+//! are per process (sum them). Labels are bounded: company ids, agent
+//! names, levels, pools, route templates, status classes.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use kira_core::metrics::{BOUNDS_MS, Histogram as Buckets, Rollup};
+use kira_engine::metrics::Scrape;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::App;
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// What this process counts itself.
+#[derive(Debug)]
+pub struct ProcessMetrics {
+    registry: Registry,
+    http_requests: Family<Labels, Counter>,
+    http_seconds: Family<Labels, Histogram>,
+    auth_failures: Counter,
+}
+
+impl Default for ProcessMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<Labels, Counter>::default();
+        let http_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        let auth_failures = Counter::default();
+        registry.register(
+            "kira_http_requests",
+            "HTTP requests served, by route template, method and status class",
+            http_requests.clone(),
+        );
+        registry.register(
+            "kira_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            http_seconds.clone(),
+        );
+        registry.register(
+            "kira_auth_failures",
+            "Requests refused for a missing, unknown, revoked or expired key",
+            auth_failures.clone(),
+        );
+        ProcessMetrics {
+            registry,
+            http_requests,
+            http_seconds,
+            auth_failures,
+        }
+    }
+}
+
+impl ProcessMetrics {
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+}
+
+/// Counts a routed request (its route's template, never its path).
+pub async fn record_request(State(app): State<App>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    let m = &app.process;
+    m.http_requests
+        .get_or_create(&vec![
+            ("route", route.clone()),
+            ("method", method),
+            ("status", class),
+        ])
+        .inc();
+    m.http_seconds
+        .get_or_create(&vec![("route", route)])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The exposition: this process's series, then the scrape's.
+pub fn render(process: &ProcessMetrics, scrape: Scrape) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode_registry(&mut out, &process.registry)?;
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ScrapeCollector(Mutex::new(Some(scrape)))));
+    prometheus_client::encoding::text::encode_registry(&mut out, &registry)?;
+    prometheus_client::encoding::text::encode_eof(&mut out)?;
+    Ok(out)
+}
+
+/// One scrape's data, written once.
+#[derive(Debug)]
+struct ScrapeCollector(Mutex<Option<Scrape>>);
+
+/// A histogram whose buckets were counted elsewhere.
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl ConstHistogram {
+    /// From stored bucket counts and their sum in milliseconds.
+    fn of(b: &Buckets, sum_ms: i64) -> ConstHistogram {
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(b.0.len());
+        for (i, n) in b.0.iter().enumerate() {
+            cumulative += u64::try_from(*n).unwrap_or(0);
+            let upper = BOUNDS_MS
+                .get(i)
+                .map_or(f64::INFINITY, |ms| *ms as f64 / 1_000.0);
+            buckets.push((upper, cumulative));
+        }
+        ConstHistogram {
+            sum: sum_ms as f64 / 1_000.0,
+            count: cumulative,
+            buckets,
+        }
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for ConstHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Writes one family: its descriptor, then each labelled value.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in values {
+        v.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Sums of the scrape's rows per key made by `key`.
+fn sums<K: Ord>(
+    scrape: &Scrape,
+    key: impl Fn(&kira_store::metrics::MetricRow) -> K,
+) -> Vec<(K, Rollup)> {
+    let mut m: std::collections::BTreeMap<K, Rollup> = Default::default();
+    for r in &scrape.totals {
+        m.entry(key(r)).or_default().add(&r.sums);
+    }
+    m.into_iter().collect()
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(s) = self.0.lock().map_err(|_| std::fmt::Error)?.take() else {
+            return Ok(());
+        };
+        tasks(&mut e, &s)?;
+        usage(&mut e, &s)?;
+        budget(&mut e, &s)?;
+        queue(&mut e, &s)?;
+        family(
+            &mut e,
+            "kira_denied_cross_company_reads",
+            "Reads of another company's data refused, by this process",
+            MetricType::Counter,
+            [(
+                Labels::new(),
+                ConstCounter::new(s.denied_cross_company_reads),
+            )],
+        )
+    }
+}
+
+/// Ends, response times and queue waits.
+fn tasks(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
+    let by_agent = sums(s, |r| (r.key.company_id.clone(), r.key.agent.clone()));
+    let outcomes = by_agent.iter().flat_map(|((c, a), r)| {
+        [
+            ("completed", r.completed),
+            ("failed", r.failed),
+            ("cancelled", r.cancelled),
+            ("needs_review", r.needs_review),
+        ]
+        .into_iter()
+        .map(move |(o, n)| {
+            (
+                vec![
+                    ("company", c.clone()),
+                    ("agent", a.clone()),
+                    ("outcome", o.to_owned()),
+                ],
+                ConstCounter::new(u(n)),
+            )
+        })
+    });
+    family(
+        e,
+        "kira_tasks_ended",
+        "Runs that ended, by company, agent and outcome",
+        MetricType::Counter,
+        outcomes,
+    )?;
+    let by_company = sums(s, |r| r.key.company_id.clone());
+    family(
+        e,
+        "kira_task_response_seconds",
+        "Submitted to end, per company (compare with its sla_response_seconds)",
+        MetricType::Histogram,
+        by_company.iter().map(|(c, r)| {
+            (
+                vec![("company", c.clone())],
+                ConstHistogram::of(&r.response, r.response_ms),
+            )
+        }),
+    )?;
+    family(
+        e,
+        "kira_company_sla_response_seconds",
+        "The response time each company's profile promises",
+        MetricType::Gauge,
+        s.slas
+            .iter()
+            .map(|(c, v)| (vec![("company", c.clone())], ConstGauge::new(*v))),
+    )?;
+    let by_level = sums(s, |r| r.key.priority.clone());
+    family(
+        e,
+        "kira_task_queue_wait_seconds",
+        "Submitted to the last claim, per priority level",
+        MetricType::Histogram,
+        by_level.iter().map(|(l, r)| {
+            (
+                vec![("level", l.clone())],
+                ConstHistogram::of(&r.queue_wait, r.queue_wait_ms),
+            )
+        }),
+    )
+}
+
+/// Tokens, cost, tool calls, reviews and ratings.
+fn usage(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
+    let by_agent = sums(s, |r| (r.key.company_id.clone(), r.key.agent.clone()));
+    let labels = |c: &String, a: &String| vec![("company", c.clone()), ("agent", a.clone())];
+    family(
+        e,
+        "kira_tokens",
+        "Tokens the providers reported, by company, agent and kind",
+        MetricType::Counter,
+        by_agent.iter().flat_map(|((c, a), r)| {
+            [
+                ("prompt", r.prompt_tokens),
+                ("completion", r.completion_tokens),
+            ]
+            .into_iter()
+            .map(move |(k, n)| {
+                let mut l = labels(c, a);
+                l.push(("kind", k.to_owned()));
+                (l, ConstCounter::new(u(n)))
+            })
+        }),
+    )?;
+    family(
+        e,
+        "kira_cost_usd",
+        "Cost the providers' usage came to, by company and agent",
+        MetricType::Counter,
+        by_agent
+            .iter()
+            .map(|((c, a), r)| (labels(c, a), ConstCounter::new(r.cost_usd.max(0.0)))),
+    )?;
+    family(
+        e,
+        "kira_tool_calls",
+        "Tool calls agents made, by company and agent",
+        MetricType::Counter,
+        by_agent
+            .iter()
+            .map(|((c, a), r)| (labels(c, a), ConstCounter::new(u(r.tool_calls)))),
+    )?;
+    let by_company = sums(s, |r| r.key.company_id.clone());
+    family(
+        e,
+        "kira_reviews",
+        "Human review decisions, by company and decision",
+        MetricType::Counter,
+        by_company.iter().flat_map(|(c, r)| {
+            [
+                ("approved", r.reviews_approved),
+                ("rejected", r.reviews_rejected),
+            ]
+            .into_iter()
+            .map(move |(d, n)| {
+                (
+                    vec![("company", c.clone()), ("decision", d.to_owned())],
+                    ConstCounter::new(u(n)),
+                )
+            })
+        }),
+    )?;
+    family(
+        e,
+        "kira_ratings",
+        "Tasks rated (a task's latest rating counts), by company",
+        MetricType::Gauge,
+        by_company
+            .iter()
+            .map(|(c, r)| (vec![("company", c.clone())], ConstGauge::new(r.ratings))),
+    )?;
+    family(
+        e,
+        "kira_rating_sum",
+        "Sum of the latest ratings (1-5); divided by kira_ratings: satisfaction",
+        MetricType::Gauge,
+        by_company
+            .iter()
+            .map(|(c, r)| (vec![("company", c.clone())], ConstGauge::new(r.rating_sum))),
+    )
+}
+
+/// The period's pools and allocations.
+fn budget(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
+    let b = &s.budget;
+    family(
+        e,
+        "kira_budget_pool_tokens",
+        "The period's pools: capacity, reserved, spent and overdraft tokens",
+        MetricType::Gauge,
+        b.pools.iter().flat_map(|p| {
+            [
+                ("capacity", p.capacity),
+                ("reserved", p.reserved),
+                ("spent", p.spent),
+                ("overdraft", p.overdraft),
+            ]
+            .into_iter()
+            .map(move |(state, v)| {
+                (
+                    vec![
+                        ("pool", p.pool.as_str().to_owned()),
+                        ("state", state.to_owned()),
+                    ],
+                    ConstGauge::new(v),
+                )
+            })
+        }),
+    )?;
+    family(
+        e,
+        "kira_budget_company_tokens",
+        "Each company's base allocation: allocated, reserved, spent, and projected to the period's end",
+        MetricType::Gauge,
+        s.companies.iter().flat_map(|c| {
+            [
+                ("allocated", c.allocation),
+                ("reserved", c.reserved),
+                ("spent", c.spent),
+                ("overdraft", c.overdraft),
+                ("projected", c.projected),
+            ]
+            .into_iter()
+            .map(move |(state, v)| {
+                (
+                    vec![
+                        ("company", c.company_id.clone()),
+                        ("state", state.to_owned()),
+                    ],
+                    ConstGauge::new(v),
+                )
+            })
+        }),
+    )
+}
+
+/// The queue and the review backlog.
+fn queue(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
+    family(
+        e,
+        "kira_queue_tasks",
+        "Unfinished tasks, by status and level",
+        MetricType::Gauge,
+        s.waiting.queue.iter().map(|q| {
+            (
+                vec![("status", q.status.clone()), ("level", q.priority.clone())],
+                ConstGauge::new(q.tasks),
+            )
+        }),
+    )?;
+    family(
+        e,
+        "kira_queue_oldest_runnable_wait_seconds",
+        "How long the longest-waiting queued task has waited",
+        MetricType::Gauge,
+        [(
+            Labels::new(),
+            ConstGauge::new(s.oldest_runnable_wait_seconds),
+        )],
+    )?;
+    family(
+        e,
+        "kira_reviews_waiting",
+        "Results waiting for a human, by company",
+        MetricType::Gauge,
+        s.waiting
+            .reviews_waiting
+            .iter()
+            .map(|(c, n)| (vec![("company", c.clone())], ConstGauge::new(*n))),
+    )
+}

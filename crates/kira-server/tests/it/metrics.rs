@@ -1,0 +1,150 @@
+//! Metrics through the API, on both backends: runs that ended, reviews
+//! and ratings counted exactly in a company's series, the system's and an
+//! agent's, and in the Prometheus exposition; each key sees what its role
+//! allows; bad windows are refused naming the field.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{Backend, Server};
+
+async fn get(s: &Server, path: &str, token: &str) -> (StatusCode, Value) {
+    s.call(Method::GET, path, Some(token), None).await
+}
+
+async fn metrics_story(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    s.company("beta").await;
+    let (_, viewer) = s.key("viewer", Some("acme")).await;
+    let (_, operator) = s.key("operator", Some("acme")).await;
+    // acme: two results for review (one approved and rated), one cancel;
+    // beta: one result for review.
+    let first = s.needs_review("acme").await;
+    s.needs_review("acme").await;
+    let queued = s.task("acme").await;
+    s.needs_review("beta").await;
+    let (status, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/companies/acme/tasks/{first}/review"),
+            Some(&operator),
+            Some(json!({"decision": "approve", "rating": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = s
+        .call(
+            Method::POST,
+            &format!("/v1/companies/acme/tasks/{queued}/cancel"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // The company's series, as its viewer reads it.
+    let (status, m) = get(&s, "/v1/companies/acme/metrics?step=60", &viewer).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    let t = &m["totals"];
+    assert_eq!(t["tasks_ended"], 3, "{m}");
+    assert_eq!(t["needs_review"], 2);
+    assert_eq!(t["cancelled"], 1);
+    assert_eq!(t["completed"], 0);
+    assert_eq!(t["reviews_approved"], 1);
+    assert_eq!(t["ratings"], 1);
+    assert_eq!(t["satisfaction"], 5.0);
+    assert_eq!(t["automation_rate"], 0.0, "both results needed a human");
+    assert_eq!(m["company_id"], "acme");
+    assert_eq!(m["sla_response_seconds"], 30);
+    assert_eq!(m["within_sla"], true);
+    assert_eq!(m["resolution"], "minute");
+    let points = m["points"].as_array().expect("points");
+    // A day of minutes, and the one now unless now is on a minute.
+    assert!(
+        (24 * 60..=24 * 60 + 1).contains(&points.len()),
+        "{}",
+        points.len()
+    );
+    let ended: i64 = points
+        .iter()
+        .map(|p| p["tasks_ended"].as_i64().expect("n"))
+        .sum();
+    assert_eq!(ended, 3, "the points add up to the totals");
+
+    // Another company's series is not there for acme's keys (and the try
+    // is audited); the system's is the admin's.
+    let (status, _) = get(&s, "/v1/companies/beta/metrics", &viewer).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get(&s, "/v1/metrics/system", &operator).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, sys) = get(&s, "/v1/metrics/system", &s.admin).await;
+    assert_eq!(status, StatusCode::OK, "{sys}");
+    assert_eq!(sys["totals"]["tasks_ended"], 4);
+    assert_eq!(sys["companies"]["acme"]["tasks_ended"], 3);
+    assert_eq!(sys["companies"]["beta"]["needs_review"], 1);
+
+    // An agent's series: a company key sees its own company's runs.
+    let agent = sys["agents"]
+        .as_object()
+        .and_then(|a| a.keys().next().cloned())
+        .expect("an agent ran");
+    let (status, a) = get(&s, &format!("/v1/agents/{agent}/metrics"), &viewer).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["totals"]["tasks_ended"], 3);
+    assert_eq!(a["companies"], json!({}));
+    let (_, a) = get(&s, &format!("/v1/agents/{agent}/metrics"), &s.admin).await;
+    assert_eq!(a["totals"]["tasks_ended"], 4);
+    assert_eq!(a["companies"]["beta"]["tasks_ended"], 1);
+    let (status, _) = get(&s, "/v1/agents/nobody/metrics", &s.admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Bad windows: 400 naming the field, nothing else.
+    for (query, field) in [
+        ("step=90", "step"),
+        ("step=60&from=2020-01-01T00:00:00Z", "step"),
+        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("from=yesterday", "from"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, v) = get(&s, &format!("/v1/companies/acme/metrics?{query}"), &viewer).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert_eq!(v["error"]["field"], field, "{query}: {v}");
+    }
+
+    // Prometheus: the admin's; the same counts.
+    let (status, _) = get(&s, "/metrics", &viewer).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, text) = get(&s, "/metrics", &s.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("text").to_owned();
+    for line in [
+        format!("kira_tasks_ended_total{{company=\"acme\",agent=\"{agent}\",outcome=\"needs_review\"}} 2"),
+        format!("kira_tasks_ended_total{{company=\"acme\",agent=\"{agent}\",outcome=\"cancelled\"}} 1"),
+        format!("kira_tasks_ended_total{{company=\"beta\",agent=\"{agent}\",outcome=\"needs_review\"}} 1"),
+        "kira_reviews_total{company=\"acme\",decision=\"approved\"} 1".to_owned(),
+        "kira_task_response_seconds_count{company=\"acme\"} 3".to_owned(),
+        "kira_ratings{company=\"acme\"} 1".to_owned(),
+        "kira_rating_sum{company=\"acme\"} 5".to_owned(),
+        "kira_reviews_waiting{company=\"acme\"} 1".to_owned(),
+        "kira_company_sla_response_seconds{company=\"acme\"} 30".to_owned(),
+        "kira_auth_failures_total 1".to_owned(),
+        "kira_budget_pool_tokens{pool=\"base\",state=\"capacity\"}".to_owned(),
+        "kira_http_requests_total{route=\"/v1/companies/{id}/metrics\",method=\"GET\",status=\"4xx\"}".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_metrics_story() {
+    metrics_story(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_metrics_story() {
+    metrics_story(Backend::Postgres).await;
+}
