@@ -228,7 +228,7 @@ async fn read_rows(c: &mut dyn Conn, s: Stmt<'_>) -> Result<Vec<MetricRow>> {
     c.all(s)
         .await?
         .iter()
-        .map(|r| metric_row_from_row(r))
+        .map(metric_row_from_row)
         .collect()
 }
 
