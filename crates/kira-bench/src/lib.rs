@@ -20,6 +20,7 @@ pub mod local_model;
 pub mod locomo;
 pub mod longmemeval;
 pub mod memory;
+pub mod metrics;
 pub mod queue;
 pub mod report;
 pub mod scale;
@@ -56,6 +57,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
+    /// Metrics as deployments grow: COMPANIES companies with a run on each
+    /// of six agents, then `GET /metrics` and a company's week of metrics
+    /// timed through the HTTP API.
+    Metrics(metrics::MetricsArgs),
     /// One worker process of `bench queue --processes N` (internal).
     #[command(hide = true)]
     QueueWorker {
@@ -76,6 +81,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> Result<ExitCode, BenchError> 
         BenchCommand::Memory(args) => locomo::command(args, json).await,
         BenchCommand::MemoryScale(args) => scale::command(args, json).await,
         BenchCommand::Longmemeval(args) => longmemeval::command(args, json).await,
+        BenchCommand::Metrics(args) => metrics::command(args, json).await,
         BenchCommand::QueueWorker {
             database_url,
             overload,

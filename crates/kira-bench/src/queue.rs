@@ -41,7 +41,7 @@ pub fn bench_config(overload: bool) -> EngineConfig {
     cfg
 }
 
-fn record(company: &CompanyId, action: &str) -> AuditRecord {
+pub(crate) fn record(company: &CompanyId, action: &str) -> AuditRecord {
     AuditRecord {
         at: chrono::DateTime::UNIX_EPOCH,
         request_id: String::new(),

@@ -49,3 +49,17 @@ async fn a_small_agents_run_completes_every_task() {
     assert!(r.overhead.p99_ms + 0.1 >= r.before_call.p99_ms.max(r.after_call.p99_ms));
     assert!((r.within_sla - 1.0).abs() < f64::EPSILON);
 }
+
+/// `kira bench metrics` on a small run: every run is in the exposition
+/// once, and both reads are timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_metrics_run_counts_every_task_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = testdb::fresh_sqlite(dir.path()).await;
+    let store = Arc::new(SqliteStore::open(&url).await.expect("sqlite"));
+    let r = kira_bench::metrics::run(store, 3, 2).await.expect("bench");
+    assert_eq!(r.tasks, 18);
+    assert_eq!(r.completed_in_exposition, 18);
+    assert!(r.scrape.p50_ms > 0.0 && r.company_week.p99_ms > 0.0);
+    assert!(r.exposition_lines > 18);
+}
