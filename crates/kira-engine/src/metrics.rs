@@ -353,22 +353,77 @@ pub struct Scrape {
     pub oldest_runnable_wait_seconds: f64,
     /// Refused by this process since it started.
     pub denied_cross_company_reads: u64,
+    /// This process's provider calls, per (provider, model).
+    pub providers: Vec<((String, String), ProviderCalls)>,
 }
 
 /// The advisory-lock key of the metrics retention job.
 const JOB_METRICS_PRUNE: i64 = 0x6b69_7261_0003;
 
-/// Task metrics: the roll-up and retention jobs and the series. No state
-/// of its own: the events and the series are the store's; the count of
+/// Upper bounds (seconds) of the provider call latency histogram.
+pub const PROVIDER_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// This process's calls to one provider and model since it started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderCalls {
+    pub ok: u64,
+    pub errors: u64,
+    /// Seconds spent in answered calls.
+    pub seconds: f64,
+    /// Answered calls per bucket of [`PROVIDER_BOUNDS`] (and above).
+    pub buckets: [u64; PROVIDER_BOUNDS.len() + 1],
+}
+
+/// Task metrics: the roll-up and retention jobs and the series. Its own
+/// state: this process's provider calls (counts and latency per provider
+/// and model). The events and the series are the store's; the count of
 /// denied cross-company reads is the sharing service's.
 pub struct Metrics {
     ctx: Arc<Ctx>,
     sharing: Arc<crate::sharing::Sharing>,
+    providers: std::sync::Mutex<BTreeMap<(String, String), ProviderCalls>>,
 }
 
 impl Metrics {
     pub(crate) fn new(ctx: Arc<Ctx>, sharing: Arc<crate::sharing::Sharing>) -> Self {
-        Self { ctx, sharing }
+        Self {
+            ctx,
+            sharing,
+            providers: Default::default(),
+        }
+    }
+
+    /// Counts one call to `provider`'s `model`: answered after `latency`,
+    /// or failed (after its retries and fallbacks).
+    pub fn provider_call(
+        &self,
+        provider: &str,
+        model: &str,
+        answered: Option<std::time::Duration>,
+    ) {
+        let Ok(mut m) = self.providers.lock() else {
+            return;
+        };
+        let c = m
+            .entry((provider.to_owned(), model.to_owned()))
+            .or_default();
+        match answered {
+            Some(latency) => {
+                let secs = latency.as_secs_f64();
+                c.ok += 1;
+                c.seconds += secs;
+                c.buckets[PROVIDER_BOUNDS.partition_point(|b| *b < secs)] += 1;
+            }
+            None => c.errors += 1,
+        }
+    }
+
+    /// This process's provider calls, per provider and model.
+    pub fn provider_calls(&self) -> Vec<((String, String), ProviderCalls)> {
+        self.providers
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Adds every event recorded so far to the series (several
@@ -540,6 +595,7 @@ impl Metrics {
                 (now - t).num_milliseconds().max(0) as f64 / 1_000.0
             }),
             denied_cross_company_reads: self.sharing.denied_reads(),
+            providers: self.provider_calls(),
         })
     }
 

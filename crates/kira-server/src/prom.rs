@@ -133,17 +133,22 @@ struct ConstHistogram {
 impl ConstHistogram {
     /// From stored bucket counts and their sum in milliseconds.
     fn of(b: &Buckets, sum_ms: i64) -> ConstHistogram {
+        let counts: Vec<u64> = b.0.iter().map(|n| u64::try_from(*n).unwrap_or(0)).collect();
+        let bounds: Vec<f64> = BOUNDS_MS.iter().map(|ms| *ms as f64 / 1_000.0).collect();
+        ConstHistogram::from_parts(sum_ms as f64 / 1_000.0, &counts, &bounds)
+    }
+
+    /// From per-bucket counts (one more than `bounds`: the overflow) and
+    /// their sum.
+    fn from_parts(sum: f64, counts: &[u64], bounds: &[f64]) -> ConstHistogram {
         let mut cumulative = 0u64;
-        let mut buckets = Vec::with_capacity(b.0.len());
-        for (i, n) in b.0.iter().enumerate() {
-            cumulative += u64::try_from(*n).unwrap_or(0);
-            let upper = BOUNDS_MS
-                .get(i)
-                .map_or(f64::INFINITY, |ms| *ms as f64 / 1_000.0);
-            buckets.push((upper, cumulative));
+        let mut buckets = Vec::with_capacity(counts.len());
+        for (i, n) in counts.iter().enumerate() {
+            cumulative += n;
+            buckets.push((bounds.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
         }
         ConstHistogram {
-            sum: sum_ms as f64 / 1_000.0,
+            sum,
             count: cumulative,
             buckets,
         }
@@ -209,6 +214,7 @@ impl Collector for ScrapeCollector {
         usage(&mut e, &s)?;
         budget(&mut e, &s)?;
         queue(&mut e, &s)?;
+        providers(&mut e, &s)?;
         family(
             &mut e,
             "kira_denied_cross_company_reads",
@@ -455,5 +461,41 @@ fn queue(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
             .reviews_waiting
             .iter()
             .map(|(c, n)| (vec![("company", c.clone())], ConstGauge::new(*n))),
+    )
+}
+
+/// This process's calls to each provider and model.
+fn providers(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
+    let labels = |p: &String, m: &String| vec![("provider", p.clone()), ("model", m.clone())];
+    family(
+        e,
+        "kira_provider_calls",
+        "Model calls this process made, by provider, model and outcome (an error after retries and fallbacks)",
+        MetricType::Counter,
+        s.providers.iter().flat_map(|((p, m), c)| {
+            [("ok", c.ok), ("error", c.errors)]
+                .into_iter()
+                .map(move |(o, n)| {
+                    let mut l = labels(p, m);
+                    l.push(("outcome", o.to_owned()));
+                    (l, ConstCounter::new(n))
+                })
+        }),
+    )?;
+    family(
+        e,
+        "kira_provider_call_seconds",
+        "Latency of the model calls this process made that were answered",
+        MetricType::Histogram,
+        s.providers.iter().map(|((p, m), c)| {
+            (
+                labels(p, m),
+                ConstHistogram::from_parts(
+                    c.seconds,
+                    &c.buckets,
+                    &kira_engine::metrics::PROVIDER_BOUNDS,
+                ),
+            )
+        }),
     )
 }

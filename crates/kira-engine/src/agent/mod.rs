@@ -709,8 +709,18 @@ impl AgentExecutor {
             tools: agent.tools.clone(),
         };
         let resp = match agent.provider.chat(&req).await {
-            Ok(r) => r,
+            Ok(r) => {
+                run.engine().metrics().provider_call(
+                    &agent.provider_name,
+                    &agent.model,
+                    Some(r.latency),
+                );
+                r
+            }
             Err(e) => {
+                run.engine()
+                    .metrics()
+                    .provider_call(&agent.provider_name, &agent.model, None);
                 if let Err(re) = run.release(&reservation).await {
                     tracing::warn!(task = %run.task.task_id, error = %re, "could not release a failed call's reservation");
                 }

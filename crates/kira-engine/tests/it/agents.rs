@@ -669,6 +669,11 @@ async fn a_failing_provider_is_retried_then_the_task_fails_and_nothing_stays_res
         "{t:?}"
     );
     assert_eq!(fake.seen().len(), 4);
+    // Two calls failed after their retries: this process counted both.
+    let calls = e.metrics().provider_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0, ("fake".to_owned(), "fake-model".to_owned()));
+    assert_eq!((calls[0].1.ok, calls[0].1.errors), (0, 2));
     let b = s
         .store
         .company_budget(
@@ -702,6 +707,9 @@ async fn every_call_reserves_first_and_settles_its_real_usage() {
     let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!((t.prompt_tokens, t.completion_tokens), (3_500, 400));
+    let calls = e.metrics().provider_calls();
+    assert_eq!((calls[0].1.ok, calls[0].1.errors), (3, 0), "{calls:?}");
+    assert_eq!(calls[0].1.buckets.iter().sum::<u64>(), 3);
     let trace = s
         .store
         .task_trace(&scope("acme"), &id)
