@@ -84,26 +84,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.scheduler().start(shutdown.clone());
-    let memory_jobs = engine.memory().start_jobs(shutdown.clone());
-    let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
+    let jobs = vec![
+        ("memory", engine.memory().start_jobs(shutdown.clone())),
+        ("metrics", engine.metrics().start_jobs(shutdown.clone())),
+    ];
 
     let stopping = kira_engine::Shutdown::new();
     let process = std::sync::Arc::new(kira_server::prom::ProcessMetrics::default());
-    let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
-            eprintln!("kira metrics (no key, loopback only) on http://{addr}/metrics");
-            let router = kira_server::metrics_router(engine.clone(), process.clone());
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, router).await {
-                    tracing::error!(error = %e, "the metrics listener failed");
-                }
-            }))
-        }
-        None => None,
-    };
+    let metrics_listener = metrics_listener(&cfg, &engine, &process).await?;
     let app = kira_server::router(
         engine.clone(),
         kira_server::ServerConfig {
@@ -152,20 +140,35 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "the engine did not stop in time; its leases will lapse and the tasks be retried"
         ),
     }
-    if tokio::time::timeout(ENGINE_STOP, memory_jobs)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the memory jobs did not stop in time");
-    }
-    if tokio::time::timeout(ENGINE_STOP, metrics_jobs)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the metrics jobs did not stop in time");
+    for (name, job) in jobs {
+        if tokio::time::timeout(ENGINE_STOP, job).await.is_err() {
+            tracing::warn!(jobs = name, "the jobs did not stop in time");
+        }
     }
     tracing::info!("kira stopped");
     Ok(())
+}
+
+/// Serves `GET /metrics` with no key on `metrics_listen` (loopback only,
+/// checked with the configuration), if one is set.
+async fn metrics_listener(
+    cfg: &Config,
+    engine: &kira_engine::Engine,
+    process: &Arc<kira_server::prom::ProcessMetrics>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+    eprintln!("kira metrics (no key, loopback only) on http://{addr}/metrics");
+    let router = kira_server::metrics_router(engine.clone(), process.clone());
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, router).await {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    })))
 }
 
 /// `kira worker`: the engine alone (scheduler, workers, periodic jobs), for
