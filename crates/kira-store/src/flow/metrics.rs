@@ -225,11 +225,7 @@ fn select_rows<'a>(query: &'a MetricsQuery, company: Option<&'a str>) -> Stmt<'a
 }
 
 async fn read_rows(c: &mut dyn Conn, s: Stmt<'_>) -> Result<Vec<MetricRow>> {
-    c.all(s)
-        .await?
-        .iter()
-        .map(metric_row_from_row)
-        .collect()
+    c.all(s).await?.iter().map(metric_row_from_row).collect()
 }
 
 #[async_trait]
