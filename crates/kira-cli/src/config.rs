@@ -166,6 +166,8 @@ struct FileConfig {
     summarizer: Option<SummarizerConfig>,
     #[serde(default)]
     metrics: kira_engine::metrics::MetricsSection,
+    #[serde(default)]
+    alerts: kira_engine::alerts::AlertsSection,
 }
 
 impl FileConfig {
@@ -189,6 +191,7 @@ impl FileConfig {
             primary: self.primary.take(),
             summarizer: self.summarizer.take(),
             metrics: std::mem::take(&mut self.metrics),
+            alerts: std::mem::take(&mut self.alerts),
         }
     }
 }

@@ -86,6 +86,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let background = engine.scheduler().start(shutdown.clone());
     let memory_jobs = engine.memory().start_jobs(shutdown.clone());
     let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
+    let alert_jobs = engine.alerts().start_jobs(shutdown.clone());
 
     let stopping = kira_engine::Shutdown::new();
     let process = std::sync::Arc::new(kira_server::prom::ProcessMetrics::default());
@@ -163,6 +164,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("the metrics jobs did not stop in time");
+    }
+    if tokio::time::timeout(ENGINE_STOP, alert_jobs).await.is_err() {
+        tracing::warn!("the alert evaluator did not stop in time");
     }
     tracing::info!("kira stopped");
     Ok(())

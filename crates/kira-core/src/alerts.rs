@@ -148,7 +148,7 @@ impl std::fmt::Display for Subject {
 /// A rule's condition and its thresholds; each names the subjects it
 /// looks at.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "condition", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     /// A company's p95 response time over its `sla_response_seconds`
     /// across the window (runs that ended in it).
@@ -1423,8 +1423,10 @@ mod tests {
         // Ten days into March, 850 of 1000 spent: on course to overrun.
         assert_eq!(observe(&find("budget_projected"), &f, now).len(), 1);
         // Slow answers in the last hour, none older.
-        let mut slow = Rollup::default();
-        slow.ended = 1;
+        let mut slow = Rollup {
+            ended: 1,
+            ..Rollup::default()
+        };
         slow.response.observe(60_000);
         f.companies[0]
             .minutes

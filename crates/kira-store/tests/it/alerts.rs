@@ -300,7 +300,7 @@ async fn silences_are_kept_ended_and_audited(f: Fresh) {
         .await
         .expect("create");
     let live = s.list_silences(&admin(), now(), false).await.expect("list");
-    assert_eq!(live, [silence.clone()]);
+    assert_eq!(live, std::slice::from_ref(&silence));
     let ended = s
         .end_silence(
             &admin(),
