@@ -90,21 +90,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let stopping = kira_engine::Shutdown::new();
     let process = std::sync::Arc::new(kira_server::prom::ProcessMetrics::default());
-    let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
-            eprintln!("kira metrics (no key, loopback only) on http://{addr}/metrics");
-            let router = kira_server::metrics_router(engine.clone(), process.clone());
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, router).await {
-                    tracing::error!(error = %e, "the metrics listener failed");
-                }
-            }))
-        }
-        None => None,
-    };
+    let metrics_listener = metrics_listener(cfg.metrics_listen, &engine, &process).await?;
     let app = kira_server::router(
         engine.clone(),
         kira_server::ServerConfig {
@@ -153,23 +139,46 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "the engine did not stop in time; its leases will lapse and the tasks be retried"
         ),
     }
-    if tokio::time::timeout(ENGINE_STOP, memory_jobs)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the memory jobs did not stop in time");
-    }
-    if tokio::time::timeout(ENGINE_STOP, metrics_jobs)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the metrics jobs did not stop in time");
-    }
-    if tokio::time::timeout(ENGINE_STOP, alert_jobs).await.is_err() {
-        tracing::warn!("the alert evaluator did not stop in time");
-    }
+    wait_for_jobs([
+        ("memory jobs", memory_jobs),
+        ("metrics jobs", metrics_jobs),
+        ("alert evaluator", alert_jobs),
+    ])
+    .await;
     tracing::info!("kira stopped");
     Ok(())
+}
+
+/// The loopback-only `/metrics` listener (`metrics_listen`), if asked for,
+/// serving until aborted.
+async fn metrics_listener(
+    addr: Option<std::net::SocketAddr>,
+    engine: &kira_engine::Engine,
+    process: &std::sync::Arc<kira_server::prom::ProcessMetrics>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+    eprintln!("kira metrics (no key, loopback only) on http://{addr}/metrics");
+    let router = kira_server::metrics_router(engine.clone(), process.clone());
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, router).await {
+            tracing::error!(error = %e, "the metrics listener failed");
+        }
+    })))
+}
+
+/// Waits for each background job to stop after the shutdown, at most
+/// `ENGINE_STOP` each, and says which did not.
+async fn wait_for_jobs<const N: usize>(jobs: [(&str, tokio::task::JoinHandle<()>); N]) {
+    for (name, job) in jobs {
+        if tokio::time::timeout(ENGINE_STOP, job).await.is_err() {
+            tracing::warn!("the {name} did not stop in time");
+        }
+    }
 }
 
 /// `kira worker`: the engine alone (scheduler, workers, periodic jobs), for
