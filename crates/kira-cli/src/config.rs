@@ -1045,9 +1045,9 @@ mod tests {
             e.to_string(),
             format!(
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
-                 listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
+                 listen, metrics_listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
                  unauthenticated_audit_per_minute, budget, priority, scheduler, tasks, agents, task_types, executor, prices, knowledge, sharing, memory, context, \
-                 review, providers, primary, summarizer",
+                 review, providers, primary, summarizer, metrics, alerts",
                 path.display()
             )
         );
