@@ -255,8 +255,10 @@ pub trait Channel: Send + Sync {
     async fn send(&self, m: &Message<'_>) -> Result<(), String>;
 }
 
-/// The process's log.
-pub struct LogChannel;
+/// The process's log; the team it stands for, if any, names its target.
+pub struct LogChannel {
+    pub team: Option<String>,
+}
 
 #[async_trait]
 impl Channel for LogChannel {
@@ -264,7 +266,10 @@ impl Channel for LogChannel {
         "log"
     }
     fn target(&self) -> String {
-        "log".into()
+        match &self.team {
+            Some(t) => format!("log (team {t})"),
+            None => "log".into(),
+        }
     }
     async fn send(&self, m: &Message<'_>) -> Result<(), String> {
         tracing::warn!(alert = %m.alert.id, audience = %m.audience, "{}", m.text);
@@ -598,7 +603,9 @@ impl Alerts {
                         .iter()
                         .map(|s| -> Box<dyn Channel> {
                             match s {
-                                ChannelSpec::Log => Box::new(LogChannel),
+                                ChannelSpec::Log => Box::new(LogChannel {
+                                    team: Some(name.clone()),
+                                }),
                                 ChannelSpec::Webhook { url, format } => Box::new(
                                     WebhookChannel::new(self.http.clone(), url.clone(), *format),
                                 ),
@@ -606,7 +613,9 @@ impl Alerts {
                         })
                         .collect(),
                     // A team with no channels still hears it in the log.
-                    _ => vec![Box::new(LogChannel)],
+                    _ => vec![Box::new(LogChannel {
+                        team: Some(name.clone()),
+                    })],
                 }
             }
             Audience::CompanyContact => {
