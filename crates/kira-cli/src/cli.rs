@@ -106,6 +106,9 @@ pub enum Command {
     /// system's (admin) or an agent's.
     #[command(subcommand)]
     Metrics(crate::commands::metrics::MetricsCommand),
+    /// Alerts: list, show, acknowledge, resolve; silences (admin).
+    #[command(subcommand)]
+    Alerts(crate::commands::alerts::AlertsCommand),
     /// Conflict flags between companies naming the same counterparty (admin).
     #[command(subcommand)]
     Conflicts(crate::commands::sharing::ConflictsCommand),

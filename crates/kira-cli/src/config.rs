@@ -166,6 +166,8 @@ struct FileConfig {
     summarizer: Option<SummarizerConfig>,
     #[serde(default)]
     metrics: kira_engine::metrics::MetricsSection,
+    #[serde(default)]
+    alerts: kira_engine::alerts::AlertsSection,
 }
 
 impl FileConfig {
@@ -189,6 +191,7 @@ impl FileConfig {
             primary: self.primary.take(),
             summarizer: self.summarizer.take(),
             metrics: std::mem::take(&mut self.metrics),
+            alerts: std::mem::take(&mut self.alerts),
         }
     }
 }
@@ -1044,7 +1047,7 @@ mod tests {
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
                  listen, metrics_listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
                  unauthenticated_audit_per_minute, budget, priority, scheduler, tasks, agents, task_types, executor, prices, knowledge, sharing, memory, context, \
-                 review, providers, primary, summarizer, metrics",
+                 review, providers, primary, summarizer, metrics, alerts",
                 path.display()
             )
         );

@@ -84,14 +84,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let engine = crate::models::with_models(engine);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.scheduler().start(shutdown.clone());
-    let jobs = vec![
-        ("memory", engine.memory().start_jobs(shutdown.clone())),
-        ("metrics", engine.metrics().start_jobs(shutdown.clone())),
-    ];
+    let memory_jobs = engine.memory().start_jobs(shutdown.clone());
+    let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
+    let alert_jobs = engine.alerts().start_jobs(shutdown.clone());
 
     let stopping = kira_engine::Shutdown::new();
     let process = std::sync::Arc::new(kira_server::prom::ProcessMetrics::default());
-    let metrics_listener = metrics_listener(&cfg, &engine, &process).await?;
+    let metrics_listener = metrics_listener(cfg.metrics_listen, &engine, &process).await?;
     let app = kira_server::router(
         engine.clone(),
         kira_server::ServerConfig {
@@ -140,23 +139,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "the engine did not stop in time; its leases will lapse and the tasks be retried"
         ),
     }
-    for (name, job) in jobs {
-        if tokio::time::timeout(ENGINE_STOP, job).await.is_err() {
-            tracing::warn!(jobs = name, "the jobs did not stop in time");
-        }
-    }
+    wait_for_jobs([
+        ("memory jobs", memory_jobs),
+        ("metrics jobs", metrics_jobs),
+        ("alert evaluator", alert_jobs),
+    ])
+    .await;
     tracing::info!("kira stopped");
     Ok(())
 }
 
-/// Serves `GET /metrics` with no key on `metrics_listen` (loopback only,
-/// checked with the configuration), if one is set.
+/// The loopback-only `/metrics` listener (`metrics_listen`), if asked for,
+/// serving until aborted.
 async fn metrics_listener(
-    cfg: &Config,
+    addr: Option<std::net::SocketAddr>,
     engine: &kira_engine::Engine,
-    process: &Arc<kira_server::prom::ProcessMetrics>,
+    process: &std::sync::Arc<kira_server::prom::ProcessMetrics>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(addr) = cfg.metrics_listen else {
+    let Some(addr) = addr else {
         return Ok(None);
     };
     let l = tokio::net::TcpListener::bind(addr)
@@ -169,6 +169,16 @@ async fn metrics_listener(
             tracing::error!(error = %e, "the metrics listener failed");
         }
     })))
+}
+
+/// Waits for each background job to stop after the shutdown, at most
+/// `ENGINE_STOP` each, and says which did not.
+async fn wait_for_jobs<const N: usize>(jobs: [(&str, tokio::task::JoinHandle<()>); N]) {
+    for (name, job) in jobs {
+        if tokio::time::timeout(ENGINE_STOP, job).await.is_err() {
+            tracing::warn!("the {name} did not stop in time");
+        }
+    }
 }
 
 /// `kira worker`: the engine alone (scheduler, workers, periodic jobs), for

@@ -4,6 +4,7 @@
 //! URLs with their passwords hidden. Nothing here does I/O or reads the
 //! clock; callers pass `now`.
 
+pub mod alerts;
 pub mod anonymise;
 pub mod audit;
 pub mod auth;

@@ -56,6 +56,8 @@ pub struct EngineConfig {
     pub summarizer: SummarizerConfig,
     /// The task metrics' roll-up and retention (`[metrics]`).
     pub metrics: crate::metrics::MetricsConfig,
+    /// Alert rules, teams and their channels (`[alerts]`).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// Which summariser compaction and the primary session use.
@@ -605,6 +607,7 @@ impl Default for EngineConfig {
             primary: PrimaryConfig::default(),
             summarizer: SummarizerConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -648,6 +651,8 @@ pub struct EngineFile {
     pub summarizer: Option<SummarizerConfig>,
     #[serde(default)]
     pub metrics: crate::metrics::MetricsSection,
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsSection,
 }
 
 /// `[memory]`: retention, compaction, search; `[memory.layers]`,
@@ -802,6 +807,7 @@ impl EngineFile {
             c.review = r;
         }
         self.metrics.resolve(&mut c.metrics)?;
+        self.alerts.resolve(&mut c.alerts)?;
         Ok(c)
     }
 }
@@ -1290,6 +1296,59 @@ mod tests {
     /// Tests write sections as JSON objects to keep this crate free of a TOML parser.
     fn toml_like(json: &str) -> serde_json::Value {
         serde_json::from_str(json).expect("json")
+    }
+
+    #[test]
+    fn alerts_section_changes_adds_and_removes_rules() {
+        let c = resolve("{}").expect("valid");
+        assert_eq!(c.alerts.rules.len(), 12, "SEED's alerts by default");
+        let c = resolve(
+            r#"{"alerts": {
+                "evaluate_interval_seconds": 15,
+                "repeat_interval_minutes": 60,
+                "teams": {"operator": {"channels": [
+                    {"kind": "webhook", "url": "https://hooks.example.com/x", "format": "slack"},
+                    {"kind": "log"}]}},
+                "rules": {
+                    "sla_violation": {"for_seconds": 60},
+                    "review_backlog": {"enabled": false},
+                    "big_backlog": {"severity": "critical",
+                        "condition": {"type": "review_backlog", "above": 100}}
+                }}}"#,
+        )
+        .expect("valid");
+        let a = &c.alerts;
+        assert_eq!(a.evaluate_interval, TimeDelta::seconds(15));
+        assert_eq!(a.repeat_interval, TimeDelta::minutes(60));
+        assert_eq!(a.teams["operator"].len(), 2);
+        let sla = a
+            .rules
+            .iter()
+            .find(|r| r.name == "sla_violation")
+            .expect("sla");
+        assert_eq!(sla.for_duration, TimeDelta::seconds(60));
+        assert!(a.rules.iter().all(|r| r.name != "review_backlog"));
+        assert!(a.rules.iter().any(|r| r.name == "big_backlog"));
+        for (bad, field) in [
+            (
+                r#"{"alerts": {"rules": {"new_one": {"for_seconds": 5}}}}"#,
+                "alerts.rules.new_one.condition",
+            ),
+            (
+                r#"{"alerts": {"rules": {"pool_low": {"condition": {"type": "pool_remaining", "below": 2.0}}}}}"#,
+                "alerts.rules.pool_low.below",
+            ),
+            (
+                r#"{"alerts": {"teams": {"ops": {"channels": [{"kind": "webhook", "url": "ftp://x"}]}}}}"#,
+                "alerts.teams.ops.channels.0.url",
+            ),
+            (
+                r#"{"alerts": {"evaluate_interval_seconds": 0}}"#,
+                "alerts.evaluate_interval_seconds",
+            ),
+        ] {
+            assert_eq!(resolve(bad).expect_err(bad).field, field);
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use kira_store::Store;
 use tokio::sync::{Notify, watch};
 
 pub mod agent;
+pub mod alerts;
 pub mod audit;
 pub mod budget;
 pub mod companies;
@@ -144,6 +145,7 @@ pub(crate) struct Services {
     scheduler: Arc<scheduler::Scheduler>,
     agents: agent::Agents,
     metrics: Arc<metrics::Metrics>,
+    alerts: Arc<alerts::Alerts>,
 }
 
 impl Engine {
@@ -212,6 +214,7 @@ impl Engine {
                 sharing.clone(),
                 embeddings.clone(),
             ));
+            let metrics = Arc::new(metrics::Metrics::new(ctx.clone(), sharing.clone()));
             Services {
                 keys: keys::Keys::new(ctx.clone()),
                 audit: audit::AuditLog::new(ctx.clone()),
@@ -219,7 +222,8 @@ impl Engine {
                 tasks: tasks::Tasks::new(ctx.clone(), scheduler.clone()),
                 reviews: review::Reviews::new(ctx.clone(), memory.clone()),
                 agents: agent::Agents::new(ctx.clone(), scheduler.clone()),
-                metrics: Arc::new(metrics::Metrics::new(ctx.clone(), sharing.clone())),
+                metrics: metrics.clone(),
+                alerts: Arc::new(alerts::Alerts::new(ctx.clone(), metrics, sharing.clone())),
                 budget,
                 memory,
                 embeddings,
@@ -345,6 +349,11 @@ impl Engine {
     /// Task metrics: the roll-up, the series, the scrape.
     pub fn metrics(&self) -> &Arc<metrics::Metrics> {
         &self.inner.metrics
+    }
+
+    /// Alert rules, their evaluation and notifications; silences.
+    pub fn alerts(&self) -> &Arc<alerts::Alerts> {
+        &self.inner.alerts
     }
 
     /// The configured agents and their load.

@@ -93,6 +93,7 @@ pub struct App {
         (name = "sharing", description = "Cross-company sharing rules and conflict flags (admin)"),
         (name = "agents", description = "The agent pool: models, limits and load"),
         (name = "metrics", description = "Task metrics per system, company and agent; the Prometheus exposition"),
+        (name = "alerts", description = "Alerts: rules evaluated over the metrics, budgets and queue; acknowledgement, resolution, silences"),
     )
 )]
 struct ApiDoc;
@@ -177,6 +178,15 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::metrics::system_metrics))
         .routes(routes!(routes::metrics::company_metrics))
         .routes(routes!(routes::metrics::agent_metrics))
+        .routes(routes!(routes::alerts::list_alerts))
+        .routes(routes!(
+            routes::alerts::list_silences,
+            routes::alerts::create_silence
+        ))
+        .routes(routes!(routes::alerts::delete_silence))
+        .routes(routes!(routes::alerts::get_alert))
+        .routes(routes!(routes::alerts::ack_alert))
+        .routes(routes!(routes::alerts::resolve_alert))
         .routes(routes!(routes::sharing::check_sharing))
         .routes(routes!(routes::sharing::list_conflicts))
         .routes(routes!(routes::sharing::resolve_conflict))

@@ -1,6 +1,7 @@
 //! The handlers, one module per resource.
 
 pub mod agents;
+pub mod alerts;
 pub mod audit;
 pub mod budget;
 pub mod companies;

@@ -16,6 +16,7 @@ use kira_core::ids::KeyId;
 use kira_core::{CompanyId, ValidationError};
 
 pub mod agents;
+pub mod alerts;
 pub mod conflicts;
 mod flow;
 pub mod knowledge;
@@ -194,6 +195,7 @@ pub trait Store:
     + conflicts::ConflictStore
     + agents::AgentStore
     + metrics::MetricsStore
+    + alerts::AlertStore
 {
     fn backend(&self) -> Backend;
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod alerts;
 pub mod audit;
 pub mod budget;
 pub mod company;

@@ -83,6 +83,15 @@ fn writer_creates(w: Who, t: Target) -> u16 {
 fn admin_deletes(w: Who, _: Target) -> u16 {
     if w == Who::Admin { 204 } else { 403 }
 }
+/// Acknowledge and resolve: the role check first (a viewer learns nothing
+/// of any alert), then another company's alert is not found.
+fn writer_alert(w: Who, t: Target) -> u16 {
+    match (w, t) {
+        (Who::Admin, _) | (Who::Operator, Target::Own) => 200,
+        (Who::Viewer, _) => 403,
+        _ => 404,
+    }
+}
 fn admin_finds_nothing(w: Who, _: Target) -> u16 {
     if w == Who::Admin { 404 } else { 403 }
 }
@@ -401,6 +410,40 @@ fn routes() -> Vec<Route> {
             admin_on_company,
             false,
         ),
+        r(Method::GET, "/v1/alerts", None, anyone, false),
+        r(Method::GET, "/v1/alerts/{alert}", None, anyone_own, false),
+        r(
+            Method::POST,
+            "/v1/alerts/{afresh}/ack",
+            None,
+            writer_alert,
+            false,
+        ),
+        r(
+            Method::POST,
+            "/v1/alerts/{afresh}/resolve",
+            None,
+            writer_alert,
+            false,
+        ),
+        r(Method::GET, "/v1/alerts/silences", None, admin_only, false),
+        r(
+            Method::POST,
+            "/v1/alerts/silences",
+            Some(
+                json!({"matchers": [{"name": "subject", "value": "company:{c}"}],
+                        "ends_at": "{ends}", "comment": "maintenance"}),
+            ),
+            admin_creates,
+            false,
+        ),
+        r(
+            Method::DELETE,
+            "/v1/alerts/silences/{sfresh}",
+            None,
+            admin_only,
+            false,
+        ),
         // After the PUT above, for both companies: there is one to take back.
         r(
             Method::DELETE,
@@ -453,6 +496,15 @@ async fn matrix(backend: Backend) {
     let mut kept_memory = std::collections::HashMap::new();
     for c in ["acme", "other"] {
         kept_memory.insert(c.to_owned(), s.memory(c, false).await);
+    }
+    // Silences end within a year of now.
+    let ends = {
+        use kira_core::clock::Clock;
+        (kira_core::clock::SystemClock.now() + chrono::TimeDelta::days(30)).to_rfc3339()
+    };
+    let mut kept_alert = std::collections::HashMap::new();
+    for c in ["acme", "other"] {
+        kept_alert.insert(c.to_owned(), firing_alert(&s, c).await);
     }
     let mut n = 0;
     let mut cells = 0;
@@ -520,8 +572,32 @@ async fn matrix(backend: Backend) {
                 } else {
                     String::new()
                 };
+                let afresh = if route.path.contains("{afresh}") {
+                    firing_alert(&s, &company).await
+                } else {
+                    String::new()
+                };
+                let sfresh = if route.path.contains("{sfresh}") {
+                    let v = s
+                        .admin_ok(
+                            Method::POST,
+                            "/v1/alerts/silences",
+                            Some(json!({"matchers": [{"name": "rule", "value": "x"}],
+                                        "ends_at": ends, "comment": "c"})),
+                        )
+                        .await;
+                    v["id"].as_str().expect("silence id").to_owned()
+                } else {
+                    String::new()
+                };
                 let path = route
                     .path
+                    .replace("{afresh}", &afresh)
+                    .replace("{sfresh}", &sfresh)
+                    .replace(
+                        "{alert}",
+                        kept_alert.get(&company).map_or("", String::as_str),
+                    )
                     .replace("{revfresh}", &revfresh)
                     .replace("{rev}", in_review.get(&company).map_or("", String::as_str))
                     .replace("{mfresh}", &mfresh)
@@ -553,6 +629,7 @@ async fn matrix(backend: Backend) {
                         let b = b
                             .to_string()
                             .replace("{c}", &company)
+                            .replace("{ends}", &ends)
                             .replace("{mfresh}", &mfresh);
                         serde_json::from_str(&b).expect("json")
                     }
@@ -583,7 +660,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 60 * 5 * 2);
+    assert_eq!(cells, 67 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log, under
     // the caller's company (issue 17: "other"'s own log never shows a key
@@ -624,6 +701,40 @@ async fn matrix(backend: Backend) {
         .call(Method::GET, "/v1/audit/verify", Some(&s.admin), None)
         .await;
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// A firing alert of `company`, as the evaluator writes one; its id.
+pub async fn firing_alert(s: &Server, company: &str) -> String {
+    use kira_core::alerts::{Alert, AlertState, RuleKind, Severity, Subject};
+    let now = chrono::DateTime::parse_from_rfc3339("2026-06-01T09:00:00Z")
+        .expect("time")
+        .to_utc();
+    let a = Alert {
+        id: uuid::Uuid::now_v7(),
+        rule: format!("sla_{}", uuid::Uuid::now_v7().simple()),
+        kind: RuleKind::SlaViolation,
+        severity: Severity::Warning,
+        subject: Subject::Company(kira_core::CompanyId::parse(company).expect("id")),
+        labels: Default::default(),
+        state: AlertState::Firing,
+        summary: format!("{company} is slow"),
+        value: 1.0,
+        started_at: now,
+        fired_at: Some(now),
+        acknowledged_at: None,
+        acknowledged_by: None,
+        escalated_at: None,
+        last_notified_at: Some(now),
+        resolved_at: None,
+        resolved_by: None,
+        updated_at: now,
+        version: 0,
+    };
+    s.store
+        .write_alert_plan(std::slice::from_ref(&a), &[])
+        .await
+        .expect("alert");
+    a.id.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! kira-server's integration tests: the real HTTP API over a real socket,
 //! against real SQLite and PostgreSQL.
 
+mod alerts;
 mod attacker;
 mod audit;
 mod auth_matrix;

@@ -117,6 +117,11 @@ pub(crate) const WORK_ROWS: &Rows = &[
         "DELETE FROM metric_rollups WHERE company_id = $1",
     ),
     (
+        "alert_notifications",
+        "DELETE FROM alert_notifications WHERE company_id = $1",
+    ),
+    ("alerts", "DELETE FROM alerts WHERE company_id = $1"),
+    (
         "budget_allocations",
         "DELETE FROM budget_allocations WHERE company_id = $1",
     ),

@@ -5,6 +5,7 @@
 //! functions and SQLite's one-command scripts.
 
 pub(crate) mod agents;
+pub(crate) mod alerts;
 pub(crate) mod batch;
 pub(crate) mod budget;
 pub(crate) mod companies;

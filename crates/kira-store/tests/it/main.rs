@@ -16,6 +16,7 @@ macro_rules! conformance {
 }
 
 mod agents;
+mod alerts;
 mod budget_property;
 mod conformance;
 mod isolation;

@@ -23,7 +23,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 12] = [
+const COMPANY_TABLES: [&str; 14] = [
     "companies",
     "audit_log",
     "memories",
@@ -36,6 +36,8 @@ const COMPANY_TABLES: [&str; 12] = [
     "sharing_consents",
     "metric_events",
     "metric_rollups",
+    "alerts",
+    "alert_notifications",
 ];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
@@ -192,11 +194,65 @@ async fn setup() -> (PgStore, String) {
             .await
             .expect("cancel");
     }
+    alert_rows(&store).await;
     store
         .append_audit(record(None, "server.start"))
         .await
         .expect("append system entry");
     (store, url)
+}
+
+/// An alert of each company with a notification attempt, and one of the
+/// system's (no company: no company sees it), as the evaluator writes them.
+async fn alert_rows(store: &PgStore) {
+    use kira_core::alerts::{Alert, AlertState, NoticeKind, RuleKind, Severity, Subject};
+    use kira_store::alerts::{AlertStore, Delivery, NotificationAttempt};
+    let t0 = crate::support::t0();
+    let alert = |subject: Subject| Alert {
+        id: uuid::Uuid::now_v7(),
+        rule: "sla_violation".into(),
+        kind: RuleKind::SlaViolation,
+        severity: Severity::Warning,
+        subject,
+        labels: Default::default(),
+        state: AlertState::Firing,
+        summary: "slow".into(),
+        value: 1.0,
+        started_at: t0,
+        fired_at: Some(t0),
+        acknowledged_at: None,
+        acknowledged_by: None,
+        escalated_at: None,
+        last_notified_at: Some(t0),
+        resolved_at: None,
+        resolved_by: None,
+        updated_at: t0,
+        version: 0,
+    };
+    let alerts = [
+        alert(Subject::Company(CompanyId::parse(A).expect("id"))),
+        alert(Subject::Company(CompanyId::parse(B).expect("id"))),
+        alert(Subject::System),
+    ];
+    store.write_alert_plan(&alerts, &[]).await.expect("alerts");
+    let attempts: Vec<NotificationAttempt> = alerts
+        .iter()
+        .map(|a| NotificationAttempt {
+            alert_id: a.id,
+            company_id: a.company().cloned(),
+            notice: NoticeKind::Firing,
+            channel: "log".into(),
+            target: "log".into(),
+            attempt: 1,
+            at: t0,
+            outcome: Delivery::Sent,
+            error: None,
+        })
+        .collect();
+    store
+        .record_notifications(&attempts)
+        .await
+        .expect("notifications");
 }
 
 /// A task of the scope's company taken through review (a step, an
@@ -415,6 +471,18 @@ async fn app_role_cannot_write_another_company_or_rewrite_the_audit_log() {
          VALUES (gen_random_uuid(), $1, now(), 'note', 'general', 'general', '{\"text\": \"x\"}', 5, '{}', now())",
     );
     assert_refused(insert_memory.bind(B).execute(&mut app).await, RLS_VIOLATION);
+    // An alert filed under B, or under no company, from A's transaction.
+    for company in [Some(B), None] {
+        let insert_alert = sqlx::query(
+            "INSERT INTO alerts (alert_id, company_id, rule, kind, severity, subject, state, summary, \
+             value, started_at, updated_at) VALUES (gen_random_uuid(), $1, 'forged', 'budget', 'info', \
+             'system', 'firing', 'x', 0, now(), now())",
+        );
+        assert_refused(
+            insert_alert.bind(company).execute(&mut app).await,
+            RLS_VIOLATION,
+        );
+    }
     // A's own memory given a vector filed under B.
     let insert_vector = sqlx::query(
         "INSERT INTO memory_vectors (memory_id, company_id, model, vector) \

@@ -1,0 +1,832 @@
+//! Alerts (issue 22, SEED 6.1 and 6.2): the evaluator, which gathers the
+//! facts (task metrics, budgets, the queue and review backlog, denied
+//! cross-company reads), asks the core rules what holds, moves each alert
+//! through its states and sends what the plan says through the channels,
+//! recording every attempt; and the alerts and silences as the API serves
+//! them, every change audited.
+//!
+//! One evaluator at a time across processes (an advisory job lock, like
+//! compaction's).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use kira_core::ValidationError;
+use kira_core::alerts::{
+    Alert, Audience, CompanyFacts, Condition, Facts, Matcher, NoticeKind, Policy, PoolFacts,
+    Routing, Rule, Severity, Silence, default_rules, observe, plan,
+};
+use kira_core::audit::AuditRecord;
+use kira_core::auth::{AdminScope, Principal};
+use kira_core::company::Company;
+use kira_core::metrics::Resolution;
+use kira_store::alerts::{AlertDetail, AlertFilter, AlertReader, Delivery, NotificationAttempt};
+use kira_store::metrics::MetricsQuery;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{Ctx, EngineError, Shutdown};
+
+/// The advisory-lock key of the alerts evaluator.
+const JOB_ALERTS: i64 = 0x6b69_7261_0004;
+
+/// Where a team's notifications go.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelSpec {
+    /// The process's log (tracing, at warn).
+    Log,
+    /// An HTTP POST of JSON: kira's own body, or Slack's `{"text": ..}`.
+    Webhook {
+        url: String,
+        #[serde(default)]
+        format: WebhookFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Generic,
+    Slack,
+}
+
+/// `[alerts]`: the rules, the teams and their channels, the intervals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsConfig {
+    pub evaluate_interval: TimeDelta,
+    /// Between two notifications of an alert still firing.
+    pub repeat_interval: TimeDelta,
+    pub rules: Vec<Rule>,
+    /// SEED 6.2's by default.
+    pub routing: Routing,
+    pub teams: BTreeMap<String, Vec<ChannelSpec>>,
+    /// Tries per notification and target, and the wait before the second
+    /// (doubling after each).
+    pub delivery_attempts: u32,
+    pub retry_backoff: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            evaluate_interval: TimeDelta::seconds(30),
+            repeat_interval: TimeDelta::hours(4),
+            rules: default_rules(),
+            routing: Routing::default(),
+            teams: BTreeMap::new(),
+            delivery_attempts: 3,
+            retry_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `[alerts]` as written in `kira.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    pub evaluate_interval_seconds: Option<i64>,
+    pub repeat_interval_minutes: Option<i64>,
+    pub delivery_attempts: Option<u32>,
+    pub retry_backoff_ms: Option<u64>,
+    /// `[alerts.teams.NAME] channels = [...]`.
+    #[serde(default)]
+    pub teams: BTreeMap<String, TeamSection>,
+    /// `[alerts.rules.NAME]`: changes a default rule or adds one.
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSection {
+    #[serde(default)]
+    pub channels: Vec<ChannelSpec>,
+}
+
+/// A rule as written: what is given replaces the default's; a new rule
+/// needs its `condition` (`{ type = "sla_p95", window_seconds = 3600 }`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    /// false: the rule is off.
+    pub enabled: Option<bool>,
+    pub severity: Option<Severity>,
+    pub for_seconds: Option<i64>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub condition: Option<Condition>,
+}
+
+impl AlertsSection {
+    pub fn resolve(self, c: &mut AlertsConfig) -> Result<(), ValidationError> {
+        let within = |field: &str, v: i64, min: i64, max: i64| {
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ValidationError::new(
+                    field,
+                    format!("must be between {min} and {max}"),
+                ))
+            }
+        };
+        if let Some(v) = self.evaluate_interval_seconds {
+            c.evaluate_interval =
+                TimeDelta::seconds(within("alerts.evaluate_interval_seconds", v, 1, 3_600)?);
+        }
+        if let Some(v) = self.repeat_interval_minutes {
+            c.repeat_interval =
+                TimeDelta::minutes(within("alerts.repeat_interval_minutes", v, 1, 10_080)?);
+        }
+        if let Some(v) = self.delivery_attempts {
+            c.delivery_attempts = within("alerts.delivery_attempts", i64::from(v), 1, 10)? as u32;
+        }
+        if let Some(v) = self.retry_backoff_ms {
+            let ms = within(
+                "alerts.retry_backoff_ms",
+                v.min(i64::MAX as u64) as i64,
+                1,
+                60_000,
+            )?;
+            c.retry_backoff = Duration::from_millis(ms as u64);
+        }
+        for (name, team) in self.teams {
+            for (i, ch) in team.channels.iter().enumerate() {
+                if let ChannelSpec::Webhook { url, .. } = ch
+                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                {
+                    return Err(ValidationError::new(
+                        format!("alerts.teams.{name}.channels.{i}.url"),
+                        "must be an http(s) URL",
+                    ));
+                }
+            }
+            c.teams.insert(name, team.channels);
+        }
+        for (name, r) in self.rules {
+            resolve_rule(c, name, r)?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve_rule(c: &mut AlertsConfig, name: String, r: RuleSection) -> Result<(), ValidationError> {
+    let field = |f: &str| format!("alerts.rules.{name}.{f}");
+    let at = c.rules.iter().position(|x| x.name == name);
+    if r.enabled == Some(false) {
+        if let Some(i) = at {
+            c.rules.remove(i);
+        }
+        return Ok(());
+    }
+    let mut rule = match (at, r.condition.clone()) {
+        (Some(i), _) => c.rules.remove(i),
+        (None, Some(condition)) => Rule {
+            name: name.clone(),
+            severity: Severity::Warning,
+            for_duration: TimeDelta::zero(),
+            labels: BTreeMap::new(),
+            condition,
+        },
+        (None, None) => {
+            return Err(ValidationError::new(
+                field("condition"),
+                "a new rule needs its condition",
+            ));
+        }
+    };
+    if let Some(cond) = r.condition {
+        rule.condition = cond;
+    }
+    if let Some(s) = r.severity {
+        rule.severity = s;
+    }
+    if let Some(f) = r.for_seconds {
+        rule.for_duration = TimeDelta::seconds(f);
+    }
+    if let Some(l) = r.labels {
+        rule.labels = l;
+    }
+    rule.validate()
+        .map_err(|e| ValidationError::new(format!("alerts.rules.{}", e.field), e.message))?;
+    c.rules.push(rule);
+    Ok(())
+}
+
+// ---- channels ----
+
+/// What a channel is handed: the alert, the notice and whom it is for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message<'a> {
+    pub notice: NoticeKind,
+    /// `team:NAME` or `company_contact`.
+    pub audience: String,
+    pub alert: &'a Alert,
+    /// One line for people.
+    pub text: String,
+}
+
+impl Message<'_> {
+    fn line(alert: &Alert, notice: NoticeKind) -> String {
+        format!(
+            "[{}] {} {} ({}): {}",
+            notice.as_str().to_uppercase(),
+            alert.rule,
+            alert.subject,
+            alert.severity.as_str(),
+            alert.summary
+        )
+    }
+}
+
+/// A way to reach people. SMTP and Alertmanager channels implement it too.
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// `log`, `webhook`, ...
+    fn kind(&self) -> &'static str;
+    /// Where to, as recorded (no secret: a URL's password is hidden).
+    fn target(&self) -> String;
+    /// One attempt; the error says why it failed.
+    async fn send(&self, m: &Message<'_>) -> Result<(), String>;
+}
+
+/// The process's log; the team it stands for, if any, names its target.
+pub struct LogChannel {
+    pub team: Option<String>,
+}
+
+#[async_trait]
+impl Channel for LogChannel {
+    fn kind(&self) -> &'static str {
+        "log"
+    }
+    fn target(&self) -> String {
+        match &self.team {
+            Some(t) => format!("log (team {t})"),
+            None => "log".into(),
+        }
+    }
+    async fn send(&self, m: &Message<'_>) -> Result<(), String> {
+        tracing::warn!(alert = %m.alert.id, audience = %m.audience, "{}", m.text);
+        Ok(())
+    }
+}
+
+/// An HTTP POST of the message as JSON; a 2xx answer is delivery.
+pub struct WebhookChannel {
+    client: reqwest::Client,
+    url: String,
+    format: WebhookFormat,
+}
+
+impl WebhookChannel {
+    pub fn new(client: reqwest::Client, url: String, format: WebhookFormat) -> Self {
+        Self {
+            client,
+            url,
+            format,
+        }
+    }
+
+    /// The body sent: kira's (`notice`, `audience`, `alert`, `text`) or
+    /// Slack's incoming-webhook `{"text": ...}`.
+    pub fn body(&self, m: &Message<'_>) -> serde_json::Value {
+        match self.format {
+            WebhookFormat::Generic => serde_json::to_value(m).unwrap_or_default(),
+            WebhookFormat::Slack => serde_json::json!({ "text": m.text }),
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for WebhookChannel {
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+    fn target(&self) -> String {
+        kira_core::url::redact_url(&self.url)
+    }
+    async fn send(&self, m: &Message<'_>) -> Result<(), String> {
+        let r = self
+            .client
+            .post(&self.url)
+            .json(&self.body(m))
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", r.status().as_u16()))
+        }
+    }
+}
+
+/// A channel that cannot be reached from this build, recorded as a failed
+/// attempt so the alert shows it.
+struct Unavailable {
+    kind: &'static str,
+    target: String,
+    why: String,
+}
+
+#[async_trait]
+impl Channel for Unavailable {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn target(&self) -> String {
+        self.target.clone()
+    }
+    async fn send(&self, _m: &Message<'_>) -> Result<(), String> {
+        Err(self.why.clone())
+    }
+}
+
+// ---- the service ----
+
+/// What one evaluation did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct EvaluationReport {
+    /// Conditions holding now (rule x subject).
+    pub observed: usize,
+    pub opened: usize,
+    pub changed: usize,
+    /// Notices sent to at least one target, and those held by a silence.
+    pub notices_sent: usize,
+    pub notices_silenced: usize,
+    pub attempts_failed: usize,
+}
+
+/// A new silence as asked for.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    pub matchers: Vec<Matcher>,
+    /// Default: now.
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: DateTime<Utc>,
+    /// Why.
+    pub comment: String,
+}
+
+/// Alerts: the evaluator and its channels, alerts and silences.
+pub struct Alerts {
+    ctx: Arc<Ctx>,
+    metrics: Arc<crate::metrics::Metrics>,
+    sharing: Arc<crate::sharing::Sharing>,
+    /// Samples of the denied-reads counter, for its growth in a window.
+    denied: Mutex<Vec<(DateTime<Utc>, u64)>>,
+    http: reqwest::Client,
+}
+
+fn system_admin() -> Result<AdminScope, EngineError> {
+    Principal::system().admin().map_err(|_| {
+        EngineError::Invalid(ValidationError::new(
+            "principal",
+            "the system principal is not an admin",
+        ))
+    })
+}
+
+impl Alerts {
+    pub(crate) fn new(
+        ctx: Arc<Ctx>,
+        metrics: Arc<crate::metrics::Metrics>,
+        sharing: Arc<crate::sharing::Sharing>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Self {
+            ctx,
+            metrics,
+            sharing,
+            denied: Mutex::new(Vec::new()),
+            http,
+        }
+    }
+
+    fn config(&self) -> &AlertsConfig {
+        &self.ctx.config.alerts
+    }
+
+    /// One evaluation, on one node at a time. None: another node holds it.
+    pub async fn evaluate(&self) -> Result<Option<EvaluationReport>, EngineError> {
+        let Some(_lock) = self.ctx.store.job_lock(JOB_ALERTS).await? else {
+            return Ok(None);
+        };
+        let now = self.ctx.clock.now().trunc_subsecs(6);
+        let admin = system_admin()?;
+        let (facts, directory) = self.facts(&admin, now).await?;
+        let cfg = self.config();
+        let observed: Vec<_> = cfg
+            .rules
+            .iter()
+            .flat_map(|r| observe(r, &facts, now))
+            .collect();
+        let open = self.ctx.store.open_alerts().await?;
+        let silences = self.ctx.store.list_silences(&admin, now, false).await?;
+        let policy = Policy {
+            rules: &cfg.rules,
+            routing: &cfg.routing,
+            repeat_interval: cfg.repeat_interval,
+            silences: &silences,
+        };
+        let p = plan(&policy, &open, &observed, now, Uuid::now_v7);
+        let written: HashSet<Uuid> = self
+            .ctx
+            .store
+            .write_alert_plan(&p.new, &p.changed)
+            .await?
+            .into_iter()
+            .collect();
+        let mut report = EvaluationReport {
+            observed: observed.len(),
+            opened: p.new.iter().filter(|a| written.contains(&a.id)).count(),
+            changed: p.changed.iter().filter(|a| written.contains(&a.id)).count(),
+            ..EvaluationReport::default()
+        };
+        let alerts: HashMap<Uuid, &Alert> =
+            p.new.iter().chain(&p.changed).map(|a| (a.id, a)).collect();
+        for n in p.notices.iter().filter(|n| written.contains(&n.alert_id)) {
+            let Some(alert) = alerts.get(&n.alert_id) else {
+                continue;
+            };
+            if n.silenced_by.is_some() {
+                report.notices_silenced += 1;
+                continue;
+            }
+            let attempts = self.deliver(alert, n.kind, &n.audience, &directory).await;
+            report.attempts_failed += attempts
+                .iter()
+                .filter(|a| a.outcome == Delivery::Failed)
+                .count();
+            report.notices_sent += 1;
+            self.ctx.store.record_notifications(&attempts).await?;
+        }
+        Ok(Some(report))
+    }
+
+    /// What the rules look at, now, and the company directory (contacts).
+    async fn facts(
+        &self,
+        admin: &AdminScope,
+        now: DateTime<Utc>,
+    ) -> Result<(Facts, HashMap<String, Company>), EngineError> {
+        let store = &self.ctx.store;
+        let cfg = self.config();
+        let longest = cfg
+            .rules
+            .iter()
+            .map(|r| r.condition.window())
+            .max()
+            .unwrap_or_default();
+        self.metrics.roll_up().await?;
+        let q = MetricsQuery {
+            resolution: Resolution::Minute,
+            from: Some(Resolution::Minute.bucket(now - longest)),
+            to: None,
+            agent: None,
+        };
+        let mut minutes: HashMap<String, Vec<_>> = HashMap::new();
+        for row in store.all_metrics(admin, &q).await? {
+            minutes
+                .entry(row.key.company_id)
+                .or_default()
+                .push((row.key.bucket, row.sums));
+        }
+        let budget = store
+            .budget_state(admin, &self.ctx.config.budget, now)
+            .await?;
+        let waiting = store.waiting_work(admin).await?;
+        let reviews: HashMap<&str, i64> = waiting
+            .reviews_waiting
+            .iter()
+            .map(|(c, n)| (c.as_str(), *n))
+            .collect();
+        let directory: HashMap<String, Company> = store
+            .company_directory(admin)
+            .await?
+            .into_iter()
+            .map(|c| (c.id.to_string(), c))
+            .collect();
+        let mut companies = Vec::new();
+        for line in &budget.companies {
+            let id = line.company_id.to_string();
+            let Some(company) = directory.get(&id) else {
+                continue;
+            };
+            companies.push(CompanyFacts {
+                id: line.company_id.clone(),
+                sla_response_seconds: i64::from(company.profile.sla_response_seconds),
+                allocation: line.allocation,
+                spent: line.spent,
+                overdraft: line.overdraft,
+                emergency_waiting: budget
+                    .pending_requests
+                    .iter()
+                    .filter(|r| r.company_id == line.company_id)
+                    .count() as i64,
+                reviews_waiting: reviews.get(id.as_str()).copied().unwrap_or(0),
+                minutes: minutes.remove(&id).unwrap_or_default(),
+            });
+        }
+        let facts = Facts {
+            period: kira_core::budget::Period {
+                id: budget.period_id.clone(),
+                start: budget.starts_at,
+                end: budget.ends_at,
+            },
+            pools: budget
+                .pools
+                .iter()
+                .map(|p| PoolFacts {
+                    pool: p.pool.as_str().to_owned(),
+                    capacity: p.capacity,
+                    used: p.reserved + p.spent,
+                })
+                .collect(),
+            companies,
+            oldest_runnable_since: waiting
+                .queue
+                .iter()
+                .filter(|q| q.status == "queued")
+                .filter_map(|q| q.oldest_waiting_since)
+                .min(),
+            denied_reads: self.sample_denied_reads(now, longest),
+        };
+        Ok((facts, directory))
+    }
+
+    /// Adds this moment's count of denied reads and keeps the samples the
+    /// longest window needs.
+    fn sample_denied_reads(
+        &self,
+        now: DateTime<Utc>,
+        keep: TimeDelta,
+    ) -> Vec<(DateTime<Utc>, u64)> {
+        let mut s = self.denied.lock().unwrap_or_else(|e| e.into_inner());
+        s.push((now, self.sharing.denied_reads()));
+        let cut = now - keep - TimeDelta::minutes(5);
+        // Keep one sample at or before the window's start as its base.
+        while s.len() > 2 && s[1].0 <= cut {
+            s.remove(0);
+        }
+        s.clone()
+    }
+
+    /// The channels an audience is reached by, for this alert.
+    fn channels(
+        &self,
+        alert: &Alert,
+        audience: &Audience,
+        directory: &HashMap<String, Company>,
+    ) -> Vec<Box<dyn Channel>> {
+        let unavailable = |kind: &'static str, target: String, why: &str| -> Box<dyn Channel> {
+            Box::new(Unavailable {
+                kind,
+                target,
+                why: why.into(),
+            })
+        };
+        match audience {
+            Audience::Team(name) => {
+                match self.config().teams.get(name) {
+                    Some(specs) if !specs.is_empty() => specs
+                        .iter()
+                        .map(|s| -> Box<dyn Channel> {
+                            match s {
+                                ChannelSpec::Log => Box::new(LogChannel {
+                                    team: Some(name.clone()),
+                                }),
+                                ChannelSpec::Webhook { url, format } => Box::new(
+                                    WebhookChannel::new(self.http.clone(), url.clone(), *format),
+                                ),
+                            }
+                        })
+                        .collect(),
+                    // A team with no channels still hears it in the log.
+                    _ => vec![Box::new(LogChannel {
+                        team: Some(name.clone()),
+                    })],
+                }
+            }
+            Audience::CompanyContact => {
+                let Some(company) = alert.company() else {
+                    return vec![];
+                };
+                let contact = directory
+                    .get(company.as_str())
+                    .and_then(|c| c.profile.contacts.first());
+                match contact {
+                    Some(c) if c.webhook.is_some() => vec![Box::new(WebhookChannel::new(
+                        self.http.clone(),
+                        c.webhook.clone().unwrap_or_default(),
+                        WebhookFormat::Generic,
+                    ))],
+                    Some(c) if c.email.is_some() => vec![unavailable(
+                        "email",
+                        format!("contact {}", c.name),
+                        "no email channel in this version",
+                    )],
+                    _ => vec![unavailable(
+                        "contact",
+                        format!("company:{company}"),
+                        "the company's profile names no contact",
+                    )],
+                }
+            }
+        }
+    }
+
+    /// Sends `notice` to every target of `audience`, each with retries and
+    /// backoff; every attempt returned for the record.
+    async fn deliver(
+        &self,
+        alert: &Alert,
+        notice: NoticeKind,
+        audience: &[Audience],
+        directory: &HashMap<String, Company>,
+    ) -> Vec<NotificationAttempt> {
+        let cfg = self.config();
+        let mut out = Vec::new();
+        for who in audience {
+            let message = Message {
+                notice,
+                audience: match who {
+                    Audience::Team(t) => format!("team:{t}"),
+                    Audience::CompanyContact => "company_contact".into(),
+                },
+                alert,
+                text: Message::line(alert, notice),
+            };
+            for channel in self.channels(alert, who, directory) {
+                let mut wait = cfg.retry_backoff;
+                for attempt in 1..=cfg.delivery_attempts {
+                    let sent = channel.send(&message).await;
+                    let failed = sent.is_err();
+                    out.push(NotificationAttempt {
+                        alert_id: alert.id,
+                        company_id: alert.company().cloned(),
+                        notice,
+                        channel: channel.kind().into(),
+                        target: channel.target(),
+                        attempt: attempt as i32,
+                        at: self.ctx.clock.now().trunc_subsecs(6),
+                        outcome: if failed {
+                            Delivery::Failed
+                        } else {
+                            Delivery::Sent
+                        },
+                        error: sent.err(),
+                    });
+                    // An unavailable channel is not retried: it cannot change.
+                    if !failed || attempt == cfg.delivery_attempts || channel.kind() != "webhook" {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `evaluate` every `[alerts] evaluate_interval` until `shutdown`.
+    pub fn start_jobs(self: &Arc<Self>, shutdown: Shutdown) -> JoinHandle<()> {
+        let alerts = self.clone();
+        tokio::spawn(async move {
+            let every = alerts
+                .config()
+                .evaluate_interval
+                .to_std()
+                .unwrap_or(Duration::from_secs(30));
+            loop {
+                if let Err(e) = alerts.evaluate().await {
+                    tracing::error!(error = %e, "alert evaluation failed");
+                }
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    }
+
+    // ---- what the API serves ----
+
+    /// Alerts, newest first: every alert for the admin, the company's own
+    /// for its key.
+    pub async fn list(
+        &self,
+        who: AlertReader<'_>,
+        filter: &AlertFilter,
+    ) -> Result<Vec<Alert>, EngineError> {
+        Ok(self.ctx.store.list_alerts(who, filter).await?)
+    }
+
+    /// An alert and its notification attempts.
+    pub async fn get(&self, who: AlertReader<'_>, id: Uuid) -> Result<AlertDetail, EngineError> {
+        Ok(self.ctx.store.get_alert(who, id).await?)
+    }
+
+    /// Someone is on it: no escalation, no repeats.
+    pub async fn acknowledge(
+        &self,
+        who: AlertReader<'_>,
+        id: Uuid,
+        by: &str,
+        audit: AuditRecord,
+    ) -> Result<Alert, EngineError> {
+        let now = self.ctx.clock.now().trunc_subsecs(6);
+        let audit = AuditRecord {
+            detail: format!("alert {id} acknowledged"),
+            ..audit
+        };
+        Ok(self
+            .ctx
+            .store
+            .acknowledge_alert(who, id, by, now, audit)
+            .await?)
+    }
+
+    /// Closes an alert; if its condition still holds, the next evaluation
+    /// opens a new one.
+    pub async fn resolve(
+        &self,
+        who: AlertReader<'_>,
+        id: Uuid,
+        by: &str,
+        audit: AuditRecord,
+    ) -> Result<Alert, EngineError> {
+        let now = self.ctx.clock.now().trunc_subsecs(6);
+        let audit = AuditRecord {
+            detail: format!("alert {id} resolved"),
+            ..audit
+        };
+        Ok(self
+            .ctx
+            .store
+            .resolve_alert(who, id, by, now, audit)
+            .await?)
+    }
+
+    /// Silences (admin): live ones, or all with `expired`.
+    pub async fn silences(
+        &self,
+        admin: &AdminScope,
+        expired: bool,
+    ) -> Result<Vec<Silence>, EngineError> {
+        let now = self.ctx.clock.now();
+        Ok(self.ctx.store.list_silences(admin, now, expired).await?)
+    }
+
+    /// Holds back the notifications of matching alerts (admin).
+    pub async fn silence(
+        &self,
+        admin: &AdminScope,
+        new: NewSilence,
+        by: &str,
+        audit: AuditRecord,
+    ) -> Result<Silence, EngineError> {
+        let now = self.ctx.clock.now().trunc_subsecs(6);
+        let silence = Silence {
+            id: Uuid::now_v7(),
+            matchers: new.matchers,
+            starts_at: new.starts_at.unwrap_or(now).trunc_subsecs(6),
+            ends_at: new.ends_at.trunc_subsecs(6),
+            created_by: by.to_owned(),
+            comment: new.comment.trim().to_owned(),
+            created_at: now,
+        };
+        silence.validate(now)?;
+        let audit = AuditRecord {
+            target: format!("silence:{}", silence.id),
+            detail: format!("until {}", silence.ends_at.to_rfc3339()),
+            ..audit
+        };
+        Ok(self
+            .ctx
+            .store
+            .create_silence(admin, &silence, audit)
+            .await?)
+    }
+
+    /// Ends a silence now (admin); kept for the record.
+    pub async fn unsilence(
+        &self,
+        admin: &AdminScope,
+        id: Uuid,
+        audit: AuditRecord,
+    ) -> Result<Silence, EngineError> {
+        let now = self.ctx.clock.now().trunc_subsecs(6);
+        Ok(self.ctx.store.end_silence(admin, id, now, audit).await?)
+    }
+}

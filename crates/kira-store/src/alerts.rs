@@ -1,0 +1,162 @@
+//! Alerts (issue 22, migration 0019): what the evaluator found
+//! (`kira_core::alerts::Alert`), every notification attempt, and the
+//! silences. A company's alerts and their notifications are company data
+//! (row-level security; a company key reads and changes only its own); the
+//! system's alerts and the silences are the admin's. The evaluator's
+//! writes go through the `app.alerts` setting, which admits every alert.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kira_core::CompanyId;
+use kira_core::alerts::{Alert, AlertState, NoticeKind, Silence};
+use kira_core::audit::AuditRecord;
+use kira_core::auth::{AdminScope, CompanyScope};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::Result;
+
+/// Who reads or changes alerts: the admin (every alert), or a company's
+/// key (its company's alerts only; the system's are never its).
+#[derive(Debug, Clone, Copy)]
+pub enum AlertReader<'a> {
+    Admin(&'a AdminScope),
+    Company(&'a CompanyScope),
+}
+
+/// Which alerts to list, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertFilter {
+    /// Only open ones (pending, firing, acknowledged).
+    pub open_only: bool,
+    pub state: Option<AlertState>,
+    pub rule: Option<String>,
+    pub limit: u32,
+}
+
+impl Default for AlertFilter {
+    fn default() -> Self {
+        Self {
+            open_only: false,
+            state: None,
+            rule: None,
+            limit: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    Sent,
+    Failed,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Sent => "sent",
+            Delivery::Failed => "failed",
+        }
+    }
+}
+
+/// One attempt to deliver a notice.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct NotificationAttempt {
+    pub alert_id: Uuid,
+    /// The alert's company, if any (so the row is the company's).
+    #[serde(skip)]
+    pub company_id: Option<CompanyId>,
+    pub notice: NoticeKind,
+    /// `log`, `webhook`, ...
+    pub channel: String,
+    /// Where to: a URL (its password hidden), a team, `log`.
+    pub target: String,
+    /// 1 for the first try.
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    pub outcome: Delivery,
+    pub error: Option<String>,
+}
+
+/// An alert and every notification attempt made for it, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AlertDetail {
+    pub alert: Alert,
+    pub notifications: Vec<NotificationAttempt>,
+}
+
+/// The most notification attempts [`AlertStore::get_alert`] returns.
+pub const MAX_NOTIFICATIONS_SHOWN: u32 = 500;
+
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    /// Every open alert (the evaluator's read).
+    async fn open_alerts(&self) -> Result<Vec<Alert>>;
+
+    /// Inserts `new` and writes `changed` where each is still at the
+    /// version read, in one transaction; returns the ids written. A new
+    /// alert whose rule and subject already have an open one, or a change
+    /// to an alert changed meanwhile (acknowledged, resolved), is left out:
+    /// the next evaluation starts from what is stored.
+    async fn write_alert_plan(&self, new: &[Alert], changed: &[Alert]) -> Result<Vec<Uuid>>;
+
+    /// Records delivery attempts.
+    async fn record_notifications(&self, attempts: &[NotificationAttempt]) -> Result<()>;
+
+    async fn list_alerts(&self, who: AlertReader<'_>, filter: &AlertFilter) -> Result<Vec<Alert>>;
+
+    /// NotFound for an alert the reader may not see.
+    async fn get_alert(&self, who: AlertReader<'_>, id: Uuid) -> Result<AlertDetail>;
+
+    /// Firing -> acknowledged, and appends `audit` (its company set to the
+    /// alert's). NotFound as for `get_alert`; Conflict when not firing.
+    async fn acknowledge_alert(
+        &self,
+        who: AlertReader<'_>,
+        id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Alert>;
+
+    /// Any open state -> resolved by `by`, and appends `audit`. Conflict
+    /// when already resolved.
+    async fn resolve_alert(
+        &self,
+        who: AlertReader<'_>,
+        id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Alert>;
+
+    /// Silences ending after `now` (all of them with `expired`), newest
+    /// first, at most 1,000.
+    async fn list_silences(
+        &self,
+        admin: &AdminScope,
+        now: DateTime<Utc>,
+        expired: bool,
+    ) -> Result<Vec<Silence>>;
+
+    /// Stores a silence and appends `audit`.
+    async fn create_silence(
+        &self,
+        admin: &AdminScope,
+        silence: &Silence,
+        audit: AuditRecord,
+    ) -> Result<Silence>;
+
+    /// Ends a silence at `at` (kept for the record) and appends `audit`.
+    /// NotFound; Conflict when it has ended already.
+    async fn end_silence(
+        &self,
+        admin: &AdminScope,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Silence>;
+}

@@ -1,0 +1,521 @@
+//! [`AlertStore`], written once for every [`Db`]: alerts, their
+//! notification attempts and silences (migration 0019). A company key's
+//! reads and changes run in its company's transaction and bind its id; the
+//! admin's reads use the admin read, and the evaluator's and the admin's
+//! changes set `app.alerts` (PostgreSQL), the one setting that admits
+//! every alert row for writing.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kira_core::CompanyId;
+use kira_core::alerts::{
+    Alert, AlertState, Matcher, NoticeKind, RuleKind, Severity, Silence, Subject,
+};
+use kira_core::audit::AuditRecord;
+use kira_core::auth::AdminScope;
+use uuid::Uuid;
+
+use crate::alerts::{
+    AlertDetail, AlertFilter, AlertReader, AlertStore, Delivery, MAX_NOTIFICATIONS_SHOWN,
+    NotificationAttempt,
+};
+use crate::flow::store::{Db, commit_or_roll_back, lock_company};
+use crate::sql::{Columns, Conn, Stmt, q};
+use crate::{Result, StoreError};
+
+/// `SELECT` of every alert column `FROM alerts`, then `$rest`.
+macro_rules! select_alerts {
+    ($rest:literal) => {
+        concat!(
+            "SELECT alert_id, company_id, rule, kind, severity, subject, labels, state, \
+             summary, value, started_at, fired_at, acknowledged_at, acknowledged_by, \
+             escalated_at, last_notified_at, resolved_at, resolved_by, updated_at, version \
+             FROM alerts ",
+            $rest
+        )
+    };
+}
+
+fn corrupt(what: &str, v: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {v:?}"))
+}
+
+fn alert_from_row<R: Columns + ?Sized>(r: &R) -> Result<Alert> {
+    let text = |col: &str| r.text(col);
+    let (kind, severity, subject, state) = (
+        text("kind")?,
+        text("severity")?,
+        text("subject")?,
+        text("state")?,
+    );
+    let labels = serde_json::from_value(r.json("labels")?)
+        .map_err(|e| StoreError::Corrupt(format!("alert labels: {e}")))?;
+    Ok(Alert {
+        id: r.uuid("alert_id")?,
+        rule: text("rule")?,
+        kind: RuleKind::parse(&kind).ok_or_else(|| corrupt("alert kind", &kind))?,
+        severity: Severity::parse(&severity).ok_or_else(|| corrupt("severity", &severity))?,
+        subject: Subject::parse(&subject).ok_or_else(|| corrupt("subject", &subject))?,
+        labels,
+        state: AlertState::parse(&state).ok_or_else(|| corrupt("alert state", &state))?,
+        summary: text("summary")?,
+        value: r.real("value")?,
+        started_at: r.time("started_at")?,
+        fired_at: r.opt_time("fired_at")?,
+        acknowledged_at: r.opt_time("acknowledged_at")?,
+        acknowledged_by: r.opt_text("acknowledged_by")?,
+        escalated_at: r.opt_time("escalated_at")?,
+        last_notified_at: r.opt_time("last_notified_at")?,
+        resolved_at: r.opt_time("resolved_at")?,
+        resolved_by: r.opt_text("resolved_by")?,
+        updated_at: r.time("updated_at")?,
+        version: r.int("version")?,
+    })
+}
+
+fn notice(s: &str) -> Result<NoticeKind> {
+    Ok(match s {
+        "firing" => NoticeKind::Firing,
+        "repeat" => NoticeKind::Repeat,
+        "escalation" => NoticeKind::Escalation,
+        "resolved" => NoticeKind::Resolved,
+        _ => return Err(corrupt("notice", s)),
+    })
+}
+
+fn attempt_from_row<R: Columns + ?Sized>(r: &R) -> Result<NotificationAttempt> {
+    let outcome = r.text("outcome")?;
+    Ok(NotificationAttempt {
+        alert_id: r.uuid("alert_id")?,
+        company_id: match r.opt_text("company_id")? {
+            Some(c) => Some(CompanyId::parse(&c).map_err(|_| corrupt("company", &c))?),
+            None => None,
+        },
+        notice: notice(&r.text("notice")?)?,
+        channel: r.text("channel")?,
+        target: r.text("target")?,
+        attempt: r.int32("attempt")?,
+        at: r.time("at")?,
+        outcome: match outcome.as_str() {
+            "sent" => Delivery::Sent,
+            "failed" => Delivery::Failed,
+            o => return Err(corrupt("delivery outcome", o)),
+        },
+        error: r.opt_text("error")?,
+    })
+}
+
+fn silence_from_row<R: Columns + ?Sized>(r: &R) -> Result<Silence> {
+    let matchers: Vec<Matcher> = serde_json::from_value(r.json("matchers")?)
+        .map_err(|e| StoreError::Corrupt(format!("silence matchers: {e}")))?;
+    Ok(Silence {
+        id: r.uuid("silence_id")?,
+        matchers,
+        starts_at: r.time("starts_at")?,
+        ends_at: r.time("ends_at")?,
+        created_by: r.text("created_by")?,
+        comment: r.text("comment")?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+/// Admits every alert row for this transaction (PostgreSQL).
+async fn alerts_policy(c: &mut dyn Conn) -> Result<()> {
+    c.exec(q("SELECT set_config('app.alerts', 'on', true)").pg_only())
+        .await?;
+    Ok(())
+}
+
+/// The company a reader is limited to (None: the admin's every alert).
+fn limit_of<'a>(who: &AlertReader<'a>) -> Option<&'a str> {
+    match who {
+        AlertReader::Admin(_) => None,
+        AlertReader::Company(s) => Some(s.company().as_str()),
+    }
+}
+
+async fn insert_alert(c: &mut dyn Conn, a: &Alert) -> Result<bool> {
+    let labels = serde_json::to_value(&a.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let subject = a.subject.key();
+    let s = q(
+        "INSERT INTO alerts (alert_id, company_id, rule, kind, severity, subject, labels, \
+               state, summary, value, started_at, fired_at, acknowledged_at, acknowledged_by, \
+               escalated_at, last_notified_at, resolved_at, resolved_by, updated_at, version) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+               $17, $18, $19, 0) ON CONFLICT DO NOTHING",
+    )
+    .arg(a.id)
+    .arg(a.company().map(CompanyId::as_str))
+    .arg(&a.rule)
+    .arg(a.kind.as_str())
+    .arg(a.severity.as_str())
+    .arg(&subject)
+    .arg(&labels);
+    let s = times(s.arg(a.state.as_str()).arg(&a.summary).arg(a.value), a);
+    Ok(c.exec(s.arg(a.updated_at)).await? == 1)
+}
+
+/// `started_at` to `resolved_by`, in the columns' order.
+fn times<'a>(s: Stmt<'a>, a: &'a Alert) -> Stmt<'a> {
+    s.arg(a.started_at)
+        .arg(a.fired_at)
+        .arg(a.acknowledged_at)
+        .arg(a.acknowledged_by.as_deref())
+        .arg(a.escalated_at)
+        .arg(a.last_notified_at)
+        .arg(a.resolved_at)
+        .arg(a.resolved_by.as_deref())
+}
+
+/// Writes `a` where the stored alert is still at `a.version`.
+async fn update_alert(c: &mut dyn Conn, a: &Alert) -> Result<bool> {
+    let s = q(
+        "UPDATE alerts SET state = $3, summary = $4, value = $5, started_at = $6, \
+               fired_at = $7, acknowledged_at = $8, acknowledged_by = $9, escalated_at = $10, \
+               last_notified_at = $11, resolved_at = $12, resolved_by = $13, updated_at = $14, \
+               version = version + 1 \
+               WHERE alert_id = $1 AND version = $2",
+    )
+    .arg(a.id)
+    .arg(a.version)
+    .arg(a.state.as_str())
+    .arg(&a.summary)
+    .arg(a.value);
+    let s = times(s, a).arg(a.updated_at);
+    Ok(c.exec(s).await? == 1)
+}
+
+async fn load_alert(
+    c: &mut dyn Conn,
+    id: Uuid,
+    company: Option<&str>,
+    lock: bool,
+) -> Result<Alert> {
+    let sql = select_alerts!("WHERE alert_id = $1 AND ($2 IS NULL OR company_id = $2)");
+    let mut s = q(sql).arg(id).arg(company);
+    if lock {
+        s = s.for_update();
+    }
+    alert_from_row(&c.one(s).await?)
+}
+
+async fn list_alerts_of(
+    c: &mut dyn Conn,
+    company: Option<&str>,
+    f: &AlertFilter,
+) -> Result<Vec<Alert>> {
+    let sql = select_alerts!(
+        "WHERE ($1 IS NULL OR company_id = $1) AND ($2 IS NULL OR state = $2) \
+      AND ($3 IS NULL OR rule = $3) AND (NOT $4 OR state <> 'resolved') \
+    ORDER BY started_at DESC, alert_id LIMIT $5"
+    );
+    let s = q(sql)
+        .arg(company)
+        .arg(f.state.map(AlertState::as_str))
+        .arg(f.rule.as_deref())
+        .arg(f.open_only)
+        .arg(i64::from(f.limit.clamp(1, 1_000)));
+    c.all(s).await?.iter().map(alert_from_row).collect()
+}
+
+async fn detail_of(c: &mut dyn Conn, id: Uuid, company: Option<&str>) -> Result<AlertDetail> {
+    let alert = load_alert(c, id, company, false).await?;
+    let s = q(
+        "SELECT alert_id, company_id, notice, channel, target, attempt, at, outcome, error \
+               FROM alert_notifications WHERE alert_id = $1 AND ($2 IS NULL OR company_id = $2) \
+               ORDER BY notification_id LIMIT $3",
+    )
+    .arg(id)
+    .arg(company)
+    .arg(i64::from(MAX_NOTIFICATIONS_SHOWN));
+    let notifications = c
+        .all(s)
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect::<Result<_>>()?;
+    Ok(AlertDetail {
+        alert,
+        notifications,
+    })
+}
+
+/// What a person does to an alert.
+#[derive(Clone, Copy)]
+enum Act {
+    Acknowledge,
+    Resolve,
+}
+
+async fn act_on(
+    c: &mut dyn Conn,
+    company: Option<&str>,
+    id: Uuid,
+    act: Act,
+    by: &str,
+    at: DateTime<Utc>,
+    mut audit: AuditRecord,
+) -> Result<Alert> {
+    let mut a = load_alert(c, id, company, true).await?;
+    match act {
+        Act::Acknowledge if !a.state.may_acknowledge() => {
+            return Err(StoreError::Conflict(format!(
+                "the alert is {}; only a firing alert is acknowledged",
+                a.state.as_str()
+            )));
+        }
+        Act::Resolve if !a.state.is_open() => {
+            return Err(StoreError::Conflict("the alert is resolved already".into()));
+        }
+        Act::Acknowledge => {
+            a.state = AlertState::Acknowledged;
+            a.acknowledged_at = Some(at);
+            a.acknowledged_by = Some(by.to_owned());
+        }
+        Act::Resolve => {
+            a.state = AlertState::Resolved;
+            a.resolved_at = Some(at);
+            a.resolved_by = Some(by.to_owned());
+        }
+    }
+    a.updated_at = at;
+    if !update_alert(c, &a).await? {
+        return Err(StoreError::Conflict("the alert changed meanwhile".into()));
+    }
+    a.version += 1;
+    // The company's own log shows what was done to its alert.
+    if audit.company_id.is_none() {
+        audit.company_id = a.company().cloned();
+    }
+    c.audit(audit).await?;
+    Ok(a)
+}
+
+async fn write_plan(c: &mut dyn Conn, new: &[Alert], changed: &[Alert]) -> Result<Vec<Uuid>> {
+    alerts_policy(c).await?;
+    let mut written = Vec::new();
+    for a in changed {
+        if update_alert(c, a).await? {
+            written.push(a.id);
+        }
+    }
+    // After the changes: a resolved alert frees its rule and subject.
+    for a in new {
+        if insert_alert(c, a).await? {
+            written.push(a.id);
+        }
+    }
+    Ok(written)
+}
+
+async fn end_silence_tx(
+    c: &mut dyn Conn,
+    id: Uuid,
+    at: DateTime<Utc>,
+    audit: AuditRecord,
+) -> Result<Silence> {
+    let s = q(
+        "SELECT silence_id, matchers, starts_at, ends_at, created_by, comment, created_at \
+               FROM alert_silences WHERE silence_id = $1",
+    )
+    .arg(id);
+    let mut silence = silence_from_row(&c.one(s.for_update()).await?)?;
+    if silence.ends_at <= at {
+        return Err(StoreError::Conflict("the silence has ended already".into()));
+    }
+    silence.ends_at = at;
+    c.exec(
+        q("UPDATE alert_silences SET ends_at = $2 WHERE silence_id = $1")
+            .arg(id)
+            .arg(at),
+    )
+    .await?;
+    c.audit(audit).await?;
+    Ok(silence)
+}
+
+#[async_trait]
+impl<D: Db> AlertStore for D {
+    async fn open_alerts(&self) -> Result<Vec<Alert>> {
+        let mut r = self.read_all(false).await?;
+        let s = q(select_alerts!(
+            "WHERE state <> 'resolved' ORDER BY started_at, alert_id"
+        ));
+        let rows = r.all(s).await;
+        D::end_read(r).await?;
+        rows?.iter().map(alert_from_row).collect()
+    }
+
+    async fn write_alert_plan(&self, new: &[Alert], changed: &[Alert]) -> Result<Vec<Uuid>> {
+        let mut tx = self.write_system().await?;
+        let done = write_plan(&mut tx, new, changed).await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn record_notifications(&self, attempts: &[NotificationAttempt]) -> Result<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_system().await?;
+        let done = async {
+            alerts_policy(&mut tx).await?;
+            for n in attempts {
+                let s = q(
+                    "INSERT INTO alert_notifications (alert_id, company_id, notice, channel, \
+                           target, attempt, at, outcome, error) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .arg(n.alert_id)
+                .arg(n.company_id.as_ref().map(CompanyId::as_str))
+                .arg(n.notice.as_str())
+                .arg(&n.channel)
+                .arg(&n.target)
+                .arg(i64::from(n.attempt))
+                .arg(n.at)
+                .arg(n.outcome.as_str())
+                .arg(n.error.as_deref());
+                tx.exec(s).await?;
+            }
+            Ok(())
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn list_alerts(&self, who: AlertReader<'_>, filter: &AlertFilter) -> Result<Vec<Alert>> {
+        let company = limit_of(&who);
+        let mut r = match who {
+            AlertReader::Admin(_) => self.read_all(false).await?,
+            AlertReader::Company(s) => self.read_for(s.company()).await?,
+        };
+        let found = list_alerts_of(&mut r, company, filter).await;
+        D::end_read(r).await?;
+        found
+    }
+
+    async fn get_alert(&self, who: AlertReader<'_>, id: Uuid) -> Result<AlertDetail> {
+        let company = limit_of(&who);
+        let mut r = match who {
+            AlertReader::Admin(_) => self.read_all(false).await?,
+            AlertReader::Company(s) => self.read_for(s.company()).await?,
+        };
+        let found = detail_of(&mut r, id, company).await;
+        D::end_read(r).await?;
+        found
+    }
+
+    async fn acknowledge_alert(
+        &self,
+        who: AlertReader<'_>,
+        id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Alert> {
+        person_acts(self, who, id, Act::Acknowledge, by, at, audit).await
+    }
+
+    async fn resolve_alert(
+        &self,
+        who: AlertReader<'_>,
+        id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Alert> {
+        person_acts(self, who, id, Act::Resolve, by, at, audit).await
+    }
+
+    async fn list_silences(
+        &self,
+        _admin: &AdminScope,
+        now: DateTime<Utc>,
+        expired: bool,
+    ) -> Result<Vec<Silence>> {
+        let mut r = self.read_all(false).await?;
+        let s = q(
+            "SELECT silence_id, matchers, starts_at, ends_at, created_by, comment, created_at \
+                   FROM alert_silences WHERE $1 OR ends_at > $2 \
+                   ORDER BY created_at DESC, silence_id LIMIT 1000",
+        )
+        .arg(expired)
+        .arg(now);
+        let rows = r.all(s).await;
+        D::end_read(r).await?;
+        rows?.iter().map(silence_from_row).collect()
+    }
+
+    async fn create_silence(
+        &self,
+        _admin: &AdminScope,
+        silence: &Silence,
+        audit: AuditRecord,
+    ) -> Result<Silence> {
+        let matchers = serde_json::to_value(&silence.matchers)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.write_system().await?;
+        let done = async {
+            tx.exec(
+                q(
+                    "INSERT INTO alert_silences (silence_id, matchers, starts_at, ends_at, \
+                   created_by, comment, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .arg(silence.id)
+                .arg(&matchers)
+                .arg(silence.starts_at)
+                .arg(silence.ends_at)
+                .arg(&silence.created_by)
+                .arg(&silence.comment)
+                .arg(silence.created_at),
+            )
+            .await?;
+            tx.audit(audit).await?;
+            Ok(silence.clone())
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn end_silence(
+        &self,
+        _admin: &AdminScope,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<Silence> {
+        let mut tx = self.write_system().await?;
+        let done = end_silence_tx(&mut tx, id, at, audit).await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+}
+
+/// Acknowledge and resolve: the company's transaction for its key (its
+/// row held against a forced delete), the alerts setting for the admin.
+async fn person_acts<D: Db>(
+    db: &D,
+    who: AlertReader<'_>,
+    id: Uuid,
+    act: Act,
+    by: &str,
+    at: DateTime<Utc>,
+    audit: AuditRecord,
+) -> Result<Alert> {
+    let company = limit_of(&who);
+    let mut tx = match who {
+        AlertReader::Admin(_) => {
+            let mut tx = db.write_system().await?;
+            alerts_policy(&mut tx).await?;
+            tx
+        }
+        AlertReader::Company(s) => {
+            let mut tx = db.write_for(s.company()).await?;
+            if !lock_company(&mut tx, s.company()).await? {
+                let _ = D::rollback(tx).await;
+                return Err(StoreError::NotFound);
+            }
+            tx
+        }
+    };
+    let done = act_on(&mut tx, company, id, act, by, at, audit).await;
+    commit_or_roll_back::<D, _>(tx, done).await
+}
