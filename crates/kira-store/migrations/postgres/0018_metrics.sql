@@ -24,7 +24,8 @@ CREATE TABLE metric_events (
     -- A rating's task's latest rating before it: a later rating replaces it.
     prev_rating       INTEGER
 );
-CREATE INDEX metric_events_company ON metric_events (company_id);
+-- No index but the key: every run's end inserts here, and the roll-up
+-- drains it every few seconds, so a company's delete scans a short table.
 
 CREATE TABLE metric_rollups (
     company_id        TEXT COLLATE "C" NOT NULL,

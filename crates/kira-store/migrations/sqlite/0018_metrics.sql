@@ -28,7 +28,8 @@ CREATE TABLE metric_events (
     -- A rating's task's latest rating before it: a later rating replaces it.
     prev_rating       INTEGER
 ) STRICT;
-CREATE INDEX metric_events_company ON metric_events (company_id);
+-- No index but the key: every run's end inserts here, and the roll-up
+-- drains it every few seconds, so a company's delete scans a short table.
 
 -- The sums per company, agent and priority level, per minute, hour and day
 -- bucket, and all time ('total', bucket at the epoch). r* and w* are the
