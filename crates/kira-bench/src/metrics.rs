@@ -111,11 +111,6 @@ pub async fn run(
     companies: usize,
     scrapes: usize,
 ) -> Result<MetricsReport, BenchError> {
-    let args = MetricsArgs {
-        database_url: None,
-        companies,
-        scrapes,
-    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine = kira_engine::Engine::with_executor(
         store.clone(),
@@ -125,11 +120,11 @@ pub async fn run(
     );
     eprintln!(
         "running {} tasks of {} companies ...",
-        args.companies * AGENTS.len(),
-        args.companies
+        companies * AGENTS.len(),
+        companies
     );
     let started = Instant::now();
-    let ids = seed(&engine, store.as_ref(), args.companies, 0, false).await?;
+    let ids = seed(&engine, store.as_ref(), companies, 0, false).await?;
     let system = Principal::system();
     for (i, company) in ids.iter().enumerate() {
         let scope = system.scope(company, Access::Write)?;
@@ -183,11 +178,11 @@ pub async fn run(
             Ok::<_, BenchError>((t.elapsed().as_secs_f64() * 1_000.0, body))
         }
     };
-    let (mut scrapes, mut weeks) = (Vec::new(), Vec::new());
+    let (mut scrape_ms, mut week_ms) = (Vec::new(), Vec::new());
     let (mut bytes, mut lines, mut last_completed) = (0, 0, 0);
-    for i in 0..args.scrapes {
+    for i in 0..scrapes {
         let (ms, body) = get("/metrics".into()).await?;
-        scrapes.push(ms);
+        scrape_ms.push(ms);
         (bytes, lines) = (body.len(), body.lines().count());
         last_completed = completed(&body);
         let company = &ids[i % ids.len()];
@@ -197,17 +192,17 @@ pub async fn run(
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ))
         .await?;
-        weeks.push(ms);
+        week_ms.push(ms);
     }
     server.abort();
     Ok(MetricsReport {
-        companies: args.companies,
-        tasks: args.companies * AGENTS.len(),
+        companies,
+        tasks: companies * AGENTS.len(),
         seed_seconds,
-        scrape: percentiles(scrapes),
+        scrape: percentiles(scrape_ms),
         exposition_bytes: bytes,
         exposition_lines: lines,
-        company_week: percentiles(weeks),
+        company_week: percentiles(week_ms),
         completed_in_exposition: last_completed,
     })
 }

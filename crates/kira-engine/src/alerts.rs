@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::config::within;
 use crate::{Ctx, EngineError, Shutdown};
 
 /// The advisory-lock key of the alerts evaluator.
@@ -125,16 +126,6 @@ pub struct RuleSection {
 
 impl AlertsSection {
     pub fn resolve(self, c: &mut AlertsConfig) -> Result<(), ValidationError> {
-        let within = |field: &str, v: i64, min: i64, max: i64| {
-            if (min..=max).contains(&v) {
-                Ok(v)
-            } else {
-                Err(ValidationError::new(
-                    field,
-                    format!("must be between {min} and {max}"),
-                ))
-            }
-        };
         if let Some(v) = self.evaluate_interval_seconds {
             c.evaluate_interval =
                 TimeDelta::seconds(within("alerts.evaluate_interval_seconds", v, 1, 3_600)?);

@@ -813,7 +813,7 @@ impl EngineFile {
 }
 
 /// `v` if it lies in `min..=max`, else an error naming `field` and the range.
-fn within<T: PartialOrd + std::fmt::Display + Copy>(
+pub(crate) fn within<T: PartialOrd + std::fmt::Display + Copy>(
     field: &str,
     v: T,
     min: T,

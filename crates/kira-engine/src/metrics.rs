@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 
 use std::sync::Arc;
 
+use crate::config::within;
 use crate::{Ctx, EngineError, Shutdown};
 
 /// Events one roll-up transaction takes at most.
@@ -64,29 +65,19 @@ pub struct MetricsSection {
 
 impl MetricsSection {
     pub fn resolve(self, c: &mut MetricsConfig) -> Result<(), ValidationError> {
-        let range = |field: &str, v: i64, min: i64, max: i64| {
-            if (min..=max).contains(&v) {
-                Ok(v)
-            } else {
-                Err(ValidationError::new(
-                    field,
-                    format!("must be between {min} and {max}"),
-                ))
-            }
-        };
         if let Some(v) = self.rollup_interval_seconds {
             c.rollup_interval =
-                TimeDelta::seconds(range("metrics.rollup_interval_seconds", v, 1, 3_600)?);
+                TimeDelta::seconds(within("metrics.rollup_interval_seconds", v, 1, 3_600)?);
         }
         if let Some(v) = self.minute_retention_hours {
             c.minute_retention =
-                TimeDelta::hours(range("metrics.minute_retention_hours", v, 1, 24 * 90)?);
+                TimeDelta::hours(within("metrics.minute_retention_hours", v, 1, 24 * 90)?);
         }
         if let Some(v) = self.hour_retention_days {
-            c.hour_retention = TimeDelta::days(range("metrics.hour_retention_days", v, 1, 3_650)?);
+            c.hour_retention = TimeDelta::days(within("metrics.hour_retention_days", v, 1, 3_650)?);
         }
         if let Some(v) = self.day_retention_days {
-            c.day_retention = TimeDelta::days(range("metrics.day_retention_days", v, 1, 36_500)?);
+            c.day_retention = TimeDelta::days(within("metrics.day_retention_days", v, 1, 36_500)?);
         }
         Ok(())
     }

@@ -205,13 +205,31 @@ fn sums<K: Ord>(
     m.into_iter().collect()
 }
 
+/// The scrape's rows added up once per key the families need.
+struct Sums {
+    by_agent: Vec<((String, String), Rollup)>,
+    by_company: Vec<(String, Rollup)>,
+    by_level: Vec<(String, Rollup)>,
+}
+
+impl Sums {
+    fn of(s: &Scrape) -> Sums {
+        Sums {
+            by_agent: sums(s, |r| (r.key.company_id.clone(), r.key.agent.clone())),
+            by_company: sums(s, |r| r.key.company_id.clone()),
+            by_level: sums(s, |r| r.key.priority.clone()),
+        }
+    }
+}
+
 impl Collector for ScrapeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(s) = self.0.lock().map_err(|_| std::fmt::Error)?.take() else {
             return Ok(());
         };
-        tasks(&mut e, &s)?;
-        usage(&mut e, &s)?;
+        let sums = Sums::of(&s);
+        tasks(&mut e, &s, &sums)?;
+        usage(&mut e, &sums)?;
         budget(&mut e, &s)?;
         queue(&mut e, &s)?;
         providers(&mut e, &s)?;
@@ -229,8 +247,12 @@ impl Collector for ScrapeCollector {
 }
 
 /// Ends, response times and queue waits.
-fn tasks(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
-    let by_agent = sums(s, |r| (r.key.company_id.clone(), r.key.agent.clone()));
+fn tasks(e: &mut DescriptorEncoder, s: &Scrape, sums: &Sums) -> Result<(), std::fmt::Error> {
+    let Sums {
+        by_agent,
+        by_company,
+        by_level,
+    } = sums;
     let outcomes = by_agent.iter().flat_map(|((c, a), r)| {
         [
             ("completed", r.completed),
@@ -257,7 +279,6 @@ fn tasks(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
         MetricType::Counter,
         outcomes,
     )?;
-    let by_company = sums(s, |r| r.key.company_id.clone());
     family(
         e,
         "kira_task_response_seconds",
@@ -279,7 +300,6 @@ fn tasks(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
             .iter()
             .map(|(c, v)| (vec![("company", c.clone())], ConstGauge::new(*v))),
     )?;
-    let by_level = sums(s, |r| r.key.priority.clone());
     family(
         e,
         "kira_task_queue_wait_seconds",
@@ -295,8 +315,12 @@ fn tasks(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
 }
 
 /// Tokens, cost, tool calls, reviews and ratings.
-fn usage(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
-    let by_agent = sums(s, |r| (r.key.company_id.clone(), r.key.agent.clone()));
+fn usage(e: &mut DescriptorEncoder, sums: &Sums) -> Result<(), std::fmt::Error> {
+    let Sums {
+        by_agent,
+        by_company,
+        ..
+    } = sums;
     let labels = |c: &String, a: &String| vec![("company", c.clone()), ("agent", a.clone())];
     family(
         e,
@@ -334,7 +358,6 @@ fn usage(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
             .iter()
             .map(|((c, a), r)| (labels(c, a), ConstCounter::new(u(r.tool_calls)))),
     )?;
-    let by_company = sums(s, |r| r.key.company_id.clone());
     family(
         e,
         "kira_reviews",

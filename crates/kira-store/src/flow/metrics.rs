@@ -32,22 +32,20 @@ static VALUE_COLUMNS: LazyLock<Vec<String>> = LazyLock::new(|| {
     cols
 });
 
-const KEY_COLUMNS: &str = "company_id, agent, priority, resolution, bucket";
+/// A series row's key columns, in the row arrays' order.
+const KEYS: [&str; 5] = ["company_id", "agent", "priority", "resolution", "bucket"];
 
 fn upsert_sql(pg: bool) -> String {
     let cols = &*VALUE_COLUMNS;
     let mut select = Vec::new();
-    for (i, k) in ["company_id", "agent", "priority", "resolution", "bucket"]
-        .iter()
-        .enumerate()
-    {
+    for (i, k) in KEYS.iter().enumerate() {
         select.push(match (pg, *k) {
             (true, "bucket") => format!("(value ->> {i})::timestamptz"),
             _ => format!("value ->> {i}"),
         });
     }
     for (i, c) in cols.iter().enumerate() {
-        let n = i + 5;
+        let n = i + KEYS.len();
         select.push(match (pg, c.as_str()) {
             (true, "cost_usd") => format!("(value ->> {n})::float8"),
             (true, _) => format!("(value ->> {n})::bigint"),
@@ -65,8 +63,9 @@ fn upsert_sql(pg: bool) -> String {
         .map(|c| format!("{c} = metric_rollups.{c} + excluded.{c}"))
         .collect();
     format!(
-        "INSERT INTO metric_rollups ({KEY_COLUMNS}, {}) SELECT {} FROM {from} \
+        "INSERT INTO metric_rollups ({}, {}) SELECT {} FROM {from} \
          ON CONFLICT (resolution, bucket, company_id, agent, priority) DO UPDATE SET {}",
+        KEYS.join(", "),
         cols.join(", "),
         select.join(", "),
         set.join(", ")
@@ -78,10 +77,11 @@ static UPSERT_PG: LazyLock<String> = LazyLock::new(|| upsert_sql(true));
 
 static SELECT_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {KEY_COLUMNS}, {} FROM metric_rollups WHERE resolution = $1 \
+        "SELECT {}, {} FROM metric_rollups WHERE resolution = $1 \
            AND ($2 IS NULL OR bucket >= $2) AND ($3 IS NULL OR bucket < $3) \
            AND ($4 IS NULL OR agent = $4) AND ($5 IS NULL OR company_id = $5) \
          ORDER BY bucket, company_id, agent, priority",
+        KEYS.join(", "),
         VALUE_COLUMNS.join(", ")
     )
 });
