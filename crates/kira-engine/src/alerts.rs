@@ -545,12 +545,7 @@ impl Alerts {
                 })
                 .collect(),
             companies,
-            oldest_runnable_since: waiting
-                .queue
-                .iter()
-                .filter(|q| q.status == "queued")
-                .filter_map(|q| q.oldest_waiting_since)
-                .min(),
+            oldest_runnable_since: waiting.oldest_queued_since(),
             denied_reads: self.sample_denied_reads(now, longest),
         };
         Ok((facts, directory))

@@ -570,12 +570,7 @@ impl Metrics {
             .map(|c| (c.id.to_string(), i64::from(c.profile.sla_response_seconds)))
             .collect();
         let waiting = self.ctx.store.waiting_work(admin).await?;
-        let oldest = waiting
-            .queue
-            .iter()
-            .filter(|q| q.status == "queued")
-            .filter_map(|q| q.oldest_waiting_since)
-            .min();
+        let oldest = waiting.oldest_queued_since();
         Ok(Scrape {
             totals,
             slas,

@@ -72,6 +72,17 @@ pub struct WaitingWork {
     pub reviews_waiting: Vec<(String, i64)>,
 }
 
+impl WaitingWork {
+    /// When the longest-waiting queued (runnable) task began to wait.
+    pub fn oldest_queued_since(&self) -> Option<DateTime<Utc>> {
+        self.queue
+            .iter()
+            .filter(|q| q.status == "queued")
+            .filter_map(|q| q.oldest_waiting_since)
+            .min()
+    }
+}
+
 #[async_trait]
 pub trait MetricsStore: Send + Sync {
     /// Adds at most `limit` of the oldest recorded events to the series
