@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use kira_core::ValidationError;
 use kira_core::alerts::{
@@ -33,30 +32,16 @@ use uuid::Uuid;
 use crate::config::within;
 use crate::{Ctx, EngineError, Shutdown};
 
+mod channels;
+
+pub use channels::{
+    AlertmanagerChannel, Channel, ChannelSpec, EmailChannel, LogChannel, Message, SmtpConfig,
+    SmtpSection, SmtpSecurity, WebhookChannel, WebhookFormat,
+};
+use channels::{Unavailable, smtp_transport};
+
 /// The advisory-lock key of the alerts evaluator.
 const JOB_ALERTS: i64 = 0x6b69_7261_0004;
-
-/// Where a team's notifications go.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ChannelSpec {
-    /// The process's log (tracing, at warn).
-    Log,
-    /// An HTTP POST of JSON: kira's own body, or Slack's `{"text": ..}`.
-    Webhook {
-        url: String,
-        #[serde(default)]
-        format: WebhookFormat,
-    },
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookFormat {
-    #[default]
-    Generic,
-    Slack,
-}
 
 /// `[alerts]`: the rules, the teams and their channels, the intervals.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +53,8 @@ pub struct AlertsConfig {
     /// SEED 6.2's by default.
     pub routing: Routing,
     pub teams: BTreeMap<String, Vec<ChannelSpec>>,
+    /// The SMTP server email channels send through (`[alerts.smtp]`).
+    pub smtp: Option<SmtpConfig>,
     /// Tries per notification and target, and the wait before the second
     /// (doubling after each).
     pub delivery_attempts: u32,
@@ -82,6 +69,7 @@ impl Default for AlertsConfig {
             rules: default_rules(),
             routing: Routing::default(),
             teams: BTreeMap::new(),
+            smtp: None,
             delivery_attempts: 3,
             retry_backoff: Duration::from_millis(500),
         }
@@ -99,6 +87,8 @@ pub struct AlertsSection {
     /// `[alerts.teams.NAME] channels = [...]`.
     #[serde(default)]
     pub teams: BTreeMap<String, TeamSection>,
+    /// `[alerts.smtp]`: the server email channels send through.
+    pub smtp: Option<SmtpSection>,
     /// `[alerts.rules.NAME]`: changes a default rule or adds one.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleSection>,
@@ -146,16 +136,13 @@ impl AlertsSection {
             )?;
             c.retry_backoff = Duration::from_millis(ms as u64);
         }
+        c.smtp = self.smtp.unwrap_or_default().resolve()?;
         for (name, team) in self.teams {
             for (i, ch) in team.channels.iter().enumerate() {
-                if let ChannelSpec::Webhook { url, .. } = ch
-                    && !(url.starts_with("http://") || url.starts_with("https://"))
-                {
-                    return Err(ValidationError::new(
-                        format!("alerts.teams.{name}.channels.{i}.url"),
-                        "must be an http(s) URL",
-                    ));
-                }
+                ch.validate(
+                    &format!("alerts.teams.{name}.channels.{i}"),
+                    c.smtp.is_some(),
+                )?;
             }
             c.teams.insert(name, team.channels);
         }
@@ -209,136 +196,6 @@ fn resolve_rule(c: &mut AlertsConfig, name: String, r: RuleSection) -> Result<()
     Ok(())
 }
 
-// ---- channels ----
-
-/// What a channel is handed: the alert, the notice and whom it is for.
-#[derive(Debug, Clone, Serialize)]
-pub struct Message<'a> {
-    pub notice: NoticeKind,
-    /// `team:NAME` or `company_contact`.
-    pub audience: String,
-    pub alert: &'a Alert,
-    /// One line for people.
-    pub text: String,
-}
-
-impl Message<'_> {
-    fn line(alert: &Alert, notice: NoticeKind) -> String {
-        format!(
-            "[{}] {} {} ({}): {}",
-            notice.as_str().to_uppercase(),
-            alert.rule,
-            alert.subject,
-            alert.severity.as_str(),
-            alert.summary
-        )
-    }
-}
-
-/// A way to reach people. SMTP and Alertmanager channels implement it too.
-#[async_trait]
-pub trait Channel: Send + Sync {
-    /// `log`, `webhook`, ...
-    fn kind(&self) -> &'static str;
-    /// Where to, as recorded (no secret: a URL's password is hidden).
-    fn target(&self) -> String;
-    /// One attempt; the error says why it failed.
-    async fn send(&self, m: &Message<'_>) -> Result<(), String>;
-}
-
-/// The process's log; the team it stands for, if any, names its target.
-pub struct LogChannel {
-    pub team: Option<String>,
-}
-
-#[async_trait]
-impl Channel for LogChannel {
-    fn kind(&self) -> &'static str {
-        "log"
-    }
-    fn target(&self) -> String {
-        match &self.team {
-            Some(t) => format!("log (team {t})"),
-            None => "log".into(),
-        }
-    }
-    async fn send(&self, m: &Message<'_>) -> Result<(), String> {
-        tracing::warn!(alert = %m.alert.id, audience = %m.audience, "{}", m.text);
-        Ok(())
-    }
-}
-
-/// An HTTP POST of the message as JSON; a 2xx answer is delivery.
-pub struct WebhookChannel {
-    client: reqwest::Client,
-    url: String,
-    format: WebhookFormat,
-}
-
-impl WebhookChannel {
-    pub fn new(client: reqwest::Client, url: String, format: WebhookFormat) -> Self {
-        Self {
-            client,
-            url,
-            format,
-        }
-    }
-
-    /// The body sent: kira's (`notice`, `audience`, `alert`, `text`) or
-    /// Slack's incoming-webhook `{"text": ...}`.
-    pub fn body(&self, m: &Message<'_>) -> serde_json::Value {
-        match self.format {
-            WebhookFormat::Generic => serde_json::to_value(m).unwrap_or_default(),
-            WebhookFormat::Slack => serde_json::json!({ "text": m.text }),
-        }
-    }
-}
-
-#[async_trait]
-impl Channel for WebhookChannel {
-    fn kind(&self) -> &'static str {
-        "webhook"
-    }
-    fn target(&self) -> String {
-        kira_core::url::redact_url(&self.url)
-    }
-    async fn send(&self, m: &Message<'_>) -> Result<(), String> {
-        let r = self
-            .client
-            .post(&self.url)
-            .json(&self.body(m))
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("HTTP {}", r.status().as_u16()))
-        }
-    }
-}
-
-/// A channel that cannot be reached from this build, recorded as a failed
-/// attempt so the alert shows it.
-struct Unavailable {
-    kind: &'static str,
-    target: String,
-    why: String,
-}
-
-#[async_trait]
-impl Channel for Unavailable {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-    fn target(&self) -> String {
-        self.target.clone()
-    }
-    async fn send(&self, _m: &Message<'_>) -> Result<(), String> {
-        Err(self.why.clone())
-    }
-}
-
 // ---- the service ----
 
 /// What one evaluation did.
@@ -374,6 +231,16 @@ pub struct Alerts {
     /// Samples of the denied-reads counter, for its growth in a window.
     denied: Mutex<Vec<(DateTime<Utc>, u64)>>,
     http: reqwest::Client,
+    /// `[alerts.smtp]`'s transport, or why it cannot be made.
+    smtp: Option<
+        Result<
+            (
+                lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+                lettre::message::Mailbox,
+            ),
+            String,
+        >,
+    >,
 }
 
 fn system_admin() -> Result<AdminScope, EngineError> {
@@ -395,10 +262,17 @@ impl Alerts {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let smtp = ctx
+            .config
+            .alerts
+            .smtp
+            .as_ref()
+            .map(|c| smtp_transport(c).map(|t| (t, c.from.clone())));
         Self {
             ctx,
             metrics,
             sharing,
+            smtp,
             denied: Mutex::new(Vec::new()),
             http,
         }
@@ -583,27 +457,15 @@ impl Alerts {
             })
         };
         match audience {
-            Audience::Team(name) => {
-                match self.config().teams.get(name) {
-                    Some(specs) if !specs.is_empty() => specs
-                        .iter()
-                        .map(|s| -> Box<dyn Channel> {
-                            match s {
-                                ChannelSpec::Log => Box::new(LogChannel {
-                                    team: Some(name.clone()),
-                                }),
-                                ChannelSpec::Webhook { url, format } => Box::new(
-                                    WebhookChannel::new(self.http.clone(), url.clone(), *format),
-                                ),
-                            }
-                        })
-                        .collect(),
-                    // A team with no channels still hears it in the log.
-                    _ => vec![Box::new(LogChannel {
-                        team: Some(name.clone()),
-                    })],
+            Audience::Team(name) => match self.config().teams.get(name) {
+                Some(specs) if !specs.is_empty() => {
+                    specs.iter().map(|s| self.channel(s, name)).collect()
                 }
-            }
+                // A team with no channels still hears it in the log.
+                _ => vec![Box::new(LogChannel {
+                    team: Some(name.clone()),
+                })],
+            },
             Audience::CompanyContact => {
                 let Some(company) = alert.company() else {
                     return vec![];
@@ -617,11 +479,9 @@ impl Alerts {
                         c.webhook.clone().unwrap_or_default(),
                         WebhookFormat::Generic,
                     ))],
-                    Some(c) if c.email.is_some() => vec![unavailable(
-                        "email",
-                        format!("contact {}", c.name),
-                        "no email channel in this version",
-                    )],
+                    Some(c) if c.email.is_some() => {
+                        vec![self.email(vec![c.email.clone().unwrap_or_default()])]
+                    }
                     _ => vec![unavailable(
                         "contact",
                         format!("company:{company}"),
@@ -629,6 +489,43 @@ impl Alerts {
                     )],
                 }
             }
+        }
+    }
+
+    /// A team's channel as configured.
+    fn channel(&self, spec: &ChannelSpec, team: &str) -> Box<dyn Channel> {
+        match spec {
+            ChannelSpec::Log => Box::new(LogChannel {
+                team: Some(team.to_owned()),
+            }),
+            ChannelSpec::Webhook { url, format } => {
+                Box::new(WebhookChannel::new(self.http.clone(), url.clone(), *format))
+            }
+            ChannelSpec::Email { to } => self.email(to.clone()),
+            ChannelSpec::Alertmanager { url } => {
+                Box::new(AlertmanagerChannel::new(self.http.clone(), url.clone()))
+            }
+        }
+    }
+
+    /// Email to `to` through `[alerts.smtp]`, or why it cannot be sent.
+    fn email(&self, to: Vec<String>) -> Box<dyn Channel> {
+        match &self.smtp {
+            Some(Ok((transport, from))) => Box::new(EmailChannel {
+                transport: transport.clone(),
+                from: from.clone(),
+                to,
+            }),
+            Some(Err(why)) => Box::new(Unavailable {
+                kind: "email",
+                target: to.join(", "),
+                why: why.clone(),
+            }),
+            None => Box::new(Unavailable {
+                kind: "email",
+                target: to.join(", "),
+                why: "no [alerts.smtp] is configured".into(),
+            }),
         }
     }
 
@@ -652,6 +549,8 @@ impl Alerts {
                 },
                 alert,
                 text: Message::line(alert, notice),
+                at: self.ctx.clock.now(),
+                active_for: cfg.repeat_interval + cfg.evaluate_interval * 2,
             };
             for channel in self.channels(alert, who, directory) {
                 let mut wait = cfg.retry_backoff;
@@ -674,7 +573,7 @@ impl Alerts {
                         error: sent.err(),
                     });
                     // An unavailable channel is not retried: it cannot change.
-                    if !failed || attempt == cfg.delivery_attempts || channel.kind() != "webhook" {
+                    if !failed || attempt == cfg.delivery_attempts || !channel.retries() {
                         break;
                     }
                     tokio::time::sleep(wait).await;

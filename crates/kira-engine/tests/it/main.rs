@@ -2,6 +2,7 @@
 //! against real stores, with the clock in the test's hands.
 
 mod agents;
+mod alert_peers;
 mod alerts;
 mod common;
 mod memory;

@@ -139,6 +139,94 @@ async fn metrics_story(backend: Backend) {
     assert!(text.ends_with("# EOF\n"));
 }
 
+/// A real Prometheus (Debian's `prometheus`, installed by `scripts/test`)
+/// scrapes `/metrics` with the admin key every second; its query API
+/// answers with kira's series for the runs made here.
+async fn prometheus_scrapes_kira(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    s.needs_review("acme").await;
+    s.needs_review("acme").await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let target = s.base.trim_start_matches("http://");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kira\n    \
+             authorization:\n      type: Bearer\n      credentials: {}\n    \
+             static_configs:\n      - targets: ['{target}']\n",
+            s.admin
+        ),
+    )
+    .expect("config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let bin = std::env::var("KIRA_TEST_PROMETHEUS").unwrap_or("prometheus".into());
+    let mut prometheus = tokio::process::Command::new(&bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin} (scripts/test installs it): {e}"));
+    let query = |q: &str| {
+        format!(
+            "http://127.0.0.1:{port}/api/v1/query?query={}",
+            q.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+        )
+    };
+    let asked = query("kira_tasks_ended_total{company=\"acme\",outcome=\"needs_review\"}");
+    let mut answer = Value::Null;
+    // Prometheus starts, scrapes within a second, and answers.
+    for _ in 0..300 {
+        if let Ok(Some(status)) = prometheus.try_wait() {
+            panic!("prometheus exited: {status}");
+        }
+        if let Ok(r) = reqwest::get(&asked).await
+            && let Ok(v) = r.json::<Value>().await
+            && v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        {
+            answer = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let result = &answer["data"]["result"];
+    assert_eq!(result.as_array().map(Vec::len), Some(1), "{answer}");
+    assert_eq!(result[0]["metric"]["job"], "kira");
+    assert_eq!(result[0]["value"][1], "2", "{answer}");
+    let up: Value = reqwest::get(query("up{job=\"kira\"}"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_prometheus_scrapes_kira() {
+    prometheus_scrapes_kira(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_prometheus_scrapes_kira() {
+    prometheus_scrapes_kira(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_metrics_story() {
     metrics_story(Backend::Sqlite).await;
