@@ -139,6 +139,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "the engine did not stop in time; its leases will lapse and the tasks be retried"
         ),
     }
+    // The MCP servers kira started stop with it.
+    engine.tools().stop().await;
     wait_for_jobs([
         ("memory jobs", memory_jobs),
         ("metrics jobs", metrics_jobs),
@@ -214,6 +216,7 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let _ = tokio::time::timeout(ENGINE_STOP, metrics_jobs).await;
+    engine.tools().stop().await;
     tracing::info!("kira worker stopped");
     Ok(())
 }

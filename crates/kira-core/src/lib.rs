@@ -21,6 +21,7 @@ pub mod priority;
 pub mod sharing;
 pub mod storable;
 pub mod task;
+pub mod tools;
 pub mod url;
 
 pub use error::ValidationError;

@@ -15,6 +15,7 @@ pub mod review;
 pub mod secret;
 pub mod sharing;
 pub mod task;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,3 +8,4 @@ mod memory;
 mod review;
 mod scheduler;
 mod sharing;
+mod tools;
