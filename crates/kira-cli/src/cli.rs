@@ -113,6 +113,10 @@ pub enum Command {
     /// company's tool configurations, and test calls.
     #[command(subcommand)]
     Tools(crate::commands::tools::ToolsCommand),
+    /// A company's tool credentials: set and rotate (from stdin), list
+    /// (names and ages), delete.
+    #[command(subcommand)]
+    Credentials(crate::commands::credentials::CredentialsCommand),
     /// Conflict flags between companies naming the same counterparty (admin).
     #[command(subcommand)]
     Conflicts(crate::commands::sharing::ConflictsCommand),

@@ -18,6 +18,7 @@ pub mod knowledge;
 pub mod memory;
 pub mod metrics;
 pub mod priority;
+pub mod seal;
 pub mod sharing;
 pub mod storable;
 pub mod task;

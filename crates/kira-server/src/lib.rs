@@ -193,6 +193,11 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::tools::show_tool, routes::tools::remove_tool))
         .routes(routes!(routes::tools::test_tool))
         .routes(routes!(routes::tools::put_config))
+        .routes(routes!(routes::tools::list_credentials))
+        .routes(routes!(
+            routes::tools::put_credential,
+            routes::tools::delete_credential
+        ))
         .routes(routes!(routes::sharing::check_sharing))
         .routes(routes!(routes::sharing::list_conflicts))
         .routes(routes!(routes::sharing::resolve_conflict))

@@ -70,6 +70,23 @@ pub struct ToolConfig {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A company's credential for a tool, as listed: never its value.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CredentialInfo {
+    pub tool: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
+/// How a credential is written: a new one (Conflict when the tool has
+/// one), or a rotation of the one there (NotFound when none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialWrite {
+    Set,
+    Rotate,
+}
+
 #[async_trait]
 pub trait ToolStore: Send + Sync {
     /// The infrastructure and domain registrations, and with a scope its
@@ -92,6 +109,31 @@ pub trait ToolStore: Send + Sync {
 
     /// The company's tool configurations, by tool.
     async fn tool_configs(&self, scope: &CompanyScope) -> Result<Vec<ToolConfig>>;
+
+    /// Stores the company's sealed credential for `tool` and appends
+    /// `audit` (which never holds the value).
+    #[allow(clippy::too_many_arguments)]
+    async fn put_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        sealed: &str,
+        how: CredentialWrite,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<()>;
+
+    /// The company's credentials' names and ages.
+    async fn list_credentials(&self, scope: &CompanyScope) -> Result<Vec<CredentialInfo>>;
+
+    /// The company's sealed credentials by tool (the wrapper opens them).
+    async fn sealed_credentials(&self, scope: &CompanyScope) -> Result<Vec<(String, String)>>;
+
+    /// Removes the company's credential for `tool` and appends `audit`;
+    /// NotFound when none.
+    async fn delete_credential(&self, scope: &CompanyScope, tool: &str, audit: AuditRecord)
+    -> Result<()>;
 
     /// Sets (or, with None, removes) the company's configuration of `tool`
     /// and appends `audit`.

@@ -881,7 +881,7 @@ impl AgentExecutor {
                 json!({
                     "call_id": call.id,
                     "name": call.name,
-                    "arguments": kira_core::tools::redact(&call.arguments, &[]),
+                    "arguments": tools.offer.redact(&call.arguments),
                     key: cut(&out.content, TRACE_CHARS),
                     "outcome": out.outcome,
                     "layer": out.layer,

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-/// A registered HTTP tool.
-#[derive(Debug, Clone, PartialEq)]
+/// A registered HTTP tool. Its headers may hold a company's credential:
+/// it is never printed (no `Debug`).
+#[derive(Clone, PartialEq)]
 pub struct HttpTool {
     pub method: String,
     pub url: String,

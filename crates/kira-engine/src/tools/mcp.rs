@@ -17,8 +17,9 @@ use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Notify, watch};
 
-/// What to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to start. Its environment may hold a company's credential: it
+/// is never printed (no `Debug`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Spawn {
     pub command: String,
     pub args: Vec<String>,

@@ -32,7 +32,8 @@ use kira_core::auth::CompanyScope;
 use kira_core::tools::{BUILTIN_DOMAINS, DOMAINS, Layer, NewTool, ToolEntry, ToolSource};
 use kira_core::{CompanyId, ValidationError};
 use kira_llm::ToolSpec;
-use kira_store::tools::{ToolConfig, ToolKey, ToolWriter};
+use kira_core::seal::MasterKey;
+use kira_store::tools::{CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -215,6 +216,39 @@ pub struct Offer {
     tools: BTreeMap<String, Offered>,
     configs: BTreeMap<String, Value>,
     views: Vec<ToolView>,
+    /// The company's opened credentials by registration: injected into
+    /// the calls, redacted from everything a call leaves behind.
+    credentials: BTreeMap<String, String>,
+}
+
+impl Offer {
+    /// `args` with secret-looking values and the company's credentials
+    /// redacted (for audit rows and traces).
+    pub fn redact(&self, args: &Value) -> Value {
+        let secrets: Vec<&str> = self.credentials.values().map(String::as_str).collect();
+        kira_core::tools::redact(args, &secrets)
+    }
+
+    /// `text` with every credential of the company replaced.
+    fn scrub(&self, text: String) -> String {
+        let mut text = text;
+        for secret in self.credentials.values() {
+            if !secret.is_empty() && text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        text
+    }
+}
+
+/// Where a credential goes: `{credential}` in an HTTP tool's header values
+/// and an MCP server's environment values.
+pub const CREDENTIAL_PLACEHOLDER: &str = "{credential}";
+
+/// The associated data of a company's credential for a tool: moved to
+/// another company or tool, the sealed value does not open.
+pub fn credential_aad(company: &CompanyId, tool: &str) -> String {
+    format!("tool-credential:{}:{tool}", company.as_str())
 }
 
 impl Offer {
@@ -279,6 +313,8 @@ pub struct Tools {
     http: reqwest::Client,
     /// Call times per company in the last minute (the rate limit).
     calls: Mutex<HashMap<CompanyId, VecDeque<DateTime<Utc>>>>,
+    /// What seals and opens the companies' credentials (`KIRA_SECRET_KEY`).
+    master: std::sync::RwLock<Option<Arc<MasterKey>>>,
 }
 
 /// The default domains an unnamed listing covers: every one.
@@ -315,7 +351,111 @@ impl Tools {
             pool: mcp::Pool::default(),
             http: reqwest::Client::new(),
             calls: Mutex::new(HashMap::new()),
+            master: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Turns the companies' tool credentials on, sealed with `key`.
+    pub fn set_master_key(&self, key: MasterKey) {
+        if let Ok(mut m) = self.master.write() {
+            *m = Some(Arc::new(key));
+        }
+    }
+
+    fn master(&self) -> Option<Arc<MasterKey>> {
+        self.master.read().ok().and_then(|m| m.clone())
+    }
+
+    /// The company's credentials, opened. One that does not open (another
+    /// master key, or moved from another company or tool) is left out and
+    /// logged by its tool's name, never its value.
+    async fn open_credentials(
+        &self,
+        scope: &CompanyScope,
+    ) -> Result<BTreeMap<String, String>, EngineError> {
+        let sealed = self.ctx.store.sealed_credentials(scope).await?;
+        let mut out = BTreeMap::new();
+        if sealed.is_empty() {
+            return Ok(out);
+        }
+        let Some(key) = self.master() else {
+            tracing::warn!(company = %scope.company(), "tool credentials are stored but KIRA_SECRET_KEY is not set: calls go without them");
+            return Ok(out);
+        };
+        for (tool, s) in sealed {
+            match key.open(&credential_aad(scope.company(), &tool), &s) {
+                Ok(v) => {
+                    out.insert(tool, v);
+                }
+                Err(e) => {
+                    tracing::warn!(company = %scope.company(), tool = %tool, "a tool credential does not open: {e}");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Seals `value` for the company and registration `tool` and stores it
+    /// (a new one, or a rotation). The value is never returned, logged or
+    /// audited.
+    pub async fn set_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        value: &str,
+        how: CredentialWrite,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        kira_core::tools::check_name("tool", tool).map_err(EngineError::Parameter)?;
+        let value = value.trim_end_matches(['\n', '\r']);
+        if value.is_empty() || value.len() > 8_192 {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "value",
+                "must be 1 to 8192 bytes",
+            )));
+        }
+        let Some(key) = self.master() else {
+            return Err(EngineError::Invalid(ValidationError::new(
+                "value",
+                "the server has no KIRA_SECRET_KEY to seal credentials with",
+            )));
+        };
+        let sealed = key.seal(&credential_aad(scope.company(), tool), value);
+        let audit = AuditRecord {
+            action: match how {
+                CredentialWrite::Set => "tool.credential.set",
+                CredentialWrite::Rotate => "tool.credential.rotate",
+            }
+            .into(),
+            target: format!("credential:{tool}"),
+            detail: String::new(),
+            ..audit
+        };
+        let by = audit.actor.clone();
+        Ok(self
+            .ctx
+            .store
+            .put_credential(scope, tool, &sealed, how, &by, self.ctx.clock.now(), audit)
+            .await?)
+    }
+
+    /// The company's credentials: tools, who set them, ages; no values.
+    pub async fn credentials(&self, scope: &CompanyScope) -> Result<Vec<CredentialInfo>, EngineError> {
+        Ok(self.ctx.store.list_credentials(scope).await?)
+    }
+
+    pub async fn delete_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        let audit = AuditRecord {
+            action: "tool.credential.delete".into(),
+            target: format!("credential:{tool}"),
+            ..audit
+        };
+        Ok(self.ctx.store.delete_credential(scope, tool, audit).await?)
     }
 
     fn config(&self) -> &ToolsConfig {
@@ -349,6 +489,7 @@ impl Tools {
             tools: BTreeMap::new(),
             configs,
             views: Vec::new(),
+            credentials: self.open_credentials(scope).await?,
         };
         for e in chosen {
             self.add_to_offer(&mut offer, e).await;
@@ -360,6 +501,11 @@ impl Tools {
         let timeout = e
             .timeout_ms
             .map_or(self.config().call_timeout, Duration::from_millis);
+        let credential = offer.credentials.get(&e.name).cloned();
+        let inject = |v: &String| match &credential {
+            Some(c) => v.replace(CREDENTIAL_PLACEHOLDER, c),
+            None => v.clone(),
+        };
         let entry = Arc::new(e);
         let mut view = ToolView {
             name: entry.name.clone(),
@@ -409,7 +555,7 @@ impl Tools {
                 let route = Route::Http(http::HttpTool {
                     method: method.clone(),
                     url: url.clone(),
-                    headers: headers.clone(),
+                    headers: headers.iter().map(|(k, v)| (k.clone(), inject(v))).collect(),
                     result: result.clone(),
                 });
                 add(entry.name.clone(), spec, route);
@@ -418,11 +564,19 @@ impl Tools {
                 let spawn = mcp::Spawn {
                     command: command.clone(),
                     args: args.clone(),
-                    env: env.clone(),
+                    env: env.iter().map(|(k, v)| (k.clone(), inject(v))).collect(),
                 };
                 let key = ToolKey::of(&entry);
+                // A shared server given a company's credential is that
+                // company's own process.
+                let own = match (&credential, entry.layer, &offer.company) {
+                    (Some(_), Layer::Infrastructure | Layer::Domain, Some(c)) => {
+                        format!("@{}", c.as_str())
+                    }
+                    _ => String::new(),
+                };
                 let server = self.pool.get(
-                    &format!("{}/{}", key.slot(), key.name),
+                    &format!("{}/{}{own}", key.slot(), key.name),
                     &entry.name,
                     &spawn,
                     self.supervision(),
@@ -470,6 +624,7 @@ impl Tools {
         let (result, layer, args_seen) = self.run_call(offer, cx, name, args, now).await;
         let latency_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (content, error, outcome, result_bytes) = result;
+        let content = offer.scrub(content);
         // The cap first, then what the run can still pay for.
         let (mut content, mut cut) =
             kira_core::tools::cap_result(&content, self.config().max_result_bytes);
@@ -497,7 +652,7 @@ impl Tools {
         };
         let detail = json!({
             "layer": layer.map(Layer::as_str),
-            "arguments": kira_core::tools::redact(&args_seen, &[]),
+            "arguments": offer.redact(&args_seen),
             "outcome": r.outcome,
             "latency_ms": r.latency_ms,
             "result_bytes": r.result_bytes,
@@ -650,6 +805,7 @@ impl Tools {
                     tools: BTreeMap::new(),
                     configs: BTreeMap::new(),
                     views: Vec::new(),
+                    credentials: BTreeMap::new(),
                 };
                 for e in kira_core::tools::available(&entries, None, &domains) {
                     self.add_to_offer(&mut offer, e).await;

@@ -599,3 +599,102 @@ async fn an_agent_run_calls_an_mcp_tool_and_reads_its_fenced_result_sqlite() {
 async fn an_agent_run_calls_an_mcp_tool_and_reads_its_fenced_result_postgres() {
     an_agent_run_calls_an_mcp_tool_and_reads_its_fenced_result(Backend::Postgres).await;
 }
+
+/// A credential with a unique marker: set for acme on a shared (infrastructure)
+/// server, it reaches acme's own process and no other; calls are made and
+/// fail; the marker is in no prompt, trace, audit row or listing, and the
+/// stored value is sealed.
+async fn a_credential_reaches_its_companys_calls_and_nothing_else(b: Backend) {
+    let s = setup(b).await;
+    let marker = format!("sk-leak-marker-{}", uuid::Uuid::now_v7().simple());
+    let fake = FakeLlm::start(None, |n, _req| match n {
+        0 => completion(tool_call("call_1", "everything.get-env", json!({})), 300, 20),
+        1 => completion(tool_call("call_2", "everything.get-sum", json!({"a": "x"})), 300, 20),
+        _ => completion(submit("Done.", "Looked at the environment.", 0.9), 400, 30),
+    })
+    .await;
+    let e = engine_with(&s, &fake, EngineConfig::default(), Arc::default());
+    e.tools()
+        .set_master_key(kira_core::seal::MasterKey::parse(&"ab".repeat(32)).expect("key"));
+    let a = admin();
+    e.tools()
+        .add(
+            ToolWriter::Admin(&a),
+            tool(json!({"name": "everything", "layer": "infrastructure",
+                "source": {"kind": "mcp_stdio", "command": bin("mcp-server-everything"), "args": ["stdio"],
+                    "env": {"KIRA_TEST_TOKEN": "{credential}"}}})),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    let acme = scope("acme");
+    e.tools()
+        .set_credential(
+            &acme,
+            "everything",
+            &marker,
+            kira_store::tools::CredentialWrite::Set,
+            audit("acme"),
+        )
+        .await
+        .expect("set");
+    // Globex's call goes to the shared process, which has no credential.
+    let g = scope("globex");
+    let offer_g = e.tools().offer(&g, &[]).await.expect("offer");
+    let r = e.tools().call(&offer_g, &cx(&g), "everything.get-env", &json!({})).await;
+    assert_eq!(r.outcome, "ok", "{r:?}");
+    assert!(r.content.contains("KIRA_TEST_TOKEN"), "{}", r.content);
+    assert!(!r.content.contains(&marker));
+    assert!(!r.content.contains("[redacted]"), "globex's process never had it");
+
+    let id = submit_task(&e, "acme", "What is in the environment?", "quick_question_answer").await;
+    run_all(&e).await;
+    let task = s.store.get_task(&acme, &id).await.expect("task");
+    assert_eq!(task.status, kira_core::task::TaskStatus::Completed, "{task:?}");
+    // Acme's own process had it: the tool's output says so, redacted.
+    let seen = fake.seen();
+    let second = messages_text(&seen[1]);
+    assert!(second.contains("KIRA_TEST_TOKEN") && second.contains("[redacted]"), "{second}");
+    for (i, req) in seen.iter().enumerate() {
+        assert!(!req.to_string().contains(&marker), "prompt {i} holds the credential");
+    }
+    let trace = s.store.task_trace(&acme, &id).await.expect("trace");
+    assert!(trace.iter().any(|st| st.detail["outcome"] == "error"), "a call failed");
+    assert!(!serde_json::to_string(&trace).expect("json").contains(&marker));
+    let all = e
+        .audit()
+        .list_all(&a, None, AuditPage { after_seq: 0, limit: 10_000 }, audit("acme"))
+        .await
+        .expect("audit");
+    assert!(all.iter().any(|x| x.action == "tool.credential.set"));
+    assert!(!serde_json::to_string(&all).expect("json").contains(&marker));
+    let listed = e.tools().credentials(&acme).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(!serde_json::to_string(&listed).expect("json").contains(&marker));
+    assert!(e.tools().credentials(&g).await.expect("list").is_empty());
+    let stored = s.store.sealed_credentials(&acme).await.expect("sealed");
+    assert!(stored[0].1.starts_with(kira_core::seal::PREFIX) && !stored[0].1.contains(&marker));
+    // Sealed for acme and this tool: it opens for nothing else.
+    let key = kira_core::seal::MasterKey::parse(&"ab".repeat(32)).expect("key");
+    let acme_id = kira_core::CompanyId::parse("acme").expect("id");
+    let globex_id = kira_core::CompanyId::parse("globex").expect("id");
+    let aad = kira_engine::tools::credential_aad;
+    assert_eq!(key.open(&aad(&acme_id, "everything"), &stored[0].1).as_deref(), Ok(marker.as_str()));
+    assert!(key.open(&aad(&globex_id, "everything"), &stored[0].1).is_err());
+    assert!(key.open(&aad(&acme_id, "other"), &stored[0].1).is_err());
+    // Two processes: the shared one and acme's own.
+    let keys: Vec<String> = e.tools().servers().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().any(|k| k.ends_with("/everything@acme")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("/everything")), "{keys:?}");
+    e.tools().stop().await;
+}
+
+#[tokio::test]
+async fn a_credential_reaches_its_companys_calls_and_nothing_else_sqlite() {
+    a_credential_reaches_its_companys_calls_and_nothing_else(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_credential_reaches_its_companys_calls_and_nothing_else_postgres() {
+    a_credential_reaches_its_companys_calls_and_nothing_else(Backend::Postgres).await;
+}

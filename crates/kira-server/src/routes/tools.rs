@@ -14,7 +14,7 @@ use kira_core::CompanyId;
 use kira_core::auth::{Access, CompanyScope};
 use kira_core::tools::{Layer, NewTool, ToolEntry};
 use kira_engine::tools::{CallResult, ToolView};
-use kira_store::tools::{ToolConfig, ToolKey, ToolWriter};
+use kira_store::tools::{CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolWriter};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -332,6 +332,108 @@ pub async fn put_config(
         app.engine
             .tools()
             .configure(&scope, &name, b.config.as_ref(), act.ok())
+            .await
+            .map_err(engine_err)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    .await;
+    act.done(result).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBody {
+    /// The secret. Sealed at once; never returned, logged or audited.
+    pub value: String,
+    /// Replace the credential the tool has (else a second is a conflict).
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialList {
+    /// Names, who set them and when: never values.
+    pub credentials: Vec<CredentialInfo>,
+}
+
+/// The company's tool credentials: tools and ages, never values.
+#[utoipa::path(get, path = "/v1/tools/credentials", tag = "tools", params(CompanyQuery),
+    responses((status = 200, body = CredentialList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_credentials(
+    State(app): State<App>,
+    caller: Caller,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<CredentialList>> {
+    let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
+    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(&app, "tool.credentials", "credentials", named.as_ref().or(caller.principal.company()));
+    let result = async {
+        let q = parsed?;
+        let scope = required(scope_of(&caller, q.company.as_deref(), Access::Read)?)?;
+        let credentials = app.engine.tools().credentials(&scope).await.map_err(engine_err)?;
+        Ok(Json(CredentialList { credentials }))
+    }
+    .await;
+    act.read(result).await
+}
+
+/// Sets (or with `rotate`, replaces) the company's credential for a tool
+/// registration: sealed with the server's `KIRA_SECRET_KEY`, the company
+/// and the tool as associated data; put where the tool's headers or
+/// environment say `{credential}`.
+#[utoipa::path(put, path = "/v1/tools/{name}/credential", tag = "tools",
+    params(("name" = String, Path, description = "The tool registration"), CompanyQuery),
+    request_body = CredentialBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn put_credential(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
+    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(&app, "tool.credential.set", "credential", named.as_ref().or(caller.principal.company()));
+    let result = async {
+        let q = parsed?;
+        let scope = required(scope_of(&caller, q.company.as_deref(), Access::Write)?)?;
+        let b: CredentialBody = json_body(body, app.cfg.max_body_bytes)?;
+        let how = if b.rotate { CredentialWrite::Rotate } else { CredentialWrite::Set };
+        app.engine
+            .tools()
+            .set_credential(&scope, &name, &b.value, how, act.ok())
+            .await
+            .map_err(engine_err)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    .await;
+    act.done(result).await
+}
+
+/// Removes the company's credential for a tool.
+#[utoipa::path(delete, path = "/v1/tools/{name}/credential", tag = "tools",
+    params(("name" = String, Path, description = "The tool registration"), CompanyQuery),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_credential(
+    State(app): State<App>,
+    caller: Caller,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<StatusCode> {
+    let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
+    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(&app, "tool.credential.delete", "credential", named.as_ref().or(caller.principal.company()));
+    let result = async {
+        let q = parsed?;
+        let scope = required(scope_of(&caller, q.company.as_deref(), Access::Write)?)?;
+        app.engine
+            .tools()
+            .delete_credential(&scope, &name, act.ok())
             .await
             .map_err(engine_err)?;
         Ok(StatusCode::NO_CONTENT)

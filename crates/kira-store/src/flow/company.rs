@@ -68,6 +68,10 @@ pub(crate) const TOOL_ROWS: &Rows = &[
         "tool_configs",
         "DELETE FROM tool_configs WHERE company_id = $1",
     ),
+    (
+        "tool_credentials",
+        "DELETE FROM tool_credentials WHERE company_id = $1",
+    ),
 ];
 
 /// Memories and what hangs off them.

@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 use crate::flow::store::{Db, commit_or_roll_back, lock_company};
 use crate::sql::{Columns, Conn, q};
-use crate::tools::{ToolConfig, ToolKey, ToolStore, ToolWriter};
+use crate::tools::{
+    CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolStore, ToolWriter,
+};
 use crate::{Result, StoreError};
 
 fn entry_from_row<R: Columns + ?Sized>(r: &R) -> Result<ToolEntry> {
@@ -249,6 +251,122 @@ impl<D: Db> ToolStore for D {
                     .await?
                 }
             };
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.audit(audit).await.map(|_| ())
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn put_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        sealed: &str,
+        how: CredentialWrite,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let company = scope.company();
+        let at = at.trunc_subsecs(6);
+        let mut tx = self.write_for(company).await?;
+        let done = async {
+            if !lock_company(&mut tx, company).await? {
+                return Err(StoreError::NotFound);
+            }
+            let n = match how {
+                CredentialWrite::Set => {
+                    tx.exec(
+                        q("INSERT INTO tool_credentials (company_id, tool, sealed, created_by, created_at) \
+                           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+                        .arg(company.as_str())
+                        .arg(tool)
+                        .arg(sealed)
+                        .arg(by)
+                        .arg(at),
+                    )
+                    .await?
+                }
+                CredentialWrite::Rotate => {
+                    tx.exec(
+                        q("UPDATE tool_credentials SET sealed = $3, rotated_at = $4 \
+                           WHERE company_id = $1 AND tool = $2")
+                        .arg(company.as_str())
+                        .arg(tool)
+                        .arg(sealed)
+                        .arg(at),
+                    )
+                    .await?
+                }
+            };
+            if n == 0 {
+                return Err(match how {
+                    CredentialWrite::Set => StoreError::Conflict(format!(
+                        "the company has a credential for '{tool}' already: rotate it"
+                    )),
+                    CredentialWrite::Rotate => StoreError::NotFound,
+                });
+            }
+            tx.audit(audit).await.map(|_| ())
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn list_credentials(&self, scope: &CompanyScope) -> Result<Vec<CredentialInfo>> {
+        let mut r = self.read_for(scope.company()).await?;
+        let rows = r
+            .all(
+                q("SELECT tool, created_by, created_at, rotated_at FROM tool_credentials \
+                   WHERE company_id = $1 ORDER BY tool")
+                .arg(scope.company().as_str()),
+            )
+            .await?;
+        D::end_read(r).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CredentialInfo {
+                    tool: r.text("tool")?,
+                    created_by: r.text("created_by")?,
+                    created_at: r.time("created_at")?,
+                    rotated_at: r.opt_time("rotated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn sealed_credentials(&self, scope: &CompanyScope) -> Result<Vec<(String, String)>> {
+        let mut r = self.read_for(scope.company()).await?;
+        let rows = r
+            .all(
+                q("SELECT tool, sealed FROM tool_credentials WHERE company_id = $1 ORDER BY tool")
+                    .arg(scope.company().as_str()),
+            )
+            .await?;
+        D::end_read(r).await?;
+        rows.iter()
+            .map(|r| Ok((r.text("tool")?, r.text("sealed")?)))
+            .collect()
+    }
+
+    async fn delete_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        audit: AuditRecord,
+    ) -> Result<()> {
+        let mut tx = self.write_for(scope.company()).await?;
+        let done = async {
+            let n = tx
+                .exec(
+                    q("DELETE FROM tool_credentials WHERE company_id = $1 AND tool = $2")
+                        .arg(scope.company().as_str())
+                        .arg(tool),
+                )
+                .await?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
