@@ -165,11 +165,7 @@ impl NewTool {
     /// The entry this request registers, checked: the name, the layer's
     /// company and domain, the timeout and the source. Whether a stdio
     /// command exists is the engine's to check (it looks at the disk).
-    pub fn validate(
-        self,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<ToolEntry, ValidationError> {
+    pub fn validate(self, by: &str, now: DateTime<Utc>) -> Result<ToolEntry, ValidationError> {
         check_name("name", &self.name)?;
         let company = match (self.layer, self.company.as_deref()) {
             (Layer::Company, Some(c)) => {
@@ -197,7 +193,10 @@ impl NewTool {
                 ));
             }
             (Layer::Domain, None) => {
-                return Err(ValidationError::new("domain", "a domain tool names its domain"));
+                return Err(ValidationError::new(
+                    "domain",
+                    "a domain tool names its domain",
+                ));
             }
             (_, Some(d)) if !DOMAINS.contains(&d) => {
                 return Err(ValidationError::new(
@@ -275,7 +274,10 @@ pub fn check_source(source: &ToolSource) -> Result<(), ValidationError> {
             }
             let props = check_schema(parameters).map_err(|e| e.under("parameters"))?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ValidationError::new("url", "must start with http:// or https://"));
+                return Err(ValidationError::new(
+                    "url",
+                    "must start with http:// or https://",
+                ));
             }
             for p in template_params(url).map_err(|m| ValidationError::new("url", m))? {
                 if !props.contains(&p) {
@@ -414,7 +416,9 @@ pub fn available<'a>(
         let applies = match e.layer {
             Layer::Infrastructure => true,
             Layer::Domain => e.domain.is_some() && has(&e.domain),
-            Layer::Company => company.is_some() && e.company_id.as_ref() == company && has(&e.domain),
+            Layer::Company => {
+                company.is_some() && e.company_id.as_ref() == company && has(&e.domain)
+            }
         };
         if !applies {
             continue;
@@ -574,7 +578,11 @@ mod tests {
         assert_eq!(names, vec!["files", "ledger", "mail", "stripe"]);
         let globex = CompanyId::parse("globex").expect("id");
         let g = available(&entries, Some(&globex), &[]);
-        assert!(available(&entries, None, &[]).iter().all(|e| e.layer == Layer::Infrastructure));
+        assert!(
+            available(&entries, None, &[])
+                .iter()
+                .all(|e| e.layer == Layer::Infrastructure)
+        );
         let names: Vec<(&str, Layer)> = g.iter().map(|e| (e.name.as_str(), e.layer)).collect();
         assert_eq!(
             names,
@@ -602,33 +610,83 @@ mod tests {
 
     #[test]
     fn registrations_are_checked_field_by_field() {
-        let ok = new_tool(json!({"name": "files", "layer": "company", "company": "acme",
-            "source": {"kind": "mcp_stdio", "command": "mcp-server-filesystem", "args": ["/tmp"]}}))
+        let ok = new_tool(
+            json!({"name": "files", "layer": "company", "company": "acme",
+            "source": {"kind": "mcp_stdio", "command": "mcp-server-filesystem", "args": ["/tmp"]}}),
+        )
         .expect("valid");
         assert_eq!(ok.company_id.as_ref().map(CompanyId::as_str), Some("acme"));
         let cases = [
-            (json!({"name": "Files", "layer": "infrastructure", "source": {"kind": "mcp_stdio", "command": "x"}}), "name"),
-            (json!({"name": "a.b", "layer": "infrastructure", "source": {"kind": "mcp_stdio", "command": "x"}}), "name"),
-            (json!({"name": "f", "layer": "company", "source": {"kind": "mcp_stdio", "command": "x"}}), "company"),
-            (json!({"name": "f", "layer": "infrastructure", "company": "acme", "source": {"kind": "mcp_stdio", "command": "x"}}), "company"),
-            (json!({"name": "f", "layer": "domain", "source": {"kind": "mcp_stdio", "command": "x"}}), "domain"),
-            (json!({"name": "f", "layer": "domain", "domain": "cooking", "source": {"kind": "mcp_stdio", "command": "x"}}), "domain"),
-            (json!({"name": "f", "layer": "infrastructure", "domain": "legal", "source": {"kind": "mcp_stdio", "command": "x"}}), "domain"),
-            (json!({"name": "f", "layer": "infrastructure", "timeout_ms": 0, "source": {"kind": "mcp_stdio", "command": "x"}}), "timeout_ms"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "mcp_stdio", "command": " "}}), "source.command"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "builtin"}}), "source.kind"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
-                "url": "https://x/{id}", "parameters": {"type": "array"}}}), "source.parameters.type"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
-                "url": "https://x/{id}", "parameters": {"type": "object", "properties": {"q": {"type": "text"}}}}}), "source.parameters.properties.q.type"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
-                "url": "https://x/{id}", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["id"]}}}), "source.parameters.required"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
-                "url": "https://x/{id}", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}), "source.url"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
-                "url": "https://x/{id", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}), "source.url"),
-            (json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "FETCH",
-                "url": "https://x/", "parameters": {"type": "object"}}}), "source.method"),
+            (
+                json!({"name": "Files", "layer": "infrastructure", "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "name",
+            ),
+            (
+                json!({"name": "a.b", "layer": "infrastructure", "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "name",
+            ),
+            (
+                json!({"name": "f", "layer": "company", "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "company",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "company": "acme", "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "company",
+            ),
+            (
+                json!({"name": "f", "layer": "domain", "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "domain",
+            ),
+            (
+                json!({"name": "f", "layer": "domain", "domain": "cooking", "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "domain",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "domain": "legal", "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "domain",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "timeout_ms": 0, "source": {"kind": "mcp_stdio", "command": "x"}}),
+                "timeout_ms",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "mcp_stdio", "command": " "}}),
+                "source.command",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "builtin"}}),
+                "source.kind",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
+                "url": "https://x/{id}", "parameters": {"type": "array"}}}),
+                "source.parameters.type",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
+                "url": "https://x/{id}", "parameters": {"type": "object", "properties": {"q": {"type": "text"}}}}}),
+                "source.parameters.properties.q.type",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
+                "url": "https://x/{id}", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["id"]}}}),
+                "source.parameters.required",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
+                "url": "https://x/{id}", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}),
+                "source.url",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "GET",
+                "url": "https://x/{id", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}),
+                "source.url",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "FETCH",
+                "url": "https://x/", "parameters": {"type": "object"}}}),
+                "source.method",
+            ),
         ];
         for (body, field) in cases {
             let e = new_tool(body.clone()).expect_err("refused");

@@ -190,7 +190,10 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::alerts::resolve_alert))
         .routes(routes!(routes::tools::list_tools, routes::tools::add_tool))
         .routes(routes!(routes::tools::list_configs))
-        .routes(routes!(routes::tools::show_tool, routes::tools::remove_tool))
+        .routes(routes!(
+            routes::tools::show_tool,
+            routes::tools::remove_tool
+        ))
         .routes(routes!(routes::tools::test_tool))
         .routes(routes!(routes::tools::put_config))
         .routes(routes!(routes::tools::list_credentials))

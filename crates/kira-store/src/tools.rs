@@ -104,8 +104,12 @@ pub trait ToolStore: Send + Sync {
     ) -> Result<ToolEntry>;
 
     /// Removes the registration and appends `audit`; NotFound when absent.
-    async fn remove_tool(&self, who: ToolWriter<'_>, key: &ToolKey, audit: AuditRecord)
-    -> Result<()>;
+    async fn remove_tool(
+        &self,
+        who: ToolWriter<'_>,
+        key: &ToolKey,
+        audit: AuditRecord,
+    ) -> Result<()>;
 
     /// The company's tool configurations, by tool.
     async fn tool_configs(&self, scope: &CompanyScope) -> Result<Vec<ToolConfig>>;
@@ -132,8 +136,12 @@ pub trait ToolStore: Send + Sync {
 
     /// Removes the company's credential for `tool` and appends `audit`;
     /// NotFound when none.
-    async fn delete_credential(&self, scope: &CompanyScope, tool: &str, audit: AuditRecord)
-    -> Result<()>;
+    async fn delete_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        audit: AuditRecord,
+    ) -> Result<()>;
 
     /// Sets (or, with None, removes) the company's configuration of `tool`
     /// and appends `audit`.

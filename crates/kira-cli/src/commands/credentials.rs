@@ -60,19 +60,31 @@ pub async fn run(ctx: &Ctx, cmd: CredentialsCommand) -> anyhow::Result<ExitCode>
         CredentialsCommand::Set { tool, company } => {
             let body = json!({"value": read_stdin()?, "rotate": false});
             let v = c
-                .send(Method::PUT, &["v1", "tools", &tool, "credential"], &company_q(company), Some(&body))
+                .send(
+                    Method::PUT,
+                    &["v1", "tools", &tool, "credential"],
+                    &company_q(company),
+                    Some(&body),
+                )
                 .await?;
             (v, format!("credential for {tool} stored (sealed)"))
         }
         CredentialsCommand::Rotate { tool, company } => {
             let body = json!({"value": read_stdin()?, "rotate": true});
             let v = c
-                .send(Method::PUT, &["v1", "tools", &tool, "credential"], &company_q(company), Some(&body))
+                .send(
+                    Method::PUT,
+                    &["v1", "tools", &tool, "credential"],
+                    &company_q(company),
+                    Some(&body),
+                )
                 .await?;
             (v, format!("credential for {tool} rotated"))
         }
         CredentialsCommand::List { company } => {
-            let v = c.get(&["v1", "tools", "credentials"], &company_q(company)).await?;
+            let v = c
+                .get(&["v1", "tools", "credentials"], &company_q(company))
+                .await?;
             let list = v["credentials"].as_array().cloned().unwrap_or_default();
             let text = if list.is_empty() {
                 "no credentials".to_owned()

@@ -151,7 +151,9 @@ fn views_table(list: &[View]) -> String {
 
 fn json_arg(flag: &str, s: &str) -> anyhow::Result<Value> {
     let text = match s.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: reading {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("{flag}: reading {path}"))?
+        }
         None => s.to_owned(),
     };
     serde_json::from_str(&text).with_context(|| format!("{flag}: not JSON"))
@@ -168,7 +170,9 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             let mut q = company_q(company);
             q.extend(domain.map(|d| ("domain", d)));
             let v = c.get(&["v1", "tools"], &q).await?;
-            (v, |v| Ok(views_table(&decode::<Vec<View>>(v["tools"].clone())?)))
+            (v, |v| {
+                Ok(views_table(&decode::<Vec<View>>(v["tools"].clone())?))
+            })
         }
         ToolsCommand::Add {
             name,
@@ -206,7 +210,9 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
                 };
                 json!({"kind": "http", "method": method, "url": url, "parameters": parameters, "result": result})
             } else {
-                anyhow::bail!("name the source: --command (MCP over stdio), --url (HTTP) or --file");
+                anyhow::bail!(
+                    "name the source: --command (MCP over stdio), --url (HTTP) or --file"
+                );
             };
             let body = json!({
                 "name": name, "layer": layer, "domain": domain, "company": company,
@@ -253,7 +259,12 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             let arguments = json_arg("--args", &args)?;
             let body = json!({"arguments": arguments});
             let v = c
-                .send(Method::POST, &["v1", "tools", &tool, "test"], &company_q(company), Some(&body))
+                .send(
+                    Method::POST,
+                    &["v1", "tools", &tool, "test"],
+                    &company_q(company),
+                    Some(&body),
+                )
                 .await?;
             (v, |v| {
                 Ok(format!(
@@ -262,7 +273,11 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
                     v["latency_ms"],
                     v["result_bytes"],
                     v["result_tokens"],
-                    if v["cut"].as_bool() == Some(true) { ", cut" } else { "" },
+                    if v["cut"].as_bool() == Some(true) {
+                        ", cut"
+                    } else {
+                        ""
+                    },
                     v["content"].as_str().unwrap_or_default()
                 ))
             })
@@ -280,12 +295,19 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             };
             let body = json!({"config": config});
             let v = c
-                .send(Method::PUT, &["v1", "tools", &tool, "config"], &company_q(company), Some(&body))
+                .send(
+                    Method::PUT,
+                    &["v1", "tools", &tool, "config"],
+                    &company_q(company),
+                    Some(&body),
+                )
                 .await?;
             (v, |_| Ok("configured".into()))
         }
         ToolsCommand::Configs { company } => {
-            let v = c.get(&["v1", "tools", "configs"], &company_q(company)).await?;
+            let v = c
+                .get(&["v1", "tools", "configs"], &company_q(company))
+                .await?;
             (v, |v| {
                 let list = v["configs"].as_array().cloned().unwrap_or_default();
                 if list.is_empty() {

@@ -36,17 +36,19 @@ pub async fn call(
         Err(_) => return (format!("method {} is not HTTP", tool.method), true),
     };
     let query_args = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
-    let mut req = client.request(method, &url).timeout(timeout);
+    let mut url = match reqwest::Url::parse(&url) {
+        Ok(u) => u,
+        Err(e) => return (format!("the URL is not valid: {e}"), true),
+    };
+    if query_args && !rest.is_empty() {
+        url.query_pairs_mut()
+            .extend_pairs(rest.iter().map(|(k, v)| (k.clone(), plain(v))));
+    }
+    let mut req = client.request(method, url).timeout(timeout);
     for (k, v) in &tool.headers {
         req = req.header(k, v);
     }
-    if query_args {
-        let pairs: Vec<(String, String)> = rest
-            .iter()
-            .map(|(k, v)| (k.clone(), plain(v)))
-            .collect();
-        req = req.query(&pairs);
-    } else {
+    if !query_args {
         req = req.json(&Value::Object(rest));
     }
     let resp = match req.send().await {
@@ -59,7 +61,12 @@ pub async fn call(
     let status = resp.status();
     let body = match resp.text().await {
         Ok(b) => b,
-        Err(e) => return (format!("reading the answer failed: {}", e.without_url()), true),
+        Err(e) => {
+            return (
+                format!("reading the answer failed: {}", e.without_url()),
+                true,
+            );
+        }
     };
     if !status.is_success() {
         return (format!("HTTP {}: {body}", status.as_u16()), true);
@@ -72,7 +79,10 @@ pub async fn call(
                 Some(other) => (other.to_string(), false),
                 None => (format!("the answer has nothing at {ptr}"), true),
             },
-            Err(_) => (format!("the answer is not JSON, so {ptr} cannot be read"), true),
+            Err(_) => (
+                format!("the answer is not JSON, so {ptr} cannot be read"),
+                true,
+            ),
         },
     }
 }
@@ -122,8 +132,11 @@ mod tests {
     #[test]
     fn template_parameters_are_encoded_into_the_path_and_the_rest_is_kept() {
         let args = json!({"city": "São Paulo/../x", "units": "metric"});
-        let (url, rest) = fill("https://w.example/{city}/now", args.as_object().expect("obj"))
-            .expect("filled");
+        let (url, rest) = fill(
+            "https://w.example/{city}/now",
+            args.as_object().expect("obj"),
+        )
+        .expect("filled");
         assert_eq!(url, "https://w.example/S%C3%A3o%20Paulo%2F..%2Fx/now");
         assert_eq!(Value::Object(rest), json!({"units": "metric"}));
         let missing = fill("https://w.example/{city}", &Map::new());

@@ -143,7 +143,8 @@ impl McpServer {
     /// Waits until the server is up, at most `within`.
     pub async fn wait_up(&self, within: Duration) -> Result<(), McpError> {
         let mut rx = self.status.subscribe();
-        let waited = tokio::time::timeout(within, rx.wait_for(|s| matches!(s, Status::Up(_)))).await;
+        let waited =
+            tokio::time::timeout(within, rx.wait_for(|s| matches!(s, Status::Up(_)))).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => Err(McpError::NotRunning {
@@ -208,7 +209,7 @@ impl McpServer {
 
     /// Stops the server and its supervisor.
     pub fn shutdown(&self) {
-        let _ = self.stopped.send(true);
+        let _ = self.stopped.send_replace(true);
         self.stop.notify_waiters();
         self.stop.notify_one();
     }
@@ -226,7 +227,7 @@ impl McpServer {
 
 impl Drop for McpServer {
     fn drop(&mut self) {
-        let _ = self.stopped.send(true);
+        let _ = self.stopped.send_replace(true);
         self.stop.notify_one();
     }
 }
@@ -261,10 +262,7 @@ async fn supervise(server: Arc<McpServer>) {
         }
         // At most N starts a minute: past that, wait for the oldest to
         // leave the window.
-        while recent
-            .front()
-            .is_some_and(|t| t.elapsed() >= window)
-        {
+        while recent.front().is_some_and(|t| t.elapsed() >= window) {
             recent.pop_front();
         }
         // The first start is not a restart.
@@ -279,7 +277,7 @@ async fn supervise(server: Arc<McpServer>) {
                 wait.as_secs()
             );
             tracing::error!(server = %server.name, "MCP server {reason}");
-            let _ = server.status.send(Status::Down(reason));
+            let _ = server.status.send_replace(Status::Down(reason));
             if pause(&server, wait).await {
                 break;
             }
@@ -287,12 +285,12 @@ async fn supervise(server: Arc<McpServer>) {
         }
         recent.push_back(Instant::now());
         let started = Instant::now();
-        let _ = server.status.send(Status::Starting);
+        let _ = server.status.send_replace(Status::Starting);
         match run_once(&server).await {
             Ok(()) => {}
             Err(reason) => {
                 tracing::warn!(server = %server.name, %reason, "MCP server down");
-                let _ = server.status.send(Status::Down(reason));
+                let _ = server.status.send_replace(Status::Down(reason));
             }
         }
         if let Ok(mut l) = server.live.write() {
@@ -311,7 +309,7 @@ async fn supervise(server: Arc<McpServer>) {
         }
         backoff = (backoff * 2).min(server.supervision.max_backoff);
     }
-    let _ = server.status.send(Status::Stopped);
+    let _ = server.status.send_replace(Status::Stopped);
 }
 
 /// Waits `d` or until stopped; true when stopped.
@@ -319,7 +317,7 @@ async fn pause(server: &McpServer, d: Duration) -> bool {
     let mut stopped = server.stopped.subscribe();
     tokio::select! {
         () = tokio::time::sleep(d) => server.is_stopped(),
-        _ = stopped.wait_for(|s| *s) => true,
+        () = async { let _ = stopped.wait_for(|s| *s).await; } => true,
     }
 }
 
@@ -327,7 +325,9 @@ async fn pause(server: &McpServer, d: Duration) -> bool {
 /// it exits (Ok) or kira stops it; Err when it could not start.
 async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(&server.spawn.command);
-    cmd.args(&server.spawn.args).envs(&server.spawn.env).kill_on_drop(true);
+    cmd.args(&server.spawn.args)
+        .envs(&server.spawn.env)
+        .kill_on_drop(true);
     let (proc, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
         .stderr(Stdio::piped())
         .spawn()
@@ -365,7 +365,7 @@ async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
         *l = Some(live);
     }
     let generation = server.starts();
-    let _ = server.status.send(Status::Up(generation));
+    let _ = server.status.send_replace(Status::Up(generation));
     tracing::info!(server = %server.name, pid, "MCP server up");
 
     // Lists the tools again whenever the server says they changed.
@@ -399,10 +399,10 @@ async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
                 Err(e) => format!("its connection task failed: {e}"),
             };
             tracing::warn!(server = %server.name, %reason, "MCP server exited");
-            let _ = server.status.send(Status::Down(reason));
+            let _ = server.status.send_replace(Status::Down(reason));
             Ok(())
         }
-        _ = stopped.wait_for(|s| *s) => {
+        () = async { let _ = stopped.wait_for(|s| *s).await; } => {
             ct.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut waiting).await;
             Ok(())
@@ -442,7 +442,7 @@ impl Pool {
     /// Stops every server.
     pub fn shutdown(&self) {
         let servers = match self.servers.lock() {
-            Ok(s) => std::mem::take(&mut *s),
+            Ok(mut s) => std::mem::take(&mut *s),
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
         for s in servers.values() {

@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::CompanyScope;
+use kira_core::seal::MasterKey;
 use kira_core::tools::{BUILTIN_DOMAINS, DOMAINS, Layer, NewTool, ToolEntry, ToolSource};
 use kira_core::{CompanyId, ValidationError};
 use kira_llm::ToolSpec;
-use kira_core::seal::MasterKey;
 use kira_store::tools::{CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -124,17 +124,25 @@ impl ToolsSection {
             c.max_result_bytes = usize::try_from(v).unwrap_or(16_384);
         }
         if let Some(v) = self.calls_per_minute {
-            c.calls_per_minute =
-                u32::try_from(within("tools.calls_per_minute", i64::from(v), 1, 1_000_000)?)
-                    .unwrap_or(600);
+            c.calls_per_minute = u32::try_from(within(
+                "tools.calls_per_minute",
+                i64::from(v),
+                1,
+                1_000_000,
+            )?)
+            .unwrap_or(600);
         }
         if let Some(v) = self.start_timeout_ms {
             c.start_timeout = ms("tools.start_timeout_ms", v, 1, 300_000)?;
         }
         if let Some(v) = self.max_restarts_per_minute {
-            c.max_restarts_per_minute =
-                u32::try_from(within("tools.max_restarts_per_minute", i64::from(v), 0, 1_000)?)
-                    .unwrap_or(5);
+            c.max_restarts_per_minute = u32::try_from(within(
+                "tools.max_restarts_per_minute",
+                i64::from(v),
+                0,
+                1_000,
+            )?)
+            .unwrap_or(5);
         }
         if let Some(v) = self.restart_backoff_ms {
             c.restart_backoff = ms("tools.restart_backoff_ms", v, 1, 60_000)?;
@@ -440,7 +448,10 @@ impl Tools {
     }
 
     /// The company's credentials: tools, who set them, ages; no values.
-    pub async fn credentials(&self, scope: &CompanyScope) -> Result<Vec<CredentialInfo>, EngineError> {
+    pub async fn credentials(
+        &self,
+        scope: &CompanyScope,
+    ) -> Result<Vec<CredentialInfo>, EngineError> {
         Ok(self.ctx.store.list_credentials(scope).await?)
     }
 
@@ -464,7 +475,10 @@ impl Tools {
 
     /// Every registration a company may see: built-ins, shipped, and the
     /// database's (with a scope, its company's too).
-    pub async fn entries(&self, scope: Option<&CompanyScope>) -> Result<Vec<ToolEntry>, EngineError> {
+    pub async fn entries(
+        &self,
+        scope: Option<&CompanyScope>,
+    ) -> Result<Vec<ToolEntry>, EngineError> {
         let mut all = builtin_entries();
         all.extend(self.config().shipped.iter().cloned());
         all.extend(self.ctx.store.list_tools(scope).await?);
@@ -473,7 +487,11 @@ impl Tools {
 
     /// What an agent with `domains` working for `scope`'s company is
     /// offered now (see the module's comment).
-    pub async fn offer(&self, scope: &CompanyScope, domains: &[String]) -> Result<Offer, EngineError> {
+    pub async fn offer(
+        &self,
+        scope: &CompanyScope,
+        domains: &[String],
+    ) -> Result<Offer, EngineError> {
         let entries = self.entries(Some(scope)).await?;
         let chosen = kira_core::tools::available(&entries, Some(scope.company()), domains);
         let configs = self
@@ -555,7 +573,10 @@ impl Tools {
                 let route = Route::Http(http::HttpTool {
                     method: method.clone(),
                     url: url.clone(),
-                    headers: headers.iter().map(|(k, v)| (k.clone(), inject(v))).collect(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), inject(v)))
+                        .collect(),
                     result: result.clone(),
                 });
                 add(entry.name.clone(), spec, route);
@@ -618,7 +639,13 @@ impl Tools {
 
     /// The wrapper: runs `name` from `offer` with `args` for the context's
     /// company (see the module's comment), and audits the call.
-    pub async fn call(&self, offer: &Offer, cx: &CallContext<'_>, name: &str, args: &Value) -> CallResult {
+    pub async fn call(
+        &self,
+        offer: &Offer,
+        cx: &CallContext<'_>,
+        name: &str,
+        args: &Value,
+    ) -> CallResult {
         let t0 = Instant::now();
         let now = self.ctx.clock.now();
         let (result, layer, args_seen) = self.run_call(offer, cx, name, args, now).await;
@@ -689,7 +716,13 @@ impl Tools {
         args: &Value,
         now: DateTime<Utc>,
     ) -> ((String, bool, &'static str, usize), Option<Layer>, Value) {
-        let refused = |m: String| ((format!("error: {m}"), true, "refused", 0), None, args.clone());
+        let refused = |m: String| {
+            (
+                (format!("error: {m}"), true, "refused", 0),
+                None,
+                args.clone(),
+            )
+        };
         if offer.company.as_ref() != Some(cx.scope.company()) {
             return refused("this offer is another company's".into());
         }
@@ -716,9 +749,14 @@ impl Tools {
         let (text, error, outcome) = match &tool.route {
             Route::Builtin => match Engine::upgrade(&self.engine) {
                 Some(engine) => {
-                    let fut = builtin::call(&engine, cx.scope, name, &sent, cx.request_id, cx.actor);
+                    let fut =
+                        builtin::call(&engine, cx.scope, name, &sent, cx.request_id, cx.actor);
                     match tokio::time::timeout(tool.timeout, fut).await {
-                        Ok(out) => (out.content, out.error, if out.error { "error" } else { "ok" }),
+                        Ok(out) => (
+                            out.content,
+                            out.error,
+                            if out.error { "error" } else { "ok" },
+                        ),
                         Err(_) => timeout_text(tool.timeout),
                     }
                 }
@@ -733,23 +771,29 @@ impl Tools {
                 } else {
                     "failed"
                 };
-                (if error { format!("error: {text}") } else { text }, error, outcome)
+                (
+                    if error {
+                        format!("error: {text}")
+                    } else {
+                        text
+                    },
+                    error,
+                    outcome,
+                )
             }
-            Route::Mcp { server, tool: t } => {
-                match server.call(t, &sent, tool.timeout).await {
-                    Ok(r) => {
-                        let is_error = r.is_error.unwrap_or(false);
-                        let text = mcp::result_text(&r);
-                        if is_error {
-                            (format!("error: {text}"), true, "error")
-                        } else {
-                            (text, false, "ok")
-                        }
+            Route::Mcp { server, tool: t } => match server.call(t, &sent, tool.timeout).await {
+                Ok(r) => {
+                    let is_error = r.is_error.unwrap_or(false);
+                    let text = mcp::result_text(&r);
+                    if is_error {
+                        (format!("error: {text}"), true, "error")
+                    } else {
+                        (text, false, "ok")
                     }
-                    Err(mcp::McpError::Timeout { .. }) => timeout_text(tool.timeout),
-                    Err(e) => (format!("error: {e}"), true, "failed"),
                 }
-            }
+                Err(mcp::McpError::Timeout { .. }) => timeout_text(tool.timeout),
+                Err(e) => (format!("error: {e}"), true, "failed"),
+            },
         };
         let bytes = text.len();
         ((text, error, outcome, bytes), layer, sent)
@@ -789,7 +833,11 @@ impl Tools {
                 if !DOMAINS.contains(&d) && !BUILTIN_DOMAINS.contains(&d) {
                     return Err(EngineError::Parameter(ValidationError::new(
                         "domain",
-                        format!("must be one of {}, {}", DOMAINS.join(", "), BUILTIN_DOMAINS.join(", ")),
+                        format!(
+                            "must be one of {}, {}",
+                            DOMAINS.join(", "),
+                            BUILTIN_DOMAINS.join(", ")
+                        ),
                     )));
                 }
                 vec![d.to_owned()]
@@ -848,8 +896,9 @@ impl Tools {
             company_id: entry.company_id.clone(),
             action: "tool.add".into(),
             target: format!("tool:{}:{}", entry.layer.as_str(), entry.name),
-            detail: json!({"layer": entry.layer, "domain": entry.domain, "source": entry.source.kind()})
-                .to_string(),
+            detail:
+                json!({"layer": entry.layer, "domain": entry.domain, "source": entry.source.kind()})
+                    .to_string(),
             ..audit
         };
         Ok(self.ctx.store.add_tool(who, &entry, audit).await?)
@@ -918,7 +967,10 @@ impl Tools {
         audit: AuditRecord,
     ) -> Result<(), EngineError> {
         if tool.is_empty() || tool.len() > 200 {
-            return Err(EngineError::Parameter(ValidationError::new("tool", "1 to 200 bytes")));
+            return Err(EngineError::Parameter(ValidationError::new(
+                "tool",
+                "1 to 200 bytes",
+            )));
         }
         if let Some(c) = config {
             let ok = c.as_object().is_some_and(|o| {

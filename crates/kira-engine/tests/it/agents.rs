@@ -184,7 +184,12 @@ pub(crate) async fn setup(backend: Backend) -> Setup {
     s
 }
 
-pub(crate) fn engine_with(s: &Setup, fake: &FakeLlm, cfg: EngineConfig, sleeper: Arc<NoSleep>) -> Engine {
+pub(crate) fn engine_with(
+    s: &Setup,
+    fake: &FakeLlm,
+    cfg: EngineConfig,
+    sleeper: Arc<NoSleep>,
+) -> Engine {
     let provider = OpenAi::new("openai", &fake.base, None, Duration::from_secs(10)).expect("p");
     let policy = RetryPolicy {
         max_retries: 1,

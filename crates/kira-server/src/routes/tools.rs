@@ -86,7 +86,11 @@ fn company_id(raw: &str) -> ApiResult<CompanyId> {
 /// The scope `company` names for the caller: a company key's own company
 /// by default (another company's answers 404), the admin's choice (none:
 /// no company).
-fn scope_of(caller: &Caller, company: Option<&str>, access: Access) -> ApiResult<Option<CompanyScope>> {
+fn scope_of(
+    caller: &Caller,
+    company: Option<&str>,
+    access: Access,
+) -> ApiResult<Option<CompanyScope>> {
     let named = company.map(company_id).transpose()?;
     if let Ok(admin) = caller.principal.admin() {
         return Ok(named.map(|c| admin.company(&c, access)));
@@ -116,8 +120,16 @@ pub async fn list_tools(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ToolList>> {
     let parsed: ApiResult<ToolsQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.list", "tools", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.list",
+        "tools",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = scope_of(&caller, q.company.as_deref(), Access::Read)?;
@@ -147,8 +159,16 @@ pub async fn add_tool(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ToolEntry>)> {
     let new: ApiResult<NewTool> = json_body(body, app.cfg.max_body_bytes);
-    let named = new.as_ref().ok().and_then(|n| n.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.add", "tools", named.as_ref().or(caller.principal.company()));
+    let named = new
+        .as_ref()
+        .ok()
+        .and_then(|n| n.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.add",
+        "tools",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let new = new?;
         let admin = caller.principal.admin().ok();
@@ -187,8 +207,16 @@ pub async fn show_tool(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ToolView>> {
     let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.show", "tool", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.show",
+        "tool",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = required(scope_of(&caller, q.company.as_deref(), Access::Read)?)?;
@@ -217,21 +245,37 @@ pub async fn remove_tool(
     RawQuery(q): RawQuery,
 ) -> ApiResult<StatusCode> {
     let parsed: ApiResult<RemoveQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.remove", "tool", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.remove",
+        "tool",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let layer = Layer::parse(q.layer.as_deref().unwrap_or("company"))
             .map_err(|e| ApiError::bad_request("layer", e.message))?;
         let admin = caller.principal.admin().ok();
         let scope = match layer {
-            Layer::Company => Some(required(scope_of(&caller, q.company.as_deref(), Access::Write)?)?),
+            Layer::Company => Some(required(scope_of(
+                &caller,
+                q.company.as_deref(),
+                Access::Write,
+            )?)?),
             _ if admin.is_some() => None,
             _ => return Err(ApiError::forbidden()),
         };
         let key = ToolKey {
             layer,
-            domain: if layer == Layer::Domain { q.domain.clone() } else { None },
+            domain: if layer == Layer::Domain {
+                q.domain.clone()
+            } else {
+                None
+            },
             company: scope.as_ref().map(|s| s.company().clone()),
             name,
         };
@@ -267,8 +311,16 @@ pub async fn test_tool(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<CallResult>> {
     let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.test", "tool", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.test",
+        "tool",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = required(scope_of(&caller, q.company.as_deref(), Access::Write)?)?;
@@ -296,12 +348,25 @@ pub async fn list_configs(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ToolConfigs>> {
     let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.configs", "tools", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.configs",
+        "tools",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = required(scope_of(&caller, q.company.as_deref(), Access::Read)?)?;
-        let configs = app.engine.tools().configs(&scope).await.map_err(engine_err)?;
+        let configs = app
+            .engine
+            .tools()
+            .configs(&scope)
+            .await
+            .map_err(engine_err)?;
         Ok(Json(ToolConfigs { configs }))
     }
     .await;
@@ -323,8 +388,16 @@ pub async fn put_config(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.configure", "tool", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.configure",
+        "tool",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = required(scope_of(&caller, q.company.as_deref(), Access::Write)?)?;
@@ -366,12 +439,25 @@ pub async fn list_credentials(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<CredentialList>> {
     let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.credentials", "credentials", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.credentials",
+        "credentials",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = required(scope_of(&caller, q.company.as_deref(), Access::Read)?)?;
-        let credentials = app.engine.tools().credentials(&scope).await.map_err(engine_err)?;
+        let credentials = app
+            .engine
+            .tools()
+            .credentials(&scope)
+            .await
+            .map_err(engine_err)?;
         Ok(Json(CredentialList { credentials }))
     }
     .await;
@@ -396,13 +482,25 @@ pub async fn put_credential(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.credential.set", "credential", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.credential.set",
+        "credential",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = required(scope_of(&caller, q.company.as_deref(), Access::Write)?)?;
         let b: CredentialBody = json_body(body, app.cfg.max_body_bytes)?;
-        let how = if b.rotate { CredentialWrite::Rotate } else { CredentialWrite::Set };
+        let how = if b.rotate {
+            CredentialWrite::Rotate
+        } else {
+            CredentialWrite::Set
+        };
         app.engine
             .tools()
             .set_credential(&scope, &name, &b.value, how, act.ok())
@@ -426,8 +524,16 @@ pub async fn delete_credential(
     RawQuery(q): RawQuery,
 ) -> ApiResult<StatusCode> {
     let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
-    let named = parsed.as_ref().ok().and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
-    let act = caller.act(&app, "tool.credential.delete", "credential", named.as_ref().or(caller.principal.company()));
+    let named = parsed
+        .as_ref()
+        .ok()
+        .and_then(|q| q.company.as_deref().and_then(|c| CompanyId::parse(c).ok()));
+    let act = caller.act(
+        &app,
+        "tool.credential.delete",
+        "credential",
+        named.as_ref().or(caller.principal.company()),
+    );
     let result = async {
         let q = parsed?;
         let scope = required(scope_of(&caller, q.company.as_deref(), Access::Write)?)?;

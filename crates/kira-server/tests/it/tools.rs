@@ -28,7 +28,9 @@ async fn weather() -> String {
             axum::Json(json!({"now": {"summary": format!("sunny in {city} ({})", q.0.unwrap_or_default())}}))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
     format!("http://{addr}")
@@ -78,7 +80,14 @@ async fn bad_registrations_are_refused_naming_the_field(backend: Backend) {
         ),
     ];
     for (body, field) in cases {
-        let (status, v) = s.call(Method::POST, "/v1/tools", Some(&s.admin), Some(body.clone())).await;
+        let (status, v) = s
+            .call(
+                Method::POST,
+                "/v1/tools",
+                Some(&s.admin),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(status, 400, "{body}: {v}");
         assert_eq!(v["error"]["field"], field, "{body}: {v}");
     }
@@ -93,8 +102,13 @@ async fn bad_registrations_are_refused_naming_the_field(backend: Backend) {
         )
         .await;
     assert_eq!(status, 403, "{v}");
-    let (_, list) = s.call(Method::GET, "/v1/tools?company=acme", Some(&s.admin), None).await;
-    assert!(names(&list).iter().all(|n| n != "x" && n != "sh"), "nothing written: {list}");
+    let (_, list) = s
+        .call(Method::GET, "/v1/tools?company=acme", Some(&s.admin), None)
+        .await;
+    assert!(
+        names(&list).iter().all(|n| n != "x" && n != "sh"),
+        "nothing written: {list}"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +128,12 @@ async fn a_companys_tools_are_invisible_to_another_companys_keys(backend: Backen
     let base = weather().await;
     let (_, acme_op) = s.key("operator", Some("acme")).await;
     let (status, v) = s
-        .call(Method::POST, "/v1/tools", Some(&acme_op), Some(http_tool("acmeweather", "acme", &base)))
+        .call(
+            Method::POST,
+            "/v1/tools",
+            Some(&acme_op),
+            Some(http_tool("acmeweather", "acme", &base)),
+        )
         .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["layer"], "company");
@@ -128,7 +147,10 @@ async fn a_companys_tools_are_invisible_to_another_companys_keys(backend: Backen
         .find(|t| t["name"] == "acmeweather")
         .expect("listed")
         .clone();
-    assert_eq!((tool["layer"].as_str(), tool["source"].as_str()), (Some("company"), Some("http")));
+    assert_eq!(
+        (tool["layer"].as_str(), tool["source"].as_str()),
+        (Some("company"), Some("http"))
+    );
 
     // The operator tests it as its company: through the wrapper, audited.
     let (status, r) = s
@@ -171,7 +193,10 @@ async fn a_companys_tools_are_invisible_to_another_companys_keys(backend: Backen
             ),
         ] {
             let (status, v) = s.call(method.clone(), path, Some(&other), body).await;
-            assert!(status == 404 || status == 403, "{role} {method} {path}: {status} {v}");
+            assert!(
+                status == 404 || status == 403,
+                "{role} {method} {path}: {status} {v}"
+            );
             assert!(!v.to_string().contains("sunny"), "{v}");
         }
         // Its own test of acme's tool name finds nothing to call.
@@ -195,15 +220,24 @@ async fn a_companys_tools_are_invisible_to_another_companys_keys(backend: Backen
     let (_, list) = s.call(Method::GET, "/v1/tools", Some(&acme_op), None).await;
     assert!(names(&list).contains(&"acmeweather".to_owned()));
     assert!(!names(&list).contains(&"spy".to_owned()));
-    let (_, configs) = s.call(Method::GET, "/v1/tools/configs", Some(&acme_op), None).await;
+    let (_, configs) = s
+        .call(Method::GET, "/v1/tools/configs", Some(&acme_op), None)
+        .await;
     assert_eq!(configs["configs"], json!([]));
     let audit = s.audit().await;
-    let calls: Vec<&Value> = audit.iter().filter(|e| e["action"] == "tool.call").collect();
+    let calls: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "tool.call")
+        .collect();
     let acme_calls: Vec<&&Value> = calls.iter().filter(|e| e["company_id"] == "acme").collect();
     assert_eq!(acme_calls.len(), 1, "{calls:?}");
     assert_eq!(acme_calls[0]["target"], "acmeweather");
-    let detail: Value = serde_json::from_str(acme_calls[0]["detail"].as_str().expect("detail")).expect("json");
-    assert_eq!(detail["arguments"], json!({"city": "Berlin", "units": "metric"}));
+    let detail: Value =
+        serde_json::from_str(acme_calls[0]["detail"].as_str().expect("detail")).expect("json");
+    assert_eq!(
+        detail["arguments"],
+        json!({"city": "Berlin", "units": "metric"})
+    );
     assert_eq!(detail["outcome"], "ok");
     assert!(
         audit

@@ -15,9 +15,7 @@ use uuid::Uuid;
 
 use crate::flow::store::{Db, commit_or_roll_back, lock_company};
 use crate::sql::{Columns, Conn, q};
-use crate::tools::{
-    CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolStore, ToolWriter,
-};
+use crate::tools::{CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolStore, ToolWriter};
 use crate::{Result, StoreError};
 
 fn entry_from_row<R: Columns + ?Sized>(r: &R) -> Result<ToolEntry> {
@@ -55,10 +53,9 @@ async fn list(c: &mut dyn Conn, company: Option<&CompanyId>) -> Result<Vec<ToolE
 }
 
 async fn insert(c: &mut dyn Conn, e: &ToolEntry, audit: AuditRecord) -> Result<ToolEntry> {
-    let source =
-        serde_json::to_value(&e.source).map_err(|x| StoreError::Corrupt(x.to_string()))?;
+    let source = serde_json::to_value(&e.source).map_err(|x| StoreError::Corrupt(x.to_string()))?;
     let slot = ToolKey::of(e).slot();
-    let at = e.created_at.unwrap_or_else(|| audit.at).trunc_subsecs(6);
+    let at = e.created_at.unwrap_or(audit.at).trunc_subsecs(6);
     let s = q(
         "INSERT INTO tool_registrations (tool_id, slot, name, layer, domain, company_id, \
          description, source, timeout_ms, created_by, created_at) \
@@ -194,8 +191,10 @@ impl<D: Db> ToolStore for D {
         let mut r = self.read_for(scope.company()).await?;
         let rows = r
             .all(
-                q("SELECT tool, config, updated_by, updated_at FROM tool_configs \
-                   WHERE company_id = $1 ORDER BY tool")
+                q(
+                    "SELECT tool, config, updated_by, updated_at FROM tool_configs \
+                   WHERE company_id = $1 ORDER BY tool",
+                )
                 .arg(scope.company().as_str()),
             )
             .await?;
@@ -320,8 +319,10 @@ impl<D: Db> ToolStore for D {
         let mut r = self.read_for(scope.company()).await?;
         let rows = r
             .all(
-                q("SELECT tool, created_by, created_at, rotated_at FROM tool_credentials \
-                   WHERE company_id = $1 ORDER BY tool")
+                q(
+                    "SELECT tool, created_by, created_at, rotated_at FROM tool_credentials \
+                   WHERE company_id = $1 ORDER BY tool",
+                )
                 .arg(scope.company().as_str()),
             )
             .await?;
