@@ -15,6 +15,8 @@ use super::Ctx;
 use crate::client::decode;
 use crate::output;
 
+// Parsed once per process: the size of `Add` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ToolsCommand {
     /// What an agent of a domain working for a company is offered, with
