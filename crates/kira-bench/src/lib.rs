@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod queue;
 pub mod report;
 pub mod scale;
+pub mod tools;
 
 pub use report::{Percentiles, percentiles};
 
@@ -61,6 +62,10 @@ pub enum BenchCommand {
     /// of six agents, then `GET /metrics` and a company's week of metrics
     /// timed through the HTTP API.
     Metrics(metrics::MetricsArgs),
+    /// Tool calls: the company wrapper's overhead per call (p50/p99) next
+    /// to a direct rmcp call to the same stdio MCP server, then calls per
+    /// second from concurrent callers and what the rate limit refuses.
+    Tools(tools::ToolsArgs),
     /// One worker process of `bench queue --processes N` (internal).
     #[command(hide = true)]
     QueueWorker {
@@ -82,6 +87,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> Result<ExitCode, BenchError> 
         BenchCommand::MemoryScale(args) => scale::command(args, json).await,
         BenchCommand::Longmemeval(args) => longmemeval::command(args, json).await,
         BenchCommand::Metrics(args) => metrics::command(args, json).await,
+        BenchCommand::Tools(args) => tools::command(args, json).await,
         BenchCommand::QueueWorker {
             database_url,
             overload,

@@ -109,6 +109,14 @@ pub enum Command {
     /// Alerts: list, show, acknowledge, resolve; silences (admin).
     #[command(subcommand)]
     Alerts(crate::commands::alerts::AlertsCommand),
+    /// Tools: the registry (infrastructure, domain, company layers), the
+    /// company's tool configurations, and test calls.
+    #[command(subcommand)]
+    Tools(crate::commands::tools::ToolsCommand),
+    /// A company's tool credentials: set and rotate (from stdin), list
+    /// (names and ages), delete.
+    #[command(subcommand)]
+    Credentials(crate::commands::credentials::CredentialsCommand),
     /// Conflict flags between companies naming the same counterparty (admin).
     #[command(subcommand)]
     Conflicts(crate::commands::sharing::ConflictsCommand),

@@ -168,6 +168,8 @@ struct FileConfig {
     metrics: kira_engine::metrics::MetricsSection,
     #[serde(default)]
     alerts: kira_engine::alerts::AlertsSection,
+    #[serde(default)]
+    tools: kira_engine::tools::ToolsSection,
 }
 
 impl FileConfig {
@@ -192,6 +194,7 @@ impl FileConfig {
             summarizer: self.summarizer.take(),
             metrics: std::mem::take(&mut self.metrics),
             alerts: std::mem::take(&mut self.alerts),
+            tools: std::mem::take(&mut self.tools),
         }
     }
 }
@@ -1047,7 +1050,7 @@ mod tests {
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
                  listen, metrics_listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
                  unauthenticated_audit_per_minute, budget, priority, scheduler, tasks, agents, task_types, executor, prices, knowledge, sharing, memory, context, \
-                 review, providers, primary, summarizer, metrics, alerts",
+                 review, providers, primary, summarizer, metrics, alerts, tools",
                 path.display()
             )
         );

@@ -127,6 +127,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents(cmd) => commands::agents::run(&ctx()?, cmd).await,
         Command::Metrics(cmd) => commands::metrics::run(&ctx()?, cmd).await,
         Command::Alerts(cmd) => commands::alerts::run(&ctx()?, cmd).await,
+        Command::Tools(cmd) => commands::tools::run(&ctx()?, cmd).await,
+        Command::Credentials(cmd) => commands::credentials::run(&ctx()?, cmd).await,
         Command::Conflicts(cmd) => commands::sharing::run_conflicts(&ctx()?, cmd).await,
         Command::Demo(args) => commands::demo::run(&ctx()?, args).await,
         Command::Secret(cmd) => commands::secret::run(cmd),

@@ -82,6 +82,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let env = |k: &str| std::env::var(k).ok();
     let engine = crate::agents::engine(store, &cfg.engine, &env)?;
     let engine = crate::models::with_models(engine);
+    tool_credentials(&engine, &env);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.scheduler().start(shutdown.clone());
     let memory_jobs = engine.memory().start_jobs(shutdown.clone());
@@ -139,6 +140,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "the engine did not stop in time; its leases will lapse and the tasks be retried"
         ),
     }
+    // The MCP servers kira started stop with it.
+    engine.tools().stop().await;
     wait_for_jobs([
         ("memory jobs", memory_jobs),
         ("metrics jobs", metrics_jobs),
@@ -198,6 +201,7 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
     let env = |k: &str| std::env::var(k).ok();
     let engine = crate::agents::engine(store, &cfg.engine, &env)?;
     let engine = crate::models::with_models(engine);
+    tool_credentials(&engine, &env);
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.scheduler().start(shutdown.clone());
     let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
@@ -214,8 +218,18 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let _ = tokio::time::timeout(ENGINE_STOP, metrics_jobs).await;
+    engine.tools().stop().await;
     tracing::info!("kira worker stopped");
     Ok(())
+}
+
+/// With `KIRA_SECRET_KEY` set, the companies' tool credentials can be set
+/// and are opened for their calls; without it, setting one is refused.
+fn tool_credentials(engine: &kira_engine::Engine, env: &dyn Fn(&str) -> Option<String>) {
+    match crate::secrets::MasterKey::from_env(env) {
+        Ok(key) => engine.tools().set_master_key(key),
+        Err(e) => tracing::info!("tool credentials are off: {e}"),
+    }
 }
 
 fn init_logging(filter: &str) {

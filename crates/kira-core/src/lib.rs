@@ -18,9 +18,11 @@ pub mod knowledge;
 pub mod memory;
 pub mod metrics;
 pub mod priority;
+pub mod seal;
 pub mod sharing;
 pub mod storable;
 pub mod task;
+pub mod tools;
 pub mod url;
 
 pub use error::ValidationError;

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub metrics: crate::metrics::MetricsConfig,
     /// Alert rules, teams and their channels (`[alerts]`).
     pub alerts: crate::alerts::AlertsConfig,
+    /// The tool wrapper's limits and the shipped tools (`[tools]`).
+    pub tools: crate::tools::ToolsConfig,
 }
 
 /// Which summariser compaction and the primary session use.
@@ -215,8 +217,11 @@ pub struct AgentConfig {
     #[serde(default)]
     pub fallback_models: Vec<String>,
     /// Tool domains the agent may use: `memory` (search and record the
-    /// company's memories) and `knowledge` (search the shared knowledge
-    /// base). Submitting the result is always allowed.
+    /// company's memories), `knowledge` (search the shared knowledge
+    /// base), and the registry's domains (legal, financial, technical,
+    /// content, research), whose domain tools it is then offered.
+    /// Infrastructure tools and its company's tools are every agent's;
+    /// submitting the result is always allowed.
     #[serde(default = "default_tools")]
     pub tools: Vec<String>,
     /// Model calls per run at most.
@@ -238,11 +243,22 @@ pub struct AgentConfig {
     pub context_budget: Option<usize>,
 }
 
-/// Tool domains an agent may be given.
-pub const TOOL_DOMAINS: [&str; 2] = ["memory", "knowledge"];
+/// Tool domains an agent may be given: the built-ins' and the registry's.
+pub const TOOL_DOMAINS: [&str; 7] = [
+    "memory",
+    "knowledge",
+    "legal",
+    "financial",
+    "technical",
+    "content",
+    "research",
+];
 
 fn default_tools() -> Vec<String> {
-    TOOL_DOMAINS.iter().map(|d| (*d).to_owned()).collect()
+    kira_core::tools::BUILTIN_DOMAINS
+        .iter()
+        .map(|d| (*d).to_owned())
+        .collect()
 }
 fn default_max_steps() -> u32 {
     6
@@ -562,9 +578,14 @@ pub enum ExecutorConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        // A specialist is offered its own domain's tools.
         let mut agents: BTreeMap<String, AgentConfig> = SPECIALISTS
             .iter()
-            .map(|s| ((*s).to_owned(), AgentConfig::with_slots(2)))
+            .map(|s| {
+                let mut a = AgentConfig::with_slots(2);
+                a.tools.push((*s).to_owned());
+                ((*s).to_owned(), a)
+            })
             .collect();
         agents.insert(PRIMARY.to_owned(), AgentConfig::with_slots(8));
         let t = |specialist: Option<&str>, max_output_tokens| TaskTypeConfig {
@@ -608,6 +629,7 @@ impl Default for EngineConfig {
             summarizer: SummarizerConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
+            tools: crate::tools::ToolsConfig::default(),
         }
     }
 }
@@ -653,6 +675,8 @@ pub struct EngineFile {
     pub metrics: crate::metrics::MetricsSection,
     #[serde(default)]
     pub alerts: crate::alerts::AlertsSection,
+    #[serde(default)]
+    pub tools: crate::tools::ToolsSection,
 }
 
 /// `[memory]`: retention, compaction, search; `[memory.layers]`,
@@ -808,6 +832,7 @@ impl EngineFile {
         }
         self.metrics.resolve(&mut c.metrics)?;
         self.alerts.resolve(&mut c.alerts)?;
+        self.tools.resolve(&mut c.tools)?;
         Ok(c)
     }
 }

@@ -36,6 +36,7 @@ pub mod scheduler;
 pub mod sharing;
 mod starting;
 pub mod tasks;
+pub mod tools;
 mod worker;
 
 pub use config::EngineConfig;
@@ -146,6 +147,7 @@ pub(crate) struct Services {
     agents: agent::Agents,
     metrics: Arc<metrics::Metrics>,
     alerts: Arc<alerts::Alerts>,
+    tools: tools::Tools,
 }
 
 impl Engine {
@@ -224,6 +226,7 @@ impl Engine {
                 agents: agent::Agents::new(ctx.clone(), scheduler.clone()),
                 metrics: metrics.clone(),
                 alerts: Arc::new(alerts::Alerts::new(ctx.clone(), metrics, sharing.clone())),
+                tools: tools::Tools::new(ctx.clone(), engine.clone()),
                 budget,
                 memory,
                 embeddings,
@@ -354,6 +357,12 @@ impl Engine {
     /// Alert rules, their evaluation and notifications; silences.
     pub fn alerts(&self) -> &Arc<alerts::Alerts> {
         &self.inner.alerts
+    }
+
+    /// The tool registry and the company wrapper every tool call goes
+    /// through.
+    pub fn tools(&self) -> &tools::Tools {
+        &self.inner.tools
     }
 
     /// The configured agents and their load.

@@ -94,6 +94,7 @@ pub struct App {
         (name = "agents", description = "The agent pool: models, limits and load"),
         (name = "metrics", description = "Task metrics per system, company and agent; the Prometheus exposition"),
         (name = "alerts", description = "Alerts: rules evaluated over the metrics, budgets and queue; acknowledgement, resolution, silences"),
+        (name = "tools", description = "Tools: the three-layer registry (infrastructure, domain, company), company tool configurations, and test calls through the company wrapper"),
     )
 )]
 struct ApiDoc;
@@ -187,6 +188,19 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::alerts::get_alert))
         .routes(routes!(routes::alerts::ack_alert))
         .routes(routes!(routes::alerts::resolve_alert))
+        .routes(routes!(routes::tools::list_tools, routes::tools::add_tool))
+        .routes(routes!(routes::tools::list_configs))
+        .routes(routes!(
+            routes::tools::show_tool,
+            routes::tools::remove_tool
+        ))
+        .routes(routes!(routes::tools::test_tool))
+        .routes(routes!(routes::tools::put_config))
+        .routes(routes!(routes::tools::list_credentials))
+        .routes(routes!(
+            routes::tools::put_credential,
+            routes::tools::delete_credential
+        ))
         .routes(routes!(routes::sharing::check_sharing))
         .routes(routes!(routes::sharing::list_conflicts))
         .routes(routes!(routes::sharing::resolve_conflict))

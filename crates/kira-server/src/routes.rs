@@ -13,3 +13,4 @@ pub mod reviews;
 pub mod sharing;
 pub mod system;
 pub mod tasks;
+pub mod tools;

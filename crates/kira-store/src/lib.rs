@@ -29,6 +29,7 @@ mod sql;
 pub mod sqlite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testdb;
+pub mod tools;
 pub mod work;
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +197,7 @@ pub trait Store:
     + agents::AgentStore
     + metrics::MetricsStore
     + alerts::AlertStore
+    + tools::ToolStore
 {
     fn backend(&self) -> Backend;
 

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod audit;
 pub mod budget;
 pub mod company;
+pub mod credentials;
 pub mod demo;
 pub mod knowledge;
 pub mod memory;
@@ -15,6 +16,7 @@ pub mod review;
 pub mod secret;
 pub mod sharing;
 pub mod task;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -17,3 +17,4 @@ mod stress;
 mod support;
 mod tamper;
 mod tasks;
+mod tools;

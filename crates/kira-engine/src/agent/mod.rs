@@ -8,9 +8,11 @@
 //! company takes the task and its outcome as a turn.
 //!
 //! Architecture invariant: a run touches company data only through
-//! `run.scope()`, the task's company; tools take no company (see
-//! [`tools`]), and a specialist's prompt is built from this task's company
-//! alone, so one company's data cannot reach another company's prompts.
+//! `run.scope()`, the task's company; tools take no company and every
+//! call goes through the company wrapper (see [`crate::tools`]), whose
+//! results come back fenced as data; and a specialist's prompt is built
+//! from this task's company alone, so one company's data cannot reach
+//! another company's prompts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,7 +38,6 @@ pub mod prompts;
 pub mod result;
 pub mod session;
 pub mod summarize;
-pub mod tools;
 
 /// Output tokens per call and context budget on the local model, whose
 /// window is small and which is slow on a CPU.
@@ -46,6 +47,35 @@ const REMOTE_OUTPUT: u32 = 1_024;
 const REMOTE_CONTEXT: usize = 4_000;
 /// Characters of a tool result kept in a trace.
 const TRACE_CHARS: usize = 2_000;
+
+/// The agent loop's own tool: the run's answer, never a wrapper call.
+pub const SUBMIT_RESULT: &str = "submit_result";
+
+fn submit_spec() -> ToolSpec {
+    ToolSpec {
+        name: SUBMIT_RESULT.into(),
+        description: "Submit the final result of the task. Call it once, at the end.".into(),
+        parameters: json!({
+            "type": "object",
+            "properties": {
+                "summary": {"type": "string", "description": "one or two sentences"},
+                "answer": {"type": "string", "description": "the full answer or deliverable"},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1}
+            },
+            "required": ["summary", "answer", "confidence"]
+        }),
+    }
+}
+
+/// What a run is offered, computed at its start from the registry and the
+/// company's configuration: the wrapper's offer, the specs the model is
+/// given (the offer's and `submit_result`), and the tokens of the system
+/// prompt with those specs.
+struct RunTools {
+    offer: crate::tools::Offer,
+    specs: Vec<ToolSpec>,
+    fixed_tokens: i64,
+}
 
 /// A provider as configured: the client, its default model, whether it is
 /// the local model, and how hard to retry it. Every agent on it shares its
@@ -113,9 +143,8 @@ pub struct AgentRuntime {
     pub local: bool,
     pub max_output_tokens: u32,
     pub context_budget: usize,
-    tools: Vec<ToolSpec>,
-    /// Tokens of the system prompt and the tool specs: every first prompt's
-    /// fixed part, counted once.
+    /// Tokens of the system prompt and the built-ins' specs: the least
+    /// every first prompt holds (a run's registry tools come on top).
     fixed_tokens: i64,
 }
 
@@ -169,7 +198,8 @@ impl AgentExecutor {
                 .system_prompt
                 .clone()
                 .unwrap_or_else(|| prompts::builtin(name));
-            let tools = tools::specs(&a.tools);
+            let mut tools = crate::tools::builtin::specs_for(&a.tools);
+            tools.push(submit_spec());
             let fixed_tokens = tokens_of(&[Message::system(system_prompt.clone())], &tools);
             agents.insert(
                 name.clone(),
@@ -186,7 +216,6 @@ impl AgentExecutor {
                     local: handle.local,
                     max_output_tokens: a.max_output_tokens.unwrap_or(out),
                     context_budget: a.context_budget.unwrap_or(ctx),
-                    tools,
                     config: a.clone(),
                 },
             );
@@ -548,9 +577,32 @@ impl AgentExecutor {
                 };
             }
         };
+        // What the run is offered: the registry and the company's tool
+        // configuration as they are now.
+        let offer = match run
+            .engine()
+            .tools()
+            .offer(run.scope(), &agent.config.tools)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                return ExecOutcome::Failed {
+                    error: format!("tools: {e}"),
+                    retryable: true,
+                };
+            }
+        };
+        let mut specs = offer.specs();
+        specs.push(submit_spec());
+        let tools = RunTools {
+            fixed_tokens: tokens_of(&messages[..1], &specs),
+            offer,
+            specs,
+        };
         let mut progress = Progress::default();
         if let Some(stopped) = self
-            .converse(run, agent, trace, &mut messages, &mut progress)
+            .converse(run, agent, &tools, trace, &mut messages, &mut progress)
             .await
         {
             return stopped;
@@ -623,6 +675,7 @@ impl AgentExecutor {
         &self,
         run: &mut Run,
         agent: &AgentRuntime,
+        tools: &RunTools,
         trace: &mut Trace,
         messages: &mut Vec<Message>,
         progress: &mut Progress,
@@ -647,7 +700,7 @@ impl AgentExecutor {
             // The call is known now: reserve its prompt as this provider
             // and model count it (kira's count, calibrated) plus the most
             // it may write.
-            let prompt = agent.fixed_tokens + tokens_of(&messages[1..], &[]);
+            let prompt = tools.fixed_tokens + tokens_of(&messages[1..], &[]);
             let factor = self.calibration.factor(&agent.provider_name, &agent.model);
             let call = Call {
                 prompt,
@@ -660,7 +713,7 @@ impl AgentExecutor {
                 break;
             }
             let resp = match self
-                .call_model(run, agent, trace, messages, &call, progress)
+                .call_model(run, agent, &tools.specs, trace, messages, &call, progress)
                 .await
             {
                 Ok(r) => r,
@@ -675,17 +728,21 @@ impl AgentExecutor {
                 progress.result = Some(result::from_text(&progress.last_text));
                 break;
             }
-            progress.result = Self::run_tools(run, agent, trace, calls, messages).await;
+            let left = limits.max_tokens_per_run - progress.used;
+            progress.result =
+                Self::run_tools(run, agent, tools, trace, calls, messages, left).await;
         }
         None
     }
 
     /// One model call: reserved before, settled after with the provider's
     /// usage (or the reservation when it reports none), and traced.
+    #[allow(clippy::too_many_arguments)]
     async fn call_model(
         &self,
         run: &mut Run,
         agent: &AgentRuntime,
+        specs: &[ToolSpec],
         trace: &mut Trace,
         messages: &[Message],
         call: &Call,
@@ -706,7 +763,7 @@ impl AgentExecutor {
             messages: messages.to_vec(),
             max_tokens: call.max_output,
             temperature: None,
-            tools: agent.tools.clone(),
+            tools: specs.to_vec(),
         };
         let resp = match agent.provider.chat(&req).await {
             Ok(r) => {
@@ -776,20 +833,24 @@ impl AgentExecutor {
         Ok(resp)
     }
 
-    /// Runs the model's tool calls in order, each answer added to
-    /// `messages`; the result when one of them submits it (the calls after
-    /// it are not run).
+    /// Runs the model's tool calls in order through the company wrapper,
+    /// each result added to `messages` fenced as the tool's data; the
+    /// result when one of them submits it (the calls after it are not
+    /// run). `left` is what the run has left of its tokens: a result is
+    /// cut to fit it.
     async fn run_tools(
         run: &Run,
         agent: &AgentRuntime,
+        tools: &RunTools,
         trace: &mut Trace,
         calls: Vec<ToolCall>,
         messages: &mut Vec<Message>,
+        mut left: i64,
     ) -> Option<FinalResult> {
         let source = run.task.task_id.to_string();
         let actor = format!("agent:{}", agent.name);
         for call in calls {
-            if call.name == tools::SUBMIT_RESULT {
+            if call.name == SUBMIT_RESULT {
                 let r = result::from_object(&call.arguments);
                 trace.push(
                     run,
@@ -800,27 +861,37 @@ impl AgentExecutor {
                 );
                 return Some(r);
             }
-            let t0 = std::time::Instant::now();
-            let out = tools::call(
-                run.engine(),
-                run.scope(),
-                &agent.config.tools,
-                &call.name,
-                &call.arguments,
-                &source,
-                &actor,
-            )
-            .await;
-            let ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
+            let cx = crate::tools::CallContext {
+                scope: run.scope(),
+                actor: &actor,
+                request_id: &source,
+                tokens_left: Some(left),
+            };
+            let out = run
+                .engine()
+                .tools()
+                .call(&tools.offer, &cx, &call.name, &call.arguments)
+                .await;
+            left -= out.result_tokens;
+            let ms = i64::try_from(out.latency_ms).unwrap_or(i64::MAX);
             let key = if out.error { "error" } else { "result" };
             trace.push(
                 run,
                 StepKind::Tool,
-                json!({"call_id": call.id, "name": call.name, "arguments": call.arguments, key: cut(&out.content, TRACE_CHARS)}),
+                json!({
+                    "call_id": call.id,
+                    "name": call.name,
+                    "arguments": tools.offer.redact(&call.arguments),
+                    key: cut(&out.content, TRACE_CHARS),
+                    "outcome": out.outcome,
+                    "layer": out.layer,
+                    "result_tokens": out.result_tokens,
+                    "cut": out.cut,
+                }),
                 (0, 0),
                 ms,
             );
-            messages.push(Message::tool(call.id.clone(), out.content));
+            messages.push(Message::tool(call.id.clone(), out.for_prompt()));
         }
         None
     }

@@ -34,7 +34,7 @@ type Script = dyn Fn(usize, &Value) -> (u16, Value) + Send + Sync;
 
 /// A fake chat-completions server: `script(n, request)` answers the n-th
 /// request (from 0); every request body is recorded.
-struct FakeLlm {
+pub(crate) struct FakeLlm {
     base: String,
     seen: Arc<Mutex<Vec<Value>>>,
 }
@@ -63,7 +63,7 @@ async fn answer(State(s): State<Arc<FakeState>>, body: Bytes) -> Response {
 }
 
 impl FakeLlm {
-    async fn start(
+    pub(crate) async fn start(
         clock: Option<(Arc<ManualClock>, TimeDelta)>,
         script: impl Fn(usize, &Value) -> (u16, Value) + Send + Sync + 'static,
     ) -> FakeLlm {
@@ -86,13 +86,13 @@ impl FakeLlm {
         }
     }
 
-    fn seen(&self) -> Vec<Value> {
+    pub(crate) fn seen(&self) -> Vec<Value> {
         self.seen.lock().expect("lock").clone()
     }
 }
 
 /// An OpenAI chat completion with `message` and usage.
-fn completion(message: Value, prompt: u32, completion: u32) -> (u16, Value) {
+pub(crate) fn completion(message: Value, prompt: u32, completion: u32) -> (u16, Value) {
     let finish = if message.get("tool_calls").is_some() {
         "tool_calls"
     } else {
@@ -108,14 +108,14 @@ fn completion(message: Value, prompt: u32, completion: u32) -> (u16, Value) {
     )
 }
 
-fn tool_call(id: &str, name: &str, args: Value) -> Value {
+pub(crate) fn tool_call(id: &str, name: &str, args: Value) -> Value {
     json!({"role": "assistant", "content": null, "tool_calls": [{
         "id": id, "type": "function",
         "function": {"name": name, "arguments": args.to_string()}
     }]})
 }
 
-fn submit(summary: &str, answer: &str, confidence: f64) -> Value {
+pub(crate) fn submit(summary: &str, answer: &str, confidence: f64) -> Value {
     tool_call(
         "call_submit",
         "submit_result",
@@ -125,7 +125,7 @@ fn submit(summary: &str, answer: &str, confidence: f64) -> Value {
 
 /// Backoff waits are recorded, not slept.
 #[derive(Default)]
-struct NoSleep(Mutex<Vec<Duration>>);
+pub(crate) struct NoSleep(Mutex<Vec<Duration>>);
 
 #[async_trait]
 impl Sleeper for NoSleep {
@@ -134,13 +134,13 @@ impl Sleeper for NoSleep {
     }
 }
 
-fn scope(c: &str) -> CompanyScope {
+pub(crate) fn scope(c: &str) -> CompanyScope {
     Principal::system()
         .scope(&CompanyId::parse(c).expect("id"), Access::Write)
         .expect("scope")
 }
 
-fn audit(c: &str) -> AuditRecord {
+pub(crate) fn audit(c: &str) -> AuditRecord {
     AuditRecord {
         at: t0(),
         request_id: String::new(),
@@ -153,13 +153,13 @@ fn audit(c: &str) -> AuditRecord {
     }
 }
 
-struct Setup {
-    store: Arc<dyn Store>,
-    clock: Arc<ManualClock>,
+pub(crate) struct Setup {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<ManualClock>,
     _dir: Option<tempfile::TempDir>,
 }
 
-async fn setup(backend: Backend) -> Setup {
+pub(crate) async fn setup(backend: Backend) -> Setup {
     let (store, dir) = fresh_store(backend).await;
     let s = Setup {
         store,
@@ -184,7 +184,12 @@ async fn setup(backend: Backend) -> Setup {
     s
 }
 
-fn engine_with(s: &Setup, fake: &FakeLlm, cfg: EngineConfig, sleeper: Arc<NoSleep>) -> Engine {
+pub(crate) fn engine_with(
+    s: &Setup,
+    fake: &FakeLlm,
+    cfg: EngineConfig,
+    sleeper: Arc<NoSleep>,
+) -> Engine {
     let provider = OpenAi::new("openai", &fake.base, None, Duration::from_secs(10)).expect("p");
     let policy = RetryPolicy {
         max_retries: 1,
@@ -221,7 +226,7 @@ async fn remember(e: &Engine, company: &str, text: &str, people: &[&str]) {
         .expect("memory");
 }
 
-async fn submit_task(e: &Engine, company: &str, text: &str, ty: &str) -> TaskId {
+pub(crate) async fn submit_task(e: &Engine, company: &str, text: &str, ty: &str) -> TaskId {
     let req: TaskRequest =
         serde_json::from_value(json!({"task": text, "type": ty, "priority": "high"}))
             .expect("request");
@@ -234,14 +239,14 @@ async fn submit_task(e: &Engine, company: &str, text: &str, ty: &str) -> TaskId 
 }
 
 /// Claims and runs everything runnable, to the end of the runs.
-async fn run_all(e: &Engine) {
+pub(crate) async fn run_all(e: &Engine) {
     let r = e.scheduler().tick().await.expect("tick");
     for h in r.runs {
         h.await.expect("run");
     }
 }
 
-fn messages_text(req: &Value) -> String {
+pub(crate) fn messages_text(req: &Value) -> String {
     req["messages"].to_string()
 }
 
@@ -308,12 +313,13 @@ async fn a_tool_call_is_executed_and_its_result_fed_back(b: Backend) {
         .iter()
         .map(|t| t["function"]["name"].as_str().expect("name"))
         .collect();
+    // The offer is by name; submitting is the loop's own, last.
     assert_eq!(
         tools,
         [
-            "search_memory",
             "record_memory",
             "search_knowledge",
+            "search_memory",
             "submit_result"
         ]
     );
@@ -326,11 +332,11 @@ async fn a_tool_call_is_executed_and_its_result_fed_back(b: Backend) {
         .clone();
     assert_eq!(last["role"], "tool");
     assert_eq!(last["tool_call_id"], "call_1");
+    let content = last["content"].as_str().expect("content");
+    assert!(content.contains("Initech services contract"));
     assert!(
-        last["content"]
-            .as_str()
-            .expect("content")
-            .contains("Initech services contract")
+        content.starts_with("<tool_output tool=\"search_memory\">"),
+        "fenced as the tool's data: {content}"
     );
 
     let trace = s

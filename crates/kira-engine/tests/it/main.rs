@@ -9,3 +9,4 @@ mod memory;
 mod review;
 mod scheduler;
 mod sharing;
+mod tools;

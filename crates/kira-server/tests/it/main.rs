@@ -16,3 +16,4 @@ mod reviews;
 mod sharing;
 mod support;
 mod tasks;
+mod tools;

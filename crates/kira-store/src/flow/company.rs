@@ -25,6 +25,7 @@ pub(crate) async fn delete_company_rows(
     crate::flow::sharing::delete_company_sharing(c, company, deleted).await?;
     crate::flow::memory::delete_company_memory(c, company, deleted).await?;
     crate::flow::agents::delete_company_agents(c, company, deleted).await?;
+    crate::flow::tools::delete_company_tools(c, company, deleted).await?;
     let now = now.trunc_subsecs(6);
     crate::flow::budget::release_company(c, company, now, "company deleted").await?;
     // What it spent of the base pool stays spent: it moves to the pool row.
@@ -54,6 +55,22 @@ pub(crate) const AGENT_ROWS: &Rows = &[
     (
         "agent_sessions",
         "DELETE FROM agent_sessions WHERE company_id = $1",
+    ),
+];
+
+/// The company's tool registrations and tool configurations.
+pub(crate) const TOOL_ROWS: &Rows = &[
+    (
+        "tool_registrations",
+        "DELETE FROM tool_registrations WHERE company_id = $1",
+    ),
+    (
+        "tool_configs",
+        "DELETE FROM tool_configs WHERE company_id = $1",
+    ),
+    (
+        "tool_credentials",
+        "DELETE FROM tool_credentials WHERE company_id = $1",
     ),
 ];
 

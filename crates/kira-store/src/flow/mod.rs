@@ -18,3 +18,4 @@ pub(crate) mod metrics;
 pub(crate) mod sharing;
 pub(crate) mod store;
 pub(crate) mod tasks;
+pub(crate) mod tools;

@@ -15,6 +15,7 @@ use kira_store::metrics::MetricsStore;
 use kira_store::postgres::{APP_ROLE, PgStore};
 use kira_store::sharing::SharingStore;
 use kira_store::testdb::fresh_postgres;
+use kira_store::tools::ToolStore;
 use kira_store::work::{ClaimOutcome, Finish, TaskStore};
 use kira_store::{AuditStore, CompanyStore};
 use sqlx::postgres::PgQueryResult;
@@ -23,7 +24,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 14] = [
+const COMPANY_TABLES: [&str; 16] = [
     "companies",
     "audit_log",
     "memories",
@@ -38,6 +39,8 @@ const COMPANY_TABLES: [&str; 14] = [
     "metric_rollups",
     "alerts",
     "alert_notifications",
+    "tool_registrations",
+    "tool_configs",
 ];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
@@ -165,6 +168,40 @@ async fn setup() -> (PgStore, String) {
             )
             .await
             .expect("consent");
+        let tool = kira_core::tools::ToolEntry {
+            name: "crm".into(),
+            layer: kira_core::tools::Layer::Company,
+            domain: None,
+            company_id: Some(id.clone()),
+            description: format!("{id}'s crm"),
+            source: kira_core::tools::ToolSource::McpStdio {
+                command: "/bin/true".into(),
+                args: vec![],
+                env: Default::default(),
+            },
+            timeout_ms: None,
+            created_by: "system".into(),
+            created_at: Some(crate::support::t0()),
+        };
+        store
+            .add_tool(
+                kira_store::tools::ToolWriter::Company(&scope),
+                &tool,
+                record(Some(&id), "tool.add"),
+            )
+            .await
+            .expect("tool");
+        store
+            .put_tool_config(
+                &scope,
+                "crm.lookup",
+                Some(&serde_json::json!({"defaults": {"region": "eu"}})),
+                "system",
+                crate::support::t0(),
+                record(Some(&id), "tool.configure"),
+            )
+            .await
+            .expect("tool config");
     }
     // Once both exist, so the budget period allocates to both.
     for id in [A, B] {
@@ -419,9 +456,9 @@ async fn app_role_sees_only_the_named_company() {
     }
     assert_eq!(
         count(&mut app, "audit_log").await,
-        9,
-        "A's create, update, memory insert, publication, consent, task submission and review, \
-         and a second task's submission and cancel"
+        11,
+        "A's create, update, memory insert, publication, consent, tool registration and \
+         configuration, task submission and review, and a second task's submission and cancel"
     );
     // The full-text path is filtered like any other read.
     let found: i64 = sqlx::query_scalar(

@@ -1,5 +1,8 @@
-//! The built-in tools of an agent: search the company's memory, record a
-//! memory, search the shared knowledge base, and submit the result.
+//! kira's own tools, offered behind the same interface as registered ones
+//! (domain-layer entries of the domains `memory` and `knowledge`): search
+//! the company's memory, record a memory, search the shared knowledge
+//! base. (Submitting the result is the agent loop's own, not a tool call
+//! that reaches the wrapper.)
 //!
 //! Architecture invariant: no tool takes a company. Each runs with the
 //! run's `CompanyScope` (the task's company), and arguments are parsed
@@ -21,84 +24,85 @@ use crate::memory::render_memory;
 pub const SEARCH_MEMORY: &str = "search_memory";
 pub const RECORD_MEMORY: &str = "record_memory";
 pub const SEARCH_KNOWLEDGE: &str = "search_knowledge";
-pub const SUBMIT_RESULT: &str = "submit_result";
 
 const MAX_HITS: u32 = 20;
 const DEFAULT_HITS: u32 = 5;
 
-/// The tools an agent with these domains is offered.
-pub fn specs(domains: &[String]) -> Vec<ToolSpec> {
-    let mut out = Vec::new();
-    if domains.iter().any(|d| d == "memory") {
-        out.push(ToolSpec {
-            name: SEARCH_MEMORY.into(),
-            description: "Search this company's memory (decisions, meetings, contracts, \
-                          people, past task results). Returns the best matches, newest \
-                          and most important first."
-                .into(),
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "query": {"type": "string", "description": "what to look for"},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_HITS},
-                    "workstream": {"type": "string", "description": "legal, financial, operational, technical, content, research or general"},
-                    "event_type": {"type": "string", "description": "decision, meeting, context, person, goal, issue, contract, progress, task_result or note"}
-                },
-                "required": ["query"],
-                "additionalProperties": false
-            }),
-        });
-        out.push(ToolSpec {
-            name: RECORD_MEMORY.into(),
-            description: "Record something this company should remember (a decision, a \
-                          deadline, a commitment, a fact learned)."
-                .into(),
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "text": {"type": "string"},
-                    "event_type": {"type": "string"},
-                    "workstream": {"type": "string"},
-                    "category": {"type": "string"},
-                    "importance": {"type": "integer", "minimum": 1, "maximum": 10}
-                },
-                "required": ["text"],
-                "additionalProperties": false
-            }),
-        });
-    }
-    if domains.iter().any(|d| d == "knowledge") {
-        out.push(ToolSpec {
-            name: SEARCH_KNOWLEDGE.into(),
-            description: "Search the shared knowledge base (legal frameworks, business \
-                          patterns, industry standards)."
-                .into(),
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "query": {"type": "string"},
-                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_HITS},
-                    "domain": {"type": "string"}
-                },
-                "required": ["query"],
-                "additionalProperties": false
-            }),
-        });
-    }
-    out.push(ToolSpec {
-        name: SUBMIT_RESULT.into(),
-        description: "Submit the final result of the task. Call it once, at the end.".into(),
-        parameters: json!({
-            "type": "object",
-            "properties": {
-                "summary": {"type": "string", "description": "one or two sentences"},
-                "answer": {"type": "string", "description": "the full answer or deliverable"},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1}
+/// Every built-in tool: its spec and its domain.
+pub fn specs() -> Vec<(ToolSpec, &'static str)> {
+    vec![
+        (
+            ToolSpec {
+                name: SEARCH_MEMORY.into(),
+                description: "Search this company's memory (decisions, meetings, contracts, \
+                              people, past task results). Returns the best matches, newest \
+                              and most important first."
+                    .into(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {
+                        "query": {"type": "string", "description": "what to look for"},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_HITS},
+                        "workstream": {"type": "string", "description": "legal, financial, operational, technical, content, research or general"},
+                        "event_type": {"type": "string", "description": "decision, meeting, context, person, goal, issue, contract, progress, task_result or note"}
+                    },
+                    "required": ["query"],
+                    "additionalProperties": false
+                }),
             },
-            "required": ["summary", "answer", "confidence"]
-        }),
-    });
-    out
+            "memory",
+        ),
+        (
+            ToolSpec {
+                name: RECORD_MEMORY.into(),
+                description: "Record something this company should remember (a decision, a \
+                              deadline, a commitment, a fact learned)."
+                    .into(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "event_type": {"type": "string"},
+                        "workstream": {"type": "string"},
+                        "category": {"type": "string"},
+                        "importance": {"type": "integer", "minimum": 1, "maximum": 10}
+                    },
+                    "required": ["text"],
+                    "additionalProperties": false
+                }),
+            },
+            "memory",
+        ),
+        (
+            ToolSpec {
+                name: SEARCH_KNOWLEDGE.into(),
+                description: "Search the shared knowledge base (legal frameworks, business \
+                              patterns, industry standards)."
+                    .into(),
+                parameters: json!({
+                    "type": "object",
+                    "properties": {
+                        "query": {"type": "string"},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_HITS},
+                        "domain": {"type": "string"}
+                    },
+                    "required": ["query"],
+                    "additionalProperties": false
+                }),
+            },
+            "knowledge",
+        ),
+    ]
+}
+
+/// The built-ins an agent with these domains is offered (what a run's
+/// fixed prompt is first counted with, before the registry is read).
+pub fn specs_for(domains: &[String]) -> Vec<ToolSpec> {
+    specs()
+        .into_iter()
+        .filter(|(_, d)| domains.iter().any(|x| x == d))
+        .map(|(s, _)| s)
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,13 +150,13 @@ pub struct ToolOutput {
 }
 
 impl ToolOutput {
-    fn ok(content: String) -> Self {
+    pub fn ok(content: String) -> Self {
         Self {
             content,
             error: false,
         }
     }
-    fn err(content: impl Into<String>) -> Self {
+    pub fn err(content: impl Into<String>) -> Self {
         Self {
             content: format!("error: {}", content.into()),
             error: true,
@@ -168,29 +172,22 @@ fn limit(l: Option<u32>) -> u32 {
     l.unwrap_or(DEFAULT_HITS).clamp(1, MAX_HITS)
 }
 
-/// Runs one tool call for `scope`'s company. `allowed` are the agent's
-/// domains; `source` names the task (for memories it records).
+/// Runs the built-in `name` for `scope`'s company; `source` names the
+/// task (for memories it records). Which agent may use it is the
+/// wrapper's to check.
 pub async fn call(
     engine: &Engine,
     scope: &CompanyScope,
-    allowed: &[String],
     name: &str,
     args: &Value,
     source: &str,
     actor: &str,
 ) -> ToolOutput {
-    let domain = match name {
-        SEARCH_MEMORY | RECORD_MEMORY => "memory",
-        SEARCH_KNOWLEDGE => "knowledge",
-        other => return ToolOutput::err(format!("no tool named '{other}'")),
-    };
-    if !allowed.iter().any(|d| d == domain) {
-        return ToolOutput::err(format!("this agent may not use {name}"));
-    }
     let out = match name {
         SEARCH_MEMORY => search_memory(engine, scope, args).await,
         RECORD_MEMORY => record_memory(engine, scope, args, source, actor).await,
-        _ => search_knowledge(engine, args).await,
+        SEARCH_KNOWLEDGE => search_knowledge(engine, args).await,
+        other => Err(ToolOutput::err(format!("no built-in tool named '{other}'"))),
     };
     out.unwrap_or_else(|e| e)
 }

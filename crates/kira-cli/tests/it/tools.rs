@@ -1,0 +1,117 @@
+//! `kira tools` through the real binary: an MCP server registered by the
+//! admin listed with its layer, source and namespaced tools, tested as the
+//! company, configured and removed; a command that does not exist refused
+//! with the field named and nothing written.
+
+use crate::support::{Server, fails, ok, ok_json};
+
+fn everything() -> String {
+    let dir = std::env::var_os("KIRA_MCP_SERVERS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/kira/npm/node_modules/.bin")
+        });
+    let p = dir.join("mcp-server-everything");
+    assert!(
+        p.exists(),
+        "{}: run ./scripts/install-mcp-servers",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+#[test]
+fn tools_add_list_test_configure_remove() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(work.path(), &[]);
+    ok(server.kira().args([
+        "company",
+        "add",
+        "acme",
+        "--name",
+        "Acme",
+        "--industry",
+        "fintech",
+        "--jurisdiction",
+        "US-DE",
+    ]));
+    let bad = fails(
+        server.kira().args([
+            "tools",
+            "add",
+            "ghost",
+            "--layer",
+            "infrastructure",
+            "--command",
+            "/no/such/kira-mcp-server",
+        ]),
+        1,
+    );
+    assert!(bad.stderr.contains("source.command"), "{}", bad.stderr);
+
+    let cmd = everything();
+    let out = ok(server.kira().args([
+        "tools",
+        "add",
+        "everything",
+        "--layer",
+        "company",
+        "--company",
+        "acme",
+        "--command",
+        &cmd,
+        "--arg",
+        "stdio",
+    ]));
+    assert!(
+        out.contains("registered everything (company layer, mcp_stdio)"),
+        "{out}"
+    );
+
+    let list = ok(server
+        .kira()
+        .args(["tools", "list", "--company", "acme", "--domain", "legal"]));
+    assert!(
+        list.contains("everything") && list.contains("mcp_stdio"),
+        "{list}"
+    );
+    assert!(list.contains("everything.echo"), "{list}");
+    assert!(!list.contains("ghost"), "nothing written: {list}");
+    let json = ok_json(
+        server
+            .kira()
+            .args(["--json", "tools", "list", "--company", "acme"]),
+    );
+    let names: Vec<&str> = json["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name"))
+        .collect();
+    assert!(
+        names.contains(&"search_memory") && names.contains(&"everything"),
+        "{names:?}"
+    );
+
+    ok(server.kira().args([
+        "tools",
+        "configure",
+        "everything.echo",
+        "--company",
+        "acme",
+        "--config",
+        r#"{"defaults": {"message": "from the company's defaults"}}"#,
+    ]));
+    let out = ok(server
+        .kira()
+        .args(["tools", "test", "everything.echo", "--company", "acme"]));
+    assert!(out.starts_with("ok ("), "{out}");
+    assert!(out.contains("Echo: from the company's defaults"), "{out}");
+
+    ok(server
+        .kira()
+        .args(["tools", "remove", "everything", "--company", "acme"]));
+    let list = ok(server.kira().args(["tools", "list", "--company", "acme"]));
+    assert!(!list.contains("everything"), "{list}");
+}

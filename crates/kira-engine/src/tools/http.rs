@@ -1,0 +1,145 @@
+//! Plain HTTP tools: a registered method, URL template, headers and
+//! result pointer, called with the model's arguments (the template's
+//! parameters percent-encoded into the path, the rest in the query for
+//! GET and DELETE, else as a JSON body).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// A registered HTTP tool. Its headers may hold a company's credential:
+/// it is never printed (no `Debug`).
+#[derive(Clone, PartialEq)]
+pub struct HttpTool {
+    pub method: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub result: Option<String>,
+}
+
+/// What a call gave back: the text, and whether it is an error.
+pub async fn call(
+    client: &reqwest::Client,
+    tool: &HttpTool,
+    args: &Value,
+    timeout: Duration,
+) -> (String, bool) {
+    let empty = Map::new();
+    let args = args.as_object().unwrap_or(&empty);
+    let (url, rest) = match fill(&tool.url, args) {
+        Ok(v) => v,
+        Err(e) => return (e, true),
+    };
+    let method = match reqwest::Method::from_bytes(tool.method.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return (format!("method {} is not HTTP", tool.method), true),
+    };
+    let query_args = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
+    let mut url = match reqwest::Url::parse(&url) {
+        Ok(u) => u,
+        Err(e) => return (format!("the URL is not valid: {e}"), true),
+    };
+    if query_args && !rest.is_empty() {
+        url.query_pairs_mut()
+            .extend_pairs(rest.iter().map(|(k, v)| (k.clone(), plain(v))));
+    }
+    let mut req = client.request(method, url).timeout(timeout);
+    for (k, v) in &tool.headers {
+        req = req.header(k, v);
+    }
+    if !query_args {
+        req = req.json(&Value::Object(rest));
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return (format!("no answer within {} ms", timeout.as_millis()), true);
+        }
+        Err(e) => return (format!("request failed: {}", e.without_url()), true),
+    };
+    let status = resp.status();
+    let body = match resp.text().await {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                format!("reading the answer failed: {}", e.without_url()),
+                true,
+            );
+        }
+    };
+    if !status.is_success() {
+        return (format!("HTTP {}: {body}", status.as_u16()), true);
+    }
+    match tool.result.as_deref() {
+        None | Some("") => (body, false),
+        Some(ptr) => match serde_json::from_str::<Value>(&body) {
+            Ok(v) => match v.pointer(ptr) {
+                Some(Value::String(s)) => (s.clone(), false),
+                Some(other) => (other.to_string(), false),
+                None => (format!("the answer has nothing at {ptr}"), true),
+            },
+            Err(_) => (
+                format!("the answer is not JSON, so {ptr} cannot be read"),
+                true,
+            ),
+        },
+    }
+}
+
+/// A JSON value as a path or query part: strings as they are.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The template with its parameters filled in (percent-encoded), and the
+/// arguments it did not use.
+fn fill(template: &str, args: &Map<String, Value>) -> Result<(String, Map<String, Value>), String> {
+    let params = kira_core::tools::template_params(template)?;
+    let mut url = template.to_owned();
+    let mut rest = args.clone();
+    for p in params {
+        let v = rest
+            .remove(&p)
+            .ok_or_else(|| format!("missing argument '{p}'"))?;
+        let encoded: String = form_urlencoded_path(&plain(&v));
+        url = url.replace(&format!("{{{p}}}"), &encoded);
+    }
+    Ok((url, rest))
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn form_urlencoded_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn template_parameters_are_encoded_into_the_path_and_the_rest_is_kept() {
+        let args = json!({"city": "São Paulo/../x", "units": "metric"});
+        let (url, rest) = fill(
+            "https://w.example/{city}/now",
+            args.as_object().expect("obj"),
+        )
+        .expect("filled");
+        assert_eq!(url, "https://w.example/S%C3%A3o%20Paulo%2F..%2Fx/now");
+        assert_eq!(Value::Object(rest), json!({"units": "metric"}));
+        let missing = fill("https://w.example/{city}", &Map::new());
+        assert_eq!(missing.err().as_deref(), Some("missing argument 'city'"));
+    }
+}

@@ -1,0 +1,460 @@
+//! MCP servers over stdio, supervised: kira starts the server's command,
+//! talks MCP to it through `rmcp`, keeps its tools (`tools/list`, listed
+//! again on `notifications/tools/list_changed`), logs its stderr under its
+//! name, restarts it with backoff when it exits (at most
+//! `max_restarts_per_minute` times a minute) and stops it with kira.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, Tool};
+use rmcp::service::{NotificationContext, Peer, RoleClient};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{Notify, watch};
+
+/// What to start. Its environment may hold a company's credential: it
+/// is never printed (no `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Spawn {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// How a supervised server restarts.
+#[derive(Debug, Clone, Copy)]
+pub struct Supervision {
+    pub max_restarts_per_minute: u32,
+    /// The first wait before a restart; doubled after each quick exit.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Where a server stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Starting,
+    /// Running; its generation counts the starts.
+    Up(u64),
+    /// Exited or failed to start; restarting after a wait.
+    Down(String),
+    /// Stopped with kira.
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum McpError {
+    #[error("MCP server '{server}' is not running ({reason})")]
+    NotRunning { server: String, reason: String },
+    #[error("MCP server '{server}' did not answer within {ms} ms")]
+    Timeout { server: String, ms: u128 },
+    #[error("MCP server '{server}' failed the call: {message}")]
+    Failed { server: String, message: String },
+}
+
+/// The client side of the connection: a changed tool list wakes the
+/// supervisor, which lists the tools again.
+#[derive(Clone)]
+struct Handler {
+    changed: Arc<Notify>,
+}
+
+impl ClientHandler for Handler {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.notify_one();
+    }
+}
+
+struct Live {
+    peer: Peer<RoleClient>,
+    pid: Option<u32>,
+}
+
+/// One supervised MCP server.
+pub struct McpServer {
+    name: String,
+    spawn: Spawn,
+    supervision: Supervision,
+    live: RwLock<Option<Arc<Live>>>,
+    tools: RwLock<Vec<Tool>>,
+    status: watch::Sender<Status>,
+    stop: Arc<Notify>,
+    stopped: watch::Sender<bool>,
+    starts: AtomicU64,
+    refreshes: AtomicU64,
+}
+
+impl McpServer {
+    /// Starts `spawn` under supervision; the server's tools are listed as
+    /// soon as it answers (see [`McpServer::wait_up`]).
+    pub fn start(name: &str, spawn: Spawn, supervision: Supervision) -> Arc<McpServer> {
+        let server = Arc::new(McpServer {
+            name: name.to_owned(),
+            spawn,
+            supervision,
+            live: RwLock::new(None),
+            tools: RwLock::new(Vec::new()),
+            status: watch::channel(Status::Starting).0,
+            stop: Arc::new(Notify::new()),
+            stopped: watch::channel(false).0,
+            starts: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+        });
+        tokio::spawn(supervise(server.clone()));
+        server
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Times the server was started (the first start included).
+    pub fn starts(&self) -> u64 {
+        self.starts.load(Ordering::SeqCst)
+    }
+
+    /// Times the tools were listed again after `list_changed`.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.live
+            .read()
+            .ok()
+            .and_then(|l| l.as_ref().and_then(|l| l.pid))
+    }
+
+    /// The server's tools as last listed.
+    pub fn tools(&self) -> Vec<Tool> {
+        self.tools.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the server is up, at most `within`.
+    pub async fn wait_up(&self, within: Duration) -> Result<(), McpError> {
+        let mut rx = self.status.subscribe();
+        let waited =
+            tokio::time::timeout(within, rx.wait_for(|s| matches!(s, Status::Up(_)))).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(McpError::NotRunning {
+                server: self.name.clone(),
+                reason: match self.status() {
+                    Status::Down(r) => r,
+                    Status::Stopped => "stopped".into(),
+                    _ => "still starting".into(),
+                },
+            }),
+        }
+    }
+
+    /// Calls `tool` with `args` (an object), waiting for the answer at most
+    /// `timeout` (starting included). An error the tool reports is an Ok
+    /// result with `is_error` set.
+    pub async fn call(
+        &self,
+        tool: &str,
+        args: &Value,
+        timeout: Duration,
+    ) -> Result<CallToolResult, McpError> {
+        let t0 = Instant::now();
+        self.wait_up(timeout).await?;
+        let live = self
+            .live
+            .read()
+            .ok()
+            .and_then(|l| l.clone())
+            .ok_or_else(|| McpError::NotRunning {
+                server: self.name.clone(),
+                reason: "it exited".into(),
+            })?;
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        if let Value::Object(m) = args {
+            params = params.with_arguments(m.clone());
+        }
+        let left = timeout.saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, live.peer.call_tool(params)).await {
+            Err(_) => Err(McpError::Timeout {
+                server: self.name.clone(),
+                ms: timeout.as_millis(),
+            }),
+            Ok(Err(e)) => Err(McpError::Failed {
+                server: self.name.clone(),
+                message: match e {
+                    rmcp::ServiceError::TransportClosed => {
+                        "the server exited during the call (kira restarts it)".into()
+                    }
+                    other => other.to_string(),
+                },
+            }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Waits until the supervisor has stopped the server, at most `within`.
+    pub async fn wait_stopped(&self, within: Duration) {
+        let mut rx = self.status.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|s| *s == Status::Stopped)).await;
+    }
+
+    /// Stops the server and its supervisor.
+    pub fn shutdown(&self) {
+        let _ = self.stopped.send_replace(true);
+        self.stop.notify_waiters();
+        self.stop.notify_one();
+    }
+
+    fn set_tools(&self, tools: Vec<Tool>) {
+        if let Ok(mut t) = self.tools.write() {
+            *t = tools;
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.stopped.send_replace(true);
+        self.stop.notify_one();
+    }
+}
+
+/// A result's text: text blocks as they are, other blocks as their JSON,
+/// the structured content when there is no block.
+pub fn result_text(r: &CallToolResult) -> String {
+    let mut parts: Vec<String> = r
+        .content
+        .iter()
+        .map(|c| match c {
+            ContentBlock::Text(t) => t.text.clone(),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        })
+        .collect();
+    if parts.is_empty()
+        && let Some(s) = &r.structured_content
+    {
+        parts.push(s.to_string());
+    }
+    parts.join("\n")
+}
+
+/// Starts, watches and restarts the server until it is stopped.
+async fn supervise(server: Arc<McpServer>) {
+    let mut recent: VecDeque<Instant> = VecDeque::new();
+    let mut backoff = server.supervision.backoff;
+    let window = Duration::from_secs(60);
+    loop {
+        if server.is_stopped() {
+            break;
+        }
+        // At most N starts a minute: past that, wait for the oldest to
+        // leave the window.
+        while recent.front().is_some_and(|t| t.elapsed() >= window) {
+            recent.pop_front();
+        }
+        // The first start is not a restart.
+        let max = server.supervision.max_restarts_per_minute as usize + 1;
+        if recent.len() >= max {
+            let wait = recent
+                .front()
+                .map_or(window, |t| window.saturating_sub(t.elapsed()));
+            let reason = format!(
+                "restarted {} times in a minute; next try in {} s",
+                recent.len() - 1,
+                wait.as_secs()
+            );
+            tracing::error!(server = %server.name, "MCP server {reason}");
+            let _ = server.status.send_replace(Status::Down(reason));
+            if pause(&server, wait).await {
+                break;
+            }
+            continue;
+        }
+        recent.push_back(Instant::now());
+        let started = Instant::now();
+        let _ = server.status.send_replace(Status::Starting);
+        match run_once(&server).await {
+            Ok(()) => {}
+            Err(reason) => {
+                tracing::warn!(server = %server.name, %reason, "MCP server down");
+                let _ = server.status.send_replace(Status::Down(reason));
+            }
+        }
+        if let Ok(mut l) = server.live.write() {
+            *l = None;
+        }
+        if server.is_stopped() {
+            break;
+        }
+        // A server that ran a while starts again at once and with the
+        // first backoff; one that keeps exiting waits longer each time.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = server.supervision.backoff;
+        }
+        if pause(&server, backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(server.supervision.max_backoff);
+    }
+    let _ = server.status.send_replace(Status::Stopped);
+}
+
+/// Waits `d` or until stopped; true when stopped.
+async fn pause(server: &McpServer, d: Duration) -> bool {
+    let mut stopped = server.stopped.subscribe();
+    tokio::select! {
+        () = tokio::time::sleep(d) => server.is_stopped(),
+        () = async { let _ = stopped.wait_for(|s| *s).await; } => true,
+    }
+}
+
+/// One life of the process: start, initialise, list the tools, serve until
+/// it exits (Ok) or kira stops it; Err when it could not start.
+async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(&server.spawn.command);
+    cmd.args(&server.spawn.args)
+        .envs(&server.spawn.env)
+        .kill_on_drop(true);
+    let (proc, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start '{}': {e}", server.spawn.command))?;
+    let pid = proc.id();
+    server.starts.fetch_add(1, Ordering::SeqCst);
+    if let Some(err) = stderr {
+        let name = server.name.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "kira::mcp", server = %name, "{line}");
+            }
+        });
+    }
+    let changed = Arc::new(Notify::new());
+    let handler = Handler {
+        changed: changed.clone(),
+    };
+    let client = tokio::time::timeout(Duration::from_secs(30), handler.serve(proc))
+        .await
+        .map_err(|_| "did not answer initialize within 30 s".to_owned())?
+        .map_err(|e| format!("initialize failed: {e}"))?;
+    let peer = client.peer().clone();
+    let tools = peer
+        .list_all_tools()
+        .await
+        .map_err(|e| format!("tools/list failed: {e}"))?;
+    server.set_tools(tools);
+    let live = Arc::new(Live {
+        peer: peer.clone(),
+        pid,
+    });
+    if let Ok(mut l) = server.live.write() {
+        *l = Some(live);
+    }
+    let generation = server.starts();
+    let _ = server.status.send_replace(Status::Up(generation));
+    tracing::info!(server = %server.name, pid, "MCP server up");
+
+    // Lists the tools again whenever the server says they changed.
+    let refresher = {
+        let server = server.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                match peer.list_all_tools().await {
+                    Ok(tools) => {
+                        server.set_tools(tools);
+                        server.refreshes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %server.name, error = %e, "tools/list after list_changed failed");
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let ct = client.cancellation_token();
+    let waiting = client.waiting();
+    tokio::pin!(waiting);
+    let mut stopped = server.stopped.subscribe();
+    let out = tokio::select! {
+        r = &mut waiting => {
+            let reason = match r {
+                Ok(q) => format!("exited ({q:?})"),
+                Err(e) => format!("its connection task failed: {e}"),
+            };
+            tracing::warn!(server = %server.name, %reason, "MCP server exited");
+            let _ = server.status.send_replace(Status::Down(reason));
+            Ok(())
+        }
+        () = async { let _ = stopped.wait_for(|s| *s).await; } => {
+            ct.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut waiting).await;
+            Ok(())
+        }
+    };
+    refresher.abort();
+    out
+}
+
+/// The live servers, shared by every caller of one registration.
+#[derive(Default)]
+pub struct Pool {
+    servers: Mutex<BTreeMap<String, Arc<McpServer>>>,
+}
+
+impl Pool {
+    /// The server under `key`, started on first use (and again when its
+    /// spawn changed).
+    pub fn get(&self, key: &str, name: &str, spawn: &Spawn, sup: Supervision) -> Arc<McpServer> {
+        let mut servers = match self.servers.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(s) = servers.get(key)
+            && &s.spawn == spawn
+            && s.status() != Status::Stopped
+        {
+            return s.clone();
+        }
+        let s = McpServer::start(name, spawn.clone(), sup);
+        if let Some(old) = servers.insert(key.to_owned(), s.clone()) {
+            old.shutdown();
+        }
+        s
+    }
+
+    /// Stops every server.
+    pub fn shutdown(&self) {
+        let servers = match self.servers.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for s in servers.values() {
+            s.shutdown();
+        }
+    }
+
+    /// Every server, by key.
+    pub fn servers(&self) -> Vec<(String, Arc<McpServer>)> {
+        match self.servers.lock() {
+            Ok(s) => s.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,1053 @@
+//! Tools (SEED 5, issue 23): the registry in three layers and the company
+//! wrapper every tool call goes through.
+//!
+//! The registry is the built-ins ([`builtin`], domain entries of `memory`
+//! and `knowledge`), the entries shipped in `[tools.registry]`, and the
+//! database's (`kira_store::tools`): infrastructure and domain entries,
+//! and each company's own. [`Tools::offer`] computes, at the start of each
+//! run, what an agent of some domains working for a company is offered
+//! (`kira_core::tools::available`: a company entry overrides a lower one of
+//! the same name), with each MCP server's tools listed by the supervised
+//! server ([`mcp`]) and namespaced `SERVER.TOOL`, and the company's tool
+//! configurations. So a change to the registry or a configuration takes
+//! effect on the next run, without a restart.
+//!
+//! Architecture invariant: every tool call, built-in or not, goes through
+//! [`Tools::call`], which refuses a tool the offer does not hold (another
+//! company's, another domain's, one that does not exist), applies the
+//! company's rate limit, merges the company's defaults under the model's
+//! arguments, bounds the call by its timeout, cuts the result to its cap
+//! and to what the run has left of its tokens, and appends an audit entry
+//! (arguments with secrets redacted, outcome, latency, size) to the
+//! company's trail. A result reaches a prompt only fenced as data
+//! (`kira_core::tools::fence_result`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use kira_core::audit::{AuditRecord, Outcome};
+use kira_core::auth::CompanyScope;
+use kira_core::seal::MasterKey;
+use kira_core::tools::{BUILTIN_DOMAINS, DOMAINS, Layer, NewTool, ToolEntry, ToolSource};
+use kira_core::{CompanyId, ValidationError};
+use kira_llm::ToolSpec;
+use kira_store::tools::{CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolWriter};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::config::within;
+use crate::{Ctx, Engine, EngineError, Services};
+
+pub mod builtin;
+pub mod http;
+pub mod mcp;
+
+/// The `[tools]` section as resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolsConfig {
+    /// A call's timeout unless its registration sets one.
+    pub call_timeout: Duration,
+    /// A result's cap in bytes; past it the result is cut with a marker.
+    pub max_result_bytes: usize,
+    /// Tool calls per company per minute, every tool together.
+    pub calls_per_minute: u32,
+    /// How long an offer waits for an MCP server to start.
+    pub start_timeout: Duration,
+    pub max_restarts_per_minute: u32,
+    pub restart_backoff: Duration,
+    /// Infrastructure and domain tools shipped with the deployment.
+    pub shipped: Vec<ToolEntry>,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(30),
+            max_result_bytes: 16_384,
+            calls_per_minute: 600,
+            start_timeout: Duration::from_secs(20),
+            max_restarts_per_minute: 5,
+            restart_backoff: Duration::from_millis(200),
+            shipped: Vec::new(),
+        }
+    }
+}
+
+/// `[tools]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    pub call_timeout_ms: Option<u64>,
+    pub max_result_bytes: Option<u64>,
+    pub calls_per_minute: Option<u32>,
+    pub start_timeout_ms: Option<u64>,
+    pub max_restarts_per_minute: Option<u32>,
+    pub restart_backoff_ms: Option<u64>,
+    /// `[tools.registry.NAME]`: infrastructure and domain tools.
+    #[serde(default)]
+    pub registry: BTreeMap<String, ShippedTool>,
+}
+
+/// One `[tools.registry.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShippedTool {
+    pub layer: Layer,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub source: ToolSource,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl ToolsSection {
+    pub fn resolve(self, c: &mut ToolsConfig) -> Result<(), ValidationError> {
+        let ms = |field: &str, v: u64, min: i64, max: i64| {
+            within(field, i64::try_from(v).unwrap_or(i64::MAX), min, max)
+                .map(|v| Duration::from_millis(v.unsigned_abs()))
+        };
+        if let Some(v) = self.call_timeout_ms {
+            c.call_timeout = ms("tools.call_timeout_ms", v, 1, 600_000)?;
+        }
+        if let Some(v) = self.max_result_bytes {
+            let v = within(
+                "tools.max_result_bytes",
+                i64::try_from(v).unwrap_or(i64::MAX),
+                64,
+                16 << 20,
+            )?;
+            c.max_result_bytes = usize::try_from(v).unwrap_or(16_384);
+        }
+        if let Some(v) = self.calls_per_minute {
+            c.calls_per_minute = u32::try_from(within(
+                "tools.calls_per_minute",
+                i64::from(v),
+                1,
+                1_000_000,
+            )?)
+            .unwrap_or(600);
+        }
+        if let Some(v) = self.start_timeout_ms {
+            c.start_timeout = ms("tools.start_timeout_ms", v, 1, 300_000)?;
+        }
+        if let Some(v) = self.max_restarts_per_minute {
+            c.max_restarts_per_minute = u32::try_from(within(
+                "tools.max_restarts_per_minute",
+                i64::from(v),
+                0,
+                1_000,
+            )?)
+            .unwrap_or(5);
+        }
+        if let Some(v) = self.restart_backoff_ms {
+            c.restart_backoff = ms("tools.restart_backoff_ms", v, 1, 60_000)?;
+        }
+        for (name, t) in self.registry {
+            if t.layer == Layer::Company {
+                return Err(ValidationError::new(
+                    format!("tools.registry.{name}.layer"),
+                    "a deployment ships infrastructure and domain tools; register company tools with `kira tools add`",
+                ));
+            }
+            let entry = NewTool {
+                name: name.clone(),
+                layer: t.layer,
+                domain: t.domain,
+                company: None,
+                description: t.description,
+                source: t.source,
+                timeout_ms: t.timeout_ms,
+            }
+            .validate("config", DateTime::<Utc>::UNIX_EPOCH)
+            .map_err(|e| e.under(&format!("tools.registry.{name}")))?;
+            c.shipped.push(ToolEntry {
+                created_at: None,
+                ..entry
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A tool as `kira tools list` shows it: its registration, and for an MCP
+/// server the tools it offers (or why it offers none now).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ToolView {
+    pub name: String,
+    pub layer: Layer,
+    pub domain: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub company_id: Option<CompanyId>,
+    /// `builtin`, `mcp_stdio` or `http`.
+    pub source: String,
+    /// `builtin`, `config` (shipped in `[tools]`) or who registered it.
+    pub registered_by: String,
+    pub description: String,
+    /// What a model calls: the name itself, or `NAME.TOOL` for each tool
+    /// of an MCP server.
+    pub tools: Vec<String>,
+    /// Why an MCP server offers nothing now.
+    pub error: Option<String>,
+}
+
+/// How an offered tool is reached.
+#[derive(Clone)]
+enum Route {
+    Builtin,
+    Mcp {
+        server: Arc<mcp::McpServer>,
+        tool: String,
+    },
+    Http(http::HttpTool),
+}
+
+/// One tool a run may call.
+#[derive(Clone)]
+struct Offered {
+    spec: ToolSpec,
+    entry: Arc<ToolEntry>,
+    route: Route,
+    timeout: Duration,
+}
+
+/// What one run (or one test call) is offered: the tools by the name a
+/// model calls them, the company's tool configurations, and the
+/// registrations that offer nothing now (an MCP server that is down).
+pub struct Offer {
+    /// None: the admin's listing of the shared layers, which no call uses.
+    company: Option<CompanyId>,
+    tools: BTreeMap<String, Offered>,
+    configs: BTreeMap<String, Value>,
+    views: Vec<ToolView>,
+    /// The company's opened credentials by registration: injected into
+    /// the calls, redacted from everything a call leaves behind.
+    credentials: BTreeMap<String, String>,
+}
+
+impl Offer {
+    /// `args` with secret-looking values and the company's credentials
+    /// redacted (for audit rows and traces).
+    pub fn redact(&self, args: &Value) -> Value {
+        let secrets: Vec<&str> = self.credentials.values().map(String::as_str).collect();
+        kira_core::tools::redact(args, &secrets)
+    }
+
+    /// `text` with every credential of the company replaced.
+    fn scrub(&self, text: String) -> String {
+        let mut text = text;
+        for secret in self.credentials.values() {
+            if !secret.is_empty() && text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        text
+    }
+}
+
+/// Where a credential goes: `{credential}` in an HTTP tool's header values
+/// and an MCP server's environment values.
+pub const CREDENTIAL_PLACEHOLDER: &str = "{credential}";
+
+/// The associated data of a company's credential for a tool: moved to
+/// another company or tool, the sealed value does not open.
+pub fn credential_aad(company: &CompanyId, tool: &str) -> String {
+    format!("tool-credential:{}:{tool}", company.as_str())
+}
+
+impl Offer {
+    /// The specs a model is given.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.values().map(|o| o.spec.clone()).collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.tools.keys().cloned().collect()
+    }
+
+    /// The registrations behind the offer.
+    pub fn views(&self) -> &[ToolView] {
+        &self.views
+    }
+}
+
+/// Who makes a call and for what.
+#[derive(Debug, Clone)]
+pub struct CallContext<'a> {
+    pub scope: &'a CompanyScope,
+    /// The audit entry's actor (`agent:legal`, a key's name).
+    pub actor: &'a str,
+    /// The task (or request) the call is made for.
+    pub request_id: &'a str,
+    /// Tokens the run has left: a result is cut to fit them.
+    pub tokens_left: Option<i64>,
+}
+
+/// What a call gave back, as the wrapper leaves it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CallResult {
+    pub tool: String,
+    /// The result's text (cut to its cap), not yet fenced.
+    pub content: String,
+    pub error: bool,
+    /// `ok`, `error` (the tool said so), `failed` (it could not be
+    /// reached), `timeout`, `refused` (not offered, or the rate limit).
+    pub outcome: String,
+    pub latency_ms: u64,
+    /// Bytes of the result before any cut.
+    pub result_bytes: usize,
+    /// cl100k tokens of what is handed on.
+    pub result_tokens: i64,
+    pub cut: bool,
+    pub layer: Option<Layer>,
+}
+
+impl CallResult {
+    /// The result as it goes into a prompt: fenced as the tool's data.
+    pub fn for_prompt(&self) -> String {
+        kira_core::tools::fence_result(&self.tool, &self.content)
+    }
+}
+
+/// The registry and the wrapper.
+pub struct Tools {
+    ctx: Arc<Ctx>,
+    engine: Weak<Services>,
+    pool: mcp::Pool,
+    http: reqwest::Client,
+    /// Call times per company in the last minute (the rate limit).
+    calls: Mutex<HashMap<CompanyId, VecDeque<DateTime<Utc>>>>,
+    /// What seals and opens the companies' credentials (`KIRA_SECRET_KEY`).
+    master: std::sync::RwLock<Option<Arc<MasterKey>>>,
+}
+
+/// The default domains an unnamed listing covers: every one.
+fn every_domain() -> Vec<String> {
+    BUILTIN_DOMAINS
+        .iter()
+        .chain(DOMAINS.iter())
+        .map(|d| (*d).to_owned())
+        .collect()
+}
+
+fn builtin_entries() -> Vec<ToolEntry> {
+    builtin::specs()
+        .into_iter()
+        .map(|(spec, domain)| ToolEntry {
+            name: spec.name,
+            layer: Layer::Domain,
+            domain: Some(domain.to_owned()),
+            company_id: None,
+            description: spec.description,
+            source: ToolSource::Builtin,
+            timeout_ms: None,
+            created_by: "builtin".into(),
+            created_at: None,
+        })
+        .collect()
+}
+
+impl Tools {
+    pub(crate) fn new(ctx: Arc<Ctx>, engine: Weak<Services>) -> Self {
+        Self {
+            ctx,
+            engine,
+            pool: mcp::Pool::default(),
+            http: reqwest::Client::new(),
+            calls: Mutex::new(HashMap::new()),
+            master: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// Turns the companies' tool credentials on, sealed with `key`.
+    pub fn set_master_key(&self, key: MasterKey) {
+        if let Ok(mut m) = self.master.write() {
+            *m = Some(Arc::new(key));
+        }
+    }
+
+    fn master(&self) -> Option<Arc<MasterKey>> {
+        self.master.read().ok().and_then(|m| m.clone())
+    }
+
+    /// The company's credentials, opened. One that does not open (another
+    /// master key, or moved from another company or tool) is left out and
+    /// logged by its tool's name, never its value.
+    async fn open_credentials(
+        &self,
+        scope: &CompanyScope,
+    ) -> Result<BTreeMap<String, String>, EngineError> {
+        let sealed = self.ctx.store.sealed_credentials(scope).await?;
+        let mut out = BTreeMap::new();
+        if sealed.is_empty() {
+            return Ok(out);
+        }
+        let Some(key) = self.master() else {
+            tracing::warn!(company = %scope.company(), "tool credentials are stored but KIRA_SECRET_KEY is not set: calls go without them");
+            return Ok(out);
+        };
+        for (tool, s) in sealed {
+            match key.open(&credential_aad(scope.company(), &tool), &s) {
+                Ok(v) => {
+                    out.insert(tool, v);
+                }
+                Err(e) => {
+                    tracing::warn!(company = %scope.company(), tool = %tool, "a tool credential does not open: {e}");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Seals `value` for the company and registration `tool` and stores it
+    /// (a new one, or a rotation). The value is never returned, logged or
+    /// audited.
+    pub async fn set_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        value: &str,
+        how: CredentialWrite,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        kira_core::tools::check_name("tool", tool).map_err(EngineError::Parameter)?;
+        let value = value.trim_end_matches(['\n', '\r']);
+        if value.is_empty() || value.len() > 8_192 {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "value",
+                "must be 1 to 8192 bytes",
+            )));
+        }
+        let Some(key) = self.master() else {
+            return Err(EngineError::Invalid(ValidationError::new(
+                "value",
+                "the server has no KIRA_SECRET_KEY to seal credentials with",
+            )));
+        };
+        let sealed = key.seal(&credential_aad(scope.company(), tool), value);
+        let audit = AuditRecord {
+            action: match how {
+                CredentialWrite::Set => "tool.credential.set",
+                CredentialWrite::Rotate => "tool.credential.rotate",
+            }
+            .into(),
+            target: format!("credential:{tool}"),
+            detail: String::new(),
+            ..audit
+        };
+        let by = audit.actor.clone();
+        Ok(self
+            .ctx
+            .store
+            .put_credential(scope, tool, &sealed, how, &by, self.ctx.clock.now(), audit)
+            .await?)
+    }
+
+    /// The company's credentials: tools, who set them, ages; no values.
+    pub async fn credentials(
+        &self,
+        scope: &CompanyScope,
+    ) -> Result<Vec<CredentialInfo>, EngineError> {
+        Ok(self.ctx.store.list_credentials(scope).await?)
+    }
+
+    pub async fn delete_credential(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        let audit = AuditRecord {
+            action: "tool.credential.delete".into(),
+            target: format!("credential:{tool}"),
+            ..audit
+        };
+        Ok(self.ctx.store.delete_credential(scope, tool, audit).await?)
+    }
+
+    fn config(&self) -> &ToolsConfig {
+        &self.ctx.config.tools
+    }
+
+    /// Every registration a company may see: built-ins, shipped, and the
+    /// database's (with a scope, its company's too).
+    pub async fn entries(
+        &self,
+        scope: Option<&CompanyScope>,
+    ) -> Result<Vec<ToolEntry>, EngineError> {
+        let mut all = builtin_entries();
+        all.extend(self.config().shipped.iter().cloned());
+        all.extend(self.ctx.store.list_tools(scope).await?);
+        Ok(all)
+    }
+
+    /// What an agent with `domains` working for `scope`'s company is
+    /// offered now (see the module's comment).
+    pub async fn offer(
+        &self,
+        scope: &CompanyScope,
+        domains: &[String],
+    ) -> Result<Offer, EngineError> {
+        let entries = self.entries(Some(scope)).await?;
+        let chosen = kira_core::tools::available(&entries, Some(scope.company()), domains);
+        let configs = self
+            .ctx
+            .store
+            .tool_configs(scope)
+            .await?
+            .into_iter()
+            .map(|c: ToolConfig| (c.tool, c.config))
+            .collect();
+        let mut offer = Offer {
+            company: Some(scope.company().clone()),
+            tools: BTreeMap::new(),
+            configs,
+            views: Vec::new(),
+            credentials: self.open_credentials(scope).await?,
+        };
+        for e in chosen {
+            self.add_to_offer(&mut offer, e).await;
+        }
+        Ok(offer)
+    }
+
+    async fn add_to_offer(&self, offer: &mut Offer, e: ToolEntry) {
+        let timeout = e
+            .timeout_ms
+            .map_or(self.config().call_timeout, Duration::from_millis);
+        let credential = offer.credentials.get(&e.name).cloned();
+        let inject = |v: &String| match &credential {
+            Some(c) => v.replace(CREDENTIAL_PLACEHOLDER, c),
+            None => v.clone(),
+        };
+        let entry = Arc::new(e);
+        let mut view = ToolView {
+            name: entry.name.clone(),
+            layer: entry.layer,
+            domain: entry.domain.clone(),
+            company_id: entry.company_id.clone(),
+            source: entry.source.kind().to_owned(),
+            registered_by: entry.created_by.clone(),
+            description: entry.description.clone(),
+            tools: Vec::new(),
+            error: None,
+        };
+        let mut add = |name: String, spec: ToolSpec, route: Route| {
+            view.tools.push(name.clone());
+            offer.tools.insert(
+                name,
+                Offered {
+                    spec,
+                    entry: entry.clone(),
+                    route,
+                    timeout,
+                },
+            );
+        };
+        match &entry.source {
+            ToolSource::Builtin => {
+                let spec = builtin::specs()
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .find(|s| s.name == entry.name);
+                if let Some(spec) = spec {
+                    add(entry.name.clone(), spec, Route::Builtin);
+                }
+            }
+            ToolSource::Http {
+                method,
+                url,
+                parameters,
+                headers,
+                result,
+            } => {
+                let spec = ToolSpec {
+                    name: entry.name.clone(),
+                    description: entry.description.clone(),
+                    parameters: parameters.clone(),
+                };
+                let route = Route::Http(http::HttpTool {
+                    method: method.clone(),
+                    url: url.clone(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), inject(v)))
+                        .collect(),
+                    result: result.clone(),
+                });
+                add(entry.name.clone(), spec, route);
+            }
+            ToolSource::McpStdio { command, args, env } => {
+                let spawn = mcp::Spawn {
+                    command: command.clone(),
+                    args: args.clone(),
+                    env: env.iter().map(|(k, v)| (k.clone(), inject(v))).collect(),
+                };
+                let key = ToolKey::of(&entry);
+                // A shared server given a company's credential is that
+                // company's own process.
+                let own = match (&credential, entry.layer, &offer.company) {
+                    (Some(_), Layer::Infrastructure | Layer::Domain, Some(c)) => {
+                        format!("@{}", c.as_str())
+                    }
+                    _ => String::new(),
+                };
+                let server = self.pool.get(
+                    &format!("{}/{}{own}", key.slot(), key.name),
+                    &entry.name,
+                    &spawn,
+                    self.supervision(),
+                );
+                match server.wait_up(self.config().start_timeout).await {
+                    Ok(()) => {
+                        for t in server.tools() {
+                            let name = format!("{}.{}", entry.name, t.name);
+                            let spec = ToolSpec {
+                                name: name.clone(),
+                                description: t
+                                    .description
+                                    .as_deref()
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                parameters: Value::Object((*t.input_schema).clone()),
+                            };
+                            let route = Route::Mcp {
+                                server: server.clone(),
+                                tool: t.name.to_string(),
+                            };
+                            add(name, spec, route);
+                        }
+                    }
+                    Err(e) => view.error = Some(e.to_string()),
+                }
+            }
+        }
+        offer.views.push(view);
+    }
+
+    fn supervision(&self) -> mcp::Supervision {
+        mcp::Supervision {
+            max_restarts_per_minute: self.config().max_restarts_per_minute,
+            backoff: self.config().restart_backoff,
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+
+    /// The wrapper: runs `name` from `offer` with `args` for the context's
+    /// company (see the module's comment), and audits the call.
+    pub async fn call(
+        &self,
+        offer: &Offer,
+        cx: &CallContext<'_>,
+        name: &str,
+        args: &Value,
+    ) -> CallResult {
+        let t0 = Instant::now();
+        let now = self.ctx.clock.now();
+        let (result, layer, args_seen) = self.run_call(offer, cx, name, args, now).await;
+        let latency_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (content, error, outcome, result_bytes) = result;
+        let content = offer.scrub(content);
+        // The cap first, then what the run can still pay for.
+        let (mut content, mut cut) =
+            kira_core::tools::cap_result(&content, self.config().max_result_bytes);
+        let mut tokens = count(&content);
+        if let Some(left) = cx.tokens_left
+            && tokens > left.max(0)
+        {
+            // About four bytes a token: cut, then count what is left.
+            let bytes = usize::try_from(left.max(0).saturating_mul(3)).unwrap_or(0);
+            let (c, _) = kira_core::tools::cap_result(&content, bytes);
+            content = c;
+            cut = true;
+            tokens = count(&content);
+        }
+        let r = CallResult {
+            tool: name.to_owned(),
+            content,
+            error,
+            outcome: outcome.to_owned(),
+            latency_ms,
+            result_bytes,
+            result_tokens: tokens,
+            cut,
+            layer,
+        };
+        let detail = json!({
+            "layer": layer.map(Layer::as_str),
+            "arguments": offer.redact(&args_seen),
+            "outcome": r.outcome,
+            "latency_ms": r.latency_ms,
+            "result_bytes": r.result_bytes,
+            "result_tokens": r.result_tokens,
+            "cut": r.cut,
+        });
+        let audit = AuditRecord {
+            at: now,
+            request_id: cx.request_id.to_owned(),
+            actor: cx.actor.to_owned(),
+            company_id: Some(cx.scope.company().clone()),
+            action: "tool.call".into(),
+            target: name.chars().take(200).collect(),
+            outcome: match outcome {
+                "ok" => Outcome::Ok,
+                "refused" => Outcome::Denied,
+                _ => Outcome::Error,
+            },
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.ctx.store.append_audits(vec![audit]).await {
+            tracing::error!(company = %cx.scope.company(), tool = %name, error = %e, "could not audit a tool call");
+        }
+        r
+    }
+
+    /// The call itself: ((text, error, outcome, bytes), layer, the
+    /// arguments as sent).
+    async fn run_call(
+        &self,
+        offer: &Offer,
+        cx: &CallContext<'_>,
+        name: &str,
+        args: &Value,
+        now: DateTime<Utc>,
+    ) -> ((String, bool, &'static str, usize), Option<Layer>, Value) {
+        let refused = |m: String| {
+            (
+                (format!("error: {m}"), true, "refused", 0),
+                None,
+                args.clone(),
+            )
+        };
+        if offer.company.as_ref() != Some(cx.scope.company()) {
+            return refused("this offer is another company's".into());
+        }
+        let Some(tool) = offer.tools.get(name) else {
+            return refused(format!(
+                "no tool named '{name}' is offered to this agent for this company"
+            ));
+        };
+        let layer = Some(tool.entry.layer);
+        if !self.admit(cx.scope.company(), now) {
+            let r = refused(format!(
+                "rate limit: at most {} tool calls a minute for this company",
+                self.config().calls_per_minute
+            ));
+            return (r.0, layer, r.2);
+        }
+        // The company's defaults, for the tool or its whole registration.
+        let mut sent = args.clone();
+        for key in [name, tool.entry.name.as_str()] {
+            if let Some(d) = offer.configs.get(key).and_then(|c| c.get("defaults")) {
+                sent = kira_core::tools::with_defaults(&sent, d);
+            }
+        }
+        let (text, error, outcome) = match &tool.route {
+            Route::Builtin => match Engine::upgrade(&self.engine) {
+                Some(engine) => {
+                    let fut =
+                        builtin::call(&engine, cx.scope, name, &sent, cx.request_id, cx.actor);
+                    match tokio::time::timeout(tool.timeout, fut).await {
+                        Ok(out) => (
+                            out.content,
+                            out.error,
+                            if out.error { "error" } else { "ok" },
+                        ),
+                        Err(_) => timeout_text(tool.timeout),
+                    }
+                }
+                None => ("error: kira is stopping".into(), true, "failed"),
+            },
+            Route::Http(h) => {
+                let (text, error) = http::call(&self.http, h, &sent, tool.timeout).await;
+                let outcome = if !error {
+                    "ok"
+                } else if text.starts_with("no answer within") {
+                    "timeout"
+                } else {
+                    "failed"
+                };
+                (
+                    if error {
+                        format!("error: {text}")
+                    } else {
+                        text
+                    },
+                    error,
+                    outcome,
+                )
+            }
+            Route::Mcp { server, tool: t } => match server.call(t, &sent, tool.timeout).await {
+                Ok(r) => {
+                    let is_error = r.is_error.unwrap_or(false);
+                    let text = mcp::result_text(&r);
+                    if is_error {
+                        (format!("error: {text}"), true, "error")
+                    } else {
+                        (text, false, "ok")
+                    }
+                }
+                Err(mcp::McpError::Timeout { .. }) => timeout_text(tool.timeout),
+                Err(e) => (format!("error: {e}"), true, "failed"),
+            },
+        };
+        let bytes = text.len();
+        ((text, error, outcome, bytes), layer, sent)
+    }
+
+    /// Counts a call against the company's minute; false when it is full.
+    fn admit(&self, company: &CompanyId, now: DateTime<Utc>) -> bool {
+        let mut calls = match self.calls.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        let window = calls.entry(company.clone()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now - *t >= TimeDelta::minutes(1))
+        {
+            window.pop_front();
+        }
+        if window.len() >= self.config().calls_per_minute as usize {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+
+    /// `kira tools list`: the registrations an agent of `domain` (every
+    /// domain when none) working for `scope`'s company would be offered,
+    /// with each MCP server's tools; without a scope (the admin's), the
+    /// infrastructure and domain layers.
+    pub async fn list(
+        &self,
+        scope: Option<&CompanyScope>,
+        domain: Option<&str>,
+    ) -> Result<Vec<ToolView>, EngineError> {
+        let domains = match domain {
+            Some(d) => {
+                if !DOMAINS.contains(&d) && !BUILTIN_DOMAINS.contains(&d) {
+                    return Err(EngineError::Parameter(ValidationError::new(
+                        "domain",
+                        format!(
+                            "must be one of {}, {}",
+                            DOMAINS.join(", "),
+                            BUILTIN_DOMAINS.join(", ")
+                        ),
+                    )));
+                }
+                vec![d.to_owned()]
+            }
+            None => every_domain(),
+        };
+        match scope {
+            Some(s) => Ok(self.offer(s, &domains).await?.views),
+            None => {
+                let entries = self.entries(None).await?;
+                let mut offer = Offer {
+                    company: None,
+                    tools: BTreeMap::new(),
+                    configs: BTreeMap::new(),
+                    views: Vec::new(),
+                    credentials: BTreeMap::new(),
+                };
+                for e in kira_core::tools::available(&entries, None, &domains) {
+                    self.add_to_offer(&mut offer, e).await;
+                }
+                Ok(offer.views)
+            }
+        }
+    }
+
+    /// Registers a tool. A stdio command must exist (an absolute path, or
+    /// a name found in `PATH`).
+    pub async fn add(
+        &self,
+        who: ToolWriter<'_>,
+        new: NewTool,
+        audit: AuditRecord,
+    ) -> Result<ToolEntry, EngineError> {
+        let entry = new
+            .validate(&audit.actor, self.ctx.clock.now())
+            .map_err(EngineError::Parameter)?;
+        // A command kira runs on its host is the admin's to choose: a
+        // company's operator registers HTTP tools.
+        if matches!(entry.source, ToolSource::McpStdio { .. })
+            && matches!(who, ToolWriter::Company(_))
+        {
+            return Err(EngineError::Forbidden(ValidationError::new(
+                "source.kind",
+                "only an admin key registers a command kira runs (mcp_stdio); register an http tool",
+            )));
+        }
+        if let ToolSource::McpStdio { command, .. } = &entry.source
+            && find_command(command).is_none()
+        {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "source.command",
+                format!("'{command}' is not an executable file here (nor a name found in PATH)"),
+            )));
+        }
+        let audit = AuditRecord {
+            company_id: entry.company_id.clone(),
+            action: "tool.add".into(),
+            target: format!("tool:{}:{}", entry.layer.as_str(), entry.name),
+            detail:
+                json!({"layer": entry.layer, "domain": entry.domain, "source": entry.source.kind()})
+                    .to_string(),
+            ..audit
+        };
+        Ok(self.ctx.store.add_tool(who, &entry, audit).await?)
+    }
+
+    /// Removes a registration (the built-ins and shipped ones are not the
+    /// database's: NotFound).
+    pub async fn remove(
+        &self,
+        who: ToolWriter<'_>,
+        key: &ToolKey,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        let audit = AuditRecord {
+            company_id: key.company.clone(),
+            action: "tool.remove".into(),
+            target: format!("tool:{}:{}", key.layer.as_str(), key.name),
+            ..audit
+        };
+        Ok(self.ctx.store.remove_tool(who, key, audit).await?)
+    }
+
+    /// One registration as the scope's company sees it (the one it would
+    /// be offered under that name), with its tools.
+    pub async fn show(&self, scope: &CompanyScope, name: &str) -> Result<ToolView, EngineError> {
+        self.list(Some(scope), None)
+            .await?
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or(EngineError::Store(kira_store::StoreError::NotFound))
+    }
+
+    /// `kira tools test`: calls `tool` once with `args` as the scope's
+    /// company would (every domain's tools offered), through the wrapper.
+    pub async fn test(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        args: &Value,
+        actor: &str,
+        request_id: &str,
+    ) -> Result<CallResult, EngineError> {
+        if !args.is_object() {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "arguments",
+                "must be a JSON object",
+            )));
+        }
+        let offer = self.offer(scope, &every_domain()).await?;
+        let cx = CallContext {
+            scope,
+            actor,
+            request_id,
+            tokens_left: None,
+        };
+        Ok(self.call(&offer, &cx, tool, args).await)
+    }
+
+    /// Sets (or removes, with None) the company's configuration of a tool:
+    /// an object whose `defaults` are merged under every call's arguments.
+    pub async fn configure(
+        &self,
+        scope: &CompanyScope,
+        tool: &str,
+        config: Option<&Value>,
+        audit: AuditRecord,
+    ) -> Result<(), EngineError> {
+        if tool.is_empty() || tool.len() > 200 {
+            return Err(EngineError::Parameter(ValidationError::new(
+                "tool",
+                "1 to 200 bytes",
+            )));
+        }
+        if let Some(c) = config {
+            let ok = c.as_object().is_some_and(|o| {
+                o.keys().all(|k| k == "defaults" || k == "preferences")
+                    && o.get("defaults").is_none_or(Value::is_object)
+            });
+            if !ok {
+                return Err(EngineError::Parameter(ValidationError::new(
+                    "config",
+                    "must be an object with `defaults` (an object of arguments) and `preferences`",
+                )));
+            }
+        }
+        let audit = AuditRecord {
+            action: "tool.configure".into(),
+            target: format!("tool:{tool}"),
+            ..audit
+        };
+        let by = audit.actor.clone();
+        Ok(self
+            .ctx
+            .store
+            .put_tool_config(scope, tool, config, &by, self.ctx.clock.now(), audit)
+            .await?)
+    }
+
+    /// The company's tool configurations.
+    pub async fn configs(&self, scope: &CompanyScope) -> Result<Vec<ToolConfig>, EngineError> {
+        Ok(self.ctx.store.tool_configs(scope).await?)
+    }
+
+    /// The running MCP servers (their registration, status, starts).
+    pub fn servers(&self) -> Vec<(String, Arc<mcp::McpServer>)> {
+        self.pool.servers()
+    }
+
+    /// Stops every MCP server (kira stopping) and waits, a few seconds at
+    /// most, until each has exited.
+    pub async fn stop(&self) {
+        let servers = self.pool.servers();
+        self.pool.shutdown();
+        for (_, s) in servers {
+            s.wait_stopped(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+impl Drop for Tools {
+    fn drop(&mut self) {
+        self.pool.shutdown();
+    }
+}
+
+fn timeout_text(d: Duration) -> (String, bool, &'static str) {
+    (
+        format!("error: the tool did not answer within {} ms", d.as_millis()),
+        true,
+        "timeout",
+    )
+}
+
+fn count(text: &str) -> i64 {
+    i64::try_from(crate::memory::pack::count_tokens(text)).unwrap_or(i64::MAX)
+}
+
+/// `command` as an executable file: a path as given, or found in `PATH`.
+pub fn find_command(command: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        let p = std::path::PathBuf::from(command);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(command))
+        .find(|p| executable(p))
+}

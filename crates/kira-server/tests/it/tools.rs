@@ -1,0 +1,259 @@
+//! Tools through the real API, on both backends: bad registrations refused
+//! naming the field with nothing written; a company tool invisible and
+//! unreachable to another company's operator and viewer keys (404, the
+//! attempt audited under the attacker's own company); an operator's test
+//! call of a plain HTTP tool on loopback, through the wrapper, audited.
+
+use axum::extract::Path;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{Backend, Server};
+
+fn names(list: &Value) -> Vec<String> {
+    list["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// A weather service on loopback: `GET /weather/{city}?units=` answers
+/// JSON; the tool's result pointer picks `/now/summary`.
+async fn weather() -> String {
+    let app = axum::Router::new().route(
+        "/weather/{city}",
+        axum::routing::get(|Path(city): Path<String>, q: axum::extract::RawQuery| async move {
+            axum::Json(json!({"now": {"summary": format!("sunny in {city} ({})", q.0.unwrap_or_default())}}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    format!("http://{addr}")
+}
+
+fn http_tool(name: &str, company: &str, base: &str) -> Value {
+    json!({
+        "name": name, "layer": "company", "company": company,
+        "description": "the weather now",
+        "source": {"kind": "http", "method": "GET", "url": format!("{base}/weather/{{city}}"),
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "units": {"type": "string"}},
+                "required": ["city"]},
+            "result": "/now/summary"}
+    })
+}
+
+async fn bad_registrations_are_refused_naming_the_field(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    let (_, operator) = s.key("operator", Some("acme")).await;
+    let cases = [
+        (
+            json!({"name": "x", "layer": "company", "company": "acme",
+                "source": {"kind": "http", "method": "GET", "url": "https://x.example/",
+                    "parameters": {"type": "object", "properties": {"q": {"type": 7}}}}}),
+            "source.parameters.properties.q.type",
+        ),
+        (
+            json!({"name": "x", "layer": "company", "company": "acme",
+                "source": {"kind": "http", "method": "GET", "url": "https://x.example/{id}",
+                    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}),
+            "source.url",
+        ),
+        (
+            json!({"name": "x", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_stdio", "command": "/no/such/kira-mcp-server"}}),
+            "source.command",
+        ),
+        (
+            json!({"name": "x", "layer": "infrastructure",
+                "source": {"kind": "mcp_stdio", "command": "/no/such/kira-mcp-server"}}),
+            "source.command",
+        ),
+        (
+            json!({"name": "x", "layer": "company", "company": "acme", "source": {"kind": "ftp"}}),
+            "source.kind",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, v) = s
+            .call(
+                Method::POST,
+                "/v1/tools",
+                Some(&s.admin),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    // An operator may not have kira run a command, even a real one.
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/v1/tools",
+            Some(&operator),
+            Some(json!({"name": "sh", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_stdio", "command": "/bin/sh"}})),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let (_, list) = s
+        .call(Method::GET, "/v1/tools?company=acme", Some(&s.admin), None)
+        .await;
+    assert!(
+        names(&list).iter().all(|n| n != "x" && n != "sh"),
+        "nothing written: {list}"
+    );
+}
+
+#[tokio::test]
+async fn bad_registrations_are_refused_naming_the_field_sqlite() {
+    bad_registrations_are_refused_naming_the_field(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bad_registrations_are_refused_naming_the_field_postgres() {
+    bad_registrations_are_refused_naming_the_field(Backend::Postgres).await;
+}
+
+async fn a_companys_tools_are_invisible_to_another_companys_keys(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    s.company("other").await;
+    let base = weather().await;
+    let (_, acme_op) = s.key("operator", Some("acme")).await;
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/v1/tools",
+            Some(&acme_op),
+            Some(http_tool("acmeweather", "acme", &base)),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["layer"], "company");
+
+    let (_, list) = s.call(Method::GET, "/v1/tools", Some(&acme_op), None).await;
+    assert!(names(&list).contains(&"acmeweather".to_owned()), "{list}");
+    let tool = list["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .find(|t| t["name"] == "acmeweather")
+        .expect("listed")
+        .clone();
+    assert_eq!(
+        (tool["layer"].as_str(), tool["source"].as_str()),
+        (Some("company"), Some("http"))
+    );
+
+    // The operator tests it as its company: through the wrapper, audited.
+    let (status, r) = s
+        .call(
+            Method::POST,
+            "/v1/tools/acmeweather/test",
+            Some(&acme_op),
+            Some(json!({"arguments": {"city": "Berlin", "units": "metric"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["outcome"], "ok", "{r}");
+    assert_eq!(r["content"], "sunny in Berlin (units=metric)");
+
+    for role in ["operator", "viewer"] {
+        let (_, other) = s.key(role, Some("other")).await;
+        let (status, list) = s.call(Method::GET, "/v1/tools", Some(&other), None).await;
+        assert_eq!(status, 200);
+        assert!(!list.to_string().contains("acme"), "{role}: {list}");
+        for (method, path, body) in [
+            (Method::GET, "/v1/tools?company=acme", None),
+            (Method::GET, "/v1/tools/acmeweather?company=acme", None),
+            (Method::GET, "/v1/tools/acmeweather", None),
+            (Method::GET, "/v1/tools/configs?company=acme", None),
+            (Method::DELETE, "/v1/tools/acmeweather?company=acme", None),
+            (
+                Method::POST,
+                "/v1/tools/acmeweather/test?company=acme",
+                Some(json!({"arguments": {"city": "Paris"}})),
+            ),
+            (
+                Method::PUT,
+                "/v1/tools/acmeweather/config?company=acme",
+                Some(json!({"config": {"defaults": {"units": "imperial"}}})),
+            ),
+            (
+                Method::POST,
+                "/v1/tools",
+                Some(http_tool("spy", "acme", &base)),
+            ),
+        ] {
+            let (status, v) = s.call(method.clone(), path, Some(&other), body).await;
+            assert!(
+                status == 404 || status == 403,
+                "{role} {method} {path}: {status} {v}"
+            );
+            assert!(!v.to_string().contains("sunny"), "{v}");
+        }
+        // Its own test of acme's tool name finds nothing to call.
+        let (status, r) = s
+            .call(
+                Method::POST,
+                "/v1/tools/acmeweather/test",
+                Some(&other),
+                Some(json!({"arguments": {"city": "Paris"}})),
+            )
+            .await;
+        if role == "operator" {
+            assert_eq!(status, 200, "{r}");
+            assert_eq!(r["outcome"], "refused", "{r}");
+        } else {
+            assert_eq!(status, 403, "a viewer does not call tools: {r}");
+        }
+    }
+    // Acme's tool is still there, unconfigured; its trail has the test call
+    // and no other company's.
+    let (_, list) = s.call(Method::GET, "/v1/tools", Some(&acme_op), None).await;
+    assert!(names(&list).contains(&"acmeweather".to_owned()));
+    assert!(!names(&list).contains(&"spy".to_owned()));
+    let (_, configs) = s
+        .call(Method::GET, "/v1/tools/configs", Some(&acme_op), None)
+        .await;
+    assert_eq!(configs["configs"], json!([]));
+    let audit = s.audit().await;
+    let calls: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "tool.call")
+        .collect();
+    let acme_calls: Vec<&&Value> = calls.iter().filter(|e| e["company_id"] == "acme").collect();
+    assert_eq!(acme_calls.len(), 1, "{calls:?}");
+    assert_eq!(acme_calls[0]["target"], "acmeweather");
+    let detail: Value =
+        serde_json::from_str(acme_calls[0]["detail"].as_str().expect("detail")).expect("json");
+    assert_eq!(
+        detail["arguments"],
+        json!({"city": "Berlin", "units": "metric"})
+    );
+    assert_eq!(detail["outcome"], "ok");
+    assert!(
+        audit
+            .iter()
+            .filter(|e| e["company_id"] == "other")
+            .all(|e| !e.to_string().contains("acmeweather") || e["action"] == "tool.call"),
+        "the other company's log names acme's tool only as its own refused call"
+    );
+}
+
+#[tokio::test]
+async fn a_companys_tools_are_invisible_to_another_companys_keys_sqlite() {
+    a_companys_tools_are_invisible_to_another_companys_keys(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_companys_tools_are_invisible_to_another_companys_keys_postgres() {
+    a_companys_tools_are_invisible_to_another_companys_keys(Backend::Postgres).await;
+}
