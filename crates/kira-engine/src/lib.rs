@@ -25,6 +25,7 @@ pub mod audit;
 pub mod budget;
 pub mod companies;
 pub mod config;
+pub mod dashboard;
 pub mod executor;
 mod group;
 pub mod keys;
@@ -146,6 +147,7 @@ pub(crate) struct Services {
     agents: agent::Agents,
     metrics: Arc<metrics::Metrics>,
     alerts: Arc<alerts::Alerts>,
+    dashboard: dashboard::Dashboard,
 }
 
 impl Engine {
@@ -222,6 +224,7 @@ impl Engine {
                 tasks: tasks::Tasks::new(ctx.clone(), scheduler.clone()),
                 reviews: review::Reviews::new(ctx.clone(), memory.clone()),
                 agents: agent::Agents::new(ctx.clone(), scheduler.clone()),
+                dashboard: dashboard::Dashboard::new(ctx.clone(), metrics.clone(), budget.clone()),
                 metrics: metrics.clone(),
                 alerts: Arc::new(alerts::Alerts::new(ctx.clone(), metrics, sharing.clone())),
                 budget,
@@ -354,6 +357,11 @@ impl Engine {
     /// Alert rules, their evaluation and notifications; silences.
     pub fn alerts(&self) -> &Arc<alerts::Alerts> {
         &self.inner.alerts
+    }
+
+    /// The executive and company dashboards (SEED 6.3).
+    pub fn dashboard(&self) -> &dashboard::Dashboard {
+        &self.inner.dashboard
     }
 
     /// The configured agents and their load.

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod audit;
 pub mod budget;
 pub mod company;
+pub mod dashboard;
 pub mod demo;
 pub mod knowledge;
 pub mod memory;

@@ -270,6 +270,14 @@ fn routes() -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/v1/agents/legal/metrics", None, anyone, false),
+        r(Method::GET, "/v1/dashboard", None, admin_only, false),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/dashboard",
+            None,
+            anyone_own,
+            false,
+        ),
         r(
             Method::POST,
             "/v1/knowledge",
