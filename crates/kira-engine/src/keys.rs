@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::ValidationError;
+use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{
     Actor, AdminScope, ApiKey, IssuedKey, IssuedSession, NewKey, Principal, Role, StoredSession,
     session_id, token_key_id,

@@ -289,12 +289,14 @@ impl Chart {
 
 /// A number for people: `-` when there is none.
 pub fn num(v: impl std::borrow::Borrow<Option<f64>>, decimals: usize) -> String {
-    v.borrow().map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
+    v.borrow()
+        .map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
 }
 
 /// A share 0-1 as a percentage.
 pub fn pct(v: impl std::borrow::Borrow<Option<f64>>) -> String {
-    v.borrow().map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
+    v.borrow()
+        .map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
 }
 
 fn error_page(nav: Option<Nav>, e: &ApiError) -> Response {
@@ -509,10 +511,7 @@ async fn login(
         Ok(issued) => (
             [(
                 header::SET_COOKIE,
-                session_cookie(
-                    &issued.token,
-                    kira_engine::keys::SESSION_TTL.num_seconds(),
-                ),
+                session_cookie(&issued.token, kira_engine::keys::SESSION_TTL.num_seconds()),
             )],
             Redirect::to("/ui/"),
         )
@@ -537,9 +536,12 @@ async fn logout(
     if let Err(r) = check_csrf(&ui, &f.csrf) {
         return r;
     }
-    let act = ui
-        .caller
-        .act(&app, "ui.sign_out", "session", ui.caller.principal.company());
+    let act = ui.caller.act(
+        &app,
+        "ui.sign_out",
+        "session",
+        ui.caller.principal.company(),
+    );
     if let Err(e) = app.engine.keys().end_session(&ui.session, act.ok()).await {
         return error_page(None, &ApiError::from_engine(e, "session"));
     }

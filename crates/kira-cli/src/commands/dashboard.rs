@@ -86,8 +86,16 @@ fn executive(d: &Value) -> String {
         d["alert_summary"]["open"],
     );
     let mut t = output::table(&[
-        "COMPANY", "TASKS", "P95 RESP", "SLA", "SUCCESS", "USED", "REMAINING", "PROJECTED",
-        "RATING", "ALERTS",
+        "COMPANY",
+        "TASKS",
+        "P95 RESP",
+        "SLA",
+        "SUCCESS",
+        "USED",
+        "REMAINING",
+        "PROJECTED",
+        "RATING",
+        "ALERTS",
     ]);
     for c in d["companies"].as_array().into_iter().flatten() {
         t.add_row(vec![

@@ -74,6 +74,7 @@ async fn browser(driver: &Driver) -> Client {
 
 /// chromedriver's browser log since the last read (console messages,
 /// uncaught errors, CSP violations, failed loads).
+#[derive(Debug)]
 struct BrowserLog;
 
 impl WebDriverCompatibleCommand for BrowserLog {
@@ -82,11 +83,17 @@ impl WebDriverCompatibleCommand for BrowserLog {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/se/log", session_id.unwrap_or_default()))
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
     }
 
     fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(json!({"type": "browser"}).to_string()))
+        (
+            http::Method::POST,
+            Some(json!({"type": "browser"}).to_string()),
+        )
     }
 }
 
@@ -111,7 +118,11 @@ fn shots() -> PathBuf {
 async fn screenshot(c: &Client, backend: Backend, name: &str) {
     let png = c.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    std::fs::write(shots().join(format!("{backend:?}-{name}.png").to_lowercase()), png).expect("write screenshot");
+    std::fs::write(
+        shots().join(format!("{backend:?}-{name}.png").to_lowercase()),
+        png,
+    )
+    .expect("write screenshot");
 }
 
 async fn js(c: &Client, script: &str) -> Value {
@@ -153,7 +164,9 @@ async fn text(c: &Client, css: &str) -> String {
 }
 
 async fn sign_in(c: &Client, base: &str, key: &str) {
-    c.goto(&format!("{base}/ui/login")).await.expect("login page");
+    c.goto(&format!("{base}/ui/login"))
+        .await
+        .expect("login page");
     c.find(Locator::Css("#key"))
         .await
         .expect("key field")
@@ -178,7 +191,9 @@ async fn pages_in_chromium(backend: Backend) {
     let driver = chromedriver().await;
     let c = browser(&driver).await;
 
-    c.goto(&format!("{base}/ui/companies/acme")).await.expect("page");
+    c.goto(&format!("{base}/ui/companies/acme"))
+        .await
+        .expect("page");
     assert_eq!(path(&c).await, "/ui/login", "signed out: the sign-in page");
     no_console_errors(&c, "sign-in").await;
     screenshot(&c, backend, "login").await;
@@ -206,7 +221,9 @@ async fn pages_in_chromium(backend: Backend) {
     screenshot(&c, backend, "company-acme").await;
 
     // beta's page is not there for acme's viewer.
-    c.goto(&format!("{base}/ui/companies/beta")).await.expect("page");
+    c.goto(&format!("{base}/ui/companies/beta"))
+        .await
+        .expect("page");
     assert_eq!(text(&c, "#error-status").await, "404");
     let html = c.source().await.expect("source");
     assert!(!html.contains("beta corp"));
@@ -226,7 +243,9 @@ async fn pages_in_chromium(backend: Backend) {
         .await
         .expect("sign out");
     assert_eq!(path(&c).await, "/ui/login");
-    c.goto(&format!("{base}/ui/companies/acme")).await.expect("page");
+    c.goto(&format!("{base}/ui/companies/acme"))
+        .await
+        .expect("page");
     assert_eq!(path(&c).await, "/ui/login");
     let cookies = js(&c, "return document.cookie;").await;
     assert_eq!(cookies, json!(""), "HttpOnly: no script sees the session");
@@ -240,7 +259,12 @@ async fn pages_in_chromium(backend: Backend) {
     let drawn = charts(&c).await;
     assert_eq!(
         drawn,
-        [("chart-daily-tokens".to_owned(), true, "10".to_owned(), "10".to_owned())]
+        [(
+            "chart-daily-tokens".to_owned(),
+            true,
+            "10".to_owned(),
+            "10".to_owned()
+        )]
     );
     no_console_errors(&c, "executive").await;
     screenshot(&c, backend, "executive").await;

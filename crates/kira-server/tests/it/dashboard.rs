@@ -347,9 +347,15 @@ async fn company_dashboard_story(backend: Backend) {
     let o = &d["overview"];
     assert_eq!(o["days"], 30);
     assert_eq!(o["total_tasks"], 4, "{o}");
-    assert_eq!((o["completed"].clone(), o["failed"].clone()), (json!(2), json!(1)));
+    assert_eq!(
+        (o["completed"].clone(), o["failed"].clone()),
+        (json!(2), json!(1))
+    );
     assert!(close(&o["avg_response_time"], 21.25), "{o}");
-    assert!(close(&o["p95_response_time"], p95(&[30, 10, 25, 20])), "{o}");
+    assert!(
+        close(&o["p95_response_time"], p95(&[30, 10, 25, 20])),
+        "{o}"
+    );
     assert_eq!(o["sla_response_seconds"], 30);
     assert_eq!(o["success_rate"], 0.5);
     assert_eq!(o["automation_rate"], 0.5);
@@ -376,7 +382,13 @@ async fn company_dashboard_story(backend: Backend) {
         v.as_array()
             .expect("alerts")
             .iter()
-            .map(|a| format!("{}:{}", a["rule"].as_str().unwrap_or(""), a["state"].as_str().unwrap_or("")))
+            .map(|a| {
+                format!(
+                    "{}:{}",
+                    a["rule"].as_str().unwrap_or(""),
+                    a["state"].as_str().unwrap_or("")
+                )
+            })
             .collect()
     };
     assert_eq!(ids(&d["alerts"]["active"]), ["sla_violation:firing"]);
@@ -398,14 +410,23 @@ async fn company_dashboard_story(backend: Backend) {
     assert_eq!(r["tokens_remaining"], line["remaining"]);
     assert_eq!(
         r["tokens_remaining"].as_i64(),
-        Some(line["allocation"].as_i64().expect("n") - line["reserved"].as_i64().expect("n") - 1_350)
+        Some(
+            line["allocation"].as_i64().expect("n") - line["reserved"].as_i64().expect("n") - 1_350
+        )
     );
     assert_eq!(r["projected_monthly"], projected(1_350, at(30)));
     assert_eq!(r["overdraft"], 0);
 
     // Its queue: A4 queued since t0, A5 running; A3 waits for review.
     let q = &d["queue"];
-    assert_eq!((q["depth"].clone(), q["queued"].clone(), q["running"].clone()), (json!(2), json!(1), json!(1)));
+    assert_eq!(
+        (
+            q["depth"].clone(),
+            q["queued"].clone(),
+            q["running"].clone()
+        ),
+        (json!(2), json!(1), json!(1))
+    );
     assert_eq!(q["oldest_runnable_wait_seconds"], 30.0);
     assert_eq!(d["review_backlog"], 1);
 
@@ -499,10 +520,7 @@ async fn executive_dashboard_story(backend: Backend) {
     assert_eq!(r["pools"][0]["reserved"], b["pools"][0]["reserved"]);
     let days = r["days"].as_array().expect("days");
     assert_eq!(days.len(), 10, "March 1 to 10");
-    assert_eq!(
-        r["daily_tokens"],
-        json!([0, 0, 0, 0, 0, 0, 0, 600, 0, 850])
-    );
+    assert_eq!(r["daily_tokens"], json!([0, 0, 0, 0, 0, 0, 0, 600, 0, 850]));
 
     let a = &d["alert_summary"];
     assert_eq!(a["open"], 3);
@@ -536,6 +554,18 @@ async fn postgres_executive_dashboard() {
 
 // ---- /ui/ over plain HTTP ----
 
+/// A form body (reqwest here is built without its `form` feature).
+trait FormBody {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl FormBody for reqwest::RequestBuilder {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self {
+        self.header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(pairs).expect("form"))
+    }
+}
+
 /// A client that follows no redirect and keeps no cookie: the test reads
 /// each answer as it is.
 fn browser() -> reqwest::Client {
@@ -557,7 +587,7 @@ fn location(r: &reqwest::Response) -> String {
 pub async fn sign_in(base: &str, key: &str) -> String {
     let r = browser()
         .post(format!("{base}/ui/login"))
-        .form(&[("key", key)])
+        .form_body(&[("key", key)])
         .send()
         .await
         .expect("sign in");
@@ -609,25 +639,41 @@ async fn ui_story(backend: Backend) {
         .and_then(|v| v.to_str().ok())
         .expect("a CSP")
         .to_owned();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
     let html = r.text().await.expect("html");
     assert!(!html.contains("<script>"), "no inline script");
     let r = page(base, "/ui/static/vendor/uplot/uPlot.iife.min.js", None).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers()["content-type"].to_str().expect("type").starts_with("text/javascript"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .expect("type")
+            .starts_with("text/javascript")
+    );
     assert!(r.text().await.expect("js").contains("uPlot"));
 
     // A wrong key: the form again, 401, audited; no cookie.
     let r = browser()
         .post(format!("{base}/ui/login"))
-        .form(&[("key", "kira_aaaaaaaaaaaa_0000000000000000000000000000000000000000")])
+        .form_body(&[(
+            "key",
+            "kira_aaaaaaaaaaaa_0000000000000000000000000000000000000000",
+        )])
         .send()
         .await
         .expect("sign in");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(r.headers().get("set-cookie").is_none());
-    assert!(r.text().await.expect("html").contains("not a valid API key"));
+    assert!(
+        r.text()
+            .await
+            .expect("html")
+            .contains("not a valid API key")
+    );
 
     // acme's viewer: its company's page, with the run's figures and the
     // charts' data points; beta's page refused as not found and audited.
@@ -651,12 +697,19 @@ async fn ui_story(backend: Backend) {
     ] {
         assert!(html.contains(part), "{part} in the company page");
     }
-    assert!(!html.contains("review_backlog observed"), "an alert older than a day");
+    assert!(
+        !html.contains("review_backlog observed"),
+        "an alert older than a day"
+    );
     let r = page(base, "/ui/companies/beta", Some(&viewer)).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(!r.text().await.expect("html").contains("beta corp"));
     let r = page(base, "/ui/", Some(&viewer)).await;
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "a viewer has no executive page");
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "a viewer has no executive page"
+    );
     let denied = s
         .audit()
         .await
@@ -692,7 +745,7 @@ async fn ui_story(backend: Backend) {
     let r = browser()
         .post(&ack)
         .header("cookie", &operator)
-        .form(&[("csrf", "wrong")])
+        .form_body(&[("csrf", "wrong")])
         .send()
         .await
         .expect("ack");
@@ -701,7 +754,7 @@ async fn ui_story(backend: Backend) {
         .post(&ack)
         .header("cookie", &operator)
         .header("sec-fetch-site", "cross-site")
-        .form(&[("csrf", csrf.as_str())])
+        .form_body(&[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("ack");
@@ -719,7 +772,7 @@ async fn ui_story(backend: Backend) {
         .post(&ack)
         .header("cookie", &operator)
         .header("origin", base.as_str())
-        .form(&[("csrf", csrf.as_str())])
+        .form_body(&[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("ack");
@@ -768,7 +821,7 @@ async fn ui_story(backend: Backend) {
     let r = browser()
         .post(format!("{base}/ui/logout"))
         .header("cookie", &viewer)
-        .form(&[("csrf", csrf.as_str())])
+        .form_body(&[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("logout");
@@ -786,27 +839,39 @@ async fn ui_story(backend: Backend) {
     let (key_id, token) = s.key("viewer", Some("beta")).await;
     let cookie = sign_in(base, &token).await;
     assert_eq!(
-        page(base, "/ui/companies/beta", Some(&cookie)).await.status(),
+        page(base, "/ui/companies/beta", Some(&cookie))
+            .await
+            .status(),
         StatusCode::OK
     );
     s.admin_ok(Method::POST, &format!("/v1/keys/{key_id}/revoke"), None)
         .await;
     assert_eq!(
-        page(base, "/ui/companies/beta", Some(&cookie)).await.status(),
+        page(base, "/ui/companies/beta", Some(&cookie))
+            .await
+            .status(),
         StatusCode::SEE_OTHER
     );
     // And one past its 12 hours.
     run.clock.set(at(30) + TimeDelta::hours(12));
     assert_eq!(
-        page(base, "/ui/companies/acme", Some(&operator)).await.status(),
+        page(base, "/ui/companies/acme", Some(&operator))
+            .await
+            .status(),
         StatusCode::SEE_OTHER
     );
     let audit = s.audit().await;
-    assert!(audit.iter().any(|e| e["action"] == "ui.sign_in" && e["company_id"] == "acme"));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "ui.sign_in" && e["company_id"] == "acme")
+    );
     assert!(audit.iter().any(|e| e["action"] == "ui.sign_out"));
-    assert!(audit.iter().any(|e| e["detail"]
-        .as_str()
-        .is_some_and(|d| d.starts_with("dashboard session:"))));
+    assert!(audit.iter().any(|e| {
+        e["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("dashboard session:"))
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

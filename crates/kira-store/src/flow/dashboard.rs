@@ -12,9 +12,11 @@ use crate::sql::{Columns, Conn, q};
 async fn company_waiting(c: &mut dyn Conn, company: &str) -> Result<WaitingWork> {
     let queue = c
         .all(
-            q("SELECT status, priority, count(*) AS n, min(waiting_since) AS oldest \
+            q(
+                "SELECT status, priority, count(*) AS n, min(waiting_since) AS oldest \
                FROM task_queue WHERE company_id = $1 \
-               GROUP BY status, priority ORDER BY status, priority")
+               GROUP BY status, priority ORDER BY status, priority",
+            )
             .arg(company),
         )
         .await?

@@ -42,13 +42,22 @@ async fn sessions_live_and_end_with_their_key(f: Fresh) {
         .expect("there");
     assert_eq!(
         (&found.id, &found.secret_sha256, &found.csrf),
-        (&first.stored.id, &first.stored.secret_sha256, &first.stored.csrf)
+        (
+            &first.stored.id,
+            &first.stored.secret_sha256,
+            &first.stored.csrf
+        )
     );
     assert_eq!(found.expires_at, first.stored.expires_at.trunc_subsecs(6));
     assert_eq!(k.key.id, id);
     let p = Principal::authenticate_session(&first.token, &found, &k, t0()).expect("valid");
     assert_eq!(p.role(), Role::Viewer);
-    assert!(s.find_session("nosuchsession").await.expect("find").is_none());
+    assert!(
+        s.find_session("nosuchsession")
+            .await
+            .expect("find")
+            .is_none()
+    );
 
     // A session of an unknown key is refused.
     let ghost = StoredSession::issue(
@@ -58,7 +67,8 @@ async fn sessions_live_and_end_with_their_key(f: Fresh) {
         TimeDelta::hours(1),
     );
     assert!(matches!(
-        s.insert_session(&ghost.stored, record(None, "ui.sign_in")).await,
+        s.insert_session(&ghost.stored, record(None, "ui.sign_in"))
+            .await,
         Err(kira_store::StoreError::NotFound)
     ));
 
@@ -72,7 +82,12 @@ async fn sessions_live_and_end_with_their_key(f: Fresh) {
     s.insert_session(&second.stored, record(Some("acme"), "ui.sign_in"))
         .await
         .expect("session");
-    assert!(s.find_session(&first.stored.id).await.expect("find").is_none());
+    assert!(
+        s.find_session(&first.stored.id)
+            .await
+            .expect("find")
+            .is_none()
+    );
 
     // Sign-out ends it once.
     assert!(
@@ -97,5 +112,10 @@ async fn sessions_live_and_end_with_their_key(f: Fresh) {
         .expect("delete");
     let count = |t: &str| deleted.tables.iter().find(|(n, _)| n == t).map(|(_, n)| *n);
     assert_eq!(count("ui_sessions"), Some(1));
-    assert!(s.find_session(&third.stored.id).await.expect("find").is_none());
+    assert!(
+        s.find_session(&third.stored.id)
+            .await
+            .expect("find")
+            .is_none()
+    );
 }
