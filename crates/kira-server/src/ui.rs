@@ -75,7 +75,9 @@ pub fn routes() -> Router<App> {
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            // Not `no-referrer`: that makes a browser send `Origin: null`
+            // with the pages' own forms.
+            HeaderValue::from_static("same-origin"),
         ))
 }
 
@@ -155,10 +157,13 @@ fn clear_cookie() -> HeaderValue {
 /// in `Sec-Fetch-Site`, or its `Origin` is not this host.
 fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
     let refused = || (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && !matches!(site, "same-origin" | "none")
-    {
-        return Err(refused());
+    // The browser's own word, where it gives it; else its Origin.
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return if matches!(site, "same-origin" | "none") {
+            Ok(())
+        } else {
+            Err(refused())
+        };
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let host = headers

@@ -185,6 +185,21 @@ async fn path(c: &Client) -> String {
     c.current_url().await.expect("url").path().to_owned()
 }
 
+/// Waits for the navigation a click started to land on `expected` (the
+/// browser loads the next page after the click returns).
+async fn lands_on(c: &Client, expected: &str) {
+    for _ in 0..100 {
+        if path(c).await == expected
+            && js(c, "return document.readyState;").await == json!("complete")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let html = c.source().await.unwrap_or_default();
+    panic!("still on {} instead of {expected}:\n{html}", path(c).await);
+}
+
 async fn pages_in_chromium(backend: Backend) {
     let run = scripted_run(backend).await;
     let base = run.server.base.clone();
@@ -200,7 +215,7 @@ async fn pages_in_chromium(backend: Backend) {
 
     // acme's viewer: its company's page, three charts of seven days.
     sign_in(&c, &base, &run.acme_viewer).await;
-    assert_eq!(path(&c).await, "/ui/companies/acme");
+    lands_on(&c, "/ui/companies/acme").await;
     assert_eq!(text(&c, "#company-name").await, "acme corp");
     assert_eq!(text(&c, "#total-tasks").await, "4");
     assert_eq!(text(&c, "#avg-response").await, "21.25 s");
@@ -242,7 +257,7 @@ async fn pages_in_chromium(backend: Backend) {
         .click()
         .await
         .expect("sign out");
-    assert_eq!(path(&c).await, "/ui/login");
+    lands_on(&c, "/ui/login").await;
     c.goto(&format!("{base}/ui/companies/acme"))
         .await
         .expect("page");
@@ -253,7 +268,7 @@ async fn pages_in_chromium(backend: Backend) {
     // The admin: the executive page with the period's daily tokens, and an
     // alert acknowledged from the alerts page.
     sign_in(&c, &base, &run.server.admin).await;
-    assert_eq!(path(&c).await, "/ui/");
+    lands_on(&c, "/ui/").await;
     assert_eq!(text(&c, "#queue-depth").await, "2");
     assert_eq!(text(&c, "#open-alerts").await, "3");
     let drawn = charts(&c).await;
@@ -277,7 +292,7 @@ async fn pages_in_chromium(backend: Backend) {
         .click()
         .await
         .expect("acknowledge");
-    assert_eq!(path(&c).await, "/ui/alerts");
+    lands_on(&c, "/ui/alerts").await;
     let state = c
         .find(Locator::Css(&row))
         .await
