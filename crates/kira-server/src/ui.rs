@@ -153,43 +153,35 @@ fn clear_cookie() -> HeaderValue {
     HeaderValue::from_static("kira_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
-/// Refuses a POST another site made the browser send: the browser says so
-/// in `Sec-Fetch-Site`, or its `Origin` is not this host.
-fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
-    let refused = || (StatusCode::FORBIDDEN, "cross-site request refused").into_response();
+/// Why a POST another site made the browser send is refused: the browser
+/// says so in `Sec-Fetch-Site`, or its `Origin` is not this host.
+fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+    const REFUSED: &str = "cross-site request refused";
     // The browser's own word, where it gives it; else its Origin.
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        return if matches!(site, "same-origin" | "none") {
-            Ok(())
-        } else {
-            Err(refused())
-        };
+        return (!matches!(site, "same-origin" | "none")).then_some(REFUSED);
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let bare = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .unwrap_or("");
-        if bare != host {
-            return Err(refused());
-        }
-    }
-    Ok(())
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let bare = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    (bare != host).then_some(REFUSED)
 }
 
-/// The form token a POST carries must be its session's.
-fn check_csrf(ui: &Ui, sent: &str) -> Result<(), Response> {
+/// Why a form is refused when the token it carries is not its session's.
+fn stale_form(ui: &Ui, sent: &str) -> Option<&'static str> {
     use subtle::ConstantTimeEq;
     let same: bool = sent.as_bytes().ct_eq(ui.session.csrf.as_bytes()).into();
-    if same {
-        Ok(())
-    } else {
-        Err((StatusCode::FORBIDDEN, "the form is stale: reload the page").into_response())
-    }
+    (!same).then_some("the form is stale: reload the page")
+}
+
+fn forbidden(why: &'static str) -> Response {
+    (StatusCode::FORBIDDEN, why).into_response()
 }
 
 fn form<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
@@ -417,16 +409,16 @@ async fn ack(
     Path(raw): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers) {
-        return r;
+    if let Some(why) = cross_site(&headers) {
+        return forbidden(why);
     }
     let nav = Nav::of(&ui);
     let f: CsrfForm = match form(body) {
         Ok(f) => f,
         Err(e) => return error_page(Some(nav), &e),
     };
-    if let Err(r) = check_csrf(&ui, &f.csrf) {
-        return r;
+    if let Some(why) = stale_form(&ui, &f.csrf) {
+        return forbidden(why);
     }
     match alerts::change(&app, &ui.caller, &raw, "alert.ack").await {
         Ok(_) => Redirect::to("/ui/alerts").into_response(),
@@ -472,8 +464,8 @@ async fn login(
     from: RequestOrigin,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers) {
-        return r;
+    if let Some(why) = cross_site(&headers) {
+        return forbidden(why);
     }
     let refused = |status: StatusCode, message: &str| {
         (
@@ -531,15 +523,15 @@ async fn logout(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers) {
-        return r;
+    if let Some(why) = cross_site(&headers) {
+        return forbidden(why);
     }
     let f: CsrfForm = match form(body) {
         Ok(f) => f,
         Err(e) => return error_page(Some(Nav::of(&ui)), &e),
     };
-    if let Err(r) = check_csrf(&ui, &f.csrf) {
-        return r;
+    if let Some(why) = stale_form(&ui, &f.csrf) {
+        return forbidden(why);
     }
     let act = ui.caller.act(
         &app,
