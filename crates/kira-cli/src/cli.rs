@@ -106,6 +106,9 @@ pub enum Command {
     /// system's (admin) or an agent's.
     #[command(subcommand)]
     Metrics(crate::commands::metrics::MetricsCommand),
+    /// The executive dashboard (admin), or a company's with its id (SEED
+    /// 6.3); in the browser at /ui/.
+    Dashboard(crate::commands::dashboard::DashboardCommand),
     /// Alerts: list, show, acknowledge, resolve; silences (admin).
     #[command(subcommand)]
     Alerts(crate::commands::alerts::AlertsCommand),

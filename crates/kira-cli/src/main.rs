@@ -126,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sharing(cmd) => commands::sharing::run_sharing(&ctx()?, cmd).await,
         Command::Agents(cmd) => commands::agents::run(&ctx()?, cmd).await,
         Command::Metrics(cmd) => commands::metrics::run(&ctx()?, cmd).await,
+        Command::Dashboard(cmd) => commands::dashboard::run(&ctx()?, cmd).await,
         Command::Alerts(cmd) => commands::alerts::run(&ctx()?, cmd).await,
         Command::Tools(cmd) => commands::tools::run(&ctx()?, cmd).await,
         Command::Credentials(cmd) => commands::credentials::run(&ctx()?, cmd).await,

@@ -78,6 +78,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the listening address")?;
     eprintln!("kira listening on http://{addr}");
+    eprintln!("kira dashboard on http://{addr}/ui/ (sign in with an API key)");
 
     let env = |k: &str| std::env::var(k).ok();
     let engine = crate::agents::engine(store, &cfg.engine, &env)?;

@@ -179,6 +179,88 @@ pub fn token_key_id(token: &str) -> Option<KeyId> {
     KeyId::parse(id).ok()
 }
 
+/// Every dashboard session token starts with this.
+pub const SESSION_PREFIX: &str = "kira_s_";
+const SESSION_ID_LEN: usize = 24;
+
+/// A dashboard sign-in (issue 22): made when an API key signs in, kept
+/// server-side, named by the browser's cookie. Only the secret's SHA-256
+/// is stored; the session acts as its key and ends with it (revocation,
+/// expiry or sign-out).
+#[derive(Clone, PartialEq)]
+pub struct StoredSession {
+    pub id: String,
+    pub key_id: KeyId,
+    pub secret_sha256: [u8; 32],
+    /// Sent back by the dashboard's forms: a request another site makes
+    /// the browser send cannot know it.
+    pub csrf: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for StoredSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("id", &self.id)
+            .field("key_id", &self.key_id)
+            .field("csrf", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// A session just made: the record to store and the cookie's token.
+pub struct IssuedSession {
+    pub stored: StoredSession,
+    pub token: String,
+}
+
+impl fmt::Debug for IssuedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedSession")
+            .field("id", &self.stored.id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl StoredSession {
+    /// A session for `key_id` from now for `ttl`, with random id, secret
+    /// and form token from `rng`.
+    pub fn issue(
+        rng: &mut impl Rng,
+        key_id: KeyId,
+        now: DateTime<Utc>,
+        ttl: chrono::TimeDelta,
+    ) -> IssuedSession {
+        let id = random_alnum(rng, SESSION_ID_LEN, LOWER_ALNUM);
+        let secret = random_alnum(rng, SECRET_LEN, BASE62);
+        let token = format!("{SESSION_PREFIX}{id}_{secret}");
+        IssuedSession {
+            stored: StoredSession {
+                id,
+                key_id,
+                secret_sha256: sha256(secret.as_bytes()),
+                csrf: random_alnum(rng, SECRET_LEN, BASE62),
+                created_at: now,
+                expires_at: now + ttl,
+            },
+            token,
+        }
+    }
+}
+
+/// The session id a session token names, if it looks like one of ours.
+pub fn session_id(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix(SESSION_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let ok = id.len() == SESSION_ID_LEN
+        && id.bytes().all(|b| LOWER_ALNUM.contains(&b))
+        && secret.len() == SECRET_LEN;
+    ok.then_some(id)
+}
+
 /// Who is acting, as the audit log names them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Actor {
@@ -229,6 +311,36 @@ impl Principal {
         let presented = sha256(token.as_bytes());
         let same: bool = presented.ct_eq(&stored.token_sha256).into();
         if !same || stored.key.revoked_at.is_some() {
+            return None;
+        }
+        Some(Principal {
+            actor: Actor::Key(stored.key.id.clone()),
+            role: stored.key.role,
+            company: stored.key.company_id.clone(),
+        })
+    }
+
+    /// The caller behind a dashboard session token: its secret matches
+    /// the stored session, which has not expired and names `stored`, a
+    /// live key. The hash comparison takes the same time whatever the token.
+    pub fn authenticate_session(
+        token: &str,
+        session: &StoredSession,
+        stored: &StoredKey,
+        now: DateTime<Utc>,
+    ) -> Option<Principal> {
+        let secret = token
+            .strip_prefix(SESSION_PREFIX)?
+            .split_once('_')
+            .map(|(_, s)| s)?;
+        let same: bool = sha256(secret.as_bytes())
+            .ct_eq(&session.secret_sha256)
+            .into();
+        if !same
+            || now >= session.expires_at
+            || session.key_id != stored.key.id
+            || stored.key.revoked_at.is_some()
+        {
             return None;
         }
         Some(Principal {
@@ -380,6 +492,35 @@ mod tests {
         revoked.key.revoked_at = Some(now());
         assert!(Principal::authenticate(&k.token, &revoked).is_none());
         assert!(!format!("{k:?}").contains(&k.token));
+    }
+
+    #[test]
+    fn a_session_acts_as_its_live_key_until_it_expires() {
+        let k = issue(Role::Viewer, Some("acme"));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let ttl = chrono::TimeDelta::hours(1);
+        let s = StoredSession::issue(&mut rng, k.stored.key.id.clone(), now(), ttl);
+        assert_eq!(session_id(&s.token), Some(s.stored.id.as_str()));
+        assert_eq!(session_id(&k.token), None, "an API key is not a session");
+        let p = Principal::authenticate_session(&s.token, &s.stored, &k.stored, now())
+            .expect("valid session");
+        assert_eq!(p.role(), Role::Viewer);
+        assert_eq!(p.company().map(CompanyId::as_str), Some("acme"));
+        // Expired, wrong secret, another key, a revoked key: nobody.
+        let at_end = now() + ttl;
+        assert!(Principal::authenticate_session(&s.token, &s.stored, &k.stored, at_end).is_none());
+        let mut wrong = s.token.clone();
+        wrong.pop();
+        wrong.push('x');
+        assert!(Principal::authenticate_session(&wrong, &s.stored, &k.stored, now()).is_none());
+        let other = issue(Role::Admin, None);
+        let mut other_key = other.stored.clone();
+        other_key.key.id = KeyId::parse("zzzzzzzzzzzz").expect("id");
+        assert!(Principal::authenticate_session(&s.token, &s.stored, &other_key, now()).is_none());
+        let mut revoked = k.stored.clone();
+        revoked.key.revoked_at = Some(now());
+        assert!(Principal::authenticate_session(&s.token, &s.stored, &revoked, now()).is_none());
+        assert!(!format!("{s:?}").contains(&s.token));
     }
 
     #[test]

@@ -5,8 +5,12 @@
 
 use std::sync::Arc;
 
+use kira_core::ValidationError;
 use kira_core::audit::{AuditRecord, Outcome};
-use kira_core::auth::{AdminScope, ApiKey, IssuedKey, NewKey, Principal, Role, token_key_id};
+use kira_core::auth::{
+    Actor, AdminScope, ApiKey, IssuedKey, IssuedSession, NewKey, Principal, Role, StoredSession,
+    session_id, token_key_id,
+};
 use kira_core::clock::Clock;
 use kira_core::ids::KeyId;
 use kira_store::Store;
@@ -33,6 +37,9 @@ impl Unauthenticated {
         }
     }
 }
+
+/// How long a dashboard session lasts after sign-in.
+pub const SESSION_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(12);
 
 /// A key just issued: the record kira keeps and the token, shown once.
 #[derive(Debug)]
@@ -66,6 +73,64 @@ impl Keys {
             })?
             .ok_or(Unauthenticated::UnknownKey)?;
         Principal::authenticate(token, &stored).ok_or(Unauthenticated::WrongSecretOrRevoked)
+    }
+
+    /// Starts a dashboard session for `principal`, an API key that just
+    /// authenticated; the sign-in is audited with it. The token is for the
+    /// browser's cookie only.
+    pub async fn start_session(
+        &self,
+        principal: &Principal,
+        audit: AuditRecord,
+    ) -> Result<IssuedSession, EngineError> {
+        let Actor::Key(key) = principal.actor() else {
+            return Err(ValidationError::new("key", "only an API key signs in").into());
+        };
+        let now = chrono::SubsecRound::trunc_subsecs(self.ctx.clock.now(), 6);
+        let issued = StoredSession::issue(&mut rand::rng(), key.clone(), now, SESSION_TTL);
+        let audit = AuditRecord {
+            target: format!("session:{}", issued.stored.id),
+            detail: format!("until {}", issued.stored.expires_at.to_rfc3339()),
+            ..audit
+        };
+        self.ctx.store.insert_session(&issued.stored, audit).await?;
+        Ok(issued)
+    }
+
+    /// The principal behind a dashboard session token, and the session
+    /// (its form token): while it has not expired and its key is live.
+    pub async fn session(
+        &self,
+        token: &str,
+    ) -> Result<(Principal, StoredSession), Unauthenticated> {
+        let id = session_id(token).ok_or(Unauthenticated::Malformed)?;
+        let (session, key) = self
+            .ctx
+            .store
+            .find_session(id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "session lookup failed");
+                Unauthenticated::LookupFailed
+            })?
+            .ok_or(Unauthenticated::UnknownKey)?;
+        let principal =
+            Principal::authenticate_session(token, &session, &key, self.ctx.clock.now())
+                .ok_or(Unauthenticated::WrongSecretOrRevoked)?;
+        Ok((principal, session))
+    }
+
+    /// Ends the session (sign-out), audited; false when it was gone.
+    pub async fn end_session(
+        &self,
+        session: &StoredSession,
+        audit: AuditRecord,
+    ) -> Result<bool, EngineError> {
+        let audit = AuditRecord {
+            target: format!("session:{}", session.id),
+            ..audit
+        };
+        Ok(self.ctx.store.delete_session(&session.id, audit).await?)
     }
 
     /// Whether a key still authenticates: not revoked, not deleted. A failed

@@ -25,6 +25,7 @@ pub mod audit;
 pub mod budget;
 pub mod companies;
 pub mod config;
+pub mod dashboard;
 pub mod executor;
 mod group;
 pub mod keys;
@@ -148,6 +149,7 @@ pub(crate) struct Services {
     metrics: Arc<metrics::Metrics>,
     alerts: Arc<alerts::Alerts>,
     tools: tools::Tools,
+    dashboard: dashboard::Dashboard,
 }
 
 impl Engine {
@@ -224,6 +226,7 @@ impl Engine {
                 tasks: tasks::Tasks::new(ctx.clone(), scheduler.clone()),
                 reviews: review::Reviews::new(ctx.clone(), memory.clone()),
                 agents: agent::Agents::new(ctx.clone(), scheduler.clone()),
+                dashboard: dashboard::Dashboard::new(ctx.clone(), metrics.clone(), budget.clone()),
                 metrics: metrics.clone(),
                 alerts: Arc::new(alerts::Alerts::new(ctx.clone(), metrics, sharing.clone())),
                 tools: tools::Tools::new(ctx.clone(), engine.clone()),
@@ -363,6 +366,11 @@ impl Engine {
     /// through.
     pub fn tools(&self) -> &tools::Tools {
         &self.inner.tools
+    }
+
+    /// The executive and company dashboards (SEED 6.3).
+    pub fn dashboard(&self) -> &dashboard::Dashboard {
+        &self.inner.dashboard
     }
 
     /// The configured agents and their load.

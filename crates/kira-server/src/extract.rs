@@ -76,12 +76,35 @@ pub const MAX_AUDITED_PATH: usize = 256;
 /// limit ([`crate::refusals`]): anyone can send these, so none may grow the
 /// log by more than a short entry, nor one address by more than a few a
 /// minute.
-async fn audit_unauthenticated(parts: &Parts, app: &App, request_id: String, reason: &str) {
-    let now = app.clock.now();
-    let from = parts
+pub(crate) async fn audit_unauthenticated(
+    parts: &Parts,
+    app: &App,
+    request_id: String,
+    reason: &str,
+) {
+    let target = format!("{} {}", parts.method, parts.uri.path());
+    audit_refusal(app, request_id, peer(parts), target, reason).await;
+}
+
+/// The address a request came from (0.0.0.0 when the server was not
+/// told).
+pub(crate) fn peer(parts: &Parts) -> IpAddr {
+    parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// [`audit_unauthenticated`] of a request from `from` for `target`
+/// (`METHOD /path`).
+pub(crate) async fn audit_refusal(
+    app: &App,
+    request_id: String,
+    from: IpAddr,
+    target: String,
+    reason: &str,
+) {
+    let now = app.clock.now();
     let admission = app.refusals.admit(from, now);
     let anonymous = |target: String, detail: String| AuditRecord {
         at: now,
@@ -104,7 +127,6 @@ async fn audit_unauthenticated(parts: &Parts, app: &App, request_id: String, rea
         })
         .collect();
     if admission.record {
-        let target = format!("{} {}", parts.method, parts.uri.path());
         records.push(anonymous(
             truncated(&target, MAX_AUDITED_PATH),
             format!("{reason} (from {from})"),

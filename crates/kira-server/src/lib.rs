@@ -25,6 +25,7 @@ pub mod extract;
 pub mod prom;
 pub mod refusals;
 mod routes;
+pub mod ui;
 
 pub use error::{ApiError, ErrorBody};
 
@@ -93,6 +94,7 @@ pub struct App {
         (name = "sharing", description = "Cross-company sharing rules and conflict flags (admin)"),
         (name = "agents", description = "The agent pool: models, limits and load"),
         (name = "metrics", description = "Task metrics per system, company and agent; the Prometheus exposition"),
+        (name = "dashboards", description = "The executive and company dashboards (SEED 6.3) as JSON"),
         (name = "alerts", description = "Alerts: rules evaluated over the metrics, budgets and queue; acknowledgement, resolution, silences"),
         (name = "tools", description = "Tools: the three-layer registry (infrastructure, domain, company), company tool configurations, and test calls through the company wrapper"),
     )
@@ -179,6 +181,8 @@ fn routes() -> OpenApiRouter<App> {
         .routes(routes!(routes::metrics::system_metrics))
         .routes(routes!(routes::metrics::company_metrics))
         .routes(routes!(routes::metrics::agent_metrics))
+        .routes(routes!(routes::dashboard::executive_dashboard))
+        .routes(routes!(routes::dashboard::company_dashboard))
         .routes(routes!(routes::alerts::list_alerts))
         .routes(routes!(
             routes::alerts::list_silences,
@@ -248,6 +252,7 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
         cfg,
     };
     router
+        .merge(ui::routes())
         // Counted per route template, so only routed requests.
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod audit;
 pub mod budget;
 pub mod companies;
+pub mod dashboard;
 pub mod keys;
 pub mod knowledge;
 pub mod memory;

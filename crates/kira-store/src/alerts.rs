@@ -32,6 +32,9 @@ pub struct AlertFilter {
     pub open_only: bool,
     pub state: Option<AlertState>,
     pub rule: Option<String>,
+    /// Only those changed (opened, fired, acknowledged, escalated,
+    /// notified or resolved) at or after this.
+    pub changed_since: Option<DateTime<Utc>>,
     pub limit: u32,
 }
 
@@ -41,6 +44,7 @@ impl Default for AlertFilter {
             open_only: false,
             state: None,
             rule: None,
+            changed_since: None,
             limit: 100,
         }
     }

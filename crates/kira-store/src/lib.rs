@@ -18,12 +18,14 @@ use kira_core::{CompanyId, ValidationError};
 pub mod agents;
 pub mod alerts;
 pub mod conflicts;
+pub mod dashboard;
 mod flow;
 pub mod knowledge;
 pub mod ledger;
 pub mod memory;
 pub mod metrics;
 pub mod postgres;
+pub mod sessions;
 pub mod sharing;
 mod sql;
 pub mod sqlite;
@@ -198,6 +200,8 @@ pub trait Store:
     + metrics::MetricsStore
     + alerts::AlertStore
     + tools::ToolStore
+    + sessions::SessionStore
+    + dashboard::DashboardStore
 {
     fn backend(&self) -> Backend;
 

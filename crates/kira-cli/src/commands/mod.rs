@@ -8,6 +8,7 @@ pub mod audit;
 pub mod budget;
 pub mod company;
 pub mod credentials;
+pub mod dashboard;
 pub mod demo;
 pub mod knowledge;
 pub mod memory;

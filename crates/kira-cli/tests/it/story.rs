@@ -50,6 +50,10 @@ pub fn check_first_start(server: &Server) {
         stderr.contains(&format!("kira listening on {}", server.url)),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(&format!("kira dashboard on {}/ui/", server.url)),
+        "the dashboard's URL is printed at start:\n{stderr}"
+    );
     assert!(!stderr.contains(&token), "the token never reaches the log");
 }
 

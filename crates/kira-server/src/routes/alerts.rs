@@ -21,13 +21,13 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Caller, json_body, query};
 
 /// The caller as an alert reader: the admin, or a key's own company.
-enum Reader {
+pub(crate) enum Reader {
     Admin(AdminScope),
     Company(CompanyScope),
 }
 
 impl Reader {
-    fn of(caller: &Caller, access: Access) -> ApiResult<Reader> {
+    pub(crate) fn of(caller: &Caller, access: Access) -> ApiResult<Reader> {
         if let Ok(admin) = caller.principal.admin() {
             return Ok(Reader::Admin(admin));
         }
@@ -35,7 +35,7 @@ impl Reader {
         Ok(Reader::Company(caller.principal.scope(company, access)?))
     }
 
-    fn as_store(&self) -> AlertReader<'_> {
+    pub(crate) fn as_store(&self) -> AlertReader<'_> {
         match self {
             Reader::Admin(a) => AlertReader::Admin(a),
             Reader::Company(s) => AlertReader::Company(s),
@@ -44,7 +44,7 @@ impl Reader {
 
     /// A company key asking for an alert not its company's is refused as
     /// not found, and audited as denied.
-    fn error(&self, e: kira_engine::EngineError) -> ApiError {
+    pub(crate) fn error(&self, e: kira_engine::EngineError) -> ApiError {
         match (self, e) {
             (
                 Reader::Company(_),
@@ -116,6 +116,7 @@ pub async fn list_alerts(
             open_only: q.open.unwrap_or(false),
             state,
             rule: q.rule,
+            changed_since: None,
             limit,
         };
         let alerts = app
@@ -161,7 +162,7 @@ pub async fn get_alert(
     act.read(result).await
 }
 
-async fn change(
+pub(crate) async fn change(
     app: &App,
     caller: &Caller,
     raw: &str,

@@ -270,6 +270,14 @@ fn routes() -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/v1/agents/legal/metrics", None, anyone, false),
+        r(Method::GET, "/v1/dashboard", None, admin_only, false),
+        r(
+            Method::GET,
+            "/v1/companies/{c}/dashboard",
+            None,
+            anyone_own,
+            false,
+        ),
         r(
             Method::POST,
             "/v1/knowledge",
@@ -660,7 +668,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 67 * 5 * 2);
+    assert_eq!(cells, 69 * 5 * 2);
 
     // Every refused attempt on the other company is in the audit log, under
     // the caller's company (issue 17: "other"'s own log never shows a key

@@ -33,6 +33,8 @@ async fn openapi_lists_every_route_with_responses() {
         "GET /metrics",
         "GET /v1/metrics/system",
         "GET /v1/companies/{id}/metrics",
+        "GET /v1/dashboard",
+        "GET /v1/companies/{id}/dashboard",
         "GET /v1/alerts",
         "GET /v1/alerts/{id}",
         "POST /v1/alerts/{id}/ack",

@@ -207,6 +207,7 @@ async fn list_alerts_of(
     let sql = select_alerts!(
         "WHERE ($1 IS NULL OR company_id = $1) AND ($2 IS NULL OR state = $2) \
       AND ($3 IS NULL OR rule = $3) AND (NOT $4 OR state <> 'resolved') \
+      AND ($6 IS NULL OR updated_at >= $6) \
     ORDER BY started_at DESC, alert_id LIMIT $5"
     );
     let s = q(sql)
@@ -214,7 +215,8 @@ async fn list_alerts_of(
         .arg(f.state.map(AlertState::as_str))
         .arg(f.rule.as_deref())
         .arg(f.open_only)
-        .arg(i64::from(f.limit.clamp(1, 1_000)));
+        .arg(i64::from(f.limit.clamp(1, 1_000)))
+        .arg(f.changed_since);
     c.all(s).await?.iter().map(alert_from_row).collect()
 }
 

@@ -150,6 +150,10 @@ pub(crate) const COMPANY_ROWS: &Rows = &[
         "conflicts",
         "DELETE FROM conflicts WHERE company_a = $1 OR company_b = $1",
     ),
+    (
+        "ui_sessions",
+        "DELETE FROM ui_sessions WHERE key_id IN (SELECT key_id FROM api_keys WHERE company_id = $1)",
+    ),
     ("api_keys", "DELETE FROM api_keys WHERE company_id = $1"),
     ("companies", "DELETE FROM companies WHERE company_id = $1"),
 ];

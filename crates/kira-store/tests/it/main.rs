@@ -26,5 +26,6 @@ mod metrics;
 mod pg_work;
 mod queue_property;
 mod rls;
+mod sessions;
 mod support;
 mod work;
