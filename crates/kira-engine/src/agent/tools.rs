@@ -88,15 +88,7 @@ pub fn specs(domains: &[String]) -> Vec<ToolSpec> {
     out.push(ToolSpec {
         name: SUBMIT_RESULT.into(),
         description: "Submit the final result of the task. Call it once, at the end.".into(),
-        parameters: json!({
-            "type": "object",
-            "properties": {
-                "summary": {"type": "string", "description": "one or two sentences"},
-                "answer": {"type": "string", "description": "the full answer or deliverable"},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1}
-            },
-            "required": ["summary", "answer", "confidence"]
-        }),
+        parameters: super::result::schema(),
     });
     out
 }
