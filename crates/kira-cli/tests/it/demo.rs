@@ -160,9 +160,10 @@ fn the_demo_sets_up_companies_runs_tasks_and_reruns_cleanly() {
     assert!(server.stop().success());
 }
 
-/// The demo's first three tasks (two legal, one financial) on the local
-/// model, each specialist allowed two short calls: every answer is held to
-/// the protocol (a tool call, then the result), so every task ends with a
+/// The demo's first three tasks (a legal analysis, a document review the
+/// primary agent answers inline, a financial model) on the local model,
+/// each agent allowed two short calls: every answer is held to the
+/// protocol (a tool call, then the result), so every task ends with a
 /// result the model stated, completed or waiting for review by the policy
 /// on its confidence, and none because its output did not parse.
 const LOCAL: &str = "\
@@ -175,17 +176,23 @@ kind = \"agents\"
 [review]
 confidence_threshold = 0.5
 
+[agents.primary]
+max_concurrent = 2
+max_steps = 2
+max_output_tokens = 48
+context_budget = 100
+
 [agents.legal]
 max_concurrent = 2
 max_steps = 2
-max_output_tokens = 64
-context_budget = 150
+max_output_tokens = 48
+context_budget = 100
 
 [agents.financial]
 max_concurrent = 2
 max_steps = 2
-max_output_tokens = 64
-context_budget = 150
+max_output_tokens = 48
+context_budget = 100
 ";
 
 #[test]
@@ -197,7 +204,7 @@ fn on_the_local_model_every_task_ends_with_the_result_the_model_stated() {
         "{}",
         server.stderr()
     );
-    let out = ok_json(server.kira().args(["demo", "--tasks", "3", "--wait", "300"]));
+    let out = ok_json(server.kira().args(["demo", "--tasks", "3", "--wait", "900"]));
     assert_eq!(out["summary"]["unfinished"], 0, "{out}");
     let tasks = all_tasks(&server);
     assert_eq!(tasks.len(), 3, "{tasks:?}");

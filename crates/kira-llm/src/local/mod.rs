@@ -32,6 +32,7 @@ use crate::{
     Usage,
 };
 use constrain::Constrainer;
+use llguidance::toktrie::SimpleVob;
 
 /// The model's name in responses.
 pub const LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
@@ -234,11 +235,7 @@ impl Provider for LocalProvider {
         let guide = match constrain::schema_of(&req.output, &req.tools)? {
             Some(schema) => {
                 let constrainer = self.constrainer()?;
-                Some(Guide {
-                    matcher: constrainer.matcher(&schema)?,
-                    constrainer,
-                    position: constrain::JsonPosition::default(),
-                })
+                Some(Guide::new(constrainer.matcher(&schema)?, constrainer))
             }
             None => None,
         };
@@ -352,25 +349,54 @@ struct Guide {
     constrainer: Arc<Constrainer>,
     /// Where the answer so far stands.
     position: constrain::JsonPosition,
+    /// Masks computed, the time they took, and how long generation waited
+    /// for them after its forward pass (the constraint's cost).
+    masks: u32,
+    computing: std::time::Duration,
+    waited: std::time::Duration,
 }
 
 impl Guide {
+    fn new(matcher: llguidance::Matcher, constrainer: Arc<Constrainer>) -> Self {
+        Self {
+            matcher,
+            constrainer,
+            position: constrain::JsonPosition::default(),
+            masks: 0,
+            computing: std::time::Duration::ZERO,
+            waited: std::time::Duration::ZERO,
+        }
+    }
+
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> LlmError {
         LlmError::Local(format!("constraint ({what}): {e}"))
     }
 
-    /// `logits` masked to the tokens the grammar allows next; when
-    /// `closing`, only those that close what is open, if any may.
-    fn mask(&mut self, logits: &Tensor, closing: bool) -> Result<Tensor, LlmError> {
+    /// The tokens the grammar allows next.
+    fn next_mask(&mut self) -> Result<SimpleVob, LlmError> {
+        let t0 = Instant::now();
         let allowed = self
             .matcher
             .compute_mask()
             .map_err(|e| self.fail("mask", e))?;
+        self.masks += 1;
+        self.computing += t0.elapsed();
+        Ok(allowed)
+    }
+
+    /// `logits` masked to `allowed`; when `closing`, only to those that
+    /// close what is open, if any may.
+    fn apply(
+        &self,
+        logits: &Tensor,
+        allowed: &SimpleVob,
+        closing: bool,
+    ) -> Result<Tensor, LlmError> {
         let mut v = logits
             .to_vec1::<f32>()
             .map_err(|e| self.fail("logits", e))?;
         let prefer = closing.then(|| self.constrainer.closing(self.position));
-        constrain::mask(&mut v, &allowed, prefer);
+        constrain::mask(&mut v, allowed, prefer);
         let n = v.len();
         Tensor::from_vec(v, n, &Device::Cpu).map_err(|e| self.fail("logits", e))
     }
@@ -401,6 +427,36 @@ impl Guide {
     }
 }
 
+/// Runs `tokens` through the model from position `pos` and, beside it on
+/// another thread, the constraint's next mask, which depends only on the
+/// tokens already taken in: the mask is off the critical path, and a step
+/// waits for it only when it takes longer than the forward pass.
+fn step(
+    model: &mut ModelWeights,
+    tokens: &[u32],
+    pos: usize,
+    guide: Option<&mut Guide>,
+) -> Result<(Tensor, Option<SimpleVob>), LlmError> {
+    let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .map_err(run)?;
+    let Some(guide) = guide else {
+        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
+        return Ok((logits.map_err(run)?, None));
+    };
+    let (logits, mask, waited) = std::thread::scope(|s| {
+        let masking = s.spawn(|| guide.next_mask());
+        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
+        let t0 = Instant::now();
+        let mask = masking.join();
+        (logits, mask, t0.elapsed())
+    });
+    guide.waited += waited;
+    let mask = mask.map_err(|_| LlmError::Local("constraint: the mask thread panicked".into()))??;
+    Ok((logits.map_err(run)?, Some(mask)))
+}
+
 /// Runs the prompt through a fresh cache, then one token at a time until a
 /// stop token (not returned), the constraint's end, or `max_new` tokens.
 /// Under a constraint each step samples only among the tokens it allows,
@@ -413,6 +469,26 @@ fn generate(
     stop_ids: &[u32],
     mut guide: Option<Guide>,
 ) -> Result<(Vec<u32>, FinishReason), LlmError> {
+    let out = generate_guided(model, prompt, max_new, sampling, stop_ids, guide.as_mut());
+    if let Some(g) = guide {
+        tracing::debug!(
+            masks = g.masks,
+            computing_ms = g.computing.as_secs_f64() * 1e3,
+            waited_ms = g.waited.as_secs_f64() * 1e3,
+            "constrained generation"
+        );
+    }
+    out
+}
+
+fn generate_guided(
+    model: &mut ModelWeights,
+    prompt: Vec<u32>,
+    max_new: usize,
+    sampling: Sampling,
+    stop_ids: &[u32],
+    mut guide: Option<&mut Guide>,
+) -> Result<(Vec<u32>, FinishReason), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
     model.clear_kv_cache();
     let mut out = Vec::new();
@@ -421,48 +497,35 @@ fn generate(
     }
     let mut sampler = LogitsProcessor::from_sampling(SEED, sampling);
     let mut seen = prompt.clone();
-    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(run)?;
-    let mut logits = model
-        .forward(&input, 0)
-        .and_then(|l| l.squeeze(0))
-        .map_err(run)?;
+    let (mut logits, mut allowed) = step(model, &prompt, 0, guide.as_deref_mut())?;
     loop {
         let recent = &seen[seen.len().saturating_sub(REPEAT_WINDOW)..];
-        let penalised =
+        let mut penalised =
             candle_transformers::utils::apply_repeat_penalty(&logits, REPEAT_PENALTY, recent)
                 .map_err(run)?;
-        let closing = max_new - out.len() <= CLOSING_RESERVE;
-        let penalised = match guide.as_mut() {
-            Some(g) => g.mask(&penalised, closing)?,
-            None => penalised,
-        };
+        if let (Some(g), Some(allowed)) = (guide.as_deref(), allowed.as_ref()) {
+            let closing = max_new - out.len() <= CLOSING_RESERVE;
+            penalised = g.apply(&penalised, allowed, closing)?;
+        }
         let next = sampler.sample(&penalised).map_err(run)?;
         if stop_ids.contains(&next) {
             return Ok((out, FinishReason::Stop));
         }
         let mut feed = vec![next];
-        if let Some(g) = guide.as_mut() {
+        if let Some(g) = guide.as_deref_mut() {
             feed.extend(g.advance(next)?);
         }
         feed.truncate(max_new - out.len());
         out.extend_from_slice(&feed);
         seen.extend_from_slice(&feed);
-        if guide.as_ref().is_some_and(|g| g.matcher.is_stopped()) {
+        if guide.as_deref().is_some_and(|g| g.matcher.is_stopped()) {
             // The grammar is complete: nothing but the end may follow.
             return Ok((out, FinishReason::Stop));
         }
         if out.len() >= max_new {
             return Ok((out, FinishReason::Length));
         }
-        let input = Tensor::new(feed.as_slice(), &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(run)?;
-        logits = model
-            .forward(&input, seen.len() - feed.len())
-            .and_then(|l| l.squeeze(0))
-            .map_err(run)?;
+        (logits, allowed) = step(model, &feed, seen.len() - feed.len(), guide.as_deref_mut())?;
     }
 }
 
