@@ -154,7 +154,13 @@ pub async fn command(
         }),
     };
     let free = speed(&model, req, tokens, runs).await?;
-    let held = speed(&model, |max| req(max).with_output(report.clone()), tokens, runs).await?;
+    let held = speed(
+        &model,
+        |max| req(max).with_output(report.clone()),
+        tokens,
+        runs,
+    )
+    .await?;
     let cost = if held.gen_tps > 0.0 {
         free.gen_tps / held.gen_tps - 1.0
     } else {

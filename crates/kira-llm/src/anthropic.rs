@@ -469,16 +469,18 @@ mod tests {
     #[test]
     fn a_json_output_is_a_forced_tool_whose_input_is_the_answer() {
         let schema = json!({"type": "object", "properties": {"a": {"type": "number"}}});
-        let req = ChatRequest::new("claude", vec![Message::user("q")], 64).with_output(
-            Output::Json {
+        let req =
+            ChatRequest::new("claude", vec![Message::user("q")], 64).with_output(Output::Json {
                 name: "result".into(),
                 schema: schema.clone(),
-            },
-        );
+            });
         let body = request_body(&req);
         assert_eq!(body["tools"][0]["name"], json!("result"));
         assert_eq!(body["tools"][0]["input_schema"], schema);
-        assert_eq!(body["tool_choice"], json!({"type": "tool", "name": "result"}));
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": "result"})
+        );
         let reply: Reply = serde_json::from_value(json!({
             "content": [{"type": "tool_use", "id": "t", "name": "result", "input": {"a": 1}}],
             "stop_reason": "tool_use",
@@ -500,8 +502,8 @@ mod tests {
 
     #[test]
     fn a_required_tool_call_is_tool_choice_any() {
-        let mut req = ChatRequest::new("claude", vec![Message::user("q")], 64)
-            .with_output(Output::ToolCall);
+        let mut req =
+            ChatRequest::new("claude", vec![Message::user("q")], 64).with_output(Output::ToolCall);
         assert!(request_body(&req).get("tool_choice").is_none());
         req.tools.push(crate::ToolSpec {
             name: "f".into(),

@@ -204,7 +204,11 @@ fn on_the_local_model_every_task_ends_with_the_result_the_model_stated() {
         "{}",
         server.stderr()
     );
-    let out = ok_json(server.kira().args(["demo", "--tasks", "3", "--wait", "900"]));
+    let out = ok_json(
+        server
+            .kira()
+            .args(["demo", "--tasks", "3", "--wait", "900"]),
+    );
     assert_eq!(out["summary"]["unfinished"], 0, "{out}");
     let tasks = all_tasks(&server);
     assert_eq!(tasks.len(), 3, "{tasks:?}");

@@ -192,7 +192,14 @@ mod tests {
             .collect();
         assert!(required.contains(&"confidence"), "{s}");
         let c = &s["properties"]["confidence"];
-        assert_eq!((c["type"].as_str(), c["minimum"].as_f64(), c["maximum"].as_f64()), (Some("number"), Some(0.0), Some(1.0)));
+        assert_eq!(
+            (
+                c["type"].as_str(),
+                c["minimum"].as_f64(),
+                c["maximum"].as_f64()
+            ),
+            (Some("number"), Some(0.0), Some(1.0))
+        );
         // What it describes reads back well formed.
         let r = from_text(r#"{"summary": "s", "answer": "a", "confidence": 0.35}"#);
         assert!(r.well_formed);

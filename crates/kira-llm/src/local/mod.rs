@@ -453,7 +453,8 @@ fn step(
         (logits, mask, t0.elapsed())
     });
     guide.waited += waited;
-    let mask = mask.map_err(|_| LlmError::Local("constraint: the mask thread panicked".into()))??;
+    let mask =
+        mask.map_err(|_| LlmError::Local("constraint: the mask thread panicked".into()))??;
     Ok((logits.map_err(run)?, Some(mask)))
 }
 

@@ -115,7 +115,11 @@ mod tests {
 
     #[test]
     fn the_gguf_template_renders_chatml() {
-        let t = turns(&[Message::system("Be brief."), Message::user("Hi")], &[], false);
+        let t = turns(
+            &[Message::system("Be brief."), Message::user("Hi")],
+            &[],
+            false,
+        );
         let rendered = render(SMOLLM2, &t).expect("render");
         assert_eq!(rendered, chatml(&t));
         assert_eq!(

@@ -354,7 +354,10 @@ mod tests {
         };
         let one = tool_call_schema(&[spec("a")]);
         assert_eq!(one["properties"]["tool"], json!({"const": "a"}));
-        assert_eq!(one["properties"]["arguments"]["properties"]["q"]["type"], "string");
+        assert_eq!(
+            one["properties"]["arguments"]["properties"]["q"]["type"],
+            "string"
+        );
         let two = tool_call_schema(&[spec("a"), spec("b")]);
         let names: Vec<&Value> = two["anyOf"]
             .as_array()

@@ -113,19 +113,21 @@ async fn an_output_schema_is_a_forced_tool_whose_input_is_the_answer() {
         "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
         "required": ["answer", "confidence"]
     });
-    let req = ChatRequest::new("claude", vec![Message::user("2+2?")], 64).with_output(
-        Output::Json {
+    let req =
+        ChatRequest::new("claude", vec![Message::user("2+2?")], 64).with_output(Output::Json {
             name: "result".into(),
             schema: schema.clone(),
-        },
-    );
+        });
     let r = provider(&fake).chat(&req).await.expect("chat");
     let answer: serde_json::Value = serde_json::from_str(&r.message.content).expect("JSON text");
     assert_eq!(answer, json!({"answer": "4", "confidence": 0.9}));
     assert!(r.message.tool_calls.is_empty());
     assert_eq!(r.finish_reason, FinishReason::Stop);
     let body = &fake.seen()[0].body;
-    assert_eq!(body["tool_choice"], json!({"type": "tool", "name": "result"}));
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "tool", "name": "result"})
+    );
     assert_eq!(body["tools"][0]["input_schema"], schema);
 }
 

@@ -181,7 +181,11 @@ async fn held_to_the_result_schema_every_answer_parses_and_validates() {
             Err(e) => failures.push(format!("{prompt}: {e}: {:?}", r.message.content)),
         }
     }
-    assert!(failures.is_empty(), "{} of 20 failed: {failures:#?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of 20 failed: {failures:#?}",
+        failures.len()
+    );
     // One compile for twenty calls.
     assert_eq!(p.compiled_schemas(), 1);
 }
@@ -266,7 +270,8 @@ async fn a_schema_that_cannot_compile_or_a_call_without_tools_is_a_configuration
     let e = p.chat(&req).await.expect_err("an empty range");
     assert!(matches!(e, LlmError::Config(_)), "{e:?}");
     assert!(e.to_string().contains("output schema"), "{e}");
-    let req = ChatRequest::new("smollm2", vec![Message::user("hi")], 8).with_output(Output::ToolCall);
+    let req =
+        ChatRequest::new("smollm2", vec![Message::user("hi")], 8).with_output(Output::ToolCall);
     let e = p.chat(&req).await.expect_err("no tools");
     assert!(matches!(e, LlmError::Config(_)), "{e:?}");
     assert_eq!(p.compiled_schemas(), 0);

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use kira_llm::{
-    ChatRequest, FinishReason, LlmError, Message, OpenAi, Output, Provider, ToolSpec,
-};
+use kira_llm::{ChatRequest, FinishReason, LlmError, Message, OpenAi, Output, Provider, ToolSpec};
 use serde_json::json;
 
 use crate::fake::{Fake, Reply};

@@ -100,7 +100,10 @@ fn the_check_refuses_what_the_schema_does_not_allow() {
         "required": ["n"],
         "additionalProperties": false
     });
-    assert_eq!(check(&json!({"n": 0.5, "k": "a", "s": "abc"}), &schema), Ok(()));
+    assert_eq!(
+        check(&json!({"n": 0.5, "k": "a", "s": "abc"}), &schema),
+        Ok(())
+    );
     for bad in [
         json!({"k": "a"}),
         json!({"n": 1.5}),
