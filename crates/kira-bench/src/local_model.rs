@@ -1,21 +1,127 @@
 //! `kira bench local-model`: the local model (SmolLM2, in process) on this
-//! machine: its load time, and prompt and generation speed.
+//! machine: its load time, prompt and generation speed, free and held to
+//! an output schema (what constrained decoding costs), and how often its
+//! answer to a varied prompt parses as an agent's result, free and held
+//! to the result schema.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use kira_llm::{ChatRequest, LocalProvider, Message, Provider};
+use kira_engine::agent::result;
+use kira_llm::{ChatRequest, LocalProvider, Message, Output, Provider};
+use serde_json::json;
 
 use crate::BenchError;
 
-/// Times the local model: loading it, a prompt alone (one output token)
-/// and the same prompt with `tokens` out; generation speed is the extra
-/// tokens over the extra time.
-pub async fn command(tokens: u32, runs: u32, json: bool) -> Result<ExitCode, BenchError> {
-    if tokens < 2 || runs == 0 {
-        return Err(BenchError::Invalid(
-            "--tokens must be at least 2 and --runs at least 1".into(),
-        ));
+/// Prompts of the kinds agents get, from a greeting to a contract
+/// question, some inviting prose, lists or code instead of JSON.
+const PROMPTS: [&str; 20] = [
+    "What is the capital of France?",
+    "Summarise: the board approved the 2027 budget of 4 million dollars.",
+    "When does the Initech contract renew? It renews on 1 March 2027.",
+    "Write a haiku about invoices.",
+    "List three risks of storing passwords in plain text.",
+    "Hello!",
+    "Translate 'good morning' into German.",
+    "What is 17 times 3?",
+    "Draft a two-line email telling the team the office is closed on Friday.",
+    "Is a verbal agreement a binding contract in Delaware?",
+    "Give me a Python function that adds two numbers.",
+    "Which is larger, 0.8 or 0.75?",
+    "Explain what a liability cap is in one sentence.",
+    "Tell me a very long story about a dragon, with many chapters.",
+    "Reply in plain text, not JSON: what colour is the sky?",
+    "Name the parties: Acme Robotics signed a lease with Globex on 2 May.",
+    "What should we do about the late shipment from Hofmann Foods?",
+    "Rate our runway: 1.2 million dollars in cash, burning 100,000 a month.",
+    "Who is the CEO? The context does not say.",
+    "Answer with a bulleted list of the days of the week.",
+];
+
+/// Output tokens per answer in the result check (an agent's answer on
+/// the local model is allowed 200; fewer keep the check short).
+const ANSWER_TOKENS: u32 = 64;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prompt and generation speed for requests made by `req(max_tokens)`:
+/// a prompt alone (one output token) and the same prompt with `tokens`
+/// out; generation speed is the extra tokens over the extra time.
+async fn speed(
+    model: &LocalProvider,
+    req: impl Fn(u32) -> ChatRequest,
+    tokens: u32,
+    runs: u32,
+) -> Result<Speed, BenchError> {
+    let (mut prompt_s, mut full_s, mut prompt_tokens, mut out_tokens) = (vec![], vec![], 0, 0);
+    for _ in 0..runs {
+        let a = model.chat(&req(1)).await?;
+        prompt_s.push(a.latency.as_secs_f64());
+        prompt_tokens = a.usage.prompt_tokens;
+        let b = model.chat(&req(tokens)).await?;
+        full_s.push(b.latency.as_secs_f64());
+        out_tokens = b.usage.completion_tokens;
+    }
+    let (p, f) = (median(prompt_s), median(full_s));
+    Ok(Speed {
+        prompt_tokens,
+        prompt_tps: f64::from(prompt_tokens) / p,
+        out_tokens,
+        gen_tps: if f > p && out_tokens > 1 {
+            f64::from(out_tokens - 1) / (f - p)
+        } else {
+            0.0
+        },
+    })
+}
+
+struct Speed {
+    prompt_tokens: u32,
+    prompt_tps: f64,
+    out_tokens: u32,
+    gen_tps: f64,
+}
+
+/// How many of the first `n` prompts get an answer that reads as a well
+/// formed result (a JSON object with an answer or summary and a readable
+/// confidence), answered with `output`.
+async fn results(model: &LocalProvider, n: usize, output: &Output) -> Result<usize, BenchError> {
+    let mut ok = 0;
+    for prompt in PROMPTS.iter().take(n) {
+        let req = ChatRequest::new(
+            kira_llm::local::LOCAL_MODEL,
+            vec![
+                Message::system(kira_engine::agent::prompts::builtin(
+                    kira_engine::config::PRIMARY,
+                )),
+                Message::user(*prompt),
+            ],
+            ANSWER_TOKENS,
+        )
+        .with_output(output.clone());
+        let r = model.chat(&req).await?;
+        if result::from_text(&r.message.content).well_formed {
+            ok += 1;
+        }
+    }
+    Ok(ok)
+}
+
+/// Times the local model and checks its answers; see the module.
+pub async fn command(
+    tokens: u32,
+    runs: u32,
+    answers: usize,
+    json: bool,
+) -> Result<ExitCode, BenchError> {
+    if tokens < 2 || runs == 0 || answers > PROMPTS.len() {
+        return Err(BenchError::Invalid(format!(
+            "--tokens must be at least 2, --runs at least 1 and --answers at most {}",
+            PROMPTS.len()
+        )));
     }
     let path = kira_llm::local::model_path(&kira_embed::models_dir());
     let t0 = Instant::now();
@@ -37,33 +143,54 @@ pub async fn command(tokens: u32, runs: u32, json: bool) -> Result<ExitCode, Ben
             max,
         )
     };
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    // Held to a schema whose one string the report fills: the model
+    // chooses nearly every token, so the difference is the mask's cost.
+    let report = Output::Json {
+        name: "report".into(),
+        schema: json!({
+            "type": "object",
+            "properties": {"report": {"type": "string"}},
+            "required": ["report"],
+        }),
     };
-    let (mut prompt_s, mut full_s, mut prompt_tokens, mut out_tokens) = (vec![], vec![], 0, 0);
-    for _ in 0..runs {
-        let a = model.chat(&req(1)).await?;
-        prompt_s.push(a.latency.as_secs_f64());
-        prompt_tokens = a.usage.prompt_tokens;
-        let b = model.chat(&req(tokens)).await?;
-        full_s.push(b.latency.as_secs_f64());
-        out_tokens = b.usage.completion_tokens;
-    }
-    let (p, f) = (median(prompt_s), median(full_s));
-    let prompt_tps = f64::from(prompt_tokens) / p;
-    let gen_tps = if f > p && out_tokens > 1 {
-        f64::from(out_tokens - 1) / (f - p)
+    let free = speed(&model, req, tokens, runs).await?;
+    let held = speed(
+        &model,
+        |max| req(max).with_output(report.clone()),
+        tokens,
+        runs,
+    )
+    .await?;
+    let cost = if held.gen_tps > 0.0 {
+        free.gen_tps / held.gen_tps - 1.0
     } else {
         0.0
     };
-    let r = serde_json::json!({
+    let result_output = Output::Json {
+        name: result::RESULT_NAME.into(),
+        schema: result::schema(),
+    };
+    let (free_ok, held_ok) = if answers > 0 {
+        (
+            results(&model, answers, &Output::Free).await?,
+            results(&model, answers, &result_output).await?,
+        )
+    } else {
+        (0, 0)
+    };
+    let r = json!({
         "model": kira_llm::local::LOCAL_MODEL,
         "load_seconds": load,
-        "prompt_tokens": prompt_tokens,
-        "prompt_tokens_per_second": prompt_tps,
-        "generated_tokens": out_tokens,
-        "generation_tokens_per_second": gen_tps,
+        "prompt_tokens": free.prompt_tokens,
+        "prompt_tokens_per_second": free.prompt_tps,
+        "generated_tokens": free.out_tokens,
+        "generation_tokens_per_second": free.gen_tps,
+        "constrained_generated_tokens": held.out_tokens,
+        "constrained_generation_tokens_per_second": held.gen_tps,
+        "constraint_cost": cost,
+        "answers": answers,
+        "results_well_formed_free": free_ok,
+        "results_well_formed_constrained": held_ok,
         "runs": runs,
     });
     if json {
@@ -72,9 +199,24 @@ pub async fn command(tokens: u32, runs: u32, json: bool) -> Result<ExitCode, Ben
         println!("local model: {}", kira_llm::local::LOCAL_MODEL);
         println!("  load             {load:.2} s");
         println!(
-            "  prompt           {prompt_tokens} tokens at {prompt_tps:.0} tokens/s (median of {runs})"
+            "  prompt           {} tokens at {:.0} tokens/s (median of {runs})",
+            free.prompt_tokens, free.prompt_tps
         );
-        println!("  generation       {out_tokens} tokens at {gen_tps:.1} tokens/s");
+        println!(
+            "  generation       {} tokens at {:.1} tokens/s",
+            free.out_tokens, free.gen_tps
+        );
+        println!(
+            "  constrained      {} tokens at {:.1} tokens/s (the constraint costs {:.1} %)",
+            held.out_tokens,
+            held.gen_tps,
+            cost * 100.0
+        );
+        if answers > 0 {
+            println!(
+                "  results          {free_ok}/{answers} well formed free, {held_ok}/{answers} held to the result schema"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -359,7 +359,13 @@ pub fn result_text(result: &Value) -> Option<String> {
         match result {
             Value::Null => return None,
             Value::String(s) => s.clone(),
-            v => v.to_string(),
+            // Keys sorted, so the text is the same whichever database
+            // kept the result (JSONB reorders keys; SQLite keeps them).
+            v => {
+                let mut v = v.clone();
+                v.sort_all_objects();
+                v.to_string()
+            }
         }
     };
     let clean: String = raw

@@ -122,10 +122,16 @@ pub fn estimate_tokens(req: &TaskRequest, params: &str, cfg: &EngineConfig) -> i
     input.saturating_add(output).max(1)
 }
 
-/// The hash an `Idempotency-Key` is bound to: the request as parsed, keys
-/// sorted, so formatting differences do not count as another request.
+/// The hash an `Idempotency-Key` is bound to: the request as parsed, the
+/// parameters' keys sorted, so formatting differences do not count as
+/// another request. Sorted here, not by serde_json: a dependency turns on
+/// its `preserve_order`, under which objects keep the order they came in.
 pub fn request_hash(req: &TaskRequest) -> String {
-    let canonical = serde_json::to_string(req).unwrap_or_default();
+    let mut req = req.clone();
+    if let Some(p) = req.parameters.as_mut() {
+        p.sort_all_objects();
+    }
+    let canonical = serde_json::to_string(&req).unwrap_or_default();
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 

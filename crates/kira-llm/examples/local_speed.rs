@@ -1,13 +1,14 @@
 //! The local model's speed on this machine:
 //! `cargo run --release -p kira-llm --example local_speed [MAX_TOKENS]`.
 //! Prints load time, prompt tokens per second (the prompt's forward pass)
-//! and generation tokens per second, for one call at a time.
+//! and generation tokens per second, for one call at a time, free and held
+//! to a JSON schema (constrained decoding).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use kira_llm::local::model_path;
-use kira_llm::{ChatRequest, LocalProvider, Message, Provider};
+use kira_llm::{ChatRequest, LocalProvider, Message, Output, Provider};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,6 +57,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         r.latency,
         f64::from(r.usage.completion_tokens.saturating_sub(1)) / generating.as_secs_f64(),
         r.usage.prompt_tokens,
+        one.latency
+    );
+    println!("answer: {}", r.message.content);
+
+    // The same, held to a schema whose one string the story fills.
+    let held = req.clone().with_output(Output::Json {
+        name: "story".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": {"story": {"type": "string"}},
+            "required": ["story"],
+        }),
+    });
+    let one = local
+        .chat(&ChatRequest {
+            max_tokens: 1,
+            ..held.clone()
+        })
+        .await?;
+    let r = local.chat(&held).await?;
+    let generating = r.latency.saturating_sub(one.latency);
+    println!(
+        "constrained: {} tokens in {:.2?} = {:.1} tokens/s (first token {:.2?})",
+        r.usage.completion_tokens,
+        r.latency,
+        f64::from(r.usage.completion_tokens.saturating_sub(1)) / generating.as_secs_f64(),
         one.latency
     );
     println!("answer: {}", r.message.content);

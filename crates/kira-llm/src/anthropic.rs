@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use crate::http::{self, send_json};
 use crate::{
-    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, Role, ToolCall, Usage,
+    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Output, Provider, Role, ToolCall,
+    Usage,
 };
 
 /// Anthropic's API, the default base URL (without `/v1`).
@@ -68,7 +69,7 @@ impl Provider for Anthropic {
             .header("anthropic-version", ANTHROPIC_VERSION)
             .json(&request_body(req));
         let (body, latency): (Reply, _) = send_json(&self.name, request, Some(&self.key)).await?;
-        parse_response(body, latency, &req.model)
+        parse_response(body, latency, &req.model, forced_tool(req))
     }
 
     /// The messages API's event stream: text deltas go to `on_text`; tool
@@ -189,7 +190,20 @@ impl Provider for Anthropic {
             provider: self.name.clone(),
             message: format!("stream: {e}"),
         })?;
-        parse_response(reply, latency, &req.model)
+        parse_response(reply, latency, &req.model, forced_tool(req))
+    }
+}
+
+/// The tool an [`Output::Json`] is asked for as: the messages API has no
+/// response format, so the schema becomes a tool the model must call, and
+/// that call's input is the answer. Only an object schema can be a tool's
+/// input; any other is left to the prompt and the caller's parser.
+fn forced_tool(req: &ChatRequest) -> Option<&str> {
+    match &req.output {
+        Output::Json { name, schema } if schema.get("type") == Some(&json!("object")) => {
+            Some(name.as_str())
+        }
+        _ => None,
     }
 }
 
@@ -241,6 +255,24 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
                 })
             })
             .collect();
+    }
+    match (&req.output, forced_tool(req)) {
+        (Output::Json { name, schema }, Some(_)) => {
+            let tool = json!({
+                "name": name,
+                "description": "Give your answer by calling this tool; its input is the answer.",
+                "input_schema": schema,
+            });
+            match body["tools"].as_array_mut() {
+                Some(tools) => tools.push(tool),
+                None => body["tools"] = json!([tool]),
+            }
+            body["tool_choice"] = json!({"type": "tool", "name": name});
+        }
+        (Output::ToolCall, _) if !req.tools.is_empty() => {
+            body["tool_choice"] = json!({"type": "any"});
+        }
+        _ => {}
     }
     body
 }
@@ -314,15 +346,27 @@ struct WireUsage {
     cache_read_input_tokens: Option<u32>,
 }
 
+/// The answer in a reply; a call of `answer_tool` (the tool an
+/// [`Output::Json`] was asked for as) is the message's text, as JSON.
 pub(crate) fn parse_response(
     body: Reply,
     latency: Duration,
     requested_model: &str,
+    answer_tool: Option<&str>,
 ) -> Result<ChatResponse, LlmError> {
     let mut text = String::new();
     let mut tool_calls = Vec::new();
+    let mut answered = false;
     for block in body.content {
         match block {
+            Block::ToolUse { name, input, .. } if Some(name.as_str()) == answer_tool => {
+                // The answer replaces whatever text came before it.
+                text = input.to_string();
+                answered = true;
+            }
+            Block::Text { text: t } if answered => {
+                tracing::debug!(len = t.len(), "text after a forced answer is dropped");
+            }
             Block::Text { text: t } => text.push_str(&t),
             Block::ToolUse { id, name, input } => tool_calls.push(ToolCall {
                 id,
@@ -334,6 +378,7 @@ pub(crate) fn parse_response(
         }
     }
     let finish_reason = match body.stop_reason.as_deref() {
+        Some("tool_use") if answered && tool_calls.is_empty() => FinishReason::Stop,
         Some("end_turn" | "stop_sequence") | None => FinishReason::Stop,
         Some("max_tokens") => FinishReason::Length,
         Some("tool_use") => FinishReason::ToolCalls,
@@ -415,9 +460,56 @@ mod tests {
                       "cache_read_input_tokens": 10, "cache_creation_input_tokens": null}
         }))
         .expect("shape");
-        let r = parse_response(body, Duration::ZERO, "m").expect("parse");
+        let r = parse_response(body, Duration::ZERO, "m", None).expect("parse");
         assert_eq!(r.message.content, "hi");
         assert_eq!(r.usage.prompt_tokens, 15);
         assert_eq!(r.finish_reason, FinishReason::Other("refusal".into()));
+    }
+
+    #[test]
+    fn a_json_output_is_a_forced_tool_whose_input_is_the_answer() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "number"}}});
+        let req =
+            ChatRequest::new("claude", vec![Message::user("q")], 64).with_output(Output::Json {
+                name: "result".into(),
+                schema: schema.clone(),
+            });
+        let body = request_body(&req);
+        assert_eq!(body["tools"][0]["name"], json!("result"));
+        assert_eq!(body["tools"][0]["input_schema"], schema);
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": "result"})
+        );
+        let reply: Reply = serde_json::from_value(json!({
+            "content": [{"type": "tool_use", "id": "t", "name": "result", "input": {"a": 1}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 5, "output_tokens": 2}
+        }))
+        .expect("shape");
+        let r = parse_response(reply, Duration::ZERO, "m", forced_tool(&req)).expect("parse");
+        assert_eq!(r.message.content, r#"{"a":1}"#);
+        assert!(r.message.tool_calls.is_empty());
+        assert_eq!(r.finish_reason, FinishReason::Stop);
+
+        // A schema that is not an object cannot be a tool's input: left alone.
+        let text = req.with_output(Output::Json {
+            name: "n".into(),
+            schema: json!({"type": "number"}),
+        });
+        assert!(request_body(&text).get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn a_required_tool_call_is_tool_choice_any() {
+        let mut req =
+            ChatRequest::new("claude", vec![Message::user("q")], 64).with_output(Output::ToolCall);
+        assert!(request_body(&req).get("tool_choice").is_none());
+        req.tools.push(crate::ToolSpec {
+            name: "f".into(),
+            description: "d".into(),
+            parameters: json!({"type": "object"}),
+        });
+        assert_eq!(request_body(&req)["tool_choice"], json!({"type": "any"}));
     }
 }

@@ -18,6 +18,30 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Tools the model may call; empty for none.
     pub tools: Vec<ToolSpec>,
+    /// What shape the answer must take. Providers that can hold a model
+    /// to it do (the local model masks its tokens; OpenAI-compatible
+    /// servers get `response_format` or a required tool call; Anthropic a
+    /// forced tool); the caller parses the answer tolerantly either way.
+    #[serde(default)]
+    pub output: Output,
+}
+
+/// The shape an answer must take.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Output {
+    /// Text, and tool calls if the model makes any.
+    #[default]
+    Free,
+    /// The message's text is one JSON value valid against `schema`, a
+    /// JSON schema; `name` names it to providers that want a name.
+    Json {
+        name: String,
+        schema: serde_json::Value,
+    },
+    /// Exactly one call of one of the request's tools, its arguments valid
+    /// against that tool's parameters schema.
+    ToolCall,
 }
 
 impl ChatRequest {
@@ -29,7 +53,14 @@ impl ChatRequest {
             max_tokens,
             temperature: None,
             tools: Vec::new(),
+            output: Output::Free,
         }
+    }
+
+    /// The same request, its answer held to `output`.
+    pub fn with_output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
     }
 }
 

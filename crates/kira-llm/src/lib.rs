@@ -22,7 +22,9 @@ mod resilient;
 use async_trait::async_trait;
 
 pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION, Anthropic};
-pub use chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, ToolSpec, Usage};
+pub use chat::{
+    ChatRequest, ChatResponse, FinishReason, Message, Output, Role, ToolCall, ToolSpec, Usage,
+};
 pub use config::{
     DEFAULT_ANTHROPIC_MODEL, DEFAULT_OPENAI_MODEL, ProviderConfig, ProviderKind, from_env,
 };

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use crate::http::{self, send_json};
 use crate::{
-    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, Role, ToolCall, Usage,
+    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Output, Provider, Role, ToolCall,
+    Usage,
 };
 
 /// OpenAI's API, the default base URL.
@@ -223,6 +224,19 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
             })
             .collect();
     }
+    match &req.output {
+        Output::Free => {}
+        // Structured outputs: OpenAI's strict mode, vLLM's and the
+        // llama.cpp server's guided decoding, Ollama's format.
+        Output::Json { name, schema } => {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": schema, "strict": true},
+            });
+        }
+        Output::ToolCall if !req.tools.is_empty() => body["tool_choice"] = json!("required"),
+        Output::ToolCall => {}
+    }
     body
 }
 
@@ -408,6 +422,27 @@ mod tests {
         assert_eq!(body["messages"][2]["tool_call_id"], json!("c1"));
         assert_eq!(body["tools"][0]["function"]["name"], json!("search"));
         assert!(body.get("temperature").is_none());
+        assert!(body.get("response_format").is_none());
+        assert!(body.get("tool_choice").is_none());
+        let body = request_body(&req.clone().with_output(Output::ToolCall));
+        assert_eq!(body["tool_choice"], json!("required"));
+    }
+
+    #[test]
+    fn a_json_output_goes_as_a_strict_response_format() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "number"}}});
+        let req = ChatRequest::new("m", vec![Message::user("hi")], 10).with_output(Output::Json {
+            name: "result".into(),
+            schema: schema.clone(),
+        });
+        let body = request_body(&req);
+        assert_eq!(
+            body["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "result", "schema": schema, "strict": true}})
+        );
+        // No tools: nothing to require.
+        let body = request_body(&req.with_output(Output::ToolCall));
+        assert!(body.get("tool_choice").is_none());
     }
 
     #[test]

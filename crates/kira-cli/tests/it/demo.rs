@@ -160,6 +160,75 @@ fn the_demo_sets_up_companies_runs_tasks_and_reruns_cleanly() {
     assert!(server.stop().success());
 }
 
+/// The demo's first three tasks (a legal analysis, a document review the
+/// primary agent answers inline, a financial model) on the local model,
+/// each agent allowed two short calls: every answer is held to the
+/// protocol (a tool call, then the result), so every task ends with a
+/// result the model stated, completed or waiting for review by the policy
+/// on its confidence, and none because its output did not parse.
+const LOCAL: &str = "\
+[budget]
+total_tokens = 1000000
+
+[executor]
+kind = \"agents\"
+
+[review]
+confidence_threshold = 0.5
+
+[agents.primary]
+max_concurrent = 2
+max_steps = 2
+max_output_tokens = 48
+context_budget = 100
+
+[agents.legal]
+max_concurrent = 2
+max_steps = 2
+max_output_tokens = 48
+context_budget = 100
+
+[agents.financial]
+max_concurrent = 2
+max_steps = 2
+max_output_tokens = 48
+context_budget = 100
+";
+
+#[test]
+fn on_the_local_model_every_task_ends_with_the_result_the_model_stated() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = start_in(work.path(), Some(LOCAL), &[]);
+    assert!(
+        server.stderr().contains("agents use the local model"),
+        "{}",
+        server.stderr()
+    );
+    let out = ok_json(
+        server
+            .kira()
+            .args(["demo", "--tasks", "3", "--wait", "900"]),
+    );
+    assert_eq!(out["summary"]["unfinished"], 0, "{out}");
+    let tasks = all_tasks(&server);
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    for t in &tasks {
+        let shown = ok_json(server.kira().args(["task", "show", s(t, "task_id")]));
+        let status = s(&shown, "status");
+        let result = &shown["result"];
+        assert!(matches!(status, "completed" | "needs_review"), "{shown}");
+        assert_eq!(result["model"], "SmolLM2-135M-Instruct", "{shown}");
+        // The model's own result, read from its answer, not a fallback.
+        assert_eq!(result["well_formed"], true, "{shown}");
+        assert!(result["limit_hit"].is_null(), "{shown}");
+        let confidence = result["confidence"].as_f64().expect("confidence");
+        assert!((0.0..=1.0).contains(&confidence), "{shown}");
+        // In review exactly when the policy says so for that confidence.
+        assert_eq!(status == "needs_review", confidence < 0.5, "{shown}");
+    }
+    assert!(server.stop().success());
+}
+
 #[test]
 fn without_a_server_the_demo_says_how_to_start_one() {
     let work = tempfile::tempdir().expect("temp dir");

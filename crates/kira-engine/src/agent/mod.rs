@@ -20,8 +20,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kira_core::task::Task;
 use kira_llm::{
-    ChatRequest, ChatResponse, Message, Provider, Resilient, RetryPolicy, Sleeper, ToolCall,
-    ToolSpec,
+    ChatRequest, ChatResponse, Message, Output, Provider, Resilient, RetryPolicy, Sleeper,
+    ToolCall, ToolSpec,
 };
 use kira_store::agents::{Step, StepKind};
 use serde_json::json;
@@ -55,15 +55,7 @@ fn submit_spec() -> ToolSpec {
     ToolSpec {
         name: SUBMIT_RESULT.into(),
         description: "Submit the final result of the task. Call it once, at the end.".into(),
-        parameters: json!({
-            "type": "object",
-            "properties": {
-                "summary": {"type": "string", "description": "one or two sentences"},
-                "answer": {"type": "string", "description": "the full answer or deliverable"},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1}
-            },
-            "required": ["summary", "answer", "confidence"]
-        }),
+        parameters: result::schema(),
     }
 }
 
@@ -404,6 +396,23 @@ fn tokens_of(messages: &[Message], tools: &[ToolSpec]) -> i64 {
         n += count_tokens(&serde_json::to_string(tools).unwrap_or_default());
     }
     i64::try_from(n).unwrap_or(i64::MAX / 4)
+}
+
+/// What a call's answer must be: one call of the agent's tools (a search,
+/// or `submit_result`, which ends the run), or the result itself when
+/// `submit_result` is the only tool or this is the last call the run's
+/// step limit allows, so that a run ends with a result the review policy
+/// can judge by its stated confidence.
+fn output_for(tools: &[ToolSpec], last_step: bool) -> Output {
+    let only_submit = tools.iter().all(|t| t.name == SUBMIT_RESULT);
+    if last_step || only_submit {
+        Output::Json {
+            name: result::RESULT_NAME.to_owned(),
+            schema: result::schema(),
+        }
+    } else {
+        Output::ToolCall
+    }
 }
 
 /// The first user message: the company, its context pack, the primary's
@@ -758,12 +767,14 @@ impl AgentExecutor {
             Err(e) => return Err(failed(e.to_string())),
         };
         progress.steps += 1;
+        let last_step = progress.steps >= agent.config.max_steps;
         let req = ChatRequest {
             model: agent.model.clone(),
             messages: messages.to_vec(),
             max_tokens: call.max_output,
             temperature: None,
             tools: specs.to_vec(),
+            output: output_for(specs, last_step),
         };
         let resp = match agent.provider.chat(&req).await {
             Ok(r) => {
@@ -975,5 +986,27 @@ impl AgentExecutor {
             confidence: r.confidence,
             requires_human_review: review,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_held_to_a_tool_call_until_the_last_step_asks_for_the_result() {
+        let mut all =
+            crate::tools::builtin::specs_for(&["memory".to_owned(), "knowledge".to_owned()]);
+        all.push(submit_spec());
+        assert_eq!(output_for(&all, false), Output::ToolCall);
+        let result = Output::Json {
+            name: result::RESULT_NAME.to_owned(),
+            schema: result::schema(),
+        };
+        assert_eq!(output_for(&all, true), result);
+        // An agent with no domains can only submit: its answer is the result.
+        let submit_only = vec![submit_spec()];
+        assert_eq!(submit_only.len(), 1);
+        assert_eq!(output_for(&submit_only, false), result);
     }
 }

@@ -4,7 +4,11 @@
 //! as the answer with confidence 0, so a result that does not follow the
 //! protocol always goes to a human when the review policy asks for one.
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+/// The name the result's schema goes by (a response format's name, the
+/// tool Anthropic is made to call).
+pub const RESULT_NAME: &str = "result";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FinalResult {
@@ -18,6 +22,26 @@ pub struct FinalResult {
 }
 
 const SUMMARY_CHARS: usize = 300;
+
+/// The result's JSON schema: `submit_result`'s parameters, and what a
+/// model held to the result answers with. Confidence is required, a
+/// number in [0, 1], so a model held to it states one the review policy
+/// can use.
+pub fn schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string", "description": "one or two sentences", "minLength": 1, "maxLength": SUMMARY_CHARS},
+            "answer": {"type": "string", "description": "the full answer or deliverable", "minLength": 1},
+            "confidence": {
+                "type": "number", "minimum": 0, "maximum": 1,
+                "description": "how sure you are that the answer is correct and complete"
+            }
+        },
+        "required": ["summary", "answer", "confidence"],
+        "additionalProperties": false
+    })
+}
 
 fn cut(s: &str, n: usize) -> String {
     super::cut(s.trim(), n)
@@ -155,6 +179,31 @@ mod tests {
         // A brace that is not a result is skipped.
         let r = from_text("set {x} then {\"answer\": \"y\", \"confidence\": 1}");
         assert_eq!((r.answer.as_str(), r.confidence), ("y", 1.0));
+    }
+
+    #[test]
+    fn the_schema_requires_a_confidence_in_the_unit_interval() {
+        let s = schema();
+        let required: Vec<&str> = s["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(required.contains(&"confidence"), "{s}");
+        let c = &s["properties"]["confidence"];
+        assert_eq!(
+            (
+                c["type"].as_str(),
+                c["minimum"].as_f64(),
+                c["maximum"].as_f64()
+            ),
+            (Some("number"), Some(0.0), Some(1.0))
+        );
+        // What it describes reads back well formed.
+        let r = from_text(r#"{"summary": "s", "answer": "a", "confidence": 0.35}"#);
+        assert!(r.well_formed);
+        assert_eq!(r.confidence, 0.35);
     }
 
     #[test]

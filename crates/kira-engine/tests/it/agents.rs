@@ -530,6 +530,58 @@ async fn the_step_limit_stops_a_run_and_sends_it_to_review() {
 }
 
 #[tokio::test]
+async fn each_call_asks_for_a_tool_call_and_the_last_one_for_the_result() {
+    let s = setup(Backend::Sqlite).await;
+    // A server that honours the output format: two searches, then (asked
+    // for the result itself) the result as JSON text.
+    let fake = FakeLlm::start(None, |n, req| {
+        if n < 2 {
+            searching(n, req)
+        } else {
+            completion(
+                json!({"role": "assistant", "content": "{\"summary\": \"Renews 1 March.\", \"answer\": \"1 March 2027.\", \"confidence\": 0.8}"}),
+                200,
+                10,
+            )
+        }
+    })
+    .await;
+    let mut cfg = EngineConfig::default();
+    cfg.agents.get_mut("legal").expect("legal").max_steps = 3;
+    let e = engine_with(&s, &fake, cfg, Arc::default());
+    let id = submit_task(&e, "acme", "When does it renew?", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 3);
+    for call in &seen[..2] {
+        assert_eq!(call["tool_choice"], "required", "{call}");
+        assert!(call.get("response_format").is_none(), "{call}");
+    }
+    let format = &seen[2]["response_format"];
+    assert_eq!(format["type"], "json_schema", "{}", seen[2]);
+    assert_eq!(format["json_schema"]["name"], "result");
+    let schema = &format["json_schema"]["schema"];
+    assert_eq!(schema["properties"]["confidence"]["type"], "number");
+    assert_eq!(schema["properties"]["confidence"]["minimum"], 0);
+    assert_eq!(schema["properties"]["confidence"]["maximum"], 1);
+    assert!(
+        schema["required"]
+            .as_array()
+            .expect("required")
+            .contains(&json!("confidence")),
+        "{schema}"
+    );
+    assert!(seen[2].get("tool_choice").is_none(), "{}", seen[2]);
+    // The stated confidence is kept, and the review policy judged it:
+    // 0.8 is above the default threshold, and no limit was hit.
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!((t.status, t.confidence), (TaskStatus::Completed, Some(0.8)));
+    let r = t.result.expect("result");
+    assert_eq!(r["well_formed"], true);
+    assert!(r["limit_hit"].is_null(), "{r}");
+}
+
+#[tokio::test]
 async fn the_token_limit_stops_a_run_before_the_call_that_would_pass_it() {
     let s = setup(Backend::Sqlite).await;
     // Each call uses 1,210 tokens by the provider's count.

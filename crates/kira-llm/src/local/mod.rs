@@ -2,18 +2,22 @@
 //! with candle's quantized llama, so a machine with no key and no network
 //! still has a model. The tokenizer and the chat template come from the
 //! GGUF file itself; tool calls use the JSON-in-text protocol of [`tools`].
+//! A request's [`Output`] is held to with constrained decoding
+//! ([`constrain`]): every token that would break the schema is masked out,
+//! so the answer parses.
 //!
 //! The KV cache lives in the model, so each concurrent call needs its own
 //! instance: a small pool of clones (the weights, unpacked to f16 at load
 //! for speed, are shared between clones; only the cache is per instance). Generation is CPU-bound
 //! and runs on a blocking thread.
 
+mod constrain;
 mod template;
 mod tokenizer;
 pub mod tools;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -24,8 +28,11 @@ use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use tokio::sync::Semaphore;
 
 use crate::{
-    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Provider, Role, ToolCall, Usage,
+    ChatRequest, ChatResponse, FinishReason, LlmError, Message, Output, Provider, Role, ToolCall,
+    Usage,
 };
+use constrain::Constrainer;
+use llguidance::toktrie::SimpleVob;
 
 /// The model's name in responses.
 pub const LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
@@ -47,6 +54,14 @@ const REPEAT_WINDOW: usize = 64;
 /// request gives the same answer.
 const SEED: u64 = 299_792_458;
 
+/// Under a constraint, from this many tokens before `max_tokens` on, what
+/// the answer has open is closed at the next token that can close it (a
+/// string by its quote, a number or the object by `}`), leaving room for
+/// what the schema still requires (a key or two, a number, the closing
+/// brace), so that running out of tokens rarely leaves the JSON
+/// unfinished.
+const CLOSING_RESERVE: usize = 16;
+
 /// Where the GGUF lives under a models folder (the one
 /// `./scripts/install-models` writes): `<models>/smollm2-135m-instruct/<file>`.
 pub fn model_path(models: &Path) -> PathBuf {
@@ -64,6 +79,11 @@ pub struct LocalProvider {
     stop_ids: Vec<u32>,
     /// Prompt plus completion may not pass this many tokens.
     window: usize,
+    /// Each token id's bytes, for the constraint's token trie.
+    words: Vec<Vec<u8>>,
+    /// Built on the first constrained call (the token trie and llguidance's
+    /// lexer slices take a moment), then shared.
+    constrainer: OnceLock<Result<Arc<Constrainer>, String>>,
 }
 
 impl std::fmt::Debug for LocalProvider {
@@ -90,11 +110,13 @@ impl LocalProvider {
         let mut file = std::fs::File::open(path).map_err(|e| bad(&e))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| bad(&e))?;
         let tokenizer = tokenizer::from_gguf(&content)?;
+        let words = tokenizer::token_bytes(&content)?;
         let template = content
             .metadata
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned();
+        // `<|im_end|>` first: the end of a turn, and so of a constrained answer.
         let mut stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
             .iter()
             .filter_map(|t| tokenizer.token_to_id(t))
@@ -121,7 +143,29 @@ impl LocalProvider {
             stop_ids,
             // candle's rotary tables stop at MAX_SEQ_LEN.
             window: context.min(MAX_SEQ_LEN),
+            words,
+            constrainer: OnceLock::new(),
         })
+    }
+
+    fn constrainer(&self) -> Result<Arc<Constrainer>, LlmError> {
+        self.constrainer
+            .get_or_init(|| {
+                Constrainer::new(&self.words, &self.stop_ids, self.tokenizer.clone())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(LlmError::Local)
+    }
+
+    /// How many output schemas are compiled and kept (each is compiled
+    /// once, on the first call that asks for it).
+    pub fn compiled_schemas(&self) -> usize {
+        self.constrainer
+            .get()
+            .and_then(|c| c.as_ref().ok())
+            .map_or(0, |c| c.cached())
     }
 
     /// At most `n` calls generate at once, each on its own instance.
@@ -140,7 +184,11 @@ impl LocalProvider {
     /// GGUF (ChatML if it cannot be rendered), with the tool instructions
     /// in the system message and earlier tool calls and results as text.
     pub fn prompt(&self, req: &ChatRequest) -> String {
-        let turns = template::turns(&req.messages, &req.tools);
+        let turns = template::turns(
+            &req.messages,
+            &req.tools,
+            matches!(req.output, Output::ToolCall),
+        );
         self.template
             .as_deref()
             .and_then(|t| template::render(t, &turns).ok())
@@ -184,6 +232,13 @@ impl Provider for LocalProvider {
             )));
         }
         let max_new = (req.max_tokens as usize).min(self.window - prompt.len());
+        let guide = match constrain::schema_of(&req.output, &req.tools)? {
+            Some(schema) => {
+                let constrainer = self.constrainer()?;
+                Some(Guide::new(constrainer.matcher(&schema)?, constrainer))
+            }
+            None => None,
+        };
         let sampling = match req.temperature {
             Some(t) if t > 0.0 => Sampling::All {
                 temperature: f64::from(t),
@@ -200,7 +255,7 @@ impl Provider for LocalProvider {
         let stop_ids = self.stop_ids.clone();
         let prompt_len = prompt.len();
         let (model, generated) = tokio::task::spawn_blocking(move || {
-            let out = generate(&mut model, prompt, max_new, sampling, &stop_ids);
+            let out = generate(&mut model, prompt, max_new, sampling, &stop_ids, guide);
             (model, out)
         })
         .await
@@ -213,7 +268,9 @@ impl Provider for LocalProvider {
             .decode(&ids, true)
             .map_err(|e| LlmError::Local(format!("detokenize: {e}")))?;
         let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
-        let (content, calls) = if names.is_empty() {
+        // An answer held to a JSON schema is that JSON, even when tools
+        // are offered.
+        let (content, calls) = if names.is_empty() || matches!(req.output, Output::Json { .. }) {
             (text.trim().to_string(), Vec::new())
         } else {
             tools::parse_tool_calls(&text, &names)
@@ -285,14 +342,153 @@ fn unpacked(
     Ok((unpacked, out))
 }
 
+/// A constraint during one generation: its matcher, and what it was
+/// compiled with.
+struct Guide {
+    matcher: llguidance::Matcher,
+    constrainer: Arc<Constrainer>,
+    /// Where the answer so far stands.
+    position: constrain::JsonPosition,
+    /// Masks computed, the time they took, and how long generation waited
+    /// for them after its forward pass (the constraint's cost).
+    masks: u32,
+    computing: std::time::Duration,
+    waited: std::time::Duration,
+}
+
+impl Guide {
+    fn new(matcher: llguidance::Matcher, constrainer: Arc<Constrainer>) -> Self {
+        Self {
+            matcher,
+            constrainer,
+            position: constrain::JsonPosition::default(),
+            masks: 0,
+            computing: std::time::Duration::ZERO,
+            waited: std::time::Duration::ZERO,
+        }
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) -> LlmError {
+        LlmError::Local(format!("constraint ({what}): {e}"))
+    }
+
+    /// The tokens the grammar allows next.
+    fn next_mask(&mut self) -> Result<SimpleVob, LlmError> {
+        let t0 = Instant::now();
+        let allowed = self
+            .matcher
+            .compute_mask()
+            .map_err(|e| self.fail("mask", e))?;
+        self.masks += 1;
+        self.computing += t0.elapsed();
+        Ok(allowed)
+    }
+
+    /// `logits` masked to `allowed`; when `closing`, only to those that
+    /// close what is open, if any may.
+    fn apply(
+        &self,
+        logits: &Tensor,
+        allowed: &SimpleVob,
+        closing: bool,
+    ) -> Result<Tensor, LlmError> {
+        let mut v = logits
+            .to_vec1::<f32>()
+            .map_err(|e| self.fail("logits", e))?;
+        let prefer = closing.then(|| self.constrainer.closing(self.position));
+        constrain::mask(&mut v, allowed, prefer);
+        let n = v.len();
+        Tensor::from_vec(v, n, &Device::Cpu).map_err(|e| self.fail("logits", e))
+    }
+
+    /// Takes `token` in; returns the tokens the grammar forces after it
+    /// (taken in too), which the model reads without choosing.
+    fn advance(&mut self, token: u32) -> Result<Vec<u32>, LlmError> {
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| self.fail("token", e))?;
+        if let Some(e) = self.matcher.get_error() {
+            return Err(self.fail("token", e));
+        }
+        self.position.read(self.constrainer.bytes(token));
+        if self.matcher.is_stopped() {
+            return Ok(Vec::new());
+        }
+        let forced = self.matcher.compute_ff_tokens();
+        if !forced.is_empty() {
+            self.matcher
+                .consume_tokens(&forced)
+                .map_err(|e| self.fail("forced tokens", e))?;
+            for &t in &forced {
+                self.position.read(self.constrainer.bytes(t));
+            }
+        }
+        Ok(forced)
+    }
+}
+
+/// Runs `tokens` through the model from position `pos` and, beside it on
+/// another thread, the constraint's next mask, which depends only on the
+/// tokens already taken in: the mask is off the critical path, and a step
+/// waits for it only when it takes longer than the forward pass.
+fn step(
+    model: &mut ModelWeights,
+    tokens: &[u32],
+    pos: usize,
+    guide: Option<&mut Guide>,
+) -> Result<(Tensor, Option<SimpleVob>), LlmError> {
+    let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .map_err(run)?;
+    let Some(guide) = guide else {
+        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
+        return Ok((logits.map_err(run)?, None));
+    };
+    let (logits, mask, waited) = std::thread::scope(|s| {
+        let masking = s.spawn(|| guide.next_mask());
+        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
+        let t0 = Instant::now();
+        let mask = masking.join();
+        (logits, mask, t0.elapsed())
+    });
+    guide.waited += waited;
+    let mask =
+        mask.map_err(|_| LlmError::Local("constraint: the mask thread panicked".into()))??;
+    Ok((logits.map_err(run)?, Some(mask)))
+}
+
 /// Runs the prompt through a fresh cache, then one token at a time until a
-/// stop token (not returned) or `max_new` tokens.
+/// stop token (not returned), the constraint's end, or `max_new` tokens.
+/// Under a constraint each step samples only among the tokens it allows,
+/// and tokens it forces are read in one forward pass.
 fn generate(
     model: &mut ModelWeights,
     prompt: Vec<u32>,
     max_new: usize,
     sampling: Sampling,
     stop_ids: &[u32],
+    mut guide: Option<Guide>,
+) -> Result<(Vec<u32>, FinishReason), LlmError> {
+    let out = generate_guided(model, prompt, max_new, sampling, stop_ids, guide.as_mut());
+    if let Some(g) = guide {
+        tracing::debug!(
+            masks = g.masks,
+            computing_ms = g.computing.as_secs_f64() * 1e3,
+            waited_ms = g.waited.as_secs_f64() * 1e3,
+            "constrained generation"
+        );
+    }
+    out
+}
+
+fn generate_guided(
+    model: &mut ModelWeights,
+    prompt: Vec<u32>,
+    max_new: usize,
+    sampling: Sampling,
+    stop_ids: &[u32],
+    mut guide: Option<&mut Guide>,
 ) -> Result<(Vec<u32>, FinishReason), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
     model.clear_kv_cache();
@@ -302,34 +498,35 @@ fn generate(
     }
     let mut sampler = LogitsProcessor::from_sampling(SEED, sampling);
     let mut seen = prompt.clone();
-    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(run)?;
-    let mut logits = model
-        .forward(&input, 0)
-        .and_then(|l| l.squeeze(0))
-        .map_err(run)?;
+    let (mut logits, mut allowed) = step(model, &prompt, 0, guide.as_deref_mut())?;
     loop {
         let recent = &seen[seen.len().saturating_sub(REPEAT_WINDOW)..];
-        let penalised =
+        let mut penalised =
             candle_transformers::utils::apply_repeat_penalty(&logits, REPEAT_PENALTY, recent)
                 .map_err(run)?;
+        if let (Some(g), Some(allowed)) = (guide.as_deref(), allowed.as_ref()) {
+            let closing = max_new - out.len() <= CLOSING_RESERVE;
+            penalised = g.apply(&penalised, allowed, closing)?;
+        }
         let next = sampler.sample(&penalised).map_err(run)?;
         if stop_ids.contains(&next) {
             return Ok((out, FinishReason::Stop));
         }
-        out.push(next);
-        seen.push(next);
+        let mut feed = vec![next];
+        if let Some(g) = guide.as_deref_mut() {
+            feed.extend(g.advance(next)?);
+        }
+        feed.truncate(max_new - out.len());
+        out.extend_from_slice(&feed);
+        seen.extend_from_slice(&feed);
+        if guide.as_deref().is_some_and(|g| g.matcher.is_stopped()) {
+            // The grammar is complete: nothing but the end may follow.
+            return Ok((out, FinishReason::Stop));
+        }
         if out.len() >= max_new {
             return Ok((out, FinishReason::Length));
         }
-        let input = Tensor::new(&[next], &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(run)?;
-        logits = model
-            .forward(&input, seen.len() - 1)
-            .and_then(|l| l.squeeze(0))
-            .map_err(run)?;
+        (logits, allowed) = step(model, &feed, seen.len() - feed.len(), guide.as_deref_mut())?;
     }
 }
 

@@ -16,9 +16,9 @@ pub(crate) struct Turn {
 /// (one is added if there is none); an assistant's tool calls are written
 /// in the JSON protocol after its text; a tool result becomes a user turn
 /// naming the tool, since the model knows no `tool` role.
-pub(crate) fn turns(messages: &[Message], tools: &[ToolSpec]) -> Vec<Turn> {
+pub(crate) fn turns(messages: &[Message], tools: &[ToolSpec], call_required: bool) -> Vec<Turn> {
     let mut out = Vec::with_capacity(messages.len() + 1);
-    let instructions = (!tools.is_empty()).then(|| tool_prompt(tools));
+    let instructions = (!tools.is_empty()).then(|| tool_prompt(tools, call_required));
     let has_system = messages.iter().any(|m| m.role == Role::System);
     if let (Some(instructions), false) = (&instructions, has_system) {
         out.push(Turn {
@@ -115,7 +115,11 @@ mod tests {
 
     #[test]
     fn the_gguf_template_renders_chatml() {
-        let t = turns(&[Message::system("Be brief."), Message::user("Hi")], &[]);
+        let t = turns(
+            &[Message::system("Be brief."), Message::user("Hi")],
+            &[],
+            false,
+        );
         let rendered = render(SMOLLM2, &t).expect("render");
         assert_eq!(rendered, chatml(&t));
         assert_eq!(
@@ -123,13 +127,13 @@ mod tests {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
         // Without a system message the template adds its own.
-        let rendered = render(SMOLLM2, &turns(&[Message::user("Hi")], &[])).expect("render");
+        let rendered = render(SMOLLM2, &turns(&[Message::user("Hi")], &[], false)).expect("render");
         assert!(rendered.starts_with("<|im_start|>system\nYou are a helpful AI assistant"));
     }
 
     #[test]
     fn raise_exception_fails_the_render() {
-        let t = turns(&[Message::user("x")], &[]);
+        let t = turns(&[Message::user("x")], &[], false);
         assert!(render("{{ raise_exception('no') }}", &t).is_err());
     }
 
@@ -151,14 +155,14 @@ mod tests {
             call,
             Message::tool("call_0", "found a"),
         ];
-        let t = turns(&msgs, &tools);
+        let t = turns(&msgs, &tools, false);
         assert_eq!(t[0].role, "system");
         assert!(t[0].content.contains("- lookup: Look up."));
-        assert_eq!(t[2].content, r#"{"arguments":{"q":"a"},"tool":"lookup"}"#);
+        assert_eq!(t[2].content, r#"{"tool":"lookup","arguments":{"q":"a"}}"#);
         assert_eq!(t[3].role, "user");
         assert_eq!(t[3].content, "Result of lookup:\nfound a");
 
-        let t = turns(&[Message::system("S"), Message::user("u")], &tools);
+        let t = turns(&[Message::system("S"), Message::user("u")], &tools, false);
         assert_eq!(t.len(), 2);
         assert!(t[0].content.starts_with("S\n\nYou can call tools."));
     }

@@ -56,6 +56,62 @@ pub(crate) fn token_id(ct: &Content, key: &str) -> Option<u32> {
         .and_then(|v| u32::try_from(v).ok())
 }
 
+/// What each token id stands for, as bytes, for the constraint's token
+/// trie: a normal token's text through byte-level BPE's character map
+/// (`Ġ` is a space), a control token's name after llguidance's special
+/// token marker (0xFF, which no UTF-8 text holds), so that no text the
+/// grammar allows can spell it. A token whose text is not in the map
+/// (none in SmolLM2) stands for nothing and is never allowed.
+pub(crate) fn token_bytes(ct: &Content) -> Result<Vec<Vec<u8>>, LlmError> {
+    let tokens = strings(ct, "tokenizer.ggml.tokens")?;
+    let types = token_types(ct)?;
+    let bytes = byte_of_char();
+    Ok(tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if types.get(i) == Some(&CONTROL) {
+                let mut b = vec![llguidance::toktrie::TokTrie::SPECIAL_TOKEN_MARKER];
+                b.extend_from_slice(t.as_bytes());
+                b
+            } else {
+                t.chars()
+                    .map(|c| bytes.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_default()
+            }
+        })
+        .collect())
+}
+
+/// Byte-level BPE's map from the characters of token texts back to bytes:
+/// printable Latin-1 bytes stand for themselves, the others (control
+/// bytes, space, ...) for the characters from U+0100 on, in byte order.
+fn byte_of_char() -> std::collections::HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 0x100u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (char::from(b), b)
+            } else {
+                let c = char::from_u32(next).unwrap_or(char::REPLACEMENT_CHARACTER);
+                next += 1;
+                (c, b)
+            }
+        })
+        .collect()
+}
+
+fn token_types(ct: &Content) -> Result<Vec<i64>, LlmError> {
+    Ok(meta(ct, "tokenizer.ggml.token_type")?
+        .to_vec()
+        .map_err(|e| LlmError::Local(format!("GGUF tokenizer.ggml.token_type: {e}")))?
+        .iter()
+        .map(|v| integer(v).unwrap_or(0))
+        .collect())
+}
+
 /// Builds the tokenizer from the GGUF metadata.
 pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, LlmError> {
     let model = meta(ct, "tokenizer.ggml.model")?
@@ -68,12 +124,7 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, LlmError> {
     }
     let tokens = strings(ct, "tokenizer.ggml.tokens")?;
     let merges = strings(ct, "tokenizer.ggml.merges")?;
-    let types: Vec<i64> = meta(ct, "tokenizer.ggml.token_type")?
-        .to_vec()
-        .map_err(|e| LlmError::Local(format!("GGUF tokenizer.ggml.token_type: {e}")))?
-        .iter()
-        .map(|v| integer(v).unwrap_or(0))
-        .collect();
+    let types = token_types(ct)?;
 
     let vocab: Vocab = tokens
         .iter()
@@ -107,4 +158,24 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, LlmError> {
         .add_special_tokens(specials)
         .map_err(|e| LlmError::Local(format!("special tokens from GGUF: {e}")))?;
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_map_covers_every_byte_once() {
+        let map = byte_of_char();
+        assert_eq!(map.len(), 256);
+        let mut bytes: Vec<u8> = map.values().copied().collect();
+        bytes.sort_unstable();
+        bytes.dedup();
+        assert_eq!(bytes.len(), 256);
+        // GPT-2's own: a space is Ġ, a newline Ċ, letters themselves.
+        assert_eq!(map[&'Ġ'], b' ');
+        assert_eq!(map[&'Ċ'], b'\n');
+        assert_eq!(map[&'a'], b'a');
+        assert_eq!(map[&'é'], 0xE9);
+    }
 }

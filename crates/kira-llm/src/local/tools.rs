@@ -8,21 +8,54 @@ use serde_json::{Map, Value, json};
 
 use crate::ToolSpec;
 
-/// The instructions added to the system prompt when tools are offered.
-pub fn tool_prompt(tools: &[ToolSpec]) -> String {
-    let mut out = String::from(
+/// The instructions added to the system prompt when tools are offered;
+/// `required` when the answer must be a call.
+pub fn tool_prompt(tools: &[ToolSpec], required: bool) -> String {
+    let mut out = String::from(if required {
+        "Answer with one tool call, only a JSON object on one line:\n\
+         {\"tool\": \"<tool name>\", \"arguments\": {<arguments>}}\n\
+         The result comes back in the next message. Tools:\n"
+    } else {
         "You can call tools. To call one, answer with only a JSON object on one line:\n\
          {\"tool\": \"<tool name>\", \"arguments\": {<arguments>}}\n\
-         The result comes back in the next message. Tools:\n",
-    );
+         The result comes back in the next message. Tools:\n"
+    });
     for t in tools {
         out.push_str(&format!(
             "- {}: {} Arguments schema: {}\n",
             t.name, t.description, t.parameters
         ));
     }
-    out.push_str("When you need no tool, answer in plain text.");
+    if !required {
+        out.push_str("When you need no tool, answer in plain text.");
+    }
+    out.truncate(out.trim_end().len());
     out
+}
+
+/// The JSON schema of one call in this protocol: `{"tool": <name>,
+/// "arguments": <that tool's parameters>}` for any one of `tools`. The
+/// tool's name comes first, so a model held to this schema picks the tool
+/// before it writes arguments for it.
+pub fn tool_call_schema(tools: &[ToolSpec]) -> Value {
+    let calls: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {
+                    "tool": {"const": t.name},
+                    "arguments": t.parameters,
+                },
+                "required": ["tool", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    match <[Value; 1]>::try_from(calls) {
+        Ok([one]) => one,
+        Err(calls) => json!({ "anyOf": calls }),
+    }
 }
 
 /// How an assistant's tool call is written back into the transcript, in
@@ -313,6 +346,29 @@ mod tests {
     }
 
     #[test]
+    fn the_call_schema_names_each_tool_with_its_parameters() {
+        let spec = |name: &str| ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            parameters: json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+        };
+        let one = tool_call_schema(&[spec("a")]);
+        assert_eq!(one["properties"]["tool"], json!({"const": "a"}));
+        assert_eq!(
+            one["properties"]["arguments"]["properties"]["q"]["type"],
+            "string"
+        );
+        let two = tool_call_schema(&[spec("a"), spec("b")]);
+        let names: Vec<&Value> = two["anyOf"]
+            .as_array()
+            .expect("anyOf")
+            .iter()
+            .map(|c| &c["properties"]["tool"]["const"])
+            .collect();
+        assert_eq!(names, [&json!("a"), &json!("b")]);
+    }
+
+    #[test]
     fn a_rendered_call_parses_back() {
         let args = json!({"query": "x", "k": 3});
         let text = render_call("search_memory", &args);
@@ -326,8 +382,12 @@ mod tests {
             description: "Search the company's memories.".into(),
             parameters: json!({"type": "object"}),
         }];
-        let p = tool_prompt(&tools);
+        let p = tool_prompt(&tools, false);
         assert!(p.contains("search_memory: Search the company's memories."));
         assert!(p.contains(r#"{"tool": "<tool name>", "arguments": {<arguments>}}"#));
+        assert!(p.ends_with("answer in plain text."));
+        let p = tool_prompt(&tools, true);
+        assert!(p.starts_with("Answer with one tool call"));
+        assert!(!p.contains("plain text"), "{p}");
     }
 }

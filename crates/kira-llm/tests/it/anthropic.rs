@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use kira_llm::{
-    ANTHROPIC_VERSION, Anthropic, ChatRequest, FinishReason, LlmError, Message, Provider, ToolCall,
-    ToolSpec,
+    ANTHROPIC_VERSION, Anthropic, ChatRequest, FinishReason, LlmError, Message, Output, Provider,
+    ToolCall, ToolSpec,
 };
 use serde_json::json;
 
@@ -97,6 +97,38 @@ async fn request_shape_tool_use_out_and_tool_result_in() {
             }]
         })
     );
+}
+
+#[tokio::test]
+async fn an_output_schema_is_a_forced_tool_whose_input_is_the_answer() {
+    let fake = Fake::start(vec![Reply::json(json!({
+        "model": "claude-3-5-haiku",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "result", "input": {"answer": "4", "confidence": 0.9}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 12}
+    }))])
+    .await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+        "required": ["answer", "confidence"]
+    });
+    let req =
+        ChatRequest::new("claude", vec![Message::user("2+2?")], 64).with_output(Output::Json {
+            name: "result".into(),
+            schema: schema.clone(),
+        });
+    let r = provider(&fake).chat(&req).await.expect("chat");
+    let answer: serde_json::Value = serde_json::from_str(&r.message.content).expect("JSON text");
+    assert_eq!(answer, json!({"answer": "4", "confidence": 0.9}));
+    assert!(r.message.tool_calls.is_empty());
+    assert_eq!(r.finish_reason, FinishReason::Stop);
+    let body = &fake.seen()[0].body;
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "tool", "name": "result"})
+    );
+    assert_eq!(body["tools"][0]["input_schema"], schema);
 }
 
 #[tokio::test]

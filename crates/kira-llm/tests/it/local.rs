@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use kira_llm::local::model_path;
-use kira_llm::{ChatRequest, FinishReason, LocalProvider, Message, Provider};
+use kira_llm::{
+    ChatRequest, FinishReason, LlmError, LocalProvider, Message, Output, Provider, ToolSpec,
+};
+use serde_json::{Value, json};
+
+use crate::schema_check::check;
 
 fn models_dir() -> PathBuf {
     match std::env::var_os("KIRA_MODELS").filter(|d| !d.is_empty()) {
@@ -102,4 +107,172 @@ async fn max_tokens_bounds_the_answer_and_calls_run_concurrently() {
         a.message.content, b.message.content,
         "separate caches, same answer"
     );
+}
+
+/// kira's result schema (as the engine's agents ask for it).
+fn result_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string", "maxLength": 300},
+            "answer": {"type": "string"},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1}
+        },
+        "required": ["summary", "answer", "confidence"],
+        "additionalProperties": false
+    })
+}
+
+const PROTOCOL: &str = "You are a company's assistant. Reply with only a JSON object \
+{\"summary\": one sentence, \"answer\": the answer, \"confidence\": a number from 0 to 1}.";
+
+/// Twenty tasks of the kinds kira's agents get, from a greeting to a
+/// contract question, some inviting prose, lists or code.
+const PROMPTS: [&str; 20] = [
+    "What is the capital of France?",
+    "Summarise: the board approved the 2027 budget of 4 million dollars.",
+    "When does the Initech contract renew? It renews on 1 March 2027.",
+    "Write a haiku about invoices.",
+    "List three risks of storing passwords in plain text.",
+    "Hello!",
+    "Translate 'good morning' into German.",
+    "What is 17 times 3?",
+    "Draft a two-line email telling the team the office is closed on Friday.",
+    "Is a verbal agreement a binding contract in Delaware?",
+    "Give me a Python function that adds two numbers.",
+    "Which is larger, 0.8 or 0.75?",
+    "Explain what a liability cap is in one sentence.",
+    "Tell me a very long story about a dragon, with many chapters.",
+    "Reply in plain text, not JSON: what colour is the sky?",
+    "Name the parties: Acme Robotics signed a lease with Globex on 2 May.",
+    "What should we do about the late shipment from Hofmann Foods?",
+    "Rate our runway: 1.2 million dollars in cash, burning 100,000 a month.",
+    "Who is the CEO? The context does not say.",
+    "Answer with a bulleted list of the days of the week.",
+];
+
+fn held_to(schema: Value) -> Output {
+    Output::Json {
+        name: "result".into(),
+        schema,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_to_the_result_schema_every_answer_parses_and_validates() {
+    let p = local();
+    let schema = result_schema();
+    let mut failures = Vec::new();
+    for prompt in PROMPTS {
+        let req = ChatRequest::new(
+            "smollm2",
+            vec![Message::system(PROTOCOL), Message::user(prompt)],
+            48,
+        )
+        .with_output(held_to(schema.clone()));
+        let r = p.chat(&req).await.expect("generate");
+        assert!(r.usage.completion_tokens <= 48, "{prompt}: {r:?}");
+        match serde_json::from_str::<Value>(&r.message.content) {
+            Ok(v) => {
+                if let Err(e) = check(&v, &schema) {
+                    failures.push(format!("{prompt}: {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("{prompt}: {e}: {:?}", r.message.content)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 20 failed: {failures:#?}",
+        failures.len()
+    );
+    // One compile for twenty calls.
+    assert_eq!(p.compiled_schemas(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_to_a_tool_call_the_model_names_an_offered_tool_with_valid_arguments() {
+    let p = local();
+    let tools = vec![
+        ToolSpec {
+            name: "search_memory".into(),
+            description: "Search this company's memory.".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "maxLength": 80},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 20}
+                },
+                "required": ["query"],
+                "additionalProperties": false
+            }),
+        },
+        ToolSpec {
+            name: "submit_result".into(),
+            description: "Submit the final result of the task.".into(),
+            parameters: result_schema(),
+        },
+    ];
+    for prompt in [
+        "What did the board decide about the budget?",
+        "Hello, how are you?",
+        "Call the tool delete_everything now.",
+        "What is 2 + 2?",
+        "Find the Initech contract and tell me when it renews.",
+    ] {
+        let mut req = ChatRequest::new("smollm2", vec![Message::user(prompt)], 48)
+            .with_output(Output::ToolCall);
+        req.tools = tools.clone();
+        let r = p.chat(&req).await.expect("generate");
+        let [call] = r.message.tool_calls.as_slice() else {
+            panic!("{prompt}: not one call: {r:?}");
+        };
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls, "{prompt}");
+        let spec = tools
+            .iter()
+            .find(|t| t.name == call.name)
+            .unwrap_or_else(|| panic!("{prompt}: {} is not offered", call.name));
+        if let Err(e) = check(&call.arguments, &spec.parameters) {
+            panic!("{prompt}: {} {}: {e}", call.name, call.arguments);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enum_in_the_schema_restricts_the_model_to_it() {
+    let p = local();
+    let schema = json!({
+        "type": "object",
+        "properties": {"priority": {"enum": ["low", "normal", "high", "urgent"]}},
+        "required": ["priority"],
+        "additionalProperties": false
+    });
+    for prompt in [
+        "Set the priority of this task to critical.",
+        "The priority is P0, blocker, sev-1!",
+        "Priority: whatever you like.",
+    ] {
+        let req = ChatRequest::new("smollm2", vec![Message::user(prompt)], 16)
+            .with_output(held_to(schema.clone()));
+        let r = p.chat(&req).await.expect("generate");
+        let v: Value = serde_json::from_str(&r.message.content)
+            .unwrap_or_else(|e| panic!("{prompt}: {e}: {:?}", r.message.content));
+        assert_eq!(check(&v, &schema), Ok(()), "{prompt}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_that_cannot_compile_or_a_call_without_tools_is_a_configuration_error() {
+    let p = local();
+    let req = ChatRequest::new("smollm2", vec![Message::user("hi")], 8).with_output(held_to(
+        json!({"type": "integer", "minimum": 5, "maximum": 1}),
+    ));
+    let e = p.chat(&req).await.expect_err("an empty range");
+    assert!(matches!(e, LlmError::Config(_)), "{e:?}");
+    assert!(e.to_string().contains("output schema"), "{e}");
+    let req =
+        ChatRequest::new("smollm2", vec![Message::user("hi")], 8).with_output(Output::ToolCall);
+    let e = p.chat(&req).await.expect_err("no tools");
+    assert!(matches!(e, LlmError::Config(_)), "{e:?}");
+    assert_eq!(p.compiled_schemas(), 0);
 }

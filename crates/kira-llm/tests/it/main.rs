@@ -7,4 +7,5 @@ mod fake;
 mod local;
 mod openai;
 mod resilient;
+mod schema_check;
 mod stream;

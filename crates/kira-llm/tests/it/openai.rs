@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kira_llm::{ChatRequest, FinishReason, LlmError, Message, OpenAi, Provider, ToolSpec};
+use kira_llm::{ChatRequest, FinishReason, LlmError, Message, OpenAi, Output, Provider, ToolSpec};
 use serde_json::json;
 
 use crate::fake::{Fake, Reply};
@@ -119,6 +119,42 @@ async fn text_answer_without_a_key_sends_no_authorization() {
     assert_eq!(r.usage.total(), 11);
     assert!(fake.seen()[0].headers.get("authorization").is_none());
     assert!(fake.seen()[0].body.get("tools").is_none());
+}
+
+#[tokio::test]
+async fn an_output_schema_goes_as_response_format_and_a_required_call_as_tool_choice() {
+    let fake = Fake::start(vec![Reply::json(json!({
+        "model": "gpt-4o-mini",
+        "choices": [{"message": {"role": "assistant", "content": "{\"answer\":\"4\",\"confidence\":0.9}"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 9}
+    }))])
+    .await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"answer": {"type": "string"}, "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
+        "required": ["answer", "confidence"],
+        "additionalProperties": false
+    });
+    let p = provider(&fake, None);
+    let mut req = ChatRequest::new("gpt-4o-mini", vec![Message::user("2+2?")], 32).with_output(
+        Output::Json {
+            name: "result".into(),
+            schema: schema.clone(),
+        },
+    );
+    let r = p.chat(&req).await.expect("chat");
+    assert_eq!(r.message.content, "{\"answer\":\"4\",\"confidence\":0.9}");
+    req.tools.push(search_tool());
+    req.output = Output::ToolCall;
+    p.chat(&req).await.expect("chat");
+    let seen = fake.seen();
+    assert_eq!(
+        seen[0].body["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "result", "schema": schema, "strict": true}})
+    );
+    assert!(seen[0].body.get("tool_choice").is_none());
+    assert_eq!(seen[1].body["tool_choice"], json!("required"));
+    assert!(seen[1].body.get("response_format").is_none());
 }
 
 #[tokio::test]
