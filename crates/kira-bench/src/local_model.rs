@@ -8,35 +8,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use kira_engine::agent::result;
+use kira_llm::local::SAMPLE_PROMPTS;
 use kira_llm::{ChatRequest, LocalProvider, Message, Output, Provider};
 use serde_json::json;
 
 use crate::BenchError;
-
-/// Prompts of the kinds agents get, from a greeting to a contract
-/// question, some inviting prose, lists or code instead of JSON.
-const PROMPTS: [&str; 20] = [
-    "What is the capital of France?",
-    "Summarise: the board approved the 2027 budget of 4 million dollars.",
-    "When does the Initech contract renew? It renews on 1 March 2027.",
-    "Write a haiku about invoices.",
-    "List three risks of storing passwords in plain text.",
-    "Hello!",
-    "Translate 'good morning' into German.",
-    "What is 17 times 3?",
-    "Draft a two-line email telling the team the office is closed on Friday.",
-    "Is a verbal agreement a binding contract in Delaware?",
-    "Give me a Python function that adds two numbers.",
-    "Which is larger, 0.8 or 0.75?",
-    "Explain what a liability cap is in one sentence.",
-    "Tell me a very long story about a dragon, with many chapters.",
-    "Reply in plain text, not JSON: what colour is the sky?",
-    "Name the parties: Acme Robotics signed a lease with Globex on 2 May.",
-    "What should we do about the late shipment from Hofmann Foods?",
-    "Rate our runway: 1.2 million dollars in cash, burning 100,000 a month.",
-    "Who is the CEO? The context does not say.",
-    "Answer with a bulleted list of the days of the week.",
-];
 
 /// Output tokens per answer in the result check (an agent's answer on
 /// the local model is allowed 200; fewer keep the check short).
@@ -90,7 +66,7 @@ struct Speed {
 /// confidence), answered with `output`.
 async fn results(model: &LocalProvider, n: usize, output: &Output) -> Result<usize, BenchError> {
     let mut ok = 0;
-    for prompt in PROMPTS.iter().take(n) {
+    for prompt in SAMPLE_PROMPTS.iter().take(n) {
         let req = ChatRequest::new(
             kira_llm::local::LOCAL_MODEL,
             vec![
@@ -117,10 +93,10 @@ pub async fn command(
     answers: usize,
     json: bool,
 ) -> Result<ExitCode, BenchError> {
-    if tokens < 2 || runs == 0 || answers > PROMPTS.len() {
+    if tokens < 2 || runs == 0 || answers > SAMPLE_PROMPTS.len() {
         return Err(BenchError::Invalid(format!(
             "--tokens must be at least 2, --runs at least 1 and --answers at most {}",
-            PROMPTS.len()
+            SAMPLE_PROMPTS.len()
         )));
     }
     let path = kira_llm::local::model_path(&kira_embed::models_dir());

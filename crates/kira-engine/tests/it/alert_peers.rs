@@ -11,19 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SubsecRound, TimeDelta, Utc};
-use kira_core::CompanyId;
 use kira_core::alerts::{Audience, Condition, NoticeKind, Route, Rule, RuleKind, Severity};
-use kira_core::audit::{AuditRecord, Outcome};
-use kira_core::auth::{Access, AdminScope, CompanyScope, Principal};
 use kira_core::clock::ManualClock;
 use kira_core::company::NewCompany;
-use kira_core::task::{Priority, TaskRequest};
+use kira_core::task::{Priority, TaskId, TaskRequest};
 use kira_engine::alerts::{ChannelSpec, SmtpSection, SmtpSecurity};
 use kira_engine::{Engine, EngineConfig};
+use kira_store::Store;
 use kira_store::alerts::{AlertFilter, AlertReader, Delivery};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+use crate::alerts::{acme, admin, audit};
 use crate::common::{Backend, fresh_store};
 
 /// The wall clock: Alertmanager judges an alert's `startsAt`/`endsAt` by
@@ -155,92 +154,83 @@ fn mails(dir: &Path) -> Vec<String> {
     out
 }
 
-fn audit(action: &str) -> AuditRecord {
-    AuditRecord {
-        at: wall_now(),
-        request_id: String::new(),
-        actor: "test".into(),
-        company_id: None,
-        action: action.into(),
-        target: "test".into(),
-        outcome: Outcome::Ok,
-        detail: String::new(),
-    }
+/// `rule` alone, routed to the operator team's `channels` (email through
+/// `smtp`), retried after 1 ms; an engine on a manual clock from `start`
+/// over a store holding acme, with one task of acme's waiting.
+struct Harness {
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    task: TaskId,
+    _store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
 }
 
-fn acme() -> CompanyScope {
-    Principal::system()
-        .scope(&CompanyId::parse("acme").expect("id"), Access::Write)
-        .expect("scope")
-}
-
-fn admin() -> AdminScope {
-    Principal::system().admin().expect("admin")
-}
-
-async fn email_and_alertmanager_receive_firing_and_resolved(backend: Backend) {
-    let peers = tempfile::tempdir().expect("dir");
-    let maildir = peers.path().join("mail");
-    let (_smtp, smtp_port) = smtp_sink(&maildir).await;
-    let (_am, am) = alertmanager(peers.path()).await;
-
-    let (store, _dir) = fresh_store(backend).await;
-    // An hour back from now: Alertmanager judges startsAt/endsAt by its
-    // own clock, so the test's times must be in its past.
-    let start = wall_now() - TimeDelta::hours(1);
-    let clock = Arc::new(ManualClock::new(start));
-    let mut cfg = EngineConfig::default();
-    let a = &mut cfg.alerts;
-    a.rules = vec![Rule {
-        name: "stuck_queue".into(),
-        severity: Severity::Critical,
-        for_duration: TimeDelta::minutes(5),
-        labels: BTreeMap::from([("team".into(), "ops".into())]),
-        condition: Condition::StuckQueue {
-            longer_than_seconds: 900,
-        },
-    }];
-    a.routing.0.insert(
-        RuleKind::StuckQueue,
-        Route {
-            immediate: vec![Audience::Team("operator".into())],
-            escalation: vec![],
-            escalation_delay: None,
-        },
-    );
-    a.smtp = SmtpSection {
-        host: Some("127.0.0.1".into()),
-        port: Some(smtp_port),
-        security: Some(SmtpSecurity::None),
-        from: Some("kira <alerts@kira.test>".into()),
-        ..Default::default()
-    }
-    .resolve()
-    .expect("smtp");
-    a.teams.insert(
-        "operator".into(),
-        vec![
-            ChannelSpec::Email {
-                to: vec!["ops@kira.test".into(), "oncall@kira.test".into()],
+impl Harness {
+    async fn start(
+        backend: Backend,
+        start: chrono::DateTime<Utc>,
+        rule: Rule,
+        smtp: SmtpSection,
+        channels: Vec<ChannelSpec>,
+    ) -> Harness {
+        let (store, dir) = fresh_store(backend).await;
+        let clock = Arc::new(ManualClock::new(start));
+        let mut cfg = EngineConfig::default();
+        let a = &mut cfg.alerts;
+        a.rules = vec![rule];
+        a.routing.0.insert(
+            RuleKind::StuckQueue,
+            Route {
+                immediate: vec![Audience::Team("operator".into())],
+                escalation: vec![],
+                escalation_delay: None,
             },
-            ChannelSpec::Alertmanager { url: am.clone() },
-        ],
-    );
-    let (_, p) = serde_json::from_value::<NewCompany>(json!({
-        "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE"
-    }))
-    .expect("json")
-    .validate()
-    .expect("valid");
-    store
-        .create_company(&acme(), &p, start, audit("company.create"))
-        .await
-        .expect("create");
-    let engine = Engine::new(store.clone(), clock.clone(), cfg);
-    let evaluate = async |by: TimeDelta| {
-        clock.advance(by);
+        );
+        a.retry_backoff = Duration::from_millis(1);
+        a.smtp = smtp.resolve().expect("smtp");
+        a.teams.insert("operator".into(), channels);
+        let (_, p) = serde_json::from_value::<NewCompany>(json!({
+            "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE"
+        }))
+        .expect("json")
+        .validate()
+        .expect("valid");
+        store
+            .create_company(&acme(), &p, start, audit("company.create"))
+            .await
+            .expect("create");
+        let engine = Engine::new(store.clone(), clock.clone(), cfg);
+        let req = TaskRequest {
+            task: "a question nobody takes".into(),
+            task_type: "quick_question_answer".into(),
+            priority: Priority::Low,
+            deadline: None,
+            parameters: None,
+            specialist: None,
+        };
+        let task = engine
+            .tasks()
+            .submit(&acme(), &req, None, audit("task.submit"))
+            .await
+            .expect("submit")
+            .task
+            .task_id;
+        Harness {
+            engine,
+            clock,
+            task,
+            _store: store,
+            _dir: dir,
+        }
+    }
+
+    /// Moves the clock on by `by` and evaluates (waiting for the
+    /// evaluator's lock, which tests beside this one may hold a moment).
+    async fn evaluate(&self, by: TimeDelta) {
+        self.clock.advance(by);
         for _ in 0..500 {
-            if engine
+            if self
+                .engine
                 .alerts()
                 .evaluate()
                 .await
@@ -252,27 +242,49 @@ async fn email_and_alertmanager_receive_firing_and_resolved(backend: Backend) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the evaluator's lock stays taken");
-    };
+    }
+}
 
-    let req = TaskRequest {
-        task: "a question nobody takes".into(),
-        task_type: "quick_question_answer".into(),
-        priority: Priority::Low,
-        deadline: None,
-        parameters: None,
-        specialist: None,
-    };
-    let task = engine
-        .tasks()
-        .submit(&acme(), &req, None, audit("task.submit"))
-        .await
-        .expect("submit")
-        .task
-        .task_id;
-    evaluate(TimeDelta::seconds(901)).await;
+async fn email_and_alertmanager_receive_firing_and_resolved(backend: Backend) {
+    let peers = tempfile::tempdir().expect("dir");
+    let maildir = peers.path().join("mail");
+    let (_smtp, smtp_port) = smtp_sink(&maildir).await;
+    let (_am, am) = alertmanager(peers.path()).await;
+
+    // An hour back from now: Alertmanager judges startsAt/endsAt by its
+    // own clock, so the test's times must be in its past.
+    let h = Harness::start(
+        backend,
+        wall_now() - TimeDelta::hours(1),
+        Rule {
+            name: "stuck_queue".into(),
+            severity: Severity::Critical,
+            for_duration: TimeDelta::minutes(5),
+            labels: BTreeMap::from([("team".into(), "ops".into())]),
+            condition: Condition::StuckQueue {
+                longer_than_seconds: 900,
+            },
+        },
+        SmtpSection {
+            host: Some("127.0.0.1".into()),
+            port: Some(smtp_port),
+            security: Some(SmtpSecurity::None),
+            from: Some("kira <alerts@kira.test>".into()),
+            ..Default::default()
+        },
+        vec![
+            ChannelSpec::Email {
+                to: vec!["ops@kira.test".into(), "oncall@kira.test".into()],
+            },
+            ChannelSpec::Alertmanager { url: am.clone() },
+        ],
+    )
+    .await;
+    let (engine, task) = (&h.engine, &h.task);
+    h.evaluate(TimeDelta::seconds(901)).await;
     assert!(mails(&maildir).is_empty(), "pending: nothing sent yet");
     assert!(active_in(&am).await.is_empty());
-    evaluate(TimeDelta::minutes(5)).await;
+    h.evaluate(TimeDelta::minutes(5)).await;
 
     // Fired: one email to both addresses, and the alert in Alertmanager.
     let got = mails(&maildir);
@@ -299,10 +311,10 @@ async fn email_and_alertmanager_receive_firing_and_resolved(backend: Backend) {
     // The task leaves the queue: resolved, by email and in Alertmanager.
     engine
         .tasks()
-        .cancel(&acme(), &task, audit("task.cancel"))
+        .cancel(&acme(), task, audit("task.cancel"))
         .await
         .expect("cancel");
-    evaluate(TimeDelta::minutes(1)).await;
+    h.evaluate(TimeDelta::minutes(1)).await;
     let got = mails(&maildir);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(
@@ -346,84 +358,32 @@ async fn email_and_alertmanager_receive_firing_and_resolved(backend: Backend) {
 /// A sink that is not there: every attempt is recorded as failed, with
 /// the SMTP error, and retried as configured.
 async fn an_unreachable_smtp_server_is_retried_and_recorded(backend: Backend) {
-    let (store, _dir) = fresh_store(backend).await;
-    let start = wall_now();
-    let clock = Arc::new(ManualClock::new(start));
-    let mut cfg = EngineConfig::default();
-    let a = &mut cfg.alerts;
-    a.rules = vec![Rule {
-        name: "stuck_queue".into(),
-        severity: Severity::Warning,
-        for_duration: TimeDelta::zero(),
-        labels: BTreeMap::new(),
-        condition: Condition::StuckQueue {
-            longer_than_seconds: 60,
+    let h = Harness::start(
+        backend,
+        wall_now(),
+        Rule {
+            name: "stuck_queue".into(),
+            severity: Severity::Warning,
+            for_duration: TimeDelta::zero(),
+            labels: BTreeMap::new(),
+            condition: Condition::StuckQueue {
+                longer_than_seconds: 60,
+            },
         },
-    }];
-    a.routing.0.insert(
-        RuleKind::StuckQueue,
-        Route {
-            immediate: vec![Audience::Team("operator".into())],
-            escalation: vec![],
-            escalation_delay: None,
+        SmtpSection {
+            host: Some("127.0.0.1".into()),
+            port: Some(free_port()),
+            security: Some(SmtpSecurity::None),
+            from: Some("alerts@kira.test".into()),
+            ..Default::default()
         },
-    );
-    a.retry_backoff = Duration::from_millis(1);
-    a.smtp = SmtpSection {
-        host: Some("127.0.0.1".into()),
-        port: Some(free_port()),
-        security: Some(SmtpSecurity::None),
-        from: Some("alerts@kira.test".into()),
-        ..Default::default()
-    }
-    .resolve()
-    .expect("smtp");
-    a.teams.insert(
-        "operator".into(),
         vec![ChannelSpec::Email {
             to: vec!["ops@kira.test".into()],
         }],
-    );
-    let (_, p) = serde_json::from_value::<NewCompany>(json!({
-        "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE"
-    }))
-    .expect("json")
-    .validate()
-    .expect("valid");
-    store
-        .create_company(&acme(), &p, start, audit("company.create"))
-        .await
-        .expect("create");
-    let engine = Engine::new(store.clone(), clock.clone(), cfg);
-    let req = TaskRequest {
-        task: "waits".into(),
-        task_type: "quick_question_answer".into(),
-        priority: Priority::Low,
-        deadline: None,
-        parameters: None,
-        specialist: None,
-    };
-    engine
-        .tasks()
-        .submit(&acme(), &req, None, audit("task.submit"))
-        .await
-        .expect("submit");
-    clock.advance(TimeDelta::minutes(2));
-    let mut done = false;
-    for _ in 0..500 {
-        if engine
-            .alerts()
-            .evaluate()
-            .await
-            .expect("evaluate")
-            .is_some()
-        {
-            done = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(done, "the evaluator's lock stays taken");
+    )
+    .await;
+    h.evaluate(TimeDelta::minutes(2)).await;
+    let engine = &h.engine;
     let alert = engine
         .alerts()
         .list(AlertReader::Admin(&admin()), &AlertFilter::default())

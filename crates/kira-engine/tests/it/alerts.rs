@@ -76,17 +76,17 @@ struct Harness {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn acme() -> CompanyScope {
+pub(crate) fn acme() -> CompanyScope {
     Principal::system()
         .scope(&CompanyId::parse("acme").expect("id"), Access::Write)
         .expect("scope")
 }
 
-fn admin() -> AdminScope {
+pub(crate) fn admin() -> AdminScope {
     Principal::system().admin().expect("admin")
 }
 
-fn audit(action: &str) -> AuditRecord {
+pub(crate) fn audit(action: &str) -> AuditRecord {
     AuditRecord {
         at: t0(),
         request_id: String::new(),

@@ -68,6 +68,32 @@ pub fn model_path(models: &Path) -> PathBuf {
     models.join("smollm2-135m-instruct").join(LOCAL_MODEL_FILE)
 }
 
+/// Twenty prompts of the kinds agents get, from a greeting to a contract
+/// question, some inviting prose, lists or code instead of JSON: what
+/// `kira bench local-model` and the local model's tests hold to a schema.
+pub const SAMPLE_PROMPTS: [&str; 20] = [
+    "What is the capital of France?",
+    "Summarise: the board approved the 2027 budget of 4 million dollars.",
+    "When does the Initech contract renew? It renews on 1 March 2027.",
+    "Write a haiku about invoices.",
+    "List three risks of storing passwords in plain text.",
+    "Hello!",
+    "Translate 'good morning' into German.",
+    "What is 17 times 3?",
+    "Draft a two-line email telling the team the office is closed on Friday.",
+    "Is a verbal agreement a binding contract in Delaware?",
+    "Give me a Python function that adds two numbers.",
+    "Which is larger, 0.8 or 0.75?",
+    "Explain what a liability cap is in one sentence.",
+    "Tell me a very long story about a dragon, with many chapters.",
+    "Reply in plain text, not JSON: what colour is the sky?",
+    "Name the parties: Acme Robotics signed a lease with Globex on 2 May.",
+    "What should we do about the late shipment from Hofmann Foods?",
+    "Rate our runway: 1.2 million dollars in cash, burning 100,000 a month.",
+    "Who is the CEO? The context does not say.",
+    "Answer with a bulleted list of the days of the week.",
+];
+
 pub struct LocalProvider {
     /// Cloned to make pool instances; never run itself.
     prototype: ModelWeights,

@@ -126,31 +126,6 @@ fn result_schema() -> Value {
 const PROTOCOL: &str = "You are a company's assistant. Reply with only a JSON object \
 {\"summary\": one sentence, \"answer\": the answer, \"confidence\": a number from 0 to 1}.";
 
-/// Twenty tasks of the kinds kira's agents get, from a greeting to a
-/// contract question, some inviting prose, lists or code.
-const PROMPTS: [&str; 20] = [
-    "What is the capital of France?",
-    "Summarise: the board approved the 2027 budget of 4 million dollars.",
-    "When does the Initech contract renew? It renews on 1 March 2027.",
-    "Write a haiku about invoices.",
-    "List three risks of storing passwords in plain text.",
-    "Hello!",
-    "Translate 'good morning' into German.",
-    "What is 17 times 3?",
-    "Draft a two-line email telling the team the office is closed on Friday.",
-    "Is a verbal agreement a binding contract in Delaware?",
-    "Give me a Python function that adds two numbers.",
-    "Which is larger, 0.8 or 0.75?",
-    "Explain what a liability cap is in one sentence.",
-    "Tell me a very long story about a dragon, with many chapters.",
-    "Reply in plain text, not JSON: what colour is the sky?",
-    "Name the parties: Acme Robotics signed a lease with Globex on 2 May.",
-    "What should we do about the late shipment from Hofmann Foods?",
-    "Rate our runway: 1.2 million dollars in cash, burning 100,000 a month.",
-    "Who is the CEO? The context does not say.",
-    "Answer with a bulleted list of the days of the week.",
-];
-
 fn held_to(schema: Value) -> Output {
     Output::Json {
         name: "result".into(),
@@ -163,7 +138,7 @@ async fn held_to_the_result_schema_every_answer_parses_and_validates() {
     let p = local();
     let schema = result_schema();
     let mut failures = Vec::new();
-    for prompt in PROMPTS {
+    for prompt in kira_llm::local::SAMPLE_PROMPTS {
         let req = ChatRequest::new(
             "smollm2",
             vec![Message::system(PROTOCOL), Message::user(prompt)],
