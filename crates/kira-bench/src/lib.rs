@@ -16,6 +16,7 @@ use clap::Subcommand;
 use kira_store::{Store, StoreConfig, StoreError};
 
 pub mod agents;
+pub mod dashboard;
 pub mod local_model;
 pub mod locomo;
 pub mod longmemeval;
@@ -68,6 +69,11 @@ pub enum BenchCommand {
     /// of six agents, then `GET /metrics` and a company's week of metrics
     /// timed through the HTTP API.
     Metrics(metrics::MetricsArgs),
+    /// Dashboards and alerts on a deployment with history: COMPANIES
+    /// companies with a run a day for DAYS days, then one alert evaluation,
+    /// a company's dashboard (JSON and page) and the executive dashboard,
+    /// timed through the HTTP API.
+    Dashboard(dashboard::DashboardArgs),
     /// Tool calls: the company wrapper's overhead per call (p50/p99) next
     /// to a direct rmcp call to the same stdio MCP server, then calls per
     /// second from concurrent callers and what the rate limit refuses.
@@ -98,6 +104,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> Result<ExitCode, BenchError> 
         BenchCommand::Longmemeval(args) => longmemeval::command(args, json).await,
         BenchCommand::Metrics(args) => metrics::command(args, json).await,
         BenchCommand::Tools(args) => tools::command(args, json).await,
+        BenchCommand::Dashboard(args) => dashboard::command(args, json).await,
         BenchCommand::QueueWorker {
             database_url,
             overload,

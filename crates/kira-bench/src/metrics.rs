@@ -57,6 +57,9 @@ pub struct MetricsReport {
     pub company_week: Percentiles,
     /// Runs the last exposition counts as completed (should be `tasks`).
     pub completed_in_exposition: u64,
+    /// Where a scrape's time goes: the median milliseconds of each of its
+    /// parts, called one at a time in process.
+    pub breakdown: std::collections::BTreeMap<String, f64>,
 }
 
 /// The sum of `kira_tasks_ended_total` samples of completed runs.
@@ -94,6 +97,12 @@ pub async fn command(args: MetricsArgs, json: bool) -> Result<ExitCode, BenchErr
             report.company_week.p50_ms,
             report.company_week.p99_ms,
         );
+        let parts: Vec<String> = report
+            .breakdown
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        println!("a scrape's parts (median ms): {}", parts.join(", "));
     }
     db.remove();
     let ok = report.completed_in_exposition == report.tasks as u64;
@@ -195,6 +204,7 @@ pub async fn run(
         week_ms.push(ms);
     }
     server.abort();
+    let breakdown = breakdown(&engine, store.as_ref(), scrapes.min(20)).await?;
     Ok(MetricsReport {
         companies,
         tasks: companies * AGENTS.len(),
@@ -204,5 +214,60 @@ pub async fn run(
         exposition_lines: lines,
         company_week: percentiles(week_ms),
         completed_in_exposition: last_completed,
+        breakdown,
     })
+}
+
+/// The median time of each part of a scrape, `n` calls each.
+async fn breakdown(
+    engine: &kira_engine::Engine,
+    store: &dyn kira_store::Store,
+    n: usize,
+) -> Result<std::collections::BTreeMap<String, f64>, BenchError> {
+    let admin = Principal::system().admin()?;
+    let now = engine.clock().now();
+    let mut parts = std::collections::BTreeMap::new();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    macro_rules! time {
+        ($name:expr, $call:expr) => {{
+            let mut ms = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                let _ = $call;
+                ms.push(t.elapsed().as_secs_f64() * 1_000.0);
+            }
+            parts.insert($name.to_owned(), median(ms));
+        }};
+    }
+    time!("roll_up", engine.metrics().roll_up().await?);
+    time!(
+        "totals",
+        store
+            .all_metrics(&admin, &kira_store::metrics::MetricsQuery::totals())
+            .await?
+    );
+    time!(
+        "budget_state",
+        store
+            .budget_state(&admin, &engine.config().budget, now)
+            .await?
+    );
+    time!("company_directory", store.company_directory(&admin).await?);
+    time!("waiting_work", store.waiting_work(&admin).await?);
+    time!("scrape", engine.metrics().scrape(&admin).await?);
+    let process = kira_server::prom::ProcessMetrics::default();
+    let mut ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let scrape = engine.metrics().scrape(&admin).await?;
+        let t = Instant::now();
+        let text = kira_server::prom::render(&process, scrape)
+            .map_err(|e| BenchError::during("render", e))?;
+        ms.push(t.elapsed().as_secs_f64() * 1_000.0);
+        std::hint::black_box(text);
+    }
+    parts.insert("render".to_owned(), median(ms));
+    Ok(parts)
 }

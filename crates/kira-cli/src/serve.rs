@@ -89,6 +89,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let memory_jobs = engine.memory().start_jobs(shutdown.clone());
     let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
     let alert_jobs = engine.alerts().start_jobs(shutdown.clone());
+    let heartbeat = engine
+        .nodes()
+        .start(kira_core::nodes::NodeRole::Serve, shutdown.clone());
 
     let stopping = kira_engine::Shutdown::new();
     let process = std::sync::Arc::new(kira_server::prom::ProcessMetrics::default());
@@ -147,6 +150,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ("memory jobs", memory_jobs),
         ("metrics jobs", metrics_jobs),
         ("alert evaluator", alert_jobs),
+        ("node heartbeat", heartbeat),
     ])
     .await;
     tracing::info!("kira stopped");
@@ -206,6 +210,9 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
     let shutdown = kira_engine::Shutdown::new();
     let background = engine.scheduler().start(shutdown.clone());
     let metrics_jobs = engine.metrics().start_jobs(shutdown.clone());
+    let heartbeat = engine
+        .nodes()
+        .start(kira_core::nodes::NodeRole::Worker, shutdown.clone());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm.recv() => {}
@@ -218,7 +225,7 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
             "runs did not finish in time; their leases will lapse and the tasks be retried"
         );
     }
-    let _ = tokio::time::timeout(ENGINE_STOP, metrics_jobs).await;
+    wait_for_jobs([("metrics jobs", metrics_jobs), ("node heartbeat", heartbeat)]).await;
     engine.tools().stop().await;
     tracing::info!("kira worker stopped");
     Ok(())

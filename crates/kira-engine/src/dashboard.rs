@@ -54,12 +54,15 @@ pub struct Overview {
     pub automation_rate: Option<f64>,
     /// Mean rating, 1-5.
     pub satisfaction: Option<f64>,
+    /// What the compaction summaries of those days kept of their sources'
+    /// facts, 0-1 (None: nothing compacted).
+    pub context_retention: Option<f64>,
     pub tokens: i64,
     pub cost_usd: f64,
 }
 
 impl Overview {
-    fn of(days: i64, t: &MetricsSummary, sla: i64) -> Overview {
+    fn of(days: i64, t: &MetricsSummary, sla: i64, retention: Option<f64>) -> Overview {
         Overview {
             days,
             total_tasks: t.tasks_ended,
@@ -73,6 +76,7 @@ impl Overview {
             token_efficiency: t.tokens_per_completed,
             automation_rate: t.automation_rate,
             satisfaction: t.satisfaction,
+            context_retention: retention,
             tokens: t.tokens,
             cost_usd: t.cost_usd,
         }
@@ -240,8 +244,10 @@ pub struct SystemHealth {
     pub queue: QueueView,
     /// Results waiting for review, every company.
     pub reviews_waiting: i64,
-    /// Workers holding leases now (nodes that record no lease are idle and
-    /// not listed: kira keeps no node table).
+    /// Every node that beat in the last day, with its last heartbeat,
+    /// and the availability KPI.
+    pub nodes: crate::nodes::NodeHealth,
+    /// Workers holding leases now, and how many runs each holds.
     pub workers: Vec<WorkerView>,
     pub providers: Vec<ProviderView>,
 }
@@ -321,6 +327,7 @@ pub struct Dashboard {
     ctx: Arc<Ctx>,
     metrics: Arc<crate::metrics::Metrics>,
     budget: Arc<crate::budget::Budget>,
+    nodes: Arc<crate::nodes::Nodes>,
 }
 
 fn open_filter() -> AlertFilter {
@@ -336,11 +343,13 @@ impl Dashboard {
         ctx: Arc<Ctx>,
         metrics: Arc<crate::metrics::Metrics>,
         budget: Arc<crate::budget::Budget>,
+        nodes: Arc<crate::nodes::Nodes>,
     ) -> Self {
         Self {
             ctx,
             metrics,
             budget,
+            nodes,
         }
     }
 
@@ -401,7 +410,12 @@ impl Dashboard {
             company_id: scope.company().to_string(),
             name: company.profile.name.clone(),
             generated_at: now,
-            overview: Overview::of(OVERVIEW_DAYS, &m.series.totals, m.sla_response_seconds),
+            overview: Overview::of(
+                OVERVIEW_DAYS,
+                &m.series.totals,
+                m.sla_response_seconds,
+                m.context_retention.share,
+            ),
             trends: Trends::last(&m.series, TREND_DAYS),
             alerts: AlertLists { active, recent },
             resource_usage,
@@ -523,6 +537,7 @@ impl Dashboard {
             system_health: SystemHealth {
                 queue: QueueView::of(&waiting.queue, now),
                 reviews_waiting: waiting.reviews_waiting.iter().map(|(_, n)| n).sum(),
+                nodes: self.nodes.health(admin).await?,
                 workers,
                 providers,
             },

@@ -32,6 +32,7 @@ pub mod keys;
 pub mod knowledge;
 pub mod memory;
 pub mod metrics;
+pub mod nodes;
 pub mod review;
 pub mod scheduler;
 pub mod sharing;
@@ -147,6 +148,7 @@ pub(crate) struct Services {
     scheduler: Arc<scheduler::Scheduler>,
     agents: agent::Agents,
     metrics: Arc<metrics::Metrics>,
+    nodes: Arc<nodes::Nodes>,
     alerts: Arc<alerts::Alerts>,
     tools: tools::Tools,
     dashboard: dashboard::Dashboard,
@@ -218,7 +220,15 @@ impl Engine {
                 sharing.clone(),
                 embeddings.clone(),
             ));
-            let metrics = Arc::new(metrics::Metrics::new(ctx.clone(), sharing.clone()));
+            let nodes = Arc::new(nodes::Nodes::new(
+                ctx.clone(),
+                scheduler.worker_id().to_owned(),
+            ));
+            let metrics = Arc::new(metrics::Metrics::new(
+                ctx.clone(),
+                sharing.clone(),
+                nodes.clone(),
+            ));
             Services {
                 keys: keys::Keys::new(ctx.clone()),
                 audit: audit::AuditLog::new(ctx.clone()),
@@ -226,7 +236,13 @@ impl Engine {
                 tasks: tasks::Tasks::new(ctx.clone(), scheduler.clone()),
                 reviews: review::Reviews::new(ctx.clone(), memory.clone()),
                 agents: agent::Agents::new(ctx.clone(), scheduler.clone()),
-                dashboard: dashboard::Dashboard::new(ctx.clone(), metrics.clone(), budget.clone()),
+                dashboard: dashboard::Dashboard::new(
+                    ctx.clone(),
+                    metrics.clone(),
+                    budget.clone(),
+                    nodes.clone(),
+                ),
+                nodes,
                 metrics: metrics.clone(),
                 alerts: Arc::new(alerts::Alerts::new(ctx.clone(), metrics, sharing.clone())),
                 tools: tools::Tools::new(ctx.clone(), engine.clone()),
@@ -355,6 +371,11 @@ impl Engine {
     /// Task metrics: the roll-up, the series, the scrape.
     pub fn metrics(&self) -> &Arc<metrics::Metrics> {
         &self.inner.metrics
+    }
+
+    /// This process as a node (its heartbeat), every node, availability.
+    pub fn nodes(&self) -> &Arc<nodes::Nodes> {
+        &self.inner.nodes
     }
 
     /// Alert rules, their evaluation and notifications; silences.

@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::ValidationError;
 use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::metrics::{Resolution, Rollup};
-use kira_store::metrics::{MetricRow, MetricsQuery, RollupReport};
+use kira_store::metrics::{MetricRow, MetricTotals, MetricsQuery, RollupReport};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
@@ -193,8 +193,30 @@ pub struct CompanyMetrics {
     pub within_sla: Option<bool>,
     /// Figures per agent over the window.
     pub agents: BTreeMap<String, MetricsSummary>,
+    /// Context retention (SEED 6's KPI): what the compaction summaries
+    /// written in the window kept of their sources' facts.
+    pub context_retention: ContextRetention,
     #[serde(flatten)]
     pub series: MetricsSeries,
+}
+
+/// What compaction kept of the facts it summarised: the counts, and the
+/// share (None when nothing was checked).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, ToSchema)]
+pub struct ContextRetention {
+    pub facts: i64,
+    pub kept: i64,
+    pub share: Option<f64>,
+}
+
+impl From<kira_core::memory::retention::FactCheck> for ContextRetention {
+    fn from(c: kira_core::memory::retention::FactCheck) -> Self {
+        Self {
+            facts: c.facts,
+            kept: c.kept,
+            share: c.share(),
+        }
+    }
 }
 
 /// An agent's series: every company's runs for the admin, the caller's
@@ -214,6 +236,8 @@ pub struct AgentMetrics {
 pub struct SystemMetrics {
     pub companies: BTreeMap<String, MetricsSummary>,
     pub agents: BTreeMap<String, MetricsSummary>,
+    /// The nodes and the availability KPI.
+    pub health: crate::nodes::NodeHealth,
     #[serde(flatten)]
     pub series: MetricsSeries,
 }
@@ -333,8 +357,8 @@ pub struct CompanyBudgetLine {
 /// Everything `/metrics` shows of the database, read at one scrape.
 #[derive(Debug, Clone)]
 pub struct Scrape {
-    /// Every key's all-time sums.
-    pub totals: Vec<MetricRow>,
+    /// The all-time sums per company, agent and level.
+    pub totals: MetricTotals,
     /// Each active company's `sla_response_seconds`.
     pub slas: Vec<(String, i64)>,
     pub budget: kira_store::work::BudgetState,
@@ -346,6 +370,10 @@ pub struct Scrape {
     pub denied_cross_company_reads: u64,
     /// This process's provider calls, per (provider, model).
     pub providers: Vec<((String, String), ProviderCalls)>,
+    /// The nodes and the availability KPI.
+    pub health: crate::nodes::NodeHealth,
+    /// Each company's compaction checks of all time (context retention).
+    pub retention: Vec<(String, kira_core::memory::retention::FactCheck)>,
 }
 
 /// The advisory-lock key of the metrics retention job.
@@ -372,14 +400,20 @@ pub struct ProviderCalls {
 pub struct Metrics {
     ctx: Arc<Ctx>,
     sharing: Arc<crate::sharing::Sharing>,
+    nodes: Arc<crate::nodes::Nodes>,
     providers: std::sync::Mutex<BTreeMap<(String, String), ProviderCalls>>,
 }
 
 impl Metrics {
-    pub(crate) fn new(ctx: Arc<Ctx>, sharing: Arc<crate::sharing::Sharing>) -> Self {
+    pub(crate) fn new(
+        ctx: Arc<Ctx>,
+        sharing: Arc<crate::sharing::Sharing>,
+        nodes: Arc<crate::nodes::Nodes>,
+    ) -> Self {
         Self {
             ctx,
             sharing,
+            nodes,
             providers: Default::default(),
         }
     }
@@ -465,7 +499,13 @@ impl Metrics {
             .await?;
         let series = w.series(&rows);
         let sla = company.profile.sla_response_seconds;
+        let retention = self
+            .ctx
+            .store
+            .retention(scope, series.from, series.to)
+            .await?;
         Ok(CompanyMetrics {
+            context_retention: retention.into(),
             company_id: scope.company().to_string(),
             sla_response_seconds: i64::from(sla),
             within_sla: series
@@ -487,6 +527,7 @@ impl Metrics {
         self.roll_up().await?;
         let rows = self.ctx.store.all_metrics(admin, &w.query(None)).await?;
         Ok(SystemMetrics {
+            health: self.nodes.health(admin).await?,
             companies: by(&rows, |r| &r.key.company_id),
             agents: by(&rows, |r| &r.key.agent),
             series: w.series(&rows),
@@ -525,14 +566,11 @@ impl Metrics {
         })
     }
 
-    /// Every key's all-time sums (admin), for `/metrics`.
-    pub async fn totals(&self, admin: &AdminScope) -> Result<Vec<MetricRow>, EngineError> {
+    /// The all-time sums per company, agent and level (admin), for
+    /// `/metrics`.
+    pub async fn totals(&self, admin: &AdminScope) -> Result<MetricTotals, EngineError> {
         self.roll_up().await?;
-        Ok(self
-            .ctx
-            .store
-            .all_metrics(admin, &MetricsQuery::totals())
-            .await?)
+        Ok(self.ctx.store.metric_totals(admin).await?)
     }
 
     /// What `/metrics` shows of the database now (admin).
@@ -561,12 +599,12 @@ impl Metrics {
                 projected: kira_core::budget::projected_period_use(c.spent_all_pools, &period, now),
             })
             .collect();
+        // The directory sharing keeps, read again only when a company changed.
         let slas = self
-            .ctx
-            .store
-            .company_directory(admin)
+            .sharing
+            .directory(admin)
             .await?
-            .into_iter()
+            .iter()
             .map(|c| (c.id.to_string(), i64::from(c.profile.sla_response_seconds)))
             .collect();
         let waiting = self.ctx.store.waiting_work(admin).await?;
@@ -582,6 +620,8 @@ impl Metrics {
             }),
             denied_cross_company_reads: self.sharing.denied_reads(),
             providers: self.provider_calls(),
+            health: self.nodes.health(admin).await?,
+            retention: self.ctx.store.retention_totals(admin).await?,
         })
     }
 

@@ -69,6 +69,11 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
+    /// Every active company.
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Company> {
+        self.companies.iter()
+    }
+
     fn consents(&self, company: &CompanyId) -> &[Consent] {
         self.consents.get(company).map_or(&[], Vec::as_slice)
     }
@@ -744,7 +749,7 @@ impl Sharing {
     /// when the store's directory version moved (any company made, changed,
     /// archived or deleted, any consent given or taken back, by any
     /// process), so a pack pays one small read instead of the listings.
-    async fn directory(
+    pub(crate) async fn directory(
         &self,
         admin: &kira_core::auth::AdminScope,
     ) -> Result<Arc<Directory>, EngineError> {

@@ -193,33 +193,12 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
-/// Sums of the scrape's rows per key made by `key`.
-fn sums<K: Ord>(
-    scrape: &Scrape,
-    key: impl Fn(&kira_store::metrics::MetricRow) -> K,
-) -> Vec<(K, Rollup)> {
-    let mut m: std::collections::BTreeMap<K, Rollup> = Default::default();
-    for r in &scrape.totals {
-        m.entry(key(r)).or_default().add(&r.sums);
-    }
-    m.into_iter().collect()
-}
-
-/// The scrape's rows added up once per key the families need.
-struct Sums {
-    by_agent: Vec<((String, String), Rollup)>,
-    by_company: Vec<(String, Rollup)>,
-    by_level: Vec<(String, Rollup)>,
-}
-
-impl Sums {
-    fn of(s: &Scrape) -> Sums {
-        Sums {
-            by_agent: sums(s, |r| (r.key.company_id.clone(), r.key.agent.clone())),
-            by_company: sums(s, |r| r.key.company_id.clone()),
-            by_level: sums(s, |r| r.key.priority.clone()),
-        }
-    }
+/// A row's key and sums: the company, agent or level it was added up by.
+fn keyed<'a>(
+    rows: &'a [kira_store::metrics::MetricRow],
+    key: fn(&kira_core::metrics::SeriesKey) -> &String,
+) -> impl Iterator<Item = (&'a String, &'a Rollup)> + Clone {
+    rows.iter().map(move |r| (key(&r.key), &r.sums))
 }
 
 impl Collector for ScrapeCollector {
@@ -227,12 +206,28 @@ impl Collector for ScrapeCollector {
         let Some(s) = self.0.lock().map_err(|_| std::fmt::Error)?.take() else {
             return Ok(());
         };
-        let sums = Sums::of(&s);
-        tasks(&mut e, &s, &sums)?;
-        usage(&mut e, &sums)?;
+        tasks(&mut e, &s)?;
+        usage(&mut e, &s)?;
         budget(&mut e, &s)?;
         queue(&mut e, &s)?;
         providers(&mut e, &s)?;
+        nodes(&mut e, &s.health)?;
+        family(
+            &mut e,
+            "kira_context_facts",
+            "Facts of the memories compaction summarised (checked) and those the summaries kept, by company",
+            MetricType::Counter,
+            s.retention.iter().flat_map(|(c, f)| {
+                [("checked", f.facts), ("kept", f.kept)]
+                    .into_iter()
+                    .map(move |(state, n)| {
+                        (
+                            vec![("company", c.clone()), ("state", state.to_owned())],
+                            ConstCounter::new(u(n)),
+                        )
+                    })
+            }),
+        )?;
         family(
             &mut e,
             "kira_denied_cross_company_reads",
@@ -246,45 +241,72 @@ impl Collector for ScrapeCollector {
     }
 }
 
-/// Ends, response times and queue waits.
-fn tasks(e: &mut DescriptorEncoder, s: &Scrape, sums: &Sums) -> Result<(), std::fmt::Error> {
-    let Sums {
-        by_agent,
-        by_company,
-        by_level,
-    } = sums;
-    let outcomes = by_agent.iter().flat_map(|((c, a), r)| {
-        [
-            ("completed", r.completed),
-            ("failed", r.failed),
-            ("cancelled", r.cancelled),
-            ("needs_review", r.needs_review),
-        ]
-        .into_iter()
-        .map(move |(o, n)| {
-            (
-                vec![
-                    ("company", c.clone()),
-                    ("agent", a.clone()),
-                    ("outcome", o.to_owned()),
-                ],
-                ConstCounter::new(u(n)),
-            )
-        })
-    });
+/// A counter family per company and its twin per agent (`kira_agent_`
+/// prefix): the same figures added up both ways, so a scrape has
+/// companies + agents series, not their product.
+fn both<V, const N: usize>(
+    e: &mut DescriptorEncoder,
+    s: &Scrape,
+    name: &str,
+    help: &str,
+    extra: &'static str,
+    values: fn(&Rollup) -> [(&'static str, V); N],
+) -> Result<(), std::fmt::Error>
+where
+    V: prometheus_client::encoding::EncodeCounterValue + std::fmt::Debug + 'static,
+{
+    let lines = |label: &'static str, rows: &[kira_store::metrics::MetricRow], key| {
+        keyed(rows, key)
+            .flat_map(move |(k, r)| {
+                values(r).into_iter().map(move |(x, v)| {
+                    let mut l = vec![(label, k.clone())];
+                    if !extra.is_empty() {
+                        l.push((extra, x.to_owned()));
+                    }
+                    (l, ConstCounter::new(v))
+                })
+            })
+            .collect::<Vec<_>>()
+    };
     family(
         e,
-        "kira_tasks_ended",
-        "Runs that ended, by company, agent and outcome",
+        name,
+        &format!("{help}, by company"),
         MetricType::Counter,
-        outcomes,
+        lines("company", &s.totals.by_company, |k| &k.company_id),
+    )?;
+    family(
+        e,
+        &name.replacen("kira_", "kira_agent_", 1),
+        &format!("{help}, by agent"),
+        MetricType::Counter,
+        lines("agent", &s.totals.by_agent, |k| &k.agent),
+    )
+}
+
+/// Ends, response times and queue waits.
+fn tasks(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
+    both(
+        e,
+        s,
+        "kira_tasks_ended",
+        "Runs that ended, by outcome",
+        "outcome",
+        |r| {
+            [
+                ("completed", u(r.completed)),
+                ("failed", u(r.failed)),
+                ("cancelled", u(r.cancelled)),
+                ("needs_review", u(r.needs_review)),
+            ]
+        },
     )?;
     family(
         e,
         "kira_task_response_seconds",
         "Submitted to end, per company (compare with its sla_response_seconds)",
         MetricType::Histogram,
-        by_company.iter().map(|(c, r)| {
+        keyed(&s.totals.by_company, |k| &k.company_id).map(|(c, r)| {
             (
                 vec![("company", c.clone())],
                 ConstHistogram::of(&r.response, r.response_ms),
@@ -305,7 +327,7 @@ fn tasks(e: &mut DescriptorEncoder, s: &Scrape, sums: &Sums) -> Result<(), std::
         "kira_task_queue_wait_seconds",
         "Submitted to the last claim, per priority level",
         MetricType::Histogram,
-        by_level.iter().map(|(l, r)| {
+        keyed(&s.totals.by_level, |k| &k.priority).map(|(l, r)| {
             (
                 vec![("level", l.clone())],
                 ConstHistogram::of(&r.queue_wait, r.queue_wait_ms),
@@ -315,55 +337,38 @@ fn tasks(e: &mut DescriptorEncoder, s: &Scrape, sums: &Sums) -> Result<(), std::
 }
 
 /// Tokens, cost, tool calls, reviews and ratings.
-fn usage(e: &mut DescriptorEncoder, sums: &Sums) -> Result<(), std::fmt::Error> {
-    let Sums {
-        by_agent,
-        by_company,
-        ..
-    } = sums;
-    let labels = |c: &String, a: &String| vec![("company", c.clone()), ("agent", a.clone())];
-    family(
+fn usage(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
+    both(
         e,
+        s,
         "kira_tokens",
-        "Tokens the providers reported, by company, agent and kind",
-        MetricType::Counter,
-        by_agent.iter().flat_map(|((c, a), r)| {
+        "Tokens the providers reported, by kind",
+        "kind",
+        |r| {
             [
-                ("prompt", r.prompt_tokens),
-                ("completion", r.completion_tokens),
+                ("prompt", u(r.prompt_tokens)),
+                ("completion", u(r.completion_tokens)),
             ]
-            .into_iter()
-            .map(move |(k, n)| {
-                let mut l = labels(c, a);
-                l.push(("kind", k.to_owned()));
-                (l, ConstCounter::new(u(n)))
-            })
-        }),
+        },
     )?;
-    family(
+    both(
         e,
+        s,
         "kira_cost_usd",
-        "Cost the providers' usage came to, by company and agent",
-        MetricType::Counter,
-        by_agent
-            .iter()
-            .map(|((c, a), r)| (labels(c, a), ConstCounter::new(r.cost_usd.max(0.0)))),
+        "Cost the providers' usage came to",
+        "",
+        |r| [("", r.cost_usd.max(0.0))],
     )?;
-    family(
-        e,
-        "kira_tool_calls",
-        "Tool calls agents made, by company and agent",
-        MetricType::Counter,
-        by_agent
-            .iter()
-            .map(|((c, a), r)| (labels(c, a), ConstCounter::new(u(r.tool_calls)))),
-    )?;
+    both(e, s, "kira_tool_calls", "Tool calls agents made", "", |r| {
+        [("", u(r.tool_calls))]
+    })?;
+    let by_company = || keyed(&s.totals.by_company, |k| &k.company_id);
     family(
         e,
         "kira_reviews",
         "Human review decisions, by company and decision",
         MetricType::Counter,
-        by_company.iter().flat_map(|(c, r)| {
+        by_company().flat_map(|(c, r)| {
             [
                 ("approved", r.reviews_approved),
                 ("rejected", r.reviews_rejected),
@@ -382,18 +387,14 @@ fn usage(e: &mut DescriptorEncoder, sums: &Sums) -> Result<(), std::fmt::Error> 
         "kira_ratings",
         "Tasks rated (a task's latest rating counts), by company",
         MetricType::Gauge,
-        by_company
-            .iter()
-            .map(|(c, r)| (vec![("company", c.clone())], ConstGauge::new(r.ratings))),
+        by_company().map(|(c, r)| (vec![("company", c.clone())], ConstGauge::new(r.ratings))),
     )?;
     family(
         e,
         "kira_rating_sum",
         "Sum of the latest ratings (1-5); divided by kira_ratings: satisfaction",
         MetricType::Gauge,
-        by_company
-            .iter()
-            .map(|(c, r)| (vec![("company", c.clone())], ConstGauge::new(r.rating_sum))),
+        by_company().map(|(c, r)| (vec![("company", c.clone())], ConstGauge::new(r.rating_sum))),
     )
 }
 
@@ -520,5 +521,31 @@ fn providers(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Erro
                 ),
             )
         }),
+    )
+}
+
+/// The nodes beating now, by role, and the availability KPI.
+fn nodes(
+    e: &mut DescriptorEncoder,
+    h: &kira_engine::nodes::NodeHealth,
+) -> Result<(), std::fmt::Error> {
+    family(
+        e,
+        "kira_nodes_live",
+        "kira processes beating now, by role (serve, worker)",
+        MetricType::Gauge,
+        ["serve", "worker"].into_iter().map(|role| {
+            let n = h.nodes.iter().filter(|n| n.live && n.role == role).count();
+            (vec![("role", role.to_owned())], ConstGauge::new(n as i64))
+        }),
+    )?;
+    family(
+        e,
+        "kira_availability_ratio",
+        "Share of the window with a live kira serve node (from the nodes' heartbeats)",
+        MetricType::Gauge,
+        [("24h", h.availability_24h), ("30d", h.availability_30d)]
+            .into_iter()
+            .filter_map(|(w, v)| Some((vec![("window", w.to_owned())], ConstGauge::new(v?)))),
     )
 }

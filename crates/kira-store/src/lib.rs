@@ -24,6 +24,7 @@ pub mod knowledge;
 pub mod ledger;
 pub mod memory;
 pub mod metrics;
+pub mod nodes;
 pub mod postgres;
 pub mod sessions;
 pub mod sharing;
@@ -202,6 +203,7 @@ pub trait Store:
     + tools::ToolStore
     + sessions::SessionStore
     + dashboard::DashboardStore
+    + nodes::NodeStore
 {
     fn backend(&self) -> Backend;
 

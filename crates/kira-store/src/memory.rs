@@ -13,8 +13,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::audit::AuditRecord;
-use kira_core::auth::CompanyScope;
+use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::conflict::NameKind;
+use kira_core::memory::retention::FactCheck;
 use kira_core::memory::{EventType, Memory, Workstream};
 use kira_core::{CompanyId, ValidationError};
 use uuid::Uuid;
@@ -224,17 +225,33 @@ pub trait MemoryStore: Send + Sync {
     -> Result<()>;
 
     /// Compaction's one write: inserts `summary` (whose `compacted_from`
-    /// names `sources`) and archives the sources at `at`, in one
-    /// transaction. Conflict, and nothing written, if any source is not a
-    /// live memory of the scope's company (another run got there first).
-    /// Invalid if the summary is another company's or names no source.
+    /// names `sources`), archives the sources at `at` and records `check`
+    /// (what the summary kept of their facts, the context-retention KPI),
+    /// in one transaction. Conflict, and nothing written, if any source is
+    /// not a live memory of the scope's company (another run got there
+    /// first). Invalid if the summary is another company's or names no
+    /// source.
     async fn replace_with_summary(
         &self,
         scope: &CompanyScope,
         summary: &Memory,
+        check: FactCheck,
         at: DateTime<Utc>,
         audit: AuditRecord,
     ) -> Result<()>;
+
+    /// The company's compaction checks of summaries written in
+    /// `[from, to]`, added up.
+    async fn retention(
+        &self,
+        scope: &CompanyScope,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<FactCheck>;
+
+    /// Every company's compaction checks of all time, added up per
+    /// company (the admin's view, for `/metrics`).
+    async fn retention_totals(&self, admin: &AdminScope) -> Result<Vec<(String, FactCheck)>>;
 
     /// Hard-deletes the scope's memories archived before `before` (the
     /// retention period is over), except the sources of a compaction

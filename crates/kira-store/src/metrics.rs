@@ -44,6 +44,15 @@ pub struct MetricRow {
     pub sums: Rollup,
 }
 
+/// The all-time sums added up three ways (`/metrics`): per company, per
+/// agent and per priority level. Each row's other key fields are empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricTotals {
+    pub by_company: Vec<MetricRow>,
+    pub by_agent: Vec<MetricRow>,
+    pub by_level: Vec<MetricRow>,
+}
+
 /// What one roll-up did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RollupReport {
@@ -107,6 +116,10 @@ pub trait MetricsStore: Send + Sync {
 
     /// Every company's rows (the admin's view).
     async fn all_metrics(&self, admin: &AdminScope, q: &MetricsQuery) -> Result<Vec<MetricRow>>;
+
+    /// Every company's all-time sums added up per company, per agent and
+    /// per level, in the database (the admin's view).
+    async fn metric_totals(&self, admin: &AdminScope) -> Result<MetricTotals>;
 
     /// The queue's depth and the review backlog, now (the admin's view).
     async fn waiting_work(&self, admin: &AdminScope) -> Result<WaitingWork>;

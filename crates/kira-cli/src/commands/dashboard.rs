@@ -72,11 +72,21 @@ fn company(d: &Value) -> String {
     out
 }
 
+/// A share as a percentage, `-` when there is none.
+fn share(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |v| format!("{:.2}%", v * 100.0))
+}
+
 fn executive(d: &Value) -> String {
     let h = &d["system_health"];
     let mut out = format!(
-        "queue:    {} unfinished ({} queued, {} running), oldest runnable wait {}\n\
+        "nodes:    {} serving, availability {} (24 h), {} (30 d)\n\
+         queue:    {} unfinished ({} queued, {} running), oldest runnable wait {}\n\
          reviews:  {} waiting\nworkers:  {} holding leases\nalerts:   {} open",
+        h["nodes"]["serving"],
+        share(&h["nodes"]["availability_24h"]),
+        share(&h["nodes"]["availability_30d"]),
         h["queue"]["depth"],
         h["queue"]["queued"],
         h["queue"]["running"],

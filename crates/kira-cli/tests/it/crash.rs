@@ -172,6 +172,31 @@ fn crash_and_restart(db: &[&str]) {
         },
     );
     let recovered = started.elapsed() - killed_at;
+
+    // Both servers were nodes: the killed one went silent (it never said
+    // it stopped), the second one beats.
+    let health = wait_for(
+        Duration::from_secs(10),
+        "the killed server's node is no longer live",
+        || {
+            let m = ok_json(second.kira().args(["metrics", "system"]));
+            let h = m["health"].clone();
+            let nodes = h["nodes"].as_array()?;
+            (nodes.len() == 2 && nodes.iter().filter(|n| n["live"] == true).count() == 1)
+                .then_some(h)
+        },
+    );
+    assert_eq!(health["serving"], 1, "{health}");
+    let silent: Vec<&Value> = health["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["live"] == false)
+        .collect();
+    assert_eq!(silent[0]["stopped_at"], Value::Null, "killed, not stopped");
+    assert_eq!(silent[0]["role"], "serve");
+    let a = health["availability_24h"].as_f64().expect("availability");
+    assert!(a > 0.0 && a <= 1.0, "{health}");
     let ids: BTreeSet<String> = ids.into_iter().collect();
     assert_eq!(with_status(&after, "completed"), ids, "the tasks submitted");
 

@@ -34,13 +34,16 @@ fn a_finished_run_is_in_both_expositions() {
         (s(&t, "status") == "completed").then_some(())
     });
     let agent = s(&task, "agent").to_owned();
-    let line = format!(
-        "kira_tasks_ended_total{{company=\"acme\",agent=\"{agent}\",outcome=\"completed\"}} 1"
-    );
+    let lines = [
+        "kira_tasks_ended_total{company=\"acme\",outcome=\"completed\"} 1".to_owned(),
+        format!("kira_agent_tasks_ended_total{{agent=\"{agent}\",outcome=\"completed\"}} 1"),
+    ];
 
     let (status, text) = http_get(port, "/metrics", None).expect("scrape");
     assert_eq!(status, 200, "{text}");
-    assert!(text.contains(&line), "{line} missing from\n{text}");
+    for line in &lines {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     let (status, _) = http_get(server.port, "/metrics", None).expect("scrape");
@@ -48,6 +51,8 @@ fn a_finished_run_is_in_both_expositions() {
     let (status, text) =
         http_get(server.port, "/metrics", Some(&server.admin_token())).expect("scrape");
     assert_eq!(status, 200, "{text}");
-    assert!(text.contains(&line), "{line} missing from\n{text}");
+    for line in &lines {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
     assert!(server.stop().success());
 }

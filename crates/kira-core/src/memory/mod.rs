@@ -8,6 +8,7 @@
 pub mod compaction;
 pub mod layer;
 pub mod rank;
+pub mod retention;
 pub mod when;
 
 use std::collections::BTreeSet;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::CompanyScope;
+use kira_core::memory::retention::{self, FactCheck};
 use kira_core::memory::{Action, Memory, Workstream, due_action, new_memory_id, summary_group};
 use kira_store::StoreError;
 use kira_store::memory::{Archived, MemoryCursor, MemoryFilter};
@@ -44,6 +45,10 @@ pub struct CompactionReport {
     /// Tokens (cl100k) of the live memories' texts before and after.
     pub tokens_before: usize,
     pub tokens_after: usize,
+    /// What the summaries kept of their sources' facts, all groups
+    /// together (the context-retention KPI); share None with no fact.
+    pub facts: FactCheck,
+    pub retention: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -52,6 +57,8 @@ pub struct GroupReport {
     pub category: String,
     pub month: String,
     pub sources: usize,
+    /// What the summary kept of the sources' facts.
+    pub facts: FactCheck,
     /// The summary written (None on a dry run, or when another run had
     /// already compacted the group).
     pub summary_id: Option<Uuid>,
@@ -101,8 +108,10 @@ impl Memories {
             let g = self
                 .summarize_group(scope, key, members, dry_run, now, &mut report)
                 .await?;
+            report.facts.add(g.facts);
             report.groups.push(g);
         }
+        report.retention = report.facts.share();
         if let Some(before) = now.checked_sub_signed(self.ctx.config.memory.retention) {
             report.purged = self.purge_archived(scope, before, dry_run, now).await?;
         }
@@ -196,12 +205,14 @@ impl Memories {
             .await
             .map_err(EngineError::Summarize)?;
         report.tokens_after += count_tokens(&text);
+        let facts = retention::check(members.iter().map(Memory::text), &text);
         let summary = summary_of(scope, &members, text, workstream, &category, &month, now);
         let mut g = GroupReport {
             workstream,
             category: category.clone(),
             month: month.clone(),
             sources: members.len(),
+            facts,
             summary_id: None,
         };
         if dry_run {
@@ -219,7 +230,7 @@ impl Memories {
         match self
             .ctx
             .store
-            .replace_with_summary(scope, &summary, now, audit)
+            .replace_with_summary(scope, &summary, facts, now, audit)
             .await
         {
             Ok(()) => g.summary_id = Some(summary.id),

@@ -6,6 +6,7 @@ mod alert_peers;
 mod alerts;
 mod common;
 mod memory;
+mod nodes;
 mod review;
 mod scheduler;
 mod sharing;

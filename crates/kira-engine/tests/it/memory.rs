@@ -8,7 +8,7 @@ use chrono::TimeDelta;
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{Access, CompanyScope, Principal};
-use kira_core::clock::ManualClock;
+use kira_core::clock::{Clock, ManualClock};
 use kira_core::company::NewCompany;
 use kira_core::memory::{EventType, Layer, Memory, NewMemory, Workstream};
 use kira_engine::memory::{ContextRequest, Section};
@@ -582,7 +582,31 @@ async fn compaction_keeps_the_facts_findable(b: Backend) {
     let sc = scope("acme");
     let r = e.memory().compact(&sc, false).await.expect("compact");
     assert_eq!(r.groups.len(), 1, "{b:?}: {r:?}");
-    assert!(r.groups[0].summary_id.is_some());
+    let summary_id = r.groups[0].summary_id.expect("written");
+    // The job's own check of what the summary kept (the context-retention
+    // KPI) is the check of the summary's text against its sources'.
+    let summary = s.store.get_memory(&sc, summary_id).await.expect("summary");
+    let expected = kira_core::memory::retention::check(items.iter().map(|m| m.text), summary.text());
+    assert_eq!(r.groups[0].facts, expected, "{b:?}");
+    assert_eq!(r.facts, expected);
+    assert!(expected.facts > 0 && expected.kept > 0, "{expected:?}");
+    assert_eq!(r.retention, expected.share());
+    // The company's metrics show it for a window holding the compaction.
+    let m = e
+        .metrics()
+        .company(
+            &sc,
+            &kira_engine::metrics::SeriesRequest {
+                from: Some(s.clock.now() - TimeDelta::days(1)),
+                to: Some(s.clock.now() + TimeDelta::hours(1)),
+                step_seconds: Some(3_600),
+            },
+        )
+        .await
+        .expect("metrics");
+    assert_eq!(m.context_retention.facts, expected.facts);
+    assert_eq!(m.context_retention.kept, expected.kept);
+    assert_eq!(m.context_retention.share, expected.share());
     s.clock.advance(TimeDelta::days(45));
     let again = e
         .memory()

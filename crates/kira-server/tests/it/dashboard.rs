@@ -460,9 +460,49 @@ async fn company_dashboard_story(backend: Backend) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+/// Beats of two nodes: `serve-1` up from 2 h to 1 h before `t0()`, then
+/// from 30 min before it to `t0()` (its last beat, within the grace at
+/// the run's "now", `at(30)`); `worker-2` last beat 3 h before.
+async fn beats(s: &Server) {
+    use kira_core::nodes::NodeRole;
+    let grace = TimeDelta::seconds(30);
+    let beat = |node: &str, role, at: DateTime<Utc>| kira_store::nodes::NodeBeat {
+        node_id: node.into(),
+        role,
+        version: "0.1.0".into(),
+        started_at: t0() - TimeDelta::hours(3),
+        at,
+    };
+    let mut times = Vec::new();
+    let mut t = t0() - TimeDelta::hours(2);
+    while t <= t0() - TimeDelta::hours(1) {
+        times.push(t);
+        t += TimeDelta::seconds(15);
+    }
+    let mut t = t0() - TimeDelta::minutes(30);
+    while t <= t0() {
+        times.push(t);
+        t += TimeDelta::seconds(15);
+    }
+    for t in times {
+        s.store
+            .node_beat(&beat("serve-1", NodeRole::Serve, t), grace)
+            .await
+            .expect("beat");
+    }
+    s.store
+        .node_beat(
+            &beat("worker-2", NodeRole::Worker, t0() - TimeDelta::hours(3)),
+            grace,
+        )
+        .await
+        .expect("beat");
+}
+
 async fn executive_dashboard_story(backend: Backend) {
     let run = scripted_run(backend).await;
     let s = &run.server;
+    beats(s).await;
     for key in [&run.acme_viewer, &run.acme_operator] {
         let (status, _) = get(s, "/v1/dashboard", key).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
@@ -481,6 +521,37 @@ async fn executive_dashboard_story(backend: Backend) {
         json!([{"worker": "node-1", "running": 1, "last_heartbeat": "2026-03-10T12:00:00Z", "live": true}])
     );
     assert_eq!(h["providers"], json!([]), "this server called no provider");
+    // Availability: up 1 h, down 30 min, up 30 min and the 30 s since the
+    // last beat, over the 2 h 30 s since the first beat (the window starts
+    // there, in both windows).
+    let n = &h["nodes"];
+    assert_eq!(n["serving"], 1);
+    let share = (3_600.0 + 1_800.0 + 30.0) / 7_230.0;
+    assert!(close(&n["availability_24h"], share), "{n}");
+    assert!(close(&n["availability_30d"], share), "{n}");
+    let nodes = n["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0]["node_id"], "serve-1");
+    assert_eq!(nodes[0]["role"], "serve");
+    assert_eq!(nodes[0]["live"], true);
+    assert_eq!(nodes[0]["last_heartbeat"], "2026-03-10T12:00:00Z");
+    assert_eq!(nodes[1]["node_id"], "worker-2");
+    assert_eq!(nodes[1]["live"], false);
+    // The same in the system metrics and the exposition.
+    let (status, m) = get(s, "/v1/metrics/system", &s.admin).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(&m["health"], n);
+    let (status, text) = s.call(Method::GET, "/metrics", Some(&s.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("exposition").to_owned();
+    assert!(text.contains("kira_nodes_live{role=\"serve\"} 1\n"), "{text}");
+    assert!(text.contains("kira_nodes_live{role=\"worker\"} 0\n"), "{text}");
+    let ratio = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kira_availability_ratio{window=\"24h\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("availability in the exposition");
+    assert!((ratio - share).abs() < 1e-6, "{ratio}");
 
     let companies = d["companies"].as_array().expect("companies");
     assert_eq!(companies.len(), 2);

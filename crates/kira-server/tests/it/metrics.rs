@@ -121,9 +121,11 @@ async fn metrics_story(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().expect("text").to_owned();
     for line in [
-        format!("kira_tasks_ended_total{{company=\"acme\",agent=\"{agent}\",outcome=\"needs_review\"}} 2"),
-        format!("kira_tasks_ended_total{{company=\"acme\",agent=\"{agent}\",outcome=\"cancelled\"}} 1"),
-        format!("kira_tasks_ended_total{{company=\"beta\",agent=\"{agent}\",outcome=\"needs_review\"}} 1"),
+        "kira_tasks_ended_total{company=\"acme\",outcome=\"needs_review\"} 2".to_owned(),
+        "kira_tasks_ended_total{company=\"acme\",outcome=\"cancelled\"} 1".to_owned(),
+        "kira_tasks_ended_total{company=\"beta\",outcome=\"needs_review\"} 1".to_owned(),
+        format!("kira_agent_tasks_ended_total{{agent=\"{agent}\",outcome=\"needs_review\"}} 3"),
+        format!("kira_agent_tasks_ended_total{{agent=\"{agent}\",outcome=\"cancelled\"}} 1"),
         "kira_reviews_total{company=\"acme\",decision=\"approved\"} 1".to_owned(),
         "kira_task_response_seconds_count{company=\"acme\"} 3".to_owned(),
         "kira_ratings{company=\"acme\"} 1".to_owned(),

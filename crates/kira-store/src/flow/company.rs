@@ -77,6 +77,10 @@ pub(crate) const TOOL_ROWS: &Rows = &[
 /// Memories and what hangs off them.
 pub(crate) const MEMORY_ROWS: &Rows = &[
     (
+        "compaction_checks",
+        "DELETE FROM compaction_checks WHERE company_id = $1",
+    ),
+    (
         "memory_names",
         "DELETE FROM memory_names WHERE company_id = $1",
     ),

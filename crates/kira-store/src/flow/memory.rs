@@ -14,8 +14,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
 use kira_core::audit::AuditRecord;
-use kira_core::auth::CompanyScope;
+use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::conflict::NameKind;
+use kira_core::ValidationError;
+use kira_core::memory::retention::FactCheck;
 use kira_core::memory::{EventType, Memory, Workstream};
 use uuid::Uuid;
 
@@ -614,17 +616,87 @@ impl<D: Db> MemoryStore for D {
         &self,
         scope: &CompanyScope,
         summary: &Memory,
+        check: FactCheck,
         at: DateTime<Utc>,
         audit: AuditRecord,
     ) -> Result<()> {
         let sources = summary_sources(scope, summary)?;
+        if check.kept < 0 || check.kept > check.facts {
+            return Err(StoreError::Invalid(ValidationError::new(
+                "check",
+                "kept must be between 0 and the facts checked",
+            )));
+        }
         let company = scope.company();
         let mut tx = self.write_for(company).await?;
         // Dropping the transaction on an error rolls the archiving back.
         archive_sources(&mut tx, company, &sources, summary.id, at).await?;
         D::Sql::insert_memories(&mut tx, company, std::slice::from_ref(summary)).await?;
+        tx.exec(
+            q("INSERT INTO compaction_checks (company_id, summary_id, at, sources, facts, kept) \
+               VALUES ($1, $2, $3, $4, $5, $6)")
+            .arg(company.as_str())
+            .arg(summary.id)
+            .arg(at.trunc_subsecs(6))
+            .arg(sources.len() as i64)
+            .arg(check.facts)
+            .arg(check.kept),
+        )
+        .await?;
         tx.audit(audit).await?;
         D::commit(tx).await
+    }
+
+    async fn retention(
+        &self,
+        scope: &CompanyScope,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<FactCheck> {
+        let company = scope.company();
+        let mut r = self.read_for(company).await?;
+        let found = r
+            .opt(
+                q("SELECT CAST(coalesce(sum(facts), 0) AS BIGINT) AS facts, \
+                     CAST(coalesce(sum(kept), 0) AS BIGINT) AS kept \
+                   FROM compaction_checks WHERE company_id = $1 AND at >= $2 AND at <= $3")
+                .arg(company.as_str())
+                .arg(from.trunc_subsecs(6))
+                .arg(to.trunc_subsecs(6)),
+            )
+            .await;
+        D::end_read(r).await?;
+        Ok(match found? {
+            Some(row) => FactCheck {
+                facts: row.int("facts")?,
+                kept: row.int("kept")?,
+            },
+            None => FactCheck::default(),
+        })
+    }
+
+    async fn retention_totals(&self, _admin: &AdminScope) -> Result<Vec<(String, FactCheck)>> {
+        let mut r = self.read_all(false).await?;
+        let found = r
+            .all(q(
+                "SELECT company_id, CAST(sum(facts) AS BIGINT) AS facts, \
+                   CAST(sum(kept) AS BIGINT) AS kept \
+                 FROM compaction_checks GROUP BY company_id ORDER BY company_id",
+            ))
+            .await;
+        D::end_read(r).await?;
+        found?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.text("company_id")?,
+                    FactCheck {
+                        facts: row.int("facts")?,
+                        kept: row.int("kept")?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     async fn purge_archived(

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::flow::store::Db;
 use crate::metrics::{
-    MetricRow, MetricsQuery, MetricsStore, QueueGauge, RollupReport, WaitingWork,
+    MetricRow, MetricTotals, MetricsQuery, MetricsStore, QueueGauge, RollupReport, WaitingWork,
 };
 use crate::sql::{Columns, Conn, Lock, Stmt, q, q_each};
 use crate::{Result, StoreError};
@@ -86,6 +86,45 @@ static SELECT_ROWS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The all-time rows summed per `group` (one of the key columns), the
+/// other key columns empty: what `/metrics` exposes, added up where the
+/// rows are.
+fn totals_sql(group: &str) -> String {
+    let keys: Vec<String> = KEYS
+        .iter()
+        .map(|k| match *k {
+            k if k == group => k.to_owned(),
+            "resolution" | "bucket" => format!("min({k}) AS {k}"),
+            k => format!("'' AS {k}"),
+        })
+        .collect();
+    let sums: Vec<String> = VALUE_COLUMNS
+        .iter()
+        .map(|c| match c.as_str() {
+            "cost_usd" => "sum(cost_usd) AS cost_usd".to_owned(),
+            c => format!("CAST(sum({c}) AS BIGINT) AS {c}"),
+        })
+        .collect();
+    format!(
+        "SELECT {}, {} FROM metric_rollups WHERE resolution = 'total' \
+         GROUP BY {group} ORDER BY {group}",
+        keys.join(", "),
+        sums.join(", ")
+    )
+}
+
+static TOTALS_BY: LazyLock<[String; 3]> =
+    LazyLock::new(|| ["company_id", "agent", "priority"].map(totals_sql));
+
+async fn totals_of(c: &mut dyn Conn) -> Result<MetricTotals> {
+    let [company, agent, level] = &*TOTALS_BY;
+    Ok(MetricTotals {
+        by_company: read_rows(c, q(company.as_str())).await?,
+        by_agent: read_rows(c, q(agent.as_str())).await?,
+        by_level: read_rows(c, q(level.as_str())).await?,
+    })
+}
+
 fn corrupt(what: &str, v: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {v:?}"))
 }
@@ -133,9 +172,11 @@ fn metric_row_from_row<R: Columns + ?Sized>(r: &R) -> Result<MetricRow> {
     }
     let mut response = Histogram::default();
     let mut queue_wait = Histogram::default();
+    // The value columns after the counters and the cost: r0.., then w0...
+    let (r_cols, w_cols) = VALUE_COLUMNS[COUNTERS.len() + 1..].split_at(BUCKETS);
     for i in 0..BUCKETS {
-        response.0[i] = r.int(&format!("r{i}"))?;
-        queue_wait.0[i] = r.int(&format!("w{i}"))?;
+        response.0[i] = r.int(&r_cols[i])?;
+        queue_wait.0[i] = r.int(&w_cols[i])?;
     }
     Ok(MetricRow {
         key: SeriesKey {
@@ -289,6 +330,13 @@ impl<D: Db> MetricsStore for D {
         let rows = read_rows(&mut r, select_rows(query, None)).await;
         D::end_read(r).await?;
         rows
+    }
+
+    async fn metric_totals(&self, _admin: &AdminScope) -> Result<MetricTotals> {
+        let mut r = self.read_all(false).await?;
+        let found = totals_of(&mut r).await;
+        D::end_read(r).await?;
+        found
     }
 
     async fn waiting_work(&self, _admin: &AdminScope) -> Result<WaitingWork> {

@@ -16,6 +16,7 @@ pub(crate) mod keys;
 pub(crate) mod knowledge;
 pub(crate) mod memory;
 pub(crate) mod metrics;
+pub(crate) mod nodes;
 pub(crate) mod sessions;
 pub(crate) mod sharing;
 pub(crate) mod store;

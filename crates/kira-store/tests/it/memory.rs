@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use kira_core::memory::retention::FactCheck;
 use kira_core::memory::{EventType, Memory, Workstream};
 use kira_store::memory::*;
 use kira_store::{AuditPage, Store, StoreError};
@@ -830,6 +831,9 @@ async fn delete_and_purge_remove_vectors_and_jobs(f: Fresh) {
     );
 }
 
+/// A summary's check of its sources' facts: 3 of 4 kept.
+const CHECK: FactCheck = FactCheck { facts: 4, kept: 3 };
+
 async fn summary_replaces_its_sources_atomically(f: Fresh) {
     let s = f.store.as_ref();
     create(s, "acme").await;
@@ -851,7 +855,7 @@ async fn summary_replaces_its_sources_atomically(f: Fresh) {
         .await
         .expect("archive");
     let audit_before = audit_count(s, "acme").await;
-    let r = s.replace_with_summary(&sc, &summary, at, rec()).await;
+    let r = s.replace_with_summary(&sc, &summary, CHECK, at, rec()).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     assert_eq!(
         list_ids(s, "acme", &MemoryFilter::default()).await,
@@ -867,26 +871,26 @@ async fn summary_replaces_its_sources_atomically(f: Fresh) {
         compacted_from: vec![id(1), id(404)],
         ..summary.clone()
     };
-    let r = s.replace_with_summary(&sc, &ghost, at, rec()).await;
+    let r = s.replace_with_summary(&sc, &ghost, CHECK, at, rec()).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     // A summary of nothing, or of another company, is refused outright.
     let empty = Memory {
         compacted_from: vec![],
         ..summary.clone()
     };
-    let r = s.replace_with_summary(&sc, &empty, at, rec()).await;
+    let r = s.replace_with_summary(&sc, &empty, CHECK, at, rec()).await;
     assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
     let foreign = Memory {
         company_id: cid("beta"),
         ..summary.clone()
     };
-    let r = s.replace_with_summary(&sc, &foreign, at, rec()).await;
+    let r = s.replace_with_summary(&sc, &foreign, CHECK, at, rec()).await;
     assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
 
     s.set_archived(&sc, &[id(3)], None, record(Some("acme"), "r"))
         .await
         .expect("restore");
-    s.replace_with_summary(&sc, &summary, at, rec())
+    s.replace_with_summary(&sc, &summary, CHECK, at, rec())
         .await
         .expect("replace");
     assert_eq!(audit_count(s, "acme").await, audit_before + 2);
@@ -894,6 +898,33 @@ async fn summary_replaces_its_sources_atomically(f: Fresh) {
         list_ids(s, "acme", &MemoryFilter::default()).await,
         [summary.id]
     );
+    // Its check is the company's context retention in a window holding
+    // `at`, and nothing outside it; the admin sees it per company.
+    let hour = TimeDelta::hours(1);
+    assert_eq!(
+        s.retention(&sc, at - hour, at + hour).await.expect("retention"),
+        CHECK
+    );
+    assert_eq!(
+        s.retention(&sc, at + hour, at + hour * 2)
+            .await
+            .expect("retention"),
+        FactCheck::default()
+    );
+    let admin = kira_core::auth::Principal::system().admin().expect("admin");
+    assert_eq!(
+        s.retention_totals(&admin).await.expect("totals"),
+        vec![("acme".to_owned(), CHECK)]
+    );
+    // A check that keeps more than it checked is refused.
+    let odd = Memory {
+        id: id(12),
+        ..summary.clone()
+    };
+    let r = s
+        .replace_with_summary(&sc, &odd, FactCheck { facts: 1, kept: 2 }, at, rec())
+        .await;
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
     assert_eq!(
         s.get_memory(&sc, summary.id).await.expect("summary"),
         summary
@@ -913,7 +944,7 @@ async fn summary_replaces_its_sources_atomically(f: Fresh) {
         id: id(11),
         ..summary.clone()
     };
-    let r = s.replace_with_summary(&sc, &rerun, at, rec()).await;
+    let r = s.replace_with_summary(&sc, &rerun, CHECK, at, rec()).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
 }
 
@@ -1314,7 +1345,7 @@ async fn another_company_can_neither_see_nor_touch_memories(f: Fresh) {
         compacted_from: vec![a.id],
         ..mem("beta", 4, "summary")
     };
-    let r = s.replace_with_summary(&b, &steal, base(), rec()).await;
+    let r = s.replace_with_summary(&b, &steal, CHECK, base(), rec()).await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     let r = s
         .insert_memories(&b, &[mem("acme", 5, "forged")], rec())

@@ -23,6 +23,7 @@ conformance!(
     concurrent_roll_ups_count_each_event_once,
     a_company_reads_only_its_own_series,
     pruning_keeps_the_totals,
+    totals_add_up_per_company_agent_and_level,
 );
 
 fn at(seconds: i64) -> DateTime<Utc> {
@@ -404,4 +405,54 @@ async fn pruning_keeps_the_totals(f: Fresh) {
         .await
         .expect("hours");
     assert_eq!(sum(&hours).completed, 1);
+}
+
+/// The totals `/metrics` reads, added up in the database per company, per
+/// agent and per level, equal the all-time rows added up here.
+async fn totals_add_up_per_company_agent_and_level(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    run(s, "acme", "legal", TaskStatus::Completed, 1, 5, (10, 1), 2).await;
+    run(s, "acme", "legal", TaskStatus::Failed, 2, 40, (7, 3), 0).await;
+    run(s, "acme", "primary", TaskStatus::Completed, 1, 3, (5, 5), 1).await;
+    run(s, "beta", "legal", TaskStatus::NeedsReview, 1, 900, (20, 2), 0).await;
+    roll_up_all(s).await;
+    let admin = Principal::system().admin().expect("admin");
+    let all = s
+        .all_metrics(&admin, &MetricsQuery::totals())
+        .await
+        .expect("all");
+    let t = s.metric_totals(&admin).await.expect("totals");
+    let grouped = |rows: &[MetricRow], key: fn(&MetricRow) -> &str| {
+        let mut m: std::collections::BTreeMap<String, Rollup> = Default::default();
+        for r in rows {
+            m.entry(key(r).to_owned()).or_default().add(&r.sums);
+        }
+        m.into_iter().collect::<Vec<_>>()
+    };
+    let pairs = |rows: &[MetricRow], key: fn(&MetricRow) -> &str| {
+        rows.iter()
+            .map(|r| (key(r).to_owned(), r.sums))
+            .collect::<Vec<_>>()
+    };
+    fn company(r: &MetricRow) -> &str {
+        &r.key.company_id
+    }
+    fn agent(r: &MetricRow) -> &str {
+        &r.key.agent
+    }
+    fn level(r: &MetricRow) -> &str {
+        &r.key.priority
+    }
+    assert_eq!(pairs(&t.by_company, company), grouped(&all, company));
+    assert_eq!(pairs(&t.by_agent, agent), grouped(&all, agent));
+    assert_eq!(pairs(&t.by_level, level), grouped(&all, level));
+    assert_eq!(t.by_company.len(), 2);
+    assert_eq!(t.by_agent.len(), 2);
+    assert!(t.by_company.iter().all(|r| r.key.agent.is_empty()));
+    let acme = &t.by_company[0].sums;
+    assert_eq!((acme.ended, acme.completed, acme.failed), (3, 2, 1));
+    assert_eq!(acme.prompt_tokens, 22);
+    assert!((acme.cost_usd - 0.75).abs() < 1e-9);
 }
