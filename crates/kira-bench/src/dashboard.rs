@@ -224,7 +224,11 @@ pub async fn run(
     let mut miscounted = 0;
     for i in 0..reads {
         let company = &ids[(i * 7919) % ids.len()];
-        let (ms, body) = get(format!("/v1/companies/{company}/dashboard"), Auth::Key(&token)).await?;
+        let (ms, body) = get(
+            format!("/v1/companies/{company}/dashboard"),
+            Auth::Key(&token),
+        )
+        .await?;
         json_ms.push(ms);
         let v: serde_json::Value = serde_json::from_str(&body)?;
         if v["overview"]["total_tasks"].as_i64() != Some(expected) {

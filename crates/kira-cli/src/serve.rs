@@ -225,7 +225,11 @@ pub async fn worker(cfg: Config) -> anyhow::Result<()> {
             "runs did not finish in time; their leases will lapse and the tasks be retried"
         );
     }
-    wait_for_jobs([("metrics jobs", metrics_jobs), ("node heartbeat", heartbeat)]).await;
+    wait_for_jobs([
+        ("metrics jobs", metrics_jobs),
+        ("node heartbeat", heartbeat),
+    ])
+    .await;
     engine.tools().stop().await;
     tracing::info!("kira worker stopped");
     Ok(())

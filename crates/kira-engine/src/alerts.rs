@@ -376,11 +376,13 @@ impl Alerts {
             .iter()
             .map(|(c, n)| (c.as_str(), *n))
             .collect();
-        let directory: HashMap<String, Company> = store
-            .company_directory(admin)
+        // The directory sharing keeps, read again only when a company changed.
+        let directory: HashMap<String, Company> = self
+            .sharing
+            .directory(admin)
             .await?
-            .into_iter()
-            .map(|c| (c.id.to_string(), c))
+            .iter()
+            .map(|c| (c.id.to_string(), c.clone()))
             .collect();
         let mut companies = Vec::new();
         for line in &budget.companies {

@@ -447,7 +447,9 @@ impl Dashboard {
                 },
             )
             .await?;
-        let directory = store.company_directory(admin).await?;
+        let directory = self.metrics.directory(admin).await?;
+        let lines: std::collections::HashMap<&kira_core::CompanyId, _> =
+            state.companies.iter().map(|l| (&l.company_id, l)).collect();
         let open = store
             .list_alerts(AlertReader::Admin(admin), &open_filter())
             .await?;
@@ -463,7 +465,7 @@ impl Dashboard {
             .map(|c| {
                 let id = c.id.to_string();
                 let m = sys.companies.get(&id).unwrap_or(&empty);
-                let line = state.companies.iter().find(|l| l.company_id == c.id);
+                let line = lines.get(&c.id).copied();
                 let sla = i64::from(c.profile.sla_response_seconds);
                 CompanyLine {
                     name: c.profile.name.clone(),

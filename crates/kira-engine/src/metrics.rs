@@ -418,6 +418,15 @@ impl Metrics {
         }
     }
 
+    /// Every active company, from the directory sharing keeps (read again
+    /// only when a company changed).
+    pub(crate) async fn directory(
+        &self,
+        admin: &AdminScope,
+    ) -> Result<Arc<crate::sharing::Directory>, EngineError> {
+        self.sharing.directory(admin).await
+    }
+
     /// Counts one call to `provider`'s `model`: answered after `latency`,
     /// or failed (after its retries and fallbacks).
     pub fn provider_call(

@@ -85,7 +85,9 @@ mod tests {
         let f: Vec<&str> = f.iter().map(String::as_str).collect();
         assert_eq!(
             f,
-            ["000", "1", "2027", "40", "contract", "initech", "march", "renews"]
+            [
+                "000", "1", "2027", "40", "contract", "initech", "march", "renews"
+            ]
         );
         assert!(facts("it is in the box").is_empty(), "short common words");
     }
@@ -96,7 +98,10 @@ mod tests {
             "Caroline went to the LGBTQ support group on 7 May 2023.",
             "Melanie painted a sunrise over the lake.",
         ];
-        let c = check(sources, "Caroline went to the LGBTQ support group on 7 May 2023.");
+        let c = check(
+            sources,
+            "Caroline went to the LGBTQ support group on 7 May 2023.",
+        );
         // The first source's six facts are kept (caroline, lgbtq, support,
         // 7, may, 2023); the second's three (melanie, painted, sunrise) not.
         assert_eq!(c, FactCheck { facts: 9, kept: 6 });

@@ -586,7 +586,8 @@ async fn compaction_keeps_the_facts_findable(b: Backend) {
     // The job's own check of what the summary kept (the context-retention
     // KPI) is the check of the summary's text against its sources'.
     let summary = s.store.get_memory(&sc, summary_id).await.expect("summary");
-    let expected = kira_core::memory::retention::check(items.iter().map(|m| m.text), summary.text());
+    let expected =
+        kira_core::memory::retention::check(items.iter().map(|m| m.text), summary.text());
     assert_eq!(r.groups[0].facts, expected, "{b:?}");
     assert_eq!(r.facts, expected);
     assert!(expected.facts > 0 && expected.kept > 0, "{expected:?}");

@@ -15,10 +15,18 @@ use crate::common::{Backend, fresh_store, t0};
 async fn heartbeat_then_stop(backend: Backend) {
     let (store, _dir) = fresh_store(backend).await;
     let clock = Arc::new(ManualClock::new(t0()));
-    let engine = Engine::new(store, clock.clone() as Arc<dyn Clock>, EngineConfig::default());
+    let engine = Engine::new(
+        store,
+        clock.clone() as Arc<dyn Clock>,
+        EngineConfig::default(),
+    );
     let admin = Principal::system().admin().expect("admin");
     let nodes = engine.nodes();
-    assert_eq!(nodes.grace(), TimeDelta::seconds(30), "two default heartbeats");
+    assert_eq!(
+        nodes.grace(),
+        TimeDelta::seconds(30),
+        "two default heartbeats"
+    );
 
     // Ten minutes of beats, every heartbeat.
     nodes.beat(NodeRole::Serve).await.expect("beat");
@@ -34,10 +42,7 @@ async fn heartbeat_then_stop(backend: Backend) {
     // The job beats as it starts and, told to stop, records the stop.
     let shutdown = Shutdown::new();
     shutdown.trigger();
-    nodes
-        .start(NodeRole::Serve, shutdown)
-        .await
-        .expect("job");
+    nodes.start(NodeRole::Serve, shutdown).await.expect("job");
     let stopped_at = t0() + TimeDelta::minutes(10);
     // An hour later: the node is listed, stopped, and was up the first
     // ten minutes of the seventy since its first beat.

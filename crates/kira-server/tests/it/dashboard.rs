@@ -544,8 +544,14 @@ async fn executive_dashboard_story(backend: Backend) {
     let (status, text) = s.call(Method::GET, "/metrics", Some(&s.admin), None).await;
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().expect("exposition").to_owned();
-    assert!(text.contains("kira_nodes_live{role=\"serve\"} 1\n"), "{text}");
-    assert!(text.contains("kira_nodes_live{role=\"worker\"} 0\n"), "{text}");
+    assert!(
+        text.contains("kira_nodes_live{role=\"serve\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kira_nodes_live{role=\"worker\"} 0\n"),
+        "{text}"
+    );
     let ratio = text
         .lines()
         .find_map(|l| l.strip_prefix("kira_availability_ratio{window=\"24h\"} "))

@@ -238,3 +238,98 @@ async fn sqlite_metrics_story() {
 async fn postgres_metrics_story() {
     metrics_story(Backend::Postgres).await;
 }
+
+/// Context retention through the API: old routine reviews compacted into
+/// one summary; the company's metrics, its dashboard and `/metrics` show
+/// the compaction's own check of what the summary kept, a viewer of
+/// another company sees none of it.
+async fn context_retention_story(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    s.company("beta").await;
+    let texts = [
+        "Reviewed the NDA with Initech. Renewal fee $4,000 due 30 April 2026.",
+        "Second review of the Initech NDA; no changes needed.",
+        "Third review: Globex asked for a liability cap of $250,000.",
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        s.admin_ok(
+            Method::POST,
+            "/v1/companies/acme/memory",
+            Some(json!({
+                "occurred_at": format!("2026-01-0{}T10:00:00Z", i + 5),
+                "event_type": "note",
+                "workstream": "legal",
+                "category": "routine_reviews",
+                "content": {"text": text},
+                "importance": 5
+            })),
+        )
+        .await;
+    }
+    let report = s
+        .admin_ok(Method::POST, "/v1/companies/acme/memory/compact", None)
+        .await;
+    let groups = report["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "{report}");
+    let summary_id = groups[0]["summary_id"].as_str().expect("written");
+    let (_, summary) = get(
+        &s,
+        &format!("/v1/companies/acme/memory/{summary_id}"),
+        &s.admin,
+    )
+    .await;
+    let text = summary["content"]["text"].as_str().expect("summary text");
+    let expected = kira_core::memory::retention::check(texts, text);
+    assert!(expected.facts > 0, "{expected:?}");
+    assert_eq!(report["facts"]["facts"], expected.facts, "{report}");
+    assert_eq!(report["facts"]["kept"], expected.kept, "{report}");
+
+    let (_, viewer) = s.key("viewer", Some("acme")).await;
+    let (_, m) = get(&s, "/v1/companies/acme/metrics", &viewer).await;
+    let r = &m["context_retention"];
+    assert_eq!(r["facts"], expected.facts, "{m}");
+    assert_eq!(r["kept"], expected.kept, "{m}");
+    let share = expected.share().expect("a share");
+    assert!((r["share"].as_f64().expect("share") - share).abs() < 1e-9);
+    let (_, d) = get(&s, "/v1/companies/acme/dashboard", &viewer).await;
+    assert!(
+        (d["overview"]["context_retention"].as_f64().expect("kpi") - share).abs() < 1e-9,
+        "{d}"
+    );
+    // Another company's viewer: its own (nothing), never acme's.
+    let (_, beta) = s.key("viewer", Some("beta")).await;
+    let (_, m) = get(&s, "/v1/companies/beta/metrics", &beta).await;
+    assert_eq!(
+        m["context_retention"],
+        json!({"facts": 0, "kept": 0, "share": null})
+    );
+    let (status, _) = get(&s, "/v1/companies/acme/metrics", &beta).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (_, text) = get(&s, "/metrics", &s.admin).await;
+    let text = text.as_str().expect("exposition");
+    for line in [
+        format!(
+            "kira_context_facts_total{{company=\"acme\",state=\"checked\"}} {}",
+            expected.facts
+        ),
+        format!(
+            "kira_context_facts_total{{company=\"acme\",state=\"kept\"}} {}",
+            expected.kept
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    assert!(!text.contains("kira_context_facts_total{company=\"beta\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_context_retention() {
+    context_retention_story(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_context_retention() {
+    context_retention_story(Backend::Postgres).await;
+}

@@ -13,10 +13,10 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
+use kira_core::ValidationError;
 use kira_core::audit::AuditRecord;
 use kira_core::auth::{AdminScope, CompanyScope};
 use kira_core::conflict::NameKind;
-use kira_core::ValidationError;
 use kira_core::memory::retention::FactCheck;
 use kira_core::memory::{EventType, Memory, Workstream};
 use uuid::Uuid;
@@ -633,8 +633,10 @@ impl<D: Db> MemoryStore for D {
         archive_sources(&mut tx, company, &sources, summary.id, at).await?;
         D::Sql::insert_memories(&mut tx, company, std::slice::from_ref(summary)).await?;
         tx.exec(
-            q("INSERT INTO compaction_checks (company_id, summary_id, at, sources, facts, kept) \
-               VALUES ($1, $2, $3, $4, $5, $6)")
+            q(
+                "INSERT INTO compaction_checks (company_id, summary_id, at, sources, facts, kept) \
+               VALUES ($1, $2, $3, $4, $5, $6)",
+            )
             .arg(company.as_str())
             .arg(summary.id)
             .arg(at.trunc_subsecs(6))

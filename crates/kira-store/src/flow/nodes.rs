@@ -65,8 +65,10 @@ async fn beat(c: &mut dyn Conn, b: &NodeBeat, grace: TimeDelta) -> Result<()> {
         Some(r) if at <= r.time("up_to")? => {}
         _ => {
             c.exec(
-                q("INSERT INTO node_uptime (node_id, up_from, up_to) VALUES ($1, $2, $2) \
-                   ON CONFLICT (node_id, up_from) DO NOTHING")
+                q(
+                    "INSERT INTO node_uptime (node_id, up_from, up_to) VALUES ($1, $2, $2) \
+                   ON CONFLICT (node_id, up_from) DO NOTHING",
+                )
                 .arg(b.node_id.as_str())
                 .arg(at),
             )
@@ -85,8 +87,10 @@ async fn stopped(c: &mut dyn Conn, node: &str, at: DateTime<Utc>) -> Result<()> 
     )
     .await?;
     c.exec(
-        q("UPDATE node_uptime SET up_to = $2 WHERE node_id = $1 AND up_from = \
-             (SELECT max(up_from) FROM node_uptime WHERE node_id = $1) AND up_to <= $2")
+        q(
+            "UPDATE node_uptime SET up_to = $2 WHERE node_id = $1 AND up_from = \
+             (SELECT max(up_from) FROM node_uptime WHERE node_id = $1) AND up_to <= $2",
+        )
         .arg(node)
         .arg(at),
     )
@@ -119,8 +123,10 @@ impl<D: Db> NodeStore for D {
     async fn nodes(&self, _admin: &AdminScope, since: DateTime<Utc>) -> Result<Vec<NodeRow>> {
         let mut c = self.plain().await?;
         c.all(
-            q("SELECT node_id, role, version, started_at, last_beat_at, stopped_at FROM nodes \
-               WHERE last_beat_at >= $1 ORDER BY last_beat_at DESC, node_id")
+            q(
+                "SELECT node_id, role, version, started_at, last_beat_at, stopped_at FROM nodes \
+               WHERE last_beat_at >= $1 ORDER BY last_beat_at DESC, node_id",
+            )
             .arg(since.trunc_subsecs(6)),
         )
         .await?

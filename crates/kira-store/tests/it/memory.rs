@@ -855,7 +855,9 @@ async fn summary_replaces_its_sources_atomically(f: Fresh) {
         .await
         .expect("archive");
     let audit_before = audit_count(s, "acme").await;
-    let r = s.replace_with_summary(&sc, &summary, CHECK, at, rec()).await;
+    let r = s
+        .replace_with_summary(&sc, &summary, CHECK, at, rec())
+        .await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     assert_eq!(
         list_ids(s, "acme", &MemoryFilter::default()).await,
@@ -884,7 +886,9 @@ async fn summary_replaces_its_sources_atomically(f: Fresh) {
         company_id: cid("beta"),
         ..summary.clone()
     };
-    let r = s.replace_with_summary(&sc, &foreign, CHECK, at, rec()).await;
+    let r = s
+        .replace_with_summary(&sc, &foreign, CHECK, at, rec())
+        .await;
     assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
 
     s.set_archived(&sc, &[id(3)], None, record(Some("acme"), "r"))
@@ -902,7 +906,9 @@ async fn summary_replaces_its_sources_atomically(f: Fresh) {
     // `at`, and nothing outside it; the admin sees it per company.
     let hour = TimeDelta::hours(1);
     assert_eq!(
-        s.retention(&sc, at - hour, at + hour).await.expect("retention"),
+        s.retention(&sc, at - hour, at + hour)
+            .await
+            .expect("retention"),
         CHECK
     );
     assert_eq!(
@@ -1345,7 +1351,9 @@ async fn another_company_can_neither_see_nor_touch_memories(f: Fresh) {
         compacted_from: vec![a.id],
         ..mem("beta", 4, "summary")
     };
-    let r = s.replace_with_summary(&b, &steal, CHECK, base(), rec()).await;
+    let r = s
+        .replace_with_summary(&b, &steal, CHECK, base(), rec())
+        .await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     let r = s
         .insert_memories(&b, &[mem("acme", 5, "forged")], rec())

@@ -416,7 +416,17 @@ async fn totals_add_up_per_company_agent_and_level(f: Fresh) {
     run(s, "acme", "legal", TaskStatus::Completed, 1, 5, (10, 1), 2).await;
     run(s, "acme", "legal", TaskStatus::Failed, 2, 40, (7, 3), 0).await;
     run(s, "acme", "primary", TaskStatus::Completed, 1, 3, (5, 5), 1).await;
-    run(s, "beta", "legal", TaskStatus::NeedsReview, 1, 900, (20, 2), 0).await;
+    run(
+        s,
+        "beta",
+        "legal",
+        TaskStatus::NeedsReview,
+        1,
+        900,
+        (20, 2),
+        0,
+    )
+    .await;
     roll_up_all(s).await;
     let admin = Principal::system().admin().expect("admin");
     let all = s
