@@ -103,7 +103,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn t(min: i64) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap() + TimeDelta::minutes(min)
+        Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .single()
+            .expect("valid")
+            + TimeDelta::minutes(min)
     }
 
     fn span(a: i64, b: i64) -> Uptime {
@@ -126,21 +129,21 @@ mod tests {
     fn overlapping_nodes_count_once_and_gaps_count_as_down() {
         // Two nodes overlap 10-20; nothing 30-40; one node 40-50.
         let spans = [span(0, 20), span(10, 30), span(40, 50)];
-        let a = availability(&spans, t(0), t(60), t(60), GRACE).unwrap();
+        let a = availability(&spans, t(0), t(60), t(60), GRACE).expect("a window");
         assert!((a - 40.0 / 60.0).abs() < 1e-9, "{a}");
         // The window cuts the spans.
-        let a = availability(&spans, t(25), t(45), t(60), GRACE).unwrap();
+        let a = availability(&spans, t(25), t(45), t(60), GRACE).expect("a window");
         assert!((a - 10.0 / 20.0).abs() < 1e-9, "{a}");
     }
 
     #[test]
     fn a_live_node_covers_up_to_now() {
         let now = t(50) + TimeDelta::seconds(20);
-        let a = availability(&[span(0, 50)], t(0), now, now, GRACE).unwrap();
+        let a = availability(&[span(0, 50)], t(0), now, now, GRACE).expect("a window");
         assert_eq!(a, 1.0);
         // Past its grace, the node is down since its last beat.
         let later = t(60);
-        let a = availability(&[span(0, 50)], t(0), later, later, GRACE).unwrap();
+        let a = availability(&[span(0, 50)], t(0), later, later, GRACE).expect("a window");
         assert!((a - 50.0 / 60.0).abs() < 1e-9, "{a}");
     }
 
@@ -162,7 +165,7 @@ mod tests {
             let spans: Vec<Uptime> = raw.iter().map(|(a, l)| span(*a, a + l)).collect();
             let (from, to) = (t(lo), t(lo + len));
             let now = t(1_000);
-            let a = availability(&spans, from, to, now, GRACE).unwrap();
+            let a = availability(&spans, from, to, now, GRACE).expect("a window");
             prop_assert!((0.0..=1.0).contains(&a));
             let minutes = (lo..lo + len)
                 .filter(|m| spans.iter().any(|s| s.from <= t(*m) && t(m + 1) <= s.to))

@@ -194,10 +194,10 @@ fn family<M: EncodeMetric>(
 }
 
 /// A row's key and sums: the company, agent or level it was added up by.
-fn keyed<'a>(
-    rows: &'a [kira_store::metrics::MetricRow],
+fn keyed(
+    rows: &[kira_store::metrics::MetricRow],
     key: fn(&kira_core::metrics::SeriesKey) -> &String,
-) -> impl Iterator<Item = (&'a String, &'a Rollup)> + Clone {
+) -> impl Iterator<Item = (&String, &Rollup)> + Clone {
     rows.iter().map(move |r| (key(&r.key), &r.sums))
 }
 
