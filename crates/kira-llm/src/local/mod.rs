@@ -1,5 +1,6 @@
 //! The local provider: SmolLM2-135M-Instruct (Q4_1 GGUF) run in process
-//! with candle's quantized llama, so a machine with no key and no network
+//! with kira's own llama forward pass over candle's kernels ([`llama`]),
+//! so a machine with no key and no network
 //! still has a model. The tokenizer and the chat template come from the
 //! GGUF file itself; tool calls use the JSON-in-text protocol of [`tools`].
 //! A request's [`Output`] is held to with constrained decoding
@@ -7,11 +8,12 @@
 //! so the answer parses.
 //!
 //! The KV cache lives in the model, so each concurrent call needs its own
-//! instance: a small pool of clones (the weights, unpacked to f16 at load
-//! for speed, are shared between clones; only the cache is per instance). Generation is CPU-bound
-//! and runs on a blocking thread.
+//! instance: a small pool of them (the weights are shared between
+//! instances; only the cache is per instance). Generation is CPU-bound and
+//! runs on a blocking thread.
 
 mod constrain;
+mod llama;
 mod template;
 mod tokenizer;
 pub mod tools;
@@ -24,7 +26,6 @@ use async_trait::async_trait;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -32,6 +33,7 @@ use crate::{
     Usage,
 };
 use constrain::Constrainer;
+use llama::Llama;
 use llguidance::toktrie::SimpleVob;
 
 /// The model's name in responses.
@@ -61,6 +63,11 @@ const SEED: u64 = 299_792_458;
 /// brace), so that running out of tokens rarely leaves the JSON
 /// unfinished.
 const CLOSING_RESERVE: usize = 16;
+
+/// Prompt plus completion stay within this many tokens, or the model's
+/// context if shorter: the KV cache of one instance at this length is
+/// ~90 MB for SmolLM2-135M, and attention over it dominates a step.
+const MAX_WINDOW: usize = 4096;
 
 /// Where the GGUF lives under a models folder (the one
 /// `./scripts/install-models` writes): `<models>/smollm2-135m-instruct/<file>`.
@@ -96,8 +103,8 @@ pub const SAMPLE_PROMPTS: [&str; 20] = [
 
 pub struct LocalProvider {
     /// Cloned to make pool instances; never run itself.
-    prototype: ModelWeights,
-    idle: Mutex<Vec<ModelWeights>>,
+    prototype: Llama,
+    idle: Mutex<Vec<Llama>>,
     permits: Arc<Semaphore>,
     tokenizer: Arc<tokenizers::Tokenizer>,
     template: Option<String>,
@@ -152,14 +159,12 @@ impl LocalProvider {
         {
             stop_ids.push(eos);
         }
-        let context = content
+        let window = content
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_SEQ_LEN, |c| c as usize);
-        let (content, mut weights) = unpacked(&content, &mut file).map_err(|e| bad(&e))?;
-        let prototype =
-            ModelWeights::from_gguf(content, &mut weights, &Device::Cpu).map_err(|e| bad(&e))?;
+            .map_or(MAX_WINDOW, |c| (c as usize).min(MAX_WINDOW));
+        let prototype = Llama::from_gguf(&content, &mut file).map_err(|e| bad(&e))?;
         Ok(Self {
             prototype,
             idle: Mutex::new(Vec::new()),
@@ -167,8 +172,7 @@ impl LocalProvider {
             tokenizer: Arc::new(tokenizer),
             template,
             stop_ids,
-            // candle's rotary tables stop at MAX_SEQ_LEN.
-            window: context.min(MAX_SEQ_LEN),
+            window,
             words,
             constrainer: OnceLock::new(),
         })
@@ -229,12 +233,12 @@ impl LocalProvider {
             .map_err(|e| LlmError::Local(format!("tokenize: {e}")))
     }
 
-    fn take_instance(&self) -> ModelWeights {
+    fn take_instance(&self) -> Llama {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        idle.unwrap_or_else(|| self.prototype.clone())
+        idle.unwrap_or_else(|| self.prototype.instance())
     }
 
-    fn return_instance(&self, model: ModelWeights) {
+    fn return_instance(&self, model: Llama) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(model);
         }
@@ -333,41 +337,6 @@ impl Provider for LocalProvider {
     }
 }
 
-/// The GGUF with its quantized weights unpacked to f16, in memory. candle
-/// multiplies Q4_1 blocks with scalar code (its SIMD kernels cover other
-/// formats), so a prompt of a few hundred tokens took tens of seconds;
-/// unpacked weights go through its f32 matrix multiply, which is
-/// vectorised and batched over the prompt: on two cores, prefill from 28
-/// to ~470 tokens/s and generation from ~20 to ~24 tokens/s (`kira bench
-/// local-model`), for ~0.6 GB of memory instead of ~0.1 (the matrices are
-/// held as f32 once loaded).
-fn unpacked(
-    content: &gguf_file::Content,
-    file: &mut std::fs::File,
-) -> candle_core::Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>)> {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let q = content.tensor(file, name, &Device::Cpu)?;
-        let q = match q.dtype() {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => q,
-            _ => QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::F16)?,
-        };
-        tensors.push((name.as_str(), q));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (*n, q)).collect();
-    let mut out = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut out, &metadata, &tensors)?;
-    out.set_position(0);
-    let unpacked = gguf_file::Content::read(&mut out)?;
-    Ok((unpacked, out))
-}
-
 /// A constraint during one generation: its matcher, and what it was
 /// compiled with.
 struct Guide {
@@ -453,27 +422,28 @@ impl Guide {
     }
 }
 
-/// Runs `tokens` through the model from position `pos` and, beside it on
-/// another thread, the constraint's next mask, which depends only on the
-/// tokens already taken in: the mask is off the critical path, and a step
-/// waits for it only when it takes longer than the forward pass.
+/// Runs `tokens` through the model after what it has read and, beside it
+/// on another thread, the constraint's next mask, which depends only on
+/// the tokens already taken in: the mask is off the critical path, and a
+/// step waits for it only when it takes longer than the forward pass.
 fn step(
-    model: &mut ModelWeights,
+    model: &mut Llama,
     tokens: &[u32],
-    pos: usize,
     guide: Option<&mut Guide>,
 ) -> Result<(Tensor, Option<SimpleVob>), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
-    let input = Tensor::new(tokens, &Device::Cpu)
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(run)?;
+    let logits = |model: &mut Llama| {
+        model.forward(tokens).and_then(|l| {
+            let n = l.len();
+            Tensor::from_vec(l, n, &Device::Cpu)
+        })
+    };
     let Some(guide) = guide else {
-        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
-        return Ok((logits.map_err(run)?, None));
+        return Ok((logits(model).map_err(run)?, None));
     };
     let (logits, mask, waited) = std::thread::scope(|s| {
         let masking = s.spawn(|| guide.next_mask());
-        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
+        let logits = logits(model);
         let t0 = Instant::now();
         let mask = masking.join();
         (logits, mask, t0.elapsed())
@@ -489,7 +459,7 @@ fn step(
 /// Under a constraint each step samples only among the tokens it allows,
 /// and tokens it forces are read in one forward pass.
 fn generate(
-    model: &mut ModelWeights,
+    model: &mut Llama,
     prompt: Vec<u32>,
     max_new: usize,
     sampling: Sampling,
@@ -509,7 +479,7 @@ fn generate(
 }
 
 fn generate_guided(
-    model: &mut ModelWeights,
+    model: &mut Llama,
     prompt: Vec<u32>,
     max_new: usize,
     sampling: Sampling,
@@ -517,14 +487,14 @@ fn generate_guided(
     mut guide: Option<&mut Guide>,
 ) -> Result<(Vec<u32>, FinishReason), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
-    model.clear_kv_cache();
+    model.clear();
     let mut out = Vec::new();
     if max_new == 0 {
         return Ok((out, FinishReason::Length));
     }
     let mut sampler = LogitsProcessor::from_sampling(SEED, sampling);
     let mut seen = prompt.clone();
-    let (mut logits, mut allowed) = step(model, &prompt, 0, guide.as_deref_mut())?;
+    let (mut logits, mut allowed) = step(model, &prompt, guide.as_deref_mut())?;
     loop {
         let recent = &seen[seen.len().saturating_sub(REPEAT_WINDOW)..];
         let mut penalised =
@@ -552,7 +522,7 @@ fn generate_guided(
         if out.len() >= max_new {
             return Ok((out, FinishReason::Length));
         }
-        (logits, allowed) = step(model, &feed, seen.len() - feed.len(), guide.as_deref_mut())?;
+        (logits, allowed) = step(model, &feed, guide.as_deref_mut())?;
     }
 }
 
