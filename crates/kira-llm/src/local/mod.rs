@@ -20,7 +20,7 @@ pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use candle_core::quantized::gguf_file;
@@ -101,6 +101,42 @@ pub const SAMPLE_PROMPTS: [&str; 20] = [
     "Answer with a bulleted list of the days of the week.",
 ];
 
+/// What holding answers to an output constraint has cost, summed over
+/// the calls that had one (see [`LocalProvider::constraint_cost`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConstraintCost {
+    /// Constrained calls.
+    pub calls: u64,
+    /// Their time choosing tokens, from the first one on (the prompt's
+    /// forward pass, beside which the first mask is computed, left out).
+    pub decoding: Duration,
+    /// Of `decoding`, what the constraint added to the critical path:
+    /// waiting for the mask after a forward pass, masking the logits,
+    /// taking each token into the grammar.
+    pub constraint: Duration,
+    /// Time computing masks, on a second thread beside the forward pass.
+    pub masks: Duration,
+}
+
+impl ConstraintCost {
+    /// The constraint's share of decoding time (0 when nothing was
+    /// decoded).
+    pub fn share(&self) -> f64 {
+        if self.decoding.is_zero() {
+            0.0
+        } else {
+            self.constraint.as_secs_f64() / self.decoding.as_secs_f64()
+        }
+    }
+
+    fn add(&mut self, other: ConstraintCost) {
+        self.calls += other.calls;
+        self.decoding += other.decoding;
+        self.constraint += other.constraint;
+        self.masks += other.masks;
+    }
+}
+
 pub struct LocalProvider {
     /// Cloned to make pool instances; never run itself.
     prototype: Llama,
@@ -117,6 +153,8 @@ pub struct LocalProvider {
     /// Built on the first constrained call (the token trie and llguidance's
     /// lexer slices take a moment), then shared.
     constrainer: OnceLock<Result<Arc<Constrainer>, String>>,
+    /// Summed over constrained calls.
+    constraint_cost: Mutex<ConstraintCost>,
 }
 
 impl std::fmt::Debug for LocalProvider {
@@ -175,6 +213,7 @@ impl LocalProvider {
             window,
             words,
             constrainer: OnceLock::new(),
+            constraint_cost: Mutex::new(ConstraintCost::default()),
         })
     }
 
@@ -196,6 +235,13 @@ impl LocalProvider {
             .get()
             .and_then(|c| c.as_ref().ok())
             .map_or(0, |c| c.cached())
+    }
+
+    /// What output constraints have cost so far, summed over calls.
+    pub fn constraint_cost(&self) -> ConstraintCost {
+        self.constraint_cost
+            .lock()
+            .map_or_else(|_| ConstraintCost::default(), |c| *c)
     }
 
     /// At most `n` calls generate at once, each on its own instance.
@@ -284,13 +330,16 @@ impl Provider for LocalProvider {
         let mut model = self.take_instance();
         let stop_ids = self.stop_ids.clone();
         let prompt_len = prompt.len();
-        let (model, generated) = tokio::task::spawn_blocking(move || {
+        let (model, (generated, cost)) = tokio::task::spawn_blocking(move || {
             let out = generate(&mut model, prompt, max_new, sampling, &stop_ids, guide);
             (model, out)
         })
         .await
         .map_err(|e| LlmError::Local(format!("generation thread: {e}")))?;
         self.return_instance(model);
+        if let Ok(mut total) = self.constraint_cost.lock() {
+            total.add(cost);
+        }
         let (ids, finish_reason) = generated?;
 
         let text = self
@@ -344,11 +393,13 @@ struct Guide {
     constrainer: Arc<Constrainer>,
     /// Where the answer so far stands.
     position: constrain::JsonPosition,
-    /// Masks computed, the time they took, and how long generation waited
-    /// for them after its forward pass (the constraint's cost).
+    /// Masks computed and the time they took (on the second thread).
     masks: u32,
-    computing: std::time::Duration,
-    waited: std::time::Duration,
+    computing: Duration,
+    /// Time the constraint added to generation's critical path: waiting
+    /// for the mask after the forward pass (and starting its thread),
+    /// masking the logits, and taking tokens in.
+    critical: Duration,
 }
 
 impl Guide {
@@ -358,8 +409,8 @@ impl Guide {
             constrainer,
             position: constrain::JsonPosition::default(),
             masks: 0,
-            computing: std::time::Duration::ZERO,
-            waited: std::time::Duration::ZERO,
+            computing: Duration::ZERO,
+            critical: Duration::ZERO,
         }
     }
 
@@ -382,6 +433,18 @@ impl Guide {
     /// `logits` masked to `allowed`; when `closing`, only to those that
     /// close what is open, if any may.
     fn apply(
+        &mut self,
+        logits: &Tensor,
+        allowed: &SimpleVob,
+        closing: bool,
+    ) -> Result<Tensor, LlmError> {
+        let t0 = Instant::now();
+        let masked = self.masked(logits, allowed, closing);
+        self.critical += t0.elapsed();
+        masked
+    }
+
+    fn masked(
         &self,
         logits: &Tensor,
         allowed: &SimpleVob,
@@ -399,6 +462,13 @@ impl Guide {
     /// Takes `token` in; returns the tokens the grammar forces after it
     /// (taken in too), which the model reads without choosing.
     fn advance(&mut self, token: u32) -> Result<Vec<u32>, LlmError> {
+        let t0 = Instant::now();
+        let forced = self.take(token);
+        self.critical += t0.elapsed();
+        forced
+    }
+
+    fn take(&mut self, token: u32) -> Result<Vec<u32>, LlmError> {
         self.matcher
             .consume_token(token)
             .map_err(|e| self.fail("token", e))?;
@@ -441,14 +511,15 @@ fn step(
     let Some(guide) = guide else {
         return Ok((logits(model).map_err(run)?, None));
     };
-    let (logits, mask, waited) = std::thread::scope(|s| {
+    let t0 = Instant::now();
+    let (logits, mask, forward) = std::thread::scope(|s| {
         let masking = s.spawn(|| guide.next_mask());
+        let t1 = Instant::now();
         let logits = logits(model);
-        let t0 = Instant::now();
-        let mask = masking.join();
-        (logits, mask, t0.elapsed())
+        let forward = t1.elapsed();
+        (logits, masking.join(), forward)
     });
-    guide.waited += waited;
+    guide.critical += t0.elapsed().saturating_sub(forward);
     let mask =
         mask.map_err(|_| LlmError::Local("constraint: the mask thread panicked".into()))??;
     Ok((logits.map_err(run)?, Some(mask)))
@@ -465,17 +536,34 @@ fn generate(
     sampling: Sampling,
     stop_ids: &[u32],
     mut guide: Option<Guide>,
-) -> Result<(Vec<u32>, FinishReason), LlmError> {
-    let out = generate_guided(model, prompt, max_new, sampling, stop_ids, guide.as_mut());
-    if let Some(g) = guide {
-        tracing::debug!(
-            masks = g.masks,
-            computing_ms = g.computing.as_secs_f64() * 1e3,
-            waited_ms = g.waited.as_secs_f64() * 1e3,
-            "constrained generation"
-        );
-    }
-    out
+) -> (Result<(Vec<u32>, FinishReason), LlmError>, ConstraintCost) {
+    let mut decoding = Duration::ZERO;
+    let out = generate_guided(
+        model,
+        prompt,
+        max_new,
+        sampling,
+        stop_ids,
+        guide.as_mut(),
+        &mut decoding,
+    );
+    let Some(g) = guide else {
+        return (out, ConstraintCost::default());
+    };
+    tracing::debug!(
+        masks = g.masks,
+        computing_ms = g.computing.as_secs_f64() * 1e3,
+        critical_ms = g.critical.as_secs_f64() * 1e3,
+        decoding_ms = decoding.as_secs_f64() * 1e3,
+        "constrained generation"
+    );
+    let cost = ConstraintCost {
+        calls: 1,
+        decoding,
+        constraint: g.critical,
+        masks: g.computing,
+    };
+    (out, cost)
 }
 
 fn generate_guided(
@@ -485,22 +573,52 @@ fn generate_guided(
     sampling: Sampling,
     stop_ids: &[u32],
     mut guide: Option<&mut Guide>,
+    decoding: &mut Duration,
+) -> Result<(Vec<u32>, FinishReason), LlmError> {
+    model.clear();
+    if max_new == 0 {
+        return Ok((Vec::new(), FinishReason::Length));
+    }
+    let (logits, allowed) = step(model, &prompt, guide.as_deref_mut())?;
+    // The constraint's cost is counted from the first chosen token on:
+    // the first mask is computed beside the prompt's long forward pass.
+    if let Some(g) = guide.as_deref_mut() {
+        g.critical = Duration::ZERO;
+    }
+    let decode_start = Instant::now();
+    let sampler = LogitsProcessor::from_sampling(SEED, sampling);
+    let out = decode(
+        model,
+        (logits, allowed),
+        prompt,
+        max_new,
+        sampler,
+        stop_ids,
+        guide,
+    );
+    *decoding = decode_start.elapsed();
+    out
+}
+
+/// From the prompt's logits (and the constraint's first mask) on: one
+/// token chosen per step.
+fn decode(
+    model: &mut Llama,
+    (mut logits, mut allowed): (Tensor, Option<SimpleVob>),
+    mut seen: Vec<u32>,
+    max_new: usize,
+    mut sampler: LogitsProcessor,
+    stop_ids: &[u32],
+    mut guide: Option<&mut Guide>,
 ) -> Result<(Vec<u32>, FinishReason), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
-    model.clear();
     let mut out = Vec::new();
-    if max_new == 0 {
-        return Ok((out, FinishReason::Length));
-    }
-    let mut sampler = LogitsProcessor::from_sampling(SEED, sampling);
-    let mut seen = prompt.clone();
-    let (mut logits, mut allowed) = step(model, &prompt, guide.as_deref_mut())?;
     loop {
         let recent = &seen[seen.len().saturating_sub(REPEAT_WINDOW)..];
         let mut penalised =
             candle_transformers::utils::apply_repeat_penalty(&logits, REPEAT_PENALTY, recent)
                 .map_err(run)?;
-        if let (Some(g), Some(allowed)) = (guide.as_deref(), allowed.as_ref()) {
+        if let (Some(g), Some(allowed)) = (guide.as_deref_mut(), allowed.as_ref()) {
             let closing = max_new - out.len() <= CLOSING_RESERVE;
             penalised = g.apply(&penalised, allowed, closing)?;
         }
