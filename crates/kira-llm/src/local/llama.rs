@@ -259,6 +259,21 @@ impl Llama {
         }
     }
 
+    /// Bytes of weights one step (one new token) reads: every matrix's
+    /// Q8_0 blocks.
+    pub(crate) fn step_bytes(&self) -> usize {
+        let w = &self.weights;
+        let block = std::mem::size_of::<BlockQ8_0>();
+        let matrices = w
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
+        matrices
+            .chain([&w.output])
+            .map(|m| m.packed.len() * block)
+            .sum()
+    }
+
     /// Positions held in the cache.
     fn len(&self) -> usize {
         let c = &self.weights.config;
@@ -676,6 +691,14 @@ mod tests {
             .insert("general.architecture".into(), Value::String("qwen2".into()));
         let e = Llama::from_gguf(&content, &mut r).expect_err("qwen2");
         assert!(e.to_string().contains("qwen2"), "{e}");
+    }
+
+    #[test]
+    fn a_step_reads_every_matrix_once_as_q8_0() {
+        let (model, _) = both();
+        let per_layer = 2 * DIM * DIM + 2 * 32 * DIM + 3 * FFN * DIM;
+        let values = 2 * per_layer + VOCAB * DIM;
+        assert_eq!(model.step_bytes(), values / 32 * 34);
     }
 
     #[test]

@@ -237,6 +237,12 @@ impl LocalProvider {
             .map_or(0, |c| c.cached())
     }
 
+    /// Bytes of weights read per generated token: with memory bandwidth,
+    /// a bound on generation speed.
+    pub fn bytes_per_token(&self) -> usize {
+        self.prototype.step_bytes()
+    }
+
     /// What output constraints have cost so far, summed over calls.
     pub fn constraint_cost(&self) -> ConstraintCost {
         self.constraint_cost
