@@ -88,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("answer: {}", r.message.content);
     let cost = local.constraint_cost();
     println!(
-        "constraint: {:.1}% of decoding ({:.2?} of {:.2?} over {} calls; masks computed in {:.2?} beside the forward pass)",
+        "constraint: {:.1}% of decoding ({:.2?} of {:.2?} over {} calls; of it computing masks {:.2?})",
         cost.share() * 100.0,
         cost.constraint,
         cost.decoding,

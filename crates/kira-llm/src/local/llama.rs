@@ -18,11 +18,18 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType, QK8_0};
 use candle_core::{D, Device, Tensor};
+use rayon::prelude::*;
 
 /// From this many rows on, a matrix product goes through the f32 weights
 /// and candle's gemm (a prompt); below, through the Q8_0 weights (a step,
 /// or the few tokens a constraint forces).
 const BATCHED_ROWS: usize = 16;
+
+/// A step's matrix products are split over rayon's threads in chunks of
+/// this many weight rows (a small matrix stays on the calling thread):
+/// enough work per chunk that handing it over costs little, and enough
+/// chunks that a core taken by something else does not hold the step up.
+const ROWS_PER_TASK: usize = 64;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -82,10 +89,31 @@ impl Linear {
         let blocks = self.cols / QK8_0;
         let mut xq = vec![BlockQ8_0::zeros(); m * blocks];
         BlockQ8_0::from_float(x, &mut xq);
+        // By weight row first (`by_row[r * m + i]`), so that each task
+        // writes one slice.
+        let mut by_row = vec![0f32; self.rows * m];
+        let dots = |(out, rows): (&mut [f32], &[BlockQ8_0])| {
+            for (row, out) in rows.chunks_exact(blocks).zip(out.chunks_exact_mut(m)) {
+                for (xi, o) in xq.chunks_exact(blocks).zip(out) {
+                    *o = BlockQ8_0::vec_dot(self.cols, row, xi);
+                }
+            }
+        };
+        if self.rows < 2 * ROWS_PER_TASK {
+            dots((&mut by_row, &self.packed));
+        } else {
+            by_row
+                .par_chunks_mut(ROWS_PER_TASK * m)
+                .zip(self.packed.par_chunks(ROWS_PER_TASK * blocks))
+                .for_each(dots);
+        }
+        if m == 1 {
+            return Ok(by_row);
+        }
         let mut out = vec![0f32; m * self.rows];
-        for (r, row) in self.packed.chunks_exact(blocks).enumerate() {
-            for (i, xi) in xq.chunks_exact(blocks).enumerate() {
-                out[i * self.rows + r] = BlockQ8_0::vec_dot(self.cols, row, xi);
+        for (r, row) in by_row.chunks_exact(m).enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                out[i * self.rows + r] = *v;
             }
         }
         Ok(out)
@@ -95,13 +123,13 @@ impl Linear {
 #[derive(Debug)]
 struct Layer {
     attn_norm: Vec<f32>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// The query, key and value matrices stacked: one product, and the
+    /// activations quantized once, for the three.
+    qkv: Linear,
     o: Linear,
     ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
+    /// The gate and up matrices stacked, likewise.
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -173,47 +201,41 @@ impl Llama {
         let mut packed_embedding = vec![BlockQ8_0::zeros(); embedding.len() / QK8_0];
         BlockQ8_0::from_float(&embedding, &mut packed_embedding);
         drop(embedding);
+        let (kv, mut ffn) = (kv_heads * head_dim, None);
         let mut blocks = Vec::with_capacity(layers);
         for i in 0..layers {
-            let mut linear = |name: &str| -> Result<Linear> {
-                let (w, rows, cols) = matrix(content, reader, &format!("blk.{i}.{name}.weight"))?;
-                Linear::new(&w, rows, cols, true)
+            let mut read = |name: &str, rows: Option<usize>, cols: Option<usize>| {
+                let (w, r, c) = matrix(content, reader, &format!("blk.{i}.{name}.weight"))?;
+                if rows.is_some_and(|rows| rows != r) || cols.is_some_and(|cols| cols != c) {
+                    candle_core::bail!(
+                        "blk.{i}.{name} is {r}×{c}, which does not fit {dim} dimensions"
+                    );
+                }
+                Ok((w, r))
             };
-            let (q, k, v, o) = (
-                linear("attn_q")?,
-                linear("attn_k")?,
-                linear("attn_v")?,
-                linear("attn_output")?,
-            );
-            let (gate, up, down) = (linear("ffn_gate")?, linear("ffn_up")?, linear("ffn_down")?);
-            let layer = Layer {
-                attn_norm: vector(content, reader, &format!("blk.{i}.attn_norm.weight"))?,
-                ffn_norm: vector(content, reader, &format!("blk.{i}.ffn_norm.weight"))?,
-                q,
-                k,
-                v,
-                o,
-                gate,
-                up,
-                down,
+            let (mut qkv, _) = read("attn_q", Some(dim), Some(dim))?;
+            qkv.extend(read("attn_k", Some(kv), Some(dim))?.0);
+            qkv.extend(read("attn_v", Some(kv), Some(dim))?.0);
+            let (o, _) = read("attn_output", Some(dim), Some(dim))?;
+            let (mut gate_up, hidden) = read("ffn_gate", ffn, Some(dim))?;
+            ffn = Some(hidden);
+            gate_up.extend(read("ffn_up", ffn, Some(dim))?.0);
+            let (down, _) = read("ffn_down", Some(dim), ffn)?;
+            let norm = |reader: &mut R, name: &str| -> Result<Vec<f32>> {
+                let v = vector(content, reader, &format!("blk.{i}.{name}.weight"))?;
+                if v.len() != dim {
+                    candle_core::bail!("blk.{i}.{name} has {} values, not {dim}", v.len());
+                }
+                Ok(v)
             };
-            let kv = kv_heads * head_dim;
-            let shapes = [
-                (&layer.q, dim, dim),
-                (&layer.k, kv, dim),
-                (&layer.v, kv, dim),
-                (&layer.o, dim, dim),
-                (&layer.down, dim, layer.gate.rows),
-                (&layer.up, layer.gate.rows, dim),
-            ];
-            if layer.gate.cols != dim
-                || layer.attn_norm.len() != dim
-                || layer.ffn_norm.len() != dim
-                || shapes.iter().any(|(l, r, c)| l.rows != *r || l.cols != *c)
-            {
-                candle_core::bail!("layer {i}'s shapes do not fit {dim} dimensions");
-            }
-            blocks.push(layer);
+            blocks.push(Layer {
+                attn_norm: norm(reader, "attn_norm")?,
+                ffn_norm: norm(reader, "ffn_norm")?,
+                qkv: Linear::new(&qkv, dim + 2 * kv, dim, true)?,
+                o: Linear::new(&o, dim, dim, true)?,
+                gate_up: Linear::new(&gate_up, 2 * hidden, dim, true)?,
+                down: Linear::new(&down, dim, hidden, true)?,
+            });
         }
         let norm = vector(content, reader, "output_norm.weight")?;
         if output.cols != dim || output.rows != vocab || norm.len() != dim {
@@ -267,7 +289,7 @@ impl Llama {
         let matrices = w
             .layers
             .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
+            .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]);
         matrices
             .chain([&w.output])
             .map(|m| m.packed.len() * block)
@@ -304,9 +326,18 @@ impl Llama {
         let rope = Rope::new(c, pos, m);
         for (layer, cache) in w.layers.iter().zip(&mut self.caches) {
             let xn = rms_norm(&x, &layer.attn_norm, c.eps);
-            let mut q = layer.q.forward(&xn, m)?;
-            let mut k = layer.k.forward(&xn, m)?;
-            let v = layer.v.forward(&xn, m)?;
+            let qkv = layer.qkv.forward(&xn, m)?;
+            let kv = c.kv_heads * c.head_dim;
+            let (mut q, mut k, mut v) = (
+                Vec::with_capacity(m * c.dim),
+                Vec::with_capacity(m * kv),
+                Vec::with_capacity(m * kv),
+            );
+            for row in qkv.chunks_exact(c.dim + 2 * kv) {
+                q.extend_from_slice(&row[..c.dim]);
+                k.extend_from_slice(&row[c.dim..c.dim + kv]);
+                v.extend_from_slice(&row[c.dim + kv..]);
+            }
             rope.apply(&mut q, c.heads);
             rope.apply(&mut k, c.kv_heads);
             cache.k.extend_from_slice(&k);
@@ -314,12 +345,14 @@ impl Llama {
             let attended = attention(c, &q, cache, pos, m)?;
             add(&mut x, &layer.o.forward(&attended, m)?);
             let xn = rms_norm(&x, &layer.ffn_norm, c.eps);
-            let mut gate = layer.gate.forward(&xn, m)?;
-            let up = layer.up.forward(&xn, m)?;
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            let gate_up = layer.gate_up.forward(&xn, m)?;
+            let hidden = layer.down.cols;
+            let mut act = Vec::with_capacity(m * hidden);
+            for row in gate_up.chunks_exact(2 * hidden) {
+                let (gate, up) = row.split_at(hidden);
+                act.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
             }
-            add(&mut x, &layer.down.forward(&gate, m)?);
+            add(&mut x, &layer.down.forward(&act, m)?);
         }
         let last = rms_norm(&x[(m - 1) * c.dim..], &w.norm, c.eps);
         w.output.forward(&last, 1)

@@ -108,13 +108,12 @@ pub struct ConstraintCost {
     /// Constrained calls.
     pub calls: u64,
     /// Their time choosing tokens, from the first one on (the prompt's
-    /// forward pass, beside which the first mask is computed, left out).
+    /// forward pass and the first mask left out).
     pub decoding: Duration,
-    /// Of `decoding`, what the constraint added to the critical path:
-    /// waiting for the mask after a forward pass, masking the logits,
-    /// taking each token into the grammar.
+    /// Of `decoding`, what the constraint added: computing each step's
+    /// mask, masking the logits, taking each token into the grammar.
     pub constraint: Duration,
-    /// Time computing masks, on a second thread beside the forward pass.
+    /// Of `constraint`, computing masks.
     pub masks: Duration,
 }
 
@@ -399,12 +398,11 @@ struct Guide {
     constrainer: Arc<Constrainer>,
     /// Where the answer so far stands.
     position: constrain::JsonPosition,
-    /// Masks computed and the time they took (on the second thread).
+    /// Masks computed and the time they took.
     masks: u32,
     computing: Duration,
-    /// Time the constraint added to generation's critical path: waiting
-    /// for the mask after the forward pass (and starting its thread),
-    /// masking the logits, and taking tokens in.
+    /// Time the constraint added to generation: computing masks, masking
+    /// the logits, and taking tokens in.
     critical: Duration,
 }
 
@@ -433,6 +431,7 @@ impl Guide {
             .map_err(|e| self.fail("mask", e))?;
         self.masks += 1;
         self.computing += t0.elapsed();
+        self.critical += t0.elapsed();
         Ok(allowed)
     }
 
@@ -498,37 +497,26 @@ impl Guide {
     }
 }
 
-/// Runs `tokens` through the model after what it has read and, beside it
-/// on another thread, the constraint's next mask, which depends only on
-/// the tokens already taken in: the mask is off the critical path, and a
-/// step waits for it only when it takes longer than the forward pass.
+/// Runs `tokens` through the model after what it has read, then computes
+/// the constraint's next mask. The mask once had a thread of its own
+/// beside the forward pass; it takes ~50 µs against a step's ~30 ms, less
+/// than starting that thread, and on a busy machine the thread's wait for
+/// a core cost up to a tenth of decoding time. Its time is counted in the
+/// constraint's cost.
 fn step(
     model: &mut Llama,
     tokens: &[u32],
     guide: Option<&mut Guide>,
 ) -> Result<(Tensor, Option<SimpleVob>), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
-    let logits = |model: &mut Llama| {
-        model.forward(tokens).and_then(|l| {
-            let n = l.len();
-            Tensor::from_vec(l, n, &Device::Cpu)
-        })
+    let logits = model.forward(tokens).map_err(run)?;
+    let n = logits.len();
+    let logits = Tensor::from_vec(logits, n, &Device::Cpu).map_err(run)?;
+    let mask = match guide {
+        Some(guide) => Some(guide.next_mask()?),
+        None => None,
     };
-    let Some(guide) = guide else {
-        return Ok((logits(model).map_err(run)?, None));
-    };
-    let t0 = Instant::now();
-    let (logits, mask, forward) = std::thread::scope(|s| {
-        let masking = s.spawn(|| guide.next_mask());
-        let t1 = Instant::now();
-        let logits = logits(model);
-        let forward = t1.elapsed();
-        (logits, masking.join(), forward)
-    });
-    guide.critical += t0.elapsed().saturating_sub(forward);
-    let mask =
-        mask.map_err(|_| LlmError::Local("constraint: the mask thread panicked".into()))??;
-    Ok((logits.map_err(run)?, Some(mask)))
+    Ok((logits, mask))
 }
 
 /// Runs the prompt through a fresh cache, then one token at a time until a
@@ -586,10 +574,11 @@ fn generate_guided(
         return Ok((Vec::new(), FinishReason::Length));
     }
     let (logits, allowed) = step(model, &prompt, guide.as_deref_mut())?;
-    // The constraint's cost is counted from the first chosen token on:
-    // the first mask is computed beside the prompt's long forward pass.
+    // Decoding and the constraint's share of it are counted from the
+    // first chosen token on; reading the prompt is another figure.
     if let Some(g) = guide.as_deref_mut() {
         g.critical = Duration::ZERO;
+        g.computing = Duration::ZERO;
     }
     let decode_start = Instant::now();
     let sampler = LogitsProcessor::from_sampling(SEED, sampling);
