@@ -657,6 +657,23 @@ mod tests {
     }
 
     #[test]
+    fn the_constraints_share_is_of_decoding_time_and_sums_over_calls() {
+        let mut total = ConstraintCost::default();
+        assert_eq!(total.share(), 0.0);
+        let call = |decoding_ms, constraint_ms| ConstraintCost {
+            calls: 1,
+            decoding: Duration::from_millis(decoding_ms),
+            constraint: Duration::from_millis(constraint_ms),
+            masks: Duration::from_millis(constraint_ms / 2),
+        };
+        total.add(call(900, 30));
+        total.add(call(100, 20));
+        assert_eq!(total.calls, 2);
+        assert_eq!(total.masks, Duration::from_millis(25));
+        assert!((total.share() - 0.05).abs() < 1e-9, "{}", total.share());
+    }
+
+    #[test]
     fn provider_can_be_shared_across_threads() {
         fn shared<T: Send + Sync>() {}
         shared::<LocalProvider>();
