@@ -56,26 +56,6 @@ async fn speed(
     })
 }
 
-/// Bytes per second one thread reads from a buffer far larger than the
-/// caches (the best of a few passes).
-fn read_bandwidth() -> f64 {
-    const WORDS: usize = 64 << 20; // 512 MB
-    let buffer: Vec<u64> = (0..WORDS as u64).collect();
-    let mut best = f64::INFINITY;
-    let mut sum = 0u64;
-    for _ in 0..4 {
-        let t0 = Instant::now();
-        sum = sum.wrapping_add(
-            std::hint::black_box(&buffer)
-                .iter()
-                .fold(0, |a: u64, w| a.wrapping_add(*w)),
-        );
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(sum);
-    (WORDS * 8) as f64 / best
-}
-
 struct Speed {
     prompt_tokens: u32,
     prompt_tps: f64,
@@ -162,7 +142,7 @@ pub async fn command(
     // Measured on the critical path of the constrained calls, not as the
     // difference of two speeds, which a busy machine blurs.
     let cost = model.constraint_cost().share();
-    let bandwidth = read_bandwidth();
+    let bandwidth = kira_llm::local::read_bandwidth();
     let bound = bandwidth / model.bytes_per_token() as f64;
     let result_output = Output::Json {
         name: result::RESULT_NAME.into(),

@@ -101,6 +101,27 @@ pub const SAMPLE_PROMPTS: [&str; 20] = [
     "Answer with a bulleted list of the days of the week.",
 ];
 
+/// Bytes per second one thread reads from a buffer far larger than the
+/// caches (the best of a few passes): with [`LocalProvider::bytes_per_token`],
+/// the bound on generation speed. Here rather than in the bench so that it
+/// is optimised as the model's code is, in debug builds too.
+pub fn read_bandwidth() -> f64 {
+    const WORDS: usize = 64 << 20; // 512 MB
+    let buffer: Vec<u64> = (0..WORDS as u64).collect();
+    let mut best = f64::INFINITY;
+    let mut sum = 0u64;
+    for _ in 0..4 {
+        let t0 = Instant::now();
+        let pass = std::hint::black_box(&buffer)
+            .iter()
+            .fold(0u64, |a, w| a.wrapping_add(*w));
+        sum = sum.wrapping_add(pass);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sum);
+    (WORDS * 8) as f64 / best
+}
+
 /// What holding answers to an output constraint has cost, summed over
 /// the calls that had one (see [`LocalProvider::constraint_cost`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
