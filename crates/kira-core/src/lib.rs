@@ -17,6 +17,7 @@ pub mod ids;
 pub mod knowledge;
 pub mod memory;
 pub mod metrics;
+pub mod outbound;
 pub mod priority;
 pub mod seal;
 pub mod sharing;

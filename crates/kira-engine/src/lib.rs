@@ -32,6 +32,7 @@ pub mod keys;
 pub mod knowledge;
 pub mod memory;
 pub mod metrics;
+pub mod outbound;
 pub mod review;
 pub mod scheduler;
 pub mod sharing;

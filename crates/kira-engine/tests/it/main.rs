@@ -10,3 +10,4 @@ mod review;
 mod scheduler;
 mod sharing;
 mod tools;
+mod tools_remote;
