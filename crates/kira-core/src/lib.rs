@@ -18,6 +18,7 @@ pub mod knowledge;
 pub mod memory;
 pub mod metrics;
 pub mod nodes;
+pub mod outbound;
 pub mod priority;
 pub mod seal;
 pub mod sharing;

@@ -72,6 +72,16 @@ pub enum ToolSource {
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
+    /// An MCP server kira reaches over streamable HTTP at `url` (its MCP
+    /// endpoint, e.g. `https://mcp.example/mcp`): its tools are offered as
+    /// `NAME.TOOL`. A header value may say `{credential}`: the company's
+    /// credential for this registration, put in at call time (never
+    /// stored here).
+    McpHttp {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
     /// A plain HTTP endpoint: `url` may hold `{param}` placeholders naming
     /// properties of `parameters` (a JSON schema); the other arguments go
     /// in the query (GET, DELETE) or as a JSON body. `result` is a JSON
@@ -93,6 +103,7 @@ impl ToolSource {
         match self {
             ToolSource::Builtin => "builtin",
             ToolSource::McpStdio { .. } => "mcp_stdio",
+            ToolSource::McpHttp { .. } => "mcp_http",
             ToolSource::Http { .. } => "http",
         }
     }
@@ -237,7 +248,7 @@ pub fn check_source(source: &ToolSource) -> Result<(), ValidationError> {
     match source {
         ToolSource::Builtin => Err(ValidationError::new(
             "kind",
-            "built-in tools are kira's own: register mcp_stdio or http",
+            "built-in tools are kira's own: register mcp_stdio, mcp_http or http",
         )),
         ToolSource::McpStdio { command, args, env } => {
             if command.trim().is_empty() {
@@ -259,6 +270,33 @@ pub fn check_source(source: &ToolSource) -> Result<(), ValidationError> {
             }
             Ok(())
         }
+        ToolSource::McpHttp { url, headers } => {
+            check_http_url(url)?;
+            if !template_params(url).is_ok_and(|p| p.is_empty()) {
+                return Err(ValidationError::new(
+                    "url",
+                    "an MCP server's URL has no {parameters}",
+                ));
+            }
+            // The transport sets these itself.
+            for k in headers.keys() {
+                let lower = k.to_ascii_lowercase();
+                if [
+                    "accept",
+                    "mcp-session-id",
+                    "mcp-protocol-version",
+                    "last-event-id",
+                ]
+                .contains(&lower.as_str())
+                {
+                    return Err(ValidationError::new(
+                        format!("headers.{k}"),
+                        "is set by the MCP transport itself",
+                    ));
+                }
+            }
+            check_headers(headers)
+        }
         ToolSource::Http {
             method,
             url,
@@ -273,12 +311,7 @@ pub fn check_source(source: &ToolSource) -> Result<(), ValidationError> {
                 ));
             }
             let props = check_schema(parameters).map_err(|e| e.under("parameters"))?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ValidationError::new(
-                    "url",
-                    "must start with http:// or https://",
-                ));
-            }
+            check_http_url(url)?;
             for p in template_params(url).map_err(|m| ValidationError::new("url", m))? {
                 if !props.contains(&p) {
                     return Err(ValidationError::new(
@@ -287,14 +320,7 @@ pub fn check_source(source: &ToolSource) -> Result<(), ValidationError> {
                     ));
                 }
             }
-            for k in headers.keys() {
-                if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                    return Err(ValidationError::new(
-                        format!("headers.{k}"),
-                        "is not a header name",
-                    ));
-                }
-            }
+            check_headers(headers)?;
             if let Some(r) = result
                 && !(r.is_empty() || r.starts_with('/'))
             {
@@ -306,6 +332,42 @@ pub fn check_source(source: &ToolSource) -> Result<(), ValidationError> {
             Ok(())
         }
     }
+}
+
+fn check_http_url(url: &str) -> Result<(), ValidationError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ValidationError::new(
+            "url",
+            "must start with http:// or https://",
+        ));
+    }
+    if url.len() > 2_048 || url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(ValidationError::new(
+            "url",
+            "at most 2048 bytes, without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Header names as HTTP has them; values without line breaks (a value
+/// cannot add a header of its own).
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    for (k, v) in headers {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ValidationError::new(
+                format!("headers.{k}"),
+                "is not a header name",
+            ));
+        }
+        if v.len() > 8_192 || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(ValidationError::new(
+                format!("headers.{k}"),
+                "a value is at most 8192 bytes, on one line",
+            ));
+        }
+    }
+    Ok(())
 }
 
 const SCHEMA_TYPES: [&str; 7] = [
@@ -497,6 +559,40 @@ pub fn redact(args: &Value, secrets: &[&str]) -> Value {
     }
 }
 
+/// A line a tool's server printed, as it may be logged: every value in
+/// `secrets` (what kira injected into that server) and every bearer
+/// token (`Bearer <token>`, any case) replaced by `[redacted]`.
+pub fn redact_line(line: &str, secrets: &[&str]) -> String {
+    let mut out = line.to_owned();
+    for s in secrets {
+        if !s.is_empty() && out.contains(s) {
+            out = out.replace(s, "[redacted]");
+        }
+    }
+    let token_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/' | '=');
+    let lower = out.to_ascii_lowercase();
+    let mut result = String::with_capacity(out.len());
+    let mut at = 0;
+    while let Some(found) = lower[at..].find("bearer") {
+        let word_end = at + found + "bearer".len();
+        let rest = &out[word_end..];
+        let spaces = rest.len() - rest.trim_start_matches([' ', '\t', ':', '=']).len();
+        let token = rest[spaces..]
+            .find(|c: char| !token_char(c))
+            .unwrap_or(rest.len() - spaces);
+        result.push_str(&out[at..word_end + spaces]);
+        if spaces > 0 && token > 0 && &rest[spaces..spaces + token] != "[redacted]" {
+            result.push_str("[redacted]");
+        } else {
+            result.push_str(&rest[spaces..spaces + token]);
+        }
+        at = word_end + spaces + token;
+    }
+    result.push_str(&out[at..]);
+    result
+}
+
 /// The company's defaults under the model's arguments: a key the model
 /// set wins; objects are merged key by key.
 pub fn with_defaults(args: &Value, defaults: &Value) -> Value {
@@ -683,6 +779,19 @@ mod tests {
                 "source.url",
             ),
             (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "mcp_http", "url": "ftp://x/mcp"}}),
+                "source.url",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "mcp_http", "url": "https://x/{id}"}}),
+                "source.url",
+            ),
+            (
+                json!({"name": "f", "layer": "infrastructure", "source": {"kind": "mcp_http", "url": "https://x/mcp",
+                "headers": {"Authorization": "Bearer {credential}\r\nX-Evil: 1"}}}),
+                "source.headers.Authorization",
+            ),
+            (
                 json!({"name": "f", "layer": "infrastructure", "source": {"kind": "http", "method": "FETCH",
                 "url": "https://x/", "parameters": {"type": "object"}}}),
                 "source.method",
@@ -698,6 +807,13 @@ mod tests {
             "result": "/current"}}))
         .expect("valid http tool");
         assert_eq!(http.source.kind(), "http");
+        let mcp = new_tool(
+            json!({"name": "remote", "layer": "company", "company": "acme",
+            "source": {"kind": "mcp_http", "url": "https://mcp.example/mcp",
+            "headers": {"Authorization": "Bearer {credential}"}}}),
+        )
+        .expect("valid mcp_http server");
+        assert_eq!(mcp.source.kind(), "mcp_http");
     }
 
     #[test]
@@ -732,6 +848,21 @@ mod tests {
             r,
             json!({"query": "q", "api_key": "[redacted]", "nested": {"Password": "[redacted]", "list": ["[redacted]", 1]}})
         );
+    }
+
+    #[test]
+    fn a_servers_log_line_loses_injected_secrets_and_bearer_tokens() {
+        let line = "env KIRA_TOKEN=tok-123-marker; Authorization: Bearer abc.DEF_9-x/+= rest; bearer:zz9 BEARER\ttail; bearer";
+        assert_eq!(
+            redact_line(line, &["tok-123-marker"]),
+            "env KIRA_TOKEN=[redacted]; Authorization: Bearer [redacted] rest; bearer:[redacted] BEARER\t[redacted]; bearer"
+        );
+        assert_eq!(redact_line("no secrets here", &[""]), "no secrets here");
+        assert_eq!(
+            redact_line("the bearerless word", &[]),
+            "the bearerless word"
+        );
+        assert_eq!(redact_line("Bearer é", &[]), "Bearer é");
     }
 
     #[test]

@@ -231,6 +231,8 @@ pub struct Alerts {
     /// Samples of the denied-reads counter, for its growth in a window.
     denied: Mutex<Vec<(DateTime<Utc>, u64)>>,
     http: reqwest::Client,
+    /// For a company contact's webhook: held to `[tools]`'s address policy.
+    company_http: reqwest::Client,
     /// `[alerts.smtp]`'s transport, or why it cannot be made.
     smtp: Option<
         Result<
@@ -262,6 +264,11 @@ impl Alerts {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let company_http = crate::outbound::client(
+            Some(ctx.config.tools.outbound.clone()),
+            reqwest::Client::builder().timeout(Duration::from_secs(10)),
+            false,
+        );
         let smtp = ctx
             .config
             .alerts
@@ -275,6 +282,7 @@ impl Alerts {
             smtp,
             denied: Mutex::new(Vec::new()),
             http,
+            company_http,
         }
     }
 
@@ -476,10 +484,10 @@ impl Alerts {
                     .get(company.as_str())
                     .and_then(|c| c.profile.contacts.first());
                 match contact {
-                    Some(c) if c.webhook.is_some() => vec![Box::new(WebhookChannel::new(
-                        self.http.clone(),
+                    Some(c) if c.webhook.is_some() => vec![Box::new(WebhookChannel::company(
+                        self.company_http.clone(),
                         c.webhook.clone().unwrap_or_default(),
-                        WebhookFormat::Generic,
+                        self.ctx.config.tools.outbound.clone(),
                     ))],
                     Some(c) if c.email.is_some() => {
                         vec![self.email(vec![c.email.clone().unwrap_or_default()])]

@@ -34,6 +34,7 @@ impl Companies {
         audit: AuditRecord,
     ) -> Result<Company, EngineError> {
         let (id, profile) = new.validate()?;
+        self.check_webhooks(&profile.contacts)?;
         let scope = admin.company(&id, Access::Write);
         let audit = AuditRecord {
             company_id: Some(id.clone()),
@@ -83,6 +84,23 @@ impl Companies {
 
     /// Applies `patch` to the scope's company. A field the scope's role may
     /// not write refuses the whole patch, naming the field; nothing changes.
+    /// A contact's webhook is a company's URL: one whose host is an
+    /// address the outbound policy forbids is refused when written (a
+    /// name is checked when kira calls it).
+    fn check_webhooks(&self, contacts: &[kira_core::company::Contact]) -> Result<(), EngineError> {
+        for (i, c) in contacts.iter().enumerate() {
+            if let Some(why) = c.webhook.as_deref().and_then(|u| {
+                crate::outbound::forbidden_literal(&self.ctx.config.tools.outbound, u)
+            }) {
+                return Err(EngineError::Forbidden(ValidationError::new(
+                    format!("contacts.{i}.webhook"),
+                    why,
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn update(
         &self,
         scope: &CompanyScope,
@@ -99,6 +117,9 @@ impl Companies {
                     "only an admin key may change '{field}': it decides what crosses between companies, their budgets or their priority"
                 ),
             )));
+        }
+        if let Some(contacts) = &patch.contacts {
+            self.check_webhooks(contacts)?;
         }
         let company = self
             .ctx

@@ -33,6 +33,7 @@ pub mod knowledge;
 pub mod memory;
 pub mod metrics;
 pub mod nodes;
+pub mod outbound;
 pub mod review;
 pub mod scheduler;
 pub mod sharing;

@@ -31,8 +31,9 @@ pub enum ToolsCommand {
         domain: Option<String>,
     },
     /// Register a tool: an MCP server over stdio (`--command`, `--arg`),
-    /// or a plain HTTP endpoint (`--method`, `--url`, `--parameters`), or
-    /// the whole registration as JSON (`--file`).
+    /// an MCP server over streamable HTTP (`--mcp-url`, `--header`), a
+    /// plain HTTP endpoint (`--method`, `--url`, `--parameters`), or the
+    /// whole registration as JSON (`--file`).
     Add {
         /// The registration's name (an MCP server's tools become NAME.TOOL).
         name: String,
@@ -46,8 +47,17 @@ pub enum ToolsCommand {
         #[arg(long, default_value = "")]
         description: String,
         /// The MCP server's command.
-        #[arg(long, conflicts_with_all = ["url", "file"])]
+        #[arg(long, conflicts_with_all = ["url", "file", "mcp_url"])]
         command: Option<String>,
+        /// An MCP server's URL over streamable HTTP (its endpoint, e.g.
+        /// https://mcp.example/mcp).
+        #[arg(long, conflicts_with_all = ["url", "file"])]
+        mcp_url: Option<String>,
+        /// NAME=VALUE sent with every request of an HTTP tool or an MCP
+        /// server over HTTP (repeatable); `{credential}` in a value is the
+        /// company's credential for this tool (`kira credentials set`).
+        #[arg(long = "header")]
+        headers: Vec<String>,
         /// An argument of the command (repeatable).
         #[arg(long = "arg", allow_hyphen_values = true)]
         args: Vec<String>,
@@ -183,6 +193,8 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             company,
             description,
             command,
+            mcp_url,
+            headers,
             args,
             env,
             url,
@@ -192,6 +204,13 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             timeout_ms,
             file,
         } => {
+            let mut header_map = serde_json::Map::new();
+            for h in headers {
+                let (k, v) = h
+                    .split_once('=')
+                    .with_context(|| format!("--header {h:?}: write NAME=VALUE"))?;
+                header_map.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
             let source = if let Some(path) = file {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("--file: reading {}", path.display()))?;
@@ -205,15 +224,18 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
                     envs.insert(k.to_owned(), Value::String(v.to_owned()));
                 }
                 json!({"kind": "mcp_stdio", "command": command, "args": args, "env": envs})
+            } else if let Some(url) = mcp_url {
+                json!({"kind": "mcp_http", "url": url, "headers": header_map})
             } else if let Some(url) = url {
                 let parameters = match parameters {
                     Some(p) => json_arg("--parameters", &p)?,
                     None => json!({"type": "object"}),
                 };
-                json!({"kind": "http", "method": method, "url": url, "parameters": parameters, "result": result})
+                json!({"kind": "http", "method": method, "url": url, "parameters": parameters,
+                    "headers": header_map, "result": result})
             } else {
                 anyhow::bail!(
-                    "name the source: --command (MCP over stdio), --url (HTTP) or --file"
+                    "name the source: --command (MCP over stdio), --mcp-url (MCP over HTTP), --url (HTTP) or --file"
                 );
             };
             let body = json!({

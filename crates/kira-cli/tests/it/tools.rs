@@ -1,7 +1,8 @@
 //! `kira tools` through the real binary: an MCP server registered by the
 //! admin listed with its layer, source and namespaced tools, tested as the
-//! company, configured and removed; a command that does not exist refused
-//! with the field named and nothing written.
+//! company, configured and removed; a command that does not exist and an
+//! MCP server at the metadata address refused with the field named and
+//! nothing written; an MCP server over HTTP registered by its URL.
 
 use crate::support::{Server, fails, ok, ok_json};
 
@@ -49,6 +50,44 @@ fn tools_add_list_test_configure_remove() {
         1,
     );
     assert!(bad.stderr.contains("source.command"), "{}", bad.stderr);
+    // A company URL at an internal address: refused naming the field.
+    let internal = fails(
+        server.kira().args([
+            "tools",
+            "add",
+            "inside",
+            "--company",
+            "acme",
+            "--mcp-url",
+            "http://169.254.169.254/mcp",
+            "--header",
+            "Authorization=Bearer {credential}",
+        ]),
+        1,
+    );
+    assert!(
+        internal.stderr.contains("source.url") && internal.stderr.contains("link-local"),
+        "{}",
+        internal.stderr
+    );
+    let remote = ok(server.kira().args([
+        "tools",
+        "add",
+        "remote",
+        "--company",
+        "acme",
+        "--mcp-url",
+        "https://mcp.example.invalid/mcp",
+        "--header",
+        "Authorization=Bearer {credential}",
+    ]));
+    assert!(
+        remote.contains("registered remote (company layer, mcp_http)"),
+        "{remote}"
+    );
+    ok(server
+        .kira()
+        .args(["tools", "remove", "remote", "--company", "acme"]));
 
     let cmd = everything();
     let out = ok(server.kira().args([

@@ -297,6 +297,9 @@ pub struct WebhookChannel {
     client: reqwest::Client,
     url: String,
     format: WebhookFormat,
+    /// A company's URL is held to the address policy (with a client
+    /// whose resolver applies it).
+    guard: Option<std::sync::Arc<kira_core::outbound::OutboundPolicy>>,
 }
 
 impl WebhookChannel {
@@ -305,6 +308,21 @@ impl WebhookChannel {
             client,
             url,
             format,
+            guard: None,
+        }
+    }
+
+    /// A company's webhook: `client` must apply `policy` in its resolver
+    /// (`crate::outbound::client`); the URL's address literal is checked
+    /// here.
+    pub fn company(
+        client: reqwest::Client,
+        url: String,
+        policy: std::sync::Arc<kira_core::outbound::OutboundPolicy>,
+    ) -> Self {
+        Self {
+            guard: Some(policy),
+            ..Self::new(client, url, WebhookFormat::Generic)
         }
     }
 
@@ -323,12 +341,13 @@ async fn post_json(
     url: &str,
     body: &serde_json::Value,
 ) -> Result<(), String> {
-    let r = client
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| e.without_url().to_string())?;
+    let r =
+        client.post(url).json(body).send().await.map_err(|e| {
+            match crate::outbound::refusal(&e) {
+                Some(r) => r.to_string(),
+                None => e.without_url().to_string(),
+            }
+        })?;
     if r.status().is_success() {
         Ok(())
     } else {
@@ -345,6 +364,9 @@ impl Channel for WebhookChannel {
         kira_core::url::redact_url(&self.url)
     }
     async fn send(&self, m: &Message<'_>) -> Result<(), String> {
+        if let Some(policy) = &self.guard {
+            crate::outbound::check_url(policy, &self.url).map_err(|e| e.to_string())?;
+        }
         post_json(&self.client, &self.url, &self.body(m)).await
     }
 }

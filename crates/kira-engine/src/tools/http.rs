@@ -4,8 +4,10 @@
 //! GET and DELETE, else as a JSON body).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use kira_core::outbound::OutboundPolicy;
 use serde_json::{Map, Value};
 
 /// A registered HTTP tool. Its headers may hold a company's credential:
@@ -16,30 +18,52 @@ pub struct HttpTool {
     pub url: String,
     pub headers: BTreeMap<String, String>,
     pub result: Option<String>,
+    /// The address policy its URL is held to (none: a trusted shared
+    /// tool); the caller passes the client that applies it.
+    pub guard: Option<Arc<OutboundPolicy>>,
 }
 
-/// What a call gave back: the text, and whether it is an error.
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Ok,
+    /// The endpoint answered with an error, or could not be reached.
+    Failed,
+    Timeout,
+    /// The address policy forbade the URL.
+    Refused,
+}
+
+/// What a call gave back: the text, and how it ended. `header` is one
+/// more header of this call (the company's preferences).
 pub async fn call(
     client: &reqwest::Client,
     tool: &HttpTool,
     args: &Value,
+    header: Option<(&str, String)>,
     timeout: Duration,
-) -> (String, bool) {
+) -> (String, Ended) {
     let empty = Map::new();
     let args = args.as_object().unwrap_or(&empty);
     let (url, rest) = match fill(&tool.url, args) {
         Ok(v) => v,
-        Err(e) => return (e, true),
+        Err(e) => return (e, Ended::Failed),
     };
     let method = match reqwest::Method::from_bytes(tool.method.as_bytes()) {
         Ok(m) => m,
-        Err(_) => return (format!("method {} is not HTTP", tool.method), true),
+        Err(_) => return (format!("method {} is not HTTP", tool.method), Ended::Failed),
     };
     let query_args = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
     let mut url = match reqwest::Url::parse(&url) {
         Ok(u) => u,
-        Err(e) => return (format!("the URL is not valid: {e}"), true),
+        Err(e) => return (format!("the URL is not valid: {e}"), Ended::Failed),
     };
+    // An address literal never reaches the client's resolver.
+    if let Some(policy) = &tool.guard
+        && let Err(e) = crate::outbound::check_url(policy, url.as_str())
+    {
+        return (e.to_string(), Ended::Refused);
+    }
     if query_args && !rest.is_empty() {
         url.query_pairs_mut()
             .extend_pairs(rest.iter().map(|(k, v)| (k.clone(), plain(v))));
@@ -48,15 +72,29 @@ pub async fn call(
     for (k, v) in &tool.headers {
         req = req.header(k, v);
     }
+    if let Some((k, v)) = header {
+        req = req.header(k, v);
+    }
     if !query_args {
         req = req.json(&Value::Object(rest));
     }
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
-            return (format!("no answer within {} ms", timeout.as_millis()), true);
+            return (
+                format!("no answer within {} ms", timeout.as_millis()),
+                Ended::Timeout,
+            );
         }
-        Err(e) => return (format!("request failed: {}", e.without_url()), true),
+        Err(e) => {
+            if let Some(r) = crate::outbound::refusal(&e) {
+                return (r.to_string(), Ended::Refused);
+            }
+            return (
+                format!("request failed: {}", e.without_url()),
+                Ended::Failed,
+            );
+        }
     };
     let status = resp.status();
     let body = match resp.text().await {
@@ -64,24 +102,24 @@ pub async fn call(
         Err(e) => {
             return (
                 format!("reading the answer failed: {}", e.without_url()),
-                true,
+                Ended::Failed,
             );
         }
     };
     if !status.is_success() {
-        return (format!("HTTP {}: {body}", status.as_u16()), true);
+        return (format!("HTTP {}: {body}", status.as_u16()), Ended::Failed);
     }
     match tool.result.as_deref() {
-        None | Some("") => (body, false),
+        None | Some("") => (body, Ended::Ok),
         Some(ptr) => match serde_json::from_str::<Value>(&body) {
             Ok(v) => match v.pointer(ptr) {
-                Some(Value::String(s)) => (s.clone(), false),
-                Some(other) => (other.to_string(), false),
-                None => (format!("the answer has nothing at {ptr}"), true),
+                Some(Value::String(s)) => (s.clone(), Ended::Ok),
+                Some(other) => (other.to_string(), Ended::Ok),
+                None => (format!("the answer has nothing at {ptr}"), Ended::Failed),
             },
             Err(_) => (
                 format!("the answer is not JSON, so {ptr} cannot be read"),
-                true,
+                Ended::Failed,
             ),
         },
     }

@@ -1,8 +1,11 @@
-//! MCP servers over stdio, supervised: kira starts the server's command,
-//! talks MCP to it through `rmcp`, keeps its tools (`tools/list`, listed
-//! again on `notifications/tools/list_changed`), logs its stderr under its
-//! name, restarts it with backoff when it exits (at most
-//! `max_restarts_per_minute` times a minute) and stops it with kira.
+//! MCP servers, supervised: over stdio kira starts the server's command,
+//! over streamable HTTP it connects to the server's URL; either way it
+//! talks MCP through `rmcp`, keeps the server's tools (`tools/list`, listed
+//! again on `notifications/tools/list_changed`), starts or connects again
+//! with backoff when the server exits or the connection ends (at most
+//! `max_restarts_per_minute` times a minute) and stops it with kira. A
+//! stdio server's stderr is logged under its name, with what kira
+//! injected into it and anything shaped like a bearer token redacted.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::process::Stdio;
@@ -10,8 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use kira_core::outbound::OutboundPolicy;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, Tool};
-use rmcp::service::{NotificationContext, Peer, RoleClient};
+use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
@@ -24,6 +30,26 @@ pub struct Spawn {
     pub command: String,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The credentials put into `env`: never logged, even when the server
+    /// prints them.
+    pub secrets: Vec<String>,
+}
+
+/// Where a server over streamable HTTP is. Its headers may hold a
+/// company's credential: never printed (no `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    /// The policy its URL is held to (none: a trusted shared server).
+    pub guard: Option<Arc<OutboundPolicy>>,
+}
+
+/// How kira reaches a server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Connect {
+    Stdio(Spawn),
+    Http(Remote),
 }
 
 /// How a supervised server restarts.
@@ -78,7 +104,9 @@ struct Live {
 /// One supervised MCP server.
 pub struct McpServer {
     name: String,
-    spawn: Spawn,
+    connect: Connect,
+    /// The HTTP client of a server over streamable HTTP.
+    http: reqwest::Client,
     supervision: Supervision,
     live: RwLock<Option<Arc<Live>>>,
     tools: RwLock<Vec<Tool>>,
@@ -87,15 +115,23 @@ pub struct McpServer {
     stopped: watch::Sender<bool>,
     starts: AtomicU64,
     refreshes: AtomicU64,
+    /// Why the last start failed (kept through the restarts after it).
+    last_error: RwLock<Option<String>>,
 }
 
 impl McpServer {
     /// Starts `spawn` under supervision; the server's tools are listed as
     /// soon as it answers (see [`McpServer::wait_up`]).
-    pub fn start(name: &str, spawn: Spawn, supervision: Supervision) -> Arc<McpServer> {
+    pub fn start(
+        name: &str,
+        connect: Connect,
+        supervision: Supervision,
+        http: reqwest::Client,
+    ) -> Arc<McpServer> {
         let server = Arc::new(McpServer {
             name: name.to_owned(),
-            spawn,
+            connect,
+            http,
             supervision,
             live: RwLock::new(None),
             tools: RwLock::new(Vec::new()),
@@ -104,6 +140,7 @@ impl McpServer {
             stopped: watch::channel(false).0,
             starts: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
+            last_error: RwLock::new(None),
         });
         tokio::spawn(supervise(server.clone()));
         server
@@ -147,14 +184,22 @@ impl McpServer {
             tokio::time::timeout(within, rx.wait_for(|s| matches!(s, Status::Up(_)))).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(McpError::NotRunning {
-                server: self.name.clone(),
-                reason: match self.status() {
+            _ => {
+                let mut reason = match self.status() {
                     Status::Down(r) => r,
                     Status::Stopped => "stopped".into(),
                     _ => "still starting".into(),
-                },
-            }),
+                };
+                if let Some(last) = self.last_error.read().ok().and_then(|l| l.clone())
+                    && !reason.contains(&last)
+                {
+                    reason = format!("{reason}; the last start failed: {last}");
+                }
+                Err(McpError::NotRunning {
+                    server: self.name.clone(),
+                    reason,
+                })
+            }
         }
     }
 
@@ -165,6 +210,17 @@ impl McpServer {
         &self,
         tool: &str,
         args: &Value,
+        timeout: Duration,
+    ) -> Result<CallToolResult, McpError> {
+        self.call_with_meta(tool, args, None, timeout).await
+    }
+
+    /// [`McpServer::call`] with the request's `_meta` (an object).
+    pub async fn call_with_meta(
+        &self,
+        tool: &str,
+        args: &Value,
+        meta: Option<Value>,
         timeout: Duration,
     ) -> Result<CallToolResult, McpError> {
         let t0 = Instant::now();
@@ -181,6 +237,9 @@ impl McpServer {
         let mut params = CallToolRequestParams::new(tool.to_owned());
         if let Value::Object(m) = args {
             params = params.with_arguments(m.clone());
+        }
+        if let Some(Value::Object(m)) = meta {
+            params.meta = Some(m.into());
         }
         let left = timeout.saturating_sub(t0.elapsed());
         match tokio::time::timeout(left, live.peer.call_tool(params)).await {
@@ -290,6 +349,9 @@ async fn supervise(server: Arc<McpServer>) {
             Ok(()) => {}
             Err(reason) => {
                 tracing::warn!(server = %server.name, %reason, "MCP server down");
+                if let Ok(mut l) = server.last_error.write() {
+                    *l = Some(reason.clone());
+                }
                 let _ = server.status.send_replace(Status::Down(reason));
             }
         }
@@ -321,36 +383,106 @@ async fn pause(server: &McpServer, d: Duration) -> bool {
     }
 }
 
-/// One life of the process: start, initialise, list the tools, serve until
-/// it exits (Ok) or kira stops it; Err when it could not start.
-async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(&server.spawn.command);
-    cmd.args(&server.spawn.args)
-        .envs(&server.spawn.env)
-        .kill_on_drop(true);
+/// Starts the process (stdio) and logs its stderr, redacted.
+async fn spawn_stdio(
+    server: &McpServer,
+    spawn: &Spawn,
+    handler: Handler,
+) -> Result<(RunningService<RoleClient, Handler>, Option<u32>), String> {
+    let mut cmd = tokio::process::Command::new(&spawn.command);
+    cmd.args(&spawn.args).envs(&spawn.env).kill_on_drop(true);
     let (proc, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("could not start '{}': {e}", server.spawn.command))?;
+        .map_err(|e| format!("could not start '{}': {e}", spawn.command))?;
     let pid = proc.id();
     server.starts.fetch_add(1, Ordering::SeqCst);
     if let Some(err) = stderr {
         let name = server.name.clone();
+        let secrets = spawn.secrets.clone();
         tokio::spawn(async move {
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
             let mut lines = tokio::io::BufReader::new(err).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let line = kira_core::tools::redact_line(&line, &secrets);
                 tracing::info!(target: "kira::mcp", server = %name, "{line}");
             }
         });
     }
-    let changed = Arc::new(Notify::new());
-    let handler = Handler {
-        changed: changed.clone(),
-    };
     let client = tokio::time::timeout(Duration::from_secs(30), handler.serve(proc))
         .await
         .map_err(|_| "did not answer initialize within 30 s".to_owned())?
         .map_err(|e| format!("initialize failed: {e}"))?;
+    Ok((client, pid))
+}
+
+/// Connects to a server over streamable HTTP, its URL held to its policy
+/// (an address literal here; every name the client resolves, in its
+/// resolver).
+async fn connect_http(
+    server: &McpServer,
+    remote: &Remote,
+    handler: Handler,
+) -> Result<RunningService<RoleClient, Handler>, String> {
+    if let Some(policy) = &remote.guard {
+        crate::outbound::preflight(policy, &remote.url)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut headers = std::collections::HashMap::new();
+    for (k, v) in &remote.headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header {k} is not a header name"))?;
+        let mut value = reqwest::header::HeaderValue::from_str(v)
+            .map_err(|_| format!("header {k}'s value is not a header value"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(remote.url.clone()).custom_headers(headers);
+    let transport = StreamableHttpClientTransport::with_client(server.http.clone(), config);
+    server.starts.fetch_add(1, Ordering::SeqCst);
+    let client = tokio::time::timeout(Duration::from_secs(30), handler.serve(transport))
+        .await
+        .map_err(|_| "did not answer initialize within 30 s".to_owned())?
+        .map_err(|e| {
+            let why = match crate::outbound::refusal(&e) {
+                Some(r) => r.to_string(),
+                None => error_chain(&e),
+            };
+            format!("initialize failed: {why}")
+        })?;
+    Ok(client)
+}
+
+/// An error with its causes, one after another (rmcp's transport errors
+/// say the most in their sources).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// One life of the server: start it (stdio) or connect (HTTP), initialise,
+/// list the tools, serve until it exits or the connection ends (Ok) or
+/// kira stops it; Err when it could not start.
+async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
+    let changed = Arc::new(Notify::new());
+    let handler = Handler {
+        changed: changed.clone(),
+    };
+    let (client, pid) = match &server.connect {
+        Connect::Stdio(spawn) => spawn_stdio(server, spawn, handler).await?,
+        Connect::Http(remote) => (connect_http(server, remote, handler).await?, None),
+    };
     let peer = client.peer().clone();
     let tools = peer
         .list_all_tools()
@@ -419,20 +551,27 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The server under `key`, started on first use (and again when its
-    /// spawn changed).
-    pub fn get(&self, key: &str, name: &str, spawn: &Spawn, sup: Supervision) -> Arc<McpServer> {
+    /// The server under `key`, started on first use (and again when how
+    /// it is reached changed); `http` is the client of one over HTTP.
+    pub fn get(
+        &self,
+        key: &str,
+        name: &str,
+        connect: &Connect,
+        sup: Supervision,
+        http: &reqwest::Client,
+    ) -> Arc<McpServer> {
         let mut servers = match self.servers.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
         if let Some(s) = servers.get(key)
-            && &s.spawn == spawn
+            && &s.connect == connect
             && s.status() != Status::Stopped
         {
             return s.clone();
         }
-        let s = McpServer::start(name, spawn.clone(), sup);
+        let s = McpServer::start(name, connect.clone(), sup, http.clone());
         if let Some(old) = servers.insert(key.to_owned(), s.clone()) {
             old.shutdown();
         }

@@ -16,11 +16,17 @@
 //! [`Tools::call`], which refuses a tool the offer does not hold (another
 //! company's, another domain's, one that does not exist), applies the
 //! company's rate limit, merges the company's defaults under the model's
-//! arguments, bounds the call by its timeout, cuts the result to its cap
-//! and to what the run has left of its tokens, and appends an audit entry
-//! (arguments with secrets redacted, outcome, latency, size) to the
-//! company's trail. A result reaches a prompt only fenced as data
+//! arguments and passes its preferences, bounds the call by its timeout,
+//! cuts the result to its cap and to what the run has left of its tokens,
+//! and appends an audit entry (arguments with secrets redacted, outcome,
+//! latency, size) to the company's trail, committed before the call
+//! returns. A result reaches a prompt only fenced as data
 //! (`kira_core::tools::fence_result`).
+//!
+//! Architecture invariant: a URL a company chose (its registrations'; a
+//! shared registration's too unless `[tools] trust_shared_tools`) is
+//! reached only through a client of [`crate::outbound`], so no call for a
+//! company connects to an address the operator's policy forbids.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -29,6 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::CompanyScope;
+use kira_core::outbound::OutboundPolicy;
 use kira_core::seal::MasterKey;
 use kira_core::tools::{BUILTIN_DOMAINS, DOMAINS, Layer, NewTool, ToolEntry, ToolSource};
 use kira_core::{CompanyId, ValidationError};
@@ -60,6 +67,10 @@ pub struct ToolsConfig {
     pub restart_backoff: Duration,
     /// Infrastructure and domain tools shipped with the deployment.
     pub shipped: Vec<ToolEntry>,
+    /// Where a company's URLs may lead (its HTTP tools and MCP servers
+    /// over HTTP, its contact's webhook): the public internet unless the
+    /// operator allows more.
+    pub outbound: Arc<OutboundPolicy>,
 }
 
 impl Default for ToolsConfig {
@@ -72,6 +83,7 @@ impl Default for ToolsConfig {
             max_restarts_per_minute: 5,
             restart_backoff: Duration::from_millis(200),
             shipped: Vec::new(),
+            outbound: Arc::default(),
         }
     }
 }
@@ -86,6 +98,15 @@ pub struct ToolsSection {
     pub start_timeout_ms: Option<u64>,
     pub max_restarts_per_minute: Option<u32>,
     pub restart_backoff_ms: Option<u64>,
+    /// Company URLs may reach loopback, private and link-local addresses.
+    pub allow_private_networks: Option<bool>,
+    /// Networks (`10.1.0.0/16`), addresses or host names company URLs may
+    /// reach although private.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
+    /// The admin's infrastructure and domain tools are not held to the
+    /// address policy.
+    pub trust_shared_tools: Option<bool>,
     /// `[tools.registry.NAME]`: infrastructure and domain tools.
     #[serde(default)]
     pub registry: BTreeMap<String, ShippedTool>,
@@ -147,6 +168,13 @@ impl ToolsSection {
         if let Some(v) = self.restart_backoff_ms {
             c.restart_backoff = ms("tools.restart_backoff_ms", v, 1, 60_000)?;
         }
+        let policy = OutboundPolicy {
+            allow_private_networks: self.allow_private_networks.unwrap_or(false),
+            trust_shared_tools: self.trust_shared_tools.unwrap_or(false),
+            ..OutboundPolicy::default()
+        }
+        .with_allowed("tools.allow_outbound", &self.allow_outbound)?;
+        c.outbound = Arc::new(policy);
         for (name, t) in self.registry {
             if t.layer == Layer::Company {
                 return Err(ValidationError::new(
@@ -183,7 +211,7 @@ pub struct ToolView {
     pub domain: Option<String>,
     #[schema(value_type = Option<String>)]
     pub company_id: Option<CompanyId>,
-    /// `builtin`, `mcp_stdio` or `http`.
+    /// `builtin`, `mcp_stdio`, `mcp_http` or `http`.
     pub source: String,
     /// `builtin`, `config` (shipped in `[tools]`) or who registered it.
     pub registered_by: String,
@@ -318,9 +346,14 @@ pub struct Tools {
     ctx: Arc<Ctx>,
     engine: Weak<Services>,
     pool: mcp::Pool,
-    http: reqwest::Client,
+    /// HTTP tools and MCP servers over HTTP: held to `[tools]`'s address
+    /// policy (guarded), or trusted (the admin's shared tools, when the
+    /// operator says so).
+    http: Clients,
     /// Call times per company in the last minute (the rate limit).
     calls: Mutex<HashMap<CompanyId, VecDeque<DateTime<Utc>>>>,
+    /// The calls' audit entries, written in groups.
+    audits: crate::group::Group<AuditRecord, Result<(), String>>,
     /// What seals and opens the companies' credentials (`KIRA_SECRET_KEY`).
     master: std::sync::RwLock<Option<Arc<MasterKey>>>,
 }
@@ -351,14 +384,39 @@ fn builtin_entries() -> Vec<ToolEntry> {
         .collect()
 }
 
+/// The HTTP clients of tools.
+struct Clients {
+    guarded: reqwest::Client,
+    trusted: reqwest::Client,
+    mcp_guarded: reqwest::Client,
+    mcp_trusted: reqwest::Client,
+}
+
+impl Clients {
+    fn new(policy: &Arc<OutboundPolicy>) -> Self {
+        use crate::outbound::client;
+        // MCP over HTTP as rmcp's own client: no idle connections kept (a
+        // stale one stalls on delayed ACKs), redirects within the origin.
+        let mcp = || reqwest::Client::builder().pool_max_idle_per_host(0);
+        Self {
+            guarded: client(Some(policy.clone()), reqwest::Client::builder(), false),
+            trusted: client(None, reqwest::Client::builder(), false),
+            mcp_guarded: client(Some(policy.clone()), mcp(), true),
+            mcp_trusted: client(None, mcp(), true),
+        }
+    }
+}
+
 impl Tools {
     pub(crate) fn new(ctx: Arc<Ctx>, engine: Weak<Services>) -> Self {
+        let http = Clients::new(&ctx.config.tools.outbound);
         Self {
             ctx,
             engine,
             pool: mcp::Pool::default(),
-            http: reqwest::Client::new(),
+            http,
             calls: Mutex::new(HashMap::new()),
+            audits: crate::group::Group::default(),
             master: std::sync::RwLock::new(None),
         }
     }
@@ -524,6 +582,7 @@ impl Tools {
             Some(c) => v.replace(CREDENTIAL_PLACEHOLDER, c),
             None => v.clone(),
         };
+        let guard = self.guard(&e);
         let entry = Arc::new(e);
         let mut view = ToolView {
             name: entry.name.clone(),
@@ -536,6 +595,8 @@ impl Tools {
             tools: Vec::new(),
             error: None,
         };
+        let company = offer.company.clone();
+        let mut error = None;
         let mut add = |name: String, spec: ToolSpec, route: Route| {
             view.tools.push(name.clone());
             offer.tools.insert(
@@ -578,55 +639,116 @@ impl Tools {
                         .map(|(k, v)| (k.clone(), inject(v)))
                         .collect(),
                     result: result.clone(),
+                    guard: guard.clone(),
                 });
                 add(entry.name.clone(), spec, route);
             }
             ToolSource::McpStdio { command, args, env } => {
-                let spawn = mcp::Spawn {
+                let connect = mcp::Connect::Stdio(mcp::Spawn {
                     command: command.clone(),
                     args: args.clone(),
                     env: env.iter().map(|(k, v)| (k.clone(), inject(v))).collect(),
-                };
-                let key = ToolKey::of(&entry);
-                // A shared server given a company's credential is that
-                // company's own process.
-                let own = match (&credential, entry.layer, &offer.company) {
-                    (Some(_), Layer::Infrastructure | Layer::Domain, Some(c)) => {
-                        format!("@{}", c.as_str())
-                    }
-                    _ => String::new(),
-                };
-                let server = self.pool.get(
-                    &format!("{}/{}{own}", key.slot(), key.name),
-                    &entry.name,
-                    &spawn,
-                    self.supervision(),
-                );
-                match server.wait_up(self.config().start_timeout).await {
-                    Ok(()) => {
-                        for t in server.tools() {
-                            let name = format!("{}.{}", entry.name, t.name);
-                            let spec = ToolSpec {
-                                name: name.clone(),
-                                description: t
-                                    .description
-                                    .as_deref()
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                parameters: Value::Object((*t.input_schema).clone()),
-                            };
-                            let route = Route::Mcp {
-                                server: server.clone(),
-                                tool: t.name.to_string(),
-                            };
-                            add(name, spec, route);
-                        }
-                    }
-                    Err(e) => view.error = Some(e.to_string()),
+                    secrets: credential.iter().cloned().collect(),
+                });
+                let server = self.server(&entry, &company, &credential, &connect);
+                match self.server_tools(&entry, &server).await {
+                    Ok(tools) => tools.into_iter().for_each(|(n, s, r)| add(n, s, r)),
+                    Err(e) => error = Some(e),
+                }
+            }
+            ToolSource::McpHttp { url, headers } => {
+                if let Some(policy) = &guard
+                    && let Err(e) = crate::outbound::check_url(policy, url)
+                {
+                    view.error = Some(e.to_string());
+                    offer.views.push(view);
+                    return;
+                }
+                let connect = mcp::Connect::Http(mcp::Remote {
+                    url: url.clone(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), inject(v)))
+                        .collect(),
+                    guard: guard.clone(),
+                });
+                let server = self.server(&entry, &company, &credential, &connect);
+                match self.server_tools(&entry, &server).await {
+                    Ok(tools) => tools.into_iter().for_each(|(n, s, r)| add(n, s, r)),
+                    Err(e) => error = Some(e),
                 }
             }
         }
+        view.error = error;
         offer.views.push(view);
+    }
+
+    /// The supervised server of a registration: one for every company,
+    /// or the company's own when a shared registration carries the
+    /// company's credential.
+    fn server(
+        &self,
+        entry: &ToolEntry,
+        company: &Option<CompanyId>,
+        credential: &Option<String>,
+        connect: &mcp::Connect,
+    ) -> Arc<mcp::McpServer> {
+        let key = ToolKey::of(entry);
+        let own = match (credential, entry.layer, company) {
+            (Some(_), Layer::Infrastructure | Layer::Domain, Some(c)) => {
+                format!("@{}", c.as_str())
+            }
+            _ => String::new(),
+        };
+        let client = match connect {
+            mcp::Connect::Http(r) if r.guard.is_some() => &self.http.mcp_guarded,
+            _ => &self.http.mcp_trusted,
+        };
+        self.pool.get(
+            &format!("{}/{}{own}", key.slot(), key.name),
+            &entry.name,
+            connect,
+            self.supervision(),
+            client,
+        )
+    }
+
+    /// A server's tools, named `SERVER.TOOL`, once it is up (or why not).
+    async fn server_tools(
+        &self,
+        entry: &ToolEntry,
+        server: &Arc<mcp::McpServer>,
+    ) -> Result<Vec<(String, ToolSpec, Route)>, String> {
+        server
+            .wait_up(self.config().start_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(server
+            .tools()
+            .into_iter()
+            .map(|t| {
+                let name = format!("{}.{}", entry.name, t.name);
+                let spec = ToolSpec {
+                    name: name.clone(),
+                    description: t.description.as_deref().unwrap_or_default().to_owned(),
+                    parameters: Value::Object((*t.input_schema).clone()),
+                };
+                let route = Route::Mcp {
+                    server: server.clone(),
+                    tool: t.name.to_string(),
+                };
+                (name, spec, route)
+            })
+            .collect())
+    }
+
+    /// The address policy a registration's URLs are held to: every
+    /// company's registration; the admin's shared ones unless `[tools]
+    /// trust_shared_tools`.
+    fn guard(&self, entry: &ToolEntry) -> Option<Arc<OutboundPolicy>> {
+        let policy = &self.config().outbound;
+        let trusted = policy.trust_shared_tools && entry.layer != Layer::Company;
+        (!trusted).then(|| policy.clone())
     }
 
     fn supervision(&self) -> mcp::Supervision {
@@ -648,10 +770,18 @@ impl Tools {
     ) -> CallResult {
         let t0 = Instant::now();
         let now = self.ctx.clock.now();
-        let (result, layer, args_seen) = self.run_call(offer, cx, name, args, now).await;
+        let ran = self.run_call(offer, cx, name, args, now).await;
         let latency_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let (content, error, outcome, result_bytes) = result;
-        let content = offer.scrub(content);
+        let Ran {
+            text,
+            error,
+            outcome,
+            layer,
+            sent: args_seen,
+            preferences,
+        } = ran;
+        let result_bytes = text.len();
+        let content = offer.scrub(text);
         // The cap first, then what the run can still pay for.
         let (mut content, mut cut) =
             kira_core::tools::cap_result(&content, self.config().max_result_bytes);
@@ -685,6 +815,7 @@ impl Tools {
             "result_bytes": r.result_bytes,
             "result_tokens": r.result_tokens,
             "cut": r.cut,
+            "preferences": preferences.map(Preferences::as_str),
         });
         let audit = AuditRecord {
             at: now,
@@ -700,14 +831,36 @@ impl Tools {
             },
             detail: detail.to_string(),
         };
-        if let Err(e) = self.ctx.store.append_audits(vec![audit]).await {
+        if let Err(e) = self.audit_call(audit).await {
             tracing::error!(company = %cx.scope.company(), tool = %name, error = %e, "could not audit a tool call");
         }
         r
     }
 
-    /// The call itself: ((text, error, outcome, bytes), layer, the
-    /// arguments as sent).
+    /// Appends a call's audit entry with those of the calls finishing at
+    /// the same moment, in one transaction ([`crate::group`]): each
+    /// company's chain stays whole (the store chains a batch entry by
+    /// entry), and the call returns only once its entry is committed.
+    async fn audit_call(&self, audit: AuditRecord) -> Result<(), String> {
+        let store = &self.ctx.store;
+        self.audits
+            .submit(
+                audit,
+                |batch| async move {
+                    let n = batch.len();
+                    let r = store
+                        .append_audits(batch)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    vec![r; n]
+                },
+                || Err("the audit entry was not written".into()),
+            )
+            .await
+    }
+
+    /// The call itself.
     async fn run_call(
         &self,
         offer: &Offer,
@@ -715,13 +868,14 @@ impl Tools {
         name: &str,
         args: &Value,
         now: DateTime<Utc>,
-    ) -> ((String, bool, &'static str, usize), Option<Layer>, Value) {
-        let refused = |m: String| {
-            (
-                (format!("error: {m}"), true, "refused", 0),
-                None,
-                args.clone(),
-            )
+    ) -> Ran {
+        let refused = |m: String| Ran {
+            text: format!("error: {m}"),
+            error: true,
+            outcome: "refused",
+            layer: None,
+            sent: args.clone(),
+            preferences: None,
         };
         if offer.company.as_ref() != Some(cx.scope.company()) {
             return refused("this offer is another company's".into());
@@ -733,11 +887,13 @@ impl Tools {
         };
         let layer = Some(tool.entry.layer);
         if !self.admit(cx.scope.company(), now) {
-            let r = refused(format!(
-                "rate limit: at most {} tool calls a minute for this company",
-                self.config().calls_per_minute
-            ));
-            return (r.0, layer, r.2);
+            return Ran {
+                layer,
+                ..refused(format!(
+                    "rate limit: at most {} tool calls a minute for this company",
+                    self.config().calls_per_minute
+                ))
+            };
         }
         // The company's defaults, for the tool or its whole registration.
         let mut sent = args.clone();
@@ -746,6 +902,36 @@ impl Tools {
                 sent = kira_core::tools::with_defaults(&sent, d);
             }
         }
+        // The company's preferences go where the tool takes them: an
+        // argument its schema names `preferences` (the company's keys over
+        // the model's), else an MCP request's `_meta`, else an HTTP
+        // tool's `Kira-Preferences` header; the built-ins take none.
+        let mut preferences = Value::Null;
+        for key in [tool.entry.name.as_str(), name] {
+            if let Some(p) = offer.configs.get(key).and_then(|c| c.get("preferences")) {
+                preferences = kira_core::tools::with_defaults(p, &preferences);
+            }
+        }
+        let prefs_to = match (&preferences, &tool.route) {
+            (Value::Null, _) | (_, Route::Builtin) => None,
+            _ if tool
+                .spec
+                .parameters
+                .pointer("/properties/preferences")
+                .is_some() =>
+            {
+                let model = sent.get("preferences").cloned().unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut sent {
+                    m.insert(
+                        "preferences".into(),
+                        kira_core::tools::with_defaults(&preferences, &model),
+                    );
+                }
+                Some(Preferences::Argument)
+            }
+            (_, Route::Mcp { .. }) => Some(Preferences::Meta),
+            (_, Route::Http(_)) => Some(Preferences::Header),
+        };
         let (text, error, outcome) = match &tool.route {
             Route::Builtin => match Engine::upgrade(&self.engine) {
                 Some(engine) => {
@@ -763,40 +949,51 @@ impl Tools {
                 None => ("error: kira is stopping".into(), true, "failed"),
             },
             Route::Http(h) => {
-                let (text, error) = http::call(&self.http, h, &sent, tool.timeout).await;
-                let outcome = if !error {
-                    "ok"
-                } else if text.starts_with("no answer within") {
-                    "timeout"
+                let client = if h.guard.is_some() {
+                    &self.http.guarded
                 } else {
-                    "failed"
+                    &self.http.trusted
                 };
-                (
-                    if error {
-                        format!("error: {text}")
-                    } else {
-                        text
-                    },
-                    error,
-                    outcome,
-                )
-            }
-            Route::Mcp { server, tool: t } => match server.call(t, &sent, tool.timeout).await {
-                Ok(r) => {
-                    let is_error = r.is_error.unwrap_or(false);
-                    let text = mcp::result_text(&r);
-                    if is_error {
-                        (format!("error: {text}"), true, "error")
-                    } else {
-                        (text, false, "ok")
-                    }
+                let header = (prefs_to == Some(Preferences::Header))
+                    .then(|| (PREFERENCES_HEADER, preferences.to_string()));
+                let (text, ended) = http::call(client, h, &sent, header, tool.timeout).await;
+                let outcome = match ended {
+                    http::Ended::Ok => "ok",
+                    http::Ended::Failed => "failed",
+                    http::Ended::Timeout => "timeout",
+                    http::Ended::Refused => "refused",
+                };
+                match ended {
+                    http::Ended::Ok => (text, false, outcome),
+                    _ => (format!("error: {text}"), true, outcome),
                 }
-                Err(mcp::McpError::Timeout { .. }) => timeout_text(tool.timeout),
-                Err(e) => (format!("error: {e}"), true, "failed"),
-            },
+            }
+            Route::Mcp { server, tool: t } => {
+                let meta = (prefs_to == Some(Preferences::Meta))
+                    .then(|| json!({ PREFERENCES_META: preferences }));
+                match server.call_with_meta(t, &sent, meta, tool.timeout).await {
+                    Ok(r) => {
+                        let is_error = r.is_error.unwrap_or(false);
+                        let text = mcp::result_text(&r);
+                        if is_error {
+                            (format!("error: {text}"), true, "error")
+                        } else {
+                            (text, false, "ok")
+                        }
+                    }
+                    Err(mcp::McpError::Timeout { .. }) => timeout_text(tool.timeout),
+                    Err(e) => (format!("error: {e}"), true, "failed"),
+                }
+            }
         };
-        let bytes = text.len();
-        ((text, error, outcome, bytes), layer, sent)
+        Ran {
+            text,
+            error,
+            outcome,
+            layer,
+            sent,
+            preferences: prefs_to,
+        }
     }
 
     /// Counts a call against the company's minute; false when it is full.
@@ -884,6 +1081,23 @@ impl Tools {
                 "only an admin key registers a command kira runs (mcp_stdio); register an http tool",
             )));
         }
+        // A URL whose host is a forbidden address is refused now; a name
+        // is checked on what it resolves to at every call.
+        let url = match &entry.source {
+            ToolSource::Http { url, .. } | ToolSource::McpHttp { url, .. } => Some(url),
+            _ => None,
+        };
+        if let (Some(url), Some(policy)) = (url, self.guard(&entry)) {
+            // A template's placeholders stand in as a name; a URL that does
+            // not parse then is left to the call.
+            let filled = url.replace(['{', '}'], "");
+            if let Some(why) = crate::outbound::forbidden_literal(&policy, &filled) {
+                return Err(EngineError::Forbidden(ValidationError::new(
+                    "source.url",
+                    why,
+                )));
+            }
+        }
         if let ToolSource::McpStdio { command, .. } = &entry.source
             && find_command(command).is_none()
         {
@@ -958,7 +1172,8 @@ impl Tools {
     }
 
     /// Sets (or removes, with None) the company's configuration of a tool:
-    /// an object whose `defaults` are merged under every call's arguments.
+    /// an object whose `defaults` are merged under every call's arguments
+    /// and whose `preferences` go with every call (see `run_call`).
     pub async fn configure(
         &self,
         scope: &CompanyScope,
@@ -976,11 +1191,12 @@ impl Tools {
             let ok = c.as_object().is_some_and(|o| {
                 o.keys().all(|k| k == "defaults" || k == "preferences")
                     && o.get("defaults").is_none_or(Value::is_object)
+                    && o.get("preferences").is_none_or(Value::is_object)
             });
             if !ok {
                 return Err(EngineError::Parameter(ValidationError::new(
                     "config",
-                    "must be an object with `defaults` (an object of arguments) and `preferences`",
+                    "must be an object with `defaults` (an object of arguments) and `preferences` (an object)",
                 )));
             }
         }
@@ -1024,6 +1240,44 @@ impl Drop for Tools {
     }
 }
 
+/// A call as run, before the wrapper cuts and audits it.
+struct Ran {
+    text: String,
+    error: bool,
+    /// `ok`, `error`, `failed`, `timeout` or `refused`.
+    outcome: &'static str,
+    layer: Option<Layer>,
+    /// The arguments as sent (the company's defaults and preferences in).
+    sent: Value,
+    preferences: Option<Preferences>,
+}
+
+/// Where the company's preferences for a tool went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preferences {
+    /// The tool's `preferences` argument.
+    Argument,
+    /// An MCP request's `_meta`, under [`PREFERENCES_META`].
+    Meta,
+    /// An HTTP tool's [`PREFERENCES_HEADER`] (JSON).
+    Header,
+}
+
+impl Preferences {
+    fn as_str(self) -> &'static str {
+        match self {
+            Preferences::Argument => "argument",
+            Preferences::Meta => "meta",
+            Preferences::Header => "header",
+        }
+    }
+}
+
+/// The `_meta` key of the company's preferences in an MCP tools/call.
+pub const PREFERENCES_META: &str = "kira/preferences";
+/// The header of the company's preferences (JSON) to an HTTP tool.
+pub const PREFERENCES_HEADER: &str = "kira-preferences";
+
 fn timeout_text(d: Duration) -> (String, bool, &'static str) {
     (
         format!("error: the tool did not answer within {} ms", d.as_millis()),
@@ -1050,4 +1304,34 @@ pub fn find_command(command: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(command))
         .find(|p| executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_policy_is_read_from_tools_and_checked_entry_by_entry() {
+        let section: ToolsSection = serde_json::from_value(json!({
+            "allow_outbound": ["10.1.0.0/16", "Tools.Internal"],
+            "trust_shared_tools": true,
+        }))
+        .expect("section");
+        let mut c = ToolsConfig::default();
+        section.resolve(&mut c).expect("valid");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert!(c.outbound.trust_shared_tools && !c.outbound.allow_private_networks);
+        assert!(c.outbound.check("x", ip("10.1.2.3")).is_ok());
+        assert!(c.outbound.check("tools.internal", ip("127.0.0.1")).is_ok());
+        assert!(c.outbound.check("x", ip("127.0.0.1")).is_err());
+        assert_eq!(ToolsConfig::default().outbound, Arc::default());
+
+        let bad: ToolsSection =
+            serde_json::from_value(json!({"allow_outbound": ["10.0.0.0/8", "not a host"]}))
+                .expect("section");
+        let e = bad
+            .resolve(&mut ToolsConfig::default())
+            .expect_err("refused");
+        assert_eq!(e.field, "tools.allow_outbound.1");
+    }
 }

@@ -11,3 +11,4 @@ mod review;
 mod scheduler;
 mod sharing;
 mod tools;
+mod tools_remote;

@@ -30,7 +30,7 @@ use crate::common::Backend;
 
 /// Where the npm servers' commands are: `KIRA_MCP_SERVERS`, else the test
 /// cache `scripts/install-mcp-servers` fills.
-fn bin(name: &str) -> String {
+pub(crate) fn bin(name: &str) -> String {
     let dir = std::env::var_os("KIRA_MCP_SERVERS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -104,9 +104,20 @@ fn http_tool(name: &str, layer: &str, domain: Option<&str>, company: Option<&str
     }))
 }
 
+/// The configuration with loopback allowed for company URLs (the HTTP
+/// tools here name a loopback address, which the default policy refuses).
+fn loopback_allowed() -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    cfg.tools.outbound = Arc::new(kira_core::outbound::OutboundPolicy {
+        allow_private_networks: true,
+        ..Default::default()
+    });
+    cfg
+}
+
 async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend) {
     let s = setup(b).await;
-    let e = engine(&s, EngineConfig::default());
+    let e = engine(&s, loopback_allowed());
     let t = e.tools();
     let a = admin();
     for n in [

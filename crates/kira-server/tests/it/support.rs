@@ -75,11 +75,21 @@ pub async fn serve_at(
     cfg: ServerConfig,
     clock: Arc<dyn kira_core::clock::Clock>,
 ) -> (String, tokio::task::JoinHandle<()>) {
+    serve_engine(store, cfg, clock, kira_engine::EngineConfig::default()).await
+}
+
+/// [`serve_at`] with the engine's configuration given.
+pub async fn serve_engine(
+    store: Arc<dyn Store>,
+    cfg: ServerConfig,
+    clock: Arc<dyn kira_core::clock::Clock>,
+    engine_cfg: kira_engine::EngineConfig,
+) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let engine = kira_engine::Engine::new(store, clock, kira_engine::EngineConfig::default());
+    let engine = kira_engine::Engine::new(store, clock, engine_cfg);
     let app = router(engine, cfg);
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -103,12 +113,22 @@ impl Server {
         cfg: ServerConfig,
         clock: Arc<dyn kira_core::clock::Clock>,
     ) -> Server {
+        Self::start_engine(backend, cfg, clock, kira_engine::EngineConfig::default()).await
+    }
+
+    /// A server whose engine has `engine_cfg`.
+    pub async fn start_engine(
+        backend: Backend,
+        cfg: ServerConfig,
+        clock: Arc<dyn kira_core::clock::Clock>,
+        engine_cfg: kira_engine::EngineConfig,
+    ) -> Server {
         let (store, db_url, dir) = open_store(backend).await;
         let issued = kira_engine::keys::bootstrap_admin_key(store.as_ref(), &SystemClock)
             .await
             .expect("bootstrap")
             .expect("a fresh database gets an admin key");
-        let (base, task) = serve_at(store.clone(), cfg, clock).await;
+        let (base, task) = serve_engine(store.clone(), cfg, clock, engine_cfg).await;
         Server {
             base,
             admin: issued.token,

@@ -10,6 +10,27 @@ use serde_json::{Value, json};
 
 use crate::support::{Backend, Server};
 
+/// The engine's configuration with loopback allowed: the tool peers here
+/// are on loopback, which a company's URL may not reach by default.
+fn loopback_allowed() -> kira_engine::EngineConfig {
+    let mut cfg = kira_engine::EngineConfig::default();
+    cfg.tools.outbound = std::sync::Arc::new(kira_core::outbound::OutboundPolicy {
+        allow_private_networks: true,
+        ..Default::default()
+    });
+    cfg
+}
+
+async fn open_server(backend: Backend) -> Server {
+    Server::start_engine(
+        backend,
+        kira_server::ServerConfig::default(),
+        std::sync::Arc::new(kira_core::clock::SystemClock),
+        loopback_allowed(),
+    )
+    .await
+}
+
 fn names(list: &Value) -> Vec<String> {
     list["tools"]
         .as_array()
@@ -122,7 +143,7 @@ async fn bad_registrations_are_refused_naming_the_field_postgres() {
 }
 
 async fn a_companys_tools_are_invisible_to_another_companys_keys(backend: Backend) {
-    let s = Server::start(backend).await;
+    let s = open_server(backend).await;
     s.company("acme").await;
     s.company("other").await;
     let base = weather().await;
@@ -256,4 +277,141 @@ async fn a_companys_tools_are_invisible_to_another_companys_keys_sqlite() {
 #[tokio::test]
 async fn a_companys_tools_are_invisible_to_another_companys_keys_postgres() {
     a_companys_tools_are_invisible_to_another_companys_keys(Backend::Postgres).await;
+}
+
+/// A company's operator tries to make kira call kira itself, the cloud
+/// metadata service and loopback in every spelling: each registration is
+/// refused naming the field (403, audited, nothing written), a contact's
+/// webhook too; a name for loopback is registered but its call is refused
+/// and audited.
+async fn a_tenant_cannot_point_kira_at_internal_addresses(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    let (_, operator) = s.key("operator", Some("acme")).await;
+    let port = s
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("kira's port");
+    let http = |name: &str, url: String| {
+        json!({"name": name, "layer": "company", "company": "acme",
+            "source": {"kind": "http", "method": "GET", "url": url,
+                "parameters": {"type": "object", "properties": {}}}})
+    };
+    let cases = [
+        http("self", format!("http://127.0.0.1:{port}/v1/companies")),
+        http("meta", "http://169.254.169.254/latest/meta-data/".into()),
+        http("v6", format!("http://[::1]:{port}/v1/companies")),
+        http(
+            "mapped",
+            format!("http://[::ffff:127.0.0.1]:{port}/v1/audit"),
+        ),
+        http("decimal", format!("http://2130706433:{port}/v1/companies")),
+        http("octal", format!("http://0177.0.0.1:{port}/v1/companies")),
+        http("short", format!("http://127.1:{port}/v1/companies")),
+        http("zero", format!("http://0.0.0.0:{port}/v1/companies")),
+        http("private", "http://10.0.0.8/admin".into()),
+        json!({"name": "mcp", "layer": "company", "company": "acme",
+            "source": {"kind": "mcp_http", "url": format!("http://127.0.0.1:{port}/mcp")}}),
+        json!({"name": "mcp6", "layer": "company", "company": "acme",
+            "source": {"kind": "mcp_http", "url": "http://[fe80::1]/mcp"}}),
+    ];
+    for body in cases {
+        let (status, v) = s
+            .call(
+                Method::POST,
+                "/v1/tools",
+                Some(&operator),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 403, "{body}: {v}");
+        assert_eq!(v["error"]["field"], "source.url", "{body}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("may not reach")),
+            "{v}"
+        );
+    }
+    // A contact's webhook is a company URL as well.
+    let (status, v) = s
+        .call(
+            Method::PATCH,
+            "/v1/companies/acme",
+            Some(&operator),
+            Some(json!({"contacts": [{"name": "ops", "webhook": "http://169.254.169.254/hook"}]})),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["field"], "contacts.0.webhook", "{v}");
+
+    // Nothing was written; every refusal is in acme's trail.
+    let (_, list) = s
+        .call(Method::GET, "/v1/tools", Some(&operator), None)
+        .await;
+    let listed = names(&list);
+    for n in [
+        "self", "meta", "v6", "mapped", "decimal", "octal", "short", "zero", "private", "mcp",
+        "mcp6",
+    ] {
+        assert!(!listed.contains(&n.to_owned()), "{n} written: {list}");
+    }
+    let audit = s.audit().await;
+    let refused = audit
+        .iter()
+        .filter(|e| e["action"] == "tool.add" && e["company_id"] == "acme" && e["outcome"] != "ok")
+        .count();
+    assert_eq!(refused, 11, "each refused registration audited");
+
+    // A name that resolves to loopback: registered (names are checked when
+    // called), refused when called, audited; kira never sees the request.
+    let before = s.audit().await.len();
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/v1/tools",
+            Some(&operator),
+            Some(http(
+                "local",
+                format!("http://localhost:{port}/v1/companies"),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, r) = s
+        .call(
+            Method::POST,
+            "/v1/tools/local/test",
+            Some(&operator),
+            Some(json!({"arguments": {}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["outcome"], "refused", "{r}");
+    assert!(
+        r["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("localhost resolves to") && c.contains("may not reach")),
+        "{r}"
+    );
+    let after = s.audit().await;
+    let new: Vec<&Value> = after.iter().skip(before).collect();
+    let call = new
+        .iter()
+        .find(|e| e["action"] == "tool.call")
+        .expect("the call audited");
+    assert_eq!(call["outcome"], "denied", "{call}");
+    assert_eq!(call["company_id"], "acme");
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_point_kira_at_internal_addresses_sqlite() {
+    a_tenant_cannot_point_kira_at_internal_addresses(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_point_kira_at_internal_addresses_postgres() {
+    a_tenant_cannot_point_kira_at_internal_addresses(Backend::Postgres).await;
 }

@@ -1,0 +1,178 @@
+//! Outbound HTTP to URLs a company chose, under the operator's address
+//! policy (`kira_core::outbound`): a client whose resolver refuses a name
+//! that resolves to a forbidden address, whose redirects are checked hop
+//! by hop, and the check of a URL whose host is an address literal (which
+//! no resolver sees). The resolver runs on every new connection, so a name
+//! that answered a public address at registration and a loopback one now
+//! (DNS rebinding) is refused now.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use kira_core::outbound::OutboundPolicy;
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// Why kira did not connect: the policy forbade the address.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("refused by kira's outbound address policy: {0}")]
+pub struct Refused(pub String);
+
+/// The resolver of a guarded client.
+struct Guard {
+    policy: Arc<OutboundPolicy>,
+}
+
+impl Resolve for Guard {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // One forbidden address refuses the name: a public answer next
+            // to a private one is how a rebinding attack hedges.
+            for a in &addrs {
+                policy.check(&host, a.ip()).map_err(Refused)?;
+            }
+            let addrs: Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// `url`'s host checked where no resolver will see it: an address literal
+/// (`127.0.0.1`, `[::1]`, and `2130706433` or `0177.0.0.1`, which URL
+/// parsing reads as 127.0.0.1). A name is left to the resolver.
+pub fn check_url(policy: &OutboundPolicy, url: &str) -> Result<(), Refused> {
+    let parsed = Url::parse(url).map_err(|e| Refused(format!("the URL is not valid: {e}")))?;
+    check_parsed(policy, &parsed)
+}
+
+/// `url` checked before kira connects to it: an address literal as in
+/// [`check_url`], a name on every address it resolves to now. For a
+/// clear message where a transport hides its causes (rmcp's); the
+/// client's resolver still checks every connection after.
+pub async fn preflight(policy: &OutboundPolicy, url: &str) -> Result<(), Refused> {
+    let parsed = Url::parse(url).map_err(|e| Refused(format!("the URL is not valid: {e}")))?;
+    check_parsed(policy, &parsed)?;
+    if let Some(url::Host::Domain(host)) = parsed.host() {
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let addrs = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| Refused(format!("{host} does not resolve: {e}")))?;
+        for a in addrs {
+            policy.check(host, a.ip()).map_err(Refused)?;
+        }
+    }
+    Ok(())
+}
+
+/// Why `url` is refused when it is written to a registration or a
+/// profile: its host is an address literal the policy forbids. A URL that
+/// does not parse, or names a host, is left to the call (its name is
+/// checked on what it resolves to then).
+pub fn forbidden_literal(policy: &OutboundPolicy, url: &str) -> Option<String> {
+    let parsed = Url::parse(url).ok()?;
+    check_parsed(policy, &parsed).err().map(|e| e.0)
+}
+
+fn check_parsed(policy: &OutboundPolicy, url: &Url) -> Result<(), Refused> {
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(a)) => IpAddr::V4(a),
+        Some(url::Host::Ipv6(a)) => IpAddr::V6(a),
+        Some(url::Host::Domain(_)) => return Ok(()),
+        None => return Err(Refused("the URL has no host".into())),
+    };
+    policy.check(&ip.to_string(), ip).map_err(Refused)
+}
+
+/// A client for company URLs under `policy` (none: trusted URLs): the
+/// guarded resolver and no proxy (a proxy would resolve the names where
+/// kira cannot check them); at most 10 redirects, each checked, and with
+/// `same_origin` only within the first URL's origin (so headers and an
+/// MCP session never go to another host).
+pub fn client(
+    policy: Option<Arc<OutboundPolicy>>,
+    builder: reqwest::ClientBuilder,
+    same_origin: bool,
+) -> reqwest::Client {
+    let redirects = policy.clone();
+    let mut builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+        let first = attempt.previous().first().map(Url::origin);
+        if attempt.previous().len() >= 10 {
+            return attempt.error("too many redirects");
+        }
+        if same_origin && first.is_some_and(|o| o != attempt.url().origin()) {
+            return attempt.stop();
+        }
+        match redirects.as_deref().map(|p| check_parsed(p, attempt.url())) {
+            Some(Err(e)) => attempt.error(e),
+            _ => attempt.follow(),
+        }
+    }));
+    if let Some(policy) = policy {
+        builder = builder.dns_resolver(Arc::new(Guard { policy })).no_proxy();
+    }
+    match builder.build() {
+        Ok(c) => c,
+        Err(e) => {
+            // Building fails only when TLS cannot start: say so; the
+            // fallback refuses every name it is asked to resolve.
+            tracing::error!(error = %e, "could not build the outbound HTTP client");
+            reqwest::Client::builder()
+                .dns_resolver(Arc::new(Guard {
+                    policy: Arc::new(OutboundPolicy::default()),
+                }))
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// The policy's refusal somewhere in `err`'s chain of causes.
+pub fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<Refused> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<Refused>() {
+            return Some(r.clone());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_literals_in_every_spelling_are_checked() {
+        let p = OutboundPolicy::default();
+        for u in [
+            "http://127.0.0.1:8080/v1/tools",
+            "http://2130706433/",
+            "http://0177.0.0.1/",
+            "http://0x7f.1/",
+            "http://127.1/",
+            "http://[::1]:9/",
+            "http://[::ffff:7f00:1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://0.0.0.0:3000/",
+            "http://[fe80::1]/",
+            "http://10.0.0.1/",
+        ] {
+            let e = check_url(&p, u).expect_err(u);
+            assert!(e.to_string().contains("may not reach"), "{u}: {e}");
+        }
+        for u in [
+            "https://example.com/x",
+            "http://localhost:1/",
+            "http://8.8.8.8/",
+        ] {
+            assert!(check_url(&p, u).is_ok(), "{u}");
+        }
+    }
+}

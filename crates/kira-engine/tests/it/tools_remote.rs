@@ -1,0 +1,523 @@
+//! Tools that reach over the network, and what never leaves kira: an MCP
+//! server over streamable HTTP (the real `mcp-server-everything
+//! streamableHttp` on a random port, behind a loopback proxy that keeps
+//! what kira sent), with a header carrying the company's credential and
+//! the company's preferences in a call's `_meta`, on both backends; a
+//! stdio server that prints its secret to stderr, logged redacted; the
+//! outbound address policy refusing names that resolve to loopback, and a
+//! redirect to a forbidden address.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kira_core::auth::Principal;
+use kira_core::outbound::OutboundPolicy;
+use kira_core::tools::NewTool;
+use kira_engine::tools::CallContext;
+use kira_engine::{Engine, EngineConfig};
+use kira_store::AuditPage;
+use kira_store::tools::{CredentialWrite, ToolWriter};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::agents::{audit, scope, setup};
+use crate::common::Backend;
+use crate::tools::bin;
+
+fn tool(v: Value) -> NewTool {
+    serde_json::from_value(v).expect("registration")
+}
+
+fn cx<'a>(scope: &'a kira_core::auth::CompanyScope) -> CallContext<'a> {
+    CallContext {
+        scope,
+        actor: "test",
+        request_id: "test-call",
+        tokens_left: None,
+    }
+}
+
+/// The engine's configuration with loopback allowed (the peers here are
+/// on loopback), or as shipped.
+fn config(allow_private: bool) -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    cfg.tools.outbound = Arc::new(OutboundPolicy {
+        allow_private_networks: allow_private,
+        ..OutboundPolicy::default()
+    });
+    cfg.tools.restart_backoff = Duration::from_millis(50);
+    cfg
+}
+
+/// What the log said while the guard lives (this thread's subscriber:
+/// the tests run on a current-thread runtime, so every task kira spawns
+/// logs here).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn capture() -> (Log, tracing::subscriber::DefaultGuard) {
+        let log = Log::default();
+        let writer = log.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        (log, tracing::subscriber::set_default(sub))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
+    }
+
+    /// Waits (10 s at most) until the log holds `what`.
+    async fn wait_for(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text();
+            if text.contains(what) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `mcp-server-everything streamableHttp` on a free high port; killed
+/// when the child is dropped.
+async fn everything_over_http() -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = tokio::process::Command::new(bin("mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mcp-server-everything starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mcp-server-everything did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, port)
+}
+
+/// A TCP proxy on loopback to `upstream` that keeps every byte clients
+/// sent through it (requests, headers and bodies).
+async fn tee_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.lock().expect("kept").extend_from_slice(&buf[..n]);
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = sw.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn sent(seen: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&seen.lock().expect("seen")).into_owned()
+}
+
+async fn tool_audits(e: &Engine, company: &str) -> Vec<kira_core::audit::AuditEntry> {
+    e.audit()
+        .list_company(
+            &scope(company),
+            AuditPage {
+                after_seq: 0,
+                limit: 1_000,
+            },
+        )
+        .await
+        .expect("audit")
+}
+
+async fn an_mcp_server_over_streamable_http_with_a_credential_header(b: Backend) {
+    let (log, _guard) = Log::capture();
+    let (mut everything, port) = everything_over_http().await;
+    let (proxy, seen) = tee_proxy(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let s = setup(b).await;
+    let e = Engine::new(s.store.clone(), s.clock.clone(), config(true));
+    e.tools()
+        .set_master_key(kira_core::seal::MasterKey::parse(&"cd".repeat(32)).expect("key"));
+    let marker = format!("mcp-bearer-marker-{}", uuid::Uuid::now_v7().simple());
+    let acme = scope("acme");
+    // The company's operator registers it: a URL, not a command.
+    let entry = e
+        .tools()
+        .add(
+            ToolWriter::Company(&acme),
+            tool(json!({"name": "remote", "layer": "company", "company": "acme",
+                "description": "the reference server over HTTP",
+                "source": {"kind": "mcp_http", "url": format!("http://{proxy}/mcp"),
+                    "headers": {"Authorization": "Bearer {credential}", "X-Kira-Test": "plain-header"}}})),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    assert_eq!(entry.source.kind(), "mcp_http");
+    e.tools()
+        .set_credential(
+            &acme,
+            "remote",
+            &marker,
+            CredentialWrite::Set,
+            audit("acme"),
+        )
+        .await
+        .expect("credential set");
+    e.tools()
+        .configure(
+            &acme,
+            "remote.echo",
+            Some(&json!({"preferences": {"language": "de", "tone": "formal"}})),
+            audit("acme"),
+        )
+        .await
+        .expect("configured");
+
+    let offer = e.tools().offer(&acme, &[]).await.expect("offer");
+    let names = offer.names();
+    for t in ["remote.echo", "remote.get-sum"] {
+        assert!(names.contains(&t.to_owned()), "{t} in {names:?}");
+    }
+    let r = e
+        .tools()
+        .call(
+            &offer,
+            &cx(&acme),
+            "remote.echo",
+            &json!({"message": "over http"}),
+        )
+        .await;
+    assert_eq!((r.outcome.as_str(), r.error), ("ok", false), "{r:?}");
+    assert_eq!(r.content, "Echo: over http");
+    let r = e
+        .tools()
+        .call(
+            &offer,
+            &cx(&acme),
+            "remote.get-sum",
+            &json!({"a": 20, "b": 22}),
+        )
+        .await;
+    assert!(r.content.contains("is 42"), "{r:?}");
+    let r = e
+        .tools()
+        .call(&offer, &cx(&acme), "remote.get-sum", &json!({"a": "x"}))
+        .await;
+    assert_eq!((r.outcome.as_str(), r.error), ("error", true), "{r:?}");
+
+    // What went over the wire: the credential in the header (the server
+    // got it), the plain header, the preferences in echo's `_meta` only.
+    let wire = sent(&seen);
+    assert!(
+        wire.to_ascii_lowercase()
+            .contains(&format!("authorization: bearer {marker}").to_ascii_lowercase()),
+        "the credential reached the server"
+    );
+    assert!(
+        wire.to_ascii_lowercase()
+            .contains("x-kira-test: plain-header")
+    );
+    let meta = wire
+        .find(r#""kira/preferences":{"#)
+        .map(|i| &wire[i..(i + 80).min(wire.len())])
+        .unwrap_or_default();
+    assert!(
+        wire.contains(r#""_meta":{"#)
+            && meta.contains(r#""language":"de""#)
+            && meta.contains(r#""tone":"formal""#),
+        "preferences in echo's _meta: {wire}"
+    );
+    assert_eq!(
+        wire.matches("kira/preferences").count(),
+        1,
+        "only echo is configured"
+    );
+
+    // The tools the server adds once initialised are listed: over HTTP it
+    // announces them (list_changed) before the client's event stream is
+    // open, so they come with the first tools/list after initialize.
+    let (_, server) = e
+        .tools()
+        .servers()
+        .into_iter()
+        .find(|(k, _)| k.ends_with("/remote"))
+        .expect("server");
+    assert!(
+        server
+            .tools()
+            .iter()
+            .any(|t| t.name == "simulate-research-query")
+    );
+    assert!(
+        offer
+            .names()
+            .contains(&"remote.simulate-research-query".to_owned())
+    );
+
+    // Globex is offered nothing of acme's server.
+    let g = scope("globex");
+    let offer_g = e.tools().offer(&g, &[]).await.expect("offer");
+    assert!(offer_g.names().iter().all(|n| !n.starts_with("remote.")));
+
+    // The credential is nowhere kira keeps or shows things.
+    let audits = tool_audits(&e, "acme").await;
+    let calls: Vec<_> = audits.iter().filter(|a| a.action == "tool.call").collect();
+    assert_eq!(calls.len(), 3);
+    let echo: Value = serde_json::from_str(&calls[0].detail).expect("json");
+    assert_eq!(echo["preferences"], "meta");
+    assert_eq!(echo["arguments"], json!({"message": "over http"}));
+    let sum: Value = serde_json::from_str(&calls[1].detail).expect("json");
+    assert_eq!(sum["preferences"], Value::Null);
+    assert!(
+        !serde_json::to_string(&audits)
+            .expect("json")
+            .contains(&marker)
+    );
+    let views = e.tools().list(Some(&acme), None).await.expect("list");
+    let view = views.iter().find(|v| v.name == "remote").expect("listed");
+    assert_eq!(view.source, "mcp_http");
+    assert!(
+        !serde_json::to_string(&views)
+            .expect("json")
+            .contains(&marker)
+    );
+    let stored = s.store.list_tools(Some(&acme)).await.expect("stored");
+    let stored = serde_json::to_string(&stored).expect("json");
+    assert!(stored.contains("Bearer {credential}") && !stored.contains(&marker));
+    e.tools().stop().await;
+    let text = log.text();
+    assert!(
+        text.contains("MCP server up"),
+        "the log was captured: {text}"
+    );
+    assert!(!text.contains(&marker), "the log holds the credential");
+    everything.kill().await.expect("stopped");
+}
+
+#[tokio::test]
+async fn an_mcp_server_over_streamable_http_with_a_credential_header_sqlite() {
+    an_mcp_server_over_streamable_http_with_a_credential_header(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_mcp_server_over_streamable_http_with_a_credential_header_postgres() {
+    an_mcp_server_over_streamable_http_with_a_credential_header(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_servers_stderr_is_logged_without_its_secrets() {
+    let (log, _guard) = Log::capture();
+    let s = setup(Backend::Sqlite).await;
+    let e = Engine::new(s.store.clone(), s.clock.clone(), config(false));
+    e.tools()
+        .set_master_key(kira_core::seal::MasterKey::parse(&"ef".repeat(32)).expect("key"));
+    let marker = format!("stderr-secret-{}", uuid::Uuid::now_v7().simple());
+    let bearer = format!("tok{}", uuid::Uuid::now_v7().simple());
+    // A server that prints its environment's secret and a bearer token
+    // before it starts serving.
+    let script = format!(
+        "echo \"starting with token=$KIRA_TEST_TOKEN and Authorization: Bearer {bearer}\" >&2; exec {} stdio",
+        bin("mcp-server-everything")
+    );
+    let a = Principal::system().admin().expect("admin");
+    e.tools()
+        .add(
+            ToolWriter::Admin(&a),
+            tool(
+                json!({"name": "chatty", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_stdio", "command": "/bin/sh", "args": ["-c", script],
+                    "env": {"KIRA_TEST_TOKEN": "{credential}"}}}),
+            ),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    let acme = scope("acme");
+    e.tools()
+        .set_credential(
+            &acme,
+            "chatty",
+            &marker,
+            CredentialWrite::Set,
+            audit("acme"),
+        )
+        .await
+        .expect("credential");
+    let offer = e.tools().offer(&acme, &[]).await.expect("offer");
+    assert!(offer.names().contains(&"chatty.echo".to_owned()));
+    let text = log.wait_for("starting with token=").await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("starting with token="))
+        .unwrap_or_else(|| panic!("the server's stderr was logged: {text}"));
+    assert!(
+        line.contains("chatty"),
+        "logged with the server's name: {line}"
+    );
+    assert!(
+        line.contains("token=[redacted]") && line.contains("Bearer [redacted]"),
+        "{line}"
+    );
+    assert!(
+        !text.contains(&marker),
+        "the injected credential is not logged"
+    );
+    assert!(!text.contains(&bearer), "a bearer token is not logged");
+    e.tools().stop().await;
+}
+
+/// An HTTP tool on loopback whose host is given by name.
+fn http_tool(name: &str, url: &str) -> NewTool {
+    tool(json!({"name": name, "layer": "company", "company": "acme",
+        "source": {"kind": "http", "method": "GET", "url": url,
+            "parameters": {"type": "object", "properties": {}}}}))
+}
+
+#[tokio::test]
+async fn names_resolving_to_forbidden_addresses_and_redirects_to_them_are_refused_at_call_time() {
+    let s = setup(Backend::Sqlite).await;
+    // A peer on loopback that would answer anything; kira must never
+    // connect to it.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    peer.set_nonblocking(true).expect("nonblocking");
+    let port = peer.local_addr().expect("addr").port();
+    // A redirector on 127.0.0.2, which the operator allows, sending
+    // callers on to the peer on 127.0.0.1.
+    let app = axum::Router::new().route(
+        "/go",
+        axum::routing::get(move || async move {
+            axum::response::Redirect::temporary(&format!("http://127.0.0.1:{port}/x"))
+        }),
+    );
+    let redirector = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let redirector_addr = redirector.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(redirector, app).await.expect("serve") });
+
+    let mut cfg = config(false);
+    cfg.tools.outbound = Arc::new(
+        OutboundPolicy::default()
+            .with_allowed("tools.allow_outbound", &["127.0.0.2".into()])
+            .expect("policy"),
+    );
+    cfg.tools.start_timeout = Duration::from_secs(2);
+    let e = Engine::new(s.store.clone(), s.clock.clone(), cfg);
+    let acme = scope("acme");
+    for (name, url) in [
+        ("byname", format!("http://localhost:{port}/x")),
+        ("redirected", format!("http://{redirector_addr}/go")),
+    ] {
+        e.tools()
+            .add(
+                ToolWriter::Company(&acme),
+                http_tool(name, &url),
+                audit("acme"),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{name} is registered (a name, or allowed): {err:?}"));
+    }
+    // The same over MCP: a name for loopback is registered, never reached.
+    e.tools()
+        .add(
+            ToolWriter::Company(&acme),
+            tool(
+                json!({"name": "sneaky", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_http", "url": format!("http://localhost:{port}/mcp")}}),
+            ),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    let offer = e.tools().offer(&acme, &[]).await.expect("offer");
+    let sneaky = offer
+        .views()
+        .iter()
+        .find(|v| v.name == "sneaky")
+        .expect("listed");
+    let why = sneaky.error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("refused by kira's outbound address policy")
+            && why.contains("localhost resolves to"),
+        "{why}"
+    );
+    for (name, expect) in [
+        ("byname", "localhost resolves to"),
+        ("redirected", "127.0.0.1 is a loopback address"),
+    ] {
+        let r = e.tools().call(&offer, &cx(&acme), name, &json!({})).await;
+        assert_eq!(
+            (r.outcome.as_str(), r.error),
+            ("refused", true),
+            "{name}: {r:?}"
+        );
+        assert!(
+            r.content
+                .contains("refused by kira's outbound address policy")
+                && r.content.contains(expect),
+            "{name}: {}",
+            r.content
+        );
+    }
+    assert!(
+        matches!(peer.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing connected to the loopback peer"
+    );
+    let audits = tool_audits(&e, "acme").await;
+    let refused: Vec<_> = audits
+        .iter()
+        .filter(|a| a.action == "tool.call" && a.outcome == kira_core::audit::Outcome::Denied)
+        .collect();
+    assert_eq!(refused.len(), 2, "every refused call is audited");
+    e.tools().stop().await;
+}
