@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use crate::flow::store::Db;
 use crate::metrics::{
-    MetricRow, MetricTotals, MetricsQuery, MetricsStore, QueueGauge, RollupReport, WaitingWork,
+    AGENT_FIGURES, COMPANY_FIGURES, LEVEL_FIGURES, MetricRow, MetricTotals, MetricsQuery,
+    MetricsStore, QueueGauge, RollupReport, WaitingWork,
 };
 use crate::sql::{Columns, Conn, Lock, Stmt, q, q_each};
 use crate::{Result, StoreError};
@@ -89,7 +90,7 @@ static SELECT_ROWS: LazyLock<String> = LazyLock::new(|| {
 /// The all-time rows summed per `group` (one of the key columns), the
 /// other key columns empty: what `/metrics` exposes, added up where the
 /// rows are.
-fn totals_sql(group: &str) -> String {
+fn totals_sql(group: &str, figures: &[&str]) -> String {
     let keys: Vec<String> = KEYS
         .iter()
         .map(|k| match *k {
@@ -98,11 +99,18 @@ fn totals_sql(group: &str) -> String {
             k => format!("'' AS {k}"),
         })
         .collect();
+    let wanted = |c: &str| {
+        figures.contains(&c)
+            || (c.starts_with('r') && c[1..].parse::<usize>().is_ok() && figures.contains(&"r*"))
+            || (c.starts_with('w') && c[1..].parse::<usize>().is_ok() && figures.contains(&"w*"))
+    };
     let sums: Vec<String> = VALUE_COLUMNS
         .iter()
         .map(|c| match c.as_str() {
-            "cost_usd" => "sum(cost_usd) AS cost_usd".to_owned(),
-            c => format!("CAST(sum({c}) AS BIGINT) AS {c}"),
+            "cost_usd" if wanted("cost_usd") => "sum(cost_usd) AS cost_usd".to_owned(),
+            "cost_usd" => "CAST(0 AS DOUBLE PRECISION) AS cost_usd".to_owned(),
+            c if wanted(c) => format!("CAST(sum({c}) AS BIGINT) AS {c}"),
+            c => format!("CAST(0 AS BIGINT) AS {c}"),
         })
         .collect();
     format!(
@@ -113,8 +121,13 @@ fn totals_sql(group: &str) -> String {
     )
 }
 
-static TOTALS_BY: LazyLock<[String; 3]> =
-    LazyLock::new(|| ["company_id", "agent", "priority"].map(totals_sql));
+static TOTALS_BY: LazyLock<[String; 3]> = LazyLock::new(|| {
+    [
+        totals_sql("company_id", COMPANY_FIGURES),
+        totals_sql("agent", AGENT_FIGURES),
+        totals_sql("priority", LEVEL_FIGURES),
+    ]
+});
 
 async fn totals_of(c: &mut dyn Conn) -> Result<MetricTotals> {
     let [company, agent, level] = &*TOTALS_BY;
