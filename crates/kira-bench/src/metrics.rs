@@ -243,12 +243,7 @@ async fn breakdown(
         }};
     }
     time!("roll_up", engine.metrics().roll_up().await?);
-    time!(
-        "totals",
-        store
-            .all_metrics(&admin, &kira_store::metrics::MetricsQuery::totals())
-            .await?
-    );
+    time!("totals", store.metric_totals(&admin).await?);
     time!(
         "budget_state",
         store
