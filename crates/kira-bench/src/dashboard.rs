@@ -178,17 +178,8 @@ pub async fn run(
         evaluations.push(t.elapsed().as_secs_f64() * 1_000.0);
     }
 
-    let token = kira_engine::keys::bootstrap_admin_key(store.as_ref(), clock.as_ref())
-        .await?
-        .ok_or_else(|| {
-            BenchError::Invalid("the database already has keys: give an empty one".into())
-        })?
-        .token;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = kira_server::router(engine.clone(), kira_server::ServerConfig::default())
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (base, token, server) =
+        crate::metrics::serve(&engine, store.as_ref(), clock.as_ref()).await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -200,22 +191,7 @@ pub async fn run(
             Auth::Key(k) => req.bearer_auth(k),
             Auth::Cookie(c) => req.header(reqwest::header::COOKIE, c),
         };
-        async move {
-            let t = Instant::now();
-            let res = req
-                .send()
-                .await
-                .map_err(|e| BenchError::during("request", e))?;
-            let status = res.status();
-            let body = res
-                .text()
-                .await
-                .map_err(|e| BenchError::during("body", e))?;
-            if !status.is_success() {
-                return Err(BenchError::Invalid(format!("{path}: {status}: {body}")));
-            }
-            Ok::<_, BenchError>((t.elapsed().as_secs_f64() * 1_000.0, body))
-        }
+        crate::metrics::timed(req, path)
     };
     // Each company's overview covers the last OVERVIEW_DAYS days: one run a
     // day of those it has history for.

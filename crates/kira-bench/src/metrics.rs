@@ -156,37 +156,9 @@ pub async fn run(
     engine.metrics().roll_up().await?;
     let seed_seconds = started.elapsed().as_secs_f64();
 
-    let token = kira_engine::keys::bootstrap_admin_key(store.as_ref(), clock.as_ref())
-        .await?
-        .ok_or_else(|| {
-            BenchError::Invalid("the database already has keys: give an empty one".into())
-        })?
-        .token;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = kira_server::router(engine.clone(), kira_server::ServerConfig::default())
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (base, token, server) = serve(&engine, store.as_ref(), clock.as_ref()).await?;
     let http = reqwest::Client::new();
-    let get = |path: String| {
-        let req = http.get(format!("{base}{path}")).bearer_auth(&token);
-        async move {
-            let t = Instant::now();
-            let res = req
-                .send()
-                .await
-                .map_err(|e| BenchError::during("request", e))?;
-            let status = res.status();
-            let body = res
-                .text()
-                .await
-                .map_err(|e| BenchError::during("body", e))?;
-            if !status.is_success() {
-                return Err(BenchError::Invalid(format!("{status}: {body}")));
-            }
-            Ok::<_, BenchError>((t.elapsed().as_secs_f64() * 1_000.0, body))
-        }
-    };
+    let get = |path: String| timed(http.get(format!("{base}{path}")).bearer_auth(&token), path);
     let (mut scrape_ms, mut week_ms) = (Vec::new(), Vec::new());
     let (mut bytes, mut lines, mut last_completed) = (0, 0, 0);
     for i in 0..scrapes {
@@ -216,6 +188,50 @@ pub async fn run(
         completed_in_exposition: last_completed,
         breakdown,
     })
+}
+
+/// Serves `engine` on a loopback port with kira's router, as `kira serve`
+/// does, after making the database's first admin key: the base URL, the
+/// key and the server's task (abort it when done).
+pub(crate) async fn serve(
+    engine: &kira_engine::Engine,
+    store: &dyn kira_store::Store,
+    clock: &dyn Clock,
+) -> Result<(String, String, tokio::task::JoinHandle<std::io::Result<()>>), BenchError> {
+    let token = kira_engine::keys::bootstrap_admin_key(store, clock)
+        .await?
+        .ok_or_else(|| {
+            BenchError::Invalid("the database already has keys: give an empty one".into())
+        })?
+        .token;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = kira_server::router(engine.clone(), kira_server::ServerConfig::default())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((base, token, server))
+}
+
+/// Sends `req` (for `path`); the milliseconds to its whole body, and the
+/// body. A status other than success is an error naming the path.
+pub(crate) async fn timed(
+    req: reqwest::RequestBuilder,
+    path: String,
+) -> Result<(f64, String), BenchError> {
+    let t = Instant::now();
+    let res = req
+        .send()
+        .await
+        .map_err(|e| BenchError::during("request", e))?;
+    let status = res.status();
+    let body = res
+        .text()
+        .await
+        .map_err(|e| BenchError::during("body", e))?;
+    if !status.is_success() {
+        return Err(BenchError::Invalid(format!("{path}: {status}: {body}")));
+    }
+    Ok((t.elapsed().as_secs_f64() * 1_000.0, body))
 }
 
 /// The median time of each part of a scrape, `n` calls each.
