@@ -139,41 +139,41 @@ pub async fn seed(
     Ok(ids)
 }
 
-/// Runs scheduling passes until nothing in `store` (the engine's) is
-/// runnable or running; returns the claim timings (microseconds). The
-/// metrics roll-up runs meanwhile, as beside `kira serve`'s scheduler.
-pub async fn drain(engine: &Engine, store: &dyn Store) -> Result<Vec<u64>, EngineError> {
+/// Runs the scheduler's own loop (`Scheduler::start`, as `kira serve`
+/// runs it: a pass whenever a run ends or work arrives, passes at least
+/// its gap apart) until nothing in `store` (the engine's) is queued or
+/// running. The metrics roll-up runs meanwhile, as beside `kira serve`'s
+/// scheduler.
+pub async fn drain(engine: &Engine, store: &dyn Store) -> Result<(), EngineError> {
     let stop = kira_engine::Shutdown::new();
     let metrics = engine.metrics().start_jobs(stop.clone());
-    let drained = drain_queue(engine, store).await;
+    let scheduler = engine.scheduler().start(stop.clone());
+    let drained = wait_until_drained(store).await;
     stop.trigger();
+    let _ = scheduler.await;
     let _ = metrics.await;
     drained
 }
 
-async fn drain_queue(engine: &Engine, store: &dyn Store) -> Result<Vec<u64>, EngineError> {
-    let mut claims = Vec::new();
-    // Runs overlap the next pass, as in `Scheduler::start`.
-    let mut runs: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+/// How often the benchmark looks whether the queue is empty.
+const DRAINED_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+async fn wait_until_drained(store: &dyn Store) -> Result<(), EngineError> {
+    let admin = Principal::system()
+        .admin()
+        .map_err(|_| kira_core::ValidationError::new("admin", "denied"))?;
     loop {
-        let report = engine.scheduler().tick().await?;
-        let idle = report.claimed.is_empty();
-        claims.extend(report.claim_micros);
-        runs.extend(report.runs);
-        runs.retain(|h| !h.is_finished());
-        if idle {
-            if let Some(h) = runs.pop() {
-                // Slots free up as runs end: wait for one, then look again.
-                let _ = h.await;
-                continue;
-            }
-            let snap = store.queue_snapshot(engine.clock().now(), 1, None).await?;
-            if snap.runnable.is_empty() && snap.running.is_empty() {
-                return Ok(claims);
-            }
-            // Others hold the rest (several processes): look again shortly.
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let waiting = store.waiting_work(&admin).await?;
+        let left: i64 = waiting
+            .queue
+            .iter()
+            .filter(|q| q.status == "queued" || q.status == "running")
+            .map(|q| q.tasks)
+            .sum();
+        if left == 0 {
+            return Ok(());
         }
+        tokio::time::sleep(DRAINED_POLL).await;
     }
 }
 
@@ -193,8 +193,6 @@ pub struct QueueReport {
     pub completed: usize,
     pub seconds: f64,
     pub tasks_per_second: f64,
-    /// The claim transaction (queue row, budget reservation, state change).
-    pub claim: Percentiles,
     /// From claimed to recorded as finished (executor time is zero).
     pub run: Percentiles,
     /// From submitted to running, per priority level.
@@ -239,7 +237,6 @@ pub async fn report(
     companies: &[CompanyId],
     tasks: usize,
     seconds: f64,
-    claims: Vec<u64>,
 ) -> Result<QueueReport, EngineError> {
     let mut completed = 0;
     let mut run = Vec::new();
@@ -257,8 +254,6 @@ pub async fn report(
         }
     }
     #[allow(clippy::cast_precision_loss)]
-    let claim = percentiles(claims.into_iter().map(|m| m as f64 / 1000.0).collect());
-    #[allow(clippy::cast_precision_loss)]
     let tps = if seconds > 0.0 {
         tasks as f64 / seconds
     } else {
@@ -269,7 +264,6 @@ pub async fn report(
         completed,
         seconds,
         tasks_per_second: tps,
-        claim,
         run: percentiles(run),
         wait_by_priority: wait.into_iter().map(|(k, v)| (k, percentiles(v))).collect(),
     })
@@ -285,9 +279,9 @@ pub async fn run_single(
 ) -> Result<QueueReport, EngineError> {
     let ids = seed(engine, store, companies, tasks, overload).await?;
     let start = Instant::now();
-    let claims = drain(engine, store).await?;
+    drain(engine, store).await?;
     let seconds = start.elapsed().as_secs_f64();
-    report(engine, &ids, tasks, seconds, claims).await
+    report(engine, &ids, tasks, seconds).await
 }
 
 #[derive(Debug, clap::Args)]
@@ -342,13 +336,13 @@ pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError
     .map_err(|e| BenchError::during("seeding (the database must be empty)", e))?;
     eprintln!("running with {} process(es) ...", args.processes);
     let start = Instant::now();
-    let claims = if args.processes == 1 {
-        drain(&engine, store.as_ref()).await?
+    if args.processes == 1 {
+        drain(&engine, store.as_ref()).await?;
     } else {
-        drain_in_processes(db.url(), args.processes, args.overload)?
-    };
+        drain_in_processes(db.url(), args.processes, args.overload)?;
+    }
     let seconds = start.elapsed().as_secs_f64();
-    let report = report(&engine, &companies, args.tasks, seconds, claims).await?;
+    let report = report(&engine, &companies, args.tasks, seconds).await?;
     let backend = if db.is_postgres() {
         "postgres"
     } else {
@@ -364,8 +358,8 @@ pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError
 }
 
 /// Runs `processes` copies of this binary as `bench queue-worker` on the
-/// database at `url`; returns their claim timings together.
-fn drain_in_processes(url: &str, processes: usize, overload: bool) -> Result<Vec<u64>, BenchError> {
+/// database at `url`, until each finds nothing left.
+fn drain_in_processes(url: &str, processes: usize, overload: bool) -> Result<(), BenchError> {
     let exe = std::env::current_exe()?;
     let children: Vec<_> = (0..processes)
         .map(|_| {
@@ -377,7 +371,6 @@ fn drain_in_processes(url: &str, processes: usize, overload: bool) -> Result<Vec
             c.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()
         })
         .collect::<Result<_, _>>()?;
-    let mut claims = Vec::new();
     for child in children {
         let out = child.wait_with_output()?;
         if !out.status.success() {
@@ -386,11 +379,8 @@ fn drain_in_processes(url: &str, processes: usize, overload: bool) -> Result<Vec
                 out.status
             )));
         }
-        let mine: Vec<u64> = serde_json::from_slice(&out.stdout)
-            .map_err(|e| BenchError::during("reading a worker's timings", e))?;
-        claims.extend(mine);
     }
-    Ok(claims)
+    Ok(())
 }
 
 fn print_report(
@@ -418,10 +408,6 @@ fn print_report(
     );
     println!("  throughput     {:.0} tasks/s", report.tasks_per_second);
     println!(
-        "  claim          p50 {:.2} ms  p99 {:.2} ms",
-        report.claim.p50_ms, report.claim.p99_ms
-    );
-    println!(
         "  claim->finish  p50 {:.2} ms  p99 {:.2} ms",
         report.run.p50_ms, report.run.p99_ms
     );
@@ -435,12 +421,11 @@ fn print_report(
 }
 
 /// `kira bench queue-worker`: one worker process of a multi-process run;
-/// prints its claim timings as JSON.
+/// drains the shared queue with the scheduler's loop.
 pub async fn worker(url: &str, overload: bool) -> Result<ExitCode, BenchError> {
     let store = crate::open(url).await?;
     let engine = engine(store.clone(), Arc::new(SystemClock), overload);
-    let claims = drain(&engine, store.as_ref()).await?;
-    println!("{}", serde_json::to_string(&claims)?);
+    drain(&engine, store.as_ref()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

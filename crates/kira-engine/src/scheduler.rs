@@ -141,9 +141,6 @@ pub struct TickReport {
     pub waiting: Vec<TaskId>,
     /// The runs started; tests await them.
     pub runs: Vec<JoinHandle<()>>,
-    /// For each task claimed, how long the claim transaction of its batch
-    /// took, in microseconds (benchmarks).
-    pub claim_micros: Vec<u64>,
 }
 
 /// Takes from `pending` (in rank order) the next claim batch: the tasks
@@ -302,7 +299,6 @@ impl Scheduler {
                 }
                 break;
             }
-            let started = std::time::Instant::now();
             // A run starts when its claim is made, not when the pass began:
             // the reap, the snapshot and earlier batches came before it.
             let claimed_at = self.ctx.clock.now();
@@ -326,12 +322,9 @@ impl Scheduler {
                     continue;
                 }
             };
-            // Each task claimed waited for its batch's transaction.
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             for (id, outcome) in outcomes {
                 match outcome {
                     ClaimOutcome::Claimed { task, reservation } => {
-                        report.claim_micros.push(micros);
                         report.claimed.push(id);
                         let engine = engine.clone();
                         let starting = gate.enter();

@@ -165,7 +165,7 @@ async fn run_into_review(db: &Path, id: &str, with_messages: bool) {
         .finish(&scope, &tid, "test-worker", finish, now)
         .await
         .expect("finish");
-    store.pool().close().await;
+    store.close().await;
 }
 
 fn ids(list: &Value) -> Vec<String> {
