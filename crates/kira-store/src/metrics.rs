@@ -44,45 +44,10 @@ pub struct MetricRow {
     pub sums: Rollup,
 }
 
-/// The figures `/metrics` exposes per company: runs by outcome, the
-/// response-time histogram, tokens, cost, tool calls, reviews, ratings.
-pub const COMPANY_FIGURES: &[&str] = &[
-    "completed",
-    "failed",
-    "cancelled",
-    "needs_review",
-    "response_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "tool_calls",
-    "reviews_approved",
-    "reviews_rejected",
-    "ratings",
-    "rating_sum",
-    "cost_usd",
-    "r*",
-];
-/// The figures `/metrics` exposes per agent: runs by outcome, tokens, cost,
-/// tool calls.
-pub const AGENT_FIGURES: &[&str] = &[
-    "completed",
-    "failed",
-    "cancelled",
-    "needs_review",
-    "prompt_tokens",
-    "completion_tokens",
-    "tool_calls",
-    "cost_usd",
-];
-/// The figures `/metrics` exposes per level: the queue-wait histogram.
-pub const LEVEL_FIGURES: &[&str] = &["queue_wait_ms", "w*"];
-
 /// The all-time sums added up three ways (`/metrics`): per company, per
-/// agent and per priority level, each with only the figures `/metrics`
-/// exposes that way ([`COMPANY_FIGURES`], [`AGENT_FIGURES`],
-/// [`LEVEL_FIGURES`]; `r*` and `w*` name a histogram's buckets), the
-/// others 0, so the database adds up no more than it must. Each row's
-/// other key fields are empty.
+/// agent and per priority level, as the roll-up keeps them (every figure;
+/// each row's other key fields are empty). The agent and level sums keep
+/// what a deleted company's runs added: counters never go back.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricTotals {
     pub by_company: Vec<MetricRow>,
@@ -154,8 +119,8 @@ pub trait MetricsStore: Send + Sync {
     /// Every company's rows (the admin's view).
     async fn all_metrics(&self, admin: &AdminScope, q: &MetricsQuery) -> Result<Vec<MetricRow>>;
 
-    /// Every company's all-time sums added up per company, per agent and
-    /// per level, in the database (the admin's view).
+    /// Every company's all-time sums per company, per agent and per level,
+    /// kept by the roll-up (the admin's view).
     async fn metric_totals(&self, admin: &AdminScope) -> Result<MetricTotals>;
 
     /// The queue's depth and the review backlog, now (the admin's view).

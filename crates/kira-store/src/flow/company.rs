@@ -138,6 +138,10 @@ pub(crate) const WORK_ROWS: &Rows = &[
         "DELETE FROM metric_rollups WHERE company_id = $1",
     ),
     (
+        "metric_totals",
+        "DELETE FROM metric_totals WHERE grouping = 'company' AND company_id = $1",
+    ),
+    (
         "alert_notifications",
         "DELETE FROM alert_notifications WHERE company_id = $1",
     ),

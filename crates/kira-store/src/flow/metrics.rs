@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 
 use crate::flow::store::Db;
 use crate::metrics::{
-    AGENT_FIGURES, COMPANY_FIGURES, LEVEL_FIGURES, MetricRow, MetricTotals, MetricsQuery,
-    MetricsStore, QueueGauge, RollupReport, WaitingWork,
+    MetricRow, MetricTotals, MetricsQuery, MetricsStore, QueueGauge, RollupReport, WaitingWork,
 };
 use crate::sql::{Columns, Conn, Lock, Stmt, q, q_each};
 use crate::{Result, StoreError};
@@ -36,17 +35,19 @@ static VALUE_COLUMNS: LazyLock<Vec<String>> = LazyLock::new(|| {
 /// A series row's key columns, in the row arrays' order.
 const KEYS: [&str; 5] = ["company_id", "agent", "priority", "resolution", "bucket"];
 
-fn upsert_sql(pg: bool) -> String {
+/// The upsert of a JSON array of rows into `table` (its `keys`, then every
+/// value column), each value column added to on conflict.
+fn upsert_sql(pg: bool, table: &str, keys: &[&str]) -> String {
     let cols = &*VALUE_COLUMNS;
     let mut select = Vec::new();
-    for (i, k) in KEYS.iter().enumerate() {
+    for (i, k) in keys.iter().enumerate() {
         select.push(match (pg, *k) {
             (true, "bucket") => format!("(value ->> {i})::timestamptz"),
             _ => format!("value ->> {i}"),
         });
     }
     for (i, c) in cols.iter().enumerate() {
-        let n = i + KEYS.len();
+        let n = i + keys.len();
         select.push(match (pg, c.as_str()) {
             (true, "cost_usd") => format!("(value ->> {n})::float8"),
             (true, _) => format!("(value ->> {n})::bigint"),
@@ -61,20 +62,41 @@ fn upsert_sql(pg: bool) -> String {
     };
     let set: Vec<String> = cols
         .iter()
-        .map(|c| format!("{c} = metric_rollups.{c} + excluded.{c}"))
+        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
         .collect();
+    // The primary key: the rollups' leads with resolution and bucket.
+    let conflict: Vec<&str> = if table == "metric_rollups" {
+        vec!["resolution", "bucket", "company_id", "agent", "priority"]
+    } else {
+        keys.to_vec()
+    };
     format!(
-        "INSERT INTO metric_rollups ({}, {}) SELECT {} FROM {from} \
-         ON CONFLICT (resolution, bucket, company_id, agent, priority) DO UPDATE SET {}",
-        KEYS.join(", "),
+        "INSERT INTO {table} ({}, {}) SELECT {} FROM {from} \
+         ON CONFLICT ({}) DO UPDATE SET {}",
+        keys.join(", "),
         cols.join(", "),
         select.join(", "),
+        conflict.join(", "),
         set.join(", ")
     )
 }
 
-static UPSERT_SQLITE: LazyLock<String> = LazyLock::new(|| upsert_sql(false));
-static UPSERT_PG: LazyLock<String> = LazyLock::new(|| upsert_sql(true));
+static UPSERT_SQLITE: LazyLock<String> =
+    LazyLock::new(|| upsert_sql(false, "metric_rollups", &KEYS));
+static UPSERT_PG: LazyLock<String> = LazyLock::new(|| upsert_sql(true, "metric_rollups", &KEYS));
+
+/// The company of a `metric_totals` row that adds up every company (per
+/// agent, per level): never a company's id, nor the empty setting of a
+/// PostgreSQL connection that names no company.
+const ALL_COMPANIES: &str = "*";
+
+/// A `metric_totals` row's key columns, in the row arrays' order.
+const TOTAL_KEYS: [&str; 4] = ["grouping", "company_id", "agent", "priority"];
+
+static TOTALS_UPSERT_SQLITE: LazyLock<String> =
+    LazyLock::new(|| upsert_sql(false, "metric_totals", &TOTAL_KEYS));
+static TOTALS_UPSERT_PG: LazyLock<String> =
+    LazyLock::new(|| upsert_sql(true, "metric_totals", &TOTAL_KEYS));
 
 static SELECT_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -87,55 +109,72 @@ static SELECT_ROWS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The all-time rows summed per `group` (one of the key columns), the
-/// other key columns empty: what `/metrics` exposes, added up where the
-/// rows are.
-fn totals_sql(group: &str, figures: &[&str]) -> String {
-    let keys: Vec<String> = KEYS
-        .iter()
-        .map(|k| match *k {
-            k if k == group => k.to_owned(),
-            "resolution" | "bucket" => format!("min({k}) AS {k}"),
-            k => format!("'' AS {k}"),
-        })
-        .collect();
-    let wanted = |c: &str| {
-        figures.contains(&c)
-            || (c.starts_with('r') && c[1..].parse::<usize>().is_ok() && figures.contains(&"r*"))
-            || (c.starts_with('w') && c[1..].parse::<usize>().is_ok() && figures.contains(&"w*"))
-    };
-    let sums: Vec<String> = VALUE_COLUMNS
-        .iter()
-        .map(|c| match c.as_str() {
-            "cost_usd" if wanted("cost_usd") => "sum(cost_usd) AS cost_usd".to_owned(),
-            "cost_usd" => "CAST(0 AS DOUBLE PRECISION) AS cost_usd".to_owned(),
-            c if wanted(c) => format!("CAST(sum({c}) AS BIGINT) AS {c}"),
-            c => format!("CAST(0 AS BIGINT) AS {c}"),
-        })
-        .collect();
+static SELECT_TOTALS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {}, {} FROM metric_rollups WHERE resolution = 'total' \
-         GROUP BY {group} ORDER BY {group}",
-        keys.join(", "),
-        sums.join(", ")
+        "SELECT grouping, company_id, agent, priority, {} FROM metric_totals \
+         ORDER BY grouping, company_id, agent, priority",
+        VALUE_COLUMNS.join(", ")
     )
-}
-
-static TOTALS_BY: LazyLock<[String; 3]> = LazyLock::new(|| {
-    [
-        totals_sql("company_id", COMPANY_FIGURES),
-        totals_sql("agent", AGENT_FIGURES),
-        totals_sql("priority", LEVEL_FIGURES),
-    ]
 });
 
+/// The all-time sums per company, agent and level, as the roll-up keeps
+/// them in `metric_totals`: a scrape reads one row per company, agent and
+/// level instead of adding up the series.
 async fn totals_of(c: &mut dyn Conn) -> Result<MetricTotals> {
-    let [company, agent, level] = &*TOTALS_BY;
-    Ok(MetricTotals {
-        by_company: read_rows(c, q(company.as_str())).await?,
-        by_agent: read_rows(c, q(agent.as_str())).await?,
-        by_level: read_rows(c, q(level.as_str())).await?,
-    })
+    let mut t = MetricTotals::default();
+    for r in c.all(q(SELECT_TOTALS.as_str())).await? {
+        let grouping = r.text("grouping")?;
+        let company_id = r.text("company_id")?;
+        let row = MetricRow {
+            key: SeriesKey {
+                company_id: if company_id == ALL_COMPANIES {
+                    String::new()
+                } else {
+                    company_id
+                },
+                agent: r.text("agent")?,
+                priority: r.text("priority")?,
+                resolution: Resolution::Total,
+                bucket: DateTime::UNIX_EPOCH,
+            },
+            sums: sums_from_row(&r)?,
+        };
+        match grouping.as_str() {
+            "company" => t.by_company.push(row),
+            "agent" => t.by_agent.push(row),
+            "level" => t.by_level.push(row),
+            g => return Err(corrupt("metric totals grouping", g)),
+        }
+    }
+    Ok(t)
+}
+
+/// What a batch of series rows adds to `metric_totals`: their all-time
+/// rows added up per company, per agent and per level, as the upsert's
+/// JSON rows.
+fn totals_json(series: &[(SeriesKey, Rollup)]) -> Vec<Value> {
+    let mut groups: std::collections::BTreeMap<(&str, &str, &str, &str), Rollup> =
+        Default::default();
+    for (k, sums) in series
+        .iter()
+        .filter(|(k, _)| k.resolution == Resolution::Total)
+    {
+        for key in [
+            ("company", k.company_id.as_str(), "", ""),
+            ("agent", ALL_COMPANIES, k.agent.as_str(), ""),
+            ("level", ALL_COMPANIES, "", k.priority.as_str()),
+        ] {
+            groups.entry(key).or_default().add(sums);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((g, company, agent, level), sums)| {
+            let mut v = vec![json!(g), json!(company), json!(agent), json!(level)];
+            push_sums(&mut v, &sums);
+            Value::Array(v)
+        })
+        .collect()
 }
 
 fn corrupt(what: &str, v: &str) -> StoreError {
@@ -177,8 +216,8 @@ fn event_from_row<R: Columns + ?Sized>(r: &R) -> Result<MetricEvent> {
     })
 }
 
-fn metric_row_from_row<R: Columns + ?Sized>(r: &R) -> Result<MetricRow> {
-    let resolution = r.text("resolution")?;
+/// A row's value columns.
+fn sums_from_row<R: Columns + ?Sized>(r: &R) -> Result<Rollup> {
     let mut counters = [0i64; COUNTERS.len()];
     for (v, c) in counters.iter_mut().zip(COUNTERS) {
         *v = r.int(c)?;
@@ -191,6 +230,16 @@ fn metric_row_from_row<R: Columns + ?Sized>(r: &R) -> Result<MetricRow> {
         response.0[i] = r.int(&r_cols[i])?;
         queue_wait.0[i] = r.int(&w_cols[i])?;
     }
+    Ok(Rollup::from_counters(
+        counters,
+        r.real("cost_usd")?,
+        response,
+        queue_wait,
+    ))
+}
+
+fn metric_row_from_row<R: Columns + ?Sized>(r: &R) -> Result<MetricRow> {
+    let resolution = r.text("resolution")?;
     Ok(MetricRow {
         key: SeriesKey {
             company_id: r.text("company_id")?,
@@ -200,7 +249,7 @@ fn metric_row_from_row<R: Columns + ?Sized>(r: &R) -> Result<MetricRow> {
                 .ok_or_else(|| corrupt("resolution", &resolution))?,
             bucket: r.time("bucket")?,
         },
-        sums: Rollup::from_counters(counters, r.real("cost_usd")?, response, queue_wait),
+        sums: sums_from_row(r)?,
     })
 }
 
@@ -213,11 +262,16 @@ fn row_json(key: &SeriesKey, sums: &Rollup) -> Value {
         json!(key.resolution.as_str()),
         json!(crate::sqlite::ts(key.bucket)),
     ];
+    push_sums(&mut v, sums);
+    Value::Array(v)
+}
+
+/// `sums` in [`VALUE_COLUMNS`]' order.
+fn push_sums(v: &mut Vec<Value>, sums: &Rollup) {
     v.extend(sums.counters().iter().map(|c| json!(c)));
     v.push(json!(sums.cost_usd));
     v.extend(sums.response.0.iter().map(|c| json!(c)));
     v.extend(sums.queue_wait.0.iter().map(|c| json!(c)));
-    Value::Array(v)
 }
 
 /// Admits every company's metric rows for this transaction (PostgreSQL).
@@ -247,11 +301,12 @@ async fn roll_up_tx(c: &mut dyn Conn, limit: u32) -> Result<RollupReport> {
         ids.push(json!(r.int("event_id")?));
         events.push(event_from_row(r)?);
     }
-    let series: Vec<Value> = roll_up(&events)
-        .iter()
-        .map(|(k, s)| row_json(k, s))
-        .collect();
+    let rolled = roll_up(&events);
+    let series: Vec<Value> = rolled.iter().map(|(k, s)| row_json(k, s)).collect();
     c.exec(q_each(UPSERT_SQLITE.as_str(), UPSERT_PG.as_str()).arg(&series[..]))
+        .await?;
+    let totals = totals_json(&rolled);
+    c.exec(q_each(TOTALS_UPSERT_SQLITE.as_str(), TOTALS_UPSERT_PG.as_str()).arg(&totals[..]))
         .await?;
     c.exec(
         q_each(

@@ -1141,6 +1141,17 @@ async fn decide_tx(
 #[async_trait]
 impl<D: Db> BudgetStore for D {
     async fn ensure_period(&self, cfg: &BudgetConfig, now: DateTime<Utc>) -> Result<String> {
+        // The common case reads only: the budget views (a scrape, a
+        // dashboard) must not wait for SQLite's writer turn behind the queue.
+        let id = period_of(now).id;
+        let mut r = self.read_all(false).await?;
+        let found = r
+            .opt(q("SELECT 1 FROM budget_periods WHERE period_id = $1").arg(&id))
+            .await;
+        D::end_read(r).await?;
+        if found?.is_some() {
+            return Ok(id);
+        }
         let mut tx = self.write_system().await?;
         let p = ensure_period(&mut tx, cfg, now.trunc_subsecs(6), None).await?;
         D::commit(tx).await?;

@@ -11,7 +11,7 @@ use kira_core::metrics::{Resolution, Rollup};
 use kira_core::task::{Priority, TaskId, TaskStatus};
 use kira_store::Store;
 use kira_store::agents::{Decision, ReviewInput, Step, StepKind};
-use kira_store::metrics::{AGENT_FIGURES, COMPANY_FIGURES, LEVEL_FIGURES, MetricRow, MetricsQuery};
+use kira_store::metrics::{MetricRow, MetricsQuery};
 use kira_store::work::{ClaimOutcome, Completed, Completion, Finish, RunRecords, Settlement};
 use serde_json::json;
 
@@ -407,14 +407,17 @@ async fn pruning_keeps_the_totals(f: Fresh) {
     assert_eq!(sum(&hours).completed, 1);
 }
 
-/// The totals `/metrics` reads, added up in the database per company, per
-/// agent and per level, equal the all-time rows added up here.
+/// The totals `/metrics` reads, kept by the roll-up per company, per agent
+/// and per level, equal the all-time rows added up here, after several
+/// roll-ups; a deleted company's row goes, what its runs added to the
+/// agent and level sums stays.
 async fn totals_add_up_per_company_agent_and_level(f: Fresh) {
     let s = f.store.as_ref();
     create(s, "acme").await;
     create(s, "beta").await;
     run(s, "acme", "legal", TaskStatus::Completed, 1, 5, (10, 1), 2).await;
     run(s, "acme", "legal", TaskStatus::Failed, 2, 40, (7, 3), 0).await;
+    roll_up_all(s).await;
     run(s, "acme", "primary", TaskStatus::Completed, 1, 3, (5, 5), 1).await;
     run(
         s,
@@ -434,15 +437,12 @@ async fn totals_add_up_per_company_agent_and_level(f: Fresh) {
         .await
         .expect("all");
     let t = s.metric_totals(&admin).await.expect("totals");
-    // The rows added up here, keeping only the figures summed that way.
-    let grouped = |rows: &[MetricRow], key: fn(&MetricRow) -> &str, figures: &[&str]| {
+    let grouped = |rows: &[MetricRow], key: fn(&MetricRow) -> &str| {
         let mut m: std::collections::BTreeMap<String, Rollup> = Default::default();
         for r in rows {
             m.entry(key(r).to_owned()).or_default().add(&r.sums);
         }
-        m.into_iter()
-            .map(|(k, r)| (k, only(&r, figures)))
-            .collect::<Vec<_>>()
+        m.into_iter().collect::<Vec<_>>()
     };
     let pairs = |rows: &[MetricRow], key: fn(&MetricRow) -> &str| {
         rows.iter()
@@ -458,52 +458,32 @@ async fn totals_add_up_per_company_agent_and_level(f: Fresh) {
     fn level(r: &MetricRow) -> &str {
         &r.key.priority
     }
-    assert_eq!(
-        pairs(&t.by_company, company),
-        grouped(&all, company, COMPANY_FIGURES)
-    );
-    assert_eq!(
-        pairs(&t.by_agent, agent),
-        grouped(&all, agent, AGENT_FIGURES)
-    );
-    assert_eq!(
-        pairs(&t.by_level, level),
-        grouped(&all, level, LEVEL_FIGURES)
-    );
+    assert_eq!(pairs(&t.by_company, company), grouped(&all, company));
+    assert_eq!(pairs(&t.by_agent, agent), grouped(&all, agent));
+    assert_eq!(pairs(&t.by_level, level), grouped(&all, level));
     assert_eq!(t.by_company.len(), 2);
     assert_eq!(t.by_agent.len(), 2);
     assert!(t.by_company.iter().all(|r| r.key.agent.is_empty()));
+    assert!(t.by_agent.iter().all(|r| r.key.company_id.is_empty()));
     let acme = &t.by_company[0].sums;
-    assert_eq!(
-        (acme.completed, acme.failed, acme.ended),
-        (2, 1, 0),
-        "ended is not summed"
-    );
+    assert_eq!((acme.completed, acme.failed, acme.ended), (2, 1, 3));
     assert_eq!(acme.prompt_tokens, 22);
     assert!((acme.cost_usd - 0.75).abs() < 1e-9);
-}
 
-/// `r` with only `figures` kept (`r*`, `w*`: a histogram's buckets).
-fn only(r: &Rollup, figures: &[&str]) -> Rollup {
-    let mut counters = r.counters();
-    for (v, name) in counters.iter_mut().zip(kira_core::metrics::COUNTERS) {
-        if !figures.contains(&name) {
-            *v = 0;
-        }
-    }
-    let keep = |f: &str| figures.contains(&f);
-    Rollup::from_counters(
-        counters,
-        if keep("cost_usd") { r.cost_usd } else { 0.0 },
-        if keep("r*") {
-            r.response
-        } else {
-            Default::default()
-        },
-        if keep("w*") {
-            r.queue_wait
-        } else {
-            Default::default()
-        },
-    )
+    // acme deleted: its row goes; the agents' and levels' counters keep
+    // what its runs added.
+    s.delete_company(&scope("acme"), record(Some("acme"), "company.delete"))
+        .await
+        .expect("delete acme");
+    let after = s.metric_totals(&admin).await.expect("totals");
+    assert_eq!(
+        after
+            .by_company
+            .iter()
+            .map(|r| r.key.company_id.as_str())
+            .collect::<Vec<_>>(),
+        ["beta"]
+    );
+    assert_eq!(after.by_agent, t.by_agent);
+    assert_eq!(after.by_level, t.by_level);
 }

@@ -24,7 +24,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 16] = [
+const COMPANY_TABLES: [&str; 17] = [
     "companies",
     "audit_log",
     "memories",
@@ -37,6 +37,7 @@ const COMPANY_TABLES: [&str; 16] = [
     "sharing_consents",
     "metric_events",
     "metric_rollups",
+    "metric_totals",
     "alerts",
     "alert_notifications",
     "tool_registrations",
