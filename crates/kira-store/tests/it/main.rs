@@ -23,6 +23,7 @@ mod isolation;
 mod knowledge;
 mod memory;
 mod metrics;
+mod migrations;
 mod nodes;
 mod pg_work;
 mod queue_property;
