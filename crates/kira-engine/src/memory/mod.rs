@@ -628,7 +628,8 @@ impl Memories {
             id: m.id.to_string(),
             layer: Some(pack_layer(m, now, &layers)),
             score,
-            text: render_memory(m),
+            text: pack_line(m),
+            group: Some(pack_group(m)),
         };
         let ContextReads {
             hot,
@@ -681,6 +682,7 @@ impl Memories {
                 layer: None,
                 score,
                 text,
+                group: None,
             })
             .collect();
 
@@ -950,6 +952,24 @@ fn archived_passes(m: &Memory, a: Archived) -> bool {
         // the candidates came through its filter.
         Archived::LiveOrSummarized => true,
     }
+}
+
+/// A memory's line in a context pack: its text, on one line. Its date and
+/// kind ([`pack_group`]) head the section's lines that share them, once:
+/// on every line they cost a LoCoMo turn a third of its tokens.
+fn pack_line(m: &Memory) -> String {
+    m.text().replace('\n', " ")
+}
+
+/// The group a memory's line is shown under in a context pack: its day
+/// and kind, as [`render_memory`] begins.
+fn pack_group(m: &Memory) -> String {
+    format!(
+        "{} {}/{}",
+        m.occurred_at.format("%Y-%m-%d"),
+        m.event_type,
+        m.workstream
+    )
 }
 
 /// One memory as an agent sees it: date, kind, then the text.
