@@ -137,8 +137,8 @@ pub struct PackItem {
     pub id: String,
     pub layer: Option<Layer>,
     pub score: f64,
-    /// Its line's tokens; its group's line, shown once above the
-    /// section's items of that group, is paid by the first of them.
+    /// Its line's tokens, newline included; the section's heading and the
+    /// group's line, each shown once, are counted in the pack's `tokens`.
     pub tokens: usize,
     pub text: String,
     /// The group line the item is shown under (a memory's date and kind:
