@@ -666,7 +666,10 @@ fn print_tables(scores: &Scores, args: &MemoryArgs) {
                 format!("{:.1}", retention(before, r.all_but_adversarial())),
                 format!("{answers_before:.1}"),
                 format!("{:.1}", r.answers_but_adversarial()),
-                format!("{:.1}", retention(answers_before, r.answers_but_adversarial())),
+                format!(
+                    "{:.1}",
+                    retention(answers_before, r.answers_but_adversarial())
+                ),
             ]);
         }
         println!("{t}");

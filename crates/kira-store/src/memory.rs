@@ -316,20 +316,16 @@ pub const MAX_QUERY_WORDS: usize = 32;
 /// and "the" each voted for the memories that hold them (on LoCoMo, full
 /// text only: evidence recall at 1,000 tokens 62.9% with them, 66.6%
 /// without).
-const STOP_WORDS: [&str; 127] = [
-    "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "your", "yours",
-    "yourself", "yourselves", "he", "him", "his", "himself", "she", "her", "hers", "herself",
-    "it", "its", "itself", "they", "them", "their", "theirs", "themselves", "what", "which",
-    "who", "whom", "this", "that", "these", "those", "am", "is", "are", "was", "were", "be",
-    "been", "being", "have", "has", "had", "having", "do", "does", "did", "doing", "a", "an",
-    "the", "and", "but", "if", "or", "because", "as", "until", "while", "of", "at", "by", "for",
-    "with", "about", "against", "between", "into", "through", "during", "before", "after",
-    "above", "below", "to", "from", "up", "down", "in", "out", "on", "off", "over", "under",
-    "again", "further", "then", "once", "here", "there", "when", "where", "why", "how", "all",
-    "any", "both", "each", "few", "more", "most", "other", "some", "such", "no", "nor", "not",
-    "only", "own", "same", "so", "than", "too", "very", "s", "t", "can", "will", "just", "don",
-    "should", "now",
-];
+const STOP_WORDS: &str = "i me my myself we our ours ourselves you your yours yourself \
+     yourselves he him his himself she her hers herself it its itself \
+     they them their theirs themselves what which who whom this that \
+     these those am is are was were be been being have has had having do \
+     does did doing a an the and but if or because as until while of at \
+     by for with about against between into through during before after \
+     above below to from up down in out on off over under again further \
+     then once here there when where why how all any both each few more \
+     most other some such no nor not only own same so than too very s t \
+     can will just don should now";
 
 /// The searchable words of a user's query: runs of letters and digits,
 /// lower-cased, first occurrence kept, stop words ([`STOP_WORDS`]) left out
@@ -342,7 +338,7 @@ pub(crate) fn query_words(query: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect();
-    let is_stop = |w: &String| STOP_WORDS.contains(&w.as_str());
+    let is_stop = |w: &String| STOP_WORDS.split(' ').any(|s| s == w);
     let only_stop_words = all.iter().all(is_stop);
     let mut words: Vec<String> = Vec::new();
     for w in all {
@@ -492,6 +488,13 @@ mod tests {
         let words = query_words(&long);
         assert_eq!(words.len(), MAX_QUERY_WORDS);
         assert!(words.iter().all(|w| w.starts_with('w')), "{words:?}");
+        // PostgreSQL's list, word for word: 127 words, each once.
+        let list: std::collections::BTreeSet<&str> = STOP_WORDS.split(' ').collect();
+        assert_eq!(list.len(), 127);
+        assert!(
+            list.iter()
+                .all(|w| !w.is_empty() && w.chars().all(char::is_alphabetic))
+        );
     }
 
     #[test]
