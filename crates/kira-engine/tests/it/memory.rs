@@ -419,23 +419,21 @@ async fn a_strong_hits_next_turn_comes_before_weaker_hits(b: Backend) {
             .map(|(i, t)| m(t, TimeDelta::days(90 + i as i64), 5)),
     );
     add(&e, "acme", &items).await;
-    let count = kira_engine::memory::pack::count_tokens;
+    // A line's cost in a pack: its tokens with its newline.
+    let line = |t: &str| kira_engine::memory::pack::count_tokens(&format!("{t}\n"));
     let day = |age: TimeDelta| format!("[{} note/general]", (t0() - age).format("%Y-%m-%d"));
     let weak_cost = weak
         .iter()
         .enumerate()
-        .map(|(i, t)| count(t) + 1 + count(&day(TimeDelta::days(90 + i as i64))) + 1)
+        .map(|(i, t)| line(t) + line(&day(TimeDelta::days(90 + i as i64))))
         .max()
         .unwrap_or(0);
     // The hit and its answer, and room for three weaker hits besides.
-    let budget = count("## From further back")
-        + 2
-        + count(&day(TimeDelta::days(60)))
+    let budget = line("## From further back")
         + 1
-        + count(asked)
-        + 1
-        + count(answer)
-        + 1
+        + line(&day(TimeDelta::days(60)))
+        + line(asked)
+        + line(answer)
         + 3 * weak_cost
         + 2;
     let pack = e
@@ -453,8 +451,15 @@ async fn a_strong_hits_next_turn_comes_before_weaker_hits(b: Backend) {
     let pos = |text: &str| pack.items.iter().position(|i| i.text == text);
     let hit = pos(asked).expect("the strong hit is in");
     assert_eq!(pos(answer), Some(hit + 1), "{b:?}: {}", pack.render());
-    let weaker = pack.items.iter().filter(|i| i.text.contains("lunch")).count();
-    assert!((1..weak.len()).contains(&weaker), "{b:?}: {weaker} weaker hits");
+    let weaker = pack
+        .items
+        .iter()
+        .filter(|i| i.text.contains("lunch"))
+        .count();
+    assert!(
+        (1..weak.len()).contains(&weaker),
+        "{b:?}: {weaker} weaker hits"
+    );
     assert!(pack.tokens <= budget);
 }
 
