@@ -45,6 +45,9 @@ pub struct Question {
     pub question: String,
     pub category: u8,
     pub evidence: Vec<String>,
+    /// LoCoMo's answer, as text (some are numbers); None for adversarial
+    /// questions, which have none.
+    pub answer: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,10 +162,17 @@ pub fn load_locomo(path: &Path) -> Result<Vec<Conversation>, String> {
             if evidence.is_empty() {
                 continue;
             }
+            let answer = match &q["answer"] {
+                serde_json::Value::String(a) => Some(a.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+            .filter(|a| !a.trim().is_empty());
             questions.push(Question {
                 question: question.to_owned(),
                 category: u8::try_from(category).unwrap_or(0),
                 evidence,
+                answer,
             });
         }
         out.push(Conversation {
@@ -178,6 +188,9 @@ pub fn load_locomo(path: &Path) -> Result<Vec<Conversation>, String> {
 pub struct Recall {
     /// (sum of per-question recall, questions) per category number.
     pub by_category: BTreeMap<u8, (f64, usize)>,
+    /// (questions whose answer is in the pack, questions with an answer)
+    /// per category number.
+    pub answers: BTreeMap<u8, (usize, usize)>,
 }
 
 impl Recall {
@@ -185,6 +198,40 @@ impl Recall {
         let e = self.by_category.entry(category).or_default();
         e.0 += r;
         e.1 += 1;
+    }
+
+    fn add_answer(&mut self, category: u8, found: bool) {
+        let e = self.answers.entry(category).or_default();
+        e.0 += usize::from(found);
+        e.1 += 1;
+    }
+
+    fn merge(&mut self, other: Recall) {
+        for (cat, (s, n)) in other.by_category {
+            let x = self.by_category.entry(cat).or_default();
+            x.0 += s;
+            x.1 += n;
+        }
+        for (cat, (f, n)) in other.answers {
+            let x = self.answers.entry(cat).or_default();
+            x.0 += f;
+            x.1 += n;
+        }
+    }
+
+    /// The share (%) of the questions but the adversarial ones whose
+    /// answer is in the pack, word for word (case aside).
+    pub fn answers_but_adversarial(&self) -> f64 {
+        let (f, n) = self
+            .answers
+            .iter()
+            .filter(|(c, _)| **c != 5)
+            .fold((0, 0), |(f, n), (_, (a, b))| (f + a, n + b));
+        if n == 0 {
+            0.0
+        } else {
+            100.0 * f as f64 / n as f64
+        }
     }
 
     /// Mean recall in % for one category.
@@ -283,9 +330,12 @@ pub async fn score_locomo(
                             })
                     })
                     .count();
-                out.entry(budget)
-                    .or_default()
-                    .add(q.category, found as f64 / q.evidence.len() as f64);
+                let r = out.entry(budget).or_default();
+                r.add(q.category, found as f64 / q.evidence.len() as f64);
+                if let Some(a) = &q.answer {
+                    let shown = pack.render().to_lowercase();
+                    r.add_answer(q.category, shown.contains(&a.to_lowercase()));
+                }
             }
         }
     }
@@ -466,7 +516,7 @@ async fn score_all(
     companies: &[CompanyId],
     budgets: &[usize],
 ) -> Result<(BTreeMap<usize, Recall>, Vec<u64>), BenchError> {
-    let mut results = BTreeMap::new();
+    let mut results: BTreeMap<usize, Recall> = BTreeMap::new();
     let mut micros = Vec::new();
     for (c, id) in convs.iter().zip(companies) {
         clock.set(after_last(&c.turns));
@@ -479,12 +529,7 @@ async fn score_all(
         .await?;
         micros.extend(m);
         for (budget, recall) in r {
-            let e: &mut Recall = results.entry(budget).or_default();
-            for (cat, (s, n)) in recall.by_category {
-                let x = e.by_category.entry(cat).or_default();
-                x.0 += s;
-                x.1 += n;
-            }
+            results.entry(budget).or_default().merge(recall);
         }
     }
     Ok((results, micros))
@@ -521,6 +566,10 @@ fn scores_json(scores: &Scores, args: &MemoryArgs) -> serde_json::Value {
                 "all_but_adversarial".into(),
                 serde_json::json!(r.all_but_adversarial()),
             );
+            row.insert(
+                "answers_percent".into(),
+                serde_json::json!(r.answers_but_adversarial()),
+            );
             serde_json::Value::Object(row)
         })
         .collect();
@@ -538,10 +587,17 @@ fn scores_json(scores: &Scores, args: &MemoryArgs) -> serde_json::Value {
                     .before
                     .get(b)
                     .map_or(0.0, |x| x.all_but_adversarial());
+                let answers_before = scores
+                    .before
+                    .get(b)
+                    .map_or(0.0, Recall::answers_but_adversarial);
                 serde_json::json!({
                     "budget": b,
                     "all_but_adversarial": r.all_but_adversarial(),
                     "retention_percent": retention(before, r.all_but_adversarial()),
+                    "answers_percent": r.answers_but_adversarial(),
+                    "answers_retention_percent":
+                        retention(answers_before, r.answers_but_adversarial()),
                 })
             })
             .collect();
@@ -572,6 +628,7 @@ fn print_tables(scores: &Scores, args: &MemoryArgs) {
         "open-domain",
         "adversarial",
         "all but adversarial",
+        "answer in pack",
     ]);
     for (b, r) in &scores.before {
         let f = |c| r.category(c).map_or("-".into(), |v| format!("{v:.1}"));
@@ -583,22 +640,36 @@ fn print_tables(scores: &Scores, args: &MemoryArgs) {
             f(3),
             f(5),
             format!("{:.1}", r.all_but_adversarial()),
+            format!("{:.1}", r.answers_but_adversarial()),
         ]);
     }
     println!("{t}");
     if let Some(after) = &scores.after {
         println!("after compaction (all but adversarial, %):");
-        let mut t = table(&["budget", "before", "after", "retention"]);
+        let mut t = table(&[
+            "budget",
+            "evidence before",
+            "after",
+            "retention",
+            "answers before",
+            "after",
+            "retention",
+        ]);
         for (b, r) in after {
-            let before = scores
-                .before
-                .get(b)
-                .map_or(0.0, |x| x.all_but_adversarial());
+            let (before, answers_before) = scores.before.get(b).map_or((0.0, 0.0), |x| {
+                (x.all_but_adversarial(), x.answers_but_adversarial())
+            });
             t.add_row(vec![
                 b.to_string(),
                 format!("{before:.1}"),
                 format!("{:.1}", r.all_but_adversarial()),
                 format!("{:.1}", retention(before, r.all_but_adversarial())),
+                format!("{answers_before:.1}"),
+                format!("{:.1}", r.answers_but_adversarial()),
+                format!(
+                    "{:.1}",
+                    retention(answers_before, r.answers_but_adversarial())
+                ),
             ]);
         }
         println!("{t}");

@@ -737,6 +737,7 @@ impl Sharing {
                         layer: None,
                         score: (score / best).clamp(f64::MIN_POSITIVE, 1.0),
                         text: item.text,
+                        group: None,
                     },
                 ));
             }

@@ -411,6 +411,16 @@ fn compaction(v: &Value) -> String {
     out
 }
 
+/// An item's line as an agent reads it: under its group's line (a
+/// memory's date and kind), if it has one.
+fn pack_line(item: &Value) -> String {
+    let text = item.get("text").and_then(Value::as_str).unwrap_or("");
+    match item.get("group").and_then(Value::as_str) {
+        Some(g) => format!("[{g}] {text}"),
+        None => text.to_owned(),
+    }
+}
+
 fn pack(v: &Value) -> String {
     let budget = v.get("budget").and_then(Value::as_u64).unwrap_or(0);
     let tokens = v.get("tokens").and_then(Value::as_u64).unwrap_or(0);
@@ -438,7 +448,7 @@ fn pack(v: &Value) -> String {
             item.get("score").and_then(Value::as_f64).unwrap_or(0.0),
             item.get("tokens").and_then(Value::as_u64).unwrap_or(0),
             item.get("id").and_then(Value::as_str).unwrap_or(""),
-            short(item.get("text").and_then(Value::as_str).unwrap_or(""), 100),
+            short(&pack_line(item), 100),
         ));
     }
     out

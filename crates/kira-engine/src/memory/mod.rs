@@ -628,7 +628,8 @@ impl Memories {
             id: m.id.to_string(),
             layer: Some(pack_layer(m, now, &layers)),
             score,
-            text: render_memory(m),
+            text: pack_line(m),
+            group: Some(pack_group(m)),
         };
         let ContextReads {
             hot,
@@ -681,6 +682,7 @@ impl Memories {
                 layer: None,
                 score,
                 text,
+                group: None,
             })
             .collect();
 
@@ -869,8 +871,13 @@ const NEIGHBOUR_ANCHORS: usize = 10;
 const NEIGHBOUR_WINDOW: TimeDelta = TimeDelta::minutes(30);
 /// Events read after a hit to find the nearest (pages list newest first).
 const NEIGHBOUR_AFTER_PAGE: u32 = 20;
-/// A neighbour's score as a share of its hit's.
-const NEIGHBOUR_WEIGHT: f64 = 0.5;
+/// A neighbour's score as a share of its hit's: close behind it, so the
+/// turns around the best hits come before weaker hits elsewhere. On LoCoMo
+/// (full text only, stop words left out, lines grouped by day) 0.5 gave
+/// 68.1% at 1,000 tokens and 76.7% at 2,000; 0.7, 70.8% and 81.0%; 0.85,
+/// 73.0% and 80.6%; 1.0, 71.9% and 80.3%. Twenty anchors instead of ten
+/// changed nothing.
+const NEIGHBOUR_WEIGHT: f64 = 0.85;
 
 /// Candidates each retriever hands to fusion for a pack of `budget`
 /// tokens: enough for relevance hits of a few lines' length to fill the
@@ -950,6 +957,24 @@ fn archived_passes(m: &Memory, a: Archived) -> bool {
         // the candidates came through its filter.
         Archived::LiveOrSummarized => true,
     }
+}
+
+/// A memory's line in a context pack: its text, on one line. Its date and
+/// kind ([`pack_group`]) head the section's lines that share them, once:
+/// on every line they cost a LoCoMo turn a third of its tokens.
+fn pack_line(m: &Memory) -> String {
+    m.text().replace('\n', " ")
+}
+
+/// The group a memory's line is shown under in a context pack: its day
+/// and kind, as [`render_memory`] begins.
+fn pack_group(m: &Memory) -> String {
+    format!(
+        "{} {}/{}",
+        m.occurred_at.format("%Y-%m-%d"),
+        m.event_type,
+        m.workstream
+    )
 }
 
 /// One memory as an agent sees it: date, kind, then the text.

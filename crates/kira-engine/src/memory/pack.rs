@@ -125,6 +125,9 @@ pub struct Candidate {
     pub score: f64,
     /// The line an agent is shown.
     pub text: String,
+    /// What the line is shown under, once for all the section's items that
+    /// share it (a memory's date and kind); None: the line stands alone.
+    pub group: Option<String>,
 }
 
 /// An item in a pack, with where it came from and what it cost.
@@ -134,8 +137,14 @@ pub struct PackItem {
     pub id: String,
     pub layer: Option<Layer>,
     pub score: f64,
+    /// Its line's tokens, newline included; the section's heading and the
+    /// group's line, each shown once, are counted in the pack's `tokens`.
     pub tokens: usize,
     pub text: String,
+    /// The group line the item is shown under (a memory's date and kind:
+    /// `2023-05-08 note/general`), shared with the section's other items
+    /// of that group; None for an item that stands alone.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -150,7 +159,7 @@ pub struct ContextPack {
 
 impl ContextPack {
     /// What an agent is shown: each non-empty section's heading, then its
-    /// items, one per line.
+    /// items, one per line, those of one group under one line naming it.
     pub fn render(&self) -> String {
         render(&self.items)
     }
@@ -164,6 +173,7 @@ fn render(items: &[PackItem]) -> String {
     let mut out = String::new();
     let mut current = None;
     for s in Section::ALL {
+        let mut group: Option<&str> = None;
         for item in items.iter().filter(|i| i.section == s) {
             if current != Some(s) {
                 if !out.is_empty() {
@@ -173,11 +183,53 @@ fn render(items: &[PackItem]) -> String {
                 out.push('\n');
                 current = Some(s);
             }
+            if item.group.as_deref() != group {
+                if let Some(g) = item.group.as_deref() {
+                    out.push_str(&group_line(g));
+                    out.push('\n');
+                }
+                group = item.group.as_deref();
+            }
             out.push_str(&item.text);
             out.push('\n');
         }
     }
     out
+}
+
+/// What a line costs in a pack: its tokens with its newline, counted
+/// together since BPE often merges them (".\n", "]\n"); counted apart, a
+/// LoCoMo pack of day lines overcounted a tenth and stopped short of its
+/// budget.
+fn line_cost(line: &str, count: &dyn Fn(&str) -> usize) -> usize {
+    count(&format!("{line}\n"))
+}
+
+/// The line a group's items are shown under.
+fn group_line(group: &str) -> String {
+    format!("[{group}]")
+}
+
+/// `items` (in section order, best first) with each section's items of one
+/// group together, where the group's best item was: the best item still
+/// leads, and a group's line is shown once.
+fn grouped(items: Vec<PackItem>) -> Vec<PackItem> {
+    let mut place: HashMap<(Section, String), usize> = HashMap::new();
+    let mut slots: Vec<Vec<PackItem>> = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(g) = &item.group else {
+            slots.push(vec![item]);
+            continue;
+        };
+        match place.get(&(item.section, g.clone())) {
+            Some(&i) => slots[i].push(item),
+            None => {
+                place.insert((item.section, g.clone()), slots.len());
+                slots.push(vec![item]);
+            }
+        }
+    }
+    slots.into_iter().flatten().collect()
 }
 
 /// Tokens of `text` in cl100k, the encoding of GPT-4-class models and a
@@ -246,7 +298,7 @@ fn deduplicated(
             if !seen_ids.insert(c.id.clone()) || !seen_texts.insert(text_key) {
                 continue;
             }
-            let cost = count(&c.text) + 1;
+            let cost = line_cost(&c.text, count);
             kept.push((c, cost));
         }
         lists.push((section, kept));
@@ -282,6 +334,8 @@ pub fn fit_for_task(
     let mut used = 0usize;
     let mut taken: Vec<Vec<bool>> = lists.iter().map(|(_, l)| vec![false; l.len()]).collect();
     let mut opened: HashSet<Section> = HashSet::new();
+    // Groups whose line is paid for, by section.
+    let mut opened_groups: HashSet<(Section, &str)> = HashSet::new();
 
     // Pass 1: each section within its share, best first.
     let mut pass1 = Vec::new();
@@ -317,11 +371,15 @@ pub fn fit_for_task(
             if pass == 0 && in_background && background.is_some_and(|b| unrelated[li] >= b.items) {
                 continue;
             }
-            let extra = if opened.contains(section) {
+            let mut extra = if opened.contains(section) {
                 0
             } else {
                 heading_cost(*section)
             };
+            let group = list[ci].0.group.as_deref().map(|g| (*section, g));
+            if let Some(g) = group.filter(|g| !opened_groups.contains(g)) {
+                extra += line_cost(&group_line(g.1), count);
+            }
             let need = list[ci].1 + extra;
             let fits_share = pass > 0 || {
                 let cap = ((budget as f64) * shares.of(*section)).floor() as usize;
@@ -333,6 +391,9 @@ pub fn fit_for_task(
                 }
                 taken[li][ci] = true;
                 opened.insert(*section);
+                if let Some(g) = group {
+                    opened_groups.insert(g);
+                }
                 used += need;
                 section_used[li] += need;
             }
@@ -350,10 +411,12 @@ pub fn fit_for_task(
                     score: c.score,
                     tokens: cost,
                     text: c.text,
+                    group: c.group,
                 });
             }
         }
     }
+    let mut items = grouped(items);
     // Costs were counted per piece; BPE merges only shorten the whole, but
     // the guarantee is the rendered text's count, so check it.
     let mut tokens = count(&render(&items));
@@ -382,6 +445,7 @@ mod tests {
             layer: None,
             score,
             text: text.into(),
+            group: None,
         }
     }
 
@@ -491,7 +555,7 @@ mod tests {
             let pack = fit_for_task(
                 vec![(Section::Hot, hot.clone())],
                 &relevance,
-                // Room for two of the three (11 tokens each, 2 the heading).
+                // Room for two of the three (10 tokens each, 2 the heading).
                 30,
                 &Shares {
                     hot: 1.0,
@@ -560,6 +624,67 @@ mod tests {
         assert!(pack.tokens <= 400);
     }
 
+    /// Items that share a date and kind are shown under one line naming
+    /// them, where the best of them would stand: the heading is paid once,
+    /// so the same budget holds more items, and the best item still leads.
+    #[test]
+    fn items_of_one_day_share_a_heading() {
+        let dated = |id: &str, text: &str, day: &str| Candidate {
+            group: Some(format!("{day} note/general")),
+            ..cand(id, text, 1.0)
+        };
+        let cold = vec![
+            dated("a", "Caroline went to the support group.", "2023-05-08"),
+            dated("b", "Melanie painted a sunrise.", "2023-06-01"),
+            dated("c", "Caroline felt accepted there.", "2023-05-08"),
+        ];
+        let pack = fit(
+            vec![(Section::Cold, cold)],
+            &HashMap::new(),
+            1_000,
+            &Shares::default(),
+            &count_tokens,
+        );
+        let ids: Vec<&str> = pack.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c", "b"]);
+        assert_eq!(
+            pack.render(),
+            "## From further back\n[2023-05-08 note/general]\n\
+             Caroline went to the support group.\nCaroline felt accepted there.\n\
+             [2023-06-01 note/general]\nMelanie painted a sunrise.\n"
+        );
+        assert_eq!(pack.tokens, count_tokens(&pack.render()));
+
+        // Room for the heading and two lines of one day, not for a
+        // third line under a heading of its own.
+        let heading = count_tokens("## From further back") + 2;
+        let line = |t: &str| count_tokens(&format!("{t}\n"));
+        let day = line("[2023-05-08 note/general]");
+        let budget = heading
+            + day
+            + line("Caroline went to the support group.")
+            + line("Caroline felt accepted there.")
+            + 2;
+        let cold = vec![
+            dated("a", "Caroline went to the support group.", "2023-05-08"),
+            dated("b", "Melanie painted a sunrise.", "2023-06-01"),
+            dated("c", "Caroline felt accepted there.", "2023-05-08"),
+        ];
+        let pack = fit(
+            vec![(Section::Cold, cold)],
+            &HashMap::new(),
+            budget,
+            &Shares {
+                cold: 1.0,
+                ..Shares::default()
+            },
+            &count_tokens,
+        );
+        let ids: Vec<&str> = pack.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"], "{}", pack.render());
+        assert!(pack.tokens <= budget);
+    }
+
     #[test]
     fn an_empty_budget_takes_nothing() {
         let pack = fit(
@@ -592,13 +717,15 @@ mod tests {
         #[test]
         fn never_over_budget(
             budget in 0usize..600,
-            texts in proptest::collection::vec(("[a-z ]{0,80}", 0usize..5), 0..40),
+            texts in proptest::collection::vec(("[a-z ]{0,80}", 0usize..5, 0usize..4), 0..40),
             hot in 0.0f64..1.0, warm in 0.0f64..1.0, cold in 0.0f64..1.0,
         ) {
             let mut per: Vec<(Section, Vec<Candidate>)> =
                 Section::ALL.iter().map(|s| (*s, Vec::new())).collect();
-            for (i, (t, s)) in texts.into_iter().enumerate() {
-                per[s].1.push(cand(&format!("{i}"), &t, 1.0));
+            for (i, (t, s, g)) in texts.into_iter().enumerate() {
+                // Some items under a shared heading, some under none.
+                let group = (g > 0).then(|| format!("2023-05-0{g} note/general"));
+                per[s].1.push(Candidate { group, ..cand(&format!("{i}"), &t, 1.0) });
             }
             let shares = Shares { hot, warm, cold, knowledge: 0.1, shared: 0.1 };
             let pack = fit(per, &HashMap::new(), budget, &shares, &count_tokens);

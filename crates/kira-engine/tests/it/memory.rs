@@ -396,6 +396,83 @@ async fn a_relevant_hot_memory_comes_first_postgres() {
     a_relevant_hot_memory_comes_first(Backend::Postgres).await;
 }
 
+/// The turn just after a strong hit (the answer to the question it asked)
+/// shares no word with the task, yet comes into the pack close behind its
+/// hit, ahead of weaker hits elsewhere, and is shown beside it under the
+/// day's one line.
+async fn a_strong_hits_next_turn_comes_before_weaker_hits(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let asked = "When is the Initech renewal due?";
+    let answer = "March 3rd, I think; legal wants the signed copy before the \
+                  quarterly review, and procurement asked for the usual paperwork.";
+    let weak: Vec<String> = (10..30)
+        .map(|i| format!("Initech lunch note {i}: the team met at the usual cafe."))
+        .collect();
+    let mut items = vec![
+        m(asked, TimeDelta::days(60), 5),
+        m(answer, TimeDelta::days(60) - TimeDelta::minutes(1), 5),
+    ];
+    items.extend(
+        weak.iter()
+            .enumerate()
+            .map(|(i, t)| m(t, TimeDelta::days(90 + i as i64), 5)),
+    );
+    add(&e, "acme", &items).await;
+    // A line's cost in a pack: its tokens with its newline.
+    let line = |t: &str| kira_engine::memory::pack::count_tokens(&format!("{t}\n"));
+    let day = |age: TimeDelta| format!("[{} note/general]", (t0() - age).format("%Y-%m-%d"));
+    let weak_cost = weak
+        .iter()
+        .enumerate()
+        .map(|(i, t)| line(t) + line(&day(TimeDelta::days(90 + i as i64))))
+        .max()
+        .unwrap_or(0);
+    // The hit and its answer, and room for three weaker hits besides.
+    let budget = line("## From further back")
+        + 1
+        + line(&day(TimeDelta::days(60)))
+        + line(asked)
+        + line(answer)
+        + 3 * weak_cost
+        + 2;
+    let pack = e
+        .memory()
+        .context(
+            &scope("acme"),
+            &ContextRequest {
+                task_type: None,
+                query: "Initech renewal".into(),
+                budget: Some(budget),
+            },
+        )
+        .await
+        .expect("pack");
+    let pos = |text: &str| pack.items.iter().position(|i| i.text == text);
+    let hit = pos(asked).expect("the strong hit is in");
+    assert_eq!(pos(answer), Some(hit + 1), "{b:?}: {}", pack.render());
+    let weaker = pack
+        .items
+        .iter()
+        .filter(|i| i.text.contains("lunch"))
+        .count();
+    assert!(
+        (1..weak.len()).contains(&weaker),
+        "{b:?}: {weaker} weaker hits"
+    );
+    assert!(pack.tokens <= budget);
+}
+
+#[tokio::test]
+async fn a_strong_hits_next_turn_comes_before_weaker_hits_sqlite() {
+    a_strong_hits_next_turn_comes_before_weaker_hits(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_strong_hits_next_turn_comes_before_weaker_hits_postgres() {
+    a_strong_hits_next_turn_comes_before_weaker_hits(Backend::Postgres).await;
+}
+
 async fn compaction(b: Backend) {
     let s = setup(b).await;
     let e = engine(&s);

@@ -22,6 +22,7 @@ conformance!(
     batch_limits_and_refusals_write_nothing,
     search_ranks_matches_and_survives_hostile_queries,
     another_companys_memories_never_change_a_ranking,
+    a_question_s_common_words_do_not_rank,
     a_company_named_within_anothers_id_keeps_its_ranking,
     archive_restore_and_what_each_view_sees,
     delete_and_purge_remove_vectors_and_jobs,
@@ -625,6 +626,33 @@ async fn another_companys_memories_never_change_a_ranking(f: Fresh) {
         .collect();
     insert(s, "beta", &many).await;
     assert_eq!(ranking().await, before);
+}
+
+/// A question's stop words ("when", "did", "the") find nothing on either
+/// backend: a memory that shares only them with the question is no hit,
+/// and one with the question's own words comes first. (SQLite kept every
+/// word: the memory of five stop words outranked the one of two names.)
+/// A question of nothing but stop words still searches with them.
+async fn a_question_s_common_words_do_not_rank(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    insert(
+        s,
+        "acme",
+        &[
+            mem("acme", 1, "When did they say the team would be there?"),
+            mem("acme", 2, "Initech renewal signed."),
+            mem("acme", 3, "Lunch with marketing."),
+        ],
+    )
+    .await;
+    let all = MemoryFilter::default();
+    let hits = search_ids(s, "acme", "When did the Initech renewal happen?", &all).await;
+    assert_eq!(hits, vec![id(2)]);
+    // Only stop words: SQLite searches with them; PostgreSQL's english
+    // configuration drops them (no hit), as it always did.
+    let common = search_ids(s, "acme", "when did they", &all).await;
+    assert!(common.is_empty() || common == vec![id(1)], "{common:?}");
 }
 
 /// Issue 17: SQLite's index tokenised the company id, so `delta-bank`'s
