@@ -171,7 +171,9 @@ pub(crate) fn from_gguf(ct: &Content) -> Result<Tokenizer, LlmError> {
         None => "smollm",
     };
     let (normalizer, pre) = pre_tokenizer(pre)?;
-    tokenizer.with_normalizer(normalizer);
+    tokenizer
+        .with_normalizer(normalizer)
+        .map_err(|e| LlmError::Local(format!("normalizer from GGUF: {e}")))?;
     tokenizer.with_pre_tokenizer(Some(pre));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
     let added = |kind: i64, special: bool| -> Vec<AddedToken> {
