@@ -49,22 +49,12 @@ pub enum BenchCommand {
     /// latency: tasks per second, kira's own time per task (all but the
     /// provider's) p50/p99, and the share of tasks within the 30 s SLA.
     Agents(agents::AgentsArgs),
-    /// The local model (SmolLM2 in process): load time, prompt and
-    /// generation tokens per second on this machine, free and held to an
-    /// output schema (constrained decoding), and how many of a set of
-    /// varied prompts get an answer that parses as an agent's result.
-    LocalModel {
-        /// Output tokens of the generation run.
-        #[arg(long, default_value_t = 64)]
-        tokens: u32,
-        /// Runs of each kind; the medians are reported.
-        #[arg(long, default_value_t = 3)]
-        runs: u32,
-        /// How many of the built-in prompts (at most 20) to answer free
-        /// and held to the result schema; 0 skips the check.
-        #[arg(long, default_value_t = 20)]
-        answers: usize,
-    },
+    /// A local model (SmolLM2 in process, or the one --model names): load
+    /// time, prompt and generation tokens per second on this machine, free
+    /// and held to an output schema (constrained decoding), how many of a
+    /// set of varied prompts get an answer that parses as an agent's
+    /// result, and how many of 30 questions it answers right.
+    LocalModel(local_model::LocalModelArgs),
     /// Metrics as deployments grow: COMPANIES companies with a run on each
     /// of six agents, then `GET /metrics` and a company's week of metrics
     /// timed through the HTTP API.
@@ -94,11 +84,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> Result<ExitCode, BenchError> 
     match cmd {
         BenchCommand::Queue(args) => queue::command(args, json).await,
         BenchCommand::Agents(args) => agents::command(args, json).await,
-        BenchCommand::LocalModel {
-            tokens,
-            runs,
-            answers,
-        } => local_model::command(tokens, runs, answers, json).await,
+        BenchCommand::LocalModel(args) => local_model::command(args, json).await,
         BenchCommand::Memory(args) => locomo::command(args, json).await,
         BenchCommand::MemoryScale(args) => scale::command(args, json).await,
         BenchCommand::Longmemeval(args) => longmemeval::command(args, json).await,

@@ -1,16 +1,17 @@
-//! `kira bench local-model`: the local model (SmolLM2, in process) on this
-//! machine: its load time, prompt and generation speed, free and held to
-//! an output schema (what constrained decoding costs), against the bound
-//! memory bandwidth sets (weights read per token over bytes read per
-//! second on one core, as generation runs), and how often its answer to a
-//! varied prompt parses as an agent's result, free and held to the result
-//! schema.
+//! `kira bench local-model`: a local model (SmolLM2-135M by default, or
+//! the one `--model` names, in process) on this machine: its load time,
+//! prompt and generation speed, free and held to an output schema (what
+//! constrained decoding costs), against the bound memory bandwidth sets
+//! (weights read per token over bytes read per second on one core, as
+//! generation runs), how often its answer to a varied prompt parses as an
+//! agent's result, free and held to the result schema, and how many of
+//! [`QUESTIONS`] it answers right when held to the result schema.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use kira_engine::agent::result;
-use kira_llm::local::SAMPLE_PROMPTS;
+use kira_llm::local::{LOCAL_MODELS, LocalModel, SAMPLE_PROMPTS};
 use kira_llm::{ChatRequest, LocalProvider, Message, Output, Provider};
 use serde_json::json;
 
@@ -19,6 +20,128 @@ use crate::BenchError;
 /// Output tokens per answer in the result check (an agent's answer on
 /// the local model is allowed 200; fewer keep the check short).
 const ANSWER_TOKENS: u32 = 64;
+
+/// Thirty short tasks with a known answer: general knowledge, arithmetic,
+/// language, reading a fact out of a short context beside a distractor
+/// (what an agent does with a company's memory), and a little reasoning.
+/// Each answer is right when its text (summary and answer) names one of
+/// the accepted strings as a whole word or number, in any case. Only a
+/// question that gives a context holds its answer, beside a distractor.
+pub const QUESTIONS: [(&str, &[&str]); 30] = [
+    ("What is the capital of France?", &["Paris"]),
+    ("What is the capital of Japan?", &["Tokyo"]),
+    ("Which planet is known as the Red Planet?", &["Mars"]),
+    ("What is the largest ocean on Earth?", &["Pacific"]),
+    ("Who wrote the play Romeo and Juliet?", &["Shakespeare"]),
+    ("What language is mainly spoken in Brazil?", &["Portuguese"]),
+    ("Which animal is called the king of the jungle?", &["lion"]),
+    (
+        "What gas do plants take from the air for photosynthesis?",
+        &["carbon dioxide", "CO2"],
+    ),
+    ("How many legs does a spider have?", &["8", "eight"]),
+    (
+        "At how many degrees Celsius does water boil at sea level?",
+        &["100"],
+    ),
+    ("What is 17 times 3?", &["51"]),
+    ("What is 100 minus 37?", &["63"]),
+    ("What is 12 plus 30?", &["42"]),
+    ("What is 25% of 200?", &["50"]),
+    ("What is the square root of 81?", &["9", "nine"]),
+    ("What is the next number: 2, 4, 6, 8, ...?", &["10", "ten"]),
+    ("How many hours are in a day?", &["24", "twenty-four"]),
+    ("Translate 'thank you' into French.", &["merci"]),
+    ("Translate 'good morning' into German.", &["guten Morgen"]),
+    ("What is the opposite of 'hot'?", &["cold"]),
+    ("Which month comes after October?", &["November"]),
+    (
+        "Context: Hofmann Foods ships on Tuesdays; Globex ships on Fridays. \
+         On which day does Globex ship?",
+        &["Friday", "Fridays"],
+    ),
+    (
+        "Context: the 2026 budget was 3 million dollars; the 2027 budget is 4 million \
+         dollars. What is the 2027 budget?",
+        &["4 million", "4,000,000", "4000000", "four million"],
+    ),
+    (
+        "Context: Alice Moreau is Acme's CEO and Bob Tanaka is its CFO. Who is Acme's CFO?",
+        &["Bob Tanaka", "Tanaka"],
+    ),
+    (
+        "Context: the office closes at 6 pm and the warehouse at 4 pm. When does the \
+         warehouse close?",
+        &["4 pm", "4pm", "4:00", "16:00", "four"],
+    ),
+    (
+        "Context: invoice 1043 is for 2,500 euros and invoice 1044 is for 900 euros. \
+         How much is invoice 1044?",
+        &["900"],
+    ),
+    (
+        "Context: the Initech contract renews on 1 March 2027; the Globex lease ends in \
+         June 2028. In which month does the Initech contract renew?",
+        &["March"],
+    ),
+    (
+        "Context: the Globex lease starts on 2 May and runs for three years. For how many \
+         years does it run?",
+        &["3", "three"],
+    ),
+    (
+        "We have 1.2 million dollars in cash and spend 100,000 dollars a month. How many \
+         months of runway is that?",
+        &["12", "twelve"],
+    ),
+    ("Spell the word 'cat' backwards.", &["tac"]),
+];
+
+/// Whether `text` names `expected` as a whole word or number (no letter
+/// or digit right before or after it), in any case.
+pub fn names(text: &str, expected: &str) -> bool {
+    let (text, expected) = (text.to_lowercase(), expected.to_lowercase());
+    text.match_indices(&expected).any(|(i, m)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + m.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// How many of the first `n` [`QUESTIONS`] the model answers right, held
+/// to the result schema, and the questions it got wrong with its answers.
+async fn quality(
+    model: &LocalProvider,
+    n: usize,
+) -> Result<(usize, Vec<(String, String)>), BenchError> {
+    let output = Output::Json {
+        name: result::RESULT_NAME.into(),
+        schema: result::schema(),
+    };
+    let (mut right, mut wrong) = (0, Vec::new());
+    for (question, accepted) in QUESTIONS.iter().take(n) {
+        let req = ChatRequest::new(
+            model.model(),
+            vec![
+                Message::system(kira_engine::agent::prompts::builtin(
+                    kira_engine::config::PRIMARY,
+                )),
+                Message::user(*question),
+            ],
+            ANSWER_TOKENS,
+        )
+        .with_output(output.clone());
+        let r = model.chat(&req).await?;
+        let res = result::from_text(&r.message.content);
+        let text = format!("{} {}", res.summary, res.answer);
+        if res.well_formed && accepted.iter().any(|a| names(&text, a)) {
+            right += 1;
+        } else {
+            wrong.push((question.to_string(), r.message.content));
+        }
+    }
+    Ok((right, wrong))
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -70,7 +193,7 @@ async fn results(model: &LocalProvider, n: usize, output: &Output) -> Result<usi
     let mut ok = 0;
     for prompt in SAMPLE_PROMPTS.iter().take(n) {
         let req = ChatRequest::new(
-            kira_llm::local::LOCAL_MODEL,
+            model.model(),
             vec![
                 Message::system(kira_engine::agent::prompts::builtin(
                     kira_engine::config::PRIMARY,
@@ -88,20 +211,55 @@ async fn results(model: &LocalProvider, n: usize, output: &Output) -> Result<usi
     Ok(ok)
 }
 
+/// What `kira bench local-model` is asked for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalModelArgs {
+    /// Output tokens of the generation run.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: u32,
+    /// Runs of each kind; the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// How many of the built-in prompts (at most 20) to answer free
+    /// and held to the result schema; 0 skips the check.
+    #[arg(long, default_value_t = 20)]
+    pub answers: usize,
+    /// How many of the 30 questions with known answers to ask, held to
+    /// the result schema; 0 skips the check.
+    #[arg(long, default_value_t = 30)]
+    pub questions: usize,
+    /// The local model: SmolLM2-135M-Instruct (the default) or
+    /// Qwen2.5-Coder-0.5B-Instruct (installed by
+    /// `./scripts/install-models --with qwen2.5-coder-0.5b-instruct`).
+    #[arg(long, default_value = kira_llm::local::LOCAL_MODEL)]
+    pub model: String,
+}
+
 /// Times the local model and checks its answers; see the module.
-pub async fn command(
-    tokens: u32,
-    runs: u32,
-    answers: usize,
-    json: bool,
-) -> Result<ExitCode, BenchError> {
-    if tokens < 2 || runs == 0 || answers > SAMPLE_PROMPTS.len() {
+pub async fn command(args: LocalModelArgs, json: bool) -> Result<ExitCode, BenchError> {
+    let LocalModelArgs {
+        tokens,
+        runs,
+        answers,
+        questions,
+        model,
+    } = args;
+    if tokens < 2 || runs == 0 || answers > SAMPLE_PROMPTS.len() || questions > QUESTIONS.len() {
         return Err(BenchError::Invalid(format!(
-            "--tokens must be at least 2, --runs at least 1 and --answers at most {}",
-            SAMPLE_PROMPTS.len()
+            "--tokens must be at least 2, --runs at least 1, --answers at most {} \
+             and --questions at most {}",
+            SAMPLE_PROMPTS.len(),
+            QUESTIONS.len()
         )));
     }
-    let path = kira_llm::local::model_path(&kira_embed::models_dir());
+    let Some(chosen) = LocalModel::named(&model) else {
+        let known: Vec<&str> = LOCAL_MODELS.iter().map(|m| m.name).collect();
+        return Err(BenchError::Invalid(format!(
+            "--model must be one of {}",
+            known.join(", ")
+        )));
+    };
+    let path = chosen.path(&kira_embed::models_dir());
     let t0 = Instant::now();
     let model = LocalProvider::load(&path)?;
     let load = t0.elapsed().as_secs_f64();
@@ -111,7 +269,7 @@ pub async fn command(
         .repeat(12);
     let req = |max| {
         ChatRequest::new(
-            kira_llm::local::LOCAL_MODEL,
+            model.model(),
             vec![
                 Message::system("You are the company's primary agent. Answer briefly."),
                 Message::user(format!(
@@ -156,8 +314,9 @@ pub async fn command(
     } else {
         (0, 0)
     };
+    let (right, wrong) = quality(&model, questions).await?;
     let r = json!({
-        "model": kira_llm::local::LOCAL_MODEL,
+        "model": model.model(),
         "load_seconds": load,
         "prompt_tokens": free.prompt_tokens,
         "prompt_tokens_per_second": free.prompt_tps,
@@ -172,12 +331,18 @@ pub async fn command(
         "answers": answers,
         "results_well_formed_free": free_ok,
         "results_well_formed_constrained": held_ok,
+        "questions": questions,
+        "questions_right": right,
+        "questions_wrong": wrong
+            .iter()
+            .map(|(q, a)| json!({"question": q, "answer": a}))
+            .collect::<Vec<_>>(),
         "runs": runs,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("local model: {}", kira_llm::local::LOCAL_MODEL);
+        println!("local model: {}", model.model());
         println!("  load             {load:.2} s");
         println!(
             "  prompt           {} tokens at {:.0} tokens/s (median of {runs})",
@@ -203,6 +368,39 @@ pub async fn command(
                 "  results          {free_ok}/{answers} well formed free, {held_ok}/{answers} held to the result schema"
             );
         }
+        if questions > 0 {
+            println!(
+                "  questions        {right}/{questions} answered right, held to the result schema"
+            );
+            for (q, a) in &wrong {
+                println!("    wrong: {q}\n      {a}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_names_the_expected_word_or_number_whole_in_any_case() {
+        assert!(names("The capital is PARIS.", "Paris"));
+        assert!(names("It closes at 4 pm", "4 pm"));
+        assert!(names("51", "51"));
+        assert!(!names("about 510 of them", "51"));
+        assert!(!names("Parisian", "Paris"));
+        assert!(!names("", "Paris"));
+        assert!(names("carbon dioxide (CO2)", "co2"));
+    }
+
+    #[test]
+    fn only_a_question_with_a_context_holds_its_answer() {
+        for (question, accepted) in QUESTIONS {
+            assert!(!accepted.is_empty(), "{question}");
+            let held = accepted.iter().any(|a| names(question, a));
+            assert_eq!(held, question.starts_with("Context:"), "{question}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use kira_engine::agent::{AgentExecutor, ProviderHandle, Providers};
 use kira_engine::config::{
     EngineConfig, ExecutorConfig, ProviderKind, ProviderSpec, SummarizerKind,
 };
+use kira_llm::local::LocalModel;
 use kira_llm::{
     ANTHROPIC_BASE_URL, LocalProvider, OPENAI_BASE_URL, ProviderConfig, RetryPolicy, from_env,
 };
@@ -30,14 +31,17 @@ fn policy(spec: Option<&ProviderSpec>) -> RetryPolicy {
     p
 }
 
+/// The local model a `kind = "local"` provider's `model` names (checked
+/// when the configuration was read), else SmolLM2-135M.
 fn local(models: &std::path::Path, spec: Option<&ProviderSpec>) -> Result<ProviderHandle, String> {
-    let path = kira_llm::local::model_path(models);
-    let p = LocalProvider::load(&path).map_err(|e| e.to_string())?;
+    let chosen = match spec.and_then(|s| s.model.as_deref()) {
+        Some(name) => LocalModel::named(name).ok_or_else(|| format!("no local model {name}"))?,
+        None => kira_llm::local::SMOLLM2_135M,
+    };
+    let p = LocalProvider::load(&chosen.path(models)).map_err(|e| e.to_string())?;
     // One model instance per core: the KV cache lives in the instance.
     let p = p.with_pool_size(2);
-    let model = spec
-        .and_then(|s| s.model.clone())
-        .unwrap_or_else(|| kira_llm::local::LOCAL_MODEL.to_owned());
+    let model = chosen.name.to_owned();
     let mut pol = policy(spec);
     // Local generation is slow on a CPU; no point queueing more than the
     // instances, nor retrying what did not fail transiently.

@@ -469,6 +469,19 @@ impl ProviderSpec {
                 "a local provider takes no base_url, api_key_env or api_key_encrypted",
             ));
         }
+        if self.kind == ProviderKind::Local
+            && let Some(model) = &self.model
+            && kira_llm::local::LocalModel::named(model).is_none()
+        {
+            let known: Vec<&str> = kira_llm::local::LOCAL_MODELS
+                .iter()
+                .map(|m| m.name)
+                .collect();
+            return Err(ValidationError::new(
+                field("model"),
+                format!("a local provider runs one of {}", known.join(", ")),
+            ));
+        }
         Ok(())
     }
 }
@@ -1438,6 +1451,10 @@ mod tests {
             (
                 r#"{"providers": {"x": {"kind": "openai", "api_key_env": "K", "api_key_encrypted": "kira-sealed-v1:00"}}}"#,
                 "providers.x.api_key_encrypted",
+            ),
+            (
+                r#"{"providers": {"x": {"kind": "local", "model": "llama3.1:8b"}}}"#,
+                "providers.x.model",
             ),
             (r#"{"budget": {"total_tokens": 0}}"#, "budget.total_tokens"),
             (

@@ -1,5 +1,7 @@
-//! The local model's speed on this machine:
-//! `cargo run --release -p kira-llm --example local_speed [MAX_TOKENS]`.
+//! A local model's speed on this machine:
+//! `cargo run --release -p kira-llm --example local_speed [MAX_TOKENS [MODEL]]`
+//! (MODEL: SmolLM2-135M-Instruct, the default, or
+//! Qwen2.5-Coder-0.5B-Instruct).
 //! Prints load time, prompt tokens per second (the prompt's forward pass)
 //! and generation tokens per second, for one call at a time, free and held
 //! to a JSON schema (constrained decoding).
@@ -7,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kira_llm::local::model_path;
+use kira_llm::local::{LOCAL_MODEL, LocalModel};
 use kira_llm::{ChatRequest, LocalProvider, Message, Output, Provider};
 
 #[tokio::main]
@@ -17,14 +19,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(64);
+    let name = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| LOCAL_MODEL.into());
+    let model = LocalModel::named(&name).ok_or(format!("no local model {name}"))?;
     let models = std::env::var_os("KIRA_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kira/models")
         });
     let started = Instant::now();
-    let local = LocalProvider::load(&model_path(&models))?;
-    println!("load: {:.2?}", started.elapsed());
+    let local = LocalProvider::load(&model.path(&models))?;
+    println!("{}: load {:.2?}", local.model(), started.elapsed());
 
     // Prompt speed: a long prompt and one new token.
     let long = "The quarterly report covers revenue, costs and hiring. ".repeat(40);

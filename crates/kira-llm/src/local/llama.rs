@@ -1,6 +1,9 @@
 //! The llama forward pass the local model runs, written for the way kira
 //! uses it: one call at a time per instance, a long prompt once, then one
-//! token (or a few forced ones) per step.
+//! token (or a few forced ones) per step. It reads two architectures of
+//! GGUF: `llama` (SmolLM2) and `qwen2` (Qwen2.5), which is llama with
+//! biases on the query, key and value products and rotary embeddings
+//! over the two halves of a head instead of interleaved pairs.
 //!
 //! candle's `quantized_llama` served before; on two cores it read every
 //! weight as f32 for each token (the GGUF's Q4_1 was unpacked because
@@ -33,6 +36,16 @@ const ROWS_PER_TASK: usize = 64;
 
 type Result<T> = candle_core::Result<T>;
 
+/// Which elements of a head rotary embeddings rotate together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RopeStyle {
+    /// Elements `2i` and `2i + 1` (llama: its GGUF converter permutes the
+    /// query and key rows to make this so).
+    Interleaved,
+    /// Elements `i` and `i + head_dim / 2` (qwen2, GPT-NeoX).
+    Halves,
+}
+
 /// The hyper-parameters the GGUF's metadata gives.
 #[derive(Debug, Clone, PartialEq)]
 struct Config {
@@ -42,6 +55,7 @@ struct Config {
     kv_heads: usize,
     head_dim: usize,
     rope_base: f32,
+    rope_style: RopeStyle,
     eps: f32,
     vocab: usize,
 }
@@ -56,6 +70,8 @@ struct Linear {
     /// The same weights as f32 `(rows, cols)`, for many rows at once;
     /// `None` for a matrix only ever applied to one row (the output).
     dense: Option<Tensor>,
+    /// Added to each output row (qwen2's query, key and value products).
+    bias: Option<Vec<f32>>,
 }
 
 impl Linear {
@@ -75,12 +91,33 @@ impl Linear {
             cols,
             packed,
             dense,
+            bias: None,
         })
+    }
+
+    fn with_bias(mut self, bias: Vec<f32>) -> Result<Self> {
+        if bias.len() != self.rows {
+            candle_core::bail!("a bias of {} for {} rows", bias.len(), self.rows);
+        }
+        self.bias = Some(bias);
+        Ok(self)
+    }
+
+    /// `x` (`m` rows of `cols`) times the matrix's transpose, plus the
+    /// bias if any: `m` rows of `rows`.
+    fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut out = self.product(x, m)?;
+        if let Some(bias) = &self.bias {
+            for row in out.chunks_exact_mut(self.rows) {
+                add(row, bias);
+            }
+        }
+        Ok(out)
     }
 
     /// `x` (`m` rows of `cols`) times the matrix's transpose: `m` rows of
     /// `rows`.
-    fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    fn product(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         debug_assert_eq!(x.len(), m * self.cols);
         if let Some(dense) = self.dense.as_ref().filter(|_| m >= BATCHED_ROWS) {
             let x = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
@@ -160,8 +197,9 @@ pub(crate) struct Llama {
 }
 
 impl Llama {
-    /// Reads a llama-architecture GGUF (SmolLM2's), whatever its
-    /// quantization.
+    /// Reads a llama (SmolLM2) or qwen2 (Qwen2.5) GGUF, whatever its
+    /// quantization: candle unpacks each tensor to f32, which is then
+    /// packed again as Q8_0.
     pub(crate) fn from_gguf<R: std::io::Read + std::io::Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
@@ -172,20 +210,24 @@ impl Llama {
                 .get(key)
                 .ok_or_else(|| candle_core::Error::Msg(format!("no {key} in the GGUF")))
         };
-        let arch = md("general.architecture")?.to_string()?;
-        if arch != "llama" {
-            candle_core::bail!("a {arch} model; the local runtime reads llama ones");
-        }
-        let count = |key: &str| -> Result<usize> { Ok(md(key)?.to_u32()? as usize) };
-        let dim = count("llama.embedding_length")?;
-        let heads = count("llama.attention.head_count")?;
-        let kv_heads = count("llama.attention.head_count_kv")?;
-        let layers = count("llama.block_count")?;
+        let arch = md("general.architecture")?.to_string()?.clone();
+        let rope_style = match arch.as_str() {
+            "llama" => RopeStyle::Interleaved,
+            "qwen2" => RopeStyle::Halves,
+            _ => candle_core::bail!("a {arch} model; the local runtime reads llama and qwen2 ones"),
+        };
+        // Hyper-parameters are keyed by the architecture's name.
+        let key = |name: &str| format!("{arch}.{name}");
+        let count = |name: &str| -> Result<usize> { Ok(md(&key(name))?.to_u32()? as usize) };
+        let dim = count("embedding_length")?;
+        let heads = count("attention.head_count")?;
+        let kv_heads = count("attention.head_count_kv")?;
+        let layers = count("block_count")?;
         if heads == 0 || kv_heads == 0 || !dim.is_multiple_of(heads) || heads % kv_heads != 0 {
             candle_core::bail!("{heads} heads, {kv_heads} key/value heads for {dim} dimensions");
         }
         let head_dim = dim / heads;
-        if count("llama.rope.dimension_count").unwrap_or(head_dim) != head_dim {
+        if count("rope.dimension_count").unwrap_or(head_dim) != head_dim {
             candle_core::bail!("partial rotary embeddings are not supported");
         }
         let (embedding, vocab, embedding_cols) = matrix(content, reader, "token_embd.weight")?;
@@ -228,10 +270,21 @@ impl Llama {
                 }
                 Ok(v)
             };
+            let mut qkv = Linear::new(&qkv, dim + 2 * kv, dim, true)?;
+            // qwen2 adds a bias to each of the three products (stacked
+            // as their matrices are); llama has none.
+            let biases = ["attn_q", "attn_k", "attn_v"].map(|n| format!("blk.{i}.{n}.bias"));
+            if biases.iter().any(|b| content.tensor_infos.contains_key(b)) {
+                let mut bias = Vec::with_capacity(dim + 2 * kv);
+                for b in &biases {
+                    bias.extend(vector(content, reader, b)?);
+                }
+                qkv = qkv.with_bias(bias)?;
+            }
             blocks.push(Layer {
                 attn_norm: norm(reader, "attn_norm")?,
                 ffn_norm: norm(reader, "ffn_norm")?,
-                qkv: Linear::new(&qkv, dim + 2 * kv, dim, true)?,
+                qkv,
                 o: Linear::new(&o, dim, dim, true)?,
                 gate_up: Linear::new(&gate_up, 2 * hidden, dim, true)?,
                 down: Linear::new(&down, dim, hidden, true)?,
@@ -247,10 +300,11 @@ impl Llama {
             heads,
             kv_heads,
             head_dim,
-            rope_base: md("llama.rope.freq_base")
+            rope_base: md(&key("rope.freq_base"))
                 .and_then(|v| v.to_f32())
                 .unwrap_or(10_000.0),
-            eps: md("llama.attention.layer_norm_rms_epsilon")?.to_f32()?,
+            rope_style,
+            eps: md(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?,
             vocab,
         };
         Ok(Self {
@@ -385,12 +439,12 @@ fn vector<R: std::io::Read + std::io::Seek>(
         .to_vec1()
 }
 
-/// Rotary position embeddings (llama's interleaved pairs) for `m` rows
-/// from position `pos`.
+/// Rotary position embeddings for `m` rows from position `pos`.
 struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
+    style: RopeStyle,
 }
 
 impl Rope {
@@ -408,7 +462,12 @@ impl Rope {
                 sin.push(angle.sin());
             }
         }
-        Self { cos, sin, half }
+        Self {
+            cos,
+            sin,
+            half,
+            style: c.rope_style,
+        }
     }
 
     /// Rotates `x`, `m` rows of `heads` heads.
@@ -418,10 +477,22 @@ impl Rope {
             let cos = &self.cos[row * self.half..(row + 1) * self.half];
             let sin = &self.sin[row * self.half..(row + 1) * self.half];
             for head in x.chunks_exact_mut(head_dim) {
-                for ((pair, c), s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
-                    let (a, b) = (pair[0], pair[1]);
-                    pair[0] = a * c - b * s;
-                    pair[1] = a * s + b * c;
+                match self.style {
+                    RopeStyle::Interleaved => {
+                        for ((pair, c), s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                            let (a, b) = (pair[0], pair[1]);
+                            pair[0] = a * c - b * s;
+                            pair[1] = a * s + b * c;
+                        }
+                    }
+                    RopeStyle::Halves => {
+                        let (first, second) = head.split_at_mut(self.half);
+                        for (((a, b), c), s) in first.iter_mut().zip(second).zip(cos).zip(sin) {
+                            let (x, y) = (*a, *b);
+                            *a = x * c - y * s;
+                            *b = x * s + y * c;
+                        }
+                    }
                 }
             }
         }
@@ -564,15 +635,17 @@ mod tests {
     use super::*;
     use candle_core::quantized::gguf_file::Value;
     use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_transformers::models::quantized_llama::ModelWeights;
+    use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
     const VOCAB: usize = 48;
     const DIM: usize = 64;
     const FFN: usize = 96;
 
-    /// A small random llama in GGUF form, f32 weights, two layers, four
-    /// query heads sharing two key/value heads.
-    fn tiny_gguf() -> Vec<u8> {
+    /// A small random model in GGUF form, f32 weights, two layers, four
+    /// query heads sharing two key/value heads: a llama with tied
+    /// embeddings (no output matrix, as SmolLM2), or a qwen2 with its
+    /// query, key and value biases and an output matrix of its own.
+    fn tiny_gguf(arch: &str) -> Vec<u8> {
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         let mut random = |rows: usize, cols: usize, scale: f32| {
             let values: Vec<f32> = (0..rows * cols)
@@ -586,10 +659,14 @@ mod tests {
             let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu).expect("tensor");
             QTensor::quantize(&t, GgmlDType::F32).expect("f32")
         };
+        let qwen2 = arch == "qwen2";
         let mut tensors = vec![
             ("token_embd.weight".to_string(), random(VOCAB, DIM, 2.0)),
             ("output_norm.weight".to_string(), random(1, DIM, 0.4)),
         ];
+        if qwen2 {
+            tensors.push(("output.weight".to_string(), random(VOCAB, DIM, 1.0)));
+        }
         for i in 0..2 {
             for (name, rows, cols) in [
                 ("attn_q", DIM, DIM),
@@ -605,18 +682,22 @@ mod tests {
             for name in ["attn_norm", "ffn_norm"] {
                 tensors.push((format!("blk.{i}.{name}.weight"), random(1, DIM, 0.4)));
             }
+            if qwen2 {
+                for (name, rows) in [("attn_q", DIM), ("attn_k", 32), ("attn_v", 32)] {
+                    tensors.push((format!("blk.{i}.{name}.bias"), random(1, rows, 1.0)));
+                }
+            }
         }
-        // Norm weights are vectors, around 1.
+        // Norm weights are vectors, around 1; biases are vectors.
         let tensors: Vec<(String, QTensor)> = tensors
             .into_iter()
             .map(|(name, t)| {
-                if name.ends_with("norm.weight") {
-                    let v = (t
+                let norm = name.ends_with("norm.weight");
+                if norm || name.ends_with(".bias") {
+                    let v = t
                         .dequantize(&Device::Cpu)
-                        .expect("v")
-                        .flatten_all()
-                        .expect("v")
-                        + 1.0)
+                        .and_then(|v| v.flatten_all())
+                        .and_then(|v| v + if norm { 1.0 } else { 0.0 })
                         .expect("v");
                     (name, QTensor::quantize(&v, GgmlDType::F32).expect("f32"))
                 } else {
@@ -624,37 +705,60 @@ mod tests {
                 }
             })
             .collect();
+        let key = |name: &str| format!("{arch}.{name}");
         let metadata = [
-            ("general.architecture", Value::String("llama".into())),
-            ("llama.embedding_length", Value::U32(DIM as u32)),
-            ("llama.attention.head_count", Value::U32(4)),
-            ("llama.attention.head_count_kv", Value::U32(2)),
-            ("llama.block_count", Value::U32(2)),
-            ("llama.rope.dimension_count", Value::U32(16)),
-            ("llama.rope.freq_base", Value::F32(10_000.0)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            (
+                "general.architecture".to_string(),
+                Value::String(arch.into()),
+            ),
+            (key("embedding_length"), Value::U32(DIM as u32)),
+            (key("context_length"), Value::U32(64)),
+            (key("attention.head_count"), Value::U32(4)),
+            (key("attention.head_count_kv"), Value::U32(2)),
+            (key("block_count"), Value::U32(2)),
+            (key("rope.dimension_count"), Value::U32(16)),
+            (key("rope.freq_base"), Value::F32(10_000.0)),
+            (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         ];
-        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut out = std::io::Cursor::new(Vec::new());
         gguf_file::write(&mut out, &metadata, &tensors).expect("write");
         out.into_inner()
     }
 
-    fn both() -> (Llama, ModelWeights) {
-        let bytes = tiny_gguf();
+    /// candle's own forward pass of a model, the reference ours is held to.
+    enum Reference {
+        Llama(quantized_llama::ModelWeights),
+        Qwen2(quantized_qwen2::ModelWeights),
+    }
+
+    fn both(arch: &str) -> (Llama, Reference) {
+        let bytes = tiny_gguf(arch);
         let mut r = std::io::Cursor::new(bytes);
         let content = gguf_file::Content::read(&mut r).expect("read");
         let ours = Llama::from_gguf(&content, &mut r).expect("ours");
-        let theirs = ModelWeights::from_gguf(content, &mut r, &Device::Cpu).expect("candle");
+        let dev = &Device::Cpu;
+        let theirs = match arch {
+            "llama" => Reference::Llama(
+                quantized_llama::ModelWeights::from_gguf(content, &mut r, dev).expect("candle"),
+            ),
+            _ => Reference::Qwen2(
+                quantized_qwen2::ModelWeights::from_gguf(content, &mut r, dev).expect("candle"),
+            ),
+        };
         (ours, theirs)
     }
 
-    fn candle_logits(m: &mut ModelWeights, tokens: &[u32], pos: usize) -> Vec<f32> {
+    fn candle_logits(m: &mut Reference, tokens: &[u32], pos: usize) -> Vec<f32> {
         let input = Tensor::new(tokens, &Device::Cpu)
             .and_then(|t| t.unsqueeze(0))
             .expect("input");
-        m.forward(&input, pos)
+        let logits = match m {
+            Reference::Llama(m) => m.forward(&input, pos),
+            Reference::Qwen2(m) => m.forward(&input, pos),
+        };
+        logits
             .and_then(|l| l.flatten_all())
             .and_then(|l| l.to_vec1())
             .expect("candle forward")
@@ -675,7 +779,16 @@ mod tests {
 
     #[test]
     fn gives_candles_logits_for_a_prompt_steps_and_forced_tokens() {
-        let (mut ours, mut theirs) = both();
+        gives_candles_logits("llama");
+    }
+
+    #[test]
+    fn gives_candles_qwen2_logits_with_biases_and_rotated_halves() {
+        gives_candles_logits("qwen2");
+    }
+
+    fn gives_candles_logits(arch: &str) {
+        let (mut ours, mut theirs) = both(arch);
         // A prompt long enough for the batched path, then single steps,
         // then a few tokens at once (as a constraint forces them).
         let prompt: Vec<u32> = (0..20).map(|i| (i * 7 % VOCAB) as u32).collect();
@@ -688,15 +801,24 @@ mod tests {
             // Q8_0 weights and activations: up to 2.5% off on this model
             // (more would mean a mistake: a wrong rotation or head is far off).
             let d = distance(&a, &b);
-            assert!(d < 0.04, "after {pos} tokens the logits differ by {d}");
-            assert_eq!(argmax(&a), argmax(&b), "after {pos} tokens");
+            assert!(
+                d < 0.04,
+                "{arch}: after {pos} tokens the logits differ by {d}"
+            );
+            assert_eq!(argmax(&a), argmax(&b), "{arch}: after {pos} tokens");
         }
         assert_eq!(ours.len(), pos);
     }
 
     #[test]
     fn a_prompt_read_at_once_or_token_by_token_gives_the_same_logits() {
-        let (model, _) = both();
+        for arch in ["llama", "qwen2"] {
+            a_prompt_read_at_once_or_token_by_token(arch);
+        }
+    }
+
+    fn a_prompt_read_at_once_or_token_by_token(arch: &str) {
+        let (model, _) = both(arch);
         let prompt: Vec<u32> = (0..24).map(|i| (i * 5 % VOCAB) as u32).collect();
         let mut batched = model.instance();
         let at_once = batched.forward(&prompt).expect("batched");
@@ -714,21 +836,22 @@ mod tests {
 
     #[test]
     fn tokens_outside_the_vocabulary_and_other_architectures_are_errors() {
-        let (mut model, _) = both();
+        let (mut model, _) = both("llama");
         assert!(model.forward(&[VOCAB as u32]).is_err());
         assert!(model.forward(&[]).is_err());
-        let mut r = std::io::Cursor::new(tiny_gguf());
+        let mut r = std::io::Cursor::new(tiny_gguf("llama"));
         let mut content = gguf_file::Content::read(&mut r).expect("read");
-        content
-            .metadata
-            .insert("general.architecture".into(), Value::String("qwen2".into()));
-        let e = Llama::from_gguf(&content, &mut r).expect_err("qwen2");
-        assert!(e.to_string().contains("qwen2"), "{e}");
+        content.metadata.insert(
+            "general.architecture".into(),
+            Value::String("gemma3".into()),
+        );
+        let e = Llama::from_gguf(&content, &mut r).expect_err("gemma3");
+        assert!(e.to_string().contains("gemma3"), "{e}");
     }
 
     #[test]
     fn a_step_reads_every_matrix_once_as_q8_0() {
-        let (model, _) = both();
+        let (model, _) = both("llama");
         let per_layer = 2 * DIM * DIM + 2 * 32 * DIM + 3 * FFN * DIM;
         let values = 2 * per_layer + VOCAB * DIM;
         assert_eq!(model.step_bytes(), values / 32 * 34);

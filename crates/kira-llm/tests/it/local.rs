@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::schema_check::check;
 
-fn models_dir() -> PathBuf {
+pub(crate) fn models_dir() -> PathBuf {
     match std::env::var_os("KIRA_MODELS").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
