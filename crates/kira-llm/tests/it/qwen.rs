@@ -1,10 +1,10 @@
 //! The larger local model, Qwen2.5-Coder-0.5B-Instruct (qwen2, 491 MB). It
-//! is installed only on request, so these tests are ignored in a plain run
-//! (CI's) and run, failing without the model, with:
+//! is installed only on request, so these tests are built only with the
+//! `larger-model` feature, and run, failing without the model, with:
 //!
 //! ```text
 //! ./scripts/install-models --with qwen2.5-coder-0.5b-instruct
-//! cargo nextest run --workspace --run-ignored only -E 'test(/qwen::/)'
+//! cargo nextest run --workspace --features kira-llm/larger-model -E 'test(/qwen::/)'
 //! ```
 
 use std::sync::OnceLock;
@@ -27,7 +27,6 @@ fn qwen() -> &'static LocalProvider {
 }
 
 #[test]
-#[ignore = "needs ./scripts/install-models --with qwen2.5-coder-0.5b-instruct"]
 fn the_tokenizer_gives_qwens_ids() {
     let p = qwen();
     assert_eq!(p.model(), "Qwen2.5-Coder-0.5B-Instruct");
@@ -52,7 +51,6 @@ fn the_tokenizer_gives_qwens_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs ./scripts/install-models --with qwen2.5-coder-0.5b-instruct"]
 async fn held_to_the_result_schema_every_answer_parses_and_validates() {
     let p = qwen();
     let schema = json!({
@@ -87,7 +85,6 @@ async fn held_to_the_result_schema_every_answer_parses_and_validates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs ./scripts/install-models --with qwen2.5-coder-0.5b-instruct"]
 async fn held_to_a_tool_call_the_model_names_an_offered_tool_and_answers_plainly_free() {
     let p = qwen();
     let tools = vec![ToolSpec {
