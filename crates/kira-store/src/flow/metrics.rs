@@ -35,9 +35,13 @@ static VALUE_COLUMNS: LazyLock<Vec<String>> = LazyLock::new(|| {
 /// A series row's key columns, in the row arrays' order.
 const KEYS: [&str; 5] = ["company_id", "agent", "priority", "resolution", "bucket"];
 
+/// `metric_rollups`' primary key (0018), in its order.
+const ROLLUP_KEY: [&str; 5] = ["resolution", "bucket", "company_id", "agent", "priority"];
+
 /// The upsert of a JSON array of rows into `table` (its `keys`, then every
-/// value column), each value column added to on conflict.
-fn upsert_sql(pg: bool, table: &str, keys: &[&str]) -> String {
+/// value column), each value column added to on conflict with its primary
+/// key `conflict`.
+fn upsert_sql(pg: bool, table: &str, keys: &[&str], conflict: &[&str]) -> String {
     let cols = &*VALUE_COLUMNS;
     let mut select = Vec::new();
     for (i, k) in keys.iter().enumerate() {
@@ -64,12 +68,6 @@ fn upsert_sql(pg: bool, table: &str, keys: &[&str]) -> String {
         .iter()
         .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
         .collect();
-    // The primary key: the rollups' leads with resolution and bucket.
-    let conflict: Vec<&str> = if table == "metric_rollups" {
-        vec!["resolution", "bucket", "company_id", "agent", "priority"]
-    } else {
-        keys.to_vec()
-    };
     format!(
         "INSERT INTO {table} ({}, {}) SELECT {} FROM {from} \
          ON CONFLICT ({}) DO UPDATE SET {}",
@@ -82,8 +80,9 @@ fn upsert_sql(pg: bool, table: &str, keys: &[&str]) -> String {
 }
 
 static UPSERT_SQLITE: LazyLock<String> =
-    LazyLock::new(|| upsert_sql(false, "metric_rollups", &KEYS));
-static UPSERT_PG: LazyLock<String> = LazyLock::new(|| upsert_sql(true, "metric_rollups", &KEYS));
+    LazyLock::new(|| upsert_sql(false, "metric_rollups", &KEYS, &ROLLUP_KEY));
+static UPSERT_PG: LazyLock<String> =
+    LazyLock::new(|| upsert_sql(true, "metric_rollups", &KEYS, &ROLLUP_KEY));
 
 /// The company of a `metric_totals` row that adds up every company (per
 /// agent, per level): never a company's id, nor the empty setting of a
@@ -94,9 +93,9 @@ const ALL_COMPANIES: &str = "*";
 const TOTAL_KEYS: [&str; 4] = ["grouping", "company_id", "agent", "priority"];
 
 static TOTALS_UPSERT_SQLITE: LazyLock<String> =
-    LazyLock::new(|| upsert_sql(false, "metric_totals", &TOTAL_KEYS));
+    LazyLock::new(|| upsert_sql(false, "metric_totals", &TOTAL_KEYS, &TOTAL_KEYS));
 static TOTALS_UPSERT_PG: LazyLock<String> =
-    LazyLock::new(|| upsert_sql(true, "metric_totals", &TOTAL_KEYS));
+    LazyLock::new(|| upsert_sql(true, "metric_totals", &TOTAL_KEYS, &TOTAL_KEYS));
 
 static SELECT_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!(
