@@ -241,6 +241,7 @@ async fn breakdown(
     n: usize,
 ) -> Result<std::collections::BTreeMap<String, f64>, BenchError> {
     let admin = Principal::system().admin()?;
+    let scraper = Principal::system().metrics()?;
     let now = engine.clock().now();
     let mut parts = std::collections::BTreeMap::new();
     let median = |mut v: Vec<f64>| {
@@ -268,11 +269,11 @@ async fn breakdown(
     );
     time!("company_directory", store.company_directory(&admin).await?);
     time!("waiting_work", store.waiting_work(&admin).await?);
-    time!("scrape", engine.metrics().scrape(&admin).await?);
+    time!("scrape", engine.metrics().scrape(&scraper).await?);
     let process = kira_server::prom::ProcessMetrics::default();
     let mut ms = Vec::with_capacity(n);
     for _ in 0..n {
-        let scrape = engine.metrics().scrape(&admin).await?;
+        let scrape = engine.metrics().scrape(&scraper).await?;
         let t = Instant::now();
         let text = kira_server::prom::render(&process, scrape)
             .map_err(|e| BenchError::during("render", e))?;

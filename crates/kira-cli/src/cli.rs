@@ -299,6 +299,8 @@ pub enum RoleArg {
     Operator,
     /// One company, read only.
     Viewer,
+    /// Scraping `GET /metrics` only (every company's series), nothing else.
+    Metrics,
 }
 
 impl RoleArg {
@@ -307,6 +309,7 @@ impl RoleArg {
             RoleArg::Admin => "admin",
             RoleArg::Operator => "operator",
             RoleArg::Viewer => "viewer",
+            RoleArg::Metrics => "metrics",
         }
     }
 }

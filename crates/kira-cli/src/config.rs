@@ -52,6 +52,9 @@ pub struct Config {
     pub unauthenticated_audit_per_minute: u32,
     /// A tracing env-filter directive such as `info` or `kira_server=debug`.
     pub log: String,
+    /// `[ui] secure_cookies`: the dashboard's session cookie always
+    /// `Secure` (else only on a request a proxy says came over https).
+    pub secure_cookies: bool,
     /// Budgets, priority, the scheduler, agents, task types, the executor
     /// and prices.
     pub engine: EngineConfig,
@@ -170,6 +173,19 @@ struct FileConfig {
     alerts: kira_engine::alerts::AlertsSection,
     #[serde(default)]
     tools: kira_engine::tools::ToolsSection,
+    #[serde(default)]
+    ui: UiSection,
+}
+
+/// `[ui]`: the web dashboards.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UiSection {
+    /// Mark the session cookie `Secure` on every response (default false:
+    /// kira serves plain HTTP, where a browser drops a Secure cookie;
+    /// behind a proxy ending TLS, the proxy's `X-Forwarded-Proto: https`
+    /// makes it Secure anyway).
+    secure_cookies: Option<bool>,
 }
 
 impl FileConfig {
@@ -496,6 +512,7 @@ impl Config {
             ConfigError::new(&e.field, &source, e.message)
         })?;
 
+        let secure_cookies = file.ui.secure_cookies.unwrap_or(false);
         Ok(Config {
             listen,
             metrics_listen,
@@ -505,6 +522,7 @@ impl Config {
             max_body_bytes,
             unauthenticated_audit_per_minute,
             log,
+            secure_cookies,
             engine,
         })
     }
@@ -905,6 +923,44 @@ mod tests {
     }
 
     #[test]
+    fn secure_cookies_is_off_unless_the_ui_section_says_so() {
+        assert!(!Setup::new().load().expect("valid").secure_cookies);
+        let s = Setup::new();
+        s.file("[ui]\nsecure_cookies = true\n");
+        assert!(s.load().expect("valid").secure_cookies);
+        let s = Setup::new();
+        s.file("[ui]\nsecure_cookie = true\n");
+        assert!(s.err().to_string().contains("secure_cookie"));
+    }
+
+    #[test]
+    fn grouping_and_verify_intervals_are_read_and_checked() {
+        let s = Setup::new();
+        s.file(
+            "[alerts]\ngroup_wait_seconds = 30\ngroup_interval_seconds = 600\n\
+             [alerts.rules.audit_verify]\ncondition = { type = \"audit_verify\", every_minutes = 15 }\n",
+        );
+        let a = s.load().expect("valid").engine.alerts;
+        assert_eq!(a.grouping.wait, chrono::TimeDelta::seconds(30));
+        assert_eq!(a.grouping.interval, chrono::TimeDelta::minutes(10));
+        let audit = a
+            .rules
+            .iter()
+            .find(|r| r.name == "audit_verify")
+            .expect("rule");
+        assert_eq!(
+            audit.condition,
+            kira_core::alerts::Condition::AuditVerify { every_minutes: 15 }
+        );
+        let s = Setup::new();
+        s.file("[alerts.rules.budget_verify]\ncondition = { type = \"budget_verify\", every_minutes = 0 }\n");
+        assert!(s.err().to_string().contains("every_minutes"), "{}", s.err());
+        let s = Setup::new();
+        s.file("[alerts]\ngroup_wait_seconds = -1\n");
+        assert!(s.err().to_string().contains("group_wait_seconds"));
+    }
+
+    #[test]
     fn the_metrics_listener_is_loopback_only() {
         let s = Setup::new();
         assert_eq!(s.load().expect("valid").metrics_listen, None);
@@ -1050,7 +1106,7 @@ mod tests {
                 "invalid configuration: listen_addr (file {} line 2): unknown key; the known keys are \
                  listen, metrics_listen, database_url, app_database_url, data_dir, max_body_bytes, log, \
                  unauthenticated_audit_per_minute, budget, priority, scheduler, tasks, agents, task_types, executor, prices, knowledge, sharing, memory, context, \
-                 review, providers, primary, summarizer, metrics, alerts, tools",
+                 review, providers, primary, summarizer, metrics, alerts, tools, ui",
                 path.display()
             )
         );

@@ -103,6 +103,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             unauthenticated_audit_per_minute: cfg.unauthenticated_audit_per_minute,
             stopping: stopping.clone(),
             process,
+            secure_cookies: cfg.secure_cookies,
         },
     );
     let stop_requested = Arc::new(Notify::new());

@@ -60,10 +60,12 @@ pub enum RuleKind {
     ErrorRate,
     StuckQueue,
     ReviewBacklog,
+    /// A model provider answering nothing but errors.
+    ProviderFailing,
 }
 
 impl RuleKind {
-    pub const ALL: [RuleKind; 7] = [
+    pub const ALL: [RuleKind; 8] = [
         RuleKind::SlaViolation,
         RuleKind::ResourceExhaustion,
         RuleKind::Budget,
@@ -71,6 +73,7 @@ impl RuleKind {
         RuleKind::ErrorRate,
         RuleKind::StuckQueue,
         RuleKind::ReviewBacklog,
+        RuleKind::ProviderFailing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +85,7 @@ impl RuleKind {
             RuleKind::ErrorRate => "error_rate",
             RuleKind::StuckQueue => "stuck_queue",
             RuleKind::ReviewBacklog => "review_backlog",
+            RuleKind::ProviderFailing => "provider_failing",
         }
     }
 
@@ -91,7 +95,8 @@ impl RuleKind {
 }
 
 /// What an alert is about. A pool is a part of the system: each of the
-/// three has its own alert.
+/// three has its own alert. A key (by its id, never its token) and a
+/// client address are the subjects of a burst of authentication failures.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Subject {
     System,
@@ -99,10 +104,13 @@ pub enum Subject {
     Company(CompanyId),
     Agent(String),
     Provider(String),
+    Key(String),
+    Address(String),
 }
 
 impl Subject {
-    /// `system`, `pool:base`, `company:acme`, `agent:legal`, `provider:openai`.
+    /// `system`, `pool:base`, `company:acme`, `agent:legal`,
+    /// `provider:openai`, `key:k3v9x2m4q8ab`, `address:203.0.113.9`.
     pub fn key(&self) -> String {
         match self {
             Subject::System => "system".into(),
@@ -110,6 +118,8 @@ impl Subject {
             Subject::Company(c) => format!("company:{c}"),
             Subject::Agent(a) => format!("agent:{a}"),
             Subject::Provider(p) => format!("provider:{p}"),
+            Subject::Key(k) => format!("key:{k}"),
+            Subject::Address(a) => format!("address:{a}"),
         }
     }
 
@@ -126,6 +136,8 @@ impl Subject {
             "company" => Subject::Company(CompanyId::parse(name).ok()?),
             "agent" => Subject::Agent(name.into()),
             "provider" => Subject::Provider(name.into()),
+            "key" => Subject::Key(name.into()),
+            "address" => Subject::Address(name.into()),
             _ => return None,
         })
     }
@@ -180,6 +192,44 @@ pub enum Condition {
     StuckQueue { longer_than_seconds: i64 },
     /// A company's results waiting for review above `above`.
     ReviewBacklog { above: i64 },
+    /// More than `above` authentication failures in the window for one
+    /// key id (a token naming it with a wrong secret, or revoked) or from
+    /// one client address.
+    AuthFailures { above: u64, window_seconds: i64 },
+    /// `audit verify` failing: the evaluator walks the audit chain at most
+    /// every `every_minutes`.
+    AuditVerify { every_minutes: i64 },
+    /// `budget verify` failing: the evaluator replays the token ledger
+    /// against the balances at most every `every_minutes`.
+    BudgetVerify { every_minutes: i64 },
+    /// A provider's failed share of its calls above `above` in the
+    /// window, once at least `min_calls` were made.
+    ProviderErrorRate {
+        above: f64,
+        window_seconds: i64,
+        min_calls: u64,
+    },
+    /// A provider failing: its last `errors_in_a_row` calls all errors
+    /// (after their retries and fallbacks).
+    ProviderFailing { errors_in_a_row: u64 },
+}
+
+/// What the evaluator checks on a schedule of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Check {
+    /// The audit log's hash chain (`kira audit verify`).
+    AuditChain,
+    /// The token ledger's replay against the balances (`kira budget verify`).
+    Ledger,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::AuditChain => "audit verify",
+            Check::Ledger => "budget verify",
+        }
+    }
 }
 
 impl Condition {
@@ -193,8 +243,14 @@ impl Condition {
             | Condition::ProjectedOverrun
             | Condition::Overdraft
             | Condition::EmergencyWaiting => RuleKind::Budget,
-            Condition::DeniedReads { .. } => RuleKind::Security,
-            Condition::ErrorRate { .. } => RuleKind::ErrorRate,
+            Condition::DeniedReads { .. }
+            | Condition::AuthFailures { .. }
+            | Condition::AuditVerify { .. }
+            | Condition::BudgetVerify { .. } => RuleKind::Security,
+            Condition::ErrorRate { .. } | Condition::ProviderErrorRate { .. } => {
+                RuleKind::ErrorRate
+            }
+            Condition::ProviderFailing { .. } => RuleKind::ProviderFailing,
             Condition::StuckQueue { .. } => RuleKind::StuckQueue,
             Condition::ReviewBacklog { .. } => RuleKind::ReviewBacklog,
         }
@@ -205,8 +261,24 @@ impl Condition {
         match self {
             Condition::SlaP95 { window_seconds }
             | Condition::DeniedReads { window_seconds, .. }
+            | Condition::AuthFailures { window_seconds, .. }
+            | Condition::ProviderErrorRate { window_seconds, .. }
             | Condition::ErrorRate { window_seconds, .. } => TimeDelta::seconds(*window_seconds),
             _ => TimeDelta::zero(),
+        }
+    }
+
+    /// What the evaluator must verify for this condition, and at most how
+    /// often.
+    pub fn verification(&self) -> Option<(Check, TimeDelta)> {
+        match self {
+            Condition::AuditVerify { every_minutes } => {
+                Some((Check::AuditChain, TimeDelta::minutes(*every_minutes)))
+            }
+            Condition::BudgetVerify { every_minutes } => {
+                Some((Check::Ledger, TimeDelta::minutes(*every_minutes)))
+            }
+            _ => None,
         }
     }
 
@@ -254,6 +326,34 @@ impl Condition {
             Condition::ReviewBacklog { above } if *above < 0 => {
                 Err(ValidationError::new("above", "must not be negative"))
             }
+            Condition::AuthFailures { window_seconds, .. } => {
+                seconds("window_seconds", *window_seconds)
+            }
+            Condition::AuditVerify { every_minutes }
+            | Condition::BudgetVerify { every_minutes } => {
+                if (1..=10_080).contains(every_minutes) {
+                    Ok(())
+                } else {
+                    Err(ValidationError::new(
+                        "every_minutes",
+                        "must be between 1 and 10080 (a week)",
+                    ))
+                }
+            }
+            Condition::ProviderErrorRate {
+                above,
+                window_seconds,
+                min_calls,
+            } => {
+                fraction("above", *above, 1.0)?;
+                if *min_calls < 1 {
+                    return Err(ValidationError::new("min_calls", "must be at least 1"));
+                }
+                seconds("window_seconds", *window_seconds)
+            }
+            Condition::ProviderFailing { errors_in_a_row } if *errors_in_a_row < 1 => Err(
+                ValidationError::new("errors_in_a_row", "must be at least 1"),
+            ),
             _ => Ok(()),
         }
     }
@@ -399,6 +499,43 @@ pub fn default_rules() -> Vec<Rule> {
             600,
             Condition::ReviewBacklog { above: 20 },
         ),
+        rule(
+            "auth_failures",
+            Critical,
+            0,
+            Condition::AuthFailures {
+                above: 20,
+                window_seconds: 300,
+            },
+        ),
+        rule(
+            "audit_verify",
+            Critical,
+            0,
+            Condition::AuditVerify { every_minutes: 60 },
+        ),
+        rule(
+            "budget_verify",
+            Critical,
+            0,
+            Condition::BudgetVerify { every_minutes: 60 },
+        ),
+        rule(
+            "provider_error_rate",
+            Warning,
+            300,
+            Condition::ProviderErrorRate {
+                above: 0.2,
+                window_seconds: 900,
+                min_calls: 10,
+            },
+        ),
+        rule(
+            "provider_failing",
+            Critical,
+            0,
+            Condition::ProviderFailing { errors_in_a_row: 5 },
+        ),
     ]
 }
 
@@ -449,6 +586,42 @@ pub struct Facts {
     /// Samples of the denied cross-company reads counter (which only
     /// grows), oldest first.
     pub denied_reads: Vec<(DateTime<Utc>, u64)>,
+    /// The authentication failures of the longest window.
+    pub auth_failures: Vec<AuthFailure>,
+    /// The latest outcome of each scheduled verification.
+    pub verifications: Vec<Verification>,
+    /// Each provider's calls.
+    pub providers: Vec<ProviderFacts>,
+}
+
+/// A request refused for want of a valid key or session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthFailure {
+    pub at: DateTime<Utc>,
+    /// The key id the token named, if it named one.
+    pub key: Option<String>,
+    /// The client's address.
+    pub address: String,
+}
+
+/// A scheduled verification's latest outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verification {
+    pub check: Check,
+    pub at: DateTime<Utc>,
+    /// What failed, in words; None: it passed.
+    pub failure: Option<String>,
+}
+
+/// One provider's calls (every model of it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderFacts {
+    pub name: String,
+    /// Samples of its answered and failed calls counters (which only
+    /// grow), oldest first: (at, answered, failed).
+    pub samples: Vec<(DateTime<Utc>, u64, u64)>,
+    /// Its latest calls that failed, one after the other.
+    pub errors_in_a_row: u64,
 }
 
 /// A rule's condition holding for a subject now.
@@ -541,6 +714,96 @@ pub fn observe(rule: &Rule, facts: &Facts, now: DateTime<Utc>) -> Vec<Observatio
                         format!("pool {} has {:.1}% left", p.pool, left * 100.0),
                     )
                 })
+            })
+            .collect(),
+        Condition::AuthFailures {
+            above,
+            window_seconds,
+        } => {
+            let since = now - TimeDelta::seconds(*window_seconds);
+            let mut counts: BTreeMap<Subject, u64> = BTreeMap::new();
+            for f in facts
+                .auth_failures
+                .iter()
+                .filter(|f| f.at > since && f.at <= now)
+            {
+                if let Some(k) = &f.key {
+                    *counts.entry(Subject::Key(k.clone())).or_default() += 1;
+                }
+                *counts
+                    .entry(Subject::Address(f.address.clone()))
+                    .or_default() += 1;
+            }
+            counts
+                .into_iter()
+                .filter(|(_, n)| n > above)
+                .map(|(subject, n)| {
+                    let summary =
+                        format!("{n} authentication failures for {subject} in {window_seconds}s");
+                    seen(subject, n as f64, summary)
+                })
+                .collect()
+        }
+        Condition::AuditVerify { .. } | Condition::BudgetVerify { .. } => {
+            let Some((check, _)) = rule.condition.verification() else {
+                return vec![];
+            };
+            facts
+                .verifications
+                .iter()
+                .filter(|v| v.check == check)
+                .filter_map(|v| {
+                    let failure = v.failure.as_ref()?;
+                    Some(seen(
+                        Subject::System,
+                        1.0,
+                        format!("{} failed: {failure}", check.as_str()),
+                    ))
+                })
+                .collect()
+        }
+        Condition::ProviderErrorRate {
+            above,
+            window_seconds,
+            min_calls,
+        } => facts
+            .providers
+            .iter()
+            .filter_map(|p| {
+                let window = TimeDelta::seconds(*window_seconds);
+                let series = |f: fn(&(DateTime<Utc>, u64, u64)) -> u64| -> Vec<_> {
+                    p.samples.iter().map(|s| (s.0, f(s))).collect()
+                };
+                let ok = growth_in_window(&series(|s| s.1), window, now);
+                let failed = growth_in_window(&series(|s| s.2), window, now);
+                let calls = ok + failed;
+                let rate = failed as f64 / calls.max(1) as f64;
+                (calls >= *min_calls && rate > *above).then(|| {
+                    seen(
+                        Subject::Provider(p.name.clone()),
+                        rate,
+                        format!(
+                            "{:.0}% of {calls} calls to {} failed in {window_seconds}s",
+                            rate * 100.0,
+                            p.name
+                        ),
+                    )
+                })
+            })
+            .collect(),
+        Condition::ProviderFailing { errors_in_a_row } => facts
+            .providers
+            .iter()
+            .filter(|p| p.errors_in_a_row >= *errors_in_a_row)
+            .map(|p| {
+                seen(
+                    Subject::Provider(p.name.clone()),
+                    p.errors_in_a_row as f64,
+                    format!(
+                        "the last {} calls to {} all failed",
+                        p.errors_in_a_row, p.name
+                    ),
+                )
             })
             .collect(),
         _ => observe_company(rule, facts, now),
@@ -823,10 +1086,12 @@ impl Default for Routing {
                 ),
             );
         }
-        m.insert(
-            RuleKind::StuckQueue,
-            route(vec![team("operator"), team("infrastructure")], vec![], None),
-        );
+        for kind in [RuleKind::StuckQueue, RuleKind::ProviderFailing] {
+            m.insert(
+                kind,
+                route(vec![team("operator"), team("infrastructure")], vec![], None),
+            );
+        }
         Routing(m)
     }
 }
@@ -931,7 +1196,9 @@ impl Silence {
 
 // ---- the state machine ----
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// The alert fired.
@@ -963,6 +1230,102 @@ pub struct Notice {
     pub audience: Vec<Audience>,
     /// The silence holding it back: not sent.
     pub silenced_by: Option<Uuid>,
+}
+
+// ---- grouping ----
+
+/// The notices that go out together: one rule's, of one kind, for one
+/// audience (Alertmanager's grouping by `alertname`). A company's contact
+/// hears of its own company's alerts only, so its groups are per company.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    pub rule: String,
+    pub notice: NoticeKind,
+    pub audience: Audience,
+    /// Set for [`Audience::CompanyContact`] only: the alerts' company.
+    pub company: Option<CompanyId>,
+}
+
+impl GroupKey {
+    pub fn of(alert: &Alert, notice: NoticeKind, audience: &Audience) -> GroupKey {
+        GroupKey {
+            rule: alert.rule.clone(),
+            notice,
+            audience: audience.clone(),
+            company: match audience {
+                Audience::CompanyContact => alert.company().cloned(),
+                Audience::Team(_) => None,
+            },
+        }
+    }
+}
+
+/// When grouped notices go out (Alertmanager's `group_wait` and
+/// `group_interval`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grouping {
+    /// How long a group's first notice waits for others to join it.
+    pub wait: TimeDelta,
+    /// After a group went out, how long its next notices wait, together.
+    pub interval: TimeDelta,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Group {
+    /// When the group last went out.
+    sent_at: Option<DateTime<Utc>>,
+    /// Since when its first held notice waits.
+    held_since: Option<DateTime<Utc>>,
+    /// The alerts of its held notices, each as of its latest notice.
+    held: Vec<Alert>,
+}
+
+/// The notices held for their group, and when each group last went out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outbox {
+    groups: BTreeMap<GroupKey, Group>,
+}
+
+impl Outbox {
+    /// Holds `alert`'s notice for its group; an alert already held there
+    /// is replaced by this later state of it.
+    pub fn hold(&mut self, key: GroupKey, alert: Alert, now: DateTime<Utc>) {
+        let g = self.groups.entry(key).or_default();
+        g.held_since.get_or_insert(now);
+        match g.held.iter_mut().find(|a| a.id == alert.id) {
+            Some(a) => *a = alert,
+            None => g.held.push(alert),
+        }
+    }
+
+    /// The groups due at `now`, each with its alerts in the order they
+    /// were held: a group that never went out once its first notice waited
+    /// `wait`; one that did, `interval` after it last went out (and its
+    /// first notice waited `wait`). They count as sent now.
+    pub fn take_due(&mut self, now: DateTime<Utc>, g: Grouping) -> Vec<(GroupKey, Vec<Alert>)> {
+        let mut out = Vec::new();
+        for (key, group) in &mut self.groups {
+            let Some(since) = group.held_since else {
+                continue;
+            };
+            let due = now - since >= g.wait && group.sent_at.is_none_or(|t| now - t >= g.interval);
+            if due {
+                out.push((key.clone(), std::mem::take(&mut group.held)));
+                group.held_since = None;
+                group.sent_at = Some(now);
+            }
+        }
+        // A group with nothing held that could send at once is forgotten.
+        self.groups.retain(|_, group| {
+            group.held_since.is_some() || group.sent_at.is_some_and(|t| now - t < g.interval)
+        });
+        out
+    }
+
+    /// Notices held, over every group.
+    pub fn held(&self) -> usize {
+        self.groups.values().map(|g| g.held.len()).sum()
+    }
 }
 
 /// What one evaluation changes: alerts to insert and to update (each at
@@ -1380,6 +1743,9 @@ mod tests {
             Subject::Company(acme()),
             Subject::Agent("legal".into()),
             Subject::Provider("openai".into()),
+            Subject::Key("k3v9x2m4q8ab".into()),
+            Subject::Address("::1".into()),
+            Subject::Address("203.0.113.9".into()),
         ] {
             assert_eq!(Subject::parse(&s.key()), Some(s));
         }
@@ -1395,6 +1761,9 @@ mod tests {
             companies: vec![],
             oldest_runnable_since: None,
             denied_reads: vec![],
+            auth_failures: vec![],
+            verifications: vec![],
+            providers: vec![],
         }
     }
 
@@ -1453,6 +1822,229 @@ mod tests {
         let o = observe(&find("denied_reads"), &f, now);
         assert_eq!(o[0].value, 11.0);
         assert_eq!(o[0].subject, Subject::System);
+    }
+
+    #[test]
+    fn security_and_provider_conditions_read_their_facts() {
+        let rules = default_rules();
+        let find = |n: &str| rules.iter().find(|r| r.name == n).expect("rule").clone();
+        let now = t0();
+        let mut f = facts();
+        // 21 failures from one address in 5 minutes, 20 of them naming one
+        // key; an older one out of the window; another address's 3.
+        let fail = |secs: i64, key: Option<&str>, address: &str| AuthFailure {
+            at: now - TimeDelta::seconds(secs),
+            key: key.map(str::to_owned),
+            address: address.into(),
+        };
+        f.auth_failures.push(fail(301, Some("k1"), "203.0.113.9"));
+        for i in 0..20 {
+            f.auth_failures.push(fail(i, Some("k1"), "203.0.113.9"));
+        }
+        f.auth_failures.push(fail(0, None, "203.0.113.9"));
+        for i in 0..3 {
+            f.auth_failures.push(fail(i, None, "198.51.100.1"));
+        }
+        let rule = find("auth_failures");
+        assert_eq!(rule.kind(), RuleKind::Security);
+        let o = observe(&rule, &f, now);
+        let got: Vec<_> = o.iter().map(|o| (o.subject.key(), o.value)).collect();
+        assert_eq!(got, [("address:203.0.113.9".to_owned(), 21.0)]);
+        f.auth_failures.push(fail(1, Some("k1"), "198.51.100.1"));
+        let o = observe(&rule, &f, now);
+        let got: Vec<_> = o.iter().map(|o| (o.subject.key(), o.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("key:k1".to_owned(), 21.0),
+                ("address:203.0.113.9".to_owned(), 21.0)
+            ]
+        );
+        // Five minutes on, the burst is over.
+        assert!(observe(&rule, &f, now + TimeDelta::minutes(5)).is_empty());
+
+        // A failed verification, named; a passed one observes nothing.
+        let audit = find("audit_verify");
+        let ledger = find("budget_verify");
+        assert_eq!(
+            audit.condition.verification(),
+            Some((Check::AuditChain, TimeDelta::hours(1)))
+        );
+        f.verifications = vec![
+            Verification {
+                check: Check::AuditChain,
+                at: now,
+                failure: Some("entry 3: hash mismatch".into()),
+            },
+            Verification {
+                check: Check::Ledger,
+                at: now,
+                failure: None,
+            },
+        ];
+        let o = observe(&audit, &f, now);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].subject, Subject::System);
+        assert_eq!(o[0].summary, "audit verify failed: entry 3: hash mismatch");
+        assert!(observe(&ledger, &f, now).is_empty());
+        assert_eq!(audit.severity, Severity::Critical);
+
+        // Providers: 3 of 10 calls failed in the last 15 minutes (the
+        // calls before do not count); another failing every call lately.
+        f.providers = vec![
+            ProviderFacts {
+                name: "openai".into(),
+                samples: vec![
+                    (now - TimeDelta::minutes(20), 100, 50),
+                    (now - TimeDelta::minutes(15), 100, 50),
+                    (now, 107, 53),
+                ],
+                errors_in_a_row: 1,
+            },
+            ProviderFacts {
+                name: "local".into(),
+                samples: vec![(now, 0, 4)],
+                errors_in_a_row: 4,
+            },
+        ];
+        let rate = find("provider_error_rate");
+        let o = observe(&rate, &f, now);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].subject, Subject::Provider("openai".into()));
+        assert!((o[0].value - 0.3).abs() < 1e-9);
+        // Fewer than `min_calls`: no rate to speak of.
+        f.providers[0].samples[2] = (now, 104, 53);
+        assert!(observe(&rate, &f, now).is_empty());
+        let failing = find("provider_failing");
+        assert_eq!(failing.kind(), RuleKind::ProviderFailing);
+        assert!(observe(&failing, &f, now).is_empty());
+        f.providers[1].errors_in_a_row = 5;
+        let o = observe(&failing, &f, now);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].subject, Subject::Provider("local".into()));
+        assert_eq!(o[0].summary, "the last 5 calls to local all failed");
+    }
+
+    fn an_alert(rule: &str, subject: Subject) -> Alert {
+        Alert {
+            id: Uuid::now_v7(),
+            rule: rule.into(),
+            kind: RuleKind::Security,
+            severity: Severity::Critical,
+            subject,
+            labels: BTreeMap::new(),
+            state: AlertState::Firing,
+            summary: String::new(),
+            value: 1.0,
+            started_at: t0(),
+            fired_at: Some(t0()),
+            acknowledged_at: None,
+            acknowledged_by: None,
+            escalated_at: None,
+            last_notified_at: Some(t0()),
+            resolved_at: None,
+            resolved_by: None,
+            updated_at: t0(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn grouped_notices_wait_then_go_out_together() {
+        let g = Grouping {
+            wait: TimeDelta::seconds(30),
+            interval: TimeDelta::minutes(5),
+        };
+        let ops = Audience::Team("operator".into());
+        let firing = NoticeKind::Firing;
+        let a = an_alert("auth_failures", Subject::Key("k1".into()));
+        let b = an_alert("auth_failures", Subject::Address("203.0.113.9".into()));
+        let c = an_alert("auth_failures", Subject::Address("198.51.100.1".into()));
+        let other = an_alert("denied_reads", Subject::System);
+        let mut o = Outbox::default();
+        let key = GroupKey::of(&a, firing, &ops);
+        o.hold(key.clone(), a.clone(), t0());
+        o.hold(GroupKey::of(&other, firing, &ops), other.clone(), t0());
+        // The first waits `wait` for others to join.
+        assert!(o.take_due(t0() + TimeDelta::seconds(29), g).is_empty());
+        o.hold(
+            GroupKey::of(&b, firing, &ops),
+            b.clone(),
+            t0() + TimeDelta::seconds(29),
+        );
+        let due = o.take_due(t0() + TimeDelta::seconds(30), g);
+        let ids: Vec<_> = due
+            .iter()
+            .map(|(k, v)| (k.rule.as_str(), v.iter().map(|a| a.id).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("auth_failures", vec![a.id, b.id]),
+                ("denied_reads", vec![other.id])
+            ]
+        );
+        // The next of the group waits for the interval since it went out.
+        let sent = t0() + TimeDelta::seconds(30);
+        o.hold(key.clone(), c.clone(), sent + TimeDelta::minutes(1));
+        assert_eq!(o.held(), 1);
+        assert!(
+            o.take_due(sent + TimeDelta::minutes(5) - TimeDelta::seconds(1), g)
+                .is_empty()
+        );
+        let due = o.take_due(sent + TimeDelta::minutes(5), g);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.iter().map(|a| a.id).collect::<Vec<_>>(), [c.id]);
+        assert_eq!(o.held(), 0);
+        // Long after, a group starts afresh: `wait` only.
+        let later = sent + TimeDelta::hours(1);
+        assert!(o.take_due(later, g).is_empty());
+        o.hold(key, a.clone(), later);
+        assert_eq!(o.take_due(later + TimeDelta::seconds(30), g).len(), 1);
+    }
+
+    #[test]
+    fn a_company_contact_hears_its_own_company_alone() {
+        let acme_alert = an_alert("sla_violation", Subject::Company(acme()));
+        let beta_alert = an_alert(
+            "sla_violation",
+            Subject::Company(CompanyId::parse("beta").expect("id")),
+        );
+        let contact = Audience::CompanyContact;
+        let ops = Audience::Team("operator".into());
+        let n = NoticeKind::Firing;
+        assert_ne!(
+            GroupKey::of(&acme_alert, n, &contact),
+            GroupKey::of(&beta_alert, n, &contact)
+        );
+        assert_eq!(
+            GroupKey::of(&acme_alert, n, &ops),
+            GroupKey::of(&beta_alert, n, &ops)
+        );
+        let mut o = Outbox::default();
+        let now = t0();
+        for a in [&acme_alert, &beta_alert] {
+            for who in [&contact, &ops] {
+                o.hold(GroupKey::of(a, n, who), a.clone(), now);
+            }
+        }
+        let g = Grouping {
+            wait: TimeDelta::zero(),
+            interval: TimeDelta::minutes(5),
+        };
+        let due = o.take_due(now, g);
+        let shape: Vec<_> = due
+            .iter()
+            .map(|(k, v)| (k.audience.clone(), k.company.clone(), v.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (ops.clone(), None, 2),
+                (contact.clone(), Some(acme()), 1),
+                (contact, Some(CompanyId::parse("beta").expect("id")), 1),
+            ]
+        );
     }
 
     #[derive(Debug, Clone)]

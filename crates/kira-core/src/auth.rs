@@ -28,6 +28,9 @@ pub enum Role {
     Operator,
     /// One company, read only.
     Viewer,
+    /// No company and no API: only the system-wide Prometheus exposition
+    /// (`GET /metrics`), for a scraper that should hold nothing more.
+    Metrics,
 }
 
 impl Role {
@@ -36,6 +39,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Operator => "operator",
             Role::Viewer => "viewer",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -44,9 +48,10 @@ impl Role {
             "admin" => Ok(Role::Admin),
             "operator" => Ok(Role::Operator),
             "viewer" => Ok(Role::Viewer),
+            "metrics" => Ok(Role::Metrics),
             _ => Err(ValidationError::new(
                 "role",
-                "must be one of admin, operator, viewer",
+                "must be one of admin, operator, viewer, metrics",
             )),
         }
     }
@@ -122,6 +127,13 @@ impl NewKey {
                 return Err(ValidationError::new(
                     "company_id",
                     "an admin key covers every company; leave company_id out",
+                ));
+            }
+            (Role::Metrics, None) => None,
+            (Role::Metrics, Some(_)) => {
+                return Err(ValidationError::new(
+                    "company_id",
+                    "a metrics key reads the system-wide /metrics only; leave company_id out",
                 ));
             }
             (_, None) => {
@@ -373,10 +385,17 @@ impl Principal {
         self.company.as_ref()
     }
 
+    /// Whether this caller may use the API and the dashboards at all: a
+    /// metrics key may only scrape ([`Principal::metrics`]).
+    pub fn may_use_api(&self) -> bool {
+        self.role != Role::Metrics
+    }
+
     /// A scope for one company's data, if this caller may have it.
     pub fn scope(&self, company: &CompanyId, access: Access) -> Result<CompanyScope, Denied> {
         match self.role {
             Role::Admin => {}
+            Role::Metrics => return Err(Denied::Forbidden),
             Role::Operator | Role::Viewer => {
                 if self.company.as_ref() != Some(company) {
                     return Err(Denied::NotFound);
@@ -402,6 +421,31 @@ impl Principal {
             }),
             _ => Err(Denied::Forbidden),
         }
+    }
+
+    /// Permission to read the system-wide Prometheus exposition, which
+    /// shows every company's series: an admin's or a metrics key's, never
+    /// a company key's.
+    pub fn metrics(&self) -> Result<MetricsScope, Denied> {
+        match self.role {
+            Role::Admin | Role::Metrics => Ok(MetricsScope {
+                actor: self.actor.clone(),
+            }),
+            Role::Operator | Role::Viewer => Err(Denied::Forbidden),
+        }
+    }
+}
+
+/// Permission to read the Prometheus exposition of every company's
+/// series, and nothing else: made only by [`Principal::metrics`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsScope {
+    actor: Actor,
+}
+
+impl MetricsScope {
+    pub fn actor(&self) -> &Actor {
+        &self.actor
     }
 }
 
@@ -571,6 +615,34 @@ mod tests {
         assert!(admin.admin().is_ok());
         assert_eq!(op.admin(), Err(Denied::Forbidden));
         assert_eq!(viewer.admin(), Err(Denied::Forbidden));
+        // The exposition: the admin's and a metrics key's, never a company key's.
+        assert!(admin.metrics().is_ok());
+        assert_eq!(op.metrics(), Err(Denied::Forbidden));
+        assert_eq!(viewer.metrics(), Err(Denied::Forbidden));
+        assert!(admin.may_use_api() && op.may_use_api() && viewer.may_use_api());
+    }
+
+    #[test]
+    fn a_metrics_key_may_scrape_and_nothing_else() {
+        let k = issue(Role::Metrics, None);
+        assert_eq!(k.stored.key.company_id, None);
+        let p = Principal::authenticate(&k.token, &k.stored).expect("valid");
+        assert!(p.metrics().is_ok());
+        assert!(!p.may_use_api());
+        assert_eq!(p.admin(), Err(Denied::Forbidden));
+        let acme = CompanyId::parse("acme").expect("valid");
+        for access in [Access::Read, Access::Write] {
+            assert_eq!(p.scope(&acme, access), Err(Denied::Forbidden));
+        }
+        assert_eq!(Role::parse("metrics"), Ok(Role::Metrics));
+        let e = NewKey {
+            name: "k".into(),
+            role: Role::Metrics,
+            company_id: Some("acme".into()),
+        }
+        .issue(&mut rand::rngs::StdRng::seed_from_u64(1), now())
+        .expect_err("a metrics key names no company");
+        assert_eq!(e.field, "company_id");
     }
 
     proptest! {

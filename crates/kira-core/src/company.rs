@@ -152,7 +152,7 @@ pub fn writable_by(role: Role, field: &str) -> bool {
     match role {
         Role::Admin => true,
         Role::Operator => !ADMIN_ONLY_FIELDS.contains(&field),
-        Role::Viewer => false,
+        Role::Viewer | Role::Metrics => false,
     }
 }
 

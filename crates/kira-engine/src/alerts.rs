@@ -8,19 +8,22 @@
 //! One evaluator at a time across processes (an advisory job lock, like
 //! compaction's).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use kira_core::ValidationError;
 use kira_core::alerts::{
-    Alert, Audience, CompanyFacts, Condition, Facts, Matcher, NoticeKind, Policy, PoolFacts,
-    Routing, Rule, Severity, Silence, default_rules, observe, plan,
+    Alert, Audience, AuthFailure, Check, CompanyFacts, Condition, Facts, GroupKey, Grouping,
+    Matcher, NoticeKind, Outbox, Policy, PoolFacts, ProviderFacts, Routing, Rule, Severity,
+    Silence, Verification, default_rules, observe, plan,
 };
-use kira_core::audit::AuditRecord;
+use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{AdminScope, Principal};
 use kira_core::company::Company;
+use kira_core::ids::KeyId;
 use kira_core::metrics::Resolution;
 use kira_store::alerts::{AlertDetail, AlertFilter, AlertReader, Delivery, NotificationAttempt};
 use kira_store::metrics::MetricsQuery;
@@ -43,12 +46,20 @@ use channels::{Unavailable, smtp_transport};
 /// The advisory-lock key of the alerts evaluator.
 const JOB_ALERTS: i64 = 0x6b69_7261_0004;
 
+/// The most authentication failures kept for the `auth_failures` rule: a
+/// flood of refusals cannot grow the process without bound (the oldest go
+/// first).
+const AUTH_FAILURES_KEPT: usize = 100_000;
+
 /// `[alerts]`: the rules, the teams and their channels, the intervals.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertsConfig {
     pub evaluate_interval: TimeDelta,
     /// Between two notifications of an alert still firing.
     pub repeat_interval: TimeDelta,
+    /// How the notices of one rule, kind and audience go out together
+    /// (`group_wait`, `group_interval`).
+    pub grouping: Grouping,
     pub rules: Vec<Rule>,
     /// SEED 6.2's by default.
     pub routing: Routing,
@@ -66,6 +77,13 @@ impl Default for AlertsConfig {
         Self {
             evaluate_interval: TimeDelta::seconds(30),
             repeat_interval: TimeDelta::hours(4),
+            // SEED 6.2 says "immediately": a group's first notice waits
+            // for nothing; what joins a group that went out waits for
+            // Alertmanager's default interval, to go out together.
+            grouping: Grouping {
+                wait: TimeDelta::zero(),
+                interval: TimeDelta::minutes(5),
+            },
             rules: default_rules(),
             routing: Routing::default(),
             teams: BTreeMap::new(),
@@ -82,6 +100,10 @@ impl Default for AlertsConfig {
 pub struct AlertsSection {
     pub evaluate_interval_seconds: Option<i64>,
     pub repeat_interval_minutes: Option<i64>,
+    /// How long a rule's first notice waits for other subjects to join it.
+    pub group_wait_seconds: Option<i64>,
+    /// After a rule's notice went out, how long the next ones wait.
+    pub group_interval_seconds: Option<i64>,
     pub delivery_attempts: Option<u32>,
     pub retry_backoff_ms: Option<u64>,
     /// `[alerts.teams.NAME] channels = [...]`.
@@ -123,6 +145,13 @@ impl AlertsSection {
         if let Some(v) = self.repeat_interval_minutes {
             c.repeat_interval =
                 TimeDelta::minutes(within("alerts.repeat_interval_minutes", v, 1, 10_080)?);
+        }
+        if let Some(v) = self.group_wait_seconds {
+            c.grouping.wait = TimeDelta::seconds(within("alerts.group_wait_seconds", v, 0, 3_600)?);
+        }
+        if let Some(v) = self.group_interval_seconds {
+            c.grouping.interval =
+                TimeDelta::seconds(within("alerts.group_interval_seconds", v, 0, 86_400)?);
         }
         if let Some(v) = self.delivery_attempts {
             c.delivery_attempts = within("alerts.delivery_attempts", i64::from(v), 1, 10)? as u32;
@@ -205,9 +234,12 @@ pub struct EvaluationReport {
     pub observed: usize,
     pub opened: usize,
     pub changed: usize,
-    /// Notices sent to at least one target, and those held by a silence.
+    /// Grouped notices sent (one per rule, kind and audience that went
+    /// out), and notices held by a silence.
     pub notices_sent: usize,
     pub notices_silenced: usize,
+    /// Notices waiting for their group to go out.
+    pub notices_held: usize,
     pub attempts_failed: usize,
 }
 
@@ -230,6 +262,16 @@ pub struct Alerts {
     sharing: Arc<crate::sharing::Sharing>,
     /// Samples of the denied-reads counter, for its growth in a window.
     denied: Mutex<Vec<(DateTime<Utc>, u64)>>,
+    /// This process's authentication failures of the longest window.
+    auth_failures: Mutex<VecDeque<AuthFailure>>,
+    /// Samples of each provider's answered and failed calls counters.
+    provider_samples: Mutex<BTreeMap<String, Vec<(DateTime<Utc>, u64, u64)>>>,
+    /// The latest run of each scheduled verification.
+    verified: tokio::sync::Mutex<BTreeMap<Check, Verification>>,
+    /// The notices waiting for their group, and when each group last went
+    /// out. In this process: a notice held here goes out from here, even
+    /// while another node evaluates.
+    outbox: Mutex<Outbox>,
     http: reqwest::Client,
     /// For a company contact's webhook: held to `[tools]`'s address policy.
     company_http: reqwest::Client,
@@ -281,6 +323,10 @@ impl Alerts {
             sharing,
             smtp,
             denied: Mutex::new(Vec::new()),
+            auth_failures: Mutex::new(VecDeque::new()),
+            provider_samples: Mutex::new(BTreeMap::new()),
+            verified: tokio::sync::Mutex::new(BTreeMap::new()),
+            outbox: Mutex::new(Outbox::default()),
             http,
             company_http,
         }
@@ -292,11 +338,15 @@ impl Alerts {
 
     /// One evaluation, on one node at a time. None: another node holds it.
     pub async fn evaluate(&self) -> Result<Option<EvaluationReport>, EngineError> {
-        let Some(_lock) = self.ctx.store.job_lock(JOB_ALERTS).await? else {
-            return Ok(None);
-        };
         let now = self.ctx.clock.now().trunc_subsecs(6);
         let admin = system_admin()?;
+        let Some(_lock) = self.ctx.store.job_lock(JOB_ALERTS).await? else {
+            // What this process holds still goes out when its group is due.
+            let directory = self.directory(&admin).await?;
+            self.flush(now, &directory, &mut EvaluationReport::default())
+                .await?;
+            return Ok(None);
+        };
         let (facts, directory) = self.facts(&admin, now).await?;
         let cfg = self.config();
         let observed: Vec<_> = cfg
@@ -328,15 +378,44 @@ impl Alerts {
         };
         let alerts: HashMap<Uuid, &Alert> =
             p.new.iter().chain(&p.changed).map(|a| (a.id, a)).collect();
-        for n in p.notices.iter().filter(|n| written.contains(&n.alert_id)) {
-            let Some(alert) = alerts.get(&n.alert_id) else {
-                continue;
-            };
-            if n.silenced_by.is_some() {
-                report.notices_silenced += 1;
-                continue;
+        {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            for n in p.notices.iter().filter(|n| written.contains(&n.alert_id)) {
+                let Some(alert) = alerts.get(&n.alert_id) else {
+                    continue;
+                };
+                if n.silenced_by.is_some() {
+                    report.notices_silenced += 1;
+                    continue;
+                }
+                for who in &n.audience {
+                    outbox.hold(GroupKey::of(alert, n.kind, who), (*alert).clone(), now);
+                }
             }
-            let attempts = self.deliver(alert, n.kind, &n.audience, &directory).await;
+        }
+        self.flush(now, &directory, &mut report).await?;
+        Ok(Some(report))
+    }
+
+    /// Sends every group due now, one notice per group listing its
+    /// alerts, each attempt recorded on every alert of the group.
+    async fn flush(
+        &self,
+        now: DateTime<Utc>,
+        directory: &HashMap<String, Company>,
+        report: &mut EvaluationReport,
+    ) -> Result<(), EngineError> {
+        let grouping = self.config().grouping;
+        let due = {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            let due = outbox.take_due(now, grouping);
+            report.notices_held = outbox.held();
+            due
+        };
+        for (key, alerts) in due {
+            let attempts = self
+                .deliver(&alerts, key.notice, &key.audience, directory)
+                .await;
             report.attempts_failed += attempts
                 .iter()
                 .filter(|a| a.outcome == Delivery::Failed)
@@ -344,7 +423,18 @@ impl Alerts {
             report.notices_sent += 1;
             self.ctx.store.record_notifications(&attempts).await?;
         }
-        Ok(Some(report))
+        Ok(())
+    }
+
+    /// The company directory (contacts), by id.
+    async fn directory(&self, admin: &AdminScope) -> Result<HashMap<String, Company>, EngineError> {
+        Ok(self
+            .sharing
+            .directory(admin)
+            .await?
+            .iter()
+            .map(|c| (c.id.to_string(), c.clone()))
+            .collect())
     }
 
     /// What the rules look at, now, and the company directory (contacts).
@@ -385,13 +475,7 @@ impl Alerts {
             .map(|(c, n)| (c.as_str(), *n))
             .collect();
         // The directory sharing keeps, read again only when a company changed.
-        let directory: HashMap<String, Company> = self
-            .sharing
-            .directory(admin)
-            .await?
-            .iter()
-            .map(|c| (c.id.to_string(), c.clone()))
-            .collect();
+        let directory = self.directory(admin).await?;
         let mut companies = Vec::new();
         for line in &budget.companies {
             let id = line.company_id.to_string();
@@ -431,8 +515,150 @@ impl Alerts {
             companies,
             oldest_runnable_since: waiting.oldest_queued_since(),
             denied_reads: self.sample_denied_reads(now, longest),
+            auth_failures: self.recent_auth_failures(now, longest),
+            verifications: self.verify_due(admin, now).await,
+            providers: self.sample_providers(now, longest),
         };
         Ok((facts, directory))
+    }
+
+    /// Counts a request refused for want of a valid key or session, for
+    /// the `auth_failures` rule: the key id its token named (never the
+    /// token), if any, and the client's address.
+    pub fn auth_failed(&self, key: Option<&KeyId>, from: IpAddr) {
+        let mut f = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() >= AUTH_FAILURES_KEPT {
+            f.pop_front();
+        }
+        f.push_back(AuthFailure {
+            at: self.ctx.clock.now(),
+            key: key.map(ToString::to_string),
+            address: from.to_string(),
+        });
+    }
+
+    /// The failures of the longest window, the older ones dropped.
+    fn recent_auth_failures(&self, now: DateTime<Utc>, keep: TimeDelta) -> Vec<AuthFailure> {
+        let mut f = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+        let cut = now - keep;
+        while f.front().is_some_and(|x| x.at <= cut) {
+            f.pop_front();
+        }
+        f.iter().cloned().collect()
+    }
+
+    /// Adds this moment's sample of each provider's calls and keeps what
+    /// the longest window needs.
+    fn sample_providers(&self, now: DateTime<Utc>, keep: TimeDelta) -> Vec<ProviderFacts> {
+        let health = self.metrics.provider_health();
+        let mut samples = self
+            .provider_samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let cut = now - keep - TimeDelta::minutes(5);
+        health
+            .into_iter()
+            .map(|h| {
+                let s = samples.entry(h.provider.clone()).or_default();
+                s.push((now, h.ok, h.errors));
+                // Keep one sample at or before the window's start as its base.
+                while s.len() > 2 && s[1].0 <= cut {
+                    s.remove(0);
+                }
+                ProviderFacts {
+                    name: h.provider,
+                    samples: s.clone(),
+                    errors_in_a_row: h.errors_in_a_row,
+                }
+            })
+            .collect()
+    }
+
+    /// Runs each verification a rule asks for whose interval has passed
+    /// since its last run here; the latest outcome of each.
+    async fn verify_due(&self, admin: &AdminScope, now: DateTime<Utc>) -> Vec<Verification> {
+        let mut due: BTreeMap<Check, TimeDelta> = BTreeMap::new();
+        for (check, every) in self
+            .config()
+            .rules
+            .iter()
+            .filter_map(|r| r.condition.verification())
+        {
+            let e = due.entry(check).or_insert(every);
+            *e = (*e).min(every);
+        }
+        let mut verified = self.verified.lock().await;
+        for (check, every) in due.iter() {
+            if verified.get(check).is_some_and(|v| now - v.at < *every) {
+                continue;
+            }
+            let failure = match self.verify(*check, admin, now).await {
+                Ok(failure) => failure,
+                Err(e) => Some(format!("could not run: {e}")),
+            };
+            if let Some(f) = &failure {
+                tracing::error!(check = check.as_str(), failure = %f, "a scheduled verification failed");
+            }
+            verified.insert(
+                *check,
+                Verification {
+                    check: *check,
+                    at: now,
+                    failure,
+                },
+            );
+        }
+        verified
+            .values()
+            .filter(|v| due.contains_key(&v.check))
+            .cloned()
+            .collect()
+    }
+
+    /// One verification: what failed, in words, or None.
+    async fn verify(
+        &self,
+        check: Check,
+        admin: &AdminScope,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, EngineError> {
+        Ok(match check {
+            Check::AuditChain => {
+                let audit = AuditRecord {
+                    at: now,
+                    request_id: format!("alerts-{}", now.timestamp_millis()),
+                    actor: Principal::system().actor().to_string(),
+                    company_id: None,
+                    action: "audit.verify".into(),
+                    target: "audit".into(),
+                    outcome: Outcome::Ok,
+                    detail: "scheduled by the alerts evaluator".into(),
+                };
+                let r = self.ctx.store.verify_audit(admin, audit).await?;
+                match (r.ok, r.first_broken) {
+                    (true, _) => None,
+                    (false, Some(b)) => Some(format!("entry {}: {}", b.seq, b.reason)),
+                    (false, None) => Some("the chain does not verify".into()),
+                }
+            }
+            Check::Ledger => {
+                let r = self.ctx.store.verify_ledger(admin).await?;
+                if r.ok {
+                    None
+                } else {
+                    let shown: Vec<_> = r.differences.iter().take(3).cloned().collect();
+                    let more = r.differences.len().saturating_sub(shown.len());
+                    let mut text = shown.join("; ");
+                    if more > 0 {
+                        text.push_str(&format!("; and {more} more"));
+                    }
+                    if text.is_empty() {
+                        text = "the ledger does not match the balances".into();
+                    }
+                    Some(text)
+                }
+            }
+        })
     }
 
     /// Adds this moment's count of denied reads and keeps the samples the
@@ -539,34 +765,41 @@ impl Alerts {
         }
     }
 
-    /// Sends `notice` to every target of `audience`, each with retries and
-    /// backoff; every attempt returned for the record.
+    /// Sends one notice about `alerts` (one group: one rule, and for a
+    /// company's contact one company) to every target of `who`, each with
+    /// retries and backoff; every attempt returned for the record, once per
+    /// alert.
     async fn deliver(
         &self,
-        alert: &Alert,
+        alerts: &[Alert],
         notice: NoticeKind,
-        audience: &[Audience],
+        who: &Audience,
         directory: &HashMap<String, Company>,
     ) -> Vec<NotificationAttempt> {
         let cfg = self.config();
         let mut out = Vec::new();
-        for who in audience {
-            let message = Message {
-                notice,
-                audience: match who {
-                    Audience::Team(t) => format!("team:{t}"),
-                    Audience::CompanyContact => "company_contact".into(),
-                },
-                alert,
-                text: Message::line(alert, notice),
-                at: self.ctx.clock.now(),
-                active_for: cfg.repeat_interval + cfg.evaluate_interval * 2,
-            };
-            for channel in self.channels(alert, who, directory) {
-                let mut wait = cfg.retry_backoff;
-                for attempt in 1..=cfg.delivery_attempts {
-                    let sent = channel.send(&message).await;
-                    let failed = sent.is_err();
+        let Some(first) = alerts.first() else {
+            return out;
+        };
+        let message = Message {
+            notice,
+            audience: match who {
+                Audience::Team(t) => format!("team:{t}"),
+                Audience::CompanyContact => "company_contact".into(),
+            },
+            alert: first,
+            alerts: alerts.iter().collect(),
+            text: Message::group_line(alerts, notice),
+            at: self.ctx.clock.now(),
+            active_for: cfg.repeat_interval + cfg.evaluate_interval * 2,
+        };
+        for channel in self.channels(first, who, directory) {
+            let mut wait = cfg.retry_backoff;
+            for attempt in 1..=cfg.delivery_attempts {
+                let sent = channel.send(&message).await;
+                let failed = sent.is_err();
+                let at = self.ctx.clock.now().trunc_subsecs(6);
+                for alert in alerts {
                     out.push(NotificationAttempt {
                         alert_id: alert.id,
                         company_id: alert.company().cloned(),
@@ -574,21 +807,21 @@ impl Alerts {
                         channel: channel.kind().into(),
                         target: channel.target(),
                         attempt: attempt as i32,
-                        at: self.ctx.clock.now().trunc_subsecs(6),
+                        at,
                         outcome: if failed {
                             Delivery::Failed
                         } else {
                             Delivery::Sent
                         },
-                        error: sent.err(),
+                        error: sent.clone().err(),
                     });
-                    // An unavailable channel is not retried: it cannot change.
-                    if !failed || attempt == cfg.delivery_attempts || !channel.retries() {
-                        break;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
                 }
+                // An unavailable channel is not retried: it cannot change.
+                if !failed || attempt == cfg.delivery_attempts || !channel.retries() {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                wait = wait.saturating_mul(2);
             }
         }
         out

@@ -1339,7 +1339,8 @@ mod tests {
     #[test]
     fn alerts_section_changes_adds_and_removes_rules() {
         let c = resolve("{}").expect("valid");
-        assert_eq!(c.alerts.rules.len(), 12, "SEED's alerts by default");
+        // SEED's alerts by default, with the security and provider rules.
+        assert_eq!(c.alerts.rules.len(), 17);
         let c = resolve(
             r#"{"alerts": {
                 "evaluate_interval_seconds": 15,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::ValidationError;
-use kira_core::auth::{AdminScope, CompanyScope};
+use kira_core::auth::{AdminScope, CompanyScope, MetricsScope, Principal};
 use kira_core::metrics::{Resolution, Rollup};
 use kira_store::metrics::{MetricRow, MetricTotals, MetricsQuery, RollupReport};
 use serde::{Deserialize, Serialize};
@@ -393,6 +393,16 @@ pub struct ProviderCalls {
     pub buckets: [u64; PROVIDER_BOUNDS.len() + 1],
 }
 
+/// One provider's calls in this process, every model together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderHealth {
+    pub provider: String,
+    pub ok: u64,
+    pub errors: u64,
+    /// Its latest calls that failed, one after the other.
+    pub errors_in_a_row: u64,
+}
+
 /// Task metrics: the roll-up and retention jobs and the series. Its own
 /// state: this process's provider calls (counts and latency per provider
 /// and model). The events and the series are the store's; the count of
@@ -401,7 +411,15 @@ pub struct Metrics {
     ctx: Arc<Ctx>,
     sharing: Arc<crate::sharing::Sharing>,
     nodes: Arc<crate::nodes::Nodes>,
-    providers: std::sync::Mutex<BTreeMap<(String, String), ProviderCalls>>,
+    providers: std::sync::Mutex<ProviderBook>,
+}
+
+/// This process's provider calls: per provider and model, and per
+/// provider its latest failures in a row (the `provider_failing` rule's).
+#[derive(Debug, Default)]
+struct ProviderBook {
+    calls: BTreeMap<(String, String), ProviderCalls>,
+    errors_in_a_row: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -439,6 +457,7 @@ impl Metrics {
             return;
         };
         let c = m
+            .calls
             .entry((provider.to_owned(), model.to_owned()))
             .or_default();
         match answered {
@@ -447,8 +466,12 @@ impl Metrics {
                 c.ok += 1;
                 c.seconds += secs;
                 c.buckets[PROVIDER_BOUNDS.partition_point(|b| *b < secs)] += 1;
+                m.errors_in_a_row.insert(provider.to_owned(), 0);
             }
-            None => c.errors += 1,
+            None => {
+                c.errors += 1;
+                *m.errors_in_a_row.entry(provider.to_owned()).or_default() += 1;
+            }
         }
     }
 
@@ -456,8 +479,34 @@ impl Metrics {
     pub fn provider_calls(&self) -> Vec<((String, String), ProviderCalls)> {
         self.providers
             .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|m| {
+                m.calls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// Per provider (every model of it): its answered and failed calls
+    /// since this process started, and its latest failures in a row.
+    pub fn provider_health(&self) -> Vec<ProviderHealth> {
+        let Ok(m) = self.providers.lock() else {
+            return vec![];
+        };
+        let mut out: BTreeMap<&str, ProviderHealth> = BTreeMap::new();
+        for ((provider, _), c) in &m.calls {
+            let h = out
+                .entry(provider.as_str())
+                .or_insert_with(|| ProviderHealth {
+                    provider: provider.clone(),
+                    errors_in_a_row: m.errors_in_a_row.get(provider).copied().unwrap_or(0),
+                    ..ProviderHealth::default()
+                });
+            h.ok += c.ok;
+            h.errors += c.errors;
+        }
+        out.into_values().collect()
     }
 
     /// Adds every event recorded so far to the series (several
@@ -582,8 +631,17 @@ impl Metrics {
         Ok(self.ctx.store.metric_totals(admin).await?)
     }
 
-    /// What `/metrics` shows of the database now (admin).
-    pub async fn scrape(&self, admin: &AdminScope) -> Result<Scrape, EngineError> {
+    /// What `/metrics` shows of the database now: every company's series,
+    /// for an admin or a metrics key (whose scope reaches nothing else).
+    /// The reads are the system's own, across companies.
+    pub async fn scrape(&self, _who: &MetricsScope) -> Result<Scrape, EngineError> {
+        let system = Principal::system().admin().map_err(|_| {
+            EngineError::Invalid(ValidationError::new(
+                "principal",
+                "the system principal is not an admin",
+            ))
+        })?;
+        let admin = &system;
         let totals = self.totals(admin).await?;
         let now = self.ctx.clock.now();
         let budget = self

@@ -95,6 +95,11 @@ impl ApiError {
         )
     }
 
+    /// A role refused, saying why.
+    pub fn forbidden_because(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message, Outcome::Denied)
+    }
+
     /// A role refused one field (or value) of an otherwise allowed request.
     pub fn forbidden_field(v: ValidationError) -> Self {
         Self::new(

@@ -13,9 +13,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use kira_core::CompanyId;
 use kira_core::audit::{AuditRecord, Outcome, truncated};
-use kira_core::auth::{Actor, Principal};
+use kira_core::auth::{Actor, Principal, token_key_id};
+use kira_core::ids::KeyId;
 use kira_core::storable::{self, unstorable_json, unstorable_text};
-use kira_engine::keys::Unauthenticated;
 use serde::de::DeserializeOwned;
 
 use crate::App;
@@ -47,6 +47,31 @@ pub struct Caller {
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
+    /// Any valid key but a metrics key, which may only scrape
+    /// ([`Scraper`]): refused 403 and audited on every other route.
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let caller = Scraper::from_request_parts(parts, app).await?.0;
+        if caller.principal.may_use_api() {
+            return Ok(caller);
+        }
+        let denied = ApiError::forbidden_because("a metrics key may only read GET /metrics");
+        let target = format!("{} {}", parts.method, parts.uri.path());
+        caller
+            .act(app, "auth", truncated(&target, MAX_AUDITED_PATH), None)
+            .read(Err(denied))
+            .await
+    }
+}
+
+/// A caller with any valid key, a metrics key included: only `GET
+/// /metrics` takes this (and checks [`Principal::metrics`]); every other
+/// route takes a [`Caller`].
+#[derive(Debug, Clone)]
+pub struct Scraper(pub Caller);
+
+impl FromRequestParts<App> for Scraper {
+    type Rejection = ApiError;
+
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         let request_id = parts
             .extensions
@@ -54,12 +79,12 @@ impl FromRequestParts<App> for Caller {
             .map(|r| r.0.clone())
             .unwrap_or_default();
         match authenticate(parts, app).await {
-            Ok(principal) => Ok(Caller {
+            Ok(principal) => Ok(Scraper(Caller {
                 principal,
                 request_id,
-            }),
-            Err(reason) => {
-                app.process.auth_failed();
+            })),
+            Err((reason, key)) => {
+                auth_failed(app, key.as_ref(), peer(parts));
                 audit_unauthenticated(parts, app, request_id, reason).await;
                 Err(ApiError::unauthorized(
                     "missing or invalid API key: send 'Authorization: Bearer kira_...'",
@@ -67,6 +92,14 @@ impl FromRequestParts<App> for Caller {
             }
         }
     }
+}
+
+/// Counts a request refused for want of a valid key or session: in
+/// `/metrics` and for the alert rule on bursts of failures per key id and
+/// per client address.
+pub(crate) fn auth_failed(app: &App, key: Option<&KeyId>, from: IpAddr) {
+    app.process.auth_failed();
+    app.engine.alerts().auth_failed(key, from);
 }
 
 /// The most bytes of a refused request's path the audit log keeps.
@@ -141,23 +174,27 @@ pub(crate) async fn audit_refusal(
 }
 
 /// The principal behind the bearer token, or why there is none (for the
-/// audit log only: the caller is told nothing more than 401).
-async fn authenticate(parts: &Parts, app: &App) -> Result<Principal, &'static str> {
+/// audit log only: the caller is told nothing more than 401) and the key
+/// id the token named, if any.
+async fn authenticate(
+    parts: &Parts,
+    app: &App,
+) -> Result<Principal, (&'static str, Option<KeyId>)> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or("no authorization header")?;
+        .ok_or(("no authorization header", None))?;
     let token = header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or("authorization is not a bearer token")?;
+        .ok_or(("authorization is not a bearer token", None))?;
     app.engine
         .keys()
         .authenticate(token)
         .await
-        .map_err(Unauthenticated::reason)
+        .map_err(|e| (e.reason(), token_key_id(token)))
 }
 
 /// One request's audit trail: the record of its success goes into the

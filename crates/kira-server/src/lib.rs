@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// What this process counts for `/metrics`; shared with
     /// [`metrics_router`] when a loopback listener serves it too.
     pub process: Arc<prom::ProcessMetrics>,
+    /// The dashboard's session cookie always carries `Secure` (`[ui]
+    /// secure_cookies`); without it, only on a request that came over
+    /// https (as a proxy in front says, `X-Forwarded-Proto`).
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +61,7 @@ impl Default for ServerConfig {
             unauthenticated_audit_per_minute: DEFAULT_UNAUTHENTICATED_AUDIT_PER_MINUTE,
             stopping: kira_engine::Shutdown::new(),
             process: Arc::default(),
+            secure_cookies: false,
         }
     }
 }
@@ -264,12 +269,14 @@ pub fn router(engine: Engine, cfg: ServerConfig) -> Router {
         .layer(axum::Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn(extract::request_id))
         // API answers are one caller's data: never cached on the way, never
-        // sniffed into another type by a browser.
+        // sniffed into another type by a browser. The dashboard's static
+        // files alone say otherwise (`ui::asset`), so only an answer that
+        // set no policy gets `no-store`.
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        .layer(SetResponseHeaderLayer::overriding(
+        .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))

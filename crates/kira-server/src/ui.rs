@@ -124,7 +124,7 @@ impl FromRequestParts<App> for Ui {
             Err(reason) => {
                 // A cookie that names no live session: expired, signed out,
                 // its key revoked, or forged. Audited like a bad key.
-                app.process.auth_failed();
+                crate::extract::auth_failed(app, None, crate::extract::peer(parts));
                 crate::extract::audit_unauthenticated(
                     parts,
                     app,
@@ -133,7 +133,10 @@ impl FromRequestParts<App> for Ui {
                 )
                 .await;
                 Err((
-                    [(header::SET_COOKIE, clear_cookie())],
+                    [(
+                        header::SET_COOKIE,
+                        clear_cookie(secure_cookie(app, &parts.headers)),
+                    )],
                     Redirect::to("/ui/login"),
                 )
                     .into_response())
@@ -142,15 +145,51 @@ impl FromRequestParts<App> for Ui {
     }
 }
 
-fn session_cookie(token: &str, max_age: i64) -> HeaderValue {
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}"
-    ))
-    .unwrap_or_else(|_| clear_cookie())
+/// Whether the session cookie is `Secure`: always with `[ui]
+/// secure_cookies`, else when the request came over https (kira serves
+/// plain HTTP; a proxy in front that ends TLS says so in
+/// `X-Forwarded-Proto` or `Forwarded`). A client that claims https
+/// falsely only loses its own cookie over plain HTTP.
+pub fn secure_cookie(app: &App, headers: &HeaderMap) -> bool {
+    if app.cfg.secure_cookies {
+        return true;
+    }
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let forwarded = headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| {
+            first.split(';').any(|kv| {
+                kv.trim().split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("proto")
+                        && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+                })
+            })
+        });
+    forwarded_https || forwarded
 }
 
-fn clear_cookie() -> HeaderValue {
-    HeaderValue::from_static("kira_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0")
+fn session_cookie(token: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let flag = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{flag}"
+    ))
+    .unwrap_or_else(|_| clear_cookie(secure))
+}
+
+fn clear_cookie(secure: bool) -> HeaderValue {
+    if secure {
+        HeaderValue::from_static(
+            "kira_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0; Secure",
+        )
+    } else {
+        HeaderValue::from_static("kira_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0")
+    }
 }
 
 /// Why a POST another site made the browser send is refused: the browser
@@ -482,7 +521,11 @@ async fn login(
     let principal: Principal = match app.engine.keys().authenticate(f.key.trim()).await {
         Ok(p) => p,
         Err(reason) => {
-            app.process.auth_failed();
+            crate::extract::auth_failed(
+                &app,
+                kira_core::auth::token_key_id(f.key.trim()).as_ref(),
+                from.peer,
+            );
             crate::extract::audit_refusal(
                 &app,
                 from.request_id.clone(),
@@ -494,7 +537,7 @@ async fn login(
             return refused(StatusCode::UNAUTHORIZED, "key: not a valid API key");
         }
     };
-    let audit = AuditRecord {
+    let mut audit = AuditRecord {
         at: app.clock.now(),
         request_id: from.request_id,
         actor: principal.actor().to_string(),
@@ -504,11 +547,25 @@ async fn login(
         outcome: Outcome::Ok,
         detail: String::new(),
     };
+    if !principal.may_use_api() {
+        // A scraper's key opens no page: it may read /metrics only.
+        const WHY: &str = "a metrics key may only read GET /metrics";
+        audit.outcome = Outcome::Denied;
+        audit.detail = WHY.into();
+        if let Err(e) = app.engine.audit().append(vec![audit]).await {
+            tracing::error!(error = %e, "could not audit a refused sign-in");
+        }
+        return refused(StatusCode::FORBIDDEN, &format!("key: {WHY}"));
+    }
     match app.engine.keys().start_session(&principal, audit).await {
         Ok(issued) => (
             [(
                 header::SET_COOKIE,
-                session_cookie(&issued.token, kira_engine::keys::SESSION_TTL.num_seconds()),
+                session_cookie(
+                    &issued.token,
+                    kira_engine::keys::SESSION_TTL.num_seconds(),
+                    secure_cookie(&app, &headers),
+                ),
             )],
             Redirect::to("/ui/"),
         )
@@ -543,7 +600,10 @@ async fn logout(
         return error_page(None, &ApiError::from_engine(e, "session"));
     }
     (
-        [(header::SET_COOKIE, clear_cookie())],
+        [(
+            header::SET_COOKIE,
+            clear_cookie(secure_cookie(&app, &headers)),
+        )],
         Redirect::to("/ui/login"),
     )
         .into_response()
@@ -553,10 +613,46 @@ async fn not_found() -> Response {
     error_page(None, &ApiError::route_not_found())
 }
 
+/// The URL a page names a static file by: its content's hash in the path,
+/// so it can be cached for good (a new build's file has another URL).
+pub fn asset_url(name: &str) -> String {
+    match Assets::get(name) {
+        Some(f) => format!("/ui/static/{}/{name}", content_hash(&f)),
+        None => format!("/ui/static/{name}"),
+    }
+}
+
+/// The first 16 hex digits of the file's SHA-256.
+fn content_hash(f: &rust_embed::EmbeddedFile) -> String {
+    f.metadata.sha256_hash()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A year: what "for good" means to a cache.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// A static file asked for by its plain name (a link from elsewhere):
+/// cached briefly, since the name does not change with the content.
+const SHORT_LIVED: &str = "public, max-age=300";
+
+/// A static file: `HASH/NAME` (the pages' links: cached for good; a hash
+/// that is not this build's is not found) or `NAME` (cached five minutes).
 async fn asset(Path(path): Path<String>) -> Response {
-    let Some(file) = Assets::get(&path) else {
+    let hashed = path
+        .split_once('/')
+        .filter(|(h, _)| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let (name, cache) = match hashed {
+        Some((hash, name)) => match Assets::get(name) {
+            Some(f) if content_hash(&f) == hash => (name, IMMUTABLE),
+            _ => return (StatusCode::NOT_FOUND, "no such file").into_response(),
+        },
+        None => (path.as_str(), SHORT_LIVED),
+    };
+    let Some(file) = Assets::get(name) else {
         return (StatusCode::NOT_FOUND, "no such file").into_response();
     };
+    let path = name;
     let kind = match path.rsplit('.').next() {
         Some("js") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
@@ -564,7 +660,10 @@ async fn asset(Path(path): Path<String>) -> Response {
         _ => "text/plain; charset=utf-8",
     };
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(kind))],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
+            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        ],
         file.data.into_owned(),
     )
         .into_response()

@@ -196,13 +196,18 @@ pub(crate) fn smtp_transport(
     Ok(builder.build())
 }
 
-/// What a channel is handed: the alert, the notice and whom it is for.
+/// What a channel is handed: the alerts (one rule's, grouped), the notice
+/// and whom it is for.
 #[derive(Debug, Clone, Serialize)]
 pub struct Message<'a> {
     pub notice: NoticeKind,
     /// `team:NAME` or `company_contact`.
     pub audience: String,
+    /// The group's first alert (the only one when one subject fired).
     pub alert: &'a Alert,
+    /// Every alert of the group: one rule's subjects that went out
+    /// together, the first included.
+    pub alerts: Vec<&'a Alert>,
     /// One line for people.
     pub text: String,
     /// When the evaluator sent it.
@@ -226,26 +231,52 @@ impl Message<'_> {
         )
     }
 
-    /// The body of an email: the line, then the alert's particulars.
-    fn details(&self) -> String {
-        let a = self.alert;
-        let mut out = format!(
-            "{}\n\nalert:     {}\nrule:      {}\nsubject:   {}\nseverity:  {}\nstate:     {}\nvalue:     {}\nstarted:   {}\n",
-            self.text,
-            a.id,
-            a.rule,
-            a.subject,
-            a.severity.as_str(),
-            a.state.as_str(),
-            a.value,
-            a.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        );
-        for (k, v) in &a.labels {
-            out.push_str(&format!("label:     {k}={v}\n"));
+    /// The line of a group: its one alert's, or the rule, how many
+    /// subjects and which.
+    pub(crate) fn group_line(alerts: &[Alert], notice: NoticeKind) -> String {
+        match alerts {
+            [] => String::new(),
+            [one] => Self::line(one, notice),
+            [first, ..] => {
+                let subjects: Vec<String> = alerts.iter().map(|a| a.subject.key()).collect();
+                format!(
+                    "[{}] {} ({}): {} subjects: {}",
+                    notice.as_str().to_uppercase(),
+                    first.rule,
+                    first.severity.as_str(),
+                    alerts.len(),
+                    subjects.join(", ")
+                )
+            }
         }
+    }
+
+    /// The body of an email: the line, then each alert's particulars.
+    fn details(&self) -> String {
+        let mut out = format!("{}\n", self.text);
+        for a in &self.alerts {
+            out.push_str(&format!(
+                "\nalert:     {}\nrule:      {}\nsubject:   {}\nseverity:  {}\nstate:     {}\nvalue:     {}\nstarted:   {}\n",
+                a.id,
+                a.rule,
+                a.subject,
+                a.severity.as_str(),
+                a.state.as_str(),
+                a.value,
+                a.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            ));
+            if self.alerts.len() > 1 {
+                out.push_str(&format!("summary:   {}\n", a.summary));
+            }
+            for (k, v) in &a.labels {
+                out.push_str(&format!("label:     {k}={v}\n"));
+            }
+        }
+        let ids: Vec<String> = self.alerts.iter().map(|a| a.id.to_string()).collect();
         out.push_str(&format!(
             "\nAcknowledge with `kira alerts ack {}` (sent to {}).\n",
-            a.id, self.audience
+            ids.join("` / `kira alerts ack "),
+            self.audience
         ));
         out
     }
@@ -433,9 +464,12 @@ impl AlertmanagerChannel {
         format!("{}/api/v2/alerts", self.base.trim_end_matches('/'))
     }
 
-    /// The `postableAlerts` body.
+    /// The `postableAlerts` body: every alert of the group.
     pub fn body(m: &Message<'_>) -> serde_json::Value {
-        let a = m.alert;
+        serde_json::Value::Array(m.alerts.iter().map(|a| Self::one(m, a)).collect())
+    }
+
+    fn one(m: &Message<'_>, a: &Alert) -> serde_json::Value {
         let mut labels = serde_json::Map::new();
         for (k, v) in &a.labels {
             labels.insert(k.clone(), v.clone().into());
@@ -452,18 +486,18 @@ impl AlertmanagerChannel {
             (NoticeKind::Resolved, None) => m.at,
             _ => m.at + m.active_for,
         };
-        serde_json::json!([{
+        serde_json::json!({
             "labels": labels,
             "annotations": {
                 "summary": a.summary,
-                "description": m.text,
+                "description": Message::line(a, m.notice),
                 "kira_alert_id": a.id.to_string(),
                 "kira_state": a.state.as_str(),
                 "value": a.value.to_string(),
             },
             "startsAt": ts(a.fired_at.unwrap_or(a.started_at)),
             "endsAt": ts(ends),
-        }])
+        })
     }
 }
 

@@ -30,7 +30,7 @@ use kira_store::Store;
 use kira_store::alerts::{AlertFilter, AlertReader, Delivery};
 use serde_json::{Value, json};
 
-use crate::common::{Backend, fresh_store, t0};
+use crate::common::{Backend, fresh_store_url, t0};
 
 /// What the receiver got: (path, body).
 type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
@@ -74,6 +74,8 @@ struct Harness {
     inbox: Inbox,
     _store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
+    /// The database's URL, to tamper with it.
+    url: String,
 }
 
 pub(crate) fn acme() -> CompanyScope {
@@ -103,12 +105,7 @@ pub(crate) fn audit(action: &str) -> AuditRecord {
 /// routed to the operators' webhook and escalated to the executives'
 /// (Slack's body) after 30 minutes; `operator` names its endpoint.
 async fn harness(backend: Backend, operator: &str) -> Harness {
-    let (store, dir) = fresh_store(backend).await;
-    let clock = Arc::new(ManualClock::new(t0()));
-    let (base, inbox) = receiver().await;
-    let mut cfg = EngineConfig::default();
-    let a = &mut cfg.alerts;
-    a.rules = vec![Rule {
+    let stuck = Rule {
         name: "stuck_queue".into(),
         severity: Severity::Warning,
         for_duration: TimeDelta::minutes(5),
@@ -116,7 +113,44 @@ async fn harness(backend: Backend, operator: &str) -> Harness {
         condition: Condition::StuckQueue {
             longer_than_seconds: 900,
         },
-    }];
+    };
+    harness_with(backend, operator, vec![stuck]).await
+}
+
+/// A harness evaluating `rules`; the security, error-rate and
+/// provider-failing kinds go to the operators' webhook alone, with no
+/// escalation.
+async fn harness_with(backend: Backend, operator: &str, rules: Vec<Rule>) -> Harness {
+    harness_cfg(backend, operator, rules, |_| {}).await
+}
+
+/// [`harness_with`], the alerts' configuration changed by `tweak` last.
+async fn harness_cfg(
+    backend: Backend,
+    operator: &str,
+    rules: Vec<Rule>,
+    tweak: impl FnOnce(&mut kira_engine::alerts::AlertsConfig),
+) -> Harness {
+    let (store, dir, url) = fresh_store_url(backend).await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let (base, inbox) = receiver().await;
+    let mut cfg = EngineConfig::default();
+    let a = &mut cfg.alerts;
+    a.rules = rules;
+    for kind in [
+        RuleKind::Security,
+        RuleKind::ErrorRate,
+        RuleKind::ProviderFailing,
+    ] {
+        a.routing.0.insert(
+            kind,
+            Route {
+                immediate: vec![Audience::Team("operator".into())],
+                escalation: vec![],
+                escalation_delay: None,
+            },
+        );
+    }
     a.routing.0.insert(
         RuleKind::StuckQueue,
         Route {
@@ -143,6 +177,7 @@ async fn harness(backend: Backend, operator: &str) -> Harness {
         ],
     );
     a.retry_backoff = Duration::from_millis(1);
+    tweak(a);
     let (_, p) = serde_json::from_value::<NewCompany>(json!({
         "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE"
     }))
@@ -160,6 +195,7 @@ async fn harness(backend: Backend, operator: &str) -> Harness {
         inbox,
         _store: store,
         _dir: dir,
+        url,
     }
 }
 
@@ -185,6 +221,23 @@ impl Harness {
     /// Moves the clock on by `by` and evaluates; the notices the receiver
     /// got since the last call, as (path, notice or Slack text).
     async fn at(&self, by: TimeDelta) -> Vec<(String, String)> {
+        self.at_bodies(by)
+            .await
+            .into_iter()
+            .map(|(path, body)| {
+                let what = body
+                    .get("notice")
+                    .or_else(|| body.get("text"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                (path, what)
+            })
+            .collect()
+    }
+
+    /// [`Harness::at`], the bodies as received.
+    async fn at_bodies(&self, by: TimeDelta) -> Vec<(String, Value)> {
         self.clock.advance(by);
         // Tests running beside this one on the same PostgreSQL server may
         // hold the evaluator's lock for a moment.
@@ -201,18 +254,7 @@ impl Harness {
             assert!(tries < 500, "the evaluator's lock stays taken");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let got: Vec<_> = self.inbox.lock().expect("lock").drain(..).collect();
-        got.into_iter()
-            .map(|(path, body)| {
-                let what = body
-                    .get("notice")
-                    .or_else(|| body.get("text"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                (path, what)
-            })
-            .collect()
+        self.inbox.lock().expect("lock").drain(..).collect()
     }
 
     async fn the_alert(&self) -> kira_core::alerts::Alert {
@@ -224,6 +266,57 @@ impl Harness {
             .expect("list");
         assert_eq!(all.len(), 1, "one alert for the rule and subject: {all:?}");
         all[0].clone()
+    }
+}
+
+impl Harness {
+    /// Every alert, as (rule, subject, state, summary), in that order.
+    async fn alerts(&self) -> Vec<(String, String, String, String)> {
+        let mut all: Vec<_> = self
+            .engine
+            .alerts()
+            .list(AlertReader::Admin(&admin()), &AlertFilter::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|a| {
+                (
+                    a.rule,
+                    a.subject.key(),
+                    a.state.as_str().to_owned(),
+                    a.summary,
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Runs `sql` on the database, around the store.
+    async fn tamper(&self, sql: &'static str) {
+        use sqlx::Connection;
+        if self.url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql(sql).execute(&mut c).await.expect("tamper");
+        } else {
+            // The owner (a superuser here) can; the app role cannot.
+            let mut c = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql(sql).execute(&mut c).await.expect("tamper");
+        }
+    }
+}
+
+fn rule(name: &str, severity: Severity, for_seconds: i64, condition: Condition) -> Rule {
+    Rule {
+        name: name.into(),
+        severity,
+        for_duration: TimeDelta::seconds(for_seconds),
+        labels: BTreeMap::new(),
+        condition,
     }
 }
 
@@ -434,6 +527,332 @@ async fn a_failing_webhook_is_retried_and_every_attempt_recorded(backend: Backen
     assert!(d.notifications.iter().all(|n| n.target.ends_with("/flaky")));
 }
 
+/// A burst of authentication failures for one key id and from one
+/// address: an alert for each, pending for the rule's `for`, then firing,
+/// resolved once the window has passed them; fewer than the threshold, or
+/// another address's few, open nothing.
+async fn a_burst_of_auth_failures_per_key_and_address(backend: Backend) {
+    let h = harness_with(
+        backend,
+        "ops",
+        vec![rule(
+            "auth_failures",
+            Severity::Critical,
+            30,
+            Condition::AuthFailures {
+                above: 3,
+                window_seconds: 60,
+            },
+        )],
+    )
+    .await;
+    let key = kira_core::ids::KeyId::parse("k3v9x2m4q8ab").expect("id");
+    let attacker: std::net::IpAddr = "203.0.113.9".parse().expect("ip");
+    let other: std::net::IpAddr = "198.51.100.1".parse().expect("ip");
+    for _ in 0..3 {
+        h.engine.alerts().auth_failed(Some(&key), attacker);
+    }
+    h.engine.alerts().auth_failed(None, other);
+    assert!(h.at(TimeDelta::zero()).await.is_empty());
+    assert!(h.alerts().await.is_empty(), "3 is not above 3");
+    h.engine.alerts().auth_failed(Some(&key), attacker);
+    h.engine.alerts().auth_failed(None, other);
+    assert!(h.at(TimeDelta::seconds(1)).await.is_empty());
+    let pending = h.alerts().await;
+    let states: Vec<_> = pending
+        .iter()
+        .map(|a| (a.1.as_str(), a.2.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("address:203.0.113.9", "pending"),
+            ("key:k3v9x2m4q8ab", "pending")
+        ]
+    );
+    assert!(h.at(TimeDelta::seconds(29)).await.is_empty());
+    // Both subjects of the rule in one notice (grouping by rule).
+    assert_eq!(h.at(TimeDelta::seconds(1)).await, [sent("ops", "firing")]);
+    let firing = h.alerts().await;
+    assert!(firing.iter().all(|a| a.2 == "firing"), "{firing:?}");
+    assert_eq!(
+        firing[1].3,
+        "4 authentication failures for key:k3v9x2m4q8ab in 60s"
+    );
+    // A minute after the last failure, the window holds none.
+    assert!(h.at(TimeDelta::seconds(28)).await.is_empty());
+    assert_eq!(h.at(TimeDelta::seconds(2)).await, [sent("ops", "resolved")]);
+    assert!(h.alerts().await.iter().all(|a| a.2 == "resolved"));
+}
+
+/// `audit verify` and `budget verify`, run by the evaluator at most every
+/// ten minutes: a tampered entry or balance is a critical alert naming
+/// what failed, found at the next run (not before), and resolved by the
+/// first run after it was put right.
+async fn a_failing_verify_is_a_critical_alert(backend: Backend) {
+    let sqlite = matches!(backend, Backend::Sqlite);
+    let h = harness_with(
+        backend,
+        "ops",
+        vec![
+            rule(
+                "audit_verify",
+                Severity::Critical,
+                0,
+                Condition::AuditVerify { every_minutes: 10 },
+            ),
+            rule(
+                "budget_verify",
+                Severity::Critical,
+                0,
+                Condition::BudgetVerify { every_minutes: 10 },
+            ),
+        ],
+    )
+    .await;
+    assert!(h.at(TimeDelta::zero()).await.is_empty());
+    assert!(h.alerts().await.is_empty(), "both verify");
+    if sqlite {
+        h.tamper("DROP TRIGGER audit_log_no_update").await;
+    }
+    h.tamper("UPDATE audit_log SET outcome = 'denied' WHERE seq = 1")
+        .await;
+    // Not due yet: the last run was five minutes ago.
+    assert!(h.at(TimeDelta::minutes(5)).await.is_empty());
+    assert!(h.alerts().await.is_empty());
+    assert_eq!(h.at(TimeDelta::minutes(5)).await, [sent("ops", "firing")]);
+    let a = h.alerts().await;
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].0.as_str(), a[0].1.as_str()),
+        ("audit_verify", "system")
+    );
+    assert!(
+        a[0].3.starts_with("audit verify failed: entry 1: "),
+        "{}",
+        a[0].3
+    );
+    // Each run is audited under the system.
+    let runs = h
+        .engine
+        .audit()
+        .list_all(
+            &admin(),
+            None,
+            kira_store::AuditPage {
+                after_seq: 0,
+                limit: 1_000,
+            },
+            audit("audit.list"),
+        )
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == "audit.verify")
+        .count();
+    assert_eq!(runs, 2);
+
+    h.tamper("UPDATE audit_log SET outcome = 'ok' WHERE seq = 1")
+        .await;
+    h.tamper("UPDATE budget_pools SET spent = spent + 7 WHERE pool = 'base'")
+        .await;
+    let mut got = h.at(TimeDelta::minutes(10)).await;
+    got.sort();
+    assert_eq!(got, [sent("ops", "firing"), sent("ops", "resolved")]);
+    let a = h.alerts().await;
+    assert_eq!(a[0].0, "audit_verify");
+    assert_eq!(a[0].2, "resolved");
+    assert_eq!(a[1].0, "budget_verify");
+    assert_eq!(a[1].2, "firing");
+    assert!(a[1].3.starts_with("budget verify failed: "), "{}", a[1].3);
+    assert!(a[1].3.contains("base"), "names the pool: {}", a[1].3);
+
+    h.tamper("UPDATE budget_pools SET spent = spent - 7 WHERE pool = 'base'")
+        .await;
+    assert_eq!(
+        h.at(TimeDelta::minutes(10)).await,
+        [sent("ops", "resolved")]
+    );
+    assert!(h.alerts().await.iter().all(|a| a.2 == "resolved"));
+}
+
+/// A provider's error rate over a window, and a provider failing (its
+/// last calls all errors), from the calls the agent loop reports, with
+/// `Provider(name)` as the subject.
+async fn provider_error_rate_and_failing(backend: Backend) {
+    let h = harness_with(
+        backend,
+        "ops",
+        vec![
+            rule(
+                "provider_failing",
+                Severity::Critical,
+                0,
+                Condition::ProviderFailing { errors_in_a_row: 3 },
+            ),
+            rule(
+                "provider_error_rate",
+                Severity::Warning,
+                60,
+                Condition::ProviderErrorRate {
+                    above: 0.5,
+                    window_seconds: 600,
+                    min_calls: 4,
+                },
+            ),
+        ],
+    )
+    .await;
+    let m = h.engine.metrics();
+    let ok = Some(Duration::from_millis(300));
+    m.provider_call("openai", "gpt-4o", ok);
+    // Three failures in a row, across two models of one provider.
+    m.provider_call("flaky", "a", None);
+    m.provider_call("flaky", "b", None);
+    assert!(h.at(TimeDelta::zero()).await.is_empty());
+    m.provider_call("flaky", "a", None);
+    assert_eq!(h.at(TimeDelta::seconds(10)).await, [sent("ops", "firing")]);
+    let a = h.alerts().await;
+    assert_eq!(
+        (a[0].0.as_str(), a[0].1.as_str(), a[0].3.as_str()),
+        (
+            "provider_failing",
+            "provider:flaky",
+            "the last 3 calls to flaky all failed"
+        )
+    );
+    // One answer ends the streak; 3 of the 4 calls since the first
+    // evaluation failed: the error rate is pending for a minute.
+    m.provider_call("flaky", "b", None);
+    m.provider_call("flaky", "b", None);
+    m.provider_call("flaky", "a", ok);
+    assert_eq!(
+        h.at(TimeDelta::seconds(10)).await,
+        [sent("ops", "resolved")]
+    );
+    let a = h.alerts().await;
+    assert_eq!(
+        (a[0].0.as_str(), a[0].1.as_str(), a[0].2.as_str()),
+        ("provider_error_rate", "provider:flaky", "pending")
+    );
+    assert_eq!(a[0].3, "75% of 4 calls to flaky failed in 600s");
+    assert_eq!(h.at(TimeDelta::seconds(60)).await, [sent("ops", "firing")]);
+    // Ten minutes with no failure: the window holds none.
+    assert_eq!(
+        h.at(TimeDelta::minutes(10)).await,
+        [sent("ops", "resolved")]
+    );
+    let a = h.alerts().await;
+    assert!(a.iter().all(|a| a.2 == "resolved"), "{a:?}");
+    assert!(a.iter().all(|a| a.1 == "provider:flaky"), "openai is fine");
+}
+
+/// Grouping by rule (Alertmanager's group_wait and group_interval): the
+/// subjects of one rule that fire within the wait go out as one notice
+/// listing them all; one that fires after the group went out waits for
+/// the interval; every alert stays its own, with its attempts recorded.
+async fn one_rules_subjects_go_out_as_one_notice(backend: Backend) {
+    let h = harness_cfg(
+        backend,
+        "ops",
+        vec![rule(
+            "auth_failures",
+            Severity::Critical,
+            0,
+            Condition::AuthFailures {
+                above: 1,
+                window_seconds: 3_600,
+            },
+        )],
+        |a| {
+            a.grouping = kira_core::alerts::Grouping {
+                wait: TimeDelta::seconds(30),
+                interval: TimeDelta::minutes(5),
+            };
+        },
+    )
+    .await;
+    let fail = |key: Option<&str>, ip: &str| {
+        let key = key.map(|k| kira_core::ids::KeyId::parse(k).expect("id"));
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        for _ in 0..2 {
+            h.engine.alerts().auth_failed(key.as_ref(), ip);
+        }
+    };
+    fail(Some("k3v9x2m4q8ab"), "203.0.113.9");
+    // Two subjects fire; their notice waits 30 s for others.
+    assert!(h.at(TimeDelta::zero()).await.is_empty());
+    fail(None, "198.51.100.1");
+    assert!(h.at(TimeDelta::seconds(10)).await.is_empty());
+    assert_eq!(h.alerts().await.len(), 3, "one alert per subject");
+    assert!(h.at(TimeDelta::seconds(19)).await.is_empty());
+    let got = h.at_bodies(TimeDelta::seconds(1)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (path, body) = &got[0];
+    assert_eq!(path, "ops");
+    assert_eq!(body["notice"], "firing");
+    let mut subjects: Vec<&str> = body["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter_map(|a| a["subject"].as_str())
+        .collect();
+    subjects.sort_unstable();
+    assert_eq!(
+        subjects,
+        [
+            "address:198.51.100.1",
+            "address:203.0.113.9",
+            "key:k3v9x2m4q8ab"
+        ]
+    );
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("[FIRING] auth_failures (critical): 3 subjects: ")),
+        "{body}"
+    );
+    // Another subject a minute later waits for the group's interval.
+    fail(None, "192.0.2.7");
+    assert!(h.at(TimeDelta::minutes(1)).await.is_empty());
+    assert!(
+        h.at(TimeDelta::minutes(4) - TimeDelta::seconds(1))
+            .await
+            .is_empty()
+    );
+    let got = h.at_bodies(TimeDelta::seconds(1)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1["alerts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(got[0].1["alert"]["subject"], "address:192.0.2.7");
+    // Every alert shows the one attempt that told of it.
+    let all = h
+        .engine
+        .alerts()
+        .list(AlertReader::Admin(&admin()), &AlertFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 4);
+    for a in all {
+        let d = h
+            .engine
+            .alerts()
+            .get(AlertReader::Admin(&admin()), a.id)
+            .await
+            .expect("get");
+        let tries: Vec<_> = d
+            .notifications
+            .iter()
+            .map(|n| (n.notice, n.outcome))
+            .collect();
+        assert_eq!(
+            tries,
+            [(NoticeKind::Firing, Delivery::Sent)],
+            "{}",
+            a.subject
+        );
+    }
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -451,5 +870,9 @@ both!(
     fires_after_for_escalates_at_the_delay_and_resolves,
     an_acknowledged_alert_neither_escalates_nor_repeats,
     a_silence_holds_notices_back_and_the_repeat_interval_holds,
-    a_failing_webhook_is_retried_and_every_attempt_recorded
+    a_failing_webhook_is_retried_and_every_attempt_recorded,
+    a_burst_of_auth_failures_per_key_and_address,
+    a_failing_verify_is_a_critical_alert,
+    provider_error_rate_and_failing,
+    one_rules_subjects_go_out_as_one_notice
 );

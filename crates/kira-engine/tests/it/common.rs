@@ -39,3 +39,29 @@ pub async fn fresh_store(backend: Backend) -> (Arc<dyn Store>, Option<tempfile::
         }
     }
 }
+
+/// [`fresh_store`], and its URL, for a test that reaches around the store
+/// (tampering with what it wrote).
+pub async fn fresh_store_url(
+    backend: Backend,
+) -> (Arc<dyn Store>, Option<tempfile::TempDir>, String) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("dir");
+            let url = testdb::fresh_sqlite(dir.path()).await;
+            (
+                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
+                Some(dir),
+                url,
+            )
+        }
+        Backend::Postgres => {
+            let url = testdb::fresh_postgres().await;
+            (
+                Arc::new(PgStore::open(&url, None).await.expect("pg")),
+                None,
+                url,
+            )
+        }
+    }
+}

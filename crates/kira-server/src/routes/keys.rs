@@ -27,7 +27,8 @@ pub struct KeyList {
     pub keys: Vec<ApiKey>,
 }
 
-/// Creates a key (admin). Operator and viewer keys belong to one company.
+/// Creates a key (admin). Operator and viewer keys belong to one company;
+/// a `metrics` key to none, and it may read `GET /metrics` only.
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = NewKey,
     responses(
         (status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),

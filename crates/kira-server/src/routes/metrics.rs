@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 
 use crate::App;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Caller, query};
+use crate::extract::{Caller, Scraper, query};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -48,18 +48,21 @@ fn engine_err(e: kira_engine::EngineError) -> ApiError {
 
 /// Prometheus exposition (OpenMetrics text) of this process's HTTP and
 /// authentication counters and the deployment's task, token, cost,
-/// review, budget and queue series. Needs an admin key.
+/// review, budget and queue series. Needs an admin key or a `metrics`
+/// key (which may read this and nothing else); every company's series
+/// are here, so a company's key is refused.
 #[utoipa::path(get, path = "/metrics", tag = "metrics",
     responses((status = 200, content_type = "application/openmetrics-text", body = String),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn prometheus(State(app): State<App>, caller: Caller) -> ApiResult<Response> {
+pub async fn prometheus(State(app): State<App>, scraper: Scraper) -> ApiResult<Response> {
+    let caller = scraper.0;
     let act = caller.act(&app, "metrics.scrape", "metrics", None);
     let result = async {
-        let admin = caller.principal.admin()?;
+        let who = caller.principal.metrics()?;
         let scrape = app
             .engine
             .metrics()
-            .scrape(&admin)
+            .scrape(&who)
             .await
             .map_err(engine_err)?;
         exposition(&app.process, scrape)
@@ -75,8 +78,8 @@ pub async fn loopback(
         std::sync::Arc<crate::prom::ProcessMetrics>,
     )>,
 ) -> ApiResult<Response> {
-    let admin = kira_core::auth::Principal::system().admin()?;
-    let scrape = engine.metrics().scrape(&admin).await.map_err(engine_err)?;
+    let who = kira_core::auth::Principal::system().metrics()?;
+    let scrape = engine.metrics().scrape(&who).await.map_err(engine_err)?;
     exposition(&process, scrape)
 }
 

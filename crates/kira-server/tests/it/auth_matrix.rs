@@ -1,5 +1,6 @@
 //! Every route x every role x own/other company: the status code, on both
-//! backends. Afterwards, every denied cross-company attempt is in the
+//! backends (a `metrics` key: `GET /metrics` and the public routes, 403 on
+//! every other). Afterwards, every denied cross-company attempt is in the
 //! audit log.
 
 use reqwest::Method;
@@ -14,6 +15,8 @@ enum Who {
     Admin,
     Operator,
     Viewer,
+    /// A `metrics` key: it may scrape and nothing else.
+    Metrics,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +25,13 @@ enum Target {
     Other,
 }
 
-const WHO: [Who; 5] = [
+const WHO: [Who; 6] = [
     Who::Anonymous,
     Who::BadToken,
     Who::Admin,
     Who::Operator,
     Who::Viewer,
+    Who::Metrics,
 ];
 
 struct Route {
@@ -481,6 +485,7 @@ async fn matrix(backend: Backend) {
     s.company("other").await;
     let (operator_id, operator) = s.key("operator", Some("acme")).await;
     let (viewer_id, viewer) = s.key("viewer", Some("acme")).await;
+    let (metrics_id, metrics) = s.key("metrics", None).await;
     let bad = "kira_aaaaaaaaaaaa_0123456789012345678901234567890123456789".to_owned();
     // Per company: a task that stays queued, and one already cancelled (its watch ends at once).
     let mut tasks = std::collections::HashMap::new();
@@ -648,9 +653,12 @@ async fn matrix(backend: Backend) {
                     Who::Admin => Some(s.admin.as_str()),
                     Who::Operator => Some(operator.as_str()),
                     Who::Viewer => Some(viewer.as_str()),
+                    Who::Metrics => Some(metrics.as_str()),
                 };
                 let expected = match who {
                     Who::Anonymous | Who::BadToken if !is_public(route.path) => 401,
+                    Who::Metrics if is_public(route.path) || route.path == "/metrics" => 200,
+                    Who::Metrics => 403,
                     _ => (route.expect)(who, target),
                 };
                 let (status, v) = s.call(route.method.clone(), &path, token, body).await;
@@ -668,7 +676,7 @@ async fn matrix(backend: Backend) {
             }
         }
     }
-    assert_eq!(cells, 69 * 5 * 2);
+    assert_eq!(cells, 69 * 6 * 2);
 
     // Every refused attempt on the other company is in the audit log, under
     // the caller's company (issue 17: "other"'s own log never shows a key
@@ -695,6 +703,13 @@ async fn matrix(backend: Backend) {
         denied_other >= 6,
         "denied cross-company attempts audited: {denied_other}"
     );
+    // Every route the metrics key was refused is audited under its name.
+    let scraper = format!("key:{metrics_id}");
+    let refused = audit
+        .iter()
+        .filter(|e| e["actor"] == scraper.as_str() && e["outcome"] == "denied")
+        .count();
+    assert_eq!(refused, (69 - 4) * 2, "every refusal of the metrics key");
     let anonymous = audit
         .iter()
         .filter(|e| e["actor"] == "anonymous" && e["outcome"] == "denied")

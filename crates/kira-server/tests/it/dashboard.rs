@@ -960,3 +960,157 @@ async fn sqlite_ui_pages() {
 async fn postgres_ui_pages() {
     ui_story(Backend::Postgres).await;
 }
+
+fn cache_control(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The static files a page names: cached for good under their content's
+/// hash (another hash is not found), briefly under a plain name; every
+/// page, signed in or not, `no-store`.
+async fn static_files_are_cached_and_pages_not(backend: Backend) {
+    let s = Server::start(backend).await;
+    let base = &s.base;
+    let r = page(base, "/ui/login", None).await;
+    assert_eq!(cache_control(&r), "no-store");
+    let html = r.text().await.expect("html");
+    let urls: Vec<String> = html
+        .split('"')
+        .filter(|p| p.starts_with("/ui/static/"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(urls.len(), 5, "{urls:?}");
+    for url in &urls {
+        let hash = url
+            .trim_start_matches("/ui/static/")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        assert!(
+            hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{url}"
+        );
+        let r = page(base, url, None).await;
+        assert_eq!(r.status(), StatusCode::OK, "{url}");
+        assert_eq!(
+            cache_control(&r),
+            "public, max-age=31536000, immutable",
+            "{url}"
+        );
+    }
+    let js = urls
+        .iter()
+        .find(|u| u.ends_with("/dashboard.js"))
+        .expect("dashboard.js");
+    let body = page(base, js, None).await.text().await.expect("js");
+    // The same file by its plain name: cached five minutes.
+    let r = page(base, "/ui/static/dashboard.js", None).await;
+    assert_eq!(cache_control(&r), "public, max-age=300");
+    assert_eq!(r.text().await.expect("js"), body);
+    // A hash that is not this build's: not found, and not cached.
+    let r = page(base, "/ui/static/0123456789abcdef/dashboard.js", None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(cache_control(&r), "no-store");
+    // Pages behind the sign-in too.
+    let cookie = sign_in(base, &s.admin).await;
+    for path in ["/ui/", "/ui/alerts"] {
+        let r = page(base, path, Some(&cookie)).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(cache_control(&r), "no-store", "{path}");
+    }
+}
+
+/// Signs in with `key` sending `headers`; the Set-Cookie header.
+async fn set_cookie(base: &str, key: &str, headers: &[(&str, &str)]) -> String {
+    let mut req = browser().post(format!("{base}/ui/login"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req
+        .form_body(&[("key", key)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    r.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned()
+}
+
+/// The session cookie is `Secure` when kira is reached over https (a
+/// proxy's `X-Forwarded-Proto` or `Forwarded`) or `[ui] secure_cookies`
+/// says so; over plain HTTP by default it is not (a browser would drop a
+/// Secure cookie there and sign-in would fail). Sign-out's clearing
+/// cookie matches.
+async fn the_session_cookie_is_secure_over_https(backend: Backend) {
+    let s = Server::start(backend).await;
+    let plain = set_cookie(&s.base, &s.admin, &[]).await;
+    assert!(!plain.contains("Secure"), "{plain}");
+    for proxy in [
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=192.0.2.60;proto=https;by=203.0.113.43"),
+    ] {
+        let c = set_cookie(&s.base, &s.admin, &[proxy]).await;
+        assert!(c.ends_with("; Secure"), "{proxy:?}: {c}");
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
+    }
+    let c = set_cookie(&s.base, &s.admin, &[("x-forwarded-proto", "http")]).await;
+    assert!(!c.contains("Secure"), "{c}");
+
+    let s = Server::start_with(
+        backend,
+        ServerConfig {
+            secure_cookies: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = set_cookie(&s.base, &s.admin, &[]).await;
+    assert!(c.ends_with("; Secure"), "{c}");
+    let cookie = c.split(';').next().expect("pair").to_owned();
+    let html = page(&s.base, "/ui/alerts", Some(&cookie))
+        .await
+        .text()
+        .await
+        .expect("html");
+    let r = browser()
+        .post(format!("{}/ui/logout", s.base))
+        .header("cookie", &cookie)
+        .form_body(&[("csrf", csrf_of(&html).as_str())])
+        .send()
+        .await
+        .expect("logout");
+    let cleared = r.headers()["set-cookie"].to_str().expect("cookie");
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.ends_with("; Secure"),
+        "{cleared}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_static_files_are_cached_and_pages_not() {
+    static_files_are_cached_and_pages_not(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_static_files_are_cached_and_pages_not() {
+    static_files_are_cached_and_pages_not(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_session_cookie_is_secure_over_https() {
+    the_session_cookie_is_secure_over_https(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_session_cookie_is_secure_over_https() {
+    the_session_cookie_is_secure_over_https(Backend::Postgres).await;
+}

@@ -142,13 +142,14 @@ async fn metrics_story(backend: Backend) {
 }
 
 /// A real Prometheus (Debian's `prometheus`, installed by `scripts/test`)
-/// scrapes `/metrics` with the admin key every second; its query API
+/// scrapes `/metrics` with a `metrics` key every second; its query API
 /// answers with kira's series for the runs made here.
 async fn prometheus_scrapes_kira(backend: Backend) {
     let s = Server::start(backend).await;
     s.company("acme").await;
     s.needs_review("acme").await;
     s.needs_review("acme").await;
+    let (_, scraper) = s.key("metrics", None).await;
 
     let dir = tempfile::tempdir().expect("dir");
     let target = s.base.trim_start_matches("http://");
@@ -159,7 +160,7 @@ async fn prometheus_scrapes_kira(backend: Backend) {
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kira\n    \
              authorization:\n      type: Bearer\n      credentials: {}\n    \
              static_configs:\n      - targets: ['{target}']\n",
-            s.admin
+            scraper
         ),
     )
     .expect("config");
@@ -332,4 +333,133 @@ async fn sqlite_context_retention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_context_retention() {
     context_retention_story(Backend::Postgres).await;
+}
+
+/// A `metrics` key (issue 22: "scraping needs a key with a metrics
+/// permission"): made by the admin with no company; it reads `/metrics`,
+/// every company's series included, and nothing else: no API route (the
+/// matrix in `auth_matrix.rs` tries every one), no dashboard sign-in. A
+/// company's own keys never read the system-wide exposition.
+async fn metrics_key_story(backend: Backend) {
+    let s = Server::start(backend).await;
+    s.company("acme").await;
+    s.company("beta").await;
+    s.needs_review("acme").await;
+    s.needs_review("beta").await;
+
+    // Refused requests change nothing and name the field.
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&s.admin),
+            Some(json!({"name": "scraper", "role": "metrics", "company_id": "acme"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["field"], "company_id");
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&s.admin),
+            Some(json!({"name": "scraper", "role": "scraper"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["field"], "role");
+    let (_, keys) = get(&s, "/v1/keys", &s.admin).await;
+    assert_eq!(keys["keys"].as_array().map(Vec::len), Some(1), "{keys}");
+    // Only the admin makes one.
+    let (_, operator) = s.key("operator", Some("acme")).await;
+    let (status, _) = s
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&operator),
+            Some(json!({"name": "scraper", "role": "metrics"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (id, scraper) = s.key("metrics", None).await;
+    let (_, keys) = get(&s, "/v1/keys", &s.admin).await;
+    let listed = keys["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["id"] == id.as_str()))
+        .expect("listed")
+        .clone();
+    assert_eq!(listed["role"], "metrics");
+    assert_eq!(listed["company_id"], Value::Null);
+
+    // It scrapes: every company's series.
+    let (status, text) = get(&s, "/metrics", &scraper).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let text = text.as_str().expect("text");
+    for line in [
+        "kira_tasks_ended_total{company=\"acme\",outcome=\"needs_review\"} 1",
+        "kira_tasks_ended_total{company=\"beta\",outcome=\"needs_review\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    // And nothing else, not even who it is.
+    for path in [
+        "/v1/whoami",
+        "/v1/companies",
+        "/v1/companies/acme",
+        "/v1/companies/acme/metrics",
+        "/v1/metrics/system",
+        "/v1/dashboard",
+        "/v1/alerts",
+        "/v1/audit",
+    ] {
+        let (status, v) = get(&s, path, &scraper).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "forbidden", "{path}: {v}");
+        assert!(!v.to_string().contains("beta"), "{path}: {v}");
+    }
+    let audit = s.audit().await;
+    let refused = audit
+        .iter()
+        .filter(|e| e["actor"] == format!("key:{id}").as_str() && e["outcome"] == "denied")
+        .count();
+    assert_eq!(refused, 8, "each refusal audited");
+
+    // No dashboard session for it.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(format!("{}/ui/login", s.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("key", scraper.as_str())]).expect("form"))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get("set-cookie").is_none(), "no session");
+
+    // A company's own keys never read every company's series.
+    let (_, viewer) = s.key("viewer", Some("acme")).await;
+    for token in [&viewer, &operator] {
+        let (status, v) = get(&s, "/metrics", token).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        assert!(!v.to_string().contains("beta"), "{v}");
+    }
+
+    // Revoked, it stops at once.
+    s.admin_ok(Method::POST, &format!("/v1/keys/{id}/revoke"), None)
+        .await;
+    let (status, _) = get(&s, "/metrics", &scraper).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_metrics_key_scrapes_and_nothing_else() {
+    metrics_key_story(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_metrics_key_scrapes_and_nothing_else() {
+    metrics_key_story(Backend::Postgres).await;
 }

@@ -130,6 +130,11 @@ async fn openapi_lists_every_route_with_responses() {
     }
     assert!(doc["components"]["schemas"]["Company"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // A key's role, the scraper's `metrics` among them.
+    let roles = doc["components"]["schemas"]["Role"].to_string();
+    for role in ["admin", "operator", "viewer", "metrics"] {
+        assert!(roles.contains(&format!("\"{role}\"")), "{role} in {roles}");
+    }
 }
 
 /// Which profile fields a company key may not change is in the document,

@@ -28,6 +28,9 @@ pub struct Server {
     pub store: Arc<dyn Store>,
 
     pub db_url: String,
+    /// The server's engine, for what runs beside the API (the alerts
+    /// evaluator).
+    pub engine: kira_engine::Engine,
     http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
     _dir: Option<tempfile::TempDir>,
@@ -85,17 +88,28 @@ pub async fn serve_engine(
     clock: Arc<dyn kira_core::clock::Clock>,
     engine_cfg: kira_engine::EngineConfig,
 ) -> (String, tokio::task::JoinHandle<()>) {
+    let (base, task, _) = serve_engine_with(store, cfg, clock, engine_cfg).await;
+    (base, task)
+}
+
+/// [`serve_engine`], and the engine it serves.
+pub async fn serve_engine_with(
+    store: Arc<dyn Store>,
+    cfg: ServerConfig,
+    clock: Arc<dyn kira_core::clock::Clock>,
+    engine_cfg: kira_engine::EngineConfig,
+) -> (String, tokio::task::JoinHandle<()>, kira_engine::Engine) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let engine = kira_engine::Engine::new(store, clock, engine_cfg);
-    let app = router(engine, cfg);
+    let app = router(engine.clone(), cfg);
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app).await.expect("serve");
     });
-    (format!("http://{addr}"), task)
+    (format!("http://{addr}"), task, engine)
 }
 
 impl Server {
@@ -128,12 +142,13 @@ impl Server {
             .await
             .expect("bootstrap")
             .expect("a fresh database gets an admin key");
-        let (base, task) = serve_engine(store.clone(), cfg, clock, engine_cfg).await;
+        let (base, task, engine) = serve_engine_with(store.clone(), cfg, clock, engine_cfg).await;
         Server {
             base,
             admin: issued.token,
             store,
             db_url,
+            engine,
             http: reqwest::Client::new(),
             task,
             _dir: dir,

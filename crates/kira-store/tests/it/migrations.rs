@@ -1,7 +1,8 @@
 //! Migrations that carry data forward, checked from a database left at the
 //! version before them: 0028 adds up the all-time series rows an earlier
 //! kira rolled up into `metric_totals`, so `/metrics` keeps its counters
-//! across the upgrade.
+//! across the upgrade; 0029 admits `metrics` keys and keeps every key and
+//! dashboard session (SQLite rebuilds `api_keys`).
 
 use std::borrow::Cow;
 
@@ -27,11 +28,16 @@ const INSERT: &str = "INSERT INTO metric_rollups \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// `m` with only the migrations before 0028.
-fn before_0028(mut m: Migrator) -> Migrator {
+fn before_0028(m: Migrator) -> Migrator {
+    before(m, 28)
+}
+
+/// `m` with only the migrations before `version`.
+fn before(mut m: Migrator, version: i64) -> Migrator {
     let kept: Vec<_> = m
         .migrations
         .iter()
-        .filter(|x| x.version < 28)
+        .filter(|x| x.version < version)
         .cloned()
         .collect();
     m.migrations = Cow::Owned(kept);
@@ -125,4 +131,138 @@ async fn postgres_0028_adds_up_the_totals_rolled_up_before_it() {
     pool.close().await;
     let store = PgStore::open(&url, None).await.expect("open, migrating");
     check(&store).await;
+}
+
+/// The rows an earlier kira left: a company, an admin key, the company's
+/// operator key and a dashboard session of it. `$1` is a timestamp, `$2`
+/// (when the flag says so) a hash.
+const KEYS_BEFORE_0029: &[(&str, bool)] = &[
+    (
+        "INSERT INTO companies (company_id, name, industry, jurisdiction, revenue_usd, \
+           complexity_score, activity_score, priority_multiplier, sla_response_seconds, \
+           contacts, sharing_consent, created_at, updated_at) \
+         VALUES ('acme', 'Acme', 'legal', 'US', 1, 0.5, 0.5, 1.0, 30, '[]', '[]', $1, $1)",
+        false,
+    ),
+    (
+        "INSERT INTO api_keys (key_id, name, role, company_id, token_sha256, created_at) \
+         VALUES ('aaaaaaaaaaaa', 'root', 'admin', NULL, $2, $1)",
+        true,
+    ),
+    (
+        "INSERT INTO api_keys (key_id, name, role, company_id, token_sha256, created_at) \
+         VALUES ('bbbbbbbbbbbb', 'ops', 'operator', 'acme', $2, $1)",
+        true,
+    ),
+    (
+        "INSERT INTO ui_sessions (session_id, key_id, secret_sha256, csrf, created_at, expires_at) \
+         VALUES ('s1', 'bbbbbbbbbbbb', $2, 'c', $1, $1)",
+        true,
+    ),
+];
+
+const METRICS_KEY: &str = "INSERT INTO api_keys (key_id, name, role, company_id, token_sha256, \
+     created_at) VALUES ($1, 'scraper', 'metrics', $2, $3, $4)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_0029_admits_metrics_keys_and_keeps_keys_and_sessions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = testdb::fresh_sqlite(dir.path()).await;
+    let opts: sqlx::sqlite::SqliteConnectOptions = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .expect("url")
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = sqlx::SqlitePool::connect_with(opts.clone())
+        .await
+        .expect("open");
+    before(sqlx::migrate!("migrations/sqlite"), 29)
+        .run(&pool)
+        .await
+        .expect("migrate to 0028");
+    let t = "2026-01-01T00:00:00.000000Z";
+    for (stmt, hash) in KEYS_BEFORE_0029 {
+        let q = sqlx::query(*stmt).bind(t);
+        let q = if *hash { q.bind(vec![7u8; 32]) } else { q };
+        q.execute(&pool).await.expect("insert");
+    }
+    pool.close().await;
+    drop(SqliteStore::open(&url).await.expect("open, migrating"));
+    let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open");
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        }
+    };
+    assert_eq!(count("api_keys").await, 2);
+    assert_eq!(
+        count("ui_sessions").await,
+        1,
+        "the session outlived the rebuild"
+    );
+    let fk: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(&pool)
+        .await
+        .expect("check");
+    assert!(fk.is_empty(), "{fk:?}");
+    let insert = |id: &'static str, company: Option<&'static str>| {
+        sqlx::query(METRICS_KEY)
+            .bind(id)
+            .bind(company)
+            .bind(vec![8u8; 32])
+            .bind(t)
+            .execute(&pool)
+    };
+    insert("cccccccccccc", None).await.expect("a metrics key");
+    insert("dddddddddddd", Some("acme"))
+        .await
+        .expect_err("a metrics key names no company");
+    // Deleting a key still takes its sessions with it.
+    sqlx::query("DELETE FROM api_keys WHERE key_id = 'bbbbbbbbbbbb'")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    assert_eq!(count("ui_sessions").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_0029_admits_metrics_keys_and_keeps_keys_and_sessions() {
+    let url = testdb::fresh_postgres().await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("open");
+    before(sqlx::migrate!("migrations/postgres"), 29)
+        .run(&pool)
+        .await
+        .expect("migrate to 0028");
+    let t = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    for (stmt, hash) in KEYS_BEFORE_0029 {
+        let q = sqlx::query(*stmt).bind(t);
+        let q = if *hash { q.bind(vec![7u8; 32]) } else { q };
+        q.execute(&pool).await.expect("insert");
+    }
+    pool.close().await;
+    drop(PgStore::open(&url, None).await.expect("open, migrating"));
+    let pool = sqlx::PgPool::connect(&url).await.expect("open");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ui_sessions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(n, 1);
+    let insert = |id: &'static str, company: Option<&'static str>| {
+        sqlx::query(METRICS_KEY)
+            .bind(id)
+            .bind(company)
+            .bind(vec![8u8; 32])
+            .bind(t)
+            .execute(&pool)
+    };
+    insert("cccccccccccc", None).await.expect("a metrics key");
+    insert("dddddddddddd", Some("acme"))
+        .await
+        .expect_err("a metrics key names no company");
 }
