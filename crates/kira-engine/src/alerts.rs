@@ -46,6 +46,9 @@ use channels::{Unavailable, smtp_transport};
 /// The advisory-lock key of the alerts evaluator.
 const JOB_ALERTS: i64 = 0x6b69_7261_0004;
 
+/// A sample of one provider's counters: (at, answered, failed).
+type ProviderSample = (DateTime<Utc>, u64, u64);
+
 /// The most authentication failures kept for the `auth_failures` rule: a
 /// flood of refusals cannot grow the process without bound (the oldest go
 /// first).
@@ -265,7 +268,7 @@ pub struct Alerts {
     /// This process's authentication failures of the longest window.
     auth_failures: Mutex<VecDeque<AuthFailure>>,
     /// Samples of each provider's answered and failed calls counters.
-    provider_samples: Mutex<BTreeMap<String, Vec<(DateTime<Utc>, u64, u64)>>>,
+    provider_samples: Mutex<BTreeMap<String, Vec<ProviderSample>>>,
     /// The latest run of each scheduled verification.
     verified: tokio::sync::Mutex<BTreeMap<Check, Verification>>,
     /// The notices waiting for their group, and when each group last went
