@@ -1288,8 +1288,34 @@ pub struct Outbox {
 
 impl Outbox {
     /// Holds `alert`'s notice for its group; an alert already held there
-    /// is replaced by this later state of it.
+    /// is replaced by this later state of it. A resolve notice takes the
+    /// alert's notices still held for the same audience out of their
+    /// groups (they are stale); if its firing notice was among them, the
+    /// audience never heard of it, and is not told it resolved either.
     pub fn hold(&mut self, key: GroupKey, alert: Alert, now: DateTime<Utc>) {
+        if key.notice == NoticeKind::Resolved {
+            let mut unheard = false;
+            for (k, g) in &mut self.groups {
+                let same = k.rule == key.rule
+                    && k.audience == key.audience
+                    && k.company == key.company
+                    && k.notice != NoticeKind::Resolved;
+                if !same {
+                    continue;
+                }
+                let before = g.held.len();
+                g.held.retain(|a| a.id != alert.id);
+                if g.held.len() != before && k.notice == NoticeKind::Firing {
+                    unheard = true;
+                }
+                if g.held.is_empty() {
+                    g.held_since = None;
+                }
+            }
+            if unheard {
+                return;
+            }
+        }
         let g = self.groups.entry(key).or_default();
         g.held_since.get_or_insert(now);
         match g.held.iter_mut().find(|a| a.id == alert.id) {
@@ -2001,6 +2027,35 @@ mod tests {
         assert!(o.take_due(later, g).is_empty());
         o.hold(key, a.clone(), later);
         assert_eq!(o.take_due(later + TimeDelta::seconds(30), g).len(), 1);
+    }
+
+    #[test]
+    fn a_resolve_takes_back_what_was_still_held() {
+        let g = Grouping {
+            wait: TimeDelta::zero(),
+            interval: TimeDelta::minutes(5),
+        };
+        let ops = Audience::Team("operator".into());
+        let a = an_alert("auth_failures", Subject::Key("k1".into()));
+        let b = an_alert("auth_failures", Subject::Key("k2".into()));
+        let mut o = Outbox::default();
+        let firing = |x: &Alert| GroupKey::of(x, NoticeKind::Firing, &ops);
+        let resolved = |x: &Alert| GroupKey::of(x, NoticeKind::Resolved, &ops);
+        o.hold(firing(&a), a.clone(), t0());
+        assert_eq!(o.take_due(t0(), g).len(), 1);
+        // b fires while the group waits for its interval, and clears
+        // before the group goes out: nobody hears of either.
+        let later = t0() + TimeDelta::minutes(1);
+        o.hold(firing(&b), b.clone(), later);
+        o.hold(resolved(&b), b.clone(), later + TimeDelta::minutes(1));
+        assert_eq!(o.held(), 0);
+        assert!(o.take_due(t0() + TimeDelta::minutes(10), g).is_empty());
+        // a, told of, is told it resolved.
+        let at = t0() + TimeDelta::minutes(11);
+        o.hold(resolved(&a), a.clone(), at);
+        let due = o.take_due(at, g);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.notice, NoticeKind::Resolved);
     }
 
     #[test]
