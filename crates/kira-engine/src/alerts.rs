@@ -311,6 +311,7 @@ impl Alerts {
             .unwrap_or_default();
         let company_http = crate::outbound::client(
             Some(ctx.config.tools.outbound.clone()),
+            &ctx.config.tools.resolver,
             reqwest::Client::builder().timeout(Duration::from_secs(10)),
             false,
         );

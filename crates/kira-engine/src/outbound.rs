@@ -18,24 +18,79 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[error("refused by kira's outbound address policy: {0}")]
 pub struct Refused(pub String);
 
+/// A name's answer, as a test gives it.
+type Lookup = dyn Fn(&str) -> std::io::Result<Vec<IpAddr>> + Send + Sync;
+
+/// How the names of company URLs become addresses: the system's resolver,
+/// or a function (tests: a name that answers one address at registration
+/// and another at call time, which no real DNS does on demand).
+#[derive(Clone, Default)]
+pub enum Resolver {
+    #[default]
+    System,
+    Fixed(Arc<Lookup>),
+}
+
+impl Resolver {
+    /// A resolver answering with `lookup` (for tests).
+    pub fn from_fn(
+        lookup: impl Fn(&str) -> std::io::Result<Vec<IpAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        Resolver::Fixed(Arc::new(lookup))
+    }
+
+    /// `host`'s addresses now.
+    pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
+        match self {
+            Resolver::System => Ok(tokio::net::lookup_host((host, 0))
+                .await?
+                .map(|a| a.ip())
+                .collect()),
+            Resolver::Fixed(f) => f(host),
+        }
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resolver::System => "Resolver::System",
+            Resolver::Fixed(_) => "Resolver::Fixed",
+        })
+    }
+}
+
+impl PartialEq for Resolver {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Resolver::System, Resolver::System) => true,
+            (Resolver::Fixed(a), Resolver::Fixed(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Resolver {}
+
 /// The resolver of a guarded client.
 struct Guard {
     policy: Arc<OutboundPolicy>,
+    resolver: Resolver,
 }
 
 impl Resolve for Guard {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
+        let resolver = self.resolver.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ips = resolver.lookup(&host).await?;
             // One forbidden address refuses the name: a public answer next
             // to a private one is how a rebinding attack hedges.
-            for a in &addrs {
-                policy.check(&host, a.ip()).map_err(Refused)?;
+            for ip in &ips {
+                policy.check(&host, *ip).map_err(Refused)?;
             }
-            let addrs: Addrs = Box::new(addrs.into_iter());
+            let addrs: Addrs = Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
         })
     }
@@ -53,16 +108,20 @@ pub fn check_url(policy: &OutboundPolicy, url: &str) -> Result<(), Refused> {
 /// [`check_url`], a name on every address it resolves to now. For a
 /// clear message where a transport hides its causes (rmcp's); the
 /// client's resolver still checks every connection after.
-pub async fn preflight(policy: &OutboundPolicy, url: &str) -> Result<(), Refused> {
+pub async fn preflight(
+    policy: &OutboundPolicy,
+    resolver: &Resolver,
+    url: &str,
+) -> Result<(), Refused> {
     let parsed = Url::parse(url).map_err(|e| Refused(format!("the URL is not valid: {e}")))?;
     check_parsed(policy, &parsed)?;
     if let Some(url::Host::Domain(host)) = parsed.host() {
-        let port = parsed.port_or_known_default().unwrap_or(80);
-        let addrs = tokio::net::lookup_host((host, port))
+        let ips = resolver
+            .lookup(host)
             .await
             .map_err(|e| Refused(format!("{host} does not resolve: {e}")))?;
-        for a in addrs {
-            policy.check(host, a.ip()).map_err(Refused)?;
+        for ip in ips {
+            policy.check(host, ip).map_err(Refused)?;
         }
     }
     Ok(())
@@ -88,12 +147,16 @@ fn check_parsed(policy: &OutboundPolicy, url: &Url) -> Result<(), Refused> {
 }
 
 /// A client for company URLs under `policy` (none: trusted URLs): the
-/// guarded resolver and no proxy (a proxy would resolve the names where
-/// kira cannot check them); at most 10 redirects, each checked, and with
-/// `same_origin` only within the first URL's origin (so headers and an
-/// MCP session never go to another host).
+/// guarded resolver (names answered by `resolver`) and no proxy (a proxy
+/// would resolve the names where kira cannot check them); at most 10
+/// redirects, each checked, and with `same_origin` only within the first
+/// URL's origin: a redirect to another origin is then returned as it is
+/// (a 3xx), for the caller to refuse (MCP: its session and headers never
+/// go to another host) or to follow without its headers (HTTP tools,
+/// [`crate::tools::http`]).
 pub fn client(
     policy: Option<Arc<OutboundPolicy>>,
+    resolver: &Resolver,
     builder: reqwest::ClientBuilder,
     same_origin: bool,
 ) -> reqwest::Client {
@@ -112,7 +175,12 @@ pub fn client(
         }
     }));
     if let Some(policy) = policy {
-        builder = builder.dns_resolver(Arc::new(Guard { policy })).no_proxy();
+        builder = builder
+            .dns_resolver(Arc::new(Guard {
+                policy,
+                resolver: resolver.clone(),
+            }))
+            .no_proxy();
     }
     match builder.build() {
         Ok(c) => c,
@@ -123,6 +191,7 @@ pub fn client(
             reqwest::Client::builder()
                 .dns_resolver(Arc::new(Guard {
                     policy: Arc::new(OutboundPolicy::default()),
+                    resolver: Resolver::System,
                 }))
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())

@@ -223,6 +223,19 @@ impl Server {
             .expect("kira runs")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Kills the server outright (SIGKILL: nothing of its shutdown runs)
+    /// and reaps it.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("server running");
+        child.kill().expect("SIGKILL sent");
+        child.wait().expect("reaped");
+    }
+
     /// Sends SIGTERM and waits (up to 10 s) for the server to finish.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");

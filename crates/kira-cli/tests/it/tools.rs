@@ -2,7 +2,9 @@
 //! admin listed with its layer, source and namespaced tools, tested as the
 //! company, configured and removed; a command that does not exist and an
 //! MCP server at the metadata address refused with the field named and
-//! nothing written; an MCP server over HTTP registered by its URL.
+//! nothing written; an MCP server over HTTP registered by its URL; a
+//! stdio server that outlives its input dying with a `kira serve` killed
+//! with SIGKILL.
 
 use crate::support::{Server, fails, ok, ok_json};
 
@@ -153,4 +155,95 @@ fn tools_add_list_test_configure_remove() {
         .args(["tools", "remove", "everything", "--company", "acme"]));
     let list = ok(server.kira().args(["tools", "list", "--company", "acme"]));
     assert!(!list.contains("everything"), "{list}");
+}
+
+/// The processes whose parent is `parent` and whose command line holds
+/// `needle`.
+fn children(parent: u32, needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The process has exited: gone, or a zombie nobody has reaped yet (its
+/// new parent, the container's init, may never reap it).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+#[test]
+fn a_stdio_mcp_server_dies_with_kira_when_kira_is_killed() {
+    // A server that stays when its input closes (the reference servers
+    // leave at end of input unless a call or a timer holds them): only
+    // a signal from the kernel can stop it once kira is killed.
+    let python = std::env::var("KIRA_TEST_SMTPD_PYTHON").unwrap_or("/usr/bin/python3".into());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/lingering_mcp_server.py")
+        .display()
+        .to_string();
+    let work = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(work.path(), &[]);
+    ok(server.kira().args([
+        "company",
+        "add",
+        "acme",
+        "--name",
+        "Acme",
+        "--industry",
+        "fintech",
+        "--jurisdiction",
+        "US-DE",
+    ]));
+    ok(server.kira().args([
+        "tools",
+        "add",
+        "lingering",
+        "--layer",
+        "company",
+        "--company",
+        "acme",
+        "--command",
+        &python,
+        "--arg",
+        &script,
+    ]));
+    let out = ok(server
+        .kira()
+        .args(["tools", "test", "lingering.ping", "--company", "acme"]));
+    assert!(out.contains("pong"), "{out}");
+    let servers = children(server.pid(), "lingering_mcp_server.py");
+    assert_eq!(servers.len(), 1, "one server, started by kira: {servers:?}");
+    // None of kira's shutdown runs: only the kernel can stop the server.
+    server.kill();
+    crate::support::wait_for(
+        std::time::Duration::from_secs(10),
+        "the MCP server exits when kira is killed",
+        || servers.iter().all(|p| exited(*p)).then_some(()),
+    );
 }

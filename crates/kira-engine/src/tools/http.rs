@@ -34,8 +34,23 @@ pub enum Ended {
     Refused,
 }
 
+/// At most this many redirects a call, every origin together.
+const MAX_REDIRECTS: usize = 10;
+
 /// What a call gave back: the text, and how it ended. `header` is one
 /// more header of this call (the company's preferences).
+///
+/// Redirects: the client follows those within the URL's origin (with the
+/// registration's headers, as a browser keeps a page's). One to another
+/// origin is followed here without them: the registration's headers (a
+/// credential kira put in, the preferences, any custom header) were given
+/// for the registered host, and another host (a CDN, a storage bucket)
+/// serves the redirected request without them, so the call still works
+/// and nothing kira injected leaves the origin. Once a hop has left the
+/// origin, the rest of the chain goes without them, even back to the
+/// first origin: the other host chose that URL. Every hop is held to the
+/// address policy, and a 301/302/303 turns a POST into a bodiless GET as
+/// browsers do (307 and 308 keep the method and body).
 pub async fn call(
     client: &reqwest::Client,
     tool: &HttpTool,
@@ -49,7 +64,7 @@ pub async fn call(
         Ok(v) => v,
         Err(e) => return (e, Ended::Failed),
     };
-    let method = match reqwest::Method::from_bytes(tool.method.as_bytes()) {
+    let mut method = match reqwest::Method::from_bytes(tool.method.as_bytes()) {
         Ok(m) => m,
         Err(_) => return (format!("method {} is not HTTP", tool.method), Ended::Failed),
     };
@@ -58,43 +73,72 @@ pub async fn call(
         Ok(u) => u,
         Err(e) => return (format!("the URL is not valid: {e}"), Ended::Failed),
     };
-    // An address literal never reaches the client's resolver.
-    if let Some(policy) = &tool.guard
-        && let Err(e) = crate::outbound::check_url(policy, url.as_str())
-    {
-        return (e.to_string(), Ended::Refused);
-    }
     if query_args && !rest.is_empty() {
         url.query_pairs_mut()
             .extend_pairs(rest.iter().map(|(k, v)| (k.clone(), plain(v))));
     }
-    let mut req = client.request(method, url).timeout(timeout);
-    for (k, v) in &tool.headers {
-        req = req.header(k, v);
-    }
-    if let Some((k, v)) = header {
-        req = req.header(k, v);
-    }
-    if !query_args {
-        req = req.json(&Value::Object(rest));
-    }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => {
-            return (
-                format!("no answer within {} ms", timeout.as_millis()),
-                Ended::Timeout,
-            );
+    let mut body = (!query_args).then(|| Value::Object(rest));
+    let mut own_headers = true;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut hops = 0;
+    let resp = loop {
+        // An address literal never reaches the client's resolver.
+        if let Some(policy) = &tool.guard
+            && let Err(e) = crate::outbound::check_url(policy, url.as_str())
+        {
+            return (e.to_string(), Ended::Refused);
         }
-        Err(e) => {
-            if let Some(r) = crate::outbound::refusal(&e) {
-                return (r.to_string(), Ended::Refused);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut req = client.request(method.clone(), url.clone()).timeout(left);
+        if own_headers {
+            for (k, v) in &tool.headers {
+                req = req.header(k, v);
             }
-            return (
-                format!("request failed: {}", e.without_url()),
-                Ended::Failed,
-            );
+            if let Some((k, v)) = &header {
+                req = req.header(*k, v);
+            }
         }
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return (
+                    format!("no answer within {} ms", timeout.as_millis()),
+                    Ended::Timeout,
+                );
+            }
+            Err(e) => {
+                if let Some(r) = crate::outbound::refusal(&e) {
+                    return (r.to_string(), Ended::Refused);
+                }
+                return (
+                    format!("request failed: {}", e.without_url()),
+                    Ended::Failed,
+                );
+            }
+        };
+        // The client stopped at a redirect to another origin.
+        let Some(next) = redirect(&resp) else {
+            break resp;
+        };
+        hops += 1;
+        if hops > MAX_REDIRECTS {
+            return ("too many redirects".into(), Ended::Failed);
+        }
+        let status = resp.status().as_u16();
+        let to_get = match status {
+            303 => method != reqwest::Method::HEAD,
+            301 | 302 => method == reqwest::Method::POST,
+            _ => false,
+        };
+        if to_get {
+            method = reqwest::Method::GET;
+            body = None;
+        }
+        own_headers = false;
+        url = next;
     };
     let status = resp.status();
     let body = match resp.text().await {
@@ -123,6 +167,20 @@ pub async fn call(
             ),
         },
     }
+}
+
+/// Where a redirect the client did not follow leads: a 3xx with a
+/// `Location` (relative to the answer's URL).
+fn redirect(resp: &reqwest::Response) -> Option<reqwest::Url> {
+    if !resp.status().is_redirection() {
+        return None;
+    }
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    resp.url().join(location).ok()
 }
 
 /// A JSON value as a path or query part: strings as they are.

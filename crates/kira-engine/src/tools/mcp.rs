@@ -43,6 +43,8 @@ pub struct Remote {
     pub headers: BTreeMap<String, String>,
     /// The policy its URL is held to (none: a trusted shared server).
     pub guard: Option<Arc<OutboundPolicy>>,
+    /// How its name is resolved for the check before connecting.
+    pub resolver: crate::outbound::Resolver,
 }
 
 /// How kira reaches a server.
@@ -389,11 +391,14 @@ async fn spawn_stdio(
     spawn: &Spawn,
     handler: Handler,
 ) -> Result<(RunningService<RoleClient, Handler>, Option<u32>), String> {
-    let mut cmd = tokio::process::Command::new(&spawn.command);
-    cmd.args(&spawn.args).envs(&spawn.env).kill_on_drop(true);
-    let (proc, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
-        .stderr(Stdio::piped())
-        .spawn()
+    let program = super::find_command(&spawn.command).ok_or_else(|| {
+        format!(
+            "could not start '{}': not an executable file here (nor a name found in PATH)",
+            spawn.command
+        )
+    })?;
+    let (proc, stderr) = spawn_on_one_thread(program, spawn)
+        .await
         .map_err(|e| format!("could not start '{}': {e}", spawn.command))?;
     let pid = proc.id();
     server.starts.fetch_add(1, Ordering::SeqCst);
@@ -416,6 +421,113 @@ async fn spawn_stdio(
     Ok((client, pid))
 }
 
+/// The command that runs `program` so that it dies with kira, even when
+/// kira is killed outright (SIGKILL runs no destructor, so
+/// `kill_on_drop` cannot help): on Linux, util-linux's `setpriv
+/// --pdeathsig KILL` sets the process's parent-death signal
+/// (`PR_SET_PDEATHSIG`) and execs the server, which keeps it. kira itself
+/// cannot set it without `unsafe` (`pre_exec`), which the workspace
+/// forbids. Without a `setpriv` that can (not Linux, not installed, or
+/// older than util-linux 2.33) the server starts as it is and kira says
+/// so once: it then outlives a killed kira.
+///
+/// The signal covers the server's own process, not children it starts
+/// itself (a server started through `npx` or a shell script should
+/// `exec` the real one). Runs on the thread of [`spawn_on_one_thread`]
+/// (the first call tries `setpriv` once, blocking).
+fn dies_with_kira(program: &std::path::Path) -> tokio::process::Command {
+    static SETPRIV: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let setpriv = SETPRIV.get_or_init(|| {
+        let works = |setpriv: &std::path::PathBuf| {
+            std::process::Command::new(setpriv)
+                .args(["--pdeathsig", "KILL", "--"])
+                .arg(setpriv)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let found = cfg!(target_os = "linux")
+            .then(|| super::find_command("setpriv"))
+            .flatten()
+            .filter(works);
+        if found.is_none() {
+            tracing::warn!(
+                "no `setpriv --pdeathsig` (util-linux 2.33 or later): stdio MCP servers will outlive kira if it is killed (SIGKILL)"
+            );
+        }
+        found
+    });
+    match setpriv {
+        Some(setpriv) => {
+            let mut cmd = tokio::process::Command::new(setpriv);
+            cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            cmd
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
+/// Starts `spawn` (its command found at `program`) from one thread that
+/// lives as long as kira: the kernel sends the parent-death signal when
+/// the *thread* that forked the child exits, not the process, and a
+/// runtime's threads come and go (a blocking-pool thread ends when idle;
+/// a worker that blocks in place hands its work to another thread).
+async fn spawn_on_one_thread(
+    program: std::path::PathBuf,
+    spawn: &Spawn,
+) -> std::io::Result<(
+    rmcp::transport::TokioChildProcess,
+    Option<tokio::process::ChildStderr>,
+)> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("kira-mcp-spawn".into())
+            .spawn(move || {
+                // The thread must outlive every server it started: a job
+                // that panics is dropped, not the thread.
+                while let Ok(job) = rx.recv() {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            });
+        match started {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the thread that starts MCP servers");
+                None
+            }
+        }
+    });
+    let (args, env) = (spawn.args.clone(), spawn.env.clone());
+    let start = move || {
+        let mut cmd = dies_with_kira(&program);
+        cmd.args(&args).envs(&env).kill_on_drop(true);
+        rmcp::transport::TokioChildProcess::builder(cmd)
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let Some(spawner) = spawner else {
+        return start();
+    };
+    // The child is registered with this runtime (its exit, its pipes).
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _entered = runtime.enter();
+        let _ = tx.send(start());
+    });
+    spawner
+        .send(job)
+        .map_err(|_| std::io::Error::other("the thread that starts MCP servers has ended"))?;
+    rx.await
+        .map_err(|_| std::io::Error::other("starting the process failed unexpectedly"))?
+}
+
 /// Connects to a server over streamable HTTP, its URL held to its policy
 /// (an address literal here; every name the client resolves, in its
 /// resolver).
@@ -425,7 +537,7 @@ async fn connect_http(
     handler: Handler,
 ) -> Result<RunningService<RoleClient, Handler>, String> {
     if let Some(policy) = &remote.guard {
-        crate::outbound::preflight(policy, &remote.url)
+        crate::outbound::preflight(policy, &remote.resolver, &remote.url)
             .await
             .map_err(|e| e.to_string())?;
     }

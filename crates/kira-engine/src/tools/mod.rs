@@ -71,6 +71,9 @@ pub struct ToolsConfig {
     /// over HTTP, its contact's webhook): the public internet unless the
     /// operator allows more.
     pub outbound: Arc<OutboundPolicy>,
+    /// How the names in those URLs are resolved (the policy judges the
+    /// answers): the system's resolver; tests set their own.
+    pub resolver: crate::outbound::Resolver,
 }
 
 impl Default for ToolsConfig {
@@ -84,6 +87,7 @@ impl Default for ToolsConfig {
             restart_backoff: Duration::from_millis(200),
             shipped: Vec::new(),
             outbound: Arc::default(),
+            resolver: crate::outbound::Resolver::System,
         }
     }
 }
@@ -393,23 +397,27 @@ struct Clients {
 }
 
 impl Clients {
-    fn new(policy: &Arc<OutboundPolicy>) -> Self {
+    fn new(policy: &Arc<OutboundPolicy>, resolver: &crate::outbound::Resolver) -> Self {
         use crate::outbound::client;
         // MCP over HTTP as rmcp's own client: no idle connections kept (a
-        // stale one stalls on delayed ACKs), redirects within the origin.
+        // stale one stalls on delayed ACKs). Every client follows
+        // redirects within the origin only: an HTTP tool follows one to
+        // another origin itself, without its headers (`http::call`); an
+        // MCP server's is refused.
         let mcp = || reqwest::Client::builder().pool_max_idle_per_host(0);
+        let plain = reqwest::Client::builder;
         Self {
-            guarded: client(Some(policy.clone()), reqwest::Client::builder(), false),
-            trusted: client(None, reqwest::Client::builder(), false),
-            mcp_guarded: client(Some(policy.clone()), mcp(), true),
-            mcp_trusted: client(None, mcp(), true),
+            guarded: client(Some(policy.clone()), resolver, plain(), true),
+            trusted: client(None, resolver, plain(), true),
+            mcp_guarded: client(Some(policy.clone()), resolver, mcp(), true),
+            mcp_trusted: client(None, resolver, mcp(), true),
         }
     }
 }
 
 impl Tools {
     pub(crate) fn new(ctx: Arc<Ctx>, engine: Weak<Services>) -> Self {
-        let http = Clients::new(&ctx.config.tools.outbound);
+        let http = Clients::new(&ctx.config.tools.outbound, &ctx.config.tools.resolver);
         Self {
             ctx,
             engine,
@@ -671,6 +679,7 @@ impl Tools {
                         .map(|(k, v)| (k.clone(), inject(v)))
                         .collect(),
                     guard: guard.clone(),
+                    resolver: self.config().resolver.clone(),
                 });
                 let server = self.server(&entry, &company, &credential, &connect);
                 match self.server_tools(&entry, &server).await {

@@ -874,5 +874,133 @@ both!(
     a_burst_of_auth_failures_per_key_and_address,
     a_failing_verify_is_a_critical_alert,
     provider_error_rate_and_failing,
-    one_rules_subjects_go_out_as_one_notice
+    one_rules_subjects_go_out_as_one_notice,
+    a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_delivery
 );
+
+/// A company contact's webhook is checked when written (an address
+/// literal) and, as a name, on what it resolves to at every delivery: a
+/// name that answered an allowed address for the first notice and a
+/// forbidden one for the repeat is refused then, each try recorded as a
+/// failed attempt with the reason and retried as any failed delivery,
+/// and nothing connects to the forbidden address.
+async fn a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_delivery(
+    backend: Backend,
+) {
+    use crate::common::{answer, rebinding_pair, untouched};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (hook, hook_wire, hook_loopback) = rebinding_pair(answer("200 OK", &[], "")).await;
+    let rebound = Arc::new(AtomicBool::new(false));
+    let resolver = {
+        let rebound = rebound.clone();
+        kira_engine::outbound::Resolver::from_fn(move |host| match host {
+            "hooks.rebind.test" if rebound.load(Ordering::SeqCst) => {
+                Ok(vec![[127, 0, 0, 1].into()])
+            }
+            "hooks.rebind.test" => Ok(vec![[127, 0, 0, 2].into()]),
+            other => Err(std::io::Error::other(format!("{other} is not a test name"))),
+        })
+    };
+    let (store, _dir) = fresh_store(backend).await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let mut cfg = EngineConfig::default();
+    cfg.tools.outbound = Arc::new(
+        kira_core::outbound::OutboundPolicy::default()
+            .with_allowed("tools.allow_outbound", &["127.0.0.2".into()])
+            .expect("policy"),
+    );
+    cfg.tools.resolver = resolver;
+    let a = &mut cfg.alerts;
+    a.rules = vec![Rule {
+        name: "spending".into(),
+        severity: Severity::Warning,
+        for_duration: TimeDelta::zero(),
+        labels: BTreeMap::new(),
+        condition: Condition::AllocationUsed { fraction: 0.0 },
+    }];
+    a.routing.0.insert(
+        RuleKind::Budget,
+        Route {
+            immediate: vec![Audience::CompanyContact],
+            escalation: vec![],
+            escalation_delay: None,
+        },
+    );
+    a.retry_backoff = Duration::from_millis(1);
+    let url = format!("http://hooks.rebind.test:{}/hook", hook.port());
+    let (_, p) = serde_json::from_value::<NewCompany>(json!({
+        "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE",
+        "contacts": [{"name": "ops", "webhook": url}]
+    }))
+    .expect("json")
+    .validate()
+    .expect("valid");
+    store
+        .create_company(&acme(), &p, t0(), audit("company.create"))
+        .await
+        .expect("create");
+    let repeat = cfg.alerts.repeat_interval;
+    let engine = Engine::new(store.clone(), clock.clone(), cfg);
+    let evaluate = async || {
+        let mut tries = 0;
+        while engine
+            .alerts()
+            .evaluate()
+            .await
+            .expect("evaluate")
+            .is_none()
+        {
+            tries += 1;
+            assert!(tries < 500, "the evaluator's lock stays taken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+
+    evaluate().await;
+    assert_eq!(hook_wire.requests(), 1, "the firing notice is delivered");
+    assert!(
+        hook_wire.text().starts_with("POST /hook "),
+        "{}",
+        hook_wire.text()
+    );
+
+    rebound.store(true, Ordering::SeqCst);
+    clock.advance(repeat);
+    evaluate().await;
+    assert_eq!(hook_wire.requests(), 1, "the repeat went nowhere");
+    assert!(untouched(&hook_loopback), "nothing connected to 127.0.0.1");
+
+    let alerts = engine
+        .alerts()
+        .list(AlertReader::Admin(&admin()), &AlertFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let d = engine
+        .alerts()
+        .get(AlertReader::Admin(&admin()), alerts[0].id)
+        .await
+        .expect("get");
+    let tries: Vec<_> = d
+        .notifications
+        .iter()
+        .map(|n| (n.notice, n.channel.as_str(), n.attempt, n.outcome))
+        .collect();
+    assert_eq!(
+        tries,
+        [
+            (NoticeKind::Firing, "webhook", 1, Delivery::Sent),
+            (NoticeKind::Repeat, "webhook", 1, Delivery::Failed),
+            (NoticeKind::Repeat, "webhook", 2, Delivery::Failed),
+            (NoticeKind::Repeat, "webhook", 3, Delivery::Failed),
+        ]
+    );
+    for n in &d.notifications[1..] {
+        let why = n.error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("refused by kira's outbound address policy") && why.contains("127.0.0.1"),
+            "{why}"
+        );
+        assert_eq!(n.target, url);
+    }
+}

@@ -521,3 +521,471 @@ async fn names_resolving_to_forbidden_addresses_and_redirects_to_them_are_refuse
     assert_eq!(refused.len(), 2, "every refused call is audited");
     e.tools().stop().await;
 }
+
+/// A master key for the tests' credentials.
+fn master_key() -> kira_core::seal::MasterKey {
+    kira_core::seal::MasterKey::parse(&"cd".repeat(32)).expect("key")
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_carries_none_of_the_registrations_headers() {
+    use crate::common::{answer, wire_server};
+    let s = setup(Backend::Sqlite).await;
+    let mut cfg = config(true);
+    cfg.tools.start_timeout = Duration::from_secs(2);
+    let e = Engine::new(s.store.clone(), s.clock.clone(), cfg);
+    e.tools().set_master_key(master_key());
+    let acme = scope("acme");
+    let marker = format!("redirect-credential-{}", uuid::Uuid::now_v7().simple());
+
+    // The other origin answers whatever it is asked; the registered one
+    // sends every request there (307: the method and body go along).
+    let (other, other_wire) = wire_server(
+        ([127, 0, 0, 1], 0).into(),
+        answer("200 OK", &[], r#"{"answer": "from the other origin"}"#),
+    )
+    .await;
+    let (first, first_wire) = wire_server(
+        ([127, 0, 0, 1], 0).into(),
+        answer(
+            "307 Temporary Redirect",
+            &[format!("location: http://{other}/landing")],
+            "",
+        ),
+    )
+    .await;
+    e.tools()
+        .add(
+            ToolWriter::Company(&acme),
+            tool(json!({"name": "submit", "layer": "company", "company": "acme",
+                "source": {"kind": "http", "method": "POST", "url": format!("http://{first}/submit"),
+                    "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+                    "headers": {"X-Api-Key": "{credential}", "X-Custom": "plain-custom-value"},
+                    "result": "/answer"}})),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    e.tools()
+        .set_credential(
+            &acme,
+            "submit",
+            &marker,
+            CredentialWrite::Set,
+            audit("acme"),
+        )
+        .await
+        .expect("credential");
+    e.tools()
+        .configure(
+            &acme,
+            "submit",
+            Some(&json!({"preferences": {"tone": "terse"}})),
+            audit("acme"),
+        )
+        .await
+        .expect("configured");
+
+    // The same over MCP: the session is not carried to another origin.
+    let (mcp_other, mcp_other_wire) = wire_server(
+        ([127, 0, 0, 1], 0).into(),
+        answer("200 OK", &["content-type: application/json".into()], "{}"),
+    )
+    .await;
+    let (mcp_first, mcp_first_wire) = wire_server(
+        ([127, 0, 0, 1], 0).into(),
+        answer(
+            "307 Temporary Redirect",
+            &[format!("location: http://{mcp_other}/mcp")],
+            "",
+        ),
+    )
+    .await;
+    e.tools()
+        .add(
+            ToolWriter::Company(&acme),
+            tool(json!({"name": "hop", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_http", "url": format!("http://{mcp_first}/mcp"),
+                    "headers": {"X-Api-Key": "{credential}"}}})),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    e.tools()
+        .set_credential(&acme, "hop", &marker, CredentialWrite::Set, audit("acme"))
+        .await
+        .expect("credential");
+
+    let offer = e.tools().offer(&acme, &[]).await.expect("offer");
+    let r = e
+        .tools()
+        .call(&offer, &cx(&acme), "submit", &json!({"text": "hello"}))
+        .await;
+    assert_eq!((r.outcome.as_str(), r.error), ("ok", false), "{r:?}");
+    assert_eq!(r.content, "from the other origin");
+
+    // On the wire: the registered origin got the credential, the custom
+    // header and the preferences; the other origin got the request and its
+    // body, and none of them.
+    let first_sent = first_wire.text().to_ascii_lowercase();
+    assert!(
+        first_sent.contains(&format!("x-api-key: {marker}")),
+        "{first_sent}"
+    );
+    assert!(first_sent.contains("x-custom: plain-custom-value"));
+    assert!(first_sent.contains("kira-preferences:"));
+    let other_sent = other_wire.text();
+    assert_eq!(
+        other_wire.requests(),
+        1,
+        "the redirect is followed: {other_sent}"
+    );
+    assert!(other_sent.starts_with("POST /landing "), "{other_sent}");
+    assert!(other_sent.contains(r#""text":"hello""#), "{other_sent}");
+    let other_lower = other_sent.to_ascii_lowercase();
+    for leaked in [
+        marker.as_str(),
+        "x-api-key",
+        "x-custom",
+        "plain-custom-value",
+        "kira-preferences",
+        "terse",
+    ] {
+        assert!(
+            !other_lower.contains(leaked),
+            "{leaked} reached the other origin: {other_sent}"
+        );
+    }
+
+    let hop = offer
+        .views()
+        .iter()
+        .find(|v| v.name == "hop")
+        .expect("listed");
+    let why = hop.error.clone().unwrap_or_default();
+    assert!(
+        !why.is_empty(),
+        "the MCP server is not reached: {:?}",
+        hop.tools
+    );
+    assert!(
+        mcp_first_wire.text().contains(&marker),
+        "the registered origin got the credential"
+    );
+    assert_eq!(
+        mcp_other_wire.requests(),
+        0,
+        "an MCP session never follows a redirect to another origin: {}",
+        mcp_other_wire.text()
+    );
+    e.tools().stop().await;
+}
+
+#[tokio::test]
+async fn a_name_that_rebinds_to_a_forbidden_address_after_the_check_is_refused_when_called() {
+    use crate::common::{answer, rebinding_pair, untouched};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = setup(Backend::Sqlite).await;
+    // The peers: on 127.0.0.2, which the operator allows, the real
+    // endpoints; on 127.0.0.1, at the same ports, what a rebinding name
+    // would lead to.
+    let (api, api_wire, api_loopback) = rebinding_pair(answer("200 OK", &[], "fine")).await;
+    let (mcp, mcp_wire, mcp_loopback) = rebinding_pair(answer("200 OK", &[], "{}")).await;
+    // api.rebind.test answers 127.0.0.2 until `rebound`, then 127.0.0.1;
+    // mcp.rebind.test answers 127.0.0.2 to its first question (the check
+    // before connecting) and 127.0.0.1 to every later one (the connection).
+    let rebound = Arc::new(AtomicBool::new(false));
+    let mcp_lookups = Arc::new(AtomicUsize::new(0));
+    let resolver = {
+        let rebound = rebound.clone();
+        let mcp_lookups = mcp_lookups.clone();
+        kira_engine::outbound::Resolver::from_fn(move |host| {
+            let allowed: std::net::IpAddr = [127, 0, 0, 2].into();
+            let forbidden: std::net::IpAddr = [127, 0, 0, 1].into();
+            match host {
+                "api.rebind.test" if rebound.load(Ordering::SeqCst) => Ok(vec![forbidden]),
+                "api.rebind.test" => Ok(vec![allowed]),
+                "mcp.rebind.test" if mcp_lookups.fetch_add(1, Ordering::SeqCst) == 0 => {
+                    Ok(vec![allowed])
+                }
+                "mcp.rebind.test" => Ok(vec![forbidden]),
+                other => Err(std::io::Error::other(format!("{other} is not a test name"))),
+            }
+        })
+    };
+    let mut cfg = config(false);
+    cfg.tools.outbound = Arc::new(
+        OutboundPolicy::default()
+            .with_allowed("tools.allow_outbound", &["127.0.0.2".into()])
+            .expect("policy"),
+    );
+    cfg.tools.resolver = resolver;
+    cfg.tools.start_timeout = Duration::from_secs(2);
+    let e = Engine::new(s.store.clone(), s.clock.clone(), cfg);
+    let acme = scope("acme");
+    e.tools()
+        .add(
+            ToolWriter::Company(&acme),
+            http_tool(
+                "rebinding",
+                &format!("http://api.rebind.test:{}/x", api.port()),
+            ),
+            audit("acme"),
+        )
+        .await
+        .expect("a name is registered");
+    e.tools()
+        .add(
+            ToolWriter::Company(&acme),
+            tool(json!({"name": "rebinding_mcp", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_http", "url": format!("http://mcp.rebind.test:{}/mcp", mcp.port())}})),
+            audit("acme"),
+        )
+        .await
+        .expect("a name is registered");
+
+    let offer = e.tools().offer(&acme, &[]).await.expect("offer");
+    let r = e
+        .tools()
+        .call(&offer, &cx(&acme), "rebinding", &json!({}))
+        .await;
+    assert_eq!(
+        (r.outcome.as_str(), r.content.as_str()),
+        ("ok", "fine"),
+        "{r:?}"
+    );
+    assert_eq!(api_wire.requests(), 1);
+
+    rebound.store(true, Ordering::SeqCst);
+    let r = e
+        .tools()
+        .call(&offer, &cx(&acme), "rebinding", &json!({}))
+        .await;
+    assert_eq!((r.outcome.as_str(), r.error), ("refused", true), "{r:?}");
+    assert!(
+        r.content
+            .contains("refused by kira's outbound address policy")
+            && r.content.contains("127.0.0.1"),
+        "{}",
+        r.content
+    );
+    assert_eq!(api_wire.requests(), 1, "no second request went anywhere");
+    assert!(untouched(&api_loopback), "nothing connected to 127.0.0.1");
+
+    // The MCP server passed the check before connecting, and its name
+    // answered the forbidden address when the client connected.
+    let view = offer
+        .views()
+        .iter()
+        .find(|v| v.name == "rebinding_mcp")
+        .expect("listed");
+    let why = view.error.clone().unwrap_or_default();
+    assert!(
+        why.contains("refused by kira's outbound address policy"),
+        "{why}"
+    );
+    assert!(
+        mcp_lookups.load(Ordering::SeqCst) >= 2,
+        "checked, then resolved to connect"
+    );
+    assert!(untouched(&mcp_loopback), "nothing connected to 127.0.0.1");
+    assert_eq!(mcp_wire.requests(), 0, "{}", mcp_wire.text());
+
+    let audits = tool_audits(&e, "acme").await;
+    let calls: Vec<_> = audits
+        .iter()
+        .filter(|a| a.action == "tool.call")
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            kira_core::audit::Outcome::Ok,
+            kira_core::audit::Outcome::Denied
+        ],
+        "the refused call is audited as refused"
+    );
+    e.tools().stop().await;
+}
+
+/// A small MCP server over streamable HTTP (rmcp's server side): its
+/// tools are what the test puts in `tools`; it keeps the connected
+/// client's peer so the test can announce a change.
+#[derive(Clone, Default)]
+struct Changing {
+    tools: Arc<Mutex<Vec<rmcp::model::Tool>>>,
+    peer: Arc<Mutex<Option<rmcp::Peer<rmcp::RoleServer>>>>,
+}
+
+impl Changing {
+    fn add(&self, name: &'static str) {
+        let schema = json!({"type": "object", "properties": {}});
+        let Value::Object(schema) = schema else {
+            unreachable!("an object")
+        };
+        self.tools
+            .lock()
+            .expect("tools")
+            .push(rmcp::model::Tool::new(
+                name,
+                format!("the tool {name}"),
+                schema,
+            ));
+    }
+}
+
+impl rmcp::ServerHandler for Changing {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(rmcp::model::Implementation::new("changing", "1.0.0"))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let tools = self.tools.lock().expect("tools").clone();
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        Ok(
+            rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(format!(
+                "{} ran",
+                request.name
+            ))])
+            .into(),
+        )
+    }
+
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<rmcp::RoleServer>) {
+        *self.peer.lock().expect("peer") = Some(context.peer.clone());
+    }
+}
+
+#[tokio::test]
+async fn a_tool_list_changed_after_connecting_over_streamable_http_reaches_the_next_offer() {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = Changing::default();
+    server.add("first");
+    let service: StreamableHttpService<Changing, LocalSessionManager> = {
+        let server = server.clone();
+        StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::default(),
+            StreamableHttpServerConfig::default(),
+        )
+    };
+    // The client's event stream (a GET) is where a notification that
+    // answers no request arrives.
+    let streams = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let streams = streams.clone();
+        axum::Router::new()
+            .nest_service("/mcp", service)
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let streams = streams.clone();
+                    async move {
+                        if request.method() == axum::http::Method::GET {
+                            streams.fetch_add(1, Ordering::SeqCst);
+                        }
+                        next.run(request).await
+                    }
+                },
+            ))
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let s = setup(Backend::Sqlite).await;
+    let e = Engine::new(s.store.clone(), s.clock.clone(), config(true));
+    let acme = scope("acme");
+    e.tools()
+        .add(
+            ToolWriter::Company(&acme),
+            tool(
+                json!({"name": "changing", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_http", "url": format!("http://{addr}/mcp")}}),
+            ),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    let names = e.tools().offer(&acme, &[]).await.expect("offer").names();
+    assert!(names.contains(&"changing.first".to_owned()), "{names:?}");
+    assert!(!names.contains(&"changing.second".to_owned()), "{names:?}");
+    let (_, supervised) = e
+        .tools()
+        .servers()
+        .into_iter()
+        .find(|(k, _)| k.ends_with("/changing"))
+        .expect("server");
+
+    // Connected, initialised, and its event stream open: the server
+    // changes its tools and says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let peer = loop {
+        let peer = server.peer.lock().expect("peer").clone();
+        if let Some(p) = peer
+            && streams.load(Ordering::SeqCst) > 0
+        {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client neither initialised nor opened its event stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.add("second");
+    // The stream is open once its GET reached the server; the server may
+    // attach it a moment after, so the notice is sent again until kira
+    // has listed the tools again (10 s at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while supervised.refreshes() == 0 {
+        peer.notify_tool_list_changed()
+            .await
+            .expect("the notice is sent");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kira never listed the tools again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let offer = e.tools().offer(&acme, &[]).await.expect("offer");
+    let names = offer.names();
+    assert!(
+        names.contains(&"changing.first".to_owned())
+            && names.contains(&"changing.second".to_owned()),
+        "{names:?}"
+    );
+    assert_eq!(supervised.starts(), 1, "no restart: the same connection");
+    let r = e
+        .tools()
+        .call(&offer, &cx(&acme), "changing.second", &json!({}))
+        .await;
+    assert_eq!(
+        (r.outcome.as_str(), r.content.as_str()),
+        ("ok", "second ran"),
+        "{r:?}"
+    );
+    e.tools().stop().await;
+}
