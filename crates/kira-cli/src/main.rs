@@ -134,7 +134,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => commands::demo::run(&ctx()?, args).await,
         Command::Secret(cmd) => commands::secret::run(cmd),
         Command::Whoami => commands::whoami(&ctx()?).await,
-        Command::Bench(cmd) => Ok(kira_bench::run(cmd, json).await?),
+        Command::Bench(cmd) => {
+            // A benchmark logs only when asked (`RUST_LOG`): the engine's
+            // debug lines (a scheduling pass's claims) explain its figures.
+            if let Some(filter) = std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()) {
+                serve::init_logging(&filter);
+            }
+            Ok(kira_bench::run(cmd, json).await?)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kira", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -245,7 +245,7 @@ fn tool_credentials(engine: &kira_engine::Engine, env: &dyn Fn(&str) -> Option<S
     }
 }
 
-fn init_logging(filter: &str) {
+pub(crate) fn init_logging(filter: &str) {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     // The filter was checked when the configuration was loaded.
     let filter = tracing_subscriber::EnvFilter::try_new(filter)

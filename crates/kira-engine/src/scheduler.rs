@@ -271,11 +271,14 @@ impl Scheduler {
         let Some(engine) = Engine::upgrade(&self.engine) else {
             return Ok(report);
         };
+        let began = std::time::Instant::now();
         let QueueSnapshot { runnable, running } = self
             .ctx
             .store
             .queue_snapshot(now, cfg.scheduler.batch, Some(&capacity(cfg)))
             .await?;
+        let read = runnable.len();
+        let snapshot_us = began.elapsed().as_micros();
         let mut slots = Slots::new(&running, cfg);
         let candidates: Vec<Candidate> = rank(runnable, cfg, now)
             .into_iter()
@@ -342,6 +345,15 @@ impl Scheduler {
                 }
             }
         }
+        tracing::debug!(
+            read,
+            claimed = report.claimed.len(),
+            waiting = report.waiting.len(),
+            room = gate.room(),
+            snapshot_us,
+            pass_us = began.elapsed().as_micros(),
+            "scheduling pass"
+        );
         Ok(report)
     }
 

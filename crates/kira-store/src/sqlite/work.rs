@@ -102,16 +102,35 @@ pub(crate) async fn refresh_tx(
     Ok(())
 }
 
-/// What both of the queue snapshot's statements start from: what runs and
-/// the tasks that could start at ?3, given the agents' slots (?1, a JSON
-/// object; NULL: every task) and the company limit (?2).
-const STARTABLE: &str = "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
-     open_agents(agent) AS (SELECT j.key FROM json_each(?1) j \
-       WHERE j.value > (SELECT count(*) FROM running r WHERE r.agent = j.key)), \
-     full_companies(company_id) AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= ?2), \
-     startable AS NOT MATERIALIZED (SELECT * FROM task_queue \
-       WHERE status IN ('queued', 'waiting_budget') AND not_before <= ?3 \
-       AND (?1 IS NULL OR (agent IN open_agents AND company_id NOT IN full_companies))) ";
+/// What both of the queue snapshot's statements start from: what runs,
+/// and for each `(name, index)` of `sources` a view `name` of the tasks
+/// that could start at ?3, given the agents' slots (?1, a JSON object;
+/// NULL: every task) and the company limit (?2), read through `index`
+/// (`INDEXED BY`) or the one SQLite picks. Left to pick, SQLite reads the
+/// oldest and the nearest deadlines through the status index and sorts
+/// every runnable task on each pass; told, it walks the window's own
+/// index in order and stops at the limit.
+fn startable(sources: &[(&str, Option<&str>)]) -> String {
+    let views = sources
+        .iter()
+        .map(|(name, index)| {
+            let index = index.map_or(String::new(), |i| format!(" INDEXED BY {i}"));
+            format!(
+                "{name} AS NOT MATERIALIZED (SELECT * FROM task_queue{index} \
+                 WHERE status IN ('queued', 'waiting_budget') AND not_before <= ?3 \
+                 AND (?1 IS NULL OR (agent IN open_agents AND company_id NOT IN full_companies)))"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+         open_agents(agent) AS (SELECT j.key FROM json_each(?1) j \
+           WHERE j.value > (SELECT count(*) FROM running r WHERE r.agent = j.key)), \
+         full_companies(company_id) AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= ?2), \
+         {views} "
+    )
+}
 
 /// A queue entry as JSON, for `json_group_array`.
 const ENTRY: &str = "json_array(task_id, company_id, agent, status, priority, multiplier, \
@@ -121,9 +140,10 @@ const ENTRY: &str = "json_array(task_id, company_id, agent, status, priority, mu
 /// waiting longest, and what runs.
 static OLDEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "{STARTABLE} SELECT (SELECT json_group_array({ENTRY} ORDER BY waiting_since, task_id) \
+        "{} SELECT (SELECT json_group_array({ENTRY} ORDER BY waiting_since, task_id) \
            FROM (SELECT * FROM startable ORDER BY waiting_since, task_id LIMIT ?4)) AS runnable, \
-         (SELECT json_group_array(json_array(agent, company_id)) FROM running) AS running"
+         (SELECT json_group_array(json_array(agent, company_id)) FROM running) AS running",
+        startable(&[("startable", Some("task_queue_oldest"))])
     )
 });
 
@@ -143,13 +163,19 @@ static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             )
         })
         .chain(std::iter::once(
-            "SELECT * FROM (SELECT * FROM startable WHERE deadline IS NOT NULL \
+            "SELECT * FROM (SELECT * FROM by_deadline WHERE deadline IS NOT NULL \
              ORDER BY deadline, task_id LIMIT ?4)"
                 .to_owned(),
         ))
         .collect::<Vec<_>>()
         .join(" UNION ");
-    format!("{STARTABLE} SELECT json_group_array({ENTRY}) AS urgent FROM ({windows})")
+    format!(
+        "{} SELECT json_group_array({ENTRY}) AS urgent FROM ({windows})",
+        startable(&[
+            ("startable", None),
+            ("by_deadline", Some("task_queue_deadline"))
+        ])
+    )
 });
 
 /// Queue entries from a JSON array of [`ENTRY`]s.
