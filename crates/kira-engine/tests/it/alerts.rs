@@ -30,7 +30,7 @@ use kira_store::Store;
 use kira_store::alerts::{AlertFilter, AlertReader, Delivery};
 use serde_json::{Value, json};
 
-use crate::common::{Backend, fresh_store_url, t0};
+use crate::common::{Backend, fresh_store, fresh_store_url, t0};
 
 /// What the receiver got: (path, body).
 type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
