@@ -185,20 +185,33 @@ pub fn client(
     match builder.build() {
         Ok(c) => c,
         Err(e) => {
-            // Building fails only when TLS cannot start: say so; the
-            // fallback refuses every name it is asked to resolve.
+            // Building fails only when TLS cannot start: say so, and reach
+            // nothing rather than something unchecked.
             tracing::error!(error = %e, "could not build the outbound HTTP client");
-            reqwest::Client::builder()
-                .dns_resolver(Arc::new(Guard {
-                    policy: Arc::new(OutboundPolicy::default()),
-                    resolver: Resolver::System,
-                }))
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default()
+            refusing_client()
         }
     }
+}
+
+/// A client whose resolver refuses every name (and which follows no
+/// redirect): what a caller gets when the guarded client cannot be built.
+/// An address literal never reaches a resolver; every caller checks those
+/// with [`check_url`] before sending.
+fn refusing_client() -> reqwest::Client {
+    let refuse = Resolver::from_fn(|host| {
+        Err(std::io::Error::other(format!(
+            "the outbound HTTP client could not start, so {host} is not reached"
+        )))
+    });
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(Guard {
+            policy: Arc::new(OutboundPolicy::default()),
+            resolver: refuse,
+        }))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
 }
 
 /// The policy's refusal somewhere in `err`'s chain of causes.
@@ -216,6 +229,25 @@ pub fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_fallback_client_reaches_no_name() {
+        let err = refusing_client()
+            .get("http://localhost:9/")
+            .send()
+            .await
+            .expect_err("refused");
+        let mut text = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        assert!(
+            text.contains("could not start, so localhost is not reached"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn address_literals_in_every_spelling_are_checked() {
