@@ -75,7 +75,7 @@ fn push_step_rows(script: &mut super::Script, rows: &[serde_json::Value]) -> Res
          completion_tokens, latency_ms, detail, at) \
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
            value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 \
-         FROM json_each(?) ORDER BY key;",
+         FROM jsonb_each(?) ORDER BY key;",
         [to_json(&rows)?],
         Some((rows.len() as u64, "steps were not all recorded")),
     );
@@ -173,7 +173,7 @@ pub(super) fn push_run_records(
         // earlier one (WHERE true: an upsert's SELECT needs one).
         script.push(
             "INSERT INTO agent_sessions (company_id, summary, turns, tokens, version, updated_at) \
-             SELECT value ->> 0, '', json(value -> 1), value ->> 2, 1, ? FROM json_each(?) \
+             SELECT value ->> 0, '', json(value -> 1), value ->> 2, 1, ? FROM jsonb_each(?) \
              WHERE true ORDER BY key \
              ON CONFLICT (company_id) DO UPDATE SET \
              turns = json(substr(json(agent_sessions.turns), 1, length(json(agent_sessions.turns)) - 1) \

@@ -75,14 +75,14 @@ pub(super) fn push_rows(
          content, importance, indexed_terms, source, created_at, archived_at, compacted_from, supersedes) \
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
            value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
-           value ->> 12, value ->> 13 FROM json_each(?) ORDER BY key;",
+           value ->> 12, value ->> 13 FROM jsonb_each(?) ORDER BY key;",
         [rows.clone()],
         Some((memories.len() as u64, "memories were not all inserted")),
     );
     script.push(
         "INSERT INTO memory_embed_queue (memory_id, company_id, queued_at) \
          SELECT id, company_id, created_at FROM memories \
-         WHERE id IN (SELECT value ->> 0 FROM json_each(?));",
+         WHERE id IN (SELECT value ->> 0 FROM jsonb_each(?));",
         [rows],
         Some((
             memories.len() as u64,
@@ -99,7 +99,7 @@ pub(super) fn push_rows(
         script.push(
             "INSERT OR IGNORE INTO memory_names (kind, key, company_id, memory_id, name) \
              SELECT value ->> '$[1]', value ->> '$[3]', value ->> '$[4]', value ->> '$[0]', value ->> '$[2]' \
-             FROM json_each(?);",
+             FROM jsonb_each(?);",
             [to_json(&names)?],
             None,
         );

@@ -249,7 +249,7 @@ pub(crate) fn push_audits(
          detail, prev_hash, hash) \
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
            value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 \
-         FROM json_each(?) ORDER BY key;",
+         FROM jsonb_each(?) ORDER BY key;",
         [to_json(&rows)?],
         Some((entries.len() as u64, "audit entries were not all written")),
     );

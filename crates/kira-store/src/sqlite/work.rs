@@ -559,7 +559,7 @@ async fn claim_set(
     let mut script = super::Script::default();
     script.push(
         "UPDATE task_queue SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 \
-         WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?)) \
+         WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM jsonb_each(?)) \
          AND +status IN ('queued', 'waiting_budget') AND +not_before <= ?;",
         [worker.to_owned(), ts(lease_until), rows.clone(), ts(now)],
         Some((fast.len() as u64, "a batch claim found other claimable tasks")),
@@ -568,7 +568,7 @@ async fn claim_set(
     script.push(
         "UPDATE budget_allocations SET reserved = budget_allocations.reserved + j.amount \
          FROM (SELECT value ->> 'company' AS company, SUM(value ->> 'amount') AS amount \
-               FROM json_each(?) GROUP BY 1) AS j \
+               FROM jsonb_each(?) GROUP BY 1) AS j \
          WHERE budget_allocations.period_id = ? AND budget_allocations.company_id = j.company \
          AND budget_allocations.reserved + budget_allocations.spent + j.amount <= budget_allocations.tokens;",
         [rows.clone(), period.to_owned()],
@@ -577,14 +577,14 @@ async fn claim_set(
     script.push(
         "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, created_at) \
          SELECT value ->> 'rid', value ->> 'company', value ->> 'id', ?, 'base', value ->> 'amount', 'held', ? \
-         FROM json_each(?) ORDER BY key;",
+         FROM jsonb_each(?) ORDER BY key;",
         [period.to_owned(), ts(now), rows.clone()],
         None,
     );
     script.push(
         "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
          SELECT ?, ?, value ->> 'company', value ->> 'id', value ->> 'rid', 'base', 'reserve', value ->> 'amount', '' \
-         FROM json_each(?) ORDER BY key;",
+         FROM jsonb_each(?) ORDER BY key;",
         [ts(now), period.to_owned(), rows.clone()],
         None,
     );
@@ -592,7 +592,7 @@ async fn claim_set(
         "UPDATE tasks SET status = 'running', status_reason = j.reason, updated_at = ?, attempts = attempts + 1, \
          started_at = COALESCE(started_at, ?) \
          FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'reason' AS reason \
-               FROM json_each(?)) AS j \
+               FROM jsonb_each(?)) AS j \
          WHERE tasks.company_id = j.company AND tasks.task_id = j.id RETURNING {TASK_COLUMNS};"
     );
     script.push(
@@ -603,7 +603,7 @@ async fn claim_set(
     script.push(
         "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
          SELECT value ->> 'company', value ->> 'id', ?, value ->> 'from', 'running', value ->> 'reason' \
-         FROM json_each(?) ORDER BY key;",
+         FROM jsonb_each(?) ORDER BY key;",
         [ts(now), rows],
         None,
     );
@@ -636,7 +636,7 @@ impl PushPlan for FinishPlan {
             script.push(
                 "UPDATE reservations SET state = j.state, spent = j.spent, closed_at = ? \
                  FROM (SELECT value ->> 'rid' AS rid, value ->> 'state' AS state, value ->> 'spent' AS spent \
-                       FROM json_each(?)) AS j \
+                       FROM jsonb_each(?)) AS j \
                  WHERE reservations.reservation_id = j.rid AND reservations.state = 'held';",
                 [ts(now), closed.clone()],
                 Some((
@@ -650,7 +650,7 @@ impl PushPlan for FinishPlan {
                 "UPDATE budget_allocations SET reserved = budget_allocations.reserved - j.amount, spent = budget_allocations.spent + j.spent \
                  FROM (SELECT value ->> 'period' AS period, value ->> 'company' AS company, \
                          SUM(value ->> 'amount') AS amount, SUM(value ->> 'spent') AS spent \
-                       FROM json_each(?) WHERE value ->> 'pool' = 'base' GROUP BY 1, 2) AS j \
+                       FROM jsonb_each(?) WHERE value ->> 'pool' = 'base' GROUP BY 1, 2) AS j \
                  WHERE budget_allocations.period_id = j.period AND budget_allocations.company_id = j.company;",
                 [closed.clone()],
                 None,
@@ -659,7 +659,7 @@ impl PushPlan for FinishPlan {
                 "UPDATE budget_pools SET reserved = budget_pools.reserved - j.amount, spent = budget_pools.spent + j.spent \
                  FROM (SELECT value ->> 'period' AS period, value ->> 'pool' AS pool, \
                          SUM(value ->> 'amount') AS amount, SUM(value ->> 'spent') AS spent \
-                       FROM json_each(?) WHERE value ->> 'pool' <> 'base' GROUP BY 1, 2) AS j \
+                       FROM jsonb_each(?) WHERE value ->> 'pool' <> 'base' GROUP BY 1, 2) AS j \
                  WHERE budget_pools.period_id = j.period AND budget_pools.pool = j.pool;",
                 [closed],
                 None,
@@ -667,7 +667,7 @@ impl PushPlan for FinishPlan {
             script.push(
                 "INSERT INTO budget_ledger (at, period_id, company_id, task_id, reservation_id, pool, kind, amount, detail) \
                  SELECT ?, value ->> 'period', value ->> 'company', value ->> 'id', value ->> 'rid', value ->> 'pool', \
-                   value ->> 'kind', value ->> 'amount', value ->> 'detail' FROM json_each(?) ORDER BY key;",
+                   value ->> 'kind', value ->> 'amount', value ->> 'detail' FROM jsonb_each(?) ORDER BY key;",
                 [ts(now), to_json(&self.ledger)?],
                 None,
             );
@@ -675,7 +675,7 @@ impl PushPlan for FinishPlan {
         if !self.ended.is_empty() {
             script.push(
                 "DELETE FROM task_queue \
-                 WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM json_each(?));",
+                 WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM jsonb_each(?));",
                 [to_json(&self.ended)?],
                 None,
             );
@@ -685,7 +685,7 @@ impl PushPlan for FinishPlan {
                 "UPDATE task_queue SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
                    not_before = COALESCE(j.not_before, ?) \
                  FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'not_before' AS not_before \
-                       FROM json_each(?)) AS j \
+                       FROM jsonb_each(?)) AS j \
                  WHERE task_queue.task_id = j.id AND task_queue.company_id = j.company;",
                 [ts(now), to_json(&self.requeued)?],
                 None,
@@ -702,7 +702,7 @@ impl PushPlan for FinishPlan {
              FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'result' AS result, \
                      value ->> 'confidence' AS confidence, value ->> 'review' AS review, value ->> 'error' AS error, \
                      value ->> 'status' AS status, value ->> 'reason' AS reason, value ->> 'finished' AS finished, \
-                     value ->> 'p' AS p, value ->> 'c' AS c, value ->> 'cost' AS cost FROM json_each(?)) AS j \
+                     value ->> 'p' AS p, value ->> 'c' AS c, value ->> 'cost' AS cost FROM jsonb_each(?)) AS j \
              WHERE tasks.company_id = j.company AND tasks.task_id = j.id;",
             [ts(now), ts(now), tasks.clone()],
             Some((
@@ -713,7 +713,7 @@ impl PushPlan for FinishPlan {
         script.push(
             "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
              SELECT value ->> 'company', value ->> 'id', ?, 'running', value ->> 'status', value ->> 'reason' \
-             FROM json_each(?) ORDER BY key;",
+             FROM jsonb_each(?) ORDER BY key;",
             [ts(now), tasks],
             None,
         );
