@@ -970,7 +970,8 @@ impl<D: Db> TaskStore for D {
         let expired = r
             .all(
                 q("SELECT task_id, company_id, lease_owner FROM task_queue \
-                   WHERE status = 'running' AND lease_expires_at < $1 ORDER BY task_id")
+                   WHERE lease_owner IS NOT NULL AND status = 'running' AND lease_expires_at < $1 \
+                   ORDER BY task_id")
                 .arg(now),
             )
             .await?;

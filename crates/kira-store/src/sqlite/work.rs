@@ -124,7 +124,8 @@ fn startable(sources: &[(&str, Option<&str>)]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+        "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue \
+         WHERE lease_owner IS NOT NULL AND status = 'running'), \
          open_agents(agent) AS (SELECT j.key FROM json_each(?1) j \
            WHERE j.value > (SELECT count(*) FROM running r WHERE r.agent = j.key)), \
          full_companies(company_id) AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= ?2), \
