@@ -721,3 +721,52 @@ impl PushPlan for FinishPlan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How SQLite reads `sql`: its query plan's lines.
+    async fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .bind(r#"{"legal": 4}"#)
+            .bind(2_i64)
+            .bind("2026-01-01T00:00:00.000000Z")
+            .bind(100_i64)
+            .fetch_all(store.pool())
+            .await
+            .expect("plan");
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("detail").expect("detail"))
+            .collect()
+    }
+
+    /// The snapshot's statements read the queue through their indexes:
+    /// what runs through the lease index, the runnable tasks in waiting
+    /// and deadline order through theirs; none reads the whole queue.
+    #[tokio::test]
+    async fn the_snapshot_reads_the_queue_through_its_indexes() {
+        let store = SqliteStore::open("sqlite::memory:").await.expect("open");
+        let oldest = plan(&store, &OLDEST_SQL).await;
+        let windows = plan(&store, &WINDOWS_SQL).await;
+        for (name, lines) in [("oldest", &oldest), ("windows", &windows)] {
+            assert!(
+                lines.iter().any(|l| l.contains("task_queue_lease")),
+                "{name}: what runs is not read through the lease index: {lines:#?}"
+            );
+            assert!(
+                !lines.iter().any(|l| l.trim_end() == "SCAN task_queue"),
+                "{name}: a statement reads the whole queue: {lines:#?}"
+            );
+        }
+        assert!(
+            oldest.iter().any(|l| l.contains("task_queue_oldest")),
+            "{oldest:#?}"
+        );
+        assert!(
+            windows.iter().any(|l| l.contains("task_queue_deadline"))
+                && windows.iter().any(|l| l.contains("task_queue_level")),
+            "{windows:#?}"
+        );
+    }
+}
