@@ -137,7 +137,9 @@ fn tools_add_list_test_configure_remove() {
     ]));
     assert!(list.contains("everything.echo"), "{list}");
     assert_eq!(children(server.pid(), "mcp-server-everything").len(), 1);
-    let list = ok(server.kira().args(["tools", "show", "everything", "--company", "acme"]));
+    let list = ok(server
+        .kira()
+        .args(["tools", "show", "everything", "--company", "acme"]));
     assert!(
         list.contains("everything.echo") && list.contains("(listed "),
         "{list}"

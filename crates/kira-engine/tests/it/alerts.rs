@@ -1202,7 +1202,10 @@ async fn two_processes_counts_are_seen_once_by_the_evaluator_and_metrics(backend
         assert!(h.at(TimeDelta::seconds(1)).await.is_empty());
     }
     let again = h.alerts().await;
-    assert_eq!(again[1].3, "4 authentication failures for key:k3v9x2m4q8ab in 60s");
+    assert_eq!(
+        again[1].3,
+        "4 authentication failures for key:k3v9x2m4q8ab in 60s"
+    );
 
     let metrics = Principal::system().metrics().expect("metrics");
     for e in [&h.engine, &other] {
@@ -1212,7 +1215,15 @@ async fn two_processes_counts_are_seen_once_by_the_evaluator_and_metrics(backend
         let calls: Vec<_> = s
             .providers
             .iter()
-            .map(|((p, m), c)| (p.as_str(), m.as_str(), c.ok, c.errors, c.buckets.iter().sum::<u64>()))
+            .map(|((p, m), c)| {
+                (
+                    p.as_str(),
+                    m.as_str(),
+                    c.ok,
+                    c.errors,
+                    c.buckets.iter().sum::<u64>(),
+                )
+            })
             .collect();
         assert_eq!(
             calls,
@@ -1224,7 +1235,10 @@ async fn two_processes_counts_are_seen_once_by_the_evaluator_and_metrics(backend
         );
     }
     let admin = admin();
-    assert_eq!(other.sharing().denied_reads(&admin).await.expect("denied"), 2);
+    assert_eq!(
+        other.sharing().denied_reads(&admin).await.expect("denied"),
+        2
+    );
 
     // An answer in the other process ends the streak for both.
     other.metrics().provider_call("flaky", "b", ok);

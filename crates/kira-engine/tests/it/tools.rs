@@ -133,7 +133,10 @@ async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend)
             .expect("registered");
     }
     let acme = scope("acme");
-    let legal = t.list(Some(&acme), Some("legal"), false).await.expect("list");
+    let legal = t
+        .list(Some(&acme), Some("legal"), false)
+        .await
+        .expect("list");
     let names: Vec<(String, Layer)> = legal.iter().map(|v| (v.name.clone(), v.layer)).collect();
     assert_eq!(
         names,
@@ -145,7 +148,10 @@ async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend)
         "acme's search overrides the infrastructure's; globex's crm and the financial domain's stripe are not offered"
     );
     assert!(legal.iter().all(|v| v.source == "http"));
-    let globex = t.list(Some(&scope("globex")), None, false).await.expect("list");
+    let globex = t
+        .list(Some(&scope("globex")), None, false)
+        .await
+        .expect("list");
     let names: Vec<&str> = globex.iter().map(|v| v.name.as_str()).collect();
     assert!(names.contains(&"crm"), "{names:?}");
     let search = globex.iter().find(|v| v.name == "search").expect("search");
@@ -209,7 +215,10 @@ async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend)
     t.remove(ToolWriter::Company(&acme), &key, audit("acme"))
         .await
         .expect("removed");
-    let after = t.list(Some(&acme), Some("legal"), false).await.expect("list");
+    let after = t
+        .list(Some(&acme), Some("legal"), false)
+        .await
+        .expect("list");
     let search = after.iter().find(|v| v.name == "search").expect("search");
     assert_eq!(search.layer, Layer::Infrastructure);
     // The admin without a company sees the shared layers only.
@@ -941,7 +950,11 @@ async fn a_listing_reads_the_stored_tools_and_starts_nothing(b: Backend) {
     let e = engine(&s, EngineConfig::default());
     let a = admin();
     e.tools()
-        .add(ToolWriter::Admin(&a), everything("acme", None), audit("acme"))
+        .add(
+            ToolWriter::Admin(&a),
+            everything("acme", None),
+            audit("acme"),
+        )
         .await
         .expect("registered");
     let shared = tool(json!({
@@ -961,10 +974,18 @@ async fn a_listing_reads_the_stored_tools_and_starts_nothing(b: Backend) {
             .unwrap_or_else(|| panic!("{name} in {views:?}"))
     };
 
-    let views = e.tools().list(Some(&acme), None, false).await.expect("list");
+    let views = e
+        .tools()
+        .list(Some(&acme), None, false)
+        .await
+        .expect("list");
     for name in ["everything", "shared"] {
         let v = view(&views, name);
-        assert_eq!((v.tools.len(), v.listed_at, v.error), (0, None, None), "{name}");
+        assert_eq!(
+            (v.tools.len(), v.listed_at, v.error),
+            (0, None, None),
+            "{name}"
+        );
     }
     assert!(e.tools().servers().is_empty(), "a listing started nothing");
 
@@ -1005,27 +1026,44 @@ async fn a_listing_reads_the_stored_tools_and_starts_nothing(b: Backend) {
     // Another process lists what this one kept, starting nothing.
     s.clock.advance(TimeDelta::hours(1));
     let other = engine(&s, EngineConfig::default());
-    let views = other.tools().list(Some(&acme), None, false).await.expect("list");
+    let views = other
+        .tools()
+        .list(Some(&acme), None, false)
+        .await
+        .expect("list");
     let v = view(&views, "everything");
     assert!(
-        v.tools.contains(&"everything.simulate-research-query".to_owned()),
+        v.tools
+            .contains(&"everything.simulate-research-query".to_owned()),
         "{v:?}"
     );
     assert_eq!(v.listed_at, Some(listed_at));
     let v = view(&views, "shared");
     assert!(v.tools.contains(&"shared.echo".to_owned()), "{v:?}");
-    assert!(other.tools().servers().is_empty(), "a listing started nothing");
+    assert!(
+        other.tools().servers().is_empty(),
+        "a listing started nothing"
+    );
 
     // Globex is offered the shared server, listed once for everyone, and
     // reads nothing of acme's.
-    let views = other.tools().list(Some(&globex), None, false).await.expect("list");
+    let views = other
+        .tools()
+        .list(Some(&globex), None, false)
+        .await
+        .expect("list");
     assert!(views.iter().all(|v| v.name != "everything"), "{views:?}");
-    assert!(view(&views, "shared").tools.contains(&"shared.echo".to_owned()));
-    let theirs = s.store.tool_listings(Some(&globex)).await.expect("listings");
     assert!(
-        theirs.iter().all(|l| l.company_id.is_none()),
-        "{theirs:?}"
+        view(&views, "shared")
+            .tools
+            .contains(&"shared.echo".to_owned())
     );
+    let theirs = s
+        .store
+        .tool_listings(Some(&globex))
+        .await
+        .expect("listings");
+    assert!(theirs.iter().all(|l| l.company_id.is_none()), "{theirs:?}");
     assert!(!format!("{theirs:?}").contains("acme"));
     assert!(other.tools().servers().is_empty());
 }

@@ -325,7 +325,11 @@ async fn an_mcp_server_over_streamable_http_with_a_credential_header(b: Backend)
     );
     // The listing is the one kira kept when it connected: nothing is
     // reached to list it, and the credential is not in it either.
-    let views = e.tools().list(Some(&acme), None, false).await.expect("list");
+    let views = e
+        .tools()
+        .list(Some(&acme), None, false)
+        .await
+        .expect("list");
     let view = views.iter().find(|v| v.name == "remote").expect("listed");
     assert_eq!(view.source, "mcp_http");
     assert!(view.listed_at.is_some(), "{view:?}");

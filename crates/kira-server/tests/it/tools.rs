@@ -459,20 +459,32 @@ async fn a_companys_stored_listing_is_its_own(backend: Backend) {
             Method::POST,
             "/v1/tools",
             Some(&s.admin),
-            Some(json!({"name": "everything", "layer": "company", "company": "acme",
-                "source": {"kind": "mcp_stdio", "command": everything(), "args": ["stdio"]}})),
+            Some(
+                json!({"name": "everything", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_stdio", "command": everything(), "args": ["stdio"]}}),
+            ),
         )
         .await;
     assert_eq!(status, 201, "{v}");
     let (_, acme_op) = s.key("operator", Some("acme")).await;
     let (_, acme_viewer) = s.key("viewer", Some("acme")).await;
 
-    let (status, list) = s.call(Method::GET, "/v1/tools", Some(&acme_viewer), None).await;
+    let (status, list) = s
+        .call(Method::GET, "/v1/tools", Some(&acme_viewer), None)
+        .await;
     assert_eq!(status, 200, "{list}");
     let e = entry(&list);
-    assert_eq!((e["tools"].clone(), e["listed_at"].clone()), (json!([]), Value::Null));
+    assert_eq!(
+        (e["tools"].clone(), e["listed_at"].clone()),
+        (json!([]), Value::Null)
+    );
     let (status, v) = s
-        .call(Method::GET, "/v1/tools?refresh=true", Some(&acme_viewer), None)
+        .call(
+            Method::GET,
+            "/v1/tools?refresh=true",
+            Some(&acme_viewer),
+            None,
+        )
         .await;
     assert_eq!(status, 403, "a viewer does not start servers: {v}");
     let (status, v) = s
@@ -494,7 +506,9 @@ async fn a_companys_stored_listing_is_its_own(backend: Backend) {
         "{fresh}"
     );
     assert!(fresh["listed_at"].is_string(), "{fresh}");
-    let (_, list) = s.call(Method::GET, "/v1/tools", Some(&acme_viewer), None).await;
+    let (_, list) = s
+        .call(Method::GET, "/v1/tools", Some(&acme_viewer), None)
+        .await;
     let kept = entry(&list);
     assert_eq!(kept["listed_at"], fresh["listed_at"]);
     assert!(
@@ -505,7 +519,12 @@ async fn a_companys_stored_listing_is_its_own(backend: Backend) {
         "{kept}"
     );
     let (status, shown) = s
-        .call(Method::GET, "/v1/tools/everything", Some(&acme_viewer), None)
+        .call(
+            Method::GET,
+            "/v1/tools/everything",
+            Some(&acme_viewer),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["listed_at"], fresh["listed_at"]);
@@ -519,7 +538,10 @@ async fn a_companys_stored_listing_is_its_own(backend: Backend) {
             } else {
                 assert_eq!(status, 200, "{role} {path}: {list}");
             }
-            assert!(!list.to_string().contains("everything"), "{role} {path}: {list}");
+            assert!(
+                !list.to_string().contains("everything"),
+                "{role} {path}: {list}"
+            );
         }
         for path in [
             "/v1/tools?company=acme",
@@ -529,7 +551,10 @@ async fn a_companys_stored_listing_is_its_own(backend: Backend) {
             "/v1/tools/everything?company=acme",
         ] {
             let (status, v) = s.call(Method::GET, path, Some(&other), None).await;
-            assert!(status == 404 || status == 403, "{role} {path}: {status} {v}");
+            assert!(
+                status == 404 || status == 403,
+                "{role} {path}: {status} {v}"
+            );
             assert!(!v.to_string().contains("everything.echo"), "{v}");
         }
     }

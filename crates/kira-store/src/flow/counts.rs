@@ -242,8 +242,10 @@ impl<D: Db> CountStore for D {
         let mut r = self.read_all(false).await?;
         let rows = r
             .all(
-                q("SELECT kind, at, subject, detail, n, errors FROM counts WHERE at > $1 \
-                   ORDER BY at, kind, subject, detail")
+                q(
+                    "SELECT kind, at, subject, detail, n, errors FROM counts WHERE at > $1 \
+                   ORDER BY at, kind, subject, detail",
+                )
                 .arg(since),
             )
             .await;

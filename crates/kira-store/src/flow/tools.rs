@@ -120,17 +120,15 @@ async fn delete_listing(
     company: Option<&CompanyId>,
 ) -> Result<u64> {
     let s = match company {
-        Some(id) => q(
-            "DELETE FROM tool_listings WHERE slot = $1 AND name = $2 AND company_id = $3",
-        )
-        .arg(slot)
-        .arg(name)
-        .arg(id.as_str()),
-        None => q(
-            "DELETE FROM tool_listings WHERE slot = $1 AND name = $2 AND company_id IS NULL",
-        )
-        .arg(slot)
-        .arg(name),
+        Some(id) => {
+            q("DELETE FROM tool_listings WHERE slot = $1 AND name = $2 AND company_id = $3")
+                .arg(slot)
+                .arg(name)
+                .arg(id.as_str())
+        }
+        None => q("DELETE FROM tool_listings WHERE slot = $1 AND name = $2 AND company_id IS NULL")
+            .arg(slot)
+            .arg(name),
     };
     c.exec(s).await
 }
@@ -140,8 +138,10 @@ async fn put_listing(c: &mut dyn Conn, l: &ToolListing) -> Result<()> {
     // Another process listing the same server at the same moment wrote
     // the same thing: nothing more to do.
     c.exec(
-        q("INSERT INTO tool_listings (slot, name, company_id, source_digest, tools, listed_at) \
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+        q(
+            "INSERT INTO tool_listings (slot, name, company_id, source_digest, tools, listed_at) \
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
         .arg(l.slot.as_str())
         .arg(l.name.as_str())
         .arg(l.company_id.as_ref().map(CompanyId::as_str))

@@ -72,19 +72,29 @@ async fn a_listing_is_read_where_its_registration_is(f: Fresh) {
     let (acme, globex) = (scope("acme"), scope("globex"));
     let own = stdio("crm", Layer::Company, Some("acme"));
     let shared = stdio("files", Layer::Infrastructure, None);
-    s.add_tool(ToolWriter::Company(&acme), &own, record(Some("acme"), "tool.add"))
-        .await
-        .expect("own");
+    s.add_tool(
+        ToolWriter::Company(&acme),
+        &own,
+        record(Some("acme"), "tool.add"),
+    )
+    .await
+    .expect("own");
     s.add_tool(ToolWriter::Admin(&admin), &shared, record(None, "tool.add"))
         .await
         .expect("shared");
 
-    s.put_tool_listing(ToolWriter::Company(&acme), &listing(&own, Some("acme"), "lookup", 0))
-        .await
-        .expect("acme's listing");
-    s.put_tool_listing(ToolWriter::Admin(&admin), &listing(&shared, None, "read", 0))
-        .await
-        .expect("the shared listing");
+    s.put_tool_listing(
+        ToolWriter::Company(&acme),
+        &listing(&own, Some("acme"), "lookup", 0),
+    )
+    .await
+    .expect("acme's listing");
+    s.put_tool_listing(
+        ToolWriter::Admin(&admin),
+        &listing(&shared, None, "read", 0),
+    )
+    .await
+    .expect("the shared listing");
     // A shared registration run with globex's credential: globex's own.
     s.put_tool_listing(
         ToolWriter::Admin(&admin),
@@ -94,11 +104,17 @@ async fn a_listing_is_read_where_its_registration_is(f: Fresh) {
     .expect("globex's listing of the shared server");
     // A company key writes its own company's listings only.
     let refused = s
-        .put_tool_listing(ToolWriter::Company(&globex), &listing(&own, Some("acme"), "spy", 0))
+        .put_tool_listing(
+            ToolWriter::Company(&globex),
+            &listing(&own, Some("acme"), "spy", 0),
+        )
         .await;
     assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
     let refused = s
-        .put_tool_listing(ToolWriter::Company(&globex), &listing(&shared, None, "spy", 0))
+        .put_tool_listing(
+            ToolWriter::Company(&globex),
+            &listing(&shared, None, "spy", 0),
+        )
         .await;
     assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
 
@@ -106,7 +122,11 @@ async fn a_listing_is_read_where_its_registration_is(f: Fresh) {
     assert_eq!(
         seen(&f, Some("acme")).await,
         [
-            ("crm".to_owned(), Some("acme".to_owned()), "lookup".to_owned()),
+            (
+                "crm".to_owned(),
+                Some("acme".to_owned()),
+                "lookup".to_owned()
+            ),
             shared_row.clone()
         ]
     );
@@ -121,7 +141,7 @@ async fn a_listing_is_read_where_its_registration_is(f: Fresh) {
             )
         ]
     );
-    assert_eq!(seen(&f, None).await, [shared_row.clone()]);
+    assert_eq!(seen(&f, None).await, std::slice::from_ref(&shared_row));
 
     // A newer listing replaces the one before, in its place only.
     let newer = listing(&own, Some("acme"), "lookup_v2", 5);
@@ -140,7 +160,10 @@ async fn a_listing_is_read_where_its_registration_is(f: Fresh) {
     )
     .await
     .expect("removed");
-    assert_eq!(seen(&f, Some("acme")).await, [shared_row.clone()]);
+    assert_eq!(
+        seen(&f, Some("acme")).await,
+        std::slice::from_ref(&shared_row)
+    );
 
     // Globex's own listing goes with globex.
     s.delete_company(&globex, record(Some("globex"), "company.delete"))
