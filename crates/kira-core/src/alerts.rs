@@ -586,7 +586,8 @@ pub struct Facts {
     /// Samples of the denied cross-company reads counter (which only
     /// grows), oldest first.
     pub denied_reads: Vec<(DateTime<Utc>, u64)>,
-    /// The authentication failures of the longest window.
+    /// The authentication failures of the longest window, per second,
+    /// key and address.
     pub auth_failures: Vec<AuthFailure>,
     /// The latest outcome of each scheduled verification.
     pub verifications: Vec<Verification>,
@@ -594,7 +595,8 @@ pub struct Facts {
     pub providers: Vec<ProviderFacts>,
 }
 
-/// A request refused for want of a valid key or session.
+/// Requests refused for want of a valid key or session, from one
+/// address naming one key (or none), at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuthFailure {
     pub at: DateTime<Utc>,
@@ -602,6 +604,8 @@ pub struct AuthFailure {
     pub key: Option<String>,
     /// The client's address.
     pub address: String,
+    /// How many.
+    pub count: u64,
 }
 
 /// A scheduled verification's latest outcome.
@@ -728,11 +732,11 @@ pub fn observe(rule: &Rule, facts: &Facts, now: DateTime<Utc>) -> Vec<Observatio
                 .filter(|f| f.at > since && f.at <= now)
             {
                 if let Some(k) = &f.key {
-                    *counts.entry(Subject::Key(k.clone())).or_default() += 1;
+                    *counts.entry(Subject::Key(k.clone())).or_default() += f.count;
                 }
                 *counts
                     .entry(Subject::Address(f.address.clone()))
-                    .or_default() += 1;
+                    .or_default() += f.count;
             }
             counts
                 .into_iter()
@@ -1862,11 +1866,17 @@ mod tests {
             at: now - TimeDelta::seconds(secs),
             key: key.map(str::to_owned),
             address: address.into(),
+            count: 1,
         };
         f.auth_failures.push(fail(301, Some("k1"), "203.0.113.9"));
-        for i in 0..20 {
+        for i in 0..18 {
             f.auth_failures.push(fail(i, Some("k1"), "203.0.113.9"));
         }
+        // Two in one second, counted as one row.
+        f.auth_failures.push(AuthFailure {
+            count: 2,
+            ..fail(18, Some("k1"), "203.0.113.9")
+        });
         f.auth_failures.push(fail(0, None, "203.0.113.9"));
         for i in 0..3 {
             f.auth_failures.push(fail(i, None, "198.51.100.1"));

@@ -20,6 +20,11 @@ pub const BOUNDS_MS: [i64; 13] = [
 /// Buckets of a histogram: one per bound and the overflow.
 pub const BUCKETS: usize = BOUNDS_MS.len() + 1;
 
+/// Upper bounds (seconds) of the provider call latency histogram.
+pub const PROVIDER_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+/// Its buckets: one per bound, and the one above them.
+pub const PROVIDER_BUCKETS: usize = PROVIDER_BOUNDS.len() + 1;
+
 /// The time series' resolutions; `Total` is one row per key since the
 /// first event, never pruned (the counters `/metrics` exposes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -8,7 +8,7 @@
 //! One evaluator at a time across processes (an advisory job lock, like
 //! compaction's).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use kira_core::company::Company;
 use kira_core::ids::KeyId;
 use kira_core::metrics::Resolution;
 use kira_store::alerts::{AlertDetail, AlertFilter, AlertReader, Delivery, NotificationAttempt};
+use kira_store::counts::{CountKey, CountKind, Tally};
 use kira_store::metrics::MetricsQuery;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -48,11 +49,6 @@ const JOB_ALERTS: i64 = 0x6b69_7261_0004;
 
 /// A sample of one provider's counters: (at, answered, failed).
 type ProviderSample = (DateTime<Utc>, u64, u64);
-
-/// The most authentication failures kept for the `auth_failures` rule: a
-/// flood of refusals cannot grow the process without bound (the oldest go
-/// first).
-const AUTH_FAILURES_KEPT: usize = 100_000;
 
 /// `[alerts]`: the rules, the teams and their channels, the intervals.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,12 +259,6 @@ pub struct Alerts {
     ctx: Arc<Ctx>,
     metrics: Arc<crate::metrics::Metrics>,
     sharing: Arc<crate::sharing::Sharing>,
-    /// Samples of the denied-reads counter, for its growth in a window.
-    denied: Mutex<Vec<(DateTime<Utc>, u64)>>,
-    /// This process's authentication failures of the longest window.
-    auth_failures: Mutex<VecDeque<AuthFailure>>,
-    /// Samples of each provider's answered and failed calls counters.
-    provider_samples: Mutex<BTreeMap<String, Vec<ProviderSample>>>,
     /// The latest run of each scheduled verification.
     verified: tokio::sync::Mutex<BTreeMap<Check, Verification>>,
     /// The notices waiting for their group, and when each group last went
@@ -276,7 +266,8 @@ pub struct Alerts {
     /// while another node evaluates.
     outbox: Mutex<Outbox>,
     http: reqwest::Client,
-    /// For a company contact's webhook: held to `[tools]`'s address policy.
+    /// For a company contact's webhook: held to `[tools]`'s address
+    /// policy, and following redirects within the URL's origin only.
     company_http: reqwest::Client,
     /// `[alerts.smtp]`'s transport, or why it cannot be made.
     smtp: Option<
@@ -288,6 +279,80 @@ pub struct Alerts {
             String,
         >,
     >,
+}
+
+/// What the rules read of the counts no company's transaction records.
+struct Counted {
+    denied_reads: Vec<(DateTime<Utc>, u64)>,
+    auth_failures: Vec<AuthFailure>,
+    providers: Vec<ProviderFacts>,
+}
+
+/// The per-second counts after `since` as the rules read them: the
+/// denied reads and each provider's calls as samples of counters that
+/// start at 0 at `since` and grow second by second to `now`; the
+/// authentication failures per second, key and address; each provider's
+/// failures in a row (`streaks`, every process's).
+fn counted_facts(
+    counted: &[(CountKey, Tally)],
+    streaks: &[(String, u64)],
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Counted {
+    let mut denied = vec![(since, 0u64)];
+    let mut auth_failures = Vec::new();
+    let mut samples: BTreeMap<&str, Vec<ProviderSample>> = BTreeMap::new();
+    for (k, t) in counted {
+        match k.kind {
+            CountKind::DeniedRead => {
+                let total = denied.last().map_or(0, |s| s.1) + t.n;
+                denied.push((k.at, total));
+            }
+            CountKind::AuthFailure => auth_failures.push(AuthFailure {
+                at: k.at,
+                key: (!k.subject.is_empty()).then(|| k.subject.clone()),
+                address: k.detail.clone(),
+                count: t.n,
+            }),
+            CountKind::ProviderCall => {
+                let s = samples
+                    .entry(k.subject.as_str())
+                    .or_insert_with(|| vec![(since, 0, 0)]);
+                let (_, ok, failed) = s.last().copied().unwrap_or((since, 0, 0));
+                s.push((k.at, ok + t.n, failed + t.errors));
+            }
+        }
+    }
+    let last = denied.last().map_or(0, |s| s.1);
+    denied.push((now, last));
+    let mut providers: BTreeMap<&str, ProviderFacts> = BTreeMap::new();
+    for (name, mut s) in samples {
+        let (_, ok, failed) = s.last().copied().unwrap_or((since, 0, 0));
+        s.push((now, ok, failed));
+        providers.insert(
+            name,
+            ProviderFacts {
+                name: name.to_owned(),
+                samples: s,
+                errors_in_a_row: 0,
+            },
+        );
+    }
+    for (name, n) in streaks {
+        providers
+            .entry(name.as_str())
+            .or_insert_with(|| ProviderFacts {
+                name: name.clone(),
+                samples: vec![(since, 0, 0), (now, 0, 0)],
+                errors_in_a_row: 0,
+            })
+            .errors_in_a_row = *n;
+    }
+    Counted {
+        denied_reads: denied,
+        auth_failures,
+        providers: providers.into_values().collect(),
+    }
 }
 
 fn system_admin() -> Result<AdminScope, EngineError> {
@@ -313,7 +378,7 @@ impl Alerts {
             Some(ctx.config.tools.outbound.clone()),
             &ctx.config.tools.resolver,
             reqwest::Client::builder().timeout(Duration::from_secs(10)),
-            false,
+            true,
         );
         let smtp = ctx
             .config
@@ -326,9 +391,6 @@ impl Alerts {
             metrics,
             sharing,
             smtp,
-            denied: Mutex::new(Vec::new()),
-            auth_failures: Mutex::new(VecDeque::new()),
-            provider_samples: Mutex::new(BTreeMap::new()),
             verified: tokio::sync::Mutex::new(BTreeMap::new()),
             outbox: Mutex::new(Outbox::default()),
             http,
@@ -456,6 +518,15 @@ impl Alerts {
             .max()
             .unwrap_or_default();
         self.metrics.roll_up().await?;
+        // Every process's counts: this one's written now, the others'
+        // within their roll-up interval.
+        self.ctx.counts.flush().await?;
+        let since = now - longest - TimeDelta::minutes(5);
+        let counted = store.counts_since(admin, since).await?;
+        let streaks = store.count_totals(admin).await?.errors_in_a_row;
+        let counted = counted_facts(&counted, &streaks, since, now);
+        // The seconds no window reaches any more.
+        store.prune_counts(since).await?;
         let q = MetricsQuery {
             resolution: Resolution::Minute,
             from: Some(Resolution::Minute.bucket(now - longest)),
@@ -518,64 +589,20 @@ impl Alerts {
                 .collect(),
             companies,
             oldest_runnable_since: waiting.oldest_queued_since(),
-            denied_reads: self.sample_denied_reads(now, longest),
-            auth_failures: self.recent_auth_failures(now, longest),
+            denied_reads: counted.denied_reads,
+            auth_failures: counted.auth_failures,
             verifications: self.verify_due(admin, now).await,
-            providers: self.sample_providers(now, longest),
+            providers: counted.providers,
         };
         Ok((facts, directory))
     }
 
     /// Counts a request refused for want of a valid key or session, for
     /// the `auth_failures` rule: the key id its token named (never the
-    /// token), if any, and the client's address.
+    /// token), if any, and the client's address. Written to the database
+    /// with this process's other counts ([`crate::counts`]).
     pub fn auth_failed(&self, key: Option<&KeyId>, from: IpAddr) {
-        let mut f = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() >= AUTH_FAILURES_KEPT {
-            f.pop_front();
-        }
-        f.push_back(AuthFailure {
-            at: self.ctx.clock.now(),
-            key: key.map(ToString::to_string),
-            address: from.to_string(),
-        });
-    }
-
-    /// The failures of the longest window, the older ones dropped.
-    fn recent_auth_failures(&self, now: DateTime<Utc>, keep: TimeDelta) -> Vec<AuthFailure> {
-        let mut f = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
-        let cut = now - keep;
-        while f.front().is_some_and(|x| x.at <= cut) {
-            f.pop_front();
-        }
-        f.iter().cloned().collect()
-    }
-
-    /// Adds this moment's sample of each provider's calls and keeps what
-    /// the longest window needs.
-    fn sample_providers(&self, now: DateTime<Utc>, keep: TimeDelta) -> Vec<ProviderFacts> {
-        let health = self.metrics.provider_health();
-        let mut samples = self
-            .provider_samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let cut = now - keep - TimeDelta::minutes(5);
-        health
-            .into_iter()
-            .map(|h| {
-                let s = samples.entry(h.provider.clone()).or_default();
-                s.push((now, h.ok, h.errors));
-                // Keep one sample at or before the window's start as its base.
-                while s.len() > 2 && s[1].0 <= cut {
-                    s.remove(0);
-                }
-                ProviderFacts {
-                    name: h.provider,
-                    samples: s.clone(),
-                    errors_in_a_row: h.errors_in_a_row,
-                }
-            })
-            .collect()
+        self.ctx.counts.auth_failure(key, from);
     }
 
     /// Runs each verification a rule asks for whose interval has passed
@@ -663,23 +690,6 @@ impl Alerts {
                 }
             }
         })
-    }
-
-    /// Adds this moment's count of denied reads and keeps the samples the
-    /// longest window needs.
-    fn sample_denied_reads(
-        &self,
-        now: DateTime<Utc>,
-        keep: TimeDelta,
-    ) -> Vec<(DateTime<Utc>, u64)> {
-        let mut s = self.denied.lock().unwrap_or_else(|e| e.into_inner());
-        s.push((now, self.sharing.denied_reads()));
-        let cut = now - keep - TimeDelta::minutes(5);
-        // Keep one sample at or before the window's start as its base.
-        while s.len() > 2 && s[1].0 <= cut {
-            s.remove(0);
-        }
-        s.clone()
     }
 
     /// The channels an audience is reached by, for this alert.

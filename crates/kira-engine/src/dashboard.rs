@@ -501,6 +501,7 @@ impl Dashboard {
         let providers = self
             .metrics
             .provider_calls()
+            .await?
             .into_iter()
             .map(|((provider, model), c)| {
                 let calls = c.ok + c.errors;

@@ -25,6 +25,7 @@ pub mod audit;
 pub mod budget;
 pub mod companies;
 pub mod config;
+pub mod counts;
 pub mod dashboard;
 pub mod executor;
 mod group;
@@ -115,6 +116,9 @@ pub(crate) struct Ctx {
     pub(crate) config: EngineConfig,
     /// Rung when work arrives, so an idle scheduler looks at once.
     pub(crate) wake: Arc<Notify>,
+    /// This process's counts of what no company's transaction records,
+    /// until they are written.
+    pub(crate) counts: counts::Counts,
 }
 
 impl Ctx {
@@ -183,6 +187,7 @@ impl Engine {
         // So the first context pack does not load the tokenizer.
         memory::pack::warm_up_in_background();
         let ctx = Arc::new(Ctx {
+            counts: counts::Counts::new(store.clone(), clock.clone()),
             store,
             clock,
             config,

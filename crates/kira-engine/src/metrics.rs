@@ -366,9 +366,12 @@ pub struct Scrape {
     pub waiting: kira_store::metrics::WaitingWork,
     /// The longest-waiting queued task's wait, 0 when none waits.
     pub oldest_runnable_wait_seconds: f64,
-    /// Refused by this process since it started.
+    /// Refused, every process together, all time.
     pub denied_cross_company_reads: u64,
-    /// This process's provider calls, per (provider, model).
+    /// Requests refused for want of a valid key or session, every process
+    /// together, all time.
+    pub auth_failures: u64,
+    /// Provider calls, every process together, per (provider, model).
     pub providers: Vec<((String, String), ProviderCalls)>,
     /// The nodes and the availability KPI.
     pub health: crate::nodes::NodeHealth,
@@ -376,13 +379,42 @@ pub struct Scrape {
     pub retention: Vec<(String, kira_core::memory::retention::FactCheck)>,
 }
 
+/// The system principal's admin path, for the counts' reads.
+fn system_admin() -> Result<AdminScope, EngineError> {
+    Principal::system().admin().map_err(|_| {
+        EngineError::Invalid(ValidationError::new(
+            "principal",
+            "the system principal is not an admin",
+        ))
+    })
+}
+
+/// The stored provider totals as `/metrics` and the dashboard read them.
+fn provider_calls(
+    totals: &[kira_store::counts::ProviderTotal],
+) -> Vec<((String, String), ProviderCalls)> {
+    totals
+        .iter()
+        .map(|t| {
+            (
+                (t.provider.clone(), t.model.clone()),
+                ProviderCalls {
+                    ok: t.ok,
+                    errors: t.errors,
+                    seconds: t.latency.seconds,
+                    buckets: t.latency.buckets,
+                },
+            )
+        })
+        .collect()
+}
+
 /// The advisory-lock key of the metrics retention job.
 const JOB_METRICS_PRUNE: i64 = 0x6b69_7261_0003;
 
-/// Upper bounds (seconds) of the provider call latency histogram.
-pub const PROVIDER_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+pub use kira_core::metrics::PROVIDER_BOUNDS;
 
-/// This process's calls to one provider and model since it started.
+/// The calls to one provider and model, every process's, all time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProviderCalls {
     pub ok: u64,
@@ -393,33 +425,14 @@ pub struct ProviderCalls {
     pub buckets: [u64; PROVIDER_BOUNDS.len() + 1],
 }
 
-/// One provider's calls in this process, every model together.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProviderHealth {
-    pub provider: String,
-    pub ok: u64,
-    pub errors: u64,
-    /// Its latest calls that failed, one after the other.
-    pub errors_in_a_row: u64,
-}
-
-/// Task metrics: the roll-up and retention jobs and the series. Its own
-/// state: this process's provider calls (counts and latency per provider
-/// and model). The events and the series are the store's; the count of
-/// denied cross-company reads is the sharing service's.
+/// Task metrics: the roll-up and retention jobs and the series. The
+/// events and the series are the store's; the counts no company's
+/// transaction records (denied reads, authentication failures, provider
+/// calls) are added up by [`crate::counts`] and written with the roll-up.
 pub struct Metrics {
     ctx: Arc<Ctx>,
     sharing: Arc<crate::sharing::Sharing>,
     nodes: Arc<crate::nodes::Nodes>,
-    providers: std::sync::Mutex<ProviderBook>,
-}
-
-/// This process's provider calls: per provider and model, and per
-/// provider its latest failures in a row (the `provider_failing` rule's).
-#[derive(Debug, Default)]
-struct ProviderBook {
-    calls: BTreeMap<(String, String), ProviderCalls>,
-    errors_in_a_row: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -432,7 +445,6 @@ impl Metrics {
             ctx,
             sharing,
             nodes,
-            providers: Default::default(),
         }
     }
 
@@ -453,60 +465,25 @@ impl Metrics {
         model: &str,
         answered: Option<std::time::Duration>,
     ) {
-        let Ok(mut m) = self.providers.lock() else {
-            return;
-        };
-        let c = m
-            .calls
-            .entry((provider.to_owned(), model.to_owned()))
-            .or_default();
-        match answered {
-            Some(latency) => {
-                let secs = latency.as_secs_f64();
-                c.ok += 1;
-                c.seconds += secs;
-                c.buckets[PROVIDER_BOUNDS.partition_point(|b| *b < secs)] += 1;
-                m.errors_in_a_row.insert(provider.to_owned(), 0);
-            }
-            None => {
-                c.errors += 1;
-                *m.errors_in_a_row.entry(provider.to_owned()).or_default() += 1;
-            }
-        }
+        self.ctx.counts.provider_call(provider, model, answered);
     }
 
-    /// This process's provider calls, per provider and model.
-    pub fn provider_calls(&self) -> Vec<((String, String), ProviderCalls)> {
-        self.providers
-            .lock()
-            .map(|m| {
-                m.calls
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Writes this process's counts of what no company's transaction
+    /// records (also done by the roll-up job, and before each read here).
+    pub async fn flush_counts(&self) -> Result<(), EngineError> {
+        Ok(self.ctx.counts.flush().await?)
     }
 
-    /// Per provider (every model of it): its answered and failed calls
-    /// since this process started, and its latest failures in a row.
-    pub fn provider_health(&self) -> Vec<ProviderHealth> {
-        let Ok(m) = self.providers.lock() else {
-            return vec![];
-        };
-        let mut out: BTreeMap<&str, ProviderHealth> = BTreeMap::new();
-        for ((provider, _), c) in &m.calls {
-            let h = out
-                .entry(provider.as_str())
-                .or_insert_with(|| ProviderHealth {
-                    provider: provider.clone(),
-                    errors_in_a_row: m.errors_in_a_row.get(provider).copied().unwrap_or(0),
-                    ..ProviderHealth::default()
-                });
-            h.ok += c.ok;
-            h.errors += c.errors;
-        }
-        out.into_values().collect()
+    /// The calls to each provider and model, every process's (this one's
+    /// written first), all time.
+    pub async fn provider_calls(
+        &self,
+    ) -> Result<Vec<((String, String), ProviderCalls)>, EngineError> {
+        let admin = system_admin()?;
+        self.flush_counts().await?;
+        Ok(provider_calls(
+            &self.ctx.store.count_totals(&admin).await?.providers,
+        ))
     }
 
     /// Adds every event recorded so far to the series (several
@@ -635,14 +612,11 @@ impl Metrics {
     /// for an admin or a metrics key (whose scope reaches nothing else).
     /// The reads are the system's own, across companies.
     pub async fn scrape(&self, _who: &MetricsScope) -> Result<Scrape, EngineError> {
-        let system = Principal::system().admin().map_err(|_| {
-            EngineError::Invalid(ValidationError::new(
-                "principal",
-                "the system principal is not an admin",
-            ))
-        })?;
+        let system = system_admin()?;
         let admin = &system;
         let totals = self.totals(admin).await?;
+        self.flush_counts().await?;
+        let counts = self.ctx.store.count_totals(admin).await?;
         let now = self.ctx.clock.now();
         let budget = self
             .ctx
@@ -685,8 +659,9 @@ impl Metrics {
             oldest_runnable_wait_seconds: oldest.map_or(0.0, |t| {
                 (now - t).num_milliseconds().max(0) as f64 / 1_000.0
             }),
-            denied_cross_company_reads: self.sharing.denied_reads(),
-            providers: self.provider_calls(),
+            denied_cross_company_reads: counts.denied_reads,
+            auth_failures: counts.auth_failures,
+            providers: provider_calls(&counts.providers),
             health: self.nodes.health(admin).await?,
             retention: self.ctx.store.retention_totals(admin).await?,
         })
@@ -707,6 +682,9 @@ impl Metrics {
             let prune_every = std::time::Duration::from_secs(3_600);
             let mut last_prune: Option<std::time::Instant> = None;
             loop {
+                if let Err(e) = metrics.flush_counts().await {
+                    tracing::error!(error = %e, "writing the counts failed");
+                }
                 if let Err(e) = metrics.roll_up().await {
                     tracing::error!(error = %e, "metrics roll-up failed");
                 }
@@ -720,6 +698,10 @@ impl Metrics {
                     () = shutdown.wait() => break,
                     () = tokio::time::sleep(every) => {}
                 }
+            }
+            // What this process counted since the last write.
+            if let Err(e) = metrics.flush_counts().await {
+                tracing::error!(error = %e, "writing the counts failed");
             }
         })
     }

@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::try_join_all;
 use kira_core::anonymise::{Redactions, anonymise};
@@ -100,8 +99,6 @@ pub struct Sharing {
     directory_reload: tokio::sync::Mutex<()>,
     /// Audit entries of reads waiting to be written together.
     audits: Group<Vec<AuditRecord>, Result<(), String>>,
-    /// Denied cross-company reads since start.
-    denied_reads: AtomicU64,
 }
 
 impl Sharing {
@@ -111,7 +108,6 @@ impl Sharing {
             directory: std::sync::Mutex::new(None),
             directory_reload: tokio::sync::Mutex::new(()),
             audits: Group::default(),
-            denied_reads: AtomicU64::new(0),
         }
     }
 
@@ -847,13 +843,15 @@ impl Sharing {
 
     /// Counts one denied cross-company read (the caller audits it).
     pub fn count_denied_read(&self) {
-        self.denied_reads.fetch_add(1, Ordering::Relaxed);
+        self.ctx.counts.denied_read();
     }
 
-    /// Denied cross-company reads since this process started: a security
-    /// signal for monitoring.
-    pub fn denied_reads(&self) -> u64 {
-        self.denied_reads.load(Ordering::Relaxed)
+    /// Denied cross-company reads of every kira process on this database,
+    /// all time (this process's written first): a security signal for
+    /// monitoring.
+    pub async fn denied_reads(&self, admin: &AdminScope) -> Result<u64, EngineError> {
+        self.ctx.counts.flush().await?;
+        Ok(self.ctx.store.count_totals(admin).await?.denied_reads)
     }
 }
 

@@ -98,7 +98,6 @@ impl FromRequestParts<App> for Scraper {
 /// `/metrics` and for the alert rule on bursts of failures per key id and
 /// per client address.
 pub(crate) fn auth_failed(app: &App, key: Option<&KeyId>, from: IpAddr) {
-    app.process.auth_failed();
     app.engine.alerts().auth_failed(key, from);
 }
 

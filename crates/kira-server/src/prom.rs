@@ -1,9 +1,10 @@
 //! Prometheus exposition (`GET /metrics`, OpenMetrics text) with the
-//! `prometheus-client` crate: the HTTP requests this process served and
-//! the authentication failures it refused (counted here, per process),
-//! and what the database knows for the whole deployment at the scrape
-//! (tasks, response times, tokens, cost, tool calls, reviews, budgets,
-//! the queue), written from the engine's [`Scrape`] by a collector.
+//! `prometheus-client` crate: the HTTP requests this process served
+//! (counted here, per process), and what the database knows for the whole
+//! deployment at the scrape (tasks, response times, tokens, cost, tool
+//! calls, reviews, budgets, the queue, and every process's authentication
+//! failures, denied cross-company reads and provider calls), written from
+//! the engine's [`Scrape`] by a collector.
 //!
 //! The database's series are the same on every kira process of one
 //! PostgreSQL (sum them with `max without (instance)`); the process series
@@ -40,7 +41,6 @@ pub struct ProcessMetrics {
     registry: Registry,
     http_requests: Family<Labels, Counter>,
     http_seconds: Family<Labels, Histogram>,
-    auth_failures: Counter,
 }
 
 impl Default for ProcessMetrics {
@@ -52,7 +52,6 @@ impl Default for ProcessMetrics {
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ])
         });
-        let auth_failures = Counter::default();
         registry.register(
             "kira_http_requests",
             "HTTP requests served, by route template, method and status class",
@@ -63,23 +62,11 @@ impl Default for ProcessMetrics {
             "Time to answer an HTTP request, by route template",
             http_seconds.clone(),
         );
-        registry.register(
-            "kira_auth_failures",
-            "Requests refused for a missing, unknown, revoked or expired key",
-            auth_failures.clone(),
-        );
         ProcessMetrics {
             registry,
             http_requests,
             http_seconds,
-            auth_failures,
         }
-    }
-}
-
-impl ProcessMetrics {
-    pub fn auth_failed(&self) {
-        self.auth_failures.inc();
     }
 }
 
@@ -230,8 +217,15 @@ impl Collector for ScrapeCollector {
         )?;
         family(
             &mut e,
+            "kira_auth_failures",
+            "Requests refused for a missing, unknown, revoked or expired key",
+            MetricType::Counter,
+            [(Labels::new(), ConstCounter::new(s.auth_failures))],
+        )?;
+        family(
+            &mut e,
             "kira_denied_cross_company_reads",
-            "Reads of another company's data refused, by this process",
+            "Reads of another company's data refused",
             MetricType::Counter,
             [(
                 Labels::new(),
@@ -488,13 +482,13 @@ fn queue(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
     )
 }
 
-/// This process's calls to each provider and model.
+/// The calls to each provider and model, every process's.
 fn providers(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Error> {
     let labels = |p: &String, m: &String| vec![("provider", p.clone()), ("model", m.clone())];
     family(
         e,
         "kira_provider_calls",
-        "Model calls this process made, by provider, model and outcome (an error after retries and fallbacks)",
+        "Model calls made, by provider, model and outcome (an error after retries and fallbacks)",
         MetricType::Counter,
         s.providers.iter().flat_map(|((p, m), c)| {
             [("ok", c.ok), ("error", c.errors)]
@@ -509,7 +503,7 @@ fn providers(e: &mut DescriptorEncoder, s: &Scrape) -> Result<(), std::fmt::Erro
     family(
         e,
         "kira_provider_call_seconds",
-        "Latency of the model calls this process made that were answered",
+        "Latency of the model calls that were answered",
         MetricType::Histogram,
         s.providers.iter().map(|((p, m), c)| {
             (

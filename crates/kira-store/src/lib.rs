@@ -18,6 +18,7 @@ use kira_core::{CompanyId, ValidationError};
 pub mod agents;
 pub mod alerts;
 pub mod conflicts;
+pub mod counts;
 pub mod dashboard;
 mod flow;
 pub mod knowledge;
@@ -204,6 +205,7 @@ pub trait Store:
     + sessions::SessionStore
     + dashboard::DashboardStore
     + nodes::NodeStore
+    + counts::CountStore
 {
     fn backend(&self) -> Backend;
 

@@ -79,6 +79,26 @@ pub struct CredentialInfo {
     pub rotated_at: Option<DateTime<Utc>>,
 }
 
+/// An MCP server's tools as kira last listed them (`tools/list`, when it
+/// connected or heard `list_changed`): what `kira tools list` shows
+/// without connecting (migration 0032).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolListing {
+    /// The registration's slot ([`ToolKey::slot`]) and name.
+    pub slot: String,
+    pub name: String,
+    /// Whose server listed them: a company's (its own registration, or a
+    /// shared one run with the company's credential), or None: the
+    /// shared server every company uses.
+    pub company_id: Option<kira_core::CompanyId>,
+    /// How the server was reached (a digest of the registration's
+    /// source): a listing from another source is not the registration's.
+    pub source_digest: String,
+    /// The tools: a JSON array of `{name, description, input_schema}`.
+    pub tools: serde_json::Value,
+    pub listed_at: DateTime<Utc>,
+}
+
 /// How a credential is written: a new one (Conflict when the tool has
 /// one), or a rotation of the one there (NotFound when none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +130,14 @@ pub trait ToolStore: Send + Sync {
         key: &ToolKey,
         audit: AuditRecord,
     ) -> Result<()>;
+
+    /// Keeps `listing` in place of the one its server left before. A
+    /// company's listing is written in its company's transaction (a
+    /// company key: its own only), a shared server's by the admin.
+    async fn put_tool_listing(&self, who: ToolWriter<'_>, listing: &ToolListing) -> Result<()>;
+
+    /// The shared servers' listings, and with a scope its company's too.
+    async fn tool_listings(&self, company: Option<&CompanyScope>) -> Result<Vec<ToolListing>>;
 
     /// The company's tool configurations, by tool.
     async fn tool_configs(&self, scope: &CompanyScope) -> Result<Vec<ToolConfig>>;

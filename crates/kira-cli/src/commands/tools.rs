@@ -21,7 +21,8 @@ use crate::output;
 pub enum ToolsCommand {
     /// What an agent of a domain working for a company is offered, with
     /// each tool's layer and source (admin without --company: the
-    /// infrastructure and domain layers).
+    /// infrastructure and domain layers). An MCP server's tools are those
+    /// kira listed when it last connected to it: listing starts nothing.
     List {
         #[arg(long)]
         company: Option<String>,
@@ -29,6 +30,10 @@ pub enum ToolsCommand {
         /// knowledge (default: every domain).
         #[arg(long)]
         domain: Option<String>,
+        /// Connect to each MCP server (starting a stdio one) and list its
+        /// tools now (an operator's or the admin's key).
+        #[arg(long)]
+        refresh: bool,
     },
     /// Register a tool: an MCP server over stdio (`--command`, `--arg`),
     /// an MCP server over streamable HTTP (`--mcp-url`, `--header`), a
@@ -97,6 +102,9 @@ pub enum ToolsCommand {
         name: String,
         #[arg(long)]
         company: Option<String>,
+        /// As for `list`: connect to the server and list its tools now.
+        #[arg(long)]
+        refresh: bool,
     },
     /// Call a tool once as the company, through the company wrapper.
     Test {
@@ -136,6 +144,7 @@ struct View {
     source: String,
     registered_by: String,
     tools: Vec<String>,
+    listed_at: Option<String>,
     error: Option<String>,
 }
 
@@ -145,9 +154,16 @@ fn views_table(list: &[View]) -> String {
     }
     let mut t = output::table(&["NAME", "LAYER", "DOMAIN", "SOURCE", "BY", "TOOLS"]);
     for v in list {
-        let tools = match &v.error {
-            Some(e) => format!("(none now: {})", output::one_line(e, 60)),
-            None => v.tools.join(", "),
+        let listed = v.tools.join(", ");
+        let tools = match (&v.error, v.source.starts_with("mcp_"), &v.listed_at) {
+            (Some(e), _, None) => format!("(none now: {})", output::one_line(e, 60)),
+            (Some(e), _, Some(at)) => format!(
+                "(none now: {}; as listed {at}: {listed})",
+                output::one_line(e, 60)
+            ),
+            (None, true, Some(at)) => format!("{listed} (listed {at})"),
+            (None, true, None) => "(not listed yet: --refresh lists them)".into(),
+            (None, false, _) => listed,
         };
         t.add_row(vec![
             v.name.clone(),
@@ -178,9 +194,16 @@ fn company_q(company: Option<String>) -> Vec<(&'static str, String)> {
 pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
     let c = &ctx.client;
     let (v, text): (Value, fn(Value) -> anyhow::Result<String>) = match cmd {
-        ToolsCommand::List { company, domain } => {
+        ToolsCommand::List {
+            company,
+            domain,
+            refresh,
+        } => {
             let mut q = company_q(company);
             q.extend(domain.map(|d| ("domain", d)));
+            if refresh {
+                q.push(("refresh", "true".into()));
+            }
             let v = c.get(&["v1", "tools"], &q).await?;
             (v, |v| {
                 Ok(views_table(&decode::<Vec<View>>(v["tools"].clone())?))
@@ -264,8 +287,16 @@ pub async fn run(ctx: &Ctx, cmd: ToolsCommand) -> anyhow::Result<ExitCode> {
             let v = c.delete(&["v1", "tools", &name], &q).await?;
             (v, |_| Ok("removed".into()))
         }
-        ToolsCommand::Show { name, company } => {
-            let v = c.get(&["v1", "tools", &name], &company_q(company)).await?;
+        ToolsCommand::Show {
+            name,
+            company,
+            refresh,
+        } => {
+            let mut q = company_q(company);
+            if refresh {
+                q.push(("refresh", "true".into()));
+            }
+            let v = c.get(&["v1", "tools", &name], &q).await?;
             (v, |v| {
                 let view: View = decode(v.clone())?;
                 Ok(format!(

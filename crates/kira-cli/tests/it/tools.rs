@@ -110,6 +110,7 @@ fn tools_add_list_test_configure_remove() {
         "{out}"
     );
 
+    // Listing starts nothing: a server kira never listed says so.
     let list = ok(server
         .kira()
         .args(["tools", "list", "--company", "acme", "--domain", "legal"]));
@@ -117,8 +118,32 @@ fn tools_add_list_test_configure_remove() {
         list.contains("everything") && list.contains("mcp_stdio"),
         "{list}"
     );
-    assert!(list.contains("everything.echo"), "{list}");
+    assert!(list.contains("not listed yet"), "{list}");
     assert!(!list.contains("ghost"), "nothing written: {list}");
+    assert!(
+        children(server.pid(), "mcp-server-everything").is_empty(),
+        "a listing started no server"
+    );
+    // A refresh starts it and lists its tools; the next listing shows
+    // what it listed, from the database.
+    let list = ok(server.kira().args([
+        "tools",
+        "list",
+        "--company",
+        "acme",
+        "--domain",
+        "legal",
+        "--refresh",
+    ]));
+    assert!(list.contains("everything.echo"), "{list}");
+    assert_eq!(children(server.pid(), "mcp-server-everything").len(), 1);
+    let list = ok(server
+        .kira()
+        .args(["tools", "show", "everything", "--company", "acme"]));
+    assert!(
+        list.contains("everything.echo") && list.contains("(listed "),
+        "{list}"
+    );
     let json = ok_json(
         server
             .kira()

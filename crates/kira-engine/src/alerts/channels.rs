@@ -372,18 +372,51 @@ async fn post_json(
     url: &str,
     body: &serde_json::Value,
 ) -> Result<(), String> {
-    let r =
-        client.post(url).json(body).send().await.map_err(|e| {
-            match crate::outbound::refusal(&e) {
-                Some(r) => r.to_string(),
-                None => e.without_url().to_string(),
-            }
-        })?;
+    answered(&send_json(client, url, body).await?)
+}
+
+async fn send_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<reqwest::Response, String> {
+    client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| match crate::outbound::refusal(&e) {
+            Some(r) => r.to_string(),
+            None => e.without_url().to_string(),
+        })
+}
+
+/// A 2xx answer is delivery.
+fn answered(r: &reqwest::Response) -> Result<(), String> {
     if r.status().is_success() {
         Ok(())
     } else {
         Err(format!("HTTP {}", r.status().as_u16()))
     }
+}
+
+/// Why a company webhook's redirect was not followed, naming the origin
+/// it pointed to (never its path or query, which may carry a token).
+fn cross_origin_redirect(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    url: &str,
+) -> String {
+    let to = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
+        .map(|u| u.origin().ascii_serialization());
+    format!(
+        "HTTP {}: a redirect to another origin ({}), which kira does not follow for a company's webhook, so the alert was not sent there",
+        status.as_u16(),
+        to.as_deref().unwrap_or("no valid location")
+    )
 }
 
 #[async_trait]
@@ -395,10 +428,18 @@ impl Channel for WebhookChannel {
         kira_core::url::redact_url(&self.url)
     }
     async fn send(&self, m: &Message<'_>) -> Result<(), String> {
-        if let Some(policy) = &self.guard {
-            crate::outbound::check_url(policy, &self.url).map_err(|e| e.to_string())?;
+        let Some(policy) = &self.guard else {
+            return post_json(&self.client, &self.url, &self.body(m)).await;
+        };
+        crate::outbound::check_url(policy, &self.url).map_err(|e| e.to_string())?;
+        // The company's client follows redirects within the URL's origin
+        // only: one to another origin comes back as it is, and goes no
+        // further with the alert's body.
+        let r = send_json(&self.client, &self.url, &self.body(m)).await?;
+        if r.status().is_redirection() {
+            return Err(cross_origin_redirect(r.status(), r.headers(), &self.url));
         }
-        post_json(&self.client, &self.url, &self.body(m)).await
+        answered(&r)
     }
 }
 

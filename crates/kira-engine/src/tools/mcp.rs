@@ -63,6 +63,13 @@ pub struct Supervision {
     pub max_backoff: Duration,
 }
 
+/// Told a server's tools each time it lists them (when it connects, and
+/// again on `list_changed`); awaited before a caller waiting for the server
+/// or counting its refreshes hears of the new list (the tools registry
+/// keeps it in the database, for `kira tools list`).
+pub type OnListed =
+    Arc<dyn Fn(Vec<Tool>) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Where a server stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -119,6 +126,7 @@ pub struct McpServer {
     refreshes: AtomicU64,
     /// Why the last start failed (kept through the restarts after it).
     last_error: RwLock<Option<String>>,
+    on_listed: Option<OnListed>,
 }
 
 impl McpServer {
@@ -129,6 +137,7 @@ impl McpServer {
         connect: Connect,
         supervision: Supervision,
         http: reqwest::Client,
+        on_listed: Option<OnListed>,
     ) -> Arc<McpServer> {
         let server = Arc::new(McpServer {
             name: name.to_owned(),
@@ -143,6 +152,7 @@ impl McpServer {
             starts: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
             last_error: RwLock::new(None),
+            on_listed,
         });
         tokio::spawn(supervise(server.clone()));
         server
@@ -275,7 +285,11 @@ impl McpServer {
         self.stop.notify_one();
     }
 
-    fn set_tools(&self, tools: Vec<Tool>) {
+    /// Keeps `tools` as the server's list, and tells [`OnListed`].
+    async fn set_tools(&self, tools: Vec<Tool>) {
+        if let Some(told) = &self.on_listed {
+            told(tools.clone()).await;
+        }
         if let Ok(mut t) = self.tools.write() {
             *t = tools;
         }
@@ -600,7 +614,7 @@ async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
         .list_all_tools()
         .await
         .map_err(|e| format!("tools/list failed: {e}"))?;
-    server.set_tools(tools);
+    server.set_tools(tools).await;
     let live = Arc::new(Live {
         peer: peer.clone(),
         pid,
@@ -621,7 +635,7 @@ async fn run_once(server: &Arc<McpServer>) -> Result<(), String> {
                 changed.notified().await;
                 match peer.list_all_tools().await {
                     Ok(tools) => {
-                        server.set_tools(tools);
+                        server.set_tools(tools).await;
                         server.refreshes.fetch_add(1, Ordering::SeqCst);
                     }
                     Err(e) => {
@@ -664,7 +678,8 @@ pub struct Pool {
 
 impl Pool {
     /// The server under `key`, started on first use (and again when how
-    /// it is reached changed); `http` is the client of one over HTTP.
+    /// it is reached changed); `http` is the client of one over HTTP,
+    /// `on_listed` what a new server tells of its tools.
     pub fn get(
         &self,
         key: &str,
@@ -672,6 +687,7 @@ impl Pool {
         connect: &Connect,
         sup: Supervision,
         http: &reqwest::Client,
+        on_listed: impl FnOnce() -> Option<OnListed>,
     ) -> Arc<McpServer> {
         let mut servers = match self.servers.lock() {
             Ok(s) => s,
@@ -683,7 +699,7 @@ impl Pool {
         {
             return s.clone();
         }
-        let s = McpServer::start(name, connect.clone(), sup, http.clone());
+        let s = McpServer::start(name, connect.clone(), sup, http.clone(), on_listed());
         if let Some(old) = servers.insert(key.to_owned(), s.clone()) {
             old.shutdown();
         }

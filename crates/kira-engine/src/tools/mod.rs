@@ -40,7 +40,9 @@ use kira_core::seal::MasterKey;
 use kira_core::tools::{BUILTIN_DOMAINS, DOMAINS, Layer, NewTool, ToolEntry, ToolSource};
 use kira_core::{CompanyId, ValidationError};
 use kira_llm::ToolSpec;
-use kira_store::tools::{CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolWriter};
+use kira_store::tools::{
+    CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolListing, ToolWriter,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -207,7 +209,9 @@ impl ToolsSection {
 }
 
 /// A tool as `kira tools list` shows it: its registration, and for an MCP
-/// server the tools it offers (or why it offers none now).
+/// server the tools it offered when kira last listed them (kept in the
+/// database; listed again when kira connects, on the server's
+/// `list_changed`, and on a refresh), or why it offers none now.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ToolView {
     pub name: String,
@@ -221,10 +225,71 @@ pub struct ToolView {
     pub registered_by: String,
     pub description: String,
     /// What a model calls: the name itself, or `NAME.TOOL` for each tool
-    /// of an MCP server.
+    /// of an MCP server (as last listed; none when never listed).
     pub tools: Vec<String>,
-    /// Why an MCP server offers nothing now.
+    /// When an MCP server's tools were listed (None: never yet; a run or
+    /// a refresh connects to it and lists them).
+    pub listed_at: Option<DateTime<Utc>>,
+    /// Why an MCP server offers nothing now (a refresh that could not
+    /// reach it; its last listing, if any, is shown with it).
     pub error: Option<String>,
+}
+
+impl ToolView {
+    /// A registration's view before any tool of it is known.
+    fn of(entry: &ToolEntry) -> ToolView {
+        ToolView {
+            name: entry.name.clone(),
+            layer: entry.layer,
+            domain: entry.domain.clone(),
+            company_id: entry.company_id.clone(),
+            source: entry.source.kind().to_owned(),
+            registered_by: entry.created_by.clone(),
+            description: entry.description.clone(),
+            tools: Vec::new(),
+            listed_at: None,
+            error: None,
+        }
+    }
+}
+
+/// How a registration's MCP server is reached, as its listing records it
+/// (a digest: the source may hold header values).
+fn source_digest(source: &ToolSource) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(source).unwrap_or_default();
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Whose server runs `entry` for `company`: the company's own for its
+/// registration or for a shared one carrying its credential, else the
+/// shared one (None). [`Tools::server`] keys its pool the same way.
+fn listing_owner(
+    entry: &ToolEntry,
+    company: Option<&CompanyId>,
+    has_credential: bool,
+) -> Option<CompanyId> {
+    match (entry.layer, company) {
+        (Layer::Company, _) => entry.company_id.clone(),
+        (Layer::Infrastructure | Layer::Domain, Some(c)) if has_credential => Some(c.clone()),
+        _ => None,
+    }
+}
+
+/// A server's tools as a listing keeps them.
+fn listing_json(tools: &[rmcp::model::Tool]) -> Value {
+    Value::Array(
+        tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "description": t.description,
+                    "input_schema": Value::Object((*t.input_schema).clone()),
+                })
+            })
+            .collect(),
+    )
 }
 
 /// How an offered tool is reached.
@@ -592,17 +657,7 @@ impl Tools {
         };
         let guard = self.guard(&e);
         let entry = Arc::new(e);
-        let mut view = ToolView {
-            name: entry.name.clone(),
-            layer: entry.layer,
-            domain: entry.domain.clone(),
-            company_id: entry.company_id.clone(),
-            source: entry.source.kind().to_owned(),
-            registered_by: entry.created_by.clone(),
-            description: entry.description.clone(),
-            tools: Vec::new(),
-            error: None,
-        };
+        let mut view = ToolView::of(&entry);
         let company = offer.company.clone();
         let mut error = None;
         let mut add = |name: String, spec: ToolSpec, route: Route| {
@@ -713,13 +768,62 @@ impl Tools {
             mcp::Connect::Http(r) if r.guard.is_some() => &self.http.mcp_guarded,
             _ => &self.http.mcp_trusted,
         };
+        let owner = listing_owner(entry, company.as_ref(), credential.is_some());
         self.pool.get(
             &format!("{}/{}{own}", key.slot(), key.name),
             &entry.name,
             connect,
             self.supervision(),
             client,
+            || Some(self.keep_listing(entry, owner)),
         )
+    }
+
+    /// What a server of `entry` does with its tools each time it lists
+    /// them: keeps them in the database as `owner`'s listing (a company's
+    /// under its scope, a shared server's as the system), for
+    /// [`Tools::list`]. A write that fails is logged; the server serves on.
+    fn keep_listing(&self, entry: &ToolEntry, owner: Option<CompanyId>) -> mcp::OnListed {
+        let store = self.ctx.store.clone();
+        let clock = self.ctx.clock.clone();
+        let key = ToolKey::of(entry);
+        let (slot, name) = (key.slot(), key.name);
+        let digest = source_digest(&entry.source);
+        Arc::new(move |tools| {
+            let listing = ToolListing {
+                slot: slot.clone(),
+                name: name.clone(),
+                company_id: owner.clone(),
+                source_digest: digest.clone(),
+                tools: listing_json(&tools),
+                listed_at: clock.now(),
+            };
+            let store = store.clone();
+            Box::pin(async move {
+                let system = kira_core::auth::Principal::system();
+                let written = match &listing.company_id {
+                    Some(c) => match system.scope(c, kira_core::auth::Access::Write) {
+                        Ok(scope) => {
+                            store
+                                .put_tool_listing(ToolWriter::Company(&scope), &listing)
+                                .await
+                        }
+                        Err(_) => Ok(()),
+                    },
+                    None => match system.admin() {
+                        Ok(admin) => {
+                            store
+                                .put_tool_listing(ToolWriter::Admin(&admin), &listing)
+                                .await
+                        }
+                        Err(_) => Ok(()),
+                    },
+                };
+                if let Err(e) = written {
+                    tracing::warn!(server = %listing.name, error = %e, "could not keep the MCP server's tool listing");
+                }
+            })
+        })
     }
 
     /// A server's tools, named `SERVER.TOOL`, once it is up (or why not).
@@ -1026,13 +1130,17 @@ impl Tools {
     }
 
     /// `kira tools list`: the registrations an agent of `domain` (every
-    /// domain when none) working for `scope`'s company would be offered,
-    /// with each MCP server's tools; without a scope (the admin's), the
-    /// infrastructure and domain layers.
+    /// domain when none) working for `scope`'s company would be offered;
+    /// without a scope (the admin's), the infrastructure and domain
+    /// layers. Each MCP server's tools are its stored listing (when kira
+    /// last listed them): a listing starts or connects to nothing. With
+    /// `refresh`, kira connects to each server (starting a stdio one) and
+    /// lists its tools now, which updates the stored listing.
     pub async fn list(
         &self,
         scope: Option<&CompanyScope>,
         domain: Option<&str>,
+        refresh: bool,
     ) -> Result<Vec<ToolView>, EngineError> {
         let domains = match domain {
             Some(d) => {
@@ -1050,10 +1158,12 @@ impl Tools {
             }
             None => every_domain(),
         };
-        match scope {
-            Some(s) => Ok(self.offer(s, &domains).await?.views),
-            None => {
-                let entries = self.entries(None).await?;
+        let entries = self.entries(scope).await?;
+        let company = scope.map(CompanyScope::company);
+        let chosen = kira_core::tools::available(&entries, company, &domains);
+        let mut views = match (refresh, scope) {
+            (true, Some(s)) => self.offer(s, &domains).await?.views,
+            (true, None) => {
                 let mut offer = Offer {
                     company: None,
                     tools: BTreeMap::new(),
@@ -1061,12 +1171,96 @@ impl Tools {
                     views: Vec::new(),
                     credentials: BTreeMap::new(),
                 };
-                for e in kira_core::tools::available(&entries, None, &domains) {
+                for e in chosen.iter().cloned() {
                     self.add_to_offer(&mut offer, e).await;
                 }
-                Ok(offer.views)
+                offer.views
+            }
+            (false, _) => chosen.iter().map(|e| self.stored_view(e)).collect(),
+        };
+        self.with_listings(scope, &chosen, &mut views).await?;
+        Ok(views)
+    }
+
+    /// A registration's view without reaching it: a built-in or HTTP tool
+    /// is itself; an MCP server's tools come from its listing
+    /// ([`Tools::with_listings`]), its URL checked against the address
+    /// policy as a call would.
+    fn stored_view(&self, entry: &ToolEntry) -> ToolView {
+        let mut view = ToolView::of(entry);
+        match &entry.source {
+            ToolSource::Builtin | ToolSource::Http { .. } => view.tools.push(entry.name.clone()),
+            ToolSource::McpHttp { url, .. } => {
+                if let Some(policy) = self.guard(entry)
+                    && let Err(e) = crate::outbound::check_url(&policy, url)
+                {
+                    view.error = Some(e.to_string());
+                }
+            }
+            ToolSource::McpStdio { .. } => {}
+        }
+        view
+    }
+
+    /// Each MCP server's view with its stored listing: when it was listed,
+    /// and its tools where the view has none of its own now (not
+    /// refreshed, or the refresh could not reach it).
+    async fn with_listings(
+        &self,
+        scope: Option<&CompanyScope>,
+        chosen: &[ToolEntry],
+        views: &mut [ToolView],
+    ) -> Result<(), EngineError> {
+        let mcp = |e: &ToolEntry| {
+            matches!(
+                e.source,
+                ToolSource::McpStdio { .. } | ToolSource::McpHttp { .. }
+            )
+        };
+        if !chosen.iter().any(mcp) {
+            return Ok(());
+        }
+        let listings = self.ctx.store.tool_listings(scope).await?;
+        let credentials: std::collections::HashSet<String> = match scope {
+            Some(s) => self
+                .ctx
+                .store
+                .list_credentials(s)
+                .await?
+                .into_iter()
+                .map(|c| c.tool)
+                .collect(),
+            None => Default::default(),
+        };
+        let company = scope.map(CompanyScope::company);
+        for entry in chosen.iter().filter(|e| mcp(e)) {
+            let Some(view) = views.iter_mut().find(|v| v.name == entry.name) else {
+                continue;
+            };
+            let owner = listing_owner(entry, company, credentials.contains(&entry.name));
+            let key = ToolKey::of(entry);
+            let digest = source_digest(&entry.source);
+            let Some(listing) = listings.iter().find(|l| {
+                l.slot == key.slot()
+                    && l.name == key.name
+                    && l.company_id == owner
+                    && l.source_digest == digest
+            }) else {
+                continue;
+            };
+            view.listed_at = Some(listing.listed_at);
+            if view.tools.is_empty() {
+                view.tools = listing
+                    .tools
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.get("name").and_then(Value::as_str))
+                    .map(|t| format!("{}.{t}", entry.name))
+                    .collect();
             }
         }
+        Ok(())
     }
 
     /// Registers a tool. A stdio command must exist (an absolute path, or
@@ -1145,9 +1339,15 @@ impl Tools {
     }
 
     /// One registration as the scope's company sees it (the one it would
-    /// be offered under that name), with its tools.
-    pub async fn show(&self, scope: &CompanyScope, name: &str) -> Result<ToolView, EngineError> {
-        self.list(Some(scope), None)
+    /// be offered under that name), with its tools (as [`Tools::list`]:
+    /// stored, or listed now with `refresh`).
+    pub async fn show(
+        &self,
+        scope: &CompanyScope,
+        name: &str,
+        refresh: bool,
+    ) -> Result<ToolView, EngineError> {
+        self.list(Some(scope), None, refresh)
             .await?
             .into_iter()
             .find(|v| v.name == name)

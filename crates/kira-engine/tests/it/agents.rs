@@ -727,8 +727,8 @@ async fn a_failing_provider_is_retried_then_the_task_fails_and_nothing_stays_res
         "{t:?}"
     );
     assert_eq!(fake.seen().len(), 4);
-    // Two calls failed after their retries: this process counted both.
-    let calls = e.metrics().provider_calls();
+    // Two calls failed after their retries: both counted.
+    let calls = e.metrics().provider_calls().await.expect("calls");
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].0, ("fake".to_owned(), "fake-model".to_owned()));
     assert_eq!((calls[0].1.ok, calls[0].1.errors), (0, 2));
@@ -765,7 +765,7 @@ async fn every_call_reserves_first_and_settles_its_real_usage() {
     let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!((t.prompt_tokens, t.completion_tokens), (3_500, 400));
-    let calls = e.metrics().provider_calls();
+    let calls = e.metrics().provider_calls().await.expect("calls");
     assert_eq!((calls[0].1.ok, calls[0].1.errors), (3, 0), "{calls:?}");
     assert_eq!(calls[0].1.buckets.iter().sum::<u64>(), 3);
     let trace = s

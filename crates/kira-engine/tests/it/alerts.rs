@@ -721,8 +721,8 @@ async fn provider_error_rate_and_failing(backend: Backend) {
             "the last 3 calls to flaky all failed"
         )
     );
-    // One answer ends the streak; 3 of the 4 calls since the first
-    // evaluation failed: the error rate is pending for a minute.
+    // One answer ends the streak; 5 of the 6 calls in the window failed:
+    // the error rate is pending for a minute.
     m.provider_call("flaky", "b", None);
     m.provider_call("flaky", "b", None);
     m.provider_call("flaky", "a", ok);
@@ -735,7 +735,7 @@ async fn provider_error_rate_and_failing(backend: Backend) {
         (a[0].0.as_str(), a[0].1.as_str(), a[0].2.as_str()),
         ("provider_error_rate", "provider:flaky", "pending")
     );
-    assert_eq!(a[0].3, "75% of 4 calls to flaky failed in 600s");
+    assert_eq!(a[0].3, "83% of 6 calls to flaky failed in 600s");
     assert_eq!(h.at(TimeDelta::seconds(60)).await, [sent("ops", "firing")]);
     // Ten minutes with no failure: the window holds none.
     assert_eq!(
@@ -875,7 +875,9 @@ both!(
     a_failing_verify_is_a_critical_alert,
     provider_error_rate_and_failing,
     one_rules_subjects_go_out_as_one_notice,
-    a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_delivery
+    a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_delivery,
+    a_contacts_webhook_redirecting_to_another_origin_sends_nothing_there,
+    two_processes_counts_are_seen_once_by_the_evaluator_and_metrics
 );
 
 /// A company contact's webhook is checked when written (an address
@@ -901,60 +903,10 @@ async fn a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_deliver
             other => Err(std::io::Error::other(format!("{other} is not a test name"))),
         })
     };
-    let (store, _dir) = fresh_store(backend).await;
-    let clock = Arc::new(ManualClock::new(t0()));
-    let mut cfg = EngineConfig::default();
-    cfg.tools.outbound = Arc::new(
-        kira_core::outbound::OutboundPolicy::default()
-            .with_allowed("tools.allow_outbound", &["127.0.0.2".into()])
-            .expect("policy"),
-    );
-    cfg.tools.resolver = resolver;
-    let a = &mut cfg.alerts;
-    a.rules = vec![Rule {
-        name: "spending".into(),
-        severity: Severity::Warning,
-        for_duration: TimeDelta::zero(),
-        labels: BTreeMap::new(),
-        condition: Condition::AllocationUsed { fraction: 0.0 },
-    }];
-    a.routing.0.insert(
-        RuleKind::Budget,
-        Route {
-            immediate: vec![Audience::CompanyContact],
-            escalation: vec![],
-            escalation_delay: None,
-        },
-    );
-    a.retry_backoff = Duration::from_millis(1);
     let url = format!("http://hooks.rebind.test:{}/hook", hook.port());
-    let (_, p) = serde_json::from_value::<NewCompany>(json!({
-        "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE",
-        "contacts": [{"name": "ops", "webhook": url}]
-    }))
-    .expect("json")
-    .validate()
-    .expect("valid");
-    store
-        .create_company(&acme(), &p, t0(), audit("company.create"))
-        .await
-        .expect("create");
-    let repeat = cfg.alerts.repeat_interval;
-    let engine = Engine::new(store.clone(), clock.clone(), cfg);
-    let evaluate = async || {
-        let mut tries = 0;
-        while engine
-            .alerts()
-            .evaluate()
-            .await
-            .expect("evaluate")
-            .is_none()
-        {
-            tries += 1;
-            assert!(tries < 500, "the evaluator's lock stays taken");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let c = contact_engine(backend, &url, resolver).await;
+    let (engine, clock, repeat) = (&c.engine, &c.clock, c.repeat);
+    let evaluate = async || evaluate_until_locked(engine).await;
 
     evaluate().await;
     assert_eq!(hook_wire.requests(), 1, "the firing notice is delivered");
@@ -1003,4 +955,293 @@ async fn a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_deliver
         );
         assert_eq!(n.target, url);
     }
+}
+
+/// An engine whose one rule (spending anything) fires at once for acme,
+/// routed to the company's contact, whose webhook is `url`; company URLs
+/// may reach 127.0.0.2 (and nothing else private), names resolved by
+/// `resolver`.
+struct ContactEngine {
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    repeat: TimeDelta,
+    _store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn contact_engine(
+    backend: Backend,
+    url: &str,
+    resolver: kira_engine::outbound::Resolver,
+) -> ContactEngine {
+    let (store, dir) = fresh_store(backend).await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let mut cfg = EngineConfig::default();
+    cfg.tools.outbound = Arc::new(
+        kira_core::outbound::OutboundPolicy::default()
+            .with_allowed("tools.allow_outbound", &["127.0.0.2".into()])
+            .expect("policy"),
+    );
+    cfg.tools.resolver = resolver;
+    let a = &mut cfg.alerts;
+    a.rules = vec![Rule {
+        name: "spending".into(),
+        severity: Severity::Warning,
+        for_duration: TimeDelta::zero(),
+        labels: BTreeMap::new(),
+        condition: Condition::AllocationUsed { fraction: 0.0 },
+    }];
+    a.routing.0.insert(
+        RuleKind::Budget,
+        Route {
+            immediate: vec![Audience::CompanyContact],
+            escalation: vec![],
+            escalation_delay: None,
+        },
+    );
+    a.retry_backoff = Duration::from_millis(1);
+    let (_, p) = serde_json::from_value::<NewCompany>(json!({
+        "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE",
+        "contacts": [{"name": "ops", "webhook": url}]
+    }))
+    .expect("json")
+    .validate()
+    .expect("valid");
+    store
+        .create_company(&acme(), &p, t0(), audit("company.create"))
+        .await
+        .expect("create");
+    let repeat = cfg.alerts.repeat_interval;
+    let engine = Engine::new(store.clone(), clock.clone(), cfg);
+    ContactEngine {
+        engine,
+        clock,
+        repeat,
+        _store: store,
+        _dir: dir,
+    }
+}
+
+/// One evaluation, waiting while a test beside this one holds the lock.
+async fn evaluate_until_locked(engine: &Engine) {
+    let mut tries = 0;
+    while engine
+        .alerts()
+        .evaluate()
+        .await
+        .expect("evaluate")
+        .is_none()
+    {
+        tries += 1;
+        assert!(tries < 500, "the evaluator's lock stays taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A company's contact webhook that answers with a redirect to another
+/// origin does not hand the alert on: kira follows no such redirect for
+/// a company's URL (its body would go wherever the company's server
+/// points), and records every try as failed with the reason, naming the
+/// other origin only.
+async fn a_contacts_webhook_redirecting_to_another_origin_sends_nothing_there(backend: Backend) {
+    use crate::common::{answer, wire_server};
+    let (other, other_wire) =
+        wire_server(([127, 0, 0, 2], 0).into(), answer("200 OK", &[], "")).await;
+    let (hook, hook_wire) = wire_server(
+        ([127, 0, 0, 2], 0).into(),
+        answer(
+            "307 Temporary Redirect",
+            &[format!("location: http://{other}/landing?token=kept-out")],
+            "",
+        ),
+    )
+    .await;
+    let url = format!("http://{hook}/hook");
+    let c = contact_engine(backend, &url, kira_engine::outbound::Resolver::System).await;
+    evaluate_until_locked(&c.engine).await;
+
+    assert_eq!(other_wire.requests(), 0, "{}", other_wire.text());
+    assert_eq!(hook_wire.requests(), 3, "each try reached the hook");
+    assert!(
+        hook_wire.text().contains("\"notice\":\"firing\""),
+        "{}",
+        hook_wire.text()
+    );
+    let alerts = c
+        .engine
+        .alerts()
+        .list(AlertReader::Admin(&admin()), &AlertFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let d = c
+        .engine
+        .alerts()
+        .get(AlertReader::Admin(&admin()), alerts[0].id)
+        .await
+        .expect("get");
+    let tries: Vec<_> = d
+        .notifications
+        .iter()
+        .map(|n| (n.notice, n.channel.as_str(), n.attempt, n.outcome))
+        .collect();
+    assert_eq!(
+        tries,
+        [
+            (NoticeKind::Firing, "webhook", 1, Delivery::Failed),
+            (NoticeKind::Firing, "webhook", 2, Delivery::Failed),
+            (NoticeKind::Firing, "webhook", 3, Delivery::Failed),
+        ]
+    );
+    for n in &d.notifications {
+        let why = n.error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("HTTP 307")
+                && why.contains(&format!("another origin (http://{other})"))
+                && !why.contains("kept-out"),
+            "{why}"
+        );
+        assert_eq!(n.target, url);
+    }
+}
+
+/// Authentication failures, denied cross-company reads and provider calls
+/// made in two kira processes on one database (two engines, each with its
+/// own store on the same URL): whichever process evaluates sees both
+/// processes' counts, each once, however often it evaluates; a burst
+/// spread over the two opens the alert one process alone would not; a
+/// provider failing in both is failing; `/metrics` of either process
+/// shows the same totals.
+async fn two_processes_counts_are_seen_once_by_the_evaluator_and_metrics(backend: Backend) {
+    let h = harness_with(
+        backend,
+        "ops",
+        vec![
+            rule(
+                "auth_failures",
+                Severity::Critical,
+                0,
+                Condition::AuthFailures {
+                    above: 3,
+                    window_seconds: 60,
+                },
+            ),
+            rule(
+                "provider_failing",
+                Severity::Critical,
+                0,
+                Condition::ProviderFailing { errors_in_a_row: 3 },
+            ),
+        ],
+    )
+    .await;
+    let second: Arc<dyn Store> = if h.url.starts_with("sqlite:") {
+        Arc::new(
+            kira_store::sqlite::SqliteStore::open(&h.url)
+                .await
+                .expect("sqlite"),
+        )
+    } else {
+        Arc::new(
+            kira_store::postgres::PgStore::open(&h.url, None)
+                .await
+                .expect("pg"),
+        )
+    };
+    let other = Engine::new(second, h.clock.clone(), EngineConfig::default());
+    let key = kira_core::ids::KeyId::parse("k3v9x2m4q8ab").expect("id");
+    let attacker: std::net::IpAddr = "203.0.113.9".parse().expect("ip");
+    let ok = Some(Duration::from_millis(300));
+
+    // Two failures here, two there: four for the key, above 3 only together.
+    for e in [&h.engine, &other] {
+        e.alerts().auth_failed(Some(&key), attacker);
+        e.alerts().auth_failed(Some(&key), attacker);
+        e.sharing().count_denied_read();
+    }
+    // The provider's last three calls failed: one here after two there.
+    other.metrics().provider_call("flaky", "a", ok);
+    other.metrics().provider_call("flaky", "a", None);
+    other.metrics().provider_call("flaky", "b", None);
+    other.metrics().flush_counts().await.expect("written");
+    h.engine.metrics().provider_call("flaky", "a", None);
+    h.engine.metrics().provider_call("steady", "m", ok);
+
+    // One notice per rule.
+    assert_eq!(
+        h.at(TimeDelta::seconds(1)).await,
+        [sent("ops", "firing"), sent("ops", "firing")]
+    );
+    let firing = h.alerts().await;
+    let seen: Vec<_> = firing
+        .iter()
+        .map(|a| (a.1.as_str(), a.2.as_str(), a.3.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "address:203.0.113.9",
+                "firing",
+                "4 authentication failures for address:203.0.113.9 in 60s"
+            ),
+            (
+                "key:k3v9x2m4q8ab",
+                "firing",
+                "4 authentication failures for key:k3v9x2m4q8ab in 60s"
+            ),
+            (
+                "provider:flaky",
+                "firing",
+                "the last 3 calls to flaky all failed"
+            ),
+        ]
+    );
+    // Evaluated again, by either process: counted once still.
+    for _ in 0..2 {
+        assert!(h.at(TimeDelta::seconds(1)).await.is_empty());
+    }
+    let again = h.alerts().await;
+    assert_eq!(
+        again[1].3,
+        "4 authentication failures for key:k3v9x2m4q8ab in 60s"
+    );
+
+    let metrics = Principal::system().metrics().expect("metrics");
+    for e in [&h.engine, &other] {
+        let s = e.metrics().scrape(&metrics).await.expect("scrape");
+        assert_eq!(s.auth_failures, 4);
+        assert_eq!(s.denied_cross_company_reads, 2);
+        let calls: Vec<_> = s
+            .providers
+            .iter()
+            .map(|((p, m), c)| {
+                (
+                    p.as_str(),
+                    m.as_str(),
+                    c.ok,
+                    c.errors,
+                    c.buckets.iter().sum::<u64>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("flaky", "a", 1, 2, 1),
+                ("flaky", "b", 0, 1, 0),
+                ("steady", "m", 1, 0, 1)
+            ]
+        );
+    }
+    let admin = admin();
+    assert_eq!(
+        other.sharing().denied_reads(&admin).await.expect("denied"),
+        2
+    );
+
+    // An answer in the other process ends the streak for both.
+    other.metrics().provider_call("flaky", "b", ok);
+    other.metrics().flush_counts().await.expect("written");
+    assert_eq!(h.at(TimeDelta::seconds(1)).await, [sent("ops", "resolved")]);
 }

@@ -133,7 +133,10 @@ async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend)
             .expect("registered");
     }
     let acme = scope("acme");
-    let legal = t.list(Some(&acme), Some("legal")).await.expect("list");
+    let legal = t
+        .list(Some(&acme), Some("legal"), false)
+        .await
+        .expect("list");
     let names: Vec<(String, Layer)> = legal.iter().map(|v| (v.name.clone(), v.layer)).collect();
     assert_eq!(
         names,
@@ -145,7 +148,10 @@ async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend)
         "acme's search overrides the infrastructure's; globex's crm and the financial domain's stripe are not offered"
     );
     assert!(legal.iter().all(|v| v.source == "http"));
-    let globex = t.list(Some(&scope("globex")), None).await.expect("list");
+    let globex = t
+        .list(Some(&scope("globex")), None, false)
+        .await
+        .expect("list");
     let names: Vec<&str> = globex.iter().map(|v| v.name.as_str()).collect();
     assert!(names.contains(&"crm"), "{names:?}");
     let search = globex.iter().find(|v| v.name == "search").expect("search");
@@ -186,7 +192,7 @@ async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend)
             .is_err()
     );
     assert!(
-        t.list(Some(&acme), None)
+        t.list(Some(&acme), None, false)
             .await
             .expect("list")
             .iter()
@@ -209,11 +215,14 @@ async fn the_three_layers_union_with_company_overrides_and_isolation(b: Backend)
     t.remove(ToolWriter::Company(&acme), &key, audit("acme"))
         .await
         .expect("removed");
-    let after = t.list(Some(&acme), Some("legal")).await.expect("list");
+    let after = t
+        .list(Some(&acme), Some("legal"), false)
+        .await
+        .expect("list");
     let search = after.iter().find(|v| v.name == "search").expect("search");
     assert_eq!(search.layer, Layer::Infrastructure);
     // The admin without a company sees the shared layers only.
-    let shared = t.list(None, None).await.expect("list");
+    let shared = t.list(None, None, false).await.expect("list");
     assert!(shared.iter().all(|v| v.layer != Layer::Company));
     assert!(shared.iter().any(|v| v.name == "stripe"));
 }
@@ -264,7 +273,7 @@ async fn bad_registrations_are_refused_naming_the_field_and_nothing_is_written()
     }
     let listed = e
         .tools()
-        .list(Some(&scope("acme")), None)
+        .list(Some(&scope("acme")), None, false)
         .await
         .expect("list");
     assert!(listed.iter().all(|v| v.name != "x"), "nothing was written");
@@ -926,4 +935,145 @@ async fn a_credential_reaches_its_companys_calls_and_nothing_else_sqlite() {
 #[tokio::test]
 async fn a_credential_reaches_its_companys_calls_and_nothing_else_postgres() {
     a_credential_reaches_its_companys_calls_and_nothing_else(Backend::Postgres).await;
+}
+
+/// `kira tools list` reads each MCP server's stored listing: nothing is
+/// started to list it; a refresh starts the server and lists its tools,
+/// kept in the database with when; the server's `list_changed` updates
+/// the stored listing; another kira process (a new engine on the same
+/// database) lists the same without starting anything; a shared server
+/// listed by the admin is every company's listing; another company sees
+/// none of acme's.
+async fn a_listing_reads_the_stored_tools_and_starts_nothing(b: Backend) {
+    use kira_core::clock::Clock;
+    let s = setup(b).await;
+    let e = engine(&s, EngineConfig::default());
+    let a = admin();
+    e.tools()
+        .add(
+            ToolWriter::Admin(&a),
+            everything("acme", None),
+            audit("acme"),
+        )
+        .await
+        .expect("registered");
+    let shared = tool(json!({
+        "name": "shared", "layer": "infrastructure",
+        "source": {"kind": "mcp_stdio", "command": bin("mcp-server-everything"), "args": ["stdio"]},
+    }));
+    e.tools()
+        .add(ToolWriter::Admin(&a), shared, audit("system"))
+        .await
+        .expect("registered");
+    let (acme, globex) = (scope("acme"), scope("globex"));
+    let view = |views: &[kira_engine::tools::ToolView], name: &str| {
+        views
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {views:?}"))
+    };
+
+    let views = e
+        .tools()
+        .list(Some(&acme), None, false)
+        .await
+        .expect("list");
+    for name in ["everything", "shared"] {
+        let v = view(&views, name);
+        assert_eq!(
+            (v.tools.len(), v.listed_at, v.error),
+            (0, None, None),
+            "{name}"
+        );
+    }
+    assert!(e.tools().servers().is_empty(), "a listing started nothing");
+
+    // A refresh lists acme's servers now; its time is kept with them.
+    let listed_at = s.clock.now();
+    let views = e.tools().list(Some(&acme), None, true).await.expect("list");
+    let v = view(&views, "everything");
+    assert!(v.tools.contains(&"everything.echo".to_owned()), "{v:?}");
+    assert_eq!(v.listed_at, Some(listed_at));
+    assert_eq!(e.tools().servers().len(), 2);
+
+    // The server adds a tool once initialised and says so: the stored
+    // listing follows.
+    let (_, server) = e
+        .tools()
+        .servers()
+        .into_iter()
+        .find(|(k, _)| k.ends_with("/everything"))
+        .expect("server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.refreshes() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.refreshes() >= 1, "listed again after list_changed");
+    let kept = s.store.tool_listings(Some(&acme)).await.expect("listings");
+    let own = kept
+        .iter()
+        .find(|l| l.name == "everything")
+        .expect("acme's listing");
+    assert_eq!(own.company_id.as_ref().map(|c| c.as_str()), Some("acme"));
+    assert!(
+        own.tools.to_string().contains("simulate-research-query"),
+        "{}",
+        own.tools
+    );
+    e.tools().stop().await;
+
+    // Another process lists what this one kept, starting nothing.
+    s.clock.advance(TimeDelta::hours(1));
+    let other = engine(&s, EngineConfig::default());
+    let views = other
+        .tools()
+        .list(Some(&acme), None, false)
+        .await
+        .expect("list");
+    let v = view(&views, "everything");
+    assert!(
+        v.tools
+            .contains(&"everything.simulate-research-query".to_owned()),
+        "{v:?}"
+    );
+    assert_eq!(v.listed_at, Some(listed_at));
+    let v = view(&views, "shared");
+    assert!(v.tools.contains(&"shared.echo".to_owned()), "{v:?}");
+    assert!(
+        other.tools().servers().is_empty(),
+        "a listing started nothing"
+    );
+
+    // Globex is offered the shared server, listed once for everyone, and
+    // reads nothing of acme's.
+    let views = other
+        .tools()
+        .list(Some(&globex), None, false)
+        .await
+        .expect("list");
+    assert!(views.iter().all(|v| v.name != "everything"), "{views:?}");
+    assert!(
+        view(&views, "shared")
+            .tools
+            .contains(&"shared.echo".to_owned())
+    );
+    let theirs = s
+        .store
+        .tool_listings(Some(&globex))
+        .await
+        .expect("listings");
+    assert!(theirs.iter().all(|l| l.company_id.is_none()), "{theirs:?}");
+    assert!(!format!("{theirs:?}").contains("acme"));
+    assert!(other.tools().servers().is_empty());
+}
+
+#[tokio::test]
+async fn a_listing_reads_the_stored_tools_and_starts_nothing_sqlite() {
+    a_listing_reads_the_stored_tools_and_starts_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_listing_reads_the_stored_tools_and_starts_nothing_postgres() {
+    a_listing_reads_the_stored_tools_and_starts_nothing(Backend::Postgres).await;
 }

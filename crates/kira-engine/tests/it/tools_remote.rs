@@ -323,9 +323,19 @@ async fn an_mcp_server_over_streamable_http_with_a_credential_header(b: Backend)
             .expect("json")
             .contains(&marker)
     );
-    let views = e.tools().list(Some(&acme), None).await.expect("list");
+    // The listing is the one kira kept when it connected: nothing is
+    // reached to list it, and the credential is not in it either.
+    let views = e
+        .tools()
+        .list(Some(&acme), None, false)
+        .await
+        .expect("list");
     let view = views.iter().find(|v| v.name == "remote").expect("listed");
     assert_eq!(view.source, "mcp_http");
+    assert!(view.listed_at.is_some(), "{view:?}");
+    assert!(view.tools.contains(&"remote.echo".to_owned()), "{view:?}");
+    let kept = s.store.tool_listings(Some(&acme)).await.expect("listings");
+    assert!(!format!("{kept:?}").contains(&marker));
     assert!(
         !serde_json::to_string(&views)
             .expect("json")

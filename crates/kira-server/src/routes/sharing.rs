@@ -46,9 +46,10 @@ pub struct ConflictQuery {
 pub struct ConflictList {
     /// Newest first.
     pub conflicts: Vec<Conflict>,
-    /// Cross-company reads refused since this server started (another
-    /// company named by a caller, or shared context blocked by an open
-    /// conflict): a security signal, each also in the audit log.
+    /// Cross-company reads refused, every kira process on this database
+    /// together, all time (another company named by a caller, or shared
+    /// context blocked by an open conflict): a security signal, each also
+    /// in the audit log.
     pub denied_cross_company_reads: u64,
 }
 
@@ -112,9 +113,15 @@ pub async fn list_conflicts(
             .conflicts(&admin, status, act.ok())
             .await
             .map_err(|e| ApiError::from_engine(e, "conflict"))?;
+        let denied_cross_company_reads = app
+            .engine
+            .sharing()
+            .denied_reads(&admin)
+            .await
+            .map_err(|e| ApiError::from_engine(e, "conflict"))?;
         Ok(Json(ConflictList {
             conflicts,
-            denied_cross_company_reads: app.engine.sharing().denied_reads(),
+            denied_cross_company_reads,
         }))
     }
     .await;

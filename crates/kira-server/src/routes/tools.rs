@@ -30,6 +30,21 @@ pub struct ToolsQuery {
     pub company: Option<String>,
     /// What an agent of this domain is offered (default: every domain).
     pub domain: Option<String>,
+    /// Connect to each MCP server (starting a stdio one) and list its
+    /// tools now, keeping the new listing; an operator's or the admin's.
+    /// Default: the listing kira kept when it last listed them, which
+    /// starts or connects to nothing.
+    pub refresh: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ShowQuery {
+    /// The company (a company key: its own, the default).
+    pub company: Option<String>,
+    /// As for the list: connect and list the server's tools now.
+    pub refresh: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -100,6 +115,12 @@ fn scope_of(
     Ok(Some(caller.principal.scope(&id, access)?))
 }
 
+/// What a listing needs: to read, or (a refresh, which starts and
+/// connects to the company's servers) to write.
+fn refreshing(refresh: bool) -> Access {
+    if refresh { Access::Write } else { Access::Read }
+}
+
 fn required(scope: Option<CompanyScope>) -> ApiResult<CompanyScope> {
     scope.ok_or_else(|| ApiError::bad_request("company", "name the company"))
 }
@@ -109,8 +130,10 @@ fn engine_err(e: kira_engine::EngineError) -> ApiError {
 }
 
 /// What an agent of `domain` working for the company is offered, with
-/// each tool's layer and source (an MCP server's tools listed by it).
-/// The admin without a company sees the shared layers.
+/// each tool's layer and source, and an MCP server's tools as kira last
+/// listed them (`listed_at`); `refresh=true` (an operator's or the
+/// admin's) connects to the servers and lists them now. The admin without
+/// a company sees the shared layers.
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", params(ToolsQuery),
     responses((status = 200, body = ToolList), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -132,11 +155,12 @@ pub async fn list_tools(
     );
     let result = async {
         let q = parsed?;
-        let scope = scope_of(&caller, q.company.as_deref(), Access::Read)?;
+        let refresh = q.refresh.unwrap_or(false);
+        let scope = scope_of(&caller, q.company.as_deref(), refreshing(refresh))?;
         let tools = app
             .engine
             .tools()
-            .list(scope.as_ref(), q.domain.as_deref())
+            .list(scope.as_ref(), q.domain.as_deref(), refresh)
             .await
             .map_err(engine_err)?;
         Ok(Json(ToolList { tools }))
@@ -195,9 +219,9 @@ pub async fn add_tool(
 }
 
 /// One tool as the company sees it (the registration it would be offered
-/// under that name).
+/// under that name), its tools as for the list.
 #[utoipa::path(get, path = "/v1/tools/{name}", tag = "tools",
-    params(("name" = String, Path, description = "Registration name"), CompanyQuery),
+    params(("name" = String, Path, description = "Registration name"), ShowQuery),
     responses((status = 200, body = ToolView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show_tool(
@@ -206,7 +230,7 @@ pub async fn show_tool(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ToolView>> {
-    let parsed: ApiResult<CompanyQuery> = query(q.as_deref());
+    let parsed: ApiResult<ShowQuery> = query(q.as_deref());
     let named = parsed
         .as_ref()
         .ok()
@@ -219,11 +243,16 @@ pub async fn show_tool(
     );
     let result = async {
         let q = parsed?;
-        let scope = required(scope_of(&caller, q.company.as_deref(), Access::Read)?)?;
+        let refresh = q.refresh.unwrap_or(false);
+        let scope = required(scope_of(
+            &caller,
+            q.company.as_deref(),
+            refreshing(refresh),
+        )?)?;
         let view = app
             .engine
             .tools()
-            .show(&scope, &name)
+            .show(&scope, &name, refresh)
             .await
             .map_err(engine_err)?;
         Ok(Json(view))

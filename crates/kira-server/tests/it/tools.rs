@@ -415,3 +415,172 @@ async fn a_tenant_cannot_point_kira_at_internal_addresses_sqlite() {
 async fn a_tenant_cannot_point_kira_at_internal_addresses_postgres() {
     a_tenant_cannot_point_kira_at_internal_addresses(Backend::Postgres).await;
 }
+
+/// The MCP reference server's command (`KIRA_MCP_SERVERS`, which
+/// `scripts/test` fills).
+fn everything() -> String {
+    let dir = std::env::var_os("KIRA_MCP_SERVERS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/kira/npm/node_modules/.bin")
+        });
+    let p = dir.join("mcp-server-everything");
+    assert!(
+        p.exists(),
+        "{}: run ./scripts/install-mcp-servers",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// The listing's `everything` entry.
+fn entry(list: &Value) -> Value {
+    list["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .find(|t| t["name"] == "everything")
+        .cloned()
+        .unwrap_or_else(|| panic!("everything in {list}"))
+}
+
+/// `GET /v1/tools` reads the stored listing; `refresh=true` (an operator's)
+/// lists the servers now and keeps what they said; a viewer reads it and
+/// may not refresh; another company's keys never see acme's listing,
+/// refreshed or not; `refresh` is in the OpenAPI document, `listed_at` in
+/// the view's schema.
+async fn a_companys_stored_listing_is_its_own(backend: Backend) {
+    let s = open_server(backend).await;
+    s.company("acme").await;
+    s.company("other").await;
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/v1/tools",
+            Some(&s.admin),
+            Some(
+                json!({"name": "everything", "layer": "company", "company": "acme",
+                "source": {"kind": "mcp_stdio", "command": everything(), "args": ["stdio"]}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (_, acme_op) = s.key("operator", Some("acme")).await;
+    let (_, acme_viewer) = s.key("viewer", Some("acme")).await;
+
+    let (status, list) = s
+        .call(Method::GET, "/v1/tools", Some(&acme_viewer), None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let e = entry(&list);
+    assert_eq!(
+        (e["tools"].clone(), e["listed_at"].clone()),
+        (json!([]), Value::Null)
+    );
+    let (status, v) = s
+        .call(
+            Method::GET,
+            "/v1/tools?refresh=true",
+            Some(&acme_viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "a viewer does not start servers: {v}");
+    let (status, v) = s
+        .call(Method::GET, "/v1/tools?refresh=maybe", Some(&acme_op), None)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("refresh"), "{v}");
+
+    let (status, list) = s
+        .call(Method::GET, "/v1/tools?refresh=true", Some(&acme_op), None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let fresh = entry(&list);
+    assert!(
+        fresh["tools"]
+            .as_array()
+            .expect("tools")
+            .contains(&json!("everything.echo")),
+        "{fresh}"
+    );
+    assert!(fresh["listed_at"].is_string(), "{fresh}");
+    let (_, list) = s
+        .call(Method::GET, "/v1/tools", Some(&acme_viewer), None)
+        .await;
+    let kept = entry(&list);
+    // The same listing, or a later one: the server adds a tool once
+    // initialised and says so, and kira lists it again.
+    let at = |v: &Value| v["listed_at"].as_str().expect("listed_at").to_owned();
+    assert!(at(&kept) >= at(&fresh), "{kept} {fresh}");
+    assert!(
+        kept["tools"]
+            .as_array()
+            .expect("tools")
+            .contains(&json!("everything.echo")),
+        "{kept}"
+    );
+    let (status, shown) = s
+        .call(
+            Method::GET,
+            "/v1/tools/everything",
+            Some(&acme_viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert!(at(&shown) >= at(&kept), "{shown} {kept}");
+
+    for role in ["operator", "viewer"] {
+        let (_, other) = s.key(role, Some("other")).await;
+        for path in ["/v1/tools", "/v1/tools?refresh=true"] {
+            let (status, list) = s.call(Method::GET, path, Some(&other), None).await;
+            if role == "viewer" && path.contains("refresh") {
+                assert_eq!(status, 403, "{list}");
+            } else {
+                assert_eq!(status, 200, "{role} {path}: {list}");
+            }
+            assert!(
+                !list.to_string().contains("everything"),
+                "{role} {path}: {list}"
+            );
+        }
+        for path in [
+            "/v1/tools?company=acme",
+            "/v1/tools?company=acme&refresh=true",
+            "/v1/tools/everything",
+            "/v1/tools/everything?refresh=true",
+            "/v1/tools/everything?company=acme",
+        ] {
+            let (status, v) = s.call(Method::GET, path, Some(&other), None).await;
+            assert!(
+                status == 404 || status == 403,
+                "{role} {path}: {status} {v}"
+            );
+            assert!(!v.to_string().contains("everything.echo"), "{v}");
+        }
+    }
+
+    let doc = s.admin_ok(Method::GET, "/v1/openapi.json", None).await;
+    for path in ["/v1/tools", "/v1/tools/{name}"] {
+        let params = doc["paths"][path]["get"]["parameters"].to_string();
+        assert!(params.contains("\"refresh\""), "{path}: {params}");
+    }
+    assert!(
+        doc["components"]["schemas"]["ToolView"]["properties"]["listed_at"].is_object(),
+        "{}",
+        doc["components"]["schemas"]["ToolView"]
+    );
+    s.engine.tools().stop().await;
+}
+
+#[tokio::test]
+async fn a_companys_stored_listing_is_its_own_sqlite() {
+    a_companys_stored_listing_is_its_own(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_companys_stored_listing_is_its_own_postgres() {
+    a_companys_stored_listing_is_its_own(Backend::Postgres).await;
+}

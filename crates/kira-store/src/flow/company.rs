@@ -69,6 +69,10 @@ pub(crate) const TOOL_ROWS: &Rows = &[
         "DELETE FROM tool_configs WHERE company_id = $1",
     ),
     (
+        "tool_listings",
+        "DELETE FROM tool_listings WHERE company_id = $1",
+    ),
+    (
         "tool_credentials",
         "DELETE FROM tool_credentials WHERE company_id = $1",
     ),

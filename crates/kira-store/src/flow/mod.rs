@@ -11,6 +11,7 @@ pub(crate) mod budget;
 pub(crate) mod companies;
 pub(crate) mod company;
 pub(crate) mod company_store;
+pub(crate) mod counts;
 pub(crate) mod dashboard;
 pub(crate) mod keys;
 pub(crate) mod knowledge;

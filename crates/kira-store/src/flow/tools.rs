@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 use crate::flow::store::{Db, commit_or_roll_back, lock_company};
 use crate::sql::{Columns, Conn, q};
-use crate::tools::{CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolStore, ToolWriter};
+use crate::tools::{
+    CredentialInfo, CredentialWrite, ToolConfig, ToolKey, ToolListing, ToolStore, ToolWriter,
+};
 use crate::{Result, StoreError};
 
 fn entry_from_row<R: Columns + ?Sized>(r: &R) -> Result<ToolEntry> {
@@ -102,8 +104,82 @@ async fn delete(c: &mut dyn Conn, key: &ToolKey, audit: AuditRecord) -> Result<(
     if n == 0 {
         return Err(StoreError::NotFound);
     }
+    // Its listing goes with it: the shared server's, or the company's.
+    // (A company's listing of a removed shared registration stays until
+    // the company is deleted; its source digest keeps it from being shown
+    // for another registration of the name.)
+    delete_listing(c, &slot, &key.name, key.company.as_ref()).await?;
     c.audit(audit).await?;
     Ok(())
+}
+
+async fn delete_listing(
+    c: &mut dyn Conn,
+    slot: &str,
+    name: &str,
+    company: Option<&CompanyId>,
+) -> Result<u64> {
+    let s = match company {
+        Some(id) => {
+            q("DELETE FROM tool_listings WHERE slot = $1 AND name = $2 AND company_id = $3")
+                .arg(slot)
+                .arg(name)
+                .arg(id.as_str())
+        }
+        None => q("DELETE FROM tool_listings WHERE slot = $1 AND name = $2 AND company_id IS NULL")
+            .arg(slot)
+            .arg(name),
+    };
+    c.exec(s).await
+}
+
+async fn put_listing(c: &mut dyn Conn, l: &ToolListing) -> Result<()> {
+    delete_listing(c, &l.slot, &l.name, l.company_id.as_ref()).await?;
+    // Another process listing the same server at the same moment wrote
+    // the same thing: nothing more to do.
+    c.exec(
+        q(
+            "INSERT INTO tool_listings (slot, name, company_id, source_digest, tools, listed_at) \
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .arg(l.slot.as_str())
+        .arg(l.name.as_str())
+        .arg(l.company_id.as_ref().map(CompanyId::as_str))
+        .arg(l.source_digest.as_str())
+        .arg(&l.tools)
+        .arg(l.listed_at.trunc_subsecs(6)),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn listings(c: &mut dyn Conn, company: Option<&CompanyId>) -> Result<Vec<ToolListing>> {
+    let s = q(
+        "SELECT slot, name, company_id, source_digest, tools, listed_at FROM tool_listings \
+         WHERE company_id IS NULL OR company_id = $1 \
+         ORDER BY slot, name, coalesce(company_id, '')",
+    )
+    .arg(company.map(CompanyId::as_str));
+    c.all(s)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ToolListing {
+                slot: r.text("slot")?,
+                name: r.text("name")?,
+                company_id: match r.opt_text("company_id")? {
+                    Some(c) => Some(
+                        CompanyId::parse(&c)
+                            .map_err(|_| StoreError::Corrupt(format!("company {c:?}")))?,
+                    ),
+                    None => None,
+                },
+                source_digest: r.text("source_digest")?,
+                tools: r.json("tools")?,
+                listed_at: r.time("listed_at")?,
+            })
+        })
+        .collect()
 }
 
 /// Admits the shared (no company) registrations for writing (PostgreSQL).
@@ -185,6 +261,33 @@ impl<D: Db> ToolStore for D {
         let mut tx = tool_tx(self, who, key.company.as_ref()).await?;
         let done = delete(&mut tx, key, audit).await;
         commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn put_tool_listing(&self, who: ToolWriter<'_>, listing: &ToolListing) -> Result<()> {
+        let mut tx = tool_tx(self, who, listing.company_id.as_ref()).await?;
+        if let Some(c) = &listing.company_id
+            && !lock_company(&mut tx, c).await?
+        {
+            let _ = D::rollback(tx).await;
+            return Err(StoreError::NotFound);
+        }
+        let done = put_listing(&mut tx, listing).await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn tool_listings(&self, company: Option<&CompanyScope>) -> Result<Vec<ToolListing>> {
+        match company {
+            Some(s) => {
+                let mut r = self.read_for(s.company()).await?;
+                let out = listings(&mut r, Some(s.company())).await?;
+                D::end_read(r).await?;
+                Ok(out)
+            }
+            None => {
+                let mut r = self.plain().await?;
+                listings(&mut r, None).await
+            }
+        }
     }
 
     async fn tool_configs(&self, scope: &CompanyScope) -> Result<Vec<ToolConfig>> {

@@ -30,4 +30,5 @@ mod queue_property;
 mod rls;
 mod sessions;
 mod support;
+mod tools;
 mod work;

@@ -24,7 +24,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 17] = [
+const COMPANY_TABLES: [&str; 18] = [
     "companies",
     "audit_log",
     "memories",
@@ -42,6 +42,7 @@ const COMPANY_TABLES: [&str; 17] = [
     "alert_notifications",
     "tool_registrations",
     "tool_configs",
+    "tool_listings",
 ];
 
 fn record(company: Option<&CompanyId>, action: &str) -> AuditRecord {
@@ -192,6 +193,20 @@ async fn setup() -> (PgStore, String) {
             )
             .await
             .expect("tool");
+        store
+            .put_tool_listing(
+                kira_store::tools::ToolWriter::Company(&scope),
+                &kira_store::tools::ToolListing {
+                    slot: format!("company:{id}"),
+                    name: "crm".into(),
+                    company_id: Some(id.clone()),
+                    source_digest: "d".into(),
+                    tools: serde_json::json!([{"name": "lookup"}]),
+                    listed_at: crate::support::t0(),
+                },
+            )
+            .await
+            .expect("tool listing");
         store
             .put_tool_config(
                 &scope,
