@@ -357,7 +357,11 @@ pub struct MemoryArgs {
     /// The benchmark data folder (holding locomo/locomo10.json).
     #[arg(long, default_value = "../shared/bench")]
     pub data: PathBuf,
-    /// An EMPTY database to run in (postgres://...); default: a new SQLite file in a temp directory.
+    /// A database to run in (sqlite://FILE or postgres://...), kept
+    /// afterwards: empty, it is filled; filled by an earlier run with the
+    /// same conversations (and not `--compacted`), it is scored as it is,
+    /// without loading or embedding again. Default: a new SQLite file in a
+    /// temp directory, removed at the end.
     #[arg(long)]
     pub database_url: Option<String>,
     /// Token budgets to score, comma-separated.
@@ -419,8 +423,22 @@ pub async fn command(args: MemoryArgs, json: bool) -> Result<ExitCode, BenchErro
         Engine::new(store.clone(), clock.clone(), cfg),
         args.no_embed,
     )?;
-    let (companies, turns) =
-        load_all(&engine, store.as_ref(), &clock, &convs, args.compacted).await?;
+    let reused = if args.compacted {
+        None
+    } else {
+        already_loaded(store.as_ref(), &convs).await?
+    };
+    let (companies, turns) = match reused {
+        Some(loaded) => {
+            let embedded = crate::memory::embed_all(&engine).await?;
+            eprintln!(
+                "reusing the {} conversations already there; embedded {embedded}",
+                convs.len()
+            );
+            loaded
+        }
+        None => load_all(&engine, store.as_ref(), &clock, &convs, args.compacted).await?,
+    };
     let (before, pack_micros) =
         score_all(&engine, &clock, &convs, &companies, &args.budgets).await?;
     let after = if args.compacted {
@@ -439,8 +457,33 @@ pub async fn command(args: MemoryArgs, json: bool) -> Result<ExitCode, BenchErro
     } else {
         print_tables(&scores, &args);
     }
-    db.remove();
+    if args.database_url.is_none() {
+        db.remove();
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The companies and turns of an earlier run's conversations, when each
+/// company holds as many live memories as its conversation has turns.
+async fn already_loaded(
+    store: &dyn Store,
+    convs: &[Conversation],
+) -> Result<Option<(Vec<CompanyId>, usize)>, BenchError> {
+    let mut companies = Vec::with_capacity(convs.len());
+    let mut turns = 0;
+    for c in convs {
+        let id = CompanyId::parse(&c.id)?;
+        let live = match store.memory_stats(&scope(&id), "").await {
+            Ok(stats) => stats.live,
+            Err(_) => return Ok(None),
+        };
+        if live != c.turns.len() as u64 {
+            return Ok(None);
+        }
+        turns += c.turns.len();
+        companies.push(id);
+    }
+    Ok(Some((companies, turns)))
 }
 
 /// Loads each conversation as a company, the clock after its last turn;

@@ -158,6 +158,17 @@ pub struct LongmemevalArgs {
     /// Full text only: do not load the embedding model.
     #[arg(long)]
     pub no_embed: bool,
+    /// A database to run in (sqlite://FILE or postgres://...), kept
+    /// afterwards: empty, it is filled; filled by an earlier run with the
+    /// same questions, it is searched as it is (no loading, no embedding
+    /// but what is still queued). Default: a new SQLite file in a temp
+    /// directory, removed at the end.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Writes one JSON line per question to FILE: its type, answer
+    /// sessions, where each ranked and the sessions ranked above them.
+    #[arg(long)]
+    pub details: Option<PathBuf>,
 }
 
 /// How many questions had every (all) or some (any) answer session in the
@@ -181,7 +192,7 @@ pub async fn command(args: LongmemevalArgs, json: bool) -> Result<ExitCode, Benc
     if let Some(n) = args.questions {
         questions.truncate(n);
     }
-    let db = Scratch::new(None, "kira-bench-lme")?;
+    let db = Scratch::new(args.database_url.as_deref(), "kira-bench-lme")?;
     let store = db.open().await?;
     let latest = questions
         .iter()
@@ -195,16 +206,37 @@ pub async fn command(args: LongmemevalArgs, json: bool) -> Result<ExitCode, Benc
         args.no_embed,
     )?;
     let started = Instant::now();
-    let (companies, turns) = load_haystacks(&engine, store.as_ref(), &questions).await?;
+    let companies = match already_loaded(store.as_ref(), &questions).await? {
+        Some(companies) => {
+            eprintln!(
+                "reusing the haystacks of {} questions already there",
+                questions.len()
+            );
+            companies
+        }
+        None => {
+            let (companies, turns) = load_haystacks(&engine, store.as_ref(), &questions).await?;
+            eprintln!("loaded {turns} user turns of {} questions", questions.len());
+            companies
+        }
+    };
     let embedded = embed_all(&engine).await?;
     eprintln!(
-        "loaded {turns} user turns of {} questions, embedded {embedded}, in {:.0}s",
-        questions.len(),
+        "embedded {embedded}; ready in {:.0}s",
         started.elapsed().as_secs_f64()
     );
-    let recall = score(&engine, &clock, &questions, &companies).await?;
+    let mut details = match &args.details {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| BenchError::during(format!("cannot write {}", path.display()), e))?,
+        )),
+        None => None,
+    };
+    let recall = score(&engine, &clock, &questions, &companies, details.as_mut()).await?;
     print(&recall, questions.len(), name, label, &args, json)?;
-    db.remove();
+    if args.database_url.is_none() {
+        db.remove();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -228,6 +260,35 @@ fn read_questions(path: &Path, file: LongmemevalFile) -> Result<Vec<LmeQuestion>
     let text =
         String::from_utf8(raw).map_err(|e| BenchError::during("LongMemEval is not UTF-8", e))?;
     parse_longmemeval(&text).map_err(BenchError::Data)
+}
+
+/// The id of the company holding question `i`'s haystack.
+fn haystack_company(i: usize) -> Result<kira_core::CompanyId, BenchError> {
+    Ok(kira_core::CompanyId::parse(&format!("lme-{i:03}"))?)
+}
+
+/// The companies of an earlier run's haystacks, when each holds as many
+/// live memories as its question has user turns.
+async fn already_loaded(
+    store: &dyn Store,
+    questions: &[LmeQuestion],
+) -> Result<Option<Vec<kira_core::CompanyId>>, BenchError> {
+    let system = kira_core::auth::Principal::system();
+    let mut companies = Vec::with_capacity(questions.len());
+    for (i, q) in questions.iter().enumerate() {
+        let id = haystack_company(i)?;
+        let scope = system.scope(&id, kira_core::auth::Access::Read)?;
+        let turns: usize = q.sessions.iter().map(|s| s.2.len()).sum();
+        let live = match store.memory_stats(&scope, "").await {
+            Ok(stats) => stats.live,
+            Err(_) => return Ok(None),
+        };
+        if live != turns as u64 {
+            return Ok(None);
+        }
+        companies.push(id);
+    }
+    Ok(Some(companies))
 }
 
 /// Each question's haystack as one company's memory; returns the companies
@@ -258,7 +319,7 @@ async fn load_haystacks(
             load_company(
                 engine,
                 store,
-                &format!("lme-{i:03}"),
+                haystack_company(i)?.as_str(),
                 &items,
                 AS_CONVERSATION,
             )
@@ -275,6 +336,7 @@ async fn score(
     clock: &ManualClock,
     questions: &[LmeQuestion],
     companies: &[kira_core::CompanyId],
+    mut details: Option<&mut std::io::BufWriter<std::fs::File>>,
 ) -> Result<SessionRecall, BenchError> {
     let system = kira_core::auth::Principal::system();
     let mut r = SessionRecall::default();
@@ -300,8 +362,41 @@ async fn score(
         r.any5 += usize::from(y5);
         r.all10 += usize::from(a10);
         r.any10 += usize::from(y10);
+        if let Some(out) = details.as_mut() {
+            write_details(out, q, &ranked, &hits)?;
+        }
     }
     Ok(r)
+}
+
+/// One question's line of `--details`: where its answer sessions ranked
+/// (1-based, null when not found) and every hit in order, with its
+/// session, date, score and ranks in each retriever's list.
+fn write_details(
+    out: &mut impl std::io::Write,
+    q: &LmeQuestion,
+    ranked: &[String],
+    hits: &[kira_engine::memory::SearchHit],
+) -> Result<(), BenchError> {
+    let rank_of = |s: &String| ranked.iter().position(|r| r == s).map(|p| p + 1);
+    let line = serde_json::json!({
+        "id": q.id,
+        "type": q.question_type,
+        "question": q.question,
+        "asked_at": q.asked_at,
+        "answers": q.answer_sessions.iter().map(|a| serde_json::json!({
+            "session": a, "rank": rank_of(a),
+        })).collect::<Vec<_>>(),
+        "sessions": ranked.iter().take(20).collect::<Vec<_>>(),
+        "hits": hits.iter().map(|h| serde_json::json!({
+            "session": h.memory.source,
+            "at": h.memory.occurred_at,
+            "score": h.score,
+            "text_rank": h.text_rank,
+            "vector_rank": h.vector_rank,
+        })).collect::<Vec<_>>(),
+    });
+    writeln!(out, "{line}").map_err(|e| BenchError::during("writing --details", e))
 }
 
 fn print(

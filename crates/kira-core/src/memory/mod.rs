@@ -26,7 +26,10 @@ pub use compaction::{
     Action, CompactionConfig, CompactionStrategy, action, due_action, summary_group,
 };
 pub use layer::{Layer, LayerConfig, layer};
-pub use rank::{ScoreWeights, combined_score, fuse_rrf, normalise, rank_hits, recency};
+pub use rank::{
+    ScoreWeights, combined_score, episodes, fuse_rrf, normalise, rank_hits, recency,
+    support_within_episodes,
+};
 pub use when::{TimeWindow, speaks_of, windows_in};
 
 /// What kind of event a memory records.

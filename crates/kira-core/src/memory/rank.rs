@@ -188,6 +188,83 @@ pub fn fuse_rrf<T: Clone + Eq + std::hash::Hash>(lists: &[Vec<T>], k: f64) -> Ve
     fused
 }
 
+/// The episodes of a query's hits: hits of one source (a conversation, a
+/// document, a task) form an episode when each follows the one before it
+/// within `gap`. Returns each hit's episode number, in input order; a hit
+/// without a source is in none.
+pub fn episodes(
+    hits: &[(Option<&str>, DateTime<Utc>)],
+    gap: chrono::TimeDelta,
+) -> Vec<Option<usize>> {
+    let mut order: Vec<usize> = (0..hits.len()).filter(|&i| hits[i].0.is_some()).collect();
+    order.sort_by(|&a, &b| hits[a].0.cmp(&hits[b].0).then(hits[a].1.cmp(&hits[b].1)));
+    let mut out = vec![None; hits.len()];
+    let mut episode = 0;
+    for (n, &i) in order.iter().enumerate() {
+        if n > 0 {
+            let prev = order[n - 1];
+            if hits[prev].0 != hits[i].0 || hits[i].1 - hits[prev].1 > gap {
+                episode += 1;
+            }
+        }
+        out[i] = Some(episode);
+    }
+    out
+}
+
+/// Hits of one episode support each other: a conversation several of whose
+/// turns match a question is more likely what it asks about than one with
+/// a single match. `hits` are `(item, episode, relevance, support)`:
+/// relevance is what the hit ranks by, support what it lends the other
+/// hits of its episode (its match on the question's words and meaning,
+/// say, without votes that favour a whole time window). Both are min-max
+/// normalised over the query's hits (as [`normalise`]); each hit then
+/// gains `share` times the squares of the best `others` supports of the
+/// other hits of its episode, so that strong company counts and a long
+/// episode of weak matches does not outweigh one strong match. The result
+/// is each item with its new relevance, best first (ties keep their input
+/// order).
+pub fn support_within_episodes<T>(
+    hits: Vec<(T, Option<usize>, f64, f64)>,
+    share: f64,
+    others: usize,
+) -> Vec<(T, f64)> {
+    let relevance = normalise(&hits.iter().map(|h| h.2).collect::<Vec<_>>());
+    let support = normalise(&hits.iter().map(|h| h.3).collect::<Vec<_>>());
+    let mut by_episode: std::collections::HashMap<usize, Vec<(f64, usize)>> = Default::default();
+    for (i, (h, s)) in hits.iter().zip(&support).enumerate() {
+        if let Some(e) = h.1 {
+            by_episode.entry(e).or_default().push((*s, i));
+        }
+    }
+    for v in by_episode.values_mut() {
+        v.sort_by(|a, b| b.0.total_cmp(&a.0));
+    }
+    let share = if share.is_finite() {
+        share.max(0.0)
+    } else {
+        0.0
+    };
+    let mut lifted: Vec<(T, f64)> = hits
+        .into_iter()
+        .zip(relevance)
+        .enumerate()
+        .map(|(i, ((item, episode, _, _), r))| {
+            let lent = episode.and_then(|e| by_episode.get(&e)).map_or(0.0, |all| {
+                all.iter()
+                    .filter(|(_, j)| *j != i)
+                    .take(others)
+                    .map(|(s, _)| s * s)
+                    .sum::<f64>()
+            });
+            (item, r + share * lent)
+        })
+        .collect();
+    // Stable: ties keep the input order.
+    lifted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    lifted
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{TimeDelta, TimeZone};
@@ -409,6 +486,114 @@ mod tests {
             prop_assert!(score(better) >= score(worse));
             if score(better) > score(worse) || (which == 1 && fresher > 0) {
                 prop_assert!(better < worse, "{ranked:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn episodes_are_one_source_in_close_succession() {
+        let t = now();
+        let min = TimeDelta::minutes;
+        let hits = [
+            (Some("s1"), t),
+            (Some("s2"), t + min(5)),
+            (Some("s1"), t + min(50)),
+            // 50 minutes after the one before: the same episode, though
+            // 100 after the first.
+            (Some("s1"), t + min(100)),
+            // More than the gap after: a new one.
+            (Some("s1"), t + min(200)),
+            (None, t),
+            (None, t + min(1)),
+        ];
+        let e = episodes(&hits, TimeDelta::hours(1));
+        assert_eq!(e[0], e[2]);
+        assert_eq!(e[0], e[3]);
+        assert_ne!(e[0], e[4]);
+        assert_ne!(e[0], e[1]);
+        assert_ne!(e[1], e[4]);
+        assert!(e[0].is_some() && e[1].is_some() && e[4].is_some());
+        assert_eq!((e[5], e[6]), (None, None), "no source, no episode");
+        assert!(episodes(&[], TimeDelta::hours(1)).is_empty());
+    }
+
+    #[test]
+    fn hits_of_one_episode_support_each_other() {
+        // One strong lone hit; an episode of three good hits; a long
+        // episode of weak ones; a hit with no episode.
+        let hits: Vec<(&str, Option<usize>, f64, f64)> = [
+            ("lone", Some(0), 10.0),
+            ("a1", Some(1), 9.0),
+            ("a2", Some(1), 8.0),
+            ("a3", Some(1), 8.0),
+            ("w1", Some(2), 2.0),
+            ("w2", Some(2), 2.0),
+            ("w3", Some(2), 2.0),
+            ("w4", Some(2), 2.0),
+            ("w5", Some(2), 2.0),
+            ("none", None, 2.5),
+            ("floor", None, 0.0),
+        ]
+        .into_iter()
+        .map(|(n, e, r)| (n, e, r, r))
+        .collect();
+        let ranked = support_within_episodes(hits.clone(), 0.2, 4);
+        let names: Vec<&str> = ranked.iter().map(|(n, _)| *n).collect();
+        // a1: 0.9 + 0.2 * (0.8² + 0.8²) = 1.156 > lone's 1.0.
+        assert_eq!(names[..4], ["a1", "a2", "a3", "lone"]);
+        let score = |n: &str| ranked.iter().find(|(x, _)| *x == n).map(|x| x.1);
+        assert!((score("a1").unwrap_or_default() - 1.156).abs() < 1e-9);
+        // Two equal hits each count the other: a2 = 0.8 + 0.2 * (0.81 + 0.64).
+        assert!((score("a2").unwrap_or_default() - 1.09).abs() < 1e-9);
+        // Four weak neighbours (0.2 each, squared) add 0.032: a weak
+        // episode stays below a single stronger hit.
+        assert!((score("w1").unwrap_or_default() - 0.232).abs() < 1e-9);
+        assert!(score("none") > score("w1"));
+        assert_eq!(score("floor"), Some(0.0));
+        // Without a share, the order is the relevance order.
+        let plain = support_within_episodes(hits, 0.0, 4);
+        assert_eq!(plain[0].0, "lone");
+        assert!(plain.windows(2).all(|p| p[0].1 >= p[1].1));
+        assert!(
+            support_within_episodes(Vec::<((), Option<usize>, f64, f64)>::new(), 0.2, 4).is_empty()
+        );
+        // What a hit lends is its support, not its relevance: an episode
+        // whose hits rank high for another reason (a time the question
+        // names) but match the question weakly lends little.
+        let timely = vec![
+            ("lone", Some(0), 10.0, 10.0),
+            ("t1", Some(1), 9.0, 1.0),
+            ("t2", Some(1), 9.0, 1.0),
+            ("t3", Some(1), 9.0, 1.0),
+            ("floor", None, 0.0, 0.0),
+        ];
+        let ranked = support_within_episodes(timely, 0.2, 4);
+        assert_eq!(ranked[0].0, "lone");
+        assert!((ranked[1].1 - (0.9 + 0.2 * 2.0 * 0.01)).abs() < 1e-9);
+    }
+
+    proptest! {
+        /// Support only adds: no hit loses relevance, and a hit with no
+        /// episode keeps its normalised relevance exactly.
+        #[test]
+        fn support_never_lowers_a_hit(
+            hits in proptest::collection::vec((0.0f64..100.0, proptest::option::of(0usize..4)), 0..30),
+            share in 0.0f64..2.0,
+            others in 0usize..6,
+        ) {
+            let input: Vec<(usize, Option<usize>, f64, f64)> =
+                hits.iter().enumerate().map(|(i, (r, e))| (i, *e, *r, *r)).collect();
+            let raw: Vec<f64> = hits.iter().map(|h| h.0).collect();
+            let norm = normalise(&raw);
+            let out = support_within_episodes(input, share, others);
+            prop_assert_eq!(out.len(), hits.len());
+            prop_assert!(out.windows(2).all(|p| p[0].1 >= p[1].1));
+            for (i, r) in &out {
+                prop_assert!(*r >= norm[*i] - 1e-12);
+                if hits[*i].1.is_none() {
+                    prop_assert_eq!(*r, norm[*i]);
+                }
+                prop_assert!(*r <= norm[*i] + share * others as f64 + 1e-12);
             }
         }
     }

@@ -1021,3 +1021,90 @@ async fn a_date_in_the_question_finds_that_days_memories_sqlite() {
 async fn a_date_in_the_question_finds_that_days_memories_postgres() {
     a_date_in_the_question_finds_that_days_memories(Backend::Postgres).await;
 }
+
+/// Memories of one source in close succession (a conversation's turns) are
+/// one episode, and its hits support each other: five turns that each
+/// match a question come before a single better match elsewhere. The same
+/// turns hours apart, or from different sources, are no episode: the
+/// single better match stays first.
+async fn hits_of_one_conversation_support_each_other(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let lone = "Initech renewal contract.";
+    let turns = [
+        "We talked about Initech today and the renewal of their contract, among other things.",
+        "The Initech contract renewal has a few open points we still need to settle with them.",
+        "For the renewal, Initech asked whether the contract could run for three more years.",
+        "I told them the contract renewal price for Initech depends on the volume they commit.",
+        "Initech will send their comments on the renewal contract draft by the end of the week.",
+    ];
+    let filler: Vec<String> = (0..10)
+        .map(|i| format!("Initech visit number {i} went well overall."))
+        .collect();
+    let at = t0() - TimeDelta::days(3);
+    let memory = |text: &str, occurred_at, source: &str| NewMemory {
+        occurred_at,
+        event_type: EventType::Note,
+        workstream: Workstream::General,
+        category: "general".into(),
+        content: json!({ "text": text }),
+        importance: 5,
+        indexed_terms: vec![],
+        source: Some(source.into()),
+    };
+    // acme: the turns a minute apart, one source; globex: the same turns
+    // two hours apart.
+    for (company, apart) in [
+        ("acme", TimeDelta::minutes(1)),
+        ("globex", TimeDelta::hours(2)),
+    ] {
+        let mut items = vec![memory(lone, at, "note-1")];
+        for (i, t) in turns.iter().enumerate() {
+            items.push(memory(t, at - apart * (i as i32 + 1), "chat-7"));
+        }
+        for (i, t) in filler.iter().enumerate() {
+            items.push(memory(t, at, &format!("visit-{i}")));
+        }
+        e.memory()
+            .add(&scope(company), items, true, audit(company))
+            .await
+            .expect("add");
+    }
+    let ranked = |company: &'static str| {
+        let e = e.clone();
+        async move {
+            e.memory()
+                .search(
+                    &scope(company),
+                    "Initech renewal contract",
+                    &MemoryFilter::default(),
+                    20,
+                )
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|h| h.memory.text().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let acme = ranked("acme").await;
+    let lone_at = acme.iter().position(|t| t == lone).expect("the lone hit");
+    assert_eq!(lone_at, turns.len(), "{b:?}: {acme:#?}");
+    assert!(
+        acme[..turns.len()]
+            .iter()
+            .all(|t| turns.contains(&t.as_str()))
+    );
+    let globex = ranked("globex").await;
+    assert_eq!(globex[0], lone, "{b:?}: {globex:#?}");
+}
+
+#[tokio::test]
+async fn hits_of_one_conversation_support_each_other_sqlite() {
+    hits_of_one_conversation_support_each_other(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn hits_of_one_conversation_support_each_other_postgres() {
+    hits_of_one_conversation_support_each_other(Backend::Postgres).await;
+}
