@@ -158,6 +158,11 @@ pub struct LongmemevalArgs {
     /// Full text only: do not load the embedding model.
     #[arg(long)]
     pub no_embed: bool,
+    /// Search with the retrieval-only settings (no recency or importance,
+    /// 400 candidates) rather than the default configuration every
+    /// `kira serve` searches with (`GET .../memory?q=`).
+    #[arg(long)]
+    pub retrieval: bool,
     /// A database to run in (sqlite://FILE or postgres://...), kept
     /// afterwards: empty, it is filled; filled by an earlier run with the
     /// same questions, it is searched as it is (no loading, no embedding
@@ -201,8 +206,15 @@ pub async fn command(args: LongmemevalArgs, json: bool) -> Result<ExitCode, Benc
         .unwrap_or_default()
         + chrono::TimeDelta::days(1);
     let clock = Arc::new(ManualClock::new(latest));
+    // By default the configuration `kira serve` starts with, so the
+    // figure is what `GET .../memory?q=` finds.
+    let cfg = if args.retrieval {
+        retrieval_config()
+    } else {
+        kira_engine::EngineConfig::default()
+    };
     let engine = with_embedder(
-        Engine::new(store.clone(), clock.clone(), retrieval_config()),
+        Engine::new(store.clone(), clock.clone(), cfg),
         args.no_embed,
     )?;
     let started = Instant::now();
@@ -413,6 +425,7 @@ fn print(
     if json {
         print_json(&serde_json::json!({
             "file": name, "questions": questions, "semantic": !args.no_embed,
+            "configuration": if args.retrieval { "retrieval" } else { "default" },
             "recall_all_at_5": f(r.all5), "recall_all_at_10": f(r.all10),
             "recall_any_at_5": f(r.any5), "recall_any_at_10": f(r.any10),
             "search_ms": {"p50": search.p50_ms, "p99": search.p99_ms},
@@ -420,11 +433,16 @@ fn print(
         return Ok(());
     }
     println!(
-        "{label} session recall over {questions} questions ({}):",
+        "{label} session recall over {questions} questions ({}, {} configuration):",
         if args.no_embed {
             "full text only"
         } else {
             "full text + embeddings"
+        },
+        if args.retrieval {
+            "retrieval-only"
+        } else {
+            "default"
         }
     );
     println!(
