@@ -412,14 +412,21 @@ impl Rule {
     }
 }
 
-fn rule(name: &str, severity: Severity, for_seconds: i64, condition: Condition) -> Rule {
-    Rule {
-        name: name.into(),
-        severity,
-        for_duration: TimeDelta::seconds(for_seconds),
-        labels: BTreeMap::new(),
-        condition,
+impl Rule {
+    /// A rule without labels that fires after `for_seconds`.
+    pub fn new(name: &str, severity: Severity, for_seconds: i64, condition: Condition) -> Self {
+        Self {
+            name: name.into(),
+            severity,
+            for_duration: TimeDelta::seconds(for_seconds),
+            labels: BTreeMap::new(),
+            condition,
+        }
     }
+}
+
+fn rule(name: &str, severity: Severity, for_seconds: i64, condition: Condition) -> Rule {
+    Rule::new(name, severity, for_seconds, condition)
 }
 
 /// SEED 6.1's alerts, with kira's thresholds.

@@ -311,13 +311,7 @@ impl Harness {
 }
 
 fn rule(name: &str, severity: Severity, for_seconds: i64, condition: Condition) -> Rule {
-    Rule {
-        name: name.into(),
-        severity,
-        for_duration: TimeDelta::seconds(for_seconds),
-        labels: BTreeMap::new(),
-        condition,
-    }
+    Rule::new(name, severity, for_seconds, condition)
 }
 
 fn sent(path: &str, what: &str) -> (String, String) {
@@ -922,17 +916,7 @@ async fn a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_deliver
     assert_eq!(hook_wire.requests(), 1, "the repeat went nowhere");
     assert!(untouched(&hook_loopback), "nothing connected to 127.0.0.1");
 
-    let alerts = engine
-        .alerts()
-        .list(AlertReader::Admin(&admin()), &AlertFilter::default())
-        .await
-        .expect("list");
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
-    let d = engine
-        .alerts()
-        .get(AlertReader::Admin(&admin()), alerts[0].id)
-        .await
-        .expect("get");
+    let d = only_alert(engine).await;
     let tries: Vec<_> = d
         .notifications
         .iter()
@@ -967,6 +951,21 @@ struct ContactEngine {
     repeat: TimeDelta,
     _store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// The one alert there is, with its notifications.
+async fn only_alert(engine: &Engine) -> kira_store::alerts::AlertDetail {
+    let alerts = engine
+        .alerts()
+        .list(AlertReader::Admin(&admin()), &AlertFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    engine
+        .alerts()
+        .get(AlertReader::Admin(&admin()), alerts[0].id)
+        .await
+        .expect("get")
 }
 
 async fn contact_engine(
@@ -1067,19 +1066,7 @@ async fn a_contacts_webhook_redirecting_to_another_origin_sends_nothing_there(ba
         "{}",
         hook_wire.text()
     );
-    let alerts = c
-        .engine
-        .alerts()
-        .list(AlertReader::Admin(&admin()), &AlertFilter::default())
-        .await
-        .expect("list");
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
-    let d = c
-        .engine
-        .alerts()
-        .get(AlertReader::Admin(&admin()), alerts[0].id)
-        .await
-        .expect("get");
+    let d = only_alert(&c.engine).await;
     let tries: Vec<_> = d
         .notifications
         .iter()

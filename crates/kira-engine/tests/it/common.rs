@@ -24,20 +24,8 @@ pub fn t0() -> DateTime<Utc> {
 /// A fresh, migrated store; for SQLite, with the folder holding its file
 /// (keep it alive as long as the store).
 pub async fn fresh_store(backend: Backend) -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
-    match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("dir");
-            let url = testdb::fresh_sqlite(dir.path()).await;
-            (
-                Arc::new(SqliteStore::open(&url).await.expect("sqlite")),
-                Some(dir),
-            )
-        }
-        Backend::Postgres => {
-            let url = testdb::fresh_postgres().await;
-            (Arc::new(PgStore::open(&url, None).await.expect("pg")), None)
-        }
-    }
+    let (store, dir, _) = fresh_store_url(backend).await;
+    (store, dir)
 }
 
 /// [`fresh_store`], and its URL, for a test that reaches around the store
