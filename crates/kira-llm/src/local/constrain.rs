@@ -40,17 +40,39 @@ fn compact(schema: &Value) -> Value {
     schema
 }
 
-/// The schema an [`Output`] holds the answer's text to, given the
-/// request's tools; `None` for free text.
-pub(crate) fn schema_of(output: &Output, tools: &[ToolSpec]) -> Result<Option<Value>, LlmError> {
-    match output {
-        Output::Free => Ok(None),
-        Output::Json { schema, .. } => Ok(Some(schema.clone())),
-        Output::ToolCall if tools.is_empty() => Err(LlmError::Config(
-            "a tool call was required but the request offers no tools".into(),
-        )),
-        Output::ToolCall => Ok(Some(tool_call_schema(tools))),
+/// What a constrained answer is held to: the schema, and per alternative
+/// the answer may take (a tool's call, or the one answer of a schema) the
+/// text it starts with and the tokens it keeps for closing: from that
+/// many tokens before the budget ends, the answer closes what it has open
+/// at each step where it can, and the keys still required are forced, so
+/// it ends complete within its budget.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) schema: Value,
+    pub(crate) alternatives: Vec<(String, usize)>,
+}
+
+impl Plan {
+    /// The tokens kept for closing once the answer reads `written`: the
+    /// most any alternative still open to it keeps.
+    pub(crate) fn reserve(&self, written: &[u8]) -> usize {
+        self.alternatives
+            .iter()
+            .filter(|(prefix, _)| {
+                let p = prefix.as_bytes();
+                p.starts_with(written) || written.starts_with(p)
+            })
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(0)
     }
+}
+
+/// How a call of `name` starts, as the constraint writes it (the name
+/// then the comma before its arguments, so that a name that begins
+/// another does not match it).
+fn call_prefix(name: &str) -> String {
+    format!("{{\"tool\": {},", Value::String(name.to_owned()))
 }
 
 /// The model's vocabulary as llguidance sees it: each token's bytes, and
@@ -79,10 +101,22 @@ impl TokenizerEnv for Vocabulary {
     }
 }
 
+/// Tokens kept for closing on top of the schema's shortest answer: the
+/// value open when closing begins (a string's quote, a number's end), and
+/// forced text tokenized differently in place than alone.
+const CLOSING_MARGIN: usize = 6;
+
+/// How deep `$ref`s and nested schemas are followed for the shortest
+/// answer; past this a value counts as `null`.
+const SHORTEST_DEPTH: usize = 16;
+
 /// Compiles output constraints for one model and keeps them.
 pub(crate) struct Constrainer {
     factory: ParserFactory,
     cache: Mutex<HashMap<String, Matcher>>,
+    /// The model's tokenizer, to count the tokens of a schema's shortest
+    /// answer.
+    tokenizer: Arc<tokenizers::Tokenizer>,
     /// Tokens that start with a `"`: inside a JSON string, the ones that
     /// close it, preferred when the answer's tokens are nearly spent.
     closing_string: SimpleVob,
@@ -90,6 +124,10 @@ pub(crate) struct Constrainer {
     /// end a number (a small model may write `1.0000000...`) and close
     /// the object, preferred likewise.
     closing_value: SimpleVob,
+    /// Tokens that start with `,`: outside strings, the ones that end a
+    /// value where the schema still requires a key, preferred after the
+    /// closing ones.
+    ending_value: SimpleVob,
     /// Each token's bytes, to follow whether the answer is inside a string.
     words: Vec<Vec<u8>>,
 }
@@ -127,22 +165,29 @@ impl Constrainer {
         let trie = TokTrie::from(&info, words).with_eos_tokens(stop_ids);
         let mut closing_string = trie.alloc_token_set();
         let mut closing_value = trie.alloc_token_set();
+        let mut ending_value = trie.alloc_token_set();
         for (id, w) in words.iter().enumerate() {
             match w.first() {
                 Some(b'"') => closing_string.allow_token(id as TokenId),
                 Some(b'}' | b']') => closing_value.allow_token(id as TokenId),
+                Some(b',') => ending_value.allow_token(id as TokenId),
                 _ => {}
             }
         }
-        let env: TokEnv = Arc::new(Vocabulary { trie, tokenizer });
+        let env: TokEnv = Arc::new(Vocabulary {
+            trie,
+            tokenizer: tokenizer.clone(),
+        });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| bad(&e))?;
         // Grammar warnings and errors come back as values; none on stderr.
         factory.quiet();
         Ok(Self {
             factory,
             cache: Mutex::new(HashMap::new()),
+            tokenizer,
             closing_string,
             closing_value,
+            ending_value,
             words: words.to_vec(),
         })
     }
@@ -173,18 +218,85 @@ impl Constrainer {
         Ok(matcher)
     }
 
+    /// What a call held to `output` (with `tools`) may answer within
+    /// `max_new` tokens: the schema, and for each alternative the answer
+    /// may take, where it starts and the tokens it keeps for closing
+    /// ([`Self::shortest_tokens`]). An offered tool whose shortest call does
+    /// not fit is left out of the schema (the model cannot finish it); if
+    /// nothing fits, the call is refused naming the budget.
+    pub(crate) fn plan(
+        &self,
+        output: &Output,
+        tools: &[ToolSpec],
+        max_new: usize,
+    ) -> Result<Option<Plan>, LlmError> {
+        let too_few = |shortest: usize, what: &str| {
+            LlmError::Config(format!(
+                "max_tokens {max_new} is too few for {what}: the shortest takes {shortest} tokens"
+            ))
+        };
+        match output {
+            Output::Free => Ok(None),
+            Output::Json { schema, .. } => {
+                let shortest = self.shortest_tokens(schema);
+                if shortest > max_new {
+                    return Err(too_few(shortest, "an answer to the output schema"));
+                }
+                Ok(Some(Plan {
+                    schema: schema.clone(),
+                    alternatives: vec![(String::new(), shortest + CLOSING_MARGIN)],
+                }))
+            }
+            Output::ToolCall if tools.is_empty() => Err(LlmError::Config(
+                "a tool call was required but the request offers no tools".into(),
+            )),
+            Output::ToolCall => {
+                let mut fitting = Vec::new();
+                let mut alternatives = Vec::new();
+                let mut least = usize::MAX;
+                for t in tools {
+                    let shortest = self.shortest_tokens(&tool_call_schema(std::slice::from_ref(t)));
+                    least = least.min(shortest);
+                    if shortest <= max_new {
+                        fitting.push(t.clone());
+                        alternatives.push((call_prefix(&t.name), shortest + CLOSING_MARGIN));
+                    }
+                }
+                if fitting.is_empty() {
+                    return Err(too_few(least, "a call of any offered tool"));
+                }
+                Ok(Some(Plan {
+                    schema: tool_call_schema(&fitting),
+                    alternatives,
+                }))
+            }
+        }
+    }
+
+    /// The tokens of the shortest answer to `schema` ([`shortest`],
+    /// written as the constraint writes JSON), counted with the model's
+    /// tokenizer.
+    pub(crate) fn shortest_tokens(&self, schema: &Value) -> usize {
+        let text = write_compact(&shortest(schema, schema, 0));
+        self.tokenizer
+            .encode_fast(text.as_str(), false)
+            .map_or(text.len(), |e| e.len())
+    }
+
     /// Schemas compiled and kept.
     pub(crate) fn cached(&self) -> usize {
         self.cache.lock().map_or(0, |c| c.len())
     }
 
     /// The tokens to prefer when the answer must close what it has open
-    /// at `position`.
-    pub(crate) fn closing(&self, position: JsonPosition) -> &SimpleVob {
+    /// at `position`, best first: inside a string its closing quote;
+    /// outside, what closes an object or array, then what ends a value
+    /// before the next required key.
+    pub(crate) fn closing(&self, position: JsonPosition) -> [&SimpleVob; 2] {
         if position.in_string() {
-            &self.closing_string
+            [&self.closing_string, &self.closing_string]
         } else {
-            &self.closing_value
+            [&self.closing_value, &self.ending_value]
         }
     }
 
@@ -222,10 +334,10 @@ impl JsonPosition {
 }
 
 /// `logits` with every token `allowed` does not hold set to minus
-/// infinity; when `prefer` shares a token with `allowed`, only those
-/// shared tokens are kept.
-pub(crate) fn mask(logits: &mut [f32], allowed: &SimpleVob, prefer: Option<&SimpleVob>) {
-    let shared = prefer.and_then(|p| {
+/// infinity; when a set of `prefer` (tried in order) shares a token with
+/// `allowed`, only the tokens shared with the first such set are kept.
+pub(crate) fn mask(logits: &mut [f32], allowed: &SimpleVob, prefer: &[&SimpleVob]) {
+    let shared = prefer.iter().find_map(|p| {
         let mut s = allowed.clone();
         s.and(p);
         (!s.is_zero()).then_some(s)
@@ -235,6 +347,130 @@ pub(crate) fn mask(logits: &mut [f32], allowed: &SimpleVob, prefer: Option<&Simp
         if i >= keep.len() || !keep.get(i) {
             *l = f32::NEG_INFINITY;
         }
+    }
+}
+
+/// The shortest answer to `schema` (`root` resolves `$ref`s), taking at
+/// every choice (`anyOf`, `oneOf`, types, `enum`) the alternative whose
+/// shortest answer is longest, since the model may take any of them:
+/// required keys only, empty strings and arrays (or their least length),
+/// numbers at their minimum or 0.
+pub(crate) fn shortest(schema: &Value, root: &Value, depth: usize) -> Value {
+    let Some(o) = schema.as_object().filter(|_| depth < SHORTEST_DEPTH) else {
+        return Value::Null;
+    };
+    let longest = |vs: Vec<Value>| {
+        vs.into_iter()
+            .max_by_key(|v| write_compact(v).len())
+            .unwrap_or(Value::Null)
+    };
+    if let Some(c) = o.get("const") {
+        return c.clone();
+    }
+    if let Some(e) = o.get("enum").and_then(Value::as_array) {
+        return longest(e.clone());
+    }
+    if let Some(r) = o.get("$ref").and_then(Value::as_str) {
+        let target = r
+            .strip_prefix('#')
+            .and_then(|p| root.pointer(p))
+            .unwrap_or(&Value::Null);
+        return shortest(target, root, depth + 1);
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(alts) = o.get(key).and_then(Value::as_array) {
+            return longest(alts.iter().map(|a| shortest(a, root, depth + 1)).collect());
+        }
+    }
+    if let Some(all) = o.get("allOf").and_then(Value::as_array) {
+        // The parts' required keys together.
+        let mut merged = serde_json::Map::new();
+        for part in all {
+            match shortest(part, root, depth + 1) {
+                Value::Object(m) => merged.extend(m),
+                other if merged.is_empty() => return other,
+                _ => {}
+            }
+        }
+        return Value::Object(merged);
+    }
+    match o.get("type") {
+        Some(Value::Array(types)) => longest(
+            types
+                .iter()
+                .map(|t| {
+                    let mut one = o.clone();
+                    one.insert("type".into(), t.clone());
+                    shortest(&Value::Object(one), root, depth + 1)
+                })
+                .collect(),
+        ),
+        Some(Value::String(t)) => shortest_of_type(t, o, root, depth),
+        // No type: an object if it names properties, else anything (`0`).
+        _ if o.contains_key("properties") || o.contains_key("required") => {
+            shortest_of_type("object", o, root, depth)
+        }
+        _ => json!(0),
+    }
+}
+
+fn shortest_of_type(
+    t: &str,
+    o: &serde_json::Map<String, Value>,
+    root: &Value,
+    depth: usize,
+) -> Value {
+    let least = |k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
+    match t {
+        "object" => {
+            let props = o.get("properties").and_then(Value::as_object);
+            let required = o.get("required").and_then(Value::as_array);
+            let mut out = serde_json::Map::new();
+            for name in required.into_iter().flatten().filter_map(Value::as_str) {
+                let sub = props.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
+                out.insert(name.to_owned(), shortest(sub, root, depth + 1));
+            }
+            Value::Object(out)
+        }
+        "array" => {
+            let item = o.get("items").unwrap_or(&Value::Null);
+            let one = shortest(item, root, depth + 1);
+            Value::Array(vec![
+                one;
+                usize::try_from(least("minItems").min(64)).unwrap_or(0)
+            ])
+        }
+        "string" => {
+            let n = usize::try_from(least("minLength").min(256)).unwrap_or(0);
+            Value::String("a".repeat(n))
+        }
+        "integer" | "number" => o
+            .get("minimum")
+            .or_else(|| o.get("exclusiveMinimum"))
+            .filter(|m| m.is_number())
+            .cloned()
+            .unwrap_or(json!(0)),
+        "boolean" => json!(false),
+        _ => Value::Null,
+    }
+}
+
+/// `v` as the constraint writes JSON (see [`compact`]): `", "` between
+/// items and `": "` after keys, nothing else.
+pub(crate) fn write_compact(v: &Value) -> String {
+    match v {
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(write_compact).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        Value::Object(m) => {
+            let inner: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), write_compact(v)))
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -248,7 +484,7 @@ mod tests {
         allowed.allow_token(1);
         allowed.allow_token(3);
         let mut logits = vec![5.0; 10];
-        mask(&mut logits, &allowed, None);
+        mask(&mut logits, &allowed, &[]);
         let kept: Vec<usize> = (0..10).filter(|&i| logits[i].is_finite()).collect();
         assert_eq!(kept, [1, 3]);
 
@@ -256,7 +492,7 @@ mod tests {
         prefer.allow_token(3);
         prefer.allow_token(4);
         let mut logits = vec![5.0; 8];
-        mask(&mut logits, &allowed, Some(&prefer));
+        mask(&mut logits, &allowed, &[&prefer]);
         let kept: Vec<usize> = (0..8).filter(|&i| logits[i].is_finite()).collect();
         assert_eq!(kept, [3]);
 
@@ -264,7 +500,7 @@ mod tests {
         let mut prefer = SimpleVob::alloc(8);
         prefer.allow_token(6);
         let mut logits = vec![5.0; 8];
-        mask(&mut logits, &allowed, Some(&prefer));
+        mask(&mut logits, &allowed, &[&prefer]);
         let kept: Vec<usize> = (0..8).filter(|&i| logits[i].is_finite()).collect();
         assert_eq!(kept, [1, 3]);
     }
@@ -280,6 +516,95 @@ mod tests {
         assert!(!p.in_string());
         p.read(br#", "k": ""#);
         assert!(p.in_string());
+    }
+
+    #[test]
+    fn the_shortest_answer_has_the_required_keys_of_the_longest_alternative() {
+        let memory = json!({
+            "type": "object",
+            "properties": {
+                "text": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+                "importance": {"type": "integer", "minimum": 1},
+                "note": {"type": "string"}
+            },
+            "required": ["text", "tags", "importance"]
+        });
+        let search = json!({
+            "type": "object",
+            "properties": {"query": {"type": "string", "minLength": 2}},
+            "required": ["query"]
+        });
+        let tools = [
+            ToolSpec {
+                name: "search".into(),
+                description: String::new(),
+                parameters: search,
+            },
+            ToolSpec {
+                name: "record".into(),
+                description: String::new(),
+                parameters: memory,
+            },
+        ];
+        let schema = tool_call_schema(&tools);
+        assert_eq!(
+            shortest(&schema, &schema, 0),
+            json!({"tool": "record", "arguments": {"text": "", "tags": ["", ""], "importance": 1}})
+        );
+        assert_eq!(
+            write_compact(&json!({"a": [1, {"b": "x"}], "c": null})),
+            r#"{"a": [1, {"b": "x"}], "c": null}"#
+        );
+        // References, enums (the longest), types that may be several,
+        // and a schema that refers to itself without end.
+        let root = json!({
+            "$defs": {"level": {"enum": ["low", "critical"]}, "me": {"$ref": "#/$defs/me"}},
+            "type": "object",
+            "properties": {
+                "level": {"$ref": "#/$defs/level"},
+                "n": {"type": ["integer", "string"], "minLength": 3},
+                "loop": {"$ref": "#/$defs/me"}
+            },
+            "required": ["level", "n", "loop"]
+        });
+        assert_eq!(
+            shortest(&root, &root, 0),
+            json!({"level": "critical", "n": "aaa", "loop": null})
+        );
+    }
+
+    #[test]
+    fn the_reserve_is_the_most_any_alternative_still_open_keeps() {
+        let plan = Plan {
+            schema: json!({}),
+            alternatives: vec![
+                (call_prefix("search"), 10),
+                (call_prefix("search_memory"), 30),
+                (call_prefix("submit"), 20),
+            ],
+        };
+        assert_eq!(plan.reserve(b""), 30, "nothing named yet: the most");
+        assert_eq!(plan.reserve(br#"{"tool": "se"#), 30);
+        assert_eq!(plan.reserve(br#"{"tool": "su"#), 20);
+        assert_eq!(
+            plan.reserve(br#"{"tool": "search","#),
+            10,
+            "a name that begins another"
+        );
+        assert_eq!(
+            plan.reserve(br#"{"tool": "search", "arguments": {"query": "x"#),
+            10
+        );
+        assert_eq!(
+            plan.reserve(br#"{"tool": "search_memory", "arguments": {"#),
+            30
+        );
+        let one = Plan {
+            schema: json!({}),
+            alternatives: vec![(String::new(), 12)],
+        };
+        assert_eq!(one.reserve(br#"{"summary": "a"#), 12);
     }
 
     #[test]

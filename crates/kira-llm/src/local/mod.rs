@@ -107,13 +107,18 @@ const REPEAT_WINDOW: usize = 64;
 /// request gives the same answer.
 const SEED: u64 = 299_792_458;
 
-/// Under a constraint, from this many tokens before `max_tokens` on, what
-/// the answer has open is closed at the next token that can close it (a
-/// string by its quote, a number or the object by `}`), leaving room for
-/// what the schema still requires (a key or two, a number, the closing
-/// brace), so that running out of tokens rarely leaves the JSON
-/// unfinished.
+/// Under a constraint, from this many tokens before `max_tokens` on (or
+/// more: the schema's own reserve, `Constrainer::reserve`, room for every
+/// key it still requires), what the answer has open is closed at the next
+/// token that can close it (a string by its quote, a number or the object
+/// by `}`, else a value by `,` before a required key), so that running out
+/// of tokens does not leave the JSON unfinished.
 const CLOSING_RESERVE: usize = 16;
+
+/// How much of a constrained answer's start is kept to tell which of its
+/// alternatives (which tool's call) it took: more than a tool call's
+/// opening with the longest tool name there is room for.
+const WRITTEN_KEPT: usize = 256;
 
 /// Prompt plus completion stay within this many tokens, or the model's
 /// context if shorter: the KV cache of one instance at this length is
@@ -408,12 +413,19 @@ impl Provider for LocalProvider {
             )));
         }
         let max_new = (req.max_tokens as usize).min(self.window - prompt.len());
-        let guide = match constrain::schema_of(&req.output, &req.tools)? {
-            Some(schema) => {
+        let guide = match &req.output {
+            Output::Free => None,
+            output => {
                 let constrainer = self.constrainer()?;
-                Some(Guide::new(constrainer.matcher(&schema)?, constrainer))
+                match constrainer.plan(output, &req.tools, max_new)? {
+                    Some(plan) => Some(Guide::new(
+                        constrainer.matcher(&plan.schema)?,
+                        plan,
+                        constrainer,
+                    )),
+                    None => None,
+                }
             }
-            None => None,
         };
         let sampling = match req.temperature {
             Some(t) if t > 0.0 => Sampling::All {
@@ -490,6 +502,11 @@ impl Provider for LocalProvider {
 /// compiled with.
 struct Guide {
     matcher: llguidance::Matcher,
+    /// What the answer may be, and the tokens each alternative keeps for
+    /// closing.
+    plan: constrain::Plan,
+    /// The answer's first bytes, to tell which alternative it took.
+    written: Vec<u8>,
     constrainer: Arc<Constrainer>,
     /// Where the answer so far stands.
     position: constrain::JsonPosition,
@@ -502,14 +519,36 @@ struct Guide {
 }
 
 impl Guide {
-    fn new(matcher: llguidance::Matcher, constrainer: Arc<Constrainer>) -> Self {
+    fn new(
+        matcher: llguidance::Matcher,
+        plan: constrain::Plan,
+        constrainer: Arc<Constrainer>,
+    ) -> Self {
         Self {
             matcher,
+            plan,
+            written: Vec::new(),
             constrainer,
             position: constrain::JsonPosition::default(),
             masks: 0,
             computing: Duration::ZERO,
             critical: Duration::ZERO,
+        }
+    }
+
+    /// From this many tokens before the end of the budget on, the answer
+    /// closes what it has open.
+    fn reserve(&self) -> usize {
+        self.plan.reserve(&self.written).max(CLOSING_RESERVE)
+    }
+
+    /// Follows the answer's text: whether it is inside a string, and its
+    /// first bytes (enough to name its alternative).
+    fn read(&mut self, token: u32) {
+        let bytes = self.constrainer.bytes(token);
+        self.position.read(bytes);
+        if self.written.len() < WRITTEN_KEPT {
+            self.written.extend_from_slice(bytes);
         }
     }
 
@@ -553,8 +592,12 @@ impl Guide {
         let mut v = logits
             .to_vec1::<f32>()
             .map_err(|e| self.fail("logits", e))?;
-        let prefer = closing.then(|| self.constrainer.closing(self.position));
-        constrain::mask(&mut v, allowed, prefer);
+        let prefer = if closing {
+            self.constrainer.closing(self.position).to_vec()
+        } else {
+            Vec::new()
+        };
+        constrain::mask(&mut v, allowed, &prefer);
         let n = v.len();
         Tensor::from_vec(v, n, &Device::Cpu).map_err(|e| self.fail("logits", e))
     }
@@ -575,7 +618,7 @@ impl Guide {
         if let Some(e) = self.matcher.get_error() {
             return Err(self.fail("token", e));
         }
-        self.position.read(self.constrainer.bytes(token));
+        self.read(token);
         if self.matcher.is_stopped() {
             return Ok(Vec::new());
         }
@@ -585,7 +628,7 @@ impl Guide {
                 .consume_tokens(&forced)
                 .map_err(|e| self.fail("forced tokens", e))?;
             for &t in &forced {
-                self.position.read(self.constrainer.bytes(t));
+                self.read(t);
             }
         }
         Ok(forced)
@@ -709,7 +752,7 @@ fn decode(
             candle_transformers::utils::apply_repeat_penalty(&logits, REPEAT_PENALTY, recent)
                 .map_err(run)?;
         if let (Some(g), Some(allowed)) = (guide.as_deref_mut(), allowed.as_ref()) {
-            let closing = max_new - out.len() <= CLOSING_RESERVE;
+            let closing = max_new - out.len() <= g.reserve();
             penalised = g.apply(&penalised, allowed, closing)?;
         }
         let next = sampler.sample(&penalised).map_err(run)?;
