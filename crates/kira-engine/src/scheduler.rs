@@ -305,6 +305,8 @@ impl Scheduler {
             // A run starts when its claim is made, not when the pass began:
             // the reap, the snapshot and earlier batches came before it.
             let claimed_at = self.ctx.clock.now();
+            let claim_began = std::time::Instant::now();
+            let asked = batch.len();
             let outcomes = match self
                 .ctx
                 .store
@@ -325,6 +327,11 @@ impl Scheduler {
                     continue;
                 }
             };
+            tracing::debug!(
+                asked,
+                claim_us = claim_began.elapsed().as_micros(),
+                "claim batch"
+            );
             for (id, outcome) in outcomes {
                 match outcome {
                     ClaimOutcome::Claimed { task, reservation } => {

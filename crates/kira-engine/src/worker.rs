@@ -27,18 +27,24 @@ impl Scheduler {
                 |mut items| async move {
                     let n = items.len();
                     let now = self.ctx.clock.now();
+                    let began = std::time::Instant::now();
                     // A result memory occurs when its task finished.
                     for c in &mut items {
                         if let Some((m, _)) = &mut c.records.memory {
                             m.occurred_at = chrono::SubsecRound::trunc_subsecs(now, 6);
                         }
                     }
-                    match self
+                    let written = self
                         .ctx
                         .store
                         .finish_batch(self.worker_id(), items.clone(), now)
-                        .await
-                    {
+                        .await;
+                    tracing::debug!(
+                        runs = n,
+                        write_us = began.elapsed().as_micros(),
+                        "run ends recorded"
+                    );
+                    match written {
                         Ok(r) if r.len() == n => r,
                         failed => {
                             if let Err(e) = failed {
