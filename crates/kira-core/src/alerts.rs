@@ -429,6 +429,19 @@ fn rule(name: &str, severity: Severity, for_seconds: i64, condition: Condition) 
     Rule::new(name, severity, for_seconds, condition)
 }
 
+/// How far back the per-second counts (denied reads, authentication
+/// failures, provider calls) are kept: the longest window a rule reads,
+/// and 5 minutes more (the counts of other processes arrive up to a
+/// roll-up interval late).
+pub fn counts_kept(rules: &[Rule]) -> TimeDelta {
+    let longest = rules
+        .iter()
+        .map(|r| r.condition.window())
+        .max()
+        .unwrap_or_default();
+    longest + TimeDelta::minutes(5)
+}
+
 /// SEED 6.1's alerts, with kira's thresholds.
 pub fn default_rules() -> Vec<Rule> {
     use Severity::{Critical, Warning};
@@ -1281,29 +1294,57 @@ pub struct Grouping {
     pub interval: TimeDelta,
 }
 
+/// A notice held for its group: the alert it tells of (sent as it stands
+/// when the group goes out) and the alert's company, whose data it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub alert_id: Uuid,
+    pub company: Option<CompanyId>,
+}
+
+impl From<&Alert> for Held {
+    fn from(a: &Alert) -> Self {
+        Held {
+            alert_id: a.id,
+            company: a.company().cloned(),
+        }
+    }
+}
+
+impl From<Alert> for Held {
+    fn from(a: Alert) -> Self {
+        Held::from(&a)
+    }
+}
+
+/// One group's state: when it last went out and what it holds.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Group {
+pub struct Group {
     /// When the group last went out.
-    sent_at: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
     /// Since when its first held notice waits.
-    held_since: Option<DateTime<Utc>>,
-    /// The alerts of its held notices, each as of its latest notice.
-    held: Vec<Alert>,
+    pub held_since: Option<DateTime<Utc>>,
+    /// Its held notices, in the order they were held.
+    pub held: Vec<Held>,
 }
 
 /// The notices held for their group, and when each group last went out.
+/// The store keeps it (every process's evaluator reads and changes the
+/// same one); this is its rule.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outbox {
-    groups: BTreeMap<GroupKey, Group>,
+    pub groups: BTreeMap<GroupKey, Group>,
 }
 
 impl Outbox {
-    /// Holds `alert`'s notice for its group; an alert already held there
-    /// is replaced by this later state of it. A resolve notice takes the
-    /// alert's notices still held for the same audience out of their
-    /// groups (they are stale); if its firing notice was among them, the
-    /// audience never heard of it, and is not told it resolved either.
-    pub fn hold(&mut self, key: GroupKey, alert: Alert, now: DateTime<Utc>) {
+    /// Holds a notice of `alert` for its group; an alert already held
+    /// there stays in its place (it goes out as it stands then). A resolve
+    /// notice takes the alert's notices still held for the same audience
+    /// out of their groups (they are stale); if its firing notice was
+    /// among them, the audience never heard of it, and is not told it
+    /// resolved either.
+    pub fn hold(&mut self, key: GroupKey, alert: impl Into<Held>, now: DateTime<Utc>) {
+        let alert = alert.into();
         if key.notice == NoticeKind::Resolved {
             let mut unheard = false;
             for (k, g) in &mut self.groups {
@@ -1315,7 +1356,7 @@ impl Outbox {
                     continue;
                 }
                 let before = g.held.len();
-                g.held.retain(|a| a.id != alert.id);
+                g.held.retain(|a| a.alert_id != alert.alert_id);
                 if g.held.len() != before && k.notice == NoticeKind::Firing {
                     unheard = true;
                 }
@@ -1329,17 +1370,16 @@ impl Outbox {
         }
         let g = self.groups.entry(key).or_default();
         g.held_since.get_or_insert(now);
-        match g.held.iter_mut().find(|a| a.id == alert.id) {
-            Some(a) => *a = alert,
-            None => g.held.push(alert),
+        if !g.held.iter().any(|a| a.alert_id == alert.alert_id) {
+            g.held.push(alert);
         }
     }
 
-    /// The groups due at `now`, each with its alerts in the order they
+    /// The groups due at `now`, each with its notices in the order they
     /// were held: a group that never went out once its first notice waited
     /// `wait`; one that did, `interval` after it last went out (and its
     /// first notice waited `wait`). They count as sent now.
-    pub fn take_due(&mut self, now: DateTime<Utc>, g: Grouping) -> Vec<(GroupKey, Vec<Alert>)> {
+    pub fn take_due(&mut self, now: DateTime<Utc>, g: Grouping) -> Vec<(GroupKey, Vec<Held>)> {
         let mut out = Vec::new();
         for (key, group) in &mut self.groups {
             let Some(since) = group.held_since else {
@@ -1362,6 +1402,35 @@ impl Outbox {
     /// Notices held, over every group.
     pub fn held(&self) -> usize {
         self.groups.values().map(|g| g.held.len()).sum()
+    }
+}
+
+/// Whether a held notice still goes out when its group is due, by what
+/// happened to its alert meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Send,
+    /// A silence matches the alert now: held back, as a silence holds
+    /// back a notice at evaluation.
+    Silenced(Uuid),
+    /// Its alert was resolved (a resolve notice goes out on its own), or
+    /// acknowledged: someone is on it, so neither a firing notice nor a
+    /// repeat nor an escalation is sent any more.
+    Stale,
+}
+
+/// [`Due`] for a notice of `kind` about `alert` as it stands `now`.
+pub fn still_due(kind: NoticeKind, alert: &Alert, silences: &[Silence], now: DateTime<Utc>) -> Due {
+    let stale = match kind {
+        NoticeKind::Resolved => alert.state != AlertState::Resolved,
+        _ => alert.state != AlertState::Firing,
+    };
+    if stale {
+        return Due::Stale;
+    }
+    match silences.iter().find(|s| s.silences(alert, now)) {
+        Some(s) => Due::Silenced(s.id),
+        None => Due::Send,
     }
 }
 
@@ -2018,7 +2087,12 @@ mod tests {
         let due = o.take_due(t0() + TimeDelta::seconds(30), g);
         let ids: Vec<_> = due
             .iter()
-            .map(|(k, v)| (k.rule.as_str(), v.iter().map(|a| a.id).collect::<Vec<_>>()))
+            .map(|(k, v)| {
+                (
+                    k.rule.as_str(),
+                    v.iter().map(|a| a.alert_id).collect::<Vec<_>>(),
+                )
+            })
             .collect();
         assert_eq!(
             ids,
@@ -2037,7 +2111,10 @@ mod tests {
         );
         let due = o.take_due(sent + TimeDelta::minutes(5), g);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].1.iter().map(|a| a.id).collect::<Vec<_>>(), [c.id]);
+        assert_eq!(
+            due[0].1.iter().map(|a| a.alert_id).collect::<Vec<_>>(),
+            [c.id]
+        );
         assert_eq!(o.held(), 0);
         // Long after, a group starts afresh: `wait` only.
         let later = sent + TimeDelta::hours(1);
@@ -2073,6 +2150,60 @@ mod tests {
         let due = o.take_due(at, g);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0.notice, NoticeKind::Resolved);
+    }
+
+    #[test]
+    fn a_held_notice_goes_out_only_while_its_alert_calls_for_it() {
+        let a = an_alert("auth_failures", Subject::Key("k1".into()));
+        let now = t0() + TimeDelta::minutes(5);
+        let none: &[Silence] = &[];
+        for kind in [
+            NoticeKind::Firing,
+            NoticeKind::Repeat,
+            NoticeKind::Escalation,
+        ] {
+            assert_eq!(still_due(kind, &a, none, now), Due::Send);
+            let acked = Alert {
+                state: AlertState::Acknowledged,
+                ..a.clone()
+            };
+            assert_eq!(still_due(kind, &acked, none, now), Due::Stale);
+        }
+        let resolved = Alert {
+            state: AlertState::Resolved,
+            ..a.clone()
+        };
+        assert_eq!(
+            still_due(NoticeKind::Firing, &resolved, none, now),
+            Due::Stale
+        );
+        assert_eq!(
+            still_due(NoticeKind::Resolved, &resolved, none, now),
+            Due::Send
+        );
+        let silence = Silence {
+            id: Uuid::from_u128(7),
+            matchers: vec![Matcher {
+                name: "rule".into(),
+                value: "auth_failures".into(),
+            }],
+            starts_at: t0(),
+            ends_at: now + TimeDelta::minutes(1),
+            created_by: "ops".into(),
+            comment: "maintenance".into(),
+            created_at: t0(),
+        };
+        let silences = [silence];
+        assert_eq!(
+            still_due(NoticeKind::Firing, &a, &silences, now),
+            Due::Silenced(Uuid::from_u128(7))
+        );
+        // Once the silence ended, it goes out.
+        let after = now + TimeDelta::minutes(1);
+        assert_eq!(
+            still_due(NoticeKind::Firing, &a, &silences, after),
+            Due::Send
+        );
     }
 
     #[test]

@@ -6,19 +6,20 @@
 //! them, every change audited.
 //!
 //! One evaluator at a time across processes (an advisory job lock, like
-//! compaction's).
+//! compaction's); the notices held for their group are in the database,
+//! so whichever process evaluates next sends them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use kira_core::ValidationError;
 use kira_core::alerts::{
-    Alert, Audience, AuthFailure, Check, CompanyFacts, Condition, Facts, GroupKey, Grouping,
-    Matcher, NoticeKind, Outbox, Policy, PoolFacts, ProviderFacts, Routing, Rule, Severity,
-    Silence, Verification, default_rules, observe, plan,
+    Alert, Audience, AuthFailure, Check, CompanyFacts, Condition, Due, Facts, GroupKey, Grouping,
+    Held, Matcher, NoticeKind, Policy, PoolFacts, ProviderFacts, Routing, Rule, Severity, Silence,
+    Verification, counts_kept, default_rules, observe, plan, still_due,
 };
 use kira_core::audit::{AuditRecord, Outcome};
 use kira_core::auth::{AdminScope, Principal};
@@ -261,10 +262,6 @@ pub struct Alerts {
     sharing: Arc<crate::sharing::Sharing>,
     /// The latest run of each scheduled verification.
     verified: tokio::sync::Mutex<BTreeMap<Check, Verification>>,
-    /// The notices waiting for their group, and when each group last went
-    /// out. In this process: a notice held here goes out from here, even
-    /// while another node evaluates.
-    outbox: Mutex<Outbox>,
     http: reqwest::Client,
     /// For a company contact's webhook: held to `[tools]`'s address
     /// policy, and following redirects within the URL's origin only.
@@ -392,7 +389,6 @@ impl Alerts {
             sharing,
             smtp,
             verified: tokio::sync::Mutex::new(BTreeMap::new()),
-            outbox: Mutex::new(Outbox::default()),
             http,
             company_http,
         }
@@ -407,10 +403,7 @@ impl Alerts {
         let now = self.ctx.clock.now().trunc_subsecs(6);
         let admin = system_admin()?;
         let Some(_lock) = self.ctx.store.job_lock(JOB_ALERTS).await? else {
-            // What this process holds still goes out when its group is due.
-            let directory = self.directory(&admin).await?;
-            self.flush(now, &directory, &mut EvaluationReport::default())
-                .await?;
+            // The node holding it sends what is held, in the database.
             return Ok(None);
         };
         let (facts, directory) = self.facts(&admin, now).await?;
@@ -429,10 +422,24 @@ impl Alerts {
             silences: &silences,
         };
         let p = plan(&policy, &open, &observed, now, Uuid::now_v7);
+        let alerts: HashMap<Uuid, &Alert> =
+            p.new.iter().chain(&p.changed).map(|a| (a.id, a)).collect();
+        let mut held = Vec::new();
+        for n in p.notices.iter().filter(|n| n.silenced_by.is_none()) {
+            let Some(alert) = alerts.get(&n.alert_id) else {
+                continue;
+            };
+            for who in &n.audience {
+                held.push((GroupKey::of(alert, n.kind, who), Held::from(*alert)));
+            }
+        }
+        // The notices are held in the database with the alerts they tell
+        // of, in one transaction: whichever process evaluates next sends
+        // them if this one stops first.
         let written: HashSet<Uuid> = self
             .ctx
             .store
-            .write_alert_plan(&p.new, &p.changed)
+            .write_evaluation(&p.new, &p.changed, &held, now)
             .await?
             .into_iter()
             .collect();
@@ -440,47 +447,49 @@ impl Alerts {
             observed: observed.len(),
             opened: p.new.iter().filter(|a| written.contains(&a.id)).count(),
             changed: p.changed.iter().filter(|a| written.contains(&a.id)).count(),
+            notices_silenced: p
+                .notices
+                .iter()
+                .filter(|n| n.silenced_by.is_some() && written.contains(&n.alert_id))
+                .count(),
             ..EvaluationReport::default()
         };
-        let alerts: HashMap<Uuid, &Alert> =
-            p.new.iter().chain(&p.changed).map(|a| (a.id, a)).collect();
-        {
-            let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            for n in p.notices.iter().filter(|n| written.contains(&n.alert_id)) {
-                let Some(alert) = alerts.get(&n.alert_id) else {
-                    continue;
-                };
-                if n.silenced_by.is_some() {
-                    report.notices_silenced += 1;
-                    continue;
-                }
-                for who in &n.audience {
-                    outbox.hold(GroupKey::of(alert, n.kind, who), (*alert).clone(), now);
-                }
-            }
-        }
-        self.flush(now, &directory, &mut report).await?;
+        self.flush(now, &silences, &directory, &mut report).await?;
         Ok(Some(report))
     }
 
-    /// Sends every group due now, one notice per group listing its
-    /// alerts, each attempt recorded on every alert of the group.
+    /// Sends every group due now (taken out of the stored outbox, so no
+    /// other evaluator sends it), one notice per group listing its alerts
+    /// as they stand now, each attempt recorded on every alert of the
+    /// group. An alert acknowledged or resolved since its notice was held,
+    /// or silenced now, is left out of its notice.
     async fn flush(
         &self,
         now: DateTime<Utc>,
+        silences: &[Silence],
         directory: &HashMap<String, Company>,
         report: &mut EvaluationReport,
     ) -> Result<(), EngineError> {
-        let grouping = self.config().grouping;
-        let due = {
-            let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            let due = outbox.take_due(now, grouping);
-            report.notices_held = outbox.held();
-            due
-        };
+        let (due, held) = self
+            .ctx
+            .store
+            .take_due_notices(now, self.config().grouping)
+            .await?;
+        report.notices_held = held;
         for (key, alerts) in due {
+            let mut told = Vec::with_capacity(alerts.len());
+            for a in alerts {
+                match still_due(key.notice, &a, silences, now) {
+                    Due::Send => told.push(a),
+                    Due::Silenced(_) => report.notices_silenced += 1,
+                    Due::Stale => {}
+                }
+            }
+            if told.is_empty() {
+                continue;
+            }
             let attempts = self
-                .deliver(&alerts, key.notice, &key.audience, directory)
+                .deliver(&told, key.notice, &key.audience, directory)
                 .await;
             report.attempts_failed += attempts
                 .iter()
@@ -521,7 +530,7 @@ impl Alerts {
         // Every process's counts: this one's written now, the others'
         // within their roll-up interval.
         self.ctx.counts.flush().await?;
-        let since = now - longest - TimeDelta::minutes(5);
+        let since = now - counts_kept(&cfg.rules);
         let counted = store.counts_since(admin, since).await?;
         let streaks = store.count_totals(admin).await?.errors_in_a_row;
         let counted = counted_facts(&counted, &streaks, since, now);

@@ -500,8 +500,9 @@ impl Metrics {
         }
     }
 
-    /// Deletes the rows each resolution keeps no longer, on one node at a
-    /// time. None: another node holds the job.
+    /// Deletes the rows each resolution keeps no longer, and the
+    /// per-second counts no alert rule reads any more, on one node at a
+    /// time; how many. None: another node holds the job.
     pub async fn prune(&self) -> Result<Option<u64>, EngineError> {
         let Some(_lock) = self.ctx.store.job_lock(JOB_METRICS_PRUNE).await? else {
             return Ok(None);
@@ -515,6 +516,10 @@ impl Metrics {
         ] {
             removed += self.ctx.store.prune_metrics(res, now - keep).await?;
         }
+        // The per-second counts as the alert evaluator prunes them, so
+        // they stop growing where no process evaluates.
+        let kept = kira_core::alerts::counts_kept(&self.ctx.config.alerts.rules);
+        removed += self.ctx.store.prune_counts(now - kept).await?;
         Ok(Some(removed))
     }
 

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
-use kira_core::alerts::{Alert, AlertState, NoticeKind, Silence};
+use kira_core::alerts::{Alert, AlertState, GroupKey, Grouping, Held, NoticeKind, Silence};
 use kira_core::audit::AuditRecord;
 use kira_core::auth::{AdminScope, CompanyScope};
 use serde::Serialize;
@@ -106,6 +106,29 @@ pub trait AlertStore: Send + Sync {
     /// to an alert changed meanwhile (acknowledged, resolved), is left out:
     /// the next evaluation starts from what is stored.
     async fn write_alert_plan(&self, new: &[Alert], changed: &[Alert]) -> Result<Vec<Uuid>>;
+
+    /// [`AlertStore::write_alert_plan`], and in the same transaction each
+    /// of `held` whose alert was written held for its group at `now`
+    /// (the stored outbox, every process's: `kira_core::alerts::Outbox`'s
+    /// rule).
+    async fn write_evaluation(
+        &self,
+        new: &[Alert],
+        changed: &[Alert],
+        held: &[(GroupKey, Held)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>>;
+
+    /// Takes the groups due at `now` out of the stored outbox, in one
+    /// transaction (so two evaluators never take one notice both): each
+    /// with its alerts as they stand now, in the order they were held (an
+    /// alert gone with its company's delete is left out); and the notices
+    /// still held after.
+    async fn take_due_notices(
+        &self,
+        now: DateTime<Utc>,
+        grouping: Grouping,
+    ) -> Result<(Vec<(GroupKey, Vec<Alert>)>, usize)>;
 
     /// Records delivery attempts.
     async fn record_notifications(&self, attempts: &[NotificationAttempt]) -> Result<()>;

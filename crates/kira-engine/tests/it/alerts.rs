@@ -76,6 +76,8 @@ struct Harness {
     _dir: Option<tempfile::TempDir>,
     /// The database's URL, to tamper with it.
     url: String,
+    /// The engine's configuration, for another process's engine.
+    config: EngineConfig,
 }
 
 pub(crate) fn acme() -> CompanyScope {
@@ -188,7 +190,7 @@ async fn harness_cfg(
         .create_company(&acme(), &p, t0(), audit("company.create"))
         .await
         .expect("create");
-    let engine = Engine::new(store.clone(), clock.clone(), cfg);
+    let engine = Engine::new(store.clone(), clock.clone(), cfg.clone());
     Harness {
         engine,
         clock,
@@ -196,6 +198,7 @@ async fn harness_cfg(
         _store: store,
         _dir: dir,
         url,
+        config: cfg,
     }
 }
 
@@ -241,20 +244,64 @@ impl Harness {
         self.clock.advance(by);
         // Tests running beside this one on the same PostgreSQL server may
         // hold the evaluator's lock for a moment.
-        let mut tries = 0;
-        while self
-            .engine
-            .alerts()
-            .evaluate()
-            .await
-            .expect("evaluate")
-            .is_none()
-        {
-            tries += 1;
-            assert!(tries < 500, "the evaluator's lock stays taken");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        evaluate_until_locked(&self.engine).await;
         self.inbox.lock().expect("lock").drain(..).collect()
+    }
+
+    /// [`Harness::at`], evaluated by `engine` (another process's).
+    async fn at_by(&self, engine: &Engine, by: TimeDelta) -> Vec<(String, String)> {
+        self.clock.advance(by);
+        evaluate_until_locked(engine).await;
+        self.inbox
+            .lock()
+            .expect("lock")
+            .drain(..)
+            .map(|(path, body)| (path, body["notice"].as_str().unwrap_or_default().into()))
+            .collect()
+    }
+
+    /// Another kira process on the same database: its own store and
+    /// engine, the same configuration and clock.
+    async fn other_process(&self) -> Engine {
+        let store: Arc<dyn Store> = if self.url.starts_with("sqlite:") {
+            Arc::new(
+                kira_store::sqlite::SqliteStore::open(&self.url)
+                    .await
+                    .expect("sqlite"),
+            )
+        } else {
+            Arc::new(
+                kira_store::postgres::PgStore::open(&self.url, None)
+                    .await
+                    .expect("pg"),
+            )
+        };
+        Engine::new(store, self.clock.clone(), self.config.clone())
+    }
+
+    /// The alert of `subject` still open, or the latest.
+    async fn alert_of(&self, subject: &str) -> kira_core::alerts::Alert {
+        self.engine
+            .alerts()
+            .list(AlertReader::Admin(&admin()), &AlertFilter::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .find(|a| a.subject.key() == subject)
+            .unwrap_or_else(|| panic!("no alert of {subject}"))
+    }
+
+    /// Each delivery attempt recorded on the alert `id`.
+    async fn attempts(&self, id: uuid::Uuid) -> Vec<(NoticeKind, Delivery)> {
+        self.engine
+            .alerts()
+            .get(AlertReader::Admin(&admin()), id)
+            .await
+            .expect("get")
+            .notifications
+            .iter()
+            .map(|n| (n.notice, n.outcome))
+            .collect()
     }
 
     async fn the_alert(&self) -> kira_core::alerts::Alert {
@@ -847,6 +894,228 @@ async fn one_rules_subjects_go_out_as_one_notice(backend: Backend) {
     }
 }
 
+/// The auth-failures rule (above 1 in an hour, no `for`), grouped with no
+/// wait and Alertmanager's 5-minute interval: a subject firing within 5
+/// minutes of the rule's last notice is held for the group.
+async fn held_harness(backend: Backend) -> Harness {
+    harness_cfg(
+        backend,
+        "ops",
+        vec![rule(
+            "auth_failures",
+            Severity::Critical,
+            0,
+            Condition::AuthFailures {
+                above: 1,
+                window_seconds: 3_600,
+            },
+        )],
+        |a| {
+            a.grouping = kira_core::alerts::Grouping {
+                wait: TimeDelta::zero(),
+                interval: TimeDelta::minutes(5),
+            };
+        },
+    )
+    .await
+}
+
+/// Two refused requests from `ip` (with `key`'s id when given), counted
+/// by `engine`'s process.
+fn fail(engine: &Engine, key: Option<&str>, ip: &str) {
+    let key = key.map(|k| kira_core::ids::KeyId::parse(k).expect("id"));
+    let ip: std::net::IpAddr = ip.parse().expect("ip");
+    for _ in 0..2 {
+        engine.alerts().auth_failed(key.as_ref(), ip);
+    }
+}
+
+/// A notice held for its group is in the database, not in the process
+/// that evaluated it: when that process stops, the next one to evaluate
+/// sends it when the group is due, once.
+async fn a_held_notice_is_sent_by_the_next_evaluator_once(backend: Backend) {
+    let mut h = held_harness(backend).await;
+    fail(&h.engine, Some("k3v9x2m4q8ab"), "203.0.113.9");
+    assert_eq!(h.at(TimeDelta::zero()).await, [sent("ops", "firing")]);
+    fail(&h.engine, None, "198.51.100.1");
+    assert!(h.at(TimeDelta::minutes(1)).await.is_empty(), "held");
+    // The first process stops; another evaluates from now on.
+    let next = h.other_process().await;
+    drop(std::mem::replace(&mut h.engine, next));
+    assert!(
+        h.at(TimeDelta::minutes(4) - TimeDelta::seconds(1))
+            .await
+            .is_empty()
+    );
+    let got = h.at_bodies(TimeDelta::seconds(1)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1["notice"], "firing");
+    assert_eq!(got[0].1["alert"]["subject"], "address:198.51.100.1");
+    assert_eq!(got[0].1["alerts"].as_array().map(Vec::len), Some(1));
+    for by in [TimeDelta::minutes(5), TimeDelta::minutes(10)] {
+        assert!(h.at(by).await.is_empty());
+    }
+    let held = h.alert_of("address:198.51.100.1").await;
+    assert_eq!(
+        h.attempts(held.id).await,
+        [(NoticeKind::Firing, Delivery::Sent)]
+    );
+}
+
+/// Two processes on one database evaluating in turn: a notice one of
+/// them held goes out once, from whichever evaluates when its group is
+/// due, and the other never sends it again.
+async fn two_evaluators_in_turn_send_a_held_notice_once(backend: Backend) {
+    let h = held_harness(backend).await;
+    let b = h.other_process().await;
+    fail(&h.engine, Some("k3v9x2m4q8ab"), "203.0.113.9");
+    assert_eq!(h.at(TimeDelta::zero()).await, [sent("ops", "firing")]);
+    // B counts the next subject's failures and holds its notice.
+    fail(&b, None, "198.51.100.1");
+    assert!(h.at_by(&b, TimeDelta::minutes(1)).await.is_empty());
+    assert!(h.at(TimeDelta::minutes(1)).await.is_empty());
+    assert!(h.at_by(&b, TimeDelta::minutes(1)).await.is_empty());
+    // Due at 5 minutes: A evaluates first and sends it.
+    assert_eq!(h.at(TimeDelta::minutes(2)).await, [sent("ops", "firing")]);
+    assert!(h.at_by(&b, TimeDelta::seconds(1)).await.is_empty());
+    for by in [TimeDelta::minutes(5), TimeDelta::minutes(5)] {
+        assert!(h.at(by).await.is_empty());
+        assert!(h.at_by(&b, TimeDelta::seconds(1)).await.is_empty());
+    }
+    let held = h.alert_of("address:198.51.100.1").await;
+    assert_eq!(
+        h.attempts(held.id).await,
+        [(NoticeKind::Firing, Delivery::Sent)]
+    );
+}
+
+/// What happened to an alert while its notice was held counts when the
+/// group goes out: an acknowledged alert is not announced any more (someone
+/// is on it), a resolved one neither, a silenced one is held back by the
+/// silence; the rest of the group goes out.
+async fn a_held_notice_obeys_ack_resolve_and_silence_when_due(backend: Backend) {
+    let h = held_harness(backend).await;
+    fail(&h.engine, Some("k3v9x2m4q8ab"), "203.0.113.9");
+    assert_eq!(h.at(TimeDelta::zero()).await, [sent("ops", "firing")]);
+    for ip in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        fail(&h.engine, None, ip);
+    }
+    assert!(h.at(TimeDelta::minutes(1)).await.is_empty(), "held");
+    let acked = h.alert_of("address:198.51.100.1").await;
+    let resolved = h.alert_of("address:198.51.100.2").await;
+    let silenced = h.alert_of("address:198.51.100.3").await;
+    let alerts = h.engine.alerts();
+    alerts
+        .acknowledge(
+            AlertReader::Admin(&admin()),
+            acked.id,
+            "admin",
+            audit("alert.ack"),
+        )
+        .await
+        .expect("ack");
+    alerts
+        .resolve(
+            AlertReader::Admin(&admin()),
+            resolved.id,
+            "admin",
+            audit("alert.resolve"),
+        )
+        .await
+        .expect("resolve");
+    alerts
+        .silence(
+            &admin(),
+            NewSilence {
+                matchers: vec![Matcher {
+                    name: "subject".into(),
+                    value: "address:198.51.100.3".into(),
+                }],
+                starts_at: None,
+                ends_at: t0() + TimeDelta::hours(1),
+                comment: "a known scanner".into(),
+            },
+            "admin",
+            audit("alert.silence"),
+        )
+        .await
+        .expect("silence");
+    // Due: the fourth subject's notice goes out, and the alert reopened
+    // for the second (its condition still holds), which is a new one.
+    let got = h.at_bodies(TimeDelta::minutes(4)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let mut told: Vec<(String, String)> = got[0].1["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| {
+            (
+                a["subject"].as_str().unwrap_or_default().to_owned(),
+                a["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    told.sort();
+    assert_eq!(
+        told,
+        [
+            ("address:198.51.100.2".to_owned(), "firing".to_owned()),
+            ("address:198.51.100.4".to_owned(), "firing".to_owned()),
+        ]
+    );
+    let reopened = h.alert_of("address:198.51.100.2").await;
+    assert_ne!(reopened.id, resolved.id);
+    for a in [&acked, &resolved, &silenced] {
+        assert!(h.attempts(a.id).await.is_empty(), "{}", a.subject);
+    }
+    assert!(h.at(TimeDelta::minutes(10)).await.is_empty());
+}
+
+/// Where no process evaluates alerts, the per-second counts do not pile
+/// up: the metrics job's retention deletes those older than the longest
+/// rule window and 5 minutes (65 minutes here), as the evaluator does.
+async fn the_metrics_retention_prunes_the_counts(backend: Backend) {
+    let h = held_harness(backend).await;
+    let counted = async || {
+        h.engine.metrics().flush_counts().await.expect("written");
+        h._store
+            .counts_since(&admin(), t0() - TimeDelta::days(1))
+            .await
+            .expect("counts")
+            .into_iter()
+            .map(|(k, _)| k.detail)
+            .collect::<Vec<_>>()
+    };
+    fail(&h.engine, None, "198.51.100.1");
+    h.clock.advance(TimeDelta::minutes(30));
+    fail(&h.engine, None, "198.51.100.2");
+    assert_eq!(counted().await, ["198.51.100.1", "198.51.100.2"]);
+    h.clock.advance(TimeDelta::minutes(35));
+    let prune = async || {
+        for _ in 0..500 {
+            if let Some(n) = h.engine.metrics().prune().await.expect("prune") {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the retention's lock stays taken");
+    };
+    prune().await;
+    assert_eq!(
+        counted().await,
+        ["198.51.100.1", "198.51.100.2"],
+        "65 minutes kept"
+    );
+    h.clock.advance(TimeDelta::seconds(1));
+    prune().await;
+    assert_eq!(counted().await, ["198.51.100.2"]);
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -871,7 +1140,11 @@ both!(
     one_rules_subjects_go_out_as_one_notice,
     a_contacts_webhook_rebound_to_a_forbidden_address_is_refused_at_delivery,
     a_contacts_webhook_redirecting_to_another_origin_sends_nothing_there,
-    two_processes_counts_are_seen_once_by_the_evaluator_and_metrics
+    two_processes_counts_are_seen_once_by_the_evaluator_and_metrics,
+    a_held_notice_is_sent_by_the_next_evaluator_once,
+    two_evaluators_in_turn_send_a_held_notice_once,
+    a_held_notice_obeys_ack_resolve_and_silence_when_due,
+    the_metrics_retention_prunes_the_counts
 );
 
 /// A company contact's webhook is checked when written (an address

@@ -141,6 +141,19 @@ async fn metrics_story(backend: Backend) {
     assert!(text.ends_with("# EOF\n"));
 }
 
+/// A child process killed and waited for when dropped, so it ends with
+/// the test that started it, passing or failing: killed without the wait
+/// (`kill_on_drop`), Prometheus took longer to exit than the test, and
+/// nextest reported it as a leak.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A real Prometheus (Debian's `prometheus`, installed by `scripts/test`)
 /// scrapes `/metrics` with a `metrics` key every second; its query API
 /// answers with kira's series for the runs made here.
@@ -169,17 +182,18 @@ async fn prometheus_scrapes_kira(backend: Backend) {
         .expect("port")
         .port();
     let bin = std::env::var("KIRA_TEST_PROMETHEUS").unwrap_or("prometheus".into());
-    let mut prometheus = tokio::process::Command::new(&bin)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin} (scripts/test installs it): {e}"));
+    let mut prometheus = Reaped(
+        std::process::Command::new(&bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin} (scripts/test installs it): {e}")),
+    );
     let query = |q: &str| {
         format!(
             "http://127.0.0.1:{port}/api/v1/query?query={}",
@@ -193,7 +207,7 @@ async fn prometheus_scrapes_kira(backend: Backend) {
     let mut answer = Value::Null;
     // Prometheus starts, scrapes within a second, and answers.
     for _ in 0..300 {
-        if let Ok(Some(status)) = prometheus.try_wait() {
+        if let Ok(Some(status)) = prometheus.0.try_wait() {
             panic!("prometheus exited: {status}");
         }
         if let Ok(r) = reqwest::get(&asked).await

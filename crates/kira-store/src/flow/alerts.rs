@@ -8,8 +8,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
+use std::collections::{BTreeSet, HashMap};
+
 use kira_core::alerts::{
-    Alert, AlertState, Matcher, NoticeKind, RuleKind, Severity, Silence, Subject,
+    Alert, AlertState, Audience, Group, GroupKey, Grouping, Held, Matcher, NoticeKind, Outbox,
+    RuleKind, Severity, Silence, Subject,
 };
 use kira_core::audit::AuditRecord;
 use kira_core::auth::AdminScope;
@@ -20,7 +23,7 @@ use crate::alerts::{
     NotificationAttempt,
 };
 use crate::flow::store::{Db, commit_or_roll_back, lock_company};
-use crate::sql::{Columns, Conn, Stmt, q};
+use crate::sql::{Columns, Conn, Stmt, q, q_each};
 use crate::{Result, StoreError};
 
 /// `SELECT` of every alert column `FROM alerts`, then `$rest`.
@@ -310,6 +313,220 @@ async fn write_plan(c: &mut dyn Conn, new: &[Alert], changed: &[Alert]) -> Resul
     Ok(written)
 }
 
+/// The transaction lock that puts the outbox's writers in line
+/// (PostgreSQL; SQLite's one writer already does).
+const OUTBOX_LOCK: i64 = 0x6b69_7261_0104;
+
+fn audience_text(a: &Audience) -> String {
+    match a {
+        Audience::Team(t) => format!("team:{t}"),
+        Audience::CompanyContact => "company_contact".into(),
+    }
+}
+
+fn audience_of(s: &str) -> Result<Audience> {
+    match s.strip_prefix("team:") {
+        Some(team) => Ok(Audience::Team(team.to_owned())),
+        None if s == "company_contact" => Ok(Audience::CompanyContact),
+        None => Err(corrupt("audience", s)),
+    }
+}
+
+fn company_of(v: Option<String>) -> Result<Option<CompanyId>> {
+    v.map(|c| CompanyId::parse(&c).map_err(|_| corrupt("company", &c)))
+        .transpose()
+}
+
+/// The stored outbox: every group and its held notices, in their order.
+async fn load_outbox(c: &mut dyn Conn) -> Result<Outbox> {
+    c.exec(
+        q("SELECT pg_advisory_xact_lock($1)")
+            .arg(OUTBOX_LOCK)
+            .pg_only(),
+    )
+    .await?;
+    let mut o = Outbox::default();
+    let groups = q(
+        "SELECT rule, notice, audience, company_id, held_since, sent_at \
+                    FROM alert_groups",
+    );
+    for r in c.all(groups).await? {
+        let key = GroupKey {
+            rule: r.text("rule")?,
+            notice: notice(&r.text("notice")?)?,
+            audience: audience_of(&r.text("audience")?)?,
+            company: company_of(r.opt_text("company_id")?)?,
+        };
+        let group = Group {
+            sent_at: r.opt_time("sent_at")?,
+            held_since: r.opt_time("held_since")?,
+            held: Vec::new(),
+        };
+        o.groups.insert(key, group);
+    }
+    let held = q("SELECT rule, notice, audience, alert_id, company_id \
+                  FROM alert_held_notices ORDER BY seq");
+    for r in c.all(held).await? {
+        let audience = audience_of(&r.text("audience")?)?;
+        let company = company_of(r.opt_text("company_id")?)?;
+        let key = GroupKey {
+            rule: r.text("rule")?,
+            notice: notice(&r.text("notice")?)?,
+            company: match audience {
+                Audience::CompanyContact => company.clone(),
+                Audience::Team(_) => None,
+            },
+            audience,
+        };
+        o.groups.entry(key).or_default().held.push(Held {
+            alert_id: r.uuid("alert_id")?,
+            company,
+        });
+    }
+    Ok(o)
+}
+
+/// Writes what changed from `before` to `after`, group by group.
+async fn save_outbox(c: &mut dyn Conn, before: &Outbox, after: &Outbox) -> Result<()> {
+    let keys: BTreeSet<&GroupKey> = before.groups.keys().chain(after.groups.keys()).collect();
+    for k in keys {
+        let (was, is) = (before.groups.get(k), after.groups.get(k));
+        if was == is {
+            continue;
+        }
+        let audience = audience_text(&k.audience);
+        let company = k.company.as_ref().map(CompanyId::as_str);
+        let times = |g: Option<&Group>| g.map(|g| (g.sent_at, g.held_since));
+        if times(was) != times(is) {
+            c.exec(
+                q(
+                    "DELETE FROM alert_groups WHERE rule = $1 AND notice = $2 AND audience = $3 \
+                   AND coalesce(company_id, '') = coalesce($4, '')",
+                )
+                .arg(&k.rule)
+                .arg(k.notice.as_str())
+                .arg(&audience)
+                .arg(company),
+            )
+            .await?;
+            if let Some(g) = is {
+                c.exec(
+                    q(
+                        "INSERT INTO alert_groups (rule, notice, audience, company_id, \
+                       held_since, sent_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .arg(&k.rule)
+                    .arg(k.notice.as_str())
+                    .arg(&audience)
+                    .arg(company)
+                    .arg(g.held_since)
+                    .arg(g.sent_at),
+                )
+                .await?;
+            }
+        }
+        let held = |g: Option<&Group>| g.map(|g| g.held.clone()).unwrap_or_default();
+        if held(was) == held(is) {
+            continue;
+        }
+        // A team's group holds every company's alerts; a contact's, its
+        // company's only.
+        c.exec(
+            q(
+                "DELETE FROM alert_held_notices WHERE rule = $1 AND notice = $2 \
+               AND audience = $3 AND ($4 IS NULL OR company_id = $4)",
+            )
+            .arg(&k.rule)
+            .arg(k.notice.as_str())
+            .arg(&audience)
+            .arg(company),
+        )
+        .await?;
+        for (i, h) in held(is).iter().enumerate() {
+            c.exec(
+                q(
+                    "INSERT INTO alert_held_notices (rule, notice, audience, alert_id, \
+                   company_id, seq) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .arg(&k.rule)
+                .arg(k.notice.as_str())
+                .arg(&audience)
+                .arg(h.alert_id)
+                .arg(h.company.as_ref().map(CompanyId::as_str))
+                .arg(i as i64),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The plan's alerts, then each notice of an alert written held for its
+/// group.
+async fn write_evaluation_tx(
+    c: &mut dyn Conn,
+    new: &[Alert],
+    changed: &[Alert],
+    held: &[(GroupKey, Held)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    let written = write_plan(c, new, changed).await?;
+    let holds: Vec<_> = held
+        .iter()
+        .filter(|(_, h)| written.contains(&h.alert_id))
+        .collect();
+    if !holds.is_empty() {
+        let before = load_outbox(c).await?;
+        let mut after = before.clone();
+        for (key, h) in holds {
+            after.hold(key.clone(), h.clone(), now);
+        }
+        save_outbox(c, &before, &after).await?;
+    }
+    Ok(written)
+}
+
+type DueNotices = (Vec<(GroupKey, Vec<Alert>)>, usize);
+
+async fn take_due_tx(
+    c: &mut dyn Conn,
+    now: DateTime<Utc>,
+    grouping: Grouping,
+) -> Result<DueNotices> {
+    alerts_policy(c).await?;
+    let before = load_outbox(c).await?;
+    let mut after = before.clone();
+    let due = after.take_due(now, grouping);
+    save_outbox(c, &before, &after).await?;
+    let ids: Vec<Uuid> = due
+        .iter()
+        .flat_map(|(_, held)| held.iter().map(|h| h.alert_id))
+        .collect();
+    let mut alerts = HashMap::new();
+    if !ids.is_empty() {
+        let s = q_each(
+            select_alerts!("WHERE alert_id IN (SELECT value FROM json_each($1))"),
+            select_alerts!("WHERE alert_id = ANY ($1)"),
+        )
+        .arg(&ids[..]);
+        for r in c.all(s).await? {
+            let a = alert_from_row(&r)?;
+            alerts.insert(a.id, a);
+        }
+    }
+    let due = due
+        .into_iter()
+        .map(|(key, held)| {
+            let of_group = held
+                .iter()
+                .filter_map(|h| alerts.get(&h.alert_id).cloned())
+                .collect();
+            (key, of_group)
+        })
+        .collect();
+    Ok((due, after.held()))
+}
+
 async fn end_silence_tx(
     c: &mut dyn Conn,
     id: Uuid,
@@ -351,6 +568,24 @@ impl<D: Db> AlertStore for D {
     async fn write_alert_plan(&self, new: &[Alert], changed: &[Alert]) -> Result<Vec<Uuid>> {
         let mut tx = self.write_system().await?;
         let done = write_plan(&mut tx, new, changed).await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn write_evaluation(
+        &self,
+        new: &[Alert],
+        changed: &[Alert],
+        held: &[(GroupKey, Held)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>> {
+        let mut tx = self.write_system().await?;
+        let done = write_evaluation_tx(&mut tx, new, changed, held, now).await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn take_due_notices(&self, now: DateTime<Utc>, grouping: Grouping) -> Result<DueNotices> {
+        let mut tx = self.write_system().await?;
+        let done = take_due_tx(&mut tx, now, grouping).await;
         commit_or_roll_back::<D, _>(tx, done).await
     }
 

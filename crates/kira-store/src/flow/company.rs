@@ -146,6 +146,14 @@ pub(crate) const WORK_ROWS: &Rows = &[
         "DELETE FROM metric_totals WHERE grouping = 'company' AND company_id = $1",
     ),
     (
+        "alert_held_notices",
+        "DELETE FROM alert_held_notices WHERE company_id = $1",
+    ),
+    (
+        "alert_groups",
+        "DELETE FROM alert_groups WHERE company_id = $1",
+    ),
+    (
         "alert_notifications",
         "DELETE FROM alert_notifications WHERE company_id = $1",
     ),

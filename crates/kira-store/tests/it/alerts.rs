@@ -2,11 +2,14 @@
 //! evaluator's writes never overwriting a person's acknowledgement, a
 //! company key reading and changing only its own company's alerts (every
 //! change audited), notification attempts kept with their alert,
-//! silences, and a forced company delete taking the company's alerts.
+//! silences, a forced company delete taking the company's alerts, and
+//! the notices held for their group taken out once, each group with its
+//! alerts as they stand.
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use kira_core::alerts::{
-    Alert, AlertState, Matcher, NoticeKind, RuleKind, Severity, Silence, Subject,
+    Alert, AlertState, Audience, GroupKey, Grouping, Held, Matcher, NoticeKind, RuleKind, Severity,
+    Silence, Subject,
 };
 use kira_core::auth::{AdminScope, Principal};
 use kira_store::alerts::{AlertFilter, AlertReader, Delivery, NotificationAttempt};
@@ -22,6 +25,7 @@ conformance!(
     notification_attempts_stay_with_their_alert,
     silences_are_kept_ended_and_audited,
     a_forced_delete_removes_the_company_alerts,
+    held_notices_are_taken_once_and_go_with_their_company,
 );
 
 fn now() -> DateTime<Utc> {
@@ -376,4 +380,78 @@ async fn a_forced_delete_removes_the_company_alerts(f: Fresh) {
     assert_eq!(count("alert_notifications"), 1);
     let open = s.open_alerts().await.expect("open");
     assert_eq!(open.iter().map(|a| a.id).collect::<Vec<_>>(), [theirs.id]);
+}
+
+async fn held_notices_are_taken_once_and_go_with_their_company(f: Fresh) {
+    let s = &*f.store;
+    create(s, "acme").await;
+    create(s, "globex").await;
+    let mine = alert("sla_violation", company("acme"), AlertState::Firing);
+    let theirs = alert("sla_violation", company("globex"), AlertState::Firing);
+    let system = alert("sla_violation", Subject::System, AlertState::Firing);
+    let ops = Audience::Team("operator".into());
+    let mut held = Vec::new();
+    for a in [&mine, &theirs, &system] {
+        held.push((GroupKey::of(a, NoticeKind::Firing, &ops), Held::from(a)));
+        if a.company().is_some() {
+            let contact = GroupKey::of(a, NoticeKind::Firing, &Audience::CompanyContact);
+            held.push((contact, Held::from(a)));
+        }
+    }
+    s.write_evaluation(
+        &[mine.clone(), theirs.clone(), system.clone()],
+        &[],
+        &held,
+        now(),
+    )
+    .await
+    .expect("write");
+    let g = Grouping {
+        wait: TimeDelta::minutes(1),
+        interval: TimeDelta::minutes(5),
+    };
+    let (due, left) = s.take_due_notices(now(), g).await.expect("take");
+    assert!(due.is_empty());
+    assert_eq!(left, 5);
+    // acme's notices, and its contact's group, go with acme.
+    let deleted = s
+        .delete_company(&scope("acme"), record(Some("acme"), "company.delete"))
+        .await
+        .expect("delete");
+    let count = |t: &str| {
+        deleted
+            .tables
+            .iter()
+            .find(|(name, _)| name == t)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(count("alert_held_notices"), 2);
+    assert_eq!(count("alert_groups"), 1);
+    let later = now() + TimeDelta::minutes(1);
+    let (due, left) = s.take_due_notices(later, g).await.expect("take");
+    let shape: Vec<_> = due
+        .iter()
+        .map(|(k, alerts)| {
+            (
+                k.audience.clone(),
+                k.company.clone(),
+                alerts.iter().map(|a| a.id).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (ops, None, vec![theirs.id, system.id]),
+            (
+                Audience::CompanyContact,
+                Some(cid("globex")),
+                vec![theirs.id]
+            ),
+        ]
+    );
+    assert_eq!(left, 0);
+    // Taken once: nothing is due again.
+    let (due, _) = s.take_due_notices(later, g).await.expect("take");
+    assert!(due.is_empty());
 }

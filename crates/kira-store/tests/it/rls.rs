@@ -24,7 +24,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 18] = [
+const COMPANY_TABLES: [&str; 20] = [
     "companies",
     "audit_log",
     "memories",
@@ -40,6 +40,8 @@ const COMPANY_TABLES: [&str; 18] = [
     "metric_totals",
     "alerts",
     "alert_notifications",
+    "alert_groups",
+    "alert_held_notices",
     "tool_registrations",
     "tool_configs",
     "tool_listings",
@@ -258,7 +260,9 @@ async fn setup() -> (PgStore, String) {
 /// An alert of each company with a notification attempt, and one of the
 /// system's (no company: no company sees it), as the evaluator writes them.
 async fn alert_rows(store: &PgStore) {
-    use kira_core::alerts::{Alert, AlertState, NoticeKind, RuleKind, Severity, Subject};
+    use kira_core::alerts::{
+        Alert, AlertState, Audience, GroupKey, Held, NoticeKind, RuleKind, Severity, Subject,
+    };
     use kira_store::alerts::{AlertStore, Delivery, NotificationAttempt};
     let t0 = crate::support::t0();
     let alert = |subject: Subject| Alert {
@@ -287,7 +291,22 @@ async fn alert_rows(store: &PgStore) {
         alert(Subject::Company(CompanyId::parse(B).expect("id"))),
         alert(Subject::System),
     ];
-    store.write_alert_plan(&alerts, &[]).await.expect("alerts");
+    // Each alert's notice held for the operators and, for a company's,
+    // for its contact too: the contact's group is the company's.
+    let mut held = Vec::new();
+    for a in &alerts {
+        let mut audiences = vec![Audience::Team("operator".into())];
+        if a.company().is_some() {
+            audiences.push(Audience::CompanyContact);
+        }
+        for who in &audiences {
+            held.push((GroupKey::of(a, NoticeKind::Firing, who), Held::from(a)));
+        }
+    }
+    store
+        .write_evaluation(&alerts, &[], &held, t0)
+        .await
+        .expect("alerts");
     let attempts: Vec<NotificationAttempt> = alerts
         .iter()
         .map(|a| NotificationAttempt {
