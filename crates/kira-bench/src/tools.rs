@@ -1,7 +1,8 @@
 //! `kira bench tools`: what the company wrapper adds to a tool call, next
 //! to a direct call (rmcp's `tools/call` on the same supervised stdio MCP
 //! server, which is all the wrapper's MCP path does besides its checks and
-//! handing its audit entry to the writer); then calls per second from many
+//! handing its audit entry to the writer, whose commit the benchmark lets
+//! finish, untimed, before the next call); then calls per second from many
 //! concurrent callers of one company until every call's audit entry is
 //! written, and what the rate limit does to them.
 
@@ -198,6 +199,14 @@ async fn run(
                 r.content
             )));
         }
+        // Untimed: the call's audit entry is written before the next call,
+        // as a run's next model call leaves it time to be, so its commit
+        // does not run inside the next timed call (direct or wrapped).
+        offer
+            .unwritten()
+            .written()
+            .await
+            .map_err(BenchError::Invalid)?;
     }
     let (d, w) = (ms(&direct), ms(&wrapped));
 
