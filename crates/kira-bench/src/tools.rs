@@ -1,8 +1,10 @@
 //! `kira bench tools`: what the company wrapper adds to a tool call, next
 //! to a direct call (rmcp's `tools/call` on the same supervised stdio MCP
 //! server, which is all the wrapper's MCP path does besides its checks and
-//! its audit entry); then calls per second from many concurrent callers of
-//! one company, and what the rate limit does to them.
+//! handing its audit entry to the writer, whose commit the benchmark lets
+//! finish, untimed, before the next call); then calls per second from many
+//! concurrent callers of one company until every call's audit entry is
+//! written, and what the rate limit does to them.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -70,6 +72,10 @@ pub struct ToolsReport {
     pub refused_by_rate_limit: usize,
     pub ok: usize,
     pub refused_latency: Percentiles,
+    /// After the last call returned, until every call's audit entry was
+    /// written (a call returns once its entry is handed to the writer;
+    /// the calls per second include this wait).
+    pub audit_wait_ms: f64,
 }
 
 pub async fn command(args: ToolsArgs, json: bool) -> Result<ExitCode, BenchError> {
@@ -94,7 +100,8 @@ pub async fn command(args: ToolsArgs, json: bool) -> Result<ExitCode, BenchError
         println!(
             "{} calls of each kind to {}:\n  direct (rmcp): p50 {:.3} ms, p99 {:.3} ms\n  \
              through the wrapper: p50 {:.3} ms, p99 {:.3} ms\n  added: p50 {:.3} ms, p99 {:.3} ms\n\
-             {} callers, {} calls: {:.0} calls/s; rate limit {}/min: {} ok, {} refused (p99 {:.3} ms)",
+             {} callers, {} calls: {:.0} calls/s (the last audit entries written {:.3} ms after the last call); \
+             rate limit {}/min: {} ok, {} refused (p99 {:.3} ms)",
             report.calls,
             args.tool,
             report.direct.p50_ms,
@@ -106,6 +113,7 @@ pub async fn command(args: ToolsArgs, json: bool) -> Result<ExitCode, BenchError
             report.concurrency,
             report.throughput_calls,
             report.calls_per_second,
+            report.audit_wait_ms,
             report.rate_limit_per_minute,
             report.ok,
             report.refused_by_rate_limit,
@@ -191,6 +199,14 @@ async fn run(
                 r.content
             )));
         }
+        // Untimed: the call's audit entry is written before the next call,
+        // as a run's next model call leaves it time to be, so its commit
+        // does not run inside the next timed call (direct or wrapped).
+        offer
+            .unwritten()
+            .written()
+            .await
+            .map_err(BenchError::Invalid)?;
     }
     let (d, w) = (ms(&direct), ms(&wrapped));
 
@@ -225,6 +241,14 @@ async fn run(
     for h in handles {
         outcomes.extend(h.await.map_err(|e| BenchError::during("a caller", e))?);
     }
+    // As a run's end would: every call's audit entry written.
+    let flush = Instant::now();
+    offer
+        .unwritten()
+        .written()
+        .await
+        .map_err(BenchError::Invalid)?;
+    let audit_wait_ms = flush.elapsed().as_secs_f64() * 1_000.0;
     let secs = t0.elapsed().as_secs_f64();
     let refused: Vec<u64> = outcomes
         .iter()
@@ -247,5 +271,6 @@ async fn run(
         refused_by_rate_limit: refused.len(),
         ok,
         refused_latency: ms(&refused),
+        audit_wait_ms,
     })
 }

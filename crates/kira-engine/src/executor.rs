@@ -93,6 +93,9 @@ pub struct Run {
     pub(crate) cancel: Arc<AtomicBool>,
     /// The run's place among those starting, until its first call.
     starting: Option<crate::starting::Starting>,
+    /// The audit entries of the run's tool calls: its end is recorded only
+    /// once they are written.
+    audits: Vec<crate::tools::Unwritten>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +135,24 @@ impl Run {
             records: RunRecords::default(),
             cancel,
             starting: Some(starting),
+            audits: Vec::new(),
         }
+    }
+
+    /// The run's end waits until the audit entries counted by `unwritten`
+    /// (its tool offer's) are written: an end is never committed before
+    /// the entries of the calls the run made.
+    pub fn end_after_audits(&mut self, unwritten: crate::tools::Unwritten) {
+        self.audits.push(unwritten);
+    }
+
+    /// Waits until the run's tool calls' audit entries are written; an
+    /// error says how many could not be (each logged when it failed).
+    pub(crate) async fn audits_written(&self) -> Result<(), String> {
+        for a in &self.audits {
+            a.written().await?;
+        }
+        Ok(())
     }
 
     /// The run's own preparation is over: what follows waits on a model

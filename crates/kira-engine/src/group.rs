@@ -1,7 +1,8 @@
 //! Group commit: writes that arrive while another is being written wait
 //! their turn, and the next writer takes every one waiting in one store
 //! call, so the cost of a transaction is shared by all of them. Used for
-//! the ends of runs and for audit entries of reads.
+//! the ends of runs, for tool calls' audit entries and for audit entries
+//! of reads.
 
 use std::future::Future;
 
@@ -31,10 +32,32 @@ impl<T: Send, R: Send> Group<T, R> {
         F: FnOnce(Vec<T>) -> Fut,
         Fut: Future<Output = Vec<R>>,
     {
-        let (tx, mut rx) = oneshot::channel();
-        self.lock().push((item, tx));
+        let rx = self.enqueue(item);
         // Let writes arriving at the same moment join this group.
         tokio::task::yield_now().await;
+        self.written(rx, write, lost).await
+    }
+
+    /// Puts `item` in line now (items are written in the order they are
+    /// put in line); [`Group::written`] with the receiver writes it.
+    pub(crate) fn enqueue(&self, item: T) -> oneshot::Receiver<R> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().push((item, tx));
+        rx
+    }
+
+    /// The result of an item put in line: written by whoever holds the turn
+    /// when it comes, or by this call, with whatever else waits.
+    pub(crate) async fn written<F, Fut>(
+        &self,
+        mut rx: oneshot::Receiver<R>,
+        write: F,
+        lost: impl FnOnce() -> R,
+    ) -> R
+    where
+        F: FnOnce(Vec<T>) -> Fut,
+        Fut: Future<Output = Vec<R>>,
+    {
         let turn = self.turn.lock().await;
         if let Ok(r) = rx.try_recv() {
             return r;

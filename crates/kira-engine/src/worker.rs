@@ -111,6 +111,11 @@ impl Scheduler {
         );
         let outcome = executor.execute(&mut run).await;
         run.calling();
+        // The end (even a lost lease's trace) follows the audit entries of
+        // the run's tool calls.
+        if let Err(e) = run.audits_written().await {
+            tracing::warn!(task = %id, error = %e, "the run ends with tool calls not audited");
+        }
         let settle = run.take_unsettled();
         beat.abort();
         if lost.load(Ordering::SeqCst) {

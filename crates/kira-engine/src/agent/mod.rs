@@ -602,6 +602,7 @@ impl AgentExecutor {
                 };
             }
         };
+        run.end_after_audits(offer.unwritten());
         let mut specs = offer.specs();
         specs.push(submit_spec());
         let tools = RunTools {

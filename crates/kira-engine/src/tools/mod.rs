@@ -18,10 +18,19 @@
 //! company's rate limit, merges the company's defaults under the model's
 //! arguments and passes its preferences, bounds the call by its timeout,
 //! cuts the result to its cap and to what the run has left of its tokens,
-//! and appends an audit entry (arguments with secrets redacted, outcome,
-//! latency, size) to the company's trail, committed before the call
-//! returns. A result reaches a prompt only fenced as data
-//! (`kira_core::tools::fence_result`).
+//! and appends exactly one audit entry (arguments with secrets redacted,
+//! outcome, latency, size) to the company's trail. A result reaches a
+//! prompt only fenced as data (`kira_core::tools::fence_result`).
+//!
+//! Architecture invariant: a call returns once its audit entry is handed
+//! to the group writer, not once it is committed (the commit is not on the
+//! call's path); the entry is counted as [`Unwritten`] by the call's offer
+//! and by the wrapper until it is written (or its write failed, logged by
+//! company and tool). What must follow the entry waits for those counts: a
+//! run's end is recorded only after its offer's entries are
+//! (`executor::Run::end_after_audits`, awaited by the worker before the
+//! end's transaction), `test` (an operator's call) returns only after its
+//! entry is, and `stop` (kira stopping) writes every entry handed over.
 //!
 //! Architecture invariant: a URL a company chose (its registrations'; a
 //! shared registration's too unless `[tools] trust_shared_tools`) is
@@ -45,6 +54,7 @@ use kira_store::tools::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::config::within;
@@ -324,6 +334,62 @@ pub struct Offer {
     /// The company's opened credentials by registration: injected into
     /// the calls, redacted from everything a call leaves behind.
     credentials: BTreeMap<String, String>,
+    /// The audit entries of this offer's calls not yet written.
+    unwritten: Unwritten,
+}
+
+/// Audit entries of tool calls handed to the writer and not yet written:
+/// an offer's (one run's calls) or the wrapper's (every call). Cloned
+/// handles count the same entries.
+#[derive(Clone)]
+pub struct Unwritten(Arc<watch::Sender<Pending>>);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    left: usize,
+    failed: usize,
+}
+
+impl Default for Unwritten {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(Pending::default())))
+    }
+}
+
+impl Unwritten {
+    fn handed(&self) {
+        self.0.send_modify(|p| p.left += 1);
+    }
+
+    fn done(&self, written: bool) {
+        self.0.send_modify(|p| {
+            p.left = p.left.saturating_sub(1);
+            if !written {
+                p.failed += 1;
+            }
+        });
+    }
+
+    /// Entries handed over and not yet written.
+    pub fn left(&self) -> usize {
+        self.0.borrow().left
+    }
+
+    /// Waits until every entry handed over so far is written; an error
+    /// says how many of them could not be (each was logged when it
+    /// failed).
+    pub async fn written(&self) -> Result<(), String> {
+        let mut rx = self.0.subscribe();
+        let failed = match rx.wait_for(|p| p.left == 0).await {
+            Ok(p) => p.failed,
+            // The sender lives as long as `self`: never closed here.
+            Err(_) => 0,
+        };
+        match failed {
+            0 => Ok(()),
+            n => Err(format!("{n} tool call audit entries could not be written")),
+        }
+    }
 }
 
 impl Offer {
@@ -369,6 +435,12 @@ impl Offer {
     /// The registrations behind the offer.
     pub fn views(&self) -> &[ToolView] {
         &self.views
+    }
+
+    /// The audit entries of this offer's calls not yet written: a run's
+    /// end waits for them ([`crate::executor::Run::end_after_audits`]).
+    pub fn unwritten(&self) -> Unwritten {
+        self.unwritten.clone()
     }
 }
 
@@ -422,7 +494,9 @@ pub struct Tools {
     /// Call times per company in the last minute (the rate limit).
     calls: Mutex<HashMap<CompanyId, VecDeque<DateTime<Utc>>>>,
     /// The calls' audit entries, written in groups.
-    audits: crate::group::Group<AuditRecord, Result<(), String>>,
+    audits: Arc<crate::group::Group<AuditRecord, Result<(), String>>>,
+    /// Every call's audit entry not yet written (`stop` writes them).
+    unwritten: Unwritten,
     /// What seals and opens the companies' credentials (`KIRA_SECRET_KEY`).
     master: std::sync::RwLock<Option<Arc<MasterKey>>>,
 }
@@ -489,7 +563,8 @@ impl Tools {
             pool: mcp::Pool::default(),
             http,
             calls: Mutex::new(HashMap::new()),
-            audits: crate::group::Group::default(),
+            audits: Arc::default(),
+            unwritten: Unwritten::default(),
             master: std::sync::RwLock::new(None),
         }
     }
@@ -639,6 +714,7 @@ impl Tools {
             configs,
             views: Vec::new(),
             credentials: self.open_credentials(scope).await?,
+            unwritten: Unwritten::default(),
         };
         for e in chosen {
             self.add_to_offer(&mut offer, e).await;
@@ -873,7 +949,8 @@ impl Tools {
     }
 
     /// The wrapper: runs `name` from `offer` with `args` for the context's
-    /// company (see the module's comment), and audits the call.
+    /// company (see the module's comment), and hands its audit entry to
+    /// the writer ([`Tools::audit_call`]).
     pub async fn call(
         &self,
         offer: &Offer,
@@ -944,33 +1021,54 @@ impl Tools {
             },
             detail: detail.to_string(),
         };
-        if let Err(e) = self.audit_call(audit).await {
-            tracing::error!(company = %cx.scope.company(), tool = %name, error = %e, "could not audit a tool call");
-        }
+        self.audit_call(offer, cx.scope.company(), name, audit);
         r
     }
 
-    /// Appends a call's audit entry with those of the calls finishing at
-    /// the same moment, in one transaction ([`crate::group`]): each
-    /// company's chain stays whole (the store chains a batch entry by
-    /// entry), and the call returns only once its entry is committed.
-    async fn audit_call(&self, audit: AuditRecord) -> Result<(), String> {
-        let store = &self.ctx.store;
-        self.audits
-            .submit(
-                audit,
-                |batch| async move {
-                    let n = batch.len();
-                    let r = store
-                        .append_audits(batch)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string());
-                    vec![r; n]
-                },
-                || Err("the audit entry was not written".into()),
-            )
-            .await
+    /// Hands a call's audit entry to the writer, which appends it with
+    /// those of the calls finishing at the same moment in one transaction
+    /// ([`crate::group`]): each company's chain stays whole (the store
+    /// chains a batch entry by entry). The call does not wait for the
+    /// commit: the entry is [`Unwritten`] in the offer's and the
+    /// wrapper's counts until it is written (see the module's comment).
+    fn audit_call(&self, offer: &Offer, company: &CompanyId, tool: &str, audit: AuditRecord) {
+        let counts = [offer.unwritten.clone(), self.unwritten.clone()];
+        for c in &counts {
+            c.handed();
+        }
+        // In line now, so a run's entries keep the order of its calls.
+        let line = self.audits.enqueue(audit);
+        let (group, store) = (self.audits.clone(), self.ctx.store.clone());
+        let (company, tool) = (company.clone(), tool.to_owned());
+        tokio::spawn(async move {
+            let store = &store;
+            let r = group
+                .written(
+                    line,
+                    |batch| async move {
+                        let n = batch.len();
+                        let r = store
+                            .append_audits(batch)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        vec![r; n]
+                    },
+                    || Err("the audit entry was not written".into()),
+                )
+                .await;
+            if let Err(e) = &r {
+                tracing::error!(company = %company, tool = %tool, error = %e, "could not audit a tool call");
+            }
+            for c in &counts {
+                c.done(r.is_ok());
+            }
+        });
+    }
+
+    /// Every call's audit entry not yet written.
+    pub fn unwritten(&self) -> Unwritten {
+        self.unwritten.clone()
     }
 
     /// The call itself.
@@ -1170,6 +1268,7 @@ impl Tools {
                     configs: BTreeMap::new(),
                     views: Vec::new(),
                     credentials: BTreeMap::new(),
+                    unwritten: Unwritten::default(),
                 };
                 for e in chosen.iter().cloned() {
                     self.add_to_offer(&mut offer, e).await;
@@ -1355,7 +1454,9 @@ impl Tools {
     }
 
     /// `kira tools test`: calls `tool` once with `args` as the scope's
-    /// company would (every domain's tools offered), through the wrapper.
+    /// company would (every domain's tools offered), through the wrapper;
+    /// returns once the call's audit entry is written (an operator's
+    /// action is on the trail when it is answered).
     pub async fn test(
         &self,
         scope: &CompanyScope,
@@ -1377,7 +1478,10 @@ impl Tools {
             request_id,
             tokens_left: None,
         };
-        Ok(self.call(&offer, &cx, tool, args).await)
+        let r = self.call(&offer, &cx, tool, args).await;
+        // A failed write was logged with the company and the tool.
+        let _ = offer.unwritten.written().await;
+        Ok(r)
     }
 
     /// Sets (or removes, with None) the company's configuration of a tool:
@@ -1432,9 +1536,20 @@ impl Tools {
         self.pool.servers()
     }
 
-    /// Stops every MCP server (kira stopping) and waits, a few seconds at
-    /// most, until each has exited.
+    /// Writes the calls' audit entries handed over (kira stopping; ten
+    /// seconds at most), then stops every MCP server and waits, a few
+    /// seconds at most, until each has exited.
     pub async fn stop(&self) {
+        let left = self.unwritten.clone();
+        if tokio::time::timeout(Duration::from_secs(10), left.written())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                entries = left.left(),
+                "tool call audit entries were not written before kira stopped"
+            );
+        }
         let servers = self.pool.servers();
         self.pool.shutdown();
         for (_, s) in servers {

@@ -28,7 +28,7 @@ use kira_store::Store;
 use kira_store::agents::StepKind;
 use serde_json::{Value, json};
 
-use crate::common::{Backend, fresh_store, t0};
+use crate::common::{Backend, fresh_store_url, t0};
 
 type Script = dyn Fn(usize, &Value) -> (u16, Value) + Send + Sync;
 
@@ -156,14 +156,17 @@ pub(crate) fn audit(c: &str) -> AuditRecord {
 pub(crate) struct Setup {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<ManualClock>,
+    /// The database's URL, for a test that reaches around the store.
+    pub(crate) url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
 pub(crate) async fn setup(backend: Backend) -> Setup {
-    let (store, dir) = fresh_store(backend).await;
+    let (store, dir, url) = fresh_store_url(backend).await;
     let s = Setup {
         store,
         clock: Arc::new(ManualClock::new(t0())),
+        url,
         _dir: dir,
     };
     for (id, name, industry, place) in [

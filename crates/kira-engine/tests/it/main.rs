@@ -11,4 +11,5 @@ mod review;
 mod scheduler;
 mod sharing;
 mod tools;
+mod tools_audit;
 mod tools_remote;

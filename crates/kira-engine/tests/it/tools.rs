@@ -80,7 +80,14 @@ fn engine(s: &crate::agents::Setup, cfg: EngineConfig) -> Engine {
     Engine::new(s.store.clone(), s.clock.clone(), cfg)
 }
 
+/// The company's audit entries once every call's is written (a call
+/// returns once its entry is handed to the writer).
 async fn tool_audits(e: &Engine, company: &str) -> Vec<kira_core::audit::AuditEntry> {
+    e.tools()
+        .unwritten()
+        .written()
+        .await
+        .expect("audits written");
     e.audit()
         .list_company(
             &scope(company),

@@ -166,7 +166,14 @@ fn sent(seen: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&seen.lock().expect("seen")).into_owned()
 }
 
+/// The company's audit entries once every call's is written (a call
+/// returns once its entry is handed to the writer).
 async fn tool_audits(e: &Engine, company: &str) -> Vec<kira_core::audit::AuditEntry> {
+    e.tools()
+        .unwritten()
+        .written()
+        .await
+        .expect("audits written");
     e.audit()
         .list_company(
             &scope(company),
