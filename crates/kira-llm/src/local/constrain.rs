@@ -222,52 +222,46 @@ impl Constrainer {
     /// `max_new` tokens: the schema, and for each alternative the answer
     /// may take, where it starts and the tokens it keeps for closing
     /// ([`Self::shortest_tokens`]). An offered tool whose shortest call does
-    /// not fit is left out of the schema (the model cannot finish it); if
-    /// nothing fits, the call is refused naming the budget.
+    /// not fit is left out of the schema (the model could not finish it),
+    /// unless none fits: then every tool stays, and the answer, closing
+    /// from its first token, is cut where its budget ends (as a server's
+    /// structured output is when its `max_tokens` runs out).
     pub(crate) fn plan(
         &self,
         output: &Output,
         tools: &[ToolSpec],
         max_new: usize,
     ) -> Result<Option<Plan>, LlmError> {
-        let too_few = |shortest: usize, what: &str| {
-            LlmError::Config(format!(
-                "max_tokens {max_new} is too few for {what}: the shortest takes {shortest} tokens"
-            ))
-        };
         match output {
             Output::Free => Ok(None),
-            Output::Json { schema, .. } => {
-                let shortest = self.shortest_tokens(schema);
-                if shortest > max_new {
-                    return Err(too_few(shortest, "an answer to the output schema"));
-                }
-                Ok(Some(Plan {
-                    schema: schema.clone(),
-                    alternatives: vec![(String::new(), shortest + CLOSING_MARGIN)],
-                }))
-            }
+            Output::Json { schema, .. } => Ok(Some(Plan {
+                schema: schema.clone(),
+                alternatives: vec![(String::new(), self.shortest_tokens(schema) + CLOSING_MARGIN)],
+            })),
             Output::ToolCall if tools.is_empty() => Err(LlmError::Config(
                 "a tool call was required but the request offers no tools".into(),
             )),
             Output::ToolCall => {
-                let mut fitting = Vec::new();
-                let mut alternatives = Vec::new();
-                let mut least = usize::MAX;
-                for t in tools {
-                    let shortest = self.shortest_tokens(&tool_call_schema(std::slice::from_ref(t)));
-                    least = least.min(shortest);
-                    if shortest <= max_new {
-                        fitting.push(t.clone());
-                        alternatives.push((call_prefix(&t.name), shortest + CLOSING_MARGIN));
-                    }
-                }
-                if fitting.is_empty() {
-                    return Err(too_few(least, "a call of any offered tool"));
-                }
+                let calls: Vec<(&ToolSpec, usize)> = tools
+                    .iter()
+                    .map(|t| {
+                        let shortest =
+                            self.shortest_tokens(&tool_call_schema(std::slice::from_ref(t)));
+                        (t, shortest)
+                    })
+                    .collect();
+                let fit = calls.iter().any(|(_, n)| *n <= max_new);
+                let kept: Vec<&(&ToolSpec, usize)> = calls
+                    .iter()
+                    .filter(|(_, n)| !fit || *n <= max_new)
+                    .collect();
+                let offered: Vec<ToolSpec> = kept.iter().map(|(t, _)| (*t).clone()).collect();
                 Ok(Some(Plan {
-                    schema: tool_call_schema(&fitting),
-                    alternatives,
+                    schema: tool_call_schema(&offered),
+                    alternatives: kept
+                        .iter()
+                        .map(|(t, n)| (call_prefix(&t.name), n + CLOSING_MARGIN))
+                        .collect(),
                 }))
             }
         }

@@ -295,8 +295,8 @@ async fn a_call_with_many_required_keys_ends_complete_within_a_short_budget() {
 }
 
 /// A budget too short for one tool's shortest call leaves that tool out
-/// (the model could not finish its call); too short for every tool, or
-/// for the output schema, the call is refused naming `max_tokens`.
+/// (the model could not finish its call); too short for every tool, the
+/// answer is cut where the budget ends and no call is made up from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_too_short_for_a_tools_call_leaves_the_tool_out() {
     let p = local();
@@ -311,18 +311,10 @@ async fn a_budget_too_short_for_a_tools_call_leaves_the_tool_out() {
     assert_eq!(call.name, "search_memory", "{r:?}");
 
     req.tools = vec![record_memory()];
-    let e = p.chat(&req).await.expect_err("nothing fits");
-    assert!(
-        matches!(&e, LlmError::Config(m) if m.contains("max_tokens 24") && m.contains("shortest")),
-        "{e:?}"
-    );
-    let short = ChatRequest::new("smollm2", vec![Message::user(prompt)], 4)
-        .with_output(held_to(result_schema()));
-    let e = p.chat(&short).await.expect_err("no answer fits");
-    assert!(
-        matches!(&e, LlmError::Config(m) if m.contains("max_tokens 4")),
-        "{e:?}"
-    );
+    let r = p.chat(&req).await.expect("generate");
+    assert_eq!(r.finish_reason, FinishReason::Length, "{r:?}");
+    assert_eq!(r.usage.completion_tokens, 24, "{r:?}");
+    assert!(r.message.tool_calls.is_empty(), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
