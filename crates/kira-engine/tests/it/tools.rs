@@ -88,19 +88,7 @@ async fn tool_audits(e: &Engine, company: &str) -> Vec<kira_core::audit::AuditEn
         .written()
         .await
         .expect("audits written");
-    e.audit()
-        .list_company(
-            &scope(company),
-            AuditPage {
-                after_seq: 0,
-                limit: 1_000,
-            },
-        )
-        .await
-        .expect("audit")
-        .into_iter()
-        .filter(|a| a.action == "tool.call")
-        .collect()
+    crate::tools_audit::committed_calls(e, company).await
 }
 
 fn http_tool(name: &str, layer: &str, domain: Option<&str>, company: Option<&str>) -> NewTool {

@@ -107,7 +107,7 @@ fn cx(scope: &kira_core::auth::CompanyScope) -> CallContext<'_> {
 
 /// The company's `tool.call` entries as committed now (no waiting for the
 /// writer).
-async fn committed_calls(e: &Engine, company: &str) -> Vec<AuditEntry> {
+pub(crate) async fn committed_calls(e: &Engine, company: &str) -> Vec<AuditEntry> {
     e.audit()
         .list_company(
             &scope(company),
