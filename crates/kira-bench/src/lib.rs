@@ -16,6 +16,7 @@ use clap::Subcommand;
 use kira_store::{Store, StoreConfig, StoreError};
 
 pub mod agents;
+pub mod cpu;
 pub mod dashboard;
 pub mod local_model;
 pub mod locomo;

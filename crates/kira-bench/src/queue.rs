@@ -199,6 +199,12 @@ pub struct QueueReport {
     pub run: Percentiles,
     /// From submitted to running, per priority level.
     pub wait_by_priority: BTreeMap<String, Percentiles>,
+    /// The CPU the drain used, all threads (of this process only: absent
+    /// with `--processes`), per task: comparable on a busy machine, where
+    /// the throughput is not.
+    pub cpu_us_per_task: Option<f64>,
+    /// The busiest threads of the drain, milliseconds each.
+    pub cpu_by_thread: Vec<crate::cpu::ThreadCpu>,
 }
 
 /// Every task of `companies`, read back page by page.
@@ -272,6 +278,8 @@ pub async fn report(
         tasks_per_second: tps,
         run: percentiles(run),
         wait_by_priority: wait.into_iter().map(|(k, v)| (k, percentiles(v))).collect(),
+        cpu_us_per_task: None,
+        cpu_by_thread: Vec::new(),
     })
 }
 
@@ -356,12 +364,23 @@ pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError
     .map_err(|e| BenchError::during("seeding (the database must be empty)", e))?;
     eprintln!("running with {} process(es) ...", args.processes);
     let start = engine.clock().now();
+    let cpu_before = crate::cpu::sample();
     if args.processes == 1 {
         drain(&engine, store.as_ref()).await?;
     } else {
         drain_in_processes(db.url(), args.processes, args.overload)?;
     }
-    let report = report(&engine, &companies, args.tasks, start).await?;
+    let cpu = cpu_before
+        .zip(crate::cpu::sample())
+        .filter(|_| args.processes == 1)
+        .map(|(a, b)| crate::cpu::used(&a, &b));
+    let mut report = report(&engine, &companies, args.tasks, start).await?;
+    if let Some(cpu) = cpu {
+        #[allow(clippy::cast_precision_loss)]
+        let per_task = cpu.total_ms * 1000.0 / args.tasks as f64;
+        report.cpu_us_per_task = Some(per_task);
+        report.cpu_by_thread = cpu.threads.into_iter().take(CPU_THREADS_SHOWN).collect();
+    }
     let backend = if db.is_postgres() {
         "postgres"
     } else {
@@ -375,6 +394,9 @@ pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError
         ExitCode::FAILURE
     })
 }
+
+/// How many of the drain's busiest threads the report names.
+const CPU_THREADS_SHOWN: usize = 6;
 
 /// Runs `processes` copies of this binary as `bench queue-worker` on the
 /// database at `url`, until each finds nothing left.
@@ -426,6 +448,19 @@ fn print_report(
         report.tasks, report.completed, report.seconds
     );
     println!("  throughput     {:.0} tasks/s", report.tasks_per_second);
+    if let Some(us) = report.cpu_us_per_task {
+        #[allow(clippy::cast_precision_loss)]
+        let per_task = |ms: f64| ms * 1000.0 / report.tasks as f64;
+        let threads: Vec<String> = report
+            .cpu_by_thread
+            .iter()
+            .map(|t| format!("{} {:.0}", t.name, per_task(t.ms)))
+            .collect();
+        println!(
+            "  cpu            {us:.0} us/task (busiest threads, us/task: {})",
+            threads.join(", ")
+        );
+    }
     println!(
         "  claim->finish  p50 {:.2} ms  p99 {:.2} ms",
         report.run.p50_ms, report.run.p99_ms
