@@ -10,7 +10,7 @@ use kira_core::CompanyId;
 use kira_core::budget::{
     AllocationInput, BudgetConfig, CompanyFactors, Pool, allocate, allocation_factor,
 };
-use kira_core::task::{Priority, Task, TaskId, TaskStatus, check_transition};
+use kira_core::task::{Priority, TaskId, TaskStatus, check_transition};
 use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
@@ -357,7 +357,9 @@ impl crate::flow::batch::FastPaths for SqliteStore {
         now: DateTime<Utc>,
         out: &mut Vec<(TaskId, ClaimOutcome)>,
     ) -> Result<usize> {
+        let t0 = std::time::Instant::now();
         let mut tx = self.write().await?;
+        let t_acquired = t0.elapsed().as_micros();
         let ids: Vec<&str> = cands.iter().map(|c| c.entry.task_id.as_str()).collect();
         let ids = to_json(&ids)?;
         // What each candidate is now (the write lock keeps it so until commit).
@@ -436,18 +438,48 @@ impl crate::flow::batch::FastPaths for SqliteStore {
             });
             done += 1;
         }
+        let t_planned = t0.elapsed().as_micros();
         let claimed = if fast.is_empty() {
-            BTreeMap::new()
+            Vec::new()
         } else {
             claim_set(&mut tx, &fast, &period, worker, lease_until, now).await?
         };
+        let t_written = t0.elapsed().as_micros();
         tx.commit().await?;
+        let t_committed = t0.elapsed().as_micros();
+        // Read into tasks once the writer's turn is over.
+        let claimed = claimed
+            .iter()
+            .map(|r| {
+                let t = task_from_row(r)?;
+                Ok((t.task_id.as_str().to_owned(), t))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
         push_outcomes(out, &fast, gone, claimed, &period)?;
+        tracing::debug!(
+            tasks = fast.len(),
+            t_acquired,
+            t_planned,
+            t_written,
+            t_committed,
+            "claim transaction"
+        );
         Ok(done)
     }
 
     /// Records the plain completions (lease held, settlement within its
     /// reservation) in one transaction; returns the indices of the others.
+    ///
+    /// The writer's turn is the queue's bottleneck, so what can be decided
+    /// before it is: which tasks are still ours and what they hold are read
+    /// on a reader connection and the whole command is built from that
+    /// reading; in the turn, the command itself checks it (each queue row
+    /// ended or requeued must still be this worker's running task, each
+    /// reservation closed must still be held), and if anything changed in
+    /// between (a lease reaped, say), it rolls back and the careful way
+    /// reads again inside the turn. Runs that leave audit entries (their
+    /// result memories) need the chain's head, which only the turn may
+    /// read: those go the careful way at once.
     async fn finish_fast(
         &self,
         worker: &str,
@@ -455,90 +487,203 @@ impl crate::flow::batch::FastPaths for SqliteStore {
         now: DateTime<Utc>,
         out: &mut [Option<Completed>],
     ) -> Result<Vec<usize>> {
-        let mut tx = self.write().await?;
         let ids: Vec<&str> = cs.iter().map(|c| c.task_id.as_str()).collect();
         let ids = to_json(&ids)?;
-        // One read: which of them are still ours, what they hold, and the
-        // audit chain's head (the writer turn keeps all three until commit).
-        let row = sqlx::query(
-            "SELECT (SELECT json_group_array(json_array(task_id, company_id)) FROM task_queue \
-               WHERE task_id IN (SELECT value FROM json_each(?1)) AND +lease_owner = ?2 AND +status = 'running') AS ours, \
-             (SELECT json_group_array(json_array(reservation_id, task_id, company_id, period_id, pool, amount) \
-               ORDER BY created_at, reservation_id) FROM reservations \
-               WHERE task_id IN (SELECT value FROM json_each(?1)) AND state = 'held') AS held, \
-             (SELECT json_array(seq, hash) FROM audit_head WHERE id = 1) AS head",
-        )
-        .bind(&ids)
-        .bind(worker)
-        .fetch_one(&mut *tx)
-        .await?;
-        let ours: std::collections::HashMap<String, String> =
-            json::<Vec<(String, String)>>(row.try_get("ours")?)?
-                .into_iter()
-                .collect();
-        type Held = (String, String, String, String, String, i64);
-        let mut held: std::collections::HashMap<String, Vec<Reservation>> = Default::default();
-        for (rid, task, company, period, pool, amount) in json::<Vec<Held>>(row.try_get("held")?)? {
-            let r = Reservation {
-                reservation_id: rid,
-                task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
-                company_id: company_id(&company)?,
-                period_id: period,
-                pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
-                amount,
-            };
-            held.entry(task).or_default().push(r);
-        }
-        let head: (i64, String) = json(row.try_get("head")?)?;
-        let mut slow = Vec::new();
-        let mut plan = FinishPlan::new(true);
-        for (i, c) in cs.iter().enumerate() {
-            let company = c.scope.company();
-            let mine = ours.get(c.task_id.as_str()) == Some(&company.as_str().to_owned());
-            if !mine && c.settle.is_none() {
-                out[i] = Some(Completed::NotFinished(StoreError::Conflict(format!(
-                    "worker {worker} no longer holds the lease on {}",
-                    c.task_id
-                ))));
-                continue;
-            }
-            let task_held = held.get(c.task_id.as_str()).map_or(&[][..], Vec::as_slice);
-            if !mine || !plan.add(i, c, task_held) {
-                slow.push(i);
+        if cs.iter().all(|c| c.records.memory.is_none()) {
+            let mut reader = self.pool.acquire().await?;
+            let state = finish_state(&mut reader, &ids, worker).await?;
+            drop(reader);
+            if let Some(slow) = self.finish_planned(worker, cs, &state, now, out).await? {
+                return Ok(slow);
             }
         }
-        // The rest is one command: the ends, the runs' records and the
-        // audit entries of their memories.
-        let mut script = super::Script::default();
-        if !plan.tasks.is_empty() {
-            plan.push(&mut script, now)?;
-        }
-        let runs: Vec<super::agents::RunWrite<'_>> = plan
-            .tasks
-            .iter()
-            .map(|(i, _)| &cs[*i])
-            .filter(|c| !c.records.is_empty())
-            .map(|c| super::agents::RunWrite {
-                company: c.scope.company(),
-                task: Some(&c.task_id),
-                records: &c.records,
-            })
-            .collect();
-        let mut audits = Vec::new();
-        super::agents::push_run_records(&mut script, &runs, now, &mut audits)?;
-        super::push_audits(&mut script, head, audits)?;
-        script.run(&mut tx).await?;
+        let t0 = std::time::Instant::now();
+        let mut tx = self.write().await?;
+        let t_acquired = t0.elapsed().as_micros();
+        let state = finish_state(&mut tx, &ids, worker).await?;
+        let mut planned = plan_finish(worker, cs, &state, now)?;
+        let t_planned = t0.elapsed().as_micros();
+        std::mem::take(&mut planned.script).run(&mut tx).await?;
+        let t_written = t0.elapsed().as_micros();
         tx.commit().await?;
-        for (i, _) in &plan.tasks {
-            out[*i] = Some(Completed::Recorded);
-        }
-        Ok(slow)
+        tracing::debug!(
+            tasks = planned.recorded.len(),
+            t_acquired,
+            t_planned,
+            t_written,
+            t_committed = t0.elapsed().as_micros(),
+            "finish transaction"
+        );
+        Ok(planned.apply(out))
     }
 }
 
+impl SqliteStore {
+    /// Records a batch finish planned from `state`, read before the
+    /// writer's turn: the outcomes in `out` and the indices for the single
+    /// way, or None, with nothing written, if the command failed in the
+    /// turn because what was read had changed (a count that is off, or a
+    /// balance the stale plan would take below zero); the caller then
+    /// reads again in the turn, where an error that is not of the reading
+    /// recurs.
+    async fn finish_planned(
+        &self,
+        worker: &str,
+        cs: &[Completion],
+        state: &FinishState,
+        now: DateTime<Utc>,
+        out: &mut [Option<Completed>],
+    ) -> Result<Option<Vec<usize>>> {
+        let t0 = std::time::Instant::now();
+        let mut planned = plan_finish(worker, cs, state, now)?;
+        let t_planned = t0.elapsed().as_micros();
+        let mut tx = self.write().await?;
+        let t_acquired = t0.elapsed().as_micros();
+        if let Err(e) = std::mem::take(&mut planned.script).run(&mut tx).await {
+            tracing::debug!(error = %e, "a finish planned before the turn is read again in it");
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        tracing::debug!(
+            tasks = planned.recorded.len(),
+            t_planned,
+            t_acquired,
+            t_committed = t0.elapsed().as_micros(),
+            "finish transaction, planned before the turn"
+        );
+        Ok(Some(planned.apply(out)))
+    }
+}
+
+/// What a batch finish starts from: of the tasks it ends, those still this
+/// worker's running tasks (task id to company), what each holds, and the
+/// audit chain's head.
+struct FinishState {
+    ours: std::collections::HashMap<String, String>,
+    held: std::collections::HashMap<String, Vec<Reservation>>,
+    head: (i64, String),
+}
+
+/// Reads the [`FinishState`] of the tasks `ids` (a JSON array) in one
+/// statement.
+async fn finish_state(conn: &mut SqliteConnection, ids: &str, worker: &str) -> Result<FinishState> {
+    let row = sqlx::query(
+        "SELECT (SELECT json_group_array(json_array(task_id, company_id)) FROM task_queue \
+           WHERE task_id IN (SELECT value FROM json_each(?1)) AND +lease_owner = ?2 AND +status = 'running') AS ours, \
+         (SELECT json_group_array(json_array(reservation_id, task_id, company_id, period_id, pool, amount) \
+           ORDER BY created_at, reservation_id) FROM reservations \
+           WHERE task_id IN (SELECT value FROM json_each(?1)) AND state = 'held') AS held, \
+         (SELECT json_array(seq, hash) FROM audit_head WHERE id = 1) AS head",
+    )
+    .bind(ids)
+    .bind(worker)
+    .fetch_one(&mut *conn)
+    .await?;
+    let ours = json::<Vec<(String, String)>>(row.try_get("ours")?)?
+        .into_iter()
+        .collect();
+    type Held = (String, String, String, String, String, i64);
+    let mut held: std::collections::HashMap<String, Vec<Reservation>> = Default::default();
+    for (rid, task, company, period, pool, amount) in json::<Vec<Held>>(row.try_get("held")?)? {
+        let r = Reservation {
+            reservation_id: rid,
+            task_id: TaskId::parse(&task).map_err(|e| corrupt("task id", e))?,
+            company_id: company_id(&company)?,
+            period_id: period,
+            pool: Pool::parse(&pool).map_err(|e| corrupt("pool", e))?,
+            amount,
+        };
+        held.entry(task).or_default().push(r);
+    }
+    let head = json(row.try_get("head")?)?;
+    Ok(FinishState { ours, held, head })
+}
+
+/// A batch finish decided: the command that records the plain
+/// completions, which those are, and the outcomes settled without it.
+struct PlannedFinish {
+    script: super::Script,
+    /// Indices recorded when the command commits.
+    recorded: Vec<usize>,
+    /// Indices found no longer this worker's, with why.
+    lost: Vec<(usize, String)>,
+    /// Indices for the single way.
+    slow: Vec<usize>,
+}
+
+impl PlannedFinish {
+    /// Fills `out` as committed; the indices for the single way.
+    fn apply(self, out: &mut [Option<Completed>]) -> Vec<usize> {
+        for (i, why) in self.lost {
+            out[i] = Some(Completed::NotFinished(StoreError::Conflict(why)));
+        }
+        for i in self.recorded {
+            out[i] = Some(Completed::Recorded);
+        }
+        self.slow
+    }
+}
+
+/// Decides a batch finish from `state`; nothing is written.
+fn plan_finish(
+    worker: &str,
+    cs: &[Completion],
+    state: &FinishState,
+    now: DateTime<Utc>,
+) -> Result<PlannedFinish> {
+    let mut slow = Vec::new();
+    let mut lost = Vec::new();
+    let mut plan = FinishPlan::new(true);
+    for (i, c) in cs.iter().enumerate() {
+        let company = c.scope.company();
+        let mine = state.ours.get(c.task_id.as_str()).map(String::as_str) == Some(company.as_str());
+        if !mine && c.settle.is_none() {
+            lost.push((
+                i,
+                format!("worker {worker} no longer holds the lease on {}", c.task_id),
+            ));
+            continue;
+        }
+        let task_held = state
+            .held
+            .get(c.task_id.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        if !mine || !plan.add(i, c, task_held) {
+            slow.push(i);
+        }
+    }
+    // The rest is one command: the ends, the runs' records and the
+    // audit entries of their memories.
+    let mut script = super::Script::default();
+    if !plan.tasks.is_empty() {
+        plan.push(&mut script, worker, now)?;
+    }
+    let runs: Vec<super::agents::RunWrite<'_>> = plan
+        .tasks
+        .iter()
+        .map(|(i, _)| &cs[*i])
+        .filter(|c| !c.records.is_empty())
+        .map(|c| super::agents::RunWrite {
+            company: c.scope.company(),
+            task: Some(&c.task_id),
+            records: &c.records,
+        })
+        .collect();
+    let mut audits = Vec::new();
+    super::agents::push_run_records(&mut script, &runs, now, &mut audits)?;
+    super::push_audits(&mut script, state.head.clone(), audits)?;
+    Ok(PlannedFinish {
+        script,
+        recorded: plan.tasks.iter().map(|(i, _)| *i).collect(),
+        lost,
+        slow,
+    })
+}
+
 /// Writes the fast claims: queue rows, base allocations, reservations,
-/// ledger, task rows and events, one statement each. Returns the tasks as
-/// claimed, by id.
+/// ledger, task rows and events, one statement each. Returns the task rows
+/// as claimed, for the caller to read after its commit.
 async fn claim_set(
     tx: &mut SqliteConnection,
     fast: &[FastClaim<'_>],
@@ -546,7 +691,7 @@ async fn claim_set(
     worker: &str,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<BTreeMap<String, Task>> {
+) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
     let rows: Vec<serde_json::Value> = fast
         .iter()
         .map(|f| {
@@ -620,29 +765,22 @@ async fn claim_set(
         None,
     );
     let mut returned = script.run(tx).await?;
-    let tasks = returned
-        .get_mut(4)
-        .map(std::mem::take)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            let t = task_from_row(r)?;
-            Ok((t.task_id.as_str().to_owned(), t))
-        })
-        .collect::<Result<BTreeMap<_, _>>>()?;
-    Ok(tasks)
+    Ok(returned.get_mut(4).map(std::mem::take).unwrap_or_default())
 }
 
 /// SQLite writes a plan as statements of a one-command script.
 trait PushPlan {
-    fn push(&self, script: &mut super::Script, now: DateTime<Utc>) -> Result<()>;
+    fn push(&self, script: &mut super::Script, worker: &str, now: DateTime<Utc>) -> Result<()>;
 }
 
 impl PushPlan for FinishPlan {
     /// One statement per table, whatever the number of completions, added
     /// to `script`: the statements are independent of each other's
-    /// results, only their row counts are checked.
-    fn push(&self, script: &mut super::Script, now: DateTime<Utc>) -> Result<()> {
+    /// results, only their row counts are checked. Each queue row must
+    /// still be `worker`'s running task and each reservation closed still
+    /// held, so a plan made from an earlier reading fails (a conflict,
+    /// nothing written) if either changed since.
+    fn push(&self, script: &mut super::Script, worker: &str, now: DateTime<Utc>) -> Result<()> {
         if !self.closed.is_empty() {
             let closed = to_json(&self.closed)?;
             script.push(
@@ -687,9 +825,13 @@ impl PushPlan for FinishPlan {
         if !self.ended.is_empty() {
             script.push(
                 "DELETE FROM task_queue \
-                 WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM jsonb_each(?));",
-                [to_json(&self.ended)?],
-                None,
+                 WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM jsonb_each(?)) \
+                 AND +lease_owner = ? AND +status = 'running';",
+                [to_json(&self.ended)?, worker.to_owned()],
+                Some((
+                    self.ended.len() as u64,
+                    "a task ended in a batch finish is no longer this worker's",
+                )),
             );
         }
         if !self.requeued.is_empty() {
@@ -698,9 +840,13 @@ impl PushPlan for FinishPlan {
                    not_before = COALESCE(j.not_before, ?) \
                  FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'not_before' AS not_before \
                        FROM jsonb_each(?)) AS j \
-                 WHERE task_queue.task_id = j.id AND task_queue.company_id = j.company;",
-                [ts(now), to_json(&self.requeued)?],
-                None,
+                 WHERE task_queue.task_id = j.id AND task_queue.company_id = j.company \
+                 AND task_queue.lease_owner = ? AND task_queue.status = 'running';",
+                [ts(now), to_json(&self.requeued)?, worker.to_owned()],
+                Some((
+                    self.requeued.len() as u64,
+                    "a task requeued in a batch finish is no longer this worker's",
+                )),
             );
         }
         let tasks: Vec<&serde_json::Value> = self.tasks.iter().map(|(_, t)| t).collect();
@@ -736,6 +882,162 @@ impl PushPlan for FinishPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch finish planned from a reading taken before the writer's
+    /// turn, whose task's lease was reaped in between: the command fails
+    /// (the reservation is no longer held, the queue row no longer this
+    /// worker's) and, rolled back, writes nothing; the finish, read again
+    /// in the turn, reports the run as not finished.
+    #[tokio::test]
+    async fn a_finish_planned_from_a_stale_reading_writes_nothing() {
+        use crate::CompanyStore;
+        use kira_core::audit::{AuditRecord, Outcome};
+        use kira_core::auth::{Access, Principal};
+        use kira_core::budget::BudgetConfig;
+        use kira_core::task::Priority;
+
+        let store = SqliteStore::open("sqlite::memory:").await.expect("open");
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let record = |action: &str| AuditRecord {
+            at: t0,
+            request_id: "req".into(),
+            actor: "system".into(),
+            company_id: Some(CompanyId::parse("acme").expect("id")),
+            action: action.into(),
+            target: "test".into(),
+            outcome: Outcome::Ok,
+            detail: String::new(),
+        };
+        let (id, profile) =
+            serde_json::from_value::<kira_core::company::NewCompany>(serde_json::json!({
+                "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE",
+                "revenue_usd": 1_000_000, "complexity_score": 0.5, "activity_score": 0.5,
+            }))
+            .expect("new company")
+            .validate()
+            .expect("valid");
+        let scope = Principal::system()
+            .scope(&id, Access::Write)
+            .expect("scope");
+        store
+            .create_company(&scope, &profile, t0, record("company.create"))
+            .await
+            .expect("create");
+        let cfg = BudgetConfig {
+            total_tokens: 10_000,
+            ..BudgetConfig::default()
+        };
+        let new = NewTask {
+            label: "legal".into(),
+            company_context: serde_json::json!({}),
+            task: "review".into(),
+            task_type: "quick_question_answer".into(),
+            priority: Priority::Medium,
+            deadline: None,
+            parameters: serde_json::json!({}),
+            specialist: None,
+            agent: "legal".into(),
+            estimated_tokens: 100,
+            max_attempts: 3,
+            multiplier: 1.0,
+            idempotency: None,
+            open_limit: None,
+        };
+        let task = store
+            .submit_task(&scope, &new, t0, record("task.submit"))
+            .await
+            .expect("submit")
+            .task
+            .task_id;
+        let claimed = store
+            .claim(
+                &scope,
+                &task,
+                "w1",
+                t0 + chrono::TimeDelta::minutes(1),
+                &cfg,
+                t0,
+            )
+            .await
+            .expect("claim");
+        assert!(matches!(claimed, ClaimOutcome::Claimed { .. }));
+        let completion = Completion {
+            scope: scope.clone(),
+            task_id: task.clone(),
+            finish: Finish {
+                status: TaskStatus::Completed,
+                reason: "done".into(),
+                result: Some(serde_json::json!({"answer": 42})),
+                confidence: Some(0.9),
+                requires_human_review: false,
+                error: None,
+                retry_at: None,
+            },
+            settle: None,
+            records: RunRecords::default(),
+        };
+        let ids = to_json(&[task.as_str()]).expect("ids");
+        let mut reader = store.pool.acquire().await.expect("reader");
+        let state = finish_state(&mut reader, &ids, "w1").await.expect("read");
+        drop(reader);
+        assert_eq!(state.ours.len(), 1, "read while the lease is held");
+        // The lease runs out before the turn: the reaper queues it again.
+        let later = t0 + chrono::TimeDelta::minutes(5);
+        store
+            .reap_expired(later, chrono::TimeDelta::seconds(10))
+            .await
+            .expect("reap");
+        let planned =
+            plan_finish("w1", std::slice::from_ref(&completion), &state, later).expect("plan");
+        assert_eq!(planned.recorded, [0], "planned as if still ours");
+        let mut out = vec![None];
+        let done = store
+            .finish_planned(
+                "w1",
+                std::slice::from_ref(&completion),
+                &state,
+                later,
+                &mut out,
+            )
+            .await
+            .expect("a stale plan is not an error");
+        assert!(
+            done.is_none() && out[0].is_none(),
+            "the stale plan failed in the turn"
+        );
+        let admin = Principal::system().admin().expect("admin");
+        assert!(store.verify_ledger(&admin).await.expect("verify").ok);
+        // Through the fast path: read again in the turn, not finished.
+        let mut out = vec![None];
+        let slow = crate::flow::batch::FastPaths::finish_fast(
+            &store,
+            "w1",
+            std::slice::from_ref(&completion),
+            later,
+            &mut out,
+        )
+        .await
+        .expect("finish");
+        assert!(slow.is_empty());
+        assert!(
+            matches!(
+                out[0],
+                Some(Completed::NotFinished(StoreError::Conflict(_)))
+            ),
+            "{:?}",
+            out[0]
+        );
+        let now = store.get_task(&scope, &task).await.expect("task");
+        assert_eq!(
+            now.status,
+            TaskStatus::Queued,
+            "the reaper's requeue stands"
+        );
+        let admin = Principal::system().admin().expect("admin");
+        assert!(store.verify_ledger(&admin).await.expect("verify").ok);
+    }
 
     /// How SQLite reads `sql`: its query plan's lines.
     async fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
