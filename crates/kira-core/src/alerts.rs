@@ -230,6 +230,12 @@ impl Check {
             Check::Ledger => "budget verify",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Check> {
+        [Check::AuditChain, Check::Ledger]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
 }
 
 impl Condition {

@@ -188,6 +188,46 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// A walk that starts after entry `seq`, whose hash `hash` was
+    /// verified before (a checkpoint, or an entry a walk already checked).
+    pub fn after(seq: i64, hash: impl Into<String>) -> Self {
+        Self {
+            expected_seq: seq + 1,
+            prev_hash: hash.into(),
+            broken: None,
+        }
+    }
+
+    /// The walk of a slice that must end at entry `end`, whose hash, when
+    /// a walk verified it before, is `hash`: entries missing at its end,
+    /// or an end entry that is not the one verified, break it.
+    pub fn finish_slice(mut self, end: i64, hash: Option<&str>) -> ChainReport {
+        let walked = self.expected_seq - 1;
+        if self.broken.is_none() {
+            if walked != end {
+                self.broken = Some(BrokenLink {
+                    seq: walked + 1,
+                    reason: format!(
+                        "expected entry {} but the log has none up to {end}: entries are missing",
+                        walked + 1
+                    ),
+                });
+            } else if hash.is_some_and(|h| h != self.prev_hash) {
+                self.broken = Some(BrokenLink {
+                    seq: end,
+                    reason:
+                        "the entry's hash is not the one verified before: the entry was altered"
+                            .to_owned(),
+                });
+            }
+        }
+        ChainReport {
+            entries: walked,
+            ok: self.broken.is_none(),
+            first_broken: self.broken,
+        }
+    }
+
     pub fn push(&mut self, e: &AuditEntry) {
         if self.broken.is_some() {
             return;
@@ -294,6 +334,36 @@ mod tests {
         let r = verify(&c, head);
         assert!(r.ok);
         assert_eq!(r.entries, 5);
+    }
+
+    #[test]
+    fn a_walk_from_a_checkpoint_checks_only_what_follows_it() {
+        let c = chain(6);
+        let walk = |es: &[AuditEntry], from: usize| {
+            let mut v = ChainVerifier::after(c[from - 1].seq, c[from - 1].hash.clone());
+            es.iter().for_each(|e| v.push(e));
+            v
+        };
+        // Entries 4 to 6 after entry 3's (seq, hash): whole, they verify up
+        // to the head.
+        let head = c.last().map(|e| (e.seq, e.hash.clone()));
+        let r = walk(&c[3..], 3).finish(head.clone());
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.entries, 6);
+        let mut altered = c.clone();
+        altered[4].detail = "forged".into();
+        let r = walk(&altered[3..], 3).finish(head);
+        assert_eq!(r.first_broken.map(|b| b.seq), Some(5));
+        // A slice 2..=4 ends where it must, with the hash verified before.
+        let r = walk(&c[1..4], 1).finish_slice(4, Some(&c[3].hash));
+        assert!(r.ok, "{r:?}");
+        // Its last entry gone: missing at 4.
+        let r = walk(&c[1..3], 1).finish_slice(4, None);
+        assert_eq!(r.first_broken.map(|b| b.seq), Some(4));
+        // Its end not the entry verified before (the tail rewritten and
+        // rehashed from there on): altered at the end.
+        let r = walk(&c[1..4], 1).finish_slice(4, Some(&c[4].hash));
+        assert_eq!(r.first_broken.map(|b| b.seq), Some(4));
     }
 
     #[test]

@@ -7,7 +7,12 @@
 //!
 //! One evaluator at a time across processes (an advisory job lock, like
 //! compaction's); the notices held for their group are in the database,
-//! so whichever process evaluates next sends them.
+//! so whichever process evaluates next sends them, and a group taken to
+//! be sent stays marked until its delivery is recorded, so a process that
+//! dies meanwhile loses none (the next evaluator sends it once the mark's
+//! lease ran out). The scheduled `audit verify` and `budget verify` are a
+//! job of their own (one process at a time too), whose latest outcomes,
+//! in the database, the evaluator reads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -48,6 +53,9 @@ use channels::{Unavailable, smtp_transport};
 /// The advisory-lock key of the alerts evaluator.
 const JOB_ALERTS: i64 = 0x6b69_7261_0004;
 
+/// The advisory-lock key of the scheduled verifications' job.
+const JOB_VERIFY: i64 = 0x6b69_7261_0022;
+
 /// A sample of one provider's counters: (at, answered, failed).
 type ProviderSample = (DateTime<Utc>, u64, u64);
 
@@ -70,6 +78,13 @@ pub struct AlertsConfig {
     /// (doubling after each).
     pub delivery_attempts: u32,
     pub retry_backoff: Duration,
+    /// How long a group taken out of the outbox is marked as being sent:
+    /// if its delivery is not recorded by then (the process died), the
+    /// next evaluator sends it again. Longer than the slowest delivery.
+    pub delivery_lease: TimeDelta,
+    /// Audit entries older than the scheduled check's checkpoint that
+    /// each run walks again, from where the last run's slice ended.
+    pub audit_sweep: i64,
 }
 
 impl Default for AlertsConfig {
@@ -90,6 +105,8 @@ impl Default for AlertsConfig {
             smtp: None,
             delivery_attempts: 3,
             retry_backoff: Duration::from_millis(500),
+            delivery_lease: TimeDelta::minutes(5),
+            audit_sweep: 10_000,
         }
     }
 }
@@ -106,6 +123,11 @@ pub struct AlertsSection {
     pub group_interval_seconds: Option<i64>,
     pub delivery_attempts: Option<u32>,
     pub retry_backoff_ms: Option<u64>,
+    /// How long a group being sent waits for its delivery's record before
+    /// the next evaluator sends it again.
+    pub delivery_lease_seconds: Option<i64>,
+    /// Older audit entries each scheduled `audit verify` walks again.
+    pub audit_sweep_entries: Option<i64>,
     /// `[alerts.teams.NAME] channels = [...]`.
     #[serde(default)]
     pub teams: BTreeMap<String, TeamSection>,
@@ -164,6 +186,13 @@ impl AlertsSection {
                 60_000,
             )?;
             c.retry_backoff = Duration::from_millis(ms as u64);
+        }
+        if let Some(v) = self.delivery_lease_seconds {
+            c.delivery_lease =
+                TimeDelta::seconds(within("alerts.delivery_lease_seconds", v, 10, 86_400)?);
+        }
+        if let Some(v) = self.audit_sweep_entries {
+            c.audit_sweep = within("alerts.audit_sweep_entries", v, 1, 100_000_000)?;
         }
         c.smtp = self.smtp.unwrap_or_default().resolve()?;
         for (name, team) in self.teams {
@@ -260,8 +289,6 @@ pub struct Alerts {
     ctx: Arc<Ctx>,
     metrics: Arc<crate::metrics::Metrics>,
     sharing: Arc<crate::sharing::Sharing>,
-    /// The latest run of each scheduled verification.
-    verified: tokio::sync::Mutex<BTreeMap<Check, Verification>>,
     http: reqwest::Client,
     /// For a company contact's webhook: held to `[tools]`'s address
     /// policy, and following redirects within the URL's origin only.
@@ -388,7 +415,6 @@ impl Alerts {
             metrics,
             sharing,
             smtp,
-            verified: tokio::sync::Mutex::new(BTreeMap::new()),
             http,
             company_http,
         }
@@ -458,11 +484,13 @@ impl Alerts {
         Ok(Some(report))
     }
 
-    /// Sends every group due now (taken out of the stored outbox, so no
-    /// other evaluator sends it), one notice per group listing its alerts
-    /// as they stand now, each attempt recorded on every alert of the
-    /// group. An alert acknowledged or resolved since its notice was held,
-    /// or silenced now, is left out of its notice.
+    /// Sends every group due now, and every group another evaluator took
+    /// and never recorded (its lease run out): each taken out of the
+    /// stored outbox marked as being sent (so no other evaluator sends it
+    /// meanwhile), one notice per group listing its alerts as they stand
+    /// now, each attempt recorded on every alert of the group with the
+    /// mark's removal. An alert acknowledged or resolved since its notice
+    /// was held, or silenced now, is left out of its notice.
     async fn flush(
         &self,
         now: DateTime<Utc>,
@@ -470,33 +498,34 @@ impl Alerts {
         directory: &HashMap<String, Company>,
         report: &mut EvaluationReport,
     ) -> Result<(), EngineError> {
+        let cfg = self.config();
         let (due, held) = self
             .ctx
             .store
-            .take_due_notices(now, self.config().grouping)
+            .take_due_notices(now, cfg.grouping, cfg.delivery_lease)
             .await?;
         report.notices_held = held;
-        for (key, alerts) in due {
-            let mut told = Vec::with_capacity(alerts.len());
-            for a in alerts {
-                match still_due(key.notice, &a, silences, now) {
+        for group in due {
+            let mut told = Vec::with_capacity(group.alerts.len());
+            for a in group.alerts {
+                match still_due(group.key.notice, &a, silences, now) {
                     Due::Send => told.push(a),
                     Due::Silenced(_) => report.notices_silenced += 1,
                     Due::Stale => {}
                 }
             }
-            if told.is_empty() {
-                continue;
+            let mut attempts = Vec::new();
+            if !told.is_empty() {
+                attempts = self
+                    .deliver(&told, group.key.notice, &group.key.audience, directory)
+                    .await;
+                report.attempts_failed += attempts
+                    .iter()
+                    .filter(|a| a.outcome == Delivery::Failed)
+                    .count();
+                report.notices_sent += 1;
             }
-            let attempts = self
-                .deliver(&told, key.notice, &key.audience, directory)
-                .await;
-            report.attempts_failed += attempts
-                .iter()
-                .filter(|a| a.outcome == Delivery::Failed)
-                .count();
-            report.notices_sent += 1;
-            self.ctx.store.record_notifications(&attempts).await?;
+            self.ctx.store.finish_sending(group.id, &attempts).await?;
         }
         Ok(())
     }
@@ -600,7 +629,7 @@ impl Alerts {
             oldest_runnable_since: waiting.oldest_queued_since(),
             denied_reads: counted.denied_reads,
             auth_failures: counted.auth_failures,
-            verifications: self.verify_due(admin, now).await,
+            verifications: self.verified().await?,
             providers: counted.providers,
         };
         Ok((facts, directory))
@@ -614,9 +643,8 @@ impl Alerts {
         self.ctx.counts.auth_failure(key, from);
     }
 
-    /// Runs each verification a rule asks for whose interval has passed
-    /// since its last run here; the latest outcome of each.
-    async fn verify_due(&self, admin: &AdminScope, now: DateTime<Utc>) -> Vec<Verification> {
+    /// Each verification a rule asks for, at its shortest interval.
+    fn scheduled(&self) -> BTreeMap<Check, TimeDelta> {
         let mut due: BTreeMap<Check, TimeDelta> = BTreeMap::new();
         for (check, every) in self
             .config()
@@ -627,32 +655,62 @@ impl Alerts {
             let e = due.entry(check).or_insert(every);
             *e = (*e).min(every);
         }
-        let mut verified = self.verified.lock().await;
-        for (check, every) in due.iter() {
-            if verified.get(check).is_some_and(|v| now - v.at < *every) {
+        due
+    }
+
+    /// The scheduled verifications' job, on one process at a time: runs
+    /// each verification a rule asks for whose interval has passed since
+    /// its last run (by any process) and records its outcome, which the
+    /// evaluator reads. An evaluation never runs one, nor waits for one.
+    /// None: another process holds the job; else the runs made.
+    pub async fn verify_due(&self) -> Result<Option<Vec<Verification>>, EngineError> {
+        let now = self.ctx.clock.now().trunc_subsecs(6);
+        let admin = system_admin()?;
+        let Some(_lock) = self.ctx.store.job_lock(JOB_VERIFY).await? else {
+            return Ok(None);
+        };
+        let last: BTreeMap<Check, Verification> = self
+            .ctx
+            .store
+            .verifications()
+            .await?
+            .into_iter()
+            .map(|v| (v.check, v))
+            .collect();
+        let mut ran = Vec::new();
+        for (check, every) in self.scheduled() {
+            if last.get(&check).is_some_and(|v| now - v.at < every) {
                 continue;
             }
-            let failure = match self.verify(*check, admin, now).await {
+            let failure = match self.verify(check, &admin, now).await {
                 Ok(failure) => failure,
                 Err(e) => Some(format!("could not run: {e}")),
             };
             if let Some(f) = &failure {
                 tracing::error!(check = check.as_str(), failure = %f, "a scheduled verification failed");
             }
-            verified.insert(
-                *check,
-                Verification {
-                    check: *check,
-                    at: now,
-                    failure,
-                },
-            );
+            let run = Verification {
+                check,
+                at: now,
+                failure,
+            };
+            self.ctx.store.record_verification(&run).await?;
+            ran.push(run);
         }
-        verified
-            .values()
+        Ok(Some(ran))
+    }
+
+    /// The latest run of each verification a rule asks for.
+    async fn verified(&self) -> Result<Vec<Verification>, EngineError> {
+        let due = self.scheduled();
+        Ok(self
+            .ctx
+            .store
+            .verifications()
+            .await?
+            .into_iter()
             .filter(|v| due.contains_key(&v.check))
-            .cloned()
-            .collect()
+            .collect())
     }
 
     /// One verification: what failed, in words, or None.
@@ -672,9 +730,13 @@ impl Alerts {
                     action: "audit.verify".into(),
                     target: "audit".into(),
                     outcome: Outcome::Ok,
-                    detail: "scheduled by the alerts evaluator".into(),
+                    detail: "scheduled verification".into(),
                 };
-                let r = self.ctx.store.verify_audit(admin, audit).await?;
+                let r = self
+                    .ctx
+                    .store
+                    .verify_audit_scheduled(admin, self.config().audit_sweep, audit)
+                    .await?;
                 match (r.ok, r.first_broken) {
                     (true, _) => None,
                     (false, Some(b)) => Some(format!("entry {}: {}", b.seq, b.reason)),
@@ -850,15 +912,33 @@ impl Alerts {
         out
     }
 
-    /// Runs `evaluate` every `[alerts] evaluate_interval` until `shutdown`.
+    /// Runs `evaluate` every `[alerts] evaluate_interval` and, beside it
+    /// (so an evaluation never waits for one), the scheduled
+    /// verifications' job, which looks for what is due as often; both
+    /// until `shutdown`.
     pub fn start_jobs(self: &Arc<Self>, shutdown: Shutdown) -> JoinHandle<()> {
+        let every = self
+            .config()
+            .evaluate_interval
+            .to_std()
+            .unwrap_or(Duration::from_secs(30));
+        let verifier = {
+            let alerts = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = alerts.verify_due().await {
+                        tracing::error!(error = %e, "the scheduled verifications could not run");
+                    }
+                    tokio::select! {
+                        () = shutdown.wait() => break,
+                        () = tokio::time::sleep(every) => {}
+                    }
+                }
+            })
+        };
         let alerts = self.clone();
         tokio::spawn(async move {
-            let every = alerts
-                .config()
-                .evaluate_interval
-                .to_std()
-                .unwrap_or(Duration::from_secs(30));
             loop {
                 if let Err(e) = alerts.evaluate().await {
                     tracing::error!(error = %e, "alert evaluation failed");
@@ -868,6 +948,7 @@ impl Alerts {
                     () = tokio::time::sleep(every) => {}
                 }
             }
+            let _ = verifier.await;
         })
     }
 

@@ -6,9 +6,11 @@
 //! writes go through the `app.alerts` setting, which admits every alert.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::CompanyId;
-use kira_core::alerts::{Alert, AlertState, GroupKey, Grouping, Held, NoticeKind, Silence};
+use kira_core::alerts::{
+    Alert, AlertState, GroupKey, Grouping, Held, NoticeKind, Silence, Verification,
+};
 use kira_core::audit::AuditRecord;
 use kira_core::auth::{AdminScope, CompanyScope};
 use serde::Serialize;
@@ -92,6 +94,18 @@ pub struct AlertDetail {
     pub notifications: Vec<NotificationAttempt>,
 }
 
+/// A group taken out of the outbox to be sent: its notices are marked
+/// as being sent under `id` until [`AlertStore::finish_sending`] records
+/// the delivery, or the lease runs out and the next evaluator takes the
+/// group again (at least once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sending {
+    pub id: Uuid,
+    pub key: GroupKey,
+    /// Its alerts as they stand now, in the order they were held.
+    pub alerts: Vec<Alert>,
+}
+
 /// The most notification attempts [`AlertStore::get_alert`] returns.
 pub const MAX_NOTIFICATIONS_SHOWN: u32 = 500;
 
@@ -120,7 +134,9 @@ pub trait AlertStore: Send + Sync {
     ) -> Result<Vec<Uuid>>;
 
     /// Takes the groups due at `now` out of the stored outbox, in one
-    /// transaction (so two evaluators never take one notice both): each
+    /// transaction (so two evaluators never take one notice both), and
+    /// the groups whose sender's lease ran out (it died before recording
+    /// their delivery): each marked as being sent until `now + lease`,
     /// with its alerts as they stand now, in the order they were held (an
     /// alert gone with its company's delete is left out); and the notices
     /// still held after.
@@ -128,10 +144,22 @@ pub trait AlertStore: Send + Sync {
         &self,
         now: DateTime<Utc>,
         grouping: Grouping,
-    ) -> Result<(Vec<(GroupKey, Vec<Alert>)>, usize)>;
+        lease: TimeDelta,
+    ) -> Result<(Vec<Sending>, usize)>;
 
     /// Records delivery attempts.
     async fn record_notifications(&self, attempts: &[NotificationAttempt]) -> Result<()>;
+
+    /// Records a taken group's delivery attempts and removes its
+    /// being-sent mark, in one transaction (a mark taken again since,
+    /// its lease run out, is another's and stays).
+    async fn finish_sending(&self, sending: Uuid, attempts: &[NotificationAttempt]) -> Result<()>;
+
+    /// Records a scheduled verification's run, in place of its last.
+    async fn record_verification(&self, run: &Verification) -> Result<()>;
+
+    /// The latest run of each scheduled verification, every process's.
+    async fn verifications(&self) -> Result<Vec<Verification>>;
 
     async fn list_alerts(&self, who: AlertReader<'_>, filter: &AlertFilter) -> Result<Vec<Alert>>;
 

@@ -185,6 +185,20 @@ pub trait AuditStore: Send + Sync {
 
     /// Walks the whole chain (admin path).
     async fn verify_audit(&self, admin: &AdminScope, audit: AuditRecord) -> Result<ChainReport>;
+
+    /// The scheduled check (admin path; the alerts' verification job):
+    /// walks the entries appended since the last checkpoint (the last
+    /// (seq, hash) it verified, kept in the database) up to the head, and
+    /// the next `sweep` entries before the checkpoint from where the last
+    /// run's slice ended (round and round, so an old entry altered later
+    /// is found in turn); when both verify, the checkpoint moves to the
+    /// head. Its cost is what was appended plus `sweep`, not the chain.
+    async fn verify_audit_scheduled(
+        &self,
+        admin: &AdminScope,
+        sweep: i64,
+        audit: AuditRecord,
+    ) -> Result<ChainReport>;
 }
 
 #[async_trait]

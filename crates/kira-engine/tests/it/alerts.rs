@@ -35,23 +35,36 @@ use crate::common::{Backend, fresh_store, fresh_store_url, t0};
 /// What the receiver got: (path, body).
 type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
 
+/// What the receiver's handlers share: the inbox, `/flaky`'s calls, and
+/// `/stall`'s (rung when its first call arrives).
+type ReceiverState = (Inbox, Arc<Mutex<u32>>, Arc<tokio::sync::Notify>);
+
 /// A webhook receiver on loopback; `/flaky` answers 503 to its first two
-/// calls.
-async fn receiver() -> (String, Inbox) {
+/// calls; `/stall` never answers its first call (and rings the notify
+/// returned when it has it), then answers.
+async fn receiver() -> (String, Inbox, Arc<tokio::sync::Notify>) {
     let inbox: Inbox = Arc::default();
-    let flaky = Arc::new(Mutex::new(0u32));
+    let calls = Arc::new(Mutex::new(0u32));
+    let stalled = Arc::new(tokio::sync::Notify::new());
     let app = axum::Router::new()
         .route(
             "/{name}",
             post(
-                |State((inbox, flaky)): State<(Inbox, Arc<Mutex<u32>>)>,
+                |State((inbox, calls, stalled)): State<ReceiverState>,
                  Path(name): Path<String>,
                  axum::Json(body): axum::Json<Value>| async move {
-                    if name == "flaky" {
-                        let mut n = flaky.lock().expect("lock");
-                        *n += 1;
-                        if *n <= 2 {
+                    if name == "flaky" || name == "stall" {
+                        let n = {
+                            let mut n = calls.lock().expect("lock");
+                            *n += 1;
+                            *n
+                        };
+                        if name == "flaky" && n <= 2 {
                             return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        if name == "stall" && n == 1 {
+                            stalled.notify_one();
+                            std::future::pending::<()>().await;
                         }
                     }
                     inbox.lock().expect("lock").push((name, body));
@@ -59,19 +72,21 @@ async fn receiver() -> (String, Inbox) {
                 },
             ),
         )
-        .with_state((inbox.clone(), flaky));
+        .with_state((inbox.clone(), calls, stalled.clone()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(l, app).await });
-    (format!("http://{addr}"), inbox)
+    (format!("http://{addr}"), inbox, stalled)
 }
 
 struct Harness {
     engine: Engine,
     clock: Arc<ManualClock>,
     inbox: Inbox,
+    /// Rung when `/stall` has its first call (which it never answers).
+    stalled: Arc<tokio::sync::Notify>,
     _store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
     /// The database's URL, to tamper with it.
@@ -135,7 +150,7 @@ async fn harness_cfg(
 ) -> Harness {
     let (store, dir, url) = fresh_store_url(backend).await;
     let clock = Arc::new(ManualClock::new(t0()));
-    let (base, inbox) = receiver().await;
+    let (base, inbox, stalled) = receiver().await;
     let mut cfg = EngineConfig::default();
     let a = &mut cfg.alerts;
     a.rules = rules;
@@ -195,6 +210,7 @@ async fn harness_cfg(
         engine,
         clock,
         inbox,
+        stalled,
         _store: store,
         _dir: dir,
         url,
@@ -239,18 +255,62 @@ impl Harness {
             .collect()
     }
 
-    /// [`Harness::at`], the bodies as received.
+    /// [`Harness::at`], the bodies as received. The scheduled
+    /// verifications' job runs first, as `kira serve` runs it beside the
+    /// evaluator.
     async fn at_bodies(&self, by: TimeDelta) -> Vec<(String, Value)> {
         self.clock.advance(by);
+        verify_until_locked(&self.engine).await;
         // Tests running beside this one on the same PostgreSQL server may
         // hold the evaluator's lock for a moment.
         evaluate_until_locked(&self.engine).await;
         self.inbox.lock().expect("lock").drain(..).collect()
     }
 
+    /// [`Harness::at`] with no verification job: the evaluation alone.
+    async fn evaluate_only(&self, by: TimeDelta) -> Vec<(String, String)> {
+        self.clock.advance(by);
+        evaluate_until_locked(&self.engine).await;
+        self.inbox
+            .lock()
+            .expect("lock")
+            .drain(..)
+            .map(|(path, body)| (path, body["notice"].as_str().unwrap_or_default().into()))
+            .collect()
+    }
+
+    /// Moves the clock on by `by` and runs the verification job alone:
+    /// the verifications it ran.
+    async fn verify(&self, by: TimeDelta) -> usize {
+        self.clock.advance(by);
+        verify_until_locked(&self.engine).await
+    }
+
+    /// The audit log's entries of `action`, as (seq, ...) in order.
+    async fn entries_of(&self, action: &str) -> Vec<i64> {
+        self.engine
+            .audit()
+            .list_all(
+                &admin(),
+                None,
+                kira_store::AuditPage {
+                    after_seq: 0,
+                    limit: 1_000,
+                },
+                audit("audit.list"),
+            )
+            .await
+            .expect("audit")
+            .into_iter()
+            .filter(|e| e.action == action)
+            .map(|e| e.seq)
+            .collect()
+    }
+
     /// [`Harness::at`], evaluated by `engine` (another process's).
     async fn at_by(&self, engine: &Engine, by: TimeDelta) -> Vec<(String, String)> {
         self.clock.advance(by);
+        verify_until_locked(engine).await;
         evaluate_until_locked(engine).await;
         self.inbox
             .lock()
@@ -717,6 +777,172 @@ async fn a_failing_verify_is_a_critical_alert(backend: Backend) {
     assert!(h.alerts().await.iter().all(|a| a.2 == "resolved"));
 }
 
+/// The scheduled verifications are a job of their own, whose latest
+/// outcome the evaluator reads: an evaluation runs none (so waits for
+/// none), even when one is due; the job runs each on its schedule, and
+/// the audit check walks what was appended since its checkpoint, so an
+/// entry tampered after it is found at the job's next run (its sweep of
+/// the older entries, one a run here, is nowhere near it).
+async fn the_scheduled_verification_is_a_job_the_evaluation_only_reads(backend: Backend) {
+    let sqlite = matches!(backend, Backend::Sqlite);
+    let h = harness_cfg(
+        backend,
+        "ops",
+        vec![rule(
+            "audit_verify",
+            Severity::Critical,
+            0,
+            Condition::AuditVerify { every_minutes: 10 },
+        )],
+        |a| a.audit_sweep = 1,
+    )
+    .await;
+    assert!(h.evaluate_only(TimeDelta::zero()).await.is_empty());
+    assert!(
+        h.entries_of("audit.verify").await.is_empty(),
+        "the evaluation ran no verification"
+    );
+    assert_eq!(h.verify(TimeDelta::zero()).await, 1);
+    assert!(h.evaluate_only(TimeDelta::zero()).await.is_empty());
+    // Appended after the checkpoint, then altered.
+    h.submit().await;
+    let seq = *h.entries_of("task.submit").await.last().expect("submitted");
+    if sqlite {
+        h.tamper("DROP TRIGGER audit_log_no_update").await;
+    }
+    h.tamper(
+        "UPDATE audit_log SET detail = 'forged' WHERE seq = \
+         (SELECT max(seq) FROM audit_log WHERE action = 'task.submit')",
+    )
+    .await;
+    // Not due for ten minutes; then due, but the evaluation does not run it.
+    assert_eq!(h.verify(TimeDelta::minutes(9)).await, 0);
+    assert!(h.evaluate_only(TimeDelta::minutes(1)).await.is_empty());
+    assert_eq!(h.entries_of("audit.verify").await.len(), 1);
+    assert!(h.alerts().await.is_empty());
+    // The job's run finds it; the next evaluation fires.
+    assert_eq!(h.verify(TimeDelta::zero()).await, 1);
+    assert_eq!(
+        h.evaluate_only(TimeDelta::zero()).await,
+        [sent("ops", "firing")]
+    );
+    let a = h.alerts().await;
+    assert_eq!(a.len(), 1);
+    assert!(
+        a[0].3.starts_with(&format!(
+            "audit verify failed: entry {seq}: contents do not match"
+        )),
+        "{}",
+        a[0].3
+    );
+}
+
+/// Each scheduled audit check also walks a slice of the entries older
+/// than its checkpoint (`audit_sweep` of them, from where the last slice
+/// ended, round and round), so an old entry altered after it was verified
+/// is found when the sweep reaches it, and not before: two entries a run
+/// here.
+async fn the_audit_sweep_finds_an_old_altered_entry_in_turn(backend: Backend) {
+    let sqlite = matches!(backend, Backend::Sqlite);
+    let h = harness_cfg(
+        backend,
+        "ops",
+        vec![rule(
+            "audit_verify",
+            Severity::Critical,
+            0,
+            Condition::AuditVerify { every_minutes: 10 },
+        )],
+        |a| a.audit_sweep = 2,
+    )
+    .await;
+    for _ in 0..3 {
+        h.submit().await;
+    }
+    // The first run walks every entry: the checkpoint is the head.
+    assert!(h.at(TimeDelta::zero()).await.is_empty());
+    if sqlite {
+        h.tamper("DROP TRIGGER audit_log_no_update").await;
+    }
+    h.tamper("UPDATE audit_log SET detail = 'forged' WHERE seq = 3")
+        .await;
+    // The next sweeps entries 1 and 2 (and what is new): nothing found.
+    assert!(h.at(TimeDelta::minutes(10)).await.is_empty());
+    assert!(h.alerts().await.is_empty());
+    // Then 3 and 4.
+    assert_eq!(h.at(TimeDelta::minutes(10)).await, [sent("ops", "firing")]);
+    let a = h.alerts().await;
+    assert!(
+        a[0].3
+            .starts_with("audit verify failed: entry 3: contents do not match"),
+        "{}",
+        a[0].3
+    );
+    // Put right, the next run (the same slice, the checkpoint unmoved)
+    // resolves it.
+    h.tamper("UPDATE audit_log SET detail = '' WHERE seq = 3")
+        .await;
+    assert_eq!(
+        h.at(TimeDelta::minutes(10)).await,
+        [sent("ops", "resolved")]
+    );
+}
+
+/// At least once: a process that took a group out of the outbox and died
+/// before its channel answered (the evaluation dropped while the webhook
+/// hangs) leaves the group marked as being sent; no one sends it while
+/// the mark's lease holds, the next evaluator sends it once the lease
+/// has run out, and once its delivery is recorded it is not sent again.
+async fn a_notice_taken_by_a_process_that_died_is_sent_after_its_lease(backend: Backend) {
+    let mut h = harness_cfg(
+        backend,
+        "stall",
+        vec![rule(
+            "auth_failures",
+            Severity::Critical,
+            0,
+            Condition::AuthFailures {
+                above: 1,
+                window_seconds: 3_600,
+            },
+        )],
+        |a| a.delivery_lease = TimeDelta::minutes(2),
+    )
+    .await;
+    fail(&h.engine, Some("k3v9x2m4q8ab"), "203.0.113.9");
+    // The webhook takes the notice and never answers: the process dies.
+    loop {
+        tokio::select! {
+            r = h.engine.alerts().evaluate() => {
+                assert!(r.expect("evaluate").is_none(), "sent, yet the webhook never answered");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            () = h.stalled.notified() => break,
+        }
+    }
+    let next = h.other_process().await;
+    drop(std::mem::replace(&mut h.engine, next));
+    let alert = h.alert_of("key:k3v9x2m4q8ab").await;
+    assert_eq!(alert.state.as_str(), "firing");
+    assert!(h.attempts(alert.id).await.is_empty());
+    // Being sent: not again while the lease holds.
+    assert!(
+        h.at(TimeDelta::minutes(2) - TimeDelta::seconds(1))
+            .await
+            .is_empty()
+    );
+    // The lease ran out: the next evaluator sends it, once.
+    assert_eq!(h.at(TimeDelta::seconds(1)).await, [sent("stall", "firing")]);
+    assert_eq!(
+        h.attempts(alert.id).await,
+        [(NoticeKind::Firing, Delivery::Sent)]
+    );
+    for by in [TimeDelta::minutes(2), TimeDelta::minutes(10)] {
+        assert!(h.at(by).await.is_empty());
+    }
+    assert_eq!(h.attempts(alert.id).await.len(), 1);
+}
+
 /// A provider's error rate over a window, and a provider failing (its
 /// last calls all errors), from the calls the agent loop reports, with
 /// `Provider(name)` as the subject.
@@ -1144,7 +1370,10 @@ both!(
     a_held_notice_is_sent_by_the_next_evaluator_once,
     two_evaluators_in_turn_send_a_held_notice_once,
     a_held_notice_obeys_ack_resolve_and_silence_when_due,
-    the_metrics_retention_prunes_the_counts
+    the_metrics_retention_prunes_the_counts,
+    the_scheduled_verification_is_a_job_the_evaluation_only_reads,
+    the_audit_sweep_finds_an_old_altered_entry_in_turn,
+    a_notice_taken_by_a_process_that_died_is_sent_after_its_lease
 );
 
 /// A company contact's webhook is checked when written (an address
@@ -1295,6 +1524,20 @@ async fn contact_engine(
 }
 
 /// One evaluation, waiting while a test beside this one holds the lock.
+/// Runs the scheduled verifications' job (waiting for its lock like
+/// [`evaluate_until_locked`]): the verifications it ran.
+async fn verify_until_locked(engine: &Engine) -> usize {
+    let mut tries = 0;
+    loop {
+        if let Some(ran) = engine.alerts().verify_due().await.expect("verify") {
+            return ran.len();
+        }
+        tries += 1;
+        assert!(tries < 500, "the verification job's lock stays taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn evaluate_until_locked(engine: &Engine) {
     let mut tries = 0;
     while engine

@@ -6,13 +6,13 @@
 //! every alert row for writing.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use kira_core::CompanyId;
 use std::collections::{BTreeSet, HashMap};
 
 use kira_core::alerts::{
-    Alert, AlertState, Audience, Group, GroupKey, Grouping, Held, Matcher, NoticeKind, Outbox,
-    RuleKind, Severity, Silence, Subject,
+    Alert, AlertState, Audience, Check, Group, GroupKey, Grouping, Held, Matcher, NoticeKind,
+    Outbox, RuleKind, Severity, Silence, Subject, Verification,
 };
 use kira_core::audit::AuditRecord;
 use kira_core::auth::AdminScope;
@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::alerts::{
     AlertDetail, AlertFilter, AlertReader, AlertStore, Delivery, MAX_NOTIFICATIONS_SHOWN,
-    NotificationAttempt,
+    NotificationAttempt, Sending,
 };
 use crate::flow::store::{Db, commit_or_roll_back, lock_company};
 use crate::sql::{Columns, Conn, Stmt, q, q_each};
@@ -486,21 +486,128 @@ async fn write_evaluation_tx(
     Ok(written)
 }
 
-type DueNotices = (Vec<(GroupKey, Vec<Alert>)>, usize);
+/// The notices of the groups whose sender's lease ran out at `now`, each
+/// group in the order it was held, oldest taking first; their marks go.
+async fn expired_sending(
+    c: &mut dyn Conn,
+    now: DateTime<Utc>,
+) -> Result<Vec<(GroupKey, Vec<Held>)>> {
+    let rows = c
+        .all(
+            q(
+                "SELECT sending_id, rule, notice, audience, alert_id, company_id \
+               FROM alert_sending_notices WHERE lease_until <= $1 ORDER BY sending_id, seq",
+            )
+            .arg(now),
+        )
+        .await?;
+    let mut groups: Vec<(Uuid, GroupKey, Vec<Held>)> = Vec::new();
+    for r in &rows {
+        let id = r.uuid("sending_id")?;
+        let audience = audience_of(&r.text("audience")?)?;
+        let company = company_of(r.opt_text("company_id")?)?;
+        let held = Held {
+            alert_id: r.uuid("alert_id")?,
+            company: company.clone(),
+        };
+        match groups.last_mut() {
+            Some((last, _, notices)) if *last == id => notices.push(held),
+            _ => {
+                let key = GroupKey {
+                    rule: r.text("rule")?,
+                    notice: notice(&r.text("notice")?)?,
+                    company: match audience {
+                        Audience::CompanyContact => company,
+                        Audience::Team(_) => None,
+                    },
+                    audience,
+                };
+                groups.push((id, key, vec![held]));
+            }
+        }
+    }
+    if !groups.is_empty() {
+        c.exec(q("DELETE FROM alert_sending_notices WHERE lease_until <= $1").arg(now))
+            .await?;
+    }
+    Ok(groups.into_iter().map(|(_, k, h)| (k, h)).collect())
+}
+
+/// Marks `held` as being sent under `id` until `until`.
+async fn mark_sending(
+    c: &mut dyn Conn,
+    id: Uuid,
+    key: &GroupKey,
+    held: &[Held],
+    until: DateTime<Utc>,
+) -> Result<()> {
+    let audience = audience_text(&key.audience);
+    for (i, h) in held.iter().enumerate() {
+        c.exec(
+            q(
+                "INSERT INTO alert_sending_notices (sending_id, rule, notice, audience, \
+               alert_id, company_id, seq, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .arg(id)
+            .arg(&key.rule)
+            .arg(key.notice.as_str())
+            .arg(&audience)
+            .arg(h.alert_id)
+            .arg(h.company.as_ref().map(CompanyId::as_str))
+            .arg(i as i64)
+            .arg(until),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_attempts(c: &mut dyn Conn, attempts: &[NotificationAttempt]) -> Result<()> {
+    for n in attempts {
+        let s = q(
+            "INSERT INTO alert_notifications (alert_id, company_id, notice, channel, \
+                   target, attempt, at, outcome, error) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .arg(n.alert_id)
+        .arg(n.company_id.as_ref().map(CompanyId::as_str))
+        .arg(n.notice.as_str())
+        .arg(&n.channel)
+        .arg(&n.target)
+        .arg(i64::from(n.attempt))
+        .arg(n.at)
+        .arg(n.outcome.as_str())
+        .arg(n.error.as_deref());
+        c.exec(s).await?;
+    }
+    Ok(())
+}
+
+type DueNotices = (Vec<Sending>, usize);
 
 async fn take_due_tx(
     c: &mut dyn Conn,
     now: DateTime<Utc>,
     grouping: Grouping,
+    lease: TimeDelta,
 ) -> Result<DueNotices> {
     alerts_policy(c).await?;
     let before = load_outbox(c).await?;
     let mut after = before.clone();
     let due = after.take_due(now, grouping);
     save_outbox(c, &before, &after).await?;
-    let ids: Vec<Uuid> = due
+    // What a sender took and never recorded goes first: it is older.
+    let mut taken = expired_sending(c, now).await?;
+    taken.extend(due.into_iter().filter(|(_, held)| !held.is_empty()));
+    let mut marked = Vec::with_capacity(taken.len());
+    for (key, held) in taken {
+        let id = Uuid::now_v7();
+        mark_sending(c, id, &key, &held, now + lease).await?;
+        marked.push((id, key, held));
+    }
+    let ids: Vec<Uuid> = marked
         .iter()
-        .flat_map(|(_, held)| held.iter().map(|h| h.alert_id))
+        .flat_map(|(_, _, held)| held.iter().map(|h| h.alert_id))
         .collect();
     let mut alerts = HashMap::new();
     if !ids.is_empty() {
@@ -514,14 +621,15 @@ async fn take_due_tx(
             alerts.insert(a.id, a);
         }
     }
-    let due = due
+    let due = marked
         .into_iter()
-        .map(|(key, held)| {
-            let of_group = held
+        .map(|(id, key, held)| Sending {
+            id,
+            key,
+            alerts: held
                 .iter()
                 .filter_map(|h| alerts.get(&h.alert_id).cloned())
-                .collect();
-            (key, of_group)
+                .collect(),
         })
         .collect();
     Ok((due, after.held()))
@@ -583,9 +691,14 @@ impl<D: Db> AlertStore for D {
         commit_or_roll_back::<D, _>(tx, done).await
     }
 
-    async fn take_due_notices(&self, now: DateTime<Utc>, grouping: Grouping) -> Result<DueNotices> {
+    async fn take_due_notices(
+        &self,
+        now: DateTime<Utc>,
+        grouping: Grouping,
+        lease: TimeDelta,
+    ) -> Result<DueNotices> {
         let mut tx = self.write_system().await?;
-        let done = take_due_tx(&mut tx, now, grouping).await;
+        let done = take_due_tx(&mut tx, now, grouping, lease).await;
         commit_or_roll_back::<D, _>(tx, done).await
     }
 
@@ -596,27 +709,55 @@ impl<D: Db> AlertStore for D {
         let mut tx = self.write_system().await?;
         let done = async {
             alerts_policy(&mut tx).await?;
-            for n in attempts {
-                let s = q(
-                    "INSERT INTO alert_notifications (alert_id, company_id, notice, channel, \
-                           target, attempt, at, outcome, error) \
-                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .arg(n.alert_id)
-                .arg(n.company_id.as_ref().map(CompanyId::as_str))
-                .arg(n.notice.as_str())
-                .arg(&n.channel)
-                .arg(&n.target)
-                .arg(i64::from(n.attempt))
-                .arg(n.at)
-                .arg(n.outcome.as_str())
-                .arg(n.error.as_deref());
-                tx.exec(s).await?;
-            }
+            insert_attempts(&mut tx, attempts).await
+        }
+        .await;
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn finish_sending(&self, sending: Uuid, attempts: &[NotificationAttempt]) -> Result<()> {
+        let mut tx = self.write_system().await?;
+        let done = async {
+            alerts_policy(&mut tx).await?;
+            insert_attempts(&mut tx, attempts).await?;
+            let s = q("DELETE FROM alert_sending_notices WHERE sending_id = $1").arg(sending);
+            tx.exec(s).await?;
             Ok(())
         }
         .await;
         commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn record_verification(&self, run: &Verification) -> Result<()> {
+        let mut tx = self.write_system().await?;
+        let s = q(
+            "INSERT INTO verification_runs (check_name, ran_at, failure) VALUES ($1, $2, $3) \
+             ON CONFLICT (check_name) DO UPDATE SET ran_at = excluded.ran_at, \
+             failure = excluded.failure",
+        )
+        .arg(run.check.as_str())
+        .arg(run.at)
+        .arg(run.failure.as_deref());
+        let done = tx.exec(s).await.map(|_| ());
+        commit_or_roll_back::<D, _>(tx, done).await
+    }
+
+    async fn verifications(&self) -> Result<Vec<Verification>> {
+        let mut r = self.read_all(false).await?;
+        let s = q("SELECT check_name, ran_at, failure FROM verification_runs ORDER BY check_name");
+        let rows = r.all(s).await;
+        D::end_read(r).await?;
+        rows?
+            .iter()
+            .map(|r| {
+                let name = r.text("check_name")?;
+                Ok(Verification {
+                    check: Check::parse(&name).ok_or_else(|| corrupt("check", &name))?,
+                    at: r.time("ran_at")?,
+                    failure: r.opt_text("failure")?,
+                })
+            })
+            .collect()
     }
 
     async fn list_alerts(&self, who: AlertReader<'_>, filter: &AlertFilter) -> Result<Vec<Alert>> {

@@ -150,6 +150,10 @@ pub(crate) const WORK_ROWS: &Rows = &[
         "DELETE FROM alert_held_notices WHERE company_id = $1",
     ),
     (
+        "alert_sending_notices",
+        "DELETE FROM alert_sending_notices WHERE company_id = $1",
+    ),
+    (
         "alert_groups",
         "DELETE FROM alert_groups WHERE company_id = $1",
     ),

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use kira_core::CompanyId;
-use kira_core::audit::{AuditEntry, AuditRecord, ChainReport, ChainVerifier};
+use kira_core::audit::{AuditEntry, AuditRecord, BrokenLink, ChainReport, ChainVerifier, GENESIS};
 use kira_core::auth::{AdminScope, ApiKey, CompanyScope, StoredKey};
 use kira_core::company::{Company, CompanyPatch, CompanyProfile};
 use kira_core::ids::KeyId;
@@ -37,6 +37,108 @@ async fn admin_read(c: &mut dyn Conn) -> Result<()> {
     let s = q("SELECT set_config('app.admin_read', 'on', true)");
     c.exec(s.pg_only()).await?;
     Ok(())
+}
+
+/// Entries in (after, to], in order, `VERIFY_BATCH` a statement.
+static WALK_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 AND seq <= $2 \
+         ORDER BY seq LIMIT $3"
+    )
+});
+
+/// Pushes the entries in (after, to] through `v`, in order.
+async fn walk(c: &mut dyn Conn, v: &mut ChainVerifier, after: i64, to: i64) -> Result<()> {
+    let mut after = after;
+    loop {
+        let s = q(WALK_SQL.as_str()).arg(after).arg(to);
+        let rows = c.all(s.arg(VERIFY_BATCH)).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.int("seq")?;
+        for r in &rows {
+            match audit_from_row(r) {
+                Ok(e) => v.push(&e),
+                Err(e) => v.malformed(r.int("seq")?, &e.to_string()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The scheduled check ([`AuditStore::verify_audit_scheduled`]): the
+/// next `sweep` entries before the checkpoint, from where the sweep
+/// stands, and every entry appended after it.
+async fn scheduled_walk(c: &mut dyn Conn, sweep: i64) -> Result<ChainReport> {
+    // The head first, and entries up to it only, as `verify_audit` walks.
+    let head = c
+        .one(q("SELECT seq, hash FROM audit_head WHERE id = 1"))
+        .await?;
+    let (head_seq, head_hash) = (head.int("seq")?, head.text("hash")?);
+    let cp = c
+        .one(q(
+            "SELECT seq, hash, swept FROM audit_checkpoint WHERE id = 1",
+        ))
+        .await?;
+    let (cp_seq, cp_hash, swept) = (cp.int("seq")?, cp.text("hash")?, cp.int("swept")?);
+    let broken = |seq: i64, reason: String| ChainReport {
+        entries: head_seq,
+        ok: false,
+        first_broken: Some(BrokenLink { seq, reason }),
+    };
+    // The older entries, a slice a run, round and round: each slice starts
+    // from the hash of the entry the previous one ended with.
+    let end = (swept + sweep).min(cp_seq);
+    let older = if end <= swept {
+        None
+    } else {
+        let anchor = if swept == 0 {
+            Some(GENESIS.to_owned())
+        } else {
+            let s = q("SELECT hash FROM audit_log WHERE seq = $1").arg(swept);
+            c.opt(s).await?.map(|r| r.text("hash")).transpose()?
+        };
+        Some(match anchor {
+            None => broken(
+                swept,
+                format!("entry {swept} is gone: entries were removed"),
+            ),
+            Some(hash) => {
+                let mut v = ChainVerifier::after(swept, hash);
+                walk(c, &mut v, swept, end).await?;
+                v.finish_slice(end, (end == cp_seq).then_some(cp_hash.as_str()))
+            }
+        })
+    };
+    // What was appended since the checkpoint, up to the head.
+    let newer = if head_seq < cp_seq {
+        broken(
+            head_seq + 1,
+            format!(
+                "the chain head records entry {head_seq} but entry {cp_seq} was verified: \
+                 entries were removed"
+            ),
+        )
+    } else {
+        let mut v = ChainVerifier::after(cp_seq, cp_hash.clone());
+        walk(c, &mut v, cp_seq, head_seq).await?;
+        v.finish(Some((head_seq, head_hash.clone())))
+    };
+    let first_broken = older.and_then(|r| r.first_broken).or(newer.first_broken);
+    if first_broken.is_none() {
+        // Verified up to the head; a sweep that reached the checkpoint
+        // starts again from the first entry.
+        let swept = if end >= cp_seq { 0 } else { end };
+        let s = q("UPDATE audit_checkpoint SET seq = $1, hash = $2, swept = $3 WHERE id = 1")
+            .arg(head_seq)
+            .arg(&head_hash)
+            .arg(swept);
+        c.exec(s).await?;
+    }
+    Ok(ChainReport {
+        entries: head_seq,
+        ok: first_broken.is_none(),
+        first_broken,
+    })
 }
 
 /// The profile's columns, `$2` to `$11` in [`COMPANY_COLUMNS`]' order
@@ -405,12 +507,6 @@ impl<D: Db> AuditStore for D {
     }
 
     async fn verify_audit(&self, _admin: &AdminScope, audit: AuditRecord) -> Result<ChainReport> {
-        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 AND seq <= $2 \
-                 ORDER BY seq LIMIT $3"
-            )
-        });
         let mut tx = self.write_system().await?;
         admin_read(&mut tx).await?;
         // The head first, and entries up to it only: appends committed while
@@ -421,20 +517,22 @@ impl<D: Db> AuditStore for D {
             .await?;
         let (head_seq, head_hash) = (head.int("seq")?, head.text("hash")?);
         let mut v = ChainVerifier::default();
-        let mut after = 0i64;
-        loop {
-            let s = q(SQL.as_str()).arg(after).arg(head_seq);
-            let rows = tx.all(s.arg(VERIFY_BATCH)).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.int("seq")?;
-            for r in &rows {
-                match audit_from_row(r) {
-                    Ok(e) => v.push(&e),
-                    Err(e) => v.malformed(r.int("seq")?, &e.to_string()),
-                }
-            }
-        }
+        walk(&mut tx, &mut v, 0, head_seq).await?;
         let report = v.finish(Some((head_seq, head_hash)));
+        tx.audit(audit).await?;
+        D::commit(tx).await?;
+        Ok(report)
+    }
+
+    async fn verify_audit_scheduled(
+        &self,
+        _admin: &AdminScope,
+        sweep: i64,
+        audit: AuditRecord,
+    ) -> Result<ChainReport> {
+        let mut tx = self.write_system().await?;
+        admin_read(&mut tx).await?;
+        let report = scheduled_walk(&mut tx, sweep.max(0)).await?;
         tx.audit(audit).await?;
         D::commit(tx).await?;
         Ok(report)

@@ -4,7 +4,8 @@
 //! change audited), notification attempts kept with their alert,
 //! silences, a forced company delete taking the company's alerts, and
 //! the notices held for their group taken out once, each group with its
-//! alerts as they stand.
+//! alerts as they stand, marked as being sent until its delivery is
+//! recorded (taken again once the mark's lease ran out).
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use kira_core::alerts::{
@@ -26,6 +27,7 @@ conformance!(
     silences_are_kept_ended_and_audited,
     a_forced_delete_removes_the_company_alerts,
     held_notices_are_taken_once_and_go_with_their_company,
+    a_taken_group_is_taken_again_after_its_lease_until_recorded,
 );
 
 fn now() -> DateTime<Utc> {
@@ -410,7 +412,8 @@ async fn held_notices_are_taken_once_and_go_with_their_company(f: Fresh) {
         wait: TimeDelta::minutes(1),
         interval: TimeDelta::minutes(5),
     };
-    let (due, left) = s.take_due_notices(now(), g).await.expect("take");
+    let lease = TimeDelta::minutes(5);
+    let (due, left) = s.take_due_notices(now(), g, lease).await.expect("take");
     assert!(due.is_empty());
     assert_eq!(left, 5);
     // acme's notices, and its contact's group, go with acme.
@@ -428,14 +431,14 @@ async fn held_notices_are_taken_once_and_go_with_their_company(f: Fresh) {
     assert_eq!(count("alert_held_notices"), 2);
     assert_eq!(count("alert_groups"), 1);
     let later = now() + TimeDelta::minutes(1);
-    let (due, left) = s.take_due_notices(later, g).await.expect("take");
+    let (due, left) = s.take_due_notices(later, g, lease).await.expect("take");
     let shape: Vec<_> = due
         .iter()
-        .map(|(k, alerts)| {
+        .map(|d| {
             (
-                k.audience.clone(),
-                k.company.clone(),
-                alerts.iter().map(|a| a.id).collect::<Vec<_>>(),
+                d.key.audience.clone(),
+                d.key.company.clone(),
+                d.alerts.iter().map(|a| a.id).collect::<Vec<_>>(),
             )
         })
         .collect();
@@ -452,6 +455,79 @@ async fn held_notices_are_taken_once_and_go_with_their_company(f: Fresh) {
     );
     assert_eq!(left, 0);
     // Taken once: nothing is due again.
-    let (due, _) = s.take_due_notices(later, g).await.expect("take");
+    let (due, _) = s.take_due_notices(later, g, lease).await.expect("take");
     assert!(due.is_empty());
+}
+
+/// At least once: a group taken out to be sent stays marked as being
+/// sent until its delivery is recorded. No one takes it while the mark's
+/// lease holds; once it ran out (its sender died) the next take has it
+/// again under a new mark, which the first sender's late record leaves;
+/// once its delivery is recorded it is gone, the attempts kept.
+async fn a_taken_group_is_taken_again_after_its_lease_until_recorded(f: Fresh) {
+    let s = &*f.store;
+    create(s, "acme").await;
+    let a = alert("sla_violation", company("acme"), AlertState::Firing);
+    let ops = Audience::Team("operator".into());
+    let key = GroupKey::of(&a, NoticeKind::Firing, &ops);
+    s.write_evaluation(
+        std::slice::from_ref(&a),
+        &[],
+        &[(key.clone(), Held::from(&a))],
+        now(),
+    )
+    .await
+    .expect("write");
+    let g = Grouping {
+        wait: TimeDelta::zero(),
+        interval: TimeDelta::minutes(5),
+    };
+    let lease = TimeDelta::minutes(2);
+    let take = |at: DateTime<Utc>| async move {
+        let (due, left) = s.take_due_notices(at, g, lease).await.expect("take");
+        assert_eq!(left, 0);
+        due.into_iter()
+            .map(|d| {
+                (
+                    d.id,
+                    d.key,
+                    d.alerts.iter().map(|a| a.id).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = take(now()).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!((&first[0].1, &first[0].2), (&key, &vec![a.id]));
+    // Its sender died: nothing to take while the lease holds.
+    assert!(take(now() + lease - TimeDelta::seconds(1)).await.is_empty());
+    let at = now() + lease;
+    let second = take(at).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!((&second[0].1, &second[0].2), (&key, &vec![a.id]));
+    assert_ne!(second[0].0, first[0].0, "a new mark");
+    // The first sender, late, records: the second's mark stays.
+    s.finish_sending(first[0].0, &[]).await.expect("finish");
+    let third = take(at + lease).await;
+    assert_eq!(third.len(), 1, "the second sender never recorded");
+    let sent = NotificationAttempt {
+        alert_id: a.id,
+        company_id: Some(cid("acme")),
+        notice: NoticeKind::Firing,
+        channel: "webhook".into(),
+        target: "https://hooks.example.com/x".into(),
+        attempt: 1,
+        at: at + lease,
+        outcome: Delivery::Sent,
+        error: None,
+    };
+    s.finish_sending(third[0].0, std::slice::from_ref(&sent))
+        .await
+        .expect("finish");
+    assert!(take(at + lease * 10).await.is_empty());
+    let detail = s
+        .get_alert(AlertReader::Admin(&admin()), a.id)
+        .await
+        .expect("get");
+    assert_eq!(detail.notifications, [sent]);
 }

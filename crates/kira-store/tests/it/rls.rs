@@ -24,7 +24,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 const A: &str = "comp-a";
 const B: &str = "comp-b";
 /// The tables holding company data, each under row-level security.
-const COMPANY_TABLES: [&str; 20] = [
+const COMPANY_TABLES: [&str; 21] = [
     "companies",
     "audit_log",
     "memories",
@@ -42,6 +42,7 @@ const COMPANY_TABLES: [&str; 20] = [
     "alert_notifications",
     "alert_groups",
     "alert_held_notices",
+    "alert_sending_notices",
     "tool_registrations",
     "tool_configs",
     "tool_listings",
@@ -258,16 +259,18 @@ async fn setup() -> (PgStore, String) {
 }
 
 /// An alert of each company with a notification attempt, and one of the
-/// system's (no company: no company sees it), as the evaluator writes them.
+/// system's (no company: no company sees it), as the evaluator writes them;
+/// one rule's notices held, another's taken out and being sent.
 async fn alert_rows(store: &PgStore) {
     use kira_core::alerts::{
-        Alert, AlertState, Audience, GroupKey, Held, NoticeKind, RuleKind, Severity, Subject,
+        Alert, AlertState, Audience, GroupKey, Grouping, Held, NoticeKind, RuleKind, Severity,
+        Subject,
     };
     use kira_store::alerts::{AlertStore, Delivery, NotificationAttempt};
     let t0 = crate::support::t0();
-    let alert = |subject: Subject| Alert {
+    let alert = |rule: &str, subject: Subject| Alert {
         id: uuid::Uuid::now_v7(),
-        rule: "sla_violation".into(),
+        rule: rule.into(),
         kind: RuleKind::SlaViolation,
         severity: Severity::Warning,
         subject,
@@ -286,25 +289,44 @@ async fn alert_rows(store: &PgStore) {
         updated_at: t0,
         version: 0,
     };
-    let alerts = [
-        alert(Subject::Company(CompanyId::parse(A).expect("id"))),
-        alert(Subject::Company(CompanyId::parse(B).expect("id"))),
-        alert(Subject::System),
-    ];
+    let of_rule = |rule: &str| {
+        [
+            alert(rule, Subject::Company(CompanyId::parse(A).expect("id"))),
+            alert(rule, Subject::Company(CompanyId::parse(B).expect("id"))),
+            alert(rule, Subject::System),
+        ]
+    };
     // Each alert's notice held for the operators and, for a company's,
     // for its contact too: the contact's group is the company's.
-    let mut held = Vec::new();
-    for a in &alerts {
-        let mut audiences = vec![Audience::Team("operator".into())];
-        if a.company().is_some() {
-            audiences.push(Audience::CompanyContact);
+    let hold = |alerts: &[Alert]| {
+        let mut held = Vec::new();
+        for a in alerts {
+            let mut audiences = vec![Audience::Team("operator".into())];
+            if a.company().is_some() {
+                audiences.push(Audience::CompanyContact);
+            }
+            for who in &audiences {
+                held.push((GroupKey::of(a, NoticeKind::Firing, who), Held::from(a)));
+            }
         }
-        for who in &audiences {
-            held.push((GroupKey::of(a, NoticeKind::Firing, who), Held::from(a)));
-        }
-    }
+        held
+    };
+    let (alerts, later) = (of_rule("sla_violation"), of_rule("review_backlog"));
     store
-        .write_evaluation(&alerts, &[], &held, t0)
+        .write_evaluation(&alerts, &[], &hold(&alerts), t0)
+        .await
+        .expect("alerts");
+    let due = Grouping {
+        wait: chrono::TimeDelta::zero(),
+        interval: chrono::TimeDelta::minutes(5),
+    };
+    let (taken, _) = store
+        .take_due_notices(t0, due, chrono::TimeDelta::minutes(5))
+        .await
+        .expect("take");
+    assert_eq!(taken.len(), 3, "the operators' group and each contact's");
+    store
+        .write_evaluation(&later, &[], &hold(&later), t0)
         .await
         .expect("alerts");
     let attempts: Vec<NotificationAttempt> = alerts
