@@ -22,11 +22,19 @@ pub struct ScoreWeights {
 }
 
 impl Default for ScoreWeights {
-    /// The paper's equal weights; a month's half-life, the warm window.
+    /// Relevance and importance as in the paper; recency a tenth of
+    /// relevance, so it orders hits about equally relevant (within 0.1 of
+    /// each other, the best being 1) but never puts a recent weak match
+    /// above an older one that answers the question: a question may be
+    /// about any time. Recent memories still lead a context pack through
+    /// its hot and warm sections, which are chosen by age. At equal weights
+    /// recency decided: LongMemEval_S's sample (answer sessions of any age,
+    /// full text only) had session recall_all@5 0.739 at 1.0, 0.772 at
+    /// 0.3, 0.783 at 0.1, 0.03 and 0. A month's half-life, the warm window.
     fn default() -> Self {
         Self {
             relevance: 1.0,
-            recency: 1.0,
+            recency: 0.1,
             importance: 1.0,
             recency_half_life_days: 30.0,
         }
@@ -359,7 +367,10 @@ mod tests {
 
     #[test]
     fn combined_is_the_weighted_mean() {
-        let w = ScoreWeights::default();
+        let w = ScoreWeights {
+            recency: 1.0,
+            ..ScoreWeights::default()
+        };
         assert_eq!(combined_score(1.0, 1.0, 10, &w), 1.0);
         assert_eq!(combined_score(0.0, 0.0, 0, &w), 0.0);
         assert!((combined_score(1.0, 0.5, 6, &w) - 0.7).abs() < 1e-12);
@@ -381,9 +392,48 @@ mod tests {
         assert_eq!(combined_score(1.0, 1.0, 10, &none), 0.0);
     }
 
+    /// By default recency orders equally relevant hits but does not
+    /// outweigh a clearly better match: a question may be about any time.
+    #[test]
+    fn by_default_relevance_outweighs_recency() {
+        let w = ScoreWeights::default();
+        let hits = vec![
+            ("fresh_partial", 6.0, ago(0), 5),
+            ("old_answer", 10.0, ago(90), 5),
+            ("twin_older", 3.0, ago(20), 5),
+            ("twin_newer", 3.0, ago(2), 5),
+            ("floor", 0.0, ago(0), 5),
+        ];
+        let names: Vec<&str> = rank_hits(hits, now(), &w)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "old_answer",
+                "fresh_partial",
+                "twin_newer",
+                "twin_older",
+                "floor"
+            ]
+        );
+        // Nearly equal relevance: the fresher goes first.
+        let close = vec![
+            ("old", 10.0, ago(90), 5),
+            ("fresh", 9.5, ago(0), 5),
+            ("floor", 0.0, ago(400), 5),
+        ];
+        let ranked = rank_hits(close, now(), &w);
+        assert_eq!(ranked[0].0, "fresh", "{ranked:?}");
+    }
+
     #[test]
     fn ranking_order() {
-        let w = ScoreWeights::default();
+        let w = ScoreWeights {
+            recency: 1.0,
+            ..ScoreWeights::default()
+        };
         let hits = vec![
             ("old_relevant", 10.0, ago(365), 5),
             ("fresh_weak", 1.0, ago(0), 5),

@@ -1022,6 +1022,67 @@ async fn a_date_in_the_question_finds_that_days_memories_postgres() {
     a_date_in_the_question_finds_that_days_memories(Backend::Postgres).await;
 }
 
+/// Search finds what the question is about whatever its age: an old
+/// memory that answers it ranks ahead of a memory of yesterday that matches
+/// it in part, which recency alone would put first; among hits about
+/// equally relevant the newer still comes first (see the test above).
+async fn an_old_answer_outranks_a_fresh_partial_match(b: Backend) {
+    let s = setup(b).await;
+    let e = engine(&s);
+    let answer = "Initech signed the licence at a fee of $12,000 a year.";
+    let fresh = "Initech called.";
+    let visits: Vec<String> = (0..20)
+        .map(|i| {
+            format!("Initech visit number {i} went well overall, with coffee and a short tour.")
+        })
+        .collect();
+    let mut items = vec![
+        m(answer, TimeDelta::days(400), 5),
+        m(fresh, TimeDelta::days(1), 5),
+    ];
+    for (i, t) in [
+        "Initech asked about the licence terms.",
+        "Initech questioned one fee on the invoice.",
+        "The invoice schedule was filed.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        items.push(m(t, TimeDelta::days(100 + i as i64), 5));
+    }
+    items.extend(
+        visits
+            .iter()
+            .enumerate()
+            .map(|(i, t)| m(t, TimeDelta::days(200 + i as i64), 5)),
+    );
+    add(&e, "acme", &items).await;
+    let hits = e
+        .memory()
+        .search(
+            &scope("acme"),
+            "Initech licence fee",
+            &MemoryFilter::default(),
+            30,
+        )
+        .await
+        .expect("search");
+    let texts: Vec<&str> = hits.iter().map(|h| h.memory.text()).collect();
+    assert_eq!(texts[0], answer, "{b:?}: {texts:#?}");
+    let pos = |t: &str| texts.iter().position(|x| *x == t);
+    assert!(pos(fresh) > Some(0), "{b:?}: {texts:#?}");
+}
+
+#[tokio::test]
+async fn an_old_answer_outranks_a_fresh_partial_match_sqlite() {
+    an_old_answer_outranks_a_fresh_partial_match(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_old_answer_outranks_a_fresh_partial_match_postgres() {
+    an_old_answer_outranks_a_fresh_partial_match(Backend::Postgres).await;
+}
+
 /// Memories of one source in close succession (a conversation's turns) are
 /// one episode, and its hits support each other: five turns that each
 /// match a question come before a single better match elsewhere. The same
