@@ -924,30 +924,23 @@ impl Alerts {
             .unwrap_or(Duration::from_secs(30));
         let verifier = {
             let alerts = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Err(e) = alerts.verify_due().await {
-                        tracing::error!(error = %e, "the scheduled verifications could not run");
-                    }
-                    tokio::select! {
-                        () = shutdown.wait() => break,
-                        () = tokio::time::sleep(every) => {}
-                    }
-                }
-            })
+            tokio::spawn(repeat_until(
+                every,
+                shutdown.clone(),
+                "the scheduled verifications could not run",
+                move || {
+                    let alerts = alerts.clone();
+                    async move { alerts.verify_due().await }
+                },
+            ))
         };
         let alerts = self.clone();
         tokio::spawn(async move {
-            loop {
-                if let Err(e) = alerts.evaluate().await {
-                    tracing::error!(error = %e, "alert evaluation failed");
-                }
-                tokio::select! {
-                    () = shutdown.wait() => break,
-                    () = tokio::time::sleep(every) => {}
-                }
-            }
+            repeat_until(every, shutdown, "alert evaluation failed", move || {
+                let alerts = alerts.clone();
+                async move { alerts.evaluate().await }
+            })
+            .await;
             let _ = verifier.await;
         })
     }
@@ -1060,5 +1053,27 @@ impl Alerts {
     ) -> Result<Silence, EngineError> {
         let now = self.ctx.clock.now().trunc_subsecs(6);
         Ok(self.ctx.store.end_silence(admin, id, now, audit).await?)
+    }
+}
+
+/// Runs `job` now and then every `every` until `shutdown`, logging a
+/// failure as `what` (the next run still comes).
+async fn repeat_until<T, F, Fut>(
+    every: Duration,
+    shutdown: Shutdown,
+    what: &'static str,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    loop {
+        if let Err(e) = job().await {
+            tracing::error!(error = %e, "{what}");
+        }
+        tokio::select! {
+            () = shutdown.wait() => break,
+            () = tokio::time::sleep(every) => {}
+        }
     }
 }
