@@ -62,9 +62,15 @@ pub struct ToolsReport {
     pub calls: usize,
     pub direct: Percentiles,
     pub wrapped: Percentiles,
-    /// Wrapped minus direct, at each percentile.
+    /// Wrapped minus direct, at each percentile: the difference of two
+    /// tails, so its p99 carries both calls' noise.
     pub overhead_p50_ms: f64,
     pub overhead_p99_ms: f64,
+    /// The wrapper's own time in each wrapped call, timed inside it (the
+    /// call less its wait on the server: [`CallResult::wrapper_us`]).
+    ///
+    /// [`CallResult::wrapper_us`]: kira_engine::tools::CallResult::wrapper_us
+    pub wrapper_own: Percentiles,
     pub concurrency: usize,
     pub throughput_calls: usize,
     pub calls_per_second: f64,
@@ -99,7 +105,8 @@ pub async fn command(args: ToolsArgs, json: bool) -> Result<ExitCode, BenchError
     } else {
         println!(
             "{} calls of each kind to {}:\n  direct (rmcp): p50 {:.3} ms, p99 {:.3} ms\n  \
-             through the wrapper: p50 {:.3} ms, p99 {:.3} ms\n  added: p50 {:.3} ms, p99 {:.3} ms\n\
+             through the wrapper: p50 {:.3} ms, p99 {:.3} ms\n  added (wrapped - direct): p50 {:.3} ms, p99 {:.3} ms\n  \
+             the wrapper's own time, timed inside each call: p50 {:.3} ms, p99 {:.3} ms\n\
              {} callers, {} calls: {:.0} calls/s (the last audit entries written {:.3} ms after the last call); \
              rate limit {}/min: {} ok, {} refused (p99 {:.3} ms)",
             report.calls,
@@ -110,6 +117,8 @@ pub async fn command(args: ToolsArgs, json: bool) -> Result<ExitCode, BenchError
             report.wrapped.p99_ms,
             report.overhead_p50_ms,
             report.overhead_p99_ms,
+            report.wrapper_own.p50_ms,
+            report.wrapper_own.p99_ms,
             report.concurrency,
             report.throughput_calls,
             report.calls_per_second,
@@ -182,7 +191,7 @@ async fn run(
             .await;
         let _ = engine.tools().call(&offer, &cx, &name, arguments).await;
     }
-    let (mut direct, mut wrapped) = (Vec::new(), Vec::new());
+    let (mut direct, mut wrapped, mut own) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.calls {
         let t = Instant::now();
         server
@@ -193,6 +202,7 @@ async fn run(
         let t = Instant::now();
         let r = engine.tools().call(&offer, &cx, &name, arguments).await;
         wrapped.push(micros(t.elapsed()));
+        own.push(r.wrapper_us);
         if r.outcome != "ok" {
             return Err(BenchError::Invalid(format!(
                 "a wrapped call failed: {}",
@@ -262,6 +272,7 @@ async fn run(
         calls: args.calls,
         overhead_p50_ms: w.p50_ms - d.p50_ms,
         overhead_p99_ms: w.p99_ms - d.p99_ms,
+        wrapper_own: ms(&own),
         direct: d,
         wrapped: w,
         concurrency: args.concurrency,

@@ -467,6 +467,12 @@ pub struct CallResult {
     /// reached), `timeout`, `refused` (not offered, or the rate limit).
     pub outcome: String,
     pub latency_ms: u64,
+    /// The wrapper's own time, in microseconds: the call's time less the
+    /// time spent waiting on its source (the MCP server, the HTTP
+    /// endpoint, the built-in). It covers the checks, the company's
+    /// configuration and credentials, the caps, the token count and
+    /// handing the audit entry to the writer.
+    pub wrapper_us: u64,
     /// Bytes of the result before any cut.
     pub result_bytes: usize,
     /// cl100k tokens of what is handed on.
@@ -969,6 +975,7 @@ impl Tools {
             layer,
             sent: args_seen,
             preferences,
+            source,
         } = ran;
         let result_bytes = text.len();
         let content = offer.scrub(text);
@@ -992,6 +999,7 @@ impl Tools {
             error,
             outcome: outcome.to_owned(),
             latency_ms,
+            wrapper_us: 0,
             result_bytes,
             result_tokens: tokens,
             cut,
@@ -1022,7 +1030,11 @@ impl Tools {
             detail: detail.to_string(),
         };
         self.audit_call(offer, cx.scope.company(), name, audit);
-        r
+        let wrapper = t0.elapsed().saturating_sub(source);
+        CallResult {
+            wrapper_us: u64::try_from(wrapper.as_micros()).unwrap_or(u64::MAX),
+            ..r
+        }
     }
 
     /// Hands a call's audit entry to the writer, which appends it with
@@ -1087,6 +1099,7 @@ impl Tools {
             layer: None,
             sent: args.clone(),
             preferences: None,
+            source: Duration::ZERO,
         };
         if offer.company.as_ref() != Some(cx.scope.company()) {
             return refused("this offer is another company's".into());
@@ -1143,6 +1156,8 @@ impl Tools {
             (_, Route::Mcp { .. }) => Some(Preferences::Meta),
             (_, Route::Http(_)) => Some(Preferences::Header),
         };
+        // From here on the call waits on its source.
+        let at_source = Instant::now();
         let (text, error, outcome) = match &tool.route {
             Route::Builtin => match Engine::upgrade(&self.engine) {
                 Some(engine) => {
@@ -1204,6 +1219,7 @@ impl Tools {
             layer,
             sent,
             preferences: prefs_to,
+            source: at_source.elapsed(),
         }
     }
 
@@ -1574,6 +1590,8 @@ struct Ran {
     /// The arguments as sent (the company's defaults and preferences in).
     sent: Value,
     preferences: Option<Preferences>,
+    /// The time spent waiting on the source.
+    source: Duration,
 }
 
 /// Where the company's preferences for a tool went.

@@ -367,6 +367,10 @@ async fn an_mcp_server_over_stdio_is_listed_called_and_supervised() {
         .await;
     assert_eq!((r.outcome.as_str(), r.error), ("timeout", true), "{r:?}");
     assert!(r.latency_ms < 5_000);
+    // The 1.5 s were spent waiting on the server: the wrapper's own time
+    // leaves them out.
+    assert!(r.latency_ms >= 1_500, "{r:?}");
+    assert!(r.wrapper_us < 500_000, "{r:?}");
 
     // list_changed: the server registers tools once initialised and says
     // so; kira lists them again.
