@@ -138,6 +138,7 @@ pub struct ResourceUsage {
     /// What it will have used by the period's end at its rate so far.
     pub projected_monthly: i64,
     pub overdraft: i64,
+    /// What the provider reported this period's calls cost, in US dollars.
     pub cost_usd: f64,
 }
 

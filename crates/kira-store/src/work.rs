@@ -318,6 +318,8 @@ pub struct CompanyBudget {
     pub overdraft: i64,
     /// Tokens spent from every pool (base, burst, emergency).
     pub spent_all_pools: i64,
+    /// What the provider reported this period's calls cost, in US dollars
+    /// (each settled reservation keeps its call's cost).
     pub cost_usd: f64,
 }
 

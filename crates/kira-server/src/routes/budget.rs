@@ -54,6 +54,7 @@ pub struct CompanyBudgetView {
     pub burn_rate_per_day: f64,
     /// At this rate, spent by the end of the period.
     pub projected_period_use: i64,
+    /// What the provider reported this period's calls cost, in US dollars.
     pub cost_usd: f64,
 }
 

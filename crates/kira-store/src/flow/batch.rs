@@ -192,12 +192,12 @@ impl FinishPlan {
             line(r, "release", r.amount, "run ended");
         }
         for r in held {
-            let (state, spent) = match settled {
-                Some((s, used)) if s.reservation_id == r.reservation_id => ("settled", used),
-                _ => ("released", 0),
+            let (state, spent, cost) = match settled {
+                Some((s, used)) if s.reservation_id == r.reservation_id => ("settled", used, cost),
+                _ => ("released", 0, 0.0),
             };
             self.closed.push(serde_json::json!({
-                "rid": r.reservation_id, "state": state, "spent": spent, "period": r.period_id,
+                "rid": r.reservation_id, "state": state, "spent": spent, "cost": cost, "period": r.period_id,
                 "company": r.company_id.as_str(), "pool": r.pool.as_str(), "amount": r.amount,
             }));
         }

@@ -457,10 +457,14 @@ pub(crate) async fn settle(
     }
     let charge = Charge::of(used, held);
     c.exec(
-        q("UPDATE reservations SET state = 'settled', spent = $1, closed_at = $2 WHERE reservation_id = $3")
-            .arg(used)
-            .arg(now)
-            .arg(&r.reservation_id),
+        q(
+            "UPDATE reservations SET state = 'settled', spent = $1, cost_usd = $2, closed_at = $3 \
+           WHERE reservation_id = $4",
+        )
+        .arg(used)
+        .arg(usage.cost_usd.max(0.0))
+        .arg(now)
+        .arg(&r.reservation_id),
     )
     .await?;
     let debt = debtor(&r);

@@ -784,8 +784,9 @@ impl PushPlan for FinishPlan {
         if !self.closed.is_empty() {
             let closed = to_json(&self.closed)?;
             script.push(
-                "UPDATE reservations SET state = j.state, spent = j.spent, closed_at = ? \
-                 FROM (SELECT value ->> 'rid' AS rid, value ->> 'state' AS state, value ->> 'spent' AS spent \
+                "UPDATE reservations SET state = j.state, spent = j.spent, cost_usd = j.cost, closed_at = ? \
+                 FROM (SELECT value ->> 'rid' AS rid, value ->> 'state' AS state, value ->> 'spent' AS spent, \
+                         value ->> 'cost' AS cost \
                        FROM jsonb_each(?)) AS j \
                  WHERE reservations.reservation_id = j.rid AND reservations.state = 'held';",
                 [ts(now), closed.clone()],

@@ -2,7 +2,8 @@
 //! version before them: 0028 adds up the all-time series rows an earlier
 //! kira rolled up into `metric_totals`, so `/metrics` keeps its counters
 //! across the upgrade; 0029 admits `metrics` keys and keeps every key and
-//! dashboard session (SQLite rebuilds `api_keys`).
+//! dashboard session (SQLite rebuilds `api_keys`); 0037 gives each task's
+//! recorded cost to its last settled reservation.
 
 use std::borrow::Cow;
 
@@ -265,4 +266,116 @@ async fn postgres_0029_admits_metrics_keys_and_keeps_keys_and_sessions() {
     insert("dddddddddddd", Some("acme"))
         .await
         .expect_err("a metrics key names no company");
+}
+
+/// A company's tasks and reservations before 0037: `$1` is a time, `$2` a
+/// later one. t1 settled twice (its cost goes to the later, r2), t2 was
+/// released once and settled once (to r4, whatever the later close), t3
+/// cost nothing.
+const COSTS_BEFORE_0037: &[&str] = &[
+    "INSERT INTO budget_periods (period_id, starts_at, ends_at, total_tokens, created_at) \
+     VALUES ('2026-01', $1, $2, 1000, $1)",
+    "INSERT INTO tasks (task_id, company_id, seq, task_type, agent, priority, task, parameters, \
+       company_context, status, max_attempts, estimated_tokens, cost_usd, created_at, updated_at) \
+     VALUES ('t1', 'acme', 1, 'q', 'legal', 'low', 'x', '{}', '{}', 'completed', 3, 100, 0.75, $1, $2), \
+            ('t2', 'acme', 2, 'q', 'legal', 'low', 'x', '{}', '{}', 'completed', 3, 100, 0.5, $1, $2), \
+            ('t3', 'acme', 3, 'q', 'legal', 'low', 'x', '{}', '{}', 'completed', 3, 100, 0, $1, $2)",
+    "INSERT INTO reservations (reservation_id, company_id, task_id, period_id, pool, amount, state, \
+       spent, created_at, closed_at) \
+     VALUES ('r1', 'acme', 't1', '2026-01', 'base', 100, 'settled', 50, $1, $1), \
+            ('r2', 'acme', 't1', '2026-01', 'base', 100, 'settled', 60, $1, $2), \
+            ('r3', 'acme', 't2', '2026-01', 'base', 100, 'released', 0, $1, $2), \
+            ('r4', 'acme', 't2', '2026-01', 'base', 100, 'settled', 70, $1, $1), \
+            ('r5', 'acme', 't3', '2026-01', 'base', 100, 'settled', 10, $1, $2)",
+];
+
+const COSTS_AFTER_0037: &str =
+    "SELECT reservation_id, cost_usd FROM reservations ORDER BY reservation_id";
+
+fn costs_carried(rows: &[(String, f64)]) {
+    let want = [
+        ("r1", 0.0),
+        ("r2", 0.75),
+        ("r3", 0.0),
+        ("r4", 0.5),
+        ("r5", 0.0),
+    ];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for ((id, cost), (want_id, want_cost)) in rows.iter().zip(want) {
+        assert_eq!(id, want_id);
+        assert!((cost - want_cost).abs() < 1e-12, "{rows:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_0037_gives_each_tasks_cost_to_its_last_settled_reservation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = testdb::fresh_sqlite(dir.path()).await;
+    let opts: sqlx::sqlite::SqliteConnectOptions = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .expect("url")
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = sqlx::SqlitePool::connect_with(opts.clone())
+        .await
+        .expect("open");
+    before(sqlx::migrate!("migrations/sqlite"), 37)
+        .run(&pool)
+        .await
+        .expect("migrate to 0036");
+    let (t1, t2) = ("2026-01-01T00:00:00.000000Z", "2026-01-02T00:00:00.000000Z");
+    sqlx::query(KEYS_BEFORE_0029[0].0)
+        .bind(t1)
+        .execute(&pool)
+        .await
+        .expect("company");
+    for stmt in COSTS_BEFORE_0037 {
+        sqlx::query(*stmt)
+            .bind(t1)
+            .bind(t2)
+            .execute(&pool)
+            .await
+            .expect("insert");
+    }
+    pool.close().await;
+    drop(SqliteStore::open(&url).await.expect("open, migrating"));
+    let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open");
+    let rows: Vec<(String, f64)> = sqlx::query_as(COSTS_AFTER_0037)
+        .fetch_all(&pool)
+        .await
+        .expect("read");
+    costs_carried(&rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_0037_gives_each_tasks_cost_to_its_last_settled_reservation() {
+    let url = testdb::fresh_postgres().await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("open");
+    before(sqlx::migrate!("migrations/postgres"), 37)
+        .run(&pool)
+        .await
+        .expect("migrate to 0036");
+    let t1 = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    let t2 = t1 + chrono::TimeDelta::days(1);
+    sqlx::query(KEYS_BEFORE_0029[0].0)
+        .bind(t1)
+        .execute(&pool)
+        .await
+        .expect("company");
+    for stmt in COSTS_BEFORE_0037 {
+        sqlx::query(*stmt)
+            .bind(t1)
+            .bind(t2)
+            .execute(&pool)
+            .await
+            .expect("insert");
+    }
+    pool.close().await;
+    drop(PgStore::open(&url, None).await.expect("open, migrating"));
+    let pool = sqlx::PgPool::connect(&url).await.expect("open");
+    let rows: Vec<(String, f64)> = sqlx::query_as(COSTS_AFTER_0037)
+        .fetch_all(&pool)
+        .await
+        .expect("read");
+    costs_carried(&rows);
 }

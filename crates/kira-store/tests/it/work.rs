@@ -31,6 +31,7 @@ conformance!(
     forced_delete_releases_and_removes_tasks,
     a_waiting_task_runs_once_budget_frees,
     usage_reported_after_a_lost_lease_is_still_charged,
+    a_companys_cost_is_what_its_settled_calls_of_the_period_cost,
     a_batch_claim_goes_in_rank_order_within_slots_and_budget,
     a_batch_finish_records_what_settle_then_finish_would,
     a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot,
@@ -1217,6 +1218,72 @@ async fn a_waiting_task_runs_once_budget_frees(f: Fresh) {
     ledger_ok(s).await;
 }
 
+/// A budget line's cost is the provider's reported cost of the company's
+/// calls settled in that period: not another period's, not another
+/// company's.
+async fn a_companys_cost_is_what_its_settled_calls_of_the_period_cost(f: Fresh) {
+    let s = f.store.as_ref();
+    create(s, "acme").await;
+    create(s, "beta").await;
+    let cfg = &small_budget();
+    let settle_at = |id: TaskId, now: chrono::DateTime<chrono::Utc>, cost: f64| async move {
+        let outcome = s
+            .claim(
+                &scope("acme"),
+                &id,
+                "w1",
+                now + TimeDelta::minutes(1),
+                cfg,
+                now,
+            )
+            .await
+            .expect("claim");
+        let ClaimOutcome::Claimed { reservation, .. } = outcome else {
+            panic!("claimed, not {outcome:?}")
+        };
+        s.settle(
+            &scope("acme"),
+            &reservation.reservation_id,
+            100,
+            50,
+            cost,
+            now,
+        )
+        .await
+        .expect("settle");
+    };
+    let first = submit(s, "acme", &new_task("legal", Priority::Medium, 500)).await;
+    settle_at(first.clone(), t0(), 0.25).await;
+    let next = t0() + TimeDelta::days(40);
+    let second = submit(s, "acme", &new_task("legal", Priority::Medium, 500)).await;
+    settle_at(second, next, 0.5).await;
+    let costs = |now| async move {
+        let state = s.budget_state(&admin(), cfg, now).await.expect("state");
+        state
+            .companies
+            .iter()
+            .map(|c| (c.company_id.to_string(), c.cost_usd))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        costs(t0()).await,
+        [("acme".to_owned(), 0.25), ("beta".to_owned(), 0.0)]
+    );
+    assert_eq!(
+        costs(next).await,
+        [("acme".to_owned(), 0.5), ("beta".to_owned(), 0.0)]
+    );
+    let one = s
+        .company_budget(&scope("acme"), cfg, next)
+        .await
+        .expect("state");
+    assert_eq!(one.companies.len(), 1);
+    assert_eq!(one.companies[0].cost_usd, 0.5);
+    let task = s.get_task(&scope("acme"), &first).await.expect("task");
+    assert_eq!(task.cost_usd, 0.25);
+    ledger_ok(s).await;
+}
+
 async fn usage_reported_after_a_lost_lease_is_still_charged(f: Fresh) {
     let s = f.store.as_ref();
     create(s, "acme").await;
@@ -1518,6 +1585,9 @@ async fn a_batch_finish_records_what_settle_then_finish_would(f: Fresh) {
         (200, 400 + 450),
         "the fourth task's reservation is still held"
     );
+    // Each settled call's cost, the plain one's and the one settled the
+    // careful way alike.
+    assert!((acme.cost_usd - 1.0).abs() < 1e-9, "{acme:?}");
     ledger_ok(s).await;
 }
 
