@@ -29,6 +29,12 @@ BEGIN
 END
 $$;
 
+-- A budget line sums its company's settled reservations of the period:
+-- the company's index names the period too (after the state, so the
+-- held reservations of a company are still found by its prefix).
+DROP INDEX reservations_company;
+CREATE INDEX reservations_company ON reservations (company_id, state, period_id);
+
 -- The batch finish writes each closed reservation's cost (`cost` in
 -- p_closed); otherwise as in 0004.
 CREATE OR REPLACE FUNCTION kira_finish_write(p_now TIMESTAMPTZ, p_closed JSONB, p_ledger JSONB, p_ended JSONB,

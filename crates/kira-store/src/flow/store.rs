@@ -1039,15 +1039,18 @@ async fn budget_lines(
     let rows = c
         .all(
             q(
+                // Each line's sums over its own reservations of the period,
+                // found by the company's index: a sum over the period's rows
+                // of every company would read all reservations ever made.
                 "SELECT a.company_id, a.factor, a.share, a.tokens, a.reserved, a.spent, \
-                 CAST(COALESCE(s.spent_all, 0) AS BIGINT) AS spent_all, \
-                 CAST(COALESCE(s.cost, 0) AS DOUBLE PRECISION) AS cost \
-               FROM budget_allocations a LEFT JOIN ( \
-                 SELECT r.company_id, SUM(r.spent) AS spent_all, SUM(r.cost_usd) AS cost \
-                 FROM reservations r WHERE r.period_id = $1 AND r.state = 'settled' \
-                 AND ($2 IS NULL OR r.company_id = $2) GROUP BY r.company_id) s \
-                 ON s.company_id = a.company_id \
-               WHERE a.period_id = $1 AND ($2 IS NULL OR a.company_id = $2) ORDER BY a.company_id",
+                 (SELECT CAST(COALESCE(SUM(r.spent), 0) AS BIGINT) FROM reservations r \
+                   WHERE r.company_id = a.company_id AND r.period_id = a.period_id \
+                   AND r.state = 'settled') AS spent_all, \
+                 (SELECT CAST(COALESCE(SUM(r.cost_usd), 0) AS DOUBLE PRECISION) FROM reservations r \
+                   WHERE r.company_id = a.company_id AND r.period_id = a.period_id \
+                   AND r.state = 'settled') AS cost \
+               FROM budget_allocations a WHERE a.period_id = $1 \
+               AND ($2 IS NULL OR a.company_id = $2) ORDER BY a.company_id",
             )
             .arg(period)
             .arg(company.map(CompanyId::as_str)),
