@@ -426,12 +426,14 @@ impl Alerts {
 
     /// One evaluation, on one node at a time. None: another node holds it.
     pub async fn evaluate(&self) -> Result<Option<EvaluationReport>, EngineError> {
+        // None: the node holding it sends what is held, in the database.
+        crate::locked(self.ctx.store.as_ref(), JOB_ALERTS, self.evaluate_locked()).await
+    }
+
+    /// [`Alerts::evaluate`] with its lock held.
+    async fn evaluate_locked(&self) -> Result<EvaluationReport, EngineError> {
         let now = self.ctx.clock.now().trunc_subsecs(6);
         let admin = system_admin()?;
-        let Some(_lock) = self.ctx.store.job_lock(JOB_ALERTS).await? else {
-            // The node holding it sends what is held, in the database.
-            return Ok(None);
-        };
         let (facts, directory) = self.facts(&admin, now).await?;
         let cfg = self.config();
         let observed: Vec<_> = cfg
@@ -481,7 +483,7 @@ impl Alerts {
             ..EvaluationReport::default()
         };
         self.flush(now, &silences, &directory, &mut report).await?;
-        Ok(Some(report))
+        Ok(report)
     }
 
     /// Sends every group due now, and every group another evaluator took
@@ -664,11 +666,18 @@ impl Alerts {
     /// evaluator reads. An evaluation never runs one, nor waits for one.
     /// None: another process holds the job; else the runs made.
     pub async fn verify_due(&self) -> Result<Option<Vec<Verification>>, EngineError> {
+        crate::locked(
+            self.ctx.store.as_ref(),
+            JOB_VERIFY,
+            self.verify_due_locked(),
+        )
+        .await
+    }
+
+    /// [`Alerts::verify_due`] with its lock held.
+    async fn verify_due_locked(&self) -> Result<Vec<Verification>, EngineError> {
         let now = self.ctx.clock.now().trunc_subsecs(6);
         let admin = system_admin()?;
-        let Some(_lock) = self.ctx.store.job_lock(JOB_VERIFY).await? else {
-            return Ok(None);
-        };
         let last: BTreeMap<Check, Verification> = self
             .ctx
             .store
@@ -697,7 +706,7 @@ impl Alerts {
             self.ctx.store.record_verification(&run).await?;
             ran.push(run);
         }
-        Ok(Some(ran))
+        Ok(ran)
     }
 
     /// The latest run of each verification a rule asks for.

@@ -71,6 +71,22 @@ pub enum EngineError {
     Audit(String),
 }
 
+/// Runs `job` under the store's job lock `key`, on one node at a time
+/// (None: another node holds it), and gives the lock back as the job ends,
+/// whatever its outcome, so the job can run again at once.
+pub(crate) async fn locked<T>(
+    store: &dyn Store,
+    key: i64,
+    job: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<Option<T>, EngineError> {
+    let Some(lock) = store.job_lock(key).await? else {
+        return Ok(None);
+    };
+    let out = job.await;
+    lock.release().await;
+    out.map(Some)
+}
+
 /// Tells background work to stop.
 #[derive(Debug, Clone)]
 pub struct Shutdown {

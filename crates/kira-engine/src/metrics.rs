@@ -504,9 +504,16 @@ impl Metrics {
     /// per-second counts no alert rule reads any more, on one node at a
     /// time; how many. None: another node holds the job.
     pub async fn prune(&self) -> Result<Option<u64>, EngineError> {
-        let Some(_lock) = self.ctx.store.job_lock(JOB_METRICS_PRUNE).await? else {
-            return Ok(None);
-        };
+        crate::locked(
+            self.ctx.store.as_ref(),
+            JOB_METRICS_PRUNE,
+            self.prune_locked(),
+        )
+        .await
+    }
+
+    /// [`Metrics::prune`] with its lock held.
+    async fn prune_locked(&self) -> Result<u64, EngineError> {
         let (now, c) = (self.ctx.clock.now(), &self.ctx.config.metrics);
         let mut removed = 0;
         for (res, keep) in [
@@ -520,7 +527,7 @@ impl Metrics {
         // they stop growing where no process evaluates.
         let kept = kira_core::alerts::counts_kept(&self.ctx.config.alerts.rules);
         removed += self.ctx.store.prune_counts(now - kept).await?;
-        Ok(Some(removed))
+        Ok(removed)
     }
 
     /// A company's series (its own key, or the admin).

@@ -387,13 +387,15 @@ impl Scheduler {
     /// The periodic jobs: open the budget period and refresh allocations,
     /// on one node at a time.
     pub async fn periodic(&self) -> Result<bool, EngineError> {
-        let Some(_lock) = self.ctx.store.job_lock(JOB_BUDGET).await? else {
-            return Ok(false);
-        };
         let (cfg, now) = (&self.ctx.config.budget, self.ctx.clock.now());
-        self.ctx.store.ensure_period(cfg, now).await?;
-        self.ctx.store.refresh_allocations(cfg, now).await?;
-        Ok(true)
+        let store = self.ctx.store.as_ref();
+        let ran = crate::locked(store, JOB_BUDGET, async {
+            store.ensure_period(cfg, now).await?;
+            store.refresh_allocations(cfg, now).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(ran.is_some())
     }
 
     /// The background loop: a pass whenever work arrives (here, or in

@@ -239,12 +239,36 @@ pub trait Store:
     async fn job_lock(&self, job: i64) -> Result<Option<JobLock>>;
 }
 
-/// Holds a periodic job's lock until dropped.
-pub struct JobLock(#[allow(dead_code)] Box<dyn std::any::Any + Send>);
+/// Holds a periodic job's lock until released, or dropped.
+///
+/// [`JobLock::release`] gives it back before returning, so the job can be
+/// taken again at once, here or on another node. Dropped instead (an
+/// error, a panic), it is given back when its holder's session ends,
+/// which on PostgreSQL comes a moment after the drop.
+pub struct JobLock {
+    /// Gives the lock back; owns what holds it.
+    release: Option<futures_util::future::BoxFuture<'static, ()>>,
+}
 
 impl JobLock {
-    pub fn new(guard: impl std::any::Any + Send) -> Self {
-        Self(Box::new(guard))
+    /// A lock nothing else can take (SQLite: one process).
+    pub fn uncontended() -> Self {
+        Self { release: None }
+    }
+
+    /// A lock that `release` gives back; dropping `release` unawaited
+    /// must give it back too, later.
+    pub fn with_release(release: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            release: Some(Box::pin(release)),
+        }
+    }
+
+    /// Gives the lock back now.
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            release.await;
+        }
     }
 }
 

@@ -19,9 +19,16 @@ impl Memories {
     /// Returns how many companies were compacted (None: another node holds
     /// the job). A company that fails is logged and the run goes on.
     pub async fn compact_all(&self) -> Result<Option<usize>, EngineError> {
-        let Some(_lock) = self.ctx.store.job_lock(JOB_COMPACTION).await? else {
-            return Ok(None);
-        };
+        crate::locked(
+            self.ctx.store.as_ref(),
+            JOB_COMPACTION,
+            self.compact_all_locked(),
+        )
+        .await
+    }
+
+    /// [`Memories::compact_all`] with its lock held.
+    async fn compact_all_locked(&self) -> Result<usize, EngineError> {
         let system = Principal::system();
         let admin = system.admin().map_err(|_| {
             EngineError::Invalid(kira_core::ValidationError::new(
@@ -64,7 +71,7 @@ impl Memories {
                 Err(e) => tracing::error!(company = %c.id, error = %e, "compaction failed"),
             }
         }
-        Ok(Some(done))
+        Ok(done)
     }
 
     /// Starts the embedder and the periodic compaction job; both stop on

@@ -1373,8 +1373,26 @@ both!(
     the_metrics_retention_prunes_the_counts,
     the_scheduled_verification_is_a_job_the_evaluation_only_reads,
     the_audit_sweep_finds_an_old_altered_entry_in_turn,
-    a_notice_taken_by_a_process_that_died_is_sent_after_its_lease
+    a_notice_taken_by_a_process_that_died_is_sent_after_its_lease,
+    a_job_can_run_again_as_soon_as_it_ends
 );
+
+/// Each periodic job gives its lock back as it ends, not when its
+/// session closes some time later: the evaluation, the verification
+/// job, the metrics prune, the compaction and the budget's periodic job
+/// each run back to back, in this process and then in another, never
+/// finding their lock still held.
+async fn a_job_can_run_again_as_soon_as_it_ends(backend: Backend) {
+    let h = harness(backend, "ops").await;
+    let other = h.other_process().await;
+    for e in [&h.engine, &h.engine, &other, &h.engine] {
+        assert!(e.alerts().evaluate().await.expect("evaluate").is_some());
+        assert!(e.alerts().verify_due().await.expect("verify").is_some());
+        assert!(e.metrics().prune().await.expect("prune").is_some());
+        assert!(e.memory().compact_all().await.expect("compact").is_some());
+        assert!(e.scheduler().periodic().await.expect("periodic"));
+    }
+}
 
 /// A company contact's webhook is checked when written (an address
 /// literal) and, as a name, on what it resolves to at every delivery: a

@@ -289,6 +289,19 @@ impl Store for PgStore {
     }
 
     async fn job_lock(&self, job: i64) -> Result<Option<crate::JobLock>> {
-        Ok(self.try_job_lock(job).await?.map(crate::JobLock::new))
+        Ok(self.try_job_lock(job).await?.map(|mut conn| {
+            crate::JobLock::with_release(async move {
+                // Unlocked on its own session before that closes: the
+                // job can be taken again as soon as this returns. Should
+                // the unlock fail, the session's close gives it back.
+                let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(job)
+                    .execute(&mut *conn)
+                    .await;
+                if let Err(e) = unlocked {
+                    tracing::warn!(job, error = %e, "could not unlock a job; its session's close will");
+                }
+            })
+        }))
     }
 }

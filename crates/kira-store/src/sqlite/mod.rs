@@ -281,7 +281,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_lock(&self, _job: i64) -> Result<Option<crate::JobLock>> {
-        Ok(Some(crate::JobLock::new(())))
+        Ok(Some(crate::JobLock::uncontended()))
     }
 }
 

@@ -449,7 +449,12 @@ async fn the_store_trait_wakes_other_processes_and_shares_job_locks() {
             .is_none(),
         "one node at a time"
     );
-    drop(held);
+    held.release().await;
+    let again = kira_store::Store::job_lock(&second, 42)
+        .await
+        .expect("lock")
+        .expect("free as soon as it is released");
+    drop(again);
     let mut again = None;
     for _ in 0..50 {
         again = kira_store::Store::job_lock(&second, 42)
