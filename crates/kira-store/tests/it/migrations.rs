@@ -45,6 +45,33 @@ fn before(mut m: Migrator, version: i64) -> Migrator {
     m
 }
 
+/// A new SQLite database (foreign keys on) migrated up to, not including,
+/// `version`: its folder, URL, options and an open pool.
+async fn sqlite_before(
+    version: i64,
+) -> (
+    tempfile::TempDir,
+    String,
+    sqlx::sqlite::SqliteConnectOptions,
+    sqlx::SqlitePool,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = testdb::fresh_sqlite(dir.path()).await;
+    let opts: sqlx::sqlite::SqliteConnectOptions = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .expect("url")
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = sqlx::SqlitePool::connect_with(opts.clone())
+        .await
+        .expect("open");
+    before(sqlx::migrate!("migrations/sqlite"), version)
+        .run(&pool)
+        .await
+        .expect("migrate");
+    (dir, url, opts, pool)
+}
+
 fn figures(rows: &[MetricRow], key: fn(&MetricRow) -> &str) -> Vec<(String, i64, i64, i64)> {
     rows.iter()
         .map(|r| {
@@ -167,20 +194,7 @@ const METRICS_KEY: &str = "INSERT INTO api_keys (key_id, name, role, company_id,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_0029_admits_metrics_keys_and_keeps_keys_and_sessions() {
-    let dir = tempfile::tempdir().expect("dir");
-    let url = testdb::fresh_sqlite(dir.path()).await;
-    let opts: sqlx::sqlite::SqliteConnectOptions = url
-        .parse::<sqlx::sqlite::SqliteConnectOptions>()
-        .expect("url")
-        .create_if_missing(true)
-        .foreign_keys(true);
-    let pool = sqlx::SqlitePool::connect_with(opts.clone())
-        .await
-        .expect("open");
-    before(sqlx::migrate!("migrations/sqlite"), 29)
-        .run(&pool)
-        .await
-        .expect("migrate to 0028");
+    let (_dir, url, opts, pool) = sqlite_before(29).await;
     let t = "2026-01-01T00:00:00.000000Z";
     for (stmt, hash) in KEYS_BEFORE_0029 {
         let q = sqlx::query(*stmt).bind(t);
@@ -309,20 +323,7 @@ fn costs_carried(rows: &[(String, f64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_0037_gives_each_tasks_cost_to_its_last_settled_reservation() {
-    let dir = tempfile::tempdir().expect("dir");
-    let url = testdb::fresh_sqlite(dir.path()).await;
-    let opts: sqlx::sqlite::SqliteConnectOptions = url
-        .parse::<sqlx::sqlite::SqliteConnectOptions>()
-        .expect("url")
-        .create_if_missing(true)
-        .foreign_keys(true);
-    let pool = sqlx::SqlitePool::connect_with(opts.clone())
-        .await
-        .expect("open");
-    before(sqlx::migrate!("migrations/sqlite"), 37)
-        .run(&pool)
-        .await
-        .expect("migrate to 0036");
+    let (_dir, url, opts, pool) = sqlite_before(37).await;
     let (t1, t2) = ("2026-01-01T00:00:00.000000Z", "2026-01-02T00:00:00.000000Z");
     sqlx::query(KEYS_BEFORE_0029[0].0)
         .bind(t1)
