@@ -400,6 +400,17 @@ impl Harness {
     }
 
     /// Runs `sql` on the database, around the store.
+    /// Alters the audit log with `sql`, as someone holding the database
+    /// file or its owner's login could: on SQLite the trigger refusing
+    /// updates goes first.
+    async fn tamper_audit(&self, sql: &'static str) {
+        if self.url.starts_with("sqlite:") {
+            self.tamper("DROP TRIGGER IF EXISTS audit_log_no_update")
+                .await;
+        }
+        self.tamper(sql).await;
+    }
+
     async fn tamper(&self, sql: &'static str) {
         use sqlx::Connection;
         if self.url.starts_with("sqlite:") {
@@ -691,7 +702,6 @@ async fn a_burst_of_auth_failures_per_key_and_address(backend: Backend) {
 /// what failed, found at the next run (not before), and resolved by the
 /// first run after it was put right.
 async fn a_failing_verify_is_a_critical_alert(backend: Backend) {
-    let sqlite = matches!(backend, Backend::Sqlite);
     let h = harness_with(
         backend,
         "ops",
@@ -713,10 +723,7 @@ async fn a_failing_verify_is_a_critical_alert(backend: Backend) {
     .await;
     assert!(h.at(TimeDelta::zero()).await.is_empty());
     assert!(h.alerts().await.is_empty(), "both verify");
-    if sqlite {
-        h.tamper("DROP TRIGGER audit_log_no_update").await;
-    }
-    h.tamper("UPDATE audit_log SET outcome = 'denied' WHERE seq = 1")
+    h.tamper_audit("UPDATE audit_log SET outcome = 'denied' WHERE seq = 1")
         .await;
     // Not due yet: the last run was five minutes ago.
     assert!(h.at(TimeDelta::minutes(5)).await.is_empty());
@@ -784,7 +791,6 @@ async fn a_failing_verify_is_a_critical_alert(backend: Backend) {
 /// entry tampered after it is found at the job's next run (its sweep of
 /// the older entries, one a run here, is nowhere near it).
 async fn the_scheduled_verification_is_a_job_the_evaluation_only_reads(backend: Backend) {
-    let sqlite = matches!(backend, Backend::Sqlite);
     let h = harness_cfg(
         backend,
         "ops",
@@ -807,10 +813,7 @@ async fn the_scheduled_verification_is_a_job_the_evaluation_only_reads(backend: 
     // Appended after the checkpoint, then altered.
     h.submit().await;
     let seq = *h.entries_of("task.submit").await.last().expect("submitted");
-    if sqlite {
-        h.tamper("DROP TRIGGER audit_log_no_update").await;
-    }
-    h.tamper(
+    h.tamper_audit(
         "UPDATE audit_log SET detail = 'forged' WHERE seq = \
          (SELECT max(seq) FROM audit_log WHERE action = 'task.submit')",
     )
@@ -843,7 +846,6 @@ async fn the_scheduled_verification_is_a_job_the_evaluation_only_reads(backend: 
 /// is found when the sweep reaches it, and not before: two entries a run
 /// here.
 async fn the_audit_sweep_finds_an_old_altered_entry_in_turn(backend: Backend) {
-    let sqlite = matches!(backend, Backend::Sqlite);
     let h = harness_cfg(
         backend,
         "ops",
@@ -861,10 +863,7 @@ async fn the_audit_sweep_finds_an_old_altered_entry_in_turn(backend: Backend) {
     }
     // The first run walks every entry: the checkpoint is the head.
     assert!(h.at(TimeDelta::zero()).await.is_empty());
-    if sqlite {
-        h.tamper("DROP TRIGGER audit_log_no_update").await;
-    }
-    h.tamper("UPDATE audit_log SET detail = 'forged' WHERE seq = 3")
+    h.tamper_audit("UPDATE audit_log SET detail = 'forged' WHERE seq = 3")
         .await;
     // The next sweeps entries 1 and 2 (and what is new): nothing found.
     assert!(h.at(TimeDelta::minutes(10)).await.is_empty());
