@@ -993,12 +993,13 @@ impl Tools {
             cut = true;
             tokens = count(&content);
         }
-        let r = CallResult {
+        let mut r = CallResult {
             tool: name.to_owned(),
             content,
             error,
             outcome: outcome.to_owned(),
             latency_ms,
+            // Set last, once the audit entry is handed over.
             wrapper_us: 0,
             result_bytes,
             result_tokens: tokens,
@@ -1031,10 +1032,8 @@ impl Tools {
         };
         self.audit_call(offer, cx.scope.company(), name, audit);
         let wrapper = t0.elapsed().saturating_sub(source);
-        CallResult {
-            wrapper_us: u64::try_from(wrapper.as_micros()).unwrap_or(u64::MAX),
-            ..r
-        }
+        r.wrapper_us = u64::try_from(wrapper.as_micros()).unwrap_or(u64::MAX);
+        r
     }
 
     /// Hands a call's audit entry to the writer, which appends it with
