@@ -15,6 +15,7 @@
 
 mod constrain;
 mod llama;
+mod quant;
 mod template;
 mod tokenizer;
 pub mod tools;
