@@ -5,7 +5,7 @@
 //! (weights read per token over bytes read per second on one core, as
 //! generation runs), how often its answer to a varied prompt parses as an
 //! agent's result, free and held to the result schema, and how many of
-//! [`QUESTIONS`] it answers right when held to the result schema.
+//! [`QUESTIONS`] it answers right, held to the result schema and free.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -108,16 +108,17 @@ pub fn names(text: &str, expected: &str) -> bool {
     })
 }
 
-/// How many of the first `n` [`QUESTIONS`] the model answers right, held
-/// to the result schema, and the questions it got wrong with its answers.
+/// How many of the first `n` [`QUESTIONS`] the model answers right as
+/// `output` asks, and the questions it got wrong with its answers. Held to
+/// the result schema an answer is right when it parses as a result whose
+/// summary or answer names an accepted string; free, when its text does,
+/// whatever its shape (the share of free answers that parse at all is
+/// `results_well_formed_free`).
 async fn quality(
     model: &LocalProvider,
     n: usize,
+    output: &Output,
 ) -> Result<(usize, Vec<(String, String)>), BenchError> {
-    let output = Output::Json {
-        name: result::RESULT_NAME.into(),
-        schema: result::schema(),
-    };
     let (mut right, mut wrong) = (0, Vec::new());
     for (question, accepted) in QUESTIONS.iter().take(n) {
         let req = ChatRequest::new(
@@ -132,9 +133,14 @@ async fn quality(
         )
         .with_output(output.clone());
         let r = model.chat(&req).await?;
-        let res = result::from_text(&r.message.content);
-        let text = format!("{} {}", res.summary, res.answer);
-        if res.well_formed && accepted.iter().any(|a| names(&text, a)) {
+        let found = |text: &str| accepted.iter().any(|a| names(text, a));
+        let is_right = if matches!(output, Output::Free) {
+            found(&r.message.content)
+        } else {
+            let res = result::from_text(&r.message.content);
+            res.well_formed && found(&format!("{} {}", res.summary, res.answer))
+        };
+        if is_right {
             right += 1;
         } else {
             wrong.push((question.to_string(), r.message.content));
@@ -225,7 +231,7 @@ pub struct LocalModelArgs {
     #[arg(long, default_value_t = 20)]
     pub answers: usize,
     /// How many of the 30 questions with known answers to ask, held to
-    /// the result schema; 0 skips the check.
+    /// the result schema and free; 0 skips the check.
     #[arg(long, default_value_t = 30)]
     pub questions: usize,
     /// The local model: SmolLM2-135M-Instruct (the default) or
@@ -314,7 +320,8 @@ pub async fn command(args: LocalModelArgs, json: bool) -> Result<ExitCode, Bench
     } else {
         (0, 0)
     };
-    let (right, wrong) = quality(&model, questions).await?;
+    let (right, wrong) = quality(&model, questions, &result_output).await?;
+    let (right_free, _) = quality(&model, questions, &Output::Free).await?;
     let r = json!({
         "model": model.model(),
         "load_seconds": load,
@@ -333,6 +340,7 @@ pub async fn command(args: LocalModelArgs, json: bool) -> Result<ExitCode, Bench
         "results_well_formed_constrained": held_ok,
         "questions": questions,
         "questions_right": right,
+        "questions_right_free": right_free,
         "questions_wrong": wrong
             .iter()
             .map(|(q, a)| json!({"question": q, "answer": a}))
@@ -370,7 +378,7 @@ pub async fn command(args: LocalModelArgs, json: bool) -> Result<ExitCode, Bench
         }
         if questions > 0 {
             println!(
-                "  questions        {right}/{questions} answered right, held to the result schema"
+                "  questions        {right}/{questions} answered right, held to the result schema; {right_free}/{questions} free"
             );
             for (q, a) in &wrong {
                 println!("    wrong: {q}\n      {a}");
