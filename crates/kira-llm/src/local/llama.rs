@@ -231,8 +231,10 @@ struct Layer {
 #[derive(Debug)]
 struct Weights {
     config: Config,
-    /// The token embeddings, one row of `dim` per token.
-    embedding: Rows,
+    /// The token embeddings, one row of `dim` per token; `None` when they
+    /// are the output matrix (tied, as SmolLM2's and Qwen2.5's are), which
+    /// is then kept once.
+    embedding: Option<Rows>,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     output: Linear,
@@ -292,12 +294,12 @@ impl Llama {
         if embedding.cols != dim || !dim.is_multiple_of(BLOCK) {
             candle_core::bail!("token embeddings of {}, not {dim}", embedding.cols);
         }
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            Linear::new(&matrix(content, reader, "output.weight")?, false)?
+        let (output, packed_embedding) = if content.tensor_infos.contains_key("output.weight") {
+            let output = Linear::new(&matrix(content, reader, "output.weight")?, false)?;
+            (output, Some(embedding.rows()))
         } else {
-            Linear::new(&embedding, false)?
+            (Linear::new(&embedding, false)?, None)
         };
-        let packed_embedding = embedding.rows();
         drop(embedding);
         let (kv, mut ffn) = (kv_heads * head_dim, None);
         let mut blocks = Vec::with_capacity(layers);
@@ -436,7 +438,8 @@ impl Llama {
             if t >= c.vocab {
                 candle_core::bail!("token {t} is outside the vocabulary of {}", c.vocab);
             }
-            w.embedding.row_to_float(t, row);
+            let embedding = w.embedding.as_ref().unwrap_or(&w.output.packed);
+            embedding.row_to_float(t, row);
         }
         let rope = Rope::new(c, pos, m);
         for (layer, cache) in w.layers.iter().zip(&mut self.caches) {

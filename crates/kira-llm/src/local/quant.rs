@@ -258,22 +258,22 @@ impl RowsRef<'_> {
     pub(crate) fn dots(self, x: &[Activation], out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.per_row);
         match self.blocks {
-            BlocksRef::Q4_1(rows) => {
-                debug_assert_eq!(rows.len(), x.len() * out.len());
+            BlocksRef::Q4_1(rows) => fastest_dots(
+                rows,
+                x,
+                out,
+                plain_q4_1,
                 #[cfg(target_arch = "x86_64")]
-                if let Some(simd) = V3::try_new() {
-                    return simd.vectorize(|| avx2::dots(simd, rows, x, out, avx2::q4_1));
-                }
-                plain_dots(rows, x, out, plain_q4_1);
-            }
-            BlocksRef::Q8(rows) => {
-                debug_assert_eq!(rows.len(), x.len() * out.len());
+                avx2::q4_1,
+            ),
+            BlocksRef::Q8(rows) => fastest_dots(
+                rows,
+                x,
+                out,
+                plain_q8,
                 #[cfg(target_arch = "x86_64")]
-                if let Some(simd) = V3::try_new() {
-                    return simd.vectorize(|| avx2::dots(simd, rows, x, out, avx2::q8));
-                }
-                plain_dots(rows, x, out, plain_q8);
-            }
+                avx2::q8,
+            ),
         }
     }
 
@@ -285,6 +285,23 @@ impl RowsRef<'_> {
             BlocksRef::Q8(rows) => plain_dots(rows, x, out, plain_q8),
         }
     }
+}
+
+/// [`plain_dots`], or the AVX2 kernel with `block` where the CPU has it.
+fn fastest_dots<W>(
+    rows: &[W],
+    x: &[Activation],
+    out: &mut [f32],
+    dot: fn(&W, &Activation) -> f32,
+    #[cfg(target_arch = "x86_64")] block: impl Fn(V3, &W, &Activation, __m256i) -> (__m256, f32, f32)
+    + Copy,
+) {
+    debug_assert_eq!(rows.len(), x.len() * out.len());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = V3::try_new() {
+        return simd.vectorize(|| avx2::dots(simd, rows, x, out, block));
+    }
+    plain_dots(rows, x, out, dot)
 }
 
 fn plain_dots<W>(rows: &[W], x: &[Activation], out: &mut [f32], dot: fn(&W, &Activation) -> f32) {
