@@ -16,6 +16,7 @@ use clap::Subcommand;
 use kira_store::{Store, StoreConfig, StoreError};
 
 pub mod agents;
+pub mod answers;
 pub mod cpu;
 pub mod dashboard;
 pub mod local_model;
@@ -56,6 +57,12 @@ pub enum BenchCommand {
     /// set of varied prompts get an answer that parses as an agent's
     /// result, and how many of 30 questions it answers right.
     LocalModel(local_model::LocalModelArgs),
+    /// The local model through a real `kira serve` (this binary, default
+    /// configuration): 30 questions whose answers are in the company's
+    /// memory, submitted as tasks through the HTTP API, as shipped (held
+    /// to the format) and with `structured_output = false`; how many it
+    /// answers right.
+    Answers(answers::AnswersArgs),
     /// Metrics as deployments grow: COMPANIES companies with a run on each
     /// of six agents, then `GET /metrics` and a company's week of metrics
     /// timed through the HTTP API.
@@ -86,6 +93,7 @@ pub async fn run(cmd: BenchCommand, json: bool) -> Result<ExitCode, BenchError> 
         BenchCommand::Queue(args) => queue::command(args, json).await,
         BenchCommand::Agents(args) => agents::command(args, json).await,
         BenchCommand::LocalModel(args) => local_model::command(args, json).await,
+        BenchCommand::Answers(args) => answers::command(args, json).await,
         BenchCommand::Memory(args) => locomo::command(args, json).await,
         BenchCommand::MemoryScale(args) => scale::command(args, json).await,
         BenchCommand::Longmemeval(args) => longmemeval::command(args, json).await,

@@ -47,7 +47,11 @@ fn local(models: &std::path::Path, spec: Option<&ProviderSpec>) -> Result<Provid
     // instances, nor retrying what did not fail transiently.
     pol.max_concurrent = pol.max_concurrent.min(2);
     pol.attempt_timeout = pol.attempt_timeout.max(Duration::from_secs(600));
-    Ok(ProviderHandle::new(LOCAL, Arc::new(p), model, true, pol))
+    let structured = spec.is_none_or(|s| s.structured_output);
+    Ok(
+        ProviderHandle::new(LOCAL, Arc::new(p), model, true, pol)
+            .with_structured_output(structured),
+    )
 }
 
 fn remote(
@@ -96,7 +100,8 @@ fn remote(
     let provider = cfg
         .build(pol.attempt_timeout)
         .map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
-    Ok(ProviderHandle::new(name, provider, cfg.model, false, pol))
+    Ok(ProviderHandle::new(name, provider, cfg.model, false, pol)
+        .with_structured_output(spec.structured_output))
 }
 
 /// Every configured provider, and the default one: `[providers.default]`
@@ -293,5 +298,26 @@ mod tests {
             .expect("key")
             .seal(&provider_field("other"), "sk-sealed-42");
         assert!(providers(&config(&base, &moved), &env, std::path::Path::new("/none")).is_err());
+    }
+
+    #[test]
+    fn structured_output_is_on_unless_the_provider_turns_it_off() {
+        let spec = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"kind": "openai", "base_url": "http://127.0.0.1:9/v1"});
+            v.as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            serde_json::from_value::<ProviderSpec>(v).expect("spec")
+        };
+        let mut cfg = EngineConfig::default();
+        cfg.providers
+            .insert("held".into(), spec(serde_json::json!({})));
+        cfg.providers.insert(
+            "free".into(),
+            spec(serde_json::json!({"structured_output": false})),
+        );
+        let p = providers(&cfg, &|_| None, std::path::Path::new("/none")).expect("providers");
+        assert!(p.named["held"].structured_output);
+        assert!(!p.named["free"].structured_output);
     }
 }

@@ -394,6 +394,13 @@ pub struct ProviderSpec {
     /// Retries after the first attempt (429, 5xx, timeouts).
     #[serde(default = "default_provider_retries")]
     pub max_retries: u32,
+    /// Hold answers to the format each call asks for: the local model
+    /// decodes under the schema's grammar, an OpenAI-compatible server is
+    /// sent `response_format` and a required tool choice, Anthropic a
+    /// forced tool. `false` sends every call free (for a server that
+    /// rejects those fields); answers are then read by the tolerant parser.
+    #[serde(default = "default_structured_output")]
+    pub structured_output: bool,
 }
 
 fn default_provider_concurrency() -> usize {
@@ -404,6 +411,9 @@ fn default_provider_timeout() -> u64 {
 }
 fn default_provider_retries() -> u32 {
     2
+}
+fn default_structured_output() -> bool {
+    true
 }
 
 impl ProviderSpec {

@@ -23,11 +23,17 @@ struct Model {
     provider: String,
     model: String,
     local: bool,
+    #[serde(default = "yes")]
+    structured_output: bool,
     max_output_tokens: u32,
     context_budget: usize,
     system_prompt: String,
     #[serde(default)]
     calibration: Option<Calibration>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The provider's prompt counts against kira's (cl100k) for this model.
@@ -138,8 +144,13 @@ fn show(a: &Agent) -> String {
     );
     if let Some(m) = &a.model {
         out.push_str(&format!(
-            "\noutput:       {} tokens per call\ncontext:      {} tokens of context pack\ncalibration:  {}\n\nsystem prompt:\n{}",
+            "\noutput:       {} tokens per call, {}\ncontext:      {} tokens of context pack\ncalibration:  {}\n\nsystem prompt:\n{}",
             m.max_output_tokens,
+            if m.structured_output {
+                "held to the format each call asks for"
+            } else {
+                "free (structured_output = false)"
+            },
             m.context_budget,
             m.calibration
                 .as_ref()

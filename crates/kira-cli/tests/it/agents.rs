@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Server, ok, ok_json, s, wait_for};
+use crate::support::{Server, fails, kira_in, ok, ok_json, s, wait_for};
 
 fn start(work: &std::path::Path, config: &str) -> Server {
     std::fs::write(work.join("kira.toml"), config).expect("write kira.toml");
@@ -125,4 +125,46 @@ fn agents_list_and_show_describe_the_pool() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent 'astrologer' not found"));
     assert!(server.stop().success());
+}
+
+#[test]
+fn bench_answers_asks_a_real_server_held_to_the_format_and_free() {
+    let work = tempfile::tempdir().expect("temp dir");
+    // Two of the thirty questions, each on two `kira serve`s of this
+    // binary: the defaults, and `structured_output = false`; one call a
+    // run, so the test stays short.
+    let short = work.path().join("short.toml");
+    std::fs::write(
+        &short,
+        "[agents.primary]\nmax_concurrent = 2\nmax_steps = 1\nmax_output_tokens = 48\ncontext_budget = 200\n",
+    )
+    .expect("write");
+    let v = ok_json(
+        kira_in(work.path())
+            .args(["bench", "answers", "--questions", "2", "--config"])
+            .arg(&short),
+    );
+    assert_eq!(v["model"], "SmolLM2-135M-Instruct", "{v}");
+    assert_eq!(v["questions"], 2, "{v}");
+    assert_eq!(v["configuration"], "the defaults and --config", "{v}");
+    for mode in ["held", "free"] {
+        let o = &v[mode];
+        let ended = ["completed", "needs_review", "failed"]
+            .iter()
+            .map(|k| o[k].as_u64().expect("count"))
+            .sum::<u64>();
+        assert_eq!(ended, 2, "{mode}: {o}");
+        let right = o["right"].as_u64().expect("right");
+        let wrong = o["wrong"].as_array().expect("wrong").len() as u64;
+        assert_eq!(right + wrong, 2, "{mode}: {o}");
+    }
+    // Held to the result's schema, every answer parses and none fails.
+    assert_eq!(v["held"]["well_formed"], 2, "{v}");
+    assert_eq!(v["held"]["failed"], 0, "{v}");
+    // Bad input is refused before any server starts.
+    let out = fails(
+        kira_in(work.path()).args(["bench", "answers", "--questions", "31"]),
+        1,
+    );
+    assert!(out.stderr.contains("--questions"), "{}", out.stderr);
 }

@@ -79,6 +79,10 @@ pub struct ProviderHandle {
     pub default_model: String,
     pub local: bool,
     pub policy: RetryPolicy,
+    /// Calls ask for the output format the loop needs (a tool call, the
+    /// result's schema); false: every call goes free (see
+    /// `ProviderSpec::structured_output`).
+    pub structured_output: bool,
     permits: Arc<Semaphore>,
     sleeper: Option<Arc<dyn Sleeper>>,
 }
@@ -98,9 +102,16 @@ impl ProviderHandle {
             default_model: default_model.into(),
             local,
             policy,
+            structured_output: true,
             permits,
             sleeper: None,
         }
+    }
+
+    /// Whether calls ask for the output format the loop needs.
+    pub fn with_structured_output(mut self, on: bool) -> Self {
+        self.structured_output = on;
+        self
     }
 
     /// The same provider under another name (a `[providers.NAME]`).
@@ -133,6 +144,8 @@ pub struct AgentRuntime {
     pub provider: Arc<dyn Provider>,
     pub model: String,
     pub local: bool,
+    /// Calls ask for the format the loop needs; else they go free.
+    pub structured_output: bool,
     pub max_output_tokens: u32,
     pub context_budget: usize,
     /// Tokens of the system prompt and the built-ins' specs: the least
@@ -206,6 +219,7 @@ impl AgentExecutor {
                         .clone()
                         .unwrap_or_else(|| handle.default_model.clone()),
                     local: handle.local,
+                    structured_output: handle.structured_output,
                     max_output_tokens: a.max_output_tokens.unwrap_or(out),
                     context_budget: a.context_budget.unwrap_or(ctx),
                     config: a.clone(),
@@ -235,6 +249,9 @@ pub struct AgentModel {
     pub model: String,
     /// The in-process model (SmolLM2).
     pub local: bool,
+    /// Calls ask for the output format the loop needs (constrained
+    /// decoding on the local model); false: they go free.
+    pub structured_output: bool,
     pub max_output_tokens: u32,
     pub context_budget: usize,
     pub system_prompt: String,
@@ -511,6 +528,7 @@ impl Executor for AgentExecutor {
             provider: a.provider_name.clone(),
             model: a.model.clone(),
             local: a.local,
+            structured_output: a.structured_output,
             max_output_tokens: a.max_output_tokens,
             context_budget: a.context_budget,
             system_prompt: a.system_prompt.clone(),
@@ -775,7 +793,11 @@ impl AgentExecutor {
             max_tokens: call.max_output,
             temperature: None,
             tools: specs.to_vec(),
-            output: output_for(specs, last_step),
+            output: if agent.structured_output {
+                output_for(specs, last_step)
+            } else {
+                Output::Free
+            },
         };
         let resp = match agent.provider.chat(&req).await {
             Ok(r) => {

@@ -193,13 +193,25 @@ pub(crate) fn engine_with(
     cfg: EngineConfig,
     sleeper: Arc<NoSleep>,
 ) -> Engine {
+    engine_structured(s, fake, cfg, sleeper, true)
+}
+
+/// [`engine_with`], its provider's `structured_output` as given.
+fn engine_structured(
+    s: &Setup,
+    fake: &FakeLlm,
+    cfg: EngineConfig,
+    sleeper: Arc<NoSleep>,
+    structured_output: bool,
+) -> Engine {
     let provider = OpenAi::new("openai", &fake.base, None, Duration::from_secs(10)).expect("p");
     let policy = RetryPolicy {
         max_retries: 1,
         ..RetryPolicy::default()
     };
     let handle = ProviderHandle::new("fake", Arc::new(provider), "fake-model", false, policy)
-        .with_sleeper(sleeper);
+        .with_sleeper(sleeper)
+        .with_structured_output(structured_output);
     let providers = Providers {
         named: Default::default(),
         default: Some(handle),
@@ -582,6 +594,48 @@ async fn each_call_asks_for_a_tool_call_and_the_last_one_for_the_result() {
     let r = t.result.expect("result");
     assert_eq!(r["well_formed"], true);
     assert!(r["limit_hit"].is_null(), "{r}");
+}
+
+#[tokio::test]
+async fn with_structured_output_off_every_call_goes_free_and_its_answer_is_still_read() {
+    let s = setup(Backend::Sqlite).await;
+    // One search, then the result as JSON text the model chose to write.
+    let fake = FakeLlm::start(None, |n, req| {
+        if n < 1 {
+            searching(n, req)
+        } else {
+            completion(
+                json!({"role": "assistant", "content": "Here: {\"summary\": \"Renews 1 March.\", \"answer\": \"1 March 2027.\", \"confidence\": 0.9}"}),
+                200,
+                10,
+            )
+        }
+    })
+    .await;
+    let mut cfg = EngineConfig::default();
+    cfg.agents.get_mut("legal").expect("legal").max_steps = 3;
+    let e = engine_structured(&s, &fake, cfg, Arc::default(), false);
+    let id = submit_task(&e, "acme", "When does it renew?", "complex_legal_analysis").await;
+    run_all(&e).await;
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    for call in &seen {
+        // Tools are offered, but no call is held to a format.
+        assert!(
+            call["tools"].as_array().is_some_and(|t| !t.is_empty()),
+            "{call}"
+        );
+        assert!(call.get("response_format").is_none(), "{call}");
+        assert!(
+            call.get("tool_choice").is_none_or(|c| c == "auto"),
+            "{call}"
+        );
+    }
+    let t = s.store.get_task(&scope("acme"), &id).await.expect("task");
+    assert_eq!((t.status, t.confidence), (TaskStatus::Completed, Some(0.9)));
+    let r = t.result.expect("result");
+    assert_eq!(r["answer"], "1 March 2027.");
+    assert_eq!(r["well_formed"], true);
 }
 
 #[tokio::test]
