@@ -239,6 +239,11 @@ pub struct LocalModelArgs {
     /// `./scripts/install-models --with qwen2.5-coder-0.5b-instruct`).
     #[arg(long, default_value = kira_llm::local::LOCAL_MODEL)]
     pub model: String,
+    /// How many times the speed prompt repeats its two facts: 12 gives
+    /// ~436 tokens (an agent's first call on a short context); 60, ~2,000
+    /// (a run's later calls, with the tools' results).
+    #[arg(long, default_value_t = 12)]
+    pub prompt_repeat: usize,
 }
 
 /// Times the local model and checks its answers; see the module.
@@ -249,11 +254,17 @@ pub async fn command(args: LocalModelArgs, json: bool) -> Result<ExitCode, Bench
         answers,
         questions,
         model,
+        prompt_repeat,
     } = args;
-    if tokens < 2 || runs == 0 || answers > SAMPLE_PROMPTS.len() || questions > QUESTIONS.len() {
+    if tokens < 2
+        || runs == 0
+        || answers > SAMPLE_PROMPTS.len()
+        || questions > QUESTIONS.len()
+        || !(1..=200).contains(&prompt_repeat)
+    {
         return Err(BenchError::Invalid(format!(
-            "--tokens must be at least 2, --runs at least 1, --answers at most {} \
-             and --questions at most {}",
+            "--tokens must be at least 2, --runs at least 1, --answers at most {}, \
+             --questions at most {} and --prompt-repeat between 1 and 200",
             SAMPLE_PROMPTS.len(),
             QUESTIONS.len()
         )));
@@ -272,7 +283,7 @@ pub async fn command(args: LocalModelArgs, json: bool) -> Result<ExitCode, Bench
     // A prompt of the size an agent's first call has on the local model.
     let context = "The board approved the 2027 budget of 4 million dollars. \
                    The Initech contract renews on 1 March 2027. "
-        .repeat(12);
+        .repeat(prompt_repeat);
     let req = |max| {
         ChatRequest::new(
             model.model(),

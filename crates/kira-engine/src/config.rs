@@ -224,9 +224,12 @@ pub struct AgentConfig {
     /// submitting the result is always allowed.
     #[serde(default = "default_tools")]
     pub tools: Vec<String>,
-    /// Model calls per run at most.
-    #[serde(default = "default_max_steps")]
-    pub max_steps: u32,
+    /// Model calls per run at most; none: 6 on a remote model, 1 on the
+    /// local one (it answers from its context pack in one call held to
+    /// the result: SmolLM2's tool calls search for nothing useful, and
+    /// each call rereads a prompt of 1,000 tokens or more).
+    #[serde(default)]
+    pub max_steps: Option<u32>,
     /// Prompt and completion tokens per run at most.
     #[serde(default = "default_run_tokens")]
     pub max_tokens_per_run: i64,
@@ -260,9 +263,6 @@ fn default_tools() -> Vec<String> {
         .map(|d| (*d).to_owned())
         .collect()
 }
-fn default_max_steps() -> u32 {
-    6
-}
 fn default_run_tokens() -> i64 {
     64_000
 }
@@ -281,7 +281,7 @@ impl AgentConfig {
             model: None,
             fallback_models: Vec::new(),
             tools: default_tools(),
-            max_steps: default_max_steps(),
+            max_steps: None,
             max_tokens_per_run: default_run_tokens(),
             max_wall_seconds: default_wall_seconds(),
             max_output_tokens: None,
@@ -305,7 +305,9 @@ impl AgentConfig {
                 ));
             }
         }
-        if !(1..=100).contains(&self.max_steps) {
+        if let Some(v) = self.max_steps
+            && !(1..=100).contains(&v)
+        {
             return Err(ValidationError::new(
                 field("max_steps"),
                 "must be between 1 and 100",

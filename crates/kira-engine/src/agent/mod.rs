@@ -45,6 +45,11 @@ const LOCAL_OUTPUT: u32 = 200;
 const LOCAL_CONTEXT: usize = 600;
 const REMOTE_OUTPUT: u32 = 1_024;
 const REMOTE_CONTEXT: usize = 4_000;
+/// Model calls per run when the agent sets none: the local model answers
+/// from its context pack in one call held to the result (see
+/// `AgentConfig::max_steps`); a remote one may search and call tools.
+const LOCAL_STEPS: u32 = 1;
+const REMOTE_STEPS: u32 = 6;
 /// Characters of a tool result kept in a trace.
 const TRACE_CHARS: usize = 2_000;
 
@@ -146,6 +151,8 @@ pub struct AgentRuntime {
     pub local: bool,
     /// Calls ask for the format the loop needs; else they go free.
     pub structured_output: bool,
+    /// Model calls per run at most.
+    pub max_steps: u32,
     pub max_output_tokens: u32,
     pub context_budget: usize,
     /// Tokens of the system prompt and the built-ins' specs: the least
@@ -194,10 +201,10 @@ impl AgentExecutor {
             if let Some(s) = &handle.sleeper {
                 resilient = resilient.with_sleeper(s.clone());
             }
-            let (out, ctx) = if handle.local {
-                (LOCAL_OUTPUT, LOCAL_CONTEXT)
+            let (out, ctx, steps) = if handle.local {
+                (LOCAL_OUTPUT, LOCAL_CONTEXT, LOCAL_STEPS)
             } else {
-                (REMOTE_OUTPUT, REMOTE_CONTEXT)
+                (REMOTE_OUTPUT, REMOTE_CONTEXT, REMOTE_STEPS)
             };
             let system_prompt = a
                 .system_prompt
@@ -220,6 +227,7 @@ impl AgentExecutor {
                         .unwrap_or_else(|| handle.default_model.clone()),
                     local: handle.local,
                     structured_output: handle.structured_output,
+                    max_steps: a.max_steps.unwrap_or(steps),
                     max_output_tokens: a.max_output_tokens.unwrap_or(out),
                     context_budget: a.context_budget.unwrap_or(ctx),
                     config: a.clone(),
@@ -252,6 +260,8 @@ pub struct AgentModel {
     /// Calls ask for the output format the loop needs (constrained
     /// decoding on the local model); false: they go free.
     pub structured_output: bool,
+    /// Model calls per run at most.
+    pub max_steps: u32,
     pub max_output_tokens: u32,
     pub context_budget: usize,
     pub system_prompt: String,
@@ -305,33 +315,40 @@ impl Agents {
         Ok(cfg
             .agents
             .iter()
-            .map(|(name, a)| AgentStatus {
-                name: name.clone(),
-                role: if name == PRIMARY {
-                    "primary"
-                } else {
-                    "specialist"
+            .map(|(name, a)| {
+                let model = self.scheduler.executor().and_then(|e| e.describe(name));
+                AgentStatus {
+                    name: name.clone(),
+                    role: if name == PRIMARY {
+                        "primary"
+                    } else {
+                        "specialist"
+                    }
+                    .to_owned(),
+                    max_concurrent: a.max_concurrent,
+                    running: snap.running.iter().filter(|(ag, _)| ag == name).count(),
+                    queued: snap.runnable.iter().filter(|e| &e.agent == name).count(),
+                    task_types: cfg
+                        .task_types
+                        .iter()
+                        .filter(|(_, t)| {
+                            t.specialist.as_deref() == Some(name.as_str())
+                                || (name == PRIMARY
+                                    && (t.specialist.is_none() || t.spawn_above_chars.is_some()))
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect(),
+                    tools: a.tools.clone(),
+                    fallback_models: a.fallback_models.clone(),
+                    max_steps: model
+                        .as_ref()
+                        .map(|m| m.max_steps)
+                        .or(a.max_steps)
+                        .unwrap_or(REMOTE_STEPS),
+                    max_tokens_per_run: a.max_tokens_per_run,
+                    max_wall_seconds: a.max_wall_seconds,
+                    model,
                 }
-                .to_owned(),
-                max_concurrent: a.max_concurrent,
-                running: snap.running.iter().filter(|(ag, _)| ag == name).count(),
-                queued: snap.runnable.iter().filter(|e| &e.agent == name).count(),
-                task_types: cfg
-                    .task_types
-                    .iter()
-                    .filter(|(_, t)| {
-                        t.specialist.as_deref() == Some(name.as_str())
-                            || (name == PRIMARY
-                                && (t.specialist.is_none() || t.spawn_above_chars.is_some()))
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect(),
-                tools: a.tools.clone(),
-                fallback_models: a.fallback_models.clone(),
-                max_steps: a.max_steps,
-                max_tokens_per_run: a.max_tokens_per_run,
-                max_wall_seconds: a.max_wall_seconds,
-                model: self.scheduler.executor().and_then(|e| e.describe(name)),
             })
             .collect())
     }
@@ -529,6 +546,7 @@ impl Executor for AgentExecutor {
             model: a.model.clone(),
             local: a.local,
             structured_output: a.structured_output,
+            max_steps: a.max_steps,
             max_output_tokens: a.max_output_tokens,
             context_budget: a.context_budget,
             system_prompt: a.system_prompt.clone(),
@@ -715,7 +733,7 @@ impl AgentExecutor {
             if run.cancelled() {
                 return Some(ExecOutcome::Cancelled);
             }
-            if progress.steps >= limits.max_steps {
+            if progress.steps >= agent.max_steps {
                 progress.limit = Some(Limit::Steps);
                 break;
             }
@@ -786,7 +804,7 @@ impl AgentExecutor {
             Err(e) => return Err(failed(e.to_string())),
         };
         progress.steps += 1;
-        let last_step = progress.steps >= agent.config.max_steps;
+        let last_step = progress.steps >= agent.max_steps;
         let req = ChatRequest {
             model: agent.model.clone(),
             messages: messages.to_vec(),

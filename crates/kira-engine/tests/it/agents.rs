@@ -529,7 +529,7 @@ async fn the_step_limit_stops_a_run_and_sends_it_to_review() {
     let s = setup(Backend::Sqlite).await;
     let fake = FakeLlm::start(None, searching).await;
     let mut cfg = EngineConfig::default();
-    cfg.agents.get_mut("legal").expect("legal").max_steps = 3;
+    cfg.agents.get_mut("legal").expect("legal").max_steps = Some(3);
     let e = engine_with(&s, &fake, cfg, Arc::default());
     let id = submit_task(&e, "acme", "Loop forever", "complex_legal_analysis").await;
     run_all(&e).await;
@@ -562,7 +562,7 @@ async fn each_call_asks_for_a_tool_call_and_the_last_one_for_the_result() {
     })
     .await;
     let mut cfg = EngineConfig::default();
-    cfg.agents.get_mut("legal").expect("legal").max_steps = 3;
+    cfg.agents.get_mut("legal").expect("legal").max_steps = Some(3);
     let e = engine_with(&s, &fake, cfg, Arc::default());
     let id = submit_task(&e, "acme", "When does it renew?", "complex_legal_analysis").await;
     run_all(&e).await;
@@ -596,6 +596,33 @@ async fn each_call_asks_for_a_tool_call_and_the_last_one_for_the_result() {
     assert!(r["limit_hit"].is_null(), "{r}");
 }
 
+#[test]
+fn the_local_model_answers_in_one_call_unless_the_agent_sets_its_steps() {
+    let provider = OpenAi::new(
+        "openai",
+        "http://127.0.0.1:9/v1",
+        None,
+        Duration::from_secs(1),
+    )
+    .expect("p");
+    let provider: Arc<dyn kira_llm::Provider> = Arc::new(provider);
+    let steps = |local: bool, set: Option<u32>| {
+        let mut cfg = EngineConfig::default();
+        cfg.agents.get_mut("primary").expect("primary").max_steps = set;
+        let handle = ProviderHandle::new("p", provider.clone(), "m", local, RetryPolicy::default());
+        let providers = Providers {
+            named: Default::default(),
+            default: Some(handle),
+        };
+        let exec = AgentExecutor::new(&cfg, &providers).expect("agents");
+        exec.agent("primary").expect("primary").max_steps
+    };
+    assert_eq!(steps(true, None), 1);
+    assert_eq!(steps(false, None), 6);
+    assert_eq!(steps(true, Some(4)), 4);
+    assert_eq!(steps(false, Some(2)), 2);
+}
+
 #[tokio::test]
 async fn with_structured_output_off_every_call_goes_free_and_its_answer_is_still_read() {
     let s = setup(Backend::Sqlite).await;
@@ -613,7 +640,7 @@ async fn with_structured_output_off_every_call_goes_free_and_its_answer_is_still
     })
     .await;
     let mut cfg = EngineConfig::default();
-    cfg.agents.get_mut("legal").expect("legal").max_steps = 3;
+    cfg.agents.get_mut("legal").expect("legal").max_steps = Some(3);
     let e = engine_structured(&s, &fake, cfg, Arc::default(), false);
     let id = submit_task(&e, "acme", "When does it renew?", "complex_legal_analysis").await;
     run_all(&e).await;

@@ -28,6 +28,8 @@ use super::quant::{Activation, BLOCK, GROUP, Q4_1, Rows};
 /// and candle's gemm (a prompt); below, through the quantized weights (a
 /// step, or the few tokens a constraint forces).
 const BATCHED_ROWS: usize = 16;
+/// Rows of a prompt read in one pass (see [`Llama::forward`]).
+const PREFILL_ROWS: usize = 256;
 
 /// A step's matrix products are split over rayon's threads in chunks of
 /// at least this many weight rows (a small matrix stays on the calling
@@ -416,12 +418,26 @@ impl Llama {
 
     /// Reads `tokens` at the positions after those already cached and
     /// returns the logits for the next token (after the last of them).
+    /// A long prompt is read [`PREFILL_ROWS`] at a time: each chunk's
+    /// attention covers the cache so far and itself, so the scores held at
+    /// once grow with the prompt, not with its square (at 2,000 tokens,
+    /// read whole, they were ~130 MB a layer, allocated and faulted in
+    /// again for every layer).
     pub(crate) fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         // On one of rayon's threads: a step splits over a hundred products
         // among the pool, and from inside it each split is a push to a
         // local queue, where from outside it is a hand-over, a wake-up
         // and a wait.
-        rayon::scope(|_| self.step(tokens))
+        rayon::scope(|_| {
+            let (head, last) = match tokens.len() {
+                0 => (&[][..], tokens),
+                n => tokens.split_at((n - 1) / PREFILL_ROWS * PREFILL_ROWS),
+            };
+            for chunk in head.chunks(PREFILL_ROWS) {
+                self.step(chunk)?;
+            }
+            self.step(last)
+        })
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
@@ -978,6 +994,29 @@ mod tests {
         // Cleared, an instance starts over.
         stepped.clear();
         assert_eq!(stepped.forward(&prompt).expect("again"), at_once);
+    }
+
+    #[test]
+    fn a_long_prompt_read_in_chunks_gives_the_logits_of_one_pass() {
+        for arch in ["llama", "qwen2"] {
+            let (model, _) = both(arch, GgmlDType::F32);
+            // Two whole chunks and a part: 256 + 256 + 88.
+            let prompt: Vec<u32> = (0..600).map(|i| (i * 7 % VOCAB) as u32).collect();
+            let mut chunked = model.instance();
+            let a = chunked.forward(&prompt).expect("chunked");
+            assert_eq!(chunked.len(), prompt.len());
+            let mut whole = model.instance();
+            let b = rayon::scope(|_| whole.step(&prompt)).expect("one pass");
+            // The same products, the attention split by rows: only the
+            // order of float sums differs.
+            let d = distance(&a, &b);
+            assert!(d < 1e-3, "{arch}: the logits differ by {d}");
+            assert_eq!(argmax(&a), argmax(&b), "{arch}");
+            // A prompt of whole chunks still ends on a pass of its own rows.
+            let mut exact = model.instance();
+            exact.forward(&prompt[..512]).expect("two chunks");
+            assert_eq!(exact.len(), 512);
+        }
     }
 
     #[test]
