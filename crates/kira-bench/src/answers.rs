@@ -325,18 +325,7 @@ impl Server {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| BenchError::during(path.to_owned(), e))?;
-        let status = res.status();
-        let text = res
-            .text()
-            .await
-            .map_err(|e| BenchError::during(path.to_owned(), e))?;
-        if !status.is_success() {
-            return Err(BenchError::Data(format!("{path}: {status}: {text}")));
-        }
+        let (_, text) = crate::metrics::timed(req, path.to_owned()).await?;
         Ok(serde_json::from_str(&text)?)
     }
 }

@@ -524,6 +524,21 @@ fn searching(_n: usize, _req: &Value) -> (u16, Value) {
     )
 }
 
+/// A model that searches `searches` times, then writes `text` as its
+/// answer (the result JSON, alone or with words around it).
+fn searching_then_writing(
+    searches: usize,
+    text: &'static str,
+) -> impl Fn(usize, &Value) -> (u16, Value) + Send + Sync + 'static {
+    move |n, req| {
+        if n < searches {
+            searching(n, req)
+        } else {
+            completion(json!({"role": "assistant", "content": text}), 200, 10)
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_step_limit_stops_a_run_and_sends_it_to_review() {
     let s = setup(Backend::Sqlite).await;
@@ -549,17 +564,13 @@ async fn each_call_asks_for_a_tool_call_and_the_last_one_for_the_result() {
     let s = setup(Backend::Sqlite).await;
     // A server that honours the output format: two searches, then (asked
     // for the result itself) the result as JSON text.
-    let fake = FakeLlm::start(None, |n, req| {
-        if n < 2 {
-            searching(n, req)
-        } else {
-            completion(
-                json!({"role": "assistant", "content": "{\"summary\": \"Renews 1 March.\", \"answer\": \"1 March 2027.\", \"confidence\": 0.8}"}),
-                200,
-                10,
-            )
-        }
-    })
+    let fake = FakeLlm::start(
+        None,
+        searching_then_writing(
+            2,
+            r#"{"summary": "Renews 1 March.", "answer": "1 March 2027.", "confidence": 0.8}"#,
+        ),
+    )
     .await;
     let mut cfg = EngineConfig::default();
     cfg.agents.get_mut("legal").expect("legal").max_steps = Some(3);
@@ -627,17 +638,13 @@ fn the_local_model_answers_in_one_call_unless_the_agent_sets_its_steps() {
 async fn with_structured_output_off_every_call_goes_free_and_its_answer_is_still_read() {
     let s = setup(Backend::Sqlite).await;
     // One search, then the result as JSON text the model chose to write.
-    let fake = FakeLlm::start(None, |n, req| {
-        if n < 1 {
-            searching(n, req)
-        } else {
-            completion(
-                json!({"role": "assistant", "content": "Here: {\"summary\": \"Renews 1 March.\", \"answer\": \"1 March 2027.\", \"confidence\": 0.9}"}),
-                200,
-                10,
-            )
-        }
-    })
+    let fake = FakeLlm::start(
+        None,
+        searching_then_writing(
+            1,
+            r#"Here: {"summary": "Renews 1 March.", "answer": "1 March 2027.", "confidence": 0.9}"#,
+        ),
+    )
     .await;
     let mut cfg = EngineConfig::default();
     cfg.agents.get_mut("legal").expect("legal").max_steps = Some(3);
