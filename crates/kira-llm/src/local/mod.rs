@@ -365,12 +365,16 @@ impl LocalProvider {
     /// The prompt text the model sees for `req`: the chat template of the
     /// GGUF (ChatML if it cannot be rendered), with the tool instructions
     /// in the system message and earlier tool calls and results as text.
+    /// A call held to a JSON schema cannot call a tool, so its prompt
+    /// leaves the tools out: a small model copies what it is shown (the
+    /// call protocol's placeholders), and each tool's spec costs prompt
+    /// time on every call.
     pub fn prompt(&self, req: &ChatRequest) -> String {
-        let turns = template::turns(
-            &req.messages,
-            &req.tools,
-            matches!(req.output, Output::ToolCall),
-        );
+        let tools: &[crate::ToolSpec] = match req.output {
+            Output::Json { .. } => &[],
+            _ => &req.tools,
+        };
+        let turns = template::turns(&req.messages, tools, matches!(req.output, Output::ToolCall));
         self.template
             .as_deref()
             .and_then(|t| template::render(t, &turns).ok())

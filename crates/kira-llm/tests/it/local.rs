@@ -261,6 +261,38 @@ fn search_memory() -> ToolSpec {
 /// does) in a short budget: the answer starts closing early enough that
 /// every required key fits, so the call parses and validates whatever the
 /// model was writing when its tokens ran short.
+#[test]
+fn a_call_held_to_the_result_is_not_shown_the_tools() {
+    let p = local();
+    let req = |output: Output| {
+        let mut req = ChatRequest::new(
+            "smollm2",
+            vec![
+                Message::system(PROTOCOL),
+                Message::user("When does it renew?"),
+            ],
+            48,
+        )
+        .with_output(output);
+        req.tools = vec![search_memory()];
+        req
+    };
+    // Asked for a call (or free), the model is told how to call the tool.
+    for output in [Output::ToolCall, Output::Free] {
+        let prompt = p.prompt(&req(output));
+        assert!(prompt.contains("search_memory"), "{prompt}");
+        assert!(prompt.contains("<tool name>"), "{prompt}");
+    }
+    // Held to the result, it cannot call one: no tools, no placeholders,
+    // and a shorter prompt.
+    let held = p.prompt(&req(held_to(result_schema())));
+    assert!(!held.contains("search_memory"), "{held}");
+    assert!(!held.contains("<tool name>"), "{held}");
+    assert!(held.contains(PROTOCOL) && held.contains("When does it renew?"));
+    let free = p.prompt(&req(Output::Free));
+    assert!(held.len() < free.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_with_many_required_keys_ends_complete_within_a_short_budget() {
     let p = local();
