@@ -1067,6 +1067,80 @@ mod tests {
         assert_eq!(stepped.forward(&prompt).expect("again"), at_once);
     }
 
+    /// Attention as written down, in f64: each query head over the
+    /// positions it sees.
+    fn attention_by_the_book(c: &Config, q: &[f32], cache: &Cache, pos: usize) -> Vec<f64> {
+        let (hd, width) = (c.head_dim, c.kv_heads * c.head_dim);
+        let mut out = Vec::new();
+        for (i, row) in q.chunks_exact(c.dim).enumerate() {
+            for h in 0..c.heads {
+                let kv = h / (c.heads / c.kv_heads) * hd;
+                let qh = &row[h * hd..(h + 1) * hd];
+                let scores: Vec<f64> = (0..=pos + i)
+                    .map(|j| {
+                        let k = &cache.k[j * width + kv..][..hd];
+                        qh.iter().zip(k).map(|(a, b)| f64::from(a * b)).sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let v: f64 = e
+                        .iter()
+                        .enumerate()
+                        .map(|(j, w)| w * f64::from(cache.v[j * width + kv + d]))
+                        .sum();
+                    out.push(v / sum);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_is_attention_by_the_book_for_a_step_and_for_a_chunk() {
+        // Four query heads on one key head and on two, 300 positions.
+        for kv_heads in [1, 2] {
+            let c = Config {
+                layers: 1,
+                dim: 4 * 16,
+                heads: 4,
+                kv_heads,
+                head_dim: 16,
+                rope_base: 10_000.0,
+                rope_style: RopeStyle::Halves,
+                eps: 1e-5,
+                vocab: 8,
+            };
+            let (len, width) = (300, kv_heads * 16);
+            let wave = |n: usize, k: usize| ((n * k % 97) as f32 / 97.0 - 0.5) * 4.0;
+            let cache = Cache {
+                k: (0..len * width).map(|n| wave(n, 31)).collect(),
+                v: (0..len * width).map(|n| wave(n, 17)).collect(),
+            };
+            // A generation step's few rows, and a prompt's chunk (the
+            // batched path), at the cache's end.
+            for m in [3, 20] {
+                let pos = len - m;
+                let q: Vec<f32> = (0..m * c.dim).map(|n| wave(n, 13)).collect();
+                let ours = attention(&c, &q, &cache, pos, m).expect("attention");
+                let book = attention_by_the_book(&c, &q, &cache, pos);
+                assert_eq!(ours.len(), book.len());
+                let worst = ours
+                    .iter()
+                    .zip(&book)
+                    .map(|(a, b)| (f64::from(*a) - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst < 1e-5,
+                    "{kv_heads} key heads, {m} rows: off by {worst}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_vectorised_exp_is_within_three_parts_in_ten_million_of_the_exact_value() {
         let mut worst = 0f64;
