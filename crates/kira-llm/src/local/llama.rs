@@ -797,8 +797,7 @@ fn softmax(x: &mut [f32]) {
 /// compiler vectorises, where `f32::exp` is a call per value (4-7 times
 /// slower over a row): x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its
 /// Taylor series to r^6 (relative error under 3e-7), times 2^n built in the
-/// exponent's bits. Below -87 (and for
-/// -inf) the result is 0.
+/// exponent's bits. Below -87 (and for -inf) the result is 0.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -815,8 +814,8 @@ fn exp_nonpositive(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // t's low bits hold n (biased by ROUND's 2^22): shift n + 127 into the
-    // exponent field.
+    // t and ROUND share an exponent, so their bits differ by n: n + 127
+    // shifted into the exponent field is 2^n.
     let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
     let scaled = p * f32::from_bits(n_bits.wrapping_add(127) << 23);
     if live { scaled } else { 0.0 }
