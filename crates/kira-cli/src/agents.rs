@@ -320,4 +320,47 @@ mod tests {
         assert!(p.named["held"].structured_output);
         assert!(!p.named["free"].structured_output);
     }
+
+    #[test]
+    fn a_local_provider_runs_the_model_its_configuration_names() {
+        use kira_llm::local::{QWEN25_CODER_05B, SMOLLM2_135M};
+        let spec = |model: Option<&str>| {
+            let mut v = serde_json::json!({"kind": "local"});
+            if let Some(m) = model {
+                v["model"] = serde_json::json!(m);
+            }
+            serde_json::from_value::<ProviderSpec>(v).expect("spec")
+        };
+        // Not installed: the error names the chosen model's file and how
+        // to install that model.
+        let empty = tempfile::tempdir().expect("dir");
+        for (model, want) in [
+            (Some("qwen2.5-coder-0.5b-instruct"), QWEN25_CODER_05B),
+            (None, SMOLLM2_135M),
+        ] {
+            let e = local(empty.path(), Some(&spec(model)))
+                .err()
+                .expect("missing");
+            assert!(
+                e.contains(&want.path(empty.path()).display().to_string()),
+                "{e}"
+            );
+            assert!(e.contains(want.install), "{e}");
+        }
+        // Installed: the file at the chosen model's place is loaded, under
+        // its name (here SmolLM2's weights stand in for the larger model's,
+        // which CI does not install).
+        let models = tempfile::tempdir().expect("dir");
+        let place = QWEN25_CODER_05B.path(models.path());
+        std::fs::create_dir_all(place.parent().expect("folder")).expect("folder");
+        std::os::unix::fs::symlink(SMOLLM2_135M.path(&kira_embed::models_dir()), &place)
+            .expect("link");
+        let h = local(
+            models.path(),
+            Some(&spec(Some("Qwen2.5-Coder-0.5B-Instruct"))),
+        )
+        .expect("loads");
+        assert_eq!(h.default_model, QWEN25_CODER_05B.name);
+        assert!(h.local);
+    }
 }

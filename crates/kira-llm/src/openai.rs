@@ -213,14 +213,22 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
             .tools
             .iter()
             .map(|t| {
-                json!({
-                    "type": "function",
-                    "function": {
+                // Strict where the parameters allow it: the server then
+                // holds the arguments to them, as it holds a result.
+                let function = match strict_schema(&t.parameters) {
+                    Some(parameters) => json!({
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": parameters,
+                        "strict": true,
+                    }),
+                    None => json!({
                         "name": t.name,
                         "description": t.description,
                         "parameters": t.parameters,
-                    }
-                })
+                    }),
+                };
+                json!({"type": "function", "function": function})
             })
             .collect();
     }
@@ -228,16 +236,143 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
         Output::Free => {}
         // Structured outputs: OpenAI's strict mode, vLLM's and the
         // llama.cpp server's guided decoding, Ollama's format.
+        // A schema strict mode cannot take goes as it is, not strict: the
+        // server follows it as well as it can, and the answer is read
+        // tolerantly either way.
         Output::Json { name, schema } => {
-            body["response_format"] = json!({
-                "type": "json_schema",
-                "json_schema": {"name": name, "schema": schema, "strict": true},
-            });
+            let json_schema = match strict_schema(schema) {
+                Some(strict) => json!({"name": name, "schema": strict, "strict": true}),
+                None => json!({"name": name, "schema": schema, "strict": false}),
+            };
+            body["response_format"] = json!({"type": "json_schema", "json_schema": json_schema});
         }
         Output::ToolCall if !req.tools.is_empty() => body["tool_choice"] = json!("required"),
         Output::ToolCall => {}
     }
     body
+}
+
+/// Keywords of a schema strict mode takes (OpenAI's structured outputs:
+/// its supported subset; vLLM, the llama.cpp server and Ollama take at
+/// least these).
+const STRICT_KEYWORDS: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "anyOf",
+    "description",
+    "$ref",
+    "$defs",
+    "definitions",
+    "pattern",
+    "format",
+    "multipleOf",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minItems",
+    "maxItems",
+];
+
+/// Keywords whose meaning a schema cannot keep without them: a schema that
+/// uses one is not sent as strict.
+const SHAPING_KEYWORDS: &[&str] = &[
+    "allOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "patternProperties",
+    "dependentRequired",
+    "dependentSchemas",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "prefixItems",
+    "contains",
+    "propertyNames",
+];
+
+/// `schema` as strict mode takes it, or None if it cannot be: its root is
+/// an object, every object names all its properties as required and
+/// allows no others, and it uses no keyword that shapes values beyond
+/// strict mode's subset. Keywords outside the subset that only annotate
+/// or bound a value (`title`, `default`, `minLength`, `maxLength`, ...)
+/// are left out: the server holds the answer to the shape, not to those
+/// bounds, and the answer is read tolerantly as from any model.
+pub(crate) fn strict_schema(schema: &Value) -> Option<Value> {
+    if schema.get("type") != Some(&json!("object")) {
+        return None;
+    }
+    strict_node(schema)
+}
+
+fn strict_node(schema: &Value) -> Option<Value> {
+    let Value::Object(map) = schema else {
+        // `true`/`false` schemas say nothing strict mode can hold to.
+        return None;
+    };
+    if map.keys().any(|k| SHAPING_KEYWORDS.contains(&k.as_str())) {
+        return None;
+    }
+    // Strict mode wants every value typed (an empty schema allows any).
+    if !["type", "anyOf", "enum", "const", "$ref"]
+        .iter()
+        .any(|k| map.contains_key(*k))
+    {
+        return None;
+    }
+    let is_object = map.get("type") == Some(&json!("object")) || map.contains_key("properties");
+    if is_object {
+        let properties = match map.get("properties") {
+            None => serde_json::Map::new(),
+            Some(Value::Object(p)) => p.clone(),
+            Some(_) => return None,
+        };
+        let required: Vec<&str> = match map.get("required") {
+            None => Vec::new(),
+            Some(Value::Array(r)) => r.iter().filter_map(Value::as_str).collect(),
+            Some(_) => return None,
+        };
+        if map.get("additionalProperties") != Some(&json!(false))
+            || properties.keys().any(|k| !required.contains(&k.as_str()))
+        {
+            return None;
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (k, v) in map {
+        if !STRICT_KEYWORDS.contains(&k.as_str()) {
+            continue;
+        }
+        let v = match k.as_str() {
+            "properties" | "$defs" | "definitions" => {
+                let Value::Object(children) = v else {
+                    return None;
+                };
+                let mut strict = serde_json::Map::new();
+                for (name, child) in children {
+                    strict.insert(name.clone(), strict_node(child)?);
+                }
+                Value::Object(strict)
+            }
+            "items" => strict_node(v)?,
+            "anyOf" => {
+                let Value::Array(options) = v else {
+                    return None;
+                };
+                Value::Array(options.iter().map(strict_node).collect::<Option<_>>()?)
+            }
+            _ => v.clone(),
+        };
+        out.insert(k.clone(), v);
+    }
+    Some(Value::Object(out))
 }
 
 fn wire_message(m: &Message) -> Value {
@@ -429,20 +564,116 @@ mod tests {
     }
 
     #[test]
-    fn a_json_output_goes_as_a_strict_response_format() {
-        let schema = json!({"type": "object", "properties": {"a": {"type": "number"}}});
+    fn a_json_output_goes_as_a_response_format_strict_when_it_can_be() {
+        let closed = json!({
+            "type": "object",
+            "properties": {"a": {"type": "string", "minLength": 1, "maxLength": 300, "title": "A"}},
+            "required": ["a"],
+            "additionalProperties": false
+        });
         let req = ChatRequest::new("m", vec![Message::user("hi")], 10).with_output(Output::Json {
             name: "result".into(),
-            schema: schema.clone(),
+            schema: closed,
         });
         let body = request_body(&req);
+        // Strict, without the keywords strict mode does not take.
         assert_eq!(
             body["response_format"],
-            json!({"type": "json_schema", "json_schema": {"name": "result", "schema": schema, "strict": true}})
+            json!({"type": "json_schema", "json_schema": {"name": "result", "strict": true, "schema": {
+                "type": "object",
+                "properties": {"a": {"type": "string"}},
+                "required": ["a"],
+                "additionalProperties": false
+            }}})
+        );
+        // An optional property: strict mode cannot say it; sent as it is.
+        let open = json!({"type": "object", "properties": {"a": {"type": "number"}}});
+        let body = request_body(&req.clone().with_output(Output::Json {
+            name: "result".into(),
+            schema: open.clone(),
+        }));
+        assert_eq!(
+            body["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "result", "schema": open, "strict": false}})
         );
         // No tools: nothing to require.
         let body = request_body(&req.with_output(Output::ToolCall));
         assert!(body.get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn a_tool_is_strict_when_its_parameters_can_be() {
+        let mut req = ChatRequest::new("m", vec![Message::user("hi")], 10);
+        let closed = json!({
+            "type": "object",
+            "properties": {"q": {"type": "string", "default": "x"}, "n": {"type": ["integer", "null"]}},
+            "required": ["q", "n"],
+            "additionalProperties": false
+        });
+        for (name, parameters) in [
+            ("closed", closed),
+            (
+                "open",
+                json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+            ),
+        ] {
+            req.tools.push(ToolSpec {
+                name: name.into(),
+                description: "d".into(),
+                parameters,
+            });
+        }
+        let body = request_body(&req);
+        let closed = &body["tools"][0]["function"];
+        assert_eq!(closed["strict"], json!(true));
+        assert_eq!(
+            closed["parameters"]["properties"],
+            json!({"q": {"type": "string"}, "n": {"type": ["integer", "null"]}})
+        );
+        let open = &body["tools"][1]["function"];
+        assert!(open.get("strict").is_none());
+        assert_eq!(open["parameters"], req.tools[1].parameters);
+    }
+
+    #[test]
+    fn strict_mode_takes_closed_typed_shapes_only() {
+        let object = |properties: Value, required: Value| json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false});
+        // Nested objects, arrays, anyOf, enums and $defs, all closed.
+        let nested = object(
+            json!({
+                "items": {"type": "array", "minItems": 1, "uniqueItems": true,
+                          "items": object(json!({"k": {"enum": ["a", "b"]}}), json!(["k"]))},
+                "either": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/n"}]}
+            }),
+            json!(["items", "either"]),
+        );
+        let mut with_defs = nested.clone();
+        with_defs["$defs"] = json!({"n": {"type": "number", "exclusiveMinimum": 0}});
+        let strict = strict_schema(&with_defs).expect("closed");
+        assert_eq!(strict["properties"]["items"]["minItems"], json!(1));
+        assert!(strict["properties"]["items"].get("uniqueItems").is_none());
+        assert_eq!(strict["$defs"]["n"]["exclusiveMinimum"], json!(0));
+        // What strict mode cannot take, at any depth.
+        let not_strict = [
+            json!({"type": "string"}),
+            json!({"type": "object"}),
+            object(json!({"a": {"type": "string"}}), json!([])),
+            object(json!({"a": {}}), json!(["a"])),
+            object(json!({"a": {"oneOf": [{"type": "string"}]}}), json!(["a"])),
+            object(
+                json!({"a": {"type": "object", "properties": {"b": {"type": "string"}}}}),
+                json!(["a"]),
+            ),
+            object(
+                json!({"a": {"type": "array", "items": {"type": "object", "additionalProperties": true}}}),
+                json!(["a"]),
+            ),
+            object(json!({"a": {"type": "string"}}), json!("a")),
+            json!({"type": "object", "allOf": [], "additionalProperties": false}),
+        ];
+        for s in not_strict {
+            assert_eq!(strict_schema(&s), None, "{s}");
+        }
     }
 
     #[test]

@@ -168,3 +168,60 @@ fn bench_answers_asks_a_real_server_held_to_the_format_and_free() {
     );
     assert!(out.stderr.contains("--questions"), "{}", out.stderr);
 }
+
+#[test]
+fn bench_local_model_times_the_model_and_the_constraint_and_checks_answers() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let v = ok_json(kira_in(work.path()).args([
+        "bench",
+        "local-model",
+        "--tokens",
+        "8",
+        "--runs",
+        "1",
+        "--answers",
+        "1",
+        "--questions",
+        "1",
+        "--prompt-repeat",
+        "2",
+    ]));
+    assert_eq!(v["model"], "SmolLM2-135M-Instruct", "{v}");
+    let number = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert!(number("load_seconds") > 0.0, "{v}");
+    // Two repeats of the two facts, the system prompt and the template.
+    assert!((40.0..400.0).contains(&number("prompt_tokens")), "{v}");
+    assert!(number("prompt_tokens_per_second") > 0.0, "{v}");
+    assert!((2.0..=8.0).contains(&number("generated_tokens")), "{v}");
+    assert!(
+        (2.0..=8.0).contains(&number("constrained_generated_tokens")),
+        "{v}"
+    );
+    // The mask was computed on the constrained calls, and costs a share
+    // of their decoding time.
+    let cost = number("constraint_cost");
+    assert!(cost > 0.0 && cost < 1.0, "{v}");
+    // SmolLM2's quantized weights, read once per token, and the bound
+    // they give at the bandwidth measured.
+    assert!(
+        (50e6..200e6).contains(&number("weight_bytes_per_token")),
+        "{v}"
+    );
+    assert!(number("read_bandwidth_bytes_per_second") > 1e8, "{v}");
+    let bound = number("bandwidth_bound_tokens_per_second");
+    let expected = number("read_bandwidth_bytes_per_second") / number("weight_bytes_per_token");
+    assert!((bound - expected).abs() < 1e-6 * expected, "{v}");
+    // Held to the result's schema, the answer parses; the question is
+    // scored right or listed wrong with the model's answer.
+    assert_eq!(v["results_well_formed_constrained"], 1, "{v}");
+    let right = v["questions_right"].as_u64().expect("right");
+    let wrong = v["questions_wrong"].as_array().expect("wrong");
+    assert_eq!(right + wrong.len() as u64, 1, "{v}");
+    assert!(wrong.iter().all(|w| w["answer"].is_string()), "{v}");
+    // Bad input is refused before the model loads.
+    let out = fails(
+        kira_in(work.path()).args(["bench", "local-model", "--model", "gpt-5"]),
+        1,
+    );
+    assert!(out.stderr.contains("--model"), "{}", out.stderr);
+}

@@ -586,6 +586,8 @@ async fn each_call_asks_for_a_tool_call_and_the_last_one_for_the_result() {
     let format = &seen[2]["response_format"];
     assert_eq!(format["type"], "json_schema", "{}", seen[2]);
     assert_eq!(format["json_schema"]["name"], "result");
+    // The result's schema is closed: strict mode holds the answer to it.
+    assert_eq!(format["json_schema"]["strict"], true, "{format}");
     let schema = &format["json_schema"]["schema"];
     assert_eq!(schema["properties"]["confidence"]["type"], "number");
     assert_eq!(schema["properties"]["confidence"]["minimum"], 0);
