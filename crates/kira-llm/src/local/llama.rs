@@ -12,9 +12,9 @@
 //! heads. Here each matrix is kept twice: quantized ([`quant`]: the GGUF's
 //! own Q4_1 blocks where it ships them, else Q8) for the few rows of a
 //! step, whose time is reading the weights, and as f32 for a prompt's many
-//! rows, which candle's gemm multiplies best. The KV cache is a buffer that
-//! grows by a row per token, and grouped heads read their shared keys in
-//! place.
+//! rows, which candle's gemm multiplies best. The KV cache grows by a row
+//! per token, per key/value head, in bf16 ([`Cache`]), and a group of query
+//! heads reads its shared keys together, in place.
 
 use std::sync::Arc;
 
@@ -242,12 +242,89 @@ struct Weights {
     output: Linear,
 }
 
-/// One layer's keys and values so far: per position, `kv_heads × head_dim`
-/// values (rotated keys).
+/// One layer's keys (rotated) and values so far, per key/value head:
+/// `head_dim` values a position, one position after the other, as bf16
+/// (the top half of an f32's bits, rounded to nearest).
+///
+/// A generation step reads the whole cache of every layer: at 2,000
+/// positions that is more bytes than the weights (f32: 106 MB a token on
+/// SmolLM2), read from memory every step since the weights stream through
+/// the caches in between, so after a long prompt a step took twice its
+/// time. bf16 halves it and turns back into f32 with a shift the compiler
+/// vectorises into the dot products; each head's positions lie in one
+/// stream. bf16 is the precision these models were trained in (and
+/// vLLM's cache for them); an f32's mantissa beyond it is noise to the
+/// softmax.
 #[derive(Debug, Clone, Default)]
 struct Cache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
+    len: usize,
+}
+
+impl Cache {
+    fn new(kv_heads: usize) -> Self {
+        Self {
+            k: vec![Vec::new(); kv_heads],
+            v: vec![Vec::new(); kv_heads],
+            len: 0,
+        }
+    }
+
+    /// Appends `m` positions: `k` and `v` hold, per position, `kv_heads ×
+    /// head_dim` values.
+    fn push(&mut self, k: &[f32], v: &[f32], hd: usize) {
+        let width = self.k.len() * hd;
+        for (rows, heads) in [(k, &mut self.k), (v, &mut self.v)] {
+            for row in rows.chunks_exact(width) {
+                for (head, values) in heads.iter_mut().zip(row.chunks_exact(hd)) {
+                    let at = head.len();
+                    head.resize(at + hd, 0);
+                    for (b, &x) in head[at..].iter_mut().zip(values) {
+                        *b = bf16(x);
+                    }
+                }
+            }
+        }
+        self.len += k.len() / width;
+    }
+
+    fn clear(&mut self) {
+        for h in self.k.iter_mut().chain(&mut self.v) {
+            h.clear();
+        }
+        self.len = 0;
+    }
+
+    /// The first `len` positions of every head, as f32: `(kv_heads, len,
+    /// head_dim)`.
+    fn unpacked(heads: &[Vec<u16>], len: usize, hd: usize) -> Vec<f32> {
+        let mut out = vec![0f32; heads.len() * len * hd];
+        for (out, h) in out.chunks_exact_mut(len * hd).zip(heads) {
+            for (o, &b) in out.iter_mut().zip(&h[..len * hd]) {
+                *o = from_bf16(b);
+            }
+        }
+        out
+    }
+}
+
+/// `x` as bf16 bits, rounded to nearest even (a NaN stays a NaN), in
+/// branch-free arithmetic the compiler vectorises.
+#[inline(always)]
+fn bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    // Adding 0x7fff and the lowest kept bit carries into the kept half
+    // exactly when the dropped half is above its midpoint, or at it with
+    // an odd kept half.
+    let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+    if x.is_nan() { 0x7fc0 } else { rounded as u16 }
+}
+
+/// bf16 bits as the f32 they are the top half of.
+#[inline(always)]
+fn from_bf16(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
 }
 
 /// One instance: the shared weights and its own KV cache.
@@ -377,7 +454,7 @@ impl Llama {
                 norm,
                 output,
             }),
-            caches: vec![Cache::default(); layers],
+            caches: vec![Cache::new(kv_heads); layers],
         })
     }
 
@@ -385,15 +462,14 @@ impl Llama {
     pub(crate) fn instance(&self) -> Self {
         Self {
             weights: self.weights.clone(),
-            caches: vec![Cache::default(); self.caches.len()],
+            caches: vec![Cache::new(self.weights.config.kv_heads); self.caches.len()],
         }
     }
 
     /// Forgets every position (the buffers are kept for the next call).
     pub(crate) fn clear(&mut self) {
         for c in &mut self.caches {
-            c.k.clear();
-            c.v.clear();
+            c.clear();
         }
     }
 
@@ -410,10 +486,7 @@ impl Llama {
 
     /// Positions held in the cache.
     fn len(&self) -> usize {
-        let c = &self.weights.config;
-        self.caches
-            .first()
-            .map_or(0, |k| k.k.len() / (c.kv_heads * c.head_dim))
+        self.caches.first().map_or(0, |c| c.len)
     }
 
     /// Reads `tokens` at the positions after those already cached and
@@ -474,8 +547,7 @@ impl Llama {
             }
             rope.apply(&mut q, c.heads);
             rope.apply(&mut k, c.kv_heads);
-            cache.k.extend_from_slice(&k);
-            cache.v.extend_from_slice(&v);
+            cache.push(&k, &v, c.head_dim);
             let attended = attention(c, &q, cache, pos, m)?;
             add(&mut x, &layer.o.forward(&attended, m)?);
             let xn = rms_norm(&x, &layer.ffn_norm, c.eps);
@@ -627,23 +699,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `y += a * x`.
-#[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
+/// Positions of one key/value head a step's attention takes as one piece
+/// of work: its keys and values (128 KB as bf16 at 64 dimensions) stay in
+/// the core's cache while every query head of the group reads them.
+const STEP_BLOCK: usize = 512;
 
 /// Causal attention of `m` query rows (positions `pos..pos + m`, already
 /// in `cache`) over the cache; each group of `heads / kv_heads` query
 /// heads shares one key/value head.
+///
+/// A row's work is split by key/value head and by blocks of positions,
+/// over the pool's threads; each piece reads its keys and values once for
+/// the whole group of query heads and keeps, per head, its maximum
+/// score, its sum of exponentials and its weighted values, which are
+/// merged at the end (the softmax of the pieces together).
 fn attention(c: &Config, q: &[f32], cache: &Cache, pos: usize, m: usize) -> Result<Vec<f32>> {
     if m >= BATCHED_ROWS {
         return attention_batched(c, q, cache, pos, m);
     }
-    let (hd, kv_width) = (c.head_dim, c.kv_heads * c.head_dim);
-    let group = c.heads / c.kv_heads;
+    let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; m * c.dim];
     for (i, (row, qi)) in out
@@ -652,47 +726,139 @@ fn attention(c: &Config, q: &[f32], cache: &Cache, pos: usize, m: usize) -> Resu
         .enumerate()
     {
         let seen = pos + i + 1;
-        let (k, v) = (&cache.k[..seen * kv_width], &cache.v[..seen * kv_width]);
-        // Heads over the pool's threads.
-        row.par_chunks_mut(hd)
-            .zip(qi.par_chunks(hd))
-            .enumerate()
-            .for_each(|(h, (oh, qh))| {
-                let kv = (h / group) * hd;
-                head(qh, k, v, kv..kv + hd, kv_width, scale, oh);
-            });
+        let blocks = seen.div_ceil(STEP_BLOCK);
+        let parts: Vec<Part> = (0..c.kv_heads * blocks)
+            .into_par_iter()
+            .map(|t| {
+                let (g, b) = (t / blocks, t % blocks);
+                let (from, to) = (b * STEP_BLOCK, ((b + 1) * STEP_BLOCK).min(seen));
+                Part::of(
+                    &qi[g * group * hd..(g + 1) * group * hd],
+                    &cache.k[g][from * hd..to * hd],
+                    &cache.v[g][from * hd..to * hd],
+                    hd,
+                    scale,
+                )
+            })
+            .collect();
+        for (out, parts) in row
+            .chunks_exact_mut(group * hd)
+            .zip(parts.chunks_exact(blocks))
+        {
+            Part::merge(parts, hd, out);
+        }
     }
     Ok(out)
 }
 
-/// One query head's attention over the positions of `k` and `v` (rows of
-/// `width`, its key/value head at `range`), written into `out`.
-fn head(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    range: std::ops::Range<usize>,
-    width: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    // With AVX2 and FMA where the CPU has them: the loops are plain, and
-    // the compiler vectorises them for the features it is given.
-    let mut plain = || {
-        let mut scores: Vec<f32> = k
-            .chunks_exact(width)
-            .map(|k| dot(q, &k[range.clone()]) * scale)
-            .collect();
-        softmax(&mut scores);
-        for (s, v) in scores.iter().zip(v.chunks_exact(width)) {
-            axpy(out, *s, &v[range.clone()]);
+/// A group of query heads' attention over a block of positions, kept
+/// unnormalised: per head the largest score, the sum of the exponentials
+/// of the scores less it, and the values weighted by those exponentials.
+struct Part {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl Part {
+    /// Of the query heads `qs` (`head_dim` values each) over the keys `k`
+    /// and values `v` of a block (bf16, `head_dim` a position).
+    fn of(qs: &[f32], k: &[u16], v: &[u16], hd: usize, scale: f32) -> Self {
+        let (heads, n) = (qs.len() / hd, k.len() / hd);
+        let plain = || {
+            let mut scores = vec![0f32; heads * n];
+            for (j, kj) in k.chunks_exact(hd).enumerate() {
+                for (h, qh) in qs.chunks_exact(hd).enumerate() {
+                    scores[h * n + j] = dot_bf16(qh, kj) * scale;
+                }
+            }
+            let mut max = Vec::with_capacity(heads);
+            let mut sum = Vec::with_capacity(heads);
+            for s in scores.chunks_exact_mut(n) {
+                let m = lane_max(s);
+                for x in s.iter_mut() {
+                    *x = exp_nonpositive(*x - m);
+                }
+                max.push(m);
+                sum.push(lane_sum(s));
+            }
+            let mut acc = vec![0f32; heads * hd];
+            for (j, vj) in v.chunks_exact(hd).enumerate() {
+                for (h, acc) in acc.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[h * n + j];
+                    for (a, &b) in acc.iter_mut().zip(vj) {
+                        *a += w * from_bf16(b);
+                    }
+                }
+            }
+            Part { max, sum, acc }
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            return simd.vectorize(plain);
         }
-    };
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V3::try_new() {
-        return simd.vectorize(plain);
+        plain()
     }
-    plain()
+
+    /// The normalised attention of each head of the group over all the
+    /// blocks of `parts`, written into `out` (`head_dim` values a head).
+    fn merge(parts: &[Part], hd: usize, out: &mut [f32]) {
+        for (h, out) in out.chunks_exact_mut(hd).enumerate() {
+            let max = parts
+                .iter()
+                .map(|p| p.max[h])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for p in parts {
+                let w = (p.max[h] - max).exp();
+                sum += p.sum[h] * w;
+                for (o, a) in out.iter_mut().zip(&p.acc[h * hd..(h + 1) * hd]) {
+                    *o += w * a;
+                }
+            }
+            let inv = 1.0 / sum;
+            for o in out.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+/// The dot product of `a` with the bf16 values `b`, in eight lanes.
+#[inline(always)]
+fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, &y)| x * from_bf16(y))
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            lanes[i] += x[i] * from_bf16(y[i]);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest of `x` (not empty), in eight lanes.
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] = lanes[i].max(c[i]);
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
 }
 
 /// [`attention`] for many rows, as batched matrix products.
@@ -711,12 +877,8 @@ fn attention_batched(
     let q = Tensor::from_slice(q, (m, c.heads, hd), dev)?
         .transpose(0, 1)?
         .reshape((kvh, group * m, hd))?;
-    let k = Tensor::from_slice(&cache.k[..len * kvh * hd], (len, kvh, hd), dev)?
-        .transpose(0, 1)?
-        .contiguous()?;
-    let v = Tensor::from_slice(&cache.v[..len * kvh * hd], (len, kvh, hd), dev)?
-        .transpose(0, 1)?
-        .contiguous()?;
+    let k = Tensor::from_vec(Cache::unpacked(&cache.k, len, hd), (kvh, len, hd), dev)?;
+    let v = Tensor::from_vec(Cache::unpacked(&cache.v, len, hd), (kvh, len, hd), dev)?;
     // One pass over the scores, in place: scaled, masked (row i sees the
     // positions up to pos + i) and normalised. Built from tensor
     // operations this was eight passes, each a new allocation of
@@ -746,19 +908,7 @@ fn attention_batched(
 /// since the compiler may not reorder a float reduction.
 fn softmax_scaled(x: &mut [f32], scale: f32) {
     let mut plain = || {
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let chunks = x.chunks_exact(8);
-        let tail = chunks
-            .remainder()
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, f32::max);
-        for c in chunks {
-            for i in 0..8 {
-                lanes[i] = lanes[i].max(c[i]);
-            }
-        }
-        let max = lanes.iter().copied().fold(tail, f32::max);
+        let max = lane_max(x);
         for v in x.iter_mut() {
             *v = exp_nonpositive((*v - max) * scale);
         }
@@ -786,11 +936,6 @@ fn lane_sum(x: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
-fn softmax(x: &mut [f32]) {
-    softmax_scaled(x, 1.0);
 }
 
 /// e^x for x <= 0 (a softmax's shifted scores) in plain arithmetic the
@@ -1069,16 +1214,19 @@ mod tests {
     /// Attention as written down, in f64: each query head over the
     /// positions it sees.
     fn attention_by_the_book(c: &Config, q: &[f32], cache: &Cache, pos: usize) -> Vec<f64> {
-        let (hd, width) = (c.head_dim, c.kv_heads * c.head_dim);
+        let hd = c.head_dim;
         let mut out = Vec::new();
         for (i, row) in q.chunks_exact(c.dim).enumerate() {
             for h in 0..c.heads {
-                let kv = h / (c.heads / c.kv_heads) * hd;
+                let kv = h / (c.heads / c.kv_heads);
                 let qh = &row[h * hd..(h + 1) * hd];
                 let scores: Vec<f64> = (0..=pos + i)
                     .map(|j| {
-                        let k = &cache.k[j * width + kv..][..hd];
-                        qh.iter().zip(k).map(|(a, b)| f64::from(a * b)).sum::<f64>()
+                        let k = &cache.k[kv][j * hd..][..hd];
+                        qh.iter()
+                            .zip(k)
+                            .map(|(a, &b)| f64::from(*a) * f64::from(from_bf16(b)))
+                            .sum::<f64>()
                             / (hd as f64).sqrt()
                     })
                     .collect();
@@ -1089,7 +1237,7 @@ mod tests {
                     let v: f64 = e
                         .iter()
                         .enumerate()
-                        .map(|(j, w)| w * f64::from(cache.v[j * width + kv + d]))
+                        .map(|(j, w)| w * f64::from(from_bf16(cache.v[kv][j * hd + d])))
                         .sum();
                     out.push(v / sum);
                 }
@@ -1100,7 +1248,8 @@ mod tests {
 
     #[test]
     fn attention_is_attention_by_the_book_for_a_step_and_for_a_chunk() {
-        // Four query heads on one key head and on two, 300 positions.
+        // Four query heads on one key head and on two, 1,100 positions:
+        // a step's attention in three blocks (512, 512, 76).
         for kv_heads in [1, 2] {
             let c = Config {
                 layers: 1,
@@ -1113,12 +1262,20 @@ mod tests {
                 eps: 1e-5,
                 vocab: 8,
             };
-            let (len, width) = (300, kv_heads * 16);
+            let (len, width) = (1_100, kv_heads * 16);
             let wave = |n: usize, k: usize| ((n * k % 97) as f32 / 97.0 - 0.5) * 4.0;
-            let cache = Cache {
-                k: (0..len * width).map(|n| wave(n, 31)).collect(),
-                v: (0..len * width).map(|n| wave(n, 17)).collect(),
-            };
+            let mut cache = Cache::new(kv_heads);
+            let k: Vec<f32> = (0..len * width).map(|n| wave(n, 31)).collect();
+            let v: Vec<f32> = (0..len * width).map(|n| wave(n, 17)).collect();
+            // Pushed in pieces, as steps and chunks append them.
+            for (k, v) in k.chunks(7 * width).zip(v.chunks(7 * width)) {
+                cache.push(k, v, 16);
+            }
+            assert_eq!(cache.len, len);
+            assert_eq!(
+                from_bf16(cache.k[kv_heads - 1][(len - 1) * 16 + 15]),
+                from_bf16(bf16(k[len * width - 1]))
+            );
             // A generation step's few rows, and a prompt's chunk (the
             // batched path), at the cache's end.
             for m in [3, 20] {
@@ -1136,6 +1293,48 @@ mod tests {
                     worst < 1e-5,
                     "{kv_heads} key heads, {m} rows: off by {worst}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_values_to_bf16_rounded_to_nearest() {
+        for x in [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            3.140_625,
+            2f32.powi(-100),
+            -65_536.0,
+            2f32.powi(127),
+        ] {
+            assert_eq!(from_bf16(bf16(x)), x, "{x} is a bf16");
+        }
+        let mut worst = 0f32;
+        for i in 1..20_000 {
+            let x = (i as f32 * 0.731).sin() * 10f32.powi(i % 9 - 4);
+            let back = from_bf16(bf16(x));
+            worst = worst.max(((back - x) / x).abs());
+        }
+        // Seven bits of mantissa: half a unit in the last place is at most
+        // 2^-8 of the value.
+        assert!(worst <= 1.0 / 256.0, "off by {worst}");
+        assert!(worst > 1.0 / 1024.0, "rounded to bf16 at all: {worst}");
+        // Ties go to even: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7.
+        assert_eq!(from_bf16(bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(
+            from_bf16(bf16(1.0 + 3.0 / 256.0)),
+            1.0 + 4.0 / 256.0,
+            "and up when the kept half is odd"
+        );
+        assert!(from_bf16(bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(bf16(f32::INFINITY)), f32::INFINITY);
+        // The same rounding as the half crate's, bit for bit.
+        for i in 0..100_000u32 {
+            let x = f32::from_bits(i.wrapping_mul(2_654_435_761));
+            if !x.is_nan() {
+                assert_eq!(bf16(x), half::bf16::from_f32(x).to_bits(), "{x:e}");
             }
         }
     }
