@@ -683,17 +683,23 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// fold over floats it may not reorder).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_of(a, b, |x| x)
+}
+
+/// The dot product of `a` with `b` read as f32 by `f`, in eight lanes.
+#[inline(always)]
+fn dot_of<T: Copy>(a: &[f32], b: &[T], f: impl Fn(T) -> f32) -> f32 {
     let mut lanes = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac
         .remainder()
         .iter()
         .zip(bc.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, &y)| x * f(y))
         .sum();
     for (x, y) in ac.zip(bc) {
         for i in 0..8 {
-            lanes[i] += x[i] * y[i];
+            lanes[i] += x[i] * f(y[i]);
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -827,20 +833,7 @@ impl Part {
 /// The dot product of `a` with the bf16 values `b`, in eight lanes.
 #[inline(always)]
 fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, &y)| x * from_bf16(y))
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            lanes[i] += x[i] * from_bf16(y[i]);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+    dot_of(a, b, from_bf16)
 }
 
 /// The largest of `x` (not empty), in eight lanes.
