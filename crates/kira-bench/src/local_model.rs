@@ -154,34 +154,32 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Prompt and generation speed for requests made by `req(max_tokens)`:
-/// a prompt alone (one output token) and the same prompt with `tokens`
-/// out; generation speed is the extra tokens over the extra time.
+/// Prompt and generation speed for requests made by `req(max_tokens)`
+/// with `tokens` out, the medians of `runs` calls.
 async fn speed(
     model: &LocalProvider,
     req: impl Fn(u32) -> ChatRequest,
     tokens: u32,
     runs: u32,
 ) -> Result<Speed, BenchError> {
-    let (mut prompt_s, mut full_s, mut prompt_tokens, mut out_tokens) = (vec![], vec![], 0, 0);
+    // Each call's prompt and decoding are timed apart by the provider, so
+    // neither speed is the difference of two calls (which a long prompt's
+    // noise could swallow).
+    let (mut prompt_tps, mut gen_tps, mut prompt_tokens, mut out_tokens) = (vec![], vec![], 0, 0);
     for _ in 0..runs {
-        let a = model.chat(&req(1)).await?;
-        prompt_s.push(a.latency.as_secs_f64());
-        prompt_tokens = a.usage.prompt_tokens;
-        let b = model.chat(&req(tokens)).await?;
-        full_s.push(b.latency.as_secs_f64());
-        out_tokens = b.usage.completion_tokens;
+        let before = model.timing();
+        let r = model.chat(&req(tokens)).await?;
+        let t = model.timing().since(&before);
+        prompt_tps.push(t.prompt_tokens_per_second());
+        gen_tps.push(t.generation_tokens_per_second());
+        prompt_tokens = r.usage.prompt_tokens;
+        out_tokens = r.usage.completion_tokens;
     }
-    let (p, f) = (median(prompt_s), median(full_s));
     Ok(Speed {
         prompt_tokens,
-        prompt_tps: f64::from(prompt_tokens) / p,
+        prompt_tps: median(prompt_tps),
         out_tokens,
-        gen_tps: if f > p && out_tokens > 1 {
-            f64::from(out_tokens - 1) / (f - p)
-        } else {
-            0.0
-        },
+        gen_tps: median(gen_tps),
     })
 }
 

@@ -214,6 +214,64 @@ impl ConstraintCost {
     }
 }
 
+/// Where calls spent their time, summed over calls (see
+/// [`LocalProvider::timing`]): reading prompts and choosing tokens, each
+/// timed on its own, so a speed is not the difference of two calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    pub calls: u64,
+    pub prompt_tokens: u64,
+    /// Reading the prompts: their forward passes, to the first token's
+    /// logits.
+    pub prompt: Duration,
+    /// Tokens chosen.
+    pub generated: u64,
+    /// Choosing them, from the first on: the first comes from the
+    /// prompt's logits, each later one from a forward pass of its own.
+    pub decoding: Duration,
+}
+
+impl Timing {
+    /// What was spent since `earlier`, a reading of the same sum.
+    pub fn since(&self, earlier: &Timing) -> Timing {
+        Timing {
+            calls: self.calls - earlier.calls,
+            prompt_tokens: self.prompt_tokens - earlier.prompt_tokens,
+            prompt: self.prompt.saturating_sub(earlier.prompt),
+            generated: self.generated - earlier.generated,
+            decoding: self.decoding.saturating_sub(earlier.decoding),
+        }
+    }
+
+    /// Prompt tokens read a second (0 when none were).
+    pub fn prompt_tokens_per_second(&self) -> f64 {
+        per_second(self.prompt_tokens, self.prompt)
+    }
+
+    /// Tokens generated a second after the first of each call, which
+    /// needs no forward pass of its own (0 when none were).
+    pub fn generation_tokens_per_second(&self) -> f64 {
+        per_second(self.generated.saturating_sub(self.calls), self.decoding)
+    }
+
+    fn add(&mut self, other: Timing) {
+        self.calls += other.calls;
+        self.prompt_tokens += other.prompt_tokens;
+        self.prompt += other.prompt;
+        self.generated += other.generated;
+        self.decoding += other.decoding;
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn per_second(n: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        n as f64 / d.as_secs_f64()
+    }
+}
+
 pub struct LocalProvider {
     /// The model's name in responses.
     name: String,
@@ -234,6 +292,8 @@ pub struct LocalProvider {
     constrainer: OnceLock<Result<Arc<Constrainer>, String>>,
     /// Summed over constrained calls.
     constraint_cost: Mutex<ConstraintCost>,
+    /// Summed over calls.
+    timing: Mutex<Timing>,
 }
 
 impl std::fmt::Debug for LocalProvider {
@@ -309,6 +369,7 @@ impl LocalProvider {
             words,
             constrainer: OnceLock::new(),
             constraint_cost: Mutex::new(ConstraintCost::default()),
+            timing: Mutex::new(Timing::default()),
         })
     }
 
@@ -348,6 +409,13 @@ impl LocalProvider {
         self.constraint_cost
             .lock()
             .map_or_else(|_| ConstraintCost::default(), |c| *c)
+    }
+
+    /// Where calls have spent their time so far, summed over calls.
+    pub fn timing(&self) -> Timing {
+        self.timing
+            .lock()
+            .map_or_else(|_| Timing::default(), |t| *t)
     }
 
     /// At most `n` calls generate at once, each on its own instance.
@@ -447,7 +515,7 @@ impl Provider for LocalProvider {
         let mut model = self.take_instance();
         let stop_ids = self.stop_ids.clone();
         let prompt_len = prompt.len();
-        let (model, (generated, cost)) = tokio::task::spawn_blocking(move || {
+        let (model, (generated, cost, timing)) = tokio::task::spawn_blocking(move || {
             let out = generate(&mut model, prompt, max_new, sampling, &stop_ids, guide);
             (model, out)
         })
@@ -458,6 +526,14 @@ impl Provider for LocalProvider {
             total.add(cost);
         }
         let (ids, finish_reason) = generated?;
+        if let Ok(mut total) = self.timing.lock() {
+            total.add(Timing {
+                calls: 1,
+                prompt_tokens: prompt_len as u64,
+                generated: ids.len() as u64,
+                ..timing
+            });
+        }
 
         let text = self
             .tokenizer
@@ -662,6 +738,9 @@ fn step(
     Ok((logits, mask))
 }
 
+/// What a call generated: the tokens and why it stopped.
+type Generated = Result<(Vec<u32>, FinishReason), LlmError>;
+
 /// Runs the prompt through a fresh cache, then one token at a time until a
 /// stop token (not returned), the constraint's end, or `max_new` tokens.
 /// Under a constraint each step samples only among the tokens it allows,
@@ -673,8 +752,8 @@ fn generate(
     sampling: Sampling,
     stop_ids: &[u32],
     mut guide: Option<Guide>,
-) -> (Result<(Vec<u32>, FinishReason), LlmError>, ConstraintCost) {
-    let mut decoding = Duration::ZERO;
+) -> (Generated, ConstraintCost, Timing) {
+    let mut timing = Timing::default();
     let out = generate_guided(
         model,
         prompt,
@@ -682,10 +761,11 @@ fn generate(
         sampling,
         stop_ids,
         guide.as_mut(),
-        &mut decoding,
+        &mut timing,
     );
+    let decoding = timing.decoding;
     let Some(g) = guide else {
-        return (out, ConstraintCost::default());
+        return (out, ConstraintCost::default(), timing);
     };
     tracing::debug!(
         masks = g.masks,
@@ -700,7 +780,7 @@ fn generate(
         constraint: g.critical,
         masks: g.computing,
     };
-    (out, cost)
+    (out, cost, timing)
 }
 
 fn generate_guided(
@@ -710,13 +790,15 @@ fn generate_guided(
     sampling: Sampling,
     stop_ids: &[u32],
     mut guide: Option<&mut Guide>,
-    decoding: &mut Duration,
+    timing: &mut Timing,
 ) -> Result<(Vec<u32>, FinishReason), LlmError> {
     model.clear();
     if max_new == 0 {
         return Ok((Vec::new(), FinishReason::Length));
     }
+    let prompt_start = Instant::now();
     let (logits, allowed) = step(model, &prompt, guide.as_deref_mut())?;
+    timing.prompt = prompt_start.elapsed();
     // Decoding and the constraint's share of it are counted from the
     // first chosen token on; reading the prompt is another figure.
     if let Some(g) = guide.as_deref_mut() {
@@ -734,7 +816,7 @@ fn generate_guided(
         stop_ids,
         guide,
     );
-    *decoding = decode_start.elapsed();
+    timing.decoding = decode_start.elapsed();
     out
 }
 
@@ -848,6 +930,32 @@ mod tests {
         assert_eq!(total.calls, 2);
         assert_eq!(total.masks, Duration::from_millis(25));
         assert!((total.share() - 0.05).abs() < 1e-9, "{}", total.share());
+    }
+
+    #[test]
+    fn timing_gives_speeds_of_what_was_spent_since_a_reading() {
+        let earlier = Timing {
+            calls: 1,
+            prompt_tokens: 100,
+            prompt: Duration::from_millis(500),
+            generated: 10,
+            decoding: Duration::from_millis(90),
+        };
+        let mut now = earlier;
+        now.add(Timing {
+            calls: 2,
+            prompt_tokens: 800,
+            prompt: Duration::from_secs(2),
+            generated: 42,
+            decoding: Duration::from_millis(400),
+        });
+        let t = now.since(&earlier);
+        assert_eq!((t.calls, t.prompt_tokens, t.generated), (2, 800, 42));
+        assert!((t.prompt_tokens_per_second() - 400.0).abs() < 1e-9);
+        // The first token of each call comes with its prompt: 40 tokens
+        // in 0.4 s.
+        assert!((t.generation_tokens_per_second() - 100.0).abs() < 1e-9);
+        assert_eq!(Timing::default().generation_tokens_per_second(), 0.0);
     }
 
     #[test]

@@ -67,8 +67,20 @@ async fn generates_a_short_deterministic_answer_with_usage() {
         vec![Message::user("What is the capital of France?")],
         16,
     );
+    let before = p.timing();
     let first = p.chat(&req).await.expect("generate");
     let second = p.chat(&req).await.expect("generate again");
+    // Each call's prompt and decoding are timed apart, and counted.
+    let t = p.timing().since(&before);
+    assert_eq!(t.calls, 2);
+    assert_eq!(t.prompt_tokens, 2 * u64::from(first.usage.prompt_tokens));
+    assert_eq!(t.generated, 2 * u64::from(first.usage.completion_tokens));
+    assert!(!t.prompt.is_zero() && !t.decoding.is_zero(), "{t:?}");
+    assert!(
+        t.prompt + t.decoding <= first.latency + second.latency,
+        "{t:?}"
+    );
+    assert!(t.prompt_tokens_per_second() > 0.0, "{t:?}");
     assert!(!first.message.content.is_empty());
     assert_eq!(
         first.message.content, second.message.content,
