@@ -329,9 +329,9 @@ fn strict_node(schema: &Value) -> Option<Value> {
     }
     let is_object = map.get("type") == Some(&json!("object")) || map.contains_key("properties");
     if is_object {
-        let properties = match map.get("properties") {
-            None => serde_json::Map::new(),
-            Some(Value::Object(p)) => p.clone(),
+        let properties: Vec<&String> = match map.get("properties") {
+            None => Vec::new(),
+            Some(Value::Object(p)) => p.keys().collect(),
             Some(_) => return None,
         };
         let required: Vec<&str> = match map.get("required") {
@@ -340,7 +340,7 @@ fn strict_node(schema: &Value) -> Option<Value> {
             Some(_) => return None,
         };
         if map.get("additionalProperties") != Some(&json!(false))
-            || properties.keys().any(|k| !required.contains(&k.as_str()))
+            || properties.iter().any(|k| !required.contains(&k.as_str()))
         {
             return None;
         }

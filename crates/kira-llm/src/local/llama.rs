@@ -271,8 +271,8 @@ impl Cache {
         }
     }
 
-    /// Appends `m` positions: `k` and `v` hold, per position, `kv_heads ×
-    /// head_dim` values.
+    /// Appends the positions of `k` and `v`, which hold `kv_heads ×
+    /// head_dim` values a position.
     fn push(&mut self, k: &[f32], v: &[f32], hd: usize) {
         let width = self.k.len() * hd;
         for (rows, heads) in [(k, &mut self.k), (v, &mut self.v)] {
