@@ -10,13 +10,12 @@
 //! batch insert as one command, the search, the vectors' write) is here.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use kira_core::CompanyId;
 use kira_core::memory::Memory;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use uuid::Uuid;
 
-use super::{json, parse_ts, to_json, ts};
+use super::json_row::JsonRow;
+use super::{to_json, ts};
 use crate::flow::memory::{self as flow, MEMORY_COLUMNS, MemorySql, memory_from_row};
 use crate::memory::*;
 use crate::sql::Columns;
@@ -107,12 +106,7 @@ pub(super) fn push_rows(
     Ok(())
 }
 
-/// A memory as a search reads it, `json_array(m.seq, MEMORY_COLUMNS...)`:
-/// its values by column, read by [`memory_from_row`] as a row's are. Text
-/// columns (JSON ones included, as SQLite stores them) are JSON strings.
-struct JsonRow(Vec<serde_json::Value>);
-
-/// The columns of a [`JsonRow`], in order.
+/// The columns of a search's [`JsonRow`], `json_array(m.seq, MEMORY_COLUMNS...)`.
 const JSON_ROW_COLUMNS: [&str; 15] = [
     "seq",
     "id",
@@ -131,90 +125,12 @@ const JSON_ROW_COLUMNS: [&str; 15] = [
     "supersedes",
 ];
 
-impl JsonRow {
-    fn value(&self, col: &str) -> Result<&serde_json::Value> {
-        JSON_ROW_COLUMNS
-            .iter()
-            .position(|c| *c == col)
-            .and_then(|i| self.0.get(i))
-            .ok_or_else(|| corrupt("search rows", format!("no {col}")))
-    }
-
-    fn opt_str(&self, col: &str) -> Result<Option<&str>> {
-        match self.value(col)? {
-            serde_json::Value::Null => Ok(None),
-            serde_json::Value::String(s) => Ok(Some(s)),
-            v => Err(corrupt(col, format!("{v} is not text"))),
-        }
-    }
-
-    fn str(&self, col: &str) -> Result<&str> {
-        self.opt_str(col)?.ok_or_else(|| corrupt(col, "is null"))
-    }
-}
-
-impl Columns for JsonRow {
-    fn int(&self, col: &str) -> Result<i64> {
-        self.opt_int(col)?.ok_or_else(|| corrupt(col, "is null"))
-    }
-    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-        match self.value(col)? {
-            serde_json::Value::Null => Ok(None),
-            v => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| corrupt(col, format!("{v} is not an integer"))),
-        }
-    }
-    fn text(&self, col: &str) -> Result<String> {
-        Ok(self.str(col)?.to_owned())
-    }
-    fn opt_text(&self, col: &str) -> Result<Option<String>> {
-        Ok(self.opt_str(col)?.map(str::to_owned))
-    }
-    fn real(&self, col: &str) -> Result<f64> {
-        self.opt_real(col)?.ok_or_else(|| corrupt(col, "is null"))
-    }
-    fn opt_real(&self, col: &str) -> Result<Option<f64>> {
-        match self.value(col)? {
-            serde_json::Value::Null => Ok(None),
-            v => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| corrupt(col, format!("{v} is not a number"))),
-        }
-    }
-    fn bool(&self, col: &str) -> Result<bool> {
-        Ok(self.int(col)? != 0)
-    }
-    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
-        Err(corrupt(col, "a search row holds no bytes"))
-    }
-    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
-        self.opt_str(col)?.map(parse_ts).transpose()
-    }
-    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
-        self.opt_str(col)?.map(json).transpose()
-    }
-    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
-        self.opt_str(col)?
-            .map(|s| Uuid::parse_str(s).map_err(|e| corrupt(col, e)))
-            .transpose()
-    }
-    fn texts(&self, col: &str) -> Result<Vec<String>> {
-        json(self.str(col)?)
-    }
-    fn uuids(&self, col: &str) -> Result<Vec<Uuid>> {
-        json(self.str(col)?)
-    }
-}
-
 /// A `json_array(m.seq, MEMORY_COLUMNS...)` of a search's read.
 fn seq_and_memory(v: serde_json::Value) -> Result<(i64, Memory)> {
     let serde_json::Value::Array(parts) = v else {
         return Err(corrupt("search rows", "not an array"));
     };
-    let row = JsonRow(parts);
+    let row = JsonRow::new(&JSON_ROW_COLUMNS, parts);
     Ok((row.int("seq")?, memory_from_row(&row)?))
 }
 

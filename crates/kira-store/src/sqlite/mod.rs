@@ -17,6 +17,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool, Transaction};
 
 mod agents;
 mod checkpoint;
+mod json_row;
 mod knowledge;
 mod memory;
 pub(crate) mod work;

@@ -13,6 +13,7 @@ use kira_core::budget::{
 use kira_core::task::{Priority, TaskId, TaskStatus, check_transition};
 use sqlx::{Row, SqliteConnection};
 
+use super::json_row::{self, JsonRow};
 use super::{SqliteStore, company_id, json, parse_opt_ts, parse_ts, to_json, ts};
 use crate::flow::batch::{FastClaim, FinishPlan, push_outcomes};
 use crate::flow::budget::*;
@@ -365,43 +366,41 @@ impl crate::flow::batch::FastPaths for SqliteStore {
         // What each candidate is now (the write lock keeps it so until commit).
         // The unary `+` keeps SQLite on the primary key: the status index
         // would scan every queued task for each batch.
-        let rows = sqlx::query(
-            "SELECT q.task_id, q.company_id, q.status, q.estimated_tokens, \
-               EXISTS (SELECT 1 FROM reservations r WHERE r.task_id = q.task_id AND r.state = 'held') AS granted \
-             FROM task_queue q WHERE q.task_id IN (SELECT value FROM json_each(?)) \
-             AND +q.status IN ('queued', 'waiting_budget') AND +q.not_before <= ?",
+        // What each candidate is now, whether the budget period exists and
+        // the candidates' companies' room in it, as one row of JSON: each
+        // statement and each row sqlx hands over is a message between
+        // threads, inside the writer's turn.
+        let period = kira_core::budget::period_of(now).id;
+        let companies: Vec<&str> = cands.iter().map(|c| c.scope.company().as_str()).collect();
+        let row = sqlx::query(
+            "SELECT (SELECT json_group_array(json_array(q.task_id, q.company_id, q.status, q.estimated_tokens, \
+                       EXISTS (SELECT 1 FROM reservations r WHERE r.task_id = q.task_id AND r.state = 'held'))) \
+                     FROM task_queue q WHERE q.task_id IN (SELECT value FROM json_each(?1)) \
+                     AND +q.status IN ('queued', 'waiting_budget') AND +q.not_before <= ?2) AS candidates, \
+               EXISTS (SELECT 1 FROM budget_periods WHERE period_id = ?3) AS period, \
+               (SELECT json_group_array(json_array(company_id, tokens - reserved - spent)) \
+                  FROM budget_allocations \
+                  WHERE period_id = ?3 AND company_id IN (SELECT value FROM json_each(?4))) AS free",
         )
         .bind(&ids)
         .bind(ts(now))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut now_claimable = std::collections::HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let status: String = r.try_get("status")?;
-            now_claimable.insert(
-                r.try_get::<String, _>("task_id")?,
-                (
-                    r.try_get::<String, _>("company_id")?,
-                    TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
-                    r.try_get::<i64, _>("estimated_tokens")?,
-                    r.try_get::<bool, _>("granted")?,
-                ),
-            );
-        }
-        let period = crate::flow::store::ensure_period(&mut tx, budget, now, None).await?;
-        let companies: Vec<&str> = cands.iter().map(|c| c.scope.company().as_str()).collect();
-        // A forecast only: the conditional update below decides.
-        let mut free: std::collections::HashMap<String, i64> = sqlx::query(
-            "SELECT company_id, tokens - reserved - spent AS free FROM budget_allocations \
-             WHERE period_id = ? AND company_id IN (SELECT value FROM json_each(?))",
-        )
         .bind(&period)
         .bind(to_json(&companies)?)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("company_id")?, r.try_get("free")?)))
-        .collect::<Result<_>>()?;
+        .fetch_one(&mut *tx)
+        .await?;
+        let candidates: Vec<(String, String, String, i64, i64)> = json(row.try_get("candidates")?)?;
+        let mut now_claimable = std::collections::HashMap::with_capacity(candidates.len());
+        for (task, owner, status, amount, granted) in candidates {
+            let status = TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?;
+            now_claimable.insert(task, (owner, status, amount, granted != 0));
+        }
+        if !row.try_get::<bool, _>("period")? {
+            // A new period: no allocation has room in it yet.
+            crate::flow::store::ensure_period(&mut tx, budget, now, None).await?;
+        }
+        // A forecast only: the conditional update below decides.
+        let free: Vec<(String, i64)> = json(row.try_get("free")?)?;
+        let mut free: std::collections::HashMap<String, i64> = free.into_iter().collect();
         let mut fast = Vec::new();
         let mut gone = Vec::new();
         let mut done = 0;
@@ -440,21 +439,18 @@ impl crate::flow::batch::FastPaths for SqliteStore {
         }
         let t_planned = t0.elapsed().as_micros();
         let claimed = if fast.is_empty() {
-            Vec::new()
+            None
         } else {
-            claim_set(&mut tx, &fast, &period, worker, lease_until, now).await?
+            Some(claim_set(&mut tx, &fast, &period, worker, lease_until, now).await?)
         };
         let t_written = t0.elapsed().as_micros();
         tx.commit().await?;
         let t_committed = t0.elapsed().as_micros();
         // Read into tasks once the writer's turn is over.
-        let claimed = claimed
-            .iter()
-            .map(|r| {
-                let t = task_from_row(r)?;
-                Ok((t.task_id.as_str().to_owned(), t))
-            })
-            .collect::<Result<BTreeMap<_, _>>>()?;
+        let claimed = match claimed {
+            Some(c) => c.tasks()?,
+            None => BTreeMap::new(),
+        };
         push_outcomes(out, &fast, gone, claimed, &period)?;
         tracing::debug!(
             tasks = fast.len(),
@@ -691,7 +687,7 @@ async fn claim_set(
     worker: &str,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
+) -> Result<Claimed> {
     let rows: Vec<serde_json::Value> = fast
         .iter()
         .map(|f| {
@@ -745,15 +741,12 @@ async fn claim_set(
         [ts(now), period.to_owned(), rows.clone()],
         None,
     );
-    let claim_tasks = format!(
+    script.push(
         "UPDATE tasks SET status = 'running', status_reason = j.reason, updated_at = ?, attempts = attempts + 1, \
          started_at = COALESCE(started_at, ?) \
          FROM (SELECT value ->> 'id' AS id, value ->> 'company' AS company, value ->> 'reason' AS reason \
                FROM jsonb_each(?)) AS j \
-         WHERE tasks.company_id = j.company AND tasks.task_id = j.id RETURNING {TASK_COLUMNS};"
-    );
-    script.push(
-        &claim_tasks,
+         WHERE tasks.company_id = j.company AND tasks.task_id = j.id;",
         [ts(now), ts(now), rows.clone()],
         Some((fast.len() as u64, "a batch claim found other task rows")),
     );
@@ -761,12 +754,94 @@ async fn claim_set(
         "INSERT INTO task_events (company_id, task_id, at, from_status, to_status, reason) \
          SELECT value ->> 'company', value ->> 'id', ?, value ->> 'from', 'running', value ->> 'reason' \
          FROM jsonb_each(?) ORDER BY key;",
-        [ts(now), rows],
+        [ts(now), rows.clone()],
         None,
     );
-    let mut returned = script.run(tx).await?;
-    Ok(returned.get_mut(4).map(std::mem::take).unwrap_or_default())
+    // The tasks as claimed, and those whose reals JSON cannot carry exactly.
+    static CLAIMED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let values: Vec<String> = TASK_COLUMN_NAMES
+            .iter()
+            .map(|c| {
+                if TASK_REAL_COLUMNS.contains(c) {
+                    json_row::real(c)
+                } else {
+                    (*c).to_owned()
+                }
+            })
+            .collect();
+        let exact: Vec<String> = TASK_REAL_COLUMNS
+            .iter()
+            .map(|c| json_row::real_is_exact(c))
+            .collect();
+        format!(
+            "SELECT json_group_array(json_array({})), \
+               json_group_array(task_id) FILTER (WHERE NOT ({})) \
+             FROM tasks \
+             WHERE (company_id, task_id) IN (SELECT value ->> 'company', value ->> 'id' FROM jsonb_each(?));",
+            values.join(", "),
+            exact.join(" AND ")
+        )
+    });
+    script.push(&CLAIMED, [rows], None);
+    let returned = script.run(tx).await?;
+    let claimed = returned
+        .last()
+        .and_then(|rows| rows.first())
+        .ok_or_else(|| corrupt("a batch claim", "the claimed tasks were not read back"))?;
+    let inexact: String = claimed.try_get(1)?;
+    let exact = if inexact == "[]" {
+        Vec::new()
+    } else {
+        static ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id IN (SELECT value FROM json_each(?))"
+            )
+        });
+        sqlx::query(sqlx::AssertSqlSafe(ROWS.as_str()))
+            .bind(inexact)
+            .fetch_all(&mut *tx)
+            .await?
+    };
+    Ok(Claimed {
+        json: claimed.try_get(0)?,
+        exact,
+    })
 }
+
+/// The task rows a batch claim wrote, to be read once the writer's turn is
+/// over: one JSON array of [`TASK_COLUMN_NAMES`] arrays (one message where
+/// `RETURNING` would send a row each), and, read as rows, those whose reals
+/// the JSON does not carry exactly.
+struct Claimed {
+    json: String,
+    exact: Vec<sqlx::sqlite::SqliteRow>,
+}
+
+impl Claimed {
+    /// The claimed tasks by id.
+    fn tasks(&self) -> Result<BTreeMap<String, kira_core::task::Task>> {
+        let mut tasks = JsonRow::all(&TASK_COLUMN_NAMES, &self.json)?
+            .iter()
+            .map(|r| {
+                let t = task_from_row(r)?;
+                Ok((t.task_id.as_str().to_owned(), t))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        for r in &self.exact {
+            let t = task_from_row(r)?;
+            tasks.insert(t.task_id.as_str().to_owned(), t);
+        }
+        Ok(tasks)
+    }
+}
+
+/// The names of [`TASK_COLUMNS`], in order: the columns of a claimed
+/// task's [`JsonRow`].
+static TASK_COLUMN_NAMES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| TASK_COLUMNS.split(',').map(str::trim).collect());
+
+/// The REAL columns of `tasks`.
+const TASK_REAL_COLUMNS: [&str; 2] = ["confidence", "cost_usd"];
 
 /// SQLite writes a plan as statements of a one-command script.
 trait PushPlan {
@@ -884,33 +959,21 @@ impl PushPlan for FinishPlan {
 mod tests {
     use super::*;
 
-    /// A batch finish planned from a reading taken before the writer's
-    /// turn, whose task's lease was reaped in between: the command fails
-    /// (the reservation is no longer held, the queue row no longer this
-    /// worker's) and, rolled back, writes nothing; the finish, read again
-    /// in the turn, reports the run as not finished.
-    #[tokio::test]
-    async fn a_finish_planned_from_a_stale_reading_writes_nothing() {
+    /// A store holding the company acme, its write scope, the tests' time
+    /// and a budget of 10,000 tokens.
+    async fn acme() -> (
+        SqliteStore,
+        kira_core::auth::CompanyScope,
+        DateTime<Utc>,
+        kira_core::budget::BudgetConfig,
+    ) {
         use crate::CompanyStore;
-        use kira_core::audit::{AuditRecord, Outcome};
         use kira_core::auth::{Access, Principal};
-        use kira_core::budget::BudgetConfig;
-        use kira_core::task::Priority;
 
         let store = SqliteStore::open("sqlite::memory:").await.expect("open");
         let t0 = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
             .expect("time")
             .with_timezone(&Utc);
-        let record = |action: &str| AuditRecord {
-            at: t0,
-            request_id: "req".into(),
-            actor: "system".into(),
-            company_id: Some(CompanyId::parse("acme").expect("id")),
-            action: action.into(),
-            target: "test".into(),
-            outcome: Outcome::Ok,
-            detail: String::new(),
-        };
         let (id, profile) =
             serde_json::from_value::<kira_core::company::NewCompany>(serde_json::json!({
                 "id": "acme", "name": "Acme", "industry": "fintech", "jurisdiction": "US-DE",
@@ -923,13 +986,35 @@ mod tests {
             .scope(&id, Access::Write)
             .expect("scope");
         store
-            .create_company(&scope, &profile, t0, record("company.create"))
+            .create_company(&scope, &profile, t0, record(t0, "company.create"))
             .await
             .expect("create");
-        let cfg = BudgetConfig {
+        let cfg = kira_core::budget::BudgetConfig {
             total_tokens: 10_000,
-            ..BudgetConfig::default()
+            ..kira_core::budget::BudgetConfig::default()
         };
+        (store, scope, t0, cfg)
+    }
+
+    fn record(at: DateTime<Utc>, action: &str) -> kira_core::audit::AuditRecord {
+        kira_core::audit::AuditRecord {
+            at,
+            request_id: "req".into(),
+            actor: "system".into(),
+            company_id: Some(CompanyId::parse("acme").expect("id")),
+            action: action.into(),
+            target: "test".into(),
+            outcome: kira_core::audit::Outcome::Ok,
+            detail: String::new(),
+        }
+    }
+
+    /// A task of 100 tokens for acme's legal agent.
+    async fn submit(
+        store: &SqliteStore,
+        scope: &kira_core::auth::CompanyScope,
+        t0: DateTime<Utc>,
+    ) -> TaskId {
         let new = NewTask {
             label: "legal".into(),
             company_context: serde_json::json!({}),
@@ -946,12 +1031,106 @@ mod tests {
             idempotency: None,
             open_limit: None,
         };
-        let task = store
-            .submit_task(&scope, &new, t0, record("task.submit"))
+        store
+            .submit_task(scope, &new, t0, record(t0, "task.submit"))
             .await
             .expect("submit")
             .task
-            .task_id;
+            .task_id
+    }
+
+    /// A batch claim hands each task back as stored, its reals bit for
+    /// bit: through the JSON the claim reads them in, and, for values JSON
+    /// cannot carry exactly, read as rows.
+    #[tokio::test]
+    async fn a_batch_claim_hands_back_each_task_as_stored() {
+        use crate::work::TaskStore;
+
+        struct Free;
+        impl Admission for Free {
+            fn free(&self, _: &QueueEntry) -> bool {
+                true
+            }
+            fn take(&mut self, _: &QueueEntry) {}
+        }
+        let (store, scope, t0, cfg) = acme().await;
+        // (cost, confidence): one that 15 digits would round, extremes
+        // beyond what 17 digits carry, and nulls.
+        let values: [(f64, Option<f64>); 4] = [
+            (0.1 + 0.2, Some(1.0 / 3.0)),
+            (1e300, Some(f64::MIN_POSITIVE)),
+            (123.456_789_012_345_67, None),
+            (0.0, Some(5e-324)),
+        ];
+        let mut ids = Vec::new();
+        for (cost, confidence) in values {
+            let id = submit(&store, &scope, t0).await;
+            sqlx::query("UPDATE tasks SET cost_usd = ?, confidence = ? WHERE task_id = ?")
+                .bind(cost)
+                .bind(confidence)
+                .bind(id.as_str())
+                .execute(store.pool())
+                .await
+                .expect("set reals");
+            ids.push(id);
+        }
+        let snap = store.queue_snapshot(t0, 100, None).await.expect("snapshot");
+        let cands: Vec<Candidate> = snap
+            .runnable
+            .into_iter()
+            .map(|entry| Candidate {
+                scope: kira_core::auth::Principal::system()
+                    .scope(&entry.company_id, kira_core::auth::Access::Write)
+                    .expect("scope"),
+                entry,
+            })
+            .collect();
+        assert_eq!(cands.len(), values.len());
+        let out = store
+            .claim_batch(
+                &cands,
+                &mut Free,
+                "w1",
+                t0 + chrono::TimeDelta::minutes(1),
+                &cfg,
+                t0,
+            )
+            .await
+            .expect("claim");
+        assert_eq!(out.len(), values.len());
+        for (id, outcome) in out {
+            let ClaimOutcome::Claimed { task, .. } = outcome else {
+                panic!("{id} not claimed: {outcome:?}");
+            };
+            let i = ids.iter().position(|x| *x == id).expect("one of ours");
+            let (cost, confidence) = values[i];
+            assert_eq!(task.cost_usd.to_bits(), cost.to_bits(), "cost of {id}");
+            assert_eq!(
+                task.confidence.map(f64::to_bits),
+                confidence.map(f64::to_bits),
+                "confidence of {id}"
+            );
+            let stored = store.get_task(&scope, &id).await.expect("get");
+            assert_eq!(task.status, TaskStatus::Running);
+            assert_eq!(
+                serde_json::to_value(&task).expect("json"),
+                serde_json::to_value(&stored).expect("json"),
+                "{id} as claimed and as stored"
+            );
+        }
+    }
+
+    /// A batch finish planned from a reading taken before the writer's
+    /// turn, whose task's lease was reaped in between: the command fails
+    /// (the reservation is no longer held, the queue row no longer this
+    /// worker's) and, rolled back, writes nothing; the finish, read again
+    /// in the turn, reports the run as not finished.
+    #[tokio::test]
+    async fn a_finish_planned_from_a_stale_reading_writes_nothing() {
+        use kira_core::auth::Principal;
+
+        let (store, scope, t0, cfg) = acme().await;
+        let task = submit(&store, &scope, t0).await;
         let claimed = store
             .claim(
                 &scope,
