@@ -26,12 +26,13 @@ use crate::report::{Percentiles, percentiles, print_json};
 use crate::{BenchError, Scratch};
 
 /// The engine configuration of a benchmark: ample budget and slots (so the
-/// scheduler, not a limit, is measured), or a scarce agent for `overload`.
+/// scheduler, not a limit, is measured), or a scarce agent for `overload`;
+/// the scheduler's own settings (the snapshot's size, the start gate) are
+/// the defaults `kira serve` runs with.
 pub fn bench_config(overload: bool) -> EngineConfig {
     let mut cfg = EngineConfig::default();
     cfg.budget.total_tokens = 1_000_000_000_000;
     cfg.scheduler.per_company_concurrency = 1_000;
-    cfg.scheduler.batch = 1_000;
     let slots = if overload { 4 } else { 256 };
     for a in cfg.agents.values_mut() {
         a.max_concurrent = slots;

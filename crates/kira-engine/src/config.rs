@@ -190,7 +190,7 @@ impl Default for SchedulerConfig {
             retry_backoff: TimeDelta::seconds(5),
             poll_interval: TimeDelta::seconds(1),
             per_company_concurrency: 4,
-            batch: 512,
+            batch: 256,
             max_starting: default_max_starting(),
             start_target: TimeDelta::milliseconds(2),
         }
