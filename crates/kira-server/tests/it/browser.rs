@@ -185,12 +185,24 @@ async fn path(c: &Client) -> String {
     c.current_url().await.expect("url").path().to_owned()
 }
 
+/// Marks the page shown, so that [`lands_on`] waits for the next one even
+/// when it has the same path (a form that posts back to its own page).
+async fn mark_page(c: &Client) {
+    js(c, "window.kiraLeftPage = true; return null;").await;
+}
+
 /// Waits for the navigation a click started to land on `expected` (the
-/// browser loads the next page after the click returns).
+/// browser loads the next page after the click returns), and, if the page
+/// was marked with [`mark_page`], for a page that is not the marked one.
 async fn lands_on(c: &Client, expected: &str) {
     for _ in 0..100 {
         if path(c).await == expected
-            && js(c, "return document.readyState;").await == json!("complete")
+            && js(
+                c,
+                "return window.kiraLeftPage === undefined && document.readyState === 'complete';",
+            )
+            .await
+                == json!(true)
         {
             return;
         }
@@ -286,6 +298,9 @@ async fn pages_in_chromium(backend: Backend) {
 
     c.goto(&format!("{base}/ui/alerts")).await.expect("alerts");
     let row = format!("tr[data-alert='{}']", run.acme_alert);
+    // The form posts back to this page: an element found before the new
+    // page replaces this one would be stale.
+    mark_page(&c).await;
     c.find(Locator::Css(&format!("{row} button.ack")))
         .await
         .expect("acknowledge button")
