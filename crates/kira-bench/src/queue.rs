@@ -161,10 +161,16 @@ pub async fn drain(engine: &Engine, store: &dyn Store) -> Result<(), EngineError
 /// tighter poll would take the database from the scheduler it measures.
 const DRAINED_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How long the benchmark waits for a task to finish before it gives up:
+/// a scheduler whose every claim fails (it logs each and tries again)
+/// would otherwise keep it waiting for ever.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn wait_until_drained(store: &dyn Store) -> Result<(), EngineError> {
     let admin = Principal::system()
         .admin()
         .map_err(|_| kira_core::ValidationError::new("admin", "denied"))?;
+    let mut progress = Progress::default();
     loop {
         let waiting = store.waiting_work(&admin).await?;
         let left: i64 = waiting
@@ -176,7 +182,41 @@ async fn wait_until_drained(store: &dyn Store) -> Result<(), EngineError> {
         if left == 0 {
             return Ok(());
         }
+        progress
+            .look(left, std::time::Instant::now(), STALLED_AFTER)
+            .map_err(|e| kira_core::ValidationError::new("queue", e))?;
         tokio::time::sleep(DRAINED_POLL).await;
+    }
+}
+
+/// Whether the queue still drains: the fewest tasks left seen, and when.
+#[derive(Debug, Default)]
+struct Progress {
+    fewest: Option<(i64, std::time::Instant)>,
+}
+
+impl Progress {
+    /// Records a look at the queue: `left` tasks queued or running at
+    /// `now`. An error once that count has not fallen for `stalled_after`.
+    fn look(
+        &mut self,
+        left: i64,
+        now: std::time::Instant,
+        stalled_after: std::time::Duration,
+    ) -> Result<(), String> {
+        match self.fewest {
+            Some((fewest, since)) if left >= fewest => {
+                if now.saturating_duration_since(since) >= stalled_after {
+                    return Err(format!(
+                        "did not drain: {left} tasks queued or running, none finished in {} s \
+                         (the scheduler's warnings say why)",
+                        stalled_after.as_secs()
+                    ));
+                }
+            }
+            _ => self.fewest = Some((left, now)),
+        }
+        Ok(())
     }
 }
 
@@ -486,6 +526,23 @@ pub async fn worker(url: &str, overload: bool) -> Result<ExitCode, BenchError> {
 
 #[cfg(test)]
 mod tests {
+    /// The drain gives up once no task has finished for the stall time,
+    /// and only then: any fall in the count starts the time again.
+    #[test]
+    fn a_drain_gives_up_when_nothing_finishes_for_the_stall_time() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let stall = std::time::Duration::from_secs(60);
+        let mut p = super::Progress::default();
+        assert_eq!(p.look(10, at(0), stall), Ok(()));
+        assert_eq!(p.look(10, at(59), stall), Ok(()));
+        assert_eq!(p.look(9, at(70), stall), Ok(()), "one finished");
+        assert_eq!(p.look(12, at(100), stall), Ok(()), "more submitted");
+        assert_eq!(p.look(9, at(129), stall), Ok(()));
+        let err = p.look(9, at(130), stall).expect_err("stalled");
+        assert!(err.contains("9 tasks") && err.contains("60 s"), "{err}");
+    }
+
     use super::*;
     use chrono::{TimeDelta, TimeZone, Utc};
 
