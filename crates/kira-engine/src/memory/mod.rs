@@ -52,7 +52,11 @@ pub struct MemoryConfig {
     pub context: ContextConfig,
     /// Candidates each retriever hands to fusion.
     pub candidates: u32,
-    /// Reciprocal rank fusion's k.
+    /// Reciprocal rank fusion's k: smaller weighs the top of each list
+    /// more. 20 by default (the paper's 60 put fewer of the right turns and
+    /// sessions first: LoCoMo evidence recall 71.3 / 82.4% at 1,000 / 2,000
+    /// tokens and LongMemEval-S recall_all@5 0.891 at 60, 74.8 / 84.2% and
+    /// 0.913 at 20, default configuration with embeddings).
     pub rrf_k: f64,
 }
 
@@ -66,7 +70,7 @@ impl Default for MemoryConfig {
             compaction_interval: TimeDelta::hours(24),
             context: ContextConfig::default(),
             candidates: 100,
-            rrf_k: 60.0,
+            rrf_k: 20.0,
         }
     }
 }

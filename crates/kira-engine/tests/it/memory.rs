@@ -1150,11 +1150,13 @@ async fn hits_of_one_conversation_support_each_other(b: Backend) {
     };
     let acme = ranked("acme").await;
     let lone_at = acme.iter().position(|t| t == lone).expect("the lone hit");
-    assert_eq!(lone_at, turns.len(), "{b:?}: {acme:#?}");
+    // The conversation leads: its turns come before the lone match, bar
+    // at most its weakest one (with fusion's k at 20, the lone match's
+    // first places in both lists weigh more than at the paper's 60).
+    assert!(lone_at >= turns.len() - 1, "{b:?}: {acme:#?}");
     assert!(
-        acme[..turns.len()]
-            .iter()
-            .all(|t| turns.contains(&t.as_str()))
+        acme[..lone_at].iter().all(|t| turns.contains(&t.as_str())),
+        "{b:?}: {acme:#?}"
     );
     let globex = ranked("globex").await;
     assert_eq!(globex[0], lone, "{b:?}: {globex:#?}");
