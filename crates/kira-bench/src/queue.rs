@@ -526,6 +526,9 @@ pub async fn worker(url: &str, overload: bool) -> Result<ExitCode, BenchError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone, Utc};
+
     /// The drain gives up once no task has finished for the stall time,
     /// and only then: any fall in the count starts the time again.
     #[test]
@@ -533,7 +536,7 @@ mod tests {
         let t0 = std::time::Instant::now();
         let at = |s: u64| t0 + std::time::Duration::from_secs(s);
         let stall = std::time::Duration::from_secs(60);
-        let mut p = super::Progress::default();
+        let mut p = Progress::default();
         assert_eq!(p.look(10, at(0), stall), Ok(()));
         assert_eq!(p.look(10, at(59), stall), Ok(()));
         assert_eq!(p.look(9, at(70), stall), Ok(()), "one finished");
@@ -542,9 +545,6 @@ mod tests {
         let err = p.look(9, at(130), stall).expect_err("stalled");
         assert!(err.contains("9 tasks") && err.contains("60 s"), "{err}");
     }
-
-    use super::*;
-    use chrono::{TimeDelta, TimeZone, Utc};
 
     #[test]
     fn a_drain_ends_at_the_last_finish_recorded() {
