@@ -76,7 +76,9 @@ pub enum BenchCommand {
     /// to a direct rmcp call to the same stdio MCP server, then calls per
     /// second from concurrent callers and what the rate limit refuses.
     Tools(tools::ToolsArgs),
-    /// One worker process of `bench queue --processes N` (internal).
+    /// One worker process of `bench queue --processes N` (internal): opens
+    /// the database, prints `ready`, and drains the queue once its stdin
+    /// is closed.
     #[command(hide = true)]
     QueueWorker {
         #[arg(long)]

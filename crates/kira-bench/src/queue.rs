@@ -403,13 +403,20 @@ pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError
     )
     .await
     .map_err(|e| BenchError::during("seeding (the database must be empty)", e))?;
+    // Worker processes are started and have opened the database before
+    // the clock starts, as `kira serve` processes would be running when
+    // the work arrives (and as pgbench leaves out its connections).
+    let workers = if args.processes == 1 {
+        None
+    } else {
+        Some(Workers::start(db.url(), args.processes, args.overload)?)
+    };
     eprintln!("running with {} process(es) ...", args.processes);
     let start = engine.clock().now();
     let cpu_before = crate::cpu::sample();
-    if args.processes == 1 {
-        drain(&engine, store.as_ref()).await?;
-    } else {
-        drain_in_processes(db.url(), args.processes, args.overload)?;
+    match workers {
+        None => drain(&engine, store.as_ref()).await?,
+        Some(w) => w.drain()?,
     }
     let cpu = cpu_before
         .zip(crate::cpu::sample())
@@ -439,30 +446,80 @@ pub async fn command(args: QueueArgs, json: bool) -> Result<ExitCode, BenchError
 /// How many of the drain's busiest threads the report names.
 const CPU_THREADS_SHOWN: usize = 6;
 
-/// Runs `processes` copies of this binary as `bench queue-worker` on the
-/// database at `url`, until each finds nothing left.
-fn drain_in_processes(url: &str, processes: usize, overload: bool) -> Result<(), BenchError> {
-    let exe = std::env::current_exe()?;
-    let children: Vec<_> = (0..processes)
-        .map(|_| {
+/// What a worker process says once its database is open and it waits
+/// for the word to drain.
+const READY: &str = "ready";
+
+/// `processes` copies of this binary as `bench queue-worker` on one
+/// database, each with its store open, waiting for the word to drain.
+struct Workers {
+    children: Vec<std::process::Child>,
+}
+
+impl Workers {
+    /// Starts the workers and waits until each says it is ready.
+    fn start(url: &str, processes: usize, overload: bool) -> Result<Self, BenchError> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::with_capacity(processes);
+        for _ in 0..processes {
             let mut c = std::process::Command::new(&exe);
             c.args(["bench", "queue-worker", "--database-url", url]);
             if overload {
                 c.arg("--overload");
             }
-            c.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    for child in children {
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            return Err(BenchError::Worker(format!(
-                "a worker process failed: {}",
-                out.status
-            )));
+            children.push(
+                c.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()?,
+            );
         }
+        let mut workers = Workers { children };
+        if let Err(e) = workers.wait_ready() {
+            // Not told to go: none may drain the queue on its own.
+            for child in &mut workers.children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(e);
+        }
+        Ok(workers)
     }
-    Ok(())
+
+    fn wait_ready(&mut self) -> Result<(), BenchError> {
+        for child in &mut self.children {
+            let Some(out) = child.stdout.as_mut() else {
+                return Err(BenchError::Worker("a worker process has no stdout".into()));
+            };
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+            if line.trim() != READY {
+                return Err(BenchError::Worker(
+                    "a worker process did not start (its error is above)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every worker to drain the queue and waits until each finds
+    /// nothing left.
+    fn drain(mut self) -> Result<(), BenchError> {
+        // Dropping a worker's stdin is its word to go.
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+        for child in self.children {
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                return Err(BenchError::Worker(format!(
+                    "a worker process failed: {}",
+                    out.status
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn print_report(
@@ -520,6 +577,14 @@ fn print_report(
 pub async fn worker(url: &str, overload: bool) -> Result<ExitCode, BenchError> {
     let store = crate::open(url).await?;
     let engine = engine(store.clone(), Arc::new(SystemClock), overload);
+    // Ready, then wait for the word: stdin closed.
+    println!("{READY}");
+    tokio::task::spawn_blocking(|| {
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)
+    })
+    .await
+    .map_err(|e| BenchError::Worker(format!("waiting for the word to drain: {e}")))??;
     drain(&engine, store.as_ref()).await?;
     Ok(ExitCode::SUCCESS)
 }

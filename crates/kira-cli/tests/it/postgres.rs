@@ -177,3 +177,27 @@ fn a_worker_process_runs_what_a_server_queues() {
         "SIGTERM stops the worker cleanly: {status}"
     );
 }
+
+/// `kira bench queue` with worker processes: each opens the database and
+/// says it is ready, is told to go (its stdin closed), and together they
+/// run every task.
+#[test]
+fn bench_queue_drains_in_worker_processes() {
+    let url = block_on(kira_store::testdb::fresh_postgres());
+    let work = tempfile::tempdir().expect("temp dir");
+    let v = crate::support::ok_json(crate::support::kira_in(work.path()).args([
+        "bench",
+        "queue",
+        "--tasks",
+        "120",
+        "--companies",
+        "3",
+        "--processes",
+        "2",
+        "--database-url",
+        &url,
+    ]));
+    assert_eq!(v["tasks"], 120, "{v}");
+    assert_eq!(v["completed"], 120, "{v}");
+    assert!(v["tasks_per_second"].as_f64().expect("rate") > 0.0, "{v}");
+}
