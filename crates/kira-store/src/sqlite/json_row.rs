@@ -7,13 +7,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::work::corrupt;
 use super::{json, parse_ts};
+use crate::Result;
 use crate::sql::Columns;
-use crate::{Result, StoreError};
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
 
 /// One row's values by column, in the order `columns` names them. Text
 /// columns (JSON ones included, as SQLite stores them) are JSON strings,
@@ -101,7 +98,8 @@ impl Columns for JsonRow<'_> {
     fn opt_real(&self, col: &str) -> Result<Option<f64>> {
         match self.value(col)? {
             serde_json::Value::Null => Ok(None),
-            // As [`real`] writes it: SQLite's JSON keeps 15 digits of a real.
+            // Text: as [`real`] writes it, 17 digits. A number: as
+            // SQLite's JSON writes a real, 15.
             serde_json::Value::String(s) => s
                 .parse()
                 .map(Some)
@@ -158,13 +156,13 @@ mod tests {
             0.0,
             -2.5e-7,
         ];
-        // And 2,000 doubles of every magnitude, from their bits.
+        // And 200,000 doubles of magnitudes 2^-200 to 2^200, from their bits.
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let drawn = (0..200_000).map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // sign, exponent within 2^-40..2^40, any mantissa
+            // sign, exponent within 2^-200..2^200, any mantissa
             let bits = (x & 0x800f_ffff_ffff_ffff) | ((1023 - 200 + (x >> 52) % 401) << 52);
             f64::from_bits(bits)
         });

@@ -15,15 +15,12 @@ use kira_core::memory::Memory;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::json_row::JsonRow;
+use super::work::corrupt;
 use super::{to_json, ts};
 use crate::flow::memory::{self as flow, MEMORY_COLUMNS, MemorySql, memory_from_row};
 use crate::memory::*;
 use crate::sql::Columns;
 use crate::{Result, StoreError};
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
 
 /// What a failed memory insert means: its id was taken, or its company
 /// is missing.

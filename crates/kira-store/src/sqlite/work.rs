@@ -363,13 +363,12 @@ impl crate::flow::batch::FastPaths for SqliteStore {
         let t_acquired = t0.elapsed().as_micros();
         let ids: Vec<&str> = cands.iter().map(|c| c.entry.task_id.as_str()).collect();
         let ids = to_json(&ids)?;
-        // What each candidate is now (the write lock keeps it so until commit).
-        // The unary `+` keeps SQLite on the primary key: the status index
-        // would scan every queued task for each batch.
-        // What each candidate is now, whether the budget period exists and
-        // the candidates' companies' room in it, as one row of JSON: each
-        // statement and each row sqlx hands over is a message between
-        // threads, inside the writer's turn.
+        // What each candidate is now (the write lock keeps it so until
+        // commit), whether the budget period exists and the candidates'
+        // companies' room in it, as one row of JSON: each statement and
+        // each row sqlx hands over is a message between threads, inside the
+        // writer's turn. The unary `+` keeps SQLite on the primary key: the
+        // status index would scan every queued task for each batch.
         let period = kira_core::budget::period_of(now).id;
         let companies: Vec<&str> = cands.iter().map(|c| c.scope.company().as_str()).collect();
         let row = sqlx::query(
