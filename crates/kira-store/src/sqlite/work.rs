@@ -851,18 +851,22 @@ impl PushPlan for FinishPlan {
     /// One statement per table, whatever the number of completions, added
     /// to `script`: the statements are independent of each other's
     /// results, only their row counts are checked. Each queue row must
-    /// still be `worker`'s running task and each reservation closed still
-    /// held, so a plan made from an earlier reading fails (a conflict,
-    /// nothing written) if either changed since.
+    /// still be `worker`'s running task, each reservation closed still
+    /// held at the amount read, and no task may hold a reservation the
+    /// reading did not see, so a plan made from an earlier reading fails (a
+    /// conflict, nothing written) if any of that changed since: a resize or
+    /// a reserve in between would otherwise leave tokens held that the
+    /// ledger and the balances disagree on.
     fn push(&self, script: &mut super::Script, worker: &str, now: DateTime<Utc>) -> Result<()> {
         if !self.closed.is_empty() {
             let closed = to_json(&self.closed)?;
             script.push(
                 "UPDATE reservations SET state = j.state, spent = j.spent, cost_usd = j.cost, closed_at = ? \
                  FROM (SELECT value ->> 'rid' AS rid, value ->> 'state' AS state, value ->> 'spent' AS spent, \
-                         value ->> 'cost' AS cost \
+                         value ->> 'cost' AS cost, value ->> 'amount' AS amount \
                        FROM jsonb_each(?)) AS j \
-                 WHERE reservations.reservation_id = j.rid AND reservations.state = 'held';",
+                 WHERE reservations.reservation_id = j.rid AND reservations.state = 'held' \
+                 AND reservations.amount = j.amount;",
                 [ts(now), closed.clone()],
                 Some((
                     self.closed.len() as u64,
@@ -926,6 +930,15 @@ impl PushPlan for FinishPlan {
         }
         let tasks: Vec<&serde_json::Value> = self.tasks.iter().map(|(_, t)| t).collect();
         let tasks = to_json(&tasks)?;
+        // Every reservation the tasks held was closed above; one still
+        // held was taken after the reading.
+        script.push(
+            "UPDATE reservations SET state = 'held' \
+             WHERE (task_id, company_id) IN (SELECT value ->> 'id', value ->> 'company' FROM jsonb_each(?)) \
+             AND state = 'held';",
+            [tasks.clone()],
+            Some((0, "a task ended in a batch finish took a reservation since it was read")),
+        );
         script.push(
             "UPDATE tasks SET result = j.result, confidence = j.confidence, requires_human_review = j.review, \
                last_error = COALESCE(j.error, last_error), status = j.status, status_reason = j.reason, \
@@ -1216,6 +1229,102 @@ mod tests {
         );
         let admin = Principal::system().admin().expect("admin");
         assert!(store.verify_ledger(&admin).await.expect("verify").ok);
+    }
+
+    /// A finish planned from a reading that a resize or a new reservation
+    /// made stale writes nothing in the turn (the ledger would otherwise
+    /// release the amount read, or leave the new one held on an ended
+    /// task); read again in the turn, it releases what is held now.
+    #[tokio::test]
+    async fn a_finish_planned_before_a_resize_or_a_reserve_writes_nothing() {
+        use kira_core::auth::Principal;
+
+        let (store, scope, t0, cfg) = acme().await;
+        let admin = Principal::system().admin().expect("admin");
+        let later = t0 + chrono::TimeDelta::seconds(1);
+        for change in ["resize", "reserve"] {
+            let task = submit(&store, &scope, t0).await;
+            let lease = t0 + chrono::TimeDelta::minutes(1);
+            let ClaimOutcome::Claimed { reservation, .. } = store
+                .claim(&scope, &task, "w1", lease, &cfg, t0)
+                .await
+                .expect("claim")
+            else {
+                panic!("{change}: not claimed");
+            };
+            let completion = Completion {
+                scope: scope.clone(),
+                task_id: task.clone(),
+                finish: Finish {
+                    status: TaskStatus::Completed,
+                    reason: "done".into(),
+                    result: None,
+                    confidence: None,
+                    requires_human_review: false,
+                    error: None,
+                    retry_at: None,
+                },
+                settle: None,
+                records: RunRecords::default(),
+            };
+            let ids = to_json(&[task.as_str()]).expect("ids");
+            let mut reader = store.pool.acquire().await.expect("reader");
+            let state = finish_state(&mut reader, &ids, "w1").await.expect("read");
+            drop(reader);
+            assert_eq!(state.held.get(task.as_str()).map(Vec::len), Some(1));
+            // Between the reading and the writer's turn, the run changes
+            // what it holds.
+            let changed = if change == "resize" {
+                store
+                    .resize_reservation(&scope, &reservation.reservation_id, 1_700, later)
+                    .await
+            } else {
+                store.reserve(&scope, &task, 300, &cfg, later).await
+            };
+            assert!(
+                matches!(changed, Ok(ReserveOutcome::Reserved(_))),
+                "{change}: {changed:?}"
+            );
+            let mut out = vec![None];
+            let done = store
+                .finish_planned(
+                    "w1",
+                    std::slice::from_ref(&completion),
+                    &state,
+                    later,
+                    &mut out,
+                )
+                .await
+                .expect("a stale plan is not an error");
+            assert!(done.is_none(), "{change}: the stale plan wrote");
+            assert!(store.verify_ledger(&admin).await.expect("verify").ok);
+            let mut out = vec![None];
+            let slow = crate::flow::batch::FastPaths::finish_fast(
+                &store,
+                "w1",
+                std::slice::from_ref(&completion),
+                later,
+                &mut out,
+            )
+            .await
+            .expect("finish");
+            assert!(slow.is_empty());
+            assert!(
+                matches!(out[0], Some(Completed::Recorded)),
+                "{change}: {:?}",
+                out[0]
+            );
+            let report = store.verify_ledger(&admin).await.expect("verify");
+            assert!(report.ok, "{change}: {report:?}");
+            let budget = store
+                .budget_state(&admin, &cfg, later)
+                .await
+                .expect("budget");
+            assert!(
+                budget.companies.iter().all(|c| c.reserved == 0),
+                "{change}: tokens still held after the run ended: {budget:?}"
+            );
+        }
     }
 
     /// How SQLite reads `sql`: its query plan's lines.
