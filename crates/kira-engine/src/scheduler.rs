@@ -113,8 +113,8 @@ impl Admission for Slots {
 }
 
 /// The slots a pass fills, for the store to leave out tasks that could not
-/// take one.
-fn capacity(cfg: &EngineConfig) -> Capacity {
+/// take one; the runs in `ended` hold none.
+fn capacity(cfg: &EngineConfig, ended: Vec<TaskId>) -> Capacity {
     Capacity {
         agents: cfg
             .agents
@@ -122,6 +122,7 @@ fn capacity(cfg: &EngineConfig) -> Capacity {
             .map(|(n, a)| (n.clone(), a.max_concurrent))
             .collect(),
         per_company: cfg.scheduler.per_company_concurrency,
+        ended,
     }
 }
 
@@ -195,6 +196,9 @@ pub struct Scheduler {
     starting: Arc<StartGate>,
     /// Ends of runs waiting to be recorded together.
     pub(crate) completions: Completions,
+    /// Runs that have ended and whose ends are being recorded: their slots
+    /// are free (a pass does not count them as running).
+    pub(crate) ended: std::sync::Mutex<std::collections::HashSet<TaskId>>,
     /// When the scheduler last looked for expired leases.
     last_reap: std::sync::Mutex<Option<DateTime<Utc>>>,
     pub(crate) memory: Arc<Memories>,
@@ -221,6 +225,7 @@ impl Scheduler {
             worker_id: format!("worker-{}", uuid::Uuid::now_v7().simple()),
             starting,
             completions: Completions::default(),
+            ended: Default::default(),
             last_reap: std::sync::Mutex::new(None),
             ctx,
             engine,
@@ -280,7 +285,11 @@ impl Scheduler {
         let QueueSnapshot { runnable, running } = self
             .ctx
             .store
-            .queue_snapshot(now, cfg.scheduler.batch, Some(&capacity(cfg)))
+            .queue_snapshot(
+                now,
+                cfg.scheduler.batch,
+                Some(&capacity(cfg, self.ended_runs())),
+            )
             .await?;
         let read = runnable.len();
         let snapshot_us = began.elapsed().as_micros();
@@ -367,6 +376,19 @@ impl Scheduler {
             "scheduling pass"
         );
         Ok(report)
+    }
+
+    /// The runs whose ends are being recorded, read before the queue (see
+    /// [`Capacity::ended`]): one whose end is written by the time the
+    /// queue is read is no longer running there either.
+    fn ended_runs(&self) -> Vec<TaskId> {
+        self.ended_set().iter().cloned().collect()
+    }
+
+    pub(crate) fn ended_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TaskId>> {
+        self.ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether this pass looks for expired leases: at most once per

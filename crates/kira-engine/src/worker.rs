@@ -18,9 +18,32 @@ use crate::scheduler::Scheduler;
 /// Ends of runs waiting to be written.
 pub(crate) type Completions = crate::group::Group<Completion, Completed>;
 
+/// A run among the scheduler's ended runs (see `Scheduler::ended`) for as
+/// long as this lives.
+struct Ended<'a> {
+    scheduler: &'a Scheduler,
+    task: TaskId,
+}
+
+impl<'a> Ended<'a> {
+    fn new(scheduler: &'a Scheduler, task: TaskId) -> Self {
+        scheduler.ended_set().insert(task.clone());
+        Self { scheduler, task }
+    }
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.scheduler.ended_set().remove(&self.task);
+    }
+}
+
 impl Scheduler {
     /// Records `c` with whatever other ends are waiting, in one store call.
+    /// While it is recorded the run holds no slot: a pass may fill it.
     async fn complete(&self, c: Completion) -> Completed {
+        let _ended = Ended::new(self, c.task_id.clone());
+        self.wake();
         self.completions
             .submit(
                 c,

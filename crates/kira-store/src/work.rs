@@ -112,6 +112,10 @@ pub struct QueueEntry {
 pub struct Capacity {
     pub agents: std::collections::BTreeMap<String, u32>,
     pub per_company: u32,
+    /// Runs of the caller's that have ended, their ends not yet written:
+    /// still running in the store, but holding no slot (nor counted among
+    /// the snapshot's `running`).
+    pub ended: Vec<TaskId>,
 }
 
 /// How many tasks of each priority level (and of the nearest deadlines) a

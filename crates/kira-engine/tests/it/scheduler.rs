@@ -615,3 +615,80 @@ async fn a_pass_starts_no_more_runs_than_may_prepare_at_once(b: Backend) {
         assert_eq!(status(&s, id).await, TaskStatus::Completed);
     }
 }
+
+/// A run whose end is being recorded holds no slot. Its end is held up
+/// (another transaction locks its queue row, so the batch finish waits on
+/// it), and a pass fills the agent's one slot although the store still
+/// has the run as running; once written, both runs complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_run_holds_no_slot_while_its_end_is_written() {
+    use sqlx::Connection;
+    let (store, dir, url) = crate::common::fresh_store_url(Backend::Postgres).await;
+    let s = Setup {
+        store,
+        clock: Arc::new(ManualClock::new(t0())),
+        _dir: dir,
+    };
+    company(&s, "acme").await;
+    let staged = Arc::new(Staged {
+        go: Arc::new(tokio::sync::Semaphore::new(0)),
+        end: Arc::new(tokio::sync::Semaphore::new(0)),
+        calling: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    });
+    let e = engine(
+        &s,
+        one_legal_slot(),
+        Some(staged.clone() as Arc<dyn Executor>),
+    );
+    e.budget()
+        .company_changed(&CompanyId::parse("acme").expect("id"))
+        .await
+        .expect("refresh");
+    let a = submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
+    let b = submit(&e, "acme", "complex_legal_analysis", Priority::High).await;
+    let first = e.scheduler().tick().await.expect("tick");
+    assert_eq!(first.claimed, std::slice::from_ref(&a));
+    let mut other = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let mut holding = other.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM task_queue WHERE task_id = $1 FOR UPDATE")
+        .bind(a.as_str())
+        .execute(&mut *holding)
+        .await
+        .expect("lock a's queue row");
+    // a's run ends; its end waits on the row.
+    staged.go.add_permits(1);
+    staged.end.add_permits(1);
+    let mut watch = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let mut polls = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%kira_finish_prepare%'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .expect("activity");
+        if waiting == 1 {
+            break;
+        }
+        polls += 1;
+        assert!(polls < 2_000, "a's end never reached the store");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(status(&s, &a).await, TaskStatus::Running);
+    let second = e.scheduler().tick().await.expect("tick");
+    assert_eq!(
+        second.claimed,
+        std::slice::from_ref(&b),
+        "a's slot is free while its end is written"
+    );
+    holding.commit().await.expect("commit");
+    staged.go.add_permits(1);
+    staged.end.add_permits(1);
+    for h in first.runs.into_iter().chain(second.runs) {
+        h.await.expect("run");
+    }
+    for id in [&a, &b] {
+        assert_eq!(status(&s, id).await, TaskStatus::Completed);
+    }
+}

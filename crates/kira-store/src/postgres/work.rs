@@ -217,8 +217,9 @@ fn is_idempotency_race(e: &StoreError) -> bool {
 
 /// What both of the queue snapshot's statements start from: the tasks that
 /// could start at $1, given the agents and their slots ($3, $4; NULL: every
-/// task) and the company limit ($5).
-const STARTABLE: &str = "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue WHERE status = 'running'), \
+/// task), the company limit ($5) and the runs that ended holding none ($6).
+const STARTABLE: &str = "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue \
+       WHERE status = 'running' AND task_id <> ALL ($6::text[])), \
      open_agents AS (SELECT c.agent FROM unnest($3::text[], $4::bigint[]) AS c(agent, slots) \
        WHERE c.slots > (SELECT count(*) FROM running r WHERE r.agent = c.agent)), \
      full_companies AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= $5), \
@@ -363,6 +364,9 @@ impl Db for PgStore {
                     .unzip()
             })
             .unzip();
+        let ended: Vec<&str> = capacity
+            .map(|c| c.ended.iter().map(TaskId::as_str).collect())
+            .unwrap_or_default();
         // Built once from constants (the priority names).
         let read = |sql: &'static str, limit: u32| {
             sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -371,6 +375,7 @@ impl Db for PgStore {
                 .bind(agents.clone())
                 .bind(slots.clone())
                 .bind(capacity.map(|c| i64::from(c.per_company)))
+                .bind(&ended)
                 .fetch_all(&self.queue)
         };
         let mut runnable = read(OLDEST_SQL.as_str(), limit)
@@ -387,8 +392,11 @@ impl Db for PgStore {
             add_windows(&mut runnable, windows);
         }
         let running =
-            sqlx::query("SELECT agent, company_id FROM task_queue WHERE status = 'running'")
-                .fetch_all(&self.queue)
+            sqlx::query(
+                "SELECT agent, company_id FROM task_queue WHERE status = 'running' AND task_id <> ALL ($1)",
+            )
+            .bind(&ended)
+            .fetch_all(&self.queue)
                 .await?
                 .iter()
                 .map(|r| Ok((r.try_get("agent")?, company_id(r.try_get("company_id")?)?)))

@@ -106,7 +106,8 @@ pub(crate) async fn refresh_tx(
 /// What both of the queue snapshot's statements start from: what runs,
 /// and for each `(name, index)` of `sources` a view `name` of the tasks
 /// that could start at ?3, given the agents' slots (?1, a JSON object;
-/// NULL: every task) and the company limit (?2), read through `index`
+/// NULL: every task), the company limit (?2) and the runs that ended
+/// holding none (?4, a JSON array or NULL), read through `index`
 /// (`INDEXED BY`) or the one SQLite picks. Left to pick, SQLite reads the
 /// oldest and the nearest deadlines through the status index and sorts
 /// every runnable task on each pass; told, it walks the window's own
@@ -126,7 +127,8 @@ fn startable(sources: &[(&str, Option<&str>)]) -> String {
         .join(", ");
     format!(
         "WITH running AS MATERIALIZED (SELECT agent, company_id FROM task_queue \
-         WHERE lease_owner IS NOT NULL AND status = 'running'), \
+         WHERE lease_owner IS NOT NULL AND status = 'running' \
+         AND task_id NOT IN (SELECT value FROM json_each(?4))), \
          open_agents(agent) AS (SELECT j.key FROM json_each(?1) j \
            WHERE j.value > (SELECT count(*) FROM running r WHERE r.agent = j.key)), \
          full_companies(company_id) AS (SELECT company_id FROM running GROUP BY company_id HAVING count(*) >= ?2), \
@@ -138,29 +140,29 @@ fn startable(sources: &[(&str, Option<&str>)]) -> String {
 const ENTRY: &str = "json_array(task_id, company_id, agent, status, priority, multiplier, \
      deadline, waiting_since, estimated_tokens, attempts)";
 
-/// `sql` (the snapshot's statements) with its limit, `?4`, written in.
+/// `sql` (the snapshot's statements) with its limit, `?5`, written in.
 /// A limit bound as a parameter is one SQLite reads while planning, so
 /// every new binding expired the statement and each pass compiled both
 /// statements again (`sqlite3Reprepare`, about 2% of the queue
 /// benchmark's CPU); written in, a process's statements stay prepared
 /// (the limit is its configuration's, the same on every pass).
 fn with_limit(sql: &str, limit: u32) -> String {
-    sql.replace("?4", &limit.to_string())
+    sql.replace("?5", &limit.to_string())
 }
 
-/// The queue snapshot (see `queue_snapshot`): the ?4 startable tasks
+/// The queue snapshot (see `queue_snapshot`): the ?5 startable tasks
 /// waiting longest, and what runs.
 static OLDEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{} SELECT (SELECT json_group_array({ENTRY} ORDER BY waiting_since, task_id) \
-           FROM (SELECT * FROM startable ORDER BY waiting_since, task_id LIMIT ?4)) AS runnable, \
+           FROM (SELECT * FROM startable ORDER BY waiting_since, task_id LIMIT ?5)) AS runnable, \
          (SELECT json_group_array(json_array(agent, company_id)) FROM running) AS running",
         startable(&[("startable", Some("task_queue_oldest"))])
     )
 });
 
 /// Read only when the first window is full: of each priority level the
-/// first ?4 startable tasks by multiplier then waiting time, and the ?4
+/// first ?5 startable tasks by multiplier then waiting time, and the ?5
 /// nearest deadlines, so a task that outranks the oldest is never hidden
 /// behind them. (A statement of its own: SQLite evaluates a subquery
 /// under a CASE that does not need it.)
@@ -170,13 +172,13 @@ static WINDOWS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         .map(|p| {
             format!(
                 "SELECT * FROM (SELECT * FROM startable WHERE priority = '{}' \
-                 ORDER BY multiplier DESC, waiting_since, task_id LIMIT ?4)",
+                 ORDER BY multiplier DESC, waiting_since, task_id LIMIT ?5)",
                 p.as_str()
             )
         })
         .chain(std::iter::once(
             "SELECT * FROM (SELECT * FROM by_deadline WHERE deadline IS NOT NULL \
-             ORDER BY deadline, task_id LIMIT ?4)"
+             ORDER BY deadline, task_id LIMIT ?5)"
                 .to_owned(),
         ))
         .collect::<Vec<_>>()
@@ -304,10 +306,15 @@ impl Db for SqliteStore {
         // are built once from constants (the priority names).
         let agents = capacity.map(|c| to_json(&c.agents)).transpose()?;
         let per_company = capacity.map(|c| i64::from(c.per_company));
+        let ended = capacity
+            .filter(|c| !c.ended.is_empty())
+            .map(|c| to_json(&c.ended))
+            .transpose()?;
         let row = sqlx::query(sqlx::AssertSqlSafe(with_limit(&OLDEST_SQL, limit)))
             .bind(agents.as_deref())
             .bind(per_company)
             .bind(ts(now))
+            .bind(ended.as_deref())
             .fetch_one(&self.pool)
             .await?;
         let mut runnable = queue_entries(row.try_get("runnable")?)?;
@@ -319,6 +326,7 @@ impl Db for SqliteStore {
             .bind(agents.as_deref())
             .bind(per_company)
             .bind(ts(now))
+            .bind(ended.as_deref())
             .fetch_one(&self.pool)
             .await?;
             add_windows(&mut runnable, queue_entries(&windows)?);
@@ -1333,6 +1341,7 @@ mod tests {
             .bind(r#"{"legal": 4}"#)
             .bind(2_i64)
             .bind("2026-01-01T00:00:00.000000Z")
+            .bind(r#"["acme_legal_001"]"#)
             .fetch_all(store.pool())
             .await
             .expect("plan");

@@ -110,6 +110,7 @@ async fn case(
     let capacity = legal_only.then(|| Capacity {
         agents: [("legal".to_owned(), 1)].into(),
         per_company: 100,
+        ended: Vec::new(),
     });
     let everything = s
         .queue_snapshot(now, 10_000, None)

@@ -1600,12 +1600,14 @@ async fn a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot(f: Fr
     let task = |agent: &str| new_task(agent, Priority::Medium, 100);
     // acme runs one legal and one financial task: financial's one slot is
     // taken, and so is acme's limit of two.
+    let mut acme_running = Vec::new();
     for agent in ["legal", "financial"] {
         let id = submit(s, "acme", &task(agent)).await;
         assert!(matches!(
             claim(s, "acme", &id, &cfg).await,
             ClaimOutcome::Claimed { .. }
         ));
+        acme_running.push(id);
     }
     submit(s, "acme", &task("legal")).await;
     submit(s, "beta", &task("legal")).await;
@@ -1616,6 +1618,7 @@ async fn a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot(f: Fr
     let mut capacity = Capacity {
         agents: [("legal".to_owned(), 2), ("financial".to_owned(), 1)].into(),
         per_company: 2,
+        ended: Vec::new(),
     };
     let ids = |snap: &kira_store::work::QueueSnapshot| {
         snap.runnable
@@ -1668,6 +1671,29 @@ async fn a_snapshot_for_a_pass_leaves_out_tasks_that_could_not_take_a_slot(f: Fr
         .expect("snapshot");
     assert!(none.runnable.is_empty(), "{:?}", ids(&none));
     assert_eq!(none.running.len(), 2);
+    // A run that ended, its end not yet written, holds no slot: legal's is
+    // free again, and acme is below its limit.
+    capacity.ended = vec![acme_running[0].clone()];
+    let freed = s
+        .queue_snapshot(t0(), 10, Some(&capacity))
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        ids(&freed),
+        [
+            "acme_legal_003",
+            "beta_legal_001",
+            "gamma_legal_001",
+            "gamma_legal_002"
+        ]
+    );
+    assert_eq!(
+        freed.running,
+        [(
+            "financial".to_owned(),
+            kira_core::CompanyId::parse("acme").expect("id")
+        )]
+    );
 }
 
 /// Past its window of the longest waiting, a snapshot also reads of each
@@ -1718,6 +1744,7 @@ async fn a_snapshot_reads_what_outranks_the_longest_waiting(f: Fresh) {
     let none = Capacity {
         agents: [("financial".to_owned(), 4)].into(),
         per_company: 4,
+        ended: Vec::new(),
     };
     let snap = s
         .queue_snapshot(t0(), 2, Some(&none))
