@@ -10,7 +10,11 @@
 //!
 //! How many may start at once adapts to how long starts take. A run's
 //! start is timed from its first poll (not its claim, so time spent waiting
-//! for the runtime is not counted) to its first call, and the limit is what
+//! for the runtime is not counted) to its first call, in its thread's CPU
+//! time where it ends on the thread it began on (so time the OS gives other
+//! processes is not counted either: with several kira processes on two
+//! cores, wall time had every start look slow and held every pass to
+//! `max_starting` claims), and the limit is what
 //! the cores can bring to their call within `scheduler.start_target` (2 ms):
 //! `cores x start_target / (recent start time)`, never below
 //! `scheduler.max_starting`. Starts that interleave on a busy machine take
@@ -64,6 +68,8 @@ pub(crate) struct Starting {
     gate: Arc<StartGate>,
     /// When the run began to prepare (its first poll).
     since: Instant,
+    /// The thread it began on and that thread's CPU time then.
+    cpu: Option<(std::thread::ThreadId, Duration)>,
 }
 
 impl StartGate {
@@ -112,6 +118,7 @@ impl StartGate {
         Starting {
             gate: self.clone(),
             since: Instant::now(),
+            cpu: None,
         }
     }
 
@@ -149,12 +156,33 @@ impl Starting {
     /// spent waiting for the runtime after the claim does not count.
     pub(crate) fn begin(&mut self) {
         self.since = Instant::now();
+        self.cpu = thread_cpu();
     }
+
+    /// How long the start took: the CPU time of its thread when it ends on
+    /// the thread it began on (time the OS gave other threads and
+    /// processes is not the start's; work of other tasks on the same thread
+    /// is, as it delayed the start), else the time that passed.
+    fn took(&self) -> Duration {
+        let wall = self.since.elapsed();
+        match (self.cpu, thread_cpu()) {
+            (Some((began_on, then)), Some((now_on, now))) if began_on == now_on => {
+                now.saturating_sub(then).min(wall)
+            }
+            _ => wall,
+        }
+    }
+}
+
+/// The current thread and its CPU time, where the system reports it.
+fn thread_cpu() -> Option<(std::thread::ThreadId, Duration)> {
+    let t = cpu_time::ThreadTime::try_now().ok()?;
+    Some((std::thread::current().id(), t.as_duration()))
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
-        self.gate.leave(self.since.elapsed());
+        self.gate.leave(self.took());
     }
 }
 
@@ -248,6 +276,33 @@ mod tests {
             gate.room() > 100,
             "a start of microseconds widens the limit"
         );
+    }
+
+    /// A start is its thread's CPU time: time the thread spent off the CPU
+    /// (here asleep, as when the OS runs other processes) is not counted,
+    /// work on it is.
+    #[test]
+    fn a_start_is_timed_in_its_threads_cpu_time() {
+        let gate = StartGate::with_cores(4, MS5, 2, Arc::new(Notify::new()));
+        let mut p = gate.enter();
+        p.begin();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(p);
+        assert!(
+            gate.room() > 100,
+            "20 ms off the CPU is not a slow start: {}",
+            gate.room()
+        );
+        for _ in 0..40 {
+            let mut p = gate.enter();
+            p.begin();
+            let spun = cpu_time::ThreadTime::now();
+            while spun.elapsed() < Duration::from_millis(10) {
+                std::hint::spin_loop();
+            }
+            drop(p);
+        }
+        assert_eq!(gate.room(), 4, "10 ms of CPU each is a slow start");
     }
 
     #[test]
