@@ -278,15 +278,29 @@ mod tests {
         );
     }
 
+    /// Works `cpu` of this thread's CPU time.
+    fn spin(cpu: Duration) {
+        let began = cpu_time::ThreadTime::now();
+        while began.elapsed() < cpu {
+            std::hint::spin_loop();
+        }
+    }
+
     /// A start is its thread's CPU time: time the thread spent off the CPU
-    /// (here asleep, as when the OS runs other processes) is not counted,
-    /// work on it is.
+    /// (here waiting for another thread, as when the OS runs other
+    /// processes) is not counted, work on it is.
     #[test]
     fn a_start_is_timed_in_its_threads_cpu_time() {
         let gate = StartGate::with_cores(4, MS5, 2, Arc::new(Notify::new()));
         let mut p = gate.enter();
         p.begin();
-        std::thread::sleep(Duration::from_millis(20));
+        // Off the CPU while another thread works 20 ms of its own.
+        let (done, woken) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            spin(Duration::from_millis(20));
+            done.send(()).ok();
+        });
+        woken.recv().expect("woken");
         drop(p);
         assert!(
             gate.room() > 100,
@@ -296,10 +310,7 @@ mod tests {
         for _ in 0..40 {
             let mut p = gate.enter();
             p.begin();
-            let spun = cpu_time::ThreadTime::now();
-            while spun.elapsed() < Duration::from_millis(10) {
-                std::hint::spin_loop();
-            }
+            spin(Duration::from_millis(10));
             drop(p);
         }
         assert_eq!(gate.room(), 4, "10 ms of CPU each is a slow start");
