@@ -198,7 +198,7 @@ pub struct Scheduler {
     pub(crate) completions: Completions,
     /// Runs that have ended and whose ends are being recorded: their slots
     /// are free (a pass does not count them as running).
-    pub(crate) ended: std::sync::Mutex<std::collections::HashSet<TaskId>>,
+    ended: std::sync::Mutex<std::collections::HashSet<TaskId>>,
     /// When the scheduler last looked for expired leases.
     last_reap: std::sync::Mutex<Option<DateTime<Utc>>>,
     pub(crate) memory: Arc<Memories>,

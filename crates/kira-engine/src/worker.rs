@@ -257,7 +257,9 @@ impl Scheduler {
         let memory = completion.records.memory.as_ref().map(|(m, _)| m.clone());
         let turns = !completion.records.session_turns.is_empty();
         let completed = self.complete(completion).await;
-        // The slot is free unless the end is still to be written below.
+        // The slot was free from the run's end (see `complete`); written, the
+        // end no longer counts as running in the store either. Not so when
+        // the end is still to be written below.
         if !matches!(completed, Completed::SettleFailed(_)) {
             self.wake();
         }

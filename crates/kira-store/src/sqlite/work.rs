@@ -1140,6 +1140,74 @@ mod tests {
         }
     }
 
+    /// `task`'s run completed, with `result` and `confidence`, settling nothing.
+    fn completed(
+        scope: &kira_core::auth::CompanyScope,
+        task: &TaskId,
+        result: Option<serde_json::Value>,
+        confidence: Option<f64>,
+    ) -> Completion {
+        Completion {
+            scope: scope.clone(),
+            task_id: task.clone(),
+            finish: Finish {
+                status: TaskStatus::Completed,
+                reason: "done".into(),
+                result,
+                confidence,
+                requires_human_review: false,
+                error: None,
+                retry_at: None,
+            },
+            settle: None,
+            records: RunRecords::default(),
+        }
+    }
+
+    /// The [`FinishState`] of `task` for worker w1, read on a reader as a
+    /// batch finish reads it before the writer's turn.
+    async fn read_before_the_turn(store: &SqliteStore, task: &TaskId) -> FinishState {
+        let ids = to_json(&[task.as_str()]).expect("ids");
+        let mut reader = store.pool.acquire().await.expect("reader");
+        finish_state(&mut reader, &ids, "w1").await.expect("read")
+    }
+
+    /// Worker w1's finish of `c` as planned from `state`: what the command
+    /// returned, and `c`'s outcome.
+    async fn finish_as_planned(
+        store: &SqliteStore,
+        c: &Completion,
+        state: &FinishState,
+        at: DateTime<Utc>,
+    ) -> (Option<Vec<usize>>, Option<Completed>) {
+        let mut out = vec![None];
+        let done = store
+            .finish_planned("w1", std::slice::from_ref(c), state, at, &mut out)
+            .await
+            .expect("a stale plan is not an error");
+        (done, out.pop().flatten())
+    }
+
+    /// Worker w1's finish of `c` by the fast path: those for the single
+    /// way, and `c`'s outcome.
+    async fn finish_fast_one(
+        store: &SqliteStore,
+        c: &Completion,
+        at: DateTime<Utc>,
+    ) -> (Vec<usize>, Option<Completed>) {
+        let mut out = vec![None];
+        let slow = crate::flow::batch::FastPaths::finish_fast(
+            store,
+            "w1",
+            std::slice::from_ref(c),
+            at,
+            &mut out,
+        )
+        .await
+        .expect("finish");
+        (slow, out.pop().flatten())
+    }
+
     /// A batch finish planned from a reading taken before the writer's
     /// turn, whose task's lease was reaped in between: the command fails
     /// (the reservation is no longer held, the queue row no longer this
@@ -1163,25 +1231,13 @@ mod tests {
             .await
             .expect("claim");
         assert!(matches!(claimed, ClaimOutcome::Claimed { .. }));
-        let completion = Completion {
-            scope: scope.clone(),
-            task_id: task.clone(),
-            finish: Finish {
-                status: TaskStatus::Completed,
-                reason: "done".into(),
-                result: Some(serde_json::json!({"answer": 42})),
-                confidence: Some(0.9),
-                requires_human_review: false,
-                error: None,
-                retry_at: None,
-            },
-            settle: None,
-            records: RunRecords::default(),
-        };
-        let ids = to_json(&[task.as_str()]).expect("ids");
-        let mut reader = store.pool.acquire().await.expect("reader");
-        let state = finish_state(&mut reader, &ids, "w1").await.expect("read");
-        drop(reader);
+        let completion = completed(
+            &scope,
+            &task,
+            Some(serde_json::json!({"answer": 42})),
+            Some(0.9),
+        );
+        let state = read_before_the_turn(&store, &task).await;
         assert_eq!(state.ours.len(), 1, "read while the lease is held");
         // The lease runs out before the turn: the reaper queues it again.
         let later = t0 + chrono::TimeDelta::minutes(5);
@@ -1192,42 +1248,19 @@ mod tests {
         let planned =
             plan_finish("w1", std::slice::from_ref(&completion), &state, later).expect("plan");
         assert_eq!(planned.recorded, [0], "planned as if still ours");
-        let mut out = vec![None];
-        let done = store
-            .finish_planned(
-                "w1",
-                std::slice::from_ref(&completion),
-                &state,
-                later,
-                &mut out,
-            )
-            .await
-            .expect("a stale plan is not an error");
+        let (done, out) = finish_as_planned(&store, &completion, &state, later).await;
         assert!(
-            done.is_none() && out[0].is_none(),
+            done.is_none() && out.is_none(),
             "the stale plan failed in the turn"
         );
         let admin = Principal::system().admin().expect("admin");
         assert!(store.verify_ledger(&admin).await.expect("verify").ok);
         // Through the fast path: read again in the turn, not finished.
-        let mut out = vec![None];
-        let slow = crate::flow::batch::FastPaths::finish_fast(
-            &store,
-            "w1",
-            std::slice::from_ref(&completion),
-            later,
-            &mut out,
-        )
-        .await
-        .expect("finish");
+        let (slow, out) = finish_fast_one(&store, &completion, later).await;
         assert!(slow.is_empty());
         assert!(
-            matches!(
-                out[0],
-                Some(Completed::NotFinished(StoreError::Conflict(_)))
-            ),
-            "{:?}",
-            out[0]
+            matches!(out, Some(Completed::NotFinished(StoreError::Conflict(_)))),
+            "{out:?}"
         );
         let now = store.get_task(&scope, &task).await.expect("task");
         assert_eq!(
@@ -1260,25 +1293,8 @@ mod tests {
             else {
                 panic!("{change}: not claimed");
             };
-            let completion = Completion {
-                scope: scope.clone(),
-                task_id: task.clone(),
-                finish: Finish {
-                    status: TaskStatus::Completed,
-                    reason: "done".into(),
-                    result: None,
-                    confidence: None,
-                    requires_human_review: false,
-                    error: None,
-                    retry_at: None,
-                },
-                settle: None,
-                records: RunRecords::default(),
-            };
-            let ids = to_json(&[task.as_str()]).expect("ids");
-            let mut reader = store.pool.acquire().await.expect("reader");
-            let state = finish_state(&mut reader, &ids, "w1").await.expect("read");
-            drop(reader);
+            let completion = completed(&scope, &task, None, None);
+            let state = read_before_the_turn(&store, &task).await;
             assert_eq!(state.held.get(task.as_str()).map(Vec::len), Some(1));
             // Between the reading and the writer's turn, the run changes
             // what it holds.
@@ -1293,34 +1309,14 @@ mod tests {
                 matches!(changed, Ok(ReserveOutcome::Reserved(_))),
                 "{change}: {changed:?}"
             );
-            let mut out = vec![None];
-            let done = store
-                .finish_planned(
-                    "w1",
-                    std::slice::from_ref(&completion),
-                    &state,
-                    later,
-                    &mut out,
-                )
-                .await
-                .expect("a stale plan is not an error");
+            let (done, _) = finish_as_planned(&store, &completion, &state, later).await;
             assert!(done.is_none(), "{change}: the stale plan wrote");
             assert!(store.verify_ledger(&admin).await.expect("verify").ok);
-            let mut out = vec![None];
-            let slow = crate::flow::batch::FastPaths::finish_fast(
-                &store,
-                "w1",
-                std::slice::from_ref(&completion),
-                later,
-                &mut out,
-            )
-            .await
-            .expect("finish");
+            let (slow, out) = finish_fast_one(&store, &completion, later).await;
             assert!(slow.is_empty());
             assert!(
-                matches!(out[0], Some(Completed::Recorded)),
-                "{change}: {:?}",
-                out[0]
+                matches!(out, Some(Completed::Recorded)),
+                "{change}: {out:?}"
             );
             let report = store.verify_ledger(&admin).await.expect("verify");
             assert!(report.ok, "{change}: {report:?}");
