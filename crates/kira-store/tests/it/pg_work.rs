@@ -683,3 +683,113 @@ async fn racing_batch_claims_take_what_fits_once() {
         .expect("snapshot");
     assert_eq!(snap.running.len(), 60);
 }
+
+/// The shared buffers the second of two calls of `call` reads (the first
+/// plans the function's statements), as the app role, in a transaction
+/// rolled back: a measure of the rows it reads that no clock moves.
+async fn buffers_read(
+    conn: &mut PgConnection,
+    call: &str,
+    ids: &[String],
+    companies: &[String],
+) -> i64 {
+    let mut tx = conn.begin().await.expect("begin");
+    let mut hits = 0;
+    for _ in 0..2 {
+        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) SELECT * FROM {call}"
+        )))
+        .bind(ids)
+        .bind(companies)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("explain");
+        let top = &plan[0]["Plan"];
+        assert_eq!(top["Actual Rows"], ids.len(), "{call}: one row per task");
+        hits = top["Shared Hit Blocks"].as_i64().expect("hits")
+            + top["Shared Read Blocks"].as_i64().expect("reads");
+    }
+    tx.rollback().await.expect("rollback");
+    hits
+}
+
+/// A batch claim and a batch finish lock their queue rows by key: they
+/// read the rows of the tasks they were given, not every claimable (or
+/// running) row of those tasks' companies. The statistics here are older
+/// than the queue (gathered while no row was claimable, or none running,
+/// then 1,000 were), as after a burst of tasks before autovacuum
+/// analyzes again. By key, each call reads about 30 buffers; the join of
+/// 0004 read 96 for the finish and 1,248 for the claim (every claimable
+/// row, through the partial index the statistics said was empty).
+#[tokio::test]
+async fn batch_claims_and_finishes_read_only_their_own_queue_rows() {
+    let (store, url) = open().await;
+    create(store.as_ref(), A).await;
+    let mut four = Vec::new();
+    for _ in 0..4 {
+        let id = submit(store.as_ref(), A, &new_task("legal", Priority::Medium, 100)).await;
+        four.push(id.as_str().to_owned());
+    }
+    let companies = vec![A.to_owned(); four.len()];
+    let mut owner = PgConnection::connect(&url).await.expect("connect");
+    // 2,000 more queue rows, copies of the first task's (without task
+    // rows: foreign keys are not checked for this one statement's role).
+    owner
+        .execute(
+            "SET session_replication_role = replica; \
+             INSERT INTO task_queue SELECT (jsonb_populate_record(q, \
+                 jsonb_build_object('task_id', q.task_id || '.f' || n))).* \
+               FROM task_queue q, generate_series(1, 2000) AS n; \
+             SET session_replication_role = DEFAULT",
+        )
+        .await
+        .expect("fill the queue");
+    let fillers = "task_id LIKE '%.f%' AND right(task_id, 1) IN ('0', '2', '4', '6', '8')";
+    let mut conn = app_connection(&url).await;
+
+    // Analyzed with no row running; then the four and 1,000 others run.
+    owner
+        .execute("VACUUM ANALYZE task_queue")
+        .await
+        .expect("analyze");
+    owner
+        .execute(sqlx::AssertSqlSafe(format!(
+            "UPDATE task_queue SET status = 'running', lease_owner = 'w' \
+              WHERE {fillers} OR task_id NOT LIKE '%.f%'"
+        )))
+        .await
+        .expect("running");
+    let read = buffers_read(
+        &mut conn,
+        "kira_finish_prepare('w', $1, $2)",
+        &four,
+        &companies,
+    )
+    .await;
+    assert!(read < 64, "a finish of 4 tasks read {read} buffers");
+
+    // Analyzed with every row running; then the four and 1,000 others wait.
+    owner
+        .execute("UPDATE task_queue SET status = 'running'")
+        .await
+        .expect("running");
+    owner
+        .execute("VACUUM ANALYZE task_queue")
+        .await
+        .expect("analyze");
+    owner
+        .execute(sqlx::AssertSqlSafe(format!(
+            "UPDATE task_queue SET status = 'queued', lease_owner = NULL \
+              WHERE {fillers} OR task_id NOT LIKE '%.f%'"
+        )))
+        .await
+        .expect("queued");
+    let read = buffers_read(
+        &mut conn,
+        "kira_claim_prepare($1, $2, 'no-period', now() + interval '1 day')",
+        &four,
+        &companies,
+    )
+    .await;
+    assert!(read < 64, "a claim of 4 tasks read {read} buffers");
+}
