@@ -179,8 +179,9 @@ fn a_worker_process_runs_what_a_server_queues() {
 }
 
 /// `kira bench queue` with worker processes: each opens the database and
-/// says it is ready, is told to go (its stdin closed), and together they
-/// run every task.
+/// says it is ready, is told to go (a line on its stdin), and together
+/// they run every task; the bench sees the queue drained and tells them to
+/// stop (their stdin closed), and the command ends only once they have.
 #[test]
 fn bench_queue_drains_in_worker_processes() {
     let url = block_on(kira_store::testdb::fresh_postgres());

@@ -101,6 +101,9 @@ pub struct Server {
     stderr_path: PathBuf,
 }
 
+/// How long `kira serve` may take to answer /healthz.
+const STARTS_WITHIN: Duration = Duration::from_secs(30);
+
 impl Server {
     /// Starts `kira serve` in `work` with its data in `work/data`, plus
     /// `args`, and waits until /healthz answers.
@@ -148,8 +151,12 @@ impl Server {
         server
     }
 
+    /// Waits for /healthz. A server answers once its models are loaded
+    /// (the embedder always, the local model where agents run on it),
+    /// which took 10 s once on a 2-core CI machine busy starting other
+    /// test binaries: the deadline only says the server never came up.
     fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + STARTS_WITHIN;
         loop {
             if let Some(status) = self.child_mut().try_wait().expect("child status") {
                 panic!("kira serve exited early ({status}):\n{}", self.stderr());
@@ -160,7 +167,8 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "kira serve did not answer /healthz within 10 s:\n{}",
+                "kira serve did not answer /healthz within {} s:\n{}",
+                STARTS_WITHIN.as_secs(),
                 self.stderr()
             );
             pause(Duration::from_millis(100));
