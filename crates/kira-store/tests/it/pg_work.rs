@@ -744,52 +744,41 @@ async fn batch_claims_and_finishes_read_only_their_own_queue_rows() {
         )
         .await
         .expect("fill the queue");
-    let fillers = "task_id LIKE '%.f%' AND right(task_id, 1) IN ('0', '2', '4', '6', '8')";
     let mut conn = app_connection(&url).await;
-
-    // Analyzed with no row running; then the four and 1,000 others run.
-    owner
-        .execute("VACUUM ANALYZE task_queue")
-        .await
-        .expect("analyze");
-    owner
-        .execute(sqlx::AssertSqlSafe(format!(
-            "UPDATE task_queue SET status = 'running', lease_owner = 'w' \
-              WHERE {fillers} OR task_id NOT LIKE '%.f%'"
-        )))
-        .await
-        .expect("running");
-    let read = buffers_read(
-        &mut conn,
+    let mut check = async |owner: &mut PgConnection, set: &str, call: &str| {
+        // Statistics of the queue as it is, then the four and every other
+        // filler (1,000 rows) changed by `set`.
+        owner
+            .execute("VACUUM ANALYZE task_queue")
+            .await
+            .expect("analyze");
+        owner
+            .execute(sqlx::AssertSqlSafe(format!(
+                "UPDATE task_queue SET {set} \
+                  WHERE task_id NOT LIKE '%.f%' \
+                     OR right(task_id, 1) IN ('0', '2', '4', '6', '8')"
+            )))
+            .await
+            .expect("update");
+        let read = buffers_read(&mut conn, call, &four, &companies).await;
+        assert!(read < 64, "{call} for 4 tasks read {read} buffers");
+    };
+    // Analyzed with no row running; then 1,004 run.
+    check(
+        &mut owner,
+        "status = 'running', lease_owner = 'w'",
         "kira_finish_prepare('w', $1, $2)",
-        &four,
-        &companies,
     )
     .await;
-    assert!(read < 64, "a finish of 4 tasks read {read} buffers");
-
-    // Analyzed with every row running; then the four and 1,000 others wait.
+    // Analyzed with every row running; then 1,004 wait.
     owner
         .execute("UPDATE task_queue SET status = 'running'")
         .await
         .expect("running");
-    owner
-        .execute("VACUUM ANALYZE task_queue")
-        .await
-        .expect("analyze");
-    owner
-        .execute(sqlx::AssertSqlSafe(format!(
-            "UPDATE task_queue SET status = 'queued', lease_owner = NULL \
-              WHERE {fillers} OR task_id NOT LIKE '%.f%'"
-        )))
-        .await
-        .expect("queued");
-    let read = buffers_read(
-        &mut conn,
+    check(
+        &mut owner,
+        "status = 'queued', lease_owner = NULL",
         "kira_claim_prepare($1, $2, 'no-period', now() + interval '1 day')",
-        &four,
-        &companies,
     )
     .await;
-    assert!(read < 64, "a claim of 4 tasks read {read} buffers");
 }
